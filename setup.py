@@ -1,0 +1,34 @@
+"""Packaging for imgpipe: a TFX transfer-learning image classification pipeline."""
+
+from setuptools import setup
+
+# The stack that resolves and runs together (see README "Requirements").
+# tfx 1.16 pins TensorFlow 2.16, TFT 1.16, TFMA 0.47 and ml-metadata 1.16.
+INSTALL_REQUIRES = [
+    "tfx[kfp]==1.16.0",
+    "tensorflow==2.16.2",
+    "tf-keras==2.16.0",
+    "tensorflow-serving-api==2.16.1",
+    # apache-beam 2.7x no longer installs dill, which tfx-bsl 1.16 imports.
+    "dill>=0.3.1",
+    "grpcio>=1.48",
+    "pillow>=10",
+    "pyyaml>=6",
+    "scikit-learn>=1.3",
+]
+
+EXTRAS_REQUIRE = {
+    "dev": ["pytest>=8", "ruff>=0.6"],
+}
+
+setup(
+    name="imgpipe",
+    version="0.1.0",
+    description="Folder of labelled images -> gated, served image classifier (TFX, transfer learning).",
+    python_requires=">=3.10,<3.11",
+    packages=["pipeline", "components", "trainer", "serving"],
+    package_data={"serving": ["deploy/*", "deploy/**/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["imgpipe=pipeline.cli:main"]},
+)

@@ -1,0 +1,138 @@
+"""Serving signatures and SavedModel export.
+
+The exported SavedModel is the full model: raw input -> Transform graph ->
+backbone -> head. Signatures:
+
+- `serving_default`: serialized tf.Example [batch] (`examples`) -> `scores`
+  [batch, N] and `classes` [batch, N] (class names). Used by TF Serving Predict.
+- `classification`: the same, with input `inputs` and method name
+  `tensorflow/serving/classify`, so TF Serving's Classify RPC works.
+- `predict_images`: encoded image bytes [batch] (`images`) -> top-k `classes`
+  and `scores`, ranked. Users send photos, not tensors.
+- `transform_features`: serialized tf.Example -> transformed features (the
+  Evaluator's preprocessing function).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+
+from trainer.features import IMAGE_KEY, LABEL_KEY
+from trainer.model import class_scores
+
+SERVING_DEFAULT = "serving_default"
+CLASSIFY = "classification"
+PREDICT_IMAGES = "predict_images"
+TRANSFORM_FEATURES = "transform_features"
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def _raw_image_input(images: tf.Tensor, feature_spec: dict) -> tf.Tensor:
+    """Shape a [batch] bytes tensor like the parsed raw `image` feature."""
+    spec = feature_spec[IMAGE_KEY]
+    if isinstance(spec, tf.io.FixedLenFeature) and list(spec.shape) == [1]:
+        return tf.reshape(images, [-1, 1])
+    if isinstance(spec, tf.io.VarLenFeature):
+        return tf.sparse.from_dense(tf.reshape(images, [-1, 1]))
+    return tf.reshape(images, [-1])
+
+
+class _ServingModule(tf.Module):
+    """Holds the model, the Transform layer and the class names for the signatures."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        tf_transform_output: tft.TFTransformOutput,
+        class_names: Sequence[str],
+        top_k: int,
+    ):
+        super().__init__()
+        self.model = model
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self.num_classes = len(class_names)
+        self.class_names = tf.constant(list(class_names), dtype=tf.string)
+        self.top_k = max(1, min(top_k, self.num_classes))
+        self.raw_spec = tf_transform_output.raw_feature_spec()
+        self.serving_spec = {k: v for k, v in self.raw_spec.items() if k != LABEL_KEY}
+
+    def _scores(self, raw_features: dict) -> tf.Tensor:
+        xf = self.tft_layer(raw_features)
+        from trainer.features import IMAGE_XF
+
+        return class_scores(self.model(xf[IMAGE_XF], training=False), self.num_classes)
+
+    def _all_classes(self, scores: tf.Tensor) -> tf.Tensor:
+        return tf.tile(self.class_names[tf.newaxis, :], [tf.shape(scores)[0], 1])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(self, examples):
+        scores = self._scores(tf.io.parse_example(examples, self.serving_spec))
+        return {"scores": scores, "classes": self._all_classes(scores)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(self, inputs):
+        scores = self._scores(tf.io.parse_example(inputs, self.serving_spec))
+        return {"scores": scores, "classes": self._all_classes(scores)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def predict_images(self, images):
+        scores = self._scores({IMAGE_KEY: _raw_image_input(images, self.raw_spec)})
+        top = tf.math.top_k(scores, k=self.top_k)
+        return {"scores": top.values, "classes": tf.gather(self.class_names, top.indices)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(self, examples):
+        return self.tft_layer(tf.io.parse_example(examples, self.raw_spec))
+
+
+def export_serving_model(
+    model: keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    class_names: Sequence[str],
+    export_dir: str,
+    top_k: int = 5,
+    warmup_examples: Sequence[bytes] = (),
+) -> str:
+    """Save the full model with its signatures to export_dir; return export_dir."""
+    module = _ServingModule(model, tf_transform_output, class_names, top_k)
+    signatures = {
+        SERVING_DEFAULT: module.serve_examples.get_concrete_function(),
+        CLASSIFY: module.classify.get_concrete_function(),
+        PREDICT_IMAGES: module.predict_images.get_concrete_function(),
+        TRANSFORM_FEATURES: module.transform_features.get_concrete_function(),
+    }
+    tf.saved_model.save(module, export_dir, signatures=signatures)
+    set_method_name(export_dir, CLASSIFY, CLASSIFY_METHOD)
+    if warmup_examples:
+        from serving.warmup import write_warmup_requests
+
+        write_warmup_requests(export_dir, list(warmup_examples))
+    return export_dir
+
+
+def set_method_name(export_dir: str, signature: str, method_name: str) -> None:
+    """Rewrite one signature's method name in saved_model.pb.
+
+    tf.saved_model.save marks every signature as Predict; TF Serving's Classify
+    RPC only accepts signatures whose method is tensorflow/serving/classify.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(export_dir, "saved_model.pb")
+    sm = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        sm.ParseFromString(f.read())
+    for meta_graph in sm.meta_graphs:
+        if signature not in meta_graph.signature_def:
+            raise KeyError(f"signature {signature!r} not in {export_dir}")
+        meta_graph.signature_def[signature].method_name = method_name
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(sm.SerializeToString())

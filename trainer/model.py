@@ -1,0 +1,135 @@
+"""build_model: a frozen tf.keras.applications backbone with a small classification head.
+
+The model is split in two named parts so they can be trained separately:
+`backbone` (image -> pooled features, frozen) and `head` (features -> class
+probabilities). The frozen-feature cache trains `head` alone on features the
+backbone computed once; the full model shares the very same head weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tf_keras as keras
+
+from pipeline.config import WEIGHTS_IMAGENET, WEIGHTS_NONE
+from trainer import backbones
+
+BACKBONE_NAME = "backbone"
+HEAD_NAME = "head"
+
+
+def resolve_weights(weights: str) -> str | None:
+    """'imagenet' | 'none' | path to a weights file -> the Keras `weights=` argument."""
+    w = weights.strip()
+    if w.lower() == WEIGHTS_IMAGENET:
+        return WEIGHTS_IMAGENET
+    if w.lower() == WEIGHTS_NONE:
+        return None
+    if not os.path.isfile(w):
+        raise FileNotFoundError(f"backbone weights file not found: {w}")
+    return w
+
+
+def build_backbone(backbone: str, weights: str, image_size: int) -> keras.Model:
+    """The application without its top, globally average-pooled, named 'backbone'."""
+    spec = backbones.get(backbone)
+    kwargs = {}
+    if spec.module == "mobilenet_v3" or spec.module.startswith("efficientnet_v2"):
+        # Their preprocess_input is the identity and the model rescales itself.
+        kwargs["include_preprocessing"] = True
+    base = spec.constructor()(
+        include_top=False,
+        weights=resolve_weights(weights),
+        input_shape=(image_size, image_size, 3),
+        pooling="avg",
+        **kwargs,
+    )
+    # Re-wrap under a fixed name so the full model, the head-only model and the
+    # weights file all refer to the same layer names whatever the application.
+    return keras.Model(base.inputs, base.outputs, name=BACKBONE_NAME)
+
+
+def build_head(feature_dim: int, num_classes: int, dropout: float) -> keras.Model:
+    """Dropout + Dense: softmax over N classes, or one sigmoid unit for 2 classes."""
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    features = keras.Input((feature_dim,), name="features")
+    x = keras.layers.Dropout(dropout)(features) if dropout > 0 else features
+    if num_classes == 2:
+        out = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    else:
+        out = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(features, out, name=HEAD_NAME)
+
+
+def build_model(
+    backbone: str,
+    weights: str,
+    image_size: int,
+    num_classes: int,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Preprocessed image [S, S, 3] -> probabilities; the backbone frozen, in inference mode.
+
+    Call inside a distribution strategy's scope to place the variables there.
+    """
+    base = build_backbone(backbone, weights, image_size)
+    base.trainable = False
+    head = build_head(base.output_shape[-1], num_classes, dropout)
+    images = keras.Input((image_size, image_size, 3), name="image")
+    # training=False keeps BatchNorm in inference mode, also when fine-tuning later.
+    features = base(images, training=False)
+    return keras.Model(images, head(features), name="classifier")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return model.get_layer(BACKBONE_NAME)
+
+
+def head_of(model: keras.Model) -> keras.Model:
+    return model.get_layer(HEAD_NAME)
+
+
+def loss_and_metric(num_classes: int):
+    if num_classes == 2:
+        return keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="accuracy")
+    return (
+        keras.losses.SparseCategoricalCrossentropy(),
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+    )
+
+
+def compile_model(model: keras.Model, num_classes: int, learning_rate: float) -> None:
+    loss, metric = loss_and_metric(num_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=loss,
+        metrics=[metric],
+    )
+
+
+def unfreeze_top(model: keras.Model, num_layers: int) -> int:
+    """Make the top `num_layers` backbone layers trainable, BatchNorm excepted.
+
+    Returns how many layers became trainable. Recompile afterwards.
+    """
+    base = backbone_of(model)
+    base.trainable = True
+    layers = base.layers
+    cut = max(0, len(layers) - num_layers)
+    changed = 0
+    for i, layer in enumerate(layers):
+        train = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train
+        changed += int(train and bool(layer.weights))
+    return changed
+
+
+def class_scores(probabilities, num_classes: int):
+    """Per-class scores [batch, N] from the head's output (expands the sigmoid unit)."""
+    import tensorflow as tf
+
+    if num_classes == 2:
+        return tf.concat([1.0 - probabilities, probabilities], axis=-1)
+    return probabilities
