@@ -1,0 +1,543 @@
+"""Tests for pipeline.ingest (image tree -> TFRecords) and pipeline.datasets."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.datasets import write_digits_tree, write_sample_photos
+from pipeline.ingest import IngestError, ingest, validate_tfrecord_dir
+
+tf = pytest.importorskip("tensorflow")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _encode(
+    mode: str = "RGB", fmt: str = "PNG", seed: int = 0, **save: object
+) -> bytes:
+    """A small random image (distinct per seed) encoded in the given format."""
+    rng = np.random.default_rng(seed)
+    pixels = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8))
+    image = pixels if mode == "RGB" else pixels.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def _put(root: Path, rel: str, data: bytes) -> bytes:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def _make_tree(
+    root: Path, sizes: dict[str, int], seed_base: int = 0
+) -> dict[str, bytes]:
+    """Class folders of distinct PNGs; returns {rel_path: bytes}."""
+    files = {}
+    for c, (name, n) in enumerate(sorted(sizes.items())):
+        for i in range(n):
+            rel = f"{name}/img_{i:03d}.png"
+            files[rel] = _put(root, rel, _encode(seed=seed_base + 1000 * c + i))
+    return files
+
+
+def _records(out: Path, split: str) -> list[tuple[str, bytes]]:
+    """(label, image bytes) of every record in out/<split>/, in file order."""
+    result = []
+    for path in sorted((out / split).iterdir()):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            feature = tf.train.Example.FromString(raw.numpy()).features.feature
+            assert sorted(feature) == ["image", "label"]
+            label = feature["label"].bytes_list.value[0].decode("utf-8")
+            result.append((label, feature["image"].bytes_list.value[0]))
+    return result
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _quiet(_: str) -> None:
+    """Progress sink that keeps test output clean."""
+
+
+def _run(images: Path, out: Path, **kwargs: object):
+    kwargs.setdefault("progress", _quiet)
+    return ingest(str(images), str(out), **kwargs)
+
+
+def _write_example(path: Path, features: dict[str, object]) -> None:
+    feature = {}
+    for key, value in features.items():
+        if isinstance(value, int):
+            feature[key] = tf.train.Feature(
+                int64_list=tf.train.Int64List(value=[value])
+            )
+        else:
+            feature[key] = tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[value])
+            )
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(example.SerializeToString())
+
+
+# ------------------------------------------------------ bad files, counts
+
+
+def test_bad_files_are_reported_with_reasons_and_not_written(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    good = _make_tree(images, {"cats": 4, "dogs": 4})
+    jpeg = _encode(fmt="JPEG", seed=99)
+    rng = np.random.default_rng(5)
+    big = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    big.save(buffer, format="JPEG")
+    big_jpeg = buffer.getvalue()
+    _put(images, "cats/truncated.jpg", big_jpeg[: len(big_jpeg) // 2])
+    _put(images, "cats/corrupt.jpg", jpeg[:20] + bytes(range(256)) * 4)
+    _put(images, "cats/empty.png", b"")
+    _put(images, "cats/notes.txt", b"these are not the pixels you are looking for\n")
+    _put(images, "cats/.DS_Store", b"\0\0\0\1Bud1")  # hidden: skipped silently
+    _put(images, "stray.jpg", jpeg)  # not inside a class folder
+
+    report = _run(images, out)
+
+    reasons = {s["path"]: s["reason"] for s in report.skipped}
+    assert set(reasons) == {
+        "cats/truncated.jpg",
+        "cats/corrupt.jpg",
+        "cats/empty.png",
+        "cats/notes.txt",
+        "stray.jpg",
+    }
+    assert "truncated" in reasons["cats/truncated.jpg"]
+    assert "empty" in reasons["cats/empty.png"]
+    assert "not a recognised image" in reasons["cats/notes.txt"]
+    assert "not in a class folder" in reasons["stray.jpg"]
+    written = {data for split in ("train", "eval") for _, data in _records(out, split)}
+    assert written == set(good.values())
+    on_disk = json.loads((out / "ingest_report.json").read_text())
+    assert on_disk["skipped"] == report.to_dict()["skipped"]
+    assert on_disk["num_skipped"] == 5
+    # Every non-hidden file is accounted for: written or reported.
+    assert report.files_scanned == sum(report.totals.values()) + len(report.skipped)
+
+
+def test_counts_in_tfrecords_match_report(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"ant": 9, "bee": 6, "cow": 4})
+    report = _run(images, out, num_shards=2)
+
+    on_disk = json.loads((out / "ingest_report.json").read_text())
+    assert on_disk == report.to_dict()
+    assert json.loads((out / "classes.json").read_text()) == ["ant", "bee", "cow"]
+    for split in ("train", "eval"):
+        labels = [label for label, _ in _records(out, split)]
+        counted = {c: labels.count(c) for c in report.classes}
+        assert counted == {c: report.counts[c][split] for c in report.classes}
+        assert sorted(p.name for p in (out / split).iterdir()) == report.shards[split]
+    assert report.shards["train"] == [
+        "data-00000-of-00002.tfrecord",
+        "data-00001-of-00002.tfrecord",
+    ]
+    assert report.totals == {"train": 15, "eval": 4}
+
+
+def test_split_is_stratified_per_class(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"big": 10, "mid": 5, "pair": 2, "solo": 1})
+    report = _run(images, out, eval_fraction=0.3)
+
+    # round(0.3 * n) half up, >= 1 eval and >= 1 train when n >= 2.
+    assert report.counts == {
+        "big": {"train": 7, "eval": 3},
+        "mid": {"train": 3, "eval": 2},
+        "pair": {"train": 1, "eval": 1},
+        "solo": {"train": 1, "eval": 0},
+    }
+    assert any("solo" in w and "train only" in w for w in report.warnings)
+    eval_labels = sorted(label for label, _ in _records(out, "eval"))
+    assert eval_labels == ["big"] * 3 + ["mid"] * 2 + ["pair"]
+
+
+def test_tiny_eval_fraction_still_puts_one_image_in_eval(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 5, "b": 3})
+    report = _run(images, out, eval_fraction=0.01)
+    assert report.counts == {"a": {"train": 4, "eval": 1}, "b": {"train": 2, "eval": 1}}
+
+
+# ------------------------------------------------------------ determinism
+
+
+def test_same_input_and_seed_give_byte_identical_output(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _make_tree(images, {"a": 12, "b": 12, "c": 12})
+    outs = [tmp_path / name for name in ("one", "two", "other_seed")]
+    reports = [
+        _run(images, outs[0], seed=7, num_shards=3),
+        _run(images, outs[1], seed=7, num_shards=3),
+        _run(images, outs[2], seed=8, num_shards=3),
+    ]
+
+    def tree_bytes(out: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(out)): p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "ingest_report.json"
+        }
+
+    assert tree_bytes(outs[0]) == tree_bytes(outs[1])
+    first, second = (r.to_dict() for r in reports[:2])
+    first.pop("out_dir"), second.pop("out_dir")
+    assert first == second
+
+    eval_one = {_sha(d) for _, d in _records(outs[0], "eval")}
+    eval_other = {_sha(d) for _, d in _records(outs[2], "eval")}
+    assert eval_one != eval_other, "the seed must change which images go to eval"
+    # Records are interleaved across classes, not written class by class.
+    labels = [label for label, _ in _records(outs[0], "train")]
+    assert labels != sorted(labels)
+
+
+# ------------------------------------------------- duplicates and conflicts
+
+
+def test_duplicates_written_once_and_label_conflicts_not_at_all(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 4, "b": 4})
+    copy = _encode(seed=500)
+    for rel in ("a/x.png", "a/copy1.png", "a/nested/copy2.png"):
+        _put(images, rel, copy)
+    clash = _encode(seed=600)
+    _put(images, "a/clash.png", clash)
+    _put(images, "b/clash_too.png", clash)
+
+    report = _run(images, out)
+
+    records = _records(out, "train") + _records(out, "eval")
+    hashes = [_sha(d) for _, d in records]
+    assert hashes.count(_sha(copy)) == 1
+    assert _sha(clash) not in hashes
+    assert report.counts["a"]["train"] + report.counts["a"]["eval"] == 5
+    assert report.counts["b"]["train"] + report.counts["b"]["eval"] == 4
+    (dup,) = report.duplicates
+    assert dup["class"] == "a" and dup["sha256"] == _sha(copy)
+    assert dup["kept"] == "a/copy1.png"
+    assert dup["duplicates"] == ["a/nested/copy2.png", "a/x.png"]
+    assert report.num_duplicates == 2
+    (conflict,) = report.label_conflicts
+    assert conflict["files"] == [
+        {"path": "a/clash.png", "class": "a"},
+        {"path": "b/clash_too.png", "class": "b"},
+    ]
+    assert report.files_scanned == (
+        sum(report.totals.values()) + report.num_duplicates + len(conflict["files"])
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_identical_images_never_cross_splits(tmp_path: Path, seed: int) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    for c in ("a", "b"):
+        for group in range(6):  # 6 groups of 3 identical files per class
+            data = _encode(seed=100 * ord(c) + group)
+            for k in range(3):
+                _put(images, f"{c}/g{group}_{k}.png", data)
+    report = _run(images, out, seed=seed, eval_fraction=0.5)
+
+    train = {_sha(d) for _, d in _records(out, "train")}
+    evals = [_sha(d) for _, d in _records(out, "eval")]
+    assert train.isdisjoint(evals)
+    assert len(train) + len(evals) == 12  # one copy per group
+    assert report.counts == {c: {"train": 3, "eval": 3} for c in ("a", "b")}
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_all_supported_formats_and_modes_are_written_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    variants = {
+        "gray.png": _encode("L", seed=1),
+        "rgba.png": _encode("RGBA", seed=2),
+        "palette.png": _encode("P", seed=3),
+        "gray_alpha.png": _encode("LA", seed=4),
+        "still.gif": _encode("P", "GIF", seed=5),
+        "rgb.bmp": _encode("RGB", "BMP", seed=6),
+        "gray.bmp": _encode("L", "BMP", seed=7),
+        "rgb.jpg": _encode("RGB", "JPEG", seed=8),
+        "gray.jpg": _encode("L", "JPEG", seed=9),
+        "progressive.jpg": _encode("RGB", "JPEG", seed=10, progressive=True),
+        "jpeg_named.png": _encode("RGB", "JPEG", seed=11),  # content decides
+    }
+    frames = [Image.open(io.BytesIO(_encode("P", "GIF", seed=s))) for s in (12, 13)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    variants["animated.gif"] = buffer.getvalue()
+    expected = {_put(images, f"synthetic/{n}", d) for n, d in variants.items()}
+    photos = write_sample_photos(str(images / "photos"))
+    expected |= {Path(p).read_bytes() for p in photos}
+
+    report = _run(images, out)
+
+    assert report.skipped == []
+    written = {d for s in ("train", "eval") for _, d in _records(out, s)}
+    assert written == expected
+    assert report.counts["photos"]["train"] + report.counts["photos"]["eval"] == 4
+
+
+def test_unsupported_or_misdecoded_images_are_skipped(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 2, "b": 2})
+    _put(images, "a/scan.tiff", _encode("RGB", "TIFF", seed=20))
+    _put(images, "a/bilevel.bmp", _encode("1", "BMP", seed=21))
+    _put(images, "b/indexed.bmp", _encode("P", "BMP", seed=22))
+    _put(images, "b/text.jpg", b"hello, I am a text file with an image extension")
+
+    report = _run(images, out)
+
+    reasons = {s["path"]: s["reason"] for s in report.skipped}
+    assert "unsupported image format TIFF" in reasons["a/scan.tiff"]
+    assert "TensorFlow cannot decode" in reasons["a/bilevel.bmp"]
+    assert "palette" in reasons["b/indexed.bmp"]
+    assert "not a recognised image" in reasons["b/text.jpg"]
+    assert report.totals == {"train": 2, "eval": 2}
+
+
+# ----------------------------------------------------------------- errors
+
+
+def test_missing_and_non_directory_images_dir(tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match=r"nowhere.*does not exist"):
+        _run(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "file.png").write_bytes(_encode())
+    with pytest.raises(IngestError, match=r"file\.png.*not a directory"):
+        _run(tmp_path / "file.png", tmp_path / "out")
+
+
+def test_empty_dir_and_loose_files_only(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    with pytest.raises(IngestError, match="no class subfolders"):
+        _run(images, tmp_path / "out")
+    _put(images, "loose.png", _encode())
+    with pytest.raises(IngestError, match=r"no class subfolders.*1 files found"):
+        _run(images, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "a failed ingest must not create out_dir"
+
+
+def test_single_class_tree_is_refused(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _make_tree(images, {"only": 5})
+    with pytest.raises(IngestError, match="at least 2"):
+        _run(images, tmp_path / "out")
+
+
+def test_class_without_valid_images(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _make_tree(images, {"a": 3, "b": 3})
+    _put(images, "broken/x.jpg", b"not an image")
+    report = _run(images, tmp_path / "out")
+    assert report.empty_classes == ["broken"]
+    assert report.classes == ["a", "b"]
+    assert any("broken" in w for w in report.warnings)
+
+    # With only one usable class left, ingest refuses and says why.
+    (images / "b").rename(tmp_path / "b_moved")
+    with pytest.raises(IngestError, match=r"at least 2.*broken") as caught:
+        _run(images, tmp_path / "out2")
+    assert caught.value.report["skipped"][0]["path"] == "broken/x.jpg"
+
+
+def test_no_decodable_images_at_all(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _put(images, "a/1.png", b"junk")
+    _put(images, "b/2.png", b"")
+    with pytest.raises(IngestError, match=r"no decodable images.*2 files skipped"):
+        _run(images, tmp_path / "out")
+
+
+def test_every_class_with_one_image_leaves_eval_empty(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _make_tree(images, {"a": 1, "b": 1})
+    with pytest.raises(IngestError, match="eval split would be empty"):
+        _run(images, tmp_path / "out")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5, math.nan, "0.2", True])
+def test_eval_fraction_outside_open_unit_interval(
+    tmp_path: Path, fraction: float
+) -> None:
+    _make_tree(tmp_path / "images", {"a": 2, "b": 2})
+    with pytest.raises(IngestError, match="eval_fraction"):
+        _run(tmp_path / "images", tmp_path / "out", eval_fraction=fraction)
+
+
+def test_non_empty_out_dir_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 3, "b": 3})
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(IngestError, match=r"out.*not empty.*overwrite=True"):
+        _run(images, out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.md"]
+
+    stale = _put(out, "train/old-shard.tfrecord", b"stale")
+    _put(out, ".ingest-tmp-killed/train/data-00000-of-00001.tfrecord", b"half")
+    report = _run(images, out, overwrite=True)
+    assert (out / "notes.md").read_text() == "mine"
+    assert not (out / "train" / "old-shard.tfrecord").exists() and stale
+    assert sorted(p.name for p in (out / "train").iterdir()) == report.shards["train"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".ingest-tmp")]
+
+
+def test_out_dir_inside_images_dir_is_refused(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _make_tree(images, {"a": 2, "b": 2})
+    with pytest.raises(IngestError, match="overlap"):
+        _run(images, images / "records", overwrite=True)
+
+
+def test_symlinks_followed_but_loops_and_cross_class_links_reported(
+    tmp_path: Path,
+) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 3})
+    _make_tree(tmp_path / "elsewhere", {"b": 3}, seed_base=50)
+    (images / "b").symlink_to(tmp_path / "elsewhere" / "b")  # linked class: used
+    (images / "a" / "loop").symlink_to(images)  # would re-walk everything
+    (images / "a" / "to_b").symlink_to(images / "b")  # would mislabel b as a
+    (images / "a" / "broken.png").symlink_to(tmp_path / "missing.png")
+
+    report = _run(images, out)
+
+    assert report.counts == {c: {"train": 2, "eval": 1} for c in ("a", "b")}
+    reasons = {s["path"]: s["reason"] for s in report.skipped}
+    assert set(reasons) == {"a/loop", "a/to_b", "a/broken.png"}
+    assert "not followed" in reasons["a/loop"] and "not followed" in reasons["a/to_b"]
+    assert report.label_conflicts == []
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_progress_lines_and_summary(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 3, "b": 3})
+    _put(images, "a/bad.png", b"nope")
+    lines: list[str] = []
+    _run(images, out, progress=lines.append, progress_every=2)
+    assert "ingest: checked 2/7 files" in lines
+    assert "ingest: wrote 4/6 records" in lines
+    assert "skipped 1 files" in lines[-1] and str(out) in lines[-1]
+
+
+# --------------------------------------------------- validate_tfrecord_dir
+
+
+def test_validate_accepts_ingest_output(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 6, "b": 6})
+    _run(images, out, num_shards=3)
+    assert validate_tfrecord_dir(str(out)) == {"train_files": 3, "eval_files": 2}
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("missing_dir", "does not exist"),
+        ("no_eval", "no 'eval/' subdirectory"),
+        ("empty_train", "train holds no TFRecord files"),
+        ("garbage", "not a readable TFRecord"),
+        ("gzip", "GZIP-compressed"),
+        ("no_label", "no 'label' feature"),
+        ("int_label", "'label' is int64_list"),
+        ("not_an_image", "not a decodable image"),
+        ("hidden_file", r"\.DS_Store"),
+    ],
+)
+def test_validate_rejects_bad_dirs(tmp_path: Path, breakage: str, message: str) -> None:
+    root = tmp_path / "data"
+    good = {"image": _encode(), "label": b"cat"}
+    for split in ("train", "eval"):
+        _write_example(root / split / "part-0.tfrecord", good)
+    train_file = root / "train" / "part-0.tfrecord"
+    if breakage == "missing_dir":
+        root = tmp_path / "absent"
+    elif breakage == "no_eval":
+        (root / "eval" / "part-0.tfrecord").unlink()
+        (root / "eval").rmdir()
+    elif breakage == "empty_train":
+        train_file.unlink()
+    elif breakage == "garbage":
+        train_file.write_bytes(b"this is not a tfrecord file at all")
+    elif breakage == "gzip":
+        train_file.write_bytes(gzip.compress(train_file.read_bytes()))
+    elif breakage == "no_label":
+        _write_example(train_file, {"image": _encode()})
+    elif breakage == "int_label":
+        _write_example(train_file, {"image": _encode(), "label": 3})
+    elif breakage == "not_an_image":
+        _write_example(train_file, {"image": b"pixels?", "label": b"cat"})
+    elif breakage == "hidden_file":
+        (root / "eval" / ".DS_Store").write_bytes(b"x")
+    with pytest.raises(IngestError, match=message):
+        validate_tfrecord_dir(str(root))
+
+
+# ----------------------------------------------------------------- datasets
+
+
+def test_write_digits_tree(tmp_path: Path) -> None:
+    counts = write_digits_tree(
+        str(tmp_path / "d1"), digits=[7, 0], size=16, limit_per_class=3
+    )
+    assert counts == {"0": 3, "7": 3}
+    names = sorted(p.name for p in (tmp_path / "d1" / "7").iterdir())
+    assert len(names) == 3 and all(
+        n.startswith("7_") and n.endswith(".png") for n in names
+    )
+    with Image.open(tmp_path / "d1" / "7" / names[0]) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "L", (16, 16))
+        assert np.asarray(image).max() > 128, "digit strokes should be bright"
+
+    write_digits_tree(str(tmp_path / "d2"), digits=[7, 0], size=16, limit_per_class=3)
+    first = {
+        p.relative_to(tmp_path / "d1"): p.read_bytes()
+        for p in (tmp_path / "d1").rglob("*.png")
+    }
+    again = {
+        p.relative_to(tmp_path / "d2"): p.read_bytes()
+        for p in (tmp_path / "d2").rglob("*.png")
+    }
+    assert first == again
+
+    with pytest.raises(ValueError, match=r"0\.\.9"):
+        write_digits_tree(str(tmp_path / "d3"), digits=[10])
+
+
+def test_digits_tree_ingests_cleanly(tmp_path: Path) -> None:
+    counts = write_digits_tree(
+        str(tmp_path / "digits"), digits=range(3), limit_per_class=10
+    )
+    report = _run(tmp_path / "digits", tmp_path / "out")
+    assert report.classes == ["0", "1", "2"]
+    assert report.skipped == [] and report.duplicates == []
+    assert {c: v["train"] + v["eval"] for c, v in report.counts.items()} == counts
