@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer.features import IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
+from trainer.features import IMAGE_XF, LABEL_VOCAB, LABEL_XF
 
 log = logging.getLogger(__name__)
 
@@ -138,62 +138,80 @@ def cache_decision(augment: bool, fine_tuning: bool, requested: bool) -> tuple[b
 
 
 def build_feature_cache(
+    strategy: tf.distribute.Strategy,
     backbone: tf.keras.Model,
     images: tf.data.Dataset,
     cache_dir: str | None = None,
     memory_limit_bytes: int = 2 << 30,
 ) -> FeatureCache:
-    """Run the frozen backbone once over `images` ((image, label) batches).
+    """Run the frozen backbone once over `images` ((image, label) batches), on every replica.
 
-    Features stay in memory when they fit `memory_limit_bytes`, else are saved
-    with tf.data.Dataset.save under `cache_dir` and streamed back each epoch.
-    Call under the same distribution strategy as training so the forward pass
-    uses every replica.
+    Features are kept in memory while they fit `memory_limit_bytes`; past that
+    (and with a `cache_dir`) every batch is appended to a TFRecord file there
+    and streamed back each epoch instead.
     """
     feature_dim = int(backbone.output_shape[-1])
+
+    @tf.function
+    def forward(x, y):
+        return backbone(x, training=False), y
+
     feats: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     held = 0
-    spilled_to: str | None = None
-    writer_ds = None
-    for x, y in images:
-        f = backbone(x, training=False).numpy()
-        feats.append(f)
-        labels.append(y.numpy())
-        held += f.nbytes
-        if held > memory_limit_bytes and cache_dir:
-            spilled_to = cache_dir
-            break
-    if spilled_to is None:
+    writer: tf.io.TFRecordWriter | None = None
+    path = ""
+    count = 0
+    for x, y in strategy.experimental_distribute_dataset(images):
+        f, lab = strategy.run(forward, args=(x, y))
+        f = np.concatenate([t.numpy() for t in strategy.experimental_local_results(f)])
+        lab = np.concatenate([t.numpy() for t in strategy.experimental_local_results(lab)])
+        count += len(f)
+        if writer is None and cache_dir and held + f.nbytes > memory_limit_bytes:
+            tf.io.gfile.makedirs(cache_dir)
+            path = os.path.join(cache_dir, "features.tfrecord")
+            log.info("feature cache over %d bytes: spilling to %s", memory_limit_bytes, path)
+            writer = tf.io.TFRecordWriter(path)
+            for fb, lb in zip(feats, labels):
+                _write_batch(writer, fb, lb)
+            feats, labels = [], []
+        if writer is not None:
+            _write_batch(writer, f, lab)
+        else:
+            feats.append(f)
+            labels.append(lab)
+            held += f.nbytes
+    if writer is None:
         f_all = np.concatenate(feats) if feats else np.zeros((0, feature_dim), np.float32)
         y_all = np.concatenate(labels) if labels else np.zeros((0,), np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((f_all, y_all))
-        return FeatureCache(ds, len(f_all), feature_dim, "memory")
-
-    # Too large for memory: compute again, streaming straight to disk.
-    del feats, labels
-    log.info("feature cache larger than %d bytes: writing to %s", memory_limit_bytes, cache_dir)
-    writer_ds = images.map(lambda x, y: (backbone(x, training=False), y)).unbatch()
-    os.makedirs(cache_dir, exist_ok=True)
-    writer_ds.save(cache_dir)
-    ds = tf.data.Dataset.load(cache_dir)
-    count = int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
-    return FeatureCache(ds, count, feature_dim, cache_dir)
+        return FeatureCache(tf.data.Dataset.from_tensor_slices((f_all, y_all)), count, feature_dim, "memory")
+    writer.close()
+    return FeatureCache(_read_spilled(path, feature_dim, labels_like=lab), count, feature_dim, path)
 
 
-def label_counts_from_vocab(tf_transform_output: tft.TFTransformOutput) -> int:
-    return len(class_names(tf_transform_output))
+def _write_batch(writer: tf.io.TFRecordWriter, feats: np.ndarray, labels: np.ndarray) -> None:
+    for f, y in zip(feats, labels):
+        record = tf.io.serialize_tensor(tf.constant(f)).numpy(), tf.io.serialize_tensor(tf.constant(y)).numpy()
+        ex = tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "f": tf.train.Feature(bytes_list=tf.train.BytesList(value=[record[0]])),
+                    "y": tf.train.Feature(bytes_list=tf.train.BytesList(value=[record[1]])),
+                }
+            )
+        )
+        writer.write(ex.SerializeToString())
 
 
-__all__ = [
-    "InputSpec",
-    "FeatureCache",
-    "build_feature_cache",
-    "cache_decision",
-    "class_names",
-    "count_examples",
-    "list_files",
-    "make_dataset",
-    "raw_examples",
-    "LABEL_KEY",
-]
+def _read_spilled(path: str, feature_dim: int, labels_like: np.ndarray) -> tf.data.Dataset:
+    label_dtype = tf.as_dtype(labels_like.dtype)
+    label_shape = labels_like.shape[1:]
+    spec = {"f": tf.io.FixedLenFeature([], tf.string), "y": tf.io.FixedLenFeature([], tf.string)}
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        f = tf.ensure_shape(tf.io.parse_tensor(ex["f"], tf.float32), [feature_dim])
+        y = tf.ensure_shape(tf.io.parse_tensor(ex["y"], label_dtype), label_shape)
+        return f, y
+
+    return tf.data.TFRecordDataset(path).map(parse, num_parallel_calls=AUTOTUNE)

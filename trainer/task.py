@@ -1,0 +1,32 @@
+"""run_fn: the TFX Trainer's entry point, a thin adapter from FnArgs to trainer.train."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from trainer import data, export, train
+
+SUMMARY_FILE = "training_summary.json"
+WARMUP_RECORDS = 4
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """Train on the raw examples through the Transform graph; export the full serving model."""
+    params = train.TrainParams.from_mapping(fn_args.custom_config or {})
+    tfo = tft.TFTransformOutput(fn_args.transform_graph_path)
+    result = train.train(
+        fn_args.train_files,
+        fn_args.eval_files,
+        tfo,
+        params,
+        log_dir=os.path.join(fn_args.model_run_dir, "logs"),
+        cache_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
+    )
+    warmup = [r.numpy() for r in data.raw_examples(fn_args.eval_files).take(WARMUP_RECORDS)]
+    export.export_serving_model(
+        result.model, tfo, result.class_names, fn_args.serving_model_dir, warmup_examples=warmup
+    )
+    train.write_summary(result, os.path.join(fn_args.model_run_dir, SUMMARY_FILE))
