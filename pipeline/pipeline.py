@@ -57,16 +57,22 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
                     tfma.MetricConfig(class_name="ExampleCount"),
                     tfma.MetricConfig(
                         class_name="SparseCategoricalAccuracy",
-                        threshold=tfma.MetricThreshold(
-                            value_threshold=tfma.GenericValueThreshold(
-                                lower_bound={"value": config.min_accuracy}
-                            ),
-                            change_threshold=tfma.GenericChangeThreshold(
-                                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                # A tiny epsilon so an equal score is not a regression.
-                                absolute={"value": -config.max_regression - 1e-10},
-                            ),
-                        ),
+                        # Gate on the overall slice only; per-class slices are reported.
+                        per_slice_thresholds=[
+                            tfma.PerSliceMetricThreshold(
+                                slicing_specs=[tfma.SlicingSpec()],
+                                threshold=tfma.MetricThreshold(
+                                    value_threshold=tfma.GenericValueThreshold(
+                                        lower_bound={"value": config.min_accuracy}
+                                    ),
+                                    change_threshold=tfma.GenericChangeThreshold(
+                                        direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                        # A tiny epsilon so an equal score is not a regression.
+                                        absolute={"value": -config.max_regression - 1e-10},
+                                    ),
+                                ),
+                            )
+                        ],
                     ),
                 ]
             )

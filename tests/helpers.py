@@ -88,12 +88,41 @@ def analyze_transform(items, out_dir: str, backbone: str = "MobileNetV2", image_
     return tft.TFTransformOutput(out_dir)
 
 
+def write_split_dataset(data_dir: str, items, eval_every: int = 5) -> str:
+    """TFRecords under data_dir/train and data_dir/eval (every n-th item to eval)."""
+    train = [it for i, it in enumerate(items) if i % eval_every]
+    evals = [it for i, it in enumerate(items) if i % eval_every == 0]
+    write_tfrecords(os.path.join(data_dir, "train", "data-00000-of-00001.tfrecord"), train)
+    write_tfrecords(os.path.join(data_dir, "eval", "data-00000-of-00001.tfrecord"), evals)
+    return data_dir
+
+
+def pretrained_weights(
+    workdir: str,
+    backbone: str = "MobileNetV2",
+    image_size: int = 32,
+    epochs: int = 3,
+    digits=(0, 1, 2, 3, 4),
+    per_class: int = 40,
+) -> str:
+    """A backbone pre-trained here on a digits source task (no ImageNet download)."""
+    from trainer.pretrain import pretrain_backbone
+
+    data_dir = write_split_dataset(
+        os.path.join(workdir, "source"), digit_images(digits, per_class=per_class, size=image_size, seed=1)
+    )
+    out = os.path.join(workdir, f"{backbone}_{image_size}.h5")
+    pretrain_backbone(data_dir, backbone, out, image_size=image_size, epochs=epochs, verbose=0)
+    return out
+
+
 def make_exported_model(
     workdir: str,
     digits=(0, 1, 2),
     per_class: int = 12,
     image_size: int = 32,
     train_epochs: int = 2,
+    weights: str = "none",
 ):
     """A small real model exported with every serving signature.
 
@@ -106,7 +135,7 @@ def make_exported_model(
     tfo = analyze_transform(items, tft_dir, image_size=image_size)
     tfrecord = write_tfrecords(os.path.join(workdir, "data", "train.tfrecord"), items)
     classes = data.class_names(tfo)
-    m = model.build_model("MobileNetV2", "none", image_size, len(classes), dropout=0.0)
+    m = model.build_model("MobileNetV2", weights, image_size, len(classes), dropout=0.0)
     model.compile_model(m, len(classes), 1e-2)
     if train_epochs:
         ds = data.make_dataset(tfrecord, tfo, data.InputSpec(batch_size=8, num_classes=len(classes)))
@@ -114,3 +143,15 @@ def make_exported_model(
     export_dir = os.path.join(workdir, "export")
     export.export_serving_model(m, tfo, classes, export_dir)
     return export_dir, items
+
+
+def in_memory_scores(m, tfo, num_classes: int, serialized_examples) -> "np.ndarray":
+    """The in-memory model's class scores on raw serialized examples (Transform graph applied)."""
+    import tensorflow as tf
+
+    from trainer.features import IMAGE_XF
+    from trainer.model import class_scores
+
+    spec = {k: v for k, v in tfo.raw_feature_spec().items() if k != LABEL_KEY}
+    xf = tfo.transform_features_layer()(tf.io.parse_example(tf.constant(serialized_examples), spec))
+    return class_scores(m(xf[IMAGE_XF], training=False), num_classes).numpy()

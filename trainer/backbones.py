@@ -14,7 +14,7 @@ from typing import Callable
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    module: str  # tf_keras.applications submodule holding the constructor and preprocess_input
+    module: str  # tf_keras.applications submodule holding its preprocess_input
     default_size: int  # the ImageNet input size the weights were trained at
     min_size: int  # the smallest input Keras accepts with include_top=False
 
@@ -22,7 +22,7 @@ class BackboneSpec:
         return importlib.import_module(f"tf_keras.applications.{self.module}")
 
     def constructor(self) -> Callable:
-        return getattr(self._module(), self.name)
+        return getattr(importlib.import_module("tf_keras.applications"), self.name)
 
     def preprocess_input(self, images):
         """The backbone's own input normalisation, on float images in [0, 255]."""

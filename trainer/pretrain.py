@@ -40,6 +40,29 @@ def _load_split(split_dir: str) -> tuple[np.ndarray, list[str]]:
     return np.array(images, dtype=object), labels
 
 
+def recalibrate_batchnorm(backbone: keras.Model, images: tf.data.Dataset) -> int:
+    """Set every BatchNorm's moving statistics to their average over `images`.
+
+    After a short pre-training the exponential moving averages still remember
+    their initial values; the frozen backbone would then normalise with wrong
+    statistics. One forward pass in training mode with momentum i/(i+1) at batch
+    i makes them the plain mean over the data, for the final weights. Returns
+    the number of batches used.
+    """
+    bns = [m for m in backbone.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    n = 0
+    try:
+        for n, (x, _) in enumerate(images, start=1):
+            for bn in bns:
+                bn.momentum = (n - 1) / n
+            backbone(x, training=True)
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
+    return n
+
+
 def pretrain_backbone(
     data_dir: str,
     backbone: str,
@@ -100,6 +123,7 @@ def pretrain_backbone(
     )
     eval_ds = dataset(eval_images, eval_labels, False)
     model.fit(dataset(train_images, train_labels, True), validation_data=eval_ds, epochs=epochs, verbose=verbose)
+    recalibrate_batchnorm(base, dataset(train_images, train_labels, False))
     _, eval_acc = model.evaluate(eval_ds, verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     base.save_weights(out)

@@ -1,0 +1,30 @@
+"""pytest set-up: Keras 2 for TFT/TFMA, quiet TensorFlow, the `e2e` marker."""
+
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: whole-pipeline runs (minutes)")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def source_backbone(tmp_path_factory):
+    """MobileNetV2 (32px) pre-trained here on digits 0-4: the tests' offline 'ImageNet'."""
+    from tests import helpers
+
+    work = str(tmp_path_factory.mktemp("backbone"))
+    return helpers.pretrained_weights(work, epochs=4, per_class=60)
