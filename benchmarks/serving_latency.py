@@ -1,0 +1,220 @@
+"""Latency and throughput of `predict_images` through the local gRPC server vs in-process.
+
+In one run, on loopback only: the same SavedModel is called
+(a) in-process through its `predict_images` signature and (b) through
+`imgpipe serve` (a separate process, like a deployment) with the gRPC client,
+each at concurrency 1 and 8, one image per request, a bounded number of
+requests. Prints a markdown table with p50/p99 latency, throughput and the
+served/in-process ratios (ratios, not absolute numbers, are what compare
+across runs on a shared machine).
+
+    python -m benchmarks.serving_latency                  # builds the test model (~1 min)
+    python -m benchmarks.serving_latency --export-dir DIR --requests 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_NAME = "bench"
+
+
+def machine_line() -> str:
+    """`nproc` and the CPU model, for the BENCHMARKS.md entry."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}"
+
+
+def bench_images(count: int = 16) -> list[bytes]:
+    """Real images: scikit-learn's two photos (JPEG, 256 px) and digits (PNG)."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from tests.helpers import digit_images
+
+    images = []
+    for array in load_sample_images().images:
+        buf = io.BytesIO()
+        Image.fromarray(array).resize((256, 256), Image.BILINEAR).save(
+            buf, format="JPEG"
+        )
+        images.append(buf.getvalue())
+    images += [img for img, _ in digit_images((0, 1, 2), per_class=max(1, count // 3))]
+    return images[:count]
+
+
+def measure(
+    call: Callable[[bytes], object],
+    images: Sequence[bytes],
+    requests: int,
+    concurrency: int,
+) -> dict[str, float]:
+    """Send `requests` single-image calls from `concurrency` threads; latencies in ms."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        start = time.perf_counter()
+        call(images[i % len(images)])
+        elapsed = (time.perf_counter() - start) * 1000.0
+        with lock:
+            latencies.append(elapsed)
+
+    for i in range(min(10, requests)):  # warm up this path and thread count
+        one(i)
+    latencies.clear()
+    wall = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - wall
+    lat = np.array(latencies)
+    return {
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "rps": requests / wall,
+    }
+
+
+def start_server_process(
+    base_path: str, timeout: float = 300.0
+) -> tuple[subprocess.Popen, int]:
+    """`python -m serving.server` on a free loopback port; returns (process, port)."""
+    env = dict(
+        os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO
+    )
+    cmd = [sys.executable, "-m", "serving.server", "--model-base-path", base_path]
+    cmd += ["--model-name", MODEL_NAME, "--port", "0", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    tail: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        tail = (tail + [line])[-20:]
+        m = re.search(r"Serving model .* on 127\.0\.0\.1:(\d+)", line)
+        if m:
+            # Keep draining stderr so the server never blocks on a full pipe.
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, int(m.group(1))
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise RuntimeError("server did not start:\n" + "".join(tail))
+
+
+def run(export_dir: str, requests: int, concurrencies: Sequence[int]) -> list[dict]:
+    import tensorflow as tf
+
+    from serving.client import ServingClient
+
+    images = bench_images()
+    signature = tf.saved_model.load(export_dir).signatures["predict_images"]
+
+    def in_process(image: bytes) -> object:
+        return signature(images=tf.constant([image]))["scores"].numpy()
+
+    rows = []
+    for c in concurrencies:
+        rows.append(
+            {
+                "path": "in-process",
+                "concurrency": c,
+                **measure(in_process, images, requests, c),
+            }
+        )
+    workdir = tempfile.mkdtemp(prefix="imgpipe-bench-")
+    base = os.path.join(workdir, MODEL_NAME)
+    shutil.copytree(export_dir, os.path.join(base, "1"))
+    proc, port = start_server_process(base)
+    try:
+        with ServingClient(f"127.0.0.1:{port}", timeout=60.0) as client:
+
+            def served(image: bytes) -> object:
+                return client.predict_images(MODEL_NAME, [image])
+
+            for c in concurrencies:
+                rows.append(
+                    {
+                        "path": "gRPC server",
+                        "concurrency": c,
+                        **measure(served, images, requests, c),
+                    }
+                )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+def table(rows: list[dict], requests: int) -> str:
+    base = {r["concurrency"]: r for r in rows if r["path"] == "in-process"}
+    out = [
+        f"predict_images, 1 image/request, {requests} requests per row, loopback",
+        "",
+        "| path | concurrency | p50 ms | p99 ms | req/s | p50 vs in-process | req/s vs in-process |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ref = base[r["concurrency"]]
+        out.append(
+            f"| {r['path']} | {r['concurrency']} | {r['p50']:.1f} | {r['p99']:.1f} | "
+            f"{r['rps']:.1f} | {r['p50'] / ref['p50']:.2f}x | {r['rps'] / ref['rps']:.2f}x |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--export-dir", help="a SavedModel with predict_images (default: build one)"
+    )
+    parser.add_argument("--requests", type=int, default=200, help="requests per row")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args(argv)
+    if args.requests < 1:
+        parser.error("--requests must be >= 1")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    export_dir = args.export_dir
+    if export_dir is None:
+        from tests.serving_fixtures import build_serving_model
+
+        print("building the test model (about a minute)...", file=sys.stderr)
+        export_dir = build_serving_model(
+            tempfile.mkdtemp(prefix="imgpipe-bench-model-")
+        ).export_dir
+    rows = run(export_dir, args.requests, args.concurrency)
+    print(machine_line())
+    print()
+    print(table(rows, args.requests))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,584 @@
+"""gRPC client for TF Serving's PredictionService: library and `imgpipe predict`.
+
+Uses only the stock protos and `prediction_service_pb2_grpc.PredictionServiceStub`,
+so it works unchanged against a real `tensorflow_model_server` and against the
+local server (serving/server.py). Requests have the shape TF Serving expects:
+inputs keyed by the signature's input name, a [N] DT_STRING tensor.
+
+Every call has a deadline (`timeout`) and is retried with exponential backoff
+only when the server is UNAVAILABLE (down, restarting, no version loaded yet);
+any other failure raises `ServingRpcError` at once, with the status code and
+the server's message.
+
+    with ServingClient("localhost:8500") as c:
+        preds = c.predict_images("imgpipe", [open("cat.jpg", "rb").read()])
+        preds[0].classes, preds[0].scores
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import message
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.errors import ServingRpcError
+
+PREDICT_IMAGES = "predict_images"
+SERVING_DEFAULT = "serving_default"
+CLASSIFICATION = "classification"
+IMAGE_FEATURE = (
+    "image"  # trainer.features.IMAGE_KEY; kept literal so the client needs no trainer
+)
+# Input names of the signatures trainer/export.py writes; others are looked up via metadata.
+KNOWN_INPUT_KEYS = {
+    PREDICT_IMAGES: "images",
+    SERVING_DEFAULT: "examples",
+    CLASSIFICATION: "inputs",
+}
+MB = 1024 * 1024
+
+# What tf.io.decode_image (and so the model) accepts, by leading bytes.
+_IMAGE_MAGIC = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+}
+
+
+def image_format(data: bytes) -> str | None:
+    """'JPEG' | 'PNG' | 'GIF' | 'BMP' from the leading bytes, or None if not one of them."""
+    for magic, name in _IMAGE_MAGIC.items():
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def make_image_example(image: bytes) -> bytes:
+    """A serialized tf.Example holding the image bytes, as serving_default expects."""
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
+    example = tf.train.Example(
+        features=tf.train.Features(feature={IMAGE_FEATURE: feature})
+    )
+    return example.SerializeToString()
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Classes ranked by score (best first) for one input, and the model version that answered."""
+
+    classes: list[str]
+    scores: list[float]
+    version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": self.classes, "scores": self.scores, "version": self.version}
+
+
+def _ranked(
+    classes: np.ndarray, scores: np.ndarray, top_k: int | None
+) -> list[Prediction]:
+    """Rows of [B, N] classes/scores -> Predictions sorted by score (ties: lower index first)."""
+    if classes.shape != scores.shape or classes.ndim != 2:
+        raise ValueError(
+            f"expected classes and scores of the same shape [batch, N], got "
+            f"{list(classes.shape)} and {list(scores.shape)}"
+        )
+    out = []
+    for row_classes, row_scores in zip(classes, scores):
+        order = np.argsort(-row_scores, kind="stable")
+        if top_k is not None:
+            order = order[:top_k]
+        out.append(
+            Prediction(
+                classes=[_text(row_classes[i]) for i in order],
+                scores=[float(row_scores[i]) for i in order],
+            )
+        )
+    return out
+
+
+def _text(value: Any) -> str:
+    return (
+        value.decode("utf-8", errors="replace")
+        if isinstance(value, bytes)
+        else str(value)
+    )
+
+
+class ServingClient:
+    """A channel to one TF Serving (or local) server, with deadlines and retries.
+
+    retries: how many times an UNAVAILABLE call is retried (so up to
+    retries + 1 attempts), sleeping backoff * 2**attempt (capped at
+    max_backoff, with jitter) in between. timeout: the deadline of each attempt.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+        max_message_mb: int = 64,
+        channel: grpc.Channel | None = None,
+    ):
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        size = max_message_mb * MB
+        self._own_channel = channel is None
+        self.channel = channel or grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+            ],
+        )
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self._input_keys: dict[tuple[str, int | None, str], str] = {}
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+    def __enter__(self) -> ServingClient:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------------------
+    def _call(
+        self, method: str, rpc: Callable[..., Any], request: Any, timeout: float | None
+    ):
+        deadline = self.timeout if timeout is None else timeout
+        attempt = 0
+        while True:
+            try:
+                return rpc(request, timeout=deadline)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+                details = e.details() if hasattr(e, "details") else str(e)
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    delay = min(self.max_backoff, self.backoff * 2**attempt)
+                    time.sleep(delay * (0.5 + random.random() / 2))
+                    attempt += 1
+                    continue
+                if code == grpc.StatusCode.UNAVAILABLE and attempt:
+                    details = f"{details} (after {attempt + 1} attempts)"
+                raise ServingRpcError(
+                    method, self.target, code, details or ""
+                ) from None
+
+    @staticmethod
+    def _spec(
+        model: str, signature: str | None, version: int | None
+    ) -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=model)
+        if signature:
+            spec.signature_name = signature
+        if version is not None:
+            spec.version.value = int(version)
+        return spec
+
+    # -- raw RPCs ----------------------------------------------------------------------
+    def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        signature: str = SERVING_DEFAULT,
+        version: int | None = None,
+        output_filter: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], int | None]:
+        """Predict with `inputs` {name: array-like}; returns ({output: ndarray}, version)."""
+        request = predict_pb2.PredictRequest(
+            model_spec=self._spec(model, signature, version)
+        )
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        request.output_filter.extend(output_filter)
+        response = self._call("Predict", self._predict.Predict, request, timeout)
+        outputs = {name: tf.make_ndarray(t) for name, t in response.outputs.items()}
+        served = (
+            response.model_spec.version.value
+            if response.model_spec.HasField("version")
+            else None
+        )
+        return outputs, served
+
+    def metadata(
+        self, model: str, version: int | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """GetModelMetadata: {signature name: SignatureDef}."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self._spec(model, None, version),
+            metadata_field=["signature_def"],
+        )
+        response = self._call(
+            "GetModelMetadata", self._predict.GetModelMetadata, request, timeout
+        )
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        if not response.metadata["signature_def"].Unpack(sig_map):
+            raise ServingRpcError(
+                "GetModelMetadata",
+                self.target,
+                grpc.StatusCode.INTERNAL,
+                "metadata['signature_def'] is not a SignatureDefMap",
+            )
+        return dict(sig_map.signature_def)
+
+    def model_status(
+        self, model: str, version: int | None = None, timeout: float | None = None
+    ) -> list[tuple[int, str, str]]:
+        """GetModelStatus: [(version, state name, error message)], newest first."""
+        request = get_model_status_pb2.GetModelStatusRequest(
+            model_spec=self._spec(model, None, version)
+        )
+        response = self._call(
+            "GetModelStatus", self._models.GetModelStatus, request, timeout
+        )
+        state = get_model_status_pb2.ModelVersionStatus.State
+        return sorted(
+            (
+                (s.version, state.Name(s.state), s.status.error_message)
+                for s in response.model_version_status
+            ),
+            reverse=True,
+        )
+
+    def input_key(self, model: str, signature: str, version: int | None = None) -> str:
+        """The single input name of `signature` (known names, else from GetModelMetadata)."""
+        if signature in KNOWN_INPUT_KEYS:
+            return KNOWN_INPUT_KEYS[signature]
+        key = (model, version, signature)
+        if key not in self._input_keys:
+            sigs = self.metadata(model, version)
+            if signature not in sigs:
+                raise ValueError(
+                    f"model {model!r} has no signature {signature!r}; it has {sorted(sigs)}"
+                )
+            names = list(sigs[signature].inputs)
+            if len(names) != 1:
+                raise ValueError(
+                    f"signature {signature!r} has inputs {names}; expected one"
+                )
+            self._input_keys[key] = names[0]
+        return self._input_keys[key]
+
+    # -- image classification ----------------------------------------------------------
+    def _predict_strings(
+        self,
+        model: str,
+        values: Sequence[bytes],
+        signature: str,
+        version: int | None,
+        top_k: int | None,
+        timeout: float | None,
+    ) -> list[Prediction]:
+        if not values:
+            raise ValueError("no inputs given: pass at least one")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        key = self.input_key(model, signature, version)
+        batch = np.array(list(values), dtype=object)
+        outputs, served = self.predict(
+            model, {key: batch}, signature, version, ("classes", "scores"), timeout
+        )
+        preds = _ranked(outputs["classes"], outputs["scores"], top_k)
+        if len(preds) != len(values):
+            raise ServingRpcError(
+                "Predict",
+                self.target,
+                grpc.StatusCode.INTERNAL,
+                f"sent {len(values)} inputs, got {len(preds)} predictions",
+            )
+        return [dataclasses.replace(p, version=served) for p in preds]
+
+    def predict_images(
+        self,
+        model: str,
+        images: Sequence[bytes],
+        top_k: int | None = None,
+        signature: str = PREDICT_IMAGES,
+        version: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Prediction]:
+        """Encoded JPEG/PNG/GIF/BMP images -> ranked Predictions, one per image.
+
+        With signature='serving_default' each image is wrapped in a tf.Example.
+        """
+        values = list(images)
+        if signature == SERVING_DEFAULT:
+            values = [make_image_example(v) for v in values]
+        return self._predict_strings(model, values, signature, version, top_k, timeout)
+
+    def predict_examples(
+        self,
+        model: str,
+        examples: Sequence[bytes],
+        top_k: int | None = None,
+        signature: str = SERVING_DEFAULT,
+        version: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Prediction]:
+        """Serialized tf.Examples -> ranked Predictions via serving_default."""
+        return self._predict_strings(
+            model, list(examples), signature, version, top_k, timeout
+        )
+
+    def classify(
+        self,
+        model: str,
+        examples: Sequence[bytes],
+        top_k: int | None = None,
+        signature: str = CLASSIFICATION,
+        version: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Prediction]:
+        """The Classify RPC on serialized tf.Examples -> ranked Predictions.
+
+        TF Serving's Classify defaults to serving_default, which is a Predict
+        signature here, so the classification signature is named explicitly.
+        """
+        if not examples:
+            raise ValueError("no examples given: pass at least one")
+        request = classification_pb2.ClassificationRequest(
+            model_spec=self._spec(model, signature, version)
+        )
+        for i, serialized in enumerate(examples):
+            try:
+                request.input.example_list.examples.add().ParseFromString(serialized)
+            except message.DecodeError as e:
+                raise ValueError(
+                    f"example {i} is not a serialized tf.Example: {e}"
+                ) from e
+        response = self._call("Classify", self._predict.Classify, request, timeout)
+        served = (
+            response.model_spec.version.value
+            if response.model_spec.HasField("version")
+            else None
+        )
+        preds = []
+        for row in response.result.classifications:
+            classes = np.array([[c.label for c in row.classes]], dtype=object)
+            scores = np.array([[c.score for c in row.classes]], dtype=np.float32)
+            preds.append(
+                dataclasses.replace(_ranked(classes, scores, top_k)[0], version=served)
+            )
+        return preds
+
+
+# -- one-shot helpers ------------------------------------------------------------------
+
+
+def predict_images(
+    target: str,
+    model: str,
+    images: Sequence[bytes],
+    top_k: int | None = None,
+    signature: str = PREDICT_IMAGES,
+    version: int | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+) -> list[Prediction]:
+    """Open a channel, predict a batch of encoded images, close it."""
+    with ServingClient(target, timeout=timeout, retries=retries) as client:
+        return client.predict_images(model, images, top_k, signature, version)
+
+
+def predict_examples(
+    target: str,
+    model: str,
+    examples: Sequence[bytes],
+    top_k: int | None = None,
+    signature: str = SERVING_DEFAULT,
+    version: int | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+) -> list[Prediction]:
+    """Open a channel, predict serialized tf.Examples with serving_default, close it."""
+    with ServingClient(target, timeout=timeout, retries=retries) as client:
+        return client.predict_examples(model, examples, top_k, signature, version)
+
+
+def classify(
+    target: str,
+    model: str,
+    examples: Sequence[bytes],
+    top_k: int | None = None,
+    signature: str = CLASSIFICATION,
+    version: int | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+) -> list[Prediction]:
+    """Open a channel, Classify serialized tf.Examples, close it."""
+    with ServingClient(target, timeout=timeout, retries=retries) as client:
+        return client.classify(model, examples, top_k, signature, version)
+
+
+# -- CLI -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `imgpipe predict` flags."""
+    parser.add_argument(
+        "--target", default="localhost:8500", help="HOST:PORT of the server"
+    )
+    parser.add_argument("--model", required=True, help="model name (model_spec.name)")
+    parser.add_argument(
+        "--signature",
+        default=PREDICT_IMAGES,
+        choices=[PREDICT_IMAGES, SERVING_DEFAULT],
+        help="predict_images sends the bytes; serving_default wraps them in tf.Examples",
+    )
+    parser.add_argument(
+        "--version", type=int, default=None, help="a specific model version"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="keep the K best classes"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="deadline per RPC, seconds"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="retries when UNAVAILABLE"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="images per RPC")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files"
+    )
+    return parser
+
+
+def _err(message: str) -> None:
+    print(f"imgpipe predict: error: {message}", file=sys.stderr)
+
+
+def _predict_chunk(
+    client: ServingClient, args: argparse.Namespace, chunk: list[tuple[str, bytes]]
+) -> list[tuple[str, Prediction | ServingRpcError]]:
+    """Predict a chunk; if the server rejects it as INVALID_ARGUMENT, find the bad images.
+
+    Other errors (unknown model, server down, deadline) concern every image and are raised.
+    """
+
+    def send(items: list[tuple[str, bytes]]) -> list[Prediction]:
+        images = [data for _, data in items]
+        return client.predict_images(
+            args.model, images, args.top_k, args.signature, args.version
+        )
+
+    try:
+        return list(zip([path for path, _ in chunk], send(chunk)))
+    except ServingRpcError as e:
+        if e.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        if len(chunk) == 1:
+            return [(chunk[0][0], e)]
+    results: list[tuple[str, Prediction | ServingRpcError]] = []
+    for item in chunk:
+        results.extend(_predict_chunk(client, args, [item]))
+    return results
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Print one JSON line per image; exit 0 if all succeeded, 1 on any failure, 2 on usage.
+
+    Unreadable or non-image files are reported (by path) and skipped; the
+    rest are still predicted. A batch rejected as INVALID_ARGUMENT is retried
+    image by image so the bad file is named.
+    """
+    if args.batch_size < 1:
+        _err(f"--batch-size must be >= 1, got {args.batch_size}")
+        return 2
+    if args.top_k is not None and args.top_k < 1:
+        _err(f"--top-k must be >= 1, got {args.top_k}")
+        return 2
+    failed = 0
+    readable: list[tuple[str, bytes]] = []
+    for path in args.images:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            _err(f"cannot read image {path}: {e.strerror or e}")
+            failed += 1
+            continue
+        if image_format(data) is None:
+            _err(f"{path} is not a JPEG, PNG, GIF or BMP image")
+            failed += 1
+            continue
+        readable.append((path, data))
+    try:
+        client = ServingClient(args.target, timeout=args.timeout, retries=args.retries)
+    except ValueError as e:
+        _err(str(e))
+        return 2
+    with client:
+        for start in range(0, len(readable), args.batch_size):
+            try:
+                results = _predict_chunk(
+                    client, args, readable[start : start + args.batch_size]
+                )
+            except ServingRpcError as e:
+                _err(str(e))
+                return 1
+            for path, result in results:
+                if isinstance(result, ServingRpcError):
+                    _err(f"{path}: {result.code.name}: {result.details}")
+                    failed += 1
+                    continue
+                line = {
+                    "image": path,
+                    "classes": result.classes,
+                    "scores": result.scores,
+                }
+                print(json.dumps(line), flush=True)
+    if failed:
+        _err(f"{failed} of {len(args.images)} images failed")
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m serving.client ...`"""
+    parser = argparse.ArgumentParser(
+        prog="imgpipe predict",
+        description="Classify image files through a model server.",
+    )
+    add_arguments(parser)
+    return run_predict(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Errors shared by the local server and the client, each tied to a gRPC status code.
+
+The server maps these to the status of the RPC; the client raises
+`ServingRpcError` for a failed call, carrying the code and the server's
+message so callers can tell bad input (INVALID_ARGUMENT) from a missing model
+(NOT_FOUND) or a server that is down (UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base class; `code` is the gRPC status the server answers with."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequestError(ServingError):
+    """The request is malformed: wrong input name, dtype or shape, bad bytes, empty batch."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFoundError(ServingError):
+    """Unknown model name, version, version label or signature."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelUnavailableError(ServingError):
+    """The model is known but no version is loaded (yet): retrying may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class UnsupportedRequestError(ServingError):
+    """A valid request this server does not implement (e.g. an unknown metadata field)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ServerStartError(ServingError):
+    """The server could not start: bad base path, port in use, invalid settings."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ServingRpcError(ServingError):
+    """A client call failed; `code` and `details` are the server's status."""
+
+    def __init__(self, method: str, target: str, code: grpc.StatusCode, details: str):
+        self.method = method
+        self.target = target
+        self.code = code
+        self.details = details
+        super().__init__(f"{method} to {target} failed: {code.name}: {details}", code)
+
+
+_CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def status_code_from_int(value: int) -> grpc.StatusCode:
+    """A gRPC StatusCode from its number (TensorFlow's error codes use the same numbers)."""
+    return _CODES_BY_VALUE.get(int(value), grpc.StatusCode.UNKNOWN)

@@ -1,0 +1,883 @@
+"""The local gRPC server and client, over a real loopback channel with the stock stubs.
+
+One real model (tests/serving_fixtures.py) is built per session. Each answer is
+compared with the same SavedModel called in-process on the same batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from serving import client as client_lib
+from serving import server as server_lib
+from serving.errors import ServingRpcError
+from tests import serving_fixtures
+from tests.helpers import encode_image, make_example
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = serving_fixtures.MODEL_NAME
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+# ----------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture(scope="session")
+def model() -> serving_fixtures.ServingModel:
+    return serving_fixtures.serving_model()
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    """The same SavedModel, loaded in-process: the ground truth for every served answer."""
+    return tf.saved_model.load(model.export_dir).signatures
+
+
+def _base_path(tmp_path_factory, model, versions=(1,)) -> str:
+    base = tmp_path_factory.mktemp("models") / NAME
+    for v in versions:
+        shutil.copytree(model.export_dir, base / str(v))
+    return str(base)
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    base = _base_path(tmp_path_factory, model)
+    os.makedirs(os.path.join(base, "7"))  # incomplete push: no saved_model.pb
+    os.makedirs(os.path.join(base, "tmp-push-3"))  # not an integer
+    with server_lib.start_in_thread(
+        base, NAME, poll_seconds=0.5, max_message_mb=4
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stubs(server):
+    channel = grpc.insecure_channel(server.target)
+    yield (
+        prediction_service_pb2_grpc.PredictionServiceStub(channel),
+        model_service_pb2_grpc.ModelServiceStub(channel),
+    )
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with client_lib.ServingClient(server.target, timeout=30.0) as c:
+        yield c
+
+
+def _strings(values) -> tf.Tensor:
+    return tf.constant(list(values), dtype=tf.string)
+
+
+def _predict_request(signature, key, values, version=None, name=NAME):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs[key].CopyFrom(tf.make_tensor_proto(list(values), dtype=tf.string))
+    return request
+
+
+def _assert_healthy(stubs, model) -> None:
+    predict, _ = stubs
+    request = _predict_request("predict_images", "images", [model.items[0][0]])
+    response = predict.Predict(request, timeout=30)
+    assert tf.make_ndarray(response.outputs["classes"]).shape == (1, 3)
+
+
+def _assert_close(a, b) -> None:
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _state(running, version) -> int | None:
+    statuses = running.manager.statuses(version)
+    return statuses[0].state if statuses else None
+
+
+# ----------------------------------------------------------------------------------------
+# The fixture is meaningful
+
+
+def test_fixture_model_separates_images(model, reference):
+    """Otherwise equal scores between paths would prove nothing."""
+    out = reference["predict_images"](images=_strings(i for i, _ in model.items))
+    top = [c.decode() for c in out["classes"].numpy()[:, 0]]
+    assert np.mean([t == label for t, (_, label) in zip(top, model.items)]) >= 0.9
+    assert out["scores"].numpy()[:, 0].std() > 0.01
+
+
+# ----------------------------------------------------------------------------------------
+# Round trips with the stock stubs
+
+
+def test_predict_serving_default_equals_in_process(stubs, model, reference):
+    predict, _ = stubs
+    examples = [make_example(img) for img, _ in model.items[::4]]
+    response = predict.Predict(
+        _predict_request("serving_default", "examples", examples), timeout=30
+    )
+    assert response.model_spec.name == NAME
+    assert response.model_spec.version.value == 1
+    assert response.model_spec.signature_name == "serving_default"
+    expected = reference["serving_default"](examples=_strings(examples))
+    assert set(response.outputs) == {"classes", "scores"}
+    _assert_close(tf.make_ndarray(response.outputs["scores"]), expected["scores"])
+    assert (
+        tf.make_ndarray(response.outputs["classes"]) == expected["classes"].numpy()
+    ).all()
+
+
+def test_predict_default_signature_and_output_filter(stubs, model, reference):
+    predict, _ = stubs
+    examples = [make_example(img) for img, _ in model.items[1::5]]
+    request = _predict_request("", "examples", examples)
+    request.output_filter.append("scores")
+    response = predict.Predict(request, timeout=30)
+    assert response.model_spec.signature_name == "serving_default"
+    assert list(response.outputs) == ["scores"]
+    expected = reference["serving_default"](examples=_strings(examples))["scores"]
+    _assert_close(tf.make_ndarray(response.outputs["scores"]), expected)
+
+
+def test_predict_images_equals_in_process(stubs, model, reference):
+    predict, _ = stubs
+    images = [img for img, _ in model.items[2::3]]
+    response = predict.Predict(
+        _predict_request("predict_images", "images", images), timeout=30
+    )
+    expected = reference["predict_images"](images=_strings(images))
+    _assert_close(tf.make_ndarray(response.outputs["scores"]), expected["scores"])
+    assert (
+        tf.make_ndarray(response.outputs["classes"]) == expected["classes"].numpy()
+    ).all()
+
+
+def test_classify_equals_in_process(stubs, model, reference):
+    predict, _ = stubs
+    examples = [make_example(img) for img, _ in model.items[::6]]
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = NAME
+    request.model_spec.signature_name = "classification"
+    for e in examples:
+        request.input.example_list.examples.add().ParseFromString(e)
+    response = predict.Classify(request, timeout=30)
+    assert response.model_spec.version.value == 1
+    expected = reference["classification"](inputs=_strings(examples))
+    rows = response.result.classifications
+    assert len(rows) == len(examples)
+    for row, classes, scores in zip(
+        rows, expected["classes"].numpy(), expected["scores"].numpy()
+    ):
+        assert [c.label.encode() for c in row.classes] == list(classes)
+        _assert_close([c.score for c in row.classes], scores)
+
+
+def test_classify_merges_context_into_each_example(stubs, model, reference):
+    """example_list_with_context: the image in the context, empty examples."""
+    predict, _ = stubs
+    image = model.items[-1][0]
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = NAME
+    request.model_spec.signature_name = "classification"
+    ctx = request.input.example_list_with_context
+    ctx.context.ParseFromString(make_example(image))
+    ctx.examples.add()
+    ctx.examples.add()
+    response = predict.Classify(request, timeout=30)
+    expected = reference["classification"](inputs=_strings([make_example(image)] * 2))
+    for row, scores in zip(response.result.classifications, expected["scores"].numpy()):
+        _assert_close([c.score for c in row.classes], scores)
+
+
+def test_get_model_metadata_returns_the_signature_defs(stubs, model):
+    predict, _ = stubs
+    request = get_model_metadata_pb2.GetModelMetadataRequest(
+        metadata_field=["signature_def"]
+    )
+    request.model_spec.name = NAME
+    response = predict.GetModelMetadata(request, timeout=30)
+    assert response.model_spec.name == NAME and response.model_spec.version.value == 1
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(sig_map)
+    on_disk = server_lib.read_signature_defs(model.export_dir)
+    assert dict(sig_map.signature_def) == on_disk
+    sigs = sig_map.signature_def
+    assert sigs["classification"].method_name == "tensorflow/serving/classify"
+    assert sigs["serving_default"].method_name == "tensorflow/serving/predict"
+    images = sigs["predict_images"].inputs["images"]
+    assert images.dtype == tf.string.as_datatype_enum
+    assert [d.size for d in images.tensor_shape.dim] == [-1]
+    assert set(sigs["predict_images"].outputs) == {"classes", "scores"}
+
+
+def test_get_model_status(stubs, server):
+    _, models = stubs
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = NAME
+    response = models.GetModelStatus(request, timeout=30)
+    # Only version 1: dir 7 has no saved_model.pb and tmp-push-3 is not a version.
+    assert [(s.version, s.state) for s in response.model_version_status] == [
+        (1, State.AVAILABLE)
+    ]
+    assert response.model_version_status[0].status.error_code == 0
+    request.model_spec.version.value = 7
+    with pytest.raises(grpc.RpcError) as e:
+        models.GetModelStatus(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_warmup_requests_were_replayed_on_load(server):
+    loaded = server.manager.get_loaded(1)
+    assert loaded is not None
+    assert loaded.warmup_summary == f"{serving_fixtures.WARMUP_COUNT} warmup requests"
+
+
+# ----------------------------------------------------------------------------------------
+# Real photos: predict_images and the tf.Example path agree
+
+
+def test_photos_jpeg_and_png_same_classes_on_both_paths(client, model, reference):
+    photos = serving_fixtures.sample_photos()
+    images = [jpeg for _, jpeg, _ in photos] + [png for _, _, png in photos]
+    images += [serving_fixtures.as_jpeg(img) for img, _ in model.items[::9]]
+    by_image = client.predict_images(NAME, images)
+    by_example = client.predict_examples(NAME, [make_example(i) for i in images])
+    by_example_signature = client.predict_images(
+        NAME, images, signature="serving_default"
+    )
+    assert len(by_image) == len(images)
+    for a, b, c in zip(by_image, by_example, by_example_signature):
+        assert a.classes == b.classes == c.classes
+        _assert_close(a.scores, b.scores)
+        assert a.version == b.version == 1
+    expected = reference["predict_images"](images=_strings(images))
+    for pred, classes in zip(by_image, expected["classes"].numpy()):
+        assert pred.classes == [c.decode() for c in classes]
+    # The photos are not digits, but each still gets its own scores.
+    assert len({tuple(p.scores) for p in by_image}) == len(images)
+
+
+def test_client_top_k_and_classify(client, model, reference):
+    examples = [make_example(img) for img, _ in model.items[:3]]
+    preds = client.classify(NAME, examples, top_k=2)
+    expected = reference["serving_default"](examples=_strings(examples))[
+        "scores"
+    ].numpy()
+    for pred, scores in zip(preds, expected):
+        assert len(pred.classes) == 2
+        _assert_close(pred.scores, np.sort(scores)[::-1][:2])
+    one = client.predict_images(NAME, [model.items[0][0]], top_k=1)
+    assert one[0].classes == [model.items[0][1]]
+
+
+# ----------------------------------------------------------------------------------------
+# Bad requests: the right status, a useful message, and the server keeps serving
+
+
+def _bad_cases(image: bytes):
+    def predict(
+        signature, key, values, dtype=tf.string, version=None, name=NAME, shape=None
+    ):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = signature
+        if version is not None:
+            request.model_spec.version.value = version
+        request.inputs[key].CopyFrom(
+            tf.make_tensor_proto(values, dtype=dtype, shape=shape)
+        )
+        return "Predict", request
+
+    no_spec = predict_pb2.PredictRequest()
+    no_spec.inputs["images"].CopyFrom(tf.make_tensor_proto([image]))
+    label = predict_pb2.PredictRequest()
+    label.model_spec.name = NAME
+    label.model_spec.version_label = "stable"
+    filtered = predict("predict_images", "images", [image])[1]
+    filtered.output_filter.append("probabilities")
+    classify_default = classification_pb2.ClassificationRequest()
+    classify_default.model_spec.name = NAME
+    classify_default.input.example_list.examples.add().ParseFromString(
+        make_example(image)
+    )
+    classify_empty = classification_pb2.ClassificationRequest()
+    classify_empty.model_spec.name = NAME
+    classify_empty.model_spec.signature_name = "classification"
+    metadata_no_field = get_model_metadata_pb2.GetModelMetadataRequest()
+    metadata_no_field.model_spec.name = NAME
+    metadata_bad_field = get_model_metadata_pb2.GetModelMetadataRequest(
+        metadata_field=["x"]
+    )
+    metadata_bad_field.model_spec.name = NAME
+    ia, nf = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+    return {
+        "wrong input name": (
+            predict("predict_images", "image", [image]),
+            ia,
+            "Missing",
+        ),
+        "wrong dtype": (
+            predict("predict_images", "images", [1.0], tf.float32),
+            ia,
+            "float",
+        ),
+        "undecodable image": (
+            predict("predict_images", "images", [image, b"not an image"]),
+            ia,
+            "image file format",
+        ),
+        "truncated jpeg": (
+            predict("predict_images", "images", [serving_fixtures.as_jpeg(image)[:60]]),
+            ia,
+            "predict_images",
+        ),
+        "empty batch": (
+            predict("predict_images", "images", [], shape=[0]),
+            ia,
+            "empty batch",
+        ),
+        "rank-2 input": (predict("predict_images", "images", [[image]]), ia, "shape"),
+        "bad serialized example": (
+            predict("serving_default", "examples", [b"\xff\xff\xff not a proto"]),
+            ia,
+            "serving_default",
+        ),
+        "example without image": (
+            predict(
+                "serving_default", "examples", [tf.train.Example().SerializeToString()]
+            ),
+            ia,
+            "image",
+        ),
+        "unknown output": (("Predict", filtered), ia, "probabilities"),
+        "unknown model": (
+            predict("predict_images", "images", [image], name="nope"),
+            nf,
+            "nope",
+        ),
+        "unknown version": (
+            predict("predict_images", "images", [image], version=9),
+            nf,
+            "9",
+        ),
+        "unknown signature": (
+            predict("mystery", "images", [image]),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "mystery",
+        ),
+        "version label": (("Predict", label), ia, "stable"),
+        "missing model spec": (("Predict", no_spec), ia, "ModelSpec"),
+        "classify on a predict signature": (
+            ("Classify", classify_default),
+            ia,
+            "method_name",
+        ),
+        "classify empty input": (("Classify", classify_empty), ia, "empty"),
+        "metadata without field": (
+            ("GetModelMetadata", metadata_no_field),
+            ia,
+            "metadata_field",
+        ),
+        "metadata unknown field": (("GetModelMetadata", metadata_bad_field), ia, "x"),
+    }
+
+
+BAD_CASES = sorted(_bad_cases(encode_image(np.zeros((4, 4), np.uint8))))
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_request_status_and_server_stays_healthy(stubs, model, case):
+    (method, request), code, fragment = _bad_cases(model.items[0][0])[case]
+    predict, _ = stubs
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(predict, method)(request, timeout=30)
+    assert e.value.code() == code, e.value.details()
+    assert fragment in e.value.details()
+    assert "Traceback" not in e.value.details() and "[[{{node" not in e.value.details()
+    _assert_healthy(stubs, model)
+
+
+def test_unimplemented_methods(stubs, model):
+    predict, models = stubs
+    calls = [
+        (predict.Regress, regression_pb2.RegressionRequest()),
+        (predict.MultiInference, inference_pb2.MultiInferenceRequest()),
+        (models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest()),
+    ]
+    for call, request in calls:
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    _assert_healthy(stubs, model)
+
+
+def test_message_larger_than_the_limit_is_rejected(stubs, model):
+    """The fixture server allows 4 MB messages; 5 MB is refused, then it serves again."""
+    predict, _ = stubs
+    request = _predict_request(
+        "predict_images", "images", [b"\xff\xd8\xff" + b"0" * (5 * 2**20)]
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        predict.Predict(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _assert_healthy(stubs, model)
+
+
+def test_deadline_is_enforced_and_not_retried(server, model):
+    with (
+        client_lib.ServingClient(server.target, timeout=0.001, retries=3) as c,
+        pytest.raises(ServingRpcError) as e,
+    ):
+        c.predict_images(NAME, [img for img, _ in model.items])
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "attempts" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------
+# Client retries (fake transport: counts attempts exactly)
+
+
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code):
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return f"fake {self._code.name}"
+
+
+def _flaky(codes):
+    calls = []
+
+    def rpc(request, timeout):
+        calls.append(timeout)
+        if len(calls) <= len(codes):
+            raise _FakeRpcError(codes[len(calls) - 1])
+        return "ok"
+
+    return rpc, calls
+
+
+def test_client_retries_unavailable_only():
+    c = client_lib.ServingClient("127.0.0.1:1", timeout=2.5, retries=3, backoff=0.001)
+    try:
+        rpc, calls = _flaky([grpc.StatusCode.UNAVAILABLE] * 2)
+        assert c._call("Predict", rpc, None, None) == "ok"
+        assert calls == [2.5, 2.5, 2.5]  # each attempt has its own deadline
+        rpc, calls = _flaky([grpc.StatusCode.UNAVAILABLE] * 10)
+        with pytest.raises(ServingRpcError, match="after 4 attempts") as e:
+            c._call("Predict", rpc, None, None)
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE and len(calls) == 4
+        for code in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ):
+            rpc, calls = _flaky([code])
+            with pytest.raises(ServingRpcError) as e:
+                c._call("Predict", rpc, None, None)
+            assert e.value.code == code and len(calls) == 1
+    finally:
+        c.close()
+
+
+def test_client_against_a_closed_port_fails_unavailable():
+    with pytest.raises(ServingRpcError) as e:
+        client_lib.predict_images("127.0.0.1:1", NAME, [b"x"], timeout=2, retries=1)
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "127.0.0.1:1" in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------
+# Concurrency
+
+
+def test_concurrent_burst_all_succeed(server, model, reference):
+    images = [img for img, _ in model.items]
+    batches = [
+        [images[i % len(images)], images[(i * 7 + 3) % len(images)]] for i in range(32)
+    ]
+    with (
+        client_lib.ServingClient(server.target, timeout=60.0) as c,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
+        results = list(pool.map(lambda b: c.predict_images(NAME, b), batches))
+    assert len(results) == 32
+    for batch, preds in zip(batches, results):
+        expected = reference["predict_images"](images=_strings(batch))
+        for pred, classes, scores in zip(
+            preds, expected["classes"].numpy(), expected["scores"].numpy()
+        ):
+            assert pred.classes == [c.decode() for c in classes]
+            _assert_close(pred.scores, scores)
+
+
+# ----------------------------------------------------------------------------------------
+# Versions: hot swap, failed loads, removal
+
+
+class _RequestLoop:
+    """A background client sending requests until stopped (bounded by count and time)."""
+
+    def __init__(
+        self,
+        target: str,
+        image: bytes,
+        max_requests: int = 2000,
+        max_seconds: float = 120,
+    ):
+        self.versions: list[int] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._args = (target, image, max_requests, max_seconds)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        target, image, max_requests, max_seconds = self._args
+        deadline = time.monotonic() + max_seconds
+        with client_lib.ServingClient(target, timeout=30.0, retries=0) as c:
+            while not self._stop.is_set() and len(self.versions) < max_requests:
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    self.versions.append(c.predict_images(NAME, [image])[0].version)
+                except ServingRpcError as e:
+                    self.errors.append(str(e))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def test_hot_swap_under_load(model, reference, tmp_path_factory):
+    base = _base_path(tmp_path_factory, model, versions=(1,))
+    image = model.items[5][0]
+    with server_lib.start_in_thread(base, NAME, poll_seconds=0.2) as running:
+        with _RequestLoop(running.target, image) as loop:
+            _wait_for(lambda: len(loop.versions) >= 3, 60, "requests on version 1")
+            # A request "in flight" on version 1: the swap must wait for it.
+            spec = model_pb2.ModelSpec(name=NAME)
+            with running.manager.acquire(spec) as held:
+                assert held.version == 1
+                shutil.copytree(model.export_dir, os.path.join(base, "2"))  # not atomic
+                _wait_for(
+                    lambda: 2 in running.manager.serving_versions(), 90, "version 2"
+                )
+                _wait_for(
+                    lambda: _state(running, 1) == State.UNLOADING, 30, "v1 unloading"
+                )
+                seen = len(loop.versions)
+                _wait_for(
+                    lambda: 2 in loop.versions[seen:], 30, "requests on version 2"
+                )
+                # The held version still computes while it drains.
+                out = held.run(
+                    "predict_images", {"images": np.array([image], dtype=object)}
+                )
+                assert out["classes"].shape == (1, 3)
+            _wait_for(lambda: _state(running, 1) == State.END, 30, "v1 unloaded")
+            seen = len(loop.versions)
+            _wait_for(lambda: len(loop.versions) >= seen + 3, 30, "more requests")
+        assert loop.errors == []
+        assert loop.versions[0] == 1 and loop.versions[-1] == 2
+        first_v2 = loop.versions.index(2)
+        assert set(loop.versions[first_v2:]) == {2}, "went back to v1 after serving v2"
+        assert running.manager.serving_versions() == [2]
+        with client_lib.ServingClient(running.target) as c:
+            with pytest.raises(ServingRpcError) as e:
+                c.predict_images(NAME, [image], version=1)
+            assert e.value.code == grpc.StatusCode.NOT_FOUND
+            status = {v: s for v, s, _ in c.model_status(NAME)}
+            assert status[2] == "AVAILABLE" and status[1] == "END"
+            pred = c.predict_images(NAME, [image])[0]
+        expected = reference["predict_images"](images=_strings([image]))
+        _assert_close(pred.scores, expected["scores"].numpy()[0])
+
+
+def test_failed_version_keeps_old_and_removed_version_rolls_back(
+    model, tmp_path_factory, caplog
+):
+    base = _base_path(tmp_path_factory, model, versions=(1, 3))
+    image = model.items[0][0]
+    with server_lib.start_in_thread(base, NAME, poll_seconds=0.2) as running:
+        # Only the newest version is loaded.
+        assert running.manager.serving_versions() == [3]
+        assert _state(running, 1) is None
+        c = client_lib.ServingClient(running.target, timeout=30.0, retries=0)
+        # Version 4 is broken: saved_model.pb is garbage. Version 3 keeps serving.
+        os.makedirs(os.path.join(base, "4"))
+        with open(os.path.join(base, "4", "saved_model.pb"), "wb") as f:
+            f.write(b"this is not a SavedModel")
+        _wait_for(lambda: _state(running, 4) == State.END, 30, "v4 load failure")
+        ((_, state, error),) = c.model_status(NAME, version=4)
+        assert state == "END" and "MetaGraph" in error
+        assert c.predict_images(NAME, [image])[0].version == 3
+        time.sleep(1.0)  # five more polls: the unchanged broken dir is not retried
+        failures = [r for r in caplog.records if "Failed to load" in r.getMessage()]
+        assert len(failures) == 1 and "version 4" in failures[0].getMessage()
+        assert running.manager.serving_versions() == [3]
+        # Removing 4 and 3 from disk rolls back to 1, which is still there.
+        shutil.rmtree(os.path.join(base, "4"))
+        shutil.rmtree(os.path.join(base, "3"))
+        _wait_for(lambda: _state(running, 3) == State.END, 90, "rollback to 1")
+        assert running.manager.serving_versions() == [1]
+        assert c.predict_images(NAME, [image])[0].version == 1
+        # Removing every version: UNAVAILABLE, not a crash.
+        shutil.rmtree(os.path.join(base, "1"))
+        _wait_for(lambda: _state(running, 1) == State.END, 30, "nothing served")
+        with pytest.raises(ServingRpcError) as e:
+            c.predict_images(NAME, [image])
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        c.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Shutdown
+
+
+def test_stop_finishes_in_flight_requests(model, tmp_path_factory):
+    base = _base_path(tmp_path_factory, model)
+    images = [img for img, _ in model.items] * 4  # a batch that takes a while
+    running = server_lib.start_server(
+        server_lib.ServerConfig(
+            model_base_path=base, model_name=NAME, port=0, grace_seconds=30
+        )
+    )
+    try:
+        channel = grpc.insecure_channel(running.target)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        future = stub.Predict.future(
+            _predict_request("predict_images", "images", images), timeout=60
+        )
+        loaded = running.manager.get_loaded(1)
+        _wait_for(lambda: loaded.in_flight > 0, 30, "the request to start")
+    finally:
+        running.stop()  # returns after in-flight RPCs finish
+    response = future.result(timeout=1)
+    assert tf.make_ndarray(response.outputs["classes"]).shape == (len(images), 3)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Predict(
+            _predict_request("predict_images", "images", images[:1]), timeout=5
+        )
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    return env
+
+
+def test_sigterm_shuts_down_gracefully(model, tmp_path_factory):
+    base = _base_path(tmp_path_factory, model)
+    cmd = [sys.executable, "-m", "serving.server", "--model-base-path", base]
+    cmd += ["--model-name", NAME, "--port", "0", "--grace-seconds", "5"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(x) for x in proc.stderr], daemon=True
+    )
+    reader.start()
+    log, port = [], None
+    try:
+        deadline = time.monotonic() + 180
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            log.append(line)
+            m = re.search(r"Serving model .* on 127\.0\.0\.1:(\d+)", line)
+            port = int(m.group(1)) if m else None
+        assert port, "server did not start:\n" + "".join(log[-30:])
+        pred = client_lib.predict_images(f"127.0.0.1:{port}", NAME, [model.items[0][0]])
+        assert pred[0].classes[0] == model.items[0][1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    while not lines.empty():
+        log.append(lines.get())
+    text = "".join(log)
+    assert "SIGTERM received" in text and "Server stopped" in text
+    with pytest.raises(ServingRpcError) as e:
+        client_lib.predict_images(
+            f"127.0.0.1:{port}", NAME, [b"x"], timeout=2, retries=0
+        )
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_start_errors_are_clear(tmp_path):
+    with pytest.raises(server_lib.ServerStartError, match="base path not found"):
+        server_lib.start_server(
+            server_lib.ServerConfig(str(tmp_path / "missing"), NAME)
+        )
+    with pytest.raises(server_lib.ServerStartError, match="poll_seconds"):
+        server_lib.start_server(
+            server_lib.ServerConfig(str(tmp_path), NAME, poll_seconds=0)
+        )
+
+
+def test_port_in_use_is_an_error(server, tmp_path):
+    config = server_lib.ServerConfig(str(tmp_path), NAME, port=server.port)
+    with pytest.raises(server_lib.ServerStartError, match="cannot bind"):
+        server_lib.start_server(config)
+
+
+# ----------------------------------------------------------------------------------------
+# The `imgpipe predict` CLI
+
+
+def _cli_args(target, *extra):
+    import argparse
+
+    parser = client_lib.add_arguments(argparse.ArgumentParser())
+    return parser.parse_args(["--target", target, "--model", NAME, *extra])
+
+
+def test_cli_predict_prints_one_line_per_image(server, model, client, tmp_path, capsys):
+    png = tmp_path / "digit.png"
+    png.write_bytes(model.items[13][0])
+    jpeg = tmp_path / "flower.jpg"
+    jpeg.write_bytes(serving_fixtures.sample_photos()[1][1])
+    code = client_lib.run_predict(_cli_args(server.target, str(png), str(jpeg)))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["image"] for x in lines] == [str(png), str(jpeg)]
+    expected = client.predict_images(NAME, [png.read_bytes(), jpeg.read_bytes()])
+    for line, pred in zip(lines, expected):
+        assert line["classes"] == pred.classes
+        _assert_close(line["scores"], pred.scores)
+    assert lines[0]["classes"][0] == model.items[13][1]
+
+
+def test_cli_predict_reports_bad_files_and_keeps_going(server, model, tmp_path, capsys):
+    good = tmp_path / "good.png"
+    good.write_bytes(model.items[0][0])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(serving_fixtures.as_jpeg(model.items[1][0])[:60])
+    missing = tmp_path / "missing.png"
+    args = _cli_args(
+        server.target, "--signature", "serving_default", "--top-k", "1",
+        str(good), str(text), str(broken), str(missing),
+    )  # fmt: skip
+    code = client_lib.run_predict(args)
+    out, err = capsys.readouterr()
+    assert code == 1
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert lines == [
+        {
+            "image": str(good),
+            "classes": [model.items[0][1]],
+            "scores": lines[0]["scores"],
+        }
+    ]
+    assert len(lines[0]["scores"]) == 1
+    for path in (text, broken, missing):
+        assert str(path) in err
+    assert "INVALID_ARGUMENT" in err and "3 of 4 images failed" in err
+
+
+def test_cli_predict_unknown_model_exits_nonzero(server, model, tmp_path, capsys):
+    good = tmp_path / "good.png"
+    good.write_bytes(model.items[0][0])
+    args = _cli_args(server.target, str(good))
+    args.model = "nope"
+    assert client_lib.run_predict(args) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "NOT_FOUND" in err and "nope" in err
+
+
+def test_cli_module_entry_point(server, model, tmp_path):
+    paths = []
+    for i in (0, 20):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(model.items[i][0])
+        paths.append(str(p))
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.client",
+        "--target",
+        server.target,
+        "--model",
+        NAME,
+    ]
+    result = subprocess.run(
+        cmd + paths,
+        check=False,
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["classes"][0] for x in lines] == [model.items[0][1], model.items[20][1]]
+
+
+def test_run_server_reports_start_errors(tmp_path, capsys):
+    import argparse
+
+    argv = ["--model-base-path", str(tmp_path / "missing"), "--model-name", NAME]
+    assert server_lib.run_server(argv) == 2
+    assert "model base path not found" in capsys.readouterr().err
+    # The `imgpipe` CLI passes parsed args.
+    args = server_lib.add_arguments(argparse.ArgumentParser()).parse_args(argv)
+    assert server_lib.run_server(args) == 2
+    assert str(tmp_path / "missing") in capsys.readouterr().err

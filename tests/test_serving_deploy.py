@@ -1,0 +1,236 @@
+"""serving/deploy: TF Serving configs parse with the real protos; compose and k8s files agree.
+
+tensorflow-serving-api 2.16.1 ships ModelServerConfig but not MonitoringConfig
+or BatchingParameters (their *_pb2 modules are not in the wheel). For those two
+the messages are built here from the upstream .proto definitions (field names,
+numbers and types transcribed from tensorflow/serving), so a misspelt or
+mistyped field still fails to parse exactly as it would in the server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import yaml
+from google.protobuf import text_format
+
+DEPLOY = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "deploy"
+)
+IMAGE = "tensorflow/serving:2.16.1"
+MODEL_NAME = "imgpipe"  # pipeline.config.PipelineConfig.model_name default
+CONFIG_FILES = ("models.config", "batching_parameters.txt", "monitoring.config")
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(DEPLOY, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _yaml(name: str):
+    with open(os.path.join(DEPLOY, name), encoding="utf-8") as f:
+        return list(yaml.safe_load_all(f))
+
+
+def _transcribed_messages() -> dict[str, type]:
+    """MonitoringConfig and BatchingParameters as declared upstream (tensorflow/serving 2.16)."""
+    from google.protobuf import (
+        descriptor_pb2,
+        descriptor_pool,
+        message_factory,
+        wrappers_pb2,
+    )
+
+    fdp = descriptor_pb2.FieldDescriptorProto
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(
+        descriptor_pb2.FileDescriptorProto.FromString(
+            wrappers_pb2.DESCRIPTOR.serialized_pb
+        )
+    )
+    f = descriptor_pb2.FileDescriptorProto(
+        name="imgpipe_tests/tf_serving_configs.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+
+    def add(msg, name, number, ftype, type_name=None, repeated=False):
+        field = msg.field.add(name=name, number=number, type=ftype)
+        field.label = fdp.LABEL_REPEATED if repeated else fdp.LABEL_OPTIONAL
+        if type_name:
+            field.type_name = type_name
+
+    # tensorflow_serving/config/monitoring_config.proto
+    prom = f.message_type.add(name="PrometheusConfig")
+    add(prom, "enable", 1, fdp.TYPE_BOOL)
+    add(prom, "path", 2, fdp.TYPE_STRING)
+    mon = f.message_type.add(name="MonitoringConfig")
+    add(
+        mon,
+        "prometheus_config",
+        1,
+        fdp.TYPE_MESSAGE,
+        ".tensorflow.serving.PrometheusConfig",
+    )
+    # tensorflow_serving/servables/tensorflow/session_bundle_config.proto (fields 1-7)
+    bp = f.message_type.add(name="BatchingParameters")
+    i64, s = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
+    add(bp, "max_batch_size", 1, fdp.TYPE_MESSAGE, i64)
+    add(bp, "batch_timeout_micros", 2, fdp.TYPE_MESSAGE, i64)
+    add(bp, "max_enqueued_batches", 3, fdp.TYPE_MESSAGE, i64)
+    add(bp, "num_batch_threads", 4, fdp.TYPE_MESSAGE, i64)
+    add(bp, "thread_pool_name", 5, fdp.TYPE_MESSAGE, s)
+    add(bp, "allowed_batch_sizes", 6, fdp.TYPE_INT64, repeated=True)
+    add(bp, "pad_variable_length_inputs", 7, fdp.TYPE_BOOL)
+    pool.Add(f)
+    factory = message_factory.MessageFactory(pool)
+    return {
+        name: factory.GetPrototype(
+            pool.FindMessageTypeByName(f"tensorflow.serving.{name}")
+        )
+        for name in ("MonitoringConfig", "BatchingParameters")
+    }
+
+
+def _monitoring_config_class():
+    try:
+        from tensorflow_serving.config import monitoring_config_pb2
+
+        return monitoring_config_pb2.MonitoringConfig
+    except ImportError:
+        return _transcribed_messages()["MonitoringConfig"]
+
+
+def _batching_parameters_class():
+    try:
+        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+
+        return session_bundle_config_pb2.BatchingParameters
+    except ImportError:
+        return _transcribed_messages()["BatchingParameters"]
+
+
+def test_models_config_parses_as_model_server_config():
+    from tensorflow_serving.config import model_server_config_pb2
+
+    cfg = text_format.Parse(
+        _read("models.config"), model_server_config_pb2.ModelServerConfig()
+    )
+    models = cfg.model_config_list.config
+    assert len(models) == 1
+    m = models[0]
+    assert m.name == MODEL_NAME
+    assert m.base_path == f"/models/{MODEL_NAME}"
+    assert m.model_platform == "tensorflow"
+    assert m.model_version_policy.WhichOneof("policy_choice") == "latest"
+    assert m.model_version_policy.latest.num_versions == 1
+
+
+def test_monitoring_config_enables_prometheus():
+    cfg = text_format.Parse(_read("monitoring.config"), _monitoring_config_class()())
+    assert cfg.prometheus_config.enable is True
+    assert cfg.prometheus_config.path == "/monitoring/prometheus/metrics"
+
+
+def test_batching_parameters_parse_and_are_sane():
+    params = text_format.Parse(
+        _read("batching_parameters.txt"), _batching_parameters_class()()
+    )
+    assert params.HasField("max_batch_size") and params.max_batch_size.value == 32
+    assert 0 < params.batch_timeout_micros.value <= 100_000
+    assert params.num_batch_threads.value >= 1
+    assert params.max_enqueued_batches.value >= 1
+    sizes = list(params.allowed_batch_sizes)
+    if sizes:  # TF Serving: increasing, the last equal to max_batch_size
+        assert sizes == sorted(sizes) and sizes[-1] == params.max_batch_size.value
+
+
+def test_transcribed_protos_reject_unknown_fields():
+    """The parse checks above can fail: a misspelt field is an error, not ignored."""
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse("max_batch_sise { value: 1 }", _batching_parameters_class()())
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse(
+            "prometheus_config { enabled: true }", _monitoring_config_class()()
+        )
+
+
+def _server_flags(args: list[str]) -> dict[str, str]:
+    flags = {}
+    for a in args:
+        m = re.fullmatch(r"--([a-z_]+)=(.*)", a)
+        assert m, f"unexpected argument {a!r}"
+        flags[m.group(1)] = m.group(2)
+    return flags
+
+
+def _check_server_flags(flags: dict[str, str], config_files: set[str]) -> None:
+    assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
+    assert flags["enable_batching"] == "true"
+    for flag, name in (
+        ("model_config_file", "models.config"),
+        ("batching_parameters_file", "batching_parameters.txt"),
+        ("monitoring_config_file", "monitoring.config"),
+    ):
+        assert flags[flag] == f"/config/{name}"
+        assert name in config_files, f"{flag} points at {name}, which is not provided"
+
+
+def test_docker_compose_runs_tf_serving_on_the_pusher_dir():
+    (compose,) = _yaml("docker-compose.yml")
+    svc = compose["services"]["tfserving"]
+    assert svc["image"] == IMAGE
+    assert svc["entrypoint"] == ["/usr/bin/tensorflow_model_server"]
+    assert {"8500:8500", "8501:8501"} <= set(svc["ports"])
+    mounts = {v["target"]: v for v in svc["volumes"]}
+    assert mounts["/models"]["read_only"] is True
+    assert "SERVING_DIR" in mounts["/models"]["source"]
+    config_dir = os.path.normpath(os.path.join(DEPLOY, mounts["/config"]["source"]))
+    assert config_dir == os.path.normpath(DEPLOY)
+    _check_server_flags(_server_flags(svc["command"]), set(os.listdir(config_dir)))
+    assert f"/v1/models/{MODEL_NAME}" in " ".join(svc["healthcheck"]["test"])
+
+
+def test_k8s_deployment_and_service():
+    (deployment,) = _yaml("k8s/deployment.yaml")
+    (service,) = _yaml("k8s/service.yaml")
+    (configmap,) = _yaml("k8s/configmap.yaml")
+    assert deployment["kind"] == "Deployment" and deployment["apiVersion"] == "apps/v1"
+    pod = deployment["spec"]["template"]
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= pod["metadata"]["labels"].items()
+    )
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == IMAGE
+    _check_server_flags(_server_flags(container["args"]), set(configmap["data"]))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": 8500, "http": 8501}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"]
+    assert (
+        volumes[mounts["/config"]]["configMap"]["name"] == configmap["metadata"]["name"]
+    )
+    readiness = container["readinessProbe"]
+    probe_text = yaml.safe_dump(readiness)
+    assert f"/v1/models/{MODEL_NAME}" in probe_text and "AVAILABLE" in probe_text
+    assert container["startupProbe"]["httpGet"]["path"] == f"/v1/models/{MODEL_NAME}"
+    # The Service routes to these pods and ports.
+    assert service["kind"] == "Service"
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    targets = {p["targetPort"] for p in service["spec"]["ports"]}
+    assert targets <= set(ports) | set(ports.values())
+    assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
+
+
+def test_k8s_configmap_matches_the_config_files():
+    (configmap,) = _yaml("k8s/configmap.yaml")
+    assert set(configmap["data"]) == set(CONFIG_FILES)
+    for name in CONFIG_FILES:
+        assert configmap["data"][name] == _read(name), (
+            f"k8s/configmap.yaml drifted from {name}"
+        )
