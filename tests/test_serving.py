@@ -714,9 +714,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_sigterm_shuts_down_gracefully(model, tmp_path_factory):
-    base = _base_path(tmp_path_factory, model)
-    cmd = [sys.executable, "-m", "serving.server", "--model-base-path", base]
+def test_sigterm_shuts_down_gracefully(tmp_path):
+    """`python -m serving.server` exits 0 on SIGTERM.
+
+    No version is pushed, so the process skips the model load (the in-process
+    test above covers stopping with a model and a request in flight).
+    """
+    base = tmp_path / NAME
+    base.mkdir()
+    cmd = [sys.executable, "-m", "serving.server", "--model-base-path", str(base)]
     cmd += ["--model-name", NAME, "--port", "0", "--grace-seconds", "5"]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True
@@ -738,8 +744,13 @@ def test_sigterm_shuts_down_gracefully(model, tmp_path_factory):
             m = re.search(r"Serving model .* on 127\.0\.0\.1:(\d+)", line)
             port = int(m.group(1)) if m else None
         assert port, "server did not start:\n" + "".join(log[-30:])
-        pred = client_lib.predict_images(f"127.0.0.1:{port}", NAME, [model.items[0][0]])
-        assert pred[0].classes[0] == model.items[0][1]
+        with client_lib.ServingClient(f"127.0.0.1:{port}", retries=0) as c:
+            with pytest.raises(ServingRpcError) as e:  # it answers: no version yet
+                c.model_status(NAME)
+            assert e.value.code == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(ServingRpcError) as e:
+                c.predict_images(NAME, [b"x"])
+            assert e.value.code == grpc.StatusCode.UNAVAILABLE
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -842,33 +853,18 @@ def test_cli_predict_unknown_model_exits_nonzero(server, model, tmp_path, capsys
     assert out == "" and "NOT_FOUND" in err and "nope" in err
 
 
-def test_cli_module_entry_point(server, model, tmp_path):
+def test_cli_main_entry_point(server, model, tmp_path, capsys):
+    """`python -m serving.client` runs main(argv)."""
     paths = []
     for i in (0, 20):
         p = tmp_path / f"img{i}.png"
         p.write_bytes(model.items[i][0])
         paths.append(str(p))
-    cmd = [
-        sys.executable,
-        "-m",
-        "serving.client",
-        "--target",
-        server.target,
-        "--model",
-        NAME,
-    ]
-    result = subprocess.run(
-        cmd + paths,
-        check=False,
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    argv = ["--target", server.target, "--model", NAME, "--top-k", "2", *paths]
+    assert client_lib.main(argv) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["classes"][0] for x in lines] == [model.items[0][1], model.items[20][1]]
+    assert all(len(x["classes"]) == len(x["scores"]) == 2 for x in lines)
 
 
 def test_run_server_reports_start_errors(tmp_path, capsys):
