@@ -27,4 +27,4 @@ def source_backbone(tmp_path_factory):
     from tests import helpers
 
     work = str(tmp_path_factory.mktemp("backbone"))
-    return helpers.pretrained_weights(work, epochs=4, per_class=60)
+    return helpers.pretrained_weights(work, epochs=8, per_class=120)
