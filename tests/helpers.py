@@ -116,35 +116,6 @@ def pretrained_weights(
     return out
 
 
-def make_exported_model(
-    workdir: str,
-    digits=(0, 1, 2),
-    per_class: int = 12,
-    image_size: int = 32,
-    train_epochs: int = 2,
-    weights: str = "none",
-):
-    """A small real model exported with every serving signature.
-
-    Returns (export_dir, items) where items are the (image bytes, label) used.
-    """
-    from trainer import data, export, model
-
-    items = digit_images(digits, per_class=per_class, size=image_size)
-    tft_dir = os.path.join(workdir, "transform")
-    tfo = analyze_transform(items, tft_dir, image_size=image_size)
-    tfrecord = write_tfrecords(os.path.join(workdir, "data", "train.tfrecord"), items)
-    classes = data.class_names(tfo)
-    m = model.build_model("MobileNetV2", weights, image_size, len(classes), dropout=0.0)
-    model.compile_model(m, len(classes), 1e-2)
-    if train_epochs:
-        ds = data.make_dataset(tfrecord, tfo, data.InputSpec(batch_size=8, num_classes=len(classes)))
-        m.fit(ds, epochs=train_epochs, verbose=0)
-    export_dir = os.path.join(workdir, "export")
-    export.export_serving_model(m, tfo, classes, export_dir)
-    return export_dir, items
-
-
 def in_memory_scores(m, tfo, num_classes: int, serialized_examples) -> "np.ndarray":
     """The in-memory model's class scores on raw serialized examples (Transform graph applied)."""
     import tensorflow as tf

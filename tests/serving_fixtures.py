@@ -1,11 +1,11 @@
 """A small exported model whose scores really depend on the image, built once per session.
 
-tests/helpers.make_exported_model trains a random-weight MobileNetV2 for two
-epochs; its backbone features are ~1e-12 and nearly constant, so its scores
-are the same for every image and equality checks between serving paths would
-prove nothing. Here the same architecture and export path are used, but the
-head is fitted in closed form (logistic regression on standardised backbone
-features), so the model separates the digits and scores vary per image.
+A random-weight MobileNetV2 gives backbone features of ~1e-12, nearly constant,
+so a head trained on them for a few epochs scores every image the same and
+equality checks between serving paths would prove nothing. Here the export
+path is the real one, but the head is fitted in closed form (logistic
+regression on standardised backbone features), so the model separates the
+digits and scores vary per image, without paying for a pre-trained backbone.
 """
 
 from __future__ import annotations
