@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -75,13 +76,12 @@ class PipelineConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> PipelineConfig:
         """Build from a mapping; unknown keys are an error (typos must not pass silently)."""
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
-                f"unknown config key(s): {', '.join(unknown)}; "
-                f"known keys: {', '.join(cls.field_names())}"
+                f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(cls.field_names())}"
             )
         kwargs = dict(values)
         if "beam_args" in kwargs and kwargs["beam_args"] is not None:
@@ -89,7 +89,7 @@ class PipelineConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_yaml(cls, path: str) -> "PipelineConfig":
+    def from_yaml(cls, path: str) -> PipelineConfig:
         try:
             with open(path, encoding="utf-8") as f:
                 values = yaml.safe_load(f) or {}
@@ -101,7 +101,7 @@ class PipelineConfig:
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         return cls.from_dict(values)
 
-    def replace(self, **changes: Any) -> "PipelineConfig":
+    def replace(self, **changes: Any) -> PipelineConfig:
         """A copy with `changes` applied; None values are ignored (unset CLI flags)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         return self.from_dict({**self.to_dict(), **changes})
@@ -125,7 +125,7 @@ class PipelineConfig:
         """TF Serving's model base path: versions are pushed below it as <version>/."""
         return os.path.join(self.serving_dir, self.model_name)
 
-    def resolved(self) -> "PipelineConfig":
+    def resolved(self) -> PipelineConfig:
         """Local paths made absolute (remote URIs such as gs:// are kept)."""
 
         def absolute(p: str) -> str:
@@ -148,7 +148,7 @@ class PipelineConfig:
 
         return self.image_size or backbones.get(self.backbone).default_size
 
-    def validate(self, check_paths: bool = True) -> "PipelineConfig":
+    def validate(self, check_paths: bool = True) -> PipelineConfig:
         """Raise ConfigError naming the first invalid field; return self for chaining."""
         from trainer import backbones
 
@@ -157,9 +157,21 @@ class PipelineConfig:
                 raise ConfigError(f"{field}: {msg}")
 
         need(bool(self.data_dir), "data_dir", "required (a TFRecord dir from `imgpipe ingest`)")
-        need(bool(self.pipeline_name) and "/" not in self.pipeline_name, "pipeline_name", "must be a non-empty name without '/'")
-        need(bool(self.model_name) and "/" not in self.model_name, "model_name", "must be a non-empty name without '/'")
-        need(self.backbone in backbones.names(), "backbone", f"unknown {self.backbone!r}; choose one of {', '.join(backbones.names())}")
+        need(
+            bool(self.pipeline_name) and "/" not in self.pipeline_name,
+            "pipeline_name",
+            "must be a non-empty name without '/'",
+        )
+        need(
+            bool(self.model_name) and "/" not in self.model_name,
+            "model_name",
+            "must be a non-empty name without '/'",
+        )
+        need(
+            self.backbone in backbones.names(),
+            "backbone",
+            f"unknown {self.backbone!r}; choose one of {', '.join(backbones.names())}",
+        )
         spec = backbones.get(self.backbone)
         if self.image_size is not None:
             need(
@@ -169,7 +181,11 @@ class PipelineConfig:
             )
         w = self.weights.lower()
         if w not in (WEIGHTS_IMAGENET, WEIGHTS_NONE) and check_paths and "://" not in self.weights:
-            need(os.path.isfile(self.weights), "weights", f"not 'imagenet', 'none' or an existing file: {self.weights}")
+            need(
+                os.path.isfile(self.weights),
+                "weights",
+                f"not 'imagenet', 'none' or an existing file: {self.weights}",
+            )
         if w == WEIGHTS_IMAGENET and self.image_size is not None:
             need(
                 self.image_size >= 32,
@@ -179,7 +195,11 @@ class PipelineConfig:
         need(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} is not in [0, 1)")
         need(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be >= 1")
         need(self.epochs >= 1, "epochs", f"{self.epochs} must be >= 1")
-        need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch", "must be >= 1 when set")
+        need(
+            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            "steps_per_epoch",
+            "must be >= 1 when set",
+        )
         need(self.learning_rate > 0, "learning_rate", f"{self.learning_rate} must be > 0")
         need(self.fine_tune_layers >= 0, "fine_tune_layers", "must be >= 0")
         need(self.fine_tune_epochs >= 0, "fine_tune_epochs", "must be >= 0")
@@ -191,7 +211,11 @@ class PipelineConfig:
         need(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate", "must be > 0")
         need(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", f"{self.min_accuracy} is not in [0, 1]")
         need(0.0 <= self.max_regression <= 1.0, "max_regression", f"{self.max_regression} is not in [0, 1]")
-        need(self.beam_runner in BEAM_RUNNERS, "beam_runner", f"{self.beam_runner!r}; choose one of {', '.join(BEAM_RUNNERS)}")
+        need(
+            self.beam_runner in BEAM_RUNNERS,
+            "beam_runner",
+            f"{self.beam_runner!r}; choose one of {', '.join(BEAM_RUNNERS)}",
+        )
         need(self.beam_workers >= 0, "beam_workers", "must be >= 0")
         need(self.replicas is None or self.replicas >= 1, "replicas", "must be >= 1 when set")
         if check_paths and "://" not in self.data_dir:

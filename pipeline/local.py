@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.config import PipelineConfig
 
@@ -110,6 +110,7 @@ class _ComponentProgress:
 def run_local(config: PipelineConfig, progress: Progress = _stderr, verbose: bool = False) -> RunSummary:
     """Validate `config`, run the pipeline with LocalDagRunner, and summarise the run."""
     config = config.resolved().validate()
+    check_data_dir(config.data_dir)
     if config.replicas:
         from trainer import distribution
 
@@ -146,6 +147,17 @@ def run_local(config: PipelineConfig, progress: Progress = _stderr, verbose: boo
     with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
     return summary
+
+
+def check_data_dir(data_dir: str) -> None:
+    """Fail before any component runs when the TFRecord dir is unusable (ConfigError)."""
+    from pipeline.config import ConfigError
+    from pipeline.ingest import IngestError, validate_tfrecord_dir
+
+    try:
+        validate_tfrecord_dir(data_dir)
+    except IngestError as e:
+        raise ConfigError(f"data_dir: {e}") from e
 
 
 def _safe(run_id: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -41,14 +41,16 @@ def latest_run(store, pipeline_name: str) -> metadata_store_pb2.Context:
     return runs[-1]
 
 
-def run_executions(store, pipeline_name: str, run: metadata_store_pb2.Context) -> dict[str, metadata_store_pb2.Execution]:
+def run_executions(
+    store, pipeline_name: str, run: metadata_store_pb2.Context
+) -> dict[str, metadata_store_pb2.Execution]:
     """Node id -> the execution of that node in `run` (the last one if retried)."""
     out: dict[str, metadata_store_pb2.Execution] = {}
     prefix = f"{pipeline_name}."
     for e in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
         for ctx in store.get_contexts_by_execution(e.id):
             if ctx.name.startswith(prefix) and store.get_context_types_by_id([ctx.type_id])[0].name == "node":
-                out[ctx.name[len(prefix):]] = e
+                out[ctx.name[len(prefix) :]] = e
     return out
 
 
@@ -117,8 +119,10 @@ def evaluation_accuracy(evaluation_uri: str | None) -> tuple[float | None, float
                     overall = value
             elif not is_baseline and len(keys) == 1:
                 k = keys[0]
-                name = k.bytes_value.decode("utf-8") if k.HasField("bytes_value") else str(
-                    k.int64_value if k.HasField("int64_value") else k.float_value
+                name = (
+                    k.bytes_value.decode("utf-8")
+                    if k.HasField("bytes_value")
+                    else str(k.int64_value if k.HasField("int64_value") else k.float_value)
                 )
                 per_class[name] = value
     return overall, baseline, dict(sorted(per_class.items()))

@@ -116,7 +116,7 @@ def pretrained_weights(
     return out
 
 
-def in_memory_scores(m, tfo, num_classes: int, serialized_examples) -> "np.ndarray":
+def in_memory_scores(m, tfo, num_classes: int, serialized_examples) -> np.ndarray:
     """The in-memory model's class scores on raw serialized examples (Transform graph applied)."""
     import tensorflow as tf
 

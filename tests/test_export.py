@@ -8,7 +8,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tests import helpers
-from trainer import data, export, model as model_lib
+from trainer import data, export
+from trainer import model as model_lib
 
 SIZE = 32
 
@@ -32,7 +33,9 @@ def test_serving_default_equals_in_memory_model(trained):
     m, tfo, classes, export_dir, items, _ = trained
     examples = [helpers.make_example(img) for img, _ in items]
     expected = helpers.in_memory_scores(m, tfo, len(classes), examples)
-    assert expected.std(axis=0).max() > 1e-3, "fixture model gives constant scores: parity would prove nothing"
+    assert expected.std(axis=0).max() > 1e-3, (
+        "fixture model gives constant scores: parity would prove nothing"
+    )
     loaded = tf.saved_model.load(export_dir)
     out = loaded.signatures[export.SERVING_DEFAULT](examples=tf.constant(examples))
     np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=1e-4, atol=5e-5)
@@ -45,7 +48,9 @@ def test_predict_images_ranks_the_same_scores(trained):
     _, _, _, export_dir, items, _ = trained
     loaded = tf.saved_model.load(export_dir)
     images = [img for img, _ in items[:8]]
-    full = loaded.signatures[export.SERVING_DEFAULT](examples=tf.constant([helpers.make_example(i) for i in images]))
+    full = loaded.signatures[export.SERVING_DEFAULT](
+        examples=tf.constant([helpers.make_example(i) for i in images])
+    )
     top = loaded.signatures[export.PREDICT_IMAGES](images=tf.constant(images))
     assert top["classes"].shape == (8, 2)
     scores = full["scores"].numpy()
@@ -65,7 +70,12 @@ def test_classification_signature_has_classify_method(trained):
     assert set(sigs[export.CLASSIFY].inputs) == {"inputs"}
     assert set(sigs[export.CLASSIFY].outputs) == {"classes", "scores"}
     assert sigs[export.SERVING_DEFAULT].method_name == "tensorflow/serving/predict"
-    assert set(sigs) >= {export.SERVING_DEFAULT, export.CLASSIFY, export.PREDICT_IMAGES, export.TRANSFORM_FEATURES}
+    assert set(sigs) >= {
+        export.SERVING_DEFAULT,
+        export.CLASSIFY,
+        export.PREDICT_IMAGES,
+        export.TRANSFORM_FEATURES,
+    }
 
 
 def test_transform_features_signature_gives_labels(trained):

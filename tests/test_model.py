@@ -9,7 +9,15 @@ from trainer import model as model_lib
 
 @pytest.mark.parametrize(
     "backbone,size",
-    [("MobileNetV2", 32), ("MobileNetV3Small", 32), ("EfficientNetB0", 32), ("ResNet50", 32), ("DenseNet121", 32), ("Xception", 71), ("InceptionV3", 75)],
+    [
+        ("MobileNetV2", 32),
+        ("MobileNetV3Small", 32),
+        ("EfficientNetB0", 32),
+        ("ResNet50", 32),
+        ("DenseNet121", 32),
+        ("Xception", 71),
+        ("InceptionV3", 75),
+    ],
 )
 def test_backbone_frozen_and_softmax_head(backbone, size):
     m = model_lib.build_model(backbone, "none", size, num_classes=5, dropout=0.1)
@@ -62,5 +70,7 @@ def test_unfreeze_top_keeps_batchnorm_frozen():
     base = model_lib.backbone_of(m)
     top = base.layers[-20:]
     assert any(layer.trainable and layer.weights for layer in top)
-    assert all(not layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert all(
+        not layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert all(not layer.trainable for layer in base.layers[:-20] if layer.weights)

@@ -45,5 +45,8 @@ def make_strategy() -> tf.distribute.MirroredStrategy:
             devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
         )
     log.info("MirroredStrategy: %d replica(s) on %s", strategy.num_replicas_in_sync, ", ".join(devices))
-    print(f"[trainer] MirroredStrategy: {strategy.num_replicas_in_sync} replica(s) on {', '.join(devices)}", flush=True)
+    print(
+        f"[trainer] MirroredStrategy: {strategy.num_replicas_in_sync} replica(s) on {', '.join(devices)}",
+        flush=True,
+    )
     return strategy

@@ -58,7 +58,7 @@ def recalibrate_batchnorm(backbone: keras.Model, images: tf.data.Dataset) -> int
                 bn.momentum = (n - 1) / n
             backbone(x, training=True)
     finally:
-        for bn, m in zip(bns, saved):
+        for bn, m in zip(bns, saved, strict=True):
             bn.momentum = m
     return n
 
@@ -122,7 +122,9 @@ def pretrain_backbone(
         flush=True,
     )
     eval_ds = dataset(eval_images, eval_labels, False)
-    model.fit(dataset(train_images, train_labels, True), validation_data=eval_ds, epochs=epochs, verbose=verbose)
+    model.fit(
+        dataset(train_images, train_labels, True), validation_data=eval_ds, epochs=epochs, verbose=verbose
+    )
     recalibrate_batchnorm(base, dataset(train_images, train_labels, False))
     _, eval_acc = model.evaluate(eval_ds, verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

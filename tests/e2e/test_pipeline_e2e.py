@@ -75,13 +75,23 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     assert version.isdigit() and "saved_model.pb" in files
     assert s.pushed and os.path.samefile(s.pushed, os.path.join(model_dir, version))
     assert os.path.exists(os.path.join(s.run_dir, "config.yaml"))
-    assert PipelineConfig.from_yaml(os.path.join(s.run_dir, "config.yaml")).weights == base_config.resolved().weights
+    assert (
+        PipelineConfig.from_yaml(os.path.join(s.run_dir, "config.yaml")).weights
+        == base_config.resolved().weights
+    )
 
 
 def test_identical_rerun_is_served_from_cache(base_config, first_run):
     s = run_local(base_config)
     assert s.run_id != first_run.run_id
-    for node in ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Trainer"):
+    for node in (
+        "ImportExampleGen",
+        "StatisticsGen",
+        "SchemaGen",
+        "ExampleValidator",
+        "Transform",
+        "Trainer",
+    ):
         assert s.executions[node] == "CACHED", (node, s.executions)
     assert s.accuracy == pytest.approx(first_run.accuracy)
 
@@ -108,3 +118,23 @@ def test_floor_stops_a_model_below_min_accuracy(base_config, first_run):
     assert s.accuracy < 1.0
     assert s.blessed is False and s.pushed is None
     assert _versions(model_dir) == before
+
+
+def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
+    """The Pusher's output, served by `imgpipe serve`, answers the stock client like in-process."""
+    import numpy as np
+    import tensorflow as tf
+
+    from serving import client, server
+    from tests import helpers
+
+    cfg = base_config.resolved()
+    images = [img for img, _ in helpers.digit_images(CLASSES, per_class=3, size=SIZE, seed=11)]
+    newest = max(int(v) for v in _versions(cfg.model_serving_dir))
+    pushed = os.path.join(cfg.model_serving_dir, str(newest))
+    local = tf.saved_model.load(pushed).signatures["predict_images"](images=tf.constant(images))
+    with server.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
+        got = client.predict_images(running.target, cfg.model_name, images, timeout=30.0)
+    assert [p.version for p in got] == [newest] * len(images)
+    assert [p.classes[0] for p in got] == [c.decode() for c in local["classes"].numpy()[:, 0]]
+    np.testing.assert_allclose([p.scores[0] for p in got], local["scores"].numpy()[:, 0], rtol=1e-5)

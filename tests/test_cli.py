@@ -1,0 +1,90 @@
+"""The `imgpipe` command line: help everywhere, clear errors with the right exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import cli
+
+
+def _subcommands():
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if a.dest == "command"]  # noqa: SLF001
+    return sorted(sub.choices)
+
+
+def test_contract_commands_exist():
+    assert {"ingest", "pretrain-backbone", "run", "demo", "serve", "predict"} <= set(_subcommands())
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: imgpipe " + command)
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert cli.main([]) == cli.EXIT_USAGE
+    assert "ingest" in capsys.readouterr().out
+
+
+def test_run_with_missing_data_dir_names_it(tmp_path, capsys):
+    code = cli.main(["run", "--data", str(tmp_path / "nowhere"), "--home", str(tmp_path / "h")])
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "data_dir" in err and "nowhere" in err
+
+
+def test_run_with_unknown_backbone_names_the_choices(tmp_path, capsys):
+    for split in ("train", "eval"):
+        (tmp_path / split).mkdir()
+    code = cli.main(["run", "--data", str(tmp_path), "--backbone", "VGG99", "--home", str(tmp_path / "h")])
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "backbone" in err and "MobileNetV2" in err
+
+
+def test_run_with_bad_config_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 3\nbogus_key: 1\n")
+    assert cli.main(["run", "--config", str(cfg)]) == cli.EXIT_USAGE
+    assert "bogus_key" in capsys.readouterr().err
+
+
+def test_run_rejects_tfrecord_dir_without_examples(tmp_path, capsys):
+    for split in ("train", "eval"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "data.tfrecord").write_bytes(b"this is not a TFRecord file")
+    code = cli.main(["run", "--data", str(tmp_path), "--home", str(tmp_path / "h"), "--weights", "none"])
+    assert code == cli.EXIT_USAGE
+    assert "data.tfrecord" in capsys.readouterr().err
+
+
+def test_ingest_prints_json_report(tmp_path, capsys):
+    from pipeline import datasets
+
+    datasets.write_digits_tree(str(tmp_path / "img"), digits=(1, 2), size=16, limit_per_class=5)
+    (tmp_path / "img" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert cli.main(["ingest", "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["num_skipped"] == 1
+    assert report["totals"]["train"] + report["totals"]["eval"] == 10
+
+
+def test_ingest_missing_dir_exit_code(tmp_path, capsys):
+    code = cli.main(["ingest", "--images", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert code == cli.EXIT_USAGE
+    assert "none" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0
+    assert "pretrain-backbone" in out.stdout
