@@ -59,9 +59,7 @@ def bench_images(count: int = 16) -> list[bytes]:
     images = []
     for array in load_sample_images().images:
         buf = io.BytesIO()
-        Image.fromarray(array).resize((256, 256), Image.BILINEAR).save(
-            buf, format="JPEG"
-        )
+        Image.fromarray(array).resize((256, 256), Image.BILINEAR).save(buf, format="JPEG")
         images.append(buf.getvalue())
     images += [img for img, _ in digit_images((0, 1, 2), per_class=max(1, count // 3))]
     return images[:count]
@@ -99,13 +97,9 @@ def measure(
     }
 
 
-def start_server_process(
-    base_path: str, timeout: float = 300.0
-) -> tuple[subprocess.Popen, int]:
+def start_server_process(base_path: str, timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
     """`python -m serving.server` on a free loopback port; returns (process, port)."""
-    env = dict(
-        os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO
-    )
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "serving.server", "--model-base-path", base_path]
     cmd += ["--model-name", MODEL_NAME, "--port", "0", "--host", "127.0.0.1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
@@ -189,9 +183,7 @@ def table(rows: list[dict], requests: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--export-dir", help="a SavedModel with predict_images (default: build one)"
-    )
+    parser.add_argument("--export-dir", help="a SavedModel with predict_images (default: build one)")
     parser.add_argument("--requests", type=int, default=200, help="requests per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args(argv)
@@ -206,9 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tests.serving_fixtures import build_serving_model
 
         print("building the test model (about a minute)...", file=sys.stderr)
-        export_dir = build_serving_model(
-            tempfile.mkdtemp(prefix="imgpipe-bench-model-")
-        ).export_dir
+        export_dir = build_serving_model(tempfile.mkdtemp(prefix="imgpipe-bench-model-")).export_dir
     rows = run(export_dir, args.requests, args.concurrency)
     print(machine_line())
     print()

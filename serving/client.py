@@ -40,14 +40,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.config import PREDICT_IMAGES, SERVING_DEFAULT, add_predict_arguments
 from serving.errors import ServingRpcError
 
-PREDICT_IMAGES = "predict_images"
-SERVING_DEFAULT = "serving_default"
 CLASSIFICATION = "classification"
-IMAGE_FEATURE = (
-    "image"  # trainer.features.IMAGE_KEY; kept literal so the client needs no trainer
-)
+IMAGE_FEATURE = "image"  # trainer.features.IMAGE_KEY; kept literal so the client needs no trainer
 # Input names of the signatures trainer/export.py writes; others are looked up via metadata.
 KNOWN_INPUT_KEYS = {
     PREDICT_IMAGES: "images",
@@ -77,9 +74,7 @@ def image_format(data: bytes) -> str | None:
 def make_image_example(image: bytes) -> bytes:
     """A serialized tf.Example holding the image bytes, as serving_default expects."""
     feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
-    example = tf.train.Example(
-        features=tf.train.Features(feature={IMAGE_FEATURE: feature})
-    )
+    example = tf.train.Example(features=tf.train.Features(feature={IMAGE_FEATURE: feature}))
     return example.SerializeToString()
 
 
@@ -95,9 +90,7 @@ class Prediction:
         return {"classes": self.classes, "scores": self.scores, "version": self.version}
 
 
-def _ranked(
-    classes: np.ndarray, scores: np.ndarray, top_k: int | None
-) -> list[Prediction]:
+def _ranked(classes: np.ndarray, scores: np.ndarray, top_k: int | None) -> list[Prediction]:
     """Rows of [B, N] classes/scores -> Predictions sorted by score (ties: lower index first)."""
     if classes.shape != scores.shape or classes.ndim != 2:
         raise ValueError(
@@ -105,7 +98,7 @@ def _ranked(
             f"{list(classes.shape)} and {list(scores.shape)}"
         )
     out = []
-    for row_classes, row_scores in zip(classes, scores):
+    for row_classes, row_scores in zip(classes, scores, strict=True):
         order = np.argsort(-row_scores, kind="stable")
         if top_k is not None:
             order = order[:top_k]
@@ -119,11 +112,7 @@ def _ranked(
 
 
 def _text(value: Any) -> str:
-    return (
-        value.decode("utf-8", errors="replace")
-        if isinstance(value, bytes)
-        else str(value)
-    )
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class ServingClient:
@@ -177,9 +166,7 @@ class ServingClient:
         self.close()
 
     # -- transport ---------------------------------------------------------------------
-    def _call(
-        self, method: str, rpc: Callable[..., Any], request: Any, timeout: float | None
-    ):
+    def _call(self, method: str, rpc: Callable[..., Any], request: Any, timeout: float | None):
         deadline = self.timeout if timeout is None else timeout
         attempt = 0
         while True:
@@ -195,14 +182,10 @@ class ServingClient:
                     continue
                 if code == grpc.StatusCode.UNAVAILABLE and attempt:
                     details = f"{details} (after {attempt + 1} attempts)"
-                raise ServingRpcError(
-                    method, self.target, code, details or ""
-                ) from None
+                raise ServingRpcError(method, self.target, code, details or "") from None
 
     @staticmethod
-    def _spec(
-        model: str, signature: str | None, version: int | None
-    ) -> model_pb2.ModelSpec:
+    def _spec(model: str, signature: str | None, version: int | None) -> model_pb2.ModelSpec:
         spec = model_pb2.ModelSpec(name=model)
         if signature:
             spec.signature_name = signature
@@ -221,19 +204,13 @@ class ServingClient:
         timeout: float | None = None,
     ) -> tuple[dict[str, np.ndarray], int | None]:
         """Predict with `inputs` {name: array-like}; returns ({output: ndarray}, version)."""
-        request = predict_pb2.PredictRequest(
-            model_spec=self._spec(model, signature, version)
-        )
+        request = predict_pb2.PredictRequest(model_spec=self._spec(model, signature, version))
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         request.output_filter.extend(output_filter)
         response = self._call("Predict", self._predict.Predict, request, timeout)
         outputs = {name: tf.make_ndarray(t) for name, t in response.outputs.items()}
-        served = (
-            response.model_spec.version.value
-            if response.model_spec.HasField("version")
-            else None
-        )
+        served = response.model_spec.version.value if response.model_spec.HasField("version") else None
         return outputs, served
 
     def metadata(
@@ -244,9 +221,7 @@ class ServingClient:
             model_spec=self._spec(model, None, version),
             metadata_field=["signature_def"],
         )
-        response = self._call(
-            "GetModelMetadata", self._predict.GetModelMetadata, request, timeout
-        )
+        response = self._call("GetModelMetadata", self._predict.GetModelMetadata, request, timeout)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         if not response.metadata["signature_def"].Unpack(sig_map):
             raise ServingRpcError(
@@ -261,18 +236,11 @@ class ServingClient:
         self, model: str, version: int | None = None, timeout: float | None = None
     ) -> list[tuple[int, str, str]]:
         """GetModelStatus: [(version, state name, error message)], newest first."""
-        request = get_model_status_pb2.GetModelStatusRequest(
-            model_spec=self._spec(model, None, version)
-        )
-        response = self._call(
-            "GetModelStatus", self._models.GetModelStatus, request, timeout
-        )
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec(model, None, version))
+        response = self._call("GetModelStatus", self._models.GetModelStatus, request, timeout)
         state = get_model_status_pb2.ModelVersionStatus.State
         return sorted(
-            (
-                (s.version, state.Name(s.state), s.status.error_message)
-                for s in response.model_version_status
-            ),
+            ((s.version, state.Name(s.state), s.status.error_message) for s in response.model_version_status),
             reverse=True,
         )
 
@@ -284,14 +252,10 @@ class ServingClient:
         if key not in self._input_keys:
             sigs = self.metadata(model, version)
             if signature not in sigs:
-                raise ValueError(
-                    f"model {model!r} has no signature {signature!r}; it has {sorted(sigs)}"
-                )
+                raise ValueError(f"model {model!r} has no signature {signature!r}; it has {sorted(sigs)}")
             names = list(sigs[signature].inputs)
             if len(names) != 1:
-                raise ValueError(
-                    f"signature {signature!r} has inputs {names}; expected one"
-                )
+                raise ValueError(f"signature {signature!r} has inputs {names}; expected one")
             self._input_keys[key] = names[0]
         return self._input_keys[key]
 
@@ -352,9 +316,7 @@ class ServingClient:
         timeout: float | None = None,
     ) -> list[Prediction]:
         """Serialized tf.Examples -> ranked Predictions via serving_default."""
-        return self._predict_strings(
-            model, list(examples), signature, version, top_k, timeout
-        )
+        return self._predict_strings(model, list(examples), signature, version, top_k, timeout)
 
     def classify(
         self,
@@ -372,29 +334,19 @@ class ServingClient:
         """
         if not examples:
             raise ValueError("no examples given: pass at least one")
-        request = classification_pb2.ClassificationRequest(
-            model_spec=self._spec(model, signature, version)
-        )
+        request = classification_pb2.ClassificationRequest(model_spec=self._spec(model, signature, version))
         for i, serialized in enumerate(examples):
             try:
                 request.input.example_list.examples.add().ParseFromString(serialized)
             except message.DecodeError as e:
-                raise ValueError(
-                    f"example {i} is not a serialized tf.Example: {e}"
-                ) from e
+                raise ValueError(f"example {i} is not a serialized tf.Example: {e}") from e
         response = self._call("Classify", self._predict.Classify, request, timeout)
-        served = (
-            response.model_spec.version.value
-            if response.model_spec.HasField("version")
-            else None
-        )
+        served = response.model_spec.version.value if response.model_spec.HasField("version") else None
         preds = []
         for row in response.result.classifications:
             classes = np.array([[c.label for c in row.classes]], dtype=object)
             scores = np.array([[c.score for c in row.classes]], dtype=np.float32)
-            preds.append(
-                dataclasses.replace(_ranked(classes, scores, top_k)[0], version=served)
-            )
+            preds.append(dataclasses.replace(_ranked(classes, scores, top_k)[0], version=served))
         return preds
 
 
@@ -449,37 +401,6 @@ def classify(
 # -- CLI -------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The `imgpipe predict` flags."""
-    parser.add_argument(
-        "--target", default="localhost:8500", help="HOST:PORT of the server"
-    )
-    parser.add_argument("--model", required=True, help="model name (model_spec.name)")
-    parser.add_argument(
-        "--signature",
-        default=PREDICT_IMAGES,
-        choices=[PREDICT_IMAGES, SERVING_DEFAULT],
-        help="predict_images sends the bytes; serving_default wraps them in tf.Examples",
-    )
-    parser.add_argument(
-        "--version", type=int, default=None, help="a specific model version"
-    )
-    parser.add_argument(
-        "--top-k", type=int, default=None, help="keep the K best classes"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, help="deadline per RPC, seconds"
-    )
-    parser.add_argument(
-        "--retries", type=int, default=3, help="retries when UNAVAILABLE"
-    )
-    parser.add_argument("--batch-size", type=int, default=16, help="images per RPC")
-    parser.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files"
-    )
-    return parser
-
-
 def _err(message: str) -> None:
     print(f"imgpipe predict: error: {message}", file=sys.stderr)
 
@@ -494,12 +415,10 @@ def _predict_chunk(
 
     def send(items: list[tuple[str, bytes]]) -> list[Prediction]:
         images = [data for _, data in items]
-        return client.predict_images(
-            args.model, images, args.top_k, args.signature, args.version
-        )
+        return client.predict_images(args.model, images, args.top_k, args.signature, args.version)
 
     try:
-        return list(zip([path for path, _ in chunk], send(chunk)))
+        return list(zip([path for path, _ in chunk], send(chunk), strict=True))
     except ServingRpcError as e:
         if e.code != grpc.StatusCode.INVALID_ARGUMENT:
             raise
@@ -547,9 +466,7 @@ def run_predict(args: argparse.Namespace) -> int:
     with client:
         for start in range(0, len(readable), args.batch_size):
             try:
-                results = _predict_chunk(
-                    client, args, readable[start : start + args.batch_size]
-                )
+                results = _predict_chunk(client, args, readable[start : start + args.batch_size])
             except ServingRpcError as e:
                 _err(str(e))
                 return 1
@@ -576,9 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="imgpipe predict",
         description="Classify image files through a model server.",
     )
-    add_arguments(parser)
+    add_predict_arguments(parser)
     return run_predict(parser.parse_args(argv))
 
+
+add_arguments = add_predict_arguments
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -56,6 +56,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import warmup
+from serving.config import ServerConfig, add_serve_arguments, config_from_args
 from serving.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -85,57 +86,6 @@ _MAX_REMEMBERED_STATES = 32
 
 # ----------------------------------------------------------------------------------------
 # Configuration
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    """Settings of one server process; `validate()` raises ServerStartError naming the field."""
-
-    model_base_path: str
-    model_name: str
-    host: str = "127.0.0.1"
-    port: int = 8500
-    poll_seconds: float = 2.0
-    max_message_mb: int = 64
-    threads: int = 16
-    max_concurrent_rpcs: int = (
-        0  # 0: unlimited; beyond it gRPC answers RESOURCE_EXHAUSTED
-    )
-    grace_seconds: float = 10.0
-    num_versions: int = 1  # serve the newest N versions (TF Serving's `latest` policy)
-    run_warmup: bool = True
-    drain_seconds: float = 30.0  # how long an unload waits for in-flight requests
-
-    def validate(self) -> ServerConfig:
-        problems = []
-        if not self.model_name or not self.model_name.strip():
-            problems.append("model_name must not be empty")
-        if not self.model_base_path:
-            problems.append("model_base_path must not be empty")
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port must be in 0..65535, got {self.port}")
-        if self.poll_seconds <= 0:
-            problems.append(f"poll_seconds must be > 0, got {self.poll_seconds}")
-        if self.max_message_mb < 1:
-            problems.append(f"max_message_mb must be >= 1, got {self.max_message_mb}")
-        if self.threads < 1:
-            problems.append(f"threads must be >= 1, got {self.threads}")
-        if self.max_concurrent_rpcs < 0:
-            problems.append(
-                f"max_concurrent_rpcs must be >= 0, got {self.max_concurrent_rpcs}"
-            )
-        if self.grace_seconds < 0:
-            problems.append(f"grace_seconds must be >= 0, got {self.grace_seconds}")
-        if self.num_versions < 1:
-            problems.append(f"num_versions must be >= 1, got {self.num_versions}")
-        if problems:
-            raise ServerStartError("invalid server settings: " + "; ".join(problems))
-        if not tf.io.gfile.isdir(self.model_base_path):
-            raise ServerStartError(
-                f"model base path not found: {self.model_base_path} (expected "
-                f"<serving_dir>/<model_name> holding integer version directories)"
-            )
-        return self
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,10 +120,7 @@ def list_versions(base_path: str) -> dict[int, str]:
 
 
 def _has_saved_model(path: str) -> bool:
-    return any(
-        tf.io.gfile.exists(os.path.join(path, f))
-        for f in ("saved_model.pb", "saved_model.pbtxt")
-    )
+    return any(tf.io.gfile.exists(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt"))
 
 
 def _fingerprint(path: str) -> tuple[int, int, float]:
@@ -201,9 +148,7 @@ def read_signature_defs(export_dir: str) -> dict[str, meta_graph_pb2.SignatureDe
         with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pbtxt")) as f:
             text_format.Parse(f.read(), sm)
     if not sm.meta_graphs:
-        raise ValueError(
-            f"{export_dir}: saved_model.pb holds no MetaGraph (not a SavedModel?)"
-        )
+        raise ValueError(f"{export_dir}: saved_model.pb holds no MetaGraph (not a SavedModel?)")
     for meta_graph in sm.meta_graphs:
         if SERVE_TAG in meta_graph.meta_info_def.tags:
             return dict(meta_graph.signature_def)
@@ -219,9 +164,7 @@ def _clean_tf_message(message: str) -> str:
     lines = []
     for line in message.splitlines():
         s = line.strip()
-        if not s or s.startswith(
-            ("[[", "Graph execution error", "Detected at node", "File ")
-        ):
+        if not s or s.startswith(("[[", "Graph execution error", "Detected at node", "File ")):
             continue
         if line.startswith((" ", "\t")):  # source lines of the "defined at" stack
             continue
@@ -231,16 +174,13 @@ def _clean_tf_message(message: str) -> str:
     return text or message.strip().splitlines()[0]
 
 
-def _tensor_to_array(
-    alias: str, proto: Any, spec: tf.TensorSpec, signature: str
-) -> np.ndarray:
+def _tensor_to_array(alias: str, proto: Any, spec: tf.TensorSpec, signature: str) -> np.ndarray:
     """A request TensorProto -> numpy, checked against the signature's TensorSpec."""
     expected = spec.dtype.as_datatype_enum
     if proto.dtype != expected:
         got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "DT_INVALID"
         raise InvalidRequestError(
-            f"input {alias!r} has dtype {got} but signature {signature!r} expects "
-            f"{spec.dtype.name}"
+            f"input {alias!r} has dtype {got} but signature {signature!r} expects {spec.dtype.name}"
         )
     try:
         array = tf.make_ndarray(proto)
@@ -248,18 +188,10 @@ def _tensor_to_array(
         raise InvalidRequestError(f"tensor parsing error: {alias}: {e}") from e
     if not spec.shape.is_compatible_with(array.shape):
         raise InvalidRequestError(
-            f"input {alias!r} has shape {list(array.shape)} but signature {signature!r} "
-            f"expects {spec.shape}"
+            f"input {alias!r} has shape {list(array.shape)} but signature {signature!r} expects {spec.shape}"
         )
-    if (
-        array.ndim >= 1
-        and spec.shape.rank
-        and spec.shape[0] is None
-        and array.shape[0] == 0
-    ):
-        raise InvalidRequestError(
-            f"input {alias!r} is an empty batch: send at least one element"
-        )
+    if array.ndim >= 1 and spec.shape.rank and spec.shape[0] is None and array.shape[0] == 0:
+        raise InvalidRequestError(f"input {alias!r} is an empty batch: send at least one element")
     return array
 
 
@@ -272,21 +204,12 @@ class LoadedVersion:
         self.path = path
         self.signature_defs = read_signature_defs(path)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
-        self._functions = {
-            name: self._model.signatures[name] for name in self._model.signatures
-        }
+        self._functions = {name: self._model.signatures[name] for name in self._model.signatures}
         # `__saved_model_init_op` is listed as a signature but is not callable.
-        missing = sorted(
-            s for s in set(self.signature_defs) - set(self._functions) if s[:2] != "__"
-        )
+        missing = sorted(s for s in set(self.signature_defs) - set(self._functions) if s[:2] != "__")
         if missing:
-            raise ValueError(
-                f"{path}: signatures {missing} in saved_model.pb are not loadable"
-            )
-        self._inputs = {
-            name: dict(fn.structured_input_signature[1])
-            for name, fn in self._functions.items()
-        }
+            raise ValueError(f"{path}: signatures {missing} in saved_model.pb are not loadable")
+        self._inputs = {name: dict(fn.structured_input_signature[1]) for name, fn in self._functions.items()}
         self.warmup_summary = "not run"
         self._in_flight = 0
         self._cond = threading.Condition()
@@ -370,10 +293,7 @@ class LoadedVersion:
                 arrays[alias] = _tensor_to_array(alias, value, spec, signature)
         batch_sizes = {a.shape[0] for a in arrays.values() if a.ndim >= 1}
         try:
-            tensors = {
-                alias: tf.constant(array, dtype=specs[alias].dtype)
-                for alias, array in arrays.items()
-            }
+            tensors = {alias: tf.constant(array, dtype=specs[alias].dtype) for alias, array in arrays.items()}
             outputs = self._functions[signature](**tensors)
         except tf.errors.OpError as e:
             code = status_code_from_int(e.error_code)
@@ -384,15 +304,11 @@ class LoadedVersion:
                 code,
             ) from e
         except (TypeError, ValueError) as e:
-            raise InvalidRequestError(
-                f"signature {signature!r} rejected the inputs: {e}"
-            ) from e
+            raise InvalidRequestError(f"signature {signature!r} rejected the inputs: {e}") from e
         names = list(output_filter) or list(sig.outputs)
         return {name: outputs[name].numpy() for name in names}
 
-    def predict(
-        self, request: predict_pb2.PredictRequest
-    ) -> predict_pb2.PredictResponse:
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         outputs = self.run(signature, dict(request.inputs), list(request.output_filter))
         response = predict_pb2.PredictResponse()
@@ -425,15 +341,11 @@ class LoadedVersion:
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
         examples = serialized_examples(request.input)
-        outputs = self.run(
-            signature, {CLASSIFY_INPUTS: np.array(examples, dtype=object)}
-        )
+        outputs = self.run(signature, {CLASSIFY_INPUTS: np.array(examples, dtype=object)})
         classes = outputs.get(CLASSIFY_CLASSES)
         scores = outputs.get(CLASSIFY_SCORES)
         for name, array in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores)):
-            if array is not None and (
-                array.ndim != 2 or array.shape[0] != len(examples)
-            ):
+            if array is not None and (array.ndim != 2 or array.shape[0] != len(examples)):
                 raise ServingError(
                     f"Expected {name} Tensor of shape [batch_size num_classes] with "
                     f"batch_size {len(examples)}, got {list(array.shape)}",
@@ -457,9 +369,7 @@ class LoadedVersion:
                     c.score = float(scores[i, j])
         return response
 
-    def fill_model_spec(
-        self, spec: model_pb2.ModelSpec, signature: str | None = None
-    ) -> None:
+    def fill_model_spec(self, spec: model_pb2.ModelSpec, signature: str | None = None) -> None:
         spec.name = self.model_name
         spec.version.value = self.version
         if signature is not None:
@@ -483,9 +393,7 @@ class LoadedVersion:
                 elif kind == "classify_log":
                     self.classify(entry.classify_log.request)
                 else:
-                    log.warning(
-                        "%s: skipping warmup record of type %s", self.path, kind
-                    )
+                    log.warning("%s: skipping warmup record of type %s", self.path, kind)
                     continue
                 replayed += 1
             return f"{replayed} warmup requests"
@@ -495,12 +403,8 @@ class LoadedVersion:
             return "a predict_images call"
         if list(self._inputs.get(DEFAULT_SIGNATURE, {})) == ["examples"]:
             feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))
-            example = tf.train.Example(
-                features=tf.train.Features(feature={"image": feature})
-            )
-            self.run(
-                DEFAULT_SIGNATURE, {"examples": np.array([example.SerializeToString()])}
-            )
+            example = tf.train.Example(features=tf.train.Features(feature={"image": feature}))
+            self.run(DEFAULT_SIGNATURE, {"examples": np.array([example.SerializeToString()])})
             return "a serving_default call"
         return "nothing (no warmup file and no image signature)"
 
@@ -563,9 +467,7 @@ class ModelManager:
         self._lock = threading.Condition()  # guards _serving and _states
         self._serving: dict[int, LoadedVersion] = {}
         self._states: dict[int, VersionStatus] = {}
-        self._failed: dict[
-            int, tuple[int, int, float]
-        ] = {}  # version -> files at failure
+        self._failed: dict[int, tuple[int, int, float]] = {}  # version -> files at failure
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -574,9 +476,7 @@ class ModelManager:
     def start(self) -> None:
         """Load what is on disk now (blocking), then poll in a background thread."""
         self.poll_once()
-        self._thread = threading.Thread(
-            target=self._poll_loop, name="serving-poll", daemon=True
-        )
+        self._thread = threading.Thread(target=self._poll_loop, name="serving-poll", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -606,9 +506,7 @@ class ModelManager:
                 log.warning("cannot list model base path %s: %s", self.base_path, e)
                 return
             aspired = sorted(on_disk, reverse=True)[: self.num_versions]
-            for (
-                version
-            ) in aspired:  # newest first: it takes traffic as soon as it is ready
+            for version in aspired:  # newest first: it takes traffic as soon as it is ready
                 if version not in self.serving_versions():
                     self._load(version, on_disk[version])
             loaded = set(self.serving_versions())
@@ -626,9 +524,7 @@ class ModelManager:
     def _set_state(self, status: VersionStatus) -> None:
         with self._lock:
             self._states[status.version] = status
-            for old in sorted(self._states)[
-                : max(0, len(self._states) - _MAX_REMEMBERED_STATES)
-            ]:
+            for old in sorted(self._states)[: max(0, len(self._states) - _MAX_REMEMBERED_STATES)]:
                 if old not in self._serving:
                     del self._states[old]
             self._lock.notify_all()
@@ -649,9 +545,7 @@ class ModelManager:
             loaded.warmup_summary = loaded.warm_up(self.run_warmup)
         except Exception as e:  # noqa: BLE001 - any load/warm-up failure keeps the old version
             self._failed[version] = files
-            message = (
-                str(e) if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
-            )
+            message = str(e) if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
             code = e.code if isinstance(e, ServingError) else grpc.StatusCode.UNKNOWN
             if isinstance(e, tf.errors.OpError):
                 code, message = (
@@ -696,8 +590,7 @@ class ModelManager:
         )
         if not loaded.drain(self.drain_seconds):
             log.warning(
-                "version %d still has %d requests after %.0fs; releasing it (they keep "
-                "their own reference)",
+                "version %d still has %d requests after %.0fs; releasing it (they keep their own reference)",
                 version,
                 loaded.in_flight,
                 self.drain_seconds,
@@ -722,11 +615,7 @@ class ModelManager:
         """Block until some version (or `version`) serves; False on timeout."""
         with self._lock:
             return self._lock.wait_for(
-                lambda: (
-                    (version in self._serving)
-                    if version is not None
-                    else bool(self._serving)
-                ),
+                lambda: (version in self._serving) if version is not None else bool(self._serving),
                 timeout=timeout,
             )
 
@@ -764,8 +653,7 @@ class ModelManager:
                 loaded = self._serving[max(self._serving)]
             else:
                 raise ModelUnavailableError(
-                    f"no version of model {self.model_name!r} is loaded yet "
-                    f"(base path {self.base_path})"
+                    f"no version of model {self.model_name!r} is loaded yet (base path {self.base_path})"
                 )
             loaded.acquire()
         try:
@@ -778,9 +666,7 @@ class ModelManager:
 # gRPC services
 
 
-def _serve_rpc(
-    context: grpc.ServicerContext, method: str, fn: Callable[[], Any]
-) -> Any:
+def _serve_rpc(context: grpc.ServicerContext, method: str, fn: Callable[[], Any]) -> Any:
     """Run one RPC body, answering errors with the right status instead of crashing."""
     try:
         return fn()
@@ -830,14 +716,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             spec = _require_spec(request)
             fields = list(request.metadata_field)
             if not fields:
-                raise InvalidRequestError(
-                    "GetModelMetadataRequest must specify at least one metadata_field"
-                )
+                raise InvalidRequestError("GetModelMetadataRequest must specify at least one metadata_field")
             for field in fields:
                 if field != SIGNATURE_DEF_FIELD:
                     raise InvalidRequestError(
-                        f"Metadata field {field} is not supported (supported: "
-                        f"{SIGNATURE_DEF_FIELD})"
+                        f"Metadata field {field} is not supported (supported: {SIGNATURE_DEF_FIELD})"
                     )
             with self._manager.acquire(spec) as loaded:
                 response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -865,9 +748,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             statuses = self._manager.statuses(version)
             if not statuses:
                 what = f"version {version}" if version is not None else "any versions"
-                raise ModelNotFoundError(
-                    f"Could not find {what} of model {self._manager.model_name}"
-                )
+                raise ModelNotFoundError(f"Could not find {what} of model {self._manager.model_name}")
             response = get_model_status_pb2.GetModelStatusResponse()
             for s in statuses:
                 out = response.model_version_status.add()
@@ -937,9 +818,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         )
     size = config.max_message_mb * MB
     server = grpc.server(
-        concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.threads, thread_name_prefix="serving-rpc"
-        ),
+        concurrent.futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="serving-rpc"),
         options=[
             ("grpc.max_send_message_length", size),
             ("grpc.max_receive_message_length", size),
@@ -947,12 +826,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server
-    )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelServicer(manager), server
-    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     address = f"{_host_for_target(config.host)}:{config.port}"
     try:
         port = server.add_insecure_port(address)
@@ -1046,90 +921,10 @@ def serve(config: ServerConfig, stop_event: threading.Event | None = None) -> in
 # CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The `imgpipe serve` flags."""
-    d = ServerConfig("", "")
-    parser.add_argument(
-        "--model-base-path",
-        required=True,
-        help="directory of integer version dirs, i.e. <serving_dir>/<model_name>",
-    )
-    parser.add_argument(
-        "--model-name", required=True, help="name clients put in model_spec"
-    )
-    parser.add_argument(
-        "--host", default=d.host, help="bind address (default %(default)s)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=d.port, help="gRPC port; 0 picks a free one"
-    )
-    parser.add_argument(
-        "--poll-seconds",
-        type=float,
-        default=d.poll_seconds,
-        help="how often to look for new or removed versions (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-message-mb",
-        type=int,
-        default=d.max_message_mb,
-        help="max gRPC message size, send and receive (default %(default)s)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=d.threads,
-        help="RPC worker threads (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-concurrent-rpcs",
-        type=int,
-        default=d.max_concurrent_rpcs,
-        help="reject RPCs beyond this many with RESOURCE_EXHAUSTED; 0 = unlimited",
-    )
-    parser.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=d.grace_seconds,
-        help="on SIGTERM, how long in-flight requests may run (default %(default)s)",
-    )
-    parser.add_argument(
-        "--num-versions",
-        type=int,
-        default=d.num_versions,
-        help="serve the newest N versions (default %(default)s)",
-    )
-    parser.add_argument(
-        "--no-warmup",
-        dest="run_warmup",
-        action="store_false",
-        help="do not replay assets.extra/tf_serving_warmup_requests",
-    )
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        model_base_path=args.model_base_path,
-        model_name=args.model_name,
-        host=args.host,
-        port=args.port,
-        poll_seconds=args.poll_seconds,
-        max_message_mb=args.max_message_mb,
-        threads=args.threads,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        grace_seconds=args.grace_seconds,
-        num_versions=args.num_versions,
-        run_warmup=args.run_warmup,
-    )
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point for a parsed `imgpipe serve` command; returns the exit code."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-        )
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         return serve(config_from_args(args))
     except ServerStartError as e:
@@ -1144,9 +939,11 @@ def run_server(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="imgpipe serve", description="Serve a model over TF Serving's gRPC API."
     )
-    add_arguments(parser)
+    add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
 
+
+add_arguments = add_serve_arguments
 
 if __name__ == "__main__":
     sys.exit(run_server())

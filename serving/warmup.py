@@ -52,9 +52,7 @@ def build_warmup_logs(
         raise ValueError("no warmup values given: pass at least one serialized input")
     for i, v in enumerate(values):
         if not isinstance(v, bytes) or not v:
-            raise ValueError(
-                f"warmup value {i} must be non-empty bytes, got {type(v).__name__}"
-            )
+            raise ValueError(f"warmup value {i} must be non-empty bytes, got {type(v).__name__}")
     logs = []
     for start in range(0, len(values), batch_size):
         batch = list(values[start : start + batch_size])
@@ -63,14 +61,10 @@ def build_warmup_logs(
         )
         request.inputs[key].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
         logs.append(
-            prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
+            prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
         )
     if len(logs) > MAX_WARMUP_RECORDS:
-        raise ValueError(
-            f"{len(logs)} warmup requests; TF Serving reads at most {MAX_WARMUP_RECORDS}"
-        )
+        raise ValueError(f"{len(logs)} warmup requests; TF Serving reads at most {MAX_WARMUP_RECORDS}")
     return logs
 
 
@@ -118,9 +112,7 @@ def read_warmup_requests(export_dir: str) -> list[prediction_log_pb2.PredictionL
             try:
                 log.ParseFromString(record)
             except message.DecodeError as e:
-                raise ValueError(
-                    f"{path}: record {i} is not a PredictionLog: {e}"
-                ) from e
+                raise ValueError(f"{path}: record {i} is not a PredictionLog: {e}") from e
             logs.append(log)
     except tf.errors.DataLossError as e:
         raise ValueError(f"{path}: corrupt TFRecord file: {e.message}") from e

@@ -69,9 +69,7 @@ def build_serving_model(workdir: str) -> ServingModel:
     from trainer import model as model_lib
     from trainer.features import IMAGE_KEY, IMAGE_XF
 
-    items = helpers.digit_images(
-        tuple(int(d) for d in DIGITS), per_class=12, size=IMAGE_SIZE
-    )
+    items = helpers.digit_images(tuple(int(d) for d in DIGITS), per_class=12, size=IMAGE_SIZE)
     tfo = helpers.analyze_transform(
         items,
         os.path.join(workdir, "transform"),
@@ -113,7 +111,7 @@ def sample_photos(size: int = 96) -> list[tuple[str, bytes, bytes]]:
 
     data = load_sample_images()
     out = []
-    for name, array in zip(data.filenames, data.images):
+    for name, array in zip(data.filenames, data.images, strict=True):
         img = Image.fromarray(array).resize((size, size), Image.BILINEAR)
         jpeg, png = io.BytesIO(), io.BytesIO()
         img.save(jpeg, format="JPEG", quality=90)

@@ -73,9 +73,7 @@ def server(model, tmp_path_factory):
     base = _base_path(tmp_path_factory, model)
     os.makedirs(os.path.join(base, "7"))  # incomplete push: no saved_model.pb
     os.makedirs(os.path.join(base, "tmp-push-3"))  # not an integer
-    with server_lib.start_in_thread(
-        base, NAME, poll_seconds=0.5, max_message_mb=4
-    ) as running:
+    with server_lib.start_in_thread(base, NAME, poll_seconds=0.5, max_message_mb=4) as running:
         yield running
 
 
@@ -142,7 +140,7 @@ def test_fixture_model_separates_images(model, reference):
     """Otherwise equal scores between paths would prove nothing."""
     out = reference["predict_images"](images=_strings(i for i, _ in model.items))
     top = [c.decode() for c in out["classes"].numpy()[:, 0]]
-    assert np.mean([t == label for t, (_, label) in zip(top, model.items)]) >= 0.9
+    assert np.mean([t == label for t, (_, label) in zip(top, model.items, strict=True)]) >= 0.9
     assert out["scores"].numpy()[:, 0].std() > 0.01
 
 
@@ -153,18 +151,14 @@ def test_fixture_model_separates_images(model, reference):
 def test_predict_serving_default_equals_in_process(stubs, model, reference):
     predict, _ = stubs
     examples = [make_example(img) for img, _ in model.items[::4]]
-    response = predict.Predict(
-        _predict_request("serving_default", "examples", examples), timeout=30
-    )
+    response = predict.Predict(_predict_request("serving_default", "examples", examples), timeout=30)
     assert response.model_spec.name == NAME
     assert response.model_spec.version.value == 1
     assert response.model_spec.signature_name == "serving_default"
     expected = reference["serving_default"](examples=_strings(examples))
     assert set(response.outputs) == {"classes", "scores"}
     _assert_close(tf.make_ndarray(response.outputs["scores"]), expected["scores"])
-    assert (
-        tf.make_ndarray(response.outputs["classes"]) == expected["classes"].numpy()
-    ).all()
+    assert (tf.make_ndarray(response.outputs["classes"]) == expected["classes"].numpy()).all()
 
 
 def test_predict_default_signature_and_output_filter(stubs, model, reference):
@@ -182,14 +176,10 @@ def test_predict_default_signature_and_output_filter(stubs, model, reference):
 def test_predict_images_equals_in_process(stubs, model, reference):
     predict, _ = stubs
     images = [img for img, _ in model.items[2::3]]
-    response = predict.Predict(
-        _predict_request("predict_images", "images", images), timeout=30
-    )
+    response = predict.Predict(_predict_request("predict_images", "images", images), timeout=30)
     expected = reference["predict_images"](images=_strings(images))
     _assert_close(tf.make_ndarray(response.outputs["scores"]), expected["scores"])
-    assert (
-        tf.make_ndarray(response.outputs["classes"]) == expected["classes"].numpy()
-    ).all()
+    assert (tf.make_ndarray(response.outputs["classes"]) == expected["classes"].numpy()).all()
 
 
 def test_classify_equals_in_process(stubs, model, reference):
@@ -206,7 +196,7 @@ def test_classify_equals_in_process(stubs, model, reference):
     rows = response.result.classifications
     assert len(rows) == len(examples)
     for row, classes, scores in zip(
-        rows, expected["classes"].numpy(), expected["scores"].numpy()
+        rows, expected["classes"].numpy(), expected["scores"].numpy(), strict=True
     ):
         assert [c.label.encode() for c in row.classes] == list(classes)
         _assert_close([c.score for c in row.classes], scores)
@@ -225,15 +215,13 @@ def test_classify_merges_context_into_each_example(stubs, model, reference):
     ctx.examples.add()
     response = predict.Classify(request, timeout=30)
     expected = reference["classification"](inputs=_strings([make_example(image)] * 2))
-    for row, scores in zip(response.result.classifications, expected["scores"].numpy()):
+    for row, scores in zip(response.result.classifications, expected["scores"].numpy(), strict=True):
         _assert_close([c.score for c in row.classes], scores)
 
 
 def test_get_model_metadata_returns_the_signature_defs(stubs, model):
     predict, _ = stubs
-    request = get_model_metadata_pb2.GetModelMetadataRequest(
-        metadata_field=["signature_def"]
-    )
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = NAME
     response = predict.GetModelMetadata(request, timeout=30)
     assert response.model_spec.name == NAME and response.model_spec.version.value == 1
@@ -256,9 +244,7 @@ def test_get_model_status(stubs, server):
     request.model_spec.name = NAME
     response = models.GetModelStatus(request, timeout=30)
     # Only version 1: dir 7 has no saved_model.pb and tmp-push-3 is not a version.
-    assert [(s.version, s.state) for s in response.model_version_status] == [
-        (1, State.AVAILABLE)
-    ]
+    assert [(s.version, s.state) for s in response.model_version_status] == [(1, State.AVAILABLE)]
     assert response.model_version_status[0].status.error_code == 0
     request.model_spec.version.value = 7
     with pytest.raises(grpc.RpcError) as e:
@@ -282,16 +268,14 @@ def test_photos_jpeg_and_png_same_classes_on_both_paths(client, model, reference
     images += [serving_fixtures.as_jpeg(img) for img, _ in model.items[::9]]
     by_image = client.predict_images(NAME, images)
     by_example = client.predict_examples(NAME, [make_example(i) for i in images])
-    by_example_signature = client.predict_images(
-        NAME, images, signature="serving_default"
-    )
+    by_example_signature = client.predict_images(NAME, images, signature="serving_default")
     assert len(by_image) == len(images)
-    for a, b, c in zip(by_image, by_example, by_example_signature):
+    for a, b, c in zip(by_image, by_example, by_example_signature, strict=True):
         assert a.classes == b.classes == c.classes
         _assert_close(a.scores, b.scores)
         assert a.version == b.version == 1
     expected = reference["predict_images"](images=_strings(images))
-    for pred, classes in zip(by_image, expected["classes"].numpy()):
+    for pred, classes in zip(by_image, expected["classes"].numpy(), strict=True):
         assert pred.classes == [c.decode() for c in classes]
     # The photos are not digits, but each still gets its own scores.
     assert len({tuple(p.scores) for p in by_image}) == len(images)
@@ -300,10 +284,8 @@ def test_photos_jpeg_and_png_same_classes_on_both_paths(client, model, reference
 def test_client_top_k_and_classify(client, model, reference):
     examples = [make_example(img) for img, _ in model.items[:3]]
     preds = client.classify(NAME, examples, top_k=2)
-    expected = reference["serving_default"](examples=_strings(examples))[
-        "scores"
-    ].numpy()
-    for pred, scores in zip(preds, expected):
+    expected = reference["serving_default"](examples=_strings(examples))["scores"].numpy()
+    for pred, scores in zip(preds, expected, strict=True):
         assert len(pred.classes) == 2
         _assert_close(pred.scores, np.sort(scores)[::-1][:2])
     one = client.predict_images(NAME, [model.items[0][0]], top_k=1)
@@ -315,17 +297,13 @@ def test_client_top_k_and_classify(client, model, reference):
 
 
 def _bad_cases(image: bytes):
-    def predict(
-        signature, key, values, dtype=tf.string, version=None, name=NAME, shape=None
-    ):
+    def predict(signature, key, values, dtype=tf.string, version=None, name=NAME, shape=None):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = name
         request.model_spec.signature_name = signature
         if version is not None:
             request.model_spec.version.value = version
-        request.inputs[key].CopyFrom(
-            tf.make_tensor_proto(values, dtype=dtype, shape=shape)
-        )
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=dtype, shape=shape))
         return "Predict", request
 
     no_spec = predict_pb2.PredictRequest()
@@ -337,17 +315,13 @@ def _bad_cases(image: bytes):
     filtered.output_filter.append("probabilities")
     classify_default = classification_pb2.ClassificationRequest()
     classify_default.model_spec.name = NAME
-    classify_default.input.example_list.examples.add().ParseFromString(
-        make_example(image)
-    )
+    classify_default.input.example_list.examples.add().ParseFromString(make_example(image))
     classify_empty = classification_pb2.ClassificationRequest()
     classify_empty.model_spec.name = NAME
     classify_empty.model_spec.signature_name = "classification"
     metadata_no_field = get_model_metadata_pb2.GetModelMetadataRequest()
     metadata_no_field.model_spec.name = NAME
-    metadata_bad_field = get_model_metadata_pb2.GetModelMetadataRequest(
-        metadata_field=["x"]
-    )
+    metadata_bad_field = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["x"])
     metadata_bad_field.model_spec.name = NAME
     ia, nf = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
     return {
@@ -383,9 +357,7 @@ def _bad_cases(image: bytes):
             "serving_default",
         ),
         "example without image": (
-            predict(
-                "serving_default", "examples", [tf.train.Example().SerializeToString()]
-            ),
+            predict("serving_default", "examples", [tf.train.Example().SerializeToString()]),
             ia,
             "image",
         ),
@@ -454,9 +426,7 @@ def test_unimplemented_methods(stubs, model):
 def test_message_larger_than_the_limit_is_rejected(stubs, model):
     """The fixture server allows 4 MB messages; 5 MB is refused, then it serves again."""
     predict, _ = stubs
-    request = _predict_request(
-        "predict_images", "images", [b"\xff\xd8\xff" + b"0" * (5 * 2**20)]
-    )
+    request = _predict_request("predict_images", "images", [b"\xff\xd8\xff" + b"0" * (5 * 2**20)])
     with pytest.raises(grpc.RpcError) as e:
         predict.Predict(request, timeout=30)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -535,19 +505,17 @@ def test_client_against_a_closed_port_fails_unavailable():
 
 def test_concurrent_burst_all_succeed(server, model, reference):
     images = [img for img, _ in model.items]
-    batches = [
-        [images[i % len(images)], images[(i * 7 + 3) % len(images)]] for i in range(32)
-    ]
+    batches = [[images[i % len(images)], images[(i * 7 + 3) % len(images)]] for i in range(32)]
     with (
         client_lib.ServingClient(server.target, timeout=60.0) as c,
         ThreadPoolExecutor(max_workers=8) as pool,
     ):
         results = list(pool.map(lambda b: c.predict_images(NAME, b), batches))
     assert len(results) == 32
-    for batch, preds in zip(batches, results):
+    for batch, preds in zip(batches, results, strict=True):
         expected = reference["predict_images"](images=_strings(batch))
         for pred, classes, scores in zip(
-            preds, expected["classes"].numpy(), expected["scores"].numpy()
+            preds, expected["classes"].numpy(), expected["scores"].numpy(), strict=True
         ):
             assert pred.classes == [c.decode() for c in classes]
             _assert_close(pred.scores, scores)
@@ -605,20 +573,12 @@ def test_hot_swap_under_load(model, reference, tmp_path_factory):
             with running.manager.acquire(spec) as held:
                 assert held.version == 1
                 shutil.copytree(model.export_dir, os.path.join(base, "2"))  # not atomic
-                _wait_for(
-                    lambda: 2 in running.manager.serving_versions(), 90, "version 2"
-                )
-                _wait_for(
-                    lambda: _state(running, 1) == State.UNLOADING, 30, "v1 unloading"
-                )
+                _wait_for(lambda: 2 in running.manager.serving_versions(), 90, "version 2")
+                _wait_for(lambda: _state(running, 1) == State.UNLOADING, 30, "v1 unloading")
                 seen = len(loop.versions)
-                _wait_for(
-                    lambda: 2 in loop.versions[seen:], 30, "requests on version 2"
-                )
+                _wait_for(lambda: 2 in loop.versions[seen:], 30, "requests on version 2")
                 # The held version still computes while it drains.
-                out = held.run(
-                    "predict_images", {"images": np.array([image], dtype=object)}
-                )
+                out = held.run("predict_images", {"images": np.array([image], dtype=object)})
                 assert out["classes"].shape == (1, 3)
             _wait_for(lambda: _state(running, 1) == State.END, 30, "v1 unloaded")
             seen = len(loop.versions)
@@ -639,9 +599,7 @@ def test_hot_swap_under_load(model, reference, tmp_path_factory):
         _assert_close(pred.scores, expected["scores"].numpy()[0])
 
 
-def test_failed_version_keeps_old_and_removed_version_rolls_back(
-    model, tmp_path_factory, caplog
-):
+def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path_factory, caplog):
     base = _base_path(tmp_path_factory, model, versions=(1, 3))
     image = model.items[0][0]
     with server_lib.start_in_thread(base, NAME, poll_seconds=0.2) as running:
@@ -684,16 +642,12 @@ def test_stop_finishes_in_flight_requests(model, tmp_path_factory):
     base = _base_path(tmp_path_factory, model)
     images = [img for img, _ in model.items] * 4  # a batch that takes a while
     running = server_lib.start_server(
-        server_lib.ServerConfig(
-            model_base_path=base, model_name=NAME, port=0, grace_seconds=30
-        )
+        server_lib.ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=30)
     )
     try:
         channel = grpc.insecure_channel(running.target)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        future = stub.Predict.future(
-            _predict_request("predict_images", "images", images), timeout=60
-        )
+        future = stub.Predict.future(_predict_request("predict_images", "images", images), timeout=60)
         loaded = running.manager.get_loaded(1)
         _wait_for(lambda: loaded.in_flight > 0, 30, "the request to start")
     finally:
@@ -701,9 +655,7 @@ def test_stop_finishes_in_flight_requests(model, tmp_path_factory):
     response = future.result(timeout=1)
     assert tf.make_ndarray(response.outputs["classes"]).shape == (len(images), 3)
     with pytest.raises(grpc.RpcError) as e:
-        stub.Predict(
-            _predict_request("predict_images", "images", images[:1]), timeout=5
-        )
+        stub.Predict(_predict_request("predict_images", "images", images[:1]), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
 
@@ -724,13 +676,9 @@ def test_sigterm_shuts_down_gracefully(tmp_path):
     base.mkdir()
     cmd = [sys.executable, "-m", "serving.server", "--model-base-path", str(base)]
     cmd += ["--model-name", NAME, "--port", "0", "--grace-seconds", "5"]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(
-        target=lambda: [lines.put(x) for x in proc.stderr], daemon=True
-    )
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
     reader.start()
     log, port = [], None
     try:
@@ -763,21 +711,15 @@ def test_sigterm_shuts_down_gracefully(tmp_path):
     text = "".join(log)
     assert "SIGTERM received" in text and "Server stopped" in text
     with pytest.raises(ServingRpcError) as e:
-        client_lib.predict_images(
-            f"127.0.0.1:{port}", NAME, [b"x"], timeout=2, retries=0
-        )
+        client_lib.predict_images(f"127.0.0.1:{port}", NAME, [b"x"], timeout=2, retries=0)
     assert e.value.code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_start_errors_are_clear(tmp_path):
     with pytest.raises(server_lib.ServerStartError, match="base path not found"):
-        server_lib.start_server(
-            server_lib.ServerConfig(str(tmp_path / "missing"), NAME)
-        )
+        server_lib.start_server(server_lib.ServerConfig(str(tmp_path / "missing"), NAME))
     with pytest.raises(server_lib.ServerStartError, match="poll_seconds"):
-        server_lib.start_server(
-            server_lib.ServerConfig(str(tmp_path), NAME, poll_seconds=0)
-        )
+        server_lib.start_server(server_lib.ServerConfig(str(tmp_path), NAME, poll_seconds=0))
 
 
 def test_port_in_use_is_an_error(server, tmp_path):
@@ -808,7 +750,7 @@ def test_cli_predict_prints_one_line_per_image(server, model, client, tmp_path, 
     lines = [json.loads(x) for x in out.splitlines()]
     assert [x["image"] for x in lines] == [str(png), str(jpeg)]
     expected = client.predict_images(NAME, [png.read_bytes(), jpeg.read_bytes()])
-    for line, pred in zip(lines, expected):
+    for line, pred in zip(lines, expected, strict=True):
         assert line["classes"] == pred.classes
         _assert_close(line["scores"], pred.scores)
     assert lines[0]["classes"][0] == model.items[13][1]

@@ -16,9 +16,7 @@ import pytest
 import yaml
 from google.protobuf import text_format
 
-DEPLOY = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "deploy"
-)
+DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "deploy")
 IMAGE = "tensorflow/serving:2.16.1"
 MODEL_NAME = "imgpipe"  # pipeline.config.PipelineConfig.model_name default
 CONFIG_FILES = ("models.config", "batching_parameters.txt", "monitoring.config")
@@ -45,11 +43,7 @@ def _transcribed_messages() -> dict[str, type]:
 
     fdp = descriptor_pb2.FieldDescriptorProto
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(
-        descriptor_pb2.FileDescriptorProto.FromString(
-            wrappers_pb2.DESCRIPTOR.serialized_pb
-        )
-    )
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
     f = descriptor_pb2.FileDescriptorProto(
         name="imgpipe_tests/tf_serving_configs.proto",
         package="tensorflow.serving",
@@ -88,9 +82,7 @@ def _transcribed_messages() -> dict[str, type]:
     pool.Add(f)
     factory = message_factory.MessageFactory(pool)
     return {
-        name: factory.GetPrototype(
-            pool.FindMessageTypeByName(f"tensorflow.serving.{name}")
-        )
+        name: factory.GetPrototype(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
         for name in ("MonitoringConfig", "BatchingParameters")
     }
 
@@ -116,9 +108,7 @@ def _batching_parameters_class():
 def test_models_config_parses_as_model_server_config():
     from tensorflow_serving.config import model_server_config_pb2
 
-    cfg = text_format.Parse(
-        _read("models.config"), model_server_config_pb2.ModelServerConfig()
-    )
+    cfg = text_format.Parse(_read("models.config"), model_server_config_pb2.ModelServerConfig())
     models = cfg.model_config_list.config
     assert len(models) == 1
     m = models[0]
@@ -136,9 +126,7 @@ def test_monitoring_config_enables_prometheus():
 
 
 def test_batching_parameters_parse_and_are_sane():
-    params = text_format.Parse(
-        _read("batching_parameters.txt"), _batching_parameters_class()()
-    )
+    params = text_format.Parse(_read("batching_parameters.txt"), _batching_parameters_class()())
     assert params.HasField("max_batch_size") and params.max_batch_size.value == 32
     assert 0 < params.batch_timeout_micros.value <= 100_000
     assert params.num_batch_threads.value >= 1
@@ -153,9 +141,7 @@ def test_transcribed_protos_reject_unknown_fields():
     with pytest.raises(text_format.ParseError):
         text_format.Parse("max_batch_sise { value: 1 }", _batching_parameters_class()())
     with pytest.raises(text_format.ParseError):
-        text_format.Parse(
-            "prometheus_config { enabled: true }", _monitoring_config_class()()
-        )
+        text_format.Parse("prometheus_config { enabled: true }", _monitoring_config_class()())
 
 
 def _server_flags(args: list[str]) -> dict[str, str]:
@@ -200,10 +186,7 @@ def test_k8s_deployment_and_service():
     (configmap,) = _yaml("k8s/configmap.yaml")
     assert deployment["kind"] == "Deployment" and deployment["apiVersion"] == "apps/v1"
     pod = deployment["spec"]["template"]
-    assert (
-        deployment["spec"]["selector"]["matchLabels"].items()
-        <= pod["metadata"]["labels"].items()
-    )
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
     assert container["image"] == IMAGE
     _check_server_flags(_server_flags(container["args"]), set(configmap["data"]))
@@ -212,9 +195,7 @@ def test_k8s_deployment_and_service():
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"]
-    assert (
-        volumes[mounts["/config"]]["configMap"]["name"] == configmap["metadata"]["name"]
-    )
+    assert volumes[mounts["/config"]]["configMap"]["name"] == configmap["metadata"]["name"]
     readiness = container["readinessProbe"]
     probe_text = yaml.safe_dump(readiness)
     assert f"/v1/models/{MODEL_NAME}" in probe_text and "AVAILABLE" in probe_text
@@ -231,6 +212,4 @@ def test_k8s_configmap_matches_the_config_files():
     (configmap,) = _yaml("k8s/configmap.yaml")
     assert set(configmap["data"]) == set(CONFIG_FILES)
     for name in CONFIG_FILES:
-        assert configmap["data"][name] == _read(name), (
-            f"k8s/configmap.yaml drifted from {name}"
-        )
+        assert configmap["data"][name] == _read(name), f"k8s/configmap.yaml drifted from {name}"

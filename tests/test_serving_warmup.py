@@ -15,20 +15,16 @@ from tests.helpers import encode_image, make_example
 def _examples(n: int) -> list[bytes]:
     import numpy as np
 
-    return [
-        make_example(encode_image(np.full((4, 4), i * 40, np.uint8))) for i in range(n)
-    ]
+    return [make_example(encode_image(np.full((4, 4), i * 40, np.uint8))) for i in range(n)]
 
 
 def test_round_trip(tmp_path):
     examples = _examples(3)
     path = warmup.write_warmup_requests(str(tmp_path), examples, model_name="digits")
-    assert path == os.path.join(
-        str(tmp_path), "assets.extra", "tf_serving_warmup_requests"
-    )
+    assert path == os.path.join(str(tmp_path), "assets.extra", "tf_serving_warmup_requests")
     logs = warmup.read_warmup_requests(str(tmp_path))
     assert len(logs) == 3
-    for log, example in zip(logs, examples):
+    for log, example in zip(logs, examples, strict=True):
         assert log.WhichOneof("log_type") == "predict_log"
         request = log.predict_log.request
         assert request.model_spec.name == "digits"
@@ -43,14 +39,10 @@ def test_round_trip(tmp_path):
 def test_file_is_a_plain_tfrecord_of_prediction_logs(tmp_path):
     """Read with TensorFlow alone, as TF Serving does, not with our reader."""
     examples = _examples(4)
-    path = warmup.write_warmup_requests(
-        str(tmp_path), examples, signature="predict_images", batch_size=3
-    )
+    path = warmup.write_warmup_requests(str(tmp_path), examples, signature="predict_images", batch_size=3)
     records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
     logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
-    assert [
-        len(tf.make_ndarray(x.predict_log.request.inputs["images"])) for x in logs
-    ] == [3, 1]
+    assert [len(tf.make_ndarray(x.predict_log.request.inputs["images"])) for x in logs] == [3, 1]
 
 
 def test_no_file_reads_as_empty(tmp_path):
@@ -79,9 +71,7 @@ def test_missing_export_dir(tmp_path):
 
 
 def test_custom_input_key(tmp_path):
-    warmup.write_warmup_requests(
-        str(tmp_path), [b"abc"], signature="mine", input_key="x"
-    )
+    warmup.write_warmup_requests(str(tmp_path), [b"abc"], signature="mine", input_key="x")
     (log,) = warmup.read_warmup_requests(str(tmp_path))
     assert log.predict_log.request.model_spec.signature_name == "mine"
     assert tf.make_ndarray(log.predict_log.request.inputs["x"]).tolist() == [b"abc"]
