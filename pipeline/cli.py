@@ -1,7 +1,8 @@
 """The `imgpipe` command: ingest, pretrain-backbone, run, demo, serve, predict.
 
 Progress goes to stderr; the machine-readable result (one JSON line) to stdout.
-Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration.
+Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
+75 `run --lock-file` found another run holding the lock.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", dest="enable_cache", action=argparse.BooleanOptionalAction, default=None,
                    help="reuse cached component outputs (default on)")
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
+    p.add_argument("--lock-file", help="hold this lock for the run; if another run holds it, exit 75 at once")
 
 
 RUN_FIELDS = (
@@ -183,7 +185,9 @@ def _cmd_run(args) -> int:
     except ConfigError as e:
         _err(str(e))
         return EXIT_USAGE
-    return _run_pipeline(config, args.verbose)
+    from pipeline.schedule import run_locked
+
+    return run_locked(getattr(args, "lock_file", None), lambda: _run_pipeline(config, args.verbose))
 
 
 # --------------------------------------------------------------------------- demo
@@ -226,6 +230,9 @@ def _optional_commands() -> list[Command]:
 
     out.append(("serve", "serve pushed models over TF Serving's gRPC API (dev/test server)", server.add_arguments, server.run_server))
     out.append(("predict", "query a TF Serving (or `imgpipe serve`) endpoint with images", client.add_arguments, client.run_predict))
+    from pipeline import cli_scale
+
+    out.extend(cli_scale.commands())
     return out
 
 

@@ -6,6 +6,7 @@ LocalDagRunner, Kubeflow Pipelines and Vertex AI; only the runner changes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow_model_analysis as tfma
@@ -13,6 +14,7 @@ from tfx import v1 as tfx
 
 from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
+from pipeline.kubeflow import RuntimeParamEvaluator, RuntimeParamTrainer, knob_values
 from trainer.features import LABEL_KEY, LABEL_XF
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
@@ -93,8 +95,15 @@ def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
 def create_pipeline(
     config: PipelineConfig,
     metadata_connection_config: Any | None = None,
+    runtime_parameters: Mapping[str, tfx.dsl.experimental.RuntimeParameter] | None = None,
 ) -> tfx.dsl.Pipeline:
-    """The pipeline for `config` (call config.validate() first)."""
+    """The pipeline for `config` (call config.validate() first).
+
+    runtime_parameters: optional RuntimeParameters for epochs, learning_rate and
+    min_accuracy (Kubeflow/Vertex; see pipeline/kubeflow.py); unset knobs take
+    the config's values, as on LocalDagRunner.
+    """
+    knobs = knob_values(config, runtime_parameters)
     image_size = config.effective_image_size()
 
     example_gen = tfx.components.ImportExampleGen(
@@ -122,7 +131,7 @@ def create_pipeline(
         custom_config={"backbone": config.backbone, "image_size": image_size},
         materialize=False,
     )
-    trainer = tfx.components.Trainer(
+    trainer = RuntimeParamTrainer(
         run_fn=RUN_FN,
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -130,19 +139,22 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=trainer_custom_config(config),
-    )
+        epochs=knobs["epochs"],
+        learning_rate=knobs["learning_rate"],
+    ).with_id("Trainer")
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id(RESOLVER_ID)
-    evaluator = tfx.components.Evaluator(
+    evaluator = RuntimeParamEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         eval_config=eval_config(config),
         example_splits=["eval"],
-    )
+        min_accuracy=knobs["min_accuracy"],
+    ).with_id("Evaluator")
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],

@@ -1,0 +1,362 @@
+"""Recurring runs: a run lock, cron and systemd for local runs, Vertex and KFP schedules.
+
+Local runs never overlap: `imgpipe run --lock-file PATH` holds an exclusive,
+non-blocking flock(2) on PATH for the whole run. A second run that finds the
+lock taken exits at once with EXIT_LOCKED (75, EX_TEMPFAIL: "try again later")
+and a message naming the lock and its holder. The kernel drops the lock when
+the holder exits, even if it crashes, so a stale lock file never blocks.
+
+`local_schedule` writes the run's config beside the pipeline home and returns a
+crontab line (and, on request, a systemd .service/.timer pair) that runs
+`imgpipe run --config FILE --lock-file LOCK`. Vertex AI schedules and KFP
+recurring runs are created from a compiled spec (`imgpipe compile`), each with
+at most one run in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+EXIT_LOCKED = 75  # sysexits.h EX_TEMPFAIL: another run holds the lock
+
+
+class LockBusy(RuntimeError):
+    """Another process holds the run lock."""
+
+
+class ScheduleError(ValueError):
+    """A schedule request is invalid; the message names the bad value."""
+
+
+# --------------------------------------------------------------------------- lock
+@contextlib.contextmanager
+def run_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on `path` for the block; LockBusy at once if it is taken."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown holder"
+            raise LockBusy(
+                f"another imgpipe run holds the lock {path} ({holder}); not starting an overlapping run"
+            ) from None
+        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {since}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def run_locked(lock_file: str | None, run: Callable[[], int]) -> int:
+    """run() under the lock (or directly when lock_file is None); EXIT_LOCKED if it is taken."""
+    if not lock_file:
+        return run()
+    try:
+        with run_lock(lock_file):
+            return run()
+    except LockBusy as e:
+        print(f"imgpipe: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_LOCKED
+
+
+# --------------------------------------------------------------------------- cron
+_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+_MACROS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+_ITEM = re.compile(r"^(\*|\d+(?:-\d+)?)(?:/(\d+))?$")
+
+
+def parse_cron(expr: str) -> list[str]:
+    """The five fields of a standard cron expression (macros expanded); ScheduleError if invalid.
+
+    Supports numbers, '*', lists, ranges and steps; names (JAN, MON) are not.
+    """
+    expr = _MACROS.get(expr.strip(), expr.strip())
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ScheduleError(
+            f"cron {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+        )
+    for value, (name, low, high) in zip(fields, _FIELDS, strict=True):
+        for item in value.split(","):
+            m = _ITEM.match(item)
+            if not m:
+                raise ScheduleError(
+                    f"cron {expr!r}: {name} field {value!r} is not numbers, '*', ranges or steps"
+                )
+            if m.group(1) != "*":
+                bounds = [int(x) for x in m.group(1).split("-")]
+                if any(not low <= b <= high for b in bounds) or bounds[0] > bounds[-1]:
+                    raise ScheduleError(f"cron {expr!r}: {name} {m.group(1)} is outside {low}-{high}")
+            if m.group(2) is not None and int(m.group(2)) == 0:
+                raise ScheduleError(f"cron {expr!r}: {name} step must be >= 1")
+    return fields
+
+
+_DOW = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _calendar_field(value: str, dow: bool = False) -> str:
+    parts = []
+    for item in value.split(","):
+        m = _ITEM.match(item)
+        assert m  # parse_cron validated it
+        base, step = m.group(1), m.group(2)
+        if dow:
+            if step:
+                raise ScheduleError(f"day of week {value!r}: steps cannot be converted to systemd OnCalendar")
+            if base == "*":
+                continue
+            days = "..".join(_DOW[int(x)] for x in base.split("-"))
+            if days not in parts:  # 0 and 7 are both Sunday
+                parts.append(days)
+            continue
+        if base != "*":
+            base = "..".join(f"{int(x):02d}" for x in base.split("-"))
+        if step:
+            if ".." in base:
+                raise ScheduleError(f"{value!r}: a stepped range cannot be converted to systemd OnCalendar")
+            parts.append(f"{'00' if base == '*' else base}/{step}")
+        else:
+            parts.append(base)
+    return ",".join(parts)
+
+
+def cron_to_on_calendar(expr: str) -> str:
+    """A systemd OnCalendar= equivalent of a cron expression (ScheduleError where none exists)."""
+    minute, hour, dom, month, dow = parse_cron(expr)
+    if dom != "*" and dow != "*":
+        raise ScheduleError(
+            f"cron {expr!r}: with both day-of-month and day-of-week set cron runs on either, systemd "
+            "only on both; pass --on-calendar explicitly"
+        )
+    weekday = _calendar_field(dow, dow=True)
+    date = f"*-{_calendar_field(month)}-{_calendar_field(dom)}"
+    time = f"{_calendar_field(hour)}:{_calendar_field(minute)}:00"
+    return f"{weekday + ' ' if weekday else ''}{date} {time}"
+
+
+# --------------------------------------------------------------------- local schedule
+@dataclasses.dataclass
+class LocalSchedule:
+    cron: str
+    command: list[str]
+    cron_line: str
+    config_path: str
+    lock_file: str
+    log_file: str
+    systemd_files: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_imgpipe() -> list[str]:
+    """How to invoke imgpipe from cron: the console script beside this Python, else `python -m`."""
+    script = os.path.join(os.path.dirname(sys.executable), "imgpipe")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "pipeline.cli"]
+
+
+def cron_line(cron: str, command: Sequence[str], workdir: str, log_file: str) -> str:
+    """`cron` + `cd WORKDIR && COMMAND >> LOG 2>&1`, shell-quoted, with '%' escaped for cron."""
+    parse_cron(cron)
+    shell = f"cd {shlex.quote(workdir)} && {shlex.join(command)} >> {shlex.quote(log_file)} 2>&1"
+    return f"{cron.strip()} {shell.replace('%', chr(92) + '%')}"
+
+
+def local_schedule(
+    config,
+    cron: str,
+    imgpipe: Sequence[str] | None = None,
+    lock_file: str | None = None,
+    log_file: str | None = None,
+    systemd_dir: str | None = None,
+    on_calendar: str | None = None,
+) -> LocalSchedule:
+    """Save `config` beside its home and build the cron line (and systemd units) for it."""
+    parse_cron(cron)
+    config = config.resolved().validate(check_paths=False)
+    base = os.path.join(config.home, "schedule")
+    config_path = os.path.join(base, f"{config.pipeline_name}.yaml")
+    lock_file = os.path.abspath(lock_file or os.path.join(base, f"{config.pipeline_name}.lock"))
+    log_file = os.path.abspath(log_file or os.path.join(base, f"{config.pipeline_name}.log"))
+    config.save(config_path)
+    command = [*(imgpipe or default_imgpipe()), "run", "--config", config_path, "--lock-file", lock_file]
+    workdir = config.home
+    result = LocalSchedule(
+        cron=cron.strip(),
+        command=command,
+        cron_line=cron_line(cron, command, workdir, log_file),
+        config_path=config_path,
+        lock_file=lock_file,
+        log_file=log_file,
+    )
+    if systemd_dir:
+        result.systemd_files = write_systemd_units(
+            systemd_dir, config.pipeline_name, command, workdir, on_calendar or cron_to_on_calendar(cron)
+        )
+    return result
+
+
+def write_systemd_units(
+    directory: str, name: str, command: Sequence[str], workdir: str, on_calendar: str
+) -> list[str]:
+    """imgpipe-NAME.service (oneshot) and imgpipe-NAME.timer; return their paths.
+
+    Unit names keep only the characters systemd allows; '%' in values is
+    doubled, since systemd reads '%x' as a specifier.
+    """
+    os.makedirs(directory, exist_ok=True)
+    unit = "imgpipe-" + re.sub(r"[^A-Za-z0-9:_.-]", "_", name)
+
+    def esc(value: str) -> str:
+        return value.replace("%", "%%")
+
+    service = f"""[Unit]
+Description=imgpipe pipeline run ({esc(name)})
+After=network-online.target
+
+[Service]
+Type=oneshot
+WorkingDirectory={esc(workdir)}
+ExecStart={esc(shlex.join(command))}
+# {EXIT_LOCKED}: another run held the lock, so this one was skipped (not a failure).
+SuccessExitStatus={EXIT_LOCKED}
+"""
+    timer = f"""[Unit]
+Description=imgpipe pipeline schedule ({esc(name)})
+
+[Timer]
+OnCalendar={on_calendar}
+Persistent=true
+Unit={unit}.service
+
+[Install]
+WantedBy=timers.target
+"""
+    paths = []
+    for suffix, text in ((".service", service), (".timer", timer)):
+        path = os.path.join(directory, unit + suffix)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        paths.append(path)
+    return paths
+
+
+# -------------------------------------------------------------- Vertex and KFP
+def vertex_schedule(
+    spec_path: str,
+    cron: str,
+    project: str,
+    region: str,
+    parameters: Sequence[str] | None = None,
+    display_name: str | None = None,
+    service_account: str | None = None,
+    time_zone: str | None = None,
+) -> dict[str, Any]:
+    """A Vertex AI PipelineJobSchedule for the compiled spec; at most one run in flight."""
+    from pipeline import kubeflow
+
+    parse_cron(cron)
+    job_spec = kubeflow.read_pipeline_job(spec_path)
+    kubeflow.pipeline_spec_proto(job_spec)
+    values = kubeflow.parse_parameters(job_spec, parameters)
+    name = display_name or kubeflow.pipeline_name(job_spec)
+    aiplatform = kubeflow._aiplatform()  # noqa: SLF001 - the module's import seam
+    aiplatform.init(project=project, location=region)
+    job = aiplatform.PipelineJob(
+        display_name=name, template_path=spec_path, parameter_values=values, project=project, location=region
+    )
+    vertex_cron = f"TZ={time_zone} {cron.strip()}" if time_zone else cron.strip()
+    schedule = job.create_schedule(
+        cron=vertex_cron,
+        display_name=f"{name}-schedule",
+        max_concurrent_run_count=1,
+        service_account=service_account,
+    )
+    return {"schedule": getattr(schedule, "resource_name", None), "cron": vertex_cron, "parameters": values}
+
+
+def kfp_cron(cron: str) -> str:
+    """KFP's scheduler takes 6 fields (seconds first): a standard 5-field cron at second 0."""
+    return "0 " + " ".join(parse_cron(cron))
+
+
+def _kfp_client(host: str | None):
+    import kfp
+
+    return kfp.Client(host=host)
+
+
+def kfp_recurring_run(
+    spec_path: str,
+    cron: str,
+    host: str | None = None,
+    experiment: str = "imgpipe",
+    parameters: Sequence[str] | None = None,
+    job_name: str | None = None,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """A KFP recurring run (max_concurrency=1) of the compiled spec on a KFP 2.x backend."""
+    import tempfile
+
+    from pipeline import kubeflow
+
+    job_spec = kubeflow.read_pipeline_job(spec_path)
+    kubeflow.pipeline_spec_proto(job_spec)
+    values = kubeflow.parse_parameters(job_spec, parameters)
+    name = job_name or f"{kubeflow.pipeline_name(job_spec)}-recurring"
+    client = _kfp_client(host)
+    exp = client.create_experiment(experiment)  # returns the experiment if it exists
+    # kfp.Client reads the bare PipelineSpec from a .yaml file (JSON is YAML).
+    with tempfile.TemporaryDirectory() as tmp:
+        package = os.path.join(tmp, "pipeline.yaml")
+        kubeflow.write_json(job_spec["pipelineSpec"], package)
+        run = client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name=name,
+            cron_expression=kfp_cron(cron),
+            max_concurrency=1,
+            no_catchup=True,
+            params=values,
+            pipeline_package_path=package,
+            pipeline_root=job_spec.get("runtimeConfig", {}).get("gcsOutputDirectory"),
+            service_account=service_account,
+        )
+    return {
+        "recurring_run": getattr(run, "recurring_run_id", None),
+        "cron": kfp_cron(cron),
+        "parameters": values,
+    }

@@ -1,0 +1,180 @@
+"""Beam runner arguments, and Transform on the multiprocess runner equals the in-memory run."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.beam import BeamConfigError, BeamSettings, beam_pipeline_args, flag_value, with_container_image
+from pipeline.config import ConfigError, PipelineConfig
+
+IMAGE = "us-docker.pkg.dev/proj/repo/imgpipe:1"
+
+
+def _config(runner: str, *args: str, workers: int = 0) -> PipelineConfig:
+    return PipelineConfig(data_dir="gs://b/data", beam_runner=runner, beam_workers=workers, beam_args=args)
+
+
+# ------------------------------------------------------------------------ mapping
+def test_direct_runs_in_memory_with_one_worker():
+    assert beam_pipeline_args(_config("direct")) == [
+        "--runner=DirectRunner",
+        "--direct_running_mode=in_memory",
+        "--direct_num_workers=1",
+    ]
+
+
+def test_multiprocess_uses_worker_processes():
+    args = beam_pipeline_args(_config("multiprocess", workers=3))
+    assert args == [
+        "--runner=DirectRunner",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=3",
+    ]
+    default = beam_pipeline_args(_config("multiprocess"))
+    assert f"--direct_num_workers={os.cpu_count()}" in default
+
+
+DATAFLOW = ("--project=p1", "--region=europe-west4", "--temp_location=gs://b/tmp")
+
+
+@pytest.mark.parametrize("missing", ["project", "region", "temp_location"])
+def test_dataflow_names_the_missing_flag(missing):
+    args = tuple(a for a in DATAFLOW if not a.startswith(f"--{missing}="))
+    with pytest.raises(BeamConfigError, match=f"needs --{missing} "):
+        beam_pipeline_args(_config("dataflow", *args))
+
+
+def test_dataflow_args_and_worker_image():
+    config = with_container_image(_config("dataflow", *DATAFLOW, workers=8), IMAGE)
+    args = beam_pipeline_args(config)
+    assert args[0] == "--runner=DataflowRunner"
+    assert "--max_num_workers=8" in args
+    for a in DATAFLOW:
+        assert a in args
+    assert flag_value(args, "sdk_container_image") == IMAGE
+    # A user-chosen worker image wins over the pipeline image.
+    own = with_container_image(_config("dataflow", *DATAFLOW, "--sdk_container_image=mine:2"), IMAGE)
+    assert flag_value(beam_pipeline_args(own), "sdk_container_image") == "mine:2"
+    assert beam_pipeline_args(own).count("--sdk_container_image=mine:2") == 1
+
+
+def test_dataflow_needs_a_gcs_temp_location():
+    with pytest.raises(BeamConfigError, match="gs://"):
+        beam_pipeline_args(_config("dataflow", "--project=p", "--region=r", "--temp_location=/tmp/x"))
+
+
+@pytest.mark.parametrize("runner", ["flink", "spark"])
+def test_portable_runners(runner):
+    with pytest.raises(BeamConfigError, match="needs --job_endpoint"):
+        beam_pipeline_args(_config(runner, "--environment_type=LOOPBACK"))
+    with pytest.raises(BeamConfigError, match="needs --environment_type"):
+        beam_pipeline_args(_config(runner, "--job_endpoint=localhost:8099"))
+    with pytest.raises(BeamConfigError, match="--environment_config=IMAGE"):
+        beam_pipeline_args(_config(runner, "--job_endpoint=h:8099", "--environment_type=DOCKER"))
+    loopback = beam_pipeline_args(_config(runner, "--job_endpoint=h:8099", "--environment_type=LOOPBACK"))
+    assert loopback == ["--runner=PortableRunner", "--job_endpoint=h:8099", "--environment_type=LOOPBACK"]
+    # Compiled pipelines run the SDK harness in the pipeline image.
+    docker = beam_pipeline_args(with_container_image(_config(runner, "--job_endpoint", "jobs:8099"), IMAGE))
+    assert docker[0] == "--runner=PortableRunner"
+    assert BeamSettings.from_args(docker) == BeamSettings(
+        job_endpoint="jobs:8099", environment_type="DOCKER", environment_config=IMAGE
+    )
+
+
+def test_runner_flag_in_beam_args_is_refused():
+    with pytest.raises(BeamConfigError, match="--beam-runner"):
+        beam_pipeline_args(_config("direct", "--runner=DataflowRunner"))
+    with pytest.raises(BeamConfigError, match="--project has no value"):
+        beam_pipeline_args(_config("dataflow", "--project"))
+    assert issubclass(BeamConfigError, ConfigError)  # the CLI reports it as a usage error (exit 2)
+
+
+def test_unknown_runner_is_refused():
+    with pytest.raises(BeamConfigError, match="unknown beam runner"):
+        beam_pipeline_args(_config("local"))
+
+
+# ------------------------------------------------------------- multiprocess == in memory
+def _transform(items, runner: str, workdir: str):
+    """Analyze + transform `items` with preprocessing_fn on `runner`; return (vocab, rows by id)."""
+    import apache_beam as beam
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
+    from trainer.preprocessing import preprocessing_fn
+
+    spec = {
+        "id": tf.io.FixedLenFeature([1], tf.int64),
+        IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([1], tf.string),
+    }
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+    rows = [{"id": [i], IMAGE_KEY: [img], LABEL_KEY: [lab.encode()]} for i, (img, lab) in enumerate(items)]
+    custom = {"backbone": "MobileNetV2", "image_size": 32}
+
+    def fn(inputs):
+        out = preprocessing_fn({IMAGE_KEY: inputs[IMAGE_KEY], LABEL_KEY: inputs[LABEL_KEY]}, custom)
+        out["id"] = inputs["id"]
+        return out
+
+    transform_dir = os.path.join(workdir, "transform")
+    rows_prefix = os.path.join(workdir, "rows", "part")
+    options = PipelineOptions(beam_pipeline_args(_config(runner, workers=2)))
+    with beam.Pipeline(options=options) as p:
+        with tft_beam.Context(temp_dir=os.path.join(workdir, "tmp"), force_tf_compat_v1=False):
+            raw = p | "Rows" >> beam.Create(rows)
+            (transformed, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(fn)
+            _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
+            _ = (
+                transformed
+                | "ToJson"
+                >> beam.Map(
+                    lambda r: json.dumps(
+                        {
+                            "id": int(np.ravel(r["id"])[0]),
+                            "label": int(np.ravel(r[LABEL_XF])[0]),
+                            "image": np.asarray(r[IMAGE_XF], np.float64).ravel().tolist(),
+                        }
+                    )
+                )
+                | beam.io.WriteToText(rows_prefix)
+            )
+    vocab = tft.TFTransformOutput(transform_dir).vocabulary_by_name(LABEL_VOCAB)
+    by_id = {}
+    for path in glob.glob(rows_prefix + "*"):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                by_id[r["id"]] = (r["label"], np.array(r["image"], np.float32))
+    return list(vocab), by_id
+
+
+def test_multiprocess_transform_equals_in_memory(tmp_path):
+    from tests.helpers import digit_images
+
+    # Classes with distinct counts so the vocabulary order (by frequency) is fixed: 0, 1, 2, 7.
+    items = [
+        it for d, n in ((0, 4), (1, 3), (2, 2), (7, 1)) for it in digit_images((d,), per_class=n, size=16)
+    ]
+    vocab_mem, rows_mem = _transform(items, "direct", str(tmp_path / "mem"))
+    vocab_mp, rows_mp = _transform(items, "multiprocess", str(tmp_path / "mp"))
+
+    assert vocab_mem == [b"0", b"1", b"2", b"7"]
+    assert vocab_mp == vocab_mem
+    assert sorted(rows_mem) == sorted(rows_mp) == list(range(len(items)))
+    for i, (label, image) in rows_mem.items():
+        label_mp, image_mp = rows_mp[i]
+        assert label_mp == label == vocab_mem.index(items[i][1].encode())
+        assert image.shape == image_mp.shape == (32 * 32 * 3,)
+        np.testing.assert_allclose(image_mp, image, rtol=0, atol=1e-6)
+    # Different images really do give different tensors (the comparison is not vacuous).
+    assert not np.allclose(rows_mem[0][1], rows_mem[len(items) - 1][1])

@@ -1,0 +1,439 @@
+"""Kubeflow/Vertex: the compiled spec, runtime parameters, submit, and the Dockerfile."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import types
+
+import pytest
+
+from pipeline.config import ConfigError, PipelineConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = "europe-docker.pkg.dev/proj/repo/imgpipe:test-7"
+RUN_FLAGS = [
+    "--data", "gs://bucket/data",
+    "--home", "gs://bucket/home",
+    "--serving-dir", "gs://bucket/serving",
+    "--weights", "none",
+    "--image-size", "32",
+    "--epochs", "7",
+    "--learning-rate", "0.02",
+    "--min-accuracy", "0.65",
+]  # fmt: skip
+
+
+def _config() -> PipelineConfig:
+    return PipelineConfig(
+        data_dir="gs://bucket/data",
+        home="gs://bucket/home",
+        serving_dir="gs://bucket/serving",
+        weights="none",
+        image_size=32,
+        epochs=7,
+        learning_rate=0.02,
+        min_accuracy=0.65,
+    )
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Compile once in this process; returns (spec path, PipelineJob dict)."""
+    from pipeline import kubeflow
+
+    out = str(tmp_path_factory.mktemp("kfp") / "pipeline.json")
+    job = kubeflow.compile_pipeline(_config(), IMAGE, out)
+    return out, job
+
+
+def _spec(job):
+    from pipeline import kubeflow
+
+    return kubeflow.pipeline_spec_proto(job)
+
+
+# ------------------------------------------------------------------------- the spec
+def test_spec_is_a_kfp_pipeline_spec(compiled):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    path, job = compiled
+    with open(path, encoding="utf-8") as f:
+        on_disk = json.load(f)
+    assert on_disk == job
+    # TFX writes a PipelineJob; the PipelineSpec proto is inside it. Unknown fields fail the parse.
+    spec = json_format.ParseDict(on_disk["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
+    assert spec.pipeline_info.name == "imgpipe"
+    assert spec.schema_version == "2.1.0"
+    assert on_disk["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/home/pipelines/imgpipe"
+
+
+def _node_of(task: str, node_ids) -> str:
+    """The local component a DAG task compiles from (a Resolver compiles to two tasks)."""
+    if task in node_ids:
+        return task
+    owners = [n for n in node_ids if task.startswith(n + "-")]
+    assert len(owners) == 1, f"task {task} maps to no single component: {owners}"
+    return owners[0]
+
+
+def test_dag_has_every_local_component_with_the_same_dependencies(compiled):
+    from pipeline.pipeline import COMPONENT_IDS, create_pipeline
+
+    local = create_pipeline(_config())
+    assert local.metadata_connection_config is None
+    expected = {c.id: {u.id for u in c.upstream_nodes} for c in local.components}
+    assert set(expected) == set(COMPONENT_IDS)
+
+    tasks = _spec(compiled[1]).root.dag.tasks
+    compiled_deps: dict[str, set[str]] = {}
+    for name, task in tasks.items():
+        node = _node_of(name, expected)
+        deps = {_node_of(d, expected) for d in task.dependent_tasks} - {node}
+        compiled_deps.setdefault(node, set()).update(deps)
+    assert compiled_deps == expected
+    # Sanity: the comparison covers the real wiring, not empty sets.
+    assert expected["Evaluator"] == {"ImportExampleGen", "Trainer", "latest_blessed_model_resolver"}
+    assert expected["Pusher"] == {"Trainer", "Evaluator"}
+
+
+def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
+    spec = _spec(compiled[1])
+    executors = spec.deployment_spec["executors"]
+    containers = {name: e["container"] for name, e in executors.items() if "container" in e}
+    assert len(containers) == 8  # every component but the Resolver (a metadata query)
+    for name, container in containers.items():
+        assert container["image"] == IMAGE, name
+        assert (
+            list(container["command"])[-1]
+            == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+        )
+    trainer_args = list(containers["Trainer_executor"]["args"])
+    assert trainer_args[trainer_args.index("--executor_class_path") + 1] == (
+        "pipeline.kubeflow.RuntimeParamTrainerExecutor"
+    )
+    params = spec.root.dag.tasks["Trainer"].inputs.parameters
+    assert params["run_fn"].runtime_value.constant.string_value == "trainer.task.run_fn"
+    transform = spec.root.dag.tasks["Transform"].inputs.parameters
+    assert transform["preprocessing_fn"].runtime_value.constant.string_value == (
+        "trainer.preprocessing.preprocessing_fn"
+    )
+
+
+def test_knobs_are_runtime_parameters_with_the_config_defaults(compiled):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    job = compiled[1]
+    spec = _spec(job)
+    root = spec.root.input_definitions.parameters
+    types_ = pipeline_spec_pb2.ParameterType
+    assert {n: (root[n].parameter_type, root[n].default_value.number_value) for n in root} == {
+        "epochs": (types_.NUMBER_INTEGER, 7),
+        "learning_rate": (types_.NUMBER_DOUBLE, 0.02),
+        "min_accuracy": (types_.NUMBER_DOUBLE, 0.65),
+    }
+    assert job["runtimeConfig"]["parameterValues"] == {
+        "epochs": 7,
+        "learning_rate": 0.02,
+        "min_accuracy": 0.65,
+    }
+    trainer = spec.root.dag.tasks["Trainer"].inputs.parameters
+    assert trainer["epochs"].component_input_parameter == "epochs"
+    assert trainer["learning_rate"].component_input_parameter == "learning_rate"
+    evaluator = spec.root.dag.tasks["Evaluator"].inputs.parameters
+    assert evaluator["min_accuracy"].component_input_parameter == "min_accuracy"
+    # One source of truth: the knobs are not also baked into the Trainer's custom_config.
+    custom = json.loads(trainer["custom_config"].runtime_value.constant.string_value)
+    assert "epochs" not in custom and "learning_rate" not in custom
+    assert custom["image_size"] == 32 and custom["weights"] == "none"
+
+
+def test_compile_is_deterministic_across_processes(compiled, tmp_path):
+    """The CLI, in a fresh process with another hash seed, writes byte-identical JSON."""
+    path, _ = compiled
+    out = str(tmp_path / "again.json")
+    env = dict(os.environ, PYTHONHASHSEED="12345", TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, "-m", "pipeline.cli", "compile", "--target", "kubeflow", "--image", IMAGE,
+           "--output", out, *RUN_FLAGS]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(path, "rb") as a, open(out, "rb") as b:
+        first, second = a.read(), b.read()
+    assert first == second
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["sha256"] == hashlib.sha256(second).hexdigest()
+    assert result["parameters"] == {"epochs": 7, "learning_rate": 0.02, "min_accuracy": 0.65}
+
+
+def test_compile_refuses_what_a_cluster_cannot_run(tmp_path):
+    from pipeline import kubeflow
+
+    out = str(tmp_path / "x.json")
+    with pytest.raises(ConfigError, match="pipeline_root"):
+        kubeflow.compile_pipeline(PipelineConfig(data_dir="gs://b/d"), IMAGE, out)
+    with pytest.raises(ConfigError, match="data_dir"):
+        kubeflow.compile_pipeline(PipelineConfig(data_dir="/local/data", home="gs://b/h"), IMAGE, out)
+    with pytest.raises(ConfigError, match="replicas"):
+        kubeflow.compile_pipeline(_config().replace(replicas=2), IMAGE, out)
+    with pytest.raises(ConfigError, match="--project"):
+        kubeflow.compile_pipeline(_config().replace(beam_runner="dataflow"), IMAGE, out)
+    assert not os.path.exists(out)
+
+
+def test_pipeline_root_flag_wins(tmp_path):
+    from pipeline import kubeflow
+
+    job = kubeflow.compile_pipeline(
+        _config(), IMAGE, str(tmp_path / "p.json"), pipeline_root="gs://other/root"
+    )
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://other/root"
+
+
+# ------------------------------------------------------------ the knob executors
+def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
+    from tfx.components.trainer import executor as trainer_executor
+
+    from pipeline import kubeflow
+
+    seen = {}
+    monkeypatch.setattr(trainer_executor.GenericExecutor, "Do", lambda self, i, o, props: seen.update(props))
+    props = {
+        "custom_config": json.dumps({"batch_size": 8, "image_size": 32}),
+        "epochs": 12.0,
+        "learning_rate": 0.05,
+    }
+    kubeflow.RuntimeParamTrainerExecutor().Do({}, {}, props)
+    assert "epochs" not in seen and "learning_rate" not in seen
+    custom = json.loads(seen["custom_config"])
+    assert custom == {"batch_size": 8, "image_size": 32, "epochs": 12, "learning_rate": 0.05}
+    assert isinstance(custom["epochs"], int)
+    with pytest.raises(ValueError, match="epochs: 0 must be >= 1"):
+        kubeflow.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
+
+
+def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
+    import tensorflow_model_analysis as tfma
+    from tfx.components.evaluator import executor as evaluator_executor
+    from tfx.utils import proto_utils
+
+    from pipeline import kubeflow
+    from pipeline.pipeline import eval_config
+
+    seen = {}
+    monkeypatch.setattr(evaluator_executor.Executor, "Do", lambda self, i, o, props: seen.update(props))
+    compiled_json = proto_utils.proto_to_json(eval_config(_config()))
+    kubeflow.RuntimeParamEvaluatorExecutor().Do({}, {}, {"eval_config": compiled_json, "min_accuracy": 0.9})
+    assert "min_accuracy" not in seen
+    cfg = proto_utils.json_to_proto(seen["eval_config"], tfma.EvalConfig())
+    bounds, others = [], 0
+    for spec in cfg.metrics_specs:
+        for m in spec.metrics:
+            for t in [m.threshold] + [p.threshold for p in m.per_slice_thresholds]:
+                if t.HasField("value_threshold"):
+                    if m.class_name == kubeflow.ACCURACY_CLASS:
+                        bounds.append(t.value_threshold.lower_bound.value)
+                    else:
+                        others += 1
+    assert bounds and all(b == pytest.approx(0.9) for b in bounds)
+    assert others == 0
+    with pytest.raises(ValueError, match=r"min_accuracy: 1.5 must be in \[0, 1\]"):
+        kubeflow.RuntimeParamEvaluatorExecutor().Do(
+            {}, {}, {"eval_config": compiled_json, "min_accuracy": 1.5}
+        )
+
+
+def test_create_pipeline_takes_plain_values_for_local_runs():
+    from pipeline.pipeline import create_pipeline
+
+    nodes = {c.id: c for c in create_pipeline(_config()).components}
+    assert nodes["Trainer"].exec_properties["epochs"] == 7
+    assert nodes["Trainer"].exec_properties["learning_rate"] == 0.02
+    assert nodes["Evaluator"].exec_properties["min_accuracy"] == 0.65
+    with pytest.raises(ValueError, match="no runtime parameter support for batch_size"):
+        from tfx import v1 as tfx
+
+        create_pipeline(_config(), runtime_parameters={"batch_size": tfx.dsl.experimental.RuntimeParameter(
+            name="batch_size", ptype=int)})  # fmt: skip
+
+
+# --------------------------------------------------------------------------- submit
+class FakeAiplatform(types.SimpleNamespace):
+    """Records what `imgpipe submit` asks of google.cloud.aiplatform."""
+
+    def __init__(self):
+        super().__init__(calls=[])
+        fake = self
+
+        class PipelineJob:
+            def __init__(self, **kwargs):
+                fake.calls.append(("PipelineJob", kwargs))
+                self.resource_name = "projects/p/locations/r/pipelineJobs/imgpipe-1"
+                self.state = "PIPELINE_STATE_PENDING"
+
+            def submit(self, **kwargs):
+                fake.calls.append(("submit", kwargs))
+
+        self.PipelineJob = PipelineJob
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+
+
+def test_submit_sends_the_spec_and_typed_parameters(compiled, monkeypatch, capsys):
+    from pipeline import cli, kubeflow
+
+    fake = FakeAiplatform()
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
+    path = compiled[0]
+    code = cli.main(["submit", "--project", "p", "--region", "europe-west4", "--spec", path,
+                     "--parameter", "epochs=9", "--parameter", "min_accuracy=0.8",
+                     "--service-account", "runner@p.iam.gserviceaccount.com"])  # fmt: skip
+    assert code == 0
+    assert fake.calls[0] == ("init", {"project": "p", "location": "europe-west4"})
+    kind, job = fake.calls[1]
+    assert kind == "PipelineJob"
+    assert job["template_path"] == path
+    assert job["parameter_values"] == {"epochs": 9, "min_accuracy": 0.8}
+    assert isinstance(job["parameter_values"]["epochs"], int)
+    assert job["display_name"] == "imgpipe"
+    assert fake.calls[2] == ("submit", {"service_account": "runner@p.iam.gserviceaccount.com"})
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["job"] == "projects/p/locations/r/pipelineJobs/imgpipe-1"
+
+
+@pytest.mark.parametrize(
+    "parameter, message",
+    [
+        ("epochs=many", "not a valid int"),
+        ("epochs=2.5", "not a valid int"),
+        ("learning_rate=-1", "must be > 0"),
+        ("batch_size=8", "no such parameter (it has: epochs, learning_rate, min_accuracy)"),
+        ("epochs", "expected NAME=VALUE"),
+    ],
+)
+def test_submit_rejects_bad_parameters_before_calling_vertex(
+    compiled, monkeypatch, capsys, parameter, message
+):
+    from pipeline import cli, kubeflow
+
+    fake = FakeAiplatform()
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
+    code = cli.main(
+        ["submit", "--project", "p", "--region", "r", "--spec", compiled[0], "--parameter", parameter]
+    )
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert fake.calls == []
+
+
+def test_submit_needs_a_real_spec(tmp_path, monkeypatch, capsys):
+    from pipeline import cli, kubeflow
+
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: pytest.fail("must not reach Vertex"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}')
+    assert cli.main(["submit", "--project", "p", "--region", "r", "--spec", str(bad)]) == 2
+    assert "not a KFP v2 pipeline spec" in capsys.readouterr().err
+    assert (
+        cli.main(["submit", "--project", "p", "--region", "r", "--spec", str(tmp_path / "missing.json")]) == 2
+    )
+
+
+# ------------------------------------------------------------------------ Dockerfile
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:
+        text = f.read()
+    logical = re.sub(r"\\\n", " ", text)  # join continuation lines
+    out = []
+    for line in logical.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def _setup_py() -> tuple[list[str], list[str]]:
+    """INSTALL_REQUIRES and packages= from setup.py, read without running it."""
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    requires, packages = None, None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", "") == "INSTALL_REQUIRES" for t in node.targets
+        ):
+            requires = ast.literal_eval(node.value)
+        if isinstance(node, ast.keyword) and node.arg == "packages":
+            packages = ast.literal_eval(node.value)
+    assert requires and packages
+    return requires, packages
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    with open(os.path.join(ROOT, "requirements.lock"), encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line)
+            if m:
+                pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_dockerfile_installs_the_package_with_the_locked_pins():
+    from packaging.requirements import Requirement
+
+    instructions = _dockerfile_instructions()
+    requires, packages = _setup_py()
+    lock = _lock()
+
+    # Base image: TFX's own image at the TFX version setup.py pins.
+    tfx_pin = next(str(r.specifier) for r in map(Requirement, requires) if r.name == "tfx")
+    assert tfx_pin.startswith("==")
+    froms = [rest for word, rest in instructions if word == "FROM"]
+    assert froms == [f"gcr.io/tfx-oss-public/tfx:{tfx_pin[2:]}"]
+
+    # Everything setup.py needs is copied in, with the lock.
+    copied = set()
+    for word, rest in instructions:
+        if word == "COPY":
+            copied.update(p.rstrip("/") for p in shlex.split(rest)[:-1])
+    assert {"setup.py", "requirements.lock", *packages} <= copied
+
+    # One pip install: the package itself (not editable), constrained by the lock.
+    installs = [rest for word, rest in instructions if word == "RUN" and "pip install" in rest]
+    assert len(installs) == 1
+    tokens = shlex.split(installs[0].split("&&")[0])
+    assert tokens[:4] == ["python", "-m", "pip", "install"]
+    args = tokens[4:]
+    assert args[args.index("-c") + 1] == "requirements.lock"
+    positional = [a for a in args if not a.startswith("-") and a != "requirements.lock"]
+    assert positional == ["."]
+    assert not {"-e", "--editable", "--no-deps", "-r"} & set(args)
+
+    # The lock holds every setup.py requirement at a version setup.py accepts, so the
+    # constrained install gives exactly setup.py's pins.
+    for req in map(Requirement, requires):
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in lock, f"{req.name} is not in requirements.lock"
+        assert req.specifier.contains(lock[name], prereleases=True), (
+            f"lock {name}=={lock[name]} violates {req}"
+        )
+
+    # Keras 2 for TFT/TFMA inside the containers (they start TFX's entrypoint, not the CLI).
+    envs = " ".join(rest for word, rest in instructions if word == "ENV")
+    assert "TF_USE_LEGACY_KERAS=1" in envs
+
+
+def test_dockerignore_keeps_the_build_inputs():
+    _, packages = _setup_py()
+    with open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8") as f:
+        ignored = {line.strip().rstrip("/") for line in f if line.strip() and not line.startswith("#")}
+    assert {".venv", ".git"} <= ignored
+    assert not ({"setup.py", "requirements.lock", *packages} & ignored)

@@ -1,0 +1,105 @@
+"""--replicas: MirroredStrategy over N logical CPUs trains the same model as one device.
+
+split_cpu() must run before TensorFlow initialises, so each training runs in its
+own process; both run at once. The backbone is quick-trained here (a few epochs
+on the training split) so the frozen-backbone classifier is well above chance,
+and feature_cache=False makes every step go through the full model under the
+strategy. The per-replica batch is halved for 2 replicas, so both runs see the
+same global batch (global = per-replica x replicas) and should agree within noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLOBAL_BATCH = 16
+EPOCHS = 3
+
+TRAIN_SCRIPT = """
+import json, os, sys
+workdir, replicas = sys.argv[1], int(sys.argv[2])
+from trainer import distribution
+distribution.split_cpu(replicas)  # before any TensorFlow op
+import tensorflow_transform as tft
+from trainer import train
+from trainer.task import SUMMARY_FILE
+params = train.TrainParams(
+    backbone="MobileNetV2", weights=os.path.join(workdir, "backbone.h5"), image_size=32, dropout=0.0,
+    batch_size=int(sys.argv[3]) // replicas, epochs=int(sys.argv[4]), learning_rate=1e-3,
+    feature_cache=False, seed=7,
+)
+result = train.train(
+    os.path.join(workdir, "data", "train"), os.path.join(workdir, "data", "eval"),
+    tft.TFTransformOutput(os.path.join(workdir, "transform")), params, verbose=0,
+)
+run_dir = os.path.join(workdir, f"model_run_{replicas}")
+train.write_summary(result, os.path.join(run_dir, SUMMARY_FILE))
+print("RESULT " + json.dumps({
+    "replicas": result.replicas, "global_batch_size": result.global_batch_size,
+    "feature_cache_used": result.feature_cache_used, "eval_accuracy": result.eval_accuracy,
+    "run_dir": run_dir,
+}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Digits 0-2 as TFRecords, their Transform output, and a quick-trained MobileNetV2 backbone."""
+    from tests.helpers import analyze_transform, digit_images, write_tfrecords
+    from trainer.pretrain import pretrain_backbone
+
+    d = str(tmp_path_factory.mktemp("replicas"))
+    items = digit_images((0, 1, 2), per_class=40, size=32, seed=0)
+    train = [it for i, it in enumerate(items) if i % 4]
+    evals = [it for i, it in enumerate(items) if i % 4 == 0]
+    write_tfrecords(os.path.join(d, "data", "train", "part-0.tfrecord"), train)
+    write_tfrecords(os.path.join(d, "data", "eval", "part-0.tfrecord"), evals)
+    analyze_transform(train, os.path.join(d, "transform"), image_size=32)
+    pretrain_backbone(
+        os.path.join(d, "data"),
+        "MobileNetV2",
+        os.path.join(d, "backbone.h5"),
+        image_size=32,
+        epochs=8,
+        verbose=0,
+    )
+    return d
+
+
+def _start(workdir: str, replicas: int) -> subprocess.Popen:
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-c", TRAIN_SCRIPT, workdir, str(replicas), str(GLOBAL_BATCH), str(EPOCHS)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen) -> tuple[dict, str]:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :]), out
+
+
+def test_two_replicas_train_the_same_model_as_one(workdir):
+    from pipeline import mlmd
+
+    procs = {n: _start(workdir, n) for n in (2, 1)}  # the slower one first
+    (one, _), (two, two_log) = _result(procs[1]), _result(procs[2])
+
+    assert one["replicas"] == 1
+    assert two["replicas"] == 2
+    assert "MirroredStrategy: 2 replica(s) on" in two_log
+    # What `imgpipe run` reports as the run's replicas is read from this summary file.
+    assert mlmd.trainer_replicas(two["run_dir"]) == 2
+    assert one["global_batch_size"] == two["global_batch_size"] == GLOBAL_BATCH
+    assert not one["feature_cache_used"] and not two["feature_cache_used"]
+
+    # 30 eval images, 3 classes: chance is 1/3. Both learn, and agree within 3 images.
+    assert one["eval_accuracy"] >= 0.6, one
+    assert two["eval_accuracy"] >= 0.6, two
+    assert abs(one["eval_accuracy"] - two["eval_accuracy"]) <= 0.1 + 1e-6, (one, two)

@@ -1,0 +1,307 @@
+"""Schedules: the run lock, the cron line and systemd units it generates, Vertex and KFP schedules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import types
+
+import pytest
+
+from pipeline import schedule
+from pipeline.config import PipelineConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+
+
+# --------------------------------------------------------------------------- lock
+def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
+    path = str(tmp_path / "locks" / "run.lock")
+    ran = []
+    with schedule.run_lock(path):
+        with open(path, encoding="utf-8") as f:
+            assert f.read().startswith(f"pid {os.getpid()} since ")
+        # flock is per open file, so a second open in this process contends like another run.
+        with pytest.raises(schedule.LockBusy, match=f"holds the lock {path} \\(pid {os.getpid()} since"):
+            with schedule.run_lock(path):
+                pass
+        assert schedule.run_locked(path, lambda: ran.append(1) or 0) == schedule.EXIT_LOCKED
+    assert ran == []
+    assert schedule.run_locked(path, lambda: ran.append(1) or 7) == 7  # released: runs, passes the code on
+    assert ran == [1]
+    assert schedule.run_locked(None, lambda: 3) == 3  # no lock file: just runs
+
+
+class LockHolder:
+    """Another process holding the run lock until closed."""
+
+    def __init__(self, path: str):
+        code = (
+            "import sys\nfrom pipeline.schedule import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, path],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=30) == 0
+
+
+# --------------------------------------------------------------------------- cron
+@pytest.mark.parametrize(
+    "expr", ["0 3 * * *", "*/15 * * * *", "30 2 1,15 * *", "0 0 * * 1-5", "@daily", "59 23 31 12 7"]
+)
+def test_valid_cron(expr):
+    assert len(schedule.parse_cron(expr)) == 5
+
+
+@pytest.mark.parametrize(
+    "expr, message",
+    [
+        ("0 3 * *", "expected 5 fields"),
+        ("60 3 * * *", "minute 60 is outside 0-59"),
+        ("0 24 * * *", "hour 24 is outside 0-23"),
+        ("0 3 0 * *", "day of month 0 is outside 1-31"),
+        ("0 3 * * MON", "day of week field 'MON'"),
+        ("*/0 * * * *", "step must be >= 1"),
+        ("0 5-2 * * *", "hour 5-2"),
+    ],
+)
+def test_invalid_cron(expr, message):
+    with pytest.raises(schedule.ScheduleError, match=message.replace("(", r"\(")):
+        schedule.parse_cron(expr)
+
+
+@pytest.mark.parametrize(
+    "expr, calendar",
+    [
+        ("0 3 * * *", "*-*-* 03:00:00"),
+        ("*/15 * * * *", "*-*-* *:00/15:00"),
+        ("15 2 * * 1-5", "Mon..Fri *-*-* 02:15:00"),
+        ("0 6 1 1,7 *", "*-01,07-01 06:00:00"),
+        ("0 4 * * 0,7", "Sun *-*-* 04:00:00"),
+    ],
+)
+def test_cron_to_systemd_calendar(expr, calendar):
+    assert schedule.cron_to_on_calendar(expr) == calendar
+
+
+def test_cron_with_day_of_month_and_week_has_no_systemd_equivalent():
+    with pytest.raises(schedule.ScheduleError, match="--on-calendar"):
+        schedule.cron_to_on_calendar("0 3 1 * 1")
+
+
+def test_kfp_cron_has_a_seconds_field():
+    assert schedule.kfp_cron("15 2 * * 1-5") == "0 15 2 * * 1-5"
+    assert schedule.kfp_cron("@hourly") == "0 0 * * * *"
+
+
+# ------------------------------------------------------------ the generated cron line
+def test_cron_line_runs_imgpipe_run_under_the_lock(tmp_path, capsys):
+    from pipeline import cli
+
+    home, data, units = tmp_path / "my home", tmp_path / "no-data-yet", tmp_path / "units"
+    # A '%' in a path must survive cron (where it means newline) and systemd (a specifier).
+    code = cli.main(["schedule", "--runner", "local", "--cron", "15 2 * * 1-5", "--data", str(data),
+                     "--home", str(home), "--epochs", "3", "--pipeline-name", "nightly-%run",
+                     "--systemd", str(units)])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    line = result["cron_line"]
+
+    # Schedule fields, then the command: cd HOME && IMGPIPE run --config CFG --lock-file LOCK >> LOG 2>&1
+    fields = line.split(None, 5)
+    assert fields[:5] == ["15", "2", "*", "*", "1-5"]
+    assert "\\%" in fields[5] and "%" not in fields[5].replace("\\%", "")  # cron treats a bare % as newline
+    shell = fields[5].replace("\\%", "%")
+    tokens = shlex.split(shell)
+    cfg_path = str(home / "schedule" / "nightly-%run.yaml")
+    lock = str(home / "schedule" / "nightly-%run.lock")
+    log = str(home / "schedule" / "nightly-%run.log")
+    assert tokens[:3] == ["cd", str(home), "&&"]
+    assert tokens[4:] == ["run", "--config", cfg_path, "--lock-file", lock, ">>", log, "2>&1"]
+    assert os.access(tokens[3], os.X_OK) and os.path.basename(tokens[3]) == "imgpipe"
+    assert result["command"] == tokens[3:9]
+
+    saved = PipelineConfig.from_yaml(cfg_path)
+    assert (saved.data_dir, saved.home, saved.epochs) == (str(data), str(home), 3)
+
+    # systemd: the same command, the converted calendar, a refused run is not a failure.
+    assert [os.path.basename(p) for p in result["systemd_files"]] == [
+        "imgpipe-nightly-_run.service",  # '%' is not allowed in unit names
+        "imgpipe-nightly-_run.timer",
+    ]
+    service = (units / "imgpipe-nightly-_run.service").read_text()
+    timer = (units / "imgpipe-nightly-_run.timer").read_text()
+    exec_start = next(x for x in service.splitlines() if x.startswith("ExecStart="))
+    assert "%%run" in exec_start and "%run" not in exec_start.replace("%%", "")
+    assert shlex.split(exec_start[len("ExecStart=") :].replace("%%", "%")) == tokens[3:9]
+    assert f"WorkingDirectory={str(home).replace('%', '%%')}" in service and "SuccessExitStatus=75" in service
+    assert "OnCalendar=Mon..Fri *-*-* 02:15:00" in timer and "Unit=imgpipe-nightly-_run.service" in timer
+
+    # Run the line's command as cron would while another run holds the lock: refused, exit 75.
+    holder = LockHolder(lock)
+    try:
+        refused = subprocess.run(["/bin/sh", "-c", shell], env=ENV, timeout=300)
+    finally:
+        holder.close()
+    assert refused.returncode == schedule.EXIT_LOCKED
+    assert f"holds the lock {lock} (pid {holder.proc.pid} since" in open(log, encoding="utf-8").read()
+
+    # Lock free: the very same line starts the run, which stops on the missing data (exit 2).
+    started = subprocess.run(["/bin/sh", "-c", shell], env=ENV, timeout=300)
+    assert started.returncode == 2
+    assert f"data_dir: {data} has no train/ subdirectory" in open(log, encoding="utf-8").read()
+    with schedule.run_lock(lock):  # and the run released the lock when it ended
+        pass
+
+
+def test_run_refuses_while_another_process_holds_the_lock(tmp_path):
+    lock = str(tmp_path / "run.lock")
+    holder = LockHolder(lock)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "--data", str(tmp_path), "--lock-file", lock],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    assert f"another imgpipe run holds the lock {lock} (pid {holder.proc.pid}" in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--runner", "local", "--cron", "0 3 * *"], "expected 5 fields"),
+        (
+            ["--runner", "local", "--cron", "0 3 * * *", "--spec", "x.json"],
+            "--spec applies to --runner vertex|kfp",
+        ),
+        (["--runner", "vertex", "--cron", "0 3 * * *", "--project", "p", "--region", "r"], "needs --spec"),
+        (["--runner", "vertex", "--cron", "0 3 * * *", "--spec", "s.json"], "needs --project and --region"),
+        (
+            ["--runner", "kfp", "--cron", "0 3 * * *", "--spec", "s.json", "--epochs", "3"],
+            "run flags (epochs)",
+        ),
+        (
+            ["--runner", "kfp", "--cron", "0 3 * * *", "--spec", "s.json", "--systemd", "d"],
+            "--systemd applies",
+        ),
+    ],
+)
+def test_schedule_flag_errors(argv, message, capsys):
+    from pipeline import cli
+
+    assert cli.main(["schedule", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ Vertex and KFP
+def _spec_file(tmp_path) -> str:
+    number = {"parameterType": "NUMBER_DOUBLE"}
+    spec = {
+        "pipelineSpec": {
+            "pipelineInfo": {"name": "imgpipe"},
+            "root": {
+                "inputDefinitions": {
+                    "parameters": {
+                        "epochs": {"parameterType": "NUMBER_INTEGER"},
+                        "learning_rate": number,
+                        "min_accuracy": number,
+                    }
+                },
+                "dag": {"tasks": {}},
+            },
+            "deploymentSpec": {},
+            "schemaVersion": "2.1.0",
+            "sdkVersion": "tfx-1.16.0",
+        },
+        "runtimeConfig": {"gcsOutputDirectory": "gs://bucket/root"},
+    }
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_vertex_schedule(tmp_path, monkeypatch, capsys):
+    from pipeline import cli, kubeflow
+
+    calls = []
+
+    class PipelineJob:
+        def __init__(self, **kwargs):
+            calls.append(("PipelineJob", kwargs))
+
+        def create_schedule(self, **kwargs):
+            calls.append(("create_schedule", kwargs))
+            return types.SimpleNamespace(resource_name="projects/p/locations/r/schedules/42")
+
+    fake = types.SimpleNamespace(PipelineJob=PipelineJob, init=lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
+    spec = _spec_file(tmp_path)
+    code = cli.main(["schedule", "--runner", "vertex", "--cron", "0 3 * * *", "--spec", spec, "--project", "p",
+                     "--region", "r", "--parameter", "min_accuracy=0.7", "--time-zone", "Europe/Berlin",
+                     "--service-account", "sa@p"])  # fmt: skip
+    assert code == 0
+    assert calls[0] == ("init", {"project": "p", "location": "r"})
+    assert calls[1][1]["template_path"] == spec and calls[1][1]["parameter_values"] == {"min_accuracy": 0.7}
+    assert calls[2] == (
+        "create_schedule",
+        {
+            "cron": "TZ=Europe/Berlin 0 3 * * *",
+            "display_name": "imgpipe-schedule",
+            "max_concurrent_run_count": 1,
+            "service_account": "sa@p",
+        },
+    )
+    assert json.loads(capsys.readouterr().out)["schedule"] == "projects/p/locations/r/schedules/42"
+
+
+def test_kfp_recurring_run(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    seen = {}
+
+    class Client:
+        def create_experiment(self, name):
+            seen["experiment"] = name
+            return types.SimpleNamespace(experiment_id="exp-1")
+
+        def create_recurring_run(self, **kwargs):
+            with open(kwargs["pipeline_package_path"], encoding="utf-8") as f:
+                seen["package"] = json.load(f)
+            seen["package_path"] = kwargs.pop("pipeline_package_path")
+            seen["run"] = kwargs
+            return types.SimpleNamespace(recurring_run_id="rr-1")
+
+    monkeypatch.setattr(schedule, "_kfp_client", lambda host: seen.update(host=host) or Client())
+    code = cli.main(["schedule", "--runner", "kfp", "--cron", "15 2 * * 1-5", "--spec", _spec_file(tmp_path),
+                     "--host", "http://kfp:8888", "--parameter", "epochs=4"])  # fmt: skip
+    assert code == 0
+    assert seen["host"] == "http://kfp:8888" and seen["experiment"] == "imgpipe"
+    assert seen["package_path"].endswith(".yaml")
+    assert "root" in seen["package"] and "pipelineSpec" not in seen["package"]  # the bare PipelineSpec
+    assert seen["run"] == {
+        "experiment_id": "exp-1",
+        "job_name": "imgpipe-recurring",
+        "cron_expression": "0 15 2 * * 1-5",
+        "max_concurrency": 1,
+        "no_catchup": True,
+        "params": {"epochs": 4},
+        "pipeline_root": "gs://bucket/root",
+        "service_account": None,
+    }
+    assert json.loads(capsys.readouterr().out)["recurring_run"] == "rr-1"
