@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # TFT 1.16 and TFMA 0.47 run Keras 2 (tf-keras): choose it before TensorFlow loads.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -34,7 +34,9 @@ def _print_json(obj) -> None:
 def _add_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="class-per-subfolder image tree (IMAGES/<class>/<file>)")
     p.add_argument("--out", required=True, help="output TFRecord directory (train/ and eval/ are written)")
-    p.add_argument("--eval-fraction", type=float, default=0.2, help="share of each class for eval (default 0.2)")
+    p.add_argument(
+        "--eval-fraction", type=float, default=0.2, help="share of each class for eval (default 0.2)"
+    )
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
     p.add_argument("--shards", type=int, default=None, help="TFRecord shards per split (default: by size)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
@@ -102,12 +104,16 @@ def _cmd_pretrain(args) -> int:
 # --------------------------------------------------------------------------- run
 def _add_run(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and locations")
-    g.add_argument("--data", dest="data_dir", help="TFRecord dir with train/ and eval/ (from `imgpipe ingest`)")
+    g.add_argument(
+        "--data", dest="data_dir", help="TFRecord dir with train/ and eval/ (from `imgpipe ingest`)"
+    )
     g.add_argument("--config", help="YAML config file; flags override its values")
     g.add_argument("--home", help="pipeline home: artifacts and ML Metadata (default imgpipe_home)")
     g.add_argument("--pipeline-name")
     g.add_argument("--model-name", help="TF Serving model name (default imgpipe)")
-    g.add_argument("--serving-dir", help="TF Serving model base dir root; pushes go to SERVING_DIR/MODEL_NAME/<version>")
+    g.add_argument(
+        "--serving-dir", help="TF Serving model base dir root; pushes go to SERVING_DIR/MODEL_NAME/<version>"
+    )
     g = p.add_argument_group("model")
     g.add_argument("--backbone", help="tf.keras.applications backbone (default MobileNetV2)")
     g.add_argument("--weights", help="imagenet (default) | none | path to a weights file (.h5)")
@@ -118,32 +124,69 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("--steps-per-epoch", type=int)
     g.add_argument("--learning-rate", type=float)
-    g.add_argument("--fine-tune-layers", type=int, help="unfreeze the top K backbone layers in a second phase")
+    g.add_argument(
+        "--fine-tune-layers", type=int, help="unfreeze the top K backbone layers in a second phase"
+    )
     g.add_argument("--fine-tune-epochs", type=int)
     g.add_argument("--fine-tune-learning-rate", type=float)
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="flip + crop/zoom")
-    g.add_argument("--feature-cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the head on backbone features computed once (default on where valid)")
+    g.add_argument(
+        "--feature-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the head on backbone features computed once (default on where valid)",
+    )
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("gate")
     g.add_argument("--min-accuracy", type=float, help="absolute accuracy floor for blessing (default 0.5)")
-    g.add_argument("--max-regression", type=float, help="allowed accuracy drop vs the blessed baseline (default 0)")
+    g.add_argument(
+        "--max-regression", type=float, help="allowed accuracy drop vs the blessed baseline (default 0)"
+    )
     g = p.add_argument_group("execution")
     g.add_argument("--beam-runner", help="direct (default) | multiprocess | dataflow | flink | spark")
     g.add_argument("--beam-workers", type=int, help="workers for the multiprocess runner (default: CPUs)")
-    g.add_argument("--beam-arg", dest="beam_args", action="append", help="extra Beam pipeline arg (repeatable)")
+    g.add_argument(
+        "--beam-arg", dest="beam_args", action="append", help="extra Beam pipeline arg (repeatable)"
+    )
     g.add_argument("--replicas", type=int, help="testing aid: split the CPU into N logical devices")
-    g.add_argument("--cache", dest="enable_cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="reuse cached component outputs (default on)")
+    g.add_argument(
+        "--cache",
+        dest="enable_cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reuse cached component outputs (default on)",
+    )
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
     p.add_argument("--lock-file", help="hold this lock for the run; if another run holds it, exit 75 at once")
 
 
 RUN_FIELDS = (
-    "data_dir", "home", "pipeline_name", "model_name", "serving_dir", "backbone", "weights", "image_size",
-    "dropout", "batch_size", "epochs", "steps_per_epoch", "learning_rate", "fine_tune_layers",
-    "fine_tune_epochs", "fine_tune_learning_rate", "augment", "feature_cache", "seed", "min_accuracy",
-    "max_regression", "beam_runner", "beam_workers", "beam_args", "replicas", "enable_cache",
+    "data_dir",
+    "home",
+    "pipeline_name",
+    "model_name",
+    "serving_dir",
+    "backbone",
+    "weights",
+    "image_size",
+    "dropout",
+    "batch_size",
+    "epochs",
+    "steps_per_epoch",
+    "learning_rate",
+    "fine_tune_layers",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
+    "augment",
+    "feature_cache",
+    "seed",
+    "min_accuracy",
+    "max_regression",
+    "beam_runner",
+    "beam_workers",
+    "beam_args",
+    "replicas",
+    "enable_cache",
 )
 
 
@@ -192,8 +235,12 @@ def _cmd_run(args) -> int:
 
 # --------------------------------------------------------------------------- demo
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", default="demo_out", help="where data, home and serving dir go (default demo_out)")
-    p.add_argument("--backbone", default="DenseNet121", help="backbone to pre-train and transfer (default DenseNet121)")
+    p.add_argument(
+        "--workdir", default="demo_out", help="where data, home and serving dir go (default demo_out)"
+    )
+    p.add_argument(
+        "--backbone", default="DenseNet121", help="backbone to pre-train and transfer (default DenseNet121)"
+    )
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--pretrain-epochs", type=int, default=15)
     p.add_argument("--epochs", type=int, default=30, help="head training epochs on the target task")
@@ -208,32 +255,52 @@ def _cmd_demo(args) -> int:
     return demo.run_demo(args)
 
 
+# --------------------------------------------------------------------------- serving
+def _cmd_serve(args) -> int:
+    from serving import server  # loads TensorFlow: only when the command runs
+
+    return server.run_serve(args)
+
+
+def _cmd_predict(args) -> int:
+    from serving import client
+
+    return client.run_predict(args)
+
+
 # --------------------------------------------------------------------------- main
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
 def _commands() -> list[Command]:
+    from pipeline import cli_scale
+    from serving import config as serving_config
+
     cmds: list[Command] = [
         ("ingest", "image folder tree -> train/eval TFRecords", _add_ingest, _cmd_ingest),
-        ("pretrain-backbone", "pre-train a backbone on a source task; write a weights file", _add_pretrain, _cmd_pretrain),
+        (
+            "pretrain-backbone",
+            "pre-train a backbone on a source task; write a weights file",
+            _add_pretrain,
+            _cmd_pretrain,
+        ),
         ("run", "run the pipeline locally (LocalDagRunner, SQLite ML Metadata)", _add_run, _cmd_run),
         ("demo", "offline end-to-end demo on scikit-learn digits", _add_demo, _cmd_demo),
+        (
+            "serve",
+            "serve pushed models over TF Serving's gRPC API (dev/test server)",
+            serving_config.add_serve_arguments,
+            _cmd_serve,
+        ),
+        (
+            "predict",
+            "query a TF Serving (or `imgpipe serve`) endpoint with images",
+            serving_config.add_predict_arguments,
+            _cmd_predict,
+        ),
     ]
-    cmds.extend(_optional_commands())
+    cmds.extend(cli_scale.commands())  # compile, submit, schedule
     return cmds
-
-
-def _optional_commands() -> list[Command]:
-    """Commands whose modules register themselves: serving and orchestration."""
-    out: list[Command] = []
-    from serving import client, server
-
-    out.append(("serve", "serve pushed models over TF Serving's gRPC API (dev/test server)", server.add_arguments, server.run_server))
-    out.append(("predict", "query a TF Serving (or `imgpipe serve`) endpoint with images", client.add_arguments, client.run_predict))
-    from pipeline import cli_scale
-
-    out.extend(cli_scale.commands())
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
