@@ -12,9 +12,9 @@ from typing import Any
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from components.runtime_params import RuntimeParamEvaluator, RuntimeParamTrainer, knob_values
 from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
-from pipeline.kubeflow import RuntimeParamEvaluator, RuntimeParamTrainer, knob_values
 from trainer.features import LABEL_KEY, LABEL_XF
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"

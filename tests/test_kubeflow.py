@@ -117,7 +117,7 @@ def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
         )
     trainer_args = list(containers["Trainer_executor"]["args"])
     assert trainer_args[trainer_args.index("--executor_class_path") + 1] == (
-        "pipeline.kubeflow.RuntimeParamTrainerExecutor"
+        "components.runtime_params.RuntimeParamTrainerExecutor"
     )
     params = spec.root.dag.tasks["Trainer"].inputs.parameters
     assert params["run_fn"].runtime_value.constant.string_value == "trainer.task.run_fn"
@@ -200,7 +200,7 @@ def test_pipeline_root_flag_wins(tmp_path):
 def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
     from tfx.components.trainer import executor as trainer_executor
 
-    from pipeline import kubeflow
+    from components import runtime_params
 
     seen = {}
     monkeypatch.setattr(trainer_executor.GenericExecutor, "Do", lambda self, i, o, props: seen.update(props))
@@ -209,13 +209,13 @@ def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
         "epochs": 12.0,
         "learning_rate": 0.05,
     }
-    kubeflow.RuntimeParamTrainerExecutor().Do({}, {}, props)
+    runtime_params.RuntimeParamTrainerExecutor().Do({}, {}, props)
     assert "epochs" not in seen and "learning_rate" not in seen
     custom = json.loads(seen["custom_config"])
     assert custom == {"batch_size": 8, "image_size": 32, "epochs": 12, "learning_rate": 0.05}
     assert isinstance(custom["epochs"], int)
     with pytest.raises(ValueError, match="epochs: 0 must be >= 1"):
-        kubeflow.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
+        runtime_params.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
 
 
 def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
@@ -223,13 +223,15 @@ def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
     from tfx.components.evaluator import executor as evaluator_executor
     from tfx.utils import proto_utils
 
-    from pipeline import kubeflow
+    from components import runtime_params
     from pipeline.pipeline import eval_config
 
     seen = {}
     monkeypatch.setattr(evaluator_executor.Executor, "Do", lambda self, i, o, props: seen.update(props))
     compiled_json = proto_utils.proto_to_json(eval_config(_config()))
-    kubeflow.RuntimeParamEvaluatorExecutor().Do({}, {}, {"eval_config": compiled_json, "min_accuracy": 0.9})
+    runtime_params.RuntimeParamEvaluatorExecutor().Do(
+        {}, {}, {"eval_config": compiled_json, "min_accuracy": 0.9}
+    )
     assert "min_accuracy" not in seen
     cfg = proto_utils.json_to_proto(seen["eval_config"], tfma.EvalConfig())
     bounds, others = [], 0
@@ -237,14 +239,14 @@ def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
         for m in spec.metrics:
             for t in [m.threshold] + [p.threshold for p in m.per_slice_thresholds]:
                 if t.HasField("value_threshold"):
-                    if m.class_name == kubeflow.ACCURACY_CLASS:
+                    if m.class_name == runtime_params.ACCURACY_CLASS:
                         bounds.append(t.value_threshold.lower_bound.value)
                     else:
                         others += 1
     assert bounds and all(b == pytest.approx(0.9) for b in bounds)
     assert others == 0
     with pytest.raises(ValueError, match=r"min_accuracy: 1.5 must be in \[0, 1\]"):
-        kubeflow.RuntimeParamEvaluatorExecutor().Do(
+        runtime_params.RuntimeParamEvaluatorExecutor().Do(
             {}, {}, {"eval_config": compiled_json, "min_accuracy": 1.5}
         )
 
