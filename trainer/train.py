@@ -7,18 +7,23 @@ excepted, and continues at a low learning rate on images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_transform as tft
 import tf_keras as keras
 
-from trainer import data, distribution, model as model_lib
+from trainer import data, distribution
+from trainer import model as model_lib
+
+if TYPE_CHECKING:  # only for annotations: importing TFT costs seconds
+    import tensorflow_transform as tft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +44,7 @@ class TrainParams:
     seed: int = 42
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "TrainParams":
+    def from_mapping(cls, values: Mapping[str, Any]) -> TrainParams:
         """Pick this class's fields out of a (larger) config mapping."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names and v is not None})
@@ -47,6 +52,10 @@ class TrainParams:
 
 @dataclasses.dataclass
 class TrainResult:
+    """What train() did. `feature_cache_used` is about phase 1 (the head on the frozen
+    backbone); `feature_cache_phases` says it per phase ("head", and "fine_tune" when run);
+    `notes` carries the reason for each decision, as printed in the [trainer] lines."""
+
     model: keras.Model
     class_names: list[str]
     replicas: int
@@ -54,8 +63,9 @@ class TrainResult:
     feature_cache_used: bool
     eval_accuracy: float
     history: dict[str, list[float]]
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # disjoint phases: feature_extraction, train, fine_tune
     notes: list[str]
+    feature_cache_phases: dict[str, bool] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -63,6 +73,7 @@ class TrainResult:
             "replicas": self.replicas,
             "global_batch_size": self.global_batch_size,
             "feature_cache_used": self.feature_cache_used,
+            "feature_cache_phases": self.feature_cache_phases,
             "eval_accuracy": self.eval_accuracy,
             "history": self.history,
             "seconds": self.seconds,
@@ -74,10 +85,11 @@ def _say(msg: str) -> None:
     print(f"[trainer] {msg}", flush=True)
 
 
-def _callbacks(log_dir: str | None) -> list[keras.callbacks.Callback]:
-    if not log_dir:
-        return []
-    return [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")]
+def _callbacks(
+    log_dir: str | None, extra: Sequence[keras.callbacks.Callback]
+) -> list[keras.callbacks.Callback]:
+    board = [keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")] if log_dir else []
+    return board + list(extra)
 
 
 def _merge(history: dict[str, list[float]], h: keras.callbacks.History, prefix: str = "") -> None:
@@ -99,8 +111,18 @@ def train(
     log_dir: str | None = None,
     cache_dir: str | None = None,
     verbose: int = 2,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    cache_memory_bytes: int = data.DEFAULT_CACHE_MEMORY_BYTES,
 ) -> TrainResult:
-    """Build the model under `strategy` (default: every local device) and train it."""
+    """Build the model under `strategy` (default: every local device) and train it.
+
+    Phase 1 trains the head; with the feature cache on (the default where valid)
+    the backbone runs once over each split and the head trains on its features
+    for every epoch. Features past `cache_memory_bytes` spill to `cache_dir` (or
+    a temporary directory) and are deleted when training ends. The returned model
+    is always the full image -> probabilities model. `callbacks` are added to
+    every fit (e.g. an epoch timer).
+    """
     tf.keras.utils.set_random_seed(params.seed)
     strategy = strategy or distribution.make_strategy()
     replicas = strategy.num_replicas_in_sync
@@ -110,74 +132,96 @@ def train(
     notes: list[str] = []
     seconds: dict[str, float] = {}
     history: dict[str, list[float]] = {}
+    phases: dict[str, bool] = {}
     _say(
         f"{num_classes} classes, backbone {params.backbone} ({params.weights}), "
         f"{params.image_size}px, batch {params.batch_size}/replica x {replicas} = {global_batch}"
     )
 
+    def note(msg: str) -> None:
+        _say(msg)
+        notes.append(msg)
+
     def images(files, shuffle: bool, augment: bool) -> tf.data.Dataset:
         spec = data.InputSpec(
-            batch_size=global_batch, num_classes=num_classes, shuffle=shuffle, augment=augment, seed=params.seed
+            batch_size=global_batch,
+            num_classes=num_classes,
+            shuffle=shuffle,
+            augment=augment,
+            seed=params.seed,
         )
         return data.make_dataset(files, tf_transform_output, spec)
 
     with strategy.scope():
         model = model_lib.build_model(
-            params.backbone, params.weights, params.image_size, num_classes, params.dropout
+            params.backbone,
+            params.weights,
+            params.image_size,
+            num_classes,
+            params.dropout,
         )
 
     use_cache, why = data.cache_decision(params.augment, fine_tuning=False, requested=params.feature_cache)
-    _say(why)
-    notes.append(why)
-    fit_args: dict[str, Any] = {"epochs": params.epochs, "verbose": verbose, "callbacks": _callbacks(log_dir)}
+    note(why)
+    phases["head"] = use_cache
+    fit_args: dict[str, Any] = {
+        "epochs": params.epochs,
+        "verbose": verbose,
+        "callbacks": _callbacks(log_dir, callbacks),
+    }
 
-    t0 = time.perf_counter()
-    if use_cache:
-        head = model_lib.head_of(model)
-        backbone = model_lib.backbone_of(model)
+    # Phase 1 fits the head alone on cached features, or the full model on images.
+    with contextlib.ExitStack() as cleanup:
+        if use_cache:
+            fit_model = model_lib.head_of(model)
+            t_cache = time.perf_counter()
+            extractor = data.FeatureExtractor(strategy, model_lib.backbone_of(model))
+            caches = []
+            for split, files in (("train", train_files), ("eval", eval_files)):
+                caches.append(
+                    extractor.cache(images(files, False, False), _sub(cache_dir, split), cache_memory_bytes)
+                )
+                cleanup.callback(caches[-1].release)  # spilled files go when training ends
+            train_cache, eval_cache = caches
+            seconds["feature_extraction"] = time.perf_counter() - t_cache
+            where = f"spilled to disk ({train_cache.location})" if train_cache.spilled else "memory"
+            note(
+                f"feature cache: {train_cache.count} train + {eval_cache.count} eval "
+                f"{train_cache.feature_dim}-d vectors in {where}, "
+                f"extracted in {seconds['feature_extraction']:.1f}s"
+            )
+            train_ds = train_cache.batches(global_batch, shuffle=True, seed=params.seed)
+            eval_ds = eval_cache.batches(global_batch, shuffle=False, seed=params.seed)
+        else:
+            fit_model = model
+            train_ds = images(train_files, True, params.augment)
+            eval_ds = images(eval_files, False, False)
         with strategy.scope():
-            model_lib.compile_model(head, num_classes, params.learning_rate)
-        t_cache = time.perf_counter()
-        train_cache = data.build_feature_cache(
-            strategy, backbone, images(train_files, False, False), _sub(cache_dir, "train")
-        )
-        eval_cache = data.build_feature_cache(
-            strategy, backbone, images(eval_files, False, False), _sub(cache_dir, "eval")
-        )
-        seconds["feature_extraction"] = time.perf_counter() - t_cache
-        _say(
-            f"cached {train_cache.count} train + {eval_cache.count} eval feature vectors "
-            f"({train_cache.feature_dim}-d, in {train_cache.location}) in {seconds['feature_extraction']:.1f}s"
-        )
-        train_ds = train_cache.batches(global_batch, shuffle=True, seed=params.seed)
-        eval_ds = eval_cache.batches(global_batch, shuffle=False, seed=params.seed)
+            model_lib.compile_model(fit_model, num_classes, params.learning_rate)
         if params.steps_per_epoch:
             train_ds = train_ds.repeat()
             fit_args["steps_per_epoch"] = params.steps_per_epoch
-        h = head.fit(train_ds, validation_data=eval_ds, **fit_args)
-    else:
-        with strategy.scope():
-            model_lib.compile_model(model, num_classes, params.learning_rate)
-        train_ds = images(train_files, True, params.augment)
-        eval_ds = images(eval_files, False, False)
-        if params.steps_per_epoch:
-            train_ds = train_ds.repeat()
-            fit_args["steps_per_epoch"] = params.steps_per_epoch
-        h = model.fit(train_ds, validation_data=eval_ds, **fit_args)
-    seconds["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        h = fit_model.fit(train_ds, validation_data=eval_ds, **fit_args)
+        seconds["train"] = time.perf_counter() - t0
     _merge(history, h)
     accuracy = _eval_accuracy(h)
 
     if params.fine_tune_layers > 0 and params.fine_tune_epochs > 0:
-        _, why = data.cache_decision(params.augment, fine_tuning=True, requested=params.feature_cache)
-        _say(why)
-        notes.append(why)
+        phases["fine_tune"], why = data.cache_decision(
+            params.augment, fine_tuning=True, requested=params.feature_cache
+        )
+        note(why)
         with strategy.scope():
             n = model_lib.unfreeze_top(model, params.fine_tune_layers)
             model_lib.compile_model(model, num_classes, params.fine_tune_learning_rate)
         _say(f"fine-tuning {n} backbone layers at learning rate {params.fine_tune_learning_rate}")
         t1 = time.perf_counter()
-        ft_args = dict(fit_args, epochs=params.epochs + params.fine_tune_epochs, initial_epoch=params.epochs)
+        ft_args = dict(
+            fit_args,
+            epochs=params.epochs + params.fine_tune_epochs,
+            initial_epoch=params.epochs,
+        )
         train_ds = images(train_files, True, params.augment)
         if params.steps_per_epoch:
             train_ds = train_ds.repeat()
@@ -199,6 +243,7 @@ def train(
         history=history,
         seconds=seconds,
         notes=notes,
+        feature_cache_phases=phases,
     )
 
 
@@ -209,4 +254,9 @@ def _sub(d: str | None, name: str) -> str | None:
 def write_summary(result: TrainResult, path: str) -> None:
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(result.summary(), f, indent=2, default=lambda o: float(o) if isinstance(o, np.floating) else str(o))
+        json.dump(
+            result.summary(),
+            f,
+            indent=2,
+            default=lambda o: float(o) if isinstance(o, np.floating) else str(o),
+        )
