@@ -1,0 +1,243 @@
+"""Shared benchmark plumbing: environment, machine description, interleaved timing, tables, data.
+
+Every benchmark here measures its variants interleaved in one run (A, B, C,
+then B, C, A, ...) and reports medians and ratios: the machine is shared, so
+absolute numbers drift from minute to minute while ratios measured side by
+side hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# Keras 2 for TFT/TFX, quiet TensorFlow; before anything imports TensorFlow.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+SOURCE_DIGITS = (0, 1, 2, 3, 4)
+TARGET_DIGITS = (5, 6, 7, 8, 9)
+
+
+def quiet() -> None:
+    """Silence Python warnings and absl INFO logs (TFX, Beam) for readable tables."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
+
+
+def default_workdir() -> str:
+    """Data and pre-trained backbones are kept here between runs (re-used, not re-made)."""
+    user = os.environ.get("USER") or str(os.getuid())
+    return os.path.join(tempfile.gettempdir(), f"imgpipe-bench-{user}")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """Common flags: --quick, --repeats, --workdir."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="smaller, fewer runs: a smoke test")
+    p.add_argument("--repeats", type=int, default=None, help="runs per variant (default 3)")
+    p.add_argument("--workdir", default=default_workdir(), help="cache for data/backbones")
+    return p
+
+
+def repeats(args: argparse.Namespace, default: int = 3, quick: int = 1) -> int:
+    if args.repeats:
+        return args.repeats
+    return quick if args.quick else default
+
+
+# ---------------------------------------------------------------------------------------
+# Machine and run description
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _memory_gib() -> float:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine() -> str:
+    """One line: nproc, CPU model, memory, load average now, Python and TF versions."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    try:
+        import tensorflow as tf
+
+        tf_version = tf.__version__
+    except ImportError:
+        tf_version = "n/a"
+    return (
+        f"nproc={os.cpu_count()}, CPU: {_cpu_model()}, memory {_memory_gib():.1f} GiB, "
+        f"load average {load:.2f} at start (shared machine: other engineers' tests ran "
+        f"concurrently), Python {platform.python_version()}, TensorFlow {tf_version}"
+    )
+
+
+def command() -> str:
+    """How this benchmark was invoked, to re-run it."""
+    mod = os.path.splitext(os.path.relpath(sys.argv[0], REPO))[0].replace(os.sep, ".")
+    return " ".join(["python -m", mod, *sys.argv[1:]])
+
+
+def header(title: str) -> str:
+    return "\n".join([f"### {title}", "", f"- machine: {machine()}", f"- command: `{command()}`", ""])
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def interleaved(
+    variants: Mapping[str, Callable[[int], Any]], runs: int, say: Callable[[str], None] = print
+) -> dict[str, list[Any]]:
+    """Call every variant with the round number, `runs` rounds, rotating the order each round."""
+    names = list(variants)
+    out: dict[str, list[Any]] = {n: [] for n in names}
+    for r in range(runs):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            out[n].append(variants[n](r))
+            say(f"[bench] round {r + 1}/{runs} {n}: {time.perf_counter() - t0:.1f}s")
+    return out
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table; floats are printed with 3 significant decimals."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "n/a"
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def epoch_timer():
+    """A Keras callback whose `.seconds` lists each epoch's wall time (validation included)."""
+    import tf_keras as keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+            self._t = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._t)
+
+    return EpochTimer()
+
+
+# ---------------------------------------------------------------------------------------
+# Data: the demo's tasks, written once per image size and re-used
+
+
+def demo_tasks(workdir: str, image_size: int) -> tuple[str, str]:
+    """Source (digits 0-4) and target (digits 5-9) TFRecord dirs, as the demo ingests them."""
+    from pipeline import demo
+
+    return demo.prepare_data(os.path.join(workdir, f"digits{image_size}"), image_size)
+
+
+def source_backbone(workdir: str, backbone: str, image_size: int, epochs: int) -> str:
+    """A backbone pre-trained here on digits 0-4 (re-used when its settings match)."""
+    from pipeline import demo
+
+    source, _ = demo_tasks(workdir, image_size)
+    return demo.pretrained_backbone(
+        os.path.join(workdir, f"digits{image_size}"),
+        source,
+        backbone,
+        image_size,
+        epochs,
+    )
+
+
+def split_files(records_dir: str, split: str) -> list[str]:
+    from trainer import data
+
+    return data.list_files(os.path.join(records_dir, split))
+
+
+def read_items(files: Sequence[str]) -> list[tuple[bytes, str]]:
+    """(encoded image, label) pairs from ingest's TFRecords."""
+    import tensorflow as tf
+
+    from trainer import data
+    from trainer.features import IMAGE_KEY, LABEL_KEY
+
+    spec = {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
+    }
+    out = []
+    for rec in data.raw_examples(list(files)):
+        ex = tf.io.parse_single_example(rec, spec)
+        out.append((ex[IMAGE_KEY].numpy(), ex[LABEL_KEY].numpy().decode()))
+    return out
+
+
+def analyze(records_dir: str, out_dir: str, backbone: str, image_size: int):
+    """The Transform output (label vocabulary + graph) of a task's train split."""
+    import tensorflow_transform as tft
+
+    from tests import helpers
+
+    if not os.path.isdir(os.path.join(out_dir, tft.TFTransformOutput.TRANSFORM_FN_DIR)):
+        items = read_items(split_files(records_dir, "train"))
+        helpers.analyze_transform(items, out_dir, backbone=backbone, image_size=image_size)
+    return tft.TFTransformOutput(out_dir)
