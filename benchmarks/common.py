@@ -32,10 +32,18 @@ SOURCE_DIGITS = (0, 1, 2, 3, 4)
 TARGET_DIGITS = (5, 6, 7, 8, 9)
 
 
+_TABLES = sys.stdout
+
+
 def quiet() -> None:
-    """Silence Python warnings and absl INFO logs (TFX, Beam) for readable tables."""
+    """Keep stdout for the tables: everything else printed (trainer lines, Keras
+    progress, TFX) goes to stderr, and Python warnings and absl INFO logs are silenced."""
     import logging
     import warnings
+
+    global _TABLES
+    _TABLES = sys.stdout
+    sys.stdout = sys.stderr
 
     warnings.filterwarnings("ignore")
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
@@ -157,6 +165,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def emit(text: str = "") -> None:
+    """Print markdown to the real stdout (see quiet())."""
+    print(text, file=_TABLES, flush=True)
 
 
 def say(msg: str) -> None:

@@ -117,14 +117,14 @@ def main(argv=None) -> int:
         )
     first_total = common.median([x["wall"] for x in results["first run"]])
     again_total = common.median([x["wall"] for x in results["cached re-run"]])
-    print(head)
-    print(
+    common.emit(head)
+    common.emit(
         f"Target task: {n_images} images (digits 5-9, {size}px PNG, train + eval), "
         f"{args.backbone} pre-trained here on digits 0-4, {epochs} head epochs "
         f"(feature cache on, the default), Beam DirectRunner in memory; median of "
         f"{runs} round(s). Re-run / first run = {again_total / first_total:.2f}.\n"
     )
-    print(
+    common.emit(
         common.table(
             [
                 "run",
@@ -137,10 +137,10 @@ def main(argv=None) -> int:
             rows,
         )
     )
-    print()
-    print("Per component (ML Metadata: execution last_update - create time), seconds:\n")
-    print(common.table(["component", "first run s", "state", "re-run s", "state"], comp_rows))
-    print()
+    common.emit()
+    common.emit("Per component (ML Metadata: execution last_update - create time), seconds:\n")
+    common.emit(common.table(["component", "first run s", "state", "re-run s", "state"], comp_rows))
+    common.emit()
     return 0
 
 

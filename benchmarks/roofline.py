@@ -201,15 +201,15 @@ def main(argv=None) -> int:
             "",
         ]
     )
-    print(head)
-    print(
+    common.emit(head)
+    common.emit(
         f"Peak: float32 2048x2048 matmul, median {peak / 1e9:.1f} GFLOP/s over {runs} "
         f"round(s) (per round: {', '.join(f'{x / 1e9:.1f}' for x in peaks)}). Forward passes "
         f"at batch {BATCH}, inference mode, random-initialised weights (FLOPs do not depend "
         "on the weights). End-to-end rows use the trainer's own input function on the "
         f"train split of the 64px digits task ({n_e2e} images), traced once before timing.\n"
     )
-    print(
+    common.emit(
         common.table(
             [
                 "backbone",
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
             rows,
         )
     )
-    print()
+    common.emit()
     return 0
 
 

@@ -134,13 +134,13 @@ def main(argv=None) -> int:
             ]
         )
     r2 = med[2]["total"] / med[1]["total"]
-    print(head)
-    print(
+    common.emit(head)
+    common.emit(
         f"Digits 0-9 at {size}px (80/20 train/eval), {epochs} epochs, batch 32, "
         f"median of {runs} interleaved round(s). Target: 2x data <= 2.2x time "
         f"(measured {r2:.2f}x: {'met' if r2 <= 2.2 else 'missed'}).\n"
     )
-    print(
+    common.emit(
         common.table(
             [
                 "data",
@@ -156,10 +156,10 @@ def main(argv=None) -> int:
             rows,
         )
     )
-    print()
-    print("Marginal cost, seconds per 1,000 extra images:\n")
-    print(common.table(["step", "transform", "train", "total"], marg))
-    print()
+    common.emit()
+    common.emit("Marginal cost, seconds per 1,000 extra images:\n")
+    common.emit(common.table(["step", "transform", "train", "total"], marg))
+    common.emit()
     return 0
 
 

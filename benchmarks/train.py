@@ -276,8 +276,8 @@ def main(argv=None) -> int:
             "",
         ],
     ]
-    print(head)
-    print(
+    common.emit(head)
+    common.emit(
         f"{n_train} train / {n_eval} eval images of digits 5-9 at {size}px, {BACKBONE} "
         f"pre-trained here on digits 0-4 (source eval accuracy {source_acc:.3f}), "
         f"batch {args.batch_size}, Adam lr {args.learning_rate}, dropout 0.1; "
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
         "extraction - epochs (model build and weight loading, compile, input pipelines, "
         "and pauses between epochs).\n"
     )
-    print(
+    common.emit(
         common.table(
             [
                 "variant",
@@ -301,9 +301,9 @@ def main(argv=None) -> int:
             rows,
         )
     )
-    print()
-    print(common.table(["ratio", "measured", "target", "met"], ratio_rows))
-    print()
+    common.emit()
+    common.emit(common.table(["ratio", "measured", "target", "met"], ratio_rows))
+    common.emit()
     return 0
 
 

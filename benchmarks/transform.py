@@ -385,8 +385,8 @@ def main(argv=None) -> int:
                 fixed,
             ]
         )
-    print(head)
-    print(
+    common.emit(head)
+    common.emit(
         f"Digit PNGs (64px source images, train + eval splits as ImportExampleGen wrote them) -> "
         f"float32 {size}x{size}x3. Two sizes: the {n[1]} images once, and their split files "
         f"copied {big}x ({n[big]} images), so Beam's fixed start-up cost separates from the "
@@ -394,7 +394,7 @@ def main(argv=None) -> int:
         f"{n[1]} / marginal (n/a: the job took no measurably longer at {big}x). Beam: {' '.join(beam_args())} (the pipeline's default runner). "
         f"Median of {runs} interleaved round(s).\n"
     )
-    print(
+    common.emit(
         common.table(
             [
                 "job",
@@ -409,9 +409,9 @@ def main(argv=None) -> int:
             rows,
         )
     )
-    print()
-    print("Bytes per image: ImportExampleGen output vs materialised float32 images\n")
-    print(
+    common.emit()
+    common.emit("Bytes per image: ImportExampleGen output vs materialised float32 images\n")
+    common.emit(
         common.table(
             [
                 "images",
@@ -425,7 +425,7 @@ def main(argv=None) -> int:
             storage_rows(args.workdir, args.quick),
         )
     )
-    print()
+    common.emit()
     return 0
 
 
