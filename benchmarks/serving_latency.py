@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -29,22 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from benchmarks import common
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_NAME = "bench"
-
-
-def machine_line() -> str:
-    """`nproc` and the CPU model, for the BENCHMARKS.md entry."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"nproc={os.cpu_count()}, CPU: {cpu}, Python {platform.python_version()}"
 
 
 def bench_images(count: int = 16) -> list[bytes]:
@@ -200,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("building the test model (about a minute)...", file=sys.stderr)
         export_dir = build_serving_model(tempfile.mkdtemp(prefix="imgpipe-bench-model-")).export_dir
     rows = run(export_dir, args.requests, args.concurrency)
-    print(machine_line())
+    print(common.machine())
     print()
     print(table(rows, args.requests))
     return 0
