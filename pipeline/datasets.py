@@ -50,14 +50,9 @@ def write_digits_tree(
     if bad:
         raise ValueError(f"write_digits_tree: digits must be integers 0..9, got {bad}")
     if not isinstance(size, int) or size < 1:
-        raise ValueError(
-            f"write_digits_tree: size must be a positive int, got {size!r}"
-        )
+        raise ValueError(f"write_digits_tree: size must be a positive int, got {size!r}")
     if limit_per_class is not None and limit_per_class < 1:
-        raise ValueError(
-            "write_digits_tree: limit_per_class must be >= 1 or None, "
-            f"got {limit_per_class}"
-        )
+        raise ValueError(f"write_digits_tree: limit_per_class must be >= 1 or None, got {limit_per_class}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"write_digits_tree: {out_dir} exists and is not a directory")
 
@@ -89,9 +84,7 @@ def write_sample_photos(out_dir: str) -> list[str]:
     from sklearn.datasets import load_sample_images
 
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(
-            f"write_sample_photos: {out_dir} exists and is not a directory"
-        )
+        raise ValueError(f"write_sample_photos: {out_dir} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
     samples = load_sample_images()
     written: list[str] = []

@@ -200,9 +200,7 @@ def _check_image(data: bytes) -> str | None:
             with Image.open(io.BytesIO(data)) as image:
                 fmt = image.format
                 if fmt not in ACCEPTED_FORMATS:
-                    return (
-                        f"unsupported image format {fmt}; accepted: JPEG, PNG, GIF, BMP"
-                    )
+                    return f"unsupported image format {fmt}; accepted: JPEG, PNG, GIF, BMP"
                 image.verify()
             # verify() checks structure only; a full decode catches truncation.
             with Image.open(io.BytesIO(data)) as image:
@@ -214,10 +212,7 @@ def _check_image(data: bytes) -> str | None:
         return f"cannot decode: {type(exc).__name__}: {exc}"
     if fmt == "BMP" and mode == "P":
         # tf.io.decode_bmp returns palette indices as grey levels: silent garbage.
-        return (
-            "palette (indexed-colour) BMP: TensorFlow decodes it wrongly; "
-            "convert it to PNG"
-        )
+        return "palette (indexed-colour) BMP: TensorFlow decodes it wrongly; convert it to PNG"
 
     import tensorflow as tf
 
@@ -253,13 +248,9 @@ def _walk_class(
 
     def on_error(exc: OSError) -> None:
         where = exc.filename or class_dir
-        skipped.append(
-            {"path": _rel(root, where), "reason": f"cannot list directory: {exc}"}
-        )
+        skipped.append({"path": _rel(root, where), "reason": f"cannot list directory: {exc}"})
 
-    for dirpath, dirnames, filenames in os.walk(
-        class_dir, onerror=on_error, followlinks=True
-    ):
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=on_error, followlinks=True):
         keep = []
         for name in sorted(dirnames):
             if name.startswith("."):
@@ -279,9 +270,7 @@ def _walk_class(
     return files
 
 
-def _list_tree(
-    root: str, skipped: list[dict[str, str]]
-) -> tuple[list[str], list[tuple[str, str, str]]]:
+def _list_tree(root: str, skipped: list[dict[str, str]]) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Class names and (rel, abs, class) of every non-hidden file under them.
 
     Entries that are not walked (files directly in ``root``, unlistable or
@@ -303,16 +292,11 @@ def _list_tree(
                 ) from exc
             class_dirs.append(entry)
         else:
-            skipped.append(
-                {"path": _rel(root, entry.path), "reason": NOT_IN_CLASS_FOLDER}
-            )
+            skipped.append({"path": _rel(root, entry.path), "reason": NOT_IN_CLASS_FOLDER})
     seen = {os.path.realpath(e.path) for e in class_dirs}
     files: list[tuple[str, str, str]] = []
     for entry in class_dirs:
-        files += [
-            (rel, path, entry.name)
-            for rel, path in _walk_class(root, entry.path, seen, skipped)
-        ]
+        files += [(rel, path, entry.name) for rel, path in _walk_class(root, entry.path, seen, skipped)]
     return [e.name for e in class_dirs], files
 
 
@@ -374,9 +358,7 @@ def _remove_previous_outputs(out_dir: str, keep: str) -> None:
 
     That includes staging dirs of killed runs, except ``keep`` (the current one).
     """
-    leftovers = [
-        n for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX) and n != keep
-    ]
+    leftovers = [n for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX) and n != keep]
     for name in (*SPLITS, REPORT_FILE, CLASSES_FILE, *leftovers):
         path = os.path.join(out_dir, name)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -411,12 +393,8 @@ def ingest(
         raise IngestError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
     if not _is_number(seed, numbers.Integral):
         raise IngestError(f"seed must be an int, got {seed!r}")
-    if num_shards is not None and (
-        not _is_number(num_shards, numbers.Integral) or num_shards < 1
-    ):
-        raise IngestError(
-            f"num_shards must be a positive int or None, got {num_shards!r}"
-        )
+    if num_shards is not None and (not _is_number(num_shards, numbers.Integral) or num_shards < 1):
+        raise IngestError(f"num_shards must be a positive int or None, got {num_shards!r}")
     if not _is_number(progress_every, numbers.Integral) or progress_every < 1:
         raise IngestError(f"progress_every must be >= 1, got {progress_every}")
     if not os.path.exists(images_dir):
@@ -440,11 +418,7 @@ def ingest(
         raise IngestError(
             f"no class subfolders in {images_dir}: "
             f"expected {images_dir}/<class_name>/<images>"
-            + (
-                f" ({not_walked} files found directly in it are ignored)"
-                if not_walked
-                else ""
-            )
+            + (f" ({not_walked} files found directly in it are ignored)" if not_walked else "")
         )
 
     # Pass 1: check every file; keep only (path, class, hash, size).
@@ -454,9 +428,7 @@ def ingest(
         try:
             data = _read_regular_file(path)
         except OSError as exc:
-            report.skipped.append(
-                {"path": rel, "reason": f"cannot read: {exc.strerror or exc}"}
-            )
+            report.skipped.append({"path": rel, "reason": f"cannot read: {exc.strerror or exc}"})
             data = None
         if data is not None:
             reason = _check_image(data)
@@ -507,9 +479,7 @@ def ingest(
         report.classes.append(name)
         report.counts[name] = {"train": len(digests) - n_eval, "eval": n_eval}
         if n_eval == 0:
-            report.warnings.append(
-                f"class {name!r} has 1 unique image: it is in train only, none in eval"
-            )
+            report.warnings.append(f"class {name!r} has 1 unique image: it is in train only, none in eval")
         for i, digest in enumerate(digests):
             split = "eval" if i < n_eval else "train"
             kept, *copies = groups[name][digest]
@@ -526,19 +496,13 @@ def ingest(
                 )
     report.duplicates.sort(key=lambda d: (d["class"], d["kept"]))
     for name in report.empty_classes:
-        report.warnings.append(
-            f"class folder {name!r} has no usable images and is left out"
-        )
+        report.warnings.append(f"class folder {name!r} has no usable images and is left out")
 
     if len(report.classes) < 2:
         raise IngestError(
             f"{images_dir} has {len(report.classes)} class(es) with usable images "
             f"({report.classes}); a classifier needs at least 2"
-            + (
-                f"; empty class folders: {report.empty_classes}"
-                if report.empty_classes
-                else ""
-            )
+            + (f"; empty class folders: {report.empty_classes}" if report.empty_classes else "")
             + (f"; {len(report.skipped)} files skipped" if report.skipped else ""),
             report=report.to_dict(),
         )
@@ -552,17 +516,11 @@ def ingest(
     # Interleave classes in a seeded order, so a reader's shuffle buffer sees
     # every class early, then cut each split into contiguous shards.
     for split in SPLITS:
-        plan[split].sort(
-            key=lambda c, s=split: _rank(seed, "order", s, c.label, c.sha256)
-        )
+        plan[split].sort(key=lambda c, s=split: _rank(seed, "order", s, c.label, c.sha256))
         count = len(plan[split])
-        wanted = num_shards or math.ceil(
-            sum(c.size for c in plan[split]) / TARGET_SHARD_BYTES
-        )
+        wanted = num_shards or math.ceil(sum(c.size for c in plan[split]) / TARGET_SHARD_BYTES)
         shards = max(1, min(wanted, count))
-        report.shards[split] = [
-            f"data-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)
-        ]
+        report.shards[split] = [f"data-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
 
     _write_outputs(images_dir, out_dir, plan, report, overwrite, say, progress_every)
     t = report.totals
@@ -629,15 +587,11 @@ def _example_bytes(images_dir: str, cand: _Candidate) -> bytes:
     except OSError as exc:
         raise IngestError(f"{path} became unreadable during ingest: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != cand.sha256:
-        raise IngestError(
-            f"{path} changed during ingest; re-run on a stable image tree"
-        )
+        raise IngestError(f"{path} changed during ingest; re-run on a stable image tree")
     example = tf.train.Example(
         features=tf.train.Features(
             feature={
-                IMAGE_KEY: tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[data])
-                ),
+                IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
                 LABEL_KEY: tf.train.Feature(
                     bytes_list=tf.train.BytesList(value=[cand.label.encode("utf-8")])
                 ),
@@ -686,9 +640,7 @@ def validate_tfrecord_dir(path: str) -> dict[str, int]:
             raise IngestError(f"{split_dir} holds no TFRecord files")
         records = 0
         for name in entries:
-            records += _check_first_record(
-                os.path.join(split_dir, name), check_image=not records
-            )
+            records += _check_first_record(os.path.join(split_dir, name), check_image=not records)
         if not records:
             raise IngestError(f"{split_dir}: all {len(entries)} files hold no records")
         result[f"{split}_files"] = len(entries)
@@ -702,24 +654,17 @@ def _check_first_record(file_path: str, check_image: bool) -> int:
 
     with tf.io.gfile.GFile(file_path, "rb") as handle:
         if handle.read(2) == b"\x1f\x8b":
-            raise IngestError(
-                f"{file_path} is GZIP-compressed; "
-                "imgpipe reads uncompressed TFRecord files"
-            )
+            raise IngestError(f"{file_path} is GZIP-compressed; imgpipe reads uncompressed TFRecord files")
     try:
         first = [r.numpy() for r in tf.data.TFRecordDataset(file_path).take(1)]
     except tf.errors.OpError as exc:
-        raise IngestError(
-            f"{file_path} is not a readable TFRecord file: {_tf_error_text(exc)}"
-        ) from exc
+        raise IngestError(f"{file_path} is not a readable TFRecord file: {_tf_error_text(exc)}") from exc
     if not first:
         return 0
     try:
         example = tf.train.Example.FromString(first[0])
     except DecodeError as exc:
-        raise IngestError(
-            f"first record of {file_path} is not a tf.train.Example: {exc}"
-        ) from exc
+        raise IngestError(f"first record of {file_path} is not a tf.train.Example: {exc}") from exc
     features = example.features.feature
     for key in (IMAGE_KEY, LABEL_KEY):
         if key not in features:
@@ -729,17 +674,12 @@ def _check_first_record(file_path: str, check_image: bool) -> int:
             )
         kind = features[key].WhichOneof("kind")
         if kind != "bytes_list":
-            raise IngestError(
-                f"first record of {file_path}: feature '{key}' is {kind}, "
-                "expected bytes_list"
-            )
+            raise IngestError(f"first record of {file_path}: feature '{key}' is {kind}, expected bytes_list")
         if not features[key].bytes_list.value or not features[key].bytes_list.value[0]:
             raise IngestError(f"first record of {file_path}: feature '{key}' is empty")
     if check_image:
         try:
-            tf.io.decode_image(
-                features[IMAGE_KEY].bytes_list.value[0], expand_animations=False
-            )
+            tf.io.decode_image(features[IMAGE_KEY].bytes_list.value[0], expand_animations=False)
         except tf.errors.OpError as exc:
             raise IngestError(
                 f"first record of {file_path}: 'image' bytes are not a decodable image "

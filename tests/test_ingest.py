@@ -22,9 +22,7 @@ tf = pytest.importorskip("tensorflow")
 # ---------------------------------------------------------------- helpers
 
 
-def _encode(
-    mode: str = "RGB", fmt: str = "PNG", seed: int = 0, **save: object
-) -> bytes:
+def _encode(mode: str = "RGB", fmt: str = "PNG", seed: int = 0, **save: object) -> bytes:
     """A small random image (distinct per seed) encoded in the given format."""
     rng = np.random.default_rng(seed)
     pixels = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8))
@@ -41,9 +39,7 @@ def _put(root: Path, rel: str, data: bytes) -> bytes:
     return data
 
 
-def _make_tree(
-    root: Path, sizes: dict[str, int], seed_base: int = 0
-) -> dict[str, bytes]:
+def _make_tree(root: Path, sizes: dict[str, int], seed_base: int = 0) -> dict[str, bytes]:
     """Class folders of distinct PNGs; returns {rel_path: bytes}."""
     files = {}
     for c, (name, n) in enumerate(sorted(sizes.items())):
@@ -82,13 +78,9 @@ def _write_example(path: Path, features: dict[str, object]) -> None:
     feature = {}
     for key, value in features.items():
         if isinstance(value, int):
-            feature[key] = tf.train.Feature(
-                int64_list=tf.train.Int64List(value=[value])
-            )
+            feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
         else:
-            feature[key] = tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[value])
-            )
+            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
@@ -382,9 +374,7 @@ def test_every_class_with_one_image_leaves_eval_empty(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5, math.nan, "0.2", True])
-def test_eval_fraction_outside_open_unit_interval(
-    tmp_path: Path, fraction: float
-) -> None:
+def test_eval_fraction_outside_open_unit_interval(tmp_path: Path, fraction: float) -> None:
     _make_tree(tmp_path / "images", {"a": 2, "b": 2})
     with pytest.raises(IngestError, match="eval_fraction"):
         _run(tmp_path / "images", tmp_path / "out", eval_fraction=fraction)
@@ -506,27 +496,17 @@ def test_validate_rejects_bad_dirs(tmp_path: Path, breakage: str, message: str) 
 
 
 def test_write_digits_tree(tmp_path: Path) -> None:
-    counts = write_digits_tree(
-        str(tmp_path / "d1"), digits=[7, 0], size=16, limit_per_class=3
-    )
+    counts = write_digits_tree(str(tmp_path / "d1"), digits=[7, 0], size=16, limit_per_class=3)
     assert counts == {"0": 3, "7": 3}
     names = sorted(p.name for p in (tmp_path / "d1" / "7").iterdir())
-    assert len(names) == 3 and all(
-        n.startswith("7_") and n.endswith(".png") for n in names
-    )
+    assert len(names) == 3 and all(n.startswith("7_") and n.endswith(".png") for n in names)
     with Image.open(tmp_path / "d1" / "7" / names[0]) as image:
         assert (image.format, image.mode, image.size) == ("PNG", "L", (16, 16))
         assert np.asarray(image).max() > 128, "digit strokes should be bright"
 
     write_digits_tree(str(tmp_path / "d2"), digits=[7, 0], size=16, limit_per_class=3)
-    first = {
-        p.relative_to(tmp_path / "d1"): p.read_bytes()
-        for p in (tmp_path / "d1").rglob("*.png")
-    }
-    again = {
-        p.relative_to(tmp_path / "d2"): p.read_bytes()
-        for p in (tmp_path / "d2").rglob("*.png")
-    }
+    first = {p.relative_to(tmp_path / "d1"): p.read_bytes() for p in (tmp_path / "d1").rglob("*.png")}
+    again = {p.relative_to(tmp_path / "d2"): p.read_bytes() for p in (tmp_path / "d2").rglob("*.png")}
     assert first == again
 
     with pytest.raises(ValueError, match=r"0\.\.9"):
@@ -534,9 +514,7 @@ def test_write_digits_tree(tmp_path: Path) -> None:
 
 
 def test_digits_tree_ingests_cleanly(tmp_path: Path) -> None:
-    counts = write_digits_tree(
-        str(tmp_path / "digits"), digits=range(3), limit_per_class=10
-    )
+    counts = write_digits_tree(str(tmp_path / "digits"), digits=range(3), limit_per_class=10)
     report = _run(tmp_path / "digits", tmp_path / "out")
     assert report.classes == ["0", "1", "2"]
     assert report.skipped == [] and report.duplicates == []
