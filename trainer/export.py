@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from trainer import tracing
 from trainer.features import IMAGE_KEY, LABEL_KEY
 from trainer.model import class_scores
 
@@ -102,6 +103,7 @@ def export_serving_model(
     warmup_examples: Sequence[bytes] = (),
 ) -> str:
     """Save the full model with its signatures to export_dir; return export_dir."""
+    tracing.install()  # the signatures trace the Keras model
     module = _ServingModule(model, tf_transform_output, class_names, top_k)
     signatures = {
         SERVING_DEFAULT: module.serve_examples.get_concrete_function(),

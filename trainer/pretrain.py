@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import backbones, data
+from trainer import backbones, data, tracing
 from trainer.features import IMAGE_KEY, LABEL_KEY
 from trainer.model import build_backbone
 from trainer.preprocessing import preprocess_images
@@ -83,6 +83,7 @@ def pretrain_backbone(
     for split in ("train", "eval"):
         if not os.path.isdir(os.path.join(data_dir, split)):
             raise FileNotFoundError(f"{data_dir} has no {split}/ directory (run `imgpipe ingest` first)")
+    tracing.install()
     tf.keras.utils.set_random_seed(seed)
     t0 = time.perf_counter()
     train_images, train_labels = _load_split(os.path.join(data_dir, "train"))

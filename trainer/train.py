@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribution
+from trainer import data, distribution, tracing
 from trainer import model as model_lib
 
 if TYPE_CHECKING:  # only for annotations: importing TFT costs seconds
@@ -123,6 +123,7 @@ def train(
     is always the full image -> probabilities model. `callbacks` are added to
     every fit (e.g. an epoch timer).
     """
+    tracing.install()  # trace Keras's fit/evaluate steps without converting tf_keras itself
     tf.keras.utils.set_random_seed(params.seed)
     strategy = strategy or distribution.make_strategy()
     replicas = strategy.num_replicas_in_sync
