@@ -124,12 +124,17 @@ def create_pipeline(
     )
     # materialize=False: no float image tensors are written; the Trainer applies the
     # transform graph to the raw examples in its input function.
+    # disable_statistics=True: Transform's own pre-/post-transform statistics would decode
+    # and resize every image only to describe float pixels (2.5x the job's time per image,
+    # BENCHMARKS.md); StatisticsGen already covers the raw data. The Beam job is then the
+    # analysis the graph needs: the label vocabulary.
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"backbone": config.backbone, "image_size": image_size},
         materialize=False,
+        disable_statistics=True,
     )
     trainer = RuntimeParamTrainer(
         run_fn=RUN_FN,
