@@ -19,6 +19,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = (
     "roofline",
+    "tracing",
     "train",
     "transform",
     "scaling",

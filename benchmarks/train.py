@@ -7,12 +7,16 @@ interleaved in one process (order rotated each round):
 
 - keras: what a user writes without imgpipe -- tf.data from the same TFRecords
   (parse, decode, resize, preprocess_input in a plain map), the same frozen
-  backbone file, Dropout + softmax Dense, Adam, model.fit.
+  backbone file, Dropout + softmax Dense, Adam, model.fit; AutoGraph as
+  TensorFlow 2.16 ships it (it converts tf_keras's own code on every trace).
 - imgpipe, cache off: trainer.train(feature_cache=False): raw examples through
-  the Transform graph, MirroredStrategy, the full model fit every epoch.
+  the Transform graph, MirroredStrategy, tf_keras exempt from AutoGraph
+  (trainer/tracing.py), the full model fit every epoch.
 - imgpipe, cache on (the default): the backbone runs once per split, the head
   trains on the cached features.
 
+--attribute adds the plain script with imgpipe's differences swapped in one at
+a time (tracing rule; + MirroredStrategy; + Transform-graph input; + both).
 Same backbone, image size, batch, epochs, learning rate, dropout and seed.
 
     python -m benchmarks.train             # 64px, 10 epochs, 3 rounds (~6 min here)
@@ -34,13 +38,43 @@ BACKBONE = "MobileNetV2"
 
 
 def plain_keras(
-    train_files, eval_files, classes, weights, size, batch, epochs, lr, dropout, seed, strategy=None, tfo=None
+    train_files,
+    eval_files,
+    classes,
+    weights,
+    size,
+    batch,
+    epochs,
+    lr,
+    dropout,
+    seed,
+    strategy=None,
+    tfo=None,
+    fast_tracing=False,
 ):
     """The seed-style script: returns total s, epoch seconds, final eval accuracy.
 
-    For attributing a gap to imgpipe: `strategy` builds and fits it under that
+    It runs with AutoGraph's rules as TensorFlow 2.16 ships them, as a user's script
+    would. For attributing a gap to imgpipe: `fast_tracing` adds imgpipe's tf_keras
+    exemption (trainer/tracing.py), `strategy` builds and fits it under that
     distribution strategy, `tfo` swaps its input for imgpipe's (trainer.data.make_dataset).
     """
+    from trainer import tracing
+
+    if fast_tracing:
+        tracing.install()
+        return _plain_keras(
+            train_files, eval_files, classes, weights, size, batch, epochs, lr, dropout, seed, strategy, tfo
+        )
+    with tracing.as_shipped():
+        return _plain_keras(
+            train_files, eval_files, classes, weights, size, batch, epochs, lr, dropout, seed, strategy, tfo
+        )
+
+
+def _plain_keras(
+    train_files, eval_files, classes, weights, size, batch, epochs, lr, dropout, seed, strategy, tfo
+):
     import tensorflow as tf
     import tf_keras as keras
 
@@ -199,11 +233,17 @@ def main(argv=None) -> int:
         "plain Keras script": lambda r: plain_keras(*plain_args(r)),
         **(
             {
-                "plain Keras script under MirroredStrategy": lambda r: plain_keras(
-                    *plain_args(r), strategy=strategy
+                "plain + imgpipe's tracing (tf_keras not AutoGraph-converted)": lambda r: plain_keras(
+                    *plain_args(r), fast_tracing=True
                 ),
-                "plain Keras script with imgpipe's input (Transform graph)": lambda r: plain_keras(
-                    *plain_args(r), tfo=tfo
+                "plain + tracing + MirroredStrategy": lambda r: plain_keras(
+                    *plain_args(r), fast_tracing=True, strategy=strategy
+                ),
+                "plain + tracing + imgpipe's input (Transform graph)": lambda r: plain_keras(
+                    *plain_args(r), fast_tracing=True, tfo=tfo
+                ),
+                "plain + tracing + MirroredStrategy + Transform-graph input": lambda r: plain_keras(
+                    *plain_args(r), fast_tracing=True, strategy=strategy, tfo=tfo
                 ),
             }
             if args.attribute
@@ -217,7 +257,9 @@ def main(argv=None) -> int:
         ),
     }
     # Warm-up, untimed: the first Keras trace in a process also converts Keras itself
-    # (autograph), a one-off cost that would otherwise land on whichever variant runs first.
+    # (AutoGraph, without imgpipe's tracing rule), a one-off cost that would otherwise land
+    # on whichever variant runs first. `benchmarks.tracing` measures it in fresh processes.
+    plain_keras(*plain_args(0)[:6], 1, *plain_args(0)[7:])
     imgpipe(train_files, eval_files, tfo, dataclasses.replace(off, epochs=1), strategy)
     res = common.interleaved(variants, runs, say=common.say)
 
