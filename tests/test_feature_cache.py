@@ -9,6 +9,7 @@ feature extractors are module-scoped: tracing MobileNetV2 is most of the cost.
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -276,3 +277,42 @@ def test_cache_under_two_replicas_keeps_examples_and_order(two_replica_run):
     code = proc.wait(timeout=600)
     output = log.read_text()
     assert code == 0 and "OK" in output.splitlines(), output[-3000:]
+
+
+def test_failed_extraction_removes_its_partial_spill(three_class, model3, tmp_path, monkeypatch):
+    """An error part-way through a spilling extraction leaves no spill file or temp dir."""
+    tfo, train_files, _ = three_class
+    _, extractor = model3
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    removed = []
+    real_remove = data._remove_spill
+
+    def spy(path, owned_dir):
+        removed.append((path, owned_dir, os.path.exists(path) if path else False))
+        real_remove(path, owned_dir)
+
+    monkeypatch.setattr(data, "_remove_spill", spy)
+    # Two good batches (spilled: the memory limit is 1 byte), then a batch that fails to decode.
+    bad = helpers.write_tfrecords(str(tmp_path / "bad" / "data.tfrecord"), [(b"not an image", "5")] * BATCH)
+    broken = _images(train_files, tfo, 3).take(2).concatenate(_images(bad, tfo, 3))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        extractor.cache(broken, memory_limit_bytes=1)
+    (path, owned_dir, existed), *_ = removed
+    assert existed and owned_dir and path.startswith(owned_dir)  # the spill had started
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("imgpipe-feature-cache-")]
+
+    removed.clear()
+    spill_dir = tmp_path / "given"
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        extractor.cache(broken, str(spill_dir), memory_limit_bytes=1)
+    assert removed and removed[0][2] and removed[0][1] is None
+    assert not (spill_dir / data.SPILL_FILE).exists()
+
+    # The spill file cannot be opened (e.g. a bad path): the temp dir made for it goes too.
+    def no_writer(path):
+        raise OSError(f"cannot open {path}")
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", no_writer)
+    with pytest.raises(OSError, match="cannot open"):
+        extractor.cache(_images(train_files, tfo, 3), memory_limit_bytes=1)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("imgpipe-feature-cache-")]

@@ -8,6 +8,7 @@ images and train and serve run the identical preprocessing graph.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -155,10 +156,15 @@ class FeatureCache:
 
     def release(self) -> None:
         """Delete the spilled file (and a temporary spill directory); a memory cache is a no-op."""
-        if self.spilled and tf.io.gfile.exists(self.location):
-            tf.io.gfile.remove(self.location)
-        if self.owned_dir and tf.io.gfile.exists(self.owned_dir):
-            tf.io.gfile.rmtree(self.owned_dir)
+        if self.spilled:
+            _remove_spill(self.location, self.owned_dir)
+
+
+def _remove_spill(path: str, owned_dir: str | None) -> None:
+    if path and tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+    if owned_dir and tf.io.gfile.exists(owned_dir):
+        tf.io.gfile.rmtree(owned_dir)
 
 
 def cache_decision(augment: bool, fine_tuning: bool, requested: bool) -> tuple[bool, str]:
@@ -216,7 +222,11 @@ class FeatureExtractor:
         cache_dir: str | None = None,
         memory_limit_bytes: int = DEFAULT_CACHE_MEMORY_BYTES,
     ) -> FeatureCache:
-        """Features of every example in `images`, in memory or spilled (see build_feature_cache)."""
+        """Features of every example in `images`, in memory or spilled (see build_feature_cache).
+
+        If extraction fails part-way, a partly written spill file (and a temporary spill
+        directory) is removed before the error propagates.
+        """
         dist = self.strategy.experimental_distribute_dataset(images)
         step = self._step(dist.element_spec)
         feats: list[np.ndarray] = []
@@ -226,39 +236,53 @@ class FeatureExtractor:
         label_dtype: np.dtype | None = None
         label_shape: tuple[int, ...] = ()
         writer: tf.io.TFRecordWriter | None = None
+        spilled = False
         path = ""
         owned_dir: str | None = None
-        for x, y in dist:
-            f, lab = step(x, y)
-            f = self._gather(f).astype(np.float32, copy=False)
-            lab = self._gather(lab)
-            if label_dtype is None:
-                label_dtype, label_shape = lab.dtype, lab.shape[1:]
-            count += len(f)
-            if writer is None and held + f.nbytes + lab.nbytes > memory_limit_bytes:
-                spill_dir = cache_dir
-                if not spill_dir:
-                    spill_dir = owned_dir = tempfile.mkdtemp(prefix="imgpipe-feature-cache-")
-                tf.io.gfile.makedirs(spill_dir)
-                path = os.path.join(spill_dir, SPILL_FILE)
-                log.info("feature cache over %d bytes: spilling to %s", memory_limit_bytes, path)
-                writer = tf.io.TFRecordWriter(path)
-                for fb, lb in zip(feats, labels, strict=True):
-                    _write_batch(writer, fb, lb)
-                feats, labels = [], []
+        try:
+            for x, y in dist:
+                f, lab = step(x, y)
+                f = self._gather(f).astype(np.float32, copy=False)
+                lab = self._gather(lab)
+                if label_dtype is None:
+                    label_dtype, label_shape = lab.dtype, lab.shape[1:]
+                count += len(f)
+                if writer is None and held + f.nbytes + lab.nbytes > memory_limit_bytes:
+                    spill_dir = cache_dir
+                    if not spill_dir:
+                        spill_dir = owned_dir = tempfile.mkdtemp(prefix="imgpipe-feature-cache-")
+                    tf.io.gfile.makedirs(spill_dir)
+                    path = os.path.join(spill_dir, SPILL_FILE)
+                    log.info("feature cache over %d bytes: spilling to %s", memory_limit_bytes, path)
+                    writer = tf.io.TFRecordWriter(path)
+                    for fb, lb in zip(feats, labels, strict=True):
+                        _write_batch(writer, fb, lb)
+                    feats, labels = [], []
+                if writer is not None:
+                    _write_batch(writer, f, lab)
+                else:
+                    feats.append(f)
+                    labels.append(lab)
+                    held += f.nbytes + lab.nbytes
             if writer is not None:
-                _write_batch(writer, f, lab)
-            else:
-                feats.append(f)
-                labels.append(lab)
-                held += f.nbytes + lab.nbytes
+                writer.close()
+                writer = None
+                spilled = True
+        except BaseException:
+            # Whatever failed (input, backbone, a full disk), leave no partial spill behind.
+            try:
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        writer.close()
+            finally:
+                _remove_spill(path, owned_dir)
+            raise
         if count == 0:
             raise ValueError("feature cache: the image dataset yielded no examples")
         dim = self.feature_dim
-        if writer is None:
+        if not spilled:
             ds = tf.data.Dataset.from_tensor_slices((np.concatenate(feats), np.concatenate(labels)))
             return FeatureCache(ds, count, dim, "memory", memory_limit_bytes)
-        writer.close()
         ds = _read_spilled(path, dim, tf.as_dtype(label_dtype), label_shape)
         return FeatureCache(ds, count, dim, path, memory_limit_bytes, owned_dir)
 
