@@ -12,14 +12,20 @@ lists `tf_keras` as well; `install()` adds the same rule on 2.16.
 
 tensorflow_transform is not on the list either: the first trace of the Trainer's
 input function (the Transform graph in tf.data) spent ~3.7 s converting TFT's
-layer and graph-loading code, ~0.1 s without. TFT's library code is written to
-run in TF1 graph mode (force_tf_compat_v1), where AutoGraph never runs, so it
-has no Python control flow that needs converting.
+layer and graph-loading code, ~0.1 s without. TFT already traces its own
+functions with autograph=False (impl_helper, saved_transform_io_v2); its layer
+path has only Python-value branches. So Transform's analysis is unchanged when
+the rules are in place (LocalDagRunner runs every component in one process).
 
 What it does not change: the function a `tf.function` is created with is still
 converted (AutoGraph always converts what it was asked to), so Keras's
-multi-step train loop and a user's preprocessing_fn keep working, and
-user-written Layer subclasses are still converted by Keras itself.
+multi-step train loop and a user's preprocessing_fn keep working; Keras itself
+converts user-written Layer subclasses, losses and metrics. What it does change:
+an override of Model.train_step/test_step/predict_step is reached through
+tf_keras's own step function and is no longer converted, so it must not use
+tensor-dependent Python control flow. imgpipe's models are functional and
+override none of them; install() is called only from imgpipe's trainer entry
+points.
 """
 
 from __future__ import annotations
