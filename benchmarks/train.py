@@ -10,13 +10,15 @@ interleaved in one process (order rotated each round):
   backbone file, Dropout + softmax Dense, Adam, model.fit; AutoGraph as
   TensorFlow 2.16 ships it (it converts tf_keras's own code on every trace).
 - imgpipe, cache off: trainer.train(feature_cache=False): raw examples through
-  the Transform graph, MirroredStrategy, tf_keras exempt from AutoGraph
-  (trainer/tracing.py), the full model fit every epoch.
+  the Transform graph, the Trainer's strategy (MirroredStrategy over GPUs or
+  split CPUs; the default strategy on one CPU, as here), tf_keras exempt from
+  AutoGraph (trainer/tracing.py), the full model fit every epoch.
 - imgpipe, cache on (the default): the backbone runs once per split, the head
   trains on the cached features.
 
 --attribute adds the plain script with imgpipe's differences swapped in one at
-a time (tracing rule; + MirroredStrategy; + Transform-graph input; + both).
+a time (tracing rule; + MirroredStrategy; + Transform-graph input; + both), and
+imgpipe under MirroredStrategy over the one CPU (what the Trainer used before).
 Same backbone, image size, batch, epochs, learning rate, dropout and seed.
 
     python -m benchmarks.train             # 64px, 10 epochs, 3 rounds (~6 min here)
@@ -210,7 +212,8 @@ def main(argv=None) -> int:
     n_eval = sum(1 for _ in common.read_items(eval_files))
     common.say(f"[bench] {n_train} train / {n_eval} eval images, backbone {weights}")
 
-    strategy = distribution.make_strategy()
+    strategy = distribution.make_strategy()  # what the Trainer uses on this machine
+    mirrored = distribution.mirrored() if args.attribute else None  # MirroredStrategy, for attribution
     base = {
         "backbone": BACKBONE,
         "weights": weights,
@@ -237,13 +240,16 @@ def main(argv=None) -> int:
                     *plain_args(r), fast_tracing=True
                 ),
                 "plain + tracing + MirroredStrategy": lambda r: plain_keras(
-                    *plain_args(r), fast_tracing=True, strategy=strategy
+                    *plain_args(r), fast_tracing=True, strategy=mirrored
                 ),
                 "plain + tracing + imgpipe's input (Transform graph)": lambda r: plain_keras(
                     *plain_args(r), fast_tracing=True, tfo=tfo
                 ),
                 "plain + tracing + MirroredStrategy + Transform-graph input": lambda r: plain_keras(
-                    *plain_args(r), fast_tracing=True, strategy=strategy, tfo=tfo
+                    *plain_args(r), fast_tracing=True, strategy=mirrored, tfo=tfo
+                ),
+                "imgpipe, cache off, under MirroredStrategy": lambda r: imgpipe(
+                    train_files, eval_files, tfo, dataclasses.replace(off, seed=42 + r), mirrored
                 ),
             }
             if args.attribute

@@ -1,5 +1,7 @@
 """Distribution strategy: MirroredStrategy over every local GPU, or over logical CPUs.
 
+With no GPU and one (unsplit) CPU the Trainer uses TensorFlow's default strategy.
+
 `split_cpu(n)` must run before TensorFlow initialises its devices (before the
 first op); it lets MirroredStrategy be exercised with n replicas on a machine
 without GPUs.
@@ -33,8 +35,8 @@ def split_cpu(replicas: int) -> None:
         ) from e
 
 
-def make_strategy() -> tf.distribute.MirroredStrategy:
-    """MirroredStrategy over all local GPUs; else over all logical CPUs (one by default)."""
+def mirrored() -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy over all local GPUs; else over all logical CPUs (one unless split)."""
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         devices = [d.name for d in gpus]
@@ -50,3 +52,20 @@ def make_strategy() -> tf.distribute.MirroredStrategy:
         flush=True,
     )
     return strategy
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """The Trainer's strategy: MirroredStrategy over every local GPU (or over the logical
+    CPUs of split_cpu); with no GPU and one CPU device, TensorFlow's default strategy.
+
+    There is nothing to mirror over a single CPU, and MirroredStrategy's per-step
+    machinery cost ~25% per epoch there (BENCHMARKS.md, `benchmarks.train --attribute`).
+    The default strategy has the same API (scope, run, experimental_distribute_dataset,
+    num_replicas_in_sync == 1), so the training code is the same either way.
+    """
+    if not tf.config.list_logical_devices("GPU") and len(tf.config.list_logical_devices("CPU")) == 1:
+        strategy = tf.distribute.get_strategy()
+        log.info("no GPU, one CPU device: default strategy")
+        print("[trainer] no GPU and one CPU device: default strategy, 1 replica", flush=True)
+        return strategy
+    return mirrored()
