@@ -5,7 +5,7 @@ digit, k = 43, 86, 172 -> 430, 860, 1720 images), read by ImportExampleGen once.
 Per round, for each size (order rotated between rounds):
 
 - transform: TFX's Transform executor as the pipeline configures it
-  (materialize=False, statistics on, DirectRunner) -- see benchmarks/transform.py;
+  (materialize=False, disable_statistics=True, DirectRunner) -- see benchmarks/transform.py;
 - train: trainer.train() on ImportExampleGen's output through that Transform
   graph, feature cache on (the default), MobileNetV2 pre-trained here.
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
         name, examples, schema, _ = sets[factor]
         out = os.path.join(args.workdir, name, "transform_out")
-        t_transform = tbench.transform_executor(examples, schema, out, size, statistics=True)
+        t_transform = tbench.transform_executor(examples, schema, out, size, statistics=False)
         tfo = tft.TFTransformOutput(os.path.join(out, "graph"))
         keras.backend.clear_session()
         t0 = time.perf_counter()
