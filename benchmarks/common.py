@@ -114,8 +114,8 @@ def machine() -> str:
         tf_version = "n/a"
     return (
         f"nproc={os.cpu_count()}, CPU: {_cpu_model()}, memory {_memory_gib():.1f} GiB, "
-        f"load average {load:.2f} at start (shared machine: other engineers' tests ran "
-        f"concurrently), Python {platform.python_version()}, TensorFlow {tf_version}"
+        f"load average {load:.2f} at start (shared machine), "
+        f"Python {platform.python_version()}, TensorFlow {tf_version}"
     )
 
 
