@@ -59,7 +59,7 @@ def make_strategy() -> tf.distribute.Strategy:
     CPUs of split_cpu); with no GPU and one CPU device, TensorFlow's default strategy.
 
     There is nothing to mirror over a single CPU, and MirroredStrategy's per-step
-    machinery cost ~25% per epoch there (BENCHMARKS.md, `benchmarks.train --attribute`).
+    machinery cost 13-25% per epoch there (BENCHMARKS.md, `benchmarks.train --attribute`).
     The default strategy has the same API (scope, run, experimental_distribute_dataset,
     num_replicas_in_sync == 1), so the training code is the same either way.
     """
