@@ -99,8 +99,12 @@ def pretrain_backbone(
         ds = tf.data.Dataset.from_tensor_slices((list(images[keep]), y[keep]))
         if shuffle:
             ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        # do_not_convert: plain TensorFlow ops, and AutoGraph would otherwise try to convert
+        # the importlib call that looks up the backbone's preprocess_input (and warn).
         ds = ds.batch(batch_size).map(
-            lambda b, lab: (preprocess_images(b, backbone, image_size), lab),
+            tf.autograph.experimental.do_not_convert(
+                lambda b, lab: (preprocess_images(b, backbone, image_size), lab)
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         return ds.cache().prefetch(tf.data.AUTOTUNE) if not shuffle else ds.prefetch(tf.data.AUTOTUNE)
