@@ -236,8 +236,7 @@ class FeatureExtractor:
         label_dtype: np.dtype | None = None
         label_shape: tuple[int, ...] = ()
         writer: tf.io.TFRecordWriter | None = None
-        spilled = False
-        path = ""
+        path = ""  # set when the features start spilling to disk
         owned_dir: str | None = None
         try:
             for x, y in dist:
@@ -267,7 +266,6 @@ class FeatureExtractor:
             if writer is not None:
                 writer.close()
                 writer = None
-                spilled = True
         except BaseException:
             # Whatever failed (input, backbone, a full disk), leave no partial spill behind.
             try:
@@ -280,7 +278,7 @@ class FeatureExtractor:
         if count == 0:
             raise ValueError("feature cache: the image dataset yielded no examples")
         dim = self.feature_dim
-        if not spilled:
+        if not path:
             ds = tf.data.Dataset.from_tensor_slices((np.concatenate(feats), np.concatenate(labels)))
             return FeatureCache(ds, count, dim, "memory", memory_limit_bytes)
         ds = _read_spilled(path, dim, tf.as_dtype(label_dtype), label_shape)
