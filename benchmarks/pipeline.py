@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     size = args.image_size
     head = common.header(f"Pipeline: `imgpipe run` first run and cached re-run, {args.backbone} {size}px")
 
-    from pipeline.config import PipelineConfig
+    from pipeline import demo
     from pipeline.local import run_local
     from pipeline.pipeline import COMPONENT_IDS
 
@@ -61,20 +61,10 @@ def main(argv=None) -> int:
     n_images = sum(1 for s in ("train", "eval") for _ in common.read_items(common.split_files(target, s)))
     homes = os.path.join(args.workdir, f"pipeline_{args.backbone}_{size}")
 
-    def config(r: int) -> PipelineConfig:
-        home = os.path.join(homes, f"round{r}")
-        return PipelineConfig(
-            data_dir=target,
-            home=os.path.join(home, "home"),
-            serving_dir=os.path.join(home, "serving"),
-            model_name="digits",
-            backbone=args.backbone,
-            weights=weights,
-            image_size=size,
-            epochs=epochs,
-            learning_rate=1e-2,
-            dropout=0.1,
-            min_accuracy=0.5,
+    def config(r: int):
+        """The demo's own pipeline settings, in a fresh directory per round."""
+        return demo.target_config(
+            os.path.join(homes, f"round{r}"), target, args.backbone, weights, size, epochs, min_accuracy=0.5
         )
 
     results: dict[str, list[dict]] = {"first run": [], "cached re-run": []}

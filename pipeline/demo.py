@@ -58,26 +58,51 @@ def pretrained_backbone(workdir: str, source: str, backbone: str, image_size: in
     return out
 
 
+def target_config(
+    workdir: str,
+    target: str,
+    backbone: str,
+    weights: str,
+    image_size: int,
+    epochs: int,
+    min_accuracy: float,
+    replicas: int | None = None,
+):
+    """The demo's pipeline settings for the target task; ML Metadata and pipeline outputs go
+    under WORKDIR/home, pushed models under WORKDIR/serving/digits."""
+    from pipeline.config import PipelineConfig
+
+    return PipelineConfig(
+        data_dir=target,
+        home=os.path.join(workdir, "home"),
+        serving_dir=os.path.join(workdir, "serving"),
+        model_name="digits",
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        epochs=epochs,
+        learning_rate=1e-2,
+        dropout=0.1,
+        min_accuracy=min_accuracy,
+        replicas=replicas,
+    )
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from pipeline.cli import EXIT_FAILED, _run_pipeline
-    from pipeline.config import PipelineConfig
 
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     source, target = prepare_data(workdir, args.image_size)
     weights = pretrained_backbone(workdir, source, args.backbone, args.image_size, args.pretrain_epochs)
-    config = PipelineConfig(
-        data_dir=target,
-        home=os.path.join(workdir, "home"),
-        serving_dir=os.path.join(workdir, "serving"),
-        model_name="digits",
-        backbone=args.backbone,
-        weights=weights,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        learning_rate=1e-2,
-        dropout=0.1,
-        min_accuracy=args.min_accuracy,
+    config = target_config(
+        workdir,
+        target,
+        args.backbone,
+        weights,
+        args.image_size,
+        args.epochs,
+        args.min_accuracy,
         replicas=args.replicas,
     )
     _say(f"running the pipeline on the target task (digits {TARGET_DIGITS[0]}-{TARGET_DIGITS[-1]})")
