@@ -60,12 +60,15 @@ class TrainResult:
     class_names: list[str]
     replicas: int
     global_batch_size: int
-    feature_cache_used: bool
     eval_accuracy: float
     history: dict[str, list[float]]
     seconds: dict[str, float]  # disjoint phases: feature_extraction, train, fine_tune
     notes: list[str]
     feature_cache_phases: dict[str, bool] = dataclasses.field(default_factory=dict)
+
+    @property
+    def feature_cache_used(self) -> bool:
+        return self.feature_cache_phases.get("head", False)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -239,7 +242,6 @@ def train(
         class_names=class_names,
         replicas=replicas,
         global_batch_size=global_batch,
-        feature_cache_used=use_cache,
         eval_accuracy=accuracy,
         history=history,
         seconds=seconds,
