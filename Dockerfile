@@ -23,6 +23,7 @@ RUN python -c "import sys; v = sys.version_info[:2]; assert v == (3, 10), f'imgp
 
 WORKDIR /opt/imgpipe
 COPY setup.py requirements.lock ./
+COPY imgpipe/ imgpipe/
 COPY pipeline/ pipeline/
 COPY components/ components/
 COPY trainer/ trainer/
@@ -33,7 +34,7 @@ COPY serving/ serving/
 # install, then a check that the dotted names the pipeline uses import.
 RUN python -m pip install --no-cache-dir -c requirements.lock . \
  && cd / \
- && python -c "import trainer.task, trainer.preprocessing, pipeline.kubeflow; print('imgpipe installed')"
+ && python -c "import trainer.task, trainer.preprocessing, imgpipe.orchestration.kubeflow; print('imgpipe installed')"
 
 # The base image's ENTRYPOINT (Beam's SDK harness boot) is kept so the image
 # also works as a Dataflow sdk_container_image; compiled pipeline steps set

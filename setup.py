@@ -14,21 +14,37 @@ INSTALL_REQUIRES = [
     "grpcio>=1.48",
     "pillow>=10",
     "pyyaml>=6",
-    "scikit-learn>=1.3",
+    "pydantic>=2.6",
 ]
 
+# scikit-learn supplies the demo's images (load_digits, load_sample_images): demo and dev only.
+DEMO = ["scikit-learn>=1.3"]
 EXTRAS_REQUIRE = {
-    "dev": ["pytest>=8", "ruff>=0.6"],
+    "demo": DEMO,
+    "dev": ["pytest>=8", "ruff>=0.6", *DEMO],
 }
+
+# The ML system (pipeline, components, trainer, serving) and the application (imgpipe).
+PACKAGES = [
+    "imgpipe",
+    "imgpipe.cli",
+    "imgpipe.demo",
+    "imgpipe.ingest",
+    "imgpipe.orchestration",
+    "pipeline",
+    "components",
+    "trainer",
+    "serving",
+]
 
 setup(
     name="imgpipe",
     version="0.1.0",
     description="Folder of labelled images -> gated, served image classifier (TFX, transfer learning).",
     python_requires=">=3.10,<3.11",
-    packages=["pipeline", "components", "trainer", "serving"],
+    packages=PACKAGES,
     package_data={"serving": ["deploy/*", "deploy/**/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["imgpipe=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["imgpipe=imgpipe.cli.main:main"]},
 )

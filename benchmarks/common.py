@@ -201,14 +201,14 @@ def epoch_timer():
 
 def demo_tasks(workdir: str, image_size: int) -> tuple[str, str]:
     """Source (digits 0-4) and target (digits 5-9) TFRecord dirs, as the demo ingests them."""
-    from pipeline import demo
+    from imgpipe.demo import steps as demo
 
     return demo.prepare_data(os.path.join(workdir, f"digits{image_size}"), image_size)
 
 
 def source_backbone(workdir: str, backbone: str, image_size: int, epochs: int) -> str:
     """A backbone pre-trained here on digits 0-4 (re-used when its settings match)."""
-    from pipeline import demo
+    from imgpipe.demo import steps as demo
 
     source, _ = demo_tasks(workdir, image_size)
     return demo.pretrained_backbone(
@@ -248,9 +248,9 @@ def analyze(records_dir: str, out_dir: str, backbone: str, image_size: int):
     """The Transform output (label vocabulary + graph) of a task's train split."""
     import tensorflow_transform as tft
 
-    from tests import helpers
+    from trainer.analyze import analyze_transform
 
     if not os.path.isdir(os.path.join(out_dir, tft.TFTransformOutput.TRANSFORM_FN_DIR)):
         items = read_items(split_files(records_dir, "train"))
-        helpers.analyze_transform(items, out_dir, backbone=backbone, image_size=image_size)
+        analyze_transform(items, out_dir, backbone=backbone, image_size=image_size)
     return tft.TFTransformOutput(out_dir)

@@ -25,7 +25,7 @@ from benchmarks import common
 
 def component_seconds(config) -> dict[str, tuple[str, float]]:
     """Node id -> (state, seconds from execution create to last update) for the latest run."""
-    from pipeline import mlmd
+    from imgpipe.orchestration import metadata as mlmd
 
     with mlmd.open_store(config.metadata_path) as store:
         run = mlmd.latest_run(store, config.pipeline_name)
@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     size = args.image_size
     head = common.header(f"Pipeline: `imgpipe run` first run and cached re-run, {args.backbone} {size}px")
 
-    from pipeline import demo
-    from pipeline.local import run_local
+    from imgpipe.demo import steps as demo
+    from imgpipe.orchestration.local import run_local
     from pipeline.pipeline import COMPONENT_IDS
 
     _, target = common.demo_tasks(args.workdir, size)

@@ -46,8 +46,9 @@ def main(argv=None) -> int:
 
     import tensorflow_transform as tft
 
-    from pipeline import datasets
+    from imgpipe.demo import data as datasets
     from trainer import distribution, train
+    from trainer.config import TrainingConfig
 
     weights = common.source_backbone(args.workdir, BACKBONE, size, args.pretrain_epochs)
     strategy = distribution.make_strategy()
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         n = tbench.count_records(tbench.examples_files(examples))
         sets[factor] = (name, examples, schema, n)
 
-    params = train.TrainParams(
+    params = TrainingConfig(
         backbone=BACKBONE,
         weights=weights,
         image_size=size,

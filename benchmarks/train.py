@@ -188,7 +188,8 @@ def main(argv=None) -> int:
         f"Training: plain Keras vs imgpipe (cache off / on), {BACKBONE} {size}px, {epochs} epochs"
     )
 
-    from trainer import distribution, train
+    from trainer import distribution
+    from trainer.config import TrainingConfig
 
     _, target = common.demo_tasks(args.workdir, size)
     weights = common.source_backbone(args.workdir, BACKBONE, size, args.pretrain_epochs)
@@ -220,8 +221,8 @@ def main(argv=None) -> int:
         "learning_rate": args.learning_rate,
         "dropout": 0.1,
     }
-    off = train.TrainParams(**base, feature_cache=False)
-    on = train.TrainParams(**base, feature_cache=True)
+    off = TrainingConfig(**base, feature_cache=False)
+    on = TrainingConfig(**base, feature_cache=True)
 
     def plain_args(r: int) -> tuple:
         lr, dropout = args.learning_rate, 0.1

@@ -51,7 +51,7 @@ BACKBONE = "MobileNetV2"
 
 def ingested(workdir: str, name: str, write_images) -> str:
     """Ingest a class-per-folder tree made by `write_images(dir)` once; return the TFRecord dir."""
-    from pipeline import ingest
+    from imgpipe import ingest
 
     records = os.path.join(workdir, name, "records")
     if not os.path.isdir(os.path.join(records, "train")):
@@ -274,7 +274,7 @@ def analyze_and_transform(files, schema_uri: str, image_size: int, tmp: str) -> 
 
 def storage_rows(workdir: str, quick: bool) -> list[list]:
     """Bytes per example as ImportExampleGen stores them vs materialised float32 images."""
-    from pipeline import datasets
+    from imgpipe.demo import data as datasets
 
     def photo_crops(out_dir: str, size: int = 224, per_photo: int = 24) -> None:
         """Random 224px JPEG crops of scikit-learn's two photos: camera-like images."""
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     per_class = args.per_class or (40 if args.quick else None)
     head = common.header(f"Transform: images/s, {BACKBONE} preprocessing to {size}px")
 
-    from pipeline import datasets
+    from imgpipe.demo import data as datasets
 
     name = f"transform_digits64_{per_class or 'all'}"
     records = ingested(

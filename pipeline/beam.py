@@ -20,8 +20,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Literal
 
-from pipeline.config import ConfigError, PipelineConfig
+from pydantic import Field
+
+from trainer.config import ConfigError, Settings
+
+BeamRunner = Literal["direct", "multiprocess", "dataflow", "flink", "spark"]
+BEAM_RUNNERS: tuple[str, ...] = BeamRunner.__args__
 
 # Beam flags that carry a runner's settings; read from config.beam_args.
 SETTING_FLAGS = (
@@ -37,6 +43,18 @@ ENVIRONMENT_TYPES = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
 PORTABLE_RUNNERS = ("flink", "spark")
 
 
+class BeamConfig(Settings):
+    """Apache Beam: the runner of the data work (ExampleGen, StatisticsGen, Transform, Evaluator)."""
+
+    beam_runner: BeamRunner = Field("direct", description=" | ".join(BEAM_RUNNERS) + " (default direct)")
+    beam_workers: int = Field(0, ge=0, description="workers for the multiprocess runner (0: one per CPU)")
+    beam_args: tuple[str, ...] = Field(
+        (),
+        description="extra Beam pipeline argument, verbatim (repeatable)",
+        json_schema_extra={"flag": "--beam-arg"},
+    )
+
+
 class BeamConfigError(ConfigError):
     """The Beam runner is missing a setting or has a conflicting one; the message names the flag."""
 
@@ -45,7 +63,7 @@ class BeamConfigError(ConfigError):
 class BeamSettings:
     """The runner settings found in config.beam_args (None when not given).
 
-    A stand-in for dedicated PipelineConfig fields; both spellings
+    Both spellings
     ``--flag=value`` and ``--flag value`` are understood.
     """
 
@@ -89,7 +107,7 @@ def _need(value: str | None, runner: str, flag: str, example: str) -> str:
     return value
 
 
-def beam_pipeline_args(config: PipelineConfig) -> list[str]:
+def beam_pipeline_args(config: BeamConfig) -> list[str]:
     """The `beam_pipeline_args` for config.beam_runner, then config.beam_args verbatim.
 
     Raises BeamConfigError naming the missing or conflicting flag.
@@ -141,7 +159,7 @@ def beam_pipeline_args(config: PipelineConfig) -> list[str]:
     return args + extra
 
 
-def with_container_image(config: PipelineConfig, image: str) -> PipelineConfig:
+def with_container_image(config: BeamConfig, image: str) -> BeamConfig:
     """config with the pipeline image as the Beam worker image where the runner uses one.
 
     Dataflow gets ``--sdk_container_image=IMAGE``; Flink/Spark get
@@ -157,4 +175,4 @@ def with_container_image(config: PipelineConfig, image: str) -> PipelineConfig:
         env = flag_value(args, "environment_type") or ""
         if env.upper() == "DOCKER" and not _has_flag(args, "environment_config"):
             args.append(f"--environment_config={image}")
-    return config.replace(beam_args=tuple(args))
+    return config.model_copy(update={"beam_args": tuple(args)})

@@ -1,117 +1,149 @@
-"""The one typed configuration object for an imgpipe run.
+"""The run's config tree: one typed, validated schema for every setting of a pipeline run.
 
-A `PipelineConfig` is frozen, validated once (`validate()`), and saved beside
-every run (`save()`), so a run can always be reproduced from its own record.
+    PipelineConfig                 where data, artifacts and pushed models live
+      training: TrainingConfig     trainer/config.py   (the Trainer parses it strictly)
+      gate:     GateConfig         components/gate.py  (the Evaluator's blessing gate)
+      beam:     BeamConfig         pipeline/beam.py    (the runner of the data work)
+
+Each section sits beside the code that reads it; this module nests them. The
+CLI flags (`imgpipe run --help`), the YAML keys, the Kubeflow runtime
+parameters and the Trainer's custom_config are all derived from these fields.
+
 Values come from defaults, then a YAML file, then command-line flags; nothing
-here reads the environment.
+here reads the environment. A YAML file may nest keys under their section
+(`training: {epochs: 3}`) or give them flat (`epochs: 3`): every leaf name is
+unique in the tree. Invalid values raise ConfigError naming the field. A config
+is saved beside every run (`save()`), so a run can be reproduced from its record.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-# Names accepted for `weights` besides a path to a weights file.
-WEIGHTS_IMAGENET = "imagenet"
-WEIGHTS_NONE = "none"
+from components.gate import GateConfig
+from pipeline.beam import BeamConfig
+from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE, ConfigError, Settings, TrainingConfig
 
-BEAM_RUNNERS = ("direct", "multiprocess", "dataflow", "flink", "spark")
+__all__ = ["ConfigError", "PipelineConfig", "WEIGHTS_IMAGENET", "WEIGHTS_NONE"]
+
+# Section name -> its model, in the order `--help` and saved files show them.
+SECTIONS: dict[str, type[Settings]] = {
+    "training": TrainingConfig,
+    "gate": GateConfig,
+    "beam": BeamConfig,
+}
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+def _name(value: str) -> str:
+    if not value or "/" in value:
+        raise ValueError(f"must be a non-empty name without '/', got {value!r}")
+    return value
 
 
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Settings):
     """Everything a pipeline run needs. Paths are stored as given; use `resolved()`."""
 
-    # Data: a TFRecord directory with train/ and eval/ subdirectories (from `imgpipe ingest`).
-    data_dir: str = ""
-    pipeline_name: str = "imgpipe"
-    # Pipeline home: artifacts under <home>/pipelines/<name>, ML Metadata at <home>/metadata.sqlite.
-    home: str = "imgpipe_home"
+    data_dir: str = Field(
+        "",
+        description="TFRecord dir with train/ and eval/ (from `imgpipe ingest`)",
+        json_schema_extra={"flag": "--data"},
+    )
+    home: str = Field(
+        "imgpipe_home", description="pipeline home: artifacts, ML Metadata (SQLite) and run records"
+    )
+    pipeline_name: str = Field("imgpipe", description="pipeline name in ML Metadata")
+    model_name: str = Field("imgpipe", description="TF Serving model name")
+    serving_dir: str = Field(
+        "serving_models",
+        description="TF Serving model base dir root: pushes go to SERVING_DIR/MODEL_NAME/<version>",
+    )
+    replicas: int | None = Field(
+        None, ge=1, description="testing aid: split the CPU into N logical devices for MirroredStrategy"
+    )
+    enable_cache: bool = Field(
+        True, description="reuse cached component outputs", json_schema_extra={"flag": "--cache"}
+    )
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    beam: BeamConfig = Field(default_factory=BeamConfig)
 
-    # Model.
-    backbone: str = "MobileNetV2"
-    weights: str = WEIGHTS_IMAGENET
-    image_size: int | None = None  # None: the backbone's default input size
-    dropout: float = 0.2
-
-    # Training. batch_size is per replica; the global batch is batch_size * replicas.
-    batch_size: int = 32
-    epochs: int = 5
-    steps_per_epoch: int | None = None  # None: one pass over the training split
-    learning_rate: float = 1e-3
-    fine_tune_layers: int = 0  # >0: second phase unfreezes the top K backbone layers
-    fine_tune_epochs: int = 0
-    fine_tune_learning_rate: float = 1e-5
-    augment: bool = False
-    feature_cache: bool = True  # cache frozen backbone features where valid (see trainer/data.py)
-    seed: int = 42
-
-    # Evaluation gate.
-    min_accuracy: float = 0.5  # absolute floor
-    max_regression: float = 0.0  # allowed accuracy drop vs the latest blessed model
-
-    # Serving.
-    model_name: str = "imgpipe"
-    serving_dir: str = "serving_models"
-
-    # Execution.
-    beam_runner: str = "direct"
-    beam_workers: int = 0  # 0: one per CPU (multiprocess runner)
-    beam_args: tuple[str, ...] = ()
-    replicas: int | None = None  # testing aid: split the CPU into N logical devices
-    enable_cache: bool = True
-
-    # ----------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------- building
+    @model_validator(mode="before")
     @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+    def _route_flat_keys(cls, data: Any) -> Any:
+        """Move flat leaf keys (`epochs: 3`) into their section (`training: {epochs: 3}`)."""
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        for section, model in SECTIONS.items():
+            flat = {k: data.pop(k) for k in list(data) if k in model.model_fields}
+            if not flat:
+                continue
+            nested = data.get(section)
+            if isinstance(nested, Settings):
+                nested = nested.model_dump()
+            elif nested is None:
+                nested = {}
+            elif not isinstance(nested, Mapping):
+                continue  # pydantic reports the section's own type error
+            both = sorted(set(flat) & set(nested))
+            if both:
+                raise ValueError(f"{', '.join(both)}: given both flat and under '{section}:'")
+            data[section] = {**nested, **flat}
+        return data
+
+    @field_validator("pipeline_name", "model_name")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return _name(value)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PipelineConfig:
-        """Build from a mapping; unknown keys are an error (typos must not pass silently)."""
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(
-                f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(cls.field_names())}"
-            )
-        kwargs = dict(values)
-        if "beam_args" in kwargs and kwargs["beam_args"] is not None:
-            kwargs["beam_args"] = tuple(str(a) for a in kwargs["beam_args"])
-        return cls(**kwargs)
+        """Build from a (flat or nested) mapping; ConfigError naming the field when invalid."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as e:
+            raise ConfigError(describe(e)) from None
 
     @classmethod
-    def from_yaml(cls, path: str) -> PipelineConfig:
+    def from_yaml(cls, path: str, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+        """The file's values, then `overrides` (flat leaf names, e.g. from flags) on top."""
         try:
             with open(path, encoding="utf-8") as f:
-                values = yaml.safe_load(f) or {}
+                values = yaml.safe_load(f)
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if values is None:
+            values = {}
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-        return cls.from_dict(values)
+        try:
+            base = cls.model_validate(values)
+        except ValidationError as e:
+            raise ConfigError(f"{describe(e)} (in {path})") from None
+        return base.replace(**(overrides or {}))
 
     def replace(self, **changes: Any) -> PipelineConfig:
-        """A copy with `changes` applied; None values are ignored (unset CLI flags)."""
+        """A copy with `changes` (flat leaf names or whole sections) applied and validated.
+
+        None values are ignored (unset command-line flags).
+        """
         changes = {k: v for k, v in changes.items() if v is not None}
-        return self.from_dict({**self.to_dict(), **changes})
+        if not changes:
+            return self
+        return self.from_dict(merge(self.model_dump(), changes))
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["beam_args"] = list(self.beam_args)
-        return d
-
-    # ----------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------- derived
     @property
     def pipeline_root(self) -> str:
         return os.path.join(self.home, "pipelines", self.pipeline_name)
@@ -125,112 +157,100 @@ class PipelineConfig:
         """TF Serving's model base path: versions are pushed below it as <version>/."""
         return os.path.join(self.serving_dir, self.model_name)
 
+    def effective_image_size(self) -> int:
+        return self.training.effective_image_size()
+
     def resolved(self) -> PipelineConfig:
         """Local paths made absolute (remote URIs such as gs:// are kept)."""
 
         def absolute(p: str) -> str:
             return p if (not p or "://" in p) else os.path.abspath(os.path.expanduser(p))
 
-        weights = self.weights
-        if weights.lower() not in (WEIGHTS_IMAGENET, WEIGHTS_NONE):
-            weights = absolute(weights)
-        return dataclasses.replace(
-            self,
-            data_dir=absolute(self.data_dir),
-            home=absolute(self.home),
-            serving_dir=absolute(self.serving_dir),
-            weights=weights,
-        )
+        changes: dict[str, Any] = {
+            "data_dir": absolute(self.data_dir),
+            "home": absolute(self.home),
+            "serving_dir": absolute(self.serving_dir),
+        }
+        if self.training.weights_kind == "file":
+            changes["weights"] = absolute(self.training.weights)
+        return self.replace(**changes)
 
-    def effective_image_size(self) -> int:
-        """The configured size, or the backbone's default input size."""
-        from trainer import backbones  # light module: no TensorFlow import at load
+    def validate_paths(self) -> PipelineConfig:
+        """The checks that read the disk: data_dir has its splits, a weights file exists.
 
-        return self.image_size or backbones.get(self.backbone).default_size
-
-    def validate(self, check_paths: bool = True) -> PipelineConfig:
-        """Raise ConfigError naming the first invalid field; return self for chaining."""
-        from trainer import backbones
-
-        def need(cond: bool, field: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"{field}: {msg}")
-
-        need(bool(self.data_dir), "data_dir", "required (a TFRecord dir from `imgpipe ingest`)")
-        need(
-            bool(self.pipeline_name) and "/" not in self.pipeline_name,
-            "pipeline_name",
-            "must be a non-empty name without '/'",
-        )
-        need(
-            bool(self.model_name) and "/" not in self.model_name,
-            "model_name",
-            "must be a non-empty name without '/'",
-        )
-        need(
-            self.backbone in backbones.names(),
-            "backbone",
-            f"unknown {self.backbone!r}; choose one of {', '.join(backbones.names())}",
-        )
-        spec = backbones.get(self.backbone)
-        if self.image_size is not None:
-            need(
-                spec.min_size <= self.image_size <= 1024,
-                "image_size",
-                f"{self.image_size} is out of range for {self.backbone} ({spec.min_size}..1024)",
-            )
-        w = self.weights.lower()
-        if w not in (WEIGHTS_IMAGENET, WEIGHTS_NONE) and check_paths and "://" not in self.weights:
-            need(
-                os.path.isfile(self.weights),
-                "weights",
-                f"not 'imagenet', 'none' or an existing file: {self.weights}",
-            )
-        if w == WEIGHTS_IMAGENET and self.image_size is not None:
-            need(
-                self.image_size >= 32,
-                "image_size",
-                "ImageNet weights need an input of at least 32x32",
-            )
-        need(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} is not in [0, 1)")
-        need(self.batch_size >= 1, "batch_size", f"{self.batch_size} must be >= 1")
-        need(self.epochs >= 1, "epochs", f"{self.epochs} must be >= 1")
-        need(
-            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-            "steps_per_epoch",
-            "must be >= 1 when set",
-        )
-        need(self.learning_rate > 0, "learning_rate", f"{self.learning_rate} must be > 0")
-        need(self.fine_tune_layers >= 0, "fine_tune_layers", "must be >= 0")
-        need(self.fine_tune_epochs >= 0, "fine_tune_epochs", "must be >= 0")
-        need(
-            not (self.fine_tune_layers > 0 and self.fine_tune_epochs == 0),
-            "fine_tune_epochs",
-            "must be >= 1 when fine_tune_layers > 0",
-        )
-        need(self.fine_tune_learning_rate > 0, "fine_tune_learning_rate", "must be > 0")
-        need(0.0 <= self.min_accuracy <= 1.0, "min_accuracy", f"{self.min_accuracy} is not in [0, 1]")
-        need(0.0 <= self.max_regression <= 1.0, "max_regression", f"{self.max_regression} is not in [0, 1]")
-        need(
-            self.beam_runner in BEAM_RUNNERS,
-            "beam_runner",
-            f"{self.beam_runner!r}; choose one of {', '.join(BEAM_RUNNERS)}",
-        )
-        need(self.beam_workers >= 0, "beam_workers", "must be >= 0")
-        need(self.replicas is None or self.replicas >= 1, "replicas", "must be >= 1 when set")
-        if check_paths and "://" not in self.data_dir:
+        Values were checked when the config was built; this is for a local run.
+        Raises ConfigError naming the field; returns self for chaining.
+        """
+        if not self.data_dir:
+            raise ConfigError("data_dir: required (a TFRecord dir from `imgpipe ingest`)")
+        weights = self.training.weights
+        if self.training.weights_kind == "file" and "://" not in weights and not os.path.isfile(weights):
+            raise ConfigError(f"weights: not 'imagenet', 'none' or an existing file: {weights}")
+        if "://" not in self.data_dir:
             for split in ("train", "eval"):
-                need(
-                    os.path.isdir(os.path.join(self.data_dir, split)),
-                    "data_dir",
-                    f"{self.data_dir} has no {split}/ subdirectory (run `imgpipe ingest` first)",
-                )
+                if not os.path.isdir(os.path.join(self.data_dir, split)):
+                    raise ConfigError(
+                        f"data_dir: {self.data_dir} has no {split}/ subdirectory (run `imgpipe ingest` first)"
+                    )
         return self
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        values = self.to_dict()
         with open(path, "w", encoding="utf-8") as f:
             if path.endswith(".json"):
-                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+                json.dump(values, f, indent=2, sort_keys=True)
             else:
-                yaml.safe_dump(self.to_dict(), f, sort_keys=True)
+                yaml.safe_dump(values, f, sort_keys=False)
+
+
+# -------------------------------------------------------------------------- the tree
+def leaves(model: type[Settings] = PipelineConfig) -> Iterator[tuple[str | None, str, type[Settings]]]:
+    """(section or None, field name, owning model) for every leaf of the tree, in order."""
+    for name in model.model_fields:
+        if name in SECTIONS:
+            continue
+        yield None, name, model
+    for section, sub in SECTIONS.items():
+        for name in sub.model_fields:
+            yield section, name, sub
+
+
+def merge(values: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested `values` with flat or nested `changes` applied (changes win)."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in values.items()}
+    for key, value in changes.items():
+        section = (
+            key if key in SECTIONS else next((s for s, m in SECTIONS.items() if key in m.model_fields), None)
+        )
+        if section is None:
+            out[key] = value
+        elif key == section:
+            update = value.model_dump() if isinstance(value, Settings) else dict(value)
+            out[section] = {**out.get(section, {}), **update}
+        else:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem, each starting with the leaf field (or section) it is about."""
+    lines = []
+    for problem in error.errors():
+        loc = [str(p) for p in problem["loc"] if not isinstance(p, int)]
+        msg = problem["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if problem["type"] == "extra_forbidden":
+            known = ", ".join(name for _, name, _ in leaves())
+            lines.append(f"unknown config key {loc[-1]!r}; known keys: {known}")
+            continue
+        if loc and loc[-1] in SECTIONS and problem["type"] != "value_error":
+            lines.append(f"{loc[-1]}: must be a mapping of its keys, got {problem.get('input')!r}")
+            continue
+        field = loc[-1] if loc and loc[-1] not in SECTIONS else None
+        if field is None or msg.startswith(f"{field}:"):
+            lines.append(msg)  # a model-level check whose message already names its field
+        elif problem["type"] == "value_error":
+            lines.append(f"{field}: {msg}")  # imgpipe's own check: the message shows the value
+        else:
+            lines.append(f"{field}: {msg} (got {problem.get('input')!r})")
+    return "; ".join(lines)

@@ -9,18 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
-from components.runtime_params import RuntimeParamEvaluator, RuntimeParamTrainer, knob_values
+from components.evaluator import RuntimeParamEvaluator, eval_config
+from components.runtime_params import knob_values
+from components.trainer import RuntimeParamTrainer
 from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
-from trainer.features import LABEL_KEY, LABEL_XF
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
 RESOLVER_ID = "latest_blessed_model_resolver"
-ACCURACY_METRIC = "sparse_categorical_accuracy"
 
 # Component ids in execution order (the Resolver runs before the Evaluator).
 COMPONENT_IDS = (
@@ -36,60 +35,9 @@ COMPONENT_IDS = (
 )
 
 
-def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """Accuracy on the raw eval split, gated by an absolute floor and no regression.
-
-    The model's `scores` output is per class for both head types (the sigmoid
-    unit is expanded to [1-p, p]), so sparse categorical accuracy is the
-    accuracy of either head. Slices: overall and per class (raw `label`).
-    """
-    return tfma.EvalConfig(
-        model_specs=[
-            tfma.ModelSpec(
-                signature_name="serving_default",
-                prediction_key="scores",
-                label_key=LABEL_XF,
-                preprocessing_function_names=["transform_features"],
-            )
-        ],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[LABEL_KEY])],
-        metrics_specs=[
-            tfma.MetricsSpec(
-                metrics=[
-                    tfma.MetricConfig(class_name="ExampleCount"),
-                    tfma.MetricConfig(
-                        class_name="SparseCategoricalAccuracy",
-                        # Gate on the overall slice only; per-class slices are reported.
-                        per_slice_thresholds=[
-                            tfma.PerSliceMetricThreshold(
-                                slicing_specs=[tfma.SlicingSpec()],
-                                threshold=tfma.MetricThreshold(
-                                    value_threshold=tfma.GenericValueThreshold(
-                                        lower_bound={"value": config.min_accuracy}
-                                    ),
-                                    change_threshold=tfma.GenericChangeThreshold(
-                                        direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                        # A tiny epsilon so an equal score is not a regression.
-                                        absolute={"value": -config.max_regression - 1e-10},
-                                    ),
-                                ),
-                            )
-                        ],
-                    ),
-                ]
-            )
-        ],
-    )
-
-
 def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
-    """What run_fn needs, with the image size resolved for the backbone."""
-    from trainer.train import TrainParams
-
-    keys = {f for f in TrainParams.__dataclass_fields__}
-    cfg = {k: v for k, v in config.to_dict().items() if k in keys}
-    cfg["image_size"] = config.effective_image_size()
-    return cfg
+    """The training section, as run_fn parses it, with the image size resolved for the backbone."""
+    return {**config.training.to_dict(), "image_size": config.effective_image_size()}
 
 
 def create_pipeline(
@@ -97,13 +45,13 @@ def create_pipeline(
     metadata_connection_config: Any | None = None,
     runtime_parameters: Mapping[str, tfx.dsl.experimental.RuntimeParameter] | None = None,
 ) -> tfx.dsl.Pipeline:
-    """The pipeline for `config` (call config.validate() first).
+    """The pipeline for `config` (a validated PipelineConfig).
 
-    runtime_parameters: optional RuntimeParameters for epochs, learning_rate and
-    min_accuracy (Kubeflow/Vertex; see pipeline/kubeflow.py); unset knobs take
-    the config's values, as on LocalDagRunner.
+    runtime_parameters: optional RuntimeParameters for the knobs (Kubeflow/Vertex;
+    see components/runtime_params.py); unset knobs take the config's values, as on
+    LocalDagRunner.
     """
-    knobs = knob_values(config, runtime_parameters)
+    knobs = knob_values((config.training, config.gate), runtime_parameters)
     image_size = config.effective_image_size()
 
     example_gen = tfx.components.ImportExampleGen(
@@ -132,7 +80,7 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"backbone": config.backbone, "image_size": image_size},
+        custom_config={"backbone": config.training.backbone, "image_size": image_size},
         materialize=False,
         disable_statistics=True,
     )
@@ -144,8 +92,7 @@ def create_pipeline(
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=trainer_custom_config(config),
-        epochs=knobs["epochs"],
-        learning_rate=knobs["learning_rate"],
+        knobs=knobs,
     ).with_id("Trainer")
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -156,9 +103,9 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(config),
+        eval_config=eval_config(config.gate),
         example_splits=["eval"],
-        min_accuracy=knobs["min_accuracy"],
+        knobs=knobs,
     ).with_id("Evaluator")
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
@@ -183,5 +130,5 @@ def create_pipeline(
         ],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=beam_pipeline_args(config),
+        beam_pipeline_args=beam_pipeline_args(config.beam),
     )

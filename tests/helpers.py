@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from trainer.analyze import analyze_transform, raw_feature_spec
 from trainer.features import IMAGE_KEY, LABEL_KEY
+
+__all__ = [
+    "analyze_transform",
+    "raw_feature_spec",
+]  # re-exported: the tests' one way to get a Transform output
 
 
 def encode_image(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
@@ -56,36 +61,6 @@ def write_tfrecords(path: str, items) -> str:
         for image, label in items:
             w.write(make_example(image, label))
     return path
-
-
-def raw_feature_spec(fixed_shape=(1,)):
-    import tensorflow as tf
-
-    return {
-        IMAGE_KEY: tf.io.FixedLenFeature(list(fixed_shape), tf.string),
-        LABEL_KEY: tf.io.FixedLenFeature(list(fixed_shape), tf.string),
-    }
-
-
-def analyze_transform(items, out_dir: str, backbone: str = "MobileNetV2", image_size: int = 32):
-    """Run preprocessing_fn's analyzers (TFT on Beam, in-process) and write the transform output."""
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
-
-    from trainer.preprocessing import preprocessing_fn
-
-    spec = raw_feature_spec()
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
-    rows = [{IMAGE_KEY: [img], LABEL_KEY: [lab.encode()]} for img, lab in items]
-    cfg = {"backbone": backbone, "image_size": image_size}
-    with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):
-        transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing_fn(inputs, cfg)
-        )
-        _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
-    metadata_io.write_metadata(metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
-    return tft.TFTransformOutput(out_dir)
 
 
 def write_split_dataset(data_dir: str, items, eval_every: int = 5) -> str:

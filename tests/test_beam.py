@@ -9,14 +9,21 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.beam import BeamConfigError, BeamSettings, beam_pipeline_args, flag_value, with_container_image
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.beam import (
+    BeamConfig,
+    BeamConfigError,
+    BeamSettings,
+    beam_pipeline_args,
+    flag_value,
+    with_container_image,
+)
+from pipeline.config import ConfigError
 
 IMAGE = "us-docker.pkg.dev/proj/repo/imgpipe:1"
 
 
-def _config(runner: str, *args: str, workers: int = 0) -> PipelineConfig:
-    return PipelineConfig(data_dir="gs://b/data", beam_runner=runner, beam_workers=workers, beam_args=args)
+def _config(runner: str, *args: str, workers: int = 0) -> BeamConfig:
+    return BeamConfig.model_construct(beam_runner=runner, beam_workers=workers, beam_args=args)
 
 
 # ------------------------------------------------------------------------ mapping

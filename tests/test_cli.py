@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline import cli
+from imgpipe.cli import main as cli
 
 
 def _subcommands():
@@ -66,7 +66,7 @@ def test_run_rejects_tfrecord_dir_without_examples(tmp_path, capsys):
 
 
 def test_ingest_prints_json_report(tmp_path, capsys):
-    from pipeline import datasets
+    from imgpipe.demo import data as datasets
 
     datasets.write_digits_tree(str(tmp_path / "img"), digits=(1, 2), size=16, limit_per_class=5)
     (tmp_path / "img" / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -84,7 +84,7 @@ def test_ingest_missing_dir_exit_code(tmp_path, capsys):
 
 def test_console_script_entry_point():
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "imgpipe", "--help"], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0
     assert "pretrain-backbone" in out.stdout

@@ -1,4 +1,4 @@
-"""PipelineConfig: validation names the field, YAML round trip, flags override files."""
+"""PipelineConfig: one schema; values type-checked with the field named; YAML round trip; flags over files."""
 
 import pytest
 
@@ -12,9 +12,9 @@ def _data_dir(tmp_path):
 
 
 def test_defaults_validate_with_data(tmp_path):
-    cfg = PipelineConfig(data_dir=_data_dir(tmp_path)).validate()
+    cfg = PipelineConfig(data_dir=_data_dir(tmp_path)).validate_paths()
     assert cfg.effective_image_size() == 224
-    assert cfg.weights == "imagenet"
+    assert cfg.training.weights == "imagenet"
 
 
 @pytest.mark.parametrize(
@@ -25,41 +25,109 @@ def test_defaults_validate_with_data(tmp_path):
         ({"epochs": 0}, "epochs"),
         ({"min_accuracy": 1.5}, "min_accuracy"),
         ({"image_size": 8}, "image_size"),
-        ({"weights": "/no/such/file.h5"}, "weights"),
         ({"dropout": 1.0}, "dropout"),
         ({"beam_runner": "yarn"}, "beam_runner"),
         ({"fine_tune_layers": 10}, "fine_tune_epochs"),
         ({"model_name": "a/b"}, "model_name"),
+        ({"pipeline_name": ""}, "pipeline_name"),
+        # Types: each key gets its own type or an error naming it, never a traceback.
+        ({"epochs": "ten"}, "epochs"),
+        ({"epochs": True}, "epochs"),
+        ({"min_accuracy": "high"}, "min_accuracy"),
+        ({"image_size": 32.5}, "image_size"),
+        ({"augment": "maybe"}, "augment"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"beam_args": "--a=1"}, "beam_args"),
+        ({"replicas": 0}, "replicas"),
     ],
 )
 def test_invalid_values_name_the_field(tmp_path, change, field):
-    cfg = PipelineConfig(data_dir=_data_dir(tmp_path)).replace(**change)
+    cfg = PipelineConfig(data_dir=_data_dir(tmp_path))
     with pytest.raises(ConfigError, match=f"^{field}:"):
-        cfg.validate()
+        cfg.replace(**change)
 
 
-def test_data_dir_without_splits_is_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="no train/ subdirectory"):
-        PipelineConfig(data_dir=str(tmp_path)).validate()
+@pytest.mark.parametrize(
+    "change,section,field,value",
+    [
+        ({"epochs": "3"}, "training", "epochs", 3),  # a YAML string that is a number
+        ({"learning_rate": "1e-3"}, "training", "learning_rate", 1e-3),  # PyYAML reads 1e-3 as text
+        ({"image_size": 32.0}, "training", "image_size", 32),
+        ({"augment": "no"}, "training", "augment", False),  # not "a non-empty string, so true"
+        ({"augment": "yes"}, "training", "augment", True),
+        ({"min_accuracy": "0.75"}, "gate", "min_accuracy", 0.75),
+    ],
+)
+def test_values_are_coerced_to_the_field_type(change, section, field, value):
+    cfg = PipelineConfig().replace(**change)
+    got = getattr(getattr(cfg, section), field)
+    assert got == value and type(got) is type(value)
 
 
-def test_yaml_round_trip_and_unknown_keys(tmp_path):
+def test_disk_checks_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="^data_dir: .*no train/ subdirectory"):
+        PipelineConfig(data_dir=str(tmp_path)).validate_paths()
+    with pytest.raises(ConfigError, match="^weights:"):
+        PipelineConfig(data_dir=_data_dir(tmp_path), weights="/no/such/file.h5").validate_paths()
+    with pytest.raises(ConfigError, match="^data_dir: required"):
+        PipelineConfig().validate_paths()
+
+
+def test_yaml_round_trip_flat_and_nested_keys(tmp_path):
     cfg = PipelineConfig(data_dir="d", epochs=7, beam_args=("--a=1",))
     path = str(tmp_path / "c.yaml")
     cfg.save(path)
     assert PipelineConfig.from_yaml(path) == cfg
-    (tmp_path / "bad.yaml").write_text("epochz: 3\n")
-    with pytest.raises(ConfigError, match="unknown config key.*epochz"):
+    (tmp_path / "flat.yaml").write_text("epochs: 7\nmin_accuracy: 0.8\ndata_dir: d\n")
+    (tmp_path / "nested.yaml").write_text("data_dir: d\ntraining: {epochs: 7}\ngate:\n  min_accuracy: 0.8\n")
+    flat = PipelineConfig.from_yaml(str(tmp_path / "flat.yaml"))
+    assert flat == PipelineConfig.from_yaml(str(tmp_path / "nested.yaml"))
+    assert (flat.training.epochs, flat.gate.min_accuracy) == (7, 0.8)
+    (tmp_path / "both.yaml").write_text("epochs: 7\ntraining: {epochs: 8}\n")
+    with pytest.raises(ConfigError, match="epochs: given both"):
+        PipelineConfig.from_yaml(str(tmp_path / "both.yaml"))
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("epochz: 3\n", "unknown config key 'epochz'"),
+        ("training: {epochz: 3}\n", "unknown config key 'epochz'"),
+        ("- 1\n", "mapping"),
+        ("epochs: [3\n", "not valid YAML"),
+        ("epochs: ten\n", "^epochs: .*'ten'.* \\(in "),
+        ("training: 3\n", "training"),
+    ],
+)
+def test_bad_files_are_config_errors(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
         PipelineConfig.from_yaml(str(tmp_path / "bad.yaml"))
-    (tmp_path / "list.yaml").write_text("- 1\n")
-    with pytest.raises(ConfigError, match="mapping"):
-        PipelineConfig.from_yaml(str(tmp_path / "list.yaml"))
+
+
+def test_overrides_apply_over_the_file(tmp_path):
+    (tmp_path / "c.yaml").write_text("epochs: 7\nbatch_size: 8\n")
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"epochs": "9"})
+    assert (cfg.training.epochs, cfg.training.batch_size) == (9, 8)
 
 
 def test_replace_ignores_unset_flags_and_resolved_makes_paths_absolute():
     cfg = PipelineConfig(epochs=3).replace(epochs=None, batch_size=8)
-    assert (cfg.epochs, cfg.batch_size) == (3, 8)
-    r = PipelineConfig(data_dir="rel/data", home="h", serving_dir="gs://bucket/s").resolved()
-    assert r.data_dir.startswith("/") and r.home.startswith("/")
+    assert (cfg.training.epochs, cfg.training.batch_size) == (3, 8)
+    r = PipelineConfig(data_dir="rel/data", home="h", serving_dir="gs://bucket/s", weights="w.h5").resolved()
+    assert r.data_dir.startswith("/") and r.home.startswith("/") and r.training.weights.startswith("/")
     assert r.serving_dir == "gs://bucket/s"
     assert r.model_serving_dir == "gs://bucket/s/imgpipe"
+
+
+def test_the_trainer_parses_its_part_strictly():
+    from trainer.config import TrainingConfig
+    from trainer.task import parse_custom_config
+
+    cfg = PipelineConfig(epochs=4, image_size=64)
+    assert parse_custom_config(cfg.training.to_dict()) == cfg.training
+    with pytest.raises(ValueError, match="unknown_key"):
+        parse_custom_config({**cfg.training.to_dict(), "unknown_key": 1})
+    with pytest.raises(ValueError, match="epochs"):
+        parse_custom_config({"epochs": "ten"})
+    assert TrainingConfig.model_validate({}).epochs == 5

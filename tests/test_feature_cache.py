@@ -19,6 +19,7 @@ import tensorflow as tf
 from tests import helpers
 from trainer import data, distribution, export, train
 from trainer import model as model_lib
+from trainer.config import TrainingConfig
 
 SIZE = 32
 BATCH = 8
@@ -70,7 +71,7 @@ def _params(weights, **kw):
         "learning_rate": 1e-2,
         "dropout": 0.0,
     }
-    return train.TrainParams(**{**base, **kw})
+    return TrainingConfig(**{**base, **kw})
 
 
 def _images(files, tfo, num_classes):
@@ -90,7 +91,7 @@ def test_cache_decision_rules():
     assert not aug and "augmentation" in why
     ft, why = data.cache_decision(augment=False, fine_tuning=True, requested=True)
     assert not ft and "fine-tuning" in why
-    assert train.TrainParams().feature_cache is True  # on by default
+    assert TrainingConfig().feature_cache is True  # on by default
 
 
 def test_head_on_cached_features_equals_full_model(three_class, model3):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets import write_digits_tree, write_sample_photos
-from pipeline.ingest import IngestError, ingest, validate_tfrecord_dir
+from imgpipe.demo.data import write_digits_tree, write_sample_photos
+from imgpipe.ingest import IngestError, ingest, validate_tfrecord_dir
 
 tf = pytest.importorskip("tensorflow")
 

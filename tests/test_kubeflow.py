@@ -46,7 +46,7 @@ def _config() -> PipelineConfig:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """Compile once in this process; returns (spec path, PipelineJob dict)."""
-    from pipeline import kubeflow
+    from imgpipe.orchestration import kubeflow
 
     out = str(tmp_path_factory.mktemp("kfp") / "pipeline.json")
     job = kubeflow.compile_pipeline(_config(), IMAGE, out)
@@ -54,7 +54,7 @@ def compiled(tmp_path_factory):
 
 
 def _spec(job):
-    from pipeline import kubeflow
+    from imgpipe.orchestration import kubeflow
 
     return kubeflow.pipeline_spec_proto(job)
 
@@ -117,7 +117,7 @@ def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
         )
     trainer_args = list(containers["Trainer_executor"]["args"])
     assert trainer_args[trainer_args.index("--executor_class_path") + 1] == (
-        "components.runtime_params.RuntimeParamTrainerExecutor"
+        "components.trainer.RuntimeParamTrainerExecutor"
     )
     params = spec.root.dag.tasks["Trainer"].inputs.parameters
     assert params["run_fn"].runtime_value.constant.string_value == "trainer.task.run_fn"
@@ -160,7 +160,7 @@ def test_compile_is_deterministic_across_processes(compiled, tmp_path):
     path, _ = compiled
     out = str(tmp_path / "again.json")
     env = dict(os.environ, PYTHONHASHSEED="12345", TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [sys.executable, "-m", "pipeline.cli", "compile", "--target", "kubeflow", "--image", IMAGE,
+    cmd = [sys.executable, "-m", "imgpipe", "compile", "--target", "kubeflow", "--image", IMAGE,
            "--output", out, *RUN_FLAGS]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -173,7 +173,7 @@ def test_compile_is_deterministic_across_processes(compiled, tmp_path):
 
 
 def test_compile_refuses_what_a_cluster_cannot_run(tmp_path):
-    from pipeline import kubeflow
+    from imgpipe.orchestration import kubeflow
 
     out = str(tmp_path / "x.json")
     with pytest.raises(ConfigError, match="pipeline_root"):
@@ -188,7 +188,7 @@ def test_compile_refuses_what_a_cluster_cannot_run(tmp_path):
 
 
 def test_pipeline_root_flag_wins(tmp_path):
-    from pipeline import kubeflow
+    from imgpipe.orchestration import kubeflow
 
     job = kubeflow.compile_pipeline(
         _config(), IMAGE, str(tmp_path / "p.json"), pipeline_root="gs://other/root"
@@ -200,7 +200,7 @@ def test_pipeline_root_flag_wins(tmp_path):
 def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
     from tfx.components.trainer import executor as trainer_executor
 
-    from components import runtime_params
+    from components import trainer as trainer_component
 
     seen = {}
     monkeypatch.setattr(trainer_executor.GenericExecutor, "Do", lambda self, i, o, props: seen.update(props))
@@ -209,13 +209,13 @@ def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
         "epochs": 12.0,
         "learning_rate": 0.05,
     }
-    runtime_params.RuntimeParamTrainerExecutor().Do({}, {}, props)
+    trainer_component.RuntimeParamTrainerExecutor().Do({}, {}, props)
     assert "epochs" not in seen and "learning_rate" not in seen
     custom = json.loads(seen["custom_config"])
     assert custom == {"batch_size": 8, "image_size": 32, "epochs": 12, "learning_rate": 0.05}
     assert isinstance(custom["epochs"], int)
-    with pytest.raises(ValueError, match="epochs: 0 must be >= 1"):
-        runtime_params.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
+    with pytest.raises(ValueError, match="epochs: 0: Input should be greater than or equal to 1"):
+        trainer_component.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
 
 
 def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
@@ -223,15 +223,13 @@ def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
     from tfx.components.evaluator import executor as evaluator_executor
     from tfx.utils import proto_utils
 
-    from components import runtime_params
-    from pipeline.pipeline import eval_config
+    from components import evaluator
+    from components.evaluator import eval_config
 
     seen = {}
     monkeypatch.setattr(evaluator_executor.Executor, "Do", lambda self, i, o, props: seen.update(props))
-    compiled_json = proto_utils.proto_to_json(eval_config(_config()))
-    runtime_params.RuntimeParamEvaluatorExecutor().Do(
-        {}, {}, {"eval_config": compiled_json, "min_accuracy": 0.9}
-    )
+    compiled_json = proto_utils.proto_to_json(eval_config(_config().gate))
+    evaluator.RuntimeParamEvaluatorExecutor().Do({}, {}, {"eval_config": compiled_json, "min_accuracy": 0.9})
     assert "min_accuracy" not in seen
     cfg = proto_utils.json_to_proto(seen["eval_config"], tfma.EvalConfig())
     bounds, others = [], 0
@@ -239,14 +237,14 @@ def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
         for m in spec.metrics:
             for t in [m.threshold] + [p.threshold for p in m.per_slice_thresholds]:
                 if t.HasField("value_threshold"):
-                    if m.class_name == runtime_params.ACCURACY_CLASS:
+                    if m.class_name == evaluator.ACCURACY_CLASS:
                         bounds.append(t.value_threshold.lower_bound.value)
                     else:
                         others += 1
     assert bounds and all(b == pytest.approx(0.9) for b in bounds)
     assert others == 0
-    with pytest.raises(ValueError, match=r"min_accuracy: 1.5 must be in \[0, 1\]"):
-        runtime_params.RuntimeParamEvaluatorExecutor().Do(
+    with pytest.raises(ValueError, match=r"min_accuracy: 1.5: Input should be less than or equal to 1"):
+        evaluator.RuntimeParamEvaluatorExecutor().Do(
             {}, {}, {"eval_config": compiled_json, "min_accuracy": 1.5}
         )
 
@@ -289,7 +287,8 @@ class FakeAiplatform(types.SimpleNamespace):
 
 
 def test_submit_sends_the_spec_and_typed_parameters(compiled, monkeypatch, capsys):
-    from pipeline import cli, kubeflow
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
 
     fake = FakeAiplatform()
     monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
@@ -313,9 +312,9 @@ def test_submit_sends_the_spec_and_typed_parameters(compiled, monkeypatch, capsy
 @pytest.mark.parametrize(
     "parameter, message",
     [
-        ("epochs=many", "not a valid int"),
-        ("epochs=2.5", "not a valid int"),
-        ("learning_rate=-1", "must be > 0"),
+        ("epochs=many", "valid integer"),
+        ("epochs=2.5", "valid integer"),
+        ("learning_rate=-1", "greater than 0"),
         ("batch_size=8", "no such parameter (it has: epochs, learning_rate, min_accuracy)"),
         ("epochs", "expected NAME=VALUE"),
     ],
@@ -323,7 +322,8 @@ def test_submit_sends_the_spec_and_typed_parameters(compiled, monkeypatch, capsy
 def test_submit_rejects_bad_parameters_before_calling_vertex(
     compiled, monkeypatch, capsys, parameter, message
 ):
-    from pipeline import cli, kubeflow
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
 
     fake = FakeAiplatform()
     monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
@@ -336,7 +336,8 @@ def test_submit_rejects_bad_parameters_before_calling_vertex(
 
 
 def test_submit_needs_a_real_spec(tmp_path, monkeypatch, capsys):
-    from pipeline import cli, kubeflow
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
 
     monkeypatch.setattr(kubeflow, "_aiplatform", lambda: pytest.fail("must not reach Vertex"))
     bad = tmp_path / "bad.json"
@@ -368,12 +369,12 @@ def _setup_py() -> tuple[list[str], list[str]]:
         tree = ast.parse(f.read())
     requires, packages = None, None
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(
-            getattr(t, "id", "") == "INSTALL_REQUIRES" for t in node.targets
-        ):
-            requires = ast.literal_eval(node.value)
-        if isinstance(node, ast.keyword) and node.arg == "packages":
-            packages = ast.literal_eval(node.value)
+        if isinstance(node, ast.Assign):
+            names = {getattr(t, "id", "") for t in node.targets}
+            if "INSTALL_REQUIRES" in names:
+                requires = ast.literal_eval(node.value)
+            if "PACKAGES" in names:
+                packages = ast.literal_eval(node.value)
     assert requires and packages
     return requires, packages
 
@@ -406,7 +407,8 @@ def test_dockerfile_installs_the_package_with_the_locked_pins():
     for word, rest in instructions:
         if word == "COPY":
             copied.update(p.rstrip("/") for p in shlex.split(rest)[:-1])
-    assert {"setup.py", "requirements.lock", *packages} <= copied
+    top_level = {p.split(".")[0] for p in packages}
+    assert {"setup.py", "requirements.lock", *top_level} <= copied
 
     # One pip install: the package itself (not editable), constrained by the lock.
     installs = [rest for word, rest in instructions if word == "RUN" and "pip install" in rest]
@@ -438,4 +440,4 @@ def test_dockerignore_keeps_the_build_inputs():
     with open(os.path.join(ROOT, ".dockerignore"), encoding="utf-8") as f:
         ignored = {line.strip().rstrip("/") for line in f if line.strip() and not line.startswith("#")}
     assert {".venv", ".git"} <= ignored
-    assert not ({"setup.py", "requirements.lock", *packages} & ignored)
+    assert not ({"setup.py", "requirements.lock", *{p.split(".")[0] for p in packages}} & ignored)

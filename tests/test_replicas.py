@@ -22,14 +22,16 @@ GLOBAL_BATCH = 16
 EPOCHS = 3
 
 TRAIN_SCRIPT = """
-import json, os, sys
+import json, logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 workdir, replicas = sys.argv[1], int(sys.argv[2])
 from trainer import distribution
 distribution.split_cpu(replicas)  # before any TensorFlow op
 import tensorflow_transform as tft
 from trainer import train
-from trainer.task import SUMMARY_FILE
-params = train.TrainParams(
+from trainer.config import TrainingConfig
+from trainer.config import SUMMARY_FILE
+params = TrainingConfig(
     backbone="MobileNetV2", weights=os.path.join(workdir, "backbone.h5"), image_size=32, dropout=0.0,
     batch_size=int(sys.argv[3]) // replicas, epochs=int(sys.argv[4]), learning_rate=1e-3,
     feature_cache=False, seed=7,
@@ -82,11 +84,11 @@ def _result(proc: subprocess.Popen) -> tuple[dict, str]:
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :]), out
+    return json.loads(line[len("RESULT ") :]), err  # the trainer logs to stderr
 
 
 def test_two_replicas_train_the_same_model_as_one(workdir):
-    from pipeline import mlmd
+    from imgpipe.orchestration import metadata as mlmd
 
     procs = {n: _start(workdir, n) for n in (2, 1)}  # the slower one first
     (one, _), (two, two_log) = _result(procs[1]), _result(procs[2])

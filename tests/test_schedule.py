@@ -11,7 +11,8 @@ import types
 
 import pytest
 
-from pipeline import schedule
+from imgpipe.orchestration import lock as locking
+from imgpipe.orchestration import schedule
 from pipeline.config import PipelineConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,19 +22,27 @@ ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHON
 # --------------------------------------------------------------------------- lock
 def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
     path = str(tmp_path / "locks" / "run.lock")
-    ran = []
-    with schedule.run_lock(path):
+    with locking.run_lock(path):
         with open(path, encoding="utf-8") as f:
             assert f.read().startswith(f"pid {os.getpid()} since ")
         # flock is per open file, so a second open in this process contends like another run.
-        with pytest.raises(schedule.LockBusy, match=f"holds the lock {path} \\(pid {os.getpid()} since"):
-            with schedule.run_lock(path):
+        with pytest.raises(locking.LockBusy, match=f"holds the lock {path} \\(pid {os.getpid()} since"):
+            with locking.run_lock(path):
                 pass
-        assert schedule.run_locked(path, lambda: ran.append(1) or 0) == schedule.EXIT_LOCKED
-    assert ran == []
-    assert schedule.run_locked(path, lambda: ran.append(1) or 7) == 7  # released: runs, passes the code on
-    assert ran == [1]
-    assert schedule.run_locked(None, lambda: 3) == 3  # no lock file: just runs
+    with locking.run_lock(path):  # released: taken again
+        pass
+
+
+def test_a_lock_file_that_cannot_be_created_is_a_usage_error(tmp_path, capsys):
+    from imgpipe.cli import main as cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(locking.LockError, match="cannot create or open"):
+        with locking.run_lock(str(blocker / "run.lock")):
+            pass
+    code = cli.main(["run", "--data", str(tmp_path), "--lock-file", str(blocker / "run.lock")])
+    assert code == 2 and "lock file" in capsys.readouterr().err
 
 
 class LockHolder:
@@ -41,7 +50,7 @@ class LockHolder:
 
     def __init__(self, path: str):
         code = (
-            "import sys\nfrom pipeline.schedule import run_lock\n"
+            "import sys\nfrom imgpipe.orchestration.lock import run_lock\n"
             "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()\n"
         )
         self.proc = subprocess.Popen(
@@ -109,7 +118,7 @@ def test_kfp_cron_has_a_seconds_field():
 
 # ------------------------------------------------------------ the generated cron line
 def test_cron_line_runs_imgpipe_run_under_the_lock(tmp_path, capsys):
-    from pipeline import cli
+    from imgpipe.cli import main as cli
 
     home, data, units = tmp_path / "my home", tmp_path / "no-data-yet", tmp_path / "units"
     # A '%' in a path must survive cron (where it means newline) and systemd (a specifier).
@@ -135,7 +144,7 @@ def test_cron_line_runs_imgpipe_run_under_the_lock(tmp_path, capsys):
     assert result["command"] == tokens[3:9]
 
     saved = PipelineConfig.from_yaml(cfg_path)
-    assert (saved.data_dir, saved.home, saved.epochs) == (str(data), str(home), 3)
+    assert (saved.data_dir, saved.home, saved.training.epochs) == (str(data), str(home), 3)
 
     # systemd: the same command, the converted calendar, a refused run is not a failure.
     assert [os.path.basename(p) for p in result["systemd_files"]] == [
@@ -156,14 +165,14 @@ def test_cron_line_runs_imgpipe_run_under_the_lock(tmp_path, capsys):
         refused = subprocess.run(["/bin/sh", "-c", shell], env=ENV, timeout=300)
     finally:
         holder.close()
-    assert refused.returncode == schedule.EXIT_LOCKED
+    assert refused.returncode == locking.EXIT_LOCKED
     assert f"holds the lock {lock} (pid {holder.proc.pid} since" in open(log, encoding="utf-8").read()
 
     # Lock free: the very same line starts the run, which stops on the missing data (exit 2).
     started = subprocess.run(["/bin/sh", "-c", shell], env=ENV, timeout=300)
     assert started.returncode == 2
     assert f"data_dir: {data} has no train/ subdirectory" in open(log, encoding="utf-8").read()
-    with schedule.run_lock(lock):  # and the run released the lock when it ended
+    with locking.run_lock(lock):  # and the run released the lock when it ended
         pass
 
 
@@ -172,7 +181,7 @@ def test_run_refuses_while_another_process_holds_the_lock(tmp_path):
     holder = LockHolder(lock)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "run", "--data", str(tmp_path), "--lock-file", lock],
+            [sys.executable, "-m", "imgpipe", "run", "--data", str(tmp_path), "--lock-file", lock],
             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
@@ -203,7 +212,7 @@ def test_run_refuses_while_another_process_holds_the_lock(tmp_path):
     ],
 )
 def test_schedule_flag_errors(argv, message, capsys):
-    from pipeline import cli
+    from imgpipe.cli import main as cli
 
     assert cli.main(["schedule", *argv]) == 2
     assert message in capsys.readouterr().err
@@ -237,7 +246,8 @@ def _spec_file(tmp_path) -> str:
 
 
 def test_vertex_schedule(tmp_path, monkeypatch, capsys):
-    from pipeline import cli, kubeflow
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
 
     calls = []
 
@@ -271,7 +281,7 @@ def test_vertex_schedule(tmp_path, monkeypatch, capsys):
 
 
 def test_kfp_recurring_run(tmp_path, monkeypatch, capsys):
-    from pipeline import cli
+    from imgpipe.cli import main as cli
 
     seen = {}
 

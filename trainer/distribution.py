@@ -47,10 +47,6 @@ def mirrored() -> tf.distribute.MirroredStrategy:
             devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
         )
     log.info("MirroredStrategy: %d replica(s) on %s", strategy.num_replicas_in_sync, ", ".join(devices))
-    print(
-        f"[trainer] MirroredStrategy: {strategy.num_replicas_in_sync} replica(s) on {', '.join(devices)}",
-        flush=True,
-    )
     return strategy
 
 
@@ -65,7 +61,6 @@ def make_strategy() -> tf.distribute.Strategy:
     """
     if not tf.config.list_logical_devices("GPU") and len(tf.config.list_logical_devices("CPU")) == 1:
         strategy = tf.distribute.get_strategy()
-        log.info("no GPU, one CPU device: default strategy")
-        print("[trainer] no GPU and one CPU device: default strategy, 1 replica", flush=True)
+        log.info("no GPU and one CPU device: default strategy, 1 replica")
         return strategy
     return mirrored()

@@ -12,8 +12,8 @@ import os
 
 import tf_keras as keras
 
-from pipeline.config import WEIGHTS_IMAGENET, WEIGHTS_NONE
 from trainer import backbones
+from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE
 
 BACKBONE_NAME = "backbone"
 HEAD_NAME = "head"

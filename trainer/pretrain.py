@@ -10,6 +10,7 @@ to an .h5 file that `--weights FILE` loads into the frozen backbone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -22,6 +23,8 @@ from trainer import backbones, data, tracing
 from trainer.features import IMAGE_KEY, LABEL_KEY
 from trainer.model import build_backbone
 from trainer.preprocessing import preprocess_images
+
+log = logging.getLogger(__name__)
 
 # Keras applications use BatchNorm momentum 0.99-0.999, tuned for ImageNet's
 # millions of steps; on a small source task the moving statistics would still be
@@ -121,10 +124,13 @@ def pretrain_backbone(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    print(
-        f"[pretrain] {backbone} at {image_size}px on {len(train_labels)} images, "
-        f"{len(classes)} classes, {epochs} epochs",
-        flush=True,
+    log.info(
+        "pre-training %s at %dpx on %d images, %d classes, %d epochs",
+        backbone,
+        image_size,
+        len(train_labels),
+        len(classes),
+        epochs,
     )
     eval_ds = dataset(eval_images, eval_labels, False)
     model.fit(

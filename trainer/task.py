@@ -5,17 +5,29 @@ from __future__ import annotations
 import os
 
 import tensorflow_transform as tft
+from pydantic import ValidationError
 from tfx import v1 as tfx
 
 from trainer import data, export, train
+from trainer.config import SUMMARY_FILE, ConfigError, TrainingConfig
 
-SUMMARY_FILE = "training_summary.json"
 WARMUP_RECORDS = 4
+
+
+def parse_custom_config(custom_config: dict | None) -> TrainingConfig:
+    """The Trainer's settings, parsed strictly: an unknown or mistyped key is an error naming it."""
+    try:
+        return TrainingConfig.model_validate(custom_config or {})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'training'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"Trainer custom_config is invalid: {problems}") from None
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Train on the raw examples through the Transform graph; export the full serving model."""
-    params = train.TrainParams.from_mapping(fn_args.custom_config or {})
+    params = parse_custom_config(fn_args.custom_config)
     tfo = tft.TFTransformOutput(fn_args.transform_graph_path)
     result = train.train(
         fn_args.train_files,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,40 +22,19 @@ import tf_keras as keras
 
 from trainer import data, distribution, tracing
 from trainer import model as model_lib
+from trainer.config import TrainingConfig
 
 if TYPE_CHECKING:  # only for annotations: importing TFT costs seconds
     import tensorflow_transform as tft
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainParams:
-    backbone: str = "MobileNetV2"
-    weights: str = "imagenet"
-    image_size: int = 224
-    dropout: float = 0.2
-    batch_size: int = 32  # per replica
-    epochs: int = 5
-    steps_per_epoch: int | None = None
-    learning_rate: float = 1e-3
-    fine_tune_layers: int = 0
-    fine_tune_epochs: int = 0
-    fine_tune_learning_rate: float = 1e-5
-    augment: bool = False
-    feature_cache: bool = True
-    seed: int = 42
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> TrainParams:
-        """Pick this class's fields out of a (larger) config mapping."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class TrainResult:
     """What train() did. `feature_cache_used` is about phase 1 (the head on the frozen
     backbone); `feature_cache_phases` says it per phase ("head", and "fine_tune" when run);
-    `notes` carries the reason for each decision, as printed in the [trainer] lines."""
+    `notes` carries the reason for each decision, as logged."""
 
     model: keras.Model
     class_names: list[str]
@@ -84,10 +64,6 @@ class TrainResult:
         }
 
 
-def _say(msg: str) -> None:
-    print(f"[trainer] {msg}", flush=True)
-
-
 def _callbacks(
     log_dir: str | None, extra: Sequence[keras.callbacks.Callback]
 ) -> list[keras.callbacks.Callback]:
@@ -109,7 +85,7 @@ def train(
     train_files: str | Sequence[str],
     eval_files: str | Sequence[str],
     tf_transform_output: tft.TFTransformOutput,
-    params: TrainParams,
+    params: TrainingConfig,
     strategy: tf.distribute.Strategy | None = None,
     log_dir: str | None = None,
     cache_dir: str | None = None,
@@ -128,6 +104,7 @@ def train(
     """
     tracing.install()  # trace Keras's fit/evaluate steps without converting tf_keras itself
     tf.keras.utils.set_random_seed(params.seed)
+    image_size = params.effective_image_size()
     strategy = strategy or distribution.make_strategy()
     replicas = strategy.num_replicas_in_sync
     global_batch = params.batch_size * replicas
@@ -137,13 +114,13 @@ def train(
     seconds: dict[str, float] = {}
     history: dict[str, list[float]] = {}
     phases: dict[str, bool] = {}
-    _say(
+    log.info(
         f"{num_classes} classes, backbone {params.backbone} ({params.weights}), "
-        f"{params.image_size}px, batch {params.batch_size}/replica x {replicas} = {global_batch}"
+        f"{image_size}px, batch {params.batch_size}/replica x {replicas} = {global_batch}"
     )
 
     def note(msg: str) -> None:
-        _say(msg)
+        log.info(msg)
         notes.append(msg)
 
     def images(files, shuffle: bool, augment: bool) -> tf.data.Dataset:
@@ -160,7 +137,7 @@ def train(
         model = model_lib.build_model(
             params.backbone,
             params.weights,
-            params.image_size,
+            image_size,
             num_classes,
             params.dropout,
         )
@@ -219,7 +196,7 @@ def train(
         with strategy.scope():
             n = model_lib.unfreeze_top(model, params.fine_tune_layers)
             model_lib.compile_model(model, num_classes, params.fine_tune_learning_rate)
-        _say(f"fine-tuning {n} backbone layers at learning rate {params.fine_tune_learning_rate}")
+        log.info(f"fine-tuning {n} backbone layers at learning rate {params.fine_tune_learning_rate}")
         t1 = time.perf_counter()
         ft_args = dict(
             fit_args,
@@ -236,7 +213,7 @@ def train(
         # Freeze again so the exported model reports no trainable backbone weights.
         model_lib.backbone_of(model).trainable = False
 
-    _say(f"eval accuracy {accuracy:.4f}; training took {sum(seconds.values()):.1f}s")
+    log.info(f"eval accuracy {accuracy:.4f}; training took {sum(seconds.values()):.1f}s")
     return TrainResult(
         model=model,
         class_names=class_names,

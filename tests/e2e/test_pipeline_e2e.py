@@ -9,9 +9,11 @@ import os
 
 import pytest
 
-from pipeline import datasets, ingest, mlmd
+from imgpipe import ingest
+from imgpipe.demo import data as datasets
+from imgpipe.orchestration import metadata as mlmd
+from imgpipe.orchestration.local import run_local
 from pipeline.config import PipelineConfig
-from pipeline.local import run_local
 from pipeline.pipeline import COMPONENT_IDS
 
 pytestmark = pytest.mark.e2e

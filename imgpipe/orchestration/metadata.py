@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-ACCURACY_KEY = "sparse_categorical_accuracy"
+from components.gate import ACCURACY_KEY
+from trainer.config import SUMMARY_FILE
 
 
 @contextlib.contextmanager
@@ -131,8 +132,6 @@ def evaluation_accuracy(evaluation_uri: str | None) -> tuple[float | None, float
 def trainer_replicas(model_run_uri: str | None) -> int | None:
     if not model_run_uri:
         return None
-    from trainer.task import SUMMARY_FILE
-
     path = os.path.join(model_run_uri, SUMMARY_FILE)
     if not os.path.exists(path):
         return None

@@ -10,9 +10,9 @@ custom_config) and min_accuracy (a threshold inside eval_config) cannot be
 runtime parameters of the stock Trainer and Evaluator.
 
 The nearest honest solution: the Trainer and Evaluator nodes
-(components/runtime_params.py) are the stock components with those knobs added as top-level execution properties
-(`RuntimeParamTrainer`, `RuntimeParamEvaluator`, same node ids, same inputs
-and outputs). Their executors are the stock executors after one step: the
+(components/trainer.py, components/evaluator.py) are the stock components with
+those knobs added as top-level execution properties (`RuntimeParamTrainer`,
+`RuntimeParamEvaluator`, same node ids, same inputs and outputs). Their executors are the stock executors after one step: the
 Trainer's merges epochs/learning_rate into custom_config before run_fn sees
 it; the Evaluator's writes min_accuracy into eval_config's accuracy threshold.
 Each knob is then a real, typed KFP pipeline parameter on Vertex and Kubeflow,
@@ -32,10 +32,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tfx import v1 as tfx
 from tfx.orchestration import data_types
 
 from components.runtime_params import KNOBS, check_knob, runtime_parameters
+from pipeline.beam import with_container_image
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.pipeline import create_pipeline
 
 RuntimeParameter = data_types.RuntimeParameter
 
@@ -60,8 +63,8 @@ def kubeflow_pipeline_root(config: PipelineConfig, pipeline_root: str | None) ->
 def check_remote_paths(config: PipelineConfig, pipeline_root: str) -> None:
     """Kubeflow containers see no local disk: every path must be a remote URI (gs://...)."""
     fields = {"data_dir": config.data_dir, "serving_dir": config.serving_dir, "pipeline_root": pipeline_root}
-    if config.weights.lower() not in ("imagenet", "none"):
-        fields["weights"] = config.weights
+    if config.training.weights_kind == "file":
+        fields["weights"] = config.training.weights
     for field, value in fields.items():
         if not _remote(value):
             raise ConfigError(
@@ -79,11 +82,6 @@ def compile_pipeline(
     allow_local_paths: bool = False,
 ) -> dict[str, Any]:
     """Compile create_pipeline(config) for KFP v2 / Vertex into `output` (PipelineJob JSON)."""
-    from tfx import v1 as tfx
-
-    from pipeline.beam import with_container_image
-    from pipeline.pipeline import create_pipeline
-
     if not image:
         raise ConfigError(
             "image: compiling for Kubeflow needs --image (the container built from the Dockerfile)"
@@ -98,8 +96,8 @@ def compile_pipeline(
         config = config.resolved()
     else:
         check_remote_paths(config, root)
-    config = with_container_image(config, image).validate(check_paths=False)
-    params = runtime_parameters(config)
+    config = config.replace(beam=with_container_image(config.beam, image))
+    params = runtime_parameters((config.training, config.gate))
     pipeline = create_pipeline(config, runtime_parameters=params)
     if pipeline.metadata_connection_config is not None:
         raise ConfigError(

@@ -1,7 +1,7 @@
 """Run the pipeline locally: TFX LocalDagRunner with SQLite ML Metadata.
 
 `run_local(config)` runs every component in-process (Beam DirectRunner for the
-data work), prints a progress line per component, and returns a RunSummary read
+data work), logs a progress line per component, and returns a RunSummary read
 back from ML Metadata: the run id, whether the model was blessed and pushed,
 its eval accuracy and the number of training replicas.
 """
@@ -14,19 +14,16 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 
-from pipeline.config import PipelineConfig
+from imgpipe.ingest import IngestError, validate_tfrecord_dir
+from imgpipe.orchestration import metadata
+from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -43,9 +40,6 @@ class RunSummary:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def json_line(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 class PipelineRunError(RuntimeError):
@@ -71,12 +65,10 @@ class _ComponentProgress:
         execution_id = getattr(result, "execution_id", None)
         if execution_id is None:
             return "done"
-        from pipeline import mlmd
-
         try:
-            with mlmd.open_store(self.metadata_path) as store:
+            with metadata.open_store(self.metadata_path) as store:
                 [execution] = store.get_executions_by_id([execution_id])
-            return "cached" if mlmd.state_name(execution) == "CACHED" else "done"
+            return "cached" if metadata.state_name(execution) == "CACHED" else "done"
         except Exception:  # noqa: BLE001 - progress output must never fail a run
             return "done"
 
@@ -90,13 +82,13 @@ class _ComponentProgress:
         def launch(launcher_self, *args, **kwargs):
             node_id = launcher_self._pipeline_node.node_info.id  # noqa: SLF001
             tracker.current = node_id
-            tracker.progress(f"[imgpipe] [{tracker.done + 1}/{tracker.total}] {node_id} ...")
+            tracker.progress(f"[{tracker.done + 1}/{tracker.total}] {node_id} ...")
             started = time.perf_counter()
             result = original(launcher_self, *args, **kwargs)
             tracker.done += 1
             how = tracker._state(result)
             secs = time.perf_counter() - started
-            tracker.progress(f"[imgpipe] [{tracker.done}/{tracker.total}] {node_id} {how} in {secs:.1f}s")
+            tracker.progress(f"[{tracker.done}/{tracker.total}] {node_id} {how} in {secs:.1f}s")
             tracker.current = None
             return result
 
@@ -107,11 +99,12 @@ class _ComponentProgress:
             launcher.Launcher.launch = original
 
 
-def run_local(config: PipelineConfig, progress: Progress = _stderr, verbose: bool = False) -> RunSummary:
-    """Validate `config`, run the pipeline with LocalDagRunner, and summarise the run."""
-    config = config.resolved().validate()
+def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bool = False) -> RunSummary:
+    """Check `config`'s paths, run the pipeline with LocalDagRunner, and summarise the run."""
+    config = config.resolved().validate_paths()
     check_data_dir(config.data_dir)
     if config.replicas:
+        # Before TensorFlow initialises its devices (imported here, on use: the CLI stays light).
         from trainer import distribution
 
         distribution.split_cpu(config.replicas)
@@ -131,7 +124,7 @@ def run_local(config: PipelineConfig, progress: Progress = _stderr, verbose: boo
 
         absl.logging.set_verbosity(absl.logging.WARNING)
     started = time.time()
-    progress(f"[imgpipe] pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}")
+    progress(f"pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}")
     try:
         with tracker.installed():
             tfx.orchestration.LocalDagRunner().run(pipeline)
@@ -151,9 +144,6 @@ def run_local(config: PipelineConfig, progress: Progress = _stderr, verbose: boo
 
 def check_data_dir(data_dir: str) -> None:
     """Fail before any component runs when the TFRecord dir is unusable (ConfigError)."""
-    from pipeline.config import ConfigError
-    from pipeline.ingest import IngestError, validate_tfrecord_dir
-
     try:
         validate_tfrecord_dir(data_dir)
     except IngestError as e:
@@ -166,18 +156,16 @@ def _safe(run_id: str) -> str:
 
 def summarize_latest_run(config: PipelineConfig, since: float = 0.0) -> RunSummary:
     """Read the newest pipeline run of `config.pipeline_name` back from ML Metadata."""
-    from pipeline import mlmd
-
-    with mlmd.open_store(config.metadata_path) as store:
-        run = mlmd.latest_run(store, config.pipeline_name)
-        executions = mlmd.run_executions(store, config.pipeline_name, run)
-        blessed = mlmd.blessing(store, executions.get("Evaluator"))
-        pushed = mlmd.pushed_path(store, executions.get("Pusher"))
-        evaluation_uri = mlmd.output_uri(store, executions.get("Evaluator"), "evaluation")
-        model_run_uri = mlmd.output_uri(store, executions.get("Trainer"), "model_run")
-        states = {node: mlmd.state_name(e) for node, e in executions.items()}
-    accuracy, baseline, per_class = mlmd.evaluation_accuracy(evaluation_uri)
-    replicas = mlmd.trainer_replicas(model_run_uri)
+    with metadata.open_store(config.metadata_path) as store:
+        run = metadata.latest_run(store, config.pipeline_name)
+        executions = metadata.run_executions(store, config.pipeline_name, run)
+        blessed = metadata.blessing(store, executions.get("Evaluator"))
+        pushed = metadata.pushed_path(store, executions.get("Pusher"))
+        evaluation_uri = metadata.output_uri(store, executions.get("Evaluator"), "evaluation")
+        model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
+        states = {node: metadata.state_name(e) for node, e in executions.items()}
+    accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
+    replicas = metadata.trainer_replicas(model_run_uri)
     return RunSummary(
         run_id=run.name,
         blessed=blessed,

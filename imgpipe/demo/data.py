@@ -7,6 +7,9 @@
   so tests decode real camera-style JPEGs, not only synthetic ones.
 
 Output is deterministic: same arguments -> same file names and bytes.
+
+scikit-learn is a demo/dev dependency only (`pip install 'imgpipe[demo]'`);
+it is imported when a writer runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["write_digits_tree", "write_sample_photos"]
+
+
+def _sklearn_datasets():
+    try:
+        from sklearn import datasets
+    except ImportError as e:
+        raise RuntimeError(
+            "the demo's images come from scikit-learn, which is not installed: pip install 'imgpipe[demo]'"
+        ) from e
+    return datasets
 
 
 def _digit_to_uint8(image: np.ndarray) -> np.ndarray:
@@ -41,8 +54,6 @@ def write_digits_tree(
     ``load_digits``, so names are stable. ``limit_per_class`` keeps the first N
     samples of each digit in dataset order. Returns ``{class_name: count}``.
     """
-    from sklearn.datasets import load_digits
-
     wanted = sorted(set(digits))
     if not wanted:
         raise ValueError("write_digits_tree: 'digits' is empty")
@@ -56,7 +67,7 @@ def write_digits_tree(
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"write_digits_tree: {out_dir} exists and is not a directory")
 
-    data = load_digits()
+    data = _sklearn_datasets().load_digits()
     counts: dict[str, int] = {str(d): 0 for d in wanted}
     for index, (image, target) in enumerate(zip(data.images, data.target, strict=True)):
         name = str(int(target))
@@ -81,12 +92,10 @@ def write_sample_photos(out_dir: str) -> list[str]:
     with scikit-learn, byte for byte) and ``china.png`` / ``flower.png``
     (lossless copies of the decoded pixels) directly into ``out_dir``.
     """
-    from sklearn.datasets import load_sample_images
-
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"write_sample_photos: {out_dir} exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
-    samples = load_sample_images()
+    samples = _sklearn_datasets().load_sample_images()
     written: list[str] = []
     for source, pixels in zip(samples.filenames, samples.images, strict=True):
         stem = os.path.splitext(os.path.basename(source))[0]

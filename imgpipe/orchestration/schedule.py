@@ -1,12 +1,7 @@
-"""Recurring runs: a run lock, cron and systemd for local runs, Vertex and KFP schedules.
+"""Recurring runs: cron and systemd for local runs, Vertex AI schedules and KFP recurring runs.
 
-Local runs never overlap: `imgpipe run --lock-file PATH` holds an exclusive,
-non-blocking flock(2) on PATH for the whole run. A second run that finds the
-lock taken exits at once with EXIT_LOCKED (75, EX_TEMPFAIL: "try again later")
-and a message naming the lock and its holder. The kernel drops the lock when
-the holder exits, even if it crashes, so a stale lock file never blocks.
-
-`local_schedule` writes the run's config beside the pipeline home and returns a
+Local runs never overlap: the scheduled command is `imgpipe run --lock-file
+PATH` (imgpipe/orchestration/lock.py). `local_schedule` writes the run's config beside the pipeline home and returns a
 crontab line (and, on request, a systemd .service/.timer pair) that runs
 `imgpipe run --config FILE --lock-file LOCK`. Vertex AI schedules and KFP
 recurring runs are created from a compiled spec (`imgpipe compile`), each with
@@ -15,65 +10,19 @@ at most one run in flight.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime
-import fcntl
 import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-EXIT_LOCKED = 75  # sysexits.h EX_TEMPFAIL: another run holds the lock
-
-
-class LockBusy(RuntimeError):
-    """Another process holds the run lock."""
+from imgpipe.orchestration.lock import EXIT_LOCKED
 
 
 class ScheduleError(ValueError):
     """A schedule request is invalid; the message names the bad value."""
-
-
-# --------------------------------------------------------------------------- lock
-@contextlib.contextmanager
-def run_lock(path: str) -> Iterator[None]:
-    """Hold an exclusive flock on `path` for the block; LockBusy at once if it is taken."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown holder"
-            raise LockBusy(
-                f"another imgpipe run holds the lock {path} ({holder}); not starting an overlapping run"
-            ) from None
-        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {since}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def run_locked(lock_file: str | None, run: Callable[[], int]) -> int:
-    """run() under the lock (or directly when lock_file is None); EXIT_LOCKED if it is taken."""
-    if not lock_file:
-        return run()
-    try:
-        with run_lock(lock_file):
-            return run()
-    except LockBusy as e:
-        print(f"imgpipe: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_LOCKED
 
 
 # --------------------------------------------------------------------------- cron
@@ -186,7 +135,7 @@ def default_imgpipe() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "imgpipe")
     if os.access(script, os.X_OK):
         return [script]
-    return [sys.executable, "-m", "pipeline.cli"]
+    return [sys.executable, "-m", "imgpipe"]
 
 
 def cron_line(cron: str, command: Sequence[str], workdir: str, log_file: str) -> str:
@@ -207,7 +156,7 @@ def local_schedule(
 ) -> LocalSchedule:
     """Save `config` beside its home and build the cron line (and systemd units) for it."""
     parse_cron(cron)
-    config = config.resolved().validate(check_paths=False)
+    config = config.resolved()
     base = os.path.join(config.home, "schedule")
     config_path = os.path.join(base, f"{config.pipeline_name}.yaml")
     lock_file = os.path.abspath(lock_file or os.path.join(base, f"{config.pipeline_name}.lock"))
@@ -287,7 +236,7 @@ def vertex_schedule(
     time_zone: str | None = None,
 ) -> dict[str, Any]:
     """A Vertex AI PipelineJobSchedule for the compiled spec; at most one run in flight."""
-    from pipeline import kubeflow
+    from imgpipe.orchestration import kubeflow
 
     parse_cron(cron)
     job_spec = kubeflow.read_pipeline_job(spec_path)
@@ -332,7 +281,7 @@ def kfp_recurring_run(
     """A KFP recurring run (max_concurrency=1) of the compiled spec on a KFP 2.x backend."""
     import tempfile
 
-    from pipeline import kubeflow
+    from imgpipe.orchestration import kubeflow
 
     job_spec = kubeflow.read_pipeline_job(spec_path)
     kubeflow.pipeline_spec_proto(job_spec)

@@ -1,0 +1,68 @@
+"""Command-line flags derived from the run's config schema (pipeline/config.py).
+
+Every leaf of the PipelineConfig tree becomes a flag: `--field-name` (or its
+`flag` extra), help from the field's description and default, one argument
+group per section. Values are read as text and checked by the schema itself,
+so a flag and a YAML key are validated the same way (exit 2 naming the field).
+Booleans get --x / --no-x; tuples are repeatable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, get_origin
+
+from pipeline.config import PipelineConfig, leaves
+from trainer.config import Settings, field_extra
+
+_GROUP_TITLES = {None: "data and locations", "training": "model and training", "gate": "gate", "beam": "beam"}
+
+
+def flag_name(model: type[Settings], name: str) -> str:
+    return field_extra(model, name, "flag") or "--" + name.replace("_", "-")
+
+
+def _help(model: type[Settings], name: str) -> str:
+    info = model.model_fields[name]
+    text = info.description or ""
+    default = info.get_default(call_default_factory=True)
+    if default not in (None, "", ()):
+        shown = "on" if default is True else "off" if default is False else default
+        text += f" (default {shown})"
+    return text.replace("%", "%%")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config leaf, grouped by section; unset flags stay None (the file or default wins)."""
+    groups: dict[str | None, argparse._ArgumentGroup] = {}
+    for section, name, model in leaves():
+        if field_extra(model, name, "cli", True) is False:
+            continue
+        group = groups.get(section)
+        if group is None:
+            group = groups[section] = parser.add_argument_group(_GROUP_TITLES.get(section, section))
+        annotation = model.model_fields[name].annotation
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _help(model, name)}
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(annotation) is tuple:
+            kwargs.update(action="append", metavar="ARG")
+        else:
+            kwargs["metavar"] = name.upper()
+        group.add_argument(flag_name(model, name), **kwargs)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config leaves given on the command line (flat names)."""
+    return {name: getattr(args, name) for _, name, _ in leaves() if getattr(args, name, None) is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Defaults, then `--config FILE`, then flags; ConfigError naming the field when invalid."""
+    given = overrides(args)
+    if getattr(args, "config", None):
+        return PipelineConfig.from_yaml(args.config, given)
+    return PipelineConfig.from_dict(given)
+
+
+__all__ = ["add_config_flags", "config_from_args", "flag_name", "overrides"]

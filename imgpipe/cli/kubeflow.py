@@ -1,0 +1,162 @@
+"""`imgpipe compile` and `imgpipe submit`: Kubeflow Pipelines v2 / Vertex AI pipeline specs and jobs.
+
+`compile` takes every `imgpipe run` flag (the config schema) plus where the
+spec's artifacts and image live; `submit` sends a compiled spec to Vertex AI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
+from imgpipe.cli.run import add_run_arguments, config_from
+
+
+def reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
+    """UsageError naming the first of `flags` (dest -> flag) that was given."""
+    for dest, flag in flags.items():
+        if getattr(args, dest, None) not in (None, False, []):
+            raise UsageError(f"{flag} {why}")
+
+
+# --------------------------------------------------------------------------- compile
+_BEAM_FLAGS = {
+    "project": "project",
+    "region": "region",
+    "temp_location": "temp_location",
+    "job_endpoint": "job_endpoint",
+    "environment_type": "environment_type",
+}
+
+
+def _add_compile(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("compile")
+    g.add_argument(
+        "--target",
+        choices=["kubeflow"],
+        default="kubeflow",
+        help="kubeflow: a KFP v2 PipelineJob JSON for Vertex AI Pipelines or Kubeflow Pipelines 2.x",
+    )
+    g.add_argument(
+        "--image", required=True, help="container image built from the Dockerfile (every step runs in it)"
+    )
+    g.add_argument("--output", required=True, help="pipeline spec file to write (.json)")
+    g.add_argument(
+        "--pipeline-root",
+        help="artifact root, e.g. gs://BUCKET/imgpipe (default: HOME/pipelines/NAME when --home is remote)",
+    )
+    g.add_argument("--display-name", help="pipeline display name (default: the pipeline name)")
+    g.add_argument(
+        "--allow-local-paths",
+        action="store_true",
+        help="accept local data/serving paths (for clusters that mount them at the same path)",
+    )
+    g = p.add_argument_group("beam runner settings (added to the Beam args)")
+    g.add_argument("--project", help="GCP project (dataflow)")
+    g.add_argument("--region", help="GCP region (dataflow)")
+    g.add_argument("--temp-location", help="gs:// temp dir (dataflow)")
+    g.add_argument("--job-endpoint", help="Beam job server host:port (flink, spark)")
+    g.add_argument(
+        "--environment-type",
+        help="SDK harness: DOCKER (default, the --image) | PROCESS | EXTERNAL | LOOPBACK",
+    )
+    add_run_arguments(p)
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    reject(
+        args,
+        {"lock_file": "--lock-file", "replicas": "--replicas"},
+        "does not apply to a compiled pipeline",
+    )
+    extra = [f"--{flag}={getattr(args, dest)}" for dest, flag in _BEAM_FLAGS.items() if getattr(args, dest)]
+    config = config_from(args)
+    from imgpipe.orchestration import kubeflow  # loads TFX: only when the command runs
+
+    try:
+        if extra:
+            config = config.replace(beam_args=tuple(config.beam.beam_args) + tuple(extra))
+        job = kubeflow.compile_pipeline(
+            config,
+            image=args.image,
+            output=args.output,
+            pipeline_root=args.pipeline_root,
+            display_name=args.display_name,
+            allow_local_paths=args.allow_local_paths,
+        )
+    except ValueError as e:  # ConfigError included
+        raise UsageError(str(e)) from e
+    with open(args.output, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    params = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
+    emit(
+        {
+            "output": args.output,
+            "image": args.image,
+            "pipeline_root": job["runtimeConfig"]["gcsOutputDirectory"],
+            "parameters": {name: p.get("defaultValue") for name, p in params.items()},
+            "sha256": digest,
+        }
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- submit
+def _add_parameter_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--parameter",
+        action="append",
+        metavar="NAME=VALUE",
+        help="pipeline parameter (repeatable): epochs, learning_rate, min_accuracy",
+    )
+
+
+def _add_submit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", required=True, help="GCP project")
+    p.add_argument("--region", required=True, help="Vertex AI region, e.g. us-central1")
+    p.add_argument("--spec", required=True, help="pipeline spec from `imgpipe compile`")
+    p.add_argument("--service-account", help="service account the pipeline runs as")
+    p.add_argument("--display-name", help="job display name (default: the pipeline name)")
+    _add_parameter_flag(p)
+    p.add_argument(
+        "--cache",
+        dest="enable_caching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="override the spec's step caching (default: as compiled)",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish")
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from imgpipe.orchestration import kubeflow  # loads TFX: only when the command runs
+
+    try:
+        result = kubeflow.submit(
+            args.spec,
+            project=args.project,
+            region=args.region,
+            parameters=args.parameter,
+            service_account=args.service_account,
+            display_name=args.display_name,
+            enable_caching=args.enable_caching,
+            wait=args.wait,
+        )
+    except ValueError as e:  # SpecError included
+        raise UsageError(str(e)) from e
+    except RuntimeError as e:  # aiplatform reports a failed job (with --wait) as RuntimeError
+        raise WorkFailed(f"Vertex AI pipeline job failed: {e}") from e
+    emit(result)
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "compile",
+        "compile the pipeline for Kubeflow Pipelines v2 / Vertex AI (pipeline spec JSON)",
+        _add_compile,
+        _cmd_compile,
+    ),
+    Command("submit", "submit a compiled pipeline to Vertex AI Pipelines", _add_submit, _cmd_submit),
+]

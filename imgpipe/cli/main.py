@@ -1,0 +1,75 @@
+"""The `imgpipe` command: parse, dispatch to a command group's module, map errors to exit codes.
+
+Each command group lives in its own module (ingest, backbone, run, demo,
+serving, kubeflow, schedule) and registers `COMMANDS`. Modules load TensorFlow
+and TFX only inside the commands that need them, so `imgpipe --help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+# TFT 1.16 and TFMA 0.47 run Keras 2 (tf-keras): choose it before TensorFlow loads.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from imgpipe.cli import backbone, demo, ingest, kubeflow, run, schedule, serving  # noqa: E402
+from imgpipe.cli.output import (  # noqa: E402
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Command,
+    UsageError,
+    WorkFailed,
+    error,
+    setup_logging,
+)
+from pipeline.config import ConfigError  # noqa: E402
+
+GROUPS = (ingest, backbone, run, demo, serving, kubeflow, schedule)
+
+
+def commands() -> list[Command]:
+    return [c for group in GROUPS for c in group.COMMANDS]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgpipe",
+        description="Labelled image folders -> a gated, served image classifier (TFX transfer learning).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in commands():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(handler=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    setup_logging(verbose=getattr(args, "verbose", False))
+    try:
+        return int(args.handler(args) or 0)
+    except (UsageError, ConfigError) as e:
+        error(str(e))
+        return EXIT_USAGE
+    except WorkFailed as e:
+        error(str(e))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""`imgpipe schedule`: recurring runs with cron/systemd (local), Vertex AI schedules, or KFP recurring runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from imgpipe.cli.flags import overrides
+from imgpipe.cli.kubeflow import reject
+from imgpipe.cli.output import Command, UsageError, emit
+from imgpipe.cli.run import add_run_arguments, config_from
+from imgpipe.orchestration import schedule
+
+# --------------------------------------------------------------------------- schedule
+_LOCAL_ONLY = {
+    "systemd": "--systemd",
+    "on_calendar": "--on-calendar",
+    "log_file": "--log-file",
+    "imgpipe": "--imgpipe",
+}
+_REMOTE_ONLY = {
+    "spec": "--spec",
+    "parameter": "--parameter",
+    "service_account": "--service-account",
+    "display_name": "--display-name",
+}
+
+
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("schedule")
+    g.add_argument(
+        "--runner",
+        required=True,
+        choices=["local", "vertex", "kfp"],
+        help="local: cron line (+ systemd units); vertex: Vertex AI schedule; kfp: KFP recurring run",
+    )
+    g.add_argument("--cron", required=True, help='standard 5-field cron, e.g. "0 3 * * *" (or @daily)')
+    g = p.add_argument_group("--runner local (plus any `imgpipe run` flag below)")
+    g.add_argument("--systemd", metavar="DIR", help="also write imgpipe-NAME.service and .timer into DIR")
+    g.add_argument("--on-calendar", help="systemd OnCalendar= (default: converted from --cron)")
+    g.add_argument("--log-file", help="where cron appends the run's output (default HOME/schedule/NAME.log)")
+    g.add_argument("--imgpipe", help="imgpipe executable for cron (default: the one beside this Python)")
+    g = p.add_argument_group("--runner vertex | kfp")
+    g.add_argument("--spec", help="pipeline spec from `imgpipe compile`")
+    g.add_argument(
+        "--parameter", action="append", metavar="NAME=VALUE", help="pipeline parameter (repeatable)"
+    )
+    g.add_argument("--service-account", help="service account the runs use")
+    g.add_argument("--display-name", help="schedule / recurring-run name")
+    g.add_argument("--project", help="GCP project (vertex)")
+    g.add_argument("--region", help="Vertex AI region (vertex)")
+    g.add_argument("--time-zone", help="IANA time zone of --cron (vertex; default UTC)")
+    g.add_argument("--host", help="KFP API endpoint (kfp; default: in-cluster or kube config)")
+    g.add_argument("--experiment", default="imgpipe", help="KFP experiment (kfp; default imgpipe)")
+    add_run_arguments(p)
+
+
+def _run_flags_given(args: argparse.Namespace) -> list[str]:
+    given = list(overrides(args))
+    given += [f for f in ("config", "lock_file") if getattr(args, f, None)]
+    return given
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    try:
+        if args.runner == "local":
+            reject(args, _REMOTE_ONLY, "applies to --runner vertex|kfp only")
+            reject(
+                args,
+                {"project": "--project", "region": "--region", "time_zone": "--time-zone", "host": "--host"},
+                "applies to --runner vertex|kfp only",
+            )
+            result = schedule.local_schedule(
+                config_from(args),
+                args.cron,
+                imgpipe=[args.imgpipe] if args.imgpipe else None,
+                lock_file=args.lock_file,
+                log_file=args.log_file,
+                systemd_dir=args.systemd,
+                on_calendar=args.on_calendar,
+            ).to_dict()
+        else:
+            reject(args, _LOCAL_ONLY, "applies to --runner local only")
+            given = _run_flags_given(args)
+            if given:
+                raise ValueError(
+                    f"run flags ({', '.join(given)}) apply to --runner local only; for {args.runner}, "
+                    "bake them into the spec with `imgpipe compile` or pass --parameter NAME=VALUE"
+                )
+            if not args.spec:
+                raise ValueError(f"--runner {args.runner} needs --spec (from `imgpipe compile`)")
+            if args.runner == "vertex":
+                if not (args.project and args.region):
+                    raise ValueError("--runner vertex needs --project and --region")
+                result = schedule.vertex_schedule(
+                    args.spec,
+                    args.cron,
+                    args.project,
+                    args.region,
+                    parameters=args.parameter,
+                    display_name=args.display_name,
+                    service_account=args.service_account,
+                    time_zone=args.time_zone,
+                )
+            else:
+                reject(
+                    args,
+                    {"project": "--project", "region": "--region", "time_zone": "--time-zone"},
+                    "applies to --runner vertex only",
+                )
+                result = schedule.kfp_recurring_run(
+                    args.spec,
+                    args.cron,
+                    host=args.host,
+                    experiment=args.experiment,
+                    parameters=args.parameter,
+                    job_name=args.display_name,
+                    service_account=args.service_account,
+                )
+    except ValueError as e:  # ScheduleError and SpecError included
+        raise UsageError(str(e)) from e
+    emit(result)
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "schedule",
+        "run the pipeline on a schedule: cron/systemd (local), Vertex AI, or KFP",
+        _add_schedule,
+        _cmd_schedule,
+    )
+]

@@ -1,0 +1,48 @@
+"""Transform's analysis outside TFX: preprocessing_fn's analyzers on in-memory examples.
+
+`analyze_transform(items, out_dir)` runs the same preprocessing_fn the Transform
+component runs (tft_beam on Beam's in-process runner) over (encoded image,
+label) pairs and writes a TFTransformOutput: the label vocabulary and the
+graph. Notebooks, benchmarks and tests use it to get the pipeline's exact
+preprocessing without running the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+
+from trainer.features import IMAGE_KEY, LABEL_KEY
+from trainer.preprocessing import preprocessing_fn
+
+
+def raw_feature_spec(fixed_shape: tuple[int, ...] = (1,)) -> dict[str, tf.io.FixedLenFeature]:
+    """The raw tf.Example features as ingest writes them (image and label bytes)."""
+    return {
+        IMAGE_KEY: tf.io.FixedLenFeature(list(fixed_shape), tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature(list(fixed_shape), tf.string),
+    }
+
+
+def analyze_transform(
+    items: Iterable[tuple[bytes, str]], out_dir: str, backbone: str = "MobileNetV2", image_size: int = 32
+) -> tft.TFTransformOutput:
+    """Analyze `items` with preprocessing_fn and write the transform output to `out_dir`."""
+    spec = raw_feature_spec()
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+    rows = [{IMAGE_KEY: [img], LABEL_KEY: [lab.encode("utf-8")]} for img, lab in items]
+    cfg = {"backbone": backbone, "image_size": image_size}
+    with tempfile.TemporaryDirectory(prefix="imgpipe-tft-") as temp_dir:
+        with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
+            transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(
+                lambda inputs: preprocessing_fn(inputs, cfg)
+            )
+            _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    metadata_io.write_metadata(metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    return tft.TFTransformOutput(out_dir)

@@ -1,0 +1,134 @@
+"""The Trainer's settings: the `training` part of the run's config schema.
+
+Every run setting is declared once, as a field of a section model like this one.
+The pipeline's tree (pipeline/config.py) nests the sections; the CLI flags, YAML
+keys, Kubeflow runtime parameters and the Trainer's custom_config are derived
+from the fields, not listed again. A field's `json_schema_extra` may carry:
+
+    flag      the command-line flag when it is not --field-name
+    runtime   True: a Kubeflow/Vertex pipeline runtime parameter
+    cli       False: no command-line flag (YAML only)
+
+`Settings` is the base of every section: unknown keys are errors, values are
+type-checked and coerced (YAML strings such as "3" or "1e-3" parse; "ten",
+32.5 for an int, or a bool for a number do not), and a model is immutable.
+
+The Trainer parses its custom_config with `TrainingConfig.model_validate`
+(strict: an unknown or mistyped key fails the Trainer with the key named).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from trainer import backbones
+
+# Names accepted for `weights` besides a path to a weights file.
+WEIGHTS_IMAGENET = "imagenet"
+WEIGHTS_NONE = "none"
+MAX_IMAGE_SIZE = 1024
+# run_fn writes the training summary (replicas, history, notes) under this name in model_run.
+SUMMARY_FILE = "training_summary.json"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class Settings(BaseModel):
+    """Base of every config section: strict keys, checked types, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would read True as 1; in a config file that is a mistake, not a number.
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = str(cls.model_fields[info.field_name].annotation)
+            if "int" in annotation or "float" in annotation:
+                raise ValueError(f"expected a number, got {value}")
+        return value
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(cls.model_fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (tuples as lists)."""
+        return self.model_dump(mode="json")
+
+
+def field_extra(model: type[BaseModel], name: str, key: str, default: Any = None) -> Any:
+    """One `json_schema_extra` entry of a field (see the module docstring)."""
+    extra = model.model_fields[name].json_schema_extra
+    return extra.get(key, default) if isinstance(extra, dict) else default
+
+
+class TrainingConfig(Settings):
+    """Model and training: the frozen backbone, the head, and how the head is trained."""
+
+    backbone: str = Field(
+        "MobileNetV2", description=f"tf.keras.applications backbone: {', '.join(backbones.names())}"
+    )
+    weights: str = Field(
+        WEIGHTS_IMAGENET, description="imagenet | none | path to a Keras weights file (.h5) for the backbone"
+    )
+    image_size: int | None = Field(
+        None, description="input size in pixels (default: the backbone's own, 224 or 299)"
+    )
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the classification layer")
+    batch_size: int = Field(32, ge=1, description="batch size per replica (global = this x replicas)")
+    epochs: int = Field(5, ge=1, description="epochs of head training", json_schema_extra={"runtime": True})
+    steps_per_epoch: int | None = Field(None, ge=1, description="steps per epoch (default: one pass)")
+    learning_rate: float = Field(
+        1e-3, gt=0.0, description="learning rate of head training", json_schema_extra={"runtime": True}
+    )
+    fine_tune_layers: int = Field(
+        0, ge=0, description="unfreeze the top K backbone layers in a second phase (BatchNorm stays frozen)"
+    )
+    fine_tune_epochs: int = Field(0, ge=0, description="epochs of the fine-tuning phase")
+    fine_tune_learning_rate: float = Field(1e-5, gt=0.0, description="learning rate of the fine-tuning phase")
+    augment: bool = Field(False, description="random flip + small crop/zoom during training")
+    feature_cache: bool = Field(
+        True, description="train the head on backbone features computed once (where valid)"
+    )
+    seed: int = Field(42, description="random seed of training")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        backbones.get(value)  # ValueError naming the choices
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be 'imagenet', 'none' or a path to a weights file")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        spec = backbones.get(self.backbone)
+        if self.image_size is not None:
+            if not spec.min_size <= self.image_size <= MAX_IMAGE_SIZE:
+                raise ValueError(
+                    f"image_size: {self.image_size} is out of range for {self.backbone} "
+                    f"({spec.min_size}..{MAX_IMAGE_SIZE})"
+                )
+        if self.fine_tune_layers > 0 and self.fine_tune_epochs == 0:
+            raise ValueError("fine_tune_epochs: must be >= 1 when fine_tune_layers > 0")
+        return self
+
+    @property
+    def weights_kind(self) -> str:
+        """'imagenet', 'none' or 'file'."""
+        w = self.weights.lower()
+        return w if w in (WEIGHTS_IMAGENET, WEIGHTS_NONE) else "file"
+
+    def effective_image_size(self) -> int:
+        """The configured size, or the backbone's default input size."""
+        return self.image_size or backbones.get(self.backbone).default_size
