@@ -1,4 +1,4 @@
-"""Whole-pipeline wall time: `imgpipe run` (pipeline.local.run_local) first run vs cached re-run.
+"""Whole-pipeline wall time: `imgpipe run` (imgpipe.orchestration.local.run_local) first run vs cached re-run.
 
 The demo's target task (digits 5-9, written and ingested as `imgpipe demo`
 does) with a backbone pre-trained here on digits 0-4. The demo itself uses

@@ -169,10 +169,9 @@ def input_fn_loop(files, tfo, batch: int = 32) -> float:
 
 def beam_args() -> list[str]:
     """The pipeline's own Beam arguments for its default (direct) runner."""
-    from pipeline.beam import beam_pipeline_args
-    from pipeline.config import PipelineConfig
+    from pipeline.beam import BeamConfig, beam_pipeline_args
 
-    return beam_pipeline_args(PipelineConfig(data_dir="unused"))
+    return beam_pipeline_args(BeamConfig())
 
 
 def transform_executor(

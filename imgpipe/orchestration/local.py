@@ -1,45 +1,27 @@
 """Run the pipeline locally: TFX LocalDagRunner with SQLite ML Metadata.
 
 `run_local(config)` runs every component in-process (Beam DirectRunner for the
-data work), logs a progress line per component, and returns a RunSummary read
-back from ML Metadata: the run id, whether the model was blessed and pushed,
-its eval accuracy and the number of training replicas.
+data work), logs a progress line per component, and returns the run's
+RunSummary (orchestration/summary.py), also saved with the run's config under
+HOME/runs/<run_id>/ (orchestration/runs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
-from imgpipe.orchestration import metadata
+from imgpipe.orchestration import metadata, runs
+from imgpipe.orchestration.summary import RunSummary, summarize_latest_run
 from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-
-
-@dataclasses.dataclass
-class RunSummary:
-    run_id: str
-    blessed: bool | None
-    pushed: str | None
-    accuracy: float | None
-    replicas: int | None
-    executions: dict[str, str]  # component id -> COMPLETE | CACHED | FAILED | ...
-    run_dir: str = ""
-    per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
-    baseline_accuracy: float | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class PipelineRunError(RuntimeError):
@@ -123,7 +105,6 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
         import absl.logging
 
         absl.logging.set_verbosity(absl.logging.WARNING)
-    started = time.time()
     progress(f"pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}")
     try:
         with tracker.installed():
@@ -132,13 +113,8 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
         where = tracker.current or "the pipeline"
         raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
-    summary = summarize_latest_run(config, since=started)
-    run_dir = os.path.join(config.home, "runs", _safe(summary.run_id))
-    os.makedirs(run_dir, exist_ok=True)
-    config.save(os.path.join(run_dir, "config.yaml"))
-    summary.run_dir = run_dir
-    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
+    summary = summarize_latest_run(config.metadata_path, config.pipeline_name)
+    summary.run_dir = runs.write_record(config, summary)
     return summary
 
 
@@ -148,31 +124,3 @@ def check_data_dir(data_dir: str) -> None:
         validate_tfrecord_dir(data_dir)
     except IngestError as e:
         raise ConfigError(f"data_dir: {e}") from e
-
-
-def _safe(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
-
-
-def summarize_latest_run(config: PipelineConfig, since: float = 0.0) -> RunSummary:
-    """Read the newest pipeline run of `config.pipeline_name` back from ML Metadata."""
-    with metadata.open_store(config.metadata_path) as store:
-        run = metadata.latest_run(store, config.pipeline_name)
-        executions = metadata.run_executions(store, config.pipeline_name, run)
-        blessed = metadata.blessing(store, executions.get("Evaluator"))
-        pushed = metadata.pushed_path(store, executions.get("Pusher"))
-        evaluation_uri = metadata.output_uri(store, executions.get("Evaluator"), "evaluation")
-        model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
-        states = {node: metadata.state_name(e) for node, e in executions.items()}
-    accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
-    replicas = metadata.trainer_replicas(model_run_uri)
-    return RunSummary(
-        run_id=run.name,
-        blessed=blessed,
-        pushed=pushed,
-        accuracy=accuracy,
-        replicas=replicas,
-        executions=states,
-        per_class_accuracy=per_class,
-        baseline_accuracy=baseline,
-    )

@@ -78,8 +78,8 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     assert s.pushed and os.path.samefile(s.pushed, os.path.join(model_dir, version))
     assert os.path.exists(os.path.join(s.run_dir, "config.yaml"))
     assert (
-        PipelineConfig.from_yaml(os.path.join(s.run_dir, "config.yaml")).weights
-        == base_config.resolved().weights
+        PipelineConfig.from_yaml(os.path.join(s.run_dir, "config.yaml")).training.weights
+        == base_config.resolved().training.weights
     )
 
 

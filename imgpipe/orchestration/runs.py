@@ -1,0 +1,33 @@
+"""Run records: HOME/runs/<run_id>/ holds each run's resolved config and its summary.
+
+A run can be reproduced from its own record (`imgpipe run --config
+HOME/runs/<run_id>/config.yaml`), and read back without ML Metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from imgpipe.orchestration.summary import RunSummary
+from pipeline.config import PipelineConfig
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+
+
+def run_dir(home: str, run_id: str) -> str:
+    """HOME/runs/<run_id>, with the run id made safe as a folder name."""
+    return os.path.join(home, "runs", re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
+
+
+def write_record(config: PipelineConfig, summary: RunSummary) -> str:
+    """Save the config and the summary of a finished run; return the run's folder."""
+    folder = run_dir(config.home, summary.run_id)
+    os.makedirs(folder, exist_ok=True)
+    config.save(os.path.join(folder, CONFIG_FILE))
+    summary.run_dir = folder
+    with open(os.path.join(folder, SUMMARY_FILE), "w", encoding="utf-8") as f:
+        json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
+    return folder
