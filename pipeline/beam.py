@@ -46,7 +46,9 @@ PORTABLE_RUNNERS = ("flink", "spark")
 class BeamConfig(Settings):
     """Apache Beam: the runner of the data work (ExampleGen, StatisticsGen, Transform, Evaluator)."""
 
-    beam_runner: BeamRunner = Field("direct", description="runner of the data work: " + " | ".join(BEAM_RUNNERS))
+    beam_runner: BeamRunner = Field(
+        "direct", description="runner of the data work: " + " | ".join(BEAM_RUNNERS)
+    )
     beam_workers: int = Field(0, ge=0, description="workers for the multiprocess runner (0: one per CPU)")
     beam_args: tuple[str, ...] = Field(
         (),
