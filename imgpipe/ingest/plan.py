@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from imgpipe.ingest.contract import SPLITS, shard_names
+from imgpipe.ingest.report import display_path
 
 # Auto sharding aims for ~128 MiB shards: big enough for efficient sequential
 # reads, small enough to parallelise Beam / tf.data reading.
@@ -35,7 +36,7 @@ TARGET_SHARD_BYTES = 128 * 1024 * 1024
 class Candidate(NamedTuple):
     """One decodable image found by the scan (no pixel data kept)."""
 
-    rel: str  # path relative to images_dir, '/'-separated
+    rel: str  # path relative to images_dir, '/'-separated, as on disk (see display_path)
     label: str  # its class folder
     sha256: str  # hex digest of the file's bytes
     size: int  # bytes
@@ -112,10 +113,13 @@ def make_plan(
     label_conflicts: list[dict[str, Any]] = []
     groups: dict[str, dict[str, list[Candidate]]] = {name: {} for name in folders}
     for digest in sorted(by_hash):
-        members = sorted(by_hash[digest], key=lambda c: (c.label, c.rel))
+        members = sorted(by_hash[digest], key=lambda c: (c.label, display_path(c.rel)))
         if len({c.label for c in members}) > 1:
             label_conflicts.append(
-                {"sha256": digest, "files": [{"path": c.rel, "class": c.label} for c in members]}
+                {
+                    "sha256": digest,
+                    "files": [{"path": display_path(c.rel), "class": c.label} for c in members],
+                }
             )
             continue
         groups[members[0].label][digest] = members
@@ -147,8 +151,8 @@ def make_plan(
                         "class": name,
                         "sha256": digest,
                         "split": split,
-                        "kept": kept.rel,
-                        "duplicates": [c.rel for c in copies],
+                        "kept": display_path(kept.rel),
+                        "duplicates": [display_path(c.rel) for c in copies],
                     }
                 )
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))

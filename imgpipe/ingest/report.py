@@ -12,6 +12,11 @@ from typing import Any
 from imgpipe.ingest.contract import SPLITS
 
 
+def display_path(path: str) -> str:
+    """``path`` as report text: undecodable file-name bytes shown as escapes, so JSON can hold it."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class IngestReport:
     """What ``ingest`` wrote and everything it did not write, with reasons.

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from imgpipe.ingest.errors import IngestError
 from imgpipe.ingest.images import check_image, read_regular_file
 from imgpipe.ingest.plan import Candidate
+from imgpipe.ingest.report import display_path
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def scan_tree(
         try:
             data = read_regular_file(path)
         except OSError as exc:
-            skipped.append({"path": rel, "reason": f"cannot read: {exc.strerror or exc}"})
+            reason = display_path(f"cannot read: {exc.strerror or exc}")
+            skipped.append({"path": display_path(rel), "reason": reason})
             data = None
         if data is not None:
             reason = check_image(data)
@@ -104,7 +106,7 @@ def scan_tree(
                 digest = hashlib.sha256(data).hexdigest()
                 scan.candidates.append(Candidate(rel, label, digest, len(data)))
             else:
-                skipped.append({"path": rel, "reason": reason})
+                skipped.append({"path": display_path(rel), "reason": reason})
         if done % progress_every == 0 and done < total:
             say(f"checked {done}/{total} files")
         del data  # one file's bytes at a time
@@ -113,6 +115,9 @@ def scan_tree(
 
 def list_tree(root: str, skipped: list[dict[str, str]]) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Class names and (rel, abs, class) of every non-hidden file under them.
+
+    ``rel`` is '/'-separated and relative to ``root``; like ``abs`` it keeps
+    undecodable file-name bytes as they are (``display_path`` makes them text).
 
     Entries that are not walked (files directly in ``root``, unlistable or
     unfollowed directories) are appended to ``skipped``. Raises OSError when
@@ -129,12 +134,12 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> tuple[list[str], list
                 entry.name.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise IngestError(
-                    f"class folder {_display(entry.path)} has a name that is not valid "
+                    f"class folder {display_path(entry.path)} has a name that is not valid "
                     "UTF-8; labels are stored as UTF-8 text, so rename the folder"
                 ) from exc
             class_dirs.append(entry)
         else:
-            skipped.append({"path": _rel(root, entry.path), "reason": NOT_IN_CLASS_FOLDER})
+            skipped.append({"path": display_path(_rel(root, entry.path)), "reason": NOT_IN_CLASS_FOLDER})
     seen = {os.path.realpath(e.path) for e in class_dirs}
     files: list[tuple[str, str, str]] = []
     for entry in class_dirs:
@@ -156,7 +161,8 @@ def _walk_class(
 
     def on_error(exc: OSError) -> None:
         where = exc.filename or class_dir
-        skipped.append({"path": _rel(root, where), "reason": f"cannot list directory: {exc}"})
+        reason = display_path(f"cannot list directory: {exc}")
+        skipped.append({"path": display_path(_rel(root, where)), "reason": reason})
 
     for dirpath, dirnames, filenames in os.walk(class_dir, onerror=on_error, followlinks=True):
         keep = []
@@ -166,7 +172,7 @@ def _walk_class(
             path = os.path.join(dirpath, name)
             real = os.path.realpath(path)
             if real in seen or any(_is_within(g, real) for g in guards):
-                skipped.append({"path": _rel(root, path), "reason": LINK_NOT_FOLLOWED})
+                skipped.append({"path": display_path(_rel(root, path)), "reason": LINK_NOT_FOLLOWED})
                 continue
             seen.add(real)
             keep.append(name)
@@ -182,10 +188,5 @@ def _is_within(path: str, parent: str) -> bool:
     return os.path.commonpath([path, parent]) == parent
 
 
-def _display(path: str) -> str:
-    """A path safe to put in JSON (undecodable bytes shown as escapes)."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _rel(root: str, path: str) -> str:
-    return _display(os.path.relpath(path, root).replace(os.sep, "/"))
+    return os.path.relpath(path, root).replace(os.sep, "/")
