@@ -59,12 +59,9 @@ def ingest(
     plan = make_plan(
         found.folders, found.candidates, seed=seed, eval_fraction=eval_fraction, num_shards=num_shards
     )
-    report.classes, report.counts, report.empty_classes = plan.classes, plan.counts, plan.empty_classes
-    report.duplicates, report.label_conflicts, report.warnings = (
-        plan.duplicates,
-        plan.label_conflicts,
-        plan.warnings,
-    )
+    report.classes, report.counts = plan.classes, plan.counts
+    report.duplicates, report.label_conflicts = plan.duplicates, plan.label_conflicts
+    report.empty_classes, report.warnings = plan.empty_classes, plan.warnings
     problem = plan.refusal(images_dir, num_skipped=len(report.skipped))
     if problem:
         raise IngestError(problem, report=report.to_dict())
