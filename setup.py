@@ -35,6 +35,7 @@ PACKAGES = [
     "components",
     "trainer",
     "serving",
+    "serving.devserver",
 ]
 
 setup(

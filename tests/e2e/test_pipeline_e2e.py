@@ -127,7 +127,8 @@ def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from serving import client, server
+    from serving import client
+    from serving.devserver import lifecycle
     from tests import helpers
 
     cfg = base_config.resolved()
@@ -135,7 +136,7 @@ def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
     newest = max(int(v) for v in _versions(cfg.model_serving_dir))
     pushed = os.path.join(cfg.model_serving_dir, str(newest))
     local = tf.saved_model.load(pushed).signatures["predict_images"](images=tf.constant(images))
-    with server.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
+    with lifecycle.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
         got = client.predict_images(running.target, cfg.model_name, images, timeout=30.0)
     assert [p.version for p in got] == [newest] * len(images)
     assert [p.classes[0] for p in got] == [c.decode() for c in local["classes"].numpy()[:, 0]]
