@@ -137,11 +137,11 @@ def validator_messages(split: str, anomalies: anomalies_pb2.Anomalies) -> list[s
         info = anomalies.anomaly_info[key]
         reasons = list(info.reason) or [info]
         for r in reasons:
-            out.append(f"{split}: feature {_q(key)}: {r.short_description}: {r.description}")
+            out.append(f"{split}: feature {_q(key)}: {r.short_description}: {r.description.strip()}")
     if anomalies.HasField("dataset_anomaly_info"):
         info = anomalies.dataset_anomaly_info
         for r in list(info.reason) or [info]:
-            out.append(f"{split}: dataset: {r.short_description}: {r.description}")
+            out.append(f"{split}: dataset: {r.short_description}: {r.description.strip()}")
     return out
 
 

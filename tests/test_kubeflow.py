@@ -240,6 +240,15 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
     assert nodes["Trainer"].exec_properties["epochs"] == 7
     assert nodes["Trainer"].exec_properties["learning_rate"] == 0.02
     assert nodes["Evaluator"].exec_properties["min_accuracy"] == 0.65
+    # The gate's other settings travel as one property; the data gate's switch is its own.
+    assert json.loads(nodes["Evaluator"].exec_properties["gate_config"]) == {
+        "majority_margin": 0.05,
+        "min_class_recall": 0.05,
+        "max_regression": 0.0,
+    }
+    assert nodes["DataGate"].exec_properties["allow_anomalies"] == 0
+    allowed = {c.id: c for c in create_pipeline(_config().replace(allow_anomalies=True)).components}
+    assert allowed["DataGate"].exec_properties["allow_anomalies"] == 1
     with pytest.raises(ValueError, match="no runtime parameter support for batch_size"):
         from tfx import v1 as tfx
 
