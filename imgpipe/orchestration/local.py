@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 
+from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
 from imgpipe.orchestration import metadata, runs
 from imgpipe.orchestration.summary import RunSummary, summarize_latest_run
@@ -115,7 +116,21 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
 
     summary = summarize_latest_run(config.metadata_path, config.pipeline_name)
     summary.run_dir = runs.write_record(config, summary)
+    _log_gate(summary.gate)
     return summary
+
+
+def _log_gate(gate: dict | None) -> None:
+    """Say on stderr what a person overrode and why a model was not blessed (also in the summary)."""
+    if not gate:
+        return
+    for anomaly in gate.get("anomalies_allowed") or []:
+        log.warning("data anomaly allowed (--allow-anomalies): %s", anomaly)
+    for reason in gate.get("reasons") or []:
+        log.warning("not blessed: %s", reason)
+    skipped = (gate.get("baseline") or {}).get("skipped_reason")
+    if skipped and skipped != NO_BASELINE:
+        log.warning("no comparison with the latest blessed model: %s", skipped)
 
 
 def check_data_dir(data_dir: str) -> None:

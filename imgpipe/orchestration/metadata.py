@@ -11,6 +11,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.gate import ACCURACY_KEY
+from components.gate_decision import GATE_FILE
 from trainer.config import SUMMARY_FILE
 
 
@@ -127,6 +128,17 @@ def evaluation_accuracy(evaluation_uri: str | None) -> tuple[float | None, float
                 )
                 per_class[name] = value
     return overall, baseline, dict(sorted(per_class.items()))
+
+
+def gate_record(evaluation_uri: str | None) -> dict | None:
+    """The Evaluator's decision record (gate.json) beside its TFMA output, or None."""
+    if not evaluation_uri:
+        return None
+    path = os.path.join(evaluation_uri, GATE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def trainer_replicas(model_run_uri: str | None) -> int | None:

@@ -2,13 +2,15 @@
 
 `summarize_latest_run(metadata_path, pipeline_name)` finds the newest run of the
 pipeline and reads each component's execution state, the blessing, the pushed
-version, the TFMA accuracy (overall, per class and the baseline's) and the
-Trainer's replica count.
+version, the TFMA accuracy (overall, per class and the baseline's), the
+Trainer's replica count, and the Evaluator's decision record (`gate`: gate.json,
+the contract in components/gate_decision.py; null when the Evaluator did not run).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from imgpipe.orchestration import metadata
 
@@ -24,6 +26,7 @@ class RunSummary:
     run_dir: str = ""
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
+    gate: dict[str, Any] | None = None  # the Evaluator's gate.json: why it blessed or not
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -41,6 +44,7 @@ def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
+    gate = metadata.gate_record(evaluation_uri)
     return RunSummary(
         run_id=run.name,
         blessed=blessed,
@@ -50,4 +54,5 @@ def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
         executions=states,
         per_class_accuracy=per_class,
         baseline_accuracy=baseline,
+        gate=gate,
     )

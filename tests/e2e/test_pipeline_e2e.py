@@ -2,7 +2,10 @@
 
 One module-scoped sequence: a first run (every component executes, the model is
 blessed and pushed), an identical re-run (served from cache), then a worse model
-that the gate must stop (nothing pushed, serving dir unchanged).
+that the gate must stop (nothing pushed, serving dir unchanged). Then a second,
+small pipeline on a skewed 2-class task whose eval split has a class train
+lacks: the data gate stops it before training, and with allow_anomalies a
+deliberately bad model runs through and is not blessed, with the reasons.
 """
 
 import os
@@ -12,7 +15,7 @@ import pytest
 from imgpipe import ingest
 from imgpipe.demo import data as datasets
 from imgpipe.orchestration import metadata as mlmd
-from imgpipe.orchestration.local import run_local
+from imgpipe.orchestration.local import PipelineRunError, run_local
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
 
@@ -68,6 +71,16 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     # Far above chance (1/3) on the held-out split.
     assert s.accuracy is not None and s.accuracy >= 0.7, s
     assert s.blessed is True
+    gate = s.gate
+    assert gate["blessed"] is True and gate["reasons"] == [] and gate["anomalies_allowed"] == []
+    # Three balanced classes: 1/3 + 0.05 is below min_accuracy 0.6, which applies.
+    assert gate["floor"] == pytest.approx(0.6) and gate["floor_source"] == "min_accuracy"
+    assert gate["accuracy"] == pytest.approx(s.accuracy)
+    assert sorted(gate["class_names"]) == [str(c) for c in CLASSES]
+    assert gate["eval_examples"] == 45
+    assert (
+        gate["baseline"]["compared"] is False and gate["baseline"]["skipped_reason"] == "no blessed model yet"
+    )
     assert s.replicas == 1
     assert set(s.per_class_accuracy) == {str(c) for c in CLASSES}
     model_dir = base_config.resolved().model_serving_dir
@@ -110,6 +123,8 @@ def test_gate_stops_a_worse_model(base_config, first_run):
     assert s.accuracy < first_run.accuracy
     assert s.blessed is False
     assert s.pushed is None
+    assert s.gate["baseline"]["compared"] is True
+    assert any("regressed from the latest blessed model's" in r for r in s.gate["reasons"]), s.gate
     assert _versions(model_dir) == before
 
 
@@ -119,6 +134,8 @@ def test_floor_stops_a_model_below_min_accuracy(base_config, first_run):
     s = run_local(base_config.replace(min_accuracy=1.0, max_regression=1.0))
     assert s.accuracy < 1.0
     assert s.blessed is False and s.pushed is None
+    assert s.gate["floor"] == 1.0 and s.gate["floor_source"] == "min_accuracy"
+    assert any(r.startswith(f"accuracy {s.accuracy:.3f} is below the floor 1.000") for r in s.gate["reasons"])
     assert _versions(model_dir) == before
 
 
@@ -141,3 +158,67 @@ def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
     assert [p.version for p in got] == [newest] * len(images)
     assert [p.classes[0] for p in got] == [c.decode() for c in local["classes"].numpy()[:, 0]]
     np.testing.assert_allclose([p.scores[0] for p in got], local["scores"].numpy()[:, 0], rtol=1e-5)
+
+
+# ----------------------------------------------------------------- the data gate
+@pytest.fixture(scope="module")
+def anomaly_config(base_config, tmp_path_factory):
+    """A skewed 2-class task (digits 5 and 6, 3:1) whose eval split also holds a class train lacks (8).
+
+    Same home (ML Metadata) as the main sequence, its own pipeline name and serving dir.
+    """
+    from tests import helpers
+
+    work = tmp_path_factory.mktemp("anomaly")
+    images = str(work / "images")
+    datasets.write_digits_tree(images, digits=[5], size=SIZE, limit_per_class=48)
+    datasets.write_digits_tree(images, digits=[6], size=SIZE, limit_per_class=16)
+    records = str(work / "records")
+    ingest.ingest(images, records, eval_fraction=0.25, seed=7)
+    unseen = helpers.digit_images((8,), per_class=4, size=SIZE, seed=3)
+    helpers.write_tfrecords(os.path.join(records, "eval", "unseen-00000-of-00001.tfrecord"), unseen)
+    return base_config.replace(
+        data_dir=records,
+        pipeline_name="digits-anomaly",
+        serving_dir=str(work / "serving"),
+        min_accuracy=0.5,
+    )
+
+
+def test_unseen_eval_class_stops_the_run_before_training(anomaly_config):
+    with pytest.raises(PipelineRunError) as e:
+        run_local(anomaly_config)
+    message = str(e.value)
+    assert message.startswith("DataGate failed: DataGateError: ")
+    assert "--allow-anomalies" in message
+    assert "eval has class '8' (4 examples) that train does not" in message
+    # ExampleValidator saw it too: the contract schema's label domain is the train classes.
+    assert "eval: feature 'label': Unexpected string values" in message
+    cfg = anomaly_config.resolved()
+    with mlmd.open_store(cfg.metadata_path) as store:
+        run = mlmd.latest_run(store, cfg.pipeline_name)
+        states = {
+            node: mlmd.state_name(x) for node, x in mlmd.run_executions(store, cfg.pipeline_name, run).items()
+        }
+    assert states["DataGate"] == "FAILED"
+    assert not {"Transform", "Trainer", "Evaluator", "Pusher"} & set(states), states
+    assert _versions(cfg.model_serving_dir) == {}
+
+
+def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config):
+    """allow_anomalies records the override; an untrained 2-class model fails the majority floor."""
+    bad = anomaly_config.replace(allow_anomalies=True, weights="none", epochs=1, learning_rate=1e-6)
+    s = run_local(bad)
+    assert s.executions["DataGate"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
+    gate = s.gate
+    assert any("eval has class '8'" in a for a in gate["anomalies_allowed"]), gate
+    assert sorted(gate["class_names"]) == ["5", "6"]
+    # eval: 12 x '5', 4 x '6', 4 x '8': majority share 0.6, floor 0.65 (min_accuracy 0.5 would not do).
+    assert gate["majority_class"] == "5" and gate["majority_share"] == pytest.approx(0.6)
+    assert gate["floor"] == pytest.approx(0.65) and gate["floor_source"] == "majority"
+    assert gate["eval_examples"] == 20
+    assert gate["accuracy"] < gate["floor"], gate
+    assert s.blessed is False and s.pushed is None
+    assert any("is below the floor 0.650 (majority class '5'" in r for r in gate["reasons"]), gate
+    assert any(r.startswith("class '8' recall 0.000") for r in gate["reasons"]), gate
+    assert _versions(bad.resolved().model_serving_dir) == {}
