@@ -24,6 +24,9 @@ class RunSummary:
     run_dir: str = ""
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
+    # The run report (imgpipe/report): its index.html, or None with the reason it is missing.
+    report: str | None = None
+    report_error: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
