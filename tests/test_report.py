@@ -58,7 +58,7 @@ def _report_data(names=HOSTILE, n: int = 48, cap: int = 6, run_id: str = "2026-0
     tally = data.Tally(list(names), cap)
     for i in range(n):
         tally.add(i, names[i % len(names)], rng.dirichlet([1.0] * len(names)).tolist(), _png(i))
-    rows, matrix = tally.rows(), tally.matrix()
+    columns, rows, matrix = tally.columns(), tally.rows(), tally.matrix()
     history = {
         "loss": [1.0, 0.7, 0.5],
         "accuracy": [0.5, 0.7, 0.8],
@@ -71,10 +71,10 @@ def _report_data(names=HOSTILE, n: int = 48, cap: int = 6, run_id: str = "2026-0
     }
     return data.ReportData(
         run_id=run_id,
-        class_names=list(names),
+        class_names=columns,
         rows=rows,
         confusion=matrix,
-        per_class=data.per_class_rows(rows, list(names), matrix),
+        per_class=data.per_class_rows(rows, columns, matrix),
         examples=n,
         unlabelled=0,
         accuracy=sum(matrix[i][i] for i in range(len(names))) / n if n else None,
@@ -121,6 +121,25 @@ def test_tally_counts_confusion_per_class_and_keeps_the_worst_mistakes():
     assert [r.precision for r in rows] == [0.5, pytest.approx(1 / 3), 0.5, None]
     assert [r.recall for r in rows] == [0.5, 0.5, 0.5, 0.0]
     assert [r.in_vocabulary for r in rows] == [True, True, True, False]
+
+
+def test_classes_are_shown_by_name_whatever_the_models_index_order():
+    tally = data.Tally(["10", "2", "b", "A"], max_misclassified=0)  # a vocabulary ordered by frequency
+    tally.add(0, "2", [0.0, 1.0, 0.0, 0.0])
+    tally.add(1, "2", [1.0, 0.0, 0.0, 0.0])  # predicted "10"
+    tally.add(2, "b", [0.0, 0.0, 0.0, 1.0])  # predicted "A"
+    tally.add(3, "Zed", [0.0, 0.0, 1.0, 0.0])  # not a model class; predicted "b"
+    tally.add(4, "1", [0.0, 1.0, 0.0, 0.0])  # not a model class; predicted "2"
+    assert tally.columns() == ["2", "10", "A", "b"]
+    assert tally.rows() == ["2", "10", "A", "b", "1", "Zed"]
+    assert tally.matrix() == [
+        [1, 1, 0, 0],
+        [0, 0, 0, 0],
+        [0, 0, 0, 0],
+        [0, 0, 1, 0],
+        [1, 0, 0, 0],
+        [0, 0, 0, 1],
+    ]
 
 
 def test_tally_cap_zero_keeps_no_images_but_counts_every_mistake():
@@ -292,7 +311,7 @@ def test_report_latest_prints_json_on_stdout_and_the_text_on_stderr(tmp_path, ca
     result = json.loads(line)
     assert result["report"] == os.path.join(newest, "report", "index.html")
     assert result["run_id"] == "2026-02-02T10:00:00.5" and result["regenerated"] is False
-    assert [r["name"] for r in result["per_class"]] == HOSTILE
+    assert [r["name"] for r in result["per_class"]] == sorted(HOSTILE, key=data.natural_key)
     assert result["gate"]["blessed"] is False and result["gate"]["floor"] == 0.55
     assert result["report"] in captured.err and "gate: NOT BLESSED" in captured.err
     assert "precision  recall  support" in captured.err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, show
 from pipeline.config import PipelineConfig
@@ -61,6 +62,7 @@ def _regenerate(home: str, folder: str, max_misclassified: int | None) -> str:
     summary = runs.read_summary(folder)
     kwargs = {} if max_misclassified is None else {"max_misclassified": max_misclassified}
     log.info("writing the report of run %s", summary["run_id"])
+    started = time.perf_counter()
     try:
         path = build.build_report(config, summary, **kwargs)
     except Exception as e:  # noqa: BLE001 - recorded in the summary, then reported as a failure
@@ -69,6 +71,7 @@ def _regenerate(home: str, folder: str, max_misclassified: int | None) -> str:
         log.debug("report failed", exc_info=True)
         raise WorkFailed(f"could not write the report of run {summary['run_id']}: {message}") from e
     runs.update_summary(folder, {"report": path, "report_error": None})
+    log.info("report written in %.1fs", time.perf_counter() - started)
     return path
 
 
