@@ -260,6 +260,13 @@ def test_text_view_has_the_decision_the_table_and_the_worst_mistakes(written):
     assert f"record {worst.record:>5}  true {worst.true}  predicted {worst.predicted}" in out
 
 
+def test_a_damaged_report_json_reads_as_no_report(tmp_path):
+    build.write_report(str(tmp_path / "report"), _report_data(cap=1))
+    assert build.load_report(str(tmp_path)) is not None
+    (tmp_path / "report" / build.DATA_FILE).write_text('{"run_id": "x", "unknown": 1}')
+    assert build.load_report(str(tmp_path)) is None
+
+
 def test_page_of_a_run_with_nothing_misclassified_and_no_history(tmp_path):
     d = _report_data(names=["a", "b"], n=0, cap=4)
     d.history = {}

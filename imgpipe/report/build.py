@@ -135,9 +135,13 @@ def attach_report(config: PipelineConfig, summary: RunSummary) -> None:
 
 
 def load_report(run_folder: str) -> ReportData | None:
-    """The numbers of a written report (None when the run has no complete report)."""
+    """The numbers of a written report (None when the run has no complete, readable report)."""
     path = os.path.join(report_dir(run_folder), DATA_FILE)
     if not os.path.isfile(os.path.join(report_dir(run_folder), INDEX_FILE)) or not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return ReportData.from_dict(json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ReportData.from_dict(json.load(f))
+    except (ValueError, KeyError, TypeError) as e:  # damaged, or written by another version
+        log.warning("ignoring %s: %s: %s", path, type(e).__name__, e)
+        return None
