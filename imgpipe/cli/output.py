@@ -10,6 +10,7 @@ Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -50,6 +51,20 @@ def emit(result: Any) -> None:
     """Write one JSON line to stdout: a command's result."""
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def show(text: str) -> None:
+    """Write a human-readable view (e.g. a report's text) to stderr, beside the JSON result on stdout."""
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """While the work runs, what libraries print to stdout (Keras' epoch lines) goes to stderr,
+    so stdout holds only the command's JSON result (written after the block)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def error(message: str) -> None:

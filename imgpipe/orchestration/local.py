@@ -3,7 +3,7 @@
 `run_local(config)` runs every component in-process (Beam DirectRunner for the
 data work), logs a progress line per component, and returns the run's
 RunSummary (orchestration/summary.py), also saved with the run's config under
-HOME/runs/<run_id>/ (orchestration/runs.py).
+HOME/runs/<run_id>/ (orchestration/runs.py) beside the run's report (imgpipe/report).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
 from imgpipe.orchestration import metadata, runs
 from imgpipe.orchestration.summary import RunSummary, summarize_latest_run
+from imgpipe.report.build import attach_report
 from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
         raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
     summary = summarize_latest_run(config.metadata_path, config.pipeline_name)
+    attach_report(config, summary)  # never raises: a failed report is recorded in the summary
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary

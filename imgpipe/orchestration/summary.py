@@ -27,6 +27,9 @@ class RunSummary:
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
     gate: dict[str, Any] | None = None  # the Evaluator's gate.json: why it blessed or not
+    # The run report (imgpipe/report): its index.html, or None with the reason it is missing.
+    report: str | None = None
+    report_error: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

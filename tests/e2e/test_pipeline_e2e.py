@@ -1,23 +1,33 @@
 """Whole-pipeline runs on LocalDagRunner with real images and a backbone pre-trained here.
 
 One module-scoped sequence: a first run (every component executes, the model is
-blessed and pushed), an identical re-run (served from cache), then a worse model
-that the gate must stop (nothing pushed, serving dir unchanged). Then a second,
-small pipeline on a skewed 2-class task whose eval split has a class train
-lacks: the data gate stops it before training, and with allow_anomalies a
-deliberately bad model runs through and is not blessed, with the reasons.
+blessed and pushed, its report is written and checked against the eval split),
+an identical re-run (served from cache; its report is made to fail and the run
+still succeeds), then a worse model that the gate must stop (nothing pushed,
+serving dir unchanged). Then a second, small pipeline on a skewed 2-class task
+whose eval split has a class train lacks: the data gate stops it before
+training, and with allow_anomalies a deliberately bad model runs through and is
+not blessed, with the reasons.
 """
 
+import collections
+import dataclasses
+import json
 import os
+import shutil
 
 import pytest
 
 from imgpipe import ingest
+from imgpipe.cli import main as cli
 from imgpipe.demo import data as datasets
 from imgpipe.orchestration import metadata as mlmd
+from imgpipe.orchestration import runs
 from imgpipe.orchestration.local import PipelineRunError, run_local
+from imgpipe.report import build as report_build
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
+from tests import browser
 
 pytestmark = pytest.mark.e2e
 
@@ -96,8 +106,125 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     )
 
 
-def test_identical_rerun_is_served_from_cache(base_config, first_run):
+def _eval_records(path: str) -> list[tuple[str, bytes]]:
+    """(label, encoded image) of each record of a TFRecord folder, in file order."""
+    import tensorflow as tf
+
+    from trainer.data import raw_examples
+
+    out = []
+    for serialized in raw_examples(path).as_numpy_iterator():
+        feats = tf.train.Example.FromString(serialized).features.feature
+        out.append((feats["label"].bytes_list.value[0].decode(), feats["image"].bytes_list.value[0]))
+    return out
+
+
+def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, first_run):
+    """The report's numbers, recomputed here from the eval split and the pushed model's other signature."""
+    import numpy as np
+    import tensorflow as tf
+
+    s = first_run
+    assert s.report_error is None and s.report == os.path.join(s.run_dir, "report", "index.html")
+    assert os.path.isfile(s.report)
+    with open(os.path.join(s.run_dir, "summary.json"), encoding="utf-8") as f:
+        assert json.load(f)["report"] == s.report
+    d = report_build.load_report(s.run_dir)
+    assert d is not None and d.run_id == s.run_id
+
+    # Support = the eval split's label counts (the ingest output, read independently of ML Metadata).
+    ingested = _eval_records(os.path.join(base_config.data_dir, "eval"))
+    assert {r.name: r.support for r in d.per_class} == dict(collections.Counter(lbl for lbl, _ in ingested))
+    assert sorted(d.class_names) == [str(c) for c in CLASSES] and d.rows == d.class_names
+    assert d.examples == len(ingested) and d.unlabelled == 0
+
+    # The confusion matrix = the pushed model's own top-1 predictions (predict_images, raw image bytes),
+    # record by record over the ExampleGen eval split the report read.
+    records = _eval_records(d.artifacts["eval_examples"])
+    model = tf.saved_model.load(s.pushed).signatures["predict_images"]
+    top = model(images=tf.constant([img for _, img in records]))
+    predicted = [c.decode() for c in top["classes"].numpy()[:, 0]]
+    scores = top["scores"].numpy()[:, 0]
+    pairs = collections.Counter(zip([lbl for lbl, _ in records], predicted, strict=True))
+    for i, true in enumerate(d.rows):
+        for j, pred in enumerate(d.class_names):
+            assert d.confusion[i][j] == pairs[(true, pred)], (true, pred)
+
+    # Overall accuracy and per-class recall agree with the Evaluator's TFMA numbers.
+    assert d.accuracy == pytest.approx(s.accuracy, abs=1e-6)
+    assert {r.name: r.recall for r in d.per_class} == pytest.approx(s.per_class_accuracy, abs=1e-6)
+
+    # The gallery: every mistake counted, the worst first, each one the model's own answer.
+    wrong = [i for i, (lbl, _) in enumerate(records) if predicted[i] != lbl]
+    assert d.misclassified_total == len(wrong)
+    assert len(d.misclassified) == min(len(wrong), d.max_misclassified)
+    assert [m.score for m in d.misclassified] == sorted((m.score for m in d.misclassified), reverse=True)
+    for m in d.misclassified:
+        assert (m.true, m.predicted) == (records[m.record][0], predicted[m.record])
+        assert m.score == pytest.approx(float(scores[m.record]), rel=1e-5)
+        assert os.path.isfile(os.path.join(os.path.dirname(s.report), m.thumbnail))
+    if wrong:
+        assert np.max(scores[wrong]) == pytest.approx(d.misclassified[0].score, rel=1e-5)
+
+    # Training curves from the Trainer's own history; the gate's decision as the summary has it.
+    with mlmd.open_store(base_config.resolved().metadata_path) as store:
+        trainer = mlmd.run_executions(
+            store, base_config.pipeline_name, mlmd.latest_run(store, base_config.pipeline_name)
+        )
+        model_run = mlmd.output_uri(store, trainer["Trainer"], "model_run")
+    assert d.history == mlmd.training_summary(model_run)["history"]
+    assert len(d.history["loss"]) == base_config.training.epochs
+    assert os.path.isfile(os.path.join(os.path.dirname(s.report), "training_curves.png"))
+    assert d.gate.blessed is True and d.gate.candidate == pytest.approx(s.accuracy)
+    assert d.gate.floor >= base_config.gate.min_accuracy
+
+
+def test_first_runs_report_page_loads_every_image_in_chromium(first_run, tmp_path):
+    states = browser.image_states(first_run.report, str(tmp_path))
+    d = report_build.load_report(first_run.run_dir)
+    assert len(states) == 3 + len(d.misclassified)  # two confusion matrices, the curves, the gallery
+    assert [st["src"] for st in states if not (st["complete"] and st["naturalWidth"] > 0)] == []
+
+
+def test_report_command_shows_latest_and_rewrites_a_missing_report(base_config, first_run, capsys):
+    home = base_config.resolved().home
+    assert cli.main(["report", "latest", "--home", home]) == 0
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert shown["run_id"] == first_run.run_id and shown["report"] == first_run.report
+    assert shown["regenerated"] is False
+    assert "gate: BLESSED" in err and "precision  recall  support" in err
+
+    # A run whose report is gone gets it written again, and its record links it again.
+    report_dir = os.path.dirname(first_run.report)
+    before = report_build.load_report(first_run.run_dir)
+    shutil.rmtree(report_dir)
+    runs.update_summary(first_run.run_dir, {"report": None, "report_error": "removed by the test"})
+    assert cli.main(["report", first_run.run_id, "--home", home, "--max-misclassified", "2"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["regenerated"] is True and os.path.isfile(first_run.report)
+    again = report_build.load_report(first_run.run_dir)
+    assert again.confusion == before.confusion and again.per_class == before.per_class
+    assert again.misclassified == before.misclassified[:2]
+    assert runs.read_summary(first_run.run_dir)["report"] == first_run.report
+    assert runs.read_summary(first_run.run_dir)["report_error"] is None
+
+
+def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatch, tmp_path):
+    # The report of this run is made to fail (its model artifact is unreadable): the run must not.
+    garbage = tmp_path / "unreadable_model"
+    garbage.mkdir()
+    (garbage / "saved_model.pb").write_bytes(b"not a SavedModel")
+    found = mlmd.run_artifacts
+
+    def unreadable_model(*args, **kwargs):
+        return dataclasses.replace(found(*args, **kwargs), serving_model=str(garbage))
+
+    monkeypatch.setattr(report_build.metadata, "run_artifacts", unreadable_model)
     s = run_local(base_config)
+    assert s.report is None and "cannot load the trained model" in s.report_error
+    assert runs.read_summary(s.run_dir)["report"] is None
+    assert runs.read_summary(s.run_dir)["report_error"] == s.report_error
     assert s.run_id != first_run.run_id
     for node in (
         "ImportExampleGen",
@@ -126,6 +253,11 @@ def test_gate_stops_a_worse_model(base_config, first_run):
     assert s.gate["baseline"]["compared"] is True
     assert any("regressed from the latest blessed model's" in r for r in s.gate["reasons"]), s.gate
     assert _versions(model_dir) == before
+    # The report shows the rejected decision with the baseline it was compared with.
+    d = report_build.load_report(s.run_dir)
+    assert d.gate.blessed is False
+    assert d.gate.baseline == pytest.approx(first_run.accuracy, abs=1e-6)
+    assert d.gate.candidate == pytest.approx(s.accuracy, abs=1e-6)
 
 
 def test_floor_stops_a_model_below_min_accuracy(base_config, first_run):
