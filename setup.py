@@ -30,6 +30,7 @@ PACKAGES = [
     "imgpipe",
     "imgpipe.cli",
     "imgpipe.demo",
+    "imgpipe.drift",
     "imgpipe.ingest",
     "imgpipe.orchestration",
     "pipeline",

@@ -42,6 +42,14 @@ def latest_run(store, pipeline_name: str) -> metadata_store_pb2.Context:
     return runs[-1]
 
 
+def find_run(store, pipeline_name: str, run_id: str) -> metadata_store_pb2.Context | None:
+    """The run context of `pipeline_name` named `run_id` (a run record's run_id), or None."""
+    for run in pipeline_runs(store, pipeline_name):
+        if run.name == run_id:
+            return run
+    return None
+
+
 def run_executions(
     store, pipeline_name: str, run: metadata_store_pb2.Context
 ) -> dict[str, metadata_store_pb2.Execution]:
