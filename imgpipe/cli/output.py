@@ -4,7 +4,8 @@ stdout carries only a command's machine-readable result (JSON lines); progress,
 warnings and errors go to stderr through `logging`, configured once here.
 
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
-75 another run holds the lock (sysexits EX_TEMPFAIL), 130 interrupted.
+3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
+EX_TEMPFAIL), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from imgpipe.orchestration.lock import EXIT_LOCKED
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DRIFT = 3  # the check ran and found drift: a schedule may retrain on it
 EXIT_INTERRUPTED = 130
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE"]
+__all__ = ["EXIT_DRIFT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE"]
 
 # Logger name (its first part) -> the tag shown in front of its lines on stderr.
 _TAGS = {"trainer": "trainer", "components": "imgpipe", "pipeline": "imgpipe", "serving": "serving"}
