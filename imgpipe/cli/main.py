@@ -16,6 +16,8 @@ from collections.abc import Sequence
 # TFT 1.16 and TFMA 0.47 run Keras 2 (tf-keras): choose it before TensorFlow loads.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# ML Metadata's C++ logs every PostgreSQL connection at INFO; keep its warnings and errors.
+os.environ.setdefault("GLOG_minloglevel", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from imgpipe.cli import backbone, demo, ingest, kubeflow, run, schedule, serving  # noqa: E402

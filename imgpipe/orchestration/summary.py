@@ -1,7 +1,7 @@
 """What a pipeline run did, read back from ML Metadata: the JSON summary `imgpipe run` prints.
 
-`summarize_latest_run(metadata_path, pipeline_name)` finds the newest run of the
-pipeline and reads each component's execution state, the blessing, the pushed
+`summarize_latest_run(config)` finds the newest run of the config's pipeline in
+its ML Metadata store (SQLite or PostgreSQL) and reads each component's execution state, the blessing, the pushed
 version, the TFMA accuracy (overall, per class and the baseline's) and the
 Trainer's replica count.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from imgpipe.orchestration import metadata
+from pipeline.config import PipelineConfig
 
 
 @dataclasses.dataclass
@@ -29,10 +30,11 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
-    """Read the newest run of `pipeline_name` back from the ML Metadata store at `metadata_path`."""
-    with metadata.open_store(metadata_path) as store:
-        run = metadata.latest_run(store, pipeline_name)
+def summarize_latest_run(config: PipelineConfig, run_id: str | None = None) -> RunSummary:
+    """Read run `run_id` (default: the newest) of config.pipeline_name back from config's ML Metadata."""
+    pipeline_name = config.pipeline_name
+    with metadata.open_store(config) as store:
+        run = metadata.latest_run(store, pipeline_name, run_id)
         executions = metadata.run_executions(store, pipeline_name, run)
         blessed = metadata.blessing(store, executions.get("Evaluator"))
         pushed = metadata.pushed_path(store, executions.get("Pusher"))

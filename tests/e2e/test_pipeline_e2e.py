@@ -63,7 +63,7 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     s = first_run
     assert set(s.executions) == set(COMPONENT_IDS)
     assert all(state == "COMPLETE" for state in s.executions.values()), s.executions
-    with mlmd.open_store(base_config.resolved().metadata_path) as store:
+    with mlmd.open_store(base_config.resolved()) as store:
         assert len(store.get_executions()) == len(COMPONENT_IDS)
     # Far above chance (1/3) on the held-out split.
     assert s.accuracy is not None and s.accuracy >= 0.7, s
