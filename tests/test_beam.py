@@ -72,7 +72,9 @@ def test_dataflow_args_and_worker_image():
 
 def test_dataflow_needs_a_gcs_temp_location():
     with pytest.raises(BeamConfigError, match="gs://"):
-        beam_pipeline_args(_config("dataflow", "--project=proj-1", "--region=us-central1", "--temp_location=/tmp/x"))
+        beam_pipeline_args(
+            _config("dataflow", "--project=proj-1", "--region=us-central1", "--temp_location=/tmp/x")
+        )
 
 
 @pytest.mark.parametrize("runner", ["flink", "spark"])
