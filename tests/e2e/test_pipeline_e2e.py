@@ -9,17 +9,13 @@ import os
 
 import pytest
 
-from imgpipe import ingest
-from imgpipe.demo import data as datasets
 from imgpipe.orchestration import metadata as mlmd
 from imgpipe.orchestration.local import run_local
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
+from tests.e2e.conftest import CLASSES, SIZE
 
 pytestmark = pytest.mark.e2e
-
-CLASSES = (5, 6, 7)
-SIZE = 32
 
 
 def _versions(model_dir):
@@ -33,14 +29,10 @@ def _versions(model_dir):
 
 
 @pytest.fixture(scope="module")
-def base_config(tmp_path_factory, source_backbone):
+def base_config(tmp_path_factory, source_backbone, digits_records):
     work = tmp_path_factory.mktemp("e2e")
-    images = str(work / "images")
-    datasets.write_digits_tree(images, digits=CLASSES, size=SIZE, limit_per_class=60)
-    records = str(work / "records")
-    ingest.ingest(images, records, eval_fraction=0.25, seed=7)
     return PipelineConfig(
-        data_dir=records,
+        data_dir=digits_records,
         home=str(work / "home"),
         serving_dir=str(work / "serving"),
         model_name="digits",
