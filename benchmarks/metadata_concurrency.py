@@ -65,7 +65,7 @@ def run_scenario(store: str, kind: str, work: str, base: list[str], server, stag
 
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    env = dict(os.environ)
+    env = dict(os.environ, PGPASSFILE=os.devnull)
     runs = []
     for i in range(2):
         name = ("a", "b")[i] if kind == "two pipelines" else "imgpipe"
@@ -82,7 +82,6 @@ def run_scenario(store: str, kind: str, work: str, base: list[str], server, stag
         if store == "postgresql":
             db = "bench_" + kind.replace(" ", "_")
             args += ["--metadata", server.url(db)]
-            env["PGPASSWORD"] = server.password
         runs.append({"name": name, "home": home, "args": args, "log": os.path.join(work, f"run{i}.log")})
     t0 = time.perf_counter()
     procs = []
@@ -136,6 +135,7 @@ def main(argv=None) -> int:
         "--epochs", str(epochs), "--learning-rate", "0.01", "--min-accuracy", "0.3", "--model-name", "digits",
     ]  # fmt: skip
     server = postgres.start()
+    os.environ["PGPASSWORD"] = server.password  # for the runs, and for reading their lineage here
     rows = []
     try:
         for store, kind in SCENARIOS:

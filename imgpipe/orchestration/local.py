@@ -103,10 +103,15 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
     pipeline = create_pipeline(config, metadata.connection_config(config))
 
     tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config)
-    if not verbose:
-        # TFX, Beam and TensorFlow log at INFO through absl; keep the terminal to progress lines.
-        import absl.logging
+    import absl.logging
 
+    if verbose:
+        # TFX, Beam and TensorFlow log at INFO through absl, which prints nothing below WARNING
+        # unless its handler is installed (absl's app.run would do it; the CLI does not use it).
+        absl.logging.use_absl_handler()
+        absl.logging.set_verbosity(absl.logging.INFO)
+    else:
+        # Keep the terminal to progress lines.
         absl.logging.set_verbosity(absl.logging.WARNING)
     progress(
         f"pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}, "
