@@ -186,3 +186,24 @@ def test_wrong_or_missing_password_is_a_clear_error_without_it(postgres_server, 
     with pytest.raises(metadata.MetadataUnavailable):
         metadata.connect(cfg)
     assert "mlmd_unit_denied" not in postgres_server.databases()
+
+
+# ------------------------------------------------------------------ reading one run back
+def test_a_run_is_read_back_by_its_id_not_as_the_newest(tmp_path):
+    """Two overlapping runs of one pipeline: the first to finish must summarise itself, not the newer one."""
+    cfg = PipelineConfig(home=str(tmp_path))
+    store = metadata.connect(cfg)
+    pipeline_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline"))
+    run_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline_run"))
+    [pipeline] = store.put_contexts([metadata_store_pb2.Context(type_id=pipeline_type, name="imgpipe")])
+    older, newer = store.put_contexts(
+        [metadata_store_pb2.Context(type_id=run_type, name=n) for n in ("run-1", "run-2")]
+    )
+    store.put_parent_contexts(
+        [metadata_store_pb2.ParentContext(child_id=c, parent_id=pipeline) for c in (older, newer)]
+    )
+    with metadata.open_store(cfg) as reader:  # read-only, as the summary opens it
+        assert metadata.latest_run(reader, "imgpipe").name == "run-2"
+        assert metadata.latest_run(reader, "imgpipe", "run-1").name == "run-1"
+        with pytest.raises(LookupError, match="run 'run-9' of pipeline 'imgpipe'"):
+            metadata.latest_run(reader, "imgpipe", "run-9")
