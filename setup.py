@@ -25,6 +25,7 @@ DEMO = ["scikit-learn>=1.3"]
 EXTRAS_REQUIRE = {
     "demo": DEMO,
     "dev": ["pytest>=8", "ruff>=0.6", *DEMO],
+    "airflow": ["apache-airflow==2.10.3"],
 }
 
 # The ML system (pipeline, components, trainer, serving) and the application (imgpipe).

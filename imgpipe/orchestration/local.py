@@ -1,4 +1,4 @@
-"""Run the pipeline locally: TFX LocalDagRunner with SQLite ML Metadata.
+"""Run the pipeline locally: TFX LocalDagRunner with ML Metadata in SQLite (default) or PostgreSQL.
 
 `run_local(config)` runs every component in-process (Beam DirectRunner for the
 data work), logs a progress line per component, and returns the run's
@@ -38,19 +38,20 @@ class _ComponentProgress:
     progress. Whether a node was served from cache is read from ML Metadata.
     """
 
-    def __init__(self, progress: Progress, total: int, metadata_path: str):
+    def __init__(self, progress: Progress, total: int, config: PipelineConfig):
         self.progress = progress
         self.total = total
-        self.metadata_path = metadata_path
+        self.config = config
         self.current: str | None = None
         self.done = 0
+        self.run_id: str | None = None  # this run's id in ML Metadata (another may run at once)
 
     def _state(self, result) -> str:
         execution_id = getattr(result, "execution_id", None)
         if execution_id is None:
             return "done"
         try:
-            with metadata.open_store(self.metadata_path) as store:
+            with metadata.open_store(self.config) as store:
                 [execution] = store.get_executions_by_id([execution_id])
             return "cached" if metadata.state_name(execution) == "CACHED" else "done"
         except Exception:  # noqa: BLE001 - progress output must never fail a run
@@ -66,6 +67,8 @@ class _ComponentProgress:
         def launch(launcher_self, *args, **kwargs):
             node_id = launcher_self._pipeline_node.node_info.id  # noqa: SLF001
             tracker.current = node_id
+            spec = launcher_self._pipeline_runtime_spec  # noqa: SLF001
+            tracker.run_id = spec.pipeline_run_id.field_value.string_value or tracker.run_id
             tracker.progress(f"[{tracker.done + 1}/{tracker.total}] {node_id} ...")
             started = time.perf_counter()
             result = original(launcher_self, *args, **kwargs)
@@ -98,16 +101,24 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
     from pipeline.pipeline import COMPONENT_IDS, create_pipeline
 
     os.makedirs(config.home, exist_ok=True)
-    metadata_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-    pipeline = create_pipeline(config, metadata_config)
+    metadata.connect(config)  # fail here, naming the store, not inside the first component
+    pipeline = create_pipeline(config, metadata.connection_config(config))
 
-    tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config.metadata_path)
-    if not verbose:
-        # TFX, Beam and TensorFlow log at INFO through absl; keep the terminal to progress lines.
-        import absl.logging
+    tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config)
+    import absl.logging
 
+    if verbose:
+        # TFX, Beam and TensorFlow log at INFO through absl, which prints nothing below WARNING
+        # unless its handler is installed (absl's app.run would do it; the CLI does not use it).
+        absl.logging.use_absl_handler()
+        absl.logging.set_verbosity(absl.logging.INFO)
+    else:
+        # Keep the terminal to progress lines.
         absl.logging.set_verbosity(absl.logging.WARNING)
-    progress(f"pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}")
+    progress(
+        f"pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}, "
+        f"ML Metadata {config.metadata_location}"
+    )
     try:
         with tracker.installed():
             tfx.orchestration.LocalDagRunner().run(pipeline)
@@ -115,7 +126,7 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
         where = tracker.current or "the pipeline"
         raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
-    summary = summarize_latest_run(config.metadata_path, config.pipeline_name)
+    summary = summarize_latest_run(config, run_id=tracker.run_id)
     attach_report(config, summary)  # never raises: a failed report is recorded in the summary
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)

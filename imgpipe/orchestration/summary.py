@@ -1,10 +1,11 @@
 """What a pipeline run did, read back from ML Metadata: the JSON summary `imgpipe run` prints.
 
-`summarize_latest_run(metadata_path, pipeline_name)` finds the newest run of the
-pipeline and reads each component's execution state, the blessing, the pushed
-version, the TFMA accuracy (overall, per class and the baseline's), the
-Trainer's replica count, and the Evaluator's decision record (`gate`: gate.json,
-the contract in components/gate_decision.py; null when the Evaluator did not run).
+`summarize_latest_run(config, run_id)` reads run `run_id` of the config's pipeline
+from its ML Metadata store (SQLite or PostgreSQL): each component's execution
+state, the blessing, the pushed version, the TFMA accuracy (overall, per class
+and the baseline's), the Trainer's replica count, and the Evaluator's decision
+record (`gate`: gate.json, the contract in components/gate_decision.py; null
+when the Evaluator did not run).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from imgpipe.orchestration import metadata
+from pipeline.config import PipelineConfig
 
 
 @dataclasses.dataclass
@@ -35,10 +37,11 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
-    """Read the newest run of `pipeline_name` back from the ML Metadata store at `metadata_path`."""
-    with metadata.open_store(metadata_path) as store:
-        run = metadata.latest_run(store, pipeline_name)
+def summarize_latest_run(config: PipelineConfig, run_id: str | None = None) -> RunSummary:
+    """Read run `run_id` (default: the newest) of config.pipeline_name back from config's ML Metadata."""
+    pipeline_name = config.pipeline_name
+    with metadata.open_store(config) as store:
+        run = metadata.latest_run(store, pipeline_name, run_id)
         executions = metadata.run_executions(store, pipeline_name, run)
         blessed = metadata.blessing(store, executions.get("Evaluator"))
         pushed = metadata.pushed_path(store, executions.get("Pusher"))

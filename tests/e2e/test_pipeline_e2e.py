@@ -28,11 +28,9 @@ from imgpipe.report import build as report_build
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
 from tests import browser
+from tests.e2e.conftest import CLASSES, SIZE
 
 pytestmark = pytest.mark.e2e
-
-CLASSES = (5, 6, 7)
-SIZE = 32
 
 
 def _versions(model_dir):
@@ -46,14 +44,10 @@ def _versions(model_dir):
 
 
 @pytest.fixture(scope="module")
-def base_config(tmp_path_factory, source_backbone):
+def base_config(tmp_path_factory, source_backbone, digits_records):
     work = tmp_path_factory.mktemp("e2e")
-    images = str(work / "images")
-    datasets.write_digits_tree(images, digits=CLASSES, size=SIZE, limit_per_class=60)
-    records = str(work / "records")
-    ingest.ingest(images, records, eval_fraction=0.25, seed=7)
     return PipelineConfig(
-        data_dir=records,
+        data_dir=digits_records,
         home=str(work / "home"),
         serving_dir=str(work / "serving"),
         model_name="digits",
@@ -76,7 +70,7 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     s = first_run
     assert set(s.executions) == set(COMPONENT_IDS)
     assert all(state == "COMPLETE" for state in s.executions.values()), s.executions
-    with mlmd.open_store(base_config.resolved().metadata_path) as store:
+    with mlmd.open_store(base_config.resolved()) as store:
         assert len(store.get_executions()) == len(COMPONENT_IDS)
     # Far above chance (1/3) on the held-out split.
     assert s.accuracy is not None and s.accuracy >= 0.7, s
@@ -167,7 +161,7 @@ def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, fir
         assert np.max(scores[wrong]) == pytest.approx(d.misclassified[0].score, rel=1e-5)
 
     # Training curves from the Trainer's own history; the gate's decision as the summary has it.
-    with mlmd.open_store(base_config.resolved().metadata_path) as store:
+    with mlmd.open_store(base_config.resolved()) as store:
         trainer = mlmd.run_executions(
             store, base_config.pipeline_name, mlmd.latest_run(store, base_config.pipeline_name)
         )
@@ -327,7 +321,7 @@ def test_unseen_eval_class_stops_the_run_before_training(anomaly_config):
     # ExampleValidator saw it too: the contract schema's label domain is the train classes.
     assert "eval: feature 'label': Unexpected string values" in message
     cfg = anomaly_config.resolved()
-    with mlmd.open_store(cfg.metadata_path) as store:
+    with mlmd.open_store(cfg) as store:
         run = mlmd.latest_run(store, cfg.pipeline_name)
         states = {
             node: mlmd.state_name(x) for node, x in mlmd.run_executions(store, cfg.pipeline_name, run).items()
