@@ -12,6 +12,7 @@ from typing import Any
 from tfx import v1 as tfx
 
 from components.evaluator import RuntimeParamEvaluator, eval_config
+from components.pusher import ServingPusher
 from components.runtime_params import knob_values
 from components.trainer import RuntimeParamTrainer
 from pipeline.beam import beam_pipeline_args
@@ -107,13 +108,14 @@ def create_pipeline(
         example_splits=["eval"],
         knobs=knobs,
     ).with_id("Evaluator")
-    pusher = tfx.components.Pusher(
+    # Skips a model byte-identical to the newest served version (components/pusher.py).
+    pusher = ServingPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
-    )
+    ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

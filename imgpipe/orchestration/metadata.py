@@ -137,3 +137,33 @@ def trainer_replicas(model_run_uri: str | None) -> int | None:
         return None
     with open(path, encoding="utf-8") as f:
         return int(json.load(f)["replicas"])
+
+
+# ---------------------------------------------------------------------- one run, push skips, updates
+def run_by_id(store, pipeline_name: str, run_id: str) -> metadata_store_pb2.Context:
+    """The pipeline_run context named `run_id` (LookupError if ML Metadata has no such run)."""
+    run = store.get_context_by_type_and_name("pipeline_run", run_id)
+    if run is None:
+        raise LookupError(f"no run {run_id!r} of pipeline {pipeline_name!r} in ML Metadata")
+    return run
+
+
+def push_skipped_version(store, pusher_execution) -> str | None:
+    """The serving version a Pusher found identical to its model (so it pushed nothing), else None."""
+    from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
+
+    arts = output_artifacts(store, pusher_execution, "pushed_model")
+    if not arts or IDENTICAL_VERSION_KEY not in arts[-1].custom_properties:
+        return None
+    return arts[-1].custom_properties[IDENTICAL_VERSION_KEY].string_value
+
+
+@contextlib.contextmanager
+def open_store_for_update(sqlite_path: str) -> Iterator[metadata_store.MetadataStore]:
+    """The home's ML Metadata store, writable: for run recovery and prune, which hold the home's lock."""
+    if not os.path.exists(sqlite_path):
+        raise FileNotFoundError(f"no ML Metadata database at {sqlite_path}")
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = sqlite_path
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    yield metadata_store.MetadataStore(cfg)
