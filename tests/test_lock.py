@@ -120,3 +120,31 @@ def test_lock_wait_must_be_seconds(tmp_path, value, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["run", "--data", str(tmp_path), "--lock-wait", value])
     assert e.value.code == 2 and "--lock-wait: must be a number of seconds" in capsys.readouterr().err
+
+
+def test_lock_file_naming_the_home_lock_is_not_taken_twice(tmp_path, monkeypatch, capsys):
+    """`--lock-file HOME/run.lock` is the lock the run takes anyway: the run must not refuse itself."""
+    from imgpipe.cli import main as cli
+    from imgpipe.cli import run as run_cli
+
+    home = tmp_path / "home"
+
+    def fake_run_pipeline(config, verbose=False, lock_wait=0.0):  # what run_local does first
+        with lock.run_lock(lock.home_lock_path(config.resolved().home), wait=lock_wait):
+            return {"ran": True}
+
+    monkeypatch.setattr(run_cli, "run_pipeline", fake_run_pipeline)
+    for lock_file in (home / lock.HOME_LOCK_FILE, home / "sub" / ".." / lock.HOME_LOCK_FILE):
+        code = cli.main(["run", "--data", str(tmp_path), "--home", str(home), "--lock-file", str(lock_file)])
+        assert code == 0 and capsys.readouterr().out.strip() == '{"ran": true}'
+    # Another lock file is held on top of the home's, for the whole run.
+    other = tmp_path / "schedule.lock"
+
+    def check_both_held(config, verbose=False, lock_wait=0.0):
+        with pytest.raises(lock.LockBusy):
+            with lock.run_lock(str(other)):
+                pass
+        return fake_run_pipeline(config, verbose, lock_wait)
+
+    monkeypatch.setattr(run_cli, "run_pipeline", check_both_held)
+    assert cli.main(["run", "--data", str(tmp_path), "--home", str(home), "--lock-file", str(other)]) == 0
