@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "pyyaml>=6",
     "pydantic>=2.6",
+    # the run report's figures (imgpipe/report, Agg backend: no display needed)
+    "matplotlib>=3.7",
 ]
 
 # scikit-learn supplies the demo's images (load_digits, load_sample_images): demo and dev only.
@@ -31,10 +33,12 @@ PACKAGES = [
     "imgpipe.demo",
     "imgpipe.ingest",
     "imgpipe.orchestration",
+    "imgpipe.report",
     "pipeline",
     "components",
     "trainer",
     "serving",
+    "serving.devserver",
 ]
 
 setup(

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from imgpipe.cli.output import Command, emit
+from imgpipe.cli.output import Command, emit, stdout_to_stderr
 from imgpipe.cli.run import run_pipeline
 from imgpipe.demo import steps
 
@@ -31,8 +31,11 @@ def _add(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    source, target = steps.prepare_data(workdir, args.image_size)
-    weights = steps.pretrained_backbone(workdir, source, args.backbone, args.image_size, args.pretrain_epochs)
+    with stdout_to_stderr():
+        source, target = steps.prepare_data(workdir, args.image_size)
+        weights = steps.pretrained_backbone(
+            workdir, source, args.backbone, args.image_size, args.pretrain_epochs
+        )
     config = steps.target_config(
         workdir,
         target,

@@ -62,6 +62,12 @@ def emit(result: Any) -> None:
     sys.stdout.flush()
 
 
+def show(text: str) -> None:
+    """Write a human-readable view (e.g. a report's text) to stderr, beside the JSON result on stdout."""
+    sys.stderr.write(text if text.endswith("\n") else text + "\n")
+    sys.stderr.flush()
+
+
 def error(message: str) -> None:
     sys.stderr.write(f"imgpipe: error: {message}\n")
     sys.stderr.flush()

@@ -1,15 +1,24 @@
-"""Ingest: a class-per-folder image tree -> checked, de-duplicated, split TFRecords (the TFRecord contract)."""
+"""Ingest: a class-per-folder image tree -> checked, de-duplicated, split TFRecords.
 
-from imgpipe.ingest.core import (
-    ACCEPTED_FORMATS,
-    CLASSES_FILE,
-    REPORT_FILE,
-    SPLITS,
-    IngestError,
-    IngestReport,
-    ingest,
-    validate_tfrecord_dir,
-)
+One job per module, run in this order by ``ingest`` (run.py):
+
+- ``scan``: list the tree, read and check every file (``images``) ->
+  candidates (path, class, SHA-256, size) and skipped files with reasons;
+- ``plan``: pure; group identical bytes, drop label conflicts and copies,
+  split each class deterministically, plan the shards;
+- ``write``: re-read and re-hash each kept file, write the shards through a
+  staging dir, move them into place with ``classes.json`` and the report.
+
+``contract`` is the TFRecord layout ingest writes and ``imgpipe run`` accepts
+(``validate_tfrecord_dir``); ``report`` is the IngestReport. Nothing is dropped
+silently: each file that is not written is in the report with a reason.
+"""
+
+from imgpipe.ingest.contract import CLASSES_FILE, REPORT_FILE, SPLITS, validate_tfrecord_dir
+from imgpipe.ingest.errors import IngestError
+from imgpipe.ingest.images import ACCEPTED_FORMATS
+from imgpipe.ingest.report import IngestReport
+from imgpipe.ingest.run import ingest
 
 __all__ = [
     "ACCEPTED_FORMATS",

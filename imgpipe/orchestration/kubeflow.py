@@ -12,9 +12,11 @@ runtime parameters of the stock Trainer and Evaluator.
 The nearest honest solution: the Trainer and Evaluator nodes
 (components/trainer.py, components/evaluator.py) are the stock components with
 those knobs added as top-level execution properties (`RuntimeParamTrainer`,
-`RuntimeParamEvaluator`, same node ids, same inputs and outputs). Their executors are the stock executors after one step: the
-Trainer's merges epochs/learning_rate into custom_config before run_fn sees
-it; the Evaluator's writes min_accuracy into eval_config's accuracy threshold.
+`GateEvaluator`, same node ids, same inputs and outputs). Their executors are
+the stock executors after one step: the Trainer's merges epochs/learning_rate
+into custom_config before run_fn sees it; the Evaluator's computes the gate's
+floor from min_accuracy (components/gate_decision.py) and writes it into
+eval_config's accuracy threshold.
 Each knob is then a real, typed KFP pipeline parameter on Vertex and Kubeflow,
 and on LocalDagRunner the same nodes run with plain values.
 

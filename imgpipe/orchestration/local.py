@@ -3,7 +3,7 @@
 `run_local(config)` runs every component in-process (Beam DirectRunner for the
 data work), logs a progress line per component, and returns the run's
 RunSummary (orchestration/summary.py), also saved with the run's config under
-HOME/runs/<run_id>/ (orchestration/runs.py).
+HOME/runs/<run_id>/ (orchestration/runs.py) beside the run's report (imgpipe/report).
 
 A run holds its home's lock from start to end (orchestration/lock.py: a second
 run on the same home waits up to `lock_wait` seconds, then gets LockBusy), and
@@ -24,10 +24,12 @@ import time
 import uuid
 from collections.abc import Callable
 
+from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run
+from imgpipe.report.build import attach_report
 from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -163,20 +165,32 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
 
         absl.logging.set_verbosity(absl.logging.WARNING)
     progress(f"pipeline {config.pipeline_name} run {run_id}: data {config.data_dir}, home {config.home}")
-    try:
-        with (
-            scratch.run_scratch(config.home, run_id),
-            scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),
-            tracker.installed(),
-        ):
-            tfx.orchestration.LocalDagRunner().run_with_ir(ir)
-    except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
-        where = tracker.current or "the pipeline"
-        raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
+    with scratch.run_scratch(config.home, run_id):  # the report's temp files too
+        try:
+            with scratch.no_tfx_package_for_local_beam(config.beam.beam_runner), tracker.installed():
+                tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+        except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
+            where = tracker.current or "the pipeline"
+            raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
-    summary = summarize_run(config.metadata_path, config.pipeline_name, run_id)
+        summary = summarize_run(config.metadata_path, config.pipeline_name, run_id)
+        attach_report(config, summary)  # never raises: a failed report is recorded in the summary
     summary.run_dir = runs.write_record(config, summary)
+    _log_gate(summary.gate)
     return summary
+
+
+def _log_gate(gate: dict | None) -> None:
+    """Say on stderr what a person overrode and why a model was not blessed (also in the summary)."""
+    if not gate:
+        return
+    for anomaly in gate.get("anomalies_allowed") or []:
+        log.warning("data anomaly allowed (--allow-anomalies): %s", anomaly)
+    for reason in gate.get("reasons") or []:
+        log.warning("not blessed: %s", reason)
+    skipped = (gate.get("baseline") or {}).get("skipped_reason")
+    if skipped and skipped != NO_BASELINE:
+        log.warning("no comparison with the latest blessed model: %s", skipped)
 
 
 def check_data_dir(data_dir: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.gate import ACCURACY_KEY
+from components.gate_decision import GATE_FILE
 from trainer.config import SUMMARY_FILE
 
 
@@ -130,13 +132,71 @@ def evaluation_accuracy(evaluation_uri: str | None) -> tuple[float | None, float
 
 
 def trainer_replicas(model_run_uri: str | None) -> int | None:
-    if not model_run_uri:
-        return None
-    path = os.path.join(model_run_uri, SUMMARY_FILE)
+    summary = training_summary(model_run_uri)
+    return int(summary["replicas"]) if summary is not None else None
+
+
+# ---------------------------------------------------------------- one run's artifacts (the report)
+SERVING_MODEL_DIR = "Format-Serving"  # TFX's serving model folder inside a Model artifact
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArtifacts:
+    """Where one pipeline run's outputs are (None: that component made none in this run)."""
+
+    run_id: str
+    states: dict[str, str]  # node id -> COMPLETE | CACHED | FAILED | ...
+    eval_examples: str | None  # ExampleGen `examples`, Split-eval folder
+    serving_model: str | None  # Trainer `model`, its Format-Serving SavedModel
+    model_run: str | None  # Trainer `model_run` (training_summary.json)
+    evaluation: str | None  # Evaluator `evaluation` (TFMA output, gate.json)
+
+
+def find_run(store, pipeline_name: str, run_id: str) -> metadata_store_pb2.Context:
+    """The pipeline_run context named `run_id` (LookupError when ML Metadata has no such run)."""
+    for run in pipeline_runs(store, pipeline_name):
+        if run.name == run_id:
+            return run
+    raise LookupError(f"no run {run_id!r} of pipeline {pipeline_name!r} in ML Metadata")
+
+
+def split_uri(store, execution, key: str, split: str) -> str | None:
+    """The folder of one split of an Examples output (`<uri>/Split-<split>`)."""
+    uri = output_uri(store, execution, key)
+    return os.path.join(uri, f"Split-{split}") if uri else None
+
+
+def run_artifacts(metadata_path: str, pipeline_name: str, run_id: str) -> RunArtifacts:
+    """Look up run `run_id`'s eval examples, trained model, training summary and evaluation."""
+    with open_store(metadata_path) as store:
+        run = find_run(store, pipeline_name, run_id)
+        executions = run_executions(store, pipeline_name, run)
+        model = output_uri(store, executions.get("Trainer"), "model")
+        return RunArtifacts(
+            run_id=run.name,
+            states={node: state_name(e) for node, e in executions.items()},
+            eval_examples=split_uri(store, executions.get("ImportExampleGen"), "examples", "eval"),
+            serving_model=os.path.join(model, SERVING_MODEL_DIR) if model else None,
+            model_run=output_uri(store, executions.get("Trainer"), "model_run"),
+            evaluation=output_uri(store, executions.get("Evaluator"), "evaluation"),
+        )
+
+
+def _json_file(path: str) -> dict | None:
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
-        return int(json.load(f)["replicas"])
+        return json.load(f)
+
+
+def training_summary(model_run_uri: str | None) -> dict | None:
+    """The Trainer's training_summary.json (replicas, history, notes), or None when absent."""
+    return _json_file(os.path.join(model_run_uri, SUMMARY_FILE)) if model_run_uri else None
+
+
+def gate_record(evaluation_uri: str | None) -> dict | None:
+    """The Evaluator's gate.json, or None (runs from before the record existed)."""
+    return _json_file(os.path.join(evaluation_uri, GATE_FILE)) if evaluation_uri else None
 
 
 # ---------------------------------------------------------------------- one run, push skips, updates

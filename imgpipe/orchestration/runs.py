@@ -31,3 +31,32 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
     with open(os.path.join(folder, SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
     return folder
+
+
+def latest_record(home: str) -> str:
+    """The folder of the newest run record in HOME/runs (by when its config was saved)."""
+    root = os.path.join(home, "runs")
+    folders = [
+        os.path.join(root, name)
+        for name in (os.listdir(root) if os.path.isdir(root) else [])
+        if os.path.isfile(os.path.join(root, name, CONFIG_FILE))
+    ]
+    if not folders:
+        raise LookupError(f"no run records in {root}")
+    return max(folders, key=lambda f: (os.path.getmtime(os.path.join(f, CONFIG_FILE)), f))
+
+
+def read_summary(folder: str) -> dict:
+    """The summary a run record holds."""
+    with open(os.path.join(folder, SUMMARY_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def update_summary(folder: str, changes: dict) -> dict:
+    """Set `changes` in a run record's summary (written to a temporary file, then renamed)."""
+    summary = {**read_summary(folder), **changes}
+    path = os.path.join(folder, SUMMARY_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return summary

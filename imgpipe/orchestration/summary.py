@@ -3,7 +3,9 @@
 `summarize_run(metadata_path, pipeline_name, run_id)` reads one run (the newest
 when run_id is None) back: each component's execution state, the blessing, the
 pushed version (or why nothing was pushed), the TFMA accuracy (overall, per
-class and the baseline's) and the Trainer's replica count.
+class and the baseline's), the Trainer's replica count, and the Evaluator's
+decision record (`gate`: gate.json, the contract in components/gate_decision.py;
+null when the Evaluator did not run).
 
 `pushed` is the version this run pushed, else null. `push_skipped` says why a
 blessed model was not pushed: "identical to version N" (the Pusher found the
@@ -14,6 +16,7 @@ from cache: an earlier run with the same inputs did the push).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from imgpipe.orchestration import metadata
 
@@ -30,6 +33,10 @@ class RunSummary:
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
     push_skipped: str | None = None  # why a blessed model was not pushed (see the module doc)
+    gate: dict[str, Any] | None = None  # the Evaluator's gate.json: why it blessed or not
+    # The run report (imgpipe/report): its index.html, or None with the reason it is missing.
+    report: str | None = None
+    report_error: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -53,6 +60,7 @@ def summarize_run(metadata_path: str, pipeline_name: str, run_id: str | None) ->
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
+    gate = metadata.gate_record(evaluation_uri)
     return RunSummary(
         run_id=run.name,
         blessed=blessed,
@@ -63,6 +71,7 @@ def summarize_run(metadata_path: str, pipeline_name: str, run_id: str | None) ->
         per_class_accuracy=per_class,
         baseline_accuracy=baseline,
         push_skipped=push_skipped,
+        gate=gate,
     )
 
 

@@ -1,0 +1,131 @@
+"""The TFRecord contract: what ``imgpipe ingest`` writes and what ``imgpipe run`` accepts.
+
+Layout (what ``ImportExampleGen`` reads, one sub-folder per split)::
+
+    out_dir/train/data-00000-of-0000N.tfrecord   tf.train.Example:
+    out_dir/eval/data-00000-of-0000M.tfrecord      image: bytes (file bytes, unchanged)
+    out_dir/classes.json                           label: bytes (class folder, utf-8)
+    out_dir/ingest_report.json
+
+``run`` needs only ``train/`` and ``eval/`` holding uncompressed TFRecord files
+of such Examples (any file names); ``validate_tfrecord_dir`` checks that before
+a pipeline starts. The feature names live in ``trainer.features``, which the
+Transform and serving code read too.
+"""
+
+from __future__ import annotations
+
+import os
+
+from imgpipe.ingest.errors import IngestError, tf_error_text
+from trainer.features import IMAGE_KEY, LABEL_KEY
+
+SPLITS = ("train", "eval")
+REPORT_FILE = "ingest_report.json"
+CLASSES_FILE = "classes.json"
+
+
+def shard_names(count: int) -> list[str]:
+    """File names of a split cut into ``count`` shards (sorted = record order)."""
+    return [f"data-{i:05d}-of-{count:05d}.tfrecord" for i in range(count)]
+
+
+def example_bytes(image: bytes, label: str) -> bytes:
+    """One serialized tf.train.Example: the image file's bytes and its class name."""
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                LABEL_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[label.encode("utf-8")])),
+            }
+        )
+    )
+    # deterministic=True orders the feature map, so output bytes are reproducible.
+    return example.SerializeToString(deterministic=True)
+
+
+def validate_tfrecord_dir(path: str) -> dict[str, int]:
+    """Check an existing TFRecord dir is usable as-is; return its file counts.
+
+    Requires ``path/train/`` and ``path/eval/``, each holding at least one
+    uncompressed TFRecord file and nothing else (ExampleGen reads every entry,
+    hidden files included). The first record of every file must parse as a
+    tf.train.Example with a bytes ``image`` (a decodable image, checked once
+    per split) and a bytes ``label``. Works for local and ``gs://`` paths.
+    Returns ``{'train_files': n, 'eval_files': n}``; raises IngestError.
+    """
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    gfile = tf.io.gfile
+    if not gfile.exists(path):
+        raise IngestError(f"TFRecord dir {path} does not exist")
+    if not gfile.isdir(path):
+        raise IngestError(f"TFRecord dir {path} is not a directory")
+    result: dict[str, int] = {}
+    for split in SPLITS:
+        split_dir = os.path.join(path, split)
+        if not gfile.isdir(split_dir):
+            raise IngestError(
+                f"{path} has no '{split}/' subdirectory; expected {path}/train/ and "
+                f"{path}/eval/ holding TFRecord files of tf.train.Example "
+                "(image: bytes, label: bytes)"
+            )
+        entries = sorted(e.rstrip("/") for e in gfile.listdir(split_dir))
+        subdirs = [e for e in entries if gfile.isdir(os.path.join(split_dir, e))]
+        stray = subdirs + [e for e in entries if e.startswith(".") and e not in subdirs]
+        if stray:
+            raise IngestError(
+                f"{split_dir} contains {stray}: only TFRecord files may be there "
+                f"(ExampleGen reads every entry of {split}/*)"
+            )
+        if not entries:
+            raise IngestError(f"{split_dir} holds no TFRecord files")
+        records = 0
+        for name in entries:
+            records += _check_first_record(os.path.join(split_dir, name), check_image=not records)
+        if not records:
+            raise IngestError(f"{split_dir}: all {len(entries)} files hold no records")
+        result[f"{split}_files"] = len(entries)
+    return result
+
+
+def _check_first_record(file_path: str, check_image: bool) -> int:
+    """Validate the first record of one TFRecord file; return 1, or 0 if empty."""
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+    from google.protobuf.message import DecodeError
+
+    with tf.io.gfile.GFile(file_path, "rb") as handle:
+        if handle.read(2) == b"\x1f\x8b":
+            raise IngestError(f"{file_path} is GZIP-compressed; imgpipe reads uncompressed TFRecord files")
+    try:
+        first = [r.numpy() for r in tf.data.TFRecordDataset(file_path).take(1)]
+    except tf.errors.OpError as exc:
+        raise IngestError(f"{file_path} is not a readable TFRecord file: {tf_error_text(exc)}") from exc
+    if not first:
+        return 0
+    try:
+        example = tf.train.Example.FromString(first[0])
+    except DecodeError as exc:
+        raise IngestError(f"first record of {file_path} is not a tf.train.Example: {exc}") from exc
+    features = example.features.feature
+    for key in (IMAGE_KEY, LABEL_KEY):
+        if key not in features:
+            raise IngestError(
+                f"first record of {file_path} has no '{key}' feature "
+                f"(found: {sorted(features)}); expected image: bytes, label: bytes"
+            )
+        kind = features[key].WhichOneof("kind")
+        if kind != "bytes_list":
+            raise IngestError(f"first record of {file_path}: feature '{key}' is {kind}, expected bytes_list")
+        if not features[key].bytes_list.value or not features[key].bytes_list.value[0]:
+            raise IngestError(f"first record of {file_path}: feature '{key}' is empty")
+    if check_image:
+        try:
+            tf.io.decode_image(features[IMAGE_KEY].bytes_list.value[0], expand_animations=False)
+        except tf.errors.OpError as exc:
+            raise IngestError(
+                f"first record of {file_path}: 'image' bytes are not a decodable image ({tf_error_text(exc)})"
+            ) from exc
+    return 1

@@ -1,0 +1,31 @@
+"""IngestError, the one error ingest raises, and the TF error text it quotes.
+
+Kept apart from the report and the contract so both can raise it without
+importing each other.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+class IngestError(ValueError):
+    """Bad ingest input or output location; the message names the path at fault.
+
+    ``report`` holds the partial report (as a dict) when the failure was found
+    after scanning, so callers can show which files were skipped and why.
+    """
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def tf_error_text(exc: Exception) -> str:
+    """TF op error text without the '{{function_node ...}}' / '[Op:...]' noise."""
+    text = getattr(exc, "message", None) or str(exc)
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*", "", text, flags=re.DOTALL)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,191 @@
+"""The plan: which checked files become which records in which shard. Pure: no I/O.
+
+Given the class folders and the candidates a scan found, decide everything
+the writer needs and the report records:
+
+- identical bytes (same SHA-256) are one group; a group under several classes
+  is a label conflict and none of its files is written;
+- copies inside one class are written once (the first path by name is kept);
+- each class's unique images are split deterministically: a group's split is
+  decided by hashing (seed, class, content), never by file order or names, so
+  copies never straddle train and eval and a re-run gives the same split;
+- classes without a usable image are left out (and warned about);
+- records are interleaved across classes in a seeded order, then each split is
+  cut into contiguous shards.
+
+``Plan.refusal`` says why a plan cannot make a training set (fewer than two
+classes, or an empty eval split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from imgpipe.ingest.contract import SPLITS, shard_names
+from imgpipe.ingest.report import display_path
+
+# Auto sharding aims for ~128 MiB shards: big enough for efficient sequential
+# reads, small enough to parallelise Beam / tf.data reading.
+TARGET_SHARD_BYTES = 128 * 1024 * 1024
+
+
+class Candidate(NamedTuple):
+    """One decodable image found by the scan (no pixel data kept)."""
+
+    rel: str  # path relative to images_dir, '/'-separated, as on disk (see display_path)
+    label: str  # its class folder
+    sha256: str  # hex digest of the file's bytes
+    size: int  # bytes
+
+
+class Shard(NamedTuple):
+    """One TFRecord file to write: its name and its records in order."""
+
+    name: str
+    records: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before writing; the fields mirror IngestReport's."""
+
+    classes: list[str]  # classes with usable images, in folder order
+    counts: dict[str, dict[str, int]]  # class -> {"train": n, "eval": n}
+    duplicates: list[dict[str, Any]]
+    label_conflicts: list[dict[str, Any]]
+    empty_classes: list[str]
+    warnings: list[str]
+    shards: dict[str, list[Shard]]  # split -> shards in file-name order
+
+    def records(self, split: str) -> list[Candidate]:
+        """Every record of ``split`` in the order it is written."""
+        return [c for shard in self.shards[split] for c in shard.records]
+
+    def shard_names(self) -> dict[str, list[str]]:
+        """split -> shard file names (the report's ``shards``)."""
+        return {s: [shard.name for shard in self.shards[s]] for s in SPLITS}
+
+    def refusal(self, images_dir: str, num_skipped: int = 0) -> str | None:
+        """Why this plan cannot make a training set, or None when it can."""
+        if len(self.classes) < 2:
+            return (
+                f"{images_dir} has {len(self.classes)} class(es) with usable images "
+                f"({self.classes}); a classifier needs at least 2"
+                + (f"; empty class folders: {self.empty_classes}" if self.empty_classes else "")
+                + (f"; {num_skipped} files skipped" if num_skipped else "")
+            )
+        if not any(shard.records for shard in self.shards["eval"]):
+            return (
+                f"every class in {images_dir} has a single unique image, so the eval split "
+                "would be empty; add images"
+            )
+        return None
+
+
+def make_plan(
+    folders: Iterable[str],
+    candidates: Iterable[Candidate],
+    *,
+    seed: int,
+    eval_fraction: float,
+    num_shards: int | None = None,
+) -> Plan:
+    """Group, de-duplicate, split and shard ``candidates`` (see the module docstring).
+
+    ``folders`` are all class folder names in order (including ones with no
+    candidate); every candidate's label must be one of them. ``eval_fraction``
+    in (0, 1); ``num_shards`` per split (capped at its record count), None for
+    ~128 MiB shards.
+    """
+    folders = list(folders)
+    known = set(folders)
+    by_hash: dict[str, list[Candidate]] = {}
+    for cand in candidates:
+        if cand.label not in known:
+            raise ValueError(f"candidate {cand.rel} has class {cand.label!r}, not one of {folders}")
+        by_hash.setdefault(cand.sha256, []).append(cand)
+
+    # Group by content: the same bytes under two classes is a label conflict.
+    label_conflicts: list[dict[str, Any]] = []
+    groups: dict[str, dict[str, list[Candidate]]] = {name: {} for name in folders}
+    for digest in sorted(by_hash):
+        members = sorted(by_hash[digest], key=lambda c: (c.label, display_path(c.rel)))
+        if len({c.label for c in members}) > 1:
+            label_conflicts.append(
+                {
+                    "sha256": digest,
+                    "files": [{"path": display_path(c.rel), "class": c.label} for c in members],
+                }
+            )
+            continue
+        groups[members[0].label][digest] = members
+
+    # Split each class's unique images; rank by (seed, class, content).
+    classes: list[str] = []
+    counts: dict[str, dict[str, int]] = {}
+    duplicates: list[dict[str, Any]] = []
+    empty_classes: list[str] = []
+    warnings: list[str] = []
+    chosen: dict[str, list[Candidate]] = {s: [] for s in SPLITS}
+    for name in folders:
+        digests = sorted(groups[name], key=lambda d, n=name: _rank(seed, "split", n, d))
+        if not digests:
+            empty_classes.append(name)
+            continue
+        n_eval = eval_count(len(digests), eval_fraction)
+        classes.append(name)
+        counts[name] = {"train": len(digests) - n_eval, "eval": n_eval}
+        if n_eval == 0:
+            warnings.append(f"class {name!r} has 1 unique image: it is in train only, none in eval")
+        for i, digest in enumerate(digests):
+            split = "eval" if i < n_eval else "train"
+            kept, *copies = groups[name][digest]
+            chosen[split].append(kept)
+            if copies:
+                duplicates.append(
+                    {
+                        "class": name,
+                        "sha256": digest,
+                        "split": split,
+                        "kept": display_path(kept.rel),
+                        "duplicates": [display_path(c.rel) for c in copies],
+                    }
+                )
+    duplicates.sort(key=lambda d: (d["class"], d["kept"]))
+    warnings += [f"class folder {name!r} has no usable images and is left out" for name in empty_classes]
+
+    # Interleave classes in a seeded order, so a reader's shuffle buffer sees
+    # every class early, then cut each split into contiguous shards.
+    shards: dict[str, list[Shard]] = {}
+    for split in SPLITS:
+        records = sorted(chosen[split], key=lambda c, s=split: _rank(seed, "order", s, c.label, c.sha256))
+        wanted = num_shards or math.ceil(sum(c.size for c in records) / TARGET_SHARD_BYTES)
+        count = max(1, min(wanted, len(records)))
+        shards[split] = [
+            Shard(name, tuple(records[start:stop]))
+            for name, (start, stop) in zip(
+                shard_names(count), _shard_ranges(len(records), count), strict=True
+            )
+        ]
+    return Plan(classes, counts, duplicates, label_conflicts, empty_classes, warnings, shards)
+
+
+def eval_count(n: int, eval_fraction: float) -> int:
+    """round(eval_fraction * n), half up; >= 1 eval and >= 1 train when n >= 2."""
+    if n < 2:
+        return 0
+    return min(max(math.floor(eval_fraction * n + 0.5), 1), n - 1)
+
+
+def _rank(*parts: object) -> str:
+    """A seeded, content-derived sort key (stable across runs and machines)."""
+    return hashlib.sha256("\0".join(str(p) for p in parts).encode("utf-8")).hexdigest()
+
+
+def _shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
+    """[start, stop) of each of ``num_shards`` contiguous, near-equal slices of n."""
+    return [(i * n // num_shards, (i + 1) * n // num_shards) for i in range(num_shards)]

@@ -1,0 +1,83 @@
+"""IngestReport: what ingest wrote and everything it did not write, with reasons.
+
+Its ``to_dict()`` is the JSON of ``ingest_report.json`` and of ``imgpipe ingest``'s
+stdout; the key order is fixed so the file is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgpipe.ingest.contract import SPLITS
+
+
+def display_path(path: str) -> str:
+    """``path`` as report text: undecodable file-name bytes shown as escapes, so JSON can hold it."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass
+class IngestReport:
+    """What ``ingest`` wrote and everything it did not write, with reasons.
+
+    ``counts``: class -> {"train": n, "eval": n} records written. ``shards``:
+    split -> shard file names. ``files_scanned``: every non-hidden entry looked
+    at; it equals records written + skipped + duplicates + label-conflict
+    files. ``skipped``: [{"path", "reason"}] (paths relative to images_dir).
+    ``duplicates``: one entry per set of identical files in a class, naming the
+    copy ``kept`` (written to ``split``) and the ``duplicates`` not written.
+    ``label_conflicts``: identical bytes under several classes, none written.
+    ``empty_classes``: class folders with no usable image (left out).
+    """
+
+    images_dir: str
+    out_dir: str
+    seed: int
+    eval_fraction: float
+    classes: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    shards: dict[str, list[str]] = field(default_factory=dict)
+    files_scanned: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    label_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Records written per split."""
+        return {s: sum(c.get(s, 0) for c in self.counts.values()) for s in SPLITS}
+
+    @property
+    def num_duplicates(self) -> int:
+        """Files not written because an identical file of the same class was."""
+        return sum(len(d["duplicates"]) for d in self.duplicates)
+
+    @property
+    def num_conflicting_files(self) -> int:
+        """Files not written because identical bytes sit under several classes."""
+        return sum(len(c["files"]) for c in self.label_conflicts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; key order is fixed so the JSON file is reproducible."""
+        return {
+            "images_dir": self.images_dir,
+            "out_dir": self.out_dir,
+            "seed": self.seed,
+            "eval_fraction": self.eval_fraction,
+            "classes": list(self.classes),
+            "counts": {c: dict(v) for c, v in self.counts.items()},
+            "totals": self.totals,
+            "shards": {s: list(v) for s, v in self.shards.items()},
+            "files_scanned": self.files_scanned,
+            "num_skipped": len(self.skipped),
+            "skipped": [dict(s) for s in self.skipped],
+            "num_duplicates": self.num_duplicates,
+            "duplicates": [dict(d) for d in self.duplicates],
+            "num_label_conflict_files": self.num_conflicting_files,
+            "label_conflicts": [dict(c) for c in self.label_conflicts],
+            "empty_classes": list(self.empty_classes),
+            "warnings": list(self.warnings),
+        }

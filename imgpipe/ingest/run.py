@@ -1,0 +1,98 @@
+"""``ingest``: scan -> plan -> write, with the argument checks and the summary line."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+from collections.abc import Callable
+
+from imgpipe.ingest.contract import REPORT_FILE
+from imgpipe.ingest.errors import IngestError
+from imgpipe.ingest.plan import make_plan
+from imgpipe.ingest.report import IngestReport
+from imgpipe.ingest.scan import check_images_dir, scan_tree
+from imgpipe.ingest.write import check_out_dir, write_outputs
+
+log = logging.getLogger(__name__)
+
+
+def ingest(
+    images_dir: str,
+    out_dir: str,
+    eval_fraction: float = 0.2,
+    seed: int = 42,
+    num_shards: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    *,
+    overwrite: bool = False,
+    progress_every: int = 1000,
+) -> IngestReport:
+    """Check, de-duplicate and split an image tree into train/eval TFRecords.
+
+    Each class gets round(eval_fraction * n) of its n unique images in eval,
+    at least one in eval and one in train when n >= 2 (a single-image class
+    goes to train and is warned about). ``num_shards`` is the shard count per
+    split (capped at its record count); None sizes shards at ~128 MiB.
+    Progress lines (every ``progress_every`` files) and a final summary go to
+    the ``imgpipe.ingest.*`` loggers at INFO, or, when given, to ``progress``
+    (each line prefixed ``ingest: ``). ``overwrite=True`` lets ``out_dir`` be
+    non-empty and replaces only ingest's own outputs in it. Raises IngestError.
+    """
+    _check_arguments(eval_fraction, seed, num_shards, progress_every)
+    check_images_dir(images_dir)
+    check_out_dir(images_dir, out_dir, overwrite)
+    say = (lambda line: progress(f"ingest: {line}")) if progress else None
+    report = IngestReport(
+        images_dir=os.path.abspath(images_dir),
+        out_dir=os.path.abspath(out_dir),
+        seed=int(seed),
+        eval_fraction=float(eval_fraction),
+    )
+
+    found = scan_tree(images_dir, progress=say, progress_every=progress_every)
+    report.skipped, report.files_scanned = found.skipped, found.files_scanned
+    problem = found.nothing_usable(images_dir)
+    if problem:
+        raise IngestError(problem, report=report.to_dict())
+
+    plan = make_plan(
+        found.folders, found.candidates, seed=seed, eval_fraction=eval_fraction, num_shards=num_shards
+    )
+    report.classes, report.counts = plan.classes, plan.counts
+    report.duplicates, report.label_conflicts = plan.duplicates, plan.label_conflicts
+    report.empty_classes, report.warnings = plan.empty_classes, plan.warnings
+    problem = plan.refusal(images_dir, num_skipped=len(report.skipped))
+    if problem:
+        raise IngestError(problem, report=report.to_dict())
+    report.shards = plan.shard_names()
+
+    write_outputs(
+        images_dir, out_dir, plan, report, overwrite=overwrite, progress=say, progress_every=progress_every
+    )
+    t = report.totals
+    (say or log.info)(
+        f"wrote {t['train']} train + {t['eval']} eval records for "
+        f"{len(report.classes)} classes to {out_dir}; "
+        f"skipped {len(report.skipped)} files, {report.num_duplicates} duplicates, "
+        f"{report.num_conflicting_files} label-conflict files "
+        f"(details in {os.path.join(out_dir, REPORT_FILE)})"
+    )
+    return report
+
+
+def _check_arguments(eval_fraction: object, seed: object, num_shards: object, progress_every: object) -> None:
+    """Raise IngestError naming the first argument of the wrong type or range."""
+    if not _is_number(eval_fraction, numbers.Real) or not 0.0 < eval_fraction < 1.0:
+        raise IngestError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}")
+    if not _is_number(seed, numbers.Integral):
+        raise IngestError(f"seed must be an int, got {seed!r}")
+    if num_shards is not None and (not _is_number(num_shards, numbers.Integral) or num_shards < 1):
+        raise IngestError(f"num_shards must be a positive int or None, got {num_shards!r}")
+    if not _is_number(progress_every, numbers.Integral) or progress_every < 1:
+        raise IngestError(f"progress_every must be >= 1, got {progress_every}")
+
+
+def _is_number(value: object, kind: type) -> bool:
+    """True for ints/floats (numpy scalars too) of ``kind``, never for bools."""
+    return isinstance(value, kind) and not isinstance(value, bool)

@@ -1,0 +1,192 @@
+"""The scan: list a class-per-folder image tree, read and check every file.
+
+Input is the layout of Keras ``image_dataset_from_directory``::
+
+    images_dir/<class_name>/**/<image files>
+
+Each non-hidden file under a class folder is read once and checked
+(``images.check_image``); a good one becomes a ``Candidate`` (path, class,
+SHA-256, size: no pixel data is kept, so memory stays bounded), anything else
+a ``skipped`` entry with its reason. Entries that are not walked (files
+directly in ``images_dir``, unlistable directories, directory links that would
+loop or re-walk a folder) are skipped entries too: nothing is dropped silently.
+Nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from imgpipe.ingest.errors import IngestError
+from imgpipe.ingest.images import check_image, read_regular_file
+from imgpipe.ingest.plan import Candidate
+from imgpipe.ingest.report import display_path
+
+log = logging.getLogger(__name__)
+
+NOT_IN_CLASS_FOLDER = "not in a class folder (files directly in images_dir are ignored)"
+LINK_NOT_FOLLOWED = (
+    "directory link not followed: it leads to a folder already scanned, "
+    "or to an ancestor of the image tree (a loop)"
+)
+
+
+@dataclass
+class Scan:
+    """What a scan found: class folders, usable files, and everything skipped."""
+
+    folders: list[str]  # class folder names, sorted
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"path", "reason"}]
+    files_scanned: int = 0  # every non-hidden entry looked at
+
+    def nothing_usable(self, images_dir: str) -> str | None:
+        """Why there is nothing to plan (no decodable image at all), or None."""
+        if self.candidates:
+            return None
+        if not self.skipped:
+            return f"no image files in any class folder of {images_dir}"
+        first = self.skipped[0]
+        return (
+            f"no decodable images in {images_dir} ({len(self.skipped)} files skipped, "
+            f"e.g. {first['path']}: {first['reason']})"
+        )
+
+
+def check_images_dir(images_dir: str) -> None:
+    """Raise IngestError unless ``images_dir`` is an existing directory."""
+    if not os.path.exists(images_dir):
+        raise IngestError(f"images dir {images_dir} does not exist")
+    if not os.path.isdir(images_dir):
+        raise IngestError(f"images dir {images_dir} is not a directory")
+
+
+def scan_tree(
+    images_dir: str,
+    *,
+    progress: Callable[[str], None] | None = None,
+    progress_every: int = 1000,
+) -> Scan:
+    """List ``images_dir`` and check every file in its class folders.
+
+    ``progress`` gets a line every ``progress_every`` files (default: this
+    module's logger). Raises IngestError when the tree cannot be listed or has
+    no class folder, or a class folder's name is not valid UTF-8.
+    """
+    say = progress or log.info
+    skipped: list[dict[str, str]] = []
+    try:
+        folders, listed = list_tree(images_dir, skipped)
+    except OSError as exc:
+        raise IngestError(f"cannot list images dir {images_dir}: {exc}") from exc
+    not_walked = len(skipped)
+    if not folders:
+        raise IngestError(
+            f"no class subfolders in {images_dir}: "
+            f"expected {images_dir}/<class_name>/<images>"
+            + (f" ({not_walked} files found directly in it are ignored)" if not_walked else "")
+        )
+
+    scan = Scan(folders, skipped=skipped, files_scanned=len(listed) + not_walked)
+    total = len(listed)
+    for done, (rel, path, label) in enumerate(listed, start=1):
+        try:
+            data = read_regular_file(path)
+        except OSError as exc:
+            reason = display_path(f"cannot read: {exc.strerror or exc}")
+            skipped.append({"path": display_path(rel), "reason": reason})
+            data = None
+        if data is not None:
+            reason = check_image(data)
+            if reason is None:
+                digest = hashlib.sha256(data).hexdigest()
+                scan.candidates.append(Candidate(rel, label, digest, len(data)))
+            else:
+                skipped.append({"path": display_path(rel), "reason": reason})
+        if done % progress_every == 0 and done < total:
+            say(f"checked {done}/{total} files")
+        del data  # one file's bytes at a time
+    return scan
+
+
+def list_tree(root: str, skipped: list[dict[str, str]]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Class names and (rel, abs, class) of every non-hidden file under them.
+
+    ``rel`` is '/'-separated and relative to ``root``; like ``abs`` it keeps
+    undecodable file-name bytes as they are (``display_path`` makes them text).
+
+    Entries that are not walked (files directly in ``root``, unlistable or
+    unfollowed directories) are appended to ``skipped``. Raises OSError when
+    ``root`` itself cannot be listed.
+    """
+    with os.scandir(root) as entries:
+        ordered = sorted(entries, key=lambda e: e.name)
+    class_dirs: list[os.DirEntry[str]] = []
+    for entry in ordered:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=True):
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise IngestError(
+                    f"class folder {display_path(entry.path)} has a name that is not valid "
+                    "UTF-8; labels are stored as UTF-8 text, so rename the folder"
+                ) from exc
+            class_dirs.append(entry)
+        else:
+            skipped.append({"path": display_path(_rel(root, entry.path)), "reason": NOT_IN_CLASS_FOLDER})
+    seen = {os.path.realpath(e.path) for e in class_dirs}
+    files: list[tuple[str, str, str]] = []
+    for entry in class_dirs:
+        files += [(rel, path, entry.name) for rel, path in _walk_class(root, entry.path, seen, skipped)]
+    return [e.name for e in class_dirs], files
+
+
+def _walk_class(
+    root: str, class_dir: str, seen: set[str], skipped: list[dict[str, str]]
+) -> list[tuple[str, str]]:
+    """All non-hidden files under ``class_dir`` (recursively, sorted) as (rel, abs).
+
+    Directory symlinks are followed unless they lead to a folder in ``seen``
+    (another class, or one already walked) or to an ancestor of the tree;
+    those are reported, so a loop or a link to ``/`` cannot run away.
+    """
+    files: list[tuple[str, str]] = []
+    guards = (os.path.realpath(root), os.path.realpath(class_dir))
+
+    def on_error(exc: OSError) -> None:
+        where = exc.filename or class_dir
+        reason = display_path(f"cannot list directory: {exc}")
+        skipped.append({"path": display_path(_rel(root, where)), "reason": reason})
+
+    for dirpath, dirnames, filenames in os.walk(class_dir, onerror=on_error, followlinks=True):
+        keep = []
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            real = os.path.realpath(path)
+            if real in seen or any(_is_within(g, real) for g in guards):
+                skipped.append({"path": display_path(_rel(root, path)), "reason": LINK_NOT_FOLLOWED})
+                continue
+            seen.add(real)
+            keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                path = os.path.join(dirpath, name)
+                files.append((_rel(root, path), path))
+    return files
+
+
+def _is_within(path: str, parent: str) -> bool:
+    return os.path.commonpath([path, parent]) == parent
+
+
+def _rel(root: str, path: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")

@@ -1,0 +1,136 @@
+"""The write: a plan -> shards, classes.json and the report in out_dir, all or nothing.
+
+Shards are written to a staging dir inside ``out_dir`` (same file system, so
+the final moves are renames), then moved into place; on any failure the
+staging dir is removed and a freshly created ``out_dir`` too. Every kept file
+is read again and its SHA-256 compared with the scan's, so a file that
+changed in between is never written under a stale check. ``overwrite``
+replaces only what ingest itself writes (train/, eval/, the two JSON files and
+staging dirs of killed runs); other files in ``out_dir`` are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from imgpipe.ingest.contract import CLASSES_FILE, REPORT_FILE, SPLITS, example_bytes
+from imgpipe.ingest.errors import IngestError
+from imgpipe.ingest.images import read_regular_file
+from imgpipe.ingest.plan import Candidate, Plan
+from imgpipe.ingest.report import IngestReport, display_path
+
+log = logging.getLogger(__name__)
+
+STAGING_PREFIX = ".ingest-tmp-"  # work dir inside out_dir, renamed into place
+
+
+def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
+    """Raise IngestError unless ``out_dir`` may receive ingest's outputs.
+
+    It must not overlap the image tree, and must be absent, empty, or (with
+    ``overwrite``) a directory whose ingest outputs may be replaced.
+    """
+    real_in, real_out = os.path.realpath(images_dir), os.path.realpath(out_dir)
+    if os.path.commonpath([real_in, real_out]) in (real_in, real_out):
+        raise IngestError(
+            f"out_dir {out_dir} and images_dir {images_dir} overlap; "
+            "write the TFRecords outside the image tree"
+        )
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise IngestError(f"out_dir {out_dir} exists and is not a directory")
+        if os.listdir(out_dir) and not overwrite:
+            raise IngestError(
+                f"out_dir {out_dir} exists and is not empty; choose a new directory "
+                f"or pass --overwrite (overwrite=True from Python), which replaces train/, "
+                f"eval/, {REPORT_FILE} and {CLASSES_FILE} only; other files are left alone"
+            )
+
+
+def write_outputs(
+    images_dir: str,
+    out_dir: str,
+    plan: Plan,
+    report: IngestReport,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    progress_every: int = 1000,
+) -> None:
+    """Write ``plan``'s shards, ``report.classes`` and ``report`` into ``out_dir``.
+
+    Raises IngestError when a planned file cannot be read again or changed
+    since the scan; ``out_dir`` is then as it was. ``progress`` gets a line
+    every ``progress_every`` records (default: this module's logger).
+    """
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    say = progress or log.info
+    created_out = not os.path.exists(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
+    try:
+        total = sum(len(shard.records) for shards in plan.shards.values() for shard in shards)
+        done = 0
+        for split in SPLITS:
+            os.makedirs(os.path.join(staging, split))
+            for shard in plan.shards[split]:
+                with tf.io.TFRecordWriter(os.path.join(staging, split, shard.name)) as writer:
+                    for cand in shard.records:
+                        writer.write(example_bytes(_read_again(images_dir, cand), cand.label))
+                        done += 1
+                        if done % progress_every == 0 and done < total:
+                            say(f"wrote {done}/{total} records")
+        if overwrite:
+            _remove_previous_outputs(out_dir, keep=os.path.basename(staging))
+        for split in SPLITS:
+            os.replace(os.path.join(staging, split), os.path.join(out_dir, split))
+        _write_json(os.path.join(out_dir, CLASSES_FILE), report.classes)
+        _write_json(os.path.join(out_dir, REPORT_FILE), report.to_dict())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_out and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_again(images_dir: str, cand: Candidate) -> bytes:
+    """A kept file's bytes, re-read and checked against the scan's hash."""
+    path = os.path.join(images_dir, *cand.rel.split("/"))
+    try:
+        data = read_regular_file(path)
+    except OSError as exc:
+        raise IngestError(display_path(f"{path} became unreadable during ingest: {exc}")) from exc
+    if hashlib.sha256(data).hexdigest() != cand.sha256:
+        raise IngestError(f"{display_path(path)} changed during ingest; re-run on a stable image tree")
+    return data
+
+
+def _write_json(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _remove_previous_outputs(out_dir: str, keep: str) -> None:
+    """Delete only what ``ingest`` writes (used with overwrite=True).
+
+    That includes staging dirs of killed runs, except ``keep`` (the current one).
+    """
+    leftovers = [n for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX) and n != keep]
+    for name in (*SPLITS, REPORT_FILE, CLASSES_FILE, *leftovers):
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)

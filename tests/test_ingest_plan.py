@@ -1,0 +1,229 @@
+"""The ingest plan on hand-made candidates: no files, no TensorFlow, no I/O."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from imgpipe.ingest.contract import SPLITS
+from imgpipe.ingest.plan import TARGET_SHARD_BYTES, Candidate, Plan, eval_count, make_plan
+
+
+def _cand(rel: str, content: str, size: int = 100) -> Candidate:
+    """A candidate whose 'hash' is a readable content tag (the plan never re-hashes)."""
+    return Candidate(rel, rel.split("/")[0], f"sha-{content}", size)
+
+
+def _tree(sizes: dict[str, int]) -> list[Candidate]:
+    """n distinct images per class, named <class>/<i>.png."""
+    return [_cand(f"{name}/{i}.png", f"{name}{i}") for name, n in sizes.items() for i in range(n)]
+
+
+def _plan(candidates: list[Candidate], folders: list[str] | None = None, **kwargs: object) -> Plan:
+    kwargs.setdefault("seed", 42)
+    kwargs.setdefault("eval_fraction", 0.2)
+    folders = folders if folders is not None else sorted({c.label for c in candidates})
+    return make_plan(folders, candidates, **kwargs)
+
+
+def _split_of(plan: Plan) -> dict[str, str]:
+    """rel -> split of every record the plan writes."""
+    return {c.rel: split for split in SPLITS for c in plan.records(split)}
+
+
+# ------------------------------------------------------------ split sizes
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "expected"),
+    [
+        (0, 0.2, 0),
+        (1, 0.5, 0),
+        (2, 0.01, 1),
+        (2, 0.99, 1),
+        (5, 0.3, 2),
+        (10, 0.25, 3),
+        (10, 0.3, 3),
+        (7, 0.5, 4),
+    ],
+)
+def test_eval_count_rounds_half_up_and_keeps_both_splits(n: int, fraction: float, expected: int) -> None:
+    assert eval_count(n, fraction) == expected
+
+
+def test_each_class_is_split_on_its_own_and_counts_match_records() -> None:
+    plan = _plan(_tree({"big": 10, "mid": 5, "pair": 2, "solo": 1}), eval_fraction=0.3)
+
+    assert plan.classes == ["big", "mid", "pair", "solo"]
+    assert plan.counts == {
+        "big": {"train": 7, "eval": 3},
+        "mid": {"train": 3, "eval": 2},
+        "pair": {"train": 1, "eval": 1},
+        "solo": {"train": 1, "eval": 0},
+    }
+    for split in SPLITS:
+        labels = [c.label for c in plan.records(split)]
+        assert {name: labels.count(name) for name in plan.classes} == {
+            name: plan.counts[name][split] for name in plan.classes
+        }
+    assert plan.warnings == ["class 'solo' has 1 unique image: it is in train only, none in eval"]
+    assert plan.refusal("imgs") is None
+
+
+def test_class_folders_without_candidates_are_left_out_with_a_warning() -> None:
+    plan = _plan(_tree({"a": 3, "c": 3}), folders=["a", "b", "c"])
+    assert plan.classes == ["a", "c"]
+    assert plan.empty_classes == ["b"]
+    assert plan.warnings == ["class folder 'b' has no usable images and is left out"]
+    assert "b" not in plan.counts
+
+
+def test_a_candidate_outside_the_class_folders_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match=r"x/0\.png.*'x'"):
+        _plan(_tree({"a": 2, "x": 1}), folders=["a"])
+
+
+# ------------------------------------------------- duplicates, conflicts
+
+
+def test_copies_are_written_once_and_label_conflicts_not_at_all() -> None:
+    candidates = _tree({"a": 4, "b": 4}) + [
+        _cand("a/x.png", "copy"),
+        _cand("a/copy1.png", "copy"),
+        _cand("a/nested/copy2.png", "copy"),
+        _cand("b/clash_too.png", "clash"),
+        _cand("a/clash.png", "clash"),
+    ]
+    plan = _plan(candidates)
+
+    written = [c.rel for split in SPLITS for c in plan.records(split)]
+    assert "a/copy1.png" in written  # first path by name is kept
+    assert not {"a/x.png", "a/nested/copy2.png", "a/clash.png", "b/clash_too.png"} & set(written)
+    assert plan.duplicates == [
+        {
+            "class": "a",
+            "sha256": "sha-copy",
+            "split": _split_of(plan)["a/copy1.png"],
+            "kept": "a/copy1.png",
+            "duplicates": ["a/nested/copy2.png", "a/x.png"],
+        }
+    ]
+    assert plan.label_conflicts == [
+        {
+            "sha256": "sha-clash",
+            "files": [{"path": "a/clash.png", "class": "a"}, {"path": "b/clash_too.png", "class": "b"}],
+        }
+    ]
+    assert plan.counts == {"a": {"train": 4, "eval": 1}, "b": {"train": 3, "eval": 1}}
+    # Every candidate is accounted for: written, a dropped copy, or in a conflict.
+    dropped = sum(len(d["duplicates"]) for d in plan.duplicates)
+    conflicting = sum(len(c["files"]) for c in plan.label_conflicts)
+    assert len(written) + dropped + conflicting == len(candidates)
+
+
+def test_a_class_made_only_of_conflicting_files_is_empty() -> None:
+    candidates = _tree({"a": 3, "b": 3}) + [_cand("c/1.png", "a0")]  # same bytes as a/0.png
+    plan = _plan(candidates)
+    assert plan.empty_classes == ["c"]
+    assert plan.classes == ["a", "b"]
+    assert plan.counts["a"] == {"train": 1, "eval": 1}  # a/0.png conflicts too
+    assert [c["files"] for c in plan.label_conflicts] == [
+        [{"path": "a/0.png", "class": "a"}, {"path": "c/1.png", "class": "c"}]
+    ]
+
+
+# ------------------------------------------------------------ determinism
+
+
+def test_plan_ignores_candidate_order_and_file_names() -> None:
+    candidates = _tree({"a": 12, "b": 12})
+    shuffled = candidates[:]
+    random.Random(3).shuffle(shuffled)
+    renamed = [c._replace(rel=f"{c.label}/renamed_{i}.png") for i, c in enumerate(reversed(candidates))]
+
+    first, second, third = _plan(candidates), _plan(shuffled), _plan(renamed)
+    assert first == second
+    by_content = [{split: [c.sha256 for c in p.records(split)] for split in SPLITS} for p in (first, third)]
+    assert by_content[0] == by_content[1]
+
+
+def test_seed_changes_the_split_and_records_are_interleaved() -> None:
+    candidates = _tree({"a": 20, "b": 20, "c": 20})
+    one, other = _plan(candidates, seed=1), _plan(candidates, seed=2)
+    assert {c.rel for c in one.records("eval")} != {c.rel for c in other.records("eval")}
+    assert one.counts == other.counts
+    labels = [c.label for c in one.records("train")]
+    assert labels != sorted(labels), "classes must be interleaved, not written one after another"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_identical_bytes_never_straddle_splits(seed: int) -> None:
+    candidates = [
+        _cand(f"{c}/g{group}_{k}.png", f"{c}{group}") for c in "ab" for group in range(6) for k in range(3)
+    ]
+    plan = _plan(candidates, seed=seed, eval_fraction=0.5)
+    train = {c.sha256 for c in plan.records("train")}
+    evals = [c.sha256 for c in plan.records("eval")]
+    assert train.isdisjoint(evals) and len(train) + len(evals) == 12
+    for dup in plan.duplicates:
+        assert _split_of(plan)[dup["kept"]] == dup["split"]
+
+
+# ------------------------------------------------------------------ shards
+
+
+def test_requested_shards_are_contiguous_near_equal_and_capped() -> None:
+    plan = _plan(_tree({"a": 10, "b": 10}), num_shards=3)
+    assert [len(s.records) for s in plan.shards["train"]] == [5, 5, 6]
+    assert plan.shard_names()["train"] == [
+        "data-00000-of-00003.tfrecord",
+        "data-00001-of-00003.tfrecord",
+        "data-00002-of-00003.tfrecord",
+    ]
+    # eval holds 4 records, so 3 shards stay 3; with 50 requested each split is capped.
+    capped = _plan(_tree({"a": 10, "b": 10}), num_shards=50)
+    assert [len(capped.shards[s]) for s in SPLITS] == [16, 4]
+    assert all(len(s.records) == 1 for split in SPLITS for s in capped.shards[split])
+    # Cutting into shards keeps the one record order.
+    assert plan.records("train") == capped.records("train")
+
+
+def test_automatic_shard_count_follows_total_size() -> None:
+    big = TARGET_SHARD_BYTES // 4
+    candidates = [Candidate(f"{c}/{i}.png", c, f"sha-{c}{i}", big) for c in "ab" for i in range(10)]
+    plan = _plan(candidates)  # train: 16 x 1/4 target -> 4 shards; eval: 4 x 1/4 -> 1
+    assert [len(plan.shards[s]) for s in SPLITS] == [4, 1]
+    small = _plan(_tree({"a": 10, "b": 10}))
+    assert [len(small.shards[s]) for s in SPLITS] == [1, 1]
+
+
+# ----------------------------------------------------------------- refusal
+
+
+def test_refusal_when_fewer_than_two_classes_are_usable() -> None:
+    plan = _plan(_tree({"only": 5}), folders=["empty", "only"])
+    message = plan.refusal("imgs", num_skipped=3)
+    assert message == (
+        "imgs has 1 class(es) with usable images (['only']); a classifier needs at least 2"
+        "; empty class folders: ['empty']; 3 files skipped"
+    )
+
+
+def test_refusal_when_eval_would_be_empty() -> None:
+    plan = _plan(_tree({"a": 1, "b": 1}))
+    assert plan.records("eval") == []
+    assert "eval split would be empty" in plan.refusal("imgs")
+
+
+# -------------------------------------------------------- undecodable names
+
+
+def test_paths_with_undecodable_bytes_are_escaped_in_report_fields_only() -> None:
+    raw = "a/caf\udce9.png"  # how Python lists a Latin-1 file name on a UTF-8 system
+    candidates = _tree({"a": 3, "b": 3}) + [_cand(raw, "copy"), _cand("a/z.png", "copy")]
+    plan = _plan(candidates)
+    (dup,) = plan.duplicates
+    assert dup["kept"] == "a/caf\\udce9.png" and dup["duplicates"] == ["a/z.png"]
+    written = {c.rel for split in SPLITS for c in plan.records(split)}
+    assert raw in written, "the writer needs the on-disk name to read the file again"

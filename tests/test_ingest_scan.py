@@ -1,0 +1,180 @@
+"""The ingest scan on small trees: what it finds and skips, and that it writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgpipe.ingest.errors import IngestError
+from imgpipe.ingest.plan import Candidate
+from imgpipe.ingest.scan import LINK_NOT_FOLLOWED, NOT_IN_CLASS_FOLDER, Scan, list_tree, scan_tree
+
+pytest.importorskip("tensorflow")
+
+
+def _png(seed: int) -> bytes:
+    """A distinct 8x8 PNG per seed."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _put(root: Path, rel: str, data: bytes) -> bytes:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every entry under root with its size and mtime (links are not followed)."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
+class _Lines(logging.Handler):
+    """Collects the messages of one logger and its children."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.name, record.getMessage()))
+
+
+def test_scan_finds_candidates_and_skips_with_reasons_without_writing(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    good = {
+        rel: _put(images, rel, _png(i)) for i, rel in enumerate(["a/1.png", "a/deep/er/2.png", "b/3.png"])
+    }
+    _put(images, "a/.hidden.png", _png(9))  # hidden: not looked at
+    _put(images, "a/.git/objects.png", _png(10))  # hidden folder: not walked
+    _put(images, "b/notes.txt", b"words")
+    _put(images, "b/empty.png", b"")
+    _put(images, "loose.png", _png(11))
+    (images / "empty_class").mkdir()
+    os.mkfifo(images / "b" / "pipe.png")  # reading it would block: skipped unread
+    before = _snapshot(tmp_path)
+
+    scan = scan_tree(str(images))
+
+    assert _snapshot(tmp_path) == before, "the scan must not write anything"
+    assert scan.folders == ["a", "b", "empty_class"]
+    assert scan.candidates == [
+        Candidate(rel, rel.split("/")[0], hashlib.sha256(data).hexdigest(), len(data))
+        for rel, data in good.items()
+    ]
+    assert scan.skipped == [
+        {"path": "loose.png", "reason": NOT_IN_CLASS_FOLDER},  # listing first, then reading
+        {"path": "b/empty.png", "reason": "empty file (0 bytes)"},
+        {"path": "b/notes.txt", "reason": "not a recognised image (cannot identify image file)"},
+        {"path": "b/pipe.png", "reason": "cannot read: not a regular file"},
+    ]
+    assert scan.files_scanned == len(scan.candidates) + len(scan.skipped) == 7
+    assert scan.nothing_usable(str(images)) is None
+
+
+def test_links_are_followed_unless_they_loop_or_reach_another_class(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _put(images, "a/1.png", _png(1))
+    _put(tmp_path / "elsewhere" / "b", "2.png", _png(2))
+    (images / "b").symlink_to(tmp_path / "elsewhere" / "b")
+    (images / "a" / "loop").symlink_to(images)
+    (images / "a" / "to_b").symlink_to(images / "b")
+    (images / "a" / "broken.png").symlink_to(tmp_path / "missing.png")
+
+    skipped: list[dict[str, str]] = []
+    folders, files = list_tree(str(images), skipped)
+
+    assert folders == ["a", "b"]
+    assert [(rel, label) for rel, _, label in files] == [
+        ("a/1.png", "a"),
+        ("a/broken.png", "a"),
+        ("b/2.png", "b"),
+    ]
+    assert skipped == [
+        {"path": "a/loop", "reason": LINK_NOT_FOLLOWED},
+        {"path": "a/to_b", "reason": LINK_NOT_FOLLOWED},
+    ]
+    scan = scan_tree(str(images))
+    assert scan.skipped[-1]["path"] == "a/broken.png"
+    assert scan.skipped[-1]["reason"].startswith("cannot read: No such file")
+
+
+def test_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = tmp_path / "images"
+    _put(images, "a/1.png", _png(1))
+    _put(images, "a/locked/2.png", _png(2))
+    locked = str(images / "a" / "locked")
+    real_scandir = os.scandir
+
+    def scandir(path: str = ".") -> object:  # chmod 000 does not stop root, so refuse here
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_tree(str(images))
+    assert [c.rel for c in scan.candidates] == ["a/1.png"]
+    assert scan.skipped == [
+        {"path": "a/locked", "reason": f"cannot list directory: [Errno 13] Permission denied: '{locked}'"}
+    ]
+    assert scan.files_scanned == 2
+
+
+def test_progress_lines_go_to_the_callback_or_the_logger(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    for i in range(5):
+        _put(images, f"a/{i}.png", _png(i))
+    lines: list[str] = []
+    scan_tree(str(images), progress=lines.append, progress_every=2)
+    assert lines == ["checked 2/5 files", "checked 4/5 files"]
+
+    logger, handler = logging.getLogger("imgpipe.ingest"), _Lines()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        scan_tree(str(images), progress_every=4)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.lines == [("imgpipe.ingest.scan", "checked 4/5 files")]
+
+
+def test_file_names_that_are_not_utf8_are_kept_as_on_disk(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _put(images, "a/ok.png", _png(1))
+    (images / "a" / os.fsdecode(b"caf\xe9.png")).write_bytes(_png(2))
+    (images / "a" / os.fsdecode(b"bad\xe9.txt")).write_bytes(b"text")
+    scan = scan_tree(str(images))
+    assert [c.rel for c in scan.candidates] == ["a/caf\udce9.png", "a/ok.png"]
+    assert scan.skipped[0]["path"] == "a/bad\\udce9.txt"  # report text: escaped, JSON-safe
+
+
+def test_nothing_usable_says_why(tmp_path: Path) -> None:
+    assert Scan(["a"]).nothing_usable("imgs") == "no image files in any class folder of imgs"
+    found = Scan(["a"], skipped=[{"path": "a/x.png", "reason": "empty file (0 bytes)"}], files_scanned=1)
+    assert found.nothing_usable("imgs") == (
+        "no decodable images in imgs (1 files skipped, e.g. a/x.png: empty file (0 bytes))"
+    )
+
+
+def test_trees_that_cannot_be_scanned(tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match=r"cannot list images dir .*nowhere"):
+        scan_tree(str(tmp_path / "nowhere"))
+    images = tmp_path / "images"
+    _put(images, "loose.png", _png(1))
+    with pytest.raises(IngestError, match=r"no class subfolders.*\(1 files found directly in it"):
+        scan_tree(str(images))
+    (images / os.fsdecode(b"caf\xe9")).mkdir()
+    with pytest.raises(IngestError, match=r"caf\\udce9 has a name that is not valid UTF-8"):
+        scan_tree(str(images))
