@@ -511,7 +511,7 @@ def test_concurrent_runs_on_one_home(base_config, first_run, cli_config, killed_
 
 def test_json_commands_print_only_json(base_config, first_run, tmp_path):
     """`ingest` and `predict` as real processes: stdout parses as JSON lines, nothing else."""
-    from serving import server
+    from serving.devserver import lifecycle
 
     cfg = base_config.resolved()
     images = os.path.join(os.path.dirname(cfg.data_dir), "images")
@@ -532,7 +532,7 @@ def test_json_commands_print_only_json(base_config, first_run, tmp_path):
     files = sorted(
         os.path.join(images, str(CLASSES[0]), f) for f in os.listdir(os.path.join(images, str(CLASSES[0])))
     )[:3]
-    with server.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
+    with lifecycle.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
         predict = _imgpipe(
             "predict",
             "--target",
