@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     # apache-beam 2.7x no longer installs dill, which tfx-bsl 1.16 imports.
     "dill>=0.3.1",
     "grpcio>=1.48",
+    "google-crc32c>=1.5",  # TFRecord checksums of the dev server's request log
     "pillow>=10",
     "pyyaml>=6",
     "pydantic>=2.6",
@@ -31,6 +32,7 @@ PACKAGES = [
     "imgpipe",
     "imgpipe.cli",
     "imgpipe.demo",
+    "imgpipe.drift",
     "imgpipe.ingest",
     "imgpipe.orchestration",
     "imgpipe.report",

@@ -329,7 +329,7 @@ def test_report_of_an_unknown_run_or_home_is_a_usage_error(tmp_path, capsys):
     assert "no run records" in capsys.readouterr().err
     _record(tmp_path, "r1", with_report=True, mtime=1_000_000)
     assert cli.main(["report", "nope", "--home", str(tmp_path)]) == cli.EXIT_USAGE
-    assert "no run record 'nope'" in capsys.readouterr().err
+    assert "no run 'nope'" in capsys.readouterr().err
 
 
 def test_a_missing_report_that_cannot_be_written_fails_and_says_why(tmp_path, capsys):

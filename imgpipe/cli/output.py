@@ -7,7 +7,8 @@ prints, C/C++ writes, child processes). Two kinds of known noise are dropped
 from stderr, precisely (see `_NoiseFilter` and `filter_tensorflow_import_noise`).
 
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
-75 another run holds the lock (sysexits EX_TEMPFAIL), 130 interrupted.
+3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
+EX_TEMPFAIL), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from imgpipe.orchestration.lock import EXIT_LOCKED
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DRIFT = 3  # the check ran and found drift: a schedule may retrain on it
 EXIT_INTERRUPTED = 130
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE"]
+__all__ = ["EXIT_DRIFT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE"]
 
 # Logger name (its first part) -> the tag shown in front of its lines on stderr.
 _TAGS = {"trainer": "trainer", "components": "imgpipe", "pipeline": "imgpipe", "serving": "serving"}

@@ -19,8 +19,6 @@ from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
-
 
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_ID|latest", help="a run id (as `imgpipe run` printed it) or 'latest'")
@@ -42,15 +40,10 @@ def _add(p: argparse.ArgumentParser) -> None:
 def _run_folder(home: str, run: str) -> str:
     from imgpipe.orchestration import runs  # ML Metadata's bindings load with it: only when used
 
-    if run == LATEST:
-        try:
-            return runs.latest_record(home)
-        except LookupError as e:
-            raise UsageError(f"{e} (is --home right?)") from e
-    folder = runs.run_dir(home, run)
-    if not os.path.isfile(os.path.join(folder, runs.SUMMARY_FILE)):
-        raise UsageError(f"no run record {run!r} in {os.path.join(home, 'runs')} (is --home right?)")
-    return folder
+    try:
+        return runs.find_record(home, run)
+    except LookupError as e:
+        raise UsageError(str(e)) from e
 
 
 def _regenerate(home: str, folder: str, max_misclassified: int | None) -> str:

@@ -33,17 +33,35 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
     return folder
 
 
-def latest_record(home: str) -> str:
-    """The folder of the newest run record in HOME/runs (by when its config was saved)."""
+LATEST = "latest"  # names the newest run record wherever a run id is asked for
+
+
+def records(home: str) -> list[str]:
+    """Run record folders under HOME/runs, newest first (by when the run saved its config)."""
     root = os.path.join(home, "runs")
     folders = [
         os.path.join(root, name)
         for name in (os.listdir(root) if os.path.isdir(root) else [])
         if os.path.isfile(os.path.join(root, name, CONFIG_FILE))
+        and os.path.isfile(os.path.join(root, name, SUMMARY_FILE))
     ]
+    return sorted(folders, key=lambda f: (os.path.getmtime(os.path.join(f, CONFIG_FILE)), f), reverse=True)
+
+
+def find_record(home: str, run: str) -> str:
+    """The folder of run `run` (a run id, its folder name, or `latest`); LookupError naming what exists."""
+    folders = records(home)
+    root = os.path.join(home, "runs")
     if not folders:
-        raise LookupError(f"no run records in {root}")
-    return max(folders, key=lambda f: (os.path.getmtime(os.path.join(f, CONFIG_FILE)), f))
+        raise LookupError(f"no run records in {root} (is --home right?)")
+    if run == LATEST:
+        return folders[0]
+    wanted = run_dir(home, run)
+    for folder in folders:
+        if folder == wanted or os.path.basename(folder) == run:
+            return folder
+    newest = ", ".join(read_summary(f).get("run_id", os.path.basename(f)) for f in folders[:5])
+    raise LookupError(f"no run {run!r} in {root} (newest: {newest})")
 
 
 def read_summary(folder: str) -> dict:
