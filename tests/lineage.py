@@ -30,7 +30,7 @@ def artifact_ids(store, execution, key: str, types) -> set[int]:
 def problems(store, pipeline_name: str, run_id: str) -> list[str]:
     """What is wrong with the lineage of run `run_id` of `pipeline_name` ([] when nothing)."""
     out: list[str] = []
-    run = metadata.latest_run(store, pipeline_name, run_id)
+    run = metadata.run_by_id(store, pipeline_name, run_id)
     executions = metadata.run_executions(store, pipeline_name, run)
     missing = sorted(set(COMPONENT_IDS) - set(executions))
     if missing:

@@ -204,6 +204,6 @@ def test_a_run_is_read_back_by_its_id_not_as_the_newest(tmp_path):
     )
     with metadata.open_store(cfg) as reader:  # read-only, as the summary opens it
         assert metadata.latest_run(reader, "imgpipe").name == "run-2"
-        assert metadata.latest_run(reader, "imgpipe", "run-1").name == "run-1"
+        assert metadata.run_by_id(reader, "imgpipe", "run-1").name == "run-1"
         with pytest.raises(LookupError, match="run 'run-9' of pipeline 'imgpipe'"):
-            metadata.latest_run(reader, "imgpipe", "run-9")
+            metadata.run_by_id(reader, "imgpipe", "run-9")

@@ -218,7 +218,7 @@ def training_split(home: str, run: str, split: str = "train") -> TrainingSplit:
     pipeline_name = config.pipeline_name
     try:
         with metadata.open_store(config) as store:
-            context = metadata.find_run(store, pipeline_name, run_id)
+            context = metadata.run_by_id(store, pipeline_name, run_id)
             execution = metadata.run_executions(store, pipeline_name, context).get(EXAMPLE_GEN)
             uri = metadata.output_uri(store, execution, EXAMPLES_KEY)
     except (LookupError, metadata.MetadataUnavailable) as e:

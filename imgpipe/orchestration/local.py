@@ -4,20 +4,31 @@
 data work), logs a progress line per component, and returns the run's
 RunSummary (orchestration/summary.py), also saved with the run's config under
 HOME/runs/<run_id>/ (orchestration/runs.py) beside the run's report (imgpipe/report).
+
+A run holds its home's lock from start to end (orchestration/lock.py: a second
+run on the same home waits up to `lock_wait` seconds, then gets LockBusy), and
+gives itself a unique run id (the TFX pipeline run id, set here instead of
+LocalDagRunner's timestamp), so its summary and record are its own. Holding
+the lock, it first marks executions a dead run left RUNNING as FAILED
+(orchestration/recovery.py); it keeps its temp files in HOME/tmp/<run_id>/,
+deleted when it ends (orchestration/scratch.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
-from imgpipe.orchestration import metadata, runs
-from imgpipe.orchestration.summary import RunSummary, summarize_latest_run
+from imgpipe.orchestration import metadata, recovery, runs, scratch
+from imgpipe.orchestration.lock import home_lock_path, run_lock
+from imgpipe.orchestration.summary import RunSummary, summarize_run
 from imgpipe.report.build import attach_report
 from pipeline.config import ConfigError, PipelineConfig
 
@@ -44,7 +55,6 @@ class _ComponentProgress:
         self.config = config
         self.current: str | None = None
         self.done = 0
-        self.run_id: str | None = None  # this run's id in ML Metadata (another may run at once)
 
     def _state(self, result) -> str:
         execution_id = getattr(result, "execution_id", None)
@@ -67,8 +77,6 @@ class _ComponentProgress:
         def launch(launcher_self, *args, **kwargs):
             node_id = launcher_self._pipeline_node.node_info.id  # noqa: SLF001
             tracker.current = node_id
-            spec = launcher_self._pipeline_runtime_spec  # noqa: SLF001
-            tracker.run_id = spec.pipeline_run_id.field_value.string_value or tracker.run_id
             tracker.progress(f"[{tracker.done + 1}/{tracker.total}] {node_id} ...")
             started = time.perf_counter()
             result = original(launcher_self, *args, **kwargs)
@@ -86,10 +94,54 @@ class _ComponentProgress:
             launcher.Launcher.launch = original
 
 
-def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bool = False) -> RunSummary:
-    """Check `config`'s paths, run the pipeline with LocalDagRunner, and summarise the run."""
+def new_run_id() -> str:
+    """A run id no other run shares: the start time (sortable, as LocalDagRunner's) plus a random suffix."""
+    return f"{datetime.datetime.now().isoformat()}-{uuid.uuid4().hex[:8]}"
+
+
+def run_local(
+    config: PipelineConfig, progress: Progress = log.info, verbose: bool = False, lock_wait: float = 0.0
+) -> RunSummary:
+    """Check `config`'s paths, run the pipeline with LocalDagRunner holding the home's lock, summarise it.
+
+    lock_wait: seconds to wait while another run holds the home (then LockBusy).
+    """
     config = config.resolved().validate_paths()
     check_data_dir(config.data_dir)
+    run_id = new_run_id()
+    with run_lock(home_lock_path(config.home), wait=lock_wait, holder=f"run {run_id}"):
+        return _run_holding_lock(config, run_id, progress, verbose)
+
+
+def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
+    """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock).
+
+    On a shared store (PostgreSQL) other homes may be running the same pipeline:
+    only executions with output folders under this home's pipeline root are touched.
+    """
+    if config.metadata_target is None and not os.path.exists(config.metadata_path):
+        return
+    with metadata.open_store(config, readonly=False) as store:
+        found = recovery.abandon_dead_executions(
+            store,
+            config.pipeline_name,
+            config.pipeline_root,
+            found_by=f"run {run_id}",
+            shared_store=config.metadata_target is not None,
+        )
+    for a in found:
+        log.warning(
+            "%s (execution %d of run %s) was left %s by a run that died: marked FAILED, "
+            "%d partial output folder(s) removed",
+            a.node,
+            a.execution_id,
+            a.run_id,
+            a.state,
+            len(a.removed),
+        )
+
+
+def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, verbose: bool) -> RunSummary:
     if config.replicas:
         # Before TensorFlow initialises its devices (imported here, on use: the CLI stays light).
         from trainer import distribution
@@ -97,12 +149,22 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
         distribution.split_cpu(config.replicas)
 
     from tfx import v1 as tfx
+    from tfx.dsl.compiler import compiler, constants
+    from tfx.orchestration.portable import runtime_parameter_utils
 
     from pipeline.pipeline import COMPONENT_IDS, create_pipeline
 
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
+    _abandon_dead_executions(config, run_id)
     pipeline = create_pipeline(config, metadata.connection_config(config))
+    # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
+    # machines sharing ML Metadata) would share a run. Compile here and bind our own run id.
+    # (imgpipe references user code by dotted name, so there are no pip dependencies to resolve.)
+    ir = compiler.Compiler().compile(pipeline)
+    runtime_parameter_utils.substitute_runtime_parameter(
+        ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id}
+    )
 
     tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config)
     import absl.logging
@@ -116,18 +178,19 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
         # Keep the terminal to progress lines.
         absl.logging.set_verbosity(absl.logging.WARNING)
     progress(
-        f"pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}, "
+        f"pipeline {config.pipeline_name} run {run_id}: data {config.data_dir}, home {config.home}, "
         f"ML Metadata {config.metadata_location}"
     )
-    try:
-        with tracker.installed():
-            tfx.orchestration.LocalDagRunner().run(pipeline)
-    except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
-        where = tracker.current or "the pipeline"
-        raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
+    with scratch.run_scratch(config.home, run_id):  # the report's temp files too
+        try:
+            with scratch.no_tfx_package_for_local_beam(config.beam.beam_runner), tracker.installed():
+                tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+        except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
+            where = tracker.current or "the pipeline"
+            raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
-    summary = summarize_latest_run(config, run_id=tracker.run_id)
-    attach_report(config, summary)  # never raises: a failed report is recorded in the summary
+        summary = summarize_run(config, run_id)
+        attach_report(config, summary)  # never raises: a failed report is recorded in the summary
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary

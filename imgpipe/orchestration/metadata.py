@@ -155,16 +155,11 @@ def pipeline_runs(store, pipeline_name: str) -> list[metadata_store_pb2.Context]
     return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))
 
 
-def latest_run(store, pipeline_name: str, run_id: str | None = None) -> metadata_store_pb2.Context:
-    """The newest run of `pipeline_name`, or its run `run_id` (runs may overlap on a shared store)."""
+def latest_run(store, pipeline_name: str) -> metadata_store_pb2.Context:
+    """The newest run of `pipeline_name` (LookupError when it has none)."""
     runs = pipeline_runs(store, pipeline_name)
-    if run_id is not None:
-        runs = [r for r in runs if r.name == run_id]
     if not runs:
-        what = f"run {run_id!r}" if run_id is not None else "no run"
-        raise LookupError(
-            f"{what} of pipeline {pipeline_name!r} in ML Metadata" + (": not found" if run_id else "")
-        )
+        raise LookupError(f"no runs of pipeline {pipeline_name!r} in ML Metadata")
     return runs[-1]
 
 
@@ -276,11 +271,6 @@ class RunArtifacts:
     evaluation: str | None  # Evaluator `evaluation` (TFMA output, gate.json)
 
 
-def find_run(store, pipeline_name: str, run_id: str) -> metadata_store_pb2.Context:
-    """The pipeline_run context named `run_id` (LookupError when ML Metadata has no such run)."""
-    return latest_run(store, pipeline_name, run_id)
-
-
 def split_uri(store, execution, key: str, split: str) -> str | None:
     """The folder of one split of an Examples output (`<uri>/Split-<split>`)."""
     uri = output_uri(store, execution, key)
@@ -291,7 +281,7 @@ def run_artifacts(config: PipelineConfig, run_id: str) -> RunArtifacts:
     """Look up run `run_id`'s eval examples, trained model, training summary and evaluation."""
     pipeline_name = config.pipeline_name
     with open_store(config) as store:
-        run = find_run(store, pipeline_name, run_id)
+        run = run_by_id(store, pipeline_name, run_id)
         executions = run_executions(store, pipeline_name, run)
         model = output_uri(store, executions.get("Trainer"), "model")
         return RunArtifacts(
@@ -319,3 +309,22 @@ def training_summary(model_run_uri: str | None) -> dict | None:
 def gate_record(evaluation_uri: str | None) -> dict | None:
     """The Evaluator's gate.json, or None (runs from before the record existed)."""
     return _json_file(os.path.join(evaluation_uri, GATE_FILE)) if evaluation_uri else None
+
+
+# ---------------------------------------------------------------------- one run, push skips, updates
+def run_by_id(store, pipeline_name: str, run_id: str) -> metadata_store_pb2.Context:
+    """The pipeline_run context named `run_id` (LookupError if ML Metadata has no such run)."""
+    run = store.get_context_by_type_and_name("pipeline_run", run_id)
+    if run is None:
+        raise LookupError(f"no run {run_id!r} of pipeline {pipeline_name!r} in ML Metadata")
+    return run
+
+
+def push_skipped_version(store, pusher_execution) -> str | None:
+    """The serving version a Pusher found identical to its model (so it pushed nothing), else None."""
+    from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
+
+    arts = output_artifacts(store, pusher_execution, "pushed_model")
+    if not arts or IDENTICAL_VERSION_KEY not in arts[-1].custom_properties:
+        return None
+    return arts[-1].custom_properties[IDENTICAL_VERSION_KEY].string_value
