@@ -47,8 +47,8 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
     Per class, round(fraction * n_c) examples are held out, but never all of them: each
     class keeps at least one training example (a class of one example gives none). Which
-    examples is decided by a permutation seeded with `seed`, so the slice is the same for
-    the same data and seed whatever the order of the classes.
+    examples is decided per class by a permutation seeded with (`seed`, class index), so
+    the slice is the same for the same labels and seed.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")

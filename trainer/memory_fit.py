@@ -30,9 +30,6 @@ import tf_keras as keras
 
 from trainer import model as model_lib
 
-# Validation and accuracy passes run over chunks of this many examples.
-EVAL_CHUNK = 4096
-
 
 @dataclasses.dataclass
 class Arrays:
@@ -81,8 +78,11 @@ class _Steps:
             tf.TensorSpec(None, self.loss_dtype(model)),
             tf.TensorSpec([None], tf.float32),
         ]
-        self.epoch = tf.function(self._epoch, input_signature=[*spec, tf.TensorSpec([None], tf.int32)])
-        self.evaluate = tf.function(self._evaluate, input_signature=spec)
+        # Plain TensorFlow control flow (tf.while_loop): nothing for AutoGraph to convert.
+        self.epoch = tf.function(
+            self._epoch, input_signature=[*spec, tf.TensorSpec([None], tf.int32)], autograph=False
+        )
+        self.evaluate = tf.function(self._evaluate, input_signature=spec, autograph=False)
 
     @staticmethod
     def loss_dtype(model: keras.Model) -> tf.DType:
@@ -96,12 +96,9 @@ class _Steps:
         """Gradient steps over the batches of `order` (example indices); the epoch's train logs."""
         model, b = self.model, self.batch_size
         n = tf.shape(order)[0]
-        loss_sum = tf.constant(0.0)
-        weighted = tf.constant(0.0)
-        weight = tf.constant(0.0)
-        correct = tf.constant(0.0)
         batches = (n + b - 1) // b
-        for i in tf.range(batches):
+
+        def step(i, loss_sum, weighted, weight, correct):
             idx = order[i * b : tf.minimum((i + 1) * b, n)]
             xb, yb, wb = tf.gather(x, idx), tf.gather(y, idx), tf.gather(w, idx)
             with tf.GradientTape() as tape:
@@ -109,32 +106,34 @@ class _Steps:
                 total = self.loss(yb, p, sample_weight=wb) + self._regularisation()
             grads = tape.gradient(total, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            size = tf.cast(tf.shape(idx)[0], tf.float32)
-            loss_sum += total * size
             each = self.per_example(yb, p)
-            weighted += tf.reduce_sum(each * wb)
-            weight += tf.reduce_sum(wb)
-            correct += tf.reduce_sum(_accurate(yb, p))
+            return (
+                i + 1,
+                loss_sum + total * tf.cast(tf.shape(idx)[0], tf.float32),
+                weighted + tf.reduce_sum(each * wb),
+                weight + tf.reduce_sum(wb),
+                correct + tf.reduce_sum(_accurate(yb, p)),
+            )
+
+        zero = tf.constant(0.0)
+        _, loss_sum, weighted, weight, correct = tf.while_loop(
+            lambda i, *_: i < batches, step, (tf.constant(0), zero, zero, zero, zero)
+        )
         count = tf.cast(n, tf.float32)
         return loss_sum / count, correct / count, weighted / weight
 
     def _evaluate(self, x, y, w):
-        """(loss as Keras reports it, accuracy, weighted mean cross-entropy) over all examples."""
-        n = tf.shape(x)[0]
-        weighted = tf.constant(0.0)
-        weight = tf.constant(0.0)
-        correct = tf.constant(0.0)
-        for start in tf.range(0, n, EVAL_CHUNK):
-            end = tf.minimum(start + EVAL_CHUNK, n)
-            yb, wb = y[start:end], w[start:end]
-            p = self.model(x[start:end], training=False)
-            each = self.per_example(yb, p)
-            weighted += tf.reduce_sum(each * wb)
-            weight += tf.reduce_sum(wb)
-            correct += tf.reduce_sum(_accurate(yb, p))
-        count = tf.cast(n, tf.float32)
+        """(loss as Keras reports it, accuracy, weighted mean cross-entropy) over all examples.
+
+        One forward pass over all of them: the features are in memory already, and the
+        head's output ([N, classes]) is small next to them."""
+        p = self.model(x, training=False)
+        each = self.per_example(y, p)
+        weighted = tf.reduce_sum(each * w)
+        count = tf.cast(tf.shape(x)[0], tf.float32)
         # Keras' evaluate: the mean over examples of weight * loss, plus the regularisation.
-        return weighted / count + self._regularisation(), correct / count, weighted / weight
+        accuracy = tf.reduce_sum(_accurate(y, p)) / count
+        return weighted / count + self._regularisation(), accuracy, weighted / tf.reduce_sum(w)
 
 
 # Traces are the main fixed cost here (~0.3-1 s per model): keep them with their model.
@@ -220,8 +219,8 @@ def fit(
     return history
 
 
-def evaluate(model: keras.Model, data: Arrays, batch_size: int = EVAL_CHUNK) -> dict[str, float]:
+def evaluate(model: keras.Model, data: Arrays) -> dict[str, float]:
     """`loss`, `accuracy`, `cross_entropy` of the compiled `model` on `data`."""
-    steps = _STEPS.get(model) or _steps(model, batch_size)
+    steps = _STEPS.get(model) or _steps(model, 32)
     loss, accuracy, xent = steps.evaluate(data.x, data.y, data.w)
     return {"loss": float(loss), "accuracy": float(accuracy), "cross_entropy": float(xent)}
