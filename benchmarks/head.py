@@ -44,7 +44,7 @@ from benchmarks import common
 BACKBONE = "DenseNet121"
 SIZE = 32
 PRETRAIN_EPOCHS = 15  # the demo's
-LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 LR_CS = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
 EVEN = ("6", "8")
 MINORITY = "5"
@@ -276,10 +276,12 @@ def main(argv=None) -> int:
         )
 
     for task in tasks:
-        variant("refit (default)", task, refit=True)
+        variant("defaults (refit on)", task)
         variant("keep the best-epoch head (--no-refit)", task, refit=False)
-    imbalanced = tasks[2]
-    variant("class weights none", imbalanced, class_weights="none")
+        variant("features not standardised (--no-standardize)", task, standardize=False)
+        variant("dropout 0.2 (the previous default)", task, dropout=0.2)
+    for task in tasks[1:]:
+        variant("class weights none", task, class_weights="none")
     if args.grid:
         for task in tasks:
             for lr in LR_GRID:

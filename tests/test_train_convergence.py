@@ -332,7 +332,8 @@ def test_default_run_writes_the_convergence_summary(imbalanced_digits, source_ba
     assert result.best_epoch is not None and 1 <= result.best_epoch <= result.epochs_run <= 200
     assert result.refit_epochs == result.best_epoch
     assert (result.stopped_epoch is None) == (result.epochs_run == 200)
-    assert result.hparams == {"learning_rate": TrainingConfig().learning_rate, "dropout": 0.2, "l2": 0.0}
+    assert result.hparams == {"learning_rate": TrainingConfig().learning_rate, "dropout": 0.0, "l2": 0.0}
+    assert result.standardized
     assert set(result.seconds) == {"feature_extraction", "train"}
     path = os.path.join(work, "model_run", SUMMARY_FILE)
     train.write_summary(result, path)
@@ -406,3 +407,21 @@ def test_class_indices_reads_labels_in_file_order_and_names_unknown_ones(imbalan
     bad = helpers.write_tfrecords(str(tmp_path / "bad.tfrecord"), [(b"x", names[0]), (b"x", "cat")])
     with pytest.raises(ValueError, match="record 1 .*'cat' is not in the label vocabulary"):
         data.class_indices(bad, tfo)
+
+
+def test_standardised_head_equals_a_dense_layer_on_standardised_features():
+    x, y = _blobs([30, 30, 30])
+    x = x * np.linspace(0.3, 30, D, dtype=np.float32) + 5  # features of very different scales
+    stats = model_lib.feature_stats(x.astype(np.float64).sum(0), (x.astype(np.float64) ** 2).sum(0), len(x))
+    np.testing.assert_allclose(stats[0], x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats[1], x.var(0), rtol=1e-3)
+    m = model_lib.build_head(D, 3, 0.0, 0.0, stats)
+    kernel, bias = m.get_layer("probabilities").get_weights()
+    z = (x - x.mean(0)) / x.std(0)
+    expected = tf.nn.softmax(z @ kernel + bias).numpy()
+    np.testing.assert_allclose(m(x, training=False).numpy(), expected, rtol=1e-3, atol=1e-5)
+    # A unit that is constant in training gets a floored variance, not a division by ~0.
+    constant = np.concatenate([x[:, :-1], np.full((len(x), 1), 3.0, np.float32)], axis=1)
+    f = constant.astype(np.float64)
+    _, variance = model_lib.feature_stats(f.sum(0), (f**2).sum(0), len(f))
+    assert variance[-1] >= 1e-4 * variance.mean() * 0.999

@@ -79,7 +79,7 @@ class TrainingConfig(Settings):
     image_size: int | None = Field(
         None, description="input size in pixels (default: the backbone's own, 224 or 299)"
     )
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the classification layer")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classification layer")
     batch_size: int = Field(32, ge=1, description="batch size per replica (global = this x replicas)")
     epochs: int = Field(
         200,
@@ -90,12 +90,17 @@ class TrainingConfig(Settings):
     )
     steps_per_epoch: int | None = Field(None, ge=1, description="steps per epoch (default: one pass)")
     learning_rate: float = Field(
-        1e-2,
+        1e-3,
         gt=0.0,
         description="learning rate (Adam) of head training",
         json_schema_extra={"runtime": True},
     )
     l2: float = Field(0.0, ge=0.0, description="L2 weight decay on the classification layer's kernel")
+    standardize: bool = Field(
+        True,
+        description="standardise the backbone's features in the head (per-feature mean and variance "
+        "of the train split, kept in the exported model)",
+    )
     early_stopping: bool = Field(
         True,
         description="stop head training when the loss on a validation slice held out from the train "

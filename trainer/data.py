@@ -258,6 +258,22 @@ class FeatureCache:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(AUTOTUNE)
 
+    def moments(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(sum of the features, sum of their squares, count), in float64: one pass over a
+        spilled cache, a reduction over a memory cache's array."""
+        if self.arrays is not None:
+            f = self.arrays[0].astype(np.float64)
+            return f.sum(axis=0), (f * f).sum(axis=0), len(f)
+        total = np.zeros(self.feature_dim)
+        total_sq = np.zeros(self.feature_dim)
+        count = 0
+        for f, _ in self.features.batch(_SPILL_PARSE_BATCH):
+            f = f.numpy().astype(np.float64)
+            total += f.sum(axis=0)
+            total_sq += (f * f).sum(axis=0)
+            count += len(f)
+        return total, total_sq, count
+
     def release(self) -> None:
         """Delete the spilled file (and a temporary spill directory); a memory cache or a view
         is a no-op."""

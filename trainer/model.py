@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tf_keras as keras
 
 from trainer import backbones
@@ -50,15 +51,29 @@ def build_backbone(backbone: str, weights: str, image_size: int) -> keras.Model:
     return keras.Model(base.inputs, base.outputs, name=BACKBONE_NAME)
 
 
-def build_head(feature_dim: int, num_classes: int, dropout: float, l2: float = 0.0) -> keras.Model:
-    """Dropout + Dense: softmax over N classes, or one sigmoid unit for 2 classes.
+def build_head(
+    feature_dim: int,
+    num_classes: int,
+    dropout: float,
+    l2: float = 0.0,
+    feature_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> keras.Model:
+    """[Standardize +] Dropout + Dense: softmax over N classes, or one sigmoid unit for 2 classes.
 
-    `l2` > 0 adds L2 weight decay (l2 * sum of squared kernel weights) to the loss.
+    `feature_stats` (mean, variance) of the training features: the head first standardises
+    its input with them (constants in the graph, so the exported model carries them).
+    Backbones differ in feature scale by orders of magnitude; on standardised features
+    one learning rate suits all of them. `l2` > 0 adds L2 weight decay (l2 * sum of
+    squared kernel weights) to the loss.
     """
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     features = keras.Input((feature_dim,), name="features")
-    x = keras.layers.Dropout(dropout)(features) if dropout > 0 else features
+    x = features
+    if feature_stats is not None:
+        mean, variance = feature_stats
+        x = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
+    x = keras.layers.Dropout(dropout)(x) if dropout > 0 else x
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
     if num_classes == 2:
         out = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regularizer, name="probability")(
@@ -69,6 +84,21 @@ def build_head(feature_dim: int, num_classes: int, dropout: float, l2: float = 0
             num_classes, activation="softmax", kernel_regularizer=regularizer, name="probabilities"
         )(x)
     return keras.Model(features, out, name=HEAD_NAME)
+
+
+def feature_stats(total: np.ndarray, total_sq: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and variance for the head's standardisation, from the sums of the
+    training features and of their squares (float64) over `count` examples.
+
+    The variance is floored at 1e-4 of the mean variance: a unit that is (nearly) constant
+    on the training data would otherwise turn tiny differences at serving time into huge
+    inputs."""
+    if count < 1:
+        raise ValueError("feature_stats: no examples")
+    mean = np.asarray(total, np.float64) / count
+    variance = np.maximum(np.asarray(total_sq, np.float64) / count - mean**2, 0.0)
+    floor = max(float(variance.mean()) * 1e-4, 1e-12)
+    return mean.astype(np.float32), np.maximum(variance, floor).astype(np.float32)
 
 
 def assemble(base: keras.Model, head: keras.Model, image_size: int) -> keras.Model:

@@ -58,7 +58,8 @@ class TrainResult:
     global_batch_size: int
     eval_accuracy: float
     history: dict[str, list[float]]
-    seconds: dict[str, float]  # disjoint phases: feature_extraction, train (or tune), fine_tune
+    # disjoint phases: feature_extraction (or feature_stats), train (or tune), fine_tune
+    seconds: dict[str, float]
     notes: list[str]
     feature_cache_phases: dict[str, bool] = dataclasses.field(default_factory=dict)
     class_weights: dict[str, float] | None = None
@@ -69,6 +70,7 @@ class TrainResult:
     stopped_epoch: int | None = None
     refit_epochs: int | None = None
     tuning: dict[str, Any] | None = None
+    standardized: bool = False
 
     @property
     def feature_cache_used(self) -> bool:
@@ -84,6 +86,7 @@ class TrainResult:
             "eval_accuracy": self.eval_accuracy,
             "class_weights": self.class_weights,
             "head": self.hparams,
+            "standardized": self.standardized,
             "validation_examples": self.validation_examples,
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
@@ -122,6 +125,7 @@ class HeadPhase:
     validation_examples: int
     tuning: dict[str, Any] | None
     seconds: dict[str, float]  # "train", or "tune" (the search and the final head)
+    feature_stats: tuple[np.ndarray, np.ndarray] | None = None  # the head's standardisation
 
 
 def _head_phase(
@@ -156,6 +160,11 @@ def _head_phase(
     return HeadPhase(run, evaluate(run.model), weights, head_data.validation_examples, tuning, seconds)
 
 
+def _stats(cache: data.FeatureCache, params: TrainingConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The head's standardisation from the train split's features (None when off)."""
+    return model_lib.feature_stats(*cache.moments()) if params.standardize else None
+
+
 def train_cached_head(
     train_cache: data.FeatureCache,
     eval_cache: data.FeatureCache,
@@ -173,6 +182,7 @@ def train_cached_head(
     strategy = strategy or tf.distribute.get_strategy()
     labels = train_cache.labels
     in_memory = train_cache.arrays is not None and eval_cache.arrays is not None
+    stats = _stats(train_cache, params)
 
     def make_data(weights: np.ndarray | None) -> tuple[head.HeadData, str]:
         if in_memory:
@@ -186,7 +196,7 @@ def train_cached_head(
 
     def build(hp: head.HeadHParams) -> keras.Model:
         with contextlib.nullcontext() if in_memory else strategy.scope():
-            m = model_lib.build_head(train_cache.feature_dim, num_classes, hp.dropout, hp.l2)
+            m = model_lib.build_head(train_cache.feature_dim, num_classes, hp.dropout, hp.l2, stats)
             model_lib.compile_model(m, num_classes, hp.learning_rate)
         return m
 
@@ -195,7 +205,9 @@ def train_cached_head(
             return memory_fit.evaluate(m, memory_fit.Arrays.of(*eval_cache.arrays))["accuracy"]
         return _accuracy(m, eval_cache.batches(batch_size, shuffle=False, seed=params.seed))
 
-    return _head_phase(labels, make_data, build, evaluate, params, num_classes, callbacks, verbose, note)
+    phase = _head_phase(labels, make_data, build, evaluate, params, num_classes, callbacks, verbose, note)
+    phase.feature_stats = stats
+    return phase
 
 
 def train(
@@ -284,7 +296,9 @@ def train(
             # The full model: the backbone and a copy of the final head made under the strategy.
             hp = phase.run.hparams
             with strategy.scope():
-                final = model_lib.build_head(train_cache.feature_dim, num_classes, hp.dropout, hp.l2)
+                final = model_lib.build_head(
+                    train_cache.feature_dim, num_classes, hp.dropout, hp.l2, phase.feature_stats
+                )
                 final.set_weights(phase.run.model.get_weights())
                 model = model_lib.assemble(base, final, image_size)
         else:
@@ -295,10 +309,25 @@ def train(
 
                 return head.dataset_data(labels, batches, weights, params)
 
+            stats = None
+            if params.standardize:
+                # The standardisation needs the train split's features: one backbone pass
+                # over its images (not augmented), kept only as sums.
+                t_stats = time.perf_counter()
+                cache = data.FeatureExtractor(strategy, base).cache(
+                    images(train_files, False, False), _sub(cache_dir, "stats"), cache_memory_bytes
+                )
+                try:
+                    stats = _stats(cache, params)
+                finally:
+                    cache.release()
+                seconds["feature_stats"] = time.perf_counter() - t_stats
+                note(f"feature standardisation: statistics of {cache.count} train images' features")
+
             def build(hp: head.HeadHParams) -> keras.Model:
                 with strategy.scope():
                     new_head = model_lib.build_head(
-                        int(base.output_shape[-1]), num_classes, hp.dropout, hp.l2
+                        int(base.output_shape[-1]), num_classes, hp.dropout, hp.l2, stats
                     )
                     m = model_lib.assemble(base, new_head, image_size)
                     model_lib.compile_model(m, num_classes, hp.learning_rate)
@@ -317,6 +346,7 @@ def train(
                 verbose,
                 note,
             )
+            phase.feature_stats = stats
             model = phase.run.model
     seconds.update(phase.seconds)
     run, weights, accuracy = phase.run, phase.class_weights, phase.eval_accuracy
@@ -369,6 +399,7 @@ def train(
         stopped_epoch=run.selection.stopped_epoch,
         refit_epochs=None if run.refit is None else run.refit.epochs_run,
         tuning=phase.tuning,
+        standardized=phase.feature_stats is not None,
     )
 
 
