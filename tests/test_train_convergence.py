@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from pipeline.config import ConfigError, PipelineConfig
 from tests import helpers
@@ -225,11 +226,15 @@ def test_refit_trains_the_whole_split_for_the_best_epoch_count():
     assert not np.allclose(refit.model.get_weights()[0], kept.model.get_weights()[0])
 
 
-def test_memory_fit_restart_returns_to_the_initial_state():
+def test_memory_fit_restart_returns_to_the_initial_state(tmp_path):
     x, y = _blobs([20, 20, 20])
     m = _build(3)(head.HeadHParams(0.05, 0.0, 0.0))
     arrays = memory_fit.Arrays.of(x, y)
-    first = memory_fit.fit(m, arrays, None, 5, 8, seed=1)
+    epochs_seen = []
+    counter = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: epochs_seen.append(e))
+    board = train._callbacks(str(tmp_path / "logs"), [counter])  # what run_fn passes: TensorBoard
+    first = memory_fit.fit(m, arrays, None, 5, 8, seed=1, callbacks=board)
+    assert epochs_seen == [0, 1, 2, 3, 4] and os.listdir(tmp_path / "logs" / "train")
     memory_fit.restart(m)
     assert int(m.optimizer.iterations.numpy()) == 0
     again = memory_fit.fit(m, arrays, None, 5, 8, seed=1)

@@ -5,15 +5,17 @@ early stopping and --tune monitor a *validation slice* held out from the train
 split instead (`holdout_mask`: stratified by class, deterministic by seed, every
 class keeps at least one training example).
 
-`fit_to_convergence` trains a compiled model on the rest of the train split
-until the validation loss has not improved for `patience` epochs (capped at
-`epochs`) and restores the best epoch's weights. By default (`refit`) the
-caller then trains a fresh head on the *whole* train split for that best epoch
-count: on the benchmark tasks this matched or beat keeping the best-epoch head
-(BENCHMARKS.md, "default head vs logistic regression"), and it puts the held-out
-examples back into the final model, which matters most for small classes. With
-early stopping off, the head trains on the whole train split for exactly
-`epochs` epochs and no slice is held out.
+`train_head` = `select_epochs` then `finish`. `select_epochs` trains a new head
+on the rest of the train split until the validation loss (MONITOR) has not
+improved for `patience` epochs (capped at `epochs`) and restores the best
+epoch's weights. `finish` then, by default (`refit`), trains the head afresh on
+the *whole* train split for that best epoch count: on the benchmark tasks this
+matched or beat keeping the best-epoch head (BENCHMARKS.md, "default head vs
+logistic regression"), and it puts the held-out examples back into the final
+model, which matters most for small classes. With early stopping off, the head
+trains on the whole train split for exactly `epochs` epochs and no slice is
+held out. `HeadData` holds the split and trains with Keras' `fit` (tf.data:
+images or a spilled cache) or with `memory_fit` (features in memory).
 
 `class_weights` gives balanced loss weights for imbalanced classes; they are
 applied as per-example sample weights to the training loss and to the

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribution, head, memory_fit, tracing, tune
+from trainer import data, distribution, head, memory_fit, tracing
 from trainer import model as model_lib
 from trainer.config import TrainingConfig
 
@@ -148,6 +148,10 @@ def _head_phase(
     tuning = None
     t0 = time.perf_counter()
     if params.tune_trials:
+        # Imported here: KerasTuner imports Keras 3 on import (~10-20 s here), which only
+        # --tune needs.
+        from trainer import tune
+
         tuned = tune.tune_head(build, head_data, params, params.tune_trials)
         seconds["tune"] = time.perf_counter() - t0
         run, tuning = tuned.run, tuned.summary()
