@@ -9,10 +9,11 @@ class keeps at least one training example).
 on the rest of the train split until the validation loss (MONITOR) has not
 improved for `patience` epochs (capped at `epochs`) and restores the best
 epoch's weights. `finish` then, by default (`refit`), trains the head afresh on
-the *whole* train split for that best epoch count: on the benchmark tasks this
-matched or beat keeping the best-epoch head (BENCHMARKS.md, "default head vs
-logistic regression"), and it puts the held-out examples back into the final
-model, which matters most for small classes. With early stopping off, the head
+the *whole* train split for that best epoch count: it puts the held-out
+examples back into the final model, which matters most for small classes, and
+on the benchmark tasks it matched keeping the best-epoch head on the medians
+with a smaller spread on the imbalanced task (BENCHMARKS.md, "default head vs
+logistic regression"). With early stopping off, the head
 trains on the whole train split for exactly `epochs` epochs and no slice is
 held out. `HeadData` holds the split and trains with Keras' `fit` (tf.data:
 images or a spilled cache) or with `memory_fit` (features in memory).
