@@ -3,6 +3,7 @@
     PipelineConfig                 where data, artifacts and pushed models live
       training: TrainingConfig     trainer/config.py   (the Trainer parses it strictly)
       gate:     GateConfig         components/gate.py  (the Evaluator's blessing gate)
+      prepush:  PrepushConfig      components/prepush.py (pre-push validation in a model server)
       beam:     BeamConfig         pipeline/beam.py    (the runner of the data work)
 
 Each section sits beside the code that reads it; this module nests them. The
@@ -27,6 +28,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.gate import GateConfig
+from components.prepush import PrepushConfig
 from pipeline.beam import BeamConfig
 from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE, ConfigError, Settings, TrainingConfig
 
@@ -36,6 +38,7 @@ __all__ = ["ConfigError", "PipelineConfig", "WEIGHTS_IMAGENET", "WEIGHTS_NONE"]
 SECTIONS: dict[str, type[Settings]] = {
     "training": TrainingConfig,
     "gate": GateConfig,
+    "prepush": PrepushConfig,
     "beam": BeamConfig,
 }
 
@@ -71,6 +74,7 @@ class PipelineConfig(Settings):
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    prepush: PrepushConfig = Field(default_factory=PrepushConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
 
     # ---------------------------------------------------------------------- building

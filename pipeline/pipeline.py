@@ -12,6 +12,7 @@ from typing import Any
 from tfx import v1 as tfx
 
 from components.evaluator import RuntimeParamEvaluator, eval_config
+from components.infra_validator import InfraValidator
 from components.runtime_params import knob_values
 from components.trainer import RuntimeParamTrainer
 from pipeline.beam import beam_pipeline_args
@@ -31,6 +32,7 @@ COMPONENT_IDS = (
     "Trainer",
     RESOLVER_ID,
     "Evaluator",
+    "InfraValidator",
     "Pusher",
 )
 
@@ -107,9 +109,19 @@ def create_pipeline(
         example_splits=["eval"],
         knobs=knobs,
     ).with_id("Evaluator")
+    # Pre-push validation: the blessed candidate, served by a real model server, must answer
+    # every signature like it does in-process (components/infra_validator.py).
+    infra_validator = InfraValidator(
+        model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        model_blessing=evaluator.outputs["blessing"],
+        model_name=config.model_name,
+        config=config.prepush,
+    ).with_id("InfraValidator")
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
@@ -126,6 +138,7 @@ def create_pipeline(
             trainer,
             model_resolver,
             evaluator,
+            infra_validator,
             pusher,
         ],
         enable_cache=config.enable_cache,

@@ -101,14 +101,15 @@ def test_dag_has_every_local_component_with_the_same_dependencies(compiled):
     assert compiled_deps == expected
     # Sanity: the comparison covers the real wiring, not empty sets.
     assert expected["Evaluator"] == {"ImportExampleGen", "Trainer", "latest_blessed_model_resolver"}
-    assert expected["Pusher"] == {"Trainer", "Evaluator"}
+    assert expected["InfraValidator"] == {"ImportExampleGen", "Trainer", "Evaluator"}
+    assert expected["Pusher"] == {"Trainer", "Evaluator", "InfraValidator"}
 
 
 def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
     spec = _spec(compiled[1])
     executors = spec.deployment_spec["executors"]
     containers = {name: e["container"] for name, e in executors.items() if "container" in e}
-    assert len(containers) == 8  # every component but the Resolver (a metadata query)
+    assert len(containers) == 9  # every component but the Resolver (a metadata query)
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert (
@@ -118,6 +119,10 @@ def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
     trainer_args = list(containers["Trainer_executor"]["args"])
     assert trainer_args[trainer_args.index("--executor_class_path") + 1] == (
         "components.trainer.RuntimeParamTrainerExecutor"
+    )
+    validator_args = list(containers["InfraValidator_executor"]["args"])
+    assert validator_args[validator_args.index("--executor_class_path") + 1] == (
+        "components.infra_validator.InfraValidatorExecutor"
     )
     params = spec.root.dag.tasks["Trainer"].inputs.parameters
     assert params["run_fn"].runtime_value.constant.string_value == "trainer.task.run_fn"
@@ -247,6 +252,22 @@ def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
         evaluator.RuntimeParamEvaluatorExecutor().Do(
             {}, {}, {"eval_config": compiled_json, "min_accuracy": 1.5}
         )
+
+
+def test_prepush_validation_runs_in_the_pipeline_image_before_the_pusher(compiled):
+    """The InfraValidator compiles like any step (its server is a subprocess: no Docker in Docker)."""
+    spec = _spec(compiled[1])
+    task = spec.root.dag.tasks["InfraValidator"]
+    params = task.inputs.parameters
+    assert json.loads(params["prepush_config"].runtime_value.constant.string_value) == (
+        _config().prepush.to_dict()
+    )
+    assert params["model_name"].runtime_value.constant.string_value == "imgpipe"
+    producers = {k: a.task_output_artifact.producer_task for k, a in task.inputs.artifacts.items()}
+    assert producers == {"model": "Trainer", "examples": "ImportExampleGen", "model_blessing": "Evaluator"}
+    pusher = spec.root.dag.tasks["Pusher"].inputs.artifacts
+    assert pusher["infra_blessing"].task_output_artifact.producer_task == "InfraValidator"
+    assert pusher["model_blessing"].task_output_artifact.producer_task == "Evaluator"
 
 
 def test_create_pipeline_takes_plain_values_for_local_runs():

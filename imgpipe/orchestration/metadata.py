@@ -11,6 +11,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.gate import ACCURACY_KEY
+from components.prepush import REPORT_FILE as PREPUSH_REPORT_FILE
 from trainer.config import SUMMARY_FILE
 
 
@@ -137,3 +138,14 @@ def trainer_replicas(model_run_uri: str | None) -> int | None:
         return None
     with open(path, encoding="utf-8") as f:
         return int(json.load(f)["replicas"])
+
+
+def prepush_summary(infra_blessing_uri: str | None) -> dict | None:
+    """The InfraValidator's verdict (blessed, reason, latencies...) from its report; None if absent."""
+    if not infra_blessing_uri:
+        return None
+    path = os.path.join(infra_blessing_uri, PREPUSH_REPORT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["summary"]

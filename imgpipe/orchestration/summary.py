@@ -2,8 +2,8 @@
 
 `summarize_latest_run(metadata_path, pipeline_name)` finds the newest run of the
 pipeline and reads each component's execution state, the blessing, the pushed
-version, the TFMA accuracy (overall, per class and the baseline's) and the
-Trainer's replica count.
+version, the TFMA accuracy (overall, per class and the baseline's), the
+Trainer's replica count and the pre-push validation's verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class RunSummary:
     run_dir: str = ""
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
+    prepush: dict | None = None  # the InfraValidator's verdict (components/prepush_checks.py summary)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -38,6 +39,7 @@ def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
         pushed = metadata.pushed_path(store, executions.get("Pusher"))
         evaluation_uri = metadata.output_uri(store, executions.get("Evaluator"), "evaluation")
         model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
+        infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
@@ -50,4 +52,5 @@ def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
         executions=states,
         per_class_accuracy=per_class,
         baseline_accuracy=baseline,
+        prepush=metadata.prepush_summary(infra_blessing_uri),
     )
