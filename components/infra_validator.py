@@ -106,8 +106,8 @@ def validate_model(
         log.exception("pre-push validation: the model does not run in-process")
         report.fail(Failure("reference", f"the SavedModel fails in-process: {type(e).__name__}: {e}"))
         return report.conclude()
-    base_path = stage_model(saved_model_dir, os.path.join(workdir, "models"), model_name)
     try:
+        base_path = stage_model(saved_model_dir, os.path.join(workdir, "models"), model_name)
         with serve_model(base_path, model_name, log_path, config.prepush_timeout_seconds) as server:
             report.server = server.command.kind
             report.version = server.version

@@ -9,9 +9,9 @@ stops the server when the block ends, however it ends:
         ServingClient(server.target).predict(...)
 
 The server is `tensorflow_model_server` when that binary is on PATH (the
-production server, run with --port, --model_name and --model_base_path), and
-otherwise the project's own TF Serving-compatible server (`python -m imgpipe
-serve`, serving/devserver), which every imgpipe image has. Either way it is a
+production server, run with --port, --model_name, --model_base_path and no
+load retries), and otherwise the project's own TF Serving-compatible server
+(`python -m imgpipe serve`, serving/devserver), which every imgpipe image has. Either way it is a
 child process of the component, in the component's own container: no Docker.
 
 No process is left behind: the server runs in its own process group, which
@@ -72,12 +72,14 @@ def server_command(
     """
     binary = tf_serving_binary or shutil.which(TF_SERVING_BINARY)
     if binary:
-        # gRPC only (TF Serving's REST port is off unless --rest_api_port is given).
+        # gRPC only (TF Serving's REST port is off unless --rest_api_port is given). A failed
+        # load fails at once instead of being retried for minutes.
         argv = (
             binary,
             f"--port={port}",
             f"--model_name={model_name}",
             f"--model_base_path={model_base_path}",
+            "--max_num_load_retries=0",
         )
         return ServerCommand(TF_SERVING_BINARY, argv)
     argv = (

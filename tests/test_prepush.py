@@ -173,7 +173,7 @@ FAKE_TF_SERVING = """\
 # then serves the same directory with `imgpipe serve`.
 import os, sys
 flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
-assert set(flags) == {{"port", "model_name", "model_base_path"}}, sys.argv
+assert set(flags) == {{"port", "model_name", "model_base_path", "max_num_load_retries"}}, sys.argv
 versions = [d for d in os.listdir(flags["model_base_path"]) if d.isdigit()]
 assert versions and all(
     os.path.exists(os.path.join(flags["model_base_path"], v, "saved_model.pb")) for v in versions
@@ -206,7 +206,11 @@ def test_validation_serves_with_tensorflow_model_server_flags_when_on_path(
     assert report.server == model_server.TF_SERVING_BINARY
     assert report.version == model_server.STAGED_VERSION
     argv = record.read_text().split()
-    assert argv[1:] == [f"--model_name={NAME}", f"--model_base_path={tmp_path / 'work' / 'models' / NAME}"]
+    assert argv[1:] == [
+        f"--model_name={NAME}",
+        f"--model_base_path={tmp_path / 'work' / 'models' / NAME}",
+        "--max_num_load_retries=0",
+    ]
     assert argv[0].startswith("--port=")
 
 
@@ -219,7 +223,10 @@ def test_server_command_without_tf_serving_runs_imgpipe_serve(monkeypatch, tmp_p
         "--model-name", "digits", "--host", "127.0.0.1", "--port", "8123",
     )  # fmt: skip
     tfs = model_server.server_command("/m/digits", "digits", 8123, tf_serving_binary="/opt/tfs")
-    assert tfs.argv == ("/opt/tfs", "--port=8123", "--model_name=digits", "--model_base_path=/m/digits")
+    assert tfs.argv == (
+        "/opt/tfs", "--port=8123", "--model_name=digits", "--model_base_path=/m/digits",
+        "--max_num_load_retries=0",
+    )  # fmt: skip
 
 
 def test_stage_model_makes_the_version_layout(model, tmp_path):
