@@ -26,6 +26,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
@@ -106,11 +107,14 @@ def validate_model(
         log.exception("pre-push validation: the model does not run in-process")
         report.fail(Failure("reference", f"the SavedModel fails in-process: {type(e).__name__}: {e}"))
         return report.conclude()
+    started = time.monotonic()
     try:
         base_path = stage_model(saved_model_dir, os.path.join(workdir, "models"), model_name)
         with serve_model(base_path, model_name, log_path, config.prepush_timeout_seconds) as server:
             report.server = server.command.kind
             report.version = server.version
+            report.seconds["server_ready"] = round(time.monotonic() - started, 1)
+            started = time.monotonic()
             log.info(
                 "pre-push validation: %s serves %r on %s", server.command.kind, model_name, server.target
             )
@@ -128,6 +132,7 @@ def validate_model(
                     config.max_latency_ms,
                     report,
                 )
+            report.seconds["checks"] = round(time.monotonic() - started, 1)
             if server.process is not None and server.process.poll() is not None:
                 report.fail(
                     Failure("server", f"exited with code {server.process.returncode} during validation")

@@ -85,6 +85,7 @@ class PrepushReport:
     requests: int = 0
     latency_ms: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     max_latency_ms: float | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # server start+load, checks
     failures: list[Failure] = dataclasses.field(default_factory=list)
 
     def fail(self, failure: Failure) -> None:
@@ -112,6 +113,7 @@ class PrepushReport:
             "requests": self.requests,
             "p99_ms": {sig: lat["p99"] for sig, lat in self.latency_ms.items()},
             "max_latency_ms": self.max_latency_ms,
+            "seconds": self.seconds,
             "failures": [f.describe() for f in self.failures[:_MAX_SHOWN]],
         }
 
