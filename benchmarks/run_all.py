@@ -25,6 +25,7 @@ BENCHMARKS = (
     "scaling",
     "pipeline",
     "serving_latency",
+    "metadata_concurrency",
     "tflite",
 )
 # serving_latency has its own flags (no --quick): a short run instead.

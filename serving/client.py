@@ -38,27 +38,9 @@ from tensorflow_serving.apis import (
 )
 
 from serving.errors import ServingRpcError
-from serving.signatures import CLASSIFICATION, INPUT_KEYS, PREDICT_IMAGES, SERVING_DEFAULT
+from serving.signatures import CLASSIFICATION, IMAGE_FEATURE, INPUT_KEYS, PREDICT_IMAGES, SERVING_DEFAULT
 
-IMAGE_FEATURE = "image"  # trainer.features.IMAGE_KEY; kept literal so the client needs no trainer
 MB = 1024 * 1024
-
-# What tf.io.decode_image (and so the model) accepts, by leading bytes.
-_IMAGE_MAGIC = {
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-}
-
-
-def image_format(data: bytes) -> str | None:
-    """'JPEG' | 'PNG' | 'GIF' | 'BMP' from the leading bytes, or None if not one of them."""
-    for magic, name in _IMAGE_MAGIC.items():
-        if data.startswith(magic):
-            return name
-    return None
 
 
 def make_image_example(image: bytes) -> bytes:

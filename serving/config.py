@@ -7,8 +7,14 @@ TensorFlow loads only inside `validate()`, so `imgpipe --help` stays quick.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import socket
 
 from serving.errors import ServerStartError
+
+# Per image, read from its header before decoding: 40 MP is a 7300 x 5500 photo (a large
+# camera's full frame); decoded to RGB it is 120 MB, to float32 480 MB.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +33,13 @@ class ServerConfig:
     num_versions: int = 1  # serve the newest N versions (TF Serving's `latest` policy)
     run_warmup: bool = True
     drain_seconds: float = 30.0  # how long an unload waits for in-flight requests
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header; 0: no limit
+    # Request logging (serving/devserver/request_log.py); off when log_requests is empty.
+    log_requests: str = ""  # directory of PredictionLog TFRecords
+    log_sample_rate: float = 1.0
+    log_max_file_mb: int = 64  # rotate to a new file at this size
+    log_queue_size: int = 1000  # records waiting for the writer; beyond it they are dropped
+    log_queue_mb: int = 128  # bytes waiting for the writer; beyond it they are dropped
 
     def validate(self) -> ServerConfig:
         """Check every field (all problems in one message), then that the base path exists."""
@@ -51,6 +64,16 @@ class ServerConfig:
             problems.append(f"num_versions must be >= 1, got {self.num_versions}")
         if self.drain_seconds < 0:
             problems.append(f"drain_seconds must be >= 0, got {self.drain_seconds}")
+        if self.max_pixels < 0:
+            problems.append(f"max_pixels must be >= 0 (0: no limit), got {self.max_pixels}")
+        if not 0.0 <= self.log_sample_rate <= 1.0:
+            problems.append(f"log_sample_rate must be in [0, 1], got {self.log_sample_rate}")
+        if self.log_max_file_mb < 1:
+            problems.append(f"log_max_file_mb must be >= 1, got {self.log_max_file_mb}")
+        if self.log_queue_size < 1:
+            problems.append(f"log_queue_size must be >= 1, got {self.log_queue_size}")
+        if self.log_queue_mb < 1:
+            problems.append(f"log_queue_mb must be >= 1, got {self.log_queue_mb}")
         if problems:
             raise ServerStartError("invalid server settings: " + "; ".join(problems))
         import tensorflow as tf  # deferred: `imgpipe --help` must not load TensorFlow
@@ -61,3 +84,36 @@ class ServerConfig:
                 f"<serving_dir>/<model_name> holding integer version directories)"
             )
         return self
+
+    def check_port(self) -> None:
+        """Fail at once (ServerStartError) when host:port cannot be bound, e.g. another server has it.
+
+        `imgpipe serve` calls this before it imports TensorFlow and loads the
+        model, so a taken port is reported in a second, not after the load.
+        start_server binds the real socket before loading too; this check is
+        the early answer, not the guarantee. Port 0 (any free port) always passes.
+        """
+        if self.port == 0:
+            return
+        host = self.host.strip("[]")
+        where = f"{self.host}:{self.port}"
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except socket.gaierror as e:
+            raise ServerStartError(f"cannot bind {where}: unknown host {host!r} ({e.strerror})") from e
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC does: a port left in TIME_WAIT by a stopped server is free to take.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                raise ServerStartError(
+                    f"cannot bind {where}: {e.strerror or e}"
+                    + (
+                        " (another server is listening there? stop it or pick another --port)"
+                        if e.errno == errno.EADDRINUSE
+                        else ""
+                    )
+                ) from e

@@ -10,6 +10,7 @@ from __future__ import annotations
 SERVING_DEFAULT = "serving_default"
 CLASSIFICATION = "classification"
 PREDICT_IMAGES = "predict_images"
+TRANSFORM_FEATURES = "transform_features"
 
 # The single input name of each signature the exporter writes.
 INPUT_KEYS = {
@@ -17,6 +18,12 @@ INPUT_KEYS = {
     CLASSIFICATION: "inputs",
     PREDICT_IMAGES: "images",
 }
+
+# What each signature's input holds: encoded image bytes, or serialized tf.Examples whose
+# IMAGE_FEATURE holds them. The dev server checks these before running the model.
+IMAGE_INPUTS = {PREDICT_IMAGES: "images"}
+EXAMPLE_INPUTS = {SERVING_DEFAULT: "examples", CLASSIFICATION: "inputs", TRANSFORM_FEATURES: "examples"}
+IMAGE_FEATURE = "image"  # trainer.features.IMAGE_KEY (serving does not import trainer)
 
 # SignatureDef.method_name values TF Serving dispatches on.
 PREDICT_METHOD = "tensorflow/serving/predict"

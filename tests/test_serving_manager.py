@@ -134,9 +134,9 @@ def test_failed_version_keeps_the_old_one_and_retries_only_when_files_change(
     attempts = []
     real = manager_lib.LoadedVersion
 
-    def counting(name, version, path):
+    def counting(name, version, path, *settings):
         attempts.append(version)
-        return real(name, version, path)
+        return real(name, version, path, *settings)
 
     monkeypatch.setattr(manager_lib, "LoadedVersion", counting)
     broken = tmp_path / "2"

@@ -1,7 +1,8 @@
 """`imgpipe serve` and `imgpipe predict`: the dev/test model server and its command-line client.
 
 `serve` runs serving/devserver until SIGTERM/SIGINT (exit 0; exit 2 when it
-cannot start: bad settings, missing base path, port in use). `predict` prints
+cannot start: bad settings, missing base path, port in use, unwritable
+request log directory). A taken port is found before TensorFlow loads. `predict` prints
 one JSON line per image on stdout; exit 0 when every image was classified,
 1 when any failed (each named on stderr), 2 for bad arguments.
 """
@@ -16,6 +17,7 @@ import grpc
 from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, error
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
+from serving.image_header import image_format
 from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 
 if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
@@ -74,6 +76,45 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not replay assets.extra/tf_serving_warmup_requests",
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=d.max_pixels,
+        help="refuse (INVALID_ARGUMENT) any image whose header declares more pixels than this, "
+        "before decoding it; 0 = no limit (default %(default)s)",
+    )
+    group = parser.add_argument_group("request logging (TF Serving PredictionLog TFRecords)")
+    group.add_argument(
+        "--log-requests",
+        metavar="DIR",
+        default=d.log_requests,
+        help="write sampled Predict/Classify requests and responses to DIR (read by `imgpipe drift`)",
+    )
+    group.add_argument(
+        "--log-sample-rate",
+        type=float,
+        default=d.log_sample_rate,
+        help="fraction of successful requests logged, 0..1 (default %(default)s)",
+    )
+    group.add_argument(
+        "--log-max-file-mb",
+        type=int,
+        default=d.log_max_file_mb,
+        help="start a new log file when the current one reaches this size (default %(default)s)",
+    )
+    group.add_argument(
+        "--log-queue-size",
+        type=int,
+        default=d.log_queue_size,
+        help="records waiting for the writer; beyond it (or --log-queue-mb) records are dropped "
+        "and counted, never the request (default %(default)s)",
+    )
+    group.add_argument(
+        "--log-queue-mb",
+        type=int,
+        default=d.log_queue_mb,
+        help="bytes waiting for the writer, in MB (default %(default)s)",
+    )
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -90,14 +131,22 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         grace_seconds=args.grace_seconds,
         num_versions=args.num_versions,
         run_warmup=args.run_warmup,
+        max_pixels=args.max_pixels,
+        log_requests=args.log_requests,
+        log_sample_rate=args.log_sample_rate,
+        log_max_file_mb=args.log_max_file_mb,
+        log_queue_size=args.log_queue_size,
+        log_queue_mb=args.log_queue_mb,
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.devserver import lifecycle  # loads TensorFlow: only when the command runs
-
+    config = server_config(args)
     try:
-        return lifecycle.serve(server_config(args))
+        config.check_port()  # a taken port fails now, not after TensorFlow and the model load
+        from serving.devserver import lifecycle  # loads TensorFlow: only when the command runs
+
+        return lifecycle.serve(config)
     except ServerStartError as e:
         raise UsageError(str(e)) from e
 
@@ -146,8 +195,6 @@ def _predict_chunk(
 
 def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], int]:
     """(path, bytes) of each readable JPEG/PNG/GIF/BMP file, and how many were not (each named)."""
-    from serving.client import image_format  # loads TensorFlow
-
     readable: list[tuple[str, bytes]] = []
     failed = 0
     for path in paths:

@@ -1,8 +1,10 @@
 """Starting and stopping the dev server: bind, serve, shut down gracefully on SIGTERM.
 
-`start_server(config)` loads the model and starts gRPC (returns once it
-accepts requests); `start_in_thread(...)` wraps it for tests and benchmarks;
-`serve(config)` runs until SIGTERM/SIGINT and is what `imgpipe serve` calls.
+`start_server(config)` binds the port, loads the model and starts gRPC
+(returns once it accepts requests); `start_in_thread(...)` wraps it for tests
+and benchmarks; `serve(config)` runs until SIGTERM/SIGINT and is what
+`imgpipe serve` calls. The port is bound before the model loads, so a taken
+port fails in a moment, not after the load.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from serving.config import ServerConfig
 from serving.devserver.manager import ModelManager
+from serving.devserver.request_log import RequestLog
 from serving.devserver.servicers import ModelServicer, PredictionServicer
 from serving.errors import ServerStartError
 
@@ -29,7 +32,7 @@ MB = 1024 * 1024
 
 
 class RunningServer:
-    """A started server: its bound port, the version manager, and stop()."""
+    """A started server: its bound port, the version manager, the request log, and stop()."""
 
     def __init__(
         self,
@@ -37,11 +40,13 @@ class RunningServer:
         manager: ModelManager,
         config: ServerConfig,
         port: int,
+        request_log: RequestLog | None = None,
     ):
         self.server = server
         self.manager = manager
         self.config = config
         self.port = port
+        self.request_log = request_log
         self._stopped = False
 
     @property
@@ -56,6 +61,8 @@ class RunningServer:
         self._stopped = True
         grace = self.config.grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        if self.request_log is not None:
+            self.request_log.close()
         self.manager.stop()
 
 
@@ -64,10 +71,11 @@ def _host_for_target(host: str) -> str:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
-    """Load the model and start the gRPC server; returns once it accepts requests.
+    """Bind the port, load the model and start the gRPC server; returns once it accepts requests.
 
-    Raises ServerStartError for invalid settings, a missing base path or a
-    port that cannot be bound.
+    Raises ServerStartError for invalid settings, a missing base path, a port
+    that cannot be bound (before any model is loaded) or a request log
+    directory that cannot be written.
     """
     config.validate()
     manager = ModelManager(
@@ -77,13 +85,9 @@ def start_server(config: ServerConfig) -> RunningServer:
         num_versions=config.num_versions,
         run_warmup=config.run_warmup,
         drain_seconds=config.drain_seconds,
+        max_pixels=config.max_pixels,
     )
-    manager.start()
-    if not manager.serving_versions():
-        log.warning(
-            "no loadable version under %s yet; answering UNAVAILABLE until one appears",
-            config.model_base_path,
-        )
+    request_log = _request_log(config)
     size = config.max_message_mb * MB
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="serving-rpc"),
@@ -94,19 +98,34 @@ def start_server(config: ServerConfig) -> RunningServer:
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(manager, request_log), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     address = f"{_host_for_target(config.host)}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_insecure_port(address)  # binds now: before the model load
     except RuntimeError as e:
         port = 0
         reason = str(e)
     else:
         reason = "address in use or not available"
     if not port:
-        manager.stop()
+        if request_log is not None:
+            request_log.close()
         raise ServerStartError(f"cannot bind {address}: {reason}")
+    try:
+        manager.start()
+    except BaseException:
+        server.stop(0)
+        if request_log is not None:
+            request_log.close()
+        raise
+    if not manager.serving_versions():
+        log.warning(
+            "no loadable version under %s yet; answering UNAVAILABLE until one appears",
+            config.model_base_path,
+        )
     server.start()
     log.info(
         "Serving model %r (versions %s) on %s:%d",
@@ -115,7 +134,33 @@ def start_server(config: ServerConfig) -> RunningServer:
         config.host,
         port,
     )
-    return RunningServer(server, manager, config, port)
+    return RunningServer(server, manager, config, port, request_log)
+
+
+def _request_log(config: ServerConfig) -> RequestLog | None:
+    """The started request log of `config.log_requests`, or None when logging is off."""
+    if not config.log_requests:
+        return None
+    request_log = RequestLog(
+        config.log_requests,
+        sample_rate=config.log_sample_rate,
+        max_file_bytes=config.log_max_file_mb * MB,
+        max_queue_records=config.log_queue_size,
+        max_queue_bytes=config.log_queue_mb * MB,
+    )
+    try:
+        request_log.start()
+    except OSError as e:
+        raise ServerStartError(
+            f"cannot write request logs to {config.log_requests}: {e.strerror or e}"
+        ) from e
+    log.info(
+        "Logging %g of requests to %s (new file every %d MB)",
+        config.log_sample_rate,
+        config.log_requests,
+        config.log_max_file_mb,
+    )
+    return request_log
 
 
 @contextlib.contextmanager

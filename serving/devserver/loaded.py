@@ -20,6 +20,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2
 
 from serving import warmup
+from serving.config import DEFAULT_MAX_PIXELS
+from serving.devserver.inputs import check_inputs
 from serving.devserver.tensors import (
     check_input_names,
     classification_result,
@@ -50,12 +52,15 @@ class LoadedVersion:
 
     Raises (from the constructor) when the directory is not a loadable
     SavedModel or a signature listed in saved_model.pb cannot be called.
+    Requests with an image above `max_pixels` (0: no limit) are refused
+    before the model runs (serving/devserver/inputs.py).
     """
 
-    def __init__(self, model_name: str, version: int, path: str):
+    def __init__(self, model_name: str, version: int, path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.model_name = model_name
         self.version = version
         self.path = path
+        self.max_pixels = max_pixels
         self.signature_defs = read_signature_defs(path)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
         self._functions = {name: self._model.signatures[name] for name in self._model.signatures}
@@ -133,6 +138,7 @@ class LoadedVersion:
                 raise InvalidRequestError(f"duplicate output tensor alias: {alias}")
             seen.add(alias)
         arrays = input_arrays(inputs, specs, signature)
+        check_inputs(signature, arrays, self.max_pixels)
         batch_sizes = {a.shape[0] for a in arrays.values() if a.ndim >= 1}
         try:
             tensors = {alias: tf.constant(array, dtype=specs[alias].dtype) for alias, array in arrays.items()}

@@ -22,6 +22,7 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
+from serving.config import DEFAULT_MAX_PIXELS
 from serving.devserver.loaded import LoadedVersion
 from serving.devserver.versions import Fingerprint, fingerprint, list_versions
 from serving.errors import (
@@ -64,6 +65,7 @@ class ModelManager:
         num_versions: int = 1,
         run_warmup: bool = True,
         drain_seconds: float = 30.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         self.model_name = model_name
         self.base_path = base_path
@@ -71,6 +73,7 @@ class ModelManager:
         self.num_versions = num_versions
         self.run_warmup = run_warmup
         self.drain_seconds = drain_seconds
+        self.max_pixels = max_pixels
         self._lock = threading.Lock()  # guards _serving and _states
         self._serving: dict[int, LoadedVersion] = {}
         self._states: dict[int, VersionStatus] = {}
@@ -147,7 +150,7 @@ class ModelManager:
         log.info("Loading model %r version %d from %s", self.model_name, version, path)
         start = time.monotonic()
         try:
-            loaded = LoadedVersion(self.model_name, version, path)
+            loaded = LoadedVersion(self.model_name, version, path, self.max_pixels)
             loaded.warmup_summary = loaded.warm_up(self.run_warmup)
         except Exception as e:  # noqa: BLE001 - any load/warm-up failure keeps the old version
             self._failed[version] = files

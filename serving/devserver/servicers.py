@@ -2,12 +2,17 @@
 
 - PredictionService: Predict (any signature, `output_filter`), Classify
   (classification signatures), GetModelMetadata (`signature_def`).
-  Regress and MultiInference answer UNIMPLEMENTED (the generated base class).
+  Regress and MultiInference answer UNIMPLEMENTED.
 - ModelService: GetModelStatus. HandleReloadConfigRequest answers UNIMPLEMENTED.
 
 Every RPC body runs through `_serve_rpc`: a ServingError answers with its
 code, a TensorFlow error with its code and a cleaned message, anything else
-with INTERNAL; none of them takes the server down.
+with INTERNAL; none of them takes the server down. Each method the services
+declare is defined here: the generated base class answers an undefined one by
+raising, which gRPC logs as an ERROR with a traceback.
+
+Successful Predict and Classify calls are offered to the request log
+(serving/devserver/request_log.py), which samples them and never blocks.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.devserver.manager import ModelManager, VersionStatus
+from serving.devserver.request_log import RequestLog
 from serving.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -59,6 +65,15 @@ def _serve_rpc(context: grpc.ServicerContext, method: str, fn: Callable[[], Any]
     context.abort(code, message)
 
 
+def _unimplemented(context: grpc.ServicerContext, method: str, instead: str) -> None:
+    """Answer UNIMPLEMENTED with a hint, without the traceback the generated stub logs."""
+    log.debug("%s -> UNIMPLEMENTED", method)
+    context.abort(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"{method} is not implemented by imgpipe's dev server; {instead}",
+    )
+
+
 def _require_spec(request: Any) -> model_pb2.ModelSpec:
     if not request.HasField("model_spec"):
         raise InvalidRequestError("Missing ModelSpec")
@@ -73,24 +88,37 @@ def _status_proto(status: VersionStatus, out: get_model_status_pb2.ModelVersionS
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict, Classify and GetModelMetadata over a ModelManager."""
+    """Predict, Classify and GetModelMetadata over a ModelManager; `request_log` samples them."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, request_log: RequestLog | None = None):
         self._manager = manager
+        self._request_log = request_log
 
     def Predict(self, request, context):
         def body():
             with self._manager.acquire(_require_spec(request)) as loaded:
-                return loaded.predict(request)
+                response = loaded.predict(request)
+            if self._request_log is not None:
+                self._request_log.offer_predict(request, response)
+            return response
 
         return _serve_rpc(context, "Predict", body)
 
     def Classify(self, request, context):
         def body():
             with self._manager.acquire(_require_spec(request)) as loaded:
-                return loaded.classify(request)
+                response = loaded.classify(request)
+            if self._request_log is not None:
+                self._request_log.offer_classify(request, response)
+            return response
 
         return _serve_rpc(context, "Classify", body)
+
+    def Regress(self, request, context):
+        _unimplemented(context, "Regress", "the exported model has no regression signature")
+
+    def MultiInference(self, request, context):
+        _unimplemented(context, "MultiInference", "send one Classify or Predict call per task")
 
     def GetModelMetadata(self, request, context):
         def body():
@@ -136,3 +164,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             return response
 
         return _serve_rpc(context, "GetModelStatus", body)
+
+    def HandleReloadConfigRequest(self, request, context):
+        _unimplemented(
+            context,
+            "HandleReloadConfigRequest",
+            "it serves one model from --model-base-path and loads new versions by itself",
+        )
