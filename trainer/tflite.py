@@ -126,8 +126,11 @@ def convert(
     quantization: str,
     representative: Sequence[np.ndarray] = (),
 ) -> bytes:
-    """The TFLite flatbuffer of `model` with `quantization`; int8 needs `representative` images [S, S, 3]."""
-    if quantization not in QUANTIZATIONS:
+    """The TFLite flatbuffer of `model` with `quantization`; int8 needs `representative` images [S, S, 3].
+
+    FLOAT32 (no optimization: the benchmark's baseline) is accepted besides QUANTIZATIONS.
+    """
+    if quantization not in (FLOAT32, *QUANTIZATIONS):
         raise ValueError(
             f"export_tflite: unknown quantization {quantization!r}; choose {', '.join(QUANTIZATIONS)}"
         )
@@ -137,7 +140,8 @@ def convert(
     # Keras model it would first save it as a SavedModel, re-tracing every layer (about 20x
     # slower for MobileNetV2: 70 s against 3 s here); the flatbuffer's answers are the same.
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization != FLOAT32:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
