@@ -7,7 +7,11 @@ float16, dynamic, int8) is converted once; then, interleaved over rounds, one
 TFLite interpreter per variant (one thread: a phone core's view) classifies
 the same eval images one at a time. Reported: file size, median latency per
 image, both as ratios to float32, the agreement check the Trainer runs (top-1
-vs the SavedModel on the whole eval split) and the conversion time.
+vs the SavedModel on the whole eval split) and the conversion time. Two
+TensorFlow rows, interleaved with the same rounds, put the latency beside the
+SavedModel's: the same function the converter freezes (a tf.function on the
+resized image), and the exported SavedModel's predict_images signature on the
+encoded image (decode and resize included: what a server runs per request).
 
     python -m benchmarks.tflite                      # DenseNet121, 32 px (the demo's)
     python -m benchmarks.tflite --image-size 96 --quick
@@ -23,6 +27,8 @@ import numpy as np
 from benchmarks import common
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
+TF_FUNCTION = "TF: the converted function"
+SAVED_MODEL = "SavedModel predict_images"
 
 
 def main(argv=None) -> int:
@@ -114,7 +120,24 @@ def main(argv=None) -> int:
             millis.append((time.perf_counter() - t0) * 1000.0)
         return common.median(millis)
 
-    runs = common.interleaved({n: (lambda _r, n=n: per_image_ms(n)) for n in VARIANTS}, rounds, common.say)
+    tf_function = tflite.inference_function(result.model, args.backbone, size, num_classes)
+    predict_images = tf.saved_model.load(export_dir).signatures["predict_images"]
+    encoded = [image for image, _ in common.read_items(eval_files)][: len(timed)]
+
+    def tf_ms(call, inputs) -> float:
+        for x in inputs[:5]:  # warm up (and trace)
+            call(x)
+        millis = []
+        for x in inputs:
+            t0 = time.perf_counter()
+            call(x)
+            millis.append((time.perf_counter() - t0) * 1000.0)
+        return common.median(millis)
+
+    timers = {n: (lambda _r, n=n: per_image_ms(n)) for n in VARIANTS}
+    timers[TF_FUNCTION] = lambda _r: tf_ms(lambda x: tf_function(tf.constant(x[np.newaxis])), timed)
+    timers[SAVED_MODEL] = lambda _r: tf_ms(lambda b: predict_images(images=tf.constant([b])), encoded)
+    runs = common.interleaved(timers, rounds, common.say)
     latency = {n: common.median(v) for n, v in runs.items()}
 
     common.emit(
@@ -126,7 +149,8 @@ def main(argv=None) -> int:
         f"- SavedModel (full serving model, Transform graph included): {saved_model_bytes / 1024:.0f} KB; "
         f"{len(eval_images)} eval images checked, {len(representative)} train images calibrate int8; "
         f"latency: median per image over {len(timed)} images x {rounds} interleaved rounds, "
-        f"{args.threads} interpreter thread(s), batch 1"
+        f"{args.threads} interpreter thread(s), batch 1; the TensorFlow rows use TensorFlow's "
+        "default threads (both cores)"
     )
     common.emit()
     rows = []
@@ -141,6 +165,19 @@ def main(argv=None) -> int:
                 agreement[name],
                 tflite.MIN_AGREEMENT[name],
                 convert_s[name],
+            ]
+        )
+    for name, size_kb in ((TF_FUNCTION, float("nan")), (SAVED_MODEL, saved_model_bytes / 1024)):
+        rows.append(
+            [
+                name,
+                size_kb,
+                size_kb * 1024 / len(models["float32"]),
+                latency[name],
+                latency[name] / latency["float32"],
+                float("nan"),
+                "",
+                float("nan"),
             ]
         )
     common.emit(
