@@ -3,6 +3,7 @@
     PipelineConfig                 where data, artifacts and pushed models live
       training: TrainingConfig     trainer/config.py   (the Trainer parses it strictly)
       gate:     GateConfig         components/gate.py  (the Evaluator's blessing gate)
+      prepush:  PrepushConfig      components/prepush.py (pre-push validation in a model server)
       beam:     BeamConfig         pipeline/beam.py    (the runner of the data work)
       resources: ResourcesConfig   pipeline/resources.py (the Trainer's machine on Kubeflow/Vertex)
 
@@ -31,6 +32,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.gate import GateConfig
+from components.prepush import PrepushConfig
 from pipeline.beam import BeamConfig
 from pipeline.metadata_url import PostgresTarget, parse_metadata_url
 from pipeline.resources import ResourcesConfig
@@ -42,6 +44,7 @@ __all__ = ["ConfigError", "PipelineConfig", "WEIGHTS_IMAGENET", "WEIGHTS_NONE"]
 SECTIONS: dict[str, type[Settings]] = {
     "training": TrainingConfig,
     "gate": GateConfig,
+    "prepush": PrepushConfig,
     "beam": BeamConfig,
     "resources": ResourcesConfig,
 }
@@ -88,6 +91,7 @@ class PipelineConfig(Settings):
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    prepush: PrepushConfig = Field(default_factory=PrepushConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 

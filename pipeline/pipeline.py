@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 
 from components.data_gate import DataGate
 from components.evaluator import GateEvaluator
+from components.infra_validator import InfraValidator
 from components.pusher import ServingPusher
 from components.runtime_params import knob_values
 from components.schema_gen import ContractSchemaGen
@@ -36,6 +37,7 @@ COMPONENT_IDS = (
     "Transform",
     "Trainer",
     "Evaluator",
+    "InfraValidator",
     "Pusher",
 )
 
@@ -127,10 +129,20 @@ def create_pipeline(
         example_splits=["eval"],
         knobs=knobs,
     ).with_id("Evaluator")
+    # Pre-push validation: the blessed candidate, served by a real model server, must answer
+    # every signature like it does in-process (components/infra_validator.py).
+    infra_validator = InfraValidator(
+        model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        model_blessing=evaluator.outputs["blessing"],
+        model_name=config.model_name,
+        config=config.prepush,
+    ).with_id("InfraValidator")
     # Skips a model byte-identical to the newest served version (components/pusher.py).
     pusher = ServingPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
@@ -148,6 +160,7 @@ def create_pipeline(
             transform,
             trainer,
             evaluator,
+            infra_validator,
             pusher,
         ],
         enable_cache=config.enable_cache,

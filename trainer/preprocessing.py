@@ -17,6 +17,10 @@ import tensorflow_transform as tft
 from trainer import backbones
 from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
 
+# How images are resized (tf.image.resize); the TFLite contract (trainer/tflite.py) states these.
+RESIZE_METHOD = "bilinear"
+RESIZE_ANTIALIAS = True
+
 
 def _dense_1d(t: tf.Tensor | tf.SparseTensor, default: str = "") -> tf.Tensor:
     """A [batch] string tensor from a dense [batch]/[batch, 1] or sparse feature."""
@@ -38,7 +42,12 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     def one(image_bytes: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
-        return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
+        return tf.image.resize(
+            tf.cast(image, tf.float32),
+            [image_size, image_size],
+            method=RESIZE_METHOD,
+            antialias=RESIZE_ANTIALIAS,
+        )
 
     return tf.map_fn(
         one,
