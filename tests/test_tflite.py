@@ -43,7 +43,9 @@ def trained(tmp_path_factory, source_backbone) -> Trained:
     train_items = [it for i, it in enumerate(items) if i % 3]
     tfo = helpers.analyze_transform(train_items, os.path.join(work, "transform"), image_size=SIZE)
     params = TrainingConfig(
-        weights=source_backbone, image_size=SIZE, epochs=10, learning_rate=1e-2, dropout=0.0, batch_size=16
+        weights=source_backbone,
+        image_size=SIZE,
+        batch_size=16,  # the Trainer's defaults otherwise
     )
     train_files, eval_files = os.path.join(records, "train"), os.path.join(records, "eval")
     result = train.train(train_files, eval_files, tfo, params, verbose=0)
