@@ -80,7 +80,11 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"backbone": config.training.backbone, "image_size": image_size},
+        custom_config={
+            "backbone": config.training.backbone,
+            "image_size": image_size,
+            "max_image_pixels": config.training.max_image_pixels,
+        },
         materialize=False,
         disable_statistics=True,
     )

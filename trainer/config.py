@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from trainer import backbones
+from trainer.features import DEFAULT_MAX_PIXELS
 
 # Names accepted for `weights` besides a path to a weights file.
 WEIGHTS_IMAGENET = "imagenet"
@@ -96,6 +97,12 @@ class TrainingConfig(Settings):
         True, description="train the head on backbone features computed once (where valid)"
     )
     seed: int = Field(42, description="random seed of training")
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="images declaring more pixels (width x height, read from the header) fail "
+        "before decoding, in Transform, training, evaluation and every serving signature",
+    )
 
     @field_validator("backbone")
     @classmethod
