@@ -1,7 +1,7 @@
 """The `imgpipe` command: parse, dispatch to a command group's module, map errors to exit codes.
 
 Each command group lives in its own module (ingest, backbone, run, demo,
-serving, kubeflow, schedule) and registers `COMMANDS`. Modules load TensorFlow
+serving, batch, kubeflow, schedule) and registers `COMMANDS`. Modules load TensorFlow
 and TFX only inside the commands that need them, so `imgpipe --help` is quick.
 """
 
@@ -18,7 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from imgpipe.cli import backbone, demo, ingest, kubeflow, run, schedule, serving  # noqa: E402
+from imgpipe.cli import backbone, batch, demo, ingest, kubeflow, run, schedule, serving  # noqa: E402
 from imgpipe.cli.output import (  # noqa: E402
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -31,7 +31,7 @@ from imgpipe.cli.output import (  # noqa: E402
 )
 from pipeline.config import ConfigError  # noqa: E402
 
-GROUPS = (ingest, backbone, run, demo, serving, kubeflow, schedule)
+GROUPS = (ingest, backbone, run, demo, serving, batch, kubeflow, schedule)
 
 
 def commands() -> list[Command]:
