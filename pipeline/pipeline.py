@@ -33,6 +33,10 @@ COMPONENT_IDS = (
     "Evaluator",
     "Pusher",
 )
+# With `score_data` set: the unlabelled data and TFX's BulkInferrer, which scores it
+# with the Trainer's model once the Evaluator has blessed it.
+SCORING_IDS = ("ScoreExampleGen", "BulkInferrer")
+SCORE_SPLIT = "unlabelled"
 
 
 def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
@@ -118,21 +122,47 @@ def create_pipeline(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
     )
+    components = [
+        example_gen,
+        statistics_gen,
+        schema_gen,
+        example_validator,
+        transform,
+        trainer,
+        model_resolver,
+        evaluator,
+        pusher,
+    ]
+    if config.score_data:
+        components += bulk_inference(
+            config.score_data, trainer.outputs["model"], evaluator.outputs["blessing"]
+        )
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[
-            example_gen,
-            statistics_gen,
-            schema_gen,
-            example_validator,
-            transform,
-            trainer,
-            model_resolver,
-            evaluator,
-            pusher,
-        ],
+        components=components,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args(config.beam),
     )
+
+
+def bulk_inference(score_data: str, model: Any, blessing: Any) -> list[Any]:
+    """ScoreExampleGen (the TFRecords in `score_data`, one split) and BulkInferrer on them.
+
+    BulkInferrer scores with the serving_default signature (serialized
+    tf.Examples with an `image`), only when `blessing` says the model passed
+    the gate; its output is PredictionLogs (artifact `inference_result`).
+    """
+    examples = tfx.components.ImportExampleGen(
+        input_base=score_data,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name=SCORE_SPLIT, pattern="*")]),
+    ).with_id(SCORING_IDS[0])
+    inferrer = tfx.components.BulkInferrer(
+        examples=examples.outputs["examples"],
+        model=model,
+        model_blessing=blessing,
+        data_spec=tfx.proto.DataSpec(example_splits=[SCORE_SPLIT]),
+        model_spec=tfx.proto.ModelSpec(model_signature_name=["serving_default"]),
+    ).with_id(SCORING_IDS[1])
+    return [examples, inferrer]

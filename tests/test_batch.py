@@ -246,3 +246,31 @@ def test_progress_bar_counts_what_workers_report():
     with ProgressBar(4, stream=quiet) as bar:  # not a terminal: nothing drawn, no directory
         assert bar.directory is None
     assert quiet.getvalue() == ""
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline's BulkInferrer step (the run itself: tests/e2e)
+
+
+def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
+    from pipeline.config import ConfigError, PipelineConfig
+    from pipeline.pipeline import COMPONENT_IDS, SCORING_IDS, create_pipeline
+
+    plain = PipelineConfig(data_dir="/data", weights="none")
+    assert {c.id for c in create_pipeline(plain).components} == set(COMPONENT_IDS)
+    scored = create_pipeline(plain.replace(score_data="/unlabelled")).components
+    assert {c.id for c in scored} == set(COMPONENT_IDS) | set(SCORING_IDS)
+    inferrer = next(c for c in scored if c.id == "BulkInferrer")
+    assert inferrer.inputs["model_blessing"].producer_component_id == "Evaluator"
+    assert inferrer.inputs["model"].producer_component_id == "Trainer"
+    assert inferrer.inputs["examples"].producer_component_id == "ScoreExampleGen"
+
+    records = tmp_path / "records"
+    for split in ("train", "eval"):
+        (records / split).mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    config = PipelineConfig(data_dir=str(records), weights="none", score_data=str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="score_data: .* is not a directory holding TFRecord files"):
+        config.validate_paths()
+    (tmp_path / "empty" / "data.tfrecord").write_bytes(b"")
+    assert config.validate_paths() is config

@@ -93,13 +93,13 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
 
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import COMPONENT_IDS, create_pipeline
+    from pipeline.pipeline import create_pipeline
 
     os.makedirs(config.home, exist_ok=True)
     metadata_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
     pipeline = create_pipeline(config, metadata_config)
 
-    tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config.metadata_path)
+    tracker = _ComponentProgress(progress, len(pipeline.components), config.metadata_path)
     if not verbose:
         # TFX, Beam and TensorFlow log at INFO through absl; keep the terminal to progress lines.
         import absl.logging
