@@ -8,7 +8,7 @@ requests. Prints a markdown table with p50/p99 latency, throughput and the
 served/in-process ratios (ratios, not absolute numbers, are what compare
 across runs on a shared machine).
 
-    python -m benchmarks.serving_latency                  # builds the test model (~1 min)
+    python -m benchmarks.serving_latency                  # builds a small model (~1 min)
     python -m benchmarks.serving_latency --export-dir DIR --requests 400
 """
 
@@ -36,18 +36,9 @@ MODEL_NAME = "bench"
 
 def bench_images(count: int = 16) -> list[bytes]:
     """Real images: scikit-learn's two photos (JPEG, 256 px) and digits (PNG)."""
-    import io
+    from imgpipe.demo.data import digit_images, sample_photos
 
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    from tests.helpers import digit_images
-
-    images = []
-    for array in load_sample_images().images:
-        buf = io.BytesIO()
-        Image.fromarray(array).resize((256, 256), Image.BILINEAR).save(buf, format="JPEG")
-        images.append(buf.getvalue())
+    images = [jpeg for _, jpeg, _ in sample_photos(size=256, quality=75)]
     images += [img for img, _ in digit_images((0, 1, 2), per_class=max(1, count // 3))]
     return images[:count]
 
@@ -85,9 +76,9 @@ def measure(
 
 
 def start_server_process(base_path: str, timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
-    """`python -m serving.server` on a free loopback port; returns (process, port)."""
+    """`imgpipe serve` on a free loopback port; returns (process, port)."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    cmd = [sys.executable, "-m", "serving.server", "--model-base-path", base_path]
+    cmd = [sys.executable, "-m", "imgpipe", "serve", "--model-base-path", base_path]
     cmd += ["--model-name", MODEL_NAME, "--port", "0", "--host", "127.0.0.1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
@@ -182,9 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, REPO)
     export_dir = args.export_dir
     if export_dir is None:
-        from tests.serving_fixtures import build_serving_model
+        from imgpipe.demo.classifier import build_serving_model
 
-        print("building the test model (about a minute)...", file=sys.stderr)
+        print("building the small digits model (about a minute)...", file=sys.stderr)
         export_dir = build_serving_model(tempfile.mkdtemp(prefix="imgpipe-bench-model-")).export_dir
     rows = run(export_dir, args.requests, args.concurrency)
     print(common.machine())

@@ -1,29 +1,104 @@
-"""The Evaluator node: TFX's TFMA Evaluator with the gate's knobs as execution properties.
+"""The Evaluator node: TFX's TFMA Evaluator, with the gate decided at run time and recorded.
 
-The knob (components/runtime_params.py: the runtime fields of GateConfig, today
-min_accuracy) is written into the eval_config's accuracy threshold before the
-stock executor runs.
+Before TFMA runs, the executor reads the eval split's label counts (from the
+data gate's report, components/artifacts.py: counted by StatisticsGen) and the
+candidate's and baseline's label vocabularies, and lets components/gate_decision.py
+decide: the floor (max of min_accuracy and the majority share + margin), the
+per-class floor, and whether the baseline can be compared (not when there is
+none or its label set differs). Those thresholds are written into the
+EvalConfig so TFMA does the gating. A gate that cannot be computed (no eval
+example, or a class without one) raises GateNotComputable naming the class:
+the run fails and nothing is pushed. After TFMA, the executor writes gate.json
+(the decision record) beside TFMA's output.
+
+The min_accuracy knob (components/runtime_params.py) is its own execution
+property, so it is a KFP runtime parameter; the gate's other settings travel
+as one JSON property, `gate_config`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from pydantic import ValidationError
 from tfx import types
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_component, executor_spec
-from tfx.types import standard_artifacts, standard_component_specs
-from tfx.types.component_spec import ExecutionParameter
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
-from components.gate import ACCURACY_CLASS, GateConfig
+from components.artifacts import DataGateReport, model_class_names, read_report
+from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
+from components.gate_decision import (
+    GATE_FILE,
+    EvalResults,
+    Failure,
+    GatePlan,
+    gate_record,
+    plan_gate,
+    reasons,
+)
 from components.runtime_params import EVALUATOR_KNOBS, Knob, check_knob
+from trainer.config import ConfigError
 from trainer.features import LABEL_KEY, LABEL_XF
+
+log = logging.getLogger(__name__)
+
+DATA_REPORT_KEY = "data_report"
+GATE_CONFIG_KEY = "gate_config"
+# Gate settings the Evaluator does not read (the data gate's).
+_NOT_EVALUATOR = frozenset({"allow_anomalies"})
+
+
+# ------------------------------------------------------------------ the EvalConfig
+def accuracy_thresholds(
+    floor: float, min_class_recall: float | None, max_regression: float
+) -> list[tfma.PerSliceMetricThreshold]:
+    """The accuracy gate as TFMA thresholds.
+
+    Overall slice: accuracy >= floor, and no drop of more than max_regression
+    against the baseline (TFMA drops that change threshold when no baseline is
+    given). Each label slice (when min_class_recall is set): accuracy within
+    the true class, i.e. its recall, >= min_class_recall.
+    """
+    out = [
+        tfma.PerSliceMetricThreshold(
+            slicing_specs=[tfma.SlicingSpec()],
+            threshold=tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
+                change_threshold=tfma.GenericChangeThreshold(
+                    direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                    # A tiny epsilon so an equal score is not a regression.
+                    absolute={"value": -max_regression - 1e-10},
+                ),
+            ),
+        )
+    ]
+    if min_class_recall:
+        out.append(
+            tfma.PerSliceMetricThreshold(
+                slicing_specs=[tfma.SlicingSpec(feature_keys=[LABEL_KEY])],
+                threshold=tfma.MetricThreshold(
+                    value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_class_recall})
+                ),
+            )
+        )
+    return out
 
 
 def eval_config(gate: GateConfig) -> tfma.EvalConfig:
-    """Accuracy on the raw eval split, gated by the floor and by no regression (overall slice only)."""
+    """Accuracy on the raw eval split, overall and per true class, gated as `gate` says.
+
+    The overall floor here is min_accuracy; the executor raises it to the
+    majority-class floor when that is higher (it needs the eval split's counts).
+    """
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
@@ -40,22 +115,9 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
                     tfma.MetricConfig(class_name="ExampleCount"),
                     tfma.MetricConfig(
                         class_name=ACCURACY_CLASS,
-                        # Gate on the overall slice only; per-class slices are reported.
-                        per_slice_thresholds=[
-                            tfma.PerSliceMetricThreshold(
-                                slicing_specs=[tfma.SlicingSpec()],
-                                threshold=tfma.MetricThreshold(
-                                    value_threshold=tfma.GenericValueThreshold(
-                                        lower_bound={"value": gate.min_accuracy}
-                                    ),
-                                    change_threshold=tfma.GenericChangeThreshold(
-                                        direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                        # A tiny epsilon so an equal score is not a regression.
-                                        absolute={"value": -gate.max_regression - 1e-10},
-                                    ),
-                                ),
-                            )
-                        ],
+                        per_slice_thresholds=accuracy_thresholds(
+                            gate.min_accuracy, gate.min_class_recall or None, gate.max_regression
+                        ),
                     ),
                 ]
             )
@@ -63,82 +125,182 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
     )
 
 
-def with_accuracy_floor(eval_config_json: str, floor: float) -> str:
-    """eval_config (JSON) with every lower bound on the gated accuracy metric set to `floor`.
-
-    Covers both the metric's own threshold and its per-slice thresholds.
-    """
+def with_plan(eval_config_json: str, plan: GatePlan) -> str:
+    """eval_config (JSON) with the gated metric's thresholds replaced by the plan's."""
     cfg = proto_utils.json_to_proto(eval_config_json, tfma.EvalConfig())
-    updated = 0
-    for spec in cfg.metrics_specs:
-        for metric in spec.metrics:
-            if metric.class_name != ACCURACY_CLASS:
-                continue
-            thresholds = [metric.threshold] + [p.threshold for p in metric.per_slice_thresholds]
-            for threshold in thresholds:
-                if threshold.HasField("value_threshold"):
-                    threshold.value_threshold.lower_bound.value = floor
-                    updated += 1
-    if not updated:
-        raise ValueError(f"eval_config has no {ACCURACY_CLASS} value threshold to apply min_accuracy to")
+    gated = [m for spec in cfg.metrics_specs for m in spec.metrics if m.class_name == ACCURACY_CLASS]
+    if not gated:
+        raise ValueError(f"eval_config has no {ACCURACY_CLASS} metric to gate on")
+    for metric in gated:
+        metric.ClearField("threshold")
+        del metric.per_slice_thresholds[:]
+        metric.per_slice_thresholds.extend(
+            accuracy_thresholds(plan.floor.value, plan.min_class_recall, plan.max_regression)
+        )
     return proto_utils.proto_to_json(cfg)
 
 
-# How each gate knob is written into the eval_config (JSON) before TFMA runs.
-_APPLY = {"min_accuracy": with_accuracy_floor}
-if set(EVALUATOR_KNOBS) - set(_APPLY):
-    raise TypeError(
-        f"gate runtime parameters without an eval_config rule: {set(EVALUATOR_KNOBS) - set(_APPLY)}"
-    )
+# ------------------------------------------------------------------ TFMA's output
+def _slice_class(slice_key) -> tuple[bool, str | None]:
+    """(is a label slice or the overall slice, the class name or None for overall)."""
+    keys = list(slice_key.single_slice_keys)
+    if not keys:
+        return True, None
+    if len(keys) != 1 or keys[0].column != LABEL_KEY:
+        return False, None
+    k = keys[0]
+    if k.HasField("bytes_value"):
+        return True, k.bytes_value.decode("utf-8")
+    if k.HasField("int64_value"):
+        return True, str(k.int64_value)
+    return True, str(k.float_value)
 
 
-class RuntimeParamEvaluatorExecutor(evaluator_executor.Executor):
-    """The TFMA Evaluator executor that first applies the knob properties to eval_config."""
+def read_results(output_uri: str) -> EvalResults:
+    """Accuracy (overall, per class, baseline), example count and failed thresholds from TFMA's output."""
+    accuracy = baseline = None
+    examples: int | None = None
+    per_class: dict[str, float] = {}
+    for mfs in tfma.load_metrics(output_uri):
+        ok, cls = _slice_class(mfs.slice_key)
+        if not ok:
+            continue
+        for kv in mfs.metric_keys_and_values:
+            if kv.key.is_diff:
+                continue
+            value = kv.value.double_value.value
+            is_baseline = kv.key.model_name == tfma.BASELINE_KEY
+            if kv.key.name == ACCURACY_KEY:
+                if cls is not None:
+                    if not is_baseline:
+                        per_class[cls] = value
+                elif is_baseline:
+                    baseline = value
+                else:
+                    accuracy = value
+            elif kv.key.name == EXAMPLE_COUNT_KEY and cls is None and not is_baseline:
+                examples = int(value)
+    failures, problems = [], []
+    validation = tfma.load_validation_result(output_uri)
+    for per_slice in validation.metric_validations_per_slice:
+        ok, cls = _slice_class(per_slice.slice_key)
+        for f in per_slice.failures:
+            if ok and f.metric_key.name == ACCURACY_KEY:
+                failures.append(Failure(cls, f.metric_key.is_diff, f.metric_value.double_value.value))
+            else:
+                problems.append(f.message or str(f.metric_key).replace("\n", " "))
+    for missing in validation.missing_slices:
+        problems.append(f"no examples in slice {str(missing).strip()}")
+    return EvalResults(accuracy, examples, per_class, baseline, failures, problems)
+
+
+# ------------------------------------------------------------------ the executor
+def gate_config_from(props: dict[str, Any]) -> GateConfig:
+    """The GateConfig from the `gate_config` JSON property and the knob properties (popped from `props`)."""
+    values = json_utils.loads(props.pop(GATE_CONFIG_KEY, None) or "null") or {}
+    for name in EVALUATOR_KNOBS:
+        value = props.pop(name, None)
+        if value is not None:
+            values[name] = check_knob(name, value)
+    try:
+        return GateConfig.model_validate(values)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"Evaluator gate_config is invalid: {problems}") from None
+
+
+class GateEvaluatorExecutor(evaluator_executor.Executor):
+    """Plans the gate, lets TFMA apply it, and writes gate.json."""
 
     def Do(self, input_dict, output_dict, exec_properties):  # noqa: N802 - TFX's name
         props = dict(exec_properties)
+        gate = gate_config_from(props)
+        report = read_report(input_dict[DATA_REPORT_KEY])
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        baselines = list(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or [])
+        plan = plan_gate(
+            gate,
+            report.label_counts("eval"),
+            model_class_names(model.uri),
+            model_class_names(baselines[0].uri) if baselines else None,
+        )
         key = standard_component_specs.EVAL_CONFIG_KEY
-        for name in EVALUATOR_KNOBS:
-            value = props.pop(name, None)
-            if value is None:
-                continue
-            if not props.get(key):
-                raise ValueError(f"{name} is set but the Evaluator has no eval_config")
-            props[key] = _APPLY[name](props[key], check_knob(name, value))
-        return super().Do(input_dict, output_dict, props)
+        if not props.get(key):
+            raise ValueError("the Evaluator has no eval_config")
+        props[key] = with_plan(props[key], plan)
+        inputs = dict(input_dict)
+        if not plan.baseline.compared:
+            inputs[standard_component_specs.BASELINE_MODEL_KEY] = []
+        log.info(
+            "gate: floor %.3f (%s), min_class_recall %s, baseline %s",
+            plan.floor.value,
+            plan.floor.source,
+            plan.min_class_recall,
+            "compared" if plan.baseline.compared else f"skipped ({plan.baseline.skipped_reason})",
+        )
+        super().Do(inputs, output_dict, props)
+
+        evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
+        blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
+        blessed = blessing.get_int_custom_property("blessed") == 1
+        results = read_results(evaluation.uri)
+        why = reasons(plan, results)
+        if blessed and why:
+            log.warning("TFMA blessed the model although: %s", "; ".join(why))
+        record = gate_record(plan, results, blessed, report.anomalies_allowed)
+        write_gate_record(evaluation.uri, record)
 
 
-class RuntimeParamEvaluatorSpec(standard_component_specs.EvaluatorSpec):
+def write_gate_record(evaluation_uri: str, record: Mapping[str, Any]) -> str:
+    path = os.path.join(evaluation_uri, GATE_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True))
+    return path
+
+
+# ------------------------------------------------------------------ the component
+class GateEvaluatorSpec(standard_component_specs.EvaluatorSpec):
     PARAMETERS = {
         **standard_component_specs.EvaluatorSpec.PARAMETERS,
+        GATE_CONFIG_KEY: ExecutionParameter(type=str),
         **{
             name: ExecutionParameter(type=spec.ptype, optional=True) for name, spec in EVALUATOR_KNOBS.items()
         },
     }
+    INPUTS = {
+        **standard_component_specs.EvaluatorSpec.INPUTS,
+        DATA_REPORT_KEY: ChannelParameter(type=DataGateReport),
+    }
 
 
-class RuntimeParamEvaluator(base_component.BaseComponent):
-    """The TFX Evaluator (TFMA) with the gate's knobs as execution properties."""
+class GateEvaluator(base_component.BaseComponent):
+    """The TFX Evaluator (TFMA) with the gate planned at run time and its decision in gate.json."""
 
-    SPEC_CLASS = RuntimeParamEvaluatorSpec
-    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(RuntimeParamEvaluatorExecutor)
+    SPEC_CLASS = GateEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(GateEvaluatorExecutor)
 
     def __init__(
         self,
         examples: types.BaseChannel,
         model: types.BaseChannel,
         baseline_model: types.BaseChannel,
-        eval_config: tfma.EvalConfig,
+        data_report: types.BaseChannel,
+        gate: GateConfig,
         example_splits: Sequence[str],
         knobs: Mapping[str, Knob],
     ):
-        spec = RuntimeParamEvaluatorSpec(
+        rest = {
+            k: v for k, v in gate.to_dict().items() if k not in EVALUATOR_KNOBS and k not in _NOT_EVALUATOR
+        }
+        spec = GateEvaluatorSpec(
             examples=examples,
             model=model,
             baseline_model=baseline_model,
-            eval_config=eval_config,
+            data_report=data_report,
+            eval_config=eval_config(gate),
             example_splits=json_utils.dumps(list(example_splits)),
             fairness_indicator_thresholds=json_utils.dumps(None),
+            gate_config=json_utils.dumps(rest),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
             **{name: knobs[name] for name in EVALUATOR_KNOBS},

@@ -1,11 +1,22 @@
 """The blessing gate's settings: the `gate` part of the run's config (no TensorFlow import).
 
-The Evaluator blesses a model when its accuracy on the eval split reaches the
-floor AND it does not regress against the latest blessed model by more than
-`max_regression`. Accuracy is TFMA's sparse categorical accuracy on the model's
-per-class `scores` output (valid for both head types: the sigmoid unit is
-expanded to [1-p, p]). Slices: overall (gated) and per class (reported). The
-TFMA EvalConfig that encodes this is built in components/evaluator.py.
+The Evaluator blesses a model when, on the eval split,
+
+- its accuracy reaches the floor: max(min_accuracy, the majority class's share
+  of the eval split + majority_margin), so a model must beat the best constant
+  predictor, not just the configured number;
+- every true class's slice reaches min_class_recall (accuracy within a class's
+  slice is that class's recall), so a model that never predicts a class is not
+  blessed however good the overall number looks;
+- and it does not regress against the latest blessed model by more than
+  `max_regression` (skipped, with the reason recorded, when there is none or
+  its label set differs).
+
+Accuracy is TFMA's sparse categorical accuracy on the model's per-class
+`scores` output (valid for both head types: the sigmoid unit is expanded to
+[1-p, p]). The decision logic is in components/gate_decision.py (pure), the
+TFMA EvalConfig and executor in components/evaluator.py. `allow_anomalies`
+belongs to the data gate before training (components/data_gate.py).
 """
 
 from __future__ import annotations
@@ -16,18 +27,35 @@ from trainer.config import Settings
 
 ACCURACY_CLASS = "SparseCategoricalAccuracy"  # the gated metric
 ACCURACY_KEY = "sparse_categorical_accuracy"  # its name in TFMA's output
+EXAMPLE_COUNT_KEY = "example_count"  # TFMA's ExampleCount in its output
 
 
 class GateConfig(Settings):
-    """The Evaluator's gate: what a model must reach to be blessed and pushed."""
+    """The gates: what the data must pass before training, and a model before it is pushed."""
 
     min_accuracy: float = Field(
         0.5,
         ge=0.0,
         le=1.0,
-        description="absolute accuracy floor for blessing",
+        description="absolute accuracy floor for blessing (the majority-class floor applies when higher)",
         json_schema_extra={"runtime": True},
+    )
+    majority_margin: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="the floor is at least the eval split's majority-class share plus this margin",
+    )
+    min_class_recall: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="per-class floor: accuracy within each true class's eval slice (0: off)",
     )
     max_regression: float = Field(
         0.0, ge=0.0, le=1.0, description="allowed accuracy drop against the latest blessed model"
+    )
+    allow_anomalies: bool = Field(
+        False,
+        description="continue past data anomalies found before training; the summary lists what was overridden",
     )

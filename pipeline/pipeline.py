@@ -11,8 +11,11 @@ from typing import Any
 
 from tfx import v1 as tfx
 
-from components.evaluator import RuntimeParamEvaluator, eval_config
+from components.data_gate import DataGate
+from components.evaluator import GateEvaluator
+from components.pusher import ServingPusher
 from components.runtime_params import knob_values
+from components.schema_gen import ContractSchemaGen
 from components.trainer import RuntimeParamTrainer
 from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
@@ -20,16 +23,18 @@ from pipeline.config import PipelineConfig
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
 RESOLVER_ID = "latest_blessed_model_resolver"
+DATA_GATE_ID = "DataGate"
 
-# Component ids in execution order (the Resolver runs before the Evaluator).
+# Component ids in execution order (the Resolver runs before the DataGate and the Evaluator).
 COMPONENT_IDS = (
     "ImportExampleGen",
     "StatisticsGen",
     "SchemaGen",
     "ExampleValidator",
+    RESOLVER_ID,
+    DATA_GATE_ID,
     "Transform",
     "Trainer",
-    RESOLVER_ID,
     "Evaluator",
     "Pusher",
 )
@@ -68,12 +73,29 @@ def create_pipeline(
         ),
     )
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
-    )
+    # The schema is inferred from train only and states the data contract (the label's
+    # domain is exactly the train classes), so ExampleValidator flags an eval class
+    # train never saw (components/schema_gen.py).
+    schema_gen = ContractSchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True, exclude_splits=["eval"]
+    ).with_id("SchemaGen")
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id(RESOLVER_ID)
+    # Anomalies, an eval/train class mismatch, an empty split or a label set other than the
+    # latest blessed model's fail the run here unless allow_anomalies; Transform and the
+    # Trainer wait for it (components/data_gate.py).
+    data_gate = DataGate(
+        statistics=statistics_gen.outputs["statistics"],
+        anomalies=example_validator.outputs["anomalies"],
+        baseline_model=model_resolver.outputs["model"],
+        allow_anomalies=config.gate.allow_anomalies,
+    ).with_id(DATA_GATE_ID)
     # materialize=False: no float image tensors are written; the Trainer applies the
     # transform graph to the raw examples in its input function.
     # disable_statistics=True: Transform's own pre-/post-transform statistics would decode
@@ -92,6 +114,7 @@ def create_pipeline(
         materialize=False,
         disable_statistics=True,
     )
+    transform.add_upstream_node(data_gate)
     trainer = RuntimeParamTrainer(
         run_fn=RUN_FN,
         examples=example_gen.outputs["examples"],
@@ -102,34 +125,33 @@ def create_pipeline(
         custom_config=trainer_custom_config(config),
         knobs=knobs,
     ).with_id("Trainer")
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id(RESOLVER_ID)
-    evaluator = RuntimeParamEvaluator(
+    trainer.add_upstream_node(data_gate)
+    evaluator = GateEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
-        eval_config=eval_config(config.gate),
+        data_report=data_gate.outputs["report"],
+        gate=config.gate,
         example_splits=["eval"],
         knobs=knobs,
     ).with_id("Evaluator")
-    pusher = tfx.components.Pusher(
+    # Skips a model byte-identical to the newest served version (components/pusher.py).
+    pusher = ServingPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
-    )
+    ).with_id("Pusher")
     components = [
         example_gen,
         statistics_gen,
         schema_gen,
         example_validator,
+        model_resolver,
+        data_gate,
         transform,
         trainer,
-        model_resolver,
         evaluator,
         pusher,
     ]

@@ -1,8 +1,8 @@
-"""gRPC client for TF Serving's PredictionService: library and `imgpipe predict`.
+"""gRPC client for TF Serving's PredictionService (`imgpipe predict` is built on it).
 
 Uses only the stock protos and `prediction_service_pb2_grpc.PredictionServiceStub`,
 so it works unchanged against a real `tensorflow_model_server` and against the
-local server (serving/server.py). Requests have the shape TF Serving expects:
+local server (serving/devserver). Requests have the shape TF Serving expects:
 inputs keyed by the signature's input name, a [N] DT_STRING tensor.
 
 Every call has a deadline (`timeout`) and is retried with exponential backoff
@@ -17,11 +17,8 @@ the server's message.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,35 +37,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.config import PREDICT_IMAGES, SERVING_DEFAULT, add_predict_arguments
 from serving.errors import ServingRpcError
+from serving.signatures import CLASSIFICATION, IMAGE_FEATURE, INPUT_KEYS, PREDICT_IMAGES, SERVING_DEFAULT
 
-CLASSIFICATION = "classification"
-IMAGE_FEATURE = "image"  # trainer.features.IMAGE_KEY; kept literal so the client needs no trainer
-# Input names of the signatures trainer/export.py writes; others are looked up via metadata.
-KNOWN_INPUT_KEYS = {
-    PREDICT_IMAGES: "images",
-    SERVING_DEFAULT: "examples",
-    CLASSIFICATION: "inputs",
-}
 MB = 1024 * 1024
-
-# What tf.io.decode_image (and so the model) accepts, by leading bytes.
-_IMAGE_MAGIC = {
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-}
-
-
-def image_format(data: bytes) -> str | None:
-    """'JPEG' | 'PNG' | 'GIF' | 'BMP' from the leading bytes, or None if not one of them."""
-    for magic, name in _IMAGE_MAGIC.items():
-        if data.startswith(magic):
-            return name
-    return None
 
 
 def make_image_example(image: bytes) -> bytes:
@@ -246,8 +218,8 @@ class ServingClient:
 
     def input_key(self, model: str, signature: str, version: int | None = None) -> str:
         """The single input name of `signature` (known names, else from GetModelMetadata)."""
-        if signature in KNOWN_INPUT_KEYS:
-            return KNOWN_INPUT_KEYS[signature]
+        if signature in INPUT_KEYS:  # the exporter's signatures; others via metadata
+            return INPUT_KEYS[signature]
         key = (model, version, signature)
         if key not in self._input_keys:
             sigs = self.metadata(model, version)
@@ -350,7 +322,7 @@ class ServingClient:
         return preds
 
 
-# -- one-shot helpers ------------------------------------------------------------------
+# -- one-shot helper -------------------------------------------------------------------
 
 
 def predict_images(
@@ -366,138 +338,3 @@ def predict_images(
     """Open a channel, predict a batch of encoded images, close it."""
     with ServingClient(target, timeout=timeout, retries=retries) as client:
         return client.predict_images(model, images, top_k, signature, version)
-
-
-def predict_examples(
-    target: str,
-    model: str,
-    examples: Sequence[bytes],
-    top_k: int | None = None,
-    signature: str = SERVING_DEFAULT,
-    version: int | None = None,
-    timeout: float = 10.0,
-    retries: int = 3,
-) -> list[Prediction]:
-    """Open a channel, predict serialized tf.Examples with serving_default, close it."""
-    with ServingClient(target, timeout=timeout, retries=retries) as client:
-        return client.predict_examples(model, examples, top_k, signature, version)
-
-
-def classify(
-    target: str,
-    model: str,
-    examples: Sequence[bytes],
-    top_k: int | None = None,
-    signature: str = CLASSIFICATION,
-    version: int | None = None,
-    timeout: float = 10.0,
-    retries: int = 3,
-) -> list[Prediction]:
-    """Open a channel, Classify serialized tf.Examples, close it."""
-    with ServingClient(target, timeout=timeout, retries=retries) as client:
-        return client.classify(model, examples, top_k, signature, version)
-
-
-# -- CLI -------------------------------------------------------------------------------
-
-
-def _err(message: str) -> None:
-    print(f"imgpipe predict: error: {message}", file=sys.stderr)
-
-
-def _predict_chunk(
-    client: ServingClient, args: argparse.Namespace, chunk: list[tuple[str, bytes]]
-) -> list[tuple[str, Prediction | ServingRpcError]]:
-    """Predict a chunk; if the server rejects it as INVALID_ARGUMENT, find the bad images.
-
-    Other errors (unknown model, server down, deadline) concern every image and are raised.
-    """
-
-    def send(items: list[tuple[str, bytes]]) -> list[Prediction]:
-        images = [data for _, data in items]
-        return client.predict_images(args.model, images, args.top_k, args.signature, args.version)
-
-    try:
-        return list(zip([path for path, _ in chunk], send(chunk), strict=True))
-    except ServingRpcError as e:
-        if e.code != grpc.StatusCode.INVALID_ARGUMENT:
-            raise
-        if len(chunk) == 1:
-            return [(chunk[0][0], e)]
-    results: list[tuple[str, Prediction | ServingRpcError]] = []
-    for item in chunk:
-        results.extend(_predict_chunk(client, args, [item]))
-    return results
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """Print one JSON line per image; exit 0 if all succeeded, 1 on any failure, 2 on usage.
-
-    Unreadable or non-image files are reported (by path) and skipped; the
-    rest are still predicted. A batch rejected as INVALID_ARGUMENT is retried
-    image by image so the bad file is named.
-    """
-    if args.batch_size < 1:
-        _err(f"--batch-size must be >= 1, got {args.batch_size}")
-        return 2
-    if args.top_k is not None and args.top_k < 1:
-        _err(f"--top-k must be >= 1, got {args.top_k}")
-        return 2
-    failed = 0
-    readable: list[tuple[str, bytes]] = []
-    for path in args.images:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            _err(f"cannot read image {path}: {e.strerror or e}")
-            failed += 1
-            continue
-        if image_format(data) is None:
-            _err(f"{path} is not a JPEG, PNG, GIF or BMP image")
-            failed += 1
-            continue
-        readable.append((path, data))
-    try:
-        client = ServingClient(args.target, timeout=args.timeout, retries=args.retries)
-    except ValueError as e:
-        _err(str(e))
-        return 2
-    with client:
-        for start in range(0, len(readable), args.batch_size):
-            try:
-                results = _predict_chunk(client, args, readable[start : start + args.batch_size])
-            except ServingRpcError as e:
-                _err(str(e))
-                return 1
-            for path, result in results:
-                if isinstance(result, ServingRpcError):
-                    _err(f"{path}: {result.code.name}: {result.details}")
-                    failed += 1
-                    continue
-                line = {
-                    "image": path,
-                    "classes": result.classes,
-                    "scores": result.scores,
-                }
-                print(json.dumps(line), flush=True)
-    if failed:
-        _err(f"{failed} of {len(args.images)} images failed")
-        return 1
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m serving.client ...`"""
-    parser = argparse.ArgumentParser(
-        prog="imgpipe predict",
-        description="Classify image files through a model server.",
-    )
-    add_predict_arguments(parser)
-    return run_predict(parser.parse_args(argv))
-
-
-add_arguments = add_predict_arguments
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,20 @@
-"""Settings and command-line flags of the serving tools, without heavy imports.
+"""Settings of the dev server (serving/devserver), typed and validated, without heavy imports.
 
-`imgpipe --help` builds every subcommand's parser; importing TensorFlow (which
-tensorflow-serving-api does) would make that take seconds, so the flags and
-the server's settings live here and serving/server.py and serving/client.py
-load only when a command runs.
+`imgpipe serve` builds a ServerConfig from its flags (imgpipe/cli/serving.py);
+TensorFlow loads only inside `validate()`, so `imgpipe --help` stays quick.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import errno
+import socket
 
 from serving.errors import ServerStartError
 
-PREDICT_IMAGES = "predict_images"
-SERVING_DEFAULT = "serving_default"
+# Per image, read from its header before decoding: 40 MP is a 7300 x 5500 photo (a large
+# camera's full frame); decoded to RGB it is 120 MB, to float32 480 MB.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +33,16 @@ class ServerConfig:
     num_versions: int = 1  # serve the newest N versions (TF Serving's `latest` policy)
     run_warmup: bool = True
     drain_seconds: float = 30.0  # how long an unload waits for in-flight requests
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header; 0: no limit
+    # Request logging (serving/devserver/request_log.py); off when log_requests is empty.
+    log_requests: str = ""  # directory of PredictionLog TFRecords
+    log_sample_rate: float = 1.0
+    log_max_file_mb: int = 64  # rotate to a new file at this size
+    log_queue_size: int = 1000  # records waiting for the writer; beyond it they are dropped
+    log_queue_mb: int = 128  # bytes waiting for the writer; beyond it they are dropped
 
     def validate(self) -> ServerConfig:
+        """Check every field (all problems in one message), then that the base path exists."""
         problems = []
         if not self.model_name or not self.model_name.strip():
             problems.append("model_name must not be empty")
@@ -54,6 +62,18 @@ class ServerConfig:
             problems.append(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.num_versions < 1:
             problems.append(f"num_versions must be >= 1, got {self.num_versions}")
+        if self.drain_seconds < 0:
+            problems.append(f"drain_seconds must be >= 0, got {self.drain_seconds}")
+        if self.max_pixels < 0:
+            problems.append(f"max_pixels must be >= 0 (0: no limit), got {self.max_pixels}")
+        if not 0.0 <= self.log_sample_rate <= 1.0:
+            problems.append(f"log_sample_rate must be in [0, 1], got {self.log_sample_rate}")
+        if self.log_max_file_mb < 1:
+            problems.append(f"log_max_file_mb must be >= 1, got {self.log_max_file_mb}")
+        if self.log_queue_size < 1:
+            problems.append(f"log_queue_size must be >= 1, got {self.log_queue_size}")
+        if self.log_queue_mb < 1:
+            problems.append(f"log_queue_mb must be >= 1, got {self.log_queue_mb}")
         if problems:
             raise ServerStartError("invalid server settings: " + "; ".join(problems))
         import tensorflow as tf  # deferred: `imgpipe --help` must not load TensorFlow
@@ -65,93 +85,35 @@ class ServerConfig:
             )
         return self
 
+    def check_port(self) -> None:
+        """Fail at once (ServerStartError) when host:port cannot be bound, e.g. another server has it.
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The `imgpipe serve` flags."""
-    d = ServerConfig("", "")
-    parser.add_argument(
-        "--model-base-path",
-        required=True,
-        help="directory of integer version dirs, i.e. <serving_dir>/<model_name>",
-    )
-    parser.add_argument("--model-name", required=True, help="name clients put in model_spec")
-    parser.add_argument("--host", default=d.host, help="bind address (default %(default)s)")
-    parser.add_argument("--port", type=int, default=d.port, help="gRPC port; 0 picks a free one")
-    parser.add_argument(
-        "--poll-seconds",
-        type=float,
-        default=d.poll_seconds,
-        help="how often to look for new or removed versions (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-message-mb",
-        type=int,
-        default=d.max_message_mb,
-        help="max gRPC message size, send and receive (default %(default)s)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=d.threads,
-        help="RPC worker threads (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-concurrent-rpcs",
-        type=int,
-        default=d.max_concurrent_rpcs,
-        help="reject RPCs beyond this many with RESOURCE_EXHAUSTED; 0 = unlimited",
-    )
-    parser.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=d.grace_seconds,
-        help="on SIGTERM, how long in-flight requests may run (default %(default)s)",
-    )
-    parser.add_argument(
-        "--num-versions",
-        type=int,
-        default=d.num_versions,
-        help="serve the newest N versions (default %(default)s)",
-    )
-    parser.add_argument(
-        "--no-warmup",
-        dest="run_warmup",
-        action="store_false",
-        help="do not replay assets.extra/tf_serving_warmup_requests",
-    )
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        model_base_path=args.model_base_path,
-        model_name=args.model_name,
-        host=args.host,
-        port=args.port,
-        poll_seconds=args.poll_seconds,
-        max_message_mb=args.max_message_mb,
-        threads=args.threads,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        grace_seconds=args.grace_seconds,
-        num_versions=args.num_versions,
-        run_warmup=args.run_warmup,
-    )
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The `imgpipe predict` flags."""
-    parser.add_argument("--target", default="localhost:8500", help="HOST:PORT of the server")
-    parser.add_argument("--model", required=True, help="model name (model_spec.name)")
-    parser.add_argument(
-        "--signature",
-        default=PREDICT_IMAGES,
-        choices=[PREDICT_IMAGES, SERVING_DEFAULT],
-        help="predict_images sends the bytes; serving_default wraps them in tf.Examples",
-    )
-    parser.add_argument("--version", type=int, default=None, help="a specific model version")
-    parser.add_argument("--top-k", type=int, default=None, help="keep the K best classes")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per RPC, seconds")
-    parser.add_argument("--retries", type=int, default=3, help="retries when UNAVAILABLE")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per RPC")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
-    return parser
+        `imgpipe serve` calls this before it imports TensorFlow and loads the
+        model, so a taken port is reported in a second, not after the load.
+        start_server binds the real socket before loading too; this check is
+        the early answer, not the guarantee. Port 0 (any free port) always passes.
+        """
+        if self.port == 0:
+            return
+        host = self.host.strip("[]")
+        where = f"{self.host}:{self.port}"
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except socket.gaierror as e:
+            raise ServerStartError(f"cannot bind {where}: unknown host {host!r} ({e.strerror})") from e
+        with socket.socket(family, kind, proto) as probe:
+            # As gRPC does: a port left in TIME_WAIT by a stopped server is free to take.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                raise ServerStartError(
+                    f"cannot bind {where}: {e.strerror or e}"
+                    + (
+                        " (another server is listening there? stop it or pick another --port)"
+                        if e.errno == errno.EADDRINUSE
+                        else ""
+                    )
+                ) from e

@@ -8,6 +8,8 @@ message so callers can tell bad input (INVALID_ARGUMENT) from a missing model
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 
@@ -40,12 +42,6 @@ class ModelUnavailableError(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class UnsupportedRequestError(ServingError):
-    """A valid request this server does not implement (e.g. an unknown metadata field)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
 class ServerStartError(ServingError):
     """The server could not start: bad base path, port in use, invalid settings."""
 
@@ -69,3 +65,21 @@ _CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
 def status_code_from_int(value: int) -> grpc.StatusCode:
     """A gRPC StatusCode from its number (TensorFlow's error codes use the same numbers)."""
     return _CODES_BY_VALUE.get(int(value), grpc.StatusCode.UNKNOWN)
+
+
+def clean_tf_message(message: str) -> str:
+    """The useful line(s) of a TensorFlow runtime error, without node dumps and stacks.
+
+    What a client sees as the status message: the cause, not the graph.
+    """
+    lines = []
+    for line in message.splitlines():
+        s = line.strip()
+        if not s or s.startswith(("[[", "Graph execution error", "Detected at node", "File ")):
+            continue
+        if line.startswith((" ", "\t")):  # source lines of the "defined at" stack
+            continue
+        s = s.replace("<stack traces unavailable>", "")
+        lines.append(re.sub(r"\s*\[\[\{\{node .*$|\s*\[Op:[^\]]*\]$", "", s).strip())
+    text = " ".join(x for x in lines if x)
+    return text or message.strip().splitlines()[0]

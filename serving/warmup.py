@@ -1,7 +1,7 @@
 """TF Serving warmup requests: `assets.extra/tf_serving_warmup_requests` in a SavedModel.
 
 The file is a TFRecord of `PredictionLog` protos. TF Serving (and the local
-server in serving/server.py) replays them after loading a version and before
+server in serving/devserver) replays them after loading a version and before
 serving it, so the first real request does not pay for graph initialisation.
 TF Serving reads at most 1000 records.
 """
@@ -15,16 +15,11 @@ import tensorflow as tf
 from google.protobuf import message
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from serving.signatures import INPUT_KEYS, SERVING_DEFAULT
+
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-
-# The input name of each signature trainer/export.py writes.
-DEFAULT_INPUT_KEYS = {
-    "serving_default": "examples",
-    "classification": "inputs",
-    "predict_images": "images",
-}
 
 
 def warmup_path(export_dir: str) -> str:
@@ -35,16 +30,16 @@ def warmup_path(export_dir: str) -> str:
 def build_warmup_logs(
     values: Sequence[bytes],
     model_name: str = "model",
-    signature: str = "serving_default",
+    signature: str = SERVING_DEFAULT,
     input_key: str | None = None,
     batch_size: int = 1,
 ) -> list[prediction_log_pb2.PredictionLog]:
     """PredictionLogs, one PredictRequest per `batch_size` values, as a [n] DT_STRING tensor."""
-    key = input_key or DEFAULT_INPUT_KEYS.get(signature)
+    key = input_key or INPUT_KEYS.get(signature)
     if key is None:
         raise ValueError(
             f"no known input name for signature {signature!r}; pass input_key "
-            f"(known: {', '.join(sorted(DEFAULT_INPUT_KEYS))})"
+            f"(known: {', '.join(sorted(INPUT_KEYS))})"
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,7 +67,7 @@ def write_warmup_requests(
     export_dir: str,
     examples: Sequence[bytes],
     model_name: str = "model",
-    signature: str = "serving_default",
+    signature: str = SERVING_DEFAULT,
     input_key: str | None = None,
     batch_size: int = 1,
 ) -> str:

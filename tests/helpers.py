@@ -8,13 +8,12 @@ import os
 import numpy as np
 from PIL import Image
 
+from imgpipe.demo.data import digit_images
 from trainer.analyze import analyze_transform, raw_feature_spec
 from trainer.features import IMAGE_KEY, LABEL_KEY
 
-__all__ = [
-    "analyze_transform",
-    "raw_feature_spec",
-]  # re-exported: the tests' one way to get a Transform output
+# Re-exported: the tests' one way to get a Transform output, and real digit images.
+__all__ = ["analyze_transform", "digit_images", "raw_feature_spec"]
 
 
 def encode_image(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
@@ -24,24 +23,6 @@ def encode_image(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
-
-
-def digit_images(digits=(0, 1, 2), per_class: int = 20, size: int = 32, seed: int = 0):
-    """Real scikit-learn digits as (encoded PNG bytes, class name) pairs, in class order."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    rng = np.random.RandomState(seed)
-    out = []
-    for digit in digits:
-        idx = np.flatnonzero(d.target == digit)
-        for i in rng.permutation(idx)[:per_class]:
-            pix = (d.images[i] * (255.0 / 16.0)).astype(np.uint8)
-            img = Image.fromarray(pix).resize((size, size), Image.BILINEAR)
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            out.append((buf.getvalue(), str(digit)))
-    return out
 
 
 def make_example(image: bytes, label: str | None = None) -> bytes:

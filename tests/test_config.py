@@ -39,6 +39,9 @@ def test_defaults_validate_with_data(tmp_path):
         ({"learning_rate": float("nan")}, "learning_rate"),
         ({"beam_args": "--a=1"}, "beam_args"),
         ({"replicas": 0}, "replicas"),
+        ({"min_class_recall": -0.1}, "min_class_recall"),
+        ({"majority_margin": 2}, "majority_margin"),
+        ({"allow_anomalies": "perhaps"}, "allow_anomalies"),
     ],
 )
 def test_invalid_values_name_the_field(tmp_path, change, field):
@@ -56,6 +59,8 @@ def test_invalid_values_name_the_field(tmp_path, change, field):
         ({"augment": "no"}, "training", "augment", False),  # not "a non-empty string, so true"
         ({"augment": "yes"}, "training", "augment", True),
         ({"min_accuracy": "0.75"}, "gate", "min_accuracy", 0.75),
+        ({"allow_anomalies": "yes"}, "gate", "allow_anomalies", True),
+        ({"min_class_recall": "0"}, "gate", "min_class_recall", 0.0),
     ],
 )
 def test_values_are_coerced_to_the_field_type(change, section, field, value):
@@ -130,4 +135,19 @@ def test_the_trainer_parses_its_part_strictly():
         parse_custom_config({**cfg.training.to_dict(), "unknown_key": 1})
     with pytest.raises(ValueError, match="epochs"):
         parse_custom_config({"epochs": "ten"})
-    assert TrainingConfig.model_validate({}).epochs == 5
+    assert TrainingConfig.model_validate({}) == TrainingConfig()
+    with pytest.raises(ValueError, match="tune_trials"):
+        parse_custom_config({"tune_trials": 3, "feature_cache": False})
+
+
+def test_gate_flags_come_from_the_schema():
+    import argparse
+
+    from imgpipe.cli.flags import add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    args = parser.parse_args(["--allow-anomalies", "--min-class-recall", "0", "--majority-margin", "0.1"])
+    gate = config_from_args(args).gate
+    assert (gate.allow_anomalies, gate.min_class_recall, gate.majority_margin) == (True, 0.0, 0.1)
+    assert config_from_args(parser.parse_args([])).gate.allow_anomalies is False

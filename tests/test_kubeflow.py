@@ -100,15 +100,23 @@ def test_dag_has_every_local_component_with_the_same_dependencies(compiled):
         compiled_deps.setdefault(node, set()).update(deps)
     assert compiled_deps == expected
     # Sanity: the comparison covers the real wiring, not empty sets.
-    assert expected["Evaluator"] == {"ImportExampleGen", "Trainer", "latest_blessed_model_resolver"}
+    assert expected["Evaluator"] == {
+        "ImportExampleGen",
+        "Trainer",
+        "latest_blessed_model_resolver",
+        "DataGate",
+    }
     assert expected["Pusher"] == {"Trainer", "Evaluator"}
+    # The data gate sees the data checks and the blessed model; nothing trains before it passes.
+    assert expected["DataGate"] == {"StatisticsGen", "ExampleValidator", "latest_blessed_model_resolver"}
+    assert "DataGate" in expected["Transform"] and "DataGate" in expected["Trainer"]
 
 
 def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
     spec = _spec(compiled[1])
     executors = spec.deployment_spec["executors"]
     containers = {name: e["container"] for name, e in executors.items() if "container" in e}
-    assert len(containers) == 8  # every component but the Resolver (a metadata query)
+    assert len(containers) == 9  # every component but the Resolver (a metadata query)
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert (
@@ -119,6 +127,13 @@ def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
     assert trainer_args[trainer_args.index("--executor_class_path") + 1] == (
         "components.trainer.RuntimeParamTrainerExecutor"
     )
+    for node, executor in (
+        ("SchemaGen", "components.schema_gen.ContractSchemaGenExecutor"),
+        ("DataGate", "components.data_gate.DataGateExecutor"),
+        ("Evaluator", "components.evaluator.GateEvaluatorExecutor"),
+    ):
+        args = list(containers[f"{node}_executor"]["args"])
+        assert args[args.index("--executor_class_path") + 1] == executor
     params = spec.root.dag.tasks["Trainer"].inputs.parameters
     assert params["run_fn"].runtime_value.constant.string_value == "trainer.task.run_fn"
     transform = spec.root.dag.tasks["Transform"].inputs.parameters
@@ -196,6 +211,54 @@ def test_pipeline_root_flag_wins(tmp_path):
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://other/root"
 
 
+def test_trainer_machine_and_beam_settings_reach_the_compiled_spec(compiled, tmp_path, capsys):
+    """--trainer-machine-type/--trainer-accelerator become the Trainer container's resources;
+    the Beam setting flags become the Beam args of every Beam step."""
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
+
+    _, plain = compiled
+    assert kubeflow.trainer_resources(plain) == {}  # nothing asked, nothing compiled in
+    out = str(tmp_path / "gpu.json")
+    code = cli.main(
+        ["compile", "--image", IMAGE, "--output", out, *RUN_FLAGS,
+         "--trainer-machine-type", "n1-standard-8", "--trainer-accelerator", "NVIDIA_TESLA_T4:2",
+         "--beam-runner", "dataflow", "--beam-project", "my-proj-1", "--beam-region", "europe-west4",
+         "--temp-location", "gs://bucket/tmp"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    job = kubeflow.read_pipeline_job(out)
+    spec = _spec(job)  # still a valid PipelineSpec
+    trainer = kubeflow.trainer_resources(job)
+    assert trainer == {
+        "cpuLimit": 8.0,
+        "memoryLimit": 30.0,
+        "accelerator": {"type": "NVIDIA_TESLA_T4", "count": "2"},
+    }
+    assert result["trainer_resources"] == trainer
+    executors = spec.deployment_spec.fields["executors"].struct_value.fields
+    with_resources = [
+        name
+        for name, e in executors.items()
+        if "resources" in e.struct_value.fields["container"].struct_value.fields
+    ]
+    assert with_resources == [job["pipelineSpec"]["components"]["Trainer"]["executorLabel"]]
+    args = kubeflow.step_container(job, "Transform")["args"]
+    for flag in ("--runner=DataflowRunner", "--project=my-proj-1", "--region=europe-west4",
+                 "--temp_location=gs://bucket/tmp", f"--sdk_container_image={IMAGE}"):  # fmt: skip
+        assert flag in args, (flag, args)
+
+
+def test_compile_refuses_a_local_metadata_store(tmp_path):
+    from imgpipe.orchestration import kubeflow
+
+    with pytest.raises(ConfigError, match="metadata: Kubeflow and Vertex AI pipelines record to the cluster"):
+        kubeflow.compile_pipeline(
+            _config().replace(metadata="postgresql://ml@db/mlmd"), IMAGE, str(tmp_path / "x.json")
+        )
+
+
 # ------------------------------------------------------------ the knob executors
 def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
     from tfx.components.trainer import executor as trainer_executor
@@ -218,37 +281,6 @@ def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
         trainer_component.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
 
 
-def test_evaluator_executor_applies_the_accuracy_floor(monkeypatch):
-    import tensorflow_model_analysis as tfma
-    from tfx.components.evaluator import executor as evaluator_executor
-    from tfx.utils import proto_utils
-
-    from components import evaluator
-    from components.evaluator import eval_config
-
-    seen = {}
-    monkeypatch.setattr(evaluator_executor.Executor, "Do", lambda self, i, o, props: seen.update(props))
-    compiled_json = proto_utils.proto_to_json(eval_config(_config().gate))
-    evaluator.RuntimeParamEvaluatorExecutor().Do({}, {}, {"eval_config": compiled_json, "min_accuracy": 0.9})
-    assert "min_accuracy" not in seen
-    cfg = proto_utils.json_to_proto(seen["eval_config"], tfma.EvalConfig())
-    bounds, others = [], 0
-    for spec in cfg.metrics_specs:
-        for m in spec.metrics:
-            for t in [m.threshold] + [p.threshold for p in m.per_slice_thresholds]:
-                if t.HasField("value_threshold"):
-                    if m.class_name == evaluator.ACCURACY_CLASS:
-                        bounds.append(t.value_threshold.lower_bound.value)
-                    else:
-                        others += 1
-    assert bounds and all(b == pytest.approx(0.9) for b in bounds)
-    assert others == 0
-    with pytest.raises(ValueError, match=r"min_accuracy: 1.5: Input should be less than or equal to 1"):
-        evaluator.RuntimeParamEvaluatorExecutor().Do(
-            {}, {}, {"eval_config": compiled_json, "min_accuracy": 1.5}
-        )
-
-
 def test_create_pipeline_takes_plain_values_for_local_runs():
     from pipeline.pipeline import create_pipeline
 
@@ -256,6 +288,15 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
     assert nodes["Trainer"].exec_properties["epochs"] == 7
     assert nodes["Trainer"].exec_properties["learning_rate"] == 0.02
     assert nodes["Evaluator"].exec_properties["min_accuracy"] == 0.65
+    # The gate's other settings travel as one property; the data gate's switch is its own.
+    assert json.loads(nodes["Evaluator"].exec_properties["gate_config"]) == {
+        "majority_margin": 0.05,
+        "min_class_recall": 0.05,
+        "max_regression": 0.0,
+    }
+    assert nodes["DataGate"].exec_properties["allow_anomalies"] == 0
+    allowed = {c.id: c for c in create_pipeline(_config().replace(allow_anomalies=True)).components}
+    assert allowed["DataGate"].exec_properties["allow_anomalies"] == 1
     with pytest.raises(ValueError, match="no runtime parameter support for batch_size"):
         from tfx import v1 as tfx
 

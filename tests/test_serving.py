@@ -35,9 +35,11 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from imgpipe.cli import main as cli
 from serving import client as client_lib
-from serving import server as server_lib
-from serving.errors import ServingRpcError
+from serving.config import ServerConfig
+from serving.devserver import lifecycle, versions
+from serving.errors import ServerStartError, ServingRpcError
 from tests import serving_fixtures
 from tests.helpers import encode_image, make_example
 
@@ -73,7 +75,7 @@ def server(model, tmp_path_factory):
     base = _base_path(tmp_path_factory, model)
     os.makedirs(os.path.join(base, "7"))  # incomplete push: no saved_model.pb
     os.makedirs(os.path.join(base, "tmp-push-3"))  # not an integer
-    with server_lib.start_in_thread(base, NAME, poll_seconds=0.5, max_message_mb=4) as running:
+    with lifecycle.start_in_thread(base, NAME, poll_seconds=0.5, max_message_mb=4) as running:
         yield running
 
 
@@ -227,7 +229,7 @@ def test_get_model_metadata_returns_the_signature_defs(stubs, model):
     assert response.model_spec.name == NAME and response.model_spec.version.value == 1
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(sig_map)
-    on_disk = server_lib.read_signature_defs(model.export_dir)
+    on_disk = versions.read_signature_defs(model.export_dir)
     assert dict(sig_map.signature_def) == on_disk
     sigs = sig_map.signature_def
     assert sigs["classification"].method_name == "tensorflow/serving/classify"
@@ -565,7 +567,7 @@ class _RequestLoop:
 def test_hot_swap_under_load(model, reference, tmp_path_factory):
     base = _base_path(tmp_path_factory, model, versions=(1,))
     image = model.items[5][0]
-    with server_lib.start_in_thread(base, NAME, poll_seconds=0.2) as running:
+    with lifecycle.start_in_thread(base, NAME, poll_seconds=0.2) as running:
         with _RequestLoop(running.target, image) as loop:
             _wait_for(lambda: len(loop.versions) >= 3, 60, "requests on version 1")
             # A request "in flight" on version 1: the swap must wait for it.
@@ -602,7 +604,7 @@ def test_hot_swap_under_load(model, reference, tmp_path_factory):
 def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path_factory, caplog):
     base = _base_path(tmp_path_factory, model, versions=(1, 3))
     image = model.items[0][0]
-    with server_lib.start_in_thread(base, NAME, poll_seconds=0.2) as running:
+    with lifecycle.start_in_thread(base, NAME, poll_seconds=0.2) as running:
         # Only the newest version is loaded.
         assert running.manager.serving_versions() == [3]
         assert _state(running, 1) is None
@@ -641,8 +643,8 @@ def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path
 def test_stop_finishes_in_flight_requests(model, tmp_path_factory):
     base = _base_path(tmp_path_factory, model)
     images = [img for img, _ in model.items] * 4  # a batch that takes a while
-    running = server_lib.start_server(
-        server_lib.ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=30)
+    running = lifecycle.start_server(
+        ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=30)
     )
     try:
         channel = grpc.insecure_channel(running.target)
@@ -667,14 +669,14 @@ def _env() -> dict[str, str]:
 
 
 def test_sigterm_shuts_down_gracefully(tmp_path):
-    """`python -m serving.server` exits 0 on SIGTERM.
+    """`imgpipe serve` exits 0 on SIGTERM.
 
     No version is pushed, so the process skips the model load (the in-process
     test above covers stopping with a model and a request in flight).
     """
     base = tmp_path / NAME
     base.mkdir()
-    cmd = [sys.executable, "-m", "serving.server", "--model-base-path", str(base)]
+    cmd = [sys.executable, "-m", "imgpipe", "serve", "--model-base-path", str(base)]
     cmd += ["--model-name", NAME, "--port", "0", "--grace-seconds", "5"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
@@ -716,27 +718,24 @@ def test_sigterm_shuts_down_gracefully(tmp_path):
 
 
 def test_start_errors_are_clear(tmp_path):
-    with pytest.raises(server_lib.ServerStartError, match="base path not found"):
-        server_lib.start_server(server_lib.ServerConfig(str(tmp_path / "missing"), NAME))
-    with pytest.raises(server_lib.ServerStartError, match="poll_seconds"):
-        server_lib.start_server(server_lib.ServerConfig(str(tmp_path), NAME, poll_seconds=0))
+    with pytest.raises(ServerStartError, match="base path not found"):
+        lifecycle.start_server(ServerConfig(str(tmp_path / "missing"), NAME))
+    with pytest.raises(ServerStartError, match="poll_seconds"):
+        lifecycle.start_server(ServerConfig(str(tmp_path), NAME, poll_seconds=0))
 
 
 def test_port_in_use_is_an_error(server, tmp_path):
-    config = server_lib.ServerConfig(str(tmp_path), NAME, port=server.port)
-    with pytest.raises(server_lib.ServerStartError, match="cannot bind"):
-        server_lib.start_server(config)
+    config = ServerConfig(str(tmp_path), NAME, port=server.port)
+    with pytest.raises(ServerStartError, match="cannot bind"):
+        lifecycle.start_server(config)
 
 
 # ----------------------------------------------------------------------------------------
 # The `imgpipe predict` CLI
 
 
-def _cli_args(target, *extra):
-    import argparse
-
-    parser = client_lib.add_arguments(argparse.ArgumentParser())
-    return parser.parse_args(["--target", target, "--model", NAME, *extra])
+def _predict_cli(target, *extra, model=NAME) -> int:
+    return cli.main(["predict", "--target", target, "--model", model, *extra])
 
 
 def test_cli_predict_prints_one_line_per_image(server, model, client, tmp_path, capsys):
@@ -744,7 +743,7 @@ def test_cli_predict_prints_one_line_per_image(server, model, client, tmp_path, 
     png.write_bytes(model.items[13][0])
     jpeg = tmp_path / "flower.jpg"
     jpeg.write_bytes(serving_fixtures.sample_photos()[1][1])
-    code = client_lib.run_predict(_cli_args(server.target, str(png), str(jpeg)))
+    code = _predict_cli(server.target, str(png), str(jpeg))
     out, err = capsys.readouterr()
     assert code == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
@@ -764,11 +763,10 @@ def test_cli_predict_reports_bad_files_and_keeps_going(server, model, tmp_path, 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(serving_fixtures.as_jpeg(model.items[1][0])[:60])
     missing = tmp_path / "missing.png"
-    args = _cli_args(
+    code = _predict_cli(
         server.target, "--signature", "serving_default", "--top-k", "1",
         str(good), str(text), str(broken), str(missing),
     )  # fmt: skip
-    code = client_lib.run_predict(args)
     out, err = capsys.readouterr()
     assert code == 1
     lines = [json.loads(x) for x in out.splitlines()]
@@ -788,34 +786,41 @@ def test_cli_predict_reports_bad_files_and_keeps_going(server, model, tmp_path, 
 def test_cli_predict_unknown_model_exits_nonzero(server, model, tmp_path, capsys):
     good = tmp_path / "good.png"
     good.write_bytes(model.items[0][0])
-    args = _cli_args(server.target, str(good))
-    args.model = "nope"
-    assert client_lib.run_predict(args) == 1
+    assert _predict_cli(server.target, str(good), model="nope") == 1
     out, err = capsys.readouterr()
     assert out == "" and "NOT_FOUND" in err and "nope" in err
 
 
-def test_cli_main_entry_point(server, model, tmp_path, capsys):
-    """`python -m serving.client` runs main(argv)."""
+def test_cli_predict_top_k_and_batches(server, model, tmp_path, capsys):
     paths = []
-    for i in (0, 20):
+    for i in (0, 20, 30):
         p = tmp_path / f"img{i}.png"
         p.write_bytes(model.items[i][0])
         paths.append(str(p))
-    argv = ["--target", server.target, "--model", NAME, "--top-k", "2", *paths]
-    assert client_lib.main(argv) == 0
+    assert _predict_cli(server.target, "--top-k", "2", "--batch-size", "2", *paths) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x["classes"][0] for x in lines] == [model.items[0][1], model.items[20][1]]
+    assert [x["image"] for x in lines] == paths
+    assert [x["classes"][0] for x in lines] == [model.items[i][1] for i in (0, 20, 30)]
     assert all(len(x["classes"]) == len(x["scores"]) == 2 for x in lines)
 
 
-def test_run_server_reports_start_errors(tmp_path, capsys):
-    import argparse
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--batch-size", "0"], "--batch-size"), (["--top-k", "0"], "--top-k"), (["--timeout", "0"], "timeout")],
+)
+def test_cli_predict_bad_arguments_exit_2(flags, message, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    image.write_bytes(encode_image(np.zeros((4, 4), np.uint8)))
+    assert _predict_cli("127.0.0.1:1", *flags, str(image)) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and message in err
 
-    argv = ["--model-base-path", str(tmp_path / "missing"), "--model-name", NAME]
-    assert server_lib.run_server(argv) == 2
-    assert "model base path not found" in capsys.readouterr().err
-    # The `imgpipe` CLI passes parsed args.
-    args = server_lib.add_arguments(argparse.ArgumentParser()).parse_args(argv)
-    assert server_lib.run_server(args) == 2
-    assert str(tmp_path / "missing") in capsys.readouterr().err
+
+def test_cli_serve_reports_start_errors(tmp_path, capsys):
+    argv = ["serve", "--model-base-path", str(tmp_path / "missing"), "--model-name", NAME]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "model base path not found" in err and str(tmp_path / "missing") in err
+    argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", NAME, "--poll-seconds", "0"]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert "poll_seconds" in capsys.readouterr().err

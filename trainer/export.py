@@ -32,7 +32,6 @@ PREDICT_IMAGES = "predict_images"
 TRANSFORM_FEATURES = "transform_features"
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
-WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def _raw_image_input(images: tf.Tensor, feature_spec: dict) -> tf.Tensor:

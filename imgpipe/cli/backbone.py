@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imgpipe.cli.output import Command, UsageError, emit
+from imgpipe.cli.output import Command, UsageError, emit, stdout_to_stderr
 from trainer import backbones
 
 
@@ -27,16 +27,17 @@ def _run(args: argparse.Namespace) -> int:
     from trainer.pretrain import pretrain_backbone  # loads TensorFlow: only when the command runs
 
     try:
-        report = pretrain_backbone(
-            args.data,
-            args.backbone,
-            args.out,
-            image_size=args.image_size,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-        )
+        with stdout_to_stderr():
+            report = pretrain_backbone(
+                args.data,
+                args.backbone,
+                args.out,
+                image_size=args.image_size,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.learning_rate,
+                seed=args.seed,
+            )
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
     emit(report)

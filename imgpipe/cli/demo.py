@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from imgpipe.cli.output import Command, emit
+from imgpipe.cli.output import Command, emit, stdout_to_stderr
 from imgpipe.cli.run import run_pipeline
 from imgpipe.demo import steps
 
@@ -22,7 +22,12 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--pretrain-epochs", type=int, default=15)
-    p.add_argument("--epochs", type=int, default=30, help="head training epochs on the target task")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="cap on head-training epochs on the target task (default: the Trainer's; early stopping ends sooner)",
+    )
     p.add_argument("--min-accuracy", type=float, default=0.9)
     p.add_argument("--replicas", type=int, default=None, help="split the CPU into N logical devices")
     p.add_argument("--verbose", action="store_true")
@@ -31,8 +36,11 @@ def _add(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    source, target = steps.prepare_data(workdir, args.image_size)
-    weights = steps.pretrained_backbone(workdir, source, args.backbone, args.image_size, args.pretrain_epochs)
+    with stdout_to_stderr():
+        source, target = steps.prepare_data(workdir, args.image_size)
+        weights = steps.pretrained_backbone(
+            workdir, source, args.backbone, args.image_size, args.pretrain_epochs
+        )
     config = steps.target_config(
         workdir,
         target,

@@ -1,36 +1,263 @@
-"""`imgpipe serve` and `imgpipe predict`: the dev/test model server and its command-line client."""
+"""`imgpipe serve` and `imgpipe predict`: the dev/test model server and its command-line client.
+
+`serve` runs serving/devserver until SIGTERM/SIGINT (exit 0; exit 2 when it
+cannot start: bad settings, missing base path, port in use, unwritable
+request log directory). A taken port is found before TensorFlow loads. `predict` prints
+one JSON line per image on stdout; exit 0 when every image was classified,
+1 when any failed (each named on stderr), 2 for bad arguments.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from imgpipe.cli.output import Command
-from serving import config as serving_config
+import grpc
+
+from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, error
+from serving.config import ServerConfig
+from serving.errors import ServerStartError, ServingRpcError
+from serving.image_header import image_format
+from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
+
+if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
+    from serving.client import Prediction, ServingClient
+
+
+# -- imgpipe serve ---------------------------------------------------------------------
+
+
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig("", "")
+    parser.add_argument(
+        "--model-base-path",
+        required=True,
+        help="directory of integer version dirs, i.e. <serving_dir>/<model_name>",
+    )
+    parser.add_argument("--model-name", required=True, help="name clients put in model_spec")
+    parser.add_argument("--host", default=d.host, help="bind address (default %(default)s)")
+    parser.add_argument("--port", type=int, default=d.port, help="gRPC port; 0 picks a free one")
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=d.poll_seconds,
+        help="how often to look for new or removed versions (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=d.max_message_mb,
+        help="max gRPC message size, send and receive (default %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=d.threads, help="RPC worker threads (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=d.max_concurrent_rpcs,
+        help="reject RPCs beyond this many with RESOURCE_EXHAUSTED; 0 = unlimited",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=d.grace_seconds,
+        help="on SIGTERM, how long in-flight requests may run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--num-versions",
+        type=int,
+        default=d.num_versions,
+        help="serve the newest N versions (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        dest="run_warmup",
+        action="store_false",
+        help="do not replay assets.extra/tf_serving_warmup_requests",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=d.max_pixels,
+        help="refuse (INVALID_ARGUMENT) any image whose header declares more pixels than this, "
+        "before decoding it; 0 = no limit (default %(default)s)",
+    )
+    group = parser.add_argument_group("request logging (TF Serving PredictionLog TFRecords)")
+    group.add_argument(
+        "--log-requests",
+        metavar="DIR",
+        default=d.log_requests,
+        help="write sampled Predict/Classify requests and responses to DIR (read by `imgpipe drift`)",
+    )
+    group.add_argument(
+        "--log-sample-rate",
+        type=float,
+        default=d.log_sample_rate,
+        help="fraction of successful requests logged, 0..1 (default %(default)s)",
+    )
+    group.add_argument(
+        "--log-max-file-mb",
+        type=int,
+        default=d.log_max_file_mb,
+        help="start a new log file when the current one reaches this size (default %(default)s)",
+    )
+    group.add_argument(
+        "--log-queue-size",
+        type=int,
+        default=d.log_queue_size,
+        help="records waiting for the writer; beyond it (or --log-queue-mb) records are dropped "
+        "and counted, never the request (default %(default)s)",
+    )
+    group.add_argument(
+        "--log-queue-mb",
+        type=int,
+        default=d.log_queue_mb,
+        help="bytes waiting for the writer, in MB (default %(default)s)",
+    )
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of parsed `imgpipe serve` flags (validated when the server starts)."""
+    return ServerConfig(
+        model_base_path=args.model_base_path,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+        poll_seconds=args.poll_seconds,
+        max_message_mb=args.max_message_mb,
+        threads=args.threads,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        grace_seconds=args.grace_seconds,
+        num_versions=args.num_versions,
+        run_warmup=args.run_warmup,
+        max_pixels=args.max_pixels,
+        log_requests=args.log_requests,
+        log_sample_rate=args.log_sample_rate,
+        log_max_file_mb=args.log_max_file_mb,
+        log_queue_size=args.log_queue_size,
+        log_queue_mb=args.log_queue_mb,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving import server  # loads TensorFlow: only when the command runs
+    config = server_config(args)
+    try:
+        config.check_port()  # a taken port fails now, not after TensorFlow and the model load
+        from serving.devserver import lifecycle  # loads TensorFlow: only when the command runs
 
-    return server.run_serve(args)
+        return lifecycle.serve(config)
+    except ServerStartError as e:
+        raise UsageError(str(e)) from e
+
+
+# -- imgpipe predict -------------------------------------------------------------------
+
+
+def _add_predict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="localhost:8500", help="HOST:PORT of the server")
+    parser.add_argument("--model", required=True, help="model name (model_spec.name)")
+    parser.add_argument(
+        "--signature",
+        default=PREDICT_IMAGES,
+        choices=[PREDICT_IMAGES, SERVING_DEFAULT],
+        help="predict_images sends the bytes; serving_default wraps them in tf.Examples",
+    )
+    parser.add_argument("--version", type=int, default=None, help="a specific model version")
+    parser.add_argument("--top-k", type=int, default=None, help="keep the K best classes")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per RPC, seconds")
+    parser.add_argument("--retries", type=int, default=3, help="retries when UNAVAILABLE")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per RPC")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
+
+
+def _predict_chunk(
+    client: ServingClient, args: argparse.Namespace, chunk: list[tuple[str, bytes]]
+) -> list[tuple[str, Prediction | ServingRpcError]]:
+    """Predict a chunk; if the server rejects it as INVALID_ARGUMENT, find the bad images.
+
+    Other errors (unknown model, server down, deadline) concern every image and are raised.
+    """
+    images = [data for _, data in chunk]
+    try:
+        preds = client.predict_images(args.model, images, args.top_k, args.signature, args.version)
+        return list(zip([path for path, _ in chunk], preds, strict=True))
+    except ServingRpcError as e:
+        if e.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        if len(chunk) == 1:
+            return [(chunk[0][0], e)]
+    results: list[tuple[str, Prediction | ServingRpcError]] = []
+    for item in chunk:
+        results.extend(_predict_chunk(client, args, [item]))
+    return results
+
+
+def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], int]:
+    """(path, bytes) of each readable JPEG/PNG/GIF/BMP file, and how many were not (each named)."""
+    readable: list[tuple[str, bytes]] = []
+    failed = 0
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            error(f"cannot read image {path}: {e.strerror or e}")
+            failed += 1
+            continue
+        if image_format(data) is None:
+            error(f"{path} is not a JPEG, PNG, GIF or BMP image")
+            failed += 1
+            continue
+        readable.append((path, data))
+    return readable, failed
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from serving import client
+    """One JSON line per image; unreadable or rejected images are named and the rest still run.
 
-    return client.run_predict(args)
+    A batch rejected as INVALID_ARGUMENT is retried image by image so the bad
+    file is named; any other RPC failure stops the command (exit 1).
+    """
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    from serving.client import ServingClient  # loads TensorFlow: only when the command runs
+
+    readable, failed = _read_images(args.images)
+    try:
+        client = ServingClient(args.target, timeout=args.timeout, retries=args.retries)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    with client:
+        for start in range(0, len(readable), args.batch_size):
+            try:
+                results = _predict_chunk(client, args, readable[start : start + args.batch_size])
+            except ServingRpcError as e:
+                raise WorkFailed(str(e)) from e
+            for path, result in results:
+                if isinstance(result, ServingRpcError):
+                    error(f"{path}: {result.code.name}: {result.details}")
+                    failed += 1
+                    continue
+                emit({"image": path, "classes": result.classes, "scores": result.scores})
+    if failed:
+        raise WorkFailed(f"{failed} of {len(args.images)} images failed")
+    return EXIT_OK
 
 
 COMMANDS = [
     Command(
         "serve",
         "serve pushed models over TF Serving's gRPC API (dev/test server)",
-        serving_config.add_serve_arguments,
+        _add_serve,
         _serve,
     ),
     Command(
         "predict",
         "query a TF Serving (or `imgpipe serve`) endpoint with images",
-        serving_config.add_predict_arguments,
+        _add_predict,
         _predict,
     ),
 ]

@@ -5,6 +5,9 @@
 - ``write_sample_photos``: the two colour photos of ``load_sample_images``
   (``china``, ``flower``) as their original JPEG bytes plus a PNG copy each,
   so tests decode real camera-style JPEGs, not only synthetic ones.
+- ``digit_images`` / ``sample_photos``: the same images in memory, as encoded
+  bytes, for code that needs a few real images without a folder (tests,
+  benchmarks, the small serving model in ``imgpipe.demo.classifier``).
 
 Output is deterministic: same arguments -> same file names and bytes.
 
@@ -14,6 +17,7 @@ it is imported when a writer runs.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Iterable
@@ -21,7 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_digits_tree", "write_sample_photos"]
+__all__ = ["digit_images", "sample_photos", "write_digits_tree", "write_sample_photos"]
 
 
 def _sklearn_datasets():
@@ -105,3 +109,40 @@ def write_sample_photos(out_dir: str) -> list[str]:
         Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(png_path, format="PNG")
         written += [jpeg_path, png_path]
     return sorted(written)
+
+
+def digit_images(
+    digits: Iterable[int] = (0, 1, 2), per_class: int = 20, size: int = 32, seed: int = 0
+) -> list[tuple[bytes, str]]:
+    """Real scikit-learn digits as (PNG bytes, class name) pairs, in class order.
+
+    ``per_class`` samples of each digit, drawn by a seeded permutation (same
+    arguments -> same bytes), upscaled bilinearly to ``size`` px. Pixels are
+    scaled 0..16 -> 0..255 by truncation (the tests' fixtures were fitted on
+    exactly these bytes; ``write_digits_tree`` rounds).
+    """
+    data = _sklearn_datasets().load_digits()
+    rng = np.random.RandomState(seed)
+    out = []
+    for digit in digits:
+        idx = np.flatnonzero(data.target == digit)
+        for i in rng.permutation(idx)[:per_class]:
+            pix = (data.images[i] * (255.0 / 16.0)).astype(np.uint8)
+            img = Image.fromarray(pix).resize((size, size), Image.BILINEAR)
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            out.append((buf.getvalue(), str(digit)))
+    return out
+
+
+def sample_photos(size: int = 96, quality: int = 90) -> list[tuple[str, bytes, bytes]]:
+    """scikit-learn's two sample photos, resized to ``size`` px: [(file name, JPEG bytes, PNG bytes)]."""
+    samples = _sklearn_datasets().load_sample_images()
+    out = []
+    for name, array in zip(samples.filenames, samples.images, strict=True):
+        img = Image.fromarray(array).resize((size, size), Image.BILINEAR)
+        jpeg, png = io.BytesIO(), io.BytesIO()
+        img.save(jpeg, format="JPEG", quality=quality)
+        img.save(png, format="PNG")
+        out.append((os.path.basename(name), jpeg.getvalue(), png.getvalue()))
+    return out

@@ -31,3 +31,50 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
     with open(os.path.join(folder, SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
     return folder
+
+
+LATEST = "latest"  # names the newest run record wherever a run id is asked for
+
+
+def records(home: str) -> list[str]:
+    """Run record folders under HOME/runs, newest first (by when the run saved its config)."""
+    root = os.path.join(home, "runs")
+    folders = [
+        os.path.join(root, name)
+        for name in (os.listdir(root) if os.path.isdir(root) else [])
+        if os.path.isfile(os.path.join(root, name, CONFIG_FILE))
+        and os.path.isfile(os.path.join(root, name, SUMMARY_FILE))
+    ]
+    return sorted(folders, key=lambda f: (os.path.getmtime(os.path.join(f, CONFIG_FILE)), f), reverse=True)
+
+
+def find_record(home: str, run: str) -> str:
+    """The folder of run `run` (a run id, its folder name, or `latest`); LookupError naming what exists."""
+    folders = records(home)
+    root = os.path.join(home, "runs")
+    if not folders:
+        raise LookupError(f"no run records in {root} (is --home right?)")
+    if run == LATEST:
+        return folders[0]
+    wanted = run_dir(home, run)
+    for folder in folders:
+        if folder == wanted or os.path.basename(folder) == run:
+            return folder
+    newest = ", ".join(read_summary(f).get("run_id", os.path.basename(f)) for f in folders[:5])
+    raise LookupError(f"no run {run!r} in {root} (newest: {newest})")
+
+
+def read_summary(folder: str) -> dict:
+    """The summary a run record holds."""
+    with open(os.path.join(folder, SUMMARY_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def update_summary(folder: str, changes: dict) -> dict:
+    """Set `changes` in a run record's summary (written to a temporary file, then renamed)."""
+    summary = {**read_summary(folder), **changes}
+    path = os.path.join(folder, SUMMARY_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return summary

@@ -1,25 +1,49 @@
 """Whole-pipeline runs on LocalDagRunner with real images and a backbone pre-trained here.
 
 One module-scoped sequence: a first run (every component executes, the model is
-blessed and pushed), an identical re-run (served from cache), then a worse model
-that the gate must stop (nothing pushed, serving dir unchanged).
+blessed and pushed, its report is written and checked against the eval split),
+an identical re-run (served from cache, the identical model not pushed again;
+its report is made to fail and the run still succeeds), then a worse model that
+the gate must stop (nothing pushed, serving dir unchanged), and a run with
+score_data whose BulkInferrer scores unlabelled Examples. Then a second,
+small pipeline on a skewed 2-class task whose eval split has a class train
+lacks: the data gate stops it before training, and with allow_anomalies a
+deliberately bad model runs through and is not blessed, with the reasons.
+Last, the faults of RELIABILITY.md, with real `imgpipe` processes on the first
+pipeline's home: a run killed with SIGKILL mid-Trainer, runs started while
+another holds the home, stdout parsed as JSON, and a prune after which the
+next run is still cached and gated against the same baseline.
 """
 
+import collections
+import dataclasses
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from imgpipe import ingest
+from imgpipe.cli import main as cli
 from imgpipe.demo import data as datasets
+from imgpipe.orchestration import lock, recovery, runs, scratch
 from imgpipe.orchestration import metadata as mlmd
-from imgpipe.orchestration.local import run_local
+from imgpipe.orchestration.local import PipelineRunError, run_local
+from imgpipe.report import build as report_build
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
+from tests import browser
+from tests.e2e.conftest import CLASSES, SIZE
 
 pytestmark = pytest.mark.e2e
 
-CLASSES = (5, 6, 7)
-SIZE = 32
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+LONG = 1800  # seconds: a generous bound for one CLI process on a loaded 2-core machine
 
 
 def _versions(model_dir):
@@ -33,14 +57,10 @@ def _versions(model_dir):
 
 
 @pytest.fixture(scope="module")
-def base_config(tmp_path_factory, source_backbone):
+def base_config(tmp_path_factory, source_backbone, digits_records):
     work = tmp_path_factory.mktemp("e2e")
-    images = str(work / "images")
-    datasets.write_digits_tree(images, digits=CLASSES, size=SIZE, limit_per_class=60)
-    records = str(work / "records")
-    ingest.ingest(images, records, eval_fraction=0.25, seed=7)
     return PipelineConfig(
-        data_dir=records,
+        data_dir=digits_records,
         home=str(work / "home"),
         serving_dir=str(work / "serving"),
         model_name="digits",
@@ -63,11 +83,21 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     s = first_run
     assert set(s.executions) == set(COMPONENT_IDS)
     assert all(state == "COMPLETE" for state in s.executions.values()), s.executions
-    with mlmd.open_store(base_config.resolved().metadata_path) as store:
+    with mlmd.open_store(base_config.resolved()) as store:
         assert len(store.get_executions()) == len(COMPONENT_IDS)
     # Far above chance (1/3) on the held-out split.
     assert s.accuracy is not None and s.accuracy >= 0.7, s
     assert s.blessed is True
+    gate = s.gate
+    assert gate["blessed"] is True and gate["reasons"] == [] and gate["anomalies_allowed"] == []
+    # Three balanced classes: 1/3 + 0.05 is below min_accuracy 0.6, which applies.
+    assert gate["floor"] == pytest.approx(0.6) and gate["floor_source"] == "min_accuracy"
+    assert gate["accuracy"] == pytest.approx(s.accuracy)
+    assert sorted(gate["class_names"]) == [str(c) for c in CLASSES]
+    assert gate["eval_examples"] == 45
+    assert (
+        gate["baseline"]["compared"] is False and gate["baseline"]["skipped_reason"] == "no blessed model yet"
+    )
     assert s.replicas == 1
     assert set(s.per_class_accuracy) == {str(c) for c in CLASSES}
     model_dir = base_config.resolved().model_serving_dir
@@ -83,8 +113,127 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     )
 
 
-def test_identical_rerun_is_served_from_cache(base_config, first_run):
+def _eval_records(path: str) -> list[tuple[str, bytes]]:
+    """(label, encoded image) of each record of a TFRecord folder, in file order."""
+    import tensorflow as tf
+
+    from trainer.data import raw_examples
+
+    out = []
+    for serialized in raw_examples(path).as_numpy_iterator():
+        feats = tf.train.Example.FromString(serialized).features.feature
+        out.append((feats["label"].bytes_list.value[0].decode(), feats["image"].bytes_list.value[0]))
+    return out
+
+
+def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, first_run):
+    """The report's numbers, recomputed here from the eval split and the pushed model's other signature."""
+    import numpy as np
+    import tensorflow as tf
+
+    s = first_run
+    assert s.report_error is None and s.report == os.path.join(s.run_dir, "report", "index.html")
+    assert os.path.isfile(s.report)
+    with open(os.path.join(s.run_dir, "summary.json"), encoding="utf-8") as f:
+        assert json.load(f)["report"] == s.report
+    d = report_build.load_report(s.run_dir)
+    assert d is not None and d.run_id == s.run_id
+
+    # Support = the eval split's label counts (the ingest output, read independently of ML Metadata).
+    ingested = _eval_records(os.path.join(base_config.data_dir, "eval"))
+    assert {r.name: r.support for r in d.per_class} == dict(collections.Counter(lbl for lbl, _ in ingested))
+    assert sorted(d.class_names) == [str(c) for c in CLASSES] and d.rows == d.class_names
+    assert d.examples == len(ingested) and d.unlabelled == 0
+
+    # The confusion matrix = the pushed model's own top-1 predictions (predict_images, raw image bytes),
+    # record by record over the ExampleGen eval split the report read.
+    records = _eval_records(d.artifacts["eval_examples"])
+    model = tf.saved_model.load(s.pushed).signatures["predict_images"]
+    top = model(images=tf.constant([img for _, img in records]))
+    predicted = [c.decode() for c in top["classes"].numpy()[:, 0]]
+    scores = top["scores"].numpy()[:, 0]
+    pairs = collections.Counter(zip([lbl for lbl, _ in records], predicted, strict=True))
+    for i, true in enumerate(d.rows):
+        for j, pred in enumerate(d.class_names):
+            assert d.confusion[i][j] == pairs[(true, pred)], (true, pred)
+
+    # Overall accuracy and per-class recall agree with the Evaluator's TFMA numbers.
+    assert d.accuracy == pytest.approx(s.accuracy, abs=1e-6)
+    assert {r.name: r.recall for r in d.per_class} == pytest.approx(s.per_class_accuracy, abs=1e-6)
+
+    # The gallery: every mistake counted, the worst first, each one the model's own answer.
+    wrong = [i for i, (lbl, _) in enumerate(records) if predicted[i] != lbl]
+    assert d.misclassified_total == len(wrong)
+    assert len(d.misclassified) == min(len(wrong), d.max_misclassified)
+    assert [m.score for m in d.misclassified] == sorted((m.score for m in d.misclassified), reverse=True)
+    for m in d.misclassified:
+        assert (m.true, m.predicted) == (records[m.record][0], predicted[m.record])
+        assert m.score == pytest.approx(float(scores[m.record]), rel=1e-5)
+        assert os.path.isfile(os.path.join(os.path.dirname(s.report), m.thumbnail))
+    if wrong:
+        assert np.max(scores[wrong]) == pytest.approx(d.misclassified[0].score, rel=1e-5)
+
+    # Training curves from the Trainer's own history; the gate's decision as the summary has it.
+    with mlmd.open_store(base_config.resolved()) as store:
+        trainer = mlmd.run_executions(
+            store, base_config.pipeline_name, mlmd.latest_run(store, base_config.pipeline_name)
+        )
+        model_run = mlmd.output_uri(store, trainer["Trainer"], "model_run")
+    assert d.history == mlmd.training_summary(model_run)["history"]
+    assert len(d.history["loss"]) == base_config.training.epochs
+    assert os.path.isfile(os.path.join(os.path.dirname(s.report), "training_curves.png"))
+    assert d.gate.blessed is True and d.gate.candidate == pytest.approx(s.accuracy)
+    assert d.gate.floor >= base_config.gate.min_accuracy
+
+
+def test_first_runs_report_page_loads_every_image_in_chromium(first_run, tmp_path):
+    states = browser.image_states(first_run.report, str(tmp_path))
+    d = report_build.load_report(first_run.run_dir)
+    assert len(states) == 3 + len(d.misclassified)  # two confusion matrices, the curves, the gallery
+    assert [st["src"] for st in states if not (st["complete"] and st["naturalWidth"] > 0)] == []
+
+
+def test_report_command_shows_latest_and_rewrites_a_missing_report(base_config, first_run, capsys):
+    home = base_config.resolved().home
+    assert cli.main(["report", "latest", "--home", home]) == 0
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert shown["run_id"] == first_run.run_id and shown["report"] == first_run.report
+    assert shown["regenerated"] is False
+    assert "gate: BLESSED" in err and "precision  recall  support" in err
+
+    # A run whose report is gone gets it written again, and its record links it again.
+    report_dir = os.path.dirname(first_run.report)
+    before = report_build.load_report(first_run.run_dir)
+    shutil.rmtree(report_dir)
+    runs.update_summary(first_run.run_dir, {"report": None, "report_error": "removed by the test"})
+    assert cli.main(["report", first_run.run_id, "--home", home, "--max-misclassified", "2"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["regenerated"] is True and os.path.isfile(first_run.report)
+    again = report_build.load_report(first_run.run_dir)
+    assert again.confusion == before.confusion and again.per_class == before.per_class
+    assert again.misclassified == before.misclassified[:2]
+    assert runs.read_summary(first_run.run_dir)["report"] == first_run.report
+    assert runs.read_summary(first_run.run_dir)["report_error"] is None
+
+
+def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatch, tmp_path):
+    # The report of this run is made to fail (its model artifact is unreadable): the run must not.
+    garbage = tmp_path / "unreadable_model"
+    garbage.mkdir()
+    (garbage / "saved_model.pb").write_bytes(b"not a SavedModel")
+    found = mlmd.run_artifacts
+
+    def unreadable_model(*args, **kwargs):
+        return dataclasses.replace(found(*args, **kwargs), serving_model=str(garbage))
+
+    monkeypatch.setattr(report_build.metadata, "run_artifacts", unreadable_model)
+    model_dir = base_config.resolved().model_serving_dir
+    before = _versions(model_dir)
     s = run_local(base_config)
+    assert s.report is None and "cannot load the trained model" in s.report_error
+    assert runs.read_summary(s.run_dir)["report"] is None
+    assert runs.read_summary(s.run_dir)["report_error"] == s.report_error
     assert s.run_id != first_run.run_id
     for node in (
         "ImportExampleGen",
@@ -96,6 +245,13 @@ def test_identical_rerun_is_served_from_cache(base_config, first_run):
     ):
         assert s.executions[node] == "CACHED", (node, s.executions)
     assert s.accuracy == pytest.approx(first_run.accuracy)
+    # Blessed again (against itself), but byte-identical to the served version: no new version,
+    # so TF Serving does not reload the same model.
+    assert s.blessed is True and s.pushed is None
+    assert s.push_skipped == f"identical to version {os.path.basename(first_run.pushed)}"
+    assert _versions(model_dir) == before
+    assert s.run_dir != first_run.run_dir
+    assert not os.path.exists(scratch.scratch_root(base_config.resolved().home))  # nothing left in HOME/tmp
 
 
 def test_gate_stops_a_worse_model(base_config, first_run):
@@ -110,7 +266,14 @@ def test_gate_stops_a_worse_model(base_config, first_run):
     assert s.accuracy < first_run.accuracy
     assert s.blessed is False
     assert s.pushed is None
+    assert s.gate["baseline"]["compared"] is True
+    assert any("regressed from the latest blessed model's" in r for r in s.gate["reasons"]), s.gate
     assert _versions(model_dir) == before
+    # The report shows the rejected decision with the baseline it was compared with.
+    d = report_build.load_report(s.run_dir)
+    assert d.gate.blessed is False
+    assert d.gate.baseline == pytest.approx(first_run.accuracy, abs=1e-6)
+    assert d.gate.candidate == pytest.approx(s.accuracy, abs=1e-6)
 
 
 def test_floor_stops_a_model_below_min_accuracy(base_config, first_run):
@@ -119,6 +282,8 @@ def test_floor_stops_a_model_below_min_accuracy(base_config, first_run):
     s = run_local(base_config.replace(min_accuracy=1.0, max_regression=1.0))
     assert s.accuracy < 1.0
     assert s.blessed is False and s.pushed is None
+    assert s.gate["floor"] == 1.0 and s.gate["floor_source"] == "min_accuracy"
+    assert any(r.startswith(f"accuracy {s.accuracy:.3f} is below the floor 1.000") for r in s.gate["reasons"])
     assert _versions(model_dir) == before
 
 
@@ -127,7 +292,8 @@ def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    from serving import client, server
+    from serving import client
+    from serving.devserver import lifecycle
     from tests import helpers
 
     cfg = base_config.resolved()
@@ -135,7 +301,7 @@ def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
     newest = max(int(v) for v in _versions(cfg.model_serving_dir))
     pushed = os.path.join(cfg.model_serving_dir, str(newest))
     local = tf.saved_model.load(pushed).signatures["predict_images"](images=tf.constant(images))
-    with server.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
+    with lifecycle.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
         got = client.predict_images(running.target, cfg.model_name, images, timeout=30.0)
     assert [p.version for p in got] == [newest] * len(images)
     assert [p.classes[0] for p in got] == [c.decode() for c in local["classes"].numpy()[:, 0]]
@@ -157,8 +323,8 @@ def test_score_data_is_scored_by_bulk_inferrer_after_blessing(base_config, first
     assert s.executions["Trainer"] == "CACHED" and s.blessed is True
     assert s.executions["ScoreExampleGen"] == "COMPLETE" and s.executions["BulkInferrer"] == "COMPLETE"
     cfg = config.resolved()
-    with mlmd.open_store(cfg.metadata_path) as store:
-        run = mlmd.latest_run(store, cfg.pipeline_name)
+    with mlmd.open_store(cfg) as store:
+        run = mlmd.run_by_id(store, cfg.pipeline_name, s.run_id)
         inferrer = mlmd.run_executions(store, cfg.pipeline_name, run)["BulkInferrer"]
         uri = mlmd.output_uri(store, inferrer, "inference_result")
     files = tf.io.gfile.glob(os.path.join(uri, "*"))
@@ -170,3 +336,278 @@ def test_score_data_is_scored_by_bulk_inferrer_after_blessing(base_config, first
     for log in logs:
         scores = tf.make_ndarray(log.predict_log.response.outputs["scores"])
         assert scores.shape == (1, len(CLASSES)) and abs(float(scores.sum()) - 1.0) < 1e-4
+
+
+# ----------------------------------------------------------------- the data gate
+@pytest.fixture(scope="module")
+def anomaly_config(base_config, tmp_path_factory):
+    """A skewed 2-class task (digits 5 and 6, 3:1) whose eval split also holds a class train lacks (8).
+
+    Same home (ML Metadata) as the main sequence, its own pipeline name and serving dir.
+    """
+    from tests import helpers
+
+    work = tmp_path_factory.mktemp("anomaly")
+    images = str(work / "images")
+    datasets.write_digits_tree(images, digits=[5], size=SIZE, limit_per_class=48)
+    datasets.write_digits_tree(images, digits=[6], size=SIZE, limit_per_class=16)
+    records = str(work / "records")
+    ingest.ingest(images, records, eval_fraction=0.25, seed=7)
+    unseen = helpers.digit_images((8,), per_class=4, size=SIZE, seed=3)
+    helpers.write_tfrecords(os.path.join(records, "eval", "unseen-00000-of-00001.tfrecord"), unseen)
+    return base_config.replace(
+        data_dir=records,
+        pipeline_name="digits-anomaly",
+        serving_dir=str(work / "serving"),
+        min_accuracy=0.5,
+    )
+
+
+def test_unseen_eval_class_stops_the_run_before_training(anomaly_config):
+    with pytest.raises(PipelineRunError) as e:
+        run_local(anomaly_config)
+    message = str(e.value)
+    assert message.startswith("DataGate failed: DataGateError: ")
+    assert "--allow-anomalies" in message
+    assert "eval has class '8' (4 examples) that train does not" in message
+    # ExampleValidator saw it too: the contract schema's label domain is the train classes.
+    assert "eval: feature 'label': Unexpected string values" in message
+    cfg = anomaly_config.resolved()
+    with mlmd.open_store(cfg) as store:
+        run = mlmd.latest_run(store, cfg.pipeline_name)
+        states = {
+            node: mlmd.state_name(x) for node, x in mlmd.run_executions(store, cfg.pipeline_name, run).items()
+        }
+    assert states["DataGate"] == "FAILED"
+    assert not {"Transform", "Trainer", "Evaluator", "Pusher"} & set(states), states
+    assert _versions(cfg.model_serving_dir) == {}
+
+
+def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config):
+    """allow_anomalies records the override; an untrained 2-class model fails the majority floor."""
+    bad = anomaly_config.replace(allow_anomalies=True, weights="none", epochs=1, learning_rate=1e-6)
+    s = run_local(bad)
+    assert s.executions["DataGate"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
+    gate = s.gate
+    assert any("eval has class '8'" in a for a in gate["anomalies_allowed"]), gate
+    assert sorted(gate["class_names"]) == ["5", "6"]
+    # eval: 12 x '5', 4 x '6', 4 x '8': majority share 0.6, floor 0.65 (min_accuracy 0.5 would not do).
+    assert gate["majority_class"] == "5" and gate["majority_share"] == pytest.approx(0.6)
+    assert gate["floor"] == pytest.approx(0.65) and gate["floor_source"] == "majority"
+    assert gate["eval_examples"] == 20
+    assert gate["accuracy"] < gate["floor"], gate
+    assert s.blessed is False and s.pushed is None
+    assert any("is below the floor 0.650 (majority class '5'" in r for r in gate["reasons"]), gate
+    assert any(r.startswith("class '8' recall 0.000") for r in gate["reasons"]), gate
+    assert _versions(bad.resolved().model_serving_dir) == {}
+
+
+# --------------------------------------------------------------------------- faults (RELIABILITY.md)
+def _imgpipe(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imgpipe", *args], cwd=ROOT, env=ENV, text=True, **kwargs)
+
+
+def _executions(cfg) -> list:
+    with mlmd.open_store(cfg) as store:
+        return list(store.get_executions())
+
+
+def _unfinished(cfg) -> list:
+    return [e for e in _executions(cfg) if e.last_known_state in recovery.UNFINISHED]
+
+
+@pytest.fixture(scope="module")
+def cli_config(base_config, tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("cli") / "config.yaml")
+    base_config.resolved().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def killed_run(base_config, first_run, cli_config, tmp_path_factory):
+    """A run that must train (one more epoch), killed with SIGKILL once its Trainer is RUNNING."""
+    cfg = base_config.resolved()
+    log = tmp_path_factory.mktemp("killed") / "stderr.txt"
+    with open(log, "w") as err:
+        proc = _imgpipe(
+            "run",
+            "--config",
+            cli_config,
+            "--epochs",
+            str(cfg.training.epochs + 1),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + LONG
+    running = []
+    while not running and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            running = [e for e in _unfinished(cfg) if e.type.endswith("Trainer")]
+        except Exception:  # noqa: BLE001 - the run may be writing the database this instant
+            running = []
+    assert running, f"the Trainer never ran: {log.read_text()[-2000:]}"
+    time.sleep(3)  # mid-Trainer
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    [execution] = running
+    return execution.id
+
+
+def test_a_run_killed_mid_trainer_leaves_it_running(base_config, killed_run):
+    """The fault as it was: the dead run's Trainer stays RUNNING and its scratch folder stays."""
+    cfg = base_config.resolved()
+    assert [e.id for e in _unfinished(cfg)] == [killed_run]
+    assert os.listdir(scratch.scratch_root(cfg.home))  # kill -9 skips every cleanup
+    with lock.run_lock(lock.home_lock_path(cfg.home)):  # but the kernel released the lock
+        pass
+
+
+def test_concurrent_runs_on_one_home(base_config, first_run, cli_config, killed_run):
+    """A holds the home; B (no wait) exits 75 naming A; C waits, then runs. A recovers the killed run.
+
+    A is stopped (SIGSTOP) while it holds the lock, so B and C meet it there whatever the timing.
+    """
+    cfg = base_config.resolved()
+    model_dir = cfg.model_serving_dir
+    before = _versions(model_dir)
+    lock_path = lock.home_lock_path(cfg.home)
+    a = _imgpipe("run", "--config", cli_config, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + LONG
+    holder = ""
+    while f"pid {a.pid} " not in holder and a.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with open(lock_path, encoding="utf-8") as f:
+            holder = f.read()
+    assert f"pid {a.pid} " in holder, a.communicate()
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        b = _imgpipe("run", "--config", cli_config, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        b_out, b_err = b.communicate(timeout=LONG)
+        c = _imgpipe(
+            "run",
+            "--config",
+            cli_config,
+            "--lock-wait",
+            str(LONG),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        c_early = []
+        while not any("waiting up to" in x for x in c_early) and c.poll() is None:
+            c_early.append(c.stderr.readline())
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    a_out, a_err = a.communicate(timeout=LONG)
+    c_out, c_err = c.communicate(timeout=LONG)
+    c_err = "".join(c_early) + c_err
+
+    assert b.returncode == lock.EXIT_LOCKED and b_out == ""
+    a_run = holder.strip().rsplit("run ", 1)[-1]
+    assert f"(pid {a.pid} since " in b_err and f"run {a_run})" in b_err
+    assert a.returncode == 0, a_err[-3000:]
+    assert c.returncode == 0, c_err[-3000:]
+    # stdout is exactly one JSON line: the run's own summary, also saved in its own record.
+    summaries = []
+    for out in (a_out, c_out):
+        lines = out.splitlines()
+        assert len(lines) == 1, out[:2000]
+        summaries.append(json.loads(lines[0]))
+    sa, sc = summaries
+    assert sa["run_id"] == a_run and sc["run_id"] != a_run and sa["run_dir"] != sc["run_dir"]
+    for s in (sa, sc):
+        with open(os.path.join(s["run_dir"], "summary.json"), encoding="utf-8") as f:
+            assert json.load(f)["run_id"] == s["run_id"]
+        assert s["blessed"] is True and s["pushed"] is None and "identical to version" in s["push_skipped"]
+    assert _versions(model_dir) == before  # no push claimed, none made
+    assert f"waiting up to {LONG}s for the lock {lock_path}" in c_err and f"run {a_run})" in c_err
+    # What stderr no longer carries.
+    for err in (a_err, c_err):
+        assert "property_predicate is not supported" not in err and "Unable to register cu" not in err
+
+    # Run A found the killed Trainer RUNNING and marked it FAILED; nothing is left RUNNING.
+    assert _unfinished(cfg) == []
+    [dead] = [e for e in _executions(cfg) if e.id == killed_run]
+    reason = dead.custom_properties[recovery.ABANDONED_KEY].string_value
+    assert f"found by run {a_run}" in reason
+    assert recovery.execution_folders(cfg.pipeline_root, "Trainer", killed_run) == []
+    assert not os.path.exists(scratch.scratch_root(cfg.home))
+
+
+def test_json_commands_print_only_json(base_config, first_run, tmp_path):
+    """`ingest` and `predict` as real processes: stdout parses as JSON lines, nothing else."""
+    from serving.devserver import lifecycle
+
+    cfg = base_config.resolved()
+    images = os.path.join(os.path.dirname(cfg.data_dir), "images")
+    ingest_proc = _imgpipe(
+        "ingest",
+        "--images",
+        images,
+        "--out",
+        str(tmp_path / "records"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = ingest_proc.communicate(timeout=LONG)
+    assert ingest_proc.returncode == 0, err[-2000:]
+    [line] = out.splitlines()
+    assert sorted(json.loads(line)["classes"]) == sorted(str(c) for c in CLASSES)
+
+    files = sorted(
+        os.path.join(images, str(CLASSES[0]), f) for f in os.listdir(os.path.join(images, str(CLASSES[0])))
+    )[:3]
+    with lifecycle.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
+        predict = _imgpipe(
+            "predict",
+            "--target",
+            running.target,
+            "--model",
+            cfg.model_name,
+            *files,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = predict.communicate(timeout=LONG)
+    assert predict.returncode == 0, err[-2000:]
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert len(lines) == len(files) and all(set(x) >= {"image", "classes", "scores"} for x in lines)
+    assert "Unable to register cu" not in err
+
+
+def test_prune_keeps_what_the_next_run_needs(base_config, first_run):
+    """After `imgpipe prune --keep 1` the next identical run is still cached and gated on the same baseline."""
+    cfg = base_config.resolved()
+
+    def prune(*extra: str) -> dict:
+        proc = _imgpipe(
+            "prune", "--home", cfg.home, "--keep", "1", *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = proc.communicate(timeout=LONG)
+        assert proc.returncode == 0, err[-2000:]
+        [line] = out.splitlines()
+        return json.loads(line)
+
+    root_bytes = scratch.tree_bytes(cfg.pipeline_root)
+    dry = prune("--dry-run")
+    assert scratch.tree_bytes(cfg.pipeline_root) == root_bytes
+    real = prune()
+    report = real["pipelines"][cfg.pipeline_name]
+    assert report["removed"] == dry["pipelines"][cfg.pipeline_name]["removed"]
+    assert real["bytes_freed"] == dry["bytes_freed"] > 0
+    assert root_bytes - scratch.tree_bytes(cfg.pipeline_root) == real["bytes_freed"]
+    # The worse model (gate test) is gone; the first, blessed and served, model stays.
+    removed_types = [r["type"] for r in report["removed"]]
+    assert "Model" in removed_types
+    [baseline] = [p for p in report["protected"] if p["type"] == "Model"]
+    assert os.path.isdir(baseline["uri"])
+    with mlmd.open_store(cfg) as store:
+        for r in report["removed"]:
+            [artifact] = store.get_artifacts_by_id([r["id"]])
+            assert artifact.state == artifact.DELETED and not os.path.exists(r["uri"])
+
+    s = run_local(base_config)
+    assert all(s.executions[n] == "CACHED" for n in COMPONENT_IDS if n != "latest_blessed_model_resolver"), s
+    assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
+    assert s.blessed is True and s.pushed is None

@@ -1,0 +1,73 @@
+"""What the gates read from and write to artifacts: the data gate's report, a model's label vocabulary.
+
+- DataGateReport (artifact type `imgpipe.DataGateReport`): the data gate's
+  findings as data_gate.json (splits with their label counts, the anomalies,
+  which of them a person allowed). The Evaluator reads the eval label counts
+  and the allowed anomalies from it.
+- `model_class_names(uri)`: a Model artifact's label vocabulary, in class-index
+  order: the Transform vocabulary file the exported SavedModel carries as an
+  asset (trainer/features.py: LABEL_VOCAB), read without loading TensorFlow's
+  model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+from tfx import types
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
+
+from trainer.features import LABEL_VOCAB
+
+REPORT_FILE = "data_gate.json"
+
+
+class DataGateReport(types.Artifact):
+    """The data gate's report: label counts per split and the anomalies it let through."""
+
+    TYPE_NAME = "imgpipe.DataGateReport"
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    splits: dict[str, dict[str, Any]]  # split -> {"examples": n, "labels": {class: count}}
+    anomalies: list[str]
+    anomalies_allowed: list[str]
+    baseline_classes: list[str] | None
+
+    def label_counts(self, split: str) -> dict[str, int]:
+        return dict(self.splits.get(split, {}).get("labels", {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def write_report(artifact: types.Artifact, report: Report) -> str:
+    path = os.path.join(artifact.uri, REPORT_FILE)
+    tf.io.gfile.makedirs(artifact.uri)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    return path
+
+
+def read_report(artifacts: list[types.Artifact]) -> Report:
+    uri = artifact_utils.get_single_uri(artifacts)
+    path = os.path.join(uri, REPORT_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"the data gate's report is missing: {path}")
+    with tf.io.gfile.GFile(path) as f:
+        return Report(**json.loads(f.read()))
+
+
+def model_class_names(model_uri: str) -> list[str]:
+    """The label vocabulary of the Model artifact at `model_uri`, in class-index order."""
+    path = os.path.join(path_utils.serving_model_path(model_uri), "assets", LABEL_VOCAB)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"the model has no label vocabulary at {path}")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return [line.decode("utf-8") for line in f.read().splitlines()]

@@ -1,0 +1,130 @@
+"""DataGate: stops the run before Transform and the Trainer when the data breaks its contract.
+
+Inputs: StatisticsGen's statistics, ExampleValidator's anomalies (against the
+contract schema, components/schema_gen.py) and the latest blessed model (the
+Resolver's output, also the Evaluator's baseline). The checks themselves are
+plain functions in components/data_contract.py; each anomaly is one sentence.
+
+Why compare the label set with the latest blessed model rather than with the
+previous run's schema: the blessed model is what is served and what the
+Evaluator compares against, and its vocabulary is exactly what it can predict.
+The previous run may have failed or been rejected, so its data says nothing
+about what clients get; and a Resolver for the "latest" Schema in the same run
+could return this run's own schema.
+
+With `allow_anomalies` the run goes on and the report lists each anomaly as
+allowed (the Evaluator copies them into gate.json); without it the executor
+raises DataGateError naming every anomaly, so nothing downstream runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx import types
+from tfx.components.statistics_gen import stats_artifact_utils
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.utils import io_utils
+
+from components.artifacts import DataGateReport, Report, model_class_names, write_report
+from components.data_contract import SPLITS, SplitLabels, find_anomalies, require_complete, split_labels
+
+log = logging.getLogger(__name__)
+
+STATISTICS_KEY = "statistics"
+ANOMALIES_KEY = "anomalies"
+BASELINE_MODEL_KEY = "baseline_model"
+REPORT_KEY = "report"
+ALLOW_KEY = "allow_anomalies"
+ANOMALIES_FILE = "SchemaDiff.pb"  # ExampleValidator's per-split output
+
+
+class DataGateError(RuntimeError):
+    """The data has anomalies and nobody allowed them; the message lists each one."""
+
+
+def failure_message(anomalies: list[str]) -> str:
+    """The error a person reads: how many, what to do, then one anomaly per line."""
+    lines = "\n".join(f"  - {a}" for a in anomalies)
+    noun = "anomaly" if len(anomalies) == 1 else "anomalies"
+    return (
+        f"{len(anomalies)} data {noun} stop the run before training "
+        f"(fix the data, or pass --allow-anomalies to continue knowingly):\n{lines}"
+    )
+
+
+def _read_anomalies(artifact: types.Artifact, split: str) -> anomalies_pb2.Anomalies:
+    path = os.path.join(artifact_utils.get_split_uri([artifact], split), ANOMALIES_FILE)
+    return anomalies_pb2.Anomalies.FromString(io_utils.read_bytes_file(path))
+
+
+class DataGateExecutor(base_executor.BaseExecutor):
+    """Checks the data, writes the report, raises DataGateError unless anomalies are allowed."""
+
+    def Do(self, input_dict, output_dict, exec_properties):  # noqa: N802 - TFX's name
+        stats_artifact = artifact_utils.get_single_instance(input_dict[STATISTICS_KEY])
+        anomalies_artifact = artifact_utils.get_single_instance(input_dict[ANOMALIES_KEY])
+        stat_splits = set(artifact_utils.decode_split_names(stats_artifact.split_names))
+        anomaly_splits = set(artifact_utils.decode_split_names(anomalies_artifact.split_names))
+
+        splits: dict[str, SplitLabels] = {}
+        for split in SPLITS:
+            if split in stat_splits:
+                stats = stats_artifact_utils.load_statistics(stats_artifact, split).proto()
+                splits[split] = split_labels(split, stats)
+                require_complete(splits[split])
+        validator = {s: _read_anomalies(anomalies_artifact, s) for s in SPLITS if s in anomaly_splits}
+
+        baselines = input_dict.get(BASELINE_MODEL_KEY) or []
+        baseline_classes = model_class_names(baselines[0].uri) if baselines else None
+
+        anomalies = find_anomalies(splits, validator, baseline_classes)
+        allow = bool(exec_properties.get(ALLOW_KEY))
+        if anomalies and not allow:
+            raise DataGateError(failure_message(anomalies))
+        for a in anomalies:
+            log.warning("data anomaly allowed (--allow-anomalies): %s", a)
+        report = Report(
+            splits={s: {"examples": v.examples, "labels": v.counts} for s, v in splits.items()},
+            anomalies=anomalies,
+            anomalies_allowed=anomalies if allow else [],
+            baseline_classes=baseline_classes,
+        )
+        write_report(artifact_utils.get_single_instance(output_dict[REPORT_KEY]), report)
+
+
+class DataGateSpec(ComponentSpec):
+    PARAMETERS = {ALLOW_KEY: ExecutionParameter(type=int)}
+    INPUTS = {
+        STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics),
+        ANOMALIES_KEY: ChannelParameter(type=standard_artifacts.ExampleAnomalies),
+        BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+    }
+    OUTPUTS = {REPORT_KEY: ChannelParameter(type=DataGateReport)}
+
+
+class DataGate(base_component.BaseComponent):
+    """Fails the run, naming each anomaly, unless the data keeps its contract or anomalies are allowed."""
+
+    SPEC_CLASS = DataGateSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(DataGateExecutor)
+
+    def __init__(
+        self,
+        statistics: types.BaseChannel,
+        anomalies: types.BaseChannel,
+        baseline_model: types.BaseChannel,
+        allow_anomalies: bool,
+    ):
+        spec = DataGateSpec(
+            statistics=statistics,
+            anomalies=anomalies,
+            baseline_model=baseline_model,
+            allow_anomalies=int(allow_anomalies),
+            report=types.Channel(type=DataGateReport),
+        )
+        super().__init__(spec=spec)

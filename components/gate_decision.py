@@ -1,0 +1,236 @@
+"""The gate's decisions as plain functions: the floor, what can be judged, the baseline, the record.
+
+No TensorFlow or TFMA here: the Evaluator's executor (components/evaluator.py)
+feeds these the eval split's label counts, the models' label vocabularies and
+TFMA's results, writes the thresholds they choose into the EvalConfig so TFMA
+does the gating, and writes the record they build as gate.json (the contract in
+notes/gate_decision.md: every key present, null where not applicable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from components.gate import GateConfig
+
+GATE_FILE = "gate.json"  # written into the Evaluator's `evaluation` artifact directory
+
+FLOOR_MAJORITY = "majority"
+FLOOR_MIN_ACCURACY = "min_accuracy"
+
+NO_BASELINE = "no blessed model yet"
+
+
+class GateNotComputable(ValueError):
+    """The eval split cannot judge the model (no examples, or a class without examples)."""
+
+
+def _q(name: str) -> str:
+    return repr(str(name))
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(_q(n) for n in names)
+
+
+# ------------------------------------------------------------------------ the floor
+@dataclasses.dataclass(frozen=True)
+class Floor:
+    """The accuracy floor that applies, and both bounds it was chosen from."""
+
+    value: float
+    source: str  # FLOOR_MAJORITY or FLOOR_MIN_ACCURACY
+    min_accuracy: float
+    majority_class: str
+    majority_share: float
+    margin: float
+
+    def describe(self) -> str:
+        majority = f"majority class {_q(self.majority_class)} has {self.majority_share:.3f} of eval"
+        if self.source == FLOOR_MAJORITY:
+            return f"{majority} + margin {self.margin:.3f}"
+        return f"min_accuracy {self.min_accuracy:.3f}; {majority} + margin {self.margin:.3f} is lower"
+
+
+def accuracy_floor(min_accuracy: float, eval_label_counts: Mapping[str, int], margin: float) -> Floor:
+    """max(min_accuracy, majority share + margin), capped at 1.0: never below the best constant predictor.
+
+    The majority class is the most frequent eval label (ties: the first name in
+    sorted order). The cap keeps a very skewed eval split judgeable (only a
+    perfect model passes) instead of unblessable.
+    """
+    total = sum(eval_label_counts.values())
+    if total <= 0:
+        raise GateNotComputable("the eval split has no labelled examples: the gate cannot judge any model")
+    majority_class = min(eval_label_counts, key=lambda c: (-eval_label_counts[c], c))
+    share = eval_label_counts[majority_class] / total
+    # Rounded so that 0.5 + 0.05 is 0.55, not 0.55000000000000004 (which 11/20 would miss).
+    by_majority = min(1.0, round(share + margin, 10))
+    if by_majority > min_accuracy:
+        value, source = by_majority, FLOOR_MAJORITY
+    else:
+        value, source = min_accuracy, FLOOR_MIN_ACCURACY
+    return Floor(value, source, min_accuracy, majority_class, share, margin)
+
+
+def check_computable(eval_label_counts: Mapping[str, int], class_names: Sequence[str]) -> None:
+    """GateNotComputable naming each of the model's classes that has no eval example."""
+    if sum(eval_label_counts.values()) <= 0:
+        raise GateNotComputable("the eval split has no labelled examples: the gate cannot judge any model")
+    missing = [c for c in class_names if eval_label_counts.get(c, 0) <= 0]
+    if missing:
+        which = "class" if len(missing) == 1 else "classes"
+        raise GateNotComputable(
+            f"{which} {_names(missing)} of the model {'has' if len(missing) == 1 else 'have'} no example "
+            "in the eval split: the gate cannot judge its recall, so nothing is blessed or pushed "
+            "(add eval examples of it, or remove it from train)"
+        )
+
+
+# --------------------------------------------------------------------- the baseline
+def label_set_change(before: Sequence[str], after: Sequence[str]) -> str | None:
+    """'new class '8'; vanished class '7'' when the two label sets differ, else None."""
+    new = sorted(set(after) - set(before))
+    gone = sorted(set(before) - set(after))
+    parts = []
+    if new:
+        parts.append(f"new {'class' if len(new) == 1 else 'classes'} {_names(new)}")
+    if gone:
+        parts.append(f"vanished {'class' if len(gone) == 1 else 'classes'} {_names(gone)}")
+    return "; ".join(parts) or None
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselinePlan:
+    compared: bool
+    skipped_reason: str | None
+
+
+def baseline_plan(candidate_classes: Sequence[str], baseline_classes: Sequence[str] | None) -> BaselinePlan:
+    """Compare with the latest blessed model only when there is one with the candidate's label set.
+
+    baseline_classes: None when there is no blessed model yet. Accuracy over a
+    different set of classes is a different task, so a regression test against
+    it would be meaningless: it is skipped, with the reason, never silently.
+    """
+    if baseline_classes is None:
+        return BaselinePlan(False, NO_BASELINE)
+    change = label_set_change(baseline_classes, candidate_classes)
+    if change:
+        return BaselinePlan(False, f"label set changed: {change} (against the latest blessed model)")
+    return BaselinePlan(True, None)
+
+
+# --------------------------------------------------------------------- the plan
+@dataclasses.dataclass(frozen=True)
+class GatePlan:
+    """Everything the Evaluator decides before TFMA runs."""
+
+    floor: Floor
+    class_names: tuple[str, ...]  # the candidate's vocabulary, in index order
+    min_class_recall: float | None  # None: off
+    max_regression: float
+    baseline: BaselinePlan
+
+
+def plan_gate(
+    gate: GateConfig,
+    eval_label_counts: Mapping[str, int],
+    class_names: Sequence[str],
+    baseline_classes: Sequence[str] | None,
+) -> GatePlan:
+    """The thresholds for this run; GateNotComputable when the eval split cannot judge the model."""
+    check_computable(eval_label_counts, class_names)
+    return GatePlan(
+        floor=accuracy_floor(gate.min_accuracy, eval_label_counts, gate.majority_margin),
+        class_names=tuple(class_names),
+        min_class_recall=gate.min_class_recall or None,
+        max_regression=gate.max_regression,
+        baseline=baseline_plan(class_names, baseline_classes),
+    )
+
+
+# ------------------------------------------------------------ TFMA's answer, plainly
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """One threshold TFMA found unmet."""
+
+    class_name: str | None  # None: the overall slice
+    is_change: bool  # True: the no-regression (change) threshold
+    value: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResults:
+    """What TFMA measured and which thresholds failed."""
+
+    accuracy: float | None
+    examples: int | None
+    per_class: Mapping[str, float]
+    baseline_accuracy: float | None
+    failures: Sequence[Failure] = ()
+    problems: Sequence[str] = ()  # TFMA validation problems that are not a metric below a bound
+
+
+def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
+    """Why the model was not blessed, one sentence per failed threshold (empty when none failed)."""
+    out = []
+    known = set(plan.class_names)
+    for f in results.failures:
+        value = f.value if f.value is not None else float("nan")
+        if f.is_change:
+            base = results.baseline_accuracy
+            base_text = f"{base:.3f}" if base is not None else "unknown"
+            current = results.accuracy if results.accuracy is not None else float("nan")
+            out.append(
+                f"accuracy {current:.3f} regressed from the latest blessed model's {base_text} "
+                f"by more than max_regression {plan.max_regression:.3f}"
+            )
+        elif f.class_name is None:
+            out.append(
+                f"accuracy {value:.3f} is below the floor {plan.floor.value:.3f} ({plan.floor.describe()})"
+            )
+        else:
+            text = (
+                f"class {_q(f.class_name)} recall {value:.3f} is below min_class_recall "
+                f"{(plan.min_class_recall or 0.0):.3f}"
+            )
+            if f.class_name not in known:
+                text += " (the model has no such class: it was not in the train split)"
+            out.append(text)
+    out.extend(f"TFMA: {p}" for p in results.problems)
+    return out
+
+
+def gate_record(
+    plan: GatePlan, results: EvalResults, blessed: bool, anomalies_allowed: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The decision record (gate.json): every key of the contract, null where not applicable."""
+    why = reasons(plan, results)
+    if not blessed and not why:
+        why = ["TFMA did not bless the model without naming a failed threshold (see its validations file)"]
+    floor = plan.floor
+    return {
+        "blessed": bool(blessed),
+        "accuracy": results.accuracy,
+        "eval_examples": results.examples,
+        "floor": floor.value,
+        "floor_source": floor.source,
+        "min_accuracy": floor.min_accuracy,
+        "majority_class": floor.majority_class,
+        "majority_share": floor.majority_share,
+        "majority_margin": floor.margin,
+        "class_names": list(plan.class_names),
+        "per_class_recall": dict(sorted(results.per_class.items())),
+        "min_class_recall": plan.min_class_recall,
+        "baseline": {
+            "accuracy": results.baseline_accuracy if plan.baseline.compared else None,
+            "max_regression": plan.max_regression,
+            "compared": plan.baseline.compared,
+            "skipped_reason": plan.baseline.skipped_reason,
+        },
+        "reasons": [] if blessed else why,
+        "anomalies_allowed": list(anomalies_allowed),
+    }

@@ -1,0 +1,107 @@
+"""`imgpipe drift`: have the served images drifted from a run's training data?
+
+Reads the request logs of `imgpipe serve --log-requests DIR`, measures the
+logged images and the run's training split with one function, compares them
+with TFDV and prints one JSON result. Exit codes: 0 no drift, 3 drift (a
+feature above its threshold: a schedule can trigger retraining on it), 1 the
+check could not judge (too few measurable images), 2 bad arguments, no logs,
+or no such run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from imgpipe.cli.output import EXIT_DRIFT, EXIT_OK, Command, UsageError, WorkFailed, emit
+from imgpipe.drift import (
+    DEFAULT_CATEGORICAL_THRESHOLD,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MIN_IMAGES,
+    DEFAULT_NUMERIC_THRESHOLD,
+)
+from pipeline.config import PipelineConfig
+
+
+def _add(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--logs", required=True, metavar="DIR", help="request log directory (imgpipe serve --log-requests)"
+    )
+    p.add_argument(
+        "--run",
+        required=True,
+        metavar="RUN_ID",
+        help="the run whose training split is the reference: a run id, or `latest` (the newest run record)",
+    )
+    p.add_argument(
+        "--home",
+        default=PipelineConfig.model_fields["home"].default,
+        help="pipeline home holding runs/ and metadata.sqlite (default %(default)s)",
+    )
+    p.add_argument(
+        "--categorical-threshold",
+        type=float,
+        default=DEFAULT_CATEGORICAL_THRESHOLD,
+        help="L-infinity distance above which channels, format or class drifted (default %(default)s)",
+    )
+    p.add_argument(
+        "--numeric-threshold",
+        type=float,
+        default=DEFAULT_NUMERIC_THRESHOLD,
+        help="Jensen-Shannon divergence above which width, height or brightness drifted "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=DEFAULT_MAX_IMAGES,
+        help="measure at most N images per side, a seeded uniform sample (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-images",
+        type=int,
+        default=DEFAULT_MIN_IMAGES,
+        help="refuse to judge (exit 1) with fewer measurable images on a side (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    for name in ("categorical_threshold", "numeric_threshold"):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.max_images < 1 or args.min_images < 1:
+        raise UsageError("--max-images and --min-images must be >= 1")
+    if args.min_images > args.max_images:
+        raise UsageError(f"--min-images {args.min_images} is above --max-images {args.max_images}")
+    # Loads TensorFlow and TFDV: imported only when the command runs.
+    from imgpipe.drift.detect import TooFewImages, drift_report
+    from imgpipe.drift.sources import SourceError
+
+    try:
+        report = drift_report(
+            args.logs,
+            args.home,
+            args.run,
+            categorical_threshold=args.categorical_threshold,
+            numeric_threshold=args.numeric_threshold,
+            max_images=args.max_images,
+            min_images=args.min_images,
+            seed=args.seed,
+        )
+    except SourceError as e:
+        raise UsageError(str(e)) from e
+    except TooFewImages as e:
+        raise WorkFailed(f"cannot judge drift: {e}") from e
+    emit(report)
+    return EXIT_DRIFT if report["drift"] else EXIT_OK
+
+
+COMMANDS = [
+    Command(
+        "drift",
+        "compare logged serving requests with a run's training data (TFDV); exit 3 on drift",
+        _add,
+        _run,
+    )
+]

@@ -1,0 +1,121 @@
+"""Compare two FeatureTables with TensorFlow Data Validation's drift comparators.
+
+Statistics of each side come from `tfdv.generate_statistics_from_dataframe`
+(in process, no Beam). The schema is inferred from the training side, then
+every feature gets a drift comparator with its threshold: L-infinity distance
+for the categorical ones (channels, format, class), approximate
+Jensen-Shannon divergence for the numeric ones (width, height, brightness).
+`tfdv.validate_statistics(served, schema, previous_statistics=trained)`
+measures every feature; a distance above its threshold is drift. Other schema
+anomalies (say, a format never seen in training) are reported beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import tensorflow_data_validation as tfdv
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
+
+from imgpipe.drift import DEFAULT_CATEGORICAL_THRESHOLD, DEFAULT_NUMERIC_THRESHOLD
+from imgpipe.drift.features import CATEGORICAL, FEATURES, NUMERIC, FeatureTable
+
+L_INFINITY = "L_infinity"
+JENSEN_SHANNON = "Jensen_Shannon"
+
+_MEASURES = {
+    anomalies_pb2.DriftSkewInfo.Measurement.L_INFTY: L_INFINITY,
+    anomalies_pb2.DriftSkewInfo.Measurement.JENSEN_SHANNON_DIVERGENCE: JENSEN_SHANNON,
+}
+_DRIFT_ANOMALIES = {
+    anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
+    anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureDrift:
+    """One feature's distance between the two sides."""
+
+    feature: str
+    measure: str  # L_infinity | Jensen_Shannon
+    distance: float
+    threshold: float
+
+    @property
+    def drifted(self) -> bool:
+        return self.distance > self.threshold
+
+    def to_dict(self) -> dict:
+        return {
+            "measure": self.measure,
+            "distance": round(self.distance, 6),
+            "threshold": self.threshold,
+            "drifted": self.drifted,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    features: dict[str, FeatureDrift]
+    anomalies: dict[str, str]  # feature -> description, for anomalies other than drift
+
+    @property
+    def drifted(self) -> list[str]:
+        return [name for name, f in self.features.items() if f.drifted]
+
+
+def statistics(table: FeatureTable) -> statistics_pb2.DatasetFeatureStatisticsList:
+    """TFDV statistics of a table's rows (the columns in FEATURES, typed for TFDV)."""
+    columns = table.columns()
+    for name in CATEGORICAL:  # as strings: TFDV keeps value counts (what L-infinity needs) for those
+        columns[name] = [None if v is None else str(v) for v in columns[name]]
+    frame = pd.DataFrame(columns, columns=list(FEATURES))
+    frame = frame.astype({"width": "int64", "height": "int64", "brightness": "float64"})
+    return tfdv.generate_statistics_from_dataframe(frame)
+
+
+def drift_schema(
+    trained: statistics_pb2.DatasetFeatureStatisticsList,
+    categorical_threshold: float,
+    numeric_threshold: float,
+) -> schema_pb2.Schema:
+    """The schema inferred from the training statistics, with a drift comparator per feature."""
+    schema = tfdv.infer_schema(trained)
+    for name in CATEGORICAL:
+        feature = tfdv.get_feature(schema, name)
+        if feature.WhichOneof("domain_info") == "int_domain":
+            feature.ClearField("int_domain")  # "0", "1", "3": category names that look like numbers
+        feature.drift_comparator.infinity_norm.threshold = categorical_threshold
+    for name in NUMERIC:
+        tfdv.get_feature(
+            schema, name
+        ).drift_comparator.jensen_shannon_divergence.threshold = numeric_threshold
+    return schema
+
+
+def compare(
+    trained: FeatureTable,
+    served: FeatureTable,
+    categorical_threshold: float = DEFAULT_CATEGORICAL_THRESHOLD,
+    numeric_threshold: float = DEFAULT_NUMERIC_THRESHOLD,
+) -> Comparison:
+    """Every feature's distance between the served and the trained rows, and other anomalies."""
+    trained_stats = statistics(trained)
+    served_stats = statistics(served)
+    schema = drift_schema(trained_stats, categorical_threshold, numeric_threshold)
+    result = tfdv.validate_statistics(served_stats, schema, previous_statistics=trained_stats)
+    features = {}
+    for info in result.drift_skew_info:
+        name = ".".join(info.path.step)
+        for m in info.drift_measurements:
+            if m.type in _MEASURES:
+                features[name] = FeatureDrift(name, _MEASURES[m.type], m.value, m.threshold)
+    anomalies = {}
+    for name, info in result.anomaly_info.items():
+        others = [r.description for r in info.reason if r.type not in _DRIFT_ANOMALIES]
+        if others:
+            anomalies[name] = " ".join(others)
+    ordered = {name: features[name] for name in FEATURES if name in features}
+    return Comparison(ordered, anomalies)

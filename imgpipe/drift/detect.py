@@ -1,0 +1,99 @@
+"""The drift check `imgpipe drift` runs: logged images against a run's training split.
+
+`drift_report(...)` samples both sides (at most `max_images` each, a seeded
+uniform sample), measures them with the same function, compares them with
+TFDV and returns one JSON-ready dict: `drift` (true when any feature is above
+its threshold), `drifted` (their names), each feature's distance, both sides'
+counts (images measured, skipped by reason) and class distributions.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+from imgpipe.drift import (
+    DEFAULT_CATEGORICAL_THRESHOLD,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MIN_IMAGES,
+    DEFAULT_NUMERIC_THRESHOLD,
+    sources,
+)
+from imgpipe.drift.compare import compare
+from imgpipe.drift.features import CLASS, FeatureTable, class_distribution, reservoir_sample
+
+log = logging.getLogger(__name__)
+
+
+class TooFewImages(Exception):
+    """A side has fewer measurable images than the comparison needs."""
+
+
+def compare_tables(
+    trained: FeatureTable,
+    served: FeatureTable,
+    categorical_threshold: float = DEFAULT_CATEGORICAL_THRESHOLD,
+    numeric_threshold: float = DEFAULT_NUMERIC_THRESHOLD,
+    min_images: int = DEFAULT_MIN_IMAGES,
+) -> dict:
+    """The drift part of the report, from two measured tables; TooFewImages below `min_images`."""
+    for side, table in (("training", trained), ("logged", served)):
+        if len(table.rows) < min_images:
+            raise TooFewImages(
+                f"only {len(table.rows)} measurable {side} images (need {min_images}; "
+                f"skipped: {dict(table.skipped) or 'none'})"
+            )
+    result = compare(trained, served, categorical_threshold, numeric_threshold)
+    return {
+        "drift": bool(result.drifted),
+        "drifted": result.drifted,
+        "features": {name: f.to_dict() for name, f in result.features.items()},
+        "anomalies": result.anomalies,
+        "classes": {
+            "training": class_distribution([row[CLASS] for row in trained.rows]),
+            "logged": class_distribution([row[CLASS] for row in served.rows]),
+        },
+    }
+
+
+def drift_report(
+    log_dir: str,
+    home: str,
+    run: str,
+    categorical_threshold: float = DEFAULT_CATEGORICAL_THRESHOLD,
+    numeric_threshold: float = DEFAULT_NUMERIC_THRESHOLD,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    min_images: int = DEFAULT_MIN_IMAGES,
+    seed: int = 0,
+) -> dict:
+    """Compare the images logged in `log_dir` with the training split of run `run` under `home`.
+
+    Raises sources.SourceError when either side cannot be found, TooFewImages
+    when a side has too little to compare.
+    """
+    split = sources.training_split(home, run)
+    logged = sources.LoggedImages(log_dir)
+    log.info("reading request logs in %s", log_dir)
+    served_items, served_total = reservoir_sample(sources.logged_images(log_dir, logged), max_images, seed)
+    log.info("reading the %s split of run %s (%d files)", split.split, split.run_id, len(split.files))
+    train_skipped: collections.Counter[str] = collections.Counter()
+    trained_items, trained_total = reservoir_sample(
+        sources.example_images(split.files, train_skipped), max_images, seed
+    )
+    log.info("measuring %d logged and %d training images", len(served_items), len(trained_items))
+    served, trained = FeatureTable.of(served_items), FeatureTable.of(trained_items)
+    trained.skipped.update(train_skipped)
+    report = compare_tables(trained, served, categorical_threshold, numeric_threshold, min_images)
+    report["logged"] = {
+        **logged.summary(),
+        "images": served_total,
+        "measured": len(served.rows),
+        "skipped": dict(served.skipped),
+    }
+    report["training"] = {
+        **split.summary(),
+        "images": trained_total,
+        "measured": len(trained.rows),
+        "skipped": dict(trained.skipped),
+    }
+    return report

@@ -1,0 +1,247 @@
+"""Both sides of a drift check, as (image bytes, class) pairs.
+
+- Served: the PredictionLogs `imgpipe serve --log-requests DIR` wrote. Each
+  logged Predict (predict_images, serving_default, classification) or Classify
+  call gives its images and the top class the model answered for each.
+- Trained: the train split of a pipeline run's ExampleGen output. The run is
+  named by its id (or `latest`, the newest run record under HOME/runs/); its
+  record gives the pipeline's name, ML Metadata gives the ExampleGen output of
+  that run.
+
+Anything unreadable is counted or listed, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import message
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from imgpipe.orchestration import metadata, runs
+from pipeline.config import PipelineConfig
+from serving.devserver.request_log import CorruptLogError, log_files, read_records
+from serving.signatures import EXAMPLE_INPUTS, IMAGE_FEATURE, IMAGE_INPUTS, SERVING_DEFAULT
+from trainer.features import IMAGE_KEY, LABEL_KEY
+
+log = logging.getLogger(__name__)
+
+
+EXAMPLE_GEN = "ImportExampleGen"
+EXAMPLES_KEY = "examples"
+
+
+class SourceError(Exception):
+    """A side of the comparison cannot be found: no logs, no such run, no ExampleGen output."""
+
+
+# -- the served side -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoggedImages:
+    """What the request logs held: readable files and records, and what could not be used."""
+
+    directory: str
+    files: int = 0
+    records: int = 0
+    skipped: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    problems: list[str] = dataclasses.field(default_factory=list)  # cut or corrupt files
+
+    def summary(self) -> dict:
+        return {
+            "directory": self.directory,
+            "files": self.files,
+            "records": self.records,
+            "records_skipped": dict(self.skipped),
+            "file_problems": self.problems,
+        }
+
+
+def logged_images(directory: str, logged: LoggedImages) -> Iterator[tuple[bytes, str | None]]:
+    """(image bytes, predicted top class) of every image in the request logs of `directory`.
+
+    Counts files and records into `logged`; records that carry no images are
+    counted there by reason, cut or corrupt files are listed. Raises
+    SourceError when the directory holds no log files.
+    """
+    if not os.path.isdir(directory):
+        raise SourceError(f"request log directory not found: {directory}")
+    paths = log_files(directory)
+    if not paths:
+        raise SourceError(f"no request log files (prediction_log-*.tfrecord) in {directory}")
+    for path in paths:
+        logged.files += 1
+        try:
+            for record in read_records(path, logged.problems):
+                logged.records += 1
+                try:
+                    entry = prediction_log_pb2.PredictionLog.FromString(record)
+                except message.DecodeError:
+                    logged.skipped["not a PredictionLog"] += 1
+                    continue
+                pairs = _pairs(entry, logged.skipped)
+                yield from pairs
+        except CorruptLogError as e:
+            logged.problems.append(f"{e}; the rest of the file was not read")
+
+
+def _pairs(entry: prediction_log_pb2.PredictionLog, skipped: collections.Counter) -> list:
+    kind = entry.WhichOneof("log_type")
+    if kind == "predict_log":
+        request, response = entry.predict_log.request, entry.predict_log.response
+        signature = request.model_spec.signature_name or SERVING_DEFAULT
+        if signature in IMAGE_INPUTS and IMAGE_INPUTS[signature] in request.inputs:
+            images: list[bytes | None] = list(request.inputs[IMAGE_INPUTS[signature]].string_val)
+        elif signature in EXAMPLE_INPUTS and EXAMPLE_INPUTS[signature] in request.inputs:
+            serialized = request.inputs[EXAMPLE_INPUTS[signature]].string_val
+            images = [_example_image(_parse_example(s)) for s in serialized]
+        else:
+            skipped[f"Predict on signature {signature!r}: no images"] += 1
+            return []
+        classes = _predicted_classes(response.outputs, len(images))
+    elif kind == "classify_log":
+        request, response = entry.classify_log.request, entry.classify_log.response
+        images = [_example_image(e) for e in _examples(request.input)]
+        classes = [
+            max(c.classes, key=lambda x: x.score).label if c.classes else None
+            for c in response.result.classifications
+        ]
+        if len(classes) != len(images):
+            classes = [None] * len(images)
+    else:
+        skipped[f"{kind} record: no images"] += 1
+        return []
+    pairs = []
+    for image, label in zip(images, classes, strict=True):
+        if image is None:
+            skipped[f"not a tf.Example with an {IMAGE_FEATURE!r} feature"] += 1
+        else:
+            pairs.append((image, label))
+    return pairs
+
+
+def _examples(model_input) -> list[example_pb2.Example]:
+    """The tf.Examples of a tensorflow.serving.Input, context merged in (as the server does)."""
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        return list(model_input.example_list.examples)
+    if kind == "example_list_with_context":
+        merged = []
+        for e in model_input.example_list_with_context.examples:
+            m = example_pb2.Example()
+            m.CopyFrom(model_input.example_list_with_context.context)
+            m.MergeFrom(e)
+            merged.append(m)
+        return merged
+    return []
+
+
+def _parse_example(serialized: bytes) -> example_pb2.Example | None:
+    try:
+        return example_pb2.Example.FromString(serialized)
+    except message.DecodeError:
+        return None
+
+
+def _example_image(example: example_pb2.Example | None) -> bytes | None:
+    if example is None:
+        return None
+    feature = example.features.feature.get(IMAGE_FEATURE)
+    return feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else None
+
+
+def _predicted_classes(outputs, batch: int) -> list[str | None]:
+    """The top class per row from a Predict response's `classes` (and `scores`, when present)."""
+    if "classes" not in outputs:
+        return [None] * batch
+    classes = tf.make_ndarray(outputs["classes"])
+    if classes.ndim != 2 or classes.shape[0] != batch:
+        return [None] * batch
+    best = np.zeros(batch, dtype=int)
+    if "scores" in outputs:
+        scores = tf.make_ndarray(outputs["scores"])
+        if scores.shape == classes.shape:
+            best = scores.argmax(axis=1)
+    return [classes[i, best[i]].decode("utf-8", errors="replace") for i in range(batch)]
+
+
+# -- the training side -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSplit:
+    """Where a run's training examples are."""
+
+    run_id: str
+    pipeline_name: str
+    examples_uri: str
+    split: str
+    files: list[str]
+
+    def summary(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "pipeline_name": self.pipeline_name,
+            "examples": self.examples_uri,
+            "split": self.split,
+            "files": len(self.files),
+        }
+
+
+def find_run_record(home: str, run: str) -> tuple[str, dict]:
+    """The (folder, summary) of run `run` (its id, folder name, or `latest`)."""
+    try:
+        folder = runs.find_record(home, run)
+    except LookupError as e:
+        raise SourceError(str(e)) from None
+    return folder, runs.read_summary(folder)
+
+
+def training_split(home: str, run: str, split: str = "train") -> TrainingSplit:
+    """The files of `split` of the ExampleGen output of run `run`, found through ML Metadata.
+
+    The run record (HOME/runs/<run>/) gives the run id and the run's config (its
+    pipeline name and ML Metadata store: HOME/metadata.sqlite or PostgreSQL);
+    the store gives the ExampleGen execution of that run and its `examples`.
+    """
+    folder, summary = find_run_record(home, run)
+    run_id = summary["run_id"]
+    config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE)).replace(home=home)
+    pipeline_name = config.pipeline_name
+    try:
+        with metadata.open_store(config) as store:
+            context = metadata.run_by_id(store, pipeline_name, run_id)
+            execution = metadata.run_executions(store, pipeline_name, context).get(EXAMPLE_GEN)
+            uri = metadata.output_uri(store, execution, EXAMPLES_KEY)
+    except (LookupError, metadata.MetadataUnavailable) as e:
+        raise SourceError(str(e)) from None
+    if not uri:
+        raise SourceError(f"run {run_id!r} has no {EXAMPLE_GEN} output in {config.metadata_location}")
+    split_dir = os.path.join(uri, f"Split-{split}")
+    files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
+    if not files:
+        raise SourceError(f"no {split} files in {split_dir} (run {run_id!r})")
+    return TrainingSplit(run_id, pipeline_name, uri, split, files)
+
+
+def example_images(files: list[str], skipped: collections.Counter) -> Iterator[tuple[bytes, str | None]]:
+    """(image bytes, label) of the tf.Examples in TFRecord files (gzipped when named *.gz)."""
+    for path in files:
+        compression = "GZIP" if path.endswith(".gz") else ""
+        for record in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
+            example = example_pb2.Example.FromString(record)
+            feature = example.features.feature
+            image = feature[IMAGE_KEY].bytes_list.value if IMAGE_KEY in feature else []
+            if not image:
+                skipped[f"example without an {IMAGE_KEY!r} feature"] += 1
+                continue
+            label = feature[LABEL_KEY].bytes_list.value if LABEL_KEY in feature else []
+            yield image[0], label[0].decode("utf-8", errors="replace").strip() if label else None

@@ -1,0 +1,147 @@
+"""Write a run's report folder, HOME/runs/<run_id>/report/: index.html, PNG figures, thumbnails, report.json.
+
+`attach_report()` is the pipeline run's hook: it never raises, so a report that
+cannot be written never fails a run that succeeded; the summary then says why
+(`report: null`, `report_error`). `build_report()` (re)generates the report of
+any recorded run, e.g. for `imgpipe report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from PIL import UnidentifiedImageError
+
+from imgpipe.orchestration import metadata, runs
+from imgpipe.orchestration.summary import RunSummary
+from imgpipe.report import html
+from imgpipe.report.data import DEFAULT_MAX_MISCLASSIFIED, ReportData, gather
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+INDEX_FILE = "index.html"
+DATA_FILE = "report.json"  # the numbers behind the page, for `imgpipe report` and other tools
+
+
+def report_dir(run_folder: str) -> str:
+    return os.path.join(run_folder, REPORT_DIR)
+
+
+def write_report(folder: str, data: ReportData, summary_link: str | None = None) -> str:
+    """Draw the figures and write the page and report.json into `folder` (replaced whole); return the page."""
+    from imgpipe.report import figures  # matplotlib takes seconds to import: only when drawing
+
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".report-", dir=parent)
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the report is for people to read
+        written: dict[str, str] = {}
+        for name, normalised in (("confusion_counts", False), ("confusion_normalised", True)):
+            written[name] = f"{name}.png"
+            figures.confusion_matrix(
+                data.rows, data.class_names, data.confusion, os.path.join(staging, written[name]), normalised
+            )
+        if figures.has_curves(data.history):
+            written["training_curves"] = "training_curves.png"
+            figures.training_curves(data.history, os.path.join(staging, written["training_curves"]))
+        _thumbnails(data, staging)
+        with open(os.path.join(staging, DATA_FILE), "w", encoding="utf-8") as f:
+            json.dump(data.to_dict(), f, indent=2)
+        with open(os.path.join(staging, INDEX_FILE), "w", encoding="utf-8") as f:
+            f.write(html.render(data, written, summary_link))
+        _swap_in(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return os.path.join(folder, INDEX_FILE)
+
+
+def _thumbnails(data: ReportData, staging: str) -> None:
+    from imgpipe.report import figures
+
+    if not data.misclassified:
+        return
+    os.makedirs(os.path.join(staging, "thumbs"))
+    undecodable = []
+    for m in data.misclassified:
+        name = f"thumbs/record-{m.record}.png"
+        try:
+            figures.thumbnail(m.image or b"", os.path.join(staging, name))
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            undecodable.append(f"{m.record} ({type(e).__name__})")
+            continue
+        m.thumbnail = name
+    if undecodable:
+        data.notes.append(f"eval records whose image could not be decoded: {', '.join(undecodable)}")
+
+
+def _swap_in(staging: str, folder: str) -> None:
+    """Replace `folder` by `staging`: a reader sees the old report or the new one, never half of one."""
+    old = None
+    if os.path.exists(folder):
+        old = folder + f".old-{os.getpid()}"
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_report(
+    config: PipelineConfig,
+    summary: dict[str, Any],
+    max_misclassified: int = DEFAULT_MAX_MISCLASSIFIED,
+) -> str:
+    """Gather the run `summary['run_id']`'s numbers (the model runs once) and write its report; return the page."""
+    run_id = summary["run_id"]
+    artifacts = metadata.run_artifacts(config, run_id)
+    data = gather(
+        artifacts,
+        summary,
+        metadata.training_summary(artifacts.model_run),
+        metadata.gate_record(artifacts.evaluation),
+        min_accuracy=config.gate.min_accuracy,
+        max_regression=config.gate.max_regression,
+        max_misclassified=max_misclassified,
+    )
+    folder = report_dir(runs.run_dir(config.home, run_id))
+    return write_report(folder, data, summary_link=f"../{runs.SUMMARY_FILE}")
+
+
+def attach_report(config: PipelineConfig, summary: RunSummary) -> None:
+    """Write the run's report and link it from `summary`; on any error log it and record why instead."""
+    started = time.perf_counter()
+    try:
+        summary.report = build_report(config, summary.to_dict())
+        summary.report_error = None
+    except Exception as e:  # noqa: BLE001 - the report must never fail a run that succeeded
+        summary.report = None
+        summary.report_error = f"{type(e).__name__}: {e}"
+        log.error(
+            "the run report was not written: %s",
+            summary.report_error,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        return
+    log.info("run report %s (%.1fs)", summary.report, time.perf_counter() - started)
+
+
+def load_report(run_folder: str) -> ReportData | None:
+    """The numbers of a written report (None when the run has no complete, readable report)."""
+    path = os.path.join(report_dir(run_folder), DATA_FILE)
+    if not os.path.isfile(os.path.join(report_dir(run_folder), INDEX_FILE)) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ReportData.from_dict(json.load(f))
+    except (ValueError, KeyError, TypeError) as e:  # damaged, or written by another version
+        log.warning("ignoring %s: %s: %s", path, type(e).__name__, e)
+        return None

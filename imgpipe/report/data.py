@@ -1,0 +1,484 @@
+"""The run report's numbers: gathered from ML Metadata, the run's artifacts and the model's predictions.
+
+`gather()` runs the Trainer's exported model (its `serving_default` signature,
+serialized tf.Examples in) once over the eval split that ExampleGen produced
+(`EvalPredictions`),
+and derives from those predictions the confusion matrix, per-class precision,
+recall and support, and the worst misclassified images. The training curves
+come from the Trainer's training_summary.json, the gate's decision from the
+Evaluator's gate.json (or, for runs older than that record, from the run
+summary and the run's config).
+
+`ReportData` is what the figures, the HTML page and the text view are drawn
+from; `to_dict()`/`from_dict()` save it as report.json beside the page, so
+`imgpipe report` can show a report again without loading TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from trainer.features import IMAGE_KEY, LABEL_KEY
+
+if TYPE_CHECKING:  # annotations only: ML Metadata's bindings take a second to import
+    from imgpipe.orchestration.metadata import RunArtifacts
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MISCLASSIFIED = 48
+PREDICT_BATCH = 128
+
+
+class ReportDataError(RuntimeError):
+    """A number the report needs cannot be had; the message names the artifact or record."""
+
+
+@dataclasses.dataclass
+class ClassRow:
+    """One true class: its support and the model's precision and recall on it (None: undefined)."""
+
+    name: str
+    support: int  # eval examples of this true class
+    predicted: int  # eval examples the model put in this class
+    correct: int
+    precision: float | None
+    recall: float | None
+    in_vocabulary: bool = True  # False: a label the model has no class for
+
+
+@dataclasses.dataclass
+class Misclassified:
+    """An eval image the model got wrong; `record` is its position in the eval split."""
+
+    record: int
+    true: str
+    predicted: str
+    score: float  # the model's score for the (wrong) predicted class
+    true_score: float | None  # its score for the true class (None: not in the vocabulary)
+    thumbnail: str | None = None  # the thumbnail's path inside the report folder, once written
+    image: bytes | None = dataclasses.field(default=None, repr=False)  # encoded; not saved
+
+
+@dataclasses.dataclass
+class GateView:
+    """The gate's decision and the numbers it compared, as the report shows them."""
+
+    source: str  # where the numbers came from (gate.json, or the run summary for older runs)
+    blessed: bool | None
+    candidate: float | None
+    baseline: float | None
+    floor: float | None
+    floor_note: str
+    baseline_note: str
+    reasons: list[str]
+    details: list[tuple[str, str]]  # further (name, value) rows
+
+
+@dataclasses.dataclass
+class ReportData:
+    run_id: str
+    class_names: list[str]  # the model's classes, sorted by name (the confusion matrix's columns)
+    rows: list[str]  # true classes (confusion matrix rows): class_names, then unknown labels
+    confusion: list[list[int]]  # [true row][predicted column] counts
+    per_class: list[ClassRow]
+    examples: int  # eval examples with a label (the ones counted)
+    unlabelled: int  # eval examples without a label: predicted, not counted
+    accuracy: float | None  # over `examples`, from the predictions
+    evaluator_accuracy: float | None  # what the Evaluator (TFMA) measured
+    gate: GateView
+    history: dict[str, list[float]]  # training_summary.json `history` (empty: none found)
+    early_stopping: dict[str, Any]  # best/stopped epoch entries of the training summary
+    misclassified: list[Misclassified]  # worst first, at most `max_misclassified`
+    misclassified_total: int
+    max_misclassified: int
+    artifacts: dict[str, str | None]
+    states: dict[str, str]
+    notes: list[str]  # things a reader should know (records skipped, older run, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for m in out["misclassified"]:
+            m.pop("image", None)
+        out["gate"]["details"] = [list(row) for row in self.gate.details]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReportData:
+        fields = dict(d)
+        fields["per_class"] = [ClassRow(**r) for r in d["per_class"]]
+        fields["misclassified"] = [Misclassified(**m) for m in d["misclassified"]]
+        gate = dict(d["gate"])
+        gate["details"] = [tuple(row) for row in gate["details"]]
+        fields["gate"] = GateView(**gate)
+        return cls(**fields)
+
+
+# ------------------------------------------------------------------------------ predictions
+@dataclasses.dataclass
+class Prediction:
+    """The model's scores for one eval record, with its label and encoded image."""
+
+    record: int
+    label: str | None
+    scores: list[float]
+    image: bytes
+
+
+def _label_and_image(serialized: bytes, record: int) -> tuple[str | None, bytes]:
+    import tensorflow as tf
+
+    try:
+        example = tf.train.Example.FromString(serialized)
+    except Exception as e:  # noqa: BLE001 - a protobuf DecodeError; re-raised naming the record
+        raise ReportDataError(f"eval record {record} is not a tf.Example: {e}") from e
+    feats = example.features.feature
+    image = (
+        feats[IMAGE_KEY].bytes_list.value[0]
+        if IMAGE_KEY in feats and feats[IMAGE_KEY].bytes_list.value
+        else b""
+    )
+    labels = feats[LABEL_KEY].bytes_list.value if LABEL_KEY in feats else []
+    label = labels[0].decode("utf-8", errors="replace") if labels else None
+    return label, image
+
+
+class EvalPredictions:
+    """The trained model's scores for each eval record, computed batch by batch as they are read.
+
+    The model is loaded once, the way TF Serving loads it: the `serving_default`
+    signature from the SavedModel's MetaGraph, run in a graph session. Rebuilding
+    the Python object graph instead (tf.saved_model.load) restores every Keras
+    layer's saved functions and took 3x as long for the demo's DenseNet121.
+    Use as a context manager (it closes the session).
+    """
+
+    def __init__(self, serving_model: str, eval_examples: str, batch_size: int = PREDICT_BATCH):
+        import tensorflow as tf
+
+        from trainer.data import raw_examples
+
+        try:
+            self._batches = raw_examples(eval_examples).batch(batch_size).as_numpy_iterator()
+        except FileNotFoundError as e:
+            raise ReportDataError(f"eval examples: {e}") from e
+        graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=graph)
+        tf_logger = tf.get_logger()
+        level = tf_logger.level
+        tf_logger.setLevel(logging.ERROR)  # the TF1 loader announces its deprecation on every first use
+        try:
+            with graph.as_default():
+                meta = tf.compat.v1.saved_model.loader.load(
+                    self._session, [tf.saved_model.SERVING], serving_model
+                )
+        except Exception as e:  # noqa: BLE001 - a missing or unreadable SavedModel, named
+            self.close()
+            raise ReportDataError(
+                f"cannot load the trained model {serving_model}: {type(e).__name__}: {e}"
+            ) from e
+        finally:
+            tf_logger.setLevel(level)
+        if "serving_default" not in meta.signature_def:
+            self.close()
+            raise ReportDataError(f"{serving_model} has no serving_default signature")
+        signature = meta.signature_def["serving_default"]
+        self._input = signature.inputs["examples"].name
+        self._outputs = {
+            "scores": signature.outputs["scores"].name,
+            "classes": signature.outputs["classes"].name,
+        }
+        self._first = next(self._batches, None)
+        if self._first is None:
+            self.close()
+            raise ReportDataError(f"the eval split {eval_examples} has no records")
+        first = self._run(self._first)
+        # The classes output repeats the vocabulary on every row.
+        self.class_names = [c.decode("utf-8") for c in first["classes"][0]]
+        self._first_scores = first["scores"]
+
+    def _run(self, batch):
+        return self._session.run(self._outputs, {self._input: batch})
+
+    def __iter__(self) -> Iterator[Prediction]:
+        record = 0
+        batch, scores = self._first, self._first_scores
+        while batch is not None:
+            for serialized, row in zip(batch, scores, strict=True):
+                label, image = _label_and_image(serialized, record)
+                yield Prediction(record, label, [float(s) for s in row], image)
+                record += 1
+            batch = next(self._batches, None)
+            scores = self._run(batch)["scores"] if batch is not None else None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> EvalPredictions:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------ metrics
+@dataclasses.dataclass
+class Tally:
+    """Confusion counts and the worst mistakes, accumulated one prediction at a time."""
+
+    class_names: list[str]  # the model's classes in its index order (the order of `scores`)
+    max_misclassified: int
+    confusion: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # label -> counts by index
+    unlabelled: int = 0
+    misclassified_total: int = 0
+    _worst: list[tuple[float, int, Misclassified]] = dataclasses.field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self._index = {name: i for i, name in enumerate(self.class_names)}
+
+    def add(self, record: int, label: str | None, scores: list[float], image: bytes = b"") -> None:
+        if len(scores) != len(self.class_names):
+            raise ReportDataError(
+                f"eval record {record}: the model gave {len(scores)} scores for {len(self.class_names)} classes"
+            )
+        if label is None:
+            self.unlabelled += 1
+            return
+        best = max(range(len(scores)), key=scores.__getitem__)
+        row = self.confusion.setdefault(label, [0] * len(self.class_names))
+        row[best] += 1
+        predicted = self.class_names[best]
+        if predicted == label:
+            return
+        self.misclassified_total += 1
+        if self.max_misclassified <= 0:
+            return
+        true_score = scores[self._index[label]] if label in self._index else None
+        item = Misclassified(record, label, predicted, scores[best], true_score, image=image)
+        # A min-heap of the worst `max_misclassified` so far: memory stays bounded by the cap.
+        # Ties go to the earlier record (-record: a later record is "smaller").
+        entry = (scores[best], -record, item)
+        if len(self._worst) < self.max_misclassified:
+            heapq.heappush(self._worst, entry)
+        elif entry[:2] > self._worst[0][:2]:
+            heapq.heapreplace(self._worst, entry)
+
+    def worst(self) -> list[Misclassified]:
+        """The kept misclassified images, highest wrong score first."""
+        return [item for _, _, item in sorted(self._worst, key=lambda e: e[:2], reverse=True)]
+
+    def columns(self) -> list[str]:
+        """The model's classes in reading order: by name, numbers by value ('2' before '10')."""
+        return sorted(self.class_names, key=natural_key)
+
+    def rows(self) -> list[str]:
+        """True classes: the model's (as columns()), then eval labels it has no class for."""
+        unknown = sorted((label for label in self.confusion if label not in self._index), key=natural_key)
+        return self.columns() + unknown
+
+    def matrix(self) -> list[list[int]]:
+        """Counts [rows()][columns()]."""
+        zeros = [0] * len(self.class_names)
+        index = [self._index[c] for c in self.columns()]
+        return [[self.confusion.get(r, zeros)[j] for j in index] for r in self.rows()]
+
+
+def natural_key(name: str) -> list[int | str]:
+    """Sort key that orders digit runs by value: 'img2' < 'img10'."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def per_class_rows(rows: list[str], class_names: list[str], matrix: list[list[int]]) -> list[ClassRow]:
+    """Precision, recall and support per true class, from the confusion matrix."""
+    column_sums = [sum(row[j] for row in matrix) for j in range(len(class_names))]
+    out = []
+    for i, name in enumerate(rows):
+        support = sum(matrix[i])
+        known = i < len(class_names)
+        correct = matrix[i][i] if known else 0
+        predicted = column_sums[i] if known else 0
+        out.append(
+            ClassRow(
+                name=name,
+                support=support,
+                predicted=predicted,
+                correct=correct,
+                precision=correct / predicted if predicted else None,
+                recall=correct / support if support else None,
+                in_vocabulary=known,
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------ training, gate
+def early_stopping_entries(training_summary: dict[str, Any]) -> dict[str, Any]:
+    """Best/stopped-epoch entries of the training summary (dotted keys), when the Trainer wrote any."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+            return
+        parts = prefix.lower().split(".")
+        scalar = value is None or isinstance(value, (int, float, str, bool))
+        if scalar and any("best" in p or "stop" in p for p in parts):
+            out[prefix] = value
+
+    for key, value in training_summary.items():
+        if key != "history":
+            walk(key, value)
+    return out
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def gate_from_record(record: dict[str, Any]) -> GateView:
+    """The gate view of the Evaluator's gate.json (keys per notes/gate_decision.md; missing keys tolerated)."""
+    baseline = record.get("baseline") or {}
+    if record.get("floor_source") == "majority":
+        floor_note = (
+            f"majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
+            f"of eval + margin {_fmt(record.get('majority_margin'))} "
+            f"(above min_accuracy {_fmt(record.get('min_accuracy'))})"
+        )
+    else:
+        floor_note = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
+    if baseline.get("compared"):
+        baseline_note = f"latest blessed model; allowed regression {_fmt(baseline.get('max_regression'))}"
+    else:
+        baseline_note = f"not compared: {baseline.get('skipped_reason') or 'no baseline'}"
+    details: list[tuple[str, str]] = []
+    for key in ("eval_examples", "min_class_recall"):
+        if record.get(key) is not None:
+            details.append((key, _fmt(record[key])))
+    recall = record.get("per_class_recall") or {}
+    if recall:
+        details.append(("per_class_recall", ", ".join(f"{k}: {_fmt(v)}" for k, v in recall.items())))
+    if record.get("anomalies_allowed"):
+        details.append(("anomalies_allowed", ", ".join(str(a) for a in record["anomalies_allowed"])))
+    return GateView(
+        source="gate.json (the Evaluator's decision record)",
+        blessed=record.get("blessed"),
+        candidate=record.get("accuracy"),
+        baseline=baseline.get("accuracy"),
+        floor=record.get("floor"),
+        floor_note=floor_note,
+        baseline_note=baseline_note,
+        reasons=[str(r) for r in record.get("reasons") or []],
+        details=details,
+    )
+
+
+def gate_from_summary(
+    summary: dict[str, Any], min_accuracy: float | None, max_regression: float | None
+) -> GateView:
+    """For runs without gate.json: the summary's accuracy, baseline and blessing, the config's floor."""
+    candidate, baseline, blessed = (
+        summary.get("accuracy"),
+        summary.get("baseline_accuracy"),
+        summary.get("blessed"),
+    )
+    reasons = []
+    if blessed is False and candidate is not None:
+        if min_accuracy is not None and candidate < min_accuracy:
+            reasons.append(f"accuracy {candidate:.4f} is below min_accuracy {min_accuracy}")
+        if baseline is not None and max_regression is not None and candidate < baseline - max_regression:
+            reasons.append(
+                f"accuracy {candidate:.4f} is below the baseline {baseline:.4f} by more than {max_regression}"
+            )
+    return GateView(
+        source="run summary and config (this run has no gate.json)",
+        blessed=blessed,
+        candidate=candidate,
+        baseline=baseline,
+        floor=min_accuracy,
+        floor_note="min_accuracy from the run's config",
+        baseline_note=(
+            f"latest blessed model; allowed regression {max_regression}"
+            if baseline is not None
+            else "none in the evaluation (no blessed model before this run)"
+        ),
+        reasons=reasons,
+        details=[],
+    )
+
+
+# ------------------------------------------------------------------------------ all together
+def tally_predictions(
+    class_names: list[str], predictions: Iterable[Prediction], max_misclassified: int
+) -> Tally:
+    tally = Tally(class_names, max_misclassified)
+    for p in predictions:
+        tally.add(p.record, p.label, p.scores, p.image)
+    return tally
+
+
+def gather(
+    artifacts: RunArtifacts,
+    summary: dict[str, Any],
+    training_summary: dict[str, Any] | None,
+    gate_record: dict[str, Any] | None,
+    min_accuracy: float | None = None,
+    max_regression: float | None = None,
+    max_misclassified: int = DEFAULT_MAX_MISCLASSIFIED,
+) -> ReportData:
+    """Everything the report shows for one run; ReportDataError when the model or eval split is missing."""
+    if not artifacts.serving_model:
+        raise ReportDataError(f"run {artifacts.run_id} has no trained model in ML Metadata")
+    if not artifacts.eval_examples:
+        raise ReportDataError(f"run {artifacts.run_id} has no eval examples in ML Metadata")
+    notes: list[str] = []
+    with EvalPredictions(artifacts.serving_model, artifacts.eval_examples) as predictions:
+        class_names = predictions.class_names
+        tally = tally_predictions(class_names, predictions, max_misclassified)
+    columns, rows, matrix = tally.columns(), tally.rows(), tally.matrix()
+    examples = sum(map(sum, matrix))
+    correct = sum(matrix[i][i] for i in range(len(columns)))
+    unknown = rows[len(columns) :]
+    if tally.unlabelled:
+        notes.append(f"{tally.unlabelled} eval records have no label: predicted, not counted")
+    if unknown:
+        notes.append(f"eval labels the model has no class for (counted as errors): {', '.join(unknown)}")
+    if training_summary is None:
+        notes.append("no training_summary.json in the Trainer's model_run: no training curves")
+    if gate_record is not None:
+        gate = gate_from_record(gate_record)
+    elif isinstance(summary.get("gate"), dict):
+        gate = gate_from_record(summary["gate"])
+        gate.source = "the run summary's gate record"
+    else:
+        gate = gate_from_summary(summary, min_accuracy, max_regression)
+        notes.append("no gate.json (a run from before the gate record): gate numbers from the summary")
+    return ReportData(
+        run_id=artifacts.run_id,
+        class_names=columns,
+        rows=rows,
+        confusion=matrix,
+        per_class=per_class_rows(rows, columns, matrix),
+        examples=examples,
+        unlabelled=tally.unlabelled,
+        accuracy=correct / examples if examples else None,
+        evaluator_accuracy=summary.get("accuracy"),
+        gate=gate,
+        history=dict((training_summary or {}).get("history") or {}),
+        early_stopping=early_stopping_entries(training_summary or {}),
+        misclassified=tally.worst(),
+        misclassified_total=tally.misclassified_total,
+        max_misclassified=max_misclassified,
+        artifacts={
+            "eval_examples": artifacts.eval_examples,
+            "serving_model": artifacts.serving_model,
+            "model_run": artifacts.model_run,
+            "evaluation": artifacts.evaluation,
+        },
+        states=dict(artifacts.states),
+        notes=notes,
+    )

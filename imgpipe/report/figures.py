@@ -1,0 +1,118 @@
+"""The run report's PNG figures: confusion matrices, training curves, thumbnails.
+
+matplotlib draws through its Agg canvas on Figure objects (no pyplot, no global
+state, no display needed); each function writes one file.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageOps
+
+DPI = 100
+THUMBNAIL_PX = 96
+_LABEL_CHARS = 18  # class names are cut to this many characters on axes (the page shows them whole)
+_ANNOTATE_MAX = 25  # above this many classes the cells carry no numbers
+_TICKS_MAX = 60  # above this many classes the axes carry no class names
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "\u2026"
+
+
+def _save(fig: Figure, path: str) -> None:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, format="png")
+
+
+def confusion_matrix(
+    rows: Sequence[str], columns: Sequence[str], matrix: Sequence[Sequence[int]], path: str, normalised: bool
+) -> None:
+    """Rows: true class, columns: predicted class; counts, or each row divided by its total."""
+    n_rows, n_cols = len(rows), len(columns)
+    values = [
+        [(v / sum(row) if sum(row) else 0.0) for v in row] if normalised else [float(v) for v in row]
+        for row in matrix
+    ]
+    side = min(16.0, max(4.5, 0.45 * max(n_rows, n_cols) + 2.5))
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    top = 1.0 if normalised else max((max(r) for r in values if r), default=1.0) or 1.0
+    im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=top, aspect="auto")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class" if normalised else "examples")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix, row-normalised" if normalised else "Confusion matrix, counts")
+    if max(n_rows, n_cols) <= _TICKS_MAX:
+        ax.set_xticks(range(n_cols), [_short(c) for c in columns], rotation=45, ha="right")
+        ax.set_yticks(range(n_rows), [_short(r) for r in rows])
+    if max(n_rows, n_cols) <= _ANNOTATE_MAX:
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                v = values[i][j]
+                text = (f"{v:.2f}" if count else "0") if normalised else str(count)
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if v > top / 2 else "black",
+                )
+    _save(fig, path)
+
+
+def _phase_series(history: dict[str, list[float]], metric: str) -> dict[str, list[float]]:
+    return {
+        "train": history.get(metric, []) + history.get(f"fine_tune_{metric}", []),
+        "eval": history.get(f"val_{metric}", []) + history.get(f"fine_tune_val_{metric}", []),
+    }
+
+
+def has_curves(history: dict[str, list[float]]) -> bool:
+    return any(history.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+
+
+def training_curves(history: dict[str, list[float]], path: str) -> None:
+    """Loss and accuracy per epoch, train and eval split; the fine-tune phase shaded when present."""
+    head_epochs = max(len(history.get(k, [])) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+    fine_tune_epochs = max(
+        (len(v) for k, v in history.items() if k.startswith("fine_tune_")),
+        default=0,
+    )
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    for i, (metric, title) in enumerate((("loss", "Loss"), ("accuracy", "Accuracy"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for split, series in _phase_series(history, metric).items():
+            if series:
+                epochs = range(1, len(series) + 1)
+                ax.plot(epochs, series, marker="o", markersize=3, label=split)
+        if fine_tune_epochs:
+            ax.axvspan(head_epochs + 0.5, head_epochs + fine_tune_epochs + 0.5, color="orange", alpha=0.12)
+            ax.axvline(
+                head_epochs + 0.5, color="orange", linestyle="--", linewidth=1, label="fine-tune starts"
+            )
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.lines:
+            ax.legend(loc="best", fontsize=8)
+    _save(fig, path)
+
+
+def thumbnail(image: bytes, path: str, size: int = THUMBNAIL_PX) -> None:
+    """A PNG of `image` fitted in size x size (small images are enlarged without smoothing)."""
+    with Image.open(io.BytesIO(image)) as img:
+        img.seek(0)  # the first frame of an animation
+        rgb = img.convert("RGB")
+    scale = size / max(rgb.size)
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
+    target = (max(1, math.floor(rgb.width * scale)), max(1, math.floor(rgb.height * scale)))
+    ImageOps.contain(rgb, target, method=resample).save(path, format="PNG")

@@ -1,0 +1,180 @@
+"""The run report as one self-contained HTML page (inline CSS; figures and thumbnails as PNG files beside it).
+
+Every value from the run (class names are user folder names, paths, reasons) is
+escaped with `html.escape`; image addresses are relative paths inside the report
+folder, percent-encoded.
+"""
+
+from __future__ import annotations
+
+import html
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from imgpipe.report.data import ReportData
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.decision { display: inline-block; padding: 0.2em 0.7em; border-radius: 4px; font-weight: bold; color: white; }
+.blessed { background: #2a7d2a; } .rejected { background: #b03030; } .unknown { background: #777; }
+.notes { background: #fff8e0; border: 1px solid #e8d48a; padding: 0.5em 1em; }
+.figures img { max-width: 100%; margin: 0.5em 0.5em 0.5em 0; border: 1px solid #eee; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.gallery figure { margin: 0; width: 150px; font-size: 0.85em; }
+.gallery img { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; background: #f4f4f4; }
+code { word-break: break-all; }
+"""
+
+
+def esc(value: Any) -> str:
+    """Text for HTML content or a quoted attribute."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def src(relative_path: str) -> str:
+    """An <img src> for a file inside the report folder."""
+    return esc(urllib.parse.quote(relative_path))
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "\u2013" if x is None else f"{x:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[bool] = ()) -> str:
+    """rows hold already-escaped cell HTML."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            cls = ' class="num"' if i < len(numeric) and numeric[i] else ""
+            cells.append(f"<td{cls}>{cell}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _decision(blessed: bool | None) -> str:
+    if blessed is True:
+        return '<span class="decision blessed">BLESSED</span>'
+    if blessed is False:
+        return '<span class="decision rejected">NOT BLESSED</span>'
+    return '<span class="decision unknown">NO DECISION</span>'
+
+
+def _gate(d: ReportData) -> str:
+    g = d.gate
+    rows = [
+        ["candidate accuracy", _num(g.candidate), "this run's model on the eval split"],
+        ["baseline accuracy", _num(g.baseline), esc(g.baseline_note)],
+        ["floor", _num(g.floor), esc(g.floor_note)],
+    ]
+    rows += [[esc(k), esc(v), ""] for k, v in g.details]
+    out = [f"<p>{_decision(g.blessed)} <small>from {esc(g.source)}</small></p>"]
+    out.append(_table(["", "value", "note"], rows, numeric=[False, True]))
+    if g.reasons:
+        out.append("<p>Why not blessed:</p><ul>" + "".join(f"<li>{esc(r)}</li>" for r in g.reasons) + "</ul>")
+    return "".join(out)
+
+
+def _per_class(d: ReportData) -> str:
+    rows = [
+        [
+            esc(r.name) + ("" if r.in_vocabulary else " <small>(not a model class)</small>"),
+            _num(r.precision, 3),
+            _num(r.recall, 3),
+            str(r.support),
+            str(r.predicted),
+        ]
+        for r in d.per_class
+    ]
+    acc = f"{_num(d.accuracy)} over {d.examples} labelled eval examples"
+    if d.evaluator_accuracy is not None:
+        acc += f" (the Evaluator measured {_num(d.evaluator_accuracy)})"
+    return f"<p>Accuracy of these predictions: {esc(acc)}</p>" + _table(
+        ["class", "precision", "recall", "support", "predicted"],
+        rows,
+        numeric=[False, True, True, True, True],
+    )
+
+
+def _training(d: ReportData, figures: dict[str, str]) -> str:
+    if "training_curves" not in figures:
+        return "<p>No training history was found for this run.</p>"
+    out = [f'<div class="figures"><img src="{src(figures["training_curves"])}" alt="training curves"></div>']
+    if d.early_stopping:
+        rows = [[esc(k), esc(v)] for k, v in d.early_stopping.items()]
+        out.append("<p>Early stopping:</p>" + _table(["entry", "value"], rows))
+    return "".join(out)
+
+
+def _gallery(d: ReportData) -> str:
+    if not d.misclassified_total:
+        return "<p>No eval image was misclassified.</p>"
+    shown = len(d.misclassified)
+    intro = (
+        f"<p>{d.misclassified_total} misclassified eval images; the {shown} with the highest wrong score "
+        f"are shown, worst first (cap {d.max_misclassified}).</p>"
+    )
+    items = []
+    for m in d.misclassified:
+        picture = (
+            f'<img src="{src(m.thumbnail)}" alt="eval record {m.record}">'
+            if m.thumbnail
+            else "<div><small>(image could not be decoded)</small></div>"
+        )
+        true_score = "" if m.true_score is None else f" (true class {_num(m.true_score, 3)})"
+        items.append(
+            f"<figure>{picture}<figcaption>true <b>{esc(m.true)}</b><br>predicted <b>{esc(m.predicted)}</b>"
+            f"<br>score {_num(m.score, 3)}{esc(true_score)}<br><small>eval record {m.record}</small>"
+            "</figcaption></figure>"
+        )
+    return intro + f'<div class="gallery">{"".join(items)}</div>'
+
+
+def render(d: ReportData, figures: dict[str, str], summary_link: str | None = None) -> str:
+    """The page for `d`; `figures` maps figure names to their paths inside the report folder."""
+    notes = ""
+    if d.notes:
+        notes = '<div class="notes"><ul>' + "".join(f"<li>{esc(n)}</li>" for n in d.notes) + "</ul></div>"
+    confusion = "".join(
+        f'<img src="{src(figures[name])}" alt="{esc(alt)}">'
+        for name, alt in (
+            ("confusion_counts", "confusion matrix, counts"),
+            ("confusion_normalised", "confusion matrix, row-normalised"),
+        )
+        if name in figures
+    )
+    artifacts = _table(
+        ["artifact", "path"], [[esc(k), f"<code>{esc(v)}</code>"] for k, v in d.artifacts.items()]
+    )
+    states = ", ".join(f"{esc(k)}: {esc(v)}" for k, v in d.states.items())
+    summary = f'<p><a href="{esc(summary_link)}">the run summary (JSON)</a></p>' if summary_link else ""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>imgpipe run {esc(d.run_id)}</title><style>{_CSS}</style></head>
+<body>
+<h1>imgpipe run report: {esc(d.run_id)}</h1>
+{notes}
+<h2 id="gate">Gate decision</h2>
+{_gate(d)}
+<h2 id="confusion">Confusion matrix</h2>
+<p>Rows: true class; columns: the model's top class. {d.examples} labelled eval examples.</p>
+<div class="figures">{confusion}</div>
+<h2 id="per-class">Per class</h2>
+{_per_class(d)}
+<h2 id="training">Training</h2>
+{_training(d, figures)}
+<h2 id="misclassified">Misclassified eval images</h2>
+{_gallery(d)}
+<h2 id="run">Run</h2>
+<p>Components: {states}</p>
+{artifacts}
+{summary}
+</body>
+</html>
+"""

@@ -1,0 +1,59 @@
+"""The run report as plain text for a terminal: gate decision, per-class table, worst misclassifications."""
+
+from __future__ import annotations
+
+from imgpipe.report.data import ReportData
+
+TEXT_MISCLASSIFIED = 10  # the text view lists this many of the worst misclassifications
+
+
+def _clean(value: object) -> str:
+    """A class name or path with control characters escaped (they are user folder names)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFIED) -> str:
+    g = d.gate
+    decision = {True: "BLESSED", False: "NOT BLESSED"}.get(g.blessed, "NO DECISION")
+    lines = [f"run {_clean(d.run_id)}"]
+    if path:
+        lines.append(f"report {_clean(path)}")
+    lines += [f"note: {_clean(n)}" for n in d.notes]
+    lines += [
+        "",
+        f"gate: {decision}  ({_clean(g.source)})",
+        f"  candidate accuracy {_num(g.candidate)}",
+        f"  baseline accuracy  {_num(g.baseline)}  {_clean(g.baseline_note)}",
+        f"  floor              {_num(g.floor)}  {_clean(g.floor_note)}",
+    ]
+    lines += [f"  {_clean(k)}: {_clean(v)}" for k, v in g.details]
+    lines += [f"  not blessed because: {_clean(r)}" for r in g.reasons]
+
+    names = [_clean(r.name) + ("" if r.in_vocabulary else " (not a model class)") for r in d.per_class]
+    width = max([len("class"), *map(len, names)])
+    lines += [
+        "",
+        f"accuracy {_num(d.accuracy)} over {d.examples} labelled eval examples"
+        + (f" (Evaluator: {_num(d.evaluator_accuracy)})" if d.evaluator_accuracy is not None else ""),
+        f"{'class':<{width}}  precision  recall  support  predicted",
+    ]
+    for name, r in zip(names, d.per_class, strict=True):
+        lines.append(
+            f"{name:<{width}}  {_num(r.precision, 3):>9}  {_num(r.recall, 3):>6}  {r.support:>7}  {r.predicted:>9}"
+        )
+
+    lines.append("")
+    if not d.misclassified_total:
+        lines.append("no misclassified eval images")
+    else:
+        shown = d.misclassified[:limit]
+        lines.append(f"{d.misclassified_total} misclassified eval images; worst {len(shown)}:")
+        for m in shown:
+            lines.append(
+                f"  record {m.record:>5}  true {_clean(m.true)}  predicted {_clean(m.predicted)}  score {m.score:.3f}"
+            )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,228 @@
+"""Starting and stopping the dev server: bind, serve, shut down gracefully on SIGTERM.
+
+`start_server(config)` binds the port, loads the model and starts gRPC
+(returns once it accepts requests); `start_in_thread(...)` wraps it for tests
+and benchmarks; `serve(config)` runs until SIGTERM/SIGINT and is what
+`imgpipe serve` calls. The port is bound before the model loads, so a taken
+port fails in a moment, not after the load.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from serving.config import ServerConfig
+from serving.devserver.manager import ModelManager
+from serving.devserver.request_log import RequestLog
+from serving.devserver.servicers import ModelServicer, PredictionServicer
+from serving.errors import ServerStartError
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+class RunningServer:
+    """A started server: its bound port, the version manager, the request log, and stop()."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        manager: ModelManager,
+        config: ServerConfig,
+        port: int,
+        request_log: RequestLog | None = None,
+    ):
+        self.server = server
+        self.manager = manager
+        self.config = config
+        self.port = port
+        self.request_log = request_log
+        self._stopped = False
+
+    @property
+    def target(self) -> str:
+        """HOST:PORT a client connects to."""
+        return f"{_host_for_target(self.config.host)}:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting RPCs, let in-flight ones finish (up to `grace` s), unload models."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.grace_seconds if grace is None else grace
+        self.server.stop(grace).wait()
+        if self.request_log is not None:
+            self.request_log.close()
+        self.manager.stop()
+
+
+def _host_for_target(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def start_server(config: ServerConfig) -> RunningServer:
+    """Bind the port, load the model and start the gRPC server; returns once it accepts requests.
+
+    Raises ServerStartError for invalid settings, a missing base path, a port
+    that cannot be bound (before any model is loaded) or a request log
+    directory that cannot be written.
+    """
+    config.validate()
+    manager = ModelManager(
+        config.model_name,
+        config.model_base_path,
+        poll_seconds=config.poll_seconds,
+        num_versions=config.num_versions,
+        run_warmup=config.run_warmup,
+        drain_seconds=config.drain_seconds,
+        max_pixels=config.max_pixels,
+    )
+    request_log = _request_log(config)
+    size = config.max_message_mb * MB
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="serving-rpc"),
+        options=[
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.so_reuseport", 0),  # a port already in use must fail, not be shared
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(manager, request_log), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    address = f"{_host_for_target(config.host)}:{config.port}"
+    try:
+        port = server.add_insecure_port(address)  # binds now: before the model load
+    except RuntimeError as e:
+        port = 0
+        reason = str(e)
+    else:
+        reason = "address in use or not available"
+    if not port:
+        if request_log is not None:
+            request_log.close()
+        raise ServerStartError(f"cannot bind {address}: {reason}")
+    try:
+        manager.start()
+    except BaseException:
+        server.stop(0)
+        if request_log is not None:
+            request_log.close()
+        raise
+    if not manager.serving_versions():
+        log.warning(
+            "no loadable version under %s yet; answering UNAVAILABLE until one appears",
+            config.model_base_path,
+        )
+    server.start()
+    log.info(
+        "Serving model %r (versions %s) on %s:%d",
+        config.model_name,
+        manager.serving_versions(),
+        config.host,
+        port,
+    )
+    return RunningServer(server, manager, config, port, request_log)
+
+
+def _request_log(config: ServerConfig) -> RequestLog | None:
+    """The started request log of `config.log_requests`, or None when logging is off."""
+    if not config.log_requests:
+        return None
+    request_log = RequestLog(
+        config.log_requests,
+        sample_rate=config.log_sample_rate,
+        max_file_bytes=config.log_max_file_mb * MB,
+        max_queue_records=config.log_queue_size,
+        max_queue_bytes=config.log_queue_mb * MB,
+    )
+    try:
+        request_log.start()
+    except OSError as e:
+        raise ServerStartError(
+            f"cannot write request logs to {config.log_requests}: {e.strerror or e}"
+        ) from e
+    log.info(
+        "Logging %g of requests to %s (new file every %d MB)",
+        config.log_sample_rate,
+        config.log_requests,
+        config.log_max_file_mb,
+    )
+    return request_log
+
+
+@contextlib.contextmanager
+def start_in_thread(
+    model_base_path: str,
+    model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **settings: Any,
+) -> Iterator[RunningServer]:
+    """A server on a free port (port=0) for tests and benchmarks; stopped on exit.
+
+    Yields the RunningServer; `.port` is the bound port, `.target` the address.
+    `settings` are further ServerConfig fields.
+    """
+    config = ServerConfig(
+        model_base_path=model_base_path,
+        model_name=model_name,
+        host=host,
+        port=port,
+        **settings,
+    )
+    running = start_server(config)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def serve(config: ServerConfig, stop_event: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop_event`), then shut down gracefully; returns 0.
+
+    Shutdown stops accepting RPCs, lets in-flight ones finish for up to
+    `grace_seconds`, then unloads the model. A second signal cuts the grace short.
+    A signal during the initial model load stops the server right after it.
+    """
+    stop = stop_event or threading.Event()
+    holder: dict[str, RunningServer] = {}
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set() and "server" in holder:
+            log.warning("second %s: cancelling in-flight requests", name)
+            holder["server"].server.stop(0)
+            return
+        log.info("%s received: shutting down", name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        holder["server"] = running = start_server(config)
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            log.info("Stopping: finishing in-flight requests (grace %.1fs)", config.grace_seconds)
+            running.stop()
+            log.info("Server stopped")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

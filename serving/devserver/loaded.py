@@ -1,0 +1,240 @@
+"""One loaded model version: its SavedModel, its signatures and the requests running on it.
+
+`LoadedVersion` answers Predict and Classify the way TF Serving does (same
+checks, same status codes, messages that name the input or signature), warms
+itself up before it takes traffic, and counts the requests in flight so an
+unload can wait for them (`drain`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2
+
+from serving import warmup
+from serving.config import DEFAULT_MAX_PIXELS
+from serving.devserver.inputs import check_inputs
+from serving.devserver.tensors import (
+    check_input_names,
+    classification_result,
+    input_arrays,
+    serialized_examples,
+)
+from serving.devserver.versions import SERVE_TAG, read_signature_defs
+from serving.errors import InvalidRequestError, ServingError, clean_tf_message, status_code_from_int
+from serving.signatures import (
+    CLASSIFY_METHOD,
+    PREDICT_IMAGES,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    SERVING_DEFAULT,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = SERVING_DEFAULT  # what an empty model_spec.signature_name means
+# The Classify RPC's contract with a classification signature.
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+
+
+class LoadedVersion:
+    """A loaded SavedModel version plus a count of the requests running on it.
+
+    Raises (from the constructor) when the directory is not a loadable
+    SavedModel or a signature listed in saved_model.pb cannot be called.
+    Requests with an image above `max_pixels` (0: no limit) are refused
+    before the model runs (serving/devserver/inputs.py).
+    """
+
+    def __init__(self, model_name: str, version: int, path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.model_name = model_name
+        self.version = version
+        self.path = path
+        self.max_pixels = max_pixels
+        self.signature_defs = read_signature_defs(path)
+        self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
+        self._functions = {name: self._model.signatures[name] for name in self._model.signatures}
+        # `__saved_model_init_op` is listed as a signature but is not callable.
+        missing = sorted(s for s in set(self.signature_defs) - set(self._functions) if s[:2] != "__")
+        if missing:
+            raise ValueError(f"{path}: signatures {missing} in saved_model.pb are not loadable")
+        self._inputs = {name: dict(fn.structured_input_signature[1]) for name, fn in self._functions.items()}
+        self.warmup_summary = "not run"
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    # -- reference counting ------------------------------------------------------------
+    def acquire(self) -> None:
+        """Count one more request running on this version."""
+        with self._cond:
+            self._in_flight += 1
+
+    def release(self) -> None:
+        """Count one request finished; wakes `drain` when none is left."""
+        with self._cond:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._cond.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._in_flight
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no request runs on this version; False if `timeout` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+
+    def close(self) -> None:
+        """Drop the TensorFlow objects; memory is freed once no request holds them."""
+        self._functions = {}
+        self._model = None
+
+    # -- inference ---------------------------------------------------------------------
+    def _signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+        if name not in self.signature_defs or name not in self._functions:
+            raise ServingError(
+                f'Serving signature key "{name}" not found. Signatures of model '
+                f"{self.model_name!r} version {self.version}: "
+                f"{', '.join(sorted(self.signature_defs))}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        return self.signature_defs[name]
+
+    def run(
+        self,
+        signature: str,
+        inputs: Mapping[str, Any],
+        output_filter: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Run a signature on TensorProto (or numpy) inputs; return the named outputs."""
+        sig = self._signature(signature)
+        if sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+            raise ServingError(
+                f"signature {signature!r} has unsupported method_name {sig.method_name!r}",
+                grpc.StatusCode.INTERNAL,
+            )
+        specs = self._inputs[signature]
+        check_input_names(inputs, specs, signature)
+        seen: set[str] = set()
+        for alias in output_filter:
+            if alias not in sig.outputs:
+                raise InvalidRequestError(
+                    f"output tensor alias not found in signature: {alias} Outputs expected "
+                    f"to be in the set {{{','.join(sorted(sig.outputs))}}}."
+                )
+            if alias in seen:
+                raise InvalidRequestError(f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
+        arrays = input_arrays(inputs, specs, signature)
+        check_inputs(signature, arrays, self.max_pixels)
+        batch_sizes = {a.shape[0] for a in arrays.values() if a.ndim >= 1}
+        try:
+            tensors = {alias: tf.constant(array, dtype=specs[alias].dtype) for alias, array in arrays.items()}
+            outputs = self._functions[signature](**tensors)
+        except tf.errors.OpError as e:
+            raise ServingError(
+                f"signature {signature!r} failed on the request"
+                + (f" (batch of {batch_sizes.pop()})" if len(batch_sizes) == 1 else "")
+                + f": {clean_tf_message(e.message)}",
+                status_code_from_int(e.error_code),
+            ) from e
+        except (TypeError, ValueError) as e:
+            raise InvalidRequestError(f"signature {signature!r} rejected the inputs: {e}") from e
+        names = list(output_filter) or list(sig.outputs)
+        return {name: outputs[name].numpy() for name in names}
+
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        """The Predict RPC: run the named (or default) signature on the request's tensors."""
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        outputs = self.run(signature, dict(request.inputs), list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        self.fill_model_spec(response.model_spec, signature)
+        for name, array in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
+        return response
+
+    def classify(
+        self, request: classification_pb2.ClassificationRequest
+    ) -> classification_pb2.ClassificationResponse:
+        """The Classify RPC: a classification signature on the request's tf.Examples."""
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        sig = self._signature(signature)
+        if sig.method_name != CLASSIFY_METHOD:
+            raise InvalidRequestError(
+                f"Expected classification signature method_name to be {CLASSIFY_METHOD}. "
+                f"Was: {sig.method_name} (signature {signature!r}; pass the classification "
+                f"signature's name in model_spec.signature_name)"
+            )
+        if set(sig.inputs) != {CLASSIFY_INPUTS}:
+            raise ServingError(
+                f"classification signature {signature!r} must have one input "
+                f"{CLASSIFY_INPUTS!r}, has {sorted(sig.inputs)}",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        if not ({CLASSIFY_CLASSES, CLASSIFY_SCORES} & set(sig.outputs)):
+            raise ServingError(
+                f"classification signature {signature!r} has neither "
+                f"{CLASSIFY_CLASSES!r} nor {CLASSIFY_SCORES!r} outputs",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        examples = serialized_examples(request.input)
+        outputs = self.run(signature, {CLASSIFY_INPUTS: np.array(examples, dtype=object)})
+        response = classification_pb2.ClassificationResponse()
+        result = classification_result(
+            outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES), len(examples)
+        )
+        self.fill_model_spec(response.model_spec, signature)
+        response.result.CopyFrom(result)
+        return response
+
+    def fill_model_spec(self, spec: model_pb2.ModelSpec, signature: str | None = None) -> None:
+        """Name this version (and the signature that answered) in a response's model_spec."""
+        spec.name = self.model_name
+        spec.version.value = self.version
+        if signature is not None:
+            spec.signature_name = signature
+
+    def warm_up(self, run_warmup_file: bool = True) -> str:
+        """Run the version once before it takes traffic; return what was run, for the log.
+
+        Replays assets.extra/tf_serving_warmup_requests when present (as TF
+        Serving does); otherwise calls `predict_images` (or serving_default
+        via a tf.Example) on a tiny generated PNG, so graph initialisation is
+        not paid by the first request. Any failure fails the load.
+        """
+        logs = warmup.read_warmup_requests(self.path) if run_warmup_file else []
+        if logs:
+            replayed = 0
+            for entry in logs:
+                kind = entry.WhichOneof("log_type")
+                if kind == "predict_log":
+                    self.predict(entry.predict_log.request)
+                elif kind == "classify_log":
+                    self.classify(entry.classify_log.request)
+                else:
+                    log.warning("%s: skipping warmup record of type %s", self.path, kind)
+                    continue
+                replayed += 1
+            return f"{replayed} warmup requests"
+        png = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+        if list(self._inputs.get(PREDICT_IMAGES, {})) == ["images"]:
+            self.run(PREDICT_IMAGES, {"images": np.array([png], dtype=object)})
+            return "a predict_images call"
+        if list(self._inputs.get(DEFAULT_SIGNATURE, {})) == ["examples"]:
+            feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))
+            example = tf.train.Example(features=tf.train.Features(feature={"image": feature}))
+            self.run(DEFAULT_SIGNATURE, {"examples": np.array([example.SerializeToString()])})
+            return "a serving_default call"
+        return "nothing (no warmup file and no image signature)"

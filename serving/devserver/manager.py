@@ -1,0 +1,268 @@
+"""The versions of one model being served: which are loaded, loading, draining, failed.
+
+`ModelManager` polls the model base path and keeps the newest `num_versions`
+versions loaded. A new version is loaded and warmed up before it takes
+traffic (load before swap); a version no longer wanted is unloaded once the
+requests holding it have finished (drain). A version that fails to load
+leaves the previous one serving and is retried only when its files change.
+Each version's state is kept for GetModelStatus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+
+from serving.config import DEFAULT_MAX_PIXELS
+from serving.devserver.loaded import LoadedVersion
+from serving.devserver.versions import Fingerprint, fingerprint, list_versions
+from serving.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    ServingError,
+    clean_tf_message,
+    status_code_from_int,
+)
+
+log = logging.getLogger(__name__)
+
+State = get_model_status_pb2.ModelVersionStatus.State
+_MAX_REMEMBERED_STATES = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    """What GetModelStatus reports for one version."""
+
+    version: int
+    state: int  # ModelVersionStatus.State
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+class ModelManager:
+    """Keeps the newest `num_versions` versions of one model loaded, polling the base path.
+
+    Requests take a version with `acquire()`, which holds a reference: a
+    version being unloaded waits for those requests before it is released.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        base_path: str,
+        poll_seconds: float = 2.0,
+        num_versions: int = 1,
+        run_warmup: bool = True,
+        drain_seconds: float = 30.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.model_name = model_name
+        self.base_path = base_path
+        self.poll_seconds = poll_seconds
+        self.num_versions = num_versions
+        self.run_warmup = run_warmup
+        self.drain_seconds = drain_seconds
+        self.max_pixels = max_pixels
+        self._lock = threading.Lock()  # guards _serving and _states
+        self._serving: dict[int, LoadedVersion] = {}
+        self._states: dict[int, VersionStatus] = {}
+        self._failed: dict[int, Fingerprint] = {}  # version -> its files when it failed
+        self._poll_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Load what is on disk now (blocking), then poll in a background thread."""
+        self.poll_once()
+        self._thread = threading.Thread(target=self._poll_loop, name="serving-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and unload every version (waiting for their requests)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(60.0, self.drain_seconds + 30.0))
+        with self._poll_lock:
+            for version in sorted(self.serving_versions()):
+                self._unload(version)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # the poller must outlive any one bad poll
+                log.exception("polling %s failed; will retry", self.base_path)
+
+    def poll_once(self) -> None:
+        """One reconciliation of loaded versions with the directories on disk."""
+        with self._poll_lock:
+            if self._stop.is_set() and self._thread is not None:
+                return
+            try:
+                on_disk = list_versions(self.base_path)
+            except (tf.errors.OpError, OSError) as e:
+                log.warning("cannot list model base path %s: %s", self.base_path, e)
+                return
+            aspired = sorted(on_disk, reverse=True)[: self.num_versions]
+            for version in aspired:  # newest first: it takes traffic as soon as it is ready
+                if version not in self.serving_versions():
+                    self._load(version, on_disk[version])
+            loaded = set(self.serving_versions())
+            keep = {v for v in aspired if v in loaded}
+            if not keep:
+                # No wanted version could load: keep serving the newest one still on disk.
+                still_there = [v for v in loaded if v in on_disk]
+                keep = {max(still_there)} if still_there else set()
+            for version in sorted(loaded - keep):
+                self._unload(version)
+            for version in list(self._failed):
+                if version not in on_disk:
+                    del self._failed[version]
+
+    def _set_state(self, status: VersionStatus) -> None:
+        with self._lock:
+            self._states[status.version] = status
+            for old in sorted(self._states)[: max(0, len(self._states) - _MAX_REMEMBERED_STATES)]:
+                if old not in self._serving:
+                    del self._states[old]
+
+    def _load(self, version: int, path: str) -> None:
+        try:
+            files = fingerprint(path)
+        except (tf.errors.OpError, OSError) as e:
+            log.warning("cannot read version dir %s: %s", path, e)
+            return
+        if self._failed.get(version) == files:
+            return  # failed before and unchanged since: do not retry every poll
+        self._set_state(VersionStatus(version, State.LOADING))
+        log.info("Loading model %r version %d from %s", self.model_name, version, path)
+        start = time.monotonic()
+        try:
+            loaded = LoadedVersion(self.model_name, version, path, self.max_pixels)
+            loaded.warmup_summary = loaded.warm_up(self.run_warmup)
+        except Exception as e:  # noqa: BLE001 - any load/warm-up failure keeps the old version
+            self._failed[version] = files
+            code, message = _load_failure(e)
+            self._set_state(VersionStatus(version, State.END, code, message))
+            log.error(
+                "Failed to load model %r version %d from %s: %s (still serving %s)",
+                self.model_name,
+                version,
+                path,
+                message,
+                self.serving_versions() or "nothing",
+            )
+            return
+        self._failed.pop(version, None)
+        with self._lock:
+            self._serving[version] = loaded
+            self._states[version] = VersionStatus(version, State.AVAILABLE)
+        log.info(
+            "Loaded model %r version %d in %.1fs (warm-up: %s); serving versions %s",
+            self.model_name,
+            version,
+            time.monotonic() - start,
+            loaded.warmup_summary,
+            self.serving_versions(),
+        )
+
+    def _unload(self, version: int) -> None:
+        with self._lock:
+            loaded = self._serving.pop(version, None)
+            if loaded is None:
+                return
+            self._states[version] = VersionStatus(version, State.UNLOADING)
+        log.info(
+            "Unloading model %r version %d (%d requests in flight)",
+            self.model_name,
+            version,
+            loaded.in_flight,
+        )
+        if not loaded.drain(self.drain_seconds):
+            log.warning(
+                "version %d still has %d requests after %.0fs; releasing it (they keep their own reference)",
+                version,
+                loaded.in_flight,
+                self.drain_seconds,
+            )
+        loaded.close()
+        del loaded
+        gc.collect()
+        self._set_state(VersionStatus(version, State.END))
+        log.info("Unloaded model %r version %d", self.model_name, version)
+
+    # -- queries -----------------------------------------------------------------------
+    def serving_versions(self) -> list[int]:
+        """The versions taking traffic, oldest first."""
+        with self._lock:
+            return sorted(self._serving)
+
+    def get_loaded(self, version: int) -> LoadedVersion | None:
+        """The loaded version object (for diagnostics), or None."""
+        with self._lock:
+            return self._serving.get(version)
+
+    def statuses(self, version: int | None = None) -> list[VersionStatus]:
+        """The state of `version`, or of every remembered version newest first."""
+        with self._lock:
+            if version is not None:
+                return [self._states[version]] if version in self._states else []
+            return [self._states[v] for v in sorted(self._states, reverse=True)]
+
+    def check_model_name(self, spec: model_pb2.ModelSpec) -> None:
+        """NOT_FOUND unless the request names this model."""
+        if spec.name != self.model_name:
+            raise ModelNotFoundError(
+                f"Servable not found for request: model {spec.name!r} is not served "
+                f"(this server serves {self.model_name!r})"
+            )
+
+    @contextlib.contextmanager
+    def acquire(self, spec: model_pb2.ModelSpec) -> Iterator[LoadedVersion]:
+        """The version a request asks for (newest by default), held until the block ends."""
+        self.check_model_name(spec)
+        if spec.HasField("version_label"):
+            raise InvalidRequestError(
+                f"Unrecognized servable version label: {spec.version_label} (this server "
+                f"assigns no labels; select a version with model_spec.version)"
+            )
+        with self._lock:
+            if spec.HasField("version"):
+                loaded = self._serving.get(spec.version.value)
+                if loaded is None:
+                    raise ModelNotFoundError(
+                        f"Servable not found for request: Specific({self.model_name}, "
+                        f"{spec.version.value}); loaded versions: {sorted(self._serving)}"
+                    )
+            elif self._serving:
+                loaded = self._serving[max(self._serving)]
+            else:
+                raise ModelUnavailableError(
+                    f"no version of model {self.model_name!r} is loaded yet (base path {self.base_path})"
+                )
+            loaded.acquire()
+        try:
+            yield loaded
+        finally:
+            loaded.release()
+
+
+def _load_failure(e: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status a failed load leaves on its version: ours, TensorFlow's, or UNKNOWN."""
+    if isinstance(e, tf.errors.OpError):
+        return status_code_from_int(e.error_code), clean_tf_message(e.message)
+    if isinstance(e, ServingError):
+        return e.code, str(e)
+    return grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}"

@@ -1,0 +1,130 @@
+"""Translation between TF Serving's request/response protos and numpy arrays.
+
+Requests carry TensorProtos (Predict) or tf.Examples (Classify); signatures
+take arrays. Every check here answers a client mistake with INVALID_ARGUMENT
+naming the input, and a model output of the wrong shape with INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import classification_pb2
+
+from serving.errors import InvalidRequestError, ServingError
+
+
+def tensor_to_array(alias: str, proto: Any, spec: tf.TensorSpec, signature: str) -> np.ndarray:
+    """A request TensorProto -> numpy, checked against the signature's TensorSpec.
+
+    Checks dtype, shape compatibility and, for a batch dimension, that the
+    batch is not empty.
+    """
+    expected = spec.dtype.as_datatype_enum
+    if proto.dtype != expected:
+        got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "DT_INVALID"
+        raise InvalidRequestError(
+            f"input {alias!r} has dtype {got} but signature {signature!r} expects {spec.dtype.name}"
+        )
+    try:
+        array = tf.make_ndarray(proto)
+    except (ValueError, TypeError) as e:
+        raise InvalidRequestError(f"tensor parsing error: {alias}: {e}") from e
+    if not spec.shape.is_compatible_with(array.shape):
+        raise InvalidRequestError(
+            f"input {alias!r} has shape {list(array.shape)} but signature {signature!r} expects {spec.shape}"
+        )
+    if array.ndim >= 1 and spec.shape.rank and spec.shape[0] is None and array.shape[0] == 0:
+        raise InvalidRequestError(f"input {alias!r} is an empty batch: send at least one element")
+    return array
+
+
+def check_input_names(inputs: Mapping[str, Any], specs: Mapping[str, Any], signature: str) -> None:
+    """The request's input aliases must be exactly the signature's (TF Serving's message)."""
+    if set(inputs) != set(specs):
+        sent, wanted = sorted(inputs), sorted(specs)
+        raise InvalidRequestError(
+            f"input size does not match signature {signature!r}: "
+            f"{len(sent)}!={len(wanted)} len({{{','.join(sent)}}}) != "
+            f"len({{{','.join(wanted)}}}). "
+            f"Sent extra: {{{','.join(sorted(set(sent) - set(wanted)))}}}. "
+            f"Missing but required: {{{','.join(sorted(set(wanted) - set(sent)))}}}."
+        )
+
+
+def input_arrays(
+    inputs: Mapping[str, Any], specs: Mapping[str, tf.TensorSpec], signature: str
+) -> dict[str, np.ndarray]:
+    """A request's inputs {alias: TensorProto or ndarray} -> {alias: ndarray}, checked.
+
+    The aliases must be the signature's inputs; TensorProtos are checked
+    against their TensorSpec, ndarrays (warm-up, internal calls) pass through.
+    """
+    check_input_names(inputs, specs, signature)
+    arrays = {}
+    for alias, value in inputs.items():
+        if isinstance(value, np.ndarray):
+            arrays[alias] = value
+        else:
+            arrays[alias] = tensor_to_array(alias, value, specs[alias], signature)
+    return arrays
+
+
+def serialized_examples(model_input: Any) -> list[bytes]:
+    """tensorflow.serving.Input -> serialized tf.Examples (context merged into each)."""
+    kind = model_input.WhichOneof("kind")
+    if kind == "example_list":
+        examples = [e.SerializeToString() for e in model_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        lists = model_input.example_list_with_context
+        examples = []
+        for e in lists.examples:
+            merged = tf.train.Example()
+            merged.CopyFrom(lists.context)
+            for key, feature in e.features.feature.items():
+                merged.features.feature[key].CopyFrom(feature)
+            examples.append(merged.SerializeToString())
+    else:
+        raise InvalidRequestError("Input is empty.")
+    if not examples:
+        raise InvalidRequestError("Input is empty: the example list holds no examples.")
+    return examples
+
+
+def classification_result(
+    classes: np.ndarray | None, scores: np.ndarray | None, batch_size: int
+) -> classification_pb2.ClassificationResult:
+    """[batch, N] class names and/or scores -> one Classifications row per example.
+
+    Either may be None (a signature may have only one of them); shapes that
+    do not match the batch are the model's fault: INTERNAL.
+    """
+    if classes is None and scores is None:
+        raise ServingError("the signature returned neither classes nor scores", grpc.StatusCode.INTERNAL)
+    for name, array in (("classes", classes), ("scores", scores)):
+        if array is not None and (array.ndim != 2 or array.shape[0] != batch_size):
+            raise ServingError(
+                f"Expected {name} Tensor of shape [batch_size num_classes] with "
+                f"batch_size {batch_size}, got {list(array.shape)}",
+                grpc.StatusCode.INTERNAL,
+            )
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise ServingError(
+            f"classes shape {list(classes.shape)} != scores shape {list(scores.shape)}",
+            grpc.StatusCode.INTERNAL,
+        )
+    result = classification_pb2.ClassificationResult()
+    width = (classes if classes is not None else scores).shape[1]
+    for i in range(batch_size):
+        row = result.classifications.add()
+        for j in range(width):
+            c = row.classes.add()
+            if classes is not None:
+                c.label = classes[i, j].decode("utf-8", errors="replace")
+            if scores is not None:
+                c.score = float(scores[i, j])
+    return result

@@ -1,0 +1,251 @@
+"""The data gate before training: the contract schema, label counts, each anomaly named, the override."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
+
+from components.data_contract import (
+    DataContractError,
+    SplitLabels,
+    apply_contract,
+    find_anomalies,
+    require_complete,
+    split_labels,
+    validator_messages,
+)
+
+
+def _stats(label_counts: dict[str, int] | None, examples: int | None = None, unique: int | None = None):
+    """Statistics as TFDV writes them for one split: the label's rank histogram (and an image feature)."""
+    stats = statistics_pb2.DatasetFeatureStatisticsList()
+    ds = stats.datasets.add()
+    total = sum((label_counts or {}).values())
+    ds.num_examples = total if examples is None else examples
+    image = ds.features.add(type=statistics_pb2.FeatureNameStatistics.STRING)
+    image.path.step.append("image")
+    image.string_stats.common_stats.num_non_missing = ds.num_examples
+    if label_counts is not None:
+        label = ds.features.add(type=statistics_pb2.FeatureNameStatistics.STRING)
+        label.path.step.append("label")
+        label.string_stats.unique = len(label_counts) if unique is None else unique
+        for name, n in sorted(label_counts.items(), key=lambda kv: -kv[1]):
+            label.string_stats.rank_histogram.buckets.add(label=name, sample_count=n)
+    return stats
+
+
+def _labels(split, counts, **kw) -> SplitLabels:
+    return split_labels(split, _stats(counts, **kw))
+
+
+def _unexpected_label_anomaly(values: str) -> anomalies_pb2.Anomalies:
+    a = anomalies_pb2.Anomalies()
+    info = a.anomaly_info["label"]
+    info.reason.add(
+        type=anomalies_pb2.AnomalyInfo.ENUM_TYPE_UNEXPECTED_STRING_VALUES,
+        short_description="Unexpected string values",
+        description=f"Examples contain values missing from the schema: {values}.",
+    )
+    return a
+
+
+# ------------------------------------------------------------------ label counts
+def test_split_labels_reads_the_rank_histogram():
+    got = _labels("train", {"5": 40, "6": 16})
+    assert got.counts == {"5": 40, "6": 16} and got.examples == 56 and got.complete and got.is_string
+    assert split_labels("eval", statistics_pb2.DatasetFeatureStatisticsList()).examples == 0
+    no_label = split_labels("eval", _stats(None, examples=5))
+    assert no_label.examples == 5 and no_label.counts == {} and not no_label.is_string
+
+
+def test_truncated_label_statistics_are_an_error_not_a_smaller_label_set():
+    truncated = _labels("train", {"a": 3, "b": 2}, unique=1500)
+    assert not truncated.complete
+    with pytest.raises(
+        DataContractError, match="'label' has 1500 distinct values but the statistics list only 2"
+    ):
+        require_complete(truncated)
+
+
+# ------------------------------------------------------------------ the schema
+def _inferred(labels: list[str]) -> schema_pb2.Schema:
+    import pyarrow as pa
+    import tensorflow_data_validation as tfdv
+    from tensorflow_data_validation.statistics import stats_impl
+
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(
+                [[b"\x89PNG" + bytes([i % 256])] for i in range(len(labels))], type=pa.list_(pa.binary())
+            ),
+            pa.array([[v.encode()] for v in labels], type=pa.list_(pa.binary())),
+        ],
+        ["image", "label"],
+    )
+    stats = stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions())
+    return tfdv.infer_schema(stats, infer_feature_shape=True), stats
+
+
+@pytest.mark.parametrize(
+    "train_labels, tfdv_domain",
+    [
+        (["cat", "dog"] * 4, "domain"),  # few string classes: TFDV infers a string domain
+        (["5", "6", "7"] * 4, "int_domain"),  # digit names: an open int_domain, any label passes
+        ([f"c{i}" for i in range(150)], None),  # more than 100 classes: no domain at all
+    ],
+)
+def test_contract_gives_the_label_exactly_the_train_classes(train_labels, tfdv_domain):
+    import tensorflow_data_validation as tfdv
+
+    schema, train_stats = _inferred(train_labels)
+    label = next(f for f in schema.feature if f.name == "label")
+    assert label.WhichOneof("domain_info") == tfdv_domain  # what TFDV does on its own
+
+    contract = apply_contract(schema, sorted(set(train_labels)))
+    label = next(f for f in contract.feature if f.name == "label")
+    assert label.WhichOneof("domain_info") == "domain"
+    [domain] = [d for d in contract.string_domain if d.name == label.domain]
+    assert list(domain.value) == sorted(set(train_labels))
+    for f in contract.feature:
+        assert f.presence.min_fraction == 1.0 and [d.size for d in f.shape.dim] == [1]
+
+    # The train split passes its own contract; an eval label train never had is an anomaly.
+    assert not tfdv.validate_statistics(train_stats, contract).anomaly_info
+    _, eval_stats = _inferred([train_labels[0], "unseen"])
+    anomalies = tfdv.validate_statistics(eval_stats, contract)
+    reasons = [r.type for r in anomalies.anomaly_info["label"].reason]
+    assert anomalies_pb2.AnomalyInfo.ENUM_TYPE_UNEXPECTED_STRING_VALUES in reasons
+    assert "unseen" in anomalies.anomaly_info["label"].description
+
+
+def test_contract_adds_a_missing_required_feature():
+    contract = apply_contract(schema_pb2.Schema(), ["a"])
+    assert {f.name for f in contract.feature} == {"image", "label"}
+
+
+# ------------------------------------------------------------------ the anomalies
+def test_each_anomaly_is_named():
+    splits = {
+        "train": _labels("train", {"5": 40, "6": 16, "7": 8}),
+        "eval": _labels("eval", {"5": 10, "6": 4, "9": 3}),
+    }
+    found = find_anomalies(
+        splits, {"eval": _unexpected_label_anomaly("9 (~18%)")}, baseline_classes=["5", "6", "8"]
+    )
+    assert found == [
+        "eval: feature 'label': Unexpected string values: "
+        "Examples contain values missing from the schema: 9 (~18%).",
+        "eval has class '9' (3 examples) that train does not: the model cannot learn or predict it",
+        "train has class '7' (8 examples) with no eval example: the gate could not judge it",
+        "label set changed against the latest blessed model: new class '7'; vanished class '8'",
+    ]
+
+
+def test_clean_data_has_no_anomaly():
+    splits = {"train": _labels("train", {"a": 5, "b": 5}), "eval": _labels("eval", {"a": 1, "b": 2})}
+    assert find_anomalies(splits, {"train": anomalies_pb2.Anomalies()}, baseline_classes=["b", "a"]) == []
+    assert find_anomalies(splits, {}, baseline_classes=None) == []
+
+
+def test_empty_and_missing_splits():
+    found = find_anomalies({"train": _labels("train", {}, examples=0)}, {})
+    assert found == [
+        "train: the split is empty (0 examples)",
+        "eval: the split is missing (no statistics for it)",
+    ]
+
+
+def test_validator_messages_cover_dataset_level_and_multiple_reasons():
+    a = anomalies_pb2.Anomalies()
+    info = a.anomaly_info["image"]
+    info.reason.add(short_description="Column dropped", description="present in fewer examples than expected")
+    info.reason.add(short_description="Feature shape dropped", description="value lengths vary")
+    a.dataset_anomaly_info.reason.add(short_description="Low num examples", description="0 < 1")
+    assert validator_messages("train", a) == [
+        "train: feature 'image': Column dropped: present in fewer examples than expected",
+        "train: feature 'image': Feature shape dropped: value lengths vary",
+        "train: dataset: Low num examples: 0 < 1",
+    ]
+
+
+# ------------------------------------------------------------------ the executor
+def _artifacts(tmp_path, train, evals, eval_anomalies=None, baseline_vocab=None):
+    from tfx.types import artifact_utils, standard_artifacts
+
+    stats = standard_artifacts.ExampleStatistics()
+    stats.uri = str(tmp_path / "stats")
+    stats.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    anomalies = standard_artifacts.ExampleAnomalies()
+    anomalies.uri = str(tmp_path / "anomalies")
+    anomalies.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    for split, counts in (("train", train), ("eval", evals)):
+        os.makedirs(tmp_path / "stats" / f"Split-{split}")
+        (tmp_path / "stats" / f"Split-{split}" / "FeatureStats.pb").write_bytes(
+            _stats(counts).SerializeToString()
+        )
+        found = eval_anomalies if split == "eval" and eval_anomalies else anomalies_pb2.Anomalies()
+        os.makedirs(tmp_path / "anomalies" / f"Split-{split}")
+        (tmp_path / "anomalies" / f"Split-{split}" / "SchemaDiff.pb").write_bytes(found.SerializeToString())
+    inputs = {"statistics": [stats], "anomalies": [anomalies], "baseline_model": []}
+    if baseline_vocab is not None:
+        model = standard_artifacts.Model()
+        model.uri = str(tmp_path / "baseline")
+        assets = tmp_path / "baseline" / "Format-Serving" / "assets"
+        os.makedirs(assets)
+        (assets / "label_vocab").write_text("\n".join(baseline_vocab) + "\n")
+        inputs["baseline_model"] = [model]
+    from components.artifacts import DataGateReport
+
+    report = DataGateReport()
+    report.uri = str(tmp_path / "report")
+    return inputs, {"report": [report]}
+
+
+def test_executor_fails_the_run_naming_every_anomaly(tmp_path):
+    from components.data_gate import DataGateError, DataGateExecutor
+
+    inputs, outputs = _artifacts(
+        tmp_path,
+        {"5": 40, "6": 16},
+        {"5": 10, "6": 4, "9": 3},
+        eval_anomalies=_unexpected_label_anomaly("9 (~18%)"),
+        baseline_vocab=["5", "6"],
+    )
+    with pytest.raises(DataGateError) as e:
+        DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+    message = str(e.value)
+    assert message.startswith("2 data anomalies stop the run before training")
+    assert "--allow-anomalies" in message
+    assert "\n  - eval: feature 'label': Unexpected string values" in message
+    assert "\n  - eval has class '9' (3 examples) that train does not" in message
+    assert not os.path.exists(tmp_path / "report" / "data_gate.json")
+
+
+def test_executor_lets_a_person_override_and_records_it(tmp_path):
+    from components.data_gate import DataGateExecutor
+
+    inputs, outputs = _artifacts(
+        tmp_path, {"5": 40, "6": 16, "8": 5}, {"5": 10, "6": 4, "8": 2}, baseline_vocab=["6", "5"]
+    )
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 1})
+    with open(tmp_path / "report" / "data_gate.json", encoding="utf-8") as f:
+        report = json.load(f)
+    assert report["anomalies_allowed"] == [
+        "label set changed against the latest blessed model: new class '8'"
+    ]
+    assert report["splits"]["eval"] == {"examples": 16, "labels": {"5": 10, "6": 4, "8": 2}}
+    assert report["baseline_classes"] == ["6", "5"]
+
+
+def test_executor_passes_clean_data_silently(tmp_path):
+    from components.artifacts import read_report
+    from components.data_gate import DataGateExecutor
+
+    inputs, outputs = _artifacts(tmp_path, {"a": 4, "b": 4}, {"a": 1, "b": 1})
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+    report = read_report(outputs["report"])
+    assert report.anomalies == [] and report.anomalies_allowed == [] and report.baseline_classes is None
+    assert report.label_counts("eval") == {"a": 1, "b": 1}

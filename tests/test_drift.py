@@ -1,0 +1,372 @@
+"""Drift: served images (from the dev server's request logs) against a run's training data.
+
+Training data: the first 120 scikit-learn digits of each class 0-2 (the serving
+fixture model was fitted on a subset of them). A fresh sample of the same
+distribution (the remaining digits) must not be flagged; the same images
+inverted or darkened must be. The run lookup goes through real run records
+and an ML Metadata store laid out as TFX lays it out.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import shutil
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from PIL import Image, ImageOps
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from imgpipe.cli import main as cli
+from imgpipe.cli.output import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from imgpipe.demo.data import digit_images
+from imgpipe.drift import sources
+from imgpipe.drift.detect import TooFewImages, compare_tables
+from imgpipe.drift.features import FeatureTable, ImageFeatureError, image_features, reservoir_sample
+from pipeline.config import PipelineConfig
+from serving.devserver import lifecycle
+from tests import image_bombs, serving_fixtures
+from tests.helpers import make_example
+
+NAME = serving_fixtures.MODEL_NAME
+TRAIN_PER_CLASS = 120
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _map_png(data: bytes, fn) -> bytes:
+    buf = io.BytesIO()
+    fn(Image.open(io.BytesIO(data))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _invert(data: bytes) -> bytes:
+    return _map_png(data, ImageOps.invert)
+
+
+def _darken(data: bytes) -> bytes:
+    return _map_png(data, lambda im: im.point(lambda v: int(v * 0.4)))
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, list[tuple[bytes, str]]]:
+    """{'train': the first 120 of each digit 0-2, 'fresh': the rest (about 58 each)}."""
+    by_class: dict[str, list[bytes]] = {}
+    for image, label in digit_images((0, 1, 2), per_class=200, size=serving_fixtures.IMAGE_SIZE):
+        by_class.setdefault(label, []).append(image)
+    return {
+        "train": [(img, label) for label, imgs in by_class.items() for img in imgs[:TRAIN_PER_CLASS]],
+        "fresh": [(img, label) for label, imgs in by_class.items() for img in imgs[TRAIN_PER_CLASS:]],
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(digits) -> FeatureTable:
+    return FeatureTable.of(digits["train"])
+
+
+# ----------------------------------------------------------------------------------------
+# The feature function
+
+
+def test_image_features_of_known_images():
+    black = image_features(_png(np.zeros((20, 30), np.uint8)))
+    assert black == {"width": 30, "height": 20, "channels": 1, "format": "PNG", "brightness": 0.0}
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    features = image_features(_png(red))
+    assert features["channels"] == 3 and features["brightness"] == pytest.approx(76, abs=1)  # BT.601
+    assert image_features(_png(red, "RGBA"))["channels"] == 4
+    assert image_features(_png(red, "P"))["channels"] == 3
+    assert image_features(_png(np.full((8, 8), 255, np.uint8), "LA"))["channels"] == 2
+    white_jpeg = serving_fixtures.as_jpeg(_png(np.full((64, 48), 255, np.uint8)))
+    features = image_features(white_jpeg)
+    assert features["format"] == "JPEG" and (features["width"], features["height"]) == (48, 64)
+    assert features["brightness"] == pytest.approx(255, abs=2)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"not an image", "not a readable"),
+        (image_bombs.png_bomb(9000, 9000), "larger than 40 MP"),
+        (image_bombs.jpeg_header(100, 100), "cannot be decoded"),
+    ],
+)
+def test_unmeasurable_images_are_counted_by_reason(data, reason):
+    with pytest.raises(ImageFeatureError, match=reason):
+        image_features(data)
+    table = FeatureTable.of([(data, "x"), (_png(np.zeros((4, 4), np.uint8)), "y")])
+    assert len(table.rows) == 1 and table.rows[0]["class"] == "y"
+    assert sum(table.skipped.values()) == 1 and reason in next(iter(table.skipped))
+
+
+def test_reservoir_sample_is_bounded_seeded_and_ordered():
+    sample, total = reservoir_sample(iter(range(1000)), 50, seed=3)
+    assert total == 1000 and len(sample) == 50 and sample == sorted(sample)
+    assert reservoir_sample(iter(range(1000)), 50, seed=3)[0] == sample
+    assert reservoir_sample(iter(range(1000)), 50, seed=4)[0] != sample
+    assert np.mean(sample) == pytest.approx(500, abs=150)  # spread over the stream, not its head
+    assert reservoir_sample(iter(range(7)), 50) == (list(range(7)), 7)
+
+
+# ----------------------------------------------------------------------------------------
+# Logged requests -> the served side
+
+
+@pytest.fixture(scope="session")
+def model() -> serving_fixtures.ServingModel:
+    return serving_fixtures.serving_model()
+
+
+def _send_all(target: str, images: list[bytes]) -> None:
+    """Send the images in batches of 8, cycling through predict_images, serving_default and Classify."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+    for n, start in enumerate(range(0, len(images), 8)):
+        batch = images[start : start + 8]
+        kind = n % 3
+        if kind == 2:
+            request = classification_pb2.ClassificationRequest()
+            request.model_spec.name = NAME
+            request.model_spec.signature_name = "classification"
+            for image in batch:
+                request.input.example_list.examples.add().ParseFromString(make_example(image))
+            stub.Classify(request, timeout=60)
+            continue
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = NAME
+        if kind == 0:
+            request.model_spec.signature_name = "predict_images"
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        else:
+            values = [make_example(image) for image in batch]
+            request.inputs["examples"].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
+        stub.Predict(request, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def log_dirs(model, digits, tmp_path_factory) -> dict[str, str]:
+    """Request logs of the fresh sample and of the same images inverted, each from its own server."""
+    base = tmp_path_factory.mktemp("models") / NAME
+    shutil.copytree(model.export_dir, base / "1")
+    fresh = [image for image, _ in digits["fresh"]]
+    dirs = {}
+    for name, images in (("fresh", fresh), ("inverted", [_invert(i) for i in fresh])):
+        dirs[name] = str(tmp_path_factory.mktemp(f"logs-{name}"))
+        with lifecycle.start_in_thread(str(base), NAME, log_requests=dirs[name]) as server:
+            _send_all(server.target, images)
+    return dirs
+
+
+def test_logged_requests_of_every_kind_give_images_and_predicted_classes(log_dirs, digits, model):
+    logged = sources.LoggedImages(log_dirs["fresh"])
+    pairs = list(sources.logged_images(log_dirs["fresh"], logged))
+    fresh = [image for image, _ in digits["fresh"]]
+    assert [image for image, _ in pairs] == fresh  # predict_images, serving_default and Classify alike
+    assert logged.records == -(-len(fresh) // 8) and logged.files == 1
+    assert not logged.skipped and not logged.problems
+    assert {label for _, label in pairs} <= set(model.class_names)
+    accuracy = np.mean(
+        [label == truth for (_, label), (_, truth) in zip(pairs, digits["fresh"], strict=True)]
+    )
+    assert accuracy > 0.8  # the logged classes are the model's answers, not noise
+
+
+def test_fresh_sample_does_not_drift(log_dirs, trained):
+    served = FeatureTable.of(sources.logged_images(log_dirs["fresh"], sources.LoggedImages("")))
+    report = compare_tables(trained, served)
+    assert report["drift"] is False and report["drifted"] == [], report["features"]
+    assert set(report["features"]) == {"width", "height", "channels", "format", "brightness", "class"}
+    measures = {name: f["measure"] for name, f in report["features"].items()}
+    assert measures["brightness"] == "Jensen_Shannon" and measures["class"] == "L_infinity"
+    assert all(f["distance"] < f["threshold"] for f in report["features"].values())
+
+
+def test_inverted_images_drift_in_brightness_and_class(log_dirs, trained):
+    served = FeatureTable.of(sources.logged_images(log_dirs["inverted"], sources.LoggedImages("")))
+    report = compare_tables(trained, served)
+    assert report["drift"] is True
+    assert {"brightness", "class"} <= set(report["drifted"]), report["features"]
+    assert report["features"]["brightness"]["distance"] > 0.5
+    assert report["features"]["width"]["drifted"] is False
+
+
+def test_darker_images_drift_in_brightness(digits, trained):
+    served = FeatureTable.of((_darken(image), label) for image, label in digits["fresh"])
+    report = compare_tables(trained, served)
+    assert "brightness" in report["drifted"] and "class" not in report["drifted"]
+
+
+def test_other_formats_and_sizes_drift(digits, trained):
+    fresh = digits["fresh"]
+    as_jpeg_96 = [
+        (serving_fixtures.as_jpeg(_map_png(image, lambda im: im.convert("RGB").resize((96, 96)))), label)
+        for image, label in fresh
+    ]
+    report = compare_tables(trained, FeatureTable.of(as_jpeg_96))
+    assert {"width", "height", "format", "channels"} <= set(report["drifted"])
+    assert "format" in report["anomalies"]  # JPEG was never seen in training: TFDV says so too
+
+
+def test_too_few_images_refuse_to_judge(trained):
+    few = FeatureTable.of([(_png(np.zeros((32, 32), np.uint8)), "0")] * 5)
+    with pytest.raises(TooFewImages, match="only 5 measurable logged images"):
+        compare_tables(trained, few)
+
+
+def test_cut_and_corrupt_log_files_are_reported(log_dirs, tmp_path):
+    [path] = sorted(p for p in os.listdir(log_dirs["fresh"]) if p.endswith(".tfrecord"))
+    data = open(os.path.join(log_dirs["fresh"], path), "rb").read()
+    (tmp_path / "prediction_log-a.tfrecord").write_bytes(data[:-10])
+    bad = bytearray(data)
+    bad[40] ^= 0xFF
+    (tmp_path / "prediction_log-b.tfrecord").write_bytes(bytes(bad))
+    logged = sources.LoggedImages(str(tmp_path))
+    pairs = list(sources.logged_images(str(tmp_path), logged))
+    assert logged.files == 2 and len(pairs) > 0
+    assert any("cut short" in p for p in logged.problems)
+    assert any("prediction_log-b" in p and "checksum" in p for p in logged.problems)
+
+
+# ----------------------------------------------------------------------------------------
+# The run lookup (run records + ML Metadata) and `imgpipe drift`
+
+
+def _write_split(directory: str, items) -> None:
+    """An ExampleGen-style split: one gzipped TFRecord file of tf.Examples."""
+    os.makedirs(directory, exist_ok=True)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(os.path.join(directory, "data_tfrecord-00000-of-00001.gz"), options) as w:
+        for image, label in items:
+            w.write(make_example(image, label))
+
+
+def _record_run(store, types, pipeline_ctx_id: int, run_id: str, examples_uri: str) -> None:
+    """One run as TFX records it: run and node contexts, an ExampleGen execution, its output."""
+    node_name = f"imgpipe.{sources.EXAMPLE_GEN}"
+    [run_ctx_id] = store.put_contexts(
+        [metadata_store_pb2.Context(type_id=types["pipeline_run"], name=run_id)]
+    )
+    node = store.get_context_by_type_and_name("node", node_name)
+    node_id = (
+        node.id
+        if node
+        else store.put_contexts([metadata_store_pb2.Context(type_id=types["node"], name=node_name)])[0]
+    )
+    store.put_parent_contexts(
+        [metadata_store_pb2.ParentContext(child_id=run_ctx_id, parent_id=pipeline_ctx_id)]
+    )
+    execution = metadata_store_pb2.Execution(
+        type_id=types["execution"], last_known_state=metadata_store_pb2.Execution.COMPLETE
+    )
+    artifact = metadata_store_pb2.Artifact(type_id=types["Examples"], uri=examples_uri)
+    event = metadata_store_pb2.Event(type=metadata_store_pb2.Event.OUTPUT)
+    event.path.steps.add().key = sources.EXAMPLES_KEY
+    event.path.steps.add().index = 0
+    store.put_execution(execution, [(artifact, event)], store.get_contexts_by_id([run_ctx_id, node_id]))
+
+
+def _home(tmp_path, runs: list[tuple[str, list]]) -> str:
+    """A pipeline home with ML Metadata and a run record per (run_id, training items), oldest first."""
+    home = str(tmp_path / "home")
+    config = PipelineConfig(home=home)
+    os.makedirs(home)
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = config.metadata_path
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    store = metadata_store.MetadataStore(connection)
+    types = {
+        name: store.put_context_type(metadata_store_pb2.ContextType(name=name))
+        for name in ("pipeline", "pipeline_run", "node")
+    }
+    types["execution"] = store.put_execution_type(metadata_store_pb2.ExecutionType(name="ImportExampleGen"))
+    types["Examples"] = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="Examples"))
+    [pipeline_ctx] = store.put_contexts(
+        [metadata_store_pb2.Context(type_id=types["pipeline"], name="imgpipe")]
+    )
+    for n, (run_id, items) in enumerate(runs):
+        uri = os.path.join(home, "pipelines", "imgpipe", sources.EXAMPLE_GEN, "examples", str(n + 1))
+        _write_split(os.path.join(uri, "Split-train"), items)
+        _write_split(os.path.join(uri, "Split-eval"), items[:3])
+        _record_run(store, types, pipeline_ctx, run_id, uri)
+        folder = os.path.join(home, "runs", run_id.replace(":", "_"))
+        os.makedirs(folder)
+        config.save(os.path.join(folder, "config.yaml"))
+        summary = os.path.join(folder, "summary.json")
+        with open(summary, "w", encoding="utf-8") as f:
+            json.dump({"run_id": run_id, "run_dir": folder}, f)
+        os.utime(summary, (1_700_000_000 + n, 1_700_000_000 + n))
+    return home
+
+
+OLD_RUN, NEW_RUN = "2026-01-01T00:00:00.000001", "2026-02-01T00:00:00.000001"
+
+
+@pytest.fixture(scope="module")
+def home(digits, tmp_path_factory) -> str:
+    """Two runs: the older trained on the digits, the newer on the same digits inverted."""
+    inverted = [(_invert(image), label) for image, label in digits["train"]]
+    return _home(tmp_path_factory.mktemp("drift-home"), [(OLD_RUN, digits["train"]), (NEW_RUN, inverted)])
+
+
+def test_training_split_of_a_run_is_found_through_ml_metadata(home):
+    split = sources.training_split(home, OLD_RUN)
+    assert split.run_id == OLD_RUN and split.pipeline_name == "imgpipe"
+    assert split.files == [os.path.join(split.examples_uri, "Split-train", "data_tfrecord-00000-of-00001.gz")]
+    assert split.examples_uri.endswith(os.path.join("examples", "1"))
+    assert sources.training_split(home, "latest").run_id == NEW_RUN
+    assert sources.training_split(home, NEW_RUN.replace(":", "_")).run_id == NEW_RUN  # the folder name
+    skipped: collections.Counter = collections.Counter()
+    items = list(sources.example_images(split.files, skipped))
+    assert len(items) == 3 * TRAIN_PER_CLASS and items[0][1] == "0" and not skipped
+    with pytest.raises(sources.SourceError, match="no run 'nope'"):
+        sources.training_split(home, "nope")
+
+
+def _drift_cli(capsys, *argv) -> tuple[int, dict | None, str]:
+    code = cli.main(["drift", *argv])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() else None), err
+
+
+def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
+    code, report, err = _drift_cli(capsys, "--logs", log_dirs["fresh"], "--run", OLD_RUN, "--home", home)
+    assert code == EXIT_OK, err
+    assert report["drift"] is False and report["training"]["run_id"] == OLD_RUN
+    assert report["logged"]["measured"] == report["logged"]["images"] == len(digits["fresh"])
+    assert report["training"]["measured"] == 3 * TRAIN_PER_CLASS
+    assert set(report["features"]["brightness"]) == {"measure", "distance", "threshold", "drifted"}
+
+    code, report, _ = _drift_cli(capsys, "--logs", log_dirs["inverted"], "--run", OLD_RUN, "--home", home)
+    assert code == EXIT_DRIFT == 3
+    assert "brightness" in report["drifted"]
+
+    # `latest` is the newer run, trained on inverted digits: the inverted logs match it.
+    code, report, _ = _drift_cli(capsys, "--logs", log_dirs["inverted"], "--run", "latest", "--home", home)
+    assert report["training"]["run_id"] == NEW_RUN and "brightness" not in report["drifted"]
+
+    code, report, err = _drift_cli(capsys, "--logs", log_dirs["fresh"], "--run", "nope", "--home", home)
+    assert code == EXIT_USAGE and report is None and "no run 'nope'" in err
+    code, _, err = _drift_cli(capsys, "--logs", str(tmp_path), "--run", OLD_RUN, "--home", home)
+    assert code == EXIT_USAGE and "no request log files" in err
+    code, _, err = _drift_cli(capsys, "--logs", log_dirs["fresh"], "--run", OLD_RUN, "--home", str(tmp_path))
+    assert code == EXIT_USAGE and "no run records" in err
+    argv = ["--logs", log_dirs["fresh"], "--run", OLD_RUN, "--home", home]
+    code, _, err = _drift_cli(capsys, *argv, "--min-images", "500", "--max-images", "600")
+    assert code == EXIT_FAILED and "cannot judge drift" in err
+    code, _, err = _drift_cli(capsys, *argv, "--numeric-threshold", "2")
+    assert code == EXIT_USAGE and "--numeric-threshold" in err

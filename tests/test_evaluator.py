@@ -1,0 +1,229 @@
+"""The Evaluator's executor around TFMA: the thresholds it writes, the baseline it drops, gate.json.
+
+TFMA itself is replaced by a stand-in that records what it was given; the
+whole-pipeline runs in tests/e2e exercise the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+
+def _model(tmp_path, name: str, vocab: list[str]):
+    from tfx.types import standard_artifacts
+
+    m = standard_artifacts.Model()
+    m.uri = str(tmp_path / name)
+    assets = tmp_path / name / "Format-Serving" / "assets"
+    os.makedirs(assets)
+    (assets / "label_vocab").write_text("\n".join(vocab) + "\n")
+    return m
+
+
+def _report(tmp_path, eval_counts: dict[str, int], allowed=()):
+    from components.artifacts import DataGateReport, Report, write_report
+
+    r = DataGateReport()
+    r.uri = str(tmp_path / "report")
+    write_report(
+        r,
+        Report(
+            splits={"eval": {"examples": sum(eval_counts.values()), "labels": eval_counts}},
+            anomalies=list(allowed),
+            anomalies_allowed=list(allowed),
+            baseline_classes=None,
+        ),
+    )
+    return r
+
+
+def _outputs(tmp_path):
+    from tfx.types import standard_artifacts
+
+    evaluation = standard_artifacts.ModelEvaluation()
+    evaluation.uri = str(tmp_path / "evaluation")
+    os.makedirs(evaluation.uri)
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / "blessing")
+    return {"evaluation": [evaluation], "blessing": [blessing]}
+
+
+def _thresholds(eval_config_json: str) -> dict[str, tuple]:
+    """Slice kind -> (lower bound, has change threshold) of the gated metric."""
+    import tensorflow_model_analysis as tfma
+    from tfx.utils import proto_utils
+
+    from components.gate import ACCURACY_CLASS
+
+    cfg = proto_utils.json_to_proto(eval_config_json, tfma.EvalConfig())
+    out = {}
+    for spec in cfg.metrics_specs:
+        for m in spec.metrics:
+            if m.class_name != ACCURACY_CLASS:
+                continue
+            assert not m.HasField("threshold")
+            for p in m.per_slice_thresholds:
+                [s] = p.slicing_specs
+                kind = ",".join(s.feature_keys) or "overall"
+                out[kind] = (
+                    p.threshold.value_threshold.lower_bound.value,
+                    p.threshold.HasField("change_threshold"),
+                )
+    return out
+
+
+@pytest.fixture
+def fake_tfma(monkeypatch):
+    """Replace TFMA's run: record inputs and properties, bless as told, return the given results."""
+    from tfx.components.evaluator import executor as evaluator_executor
+
+    from components import evaluator
+
+    seen: dict = {"blessed": 1, "results": None}
+
+    def do(self, input_dict, output_dict, props):
+        seen["inputs"], seen["props"] = input_dict, props
+        output_dict["blessing"][0].set_int_custom_property("blessed", seen["blessed"])
+
+    monkeypatch.setattr(evaluator_executor.Executor, "Do", do)
+    monkeypatch.setattr(evaluator, "read_results", lambda uri: seen["results"])
+    return seen
+
+
+def _props(gate_config: dict, min_accuracy: float = 0.5):
+    from tfx.utils import json_utils, proto_utils
+
+    from components.evaluator import eval_config
+    from components.gate import GateConfig
+
+    return {
+        "eval_config": proto_utils.proto_to_json(eval_config(GateConfig())),
+        "gate_config": json_utils.dumps(gate_config),
+        "min_accuracy": min_accuracy,
+    }
+
+
+def test_compiled_eval_config_gates_overall_and_per_class():
+    from tfx.utils import proto_utils
+
+    from components.evaluator import eval_config
+    from components.gate import GateConfig
+
+    cfg = proto_utils.proto_to_json(eval_config(GateConfig(min_accuracy=0.65, min_class_recall=0.1)))
+    assert _thresholds(cfg) == {"overall": (0.65, True), "label": (0.1, False)}
+    off = proto_utils.proto_to_json(eval_config(GateConfig(min_class_recall=0.0)))
+    assert set(_thresholds(off)) == {"overall"}
+
+
+def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults, Failure
+
+    fake_tfma["blessed"] = 0
+    fake_tfma["results"] = EvalResults(
+        accuracy=0.7,
+        examples=20,
+        per_class={"5": 1.0, "6": 0.0},
+        baseline_accuracy=None,
+        failures=[Failure(None, False, 0.7), Failure("6", False, 0.0)],
+    )
+    inputs = {
+        "examples": [],
+        "model": [_model(tmp_path, "candidate", ["5", "6"])],
+        "baseline_model": [],
+        "data_report": [_report(tmp_path, {"5": 14, "6": 6}, allowed=["eval: x"])],
+    }
+    outputs = _outputs(tmp_path)
+    GateEvaluatorExecutor().Do(inputs, outputs, _props({"majority_margin": 0.05, "min_class_recall": 0.05}))
+
+    assert "gate_config" not in fake_tfma["props"] and "min_accuracy" not in fake_tfma["props"]
+    bounds = _thresholds(fake_tfma["props"]["eval_config"])
+    assert bounds["overall"][0] == pytest.approx(0.75)  # 14/20 majority + 0.05, above min_accuracy 0.5
+    assert bounds["label"][0] == pytest.approx(0.05)
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["blessed"] is False
+    assert gate["floor"] == pytest.approx(0.75) and gate["floor_source"] == "majority"
+    assert gate["majority_class"] == "5" and gate["majority_share"] == pytest.approx(0.7)
+    assert gate["reasons"] == [
+        "accuracy 0.700 is below the floor 0.750 (majority class '5' has 0.700 of eval + margin 0.050)",
+        "class '6' recall 0.000 is below min_class_recall 0.050",
+    ]
+    assert gate["baseline"]["skipped_reason"] == "no blessed model yet"
+    assert gate["anomalies_allowed"] == ["eval: x"]
+
+
+def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    fake_tfma["results"] = EvalResults(0.9, 30, {"a": 0.9, "b": 0.9, "c": 0.9}, None)
+    baseline = _model(tmp_path, "baseline", ["a", "b"])
+    inputs = {
+        "examples": [],
+        "model": [_model(tmp_path, "candidate", ["a", "b", "c"])],
+        "baseline_model": [baseline],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10, "c": 10})],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=0.6))
+    assert fake_tfma["inputs"]["baseline_model"] == []  # TFMA gets no baseline to compare with
+    assert _thresholds(fake_tfma["props"]["eval_config"])["overall"][0] == pytest.approx(0.6)
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["blessed"] is True and gate["reasons"] == []
+    assert gate["floor_source"] == "min_accuracy"
+    assert gate["baseline"] == {
+        "accuracy": None,
+        "max_regression": 0.0,
+        "compared": False,
+        "skipped_reason": "label set changed: new class 'c' (against the latest blessed model)",
+    }
+
+
+def test_same_label_set_compares_with_the_baseline(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    fake_tfma["results"] = EvalResults(0.9, 20, {}, 0.88)
+    baseline = _model(tmp_path, "baseline", ["b", "a"])
+    inputs = {
+        "examples": [],
+        "model": [_model(tmp_path, "candidate", ["a", "b"])],
+        "baseline_model": [baseline],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    assert fake_tfma["inputs"]["baseline_model"] == [baseline]
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        assert json.load(f)["baseline"]["accuracy"] == 0.88
+
+
+def test_a_class_without_eval_examples_fails_before_tfma(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import GateNotComputable
+
+    inputs = {
+        "examples": [],
+        "model": [_model(tmp_path, "candidate", ["a", "b"])],
+        "baseline_model": [],
+        "data_report": [_report(tmp_path, {"a": 10})],
+    }
+    with pytest.raises(GateNotComputable, match="class 'b' of the model has no example in the eval split"):
+        GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    assert "props" not in fake_tfma
+
+
+def test_knob_is_checked_like_the_config_field(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+
+    inputs = {
+        "examples": [],
+        "model": [_model(tmp_path, "candidate", ["a", "b"])],
+        "baseline_model": [],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
+    }
+    with pytest.raises(ValueError, match=r"min_accuracy: 1.5: Input should be less than or equal to 1"):
+        GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=1.5))

@@ -1,0 +1,187 @@
+"""The gate's decisions without TFMA: the floor, what can be judged, the baseline, the record."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.gate import GateConfig
+from components.gate_decision import (
+    FLOOR_MAJORITY,
+    FLOOR_MIN_ACCURACY,
+    NO_BASELINE,
+    EvalResults,
+    Failure,
+    GateNotComputable,
+    accuracy_floor,
+    baseline_plan,
+    check_computable,
+    gate_record,
+    label_set_change,
+    plan_gate,
+    reasons,
+)
+
+CONTRACT_KEYS = {
+    "blessed",
+    "accuracy",
+    "eval_examples",
+    "floor",
+    "floor_source",
+    "min_accuracy",
+    "majority_class",
+    "majority_share",
+    "majority_margin",
+    "class_names",
+    "per_class_recall",
+    "min_class_recall",
+    "baseline",
+    "reasons",
+    "anomalies_allowed",
+}
+BASELINE_KEYS = {"accuracy", "max_regression", "compared", "skipped_reason"}
+
+
+# ------------------------------------------------------------------------ the floor
+def test_balanced_two_classes_floor_is_above_chance_not_at_it():
+    # The case that blessed a 0.64 model: min_accuracy 0.5 on a balanced 2-class task.
+    floor = accuracy_floor(0.5, {"cat": 50, "dog": 50}, margin=0.05)
+    assert floor.value == pytest.approx(0.55)
+    assert floor.source == FLOOR_MAJORITY
+    assert (floor.majority_class, floor.majority_share) == ("cat", 0.5)  # tie: first name
+
+
+def test_skewed_eval_raises_the_floor_past_min_accuracy():
+    floor = accuracy_floor(0.5, {"5": 70, "6": 30}, margin=0.05)
+    assert floor.value == pytest.approx(0.75) and floor.source == FLOOR_MAJORITY
+    assert floor.majority_class == "5" and floor.majority_share == pytest.approx(0.7)
+    # The constant predictor "always 5" scores 0.70: below the floor.
+    assert 0.70 < floor.value
+
+
+def test_min_accuracy_applies_when_it_is_the_higher_bound():
+    floor = accuracy_floor(0.8, {"a": 10, "b": 10, "c": 10}, margin=0.05)
+    assert floor.value == 0.8 and floor.source == FLOOR_MIN_ACCURACY
+    assert floor.majority_share == pytest.approx(1 / 3)
+    assert "min_accuracy 0.800" in floor.describe() and "is lower" in floor.describe()
+
+
+def test_floor_is_exact_for_a_reachable_accuracy_and_capped_at_one():
+    # 0.5 + 0.05 in floating point is 0.55000000000000004; a model with 11/20 right must pass.
+    floor = accuracy_floor(0.0, {"a": 10, "b": 10}, margin=0.05)
+    assert 11 / 20 >= floor.value
+    skewed = accuracy_floor(0.5, {"a": 98, "b": 2}, margin=0.05)
+    assert skewed.value == 1.0  # judgeable (a perfect model passes), not impossible
+
+
+def test_floor_needs_eval_examples():
+    with pytest.raises(GateNotComputable, match="no labelled examples"):
+        accuracy_floor(0.5, {}, margin=0.05)
+
+
+# ------------------------------------------------------------------ computable
+def test_a_class_without_eval_examples_cannot_be_judged_and_is_named():
+    with pytest.raises(GateNotComputable, match=r"class '7' of the model has no example in the eval split"):
+        check_computable({"5": 3, "6": 4}, ["5", "6", "7"])
+    with pytest.raises(GateNotComputable, match=r"classes '6', '7'"):
+        check_computable({"5": 3, "6": 0}, ["5", "6", "7"])
+    with pytest.raises(GateNotComputable, match="no labelled examples"):
+        check_computable({}, ["5"])
+    check_computable({"5": 1, "6": 1, "9": 2}, ["5", "6"])  # an extra eval class is judged (recall 0)
+
+
+# ------------------------------------------------------------------- the baseline
+def test_baseline_plan():
+    assert baseline_plan(["a", "b"], None).skipped_reason == NO_BASELINE
+    assert not baseline_plan(["a", "b"], None).compared
+    same = baseline_plan(["b", "a"], ["a", "b"])  # vocabulary order may differ: same task
+    assert same.compared and same.skipped_reason is None
+    changed = baseline_plan(["a", "b", "c"], ["a", "d"])
+    assert not changed.compared
+    assert changed.skipped_reason == (
+        "label set changed: new classes 'b', 'c'; vanished class 'd' (against the latest blessed model)"
+    )
+
+
+def test_label_set_change_wording():
+    assert label_set_change(["a"], ["a"]) is None
+    assert label_set_change(["a"], ["a", "b"]) == "new class 'b'"
+    assert label_set_change(["a", "b"], ["a"]) == "vanished class 'b'"
+
+
+# ------------------------------------------------------------------------ the plan
+def test_plan_takes_the_gate_settings():
+    gate = GateConfig(min_accuracy=0.5, majority_margin=0.1, min_class_recall=0.2, max_regression=0.01)
+    plan = plan_gate(gate, {"x": 6, "y": 4}, ["x", "y"], ["x", "y"])
+    assert plan.floor.value == pytest.approx(0.7) and plan.floor.source == FLOOR_MAJORITY
+    assert plan.min_class_recall == 0.2 and plan.max_regression == 0.01
+    assert plan.baseline.compared
+    off = plan_gate(gate.model_copy(update={"min_class_recall": 0.0}), {"x": 6, "y": 4}, ["x", "y"], None)
+    assert off.min_class_recall is None and off.baseline.skipped_reason == NO_BASELINE
+    with pytest.raises(GateNotComputable, match="'y'"):
+        plan_gate(gate, {"x": 6}, ["x", "y"], None)
+
+
+def test_default_gate_has_a_small_per_class_floor():
+    gate = GateConfig()
+    assert gate.min_class_recall == 0.05 and gate.majority_margin == 0.05 and not gate.allow_anomalies
+
+
+# ------------------------------------------------------------------- reasons, record
+def _plan(**gate):
+    return plan_gate(GateConfig(**gate), {"7": 10, "5": 6, "6": 4}, ["7", "5", "6"], None)
+
+
+def test_reasons_name_each_failed_threshold():
+    plan = _plan(min_accuracy=0.5, max_regression=0.0)
+    results = EvalResults(
+        accuracy=0.52,
+        examples=20,
+        per_class={"5": 0.0, "6": 0.5, "7": 0.9},
+        baseline_accuracy=0.9,
+        failures=[Failure(None, False, 0.52), Failure("5", False, 0.0), Failure(None, True, -0.38)],
+        problems=["no examples in slice label:9"],
+    )
+    assert reasons(plan, results) == [
+        "accuracy 0.520 is below the floor 0.550 (majority class '7' has 0.500 of eval + margin 0.050)",
+        "class '5' recall 0.000 is below min_class_recall 0.050",
+        "accuracy 0.520 regressed from the latest blessed model's 0.900 by more than max_regression 0.000",
+        "TFMA: no examples in slice label:9",
+    ]
+
+
+def test_recall_reason_says_when_the_model_does_not_know_the_class():
+    plan = _plan()
+    results = EvalResults(0.6, 20, {"9": 0.0}, None, failures=[Failure("9", False, 0.0)])
+    [reason] = reasons(plan, results)
+    assert reason.startswith("class '9' recall 0.000") and "not in the train split" in reason
+
+
+def test_record_has_every_contract_key():
+    plan = _plan(min_accuracy=0.6)
+    results = EvalResults(0.8, 20, {"7": 0.9, "5": 0.7, "6": 0.75}, None)
+    record = gate_record(plan, results, blessed=True, anomalies_allowed=["eval: x"])
+    assert set(record) == CONTRACT_KEYS and set(record["baseline"]) == BASELINE_KEYS
+    assert record["blessed"] is True and record["reasons"] == []
+    assert record["floor"] == 0.6 and record["floor_source"] == "min_accuracy"
+    assert record["majority_class"] == "7" and record["majority_share"] == 0.5
+    assert record["class_names"] == ["7", "5", "6"]  # index order, as given
+    assert list(record["per_class_recall"]) == ["5", "6", "7"]
+    assert record["baseline"] == {
+        "accuracy": None,
+        "max_regression": 0.0,
+        "compared": False,
+        "skipped_reason": NO_BASELINE,
+    }
+    assert record["anomalies_allowed"] == ["eval: x"]
+
+
+def test_record_never_says_not_blessed_without_a_reason():
+    record = gate_record(_plan(), EvalResults(0.9, 20, {}, None), blessed=False)
+    assert record["blessed"] is False and len(record["reasons"]) == 1
+    assert "TFMA did not bless" in record["reasons"][0]
+
+
+def test_record_keeps_the_baseline_accuracy_only_when_compared():
+    plan = plan_gate(GateConfig(), {"a": 5, "b": 5}, ["a", "b"], ["a", "b"])
+    record = gate_record(plan, EvalResults(0.9, 10, {}, 0.85), blessed=True)
+    assert record["baseline"]["compared"] is True and record["baseline"]["accuracy"] == 0.85

@@ -1,0 +1,340 @@
+"""The run report without a pipeline run: numbers from predictions, the page, the text, the command.
+
+The report of a real run (predictions of a trained model over its eval split,
+checked against the split's labels) is tested in tests/e2e/test_pipeline_e2e.py.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgpipe.cli import main as cli
+from imgpipe.orchestration import runs
+from imgpipe.orchestration.summary import RunSummary
+from imgpipe.report import build, data, text
+from pipeline.config import PipelineConfig
+from tests import browser
+
+# Class names are user folder names: anything but '/' may appear in them.
+HOSTILE = ["cat", '<script>alert("x")</script>', "a&b <img src=x onerror=alert(1)>", "ünï 'q'"]
+
+
+def _png(seed: int, size: int = 24) -> bytes:
+    pixels = (np.random.RandomState(seed).rand(size, size, 3) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _gate_record(names: list[str]) -> dict:
+    return {
+        "blessed": False,
+        "accuracy": 0.41,
+        "eval_examples": 48,
+        "floor": 0.55,
+        "floor_source": "majority",
+        "min_accuracy": 0.5,
+        "majority_class": names[0],
+        "majority_share": 0.5,
+        "majority_margin": 0.05,
+        "class_names": names,
+        "per_class_recall": {n: 0.4 for n in names},
+        "min_class_recall": None,
+        "baseline": {"accuracy": 0.9, "max_regression": 0.0, "compared": True, "skipped_reason": None},
+        "reasons": ["accuracy 0.41 is below the floor 0.55"],
+        "anomalies_allowed": [],
+    }
+
+
+def _report_data(names=HOSTILE, n: int = 48, cap: int = 6, run_id: str = "2026-01-01T00:00:00.000001"):
+    rng = np.random.RandomState(0)
+    tally = data.Tally(list(names), cap)
+    for i in range(n):
+        tally.add(i, names[i % len(names)], rng.dirichlet([1.0] * len(names)).tolist(), _png(i))
+    columns, rows, matrix = tally.columns(), tally.rows(), tally.matrix()
+    history = {
+        "loss": [1.0, 0.7, 0.5],
+        "accuracy": [0.5, 0.7, 0.8],
+        "val_loss": [1.1, 0.8, 0.6],
+        "val_accuracy": [0.4, 0.6, 0.7],
+        "fine_tune_loss": [0.45],
+        "fine_tune_accuracy": [0.82],
+        "fine_tune_val_loss": [0.55],
+        "fine_tune_val_accuracy": [0.72],
+    }
+    return data.ReportData(
+        run_id=run_id,
+        class_names=columns,
+        rows=rows,
+        confusion=matrix,
+        per_class=data.per_class_rows(rows, columns, matrix),
+        examples=n,
+        unlabelled=0,
+        accuracy=sum(matrix[i][i] for i in range(len(names))) / n if n else None,
+        evaluator_accuracy=0.41,
+        gate=data.gate_from_record(_gate_record(list(names))),
+        history=history,
+        early_stopping={"early_stopping.head.best_epoch": 2},
+        misclassified=tally.worst(),
+        misclassified_total=tally.misclassified_total,
+        max_misclassified=cap,
+        artifacts={"serving_model": "/runs/<model> & co"},
+        states={"Trainer": "COMPLETE"},
+        notes=[],
+    )
+
+
+# ------------------------------------------------------------------------------ numbers
+def test_tally_counts_confusion_per_class_and_keeps_the_worst_mistakes():
+    tally = data.Tally(["a", "b", "c"], max_misclassified=3)
+    tally.add(0, "a", [0.9, 0.05, 0.05])
+    tally.add(1, "a", [0.2, 0.7, 0.1])  # wrong, 0.7
+    tally.add(2, "b", [0.1, 0.8, 0.1])
+    tally.add(3, "b", [0.6, 0.3, 0.1])  # wrong, 0.6
+    tally.add(4, "c", [0.1, 0.1, 0.8])
+    tally.add(5, "c", [0.05, 0.9, 0.05])  # wrong, 0.9
+    tally.add(6, None, [0.3, 0.3, 0.4])  # no label: not counted
+    tally.add(7, "z", [0.3, 0.3, 0.4])  # a label the model has no class for: wrong, 0.4
+    assert tally.rows() == ["a", "b", "c", "z"]
+    matrix = tally.matrix()
+    assert matrix == [[1, 1, 0], [1, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert tally.unlabelled == 1 and tally.misclassified_total == 4
+    worst = tally.worst()
+    assert [(m.record, m.true, m.predicted) for m in worst] == [(5, "c", "b"), (1, "a", "b"), (3, "b", "a")]
+    assert [m.score for m in worst] == [0.9, 0.7, 0.6]
+    assert worst[0].true_score == 0.05
+
+    rows = data.per_class_rows(tally.rows(), ["a", "b", "c"], matrix)
+    assert [(r.name, r.support, r.predicted, r.correct) for r in rows] == [
+        ("a", 2, 2, 1),
+        ("b", 2, 3, 1),
+        ("c", 2, 2, 1),
+        ("z", 1, 0, 0),
+    ]
+    assert [r.precision for r in rows] == [0.5, pytest.approx(1 / 3), 0.5, None]
+    assert [r.recall for r in rows] == [0.5, 0.5, 0.5, 0.0]
+    assert [r.in_vocabulary for r in rows] == [True, True, True, False]
+
+
+def test_classes_are_shown_by_name_whatever_the_models_index_order():
+    tally = data.Tally(["10", "2", "b", "A"], max_misclassified=0)  # a vocabulary ordered by frequency
+    tally.add(0, "2", [0.0, 1.0, 0.0, 0.0])
+    tally.add(1, "2", [1.0, 0.0, 0.0, 0.0])  # predicted "10"
+    tally.add(2, "b", [0.0, 0.0, 0.0, 1.0])  # predicted "A"
+    tally.add(3, "Zed", [0.0, 0.0, 1.0, 0.0])  # not a model class; predicted "b"
+    tally.add(4, "1", [0.0, 1.0, 0.0, 0.0])  # not a model class; predicted "2"
+    assert tally.columns() == ["2", "10", "A", "b"]
+    assert tally.rows() == ["2", "10", "A", "b", "1", "Zed"]
+    assert tally.matrix() == [
+        [1, 1, 0, 0],
+        [0, 0, 0, 0],
+        [0, 0, 0, 0],
+        [0, 0, 1, 0],
+        [1, 0, 0, 0],
+        [0, 0, 0, 1],
+    ]
+
+
+def test_tally_cap_zero_keeps_no_images_but_counts_every_mistake():
+    tally = data.Tally(["a", "b"], max_misclassified=0)
+    for i in range(5):
+        tally.add(i, "a", [0.1, 0.9], b"img")
+    assert tally.misclassified_total == 5 and tally.worst() == []
+
+
+def test_tally_rejects_scores_that_do_not_match_the_classes():
+    with pytest.raises(data.ReportDataError, match="record 3"):
+        data.Tally(["a", "b"], 1).add(3, "a", [1.0])
+
+
+def test_a_class_nothing_was_predicted_as_has_no_precision():
+    [a, b] = data.per_class_rows(["a", "b"], ["a", "b"], [[3, 0], [1, 0]])
+    assert (a.precision, a.recall) == (0.75, 1.0)
+    assert (b.precision, b.recall, b.support) == (None, 0.0, 1)
+
+
+def test_gate_from_the_record_and_from_an_older_runs_summary():
+    g = data.gate_from_record(_gate_record(["7", "5"]))
+    assert (g.blessed, g.candidate, g.baseline, g.floor) == (False, 0.41, 0.9, 0.55)
+    assert "majority class '7'" in g.floor_note and g.reasons == ["accuracy 0.41 is below the floor 0.55"]
+    skipped = dict(
+        _gate_record(["7"]),
+        baseline={"accuracy": None, "compared": False, "skipped_reason": "no blessed model yet"},
+    )
+    assert data.gate_from_record(skipped).baseline_note == "not compared: no blessed model yet"
+
+    old = data.gate_from_summary({"accuracy": 0.4, "baseline_accuracy": 0.8, "blessed": False}, 0.5, 0.0)
+    assert (old.candidate, old.baseline, old.floor, old.blessed) == (0.4, 0.8, 0.5, False)
+    assert len(old.reasons) == 2 and "below min_accuracy 0.5" in old.reasons[0]
+    assert "summary" in old.source
+    blessed = data.gate_from_summary({"accuracy": 0.9, "baseline_accuracy": None, "blessed": True}, 0.5, 0.0)
+    assert blessed.reasons == [] and "no blessed model" in blessed.baseline_note
+
+
+def test_early_stopping_entries_are_found_wherever_the_trainer_puts_them():
+    summary = {
+        "replicas": 1,
+        "history": {"loss": [1.0]},
+        "best_epoch": 4,
+        "early_stopping": {"head": {"stopped_epoch": 7, "patience": 3}},
+        "seconds": {"train": 2.0},
+    }
+    assert data.early_stopping_entries(summary) == {
+        "best_epoch": 4,
+        "early_stopping.head.stopped_epoch": 7,
+        "early_stopping.head.patience": 3,
+    }
+    assert data.early_stopping_entries({"history": {}, "replicas": 1}) == {}
+
+
+# ------------------------------------------------------------------------------ the page
+class _Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, d):
+        self.text.append(d)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A report with hostile class names, written to disk."""
+    folder = tmp_path_factory.mktemp("run") / "report"
+    d = _report_data()
+    return build.write_report(str(folder), d, "../summary.json"), d
+
+
+def test_the_page_escapes_class_names_and_paths(written):
+    page, d = written
+    parser = _Page()
+    with open(page, encoding="utf-8") as f:
+        parser.feed(f.read())
+    tags = [t for t, _ in parser.tags]
+    assert "script" not in tags  # '<script>' in a class name stayed text
+    assert not [a for _, attrs in parser.tags for a in attrs if a.startswith("on")]  # no onerror=
+    text = "".join(parser.text)
+    for name in HOSTILE:
+        assert name in text
+    assert "/runs/<model> & co" in text
+    folder = os.path.dirname(page)
+    sources = [attrs["src"] for t, attrs in parser.tags if t == "img"]
+    assert len(sources) == 3 + len(d.misclassified)  # two confusion matrices, curves, thumbnails
+    assert all(os.path.isfile(os.path.join(folder, s)) for s in sources)
+
+
+def test_report_json_round_trips_without_the_image_bytes(written):
+    page, d = written
+    loaded = build.load_report(os.path.dirname(os.path.dirname(page)))
+    assert loaded is not None
+    assert loaded.to_dict() == d.to_dict()
+    assert all(m.image is None and m.thumbnail for m in loaded.misclassified)
+    assert loaded.confusion == d.confusion and loaded.gate == d.gate
+
+
+def test_every_image_of_the_page_loads_in_chromium(written, tmp_path):
+    page, d = written
+    states = browser.image_states(page, str(tmp_path))
+    assert len(states) == 3 + len(d.misclassified)
+    assert [s["src"] for s in states if not (s["complete"] and s["naturalWidth"] > 0)] == []
+
+
+def test_text_view_has_the_decision_the_table_and_the_worst_mistakes(written):
+    page, d = written
+    out = text.render(d, page)
+    assert "gate: NOT BLESSED" in out and "floor              0.5500" in out
+    for row in d.per_class:
+        assert any(line.startswith(row.name) and f"{row.support:>7}" in line for line in out.splitlines())
+    worst = d.misclassified[0]
+    assert f"record {worst.record:>5}  true {worst.true}  predicted {worst.predicted}" in out
+
+
+def test_a_damaged_report_json_reads_as_no_report(tmp_path):
+    build.write_report(str(tmp_path / "report"), _report_data(cap=1))
+    assert build.load_report(str(tmp_path)) is not None
+    (tmp_path / "report" / build.DATA_FILE).write_text('{"run_id": "x", "unknown": 1}')
+    assert build.load_report(str(tmp_path)) is None
+
+
+def test_page_of_a_run_with_nothing_misclassified_and_no_history(tmp_path):
+    d = _report_data(names=["a", "b"], n=0, cap=4)
+    d.history = {}
+    page = build.write_report(str(tmp_path / "report"), d)
+    with open(page, encoding="utf-8") as f:
+        content = f.read()
+    assert "No eval image was misclassified" in content and "No training history" in content
+    assert not os.path.exists(tmp_path / "report" / "training_curves.png")
+
+
+def test_rewriting_a_report_replaces_it_whole(tmp_path):
+    first = _report_data(cap=6)
+    build.write_report(str(tmp_path / "report"), first)
+    second = _report_data(cap=2)
+    build.write_report(str(tmp_path / "report"), second)
+    thumbs = os.listdir(tmp_path / "report" / "thumbs")
+    assert sorted(thumbs) == sorted(os.path.basename(m.thumbnail) for m in second.misclassified)
+    assert sorted(os.listdir(tmp_path)) == ["report"]  # no staging or old folders left
+
+
+# ------------------------------------------------------------------------------ a run's hook
+def test_a_report_that_cannot_be_written_is_recorded_not_raised(tmp_path):
+    config = PipelineConfig(home=str(tmp_path / "home")).resolved()
+    summary = RunSummary(run_id="r1", blessed=True, pushed=None, accuracy=0.9, replicas=1, executions={})
+    build.attach_report(config, summary)  # no ML Metadata database there
+    assert summary.report is None
+    assert "FileNotFoundError" in summary.report_error and "metadata.sqlite" in summary.report_error
+    assert summary.to_dict()["report"] is None
+
+
+# ------------------------------------------------------------------------------ the command
+def _record(home, run_id: str, with_report: bool, mtime: float) -> str:
+    config = PipelineConfig(home=str(home)).resolved()
+    summary = RunSummary(run_id=run_id, blessed=False, pushed=None, accuracy=0.41, replicas=1, executions={})
+    folder = runs.write_record(config, summary)
+    if with_report:
+        d = _report_data(run_id=run_id)
+        build.write_report(build.report_dir(folder), d, "../summary.json")
+    os.utime(os.path.join(folder, runs.CONFIG_FILE), (mtime, mtime))
+    return folder
+
+
+def test_report_latest_prints_json_on_stdout_and_the_text_on_stderr(tmp_path, capsys):
+    _record(tmp_path, "older", with_report=True, mtime=1_000_000)
+    newest = _record(tmp_path, "2026-02-02T10:00:00.5", with_report=True, mtime=2_000_000)
+    assert cli.main(["report", "latest", "--home", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    [line] = captured.out.strip().splitlines()
+    result = json.loads(line)
+    assert result["report"] == os.path.join(newest, "report", "index.html")
+    assert result["run_id"] == "2026-02-02T10:00:00.5" and result["regenerated"] is False
+    assert [r["name"] for r in result["per_class"]] == sorted(HOSTILE, key=data.natural_key)
+    assert result["gate"]["blessed"] is False and result["gate"]["floor"] == 0.55
+    assert result["report"] in captured.err and "gate: NOT BLESSED" in captured.err
+    assert "precision  recall  support" in captured.err
+
+
+def test_report_of_an_unknown_run_or_home_is_a_usage_error(tmp_path, capsys):
+    assert cli.main(["report", "latest", "--home", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "no run records" in capsys.readouterr().err
+    _record(tmp_path, "r1", with_report=True, mtime=1_000_000)
+    assert cli.main(["report", "nope", "--home", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_a_missing_report_that_cannot_be_written_fails_and_says_why(tmp_path, capsys):
+    folder = _record(tmp_path, "r1", with_report=False, mtime=1_000_000)
+    assert cli.main(["report", "r1", "--home", str(tmp_path)]) == cli.EXIT_FAILED
+    assert "could not write the report of run r1" in capsys.readouterr().err
+    summary = runs.read_summary(folder)
+    assert summary["report"] is None and "metadata.sqlite" in summary["report_error"]

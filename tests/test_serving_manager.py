@@ -1,0 +1,156 @@
+"""serving/devserver/manager.py and loaded.py on a tiny SavedModel: versions, swaps, failures.
+
+The model is a few TensorFlow ops (no Keras, no Transform), so each test
+loads versions in well under a second; the real exported model is covered
+end to end over gRPC in test_serving.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2
+
+from serving.devserver import manager as manager_lib
+from serving.devserver.loaded import LoadedVersion
+from serving.errors import InvalidRequestError, ModelNotFoundError, ModelUnavailableError
+
+NAME = "tiny"
+State = manager_lib.State
+
+
+class _Tiny(tf.Module):
+    """predict_images: the score of class 'long' grows with the byte length of each input."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def predict_images(self, images):
+        n = tf.cast(tf.strings.length(images), tf.float32)
+        p = n / (n + 10.0)
+        scores = tf.stack([1.0 - p, p], axis=1)
+        classes = tf.tile(tf.constant([[b"short", b"long"]]), [tf.shape(images)[0], 1])
+        return {"scores": scores, "classes": classes}
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("tiny") / "export")
+    module = _Tiny()
+    tf.saved_model.save(module, path, signatures={"predict_images": module.predict_images})
+    return path
+
+
+def _push(base, export: str, version: int) -> None:
+    shutil.copytree(export, os.path.join(base, str(version)))
+
+
+def _spec(version: int | None = None, name: str = NAME) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=name)
+    if version is not None:
+        spec.version.value = version
+    return spec
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _state(manager, version):
+    statuses = manager.statuses(version)
+    return statuses[0].state if statuses else None
+
+
+def test_loaded_version_runs_and_warms_up(tiny_export):
+    loaded = LoadedVersion(NAME, 1, tiny_export)
+    assert loaded.warm_up() == "a predict_images call"  # no warmup file: a generated PNG
+    out = loaded.run("predict_images", {"images": np.array([b"ab", b"abcdefghij"], dtype=object)})
+    np.testing.assert_allclose(out["scores"][:, 1], [2 / 12, 10 / 20], rtol=1e-6)
+    with pytest.raises(InvalidRequestError, match="duplicate output tensor alias"):
+        loaded.run("predict_images", {"images": np.array([b"a"], dtype=object)}, ["scores", "scores"])
+
+
+def test_acquire_picks_the_version_and_counts_requests(tiny_export, tmp_path):
+    _push(tmp_path, tiny_export, 1)
+    _push(tmp_path, tiny_export, 2)
+    manager = manager_lib.ModelManager(NAME, str(tmp_path), num_versions=2)
+    manager.poll_once()
+    assert manager.serving_versions() == [1, 2]
+    with manager.acquire(_spec()) as newest, manager.acquire(_spec(1)) as first:
+        assert (newest.version, first.version) == (2, 1)
+        assert newest.in_flight == first.in_flight == 1
+    assert newest.in_flight == first.in_flight == 0
+    for spec, error, fragment in (
+        (_spec(3), ModelNotFoundError, r"Specific\(tiny, 3\)"),
+        (_spec(name="other"), ModelNotFoundError, "'other' is not served"),
+        (model_pb2.ModelSpec(name=NAME, version_label="stable"), InvalidRequestError, "stable"),
+    ):
+        with pytest.raises(error, match=fragment), manager.acquire(spec):
+            pass
+    manager.stop()
+    assert manager.serving_versions() == []
+    assert [(s.version, s.state) for s in manager.statuses()] == [(2, State.END), (1, State.END)]
+    with pytest.raises(ModelUnavailableError) as e, manager.acquire(_spec()):
+        pass
+    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_new_version_loads_before_the_old_one_drains(tiny_export, tmp_path):
+    _push(tmp_path, tiny_export, 1)
+    manager = manager_lib.ModelManager(NAME, str(tmp_path), drain_seconds=60)
+    manager.poll_once()
+    _push(tmp_path, tiny_export, 2)
+    with manager.acquire(_spec()) as held:  # a request in flight on version 1
+        poll = threading.Thread(target=manager.poll_once)
+        poll.start()
+        _wait_for(lambda: _state(manager, 1) == State.UNLOADING, 30, "version 1 to drain")
+        assert manager.serving_versions() == [2]  # version 2 already takes traffic
+        with manager.acquire(_spec()) as new:
+            assert new.version == 2
+        out = held.run("predict_images", {"images": np.array([b"x"], dtype=object)})
+        assert out["scores"].shape == (1, 2)  # the draining version still answers
+        assert poll.is_alive()
+    poll.join(timeout=30)
+    assert not poll.is_alive()
+    assert _state(manager, 1) == State.END and _state(manager, 2) == State.AVAILABLE
+    manager.stop()
+
+
+def test_failed_version_keeps_the_old_one_and_retries_only_when_files_change(
+    tiny_export, tmp_path, monkeypatch
+):
+    _push(tmp_path, tiny_export, 1)
+    manager = manager_lib.ModelManager(NAME, str(tmp_path))
+    manager.poll_once()
+    attempts = []
+    real = manager_lib.LoadedVersion
+
+    def counting(name, version, path, *settings):
+        attempts.append(version)
+        return real(name, version, path, *settings)
+
+    monkeypatch.setattr(manager_lib, "LoadedVersion", counting)
+    broken = tmp_path / "2"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    manager.poll_once()
+    (status,) = manager.statuses(2)
+    assert status.state == State.END and "SavedModel" in status.error_message
+    assert manager.serving_versions() == [1]
+    manager.poll_once()
+    assert attempts == [2]  # unchanged files: not retried
+    shutil.rmtree(broken)
+    _push(tmp_path, tiny_export, 2)  # fixed in place
+    manager.poll_once()
+    assert attempts == [2, 2]
+    assert manager.serving_versions() == [2]
+    manager.stop()
