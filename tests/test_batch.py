@@ -142,12 +142,12 @@ def test_every_output_format_parses_to_the_same_predictions(model, folder, jsonl
 
 
 def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tmp_path):
-    from serving import server as server_lib
+    from serving.devserver import lifecycle
 
     base = tmp_path / "models" / NAME
     shutil.copytree(model.export_dir, base / "3")
     out = tmp_path / "served.jsonl"
-    with server_lib.start_in_thread(str(base), NAME) as running:
+    with lifecycle.start_in_thread(str(base), NAME) as running:
         result = predict_batch(str(folder[0]), str(out), target=running.target, model_name=NAME, batch_size=4)
     assert result.scored == len(folder[1]) and result.source == {"target": running.target, "model_name": NAME}
     _assert_same(_by_path(read_predictions(str(out))), _by_path(read_predictions(str(jsonl_run[1]))))
