@@ -176,9 +176,16 @@ def bulk_inference(score_data: str, model: Any, blessing: Any) -> list[Any]:
     tf.Examples with an `image`), only when `blessing` says the model passed
     the gate; its output is PredictionLogs (artifact `inference_result`).
     """
+    # One input split would be hashed into train/eval (2:1) by default; one bucket keeps every
+    # example in the one split BulkInferrer reads.
     examples = tfx.components.ImportExampleGen(
         input_base=score_data,
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name=SCORE_SPLIT, pattern="*")]),
+        output_config=tfx.proto.Output(
+            split_config=tfx.proto.SplitConfig(
+                splits=[tfx.proto.SplitConfig.Split(name=SCORE_SPLIT, hash_buckets=1)]
+            )
+        ),
     ).with_id(SCORING_IDS[0])
     inferrer = tfx.components.BulkInferrer(
         examples=examples.outputs["examples"],

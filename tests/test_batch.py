@@ -253,8 +253,11 @@ def test_progress_bar_counts_what_workers_report():
 
 
 def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
+    from google.protobuf import json_format
+    from tfx import v1 as tfx
+
     from pipeline.config import ConfigError, PipelineConfig
-    from pipeline.pipeline import COMPONENT_IDS, SCORING_IDS, create_pipeline
+    from pipeline.pipeline import COMPONENT_IDS, SCORE_SPLIT, SCORING_IDS, create_pipeline
 
     plain = PipelineConfig(data_dir="/data", weights="none")
     assert {c.id for c in create_pipeline(plain).components} == set(COMPONENT_IDS)
@@ -264,6 +267,12 @@ def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
     assert inferrer.inputs["model_blessing"].producer_component_id == "Evaluator"
     assert inferrer.inputs["model"].producer_component_id == "Trainer"
     assert inferrer.inputs["examples"].producer_component_id == "ScoreExampleGen"
+    # Every example in the one split BulkInferrer reads (one input split is hashed 2:1 by default).
+    gen = next(c for c in scored if c.id == "ScoreExampleGen")
+    output = json_format.Parse(gen.exec_properties["output_config"], tfx.proto.Output())
+    assert [(s.name, s.hash_buckets) for s in output.split_config.splits] == [(SCORE_SPLIT, 1)]
+    data_spec = json_format.Parse(inferrer.exec_properties["data_spec"], tfx.proto.DataSpec())
+    assert list(data_spec.example_splits) == [SCORE_SPLIT]
 
     records = tmp_path / "records"
     for split in ("train", "eval"):
