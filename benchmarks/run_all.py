@@ -26,6 +26,7 @@ BENCHMARKS = (
     "pipeline",
     "serving_latency",
     "metadata_concurrency",
+    "predict_batch",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
