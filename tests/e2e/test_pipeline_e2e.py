@@ -5,14 +5,15 @@ blessed, validated in a model server and pushed, its report is written and
 checked against the eval split), an identical re-run (served from cache, the
 identical model not pushed again; its report is made to fail and the run still
 succeeds), then a worse model that the gate must stop (nothing pushed, serving
-dir unchanged). Then a second, small pipeline on a skewed 2-class task whose
-eval split has a class train lacks: the data gate stops it before training, and
-with allow_anomalies a deliberately bad model runs through and is not blessed,
-with the reasons. Then the faults of RELIABILITY.md, with real `imgpipe`
-processes on the first pipeline's home: a run killed with SIGKILL mid-Trainer,
-runs started while another holds the home, stdout parsed as JSON, and a prune
-after which the next run is still cached and gated against the same baseline.
-Last, a model with a broken serving signature that pre-push validation must stop.
+dir unchanged), and a run with score_data whose BulkInferrer scores unlabelled
+Examples. Then a second, small pipeline on a skewed 2-class task whose eval
+split has a class train lacks: the data gate stops it before training, and with
+allow_anomalies a deliberately bad model runs through and is not blessed, with
+the reasons. Then the faults of RELIABILITY.md, with real `imgpipe` processes on
+the first pipeline's home: a run killed with SIGKILL mid-Trainer, runs started
+while another holds the home, stdout parsed as JSON, and a prune after which the
+next run is still cached and gated against the same baseline. Last, a model with
+a broken serving signature that pre-push validation must stop.
 """
 
 import collections
@@ -328,6 +329,36 @@ def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
     assert [p.version for p in got] == [newest] * len(images)
     assert [p.classes[0] for p in got] == [c.decode() for c in local["classes"].numpy()[:, 0]]
     np.testing.assert_allclose([p.scores[0] for p in got], local["scores"].numpy()[:, 0], rtol=1e-5)
+
+
+def test_score_data_is_scored_by_bulk_inferrer_after_blessing(base_config, first_run, tmp_path):
+    """With score_data (`--score-data`), TFX's BulkInferrer scores the unlabelled split."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tests import helpers
+
+    images = [img for img, _ in helpers.digit_images(CLASSES, per_class=2, size=SIZE, seed=5)]
+    score_dir = tmp_path / "unlabelled"
+    helpers.write_tfrecords(str(score_dir / "data.tfrecord"), [(img, None) for img in images])
+    config = base_config.replace(score_data=str(score_dir))
+    s = run_local(config)
+    assert s.executions["Trainer"] == "CACHED" and s.blessed is True
+    assert s.executions["ScoreExampleGen"] == "COMPLETE" and s.executions["BulkInferrer"] == "COMPLETE"
+    cfg = config.resolved()
+    with mlmd.open_store(cfg) as store:
+        run = mlmd.run_by_id(store, cfg.pipeline_name, s.run_id)
+        inferrer = mlmd.run_executions(store, cfg.pipeline_name, run)["BulkInferrer"]
+        uri = mlmd.output_uri(store, inferrer, "inference_result")
+    files = tf.io.gfile.glob(os.path.join(uri, "*"))
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]
+    assert len(logs) == len(images)
+    for log in logs:
+        scores = tf.make_ndarray(log.predict_log.response.outputs["scores"])
+        assert scores.shape == (1, len(CLASSES)) and abs(float(scores.sum()) - 1.0) < 1e-4
 
 
 # ----------------------------------------------------------------- the data gate
