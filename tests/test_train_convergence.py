@@ -433,3 +433,25 @@ def test_standardised_head_equals_a_dense_layer_on_standardised_features():
     f = constant.astype(np.float64)
     _, variance = model_lib.feature_stats(f.sum(0), (f**2).sum(0), len(f))
     assert variance[-1] >= 1e-4 * variance.mean() * 0.999
+
+
+def test_eval_labels_with_no_class_are_left_out_of_the_trainers_accuracy(imbalanced_digits, source_backbone):
+    """An eval class train lacks (the DataGate let it through: --allow-anomalies) does not fail the
+    Trainer; its accuracy covers the classes it has, the notes say what was left out. In train,
+    the same label fails, by name."""
+    tfo, train_files, eval_files, work = imbalanced_digits
+    unseen = helpers.write_tfrecords(
+        os.path.join(work, "unseen", "eval-8.tfrecord"), helpers.digit_images((8,), per_class=3, size=SIZE)
+    )
+    spec = data.InputSpec(batch_size=4, num_classes=3, drop_unmapped=True)
+    kept = sum(len(y) for _, y in data.make_dataset([eval_files, unseen], tfo, spec))
+    assert kept == data.count_examples(eval_files)
+    assert data.unmapped_label_counts([eval_files, unseen], tfo) == {"8": 3}
+    params = _run_params(source_backbone, epochs=3, early_stopping=False)
+    result = train.train(train_files, [eval_files, unseen], tfo, params, verbose=0)
+    assert any("'8' x3" in n and "left out" in n for n in result.notes), result.notes
+    known = data.make_dataset(eval_files, tfo, data.InputSpec(batch_size=8, num_classes=3))
+    hits = [np.argmax(result.model(x, training=False).numpy(), axis=1) == y.numpy() for x, y in known]
+    assert result.eval_accuracy == pytest.approx(np.concatenate(hits).mean(), abs=1e-6)
+    with pytest.raises(data.UnmappedLabelError, match="'8'"), data.explain_unmapped_labels():
+        train.train([train_files, unseen], eval_files, tfo, params, verbose=0)

@@ -68,6 +68,10 @@ class InputSpec:
     augment: bool = False
     seed: int = 42
     shuffle_buffer: int = 1024
+    # Examples whose label has no class: refused (InvalidArgument naming them) when
+    # training; left out when only measuring (the eval split, where the DataGate has
+    # already stopped the run unless the user allowed that anomaly).
+    drop_unmapped: bool = False
 
 
 UNMAPPED_LABELS = "labels not in the label vocabulary:"
@@ -175,9 +179,19 @@ def make_dataset(
     ds = ds.batch(spec.batch_size)
     feature_spec = tf_transform_output.raw_feature_spec()
     tft_layer = tf_transform_output.transform_features_layer()
+    vocabulary = tf.constant([n.encode("utf-8") for n in class_names(tf_transform_output)], tf.string)
 
     def transform(serialized: tf.Tensor):
         raw = tf.io.parse_example(serialized, feature_spec)
+        if spec.drop_unmapped:
+            # Left out before the image graph runs (nothing decoded for them); labels are
+            # compared byte for byte, as the vocabulary lookup does.
+            labels = raw[LABEL_KEY]
+            if isinstance(labels, tf.SparseTensor):
+                labels = tf.sparse.to_dense(labels, default_value="")
+            labels = tf.reshape(labels, [-1, 1])
+            known = tf.reduce_any(tf.equal(labels, vocabulary[tf.newaxis, :]), axis=1)
+            raw = tf.io.parse_example(tf.boolean_mask(serialized, known), feature_spec)
         xf = tft_layer(raw)
         label = refuse_unmapped_labels(xf[LABEL_XF], raw[LABEL_KEY])
         if spec.num_classes == 2:
@@ -192,6 +206,24 @@ def make_dataset(
 
 def count_examples(file_pattern: str | Sequence[str]) -> int:
     return int(raw_examples(file_pattern).reduce(np.int64(0), lambda n, _: n + 1).numpy())
+
+
+def unmapped_label_counts(
+    file_pattern: str | Sequence[str], tf_transform_output: tft.TFTransformOutput, batch_size: int = 1024
+) -> dict[str, int]:
+    """Label -> number of records whose label the Transform's vocabulary lacks (no image decoded)."""
+    index = set(class_names(tf_transform_output))
+    spec = {LABEL_KEY: tf_transform_output.raw_feature_spec()[LABEL_KEY]}
+    counts: dict[str, int] = {}
+    for batch in raw_examples(file_pattern).batch(batch_size):
+        labels = tf.io.parse_example(batch, spec)[LABEL_KEY]
+        if isinstance(labels, tf.SparseTensor):
+            labels = tf.sparse.to_dense(labels, default_value=b"")
+        for raw in tf.reshape(labels, [-1]).numpy():
+            name = raw.decode("utf-8", errors="backslashreplace")
+            if name not in index:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def class_indices(

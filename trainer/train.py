@@ -256,13 +256,16 @@ def train(
         log.info(msg)
         notes.append(msg)
 
-    def images(files, shuffle: bool, augment: bool, select: np.ndarray | None = None) -> tf.data.Dataset:
+    def images(
+        files, shuffle: bool, augment: bool, select: np.ndarray | None = None, measuring: bool = False
+    ) -> tf.data.Dataset:
         spec = data.InputSpec(
             batch_size=global_batch,
             num_classes=num_classes,
             shuffle=shuffle,
             augment=augment,
             seed=params.seed,
+            drop_unmapped=measuring,
         )
         return data.make_dataset(files, tf_transform_output, spec, select=select)
 
@@ -270,6 +273,16 @@ def train(
         base = model_lib.build_backbone(params.backbone, params.weights, image_size)
         base.trainable = False
 
+    # Train labels with no class fail the input function, by name (never trained on). Eval
+    # labels with no class reach here only when the user allowed that anomaly at the
+    # DataGate: the Trainer's own eval accuracy leaves them out, the Evaluator counts them.
+    unmapped = data.unmapped_label_counts(eval_files, tf_transform_output)
+    if unmapped:
+        listed = ", ".join(f"{name!r} x{n}" for name, n in unmapped.items())
+        note(
+            f"eval examples whose label has no class in the model ({listed}) are left out of the "
+            "Trainer's eval accuracy; the Evaluator's gate counts them as errors"
+        )
     use_cache, why = data.cache_decision(params.augment, fine_tuning=False, requested=params.feature_cache)
     note(why)
     phases["head"] = use_cache
@@ -283,7 +296,11 @@ def train(
             caches = []
             for split, files in (("train", train_files), ("eval", eval_files)):
                 caches.append(
-                    extractor.cache(images(files, False, False), _sub(cache_dir, split), cache_memory_bytes)
+                    extractor.cache(
+                        images(files, False, False, measuring=split == "eval"),
+                        _sub(cache_dir, split),
+                        cache_memory_bytes,
+                    )
                 )
                 cleanup.callback(caches[-1].release)  # spilled files go when training ends
             train_cache, eval_cache = caches
@@ -338,7 +355,7 @@ def train(
                 return m
 
             labels = data.class_indices(train_files, tf_transform_output)
-            eval_images = images(eval_files, False, False)
+            eval_images = images(eval_files, False, False, measuring=True)
             phase = _head_phase(
                 labels,
                 make_data,
@@ -380,7 +397,7 @@ def train(
         )
         seconds["fine_tune"] = time.perf_counter() - t1
         _merge(history, h2.history, prefix="fine_tune_")
-        accuracy = _accuracy(model, images(eval_files, False, False))
+        accuracy = _accuracy(model, images(eval_files, False, False, measuring=True))
         # Freeze again so the exported model reports no trainable backbone weights.
         model_lib.backbone_of(model).trainable = False
 
