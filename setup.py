@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "pydantic>=2.6",
     # the run report's figures (imgpipe/report, Agg backend: no display needed)
     "matplotlib>=3.7",
+    # --tune (trainer/tune.py) uses KerasTuner's oracle; tfx 1.16 installs 1.4.x too.
+    "keras-tuner>=1.4,<1.5",
 ]
 
 # scikit-learn supplies the demo's images (load_digits, load_sample_images): demo and dev only.
@@ -25,6 +27,7 @@ DEMO = ["scikit-learn>=1.3"]
 EXTRAS_REQUIRE = {
     "demo": DEMO,
     "dev": ["pytest>=8", "ruff>=0.6", *DEMO],
+    "airflow": ["apache-airflow==2.10.3"],
 }
 
 # The ML system (pipeline, components, trainer, serving) and the application (imgpipe).

@@ -27,7 +27,7 @@ def component_seconds(config) -> dict[str, tuple[str, float]]:
     """Node id -> (state, seconds from execution create to last update) for the latest run."""
     from imgpipe.orchestration import metadata as mlmd
 
-    with mlmd.open_store(config.metadata_path) as store:
+    with mlmd.open_store(config) as store:
         run = mlmd.latest_run(store, config.pipeline_name)
         executions = mlmd.run_executions(store, config.pipeline_name, run)
         return {

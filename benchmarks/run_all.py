@@ -25,6 +25,7 @@ BENCHMARKS = (
     "scaling",
     "pipeline",
     "serving_latency",
+    "metadata_concurrency",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}

@@ -220,6 +220,7 @@ def main(argv=None) -> int:
         "epochs": epochs,
         "learning_rate": args.learning_rate,
         "dropout": 0.1,
+        "early_stopping": False,  # a fixed epoch count, as the plain script trains
     }
     off = TrainingConfig(**base, feature_cache=False)
     on = TrainingConfig(**base, feature_cache=True)

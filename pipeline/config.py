@@ -4,6 +4,10 @@
       training: TrainingConfig     trainer/config.py   (the Trainer parses it strictly)
       gate:     GateConfig         components/gate.py  (the Evaluator's blessing gate)
       beam:     BeamConfig         pipeline/beam.py    (the runner of the data work)
+      resources: ResourcesConfig   pipeline/resources.py (the Trainer's machine on Kubeflow/Vertex)
+
+`metadata` says where ML Metadata lives (pipeline/metadata_url.py): empty for
+SQLite in the home, or a postgresql:// URL without a password.
 
 Each section sits beside the code that reads it; this module nests them. The
 CLI flags (`imgpipe run --help`), the YAML keys, the Kubeflow runtime
@@ -28,6 +32,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.gate import GateConfig
 from pipeline.beam import BeamConfig
+from pipeline.metadata_url import PostgresTarget, parse_metadata_url
+from pipeline.resources import ResourcesConfig
 from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE, ConfigError, Settings, TrainingConfig
 
 __all__ = ["ConfigError", "PipelineConfig", "WEIGHTS_IMAGENET", "WEIGHTS_NONE"]
@@ -37,6 +43,7 @@ SECTIONS: dict[str, type[Settings]] = {
     "training": TrainingConfig,
     "gate": GateConfig,
     "beam": BeamConfig,
+    "resources": ResourcesConfig,
 }
 
 
@@ -57,6 +64,16 @@ class PipelineConfig(Settings):
     home: str = Field(
         "imgpipe_home", description="pipeline home: artifacts, ML Metadata (SQLite) and run records"
     )
+    metadata: str = Field(
+        "",
+        description="ML Metadata store: empty for SQLite at HOME/metadata.sqlite, or "
+        "postgresql://USER@HOST:PORT/DB (no password in the URL: PGPASSWORD or --metadata-password-file)",
+    )
+    metadata_password_file: str = Field(
+        "",
+        description="libpq password file (lines HOST:PORT:DB:USER:PASSWORD, mode 0600) for a "
+        "postgresql:// metadata store (default: PGPASSWORD, PGPASSFILE or ~/.pgpass)",
+    )
     pipeline_name: str = Field("imgpipe", description="pipeline name in ML Metadata")
     model_name: str = Field("imgpipe", description="TF Serving model name")
     serving_dir: str = Field(
@@ -72,6 +89,7 @@ class PipelineConfig(Settings):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     # ---------------------------------------------------------------------- building
     @model_validator(mode="before")
@@ -102,6 +120,23 @@ class PipelineConfig(Settings):
     @classmethod
     def _names(cls, value: str) -> str:
         return _name(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_url(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parse_metadata_url(value)  # ValueError naming the part; never echoes the URL
+        return value
+
+    @model_validator(mode="after")
+    def _password_file_needs_postgres(self) -> PipelineConfig:
+        if self.metadata_password_file and not self.metadata:
+            raise ValueError(
+                "metadata_password_file: applies to a postgresql:// metadata store; "
+                "the default (SQLite in the home) has no password"
+            )
+        return self
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -150,7 +185,19 @@ class PipelineConfig(Settings):
 
     @property
     def metadata_path(self) -> str:
+        """The SQLite ML Metadata file (used when `metadata` is empty)."""
         return os.path.join(self.home, "metadata.sqlite")
+
+    @property
+    def metadata_target(self) -> PostgresTarget | None:
+        """The PostgreSQL server of ML Metadata, or None for SQLite in the home."""
+        return parse_metadata_url(self.metadata) if self.metadata else None
+
+    @property
+    def metadata_location(self) -> str:
+        """Where ML Metadata lives, safe to log (the URL has no password)."""
+        target = self.metadata_target
+        return target.url if target else self.metadata_path
 
     @property
     def model_serving_dir(self) -> str:
@@ -170,6 +217,7 @@ class PipelineConfig(Settings):
             "data_dir": absolute(self.data_dir),
             "home": absolute(self.home),
             "serving_dir": absolute(self.serving_dir),
+            "metadata_password_file": absolute(self.metadata_password_file),
         }
         if self.training.weights_kind == "file":
             changes["weights"] = absolute(self.training.weights)

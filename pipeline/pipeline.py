@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 
 from components.data_gate import DataGate
 from components.evaluator import GateEvaluator
+from components.pusher import ServingPusher
 from components.runtime_params import knob_values
 from components.schema_gen import ContractSchemaGen
 from components.trainer import RuntimeParamTrainer
@@ -126,13 +127,14 @@ def create_pipeline(
         example_splits=["eval"],
         knobs=knobs,
     ).with_id("Evaluator")
-    pusher = tfx.components.Pusher(
+    # Skips a model byte-identical to the newest served version (components/pusher.py).
+    pusher = ServingPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
-    )
+    ).with_id("Pusher")
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,

@@ -38,6 +38,6 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   $UV venv --seed -p "$PY" "$VENV" >&2
 fi
 say "installing imgpipe and its pinned dependencies (requirements.lock)"
-$UV pip install -p "$VENV/bin/python" -c requirements.lock -e ".[dev]" >&2
+$UV pip install -p "$VENV/bin/python" -c requirements.lock -e ".[dev,airflow]" >&2
 touch "$STAMP"
 say "ready: $VENV"

@@ -28,3 +28,24 @@ def source_backbone(tmp_path_factory):
 
     work = str(tmp_path_factory.mktemp("backbone"))
     return helpers.pretrained_weights(work, epochs=8, per_class=120)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server (tests/postgres.py) for the session; stopped and removed after.
+
+    Without the server binaries the tests that need it are skipped on a developer
+    machine and fail in CI (CI=true), where .ci/run installs them.
+    """
+    from tests import postgres
+
+    try:
+        server = postgres.start()
+    except postgres.Unavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -46,7 +46,7 @@ def test_multiprocess_uses_worker_processes():
     assert f"--direct_num_workers={os.cpu_count()}" in default
 
 
-DATAFLOW = ("--project=p1", "--region=europe-west4", "--temp_location=gs://b/tmp")
+DATAFLOW = ("--project=proj-1", "--region=europe-west4", "--temp_location=gs://b/tmp")
 
 
 @pytest.mark.parametrize("missing", ["project", "region", "temp_location"])
@@ -72,7 +72,9 @@ def test_dataflow_args_and_worker_image():
 
 def test_dataflow_needs_a_gcs_temp_location():
     with pytest.raises(BeamConfigError, match="gs://"):
-        beam_pipeline_args(_config("dataflow", "--project=p", "--region=r", "--temp_location=/tmp/x"))
+        beam_pipeline_args(
+            _config("dataflow", "--project=proj-1", "--region=us-central1", "--temp_location=/tmp/x")
+        )
 
 
 @pytest.mark.parametrize("runner", ["flink", "spark"])

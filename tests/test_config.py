@@ -135,7 +135,9 @@ def test_the_trainer_parses_its_part_strictly():
         parse_custom_config({**cfg.training.to_dict(), "unknown_key": 1})
     with pytest.raises(ValueError, match="epochs"):
         parse_custom_config({"epochs": "ten"})
-    assert TrainingConfig.model_validate({}).epochs == 5
+    assert TrainingConfig.model_validate({}) == TrainingConfig()
+    with pytest.raises(ValueError, match="tune_trials"):
+        parse_custom_config({"tune_trials": 3, "feature_cache": False})
 
 
 def test_gate_flags_come_from_the_schema():

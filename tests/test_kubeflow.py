@@ -211,6 +211,54 @@ def test_pipeline_root_flag_wins(tmp_path):
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://other/root"
 
 
+def test_trainer_machine_and_beam_settings_reach_the_compiled_spec(compiled, tmp_path, capsys):
+    """--trainer-machine-type/--trainer-accelerator become the Trainer container's resources;
+    the Beam setting flags become the Beam args of every Beam step."""
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
+
+    _, plain = compiled
+    assert kubeflow.trainer_resources(plain) == {}  # nothing asked, nothing compiled in
+    out = str(tmp_path / "gpu.json")
+    code = cli.main(
+        ["compile", "--image", IMAGE, "--output", out, *RUN_FLAGS,
+         "--trainer-machine-type", "n1-standard-8", "--trainer-accelerator", "NVIDIA_TESLA_T4:2",
+         "--beam-runner", "dataflow", "--beam-project", "my-proj-1", "--beam-region", "europe-west4",
+         "--temp-location", "gs://bucket/tmp"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    job = kubeflow.read_pipeline_job(out)
+    spec = _spec(job)  # still a valid PipelineSpec
+    trainer = kubeflow.trainer_resources(job)
+    assert trainer == {
+        "cpuLimit": 8.0,
+        "memoryLimit": 30.0,
+        "accelerator": {"type": "NVIDIA_TESLA_T4", "count": "2"},
+    }
+    assert result["trainer_resources"] == trainer
+    executors = spec.deployment_spec.fields["executors"].struct_value.fields
+    with_resources = [
+        name
+        for name, e in executors.items()
+        if "resources" in e.struct_value.fields["container"].struct_value.fields
+    ]
+    assert with_resources == [job["pipelineSpec"]["components"]["Trainer"]["executorLabel"]]
+    args = kubeflow.step_container(job, "Transform")["args"]
+    for flag in ("--runner=DataflowRunner", "--project=my-proj-1", "--region=europe-west4",
+                 "--temp_location=gs://bucket/tmp", f"--sdk_container_image={IMAGE}"):  # fmt: skip
+        assert flag in args, (flag, args)
+
+
+def test_compile_refuses_a_local_metadata_store(tmp_path):
+    from imgpipe.orchestration import kubeflow
+
+    with pytest.raises(ConfigError, match="metadata: Kubeflow and Vertex AI pipelines record to the cluster"):
+        kubeflow.compile_pipeline(
+            _config().replace(metadata="postgresql://ml@db/mlmd"), IMAGE, str(tmp_path / "x.json")
+        )
+
+
 # ------------------------------------------------------------ the knob executors
 def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
     from tfx.components.trainer import executor as trainer_executor

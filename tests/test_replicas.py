@@ -4,8 +4,9 @@ split_cpu() must run before TensorFlow initialises, so each training runs in its
 own process; both run at once. The backbone is quick-trained here (a few epochs
 on the training split) so the frozen-backbone classifier is well above chance,
 and feature_cache=False makes every step go through the full model under the
-strategy. The per-replica batch is halved for 2 replicas, so both runs see the
-same global batch (global = per-replica x replicas) and should agree within noise.
+strategy, for exactly EPOCHS epochs (early stopping off: this compares replicas,
+not convergence). The per-replica batch is halved for 2 replicas, so both runs see
+the same global batch (global = per-replica x replicas) and should agree within noise.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from trainer.config import SUMMARY_FILE
 params = TrainingConfig(
     backbone="MobileNetV2", weights=os.path.join(workdir, "backbone.h5"), image_size=32, dropout=0.0,
     batch_size=int(sys.argv[3]) // replicas, epochs=int(sys.argv[4]), learning_rate=1e-3,
-    feature_cache=False, seed=7,
+    feature_cache=False, early_stopping=False, seed=7,
 )
 result = train.train(
     os.path.join(workdir, "data", "train"), os.path.join(workdir, "data", "eval"),

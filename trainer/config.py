@@ -19,7 +19,7 @@ The Trainer parses its custom_config with `TrainingConfig.model_validate`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -79,12 +79,57 @@ class TrainingConfig(Settings):
     image_size: int | None = Field(
         None, description="input size in pixels (default: the backbone's own, 224 or 299)"
     )
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the classification layer")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classification layer")
     batch_size: int = Field(32, ge=1, description="batch size per replica (global = this x replicas)")
-    epochs: int = Field(5, ge=1, description="epochs of head training", json_schema_extra={"runtime": True})
+    epochs: int = Field(
+        200,
+        ge=1,
+        description="maximum epochs of head training: early stopping ends it sooner "
+        "(exactly this many with --no-early-stopping)",
+        json_schema_extra={"runtime": True},
+    )
     steps_per_epoch: int | None = Field(None, ge=1, description="steps per epoch (default: one pass)")
     learning_rate: float = Field(
-        1e-3, gt=0.0, description="learning rate of head training", json_schema_extra={"runtime": True}
+        1e-3,
+        gt=0.0,
+        description="learning rate (Adam) of head training",
+        json_schema_extra={"runtime": True},
+    )
+    l2: float = Field(0.0, ge=0.0, description="L2 weight decay on the classification layer's kernel")
+    standardize: bool = Field(
+        True,
+        description="standardise the backbone's features in the head (per-feature mean and variance "
+        "of the train split, kept in the exported model)",
+    )
+    early_stopping: bool = Field(
+        True,
+        description="stop head training when the loss on a validation slice held out from the train "
+        "split has not improved for `patience` epochs, and keep the best epoch's weights",
+    )
+    patience: int = Field(10, ge=1, description="epochs without improvement before early stopping")
+    validation_fraction: float = Field(
+        0.1,
+        gt=0.0,
+        le=0.5,
+        description="fraction of each class of the train split held out to monitor early stopping "
+        "and score --tune trials (never the eval split)",
+    )
+    refit: bool = Field(
+        True,
+        description="after early stopping, train a new head on the whole train split for the best "
+        "epoch count (else keep the best-epoch head trained without the validation slice)",
+    )
+    class_weights: Literal["auto", "none"] = Field(
+        "auto",
+        description="auto: balanced loss weights n/(k*n_c) when the largest class has more than 1.5x "
+        "the examples of the smallest; none: unweighted",
+    )
+    tune_trials: int = Field(
+        0,
+        ge=0,
+        description="search N head configurations (learning rate, dropout, l2) on the cached features, "
+        "scored on the validation slice; needs the feature cache",
+        json_schema_extra={"flag": "--tune"},
     )
     fine_tune_layers: int = Field(
         0, ge=0, description="unfreeze the top K backbone layers in a second phase (BatchNorm stays frozen)"
@@ -121,6 +166,13 @@ class TrainingConfig(Settings):
                 )
         if self.fine_tune_layers > 0 and self.fine_tune_epochs == 0:
             raise ValueError("fine_tune_epochs: must be >= 1 when fine_tune_layers > 0")
+        if self.tune_trials > 0 and not self.feature_cache:
+            raise ValueError("tune_trials: --tune trains heads on cached features; it needs feature_cache on")
+        if self.tune_trials > 0 and self.augment:
+            raise ValueError(
+                "tune_trials: --tune trains heads on cached features, which augmentation bypasses; "
+                "turn augment off"
+            )
         return self
 
     @property

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from trainer.features import IMAGE_XF, LABEL_VOCAB, LABEL_XF
+from trainer.features import IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
 
 if TYPE_CHECKING:  # only for annotations: importing TFT costs seconds
     import tensorflow_transform as tft
@@ -79,13 +79,36 @@ def augment_images(images: tf.Tensor, seed: int) -> tf.Tensor:
     return tf.image.resize(images, size)
 
 
+def select_examples(ds: tf.data.Dataset, keep: np.ndarray | None, chunk: int = 1024) -> tf.data.Dataset:
+    """The elements of unbatched `ds` where the boolean mask `keep` is true, in order.
+
+    The mask covers the whole dataset in its order; a dataset longer than the mask fails
+    with an out-of-range error rather than passing the extra elements. Selection runs on
+    chunks of `chunk` elements (vectorised), not element by element.
+    """
+    if keep is None:
+        return ds
+    mask = tf.constant(np.asarray(keep, dtype=bool))
+
+    def pick(i, element):
+        wanted = tf.gather(mask, i)
+        return tf.nest.map_structure(lambda t: tf.boolean_mask(t, wanted), element)
+
+    return ds.enumerate().batch(chunk).map(pick, num_parallel_calls=AUTOTUNE).unbatch()
+
+
 def make_dataset(
     file_pattern: str | Sequence[str],
     tf_transform_output: tft.TFTransformOutput,
     spec: InputSpec,
+    select: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """(image_xf, label) batches: parse raw examples, apply the Transform graph."""
-    ds = raw_examples(file_pattern)
+    """(image_xf, label) batches: parse raw examples, apply the Transform graph.
+
+    `select`: a boolean mask over the records in file order (list_files sorts the files);
+    only the records where it is true are read (e.g. a validation slice, or the rest).
+    """
+    ds = select_examples(raw_examples(file_pattern), select)
     if spec.shuffle:
         ds = ds.shuffle(spec.shuffle_buffer, seed=spec.seed, reshuffle_each_iteration=True)
     ds = ds.batch(spec.batch_size)
@@ -110,6 +133,33 @@ def count_examples(file_pattern: str | Sequence[str]) -> int:
     return int(raw_examples(file_pattern).reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
 
+def class_indices(
+    file_pattern: str | Sequence[str], tf_transform_output: tft.TFTransformOutput, batch_size: int = 1024
+) -> np.ndarray:
+    """The class index of every record, in file order, without decoding any image.
+
+    Labels are read as preprocessing_fn reads them (whitespace stripped) and looked up in
+    the Transform's label vocabulary. A label outside the vocabulary is an error naming it.
+    """
+    names = class_names(tf_transform_output)
+    index = {n: i for i, n in enumerate(names)}
+    spec = {LABEL_KEY: tf_transform_output.raw_feature_spec()[LABEL_KEY]}
+    out: list[int] = []
+    for batch in raw_examples(file_pattern).batch(batch_size):
+        labels = tf.io.parse_example(batch, spec)[LABEL_KEY]
+        if isinstance(labels, tf.SparseTensor):
+            labels = tf.sparse.to_dense(labels, default_value=b"")
+        for raw in tf.reshape(tf.strings.strip(labels), [-1]).numpy():
+            name = raw.decode("utf-8")
+            if name not in index:
+                raise ValueError(
+                    f"record {len(out)} of {file_pattern}: label {name!r} is not in the label "
+                    f"vocabulary ({', '.join(names)})"
+                )
+            out.append(index[name])
+    return np.asarray(out, dtype=np.int64)
+
+
 # ---------------------------------------------------------------------------------------
 # Frozen-feature cache
 
@@ -128,7 +178,11 @@ class FeatureCache:
 
     `features` yields unbatched (feature_vector float32 [D], label) pairs, the
     label exactly as the image dataset gave it (int64 [] or float32 [1] for a
-    2-class head). Call `release()` when done to delete a spilled file.
+    2-class head); `labels` holds the same labels as class indices, in order.
+    A memory cache also keeps them as `arrays` (features, labels as given).
+    Call `release()` when done to delete a spilled file. `select(mask)` gives
+    some of the examples (e.g. a validation slice): a memory cache copies them,
+    a spilled cache streams them from the same file (a view: releasing it is a no-op).
     """
 
     features: tf.data.Dataset
@@ -137,14 +191,64 @@ class FeatureCache:
     location: str  # "memory" or the path of the spilled TFRecord file
     memory_limit_bytes: int = DEFAULT_CACHE_MEMORY_BYTES
     owned_dir: str | None = None  # a temporary spill directory to remove on release()
+    labels: np.ndarray | None = None  # class index per example, in order
+    view: bool = False  # a subset of another cache: it owns no files
+    arrays: tuple[np.ndarray, np.ndarray] | None = None  # a memory cache's (features, labels)
+
+    @classmethod
+    def in_memory(cls, features: np.ndarray, labels: np.ndarray, **kwargs) -> FeatureCache:
+        """A memory cache of `features` [N, D] and `labels` as the image dataset gives them."""
+        return cls(
+            tf.data.Dataset.from_tensor_slices((features, labels)),
+            len(features),
+            int(features.shape[1]),
+            "memory",
+            labels=np.asarray(labels).reshape(len(labels)).astype(np.int64),
+            arrays=(features, labels),
+            **kwargs,
+        )
 
     @property
     def spilled(self) -> bool:
         return self.location != "memory"
 
+    def select(self, keep: np.ndarray) -> FeatureCache:
+        """The examples where the boolean mask `keep` (one entry per example) is true."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (self.count,):
+            raise ValueError(f"select: mask of shape {keep.shape} for a cache of {self.count} examples")
+        if self.arrays is not None:
+            features, labels = self.arrays
+            return FeatureCache.in_memory(
+                features[keep], labels[keep], memory_limit_bytes=self.memory_limit_bytes
+            )
+        return dataclasses.replace(
+            self,
+            features=select_examples(self.features, keep),
+            count=int(keep.sum()),
+            labels=None if self.labels is None else self.labels[keep],
+            owned_dir=None,
+            view=True,
+        )
+
     def batches(self, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
         """Batches for Keras. A memory cache shuffles all of it; a spilled cache shuffles
-        within a buffer sized to the memory limit, but never under SPILL_SHUFFLE_MIN examples."""
+        within a buffer sized to the memory limit, but never under SPILL_SHUFFLE_MIN examples.
+
+        A memory cache shuffles example indices and gathers each batch from the arrays, so
+        an epoch costs a few operations per batch rather than per example (same order as
+        shuffling the examples themselves with the same seed and buffer).
+        """
+        if self.arrays is not None:
+            features, labels = (tf.constant(a) for a in self.arrays)
+            index = tf.data.Dataset.range(self.count)
+            if shuffle:
+                index = index.shuffle(self.count, seed=seed, reshuffle_each_iteration=True)
+            return (
+                index.batch(batch_size)
+                .map(lambda i: (tf.gather(features, i), tf.gather(labels, i)), num_parallel_calls=AUTOTUNE)
+                .prefetch(AUTOTUNE)
+            )
         ds = self.features
         if shuffle:
             buffer = self.count
@@ -154,9 +258,26 @@ class FeatureCache:
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(AUTOTUNE)
 
+    def moments(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(sum of the features, sum of their squares, count), in float64: one pass over a
+        spilled cache, a reduction over a memory cache's array."""
+        if self.arrays is not None:
+            f = self.arrays[0].astype(np.float64)
+            return f.sum(axis=0), (f * f).sum(axis=0), len(f)
+        total = np.zeros(self.feature_dim)
+        total_sq = np.zeros(self.feature_dim)
+        count = 0
+        for f, _ in self.features.batch(_SPILL_PARSE_BATCH):
+            f = f.numpy().astype(np.float64)
+            total += f.sum(axis=0)
+            total_sq += (f * f).sum(axis=0)
+            count += len(f)
+        return total, total_sq, count
+
     def release(self) -> None:
-        """Delete the spilled file (and a temporary spill directory); a memory cache is a no-op."""
-        if self.spilled:
+        """Delete the spilled file (and a temporary spill directory); a memory cache or a view
+        is a no-op."""
+        if self.spilled and not self.view:
             _remove_spill(self.location, self.owned_dir)
 
 
@@ -231,6 +352,7 @@ class FeatureExtractor:
         step = self._step(dist.element_spec)
         feats: list[np.ndarray] = []
         labels: list[np.ndarray] = []
+        classes: list[np.ndarray] = []  # every label as a class index, also when spilling
         held = 0
         count = 0
         label_dtype: np.dtype | None = None
@@ -245,6 +367,7 @@ class FeatureExtractor:
                 lab = self._gather(lab)
                 if label_dtype is None:
                     label_dtype, label_shape = lab.dtype, lab.shape[1:]
+                classes.append(lab.reshape(len(lab)).astype(np.int64))
                 count += len(f)
                 if writer is None and held + f.nbytes + lab.nbytes > memory_limit_bytes:
                     spill_dir = cache_dir
@@ -278,11 +401,13 @@ class FeatureExtractor:
         if count == 0:
             raise ValueError("feature cache: the image dataset yielded no examples")
         dim = self.feature_dim
+        indices = np.concatenate(classes)
         if not path:
-            ds = tf.data.Dataset.from_tensor_slices((np.concatenate(feats), np.concatenate(labels)))
-            return FeatureCache(ds, count, dim, "memory", memory_limit_bytes)
+            return FeatureCache.in_memory(
+                np.concatenate(feats), np.concatenate(labels), memory_limit_bytes=memory_limit_bytes
+            )
         ds = _read_spilled(path, dim, tf.as_dtype(label_dtype), label_shape)
-        return FeatureCache(ds, count, dim, path, memory_limit_bytes, owned_dir)
+        return FeatureCache(ds, count, dim, path, memory_limit_bytes, owned_dir, labels=indices)
 
 
 def build_feature_cache(

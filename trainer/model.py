@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tf_keras as keras
 
 from trainer import backbones
@@ -50,17 +51,63 @@ def build_backbone(backbone: str, weights: str, image_size: int) -> keras.Model:
     return keras.Model(base.inputs, base.outputs, name=BACKBONE_NAME)
 
 
-def build_head(feature_dim: int, num_classes: int, dropout: float) -> keras.Model:
-    """Dropout + Dense: softmax over N classes, or one sigmoid unit for 2 classes."""
+def build_head(
+    feature_dim: int,
+    num_classes: int,
+    dropout: float,
+    l2: float = 0.0,
+    feature_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> keras.Model:
+    """[Standardize +] Dropout + Dense: softmax over N classes, or one sigmoid unit for 2 classes.
+
+    `feature_stats` (mean, variance) of the training features: the head first standardises
+    its input with them (constants in the graph, so the exported model carries them).
+    Backbones differ in feature scale by orders of magnitude; on standardised features
+    one learning rate suits all of them. `l2` > 0 adds L2 weight decay (l2 * sum of
+    squared kernel weights) to the loss.
+    """
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     features = keras.Input((feature_dim,), name="features")
-    x = keras.layers.Dropout(dropout)(features) if dropout > 0 else features
+    x = features
+    if feature_stats is not None:
+        mean, variance = feature_stats
+        x = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")(x)
+    x = keras.layers.Dropout(dropout)(x) if dropout > 0 else x
+    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
     if num_classes == 2:
-        out = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+        out = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regularizer, name="probability")(
+            x
+        )
     else:
-        out = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        out = keras.layers.Dense(
+            num_classes, activation="softmax", kernel_regularizer=regularizer, name="probabilities"
+        )(x)
     return keras.Model(features, out, name=HEAD_NAME)
+
+
+def feature_stats(total: np.ndarray, total_sq: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and variance for the head's standardisation, from the sums of the
+    training features and of their squares (float64) over `count` examples.
+
+    The variance is floored at 1e-4 of the mean variance: a unit that is (nearly) constant
+    on the training data would otherwise turn tiny differences at serving time into huge
+    inputs."""
+    if count < 1:
+        raise ValueError("feature_stats: no examples")
+    mean = np.asarray(total, np.float64) / count
+    variance = np.maximum(np.asarray(total_sq, np.float64) / count - mean**2, 0.0)
+    floor = max(float(variance.mean()) * 1e-4, 1e-12)
+    return mean.astype(np.float32), np.maximum(variance, floor).astype(np.float32)
+
+
+def assemble(base: keras.Model, head: keras.Model, image_size: int) -> keras.Model:
+    """Preprocessed image [S, S, 3] -> probabilities: `base` (frozen, inference mode) then `head`."""
+    base.trainable = False
+    images = keras.Input((image_size, image_size, 3), name="image")
+    # training=False keeps BatchNorm in inference mode, also when fine-tuning later.
+    features = base(images, training=False)
+    return keras.Model(images, head(features), name="classifier")
 
 
 def build_model(
@@ -69,18 +116,14 @@ def build_model(
     image_size: int,
     num_classes: int,
     dropout: float = 0.2,
+    l2: float = 0.0,
 ) -> keras.Model:
     """Preprocessed image [S, S, 3] -> probabilities; the backbone frozen, in inference mode.
 
     Call inside a distribution strategy's scope to place the variables there.
     """
     base = build_backbone(backbone, weights, image_size)
-    base.trainable = False
-    head = build_head(base.output_shape[-1], num_classes, dropout)
-    images = keras.Input((image_size, image_size, 3), name="image")
-    # training=False keeps BatchNorm in inference mode, also when fine-tuning later.
-    features = base(images, training=False)
-    return keras.Model(images, head(features), name="classifier")
+    return assemble(base, build_head(base.output_shape[-1], num_classes, dropout, l2), image_size)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -100,12 +143,23 @@ def loss_and_metric(num_classes: int):
     )
 
 
+def cross_entropy_metric(num_classes: int) -> keras.metrics.Metric:
+    """The class loss as a metric named 'cross_entropy': without the L2 penalty that `loss`
+    includes; as a weighted metric, the sample-weighted mean."""
+    if num_classes == 2:
+        return keras.metrics.BinaryCrossentropy(name="cross_entropy")
+    return keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy")
+
+
 def compile_model(model: keras.Model, num_classes: int, learning_rate: float) -> None:
+    """Adam on the class loss (weighted by the dataset's sample weights when it yields them);
+    accuracy is unweighted, `cross_entropy` (what early stopping watches) weighted."""
     loss, metric = loss_and_metric(num_classes)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=loss,
         metrics=[metric],
+        weighted_metrics=[cross_entropy_metric(num_classes)],
     )
 
 

@@ -1,8 +1,15 @@
 """Training as plain functions: no TFX types here, so it can be tested and benchmarked directly.
 
 Phase 1 trains the head on the frozen backbone (from cached backbone features
-where valid). Optional phase 2 unfreezes the top K backbone layers, BatchNorm
-excepted, and continues at a low learning rate on images.
+where valid) to convergence: early stopping on a validation slice held out from
+the train split (never the eval split, which the Evaluator gates on), the best
+epoch's weights kept, then by default a fresh head trained on the whole train
+split for that many epochs (trainer/head.py says why). Balanced class weights
+apply when the classes are imbalanced; `--tune N` searches head settings
+first (trainer/tune.py). The eval split is read once, at the end, to report
+accuracy. Optional phase 2 unfreezes the top K backbone layers, BatchNorm
+excepted, and continues at a low learning rate on images for exactly
+`fine_tune_epochs` epochs.
 """
 
 from __future__ import annotations
@@ -13,14 +20,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribution, tracing
+from trainer import data, distribution, head, memory_fit, tracing
 from trainer import model as model_lib
 from trainer.config import TrainingConfig
 
@@ -34,7 +41,16 @@ log = logging.getLogger(__name__)
 class TrainResult:
     """What train() did. `feature_cache_used` is about phase 1 (the head on the frozen
     backbone); `feature_cache_phases` says it per phase ("head", and "fine_tune" when run);
-    `notes` carries the reason for each decision, as logged."""
+    `notes` carries the reason for each decision, as logged.
+
+    Epochs are counted from 1. `best_epoch` is the epoch with the lowest validation-slice
+    loss (None without early stopping), `stopped_epoch` the epoch at which early stopping
+    ended the selection fit (None when it ran to the `epochs` cap), `refit_epochs` the
+    epochs of the final head on the whole train split (None when the selected head was
+    kept). `class_weights` maps class name to loss weight (None: unweighted). `history`
+    holds the selection fit (`val_*` = the validation slice, not the eval split), the
+    refit (`refit_*`) and fine-tuning (`fine_tune_*`).
+    """
 
     model: keras.Model
     class_names: list[str]
@@ -42,9 +58,19 @@ class TrainResult:
     global_batch_size: int
     eval_accuracy: float
     history: dict[str, list[float]]
-    seconds: dict[str, float]  # disjoint phases: feature_extraction, train, fine_tune
+    # disjoint phases: feature_extraction (or feature_stats), train (or tune), fine_tune
+    seconds: dict[str, float]
     notes: list[str]
     feature_cache_phases: dict[str, bool] = dataclasses.field(default_factory=dict)
+    class_weights: dict[str, float] | None = None
+    hparams: dict[str, float] = dataclasses.field(default_factory=dict)
+    validation_examples: int = 0
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
+    refit_epochs: int | None = None
+    tuning: dict[str, Any] | None = None
+    standardized: bool = False
 
     @property
     def feature_cache_used(self) -> bool:
@@ -58,6 +84,15 @@ class TrainResult:
             "feature_cache_used": self.feature_cache_used,
             "feature_cache_phases": self.feature_cache_phases,
             "eval_accuracy": self.eval_accuracy,
+            "class_weights": self.class_weights,
+            "head": self.hparams,
+            "standardized": self.standardized,
+            "validation_examples": self.validation_examples,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "refit_epochs": self.refit_epochs,
+            "tuning": self.tuning,
             "history": self.history,
             "seconds": self.seconds,
             "notes": self.notes,
@@ -71,14 +106,112 @@ def _callbacks(
     return board + list(extra)
 
 
-def _merge(history: dict[str, list[float]], h: keras.callbacks.History, prefix: str = "") -> None:
-    for k, v in h.history.items():
+def _merge(history: dict[str, list[float]], h: dict[str, list[float]], prefix: str = "") -> None:
+    for k, v in h.items():
         history.setdefault(prefix + k, []).extend(float(x) for x in v)
 
 
-def _eval_accuracy(h: keras.callbacks.History) -> float:
-    vals = h.history.get("val_accuracy")
-    return float(vals[-1]) if vals else float("nan")
+def _accuracy(model: keras.Model, ds: tf.data.Dataset) -> float:
+    return float(model.evaluate(ds, verbose=0, return_dict=True)["accuracy"])
+
+
+@dataclasses.dataclass
+class HeadPhase:
+    """Phase 1's outcome: the final head (or full model, on the image path) and its story."""
+
+    run: head.HeadRun
+    eval_accuracy: float
+    class_weights: np.ndarray | None
+    validation_examples: int
+    tuning: dict[str, Any] | None
+    seconds: dict[str, float]  # "train", or "tune" (the search and the final head)
+    feature_stats: tuple[np.ndarray, np.ndarray] | None = None  # the head's standardisation
+
+
+def _head_phase(
+    labels: np.ndarray,
+    make_data: Callable[[np.ndarray | None], tuple[head.HeadData, str]],
+    build: Callable[[head.HeadHParams], keras.Model],
+    evaluate: Callable[[keras.Model], float],
+    params: TrainingConfig,
+    num_classes: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    verbose: int,
+    note: Callable[[str], None],
+) -> HeadPhase:
+    """Class weights, the validation slice, (tuning,) training, then the eval split's one use."""
+    weights, why = head.class_weights(labels, num_classes, params.class_weights)
+    note(why)
+    head_data, why = make_data(weights)
+    note(why)
+    seconds: dict[str, float] = {}
+    tuning = None
+    t0 = time.perf_counter()
+    if params.tune_trials:
+        # Imported here: KerasTuner imports Keras 3 on import (~10-20 s here), which only
+        # --tune needs.
+        from trainer import tune
+
+        tuned = tune.tune_head(build, head_data, params, params.tune_trials)
+        seconds["tune"] = time.perf_counter() - t0
+        run, tuning = tuned.run, tuned.summary()
+        note(f"tune: {len(tuned.trials)} trials, best {tuned.best.to_dict()}")
+    else:
+        hp = head.HeadHParams(params.learning_rate, params.dropout, params.l2)
+        run = head.train_head(build, hp, head_data, params, callbacks, verbose)
+        seconds["train"] = time.perf_counter() - t0
+    _describe(note, run, params)
+    return HeadPhase(run, evaluate(run.model), weights, head_data.validation_examples, tuning, seconds)
+
+
+def _stats(cache: data.FeatureCache, params: TrainingConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The head's standardisation from the train split's features (None when off)."""
+    return model_lib.feature_stats(*cache.moments()) if params.standardize else None
+
+
+def train_cached_head(
+    train_cache: data.FeatureCache,
+    eval_cache: data.FeatureCache,
+    params: TrainingConfig,
+    num_classes: int,
+    batch_size: int,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+    note: Callable[[str], None] = log.info,
+) -> HeadPhase:
+    """Phase 1 on cached features: what train() runs after extraction (benchmarks call it
+    directly). `batch_size` is the global batch. A memory cache trains with memory_fit,
+    off any strategy; a spilled one with Keras' fit under `strategy`."""
+    strategy = strategy or tf.distribute.get_strategy()
+    labels = train_cache.labels
+    in_memory = train_cache.arrays is not None and eval_cache.arrays is not None
+    stats = _stats(train_cache, params)
+
+    def make_data(weights: np.ndarray | None) -> tuple[head.HeadData, str]:
+        if in_memory:
+            return head.array_data(*train_cache.arrays, labels, weights, params, batch_size)
+
+        def batches(mask: np.ndarray | None, shuffle: bool) -> tf.data.Dataset:
+            cache = train_cache if mask is None else train_cache.select(mask)
+            return cache.batches(batch_size, shuffle=shuffle, seed=params.seed)
+
+        return head.dataset_data(labels, batches, weights, params)
+
+    def build(hp: head.HeadHParams) -> keras.Model:
+        with contextlib.nullcontext() if in_memory else strategy.scope():
+            m = model_lib.build_head(train_cache.feature_dim, num_classes, hp.dropout, hp.l2, stats)
+            model_lib.compile_model(m, num_classes, hp.learning_rate)
+        return m
+
+    def evaluate(m: keras.Model) -> float:
+        if in_memory:
+            return memory_fit.evaluate(m, memory_fit.Arrays.of(*eval_cache.arrays))["accuracy"]
+        return _accuracy(m, eval_cache.batches(batch_size, shuffle=False, seed=params.seed))
+
+    phase = _head_phase(labels, make_data, build, evaluate, params, num_classes, callbacks, verbose, note)
+    phase.feature_stats = stats
+    return phase
 
 
 def train(
@@ -99,8 +232,8 @@ def train(
     the backbone runs once over each split and the head trains on its features
     for every epoch. Features past `cache_memory_bytes` spill to `cache_dir` (or
     a temporary directory) and are deleted when training ends. The returned model
-    is always the full image -> probabilities model. `callbacks` are added to
-    every fit (e.g. an epoch timer).
+    is always the full image -> probabilities model. `callbacks` are added to the
+    selection fit, the refit and fine-tuning (not to --tune trials), e.g. an epoch timer.
     """
     tracing.install()  # trace Keras's fit/evaluate steps without converting tf_keras itself
     tf.keras.utils.set_random_seed(params.seed)
@@ -123,7 +256,7 @@ def train(
         log.info(msg)
         notes.append(msg)
 
-    def images(files, shuffle: bool, augment: bool) -> tf.data.Dataset:
+    def images(files, shuffle: bool, augment: bool, select: np.ndarray | None = None) -> tf.data.Dataset:
         spec = data.InputSpec(
             batch_size=global_batch,
             num_classes=num_classes,
@@ -131,32 +264,22 @@ def train(
             augment=augment,
             seed=params.seed,
         )
-        return data.make_dataset(files, tf_transform_output, spec)
+        return data.make_dataset(files, tf_transform_output, spec, select=select)
 
     with strategy.scope():
-        model = model_lib.build_model(
-            params.backbone,
-            params.weights,
-            image_size,
-            num_classes,
-            params.dropout,
-        )
+        base = model_lib.build_backbone(params.backbone, params.weights, image_size)
+        base.trainable = False
 
     use_cache, why = data.cache_decision(params.augment, fine_tuning=False, requested=params.feature_cache)
     note(why)
     phases["head"] = use_cache
-    fit_args: dict[str, Any] = {
-        "epochs": params.epochs,
-        "verbose": verbose,
-        "callbacks": _callbacks(log_dir, callbacks),
-    }
+    cbs = _callbacks(log_dir, callbacks)
 
     # Phase 1 fits the head alone on cached features, or the full model on images.
     with contextlib.ExitStack() as cleanup:
         if use_cache:
-            fit_model = model_lib.head_of(model)
             t_cache = time.perf_counter()
-            extractor = data.FeatureExtractor(strategy, model_lib.backbone_of(model))
+            extractor = data.FeatureExtractor(strategy, base)
             caches = []
             for split, files in (("train", train_files), ("eval", eval_files)):
                 caches.append(
@@ -171,22 +294,69 @@ def train(
                 f"{train_cache.feature_dim}-d vectors in {where}, "
                 f"extracted in {seconds['feature_extraction']:.1f}s"
             )
-            train_ds = train_cache.batches(global_batch, shuffle=True, seed=params.seed)
-            eval_ds = eval_cache.batches(global_batch, shuffle=False, seed=params.seed)
+            phase = train_cached_head(
+                train_cache, eval_cache, params, num_classes, global_batch, strategy, cbs, verbose, note
+            )
+            # The full model: the backbone and a copy of the final head made under the strategy.
+            hp = phase.run.hparams
+            with strategy.scope():
+                final = model_lib.build_head(
+                    train_cache.feature_dim, num_classes, hp.dropout, hp.l2, phase.feature_stats
+                )
+                final.set_weights(phase.run.model.get_weights())
+                model = model_lib.assemble(base, final, image_size)
         else:
-            fit_model = model
-            train_ds = images(train_files, True, params.augment)
-            eval_ds = images(eval_files, False, False)
-        with strategy.scope():
-            model_lib.compile_model(fit_model, num_classes, params.learning_rate)
-        if params.steps_per_epoch:
-            train_ds = train_ds.repeat()
-            fit_args["steps_per_epoch"] = params.steps_per_epoch
-        t0 = time.perf_counter()
-        h = fit_model.fit(train_ds, validation_data=eval_ds, **fit_args)
-        seconds["train"] = time.perf_counter() - t0
-    _merge(history, h)
-    accuracy = _eval_accuracy(h)
+
+            def make_data(weights: np.ndarray | None) -> tuple[head.HeadData, str]:
+                def batches(mask: np.ndarray | None, shuffle: bool) -> tf.data.Dataset:
+                    return images(train_files, shuffle, params.augment and shuffle, select=mask)
+
+                return head.dataset_data(labels, batches, weights, params)
+
+            stats = None
+            if params.standardize:
+                # The standardisation needs the train split's features: one backbone pass
+                # over its images (not augmented), kept only as sums.
+                t_stats = time.perf_counter()
+                cache = data.FeatureExtractor(strategy, base).cache(
+                    images(train_files, False, False), _sub(cache_dir, "stats"), cache_memory_bytes
+                )
+                try:
+                    stats = _stats(cache, params)
+                finally:
+                    cache.release()
+                seconds["feature_stats"] = time.perf_counter() - t_stats
+                note(f"feature standardisation: statistics of {cache.count} train images' features")
+
+            def build(hp: head.HeadHParams) -> keras.Model:
+                with strategy.scope():
+                    new_head = model_lib.build_head(
+                        int(base.output_shape[-1]), num_classes, hp.dropout, hp.l2, stats
+                    )
+                    m = model_lib.assemble(base, new_head, image_size)
+                    model_lib.compile_model(m, num_classes, hp.learning_rate)
+                return m
+
+            labels = data.class_indices(train_files, tf_transform_output)
+            eval_images = images(eval_files, False, False)
+            phase = _head_phase(
+                labels,
+                make_data,
+                build,
+                lambda m: _accuracy(m, eval_images),
+                params,
+                num_classes,
+                cbs,
+                verbose,
+                note,
+            )
+            phase.feature_stats = stats
+            model = phase.run.model
+    seconds.update(phase.seconds)
+    run, weights, accuracy = phase.run, phase.class_weights, phase.eval_accuracy
+    _merge(history, run.selection.history)
+    if run.refit is not None:
+        _merge(history, run.refit.history, prefix="refit_")
 
     if params.fine_tune_layers > 0 and params.fine_tune_epochs > 0:
         phases["fine_tune"], why = data.cache_decision(
@@ -198,18 +368,19 @@ def train(
             model_lib.compile_model(model, num_classes, params.fine_tune_learning_rate)
         log.info(f"fine-tuning {n} backbone layers at learning rate {params.fine_tune_learning_rate}")
         t1 = time.perf_counter()
-        ft_args = dict(
-            fit_args,
-            epochs=params.epochs + params.fine_tune_epochs,
-            initial_epoch=params.epochs,
-        )
         train_ds = images(train_files, True, params.augment)
         if params.steps_per_epoch:
             train_ds = train_ds.repeat()
-        h2 = model.fit(train_ds, validation_data=images(eval_files, False, False), **ft_args)
+        h2 = model.fit(
+            head.with_sample_weights(train_ds, weights),
+            epochs=params.fine_tune_epochs,
+            steps_per_epoch=params.steps_per_epoch,
+            callbacks=cbs,
+            verbose=verbose,
+        )
         seconds["fine_tune"] = time.perf_counter() - t1
-        _merge(history, h2, prefix="fine_tune_")
-        accuracy = _eval_accuracy(h2)
+        _merge(history, h2.history, prefix="fine_tune_")
+        accuracy = _accuracy(model, images(eval_files, False, False))
         # Freeze again so the exported model reports no trainable backbone weights.
         model_lib.backbone_of(model).trainable = False
 
@@ -224,7 +395,34 @@ def train(
         seconds=seconds,
         notes=notes,
         feature_cache_phases=phases,
+        class_weights=None if weights is None else dict(zip(class_names, map(float, weights), strict=True)),
+        hparams=run.hparams.to_dict(),
+        validation_examples=phase.validation_examples,
+        epochs_run=run.selection.epochs_run,
+        best_epoch=run.selection.best_epoch,
+        stopped_epoch=run.selection.stopped_epoch,
+        refit_epochs=None if run.refit is None else run.refit.epochs_run,
+        tuning=phase.tuning,
+        standardized=phase.feature_stats is not None,
     )
+
+
+def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingConfig) -> None:
+    sel = run.selection
+    if sel.best_epoch is None:
+        note(f"head: trained {sel.epochs_run} epochs on the whole train split")
+        return
+    how = (
+        f"early stopping at epoch {sel.stopped_epoch}"
+        if sel.stopped_epoch
+        else f"ran to the cap of {params.epochs} epochs"
+        if params.early_stopping
+        else f"{sel.epochs_run} epochs (early stopping off)"
+    )
+    msg = f"head: best validation loss {sel.best_val_loss:.4f} at epoch {sel.best_epoch} ({how})"
+    if run.refit is not None:
+        msg += f"; refit on the whole train split for {run.refit.epochs_run} epochs"
+    note(msg)
 
 
 def _sub(d: str | None, name: str) -> str | None:

@@ -22,7 +22,12 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--pretrain-epochs", type=int, default=15)
-    p.add_argument("--epochs", type=int, default=30, help="head training epochs on the target task")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="cap on head-training epochs on the target task (default: the Trainer's; early stopping ends sooner)",
+    )
     p.add_argument("--min-accuracy", type=float, default=0.9)
     p.add_argument("--replicas", type=int, default=None, help="split the CPU into N logical devices")
     p.add_argument("--verbose", action="store_true")

@@ -15,7 +15,13 @@ from typing import Any, get_origin
 from pipeline.config import PipelineConfig, leaves
 from trainer.config import Settings, field_extra
 
-_GROUP_TITLES = {None: "data and locations", "training": "model and training", "gate": "gate", "beam": "beam"}
+_GROUP_TITLES = {
+    None: "data and locations",
+    "training": "model and training",
+    "gate": "gate",
+    "beam": "beam",
+    "resources": "Trainer machine on Kubeflow / Vertex AI (imgpipe compile)",
+}
 
 
 def flag_name(model: type[Settings], name: str) -> str:

@@ -21,15 +21,6 @@ def reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
 
 
 # --------------------------------------------------------------------------- compile
-_BEAM_FLAGS = {
-    "project": "project",
-    "region": "region",
-    "temp_location": "temp_location",
-    "job_endpoint": "job_endpoint",
-    "environment_type": "environment_type",
-}
-
-
 def _add_compile(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compile")
     g.add_argument(
@@ -52,15 +43,6 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept local data/serving paths (for clusters that mount them at the same path)",
     )
-    g = p.add_argument_group("beam runner settings (added to the Beam args)")
-    g.add_argument("--project", help="GCP project (dataflow)")
-    g.add_argument("--region", help="GCP region (dataflow)")
-    g.add_argument("--temp-location", help="gs:// temp dir (dataflow)")
-    g.add_argument("--job-endpoint", help="Beam job server host:port (flink, spark)")
-    g.add_argument(
-        "--environment-type",
-        help="SDK harness: DOCKER (default, the --image) | PROCESS | EXTERNAL | LOOPBACK",
-    )
     add_run_arguments(p)
 
 
@@ -70,13 +52,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         {"lock_file": "--lock-file", "replicas": "--replicas"},
         "does not apply to a compiled pipeline",
     )
-    extra = [f"--{flag}={getattr(args, dest)}" for dest, flag in _BEAM_FLAGS.items() if getattr(args, dest)]
     config = config_from(args)
     from imgpipe.orchestration import kubeflow  # loads TFX: only when the command runs
 
     try:
-        if extra:
-            config = config.replace(beam_args=tuple(config.beam.beam_args) + tuple(extra))
         job = kubeflow.compile_pipeline(
             config,
             image=args.image,
@@ -96,6 +75,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             "image": args.image,
             "pipeline_root": job["runtimeConfig"]["gcsOutputDirectory"],
             "parameters": {name: p.get("defaultValue") for name, p in params.items()},
+            "trainer_resources": kubeflow.trainer_resources(job),
             "sha256": digest,
         }
     )

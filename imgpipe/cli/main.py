@@ -1,7 +1,7 @@
 """The `imgpipe` command: parse, dispatch to a command group's module, map errors to exit codes.
 
 Each command group lives in its own module (ingest, backbone, run, report, demo,
-serving, drift, kubeflow, schedule) and registers `COMMANDS`. Modules load TensorFlow
+serving, drift, kubeflow, airflow, schedule, prune) and registers `COMMANDS`. Modules load TensorFlow
 and TFX only inside the commands that need them, so `imgpipe --help` is quick.
 """
 
@@ -16,22 +16,39 @@ from collections.abc import Sequence
 # TFT 1.16 and TFMA 0.47 run Keras 2 (tf-keras): choose it before TensorFlow loads.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# ML Metadata's C++ logs every PostgreSQL connection at INFO; keep its warnings and errors.
+os.environ.setdefault("GLOG_minloglevel", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from imgpipe.cli import backbone, demo, drift, ingest, kubeflow, report, run, schedule, serving  # noqa: E402
+from imgpipe.cli import (  # noqa: E402
+    airflow,
+    backbone,
+    demo,
+    drift,
+    ingest,
+    kubeflow,
+    prune,
+    report,
+    run,
+    schedule,
+    serving,
+)
 from imgpipe.cli.output import (  # noqa: E402
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_LOCKED,
     EXIT_USAGE,
     Command,
     UsageError,
     WorkFailed,
     error,
+    filter_tensorflow_import_noise,
     setup_logging,
 )
+from imgpipe.orchestration.lock import LockBusy, LockError  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 
-GROUPS = (ingest, backbone, run, report, demo, serving, drift, kubeflow, schedule)
+GROUPS = (ingest, backbone, run, report, demo, serving, drift, kubeflow, airflow, schedule, prune)
 
 
 def commands() -> list[Command]:
@@ -58,11 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     setup_logging(verbose=getattr(args, "verbose", False))
+    filter_tensorflow_import_noise()
     try:
         return int(args.handler(args) or 0)
-    except (UsageError, ConfigError) as e:
+    except (UsageError, ConfigError, LockError) as e:
         error(str(e))
         return EXIT_USAGE
+    except LockBusy as e:
+        error(str(e))
+        return EXIT_LOCKED
     except WorkFailed as e:
         error(str(e))
         return EXIT_FAILED

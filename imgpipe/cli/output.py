@@ -2,6 +2,9 @@
 
 stdout carries only a command's machine-readable result (JSON lines); progress,
 warnings and errors go to stderr through `logging`, configured once here.
+`stdout_to_stderr()` keeps everything else off stdout while work runs (library
+prints, C/C++ writes, child processes). Two kinds of known noise are dropped
+from stderr, precisely (see `_NoiseFilter` and `filter_tensorflow_import_noise`).
 
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
 3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
@@ -12,11 +15,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
+import importlib.abc
+import importlib.machinery
 import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
@@ -61,14 +70,6 @@ def show(text: str) -> None:
     sys.stderr.flush()
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """While the work runs, what libraries print to stdout (Keras' epoch lines) goes to stderr,
-    so stdout holds only the command's JSON result (written after the block)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
 def error(message: str) -> None:
     sys.stderr.write(f"imgpipe: error: {message}\n")
     sys.stderr.flush()
@@ -110,6 +111,9 @@ def setup_logging(verbose: bool = False) -> None:
     """
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _NoiseFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(_NoiseFilter())
     for name in _OWN:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
@@ -117,3 +121,110 @@ def setup_logging(verbose: bool = False) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
         logger.propagate = False
+
+
+# --------------------------------------------------------------------------- stdout
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout during the block to stderr, so stdout holds only the result.
+
+    Covers Python prints (sys.stdout: Keras' epoch lines), C/C++ code writing to
+    file descriptor 1, and child processes (Beam workers inherit the descriptor).
+    C stdio buffers are flushed before descriptor 1 is restored, so nothing
+    written inside the block reaches stdout later.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no descriptor 1 (closed stdout): nothing to protect at that level
+        saved = None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            _flush_c_stdio()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    with contextlib.suppress(Exception):  # no C library to reach: nothing buffered there either
+        ctypes.CDLL(None).fflush(None)
+
+
+# --------------------------------------------------------------------------- stderr noise
+# TFX 1.16 checks `if artifact_query.property_predicate:` on a protobuf sub-message,
+# which is always true, so it warns "not supported" for every input channel of every
+# component, though imgpipe's pipeline sets no property predicate (tests/test_output.py
+# checks the compiled pipeline). Only these exact messages are dropped.
+_ABSL_NOISE = frozenset({"ArtifactQuery.property_predicate is not supported."})
+
+# TensorFlow 2.16's pip wheel registers the CUDA FFT/DNN/BLAS plugins from two of its
+# shared libraries; the second registration logs an error at import, on every machine,
+# GPU or not. Only these lines are dropped; every other line printed at import stays.
+_TF_IMPORT_NOISE = re.compile(
+    rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin "
+    rb"cu(FFT|DNN|BLAS) when one has already been registered"
+)
+
+
+class _NoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in _ABSL_NOISE
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """On the first `import tensorflow`, capture stderr (descriptor 2) while the package
+    initialises, then replay it without the plugin-registration lines."""
+
+    def find_spec(self, name, path, target=None):  # noqa: ANN001 - the importlib protocol
+        if name != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec_module(module) -> None:  # noqa: ANN001
+            with _stderr_without(_TF_IMPORT_NOISE):
+                exec_module(module)
+
+        spec.loader.exec_module = quiet_exec_module  # this loader instance serves tensorflow only
+        return spec
+
+
+@contextlib.contextmanager
+def _stderr_without(noise: re.Pattern) -> Iterator[None]:
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            _flush_c_stdio()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = b"".join(line for line in captured if not noise.search(line))
+            if kept:
+                os.write(2, kept)
+
+
+def filter_tensorflow_import_noise() -> None:
+    """Drop TensorFlow's plugin-registration lines when it is first imported (no-op if it is loaded)."""
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietTensorFlowImport())

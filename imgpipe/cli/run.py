@@ -2,7 +2,11 @@
 
 Every flag comes from the config schema (imgpipe/cli/flags.py). Progress goes
 to stderr; the run's summary is the one JSON line on stdout. While the pipeline
-runs, anything a library prints to stdout (Keras' epoch lines) goes to stderr.
+runs, anything written to stdout goes to stderr: Python prints (Keras' epoch
+lines), C/C++ writes and child processes (output.stdout_to_stderr).
+
+A run holds its home's lock (HOME/run.lock); a second run on the same home
+exits 75 naming the holder at once, or after waiting `--lock-wait SECONDS`.
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import sys
+import os
 
 from imgpipe.cli.flags import add_config_flags, config_from_args
-from imgpipe.cli.output import EXIT_LOCKED, Command, UsageError, WorkFailed, emit, error
-from imgpipe.orchestration.lock import LockBusy, LockError, run_lock
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, stdout_to_stderr
+from imgpipe.orchestration.lock import home_lock_path, run_lock
 from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,34 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file; flags override its values")
     add_config_flags(p)
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
-    p.add_argument("--lock-file", help="hold this lock for the run; if another run holds it, exit 75 at once")
+    add_lock_wait_argument(p)
+    p.add_argument(
+        "--lock-file",
+        help="also hold this lock for the run (e.g. one lock for several homes' schedules); "
+        "every run always holds its home's lock, HOME/run.lock",
+    )
+
+
+def add_lock_wait_argument(p: argparse.ArgumentParser, locks: str = "the home (or --lock-file)") -> None:
+    """`--lock-wait SECONDS`: how long to wait while another process holds the lock."""
+    p.add_argument(
+        "--lock-wait",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help=f"if another run or prune holds {locks}, wait up to SECONDS for it to end "
+        "(default 0: exit 75 at once, naming the holder)",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def config_from(args: argparse.Namespace) -> PipelineConfig:
@@ -35,13 +66,17 @@ def config_from(args: argparse.Namespace) -> PipelineConfig:
         raise UsageError(str(e)) from e
 
 
-def run_pipeline(config: PipelineConfig, verbose: bool = False) -> dict:
-    """Run `config` locally; return the summary. UsageError for bad config, WorkFailed for a failed run."""
+def run_pipeline(config: PipelineConfig, verbose: bool = False, lock_wait: float = 0.0) -> dict:
+    """Run `config` locally; return the summary.
+
+    UsageError for bad config, WorkFailed for a failed run, LockBusy when
+    another run holds the home for more than `lock_wait` seconds.
+    """
     from imgpipe.orchestration.local import PipelineRunError, run_local  # loads TFX: only when it runs
 
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            summary = run_local(config, verbose=verbose)
+        with stdout_to_stderr():
+            summary = run_local(config, verbose=verbose, lock_wait=lock_wait)
     except ConfigError as e:
         raise UsageError(str(e)) from e
     except PipelineRunError as e:
@@ -51,22 +86,19 @@ def run_pipeline(config: PipelineConfig, verbose: bool = False) -> dict:
         summary.run_id,
         summary.accuracy,
         summary.blessed,
-        summary.pushed or "nothing",
+        summary.pushed or (f"nothing ({summary.push_skipped})" if summary.push_skipped else "nothing"),
     )
     return summary.to_dict()
 
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from(args)
-    lock = run_lock(args.lock_file) if args.lock_file else contextlib.nullcontext()
-    try:
-        with lock:
-            emit(run_pipeline(config, args.verbose))
-    except LockBusy as e:
-        error(str(e))
-        return EXIT_LOCKED
-    except LockError as e:
-        raise UsageError(str(e)) from e
+    extra = args.lock_file
+    if extra and os.path.realpath(extra) == os.path.realpath(home_lock_path(config.resolved().home)):
+        extra = None  # the home's own lock, which the run takes anyway
+    # LockBusy (exit 75) and LockError (exit 2) are mapped by cli/main.py.
+    with run_lock(extra, wait=args.lock_wait) if extra else contextlib.nullcontext():
+        emit(run_pipeline(config, args.verbose, args.lock_wait))
     return 0
 
 

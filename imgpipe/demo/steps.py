@@ -68,12 +68,14 @@ def target_config(
     backbone: str,
     weights: str,
     image_size: int,
-    epochs: int,
+    epochs: int | None,
     min_accuracy: float,
     replicas: int | None = None,
 ) -> PipelineConfig:
     """The demo's pipeline settings for the target task; ML Metadata and pipeline outputs go
-    under WORKDIR/home, pushed models under WORKDIR/serving/digits."""
+    under WORKDIR/home, pushed models under WORKDIR/serving/digits. The head trains with
+    the Trainer's defaults (to convergence); `epochs` caps it (None: the default cap)."""
+    cap = {} if epochs is None else {"epochs": epochs}
     return PipelineConfig(
         data_dir=target,
         home=os.path.join(workdir, "home"),
@@ -82,9 +84,7 @@ def target_config(
         backbone=backbone,
         weights=weights,
         image_size=image_size,
-        epochs=epochs,
-        learning_rate=1e-2,
-        dropout=0.1,
         min_accuracy=min_accuracy,
         replicas=replicas,
+        **cap,
     )

@@ -208,27 +208,23 @@ def find_run_record(home: str, run: str) -> tuple[str, dict]:
 def training_split(home: str, run: str, split: str = "train") -> TrainingSplit:
     """The files of `split` of the ExampleGen output of run `run`, found through ML Metadata.
 
-    The run record (HOME/runs/<run>/) gives the run id and the pipeline name
-    (its config.yaml); HOME/metadata.sqlite gives the ExampleGen execution of
-    that run and its `examples` artifact.
+    The run record (HOME/runs/<run>/) gives the run id and the run's config (its
+    pipeline name and ML Metadata store: HOME/metadata.sqlite or PostgreSQL);
+    the store gives the ExampleGen execution of that run and its `examples`.
     """
     folder, summary = find_run_record(home, run)
     run_id = summary["run_id"]
-    config_path = os.path.join(folder, runs.CONFIG_FILE)
-    pipeline_name = PipelineConfig.from_yaml(config_path).pipeline_name
-    metadata_path = PipelineConfig(home=home).metadata_path
+    config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE)).replace(home=home)
+    pipeline_name = config.pipeline_name
     try:
-        with metadata.open_store(metadata_path) as store:
-            try:
-                context = metadata.find_run(store, pipeline_name, run_id)
-            except LookupError as e:
-                raise SourceError(f"{e} ({metadata_path})") from None
+        with metadata.open_store(config) as store:
+            context = metadata.run_by_id(store, pipeline_name, run_id)
             execution = metadata.run_executions(store, pipeline_name, context).get(EXAMPLE_GEN)
             uri = metadata.output_uri(store, execution, EXAMPLES_KEY)
-    except FileNotFoundError as e:
-        raise SourceError(str(e)) from e
+    except (LookupError, metadata.MetadataUnavailable) as e:
+        raise SourceError(str(e)) from None
     if not uri:
-        raise SourceError(f"run {run_id!r} has no {EXAMPLE_GEN} output in {metadata_path}")
+        raise SourceError(f"run {run_id!r} has no {EXAMPLE_GEN} output in {config.metadata_location}")
     split_dir = os.path.join(uri, f"Split-{split}")
     files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
     if not files:

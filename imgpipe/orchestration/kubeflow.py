@@ -21,7 +21,8 @@ Each knob is then a real, typed KFP pipeline parameter on Vertex and Kubeflow,
 and on LocalDagRunner the same nodes run with plain values.
 
 Compile. `compile_pipeline` builds create_pipeline(config) with those
-parameters, compiles it with KubeflowV2DagRunner (pipeline spec schema 2.1),
+parameters, gives the Trainer step the machine of config.resources (see
+`trainer_resource_spec`), compiles it with KubeflowV2DagRunner (pipeline spec schema 2.1),
 records each parameter's default in the spec, and writes sorted JSON: two
 compiles of the same config give byte-identical files (TFX 1.16 embeds no
 timestamp or run id; its labels are the TFX and Python versions).
@@ -43,6 +44,32 @@ from pipeline.config import ConfigError, PipelineConfig
 from pipeline.pipeline import create_pipeline
 
 RuntimeParameter = data_types.RuntimeParameter
+TRAINER_ID = "Trainer"
+
+
+# ------------------------------------------------------------------------ resources
+def trainer_resource_spec(config: PipelineConfig):
+    """The Trainer step's container resources (KFP ResourceSpec), or None for the cluster's defaults.
+
+    TFX 1.16's KubeflowV2DagRunner copies a component's `platform_config`, when it is
+    a PipelineContainerSpec.ResourceSpec, into that step's executor container in the
+    spec's deploymentSpec (`resources: {cpuLimit, memoryLimit, accelerator {type,
+    count}}`); Vertex AI Pipelines and KFP schedule the step on a machine that meets
+    them. The machine type gives the CPU and memory limits (its vCPUs and GB).
+    """
+    limits = config.resources.trainer_limits()
+    if not limits:
+        return None
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+    if "cpu_limit" in limits:
+        spec.cpu_limit = float(limits["cpu_limit"])
+        spec.memory_limit = float(limits["memory_limit"])
+    if "accelerator_type" in limits:
+        spec.accelerator.type = str(limits["accelerator_type"])
+        spec.accelerator.count = int(limits["accelerator_count"])
+    return spec
 
 
 # ------------------------------------------------------------------------- compile
@@ -93,6 +120,11 @@ def compile_pipeline(
             "replicas: a local testing aid (it splits this machine's CPU); on Kubeflow the Trainer "
             "uses every GPU of the machine it runs on"
         )
+    if config.metadata or config.metadata_password_file:
+        raise ConfigError(
+            "metadata: Kubeflow and Vertex AI pipelines record to the cluster's own ML Metadata; "
+            "leave metadata and metadata_password_file empty when compiling"
+        )
     root = kubeflow_pipeline_root(config, pipeline_root)
     if allow_local_paths:
         config = config.resolved()
@@ -101,6 +133,10 @@ def compile_pipeline(
     config = config.replace(beam=with_container_image(config.beam, image))
     params = runtime_parameters((config.training, config.gate))
     pipeline = create_pipeline(config, runtime_parameters=params)
+    resources = trainer_resource_spec(config)
+    if resources is not None:
+        [trainer] = [c for c in pipeline.components if c.id == TRAINER_ID]
+        trainer.with_platform_config(resources)
     if pipeline.metadata_connection_config is not None:
         raise ConfigError(
             "Kubeflow pipelines use the cluster's ML Metadata: metadata_connection_config must be None"
@@ -215,6 +251,19 @@ def parse_parameters(job: Mapping[str, Any], items: Sequence[str] | None) -> dic
         except ValueError as e:
             raise SpecError(f"--parameter {name}: {e}") from e
     return out
+
+
+def step_container(job: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The executor container of pipeline task `task` in a compiled spec (its image, args, resources)."""
+    spec = job["pipelineSpec"]
+    component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    label = spec["components"][component]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def trainer_resources(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The Trainer step's container resources as compiled ({} when none were asked for)."""
+    return dict(step_container(job, TRAINER_ID).get("resources", {}))
 
 
 def pipeline_name(job: Mapping[str, Any]) -> str:

@@ -1,23 +1,34 @@
-"""Run the pipeline locally: TFX LocalDagRunner with SQLite ML Metadata.
+"""Run the pipeline locally: TFX LocalDagRunner with ML Metadata in SQLite (default) or PostgreSQL.
 
 `run_local(config)` runs every component in-process (Beam DirectRunner for the
 data work), logs a progress line per component, and returns the run's
 RunSummary (orchestration/summary.py), also saved with the run's config under
 HOME/runs/<run_id>/ (orchestration/runs.py) beside the run's report (imgpipe/report).
+
+A run holds its home's lock from start to end (orchestration/lock.py: a second
+run on the same home waits up to `lock_wait` seconds, then gets LockBusy), and
+gives itself a unique run id (the TFX pipeline run id, set here instead of
+LocalDagRunner's timestamp), so its summary and record are its own. Holding
+the lock, it first marks executions a dead run left RUNNING as FAILED
+(orchestration/recovery.py); it keeps its temp files in HOME/tmp/<run_id>/,
+deleted when it ends (orchestration/scratch.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
-from imgpipe.orchestration import metadata, runs
-from imgpipe.orchestration.summary import RunSummary, summarize_latest_run
+from imgpipe.orchestration import metadata, recovery, runs, scratch
+from imgpipe.orchestration.lock import home_lock_path, run_lock
+from imgpipe.orchestration.summary import RunSummary, summarize_run
 from imgpipe.report.build import attach_report
 from pipeline.config import ConfigError, PipelineConfig
 
@@ -38,10 +49,10 @@ class _ComponentProgress:
     progress. Whether a node was served from cache is read from ML Metadata.
     """
 
-    def __init__(self, progress: Progress, total: int, metadata_path: str):
+    def __init__(self, progress: Progress, total: int, config: PipelineConfig):
         self.progress = progress
         self.total = total
-        self.metadata_path = metadata_path
+        self.config = config
         self.current: str | None = None
         self.done = 0
 
@@ -50,7 +61,7 @@ class _ComponentProgress:
         if execution_id is None:
             return "done"
         try:
-            with metadata.open_store(self.metadata_path) as store:
+            with metadata.open_store(self.config) as store:
                 [execution] = store.get_executions_by_id([execution_id])
             return "cached" if metadata.state_name(execution) == "CACHED" else "done"
         except Exception:  # noqa: BLE001 - progress output must never fail a run
@@ -83,10 +94,54 @@ class _ComponentProgress:
             launcher.Launcher.launch = original
 
 
-def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bool = False) -> RunSummary:
-    """Check `config`'s paths, run the pipeline with LocalDagRunner, and summarise the run."""
+def new_run_id() -> str:
+    """A run id no other run shares: the start time (sortable, as LocalDagRunner's) plus a random suffix."""
+    return f"{datetime.datetime.now().isoformat()}-{uuid.uuid4().hex[:8]}"
+
+
+def run_local(
+    config: PipelineConfig, progress: Progress = log.info, verbose: bool = False, lock_wait: float = 0.0
+) -> RunSummary:
+    """Check `config`'s paths, run the pipeline with LocalDagRunner holding the home's lock, summarise it.
+
+    lock_wait: seconds to wait while another run holds the home (then LockBusy).
+    """
     config = config.resolved().validate_paths()
     check_data_dir(config.data_dir)
+    run_id = new_run_id()
+    with run_lock(home_lock_path(config.home), wait=lock_wait, holder=f"run {run_id}"):
+        return _run_holding_lock(config, run_id, progress, verbose)
+
+
+def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
+    """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock).
+
+    On a shared store (PostgreSQL) other homes may be running the same pipeline:
+    only executions with output folders under this home's pipeline root are touched.
+    """
+    if config.metadata_target is None and not os.path.exists(config.metadata_path):
+        return
+    with metadata.open_store(config, readonly=False) as store:
+        found = recovery.abandon_dead_executions(
+            store,
+            config.pipeline_name,
+            config.pipeline_root,
+            found_by=f"run {run_id}",
+            shared_store=config.metadata_target is not None,
+        )
+    for a in found:
+        log.warning(
+            "%s (execution %d of run %s) was left %s by a run that died: marked FAILED, "
+            "%d partial output folder(s) removed",
+            a.node,
+            a.execution_id,
+            a.run_id,
+            a.state,
+            len(a.removed),
+        )
+
+
+def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, verbose: bool) -> RunSummary:
     if config.replicas:
         # Before TensorFlow initialises its devices (imported here, on use: the CLI stays light).
         from trainer import distribution
@@ -94,29 +149,48 @@ def run_local(config: PipelineConfig, progress: Progress = log.info, verbose: bo
         distribution.split_cpu(config.replicas)
 
     from tfx import v1 as tfx
+    from tfx.dsl.compiler import compiler, constants
+    from tfx.orchestration.portable import runtime_parameter_utils
 
     from pipeline.pipeline import COMPONENT_IDS, create_pipeline
 
     os.makedirs(config.home, exist_ok=True)
-    metadata_config = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-    pipeline = create_pipeline(config, metadata_config)
+    metadata.connect(config)  # fail here, naming the store, not inside the first component
+    _abandon_dead_executions(config, run_id)
+    pipeline = create_pipeline(config, metadata.connection_config(config))
+    # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
+    # machines sharing ML Metadata) would share a run. Compile here and bind our own run id.
+    # (imgpipe references user code by dotted name, so there are no pip dependencies to resolve.)
+    ir = compiler.Compiler().compile(pipeline)
+    runtime_parameter_utils.substitute_runtime_parameter(
+        ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id}
+    )
 
-    tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config.metadata_path)
-    if not verbose:
-        # TFX, Beam and TensorFlow log at INFO through absl; keep the terminal to progress lines.
-        import absl.logging
+    tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config)
+    import absl.logging
 
+    if verbose:
+        # TFX, Beam and TensorFlow log at INFO through absl, which prints nothing below WARNING
+        # unless its handler is installed (absl's app.run would do it; the CLI does not use it).
+        absl.logging.use_absl_handler()
+        absl.logging.set_verbosity(absl.logging.INFO)
+    else:
+        # Keep the terminal to progress lines.
         absl.logging.set_verbosity(absl.logging.WARNING)
-    progress(f"pipeline {config.pipeline_name}: data {config.data_dir}, home {config.home}")
-    try:
-        with tracker.installed():
-            tfx.orchestration.LocalDagRunner().run(pipeline)
-    except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
-        where = tracker.current or "the pipeline"
-        raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
+    progress(
+        f"pipeline {config.pipeline_name} run {run_id}: data {config.data_dir}, home {config.home}, "
+        f"ML Metadata {config.metadata_location}"
+    )
+    with scratch.run_scratch(config.home, run_id):  # the report's temp files too
+        try:
+            with scratch.no_tfx_package_for_local_beam(config.beam.beam_runner), tracker.installed():
+                tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+        except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
+            where = tracker.current or "the pipeline"
+            raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
-    summary = summarize_latest_run(config.metadata_path, config.pipeline_name)
-    attach_report(config, summary)  # never raises: a failed report is recorded in the summary
+        summary = summarize_run(config, run_id)
+        attach_report(config, summary)  # never raises: a failed report is recorded in the summary
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary

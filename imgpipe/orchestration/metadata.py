@@ -1,4 +1,19 @@
-"""Read pipeline runs back from ML Metadata: executions, blessing, push, evaluation."""
+"""ML Metadata: where it lives (connection configs) and reading pipeline runs back from it.
+
+Every opening of the store goes through `connection_config(config)`: SQLite at
+HOME/metadata.sqlite when `config.metadata` is empty, else the PostgreSQL server
+of its postgresql:// URL. The pipeline's runner (LocalDagRunner, the Airflow
+DAG), the run summary, progress lines and the Resolver's search for the latest
+blessed model all read and write through it, so both back ends behave the same.
+
+Passwords. The connection config never holds one: TFX logs the whole config at
+INFO (LocalDagRunner: "Using connection config"), and the Airflow DAG embeds it.
+libpq, inside ML Metadata, finds the password itself, in this order: PGPASSWORD
+in the environment, then a password file (lines HOST:PORT:DB:USER:PASSWORD):
+`config.metadata_password_file` (passed as libpq's `passfile`), else PGPASSFILE,
+else ~/.pgpass. So a password appears in no config, log line or error message
+of imgpipe's.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import stat
 from collections.abc import Iterator
 
 from ml_metadata.metadata_store import metadata_store
@@ -13,17 +29,119 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.gate import ACCURACY_KEY
 from components.gate_decision import GATE_FILE
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.metadata_url import PostgresTarget
 from trainer.config import SUMMARY_FILE
 
 
-@contextlib.contextmanager
-def open_store(sqlite_path: str) -> Iterator[metadata_store.MetadataStore]:
-    if not os.path.exists(sqlite_path):
-        raise FileNotFoundError(f"no ML Metadata database at {sqlite_path}")
+class MetadataUnavailable(ConfigError):
+    """The configured ML Metadata store cannot be opened; the message says where and why."""
+
+
+# ------------------------------------------------------------------------ connecting
+def connection_config(config: PipelineConfig, readonly: bool = False) -> metadata_store_pb2.ConnectionConfig:
+    """The ML Metadata connection for `config`: SQLite in its home, or its PostgreSQL server.
+
+    readonly applies to SQLite (PostgreSQL access is governed by the server's grants).
+    Raises ConfigError naming metadata_password_file when that file is unusable.
+    """
     cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = sqlite_path
-    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    yield metadata_store.MetadataStore(cfg)
+    target = config.metadata_target
+    if target is None:
+        cfg.sqlite.filename_uri = config.metadata_path
+        cfg.sqlite.connection_mode = (
+            metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+            if readonly
+            else metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        )
+        return cfg
+    pg = cfg.postgresql
+    pg.host = target.host.strip("[]")
+    pg.port = str(target.port)
+    pg.user = target.user
+    pg.dbname = target.dbname
+    for key, value in target.ssl:
+        setattr(pg.ssloption, key, value)
+    if config.metadata_password_file:
+        check_password_file(config.metadata_password_file, target)
+        pg.passfile = config.metadata_password_file
+    return cfg
+
+
+def check_password_file(path: str, target: PostgresTarget) -> None:
+    """Fail early, naming the file, where libpq would silently ignore it; never reads a password out.
+
+    libpq skips a password file that is group- or world-readable, and one without a
+    line for this host, port, database and user (fields may be `*`).
+    """
+    field = "metadata_password_file"
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{field}: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{field}: {path} cannot be read ({type(e).__name__})") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{field}: {path} is not a file")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{field}: {path} is readable by others (mode {stat.S_IMODE(mode):o}); libpq ignores such "
+            f"a file: chmod 600 {path}"
+        )
+    wanted = (target.host.strip("[]"), str(target.port), target.dbname, target.user)
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = _passfile_fields(line)
+        if len(fields) >= 5 and all(f in ("*", w) for f, w in zip(fields[:4], wanted, strict=True)):
+            return
+    raise ConfigError(
+        f"{field}: {path} has no line for {':'.join(wanted)} "
+        "(lines are HOST:PORT:DATABASE:USER:PASSWORD, * matches any value)"
+    )
+
+
+def _passfile_fields(line: str) -> list[str]:
+    """A password file line split at unescaped ':' (libpq's format; backslash escapes : and \\)."""
+    fields, current, escaped = [], [], False
+    for ch in line:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":" and len(fields) < 4:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    fields.append("".join(current))
+    return fields
+
+
+def connect(config: PipelineConfig, readonly: bool = False) -> metadata_store.MetadataStore:
+    """A MetadataStore for `config`; MetadataUnavailable (naming the store, never a password) if it fails."""
+    if config.metadata_target is None and readonly and not os.path.exists(config.metadata_path):
+        raise MetadataUnavailable(f"metadata: no ML Metadata database at {config.metadata_path}")
+    cfg = connection_config(config, readonly=readonly)
+    try:
+        return metadata_store.MetadataStore(cfg)
+    except RuntimeError as e:  # ML Metadata reports a refused connection as RuntimeError
+        if config.metadata_target is None:
+            raise MetadataUnavailable(f"metadata: cannot open {config.metadata_path}: {e}") from None
+        raise MetadataUnavailable(
+            f"metadata: cannot connect to ML Metadata at {config.metadata_location} (PostgreSQL's own "
+            "message is logged above; the password comes from PGPASSWORD or a libpq password file: "
+            "metadata_password_file, PGPASSFILE or ~/.pgpass)"
+        ) from None
+
+
+@contextlib.contextmanager
+def open_store(config: PipelineConfig, readonly: bool = True) -> Iterator[metadata_store.MetadataStore]:
+    """The ML Metadata store of `config` (read-only for SQLite unless asked), for reading runs back."""
+    yield connect(config, readonly=readonly)
 
 
 def pipeline_runs(store, pipeline_name: str) -> list[metadata_store_pb2.Context]:
@@ -38,6 +156,7 @@ def pipeline_runs(store, pipeline_name: str) -> list[metadata_store_pb2.Context]
 
 
 def latest_run(store, pipeline_name: str) -> metadata_store_pb2.Context:
+    """The newest run of `pipeline_name` (LookupError when it has none)."""
     runs = pipeline_runs(store, pipeline_name)
     if not runs:
         raise LookupError(f"no runs of pipeline {pipeline_name!r} in ML Metadata")
@@ -152,24 +271,17 @@ class RunArtifacts:
     evaluation: str | None  # Evaluator `evaluation` (TFMA output, gate.json)
 
 
-def find_run(store, pipeline_name: str, run_id: str) -> metadata_store_pb2.Context:
-    """The pipeline_run context named `run_id` (LookupError when ML Metadata has no such run)."""
-    for run in pipeline_runs(store, pipeline_name):
-        if run.name == run_id:
-            return run
-    raise LookupError(f"no run {run_id!r} of pipeline {pipeline_name!r} in ML Metadata")
-
-
 def split_uri(store, execution, key: str, split: str) -> str | None:
     """The folder of one split of an Examples output (`<uri>/Split-<split>`)."""
     uri = output_uri(store, execution, key)
     return os.path.join(uri, f"Split-{split}") if uri else None
 
 
-def run_artifacts(metadata_path: str, pipeline_name: str, run_id: str) -> RunArtifacts:
+def run_artifacts(config: PipelineConfig, run_id: str) -> RunArtifacts:
     """Look up run `run_id`'s eval examples, trained model, training summary and evaluation."""
-    with open_store(metadata_path) as store:
-        run = find_run(store, pipeline_name, run_id)
+    pipeline_name = config.pipeline_name
+    with open_store(config) as store:
+        run = run_by_id(store, pipeline_name, run_id)
         executions = run_executions(store, pipeline_name, run)
         model = output_uri(store, executions.get("Trainer"), "model")
         return RunArtifacts(
@@ -197,3 +309,22 @@ def training_summary(model_run_uri: str | None) -> dict | None:
 def gate_record(evaluation_uri: str | None) -> dict | None:
     """The Evaluator's gate.json, or None (runs from before the record existed)."""
     return _json_file(os.path.join(evaluation_uri, GATE_FILE)) if evaluation_uri else None
+
+
+# ---------------------------------------------------------------------- one run, push skips, updates
+def run_by_id(store, pipeline_name: str, run_id: str) -> metadata_store_pb2.Context:
+    """The pipeline_run context named `run_id` (LookupError if ML Metadata has no such run)."""
+    run = store.get_context_by_type_and_name("pipeline_run", run_id)
+    if run is None:
+        raise LookupError(f"no run {run_id!r} of pipeline {pipeline_name!r} in ML Metadata")
+    return run
+
+
+def push_skipped_version(store, pusher_execution) -> str | None:
+    """The serving version a Pusher found identical to its model (so it pushed nothing), else None."""
+    from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
+
+    arts = output_artifacts(store, pusher_execution, "pushed_model")
+    if not arts or IDENTICAL_VERSION_KEY not in arts[-1].custom_properties:
+        return None
+    return arts[-1].custom_properties[IDENTICAL_VERSION_KEY].string_value

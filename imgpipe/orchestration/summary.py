@@ -1,10 +1,17 @@
 """What a pipeline run did, read back from ML Metadata: the JSON summary `imgpipe run` prints.
 
-`summarize_latest_run(metadata_path, pipeline_name)` finds the newest run of the
-pipeline and reads each component's execution state, the blessing, the pushed
-version, the TFMA accuracy (overall, per class and the baseline's), the
-Trainer's replica count, and the Evaluator's decision record (`gate`: gate.json,
-the contract in components/gate_decision.py; null when the Evaluator did not run).
+`summarize_run(config, run_id)` reads one run of the config's pipeline (the
+newest when run_id is None) from its ML Metadata store (SQLite or PostgreSQL):
+each component's execution state, the blessing, the pushed version (or why
+nothing was pushed), the TFMA accuracy (overall, per class and the baseline's),
+the Trainer's replica count, and the Evaluator's decision record (`gate`:
+gate.json, the contract in components/gate_decision.py; null when the Evaluator
+did not run).
+
+`pushed` is the version this run pushed, else null. `push_skipped` says why a
+blessed model was not pushed: "identical to version N" (the Pusher found the
+newest served version byte-identical) or "cached: ..." (the Pusher was served
+from cache: an earlier run with the same inputs did the push).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import dataclasses
 from typing import Any
 
 from imgpipe.orchestration import metadata
+from pipeline.config import PipelineConfig
 
 
 @dataclasses.dataclass
@@ -26,6 +34,7 @@ class RunSummary:
     run_dir: str = ""
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
+    push_skipped: str | None = None  # why a blessed model was not pushed (see the module doc)
     gate: dict[str, Any] | None = None  # the Evaluator's gate.json: why it blessed or not
     # The run report (imgpipe/report): its index.html, or None with the reason it is missing.
     report: str | None = None
@@ -35,13 +44,20 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
-    """Read the newest run of `pipeline_name` back from the ML Metadata store at `metadata_path`."""
-    with metadata.open_store(metadata_path) as store:
-        run = metadata.latest_run(store, pipeline_name)
+def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
+    """Read run `run_id` (None: the newest run) of config.pipeline_name back from config's ML Metadata."""
+    pipeline_name = config.pipeline_name
+    with metadata.open_store(config) as store:
+        if run_id is None:
+            run = metadata.latest_run(store, pipeline_name)
+        else:
+            run = metadata.run_by_id(store, pipeline_name, run_id)
         executions = metadata.run_executions(store, pipeline_name, run)
         blessed = metadata.blessing(store, executions.get("Evaluator"))
         pushed = metadata.pushed_path(store, executions.get("Pusher"))
+        push_skipped = _push_skipped(store, executions.get("Pusher"), pushed)
+        if push_skipped and pushed:  # a cached Pusher: the push it reports is an earlier run's
+            pushed = None
         evaluation_uri = metadata.output_uri(store, executions.get("Evaluator"), "evaluation")
         model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
         states = {node: metadata.state_name(e) for node, e in executions.items()}
@@ -57,5 +73,18 @@ def summarize_latest_run(metadata_path: str, pipeline_name: str) -> RunSummary:
         executions=states,
         per_class_accuracy=per_class,
         baseline_accuracy=baseline,
+        push_skipped=push_skipped,
         gate=gate,
     )
+
+
+def _push_skipped(store, pusher_execution, pushed: str | None) -> str | None:
+    if pusher_execution is None:
+        return None
+    identical = metadata.push_skipped_version(store, pusher_execution)
+    cached = metadata.state_name(pusher_execution) == "CACHED"
+    if identical is not None:
+        return f"{'cached: ' if cached else ''}identical to version {identical}"
+    if cached and pushed:
+        return f"cached: version {pushed.rstrip('/').rsplit('/', 1)[-1]} was pushed by an earlier run"
+    return None

@@ -102,7 +102,7 @@ def build_report(
 ) -> str:
     """Gather the run `summary['run_id']`'s numbers (the model runs once) and write its report; return the page."""
     run_id = summary["run_id"]
-    artifacts = metadata.run_artifacts(config.metadata_path, config.pipeline_name, run_id)
+    artifacts = metadata.run_artifacts(config, run_id)
     data = gather(
         artifacts,
         summary,

@@ -2,12 +2,16 @@
 
 One module-scoped sequence: a first run (every component executes, the model is
 blessed and pushed, its report is written and checked against the eval split),
-an identical re-run (served from cache; its report is made to fail and the run
-still succeeds), then a worse model that the gate must stop (nothing pushed,
-serving dir unchanged). Then a second, small pipeline on a skewed 2-class task
-whose eval split has a class train lacks: the data gate stops it before
-training, and with allow_anomalies a deliberately bad model runs through and is
-not blessed, with the reasons.
+an identical re-run (served from cache, the identical model not pushed again;
+its report is made to fail and the run still succeeds), then a worse model that
+the gate must stop (nothing pushed, serving dir unchanged). Then a second,
+small pipeline on a skewed 2-class task whose eval split has a class train
+lacks: the data gate stops it before training, and with allow_anomalies a
+deliberately bad model runs through and is not blessed, with the reasons.
+Last, the faults of RELIABILITY.md, with real `imgpipe` processes on the first
+pipeline's home: a run killed with SIGKILL mid-Trainer, runs started while
+another holds the home, stdout parsed as JSON, and a prune after which the
+next run is still cached and gated against the same baseline.
 """
 
 import collections
@@ -15,24 +19,30 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from imgpipe import ingest
 from imgpipe.cli import main as cli
 from imgpipe.demo import data as datasets
+from imgpipe.orchestration import lock, recovery, runs, scratch
 from imgpipe.orchestration import metadata as mlmd
-from imgpipe.orchestration import runs
 from imgpipe.orchestration.local import PipelineRunError, run_local
 from imgpipe.report import build as report_build
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
 from tests import browser
+from tests.e2e.conftest import CLASSES, SIZE
 
 pytestmark = pytest.mark.e2e
 
-CLASSES = (5, 6, 7)
-SIZE = 32
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+LONG = 1800  # seconds: a generous bound for one CLI process on a loaded 2-core machine
 
 
 def _versions(model_dir):
@@ -46,14 +56,10 @@ def _versions(model_dir):
 
 
 @pytest.fixture(scope="module")
-def base_config(tmp_path_factory, source_backbone):
+def base_config(tmp_path_factory, source_backbone, digits_records):
     work = tmp_path_factory.mktemp("e2e")
-    images = str(work / "images")
-    datasets.write_digits_tree(images, digits=CLASSES, size=SIZE, limit_per_class=60)
-    records = str(work / "records")
-    ingest.ingest(images, records, eval_fraction=0.25, seed=7)
     return PipelineConfig(
-        data_dir=records,
+        data_dir=digits_records,
         home=str(work / "home"),
         serving_dir=str(work / "serving"),
         model_name="digits",
@@ -76,7 +82,7 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     s = first_run
     assert set(s.executions) == set(COMPONENT_IDS)
     assert all(state == "COMPLETE" for state in s.executions.values()), s.executions
-    with mlmd.open_store(base_config.resolved().metadata_path) as store:
+    with mlmd.open_store(base_config.resolved()) as store:
         assert len(store.get_executions()) == len(COMPONENT_IDS)
     # Far above chance (1/3) on the held-out split.
     assert s.accuracy is not None and s.accuracy >= 0.7, s
@@ -167,7 +173,7 @@ def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, fir
         assert np.max(scores[wrong]) == pytest.approx(d.misclassified[0].score, rel=1e-5)
 
     # Training curves from the Trainer's own history; the gate's decision as the summary has it.
-    with mlmd.open_store(base_config.resolved().metadata_path) as store:
+    with mlmd.open_store(base_config.resolved()) as store:
         trainer = mlmd.run_executions(
             store, base_config.pipeline_name, mlmd.latest_run(store, base_config.pipeline_name)
         )
@@ -221,6 +227,8 @@ def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatc
         return dataclasses.replace(found(*args, **kwargs), serving_model=str(garbage))
 
     monkeypatch.setattr(report_build.metadata, "run_artifacts", unreadable_model)
+    model_dir = base_config.resolved().model_serving_dir
+    before = _versions(model_dir)
     s = run_local(base_config)
     assert s.report is None and "cannot load the trained model" in s.report_error
     assert runs.read_summary(s.run_dir)["report"] is None
@@ -236,6 +244,13 @@ def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatc
     ):
         assert s.executions[node] == "CACHED", (node, s.executions)
     assert s.accuracy == pytest.approx(first_run.accuracy)
+    # Blessed again (against itself), but byte-identical to the served version: no new version,
+    # so TF Serving does not reload the same model.
+    assert s.blessed is True and s.pushed is None
+    assert s.push_skipped == f"identical to version {os.path.basename(first_run.pushed)}"
+    assert _versions(model_dir) == before
+    assert s.run_dir != first_run.run_dir
+    assert not os.path.exists(scratch.scratch_root(base_config.resolved().home))  # nothing left in HOME/tmp
 
 
 def test_gate_stops_a_worse_model(base_config, first_run):
@@ -327,7 +342,7 @@ def test_unseen_eval_class_stops_the_run_before_training(anomaly_config):
     # ExampleValidator saw it too: the contract schema's label domain is the train classes.
     assert "eval: feature 'label': Unexpected string values" in message
     cfg = anomaly_config.resolved()
-    with mlmd.open_store(cfg.metadata_path) as store:
+    with mlmd.open_store(cfg) as store:
         run = mlmd.latest_run(store, cfg.pipeline_name)
         states = {
             node: mlmd.state_name(x) for node, x in mlmd.run_executions(store, cfg.pipeline_name, run).items()
@@ -354,3 +369,214 @@ def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config)
     assert any("is below the floor 0.650 (majority class '5'" in r for r in gate["reasons"]), gate
     assert any(r.startswith("class '8' recall 0.000") for r in gate["reasons"]), gate
     assert _versions(bad.resolved().model_serving_dir) == {}
+
+
+# --------------------------------------------------------------------------- faults (RELIABILITY.md)
+def _imgpipe(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imgpipe", *args], cwd=ROOT, env=ENV, text=True, **kwargs)
+
+
+def _executions(cfg) -> list:
+    with mlmd.open_store(cfg) as store:
+        return list(store.get_executions())
+
+
+def _unfinished(cfg) -> list:
+    return [e for e in _executions(cfg) if e.last_known_state in recovery.UNFINISHED]
+
+
+@pytest.fixture(scope="module")
+def cli_config(base_config, tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("cli") / "config.yaml")
+    base_config.resolved().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def killed_run(base_config, first_run, cli_config, tmp_path_factory):
+    """A run that must train (one more epoch), killed with SIGKILL once its Trainer is RUNNING."""
+    cfg = base_config.resolved()
+    log = tmp_path_factory.mktemp("killed") / "stderr.txt"
+    with open(log, "w") as err:
+        proc = _imgpipe(
+            "run",
+            "--config",
+            cli_config,
+            "--epochs",
+            str(cfg.training.epochs + 1),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + LONG
+    running = []
+    while not running and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            running = [e for e in _unfinished(cfg) if e.type.endswith("Trainer")]
+        except Exception:  # noqa: BLE001 - the run may be writing the database this instant
+            running = []
+    assert running, f"the Trainer never ran: {log.read_text()[-2000:]}"
+    time.sleep(3)  # mid-Trainer
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    [execution] = running
+    return execution.id
+
+
+def test_a_run_killed_mid_trainer_leaves_it_running(base_config, killed_run):
+    """The fault as it was: the dead run's Trainer stays RUNNING and its scratch folder stays."""
+    cfg = base_config.resolved()
+    assert [e.id for e in _unfinished(cfg)] == [killed_run]
+    assert os.listdir(scratch.scratch_root(cfg.home))  # kill -9 skips every cleanup
+    with lock.run_lock(lock.home_lock_path(cfg.home)):  # but the kernel released the lock
+        pass
+
+
+def test_concurrent_runs_on_one_home(base_config, first_run, cli_config, killed_run):
+    """A holds the home; B (no wait) exits 75 naming A; C waits, then runs. A recovers the killed run.
+
+    A is stopped (SIGSTOP) while it holds the lock, so B and C meet it there whatever the timing.
+    """
+    cfg = base_config.resolved()
+    model_dir = cfg.model_serving_dir
+    before = _versions(model_dir)
+    lock_path = lock.home_lock_path(cfg.home)
+    a = _imgpipe("run", "--config", cli_config, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + LONG
+    holder = ""
+    while f"pid {a.pid} " not in holder and a.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with open(lock_path, encoding="utf-8") as f:
+            holder = f.read()
+    assert f"pid {a.pid} " in holder, a.communicate()
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        b = _imgpipe("run", "--config", cli_config, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        b_out, b_err = b.communicate(timeout=LONG)
+        c = _imgpipe(
+            "run",
+            "--config",
+            cli_config,
+            "--lock-wait",
+            str(LONG),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        c_early = []
+        while not any("waiting up to" in x for x in c_early) and c.poll() is None:
+            c_early.append(c.stderr.readline())
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    a_out, a_err = a.communicate(timeout=LONG)
+    c_out, c_err = c.communicate(timeout=LONG)
+    c_err = "".join(c_early) + c_err
+
+    assert b.returncode == lock.EXIT_LOCKED and b_out == ""
+    a_run = holder.strip().rsplit("run ", 1)[-1]
+    assert f"(pid {a.pid} since " in b_err and f"run {a_run})" in b_err
+    assert a.returncode == 0, a_err[-3000:]
+    assert c.returncode == 0, c_err[-3000:]
+    # stdout is exactly one JSON line: the run's own summary, also saved in its own record.
+    summaries = []
+    for out in (a_out, c_out):
+        lines = out.splitlines()
+        assert len(lines) == 1, out[:2000]
+        summaries.append(json.loads(lines[0]))
+    sa, sc = summaries
+    assert sa["run_id"] == a_run and sc["run_id"] != a_run and sa["run_dir"] != sc["run_dir"]
+    for s in (sa, sc):
+        with open(os.path.join(s["run_dir"], "summary.json"), encoding="utf-8") as f:
+            assert json.load(f)["run_id"] == s["run_id"]
+        assert s["blessed"] is True and s["pushed"] is None and "identical to version" in s["push_skipped"]
+    assert _versions(model_dir) == before  # no push claimed, none made
+    assert f"waiting up to {LONG}s for the lock {lock_path}" in c_err and f"run {a_run})" in c_err
+    # What stderr no longer carries.
+    for err in (a_err, c_err):
+        assert "property_predicate is not supported" not in err and "Unable to register cu" not in err
+
+    # Run A found the killed Trainer RUNNING and marked it FAILED; nothing is left RUNNING.
+    assert _unfinished(cfg) == []
+    [dead] = [e for e in _executions(cfg) if e.id == killed_run]
+    reason = dead.custom_properties[recovery.ABANDONED_KEY].string_value
+    assert f"found by run {a_run}" in reason
+    assert recovery.execution_folders(cfg.pipeline_root, "Trainer", killed_run) == []
+    assert not os.path.exists(scratch.scratch_root(cfg.home))
+
+
+def test_json_commands_print_only_json(base_config, first_run, tmp_path):
+    """`ingest` and `predict` as real processes: stdout parses as JSON lines, nothing else."""
+    from serving.devserver import lifecycle
+
+    cfg = base_config.resolved()
+    images = os.path.join(os.path.dirname(cfg.data_dir), "images")
+    ingest_proc = _imgpipe(
+        "ingest",
+        "--images",
+        images,
+        "--out",
+        str(tmp_path / "records"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = ingest_proc.communicate(timeout=LONG)
+    assert ingest_proc.returncode == 0, err[-2000:]
+    [line] = out.splitlines()
+    assert sorted(json.loads(line)["classes"]) == sorted(str(c) for c in CLASSES)
+
+    files = sorted(
+        os.path.join(images, str(CLASSES[0]), f) for f in os.listdir(os.path.join(images, str(CLASSES[0])))
+    )[:3]
+    with lifecycle.start_in_thread(cfg.model_serving_dir, cfg.model_name) as running:
+        predict = _imgpipe(
+            "predict",
+            "--target",
+            running.target,
+            "--model",
+            cfg.model_name,
+            *files,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = predict.communicate(timeout=LONG)
+    assert predict.returncode == 0, err[-2000:]
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert len(lines) == len(files) and all(set(x) >= {"image", "classes", "scores"} for x in lines)
+    assert "Unable to register cu" not in err
+
+
+def test_prune_keeps_what_the_next_run_needs(base_config, first_run):
+    """After `imgpipe prune --keep 1` the next identical run is still cached and gated on the same baseline."""
+    cfg = base_config.resolved()
+
+    def prune(*extra: str) -> dict:
+        proc = _imgpipe(
+            "prune", "--home", cfg.home, "--keep", "1", *extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = proc.communicate(timeout=LONG)
+        assert proc.returncode == 0, err[-2000:]
+        [line] = out.splitlines()
+        return json.loads(line)
+
+    root_bytes = scratch.tree_bytes(cfg.pipeline_root)
+    dry = prune("--dry-run")
+    assert scratch.tree_bytes(cfg.pipeline_root) == root_bytes
+    real = prune()
+    report = real["pipelines"][cfg.pipeline_name]
+    assert report["removed"] == dry["pipelines"][cfg.pipeline_name]["removed"]
+    assert real["bytes_freed"] == dry["bytes_freed"] > 0
+    assert root_bytes - scratch.tree_bytes(cfg.pipeline_root) == real["bytes_freed"]
+    # The worse model (gate test) is gone; the first, blessed and served, model stays.
+    removed_types = [r["type"] for r in report["removed"]]
+    assert "Model" in removed_types
+    [baseline] = [p for p in report["protected"] if p["type"] == "Model"]
+    assert os.path.isdir(baseline["uri"])
+    with mlmd.open_store(cfg) as store:
+        for r in report["removed"]:
+            [artifact] = store.get_artifacts_by_id([r["id"]])
+            assert artifact.state == artifact.DELETED and not os.path.exists(r["uri"])
+
+    s = run_local(base_config)
+    assert all(s.executions[n] == "CACHED" for n in COMPONENT_IDS if n != "latest_blessed_model_resolver"), s
+    assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
+    assert s.blessed is True and s.pushed is None

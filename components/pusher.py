@@ -1,0 +1,159 @@
+"""The Pusher node: TFX's filesystem Pusher that never pushes the model TF Serving already serves.
+
+TF Serving loads every new version directory under the model base path and
+swaps it in. TFX's own Pusher copies the blessed model to a new version on
+every blessing, so an exact re-run of a finished run (same data, same cached
+model, blessed again against itself) pushed a byte-identical copy and made
+every server reload and warm up the same model. This executor compares the
+model with the newest version in the serving dir first and, when every file is
+byte-identical, pushes nothing and records which version it matched
+(`IDENTICAL_VERSION_KEY` on the PushedModel artifact; `pushed` is 0).
+
+It also picks a version that is always new: TFX names versions by the Unix
+time in seconds and, when that directory already exists (two pushes in one
+second), skips the copy yet still reports the push. Here the version is
+max(now, newest + 1), and on a local filesystem the model is copied to a
+hidden staging folder first and renamed into place, so a server never sees a
+half-written version and two pushers cannot claim the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Any
+
+from tfx import types
+from tfx.components.pusher import component as pusher_component
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.dsl.io import fileio
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
+
+log = logging.getLogger(__name__)
+
+IDENTICAL_VERSION_KEY = "identical_to_version"  # PushedModel property: the version that matched
+SAVED_MODEL = "saved_model.pb"
+_CHUNK = 1 << 20
+
+
+def served_versions(base_directory: str) -> list[int]:
+    """The versions under a TF Serving model base path: its numeric folders, oldest first.
+
+    A server treats every numeric folder as a version (even one a crashed copy
+    left unfinished), so a new push must be newer than all of them.
+    """
+    if not fileio.isdir(base_directory):
+        return []
+    names = (name.rstrip("/") for name in fileio.listdir(base_directory))
+    return sorted(int(name) for name in names if name.isdigit())
+
+
+def _files(root: str) -> dict[str, str]:
+    """Relative path -> full path of every file under `root`."""
+    root = root.rstrip("/")
+    out = {}
+    for dirpath, _, files in fileio.walk(root):
+        dirpath = dirpath.decode() if isinstance(dirpath, bytes) else dirpath
+        for name in files:
+            name = name.decode() if isinstance(name, bytes) else name
+            full = os.path.join(dirpath, name)
+            out[os.path.relpath(full, root)] = full
+    return out
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    with fileio.open(a, "rb") as fa, fileio.open(b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+def same_model(a: str, b: str) -> bool:
+    """True when directories `a` and `b` hold the same files with byte-identical content."""
+    fa, fb = _files(a), _files(b)
+    return fa.keys() == fb.keys() and all(_same_bytes(fa[k], fb[k]) for k in sorted(fa))
+
+
+def _copy_model(model_path: str, dest: str) -> None:
+    """Copy a SavedModel with saved_model.pb last (servers treat it as the 'version complete' mark)."""
+    io_utils.copy_dir(model_path, dest, deny_regex_patterns=[r"saved_model\.pb$"])
+    if fileio.exists(os.path.join(model_path, SAVED_MODEL)):
+        io_utils.copy_file(os.path.join(model_path, SAVED_MODEL), os.path.join(dest, SAVED_MODEL))
+
+
+def push_new_version(model_path: str, base_directory: str, now: float | None = None) -> tuple[str, str]:
+    """Copy the model to a version newer than every existing one; return (version, its path)."""
+    newest = max(served_versions(base_directory), default=0)
+    version = max(int(time.time() if now is None else now), newest + 1)
+    if "://" in base_directory:  # object stores: no atomic rename; the TFX order (saved_model.pb last)
+        while fileio.exists(os.path.join(base_directory, str(version))):
+            version += 1
+        dest = os.path.join(base_directory, str(version))
+        _copy_model(model_path, dest)
+        return str(version), dest
+    os.makedirs(base_directory, exist_ok=True)
+    staging = os.path.join(base_directory, f".push-{uuid.uuid4().hex}")  # not a number: servers ignore it
+    try:
+        _copy_model(model_path, staging)
+        while True:
+            dest = os.path.join(base_directory, str(version))
+            if not os.path.exists(dest):
+                try:
+                    os.rename(staging, dest)
+                    return str(version), dest
+                except OSError:
+                    if not os.path.exists(dest):
+                        raise
+            version += 1
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class ServingPusherExecutor(pusher_executor.Executor):
+    """Filesystem push to a TF Serving base path; skips a model identical to the newest version."""
+
+    def Do(  # noqa: N802 - TFX's name
+        self,
+        input_dict: dict[str, list[types.Artifact]],
+        output_dict: dict[str, list[types.Artifact]],
+        exec_properties: dict[str, Any],
+    ) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.PUSHED_MODEL_KEY]
+        )
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        model_path = self.GetModelPath(input_dict)
+        destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        if destination.WhichOneof("destination") != "filesystem":
+            raise ValueError("push_destination: imgpipe's Pusher pushes to a filesystem base_directory only")
+        base = destination.filesystem.base_directory
+        versions = served_versions(base)
+        if versions and same_model(model_path, os.path.join(base, str(versions[-1]))):
+            log.info("model is identical to the served version %d: nothing pushed", versions[-1])
+            self._MarkNotPushed(model_push)
+            model_push.set_string_custom_property(IDENTICAL_VERSION_KEY, str(versions[-1]))
+            return
+        version, serving_path = push_new_version(model_path, base)
+        log.info("pushed the model as version %s: %s", version, serving_path)
+        io_utils.copy_dir(model_path, model_push.uri)  # the pushed model's record, as TFX's Pusher keeps it
+        self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+
+
+class ServingPusher(pusher_component.Pusher):
+    """TFX's Pusher component with ServingPusherExecutor."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(ServingPusherExecutor)

@@ -1,0 +1,79 @@
+"""`imgpipe airflow-dag`: write an Airflow DAG file that runs the pipeline (TFX AirflowDagRunner).
+
+Takes every `imgpipe run` flag (the config schema) plus the schedule and run
+policy; the file embeds the resolved config, so the DAG needs no config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from imgpipe.cli.kubeflow import reject
+from imgpipe.cli.output import Command, UsageError, emit
+from imgpipe.cli.run import add_run_arguments, config_from
+from imgpipe.orchestration import airflow
+from pipeline.config import ConfigError
+
+
+def _add_airflow_dag(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("airflow")
+    g.add_argument(
+        "--schedule",
+        required=True,
+        help='5-field cron (e.g. "0 3 * * *") or @daily/@hourly/...; "none" for triggered runs only',
+    )
+    g.add_argument("--output", required=True, help="DAG file to write, e.g. AIRFLOW_HOME/dags/imgpipe.py")
+    g.add_argument("--start-date", help="first schedule date YYYY-MM-DD, UTC (default: today)")
+    g.add_argument(
+        "--retries", type=int, default=airflow.DEFAULT_RETRIES, help="retries of a failed task (default 0)"
+    )
+    g.add_argument(
+        "--catchup",
+        action="store_true",
+        help="run the intervals missed since --start-date (default: only the latest)",
+    )
+    add_run_arguments(p)
+
+
+def _cmd_airflow_dag(args: argparse.Namespace) -> int:
+    reject(
+        args,
+        {"lock_file": "--lock-file"},
+        "does not apply to an Airflow DAG (it allows one active run: max_active_runs=1)",
+    )
+    config = config_from(args)
+    try:
+        source = airflow.render_dag(
+            config, args.schedule, start_date=args.start_date, retries=args.retries, catchup=args.catchup
+        )
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
+    directory = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{args.output}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(source)
+    os.replace(tmp, args.output)
+    emit(
+        {
+            "output": args.output,
+            "dag_id": config.pipeline_name,
+            "schedule": airflow.check_schedule(args.schedule),
+            "max_active_runs": airflow.MAX_ACTIVE_RUNS,
+            "catchup": args.catchup,
+            "retries": args.retries,
+            "metadata": config.resolved().metadata_location,
+        }
+    )
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "airflow-dag",
+        "write an Airflow DAG file that runs the pipeline (one task per component)",
+        _add_airflow_dag,
+        _cmd_airflow_dag,
+    )
+]

@@ -1,0 +1,246 @@
+"""Prune a pipeline home: delete the artifacts of old runs, keep what the next run needs.
+
+Each run adds its outputs under HOME/pipelines/<pipeline>/<node>/<output>/<execution id>/:
+a new trained model (the Trainer's `model`), a copy of it when pushed (the
+Pusher's `pushed_model` record), and the smaller statistics, schema, transform
+graph and evaluation folders. Cached components add nothing. Nothing is ever
+deleted, so a home grows with every run that trains.
+
+`prune_home(home, keep)` keeps, for each pipeline in the home:
+  - every artifact that one of the newest `keep` runs read or wrote (cached
+    executions point at the outputs of the run that computed them, so those
+    stay too, and the next identical run is still served from cache);
+  - the latest blessed model and its blessing(s): what the Resolver hands the
+    Evaluator as the gate's baseline (LatestBlessedModelStrategy: the newest
+    LIVE Model with a LIVE ModelBlessing whose `blessed` is 1);
+  - the latest record of a push (the newest PushedModel with `pushed` 1).
+Every other artifact under the pipeline root is marked DELETED in ML Metadata
+first, then its folder is removed. TFX's Resolver and cache only consider LIVE
+artifacts, so neither can point a run at a deleted folder; a deleted artifact
+whose folder is still there (prune interrupted) is removed by the next prune.
+The executor folders (.system/executor_execution/<id>) of pruned runs go too.
+
+Prune holds the home's lock (a run in progress makes it exit 75, or wait), so
+it also does what a starting run does: marks executions a dead run left
+RUNNING as FAILED and deletes dead runs' scratch folders. Run records
+(HOME/runs/<run_id>/: config and summary, a few KB each) are kept. Pushed
+versions in the serving dir are not touched: what TF Serving serves and keeps
+is its model version policy's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+
+from ml_metadata.proto import metadata_store_pb2
+
+from imgpipe.orchestration import metadata, recovery, scratch
+from imgpipe.orchestration.lock import home_lock_path, run_lock
+from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.sqlite"
+PIPELINES_DIR = "pipelines"
+_LIVE = metadata_store_pb2.Artifact.LIVE
+_DELETED = metadata_store_pb2.Artifact.DELETED
+
+
+class PruneError(ValueError):
+    """The home cannot be pruned as asked (not a pipeline home, a bad --keep)."""
+
+
+@dataclasses.dataclass
+class PipelinePrune:
+    runs_kept: list[str]
+    runs_pruned: list[str]
+    protected: list[dict]  # {id, type, uri, why}
+    removed: list[dict]  # {id, type, uri, bytes, run}
+    execution_dirs_removed: list[dict]  # {path, bytes}
+
+
+@dataclasses.dataclass
+class PruneResult:
+    home: str
+    keep: int
+    dry_run: bool
+    pipelines: dict[str, PipelinePrune]
+    scratch_removed: list[dict]  # {path, bytes}: dead runs' scratch folders
+    abandoned_executions: list[dict]  # executions dead runs left RUNNING (recovery.AbandonedExecution)
+    bytes_freed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _under(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root and path != root
+
+
+def _type_names(store, artifacts) -> dict[int, str]:
+    ids = sorted({a.type_id for a in artifacts})
+    return {t.id: t.name for t in store.get_artifact_types_by_id(ids)} if ids else {}
+
+
+def _int_prop(artifact, name: str) -> int | None:
+    value = artifact.custom_properties.get(name)
+    return int(value.int_value) if value is not None else None
+
+
+def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[int, str]:
+    """Artifact id -> why it is kept whatever its age: the gate's baseline and the latest push."""
+    live = [a for a in artifacts if a.state == _LIVE]
+    models = {a.id for a in live if type_names[a.type_id] == "Model"}
+    blessings: dict[int, list] = {}
+    for a in live:
+        if type_names[a.type_id] == "ModelBlessing" and _int_prop(a, "blessed") == 1:
+            blessings.setdefault(_int_prop(a, "current_model_id"), []).append(a)
+    out: dict[int, str] = {}
+    blessed_models = sorted(m for m in models if m in blessings)
+    if blessed_models:
+        latest = blessed_models[-1]
+        out[latest] = "latest blessed model: the gate's baseline"
+        for b in blessings[latest]:
+            out[b.id] = f"blessing of the latest blessed model {latest}"
+    pushes = [a.id for a in live if type_names[a.type_id] == "PushedModel" and _int_prop(a, "pushed") == 1]
+    if pushes:
+        out.setdefault(max(pushes), "record of the latest push")
+    return out
+
+
+def _plan_pipeline(store, name: str, root: str, keep: int) -> tuple[PipelinePrune, list, list[str]]:
+    """What to prune in one pipeline: (report, artifacts to delete, execution folders to delete)."""
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", name)
+    runs = metadata.pipeline_runs(store, name)
+    kept_runs = runs[len(runs) - keep :] if keep else []
+    pruned_runs = runs[: len(runs) - len(kept_runs)]
+    executions = store.get_executions_by_context(pipeline_ctx.id)
+    kept_executions = {e.id for run in kept_runs for e in store.get_executions_by_context(run.id)}
+    events = store.get_events_by_execution_ids([e.id for e in executions]) if executions else []
+    used_by_kept = {ev.artifact_id for ev in events if ev.execution_id in kept_executions}
+    producer: dict[int, int] = {}
+    for ev in events:
+        if ev.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.PENDING_OUTPUT):
+            producer.setdefault(ev.artifact_id, ev.execution_id)
+    ids = sorted({ev.artifact_id for ev in events})
+    artifacts = list(store.get_artifacts_by_id(ids)) if ids else []
+    type_names = _type_names(store, artifacts)
+    protected = protected_artifacts(store, artifacts, type_names)
+    run_of = {}
+    for run in pruned_runs:
+        for e in store.get_executions_by_context(run.id):
+            run_of[e.id] = run.name
+
+    doomed, removed = [], []
+    for a in artifacts:
+        if a.id in used_by_kept or a.id in protected or not a.uri:
+            continue
+        if a.state == _DELETED and not os.path.exists(a.uri):
+            continue  # pruned before
+        if not _under(a.uri, root):
+            log.warning("artifact %d (%s) is outside the pipeline root %s: left alone", a.id, a.uri, root)
+            continue
+        doomed.append(a)
+        removed.append(
+            {
+                "id": a.id,
+                "type": type_names[a.type_id],
+                "uri": a.uri,
+                "bytes": scratch.tree_bytes(a.uri),
+                "run": run_of.get(producer.get(a.id, -1)),
+            }
+        )
+    folders = []
+    for e in executions:
+        if e.id in kept_executions:
+            continue
+        node = next(
+            (
+                c.name[len(name) + 1 :]
+                for c in store.get_contexts_by_execution(e.id)
+                if c.name.startswith(f"{name}.")
+            ),
+            None,
+        )
+        folder = os.path.join(root, node or "", ".system", "executor_execution", str(e.id))
+        if node and os.path.isdir(folder):
+            folders.append(folder)
+    report = PipelinePrune(
+        runs_kept=[r.name for r in kept_runs],
+        runs_pruned=[r.name for r in pruned_runs],
+        protected=[
+            {"id": a.id, "type": type_names[a.type_id], "uri": a.uri, "why": protected[a.id]}
+            for a in artifacts
+            if a.id in protected
+        ],
+        removed=removed,
+        execution_dirs_removed=[{"path": f, "bytes": scratch.tree_bytes(f)} for f in folders],
+    )
+    return report, doomed, folders
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0.0) -> PruneResult:
+    """Prune every pipeline in `home`, keeping its newest `keep` runs and the gate's lineage.
+
+    dry_run: report what would be removed and change nothing. Raises PruneError
+    for a bad home or keep, lock.LockBusy while a run holds the home.
+    """
+    if keep < 0:
+        raise PruneError(f"keep: must be 0 or more runs, got {keep}")
+    home = os.path.abspath(os.path.expanduser(home))
+    metadata_path = os.path.join(home, METADATA_FILE)
+    if not os.path.isfile(metadata_path):
+        raise PruneError(f"home: {home} is not a pipeline home (no {METADATA_FILE} in it)")
+    with run_lock(home_lock_path(home), wait=lock_wait, holder="prune"):
+        return _prune_holding_lock(home, metadata_path, keep, dry_run)
+
+
+def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool) -> PruneResult:
+    # The home's own SQLite store (a home whose runs use a shared PostgreSQL store is pruned there).
+    store_config = PipelineConfig(home=home)
+    result = PruneResult(home, keep, dry_run, {}, [], [])
+    if dry_run:
+        root = scratch.scratch_root(home)
+        stale = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        result.scratch_removed = [
+            {"path": os.path.join(root, n), "bytes": scratch.tree_bytes(os.path.join(root, n))} for n in stale
+        ]
+    else:
+        result.scratch_removed = [{"path": p, "bytes": b} for p, b in scratch.remove_stale(home)]
+    with metadata.open_store(store_config, readonly=dry_run) as store:
+        names = sorted(c.name for c in store.get_contexts_by_type("pipeline"))
+        for name in names:
+            root = os.path.join(home, PIPELINES_DIR, name)
+            found = recovery.abandon_dead_executions(store, name, root, found_by="prune", dry_run=dry_run)
+            result.abandoned_executions += [a.to_dict() for a in found]
+            report, doomed, folders = _plan_pipeline(store, name, root, keep)
+            result.pipelines[name] = report
+            if dry_run:
+                continue
+            # ML Metadata first: from here on neither the Resolver nor the cache can pick them.
+            for a in doomed:
+                a.state = _DELETED
+            if doomed:
+                store.put_artifacts(doomed)
+            for path in [a.uri for a in doomed] + folders:
+                _remove(path)
+    result.bytes_freed = (
+        sum(d["bytes"] for d in result.scratch_removed)
+        + sum(
+            sum(r["bytes"] for r in p.removed) + sum(f["bytes"] for f in p.execution_dirs_removed)
+            for p in result.pipelines.values()
+        )
+        + sum(a["bytes"] for a in result.abandoned_executions)
+    )
+    return result

@@ -1,0 +1,134 @@
+"""Executions left RUNNING by a run that died are marked FAILED when the next run (or prune) starts.
+
+TFX registers an execution as RUNNING in ML Metadata before its executor runs
+and publishes COMPLETE or FAILED after. A run killed in between (kill -9, a
+power cut, the OOM killer) never publishes, and the execution stays RUNNING
+forever: `imgpipe` status, lineage queries and dashboards show a Trainer still
+training. Its partial outputs stay on disk under the pipeline root.
+
+Whoever holds the home's lock (orchestration/lock.py) knows that no other run
+of this home is alive, so a NEW or RUNNING execution of the home's pipeline is
+from a dead process. `abandon_dead_executions` marks each one FAILED, with the
+reason in its `abandoned` custom property, marks any output artifact it had
+registered ABANDONED, and removes its partial output folders
+(PIPELINE_ROOT/<node>/<output>/<execution id> and its .system folder).
+
+Scope: with the home's own SQLite store (the local default) every execution in
+it belongs to this home. A metadata server shared by several homes could hold
+a live run of another home under the same pipeline name; pass
+`shared_store=True` and only executions whose folders exist under THIS home's
+pipeline root (the launcher creates .system/executor_execution/<id> before the
+executor starts) are touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import os
+import shutil
+
+from ml_metadata.proto import metadata_store_pb2
+
+from imgpipe.orchestration.scratch import tree_bytes
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
+ABANDONED_KEY = "abandoned"  # execution property: why imgpipe marked it FAILED
+_OUTPUT_EVENTS = (
+    metadata_store_pb2.Event.OUTPUT,
+    metadata_store_pb2.Event.DECLARED_OUTPUT,
+    metadata_store_pb2.Event.PENDING_OUTPUT,
+)
+
+
+@dataclasses.dataclass
+class AbandonedExecution:
+    execution_id: int
+    node: str
+    run_id: str
+    state: str  # what it was left in: NEW or RUNNING
+    removed: list[str]  # partial output folders deleted
+    bytes: int  # their size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _contexts(store, execution_id: int, pipeline_name: str) -> tuple[str, str]:
+    node, run = "?", "?"
+    for ctx in store.get_contexts_by_execution(execution_id):
+        kind = store.get_context_types_by_id([ctx.type_id])[0].name
+        if kind == "node" and ctx.name.startswith(f"{pipeline_name}."):
+            node = ctx.name[len(pipeline_name) + 1 :]
+        elif kind == "pipeline_run":
+            run = ctx.name
+    return node, run
+
+
+def execution_folders(pipeline_root: str, node: str, execution_id: int) -> list[str]:
+    """The folders an execution writes under the pipeline root: its outputs and its .system folder."""
+    node_dir = os.path.join(pipeline_root, node)
+    found = glob.glob(os.path.join(glob.escape(node_dir), "*", str(execution_id)))
+    system = os.path.join(node_dir, ".system", "executor_execution", str(execution_id))
+    if os.path.isdir(system):
+        found.append(system)
+    return sorted(p for p in found if os.path.isdir(p))
+
+
+def abandon_dead_executions(
+    store,
+    pipeline_name: str,
+    pipeline_root: str,
+    found_by: str,
+    shared_store: bool = False,
+    dry_run: bool = False,
+) -> list[AbandonedExecution]:
+    """Mark the unfinished executions of `pipeline_name` FAILED; call it holding the home's lock.
+
+    found_by: who found them (e.g. "run <id>"), recorded in the reason.
+    dry_run: only report them.
+    """
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_ctx is None:
+        return []
+    out = []
+    for execution in store.get_executions_by_context(pipeline_ctx.id):
+        if execution.last_known_state not in UNFINISHED:
+            continue
+        node, run = _contexts(store, execution.id, pipeline_name)
+        folders = execution_folders(pipeline_root, node, execution.id)
+        if shared_store and not folders:
+            log.info("execution %d (%s) is unfinished but not from this home: left alone", execution.id, node)
+            continue
+        state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+        found = AbandonedExecution(execution.id, node, run, state, folders, sum(map(tree_bytes, folders)))
+        out.append(found)
+        if dry_run:
+            continue
+        execution.last_known_state = metadata_store_pb2.Execution.FAILED
+        execution.custom_properties[
+            ABANDONED_KEY
+        ].string_value = (
+            f"left {state} by run {run}, whose process died; found by {found_by} holding the home's lock"
+        )
+        store.put_executions([execution])
+        outputs = [
+            ev.artifact_id
+            for ev in store.get_events_by_execution_ids([execution.id])
+            if ev.type in _OUTPUT_EVENTS
+        ]
+        pending = [
+            a
+            for a in (store.get_artifacts_by_id(outputs) if outputs else [])
+            if a.state in (metadata_store_pb2.Artifact.PENDING, metadata_store_pb2.Artifact.UNKNOWN)
+        ]
+        for artifact in pending:
+            artifact.state = metadata_store_pb2.Artifact.ABANDONED
+        if pending:
+            store.put_artifacts(pending)
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+    return out

@@ -1,0 +1,156 @@
+"""A pipeline home with ML Metadata written the way TFX's LocalDagRunner writes it, without running TFX.
+
+Contexts `pipeline` (the pipeline name), `pipeline_run` (the run id) and `node`
+("<pipeline>.<NodeId>") are attached to every execution; outputs live at
+PIPELINE_ROOT/<node>/<output key>/<execution id>/ and are linked by OUTPUT
+events; a cached execution links the earlier outputs it reuses. Tests of
+prune, recovery and the run summary use it to build exact histories quickly;
+the e2e tests check the same code against real runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+COMPLETE, CACHED, RUNNING = pb.Execution.COMPLETE, pb.Execution.CACHED, pb.Execution.RUNNING
+
+
+class FakeHome:
+    def __init__(self, home: str, pipeline: str = "imgpipe"):
+        self.home = home
+        self.pipeline = pipeline
+        self.root = os.path.join(home, "pipelines", pipeline)
+        self.metadata_path = os.path.join(home, "metadata.sqlite")
+        os.makedirs(home, exist_ok=True)
+        cfg = pb.ConnectionConfig()
+        cfg.sqlite.filename_uri = self.metadata_path
+        self.store = metadata_store.MetadataStore(cfg)
+        self._ctx_types = {
+            n: self.store.put_context_type(pb.ContextType(name=n))
+            for n in ("pipeline", "pipeline_run", "node")
+        }
+        self._contexts: dict[tuple[str, str], pb.Context] = {}
+        self.pipeline_ctx = self._context("pipeline", pipeline)
+
+    def _context(self, kind: str, name: str) -> pb.Context:
+        key = (kind, name)
+        if key not in self._contexts:
+            [cid] = self.store.put_contexts([pb.Context(type_id=self._ctx_types[kind], name=name)])
+            self._contexts[key] = self.store.get_contexts_by_id([cid])[0]
+        return self._contexts[key]
+
+    def _artifact_type(self, name: str) -> int:
+        return self.store.put_artifact_type(pb.ArtifactType(name=name))
+
+    def execute(
+        self,
+        run: str,
+        node: str,
+        inputs: dict[str, list[pb.Artifact]] | None = None,
+        outputs: dict[str, tuple[str, dict]] | None = None,
+        reuse: dict[str, list[pb.Artifact]] | None = None,
+        state: int = COMPLETE,
+        size: int = 1000,
+    ) -> tuple[pb.Execution, dict[str, pb.Artifact]]:
+        """One execution of `node` in `run`; outputs: key -> (artifact type, custom properties).
+
+        New outputs get a folder with a `size`-byte file; `reuse` links earlier outputs (a cache hit).
+        """
+        type_id = self.store.put_execution_type(pb.ExecutionType(name=f"tfx.components.{node}"))
+        [eid] = self.store.put_executions([pb.Execution(type_id=type_id, last_known_state=state)])
+        execution = self.store.get_executions_by_id([eid])[0]
+        pairs, made = [], {}
+        for key, arts in (inputs or {}).items():
+            for a in arts:
+                pairs.append((a, _event(pb.Event.INPUT, key)))
+        n_inputs = len(pairs)
+        for key, (type_name, props) in (outputs or {}).items():
+            uri = os.path.join(self.root, node, key, str(eid))
+            os.makedirs(uri, exist_ok=True)
+            with open(os.path.join(uri, "data"), "wb") as f:
+                f.write(b"x" * size)
+            a = pb.Artifact(type_id=self._artifact_type(type_name), uri=uri, state=pb.Artifact.LIVE)
+            for name, value in props.items():
+                if isinstance(value, int):
+                    a.custom_properties[name].int_value = value
+                else:
+                    a.custom_properties[name].string_value = value
+            pairs.append((a, _event(pb.Event.OUTPUT, key)))
+        new = [False] * n_inputs + [True] * (len(pairs) - n_inputs)
+        for key, arts in (reuse or {}).items():
+            for a in arts:
+                pairs.append((a, _event(pb.Event.OUTPUT, key)))
+                new.append(False)
+        os.makedirs(os.path.join(self.root, node, ".system", "executor_execution", str(eid)), exist_ok=True)
+        contexts = [
+            self.pipeline_ctx,
+            self._context("pipeline_run", run),
+            self._context("node", f"{self.pipeline}.{node}"),
+        ]
+        _, artifact_ids, _ = self.store.put_execution(
+            execution, pairs, contexts, reuse_context_if_already_exist=True
+        )
+        by_id = {a.id: a for a in self.store.get_artifacts_by_id(artifact_ids)}
+        for (_, ev), aid, is_new in zip(pairs, artifact_ids, new, strict=True):
+            if is_new:
+                made[ev.path.steps[0].key] = by_id[aid]
+        return self.store.get_executions_by_id([eid])[0], made
+
+    def artifact(self, artifact_id: int) -> pb.Artifact:
+        return self.store.get_artifacts_by_id([artifact_id])[0]
+
+
+def _event(kind: int, key: str) -> pb.Event:
+    ev = pb.Event(type=kind)
+    ev.path.steps.add().key = key
+    ev.path.steps.add().index = 0
+    return ev
+
+
+def training_history(home: FakeHome, runs: int = 3, blessed_runs: tuple[int, ...] = (1,)) -> list[dict]:
+    """`runs` runs: ExampleGen computed once then cached, a new model per run, blessed and pushed
+    only in `blessed_runs` (1-based). Returns each run's {id, examples, model, blessing, pushed}."""
+    out = []
+    examples = None
+    for i in range(1, runs + 1):
+        run = f"2026-01-0{i}T00:00:00-run{i}"
+        if examples is None:
+            _, made = home.execute(run, "ImportExampleGen", outputs={"examples": ("Examples", {})})
+            examples = made["examples"]
+        else:
+            home.execute(run, "ImportExampleGen", reuse={"examples": [examples]}, state=CACHED)
+        _, made = home.execute(
+            run, "Trainer", inputs={"examples": [examples]}, outputs={"model": ("Model", {})}, size=5000
+        )
+        model = made["model"]
+        blessed = int(i in blessed_runs)
+        _, made = home.execute(
+            run,
+            "Evaluator",
+            inputs={"model": [model]},
+            outputs={"blessing": ("ModelBlessing", {"blessed": blessed, "current_model_id": model.id})},
+        )
+        blessing = made["blessing"]
+        props = {"pushed": blessed}
+        if blessed:
+            props["pushed_destination"] = f"/serving/m/{1000 + i}"
+        _, made = home.execute(
+            run,
+            "Pusher",
+            inputs={"model": [model], "model_blessing": [blessing]},
+            outputs={"pushed_model": ("PushedModel", props)},
+            size=5000 if blessed else 0,
+        )
+        out.append(
+            {
+                "id": run,
+                "examples": examples,
+                "model": model,
+                "blessing": blessing,
+                "pushed": made["pushed_model"],
+            }
+        )
+    return out

@@ -1,0 +1,148 @@
+"""The home's run lock between real processes: refuse at once naming the holder, or wait then take it.
+
+(tests/e2e runs two real `imgpipe run`s on one home at once; test_schedule.py covers --lock-file.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from imgpipe.orchestration import lock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+
+_TAKE = textwrap.dedent(
+    """
+    import logging, sys
+    from imgpipe.orchestration.lock import LockBusy, run_lock
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    path, wait, holder = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    try:
+        with run_lock(path, wait=wait, holder=holder):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    except LockBusy as e:
+        print(e, file=sys.stderr)
+        sys.exit(75)
+    """
+)
+
+
+class Process:
+    """Another process taking the lock at `path` (waiting up to `wait` s); holds it until release()."""
+
+    def __init__(self, path: str, holder: str, wait: float = 0.0):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _TAKE, path, str(wait), holder],
+            cwd=ROOT,
+            env=ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+
+
+@pytest.fixture
+def holder(tmp_path):
+    p = Process(str(tmp_path / "home" / lock.HOME_LOCK_FILE), "run A")
+    assert p.proc.stdout.readline().strip() == "locked"
+    yield p
+    p.release()
+    p.proc.wait(timeout=60)
+
+
+def test_a_second_process_is_refused_at_once_naming_the_holder(tmp_path, holder):
+    second = Process(str(tmp_path / "home" / lock.HOME_LOCK_FILE), "run B")
+    _, err = second.proc.communicate(timeout=120)
+    assert second.proc.returncode == 75
+    assert f"(pid {holder.proc.pid} since " in err and ", run A)" in err and "waiting" not in err
+
+
+def test_a_waiting_process_takes_the_lock_when_the_holder_ends(tmp_path, holder):
+    path = str(tmp_path / "home" / lock.HOME_LOCK_FILE)
+    second = Process(path, "run B", wait=600)
+    waiting = second.proc.stderr.readline()
+    assert waiting.startswith("waiting up to 600s for the lock") and "run A" in waiting
+    holder.release()
+    assert holder.proc.wait(timeout=60) == 0
+    assert second.proc.stdout.readline().strip() == "locked"  # it went on once the lock was free
+    with open(path, encoding="utf-8") as f:
+        content = f.read()
+    assert content.startswith(f"pid {second.proc.pid} since ") and content.rstrip().endswith(", run B")
+    second.release()
+    assert second.proc.wait(timeout=60) == 0
+
+
+def test_a_wait_that_runs_out_is_refused(tmp_path, holder):
+    second = Process(str(tmp_path / "home" / lock.HOME_LOCK_FILE), "run B", wait=0.5)
+    _, err = second.proc.communicate(timeout=120)
+    assert second.proc.returncode == 75 and "after waiting 0.5s" in err and "run A" in err
+
+
+def test_imgpipe_run_on_a_held_home_exits_75_and_touches_nothing(tmp_path, holder):
+    from tests import helpers
+
+    data = helpers.write_split_dataset(str(tmp_path / "data"), helpers.digit_images((0, 1), per_class=5))
+    home = tmp_path / "home"
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgpipe", "run", "--data", data, "--home", str(home)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == lock.EXIT_LOCKED, proc.stderr
+    assert proc.stdout == ""
+    assert f"holds the lock {home / lock.HOME_LOCK_FILE} (pid {holder.proc.pid} since" in proc.stderr
+    assert ", run A)" in proc.stderr and "waiting" not in proc.stderr
+    assert sorted(os.listdir(home)) == [lock.HOME_LOCK_FILE]  # no metadata, no artifacts, no scratch
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "inf"])
+def test_lock_wait_must_be_seconds(tmp_path, value, capsys):
+    from imgpipe.cli import main as cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--data", str(tmp_path), "--lock-wait", value])
+    assert e.value.code == 2 and "--lock-wait: must be a number of seconds" in capsys.readouterr().err
+
+
+def test_lock_file_naming_the_home_lock_is_not_taken_twice(tmp_path, monkeypatch, capsys):
+    """`--lock-file HOME/run.lock` is the lock the run takes anyway: the run must not refuse itself."""
+    from imgpipe.cli import main as cli
+    from imgpipe.cli import run as run_cli
+
+    home = tmp_path / "home"
+
+    def fake_run_pipeline(config, verbose=False, lock_wait=0.0):  # what run_local does first
+        with lock.run_lock(lock.home_lock_path(config.resolved().home), wait=lock_wait):
+            return {"ran": True}
+
+    monkeypatch.setattr(run_cli, "run_pipeline", fake_run_pipeline)
+    for lock_file in (home / lock.HOME_LOCK_FILE, home / "sub" / ".." / lock.HOME_LOCK_FILE):
+        code = cli.main(["run", "--data", str(tmp_path), "--home", str(home), "--lock-file", str(lock_file)])
+        assert code == 0 and capsys.readouterr().out.strip() == '{"ran": true}'
+    # Another lock file is held on top of the home's, for the whole run.
+    other = tmp_path / "schedule.lock"
+
+    def check_both_held(config, verbose=False, lock_wait=0.0):
+        with pytest.raises(lock.LockBusy):
+            with lock.run_lock(str(other)):
+                pass
+        return fake_run_pipeline(config, verbose, lock_wait)
+
+    monkeypatch.setattr(run_cli, "run_pipeline", check_both_held)
+    assert cli.main(["run", "--data", str(tmp_path), "--home", str(home), "--lock-file", str(other)]) == 0

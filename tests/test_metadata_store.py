@@ -1,0 +1,209 @@
+"""ML Metadata on SQLite (default) or PostgreSQL: the `metadata` setting, connection configs, passwords.
+
+The PostgreSQL tests use a real throwaway server (tests/postgres.py) that asks
+TCP clients for a password, so PGPASSWORD and password files are exercised
+against libpq itself. No password may appear in a config, a saved config, a
+connection config (TFX logs it), or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2
+
+from imgpipe.orchestration import metadata
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.metadata_url import PostgresTarget, parse_metadata_url
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "Pa55-w0rd-never-shown"
+
+
+# ------------------------------------------------------------------ the URL setting
+def test_url_parts_and_defaults():
+    assert parse_metadata_url("postgresql://ml@db.internal:6543/mlmd") == PostgresTarget(
+        user="ml", host="db.internal", port=6543, dbname="mlmd"
+    )
+    target = parse_metadata_url("postgres://ml@10.1.2.3/mlmd?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+    assert (target.port, target.host) == (5432, "10.1.2.3")
+    assert target.ssl == (("sslmode", "verify-full"), ("sslrootcert", "/etc/ca.pem"))
+    assert target.url == "postgresql://ml@10.1.2.3:5432/mlmd?sslmode=verify-full&sslrootcert=/etc/ca.pem"
+    assert parse_metadata_url("postgresql://ml@[::1]:5433/m").host == "[::1]"
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("mysql://ml@h/db", "scheme 'mysql'"),
+        ("db.internal/mlmd", "scheme 'none'"),
+        ("postgresql://h:5432/db", "needs a user"),
+        ("postgresql://ml@:5432/db", "needs a host"),
+        ("postgresql://ml@h:5432/", "database name"),
+        ("postgresql://ml@h:5432/a/b", "database name"),
+        ("postgresql://ml@h:port/db", "port must be a number"),
+        ("postgresql://ml@h:99999/db", "port must be a number"),
+        ("postgresql://ml@h/db?sslmode=maybe", "sslmode 'maybe'"),
+        ("postgresql://ml@h/db?application_name=x", "unknown URL option 'application_name'"),
+        ("postgresql://m;l@h/db", "user may hold only"),
+    ],
+)
+def test_bad_urls_are_named(url, match):
+    with pytest.raises(ValueError, match=match):
+        parse_metadata_url(url)
+    with pytest.raises(ConfigError, match="^metadata: "):
+        PipelineConfig(data_dir="d").replace(metadata=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://ml:{SECRET}@h:5432/db",
+        f"postgresql://ml:{SECRET}@h:notaport/db",
+        f"postgresql://ml:{SECRET}@/db",
+    ],
+)
+def test_a_password_in_the_url_is_refused_without_echoing_it(url, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        PipelineConfig.from_dict({"metadata": url})
+    assert "metadata" in str(e.value) and SECRET not in str(e.value)
+    # The same through the CLI, before anything runs: exit 2, the password on neither stream.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"metadata: {url}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "imgpipe", "run", "--config", str(cfg), "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "metadata" in done.stderr
+    assert SECRET not in done.stderr + done.stdout
+
+
+def test_password_file_needs_a_postgres_store():
+    with pytest.raises(ConfigError, match="metadata_password_file: applies to a postgresql"):
+        PipelineConfig.from_dict({"metadata_password_file": "/x/pgpass"})
+
+
+def test_saved_config_keeps_the_url_and_file_path(tmp_path):
+    url = "postgresql://ml@db:5432/mlmd"
+    cfg = PipelineConfig(data_dir="d", metadata=url, metadata_password_file="secrets/pgpass").resolved()
+    assert cfg.metadata_password_file == os.path.abspath("secrets/pgpass")
+    cfg.save(str(tmp_path / "config.yaml"))
+    again = PipelineConfig.from_yaml(str(tmp_path / "config.yaml"))
+    assert again.metadata == url and again.metadata_location == url
+    assert again.metadata_password_file == cfg.metadata_password_file
+
+
+# ------------------------------------------------------------------ connection configs
+def test_sqlite_is_the_default(tmp_path):
+    cfg = PipelineConfig(home=str(tmp_path / "home"))
+    conn = metadata.connection_config(cfg)
+    assert conn.WhichOneof("config") == "sqlite"
+    assert conn.sqlite.filename_uri == cfg.metadata_path == cfg.metadata_location
+    assert conn.sqlite.connection_mode == metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    ro = metadata.connection_config(cfg, readonly=True)
+    assert ro.sqlite.connection_mode == metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    with pytest.raises(metadata.MetadataUnavailable, match="no ML Metadata database at"):
+        metadata.connect(cfg, readonly=True)
+
+
+def test_postgres_config_has_no_password_even_with_pgpassword_set(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", SECRET)
+    cfg = PipelineConfig(metadata="postgresql://ml@db.internal:6543/mlmd?sslmode=require")
+    conn = metadata.connection_config(cfg)
+    pg = conn.postgresql
+    assert (pg.host, pg.port, pg.user, pg.dbname) == ("db.internal", "6543", "ml", "mlmd")
+    assert pg.ssloption.sslmode == "require"
+    assert not pg.password and not pg.passfile
+    assert SECRET not in str(conn)
+
+
+def _passfile(tmp_path, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "pgpass"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_password_file_checks(tmp_path):
+    url = "postgresql://ml@db:5432/mlmd"
+
+    def conn(path):
+        return metadata.connection_config(PipelineConfig(metadata=url, metadata_password_file=path))
+
+    good = _passfile(tmp_path, f"# comment\nother:5432:mlmd:ml:x\ndb:*:mlmd:ml:{SECRET}\n")
+    assert conn(good).postgresql.passfile == good
+    assert not conn(good).postgresql.password
+    with pytest.raises(ConfigError, match="does not exist"):
+        conn(str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="readable by others .*chmod 600") as e:
+        conn(_passfile(tmp_path, f"*:*:*:*:{SECRET}\n", mode=0o644))
+    assert SECRET not in str(e.value)
+    with pytest.raises(ConfigError, match="no line for db:5432:mlmd:ml") as e:
+        conn(_passfile(tmp_path, f"db:5432:mlmd:someone_else:{SECRET}\n"))
+    assert SECRET not in str(e.value)
+    # libpq's escapes: a backslash-escaped ':' belongs to the field.
+    assert metadata._passfile_fields(r"h\:x:5432:db:u:p:w") == ["h:x", "5432", "db", "u", "p:w"]
+
+
+# ------------------------------------------------------------------ a real server
+def test_pgpassword_reaches_the_server(postgres_server, monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    cfg = PipelineConfig(metadata=postgres_server.url("mlmd_unit_env"))
+    store = metadata.connect(cfg)
+    [ctx_type] = [metadata_store_pb2.ContextType(name="probe")]
+    type_id = store.put_context_type(ctx_type)
+    assert store.get_context_type("probe").id == type_id
+    assert "mlmd_unit_env" in postgres_server.databases()  # ML Metadata created the database
+
+
+def test_password_file_reaches_the_server(postgres_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))  # not ~/.pgpass either
+    s = postgres_server
+    path = _passfile(tmp_path, f"{s.host}:{s.port}:*:{s.user}:{s.password}\n")
+    cfg = PipelineConfig(metadata=s.url("mlmd_unit_file"), metadata_password_file=path)
+    with metadata.open_store(cfg) as store:
+        assert store.get_artifacts() == []
+
+
+def test_wrong_or_missing_password_is_a_clear_error_without_it(postgres_server, monkeypatch):
+    cfg = PipelineConfig(metadata=postgres_server.url("mlmd_unit_denied"))
+    monkeypatch.setenv("PGPASSFILE", "/nonexistent")
+    monkeypatch.setenv("PGPASSWORD", SECRET)  # wrong
+    with pytest.raises(metadata.MetadataUnavailable) as e:
+        metadata.connect(cfg)
+    message = str(e.value)
+    assert message.startswith(f"metadata: cannot connect to ML Metadata at {cfg.metadata_location}")
+    assert "PGPASSWORD" in message and SECRET not in message
+    monkeypatch.delenv("PGPASSWORD")
+    with pytest.raises(metadata.MetadataUnavailable):
+        metadata.connect(cfg)
+    assert "mlmd_unit_denied" not in postgres_server.databases()
+
+
+# ------------------------------------------------------------------ reading one run back
+def test_a_run_is_read_back_by_its_id_not_as_the_newest(tmp_path):
+    """Two overlapping runs of one pipeline: the first to finish must summarise itself, not the newer one."""
+    cfg = PipelineConfig(home=str(tmp_path))
+    store = metadata.connect(cfg)
+    pipeline_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline"))
+    run_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline_run"))
+    [pipeline] = store.put_contexts([metadata_store_pb2.Context(type_id=pipeline_type, name="imgpipe")])
+    older, newer = store.put_contexts(
+        [metadata_store_pb2.Context(type_id=run_type, name=n) for n in ("run-1", "run-2")]
+    )
+    store.put_parent_contexts(
+        [metadata_store_pb2.ParentContext(child_id=c, parent_id=pipeline) for c in (older, newer)]
+    )
+    with metadata.open_store(cfg) as reader:  # read-only, as the summary opens it
+        assert metadata.latest_run(reader, "imgpipe").name == "run-2"
+        assert metadata.run_by_id(reader, "imgpipe", "run-1").name == "run-1"
+        with pytest.raises(LookupError, match="run 'run-9' of pipeline 'imgpipe'"):
+            metadata.run_by_id(reader, "imgpipe", "run-9")

@@ -1,0 +1,162 @@
+"""stdout holds only the result; stderr loses exactly the known noise and nothing else.
+
+Each check that involves file descriptors runs in a real child process, whose
+descriptors 1 and 2 are pipes this test reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from imgpipe.cli import output
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+
+
+def _python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def test_everything_written_to_stdout_inside_the_block_goes_to_stderr():
+    proc = _python(
+        """
+        import ctypes, os, subprocess, sys
+        from imgpipe.cli.output import emit, stdout_to_stderr
+        libc = ctypes.CDLL(None)
+        with stdout_to_stderr():
+            print("python print")                                   # Keras' epoch lines
+            os.write(1, b"fd write\\n")                              # C/C++ code writing to fd 1
+            libc.printf(b"c stdio printf\\n")                        # buffered in libc, not yet written
+            subprocess.run([sys.executable, "-c", "print('child process')"], check=True)  # Beam workers
+        emit({"result": 1})
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines() == ['{"result": 1}']
+    err = proc.stderr.decode()
+    for line in ("python print", "fd write", "c stdio printf", "child process"):
+        assert line in err
+
+
+def test_the_result_reaches_stdout_when_nothing_is_redirected():
+    """Control: without the block the same writes land on stdout (the test above can fail)."""
+    proc = _python(
+        """
+        import os
+        from imgpipe.cli.output import emit
+        print("python print")
+        os.write(1, b"fd write\\n")
+        emit({"result": 1})
+        """
+    )
+    assert proc.stdout.decode().splitlines() == ["python print", "fd write", '{"result": 1}']
+
+
+def test_tensorflow_import_loses_only_the_plugin_registration_lines():
+    probe = """
+        import sys
+        from imgpipe.cli.output import filter_tensorflow_import_noise
+        if sys.argv[1] == "filtered":
+            filter_tensorflow_import_noise()
+        import tensorflow
+        print("imported", tensorflow.__version__, file=sys.stderr)
+    """
+    raw = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(probe), "raw"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        timeout=600,
+    )
+    if not output._TF_IMPORT_NOISE.search(raw.stderr):
+        pytest.skip("this TensorFlow build prints no plugin-registration lines")
+    filtered = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(probe), "filtered"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        timeout=600,
+    )
+    assert filtered.returncode == 0, filtered.stderr
+    assert not output._TF_IMPORT_NOISE.search(filtered.stderr)
+    assert b"imported" in filtered.stderr
+
+    def lines(err: bytes) -> list[bytes]:  # without C++ log timestamps, which differ between processes
+        return [re.sub(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ", b"", line) for line in err.splitlines()]
+
+    kept_raw = [line for line in lines(raw.stderr) if not output._TF_IMPORT_NOISE.search(line)]
+    assert lines(filtered.stderr) == kept_raw  # every other line printed at import is still there, in order
+
+
+def test_stderr_filter_keeps_other_lines_written_at_c_level():
+    proc = _python(
+        """
+        import os, re
+        from imgpipe.cli.output import _TF_IMPORT_NOISE, _stderr_without
+        with _stderr_without(_TF_IMPORT_NOISE):
+            os.write(2, b"E cuda_dnn.cc] Unable to register cuDNN factory: Attempting to register factory "
+                        b"for plugin cuDNN when one has already been registered\\n")
+            os.write(2, b"W real warning\\n")
+        os.write(2, b"after\\n")
+        """
+    )
+    assert proc.stderr.decode().splitlines() == ["W real warning", "after"]
+
+
+def test_absl_filter_drops_only_the_false_property_predicate_warning():
+    seen: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    output.setup_logging()
+    absl = logging.getLogger("absl")
+    capture = Capture()
+    absl.addHandler(capture)
+    try:
+        absl.warning("ArtifactQuery.property_predicate is not supported.")
+        absl.warning("ContextQuery.property_predicate is not supported.")
+        absl.warning("a real warning")
+    finally:
+        absl.removeHandler(capture)
+    assert seen == ["ContextQuery.property_predicate is not supported.", "a real warning"]
+
+
+def test_the_pipeline_sets_no_property_predicate_so_the_dropped_warning_is_false():
+    """TFX warns because `if artifact_query.property_predicate:` is true for an unset message."""
+    from tfx.dsl.compiler import compiler
+
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_pipeline
+
+    ir = compiler.Compiler().compile(create_pipeline(PipelineConfig(data_dir="/d", home="/h")))
+    queries = [
+        channel.artifact_query
+        for node in ir.nodes
+        for spec in node.pipeline_node.inputs.inputs.values()
+        for channel in spec.channels
+    ]
+    assert queries and not any(q.HasField("property_predicate") for q in queries)
+    assert all(bool(q.property_predicate) for q in queries)  # TFX's check: true all the same
+
+
+def test_emit_is_one_json_line(capsys):
+    output.emit({"b": 1, "a": [1, 2]})
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.count("\n") == 1 and json.loads(out) == {"a": [1, 2], "b": 1}

@@ -1,0 +1,211 @@
+"""Prune, dead-run recovery and one run's summary on ML Metadata written the way TFX writes it.
+
+tests/mlmd_fixtures.py builds the histories; tests/e2e checks the same code on real runs
+(the Resolver and the cache still work after a prune; a kill -9 mid-Trainer is recovered).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+from imgpipe.orchestration import lock, metadata, recovery
+from imgpipe.orchestration.prune import PruneError, prune_home
+from imgpipe.orchestration.summary import summarize_run
+from pipeline.config import PipelineConfig
+from tests.mlmd_fixtures import CACHED, RUNNING, FakeHome, training_history
+
+LIVE, DELETED = pb.Artifact.LIVE, pb.Artifact.DELETED
+
+
+def _state(home: FakeHome, artifact) -> int:
+    return home.artifact(artifact.id).state
+
+
+def test_prune_keeps_newest_runs_and_the_gates_baseline(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    r1, r2, r3 = training_history(home, runs=3, blessed_runs=(1,))
+    os.makedirs(os.path.join(home.home, "tmp", "dead-run", "beam"))  # a killed run's scratch folder
+
+    result = prune_home(home.home, keep=1)
+
+    report = result.pipelines["imgpipe"]
+    assert report.runs_kept == [r3["id"]] and report.runs_pruned == [r1["id"], r2["id"]]
+    # Run 3 (kept) and the examples it reused from run 1's cached ExampleGen stay.
+    for a in (r3["model"], r3["blessing"], r3["pushed"], r1["examples"]):
+        assert _state(home, a) == LIVE and os.path.isdir(a.uri)
+    # Run 1's model is the latest blessed one: the gate's baseline stays, with its blessing and push record.
+    for a in (r1["model"], r1["blessing"], r1["pushed"]):
+        assert _state(home, a) == LIVE and os.path.isdir(a.uri)
+    assert {p["id"] for p in report.protected} == {r1["model"].id, r1["blessing"].id, r1["pushed"].id}
+    # Run 2's outputs: DELETED in ML Metadata, folders gone, bytes counted.
+    gone = (r2["model"], r2["blessing"], r2["pushed"])
+    for a in gone:
+        assert _state(home, a) == DELETED and not os.path.exists(a.uri)
+    assert {r["id"] for r in report.removed} == {a.id for a in gone}
+    assert all(r["run"] == r2["id"] for r in report.removed)
+    assert sum(r["bytes"] for r in report.removed) == 5000 + 1000 + 0
+    assert not os.path.exists(os.path.join(home.home, "tmp", "dead-run"))
+    assert result.bytes_freed == (
+        sum(r["bytes"] for r in report.removed)
+        + sum(d["bytes"] for d in report.execution_dirs_removed)
+        + sum(d["bytes"] for d in result.scratch_removed)
+    )
+
+    # The executor folders of pruned runs' executions went too; the kept run's stay.
+    def executions_of(run):
+        ctx = home.store.get_context_by_type_and_name("pipeline_run", run["id"])
+        return {e.id for e in home.store.get_executions_by_context(ctx.id)}
+
+    removed_dirs = {int(os.path.basename(d["path"])) for d in report.execution_dirs_removed}
+    assert removed_dirs == executions_of(r1) | executions_of(r2)
+    assert all(not os.path.exists(d["path"]) for d in report.execution_dirs_removed)
+    json.dumps(result.to_dict())  # the CLI prints it
+
+    # Pruning again finds nothing more to do.
+    again = prune_home(home.home, keep=1)
+    assert again.pipelines["imgpipe"].removed == [] and again.bytes_freed == 0
+
+
+def test_prune_zero_keeps_only_the_lineage_and_never_points_the_resolver_at_a_deleted_model(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    r1, r2, r3 = training_history(home, runs=3, blessed_runs=(1, 2))
+    prune_home(home.home, keep=0)
+    # The Resolver's candidates are the LIVE models and blessings (TFX filters on LIVE).
+    live = [a for a in home.store.get_artifacts() if a.state == LIVE]
+    assert {a.id for a in live} == {r2["model"].id, r2["blessing"].id, r2["pushed"].id}
+    assert _state(home, r1["model"]) == DELETED and _state(home, r3["model"]) == DELETED
+    assert not os.path.exists(r1["examples"].uri)
+
+
+def test_dry_run_reports_the_same_and_changes_nothing(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=3)
+    before = {a.id: (a.state, os.path.isdir(a.uri)) for a in home.store.get_artifacts()}
+    dry = prune_home(home.home, keep=1, dry_run=True)
+    assert {a.id: (a.state, os.path.isdir(a.uri)) for a in home.store.get_artifacts()} == before
+    real = prune_home(home.home, keep=1)
+    assert dry.dry_run and not real.dry_run
+    assert dry.pipelines["imgpipe"].removed == real.pipelines["imgpipe"].removed
+    assert dry.bytes_freed == real.bytes_freed > 0
+
+
+def test_prune_leaves_artifacts_outside_the_home_alone(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    r1, r2 = training_history(home, runs=2, blessed_runs=(2,))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    model = home.artifact(r1["model"].id)
+    model.uri = str(outside)
+    home.store.put_artifacts([model])
+    prune_home(home.home, keep=1)
+    assert outside.is_dir() and _state(home, model) == LIVE
+
+
+def test_prune_refuses_bad_homes_and_waits_for_no_one(tmp_path):
+    with pytest.raises(PruneError, match="not a pipeline home"):
+        prune_home(str(tmp_path), keep=1)
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=1)
+    with pytest.raises(PruneError, match="keep: must be 0 or more"):
+        prune_home(home.home, keep=-1)
+    with lock.run_lock(lock.home_lock_path(home.home), holder="run X"):
+        with pytest.raises(lock.LockBusy, match="run X"):
+            prune_home(home.home, keep=1)
+
+
+# --------------------------------------------------------------------------- recovery
+def test_a_dead_runs_running_execution_is_marked_failed_and_its_partial_outputs_removed(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    [r1] = training_history(home, runs=1)
+    dead, _ = home.execute("run2", "Trainer", inputs={"examples": [r1["examples"]]}, state=RUNNING)
+    partial = os.path.join(home.root, "Trainer", "model", str(dead.id))
+    os.makedirs(partial)
+    system = os.path.join(home.root, "Trainer", ".system", "executor_execution", str(dead.id))
+
+    # A metadata server shared with other homes: an execution with no folder here is not ours.
+    other, _ = home.execute("run-elsewhere", "Trainer", state=RUNNING)
+    os.rmdir(os.path.join(home.root, "Trainer", ".system", "executor_execution", str(other.id)))
+    found = recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 3", shared_store=True)
+    assert [a.execution_id for a in found] == [dead.id]
+    assert home.store.get_executions_by_id([other.id])[0].last_known_state == RUNNING
+
+    [execution] = home.store.get_executions_by_id([dead.id])
+    assert execution.last_known_state == pb.Execution.FAILED
+    reason = execution.custom_properties[recovery.ABANDONED_KEY].string_value
+    assert "left RUNNING by run run2" in reason and "run 3" in reason
+    assert found[0].node == "Trainer" and sorted(found[0].removed) == sorted([partial, system])
+    assert not os.path.exists(partial) and not os.path.exists(system)
+    # The home's own store: every unfinished execution in it is from a dead run of this home.
+    found = recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 4")
+    assert [a.execution_id for a in found] == [other.id]
+    states = {e.last_known_state for e in home.store.get_executions()}
+    assert RUNNING not in states and pb.Execution.NEW not in states
+    assert recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 5") == []
+
+
+def test_prune_also_recovers_dead_runs(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    [r1] = training_history(home, runs=1)
+    dead, _ = home.execute("run2", "Trainer", inputs={"examples": [r1["examples"]]}, state=RUNNING)
+    dry = prune_home(home.home, keep=5, dry_run=True)
+    assert [a["execution_id"] for a in dry.abandoned_executions] == [dead.id]
+    assert home.store.get_executions_by_id([dead.id])[0].last_known_state == RUNNING
+    result = prune_home(home.home, keep=5)
+    assert [a["execution_id"] for a in result.abandoned_executions] == [dead.id]
+    assert home.store.get_executions_by_id([dead.id])[0].last_known_state == pb.Execution.FAILED
+
+
+# --------------------------------------------------------------------------- summary
+def test_summary_reads_the_run_asked_for_not_the_latest(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    r1, r2, r3 = training_history(home, runs=3, blessed_runs=(1,))
+    first = summarize_run(PipelineConfig(home=home.home), r1["id"])
+    assert first.run_id == r1["id"] and first.blessed is True
+    assert first.pushed == "/serving/m/1001" and first.push_skipped is None
+    second = summarize_run(PipelineConfig(home=home.home), r2["id"])
+    assert second.run_id == r2["id"] and second.blessed is False and second.pushed is None
+    assert second.executions["ImportExampleGen"] == "CACHED"
+    assert summarize_run(PipelineConfig(home=home.home), None).run_id == r3["id"]
+    with pytest.raises(LookupError, match="no run 'nope'"):
+        summarize_run(PipelineConfig(home=home.home), "nope")
+
+
+def test_summary_says_why_nothing_was_pushed(tmp_path):
+    from components.pusher import IDENTICAL_VERSION_KEY
+
+    home = FakeHome(str(tmp_path / "home"))
+    [r1] = training_history(home, runs=1, blessed_runs=(1,))
+    # A re-run: the Pusher found the newest served version identical.
+    _, made = home.execute(
+        "run2",
+        "Pusher",
+        inputs={"model": [r1["model"]]},
+        outputs={"pushed_model": ("PushedModel", {"pushed": 0, IDENTICAL_VERSION_KEY: "1001"})},
+    )
+    s = summarize_run(PipelineConfig(home=home.home), "run2")
+    assert s.pushed is None and s.push_skipped == "identical to version 1001"
+    # A run whose Pusher came from cache: the push it links is run 1's.
+    home.execute("run3", "Pusher", reuse={"pushed_model": [r1["pushed"]]}, state=CACHED)
+    s = summarize_run(PipelineConfig(home=home.home), "run3")
+    assert s.pushed is None and s.push_skipped == "cached: version 1001 was pushed by an earlier run"
+    assert metadata.push_skipped_version(home.store, None) is None
+
+
+# --------------------------------------------------------------------------- CLI
+def test_prune_cli_prints_one_json_result(tmp_path, capsys):
+    from imgpipe.cli import main as cli
+
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=2)
+    assert cli.main(["prune", "--home", home.home, "--keep", "1", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and json.loads(out[0])["dry_run"] is True
+    assert cli.main(["prune", "--home", str(tmp_path / "nothing"), "--keep", "1"]) == 2
+    assert "not a pipeline home" in capsys.readouterr().err
+    with lock.run_lock(lock.home_lock_path(home.home), holder="run R"):
+        assert cli.main(["prune", "--home", home.home, "--keep", "1"]) == lock.EXIT_LOCKED
+    assert "run R" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""The Pusher: no byte-identical re-push, always a new version, never a half-written version dir."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from components.pusher import (
+    IDENTICAL_VERSION_KEY,
+    ServingPusherExecutor,
+    push_new_version,
+    same_model,
+    served_versions,
+)
+
+SERVING = "Format-Serving"  # where a Trainer's Model artifact keeps its SavedModel
+
+
+def _model_dir(root, weights: bytes = b"w1") -> str:
+    os.makedirs(os.path.join(root, "variables"), exist_ok=True)
+    os.makedirs(os.path.join(root, "assets"), exist_ok=True)
+    with open(os.path.join(root, "saved_model.pb"), "wb") as f:
+        f.write(b"graph")
+    with open(os.path.join(root, "variables", "variables.data-00000-of-00001"), "wb") as f:
+        f.write(weights)
+    with open(os.path.join(root, "assets", "label_vocab"), "w") as f:
+        f.write("5\n6\n")
+    return root
+
+
+def _push(tmp_path, model_root: str, base: str, blessed: int = 1):
+    model = standard_artifacts.Model()
+    model.uri = os.path.dirname(model_root)
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.set_int_custom_property("blessed", blessed)
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / f"pushed_model_{len(os.listdir(tmp_path))}")
+    destination = tfx.proto.PushDestination(
+        filesystem=tfx.proto.PushDestination.Filesystem(base_directory=base)
+    )
+    ServingPusherExecutor().Do(
+        {"model": [model], "model_blessing": [blessing]},
+        {"pushed_model": [pushed]},
+        {"push_destination": proto_utils.proto_to_json(destination), "custom_config": "null"},
+    )
+    return pushed
+
+
+def test_an_identical_model_is_not_pushed_again(tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    model = _model_dir(str(tmp_path / "model" / SERVING))
+    first = _push(tmp_path, model, base)
+    assert first.get_int_custom_property("pushed") == 1
+    [version] = served_versions(base)
+    assert first.get_string_custom_property("pushed_destination") == os.path.join(base, str(version))
+    assert same_model(model, os.path.join(base, str(version)))
+
+    again = _push(tmp_path, model, base)
+    assert again.get_int_custom_property("pushed") == 0
+    assert again.get_string_custom_property(IDENTICAL_VERSION_KEY) == str(version)
+    assert served_versions(base) == [version]
+    assert not os.path.exists(again.uri) or os.listdir(again.uri) == []  # no archive copy either
+
+
+def test_a_changed_model_is_pushed_as_a_newer_version_even_within_the_same_second(tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    model = _model_dir(str(tmp_path / "model" / SERVING))
+    _push(tmp_path, model, base)
+    _model_dir(model, weights=b"w2")  # one byte differs
+    second = _push(tmp_path, model, base)
+    versions = served_versions(base)
+    assert second.get_int_custom_property("pushed") == 1 and len(versions) == 2
+    assert versions[1] > versions[0]  # TFX's Pusher reused the second's name and claimed a push
+    newest = os.path.join(base, str(versions[1]))
+    assert second.get_string_custom_property("pushed_destination") == newest
+    assert same_model(model, newest)
+    assert sorted(os.listdir(base)) == sorted(str(v) for v in versions)  # no staging folder left
+
+
+def test_a_model_identical_to_an_older_version_only_is_pushed(tmp_path):
+    """Rolling back to an earlier model is a real change for the server: push it."""
+    base = str(tmp_path / "serving" / "m")
+    a = _model_dir(str(tmp_path / "a" / SERVING), weights=b"A")
+    b = _model_dir(str(tmp_path / "b" / SERVING), weights=b"B")
+    _push(tmp_path, a, base)
+    _push(tmp_path, b, base)
+    back = _push(tmp_path, a, base)
+    assert back.get_int_custom_property("pushed") == 1 and len(served_versions(base)) == 3
+
+
+def test_an_unblessed_model_is_not_pushed(tmp_path):
+    base = str(tmp_path / "serving" / "m")
+    model = _model_dir(str(tmp_path / "model" / SERVING))
+    result = _push(tmp_path, model, base, blessed=0)
+    assert result.get_int_custom_property("pushed") == 0 and served_versions(base) == []
+    assert not result.has_custom_property(IDENTICAL_VERSION_KEY)
+
+
+def test_versions_never_go_back_or_collide(tmp_path):
+    base = str(tmp_path / "m")
+    model = _model_dir(str(tmp_path / "model"))
+    os.makedirs(os.path.join(base, "2000"))
+    open(os.path.join(base, "2000", "saved_model.pb"), "wb").close()
+    assert served_versions(base) == [2000]
+    version, path = push_new_version(model, base, now=1000.0)  # a clock behind the newest version
+    assert version == "2001" and os.path.isfile(os.path.join(path, "saved_model.pb"))
+    os.makedirs(os.path.join(base, "3000"))  # a version a crashed copy left unfinished
+    os.makedirs(os.path.join(base, ".push-abc"))  # and a staging folder: not a version
+    assert served_versions(base) == [2000, 2001, 3000]
+    version, _ = push_new_version(model, base, now=2999.5)
+    assert version == "3001"  # newer than every version a server may see, never written into one
+
+
+def test_same_model_compares_content_and_file_sets(tmp_path):
+    a = _model_dir(str(tmp_path / "a"))
+    b = _model_dir(str(tmp_path / "b"))
+    assert same_model(a, b)
+    with open(os.path.join(b, "extra"), "w") as f:
+        f.write("")
+    assert not same_model(a, b)
+    os.remove(os.path.join(b, "extra"))
+    _model_dir(b, weights=b"w9")
+    assert not same_model(a, b)
+
+
+def test_the_pipeline_uses_this_pusher_under_the_pusher_id():
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_pipeline
+
+    [pusher] = [c for c in create_pipeline(PipelineConfig(data_dir="/d")).components if c.id == "Pusher"]
+    assert pusher.executor_spec.executor_class is ServingPusherExecutor
+
+
+def test_only_filesystem_destinations(tmp_path):
+    model = standard_artifacts.Model()
+    model.uri = os.path.dirname(_model_dir(str(tmp_path / "model" / SERVING)))
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.set_int_custom_property("blessed", 1)
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / "p")
+    with pytest.raises(ValueError, match="filesystem base_directory only"):
+        ServingPusherExecutor().Do(
+            {"model": [model], "model_blessing": [blessing]},
+            {"pushed_model": [pushed]},
+            {"push_destination": "{}", "custom_config": "null"},
+        )

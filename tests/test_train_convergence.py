@@ -1,0 +1,432 @@
+"""The head trained to convergence: validation slice, early stopping, refit, class weights, --tune.
+
+Head-only behaviour runs on synthetic feature vectors (milliseconds per epoch);
+one module fixture runs trainer.train end to end on real digit images with the
+session's tiny pre-trained MobileNetV2, for what only a real run shows (the
+summary, the eval split kept out of every choice, the image path's held-out records).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.config import ConfigError, PipelineConfig
+from tests import helpers
+from trainer import data, head, memory_fit, train, tune
+from trainer import model as model_lib
+from trainer.config import SUMMARY_FILE, TrainingConfig
+
+D = 12  # synthetic feature size
+
+
+def _params(**kw) -> TrainingConfig:
+    return TrainingConfig(**{"backbone": "MobileNetV2", "weights": "none", "image_size": 32, **kw})
+
+
+def _blobs(counts, sep=1.5, seed=0, flip=0.0):
+    """Gaussian clusters in D dims, one per class, `counts[c]` examples each; `flip` of the
+    labels replaced at random (noise a head can overfit)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, sep, (len(counts), D))
+    x = np.concatenate([rng.normal(centers[c], 1.0, (n, D)) for c, n in enumerate(counts)]).astype(np.float32)
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)]).astype(np.int64)
+    noisy = rng.random(len(y)) < flip
+    y[noisy] = rng.integers(0, len(counts), noisy.sum())
+    return x, y
+
+
+def _targets(y, k):
+    return y.astype(np.float32).reshape(-1, 1) if k == 2 else y
+
+
+def _build(k, seed=0):
+    def build(hp: head.HeadHParams):
+        tf.keras.utils.set_random_seed(seed)
+        m = model_lib.build_head(D, k, hp.dropout, hp.l2)
+        model_lib.compile_model(m, k, hp.learning_rate)
+        return m
+
+    return build
+
+
+def _dataset_data(x, y, k, weights, params):
+    targets = _targets(y, k)
+
+    def batches(mask, shuffle):
+        keep = np.ones(len(y), bool) if mask is None else mask
+        ds = tf.data.Dataset.from_tensor_slices((x[keep], targets[keep]))
+        if shuffle:
+            ds = ds.shuffle(int(keep.sum()), seed=params.seed)
+        return ds.batch(params.batch_size)
+
+    return head.dataset_data(y, batches, weights, params)[0]
+
+
+def _data(engine, x, y, k, params, weights=None):
+    if engine == "memory":
+        return head.array_data(x, _targets(y, k), y, weights, params, params.batch_size)[0]
+    return _dataset_data(x, y, k, weights, params)
+
+
+# --------------------------------------------------------------------------- validation slice
+
+
+def test_holdout_mask_is_stratified_deterministic_and_leaves_train_examples():
+    labels = np.repeat(np.arange(5), [50, 20, 3, 2, 1])
+    np.random.default_rng(1).shuffle(labels)
+    mask = head.holdout_mask(labels, 0.3, seed=7)
+    held = {c: int(mask[labels == c].sum()) for c in range(5)}
+    # round(0.3 * n) per class, never the whole class: 15, 6, 1, 1 (of 2), 0 (of 1).
+    assert held == {0: 15, 1: 6, 2: 1, 3: 1, 4: 0}
+    for c in range(5):
+        assert (~mask[labels == c]).sum() >= 1, f"class {c} lost all its training examples"
+    np.testing.assert_array_equal(mask, head.holdout_mask(labels, 0.3, seed=7))
+    assert not np.array_equal(mask, head.holdout_mask(labels, 0.3, seed=8))
+    with pytest.raises(ValueError, match="fraction"):
+        head.holdout_mask(labels, 0.0, seed=7)
+
+
+def test_array_and_dataset_data_hold_out_the_same_train_examples():
+    x, y = _blobs([20, 10, 6])
+    params = _params(validation_fraction=0.2, seed=3)
+    arrays = head.array_data(x, y, y, None, params, 8)[0]
+    mask = head.holdout_mask(y, 0.2, seed=3)
+    assert arrays.validation_examples == mask.sum() == 4 + 2 + 1
+    np.testing.assert_array_equal(arrays.val_arrays.x.numpy(), x[mask])
+    np.testing.assert_array_equal(arrays.fit_arrays.x.numpy(), x[~mask])
+    np.testing.assert_array_equal(arrays.whole_arrays.x.numpy(), x)
+    ds = _dataset_data(x, y, 3, None, params)
+    val_rows = np.concatenate([b[0].numpy() for b in ds.val_batches])
+    np.testing.assert_array_equal(val_rows, x[mask])
+
+
+def test_no_validation_slice_when_early_stopping_is_off_or_no_class_can_spare_one():
+    x, y = _blobs([20, 10])
+    off, note = head.array_data(x, y, y, None, _params(early_stopping=False), 8)
+    assert not off.has_validation and "early stopping off" in note
+    tiny_x, tiny_y = _blobs([1, 1, 2])  # 10% of 1-2 examples rounds to none
+    skipped, note = head.array_data(tiny_x, tiny_y, tiny_y, None, _params(), 8)
+    assert not skipped.has_validation and "early stopping skipped" in note
+    with pytest.raises(ValueError, match="^tune_trials: .*too small"):
+        head.array_data(tiny_x, tiny_y, tiny_y, None, _params(tune_trials=2), 8)
+
+
+def test_feature_cache_select_memory_and_streamed_agree():
+    x, y = _blobs([9, 7])
+    mask = head.holdout_mask(y, 0.3, seed=1)
+    memory = data.FeatureCache.in_memory(x, y)
+    streamed = data.FeatureCache(memory.features, len(x), D, "/nowhere/features.tfrecord", labels=y)
+    for cache in (memory.select(mask), streamed.select(mask)):
+        batches = list(cache.batches(4, False, 0))
+        f = np.concatenate([a.numpy() for a, _ in batches])
+        lab = np.concatenate([b.numpy() for _, b in batches])
+        np.testing.assert_array_equal(f, x[mask])
+        np.testing.assert_array_equal(lab, y[mask])
+        assert cache.count == mask.sum() and list(cache.labels) == list(y[mask])
+    assert streamed.select(mask).view  # releasing it must not delete the parent's file
+    with pytest.raises(ValueError, match="mask of shape"):
+        memory.select(mask[:-1])
+    # A dataset longer than its mask fails instead of passing the extra examples through.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(data.select_examples(memory.features, mask[:-3]))
+
+
+# --------------------------------------------------------------------------- class weights
+
+
+def test_class_weights_auto_and_none():
+    balanced = np.repeat([0, 1, 2], [10, 10, 10])
+    assert head.class_weights(balanced, 3, "auto")[0] is None
+    mild = np.repeat([0, 1], [10, 7])  # 1.43x: not imbalanced enough
+    weights, why = head.class_weights(mild, 2, "auto")
+    assert weights is None and "1.43 <= 1.5" in why
+    skewed = np.repeat([0, 1, 2], [30, 10, 5])  # 6x
+    weights, why = head.class_weights(skewed, 3, "auto")
+    np.testing.assert_allclose(weights, [45 / (3 * 30), 45 / (3 * 10), 45 / (3 * 5)])
+    assert "balanced" in why
+    assert head.class_weights(skewed, 3, "none") == (None, "class weights off by config")
+    with pytest.raises(ValueError, match=r"classes \[1\] have no training examples"):
+        head.class_weights(np.array([0, 0, 2]), 3, "auto")
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_weighted_loss_moves_the_head_toward_the_minority_class(k):
+    counts = [200] * (k - 1) + [20]  # the last class is the minority
+    x, y = _blobs(counts, sep=0.6, seed=4)  # overlapping classes: the prior matters
+    test_x, test_y = _blobs([300] * k, sep=0.6, seed=4)  # same centres, balanced
+    minority = k - 1
+    params = _params(early_stopping=False, epochs=20, learning_rate=1e-2, dropout=0.0)
+    recall = {}
+    for mode in ("none", "auto"):
+        weights, _ = head.class_weights(y, k, mode)
+        assert (weights is None) == (mode == "none")
+        run = head.train_head(
+            _build(k), head.HeadHParams(1e-2, 0.0, 0.0), _data("memory", x, y, k, params, weights), params
+        )
+        probs = run.model(test_x, training=False).numpy()
+        pred = (probs[:, 0] > 0.5).astype(int) if k == 2 else probs.argmax(-1)
+        recall[mode] = (pred[test_y == minority] == minority).mean()
+    assert recall["auto"] > recall["none"] + 0.1, recall
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+@pytest.mark.parametrize("engine", ["memory", "dataset"])
+def test_early_stopping_stops_before_the_cap_and_restores_the_best_weights(engine):
+    x, y = _blobs([40, 40, 40], sep=0.8, seed=2, flip=0.3)  # noisy labels: it overfits
+    params = _params(epochs=100, patience=3, batch_size=16, validation_fraction=0.25)
+    hd = _data(engine, x, y, 3, params)
+    model, outcome = head.select_epochs(_build(3), head.HeadHParams(0.1, 0.0, 0.0), hd, params)
+    val = outcome.history[head.MONITOR]
+    assert outcome.stopped_epoch is not None and outcome.epochs_run < 100
+    assert outcome.epochs_run == len(val) == outcome.best_epoch + params.patience
+    assert outcome.best_epoch == int(np.argmin(val)) + 1
+    assert min(val) < val[-1], "the last epoch must be worse than the best for this to test anything"
+    if engine == "memory":
+        now = memory_fit.evaluate(model, hd.val_arrays)["cross_entropy"]
+    else:
+        now = model.evaluate(hd.val_batches, verbose=0, return_dict=True)["cross_entropy"]
+    assert now == pytest.approx(min(val), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["memory", "dataset"])
+def test_no_early_stopping_trains_exactly_epochs_on_the_whole_split(engine):
+    x, y = _blobs([30, 30], seed=5, flip=0.3)
+    params = _params(early_stopping=False, epochs=7)
+    hd = _data(engine, x, y, 2, params)
+    run = head.train_head(_build(2), head.HeadHParams(0.05, 0.2, 0.0), hd, params)
+    assert hd.validation_examples == 0 and run.refit is None
+    assert run.selection.epochs_run == len(run.selection.history["loss"]) == 7
+    assert run.selection.best_epoch is None and run.selection.stopped_epoch is None
+
+
+def test_refit_trains_the_whole_split_for_the_best_epoch_count():
+    x, y = _blobs([40, 40, 40], sep=0.8, seed=2, flip=0.3)
+    params = _params(epochs=100, patience=3, batch_size=16)
+    kept = head.train_head(
+        _build(3),
+        head.HeadHParams(0.05, 0.0, 0.0),
+        _data("memory", x, y, 3, params),
+        params.model_copy(update={"refit": False}),
+    )
+    assert kept.refit is None
+    refit = head.train_head(
+        _build(3), head.HeadHParams(0.05, 0.0, 0.0), _data("memory", x, y, 3, params), params
+    )
+    assert refit.selection.best_epoch == kept.selection.best_epoch  # same seed, same selection
+    assert refit.refit.epochs_run == refit.selection.best_epoch
+    assert "val_loss" not in refit.refit.history  # nothing held out in the refit
+    assert not np.allclose(refit.model.get_weights()[0], kept.model.get_weights()[0])
+
+
+def test_memory_fit_restart_returns_to_the_initial_state(tmp_path):
+    x, y = _blobs([20, 20, 20])
+    m = _build(3)(head.HeadHParams(0.05, 0.0, 0.0))
+    arrays = memory_fit.Arrays.of(x, y)
+    epochs_seen = []
+    counter = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: epochs_seen.append(e))
+    board = train._callbacks(str(tmp_path / "logs"), [counter])  # what run_fn passes: TensorBoard
+    first = memory_fit.fit(m, arrays, None, 5, 8, seed=1, callbacks=board)
+    assert epochs_seen == [0, 1, 2, 3, 4] and os.listdir(tmp_path / "logs" / "train")
+    memory_fit.restart(m)
+    assert int(m.optimizer.iterations.numpy()) == 0
+    again = memory_fit.fit(m, arrays, None, 5, 8, seed=1)
+    np.testing.assert_allclose(again["loss"], first["loss"], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- --tune
+
+
+def test_tune_runs_n_trials_starting_from_the_configured_head():
+    x, y = _blobs([30, 30, 30], sep=1.0, seed=6, flip=0.1)
+    params = _params(tune_trials=3, epochs=60, patience=3, learning_rate=3e-3, dropout=0.1, l2=1e-4)
+    hd = _data("memory", x, y, 3, params)
+    result = tune.tune_head(_build(3), hd, params, params.tune_trials)
+    assert len(result.trials) == 3
+    assert result.trials[0].hparams == head.HeadHParams(3e-3, 0.1, 1e-4)
+    assert len({t.hparams for t in result.trials}) == 3
+    assert result.best.val_loss == min(t.val_loss for t in result.trials)
+    assert result.run.hparams == result.best.hparams
+    assert result.run.refit.epochs_run == result.best.best_epoch
+    summary = result.summary()
+    assert summary["trials"] == 3 and summary["best"]["learning_rate"] == result.best.hparams.learning_rate
+    json.dumps(summary)  # goes into training_summary.json
+
+
+def test_a_failing_trial_stops_the_search_with_its_own_error():
+    x, y = _blobs([20, 20])
+    params = _params(tune_trials=2, epochs=5)
+
+    def broken(hp):
+        raise RuntimeError("head could not be built")
+
+    with pytest.raises(RuntimeError, match="head could not be built"):
+        tune.tune_head(broken, _data("memory", x, y, 2, params), params, 2)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"tune_trials": 2, "feature_cache": False}, "tune_trials"),
+        ({"tune_trials": 2, "augment": True}, "tune_trials"),
+        ({"tune_trials": -1}, "tune_trials"),
+        ({"class_weights": "balanced"}, "class_weights"),
+        ({"validation_fraction": 0.0}, "validation_fraction"),
+        ({"validation_fraction": 0.9}, "validation_fraction"),
+        ({"patience": 0}, "patience"),
+        ({"l2": -1e-3}, "l2"),
+        ({"early_stopping": "sometimes"}, "early_stopping"),
+    ],
+)
+def test_config_errors_name_the_field(change, field):
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        PipelineConfig().replace(**change)
+
+
+def test_defaults_train_to_convergence():
+    t = TrainingConfig()
+    assert t.early_stopping and t.refit and t.class_weights == "auto" and t.tune_trials == 0
+    assert t.epochs >= 100, "epochs is the cap of early stopping, not the count"
+
+
+# --------------------------------------------------------------------------- real runs
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def imbalanced_digits(tmp_path_factory):
+    """Digits 5 and 6 at 16 images, 7 at 5 (train 12/12/3 after every 4th goes to eval)."""
+    work = str(tmp_path_factory.mktemp("convergence"))
+    items = helpers.digit_images((5, 6), per_class=16, size=SIZE, seed=5)
+    items += helpers.digit_images((7,), per_class=5, size=SIZE, seed=5)
+    items = [items[i] for i in np.random.default_rng(0).permutation(len(items))]
+    tfo = helpers.analyze_transform(
+        [it for i, it in enumerate(items) if i % 4], os.path.join(work, "transform"), image_size=SIZE
+    )
+    root = helpers.write_split_dataset(os.path.join(work, "data"), items, eval_every=4)
+    return tfo, os.path.join(root, "train"), os.path.join(root, "eval"), work
+
+
+def _run_params(weights, **kw):
+    return TrainingConfig(
+        **{"backbone": "MobileNetV2", "weights": weights, "image_size": SIZE, "batch_size": 8, **kw}
+    )
+
+
+def test_default_run_writes_the_convergence_summary(imbalanced_digits, source_backbone):
+    tfo, train_files, eval_files, work = imbalanced_digits
+    result = train.train(train_files, eval_files, tfo, _run_params(source_backbone), verbose=0)
+    labels = data.class_indices(train_files, tfo)
+    counts = np.bincount(labels, minlength=3)
+    assert counts.max() / counts.min() > 1.5, counts  # the fixture is imbalanced
+    assert result.class_weights is not None
+    by_name = {n: counts[i] for i, n in enumerate(result.class_names)}
+    assert max(result.class_weights, key=result.class_weights.get) == min(by_name, key=by_name.get)
+    assert result.validation_examples == head.holdout_mask(labels, 0.1, 42).sum() > 0
+    assert result.best_epoch is not None and 1 <= result.best_epoch <= result.epochs_run <= 200
+    assert result.refit_epochs == result.best_epoch
+    assert (result.stopped_epoch is None) == (result.epochs_run == 200)
+    assert result.hparams == {"learning_rate": TrainingConfig().learning_rate, "dropout": 0.0, "l2": 0.0}
+    assert result.standardized
+    assert set(result.seconds) == {"feature_extraction", "train"}
+    path = os.path.join(work, "model_run", SUMMARY_FILE)
+    train.write_summary(result, path)
+    with open(path) as f:
+        summary = json.load(f)
+    for key in (
+        "class_weights",
+        "best_epoch",
+        "stopped_epoch",
+        "epochs_run",
+        "refit_epochs",
+        "head",
+        "tuning",
+    ):
+        assert key in summary, key
+    assert summary["tuning"] is None and set(summary["class_weights"]) == set(result.class_names)
+
+
+def test_tune_never_reads_the_eval_split(imbalanced_digits, source_backbone, monkeypatch):
+    tfo, train_files, eval_files, _ = imbalanced_digits
+    fitted, evaluated = [], []
+    real_fit, real_evaluate = memory_fit.fit, memory_fit.evaluate
+
+    def spy_fit(model, train_arrays, val_arrays, *a, **kw):
+        fitted.append([train_arrays.x.numpy()] + ([] if val_arrays is None else [val_arrays.x.numpy()]))
+        return real_fit(model, train_arrays, val_arrays, *a, **kw)
+
+    def spy_evaluate(model, arrays, *a, **kw):
+        evaluated.append((len(fitted), arrays.x.numpy()))
+        return real_evaluate(model, arrays, *a, **kw)
+
+    monkeypatch.setattr(memory_fit, "fit", spy_fit)
+    monkeypatch.setattr(memory_fit, "evaluate", spy_evaluate)
+    params = _run_params(source_backbone, tune_trials=3, epochs=40)
+    result = train.train(train_files, eval_files, tfo, params, verbose=0)
+
+    assert result.tuning["trials"] == 3 and len(result.tuning["results"]) == 3
+    assert result.hparams == {k: result.tuning["best"][k] for k in ("learning_rate", "dropout", "l2")}
+    assert len(fitted) == 3 + 1  # three trials, then the refit of the best
+    # The eval split is evaluated once, after every fit, and is in none of them.
+    [(after, eval_x)] = evaluated
+    assert after == len(fitted) and len(eval_x) == data.count_examples(eval_files)
+    seen = np.concatenate([a for arrays in fitted for a in arrays])
+    for row in eval_x:
+        assert not np.any(np.all(np.isclose(seen, row, atol=1e-6), axis=1)), "an eval example was trained on"
+
+
+def test_image_path_holds_out_records_and_stops_early(imbalanced_digits, source_backbone):
+    """Without the cache (augmentation), the slice is chosen by record and read via the input fn."""
+    tfo, train_files, eval_files, _ = imbalanced_digits
+    params = _run_params(source_backbone, augment=True, epochs=3, patience=1, validation_fraction=0.25)
+    result = train.train(train_files, eval_files, tfo, params, verbose=0)
+    labels = data.class_indices(train_files, tfo)
+    assert result.feature_cache_used is False
+    assert result.validation_examples == head.holdout_mask(labels, 0.25, 42).sum() > 0
+    assert len(result.history[head.MONITOR]) == result.epochs_run <= 3
+    assert result.refit_epochs == result.best_epoch
+
+
+def test_class_indices_reads_labels_in_file_order_and_names_unknown_ones(imbalanced_digits, tmp_path):
+    tfo, train_files, _, _ = imbalanced_digits
+    names = data.class_names(tfo)
+    labels = data.class_indices(train_files, tfo)
+    from_images = np.concatenate(
+        [
+            y.numpy()
+            for _, y in data.make_dataset(train_files, tfo, data.InputSpec(batch_size=8, num_classes=3))
+        ]
+    )
+    np.testing.assert_array_equal(labels, from_images)
+    bad = helpers.write_tfrecords(str(tmp_path / "bad.tfrecord"), [(b"x", names[0]), (b"x", "cat")])
+    with pytest.raises(ValueError, match="record 1 .*'cat' is not in the label vocabulary"):
+        data.class_indices(bad, tfo)
+
+
+def test_standardised_head_equals_a_dense_layer_on_standardised_features():
+    x, y = _blobs([30, 30, 30])
+    x = x * np.linspace(0.3, 30, D, dtype=np.float32) + 5  # features of very different scales
+    stats = model_lib.feature_stats(x.astype(np.float64).sum(0), (x.astype(np.float64) ** 2).sum(0), len(x))
+    np.testing.assert_allclose(stats[0], x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats[1], x.var(0), rtol=1e-3)
+    m = model_lib.build_head(D, 3, 0.0, 0.0, stats)
+    kernel, bias = m.get_layer("probabilities").get_weights()
+    z = (x - x.mean(0)) / x.std(0)
+    expected = tf.nn.softmax(z @ kernel + bias).numpy()
+    np.testing.assert_allclose(m(x, training=False).numpy(), expected, rtol=1e-3, atol=1e-5)
+    # A unit that is constant in training gets a floored variance, not a division by ~0.
+    constant = np.concatenate([x[:, :-1], np.full((len(x), 1), 3.0, np.float32)], axis=1)
+    f = constant.astype(np.float64)
+    _, variance = model_lib.feature_stats(f.sum(0), (f**2).sum(0), len(f))
+    assert variance[-1] >= 1e-4 * variance.mean() * 0.999

@@ -1,0 +1,380 @@
+"""Training the classification head to convergence, on data the eval split never enters.
+
+The eval split is what the Evaluator gates on, so nothing here may select on it:
+early stopping and --tune monitor a *validation slice* held out from the train
+split instead (`holdout_mask`: stratified by class, deterministic by seed, every
+class keeps at least one training example).
+
+`train_head` = `select_epochs` then `finish`. `select_epochs` trains a new head
+on the rest of the train split until the validation loss (MONITOR) has not
+improved for `patience` epochs (capped at `epochs`) and restores the best
+epoch's weights. `finish` then, by default (`refit`), trains the head afresh on
+the *whole* train split for that best epoch count: it puts the held-out
+examples back into the final model, which matters most for small classes, and
+on the benchmark tasks it matched keeping the best-epoch head on the medians
+with a smaller spread on the imbalanced task (BENCHMARKS.md, "default head vs
+logistic regression"). With early stopping off, the head
+trains on the whole train split for exactly `epochs` epochs and no slice is
+held out. `HeadData` holds the split and trains with Keras' `fit` (tf.data:
+images or a spilled cache) or with `memory_fit` (features in memory).
+
+`class_weights` gives balanced loss weights for imbalanced classes; they are
+applied as per-example sample weights to the training loss and to the
+validation loss (so early stopping watches the same objective the head
+minimises), for the softmax and the 2-class sigmoid head alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer import memory_fit
+from trainer.config import TrainingConfig
+
+# Balanced weights are used when the largest class has more than this many times the
+# examples of the smallest ("auto"); below it the classes count as balanced enough.
+IMBALANCE_RATIO = 1.5
+# What early stopping and --tune watch: the (class-weighted) cross-entropy on the validation
+# slice, without the L2 penalty (which would otherwise bias --tune against weight decay).
+MONITOR = "val_cross_entropy"
+
+
+def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask over `labels` (class indices): True for the validation slice.
+
+    Per class, round(fraction * n_c) examples are held out, but never all of them: each
+    class keeps at least one training example (a class of one example gives none). Which
+    examples is decided per class by a permutation seeded with (`seed`, class index), so
+    the slice is the same for the same labels and seed.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx) - 1, int(math.floor(fraction * len(idx) + 0.5)))
+        if k > 0:
+            rng = np.random.default_rng([seed, int(c)])
+            mask[rng.permutation(idx)[:k]] = True
+    return mask
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> tuple[np.ndarray | None, str]:
+    """Loss weight per class index, or None for unweighted, and the reason (for the run log).
+
+    mode "auto": balanced weights n / (k * n_c) (k classes, n examples, n_c of class c) when
+    the largest class has more than IMBALANCE_RATIO times the examples of the smallest;
+    "none": never. A class with no training example is an error: it could not be learnt.
+    """
+    if mode not in ("auto", "none"):
+        raise ValueError(f"class_weights: expected 'auto' or 'none', got {mode!r}")
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if len(counts) > num_classes:
+        raise ValueError(f"class_weights: label {len(counts) - 1} is out of range for {num_classes} classes")
+    if mode == "none":
+        return None, "class weights off by config"
+    missing = np.flatnonzero(counts == 0)
+    if missing.size:
+        raise ValueError(f"class_weights: classes {missing.tolist()} have no training examples")
+    ratio = counts.max() / counts.min()
+    if ratio <= IMBALANCE_RATIO:
+        return None, f"class weights: none (largest/smallest class = {ratio:.2f} <= {IMBALANCE_RATIO})"
+    weights = counts.sum() / (num_classes * counts.astype(np.float64))
+    return weights, (
+        f"class weights: balanced (largest/smallest class = {ratio:.2f} > {IMBALANCE_RATIO}): "
+        + ", ".join(f"{w:.3g}" for w in weights)
+    )
+
+
+def with_sample_weights(ds: tf.data.Dataset, weights: np.ndarray | None) -> tf.data.Dataset:
+    """(x, y) batches -> (x, y, weight of y's class); unchanged when `weights` is None.
+
+    Labels are class indices [B] (softmax) or 0/1 floats [B, 1] (sigmoid); both look up
+    the same per-class table, so both head types get the same weighting.
+    """
+    if weights is None:
+        return ds
+    table = tf.constant(np.asarray(weights, dtype=np.float32))
+
+    def add(x, y):
+        index = tf.reshape(tf.cast(y, tf.int64), [-1])
+        return x, y, tf.gather(table, index)
+
+    return ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadHParams:
+    """What a head is trained with: the settings --tune searches over."""
+
+    learning_rate: float
+    dropout: float
+    l2: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class FitOutcome:
+    """What one fit did. Epochs are counted from 1; `best_epoch` is None without a validation
+    slice, `stopped_epoch` is None when training ran to the cap (or without early stopping)."""
+
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    stopped_epoch: int | None = None
+
+
+def _outcome(
+    history: dict[str, list[float]], stop: keras.callbacks.EarlyStopping | None, validated: bool
+) -> FitOutcome:
+    outcome = FitOutcome(history=history, epochs_run=len(history.get("loss", [])))
+    val = [v if math.isfinite(v) else math.inf for v in history.get(MONITOR, [])]
+    if not validated or not val:
+        return outcome
+    if stop is None:  # a fixed number of epochs: the last one is what the model is
+        outcome.best_val_loss = val[-1]
+        return outcome
+    outcome.best_epoch = stop.best_epoch + 1
+    outcome.best_val_loss = val[stop.best_epoch]
+    outcome.stopped_epoch = stop.stopped_epoch + 1 if stop.stopped_epoch > 0 else None
+    return outcome
+
+
+class HeadData:
+    """The train split for head training: the part trained on while the validation slice
+    is held out (`fit`), the slice (`val`, or none) and the whole split. `fit()` trains a
+    compiled model on one of them; subclasses say how (Keras fit, or memory_fit)."""
+
+    validation_examples: int = 0
+
+    @property
+    def has_validation(self) -> bool:
+        return self.validation_examples > 0
+
+    def fit(
+        self,
+        model: keras.Model,
+        whole: bool,
+        epochs: int,
+        early_stopping: bool,
+        patience: int,
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+        verbose: int = 0,
+    ) -> FitOutcome:
+        """Train `model` (in place) on the whole split, or on the fit part scored on the slice.
+
+        Scored with `early_stopping`: stop once the slice's loss (MONITOR) has not improved for
+        `patience` epochs and restore the best epoch's weights, also when `epochs` is reached
+        first. Otherwise exactly `epochs` epochs.
+        """
+        validated = self.has_validation and not whole
+        stop = None
+        if validated and early_stopping:
+            stop = keras.callbacks.EarlyStopping(
+                monitor=MONITOR, mode="min", patience=patience, restore_best_weights=True
+            )
+        history = self._fit(model, whole, validated, epochs, [*callbacks, *([stop] if stop else [])], verbose)
+        return _outcome(history, stop, validated)
+
+    def _fit(self, model, whole, validated, epochs, callbacks, verbose) -> dict[str, list[float]]:
+        raise NotImplementedError
+
+    def fresh(self, model: keras.Model, build: Callable[[HeadHParams], keras.Model], hp: HeadHParams):
+        """An untrained model like `model` (trained with `hp`) for the refit: a new build."""
+        return build(hp)
+
+
+@dataclasses.dataclass
+class DatasetData(HeadData):
+    """Batches from tf.data (images, or a spilled feature cache), trained with Keras' fit."""
+
+    fit_batches: tf.data.Dataset
+    val_batches: tf.data.Dataset | None
+    whole_batches: tf.data.Dataset
+    steps_per_epoch: int | None = None
+    validation_examples: int = 0
+
+    def _fit(self, model, whole, validated, epochs, callbacks, verbose):
+        h = model.fit(
+            self.whole_batches if whole else self.fit_batches,
+            validation_data=self.val_batches if validated else None,
+            epochs=epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            callbacks=list(callbacks),
+            verbose=verbose,
+        )
+        return {k: [float(x) for x in v] for k, v in h.history.items()}
+
+
+@dataclasses.dataclass
+class ArrayData(HeadData):
+    """Features in memory, trained with memory_fit (one graph call per epoch)."""
+
+    fit_arrays: memory_fit.Arrays
+    val_arrays: memory_fit.Arrays | None
+    whole_arrays: memory_fit.Arrays
+    batch_size: int
+    seed: int
+    steps_per_epoch: int | None = None
+    validation_examples: int = 0
+
+    def _fit(self, model, whole, validated, epochs, callbacks, verbose):
+        return memory_fit.fit(
+            model,
+            self.whole_arrays if whole else self.fit_arrays,
+            self.val_arrays if validated else None,
+            epochs,
+            self.batch_size,
+            self.seed,
+            callbacks,
+            self.steps_per_epoch,
+        )
+
+    def fresh(self, model, build, hp):
+        # The same model restarted from the initial weights its selection run started
+        # from: an untrained head of the same settings, without tracing its steps again.
+        return memory_fit.restart(model)
+
+
+def _holdout(labels: np.ndarray, params: TrainingConfig) -> tuple[np.ndarray | None, str]:
+    """The validation mask params ask for (None: none held out) and a note saying so."""
+    if not (params.early_stopping or params.tune_trials):
+        return None, "early stopping off: the head trains on the whole train split"
+    mask = holdout_mask(labels, params.validation_fraction, params.seed)
+    held = int(mask.sum())
+    if held == 0:
+        if params.tune_trials:
+            raise ValueError(
+                f"tune_trials: the train split ({len(labels)} examples) is too small to hold out a "
+                f"validation slice of {params.validation_fraction:.0%} per class"
+            )
+        return None, (
+            f"early stopping skipped: no class of the train split ({len(labels)} examples) can spare "
+            f"a validation example at {params.validation_fraction:.0%}"
+        )
+    return mask, (
+        f"validation slice: {held} of {len(labels)} train examples held out "
+        f"({params.validation_fraction:.0%} per class, seed {params.seed}); the eval split is not used"
+    )
+
+
+def dataset_data(
+    labels: np.ndarray,
+    batches: Callable[[np.ndarray | None, bool], tf.data.Dataset],
+    weights: np.ndarray | None,
+    params: TrainingConfig,
+) -> tuple[DatasetData, str]:
+    """HeadData over tf.data, and a note on what was held out.
+
+    `labels`: the class index of every train example in order; `batches(mask, shuffle)`: the
+    (x, y) batches of the examples where `mask` is true (all of them for None).
+    """
+    repeat = params.steps_per_epoch is not None
+
+    def train_batches(mask: np.ndarray | None) -> tf.data.Dataset:
+        ds = with_sample_weights(batches(mask, True), weights)
+        return ds.repeat() if repeat else ds
+
+    whole = train_batches(None)
+    mask, note = _holdout(labels, params)
+    if mask is None:
+        return DatasetData(whole, None, whole, params.steps_per_epoch), note
+    val = with_sample_weights(batches(mask, False), weights)
+    return DatasetData(train_batches(~mask), val, whole, params.steps_per_epoch, int(mask.sum())), note
+
+
+def array_data(
+    features: np.ndarray,
+    targets: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None,
+    params: TrainingConfig,
+    batch_size: int,
+) -> tuple[ArrayData, str]:
+    """HeadData over in-memory features, and a note on what was held out.
+
+    `targets`: the labels as the head takes them ([N] class indices or [N, 1] 0/1 floats);
+    `labels`: the same as class indices [N].
+    """
+    w = None if weights is None else np.asarray(weights, np.float32)[labels]
+    whole = memory_fit.Arrays.of(features, targets, w)
+    mask, note = _holdout(labels, params)
+    common = {"batch_size": batch_size, "seed": params.seed, "steps_per_epoch": params.steps_per_epoch}
+    if mask is None:
+        return ArrayData(whole, None, whole, **common), note
+    part = [memory_fit.Arrays.of(features[m], targets[m], None if w is None else w[m]) for m in (~mask, mask)]
+    return ArrayData(part[0], part[1], whole, validation_examples=int(mask.sum()), **common), note
+
+
+@dataclasses.dataclass
+class HeadRun:
+    """A trained head (or full model, on the image path) and how it was trained."""
+
+    model: keras.Model
+    hparams: HeadHParams
+    selection: FitOutcome  # the fit that chose the epoch count (or the only fit)
+    refit: FitOutcome | None = None  # the fresh model trained on the whole train split
+
+
+def select_epochs(
+    build: Callable[[HeadHParams], keras.Model],
+    hp: HeadHParams,
+    data: HeadData,
+    params: TrainingConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+) -> tuple[keras.Model, FitOutcome]:
+    """Train `build(hp)` on the fit part, scored on the validation slice (early stopping when
+    on; exactly `epochs` epochs when off). Without a slice: exactly `epochs` on the whole split."""
+    model = build(hp)
+    whole = not data.has_validation
+    outcome = data.fit(
+        model, whole, params.epochs, params.early_stopping, params.patience, callbacks, verbose
+    )
+    return model, outcome
+
+
+def finish(
+    build: Callable[[HeadHParams], keras.Model],
+    model: keras.Model,
+    hp: HeadHParams,
+    selection: FitOutcome,
+    data: HeadData,
+    params: TrainingConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+) -> HeadRun:
+    """The final model after selection: a fresh one trained on the whole train split for the
+    best epoch count (`refit`; without early stopping always, for exactly `epochs`), or the
+    selected model itself."""
+    if not data.has_validation:
+        return HeadRun(model, hp, selection)  # already trained on the whole split
+    if params.early_stopping and not params.refit:
+        return HeadRun(model, hp, selection)
+    epochs = selection.best_epoch if params.early_stopping and selection.best_epoch else params.epochs
+    fresh = data.fresh(model, build, hp)
+    again = data.fit(fresh, True, epochs, False, params.patience, callbacks, verbose)
+    return HeadRun(fresh, hp, selection, again)
+
+
+def train_head(
+    build: Callable[[HeadHParams], keras.Model],
+    hp: HeadHParams,
+    data: HeadData,
+    params: TrainingConfig,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+) -> HeadRun:
+    """Select the epoch count on the validation slice, then finish (see the module docstring)."""
+    model, selection = select_epochs(build, hp, data, params, callbacks, verbose)
+    return finish(build, model, hp, selection, data, params, callbacks, verbose)
