@@ -240,8 +240,8 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             "compared" if plan.baseline.compared else f"skipped ({plan.baseline.skipped_reason})",
         )
         # TFMA computes accuracy with tf_keras's metric classes inside tf.functions; without
-        # the rule AutoGraph re-converts tf_keras's metric code for every trace (~6 s of a
-        # fresh process's Evaluator here, BENCHMARKS.md "Fixed costs"). In a LocalDagRunner
+        # the rule AutoGraph re-converts tf_keras's metric code for every trace (~30% of a
+        # fresh process's Evaluator under cProfile here, BENCHMARKS.md "Fixed costs"). In a LocalDagRunner
         # process the Trainer has usually installed it already; a component per process
         # (Kubeflow) has not. Beam workers in other processes still convert.
         tracing.install()
