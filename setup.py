@@ -33,6 +33,7 @@ EXTRAS_REQUIRE = {
 # The ML system (pipeline, components, trainer, serving) and the application (imgpipe).
 PACKAGES = [
     "imgpipe",
+    "imgpipe.batch",
     "imgpipe.cli",
     "imgpipe.demo",
     "imgpipe.drift",

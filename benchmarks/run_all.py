@@ -27,6 +27,8 @@ BENCHMARKS = (
     "fixed_costs",
     "serving_latency",
     "metadata_concurrency",
+    "tflite",
+    "predict_batch",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}

@@ -3,6 +3,7 @@
     PipelineConfig                 where data, artifacts and pushed models live
       training: TrainingConfig     trainer/config.py   (the Trainer parses it strictly)
       gate:     GateConfig         components/gate.py  (the Evaluator's blessing gate)
+      prepush:  PrepushConfig      components/prepush.py (pre-push validation in a model server)
       beam:     BeamConfig         pipeline/beam.py    (the runner of the data work)
       resources: ResourcesConfig   pipeline/resources.py (the Trainer's machine on Kubeflow/Vertex)
 
@@ -31,6 +32,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.gate import GateConfig
+from components.prepush import PrepushConfig
 from pipeline.beam import BeamConfig
 from pipeline.metadata_url import PostgresTarget, parse_metadata_url
 from pipeline.resources import ResourcesConfig
@@ -42,6 +44,7 @@ __all__ = ["ConfigError", "PipelineConfig", "WEIGHTS_IMAGENET", "WEIGHTS_NONE"]
 SECTIONS: dict[str, type[Settings]] = {
     "training": TrainingConfig,
     "gate": GateConfig,
+    "prepush": PrepushConfig,
     "beam": BeamConfig,
     "resources": ResourcesConfig,
 }
@@ -80,6 +83,11 @@ class PipelineConfig(Settings):
         "serving_models",
         description="TF Serving model base dir root: pushes go to SERVING_DIR/MODEL_NAME/<version>",
     )
+    score_data: str = Field(
+        "",
+        description="TFRecord dir of unlabelled tf.Examples (an `image` feature) that TFX's "
+        "BulkInferrer scores with the model once the gate blesses it (empty: no scoring)",
+    )
     replicas: int | None = Field(
         None, ge=1, description="testing aid: split the CPU into N logical devices for MirroredStrategy"
     )
@@ -88,6 +96,7 @@ class PipelineConfig(Settings):
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    prepush: PrepushConfig = Field(default_factory=PrepushConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
@@ -215,6 +224,7 @@ class PipelineConfig(Settings):
 
         changes: dict[str, Any] = {
             "data_dir": absolute(self.data_dir),
+            "score_data": absolute(self.score_data),
             "home": absolute(self.home),
             "serving_dir": absolute(self.serving_dir),
             "metadata_password_file": absolute(self.metadata_password_file),
@@ -240,6 +250,13 @@ class PipelineConfig(Settings):
                     raise ConfigError(
                         f"data_dir: {self.data_dir} has no {split}/ subdirectory (run `imgpipe ingest` first)"
                     )
+        if self.score_data and "://" not in self.score_data:
+            entries = os.listdir(self.score_data) if os.path.isdir(self.score_data) else []
+            if not any(os.path.isfile(os.path.join(self.score_data, e)) for e in entries):
+                raise ConfigError(
+                    f"score_data: {self.score_data} is not a directory holding TFRecord files "
+                    "(tf.Examples with an `image` feature; BulkInferrer reads every file in it)"
+                )
         return self
 
     def save(self, path: str) -> None:

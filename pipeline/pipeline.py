@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 
 from components.data_gate import DataGate
 from components.evaluator import GateEvaluator
+from components.infra_validator import InfraValidator
 from components.pusher import ServingPusher
 from components.runtime_params import knob_values
 from components.schema_gen import ContractSchemaGen
@@ -36,8 +37,13 @@ COMPONENT_IDS = (
     "Transform",
     "Trainer",
     "Evaluator",
+    "InfraValidator",
     "Pusher",
 )
+# With `score_data` set: the unlabelled data and TFX's BulkInferrer, which scores it
+# with the Trainer's model once the Evaluator has blessed it.
+SCORING_IDS = ("ScoreExampleGen", "BulkInferrer")
+SCORE_SPLIT = "unlabelled"
 
 
 def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
@@ -102,7 +108,11 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"backbone": config.training.backbone, "image_size": image_size},
+        custom_config={
+            "backbone": config.training.backbone,
+            "image_size": image_size,
+            "max_image_pixels": config.training.max_image_pixels,
+        },
         materialize=False,
         disable_statistics=True,
     )
@@ -127,30 +137,74 @@ def create_pipeline(
         example_splits=["eval"],
         knobs=knobs,
     ).with_id("Evaluator")
+    # Pre-push validation: the blessed candidate, served by a real model server, must answer
+    # every signature like it does in-process (components/infra_validator.py).
+    infra_validator = InfraValidator(
+        model=trainer.outputs["model"],
+        examples=example_gen.outputs["examples"],
+        model_blessing=evaluator.outputs["blessing"],
+        model_name=config.model_name,
+        config=config.prepush,
+    ).with_id("InfraValidator")
     # Skips a model byte-identical to the newest served version (components/pusher.py).
     pusher = ServingPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
     ).with_id("Pusher")
+    components = [
+        example_gen,
+        statistics_gen,
+        schema_gen,
+        example_validator,
+        model_resolver,
+        data_gate,
+        transform,
+        trainer,
+        evaluator,
+        infra_validator,
+        pusher,
+    ]
+    if config.score_data:
+        components += bulk_inference(
+            config.score_data, trainer.outputs["model"], evaluator.outputs["blessing"]
+        )
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=[
-            example_gen,
-            statistics_gen,
-            schema_gen,
-            example_validator,
-            model_resolver,
-            data_gate,
-            transform,
-            trainer,
-            evaluator,
-            pusher,
-        ],
+        components=components,
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args(config.beam),
     )
+
+
+def bulk_inference(score_data: str, model: Any, blessing: Any) -> list[Any]:
+    """ScoreExampleGen (the TFRecords in `score_data`, one split) and BulkInferrer on them.
+
+    BulkInferrer scores with the serving_default signature (serialized
+    tf.Examples with an `image`), only when `blessing` says the model passed
+    the gate; its output is PredictionLogs (artifact `inference_result`).
+    """
+    # One input split would be hashed into train/eval (2:1) by default; one bucket keeps every
+    # example in the one split BulkInferrer reads.
+    examples = tfx.components.ImportExampleGen(
+        input_base=score_data,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name=SCORE_SPLIT, pattern="*")]),
+        output_config=tfx.proto.Output(
+            split_config=tfx.proto.SplitConfig(
+                splits=[tfx.proto.SplitConfig.Split(name=SCORE_SPLIT, hash_buckets=1)]
+            )
+        ),
+    ).with_id(SCORING_IDS[0])
+    inferrer = tfx.components.BulkInferrer(
+        examples=examples.outputs["examples"],
+        model=model,
+        model_blessing=blessing,
+        data_spec=tfx.proto.DataSpec(example_splits=[SCORE_SPLIT]),
+        model_spec=tfx.proto.ModelSpec(model_signature_name=["serving_default"]),
+    ).with_id(SCORING_IDS[1])
+    return [examples, inferrer]

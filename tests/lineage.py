@@ -50,11 +50,14 @@ def problems(store, pipeline_name: str, run_id: str) -> list[str]:
     trained = artifact_ids(store, executions.get("Trainer"), "model", _OUTPUTS)
     if len(trained) != 1:
         out.append(f"Trainer wrote {len(trained)} models")
-    for node in ("Evaluator", "Pusher"):
+    for node in ("Evaluator", "InfraValidator", "Pusher"):
         used = artifact_ids(store, executions.get(node), "model", _INPUTS)
         if used != trained:
             out.append(f"{node} read model {sorted(used)}, the Trainer wrote {sorted(trained)}")
     blessing = artifact_ids(store, executions.get("Evaluator"), "blessing", _OUTPUTS)
     if artifact_ids(store, executions.get("Pusher"), "model_blessing", _INPUTS) != blessing or not blessing:
         out.append("Pusher did not read this run's blessing")
+    infra = artifact_ids(store, executions.get("InfraValidator"), "blessing", _OUTPUTS)
+    if artifact_ids(store, executions.get("Pusher"), "infra_blessing", _INPUTS) != infra or not infra:
+        out.append("Pusher did not read this run's pre-push validation (InfraBlessing)")
     return out

@@ -92,7 +92,7 @@ def test_links_are_followed_unless_they_loop_or_reach_another_class(tmp_path: Pa
     (images / "a" / "broken.png").symlink_to(tmp_path / "missing.png")
 
     skipped: list[dict[str, str]] = []
-    folders, files = list_tree(str(images), skipped)
+    folders, files, _ = list_tree(str(images), skipped)
 
     assert folders == ["a", "b"]
     assert [(rel, label) for rel, _, label in files] == [

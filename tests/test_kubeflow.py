@@ -106,7 +106,8 @@ def test_dag_has_every_local_component_with_the_same_dependencies(compiled):
         "latest_blessed_model_resolver",
         "DataGate",
     }
-    assert expected["Pusher"] == {"Trainer", "Evaluator"}
+    assert expected["InfraValidator"] == {"ImportExampleGen", "Trainer", "Evaluator"}
+    assert expected["Pusher"] == {"Trainer", "Evaluator", "InfraValidator"}
     # The data gate sees the data checks and the blessed model; nothing trains before it passes.
     assert expected["DataGate"] == {"StatisticsGen", "ExampleValidator", "latest_blessed_model_resolver"}
     assert "DataGate" in expected["Transform"] and "DataGate" in expected["Trainer"]
@@ -116,7 +117,7 @@ def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
     spec = _spec(compiled[1])
     executors = spec.deployment_spec["executors"]
     containers = {name: e["container"] for name, e in executors.items() if "container" in e}
-    assert len(containers) == 9  # every component but the Resolver (a metadata query)
+    assert len(containers) == 10  # every component but the Resolver (a metadata query)
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
         assert (
@@ -131,6 +132,7 @@ def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
         ("SchemaGen", "components.schema_gen.ContractSchemaGenExecutor"),
         ("DataGate", "components.data_gate.DataGateExecutor"),
         ("Evaluator", "components.evaluator.GateEvaluatorExecutor"),
+        ("InfraValidator", "components.infra_validator.InfraValidatorExecutor"),
     ):
         args = list(containers[f"{node}_executor"]["args"])
         assert args[args.index("--executor_class_path") + 1] == executor
@@ -279,6 +281,22 @@ def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
     assert isinstance(custom["epochs"], int)
     with pytest.raises(ValueError, match="epochs: 0: Input should be greater than or equal to 1"):
         trainer_component.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
+
+
+def test_prepush_validation_runs_in_the_pipeline_image_before_the_pusher(compiled):
+    """The InfraValidator compiles like any step (its server is a subprocess: no Docker in Docker)."""
+    spec = _spec(compiled[1])
+    task = spec.root.dag.tasks["InfraValidator"]
+    params = task.inputs.parameters
+    assert json.loads(params["prepush_config"].runtime_value.constant.string_value) == (
+        _config().prepush.to_dict()
+    )
+    assert params["model_name"].runtime_value.constant.string_value == "imgpipe"
+    producers = {k: a.task_output_artifact.producer_task for k, a in task.inputs.artifacts.items()}
+    assert producers == {"model": "Trainer", "examples": "ImportExampleGen", "model_blessing": "Evaluator"}
+    pusher = spec.root.dag.tasks["Pusher"].inputs.artifacts
+    assert pusher["infra_blessing"].task_output_artifact.producer_task == "InfraValidator"
+    assert pusher["model_blessing"].task_output_artifact.producer_task == "Evaluator"
 
 
 def test_create_pipeline_takes_plain_values_for_local_runs():

@@ -122,6 +122,19 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+def test_setup_py_installs_every_package():
+    """A package missing from setup.py works in the editable dev install but not in the image."""
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    [listed] = [
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PACKAGES" for t in node.targets)
+    ]
+    packages = {m for m, path in _modules().items() if path.endswith("__init__.py")}
+    assert packages == set(listed)
+
+
 def test_no_import_cycles():
     assert _cycles(_graph()) == []
 

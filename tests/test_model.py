@@ -74,3 +74,25 @@ def test_unfreeze_top_keeps_batchnorm_frozen():
         not layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)
     )
     assert all(not layer.trainable for layer in base.layers[:-20] if layer.weights)
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_folding_the_standardisation_keeps_the_answers(num_classes):
+    """The head's Normalization folded into its Dense layer: the same probabilities, one layer fewer."""
+    rng = np.random.RandomState(1)
+    base = model_lib.build_backbone("MobileNetV2", "none", 32)
+    dim = base.output_shape[-1]
+    # Feature scales over orders of magnitude, some units nearly constant (the variance floor).
+    mean = rng.uniform(0, 5, dim).astype(np.float32)
+    variance = (10.0 ** rng.uniform(-6, 2, dim)).astype(np.float32)
+    head = model_lib.build_head(dim, num_classes, dropout=0.3, feature_stats=(mean, variance))
+    dense = head.layers[-1]
+    dense.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in dense.get_weights()])
+    m = model_lib.assemble(base, head, 32)
+    folded = model_lib.fold_standardization(m)
+    assert [layer.name for layer in model_lib.head_of(folded).layers] == ["features", dense.name]
+    x = rng.uniform(-1, 1, (5, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(folded(x).numpy(), m(x, training=False).numpy(), rtol=1e-4, atol=1e-5)
+    # Without a standardisation layer there is nothing to fold.
+    plain = model_lib.build_model("MobileNetV2", "none", 32, num_classes=num_classes)
+    assert model_lib.fold_standardization(plain) is plain

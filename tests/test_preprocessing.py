@@ -1,4 +1,5 @@
-"""preprocessing_fn through TFT on Beam: formats, modes and sizes -> one normalised shape."""
+"""preprocessing_fn through TFT on Beam: formats, modes and sizes -> one normalised shape;
+the decoder's bounds (pixel limit, DCT scaling, first GIF frame) and EXIF orientation."""
 
 import io
 import tempfile
@@ -11,10 +12,17 @@ import tensorflow_transform.beam as tft_beam
 from PIL import Image
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-from tests import helpers
+from tests import helpers, image_samples
 from trainer import backbones
 from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
-from trainer.preprocessing import decode_and_resize, preprocessing_fn
+from trainer.preprocessing import (
+    _gif_first_frame,
+    decode_and_resize,
+    decode_image,
+    exif_orientation,
+    image_shape,
+    preprocessing_fn,
+)
 
 SIZE = 32
 
@@ -89,3 +97,140 @@ def test_gif_and_bmp_decode_to_rgb():
 def test_undecodable_bytes_raise():
     with pytest.raises(tf.errors.InvalidArgumentError):
         decode_and_resize(tf.constant([b"not an image"]), SIZE)
+
+
+# ---------------------------------------------------------------------------------------
+# Bounded, upright decoding (the graph serving runs too)
+
+
+def _decode(data: bytes, target: int = 1000, max_pixels: int = 40_000_000) -> np.ndarray:
+    return decode_image(tf.constant(data), target, max_pixels).numpy()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("byte_order", ["II", "MM"])
+def test_exif_orientation_matches_pillow_exif_transpose(orientation, byte_order):
+    data = image_samples.oriented_jpeg(orientation, byte_order)
+    expected = image_samples.upright(data)
+    assert int(exif_orientation(tf.constant(data))) == orientation
+    got = _decode(data)
+    assert got.shape == expected.shape
+    # JPEG decoders differ by a few levels (IDCT rounding); orientation errors differ by ~100s.
+    assert np.abs(got.astype(int) - expected).mean() < 1.0
+    assert np.abs(got.astype(int) - expected).max() <= 12
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_pillow_written_exif_in_jpeg_and_png(orientation):
+    pixels = image_samples.asymmetric_image()
+    exif = image_samples.pillow_exif(orientation)
+    jpeg = image_samples.jpeg(pixels, exif=exif)
+    png = image_samples.png(pixels, exif=exif)
+    for data, tolerance in ((jpeg, 12), (png, 0)):
+        expected = image_samples.upright(data)
+        got = _decode(data)
+        assert got.shape == expected.shape
+        assert np.abs(got.astype(int) - expected).max() <= tolerance
+
+
+def _malformed_exif_jpegs() -> dict[str, bytes]:
+    s = image_samples
+    base = s.jpeg(s.asymmetric_image())
+    tiff = s.tiff_block(6)
+    return {
+        "no exif": base,
+        "bad byte order": s.with_segment(base, s.app1(b"Exif\0\0" + b"XX" + tiff[2:])),
+        "bad magic": s.with_segment(base, s.app1(b"Exif\0\0" + tiff[:2] + b"\x2b\x00" + tiff[4:])),
+        "ifd offset past the end": s.with_segment(
+            base, s.app1(b"Exif\0\0" + tiff[:4] + b"\xff\xff\xff\x7f" + tiff[8:])
+        ),
+        "truncated tiff": s.with_segment(base, s.app1(b"Exif\0\0" + tiff[:13])),
+        "orientation 0": s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(0))),
+        "orientation 9": s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(9))),
+        "orientation 65535": s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(65535))),
+        "ascii type": s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(6, kind=2))),
+        "not exif (xmp)": s.with_segment(base, s.app1(b"http://ns.adobe.com/xap/1.0/\0" + tiff)),
+        "no exif padding": s.with_segment(base, s.app1(b"Exif" + tiff)),
+        "segment length past the end": base[:2] + s.app1(b"Exif\0\0" + tiff, length=65535),
+        "segment length 0": s.with_segment(base, s.app1(b"Exif\0\0" + tiff, length=0)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_malformed_exif_jpegs()))
+def test_malformed_exif_means_no_rotation(case):
+    data = _malformed_exif_jpegs()[case]
+    assert int(exif_orientation(tf.constant(data))) == 1
+    if case != "segment length past the end":  # the JPEG itself is broken there
+        got = _decode(data)
+        np.testing.assert_array_equal(got, tf.io.decode_jpeg(data, channels=3).numpy())
+
+
+def test_exif_after_jfif_app0_and_long_type_are_read():
+    s = image_samples
+    base = s.jpeg(s.asymmetric_image())
+    assert base[2:4] == b"\xff\xe0"  # Pillow writes a JFIF APP0 first
+    after_app0 = s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(8)), after_app0=True)
+    assert int(exif_orientation(tf.constant(after_app0))) == 8
+    long_type = s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(3, "MM", kind=4)))
+    assert int(exif_orientation(tf.constant(long_type))) == 3
+
+
+def test_orientation_of_other_formats_is_upright():
+    rgb = _photo(16, 16, 7)
+    for fmt in ("GIF", "BMP"):
+        assert int(exif_orientation(tf.constant(helpers.encode_image(rgb, fmt)))) == 1
+    for data in (b"", b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"not an image"):
+        assert int(exif_orientation(tf.constant(data))) == 1
+
+
+def test_header_sizes_match_pillow():
+    rgb = _photo(37, 53, 8)
+    for fmt, code in (("JPEG", 0), ("PNG", 1), ("GIF", 2), ("BMP", 3)):
+        data = helpers.encode_image(rgb, fmt)
+        fmt_code, height, width = (int(v) for v in image_shape(tf.constant(data)))
+        assert (fmt_code, height, width) == (code, 37, 53), fmt
+    assert [int(v) for v in image_shape(tf.constant(b"not an image"))] == [4, 0, 0]
+
+
+def test_huge_png_fails_before_decoding():
+    huge = image_samples.black_png(20_000, 20_000)
+    assert len(huge) < 100_000  # tiny bytes, 400 million pixels
+    assert [int(v) for v in image_shape(tf.constant(huge))[1:]] == [20_000, 20_000]
+    small = helpers.encode_image(_photo(10, 20, 4), "PNG")
+    decode = tf.function(lambda x: decode_and_resize(x, SIZE))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"20000 x 20000 = 400000000 pixels.*40000000"):
+        decode(tf.constant([small, huge]))
+
+
+def test_pixel_limit_is_a_parameter():
+    data = helpers.encode_image(_photo(30, 50, 9), "PNG")  # 1500 pixels
+    assert decode_and_resize(tf.constant([data]), SIZE, max_pixels=1500).shape == (1, SIZE, SIZE, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="50 x 30 = 1500 pixels"):
+        decode_and_resize(tf.constant([data]), SIZE, max_pixels=1499)
+
+
+def test_big_jpegs_are_decoded_at_reduced_scale():
+    data = helpers.encode_image(_photo(640, 800, 10), "JPEG")
+    assert _decode(data, target=32).shape == (80, 100, 3)  # 1/8: both sides still >= 32
+    assert _decode(data, target=100).shape == (160, 200, 3)  # 1/4
+    assert _decode(data, target=300).shape == (320, 400, 3)  # 1/2
+    assert _decode(data, target=640).shape == (640, 800, 3)  # full size
+    # The reduced decode resizes to nearly what the full decode does.
+    full = tf.image.resize(tf.io.decode_jpeg(data, channels=3)[None] * 1, [32, 32], antialias=True)
+    reduced = decode_and_resize(tf.constant([data]), 32)
+    assert float(tf.reduce_mean(tf.abs(tf.cast(full, tf.float32) - reduced))) < 3.0
+
+
+def test_animated_gif_decodes_only_its_first_frame():
+    frames = [Image.fromarray(np.full((20, 30, 3), level, np.uint8)) for level in (10, 120, 240)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    gif = buffer.getvalue()
+    assert tf.io.decode_gif(gif).shape[0] == 3
+    cut = _gif_first_frame(tf.constant(gif)).numpy()
+    assert len(cut) < len(gif) and cut.endswith(b";")
+    assert tf.io.decode_gif(cut).shape[0] == 1
+    expected = tf.io.decode_image(gif, channels=3, expand_animations=False).numpy()
+    np.testing.assert_array_equal(_decode(gif), expected)
+    # Not a walkable GIF: the bytes go to the decoder unchanged, which rejects them.
+    assert _gif_first_frame(tf.constant(b"GIF89a")).numpy() == b"GIF89a"

@@ -18,7 +18,7 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
 
-from trainer.features import IMAGE_KEY, LABEL_KEY
+from trainer.features import DEFAULT_MAX_PIXELS, IMAGE_KEY, LABEL_KEY
 from trainer.preprocessing import preprocessing_fn
 
 
@@ -31,13 +31,20 @@ def raw_feature_spec(fixed_shape: tuple[int, ...] = (1,)) -> dict[str, tf.io.Fix
 
 
 def analyze_transform(
-    items: Iterable[tuple[bytes, str]], out_dir: str, backbone: str = "MobileNetV2", image_size: int = 32
+    items: Iterable[tuple[bytes, str]],
+    out_dir: str,
+    backbone: str = "MobileNetV2",
+    image_size: int = 32,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tft.TFTransformOutput:
-    """Analyze `items` with preprocessing_fn and write the transform output to `out_dir`."""
+    """Analyze `items` with preprocessing_fn and write the transform output to `out_dir`.
+
+    Labels are encoded as UTF-8 and passed on unchanged, as ingest writes them.
+    """
     spec = raw_feature_spec()
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
     rows = [{IMAGE_KEY: [img], LABEL_KEY: [lab.encode("utf-8")]} for img, lab in items]
-    cfg = {"backbone": backbone, "image_size": image_size}
+    cfg = {"backbone": backbone, "image_size": image_size, "max_image_pixels": max_image_pixels}
     with tempfile.TemporaryDirectory(prefix="imgpipe-tft-") as temp_dir:
         with tft_beam.Context(temp_dir=temp_dir, force_tf_compat_v1=False):
             transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(

@@ -8,12 +8,14 @@ images and train and serve run the identical preprocessing graph.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import logging
 import os
+import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,6 +70,65 @@ class InputSpec:
     shuffle_buffer: int = 1024
 
 
+UNMAPPED_LABELS = "labels not in the label vocabulary:"
+
+
+class UnmappedLabelError(ValueError):
+    """Examples carry labels the label vocabulary lacks; the message names them."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        super().__init__(
+            f"{UNMAPPED_LABELS} {', '.join(repr(name) for name in self.labels)}. The vocabulary "
+            "holds the class names of the train split, and cannot hold an empty name or one "
+            "with a line break; `imgpipe ingest` writes only names it can hold."
+        )
+
+
+def refuse_unmapped_labels(indices: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """`indices` unchanged, or InvalidArgument naming each label that mapped to no class (-1).
+
+    TFT maps a label missing from the vocabulary to -1, which Keras would train
+    on as a negative loss. TFRecords not made by `imgpipe ingest` can carry
+    such labels. `explain_unmapped_labels` turns the error into an
+    UnmappedLabelError with the names readable.
+    """
+    if isinstance(labels, tf.SparseTensor):
+        labels = tf.sparse.to_dense(labels, default_value="")
+    flat_labels, flat_indices = tf.reshape(labels, [-1]), tf.reshape(indices, [-1])
+    unmapped = tf.unique(tf.boolean_mask(flat_labels, flat_indices < 0)).y
+    # NUL-separated; the op's message C-escapes them, explain_unmapped_labels decodes that.
+    check = tf.debugging.Assert(
+        tf.equal(tf.size(unmapped), 0),
+        [UNMAPPED_LABELS, tf.strings.reduce_join(unmapped, separator="\0")],
+        name="unmapped_labels",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(indices)
+
+
+def unmapped_labels(error: BaseException) -> list[str] | None:
+    """The labels named by refuse_unmapped_labels' error, or None for any other error."""
+    text = getattr(error, "message", None) or str(error)
+    found = re.search(re.escape(f"[{UNMAPPED_LABELS}] [") + r"(.*)\]$", text, flags=re.MULTILINE)
+    if not found:
+        return None
+    raw = codecs.escape_decode(found.group(1).encode("utf-8"))[0]
+    return [name.decode("utf-8", errors="backslashreplace") for name in raw.split(b"\0")]
+
+
+@contextlib.contextmanager
+def explain_unmapped_labels() -> Iterator[None]:
+    """Re-raise refuse_unmapped_labels' InvalidArgumentError as UnmappedLabelError."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        labels = unmapped_labels(e)
+        if labels is None:
+            raise
+        raise UnmappedLabelError(labels) from e
+
+
 def augment_images(images: tf.Tensor, seed: int) -> tf.Tensor:
     """Random horizontal flip and a small random crop/zoom (up to 10%), same output size."""
     size = tf.shape(images)[1:3]
@@ -118,7 +179,7 @@ def make_dataset(
     def transform(serialized: tf.Tensor):
         raw = tf.io.parse_example(serialized, feature_spec)
         xf = tft_layer(raw)
-        label = xf[LABEL_XF]
+        label = refuse_unmapped_labels(xf[LABEL_XF], raw[LABEL_KEY])
         if spec.num_classes == 2:
             label = tf.cast(tf.reshape(label, [-1, 1]), tf.float32)
         return xf[IMAGE_XF], label
@@ -138,25 +199,27 @@ def class_indices(
 ) -> np.ndarray:
     """The class index of every record, in file order, without decoding any image.
 
-    Labels are read as preprocessing_fn reads them (whitespace stripped) and looked up in
-    the Transform's label vocabulary. A label outside the vocabulary is an error naming it.
+    Labels are read as preprocessing_fn reads them (byte for byte, nothing stripped)
+    and looked up in the Transform's label vocabulary. Labels outside the vocabulary
+    are an UnmappedLabelError naming each of them, as in the input function.
     """
     names = class_names(tf_transform_output)
     index = {n: i for i, n in enumerate(names)}
     spec = {LABEL_KEY: tf_transform_output.raw_feature_spec()[LABEL_KEY]}
     out: list[int] = []
+    unmapped: dict[str, None] = {}  # in order of first appearance
     for batch in raw_examples(file_pattern).batch(batch_size):
         labels = tf.io.parse_example(batch, spec)[LABEL_KEY]
         if isinstance(labels, tf.SparseTensor):
             labels = tf.sparse.to_dense(labels, default_value=b"")
-        for raw in tf.reshape(tf.strings.strip(labels), [-1]).numpy():
-            name = raw.decode("utf-8")
-            if name not in index:
-                raise ValueError(
-                    f"record {len(out)} of {file_pattern}: label {name!r} is not in the label "
-                    f"vocabulary ({', '.join(names)})"
-                )
-            out.append(index[name])
+        for raw in tf.reshape(labels, [-1]).numpy():
+            name = raw.decode("utf-8", errors="backslashreplace")
+            if name in index:
+                out.append(index[name])
+            else:
+                unmapped.setdefault(name)
+    if unmapped:
+        raise UnmappedLabelError(list(unmapped))
     return np.asarray(out, dtype=np.int64)
 
 

@@ -13,3 +13,7 @@ IMAGE_XF = transformed_name(IMAGE_KEY)  # float32 [S, S, 3], backbone-normalised
 LABEL_XF = transformed_name(LABEL_KEY)  # int64 class index into the label vocabulary
 
 LABEL_VOCAB = "label_vocab"  # TFT vocabulary file name of the class names
+
+# The largest image (width x height, from its header) that ingest accepts and the
+# preprocessing graph decodes; bigger ones are refused before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 40_000_000

@@ -126,6 +126,38 @@ def build_model(
     return assemble(base, build_head(base.output_shape[-1], num_classes, dropout, l2), image_size)
 
 
+def fold_standardization(model: keras.Model) -> keras.Model:
+    """An inference-only copy of `model` whose head has no standardisation layer: the per-feature
+    shift and scale are folded into the Dense layer (W' = W / std, b' = b - (mean / std) @ W).
+
+    The answers are the same up to float rounding. Converters that quantize activations
+    (TFLite int8) need it: the standardised features of units that are nearly constant on
+    train span a far wider range than the raw ones, and one int8 scale per tensor cannot
+    hold both. Dropout is left out (it is the identity at inference). `model` is returned
+    unchanged when its head does not standardise.
+    """
+    head = head_of(model)
+    layers = {layer.name: layer for layer in head.layers}
+    if "standardize" not in layers:
+        return model
+    norm = layers["standardize"]
+    dense = next(layer for layer in head.layers if isinstance(layer, keras.layers.Dense))
+    mean = np.asarray(norm.mean, np.float64).reshape(-1)
+    std = np.maximum(np.sqrt(np.asarray(norm.variance, np.float64).reshape(-1)), keras.backend.epsilon())
+    kernel, bias = (np.asarray(w, np.float64) for w in dense.get_weights())
+    folded_kernel = kernel / std[:, np.newaxis]
+    folded_bias = bias - (mean / std) @ kernel
+    features = keras.Input((kernel.shape[0],), name="features")
+    out = keras.layers.Dense(kernel.shape[1], activation=dense.activation, name=dense.name)(features)
+    folded = keras.Model(features, out, name=HEAD_NAME)
+    folded.get_layer(dense.name).set_weights(
+        [folded_kernel.astype(np.float32), folded_bias.astype(np.float32)]
+    )
+    base = backbone_of(model)
+    images = keras.Input(model.input_shape[1:], name="image")
+    return keras.Model(images, folded(base(images, training=False)), name=model.name)
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_NAME)
 

@@ -1,9 +1,27 @@
-"""preprocessing_fn: the one definition of image preprocessing.
+"""preprocessing_fn: the one definition of image decoding and preprocessing.
 
 Transform runs it over the data (via TFT) and exports it as a graph; the
 Trainer's input function, the Evaluator (through the `transform_features`
 signature) and every serving signature apply that same graph, so training and
-serving cannot drift apart.
+serving cannot drift apart. `imgpipe ingest` checks each file with the same
+decoder (`decode_image`), so what ingest accepts the graph decodes.
+
+Decoding is bounded and upright by construction, inside the graph (so a real
+TF Serving behaves the same):
+
+- the image's width and height are read from its header (JPEG SOF, PNG IHDR,
+  GIF screen, BMP DIB header) and an image over `max_pixels` fails with
+  InvalidArgument before a single pixel is decoded;
+- a JPEG much larger than the target size is decoded at 1/2, 1/4 or 1/8 scale
+  (libjpeg's DCT scaling), and a GIF only up to the end of its first frame;
+- the EXIF Orientation tag (JPEG APP1 or PNG eXIf) is applied, as photo
+  viewers and Pillow's ImageOps.exif_transpose do; unreadable EXIF means no
+  rotation.
+
+The label goes to TFT's vocabulary unchanged (ingest decides what a class name
+may be). A label the vocabulary lacks maps to -1; the Trainer's input function
+(trainer/data.py) refuses it by name. That check is not in this graph: TFT
+feeds placeholder labels to serving requests, which hold no label.
 """
 
 from __future__ import annotations
@@ -15,7 +33,29 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from trainer import backbones
-from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
+from trainer.features import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_KEY,
+    IMAGE_XF,
+    LABEL_KEY,
+    LABEL_VOCAB,
+    LABEL_XF,
+)
+
+# JPEG DCT scaling factors libjpeg offers, smallest first.
+JPEG_RATIOS = (1, 2, 4, 8)
+# Bounds of the header walks: marker segments before the JPEG scan, PNG chunks
+# before IDAT, entries of EXIF's IFD0, GIF blocks and sub-blocks up to the end of
+# the first frame (255 bytes each: 2**20 of them cover a 255 MB frame).
+_MAX_JPEG_SEGMENTS = 256
+_MAX_PNG_CHUNKS = 1024
+_MAX_IFD_ENTRIES = 128
+_MAX_GIF_STEPS = 1 << 20
+_ORIENTATION_TAG = 0x0112
+
+# How images are resized (tf.image.resize); the TFLite contract (trainer/tflite.py) states these.
+RESIZE_METHOD = "bilinear"
+RESIZE_ANTIALIAS = True
 
 
 def _dense_1d(t: tf.Tensor | tf.SparseTensor, default: str = "") -> tf.Tensor:
@@ -27,18 +67,338 @@ def _dense_1d(t: tf.Tensor | tf.SparseTensor, default: str = "") -> tf.Tensor:
     return tf.reshape(t, [-1])
 
 
-def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+# ---------------------------------------------------------------------------------------
+# Reading header bytes. Every read is bounds-safe (past the end, or before the start,
+# reads zeros), so a truncated or malformed header yields "no information", never an error.
+
+# How much of a file the header and EXIF readers look at: EXIF sits in the first
+# segments of a JPEG (APP1 follows SOI or JFIF's APP0) and before IDAT in a PNG.
+_HEADER_PREFIX = 1 << 18
+
+
+def _i64(value: int) -> tf.Tensor:
+    return tf.constant(value, tf.int64)
+
+
+class _Bytes:
+    """The first `limit` bytes of one encoded file (all of it when None), for random reads."""
+
+    def __init__(self, data: tf.Tensor, limit: int | None = _HEADER_PREFIX):
+        head = data if limit is None else tf.strings.substr(data, 0, limit)
+        # One zero byte past the end: every out-of-range read is sent there.
+        raw = tf.io.decode_raw(tf.strings.join([head, tf.constant(b"\0")]), tf.uint8)
+        self.raw = tf.reshape(raw, [-1])
+        self.zero = tf.size(self.raw, out_type=tf.int64) - 1
+        self.length = tf.cast(tf.strings.length(data, unit="BYTE"), tf.int64)
+
+    def get(self, pos: tf.Tensor | int, n: int) -> tf.Tensor:
+        """int64 [n]: the bytes at pos..pos+n-1 (0 where out of range)."""
+        idx = tf.cast(pos, tf.int64) + tf.range(n, dtype=tf.int64)
+        idx = tf.where((idx < 0) | (idx > self.zero), self.zero, idx)
+        return tf.cast(tf.gather(self.raw, idx), tf.int64)
+
+
+def _uint(b: tf.Tensor, start: int, size: int, little: bool | tf.Tensor) -> tf.Tensor:
+    """The unsigned integer in bytes b[..., start:start+size], little- or big-endian (int64)."""
+    part = b[..., start : start + size]
+    le = tf.reduce_sum(part * tf.constant([1 << (8 * i) for i in range(size)], tf.int64), axis=-1)
+    be = tf.reduce_sum(part * tf.constant([1 << (8 * i) for i in reversed(range(size))], tf.int64), axis=-1)
+    if isinstance(little, bool):
+        return le if little else be
+    return tf.where(little, le, be)
+
+
+def _equals(b: tf.Tensor, start: int, text: bytes) -> tf.Tensor:
+    """Whether bytes b[start:start+len(text)] spell `text`."""
+    return tf.reduce_all(tf.equal(b[start : start + len(text)], tf.constant(list(text), tf.int64)))
+
+
+# Format codes, and the leading bytes tf.io.decode_image dispatches on (-1: any byte).
+_JPEG, _PNG, _GIF, _BMP, _UNKNOWN = 0, 1, 2, 3, 4
+_MAGIC = ((0xFF, 0xD8, 0xFF), (0x89, 0x50, 0x4E), (0x47, 0x49, 0x46), (0x42, 0x4D, -1))
+
+
+def _format(first3: tf.Tensor) -> tf.Tensor:
+    """The format code of an image from its first three bytes."""
+    magic = tf.constant(_MAGIC, tf.int64)
+    matches = tf.reduce_all(tf.equal(first3[tf.newaxis, :], magic) | (magic < 0), axis=1)
+    return tf.where(
+        tf.reduce_any(matches), tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int64), _UNKNOWN
+    )
+
+
+# Size fields of the non-JPEG headers: (offset, bytes, little-endian) gathered in one step.
+_SIZE_FIELDS = {
+    "png_w": (16, 4, False),
+    "png_h": (20, 4, False),
+    "gif_w": (6, 2, True),
+    "gif_h": (8, 2, True),
+    "bmp_dib": (14, 4, True),
+    "bmp_core_w": (18, 2, True),
+    "bmp_core_h": (20, 2, True),
+    "bmp_w": (18, 4, True),
+    "bmp_h": (22, 4, True),
+}
+
+
+def _size_fields(head: tf.Tensor) -> dict[str, tf.Tensor]:
+    index = [[min(o + i, o + n - 1) for i in range(4)] for o, n, _ in _SIZE_FIELDS.values()]
+    weight = [
+        [(1 << (8 * (i if little else n - 1 - i))) if i < n else 0 for i in range(4)]
+        for _, n, little in _SIZE_FIELDS.values()
+    ]
+    values = tf.reduce_sum(tf.gather(head, index) * tf.constant(weight, tf.int64), axis=1)
+    return dict(zip(_SIZE_FIELDS, tf.unstack(values, num=len(_SIZE_FIELDS)), strict=True))
+
+
+def image_shape(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(format code, height, width) of one encoded image, from its header only (int64).
+
+    JPEG: the SOF segment (tf.io.extract_jpeg_shape); PNG: IHDR; GIF: the logical
+    screen; BMP: the DIB header. Unknown formats give 0 x 0 (the decoder then
+    rejects them). Nothing is decoded.
+    """
+    head = _Bytes(image_bytes, 32).get(0, 32)
+    fmt = _format(head[:3])
+    jpeg = tf.cond(
+        tf.equal(fmt, _JPEG),
+        lambda: tf.io.extract_jpeg_shape(image_bytes, output_type=tf.int64)[:2],
+        lambda: tf.zeros([2], tf.int64),
+    )
+    f = _size_fields(head)
+
+    def signed32(v: tf.Tensor) -> tf.Tensor:  # BMP heights are negative for top-down rows
+        return tf.abs(tf.where(v >= (1 << 31), v - (1 << 32), v))
+
+    core = tf.equal(f["bmp_dib"], 12)  # BITMAPCOREHEADER: 16-bit sizes
+    bmp_w = tf.where(core, f["bmp_core_w"], signed32(f["bmp_w"]))
+    bmp_h = tf.where(core, f["bmp_core_h"], signed32(f["bmp_h"]))
+    heights = tf.stack([jpeg[0], f["png_h"], f["gif_h"], bmp_h, _i64(0)])
+    widths = tf.stack([jpeg[1], f["png_w"], f["gif_w"], bmp_w, _i64(0)])
+    return fmt, heights[fmt], widths[fmt]
+
+
+def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Operation:
+    """An op that fails with InvalidArgument when height x width > max_pixels."""
+    pixels = height * width
+    message = tf.strings.format(
+        "image is {} x {} = {} pixels, over the limit of {} pixels (max_image_pixels)",
+        (width, height, pixels, max_pixels),
+    )
+    return tf.debugging.Assert(pixels <= max_pixels, [message], name="max_image_pixels")
+
+
+# ---------------------------------------------------------------------------------------
+# EXIF orientation
+
+
+def _jpeg_exif_offset(b: _Bytes) -> tf.Tensor:
+    """Offset of the TIFF header inside a JPEG's first APP1 'Exif\\0\\0' segment, or -1.
+
+    Walks the application segments that follow SOI; stops at the first other marker.
+    """
+
+    def cond(pos, found, stop, step):
+        return (found < 0) & tf.logical_not(stop) & (pos < b.length) & (step < _MAX_JPEG_SEGMENTS)
+
+    def body(pos, found, stop, step):
+        seg = b.get(pos, 10)
+        marker = seg[1]
+        is_marker = tf.equal(seg[0], 0xFF)
+        fill = is_marker & tf.equal(marker, 0xFF)  # padding before a marker
+        standalone = is_marker & (((marker >= 0xD0) & (marker <= 0xD7)) | tf.equal(marker, 0x01))
+        # EXIF is an application segment right after SOI (JFIF's APP0 may come first): the
+        # walk ends at anything else but APPn (E0..EF), a comment (FE), fill or RSTn bytes.
+        app_or_comment = ((marker >= 0xE0) & (marker <= 0xEF)) | tf.equal(marker, 0xFE)
+        ends = tf.logical_not(is_marker & (app_or_comment | fill | standalone))
+        seglen = _uint(seg, 2, 2, False)
+        broken = (seglen < 2) & tf.logical_not(fill | standalone)  # a length too small to be one
+        exif = is_marker & tf.equal(marker, 0xE1) & _equals(seg, 4, b"Exif\0\0")
+        exif &= (seglen >= 8) & (pos + 2 + seglen <= b.length)  # the whole segment is there
+        step_to = tf.where(fill, pos + 1, tf.where(standalone, pos + 2, pos + 2 + seglen))
+        return step_to, tf.where(exif, pos + 10, found), ends | broken, step + 1
+
+    start = (_i64(2), _i64(-1), tf.constant(False), tf.constant(0))
+    return tf.while_loop(cond, body, start)[1]
+
+
+def _png_exif_offset(b: _Bytes) -> tf.Tensor:
+    """Offset of the TIFF header in a PNG's eXIf chunk (before the image data), or -1."""
+    kinds = tf.constant([list(b"eXIf"), list(b"IDAT"), list(b"IEND")], tf.int64)
+
+    def cond(pos, found, stop, step):
+        return (found < 0) & tf.logical_not(stop) & (pos < b.length) & (step < _MAX_PNG_CHUNKS)
+
+    def body(pos, found, stop, step):
+        chunk = b.get(pos, 8)
+        kind = tf.reduce_all(tf.equal(chunk[tf.newaxis, 4:8], kinds), axis=1)
+        found = tf.where(kind[0], pos + 8, found)
+        return pos + 12 + _uint(chunk, 0, 4, False), found, kind[1] | kind[2], step + 1
+
+    # Most PNGs hold IHDR then IDAT: no walk needed for them.
+    second = b.get(8 + 12 + _uint(b.get(8, 4), 0, 4, False), 8)
+    image_next = tf.reduce_any(tf.reduce_all(tf.equal(second[tf.newaxis, 4:8], kinds[1:]), axis=1))
+    start = (_i64(8), _i64(-1), tf.constant(False), tf.constant(0))
+    return tf.cond(image_next, lambda: _i64(-1), lambda: tf.while_loop(cond, body, start)[1])
+
+
+def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
+    """The Orientation (1..8) in IFD0 of the TIFF structure at `tiff`; 1 when absent or invalid."""
+    header = b.get(tiff, 8)
+    little = _equals(header, 0, b"II")
+    valid = little | _equals(header, 0, b"MM")
+    valid &= tf.equal(_uint(header, 2, 2, little), 42)
+    ifd = tiff + _uint(header, 4, 4, little)
+    count = _uint(b.get(ifd, 2), 0, 2, little)
+    entries = tf.reshape(b.get(ifd + 2, 12 * _MAX_IFD_ENTRIES), [_MAX_IFD_ENTRIES, 12])
+    tag, kind = _uint(entries, 0, 2, little), _uint(entries, 2, 2, little)
+    # SHORT (type 3) as cameras write it; LONG (4) tolerated.
+    value = tf.where(tf.equal(kind, 4), _uint(entries, 8, 4, little), _uint(entries, 8, 2, little))
+    match = (tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64) < count) & tf.equal(tag, _ORIENTATION_TAG)
+    match &= tf.equal(kind, 3) | tf.equal(kind, 4)
+    orientation = tf.gather(value, tf.argmax(tf.cast(match, tf.int32)))
+    ok = valid & tf.reduce_any(match) & (orientation >= 1) & (orientation <= 8)
+    return tf.cast(tf.where(ok, orientation, _i64(1)), tf.int32)
+
+
+def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
+    """The EXIF Orientation (int32 1..8) of one encoded JPEG or PNG; 1 (upright) otherwise.
+
+    Reads the first APP1 'Exif' segment of a JPEG (or the eXIf chunk before a
+    PNG's image data) within the file's first 256 KiB: its TIFF header (II/MM
+    byte order, 42), then tag 0x0112 of IFD0. Anything missing, truncated or
+    out of range gives 1.
+    """
+    b = head if head is not None else _Bytes(image_bytes)
+    fmt = _format(b.get(0, 3))
+    tiff = tf.case(
+        [
+            (tf.equal(fmt, _JPEG), lambda: _jpeg_exif_offset(b)),
+            (tf.equal(fmt, _PNG), lambda: _png_exif_offset(b)),
+        ],
+        default=lambda: _i64(-1),
+    )
+    return tf.cond(tiff >= 0, lambda: _tiff_orientation(b, tiff), lambda: tf.constant(1, tf.int32))
+
+
+# Per orientation 1..8 (index 0 unused): transpose first, then flip rows and/or columns.
+_TRANSPOSE = (False, False, False, False, False, True, True, True, True)
+_FLIP_ROWS = (False, False, False, True, True, False, False, True, True)  # upside down
+_FLIP_COLUMNS = (False, False, True, True, False, False, True, True, False)  # mirrored
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """[H, W, C] as stored -> upright, for EXIF orientation 1..8 (as Pillow's exif_transpose).
+
+    5..8 swap the axes (5 transpose, 6 turn clockwise, 7 transverse, 8 turn
+    counter-clockwise); 2 mirrors, 3 turns 180 degrees, 4 flips upside down.
+    """
+    o = tf.clip_by_value(tf.cast(orientation, tf.int32), 1, 8)
+    perm = tf.where(tf.gather(_TRANSPOSE, o), [1, 0, 2], [0, 1, 2])
+    axes = tf.boolean_mask([0, 1], tf.stack([tf.gather(_FLIP_ROWS, o), tf.gather(_FLIP_COLUMNS, o)]))
+    upright = tf.reverse(tf.transpose(image, perm), axes)
+    upright.set_shape([None, None, image.shape[-1]])
+    return upright
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+
+
+def _color_table_size(flags: tf.Tensor) -> tf.Tensor:
+    """Bytes of a GIF colour table from its packed flags byte (0 when there is none)."""
+    size = 3 * tf.bitwise.left_shift(_i64(2), flags % 8)
+    return tf.where(flags >= 128, size, _i64(0))
+
+
+def _gif_first_frame(data: tf.Tensor) -> tf.Tensor:
+    """The GIF cut after its first frame (plus the trailer), so only that frame is decoded.
+
+    TensorFlow's GIF decoder allocates every frame of an animation; only the first
+    is used. When the block structure cannot be followed, the bytes are returned
+    unchanged (and the decoder reports what is wrong with them).
+    """
+    b = _Bytes(data, None)
+
+    # mode 0: at a block; 1: in an extension's sub-blocks; 2: in the first image's sub-blocks.
+    def cond(pos, mode, end, step):
+        return (end < 0) & (pos < b.length) & (step < _MAX_GIF_STEPS)
+
+    def body(pos, mode, end, step):
+        block = b.get(pos, 10)
+        is_ext, is_image = tf.equal(block[0], 0x21), tf.equal(block[0], 0x2C)
+        image_data = pos + 11 + _color_table_size(block[9])  # descriptor, table, LZW code size
+        block_pos = tf.where(is_ext, pos + 2, tf.where(is_image, image_data, b.length))
+        block_mode = tf.where(is_ext, _i64(1), tf.where(is_image, _i64(2), _i64(0)))
+        size = block[0]  # in sub-blocks: the sub-block's length, 0 ends the sequence
+        at_block = tf.equal(mode, 0)
+        new_pos = tf.where(at_block, block_pos, pos + 1 + size)
+        new_mode = tf.where(at_block, block_mode, tf.where(tf.equal(size, 0), _i64(0), mode))
+        new_end = tf.where(tf.equal(mode, 2) & tf.equal(size, 0), pos + 1, end)
+        return new_pos, new_mode, new_end, step + 1
+
+    start = (13 + _color_table_size(b.get(10, 1)[0]), _i64(0), _i64(-1), tf.constant(0))
+    end = tf.while_loop(cond, body, start)[2]
+    return tf.cond(
+        end > 0,
+        lambda: tf.strings.join([tf.strings.substr(data, _i64(0), end), tf.constant(b";")]),
+        lambda: data,
+    )
+
+
+def _jpeg_ratio_index(height: tf.Tensor, width: tf.Tensor, target_size: int) -> tf.Tensor:
+    """Index into JPEG_RATIOS of the largest scale-down that keeps both sides >= target_size."""
+    short = tf.minimum(height, width)
+    index = _i64(0)
+    for i, ratio in enumerate(JPEG_RATIOS[1:], start=1):
+        index = tf.where(short // ratio >= target_size, _i64(i), index)
+    return index
+
+
+def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+    """One encoded JPEG/PNG/GIF/BMP -> upright uint8 RGB [H, W, 3], bounded in memory.
+
+    Fails with InvalidArgument, before decoding, when the header declares more
+    than `max_pixels`. A JPEG is decoded at the smallest libjpeg scale (1, 1/2,
+    1/4, 1/8) that keeps both sides >= `target_size`; a GIF gives its first
+    frame; grayscale is replicated to 3 channels and alpha dropped. The EXIF
+    orientation is applied last.
+    """
+    fmt, height, width = image_shape(image_bytes)
+    with tf.control_dependencies([check_pixels(height, width, max_pixels)]):
+        image_bytes = tf.identity(image_bytes)
+    ratio = _jpeg_ratio_index(height, width, target_size)
+    branch = tf.where(tf.equal(fmt, _JPEG), ratio, tf.where(tf.equal(fmt, _GIF), _i64(4), _i64(5)))
+
+    def jpeg(r: int):
+        return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r)
+
+    branches = [jpeg(r) for r in JPEG_RATIOS] + [
+        lambda: tf.io.decode_gif(_gif_first_frame(image_bytes))[0],
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+    ]
+    image = tf.switch_case(tf.cast(branch, tf.int32), branches)
+    image.set_shape([None, None, 3])
+    return apply_orientation(image, exif_orientation(image_bytes))
+
+
+def decode_and_resize(encoded: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
     """[batch] encoded JPEG/PNG/GIF/BMP bytes -> float32 [batch, S, S, 3] in [0, 255].
 
-    Grayscale is replicated to 3 channels, alpha is dropped, a GIF gives its
-    first frame. Works on a rank-1 batch of any length (tf.map_fn per image,
-    since images in a batch differ in size and format).
+    Each image goes through `decode_image` (pixel limit, DCT scaling, first GIF
+    frame, EXIF orientation), then an antialiased resize. Works on a rank-1
+    batch of any length (tf.map_fn per image, since images in a batch differ in
+    size and format).
     """
 
     def one(image_bytes: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
+        image = decode_image(image_bytes, image_size, max_pixels)
+        return tf.image.resize(
+            tf.cast(image, tf.float32),
+            [image_size, image_size],
+            method=RESIZE_METHOD,
+            antialias=RESIZE_ANTIALIAS,
+        )
 
     return tf.map_fn(
         one,
@@ -47,18 +407,26 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     )
 
 
-def preprocess_images(encoded: tf.Tensor, backbone: str, image_size: int) -> tf.Tensor:
+def preprocess_images(
+    encoded: tf.Tensor, backbone: str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tf.Tensor:
     """Decode, resize, then apply the backbone's own preprocess_input."""
-    images = decode_and_resize(_dense_1d(encoded), image_size)
+    images = decode_and_resize(_dense_1d(encoded), image_size, max_pixels)
     return backbones.get(backbone).preprocess_input(images)
 
 
 def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict[str, Any]:
-    """TFT preprocessing_fn. custom_config: {'backbone': name, 'image_size': int}."""
+    """TFT preprocessing_fn.
+
+    custom_config: {'backbone': name, 'image_size': int, 'max_image_pixels': int (optional)}.
+    """
     backbone = custom_config["backbone"]
     image_size = int(custom_config["image_size"])
-    outputs = {IMAGE_XF: preprocess_images(inputs[IMAGE_KEY], backbone, image_size)}
+    max_pixels = int(custom_config.get("max_image_pixels") or DEFAULT_MAX_PIXELS)
+    outputs = {IMAGE_XF: preprocess_images(inputs[IMAGE_KEY], backbone, image_size, max_pixels)}
     if LABEL_KEY in inputs:
-        labels = tf.strings.strip(_dense_1d(inputs[LABEL_KEY]))
+        # Class names go to the vocabulary exactly as given: ingest decides what a class
+        # name may be; the Trainer's input function refuses labels the vocabulary lacks.
+        labels = _dense_1d(inputs[LABEL_KEY])
         outputs[LABEL_XF] = tft.compute_and_apply_vocabulary(labels, vocab_filename=LABEL_VOCAB)
     return outputs

@@ -8,7 +8,7 @@ import tensorflow_transform as tft
 from pydantic import ValidationError
 from tfx import v1 as tfx
 
-from trainer import data, export, train
+from trainer import data, export, tflite, train
 from trainer.config import SUMMARY_FILE, ConfigError, TrainingConfig
 
 WARMUP_RECORDS = 4
@@ -29,16 +29,28 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Train on the raw examples through the Transform graph; export the full serving model."""
     params = parse_custom_config(fn_args.custom_config)
     tfo = tft.TFTransformOutput(fn_args.transform_graph_path)
-    result = train.train(
-        fn_args.train_files,
-        fn_args.eval_files,
-        tfo,
-        params,
-        log_dir=os.path.join(fn_args.model_run_dir, "logs"),
-        cache_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
-    )
+    with data.explain_unmapped_labels():  # a label with no class fails the Trainer, by name
+        result = train.train(
+            fn_args.train_files,
+            fn_args.eval_files,
+            tfo,
+            params,
+            log_dir=os.path.join(fn_args.model_run_dir, "logs"),
+            cache_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
+        )
     warmup = [r.numpy() for r in data.raw_examples(fn_args.eval_files).take(WARMUP_RECORDS)]
     export.export_serving_model(
         result.model, tfo, result.class_names, fn_args.serving_model_dir, warmup_examples=warmup
     )
-    train.write_summary(result, os.path.join(fn_args.model_run_dir, SUMMARY_FILE))
+    lite = tflite.export_for_config(
+        params,
+        result.model,
+        result.class_names,
+        fn_args.serving_model_dir,
+        fn_args.train_files,
+        fn_args.eval_files,
+    )
+    extra = {"tflite": lite.to_dict()} if lite else None
+    train.write_summary(result, os.path.join(fn_args.model_run_dir, SUMMARY_FILE), extra)
+    if lite:
+        lite.check()  # after the summary, so a failed run still records the agreement

@@ -429,11 +429,12 @@ def _sub(d: str | None, name: str) -> str | None:
     return os.path.join(d, name) if d else None
 
 
-def write_summary(result: TrainResult, path: str) -> None:
+def write_summary(result: TrainResult, path: str, extra: dict[str, Any] | None = None) -> None:
+    """The training summary as JSON; `extra` adds keys (e.g. the TFLite export's check)."""
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(
-            result.summary(),
+            {**result.summary(), **(extra or {})},
             f,
             indent=2,
             default=lambda o: float(o) if isinstance(o, np.floating) else str(o),

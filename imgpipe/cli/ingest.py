@@ -6,6 +6,7 @@ import argparse
 
 from imgpipe.cli.output import Command, UsageError, emit
 from imgpipe.ingest import IngestError, ingest
+from trainer.features import DEFAULT_MAX_PIXELS
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,13 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
     p.add_argument("--shards", type=int, default=None, help="TFRecord shards per split (default: by size)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip images whose header declares more pixels (width x height), undecoded "
+        f"(default {DEFAULT_MAX_PIXELS}; `imgpipe run --max-image-pixels` is the model's limit)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -28,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             num_shards=args.shards,
             overwrite=args.overwrite,
+            max_pixels=args.max_pixels,
         )
     except IngestError as e:
         raise UsageError(str(e)) from e

@@ -1,7 +1,7 @@
 """The `imgpipe` command: parse, dispatch to a command group's module, map errors to exit codes.
 
 Each command group lives in its own module (ingest, backbone, run, report, demo,
-serving, drift, kubeflow, airflow, schedule, prune) and registers `COMMANDS`. Modules load TensorFlow
+serving, batch, drift, kubeflow, airflow, schedule, prune) and registers `COMMANDS`. Modules load TensorFlow
 and TFX only inside the commands that need them, so `imgpipe --help` is quick.
 """
 
@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 from imgpipe.cli import (  # noqa: E402
     airflow,
     backbone,
+    batch,
     demo,
     drift,
     ingest,
@@ -48,7 +49,7 @@ from imgpipe.cli.output import (  # noqa: E402
 from imgpipe.orchestration.lock import LockBusy, LockError  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 
-GROUPS = (ingest, backbone, run, report, demo, serving, drift, kubeflow, airflow, schedule, prune)
+GROUPS = (ingest, backbone, run, report, demo, serving, batch, drift, kubeflow, airflow, schedule, prune)
 
 
 def commands() -> list[Command]:

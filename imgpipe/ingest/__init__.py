@@ -2,8 +2,11 @@
 
 One job per module, run in this order by ``ingest`` (run.py):
 
-- ``scan``: list the tree, read and check every file (``images``) ->
-  candidates (path, class, SHA-256, size) and skipped files with reasons;
+- ``scan``: list the tree, turn folder names into class names (``labels``:
+  Unicode NFC; names that cannot be labels, or collide, are refused), read
+  and check every file (``images``: both decoders, the pixel limit, EXIF
+  orientation) -> candidates (path, class, SHA-256, size) and skipped files
+  with reasons;
 - ``plan``: pure; group identical bytes, drop label conflicts and copies,
   split each class deterministically, plan the shards;
 - ``write``: re-read and re-hash each kept file, write the shards through a

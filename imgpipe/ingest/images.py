@@ -1,20 +1,29 @@
 """The per-file image check: which files ingest accepts, and reading them safely.
 
 A file is accepted only when both decoders agree it is a whole image: Pillow
-decodes it fully (``verify()`` alone misses truncation) and ``tf.io.decode_image``
-(the decoder the pipeline itself uses, which rejects some files Pillow reads).
+decodes it fully (``verify()`` alone misses truncation) and the pipeline's own
+decoding graph (``trainer.preprocessing.decode_image``, which Transform, the
+Trainer and every serving signature run) decodes it too. Memory stays bounded:
+the pixel count is read from the header first and a file over ``max_pixels``
+is skipped before anything is decoded; big JPEGs are decoded at 1/8 scale
+(both decoders still read every coded block, so damage is still found). The
+check also reports the EXIF orientation the graph applies.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
 import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from PIL import Image
 
 from imgpipe.ingest.errors import tf_error_text
+from trainer.features import DEFAULT_MAX_PIXELS
 
 # Pillow format name -> the format we report. MPO is the multi-picture JPEG
 # many cameras write; its bytes start as a plain JPEG and TF decodes them so.
@@ -27,6 +36,13 @@ ACCEPTED_FORMATS = {
 }
 
 
+class ImageCheck(NamedTuple):
+    """The verdict on one file: why it is refused (None: accepted) and its EXIF orientation."""
+
+    reason: str | None
+    orientation: int = 1  # 1..8 as the graph reads it; 1 is upright (or no EXIF)
+
+
 def read_regular_file(path: str) -> bytes:
     """File bytes; raises OSError for non-regular files (FIFOs would block)."""
     if not stat.S_ISREG(os.stat(path).st_mode):
@@ -35,10 +51,36 @@ def read_regular_file(path: str) -> bytes:
         return handle.read()
 
 
-def check_image(data: bytes) -> str | None:
+def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Return why ``data`` is not an acceptable image, or None when it is."""
+    return inspect_image(data, max_pixels).reason
+
+
+def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
+    """Check ``data`` as ingest does (see the module docstring); never raises on bad data."""
     if not data:
-        return "empty file (0 bytes)"
+        return ImageCheck("empty file (0 bytes)")
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    graph_reason = None
+    try:
+        height, width, orientation, decoded = (int(v) for v in _graph_check(max_pixels)(data))
+    except tf.errors.OpError as exc:
+        kind = {b"\xff\xd8": "JPEG", b"\x89P": "PNG", b"GI": "GIF", b"BM": "BMP"}.get(data[:2], "image")
+        graph_reason = f"TensorFlow cannot decode this {kind}: {tf_error_text(exc)}"
+        height = width = 0
+        orientation, decoded = 1, 0
+    if graph_reason is None and not decoded:
+        return ImageCheck(
+            f"{width} x {height} = {height * width} pixels, over the limit of {max_pixels} "
+            "(--max-pixels); not decoded"
+        )
+    # Pillow's reasons are the clearer ones (unsupported format, truncation), so they come first.
+    reason = _pillow_reason(data) or graph_reason
+    return ImageCheck(reason, orientation if reason is None else 1)
+
+
+def _pillow_reason(data: bytes) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # per-image Pillow chatter
@@ -47,8 +89,11 @@ def check_image(data: bytes) -> str | None:
                 if fmt not in ACCEPTED_FORMATS:
                     return f"unsupported image format {fmt}; accepted: JPEG, PNG, GIF, BMP"
                 image.verify()
-            # verify() checks structure only; a full decode catches truncation.
+            # verify() checks structure only; a full decode catches truncation. JPEGs are
+            # decoded at the smallest DCT scale: every block is still read, pixels are 1/64.
             with Image.open(io.BytesIO(data)) as image:
+                if fmt in ("JPEG", "MPO"):
+                    image.draft(image.mode, (1, 1))
                 image.load()
                 mode = image.mode
     except Image.UnidentifiedImageError:
@@ -58,12 +103,31 @@ def check_image(data: bytes) -> str | None:
     if fmt == "BMP" and mode == "P":
         # tf.io.decode_bmp returns palette indices as grey levels: silent garbage.
         return "palette (indexed-colour) BMP: TensorFlow decodes it wrongly; convert it to PNG"
+    return None
 
+
+@functools.cache
+def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
+    """The preprocessing graph's check of one file, traced once per limit.
+
+    Returns [height, width, EXIF orientation, decoded (0/1)]: the header is read
+    first, and only an image within ``max_pixels`` is decoded (at target size 1,
+    so a JPEG decodes at 1/8 scale). A decoding error raises tf.errors.OpError.
+    """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
-    try:
-        tf.io.decode_image(data, expand_animations=False)
-    except tf.errors.OpError as exc:
-        kind = ACCEPTED_FORMATS[fmt]
-        return f"TensorFlow cannot decode this {kind}: {tf_error_text(exc)}"
-    return None
+    from trainer import preprocessing
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def check(data: tf.Tensor) -> tf.Tensor:
+        _, height, width = preprocessing.image_shape(data)
+        within = height * width <= max_pixels
+        decoded = tf.cond(
+            within,
+            lambda: tf.size(preprocessing.decode_image(data, 1, max_pixels)) > 0,
+            lambda: tf.constant(False),
+        )
+        orientation = tf.cast(preprocessing.exif_orientation(data), tf.int64)
+        return tf.stack([height, width, orientation, tf.cast(decoded, tf.int64)])
+
+    return check

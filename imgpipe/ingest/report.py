@@ -29,6 +29,15 @@ class IngestReport:
     copy ``kept`` (written to ``split``) and the ``duplicates`` not written.
     ``label_conflicts``: identical bytes under several classes, none written.
     ``empty_classes``: class folders with no usable image (left out).
+    ``max_pixels``: the pixel limit files were checked against.
+    ``rejected_class_folders``: [{"folder", "reason"}]: folders not used as classes
+    (a name that cannot be a label, or a name conflict); their files are in ``skipped``.
+    ``class_name_conflicts``: [{"class", "folders"}]: folders whose names are one
+    class name once normalised (Unicode NFC); none of them is used.
+    ``normalised_classes``: [{"folder", "class"}]: folders whose label is their
+    name's NFC form, which differs from the name as stored.
+    ``rotated``: [{"path", "orientation"}]: accepted files with an EXIF orientation
+    other than 1; the preprocessing graph turns them upright, in training and serving.
     """
 
     images_dir: str
@@ -44,6 +53,11 @@ class IngestReport:
     label_conflicts: list[dict[str, Any]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    max_pixels: int = 0
+    rejected_class_folders: list[dict[str, str]] = field(default_factory=list)
+    class_name_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    normalised_classes: list[dict[str, str]] = field(default_factory=list)
+    rotated: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -67,6 +81,7 @@ class IngestReport:
             "out_dir": self.out_dir,
             "seed": self.seed,
             "eval_fraction": self.eval_fraction,
+            "max_pixels": self.max_pixels,
             "classes": list(self.classes),
             "counts": {c: dict(v) for c, v in self.counts.items()},
             "totals": self.totals,
@@ -79,5 +94,10 @@ class IngestReport:
             "num_label_conflict_files": self.num_conflicting_files,
             "label_conflicts": [dict(c) for c in self.label_conflicts],
             "empty_classes": list(self.empty_classes),
+            "rejected_class_folders": [dict(r) for r in self.rejected_class_folders],
+            "class_name_conflicts": [dict(c) for c in self.class_name_conflicts],
+            "normalised_classes": [dict(n) for n in self.normalised_classes],
+            "num_rotated": len(self.rotated),
+            "rotated": [dict(r) for r in self.rotated],
             "warnings": list(self.warnings),
         }

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from imgpipe.ingest.contract import REPORT_FILE
 from imgpipe.ingest.errors import IngestError
 from imgpipe.ingest.plan import make_plan
-from imgpipe.ingest.report import IngestReport
+from imgpipe.ingest.report import IngestReport, display_path
 from imgpipe.ingest.scan import check_images_dir, scan_tree
 from imgpipe.ingest.write import check_out_dir, write_outputs
+from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def ingest(
     *,
     overwrite: bool = False,
     progress_every: int = 1000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> IngestReport:
     """Check, de-duplicate and split an image tree into train/eval TFRecords.
 
@@ -37,9 +39,15 @@ def ingest(
     Progress lines (every ``progress_every`` files) and a final summary go to
     the ``imgpipe.ingest.*`` loggers at INFO, or, when given, to ``progress``
     (each line prefixed ``ingest: ``). ``overwrite=True`` lets ``out_dir`` be
-    non-empty and replaces only ingest's own outputs in it. Raises IngestError.
+    non-empty and replaces only ingest's own outputs in it. Images whose header
+    declares more than ``max_pixels`` (width x height) are skipped undecoded;
+    the pipeline's graph refuses them too (``max_image_pixels``). Class folder
+    names become labels as ``labels`` decides (Unicode NFC; refused names and
+    name conflicts are reported). Raises IngestError.
     """
     _check_arguments(eval_fraction, seed, num_shards, progress_every)
+    if not _is_number(max_pixels, numbers.Integral) or max_pixels < 1:
+        raise IngestError(f"max_pixels must be a positive int, got {max_pixels!r}")
     check_images_dir(images_dir)
     check_out_dir(images_dir, out_dir, overwrite)
     say = (lambda line: progress(f"ingest: {line}")) if progress else None
@@ -48,10 +56,17 @@ def ingest(
         out_dir=os.path.abspath(out_dir),
         seed=int(seed),
         eval_fraction=float(eval_fraction),
+        max_pixels=int(max_pixels),
     )
 
-    found = scan_tree(images_dir, progress=say, progress_every=progress_every)
+    found = scan_tree(images_dir, progress=say, progress_every=progress_every, max_pixels=max_pixels)
     report.skipped, report.files_scanned = found.skipped, found.files_scanned
+    report.rejected_class_folders = [
+        {"folder": display_path(name), "reason": reason} for name, reason in found.names.rejected.items()
+    ]
+    report.class_name_conflicts = found.names.conflicts
+    report.normalised_classes = found.names.normalised
+    report.rotated = found.rotated
     problem = found.nothing_usable(images_dir)
     if problem:
         raise IngestError(problem, report=report.to_dict())
@@ -75,7 +90,8 @@ def ingest(
         f"wrote {t['train']} train + {t['eval']} eval records for "
         f"{len(report.classes)} classes to {out_dir}; "
         f"skipped {len(report.skipped)} files, {report.num_duplicates} duplicates, "
-        f"{report.num_conflicting_files} label-conflict files "
+        f"{report.num_conflicting_files} label-conflict files, "
+        f"{len(report.rejected_class_folders)} class folders not used, {len(report.rotated)} rotated "
         f"(details in {os.path.join(out_dir, REPORT_FILE)})"
     )
     return report

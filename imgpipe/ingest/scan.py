@@ -4,13 +4,16 @@ Input is the layout of Keras ``image_dataset_from_directory``::
 
     images_dir/<class_name>/**/<image files>
 
-Each non-hidden file under a class folder is read once and checked
-(``images.check_image``); a good one becomes a ``Candidate`` (path, class,
-SHA-256, size: no pixel data is kept, so memory stays bounded), anything else
-a ``skipped`` entry with its reason. Entries that are not walked (files
-directly in ``images_dir``, unlistable directories, directory links that would
-loop or re-walk a folder) are skipped entries too: nothing is dropped silently.
-Nothing is written.
+Each class folder's name becomes its label (``labels``: Unicode NFC; names
+that cannot be labels, or that collide once normalised, are refused with the
+reason). Each non-hidden file under a used class folder is read once and
+checked (``images.inspect_image``, with the pixel limit); a good one becomes a
+``Candidate`` (path, class, SHA-256, size: no pixel data is kept, so memory
+stays bounded), anything else a ``skipped`` entry with its reason. Entries that
+are not walked (files directly in ``images_dir``, unlistable directories,
+directory links that would loop or re-walk a folder) and the files of refused
+class folders are skipped entries too: nothing is dropped silently. Nothing is
+written.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from imgpipe.ingest.errors import IngestError
-from imgpipe.ingest.images import check_image, read_regular_file
+from imgpipe.ingest.images import inspect_image, read_regular_file
+from imgpipe.ingest.labels import ClassNames, assign_labels
 from imgpipe.ingest.plan import Candidate
 from imgpipe.ingest.report import display_path
+from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +41,24 @@ LINK_NOT_FOLLOWED = (
 )
 
 
+class Listing(NamedTuple):
+    """The tree as listed: labels of the used class folders, their files, and the naming."""
+
+    classes: list[str]  # labels of the used class folders, in folder order
+    files: list[tuple[str, str, str]]  # (rel, abs, label)
+    names: ClassNames  # folder -> label, refused folders and name conflicts
+
+
 @dataclass
 class Scan:
     """What a scan found: class folders, usable files, and everything skipped."""
 
-    folders: list[str]  # class folder names, sorted
+    folders: list[str]  # labels of the used class folders, in folder order
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"path", "reason"}]
     files_scanned: int = 0  # every non-hidden entry looked at
+    names: ClassNames = field(default_factory=ClassNames)
+    rotated: list[dict[str, Any]] = field(default_factory=list)  # [{"path", "orientation"}]
 
     def nothing_usable(self, images_dir: str) -> str | None:
         """Why there is nothing to plan (no decodable image at all), or None."""
@@ -70,28 +86,30 @@ def scan_tree(
     *,
     progress: Callable[[str], None] | None = None,
     progress_every: int = 1000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Scan:
     """List ``images_dir`` and check every file in its class folders.
 
     ``progress`` gets a line every ``progress_every`` files (default: this
-    module's logger). Raises IngestError when the tree cannot be listed or has
-    no class folder, or a class folder's name is not valid UTF-8.
+    module's logger). Files over ``max_pixels`` (width x height, from the
+    header) are skipped undecoded. Raises IngestError when the tree cannot be
+    listed or has no class folder, or a class folder's name is not valid UTF-8.
     """
     say = progress or log.info
     skipped: list[dict[str, str]] = []
     try:
-        folders, listed = list_tree(images_dir, skipped)
+        folders, listed, names = list_tree(images_dir, skipped)
     except OSError as exc:
         raise IngestError(f"cannot list images dir {images_dir}: {exc}") from exc
     not_walked = len(skipped)
-    if not folders:
+    if not folders and not names.rejected:
         raise IngestError(
             f"no class subfolders in {images_dir}: "
             f"expected {images_dir}/<class_name>/<images>"
             + (f" ({not_walked} files found directly in it are ignored)" if not_walked else "")
         )
 
-    scan = Scan(folders, skipped=skipped, files_scanned=len(listed) + not_walked)
+    scan = Scan(folders, skipped=skipped, files_scanned=len(listed) + not_walked, names=names)
     total = len(listed)
     for done, (rel, path, label) in enumerate(listed, start=1):
         try:
@@ -101,10 +119,12 @@ def scan_tree(
             skipped.append({"path": display_path(rel), "reason": reason})
             data = None
         if data is not None:
-            reason = check_image(data)
+            reason, orientation = inspect_image(data, max_pixels)
             if reason is None:
                 digest = hashlib.sha256(data).hexdigest()
                 scan.candidates.append(Candidate(rel, label, digest, len(data)))
+                if orientation != 1:
+                    scan.rotated.append({"path": display_path(rel), "orientation": orientation})
             else:
                 skipped.append({"path": display_path(rel), "reason": reason})
         if done % progress_every == 0 and done < total:
@@ -113,15 +133,16 @@ def scan_tree(
     return scan
 
 
-def list_tree(root: str, skipped: list[dict[str, str]]) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """Class names and (rel, abs, class) of every non-hidden file under them.
+def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
+    """The used classes, (rel, abs, label) of every non-hidden file under them, and the naming.
 
     ``rel`` is '/'-separated and relative to ``root``; like ``abs`` it keeps
     undecodable file-name bytes as they are (``display_path`` makes them text).
 
     Entries that are not walked (files directly in ``root``, unlistable or
-    unfollowed directories) are appended to ``skipped``. Raises OSError when
-    ``root`` itself cannot be listed.
+    unfollowed directories) and every file of a class folder whose name is
+    refused (``labels.assign_labels``) are appended to ``skipped``. Raises
+    OSError when ``root`` itself cannot be listed.
     """
     with os.scandir(root) as entries:
         ordered = sorted(entries, key=lambda e: e.name)
@@ -140,11 +161,17 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> tuple[list[str], list
             class_dirs.append(entry)
         else:
             skipped.append({"path": display_path(_rel(root, entry.path)), "reason": NOT_IN_CLASS_FOLDER})
+    names = assign_labels([e.name for e in class_dirs])
     seen = {os.path.realpath(e.path) for e in class_dirs}
     files: list[tuple[str, str, str]] = []
     for entry in class_dirs:
-        files += [(rel, path, entry.name) for rel, path in _walk_class(root, entry.path, seen, skipped)]
-    return [e.name for e in class_dirs], files
+        walked = _walk_class(root, entry.path, seen, skipped)
+        if entry.name in names.labels:
+            files += [(rel, path, names.labels[entry.name]) for rel, path in walked]
+            continue
+        reason = f"class folder {entry.name!r} is not used: {names.rejected[entry.name]}"
+        skipped += [{"path": display_path(rel), "reason": reason} for rel, _ in walked]
+    return Listing(list(names.labels.values()), files, names)
 
 
 def _walk_class(

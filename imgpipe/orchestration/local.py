@@ -152,7 +152,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     from tfx.dsl.compiler import compiler, constants
     from tfx.orchestration.portable import runtime_parameter_utils
 
-    from pipeline.pipeline import COMPONENT_IDS, create_pipeline
+    from pipeline.pipeline import create_pipeline
 
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
@@ -166,7 +166,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
         ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id}
     )
 
-    tracker = _ComponentProgress(progress, len(COMPONENT_IDS), config)
+    tracker = _ComponentProgress(progress, len(pipeline.components), config)
     import absl.logging
 
     if verbose:

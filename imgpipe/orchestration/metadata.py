@@ -29,6 +29,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.gate import ACCURACY_KEY
 from components.gate_decision import GATE_FILE
+from components.prepush import REPORT_FILE as PREPUSH_REPORT_FILE
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metadata_url import PostgresTarget
 from trainer.config import SUMMARY_FILE
@@ -309,6 +310,12 @@ def training_summary(model_run_uri: str | None) -> dict | None:
 def gate_record(evaluation_uri: str | None) -> dict | None:
     """The Evaluator's gate.json, or None (runs from before the record existed)."""
     return _json_file(os.path.join(evaluation_uri, GATE_FILE)) if evaluation_uri else None
+
+
+def prepush_summary(infra_blessing_uri: str | None) -> dict | None:
+    """The InfraValidator's verdict (blessed, reason, latencies...) from its report; None if absent."""
+    report = _json_file(os.path.join(infra_blessing_uri, PREPUSH_REPORT_FILE)) if infra_blessing_uri else None
+    return report["summary"] if report is not None else None
 
 
 # ---------------------------------------------------------------------- one run, push skips, updates

@@ -6,12 +6,15 @@ each component's execution state, the blessing, the pushed version (or why
 nothing was pushed), the TFMA accuracy (overall, per class and the baseline's),
 the Trainer's replica count, and the Evaluator's decision record (`gate`:
 gate.json, the contract in components/gate_decision.py; null when the Evaluator
-did not run).
+did not run) and the pre-push validation's verdict (`prepush`: the InfraValidator's
+report summary, components/prepush_checks.py; null when it did not run).
 
 `pushed` is the version this run pushed, else null. `push_skipped` says why a
 blessed model was not pushed: "identical to version N" (the Pusher found the
 newest served version byte-identical) or "cached: ..." (the Pusher was served
-from cache: an earlier run with the same inputs did the push).
+from cache: an earlier run with the same inputs did the push). A model the
+Evaluator blessed but pre-push validation refused is not pushed either; `prepush`
+says why.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class RunSummary:
     # The run report (imgpipe/report): its index.html, or None with the reason it is missing.
     report: str | None = None
     report_error: str | None = None
+    prepush: dict | None = None  # the InfraValidator's verdict (components/prepush_checks.py summary)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,6 +64,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
             pushed = None
         evaluation_uri = metadata.output_uri(store, executions.get("Evaluator"), "evaluation")
         model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
+        infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
@@ -75,6 +80,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         baseline_accuracy=baseline,
         push_skipped=push_skipped,
         gate=gate,
+        prepush=metadata.prepush_summary(infra_blessing_uri),
     )
 
 

@@ -1,17 +1,19 @@
 """Whole-pipeline runs on LocalDagRunner with real images and a backbone pre-trained here.
 
 One module-scoped sequence: a first run (every component executes, the model is
-blessed and pushed, its report is written and checked against the eval split),
-an identical re-run (served from cache, the identical model not pushed again;
-its report is made to fail and the run still succeeds), then a worse model that
-the gate must stop (nothing pushed, serving dir unchanged). Then a second,
-small pipeline on a skewed 2-class task whose eval split has a class train
-lacks: the data gate stops it before training, and with allow_anomalies a
-deliberately bad model runs through and is not blessed, with the reasons.
-Last, the faults of RELIABILITY.md, with real `imgpipe` processes on the first
-pipeline's home: a run killed with SIGKILL mid-Trainer, runs started while
-another holds the home, stdout parsed as JSON, and a prune after which the
-next run is still cached and gated against the same baseline.
+blessed, validated in a model server and pushed, its report is written and
+checked against the eval split), an identical re-run (served from cache, the
+identical model not pushed again; its report is made to fail and the run still
+succeeds), then a worse model that the gate must stop (nothing pushed, serving
+dir unchanged), and a run with score_data whose BulkInferrer scores unlabelled
+Examples. Then a second, small pipeline on a skewed 2-class task whose eval
+split has a class train lacks: the data gate stops it before training, and with
+allow_anomalies a deliberately bad model runs through and is not blessed, with
+the reasons. Then the faults of RELIABILITY.md, with real `imgpipe` processes on
+the first pipeline's home: a run killed with SIGKILL mid-Trainer, runs started
+while another holds the home, stdout parsed as JSON, and a prune after which the
+next run is still cached and gated against the same baseline. Last, a model with
+a broken serving signature that pre-push validation must stop.
 """
 
 import collections
@@ -70,6 +72,7 @@ def base_config(tmp_path_factory, source_backbone, digits_records):
         learning_rate=1e-2,
         dropout=0.0,
         min_accuracy=0.6,
+        export_tflite="float16",
     )
 
 
@@ -87,6 +90,10 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     # Far above chance (1/3) on the held-out split.
     assert s.accuracy is not None and s.accuracy >= 0.7, s
     assert s.blessed is True
+    # Pre-push validation served it (`imgpipe serve`: no tensorflow_model_server here) and passed.
+    assert s.prepush["blessed"] is True and s.prepush["validated"] is True, s.prepush
+    assert s.prepush["server"] == "imgpipe serve" and s.prepush["failures"] == []
+    assert set(s.prepush["p99_ms"]) == {"serving_default", "classification", "predict_images"}
     gate = s.gate
     assert gate["blessed"] is True and gate["reasons"] == [] and gate["anomalies_allowed"] == []
     # Three balanced classes: 1/3 + 0.05 is below min_accuracy 0.6, which applies.
@@ -105,6 +112,21 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     [(version, files)] = versions.items()
     assert version.isdigit() and "saved_model.pb" in files
     assert s.pushed and os.path.samefile(s.pushed, os.path.join(model_dir, version))
+    # The TFLite model and its contract travel inside the pushed SavedModel; it still serves (above).
+    assert sorted(os.listdir(os.path.join(s.pushed, "assets.extra"))) == [
+        "model.tflite",
+        "model.tflite.json",
+        "tf_serving_warmup_requests",
+    ]
+    cfg = base_config.resolved()
+    with mlmd.open_store(cfg) as store:
+        trainer = mlmd.run_executions(store, cfg.pipeline_name, mlmd.latest_run(store, cfg.pipeline_name))[
+            "Trainer"
+        ]
+        model_run = mlmd.output_uri(store, trainer, "model_run")
+    with open(os.path.join(model_run, "training_summary.json"), encoding="utf-8") as f:
+        lite = json.load(f)["tflite"]
+    assert lite["quantization"] == "float16" and lite["passed"] and lite["agreement"] >= 0.98
     assert os.path.exists(os.path.join(s.run_dir, "config.yaml"))
     assert (
         PipelineConfig.from_yaml(os.path.join(s.run_dir, "config.yaml")).training.weights
@@ -258,13 +280,15 @@ def test_gate_stops_a_worse_model(base_config, first_run):
     before = _versions(model_dir)
     # A randomly initialised backbone on the same data: far worse than the blessed baseline,
     # though above this run's own floor, so only the no-regression threshold can stop it.
-    worse = base_config.replace(weights="none", epochs=2, min_accuracy=0.0)
+    worse = base_config.replace(weights="none", epochs=2, min_accuracy=0.0, export_tflite="none")
     s = run_local(worse)
     assert s.executions["Trainer"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
     assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
     assert s.accuracy < first_run.accuracy
     assert s.blessed is False
     assert s.pushed is None
+    assert s.prepush["validated"] is False and s.prepush["blessed"] is False  # nothing to serve
+    assert "did not bless" in s.prepush["reason"]
     assert s.gate["baseline"]["compared"] is True
     assert any("regressed from the latest blessed model's" in r for r in s.gate["reasons"]), s.gate
     assert _versions(model_dir) == before
@@ -307,6 +331,36 @@ def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):
     np.testing.assert_allclose([p.scores[0] for p in got], local["scores"].numpy()[:, 0], rtol=1e-5)
 
 
+def test_score_data_is_scored_by_bulk_inferrer_after_blessing(base_config, first_run, tmp_path):
+    """With score_data (`--score-data`), TFX's BulkInferrer scores the unlabelled split."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tests import helpers
+
+    images = [img for img, _ in helpers.digit_images(CLASSES, per_class=2, size=SIZE, seed=5)]
+    score_dir = tmp_path / "unlabelled"
+    helpers.write_tfrecords(str(score_dir / "data.tfrecord"), [(img, None) for img in images])
+    config = base_config.replace(score_data=str(score_dir))
+    s = run_local(config)
+    assert s.executions["Trainer"] == "CACHED" and s.blessed is True
+    assert s.executions["ScoreExampleGen"] == "COMPLETE" and s.executions["BulkInferrer"] == "COMPLETE"
+    cfg = config.resolved()
+    with mlmd.open_store(cfg) as store:
+        run = mlmd.run_by_id(store, cfg.pipeline_name, s.run_id)
+        inferrer = mlmd.run_executions(store, cfg.pipeline_name, run)["BulkInferrer"]
+        uri = mlmd.output_uri(store, inferrer, "inference_result")
+    files = tf.io.gfile.glob(os.path.join(uri, "*"))
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ]
+    assert len(logs) == len(images)
+    for log in logs:
+        scores = tf.make_ndarray(log.predict_log.response.outputs["scores"])
+        assert scores.shape == (1, len(CLASSES)) and abs(float(scores.sum()) - 1.0) < 1e-4
+
+
 # ----------------------------------------------------------------- the data gate
 @pytest.fixture(scope="module")
 def anomaly_config(base_config, tmp_path_factory):
@@ -329,6 +383,7 @@ def anomaly_config(base_config, tmp_path_factory):
         pipeline_name="digits-anomaly",
         serving_dir=str(work / "serving"),
         min_accuracy=0.5,
+        export_tflite="none",  # the data gate is the subject; an untrained model fails the TFLite check
     )
 
 
@@ -580,3 +635,35 @@ def test_prune_keeps_what_the_next_run_needs(base_config, first_run):
     assert all(s.executions[n] == "CACHED" for n in COMPONENT_IDS if n != "latest_blessed_model_resolver"), s
     assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
     assert s.blessed is True and s.pushed is None
+
+
+def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config, first_run, monkeypatch):
+    """The Evaluator blesses it (serving_default works), the served predict_images fails: no push.
+
+    Last in the module: the Evaluator's blessing makes this model the next runs' baseline.
+    """
+    import tensorflow as tf
+
+    from trainer import export
+    from trainer.features import IMAGE_KEY
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def broken_predict_images(self, images):
+        tf.debugging.assert_equal(tf.size(images), -1, message="predict_images broken on purpose")
+        scores = self._scores({IMAGE_KEY: export._raw_image_input(images, self.raw_spec)})  # noqa: SLF001
+        return {"scores": scores, "classes": self._all_classes(scores)}
+
+    monkeypatch.setattr(export._ServingModule, "predict_images", broken_predict_images)  # noqa: SLF001
+    model_dir = base_config.resolved().model_serving_dir
+    before = _versions(model_dir)
+    # Fewer epochs: the Trainer runs again (its export is the broken one); the gate lets it through.
+    s = run_local(base_config.replace(epochs=2, min_accuracy=0.0, max_regression=1.0, export_tflite="none"))
+    assert s.executions["Trainer"] == "COMPLETE" and s.executions["InfraValidator"] == "COMPLETE"
+    assert s.blessed is True
+    p = s.prepush
+    assert p["validated"] is True and p["blessed"] is False
+    assert p["reason"].startswith("answer (predict_images, eval example 0): INVALID_ARGUMENT: "), p
+    assert "predict_images broken on purpose" in p["reason"]
+    assert all("predict_images" in f for f in p["failures"])  # the other signatures answered
+    assert s.pushed is None
+    assert _versions(model_dir) == before

@@ -1,0 +1,253 @@
+"""predict_batch: score every image under a folder or glob with a model, as one Beam job.
+
+    files --(CheckImages: read, ingest's check)--> images --BatchElements--> batches
+          --(ScoreWithSavedModel | ScoreWithServer)--> scored --> OUT (.csv | .jsonl | .tfrecord)
+    skipped (from both steps) --> OUT.report.json, with the counts: scored + skipped = files
+
+The runner is the pipeline's own Beam configuration (pipeline/beam.py): direct,
+multiprocess, dataflow, flink or spark. The list of files goes to the workers
+as a file next to OUT (so remote workers can read it), is reshuffled so every
+worker gets a share, and is removed at the end with the other scratch files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+from imgpipe.batch.inputs import NoInputs, list_images
+from imgpipe.batch.outputs import output_format, read_predictions, write_transform
+from imgpipe.batch.progress import ProgressBar
+from imgpipe.batch.scoring import SKIPPED, CheckImages, ScoreWithSavedModel, ScoreWithServer
+from pipeline.beam import BeamConfig, beam_pipeline_args
+from trainer.features import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger(__name__)
+
+LOCAL_RUNNERS = ("direct", "multiprocess")  # workers share this machine's file system
+REPORT_SUFFIX = ".report.json"
+
+
+class BatchError(ValueError):
+    """Bad arguments or inputs of a batch prediction; the message names the flag or path."""
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """What predict_batch did; `to_dict()` is the report (and the command's JSON result)."""
+
+    files: int
+    scored: int
+    skipped: list[dict[str, str]]
+    out: str
+    report: str
+    format: str
+    source: dict[str, Any]  # {"model": dir, "version": n} or {"target": host:port, "model_name": name}
+
+    def to_dict(self, with_skipped: bool = True) -> dict[str, Any]:
+        result = {
+            "files": self.files,
+            "scored": self.scored,
+            "num_skipped": len(self.skipped),
+            "out": self.out,
+            "format": self.format,
+            "report": self.report,
+            **self.source,
+        }
+        if with_skipped:
+            result["skipped"] = list(self.skipped)
+        return result
+
+
+def resolve_model(path: str) -> tuple[str, int | None]:
+    """(SavedModel dir, version or None): `path` itself, or its newest integer version dir.
+
+    A TF Serving model base path (`SERVING_DIR/MODEL_NAME`, what the Pusher
+    writes) resolves like TF Serving's default policy: the highest version.
+    """
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    gfile = tf.io.gfile
+    if gfile.exists(os.path.join(path, "saved_model.pb")):
+        name = os.path.basename(os.path.normpath(path))
+        return path, int(name) if name.isdigit() else None
+    if not gfile.isdir(path):
+        raise BatchError(f"--model {path}: no such directory")
+    versions = [
+        int(entry.rstrip("/"))
+        for entry in gfile.listdir(path)
+        if entry.rstrip("/").isdigit()
+        and gfile.exists(os.path.join(path, entry.rstrip("/"), "saved_model.pb"))
+    ]
+    if not versions:
+        raise BatchError(
+            f"--model {path}: neither a SavedModel (no saved_model.pb) nor a model base path "
+            "with integer version directories"
+        )
+    newest = max(versions)
+    return os.path.join(path, str(newest)), newest
+
+
+def predict_batch(
+    images: str,
+    out: str,
+    *,
+    model_dir: str | None = None,
+    target: str | None = None,
+    model_name: str | None = None,
+    batch_size: int = 32,
+    top_k: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    beam: BeamConfig | None = None,
+    progress: bool | None = None,
+    timeout: float = 30.0,
+) -> BatchResult:
+    """Score every image of `images` (a directory, recursively, or a glob) into `out`.
+
+    Exactly one of `model_dir` (a SavedModel or a model base path) and `target`
+    (HOST:PORT of TF Serving or `imgpipe serve`, with `model_name`). Files that
+    cannot be read, fail ingest's check (imgpipe/ingest/images.py, with
+    `max_pixels`) or that the model refuses are listed with the reason in
+    OUT.report.json. `progress`: draw a bar on stderr (None: when it is a
+    terminal and the runner is local). Raises BatchError for bad arguments;
+    a failing model or server fails the job (the runner's exception).
+    """
+    beam = beam or BeamConfig()
+    if (model_dir is None) == (target is None):
+        raise BatchError("give exactly one of --model DIR and --target HOST:PORT")
+    if target is not None and not model_name:
+        raise BatchError("--target needs --model-name (the name the server serves the model under)")
+    if batch_size < 1:
+        raise BatchError(f"--batch-size must be >= 1, got {batch_size}")
+    if top_k is not None and top_k < 1:
+        raise BatchError(f"--top-k must be >= 1, got {top_k}")
+    if max_pixels < 1:
+        raise BatchError(f"--max-pixels must be >= 1, got {max_pixels}")
+    try:
+        fmt = output_format(out)
+        paths = list_images(images)
+    except (ValueError, NoInputs) as exc:
+        raise BatchError(str(exc)) from exc
+    args = beam_pipeline_args(beam)  # BeamConfigError (a ConfigError) names the flag
+
+    keep_images = fmt == "tfrecord"
+    if model_dir is not None:
+        export_dir, version = resolve_model(model_dir)
+        name = model_name or _model_name(export_dir)
+        source: dict[str, Any] = {"model": export_dir, "version": version}
+    else:
+        name = model_name or ""
+        source = {"target": target, "model_name": name}
+    log.info("scoring %d files from %s with %s into %s", len(paths), images, source, out)
+
+    scratch = f"{out}.inputs.jsonl"
+    skipped_file = f"{out}.skipped.jsonl"
+    _write_lines(scratch, [json.dumps(p) for p in paths])
+    try:
+        local = beam.beam_runner in LOCAL_RUNNERS
+        with ProgressBar(len(paths), enabled=False if not local else progress) as bar:
+            if model_dir is not None:
+                scorer = ScoreWithSavedModel(export_dir, name, version, top_k, keep_images, bar.directory)
+            else:
+                scorer = ScoreWithServer(target, name, top_k, keep_images, bar.directory, timeout=timeout)
+            _run(
+                args,
+                scratch,
+                out,
+                fmt,
+                skipped_file,
+                CheckImages(max_pixels, bar.directory),
+                scorer,
+                batch_size,
+            )
+        skipped = [json.loads(line) for line in _read_lines(skipped_file)]
+    finally:
+        _remove(scratch)
+        _remove(skipped_file)
+    skipped.sort(key=lambda s: s["path"])
+    scored = len(read_predictions(out))
+    if scored + len(skipped) != len(paths):
+        raise RuntimeError(
+            f"{len(paths)} files, but {scored} scored + {len(skipped)} skipped: "
+            f"{len(paths) - scored - len(skipped)} unaccounted for (a runner lost or duplicated work)"
+        )
+    result = BatchResult(len(paths), scored, skipped, out, f"{out}{REPORT_SUFFIX}", fmt, source)
+    _write_lines(result.report, [json.dumps(result.to_dict(), indent=2, ensure_ascii=False)])
+    log.info(
+        "scored %d of %d files; %d skipped (reasons in %s)", scored, len(paths), len(skipped), result.report
+    )
+    return result
+
+
+def _run(
+    args: list[str],
+    inputs: str,
+    out: str,
+    fmt: str,
+    skipped_file: str,
+    check: CheckImages,
+    scorer: ScoreWithSavedModel | ScoreWithServer,
+    batch_size: int,
+) -> None:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    one_file = {"num_shards": 1, "shard_name_template": ""}
+    with beam.Pipeline(options=PipelineOptions(args)) as p:
+        checked = (
+            p
+            | "Files" >> beam.io.ReadFromText(inputs)
+            | "Paths" >> beam.Map(json.loads)
+            | "Spread" >> beam.Reshuffle()
+            | "Check" >> beam.ParDo(check).with_outputs(SKIPPED, main="images")
+        )
+        scored = (
+            checked.images
+            | "Batch" >> beam.BatchElements(min_batch_size=batch_size, max_batch_size=batch_size)
+            | "Score" >> beam.ParDo(scorer).with_outputs(SKIPPED, main="scored")
+        )
+        _ = scored.scored | "Write" >> write_transform(out, fmt)
+        _ = (
+            (checked[SKIPPED], scored[SKIPPED])
+            | "Skipped" >> beam.Flatten()
+            | "SkippedJSON" >> beam.Map(json.dumps)
+            | "WriteSkipped" >> beam.io.WriteToText(skipped_file, **one_file)
+        )
+
+
+def _model_name(export_dir: str) -> str:
+    """The served name a SavedModel's path implies: NAME of SERVING_DIR/NAME/VERSION, else its dir name."""
+    path = os.path.normpath(export_dir)
+    name = os.path.basename(path)
+    if name.isdigit():
+        name = os.path.basename(os.path.dirname(path))
+    return name or "model"
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    parent = os.path.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+
+
+def _read_lines(path: str) -> list[str]:
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path, "r") as handle:
+        return [line for line in handle.read().splitlines() if line.strip()]
+
+
+def _remove(path: str) -> None:
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)

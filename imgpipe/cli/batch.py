@@ -1,0 +1,90 @@
+"""`imgpipe predict-batch`: score a folder (or glob) of images with a model, as a Beam job."""
+
+from __future__ import annotations
+
+import argparse
+
+from pydantic import ValidationError
+
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
+from pipeline.beam import BeamConfig
+from pipeline.config import ConfigError, describe
+from trainer.features import DEFAULT_MAX_PIXELS
+
+
+def _add(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--model", help="SavedModel dir, or a model base path (SERVING_DIR/NAME): its newest version"
+    )
+    source.add_argument("--target", help="HOST:PORT of TF Serving or `imgpipe serve` (needs --model-name)")
+    p.add_argument("--model-name", help="served model name (with --target; with --model: the logs' name)")
+    p.add_argument(
+        "--images", required=True, help="image directory (recursive) or glob, e.g. 'photos/**/*.jpg'"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file; its extension picks the format: .csv (path,rank,class,score), "
+        ".jsonl (one JSON per image) or .tfrecord (TF Serving PredictionLogs). "
+        "Skipped files and the counts go to OUT.report.json",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument(
+        "--top-k", type=int, default=None, help="keep the K best classes (default: all the model gives)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"skip images declaring more pixels, undecoded, as ingest does (default {DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline per RPC with --target, seconds")
+    fields = BeamConfig.model_fields
+    p.add_argument("--beam-runner", default="direct", help=fields["beam_runner"].description)
+    p.add_argument("--beam-workers", type=int, default=0, help=fields["beam_workers"].description)
+    p.add_argument(
+        "--beam-arg", action="append", default=[], metavar="ARG", help=fields["beam_args"].description
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from imgpipe.batch import BatchError, predict_batch  # loads Beam: only when the command runs
+
+    try:
+        beam = BeamConfig(
+            beam_runner=args.beam_runner, beam_workers=args.beam_workers, beam_args=args.beam_arg
+        )
+    except ValidationError as e:
+        raise UsageError(describe(e)) from e
+    try:
+        result = predict_batch(
+            args.images,
+            args.out,
+            model_dir=args.model,
+            target=args.target,
+            model_name=args.model_name,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            max_pixels=args.max_pixels,
+            beam=beam,
+            progress=False if args.no_progress else None,
+            timeout=args.timeout,
+        )
+    except (BatchError, ConfigError) as e:
+        raise UsageError(str(e)) from e
+    except Exception as e:  # noqa: BLE001 - the job failed (model, server, runner): exit 1 with why
+        raise WorkFailed(f"predict-batch failed: {type(e).__name__}: {e}") from e
+    emit(result.to_dict(with_skipped=False))
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "predict-batch",
+        "score a folder of images with a model (SavedModel or TF Serving), as a Beam job",
+        _add,
+        _run,
+    )
+]

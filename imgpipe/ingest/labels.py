@@ -1,0 +1,95 @@
+"""Class names: which folder names become labels, and the one normalisation applied.
+
+A class folder's label is its name in Unicode NFC, and nothing else changes:
+case, inner spaces, punctuation and every script are kept, so for a name
+already in NFC (what Linux, Windows and APFS usually hold) the label is the
+folder name byte for byte, all the way to the served model's class names.
+NFC is the form text usually arrives in; macOS HFS+ and some archives store
+decomposed (NFD) names, and "café" typed on two machines must be one class.
+
+A folder is not used, with the reason in the report, when its name
+
+- holds a control character (Unicode Cc: tab, CR, LF, DEL, C1) or a line or
+  paragraph separator (Zl, Zp): TFT's label vocabulary is a text file of one
+  name per line and silently drops names holding CR or LF (their examples
+  would become class -1); the rest break one-line logs, CSV and reports;
+- starts or ends with whitespace: invisible in every report, so "cat" and
+  "cat " would look like one class while being two;
+- normalises to the same label as another folder (e.g. "café" stored once
+  composed and once decomposed): a class-name conflict; none of those
+  folders is used, since which one is meant cannot be known.
+
+(Empty names cannot occur: a folder always has a name.)
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+
+from imgpipe.ingest.report import display_path
+
+NORMAL_FORM = "NFC"
+_FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
+def label_problem(name: str) -> str | None:
+    """Why folder `name` cannot be a class name, or None when it can (before conflicts)."""
+    for char in name:
+        kind = _FORBIDDEN_CATEGORIES.get(unicodedata.category(char))
+        if kind:
+            return f"the name holds {kind} (U+{ord(char):04X}); rename the folder"
+    if name != name.strip():
+        return "the name starts or ends with whitespace; rename the folder"
+    return None
+
+
+def normalise(name: str) -> str:
+    """The label of an accepted folder name: its Unicode NFC form."""
+    return unicodedata.normalize(NORMAL_FORM, name)
+
+
+@dataclass
+class ClassNames:
+    """Folder names -> labels, and the folders that are not used, with reasons."""
+
+    labels: dict[str, str] = field(default_factory=dict)  # folder name -> label, in folder order
+    rejected: dict[str, str] = field(default_factory=dict)  # folder name -> reason
+    conflicts: list[dict[str, object]] = field(default_factory=list)  # [{"class", "folders"}]
+
+    @property
+    def normalised(self) -> list[dict[str, str]]:
+        """Folders whose label differs from their name (report entries)."""
+        return [
+            {"folder": display_path(name), "class": label}
+            for name, label in self.labels.items()
+            if label != name
+        ]
+
+
+def assign_labels(folders: list[str]) -> ClassNames:
+    """Labels for `folders` (names in order): the NFC form, or a reason the folder is not used."""
+    result = ClassNames()
+    by_label: dict[str, list[str]] = {}
+    for name in folders:
+        problem = label_problem(name)
+        if problem:
+            result.rejected[name] = problem
+        else:
+            by_label.setdefault(normalise(name), []).append(name)
+    for name in folders:
+        if name in result.rejected:
+            continue
+        label = normalise(name)
+        group = by_label[label]
+        if len(group) == 1:
+            result.labels[name] = label
+            continue
+        others = [ascii(other) for other in group if other != name]
+        result.rejected[name] = (
+            f"the name is the same class name as folder {', '.join(others)} once normalised "
+            f"(Unicode {NORMAL_FORM}: {label!r}); merge or rename them"
+        )
+        if name == group[0]:
+            result.conflicts.append({"class": label, "folders": [display_path(f) for f in group]})
+    return result

@@ -1,0 +1,285 @@
+"""`imgpipe predict-batch`: counts add up, every format parses, --model equals --target and the in-process model.
+
+The model is the session's small exported classifier (tests/serving_fixtures.py),
+whose scores depend on the image, so equality between paths means something.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import prediction_log_pb2
+
+from imgpipe.batch import BatchError, predict_batch
+from imgpipe.batch.inputs import NoInputs, list_images
+from imgpipe.batch.outputs import read_predictions
+from imgpipe.batch.progress import ProgressBar, render
+from imgpipe.cli.main import main
+from pipeline.beam import BeamConfig
+from tests import image_samples, serving_fixtures
+
+NAME = serving_fixtures.MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def model() -> serving_fixtures.ServingModel:
+    return serving_fixtures.serving_model()
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory) -> tuple[Path, dict[str, bytes], dict[str, str]]:
+    """A tree of good images (nested, PNG and JPEG) and files that cannot be scored.
+
+    Returns (root, {path: bytes} of scorable images, {path: reason fragment} of the rest).
+    """
+    root = tmp_path_factory.mktemp("batch") / "images"
+    good: dict[str, bytes] = {}
+    for i, (data, _) in enumerate(model.items[:9]):
+        rel = f"sub/deeper/{i}.png" if i % 3 == 0 else f"{i}.png"
+        good[rel] = data
+    good["photo.jpg"] = serving_fixtures.as_jpeg(model.items[10][0])
+    bad = {
+        "truncated.png": (model.items[11][0][:60], "cannot decode"),
+        "notes.txt": (b"not an image", "not a recognised image"),
+        "empty.png": (b"", "empty file"),
+        "huge.png": (image_samples.black_png(20_000, 20_000), "over the limit of 40000000"),
+        "sub/scan.tiff": (_tiff(), "unsupported image format TIFF"),
+    }
+    for rel, data in [*good.items(), *((r, d) for r, (d, _) in bad.items())]:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / ".hidden.png").write_bytes(good["1.png"])  # hidden: not a file to score
+    os.mkfifo(root / "pipe.png")  # unreadable as a file: listed, skipped
+    bad["pipe.png"] = (b"", "cannot read: not a regular file")
+    paths = {str(root / rel): data for rel, data in good.items()}
+    reasons = {str(root / rel): why for rel, (_, why) in bad.items()}
+    return root, paths, reasons
+
+
+def _tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def _reference(model, paths: dict[str, bytes]) -> dict[str, tuple[list[str], list[float]]]:
+    """The SavedModel called in-process on the same images: the ground truth."""
+    signature = tf.saved_model.load(model.export_dir).signatures["predict_images"]
+    images = list(paths.values())
+    out = signature(images=tf.constant(images))
+    classes = [[c.decode() for c in row] for row in out["classes"].numpy()]
+    return {
+        p: (c, [float(s) for s in row])
+        for p, c, row in zip(paths, classes, out["scores"].numpy(), strict=True)
+    }
+
+
+def _by_path(rows: list[dict]) -> dict[str, tuple[list[str], list[float]]]:
+    return {r["path"]: (r["classes"], r["scores"]) for r in rows}
+
+
+def _assert_same(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    for path, (classes, scores) in expected.items():
+        assert got[path][0] == classes, path
+        np.testing.assert_allclose(got[path][1], scores, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+@pytest.fixture(scope="module")
+def jsonl_run(model, folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "scores.jsonl"
+    result = predict_batch(str(folder[0]), str(out), model_dir=model.export_dir, batch_size=4, progress=False)
+    return result, out
+
+
+def test_counts_add_up_and_every_skipped_file_has_its_reason(folder, jsonl_run):
+    _, good, bad = folder
+    result, out = jsonl_run
+    assert result.files == len(good) + len(bad)
+    assert result.scored == len(good)
+    assert result.scored + len(result.skipped) == result.files
+    reasons = {s["path"]: s["reason"] for s in result.skipped}
+    assert set(reasons) == set(bad)
+    for path, fragment in bad.items():
+        assert fragment in reasons[path], (path, reasons[path])
+    report = json.loads(Path(result.report).read_text())
+    assert report["files"] == result.files and report["num_skipped"] == len(bad)
+    assert report["skipped"] == result.skipped
+
+
+def test_predictions_equal_the_savedmodel_in_process(model, folder, jsonl_run):
+    _, out = jsonl_run
+    _assert_same(_by_path(read_predictions(str(out))), _reference(model, folder[1]))
+
+
+@pytest.mark.parametrize("ext", ["csv", "tfrecord"])
+def test_every_output_format_parses_to_the_same_predictions(model, folder, jsonl_run, tmp_path, ext):
+    out = tmp_path / f"scores.{ext}"
+    result = predict_batch(str(folder[0]), str(out), model_dir=model.export_dir, batch_size=4, top_k=2)
+    assert result.format == ext and result.scored == len(folder[1])
+    expected = {p: (c[:2], s[:2]) for p, (c, s) in _by_path(read_predictions(str(jsonl_run[1]))).items()}
+    _assert_same(_by_path(read_predictions(str(out))), expected)
+    if ext == "csv":
+        lines = out.read_text().splitlines()
+        assert lines[0] == "path,rank,class,score" and len(lines) == 1 + 2 * result.scored
+    else:
+        # Each record is a Predict request (the file's bytes) with its response: replayable.
+        for record in tf.data.TFRecordDataset(str(out)):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            request = log.predict_log.request
+            assert request.model_spec.signature_name == "predict_images"
+            image = tf.make_ndarray(request.inputs["images"])[0]
+            assert image == folder[1][log.log_metadata.request_origin]
+
+
+def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tmp_path):
+    from serving.devserver import lifecycle
+
+    base = tmp_path / "models" / NAME
+    shutil.copytree(model.export_dir, base / "3")
+    out = tmp_path / "served.jsonl"
+    with lifecycle.start_in_thread(str(base), NAME) as running:
+        result = predict_batch(str(folder[0]), str(out), target=running.target, model_name=NAME, batch_size=4)
+    assert result.scored == len(folder[1]) and result.source == {"target": running.target, "model_name": NAME}
+    _assert_same(_by_path(read_predictions(str(out))), _by_path(read_predictions(str(jsonl_run[1]))))
+    # A model base path resolves to its newest version, like TF Serving.
+    assert predict_batch(str(folder[0] / "sub"), str(tmp_path / "b.jsonl"), model_dir=str(base)).source == {
+        "model": str(base / "3"),
+        "version": 3,
+    }
+
+
+def test_multiprocess_runner_gives_the_same_predictions(model, folder, jsonl_run, tmp_path):
+    out = tmp_path / "mp.jsonl"
+    beam = BeamConfig(beam_runner="multiprocess", beam_workers=2)
+    result = predict_batch(str(folder[0]), str(out), model_dir=model.export_dir, batch_size=3, beam=beam)
+    assert result.scored + len(result.skipped) == result.files == len(folder[1]) + len(folder[2])
+    _assert_same(_by_path(read_predictions(str(out))), _by_path(read_predictions(str(jsonl_run[1]))))
+
+
+def test_images_the_model_refuses_are_skipped_alone(model, tmp_path):
+    """Ingest's check lets a 45 MP image through (--max-pixels 50M); the model's 40 MP limit refuses it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (data, _) in enumerate(model.items[:3]):
+        (images / f"{i}.png").write_bytes(data)
+    (images / "big.png").write_bytes(image_samples.black_png(7_500, 6_000))
+    result = predict_batch(
+        str(images),
+        str(tmp_path / "o.jsonl"),
+        model_dir=model.export_dir,
+        batch_size=4,
+        max_pixels=50_000_000,
+    )
+    assert result.scored == 3
+    [refused] = result.skipped
+    assert refused["path"].endswith("big.png")
+    assert "the model refused it" in refused["reason"] and "45000000 pixels" in refused["reason"]
+
+
+def test_listing_a_directory_or_a_glob(folder, tmp_path):
+    root, good, bad = folder
+    everything = sorted([*good, *bad])
+    assert list_images(str(root)) == everything  # recursive, hidden entries left out
+    assert list_images(str(root / "**" / "*.png")) == sorted(p for p in everything if p.endswith(".png"))
+    assert list_images(str(root / "su*")) == sorted(p for p in everything if "/sub/" in p)
+    with pytest.raises(NoInputs, match="holds no files"):
+        list_images(str(tmp_path))
+
+
+def test_bad_arguments_name_the_flag(model, folder, tmp_path):
+    with pytest.raises(BatchError, match="unknown output extension '.txt'"):
+        predict_batch(str(folder[0]), str(tmp_path / "o.txt"), model_dir=model.export_dir)
+    with pytest.raises(BatchError, match="no file matches"):
+        predict_batch(str(tmp_path / "nothing*"), str(tmp_path / "o.csv"), model_dir=model.export_dir)
+    with pytest.raises(BatchError, match="exactly one of --model"):
+        predict_batch(str(folder[0]), str(tmp_path / "o.csv"))
+    with pytest.raises(BatchError, match="--target needs --model-name"):
+        predict_batch(str(folder[0]), str(tmp_path / "o.csv"), target="localhost:1")
+    with pytest.raises(BatchError, match="neither a SavedModel"):
+        predict_batch(str(folder[0]), str(tmp_path / "o.csv"), model_dir=str(tmp_path))
+
+
+def test_cli(model, folder, tmp_path, capsys):
+    out = tmp_path / "cli.jsonl"
+    args = [
+        "predict-batch",
+        "--model",
+        model.export_dir,
+        "--images",
+        str(folder[0] / "sub"),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["files"] == 4 and result["scored"] == 3 and result["num_skipped"] == 1
+    assert main([*args[:-1], str(tmp_path / "o.png")]) == 2
+    assert "unknown output extension" in capsys.readouterr().err
+    assert main([*args, "--beam-runner", "nope"]) == 2
+    assert "beam_runner" in capsys.readouterr().err
+    # The server is down: the job fails (exit 1) and says why.
+    down = ["predict-batch", "--target", "127.0.0.1:1", "--model-name", NAME, "--timeout", "1"]
+    assert main([*down, "--images", str(folder[0] / "sub"), "--out", str(out)]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_what_workers_report():
+    assert render(5, 20, 2.0) == "[#######.......................] 5/20 files (25%, 2.5/s)"
+    stream = io.StringIO()
+    with ProgressBar(4, stream=stream, enabled=True) as bar:
+        for n in (1, 2):
+            Path(bar.directory, f"worker-{n}").write_text(f"{n}\n")
+    last = stream.getvalue().rstrip("\n").split("\r")[-1]  # redraws overwrite one line
+    assert last.startswith("[######################........] 3/4 files (75%, ")
+    assert not os.path.exists(bar.directory)
+    quiet = io.StringIO()
+    with ProgressBar(4, stream=quiet) as bar:  # not a terminal: nothing drawn, no directory
+        assert bar.directory is None
+    assert quiet.getvalue() == ""
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline's BulkInferrer step (the run itself: tests/e2e)
+
+
+def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
+    from google.protobuf import json_format
+    from tfx import v1 as tfx
+
+    from pipeline.config import ConfigError, PipelineConfig
+    from pipeline.pipeline import COMPONENT_IDS, SCORE_SPLIT, SCORING_IDS, create_pipeline
+
+    plain = PipelineConfig(data_dir="/data", weights="none")
+    assert {c.id for c in create_pipeline(plain).components} == set(COMPONENT_IDS)
+    scored = create_pipeline(plain.replace(score_data="/unlabelled")).components
+    assert {c.id for c in scored} == set(COMPONENT_IDS) | set(SCORING_IDS)
+    inferrer = next(c for c in scored if c.id == "BulkInferrer")
+    assert inferrer.inputs["model_blessing"].producer_component_id == "Evaluator"
+    assert inferrer.inputs["model"].producer_component_id == "Trainer"
+    assert inferrer.inputs["examples"].producer_component_id == "ScoreExampleGen"
+    # Every example in the one split BulkInferrer reads (one input split is hashed 2:1 by default).
+    gen = next(c for c in scored if c.id == "ScoreExampleGen")
+    output = json_format.Parse(gen.exec_properties["output_config"], tfx.proto.Output())
+    assert [(s.name, s.hash_buckets) for s in output.split_config.splits] == [(SCORE_SPLIT, 1)]
+    data_spec = json_format.Parse(inferrer.exec_properties["data_spec"], tfx.proto.DataSpec())
+    assert list(data_spec.example_splits) == [SCORE_SPLIT]
+
+    records = tmp_path / "records"
+    for split in ("train", "eval"):
+        (records / split).mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    config = PipelineConfig(data_dir=str(records), weights="none", score_data=str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="score_data: .* is not a directory holding TFRecord files"):
+        config.validate_paths()
+    (tmp_path / "empty" / "data.tfrecord").write_bytes(b"")
+    assert config.validate_paths() is config

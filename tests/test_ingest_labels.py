@@ -1,0 +1,133 @@
+"""Class folder names -> labels: the one normalisation (NFC), refused names, name conflicts."""
+
+from __future__ import annotations
+
+import io
+import json
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgpipe.ingest import CLASSES_FILE, ingest
+from imgpipe.ingest.labels import assign_labels, label_problem, normalise
+
+NFC_CAFE = unicodedata.normalize("NFC", "café")
+NFD_CAFE = unicodedata.normalize("NFD", "café")
+
+# Names ingest must carry unchanged, byte for byte, to the model.
+ACCEPTED = [
+    "cat",
+    "Cat",
+    "golden retriever",
+    NFC_CAFE,
+    "日本語",
+    "🐱 emoji",
+    "a,b;c",
+    "quote'\"",
+    "back\\slash",
+    "-dash",
+    "#hash",
+    "percent%20",
+    "mid\u00a0nbsp",  # a no-break space inside is kept
+]
+REFUSED = {
+    "cat ": "whitespace",
+    " cat": "whitespace",
+    "\u00a0nbsp": "whitespace",
+    "tab\there": "control character (U+0009)",
+    "line\nbreak": "control character (U+000A)",
+    "carriage\rreturn": "control character (U+000D)",
+    "del\x7f": "control character (U+007F)",
+    "nel\x85": "control character (U+0085)",
+    "line\u2028sep": "line separator (U+2028)",
+    "para\u2029sep": "paragraph separator (U+2029)",
+}
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_accepted_names_are_their_own_label(name: str) -> None:
+    assert label_problem(name) is None
+    assert normalise(name) == name
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_names_say_why(name: str) -> None:
+    problem = label_problem(name)
+    assert problem is not None and REFUSED[name] in problem
+
+
+def test_decomposed_names_become_nfc_and_collisions_are_conflicts() -> None:
+    names = assign_labels(["a", NFD_CAFE, "b"])
+    assert names.labels == {"a": "a", NFD_CAFE: NFC_CAFE, "b": "b"}
+    assert names.normalised == [{"folder": NFD_CAFE, "class": NFC_CAFE}]
+
+    names = assign_labels(["a", NFC_CAFE, NFD_CAFE, "cat ", "b"])
+    assert names.labels == {"a": "a", "b": "b"}
+    assert set(names.rejected) == {NFC_CAFE, NFD_CAFE, "cat "}
+    assert names.conflicts == [{"class": NFC_CAFE, "folders": [NFC_CAFE, NFD_CAFE]}]
+    assert "'cafe\\u0301'" in names.rejected[NFC_CAFE]  # the other folder, escaped so it shows
+    assert "'caf\\xe9'" in names.rejected[NFD_CAFE]
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _labels_written(out: Path) -> set[str]:
+    import tensorflow as tf
+
+    labels = set()
+    for split in ("train", "eval"):
+        for path in sorted((out / split).iterdir()):
+            for record in tf.data.TFRecordDataset(str(path)):
+                example = tf.train.Example.FromString(record.numpy())
+                labels.add(example.features.feature["label"].bytes_list.value[0].decode("utf-8"))
+    return labels
+
+
+def test_ingest_keeps_accepted_names_and_reports_refused_ones(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    seed = 0
+    folders = {name: 2 for name in ACCEPTED} | {name: 1 for name in REFUSED}
+    folders |= {NFD_CAFE: 2, "upper": 2}  # NFD_CAFE collides with NFC_CAFE
+    for name, count in folders.items():
+        (images / name).mkdir(parents=True)
+        for i in range(count):
+            seed += 1
+            (images / name / f"{i}.png").write_bytes(_png(seed))
+
+    report = ingest(str(images), str(out), eval_fraction=0.5, seed=1)
+
+    used = [n for n in ACCEPTED if n != NFC_CAFE] + ["upper"]
+    assert sorted(report.classes) == sorted(used)
+    assert _labels_written(out) == set(used)  # byte for byte: str equality of decoded UTF-8
+    assert sorted(json.loads((out / CLASSES_FILE).read_text(encoding="utf-8"))) == sorted(used)
+    rejected = {r["folder"]: r["reason"] for r in report.rejected_class_folders}
+    assert set(rejected) == set(REFUSED) | {NFC_CAFE, NFD_CAFE}
+    # Folders are listed in name order: the decomposed name sorts first.
+    assert report.class_name_conflicts == [{"class": NFC_CAFE, "folders": [NFD_CAFE, NFC_CAFE]}]
+    # Every file of a folder that is not used is listed, with the folder's reason.
+    refused_files = [s for s in report.skipped if "is not used" in s["reason"]]
+    assert len(refused_files) == len(REFUSED) + 4
+    assert report.files_scanned == sum(report.totals.values()) + len(report.skipped)
+    saved = json.loads((out / "ingest_report.json").read_text(encoding="utf-8"))
+    assert saved["class_name_conflicts"] == report.class_name_conflicts
+    assert set(saved["classes"]) == set(used)
+
+
+def test_a_decomposed_folder_name_is_stored_composed(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    for c, name in enumerate([NFD_CAFE, "tea"]):
+        (images / name).mkdir(parents=True)
+        for i in range(3):
+            (images / name / f"{i}.png").write_bytes(_png(10 * c + i))
+    report = ingest(str(images), str(out))
+    assert sorted(report.classes) == sorted([NFC_CAFE, "tea"])
+    assert report.normalised_classes == [{"folder": NFD_CAFE, "class": NFC_CAFE}]
+    assert _labels_written(out) == {NFC_CAFE, "tea"}
