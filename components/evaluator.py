@@ -46,6 +46,7 @@ from components.gate_decision import (
     reasons,
 )
 from components.runtime_params import EVALUATOR_KNOBS, Knob, check_knob
+from trainer import tracing
 from trainer.config import ConfigError
 from trainer.features import LABEL_KEY, LABEL_XF
 
@@ -238,6 +239,12 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             plan.min_class_recall,
             "compared" if plan.baseline.compared else f"skipped ({plan.baseline.skipped_reason})",
         )
+        # TFMA computes accuracy with tf_keras's metric classes inside tf.functions; without
+        # the rule AutoGraph re-converts tf_keras's metric code for every trace (~30% of a
+        # fresh process's Evaluator under cProfile here, BENCHMARKS.md "Fixed costs"). In a LocalDagRunner
+        # process the Trainer has usually installed it already; a component per process
+        # (Kubeflow) has not. Beam workers in other processes still convert.
+        tracing.install()
         super().Do(inputs, output_dict, props)
 
         evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])

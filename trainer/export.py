@@ -1,7 +1,8 @@
 """Serving signatures and SavedModel export.
 
 The exported SavedModel is the full model: raw input -> Transform graph ->
-backbone -> head. Signatures:
+backbone -> head, as an inference graph with the weights folded in as constants
+(no variables, no Keras object graph; see frozen_scores_function). Signatures:
 
 - `serving_default`: serialized tf.Example [batch] (`examples`) -> `scores`
   [batch, N] and `classes` [batch, N] (class names). Used by TF Serving Predict.
@@ -21,9 +22,11 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
+from tensorflow.core.framework import graph_pb2
+from tensorflow.python.framework import convert_to_constants
 
 from trainer import tracing
-from trainer.features import IMAGE_KEY, LABEL_KEY
+from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY
 from trainer.model import class_scores
 
 SERVING_DEFAULT = "serving_default"
@@ -44,8 +47,63 @@ def _raw_image_input(images: tf.Tensor, feature_spec: dict) -> tf.Tensor:
     return tf.reshape(images, [-1])
 
 
+def frozen_scores_function(model: keras.Model, num_classes: int) -> tf.types.experimental.ConcreteFunction:
+    """The model as one function, preprocessed images [batch, S, S, 3] -> per-class scores
+    [batch, N], with its weights folded in as constants.
+
+    The SavedModel then holds the inference graph and no variables: saving ~600
+    variables (DenseNet121) made TensorFlow build save and restore functions over
+    every one of them, and tracking the Keras model made it serialise Keras's own
+    object graph (each layer's config and traced call functions). Neither is read
+    by anything that loads the model: the signatures are the model. Together they
+    were most of the Trainer's time (BENCHMARKS.md, "Fixed costs").
+    """
+    size = model.input_shape[1:]
+    spec = tf.TensorSpec([None, *size], tf.float32, name="images")
+    traced = tf.function(
+        lambda images: class_scores(model(images, training=False), num_classes),
+        input_signature=[spec],
+        autograph=False,  # a functional Keras model: no Python control flow to convert
+    ).get_concrete_function()
+    frozen = _frozen_graph(traced)
+    if frozen is None:
+        return convert_to_constants.convert_variables_to_constants_v2(traced)
+    graph_def, input_name, output_names = frozen
+    # One function that imports the frozen GraphDef (one copy, called by every signature).
+    # TensorFlow's own convert_variables_to_constants_v2 rebuilds the function op by op in
+    # Python from that GraphDef (wrap_function.prune), which took longer than the whole
+    # freeze (~5 s of ~7 s for DenseNet121 here); import_graph_def does it in C++.
+    return tf.function(
+        lambda images: tf.graph_util.import_graph_def(
+            graph_def, input_map={input_name: images}, return_elements=output_names, name="model"
+        ),
+        input_signature=[spec],
+        autograph=False,
+    ).get_concrete_function()
+
+
+def _frozen_graph(traced) -> tuple[graph_pb2.GraphDef, str, list[str]] | None:
+    """(GraphDef with the variables as constants, its image input's name, its outputs' names)
+    of a one-input concrete function, by the first half of convert_variables_to_constants_v2;
+    None where this TensorFlow lacks those internals (the caller then uses the public call)."""
+    try:
+        data = convert_to_constants._FunctionConverterDataInEager(
+            func=traced, lower_control_flow=True, aggressive_inlining=False
+        )
+        graph_def, converted = convert_to_constants._replace_variables_by_constants(converter_data=data)
+    except AttributeError:  # pragma: no cover - depends on TensorFlow internals
+        return None
+    captures = traced.graph.internal_captures
+    constant = {id(captures[i]) for i in converted}
+    inputs = [t.name for t in traced.inputs if id(t) not in constant]
+    if len(inputs) != 1:
+        raise ValueError(f"expected one image input after freezing, got {inputs}")
+    return graph_def, inputs[0], [t.name for t in traced.outputs]
+
+
 class _ServingModule(tf.Module):
-    """Holds the model, the Transform layer and the class names for the signatures."""
+    """The signatures, the class names, the frozen model and the Transform layer (its tables and
+    vocabulary asset); one copy of the model's graph, called by the three scoring signatures."""
 
     def __init__(
         self,
@@ -55,9 +113,9 @@ class _ServingModule(tf.Module):
         top_k: int,
     ):
         super().__init__()
-        self.model = model
         self.tft_layer = tf_transform_output.transform_features_layer()
         self.num_classes = len(class_names)
+        self.image_scores = frozen_scores_function(model, self.num_classes)
         self.class_names = tf.constant(list(class_names), dtype=tf.string)
         self.top_k = max(1, min(top_k, self.num_classes))
         self.raw_spec = tf_transform_output.raw_feature_spec()
@@ -65,9 +123,8 @@ class _ServingModule(tf.Module):
 
     def _scores(self, raw_features: dict) -> tf.Tensor:
         xf = self.tft_layer(raw_features)
-        from trainer.features import IMAGE_XF
-
-        return class_scores(self.model(xf[IMAGE_XF], training=False), self.num_classes)
+        [scores] = self.image_scores(xf[IMAGE_XF])
+        return scores
 
     def _all_classes(self, scores: tf.Tensor) -> tf.Tensor:
         return tf.tile(self.class_names[tf.newaxis, :], [tf.shape(scores)[0], 1])
