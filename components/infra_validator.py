@@ -37,6 +37,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, json_utils, path_utils
 
+from components import pusher
 from components.model_server import ModelServerError, serve_model, stage_model
 from components.prepush import REPORT_FILE, SERVER_LOG_FILE, PrepushConfig
 from components.prepush_checks import (
@@ -189,6 +190,16 @@ class InfraValidatorExecutor(base_executor.BaseExecutor):
             report = PrepushReport(
                 model_name=model_name, reason="skipped: the Evaluator did not bless the model"
             )
+        elif identical := identical_served_version(
+            path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)),
+            exec_properties.get("serving_model_dir") or "",
+        ):
+            report = PrepushReport(
+                blessed=True,
+                model_name=model_name,
+                reason=f"skipped: identical to the served version {identical}, which the Pusher "
+                "keeps (nothing new would be served)",
+            )
         else:
             saved_model_dir = path_utils.serving_model_path(
                 model.uri, path_utils.is_old_model_artifact(model)
@@ -209,6 +220,19 @@ class InfraValidatorExecutor(base_executor.BaseExecutor):
                 if os.path.exists(log_path):
                     io_utils.copy_file(log_path, os.path.join(blessing.uri, SERVER_LOG_FILE), overwrite=True)
         write_blessing(blessing, report)
+
+
+def identical_served_version(saved_model_dir: str, serving_model_dir: str) -> int | None:
+    """The newest served version when it is byte-identical to the candidate, else None.
+
+    The Pusher pushes nothing for such a candidate (components/pusher.py), so serving
+    it for validation would change nothing; a re-run with a cached Trainer saves the
+    server's start-up.
+    """
+    versions = pusher.served_versions(serving_model_dir) if serving_model_dir else []
+    if versions and pusher.same_model(saved_model_dir, os.path.join(serving_model_dir, str(versions[-1]))):
+        return versions[-1]
+    return None
 
 
 def write_blessing(blessing: types.Artifact, report: PrepushReport) -> None:
@@ -236,6 +260,9 @@ class InfraValidatorSpec(ComponentSpec):
     PARAMETERS = {
         "prepush_config": ExecutionParameter(type=str),
         "model_name": ExecutionParameter(type=str),
+        # The Pusher's TF Serving base path: a candidate byte-identical to its newest
+        # version is not pushed, so it is not served for validation either.
+        "serving_model_dir": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -258,8 +285,10 @@ class InfraValidator(base_component.BaseComponent):
         model_blessing: types.BaseChannel,
         model_name: str,
         config: PrepushConfig,
+        serving_model_dir: str = "",
     ):
         spec = InfraValidatorSpec(
+            serving_model_dir=serving_model_dir,
             model=model,
             examples=examples,
             model_blessing=model_blessing,

@@ -145,6 +145,7 @@ def create_pipeline(
         model_blessing=evaluator.outputs["blessing"],
         model_name=config.model_name,
         config=config.prepush,
+        serving_model_dir=config.model_serving_dir,
     ).with_id("InfraValidator")
     # Skips a model byte-identical to the newest served version (components/pusher.py).
     pusher = ServingPusher(

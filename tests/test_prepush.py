@@ -417,3 +417,21 @@ def test_reference_answers_match_the_saved_model(model, loaded, inputs, referenc
     direct = loaded.signatures[SERVING_DEFAULT](examples=tf.constant(inputs[0]))
     np.testing.assert_allclose(reference.scores, direct["scores"].numpy(), rtol=1e-6)
     assert reference.scores.std(axis=0).max() > 1e-3  # the answers depend on the image
+
+
+def test_a_model_identical_to_the_newest_served_version_is_not_served_again(tmp_path):
+    from components.infra_validator import identical_served_version
+
+    candidate = tmp_path / "candidate"
+    (candidate / "variables").mkdir(parents=True)
+    (candidate / "saved_model.pb").write_bytes(b"graph")
+    (candidate / "variables" / "v.data").write_bytes(b"weights")
+    base = tmp_path / "serving" / NAME
+    assert identical_served_version(str(candidate), str(base)) is None  # nothing served yet
+    assert identical_served_version(str(candidate), "") is None  # no serving dir given
+    shutil.copytree(candidate, base / "7")
+    assert identical_served_version(str(candidate), str(base)) == 7
+    # Only the newest version counts, as for the Pusher; one byte apart is another model.
+    shutil.copytree(candidate, base / "9")
+    (base / "9" / "variables" / "v.data").write_bytes(b"weightz")
+    assert identical_served_version(str(candidate), str(base)) is None

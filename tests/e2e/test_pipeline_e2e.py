@@ -270,6 +270,11 @@ def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatc
     # so TF Serving does not reload the same model.
     assert s.blessed is True and s.pushed is None
     assert s.push_skipped == f"identical to version {os.path.basename(first_run.pushed)}"
+    # Nothing new would be served, so pre-push validation did not start a server for it.
+    assert s.prepush["blessed"] is True and s.prepush["validated"] is False, s.prepush
+    assert s.prepush["reason"].startswith(
+        f"skipped: identical to the served version {os.path.basename(first_run.pushed)}"
+    )
     assert _versions(model_dir) == before
     assert s.run_dir != first_run.run_dir
     assert not os.path.exists(scratch.scratch_root(base_config.resolved().home))  # nothing left in HOME/tmp
