@@ -26,7 +26,7 @@ INSTALL_REQUIRES = [
 DEMO = ["scikit-learn>=1.3"]
 EXTRAS_REQUIRE = {
     "demo": DEMO,
-    "dev": ["pytest>=8", "ruff>=0.6", *DEMO],
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", *DEMO],
     "airflow": ["apache-airflow==2.10.3"],
 }
 

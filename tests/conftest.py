@@ -1,5 +1,6 @@
 """pytest set-up: Keras 2 for TFT/TFMA, quiet TensorFlow, the `e2e` marker."""
 
+import fcntl
 import os
 import sys
 import warnings
@@ -23,11 +24,24 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def source_backbone(tmp_path_factory):
-    """MobileNetV2 (32px) pre-trained here on digits 0-4: the tests' offline 'ImageNet'."""
+    """MobileNetV2 (32px) pre-trained here on digits 0-4: the tests' offline 'ImageNet'.
+
+    Made once per test session: with pytest-xdist the workers share one file (the
+    first to take the lock trains it, the others wait and read it).
+    """
     from tests import helpers
 
-    work = str(tmp_path_factory.mktemp("backbone"))
-    return helpers.pretrained_weights(work, epochs=8, per_class=120)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: no sharing needed
+        return helpers.pretrained_weights(str(tmp_path_factory.mktemp("backbone")), epochs=8, per_class=120)
+    shared = tmp_path_factory.getbasetemp().parent / "shared_backbone"  # the workers' common parent
+    shared.mkdir(exist_ok=True)
+    done = shared / "path.txt"
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            path = helpers.pretrained_weights(str(shared), epochs=8, per_class=120)
+            done.write_text(path)
+        return done.read_text()
 
 
 @pytest.fixture(scope="session")
