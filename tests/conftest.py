@@ -63,3 +63,17 @@ def postgres_server():
         yield server
     finally:
         server.stop()
+
+
+# The longest test files, longest first: with pytest-xdist (whole files per worker) a long
+# file started last would run alone at the end; started first, the short ones fill in.
+LONGEST_FIRST = (
+    "tests/e2e/test_pipeline_e2e.py",
+    "tests/e2e/test_airflow_e2e.py",
+    "tests/e2e/test_metadata_postgres_e2e.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
