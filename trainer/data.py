@@ -213,17 +213,24 @@ def unmapped_label_counts(
 ) -> dict[str, int]:
     """Label -> number of records whose label the Transform's vocabulary lacks (no image decoded)."""
     index = set(class_names(tf_transform_output))
-    spec = {LABEL_KEY: tf_transform_output.raw_feature_spec()[LABEL_KEY]}
     counts: dict[str, int] = {}
+    for name in _raw_labels(file_pattern, tf_transform_output, batch_size):
+        if name not in index:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _raw_labels(
+    file_pattern: str | Sequence[str], tf_transform_output: tft.TFTransformOutput, batch_size: int
+) -> Iterator[str]:
+    """Every record's label as written (byte for byte, nothing stripped), in file order."""
+    spec = {LABEL_KEY: tf_transform_output.raw_feature_spec()[LABEL_KEY]}
     for batch in raw_examples(file_pattern).batch(batch_size):
         labels = tf.io.parse_example(batch, spec)[LABEL_KEY]
         if isinstance(labels, tf.SparseTensor):
             labels = tf.sparse.to_dense(labels, default_value=b"")
         for raw in tf.reshape(labels, [-1]).numpy():
-            name = raw.decode("utf-8", errors="backslashreplace")
-            if name not in index:
-                counts[name] = counts.get(name, 0) + 1
-    return counts
+            yield raw.decode("utf-8", errors="backslashreplace")
 
 
 def class_indices(
@@ -237,19 +244,13 @@ def class_indices(
     """
     names = class_names(tf_transform_output)
     index = {n: i for i, n in enumerate(names)}
-    spec = {LABEL_KEY: tf_transform_output.raw_feature_spec()[LABEL_KEY]}
     out: list[int] = []
     unmapped: dict[str, None] = {}  # in order of first appearance
-    for batch in raw_examples(file_pattern).batch(batch_size):
-        labels = tf.io.parse_example(batch, spec)[LABEL_KEY]
-        if isinstance(labels, tf.SparseTensor):
-            labels = tf.sparse.to_dense(labels, default_value=b"")
-        for raw in tf.reshape(labels, [-1]).numpy():
-            name = raw.decode("utf-8", errors="backslashreplace")
-            if name in index:
-                out.append(index[name])
-            else:
-                unmapped.setdefault(name)
+    for name in _raw_labels(file_pattern, tf_transform_output, batch_size):
+        if name in index:
+            out.append(index[name])
+        else:
+            unmapped.setdefault(name)
     if unmapped:
         raise UnmappedLabelError(list(unmapped))
     return np.asarray(out, dtype=np.int64)
