@@ -32,8 +32,9 @@ from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
-from tfx.utils import json_utils, proto_utils
+from tfx.utils import json_utils, path_utils, proto_utils
 
+from components import pusher
 from components.artifacts import DataGateReport, model_class_names, read_report
 from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
 from components.gate_decision import (
@@ -224,20 +225,23 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             report.label_counts("eval"),
             model_class_names(model.uri),
             model_class_names(baselines[0].uri) if baselines else None,
+            baseline_identical=bool(baselines) and same_model_artifact(model, baselines[0]),
         )
         key = standard_component_specs.EVAL_CONFIG_KEY
         if not props.get(key):
             raise ValueError("the Evaluator has no eval_config")
         props[key] = with_plan(props[key], plan)
         inputs = dict(input_dict)
-        if not plan.baseline.compared:
+        if not plan.baseline.compared or plan.baseline.identical:
+            # TFMA then drops the change threshold: skipped, or decided here (an identical
+            # model has the candidate's accuracy, a change of exactly 0, within max_regression).
             inputs[standard_component_specs.BASELINE_MODEL_KEY] = []
         log.info(
             "gate: floor %.3f (%s), min_class_recall %s, baseline %s",
             plan.floor.value,
             plan.floor.source,
             plan.min_class_recall,
-            "compared" if plan.baseline.compared else f"skipped ({plan.baseline.skipped_reason})",
+            _baseline_text(plan),
         )
         # TFMA computes accuracy with tf_keras's metric classes inside tf.functions; without
         # the rule AutoGraph re-converts tf_keras's metric code for every trace (~30% of a
@@ -256,6 +260,20 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
         record = gate_record(plan, results, blessed, report.anomalies_allowed)
         write_gate_record(evaluation.uri, record)
+
+
+def same_model_artifact(model: types.Artifact, baseline: types.Artifact) -> bool:
+    """Whether the baseline Model artifact is the candidate: the same URI or byte-identical serving files."""
+    a, b = (
+        path_utils.serving_model_path(m.uri, path_utils.is_old_model_artifact(m)) for m in (model, baseline)
+    )
+    return os.path.normpath(model.uri) == os.path.normpath(baseline.uri) or pusher.same_model(a, b)
+
+
+def _baseline_text(plan: GatePlan) -> str:
+    if not plan.baseline.compared:
+        return f"skipped ({plan.baseline.skipped_reason})"
+    return "identical to the candidate (not evaluated twice)" if plan.baseline.identical else "compared"
 
 
 def write_gate_record(evaluation_uri: str, record: Mapping[str, Any]) -> str:

@@ -106,21 +106,28 @@ def label_set_change(before: Sequence[str], after: Sequence[str]) -> str | None:
 class BaselinePlan:
     compared: bool
     skipped_reason: str | None
+    # The baseline is byte for byte the candidate (a re-run whose Trainer was cached): the
+    # comparison is decided without evaluating it twice, since its accuracy is the candidate's.
+    identical: bool = False
 
 
-def baseline_plan(candidate_classes: Sequence[str], baseline_classes: Sequence[str] | None) -> BaselinePlan:
+def baseline_plan(
+    candidate_classes: Sequence[str], baseline_classes: Sequence[str] | None, identical: bool = False
+) -> BaselinePlan:
     """Compare with the latest blessed model only when there is one with the candidate's label set.
 
     baseline_classes: None when there is no blessed model yet. Accuracy over a
     different set of classes is a different task, so a regression test against
     it would be meaningless: it is skipped, with the reason, never silently.
+    identical: the baseline's files are the candidate's; it is compared (and
+    cannot have regressed) without TFMA running it a second time.
     """
     if baseline_classes is None:
         return BaselinePlan(False, NO_BASELINE)
     change = label_set_change(baseline_classes, candidate_classes)
     if change:
         return BaselinePlan(False, f"label set changed: {change} (against the latest blessed model)")
-    return BaselinePlan(True, None)
+    return BaselinePlan(True, None, identical)
 
 
 # --------------------------------------------------------------------- the plan
@@ -140,6 +147,7 @@ def plan_gate(
     eval_label_counts: Mapping[str, int],
     class_names: Sequence[str],
     baseline_classes: Sequence[str] | None,
+    baseline_identical: bool = False,
 ) -> GatePlan:
     """The thresholds for this run; GateNotComputable when the eval split cannot judge the model."""
     check_computable(eval_label_counts, class_names)
@@ -148,7 +156,7 @@ def plan_gate(
         class_names=tuple(class_names),
         min_class_recall=gate.min_class_recall or None,
         max_regression=gate.max_regression,
-        baseline=baseline_plan(class_names, baseline_classes),
+        baseline=baseline_plan(class_names, baseline_classes, baseline_identical),
     )
 
 
@@ -226,11 +234,18 @@ def gate_record(
         "per_class_recall": dict(sorted(results.per_class.items())),
         "min_class_recall": plan.min_class_recall,
         "baseline": {
-            "accuracy": results.baseline_accuracy if plan.baseline.compared else None,
+            "accuracy": _baseline_accuracy(plan.baseline, results),
             "max_regression": plan.max_regression,
             "compared": plan.baseline.compared,
             "skipped_reason": plan.baseline.skipped_reason,
+            "identical": plan.baseline.identical,
         },
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),
     }
+
+
+def _baseline_accuracy(baseline: BaselinePlan, results: EvalResults) -> float | None:
+    if not baseline.compared:
+        return None
+    return results.accuracy if baseline.identical else results.baseline_accuracy

@@ -3,7 +3,8 @@
 `stage_model` copies a SavedModel into TF Serving's model base path layout
 (`<root>/<model_name>/<version>/`); `serve_model` starts a server on a free
 loopback port over that base path, waits until the version is AVAILABLE and
-stops the server when the block ends, however it ends:
+stops the server when the block ends, however it ends (`started_server` is the
+same without the wait, for work that overlaps the start-up):
 
     with serve_model(base_path, "digits", log_path, timeout=300) as server:
         ServingClient(server.target).predict(...)
@@ -230,12 +231,17 @@ class ModelServer:
                     )
                 time.sleep(_POLL_SECONDS)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the server's process group, SIGKILL it after `grace` seconds; wait for it."""
+    def stop(self, grace: float = 5.0, graceful: bool = True) -> None:
+        """SIGTERM the server's process group, SIGKILL it after `grace` seconds; wait for it.
+
+        `graceful=False` sends SIGKILL at once: for a server with nothing left to
+        finish or flush (no requests in flight, no request log), which saves the
+        ~1 s a Python server spends tearing TensorFlow down on exit.
+        """
         proc = self.process
         if proc is None:
             return
-        if proc.poll() is None:
+        if graceful and proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=grace)
@@ -262,16 +268,36 @@ def serve_model(
     timeout: float,
     command: Callable[[str, str, int], ServerCommand] = server_command,
     grace: float = 5.0,
+    graceful: bool = True,
 ) -> Iterator[ModelServer]:
     """A server on a free loopback port, ready (a version AVAILABLE), stopped when the block exits.
 
-    `command(model_base_path, model_name, port)` builds the argv (server_command by default).
+    `command(model_base_path, model_name, port)` builds the argv (server_command by default);
+    `grace` and `graceful` are ModelServer.stop's.
+    """
+    with started_server(model_base_path, model_name, log_path, command, grace, graceful) as server:
+        server.wait_ready(timeout)
+        yield server
+
+
+@contextlib.contextmanager
+def started_server(
+    model_base_path: str,
+    model_name: str,
+    log_path: str,
+    command: Callable[[str, str, int], ServerCommand] = server_command,
+    grace: float = 5.0,
+    graceful: bool = True,
+) -> Iterator[ModelServer]:
+    """A server process on a free loopback port, started but not yet ready; stopped when the block exits.
+
+    For work that can overlap the server's start-up (importing TensorFlow and
+    loading the model take seconds): call `wait_ready` before sending requests.
     """
     port = free_port()
     server = ModelServer(command(model_base_path, model_name, port), model_name, port, log_path)
     try:
         server.start()
-        server.wait_ready(timeout)
         yield server
     finally:
-        server.stop(grace)
+        server.stop(grace, graceful)

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tfx import v1 as tfx
+# TFX's modules directly, not `tfx.v1`: that package also imports its Google Cloud extensions
+# (google-cloud-aiplatform), a third of a fresh process's import time (BENCHMARKS.md).
+from tfx.components import BulkInferrer, ExampleValidator, ImportExampleGen, StatisticsGen, Transform
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.orchestration.data_types import RuntimeParameter
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import bulk_inferrer_pb2, example_gen_pb2, pusher_pb2, trainer_pb2
+from tfx.types import Channel, standard_artifacts
 
 from components.data_gate import DataGate
 from components.evaluator import GateEvaluator
@@ -54,8 +62,8 @@ def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
 def create_pipeline(
     config: PipelineConfig,
     metadata_connection_config: Any | None = None,
-    runtime_parameters: Mapping[str, tfx.dsl.experimental.RuntimeParameter] | None = None,
-) -> tfx.dsl.Pipeline:
+    runtime_parameters: Mapping[str, RuntimeParameter] | None = None,
+) -> Pipeline:
     """The pipeline for `config` (a validated PipelineConfig).
 
     runtime_parameters: optional RuntimeParameters for the knobs (Kubeflow/Vertex;
@@ -65,29 +73,29 @@ def create_pipeline(
     knobs = knob_values((config.training, config.gate), runtime_parameters)
     image_size = config.effective_image_size()
 
-    example_gen = tfx.components.ImportExampleGen(
+    example_gen = ImportExampleGen(
         input_base=config.data_dir,
-        input_config=tfx.proto.Input(
+        input_config=example_gen_pb2.Input(
             splits=[
-                tfx.proto.Input.Split(name="train", pattern="train/*"),
-                tfx.proto.Input.Split(name="eval", pattern="eval/*"),
+                example_gen_pb2.Input.Split(name="train", pattern="train/*"),
+                example_gen_pb2.Input.Split(name="eval", pattern="eval/*"),
             ]
         ),
     )
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     # The schema is inferred from train only and states the data contract (the label's
     # domain is exactly the train classes), so ExampleValidator flags an eval class
     # train never saw (components/schema_gen.py).
     schema_gen = ContractSchemaGen(
         statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True, exclude_splits=["eval"]
     ).with_id("SchemaGen")
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
     )
-    model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    model_resolver = Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
     ).with_id(RESOLVER_ID)
     # Anomalies, an eval/train class mismatch, an empty split or a label set other than the
     # latest blessed model's fail the run here unless allow_anomalies; Transform and the
@@ -104,7 +112,7 @@ def create_pipeline(
     # and resize every image only to describe float pixels (2.5x the job's time per image,
     # BENCHMARKS.md); StatisticsGen already covers the raw data. The Beam job is then the
     # analysis the graph needs: the label vocabulary.
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
@@ -122,8 +130,8 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        train_args=trainer_pb2.TrainArgs(splits=["train"]),
+        eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
         custom_config=trainer_custom_config(config),
         knobs=knobs,
     ).with_id("Trainer")
@@ -152,8 +160,8 @@ def create_pipeline(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra_validator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.model_serving_dir)
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=config.model_serving_dir)
         ),
     ).with_id("Pusher")
     components = [
@@ -173,7 +181,7 @@ def create_pipeline(
         components += bulk_inference(
             config.score_data, trainer.outputs["model"], evaluator.outputs["blessing"]
         )
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=components,
@@ -192,20 +200,22 @@ def bulk_inference(score_data: str, model: Any, blessing: Any) -> list[Any]:
     """
     # One input split would be hashed into train/eval (2:1) by default; one bucket keeps every
     # example in the one split BulkInferrer reads.
-    examples = tfx.components.ImportExampleGen(
+    examples = ImportExampleGen(
         input_base=score_data,
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name=SCORE_SPLIT, pattern="*")]),
-        output_config=tfx.proto.Output(
-            split_config=tfx.proto.SplitConfig(
-                splits=[tfx.proto.SplitConfig.Split(name=SCORE_SPLIT, hash_buckets=1)]
+        input_config=example_gen_pb2.Input(
+            splits=[example_gen_pb2.Input.Split(name=SCORE_SPLIT, pattern="*")]
+        ),
+        output_config=example_gen_pb2.Output(
+            split_config=example_gen_pb2.SplitConfig(
+                splits=[example_gen_pb2.SplitConfig.Split(name=SCORE_SPLIT, hash_buckets=1)]
             )
         ),
     ).with_id(SCORING_IDS[0])
-    inferrer = tfx.components.BulkInferrer(
+    inferrer = BulkInferrer(
         examples=examples.outputs["examples"],
         model=model,
         model_blessing=blessing,
-        data_spec=tfx.proto.DataSpec(example_splits=[SCORE_SPLIT]),
-        model_spec=tfx.proto.ModelSpec(model_signature_name=["serving_default"]),
+        data_spec=bulk_inferrer_pb2.DataSpec(example_splits=[SCORE_SPLIT]),
+        model_spec=bulk_inferrer_pb2.ModelSpec(model_signature_name=["serving_default"]),
     ).with_id(SCORING_IDS[1])
     return [examples, inferrer]

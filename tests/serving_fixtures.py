@@ -14,7 +14,8 @@ from imgpipe.demo.classifier import ServingModel, build_serving_model
 MODEL_NAME = "digits"
 DIGITS = (0, 1, 2)
 IMAGE_SIZE = 32
-WARMUP_COUNT = 2
+WARMUP_COUNT = 2  # warmup examples; each is replayed through the 3 client signatures
+WARMUP_REQUESTS = 3 * WARMUP_COUNT
 
 _lock = threading.Lock()
 _cache: dict[str, ServingModel] = {}

@@ -180,6 +180,7 @@ def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfm
         "max_regression": 0.0,
         "compared": False,
         "skipped_reason": "label set changed: new class 'c' (against the latest blessed model)",
+        "identical": False,
     }
 
 
@@ -199,6 +200,56 @@ def test_same_label_set_compares_with_the_baseline(tmp_path, fake_tfma):
     assert fake_tfma["inputs"]["baseline_model"] == [baseline]
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         assert json.load(f)["baseline"]["accuracy"] == 0.88
+
+
+@pytest.mark.parametrize("same_artifact", [True, False], ids=["same artifact", "byte-identical copy"])
+def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, fake_tfma, same_artifact):
+    """A re-run with a cached Trainer: the latest blessed model is the candidate itself."""
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    fake_tfma["results"] = EvalResults(0.9, 20, {}, None)
+    candidate = _model(tmp_path, "candidate", ["a", "b"])
+    baseline = candidate if same_artifact else _model(tmp_path, "copy", ["a", "b"])
+    inputs = {
+        "examples": [],
+        "model": [candidate],
+        "baseline_model": [baseline],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=0.6))
+    assert fake_tfma["inputs"]["baseline_model"] == []  # TFMA runs the model once
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["blessed"] is True
+    assert gate["baseline"] == {
+        "accuracy": 0.9,
+        "max_regression": 0.0,
+        "compared": True,
+        "skipped_reason": None,
+        "identical": True,
+    }
+
+
+def test_a_baseline_differing_in_one_file_is_evaluated(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    fake_tfma["results"] = EvalResults(0.9, 20, {}, 0.91)
+    candidate = _model(tmp_path, "candidate", ["a", "b"])
+    baseline = _model(tmp_path, "baseline", ["a", "b"])
+    (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    inputs = {
+        "examples": [],
+        "model": [candidate],
+        "baseline_model": [baseline],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    assert fake_tfma["inputs"]["baseline_model"] == [baseline]
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        baseline_record = json.load(f)["baseline"]
+    assert baseline_record["identical"] is False and baseline_record["accuracy"] == 0.91
 
 
 def test_a_class_without_eval_examples_fails_before_tfma(tmp_path, fake_tfma):

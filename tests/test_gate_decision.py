@@ -38,7 +38,7 @@ CONTRACT_KEYS = {
     "reasons",
     "anomalies_allowed",
 }
-BASELINE_KEYS = {"accuracy", "max_regression", "compared", "skipped_reason"}
+BASELINE_KEYS = {"accuracy", "max_regression", "compared", "skipped_reason", "identical"}
 
 
 # ------------------------------------------------------------------------ the floor
@@ -171,6 +171,7 @@ def test_record_has_every_contract_key():
         "max_regression": 0.0,
         "compared": False,
         "skipped_reason": NO_BASELINE,
+        "identical": False,
     }
     assert record["anomalies_allowed"] == ["eval: x"]
 
@@ -185,3 +186,8 @@ def test_record_keeps_the_baseline_accuracy_only_when_compared():
     plan = plan_gate(GateConfig(), {"a": 5, "b": 5}, ["a", "b"], ["a", "b"])
     record = gate_record(plan, EvalResults(0.9, 10, {}, 0.85), blessed=True)
     assert record["baseline"]["compared"] is True and record["baseline"]["accuracy"] == 0.85
+    same = plan_gate(GateConfig(), {"a": 5, "b": 5}, ["a", "b"], ["a", "b"], baseline_identical=True)
+    record = gate_record(same, EvalResults(0.9, 10, {}, None), blessed=True)
+    assert record["baseline"]["identical"] is True and record["baseline"]["accuracy"] == 0.9
+    changed = plan_gate(GateConfig(), {"a": 5, "b": 5}, ["a", "b"], ["a", "c"], baseline_identical=True)
+    assert not changed.baseline.compared and not changed.baseline.identical

@@ -159,3 +159,16 @@ def test_cli_help_does_not_load_tensorflow(argv):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_local_run_path_does_not_import_the_cloud_extensions():
+    """`imgpipe run` needs neither `tfx.v1` nor google-cloud-aiplatform (a third of its imports)."""
+    code = (
+        "import sys\n"
+        "import imgpipe.orchestration.local, pipeline.pipeline, trainer.task\n"
+        "import components.evaluator, components.infra_validator, components.pusher\n"
+        "print([m for m in ('tfx.v1', 'google.cloud.aiplatform', 'kfp') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

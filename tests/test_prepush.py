@@ -84,9 +84,14 @@ def _rewrite(model, loaded, out_dir: str, predict_images) -> str:
     }
     tf.saved_model.save(loaded, out_dir, signatures={**signatures, PREDICT_IMAGES: replaced})
     set_method_name(out_dir, CLASSIFICATION, CLASSIFY_METHOD)
-    shutil.copytree(
-        os.path.join(model.export_dir, warmup.WARMUP_DIR), os.path.join(out_dir, warmup.WARMUP_DIR)
-    )
+    # The fixture's warmup without its predict_images requests: a server refuses to load a
+    # model whose warmup fails, and these tests are about the answers of a loaded one.
+    kept = [
+        log
+        for log in warmup.read_warmup_requests(model.export_dir)
+        if getattr(log, log.WhichOneof("log_type")).request.model_spec.signature_name != PREDICT_IMAGES
+    ]
+    warmup.write_warmup_logs(out_dir, kept)
     return out_dir
 
 
@@ -130,9 +135,9 @@ def _check(target, export_dir, inputs, reference, max_latency_ms=None) -> Prepus
 def test_a_good_model_passes_every_check(model, inputs, reference, good_server):
     report = _check(good_server.target, model.export_dir, inputs, reference)
     assert report.failures == [] and report.blessed and report.reason == ""
-    assert report.warmup_requests == serving_fixtures.WARMUP_COUNT
+    assert report.warmup_requests == serving_fixtures.WARMUP_REQUESTS
     # status x2 + metadata + warmup + 3 signatures x (N single + 1 batch)
-    assert report.requests == 3 + serving_fixtures.WARMUP_COUNT + 3 * (N + 1)
+    assert report.requests == 3 + serving_fixtures.WARMUP_REQUESTS + 3 * (N + 1)
     assert set(report.latency_ms) == {SERVING_DEFAULT, CLASSIFICATION, PREDICT_IMAGES}
     for stats in report.latency_ms.values():
         assert 0 < stats["p50"] <= stats["p99"] <= stats["max"]
@@ -336,6 +341,31 @@ def test_a_failure_inside_the_block_stops_the_server(tmp_path):
         finally:
             server.stop(grace=0.5)
     assert _gone(_pids(pids_file))
+
+
+TERM_RECORDING_SERVER = """\
+import signal, sys, time
+def on_term(*_):
+    with open(sys.argv[1], "a") as f:
+        f.write("TERM")
+signal.signal(signal.SIGTERM, on_term)  # recorded, then ignored
+print("serving nothing", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_not_stopped_gracefully_is_killed_without_a_sigterm(tmp_path):
+    """graceful=False (the InfraValidator's choice): SIGKILL at once, no grace period waited out."""
+    script, record = tmp_path / "term.py", tmp_path / "signals.txt"
+    script.write_text(TERM_RECORDING_SERVER)
+    argv = (sys.executable, str(script), str(record))
+    command = lambda *_: ServerCommand("t", argv)  # noqa: E731
+    with model_server.started_server("/x", "digits", str(tmp_path / "log"), command, 600, False) as server:
+        deadline = time.monotonic() + 60
+        while "serving nothing" not in server.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert server.process.returncode == -signal.SIGKILL
+    assert not record.exists()  # never asked to stop: a 600 s grace would have been waited out
 
 
 def test_a_server_that_exits_early_is_reported_with_its_output(tmp_path):

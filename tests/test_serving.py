@@ -257,7 +257,7 @@ def test_get_model_status(stubs, server):
 def test_warmup_requests_were_replayed_on_load(server):
     loaded = server.manager.get_loaded(1)
     assert loaded is not None
-    assert loaded.warmup_summary == f"{serving_fixtures.WARMUP_COUNT} warmup requests"
+    assert loaded.warmup_summary == f"{serving_fixtures.WARMUP_REQUESTS} warmup requests"
 
 
 # ----------------------------------------------------------------------------------------

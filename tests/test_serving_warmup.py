@@ -84,3 +84,41 @@ def test_corrupt_file_is_reported_with_its_path(tmp_path):
         f.write(b"\x00garbage\xff" * 4)
     with pytest.raises(ValueError, match="tf_serving_warmup_requests"):
         warmup.read_warmup_requests(str(tmp_path))
+
+
+def test_every_client_signature_is_warmed(tmp_path):
+    """serving_default, classification and predict_images each get one request per example."""
+    examples = _examples(2)
+    images = [warmup.image_of(e) for e in examples]
+    path = warmup.write_warmup_logs(str(tmp_path), warmup.build_signature_warmup_logs(examples, "digits"))
+    logs = warmup.read_warmup_requests(os.path.dirname(os.path.dirname(path)))
+    kinds = [(log.WhichOneof("log_type"), _signature(log)) for log in logs]
+    assert (
+        kinds
+        == [("predict_log", "serving_default")] * 2
+        + [("classify_log", "classification")] * 2
+        + [("predict_log", "predict_images")] * 2
+    )
+    assert [tf.make_ndarray(log.predict_log.request.inputs["examples"]).tolist() for log in logs[:2]] == [
+        [e] for e in examples
+    ]
+    classified = [log.classify_log.request.input.example_list.examples for log in logs[2:4]]
+    assert [[x.SerializeToString() for x in c] for c in classified] == [
+        [tf.train.Example.FromString(e).SerializeToString()] for e in examples
+    ]
+    assert [tf.make_ndarray(log.predict_log.request.inputs["images"]).tolist() for log in logs[4:]] == [
+        [i] for i in images
+    ]
+
+
+def _signature(log: prediction_log_pb2.PredictionLog) -> str:
+    kind = log.WhichOneof("log_type")
+    return getattr(log, kind).request.model_spec.signature_name
+
+
+def test_signature_warmup_names_an_example_without_an_image():
+    no_image = tf.train.Example().SerializeToString()
+    with pytest.raises(ValueError, match="warmup value 1 has no 'image' bytes"):
+        warmup.build_signature_warmup_logs([_examples(1)[0], no_image])
+    with pytest.raises(ValueError, match="warmup value 0 is not a serialized tf.Example"):
+        warmup.build_signature_warmup_logs([b"\xff\xff not a proto"])

@@ -158,7 +158,11 @@ def export_serving_model(
     top_k: int = 5,
     warmup_examples: Sequence[bytes] = (),
 ) -> str:
-    """Save the full model with its signatures to export_dir; return export_dir."""
+    """Save the full model with its signatures to export_dir; return export_dir.
+
+    `warmup_examples` (serialized tf.Examples) become TF Serving warmup requests
+    for serving_default, classification and predict_images alike.
+    """
     tracing.install()  # the signatures trace the Keras model
     module = _ServingModule(model, tf_transform_output, class_names, top_k)
     signatures = {
@@ -170,9 +174,9 @@ def export_serving_model(
     tf.saved_model.save(module, export_dir, signatures=signatures)
     set_method_name(export_dir, CLASSIFY, CLASSIFY_METHOD)
     if warmup_examples:
-        from serving.warmup import write_warmup_requests
+        from serving.warmup import build_signature_warmup_logs, write_warmup_logs
 
-        write_warmup_requests(export_dir, list(warmup_examples))
+        write_warmup_logs(export_dir, build_signature_warmup_logs(list(warmup_examples)))
     return export_dir
 
 

@@ -6,7 +6,7 @@ import os
 
 import tensorflow_transform as tft
 from pydantic import ValidationError
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer import data, export, tflite, train
 from trainer.config import SUMMARY_FILE, ConfigError, TrainingConfig
@@ -25,7 +25,7 @@ def parse_custom_config(custom_config: dict | None) -> TrainingConfig:
         raise ConfigError(f"Trainer custom_config is invalid: {problems}") from None
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     """Train on the raw examples through the Transform graph; export the full serving model."""
     params = parse_custom_config(fn_args.custom_config)
     tfo = tft.TFTransformOutput(fn_args.transform_graph_path)

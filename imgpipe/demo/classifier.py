@@ -68,7 +68,7 @@ def build_serving_model(
     """Transform analysis + model + fitted head + export (with warmup requests) under `workdir`.
 
     The first `warmup_count` images become the SavedModel's TF Serving warmup
-    requests. Returns the export directory and the (image, label) items.
+    requests (each sent through the three client signatures). Returns the export directory and the (image, label) items.
     """
     items = digit_images(tuple(digits), per_class=per_class, size=image_size)
     tfo = analyze_transform(

@@ -148,8 +148,8 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
 
         distribution.split_cpu(config.replicas)
 
-    from tfx import v1 as tfx
     from tfx.dsl.compiler import compiler, constants
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.portable import runtime_parameter_utils
 
     from pipeline.pipeline import create_pipeline
@@ -184,7 +184,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     with scratch.run_scratch(config.home, run_id):  # the report's temp files too
         try:
             with scratch.no_tfx_package_for_local_beam(config.beam.beam_runner), tracker.installed():
-                tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+                LocalDagRunner().run_with_ir(ir)
         except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
             where = tracker.current or "the pipeline"
             raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e

@@ -351,7 +351,9 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         )
     else:
         floor_note = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
-    if baseline.get("compared"):
+    if baseline.get("compared") and baseline.get("identical"):
+        baseline_note = "latest blessed model, which is this model (identical files): no regression"
+    elif baseline.get("compared"):
         baseline_note = f"latest blessed model; allowed regression {_fmt(baseline.get('max_regression'))}"
     else:
         baseline_note = f"not compared: {baseline.get('skipped_reason') or 'no baseline'}"
