@@ -338,3 +338,54 @@ def test_a_missing_report_that_cannot_be_written_fails_and_says_why(tmp_path, ca
     assert "could not write the report of run r1" in capsys.readouterr().err
     summary = runs.read_summary(folder)
     assert summary["report"] is None and "metadata.sqlite" in summary["report_error"]
+
+
+# ------------------------------------------------------------------------------ reuse
+def _artifacts(model: str, eval_examples: str = "/x/Split-eval") -> data.RunArtifacts:
+    from imgpipe.orchestration.metadata import RunArtifacts
+
+    return RunArtifacts("run-2", {"Trainer": "CACHED"}, eval_examples, model, None, None)
+
+
+def test_a_report_of_the_same_model_and_eval_split_is_reused_without_running_the_model(tmp_path):
+    """A re-run with a cached Trainer: the earlier report's predictions, thumbnails copied over."""
+    home = tmp_path / "home"
+    earlier = _report_data()
+    earlier.artifacts = {"serving_model": str(tmp_path / "no-such-model"), "eval_examples": "/x/Split-eval"}
+    build.write_report(str(home / "runs" / "run-1" / "report"), earlier)
+    for name in (runs.CONFIG_FILE, runs.SUMMARY_FILE):
+        (home / "runs" / "run-1" / name).write_text("{}")
+    artifacts = _artifacts(str(tmp_path / "no-such-model"))  # loading it would raise ReportDataError
+    now = str(home / "runs" / "run-2" / "report")
+    previous, folder = build.earlier_report(str(home), now, artifacts, earlier.max_misclassified)
+    assert previous is not None and folder == str(home / "runs" / "run-1" / "report")
+    d = data.gather(
+        artifacts, {"run_id": "run-2"}, None, _gate_record(HOSTILE), max_misclassified=6, previous=previous
+    )
+    assert d.confusion == earlier.confusion and d.per_class == earlier.per_class
+    assert d.accuracy == earlier.accuracy and d.misclassified_total == earlier.misclassified_total
+    assert any("reused from run" in n for n in d.notes)
+    page = build.write_report(now, d, thumbnails_from=folder)
+    thumbs = [m.thumbnail for m in d.misclassified]
+    assert thumbs and all(
+        open(os.path.join(now, t), "rb").read() == open(os.path.join(folder, t), "rb").read() for t in thumbs
+    )
+    assert os.path.isfile(page)
+
+
+def test_a_report_of_another_model_or_split_is_not_reused(tmp_path):
+    home = tmp_path / "home"
+    earlier = _report_data()
+    earlier.artifacts = {"serving_model": "/m/1", "eval_examples": "/x/Split-eval"}
+    build.write_report(str(home / "runs" / "run-1" / "report"), earlier)
+    for name in (runs.CONFIG_FILE, runs.SUMMARY_FILE):
+        (home / "runs" / "run-1" / name).write_text("{}")
+    now = str(home / "runs" / "run-2" / "report")
+    cap = earlier.max_misclassified
+    assert build.earlier_report(str(home), now, _artifacts("/m/2"), cap) == (None, None)
+    assert build.earlier_report(str(home), now, _artifacts("/m/1", "/y/Split-eval"), cap) == (None, None)
+    assert build.earlier_report(str(home), now, _artifacts("/m/1"), cap + 1) == (None, None)
+    assert build.earlier_report(str(home), now, _artifacts("/m/1"), cap)[0] is not None
+    # A thumbnail gone from the earlier report: it is not reused (the model runs again).
+    os.remove(os.path.join(str(home / "runs" / "run-1" / "report"), earlier.misclassified[0].thumbnail))
+    assert build.earlier_report(str(home), now, _artifacts("/m/1"), cap) == (None, None)

@@ -69,6 +69,10 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
     gate = metadata.gate_record(evaluation_uri)
+    if baseline is None and gate:
+        # A baseline identical to the candidate is compared without TFMA evaluating it again:
+        # the gate record holds its accuracy (the candidate's).
+        baseline = (gate.get("baseline") or {}).get("accuracy")
     return RunSummary(
         run_id=run.name,
         blessed=blessed,

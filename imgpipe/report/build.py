@@ -19,9 +19,10 @@ from typing import Any
 from PIL import UnidentifiedImageError
 
 from imgpipe.orchestration import metadata, runs
+from imgpipe.orchestration.metadata import RunArtifacts
 from imgpipe.orchestration.summary import RunSummary
 from imgpipe.report import html
-from imgpipe.report.data import DEFAULT_MAX_MISCLASSIFIED, ReportData, gather
+from imgpipe.report.data import DEFAULT_MAX_MISCLASSIFIED, ReportData, gather, reusable
 from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,14 @@ def report_dir(run_folder: str) -> str:
     return os.path.join(run_folder, REPORT_DIR)
 
 
-def write_report(folder: str, data: ReportData, summary_link: str | None = None) -> str:
-    """Draw the figures and write the page and report.json into `folder` (replaced whole); return the page."""
+def write_report(
+    folder: str, data: ReportData, summary_link: str | None = None, thumbnails_from: str | None = None
+) -> str:
+    """Draw the figures and write the page and report.json into `folder` (replaced whole); return the page.
+
+    `thumbnails_from`: the report folder whose thumbnails a misclassified entry
+    without image bytes (predictions reused from that report) names.
+    """
     from imgpipe.report import figures  # matplotlib takes seconds to import: only when drawing
 
     parent = os.path.dirname(os.path.abspath(folder))
@@ -53,7 +60,7 @@ def write_report(folder: str, data: ReportData, summary_link: str | None = None)
         if figures.has_curves(data.history):
             written["training_curves"] = "training_curves.png"
             figures.training_curves(data.history, os.path.join(staging, written["training_curves"]))
-        _thumbnails(data, staging)
+        _thumbnails(data, staging, thumbnails_from)
         with open(os.path.join(staging, DATA_FILE), "w", encoding="utf-8") as f:
             json.dump(data.to_dict(), f, indent=2)
         with open(os.path.join(staging, INDEX_FILE), "w", encoding="utf-8") as f:
@@ -65,7 +72,7 @@ def write_report(folder: str, data: ReportData, summary_link: str | None = None)
     return os.path.join(folder, INDEX_FILE)
 
 
-def _thumbnails(data: ReportData, staging: str) -> None:
+def _thumbnails(data: ReportData, staging: str, thumbnails_from: str | None = None) -> None:
     from imgpipe.report import figures
 
     if not data.misclassified:
@@ -74,6 +81,10 @@ def _thumbnails(data: ReportData, staging: str) -> None:
     undecodable = []
     for m in data.misclassified:
         name = f"thumbs/record-{m.record}.png"
+        if m.image is None and m.thumbnail and thumbnails_from:
+            shutil.copyfile(os.path.join(thumbnails_from, m.thumbnail), os.path.join(staging, name))
+            m.thumbnail = name
+            continue
         try:
             figures.thumbnail(m.image or b"", os.path.join(staging, name))
         except (OSError, UnidentifiedImageError, ValueError) as e:
@@ -103,6 +114,8 @@ def build_report(
     """Gather the run `summary['run_id']`'s numbers (the model runs once) and write its report; return the page."""
     run_id = summary["run_id"]
     artifacts = metadata.run_artifacts(config, run_id)
+    folder = report_dir(runs.run_dir(config.home, run_id))
+    previous, previous_folder = earlier_report(config.home, folder, artifacts, max_misclassified)
     data = gather(
         artifacts,
         summary,
@@ -111,9 +124,26 @@ def build_report(
         min_accuracy=config.gate.min_accuracy,
         max_regression=config.gate.max_regression,
         max_misclassified=max_misclassified,
+        previous=previous,
     )
-    folder = report_dir(runs.run_dir(config.home, run_id))
-    return write_report(folder, data, summary_link=f"../{runs.SUMMARY_FILE}")
+    return write_report(folder, data, summary_link=f"../{runs.SUMMARY_FILE}", thumbnails_from=previous_folder)
+
+
+def earlier_report(
+    home: str, folder: str, artifacts: RunArtifacts, max_misclassified: int
+) -> tuple[ReportData | None, str | None]:
+    """The newest earlier report (and its folder) that scored this run's model on its eval split, complete
+    with its thumbnails; (None, None) when there is none."""
+    for record in runs.records(home):
+        other = report_dir(record)
+        if os.path.abspath(other) == os.path.abspath(folder):
+            continue
+        data = load_report(record)
+        if data is None or not reusable(data, artifacts, max_misclassified):
+            continue
+        if all(os.path.isfile(os.path.join(other, m.thumbnail)) for m in data.misclassified if m.thumbnail):
+            return data, other
+    return None, None
 
 
 def attach_report(config: PipelineConfig, summary: RunSummary) -> None:

@@ -225,6 +225,17 @@ class EvalPredictions:
         self.close()
 
 
+def reusable(previous: ReportData, artifacts: RunArtifacts, max_misclassified: int) -> bool:
+    """Whether `previous` holds this run's predictions: the same model and eval split artifacts."""
+    seen = previous.artifacts
+    return (
+        bool(artifacts.serving_model and artifacts.eval_examples)
+        and seen.get("serving_model") == artifacts.serving_model
+        and seen.get("eval_examples") == artifacts.eval_examples
+        and previous.max_misclassified == max_misclassified
+    )
+
+
 # ------------------------------------------------------------------------------ metrics
 @dataclasses.dataclass
 class Tally:
@@ -431,22 +442,41 @@ def gather(
     min_accuracy: float | None = None,
     max_regression: float | None = None,
     max_misclassified: int = DEFAULT_MAX_MISCLASSIFIED,
+    previous: ReportData | None = None,
 ) -> ReportData:
-    """Everything the report shows for one run; ReportDataError when the model or eval split is missing."""
+    """Everything the report shows for one run; ReportDataError when the model or eval split is missing.
+
+    `previous`: an earlier run's report; when it scored the same model on the
+    same eval split (`reusable`), its predictions are taken instead of running
+    the model again (a re-run whose Trainer came from the cache).
+    """
     if not artifacts.serving_model:
         raise ReportDataError(f"run {artifacts.run_id} has no trained model in ML Metadata")
     if not artifacts.eval_examples:
         raise ReportDataError(f"run {artifacts.run_id} has no eval examples in ML Metadata")
     notes: list[str] = []
-    with EvalPredictions(artifacts.serving_model, artifacts.eval_examples) as predictions:
-        class_names = predictions.class_names
-        tally = tally_predictions(class_names, predictions, max_misclassified)
-    columns, rows, matrix = tally.columns(), tally.rows(), tally.matrix()
+    if previous is not None and reusable(previous, artifacts, max_misclassified):
+        columns, rows, matrix = previous.class_names, previous.rows, previous.confusion
+        unlabelled, misclassified = (
+            previous.unlabelled,
+            [dataclasses.replace(m) for m in previous.misclassified],
+        )
+        misclassified_total = previous.misclassified_total
+        notes.append(f"predictions reused from run {previous.run_id}'s report: the same model and eval split")
+    else:
+        with EvalPredictions(artifacts.serving_model, artifacts.eval_examples) as predictions:
+            tally = tally_predictions(predictions.class_names, predictions, max_misclassified)
+        columns, rows, matrix = tally.columns(), tally.rows(), tally.matrix()
+        unlabelled, misclassified, misclassified_total = (
+            tally.unlabelled,
+            tally.worst(),
+            tally.misclassified_total,
+        )
     examples = sum(map(sum, matrix))
     correct = sum(matrix[i][i] for i in range(len(columns)))
     unknown = rows[len(columns) :]
-    if tally.unlabelled:
-        notes.append(f"{tally.unlabelled} eval records have no label: predicted, not counted")
+    if unlabelled:
+        notes.append(f"{unlabelled} eval records have no label: predicted, not counted")
     if unknown:
         notes.append(f"eval labels the model has no class for (counted as errors): {', '.join(unknown)}")
     if training_summary is None:
@@ -466,14 +496,14 @@ def gather(
         confusion=matrix,
         per_class=per_class_rows(rows, columns, matrix),
         examples=examples,
-        unlabelled=tally.unlabelled,
+        unlabelled=unlabelled,
         accuracy=correct / examples if examples else None,
         evaluator_accuracy=summary.get("accuracy"),
         gate=gate,
         history=dict((training_summary or {}).get("history") or {}),
         early_stopping=early_stopping_entries(training_summary or {}),
-        misclassified=tally.worst(),
-        misclassified_total=tally.misclassified_total,
+        misclassified=misclassified,
+        misclassified_total=misclassified_total,
         max_misclassified=max_misclassified,
         artifacts={
             "eval_examples": artifacts.eval_examples,

@@ -269,6 +269,10 @@ def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatc
     # Blessed again (against itself), but byte-identical to the served version: no new version,
     # so TF Serving does not reload the same model.
     assert s.blessed is True and s.pushed is None
+    # Compared with the latest blessed model, which is this very model: TFMA ran it once.
+    assert s.gate["baseline"]["compared"] is True and s.gate["baseline"]["identical"] is True, s.gate
+    assert s.gate["baseline"]["accuracy"] == pytest.approx(s.gate["accuracy"])
+    assert s.baseline_accuracy == pytest.approx(s.accuracy)
     assert s.push_skipped == f"identical to version {os.path.basename(first_run.pushed)}"
     # Nothing new would be served, so pre-push validation did not start a server for it.
     assert s.prepush["blessed"] is True and s.prepush["validated"] is False, s.prepush
