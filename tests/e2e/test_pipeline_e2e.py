@@ -647,7 +647,10 @@ def test_prune_keeps_what_the_next_run_needs(base_config, first_run):
 
 
 def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config, first_run, monkeypatch):
-    """The Evaluator blesses it (serving_default works), the served predict_images fails: no push.
+    """The Evaluator blesses it (serving_default works), predict_images fails in the server: no push.
+
+    The model's own warmup requests cover every client signature, so the server refuses to load
+    it (as TF Serving does when a warmup request fails) before any check request is sent.
 
     Last in the module: the Evaluator's blessing makes this model the next runs' baseline.
     """
@@ -671,8 +674,9 @@ def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config,
     assert s.blessed is True
     p = s.prepush
     assert p["validated"] is True and p["blessed"] is False
-    assert p["reason"].startswith("answer (predict_images, eval example 0): INVALID_ARGUMENT: "), p
+    assert p["reason"].startswith("server: imgpipe serve failed to load model 'digits' version 1: "), p
+    assert "signature 'predict_images' failed" in p["reason"]
     assert "predict_images broken on purpose" in p["reason"]
-    assert all("predict_images" in f for f in p["failures"])  # the other signatures answered
+    assert len(p["failures"]) == 1
     assert s.pushed is None
     assert _versions(model_dir) == before
