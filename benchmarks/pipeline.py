@@ -329,13 +329,13 @@ def versus_plain_keras(args) -> int:
     ratio_both = common.median([p / q for p, q in zip(plain_s, both_s, strict=True)])
     common.emit(head)
     common.emit(
-        f"Target task {name}: {n_train} train + {n_eval} eval images (digits 5-9, {size}px PNG), "
+        f"Task {name}: {n_train} train + {n_eval} eval images (digits 5-9, {size}px PNG), "
         f"{args.backbone} from the same weights file (pre-trained here on digits 0-4), {epochs} head epochs "
         f"(imgpipe: the cap, early stopping and refit as the Trainer defaults; plain: exactly {epochs}), "
         f"batch {batch}, Adam lr {lr}; every step a fresh process, wall time from start to exit; "
         f"median of {runs} round(s), order rotated each round.\n"
     )
-    common.emit(common.table(["side", "wall s (median)", "wall s per round", "eval accuracy", ""], rows))
+    common.emit(common.table(["side", "wall s (median)", "wall s per round", "eval accuracy", "note"], rows))
     common.emit()
     common.emit(
         f"Plain / pipeline wall time (median of per-round ratios): **{ratio_run:.2f}x** against `imgpipe run` "
