@@ -9,6 +9,7 @@ side hold.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import platform
@@ -254,3 +255,89 @@ def analyze(records_dir: str, out_dir: str, backbone: str, image_size: int):
         items = read_items(split_files(records_dir, "train"))
         analyze_transform(items, out_dir, backbone=backbone, image_size=image_size)
     return tft.TFTransformOutput(out_dir)
+
+
+def replicate_images(images_dir: str, out_dir: str, n: int, seed: int = 0) -> dict[str, int]:
+    """An N-image copy of a class-per-folder PNG tree, for scaling runs; returns per-class counts.
+
+    Image k of the output is source image k mod M (M source images, the classes
+    interleaved in proportion), so the class shares stay those of the source. Its first copy keeps the
+    source's bytes; every further copy is a seeded random small affine change of it
+    (rotation within +-10 degrees, shift within +-6% of the side, scale 0.92-1.08),
+    redrawn until its bytes differ from every image written so far: ingest
+    de-duplicates identical bytes, so exact copies would not add records. Same
+    arguments -> same files and bytes. A finished tree (`OUT_DIR.json`, written last,
+    matching the arguments) is re-used, not re-written.
+    """
+    import hashlib
+    import json
+    import random
+    import shutil
+
+    from PIL import Image
+
+    if n < 1:
+        raise ValueError(f"replicate_images: n must be >= 1, got {n}")
+    classes = sorted(d for d in os.listdir(images_dir) if os.path.isdir(os.path.join(images_dir, d)))
+    per_class = {
+        c: sorted(
+            name
+            for name in os.listdir(os.path.join(images_dir, c))
+            if name.lower().endswith(".png") and not name.startswith(".")
+        )
+        for c in classes
+    }
+    # Classes interleaved by relative position, so a partial last round keeps the shares too.
+    ranked = [
+        ((i / len(names), c), (c, name)) for c, names in per_class.items() for i, name in enumerate(names)
+    ]
+    sources = [source for _, source in sorted(ranked)]
+    if not sources:
+        raise ValueError(f"replicate_images: no PNG files under {images_dir}/<class>/")
+    stamp = {"source": os.path.abspath(images_dir), "images": n, "seed": seed, "source_images": len(sources)}
+    marker = out_dir.rstrip(os.sep) + ".json"
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            done = json.load(f)
+        if done.get("stamp") == stamp:
+            return done["counts"]
+    if os.path.exists(marker):
+        os.remove(marker)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for c in classes:
+        os.makedirs(os.path.join(out_dir, c), exist_ok=True)
+    seen: set[str] = set()
+    counts = dict.fromkeys(classes, 0)
+    for k in range(n):
+        c, name = sources[k % len(sources)]
+        copy = k // len(sources)
+        src = os.path.join(images_dir, c, name)
+        with open(src, "rb") as f:
+            data = f.read()
+        attempt = 0
+        while hashlib.sha256(data).hexdigest() in seen:
+            rng = random.Random(f"{seed}/{c}/{name}/{copy}/{attempt}")
+            attempt += 1
+            with Image.open(src) as img:
+                w, h = img.size
+                moved = img.rotate(
+                    rng.uniform(-10.0, 10.0),
+                    resample=Image.Resampling.BILINEAR,
+                    translate=(rng.uniform(-0.06, 0.06) * w, rng.uniform(-0.06, 0.06) * h),
+                )
+                s = rng.uniform(0.92, 1.08)
+                side = (max(1, round(w * s)), max(1, round(h * s)))
+                scaled = moved.resize(side, Image.Resampling.BILINEAR)
+                out = Image.new(moved.mode, (w, h))
+                out.paste(scaled, ((w - side[0]) // 2, (h - side[1]) // 2))
+                buf = io.BytesIO()
+                out.save(buf, format="PNG")
+                data = buf.getvalue()
+        seen.add(hashlib.sha256(data).hexdigest())
+        stem = os.path.splitext(name)[0]
+        with open(os.path.join(out_dir, c, f"{stem}_c{copy:03d}.png"), "wb") as f:
+            f.write(data)
+        counts[c] += 1
+    with open(marker, "w", encoding="utf-8") as f:
+        json.dump({"stamp": stamp, "counts": counts}, f, indent=1)
+    return counts
