@@ -167,15 +167,25 @@ def main(argv=None) -> int:
             },
         }
 
+    raw = os.path.join(args.workdir, f"scale_{args.backbone}_{size}", "results.json")
+    with open(raw, "w", encoding="utf-8") as f:
+        json.dump({str(n): r for n, r in results.items()}, f, indent=1)
     common.emit(head)
+    common.emit(render(results, sizes, args.backbone, size, epochs))
+    return 0
+
+
+def render(results: dict, sizes: list[int], backbone: str, size: int, epochs: int) -> str:
+    """The markdown tables of one scale run."""
+    out: list[str] = []
     base = sizes[0]
-    common.emit(
-        f"The demo's target task (digits 5-9 at {size}px) replicated to each size; {args.backbone} "
+    out.append(
+        f"The demo's target task (digits 5-9 at {size}px) replicated to each size; {backbone} "
         f"pre-trained here on digits 0-4; head epoch cap {epochs}; one run per size (fresh processes, "
         "fresh home). Peak memory: summed RSS of the process tree (the run and its model server), "
         "sampled every 0.2 s."
     )
-    common.emit()
+    out.append("")
     rows = []
     for n in sizes:
         r = results[n]
@@ -191,7 +201,7 @@ def main(argv=None) -> int:
                 r["blessed"],
             ]
         )
-    common.emit(
+    out.append(
         common.table(
             [
                 "images",
@@ -206,11 +216,11 @@ def main(argv=None) -> int:
             rows,
         )
     )
-    common.emit()
-    common.emit(
+    out.append("")
+    out.append(
         f"Data ratio {sizes[-1] / base:g}x; run time ratio {results[sizes[-1]]['run'] / results[base]['run']:.2f}x."
     )
-    common.emit()
+    out.append("")
     nodes = list(results[sizes[-1]]["components"])
     headers = ["component"]
     for n in sizes:
@@ -226,10 +236,10 @@ def main(argv=None) -> int:
         last = results[sizes[-1]]["components"][node][1]
         row.append(last / first if first and first > 0.5 else "")
         comp_rows.append(row)
-    common.emit("Per component (ML Metadata execution span; peak RSS of the tree within it):")
-    common.emit()
-    common.emit(common.table(headers, comp_rows))
-    return 0
+    out.append("Per component (ML Metadata execution span; peak RSS of the tree within it):")
+    out.append("")
+    out.append(common.table(headers, comp_rows))
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
