@@ -24,6 +24,7 @@ BENCHMARKS = (
     "transform",
     "scaling",
     "pipeline",
+    "scale_run",
     "fixed_costs",
     "serving_latency",
     "metadata_concurrency",
