@@ -112,8 +112,8 @@ def validate_model(
         # Killed, not asked to stop, when done: by then no request is in flight and a
         # validation server has no request log to flush.
         with started_server(base_path, model_name, log_path, graceful=False) as server:
-            # The server imports TensorFlow and loads the model in its own process meanwhile:
-            # the in-process answers cost no extra wall time on a machine with 2+ cores.
+            # The server imports TensorFlow and loads the model in its own process meanwhile,
+            # so the in-process answers overlap its start-up instead of preceding it.
             try:
                 reference = reference_answers(saved_model_dir, examples)
                 saved_signatures = read_signature_defs(saved_model_dir)
