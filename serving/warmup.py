@@ -69,10 +69,7 @@ def build_classify_logs(
     """PredictionLogs, one ClassificationRequest per serialized tf.Example."""
     logs = []
     for i, value in enumerate(examples):
-        try:
-            example = tf.train.Example.FromString(value)
-        except message.DecodeError as e:
-            raise ValueError(f"warmup value {i} is not a serialized tf.Example: {e}") from None
+        example = _parse_example(value, i)
         request = classification_pb2.ClassificationRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature),
             input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=[example])),
@@ -83,12 +80,16 @@ def build_classify_logs(
     return logs
 
 
-def image_of(example: bytes, index: int = 0) -> bytes:
-    """The encoded image a serialized tf.Example holds in IMAGE_FEATURE; ValueError naming `index` if none."""
+def _parse_example(value: bytes, index: int) -> tf.train.Example:
     try:
-        values = tf.train.Example.FromString(example).features.feature[IMAGE_FEATURE].bytes_list.value
+        return tf.train.Example.FromString(value)
     except message.DecodeError as e:
         raise ValueError(f"warmup value {index} is not a serialized tf.Example: {e}") from None
+
+
+def image_of(example: bytes, index: int = 0) -> bytes:
+    """The encoded image a serialized tf.Example holds in IMAGE_FEATURE; ValueError naming `index` if none."""
+    values = _parse_example(example, index).features.feature[IMAGE_FEATURE].bytes_list.value
     if not values or not values[0]:
         raise ValueError(f"warmup value {index} has no {IMAGE_FEATURE!r} bytes")
     return values[0]
