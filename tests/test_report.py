@@ -6,6 +6,7 @@ checked against the split's labels) is tested in tests/e2e/test_pipeline_e2e.py.
 
 from __future__ import annotations
 
+import dataclasses
 import html.parser
 import io
 import json
@@ -386,6 +387,8 @@ def test_a_report_of_another_model_or_split_is_not_reused(tmp_path):
     assert build.earlier_report(str(home), now, _artifacts("/m/1", "/y/Split-eval"), cap) == (None, None)
     assert build.earlier_report(str(home), now, _artifacts("/m/1"), cap + 1) == (None, None)
     assert build.earlier_report(str(home), now, _artifacts("/m/1"), cap)[0] is not None
+    trained = dataclasses.replace(_artifacts("/m/1"), states={"Trainer": "COMPLETE"})
+    assert build.earlier_report(str(home), now, trained, cap) == (None, None)  # a new model: not searched
     # A thumbnail gone from the earlier report: it is not reused (the model runs again).
     os.remove(os.path.join(str(home / "runs" / "run-1" / "report"), earlier.misclassified[0].thumbnail))
     assert build.earlier_report(str(home), now, _artifacts("/m/1"), cap) == (None, None)

@@ -133,7 +133,13 @@ def earlier_report(
     home: str, folder: str, artifacts: RunArtifacts, max_misclassified: int
 ) -> tuple[ReportData | None, str | None]:
     """The newest earlier report (and its folder) that scored this run's model on its eval split, complete
-    with its thumbnails; (None, None) when there is none."""
+    with its thumbnails; (None, None) when there is none.
+
+    Only a run whose Trainer came from the cache can share its model with an earlier run: for one
+    that trained, the earlier reports are not read at all.
+    """
+    if artifacts.states.get("Trainer") != "CACHED":
+        return None, None
     for record in runs.records(home):
         other = report_dir(record)
         if os.path.abspath(other) == os.path.abspath(folder):
