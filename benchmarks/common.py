@@ -9,11 +9,14 @@ side hold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -341,3 +344,23 @@ def replicate_images(images_dir: str, out_dir: str, n: int, seed: int = 0) -> di
     with open(marker, "w", encoding="utf-8") as f:
         json.dump({"stamp": stamp, "counts": counts}, f, indent=1)
     return counts
+
+
+def json_process(
+    cmd: list[str], log_path: str, watch: Callable[[int], Any] | None = None
+) -> tuple[float, dict]:
+    """Run `cmd` as a fresh process from the repository root, stderr to `log_path`: its wall
+    seconds and the JSON line it ends stdout with. `watch(pid)`, if given, is a context
+    manager held while the process runs (e.g. a memory sampler)."""
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+        with watch(proc.pid) if watch else contextlib.nullcontext():
+            out, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        with open(log_path, encoding="utf-8") as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; end of {log_path}:\n{tail}")
+    lines = [line for line in out.splitlines() if line.strip()]
+    return wall, json.loads(lines[-1])

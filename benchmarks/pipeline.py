@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -202,23 +201,6 @@ def ingest_split(
     return split
 
 
-def timed_process(cmd: list[str], log_path: str) -> tuple[float, dict]:
-    """Run `cmd` as a fresh process (stderr to `log_path`); its wall seconds and the JSON
-    line it ends stdout with."""
-    t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        done = subprocess.run(
-            cmd, cwd=common.REPO, stdout=subprocess.PIPE, stderr=log, text=True, check=False
-        )
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        with open(log_path, encoding="utf-8") as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}; end of {log_path}:\n{tail}")
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return wall, json.loads(lines[-1])
-
-
 def versus_plain_keras(args) -> int:
     """The pipeline's first run vs benchmarks/plain_keras.py, fresh processes, interleaved."""
     from imgpipe.demo import steps as demo
@@ -255,7 +237,7 @@ def versus_plain_keras(args) -> int:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         tfrecords = os.path.join(d, "tfrecords")
-        ingest_s, _ = timed_process(
+        ingest_s, _ = common.json_process(
             [
                 py,
                 "-m",
@@ -276,7 +258,7 @@ def versus_plain_keras(args) -> int:
         config_file = os.path.join(d, "config.yaml")
         cfg.save(config_file)
         started = time.time()
-        run_s, summary = timed_process(
+        run_s, summary = common.json_process(
             [py, "-m", "imgpipe", "run", "--config", config_file], os.path.join(d, "run.log")
         )
         components = component_seconds(cfg)
@@ -305,7 +287,7 @@ def versus_plain_keras(args) -> int:
                split_file, "--backbone", args.backbone, "--weights", weights, "--image-size", str(size),
                "--epochs", str(epochs), "--batch-size", str(batch), "--learning-rate", str(lr), "--seed", "42",
                "--out", os.path.join(d, "model")]  # fmt: skip
-        wall, result = timed_process(cmd, os.path.join(d, "plain.log"))
+        wall, result = common.json_process(cmd, os.path.join(d, "plain.log"))
         common.say(f"[bench] round {r + 1}: plain Keras {wall:.1f}s")
         return {"wall": wall, **result}
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -38,10 +37,8 @@ GIB = 1024**3
 class TreeMemory:
     """Samples the summed RSS of a process and its descendants on a thread: (epoch s, bytes) pairs."""
 
-    def __init__(self, pid: int, every: float = 0.2):
-        import psutil
-
-        self._root = psutil.Process(pid)
+    def __init__(self, every: float = 0.2):
+        self._root = None
         self._every = every
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -64,6 +61,13 @@ class TreeMemory:
             self.samples.append((time.time(), total))
             self._stop.wait(self._every)
 
+    def watching(self, pid: int) -> TreeMemory:
+        """Sample process `pid` and its descendants while the returned block runs."""
+        import psutil
+
+        self._root = psutil.Process(pid)
+        return self
+
     def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
@@ -75,22 +79,6 @@ class TreeMemory:
     def peak(self, start: float = float("-inf"), end: float = float("inf")) -> int:
         inside = [rss for t, rss in self.samples if start <= t <= end]
         return max(inside, default=0)
-
-
-def measured_process(cmd: list[str], log_path: str) -> tuple[float, dict, TreeMemory]:
-    """Run `cmd` (stderr to `log_path`) sampling its tree's memory; wall seconds, its JSON line, the samples."""
-    t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, cwd=common.REPO, stdout=subprocess.PIPE, stderr=log, text=True)
-        with TreeMemory(proc.pid) as memory:
-            out, _ = proc.communicate()
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        with open(log_path, encoding="utf-8") as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; end of {log_path}:\n{tail}")
-    lines = [line for line in out.splitlines() if line.strip()]
-    return wall, json.loads(lines[-1]), memory
 
 
 def component_spans(config) -> dict[str, tuple[str, float, float]]:
@@ -139,17 +127,22 @@ def main(argv=None) -> int:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
         tfrecords = os.path.join(d, "tfrecords")
-        ingest_s, ingest_out, ingest_mem = measured_process(
+        ingest_mem = TreeMemory()
+        ingest_s, ingest_out = common.json_process(
             [py, "-m", "imgpipe", "ingest", "--images", images, "--out", tfrecords]
             + ["--eval-fraction", "0.2", "--seed", "42"],
             os.path.join(d, "ingest.log"),
+            watch=ingest_mem.watching,
         )
         common.say(f"[bench] {n} images: ingest {ingest_s:.1f}s")
         cfg = demo.target_config(d, tfrecords, args.backbone, weights, size, epochs, min_accuracy=0.5)
         config_file = os.path.join(d, "config.yaml")
         cfg.save(config_file)
-        run_s, summary, memory = measured_process(
-            [py, "-m", "imgpipe", "run", "--config", config_file], os.path.join(d, "run.log")
+        memory = TreeMemory()
+        run_s, summary = common.json_process(
+            [py, "-m", "imgpipe", "run", "--config", config_file],
+            os.path.join(d, "run.log"),
+            watch=memory.watching,
         )
         spans = component_spans(cfg)
         common.say(f"[bench] {n} images: run {run_s:.1f}s, peak {memory.peak() / GIB:.2f} GiB")
