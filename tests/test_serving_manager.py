@@ -79,6 +79,50 @@ def test_loaded_version_runs_and_warms_up(tiny_export):
         loaded.run("predict_images", {"images": np.array([b"a"], dtype=object)}, ["scores", "scores"])
 
 
+class _TwoSignatures(_Tiny):
+    """predict_images, and `short_only`, which refuses inputs longer than 4 bytes."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def short_only(self, images):
+        n = tf.strings.length(images)
+        with tf.control_dependencies([tf.debugging.assert_less(n, 5, message="too long for short_only")]):
+            return {"lengths": tf.identity(n)}
+
+
+def _predict_log(signature: str, *images: bytes):
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=NAME, signature_name=signature))
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.array(images, dtype=object)))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+@pytest.mark.parametrize(
+    "long_input, expected", [(False, "4 warmup requests"), (True, "too long for short_only")]
+)
+def test_warmup_replays_every_signature_and_any_failure_fails_the_load(tmp_path, long_input, expected):
+    """Signatures warm up side by side (one thread each); every record runs, one failure fails it all."""
+    from serving import warmup
+
+    path = str(tmp_path / "export")
+    module = _TwoSignatures()
+    signatures = {"predict_images": module.predict_images, "short_only": module.short_only}
+    tf.saved_model.save(module, path, signatures=signatures)
+    last = b"abcdefgh" if long_input else b"abc"
+    logs = [
+        _predict_log("predict_images", b"a"),
+        _predict_log("short_only", b"ab"),
+        _predict_log("short_only", last),
+    ]
+    warmup.write_warmup_logs(path, [*logs, _predict_log("predict_images", b"abcdef")])
+    loaded = LoadedVersion(NAME, 1, path)
+    if long_input:
+        with pytest.raises(Exception, match=expected):
+            loaded.warm_up()
+    else:
+        assert loaded.warm_up() == expected
+
+
 def test_acquire_picks_the_version_and_counts_requests(tiny_export, tmp_path):
     _push(tmp_path, tiny_export, 1)
     _push(tmp_path, tiny_export, 2)

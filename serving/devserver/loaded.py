@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent import futures
 from typing import Any
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2
+from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2, prediction_log_pb2
 
 from serving import warmup
 from serving.config import DEFAULT_MAX_PIXELS
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = SERVING_DEFAULT  # what an empty model_spec.signature_name means
 # The Classify RPC's contract with a classification signature.
+MAX_WARMUP_THREADS = 4  # signatures warmed up side by side
 CLASSIFY_INPUTS = "inputs"
 CLASSIFY_CLASSES = "classes"
 CLASSIFY_SCORES = "scores"
@@ -199,6 +201,40 @@ class LoadedVersion:
         response.result.CopyFrom(result)
         return response
 
+    def _replay(self, logs: Sequence[prediction_log_pb2.PredictionLog]) -> int:
+        """Replay warmup records, one thread per signature; return how many ran.
+
+        Each signature's first call initialises its own copy of the graph (for a
+        DenseNet121, ~1 s each, mostly in TensorFlow's runtime outside the GIL),
+        so the signatures warm up side by side, as TF Serving does with
+        `num_model_warmup_threads`. Records of one signature keep their order;
+        the first failure (in file order of the signatures) fails the load.
+        """
+        by_signature: dict[str, list] = {}
+        for entry in logs:
+            kind = entry.WhichOneof("log_type")
+            if kind == "predict_log":
+                request, call = entry.predict_log.request, self.predict
+            elif kind == "classify_log":
+                request, call = entry.classify_log.request, self.classify
+            else:
+                log.warning("%s: skipping warmup record of type %s", self.path, kind)
+                continue
+            signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            by_signature.setdefault(signature, []).append((call, request))
+
+        def replay(calls: list) -> int:
+            for call, request in calls:
+                call(request)
+            return len(calls)
+
+        groups = list(by_signature.values())
+        if len(groups) <= 1:
+            return sum(replay(calls) for calls in groups)
+        with futures.ThreadPoolExecutor(min(len(groups), MAX_WARMUP_THREADS), "warmup") as pool:
+            done = [pool.submit(replay, calls) for calls in groups]
+        return sum(f.result() for f in done)  # re-raises the first failure
+
     def fill_model_spec(self, spec: model_pb2.ModelSpec, signature: str | None = None) -> None:
         """Name this version (and the signature that answered) in a response's model_spec."""
         spec.name = self.model_name
@@ -216,18 +252,7 @@ class LoadedVersion:
         """
         logs = warmup.read_warmup_requests(self.path) if run_warmup_file else []
         if logs:
-            replayed = 0
-            for entry in logs:
-                kind = entry.WhichOneof("log_type")
-                if kind == "predict_log":
-                    self.predict(entry.predict_log.request)
-                elif kind == "classify_log":
-                    self.classify(entry.classify_log.request)
-                else:
-                    log.warning("%s: skipping warmup record of type %s", self.path, kind)
-                    continue
-                replayed += 1
-            return f"{replayed} warmup requests"
+            return f"{self._replay(logs)} warmup requests"
         png = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
         if list(self._inputs.get(PREDICT_IMAGES, {})) == ["images"]:
             self.run(PREDICT_IMAGES, {"images": np.array([png], dtype=object)})
