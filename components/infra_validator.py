@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -38,7 +39,14 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils, json_utils, path_utils
 
 from components import pusher
-from components.model_server import ModelServerError, stage_model, started_server
+from components.model_server import (
+    ModelServer,
+    ModelServerError,
+    stage_into,
+    stage_model,
+    started_server,
+    take_standby,
+)
 from components.prepush import REPORT_FILE, SERVER_LOG_FILE, PrepushConfig
 from components.prepush_checks import (
     Failure,
@@ -102,16 +110,28 @@ def validate_model(
         model_name=model_name, examples=len(examples), max_latency_ms=config.max_latency_ms
     )
     started = time.monotonic()
+    standby = take_standby(model_name)
     try:
-        base_path = stage_model(saved_model_dir, os.path.join(workdir, "models"), model_name)
+        if standby is not None:
+            stage_into(saved_model_dir, standby.base_path)
+        else:
+            base_path = stage_model(saved_model_dir, os.path.join(workdir, "models"), model_name)
     except Exception as e:  # noqa: BLE001 - fail closed: the report names the error
         log.exception("pre-push validation: the model cannot be staged for serving")
         report.fail(Failure("reference", f"the SavedModel cannot be staged: {type(e).__name__}: {e}"))
+        if standby is not None:
+            standby.stop(graceful=False)
         return report.conclude()
-    try:
+    if standby is not None:
+        log.info("pre-push validation: %s was started during the Evaluator", standby.command.kind)
+        report.server_started_early = True
+        server_block = _taken_over(standby, log_path)
+    else:
         # Killed, not asked to stop, when done: by then no request is in flight and a
         # validation server has no request log to flush.
-        with started_server(base_path, model_name, log_path, graceful=False) as server:
+        server_block = started_server(base_path, model_name, log_path, graceful=False)
+    try:
+        with server_block as server:
             # The server imports TensorFlow and loads the model in its own process meanwhile,
             # so the in-process answers overlap its start-up instead of preceding it.
             try:
@@ -159,6 +179,17 @@ def validate_model(
         log.exception("pre-push validation failed unexpectedly")
         report.fail(Failure("server", f"validation error: {type(e).__name__}: {e}"))
     return report.conclude()
+
+
+@contextlib.contextmanager
+def _taken_over(server: ModelServer, log_path: str) -> Iterator[ModelServer]:
+    """A standby server for the block: killed when it exits, its output copied to `log_path`."""
+    try:
+        yield server
+    finally:
+        server.stop(graceful=False)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(server.log_path, log_path)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,10 @@ same without the wait, for work that overlaps the start-up):
     with serve_model(base_path, "digits", log_path, timeout=300) as server:
         ServingClient(server.target).predict(...)
 
+`standby_server` starts a server before its model exists, on an empty base path it
+polls; `take_standby` hands it to the InfraValidator, which adds the candidate with
+`stage_into` (a rename, so no half-copied version is ever seen).
+
 The server is `tensorflow_model_server` when that binary is on PATH (the
 production server, run with --port, --model_name, --model_base_path and no
 load retries), and otherwise the project's own TF Serving-compatible server
@@ -32,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -49,6 +54,7 @@ LOOPBACK = "127.0.0.1"
 STAGED_VERSION = 1  # the version number the candidate is served under
 _LOG_TAIL_CHARS = 2000
 _POLL_SECONDS = 0.25
+_NOT_READY_YET = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class ModelServerError(RuntimeError):
@@ -64,12 +70,18 @@ class ServerCommand:
 
 
 def server_command(
-    model_base_path: str, model_name: str, port: int, tf_serving_binary: str | None = None
+    model_base_path: str,
+    model_name: str,
+    port: int,
+    tf_serving_binary: str | None = None,
+    poll_seconds: float | None = None,
 ) -> ServerCommand:
     """The command serving `model_base_path` as `model_name` on `port`.
 
     `tf_serving_binary`: a tensorflow_model_server path; None looks it up on PATH.
     Without one, the project's own server runs with this interpreter.
+    `poll_seconds`: how often the server looks for new versions (None: its default);
+    whole seconds for TF Serving, at least 1.
     """
     binary = tf_serving_binary or shutil.which(TF_SERVING_BINARY)
     if binary:
@@ -82,6 +94,8 @@ def server_command(
             f"--model_base_path={model_base_path}",
             "--max_num_load_retries=0",
         )
+        if poll_seconds is not None:
+            argv += (f"--file_system_poll_wait_seconds={max(1, round(poll_seconds))}",)
         return ServerCommand(TF_SERVING_BINARY, argv)
     argv = (
         sys.executable,
@@ -97,6 +111,8 @@ def server_command(
         "--port",
         str(port),
     )
+    if poll_seconds is not None:
+        argv += ("--poll-seconds", f"{poll_seconds:g}")
     return ServerCommand(IMGPIPE_SERVER, argv)
 
 
@@ -127,6 +143,19 @@ def stage_model(saved_model_dir: str, root: str, model_name: str, version: int =
     return base
 
 
+def stage_into(saved_model_dir: str, model_base_path: str, version: int = STAGED_VERSION) -> str:
+    """Add a SavedModel as `version` under a base path a server is already polling; return the version dir.
+
+    The copy is made beside the base path and renamed into it, so the server never
+    sees a half-copied version.
+    """
+    root, model_name = os.path.split(os.path.normpath(model_base_path))
+    staging = stage_model(saved_model_dir, os.path.join(root, f".staging-{model_name}"), model_name, version)
+    target = os.path.join(model_base_path, str(version))
+    os.rename(os.path.join(staging, str(version)), target)
+    return target
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     """A preexec_fn asking Linux to SIGKILL the child when its parent dies; None elsewhere."""
     if not sys.platform.startswith("linux"):
@@ -148,11 +177,14 @@ def _die_with_parent() -> Callable[[], None] | None:
 class ModelServer:
     """One server subprocess serving one model; `stop()` ends it and everything it started."""
 
-    def __init__(self, command: ServerCommand, model_name: str, port: int, log_path: str):
+    def __init__(
+        self, command: ServerCommand, model_name: str, port: int, log_path: str, base_path: str | None = None
+    ):
         self.command = command
         self.model_name = model_name
         self.port = port
         self.log_path = log_path
+        self.base_path = base_path  # the model base path it serves, when known
         self.process: subprocess.Popen | None = None
         self.version: int | None = None
 
@@ -211,8 +243,10 @@ class ModelServer:
                 try:
                     statuses = client.model_status(self.model_name)
                 except ServingRpcError as e:
-                    # Not listening yet, or the model not known yet: keep waiting.
-                    if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                    # Not listening yet, the model not known yet, or too busy loading it to
+                    # answer within the call's deadline (a server that listens while it loads,
+                    # like a standby): keep waiting, up to `timeout`.
+                    if e.code not in _NOT_READY_YET:
                         raise ModelServerError(f"GetModelStatus failed: {e.code.name}: {e.details}") from e
                     statuses = []
                 for version, state, message in statuses:
@@ -295,9 +329,53 @@ def started_server(
     loading the model take seconds): call `wait_ready` before sending requests.
     """
     port = free_port()
-    server = ModelServer(command(model_base_path, model_name, port), model_name, port, log_path)
+    server = ModelServer(
+        command(model_base_path, model_name, port), model_name, port, log_path, model_base_path
+    )
     try:
         server.start()
         yield server
     finally:
         server.stop(grace, graceful)
+
+
+# -- a server started before its model exists ----------------------------------------------------
+# A local run starts the pre-push server while the Evaluator runs (imgpipe/orchestration/
+# standby.py): its process imports TensorFlow on the core the Evaluator leaves idle, and the
+# InfraValidator, which runs in the same process, takes it over (`take_standby`) instead of
+# starting one. Runners that put components in separate processes never offer one.
+STANDBY_POLL_SECONDS = 0.2
+_standby_lock = threading.Lock()
+_standbys: dict[str, ModelServer] = {}
+
+
+@contextlib.contextmanager
+def standby_server(root: str, model_name: str, log_path: str) -> Iterator[ModelServer]:
+    """A server polling an empty base path `<root>/<model_name>`, offered to `take_standby` in the block.
+
+    Killed when the block exits, taken or not (a taken one has been stopped already).
+    """
+    base_path = os.path.join(root, model_name)
+    os.makedirs(base_path)
+    port = free_port()
+    command = server_command(base_path, model_name, port, poll_seconds=STANDBY_POLL_SECONDS)
+    server = ModelServer(command, model_name, port, log_path, base_path)
+    server.start()
+    with _standby_lock:
+        _standbys[model_name] = server
+    try:
+        yield server
+    finally:
+        with _standby_lock:
+            if _standbys.get(model_name) is server:
+                del _standbys[model_name]
+        server.stop(graceful=False)
+
+
+def take_standby(model_name: str) -> ModelServer | None:
+    """The standby server of `model_name` if one is offered and still running (it is then yours to stop)."""
+    with _standby_lock:
+        server = _standbys.pop(model_name, None)
+    if server is None or server.process is None or server.process.poll() is not None:
+        return None
+    return server

@@ -78,6 +78,9 @@ class PrepushReport:
     validated: bool = False  # False: validation was off, or skipped (model not blessed)
     reason: str = ""  # why not blessed / not validated; "" when validated and blessed
     server: str = ""  # tensorflow_model_server | imgpipe serve
+    # True: the server was started while the Evaluator ran (a local run's standby), so its
+    # start-up is not in `seconds`
+    server_started_early: bool = False
     model_name: str = ""
     version: int | None = None
     examples: int = 0
@@ -109,6 +112,7 @@ class PrepushReport:
             "validated": self.validated,
             "reason": self.reason,
             "server": self.server,
+            "server_started_early": self.server_started_early,
             "examples": self.examples,
             "requests": self.requests,
             "p99_ms": {sig: lat["p99"] for sig, lat in self.latency_ms.items()},

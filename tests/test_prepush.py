@@ -249,6 +249,13 @@ def test_server_command_without_tf_serving_runs_imgpipe_serve(monkeypatch, tmp_p
         "/opt/tfs", "--port=8123", "--model_name=digits", "--model_base_path=/m/digits",
         "--max_num_load_retries=0",
     )  # fmt: skip
+    # A standby server polls its empty base path often: in whole seconds for TF Serving.
+    assert model_server.server_command("/m/d", "d", 1, poll_seconds=0.2).argv[-2:] == (
+        "--poll-seconds",
+        "0.2",
+    )
+    polled = model_server.server_command("/m/d", "d", 1, tf_serving_binary="/opt/tfs", poll_seconds=0.2)
+    assert polled.argv[-1] == "--file_system_poll_wait_seconds=1"
 
 
 def test_stage_model_makes_the_version_layout(model, tmp_path):
@@ -271,6 +278,51 @@ def test_a_model_the_server_cannot_load_fails_with_its_status(model, inputs, tmp
     assert not report.blessed and report.validated
     assert report.failures[0].check == "server"
     assert f"failed to load model '{NAME}' version 1" in report.reason
+
+
+# ---------------------------------------------------- a server started before its model
+def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, inputs, tmp_path):
+    """A local run starts the server during the Evaluator; validation stages into it and kills it."""
+    examples, images = inputs
+    root, log_path = str(tmp_path / "standby"), str(tmp_path / "server.log")
+    with model_server.standby_server(root, NAME, str(tmp_path / "standby.log")) as standby:
+        assert os.listdir(standby.base_path) == []  # serving nothing yet, polling for a version
+        report = infra_validator.validate_model(
+            model.export_dir, examples, images, NAME, PrepushConfig(), str(tmp_path / "work"), log_path
+        )
+        assert standby.process.poll() is not None  # the validation killed it when done
+        assert model_server.take_standby(NAME) is None  # taken once
+    assert report.failures == [] and report.blessed, report.reason
+    assert report.server_started_early and report.server == model_server.IMGPIPE_SERVER
+    assert report.version == model_server.STAGED_VERSION
+    assert sorted(os.listdir(standby.base_path)) == ["1"]  # staged into the standby's base path
+    assert not os.path.exists(tmp_path / "work" / "models")  # not into a server of its own
+    assert read_signature_defs(os.path.join(standby.base_path, "1")) == read_signature_defs(model.export_dir)
+    with open(log_path, encoding="utf-8") as f:
+        assert standby.base_path in f.read()  # the standby's output, kept as the validation's log
+
+
+def test_take_standby_only_takes_a_running_server_of_that_model(monkeypatch, tmp_path):
+    sleeper = (sys.executable, "-c", "import time; time.sleep(120)")
+    monkeypatch.setattr(model_server, "server_command", lambda *a, **k: ServerCommand("sleeper", sleeper))
+    with model_server.standby_server(str(tmp_path / "a"), "other", str(tmp_path / "a.log")) as other:
+        assert model_server.take_standby(NAME) is None
+        with model_server.standby_server(str(tmp_path / "b"), NAME, str(tmp_path / "b.log")) as mine:
+            mine.process.kill()
+            mine.process.wait()
+            assert model_server.take_standby(NAME) is None  # dead: the validator starts its own
+        assert model_server.take_standby("other") is other
+        other.stop(graceful=False)
+    assert other.process.poll() is not None and mine.process.poll() is not None
+
+
+def test_stage_into_adds_a_complete_version_by_rename(model, tmp_path):
+    base = tmp_path / "served" / NAME
+    base.mkdir(parents=True)
+    target = model_server.stage_into(model.export_dir, str(base))
+    assert target == str(base / "1") and sorted(os.listdir(base)) == ["1"]
+    assert read_signature_defs(target) == read_signature_defs(model.export_dir)
+    assert os.listdir(tmp_path / "served" / f".staging-{NAME}" / NAME) == []  # nothing left half-copied
 
 
 # ------------------------------------------------------------------ no leaked servers
@@ -341,6 +393,40 @@ def test_a_failure_inside_the_block_stops_the_server(tmp_path):
         finally:
             server.stop(grace=0.5)
     assert _gone(_pids(pids_file))
+
+
+SLOW_SERVER = """\
+import sys, time
+from concurrent import futures
+import grpc
+
+def slow_status(request, context):
+    time.sleep(30)  # busy: far past the caller's deadline
+    return b""
+
+handler = grpc.method_handlers_generic_handler(
+    "tensorflow.serving.ModelService", {"GetModelStatus": grpc.unary_unary_rpc_method_handler(slow_status)}
+)
+server = grpc.server(futures.ThreadPoolExecutor(4), handlers=[handler])
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+print("listening, answering nothing in time", flush=True)
+server.wait_for_termination()
+"""
+
+
+def test_a_server_too_busy_to_answer_is_waited_for_until_the_timeout(tmp_path):
+    """Calls that time out (a server busy loading, listening already) mean "not ready yet", not failure."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SERVER)
+
+    def command(_base: str, _name: str, port: int) -> ServerCommand:
+        return ServerCommand("slow server", (sys.executable, str(script), str(port)))
+
+    with pytest.raises(ModelServerError, match=r"did not serve model 'digits' within 6s") as e:
+        with model_server.serve_model("/nowhere", "digits", str(tmp_path / "log"), 6, command, grace=0.5):
+            pytest.fail("must not become ready")
+    assert "listening, answering nothing in time" in str(e.value)
 
 
 TERM_RECORDING_SERVER = """\

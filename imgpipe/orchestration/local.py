@@ -55,6 +55,8 @@ class _ComponentProgress:
         self.config = config
         self.current: str | None = None
         self.done = 0
+        self.states: dict[str, str] = {}  # node id -> "cached" | "done", as each one ends
+        self.before_launch: Callable[[str, dict[str, str]], None] | None = None
 
     def _state(self, result) -> str:
         execution_id = getattr(result, "execution_id", None)
@@ -78,10 +80,13 @@ class _ComponentProgress:
             node_id = launcher_self._pipeline_node.node_info.id  # noqa: SLF001
             tracker.current = node_id
             tracker.progress(f"[{tracker.done + 1}/{tracker.total}] {node_id} ...")
+            if tracker.before_launch is not None:
+                tracker.before_launch(node_id, tracker.states)
             started = time.perf_counter()
             result = original(launcher_self, *args, **kwargs)
             tracker.done += 1
             how = tracker._state(result)
+            tracker.states[node_id] = how
             secs = time.perf_counter() - started
             tracker.progress(f"[{tracker.done}/{tracker.total}] {node_id} {how} in {secs:.1f}s")
             tracker.current = None
@@ -92,6 +97,42 @@ class _ComponentProgress:
             yield self
         finally:
             launcher.Launcher.launch = original
+
+
+class _PrepushStandby:
+    """Starts pre-push validation's model server as the Evaluator starts; the InfraValidator takes it over.
+
+    The Evaluator (TFMA on Beam) keeps about one core busy; the server's start-up
+    (a fresh process importing TensorFlow, ~5-7 s) runs on the other meanwhile
+    instead of after it (components/model_server.py: standby_server). Only when
+    pre-push validation is on and this run's Trainer trained (a cached Trainer's
+    model is most likely the one already served, which needs no server). A standby
+    nobody took (the model was not blessed) is killed when the run ends; one that
+    cannot start is left out: the InfraValidator then starts its own.
+    """
+
+    def __init__(self, config: PipelineConfig, scratch_dir: str, stack: contextlib.ExitStack):
+        self.config = config
+        self.root = os.path.join(scratch_dir, "prepush")
+        self.stack = stack
+        self.started = False
+
+    def before_launch(self, node_id: str, states: dict[str, str]) -> None:
+        if self.started or node_id != "Evaluator" or states.get("Trainer") != "done":
+            return
+        if not self.config.prepush.prepush_validation:
+            return
+        self.started = True
+        from components import model_server
+
+        try:
+            self.stack.enter_context(
+                model_server.standby_server(
+                    self.root, self.config.model_name, os.path.join(self.root, "server.log")
+                )
+            )
+        except Exception:  # noqa: BLE001 - an optimisation: never fail the run for it
+            log.warning("could not start the pre-push model server early", exc_info=True)
 
 
 def new_run_id() -> str:
@@ -181,9 +222,14 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
         f"pipeline {config.pipeline_name} run {run_id}: data {config.data_dir}, home {config.home}, "
         f"ML Metadata {config.metadata_location}"
     )
-    with scratch.run_scratch(config.home, run_id):  # the report's temp files too
+    with scratch.run_scratch(config.home, run_id) as tmp:  # the report's temp files too
         try:
-            with scratch.no_tfx_package_for_local_beam(config.beam.beam_runner), tracker.installed():
+            with (
+                scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),
+                tracker.installed(),
+                contextlib.ExitStack() as servers,
+            ):
+                tracker.before_launch = _PrepushStandby(config, tmp, servers).before_launch
                 LocalDagRunner().run_with_ir(ir)
         except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
             where = tracker.current or "the pipeline"

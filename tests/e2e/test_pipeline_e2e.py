@@ -93,6 +93,8 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     # Pre-push validation served it (`imgpipe serve`: no tensorflow_model_server here) and passed.
     assert s.prepush["blessed"] is True and s.prepush["validated"] is True, s.prepush
     assert s.prepush["server"] == "imgpipe serve" and s.prepush["failures"] == []
+    # This run trained, so its server was started while the Evaluator ran (a standby).
+    assert s.prepush["server_started_early"] is True
     assert set(s.prepush["p99_ms"]) == {"serving_default", "classification", "predict_images"}
     gate = s.gate
     assert gate["blessed"] is True and gate["reasons"] == [] and gate["anomalies_allowed"] == []
@@ -678,5 +680,6 @@ def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config,
     assert "signature 'predict_images' failed" in p["reason"]
     assert "predict_images broken on purpose" in p["reason"]
     assert len(p["failures"]) == 1
+    assert p["server_started_early"] is True  # the standby's load error is reported the same way
     assert s.pushed is None
     assert _versions(model_dir) == before
