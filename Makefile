@@ -15,11 +15,12 @@ venv:
 demo: venv
 	$(VENV)/bin/imgpipe demo --workdir $(or $(WORKDIR),demo_out)
 
-# Test processes (pytest-xdist, one test file per worker at a time): one per core, at most 4
+# Test processes (pytest-xdist, one test file per worker at a time, in tests/conftest.py's
+# longest-first order: --no-loadscope-reorder keeps it): one per core, at most 4
 # and one per 6 GiB of memory (a worker peaks near 5 GiB). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= $(shell n=$$(nproc); m=$$(awk '/MemTotal/ {print int($$2 / 6291456)}' /proc/meminfo); \
 	for c in 4 $$m; do [ $$c -lt $$n ] && n=$$c; done; [ $$n -lt 1 ] && n=1; echo $$n)
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 ## test: the whole suite (unit + end-to-end)
 test: venv

@@ -1,9 +1,9 @@
 """--replicas: MirroredStrategy over N logical CPUs trains the same model as one device.
 
 split_cpu() must run before TensorFlow initialises, so each training runs in its
-own process; both run at once. The backbone is quick-trained here (a few epochs
-on the training split) so the frozen-backbone classifier is well above chance,
-and feature_cache=False makes every step go through the full model under the
+own process; both run at once. The backbone is the session's test backbone
+(MobileNetV2 pre-trained here on digits 0-4, conftest.source_backbone), so the
+frozen-backbone classifier on digits 0-2 is well above chance, and feature_cache=False makes every step go through the full model under the
 strategy, for exactly EPOCHS epochs (early stopping off: this compares replicas,
 not convergence). The per-replica batch is halved for 2 replicas, so both runs see
 the same global batch (global = per-replica x replicas) and should agree within noise.
@@ -33,7 +33,7 @@ from trainer import train
 from trainer.config import TrainingConfig
 from trainer.config import SUMMARY_FILE
 params = TrainingConfig(
-    backbone="MobileNetV2", weights=os.path.join(workdir, "backbone.h5"), image_size=32, dropout=0.0,
+    backbone="MobileNetV2", weights=sys.argv[5], image_size=32, dropout=0.0,
     batch_size=int(sys.argv[3]) // replicas, epochs=int(sys.argv[4]), learning_rate=1e-3,
     feature_cache=False, early_stopping=False, seed=7,
 )
@@ -53,9 +53,8 @@ print("RESULT " + json.dumps({
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """Digits 0-2 as TFRecords, their Transform output, and a quick-trained MobileNetV2 backbone."""
+    """Digits 0-2 as TFRecords and their Transform output."""
     from tests.helpers import analyze_transform, digit_images, write_tfrecords
-    from trainer.pretrain import pretrain_backbone
 
     d = str(tmp_path_factory.mktemp("replicas"))
     items = digit_images((0, 1, 2), per_class=40, size=32, seed=0)
@@ -64,20 +63,21 @@ def workdir(tmp_path_factory):
     write_tfrecords(os.path.join(d, "data", "train", "part-0.tfrecord"), train)
     write_tfrecords(os.path.join(d, "data", "eval", "part-0.tfrecord"), evals)
     analyze_transform(train, os.path.join(d, "transform"), image_size=32)
-    pretrain_backbone(
-        os.path.join(d, "data"),
-        "MobileNetV2",
-        os.path.join(d, "backbone.h5"),
-        image_size=32,
-        epochs=8,
-        verbose=0,
-    )
     return d
 
 
-def _start(workdir: str, replicas: int) -> subprocess.Popen:
+def _start(workdir: str, replicas: int, weights: str) -> subprocess.Popen:
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-c", TRAIN_SCRIPT, workdir, str(replicas), str(GLOBAL_BATCH), str(EPOCHS)]
+    cmd = [
+        sys.executable,
+        "-c",
+        TRAIN_SCRIPT,
+        workdir,
+        str(replicas),
+        str(GLOBAL_BATCH),
+        str(EPOCHS),
+        weights,
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -88,10 +88,10 @@ def _result(proc: subprocess.Popen) -> tuple[dict, str]:
     return json.loads(line[len("RESULT ") :]), err  # the trainer logs to stderr
 
 
-def test_two_replicas_train_the_same_model_as_one(workdir):
+def test_two_replicas_train_the_same_model_as_one(workdir, source_backbone):
     from imgpipe.orchestration import metadata as mlmd
 
-    procs = {n: _start(workdir, n) for n in (2, 1)}  # the slower one first
+    procs = {n: _start(workdir, n, source_backbone) for n in (2, 1)}  # the slower one first
     (one, _), (two, two_log) = _result(procs[1]), _result(procs[2])
 
     assert one["replicas"] == 1

@@ -3,14 +3,17 @@ admits one run at a time.
 
 Airflow runs from a temp AIRFLOW_HOME with its own SQLite database, no network.
 The DAG is the smallest useful pipeline (the 32 px digits, 1 epoch, floor 0, so
-the first model is blessed and pushed). Then, with the run finished:
+the first model is blessed and pushed; no pre-push validation, which
+tests/e2e/test_pipeline_e2e.py covers). Then, with the run finished:
 
 - the DAG's settings as Airflow stored them: max_active_runs 1, no catch-up,
   no retries, one task per component;
 - two runs triggered with `airflow dags trigger`, and one real scheduler loop
   (`airflow scheduler --num-runs`): the first run is started, the second stays
-  queued because one is active. The default pool has 0 slots, so the started
-  run's tasks are never queued and nothing runs the pipeline again.
+  queued because one is active. The default pool is created with 0 slots and
+  the DAG unpaused (Airflow's settings, as a deployment would set them), so the
+  started run's tasks are never queued and nothing runs the pipeline again;
+  `dags test` runs its tasks itself, outside the pools.
 """
 
 import json
@@ -53,6 +56,9 @@ class Airflow:
             "AIRFLOW__CORE__DAG_FILE_PROCESSOR_TIMEOUT": "1200",
             # The scheduler reads the serialized DAG; it starts no parser of its own here.
             "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
+            # Set before `db migrate` creates the default pool and `dags reserialize` the DAG row.
+            "AIRFLOW__CORE__DEFAULT_POOL_TASK_SLOT_COUNT": "0",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "TF_USE_LEGACY_KERAS": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
@@ -84,7 +90,8 @@ def dag_run(tmp_path_factory, source_backbone, digits_records):
         ["airflow-dag", "--schedule", "0 3 * * *", "--output", output,
          "--data", digits_records, "--home", str(work / "home"), "--serving-dir", str(work / "serving"),
          "--model-name", "digits", "--backbone", "MobileNetV2", "--weights", source_backbone,
-         "--image-size", str(SIZE), "--epochs", "1", "--learning-rate", "0.01", "--min-accuracy", "0"]
+         "--image-size", str(SIZE), "--epochs", "1", "--learning-rate", "0.01", "--min-accuracy", "0",
+         "--no-prepush-validation"]
     )  # fmt: skip
     assert code == 0
     af("db", "migrate")
@@ -128,8 +135,10 @@ def test_dag_settings_as_airflow_stored_them(dag_run):
 
 def test_a_second_triggered_run_waits_while_one_is_active(dag_run):
     af, _ = dag_run
-    af("pools", "set", "default_pool", "0", "no slots: runs are admitted, tasks are not queued")
-    af("dags", "unpause", DAG_ID)
+    [(slots,)] = af.query("SELECT slots FROM slot_pool WHERE pool = 'default_pool'")
+    assert slots == 0  # runs are admitted, their tasks are not queued
+    [(paused,)] = af.query("SELECT is_paused FROM dag WHERE dag_id = ?", DAG_ID)
+    assert not paused
     af("dags", "trigger", DAG_ID, "--run-id", "first")
     af("dags", "trigger", DAG_ID, "--run-id", "second")
     queued = dict(af.query("SELECT run_id, state FROM dag_run WHERE run_id IN ('first', 'second')"))
