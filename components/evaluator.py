@@ -11,6 +11,13 @@ example, or a class without one) raises GateNotComputable naming the class:
 the run fails and nothing is pushed. After TFMA, the executor writes gate.json
 (the decision record) beside TFMA's output.
 
+A baseline is not evaluated again when an earlier execution of this Evaluator
+measured it, as its candidate, on the same eval examples artifact with the same
+model specs (gate.json's `measured`; a run whose ExampleGen came from the cache):
+its accuracy is read from that gate.json, and the no-regression threshold is
+applied here exactly as TFMA applies it (`change_failure`), unblessing the model
+when it fails.
+
 The min_accuracy knob (components/runtime_params.py) is its own execution
 property, so it is a KFP runtime parameter; the gate's other settings travel
 as one JSON property, `gate_config`.
@@ -18,6 +25,8 @@ as one JSON property, `gate_config`.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +51,7 @@ from components.gate_decision import (
     EvalResults,
     Failure,
     GatePlan,
+    change_failure,
     gate_record,
     plan_gate,
     reasons,
@@ -230,11 +240,25 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         key = standard_component_specs.EVAL_CONFIG_KEY
         if not props.get(key):
             raise ValueError("the Evaluator has no eval_config")
+        evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
+        examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
+        splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
+        measured = measurement(model.uri, examples.uri, splits, props[key])
+        reused = None
+        if plan.baseline.compared and not plan.baseline.identical:
+            reused = earlier_measurement(
+                evaluation.uri, measurement(baselines[0].uri, examples.uri, splits, props[key])
+            )
+            if reused is not None:
+                plan = dataclasses.replace(
+                    plan, baseline=dataclasses.replace(plan.baseline, reused_from=reused[1])
+                )
         props[key] = with_plan(props[key], plan)
         inputs = dict(input_dict)
-        if not plan.baseline.compared or plan.baseline.identical:
+        if not plan.baseline.compared or plan.baseline.identical or reused is not None:
             # TFMA then drops the change threshold: skipped, or decided here (an identical
-            # model has the candidate's accuracy, a change of exactly 0, within max_regression).
+            # model has the candidate's accuracy, a change of exactly 0, within max_regression;
+            # a reused baseline accuracy is compared below).
             inputs[standard_component_specs.BASELINE_MODEL_KEY] = []
         log.info(
             "gate: floor %.3f (%s), min_class_recall %s, baseline %s",
@@ -251,15 +275,76 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         tracing.install()
         super().Do(inputs, output_dict, props)
 
-        evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessed = blessing.get_int_custom_property("blessed") == 1
         results = read_results(evaluation.uri)
+        if reused is not None:
+            results = dataclasses.replace(results, baseline_accuracy=reused[0])
+            failure = change_failure(results.accuracy, reused[0], plan.max_regression)
+            if failure is not None:
+                results = dataclasses.replace(results, failures=[*results.failures, failure])
+                if blessed:
+                    unbless(blessing)
+                    blessed = False
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
-        record = gate_record(plan, results, blessed, report.anomalies_allowed)
+        record = gate_record(plan, results, blessed, report.anomalies_allowed, measured)
         write_gate_record(evaluation.uri, record)
+
+
+def measurement(
+    model_uri: str, examples_uri: str, splits: Sequence[str] | None, eval_config_json: str
+) -> dict:
+    """What an accuracy depends on: the model, the eval examples artifact and split, TFMA's model specs.
+
+    (Thresholds are left out: they decide the blessing, not the number.)
+    """
+    cfg = proto_utils.json_to_proto(eval_config_json, tfma.EvalConfig())
+    specs = json.dumps([proto_utils.proto_to_json(spec) for spec in cfg.model_specs], sort_keys=True)
+    return {
+        "model": os.path.normpath(model_uri),
+        "examples": os.path.normpath(examples_uri),
+        "splits": list(splits) if splits else None,
+        "model_specs": hashlib.sha256(specs.encode()).hexdigest(),
+    }
+
+
+def earlier_measurement(evaluation_uri: str, wanted: Mapping[str, Any]) -> tuple[float, str] | None:
+    """(accuracy, gate.json path) of another execution of this Evaluator that measured `wanted`, or None.
+
+    Its siblings are the other executions' output folders (`.../Evaluator/evaluation/<id>/`);
+    the newest matching record is used. Unreadable records are skipped.
+    """
+    parent = os.path.dirname(os.path.normpath(evaluation_uri))
+    own = os.path.basename(os.path.normpath(evaluation_uri))
+    try:
+        names = [n.rstrip("/") for n in tf.io.gfile.listdir(parent)]
+    except tf.errors.OpError:
+        return None
+    for name in sorted((n for n in names if n != own), key=lambda n: (len(n), n), reverse=True):
+        path = os.path.join(parent, name, GATE_FILE)
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                record = json.loads(f.read())
+        except (tf.errors.OpError, ValueError):
+            continue
+        accuracy = record.get("accuracy") if isinstance(record, dict) else None
+        if record.get("measured") == dict(wanted) and isinstance(accuracy, (int, float)):
+            return float(accuracy), path
+    return None
+
+
+def unbless(blessing: types.Artifact) -> None:
+    """Turn TFMA's blessing into a refusal (marker file and property, as TFX's Evaluator writes them)."""
+    from tfx.components.evaluator import constants
+
+    blessed = os.path.join(blessing.uri, constants.BLESSED_FILE_NAME)
+    if tf.io.gfile.exists(blessed):
+        tf.io.gfile.remove(blessed)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "w") as f:
+        f.write("")
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, constants.NOT_BLESSED_VALUE)
 
 
 def same_model_artifact(model: types.Artifact, baseline: types.Artifact) -> bool:
@@ -273,7 +358,11 @@ def same_model_artifact(model: types.Artifact, baseline: types.Artifact) -> bool
 def _baseline_text(plan: GatePlan) -> str:
     if not plan.baseline.compared:
         return f"skipped ({plan.baseline.skipped_reason})"
-    return "identical to the candidate (not evaluated twice)" if plan.baseline.identical else "compared"
+    if plan.baseline.identical:
+        return "identical to the candidate (not evaluated twice)"
+    if plan.baseline.reused_from:
+        return f"compared with its accuracy measured earlier on these eval examples ({plan.baseline.reused_from})"
+    return "compared"
 
 
 def write_gate_record(evaluation_uri: str, record: Mapping[str, Any]) -> str:

@@ -109,6 +109,9 @@ class BaselinePlan:
     # The baseline is byte for byte the candidate (a re-run whose Trainer was cached): the
     # comparison is decided without evaluating it twice, since its accuracy is the candidate's.
     identical: bool = False
+    # The baseline's accuracy on these very eval examples was measured when it was the
+    # candidate (gate.json of that Evaluator execution, this path): TFMA does not run it again.
+    reused_from: str | None = None
 
 
 def baseline_plan(
@@ -182,6 +185,14 @@ class EvalResults:
     problems: Sequence[str] = ()  # TFMA validation problems that are not a metric below a bound
 
 
+def change_failure(accuracy: float | None, baseline: float, max_regression: float) -> Failure | None:
+    """The no-regression threshold as TFMA applies it (change >= -max_regression), for a reused baseline."""
+    if accuracy is None:
+        return None
+    change = accuracy - baseline
+    return Failure(None, True, change) if change < -max_regression - 1e-10 else None
+
+
 def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
     """Why the model was not blessed, one sentence per failed threshold (empty when none failed)."""
     out = []
@@ -213,9 +224,17 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
 
 
 def gate_record(
-    plan: GatePlan, results: EvalResults, blessed: bool, anomalies_allowed: Sequence[str] = ()
+    plan: GatePlan,
+    results: EvalResults,
+    blessed: bool,
+    anomalies_allowed: Sequence[str] = (),
+    measured: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The decision record (gate.json): every key of the contract, null where not applicable."""
+    """The decision record (gate.json): every key of the contract, null where not applicable.
+
+    measured: what the accuracy was measured on (model, eval examples, model specs), so a later
+    Evaluator comparing against this model on the same examples can reuse the number.
+    """
     why = reasons(plan, results)
     if not blessed and not why:
         why = ["TFMA did not bless the model without naming a failed threshold (see its validations file)"]
@@ -239,9 +258,11 @@ def gate_record(
             "compared": plan.baseline.compared,
             "skipped_reason": plan.baseline.skipped_reason,
             "identical": plan.baseline.identical,
+            "reused_from": plan.baseline.reused_from,
         },
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),
+        "measured": dict(measured) if measured is not None else None,
     }
 
 

@@ -40,14 +40,27 @@ def _report(tmp_path, eval_counts: dict[str, int], allowed=()):
     return r
 
 
-def _outputs(tmp_path):
+def _examples(tmp_path, name: str = "examples"):
+    from tfx.types import standard_artifacts
+
+    e = standard_artifacts.Examples()
+    e.uri = str(tmp_path / name)
+    return e
+
+
+def _outputs(tmp_path, execution: str | None = None):
+    """The Evaluator's outputs; with `execution`, in TFX's layout (Evaluator/<output>/<execution id>)."""
     from tfx.types import standard_artifacts
 
     evaluation = standard_artifacts.ModelEvaluation()
-    evaluation.uri = str(tmp_path / "evaluation")
-    os.makedirs(evaluation.uri)
     blessing = standard_artifacts.ModelBlessing()
-    blessing.uri = str(tmp_path / "blessing")
+    if execution is None:
+        evaluation.uri, blessing.uri = str(tmp_path / "evaluation"), str(tmp_path / "blessing")
+    else:
+        evaluation.uri = str(tmp_path / "Evaluator" / "evaluation" / execution)
+        blessing.uri = str(tmp_path / "Evaluator" / "blessing" / execution)
+    os.makedirs(evaluation.uri)
+    os.makedirs(blessing.uri)
     return {"evaluation": [evaluation], "blessing": [blessing]}
 
 
@@ -131,7 +144,7 @@ def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfm
         failures=[Failure(None, False, 0.7), Failure("6", False, 0.0)],
     )
     inputs = {
-        "examples": [],
+        "examples": [_examples(tmp_path)],
         "model": [_model(tmp_path, "candidate", ["5", "6"])],
         "baseline_model": [],
         "data_report": [_report(tmp_path, {"5": 14, "6": 6}, allowed=["eval: x"])],
@@ -163,7 +176,7 @@ def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfm
     fake_tfma["results"] = EvalResults(0.9, 30, {"a": 0.9, "b": 0.9, "c": 0.9}, None)
     baseline = _model(tmp_path, "baseline", ["a", "b"])
     inputs = {
-        "examples": [],
+        "examples": [_examples(tmp_path)],
         "model": [_model(tmp_path, "candidate", ["a", "b", "c"])],
         "baseline_model": [baseline],
         "data_report": [_report(tmp_path, {"a": 10, "b": 10, "c": 10})],
@@ -181,6 +194,7 @@ def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfm
         "compared": False,
         "skipped_reason": "label set changed: new class 'c' (against the latest blessed model)",
         "identical": False,
+        "reused_from": None,
     }
 
 
@@ -191,7 +205,7 @@ def test_same_label_set_compares_with_the_baseline(tmp_path, fake_tfma):
     fake_tfma["results"] = EvalResults(0.9, 20, {}, 0.88)
     baseline = _model(tmp_path, "baseline", ["b", "a"])
     inputs = {
-        "examples": [],
+        "examples": [_examples(tmp_path)],
         "model": [_model(tmp_path, "candidate", ["a", "b"])],
         "baseline_model": [baseline],
         "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
@@ -212,7 +226,7 @@ def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, 
     candidate = _model(tmp_path, "candidate", ["a", "b"])
     baseline = candidate if same_artifact else _model(tmp_path, "copy", ["a", "b"])
     inputs = {
-        "examples": [],
+        "examples": [_examples(tmp_path)],
         "model": [candidate],
         "baseline_model": [baseline],
         "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
@@ -228,6 +242,7 @@ def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, 
         "compared": True,
         "skipped_reason": None,
         "identical": True,
+        "reused_from": None,
     }
 
 
@@ -240,7 +255,7 @@ def test_a_baseline_differing_in_one_file_is_evaluated(tmp_path, fake_tfma):
     baseline = _model(tmp_path, "baseline", ["a", "b"])
     (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
     inputs = {
-        "examples": [],
+        "examples": [_examples(tmp_path)],
         "model": [candidate],
         "baseline_model": [baseline],
         "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
@@ -257,7 +272,7 @@ def test_a_class_without_eval_examples_fails_before_tfma(tmp_path, fake_tfma):
     from components.gate_decision import GateNotComputable
 
     inputs = {
-        "examples": [],
+        "examples": [_examples(tmp_path)],
         "model": [_model(tmp_path, "candidate", ["a", "b"])],
         "baseline_model": [],
         "data_report": [_report(tmp_path, {"a": 10})],
@@ -271,10 +286,68 @@ def test_knob_is_checked_like_the_config_field(tmp_path, fake_tfma):
     from components.evaluator import GateEvaluatorExecutor
 
     inputs = {
-        "examples": [],
+        "examples": [_examples(tmp_path)],
         "model": [_model(tmp_path, "candidate", ["a", "b"])],
         "baseline_model": [],
         "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
     }
     with pytest.raises(ValueError, match=r"min_accuracy: 1.5: Input should be less than or equal to 1"):
         GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=1.5))
+
+
+def _evaluate(tmp_path, fake_tfma, execution, candidate, baseline, accuracy, baseline_accuracy=None, **kw):
+    """One Evaluator execution in TFX's output layout; returns (gate.json, blessing artifact)."""
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    fake_tfma["results"] = EvalResults(accuracy, 20, {}, baseline_accuracy)
+    inputs = {
+        "examples": [kw.pop("examples", None) or _examples(tmp_path)],
+        "model": [candidate],
+        "baseline_model": [baseline] if baseline else [],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
+    }
+    outputs = _outputs(tmp_path, execution)
+    props = _props(kw.pop("gate", {}))
+    props["example_splits"] = '["eval"]'
+    GateEvaluatorExecutor().Do(inputs, outputs, props)
+    with open(os.path.join(outputs["evaluation"][0].uri, "gate.json"), encoding="utf-8") as f:
+        return json.load(f), outputs["blessing"][0]
+
+
+@pytest.mark.parametrize("accuracy, blessed", [(0.95, True), (0.85, False)], ids=["better", "regressed"])
+def test_a_baseline_measured_earlier_on_the_same_examples_is_not_evaluated_again(
+    tmp_path, fake_tfma, accuracy, blessed
+):
+    """Its accuracy comes from its own gate.json; the no-regression threshold is applied here."""
+    old = _model(tmp_path, "old", ["a", "b"])
+    first, _ = _evaluate(tmp_path, fake_tfma, "7", old, None, 0.9)
+    assert first["measured"]["model"] == old.uri and first["measured"]["splits"] == ["eval"]
+
+    new = _model(tmp_path, "new", ["a", "b"])
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    gate, blessing = _evaluate(tmp_path, fake_tfma, "12", new, old, accuracy)
+    assert fake_tfma["inputs"]["baseline_model"] == []  # TFMA ran the candidate only
+    assert gate["baseline"]["accuracy"] == 0.9 and gate["baseline"]["compared"] is True
+    assert gate["baseline"]["reused_from"] == str(tmp_path / "Evaluator" / "evaluation" / "7" / "gate.json")
+    assert gate["blessed"] is blessed
+    assert blessing.get_int_custom_property("blessed") == int(blessed)
+    markers = sorted(os.listdir(blessing.uri))
+    if blessed:
+        assert gate["reasons"] == []
+    else:
+        assert markers == ["NOT_BLESSED"]
+        assert gate["reasons"] == [
+            "accuracy 0.850 regressed from the latest blessed model's 0.900 by more than max_regression 0.000"
+        ]
+
+
+def test_a_baseline_measured_on_other_examples_is_evaluated_by_tfma(tmp_path, fake_tfma):
+    old = _model(tmp_path, "old", ["a", "b"])
+    _evaluate(tmp_path, fake_tfma, "7", old, None, 0.9)
+    new = _model(tmp_path, "new", ["a", "b"])
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    other = _examples(tmp_path, "new_examples")  # a new ExampleGen output: the eval split changed
+    gate, _ = _evaluate(tmp_path, fake_tfma, "12", new, old, 0.95, baseline_accuracy=0.88, examples=other)
+    assert fake_tfma["inputs"]["baseline_model"] == [old]
+    assert gate["baseline"]["accuracy"] == 0.88 and gate["baseline"]["reused_from"] is None

@@ -37,8 +37,9 @@ CONTRACT_KEYS = {
     "baseline",
     "reasons",
     "anomalies_allowed",
+    "measured",
 }
-BASELINE_KEYS = {"accuracy", "max_regression", "compared", "skipped_reason", "identical"}
+BASELINE_KEYS = {"accuracy", "max_regression", "compared", "skipped_reason", "identical", "reused_from"}
 
 
 # ------------------------------------------------------------------------ the floor
@@ -172,8 +173,9 @@ def test_record_has_every_contract_key():
         "compared": False,
         "skipped_reason": NO_BASELINE,
         "identical": False,
+        "reused_from": None,
     }
-    assert record["anomalies_allowed"] == ["eval: x"]
+    assert record["anomalies_allowed"] == ["eval: x"] and record["measured"] is None
 
 
 def test_record_never_says_not_blessed_without_a_reason():
@@ -191,3 +193,15 @@ def test_record_keeps_the_baseline_accuracy_only_when_compared():
     assert record["baseline"]["identical"] is True and record["baseline"]["accuracy"] == 0.9
     changed = plan_gate(GateConfig(), {"a": 5, "b": 5}, ["a", "b"], ["a", "c"], baseline_identical=True)
     assert not changed.baseline.compared and not changed.baseline.identical
+
+
+def test_change_failure_is_tfmas_no_regression_threshold():
+    from components.gate_decision import change_failure
+
+    assert change_failure(0.90, 0.90, 0.0) is None  # equal is not a regression
+    assert change_failure(0.91, 0.90, 0.0) is None
+    failure = change_failure(0.89, 0.90, 0.0)
+    assert failure.is_change and failure.class_name is None and failure.value == pytest.approx(-0.01)
+    assert change_failure(0.89, 0.90, 0.02) is None  # within max_regression
+    assert change_failure(0.87, 0.90, 0.02) is not None
+    assert change_failure(None, 0.90, 0.0) is None  # no accuracy: TFMA's own failures speak

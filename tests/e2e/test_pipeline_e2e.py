@@ -301,6 +301,10 @@ def test_gate_stops_a_worse_model(base_config, first_run):
     assert s.prepush["validated"] is False and s.prepush["blessed"] is False  # nothing to serve
     assert "did not bless" in s.prepush["reason"]
     assert s.gate["baseline"]["compared"] is True
+    # Same eval examples (ExampleGen cached): the baseline's accuracy is the one the first run's
+    # Evaluator measured; TFMA ran this candidate only, and the regression unblessed it.
+    assert s.gate["baseline"]["reused_from"].endswith("gate.json"), s.gate
+    assert s.gate["baseline"]["accuracy"] == pytest.approx(first_run.accuracy, abs=1e-6)
     assert any("regressed from the latest blessed model's" in r for r in s.gate["reasons"]), s.gate
     assert _versions(model_dir) == before
     # The report shows the rejected decision with the baseline it was compared with.
