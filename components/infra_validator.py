@@ -111,9 +111,18 @@ def validate_model(
     )
     started = time.monotonic()
     standby = take_standby(model_name)
+    if (
+        standby is not None
+        and standby.staged_from is not None
+        and not _same_path(standby.staged_from, saved_model_dir)
+    ):
+        log.warning("pre-push validation: the early server has another model (%s)", standby.staged_from)
+        standby.stop(graceful=False)
+        standby = None
     try:
         if standby is not None:
-            stage_into(saved_model_dir, standby.base_path)
+            if standby.staged_from is None:
+                stage_into(saved_model_dir, standby.base_path)
         else:
             base_path = stage_model(saved_model_dir, os.path.join(workdir, "models"), model_name)
     except Exception as e:  # noqa: BLE001 - fail closed: the report names the error
@@ -179,6 +188,10 @@ def validate_model(
         log.exception("pre-push validation failed unexpectedly")
         report.fail(Failure("server", f"validation error: {type(e).__name__}: {e}"))
     return report.conclude()
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
 
 
 @contextlib.contextmanager

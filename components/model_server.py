@@ -185,6 +185,7 @@ class ModelServer:
         self.port = port
         self.log_path = log_path
         self.base_path = base_path  # the model base path it serves, when known
+        self.staged_from: str | None = None  # a standby's: the SavedModel staged into it
         self.process: subprocess.Popen | None = None
         self.version: int | None = None
 
@@ -350,10 +351,15 @@ _standbys: dict[str, ModelServer] = {}
 
 
 @contextlib.contextmanager
-def standby_server(root: str, model_name: str, log_path: str) -> Iterator[ModelServer]:
-    """A server polling an empty base path `<root>/<model_name>`, offered to `take_standby` in the block.
+def standby_server(
+    root: str, model_name: str, log_path: str, saved_model_dir: str | None = None
+) -> Iterator[ModelServer]:
+    """A server polling the base path `<root>/<model_name>`, offered to `take_standby` in the block.
 
-    Killed when the block exits, taken or not (a taken one has been stopped already).
+    saved_model_dir: staged into it (`stage_into`) as soon as the process is started, so the
+    server loads it as soon as it has imported TensorFlow (`server.staged_from` says which);
+    None leaves the base path empty for the taker to fill. Killed when the block exits, taken
+    or not (a taken one has been stopped already).
     """
     base_path = os.path.join(root, model_name)
     os.makedirs(base_path)
@@ -361,6 +367,13 @@ def standby_server(root: str, model_name: str, log_path: str) -> Iterator[ModelS
     command = server_command(base_path, model_name, port, poll_seconds=STANDBY_POLL_SECONDS)
     server = ModelServer(command, model_name, port, log_path, base_path)
     server.start()
+    if saved_model_dir is not None:
+        try:
+            stage_into(saved_model_dir, base_path)
+        except BaseException:
+            server.stop(graceful=False)
+            raise
+        server.staged_from = saved_model_dir
     with _standby_lock:
         _standbys[model_name] = server
     try:

@@ -281,25 +281,35 @@ def test_a_model_the_server_cannot_load_fails_with_its_status(model, inputs, tmp
 
 
 # ---------------------------------------------------- a server started before its model
-def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, inputs, tmp_path):
-    """A local run starts the server during the Evaluator; validation stages into it and kills it."""
+@pytest.mark.parametrize("staged", ["empty", "this model", "another model"])
+def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, inputs, tmp_path, staged):
+    """A local run starts the server during the Evaluator; validation takes it for its own model only.
+
+    empty: the validation stages the model into it; this model: it was staged at the start,
+    so the server has loaded it meanwhile; another model: killed, and a server of its own runs.
+    """
     examples, images = inputs
     root, log_path = str(tmp_path / "standby"), str(tmp_path / "server.log")
-    with model_server.standby_server(root, NAME, str(tmp_path / "standby.log")) as standby:
-        assert os.listdir(standby.base_path) == []  # serving nothing yet, polling for a version
+    early = {"empty": None, "this model": model.export_dir, "another model": str(tmp_path / "other")}[staged]
+    if staged == "another model":
+        shutil.copytree(model.export_dir, early)
+    with model_server.standby_server(root, NAME, str(tmp_path / "standby.log"), early) as standby:
+        assert standby.staged_from == early
+        assert os.listdir(standby.base_path) == ([] if early is None else ["1"])
         report = infra_validator.validate_model(
             model.export_dir, examples, images, NAME, PrepushConfig(), str(tmp_path / "work"), log_path
         )
-        assert standby.process.poll() is not None  # the validation killed it when done
+        assert standby.process.poll() is not None  # the validation killed it when done (or at once)
         assert model_server.take_standby(NAME) is None  # taken once
     assert report.failures == [] and report.blessed, report.reason
-    assert report.server_started_early and report.server == model_server.IMGPIPE_SERVER
-    assert report.version == model_server.STAGED_VERSION
-    assert sorted(os.listdir(standby.base_path)) == ["1"]  # staged into the standby's base path
-    assert not os.path.exists(tmp_path / "work" / "models")  # not into a server of its own
-    assert read_signature_defs(os.path.join(standby.base_path, "1")) == read_signature_defs(model.export_dir)
+    assert report.server == model_server.IMGPIPE_SERVER and report.version == model_server.STAGED_VERSION
+    assert report.server_started_early is (staged != "another model")
+    own = os.path.join(tmp_path, "work", "models", NAME)
+    served = own if staged == "another model" else standby.base_path
+    assert os.path.exists(own) is (staged == "another model")
+    assert read_signature_defs(os.path.join(served, "1")) == read_signature_defs(model.export_dir)
     with open(log_path, encoding="utf-8") as f:
-        assert standby.base_path in f.read()  # the standby's output, kept as the validation's log
+        assert served in f.read()  # the output of the server that answered, kept as the log
 
 
 def test_take_standby_only_takes_a_running_server_of_that_model(monkeypatch, tmp_path):

@@ -56,7 +56,8 @@ class _ComponentProgress:
         self.current: str | None = None
         self.done = 0
         self.states: dict[str, str] = {}  # node id -> "cached" | "done", as each one ends
-        self.before_launch: Callable[[str, dict[str, str]], None] | None = None
+        self.results: dict[str, object] = {}  # node id -> what Launcher.launch returned (ExecutionInfo)
+        self.before_launch: Callable[[str, _ComponentProgress], None] | None = None
 
     def _state(self, result) -> str:
         execution_id = getattr(result, "execution_id", None)
@@ -81,12 +82,13 @@ class _ComponentProgress:
             tracker.current = node_id
             tracker.progress(f"[{tracker.done + 1}/{tracker.total}] {node_id} ...")
             if tracker.before_launch is not None:
-                tracker.before_launch(node_id, tracker.states)
+                tracker.before_launch(node_id, tracker)
             started = time.perf_counter()
             result = original(launcher_self, *args, **kwargs)
             tracker.done += 1
             how = tracker._state(result)
             tracker.states[node_id] = how
+            tracker.results[node_id] = result
             secs = time.perf_counter() - started
             tracker.progress(f"[{tracker.done}/{tracker.total}] {node_id} {how} in {secs:.1f}s")
             tracker.current = None
@@ -103,12 +105,14 @@ class _PrepushStandby:
     """Starts pre-push validation's model server as the Evaluator starts; the InfraValidator takes it over.
 
     The Evaluator (TFMA on Beam) keeps about one core busy; the server's start-up
-    (a fresh process importing TensorFlow, ~5-7 s) runs on the other meanwhile
-    instead of after it (components/model_server.py: standby_server). Only when
-    pre-push validation is on and this run's Trainer trained (a cached Trainer's
-    model is most likely the one already served, which needs no server). A standby
-    nobody took (the model was not blessed) is killed when the run ends; one that
-    cannot start is left out: the InfraValidator then starts its own.
+    (a fresh process importing TensorFlow, ~5-7 s, then loading and warming up the
+    Trainer's model, staged into it at once) runs on the other meanwhile instead of
+    after it (components/model_server.py: standby_server). Only when pre-push
+    validation is on and this run's Trainer trained (a cached Trainer's model is
+    most likely the one already served, which needs no server). The InfraValidator
+    takes it only for the model it validates. A standby nobody took (the model was
+    not blessed) is killed when the run ends; one that cannot start is left out:
+    the InfraValidator then starts its own.
     """
 
     def __init__(self, config: PipelineConfig, scratch_dir: str, stack: contextlib.ExitStack):
@@ -117,18 +121,24 @@ class _PrepushStandby:
         self.stack = stack
         self.started = False
 
-    def before_launch(self, node_id: str, states: dict[str, str]) -> None:
-        if self.started or node_id != "Evaluator" or states.get("Trainer") != "done":
+    def before_launch(self, node_id: str, tracker: _ComponentProgress) -> None:
+        if self.started or node_id != "Evaluator" or tracker.states.get("Trainer") != "done":
             return
         if not self.config.prepush.prepush_validation:
             return
         self.started = True
+        from tfx.utils import path_utils
+
         from components import model_server
 
         try:
+            [model] = tracker.results["Trainer"].output_dict["model"]
+            saved_model_dir = path_utils.serving_model_path(
+                model.uri, path_utils.is_old_model_artifact(model)
+            )
             self.stack.enter_context(
                 model_server.standby_server(
-                    self.root, self.config.model_name, os.path.join(self.root, "server.log")
+                    self.root, self.config.model_name, os.path.join(self.root, "server.log"), saved_model_dir
                 )
             )
         except Exception:  # noqa: BLE001 - an optimisation: never fail the run for it
