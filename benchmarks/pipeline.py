@@ -98,7 +98,9 @@ def main(argv=None) -> int:
     runs = common.repeats(args)
     epochs = args.epochs or (5 if args.quick else 30)
     size = args.image_size
-    head = common.header(f"Pipeline: `imgpipe run` first run and cached re-run, {args.backbone} {size}px")
+    head = common.header(
+        f"Pipeline: `imgpipe run` first run, cached re-run and a new-seed run, {args.backbone} {size}px"
+    )
 
     from imgpipe.demo import steps as demo
     from imgpipe.orchestration.local import run_local

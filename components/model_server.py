@@ -186,6 +186,7 @@ class ModelServer:
         self.log_path = log_path
         self.base_path = base_path  # the model base path it serves, when known
         self.staged_from: str | None = None  # a standby's: the SavedModel staged into it
+        self._stopped = False
         self.process: subprocess.Popen | None = None
         self.version: int | None = None
 
@@ -274,8 +275,9 @@ class ModelServer:
         ~1 s a Python server spends tearing TensorFlow down on exit.
         """
         proc = self.process
-        if proc is None:
+        if proc is None or self._stopped:  # never started, or stopped already (a taken-over standby)
             return
+        self._stopped = True
         if graceful and proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
             try:
