@@ -42,7 +42,6 @@ from components import pusher
 from components.model_server import (
     ModelServer,
     ModelServerError,
-    stage_into,
     stage_model,
     started_server,
     take_standby,
@@ -111,26 +110,17 @@ def validate_model(
     )
     started = time.monotonic()
     standby = take_standby(model_name)
-    if (
-        standby is not None
-        and standby.staged_from is not None
-        and not _same_path(standby.staged_from, saved_model_dir)
-    ):
+    if standby is not None and not _same_path(standby.staged_from, saved_model_dir):
         log.warning("pre-push validation: the early server has another model (%s)", standby.staged_from)
         standby.stop(graceful=False)
         standby = None
-    try:
-        if standby is not None:
-            if standby.staged_from is None:
-                stage_into(saved_model_dir, standby.base_path)
-        else:
+    if standby is None:
+        try:
             base_path = stage_model(saved_model_dir, os.path.join(workdir, "models"), model_name)
-    except Exception as e:  # noqa: BLE001 - fail closed: the report names the error
-        log.exception("pre-push validation: the model cannot be staged for serving")
-        report.fail(Failure("reference", f"the SavedModel cannot be staged: {type(e).__name__}: {e}"))
-        if standby is not None:
-            standby.stop(graceful=False)
-        return report.conclude()
+        except Exception as e:  # noqa: BLE001 - fail closed: the report names the error
+            log.exception("pre-push validation: the model cannot be staged for serving")
+            report.fail(Failure("reference", f"the SavedModel cannot be staged: {type(e).__name__}: {e}"))
+            return report.conclude()
     if standby is not None:
         log.info("pre-push validation: %s was started during the Evaluator", standby.command.kind)
         report.server_started_early = True

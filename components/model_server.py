@@ -9,9 +9,9 @@ same without the wait, for work that overlaps the start-up):
     with serve_model(base_path, "digits", log_path, timeout=300) as server:
         ServingClient(server.target).predict(...)
 
-`standby_server` starts a server before its model exists, on an empty base path it
-polls; `take_standby` hands it to the InfraValidator, which adds the candidate with
-`stage_into` (a rename, so no half-copied version is ever seen).
+`standby_server` starts a server early, on a base path it polls, and adds the model with
+`stage_into` (a rename, so no half-copied version is ever seen); `take_standby` hands it
+to the InfraValidator.
 
 The server is `tensorflow_model_server` when that binary is on PATH (the
 production server, run with --port, --model_name, --model_base_path and no
@@ -344,24 +344,22 @@ def started_server(
 
 # -- a server started before its model exists ----------------------------------------------------
 # A local run starts the pre-push server while the Evaluator runs (imgpipe/orchestration/
-# standby.py): its process imports TensorFlow on the core the Evaluator leaves idle, and the
-# InfraValidator, which runs in the same process, takes it over (`take_standby`) instead of
-# starting one. Runners that put components in separate processes never offer one.
+# local.py: _PrepushStandby): its process imports TensorFlow and loads the model on the core
+# the Evaluator leaves idle, and the InfraValidator, which runs in the same process, takes it
+# over (`take_standby`) instead of starting one. Runners that put components in separate
+# processes never offer one.
 STANDBY_POLL_SECONDS = 0.2
 _standby_lock = threading.Lock()
 _standbys: dict[str, ModelServer] = {}
 
 
 @contextlib.contextmanager
-def standby_server(
-    root: str, model_name: str, log_path: str, saved_model_dir: str | None = None
-) -> Iterator[ModelServer]:
-    """A server polling the base path `<root>/<model_name>`, offered to `take_standby` in the block.
+def standby_server(root: str, model_name: str, log_path: str, saved_model_dir: str) -> Iterator[ModelServer]:
+    """A server of `saved_model_dir` on the base path `<root>/<model_name>`, offered to `take_standby`.
 
-    saved_model_dir: staged into it (`stage_into`) as soon as the process is started, so the
-    server loads it as soon as it has imported TensorFlow (`server.staged_from` says which);
-    None leaves the base path empty for the taker to fill. Killed when the block exits, taken
-    or not (a taken one has been stopped already).
+    The model is staged (`stage_into`) as soon as the process is started, so the server
+    loads it as soon as it has imported TensorFlow (`server.staged_from` says which). Killed
+    when the block exits, taken or not (a taken one has been stopped already).
     """
     base_path = os.path.join(root, model_name)
     os.makedirs(base_path)
@@ -369,13 +367,12 @@ def standby_server(
     command = server_command(base_path, model_name, port, poll_seconds=STANDBY_POLL_SECONDS)
     server = ModelServer(command, model_name, port, log_path, base_path)
     server.start()
-    if saved_model_dir is not None:
-        try:
-            stage_into(saved_model_dir, base_path)
-        except BaseException:
-            server.stop(graceful=False)
-            raise
-        server.staged_from = saved_model_dir
+    try:
+        stage_into(saved_model_dir, base_path)
+    except BaseException:
+        server.stop(graceful=False)
+        raise
+    server.staged_from = saved_model_dir
     with _standby_lock:
         _standbys[model_name] = server
     try:

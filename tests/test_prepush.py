@@ -281,21 +281,21 @@ def test_a_model_the_server_cannot_load_fails_with_its_status(model, inputs, tmp
 
 
 # ---------------------------------------------------- a server started before its model
-@pytest.mark.parametrize("staged", ["empty", "this model", "another model"])
+@pytest.mark.parametrize("staged", ["this model", "another model"])
 def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, inputs, tmp_path, staged):
     """A local run starts the server during the Evaluator; validation takes it for its own model only.
 
-    empty: the validation stages the model into it; this model: it was staged at the start,
-    so the server has loaded it meanwhile; another model: killed, and a server of its own runs.
+    this model: staged at the start, so the server has loaded it meanwhile; another model:
+    killed, and a server of its own runs.
     """
     examples, images = inputs
     root, log_path = str(tmp_path / "standby"), str(tmp_path / "server.log")
-    early = {"empty": None, "this model": model.export_dir, "another model": str(tmp_path / "other")}[staged]
+    early = {"this model": model.export_dir, "another model": str(tmp_path / "other")}[staged]
     if staged == "another model":
         shutil.copytree(model.export_dir, early)
     with model_server.standby_server(root, NAME, str(tmp_path / "standby.log"), early) as standby:
         assert standby.staged_from == early
-        assert os.listdir(standby.base_path) == ([] if early is None else ["1"])
+        assert os.listdir(standby.base_path) == ["1"]
         report = infra_validator.validate_model(
             model.export_dir, examples, images, NAME, PrepushConfig(), str(tmp_path / "work"), log_path
         )
@@ -315,9 +315,16 @@ def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, input
 def test_take_standby_only_takes_a_running_server_of_that_model(monkeypatch, tmp_path):
     sleeper = (sys.executable, "-c", "import time; time.sleep(120)")
     monkeypatch.setattr(model_server, "server_command", lambda *a, **k: ServerCommand("sleeper", sleeper))
-    with model_server.standby_server(str(tmp_path / "a"), "other", str(tmp_path / "a.log")) as other:
+    saved = tmp_path / "saved_model"  # staged, never loaded: the "server" only sleeps
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"")
+    with model_server.standby_server(
+        str(tmp_path / "a"), "other", str(tmp_path / "a.log"), str(saved)
+    ) as other:
         assert model_server.take_standby(NAME) is None
-        with model_server.standby_server(str(tmp_path / "b"), NAME, str(tmp_path / "b.log")) as mine:
+        with model_server.standby_server(
+            str(tmp_path / "b"), NAME, str(tmp_path / "b.log"), str(saved)
+        ) as mine:
             mine.process.kill()
             mine.process.wait()
             assert model_server.take_standby(NAME) is None  # dead: the validator starts its own
