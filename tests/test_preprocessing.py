@@ -99,6 +99,30 @@ def test_undecodable_bytes_raise():
         decode_and_resize(tf.constant([b"not an image"]), SIZE)
 
 
+def _called_functions(graph) -> set[str]:
+    calls = ("PartitionedCall", "StatefulPartitionedCall")
+    return {op.get_attr("f").name for op in graph.get_operations() if op.type in calls}
+
+
+def test_graphs_that_preprocess_call_one_traced_decoder_per_size():
+    """TFT traces preprocessing_fn six times per Transform run: each trace calls one decoder
+    function instead of tracing the decoder again; another image size is another function."""
+    spec = tf.TensorSpec([None], tf.string)
+
+    def graph(size: int):
+        fn = tf.function(
+            lambda x: preprocessing_fn({IMAGE_KEY: x}, {"backbone": "MobileNetV2", "image_size": size})
+        )
+        return fn.get_concrete_function(spec).graph
+
+    first, second, other = graph(SIZE), graph(SIZE), graph(SIZE * 2)
+    assert len(_called_functions(first)) == 1
+    assert _called_functions(first) == _called_functions(second)
+    assert not _called_functions(first) & _called_functions(other)
+    # The decoder's map_fn loop lives in that function, not in the graphs that call it.
+    assert not [op for op in first.get_operations() if op.type in ("While", "StatelessWhile")]
+
+
 # ---------------------------------------------------------------------------------------
 # Bounded, upright decoding (the graph serving runs too)
 
