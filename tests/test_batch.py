@@ -254,7 +254,7 @@ def test_progress_bar_counts_what_workers_report():
 
 def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
     from google.protobuf import json_format
-    from tfx import v1 as tfx
+    from tfx.proto import bulk_inferrer_pb2, example_gen_pb2
 
     from pipeline.config import ConfigError, PipelineConfig
     from pipeline.pipeline import COMPONENT_IDS, SCORE_SPLIT, SCORING_IDS, create_pipeline
@@ -269,9 +269,9 @@ def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
     assert inferrer.inputs["examples"].producer_component_id == "ScoreExampleGen"
     # Every example in the one split BulkInferrer reads (one input split is hashed 2:1 by default).
     gen = next(c for c in scored if c.id == "ScoreExampleGen")
-    output = json_format.Parse(gen.exec_properties["output_config"], tfx.proto.Output())
+    output = json_format.Parse(gen.exec_properties["output_config"], example_gen_pb2.Output())
     assert [(s.name, s.hash_buckets) for s in output.split_config.splits] == [(SCORE_SPLIT, 1)]
-    data_spec = json_format.Parse(inferrer.exec_properties["data_spec"], tfx.proto.DataSpec())
+    data_spec = json_format.Parse(inferrer.exec_properties["data_spec"], bulk_inferrer_pb2.DataSpec())
     assert list(data_spec.example_splits) == [SCORE_SPLIT]
 
     records = tmp_path / "records"

@@ -161,7 +161,7 @@ def test_serving_turns_exif_rotated_photos_upright(served):
 
 def test_a_label_missing_from_the_vocabulary_fails_the_trainer_by_name(chain, tmp_path):
     """run_fn on TFRecords not made by ingest: 'a\\nb' cannot be in TFT's vocabulary file."""
-    from tfx import v1 as tfx
+    from tfx.components.trainer.fn_args_utils import FnArgs
 
     from trainer import task
 
@@ -170,7 +170,7 @@ def test_a_label_missing_from_the_vocabulary_fails_the_trainer_by_name(chain, tm
     labelled = [(image, name) for name in ACCEPTED[:3] + ["a\nb"]]
     train = helpers.write_tfrecords(str(tmp_path / "train" / "t.tfrecord"), labelled)
     evals = helpers.write_tfrecords(str(tmp_path / "eval" / "e.tfrecord"), labelled[:2])
-    fn_args = tfx.components.FnArgs(
+    fn_args = FnArgs(
         train_files=[train],
         eval_files=[evals],
         transform_graph_path=transform_dir,

@@ -315,10 +315,10 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
     assert nodes["DataGate"].exec_properties["allow_anomalies"] == 0
     allowed = {c.id: c for c in create_pipeline(_config().replace(allow_anomalies=True)).components}
     assert allowed["DataGate"].exec_properties["allow_anomalies"] == 1
-    with pytest.raises(ValueError, match="no runtime parameter support for batch_size"):
-        from tfx import v1 as tfx
+    from tfx.orchestration.data_types import RuntimeParameter
 
-        create_pipeline(_config(), runtime_parameters={"batch_size": tfx.dsl.experimental.RuntimeParameter(
+    with pytest.raises(ValueError, match="no runtime parameter support for batch_size"):
+        create_pipeline(_config(), runtime_parameters={"batch_size": RuntimeParameter(
             name="batch_size", ptype=int)})  # fmt: skip
 
 

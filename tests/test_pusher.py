@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from tfx import v1 as tfx
+from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
@@ -39,8 +39,8 @@ def _push(tmp_path, model_root: str, base: str, blessed: int = 1):
     blessing.set_int_custom_property("blessed", blessed)
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(tmp_path / f"pushed_model_{len(os.listdir(tmp_path))}")
-    destination = tfx.proto.PushDestination(
-        filesystem=tfx.proto.PushDestination.Filesystem(base_directory=base)
+    destination = pusher_pb2.PushDestination(
+        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base)
     )
     ServingPusherExecutor().Do(
         {"model": [model], "model_blessing": [blessing]},

@@ -35,8 +35,14 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tfx import v1 as tfx
 from tfx.orchestration import data_types
+
+# The runner's module, not `tfx.v1.orchestration.experimental`: `tfx.v1` also imports its
+# Google Cloud extensions (google-cloud-aiplatform), which compiling does not use.
+from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (
+    KubeflowV2DagRunner,
+    KubeflowV2DagRunnerConfig,
+)
 
 from components.runtime_params import KNOBS, check_knob, runtime_parameters
 from pipeline.beam import with_container_image
@@ -143,8 +149,8 @@ def compile_pipeline(
         )
     # TFX keeps the root in pipeline_info; compile under the Kubeflow root.
     pipeline.pipeline_info.pipeline_root = root
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+    runner = KubeflowV2DagRunner(
+        config=KubeflowV2DagRunnerConfig(
             default_image=image, display_name=display_name, use_pipeline_spec_2_1=True
         ),
     )
