@@ -422,6 +422,11 @@ def _decode_and_resize_function(image_size: int, max_pixels: int) -> tf.types.ex
     return tf.function(batch, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
 
+def forget_traced_functions() -> None:
+    """Drop the traced decoders (benchmarks: make a run pay the trace as a new process does)."""
+    _decode_and_resize_function.cache_clear()
+
+
 def preprocess_images(
     encoded: tf.Tensor, backbone: str, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tf.Tensor:
