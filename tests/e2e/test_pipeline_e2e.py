@@ -6,8 +6,8 @@ checked against the eval split), an identical re-run (served from cache, the
 identical model not pushed again; its report is made to fail and the run still
 succeeds), then a worse model that the gate must stop (nothing pushed, serving
 dir unchanged), new eval data on which TFMA measures the blessed model beside
-the candidate, and a run with score_data whose BulkInferrer scores unlabelled
-Examples. Then a second, small pipeline on a skewed 2-class task whose eval
+the candidate and the min_accuracy floor stops it, and a run with score_data
+whose BulkInferrer scores unlabelled Examples. Then a second, small pipeline on a skewed 2-class task whose eval
 split has a class train lacks: the data gate stops it before training, and with
 allow_anomalies a deliberately bad model runs through and is not blessed, with
 the reasons. Then the faults of RELIABILITY.md, with real `imgpipe` processes on
@@ -315,24 +315,14 @@ def test_gate_stops_a_worse_model(base_config, first_run):
     assert d.gate.candidate == pytest.approx(s.accuracy, abs=1e-6)
 
 
-def test_floor_stops_a_model_below_min_accuracy(base_config, first_run):
-    model_dir = base_config.resolved().model_serving_dir
-    before = _versions(model_dir)
-    s = run_local(base_config.replace(min_accuracy=1.0, max_regression=1.0))
-    assert s.accuracy < 1.0
-    assert s.blessed is False and s.pushed is None
-    assert s.gate["floor"] == 1.0 and s.gate["floor_source"] == "min_accuracy"
-    assert any(r.startswith(f"accuracy {s.accuracy:.3f} is below the floor 1.000") for r in s.gate["reasons"])
-    assert _versions(model_dir) == before
-
-
-def test_new_eval_data_measures_the_baseline_on_it(base_config, first_run, tmp_path):
+def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_config, first_run, tmp_path):
     """New data (the common scheduled run): TFMA evaluates the blessed model beside the candidate.
 
     The eval split gains images, so nothing earlier measured the baseline on these examples:
     its accuracy in gate.json is the first model's own on the new eval split (recomputed here
-    from the pushed model). min_accuracy 1.0 keeps the candidate unblessed, so the first
-    model stays the baseline of the runs after this one.
+    from the pushed model). The floor, min_accuracy 1.0, stops the candidate (no regression
+    check in the way: max_regression 1.0), so the first model stays the baseline of the runs
+    after this one.
     """
     import numpy as np
     import tensorflow as tf
@@ -343,9 +333,14 @@ def test_new_eval_data_measures_the_baseline_on_it(base_config, first_run, tmp_p
     shutil.copytree(base_config.data_dir, data)
     extra = helpers.digit_images(CLASSES, per_class=4, size=SIZE, seed=21)
     helpers.write_tfrecords(str(data / "eval" / "extra-00000-of-00001.tfrecord"), extra)
+    before = _versions(base_config.resolved().model_serving_dir)
     s = run_local(base_config.replace(data_dir=str(data), min_accuracy=1.0, max_regression=1.0))
     assert s.executions["ImportExampleGen"] == "COMPLETE" and s.executions["Trainer"] == "COMPLETE"
+    assert s.accuracy < 1.0
     assert s.blessed is False and s.pushed is None
+    assert s.gate["floor"] == 1.0 and s.gate["floor_source"] == "min_accuracy"
+    assert any(r.startswith(f"accuracy {s.accuracy:.3f} is below the floor 1.000") for r in s.gate["reasons"])
+    assert _versions(base_config.resolved().model_serving_dir) == before
     baseline = s.gate["baseline"]
     assert baseline["compared"] is True and baseline["identical"] is False, s.gate
     assert baseline["reused_from"] is None  # nothing had measured it on these examples
