@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP="$VENV/.imgpipe-installed"
 
-if [[ -f "$STAMP" && "$STAMP" -nt setup.py && "$STAMP" -nt requirements.lock ]]; then
+if [[ -f "$STAMP" && "$STAMP" -nt setup.py && "$STAMP" -nt requirements.lock && "$STAMP" -nt "$0" ]]; then
   exit 0
 fi
 
@@ -38,6 +38,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   $UV venv --seed -p "$PY" "$VENV" >&2
 fi
 say "installing imgpipe and its pinned dependencies (requirements.lock)"
-$UV pip install -p "$VENV/bin/python" -c requirements.lock -e ".[dev,airflow]" >&2
+# --compile-bytecode: the packages' .pyc files are written now, as pip does, instead of at
+# first import (never, where PYTHONDONTWRITEBYTECODE is set: every process then compiles
+# TensorFlow, TFX and Beam from source, ~11 s more per `imgpipe run`; BENCHMARKS.md).
+$UV pip install -p "$VENV/bin/python" --compile-bytecode -c requirements.lock -e ".[dev,airflow]" >&2
 touch "$STAMP"
 say "ready: $VENV"
