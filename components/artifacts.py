@@ -64,6 +64,11 @@ def read_report(artifacts: list[types.Artifact]) -> Report:
         return Report(**json.loads(f.read()))
 
 
+def saved_model_dir(model: types.Artifact) -> str:
+    """The SavedModel folder inside a Model artifact (TFX's serving path for its layout)."""
+    return path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+
+
 def model_class_names(model_uri: str) -> list[str]:
     """The label vocabulary of the Model artifact at `model_uri`, in class-index order."""
     path = os.path.join(path_utils.serving_model_path(model_uri), "assets", LABEL_VOCAB)

@@ -25,6 +25,7 @@ as one JSON property, `gate_config`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -41,10 +42,10 @@ from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
-from tfx.utils import json_utils, path_utils, proto_utils
+from tfx.utils import json_utils, proto_utils
 
 from components import pusher, tfma_warm
-from components.artifacts import DataGateReport, model_class_names, read_report
+from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
 from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
 from components.gate_decision import (
     GATE_FILE,
@@ -273,13 +274,15 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # process the Trainer has usually installed it already; a component per process
         # (Kubeflow) has not. Beam workers in other processes still convert.
         tracing.install()
-        if inputs.get(standard_component_specs.BASELINE_MODEL_KEY):
-            # Two models: each one's load and first call start while TFMA builds its job
-            # (components/tfma_warm.py; ~0.9x of the Evaluator's time, BENCHMARKS.md). With one
-            # model it measured no gain: the load competes with the job's construction.
-            with tfma_warm.warm_models(tfma_warm.first_example(examples, splits or ["eval"])):
-                super().Do(inputs, output_dict, props)
-        else:
+        # Two models: each one's load and first call start while TFMA builds its job
+        # (components/tfma_warm.py; ~0.9x of the Evaluator's time, BENCHMARKS.md). With one
+        # model it measured no gain: the load competes with the job's construction.
+        warm = (
+            tfma_warm.warm_models(tfma_warm.first_example(examples, splits or ["eval"]))
+            if inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
+            else contextlib.nullcontext()
+        )
+        with warm:
             super().Do(inputs, output_dict, props)
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
@@ -356,9 +359,7 @@ def unbless(blessing: types.Artifact) -> None:
 
 def same_model_artifact(model: types.Artifact, baseline: types.Artifact) -> bool:
     """Whether the baseline Model artifact is the candidate: the same URI or byte-identical serving files."""
-    a, b = (
-        path_utils.serving_model_path(m.uri, path_utils.is_old_model_artifact(m)) for m in (model, baseline)
-    )
+    a, b = (saved_model_dir(m) for m in (model, baseline))
     return os.path.normpath(model.uri) == os.path.normpath(baseline.uri) or pusher.same_model(a, b)
 
 

@@ -36,9 +36,9 @@ from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
-from tfx.utils import io_utils, json_utils, path_utils
+from tfx.utils import io_utils, json_utils
 
-from components import pusher
+from components import artifacts, pusher
 from components.model_server import (
     ModelServer,
     ModelServerError,
@@ -225,6 +225,7 @@ class InfraValidatorExecutor(base_executor.BaseExecutor):
         model_name = exec_properties["model_name"]
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
         model = artifact_utils.get_single_instance(input_dict["model"])
+        model_dir = artifacts.saved_model_dir(model)
         model_blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
 
         if not config.prepush_validation:
@@ -237,10 +238,7 @@ class InfraValidatorExecutor(base_executor.BaseExecutor):
             report = PrepushReport(
                 model_name=model_name, reason="skipped: the Evaluator did not bless the model"
             )
-        elif identical := identical_served_version(
-            path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)),
-            exec_properties.get("serving_model_dir") or "",
-        ):
+        elif identical := identical_served_version(model_dir, exec_properties.get("serving_model_dir") or ""):
             report = PrepushReport(
                 blessed=True,
                 model_name=model_name,
@@ -248,9 +246,6 @@ class InfraValidatorExecutor(base_executor.BaseExecutor):
                 "keeps (nothing new would be served)",
             )
         else:
-            saved_model_dir = path_utils.serving_model_path(
-                model.uri, path_utils.is_old_model_artifact(model)
-            )
             split_uri = artifact_utils.get_split_uri(input_dict["examples"], EVAL_SPLIT)
             with tempfile.TemporaryDirectory(prefix="imgpipe-prepush-") as workdir, _sigterm_raises():
                 log_path = os.path.join(workdir, SERVER_LOG_FILE)
@@ -262,7 +257,7 @@ class InfraValidatorExecutor(base_executor.BaseExecutor):
                     report.conclude()
                 else:
                     report = validate_model(
-                        saved_model_dir, examples, images, model_name, config, workdir, log_path
+                        model_dir, examples, images, model_name, config, workdir, log_path
                     )
                 if os.path.exists(log_path):
                     io_utils.copy_file(log_path, os.path.join(blessing.uri, SERVER_LOG_FILE), overwrite=True)

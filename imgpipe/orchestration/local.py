@@ -127,18 +127,17 @@ class _PrepushStandby:
         if not self.config.prepush.prepush_validation:
             return
         self.started = True
-        from tfx.utils import path_utils
-
         from components import model_server
+        from components.artifacts import saved_model_dir
 
         try:
             [model] = tracker.results["Trainer"].output_dict["model"]
-            saved_model_dir = path_utils.serving_model_path(
-                model.uri, path_utils.is_old_model_artifact(model)
-            )
             self.stack.enter_context(
                 model_server.standby_server(
-                    self.root, self.config.model_name, os.path.join(self.root, "server.log"), saved_model_dir
+                    self.root,
+                    self.config.model_name,
+                    os.path.join(self.root, "server.log"),
+                    saved_model_dir(model),
                 )
             )
         except Exception:  # noqa: BLE001 - an optimisation: never fail the run for it

@@ -7,10 +7,10 @@ identical model not pushed again; its report is made to fail and the run still
 succeeds), then a worse model that the gate must stop (nothing pushed, serving
 dir unchanged), new eval data on which TFMA measures the blessed model beside
 the candidate and the min_accuracy floor stops it, and a run with score_data
-whose BulkInferrer scores unlabelled Examples. Then a second, small pipeline on a skewed 2-class task whose eval
-split has a class train lacks: the data gate stops it before training, and with
-allow_anomalies a deliberately bad model runs through and is not blessed, with
-the reasons. Then the faults of RELIABILITY.md, with real `imgpipe` processes on
+whose BulkInferrer scores unlabelled Examples. Then a second, small pipeline on
+a skewed 2-class task whose eval split has a class train lacks: the data gate
+stops it before training, and with allow_anomalies a deliberately bad model runs
+through and is not blessed, with the reasons. Then the faults of RELIABILITY.md, with real `imgpipe` processes on
 the first pipeline's home: a run killed with SIGKILL mid-Trainer, runs started
 while another holds the home, stdout parsed as JSON, and a prune after which the
 next run is still cached and gated against the same baseline. Last, a model with
