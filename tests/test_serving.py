@@ -640,20 +640,41 @@ def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path
 # Shutdown
 
 
-def test_stop_finishes_in_flight_requests(model, tmp_path_factory):
+def test_stop_finishes_in_flight_requests(model, tmp_path_factory, monkeypatch):
     base = _base_path(tmp_path_factory, model)
-    images = [img for img, _ in model.items] * 4  # a batch that takes a while
+    images = [img for img, _ in model.items] * 4
     running = lifecycle.start_server(
         ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=30)
     )
+    # The request is held inside the model until stop() is seen waiting for it: a fast
+    # model could otherwise answer before the test looks, or before stop() begins.
+    loaded = running.manager.get_loaded(1)
+    started, release = threading.Event(), threading.Event()
+    real_run = loaded.run
+
+    def held_run(*args, **kwargs):
+        started.set()
+        release.wait(60)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(loaded, "run", held_run)
+    stopper = threading.Thread(target=running.stop)  # returns after in-flight RPCs finish
     try:
         channel = grpc.insecure_channel(running.target)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         future = stub.Predict.future(_predict_request("predict_images", "images", images), timeout=60)
-        loaded = running.manager.get_loaded(1)
-        _wait_for(lambda: loaded.in_flight > 0, 30, "the request to start")
+        assert started.wait(30), "the request never reached the model"
+        assert loaded.in_flight == 1
+        stopper.start()
+        stopper.join(1.0)
+        assert stopper.is_alive(), "stop() returned while a request was still running"
     finally:
-        running.stop()  # returns after in-flight RPCs finish
+        release.set()
+        if stopper.ident is None:  # failed before stop() began
+            running.stop()
+        else:
+            stopper.join(60)
+    assert not stopper.is_alive()
     response = future.result(timeout=1)
     assert tf.make_ndarray(response.outputs["classes"]).shape == (len(images), 3)
     with pytest.raises(grpc.RpcError) as e:
