@@ -1,7 +1,8 @@
 """`imgpipe airflow-dag`: the DAG file it writes, its run policy, and the values it refuses.
 
-These tests do not load Airflow or TFX (the rendered file is compiled and its
-literals read back); tests/e2e/test_airflow_e2e.py runs the DAG for real.
+The rendered file is compiled and its literals read back; one test parses it with
+Airflow in a separate process (as Airflow's DAG processor does) and checks that the
+parse loads no TensorFlow. tests/e2e/test_airflow_e2e.py runs the DAG for real.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import ast
 import datetime
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from imgpipe.cli import main as cli
 from imgpipe.orchestration import airflow
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.pipeline import COMPONENT_IDS
 
 
 @pytest.fixture
@@ -38,14 +42,17 @@ def _call(source: str) -> ast.Call:
     return call
 
 
-def _config_literal(source: str) -> dict:
+def _literal(source: str, name: str):
+    """The value of the rendered file's `NAME = <literal>`."""
     tree = ast.parse(source)
     [value] = [
-        n.value
-        for n in tree.body
-        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "CONFIG"
+        n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == name
     ]
     return ast.literal_eval(value)
+
+
+def _config_literal(source: str) -> dict:
+    return _literal(source, "CONFIG")
 
 
 def test_rendered_file_embeds_the_resolved_config_and_policy(data_dir):
@@ -56,8 +63,58 @@ def test_rendered_file_embeds_the_resolved_config_and_policy(data_dir):
     values = _config_literal(source)
     assert PipelineConfig.from_dict(values) == cfg.resolved()
     assert values["home"] == os.path.abspath("rel_home")
-    kwargs = {k.arg: ast.literal_eval(k.value) for k in _call(source).keywords}
+    kwargs = {k.arg: k.value for k in _call(source).keywords}
+    assert getattr(kwargs.pop("tasks"), "id", None) == "TASKS"
+    kwargs = {k: ast.literal_eval(v) for k, v in kwargs.items()}
+    tasks = _literal(source, "TASKS")
     assert kwargs == {"schedule": "0 3 * * *", "start_date": "2024-05-01", "retries": 0, "catchup": False}
+    assert tasks == airflow.task_graph(cfg.resolved())
+    seen = set()
+    for task, upstream in tasks:  # topological: a task comes after those it waits for
+        assert set(upstream) <= seen, (task, upstream)
+        seen.add(task)
+    assert seen == set(COMPONENT_IDS)
+    assert {"DataGate", "Transform"} <= set(dict(tasks)["Trainer"])  # the data gate comes first
+
+
+# Run in a fresh process with Airflow, as its DAG processor parses a file: the tasks and
+# their upstream tasks, and which heavy modules the parse loaded. Then, with TFX loaded,
+# a task whose DAG file lists another graph is refused before anything runs.
+_PARSE = """
+import json, runpy, sys
+ns = runpy.run_path(sys.argv[1])
+dag = ns["dag"]
+heavy = sorted(m for m in ("tensorflow", "tfx", "apache_beam", "tensorflow_model_analysis") if m in sys.modules)
+tasks = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
+out = {"dag_id": dag.dag_id, "max_active_runs": dag.max_active_runs, "tasks": tasks, "heavy": heavy}
+from airflow.exceptions import AirflowFailException
+from imgpipe.orchestration import airflow
+spec = dag.get_task("Trainer").python_callable.args[0]
+stale = spec._replace(tasks=spec.tasks[:-1])
+try:
+    airflow.run_task(stale, ti=None)
+except AirflowFailException as e:
+    out["stale"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_parsing_the_file_loads_no_tensorflow_and_gives_the_pipelines_tasks(data_dir, tmp_path):
+    cfg = PipelineConfig(data_dir=data_dir, home=str(tmp_path / "home"), pipeline_name="pets")
+    dag_file = tmp_path / "dags" / "pets_dag.py"
+    dag_file.parent.mkdir()
+    dag_file.write_text(airflow.render_dag(cfg, "@daily", start_date="2024-05-01"))
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "airflow"), TF_CPP_MIN_LOG_LEVEL="2")
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path / 'airflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", _PARSE, str(dag_file)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["heavy"] == []
+    assert out["dag_id"] == "pets" and out["max_active_runs"] == 1
+    assert out["tasks"] == {task: upstream for task, upstream in airflow.task_graph(cfg.resolved())}
+    assert "render it again with `imgpipe airflow-dag`" in out["stale"]
 
 
 def test_dag_settings_one_active_run_no_catchup_no_retries():

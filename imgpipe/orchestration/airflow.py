@@ -1,11 +1,18 @@
 """Apache Airflow: a DAG file that runs create_pipeline(config) with TFX's AirflowDagRunner.
 
 `render_dag(config, schedule)` returns the Python source of a DAG file: the
-resolved config as a literal, and one call, `build_dag(...)`, that Airflow runs
-each time it parses the file. `build_dag` builds the same pipeline as `imgpipe
-run` (create_pipeline(config), ML Metadata from `connection_config(config)`)
-and hands it to TFX's AirflowDagRunner, which makes each component one task
-(a PythonOperator running the component in the task's process).
+resolved config and the pipeline's task graph (one task per TFX component and
+the tasks it waits for, `task_graph`) as literals, and one call, `build_dag(...)`,
+that Airflow runs each time it parses the file.
+
+Parsing loads neither TensorFlow nor TFX (under a second, against ~6 s and
+Airflow's import timeout): `build_dag` makes one PythonOperator per task from
+the literal graph. When a task runs, `run_task` builds the same pipeline as
+`imgpipe run` (create_pipeline(config), ML Metadata from
+`connection_config(config)`), hands it to TFX's AirflowDagRunner, checks that
+its graph is still the rendered one, and executes TFX's own operator for that
+component in the task's process: the component runs exactly as under a DAG
+that TFX builds at parse time.
 
 The DAG's run policy (`dag_settings`): no catch-up of missed intervals, no
 retries, and at most one active run (`max_active_runs=1`): a run triggered or
@@ -13,19 +20,21 @@ scheduled while one is running waits in the queue until it finishes, so two
 runs never write the same pipeline root at once.
 
 Requirements on the Airflow side (README, "Airflow"): imgpipe installed in
-Airflow's Python (`pip install "imgpipe[airflow]"`), the data and serving
-paths reachable from the workers, and a DAG import timeout above the time TFX
-takes to load TensorFlow (`[core] dagbag_import_timeout`, default 30 s).
+Airflow's Python (`pip install "imgpipe[airflow]"`), and the data and serving
+paths reachable from the workers.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import json
 import os
 import pprint
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
+from imgpipe.orchestration import scratch
 from imgpipe.orchestration.schedule import ScheduleError, parse_cron
 from pipeline.config import ConfigError, PipelineConfig
 
@@ -91,6 +100,17 @@ def check_config(config: PipelineConfig) -> PipelineConfig:
     return config.resolved().validate_paths()
 
 
+def task_graph(config: PipelineConfig) -> list[list]:
+    """The pipeline's tasks in topological order: [[component id, [ids it waits for]], ...].
+
+    Builds the TFX pipeline of `config` (no store is opened), so it loads TFX.
+    """
+    from pipeline.pipeline import create_pipeline
+
+    pipeline = create_pipeline(config)
+    return [[c.id, sorted(u.id for u in c.upstream_nodes)] for c in pipeline.components]
+
+
 def render_dag(
     config: PipelineConfig,
     schedule: str | None,
@@ -103,9 +123,11 @@ def render_dag(
     start_date = start_date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     settings = dag_settings(schedule, start_date, retries, catchup)  # validates
     values = pprint.pformat(config.to_dict(), width=100, sort_dicts=True)
+    tasks = pprint.pformat(task_graph(config), width=100)
     return _TEMPLATE.format(
         name=config.pipeline_name,
         config=values,
+        tasks=tasks,
         schedule=settings["schedule"],
         start_date=start_date,
         retries=retries,
@@ -115,9 +137,10 @@ def render_dag(
 
 _TEMPLATE = '''"""imgpipe pipeline {name!r} as an Airflow DAG (dag_id {name!r}), one task per TFX component.
 
-Written by `imgpipe airflow-dag`; render it again rather than editing it. Needs
-imgpipe installed in Airflow's Python (pip install "imgpipe[airflow]") and a DAG
-import timeout above TensorFlow's load time ([core] dagbag_import_timeout = 300).
+Written by `imgpipe airflow-dag`; render it again rather than editing it (and after
+upgrading imgpipe: a task refuses to run if the pipeline's graph is no longer TASKS).
+Needs imgpipe installed in Airflow's Python (pip install "imgpipe[airflow]").
+Parsing this file loads neither TensorFlow nor TFX; each task loads them when it runs.
 At most one run is active at a time; no catch-up unless rendered with --catchup.
 """
 
@@ -140,7 +163,12 @@ finally:
 
 CONFIG = {config}
 
-dag = build_dag(CONFIG, schedule={schedule!r}, start_date={start_date!r}, retries={retries!r}, catchup={catchup!r})
+# The pipeline's tasks, each with the tasks it waits for (one per TFX component).
+TASKS = {tasks}
+
+dag = build_dag(
+    CONFIG, schedule={schedule!r}, start_date={start_date!r}, retries={retries!r}, catchup={catchup!r}, tasks=TASKS
+)
 '''
 
 
@@ -150,19 +178,86 @@ def build_dag(
     start_date: str,
     retries: int = DEFAULT_RETRIES,
     catchup: bool = False,
+    tasks: Sequence[Sequence] | None = None,
 ):
-    """The Airflow DAG of the pipeline for `config` (a config mapping): what a rendered file calls."""
-    # TFX and Airflow load on use: `imgpipe airflow-dag` renders the file without them.
+    """The Airflow DAG of the pipeline for `config` (a config mapping): what a rendered file calls.
+
+    One PythonOperator per entry of `tasks` (`task_graph`), each running `run_task`.
+    Without `tasks` (a file rendered by an earlier imgpipe) the graph is built here,
+    which loads TFX while the file is parsed.
+    """
+    from airflow.models import DAG
+    from airflow.operators.python import PythonOperator
+
+    cfg = PipelineConfig.from_dict(config)  # a bad config fails the parse, with its error
+    if tasks is None:
+        tasks = task_graph(cfg)
+    tasks = _graph(tasks)
+    dag = DAG(dag_id=cfg.pipeline_name, **dag_settings(schedule, start_date, retries, catchup))
+    spec = _TaskSpec(
+        json.dumps(dict(config), sort_keys=True), tuple(tasks), schedule, start_date, retries, catchup
+    )
+    run = functools.partial(run_task, spec)
+    operators = {}
+    for task_id, upstream in tasks:
+        operators[task_id] = PythonOperator(task_id=task_id, python_callable=run, dag=dag)
+        for up in upstream:
+            if up not in operators:
+                raise ConfigError(f"TASKS: {task_id!r} waits for {up!r}, which is not an earlier task")
+            operators[task_id].set_upstream(operators[up])
+    return dag
+
+
+def _graph(tasks: Sequence[Sequence]) -> list[tuple[str, tuple[str, ...]]]:
+    return [(str(task_id), tuple(sorted(map(str, upstream)))) for task_id, upstream in tasks]
+
+
+class _TaskSpec(NamedTuple):
+    """What every task of a rendered DAG needs to build TFX's DAG when it runs."""
+
+    config_json: str
+    tasks: tuple
+    schedule: str | None
+    start_date: str
+    retries: int
+    catchup: bool
+
+
+@functools.lru_cache(maxsize=4)
+def _tfx_dag(spec: _TaskSpec):
+    """TFX's own Airflow DAG for the config, and the config: built once per process (`dags test` runs
+    every task in one)."""
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
     from imgpipe.orchestration import metadata
     from pipeline.pipeline import create_pipeline
 
-    cfg = PipelineConfig.from_dict(config)
+    cfg = PipelineConfig.from_dict(json.loads(spec.config_json))
     if not cfg.metadata:
         os.makedirs(cfg.home, exist_ok=True)  # the SQLite store's folder
     pipeline = create_pipeline(cfg, metadata.connection_config(cfg))
-    runner = AirflowDagRunner(
-        AirflowPipelineConfig(airflow_dag_config=dag_settings(schedule, start_date, retries, catchup))
-    )
-    return runner.run(pipeline)
+    settings = dag_settings(spec.schedule, spec.start_date, spec.retries, spec.catchup)
+    return AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=settings)).run(pipeline), cfg
+
+
+def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
+    """Run the component of the current task (context["ti"]) with TFX's operator for it.
+
+    The operator's templated fields (the run-time knobs, overridable in the run's
+    conf) are rendered against this task's context, then it executes here.
+    """
+    from airflow.exceptions import AirflowFailException
+
+    tfx_dag, cfg = _tfx_dag(spec)
+    built = sorted(_graph([t.task_id, t.upstream_task_ids] for t in tfx_dag.tasks))
+    if built != sorted(spec.tasks):
+        raise AirflowFailException(
+            f"this imgpipe builds the tasks {built}, the DAG file has {sorted(spec.tasks)}: imgpipe "
+            "changed since the file was rendered; render it again with `imgpipe airflow-dag`"
+        )
+    # A copy locked for execution, as Airflow runs its own tasks.
+    operator = tfx_dag.get_task(context["ti"].task_id).prepare_for_execution()
+    operator.render_template_fields(context)
+    # Beam on this worker imports the installed TFX: no sdist of it per component (as `imgpipe run`).
+    with scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner):
+        return operator.execute(context)
