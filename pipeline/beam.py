@@ -11,6 +11,7 @@ naming the missing flag, when a runner lacks a setting it cannot work without.
 
     direct        DirectRunner, in memory, one worker (the default; tests, demo)
     multiprocess  DirectRunner with one worker process per CPU (or beam_workers)
+                  (both: Beam's Python runner, never Prism; pipeline/local_beam.py)
     dataflow      Google Cloud Dataflow: project, region, temp_location (gs://)
                   required; --sdk_container_image defaults to the pipeline image
     flink, spark  Beam's PortableRunner against a job server: job_endpoint
@@ -32,6 +33,9 @@ from trainer.config import ConfigError, Settings
 
 BeamRunner = Literal["direct", "multiprocess", "dataflow", "flink", "spark"]
 BEAM_RUNNERS: tuple[str, ...] = BeamRunner.__args__
+
+# The --runner of direct and multiprocess: Beam's DirectRunner without its Prism attempt.
+LOCAL_RUNNER = "pipeline.local_beam.DirectRunner"
 
 # Beam flags that carry a runner's settings; read from config.beam_args.
 SETTING_FLAGS = (
@@ -226,11 +230,11 @@ def beam_pipeline_args(config: BeamConfig) -> list[str]:
         )
     settings = BeamSettings.of(config)
     if runner == "direct":
-        args = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        args = [f"--runner={LOCAL_RUNNER}", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
     elif runner == "multiprocess":
         workers = config.beam_workers or (os.cpu_count() or 1)
         args = [
-            "--runner=DirectRunner",
+            f"--runner={LOCAL_RUNNER}",
             "--direct_running_mode=multi_processing",
             f"--direct_num_workers={workers}",
         ]

@@ -29,7 +29,7 @@ def _config(runner: str, *args: str, workers: int = 0) -> BeamConfig:
 # ------------------------------------------------------------------------ mapping
 def test_direct_runs_in_memory_with_one_worker():
     assert beam_pipeline_args(_config("direct")) == [
-        "--runner=DirectRunner",
+        "--runner=pipeline.local_beam.DirectRunner",
         "--direct_running_mode=in_memory",
         "--direct_num_workers=1",
     ]
@@ -38,12 +38,36 @@ def test_direct_runs_in_memory_with_one_worker():
 def test_multiprocess_uses_worker_processes():
     args = beam_pipeline_args(_config("multiprocess", workers=3))
     assert args == [
-        "--runner=DirectRunner",
+        "--runner=pipeline.local_beam.DirectRunner",
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=3",
     ]
     default = beam_pipeline_args(_config("multiprocess"))
     assert f"--direct_num_workers={os.cpu_count()}" in default
+
+
+def _run_logged(args: list[str], caplog) -> list[int]:
+    """Run a small Beam job with `args`; its output, with the direct runner's log in caplog."""
+    import logging
+
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    caplog.set_level(logging.INFO, logger="apache_beam.runners.direct.direct_runner")
+    with beam.Pipeline(argv=args) as p:
+        out = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x * x)
+        assert_that(out, equal_to([1, 4, 9]))
+    return [r.getMessage() for r in caplog.records if "Prism" in r.getMessage()]
+
+
+def test_the_local_runner_never_tries_prism(caplog):
+    """Beam's own DirectRunner tries Prism first (a binary it downloads at run time); ours does not."""
+    ours = _run_logged(beam_pipeline_args(_config("direct")), caplog)
+    assert ours == []
+    caplog.clear()
+    # A Prism path that does not exist: the attempt fails at once, with or without a network.
+    theirs = _run_logged(["--runner=DirectRunner", "--prism_location=/nonexistent/prism"], caplog)
+    assert any("PrismRunner" in m for m in theirs), theirs
 
 
 DATAFLOW = ("--project=proj-1", "--region=europe-west4", "--temp_location=gs://b/tmp")
