@@ -18,6 +18,15 @@ its accuracy is read from that gate.json, and the no-regression threshold is
 applied here exactly as TFMA applies it (`change_failure`), unblessing the model
 when it fails.
 
+TFMA itself does not run again when an earlier execution ran it on exactly the
+same inputs: the same candidate (and baseline) Model artifacts, eval examples
+artifact and splits, the same execution properties with the gate's thresholds
+written in, and the same TFMA version (gate.json's `tfma_run`). This is the
+identical re-run, where TFX cannot use its cache because the baseline input
+changed (none, then the blessed candidate itself). TFMA's output files are
+copied from that execution and the blessing is written from its validations
+file as TFX's Evaluator writes it; gate.json names the source (`tfma_reused_from`).
+
 The min_accuracy knob (components/runtime_params.py) is its own execution
 property, so it is a KFP runtime parameter; the gate's other settings travel
 as one JSON property, `gate_config`.
@@ -31,7 +40,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -282,8 +291,17 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             if inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
             else contextlib.nullcontext()
         )
-        with warm:
-            super().Do(inputs, output_dict, props)
+        run = tfma_run(
+            model, inputs.get(standard_component_specs.BASELINE_MODEL_KEY), examples, splits, props
+        )
+        earlier = earlier_tfma_run(evaluation.uri, run)
+        if earlier is not None:
+            copy_tfma_output(earlier, evaluation.uri)
+            write_blessing(output_dict, inputs, props, evaluation.uri)
+            log.info("TFMA ran on these inputs before: its results are reused from %s", earlier)
+        else:
+            with warm:
+                super().Do(inputs, output_dict, props)
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessed = blessing.get_int_custom_property("blessed") == 1
@@ -299,7 +317,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
-        record = gate_record(plan, results, blessed, report.anomalies_allowed, measured)
+        record = gate_record(plan, results, blessed, report.anomalies_allowed, measured, run, earlier)
         write_gate_record(evaluation.uri, record)
 
 
@@ -320,18 +338,18 @@ def measurement(
     }
 
 
-def earlier_measurement(evaluation_uri: str, wanted: Mapping[str, Any]) -> tuple[float, str] | None:
-    """(accuracy, gate.json path) of another execution of this Evaluator that measured `wanted`, or None.
+def earlier_records(evaluation_uri: str) -> Iterator[tuple[str, dict]]:
+    """(gate.json path, record) of this Evaluator's other executions, newest first.
 
-    Its siblings are the other executions' output folders (`.../Evaluator/evaluation/<id>/`);
-    the newest matching record is used. Unreadable records are skipped.
+    Their output folders are the siblings of this one (`.../Evaluator/evaluation/<id>/`).
+    Unreadable records are skipped.
     """
     parent = os.path.dirname(os.path.normpath(evaluation_uri))
     own = os.path.basename(os.path.normpath(evaluation_uri))
     try:
         names = [n.rstrip("/") for n in tf.io.gfile.listdir(parent)]
     except tf.errors.OpError:
-        return None
+        return
     for name in sorted((n for n in names if n != own), key=lambda n: (len(n), n), reverse=True):
         path = os.path.join(parent, name, GATE_FILE)
         try:
@@ -339,10 +357,80 @@ def earlier_measurement(evaluation_uri: str, wanted: Mapping[str, Any]) -> tuple
                 record = json.loads(f.read())
         except (tf.errors.OpError, ValueError):
             continue
-        accuracy = record.get("accuracy") if isinstance(record, dict) else None
+        if isinstance(record, dict):
+            yield path, record
+
+
+def earlier_measurement(evaluation_uri: str, wanted: Mapping[str, Any]) -> tuple[float, str] | None:
+    """(accuracy, gate.json path) of the newest other execution of this Evaluator that measured `wanted`."""
+    for path, record in earlier_records(evaluation_uri):
+        accuracy = record.get("accuracy")
         if record.get("measured") == dict(wanted) and isinstance(accuracy, (int, float)):
             return float(accuracy), path
     return None
+
+
+def tfma_run(
+    model: types.Artifact,
+    baselines: Sequence[types.Artifact] | None,
+    examples: types.Artifact,
+    splits: Sequence[str] | None,
+    props: Mapping[str, Any],
+) -> dict:
+    """Everything TFMA's output depends on, for the run about to happen (gate.json's `tfma_run`).
+
+    props: the execution properties as TFMA gets them (the plan's thresholds written in).
+    """
+    properties = json.dumps({k: props[k] for k in sorted(props)}, sort_keys=True, default=str)
+    return {
+        "model": os.path.normpath(model.uri),
+        "baseline": os.path.normpath(baselines[0].uri) if baselines else None,
+        "examples": os.path.normpath(examples.uri),
+        "splits": list(splits) if splits else None,
+        "properties": hashlib.sha256(properties.encode()).hexdigest(),
+        "tfma": tfma.__version__,
+    }
+
+
+def earlier_tfma_run(evaluation_uri: str, run: Mapping[str, Any]) -> str | None:
+    """The output folder of the newest other execution whose TFMA run had exactly these inputs."""
+    for path, record in earlier_records(evaluation_uri):
+        if record.get("tfma_run") == dict(run):
+            return os.path.dirname(path)
+    return None
+
+
+def copy_tfma_output(source: str, destination: str) -> None:
+    """TFMA's files of an earlier execution (all but its gate.json) into this execution's folder."""
+    for directory, _, files in tf.io.gfile.walk(source):
+        target = os.path.join(destination, os.path.relpath(directory, source))
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            if directory.rstrip("/") == source.rstrip("/") and name == GATE_FILE:
+                continue
+            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target, name), overwrite=True)
+
+
+def write_blessing(output_dict, input_dict, exec_properties, evaluation_uri: str) -> None:
+    """The blessing from TFMA's validations file, with the properties TFX's Evaluator gives it."""
+    from tfx.components.evaluator import constants
+
+    blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
+    model = input_dict[standard_component_specs.MODEL_KEY][0]
+    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+    if input_dict.get(standard_component_specs.BASELINE_MODEL_KEY):
+        baseline = input_dict[standard_component_specs.BASELINE_MODEL_KEY][0]
+        blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline.uri)
+        blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
+    if "current_component_id" in exec_properties:
+        blessing.set_string_custom_property("component_id", exec_properties["current_component_id"])
+    ok = tfma.load_validation_result(evaluation_uri).validation_ok
+    name = constants.BLESSED_FILE_NAME if ok else constants.NOT_BLESSED_FILE_NAME
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, name), "w") as f:
+        f.write("")
+    value = constants.BLESSED_VALUE if ok else constants.NOT_BLESSED_VALUE
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, value)
 
 
 def unbless(blessing: types.Artifact) -> None:

@@ -229,11 +229,15 @@ def gate_record(
     blessed: bool,
     anomalies_allowed: Sequence[str] = (),
     measured: Mapping[str, Any] | None = None,
+    tfma_run: Mapping[str, Any] | None = None,
+    tfma_reused_from: str | None = None,
 ) -> dict[str, Any]:
     """The decision record (gate.json): every key of the contract, null where not applicable.
 
     measured: what the accuracy was measured on (model, eval examples, model specs), so a later
     Evaluator comparing against this model on the same examples can reuse the number.
+    tfma_run: every input of TFMA's run, so a later identical run can reuse its output;
+    tfma_reused_from: the execution folder whose output this one reused.
     """
     why = reasons(plan, results)
     if not blessed and not why:
@@ -263,6 +267,8 @@ def gate_record(
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),
         "measured": dict(measured) if measured is not None else None,
+        "tfma_run": dict(tfma_run) if tfma_run is not None else None,
+        "tfma_reused_from": tfma_reused_from,
     }
 
 

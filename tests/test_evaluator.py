@@ -351,3 +351,58 @@ def test_a_baseline_measured_on_other_examples_is_evaluated_by_tfma(tmp_path, fa
     gate, _ = _evaluate(tmp_path, fake_tfma, "12", new, old, 0.95, baseline_accuracy=0.88, examples=other)
     assert fake_tfma["inputs"]["baseline_model"] == [old]
     assert gate["baseline"]["accuracy"] == 0.88 and gate["baseline"]["reused_from"] is None
+
+
+def _tfma_files(folder, validation_ok: bool) -> None:
+    """What TFMA leaves in an execution's folder (the stand-in writes none): metrics and validations."""
+    import tensorflow as tf
+    import tensorflow_model_analysis as tfma
+
+    (folder / "metrics-00000-of-00001.tfrecord").write_bytes(b"the metrics of this run")
+    with tf.io.TFRecordWriter(str(folder / "validations.tfrecord")) as w:
+        w.write(tfma.ValidationResult(validation_ok=validation_ok).SerializeToString())
+
+
+@pytest.mark.parametrize("validation_ok", [True, False], ids=["blessed", "not blessed"])
+def test_an_identical_tfma_run_is_reused_with_its_blessing(tmp_path, fake_tfma, validation_ok):
+    """The identical re-run: same model, examples and thresholds; its baseline is the candidate itself."""
+    model = _model(tmp_path, "model", ["a", "b"])
+    first, _ = _evaluate(tmp_path, fake_tfma, "7", model, None, 0.9)
+    assert first["tfma_run"]["model"] == model.uri and first["tfma_run"]["baseline"] is None
+    assert first["tfma_reused_from"] is None
+    earlier = tmp_path / "Evaluator" / "evaluation" / "7"
+    _tfma_files(earlier, validation_ok)
+
+    fake_tfma["inputs"] = None
+    gate, blessing = _evaluate(tmp_path, fake_tfma, "12", model, model, 0.9)
+    assert fake_tfma["inputs"] is None  # TFMA did not run
+    assert gate["tfma_reused_from"] == str(earlier)
+    assert gate["tfma_run"] == first["tfma_run"]
+    own = tmp_path / "Evaluator" / "evaluation" / "12"
+    assert (own / "metrics-00000-of-00001.tfrecord").read_bytes() == b"the metrics of this run"
+    assert json.loads((own / "gate.json").read_text())["tfma_reused_from"] == str(earlier)  # its own record
+    assert os.listdir(blessing.uri) == ["BLESSED" if validation_ok else "NOT_BLESSED"]
+    assert blessing.get_int_custom_property("blessed") == int(validation_ok)
+    assert blessing.get_string_custom_property("current_model") == model.uri
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["new model", "new examples", "new threshold"],
+)
+def test_a_tfma_run_on_other_inputs_runs_tfma(tmp_path, fake_tfma, change):
+    model = _model(tmp_path, "model", ["a", "b"])
+    _evaluate(tmp_path, fake_tfma, "7", model, None, 0.9)
+    _tfma_files(tmp_path / "Evaluator" / "evaluation" / "7", True)
+    kw = {}
+    if change == "new model":
+        model = _model(tmp_path, "retrained", ["a", "b"])
+    elif change == "new examples":
+        kw["examples"] = _examples(tmp_path, "new_examples")
+    else:
+        kw["gate"] = {"min_class_recall": 0.2}
+    fake_tfma["inputs"] = None
+    gate, _ = _evaluate(tmp_path, fake_tfma, "12", model, None, 0.9, **kw)
+    assert fake_tfma["inputs"] is not None  # TFMA ran
+    assert gate["tfma_reused_from"] is None
+    assert not (tmp_path / "Evaluator" / "evaluation" / "12" / "metrics-00000-of-00001.tfrecord").exists()

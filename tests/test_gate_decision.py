@@ -38,6 +38,8 @@ CONTRACT_KEYS = {
     "reasons",
     "anomalies_allowed",
     "measured",
+    "tfma_run",
+    "tfma_reused_from",
 }
 BASELINE_KEYS = {"accuracy", "max_regression", "compared", "skipped_reason", "identical", "reused_from"}
 

@@ -272,8 +272,11 @@ def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatc
     # Blessed again (against itself), but byte-identical to the served version: no new version,
     # so TF Serving does not reload the same model.
     assert s.blessed is True and s.pushed is None
-    # Compared with the latest blessed model, which is this very model: TFMA ran it once.
+    # Compared with the latest blessed model, which is this very model: TFMA ran it once, in the
+    # first run, on the same model, examples and thresholds; its results are reused.
     assert s.gate["baseline"]["compared"] is True and s.gate["baseline"]["identical"] is True, s.gate
+    assert s.gate["tfma_reused_from"] and s.gate["tfma_run"] == first_run.gate["tfma_run"], s.gate
+    assert os.path.basename(os.path.dirname(s.gate["tfma_reused_from"])) == "evaluation"
     assert s.gate["baseline"]["accuracy"] == pytest.approx(s.gate["accuracy"])
     assert s.baseline_accuracy == pytest.approx(s.accuracy)
     assert s.push_skipped == f"identical to version {os.path.basename(first_run.pushed)}"
@@ -302,6 +305,7 @@ def test_gate_stops_a_worse_model(base_config, first_run):
     assert s.prepush["validated"] is False and s.prepush["blessed"] is False  # nothing to serve
     assert "did not bless" in s.prepush["reason"]
     assert s.gate["baseline"]["compared"] is True
+    assert s.gate["tfma_reused_from"] is None  # a new model: TFMA ran
     # Same eval examples (ExampleGen cached): the baseline's accuracy is the one the first run's
     # Evaluator measured; TFMA ran this candidate only, and the regression unblessed it.
     assert s.gate["baseline"]["reused_from"].endswith("gate.json"), s.gate
