@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import pickle
 import sys
 import warnings
 
@@ -22,26 +23,41 @@ def pytest_configure(config):
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def source_backbone(tmp_path_factory):
-    """MobileNetV2 (32px) pre-trained here on digits 0-4: the tests' offline 'ImageNet'.
+def _made_once(tmp_path_factory, name: str, make):
+    """make(folder) once per test session; with pytest-xdist the workers share the result.
 
-    Made once per test session: with pytest-xdist the workers share one file (the
-    first to take the lock trains it, the others wait and read it).
+    The first worker to take the lock makes it under the workers' common temp parent and
+    pickles what `make` returned; the others wait and read that. In one process: no sharing.
     """
-    from tests import helpers
-
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: no sharing needed
-        return helpers.pretrained_weights(str(tmp_path_factory.mktemp("backbone")), epochs=8, per_class=120)
-    shared = tmp_path_factory.getbasetemp().parent / "shared_backbone"  # the workers' common parent
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(str(tmp_path_factory.mktemp(name)))
+    shared = tmp_path_factory.getbasetemp().parent / name  # the workers' common parent
     shared.mkdir(exist_ok=True)
-    done = shared / "path.txt"
+    done = shared / "made.pickle"
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            path = helpers.pretrained_weights(str(shared), epochs=8, per_class=120)
-            done.write_text(path)
-        return done.read_text()
+            made = make(str(shared))
+            done.write_bytes(pickle.dumps(made))
+        return pickle.loads(done.read_bytes())
+
+
+@pytest.fixture(scope="session")
+def source_backbone(tmp_path_factory):
+    """MobileNetV2 (32px) pre-trained here on digits 0-4: the tests' offline 'ImageNet' (a weights file)."""
+    from tests import helpers
+
+    return _made_once(
+        tmp_path_factory, "shared_backbone", lambda d: helpers.pretrained_weights(d, epochs=8, per_class=120)
+    )
+
+
+@pytest.fixture(scope="session")
+def serving_model(tmp_path_factory):
+    """The serving tests' small exported classifier (tests/serving_fixtures.py), read-only."""
+    from tests import serving_fixtures
+
+    return _made_once(tmp_path_factory, "shared_serving_model", serving_fixtures.serving_model)
 
 
 @pytest.fixture(scope="session")

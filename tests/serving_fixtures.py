@@ -21,11 +21,14 @@ _lock = threading.Lock()
 _cache: dict[str, ServingModel] = {}
 
 
-def serving_model() -> ServingModel:
-    """The session's model, built on first use (about a minute) in a temp dir."""
+def serving_model(workdir: str | None = None) -> ServingModel:
+    """The process's model, built on first use (several seconds) in `workdir` (default: a temp dir).
+
+    Tests take it through conftest's `serving_model` fixture, which shares one between workers.
+    """
     with _lock:
         if "model" not in _cache:
-            workdir = tempfile.mkdtemp(prefix="imgpipe-serving-")
+            workdir = workdir or tempfile.mkdtemp(prefix="imgpipe-serving-")
             _cache["model"] = build_serving_model(
                 workdir, DIGITS, per_class=12, image_size=IMAGE_SIZE, warmup_count=WARMUP_COUNT
             )

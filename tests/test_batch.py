@@ -30,8 +30,8 @@ NAME = serving_fixtures.MODEL_NAME
 
 
 @pytest.fixture(scope="module")
-def model() -> serving_fixtures.ServingModel:
-    return serving_fixtures.serving_model()
+def model(serving_model) -> serving_fixtures.ServingModel:
+    return serving_model
 
 
 @pytest.fixture(scope="module")

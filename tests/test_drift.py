@@ -129,8 +129,8 @@ def test_reservoir_sample_is_bounded_seeded_and_ordered():
 
 
 @pytest.fixture(scope="session")
-def model() -> serving_fixtures.ServingModel:
-    return serving_fixtures.serving_model()
+def model(serving_model) -> serving_fixtures.ServingModel:
+    return serving_model
 
 
 def _send_all(target: str, images: list[bytes]) -> None:

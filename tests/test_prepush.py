@@ -41,8 +41,8 @@ N = 6  # eval examples per check
 
 
 @pytest.fixture(scope="session")
-def model() -> serving_fixtures.ServingModel:
-    return serving_fixtures.serving_model()
+def model(serving_model) -> serving_fixtures.ServingModel:
+    return serving_model
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,8 @@ State = get_model_status_pb2.ModelVersionStatus.State
 
 
 @pytest.fixture(scope="session")
-def model() -> serving_fixtures.ServingModel:
-    return serving_fixtures.serving_model()
+def model(serving_model) -> serving_fixtures.ServingModel:
+    return serving_model
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,8 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="session")
-def model() -> serving_fixtures.ServingModel:
-    return serving_fixtures.serving_model()
+def model(serving_model) -> serving_fixtures.ServingModel:
+    return serving_model
 
 
 @pytest.fixture(scope="module")
