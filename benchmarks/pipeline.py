@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     common.emit(
         f"Target task: {n_images} images (digits 5-9, {size}px PNG, train + eval), "
         f"{args.backbone} pre-trained here on digits 0-4, {epochs} head epochs "
-        f"(feature cache on, the default), Beam DirectRunner in memory; median of "
+        f"(feature cache on, the default), Beam's Python DirectRunner in memory; median of "
         f"{runs} round(s). Re-run / first run = {again_total / first_total:.2f}.\n"
     )
     common.emit(
