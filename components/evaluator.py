@@ -21,7 +21,7 @@ when it fails.
 TFMA itself does not run again when an earlier execution ran it on exactly the
 same inputs: the same candidate (and baseline) Model artifacts, eval examples
 artifact and splits, the same execution properties with the gate's thresholds
-written in, and the same TFMA version (gate.json's `tfma_run`). This is the
+written in, and the same TFMA and TensorFlow versions (gate.json's `tfma_run`). This is the
 identical re-run, where TFX cannot use its cache because the baseline input
 changed (none, then the blessed candidate itself). TFMA's output files are
 copied from that execution and the blessing is written from its validations
@@ -389,6 +389,7 @@ def tfma_run(
         "splits": list(splits) if splits else None,
         "properties": hashlib.sha256(properties.encode()).hexdigest(),
         "tfma": tfma.__version__,
+        "tensorflow": tf.__version__,
     }
 
 
