@@ -225,8 +225,7 @@ class _TaskSpec(NamedTuple):
 
 @functools.lru_cache(maxsize=4)
 def _tfx_dag(spec: _TaskSpec):
-    """TFX's own Airflow DAG for the config, and the config: built once per process (`dags test` runs
-    every task in one)."""
+    """(TFX's own Airflow DAG, the config) for `spec`: built once per process (`dags test` runs every task in one)."""
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
     from imgpipe.orchestration import metadata
