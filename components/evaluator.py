@@ -283,23 +283,22 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # process the Trainer has usually installed it already; a component per process
         # (Kubeflow) has not. Beam workers in other processes still convert.
         tracing.install()
-        # Two models: each one's load and first call start while TFMA builds its job
-        # (components/tfma_warm.py; ~0.9x of the Evaluator's time, BENCHMARKS.md). With one
-        # model it measured no gain: the load competes with the job's construction.
-        warm = (
-            tfma_warm.warm_models(tfma_warm.first_example(examples, splits or ["eval"]))
-            if inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
-            else contextlib.nullcontext()
-        )
-        run = tfma_run(
-            model, inputs.get(standard_component_specs.BASELINE_MODEL_KEY), examples, splits, props
-        )
+        tfma_baselines = inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
+        run = tfma_run(model, tfma_baselines, examples, splits, props)
         earlier = earlier_tfma_run(evaluation.uri, run)
         if earlier is not None:
             copy_tfma_output(earlier, evaluation.uri)
             write_blessing(output_dict, inputs, props, evaluation.uri)
             log.info("TFMA ran on these inputs before: its results are reused from %s", earlier)
         else:
+            # Two models: each one's load and first call start while TFMA builds its job
+            # (components/tfma_warm.py; ~0.9x of the Evaluator's time, BENCHMARKS.md). With one
+            # model it measured no gain: the load competes with the job's construction.
+            warm = (
+                tfma_warm.warm_models(tfma_warm.first_example(examples, splits or ["eval"]))
+                if tfma_baselines
+                else contextlib.nullcontext()
+            )
             with warm:
                 super().Do(inputs, output_dict, props)
 
@@ -426,12 +425,7 @@ def write_blessing(output_dict, input_dict, exec_properties, evaluation_uri: str
         blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline.id)
     if "current_component_id" in exec_properties:
         blessing.set_string_custom_property("component_id", exec_properties["current_component_id"])
-    ok = tfma.load_validation_result(evaluation_uri).validation_ok
-    name = constants.BLESSED_FILE_NAME if ok else constants.NOT_BLESSED_FILE_NAME
-    with tf.io.gfile.GFile(os.path.join(blessing.uri, name), "w") as f:
-        f.write("")
-    value = constants.BLESSED_VALUE if ok else constants.NOT_BLESSED_VALUE
-    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, value)
+    _mark(blessing, tfma.load_validation_result(evaluation_uri).validation_ok)
 
 
 def unbless(blessing: types.Artifact) -> None:
@@ -441,9 +435,18 @@ def unbless(blessing: types.Artifact) -> None:
     blessed = os.path.join(blessing.uri, constants.BLESSED_FILE_NAME)
     if tf.io.gfile.exists(blessed):
         tf.io.gfile.remove(blessed)
-    with tf.io.gfile.GFile(os.path.join(blessing.uri, constants.NOT_BLESSED_FILE_NAME), "w") as f:
+    _mark(blessing, False)
+
+
+def _mark(blessing: types.Artifact, blessed: bool) -> None:
+    """The blessing's marker file (BLESSED / NOT_BLESSED) and `blessed` property, as TFX writes them."""
+    from tfx.components.evaluator import constants
+
+    name = constants.BLESSED_FILE_NAME if blessed else constants.NOT_BLESSED_FILE_NAME
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, name), "w") as f:
         f.write("")
-    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, constants.NOT_BLESSED_VALUE)
+    value = constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, value)
 
 
 def same_model_artifact(model: types.Artifact, baseline: types.Artifact) -> bool:
