@@ -18,7 +18,14 @@ local runners (e.g. to skip recording the submitting environment).
 
 from __future__ import annotations
 
+import os
+
 from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+
+from pipeline import beam_memo
+
+# Set to 0 to run Beam without pipeline/beam_memo.py (benchmarks, or to rule it out).
+MEMO_ENV = "IMGPIPE_BEAM_MEMO"
 
 
 class DirectRunner(SwitchingDirectRunner):
@@ -26,6 +33,10 @@ class DirectRunner(SwitchingDirectRunner):
 
     def __init__(self) -> None:
         super().__init__()
+        # The pipeline creates its runner before any transform is applied: construction and
+        # the bundles both find Beam's signature and type-check answers remembered.
+        if os.environ.get(MEMO_ENV, "1") != "0":
+            beam_memo.install()
         # SwitchingDirectRunner tries Prism unless the pipeline is interactive (Prism does not
         # support that mode); this flag is read for that decision only (Beam 2.74).
         self._is_interactive = True

@@ -1,0 +1,146 @@
+"""Two of Beam's per-job Python costs, remembered instead of recomputed (local runners).
+
+Profiling a small `imgpipe run` (BENCHMARKS.md, "Beam's fixed cost per job") found
+most of a Beam job's time on the in-process runner in Beam's own bookkeeping, not
+in the data work:
+
+- **Signatures.** Beam asks for the argument names and defaults of every method
+  of every DoFn again and again: to tell whether a DoFn keeps state or timers
+  (`userstate.get_dofn_specs` runs `inspect.signature` on each of the ~50
+  methods of a DoFn, for each transform, at construction and for each bundle).
+  One small run made ~180,000 such calls for a few hundred distinct functions.
+  `get_function_args_defaults` here remembers the answer per function object
+  (a bound method by its function: binding only drops the first parameter) and
+  computes it again when the function's code, defaults, `__signature__` or
+  `__wrapped__` changed. Anything that is not a plain Python function or a
+  method of one (builtins, partials, callable objects) goes to Beam each time.
+- **Type-check options.** `typehints.is_consistent_with`, called for every
+  type hint compared at construction, builds a fresh `TypeOptions` view of the
+  pipeline's options each time (argparse over every registered option, ~1 ms)
+  to read one flag, `--disable_beartype`. Here the flag is read once per
+  options object.
+
+The answers are Beam's own (tests/test_beam_memo.py checks them against Beam's
+functions for many kinds of callables, stateful DoFns included). `install()`
+is called by imgpipe's local DirectRunner (pipeline/local_beam.py) when a
+pipeline creates it, before any transform is applied; it is idempotent and
+leaves Beam untouched when Beam's internals are not the ones this was written
+against (then `installed()` is False and a debug line says why).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import types
+import weakref
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_installed: dict[str, Any] = {}  # name -> Beam's original function
+
+
+def installed() -> bool:
+    return bool(_installed)
+
+
+def _snapshot(fn: types.FunctionType) -> tuple:
+    """What inspect.signature reads from a function; a changed snapshot means ask again."""
+    d = fn.__dict__
+    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, d.get("__signature__"), d.get("__wrapped__"))
+
+
+def _memo_args_defaults(original):
+    """core.get_function_args_defaults, remembered per function object."""
+    memo: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get_function_args_defaults(f):
+        bound = isinstance(f, types.MethodType)
+        fn = f.__func__ if bound else f
+        if type(fn) is not types.FunctionType:
+            return original(f)
+        snap = _snapshot(fn)
+        entry = memo.get(fn)
+        if entry is None or entry[0] != snap:
+            entry = (snap, {})
+            memo[fn] = entry
+        answers = entry[1]
+        if bound not in answers:
+            args, defaults = original(f)
+            answers[bound] = (tuple(args), tuple(defaults))
+        args, defaults = answers[bound]
+        return list(args), list(defaults)  # callers get their own lists, as from Beam
+
+    get_function_args_defaults.__wrapped_beam__ = original
+    return get_function_args_defaults
+
+
+def _memo_consistent_with(original, get_pipeline_options, type_options):
+    """typehints.is_consistent_with, reading --disable_beartype once per options object."""
+    flags: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def flag() -> bool | None:
+        options = get_pipeline_options()
+        if not options:
+            return None  # Beam's own path for no options (beartype on)
+        try:
+            return flags[options]
+        except KeyError:
+            pass
+        except TypeError:  # not weak-referenceable: let Beam read it every time
+            return None
+        value = not options.view_as(type_options).disable_beartype
+        flags[options] = value
+        return value
+
+    def is_consistent_with(sub, base, use_beartype: bool | None = None) -> bool:
+        return original(sub, base, flag() if use_beartype is None else use_beartype)
+
+    is_consistent_with.__wrapped_beam__ = original
+    return is_consistent_with
+
+
+def install() -> bool:
+    """Put the remembered versions in place (once per process). True when they are in place."""
+    with _lock:
+        if _installed:
+            return True
+        try:
+            import inspect
+
+            from apache_beam.options.pipeline_options import TypeOptions
+            from apache_beam.options.pipeline_options_context import get_pipeline_options
+            from apache_beam.transforms import core
+            from apache_beam.typehints import typehints
+        except ImportError as e:
+            log.debug("Beam memo not installed: %s", e)
+            return False
+        args_fn = getattr(core, "get_function_args_defaults", None)
+        consistent = getattr(typehints, "is_consistent_with", None)
+        if args_fn is None or consistent is None:
+            log.debug(
+                "Beam memo not installed: this Beam has no get_function_args_defaults/is_consistent_with"
+            )
+            return False
+        if list(inspect.signature(consistent).parameters) != ["sub", "base", "use_beartype"]:
+            log.debug("Beam memo not installed: is_consistent_with%s", inspect.signature(consistent))
+            return False
+        core.get_function_args_defaults = _memo_args_defaults(args_fn)
+        typehints.is_consistent_with = _memo_consistent_with(consistent, get_pipeline_options, TypeOptions)
+        _installed.update(get_function_args_defaults=args_fn, is_consistent_with=consistent)
+        return True
+
+
+def uninstall() -> None:
+    """Beam's own functions back (tests, benchmarks)."""
+    with _lock:
+        if not _installed:
+            return
+        from apache_beam.transforms import core
+        from apache_beam.typehints import typehints
+
+        core.get_function_args_defaults = _installed["get_function_args_defaults"]
+        typehints.is_consistent_with = _installed["is_consistent_with"]
+        _installed.clear()
