@@ -26,6 +26,7 @@ BENCHMARKS = (
     "pipeline",
     "scale_run",
     "fixed_costs",
+    "beam_memo",
     "serving_latency",
     "metadata_concurrency",
     "tflite",

@@ -1,4 +1,4 @@
-"""Two of Beam's per-job Python costs, remembered instead of recomputed (local runners).
+"""Three of Beam's per-job Python costs, remembered instead of recomputed (local runners).
 
 Profiling a small `imgpipe run` (BENCHMARKS.md, "Beam's fixed cost per job") found
 most of a Beam job's time on the in-process runner in Beam's own bookkeeping, not
@@ -14,11 +14,18 @@ in the data work:
   computes it again when the function's code, defaults, `__signature__` or
   `__wrapped__` changed. Anything that is not a plain Python function or a
   method of one (builtins, partials, callable objects) goes to Beam each time.
+- **Option views.** `PipelineOptions.view_as(cls)` parses the pipeline's flags
+  again with argparse over every registered option (~1 ms) each time it is
+  called, and Beam calls it several times for every transform it applies (to
+  read a type-check or label setting): ~2,200 times in one small run. Every
+  view of one options object shares that object's option values (a view's
+  `_all_options` is the object's own dict; setting an option through any view
+  sets it for all), so the view made first per (options object, class) is
+  handed out again, while it still shares that dict.
 - **Type-check options.** `typehints.is_consistent_with`, called for every
-  type hint compared at construction, builds a fresh `TypeOptions` view of the
-  pipeline's options each time (argparse over every registered option, ~1 ms)
-  to read one flag, `--disable_beartype`. Here the flag is read once per
-  options object.
+  type hint compared at construction, looks up the `TypeOptions` view of the
+  pipeline's options to read one flag, `--disable_beartype`. Here the flag is
+  read once per options object.
 
 The answers are Beam's own (tests/test_beam_memo.py checks them against Beam's
 functions for many kinds of callables, stateful DoFns included). `install()`
@@ -102,6 +109,26 @@ def _memo_consistent_with(original, get_pipeline_options, type_options):
     return is_consistent_with
 
 
+def _memo_view_as(original):
+    """PipelineOptions.view_as, one view per (options object, class) while it shares the values."""
+    views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def view_as(self, cls):
+        try:
+            mine = views.get(self)
+            if mine is None:
+                mine = views[self] = {}
+        except TypeError:  # not weak-referenceable or hashable: Beam's own view each time
+            return original(self, cls)
+        view = mine.get(cls)
+        if view is None or view.__dict__.get("_all_options") is not self.__dict__.get("_all_options"):
+            view = mine[cls] = original(self, cls)
+        return view
+
+    view_as.__wrapped_beam__ = original
+    return view_as
+
+
 def install() -> bool:
     """Put the remembered versions in place (once per process). True when they are in place."""
     with _lock:
@@ -110,7 +137,7 @@ def install() -> bool:
         try:
             import inspect
 
-            from apache_beam.options.pipeline_options import TypeOptions
+            from apache_beam.options.pipeline_options import PipelineOptions, TypeOptions
             from apache_beam.options.pipeline_options_context import get_pipeline_options
             from apache_beam.transforms import core
             from apache_beam.typehints import typehints
@@ -127,9 +154,14 @@ def install() -> bool:
         if list(inspect.signature(consistent).parameters) != ["sub", "base", "use_beartype"]:
             log.debug("Beam memo not installed: is_consistent_with%s", inspect.signature(consistent))
             return False
+        view_as = PipelineOptions.__dict__.get("view_as")
+        if view_as is None:
+            log.debug("Beam memo not installed: PipelineOptions defines no view_as")
+            return False
         core.get_function_args_defaults = _memo_args_defaults(args_fn)
         typehints.is_consistent_with = _memo_consistent_with(consistent, get_pipeline_options, TypeOptions)
-        _installed.update(get_function_args_defaults=args_fn, is_consistent_with=consistent)
+        PipelineOptions.view_as = _memo_view_as(view_as)
+        _installed.update(get_function_args_defaults=args_fn, is_consistent_with=consistent, view_as=view_as)
         return True
 
 
@@ -138,9 +170,11 @@ def uninstall() -> None:
     with _lock:
         if not _installed:
             return
+        from apache_beam.options.pipeline_options import PipelineOptions
         from apache_beam.transforms import core
         from apache_beam.typehints import typehints
 
+        PipelineOptions.view_as = _installed["view_as"]
         core.get_function_args_defaults = _installed["get_function_args_defaults"]
         typehints.is_consistent_with = _installed["is_consistent_with"]
         _installed.clear()

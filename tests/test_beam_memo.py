@@ -206,12 +206,46 @@ def test_the_local_runner_installs_it_unless_told_not_to(monkeypatch):
         assert not beam_memo.installed()
         assert core.get_function_args_defaults.__name__ == "get_function_args_defaults"
         assert not hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+        assert not hasattr(PipelineOptions.view_as, "__wrapped_beam__")
         monkeypatch.delenv(local_beam.MEMO_ENV)
         local_beam.DirectRunner()
         assert beam_memo.installed()
         assert hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+        assert hasattr(PipelineOptions.view_as, "__wrapped_beam__")
         assert beam_memo.install()  # idempotent: still the one memo
         assert not hasattr(core.get_function_args_defaults.__wrapped_beam__, "__wrapped_beam__")
     finally:
         if not was:
             beam_memo.uninstall()
+
+
+def test_option_views_are_shared_and_stay_live(memo):
+    from apache_beam.options.pipeline_options import DebugOptions, StandardOptions
+
+    beams = PipelineOptions.view_as.__wrapped_beam__
+    options = PipelineOptions(
+        ["--runner=DirectRunner", "--experiments=a", "--type_check_strictness=ALL_REQUIRED"]
+    )
+    first = options.view_as(StandardOptions)
+    assert options.view_as(StandardOptions) is first  # remembered
+    for cls in (StandardOptions, DebugOptions, TypeOptions):
+        mine, theirs = options.view_as(cls), beams(options, cls)
+        assert type(mine) is cls
+        assert {k: getattr(mine, k) for k in mine._visible_option_list()} == {  # noqa: SLF001
+            k: getattr(theirs, k)
+            for k in theirs._visible_option_list()  # noqa: SLF001
+        }
+    # A value set through any view (or Beam's own) is seen through the remembered one, both ways.
+    beams(options, StandardOptions).runner = "Other"
+    assert first.runner == "Other" and options.view_as(StandardOptions).runner == "Other"
+    first.streaming = True
+    assert beams(options, StandardOptions).streaming is True
+    options.view_as(DebugOptions).add_experiment("b")
+    assert beams(options, DebugOptions).experiments == ["a", "b"]
+    # Another options object has its own views and values.
+    other = PipelineOptions([])
+    assert other.view_as(StandardOptions) is not first and other.view_as(StandardOptions).runner is None
+    # An object whose values were replaced gets a new view of the new values.
+    options._all_options = dict(options._all_options, runner="Third")  # noqa: SLF001
+    assert options.view_as(StandardOptions) is not first
+    assert options.view_as(StandardOptions).runner == "Third"
