@@ -96,8 +96,15 @@ def test_imgpipe_run_on_a_held_home_exits_75_and_touches_nothing(tmp_path, holde
 
     data = helpers.write_split_dataset(str(tmp_path / "data"), helpers.digit_images((0, 1), per_class=5))
     home = tmp_path / "home"
+    loaded = tmp_path / "tensorflow_loaded"
+    # `imgpipe run`, telling at exit whether it loaded TensorFlow: a refused run does not need it.
+    cli = (
+        "import atexit, sys; "
+        "atexit.register(lambda: open(sys.argv[1], 'w').write(str('tensorflow' in sys.modules))); "
+        "from imgpipe.cli.main import main; sys.exit(main(sys.argv[2:]))"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "imgpipe", "run", "--data", data, "--home", str(home)],
+        [sys.executable, "-c", cli, str(loaded), "run", "--data", data, "--home", str(home)],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
@@ -109,6 +116,7 @@ def test_imgpipe_run_on_a_held_home_exits_75_and_touches_nothing(tmp_path, holde
     assert f"holds the lock {home / lock.HOME_LOCK_FILE} (pid {holder.proc.pid} since" in proc.stderr
     assert ", run A)" in proc.stderr and "waiting" not in proc.stderr
     assert sorted(os.listdir(home)) == [lock.HOME_LOCK_FILE]  # no metadata, no artifacts, no scratch
+    assert loaded.read_text() == "False"  # refused before reading the records with TensorFlow
 
 
 @pytest.mark.parametrize("value", ["-1", "soon", "inf"])

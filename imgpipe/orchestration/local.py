@@ -157,9 +157,14 @@ def run_local(
     lock_wait: seconds to wait while another run holds the home (then LockBusy).
     """
     config = config.resolved().validate_paths()
-    check_data_dir(config.data_dir)
+    if lock_wait > 0:
+        check_data_dir(config.data_dir)  # unusable records fail now, not after the wait
     run_id = new_run_id()
     with run_lock(home_lock_path(config.home), wait=lock_wait, holder=f"run {run_id}"):
+        if lock_wait <= 0:
+            # Read under the lock: reading the records loads TensorFlow (~3 s), which a run
+            # refused at once because another holds the home does not need.
+            check_data_dir(config.data_dir)
         return _run_holding_lock(config, run_id, progress, verbose)
 
 
