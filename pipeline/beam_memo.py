@@ -70,7 +70,8 @@ def _memo_args_defaults(original):
             return original(f)
         snap = _snapshot(fn)
         entry = memo.get(fn)
-        if entry is None or entry[0] != snap:
+        # By identity: a default may be an object whose == is not a bool (a NumPy array).
+        if entry is None or any(a is not b for a, b in zip(entry[0], snap, strict=True)):
             entry = (snap, {})
             memo[fn] = entry
         answers = entry[1]

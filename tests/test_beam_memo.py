@@ -115,6 +115,19 @@ def test_a_changed_function_is_asked_again(memo):
     assert core.get_function_args_defaults(f) == (["x", "y", "z"], [0, 1])
 
 
+def test_defaults_without_a_boolean_equality_are_compared_by_identity(memo):
+    import numpy as np
+
+    def f(a, b=np.zeros(2)):  # noqa: B008 - the point of the test
+        return a
+
+    first = core.get_function_args_defaults(f)
+    assert first[0] == ["a", "b"] and first[1][0] is f.__defaults__[0]
+    f.__defaults__ = (np.ones(2),)  # == between the two arrays would raise
+    again = core.get_function_args_defaults(f)
+    assert again[1][0] is f.__defaults__[0]
+
+
 def test_callers_get_their_own_lists(memo):
     args, defaults = core.get_function_args_defaults(_function)
     args.append("spoiled")
