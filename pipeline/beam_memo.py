@@ -1,4 +1,4 @@
-"""Three of Beam's per-job Python costs, remembered instead of recomputed (local runners).
+"""Two of Beam's per-job Python costs, remembered instead of recomputed (local runners).
 
 Profiling a small `imgpipe run` (BENCHMARKS.md, "Beam's fixed cost per job") found
 most of a Beam job's time on the in-process runner in Beam's own bookkeeping, not
@@ -17,15 +17,12 @@ in the data work:
 - **Option views.** `PipelineOptions.view_as(cls)` parses the pipeline's flags
   again with argparse over every registered option (~1 ms) each time it is
   called, and Beam calls it several times for every transform it applies (to
-  read a type-check or label setting): ~2,200 times in one small run. Every
-  view of one options object shares that object's option values (a view's
-  `_all_options` is the object's own dict; setting an option through any view
-  sets it for all), so the view made first per (options object, class) is
-  handed out again, while it still shares that dict.
-- **Type-check options.** `typehints.is_consistent_with`, called for every
-  type hint compared at construction, looks up the `TypeOptions` view of the
-  pipeline's options to read one flag, `--disable_beartype`. Here the flag is
-  read once per options object.
+  read a type-check or label setting, or a flag for each type-hint comparison):
+  ~2,200 times in one small run. Every view of one options object shares that
+  object's option values (a view's `_all_options` is the object's own dict;
+  setting an option through any view sets it for all), so the view made first
+  per (options object, class) is handed out again, while it still shares that
+  dict.
 
 The answers are Beam's own (tests/test_beam_memo.py checks them against Beam's
 functions for many kinds of callables, stateful DoFns included). `install()`
@@ -85,31 +82,6 @@ def _memo_args_defaults(original):
     return get_function_args_defaults
 
 
-def _memo_consistent_with(original, get_pipeline_options, type_options):
-    """typehints.is_consistent_with, reading --disable_beartype once per options object."""
-    flags: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def flag() -> bool | None:
-        options = get_pipeline_options()
-        if not options:
-            return None  # Beam's own path for no options (beartype on)
-        try:
-            return flags[options]
-        except KeyError:
-            pass
-        except TypeError:  # not weak-referenceable: let Beam read it every time
-            return None
-        value = not options.view_as(type_options).disable_beartype
-        flags[options] = value
-        return value
-
-    def is_consistent_with(sub, base, use_beartype: bool | None = None) -> bool:
-        return original(sub, base, flag() if use_beartype is None else use_beartype)
-
-    is_consistent_with.__wrapped_beam__ = original
-    return is_consistent_with
-
-
 def _memo_view_as(original):
     """PipelineOptions.view_as, one view per (options object, class) while it shares the values."""
     views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -136,33 +108,22 @@ def install() -> bool:
         if _installed:
             return True
         try:
-            import inspect
-
-            from apache_beam.options.pipeline_options import PipelineOptions, TypeOptions
-            from apache_beam.options.pipeline_options_context import get_pipeline_options
+            from apache_beam.options.pipeline_options import PipelineOptions
             from apache_beam.transforms import core
-            from apache_beam.typehints import typehints
         except ImportError as e:
             log.debug("Beam memo not installed: %s", e)
             return False
         args_fn = getattr(core, "get_function_args_defaults", None)
-        consistent = getattr(typehints, "is_consistent_with", None)
-        if args_fn is None or consistent is None:
-            log.debug(
-                "Beam memo not installed: this Beam has no get_function_args_defaults/is_consistent_with"
-            )
-            return False
-        if list(inspect.signature(consistent).parameters) != ["sub", "base", "use_beartype"]:
-            log.debug("Beam memo not installed: is_consistent_with%s", inspect.signature(consistent))
+        if args_fn is None:
+            log.debug("Beam memo not installed: this Beam has no core.get_function_args_defaults")
             return False
         view_as = PipelineOptions.__dict__.get("view_as")
         if view_as is None:
             log.debug("Beam memo not installed: PipelineOptions defines no view_as")
             return False
         core.get_function_args_defaults = _memo_args_defaults(args_fn)
-        typehints.is_consistent_with = _memo_consistent_with(consistent, get_pipeline_options, TypeOptions)
         PipelineOptions.view_as = _memo_view_as(view_as)
-        _installed.update(get_function_args_defaults=args_fn, is_consistent_with=consistent, view_as=view_as)
+        _installed.update(get_function_args_defaults=args_fn, view_as=view_as)
         return True
 
 
@@ -173,9 +134,7 @@ def uninstall() -> None:
             return
         from apache_beam.options.pipeline_options import PipelineOptions
         from apache_beam.transforms import core
-        from apache_beam.typehints import typehints
 
         PipelineOptions.view_as = _installed["view_as"]
         core.get_function_args_defaults = _installed["get_function_args_defaults"]
-        typehints.is_consistent_with = _installed["is_consistent_with"]
         _installed.clear()
