@@ -56,13 +56,9 @@ def child(args) -> dict:
 
     cfg = demo.target_config(args.home, args.target, args.backbone, args.weights, args.image_size, 30, 0.5)
     shutil.rmtree(args.home, ignore_errors=True)
+    new_eval = _new_eval_data(args.target, os.path.join(args.home, "new_eval"))
     out = {}
-    for kind, config in (
-        ("first run", cfg),
-        ("new eval data", None),
-    ):
-        if config is None:
-            config = cfg.replace(data_dir=_new_eval_data(args.target, os.path.join(args.home, "new_eval")))
+    for kind, config in (("first run", cfg), ("new eval data", cfg.replace(data_dir=new_eval))):
         t0 = time.perf_counter()
         summary = run_local(config, progress=lambda _m: None)
         wall = time.perf_counter() - t0
