@@ -27,6 +27,7 @@ BENCHMARKS = (
     "scale_run",
     "fixed_costs",
     "beam_memo",
+    "fit_trace",
     "serving_latency",
     "metadata_concurrency",
     "tflite",

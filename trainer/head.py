@@ -35,6 +35,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer import memory_fit
+from trainer import model as model_lib
 from trainer.config import TrainingConfig
 
 # Balanced weights are used when the largest class has more than this many times the
@@ -205,8 +206,10 @@ class DatasetData(HeadData):
     validation_examples: int = 0
 
     def _fit(self, model, whole, validated, epochs, callbacks, verbose):
+        batches = self.whole_batches if whole else self.fit_batches
+        model_lib.prepare_fit(model, batches)  # one trace of the train step, not two
         h = model.fit(
-            self.whole_batches if whole else self.fit_batches,
+            batches,
             validation_data=self.val_batches if validated else None,
             epochs=epochs,
             steps_per_epoch=self.steps_per_epoch,

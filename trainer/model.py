@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from trainer import backbones
@@ -193,6 +194,46 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate: float) ->
         metrics=[metric],
         weighted_metrics=[cross_entropy_metric(num_classes)],
     )
+
+
+def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:
+    """Create now the variables `model.fit`'s first train step would create, so that Keras
+    traces its train step once instead of twice.
+
+    A `tf.function` whose first call creates variables is traced a second time for the calls
+    after it. Keras's train step creates the optimizer's slots and the compiled loss and
+    metrics' state on its first call, so every `fit` of a freshly compiled model traced its
+    whole forward and backward pass twice (MobileNetV2 at 32 px: ~3.5 s of a ~10 s first
+    epoch; BENCHMARKS.md, "One trace per fit"). Built here, under the model's distribution
+    strategy, from `batches`' element spec (the labels' shape and dtype) and the model's
+    output spec: the same variables with the same initial values, so training is unchanged.
+
+    Call it after `compile` and before `fit` with the dataset `fit` gets. Returns False, and
+    creates nothing, for a model this cannot describe (not compiled, no single known output);
+    `fit` then creates them itself as before. Idempotent.
+    """
+    if model.optimizer is None or getattr(model, "compiled_loss", None) is None:
+        return False
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1 or not isinstance(batches.element_spec, tuple):
+        return False
+    labels = batches.element_spec[1] if len(batches.element_spec) > 1 else None
+    if not isinstance(labels, tf.TensorSpec) or any(
+        d is None for spec in (labels, outputs[0]) for d in spec.shape[1:]
+    ):
+        return False
+
+    def one(spec) -> tf.Tensor:
+        return tf.zeros([1, *spec.shape[1:]], spec.dtype)
+
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+        y_pred = one(outputs[0])
+        if not model.compiled_loss.built:
+            model.compiled_loss.build(y_pred)
+        if not model.compiled_metrics.built:
+            model.compiled_metrics.build(y_pred, one(labels))
+    return True
 
 
 def unfreeze_top(model: keras.Model, num_layers: int) -> int:

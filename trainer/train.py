@@ -388,8 +388,10 @@ def train(
         train_ds = images(train_files, True, params.augment)
         if params.steps_per_epoch:
             train_ds = train_ds.repeat()
+        train_ds = head.with_sample_weights(train_ds, weights)
+        model_lib.prepare_fit(model, train_ds)
         h2 = model.fit(
-            head.with_sample_weights(train_ds, weights),
+            train_ds,
             epochs=params.fine_tune_epochs,
             steps_per_epoch=params.steps_per_epoch,
             callbacks=cbs,
