@@ -28,6 +28,7 @@ BENCHMARKS = (
     "fixed_costs",
     "beam_memo",
     "fit_trace",
+    "prepush_reference",
     "serving_latency",
     "metadata_concurrency",
     "tflite",

@@ -299,7 +299,8 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 if tfma_baselines
                 else contextlib.nullcontext()
             )
-            with warm:
+            # The candidate TFMA loads is kept for pre-push validation in a local run.
+            with tfma_warm.offer_candidates(), warm:
                 super().Do(inputs, output_dict, props)
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])

@@ -38,7 +38,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils, json_utils
 
-from components import artifacts, pusher
+from components import artifacts, loaded_models, pusher
 from components.model_server import (
     ModelServer,
     ModelServerError,
@@ -55,6 +55,7 @@ from components.prepush_checks import (
 )
 from serving.client import IMAGE_FEATURE, ServingClient, make_image_example
 from serving.devserver.versions import read_signature_defs
+from serving.signatures import SERVING_DEFAULT
 from serving.warmup import read_warmup_requests
 from trainer.data import raw_examples
 
@@ -133,8 +134,13 @@ def validate_model(
         with server_block as server:
             # The server imports TensorFlow and loads the model in its own process meanwhile,
             # so the in-process answers overlap its start-up instead of preceding it.
+            # The candidate as the Evaluator loaded and ran it, when this local run kept it.
+            evaluated = loaded_models.take(saved_model_dir)
+            if evaluated is not None and SERVING_DEFAULT not in getattr(evaluated, "signatures", {}):
+                evaluated = None
+            report.reference_from_evaluator = evaluated is not None
             try:
-                reference = reference_answers(saved_model_dir, examples)
+                reference = reference_answers(saved_model_dir, examples, evaluated)
                 saved_signatures = read_signature_defs(saved_model_dir)
                 warmup_logs = read_warmup_requests(saved_model_dir)
             except Exception as e:  # noqa: BLE001 - fail closed: the report names the error

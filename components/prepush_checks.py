@@ -81,6 +81,9 @@ class PrepushReport:
     # True: the server was started while the Evaluator ran (a local run's standby), so its
     # start-up is not in `seconds`
     server_started_early: bool = False
+    # True: the reference answers came from the model object the Evaluator loaded and ran
+    # (a local run, components/loaded_models.py), not from a second load of the SavedModel
+    reference_from_evaluator: bool = False
     model_name: str = ""
     version: int | None = None
     examples: int = 0
@@ -113,6 +116,7 @@ class PrepushReport:
             "reason": self.reason,
             "server": self.server,
             "server_started_early": self.server_started_early,
+            "reference_from_evaluator": self.reference_from_evaluator,
             "examples": self.examples,
             "requests": self.requests,
             "p99_ms": {sig: lat["p99"] for sig, lat in self.latency_ms.items()},
@@ -136,9 +140,13 @@ class Reference:
         return self.class_names[int(np.argmax(self.scores[i]))]
 
 
-def reference_answers(saved_model_dir: str, examples: Sequence[bytes]) -> Reference:
-    """Load the SavedModel here and run serving_default on `examples` (serialized tf.Examples)."""
-    model = tf.saved_model.load(saved_model_dir)
+def reference_answers(saved_model_dir: str, examples: Sequence[bytes], model: Any = None) -> Reference:
+    """Run the SavedModel's serving_default here on `examples` (serialized tf.Examples).
+
+    `model`: that SavedModel already loaded (the object the Evaluator ran); None loads it.
+    """
+    if model is None:
+        model = tf.saved_model.load(saved_model_dir)
     if SERVING_DEFAULT not in model.signatures:
         raise ValueError(f"{saved_model_dir} has no {SERVING_DEFAULT} signature")
     out = model.signatures[SERVING_DEFAULT](**{INPUT_KEYS[SERVING_DEFAULT]: tf.constant(list(examples))})

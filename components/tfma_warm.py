@@ -94,6 +94,44 @@ def warm_models(example: bytes | None) -> Iterator[None]:
         warmer.models.clear()
 
 
+def _is_baseline(kwargs: dict[str, Any]) -> bool:
+    config, name = kwargs.get("eval_config"), kwargs.get("model_name", "")
+    return any(s.is_baseline and s.name == name for s in getattr(config, "model_specs", []))
+
+
+@contextlib.contextmanager
+def offer_candidates() -> Iterator[None]:
+    """Within the block, each candidate model TFMA loads is offered to pre-push validation.
+
+    The candidate's loader is wrapped so that the object it constructs, the one TFMA
+    evaluates, is also offered under its path (components/loaded_models.py; kept only
+    within a local run's `sharing()`). Baselines are not offered.
+    """
+    from components import loaded_models
+
+    describe = tfma.default_eval_shared_model
+
+    def eval_shared_model(*args, **kwargs):
+        shared = describe(*args, **kwargs)
+        loader, path = getattr(shared, "model_loader", None), getattr(shared, "model_path", None)
+        if loader is not None and path and not _is_baseline(kwargs):
+            construct = loader.construct_fn
+
+            def construct_and_offer():
+                model = construct()
+                loaded_models.offer(path, model)
+                return model
+
+            loader.construct_fn = construct_and_offer
+        return shared
+
+    tfma.default_eval_shared_model = eval_shared_model
+    try:
+        yield
+    finally:
+        tfma.default_eval_shared_model = describe
+
+
 def first_example(examples: Any, splits: list[str]) -> bytes | None:
     """The first serialized record of the Examples artifact's first readable split, or None."""
     from tfx.types import artifact_utils

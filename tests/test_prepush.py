@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import infra_validator, model_server
+from components import infra_validator, loaded_models, model_server
 from components.model_server import ModelServerError, ServerCommand
 from components.prepush import REPORT_FILE, PrepushConfig
 from components.prepush_checks import PrepushReport, Reference, check_served_model, reference_answers
@@ -282,28 +282,42 @@ def test_a_model_the_server_cannot_load_fails_with_its_status(model, inputs, tmp
 
 # ---------------------------------------------------- a server started before its model
 @pytest.mark.parametrize("staged", ["this model", "another model"])
-def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, inputs, tmp_path, staged):
+def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, loaded, inputs, tmp_path, staged):
     """A local run starts the server during the Evaluator; validation takes it for its own model only.
 
     this model: staged at the start, so the server has loaded it meanwhile; another model:
-    killed, and a server of its own runs.
+    killed, and a server of its own runs. The same goes for the model object the run's
+    Evaluator loaded (components/loaded_models.py): used for the reference answers only when
+    it is the validated model's.
     """
     examples, images = inputs
     root, log_path = str(tmp_path / "standby"), str(tmp_path / "server.log")
     early = {"this model": model.export_dir, "another model": str(tmp_path / "other")}[staged]
     if staged == "another model":
         shutil.copytree(model.export_dir, early)
-    with model_server.standby_server(root, NAME, str(tmp_path / "standby.log"), early) as standby:
-        assert standby.staged_from == early
-        assert os.listdir(standby.base_path) == ["1"]
-        report = infra_validator.validate_model(
-            model.export_dir, examples, images, NAME, PrepushConfig(), str(tmp_path / "work"), log_path
-        )
-        assert standby.process.poll() is not None  # the validation killed it when done (or at once)
-        assert model_server.take_standby(NAME) is None  # taken once
+    served = loaded.signatures[SERVING_DEFAULT]
+    calls = []
+
+    class Evaluated:  # the model object as TFMA loaded it, counting its calls
+        signatures = {SERVING_DEFAULT: lambda **kw: calls.append(1) or served(**kw)}
+
+    with loaded_models.sharing():
+        assert loaded_models.offer(early + os.sep, Evaluated())
+        with model_server.standby_server(root, NAME, str(tmp_path / "standby.log"), early) as standby:
+            assert standby.staged_from == early
+            assert os.listdir(standby.base_path) == ["1"]
+            report = infra_validator.validate_model(
+                model.export_dir, examples, images, NAME, PrepushConfig(), str(tmp_path / "work"), log_path
+            )
+            assert standby.process.poll() is not None  # the validation killed it when done (or at once)
+            assert model_server.take_standby(NAME) is None  # taken once
+        assert loaded_models.held() == []  # taken, or dropped when validation took nothing
     assert report.failures == [] and report.blessed, report.reason
     assert report.server == model_server.IMGPIPE_SERVER and report.version == model_server.STAGED_VERSION
     assert report.server_started_early is (staged != "another model")
+    assert report.reference_from_evaluator is (staged != "another model")
+    assert len(calls) == (staged != "another model")  # its answers were the reference
+    assert report.summary()["reference_from_evaluator"] is report.reference_from_evaluator
     own = os.path.join(tmp_path, "work", "models", NAME)
     served = own if staged == "another model" else standby.base_path
     assert os.path.exists(own) is (staged == "another model")

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from components import loaded_models
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
 from imgpipe.orchestration import metadata, recovery, runs, scratch
@@ -241,6 +242,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             with (
                 scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),
                 tracker.installed(),
+                loaded_models.sharing(),  # the Evaluator's candidate, for pre-push validation
                 contextlib.ExitStack() as servers,
             ):
                 tracker.before_launch = _PrepushStandby(config, tmp, servers).before_launch

@@ -96,6 +96,8 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     assert s.prepush["server"] == "imgpipe serve" and s.prepush["failures"] == []
     # This run trained, so its server was started while the Evaluator ran (a standby).
     assert s.prepush["server_started_early"] is True
+    # Its reference answers came from the model object the Evaluator (TFMA) loaded and ran.
+    assert s.prepush["reference_from_evaluator"] is True
     assert set(s.prepush["p99_ms"]) == {"serving_default", "classification", "predict_images"}
     gate = s.gate
     assert gate["blessed"] is True and gate["reasons"] == [] and gate["anomalies_allowed"] == []

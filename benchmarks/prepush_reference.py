@@ -1,0 +1,145 @@
+"""Pre-push validation's reference answers: a second load of the SavedModel vs the Evaluator's model.
+
+In a local run the InfraValidator computes the candidate's answers in-process (the reference
+the server's answers are compared with). It loaded the SavedModel for that, after TFMA had
+loaded the same model in the Evaluator; now the Evaluator's loaded object is handed over
+(components/loaded_models.py). Each round runs two fresh processes, in alternating order:
+"handed over" (imgpipe's code) and "loaded again" (the same code with the hand-over turned
+off). Each makes, in a fresh pipeline home, a first run of the demo's target task and a run on
+new eval data (benchmarks/beam_memo.py's two runs: both train, and both models are blessed,
+validated and pushed).
+
+Reported: medians of the whole run, the InfraValidator's and the Evaluator's seconds (ML
+Metadata) and the validation's own steps (the report's `seconds`: reference answers done,
+server ready, checks), and the ratio of the medians.
+
+    python -m benchmarks.prepush_reference                          # DenseNet121, 3 rounds
+    python -m benchmarks.prepush_reference --backbone MobileNetV2   # the tests' backbone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from benchmarks import common
+
+NODES = ("Evaluator", "InfraValidator")
+STEPS = ("reference", "server_ready", "checks")
+VARIANTS = {"handed over": "1", "loaded again": "0"}
+
+
+def child(args) -> dict:
+    from benchmarks.beam_memo import _new_eval_data
+    from benchmarks.pipeline import component_seconds
+    from imgpipe.demo import steps as demo
+    from imgpipe.orchestration.local import run_local
+
+    if args.handover == "0":
+        from components import loaded_models
+
+        loaded_models.offer = lambda path, model: False  # nothing kept: the InfraValidator loads it
+    cfg = demo.target_config(args.home, args.target, args.backbone, args.weights, args.image_size, 30, 0.5)
+    shutil.rmtree(args.home, ignore_errors=True)
+    new_eval = _new_eval_data(args.target, os.path.join(args.home, "new_eval"))
+    out = {}
+    for kind, config in (("first run", cfg), ("new eval data", cfg.replace(data_dir=new_eval))):
+        t0 = time.perf_counter()
+        summary = run_local(config, progress=lambda _m: None)
+        wall = time.perf_counter() - t0
+        comps = component_seconds(config)
+        prepush = summary.prepush or {}
+        out[kind] = {
+            "whole run": wall,
+            **{n: comps[n][1] for n in NODES if n in comps},
+            **{s: (prepush.get("seconds") or {}).get(s, float("nan")) for s in STEPS},
+            "reference_from_evaluator": prepush.get("reference_from_evaluator"),
+            "validated": prepush.get("validated"),
+            "accuracy": summary.accuracy,
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="DenseNet121")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--handover", help=argparse.SUPPRESS)
+    p.add_argument("--home", help=argparse.SUPPRESS)
+    p.add_argument("--target", help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    common.quiet()
+    if args.child:
+        result = child(args)
+        with open(args.home + ".json", "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        return 0
+    runs = common.repeats(args)
+    _, target = common.demo_tasks(args.workdir, args.image_size)
+    weights = common.source_backbone(args.workdir, args.backbone, args.image_size, args.pretrain_epochs)
+    work = os.path.join(args.workdir, f"prepush_reference_{args.backbone}_{args.image_size}")
+    os.makedirs(work, exist_ok=True)
+
+    def variant(flag: str):
+        def run(r: int) -> dict:
+            home = os.path.join(work, f"handover{flag}_round{r}")
+            cmd = [sys.executable, "-m", "benchmarks.prepush_reference", "--child", "--workdir", args.workdir]
+            cmd += ["--handover", flag, "--home", home, "--target", target, "--weights", weights]
+            cmd += ["--backbone", args.backbone, "--image-size", str(args.image_size)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            with open(home + ".json", encoding="utf-8") as f:
+                return json.load(f)
+
+        return run
+
+    results = common.interleaved({name: variant(flag) for name, flag in VARIANTS.items()}, runs, common.say)
+    common.emit(
+        common.header(
+            f"Pre-push reference answers: the Evaluator's model vs a second load, {args.backbone} {args.image_size}px"
+        )
+    )
+    common.emit(
+        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
+        "alternating. Seconds: medians (per round in brackets); ratio = handed over / loaded again. "
+        "reference, server ready, checks: the validation's own clock (`prepush.seconds`), from its "
+        "start.\n"
+    )
+    rows = []
+    for kind in ("first run", "new eval data"):
+        for what in ("whole run", *NODES, *STEPS):
+            a, b = ([x[kind][what] for x in results[name]] for name in VARIANTS)
+            rows.append(
+                [
+                    kind,
+                    what,
+                    common.median(b),
+                    " ".join(f"{v:.1f}" for v in b),
+                    common.median(a),
+                    " ".join(f"{v:.1f}" for v in a),
+                    f"{common.median(a) / common.median(b):.2f}x" if common.median(b) else "n/a",
+                ]
+            )
+    common.emit(
+        common.table(
+            ["run", "step", "loaded again s", "(rounds)", "handed over s", "(rounds)", "ratio"], rows
+        )
+    )
+    flags = {
+        name: sorted({str(x[k]["reference_from_evaluator"]) for x in rs for k in x})
+        for name, rs in results.items()
+    }
+    accs = sorted({round(x[k]["accuracy"], 4) for rs in results.values() for x in rs for k in x})
+    common.emit(f"\nreference_from_evaluator: {flags}; accuracies over all processes: {accs}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The candidate SavedModel the Evaluator loaded, handed to pre-push validation in the same run.
+
+In a local run every component runs in one process, one after the other. TFMA loads the
+candidate model to evaluate it; pre-push validation then loaded the same SavedModel again
+for its in-process reference answers (~2-2.5 s for the demo's DenseNet121: the load, then
+the first call's graph optimisation). Within `sharing()` (imgpipe's local runner holds it
+for the run), the Evaluator offers each candidate TFMA loaded, under its path, and the
+InfraValidator takes the one it validates instead of loading it. It is the same object
+TFMA's evaluation ran, so the reference answers are those of the same SavedModel.
+
+Outside `sharing()` nothing is kept: on Airflow or Kubeflow each component has its own
+process, and a long-lived process never holds a model for nobody. `take` empties the
+store, and so does the end of the outermost `sharing()` block, taken or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+_lock = threading.Lock()
+_depth = 0
+_models: dict[str, Any] = {}
+
+
+def _key(path: str) -> str:
+    return os.path.realpath(os.path.normpath(path))
+
+
+@contextlib.contextmanager
+def sharing() -> Iterator[None]:
+    """Within the block, offered models are kept for `take`; on leaving it they are dropped."""
+    global _depth
+    with _lock:
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if not _depth:
+                _models.clear()
+
+
+def offer(path: str, model: Any) -> bool:
+    """Keep `model`, loaded from the SavedModel at `path`, for `take(path)`. False outside `sharing()`."""
+    with _lock:
+        if not _depth:
+            return False
+        _models[_key(path)] = model
+        return True
+
+
+def take(path: str) -> Any | None:
+    """The model offered for `path`, or None; every other offered model is dropped too."""
+    with _lock:
+        model = _models.pop(_key(path), None)
+        _models.clear()
+    return model
+
+
+def held() -> list[str]:
+    """The paths of the models kept now."""
+    with _lock:
+        return sorted(_models)
