@@ -20,56 +20,24 @@ Metadata), medians over rounds and the memo/no-memo ratio of the medians.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 
 from benchmarks import common
 
 BEAM_NODES = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")
 
 
-def _new_eval_data(target: str, out: str) -> str:
-    """A copy of `target` whose eval split lost its last 10 records (a new eval artifact)."""
-    import tensorflow as tf
-
-    from trainer import data
-
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(os.path.join(target, "train"), os.path.join(out, "train"))
-    records = list(data.raw_examples(os.path.join(target, "eval")))
-    os.makedirs(os.path.join(out, "eval"))
-    with tf.io.TFRecordWriter(os.path.join(out, "eval", "eval-00000-of-00001.tfrecord")) as w:
-        for r in records[:-10]:
-            w.write(r.numpy())
-    return out
-
-
 def child(args) -> dict:
-    from benchmarks.pipeline import component_seconds
-    from imgpipe.demo import steps as demo
-    from imgpipe.orchestration.local import run_local
-
-    cfg = demo.target_config(args.home, args.target, args.backbone, args.weights, args.image_size, 30, 0.5)
-    shutil.rmtree(args.home, ignore_errors=True)
-    new_eval = _new_eval_data(args.target, os.path.join(args.home, "new_eval"))
-    out = {}
-    for kind, config in (("first run", cfg), ("new eval data", cfg.replace(data_dir=new_eval))):
-        t0 = time.perf_counter()
-        summary = run_local(config, progress=lambda _m: None)
-        wall = time.perf_counter() - t0
-        comps = component_seconds(config)
-        out[kind] = {
+    def record(summary, wall: float, comps: dict) -> dict:
+        return {
             "wall": wall,
             "components": {n: comps[n][1] for n in BEAM_NODES if n in comps},
             "accuracy": summary.accuracy,
             "baseline": summary.gate["baseline"] if summary.gate else None,
         }
-    return out
+
+    return common.first_and_new_eval_runs(args, record)
 
 
 def _values(rounds: list[dict], kind: str, what: str) -> list[float]:
@@ -79,37 +47,20 @@ def _values(rounds: list[dict], kind: str, what: str) -> list[float]:
 
 
 def main(argv=None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="DenseNet121")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--pretrain-epochs", type=int, default=10)
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--home")
-    p.add_argument("--target")
-    p.add_argument("--weights")
+    p = common.demo_run_parser(__doc__.splitlines()[0])
     args = p.parse_args(argv)
     common.quiet()
     if args.child:
-        result = child(args)
-        with open(os.path.join(args.home, "..", f"{os.path.basename(args.home)}.json"), "w") as f:
-            json.dump(result, f)
+        common.write_child_result(args.home, child(args))
         return 0
     runs = common.repeats(args)
-    _, target = common.demo_tasks(args.workdir, args.image_size)
-    weights = common.source_backbone(args.workdir, args.backbone, args.image_size, args.pretrain_epochs)
-    work = os.path.join(args.workdir, f"beam_memo_{args.backbone}_{args.image_size}")
-    os.makedirs(work, exist_ok=True)
+    target, weights, work = common.demo_run_setup(args, "beam_memo")
 
     def variant(memo: str):
         def run(r: int) -> dict:
             home = os.path.join(work, f"memo{memo}_round{r}")
             env = dict(os.environ, IMGPIPE_BEAM_MEMO=memo)
-            cmd = [sys.executable, "-m", "benchmarks.beam_memo", "--child", "--workdir", args.workdir]
-            cmd += ["--home", home, "--target", target, "--weights", weights]
-            cmd += ["--backbone", args.backbone, "--image-size", str(args.image_size)]
-            subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-            with open(os.path.join(work, f"memo{memo}_round{r}.json"), encoding="utf-8") as f:
-                return json.load(f)
+            return common.demo_run_child("benchmarks.beam_memo", args, home, target, weights, env=env)
 
         return run
 

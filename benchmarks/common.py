@@ -364,3 +364,104 @@ def json_process(
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; end of {log_path}:\n{tail}")
     lines = [line for line in out.splitlines() if line.strip()]
     return wall, json.loads(lines[-1])
+
+
+def python_child(code: str, args: Sequence[str], what: str) -> dict:
+    """Run `python -c code args...` from the repository root with Keras 2 and quiet TensorFlow;
+    the JSON object its stdout ends with. `what` names it in the error if it fails."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if proc.returncode:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def demo_run_setup(args: argparse.Namespace, name: str) -> tuple[str, str, str]:
+    """For the paired `imgpipe run` benchmarks: the demo's target task, its pre-trained
+    backbone (args.backbone, args.image_size, args.pretrain_epochs) and a folder for the
+    variants' homes, under args.workdir."""
+    _, target = demo_tasks(args.workdir, args.image_size)
+    weights = source_backbone(args.workdir, args.backbone, args.image_size, args.pretrain_epochs)
+    work = os.path.join(args.workdir, f"{name}_{args.backbone}_{args.image_size}")
+    os.makedirs(work, exist_ok=True)
+    return target, weights, work
+
+
+def new_eval_data(target: str, out: str) -> str:
+    """A copy of `target` whose eval split lost its last 10 records (a new eval artifact)."""
+    import shutil
+
+    import tensorflow as tf
+
+    from trainer import data
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(os.path.join(target, "train"), os.path.join(out, "train"))
+    records = list(data.raw_examples(os.path.join(target, "eval")))
+    os.makedirs(os.path.join(out, "eval"))
+    with tf.io.TFRecordWriter(os.path.join(out, "eval", "eval-00000-of-00001.tfrecord")) as w:
+        for r in records[:-10]:
+            w.write(r.numpy())
+    return out
+
+
+def first_and_new_eval_runs(args: argparse.Namespace, record: Callable[[Any, float, dict], dict]) -> dict:
+    """In a fresh home (args.home), `imgpipe run` of the demo's target task (args.target,
+    args.backbone, args.weights, args.image_size; 30 head epochs), then a run on new eval data
+    (`new_eval_data`): both train, and the second's Evaluator also measures the first model.
+    {"first run" | "new eval data": record(summary, wall seconds, component seconds)}."""
+    import shutil
+
+    from benchmarks.pipeline import component_seconds
+    from imgpipe.demo import steps as demo
+    from imgpipe.orchestration.local import run_local
+
+    cfg = demo.target_config(args.home, args.target, args.backbone, args.weights, args.image_size, 30, 0.5)
+    shutil.rmtree(args.home, ignore_errors=True)
+    new_eval = new_eval_data(args.target, os.path.join(args.home, "new_eval"))
+    out = {}
+    for kind, config in (("first run", cfg), ("new eval data", cfg.replace(data_dir=new_eval))):
+        t0 = time.perf_counter()
+        summary = run_local(config, progress=lambda _m: None)
+        out[kind] = record(summary, time.perf_counter() - t0, component_seconds(config))
+    return out
+
+
+def demo_run_child(
+    module: str,
+    args: argparse.Namespace,
+    home: str,
+    target: str,
+    weights: str,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> dict:
+    """Run `python -m <module> --child` (a paired `imgpipe run` benchmark's fresh process) on
+    the demo's task in `home`; the dict it wrote with `write_child_result`."""
+    cmd = [sys.executable, "-m", module, "--child", "--workdir", args.workdir, *extra]
+    cmd += ["--home", home, "--target", target, "--weights", weights]
+    cmd += ["--backbone", args.backbone, "--image-size", str(args.image_size)]
+    subprocess.run(cmd, env=None if env is None else dict(env), check=True, stdout=subprocess.DEVNULL)
+    with open(home + ".json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_child_result(home: str, result: dict) -> None:
+    with open(home + ".json", "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+def demo_run_parser(description: str) -> argparse.ArgumentParser:
+    """`parser` plus the flags of a paired `imgpipe run` benchmark on the demo's task: its
+    backbone, and the hidden ones `demo_run_child` passes to the child process."""
+    p = parser(description)
+    p.add_argument("--backbone", default="DenseNet121")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--pretrain-epochs", type=int, default=10)
+    for hidden in ("--home", "--target", "--weights"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p

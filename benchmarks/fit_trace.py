@@ -24,9 +24,7 @@ source eval accuracy, and the before/after ratio of the medians.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 from benchmarks import common
@@ -96,20 +94,10 @@ def _tests_source(workdir: str) -> str:
 
 
 def measure(data_dir: str, backbone: str, epochs: int, variant: str, workdir: str) -> dict[str, float]:
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [common.REPO, env.get("PYTHONPATH")]))
     out = os.path.join(workdir, f"{backbone}_{variant}.h5")
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, data_dir, backbone, out, str(epochs), variant],
-        env=env,
-        cwd=common.REPO,
-        capture_output=True,
-        text=True,
-        check=False,
+    return common.python_child(
+        CHILD, [data_dir, backbone, out, str(epochs), variant], f"pre-training child ({backbone}, {variant})"
     )
-    if proc.returncode:
-        raise RuntimeError(f"pre-training child failed ({backbone}, {variant}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:

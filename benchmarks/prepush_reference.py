@@ -20,12 +20,8 @@ server ready, checks), and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 
 from benchmarks import common
 
@@ -35,26 +31,14 @@ VARIANTS = {"handed over": "1", "loaded again": "0"}
 
 
 def child(args) -> dict:
-    from benchmarks.beam_memo import _new_eval_data
-    from benchmarks.pipeline import component_seconds
-    from imgpipe.demo import steps as demo
-    from imgpipe.orchestration.local import run_local
-
     if args.handover == "0":
         from components import loaded_models
 
         loaded_models.offer = lambda path, model: False  # nothing kept: the InfraValidator loads it
-    cfg = demo.target_config(args.home, args.target, args.backbone, args.weights, args.image_size, 30, 0.5)
-    shutil.rmtree(args.home, ignore_errors=True)
-    new_eval = _new_eval_data(args.target, os.path.join(args.home, "new_eval"))
-    out = {}
-    for kind, config in (("first run", cfg), ("new eval data", cfg.replace(data_dir=new_eval))):
-        t0 = time.perf_counter()
-        summary = run_local(config, progress=lambda _m: None)
-        wall = time.perf_counter() - t0
-        comps = component_seconds(config)
+
+    def record(summary, wall: float, comps: dict) -> dict:
         prepush = summary.prepush or {}
-        out[kind] = {
+        return {
             "whole run": wall,
             **{n: comps[n][1] for n in NODES if n in comps},
             **{s: (prepush.get("seconds") or {}).get(s, float("nan")) for s in STEPS},
@@ -62,41 +46,26 @@ def child(args) -> dict:
             "validated": prepush.get("validated"),
             "accuracy": summary.accuracy,
         }
-    return out
+
+    return common.first_and_new_eval_runs(args, record)
 
 
 def main(argv=None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="DenseNet121")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--pretrain-epochs", type=int, default=10)
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p = common.demo_run_parser(__doc__.splitlines()[0])
     p.add_argument("--handover", help=argparse.SUPPRESS)
-    p.add_argument("--home", help=argparse.SUPPRESS)
-    p.add_argument("--target", help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     common.quiet()
     if args.child:
-        result = child(args)
-        with open(args.home + ".json", "w", encoding="utf-8") as f:
-            json.dump(result, f)
+        common.write_child_result(args.home, child(args))
         return 0
     runs = common.repeats(args)
-    _, target = common.demo_tasks(args.workdir, args.image_size)
-    weights = common.source_backbone(args.workdir, args.backbone, args.image_size, args.pretrain_epochs)
-    work = os.path.join(args.workdir, f"prepush_reference_{args.backbone}_{args.image_size}")
-    os.makedirs(work, exist_ok=True)
+    target, weights, work = common.demo_run_setup(args, "prepush_reference")
 
     def variant(flag: str):
         def run(r: int) -> dict:
             home = os.path.join(work, f"handover{flag}_round{r}")
-            cmd = [sys.executable, "-m", "benchmarks.prepush_reference", "--child", "--workdir", args.workdir]
-            cmd += ["--handover", flag, "--home", home, "--target", target, "--weights", weights]
-            cmd += ["--backbone", args.backbone, "--image-size", str(args.image_size)]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            with open(home + ".json", encoding="utf-8") as f:
-                return json.load(f)
+            extra = ["--handover", flag]
+            return common.demo_run_child("benchmarks.prepush_reference", args, home, target, weights, extra)
 
         return run
 

@@ -18,9 +18,6 @@ Random inputs (tracing does not depend on the data), weights=None.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 
 from benchmarks import common
@@ -67,19 +64,7 @@ VARIANTS = {
 
 
 def measure(backbone: str, size: int, rule: str) -> dict[str, float]:
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [common.REPO, env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, backbone, str(size), rule],
-        env=env,
-        cwd=common.REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode:
-        raise RuntimeError(f"tracing child failed ({backbone}, rule={rule}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.python_child(CHILD, [backbone, str(size), rule], f"tracing child ({backbone}, rule={rule})")
 
 
 def main(argv=None) -> int:
