@@ -45,6 +45,12 @@ def sharing() -> Iterator[None]:
                 _models.clear()
 
 
+def active() -> bool:
+    """Whether a `sharing()` block is open (offered models are kept)."""
+    with _lock:
+        return _depth > 0
+
+
 def offer(path: str, model: Any) -> bool:
     """Keep `model`, loaded from the SavedModel at `path`, for `take(path)`. False outside `sharing()`."""
     with _lock:

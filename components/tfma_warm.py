@@ -104,11 +104,16 @@ def offer_candidates() -> Iterator[None]:
     """Within the block, each candidate model TFMA loads is offered to pre-push validation.
 
     The candidate's loader is wrapped so that the object it constructs, the one TFMA
-    evaluates, is also offered under its path (components/loaded_models.py; kept only
-    within a local run's `sharing()`). Baselines are not offered.
+    evaluates, is also offered under its path (components/loaded_models.py). Only within a
+    local run's `sharing()`, which imgpipe opens only when TFMA runs in this process (Beam's
+    in-memory runner): elsewhere the loader TFMA pickles into its job stays TFMA's own, so
+    a remote worker never needs imgpipe's modules to unpickle it. Baselines are not offered.
     """
     from components import loaded_models
 
+    if not loaded_models.active():
+        yield
+        return
     describe = tfma.default_eval_shared_model
 
     def eval_shared_model(*args, **kwargs):

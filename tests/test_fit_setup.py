@@ -89,6 +89,11 @@ def test_prepare_fit_is_idempotent_and_declines_what_it_cannot_describe():
         output_signature=(tf.TensorSpec([None, SIZE, SIZE, 3]), tf.TensorSpec([None, None], tf.int64)),
     )
     assert model_lib.prepare_fit(other, unknown) is False
+    no_rank = tf.data.Dataset.from_generator(
+        lambda: iter(pairs),
+        output_signature=(tf.TensorSpec([None, SIZE, SIZE, 3]), tf.TensorSpec(None, tf.int64)),
+    )
+    assert model_lib.prepare_fit(other, no_rank) is False
     assert not other.compiled_metrics.built
     assert other.fit(unknown, epochs=1, verbose=0).history["loss"]
 

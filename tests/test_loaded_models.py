@@ -76,6 +76,14 @@ def test_the_evaluators_candidate_is_offered_and_its_baseline_is_not(monkeypatch
         assert loaded_models.take("/c") == "model at /c"
     assert tfma.default_eval_shared_model is describe  # restored
 
+    # Outside a local run's sharing() TFMA's loaders stay its own (they are pickled into the
+    # Beam job, and a remote worker need not have imgpipe's modules to unpickle them).
+    with tfma_warm.offer_candidates():
+        assert tfma.default_eval_shared_model is describe
+        plain = tfma.default_eval_shared_model("/c", model_name="candidate", eval_config=config)
+    assert plain.model_loader.construct_fn() == "model at /c" and loaded_models.held() == []
+    assert plain.model_loader.construct_fn.__name__ == "<lambda>"  # the fake loader's own, not wrapped
+
 
 def test_reference_answers_come_from_the_given_model(serving_model):
     """The reference is the given object's serving_default, not a second load of the folder."""

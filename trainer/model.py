@@ -219,7 +219,7 @@ def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:
         return False
     labels = batches.element_spec[1] if len(batches.element_spec) > 1 else None
     if not isinstance(labels, tf.TensorSpec) or any(
-        d is None for spec in (labels, outputs[0]) for d in spec.shape[1:]
+        spec.shape.rank is None or None in spec.shape[1:] for spec in (labels, outputs[0])
     ):
         return False
 

@@ -242,7 +242,8 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             with (
                 scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),
                 tracker.installed(),
-                loaded_models.sharing(),  # the Evaluator's candidate, for pre-push validation
+                # The Evaluator's candidate, for pre-push validation: when TFMA runs in this process.
+                loaded_models.sharing() if config.beam.beam_runner == "direct" else contextlib.nullcontext(),
                 contextlib.ExitStack() as servers,
             ):
                 tracker.before_launch = _PrepushStandby(config, tmp, servers).before_launch
