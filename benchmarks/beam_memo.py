@@ -26,24 +26,19 @@ import sys
 from benchmarks import common
 
 BEAM_NODES = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")
+KINDS = ("first run", "new eval data")
 
 
 def child(args) -> dict:
     def record(summary, wall: float, comps: dict) -> dict:
         return {
-            "wall": wall,
-            "components": {n: comps[n][1] for n in BEAM_NODES if n in comps},
+            "whole run": wall,
+            **{n: comps[n][1] if n in comps else float("nan") for n in BEAM_NODES},
             "accuracy": summary.accuracy,
             "baseline": summary.gate["baseline"] if summary.gate else None,
         }
 
     return common.first_and_new_eval_runs(args, record)
-
-
-def _values(rounds: list[dict], kind: str, what: str) -> list[float]:
-    return [
-        x[kind]["wall"] if what == "wall" else x[kind]["components"].get(what, float("nan")) for x in rounds
-    ]
 
 
 def main(argv=None) -> int:
@@ -53,18 +48,11 @@ def main(argv=None) -> int:
     if args.child:
         common.write_child_result(args.home, child(args))
         return 0
-    runs = common.repeats(args)
-    target, weights, work = common.demo_run_setup(args, "beam_memo")
-
-    def variant(memo: str):
-        def run(r: int) -> dict:
-            home = os.path.join(work, f"memo{memo}_round{r}")
-            env = dict(os.environ, IMGPIPE_BEAM_MEMO=memo)
-            return common.demo_run_child("benchmarks.beam_memo", args, home, target, weights, env=env)
-
-        return run
-
-    results = common.interleaved({"memo": variant("1"), "no memo": variant("0")}, runs, common.say)
+    variants = {
+        "memo": ("memo1", [], dict(os.environ, IMGPIPE_BEAM_MEMO="1")),
+        "no memo": ("memo0", [], dict(os.environ, IMGPIPE_BEAM_MEMO="0")),
+    }
+    runs, results = common.paired_demo_runs(args, "benchmarks.beam_memo", variants)
     common.emit(
         common.header(
             f"Beam's fixed cost per job: `imgpipe run` with and without the memo, {args.backbone} {args.image_size}px"
@@ -74,27 +62,13 @@ def main(argv=None) -> int:
         f"Demo target task, 30 head epochs; {runs} rounds, each a fresh process per variant, order "
         "alternating. Seconds: medians (per round in brackets); ratio = memo / no memo.\n"
     )
-    rows = []
-    for kind in ("first run", "new eval data"):
-        for what in ("wall", *BEAM_NODES):
-            a, b = (_values(results[name], kind, what) for name in ("memo", "no memo"))
-            rows.append(
-                [
-                    kind,
-                    "whole run" if what == "wall" else what,
-                    common.median(b),
-                    " ".join(f"{v:.1f}" for v in b),
-                    common.median(a),
-                    " ".join(f"{v:.1f}" for v in a),
-                    common.median(a) / common.median(b),
-                ]
-            )
+    cells = [(kind, what) for kind in KINDS for what in ("whole run", *BEAM_NODES)]
+    rows = common.paired_rows(results, "no memo", "memo", cells)
     common.emit(
         common.table(["run", "step", "no memo s", "per round", "memo s", "per round", "memo / no memo"], rows)
     )
     same = {
-        kind: sorted({round(x[kind]["accuracy"], 4) for v in results.values() for x in v})
-        for kind in ("first run", "new eval data")
+        kind: sorted({round(x[kind]["accuracy"], 4) for v in results.values() for x in v}) for kind in KINDS
     }
     baselines = sorted(
         {str((x["new eval data"]["baseline"] or {}).get("reused_from")) for v in results.values() for x in v}

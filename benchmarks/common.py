@@ -379,17 +379,6 @@ def python_child(code: str, args: Sequence[str], what: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def demo_run_setup(args: argparse.Namespace, name: str) -> tuple[str, str, str]:
-    """For the paired `imgpipe run` benchmarks: the demo's target task, its pre-trained
-    backbone (args.backbone, args.image_size, args.pretrain_epochs) and a folder for the
-    variants' homes, under args.workdir."""
-    _, target = demo_tasks(args.workdir, args.image_size)
-    weights = source_backbone(args.workdir, args.backbone, args.image_size, args.pretrain_epochs)
-    work = os.path.join(args.workdir, f"{name}_{args.backbone}_{args.image_size}")
-    os.makedirs(work, exist_ok=True)
-    return target, weights, work
-
-
 def new_eval_data(target: str, out: str) -> str:
     """A copy of `target` whose eval split lost its last 10 records (a new eval artifact)."""
     import shutil
@@ -430,23 +419,56 @@ def first_and_new_eval_runs(args: argparse.Namespace, record: Callable[[Any, flo
     return out
 
 
-def demo_run_child(
-    module: str,
-    args: argparse.Namespace,
-    home: str,
-    target: str,
-    weights: str,
-    extra: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-) -> dict:
-    """Run `python -m <module> --child` (a paired `imgpipe run` benchmark's fresh process) on
-    the demo's task in `home`; the dict it wrote with `write_child_result`."""
-    cmd = [sys.executable, "-m", module, "--child", "--workdir", args.workdir, *extra]
-    cmd += ["--home", home, "--target", target, "--weights", weights]
-    cmd += ["--backbone", args.backbone, "--image-size", str(args.image_size)]
-    subprocess.run(cmd, env=None if env is None else dict(env), check=True, stdout=subprocess.DEVNULL)
-    with open(home + ".json", encoding="utf-8") as f:
-        return json.load(f)
+def paired_demo_runs(
+    args: argparse.Namespace, module: str, variants: Mapping[str, tuple[str, Sequence[str], Mapping | None]]
+) -> tuple[int, dict[str, list[dict]]]:
+    """The rounds of a paired `imgpipe run` benchmark on the demo's task: each variant, in its
+    own fresh `python -m <module> --child` process (extra flags, environment), in a new home
+    under args.workdir, in rotating order. variants: name -> (home prefix, extra flags, env
+    or None). Returns the number of rounds and, per variant, each child's
+    `write_child_result` dict."""
+    _, target = demo_tasks(args.workdir, args.image_size)
+    weights = source_backbone(args.workdir, args.backbone, args.image_size, args.pretrain_epochs)
+    work = os.path.join(args.workdir, f"{module.rsplit('.', 1)[-1]}_{args.backbone}_{args.image_size}")
+    os.makedirs(work, exist_ok=True)
+
+    def variant(prefix: str, extra: Sequence[str], env: Mapping | None) -> Callable[[int], dict]:
+        def run(r: int) -> dict:
+            home = os.path.join(work, f"{prefix}_round{r}")
+            cmd = [sys.executable, "-m", module, "--child", "--workdir", args.workdir, *extra]
+            cmd += ["--home", home, "--target", target, "--weights", weights]
+            cmd += ["--backbone", args.backbone, "--image-size", str(args.image_size)]
+            subprocess.run(cmd, env=None if env is None else dict(env), check=True, stdout=subprocess.DEVNULL)
+            with open(home + ".json", encoding="utf-8") as f:
+                return json.load(f)
+
+        return run
+
+    runs = repeats(args)
+    return runs, interleaved({name: variant(*v) for name, v in variants.items()}, runs, say)
+
+
+def paired_rows(
+    results: Mapping[str, list[dict]], before: str, after: str, cells: Sequence[tuple[str, str]]
+) -> list[list[Any]]:
+    """Table rows of a paired benchmark: for each (run kind, key) in `cells`, the medians and
+    per-round values of `before` and `after` (each round's dict[kind][key]) and after/before."""
+    rows = []
+    for kind, key in cells:
+        b, a = ([x[kind][key] for x in results[name]] for name in (before, after))
+        mb, ma = median(b), median(a)
+        rows.append(
+            [
+                kind,
+                key,
+                mb,
+                " ".join(f"{v:.1f}" for v in b),
+                ma,
+                " ".join(f"{v:.1f}" for v in a),
+                f"{ma / mb:.2f}x" if mb else "n/a",
+            ]
+        )
+    return rows
 
 
 def write_child_result(home: str, result: dict) -> None:
@@ -456,7 +478,7 @@ def write_child_result(home: str, result: dict) -> None:
 
 def demo_run_parser(description: str) -> argparse.ArgumentParser:
     """`parser` plus the flags of a paired `imgpipe run` benchmark on the demo's task: its
-    backbone, and the hidden ones `demo_run_child` passes to the child process."""
+    backbone, and the hidden ones `paired_demo_runs` passes to the child process."""
     p = parser(description)
     p.add_argument("--backbone", default="DenseNet121")
     p.add_argument("--image-size", type=int, default=32)

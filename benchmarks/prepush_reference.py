@@ -20,7 +20,6 @@ server ready, checks), and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from benchmarks import common
@@ -40,7 +39,7 @@ def child(args) -> dict:
         prepush = summary.prepush or {}
         return {
             "whole run": wall,
-            **{n: comps[n][1] for n in NODES if n in comps},
+            **{n: comps[n][1] if n in comps else float("nan") for n in NODES},
             **{s: (prepush.get("seconds") or {}).get(s, float("nan")) for s in STEPS},
             "reference_from_evaluator": prepush.get("reference_from_evaluator"),
             "validated": prepush.get("validated"),
@@ -58,18 +57,8 @@ def main(argv=None) -> int:
     if args.child:
         common.write_child_result(args.home, child(args))
         return 0
-    runs = common.repeats(args)
-    target, weights, work = common.demo_run_setup(args, "prepush_reference")
-
-    def variant(flag: str):
-        def run(r: int) -> dict:
-            home = os.path.join(work, f"handover{flag}_round{r}")
-            extra = ["--handover", flag]
-            return common.demo_run_child("benchmarks.prepush_reference", args, home, target, weights, extra)
-
-        return run
-
-    results = common.interleaved({name: variant(flag) for name, flag in VARIANTS.items()}, runs, common.say)
+    variants = {name: (f"handover{flag}", ["--handover", flag], None) for name, flag in VARIANTS.items()}
+    runs, results = common.paired_demo_runs(args, "benchmarks.prepush_reference", variants)
     common.emit(
         common.header(
             f"Pre-push reference answers: the Evaluator's model vs a second load, {args.backbone} {args.image_size}px"
@@ -81,21 +70,10 @@ def main(argv=None) -> int:
         "reference, server ready, checks: the validation's own clock (`prepush.seconds`), from its "
         "start.\n"
     )
-    rows = []
-    for kind in ("first run", "new eval data"):
-        for what in ("whole run", *NODES, *STEPS):
-            a, b = ([x[kind][what] for x in results[name]] for name in VARIANTS)
-            rows.append(
-                [
-                    kind,
-                    what,
-                    common.median(b),
-                    " ".join(f"{v:.1f}" for v in b),
-                    common.median(a),
-                    " ".join(f"{v:.1f}" for v in a),
-                    f"{common.median(a) / common.median(b):.2f}x" if common.median(b) else "n/a",
-                ]
-            )
+    cells = [
+        (kind, what) for kind in ("first run", "new eval data") for what in ("whole run", *NODES, *STEPS)
+    ]
+    rows = common.paired_rows(results, "loaded again", "handed over", cells)
     common.emit(
         common.table(
             ["run", "step", "loaded again s", "(rounds)", "handed over s", "(rounds)", "ratio"], rows

@@ -209,7 +209,8 @@ def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:
     output spec: the same variables with the same initial values, so training is unchanged.
 
     Call it after `compile` and before `fit` with the dataset `fit` gets. Returns False, and
-    creates nothing, for a model this cannot describe (not compiled, no single known output);
+    creates nothing, for what this cannot describe (a model not compiled or without a single
+    output of known shape, batches without labels or with labels of unknown shape or rank);
     `fit` then creates them itself as before. Idempotent.
     """
     if model.optimizer is None or getattr(model, "compiled_loss", None) is None:
