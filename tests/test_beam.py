@@ -70,6 +70,32 @@ def test_the_local_runner_never_tries_prism(caplog):
     assert any("PrismRunner" in m for m in theirs), theirs
 
 
+@pytest.mark.parametrize("mode", ["direct", "multiprocess"])
+def test_the_local_runner_skips_the_runner_api_round_trip(mode, monkeypatch):
+    """A batch job goes to the FnApiRunner as built: like Beam's own DirectRunner, ours does not
+    first rebuild the pipeline from its runner API proto (every DoFn pickled and unpickled)."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    rebuilt = []
+    from_proto = beam.Pipeline.from_runner_api
+
+    def counted(*args, **kwargs):
+        rebuilt.append(1)
+        return from_proto(*args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "from_runner_api", staticmethod(counted))
+    args = beam_pipeline_args(_config(mode, workers=1))
+    with beam.Pipeline(argv=args) as p:
+        out = p | beam.Create([1, 2, 3]) | beam.Map(lambda x: x + 1)
+        assert_that(out, equal_to([2, 3, 4]))
+    assert rebuilt == []
+    # The check is live: a runner under another class name pays the round trip.
+    with beam.Pipeline(argv=["--runner=BundleBasedDirectRunner"]) as p:
+        assert_that(p | beam.Create([1]), equal_to([1]))
+    assert rebuilt == [1]
+
+
 DATAFLOW = ("--project=proj-1", "--region=europe-west4", "--temp_location=gs://b/tmp")
 
 
