@@ -135,7 +135,7 @@ def validate_model(
             # The server imports TensorFlow and loads the model in its own process meanwhile,
             # so the in-process answers overlap its start-up instead of preceding it.
             # The candidate as the Evaluator loaded and ran it, when this local run kept it.
-            evaluated = loaded_models.take(saved_model_dir)
+            evaluated = loaded_models.get(saved_model_dir)
             if evaluated is not None and SERVING_DEFAULT not in getattr(evaluated, "signatures", {}):
                 evaluated = None
             report.reference_from_evaluator = evaluated is not None

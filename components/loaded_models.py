@@ -1,16 +1,17 @@
-"""The candidate SavedModel the Evaluator loaded, handed to pre-push validation in the same run.
+"""The candidate SavedModel the Evaluator loaded, handed to what runs it later in the same run.
 
 In a local run every component runs in one process, one after the other. TFMA loads the
-candidate model to evaluate it; pre-push validation then loaded the same SavedModel again
-for its in-process reference answers (~2-2.5 s for the demo's DenseNet121: the load, then
-the first call's graph optimisation). Within `sharing()` (imgpipe's local runner holds it
-for the run), the Evaluator offers each candidate TFMA loaded, under its path, and the
-InfraValidator takes the one it validates instead of loading it. It is the same object
-TFMA's evaluation ran, so the reference answers are those of the same SavedModel.
+candidate model to evaluate it; pre-push validation (its in-process reference answers) and
+the run's report (its predictions on the eval split) then each loaded the same SavedModel
+again (~2-2.5 s each for the demo's DenseNet121: the load, then the first call's graph
+optimisation). Within `sharing()` (imgpipe's local runner holds it for the run and its
+report), the Evaluator offers each candidate TFMA loaded, under its path, and the
+InfraValidator and the report `get` the one they run instead of loading it. It is the same
+object TFMA's evaluation ran, so their answers are those of the same SavedModel.
 
 Outside `sharing()` nothing is kept: on Airflow or Kubeflow each component has its own
-process, and a long-lived process never holds a model for nobody. `take` empties the
-store, and so does the end of the outermost `sharing()` block, taken or not.
+process, and a long-lived process never holds a model for nobody. `get` drops every model
+but the one asked for, and the end of the outermost `sharing()` block drops that one too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _key(path: str) -> str:
 
 @contextlib.contextmanager
 def sharing() -> Iterator[None]:
-    """Within the block, offered models are kept for `take`; on leaving it they are dropped."""
+    """Within the block, offered models are kept for `get`; on leaving it they are dropped."""
     global _depth
     with _lock:
         _depth += 1
@@ -52,7 +53,7 @@ def active() -> bool:
 
 
 def offer(path: str, model: Any) -> bool:
-    """Keep `model`, loaded from the SavedModel at `path`, for `take(path)`. False outside `sharing()`."""
+    """Keep `model`, loaded from the SavedModel at `path`, for `get(path)`. False outside `sharing()`."""
     with _lock:
         if not _depth:
             return False
@@ -60,11 +61,17 @@ def offer(path: str, model: Any) -> bool:
         return True
 
 
-def take(path: str) -> Any | None:
-    """The model offered for `path`, or None; every other offered model is dropped too."""
+def get(path: str) -> Any | None:
+    """The model offered for `path`, or None; every other offered model is dropped.
+
+    The one asked for stays until the end of `sharing()`: in a local run the InfraValidator
+    and then the report both run it.
+    """
     with _lock:
-        model = _models.pop(_key(path), None)
+        model = _models.get(_key(path))
         _models.clear()
+        if model is not None:
+            _models[_key(path)] = model
     return model
 
 

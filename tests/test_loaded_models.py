@@ -19,10 +19,10 @@ def _nothing_held():
 
 def test_nothing_is_kept_outside_a_run():
     assert loaded_models.offer("/m/1", object()) is False
-    assert loaded_models.held() == [] and loaded_models.take("/m/1") is None
+    assert loaded_models.held() == [] and loaded_models.get("/m/1") is None
 
 
-def test_the_offered_model_is_taken_once_by_its_path(tmp_path):
+def test_the_model_asked_for_stays_for_the_run_and_the_others_are_dropped(tmp_path):
     model, other = object(), object()
     real = tmp_path / "model"
     real.mkdir()
@@ -32,10 +32,14 @@ def test_the_offered_model_is_taken_once_by_its_path(tmp_path):
         assert loaded_models.offer(str(link) + os.sep, model)  # the same folder, spelled otherwise
         assert loaded_models.offer("/elsewhere/model", other)
         assert len(loaded_models.held()) == 2
-        assert loaded_models.take(str(real)) is model
-        # Taking empties the store: nobody else will ask for the rest.
-        assert loaded_models.held() == [] and loaded_models.take("/elsewhere/model") is None
-        assert loaded_models.take(str(real)) is None
+        assert loaded_models.get(str(real)) is model
+        # The others are dropped: nobody will ask for them. The one asked for stays (the
+        # InfraValidator asks, then the report).
+        assert loaded_models.held() == [str(real)] and loaded_models.get("/elsewhere/model") is None
+        assert loaded_models.held() == []  # asking for a model never offered drops the rest too
+        assert loaded_models.offer(str(real), model)
+        assert loaded_models.get(str(link)) is model and loaded_models.get(str(real)) is model
+    assert loaded_models.held() == []  # the run's end drops it
 
 
 def test_a_run_that_takes_nothing_drops_what_it_kept():
@@ -73,7 +77,7 @@ def test_the_evaluators_candidate_is_offered_and_its_baseline_is_not(monkeypatch
         assert baseline.model_loader.construct_fn() == "model at /b"
         assert made == ["/c", "/b"]
         assert loaded_models.held() == [os.path.realpath("/c")]
-        assert loaded_models.take("/c") == "model at /c"
+        assert loaded_models.get("/c") == "model at /c"
     assert tfma.default_eval_shared_model is describe  # restored
 
     # Outside a local run's sharing() TFMA's loaders stay its own (they are pickled into the

@@ -311,7 +311,9 @@ def test_a_standby_server_is_taken_over_and_serves_the_staged_model(model, loade
             )
             assert standby.process.poll() is not None  # the validation killed it when done (or at once)
             assert model_server.take_standby(NAME) is None  # taken once
-        assert loaded_models.held() == []  # taken, or dropped when validation took nothing
+        # Kept for the run's report when it was the validated model's; dropped otherwise.
+        assert loaded_models.held() == ([os.path.realpath(early)] if staged == "this model" else [])
+    assert loaded_models.held() == []  # and dropped at the run's end
     assert report.failures == [] and report.blessed, report.reason
     assert report.server == model_server.IMGPIPE_SERVER and report.version == model_server.STAGED_VERSION
     assert report.server_started_early is (staged != "another model")

@@ -392,3 +392,42 @@ def test_a_report_of_another_model_or_split_is_not_reused(tmp_path):
     # A thumbnail gone from the earlier report: it is not reused (the model runs again).
     os.remove(os.path.join(str(home / "runs" / "run-1" / "report"), earlier.misclassified[0].thumbnail))
     assert build.earlier_report(str(home), now, _artifacts("/m/1"), cap) == (None, None)
+
+
+def test_predictions_from_an_already_loaded_model_equal_a_load_of_the_saved_model(serving_model, tmp_path):
+    """The report's predictions, from its own load (TF1 session) and from the object a local run's
+    Evaluator loaded (tf.saved_model.load): the same scores, in batches, and the object is used."""
+    import tensorflow as tf
+
+    from tests import helpers
+
+    items = serving_model.items[:7]
+    records = helpers.write_tfrecords(str(tmp_path / "eval" / "eval.tfrecord"), items)
+    loaded = tf.saved_model.load(serving_model.export_dir)
+    calls = []
+
+    class Counted:  # the loaded object, with its serving_default's calls counted
+        signatures = {
+            "serving_default": lambda examples: (
+                calls.append(len(examples)) or loaded.signatures["serving_default"](examples=examples)
+            )
+        }
+
+    with data.EvalPredictions(serving_model.export_dir, records, batch_size=3) as own:
+        own_rows = [(p.record, p.label, p.scores) for p in own]
+        assert own.from_loaded is False
+    with data.EvalPredictions(serving_model.export_dir, records, batch_size=3, loaded=Counted()) as given:
+        given_rows = [(p.record, p.label, p.scores) for p in given]
+        assert given.from_loaded is True and given.class_names == own.class_names
+    assert calls == [3, 3, 1]  # every batch went through the given object
+    assert (
+        [r[:2] for r in given_rows]
+        == [r[:2] for r in own_rows]
+        == [(i, lbl) for i, (_, lbl) in enumerate(items)]
+    )
+    np.testing.assert_allclose([r[2] for r in given_rows], [r[2] for r in own_rows], rtol=1e-6, atol=1e-7)
+
+    # An object without the signature is not used: the report loads the model itself.
+    with data.EvalPredictions(serving_model.export_dir, records, loaded=object()) as fallback:
+        assert fallback.from_loaded is False
+        assert [p.scores for p in fallback] == [r[2] for r in own_rows]

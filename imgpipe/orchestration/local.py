@@ -237,13 +237,16 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
         f"pipeline {config.pipeline_name} run {run_id}: data {config.data_dir}, home {config.home}, "
         f"ML Metadata {config.metadata_location}"
     )
-    with scratch.run_scratch(config.home, run_id) as tmp:  # the report's temp files too
+    with (
+        scratch.run_scratch(config.home, run_id) as tmp,  # the report's temp files too
+        # The Evaluator's candidate, for pre-push validation and the report: when TFMA runs
+        # in this process (components/loaded_models.py).
+        loaded_models.sharing() if config.beam.beam_runner == "direct" else contextlib.nullcontext(),
+    ):
         try:
             with (
                 scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),
                 tracker.installed(),
-                # The Evaluator's candidate, for pre-push validation: when TFMA runs in this process.
-                loaded_models.sharing() if config.beam.beam_runner == "direct" else contextlib.nullcontext(),
                 contextlib.ExitStack() as servers,
             ):
                 tracker.before_launch = _PrepushStandby(config, tmp, servers).before_launch
@@ -253,7 +256,8 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
         summary = summarize_run(config, run_id)
-        attach_report(config, summary)  # never raises: a failed report is recorded in the summary
+        # Never raises: a failed report is recorded in the summary.
+        attach_report(config, summary, loaded_model=loaded_models.get)
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from PIL import UnidentifiedImageError
@@ -110,8 +111,13 @@ def build_report(
     config: PipelineConfig,
     summary: dict[str, Any],
     max_misclassified: int = DEFAULT_MAX_MISCLASSIFIED,
+    loaded_model: Callable[[str], Any] | None = None,
 ) -> str:
-    """Gather the run `summary['run_id']`'s numbers (the model runs once) and write its report; return the page."""
+    """Gather the run `summary['run_id']`'s numbers (the model runs once) and write its report; return the page.
+
+    loaded_model(path): the SavedModel at `path` if this process has it loaded already, else
+    None (a local run: components/loaded_models.py's `get`).
+    """
     run_id = summary["run_id"]
     artifacts = metadata.run_artifacts(config, run_id)
     folder = report_dir(runs.run_dir(config.home, run_id))
@@ -125,6 +131,7 @@ def build_report(
         max_regression=config.gate.max_regression,
         max_misclassified=max_misclassified,
         previous=previous,
+        loaded=loaded_model(artifacts.serving_model) if loaded_model and artifacts.serving_model else None,
     )
     return write_report(folder, data, summary_link=f"../{runs.SUMMARY_FILE}", thumbnails_from=previous_folder)
 
@@ -152,11 +159,13 @@ def earlier_report(
     return None, None
 
 
-def attach_report(config: PipelineConfig, summary: RunSummary) -> None:
+def attach_report(
+    config: PipelineConfig, summary: RunSummary, loaded_model: Callable[[str], Any] | None = None
+) -> None:
     """Write the run's report and link it from `summary`; on any error log it and record why instead."""
     started = time.perf_counter()
     try:
-        summary.report = build_report(config, summary.to_dict())
+        summary.report = build_report(config, summary.to_dict(), loaded_model=loaded_model)
         summary.report_error = None
     except Exception as e:  # noqa: BLE001 - the report must never fail a run that succeeded
         summary.report = None

@@ -99,6 +99,9 @@ class ReportData:
     artifacts: dict[str, str | None]
     states: dict[str, str]
     notes: list[str]  # things a reader should know (records skipped, older run, ...)
+    # Where the predictions came from: PREDICTIONS_LOADED, PREDICTIONS_EVALUATOR or
+    # "report of run <id>" ("" in reports written before this field).
+    predictions_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -119,6 +122,10 @@ class ReportData:
 
 
 # ------------------------------------------------------------------------------ predictions
+PREDICTIONS_LOADED = "the SavedModel, loaded for the report"
+PREDICTIONS_EVALUATOR = "the SavedModel as the Evaluator loaded it in this run"
+
+
 @dataclasses.dataclass
 class Prediction:
     """The model's scores for one eval record, with its label and encoded image."""
@@ -147,6 +154,11 @@ def _label_and_image(serialized: bytes, record: int) -> tuple[str | None, bytes]
     return label, image
 
 
+def _outputs_as_numpy(outputs: dict[str, Any]) -> dict[str, Any]:
+    """A signature's `scores` and `classes` tensors as numpy arrays (what a session run returns)."""
+    return {"scores": outputs["scores"].numpy(), "classes": outputs["classes"].numpy()}
+
+
 class EvalPredictions:
     """The trained model's scores for each eval record, computed batch by batch as they are read.
 
@@ -155,17 +167,41 @@ class EvalPredictions:
     the Python object graph instead (tf.saved_model.load) restores every Keras
     layer's saved functions and took 3x as long for the demo's DenseNet121.
     Use as a context manager (it closes the session).
+
+    `loaded`: the same SavedModel already loaded in this process (`tf.saved_model.load`; in
+    a local run, the object the Evaluator's TFMA loaded and ran: components/loaded_models.py).
+    Its `serving_default` is then called instead: the same graph, without a second load
+    and a second first call's graph optimisation (~2 s for the demo's model).
     """
 
-    def __init__(self, serving_model: str, eval_examples: str, batch_size: int = PREDICT_BATCH):
-        import tensorflow as tf
-
+    def __init__(
+        self, serving_model: str, eval_examples: str, batch_size: int = PREDICT_BATCH, loaded: Any = None
+    ):
         from trainer.data import raw_examples
 
         try:
             self._batches = raw_examples(eval_examples).batch(batch_size).as_numpy_iterator()
         except FileNotFoundError as e:
             raise ReportDataError(f"eval examples: {e}") from e
+        self._session = None
+        signature = getattr(loaded, "signatures", {}).get("serving_default") if loaded is not None else None
+        self.from_loaded = signature is not None
+        if signature is not None:
+            self._run = lambda batch: _outputs_as_numpy(signature(examples=batch))
+        else:
+            self._load_session(serving_model)
+        self._first = next(self._batches, None)
+        if self._first is None:
+            self.close()
+            raise ReportDataError(f"the eval split {eval_examples} has no records")
+        first = self._run(self._first)
+        # The classes output repeats the vocabulary on every row.
+        self.class_names = [c.decode("utf-8") for c in first["classes"][0]]
+        self._first_scores = first["scores"]
+
+    def _load_session(self, serving_model: str) -> None:
+        import tensorflow as tf
+
         graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=graph)
         tf_logger = tf.get_logger()
@@ -188,21 +224,8 @@ class EvalPredictions:
             raise ReportDataError(f"{serving_model} has no serving_default signature")
         signature = meta.signature_def["serving_default"]
         self._input = signature.inputs["examples"].name
-        self._outputs = {
-            "scores": signature.outputs["scores"].name,
-            "classes": signature.outputs["classes"].name,
-        }
-        self._first = next(self._batches, None)
-        if self._first is None:
-            self.close()
-            raise ReportDataError(f"the eval split {eval_examples} has no records")
-        first = self._run(self._first)
-        # The classes output repeats the vocabulary on every row.
-        self.class_names = [c.decode("utf-8") for c in first["classes"][0]]
-        self._first_scores = first["scores"]
-
-    def _run(self, batch):
-        return self._session.run(self._outputs, {self._input: batch})
+        outputs = {"scores": signature.outputs["scores"].name, "classes": signature.outputs["classes"].name}
+        self._run = lambda batch: self._session.run(outputs, {self._input: batch})
 
     def __iter__(self) -> Iterator[Prediction]:
         record = 0
@@ -216,7 +239,8 @@ class EvalPredictions:
             scores = self._run(batch)["scores"] if batch is not None else None
 
     def close(self) -> None:
-        self._session.close()
+        if self._session is not None:
+            self._session.close()
 
     def __enter__(self) -> EvalPredictions:
         return self
@@ -443,12 +467,14 @@ def gather(
     max_regression: float | None = None,
     max_misclassified: int = DEFAULT_MAX_MISCLASSIFIED,
     previous: ReportData | None = None,
+    loaded: Any = None,
 ) -> ReportData:
     """Everything the report shows for one run; ReportDataError when the model or eval split is missing.
 
     `previous`: an earlier run's report; when it scored the same model on the
     same eval split (`reusable`), its predictions are taken instead of running
     the model again (a re-run whose Trainer came from the cache).
+    `loaded`: the run's model already loaded in this process (see `EvalPredictions`).
     """
     if not artifacts.serving_model:
         raise ReportDataError(f"run {artifacts.run_id} has no trained model in ML Metadata")
@@ -463,9 +489,11 @@ def gather(
         )
         misclassified_total = previous.misclassified_total
         notes.append(f"predictions reused from run {previous.run_id}'s report: the same model and eval split")
+        predictions_from = f"report of run {previous.run_id}"
     else:
-        with EvalPredictions(artifacts.serving_model, artifacts.eval_examples) as predictions:
+        with EvalPredictions(artifacts.serving_model, artifacts.eval_examples, loaded=loaded) as predictions:
             tally = tally_predictions(predictions.class_names, predictions, max_misclassified)
+        predictions_from = PREDICTIONS_EVALUATOR if predictions.from_loaded else PREDICTIONS_LOADED
         columns, rows, matrix = tally.columns(), tally.rows(), tally.matrix()
         unlabelled, misclassified, misclassified_total = (
             tally.unlabelled,
@@ -513,4 +541,5 @@ def gather(
         },
         states=dict(artifacts.states),
         notes=notes,
+        predictions_from=predictions_from,
     )

@@ -36,6 +36,7 @@ from imgpipe.orchestration import lock, recovery, runs, scratch
 from imgpipe.orchestration import metadata as mlmd
 from imgpipe.orchestration.local import PipelineRunError, run_local
 from imgpipe.report import build as report_build
+from imgpipe.report import data as report_data
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
 from tests import browser
@@ -164,6 +165,8 @@ def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, fir
         assert json.load(f)["report"] == s.report
     d = report_build.load_report(s.run_dir)
     assert d is not None and d.run_id == s.run_id
+    # Its predictions came from the model object the Evaluator (TFMA) loaded and ran.
+    assert d.predictions_from == report_data.PREDICTIONS_EVALUATOR
 
     # Support = the eval split's label counts (the ingest output, read independently of ML Metadata).
     ingested = _eval_records(os.path.join(base_config.data_dir, "eval"))
@@ -237,6 +240,8 @@ def test_report_command_shows_latest_and_rewrites_a_missing_report(base_config, 
     shown = json.loads(capsys.readouterr().out)
     assert shown["regenerated"] is True and os.path.isfile(first_run.report)
     again = report_build.load_report(first_run.run_dir)
+    # Outside a run the report loads the model itself, and finds the same numbers.
+    assert again.predictions_from == report_data.PREDICTIONS_LOADED
     assert again.confusion == before.confusion and again.per_class == before.per_class
     assert again.misclassified == before.misclassified[:2]
     assert runs.read_summary(first_run.run_dir)["report"] == first_run.report
