@@ -300,7 +300,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 else contextlib.nullcontext()
             )
             # The candidate TFMA loads is kept for pre-push validation in a local run.
-            with tfma_warm.offer_candidates(), warm:
+            with tfma_warm.offer_candidates(), warm, fixed_record_batches(gate.eval_batch_size):
                 super().Do(inputs, output_dict, props)
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
@@ -319,6 +319,38 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
         record = gate_record(plan, results, blessed, report.anomalies_allowed, measured, run, earlier)
         write_gate_record(evaluation.uri, record)
+
+
+@contextlib.contextmanager
+def fixed_record_batches(size: int) -> Iterator[None]:
+    """Within the block, TFX's Evaluator reads the eval split in batches of `size` records.
+
+    TFX's Evaluator reads the examples with `tfxio.BeamSource()`, whose batches Beam sizes
+    adaptively, from 1 record up; TFMA calls each model once per batch. On a small eval split
+    that is ~18 calls per model (179 records: 1, 2, 4, ...) where two would do, each with its
+    fixed cost in the model and in TFMA's per-batch work (BENCHMARKS.md "The Evaluator's
+    batches"). A fixed size bounds the memory of one call as the Trainer's batch size does.
+    """
+    from tfx.components.util import tfxio_utils
+
+    make_factory = tfxio_utils.get_tfxio_factory_from_artifact
+
+    def factory_of_fixed_batches(*args, **kwargs):
+        make = make_factory(*args, **kwargs)
+
+        def tfxio_of_fixed_batches(*a, **kw):
+            tfxio = make(*a, **kw)
+            source = tfxio.BeamSource
+            tfxio.BeamSource = lambda batch_size=None: source(batch_size or size)
+            return tfxio
+
+        return tfxio_of_fixed_batches
+
+    tfxio_utils.get_tfxio_factory_from_artifact = factory_of_fixed_batches
+    try:
+        yield
+    finally:
+        tfxio_utils.get_tfxio_factory_from_artifact = make_factory
 
 
 def measurement(

@@ -59,3 +59,10 @@ class GateConfig(Settings):
         False,
         description="continue past data anomalies found before training; the summary lists what was overridden",
     )
+    eval_batch_size: int = Field(
+        128,
+        ge=1,
+        le=1000,
+        description="eval examples per model call in the Evaluator (TFMA); lower it for large images on a "
+        "small machine",
+    )

@@ -406,3 +406,51 @@ def test_a_tfma_run_on_other_inputs_runs_tfma(tmp_path, fake_tfma, change):
     assert fake_tfma["inputs"] is not None  # TFMA ran
     assert gate["tfma_reused_from"] is None
     assert not (tmp_path / "Evaluator" / "evaluation" / "12" / "metrics-00000-of-00001.tfrecord").exists()
+
+
+def test_the_evaluator_reads_the_eval_split_in_batches_of_the_configured_size(tmp_path):
+    """TFX's Evaluator builds its TFXIO through tfxio_utils; within fixed_record_batches its
+    BeamSource yields batches of that size (Beam's adaptive batches start at 1 record)."""
+    import apache_beam as beam
+    from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+    from tfx.components.util import tfxio_utils
+    from tfx.types import standard_artifacts
+
+    from components.evaluator import fixed_record_batches
+    from pipeline.beam import LOCAL_RUNNER
+    from tests import helpers
+
+    split = tmp_path / "examples" / "Split-eval"
+    helpers.write_tfrecords(str(split / "data.tfrecord"), [(b"img%d" % i, "a") for i in range(23)])
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = '["eval"]'
+    examples.set_string_custom_property("payload_format", "FORMAT_TF_EXAMPLE")
+
+    def read_in_batches(check) -> None:
+        """Read the split as TFX's Evaluator does (tfx/components/evaluator/executor.py); check(sizes)."""
+        factory = tfxio_utils.get_tfxio_factory_from_artifact(
+            examples=[examples], telemetry_descriptors=["test"], raw_record_column_name="__raw_record__"
+        )
+        tfxio = factory(str(split / "*"))
+        with beam.Pipeline(argv=[f"--runner={LOCAL_RUNNER}"]) as p:
+            assert_that(p | tfxio.BeamSource() | beam.Map(lambda batch: batch.num_rows), check)
+
+    def adaptive(sizes) -> None:
+        if sum(sizes) != 23 or min(sizes) != 1 or len(sizes) <= 3:
+            raise BeamAssertException(f"not Beam's adaptive batches: {sizes}")
+
+    with fixed_record_batches(10):
+        read_in_batches(equal_to([10, 10, 3]))
+    assert tfxio_utils.get_tfxio_factory_from_artifact.__name__ == "get_tfxio_factory_from_artifact"
+    read_in_batches(adaptive)  # Beam's own batching again, from one record up
+
+
+def test_eval_batch_size_is_a_gate_setting_with_bounds():
+    from components.gate import GateConfig
+    from pipeline.config import PipelineConfig
+
+    assert GateConfig().eval_batch_size == 128
+    assert PipelineConfig(data_dir="d", eval_batch_size=16).gate.eval_batch_size == 16
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        PipelineConfig(data_dir="d", eval_batch_size=0)

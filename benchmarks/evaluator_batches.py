@@ -1,0 +1,84 @@
+"""The Evaluator's batches: fixed `eval_batch_size` records per model call vs Beam's adaptive batches.
+
+TFX's Evaluator reads the eval split with `tfxio.BeamSource()`, whose record batches Beam
+sizes adaptively from one record up, and TFMA calls each model once per batch: ~18 calls
+per model on the demo's 179 eval images. imgpipe's Evaluator now reads fixed batches of
+`eval_batch_size` (default 128) records (components/evaluator.py `fixed_record_batches`).
+
+Each round runs two fresh processes, in alternating order: "fixed" (imgpipe's code) and
+"adaptive" (the same code with `fixed_record_batches` doing nothing). Each makes, in a fresh
+pipeline home, a first run of the demo's target task and a run on new eval data (both train;
+the second's Evaluator also evaluates the first model as its baseline). Reported: medians of
+the whole run and of the Evaluator's seconds (ML Metadata), the ratio of the medians, and the
+gate's numbers (the same in both variants, or the table says which differ).
+
+    python -m benchmarks.evaluator_batches                          # DenseNet121, 3 rounds
+    python -m benchmarks.evaluator_batches --backbone MobileNetV2   # the tests' backbone
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from benchmarks import common
+
+VARIANTS = {"fixed": "1", "adaptive": "0"}
+
+
+def child(args) -> dict:
+    if args.fixed == "0":
+        from components import evaluator
+
+        evaluator.fixed_record_batches = lambda size: contextlib.nullcontext()
+
+    def record(summary, wall: float, comps: dict) -> dict:
+        gate = summary.gate or {}
+        return {
+            "whole run": wall,
+            "Evaluator": comps["Evaluator"][1],
+            "gate": {
+                "accuracy": gate.get("accuracy"),
+                "baseline": (gate.get("baseline") or {}).get("accuracy"),
+                "per_class": summary.per_class_accuracy,
+                "blessed": gate.get("blessed"),
+            },
+        }
+
+    return common.first_and_new_eval_runs(args, record)
+
+
+def main(argv=None) -> int:
+    p = common.demo_run_parser(__doc__.splitlines()[0])
+    p.add_argument("--fixed", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    common.quiet()
+    if args.child:
+        common.write_child_result(args.home, child(args))
+        return 0
+    variants = {name: (f"fixed{flag}", ["--fixed", flag], None) for name, flag in VARIANTS.items()}
+    runs, results = common.paired_demo_runs(args, "benchmarks.evaluator_batches", variants)
+    common.emit(
+        common.header(f"The Evaluator's batches: fixed vs adaptive, {args.backbone} {args.image_size}px")
+    )
+    common.emit(
+        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
+        "alternating. Seconds: medians (per round in brackets); ratio = fixed / adaptive.\n"
+    )
+    cells = [(kind, what) for kind in ("first run", "new eval data") for what in ("whole run", "Evaluator")]
+    rows = common.paired_rows(results, "adaptive", "fixed", cells)
+    common.emit(common.table(["run", "step", "adaptive s", "(rounds)", "fixed s", "(rounds)", "ratio"], rows))
+    for kind in ("first run", "new eval data"):
+        gates = {name: [x[kind]["gate"] for x in rs] for name, rs in results.items()}
+        same = all(g == gates["fixed"][i] for i, g in enumerate(gates["adaptive"]))
+        common.emit(
+            f"\n{kind}: gate numbers {'the same' if same else 'DIFFERENT'} in each round's two processes "
+            f"(round 1: {gates['fixed'][0]})"
+        )
+    common.emit("")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
