@@ -354,11 +354,15 @@ _standbys: dict[str, ModelServer] = {}
 
 
 @contextlib.contextmanager
-def standby_server(root: str, model_name: str, log_path: str, saved_model_dir: str) -> Iterator[ModelServer]:
-    """A server of `saved_model_dir` on the base path `<root>/<model_name>`, offered to `take_standby`.
+def standby_server(
+    root: str, model_name: str, log_path: str, saved_model_dir: str | None = None
+) -> Iterator[ModelServer]:
+    """A server on the base path `<root>/<model_name>`, offered to `take_standby`.
 
-    The model is staged (`stage_into`) as soon as the process is started, so the server
-    loads it as soon as it has imported TensorFlow (`server.staged_from` says which). Killed
+    `saved_model_dir` is staged (`stage_into`) as soon as the process is started, so the
+    server loads it as soon as it has imported TensorFlow. Without it the server starts
+    empty, polling its base path, and `stage_standby` gives it its model later (a server
+    started before the model exists). `server.staged_from` says which model it has. Killed
     when the block exits, taken or not (a taken one has been stopped already).
     """
     base_path = os.path.join(root, model_name)
@@ -367,12 +371,12 @@ def standby_server(root: str, model_name: str, log_path: str, saved_model_dir: s
     command = server_command(base_path, model_name, port, poll_seconds=STANDBY_POLL_SECONDS)
     server = ModelServer(command, model_name, port, log_path, base_path)
     server.start()
-    try:
-        stage_into(saved_model_dir, base_path)
-    except BaseException:
-        server.stop(graceful=False)
-        raise
-    server.staged_from = saved_model_dir
+    if saved_model_dir is not None:
+        try:
+            stage_standby(server, saved_model_dir)
+        except BaseException:
+            server.stop(graceful=False)
+            raise
     with _standby_lock:
         _standbys[model_name] = server
     try:
@@ -382,6 +386,14 @@ def standby_server(root: str, model_name: str, log_path: str, saved_model_dir: s
             if _standbys.get(model_name) is server:
                 del _standbys[model_name]
         server.stop(graceful=False)
+
+
+def stage_standby(server: ModelServer, saved_model_dir: str) -> None:
+    """Give a standby server started empty its model: staged into the base path it polls."""
+    if server.staged_from is not None:
+        raise ValueError(f"the standby server has a model already ({server.staged_from})")
+    stage_into(saved_model_dir, server.base_path)
+    server.staged_from = saved_model_dir
 
 
 def take_standby(model_name: str) -> ModelServer | None:

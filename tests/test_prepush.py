@@ -349,6 +349,81 @@ def test_take_standby_only_takes_a_running_server_of_that_model(monkeypatch, tmp
     assert other.process.poll() is not None and mine.process.poll() is not None
 
 
+@pytest.mark.parametrize(
+    ("transform", "trainer", "started_at", "staged"),
+    [
+        ("done", "done", "Trainer", True),  # new data: started empty as the Trainer starts, model later
+        ("cached", "done", "Evaluator", True),  # only the training changed: started with its model
+        ("done", "cached", "Trainer", False),  # cannot happen (new inputs retrain); stopped if it did
+        ("cached", "cached", None, False),  # a re-run: no server at all
+    ],
+)
+def test_a_local_run_starts_the_standby_as_early_as_its_model_is_sure(
+    monkeypatch, tmp_path, transform, trainer, started_at, staged
+):
+    import contextlib
+    import types
+
+    from tfx.types import standard_artifacts
+
+    from imgpipe.orchestration.local import _PrepushStandby
+
+    sleeper = (sys.executable, "-c", "import time; time.sleep(120)")
+    monkeypatch.setattr(model_server, "server_command", lambda *a, **k: ServerCommand("sleeper", sleeper))
+    trained = tmp_path / "model"
+    (trained / "Format-Serving").mkdir(parents=True)
+    (trained / "Format-Serving" / "saved_model.pb").write_bytes(b"")
+    config = PipelineConfig(data_dir=str(tmp_path), model_name=NAME).resolved()
+    tracker = types.SimpleNamespace(states={}, results={})
+    with contextlib.ExitStack() as stack:
+        standby = _PrepushStandby(config, str(tmp_path / "scratch"), stack)
+        seen = {}
+        for node, state in (("Transform", transform), ("Trainer", trainer), ("Evaluator", None)):
+            standby.before_launch(node, tracker)
+            seen[node] = standby.server
+            if state is not None:
+                tracker.states[node] = state
+                artifact = standard_artifacts.Model()
+                artifact.uri = str(trained)
+                tracker.results[node] = types.SimpleNamespace(output_dict={"model": [artifact]})
+        first = next((node for node, server in seen.items() if server is not None), None)
+        server = seen["Trainer"] or seen["Evaluator"]
+        assert first == started_at  # the launch at which the server was started
+        if started_at is None:
+            assert server is None and not standby.started
+        else:
+            assert standby.started and server is not None
+        if staged:
+            assert model_server.take_standby(NAME) is server and server.process.poll() is None
+            assert server.staged_from == str(trained / "Format-Serving")
+            assert os.listdir(server.base_path) == ["1"]  # staged by rename, complete
+            if started_at == "Trainer":
+                assert seen["Trainer"] is server  # running before the Trainer ran
+            server.stop(graceful=False)
+        elif server is not None:
+            # Started as the Trainer started; the Trainer came from the cache: stopped at once.
+            assert standby.server is None and server.process.poll() is not None
+            assert model_server.take_standby(NAME) is None
+    assert server is None or server.process.poll() is not None  # nothing outlives the run
+
+
+def test_no_standby_without_pre_push_validation(monkeypatch, tmp_path):
+    import contextlib
+    import types
+
+    from imgpipe.orchestration.local import _PrepushStandby
+
+    started = []
+    monkeypatch.setattr(model_server, "standby_server", lambda *a, **k: started.append(a))
+    config = PipelineConfig(data_dir=str(tmp_path), prepush_validation=False).resolved()
+    tracker = types.SimpleNamespace(states={"Transform": "done", "Trainer": "done"}, results={})
+    with contextlib.ExitStack() as stack:
+        standby = _PrepushStandby(config, str(tmp_path), stack)
+        standby.before_launch("Trainer", tracker)
+        standby.before_launch("Evaluator", tracker)
+    assert started == [] and standby.server is None
+
+
 def test_stage_into_adds_a_complete_version_by_rename(model, tmp_path):
     base = tmp_path / "served" / NAME
     base.mkdir(parents=True)

@@ -103,46 +103,75 @@ class _ComponentProgress:
 
 
 class _PrepushStandby:
-    """Starts pre-push validation's model server as the Evaluator starts; the InfraValidator takes it over.
+    """Starts pre-push validation's model server before it is needed; the InfraValidator takes it over.
 
-    The Evaluator (TFMA on Beam) keeps about one core busy; the server's start-up
-    (a fresh process importing TensorFlow, ~5-7 s, then loading and warming up the
-    Trainer's model, staged into it at once) runs on the other meanwhile instead of
-    after it (components/model_server.py: standby_server). Only when pre-push
-    validation is on and this run's Trainer trained (a cached Trainer's model is
-    most likely the one already served, which needs no server). The InfraValidator
-    takes it only for the model it validates. A standby nobody took (the model was
-    not blessed) is killed when the run ends; one that cannot start is left out:
-    the InfraValidator then starts its own.
+    The server's start-up is a fresh process importing TensorFlow (~3-5 s of CPU), then
+    loading the Trainer's model and replaying its warmup requests. It runs beside the
+    components before the InfraValidator instead of after them (components/model_server.py:
+    standby_server), in two steps:
+
+    - the process starts, with no model, as the Trainer starts, when this run's Transform
+      executed (so the Trainer will train: its inputs are new). It imports TensorFlow
+      during the Trainer, which leaves a core idle for much of its time (model build,
+      export), and not during the Evaluator: there the import cost a two-model evaluation
+      ~3.6 s of its ~8.5 s on 2 cores (BENCHMARKS.md "The standby server's start");
+    - the Trainer's model is staged into it as the Evaluator starts, or, when the Trainer
+      trained although Transform came from the cache, the server is started then, with it.
+
+    Only when pre-push validation is on. A Trainer that came from the cache has its server
+    stopped at once (its model is most likely the one already served, which needs no
+    server). The InfraValidator takes the server only for the model it validates. A standby
+    nobody took (the model was not blessed) is killed when the run ends; one that cannot
+    start is left out: the InfraValidator then starts its own.
     """
+
+    EARLY_START = True  # start the process as the Trainer starts (False: as the Evaluator starts)
 
     def __init__(self, config: PipelineConfig, scratch_dir: str, stack: contextlib.ExitStack):
         self.config = config
         self.root = os.path.join(scratch_dir, "prepush")
         self.stack = stack
+        self.server = None  # the standby ModelServer, once started
+        self._own = contextlib.ExitStack()  # the server's block: closed early when not needed
         self.started = False
 
+    def _start(self, saved_model_dir: str | None) -> None:
+        from components import model_server
+
+        self.started = True
+        self.stack.enter_context(self._own)
+        self.server = self._own.enter_context(
+            model_server.standby_server(
+                self.root, self.config.model_name, os.path.join(self.root, "server.log"), saved_model_dir
+            )
+        )
+
     def before_launch(self, node_id: str, tracker: _ComponentProgress) -> None:
-        if self.started or node_id != "Evaluator" or tracker.states.get("Trainer") != "done":
-            return
         if not self.config.prepush.prepush_validation:
             return
-        self.started = True
+        try:
+            if node_id == "Trainer" and self.EARLY_START and tracker.states.get("Transform") == "done":
+                self._start(None)
+            elif node_id == "Evaluator":
+                self._at_evaluator(tracker)
+        except Exception:  # noqa: BLE001 - an optimisation: never fail the run for it
+            log.warning("could not start the pre-push model server early", exc_info=True)
+            self._own.close()
+            self.server = None
+
+    def _at_evaluator(self, tracker: _ComponentProgress) -> None:
         from components import model_server
         from components.artifacts import saved_model_dir
 
-        try:
-            [model] = tracker.results["Trainer"].output_dict["model"]
-            self.stack.enter_context(
-                model_server.standby_server(
-                    self.root,
-                    self.config.model_name,
-                    os.path.join(self.root, "server.log"),
-                    saved_model_dir(model),
-                )
-            )
-        except Exception:  # noqa: BLE001 - an optimisation: never fail the run for it
-            log.warning("could not start the pre-push model server early", exc_info=True)
+        if tracker.states.get("Trainer") != "done":
+            self._own.close()  # a cached (or failed) Trainer: no server needed
+            self.server = None
+            return
+        [model] = tracker.results["Trainer"].output_dict["model"]
+        if self.server is not None:
+            model_server.stage_standby(self.server, saved_model_dir(model))
+        elif not self.started:
+            self._start(saved_model_dir(model))
 
 
 def new_run_id() -> str:

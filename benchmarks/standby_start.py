@@ -1,0 +1,95 @@
+"""When pre-push validation's standby model server starts: as the Trainer starts, or as the Evaluator starts.
+
+In a local run the InfraValidator takes over a model server started earlier in the run
+(imgpipe/orchestration/local.py `_PrepushStandby`). Its start-up is a fresh process importing
+TensorFlow, then loading the Trainer's model and replaying its warmup requests. It used to
+start, with the model, as the Evaluator started; now the process starts as the Trainer starts
+(when the run's Transform executed, so the Trainer trains), and the model is staged into it as
+the Evaluator starts. A third variant, "none", starts no standby (the InfraValidator starts its
+own server): what the standby costs and saves.
+
+Each round runs the variants in fresh processes, in rotating order. Each makes, in a fresh
+pipeline home, a first run of the demo's target task and a run on new eval data (both train;
+the second's Evaluator also evaluates the first model as its baseline). Reported: medians of the
+whole run and of the Trainer's, the Evaluator's and the InfraValidator's seconds (ML Metadata),
+and ratios against "at the Evaluator".
+
+    python -m benchmarks.standby_start                          # DenseNet121, 3 rounds
+    python -m benchmarks.standby_start --backbone MobileNetV2   # the tests' backbone
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmarks import common
+
+NODES = ("Trainer", "Evaluator", "InfraValidator")
+VARIANTS = {"at the Trainer": "trainer", "at the Evaluator": "evaluator", "none": "none"}
+
+
+def child(args) -> dict:
+    from imgpipe.orchestration import local
+
+    if args.start == "evaluator":
+        local._PrepushStandby.EARLY_START = False  # noqa: SLF001
+    elif args.start == "none":
+        local._PrepushStandby.before_launch = lambda self, node_id, tracker: None  # noqa: SLF001
+
+    def record(summary, wall: float, comps: dict) -> dict:
+        prepush = summary.prepush or {}
+        return {
+            "whole run": wall,
+            **{n: comps[n][1] if n in comps else float("nan") for n in NODES},
+            "server_ready": (prepush.get("seconds") or {}).get("server_ready", float("nan")),
+            "early": prepush.get("server_started_early"),
+            "accuracy": summary.accuracy,
+            "blessed": summary.blessed,
+        }
+
+    return common.first_and_new_eval_runs(args, record)
+
+
+def main(argv=None) -> int:
+    p = common.demo_run_parser(__doc__.splitlines()[0])
+    p.add_argument("--start", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    common.quiet()
+    if args.child:
+        common.write_child_result(args.home, child(args))
+        return 0
+    variants = {name: (f"start_{flag}", ["--start", flag], None) for name, flag in VARIANTS.items()}
+    runs, results = common.paired_demo_runs(args, "benchmarks.standby_start", variants)
+    common.emit(
+        common.header(
+            f"The standby model server's start: Trainer vs Evaluator, {args.backbone} {args.image_size}px"
+        )
+    )
+    common.emit(
+        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
+        "rotating. Seconds: medians (per round in brackets); ratio = variant / at the Evaluator. "
+        "server_ready: the validation's own clock (`prepush.seconds`), from its start.\n"
+    )
+    cells = [
+        (kind, what)
+        for kind in ("first run", "new eval data")
+        for what in ("whole run", *NODES, "server_ready")
+    ]
+    for name in ("at the Trainer", "none"):
+        common.emit(f"**{name}** against at the Evaluator:\n")
+        rows = common.paired_rows(results, "at the Evaluator", name, cells)
+        common.emit(
+            common.table(
+                ["run", "step", "at the Evaluator s", "(rounds)", f"{name} s", "(rounds)", "ratio"], rows
+            )
+        )
+        common.emit("")
+    flags = {name: sorted({str(x[k]["early"]) for x in rs for k in x}) for name, rs in results.items()}
+    accs = sorted({round(x[k]["accuracy"], 4) for rs in results.values() for x in rs for k in x})
+    common.emit(f"server_started_early: {flags}; accuracies over all processes: {accs}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
