@@ -299,7 +299,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 if tfma_baselines
                 else contextlib.nullcontext()
             )
-            # The candidate TFMA loads is kept for pre-push validation in a local run.
+            # The candidate TFMA loads is kept for pre-push validation and the report in a local run.
             with tfma_warm.offer_candidates(), warm, fixed_record_batches(gate.eval_batch_size):
                 super().Do(inputs, output_dict, props)
 

@@ -112,9 +112,10 @@ class _PrepushStandby:
 
     - the process starts, with no model, as the Trainer starts, when this run's Transform
       executed (so the Trainer will train: its inputs are new). It imports TensorFlow
-      during the Trainer, which leaves a core idle for much of its time (model build,
-      export), and not during the Evaluator: there the import cost a two-model evaluation
-      ~3.6 s of its ~8.5 s on 2 cores (BENCHMARKS.md "The standby server's start");
+      during the Trainer and not during the Evaluator, where the import had slowed a
+      two-model evaluation the most. On 2 cores the demo's Trainer takes ~1.2 s longer
+      for it, its Evaluator with a baseline on new data ~2.4 s less, and the whole run
+      the same (BENCHMARKS.md "The standby server's start");
     - the Trainer's model is staged into it as the Evaluator starts, or, when the Trainer
       trained although Transform came from the cache, the server is started then, with it.
 
