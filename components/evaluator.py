@@ -284,7 +284,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # (Kubeflow) has not. Beam workers in other processes still convert.
         tracing.install()
         tfma_baselines = inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
-        run = tfma_run(model, tfma_baselines, examples, splits, props)
+        run = tfma_run(model, tfma_baselines, examples, splits, props, gate.eval_batch_size)
         earlier = earlier_tfma_run(evaluation.uri, run)
         if earlier is not None:
             copy_tfma_output(earlier, evaluation.uri)
@@ -408,10 +408,13 @@ def tfma_run(
     examples: types.Artifact,
     splits: Sequence[str] | None,
     props: Mapping[str, Any],
+    eval_batch_size: int,
 ) -> dict:
     """Everything TFMA's output depends on, for the run about to happen (gate.json's `tfma_run`).
 
     props: the execution properties as TFMA gets them (the plan's thresholds written in).
+    eval_batch_size: the records per model call (`fixed_record_batches`; it can change the
+    scores' last bits).
     """
     properties = json.dumps({k: props[k] for k in sorted(props)}, sort_keys=True, default=str)
     return {
@@ -420,6 +423,7 @@ def tfma_run(
         "examples": os.path.normpath(examples.uri),
         "splits": list(splits) if splits else None,
         "properties": hashlib.sha256(properties.encode()).hexdigest(),
+        "eval_batch_size": eval_batch_size,
         "tfma": tfma.__version__,
         "tensorflow": tf.__version__,
     }

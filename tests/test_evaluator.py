@@ -388,7 +388,7 @@ def test_an_identical_tfma_run_is_reused_with_its_blessing(tmp_path, fake_tfma, 
 
 @pytest.mark.parametrize(
     "change",
-    ["new model", "new examples", "new threshold"],
+    ["new model", "new examples", "new threshold", "new batch size"],
 )
 def test_a_tfma_run_on_other_inputs_runs_tfma(tmp_path, fake_tfma, change):
     model = _model(tmp_path, "model", ["a", "b"])
@@ -399,8 +399,10 @@ def test_a_tfma_run_on_other_inputs_runs_tfma(tmp_path, fake_tfma, change):
         model = _model(tmp_path, "retrained", ["a", "b"])
     elif change == "new examples":
         kw["examples"] = _examples(tmp_path, "new_examples")
-    else:
+    elif change == "new threshold":
         kw["gate"] = {"min_class_recall": 0.2}
+    else:
+        kw["gate"] = {"eval_batch_size": 16}
     fake_tfma["inputs"] = None
     gate, _ = _evaluate(tmp_path, fake_tfma, "12", model, None, 0.9, **kw)
     assert fake_tfma["inputs"] is not None  # TFMA ran
