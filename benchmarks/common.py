@@ -448,6 +448,53 @@ def paired_demo_runs(
     return runs, interleaved({name: variant(*v) for name, v in variants.items()}, runs, say)
 
 
+def paired_demo_main(
+    argv: Sequence[str] | None,
+    description: str,
+    module: str,
+    child: Callable[[argparse.Namespace], dict],
+    flag: str,
+    variants: Mapping[str, str],
+) -> tuple[argparse.Namespace, int, dict[str, list[dict]]] | None:
+    """The parent and child sides of a paired `imgpipe run` benchmark whose variants differ by
+    one hidden flag: variants maps each variant's name to its `--<flag>` value.
+
+    In a child process (`--child`): run `child(args)`, write its result, return None. In the
+    parent: run the rounds (`paired_demo_runs`) and return (args, rounds, results).
+    """
+    p = demo_run_parser(description)
+    p.add_argument(f"--{flag}", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    quiet()
+    if args.child:
+        write_child_result(args.home, child(args))
+        return None
+    runs, results = paired_demo_runs(
+        args,
+        module,
+        {name: (f"{flag}_{value}", [f"--{flag}", value], None) for name, value in variants.items()},
+    )
+    return args, runs, results
+
+
+def node_seconds(comps: Mapping[str, tuple[str, float]], nodes: Sequence[str]) -> dict[str, float]:
+    """The seconds of each of `nodes` in `component_seconds`' result (NaN for a node that did not run)."""
+    return {n: comps[n][1] if n in comps else float("nan") for n in nodes}
+
+
+def distinct(results: Mapping[str, list[dict]], key: str, digits: int | None = None) -> list:
+    """Every value of `key` over all variants, processes and runs of a paired benchmark, sorted
+    (rounded to `digits`, or as text when None)."""
+    return sorted(
+        {
+            str(x[kind][key]) if digits is None else round(x[kind][key], digits)
+            for rs in results.values()
+            for x in rs
+            for kind in x
+        }
+    )
+
+
 def paired_rows(
     results: Mapping[str, list[dict]], before: str, after: str, cells: Sequence[tuple[str, str]]
 ) -> list[list[Any]]:

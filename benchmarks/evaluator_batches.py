@@ -18,7 +18,6 @@ gate's numbers (the same in both variants, or the table says which differ).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
@@ -52,15 +51,12 @@ def child(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.demo_run_parser(__doc__.splitlines()[0])
-    p.add_argument("--fixed", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    common.quiet()
-    if args.child:
-        common.write_child_result(args.home, child(args))
+    paired = common.paired_demo_main(
+        argv, __doc__.splitlines()[0], "benchmarks.evaluator_batches", child, "fixed", VARIANTS
+    )
+    if paired is None:
         return 0
-    variants = {name: (f"fixed{flag}", ["--fixed", flag], None) for name, flag in VARIANTS.items()}
-    runs, results = common.paired_demo_runs(args, "benchmarks.evaluator_batches", variants)
+    args, runs, results = paired
     common.emit(
         common.header(f"The Evaluator's batches: fixed vs adaptive, {args.backbone} {args.image_size}px")
     )

@@ -19,7 +19,6 @@ server ready, checks), and the ratio of the medians.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from benchmarks import common
@@ -39,7 +38,7 @@ def child(args) -> dict:
         prepush = summary.prepush or {}
         return {
             "whole run": wall,
-            **{n: comps[n][1] if n in comps else float("nan") for n in NODES},
+            **common.node_seconds(comps, NODES),
             **{s: (prepush.get("seconds") or {}).get(s, float("nan")) for s in STEPS},
             "reference_from_evaluator": prepush.get("reference_from_evaluator"),
             "validated": prepush.get("validated"),
@@ -50,15 +49,12 @@ def child(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.demo_run_parser(__doc__.splitlines()[0])
-    p.add_argument("--handover", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    common.quiet()
-    if args.child:
-        common.write_child_result(args.home, child(args))
+    paired = common.paired_demo_main(
+        argv, __doc__.splitlines()[0], "benchmarks.prepush_reference", child, "handover", VARIANTS
+    )
+    if paired is None:
         return 0
-    variants = {name: (f"handover{flag}", ["--handover", flag], None) for name, flag in VARIANTS.items()}
-    runs, results = common.paired_demo_runs(args, "benchmarks.prepush_reference", variants)
+    args, runs, results = paired
     common.emit(
         common.header(
             f"Pre-push reference answers: the Evaluator's model vs a second load, {args.backbone} {args.image_size}px"
@@ -79,11 +75,8 @@ def main(argv=None) -> int:
             ["run", "step", "loaded again s", "(rounds)", "handed over s", "(rounds)", "ratio"], rows
         )
     )
-    flags = {
-        name: sorted({str(x[k]["reference_from_evaluator"]) for x in rs for k in x})
-        for name, rs in results.items()
-    }
-    accs = sorted({round(x[k]["accuracy"], 4) for rs in results.values() for x in rs for k in x})
+    flags = {name: common.distinct({name: rs}, "reference_from_evaluator") for name, rs in results.items()}
+    accs = common.distinct(results, "accuracy", 4)
     common.emit(f"\nreference_from_evaluator: {flags}; accuracies over all processes: {accs}\n")
     return 0
 

@@ -21,7 +21,6 @@ report's seconds, and the ratio of the medians.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -51,7 +50,7 @@ def child(args) -> dict:
     def record(summary, wall: float, comps: dict) -> dict:
         return {
             "whole run": wall,
-            **{n: comps[n][1] if n in comps else float("nan") for n in NODES},
+            **common.node_seconds(comps, NODES),
             "report": report_seconds[-1],
             "blessed": summary.blessed,
             "accuracy": summary.accuracy,
@@ -61,15 +60,12 @@ def child(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.demo_run_parser(__doc__.splitlines()[0])
-    p.add_argument("--before", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    common.quiet()
-    if args.child:
-        common.write_child_result(args.home, child(args))
+    paired = common.paired_demo_main(
+        argv, __doc__.splitlines()[0], "benchmarks.round_trip_report", child, "before", VARIANTS
+    )
+    if paired is None:
         return 0
-    variants = {name: (f"before{flag}", ["--before", flag], None) for name, flag in VARIANTS.items()}
-    runs, results = common.paired_demo_runs(args, "benchmarks.round_trip_report", variants)
+    args, runs, results = paired
     common.emit(
         common.header(f"Beam's round trip and the report's model load, {args.backbone} {args.image_size}px")
     )
@@ -82,8 +78,7 @@ def main(argv=None) -> int:
     ]
     rows = common.paired_rows(results, "before", "now", cells)
     common.emit(common.table(["run", "step", "before s", "(rounds)", "now s", "(rounds)", "ratio"], rows))
-    accs = sorted({round(x[k]["accuracy"], 4) for rs in results.values() for x in rs for k in x})
-    blessed = sorted({str(x[k]["blessed"]) for rs in results.values() for x in rs for k in x})
+    accs, blessed = common.distinct(results, "accuracy", 4), common.distinct(results, "blessed")
     common.emit(f"\naccuracies over all processes: {accs}; blessed: {blessed}\n")
     return 0
 

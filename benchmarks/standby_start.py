@@ -20,7 +20,6 @@ and ratios against "at the Evaluator".
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from benchmarks import common
@@ -41,7 +40,7 @@ def child(args) -> dict:
         prepush = summary.prepush or {}
         return {
             "whole run": wall,
-            **{n: comps[n][1] if n in comps else float("nan") for n in NODES},
+            **common.node_seconds(comps, NODES),
             "server_ready": (prepush.get("seconds") or {}).get("server_ready", float("nan")),
             "early": prepush.get("server_started_early"),
             "accuracy": summary.accuracy,
@@ -52,15 +51,12 @@ def child(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.demo_run_parser(__doc__.splitlines()[0])
-    p.add_argument("--start", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    common.quiet()
-    if args.child:
-        common.write_child_result(args.home, child(args))
+    paired = common.paired_demo_main(
+        argv, __doc__.splitlines()[0], "benchmarks.standby_start", child, "start", VARIANTS
+    )
+    if paired is None:
         return 0
-    variants = {name: (f"start_{flag}", ["--start", flag], None) for name, flag in VARIANTS.items()}
-    runs, results = common.paired_demo_runs(args, "benchmarks.standby_start", variants)
+    args, runs, results = paired
     common.emit(
         common.header(
             f"The standby model server's start: Trainer vs Evaluator, {args.backbone} {args.image_size}px"
@@ -85,8 +81,8 @@ def main(argv=None) -> int:
             )
         )
         common.emit("")
-    flags = {name: sorted({str(x[k]["early"]) for x in rs for k in x}) for name, rs in results.items()}
-    accs = sorted({round(x[k]["accuracy"], 4) for rs in results.values() for x in rs for k in x})
+    flags = {name: common.distinct({name: rs}, "early") for name, rs in results.items()}
+    accs = common.distinct(results, "accuracy", 4)
     common.emit(f"server_started_early: {flags}; accuracies over all processes: {accs}\n")
     return 0
 
