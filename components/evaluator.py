@@ -53,7 +53,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
-from components import pusher, tfma_warm
+from components import patching, pusher, tfma_warm
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
 from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
 from components.gate_decision import (
@@ -333,24 +333,22 @@ def fixed_record_batches(size: int) -> Iterator[None]:
     """
     from tfx.components.util import tfxio_utils
 
-    make_factory = tfxio_utils.get_tfxio_factory_from_artifact
+    def of_fixed_batches(make_factory):
+        def factory_of_fixed_batches(*args, **kwargs):
+            make = make_factory(*args, **kwargs)
 
-    def factory_of_fixed_batches(*args, **kwargs):
-        make = make_factory(*args, **kwargs)
+            def tfxio_of_fixed_batches(*a, **kw):
+                tfxio = make(*a, **kw)
+                source = tfxio.BeamSource
+                tfxio.BeamSource = lambda batch_size=None: source(batch_size or size)
+                return tfxio
 
-        def tfxio_of_fixed_batches(*a, **kw):
-            tfxio = make(*a, **kw)
-            source = tfxio.BeamSource
-            tfxio.BeamSource = lambda batch_size=None: source(batch_size or size)
-            return tfxio
+            return tfxio_of_fixed_batches
 
-        return tfxio_of_fixed_batches
+        return factory_of_fixed_batches
 
-    tfxio_utils.get_tfxio_factory_from_artifact = factory_of_fixed_batches
-    try:
+    with patching.replaced(tfxio_utils, "get_tfxio_factory_from_artifact", of_fixed_batches):
         yield
-    finally:
-        tfxio_utils.get_tfxio_factory_from_artifact = make_factory
 
 
 def measurement(

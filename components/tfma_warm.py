@@ -27,6 +27,8 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
+from components import patching
+
 log = logging.getLogger(__name__)
 
 # A thread still loading when the evaluation ends is not waited for longer than this.
@@ -84,12 +86,10 @@ def warm_models(example: bytes | None) -> Iterator[None]:
     `example`: one serialized tf.Example of the eval data (None: load only).
     """
     warmer = _Warmer(example)
-    describe = tfma.default_eval_shared_model
-    tfma.default_eval_shared_model = warmer.wrap(describe)
     try:
-        yield
+        with patching.replaced(tfma, "default_eval_shared_model", warmer.wrap):
+            yield
     finally:
-        tfma.default_eval_shared_model = describe
         warmer.join()
         warmer.models.clear()
 
@@ -114,27 +114,26 @@ def offer_candidates() -> Iterator[None]:
     if not loaded_models.active():
         yield
         return
-    describe = tfma.default_eval_shared_model
 
-    def eval_shared_model(*args, **kwargs):
-        shared = describe(*args, **kwargs)
-        loader, path = getattr(shared, "model_loader", None), getattr(shared, "model_path", None)
-        if loader is not None and path and not _is_baseline(kwargs):
-            construct = loader.construct_fn
+    def offering(describe):
+        def eval_shared_model(*args, **kwargs):
+            shared = describe(*args, **kwargs)
+            loader, path = getattr(shared, "model_loader", None), getattr(shared, "model_path", None)
+            if loader is not None and path and not _is_baseline(kwargs):
+                construct = loader.construct_fn
 
-            def construct_and_offer():
-                model = construct()
-                loaded_models.offer(path, model)
-                return model
+                def construct_and_offer():
+                    model = construct()
+                    loaded_models.offer(path, model)
+                    return model
 
-            loader.construct_fn = construct_and_offer
-        return shared
+                loader.construct_fn = construct_and_offer
+            return shared
 
-    tfma.default_eval_shared_model = eval_shared_model
-    try:
+        return eval_shared_model
+
+    with patching.replaced(tfma, "default_eval_shared_model", offering):
         yield
-    finally:
-        tfma.default_eval_shared_model = describe
 
 
 def first_example(examples: Any, splits: list[str]) -> bytes | None:

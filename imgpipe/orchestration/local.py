@@ -75,31 +75,32 @@ class _ComponentProgress:
     def installed(self):
         from tfx.orchestration.portable import launcher
 
-        original = launcher.Launcher.launch
+        from components import patching
+
         tracker = self
 
-        def launch(launcher_self, *args, **kwargs):
-            node_id = launcher_self._pipeline_node.node_info.id  # noqa: SLF001
-            tracker.current = node_id
-            tracker.progress(f"[{tracker.done + 1}/{tracker.total}] {node_id} ...")
-            if tracker.before_launch is not None:
-                tracker.before_launch(node_id, tracker)
-            started = time.perf_counter()
-            result = original(launcher_self, *args, **kwargs)
-            tracker.done += 1
-            how = tracker._state(result)
-            tracker.states[node_id] = how
-            tracker.results[node_id] = result
-            secs = time.perf_counter() - started
-            tracker.progress(f"[{tracker.done}/{tracker.total}] {node_id} {how} in {secs:.1f}s")
-            tracker.current = None
-            return result
+        def reporting(original):
+            def launch(launcher_self, *args, **kwargs):
+                node_id = launcher_self._pipeline_node.node_info.id  # noqa: SLF001
+                tracker.current = node_id
+                tracker.progress(f"[{tracker.done + 1}/{tracker.total}] {node_id} ...")
+                if tracker.before_launch is not None:
+                    tracker.before_launch(node_id, tracker)
+                started = time.perf_counter()
+                result = original(launcher_self, *args, **kwargs)
+                tracker.done += 1
+                how = tracker._state(result)
+                tracker.states[node_id] = how
+                tracker.results[node_id] = result
+                secs = time.perf_counter() - started
+                tracker.progress(f"[{tracker.done}/{tracker.total}] {node_id} {how} in {secs:.1f}s")
+                tracker.current = None
+                return result
 
-        launcher.Launcher.launch = launch
-        try:
+            return launch
+
+        with patching.replaced(launcher.Launcher, "launch", reporting):
             yield self
-        finally:
-            launcher.Launcher.launch = original
 
 
 class _PrepushStandby:

@@ -113,13 +113,10 @@ def no_tfx_package_for_local_beam(beam_runner: str) -> Iterator[None]:
         return
     from tfx.utils import dependency_utils
 
-    original = dependency_utils.make_beam_dependency_flags
+    from components import patching
 
     def local_flags(beam_pipeline_args: list[str]) -> list[str]:
         return list(beam_pipeline_args)
 
-    dependency_utils.make_beam_dependency_flags = local_flags
-    try:
+    with patching.replaced(dependency_utils, "make_beam_dependency_flags", lambda _original: local_flags):
         yield
-    finally:
-        dependency_utils.make_beam_dependency_flags = original
