@@ -64,12 +64,17 @@ def build_serving_model(
     image_size: int = 32,
     backbone: str = "MobileNetV2",
     warmup_count: int = 2,
+    seed: int = 0,
 ) -> ServingModel:
     """Transform analysis + model + fitted head + export (with warmup requests) under `workdir`.
 
     The first `warmup_count` images become the SavedModel's TF Serving warmup
     requests (each sent through the three client signatures). Returns the export directory and the (image, label) items.
+    The backbone is randomly initialised from `seed` (Keras' global seed, as the Trainer
+    sets it): without one each process drew another backbone, and what the model
+    answers off its training distribution (inverted digits, say) changed with the draw.
     """
+    keras.utils.set_random_seed(seed)
     items = digit_images(tuple(digits), per_class=per_class, size=image_size)
     tfo = analyze_transform(
         items, os.path.join(workdir, "transform"), backbone=backbone, image_size=image_size
