@@ -110,3 +110,42 @@ def test_two_class_export_has_per_class_scores(tmp_path):
     )
     assert out["scores"].shape == (len(items), 2)
     np.testing.assert_allclose(out["scores"].numpy().sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_the_frozen_graph_passes_no_constant_through_an_identity_and_answers_the_same_bits():
+    """Freezing turns each variable read into Identity(Const); the export drops those no-ops."""
+    import tf_keras as keras
+    from tensorflow.python.framework import convert_to_constants
+
+    keras.utils.set_random_seed(3)
+    m = model_lib.build_model("MobileNetV2", "none", SIZE, 3, dropout=0.0)
+    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)
+    traced = tf.function(lambda x: m(x, training=False), input_signature=[spec], autograph=False)
+    concrete = traced.get_concrete_function()
+    graph_def, input_name, outputs = export._frozen_graph(concrete)
+    by_name = {n.name: n for n in graph_def.node}
+
+    def constant_reads(nodes) -> int:
+        return sum(
+            1
+            for n in nodes
+            if n.op == "Identity" and by_name.get(n.input[0].lstrip("^").split(":")[0], n).op == "Const"
+        )
+
+    assert constant_reads(graph_def.node) == 0
+    # TensorFlow's own freezing keeps them: one per variable.
+    reference = convert_to_constants.convert_variables_to_constants_v2(concrete)
+    kept = reference.graph.as_graph_def().node
+    assert len(graph_def.node) < len(kept) - len(m.variables) // 2
+
+    frozen = tf.function(
+        lambda x: tf.graph_util.import_graph_def(
+            graph_def, input_map={input_name: x}, return_elements=outputs
+        ),
+        input_signature=[spec],
+        autograph=False,
+    )
+    x = tf.random.stateless_uniform([4, SIZE, SIZE, 3], seed=(1, 2), minval=-1.0, maxval=1.0)
+    [ours] = frozen(x)
+    [expected] = tf.nest.flatten(reference(x))
+    np.testing.assert_array_equal(ours.numpy(), expected.numpy())  # the same bits
