@@ -26,7 +26,6 @@ import sys
 from benchmarks import common
 
 BEAM_NODES = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")
-KINDS = ("first run", "new eval data")
 
 
 def child(args) -> dict:
@@ -62,13 +61,14 @@ def main(argv=None) -> int:
         f"Demo target task, 30 head epochs; {runs} rounds, each a fresh process per variant, order "
         "alternating. Seconds: medians (per round in brackets); ratio = memo / no memo.\n"
     )
-    cells = [(kind, what) for kind in KINDS for what in ("whole run", *BEAM_NODES)]
+    cells = [(kind, what) for kind in common.RUN_KINDS for what in ("whole run", *BEAM_NODES)]
     rows = common.paired_rows(results, "no memo", "memo", cells)
     common.emit(
         common.table(["run", "step", "no memo s", "per round", "memo s", "per round", "memo / no memo"], rows)
     )
     same = {
-        kind: sorted({round(x[kind]["accuracy"], 4) for v in results.values() for x in v}) for kind in KINDS
+        kind: sorted({round(x[kind]["accuracy"], 4) for v in results.values() for x in v})
+        for kind in common.RUN_KINDS
     }
     baselines = sorted(
         {str((x["new eval data"]["baseline"] or {}).get("reused_from")) for v in results.values() for x in v}

@@ -397,6 +397,9 @@ def new_eval_data(target: str, out: str) -> str:
     return out
 
 
+RUN_KINDS = ("first run", "new eval data")  # first_and_new_eval_runs' two runs
+
+
 def first_and_new_eval_runs(args: argparse.Namespace, record: Callable[[Any, float, dict], dict]) -> dict:
     """In a fresh home (args.home), `imgpipe run` of the demo's target task (args.target,
     args.backbone, args.weights, args.image_size; 30 head epochs), then a run on new eval data
@@ -412,7 +415,7 @@ def first_and_new_eval_runs(args: argparse.Namespace, record: Callable[[Any, flo
     shutil.rmtree(args.home, ignore_errors=True)
     new_eval = new_eval_data(args.target, os.path.join(args.home, "new_eval"))
     out = {}
-    for kind, config in (("first run", cfg), ("new eval data", cfg.replace(data_dir=new_eval))):
+    for kind, config in zip(RUN_KINDS, (cfg, cfg.replace(data_dir=new_eval)), strict=True):
         t0 = time.perf_counter()
         summary = run_local(config, progress=lambda _m: None)
         out[kind] = record(summary, time.perf_counter() - t0, component_seconds(config))
@@ -493,6 +496,21 @@ def distinct(results: Mapping[str, list[dict]], key: str, digits: int | None = N
             for kind in x
         }
     )
+
+
+def paired_intro(runs: int, ratio: str, order: str = "alternating", note: str = "") -> str:
+    """The paragraph above a paired demo benchmark's table: its rounds, and what the ratio is."""
+    return (
+        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
+        f"{order}. Seconds: medians (per round in brackets); ratio = {ratio}.{' ' + note if note else ''}\n"
+    )
+
+
+def paired_table(results: Mapping[str, list[dict]], before: str, after: str, steps: Sequence[str]) -> str:
+    """The table of a paired demo benchmark: `steps` of each of RUN_KINDS, `before` against `after`."""
+    cells = [(kind, step) for kind in RUN_KINDS for step in steps]
+    rows = paired_rows(results, before, after, cells)
+    return table(["run", "step", f"{before} s", "(rounds)", f"{after} s", "(rounds)", "ratio"], rows)
 
 
 def paired_rows(

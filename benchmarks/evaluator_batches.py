@@ -60,14 +60,9 @@ def main(argv=None) -> int:
     common.emit(
         common.header(f"The Evaluator's batches: fixed vs adaptive, {args.backbone} {args.image_size}px")
     )
-    common.emit(
-        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
-        "alternating. Seconds: medians (per round in brackets); ratio = fixed / adaptive.\n"
-    )
-    cells = [(kind, what) for kind in ("first run", "new eval data") for what in ("whole run", "Evaluator")]
-    rows = common.paired_rows(results, "adaptive", "fixed", cells)
-    common.emit(common.table(["run", "step", "adaptive s", "(rounds)", "fixed s", "(rounds)", "ratio"], rows))
-    for kind in ("first run", "new eval data"):
+    common.emit(common.paired_intro(runs, "fixed / adaptive"))
+    common.emit(common.paired_table(results, "adaptive", "fixed", ("whole run", "Evaluator")))
+    for kind in common.RUN_KINDS:
         gates = {name: [x[kind]["gate"] for x in rs] for name, rs in results.items()}
         same = all(g == gates["fixed"][i] for i, g in enumerate(gates["adaptive"]))
         common.emit(

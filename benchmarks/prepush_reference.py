@@ -61,20 +61,14 @@ def main(argv=None) -> int:
         )
     )
     common.emit(
-        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
-        "alternating. Seconds: medians (per round in brackets); ratio = handed over / loaded again. "
-        "reference, server ready, checks: the validation's own clock (`prepush.seconds`), from its "
-        "start.\n"
-    )
-    cells = [
-        (kind, what) for kind in ("first run", "new eval data") for what in ("whole run", *NODES, *STEPS)
-    ]
-    rows = common.paired_rows(results, "loaded again", "handed over", cells)
-    common.emit(
-        common.table(
-            ["run", "step", "loaded again s", "(rounds)", "handed over s", "(rounds)", "ratio"], rows
+        common.paired_intro(
+            runs,
+            "handed over / loaded again",
+            note="reference, server ready, checks: the validation's own clock (`prepush.seconds`), "
+            "from its start.",
         )
     )
+    common.emit(common.paired_table(results, "loaded again", "handed over", ("whole run", *NODES, *STEPS)))
     flags = {name: common.distinct({name: rs}, "reference_from_evaluator") for name, rs in results.items()}
     accs = common.distinct(results, "accuracy", 4)
     common.emit(f"\nreference_from_evaluator: {flags}; accuracies over all processes: {accs}\n")

@@ -69,15 +69,8 @@ def main(argv=None) -> int:
     common.emit(
         common.header(f"Beam's round trip and the report's model load, {args.backbone} {args.image_size}px")
     )
-    common.emit(
-        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
-        "alternating. Seconds: medians (per round in brackets); ratio = now / before.\n"
-    )
-    cells = [
-        (kind, what) for kind in ("first run", "new eval data") for what in ("whole run", *NODES, "report")
-    ]
-    rows = common.paired_rows(results, "before", "now", cells)
-    common.emit(common.table(["run", "step", "before s", "(rounds)", "now s", "(rounds)", "ratio"], rows))
+    common.emit(common.paired_intro(runs, "now / before"))
+    common.emit(common.paired_table(results, "before", "now", ("whole run", *NODES, "report")))
     accs, blessed = common.distinct(results, "accuracy", 4), common.distinct(results, "blessed")
     common.emit(f"\naccuracies over all processes: {accs}; blessed: {blessed}\n")
     return 0

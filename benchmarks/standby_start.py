@@ -63,22 +63,17 @@ def main(argv=None) -> int:
         )
     )
     common.emit(
-        f"Demo target task, 30 head epochs; {runs} rounds, a fresh process per variant, order "
-        "rotating. Seconds: medians (per round in brackets); ratio = variant / at the Evaluator. "
-        "server_ready: the validation's own clock (`prepush.seconds`), from its start.\n"
+        common.paired_intro(
+            runs,
+            "variant / at the Evaluator",
+            order="rotating",
+            note="server_ready: the validation's own clock (`prepush.seconds`), from its start.",
+        )
     )
-    cells = [
-        (kind, what)
-        for kind in ("first run", "new eval data")
-        for what in ("whole run", *NODES, "server_ready")
-    ]
     for name in ("at the Trainer", "none"):
         common.emit(f"**{name}** against at the Evaluator:\n")
-        rows = common.paired_rows(results, "at the Evaluator", name, cells)
         common.emit(
-            common.table(
-                ["run", "step", "at the Evaluator s", "(rounds)", f"{name} s", "(rounds)", "ratio"], rows
-            )
+            common.paired_table(results, "at the Evaluator", name, ("whole run", *NODES, "server_ready"))
         )
         common.emit("")
     flags = {name: common.distinct({name: rs}, "early") for name, rs in results.items()}
