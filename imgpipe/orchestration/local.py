@@ -158,16 +158,19 @@ class _PrepushStandby:
                 self._at_evaluator(tracker)
         except Exception:  # noqa: BLE001 - an optimisation: never fail the run for it
             log.warning("could not start the pre-push model server early", exc_info=True)
-            self._own.close()
-            self.server = None
+            self._stop()
+
+    def _stop(self) -> None:
+        """Stop the standby server, if one runs: it failed to start or is not needed."""
+        self._own.close()
+        self.server = None
 
     def _at_evaluator(self, tracker: _ComponentProgress) -> None:
         from components import model_server
         from components.artifacts import saved_model_dir
 
         if tracker.states.get("Trainer") != "done":
-            self._own.close()  # a cached (or failed) Trainer: no server needed
-            self.server = None
+            self._stop()  # a cached (or failed) Trainer: no server needed
             return
         [model] = tracker.results["Trainer"].output_dict["model"]
         if self.server is not None:
