@@ -430,4 +430,7 @@ def test_predictions_from_an_already_loaded_model_equal_a_load_of_the_saved_mode
     # An object without the signature is not used: the report loads the model itself.
     with data.EvalPredictions(serving_model.export_dir, records, loaded=object()) as fallback:
         assert fallback.from_loaded is False
-        assert [p.scores for p in fallback] == [r[2] for r in own_rows]
+        fallback_scores = [p.scores for p in fallback]
+    # Its default batch size differs from 3: the same model in other batches may differ in the
+    # last bits on some CPUs (how oneDNN blocks a batch), so the scores are compared to float32 precision.
+    np.testing.assert_allclose(fallback_scores, [r[2] for r in own_rows], rtol=1e-5, atol=1e-6)

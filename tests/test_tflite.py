@@ -1,7 +1,14 @@
 """TFLite export: each quantization converts and agrees with the SavedModel; the contract is the model's.
 
 One small model per module: MobileNetV2 at 32 px (the session's pre-trained
-backbone) with a head trained on digits 5-7, exported as the Trainer does.
+backbone) with a head trained on digits 0-2, exported as the Trainer does.
+
+Digits 0-2 are among the backbone's source classes, so the head's decisions are
+clear: what these tests check is the conversion and the agreement check, and
+they need a model whose top-1 answers are not near-ties. On a task the small
+backbone transfers to weakly (digits 5-7 on some CPUs' numerics: scores such as
+0.38/0.31/0.31), quantization flips near-tied answers and the check rightly
+refuses the int8 and dynamic exports.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from trainer.config import ConfigError, TrainingConfig
 from trainer.task import parse_custom_config
 
 SIZE = 32
+CLASSES = (0, 1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, source_backbone) -> Trained:
     work = str(tmp_path_factory.mktemp("tflite"))
-    items = helpers.digit_images((5, 6, 7), per_class=50, size=SIZE, seed=3)
+    items = helpers.digit_images(CLASSES, per_class=50, size=SIZE, seed=3)
     records = helpers.write_split_dataset(os.path.join(work, "data"), items, eval_every=3)
     train_items = [it for i, it in enumerate(items) if i % 3]
     tfo = helpers.analyze_transform(train_items, os.path.join(work, "transform"), image_size=SIZE)
@@ -112,7 +120,7 @@ def test_each_variant_converts_and_agrees_with_the_saved_model(trained, exported
         assert "float16" not in types
     # The SavedModel beside it still loads and serves (assets.extra is not read).
     served = tf.saved_model.load(export_dir).signatures[export.PREDICT_IMAGES]
-    assert served(images=tf.constant([helpers.digit_images((5,), 1, SIZE)[0][0]]))["scores"].shape[0] == 1
+    assert served(images=tf.constant([helpers.digit_images(CLASSES[:1], 1, SIZE)[0][0]]))["scores"].shape[0] == 1
 
 
 def test_the_contract_is_what_the_converter_produced(trained, exported):
@@ -127,14 +135,14 @@ def test_the_contract_is_what_the_converter_produced(trained, exported):
     assert contract["input"]["dtype"] == np.dtype(inp["dtype"]).name == "float32"
     assert contract["output"]["shape"] == [1, len(trained.class_names)] == list(out["shape"])
     # The class names are the SavedModel's, in output order.
-    example = helpers.make_example(helpers.digit_images((6,), 1, SIZE)[0][0])
+    example = helpers.make_example(helpers.digit_images(CLASSES[1:2], 1, SIZE)[0][0])
     saved = tf.saved_model.load(export_dir).signatures[export.SERVING_DEFAULT](
         examples=tf.constant([example])
     )
     assert contract["class_names"] == [c.decode() for c in saved["classes"].numpy()[0]]
     # Following the contract alone (decode, resize as stated, feed [0, 255] RGB) gives what the
     # agreement check fed (the Transform graph's own decode and resize), and the SavedModel's classes.
-    images = [img for img, _ in helpers.digit_images((5, 6, 7), per_class=4, size=SIZE, seed=9)]
+    images = [img for img, _ in helpers.digit_images(CLASSES, per_class=4, size=SIZE, seed=9)]
     resize = contract["input"]["resize"]
     fed = [
         tf.image.resize(

