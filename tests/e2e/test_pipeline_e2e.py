@@ -70,9 +70,9 @@ def base_config(tmp_path_factory, source_backbone, digits_records):
         backbone="MobileNetV2",
         weights=source_backbone,
         image_size=SIZE,
-        epochs=15,
-        learning_rate=1e-2,
-        dropout=0.0,
+        # The head trains with the Trainer's defaults (to convergence, early stopping): over
+        # eight pre-training variants of the tests' backbone they scored 0.67-0.87 on this
+        # task, a fixed 15 epochs at learning rate 1e-2 0.62-0.82 (BENCHMARKS.md, "Another CPU").
         min_accuracy=0.5,
         export_tflite="float16",
     )
