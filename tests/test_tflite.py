@@ -120,7 +120,9 @@ def test_each_variant_converts_and_agrees_with_the_saved_model(trained, exported
         assert "float16" not in types
     # The SavedModel beside it still loads and serves (assets.extra is not read).
     served = tf.saved_model.load(export_dir).signatures[export.PREDICT_IMAGES]
-    assert served(images=tf.constant([helpers.digit_images(CLASSES[:1], 1, SIZE)[0][0]]))["scores"].shape[0] == 1
+    assert (
+        served(images=tf.constant([helpers.digit_images(CLASSES[:1], 1, SIZE)[0][0]]))["scores"].shape[0] == 1
+    )
 
 
 def test_the_contract_is_what_the_converter_produced(trained, exported):
