@@ -434,3 +434,37 @@ def test_predictions_from_an_already_loaded_model_equal_a_load_of_the_saved_mode
     # Its default batch size differs from 3: the same model in other batches may differ in the
     # last bits on some CPUs (how oneDNN blocks a batch), so the scores are compared to float32 precision.
     np.testing.assert_allclose(fallback_scores, [r[2] for r in own_rows], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("given_model", [False, True], ids=["own load", "loaded object"])
+@pytest.mark.parametrize("read", ["all", "one"])
+def test_closing_the_predictions_ends_the_eval_iterator_without_the_collector(
+    serving_model, tmp_path, given_model, read
+):
+    """Closing (leaving the `with`) frees the eval split's tf.data iterator by reference count,
+    also when the predictions were read only in part: none is left to a later collection."""
+    import gc
+    import weakref
+
+    import tensorflow as tf
+
+    from tests import helpers
+
+    records = helpers.write_tfrecords(str(tmp_path / "eval.tfrecord"), serving_model.items[:7])
+    loaded = tf.saved_model.load(serving_model.export_dir) if given_model else None
+    gc.collect()
+    gc.disable()
+    try:
+        with data.EvalPredictions(
+            serving_model.export_dir, records, batch_size=3, loaded=loaded
+        ) as predictions:
+            assert predictions.from_loaded is given_model
+            iterator = weakref.ref(predictions._batches._iterator)  # the OwnedIterator under the numpy one
+            rows = iter(predictions)
+            first = next(rows)
+            rest = list(rows) if read == "all" else []
+        assert first.record == 0 and len(rest) == (6 if read == "all" else 0)
+        del rows, predictions
+        assert iterator() is None, "the eval iterator outlived close(): it waits for the garbage collector"
+    finally:
+        gc.enable()

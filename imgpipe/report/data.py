@@ -223,9 +223,11 @@ class EvalPredictions:
             self.close()
             raise ReportDataError(f"{serving_model} has no serving_default signature")
         signature = meta.signature_def["serving_default"]
-        self._input = signature.inputs["examples"].name
+        session, name = self._session, signature.inputs["examples"].name
         outputs = {"scores": signature.outputs["scores"].name, "classes": signature.outputs["classes"].name}
-        self._run = lambda batch: self._session.run(outputs, {self._input: batch})
+        # Not a method or a lambda over self: that would be a reference cycle, and the eval
+        # split's iterator in it would wait for the garbage collector (see close).
+        self._run = lambda batch: session.run(outputs, {name: batch})
 
     def __iter__(self) -> Iterator[Prediction]:
         record = 0
@@ -239,6 +241,14 @@ class EvalPredictions:
             scores = self._run(batch)["scores"] if batch is not None else None
 
     def close(self) -> None:
+        """Close the session and end the eval split's iterator now.
+
+        An autotuned tf.data iterator left to the garbage collector is destroyed at some
+        later collection, which then waits for the iterator's autotuning thread with the
+        GIL held (seconds, in whatever the process does then): so drop it here.
+        """
+        self._batches = iter(())
+        self._first = self._first_scores = None
         if self._session is not None:
             self._session.close()
 
