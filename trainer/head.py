@@ -27,6 +27,7 @@ minimises), for the softmax and the 2-class sigmoid head alike.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 from collections.abc import Callable, Sequence
 
@@ -216,6 +217,14 @@ class DatasetData(HeadData):
             callbacks=list(callbacks),
             verbose=verbose,
         )
+        if model.stop_training:
+            # Keras ends an early-stopped fit by leaving its epoch generator, and the generator's
+            # close leaves its frame in a reference cycle (through the GeneratorExit's traceback
+            # and a context manager) with the train split's tf.data iterator in it: its shuffle
+            # and prefetch buffers and autotuning thread. Collect it now, not at whatever later
+            # collection reaches it, whose destructor would then join that thread with the GIL
+            # held in the middle of other work.
+            gc.collect()
         return {k: [float(x) for x in v] for k, v in h.history.items()}
 
 
