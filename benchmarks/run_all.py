@@ -32,6 +32,7 @@ BENCHMARKS = (
     "round_trip_report",
     "evaluator_batches",
     "standby_start",
+    "gc_freeze",
     "serving_latency",
     "metadata_concurrency",
     "tflite",

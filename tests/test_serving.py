@@ -842,3 +842,22 @@ def test_cli_serve_reports_start_errors(tmp_path, capsys):
     argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", NAME, "--poll-seconds", "0"]
     assert cli.main(argv) == cli.EXIT_USAGE
     assert "poll_seconds" in capsys.readouterr().err
+
+
+def test_cli_serve_freezes_the_start_up_objects_while_it_serves(tmp_path, monkeypatch):
+    """`imgpipe serve` keeps what existed at its start out of the collector's walks while it
+    serves (each unload runs a full collection), and gives them back when serve returns."""
+    import gc
+
+    seen = []
+
+    def serve(config):
+        seen.append((config.model_name, gc.get_freeze_count()))
+        return 0
+
+    monkeypatch.setattr(lifecycle, "serve", serve)
+    argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", NAME, "--port", "0"]
+    assert gc.get_freeze_count() == 0
+    assert cli.main(argv) == 0
+    assert seen and seen[0][0] == NAME and seen[0][1] > 10_000, seen  # TensorFlow's import alone makes more
+    assert gc.get_freeze_count() == 0

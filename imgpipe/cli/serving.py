@@ -10,6 +10,7 @@ one JSON line per image on stdout; exit 0 when every image was classified,
 from __future__ import annotations
 
 import argparse
+import gc
 from typing import TYPE_CHECKING
 
 import grpc
@@ -146,7 +147,15 @@ def _serve(args: argparse.Namespace) -> int:
         config.check_port()  # a taken port fails now, not after TensorFlow and the model load
         from serving.devserver import lifecycle  # loads TensorFlow: only when the command runs
 
-        return lifecycle.serve(config)
+        # What exists now (the imports' objects) outlives the server: keep it out of the
+        # garbage collector's walks while serving, among them the full collection each model
+        # unload runs while other versions take requests (0.36 -> 0.17 s for the demo's model;
+        # BENCHMARKS.md, "The dev server's unload"). Undone on return, for in-process callers.
+        gc.freeze()
+        try:
+            return lifecycle.serve(config)
+        finally:
+            gc.unfreeze()
     except ServerStartError as e:
         raise UsageError(str(e)) from e
 
