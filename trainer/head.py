@@ -221,9 +221,10 @@ class DatasetData(HeadData):
             # Keras ends an early-stopped fit by leaving its epoch generator, and the generator's
             # close leaves its frame in a reference cycle (through the GeneratorExit's traceback
             # and a context manager) with the train split's tf.data iterator in it: its shuffle
-            # and prefetch buffers and autotuning thread. Collect it now, not at whatever later
-            # collection reaches it, whose destructor would then join that thread with the GIL
-            # held in the middle of other work.
+            # and prefetch buffers and autotuning thread. Collect it now (~0.4 s), not at whatever
+            # later collection reaches it in the middle of other work, where such a destructor has
+            # been seen to wait for that thread with the GIL held (BENCHMARKS.md, "Iterators left
+            # to the garbage collector").
             gc.collect()
         return {k: [float(x) for x in v] for k, v in h.history.items()}
 

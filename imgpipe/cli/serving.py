@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
         # What exists now (the imports' objects) outlives the server: keep it out of the
         # garbage collector's walks while serving, among them the full collection each model
         # unload runs while other versions take requests (0.36 -> 0.17 s for the demo's model;
-        # BENCHMARKS.md, "The dev server's unload"). Undone on return, for in-process callers.
+        # BENCHMARKS.md, "Iterators left to the garbage collector, and the dev server's unload"). Undone on return, for in-process callers.
         gc.freeze()
         try:
             return lifecycle.serve(config)

@@ -244,8 +244,9 @@ class EvalPredictions:
         """Close the session and end the eval split's iterator now.
 
         An autotuned tf.data iterator left to the garbage collector is destroyed at some
-        later collection, which then waits for the iterator's autotuning thread with the
-        GIL held (seconds, in whatever the process does then): so drop it here.
+        later collection, in the middle of other work, and such a destructor has been seen
+        to wait there for the iterator's autotuning thread with the GIL held (35-49 s
+        stalls in the test suite; BENCHMARKS.md, "Another CPU"): so drop it here.
         """
         self._batches = iter(())
         self._first = self._first_scores = None
