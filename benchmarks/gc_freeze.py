@@ -1,5 +1,6 @@
-"""The dev server's model unload with and without its start-up objects frozen (gc.freeze), in
-paired fresh processes.
+"""The dev server's model unload, with and without its start-up objects frozen (gc.freeze).
+
+Measured in paired fresh processes.
 
 `imgpipe serve` frees an unloaded model version at once with a full garbage collection
 (serving/devserver/manager.py: _unload), while its other versions take requests. A full
@@ -35,7 +36,7 @@ if variant == "after":
     gc.freeze()
 unloads = []
 for _ in range(loads):
-    manager = ModelManager(name, base, poll_seconds=0, num_versions=1, run_warmup=True)
+    manager = ModelManager(name, base, poll_seconds=3600, num_versions=1, run_warmup=True)  # no polls
     manager.start()
     t = time.perf_counter()
     manager.stop()

@@ -464,7 +464,10 @@ def test_closing_the_predictions_ends_the_eval_iterator_without_the_collector(
             first = next(rows)
             rest = list(rows) if read == "all" else []
         assert first.record == 0 and len(rest) == (6 if read == "all" else 0)
+        assert iterator() is None, "close() left the eval iterator alive"
+        # Nor is the object itself in a reference cycle (it holds the session until freed).
+        held = weakref.ref(predictions)
         del rows, predictions
-        assert iterator() is None, "the eval iterator outlived close(): it waits for the garbage collector"
+        assert held() is None, "EvalPredictions is in a reference cycle: it waits for the garbage collector"
     finally:
         gc.enable()

@@ -196,6 +196,20 @@ class HeadData:
         return build(hp)
 
 
+def release_fit_iterators() -> None:
+    """Free the tf.data iterators a Keras `fit` on batches left behind; call as it returns.
+
+    Keras leaves a fit's train iterators in reference cycles: an early-stopped fit's epoch
+    generator, closed through a context manager, keeps its frame in the GeneratorExit's
+    traceback, and a fit that runs every epoch leaves some too. Each holds its shuffle and
+    prefetch buffers and its autotuning thread. This collects them now (a full collection,
+    ~0.4 s in a pipeline's process), not at whatever later collection reaches them in the
+    middle of other work, where such a destructor has been seen to wait for that thread with
+    the GIL held (BENCHMARKS.md, "Iterators left to the garbage collector").
+    """
+    gc.collect()
+
+
 @dataclasses.dataclass
 class DatasetData(HeadData):
     """Batches from tf.data (images, or a spilled feature cache), trained with Keras' fit."""
@@ -217,15 +231,7 @@ class DatasetData(HeadData):
             callbacks=list(callbacks),
             verbose=verbose,
         )
-        if model.stop_training:
-            # Keras ends an early-stopped fit by leaving its epoch generator, and the generator's
-            # close leaves its frame in a reference cycle (through the GeneratorExit's traceback
-            # and a context manager) with the train split's tf.data iterator in it: its shuffle
-            # and prefetch buffers and autotuning thread. Collect it now (~0.4 s), not at whatever
-            # later collection reaches it in the middle of other work, where such a destructor has
-            # been seen to wait for that thread with the GIL held (BENCHMARKS.md, "Iterators left
-            # to the garbage collector").
-            gc.collect()
+        release_fit_iterators()
         return {k: [float(x) for x in v] for k, v in h.history.items()}
 
 

@@ -147,15 +147,20 @@ def _serve(args: argparse.Namespace) -> int:
         config.check_port()  # a taken port fails now, not after TensorFlow and the model load
         from serving.devserver import lifecycle  # loads TensorFlow: only when the command runs
 
-        # What exists now (the imports' objects) outlives the server: keep it out of the
+        # What exists now (mostly the imports' objects) outlives the server: keep it out of the
         # garbage collector's walks while serving, among them the full collection each model
         # unload runs while other versions take requests (0.36 -> 0.17 s for the demo's model;
-        # BENCHMARKS.md, "Iterators left to the garbage collector, and the dev server's unload"). Undone on return, for in-process callers.
-        gc.freeze()
+        # BENCHMARKS.md, "Iterators left to the garbage collector, and the dev server's
+        # unload"). Undone on return, for in-process callers; left to a caller that froze first.
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.collect()  # garbage from before is freed, not frozen
+            gc.freeze()
         try:
             return lifecycle.serve(config)
         finally:
-            gc.unfreeze()
+            if freeze:
+                gc.unfreeze()
     except ServerStartError as e:
         raise UsageError(str(e)) from e
 
