@@ -149,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         # What exists now (mostly the imports' objects) outlives the server: keep it out of the
         # garbage collector's walks while serving, among them the full collection each model
-        # unload runs while other versions take requests (0.36 -> 0.17 s for the demo's model;
+        # unload runs while other versions take requests (0.54 -> 0.21 s for the demo's model;
         # BENCHMARKS.md, "Iterators left to the garbage collector, and the dev server's
         # unload"). Undone on return, for in-process callers; left to a caller that froze first.
         freeze = gc.get_freeze_count() == 0
