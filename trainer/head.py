@@ -27,7 +27,6 @@ minimises), for the softmax and the 2-class sigmoid head alike.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 from collections.abc import Callable, Sequence
 
@@ -196,20 +195,6 @@ class HeadData:
         return build(hp)
 
 
-def release_fit_iterators() -> None:
-    """Free the tf.data iterators a Keras `fit` on batches left behind; call as it returns.
-
-    Keras leaves a fit's train iterators in reference cycles: an early-stopped fit's epoch
-    generator, closed through a context manager, keeps its frame in the GeneratorExit's
-    traceback, and a fit that runs every epoch leaves some too. Each holds its shuffle and
-    prefetch buffers and its autotuning thread. This collects them now (a full collection,
-    ~0.4 s in a pipeline's process), not at whatever later collection reaches them in the
-    middle of other work, where such a destructor has been seen to wait for that thread with
-    the GIL held (BENCHMARKS.md, "Iterators left to the garbage collector").
-    """
-    gc.collect()
-
-
 @dataclasses.dataclass
 class DatasetData(HeadData):
     """Batches from tf.data (images, or a spilled feature cache), trained with Keras' fit."""
@@ -231,7 +216,7 @@ class DatasetData(HeadData):
             callbacks=list(callbacks),
             verbose=verbose,
         )
-        release_fit_iterators()
+        model_lib.release_fit_iterators()
         return {k: [float(x) for x in v] for k, v in h.history.items()}
 
 

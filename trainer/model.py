@@ -8,6 +8,7 @@ backbone computed once; the full model shares the very same head weights.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import numpy as np
@@ -194,6 +195,20 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate: float) ->
         metrics=[metric],
         weighted_metrics=[cross_entropy_metric(num_classes)],
     )
+
+
+def release_fit_iterators() -> None:
+    """Free the tf.data iterators a Keras `fit` on batches left behind; call as it returns.
+
+    Keras leaves a fit's train iterators in reference cycles: an early-stopped fit's epoch
+    generator, closed through a context manager, keeps its frame in the GeneratorExit's
+    traceback, and a fit that runs every epoch leaves some too. Each holds its shuffle and
+    prefetch buffers and its autotuning thread. This collects them now (a full collection,
+    ~0.4 s in a pipeline's process), not at whatever later collection reaches them in the
+    middle of other work, where such a destructor has been seen to wait for that thread with
+    the GIL held (BENCHMARKS.md, "Iterators left to the garbage collector").
+    """
+    gc.collect()
 
 
 def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:

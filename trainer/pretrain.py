@@ -21,7 +21,7 @@ import tf_keras as keras
 
 from trainer import backbones, data, tracing
 from trainer.features import IMAGE_KEY, LABEL_KEY
-from trainer.model import build_backbone, prepare_fit
+from trainer.model import build_backbone, prepare_fit, release_fit_iterators
 from trainer.preprocessing import preprocess_images
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def pretrain_backbone(
     train_ds = dataset(train_images, train_labels, True)
     prepare_fit(model, train_ds)  # one trace of the train step, not two
     model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=verbose)
+    release_fit_iterators()
     recalibrate_batchnorm(base, dataset(train_images, train_labels, False))
     _, eval_acc = model.evaluate(eval_ds, verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -397,7 +397,7 @@ def train(
             callbacks=cbs,
             verbose=verbose,
         )
-        head.release_fit_iterators()
+        model_lib.release_fit_iterators()
         seconds["fine_tune"] = time.perf_counter() - t1
         _merge(history, h2.history, prefix="fine_tune_")
         accuracy = _accuracy(model, images(eval_files, False, False, measuring=True))

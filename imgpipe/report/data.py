@@ -245,7 +245,7 @@ class EvalPredictions:
 
         An autotuned tf.data iterator left to the garbage collector is destroyed at some
         later collection, in the middle of other work, and such a destructor has been seen
-        to wait there for the iterator's autotuning thread with the GIL held (35-49 s
+        to wait there for the iterator's autotuning thread with the GIL held (34-49 s
         stalls in the test suite; BENCHMARKS.md, "Another CPU"): so drop it here.
         """
         self._batches = iter(())
