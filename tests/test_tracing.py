@@ -121,3 +121,46 @@ def test_transform_analysis_and_input_function_unchanged(original_rules, tmp_pat
     np.testing.assert_array_equal(shipped[1], ours[1])
     np.testing.assert_array_equal(shipped[2], ours[2])
     assert shipped[1].shape == (12, 32, 32, 3)
+
+
+def test_the_projects_own_traced_functions_are_not_converted_by_autograph(tmp_path, monkeypatch):
+    """The ingest check, the training input function and the export's signatures branch on
+    Python values only; AutoGraph's conversion of them cost seconds per process (BENCHMARKS.md,
+    "AutoGraph"). Every AutoGraph conversion while they are traced is recorded: none may be of
+    imgpipe's own code (TensorFlow's and Keras's own wrappers may still be converted)."""
+    from tensorflow.python.autograph.impl import api
+
+    from imgpipe.ingest import images
+    from tests import helpers, image_samples
+    from trainer import data, export
+
+    converted = []
+    convert = api._convert_actual
+
+    def recording(entity, program_ctx):
+        converted.append(f"{getattr(entity, '__module__', '?')}.{getattr(entity, '__qualname__', entity)}")
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", recording)
+
+    # A limit no other test uses: the check is traced anew here (one trace per limit).
+    assert images.check_image(image_samples.png(image_samples.asymmetric_image()), max_pixels=123_457) is None
+    assert "over the limit" in images.check_image(image_samples.black_png(400, 400), max_pixels=123_457)
+
+    items = helpers.digit_images(digits=(3, 7), per_class=4, size=20)
+    files = helpers.write_tfrecords(str(tmp_path / "data.tfrecord"), items)
+    tfo = helpers.analyze_transform(items, str(tmp_path / "transform"), image_size=16)
+    x, y = next(iter(data.make_dataset(files, tfo, data.InputSpec(batch_size=8, num_classes=2))))
+    assert x.shape == (8, 16, 16, 3) and y.shape == (8, 1)
+
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    export_dir = export.export_serving_model(model, tfo, data.class_names(tfo), str(tmp_path / "export"))
+    assert set(tf.saved_model.load(export_dir).signatures) >= {"serving_default", "predict_images"}
+
+    assert converted, "the recording hook saw no conversion at all: it no longer sees AutoGraph's work"
+    ours = [
+        name for name in converted if name.split(".")[0] in {"imgpipe", "trainer", "serving", "components"}
+    ]
+    assert ours == []

@@ -141,7 +141,11 @@ def without_constant_reads(graph_def: graph_pb2.GraphDef, kept: set[str]) -> gra
 
 class _ServingModule(tf.Module):
     """The signatures, the class names, the frozen model and the Transform layer (its tables and
-    vocabulary asset); one copy of the model's graph, called by the three scoring signatures."""
+    vocabulary asset); one copy of the model's graph, called by the three scoring signatures.
+
+    The signatures are traced with autograph=False: they branch on Python values only, and
+    AutoGraph's conversion of them cost the export ~0.5 s (BENCHMARKS.md).
+    """
 
     def __init__(
         self,
@@ -167,23 +171,23 @@ class _ServingModule(tf.Module):
     def _all_classes(self, scores: tf.Tensor) -> tf.Tensor:
         return tf.tile(self.class_names[tf.newaxis, :], [tf.shape(scores)[0], 1])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(self, examples):
         scores = self._scores(tf.io.parse_example(examples, self.serving_spec))
         return {"scores": scores, "classes": self._all_classes(scores)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")], autograph=False)
     def classify(self, inputs):
         scores = self._scores(tf.io.parse_example(inputs, self.serving_spec))
         return {"scores": scores, "classes": self._all_classes(scores)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")], autograph=False)
     def predict_images(self, images):
         scores = self._scores({IMAGE_KEY: _raw_image_input(images, self.raw_spec)})
         top = tf.math.top_k(scores, k=self.top_k)
         return {"scores": top.values, "classes": tf.gather(self.class_names, top.indices)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(self, examples):
         return self.tft_layer(tf.io.parse_example(examples, self.raw_spec))
 

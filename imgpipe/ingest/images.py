@@ -118,7 +118,9 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
 
     from trainer import preprocessing
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    # autograph=False: the control flow here and in the decoder is explicit (tf.cond), and
+    # converting the decoder's Python took most of the first check's ~9 s (BENCHMARKS.md).
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
     def check(data: tf.Tensor) -> tf.Tensor:
         _, height, width = preprocessing.image_shape(data)
         within = height * width <= max_pixels
