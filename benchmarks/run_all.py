@@ -33,6 +33,7 @@ BENCHMARKS = (
     "evaluator_batches",
     "standby_start",
     "gc_freeze",
+    "autograph",
     "serving_latency",
     "metadata_concurrency",
     "tflite",
