@@ -20,6 +20,7 @@ source eval accuracy, and the before/after ratio of the medians.
 
     python -m benchmarks.fit_trace                 # both workloads, 3 rounds
     python -m benchmarks.fit_trace --quick         # the tests' workload, 1 round
+    python -m benchmarks.fit_trace --compare optimizer   # the pre-training's fused Adam vs tf_keras's default
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ if variant == "before":
     recalibrate = eager_recalibration
 else:
     recalibrate = pretrain.recalibrate_batchnorm
+if variant == "python adam":  # tf_keras's default Adam in place of the fused one
+    pretrain.optimizer = lambda learning_rate: keras.optimizers.Adam(learning_rate=learning_rate)
 timed = {}
 def timed_recalibration(backbone_model, images):
     t = time.perf_counter()
@@ -78,7 +81,8 @@ print(json.dumps({"pretrain": time.perf_counter() - t, "fit": sum(fits),
                   "recalibrate": timed["recalibrate"], "accuracy": report["source_eval_accuracy"]}))
 """
 
-VARIANTS = ("before", "after")
+# --compare: which variants run (the first is the one compared against, the second imgpipe's code)
+COMPARISONS = {"trace": ("before", "after"), "optimizer": ("python adam", "fused adam")}
 
 
 def _tests_source(workdir: str) -> str:
@@ -103,7 +107,15 @@ def measure(data_dir: str, backbone: str, epochs: int, variant: str, workdir: st
 def main(argv=None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--workloads", nargs="+", choices=("demo", "tests"), default=None)
+    p.add_argument(
+        "--compare",
+        choices=tuple(COMPARISONS),
+        default="trace",
+        help="trace: prepare_fit and the traced recalibration off/on (default); "
+        "optimizer: tf_keras's default Adam vs the pre-training's fused Adam",
+    )
     args = p.parse_args(argv)
+    variants = COMPARISONS[args.compare]
     common.quiet()
     runs = common.repeats(args)
     workdir = os.path.join(args.workdir, "fit_trace")
@@ -119,7 +131,7 @@ def main(argv=None) -> int:
         {
             f"{name} | {variant}": (lambda r, w=w, v=variant: measure(*w, v, workdir))
             for name, w in workloads.items()
-            for variant in VARIANTS
+            for variant in variants
         },
         runs,
         say=common.say,
@@ -127,18 +139,21 @@ def main(argv=None) -> int:
     rows, ratios = [], []
     for name in workloads:
         meds = {}
-        for variant in VARIANTS:
+        for variant in variants:
             rs = res[f"{name} | {variant}"]
             meds[variant] = {k: common.median([r[k] for r in rs]) for k in rs[0]}
             m = meds[variant]
             accs = sorted({round(r["accuracy"], 4) for r in rs})
             rows.append([name, variant, m["pretrain"], m["fit"], m["recalibrate"], ", ".join(map(str, accs))])
-        b, a = meds["before"], meds["after"]
+        b, a = (meds[v] for v in variants)
         ratios.append([name, *(f"{a[k] / b[k]:.2f}x" for k in ("pretrain", "fit", "recalibrate"))])
-    common.emit(common.header("One trace per fit: backbone pre-training before/after"))
+    what = {
+        "trace": "before = prepare_fit off and the eager recalibration; after = imgpipe's code.",
+        "optimizer": "python adam = tf_keras's default Adam; fused adam = imgpipe's code (its legacy Adam).",
+    }[args.compare]
+    common.emit(common.header(f"One trace per fit: backbone pre-training, {' vs '.join(variants)}"))
     common.emit(
-        f"Median seconds over {runs} fresh process(es) per variant, interleaved (order alternating). "
-        "before = prepare_fit off and the eager recalibration; after = imgpipe's code.\n"
+        f"Median seconds over {runs} fresh process(es) per variant, interleaved (order alternating). {what}\n"
     )
     common.emit(
         common.table(
@@ -147,7 +162,11 @@ def main(argv=None) -> int:
         )
     )
     common.emit()
-    common.emit(common.table(["workload", "pre-training", "fit", "recalibration"], ratios))
+    common.emit(
+        common.table(
+            [f"workload ({variants[1]} / {variants[0]})", "pre-training", "fit", "recalibration"], ratios
+        )
+    )
     common.emit()
     return 0
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer import model as model_lib
-from trainer import tracing
+from trainer import pretrain, tracing
 from trainer.pretrain import recalibrate_batchnorm
 
 SIZE = 16
@@ -121,3 +121,46 @@ def test_recalibrated_statistics_are_the_mean_of_the_batches():
     # Not the last batch's statistics (what a momentum of 0 alone would leave).
     assert not np.allclose(bn.moving_mean.numpy(), means[-1], rtol=1e-3)
     assert bn.momentum == 0.37  # restored
+
+
+def _trained_for_pretraining(optimizer, prepare: bool):
+    """_small_model compiled as the pre-training compiles its model, trained 3 epochs."""
+    model = _small_model(3)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    ds = _batches(3, False)
+    if prepare:
+        assert model_lib.prepare_fit(model, ds) is True
+        slots = [v.ref() for v in model.optimizer.variables()]
+        assert model_lib.prepare_fit(model, ds) is True  # idempotent for this optimizer too
+        assert [v.ref() for v in model.optimizer.variables()] == slots
+    history = model.fit(ds, epochs=3, verbose=0)
+    return model, history.history
+
+
+def test_the_pretrainings_fused_adam_is_prepared_traces_once_and_updates_as_adam_does():
+    """pretrain.optimizer (tf_keras's legacy Adam: one fused op per variable) gets its slots
+    from prepare_fit like the default optimizer, and takes the same steps as the default Adam."""
+    plain, plain_history = _trained_for_pretraining(pretrain.optimizer(0.05), prepare=False)
+    prepared, prepared_history = _trained_for_pretraining(pretrain.optimizer(0.05), prepare=True)
+    assert plain.train_function.experimental_get_tracing_count() == 2
+    assert prepared.train_function.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(prepared_history["loss"], plain_history["loss"], rtol=1e-6)
+    for a, b in zip(prepared.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+    # The update rule, on a model without BatchNorm (a bias before a BatchNorm gets gradients
+    # of ~0, whose Adam steps are all rounding): a softmax layer, 3 epochs.
+    def softmax_steps(optimizer):
+        keras.utils.set_random_seed(5)
+        model = keras.Sequential(
+            [keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(3)]
+        )
+        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        losses = model.fit(_batches(3, False), epochs=3, verbose=0).history["loss"]
+        return losses, model.get_weights()
+
+    fused_losses, fused = softmax_steps(pretrain.optimizer(0.01))
+    python_losses, python = softmax_steps(keras.optimizers.Adam(learning_rate=0.01))
+    np.testing.assert_allclose(fused_losses, python_losses, rtol=1e-4)
+    for a, b in zip(fused, python, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

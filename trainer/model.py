@@ -243,7 +243,10 @@ def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:
         return tf.zeros([1, *spec.shape[1:]], spec.dtype)
 
     with model.distribute_strategy.scope():
-        model.optimizer.build(model.trainable_variables)
+        if hasattr(model.optimizer, "build"):
+            model.optimizer.build(model.trainable_variables)
+        else:  # tf_keras's legacy optimizers (the pre-training's fused Adam) create them so
+            model.optimizer._create_all_weights(model.trainable_variables)
         y_pred = one(outputs[0])
         if not model.compiled_loss.built:
             model.compiled_loss.build(y_pred)
