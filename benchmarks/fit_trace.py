@@ -33,6 +33,7 @@ from benchmarks import common
 CHILD = r"""
 import json, sys, time
 import tf_keras as keras
+from trainer import model as model_lib
 from trainer import pretrain
 
 data_dir, backbone, out, epochs, variant = sys.argv[1:6]
@@ -53,7 +54,7 @@ def eager_recalibration(backbone_model, images):
     return n
 
 if variant == "before":
-    pretrain.prepare_fit = lambda model, batches: False
+    model_lib.prepare_fit = lambda model, batches: False  # what fit_batches calls
     recalibrate = eager_recalibration
 else:
     recalibrate = pretrain.recalibrate_batchnorm

@@ -207,8 +207,8 @@ class DatasetData(HeadData):
 
     def _fit(self, model, whole, validated, epochs, callbacks, verbose):
         batches = self.whole_batches if whole else self.fit_batches
-        model_lib.prepare_fit(model, batches)  # one trace of the train step, not two
-        h = model.fit(
+        h = model_lib.fit_batches(
+            model,
             batches,
             validation_data=self.val_batches if validated else None,
             epochs=epochs,
@@ -216,7 +216,6 @@ class DatasetData(HeadData):
             callbacks=list(callbacks),
             verbose=verbose,
         )
-        model_lib.release_fit_iterators()
         return {k: [float(x) for x in v] for k, v in h.history.items()}
 
 

@@ -211,6 +211,16 @@ def release_fit_iterators() -> None:
     gc.collect()
 
 
+def fit_batches(model: keras.Model, batches: tf.data.Dataset, **fit_args) -> keras.callbacks.History:
+    """`model.fit(batches, **fit_args)` as the project runs every Keras fit on tf.data: its train
+    step traced once (`prepare_fit`), and the iterators it leaves freed as it returns
+    (`release_fit_iterators`)."""
+    prepare_fit(model, batches)
+    history = model.fit(batches, **fit_args)
+    release_fit_iterators()
+    return history
+
+
 def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:
     """Create now the variables `model.fit`'s first train step would create, so that Keras
     traces its train step once instead of twice.

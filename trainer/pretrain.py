@@ -21,7 +21,7 @@ import tf_keras as keras
 
 from trainer import backbones, data, tracing
 from trainer.features import IMAGE_KEY, LABEL_KEY
-from trainer.model import build_backbone, prepare_fit, release_fit_iterators
+from trainer.model import build_backbone, fit_batches
 from trainer.preprocessing import preprocess_images
 
 log = logging.getLogger(__name__)
@@ -167,9 +167,7 @@ def pretrain_backbone(
     )
     eval_ds = dataset(eval_images, eval_labels, False)
     train_ds = dataset(train_images, train_labels, True)
-    prepare_fit(model, train_ds)  # one trace of the train step, not two
-    model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=verbose)
-    release_fit_iterators()
+    fit_batches(model, train_ds, validation_data=eval_ds, epochs=epochs, verbose=verbose)
     recalibrate_batchnorm(base, dataset(train_images, train_labels, False))
     _, eval_acc = model.evaluate(eval_ds, verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

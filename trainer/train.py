@@ -389,15 +389,14 @@ def train(
         if params.steps_per_epoch:
             train_ds = train_ds.repeat()
         train_ds = head.with_sample_weights(train_ds, weights)
-        model_lib.prepare_fit(model, train_ds)
-        h2 = model.fit(
+        h2 = model_lib.fit_batches(
+            model,
             train_ds,
             epochs=params.fine_tune_epochs,
             steps_per_epoch=params.steps_per_epoch,
             callbacks=cbs,
             verbose=verbose,
         )
-        model_lib.release_fit_iterators()
         seconds["fine_tune"] = time.perf_counter() - t1
         _merge(history, h2.history, prefix="fine_tune_")
         accuracy = _accuracy(model, images(eval_files, False, False, measuring=True))
