@@ -164,3 +164,55 @@ def test_the_pretrainings_fused_adam_is_prepared_traces_once_and_updates_as_adam
     np.testing.assert_allclose(fused_losses, python_losses, rtol=1e-4)
     for a, b in zip(fused, python, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_refit_on_batches_restarts_the_selection_model_without_a_new_build_or_trace():
+    """head.finish on tf.data (the image path, a spilled cache): the refit trains the selection
+    model again from its initial weights with a zeroed optimizer, on the whole split. That is
+    what a fresh head would do, with the train step Keras traced for the selection."""
+    from trainer import head
+    from trainer.config import TrainingConfig
+
+    n, classes = 60, 3
+    rng = np.random.RandomState(1)
+    x = rng.uniform(-1, 1, (n, SIZE, SIZE, 3)).astype(np.float32)
+    labels = np.arange(n) % classes
+    x[:, :4, :4, 0] += labels[:, None, None]  # learnable: the class shifts one corner
+
+    def batches(mask, shuffle):  # unshuffled: the refit and its reference see the same batches
+        keep = np.ones(n, bool) if mask is None else mask
+        return tf.data.Dataset.from_tensor_slices((x[keep], labels[keep].astype(np.int64))).batch(8)
+
+    def frozen_base_model() -> keras.Model:
+        model = _small_model(classes, seed=5)
+        for layer in model.layers[:-1]:  # a frozen stand-in backbone (BatchNorm in inference mode)
+            layer.trainable = False
+        model_lib.compile_model(model, classes, learning_rate=0.05)
+        return model
+
+    builds = []
+
+    def build(hp):
+        builds.append(frozen_base_model())
+        return builds[-1]
+
+    params = TrainingConfig(epochs=6, patience=2, validation_fraction=0.25, seed=0)
+    hp = head.HeadHParams(learning_rate=0.05, dropout=0.0, l2=0.0)
+    data, _ = head.dataset_data(labels, batches, None, params)
+    initial = [v.numpy() for v in frozen_base_model().trainable_variables]
+    run = head.train_head(build, hp, data, params)
+
+    assert run.refit is not None and run.refit.epochs_run == run.selection.best_epoch >= 1
+    assert len(builds) == 1 and run.model is builds[0]
+    assert run.model.train_function.experimental_get_tracing_count() == 1
+    assert int(run.model.optimizer.iterations.numpy()) == run.refit.epochs_run * 8  # 60 / 8 -> 8 batches
+
+    # The reference: a new build (the same initial weights: same seed) trained on the whole
+    # split for the refit's epochs.
+    reference = frozen_base_model()
+    for a, b in zip(reference.trainable_variables, initial, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b)
+    history = model_lib.fit_batches(reference, batches(None, False), epochs=run.refit.epochs_run, verbose=0)
+    np.testing.assert_allclose(run.refit.history["loss"], history.history["loss"], rtol=1e-5)
+    for a, b in zip(run.model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -204,8 +205,14 @@ class DatasetData(HeadData):
     whole_batches: tf.data.Dataset
     steps_per_epoch: int | None = None
     validation_examples: int = 0
+    # Each model's trainable weights before its first fit here (for `fresh`).
+    _initial: weakref.WeakKeyDictionary = dataclasses.field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False
+    )
 
     def _fit(self, model, whole, validated, epochs, callbacks, verbose):
+        if model not in self._initial:
+            self._initial[model] = [v.numpy() for v in model.trainable_variables]
         batches = self.whole_batches if whole else self.fit_batches
         h = model_lib.fit_batches(
             model,
@@ -217,6 +224,21 @@ class DatasetData(HeadData):
             verbose=verbose,
         )
         return {k: [float(x) for x in v] for k, v in h.history.items()}
+
+    def fresh(self, model, build, hp):
+        # The same model restarted from the weights its selection fit started from, and its
+        # optimizer's state at zero: an untrained head of the same settings whose train step
+        # Keras has traced already (a new build traces the whole model's step again:
+        # seconds per refit on the image path). Only the head trains in this phase; the
+        # frozen backbone's variables (BatchNorm's statistics included: inference mode) and
+        # the head's standardisation constants do not change, so they need no reset.
+        initial = self._initial.get(model)
+        if initial is None:
+            return build(hp)
+        for v, value in zip(model.trainable_variables, initial, strict=True):
+            v.assign(value)
+        model_lib.reset_optimizer(model.optimizer)
+        return model
 
 
 @dataclasses.dataclass

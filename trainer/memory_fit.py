@@ -155,16 +155,8 @@ def restart(model: keras.Model) -> keras.Model:
     if steps is None:
         raise ValueError("memory_fit.restart: this model has not been trained with memory_fit.fit")
     model.set_weights(steps.initial_weights)
-    keep = {id(v) for v in _learning_rate_variables(model.optimizer)}
-    for v in model.optimizer.variables:
-        if id(v) not in keep:
-            v.assign(tf.zeros_like(v))
+    model_lib.reset_optimizer(model.optimizer)
     return model
-
-
-def _learning_rate_variables(optimizer) -> list[tf.Variable]:
-    lr = getattr(optimizer, "_learning_rate", None)
-    return [lr] if isinstance(lr, tf.Variable) else []
 
 
 def fit(

@@ -265,6 +265,17 @@ def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:
     return True
 
 
+def reset_optimizer(optimizer) -> None:
+    """Put an optimizer back to its state before its first step: its slots (Adam's moments)
+    and step count at zero, its learning rate kept."""
+    lr = getattr(optimizer, "_learning_rate", None)
+    keep = {id(lr)} if isinstance(lr, tf.Variable) else set()
+    variables = optimizer.variables  # a method on tf_keras's legacy optimizers
+    for v in variables() if callable(variables) else variables:
+        if id(v) not in keep:
+            v.assign(tf.zeros_like(v))
+
+
 def unfreeze_top(model: keras.Model, num_layers: int) -> int:
     """Make the top `num_layers` backbone layers trainable, BatchNorm excepted.
 
