@@ -366,6 +366,23 @@ def json_process(
     return wall, json.loads(lines[-1])
 
 
+# Code for a python_child script to start with: every keras.Model.fit's wall seconds are
+# appended to the list `fits`.
+TIMED_FIT = r"""
+import time
+import tf_keras as keras
+fits = []
+_fit = keras.Model.fit
+def _timed_fit(self, *args, **kwargs):
+    t = time.perf_counter()
+    try:
+        return _fit(self, *args, **kwargs)
+    finally:
+        fits.append(time.perf_counter() - t)
+keras.Model.fit = _timed_fit
+"""
+
+
 def python_child(code: str, args: Sequence[str], what: str) -> dict:
     """Run `python -c code args...` from the repository root with Keras 2 and quiet TensorFlow;
     the JSON object its stdout ends with. `what` names it in the error if it fails."""

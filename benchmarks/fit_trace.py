@@ -30,7 +30,9 @@ import sys
 
 from benchmarks import common
 
-CHILD = r"""
+CHILD = (
+    common.TIMED_FIT
+    + r"""
 import json, sys, time
 import tf_keras as keras
 from trainer import model as model_lib
@@ -67,20 +69,12 @@ def timed_recalibration(backbone_model, images):
     timed["recalibrate"] = time.perf_counter() - t
     return n
 pretrain.recalibrate_batchnorm = timed_recalibration
-fits = []
-fit = keras.Model.fit
-def timed_fit(self, *args, **kwargs):
-    t = time.perf_counter()
-    try:
-        return fit(self, *args, **kwargs)
-    finally:
-        fits.append(time.perf_counter() - t)
-keras.Model.fit = timed_fit
 t = time.perf_counter()
 report = pretrain.pretrain_backbone(data_dir, backbone, out, image_size=32, epochs=int(epochs), verbose=0)
 print(json.dumps({"pretrain": time.perf_counter() - t, "fit": sum(fits),
                   "recalibrate": timed["recalibrate"], "accuracy": report["source_eval_accuracy"]}))
 """
+)
 
 # --compare: which variants run (the first is the one compared against, the second imgpipe's code)
 COMPARISONS = {"trace": ("before", "after"), "optimizer": ("python adam", "fused adam")}

@@ -34,6 +34,7 @@ BENCHMARKS = (
     "standby_start",
     "gc_freeze",
     "autograph",
+    "refit",
     "serving_latency",
     "metadata_concurrency",
     "tflite",
