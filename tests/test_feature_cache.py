@@ -317,3 +317,39 @@ def test_failed_extraction_removes_its_partial_spill(three_class, model3, tmp_pa
     with pytest.raises(OSError, match="cannot open"):
         extractor.cache(_images(train_files, tfo, 3), memory_limit_bytes=1)
     assert not [p for p in os.listdir(tmp_path) if p.startswith("imgpipe-feature-cache-")]
+
+
+def test_a_failed_extraction_leaves_no_tf_data_iterator_to_the_collector(
+    three_class, model3, tmp_path, monkeypatch
+):
+    """The error's traceback (kept by the caller, as pytest.raises keeps it) must not hold the
+    dataset's iterator: freed by a later collector pass, it made that pass wait for its threads
+    (an 8 s pass in the next test file's test, in one reproduction)."""
+    import gc
+    import weakref
+
+    from tensorflow.python.data.ops import iterator_ops
+
+    tfo, train_files, _ = three_class
+    _, extractor = model3
+    made = []
+    init = iterator_ops.OwnedIterator.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(iterator_ops.OwnedIterator, "__init__", tracked)
+    bad = helpers.write_tfrecords(str(tmp_path / "bad" / "data.tfrecord"), [(b"not an image", "5")] * BATCH)
+    broken = _images(train_files, tfo, 3).take(2).concatenate(_images(bad, tfo, 3))
+    gc.collect()
+    gc.disable()
+    try:
+        with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+            extractor.cache(broken)
+        assert made, "the extraction made no iterator: this would test nothing"
+        alive = [ref for ref in made if ref() is not None]
+        assert caught.value.__traceback__ is not None
+    finally:
+        gc.enable()
+    assert alive == []

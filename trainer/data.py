@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -487,7 +488,13 @@ class FeatureExtractor:
             if writer is not None:
                 writer.close()
                 writer = None
-        except BaseException:
+        except BaseException as e:
+            # The frames below this one hold the dataset's iterator (the `self` of its
+            # `__next__`). The error's traceback keeps them, in reference cycles, so the
+            # iterator lived on until some later collector pass in the middle of other work,
+            # which has been seen to take 8 s freeing it. Drop their locals now (the
+            # traceback still prints the same).
+            traceback.clear_frames(e.__traceback__)
             # Whatever failed (input, backbone, a full disk), leave no partial spill behind.
             try:
                 if writer is not None:
