@@ -82,3 +82,20 @@ def in_memory_scores(m, tfo, num_classes: int, serialized_examples) -> np.ndarra
     spec = {k: v for k, v in tfo.raw_feature_spec().items() if k != LABEL_KEY}
     xf = tfo.transform_features_layer()(tf.io.parse_example(tf.constant(serialized_examples), spec))
     return class_scores(m(xf[IMAGE_XF], training=False), num_classes).numpy()
+
+
+def track_iterators(monkeypatch) -> list:
+    """Weak references to every tf.data iterator Python makes from now on (for the test)."""
+    import weakref
+
+    from tensorflow.python.data.ops import iterator_ops
+
+    made: list[weakref.ref] = []
+    init = iterator_ops.OwnedIterator.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(iterator_ops.OwnedIterator, "__init__", tracked)
+    return made

@@ -326,20 +326,10 @@ def test_a_failed_extraction_leaves_no_tf_data_iterator_to_the_collector(
     dataset's iterator: freed by a later collector pass, it made that pass wait for its threads
     (an 8 s pass in the next test file's test, in one reproduction)."""
     import gc
-    import weakref
-
-    from tensorflow.python.data.ops import iterator_ops
 
     tfo, train_files, _ = three_class
     _, extractor = model3
-    made = []
-    init = iterator_ops.OwnedIterator.__init__
-
-    def tracked(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(weakref.ref(self))
-
-    monkeypatch.setattr(iterator_ops.OwnedIterator, "__init__", tracked)
+    made = helpers.track_iterators(monkeypatch)
     bad = helpers.write_tfrecords(str(tmp_path / "bad" / "data.tfrecord"), [(b"not an image", "5")] * BATCH)
     broken = _images(train_files, tfo, 3).take(2).concatenate(_images(bad, tfo, 3))
     gc.collect()

@@ -463,18 +463,8 @@ def test_a_fit_on_batches_leaves_no_tf_data_iterator_behind(monkeypatch, early_s
     generator, and some of a fit that runs every epoch); the Trainer ends them as the fit
     returns, so none waits for a later garbage collection."""
     import gc
-    import weakref
 
-    from tensorflow.python.data.ops import iterator_ops
-
-    made = []
-    init = iterator_ops.OwnedIterator.__init__
-
-    def tracked(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(weakref.ref(self))
-
-    monkeypatch.setattr(iterator_ops.OwnedIterator, "__init__", tracked)
+    made = helpers.track_iterators(monkeypatch)
     x, y = _blobs([40, 40, 40], sep=0.8, seed=2, flip=0.3)  # noisy labels: it overfits and stops
     epochs = 100 if early_stopping else 6
     params = _params(
