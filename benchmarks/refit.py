@@ -17,7 +17,7 @@ patience 3: the Trainer's cap of 200 and patience 10 make a run 4-6 minutes here
 selection's length varies between runs: augmentation in a parallel map is not
 deterministic). One fresh process per variant and round:
 
-- before: `DatasetData.fresh` as it was (a new build);
+- before: a new build for the refit on tf.data, as it was;
 - after: imgpipe's code (the selection model restarted).
 
 Reported (medians): `train()`'s whole time; the refit's fit, its first epoch (which holds
@@ -53,7 +53,7 @@ from trainer.config import TrainingConfig
 
 target, transform, weights, variant, backbone, size, epochs, patience = sys.argv[1:9]
 if variant == "before":
-    head.DatasetData.fresh = head.HeadData.fresh  # a new build for the refit
+    head.DatasetData.fresh = lambda self, model, build, hp: build(hp)  # a new build for the refit
 calls = {"build": [], "evaluate": []}
 def timed(name, fn):
     def wrapped(*args, **kwargs):

@@ -226,19 +226,25 @@ def test_refit_trains_the_whole_split_for_the_best_epoch_count():
     assert not np.allclose(refit.model.get_weights()[0], kept.model.get_weights()[0])
 
 
-def test_memory_fit_restart_returns_to_the_initial_state(tmp_path):
+def test_a_fresh_head_on_memory_features_is_the_model_restarted_to_its_initial_state(tmp_path):
     x, y = _blobs([20, 20, 20])
-    m = _build(3)(head.HeadHParams(0.05, 0.0, 0.0))
-    arrays = memory_fit.Arrays.of(x, y)
+    hp = head.HeadHParams(0.05, 0.0, 0.0)
+    m = _build(3)(hp)
+    params = _params(batch_size=8, seed=1, early_stopping=False)
+    hd = _data("memory", x, y, 3, params)
     epochs_seen = []
     counter = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: epochs_seen.append(e))
     board = train._callbacks(str(tmp_path / "logs"), [counter])  # what run_fn passes: TensorBoard
-    first = memory_fit.fit(m, arrays, None, 5, 8, seed=1, callbacks=board)
+    first = hd.fit(m, True, 5, False, 1, board)
     assert epochs_seen == [0, 1, 2, 3, 4] and os.listdir(tmp_path / "logs" / "train")
-    memory_fit.restart(m)
+
+    def no_build(_):
+        raise AssertionError("a model fitted here is restarted, not built again")
+
+    assert hd.fresh(m, no_build, hp) is m
     assert int(m.optimizer.iterations.numpy()) == 0
-    again = memory_fit.fit(m, arrays, None, 5, 8, seed=1)
-    np.testing.assert_allclose(again["loss"], first["loss"], rtol=1e-5)
+    again = hd.fit(m, True, 5, False, 1)
+    np.testing.assert_allclose(again.history["loss"], first.history["loss"], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- --tune

@@ -152,6 +152,11 @@ def _outcome(
     return outcome
 
 
+# Each model's trainable weights before its first fit on a HeadData (`HeadData.fresh` puts
+# them back).
+_INITIAL: weakref.WeakKeyDictionary[keras.Model, list[np.ndarray]] = weakref.WeakKeyDictionary()
+
+
 class HeadData:
     """The train split for head training: the part trained on while the validation slice
     is held out (`fit`), the slice (`val`, or none) and the whole split. `fit()` trains a
@@ -179,6 +184,8 @@ class HeadData:
         `patience` epochs and restore the best epoch's weights, also when `epochs` is reached
         first. Otherwise exactly `epochs` epochs.
         """
+        if model not in _INITIAL:
+            _INITIAL[model] = [v.numpy() for v in model.trainable_variables]
         validated = self.has_validation and not whole
         stop = None
         if validated and early_stopping:
@@ -192,8 +199,23 @@ class HeadData:
         raise NotImplementedError
 
     def fresh(self, model: keras.Model, build: Callable[[HeadHParams], keras.Model], hp: HeadHParams):
-        """An untrained model like `model` (trained with `hp`) for the refit: a new build."""
-        return build(hp)
+        """An untrained model like `model` (trained with `hp`) for the refit.
+
+        `model` itself, put back to its state before its first fit here: its trainable
+        weights as they were, its optimizer's slots and step count at zero (the learning
+        rate kept). Its steps are already traced; a new build would trace them again, on the
+        image path through the whole backbone. Only the head trains in this phase: the frozen
+        backbone's variables (BatchNorm's statistics included: inference mode) and the
+        head's standardisation constants do not change, so they need no reset. A model never
+        fitted here gets a new build.
+        """
+        initial = _INITIAL.get(model)
+        if initial is None:
+            return build(hp)
+        for v, value in zip(model.trainable_variables, initial, strict=True):
+            v.assign(value)
+        model_lib.reset_optimizer(model.optimizer)
+        return model
 
 
 @dataclasses.dataclass
@@ -205,14 +227,8 @@ class DatasetData(HeadData):
     whole_batches: tf.data.Dataset
     steps_per_epoch: int | None = None
     validation_examples: int = 0
-    # Each model's trainable weights before its first fit here (for `fresh`).
-    _initial: weakref.WeakKeyDictionary = dataclasses.field(
-        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False
-    )
 
     def _fit(self, model, whole, validated, epochs, callbacks, verbose):
-        if model not in self._initial:
-            self._initial[model] = [v.numpy() for v in model.trainable_variables]
         batches = self.whole_batches if whole else self.fit_batches
         h = model_lib.fit_batches(
             model,
@@ -224,21 +240,6 @@ class DatasetData(HeadData):
             verbose=verbose,
         )
         return {k: [float(x) for x in v] for k, v in h.history.items()}
-
-    def fresh(self, model, build, hp):
-        # The same model restarted from the weights its selection fit started from, and its
-        # optimizer's state at zero: an untrained head of the same settings whose train step
-        # Keras has traced already (a new build traces the whole model's step again:
-        # seconds per refit on the image path). Only the head trains in this phase; the
-        # frozen backbone's variables (BatchNorm's statistics included: inference mode) and
-        # the head's standardisation constants do not change, so they need no reset.
-        initial = self._initial.get(model)
-        if initial is None:
-            return build(hp)
-        for v, value in zip(model.trainable_variables, initial, strict=True):
-            v.assign(value)
-        model_lib.reset_optimizer(model.optimizer)
-        return model
 
 
 @dataclasses.dataclass
@@ -264,11 +265,6 @@ class ArrayData(HeadData):
             callbacks,
             self.steps_per_epoch,
         )
-
-    def fresh(self, model, build, hp):
-        # The same model restarted from the initial weights its selection run started
-        # from: an untrained head of the same settings, without tracing its steps again.
-        return memory_fit.restart(model)
 
 
 def _holdout(labels: np.ndarray, params: TrainingConfig) -> tuple[np.ndarray | None, str]:

@@ -57,13 +57,11 @@ def _accurate(y: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
 
 
 class _Steps:
-    """The traced epoch and evaluation of one compiled model (one trace each per model), and
-    the model's weights before its first epoch (for `restart`)."""
+    """The traced epoch and evaluation of one compiled model (one trace each per model)."""
 
     def __init__(self, model: keras.Model, batch_size: int):
         self.model = model
         self.batch_size = batch_size
-        self.initial_weights = model.get_weights()
         if model.optimizer is None:
             raise ValueError("memory_fit: compile the model first (its optimizer is used)")
         units = int(model.output_shape[-1])
@@ -145,18 +143,6 @@ def _steps(model: keras.Model, batch_size: int) -> _Steps:
     if steps is None or steps.batch_size != batch_size:
         steps = _STEPS[model] = _Steps(model, batch_size)
     return steps
-
-
-def restart(model: keras.Model) -> keras.Model:
-    """Put a model trained here back to its state before its first epoch (weights as
-    initialised, optimizer slots and step count at zero; the learning rate is kept), so it
-    can be trained again without tracing its steps again. Returns the model."""
-    steps = _STEPS.get(model)
-    if steps is None:
-        raise ValueError("memory_fit.restart: this model has not been trained with memory_fit.fit")
-    model.set_weights(steps.initial_weights)
-    model_lib.reset_optimizer(model.optimizer)
-    return model
 
 
 def fit(
