@@ -53,7 +53,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
-from components import patching, pusher, tfma_warm
+from components import graph_optimization, patching, pusher, tfma_warm
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
 from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
 from components.gate_decision import (
@@ -284,7 +284,14 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # (Kubeflow) has not. Beam workers in other processes still convert.
         tracing.install()
         tfma_baselines = inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
-        run = tfma_run(model, tfma_baselines, examples, splits, props, gate.eval_batch_size)
+        optimization = graph_optimization.decide(
+            gate.eval_graph_optimization,
+            sum(sum(report.label_counts(split).values()) for split in splits or ["eval"]),
+            [saved_model_dir(m) for m in [model, *(tfma_baselines or [])]],
+        )
+        run = tfma_run(
+            model, tfma_baselines, examples, splits, props, gate.eval_batch_size, optimization.enabled
+        )
         earlier = earlier_tfma_run(evaluation.uri, run)
         if earlier is not None:
             copy_tfma_output(earlier, evaluation.uri)
@@ -300,7 +307,17 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 else contextlib.nullcontext()
             )
             # The candidate TFMA loads is kept for pre-push validation and the report in a local run.
-            with tfma_warm.offer_candidates(), warm, fixed_record_batches(gate.eval_batch_size):
+            log.info(
+                "graph optimisation of the models: %s (%s)",
+                "on" if optimization.enabled else "off",
+                optimization.reason,
+            )
+            with (
+                graph_optimization.grappler(optimization.enabled),
+                tfma_warm.offer_candidates(),
+                warm,
+                fixed_record_batches(gate.eval_batch_size),
+            ):
                 super().Do(inputs, output_dict, props)
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
@@ -407,12 +424,14 @@ def tfma_run(
     splits: Sequence[str] | None,
     props: Mapping[str, Any],
     eval_batch_size: int,
+    graph_optimized: bool = True,
 ) -> dict:
     """Everything TFMA's output depends on, for the run about to happen (gate.json's `tfma_run`).
 
     props: the execution properties as TFMA gets them (the plan's thresholds written in).
     eval_batch_size: the records per model call (`fixed_record_batches`; it can change the
-    scores' last bits).
+    scores' last bits). graph_optimized: whether the models run with Grappler's rewrites
+    (components/graph_optimization.py; fused kernels can change the last bits too).
     """
     properties = json.dumps({k: props[k] for k in sorted(props)}, sort_keys=True, default=str)
     return {
@@ -422,6 +441,7 @@ def tfma_run(
         "splits": list(splits) if splits else None,
         "properties": hashlib.sha256(properties.encode()).hexdigest(),
         "eval_batch_size": eval_batch_size,
+        "graph_optimization": graph_optimized,
         "tfma": tfma.__version__,
         "tensorflow": tf.__version__,
     }

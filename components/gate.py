@@ -21,6 +21,8 @@ belongs to the data gate before training (components/data_gate.py).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from trainer.config import Settings
@@ -65,4 +67,9 @@ class GateConfig(Settings):
         le=1000,
         description="eval examples per model call in the Evaluator (TFMA); lower it for large images on a "
         "small machine",
+    )
+    eval_graph_optimization: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="TensorFlow's graph optimiser (Grappler) for the Evaluator's models: on, off, or auto "
+        "(off when the eval split is too small for its one-off cost per model to pay back)",
     )

@@ -27,7 +27,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from components import patching
+from components import graph_optimization, patching
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,13 @@ def offer_candidates() -> Iterator[None]:
 
                 def construct_and_offer():
                     model = construct()
-                    loaded_models.offer(path, model)
+                    # Within the Evaluator's block: whether TFMA runs it with Grappler's rewrites.
+                    loaded_models.offer(
+                        path,
+                        model
+                        if graph_optimization.rewrites_on()
+                        else graph_optimization.WithoutRewrites(model),
+                    )
                     return model
 
                 loader.construct_fn = construct_and_offer

@@ -312,6 +312,7 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
         "min_class_recall": 0.05,
         "max_regression": 0.0,
         "eval_batch_size": 128,
+        "eval_graph_optimization": "auto",
     }
     assert nodes["DataGate"].exec_properties["allow_anomalies"] == 0
     allowed = {c.id: c for c in create_pipeline(_config().replace(allow_anomalies=True)).components}

@@ -107,6 +107,9 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     assert gate["accuracy"] == pytest.approx(s.accuracy)
     assert sorted(gate["class_names"]) == [str(c) for c in CLASSES]
     assert gate["eval_examples"] == 45
+    # 45 eval images of 32x32 px: `eval_graph_optimization: auto` runs TFMA's model without
+    # Grappler's rewrites (the report's test below recomputes the gate's accuracy with them).
+    assert gate["tfma_run"]["graph_optimization"] is False
     assert (
         gate["baseline"]["compared"] is False and gate["baseline"]["skipped_reason"] == "no blessed model yet"
     )
@@ -360,6 +363,9 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     baseline = s.gate["baseline"]
     assert baseline["compared"] is True and baseline["identical"] is False, s.gate
     assert baseline["reused_from"] is None  # nothing had measured it on these examples
+    # Both models ran in TFMA without Grappler's rewrites (auto, a small split); the accuracy
+    # recomputed below runs the first model with them.
+    assert s.gate["tfma_run"]["graph_optimization"] is False
     assert s.gate["eval_examples"] == 45 + len(extra)
 
     records = _eval_records(str(data / "eval"))

@@ -1,0 +1,143 @@
+"""Whether the Evaluator's models run with TensorFlow's graph optimiser (Grappler), and the switch.
+
+The first call of a loaded model's serving signature has Grappler rewrite its graph before
+TensorFlow instantiates it: ~2 s for the demo's DenseNet121 (2,300 nodes) on the 2-core
+machine of BENCHMARKS.md, paid again for every model TFMA loads. The rewrites (above all
+the fused convolutions of the remapper) make each later call faster in proportion to the
+pixels it runs through: ~30% per batch at 224 px for MobileNetV2, ~10% for DenseNet121,
+nothing measurable at 32 px. The Evaluator makes one pass over the eval split, so on a
+split with few pixels the rewrites cost more than they can save ("The Evaluator's graph
+optimisation" in BENCHMARKS.md has the numbers).
+
+`gate.eval_graph_optimization` chooses: `on`, `off`, or `auto` (the default): off when the
+eval split holds fewer pixels than PAYBACK_PIXELS, about 50 images at 224 px, on otherwise
+and whenever a model's input size cannot be read. With it off, the models compute the
+same functions without the rewrites; fused kernels can differ from the unfused ones in a
+score's last bits, which is why the choice is part of the TFMA run's identity
+(`tfma_run`), like the batch size.
+
+The switch is TensorFlow's process-wide optimiser option, set for the Evaluator's TFMA
+job and put back after it. It reaches the functions first called within the block, on
+this thread and on threads started in it (the model warm-up); TFMA on a runner with
+worker processes (multiprocess, Dataflow) is not reached and keeps TensorFlow's default.
+TensorFlow instantiates a function once per set of options it is called with, so the
+model TFMA ran is handed to pre-push validation and the report (components/loaded_models.py)
+as `WithoutRewrites`, whose calls run as TFMA's did and reuse those instantiations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+SETTINGS = ("auto", "on", "off")
+# About 50 images at 224 px: below it, the rewrites' one-off cost (~2 s for DenseNet121)
+# outweighs what they save on the split (~11 ms per 224 px image for DenseNet121 here).
+PAYBACK_PIXELS = 50 * 224 * 224
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    enabled: bool
+    reason: str
+
+
+def image_pixels(saved_model_path: str) -> int | None:
+    """Height x width of the images the model's transform_features signature outputs, or None.
+
+    Read from the SavedModel's signature definitions (saved_model.pb) without loading it.
+    """
+    from tensorflow.python.saved_model import loader_impl
+
+    from serving.signatures import TRANSFORM_FEATURES
+    from trainer.features import IMAGE_XF
+
+    try:
+        saved = loader_impl.parse_saved_model(saved_model_path)
+    except (OSError, ValueError) as e:  # IOError for a missing or unreadable file
+        log.debug("no signatures read from %s: %s", saved_model_path, e)
+        return None
+    for graph in saved.meta_graphs:
+        signature = graph.signature_def.get(TRANSFORM_FEATURES)
+        if signature is None or IMAGE_XF not in signature.outputs:
+            continue
+        dims = [d.size for d in signature.outputs[IMAGE_XF].tensor_shape.dim]
+        if len(dims) == 4 and dims[1] > 0 and dims[2] > 0:
+            return dims[1] * dims[2]
+    return None
+
+
+def decide(setting: str, eval_examples: int, saved_model_paths: Sequence[str]) -> Decision:
+    """Whether TFMA's models get Grappler's rewrites, for `setting` (auto | on | off)."""
+    if setting not in SETTINGS:
+        raise ValueError(f"eval_graph_optimization must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    if setting != "auto":
+        return Decision(setting == "on", f"eval_graph_optimization: {setting}")
+    sizes = [image_pixels(path) for path in saved_model_paths]
+    if not sizes or any(size is None for size in sizes):
+        return Decision(True, "auto: a model's input size could not be read")
+    pixels = eval_examples * max(sizes)
+    side = round(max(sizes) ** 0.5)
+    if pixels < PAYBACK_PIXELS:
+        return Decision(
+            False,
+            f"auto: {eval_examples} eval images of {side}x{side} px are fewer pixels than "
+            f"{PAYBACK_PIXELS:,} (the rewrites would not pay back their one-off cost)",
+        )
+    return Decision(True, f"auto: {eval_examples} eval images of {side}x{side} px")
+
+
+@contextlib.contextmanager
+def grappler(enabled: bool) -> Iterator[None]:
+    """Within the block, functions first called get Grappler's rewrites only if `enabled`."""
+    if enabled:
+        yield
+        return
+    import tensorflow as tf
+
+    before = bool(tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False))
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
+
+
+def rewrites_on() -> bool:
+    """Whether functions first called now get Grappler's rewrites (TensorFlow's process-wide option)."""
+    import tensorflow as tf
+
+    return not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+
+
+class _CallWithoutRewrites:
+    """A signature function whose calls run without Grappler's rewrites; other attributes pass through."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __call__(self, *args, **kwargs):
+        with grappler(False):
+            return self._fn(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._fn, name)
+
+
+class WithoutRewrites:
+    """A loaded SavedModel the Evaluator ran without Grappler's rewrites, for what runs it next.
+
+    TensorFlow keys a function's instantiation on the optimiser options it is called with, so
+    calling the model's signatures after the Evaluator's block, with the rewrites back on,
+    would rewrite and instantiate each graph again (the ~2 s the Evaluator saved). Its
+    signatures' calls here run as the Evaluator ran them, reusing those instantiations.
+    `model` is the object TFMA loaded and evaluated.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.signatures = {name: _CallWithoutRewrites(fn) for name, fn in model.signatures.items()}
