@@ -553,6 +553,33 @@ def paired_rows(
     return rows
 
 
+def evaluator_run_record(summary: Any, wall: float, comps: dict) -> dict:
+    """A `first_and_new_eval_runs` record for the Evaluator's benchmarks: the run's and the
+    Evaluator's seconds, and the gate's numbers (`same_gate_numbers` compares them)."""
+    gate = summary.gate or {}
+    return {
+        "whole run": wall,
+        "Evaluator": comps["Evaluator"][1],
+        "gate": {
+            "accuracy": gate.get("accuracy"),
+            "baseline": (gate.get("baseline") or {}).get("accuracy"),
+            "per_class": summary.per_class_accuracy,
+            "blessed": gate.get("blessed"),
+        },
+    }
+
+
+def emit_same_gate_numbers(results: Mapping[str, list[dict]], a: str, b: str) -> None:
+    """Whether variants `a` and `b` gave the same gate numbers in each round, per run kind."""
+    for kind in RUN_KINDS:
+        gates = {name: [x[kind]["gate"] for x in rs] for name, rs in results.items()}
+        same = all(g == gates[b][i] for i, g in enumerate(gates[a]))
+        emit(
+            f"\n{kind}: gate numbers {'the same' if same else 'DIFFERENT'} in each round's two processes "
+            f"(round 1: {gates[b][0]})"
+        )
+
+
 def write_child_result(home: str, result: dict) -> None:
     with open(home + ".json", "w", encoding="utf-8") as f:
         json.dump(result, f)

@@ -34,20 +34,7 @@ def child(args) -> dict:
     if args.fixed == "0":
         evaluator.fixed_record_batches = lambda size: contextlib.nullcontext()
 
-    def record(summary, wall: float, comps: dict) -> dict:
-        gate = summary.gate or {}
-        return {
-            "whole run": wall,
-            "Evaluator": comps["Evaluator"][1],
-            "gate": {
-                "accuracy": gate.get("accuracy"),
-                "baseline": (gate.get("baseline") or {}).get("accuracy"),
-                "per_class": summary.per_class_accuracy,
-                "blessed": gate.get("blessed"),
-            },
-        }
-
-    return common.first_and_new_eval_runs(args, record)
+    return common.first_and_new_eval_runs(args, common.evaluator_run_record)
 
 
 def main(argv=None) -> int:
@@ -62,13 +49,7 @@ def main(argv=None) -> int:
     )
     common.emit(common.paired_intro(runs, "fixed / adaptive"))
     common.emit(common.paired_table(results, "adaptive", "fixed", ("whole run", "Evaluator")))
-    for kind in common.RUN_KINDS:
-        gates = {name: [x[kind]["gate"] for x in rs] for name, rs in results.items()}
-        same = all(g == gates["fixed"][i] for i, g in enumerate(gates["adaptive"]))
-        common.emit(
-            f"\n{kind}: gate numbers {'the same' if same else 'DIFFERENT'} in each round's two processes "
-            f"(round 1: {gates['fixed'][0]})"
-        )
+    common.emit_same_gate_numbers(results, "adaptive", "fixed")
     common.emit("")
     return 0
 

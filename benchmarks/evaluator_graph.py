@@ -60,18 +60,9 @@ def child(args) -> dict:
     demo.target_config = lambda *a, **k: make(*a, **k).replace(eval_graph_optimization=args.graph)
 
     def record(summary, wall: float, comps: dict) -> dict:
-        gate = summary.gate or {}
-        return {
-            "whole run": wall,
-            "Evaluator": comps["Evaluator"][1],
-            "gate": {
-                "accuracy": gate.get("accuracy"),
-                "baseline": (gate.get("baseline") or {}).get("accuracy"),
-                "per_class": summary.per_class_accuracy,
-                "blessed": gate.get("blessed"),
-                "graph_optimization": (gate.get("tfma_run") or {}).get("graph_optimization"),
-            },
-        }
+        out = common.evaluator_run_record(summary, wall, comps)
+        out["graph_optimization"] = ((summary.gate or {}).get("tfma_run") or {}).get("graph_optimization")
+        return out
 
     return common.first_and_new_eval_runs(args, record)
 
@@ -180,18 +171,9 @@ def main(argv=None) -> int:
     )
     common.emit(common.paired_intro(runs, "auto / on"))
     common.emit(common.paired_table(results, "on", "auto", ("whole run", "Evaluator")))
-    for kind in common.RUN_KINDS:
-        gates = {name: [x[kind]["gate"] for x in rs] for name, rs in results.items()}
-        numbers = [{k: v for k, v in g.items() if k != "graph_optimization"} for g in gates["on"]]
-        same = all(
-            {k: v for k, v in g.items() if k != "graph_optimization"} == numbers[i]
-            for i, g in enumerate(gates["auto"])
-        )
-        common.emit(
-            f"\n{kind}: gate numbers {'the same' if same else 'DIFFERENT'} in each round's two processes "
-            f"(round 1: {numbers[0]}); graph optimisation on/auto: "
-            f"{gates['on'][0]['graph_optimization']}/{gates['auto'][0]['graph_optimization']}"
-        )
+    common.emit_same_gate_numbers(results, "on", "auto")
+    choice = {name: rs[0][common.RUN_KINDS[0]]["graph_optimization"] for name, rs in results.items()}
+    common.emit(f"\nGraph optimisation of the Evaluator's models (gate.json's tfma_run): {choice}")
     common.emit("")
     return 0
 
