@@ -286,8 +286,9 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         tfma_baselines = inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
         optimization = graph_optimization.decide(
             gate.eval_graph_optimization,
-            sum(sum(report.label_counts(split).values()) for split in splits or ["eval"]),
+            eval_examples(report, splits or ["eval"]),
             [saved_model_dir(m) for m in [model, *(tfma_baselines or [])]],
+            in_process=tfma_in_this_process(self._beam_pipeline_args),
         )
         run = tfma_run(
             model, tfma_baselines, examples, splits, props, gate.eval_batch_size, optimization.enabled
@@ -336,6 +337,25 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
         record = gate_record(plan, results, blessed, report.anomalies_allowed, measured, run, earlier)
         write_gate_record(evaluation.uri, record)
+
+
+def eval_examples(report: Any, splits: Sequence[str]) -> int | None:
+    """The records of `splits` as the data gate counted them; None when a split is not in its report."""
+    counts = [report.splits.get(split, {}).get("examples") for split in splits]
+    return None if any(c is None for c in counts) else sum(counts)
+
+
+def tfma_in_this_process(beam_args: Sequence[str] | None) -> bool:
+    """Whether TFMA's Beam job runs its DoFns in this process: Beam's direct runner (imgpipe's
+    or Beam's own) in its in-memory mode, which is also its mode when none is given."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions(list(beam_args or [])).get_all_options()
+    runner = (options.get("runner") or "DirectRunner").rsplit(".", 1)[-1]
+    return runner in ("DirectRunner", "BundleBasedDirectRunner") and options.get("direct_running_mode") in (
+        None,
+        "in_memory",
+    )
 
 
 @contextlib.contextmanager

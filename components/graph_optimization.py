@@ -35,8 +35,12 @@ from collections.abc import Iterator, Sequence
 log = logging.getLogger(__name__)
 
 SETTINGS = ("auto", "on", "off")
-# About 50 images at 224 px: below it, the rewrites' one-off cost (~2 s for DenseNet121)
-# outweighs what they save on the split (~11 ms per 224 px image for DenseNet121 here).
+# 50 images at 224 px, a conservative line: the bare classifiers paid the rewrites back
+# within 24 (MobileNetV2) and 56 (DenseNet121) images at 224 px; the pipeline's serving
+# graph, which also decodes and transforms, costs more to rewrite (~2 s against 0.9 s for
+# the bare DenseNet121 at 32 px), so it pays back later still. Below the line the rewrites
+# cannot pay back on any backbone measured; above it TensorFlow's default stands. The rule
+# counts pixels only: at 32 px DenseNet121 gained nothing from the rewrites at any count.
 PAYBACK_PIXELS = 50 * 224 * 224
 
 
@@ -58,7 +62,7 @@ def image_pixels(saved_model_path: str) -> int | None:
 
     try:
         saved = loader_impl.parse_saved_model(saved_model_path)
-    except (OSError, ValueError) as e:  # IOError for a missing or unreadable file
+    except Exception as e:  # noqa: BLE001 - any unreadable model (IOError, a file system's OpError) is "unknown"
         log.debug("no signatures read from %s: %s", saved_model_path, e)
         return None
     for graph in saved.meta_graphs:
@@ -71,12 +75,25 @@ def image_pixels(saved_model_path: str) -> int | None:
     return None
 
 
-def decide(setting: str, eval_examples: int, saved_model_paths: Sequence[str]) -> Decision:
-    """Whether TFMA's models get Grappler's rewrites, for `setting` (auto | on | off)."""
+def decide(
+    setting: str, eval_examples: int | None, saved_model_paths: Sequence[str], in_process: bool = True
+) -> Decision:
+    """Whether TFMA's models get Grappler's rewrites, for `setting` (auto | on | off).
+
+    eval_examples: the eval split's size (None: unknown). in_process: whether TFMA runs its
+    models in this process (Beam's in-memory runner); in worker processes the switch cannot
+    reach them, so they keep TensorFlow's default whatever the setting.
+    """
     if setting not in SETTINGS:
         raise ValueError(f"eval_graph_optimization must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    if not in_process:
+        return Decision(
+            True, "TFMA runs the models in Beam worker processes, which keep TensorFlow's default"
+        )
     if setting != "auto":
         return Decision(setting == "on", f"eval_graph_optimization: {setting}")
+    if eval_examples is None:
+        return Decision(True, "auto: the eval split's size is unknown")
     sizes = [image_pixels(path) for path in saved_model_paths]
     if not sizes or any(size is None for size in sizes):
         return Decision(True, "auto: a model's input size could not be read")
@@ -114,6 +131,27 @@ def rewrites_on() -> bool:
     return not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
 
 
+@contextlib.contextmanager
+def without_rewrites_on_this_thread() -> Iterator[None]:
+    """Within the block, functions this thread calls run without Grappler's rewrites, with the
+    options `grappler(False)` gives them (so they reuse what was instantiated there); other
+    threads and the process-wide option are left alone."""
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    before = ctx.function_call_options  # this thread's, made from the process-wide options
+    config = config_pb2.ConfigProto.FromString(before.config_proto_serialized)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    ctx.function_call_options = context.FunctionCallOptions(
+        executor_type=before.executor_type, config_proto=config
+    )
+    try:
+        yield
+    finally:
+        ctx.function_call_options = before
+
+
 class _CallWithoutRewrites:
     """A signature function whose calls run without Grappler's rewrites; other attributes pass through."""
 
@@ -121,7 +159,8 @@ class _CallWithoutRewrites:
         self._fn = fn
 
     def __call__(self, *args, **kwargs):
-        with grappler(False):
+        # This thread only: a process-wide switch here would race with other threads' calls.
+        with without_rewrites_on_this_thread():
             return self._fn(*args, **kwargs)
 
     def __getattr__(self, name: str):

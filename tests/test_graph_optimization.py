@@ -62,6 +62,22 @@ def test_auto_turns_the_rewrites_off_only_when_the_split_cannot_pay_them_back(tm
     assert go.decide("off", 10**9, [large]).enabled is False
     with pytest.raises(ValueError, match="eval_graph_optimization must be one of auto, on, off"):
         go.decide("sometimes", 10, [small])
+    # An eval split of unknown size is not taken for a small one.
+    assert go.decide("auto", None, [small]).enabled is True
+    # TFMA in Beam worker processes (multiprocess, Dataflow): the switch cannot reach them.
+    remote = go.decide("off", 10, [small], in_process=False)
+    assert remote.enabled is True and "worker processes" in remote.reason
+
+
+def test_the_evaluator_applies_the_setting_only_where_tfma_runs_in_its_process():
+    from components.evaluator import tfma_in_this_process
+    from pipeline.beam import LOCAL_RUNNER
+
+    assert tfma_in_this_process(None) and tfma_in_this_process([])
+    assert tfma_in_this_process([f"--runner={LOCAL_RUNNER}", "--direct_running_mode=in_memory"])
+    assert not tfma_in_this_process([f"--runner={LOCAL_RUNNER}", "--direct_running_mode=multi_processing"])
+    assert not tfma_in_this_process(["--runner=DataflowRunner", "--project=p"])
+    assert not tfma_in_this_process(["--runner=PortableRunner", "--job_endpoint=localhost:8099"])
 
 
 def test_the_switch_reaches_this_thread_and_threads_started_in_it_and_is_put_back():
@@ -114,8 +130,24 @@ def test_a_model_run_without_rewrites_is_handed_on_with_its_calls_still_without_
     assert handed.model is loaded and set(handed.signatures) == {"serving_default", "probe"}
     assert handed.signatures["probe"]() is True  # the call runs without the rewrites
     assert not _rewrites_off_for_this_thread()  # and puts them back
+    assert go.rewrites_on()  # the process-wide option was never touched
     serving = handed.signatures["serving_default"]
     assert (
         serving.structured_input_signature == loaded.signatures["serving_default"].structured_input_signature
     )
     assert serving(tf.constant([1.0, 2.0])).numpy().tolist() == [2.0, 3.0]
+
+
+def test_a_handed_on_call_uses_the_options_the_evaluators_block_gave_its_functions():
+    """The same serialized options, so TensorFlow reuses the instantiation made in the block."""
+    with go.grappler(False):
+        in_block = context.context().function_call_options.config_proto_serialized
+    with go.without_rewrites_on_this_thread():
+        here = context.context().function_call_options.config_proto_serialized
+        seen = {}
+        other = threading.Thread(target=lambda: seen.update(off=_rewrites_off_for_this_thread()))
+        other.start()
+        other.join()
+    assert here == in_block
+    assert seen == {"off": False}  # another thread is not affected
+    assert not _rewrites_off_for_this_thread()

@@ -171,7 +171,8 @@ class EvalPredictions:
     `loaded`: the same SavedModel already loaded in this process (`tf.saved_model.load`; in
     a local run, the object the Evaluator's TFMA loaded and ran: components/loaded_models.py).
     Its `serving_default` is then called instead: the same graph, without a second load
-    and a second first call's graph optimisation (~2 s for the demo's model).
+    and a second first call (~2 s for the demo's model), with the Evaluator's graph
+    optimisation choice (components/graph_optimization.py).
     """
 
     def __init__(

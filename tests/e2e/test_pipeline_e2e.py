@@ -108,7 +108,8 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     assert sorted(gate["class_names"]) == [str(c) for c in CLASSES]
     assert gate["eval_examples"] == 45
     # 45 eval images of 32x32 px: `eval_graph_optimization: auto` runs TFMA's model without
-    # Grappler's rewrites (the report's test below recomputes the gate's accuracy with them).
+    # Grappler's rewrites (the report's test below checks its confusion matrix, made from that
+    # model, against the pushed model's own answers with the rewrites, record by record).
     assert gate["tfma_run"]["graph_optimization"] is False
     assert (
         gate["baseline"]["compared"] is False and gate["baseline"]["skipped_reason"] == "no blessed model yet"
