@@ -249,7 +249,15 @@ def test_report_command_shows_latest_and_rewrites_a_missing_report(base_config, 
     # Outside a run the report loads the model itself, and finds the same numbers.
     assert again.predictions_from == report_data.PREDICTIONS_LOADED
     assert again.confusion == before.confusion and again.per_class == before.per_class
-    assert again.misclassified == before.misclassified[:2]
+    # The same mistakes; their scores to float32 rounding: in the run the report ran the model as
+    # the Evaluator did, without Grappler's fused kernels on this small split
+    # (eval_graph_optimization: auto), here a fresh load runs it with them.
+    assert len(again.misclassified) == min(2, len(before.misclassified))
+    for a, b in zip(again.misclassified, before.misclassified, strict=False):
+        assert dataclasses.replace(a, score=b.score, true_score=b.true_score) == b
+        assert a.score == pytest.approx(b.score, rel=1e-5) and a.true_score == pytest.approx(
+            b.true_score, rel=1e-4, abs=1e-7
+        )
     assert runs.read_summary(first_run.run_dir)["report"] == first_run.report
     assert runs.read_summary(first_run.run_dir)["report_error"] is None
 
