@@ -43,6 +43,10 @@ class Report:
     def label_counts(self, split: str) -> dict[str, int]:
         return dict(self.splits.get(split, {}).get("labels", {}))
 
+    def examples(self, split: str) -> int | None:
+        """The split's record count, or None when the report has no such split."""
+        return self.splits.get(split, {}).get("examples")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -341,13 +341,14 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
 
 def eval_examples(report: Any, splits: Sequence[str]) -> int | None:
     """The records of `splits` as the data gate counted them; None when a split is not in its report."""
-    counts = [report.splits.get(split, {}).get("examples") for split in splits]
+    counts = [report.examples(split) for split in splits]
     return None if any(c is None for c in counts) else sum(counts)
 
 
 def tfma_in_this_process(beam_args: Sequence[str] | None) -> bool:
     """Whether TFMA's Beam job runs its DoFns in this process: Beam's direct runner (imgpipe's
-    or Beam's own) in its in-memory mode, which is also its mode when none is given."""
+    or Beam's own) in its in-memory mode, which is also its mode when none is given. Read
+    with Beam's own option parser (pipeline.beam's helpers are above this package)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     options = PipelineOptions(list(beam_args or [])).get_all_options()

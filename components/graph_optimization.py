@@ -55,24 +55,20 @@ def image_pixels(saved_model_path: str) -> int | None:
 
     Read from the SavedModel's signature definitions (saved_model.pb) without loading it.
     """
-    from tensorflow.python.saved_model import loader_impl
-
+    from serving.devserver.versions import read_signature_defs
     from serving.signatures import TRANSFORM_FEATURES
     from trainer.features import IMAGE_XF
 
     try:
-        saved = loader_impl.parse_saved_model(saved_model_path)
+        signatures = read_signature_defs(saved_model_path)
     except Exception as e:  # noqa: BLE001 - any unreadable model (IOError, a file system's OpError) is "unknown"
         log.debug("no signatures read from %s: %s", saved_model_path, e)
         return None
-    for graph in saved.meta_graphs:
-        signature = graph.signature_def.get(TRANSFORM_FEATURES)
-        if signature is None or IMAGE_XF not in signature.outputs:
-            continue
-        dims = [d.size for d in signature.outputs[IMAGE_XF].tensor_shape.dim]
-        if len(dims) == 4 and dims[1] > 0 and dims[2] > 0:
-            return dims[1] * dims[2]
-    return None
+    signature = signatures.get(TRANSFORM_FEATURES)
+    if signature is None or IMAGE_XF not in signature.outputs:
+        return None
+    dims = [d.size for d in signature.outputs[IMAGE_XF].tensor_shape.dim]
+    return dims[1] * dims[2] if len(dims) == 4 and dims[1] > 0 and dims[2] > 0 else None
 
 
 def decide(

@@ -26,6 +26,7 @@ minimises), for the softmax and the 2-class sigmoid head alike.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 import weakref
@@ -157,7 +158,7 @@ def _outcome(
 _INITIAL: weakref.WeakKeyDictionary[keras.Model, list[np.ndarray]] = weakref.WeakKeyDictionary()
 
 
-class HeadData:
+class HeadData(abc.ABC):
     """The train split for head training: the part trained on while the validation slice
     is held out (`fit`), the slice (`val`, or none) and the whole split. `fit()` trains a
     compiled model on one of them; subclasses say how (Keras fit, or memory_fit)."""
@@ -195,8 +196,9 @@ class HeadData:
         history = self._fit(model, whole, validated, epochs, [*callbacks, *([stop] if stop else [])], verbose)
         return _outcome(history, stop, validated)
 
+    @abc.abstractmethod
     def _fit(self, model, whole, validated, epochs, callbacks, verbose) -> dict[str, list[float]]:
-        raise NotImplementedError
+        """One fit of `model` on the whole split or the fit part; Keras's history dict."""
 
     def fresh(self, model: keras.Model, build: Callable[[HeadHParams], keras.Model], hp: HeadHParams):
         """An untrained model like `model` (trained with `hp`) for the refit.
