@@ -1,4 +1,4 @@
-"""Two of Beam's per-job Python costs, remembered instead of recomputed (local runners).
+"""Three of Beam's per-job Python costs, remembered instead of recomputed (local runners).
 
 Profiling a small `imgpipe run` (BENCHMARKS.md, "Beam's fixed cost per job") found
 most of a Beam job's time on the in-process runner in Beam's own bookkeeping, not
@@ -23,18 +23,39 @@ in the data work:
   setting an option through any view sets it for all), so the view made first
   per (options object, class) is handed out again, while it still shares that
   dict.
+- **State and timer specs.** `userstate.get_dofn_specs` answers "which state and
+  timers does this DoFn declare" by walking `dir()` of the DoFn instance (~100
+  names) and building a `MethodWrapper` for each bound method, every time it is
+  asked: ~3,500 times in one small pipeline run, for each transform at
+  construction and again for each bundle (BENCHMARKS.md, "The DoFn specs
+  memo"). Most of the answer is decided by the DoFn's class: a method that is a
+  plain function of the class reads the same defaults through every instance.
+  That part is remembered per class, and checked on each call against the
+  class's attributes along its MRO and its functions' code and defaults (a
+  class changed at run time is walked again). The rest is asked again on every
+  call, as Beam does: names the instance sets itself, properties and other
+  descriptors whose value may depend on the instance, methods Beam inspects
+  through an `_inspect_<name>` hook (the DoFn of `beam.Map` and friends), and
+  bound methods of anything but a plain function. Objects that are not DoFns,
+  classes that customise attribute lookup (`__getattribute__`, `__getattr__`) or
+  `dir()`, and any call where something raises go to Beam's function, so its
+  errors are its own.
 
 The answers are Beam's own (tests/test_beam_memo.py checks them against Beam's
 functions for many kinds of callables, stateful DoFns included). `install()`
 is called by imgpipe's local DirectRunner (pipeline/local_beam.py) when a
 pipeline creates it, before any transform is applied; it is idempotent and
 leaves Beam untouched when Beam's internals are not the ones this was written
-against (then `installed()` is False and a debug line says why).
+against (then `installed()` is False and a debug line says why). Each part can
+be left out (`install(parts=...)`, or e.g. `IMGPIPE_BEAM_MEMO=signatures,options` for
+the local runner): the benchmarks measure them one at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import threading
 import types
 import weakref
@@ -102,14 +123,203 @@ def _memo_view_as(original):
     return view_as
 
 
-def install() -> bool:
-    """Put the remembered versions in place (once per process). True when they are in place."""
+_INSPECT = "_inspect_"  # Beam reads a method's arguments from `_inspect_<name>()` when it exists
+_MAX_CLASSES = 4096  # DoFn classes remembered at once (the memo is emptied past it)
+
+# Class attributes whose value through an instance is the same for every instance, and a bound
+# method only when it is a function of the class: plain functions, static and class methods, and
+# the descriptors of built-in types (slot wrappers, `__dict__`). Anything else with a `__get__`
+# (properties, slots, user descriptors) may give each instance its own value.
+_FIXED_DESCRIPTORS = (
+    types.FunctionType,
+    staticmethod,
+    classmethod,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+    types.BuiltinFunctionType,
+    types.GetSetDescriptorType,
+)
+
+
+class _Fallback(Exception):
+    """Ask Beam's own function: this DoFn or call is not one the memo answers."""
+
+
+def _fixed(value: Any) -> bool:
+    return isinstance(value, _FIXED_DESCRIPTORS) or not hasattr(type(value), "__get__")
+
+
+_FUNCTION_STATE = operator.attrgetter("__code__", "__defaults__", "__kwdefaults__")
+_FUNCTION_DICT = operator.attrgetter("__dict__")
+
+
+def _same(a: tuple | list, b: tuple | list) -> bool:
+    """Equal element by element by identity (a default's == need not be a bool)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+class _ClassSpecs:
+    """What one DoFn class decides of get_dofn_specs' answer (see the module docstring), and what
+    that was read from: every attribute along the MRO (but object's, which cannot change) and the
+    code, defaults and attributes of its functions, compared by identity on each call.
+    """
+
+    __slots__ = ("mro", "attrs", "functions", "function_state", "function_dicts", "names", "fixed", "asked")
+
+    def __init__(self, cls: type):
+        self.mro = cls.__mro__
+        self.attrs = [(tuple(c.__dict__), tuple(c.__dict__.values())) for c in self.mro if c is not object]
+        functions = []
+        for c in self.mro:
+            if c is not object:
+                for v in c.__dict__.values():
+                    fn = v.__func__ if isinstance(v, (classmethod, staticmethod, types.MethodType)) else v
+                    if type(fn) is types.FunctionType:
+                        functions.append(fn)
+        self.functions = tuple(functions)
+        self.function_state = self._function_state()
+        self.function_dicts = self._function_dicts()
+        self.names: frozenset = frozenset()  # every name the class gives `dir()`
+        self.fixed: tuple = ()  # (name, state specs, timer specs) of the class's methods that declare any
+        self.asked: frozenset = frozenset()  # names whose answer may differ between instances
+
+    def _function_state(self) -> tuple:
+        return tuple(itertools.chain.from_iterable(map(_FUNCTION_STATE, self.functions)))
+
+    def _function_dicts(self) -> tuple:
+        # What inspect.signature reads from a function's __dict__: the number of entries, and the
+        # two it follows where there are any.
+        dicts = tuple(map(_FUNCTION_DICT, self.functions))
+        marks = tuple(map(len, dicts))
+        followed = tuple(x for d in dicts if d for x in (d.get("__signature__"), d.get("__wrapped__")))
+        return marks, followed
+
+    def unchanged(self, cls: type) -> bool:
+        if cls.__mro__ != self.mro:  # tuples of classes: == is identity for classes
+            return False
+        i = 0
+        for c in self.mro:
+            if c is object:
+                continue
+            keys, values = self.attrs[i]
+            i += 1
+            d = c.__dict__
+            if not (_same(keys, tuple(d)) and _same(values, tuple(d.values()))):
+                return False
+        if not _same(self.function_state, self._function_state()):
+            return False
+        marks, followed = self._function_dicts()
+        return marks == self.function_dicts[0] and _same(followed, self.function_dicts[1])
+
+
+def _method_specs(dofn: Any, name: str, wrapper: type, params: tuple) -> tuple[set, set]:
+    """Beam's get_dofn_specs for one name of `dir(dofn)` (userstate.py, the loop's body)."""
+    do_fn_param, state_param, timer_param = params
+    if not isinstance(getattr(dofn, name, None), types.MethodType):
+        return set(), set()
+    method = wrapper(dofn, name)
+    param_ids = [d.param_id for d in method.defaults if isinstance(d, do_fn_param)]
+    if len(param_ids) != len(set(param_ids)):
+        raise _Fallback  # Beam raises its own error for it
+    return (
+        {d.state_spec for d in method.defaults if isinstance(d, state_param)},
+        {d.timer_spec for d in method.defaults if isinstance(d, timer_param)},
+    )
+
+
+def _memo_dofn_specs(original):
+    """userstate.get_dofn_specs, with the part each DoFn class decides remembered per class."""
+    from apache_beam.runners.common import MethodWrapper
+    from apache_beam.transforms.core import DoFn, _DoFnParam, _StateDoFnParam, _TimerDoFnParam
+
+    params = (_DoFnParam, _StateDoFnParam, _TimerDoFnParam)
+    # By class, for the process's life as Beam's own caches are (an entry refers to its class
+    # through the class's attributes, so weak keys would not let it go); emptied if a process
+    # makes DoFn classes without end.
+    memo: dict[type, _ClassSpecs] = {}
+
+    def analyse(cls: type, dofn: Any) -> _ClassSpecs:
+        entry = _ClassSpecs(cls)
+        own = vars(dofn)
+        names: dict[str, Any] = {}
+        for c in reversed(cls.__mro__):  # the first class in the MRO that has a name wins
+            names.update(c.__dict__)
+        fixed, asked = [], set()
+        for name, value in names.items():
+            if not _fixed(value) or name in own or _INSPECT + name in names or _INSPECT + name in own:
+                asked.add(name)  # the instance's own value, or one Beam reads through a hook
+                continue
+            bound = getattr(dofn, name, None)
+            if isinstance(bound, types.MethodType) and type(bound.__func__) is not types.FunctionType:
+                asked.add(name)  # a method of a callable object, whose state may change
+                continue
+            state, timers = _method_specs(dofn, name, MethodWrapper, params)
+            if state or timers:
+                fixed.append((name, frozenset(state), frozenset(timers)))
+        entry.names, entry.fixed, entry.asked = frozenset(names), tuple(fixed), frozenset(asked)
+        return entry
+
+    def answer(dofn: Any) -> tuple[set, set]:
+        cls = type(dofn)
+        if (
+            not isinstance(dofn, DoFn)
+            or cls.__getattribute__ is not object.__getattribute__
+            or cls.__dir__ is not object.__dir__
+            or hasattr(cls, "__getattr__")  # it could answer any `_inspect_<name>` Beam looks for
+            or type(getattr(dofn, "__dict__", None)) is not dict
+        ):
+            raise _Fallback
+        entry = memo.get(cls)
+        if entry is None or not entry.unchanged(cls):
+            if len(memo) >= _MAX_CLASSES:
+                memo.clear()
+            entry = memo[cls] = analyse(cls, dofn)
+        own = vars(dofn)
+        again = set(entry.asked).union(own)
+        for key in own:
+            if key.startswith(_INSPECT) and key[len(_INSPECT) :] in entry.names:
+                again.add(key[len(_INSPECT) :])
+        state: set = set()
+        timers: set = set()
+        for name, s, t in entry.fixed:
+            if name not in again:
+                state |= s
+                timers |= t
+        for name in again:
+            s, t = _method_specs(dofn, name, MethodWrapper, params)
+            state |= s
+            timers |= t
+        return state, timers
+
+    def get_dofn_specs(dofn):
+        try:
+            return answer(dofn)
+        except Exception:  # _Fallback, or anything Beam's own walk would raise: its answer and errors
+            return original(dofn)
+
+    get_dofn_specs.__wrapped_beam__ = original
+    return get_dofn_specs
+
+
+PARTS = ("signatures", "options", "dofn_specs")
+
+
+def install(parts: tuple[str, ...] | None = None) -> bool:
+    """Put the remembered versions of `parts` (default: all of PARTS) in place, once per process.
+
+    True when they are in place. A second call leaves the parts of the first one as they are.
+    """
+    parts = PARTS if parts is None else tuple(parts)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown Beam memo part(s) {unknown}: choose from {list(PARTS)}")
     with _lock:
         if _installed:
             return True
         try:
             from apache_beam.options.pipeline_options import PipelineOptions
-            from apache_beam.transforms import core
+            from apache_beam.transforms import core, userstate
         except ImportError as e:
             log.debug("Beam memo not installed: %s", e)
             return False
@@ -121,10 +331,20 @@ def install() -> bool:
         if view_as is None:
             log.debug("Beam memo not installed: PipelineOptions defines no view_as")
             return False
-        core.get_function_args_defaults = _memo_args_defaults(args_fn)
-        PipelineOptions.view_as = _memo_view_as(view_as)
-        _installed.update(get_function_args_defaults=args_fn, view_as=view_as)
-        return True
+        specs_fn = getattr(userstate, "get_dofn_specs", None)
+        if specs_fn is None:
+            log.debug("Beam memo not installed: this Beam has no userstate.get_dofn_specs")
+            return False
+        if "signatures" in parts:
+            core.get_function_args_defaults = _memo_args_defaults(args_fn)
+            _installed["get_function_args_defaults"] = args_fn
+        if "options" in parts:
+            PipelineOptions.view_as = _memo_view_as(view_as)
+            _installed["view_as"] = view_as
+        if "dofn_specs" in parts:
+            userstate.get_dofn_specs = _memo_dofn_specs(specs_fn)
+            _installed["get_dofn_specs"] = specs_fn
+        return bool(_installed)
 
 
 def uninstall() -> None:
@@ -133,8 +353,12 @@ def uninstall() -> None:
         if not _installed:
             return
         from apache_beam.options.pipeline_options import PipelineOptions
-        from apache_beam.transforms import core
+        from apache_beam.transforms import core, userstate
 
-        PipelineOptions.view_as = _installed["view_as"]
-        core.get_function_args_defaults = _installed["get_function_args_defaults"]
+        if "view_as" in _installed:
+            PipelineOptions.view_as = _installed["view_as"]
+        if "get_function_args_defaults" in _installed:
+            core.get_function_args_defaults = _installed["get_function_args_defaults"]
+        if "get_dofn_specs" in _installed:
+            userstate.get_dofn_specs = _installed["get_dofn_specs"]
         _installed.clear()

@@ -31,8 +31,26 @@ from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner as _B
 
 from pipeline import beam_memo
 
-# Set to 0 to run Beam without pipeline/beam_memo.py (benchmarks, or to rule it out).
+# Set to 0 to run Beam without pipeline/beam_memo.py (benchmarks, or to rule it out), or to a
+# comma-separated list of its parts (beam_memo.PARTS) to install only those.
 MEMO_ENV = "IMGPIPE_BEAM_MEMO"
+
+
+def memo_parts() -> tuple[str, ...]:
+    """The parts of pipeline/beam_memo.py that MEMO_ENV asks for: all by default, none for 0."""
+    value = os.environ.get(MEMO_ENV, "1").strip()
+    if value == "1":
+        return beam_memo.PARTS
+    if value == "0":
+        return ()
+    parts = tuple(p.strip() for p in value.split(",") if p.strip())
+    unknown = sorted(set(parts) - set(beam_memo.PARTS))
+    if unknown:
+        raise ValueError(
+            f"{MEMO_ENV}={value!r}: unknown part(s) {unknown}; use 1, 0 or a comma-separated list of "
+            f"{', '.join(beam_memo.PARTS)}"
+        )
+    return parts
 
 
 class SwitchingDirectRunner(_BeamsSwitchingDirectRunner):
@@ -42,8 +60,9 @@ class SwitchingDirectRunner(_BeamsSwitchingDirectRunner):
         super().__init__()
         # The pipeline creates its runner before any transform is applied: construction and
         # the bundles both find Beam's signature and type-check answers remembered.
-        if os.environ.get(MEMO_ENV, "1") != "0":
-            beam_memo.install()
+        parts = memo_parts()
+        if parts:
+            beam_memo.install(parts)
         # SwitchingDirectRunner tries Prism unless the pipeline is interactive (Prism does not
         # support that mode); this flag is read for that decision only (Beam 2.74).
         self._is_interactive = True

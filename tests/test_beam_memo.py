@@ -238,3 +238,215 @@ def test_option_views_are_shared_and_stay_live(memo):
     options._all_options = dict(options._all_options, runner="Third")  # noqa: SLF001
     assert options.view_as(StandardOptions) is not first
     assert options.view_as(StandardOptions).runner == "Third"
+
+
+# get_dofn_specs: the part a DoFn's class decides is remembered per class; what an instance can
+# change is asked on every call. Each case compares the memo's answer (or error) with Beam's.
+
+_OTHER = userstate.BagStateSpec("other", beam.coders.VarIntCoder())
+
+
+class _Shadowed(beam.DoFn):
+    """Some instances replace `process` with another DoFn's stateful method."""
+
+    def process(self, element):
+        yield element
+
+
+class _ByProperty(beam.DoFn):
+    """A property that gives a stateful bound method on some instances only."""
+
+    def __init__(self, stateful: bool):
+        super().__init__()
+        self.stateful = stateful
+
+    @property
+    def flush_method(self):
+        return _Counting().process if self.stateful else None
+
+    def process(self, element):
+        yield element
+
+
+class _WithGetattr(beam.DoFn):
+    def __getattr__(self, name):
+        if name == "_inspect_process":
+            return lambda: (["element", "count"], [beam.DoFn.StateParam(_OTHER)])
+        raise AttributeError(name)
+
+    def process(self, element):
+        yield element
+
+
+class _Duplicate(beam.DoFn):
+    def process(self, element, a=beam.DoFn.StateParam(_COUNT), b=beam.DoFn.StateParam(_COUNT)):  # noqa: B008 - how Beam declares state
+        yield element
+
+
+class _Hooked(beam.DoFn):
+    def process(self, element):
+        yield element
+
+
+class _CallableMethod:
+    def __call__(self, dofn, element, count=beam.DoFn.StateParam(_OTHER)):  # noqa: B008 - how Beam declares state
+        return [element]
+
+
+def _beams_specs(dofn):
+    try:
+        return userstate.get_dofn_specs.__wrapped_beam__(dofn)
+    except Exception as e:  # the memo must raise the same
+        return type(e), str(e)
+
+
+def _memos_specs(dofn):
+    try:
+        return userstate.get_dofn_specs(dofn)
+    except Exception as e:
+        return type(e), str(e)
+
+
+def _agree(*dofns):
+    for dofn in dofns:
+        for _ in range(2):  # the first answer computes the class's part, the second reads it
+            assert _memos_specs(dofn) == _beams_specs(dofn), dofn
+
+
+def _dofn_cases():
+    shadowed = _Shadowed()
+    shadowed.process = _Counting().process  # an instance attribute: Beam sees this one
+    hooked = _Hooked()
+    hooked._inspect_process = lambda: (["element", "count"], [beam.DoFn.StateParam(_OTHER)])
+
+    class _ClassLevelCallable(beam.DoFn):
+        pass
+
+    import types as _types
+
+    _ClassLevelCallable.odd = _types.MethodType(_CallableMethod(), _ClassLevelCallable())
+    return {
+        "plain": [_Plain()],
+        "stateful with a timer": [_Counting()],
+        "beam.Map's DoFn": [beam.Map(lambda x: x).fn, beam.Map(lambda x, n=1: x + n).fn],
+        "beam.FlatMap with a window": [beam.FlatMap(lambda x, w=beam.DoFn.WindowParam: [x]).fn],
+        "an instance's own method": [_Shadowed(), shadowed, _Shadowed()],
+        "a property": [_ByProperty(False), _ByProperty(True), _ByProperty(False)],
+        "__getattr__": [_WithGetattr()],
+        "duplicate state parameters": [_Duplicate()],
+        "an instance's _inspect_ hook": [_Hooked(), hooked, _Hooked()],
+        "a bound method of a callable object": [_ClassLevelCallable()],
+        "not a DoFn": [beam.transforms.core.RestrictionProvider(), object()],
+    }
+
+
+@pytest.mark.parametrize("case", list(_dofn_cases()))
+def test_dofn_specs_are_beams_own_answers(memo, case):
+    _agree(*_dofn_cases()[case])
+
+
+def test_instances_of_one_class_get_their_own_answers(memo):
+    plain, shadowed = _Shadowed(), _Shadowed()
+    shadowed.process = _Counting().process
+    assert userstate.get_dofn_specs(plain) == (set(), set())
+    assert userstate.get_dofn_specs(shadowed) == ({_COUNT}, {_FLUSH})
+    assert userstate.get_dofn_specs(plain) == (set(), set())
+    assert not userstate.is_stateful_dofn(_ByProperty(False))
+    assert userstate.is_stateful_dofn(_ByProperty(True))
+
+
+def test_a_class_changed_at_run_time_is_walked_again(memo):
+    class Changing(beam.DoFn):
+        def process(self, element):
+            yield element
+
+    dofn = Changing()
+    assert userstate.get_dofn_specs(dofn) == (set(), set())
+
+    def stateful(self, element, count=beam.DoFn.StateParam(_COUNT)):  # noqa: B008 - how Beam declares state
+        yield element
+
+    Changing.process = stateful  # a method replaced
+    assert userstate.get_dofn_specs(dofn) == ({_COUNT}, set())
+    stateful.__defaults__ = (beam.DoFn.StateParam(_OTHER),)  # its defaults replaced in place
+    assert userstate.get_dofn_specs(dofn) == ({_OTHER}, set())
+
+    def on_flush(self, t=beam.DoFn.TimerParam(_FLUSH)):  # noqa: B008 - how Beam declares timers
+        return []
+
+    Changing.on_flush = on_flush  # a method added
+    assert userstate.get_dofn_specs(dofn) == ({_OTHER}, {_FLUSH})
+    del Changing.on_flush
+    assert userstate.get_dofn_specs(dofn) == ({_OTHER}, set())
+    _agree(dofn, Changing())
+
+
+def test_a_subclass_is_answered_for_its_own_methods(memo):
+    class Base(beam.DoFn):
+        def process(self, element):
+            yield element
+
+    class Child(Base):
+        def process(self, element, count=beam.DoFn.StateParam(_COUNT)):  # noqa: B008 - how Beam declares state
+            yield element
+
+    assert userstate.get_dofn_specs(Base()) == (set(), set())
+    assert userstate.get_dofn_specs(Child()) == ({_COUNT}, set())
+    Base.process = Child.process  # the base changed under a class already answered
+    assert userstate.get_dofn_specs(Base()) == ({_COUNT}, set())
+    _agree(Base(), Child())
+
+
+def test_a_remembered_class_is_not_walked_again():
+    """The memo alone (not installed): Beam's walk runs only for what the memo must not answer."""
+    calls = []
+
+    def beams(dofn):
+        calls.append(dofn)
+        return (
+            userstate.get_dofn_specs.__wrapped_beam__(dofn)
+            if beam_memo.installed()
+            else userstate.get_dofn_specs(dofn)
+        )
+
+    specs = beam_memo._memo_dofn_specs(beams)  # noqa: SLF001 - the part under test
+    counting = _Counting()
+    for _ in range(5):
+        assert specs(counting) == ({_COUNT}, {_FLUSH})
+        assert specs(_Plain()) == (set(), set())
+    assert calls == []
+    with pytest.raises(ValueError, match="duplicate process method parameters"):
+        specs(_Duplicate())
+    assert specs(object()) == (set(), set())
+    assert len(calls) == 2  # Beam's own error, and an object that is no DoFn
+
+
+def test_the_local_runner_installs_the_parts_it_is_told(monkeypatch):
+    from pipeline import local_beam
+
+    was = beam_memo.installed()
+    beam_memo.uninstall()
+    try:
+        monkeypatch.setenv(local_beam.MEMO_ENV, "signatures, options")
+        local_beam.DirectRunner()
+        assert hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+        assert hasattr(PipelineOptions.view_as, "__wrapped_beam__")
+        assert not hasattr(userstate.get_dofn_specs, "__wrapped_beam__")
+        beam_memo.uninstall()
+        monkeypatch.setenv(local_beam.MEMO_ENV, "dofn_specs")
+        local_beam.DirectRunner()
+        assert hasattr(userstate.get_dofn_specs, "__wrapped_beam__")
+        assert not hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+        beam_memo.uninstall()
+        monkeypatch.setenv(local_beam.MEMO_ENV, "signatures,dofn-specs")
+        with pytest.raises(
+            ValueError, match=r"IMGPIPE_BEAM_MEMO='signatures,dofn-specs': unknown part\(s\) \['dofn-specs'\]"
+        ):
+            local_beam.DirectRunner()
+        assert not beam_memo.installed()
+        with pytest.raises(ValueError, match="unknown Beam memo part"):
+            beam_memo.install(("signature",))
+    finally:
+        beam_memo.uninstall()
+        if was:
+            beam_memo.install()
