@@ -36,10 +36,12 @@ in the data work:
   call, as Beam does: names the instance sets itself, properties and other
   descriptors whose value may depend on the instance, methods Beam inspects
   through an `_inspect_<name>` hook (the DoFn of `beam.Map` and friends), and
-  bound methods of anything but a plain function. Objects that are not DoFns,
-  classes that customise attribute lookup (`__getattribute__`, `__getattr__`) or
-  `dir()`, and any call where something raises go to Beam's function, so its
-  errors are its own.
+  bound methods of anything but a plain function or of a decorated one. Objects
+  that are not DoFns, classes that customise attribute lookup (`__getattribute__`,
+  `__getattr__`, `__class__`), `dir()` or the MRO, and a DoFn with duplicate
+  state parameters go to Beam's function, so its errors are its own; an error
+  raised by a DoFn's own attribute (a property) propagates as from Beam's walk,
+  which reads the attributes in the same order.
 
 The answers are Beam's own (tests/test_beam_memo.py checks them against Beam's
 functions for many kinds of callables, stateful DoFns included). `install()`
@@ -71,10 +73,24 @@ def installed() -> bool:
     return bool(_installed)
 
 
-def _snapshot(fn: types.FunctionType) -> tuple:
-    """What inspect.signature reads from a function; a changed snapshot means ask again."""
-    d = fn.__dict__
-    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, d.get("__signature__"), d.get("__wrapped__"))
+_MAX_WRAPPED = 32  # `__wrapped__` links followed before a function counts as not rememberable
+
+
+def _snapshot(fn: types.FunctionType) -> tuple | None:
+    """What inspect.signature reads from a function and the functions it wraps (`__wrapped__`,
+    as functools.wraps sets it); a changed snapshot means ask again. None when the chain reaches
+    something that is not a plain function (its signature may change with its state)."""
+    out: list = []
+    for _ in range(_MAX_WRAPPED):
+        if type(fn) is not types.FunctionType:
+            return None
+        d = fn.__dict__
+        wrapped = d.get("__wrapped__")
+        out += (fn.__code__, fn.__defaults__, fn.__kwdefaults__, d.get("__signature__"), wrapped)
+        if wrapped is None:
+            return tuple(out)
+        fn = wrapped
+    return None
 
 
 def _memo_args_defaults(original):
@@ -87,9 +103,11 @@ def _memo_args_defaults(original):
         if type(fn) is not types.FunctionType:
             return original(f)
         snap = _snapshot(fn)
+        if snap is None:
+            return original(f)
         entry = memo.get(fn)
         # By identity: a default may be an object whose == is not a bool (a NumPy array).
-        if entry is None or any(a is not b for a, b in zip(entry[0], snap, strict=True)):
+        if entry is None or not _same(entry[0], snap):
             entry = (snap, {})
             memo[fn] = entry
         answers = entry[1]
@@ -174,9 +192,12 @@ class _ClassSpecs:
         for c in self.mro:
             if c is not object:
                 for v in c.__dict__.values():
-                    fn = v.__func__ if isinstance(v, (classmethod, staticmethod, types.MethodType)) else v
-                    if type(fn) is types.FunctionType:
-                        functions.append(fn)
+                    for _ in range(_MAX_WRAPPED):  # a classmethod around a staticmethod around ...
+                        if not isinstance(v, (classmethod, staticmethod, types.MethodType)):
+                            break
+                        v = v.__func__
+                    if type(v) is types.FunctionType:
+                        functions.append(v)
         self.functions = tuple(functions)
         self.function_state = self._function_state()
         self.function_dicts = self._function_dicts()
@@ -251,8 +272,15 @@ def _memo_dofn_specs(original):
                 asked.add(name)  # the instance's own value, or one Beam reads through a hook
                 continue
             bound = getattr(dofn, name, None)
-            if isinstance(bound, types.MethodType) and type(bound.__func__) is not types.FunctionType:
-                asked.add(name)  # a method of a callable object, whose state may change
+            if isinstance(bound, types.MethodType) and (
+                type(bound.__func__) is not types.FunctionType
+                or "__wrapped__" in bound.__func__.__dict__
+                or "__signature__" in bound.__func__.__dict__
+            ):
+                # A method of a callable object, whose state may change, or a decorated function,
+                # whose signature is read through the function it wraps: asked on every call (the
+                # signatures' own memo checks the whole chain).
+                asked.add(name)
                 continue
             state, timers = _method_specs(dofn, name, MethodWrapper, params)
             if state or timers:
@@ -267,6 +295,8 @@ def _memo_dofn_specs(original):
             or cls.__getattribute__ is not object.__getattribute__
             or cls.__dir__ is not object.__dir__
             or hasattr(cls, "__getattr__")  # it could answer any `_inspect_<name>` Beam looks for
+            or dofn.__class__ is not cls  # dir() lists what `__class__` names: a proxy or mock
+            or type(cls).mro is not type.mro  # dir() follows __bases__, a custom mro() may not
             or type(getattr(dofn, "__dict__", None)) is not dict
         ):
             raise _Fallback
@@ -286,16 +316,19 @@ def _memo_dofn_specs(original):
             if name not in again:
                 state |= s
                 timers |= t
-        for name in again:
+        for name in sorted(again):  # dir()'s order: properties read in the order Beam reads them
             s, t = _method_specs(dofn, name, MethodWrapper, params)
             state |= s
             timers |= t
         return state, timers
 
     def get_dofn_specs(dofn):
+        # An error from reading the DoFn's own attributes (a property that raises) propagates as
+        # from Beam's walk, which reads them in the same order; only what the memo declines goes to
+        # Beam's function (so a property is not read twice).
         try:
             return answer(dofn)
-        except Exception:  # _Fallback, or anything Beam's own walk would raise: its answer and errors
+        except _Fallback:
             return original(dofn)
 
     get_dofn_specs.__wrapped_beam__ = original

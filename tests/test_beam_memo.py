@@ -288,6 +288,38 @@ class _Hooked(beam.DoFn):
         yield element
 
 
+class _ClassProperty(beam.DoFn):
+    """An instance that names another class as its __class__ (as mocks and proxies do)."""
+
+    __class__ = property(lambda self: object)  # noqa: PLE0237 - the point of the case
+
+    def on_flush(self, t=beam.DoFn.TimerParam(_FLUSH)):  # noqa: B008 - how Beam declares timers
+        return []
+
+
+class _Raising(beam.DoFn):
+    @property
+    def broken(self):
+        raise RuntimeError("this property cannot be read")
+
+    def process(self, element):
+        yield element
+
+
+def _decorated(fn):
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return inner
+
+
+class _Decorated(beam.DoFn):
+    @_decorated
+    def process(self, element, count=beam.DoFn.StateParam(_COUNT)):  # noqa: B008 - how Beam declares state
+        yield element
+
+
 class _CallableMethod:
     def __call__(self, dofn, element, count=beam.DoFn.StateParam(_OTHER)):  # noqa: B008 - how Beam declares state
         return [element]
@@ -337,6 +369,9 @@ def _dofn_cases():
         "an instance's _inspect_ hook": [_Hooked(), hooked, _Hooked()],
         "a bound method of a callable object": [_ClassLevelCallable()],
         "not a DoFn": [beam.transforms.core.RestrictionProvider(), object()],
+        "a __class__ property": [_ClassProperty()],
+        "a property that raises": [_Raising()],
+        "a decorated method": [_Decorated()],
     }
 
 
@@ -450,3 +485,25 @@ def test_the_local_runner_installs_the_parts_it_is_told(monkeypatch):
         beam_memo.uninstall()
         if was:
             beam_memo.install()
+
+
+def test_a_decorated_method_follows_the_function_it_wraps(memo):
+    dofn = _Decorated()
+    assert userstate.get_dofn_specs(dofn) == ({_COUNT}, set())
+    # inspect.signature reads the wrapped function's defaults: a change there is seen.
+    _Decorated.process.__wrapped__.__defaults__ = (beam.DoFn.StateParam(_OTHER),)
+    try:
+        assert userstate.get_dofn_specs(dofn) == ({_OTHER}, set())
+        _agree(dofn)
+    finally:
+        _Decorated.process.__wrapped__.__defaults__ = (beam.DoFn.StateParam(_COUNT),)
+
+
+def test_a_wrapped_functions_arguments_follow_the_function_it_wraps(memo):
+    def inner(a, b=1):
+        return a
+
+    outer = _wrapper(inner)
+    assert core.get_function_args_defaults(outer) == (["a", "b"], [1])
+    inner.__defaults__ = (2,)
+    assert core.get_function_args_defaults(outer) == (["a", "b"], [2])
