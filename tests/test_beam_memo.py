@@ -184,28 +184,33 @@ def test_a_stateful_pipeline_runs_on_the_local_runner_with_the_memo():
     assert beam_memo.installed()
 
 
-def test_the_local_runner_installs_it_unless_told_not_to(monkeypatch):
-    from pipeline import local_beam
-
+@pytest.fixture
+def without_memo():
+    """Beam's own functions at the start of the test, and the memo as it was afterwards."""
     was = beam_memo.installed()
     beam_memo.uninstall()
-    try:
-        monkeypatch.setenv(local_beam.MEMO_ENV, "0")
-        local_beam.DirectRunner()
-        assert not beam_memo.installed()
-        assert core.get_function_args_defaults.__name__ == "get_function_args_defaults"
-        assert not hasattr(core.get_function_args_defaults, "__wrapped_beam__")
-        assert not hasattr(PipelineOptions.view_as, "__wrapped_beam__")
-        monkeypatch.delenv(local_beam.MEMO_ENV)
-        local_beam.DirectRunner()
-        assert beam_memo.installed()
-        assert hasattr(core.get_function_args_defaults, "__wrapped_beam__")
-        assert hasattr(PipelineOptions.view_as, "__wrapped_beam__")
-        assert beam_memo.install()  # idempotent: still the one memo
-        assert not hasattr(core.get_function_args_defaults.__wrapped_beam__, "__wrapped_beam__")
-    finally:
-        if not was:
-            beam_memo.uninstall()
+    yield
+    beam_memo.uninstall()
+    if was:
+        beam_memo.install()
+
+
+def test_the_local_runner_installs_it_unless_told_not_to(monkeypatch, without_memo):
+    from pipeline import local_beam
+
+    monkeypatch.setenv(local_beam.MEMO_ENV, "0")
+    local_beam.DirectRunner()
+    assert not beam_memo.installed()
+    assert core.get_function_args_defaults.__name__ == "get_function_args_defaults"
+    assert not hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+    assert not hasattr(PipelineOptions.view_as, "__wrapped_beam__")
+    monkeypatch.delenv(local_beam.MEMO_ENV)
+    local_beam.DirectRunner()
+    assert beam_memo.installed()
+    assert hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+    assert hasattr(PipelineOptions.view_as, "__wrapped_beam__")
+    assert beam_memo.install()  # idempotent: still the one memo
+    assert not hasattr(core.get_function_args_defaults.__wrapped_beam__, "__wrapped_beam__")
 
 
 def test_option_views_are_shared_and_stay_live(memo):
@@ -306,16 +311,8 @@ class _Raising(beam.DoFn):
         yield element
 
 
-def _decorated(fn):
-    @functools.wraps(fn)
-    def inner(*args, **kwargs):
-        return fn(*args, **kwargs)
-
-    return inner
-
-
 class _Decorated(beam.DoFn):
-    @_decorated
+    @_wrapper
     def process(self, element, count=beam.DoFn.StateParam(_COUNT)):  # noqa: B008 - how Beam declares state
         yield element
 
@@ -456,35 +453,28 @@ def test_a_remembered_class_is_not_walked_again():
     assert len(calls) == 2  # Beam's own error, and an object that is no DoFn
 
 
-def test_the_local_runner_installs_the_parts_it_is_told(monkeypatch):
+def test_the_local_runner_installs_the_parts_it_is_told(monkeypatch, without_memo):
     from pipeline import local_beam
 
-    was = beam_memo.installed()
+    monkeypatch.setenv(local_beam.MEMO_ENV, "signatures, options")
+    local_beam.DirectRunner()
+    assert hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+    assert hasattr(PipelineOptions.view_as, "__wrapped_beam__")
+    assert not hasattr(userstate.get_dofn_specs, "__wrapped_beam__")
     beam_memo.uninstall()
-    try:
-        monkeypatch.setenv(local_beam.MEMO_ENV, "signatures, options")
+    monkeypatch.setenv(local_beam.MEMO_ENV, "dofn_specs")
+    local_beam.DirectRunner()
+    assert hasattr(userstate.get_dofn_specs, "__wrapped_beam__")
+    assert not hasattr(core.get_function_args_defaults, "__wrapped_beam__")
+    beam_memo.uninstall()
+    monkeypatch.setenv(local_beam.MEMO_ENV, "signatures,dofn-specs")
+    with pytest.raises(
+        ValueError, match=r"IMGPIPE_BEAM_MEMO='signatures,dofn-specs': unknown part\(s\) \['dofn-specs'\]"
+    ):
         local_beam.DirectRunner()
-        assert hasattr(core.get_function_args_defaults, "__wrapped_beam__")
-        assert hasattr(PipelineOptions.view_as, "__wrapped_beam__")
-        assert not hasattr(userstate.get_dofn_specs, "__wrapped_beam__")
-        beam_memo.uninstall()
-        monkeypatch.setenv(local_beam.MEMO_ENV, "dofn_specs")
-        local_beam.DirectRunner()
-        assert hasattr(userstate.get_dofn_specs, "__wrapped_beam__")
-        assert not hasattr(core.get_function_args_defaults, "__wrapped_beam__")
-        beam_memo.uninstall()
-        monkeypatch.setenv(local_beam.MEMO_ENV, "signatures,dofn-specs")
-        with pytest.raises(
-            ValueError, match=r"IMGPIPE_BEAM_MEMO='signatures,dofn-specs': unknown part\(s\) \['dofn-specs'\]"
-        ):
-            local_beam.DirectRunner()
-        assert not beam_memo.installed()
-        with pytest.raises(ValueError, match="unknown Beam memo part"):
-            beam_memo.install(("signature",))
-    finally:
-        beam_memo.uninstall()
-        if was:
-            beam_memo.install()
+    assert not beam_memo.installed()
+    with pytest.raises(ValueError, match="unknown Beam memo part"):
+        beam_memo.install(("signature",))
 
 
 def test_a_decorated_method_follows_the_function_it_wraps(memo):
