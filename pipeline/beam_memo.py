@@ -38,8 +38,9 @@ in the data work:
   through an `_inspect_<name>` hook (the DoFn of `beam.Map` and friends), and
   bound methods of anything but a plain function or of a decorated one. Objects
   that are not DoFns, classes that customise attribute lookup (`__getattribute__`,
-  `__getattr__`, `__class__`), `dir()` or the MRO, and a DoFn with duplicate
-  state parameters go to Beam's function, so its errors are its own; an error
+  `__getattr__`, `__class__`), `dir()` or the MRO, instances with attribute
+  names that are not strings, and a DoFn with duplicate state parameters go to
+  Beam's function, so its errors are its own; an error
   raised by a DoFn's own attribute (a property) propagates as from Beam's walk,
   which reads the attributes in the same order.
 
@@ -298,6 +299,7 @@ def _memo_dofn_specs(original):
             or dofn.__class__ is not cls  # dir() lists what `__class__` names: a proxy or mock
             or type(cls).mro is not type.mro  # dir() follows __bases__, a custom mro() may not
             or type(getattr(dofn, "__dict__", None)) is not dict
+            or not all(type(k) is str for k in vars(dofn))  # dir() would fail to sort them
         ):
             raise _Fallback
         entry = memo.get(cls)

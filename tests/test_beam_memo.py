@@ -354,6 +354,8 @@ def _dofn_cases():
     import types as _types
 
     _ClassLevelCallable.odd = _types.MethodType(_CallableMethod(), _ClassLevelCallable())
+    odd_key = _Plain()
+    vars(odd_key)[1] = "a name that is not a string"
     return {
         "plain": [_Plain()],
         "stateful with a timer": [_Counting()],
@@ -369,6 +371,7 @@ def _dofn_cases():
         "a __class__ property": [_ClassProperty()],
         "a property that raises": [_Raising()],
         "a decorated method": [_Decorated()],
+        "an attribute name that is not a string": [odd_key],
     }
 
 
