@@ -62,6 +62,7 @@ import operator
 import threading
 import types
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class _ClassSpecs:
 
     def __init__(self, cls: type):
         self.mro = cls.__mro__
-        self.attrs = [(tuple(c.__dict__), tuple(c.__dict__.values())) for c in self.mro if c is not object]
+        self.attrs = [(c, tuple(c.__dict__), tuple(c.__dict__.values())) for c in self.mro if c is not object]
         functions = []
         for c in self.mro:
             if c is not object:
@@ -220,12 +221,7 @@ class _ClassSpecs:
     def unchanged(self, cls: type) -> bool:
         if cls.__mro__ != self.mro:  # tuples of classes: == is identity for classes
             return False
-        i = 0
-        for c in self.mro:
-            if c is object:
-                continue
-            keys, values = self.attrs[i]
-            i += 1
+        for c, keys, values in self.attrs:
             d = c.__dict__
             if not (_same(keys, tuple(d)) and _same(values, tuple(d.values()))):
                 return False
@@ -340,13 +336,18 @@ def _memo_dofn_specs(original):
 PARTS = ("signatures", "options", "dofn_specs")
 
 
+def unknown_parts(parts: Sequence[str]) -> list[str]:
+    """The names in `parts` that are not parts of the memo (PARTS), sorted."""
+    return sorted(set(parts) - set(PARTS))
+
+
 def install(parts: tuple[str, ...] | None = None) -> bool:
     """Put the remembered versions of `parts` (default: all of PARTS) in place, once per process.
 
     True when they are in place. A second call leaves the parts of the first one as they are.
     """
     parts = PARTS if parts is None else tuple(parts)
-    unknown = sorted(set(parts) - set(PARTS))
+    unknown = unknown_parts(parts)
     if unknown:
         raise ValueError(f"unknown Beam memo part(s) {unknown}: choose from {list(PARTS)}")
     with _lock:

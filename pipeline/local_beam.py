@@ -44,7 +44,7 @@ def memo_parts() -> tuple[str, ...]:
     if value == "0":
         return ()
     parts = tuple(p.strip() for p in value.split(",") if p.strip())
-    unknown = sorted(set(parts) - set(beam_memo.PARTS))
+    unknown = beam_memo.unknown_parts(parts)
     if unknown:
         raise ValueError(
             f"{MEMO_ENV}={value!r}: unknown part(s) {unknown}; use 1, 0 or a comma-separated list of "

@@ -322,24 +322,18 @@ class _CallableMethod:
         return [element]
 
 
-def _beams_specs(dofn):
+def _specs_or_error(get_dofn_specs, dofn):
     try:
-        return userstate.get_dofn_specs.__wrapped_beam__(dofn)
-    except Exception as e:  # the memo must raise the same
-        return type(e), str(e)
-
-
-def _memos_specs(dofn):
-    try:
-        return userstate.get_dofn_specs(dofn)
-    except Exception as e:
+        return get_dofn_specs(dofn)
+    except Exception as e:  # the memo must raise the same as Beam
         return type(e), str(e)
 
 
 def _agree(*dofns):
     for dofn in dofns:
         for _ in range(2):  # the first answer computes the class's part, the second reads it
-            assert _memos_specs(dofn) == _beams_specs(dofn), dofn
+            mine = _specs_or_error(userstate.get_dofn_specs, dofn)
+            assert mine == _specs_or_error(userstate.get_dofn_specs.__wrapped_beam__, dofn), dofn
 
 
 def _dofn_cases():
