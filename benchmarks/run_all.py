@@ -35,6 +35,7 @@ BENCHMARKS = (
     "standby_start",
     "gc_freeze",
     "autograph",
+    "model_build",
     "refit",
     "serving_latency",
     "metadata_concurrency",

@@ -17,6 +17,7 @@ import tf_keras as keras
 
 from trainer import backbones
 from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE
+from trainer.shape_inference import static_shapes
 
 BACKBONE_NAME = "backbone"
 HEAD_NAME = "head"
@@ -41,13 +42,14 @@ def build_backbone(backbone: str, weights: str, image_size: int) -> keras.Model:
     if spec.module == "mobilenet_v3" or spec.module.startswith("efficientnet_v2"):
         # Their preprocess_input is the identity and the model rescales itself.
         kwargs["include_preprocessing"] = True
-    base = spec.constructor()(
-        include_top=False,
-        weights=resolve_weights(weights),
-        input_shape=(image_size, image_size, 3),
-        pooling="avg",
-        **kwargs,
-    )
+    with static_shapes():  # the same model, built without a scratch-graph trace per layer
+        base = spec.constructor()(
+            include_top=False,
+            weights=resolve_weights(weights),
+            input_shape=(image_size, image_size, 3),
+            pooling="avg",
+            **kwargs,
+        )
     # Re-wrap under a fixed name so the full model, the head-only model and the
     # weights file all refer to the same layer names whatever the application.
     return keras.Model(base.inputs, base.outputs, name=BACKBONE_NAME)
@@ -70,6 +72,11 @@ def build_head(
     """
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
+    with static_shapes():
+        return _head(feature_dim, num_classes, dropout, l2, feature_stats)
+
+
+def _head(feature_dim, num_classes, dropout, l2, feature_stats) -> keras.Model:
     features = keras.Input((feature_dim,), name="features")
     x = features
     if feature_stats is not None:
@@ -107,9 +114,10 @@ def assemble(base: keras.Model, head: keras.Model, image_size: int) -> keras.Mod
     """Preprocessed image [S, S, 3] -> probabilities: `base` (frozen, inference mode) then `head`."""
     base.trainable = False
     images = keras.Input((image_size, image_size, 3), name="image")
-    # training=False keeps BatchNorm in inference mode, also when fine-tuning later.
-    features = base(images, training=False)
-    return keras.Model(images, head(features), name="classifier")
+    with static_shapes():  # base's output is its own: not traced again for the new input
+        # training=False keeps BatchNorm in inference mode, also when fine-tuning later.
+        features = base(images, training=False)
+        return keras.Model(images, head(features), name="classifier")
 
 
 def build_model(
@@ -157,7 +165,8 @@ def fold_standardization(model: keras.Model) -> keras.Model:
     )
     base = backbone_of(model)
     images = keras.Input(model.input_shape[1:], name="image")
-    return keras.Model(images, folded(base(images, training=False)), name=model.name)
+    with static_shapes():
+        return keras.Model(images, folded(base(images, training=False)), name=model.name)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -23,6 +23,7 @@ from trainer import backbones, data, tracing
 from trainer.features import IMAGE_KEY, LABEL_KEY
 from trainer.model import build_backbone, fit_batches
 from trainer.preprocessing import preprocess_images
+from trainer.shape_inference import static_shapes
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ def pretrain_backbone(
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = PRETRAIN_BN_MOMENTUM
     inputs = keras.Input((image_size, image_size, 3))
-    outputs = keras.layers.Dense(len(classes), activation="softmax")(base(inputs))
+    with static_shapes():  # base's output is its own: not traced again for the new input
+        outputs = keras.layers.Dense(len(classes), activation="softmax")(base(inputs))
     model = keras.Model(inputs, outputs)
     model.compile(
         optimizer=optimizer(learning_rate),
