@@ -168,3 +168,17 @@ def test_the_block_nests_and_keras_own_wins_inside_it():
         assert shape_inference.active()
     assert not shape_inference.active()
     assert tf.executing_eagerly()
+
+
+def test_the_environment_variable_turns_it_off_and_names_a_bad_value(monkeypatch):
+    traced = _scratch_traces(monkeypatch)
+    monkeypatch.setenv(shape_inference.ENV_VAR, "0")
+    with shape_inference.static_shapes() as ok:
+        assert not ok and not shape_inference.active()
+        L.Dense(2, name="off")(keras.Input((4,)))
+    assert traced == ["off"]
+    monkeypatch.setenv(shape_inference.ENV_VAR, "yes")
+    with pytest.raises(ValueError, match=r"IMGPIPE_STATIC_SHAPES='yes': use 1 .* or 0"):
+        with shape_inference.static_shapes():
+            pass
+    assert not shape_inference.active()

@@ -24,7 +24,7 @@ Inside `static_shapes()` two kinds of call skip the scratch graph, on this threa
   graph on the same spec.
 
 Anything else, and every call outside the block or on another thread, goes to
-tf_keras's own inference. The models built are the same: the same layers, config,
+tf_keras's own inference; `IMGPIPE_STATIC_SHAPES=0` sends every call there. The models built are the same: the same layers, config,
 weights and weight names, output shapes and dtypes and answers
 (tests/test_shape_inference.py compares them, `benchmarks/model_build.py` for every
 registered backbone).
@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
+ENV_VAR = "IMGPIPE_STATIC_SHAPES"  # 0: every model built with tf_keras's own inference
 _state = threading.local()
 _installed: list = []  # [the tf_keras method replaced], once installed
 _install_lock = threading.Lock()
@@ -67,6 +69,16 @@ def _exact_layers() -> tuple[type, ...]:
         L.SeparableConv2D,
         L.ZeroPadding2D,
     )
+
+
+def enabled() -> bool:
+    """ENV_VAR: 1 (the default) builds with static shapes, 0 with Keras's own inference only."""
+    value = os.environ.get(ENV_VAR, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(
+            f"{ENV_VAR}={value!r}: use 1 (static shapes, the default) or 0 (Keras's own inference)"
+        )
+    return value == "1"
 
 
 def active() -> bool:
@@ -176,12 +188,12 @@ def _install() -> bool:
 def static_shapes() -> Iterator[bool]:
     """Within the block, this thread's functional model construction skips the scratch graph
     where the output is known (module docstring). Yields whether it is in effect."""
-    ok = install()
-    _state.depth = getattr(_state, "depth", 0) + 1
+    ok = enabled() and install()
+    _state.depth = getattr(_state, "depth", 0) + int(ok)
     try:
         yield ok
     finally:
-        _state.depth -= 1
+        _state.depth -= int(ok)
 
 
 @contextlib.contextmanager
