@@ -36,6 +36,7 @@ BENCHMARKS = (
     "gc_freeze",
     "autograph",
     "model_build",
+    "static_shapes_run",
     "refit",
     "serving_latency",
     "metadata_concurrency",
