@@ -20,8 +20,9 @@ from __future__ import annotations
 from benchmarks import common
 
 CHILD = r"""
-import json, re, sys, time
+import json, re, sys
 import numpy as np
+from benchmarks.fixed_costs import _timer
 from trainer import backbones
 from trainer import model as model_lib
 from trainer import shape_inference
@@ -29,25 +30,15 @@ from trainer import shape_inference
 name, order = sys.argv[1], sys.argv[2].split(",")
 size = max(32, backbones.get(name).min_size)
 model_lib.build_model(name, "none", size, 5)  # warm-up: imports, TensorFlow's first ops
+build_backbone, build_model = model_lib.build_backbone, model_lib.build_model
 built, times = {}, {}
 for variant in order:
-    t_backbone = []
-    build_backbone = model_lib.build_backbone
-
-    def timed(*a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return build_backbone(*a, **kw)
-        finally:
-            t_backbone.append(time.perf_counter() - t0)
-
-    model_lib.build_backbone = timed
+    times[variant] = {}
+    model_lib.build_backbone = _timer(times[variant], "backbone", build_backbone)
     own = shape_inference.keras_own() if variant == "keras" else shape_inference.static_shapes()
-    t0 = time.perf_counter()
     with own:
-        built[variant] = model_lib.build_model(name, "none", size, 5)
-    times[variant] = {"build_model": time.perf_counter() - t0, "backbone": t_backbone[0]}
-    model_lib.build_backbone = build_backbone
+        built[variant] = _timer(times[variant], "build_model", build_model)(name, "none", size, 5)
+model_lib.build_backbone = build_backbone
 
 a, b = built["keras"], built["static"]
 unnumbered = lambda s: re.sub(r"_\d+(?=[/:])", "", s)

@@ -131,13 +131,21 @@ def test_calls_it_cannot_answer_are_left_to_keras(monkeypatch):
         Doubled(2, name="sub")(keras.Input((4,)))
         L.Dense(2, name="f64", dtype="float64")(keras.Input((4,), dtype="float64"))
         assert traced == ["inner", "again", "sub", "f64"]
-        # An error is Keras's own: a kernel larger than its input.
+        # Errors are Keras's own. A kernel larger than its input: refused by the layer's build.
         with pytest.raises(ValueError) as fast_error:
             L.Conv2D(2, 5, name="too_big")(keras.Input((3, 3, 1)))
+        # A Reshape to another total size: its shape rule fails, so Keras's inference runs.
+        with pytest.raises(ValueError) as fast_reshape:
+            L.Reshape((2, 2), name="bad_reshape")(keras.Input((3, 3)))
+    assert traced == ["inner", "again", "sub", "f64", "bad_reshape"]
     with pytest.raises(ValueError) as keras_error:
         L.Conv2D(2, 5, name="too_big")(keras.Input((3, 3, 1)))
+    with pytest.raises(ValueError) as keras_reshape:
+        L.Reshape((2, 2), name="bad_reshape")(keras.Input((3, 3)))
     assert "dimensions in the output is <= 0" in str(fast_error.value)
     assert str(fast_error.value).split("\n")[0] == str(keras_error.value).split("\n")[0]
+    assert "total size of new array must be unchanged" in str(fast_reshape.value)
+    assert str(fast_reshape.value) == str(keras_reshape.value)
 
 
 def test_other_threads_build_with_keras_own_inference(monkeypatch):

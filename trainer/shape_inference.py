@@ -17,8 +17,10 @@ Inside `static_shapes()` two kinds of call skip the scratch graph, on this threa
   masks and no argument but `training`: the layer is built as Keras builds it
   (the same input check, its variables under the same name scope) and its output
   is what the layer's own `compute_output_shape` says, which is exact for these
-  classes. Where that fails (a kernel larger than its input), Keras's own
-  inference runs and raises Keras's own error;
+  classes. A build that refuses the input (a kernel larger than its input) raises
+  as Keras's does, from the same build; where the shape rule itself fails (a
+  Reshape to another total size), Keras's own inference runs and raises Keras's
+  own error;
 - a functional model called on an input of exactly its own input's shape and
   dtype (a backbone under a new head): the output is its own output's, the same
   graph on the same spec.
@@ -168,7 +170,7 @@ def _install() -> bool:
                         tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, x.dtype), inputs)
                     )
                 except (ValueError, TypeError, NotImplementedError):
-                    signature = None  # e.g. a kernel larger than its input: Keras's own error below
+                    signature = None  # e.g. a Reshape to another total size: Keras's own error below
                 if signature is not None:
                     self._set_save_spec(inputs, args, kwargs)
                     return tf.nest.map_structure(keras_tensor.KerasTensor, signature)
