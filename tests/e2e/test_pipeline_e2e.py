@@ -201,10 +201,13 @@ def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, fir
     assert [m.score for m in d.misclassified] == sorted((m.score for m in d.misclassified), reverse=True)
     for m in d.misclassified:
         assert (m.true, m.predicted) == (records[m.record][0], predicted[m.record])
-        assert m.score == pytest.approx(float(scores[m.record]), rel=1e-5)
+        # To float32 rounding: TFMA ran the model without Grappler's fused kernels on this small
+        # split (eval_graph_optimization: auto), the pushed model here runs with them; their
+        # answers differ by ~1e-5 of a score on some CPUs and thread counts.
+        assert m.score == pytest.approx(float(scores[m.record]), rel=1e-4)
         assert os.path.isfile(os.path.join(os.path.dirname(s.report), m.thumbnail))
     if wrong:
-        assert np.max(scores[wrong]) == pytest.approx(d.misclassified[0].score, rel=1e-5)
+        assert np.max(scores[wrong]) == pytest.approx(d.misclassified[0].score, rel=1e-4)
 
     # Training curves from the Trainer's own history; the gate's decision as the summary has it.
     with mlmd.open_store(base_config.resolved()) as store:
@@ -255,7 +258,7 @@ def test_report_command_shows_latest_and_rewrites_a_missing_report(base_config, 
     assert len(again.misclassified) == min(2, len(before.misclassified))
     for a, b in zip(again.misclassified, before.misclassified, strict=False):
         assert dataclasses.replace(a, score=b.score, true_score=b.true_score) == b
-        assert a.score == pytest.approx(b.score, rel=1e-5) and a.true_score == pytest.approx(
+        assert a.score == pytest.approx(b.score, rel=1e-4) and a.true_score == pytest.approx(
             b.true_score, rel=1e-4, abs=1e-7
         )
     assert runs.read_summary(first_run.run_dir)["report"] == first_run.report
