@@ -16,11 +16,59 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-log",
+        metavar="FILE",
+        default=None,
+        help="append one JSON line per test to FILE: its wall time and the CPU seconds of the "
+        "test process and of the child processes it waited for (benchmarks/suite_cpu.py reads it)",
+    )
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: whole-pipeline runs (minutes)")
 
 
 import pytest  # noqa: E402
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """User + system CPU seconds of this process, and of its children it has waited for."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With --cpu-log: each test's set-up, call and teardown, measured together.
+
+    A child process counts for the test during which it was waited for (subprocess.run,
+    Popen.wait or communicate); one left running is counted when it is reaped, or not at all.
+    """
+    path = item.config.getoption("--cpu-log")
+    if not path:
+        yield
+        return
+    import json
+    import time
+
+    own, children = _cpu_seconds()
+    start = time.time()
+    yield
+    own2, children2 = _cpu_seconds()
+    line = {
+        "test": item.nodeid,
+        "worker": os.environ.get("PYTEST_XDIST_WORKER", ""),
+        "start": round(start, 3),
+        "wall": round(time.time() - start, 3),
+        "cpu": round(own2 - own, 3),
+        "children_cpu": round(children2 - children, 3),
+    }
+    with open(path, "a", encoding="utf-8") as f:  # one short appended line per write: workers share it
+        f.write(json.dumps(line) + "\n")
 
 
 def _made_once(tmp_path_factory, name: str, make):

@@ -81,3 +81,44 @@ def test_plain_script_own_split_is_seeded_per_class(digits_tree):
     assert a == plain_keras.split_files(files, None, 0.25, 7)
     assert sorted(a["train"] + a["eval"]) == sorted(f for fs in files.values() for f in fs)
     assert sorted(p.split("/")[0] for p in a["eval"]) == ["5", "6", "7"]  # 1 of 4 per class
+
+
+_CPU_TESTS = """
+import subprocess, sys, time
+
+def test_busy_itself():
+    end = time.process_time() + 0.4
+    while time.process_time() < end:
+        pass
+
+def test_waits_for_a_busy_child():
+    subprocess.run([sys.executable, "-c", "import time\\nend = time.process_time() + 0.4\\nwhile time.process_time() < end: pass"], check=True)
+"""
+
+
+def test_cpu_log_counts_each_tests_own_and_its_childrens_cpu(tmp_path):
+    """`--cpu-log` (tests/conftest.py) on two tests, and benchmarks/suite_cpu.py's summary of it."""
+    import subprocess
+    import sys
+
+    from benchmarks import suite_cpu
+
+    (tmp_path / "test_cpu.py").write_text(_CPU_TESTS)
+    log = tmp_path / "cpu.jsonl"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "tests.conftest",
+         str(tmp_path / "test_cpu.py"), f"--cpu-log={log}"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    records = {r["test"].split("::")[1]: r for r in suite_cpu.read_log(str(log))}
+    assert set(records) == {"test_busy_itself", "test_waits_for_a_busy_child"}
+    busy, waits = records["test_busy_itself"], records["test_waits_for_a_busy_child"]
+    assert busy["cpu"] >= 0.35 and busy["children_cpu"] == 0, busy
+    assert waits["children_cpu"] >= 0.35 and waits["cpu"] < 0.35, waits
+    assert all(r["wall"] > 0 and r["worker"] == "" for r in records.values())
+    text = suite_cpu.summarise(suite_cpu.read_log(str(log)), top=5)
+    assert "2 tests in 1 file:" in text and "test_cpu.py::test_waits_for_a_busy_child" in text
+    with pytest.raises(SystemExit, match="no tests"):
+        suite_cpu.summarise([], top=5)
