@@ -29,10 +29,25 @@ import time
 
 from benchmarks import common
 
+FIELDS = ("test", "worker", "start", "wall", "cpu", "children_cpu")
+
 
 def read_log(path: str) -> list[dict]:
+    """The records of a --cpu-log file; a line that is not one is refused with its number."""
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not JSON ({e.msg}): {line.strip()[:80]!r}") from None
+            missing = [k for k in FIELDS if not isinstance(record, dict) or k not in record]
+            if missing:
+                raise ValueError(f"{path}, line {n}: not a --cpu-log record (no {', '.join(missing)})")
+            records.append(record)
+    return records
 
 
 def summarise(records: list[dict], top: int) -> str:
@@ -47,8 +62,17 @@ def summarise(records: list[dict], top: int) -> str:
     for w, rs in sorted(workers.items()):
         span = max(r["start"] + r["wall"] for r in rs) - min(r["start"] for r in rs)
         cpu = sum(r["cpu"] + r["children_cpu"] for r in rs)
-        rows.append([w, len(rs), round(span, 1), round(sum(r["cpu"] for r in rs), 1),
-                     round(sum(r["children_cpu"] for r in rs), 1), f"{cpu / span:.2f}" if span else "n/a"])  # fmt: skip
+        own = sum(r["cpu"] for r in rs)
+        rows.append(
+            [
+                w,
+                len(rs),
+                round(span, 1),
+                round(own, 1),
+                round(cpu - own, 1),
+                f"{cpu / span:.2f}" if span else "n/a",
+            ]
+        )
     out.append(common.table(["worker", "tests", "span s", "own CPU s", "children CPU s", "CPU / span"], rows))
     files = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for r in records:
@@ -73,7 +97,7 @@ def summarise(records: list[dict], top: int) -> str:
             [
                 [name, n, round(wall, 1), round(cpu, 1), round(ch, 1), f"{(cpu + ch) / total:.1%}"]
                 for name, (n, wall, cpu, ch) in ranked[:top]
-            ],  # fmt: skip
+            ],
         )
     )
     out.append("")
@@ -84,7 +108,7 @@ def summarise(records: list[dict], top: int) -> str:
             [
                 [r["test"], round(r["wall"], 1), round(r["cpu"], 1), round(r["children_cpu"], 1)]
                 for r in tests[:top]
-            ],  # fmt: skip
+            ],
         )
     )
     return "\n".join(out)
@@ -125,7 +149,11 @@ def main(argv=None) -> int:
     if wall is not None:
         common.emit(f"`make test`: {wall:.0f} s of wall time; log {log}")
         common.emit()
-    common.emit(summarise(read_log(log), args.top))
+    try:
+        records = read_log(log)
+    except ValueError as e:
+        raise SystemExit(f"suite_cpu: {e}") from None
+    common.emit(summarise(records, args.top))
     return 0
 
 

@@ -122,3 +122,7 @@ def test_cpu_log_counts_each_tests_own_and_its_childrens_cpu(tmp_path):
     assert "2 tests in 1 file:" in text and "test_cpu.py::test_waits_for_a_busy_child" in text
     with pytest.raises(SystemExit, match="no tests"):
         suite_cpu.summarise([], top=5)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write('{"test": "x"}\n')
+    with pytest.raises(ValueError, match=r"line 3: not a --cpu-log record \(no worker, start"):
+        suite_cpu.read_log(str(log))
