@@ -106,10 +106,12 @@ def test_cpu_log_counts_each_tests_own_and_its_childrens_cpu(tmp_path):
     (tmp_path / "test_cpu.py").write_text(_CPU_TESTS)
     log = tmp_path / "cpu.jsonl"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # Not an xdist worker, though started by one: its records name no worker.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "tests.conftest",
          str(tmp_path / "test_cpu.py"), f"--cpu-log={log}"],
-        cwd=root, capture_output=True, text=True, timeout=300,
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     records = {r["test"].split("::")[1]: r for r in suite_cpu.read_log(str(log))}
