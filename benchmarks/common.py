@@ -109,12 +109,12 @@ def _memory_gib() -> float:
 
 def machine() -> str:
     """One line: nproc, CPU model, memory, load average now, Python and TF versions."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    try:
-        import tensorflow as tf
+    from importlib import metadata
 
-        tf_version = tf.__version__
-    except ImportError:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    try:  # the installed distribution's version: no TensorFlow import for a header
+        tf_version = metadata.version("tensorflow")
+    except metadata.PackageNotFoundError:
         tf_version = "n/a"
     return (
         f"nproc={os.cpu_count()}, CPU: {_cpu_model()}, memory {_memory_gib():.1f} GiB, "
