@@ -38,8 +38,11 @@ PRETRAIN_EPOCHS = 15  # the demo's default
 
 
 # ------------------------------------------------------------------ the child processes
-def _timer(times: dict[str, float], name: str, fn):
-    """fn wrapped to add its wall seconds to times[name] (re-entrant calls counted once)."""
+def timer(times: dict[str, float], name: str, fn):
+    """fn wrapped to add its wall seconds to times[name] (re-entrant calls counted once).
+
+    Here, not in benchmarks/common.py: the children run this file against code A's tree, whose
+    own `benchmarks` package may predate any helper added there."""
     depth = [0]
 
     def wrapped(*a, **kw):
@@ -110,14 +113,14 @@ def child_trainer(setup: dict, out: str) -> dict:
 
     times["imports"] = time.perf_counter() - t0
     comps, _ = _components(setup)
-    trainer.model.build_backbone = _timer(times, "build_backbone", trainer.model.build_backbone)
-    trainer.train.train = _timer(times, "train()", trainer.train.train)
-    trainer.export.export_serving_model = _timer(times, "export", trainer.export.export_serving_model)
-    tf.saved_model.save = _timer(times, "saved_model.save", tf.saved_model.save)
+    trainer.model.build_backbone = timer(times, "build_backbone", trainer.model.build_backbone)
+    trainer.train.train = timer(times, "train()", trainer.train.train)
+    trainer.export.export_serving_model = timer(times, "export", trainer.export.export_serving_model)
+    tf.saved_model.save = timer(times, "saved_model.save", tf.saved_model.save)
     try:
         import serving.warmup
 
-        serving.warmup.write_warmup_requests = _timer(times, "warmup", serving.warmup.write_warmup_requests)
+        serving.warmup.write_warmup_requests = timer(times, "warmup", serving.warmup.write_warmup_requests)
     except ImportError:
         pass
     ex = _artifact(standard_artifacts.Examples, setup["examples"], split_names='["train", "eval"]')

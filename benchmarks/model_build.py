@@ -22,7 +22,7 @@ from benchmarks import common
 CHILD = r"""
 import json, re, sys
 import numpy as np
-from benchmarks.fixed_costs import _timer
+from benchmarks.fixed_costs import timer
 from trainer import backbones
 from trainer import model as model_lib
 from trainer import shape_inference
@@ -34,10 +34,10 @@ build_backbone, build_model = model_lib.build_backbone, model_lib.build_model
 built, times = {}, {}
 for variant in order:
     times[variant] = {}
-    model_lib.build_backbone = _timer(times[variant], "backbone", build_backbone)
+    model_lib.build_backbone = timer(times[variant], "backbone", build_backbone)
     own = shape_inference.keras_own() if variant == "keras" else shape_inference.static_shapes()
     with own:
-        built[variant] = _timer(times[variant], "build_model", build_model)(name, "none", size, 5)
+        built[variant] = timer(times[variant], "build_model", build_model)(name, "none", size, 5)
 model_lib.build_backbone = build_backbone
 
 a, b = built["keras"], built["static"]
