@@ -18,6 +18,7 @@ for none, so the children's column is a lower bound.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import os
@@ -127,7 +128,8 @@ def run_suite(pytest_args: list[str], log: str) -> float:
 
 
 def main(argv=None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
+    # Not common.parser: --quick, --repeats and --workdir mean nothing for the test suite.
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--log", help="summarise this --cpu-log file instead of running the suite")
     p.add_argument("--top", type=int, default=20, help="files and tests listed (default %(default)s)")
     p.add_argument("pytest_args", nargs="*", help="after --: more arguments for pytest")
