@@ -26,8 +26,9 @@ Inside `static_shapes()` two kinds of call skip the scratch graph, on this threa
   graph on the same spec.
 
 Anything else, and every call outside the block or on another thread, goes to
-tf_keras's own inference; `IMGPIPE_STATIC_SHAPES=0` sends every call there. The models built are the same: the same layers, config,
-weights and weight names, output shapes and dtypes and answers
+tf_keras's own inference; `IMGPIPE_STATIC_SHAPES=0` sends every call there. The
+models built are the same: the same layers, config, weights and weight names,
+output shapes and dtypes and answers
 (tests/test_shape_inference.py compares them, `benchmarks/model_build.py` for every
 registered backbone).
 """
