@@ -1,12 +1,14 @@
 """--replicas: MirroredStrategy over N logical CPUs trains the same model as one device.
 
-split_cpu() must run before TensorFlow initialises, so each training runs in its
-own process; both run at once. The backbone is the session's test backbone
-(MobileNetV2 pre-trained here on digits 0-4, conftest.source_backbone), so the
-frozen-backbone classifier on digits 0-2 is well above chance, and feature_cache=False makes every step go through the full model under the
-strategy, for exactly EPOCHS epochs (early stopping off: this compares replicas,
-not convergence). The per-replica batch is halved for 2 replicas, so both runs see
-the same global batch (global = per-replica x replicas) and should agree within noise.
+split_cpu() must run before TensorFlow initialises, so the two-replica training
+runs in a process of its own while the test's process, which has one CPU device,
+trains with one replica. The backbone is the session's test backbone (MobileNetV2
+pre-trained here on digits 0-4, conftest.source_backbone), so the frozen-backbone
+classifier on digits 0-2 is well above chance, and feature_cache=False makes every
+step go through the full model under the strategy, for exactly EPOCHS epochs (early
+stopping off: this compares replicas, not convergence). The per-replica batch is
+halved for 2 replicas, so both runs see the same global batch (global = per-replica
+x replicas) and should agree within noise.
 """
 
 from __future__ import annotations
@@ -22,33 +24,52 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 16
 EPOCHS = 3
 
+# The two-replica run: a process of its own, its CPU split before TensorFlow initialises.
 TRAIN_SCRIPT = """
-import json, logging, os, sys
+import json, logging, sys
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
-workdir, replicas = sys.argv[1], int(sys.argv[2])
 from trainer import distribution
-distribution.split_cpu(replicas)  # before any TensorFlow op
-import tensorflow_transform as tft
-from trainer import train
-from trainer.config import TrainingConfig
-from trainer.config import SUMMARY_FILE
-params = TrainingConfig(
-    backbone="MobileNetV2", weights=sys.argv[5], image_size=32, dropout=0.0,
-    batch_size=int(sys.argv[3]) // replicas, epochs=int(sys.argv[4]), learning_rate=1e-3,
-    feature_cache=False, early_stopping=False, seed=7,
-)
-result = train.train(
-    os.path.join(workdir, "data", "train"), os.path.join(workdir, "data", "eval"),
-    tft.TFTransformOutput(os.path.join(workdir, "transform")), params, verbose=0,
-)
-run_dir = os.path.join(workdir, f"model_run_{replicas}")
-train.write_summary(result, os.path.join(run_dir, SUMMARY_FILE))
-print("RESULT " + json.dumps({
-    "replicas": result.replicas, "global_batch_size": result.global_batch_size,
-    "feature_cache_used": result.feature_cache_used, "eval_accuracy": result.eval_accuracy,
-    "run_dir": run_dir,
-}), flush=True)
+distribution.split_cpu(int(sys.argv[2]))  # before any TensorFlow op
+from tests.test_replicas import train_replicas
+print("RESULT " + json.dumps(train_replicas(sys.argv[1], sys.argv[3], int(sys.argv[2]))), flush=True)
 """
+
+
+def train_replicas(workdir: str, weights: str, replicas: int) -> dict:
+    """Train with `replicas` replicas (GLOBAL_BATCH split among them); what the test compares."""
+    import tensorflow_transform as tft
+
+    from trainer import train
+    from trainer.config import SUMMARY_FILE, TrainingConfig
+
+    params = TrainingConfig(
+        backbone="MobileNetV2",
+        weights=weights,
+        image_size=32,
+        dropout=0.0,
+        batch_size=GLOBAL_BATCH // replicas,
+        epochs=EPOCHS,
+        learning_rate=1e-3,
+        feature_cache=False,
+        early_stopping=False,
+        seed=7,
+    )
+    result = train.train(
+        os.path.join(workdir, "data", "train"),
+        os.path.join(workdir, "data", "eval"),
+        tft.TFTransformOutput(os.path.join(workdir, "transform")),
+        params,
+        verbose=0,
+    )
+    run_dir = os.path.join(workdir, f"model_run_{result.replicas}")
+    train.write_summary(result, os.path.join(run_dir, SUMMARY_FILE))
+    return {
+        "replicas": result.replicas,
+        "global_batch_size": result.global_batch_size,
+        "feature_cache_used": result.feature_cache_used,
+        "eval_accuracy": result.eval_accuracy,
+        "run_dir": run_dir,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +87,9 @@ def workdir(tmp_path_factory):
     return d
 
 
-def _start(workdir: str, replicas: int, weights: str) -> subprocess.Popen:
+def _start_two_replicas(workdir: str, weights: str) -> subprocess.Popen:
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    cmd = [
-        sys.executable,
-        "-c",
-        TRAIN_SCRIPT,
-        workdir,
-        str(replicas),
-        str(GLOBAL_BATCH),
-        str(EPOCHS),
-        weights,
-    ]
+    cmd = [sys.executable, "-c", TRAIN_SCRIPT, workdir, "2", weights]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -89,10 +101,20 @@ def _result(proc: subprocess.Popen) -> tuple[dict, str]:
 
 
 def test_two_replicas_train_the_same_model_as_one(workdir, source_backbone):
+    import tensorflow as tf
+
     from imgpipe.orchestration import metadata as mlmd
 
-    procs = {n: _start(workdir, n, source_backbone) for n in (2, 1)}  # the slower one first
-    (one, _), (two, two_log) = _result(procs[1]), _result(procs[2])
+    proc = _start_two_replicas(workdir, source_backbone)
+    try:
+        # One replica here, while the other process trains: this process has one CPU device.
+        assert len(tf.config.list_logical_devices("CPU")) == 1
+        one = train_replicas(workdir, source_backbone, 1)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    two, two_log = _result(proc)
 
     assert one["replicas"] == 1
     assert two["replicas"] == 2

@@ -362,9 +362,16 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     extra = helpers.digit_images(CLASSES, per_class=4, size=SIZE, seed=21)
     helpers.write_tfrecords(str(data / "eval" / "extra-00000-of-00001.tfrecord"), extra)
     before = _versions(base_config.resolved().model_serving_dir)
-    # No TFLite export: the subject is the gate (the first run checks the export).
+    # No TFLite export and no pre-push server: the subject is the gate (the first run checks the
+    # export; test_gate_stops_a_worse_model the pre-push server of a model the gate stops).
     s = run_local(
-        base_config.replace(data_dir=str(data), min_accuracy=1.0, max_regression=1.0, export_tflite="none")
+        base_config.replace(
+            data_dir=str(data),
+            min_accuracy=1.0,
+            max_regression=1.0,
+            export_tflite="none",
+            prepush_validation=False,
+        )
     )
     assert s.executions["ImportExampleGen"] == "COMPLETE" and s.executions["Trainer"] == "COMPLETE"
     assert s.accuracy < 1.0
@@ -487,7 +494,11 @@ def test_unseen_eval_class_stops_the_run_before_training(anomaly_config):
 
 def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config):
     """allow_anomalies records the override; an untrained 2-class model fails the majority floor."""
-    bad = anomaly_config.replace(allow_anomalies=True, weights="none", epochs=1, learning_rate=1e-6)
+    # No pre-push server: the data gate is the subject (test_gate_stops_a_worse_model has the
+    # pre-push server of a model the gate stops).
+    bad = anomaly_config.replace(
+        allow_anomalies=True, weights="none", epochs=1, learning_rate=1e-6, prepush_validation=False
+    )
     s = run_local(bad)
     assert s.executions["DataGate"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
     gate = s.gate
