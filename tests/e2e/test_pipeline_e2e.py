@@ -18,6 +18,7 @@ a broken serving signature that pre-push validation must stop.
 """
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -314,13 +315,29 @@ def test_identical_rerun_is_served_from_cache(base_config, first_run, monkeypatc
     assert not os.path.exists(scratch.scratch_root(base_config.resolved().home))  # nothing left in HOME/tmp
 
 
-def test_gate_stops_a_worse_model(base_config, first_run):
+def test_gate_stops_a_worse_model(base_config, first_run, monkeypatch):
+    from components import model_server
+
     model_dir = base_config.resolved().model_serving_dir
     before = _versions(model_dir)
+    standbys = []  # the run's pre-push standby servers, recorded on their way through
+    start_standby = model_server.standby_server
+
+    @contextlib.contextmanager
+    def recorded(*args, **kwargs):
+        with start_standby(*args, **kwargs) as server:
+            standbys.append(server)
+            yield server
+
+    monkeypatch.setattr(model_server, "standby_server", recorded)
     # A randomly initialised backbone on the same data: far worse than the blessed baseline,
     # though above this run's own floor, so only the no-regression threshold can stop it.
     worse = base_config.replace(weights="none", epochs=2, min_accuracy=0.0, export_tflite="none")
     s = run_local(worse)
+    # The standby started as the Trainer started and got the model; nobody took it, and it
+    # was stopped when the run ended.
+    [standby] = standbys
+    assert standby.staged_from is not None and standby.process.poll() is not None
     assert s.executions["Trainer"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
     assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
     assert s.accuracy < first_run.accuracy
