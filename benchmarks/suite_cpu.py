@@ -96,7 +96,14 @@ def summarise(records: list[dict], top: int) -> str:
         common.table(
             ["file", "tests", "wall s", "own CPU s", "children CPU s", "share of CPU"],
             [
-                [name, n, round(wall, 1), round(cpu, 1), round(ch, 1), f"{(cpu + ch) / total:.1%}"]
+                [
+                    name,
+                    n,
+                    round(wall, 1),
+                    round(cpu, 1),
+                    round(ch, 1),
+                    f"{(cpu + ch) / total:.1%}" if total else "n/a",
+                ]
                 for name, (n, wall, cpu, ch) in ranked[:top]
             ],
         )

@@ -124,6 +124,15 @@ def test_cpu_log_counts_each_tests_own_and_its_childrens_cpu(tmp_path):
     assert "2 tests in 1 file:" in text and "test_cpu.py::test_waits_for_a_busy_child" in text
     with pytest.raises(SystemExit, match="no tests"):
         suite_cpu.summarise([], top=5)
+    idle = {
+        "test": "t.py::test_idle",
+        "worker": "",
+        "start": 0.0,
+        "wall": 0.0,
+        "cpu": 0.0,
+        "children_cpu": 0.0,
+    }
+    assert "| t.py | 1 | 0 | 0 | 0 | n/a |" in suite_cpu.summarise([idle], top=5)  # no CPU to share
     with open(log, "a", encoding="utf-8") as f:
         f.write('{"test": "x"}\n')
     with pytest.raises(ValueError, match=r"line 3: not a --cpu-log record \(no worker, start"):
