@@ -857,16 +857,21 @@ def test_cli_serve_freezes_the_start_up_objects_while_it_serves(tmp_path, monkey
 
     monkeypatch.setattr(lifecycle, "serve", serve)
     argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", NAME, "--port", "0"]
-    assert gc.get_freeze_count() == 0
-    assert cli.main(argv) == 0
-    assert seen and seen[0][0] == NAME and seen[0][1] > 10_000, seen  # TensorFlow's import alone makes more
-    assert gc.get_freeze_count() == 0
-    # A caller that froze its own objects first keeps them frozen after serve returns.
-    gc.freeze()
+    # The test process froze what collection imported (tests/conftest.py): thawed here for a
+    # process that froze nothing, and frozen again after.
+    gc.unfreeze()
     try:
+        assert gc.get_freeze_count() == 0
+        assert cli.main(argv) == 0
+        # TensorFlow's import alone makes more than 10,000 objects.
+        assert seen and seen[0][0] == NAME and seen[0][1] > 10_000, seen
+        assert gc.get_freeze_count() == 0
+        # A caller that froze its own objects first keeps them frozen after serve returns.
+        gc.freeze()
         frozen = gc.get_freeze_count()
         assert cli.main(argv) == 0
         # (Frozen objects can still be freed by their reference count: a few fewer, not none.)
         assert frozen - 1000 < gc.get_freeze_count() <= seen[1][1] <= frozen
     finally:
-        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
