@@ -103,7 +103,7 @@ def test_bad_files_are_reported_with_reasons_and_not_written(tmp_path: Path) -> 
     _put(images, "cats/corrupt.jpg", jpeg[:20] + bytes(range(256)) * 4)
     _put(images, "cats/empty.png", b"")
     _put(images, "cats/notes.txt", b"these are not the pixels you are looking for\n")
-    _put(images, "cats/.DS_Store", b"\0\0\0\1Bud1")  # hidden: skipped silently
+    _put(images, "cats/.DS_Store", b"\0\0\0\1Bud1")  # hidden: not read, listed as skipped
     _put(images, "stray.jpg", jpeg)  # not inside a class folder
 
     report = _run(images, out)
@@ -114,8 +114,10 @@ def test_bad_files_are_reported_with_reasons_and_not_written(tmp_path: Path) -> 
         "cats/corrupt.jpg",
         "cats/empty.png",
         "cats/notes.txt",
+        "cats/.DS_Store",
         "stray.jpg",
     }
+    assert "hidden" in reasons["cats/.DS_Store"]
     assert "truncated" in reasons["cats/truncated.jpg"]
     assert "empty" in reasons["cats/empty.png"]
     assert "not a recognised image" in reasons["cats/notes.txt"]
@@ -124,8 +126,8 @@ def test_bad_files_are_reported_with_reasons_and_not_written(tmp_path: Path) -> 
     assert written == set(good.values())
     on_disk = json.loads((out / "ingest_report.json").read_text())
     assert on_disk["skipped"] == report.to_dict()["skipped"]
-    assert on_disk["num_skipped"] == 5
-    # Every non-hidden file is accounted for: written or reported.
+    assert on_disk["num_skipped"] == 6
+    # Every file is accounted for: written or reported.
     assert report.files_scanned == sum(report.totals.values()) + len(report.skipped)
 
 

@@ -32,6 +32,7 @@ ACCEPTED = [
     "#hash",
     "percent%20",
     "mid\u00a0nbsp",  # a no-break space inside is kept
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467 family",  # an emoji joined by U+200D (Cf) inside
 ]
 REFUSED = {
     "cat ": "whitespace",
@@ -44,6 +45,8 @@ REFUSED = {
     "nel\x85": "control character (U+0085)",
     "line\u2028sep": "line separator (U+2028)",
     "para\u2029sep": "paragraph separator (U+2029)",
+    "cat\u200b": "invisible character (U+200B)",
+    "\ufeffcat": "invisible character (U+FEFF)",
 }
 
 
@@ -70,6 +73,18 @@ def test_decomposed_names_become_nfc_and_collisions_are_conflicts() -> None:
     assert names.conflicts == [{"class": NFC_CAFE, "folders": [NFC_CAFE, NFD_CAFE]}]
     assert "'cafe\\u0301'" in names.rejected[NFC_CAFE]  # the other folder, escaped so it shows
     assert "'caf\\xe9'" in names.rejected[NFD_CAFE]
+
+
+def test_names_that_differ_only_in_invisible_characters_are_conflicts() -> None:
+    names = assign_labels(["c\u200bat", "cat", "dog", "d\u2060og", "owl\u200d"])
+    assert names.labels == {}
+    assert set(names.rejected) == {"c\u200bat", "cat", "dog", "d\u2060og", "owl\u200d"}
+    assert "invisible character (U+200D)" in names.rejected["owl\u200d"]
+    assert names.conflicts == [
+        {"class": "cat", "folders": ["c\u200bat", "cat"]},
+        {"class": "dog", "folders": ["dog", "d\u2060og"]},
+    ]
+    assert "'c\\u200bat'" in names.rejected["cat"]
 
 
 def _png(seed: int) -> bytes:

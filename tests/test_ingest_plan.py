@@ -206,7 +206,18 @@ def test_refusal_when_fewer_than_two_classes_are_usable() -> None:
     message = plan.refusal("imgs", num_skipped=3)
     assert message == (
         "imgs has 1 class(es) with usable images (['only']); a classifier needs at least 2"
-        "; empty class folders: ['empty']; 3 files skipped"
+        "; class folders with no usable image: ['empty']; 3 files skipped"
+    )
+
+
+def test_refusal_names_label_conflicts_when_they_leave_too_few_classes() -> None:
+    same = [_cand("a/1.png", "x"), _cand("b/1.png", "x"), _cand("a/2.png", "y"), _cand("b/2.png", "y")]
+    plan = _plan(same, folders=["a", "b"])
+    assert plan.classes == [] and len(plan.label_conflicts) == 2
+    assert plan.refusal("imgs") == (
+        "imgs has 0 class(es) with usable images ([]); a classifier needs at least 2"
+        "; class folders with no usable image: ['a', 'b']"
+        "; 4 files are label conflicts (the same bytes under several classes: none of them is used)"
     )
 
 

@@ -14,7 +14,15 @@ from PIL import Image
 
 from imgpipe.ingest.errors import IngestError
 from imgpipe.ingest.plan import Candidate
-from imgpipe.ingest.scan import LINK_NOT_FOLLOWED, NOT_IN_CLASS_FOLDER, Scan, list_tree, scan_tree
+from imgpipe.ingest.scan import (
+    HIDDEN,
+    LINK_LOOP,
+    LINK_SCANNED,
+    NOT_IN_CLASS_FOLDER,
+    Scan,
+    list_tree,
+    scan_tree,
+)
 
 pytest.importorskip("tensorflow")
 
@@ -55,8 +63,9 @@ def test_scan_finds_candidates_and_skips_with_reasons_without_writing(tmp_path: 
     good = {
         rel: _put(images, rel, _png(i)) for i, rel in enumerate(["a/1.png", "a/deep/er/2.png", "b/3.png"])
     }
-    _put(images, "a/.hidden.png", _png(9))  # hidden: not looked at
-    _put(images, "a/.git/objects.png", _png(10))  # hidden folder: not walked
+    _put(images, "a/.hidden.png", _png(9))  # hidden: not read, but reported
+    _put(images, "a/.git/objects.png", _png(10))  # hidden folder: not walked, but reported
+    _put(images, ".cache/c/4.png", _png(12))  # a hidden class folder: not a class, reported
     _put(images, "b/notes.txt", b"words")
     _put(images, "b/empty.png", b"")
     _put(images, "loose.png", _png(11))
@@ -73,40 +82,62 @@ def test_scan_finds_candidates_and_skips_with_reasons_without_writing(tmp_path: 
         for rel, data in good.items()
     ]
     assert scan.skipped == [
-        {"path": "loose.png", "reason": NOT_IN_CLASS_FOLDER},  # listing first, then reading
+        {"path": ".cache", "reason": HIDDEN},  # listing first, then reading
+        {"path": "loose.png", "reason": NOT_IN_CLASS_FOLDER},
+        {"path": "a/.git", "reason": HIDDEN},
+        {"path": "a/.hidden.png", "reason": HIDDEN},
         {"path": "b/empty.png", "reason": "empty file (0 bytes)"},
         {"path": "b/notes.txt", "reason": "not a recognised image (cannot identify image file)"},
         {"path": "b/pipe.png", "reason": "cannot read: not a regular file"},
     ]
-    assert scan.files_scanned == len(scan.candidates) + len(scan.skipped) == 7
+    assert scan.files_scanned == len(scan.candidates) + len(scan.skipped) == 10
     assert scan.nothing_usable(str(images)) is None
 
 
-def test_links_are_followed_unless_they_loop_or_reach_another_class(tmp_path: Path) -> None:
+def test_links_are_followed_only_out_of_the_tree_and_never_in_a_loop(tmp_path: Path) -> None:
     images = tmp_path / "images"
     _put(images, "a/1.png", _png(1))
+    _put(images, "c/sub/3.png", _png(3))
     _put(tmp_path / "elsewhere" / "b", "2.png", _png(2))
-    (images / "b").symlink_to(tmp_path / "elsewhere" / "b")
+    _put(tmp_path / "shared", "4.png", _png(4))
+    (images / "b").symlink_to(tmp_path / "elsewhere" / "b")  # a class folder kept elsewhere
     (images / "a" / "loop").symlink_to(images)
     (images / "a" / "to_b").symlink_to(images / "b")
+    (images / "a" / "to_c_sub").symlink_to(images / "c" / "sub")  # into another class: not its class
+    (images / "a" / "shared").symlink_to(tmp_path / "shared")
+    (images / "c" / "shared").symlink_to(tmp_path / "shared")  # the same folder again
+    (images / "b" / "up").symlink_to(tmp_path / "elsewhere")  # an ancestor of the link itself
     (images / "a" / "broken.png").symlink_to(tmp_path / "missing.png")
+    (images / "up").symlink_to(tmp_path)  # a class folder link to an ancestor of the tree
+    (images / "d").symlink_to(images / "a")  # a class folder link to another class folder
+    (images / "self").symlink_to(images / "self")  # a link loop at the top
+    into = "directory link into the image tree ({}) not followed: the files there are scanned where they are, under their own class folder"
 
     skipped: list[dict[str, str]] = []
     folders, files, _ = list_tree(str(images), skipped)
 
-    assert folders == ["a", "b"]
+    assert folders == ["a", "b", "c"]
     assert [(rel, label) for rel, _, label in files] == [
         ("a/1.png", "a"),
         ("a/broken.png", "a"),
+        ("a/shared/4.png", "a"),
         ("b/2.png", "b"),
+        ("c/sub/3.png", "c"),  # in its own folder's class, not in the linking one's
     ]
     assert skipped == [
-        {"path": "a/loop", "reason": LINK_NOT_FOLLOWED},
-        {"path": "a/to_b", "reason": LINK_NOT_FOLLOWED},
+        {"path": "d", "reason": into.format("a")},
+        {"path": "self", "reason": "cannot follow the link: Too many levels of symbolic links"},
+        {"path": "up", "reason": LINK_LOOP},
+        {"path": "a/loop", "reason": LINK_LOOP},
+        {"path": "a/to_b", "reason": LINK_SCANNED},  # class b, kept outside the tree
+        {"path": "a/to_c_sub", "reason": into.format("c/sub")},
+        {"path": "b/up", "reason": LINK_LOOP},
+        {"path": "c/shared", "reason": LINK_SCANNED},
     ]
     scan = scan_tree(str(images))
     assert scan.skipped[-1]["path"] == "a/broken.png"
     assert scan.skipped[-1]["reason"].startswith("cannot read: No such file")
+    assert scan.files_scanned == len(scan.candidates) + len(scan.skipped)
 
 
 def test_unlistable_folder_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -171,6 +171,38 @@ def test_out_dir_rules(tmp_path: Path) -> None:
     check_out_dir(str(images), str(out), overwrite=True)
 
 
+def test_an_out_dir_that_cannot_be_made_is_refused_before_the_scan(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IngestError, match=r"cannot be created: .*file is not a directory"):
+        check_out_dir(str(images), str(tmp_path / "file" / "sub" / "out"), overwrite=False)
+    with pytest.raises(IngestError, match=r"cannot be created: "):
+        check_out_dir(str(images), "/proc/imgpipe-out/records", overwrite=False)
+    deep = tmp_path / "new" / "deeper" / "out"
+    check_out_dir(str(images), str(deep), overwrite=False)
+    assert not (tmp_path / "new").exists(), "the check leaves nothing behind"
+
+
+def test_cli_shows_what_a_refused_tree_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("a", "b"):  # the same two images in both classes: every file is a label conflict
+        for seed in (1, 2):
+            path = tmp_path / "img" / name / f"{seed}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_png(seed))
+    (tmp_path / "img" / "b" / "notes.txt").write_text("not an image")
+    code = cli.main(["ingest", "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
+    assert code == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    [line] = captured.out.splitlines()
+    partial = json.loads(line)
+    assert "4 files are label conflicts" in partial["refused"]
+    assert len(partial["label_conflicts"]) == 2 and partial["skipped"][0]["path"] == "b/notes.txt"
+    assert "label conflict, the same bytes under several classes: a/1.png (a), b/1.png (b)" in captured.err
+    assert "skipped 1 file(s): not a recognised image" in captured.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_names_its_overwrite_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "img" / "a").mkdir(parents=True)
     (tmp_path / "out").mkdir()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import logging
 
 from imgpipe.cli.output import Command, UsageError, emit
 from imgpipe.ingest import IngestError, ingest
 from trainer.features import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger("imgpipe.ingest")
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -39,9 +43,31 @@ def _run(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
         )
     except IngestError as e:
+        if e.report is not None:
+            # What the scan found, so the refusal can be acted on: the partial report on
+            # stdout (one JSON line, "refused" holds the reason), its gist on stderr.
+            emit({**e.report, "refused": str(e)})
+            for line in _refusal_details(e.report):
+                log.error(line)
         raise UsageError(str(e)) from e
     emit(report.to_dict())
     return 0
+
+
+def _refusal_details(report: dict) -> list[str]:
+    """Lines naming what made a refused tree unusable: skip reasons with counts, conflicts."""
+    lines = []
+    reasons = collections.Counter(s["reason"] for s in report.get("skipped", []))
+    for reason, n in reasons.most_common(5):
+        lines.append(f"skipped {n} file(s): {reason}")
+    if len(reasons) > 5:
+        lines.append(f"... and {len(reasons) - 5} more reasons (all in the JSON report on stdout)")
+    for conflict in report.get("label_conflicts", [])[:5]:
+        files = ", ".join(f"{f['path']} ({f['class']})" for f in conflict["files"])
+        lines.append(f"label conflict, the same bytes under several classes: {files}")
+    for folder in report.get("rejected_class_folders", []):
+        lines.append(f"class folder {folder['folder']!r} not used: {folder['reason']}")
+    return lines
 
 
 COMMANDS = [Command("ingest", "image folder tree -> train/eval TFRecords", _add, _run)]

@@ -13,11 +13,15 @@ A folder is not used, with the reason in the report, when its name
   paragraph separator (Zl, Zp): TFT's label vocabulary is a text file of one
   name per line and silently drops names holding CR or LF (their examples
   would become class -1); the rest break one-line logs, CSV and reports;
-- starts or ends with whitespace: invisible in every report, so "cat" and
-  "cat " would look like one class while being two;
-- normalises to the same label as another folder (e.g. "café" stored once
-  composed and once decomposed): a class-name conflict; none of those
-  folders is used, since which one is meant cannot be known.
+- starts or ends with whitespace or an invisible format character (Unicode
+  Cf: a zero-width space, a byte-order mark, ...): invisible in every report,
+  so "cat" and "cat " would look like one class while being two;
+- looks the same as another folder's name: the same label once normalised
+  (e.g. "café" stored once composed and once decomposed), or the same once
+  the invisible format characters inside are left out ("cat" and "c<U+200B>at").
+  That is a class-name conflict; none of those folders is used, since which
+  one is meant cannot be known. (A format character inside a name that looks
+  like no other is kept: emoji sequences are joined with one, U+200D.)
 
 (Empty names cannot occur: a folder always has a name.)
 """
@@ -41,7 +45,17 @@ def label_problem(name: str) -> str | None:
             return f"the name holds {kind} (U+{ord(char):04X}); rename the folder"
     if name != name.strip():
         return "the name starts or ends with whitespace; rename the folder"
+    for char in (name[0], name[-1]):
+        if unicodedata.category(char) == "Cf":
+            return (
+                f"the name starts or ends with an invisible character (U+{ord(char):04X}); rename the folder"
+            )
     return None
+
+
+def looks(name: str) -> str:
+    """What a name looks like: its label without invisible format characters (Unicode Cf)."""
+    return "".join(c for c in normalise(name) if unicodedata.category(c) != "Cf")
 
 
 def normalise(name: str) -> str:
@@ -76,20 +90,21 @@ def assign_labels(folders: list[str]) -> ClassNames:
         if problem:
             result.rejected[name] = problem
         else:
-            by_label.setdefault(normalise(name), []).append(name)
+            by_label.setdefault(looks(name), []).append(name)
     for name in folders:
         if name in result.rejected:
             continue
         label = normalise(name)
-        group = by_label[label]
+        group = by_label[looks(name)]
         if len(group) == 1:
             result.labels[name] = label
             continue
         others = [ascii(other) for other in group if other != name]
         result.rejected[name] = (
             f"the name is the same class name as folder {', '.join(others)} once normalised "
-            f"(Unicode {NORMAL_FORM}: {label!r}); merge or rename them"
+            f"(Unicode {NORMAL_FORM}, invisible format characters left out: {looks(name)!r}); "
+            "merge or rename them"
         )
         if name == group[0]:
-            result.conflicts.append({"class": label, "folders": [display_path(f) for f in group]})
+            result.conflicts.append({"class": looks(name), "folders": [display_path(f) for f in group]})
     return result

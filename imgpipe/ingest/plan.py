@@ -72,10 +72,21 @@ class Plan:
     def refusal(self, images_dir: str, num_skipped: int = 0) -> str | None:
         """Why this plan cannot make a training set, or None when it can."""
         if len(self.classes) < 2:
+            conflicting = sum(len(c["files"]) for c in self.label_conflicts)
             return (
                 f"{images_dir} has {len(self.classes)} class(es) with usable images "
                 f"({self.classes}); a classifier needs at least 2"
-                + (f"; empty class folders: {self.empty_classes}" if self.empty_classes else "")
+                + (
+                    f"; class folders with no usable image: {self.empty_classes}"
+                    if self.empty_classes
+                    else ""
+                )
+                + (
+                    f"; {conflicting} files are label conflicts (the same bytes under several "
+                    "classes: none of them is used)"
+                    if conflicting
+                    else ""
+                )
                 + (f"; {num_skipped} files skipped" if num_skipped else "")
             )
         if not any(shard.records for shard in self.shards["eval"]):

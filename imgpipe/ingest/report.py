@@ -22,9 +22,10 @@ class IngestReport:
     """What ``ingest`` wrote and everything it did not write, with reasons.
 
     ``counts``: class -> {"train": n, "eval": n} records written. ``shards``:
-    split -> shard file names. ``files_scanned``: every non-hidden entry looked
-    at; it equals records written + skipped + duplicates + label-conflict
-    files. ``skipped``: [{"path", "reason"}] (paths relative to images_dir).
+    split -> shard file names. ``files_scanned``: every entry looked at (a
+    hidden or unfollowed folder is one entry, its files are not listed); it
+    equals records written + skipped + duplicates + label-conflict files.
+    ``skipped``: [{"path", "reason"}] (paths relative to images_dir).
     ``duplicates``: one entry per set of identical files in a class, naming the
     copy ``kept`` (written to ``split``) and the ``duplicates`` not written.
     ``label_conflicts``: identical bytes under several classes, none written.

@@ -10,10 +10,16 @@ reason). Each non-hidden file under a used class folder is read once and
 checked (``images.inspect_image``, with the pixel limit); a good one becomes a
 ``Candidate`` (path, class, SHA-256, size: no pixel data is kept, so memory
 stays bounded), anything else a ``skipped`` entry with its reason. Entries that
-are not walked (files directly in ``images_dir``, unlistable directories,
-directory links that would loop or re-walk a folder) and the files of refused
+are not walked (hidden entries, files directly in ``images_dir``, unlistable
+directories, directory links that are not followed) and the files of refused
 class folders are skipped entries too: nothing is dropped silently. Nothing is
 written.
+
+Directory links (at any depth, class folders included) are followed only when
+they lead outside the image tree, to a folder not scanned yet and not an
+ancestor of the link itself. A link into the tree is not followed: the files
+it leads to are scanned where they are, under their own class folder, so an
+image's class is always the folder it sits in, never the place a link is.
 """
 
 from __future__ import annotations
@@ -35,10 +41,10 @@ from trainer.features import DEFAULT_MAX_PIXELS
 log = logging.getLogger(__name__)
 
 NOT_IN_CLASS_FOLDER = "not in a class folder (files directly in images_dir are ignored)"
-LINK_NOT_FOLLOWED = (
-    "directory link not followed: it leads to a folder already scanned, "
-    "or to an ancestor of the image tree (a loop)"
-)
+HIDDEN = "hidden (the name starts with '.'): not scanned"
+LINK_SCANNED = "directory link not followed: it leads to a class folder or to a folder scanned already"
+LINK_LOOP = "directory link not followed: it leads to an ancestor of itself or of the image tree (a loop)"
+SCANNED_THROUGH_LINK = "folder not scanned again: a directory link outside its class already led to it"
 
 
 class Listing(NamedTuple):
@@ -56,7 +62,7 @@ class Scan:
     folders: list[str]  # labels of the used class folders, in folder order
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"path", "reason"}]
-    files_scanned: int = 0  # every non-hidden entry looked at
+    files_scanned: int = 0  # every entry looked at (a hidden or unfollowed folder counts once)
     names: ClassNames = field(default_factory=ClassNames)
     rotated: list[dict[str, Any]] = field(default_factory=list)  # [{"path", "orientation"}]
 
@@ -146,11 +152,25 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     """
     with os.scandir(root) as entries:
         ordered = sorted(entries, key=lambda e: e.name)
+    tree = os.path.realpath(root)
     class_dirs: list[os.DirEntry[str]] = []
     for entry in ordered:
+        rel = display_path(_rel(root, entry.path))
         if entry.name.startswith("."):
+            skipped.append({"path": rel, "reason": HIDDEN})
             continue
-        if entry.is_dir(follow_symlinks=True):
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError as exc:  # a link loop, or a link into a folder it may not enter
+            skipped.append(
+                {"path": rel, "reason": display_path(f"cannot follow the link: {exc.strerror or exc}")}
+            )
+            continue
+        problem = _link_problem(root, tree, entry.path, tree) if is_dir and entry.is_symlink() else None
+        if problem:
+            skipped.append({"path": rel, "reason": problem})
+            continue
+        if is_dir:
             try:
                 entry.name.encode("utf-8")
             except UnicodeEncodeError as exc:
@@ -160,12 +180,12 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
                 ) from exc
             class_dirs.append(entry)
         else:
-            skipped.append({"path": display_path(_rel(root, entry.path)), "reason": NOT_IN_CLASS_FOLDER})
+            skipped.append({"path": rel, "reason": NOT_IN_CLASS_FOLDER})
     names = assign_labels([e.name for e in class_dirs])
     seen = {os.path.realpath(e.path) for e in class_dirs}
     files: list[tuple[str, str, str]] = []
     for entry in class_dirs:
-        walked = _walk_class(root, entry.path, seen, skipped)
+        walked = _walk_class(root, tree, entry.path, seen, skipped)
         if entry.name in names.labels:
             files += [(rel, path, names.labels[entry.name]) for rel, path in walked]
             continue
@@ -175,40 +195,70 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
 
 
 def _walk_class(
-    root: str, class_dir: str, seen: set[str], skipped: list[dict[str, str]]
+    root: str, tree: str, class_dir: str, seen: set[str], skipped: list[dict[str, str]]
 ) -> list[tuple[str, str]]:
     """All non-hidden files under ``class_dir`` (recursively, sorted) as (rel, abs).
 
-    Directory symlinks are followed unless they lead to a folder in ``seen``
-    (another class, or one already walked) or to an ancestor of the tree;
-    those are reported, so a loop or a link to ``/`` cannot run away.
+    ``tree`` is the real path of ``root``. Directory links are followed only
+    as the module docstring says (``_link_problem``); ``seen`` holds the real
+    folders scanned so far, so nothing is scanned twice. Every entry not walked
+    is reported in ``skipped``, so a loop or a link to ``/`` cannot run away.
     """
     files: list[tuple[str, str]] = []
-    guards = (os.path.realpath(root), os.path.realpath(class_dir))
 
     def on_error(exc: OSError) -> None:
         where = exc.filename or class_dir
         reason = display_path(f"cannot list directory: {exc}")
         skipped.append({"path": display_path(_rel(root, where)), "reason": reason})
 
+    def skip(path: str, reason: str) -> None:
+        skipped.append({"path": display_path(_rel(root, path)), "reason": reason})
+
     for dirpath, dirnames, filenames in os.walk(class_dir, onerror=on_error, followlinks=True):
         keep = []
         for name in sorted(dirnames):
-            if name.startswith("."):
-                continue
             path = os.path.join(dirpath, name)
+            if name.startswith("."):
+                skip(path, HIDDEN)
+                continue
             real = os.path.realpath(path)
-            if real in seen or any(_is_within(g, real) for g in guards):
-                skipped.append({"path": display_path(_rel(root, path)), "reason": LINK_NOT_FOLLOWED})
+            if os.path.islink(path):
+                problem = _link_problem(root, tree, path, os.path.realpath(dirpath))
+                if problem or real in seen:
+                    skip(path, problem or LINK_SCANNED)
+                    continue
+            elif real in seen:
+                skip(path, SCANNED_THROUGH_LINK)
                 continue
             seen.add(real)
             keep.append(name)
         dirnames[:] = keep
         for name in sorted(filenames):
-            if not name.startswith("."):
-                path = os.path.join(dirpath, name)
+            path = os.path.join(dirpath, name)
+            if name.startswith("."):
+                skip(path, HIDDEN)
+            else:
                 files.append((_rel(root, path), path))
     return files
+
+
+def _link_problem(root: str, tree: str, link: str, parent: str) -> str | None:
+    """Why directory link ``link`` (in real folder ``parent``) is not followed, or None.
+
+    ``tree`` is the real path of the image tree ``root``. Not followed: a link
+    to an ancestor of the tree or of its own folder (a loop), and a link into
+    the tree (its files are scanned where they are).
+    """
+    real = os.path.realpath(link)
+    if _is_within(tree, real) or _is_within(parent, real):
+        return LINK_LOOP
+    if _is_within(real, tree):
+        where = display_path(_rel(tree, real))
+        return (
+            f"directory link into the image tree ({where}) not followed: the files there "
+            "are scanned where they are, under their own class folder"
+        )
+    return None
 
 
 def _is_within(path: str, parent: str) -> bool:

@@ -11,6 +11,7 @@ staging dirs of killed runs); other files in ``out_dir`` are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,15 +44,41 @@ def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
             f"out_dir {out_dir} and images_dir {images_dir} overlap; "
             "write the TFRecords outside the image tree"
         )
+    if not os.path.lexists(out_dir):
+        _check_creatable(out_dir)
+        return
     if os.path.lexists(out_dir):
         if not os.path.isdir(out_dir):
             raise IngestError(f"out_dir {out_dir} exists and is not a directory")
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise IngestError(f"out_dir {out_dir} is not writable")
         if os.listdir(out_dir) and not overwrite:
             raise IngestError(
                 f"out_dir {out_dir} exists and is not empty; choose a new directory "
                 f"or pass --overwrite (overwrite=True from Python), which replaces train/, "
                 f"eval/, {REPORT_FILE} and {CLASSES_FILE} only; other files are left alone"
             )
+
+
+def _check_creatable(out_dir: str) -> None:
+    """Raise IngestError unless ``out_dir`` (absent) can be made: made and removed again here,
+    before any image is read, so a bad location fails in a second, not after the scan."""
+    made = []
+    path = os.path.abspath(out_dir)
+    while not os.path.lexists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise IngestError(f"out_dir {out_dir} cannot be created: {path} is not a directory")
+    try:
+        for folder in reversed(made):
+            os.mkdir(folder)
+    except OSError as exc:
+        raise IngestError(f"out_dir {out_dir} cannot be created: {exc.strerror or exc}") from exc
+    finally:
+        for folder in made:  # innermost first; only the empty folders made just now
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def write_outputs(
@@ -74,8 +101,11 @@ def write_outputs(
 
     say = progress or log.info
     created_out = not os.path.exists(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
+    except OSError as exc:
+        raise IngestError(f"cannot write to out_dir {out_dir}: {exc.strerror or exc}") from exc
     try:
         total = sum(len(shard.records) for shards in plan.shards.values() for shard in shards)
         done = 0
