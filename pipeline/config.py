@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -51,8 +52,13 @@ SECTIONS: dict[str, type[Settings]] = {
 
 
 def _name(value: str) -> str:
-    if not value or "/" in value:
-        raise ValueError(f"must be a non-empty name without '/', got {value!r}")
+    # A name is a folder of the serving dir and the pipeline root: one path component.
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ValueError(
+            f"must be a name usable as one folder (not '.' or '..', no '/', '\\' or NUL), got {value!r}"
+        )
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value) or value != value.strip():
+        raise ValueError(f"must not hold control characters or start or end with whitespace, got {value!r}")
     return value
 
 

@@ -42,6 +42,18 @@ def test_defaults_validate_with_data(tmp_path):
         ({"min_class_recall": -0.1}, "min_class_recall"),
         ({"majority_margin": 2}, "majority_margin"),
         ({"allow_anomalies": "perhaps"}, "allow_anomalies"),
+        # Names are one folder of the serving dir and the pipeline root.
+        ({"model_name": ".."}, "model_name"),
+        ({"model_name": "."}, "model_name"),
+        ({"model_name": "a\\b"}, "model_name"),
+        ({"pipeline_name": "x\n"}, "pipeline_name"),
+        ({"model_name": " pets"}, "model_name"),
+        # Integers become TFX runtime parameters and ML Metadata properties: 64 bits.
+        ({"epochs": 10**23}, "epochs"),
+        ({"batch_size": 2**63}, "batch_size"),
+        # A YAML boolean where a word is expected names the mix-up.
+        ({"export_tflite": True}, "export_tflite"),
+        ({"beam_runner": False}, "beam_runner"),
     ],
 )
 def test_invalid_values_name_the_field(tmp_path, change, field):
@@ -91,6 +103,20 @@ def test_yaml_round_trip_flat_and_nested_keys(tmp_path):
     (tmp_path / "both.yaml").write_text("epochs: 7\ntraining: {epochs: 8}\n")
     with pytest.raises(ConfigError, match="epochs: given both"):
         PipelineConfig.from_yaml(str(tmp_path / "both.yaml"))
+
+
+def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
+    # YAML 1.1 reads unquoted off/on/no as booleans; the README writes `eval_graph_optimization: off`.
+    (tmp_path / "c.yaml").write_text("eval_graph_optimization: off\nexport_tflite: no\n")
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "c.yaml"))
+    assert cfg.gate.eval_graph_optimization == "off" and cfg.training.export_tflite is None
+    (tmp_path / "on.yaml").write_text("eval_graph_optimization: on\n")
+    assert PipelineConfig.from_yaml(str(tmp_path / "on.yaml")).gate.eval_graph_optimization == "on"
+    (tmp_path / "yes.yaml").write_text("export_tflite: yes\n")
+    with pytest.raises(
+        ConfigError, match="^export_tflite: expected one of dynamic, float16, int8, got the YAML boolean true"
+    ):
+        PipelineConfig.from_yaml(str(tmp_path / "yes.yaml"))
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ The Trainer parses its custom_config with `TrainingConfig.model_validate`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -47,10 +47,35 @@ class Settings(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic would read True as 1; in a config file that is a mistake, not a number.
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = str(cls.model_fields[info.field_name].annotation)
-            if "int" in annotation or "float" in annotation:
-                raise ValueError(f"expected a number, got {value}")
+        # YAML 1.1 reads unquoted on/off/yes/no as booleans: a choice of words gets its word
+        # back where that is unambiguous (on/off; false for an optional setting that None
+        # turns off), anything else names the mix-up.
+        if not isinstance(value, bool) or info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = _kinds(annotation)
+        if bool in kinds:
+            return value
+        if kinds & {int, float}:
+            raise ValueError(f"expected a number, got {value}")
+        words = _literal_words(annotation)
+        if {"on", "off"} <= words:
+            return "on" if value else "off"
+        if not value and type(None) in kinds:
+            return None
+        if words:
+            raise ValueError(
+                f"expected one of {', '.join(sorted(words))}, got the YAML boolean {str(value).lower()} "
+                "(YAML reads unquoted yes/no/on/off/true/false as booleans: quote the word)"
+            )
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_in_64_bits(cls, value: Any) -> Any:
+        # Settings become TFX runtime parameters and ML Metadata properties: 64-bit integers.
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"{value} is too large: at most {2**63 - 1}")
         return value
 
     @classmethod
@@ -60,6 +85,23 @@ class Settings(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (tuples as lists)."""
         return self.model_dump(mode="json")
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (unions opened; a Literal counts as its values' types)."""
+    if get_origin(annotation) is Literal:
+        return {type(v) for v in get_args(annotation)}
+    args = get_args(annotation)
+    if args:
+        return set().union(*(_kinds(a) for a in args))
+    return {annotation}
+
+
+def _literal_words(annotation: Any) -> set[str]:
+    """The string values of the Literals in an annotation."""
+    if get_origin(annotation) is Literal:
+        return {v for v in get_args(annotation) if isinstance(v, str)}
+    return set().union(set(), *(_literal_words(a) for a in get_args(annotation)))
 
 
 def field_extra(model: type[BaseModel], name: str, key: str, default: Any = None) -> Any:
