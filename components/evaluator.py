@@ -58,6 +58,7 @@ from components.artifacts import DataGateReport, model_class_names, read_report,
 from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
 from components.gate_decision import (
     GATE_FILE,
+    METRIC_TOLERANCE,
     EvalResults,
     Failure,
     GatePlan,
@@ -88,17 +89,18 @@ def accuracy_thresholds(
     Overall slice: accuracy >= floor, and no drop of more than max_regression
     against the baseline (TFMA drops that change threshold when no baseline is
     given). Each label slice (when min_class_recall is set): accuracy within
-    the true class, i.e. its recall, >= min_class_recall.
+    the true class, i.e. its recall, >= min_class_recall. Each bound has
+    METRIC_TOLERANCE of slack for TFMA's float32 metrics, so a model exactly
+    at a bound (19/20 against 0.95) passes.
     """
     out = [
         tfma.PerSliceMetricThreshold(
             slicing_specs=[tfma.SlicingSpec()],
             threshold=tfma.MetricThreshold(
-                value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor}),
+                value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor - METRIC_TOLERANCE}),
                 change_threshold=tfma.GenericChangeThreshold(
                     direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                    # A tiny epsilon so an equal score is not a regression.
-                    absolute={"value": -max_regression - 1e-10},
+                    absolute={"value": -max_regression - METRIC_TOLERANCE},
                 ),
             ),
         )
@@ -108,7 +110,9 @@ def accuracy_thresholds(
             tfma.PerSliceMetricThreshold(
                 slicing_specs=[tfma.SlicingSpec(feature_keys=[LABEL_KEY])],
                 threshold=tfma.MetricThreshold(
-                    value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_class_recall})
+                    value_threshold=tfma.GenericValueThreshold(
+                        lower_bound={"value": min_class_recall - METRIC_TOLERANCE}
+                    )
                 ),
             )
         )

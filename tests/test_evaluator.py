@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from components.gate_decision import METRIC_TOLERANCE
+
 
 def _model(tmp_path, name: str, vocab: list[str]):
     from tfx.types import standard_artifacts
@@ -126,9 +128,68 @@ def test_compiled_eval_config_gates_overall_and_per_class():
     from components.gate import GateConfig
 
     cfg = proto_utils.proto_to_json(eval_config(GateConfig(min_accuracy=0.65, min_class_recall=0.1)))
-    assert _thresholds(cfg) == {"overall": (0.65, True), "label": (0.1, False)}
+    assert _thresholds(cfg) == {
+        "overall": (0.65 - METRIC_TOLERANCE, True),
+        "label": (0.1 - METRIC_TOLERANCE, False),
+    }
     off = proto_utils.proto_to_json(eval_config(GateConfig(min_class_recall=0.0)))
     assert set(_thresholds(off)) == {"overall"}
+
+
+@pytest.mark.parametrize(
+    "correct,total,floor,recall,change,passes",
+    [
+        (19, 20, 0.95, None, None, True),  # float32(19/20) is 0.94999998807907: exactly at the floor
+        (18, 20, 0.95, None, None, False),
+        (9, 10, 0.5, 0.9, None, True),  # a class exactly at min_class_recall
+        (8, 10, 0.5, 0.9, None, False),
+        (14, 20, 0.5, None, 16 / 20, True),  # a drop of exactly max_regression 0.1
+        (13, 20, 0.5, None, 16 / 20, False),
+    ],
+)
+def test_tfma_judges_a_float32_metric_exactly_at_a_bound_as_passing(
+    correct, total, floor, recall, change, passes
+):
+    """TFMA's own validator on our thresholds, with accuracy as TFMA computes it (float32)."""
+    import numpy as np
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis.evaluators import metrics_validator
+    from tensorflow_model_analysis.utils import config_util
+
+    from components.evaluator import accuracy_thresholds
+    from components.gate import ACCURACY_CLASS, ACCURACY_KEY
+
+    value = np.float32(correct / total)
+    specs = [tfma.ModelSpec(name="candidate")]
+    if change is not None:
+        specs.append(tfma.ModelSpec(name="baseline", is_baseline=True))
+    cfg = config_util.update_eval_config_with_defaults(
+        tfma.EvalConfig(
+            model_specs=specs,
+            slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["label"])],
+            metrics_specs=[
+                tfma.MetricsSpec(
+                    metrics=[
+                        tfma.MetricConfig(
+                            class_name=ACCURACY_CLASS,
+                            per_slice_thresholds=accuracy_thresholds(floor, recall, 0.1),
+                        )
+                    ]
+                )
+            ],
+        ),
+        has_baseline=change is not None,
+        rubber_stamp=change is None,  # as the Evaluator runs TFMA: no baseline, no change threshold
+    )
+    slice_key = (("label", "a"),) if recall is not None else ()
+    candidate = cfg.model_specs[0].name
+    metrics = {tfma.metrics.MetricKey(name=ACCURACY_KEY, model_name=candidate): value}
+    if change is not None:
+        base = np.float32(change)
+        metrics[tfma.metrics.MetricKey(name=ACCURACY_KEY, model_name="baseline")] = base
+        metrics[tfma.metrics.MetricKey(name=ACCURACY_KEY, model_name=candidate, is_diff=True)] = value - base
+    result = metrics_validator.validate_metrics((slice_key, metrics), cfg)
+    assert result.validation_ok is passes, result
 
 
 def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfma):
@@ -154,8 +215,8 @@ def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfm
 
     assert "gate_config" not in fake_tfma["props"] and "min_accuracy" not in fake_tfma["props"]
     bounds = _thresholds(fake_tfma["props"]["eval_config"])
-    assert bounds["overall"][0] == pytest.approx(0.75)  # 14/20 majority + 0.05, above min_accuracy 0.5
-    assert bounds["label"][0] == pytest.approx(0.05)
+    assert bounds["overall"][0] == pytest.approx(0.75 - METRIC_TOLERANCE, abs=1e-9)  # 14/20 + 0.05
+    assert bounds["label"][0] == pytest.approx(0.05 - METRIC_TOLERANCE, abs=1e-9)
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         gate = json.load(f)
     assert gate["blessed"] is False
@@ -183,7 +244,9 @@ def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfm
     }
     GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=0.6))
     assert fake_tfma["inputs"]["baseline_model"] == []  # TFMA gets no baseline to compare with
-    assert _thresholds(fake_tfma["props"]["eval_config"])["overall"][0] == pytest.approx(0.6)
+    assert _thresholds(fake_tfma["props"]["eval_config"])["overall"][0] == pytest.approx(
+        0.6 - METRIC_TOLERANCE, abs=1e-9
+    )
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         gate = json.load(f)
     assert gate["blessed"] is True and gate["reasons"] == []

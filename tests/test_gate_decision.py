@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from components.gate import GateConfig
@@ -207,3 +208,6 @@ def test_change_failure_is_tfmas_no_regression_threshold():
     assert change_failure(0.89, 0.90, 0.02) is None  # within max_regression
     assert change_failure(0.87, 0.90, 0.02) is not None
     assert change_failure(None, 0.90, 0.0) is None  # no accuracy: TFMA's own failures speak
+    # Float32 metrics: a drop of exactly max_regression (0.8 -> 0.7 as TFMA stores them) passes.
+    assert change_failure(float(np.float32(0.7)), float(np.float32(0.8)), 0.1) is None
+    assert change_failure(float(np.float32(0.65)), float(np.float32(0.8)), 0.1) is not None
