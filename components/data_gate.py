@@ -50,9 +50,9 @@ class DataGateError(RuntimeError):
 def failure_message(anomalies: list[str]) -> str:
     """The error a person reads: how many, what to do, then one anomaly per line."""
     lines = "\n".join(f"  - {a}" for a in anomalies)
-    noun = "anomaly" if len(anomalies) == 1 else "anomalies"
+    noun = "anomaly stops" if len(anomalies) == 1 else "anomalies stop"
     return (
-        f"{len(anomalies)} data {noun} stop the run before training "
+        f"{len(anomalies)} data {noun} the run before training "
         f"(fix the data, or pass --allow-anomalies to continue knowingly):\n{lines}"
     )
 

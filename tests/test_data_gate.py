@@ -249,3 +249,12 @@ def test_executor_passes_clean_data_silently(tmp_path):
     report = read_report(outputs["report"])
     assert report.anomalies == [] and report.anomalies_allowed == [] and report.baseline_classes is None
     assert report.label_counts("eval") == {"a": 1, "b": 1}
+
+
+def test_the_failure_message_counts_its_anomalies():
+    from components.data_gate import failure_message
+
+    assert failure_message(["eval: a"]).startswith("1 data anomaly stops the run before training")
+    assert failure_message(["eval: a", "train: b"]).startswith(
+        "2 data anomalies stop the run before training"
+    )

@@ -471,3 +471,14 @@ def test_closing_the_predictions_ends_the_eval_iterator_without_the_collector(
         assert held() is None, "EvalPredictions is in a reference cycle: it waits for the garbage collector"
     finally:
         gc.enable()
+
+
+def test_the_curves_name_the_validation_slice_not_the_eval_split():
+    """`val_*` is early stopping's slice held out of train; the eval split that gates is elsewhere."""
+    from imgpipe.report import figures
+
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "fine_tune_loss": [0.4]}
+    assert figures._phase_series(history, "loss") == {
+        "train": [1.0, 0.5, 0.4],
+        "validation (held out of train)": [1.1, 0.7],
+    }

@@ -68,10 +68,15 @@ def confusion_matrix(
     _save(fig, path)
 
 
+VALIDATION_LABEL = "validation (held out of train)"
+
+
 def _phase_series(history: dict[str, list[float]], metric: str) -> dict[str, list[float]]:
     return {
         "train": history.get(metric, []) + history.get(f"fine_tune_{metric}", []),
-        "eval": history.get(f"val_{metric}", []) + history.get(f"fine_tune_val_{metric}", []),
+        # val_*: the validation slice the Trainer holds out of train for early stopping, never
+        # the eval split that gates (trainer/head.py).
+        VALIDATION_LABEL: history.get(f"val_{metric}", []) + history.get(f"fine_tune_val_{metric}", []),
     }
 
 
@@ -80,7 +85,8 @@ def has_curves(history: dict[str, list[float]]) -> bool:
 
 
 def training_curves(history: dict[str, list[float]], path: str) -> None:
-    """Loss and accuracy per epoch, train and eval split; the fine-tune phase shaded when present."""
+    """Loss and accuracy per epoch, on train and on the validation slice held out of it (early
+    stopping's, not the eval split); the fine-tune phase shaded when present."""
     head_epochs = max(len(history.get(k, [])) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
     fine_tune_epochs = max(
         (len(v) for k, v in history.items() if k.startswith("fine_tune_")),
