@@ -423,6 +423,30 @@ def test_class_indices_reads_labels_in_file_order_and_names_unknown_ones(imbalan
     assert caught.value.labels == ["cat", f" {names[0]}"]
 
 
+def test_unlabelled_records_are_refused_by_split_and_count_before_training(imbalanced_digits, tmp_path):
+    """A record with no label (or two) cannot be trained on or judged: a clear error, not a parse error."""
+    tfo, train_files, eval_files, _ = imbalanced_digits
+    names = data.class_names(tfo)
+    path = str(tmp_path / "unlabelled.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for labels in ([], [names[0]], [names[0], names[1]], []):
+            feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"]))}
+            if labels:
+                values = [n.encode() for n in labels]
+                feature["label"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    with pytest.raises(data.UnlabelledExamplesError, match="^3 of 4 eval examples have no 'label' value"):
+        data.unmapped_label_counts(path, tfo)
+    with pytest.raises(data.UnlabelledExamplesError, match="^3 of 4 train examples .* --score-data"):
+        data.check_labelled(path, "train")
+    with pytest.raises(data.UnlabelledExamplesError, match="train examples"):
+        data.class_indices(path, tfo)
+    data.check_labelled([train_files, eval_files], "train")  # labelled splits pass
+    params = TrainingConfig(backbone="MobileNetV2", weights="none", image_size=SIZE, epochs=1)
+    with pytest.raises(data.UnlabelledExamplesError, match="^3 of 4 train examples"):
+        train.train(path, eval_files, tfo, params, verbose=0)
+
+
 def test_standardised_head_equals_a_dense_layer_on_standardised_features():
     x, y = _blobs([30, 30, 30])
     x = x * np.linspace(0.3, 30, D, dtype=np.float32) + 5  # features of very different scales

@@ -211,29 +211,64 @@ def count_examples(file_pattern: str | Sequence[str]) -> int:
     return int(raw_examples(file_pattern).reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
 
+class UnlabelledExamplesError(ValueError):
+    """Records of a split carry no single label value; the message says how many and what to do."""
+
+    def __init__(self, split: str, count: int, total: int):
+        self.split, self.count = split, count
+        super().__init__(
+            f"{count} of {total} {split} examples have no {LABEL_KEY!r} value (or more than one): "
+            "an unlabelled example can be neither trained on nor judged, --allow-anomalies or not. "
+            f"Take them out of the {split} split; images to score without labels go to --score-data."
+        )
+
+
 def unmapped_label_counts(
-    file_pattern: str | Sequence[str], tf_transform_output: tft.TFTransformOutput, batch_size: int = 1024
+    file_pattern: str | Sequence[str],
+    tf_transform_output: tft.TFTransformOutput,
+    batch_size: int = 1024,
+    split: str = "eval",
 ) -> dict[str, int]:
-    """Label -> number of records whose label the Transform's vocabulary lacks (no image decoded)."""
+    """Label -> number of records whose label the Transform's vocabulary lacks (no image decoded).
+
+    Raises UnlabelledExamplesError when records of ``split`` have no label at all.
+    """
     index = set(class_names(tf_transform_output))
     counts: dict[str, int] = {}
-    for name in _raw_labels(file_pattern, tf_transform_output, batch_size):
+    labels = list(_raw_labels(file_pattern, batch_size))
+    _refuse_unlabelled(labels, split)
+    for name in labels:
         if name not in index:
             counts[name] = counts.get(name, 0) + 1
     return counts
 
 
-def _raw_labels(
-    file_pattern: str | Sequence[str], tf_transform_output: tft.TFTransformOutput, batch_size: int
-) -> Iterator[str]:
-    """Every record's label as written (byte for byte, nothing stripped), in file order."""
-    spec = {LABEL_KEY: tf_transform_output.raw_feature_spec()[LABEL_KEY]}
+def check_labelled(file_pattern: str | Sequence[str], split: str, batch_size: int = 1024) -> None:
+    """UnlabelledExamplesError unless every record of ``split`` has one label (no image decoded)."""
+    _refuse_unlabelled(list(_raw_labels(file_pattern, batch_size)), split)
+
+
+def _refuse_unlabelled(labels: Sequence[str | None], split: str) -> None:
+    missing = sum(1 for name in labels if name is None)
+    if missing:
+        raise UnlabelledExamplesError(split, missing, len(labels))
+
+
+def _raw_labels(file_pattern: str | Sequence[str], batch_size: int) -> Iterator[str | None]:
+    """Every record's label as written (byte for byte, nothing stripped), in file order.
+
+    None for a record with no label value, or more than one: the Transform's raw feature
+    spec (one string) would refuse it with a parse error naming no record.
+    """
+    spec = {LABEL_KEY: tf.io.VarLenFeature(tf.string)}
     for batch in raw_examples(file_pattern).batch(batch_size):
         labels = tf.io.parse_example(batch, spec)[LABEL_KEY]
-        if isinstance(labels, tf.SparseTensor):
-            labels = tf.sparse.to_dense(labels, default_value=b"")
-        for raw in tf.reshape(labels, [-1]).numpy():
-            yield raw.decode("utf-8", errors="backslashreplace")
+        rows = labels.indices[:, 0].numpy()
+        per_row = np.bincount(rows, minlength=int(labels.dense_shape[0].numpy()))
+        values = iter(labels.values.numpy())
+        for n in per_row:
+            found = [next(values) for _ in range(n)]
+            yield found[0].decode("utf-8", errors="backslashreplace") if n == 1 else None
 
 
 def class_indices(
@@ -249,7 +284,9 @@ def class_indices(
     index = {n: i for i, n in enumerate(names)}
     out: list[int] = []
     unmapped: dict[str, None] = {}  # in order of first appearance
-    for name in _raw_labels(file_pattern, tf_transform_output, batch_size):
+    labels = list(_raw_labels(file_pattern, batch_size))
+    _refuse_unlabelled(labels, "train")
+    for name in labels:
         if name in index:
             out.append(index[name])
         else:

@@ -276,6 +276,7 @@ def train(
     # Train labels with no class fail the input function, by name (never trained on). Eval
     # labels with no class reach here only when the user allowed that anomaly at the
     # DataGate: the Trainer's own eval accuracy leaves them out, the Evaluator counts them.
+    data.check_labelled(train_files, "train")  # the input function would fail on one, naming no record
     unmapped = data.unmapped_label_counts(eval_files, tf_transform_output)
     if unmapped:
         listed = ", ".join(f"{name!r} x{n}" for name, n in unmapped.items())
