@@ -204,11 +204,37 @@ def _int_prop(artifact, name: str) -> int | None:
     return None
 
 
+# A blessing taken back after the run (`withdraw_blessing`): the Evaluator's own verdict and why.
+EVALUATOR_BLESSED_KEY = "evaluator_blessed"
+WITHDRAWN_KEY = "blessing_withdrawn"
+
+
 def blessing(store, evaluator_execution) -> bool | None:
+    """The Evaluator's verdict on the run's model (as it gave it, even when withdrawn since)."""
     arts = output_artifacts(store, evaluator_execution, "blessing")
     if not arts:
         return None
-    return bool(_int_prop(arts[-1], "blessed"))
+    verdict = _int_prop(arts[-1], EVALUATOR_BLESSED_KEY)
+    return bool(verdict if verdict is not None else _int_prop(arts[-1], "blessed"))
+
+
+def withdraw_blessing(store, evaluator_execution, reason: str) -> bool:
+    """Take back the Evaluator's blessing of a model that is not served (pre-push validation failed).
+
+    The next run's gate compares with the latest model whose blessing says `blessed` 1 (TFX's
+    LatestBlessedModelStrategy, also for the DataGate's label set): that must be the model
+    being served, not one the Pusher refused. The blessing artifact keeps the Evaluator's
+    verdict in `evaluator_blessed` and the reason in `blessing_withdrawn`. True when withdrawn.
+    """
+    arts = output_artifacts(store, evaluator_execution, "blessing")
+    if not arts or _int_prop(arts[-1], "blessed") != 1:
+        return False
+    artifact = arts[-1]
+    artifact.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
+    artifact.custom_properties["blessed"].int_value = 0
+    artifact.custom_properties[WITHDRAWN_KEY].string_value = reason
+    store.put_artifacts([artifact])
+    return True
 
 
 def pushed_path(store, pusher_execution) -> str | None:

@@ -73,6 +73,9 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         # A baseline identical to the candidate is compared without TFMA evaluating it again:
         # the gate record holds its accuracy (the candidate's).
         baseline = (gate.get("baseline") or {}).get("accuracy")
+    prepush = metadata.prepush_summary(infra_blessing_uri)
+    if blessed and not pushed and not push_skipped and prepush and prepush.get("blessed") is False:
+        push_skipped = f"pre-push validation failed: {prepush.get('reason')}"
     return RunSummary(
         run_id=run.name,
         blessed=blessed,
@@ -84,7 +87,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         baseline_accuracy=baseline,
         push_skipped=push_skipped,
         gate=gate,
-        prepush=metadata.prepush_summary(infra_blessing_uri),
+        prepush=prepush,
     )
 
 
@@ -98,3 +101,16 @@ def _push_skipped(store, pusher_execution, pushed: str | None) -> str | None:
     if cached and pushed:
         return f"cached: version {pushed.rstrip('/').rsplit('/', 1)[-1]} was pushed by an earlier run"
     return None
+
+
+def withdraw_unserved_blessing(config: PipelineConfig, summary: RunSummary) -> bool:
+    """After a run whose blessed model failed pre-push validation: take its blessing back in ML
+    Metadata, so later runs are gated against the model being served (metadata.withdraw_blessing)."""
+    prepush = summary.prepush or {}
+    if not summary.blessed or prepush.get("blessed") is not False:
+        return False
+    with metadata.open_store(config, readonly=False) as store:
+        run = metadata.run_by_id(store, config.pipeline_name, summary.run_id)
+        evaluator = metadata.run_executions(store, config.pipeline_name, run).get("Evaluator")
+        reason = f"pre-push validation failed in run {summary.run_id}: {prepush.get('reason')}"
+        return metadata.withdraw_blessing(store, evaluator, reason)

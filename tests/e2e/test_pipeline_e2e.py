@@ -749,7 +749,7 @@ def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config,
     The model's own warmup requests cover every client signature, so the server refuses to load
     it (as TF Serving does when a warmup request fails) before any check request is sent.
 
-    Last in the module: the Evaluator's blessing makes this model the next runs' baseline.
+    Its blessing is withdrawn after the run, so the next runs' baseline stays the served model.
     """
     import tensorflow as tf
 
@@ -777,4 +777,22 @@ def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config,
     assert len(p["failures"]) == 1
     assert p["server_started_early"] is True  # the standby's load error is reported the same way
     assert s.pushed is None
+    assert s.push_skipped == f"pre-push validation failed: {p['reason']}"
     assert _versions(model_dir) == before
+    # Its blessing is withdrawn: the next runs are gated against the model being served, the
+    # latest model whose blessing says blessed (TFX's LatestBlessedModelStrategy, ML Metadata).
+    cfg = base_config.resolved()
+    with mlmd.open_store(cfg) as store:
+        run = mlmd.run_by_id(store, cfg.pipeline_name, s.run_id)
+        executions = mlmd.run_executions(store, cfg.pipeline_name, run)
+        [model] = mlmd.output_artifacts(store, executions["Trainer"], "model")
+        [mine] = mlmd.output_artifacts(store, executions["Evaluator"], "blessing")
+        blessed_ids = [
+            b.custom_properties["current_model_id"].int_value
+            for b in store.get_artifacts_by_type("ModelBlessing")
+            if b.custom_properties["blessed"].int_value == 1
+        ]
+    assert mine.custom_properties["blessed"].int_value == 0
+    assert mine.custom_properties[mlmd.EVALUATOR_BLESSED_KEY].int_value == 1
+    assert "pre-push validation failed in run" in mine.custom_properties[mlmd.WITHDRAWN_KEY].string_value
+    assert blessed_ids and model.id not in blessed_ids and max(blessed_ids) < model.id
