@@ -196,6 +196,23 @@ def test_listing_a_directory_or_a_glob(folder, tmp_path):
         list_images(str(tmp_path))
 
 
+def test_a_link_loop_lists_each_file_once(tmp_path):
+    (tmp_path / "imgs" / "loop").mkdir(parents=True)
+    (tmp_path / "imgs" / "a.png").write_bytes(b"x")
+    (tmp_path / "imgs" / "loop" / "self").symlink_to(tmp_path / "imgs")
+    (tmp_path / "imgs" / "again").symlink_to(tmp_path / "imgs" / "loop")
+    assert list_images(str(tmp_path / "imgs")) == [str(tmp_path / "imgs" / "a.png")]
+
+
+def test_a_line_break_in_a_path_stays_one_csv_field(tmp_path):
+    from imgpipe.batch.outputs import CSV_HEADER, ScoredImage, csv_rows
+
+    scored = ScoredImage('odd\nname, "q".png', ["cat", "dog"], [0.75, 0.25], "m")
+    out = tmp_path / "p.csv"
+    out.write_text(CSV_HEADER + "\n" + "\n".join(csv_rows(scored)) + "\n")
+    assert read_predictions(str(out)) == [scored.to_dict()]
+
+
 def test_bad_arguments_name_the_flag(model, folder, tmp_path):
     with pytest.raises(BatchError, match="unknown output extension '.txt'"):
         predict_batch(str(folder[0]), str(tmp_path / "o.txt"), model_dir=model.export_dir)
@@ -207,6 +224,16 @@ def test_bad_arguments_name_the_flag(model, folder, tmp_path):
         predict_batch(str(folder[0]), str(tmp_path / "o.csv"), target="localhost:1")
     with pytest.raises(BatchError, match="neither a SavedModel"):
         predict_batch(str(folder[0]), str(tmp_path / "o.csv"), model_dir=str(tmp_path))
+    # --out a directory: Beam's writer would delete it; it is refused and left as it was.
+    (tmp_path / "precious.csv" / "sub").mkdir(parents=True)
+    (tmp_path / "precious.csv" / "sub" / "notes.txt").write_text("mine")
+    with pytest.raises(BatchError, match="precious.csv is a directory"):
+        predict_batch(str(folder[0]), str(tmp_path / "precious.csv"), model_dir=model.export_dir)
+    assert (tmp_path / "precious.csv" / "sub" / "notes.txt").read_text() == "mine"
+    with pytest.raises(BatchError, match="does not exist"):
+        predict_batch(str(folder[0]), str(tmp_path / "no" / "o.csv"), model_dir=model.export_dir)
+    with pytest.raises(BatchError, match="cannot write in /proc"):
+        predict_batch(str(folder[0]), "/proc/o.csv", model_dir=model.export_dir)
 
 
 def test_cli(model, folder, tmp_path, capsys):

@@ -25,6 +25,40 @@ def test_tensor_to_array_round_trip():
     assert array.tolist() == [b"a", b"bc"]
 
 
+def _declared(values: list[bytes], dims: list[int]):
+    """A string TensorProto whose declared shape need not match its values (as a client may send)."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
+    )
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=values)
+
+
+def _dtype(enum: int):
+    proto = tf.make_tensor_proto([b"a"], dtype=tf.string)
+    proto.dtype = enum
+    return proto
+
+
+@pytest.mark.parametrize(
+    ("proto", "message"),
+    [
+        # One image declared as 20,000: numpy would repeat it 20,000 times into the model.
+        (_declared([b"png"], [20000]), "declares shape [20000] (20000 values) but holds 1 values"),
+        (_declared([b"png"], [10**12]), "but holds 1 values"),
+        (_declared([b"png"], [-5]), "negative dimension"),
+        (_declared([b"a", b"b", b"c"], [2]), "declares shape [2] (2 values) but holds 3 values"),
+        (_dtype(999), "dtype unknown (999) but signature 'sig' expects string"),
+    ],
+)
+def test_a_declared_shape_must_hold_exactly_its_values(proto, message):
+    with pytest.raises(InvalidRequestError) as e:
+        tensors.tensor_to_array("images", proto, STRINGS, "sig")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in str(e.value)
+
+
 @pytest.mark.parametrize(
     ("proto", "message"),
     [

@@ -40,9 +40,18 @@ def list_images(spec: str) -> list[str]:
 
 
 def _walk(root: str) -> list[str]:
+    """Every non-hidden file under `root`; directory links are followed, each real folder once
+    (a link loop, or two links to one folder, would otherwise list the same files again)."""
     found = []
+    seen = {os.path.realpath(root)}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         found += [os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".")]
     if not found:
         raise NoInputs(f"--images {root}: the directory holds no files")

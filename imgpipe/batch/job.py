@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 from typing import Any
 
 from imgpipe.batch.inputs import NoInputs, list_images
@@ -91,6 +92,27 @@ def resolve_model(path: str) -> tuple[str, int | None]:
     return os.path.join(path, str(newest)), newest
 
 
+def _check_out(out: str) -> None:
+    """BatchError unless a local `out` is a file path that can be written: never a directory,
+    which Beam's writer would delete (remote paths are left to their file system)."""
+    if "://" in out:
+        return
+    if os.path.isdir(out):
+        raise BatchError(
+            f"--out {out} is a directory: give the output file's path (.csv, .jsonl or .tfrecord)"
+        )
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise BatchError(f"--out {out}: its folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BatchError(f"--out {out}: its folder {parent} is not writable")
+    try:  # what os.access cannot tell (a read-only or virtual file system): try the real thing
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".imgpipe-out-check-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise BatchError(f"--out {out}: cannot write in {parent}: {exc.strerror or exc}") from exc
+
+
 def predict_batch(
     images: str,
     out: str,
@@ -128,6 +150,7 @@ def predict_batch(
         raise BatchError(f"--max-pixels must be >= 1, got {max_pixels}")
     try:
         fmt = output_format(out)
+        _check_out(out)
         paths = list_images(images)
     except (ValueError, NoInputs) as exc:
         raise BatchError(str(exc)) from exc

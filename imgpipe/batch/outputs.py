@@ -69,8 +69,10 @@ def csv_rows(scored: ScoredImage) -> list[str]:
     lines = []
     for rank, (name, score) in enumerate(zip(scored.classes, scored.scores, strict=True), start=1):
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="").writerow([scored.path, rank, name, repr(float(score))])
-        lines.append(buffer.getvalue())
+        # The default terminator, stripped after: csv quotes a field only for the characters of
+        # its terminator, so a path or class holding a line break stays one quoted field.
+        csv.writer(buffer, lineterminator="\r\n").writerow([scored.path, rank, name, repr(float(score))])
+        lines.append(buffer.getvalue()[: -len("\r\n")])
     return lines
 
 

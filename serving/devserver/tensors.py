@@ -26,10 +26,11 @@ def tensor_to_array(alias: str, proto: Any, spec: tf.TensorSpec, signature: str)
     """
     expected = spec.dtype.as_datatype_enum
     if proto.dtype != expected:
-        got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "DT_INVALID"
         raise InvalidRequestError(
-            f"input {alias!r} has dtype {got} but signature {signature!r} expects {spec.dtype.name}"
+            f"input {alias!r} has dtype {_dtype_name(proto.dtype)} but signature {signature!r} "
+            f"expects {spec.dtype.name}"
         )
+    _check_values_fill_the_shape(alias, proto, spec.dtype)
     try:
         array = tf.make_ndarray(proto)
     except (ValueError, TypeError) as e:
@@ -41,6 +42,41 @@ def tensor_to_array(alias: str, proto: Any, spec: tf.TensorSpec, signature: str)
     if array.ndim >= 1 and spec.shape.rank and spec.shape[0] is None and array.shape[0] == 0:
         raise InvalidRequestError(f"input {alias!r} is an empty batch: send at least one element")
     return array
+
+
+# The repeated value fields of a TensorProto (one entry per element for the dtypes served here).
+_VALUE_FIELDS = ("string_val", "float_val", "double_val", "int_val", "int64_val", "bool_val", "half_val")
+
+
+def _dtype_name(enum: int) -> str:
+    if not enum:
+        return "DT_INVALID"
+    try:
+        return tf.dtypes.as_dtype(enum).name
+    except TypeError:
+        return f"unknown ({enum})"
+
+
+def _check_values_fill_the_shape(alias: str, proto: Any, dtype: tf.DType) -> None:
+    """InvalidRequestError unless the proto's shape is known, non-negative and holds exactly as many
+    values as it declares: numpy would otherwise repeat the last value to fill any declared shape,
+    and a few bytes could ask the model for millions of examples."""
+    if proto.tensor_shape.unknown_rank:
+        raise InvalidRequestError(f"input {alias!r} has an unknown rank: give its shape")
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise InvalidRequestError(f"input {alias!r} has a negative dimension in its shape {dims}")
+    declared = 1
+    for d in dims:
+        declared *= d
+    if proto.tensor_content:
+        given = len(proto.tensor_content) // max(dtype.size, 1)
+    else:
+        given = sum(len(getattr(proto, field)) for field in _VALUE_FIELDS)
+    if given != declared:
+        raise InvalidRequestError(
+            f"input {alias!r} declares shape {dims} ({declared} values) but holds {given} values"
+        )
 
 
 def check_input_names(inputs: Mapping[str, Any], specs: Mapping[str, Any], signature: str) -> None:
