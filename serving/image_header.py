@@ -104,7 +104,11 @@ def _jpeg(data: bytes) -> tuple[int, int] | None:
     i, n = 2, len(data)
     while i < n:
         if data[i] != 0xFF:
-            return None  # not at a marker: corrupt
+            # Extraneous bytes before a marker: libjpeg skips them (with a warning) and decodes
+            # on, so the size must be read on too, or a few junk bytes would hide it.
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return None
         while i < n and data[i] == 0xFF:  # fill bytes
             i += 1
         if i >= n:

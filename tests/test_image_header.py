@@ -99,3 +99,13 @@ def test_image_format_by_magic():
     assert image_format(_encoded((4, 4), "PNG", "L")) == "PNG"
     assert image_format(b"GIF87a....") == "GIF"
     assert image_format(b"\x00\x01") is None
+
+
+def test_junk_bytes_before_a_jpeg_marker_do_not_hide_its_size():
+    """libjpeg skips extraneous bytes before a marker and decodes on: the header is read on too."""
+    data = _encoded((2000, 1500), "JPEG", "RGB")
+    sof = next(i for i in range(2, len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+    junk = data[:sof] + b"\x00\x17" + data[sof:]
+    header = read_header(junk)
+    assert (header.width, header.height) == (2000, 1500)
+    assert Image.open(io.BytesIO(junk)).size == (2000, 1500)
