@@ -370,3 +370,28 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
     assert code == EXIT_FAILED and "cannot judge drift" in err
     code, _, err = _drift_cli(capsys, *argv, "--numeric-threshold", "2")
     assert code == EXIT_USAGE and "--numeric-threshold" in err
+
+
+def test_one_image_of_another_size_is_not_drift_when_training_has_one_size():
+    """TFDV's approximate divergence of a one-value histogram measured 1.0 here; exactly it is ~0.003."""
+    from imgpipe.drift.compare import compare
+
+    def rows(sizes):
+        return [
+            {
+                "width": w,
+                "height": w,
+                "channels": 1,
+                "format": "PNG",
+                "brightness": 100.0 + i % 7,
+                "class": "0",
+            }
+            for i, w in enumerate(sizes)
+        ]
+
+    trained = FeatureTable(rows=rows([32] * 180))
+    same = compare(trained, FeatureTable(rows=rows([32] * 180 + [33])))
+    assert same.features["width"].distance < 0.01 and "width" not in same.drifted, same.features["width"]
+    other = compare(trained, FeatureTable(rows=rows([33] * 90 + [32] * 90)))
+    assert {"width", "height"} <= set(other.drifted)
+    assert other.features["width"].distance == pytest.approx(0.311, abs=0.001)  # JS of (1, 0) and (1/2, 1/2)

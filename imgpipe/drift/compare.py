@@ -4,7 +4,9 @@ Statistics of each side come from `tfdv.generate_statistics_from_dataframe`
 (in process, no Beam). The schema is inferred from the training side, then
 every feature gets a drift comparator with its threshold: L-infinity distance
 for the categorical ones (channels, format, class), approximate
-Jensen-Shannon divergence for the numeric ones (width, height, brightness).
+Jensen-Shannon divergence for the numeric ones (width, height, brightness),
+computed exactly, value by value, for a numeric feature whose training side
+holds few distinct values (`DISCRETE_MAX_VALUES`: image sizes, often one).
 `tfdv.validate_statistics(served, schema, previous_statistics=trained)`
 measures every feature; a distance above its threshold is drift. Other schema
 anomalies (say, a format never seen in training) are reported beside it.
@@ -12,7 +14,9 @@ anomalies (say, a format never seen in training) are reported beside it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import math
 
 import pandas as pd
 import tensorflow_data_validation as tfdv
@@ -117,5 +121,32 @@ def compare(
         others = [r.description for r in info.reason if r.type not in _DRIFT_ANOMALIES]
         if others:
             anomalies[name] = " ".join(others)
+    for name in NUMERIC:
+        exact = _discrete_divergence(trained.columns()[name], served.columns()[name])
+        if exact is not None:
+            features[name] = FeatureDrift(name, JENSEN_SHANNON, exact, numeric_threshold)
     ordered = {name: features[name] for name in FEATURES if name in features}
     return Comparison(ordered, anomalies)
+
+
+# A numeric feature whose training side holds at most this many distinct values (image sizes
+# of a resized dataset: often one) is compared exactly, value by value. TFDV's approximate
+# Jensen-Shannon divergence works on histograms, and the histogram of one value has no width:
+# one served image of another size out of 181 measured 1.0, the maximum.
+DISCRETE_MAX_VALUES = 20
+
+
+def _discrete_divergence(trained: list, served: list) -> float | None:
+    """Jensen-Shannon divergence (log base 2, 0..1) of the two value distributions, or None
+    when the training side has more than DISCRETE_MAX_VALUES distinct values (or either side none)."""
+    a = collections.Counter(v for v in trained if v is not None)
+    b = collections.Counter(v for v in served if v is not None)
+    if not a or not b or len(a) > DISCRETE_MAX_VALUES:
+        return None
+    na, nb = sum(a.values()), sum(b.values())
+    divergence = 0.0
+    for value in a.keys() | b.keys():
+        p, q = a[value] / na, b[value] / nb
+        m = (p + q) / 2
+        divergence += (p * math.log2(p / m) if p else 0.0) + (q * math.log2(q / m) if q else 0.0)
+    return max(0.0, min(1.0, divergence / 2))
