@@ -8,7 +8,8 @@ Pure Python (no TensorFlow, no Pillow), so the CLI can use it cheaply.
 
 The size read here is the size a decoder allocates for: a JPEG's frame
 header (SOFn), a PNG's IHDR, a GIF's logical screen (TensorFlow decodes
-frames onto it), a BMP's info header.
+frames onto it) or its first frame where that reaches past the screen, a
+BMP's info header.
 """
 
 from __future__ import annotations
@@ -86,8 +87,26 @@ def _png(data: bytes) -> tuple[int, int] | None:
 
 
 def _gif(data: bytes) -> tuple[int, int]:
+    """The logical screen, or the first frame's extent where it reaches past the screen (the
+    decoder allocates the frame; a 12000 x 12000 frame on a 32 x 32 screen is not 1,024 pixels)."""
     width, height = struct.unpack("<HH", data[6:10])  # the logical screen
+    pos = 13 + _gif_table(data[10])
+    for _ in range(1 << 20):  # blocks before the first image: extensions, each a chain of sub-blocks
+        if pos >= len(data) or data[pos] != 0x21:
+            break
+        pos += 2
+        while pos < len(data) and data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    if pos + 9 < len(data) and data[pos] == 0x2C:
+        left, top, frame_w, frame_h = struct.unpack("<HHHH", data[pos + 1 : pos + 9])
+        width, height = max(width, left + frame_w), max(height, top + frame_h)
     return width, height
+
+
+def _gif_table(flags: int) -> int:
+    """Bytes of a GIF colour table from its packed flags byte (0 when there is none)."""
+    return 3 * (2 << (flags % 8)) if flags >= 128 else 0
 
 
 def _bmp(data: bytes) -> tuple[int, int]:

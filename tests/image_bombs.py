@@ -33,6 +33,15 @@ def gif_header(width: int, height: int) -> bytes:
     return b"GIF89a" + screen + image + b"\x3b"
 
 
+def gif_frame_past_screen(frame_width: int, frame_height: int, left: int = 0, top: int = 0) -> bytes:
+    """A GIF whose 32 x 32 logical screen hides a larger first frame (after a graphic control
+    extension): the decoder allocates the frame, not the screen."""
+    screen = struct.pack("<HHBBB", 32, 32, 0, 0, 0)
+    control = b"\x21\xf9\x04\x00\x00\x00\x00\x00"
+    image = b"\x2c" + struct.pack("<HHHHB", left, top, frame_width, frame_height, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + screen + control + image + b"\x3b"
+
+
 def bmp_header(width: int, height: int, top_down: bool = False) -> bytes:
     """The first 54 bytes of a 24-bit BMP of width x height (no pixel data)."""
     info = struct.pack("<IiiHHIIiiII", 40, width, -height if top_down else height, 1, 24, 0, 0, 0, 0, 0, 0)

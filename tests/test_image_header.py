@@ -109,3 +109,12 @@ def test_junk_bytes_before_a_jpeg_marker_do_not_hide_its_size():
     header = read_header(junk)
     assert (header.width, header.height) == (2000, 1500)
     assert Image.open(io.BytesIO(junk)).size == (2000, 1500)
+
+
+def test_a_gif_frame_past_its_screen_counts_at_its_extent():
+    """A 32 x 32 screen over a 12000 x 12000 frame is 144 MP to the decoder, not 1,024 pixels."""
+    header = read_header(image_bombs.gif_frame_past_screen(12_000, 12_000))
+    assert (header.format, header.width, header.height) == ("GIF", 12_000, 12_000)
+    header = read_header(image_bombs.gif_frame_past_screen(10, 20, left=30, top=5))
+    assert (header.width, header.height) == (40, 32)  # the screen's height, the frame's right edge
+    assert read_header(image_bombs.gif_header(25, 19)).pixels == 25 * 19

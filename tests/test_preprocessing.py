@@ -12,7 +12,7 @@ import tensorflow_transform.beam as tft_beam
 from PIL import Image
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-from tests import helpers, image_samples
+from tests import helpers, image_bombs, image_samples
 from trainer import backbones
 from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
 from trainer.preprocessing import (
@@ -224,6 +224,18 @@ def test_huge_png_fails_before_decoding():
     decode = tf.function(lambda x: decode_and_resize(x, SIZE))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"20000 x 20000 = 400000000 pixels.*40000000"):
         decode(tf.constant([small, huge]))
+
+
+def test_a_gif_frame_larger_than_its_screen_fails_before_decoding():
+    bomb = image_bombs.gif_frame_past_screen(12_000, 12_000)
+    assert [int(v) for v in image_shape(tf.constant(bomb))] == [2, 12_000, 12_000]
+    decode = tf.function(lambda x: decode_and_resize(x, SIZE))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"12000 x 12000 = 144000000 pixels"):
+        decode(tf.constant([bomb]))
+    # An ordinary GIF still reads as its screen, and decodes.
+    gif = helpers.encode_image(_photo(37, 53, 8), "GIF")
+    assert [int(v) for v in image_shape(tf.constant(gif))] == [2, 37, 53]
+    assert decode(tf.constant([gif])).shape == (1, SIZE, SIZE, 3)
 
 
 def test_pixel_limit_is_a_parameter():

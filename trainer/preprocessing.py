@@ -156,7 +156,7 @@ def image_shape(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     """(format code, height, width) of one encoded image, from its header only (int64).
 
     JPEG: the SOF segment (tf.io.extract_jpeg_shape); PNG: IHDR; GIF: the logical
-    screen; BMP: the DIB header. Unknown formats give 0 x 0 (the decoder then
+    screen, or its first frame's extent where that reaches past it; BMP: the DIB header. Unknown formats give 0 x 0 (the decoder then
     rejects them). Nothing is decoded.
     """
     head = _Bytes(image_bytes, 32).get(0, 32)
@@ -171,11 +171,18 @@ def image_shape(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     def signed32(v: tf.Tensor) -> tf.Tensor:  # BMP heights are negative for top-down rows
         return tf.abs(tf.where(v >= (1 << 31), v - (1 << 32), v))
 
+    # A GIF's first frame may reach past its logical screen: the decoder allocates the frame.
+    frame_h, frame_w = tf.cond(
+        tf.equal(fmt, _GIF),
+        lambda: _gif_first_image(image_bytes)[1:],
+        lambda: (_i64(0), _i64(0)),
+    )
+    gif_h, gif_w = tf.maximum(f["gif_h"], frame_h), tf.maximum(f["gif_w"], frame_w)
     core = tf.equal(f["bmp_dib"], 12)  # BITMAPCOREHEADER: 16-bit sizes
     bmp_w = tf.where(core, f["bmp_core_w"], signed32(f["bmp_w"]))
     bmp_h = tf.where(core, f["bmp_core_h"], signed32(f["bmp_h"]))
-    heights = tf.stack([jpeg[0], f["png_h"], f["gif_h"], bmp_h, _i64(0)])
-    widths = tf.stack([jpeg[1], f["png_w"], f["gif_w"], bmp_w, _i64(0)])
+    heights = tf.stack([jpeg[0], f["png_h"], gif_h, bmp_h, _i64(0)])
+    widths = tf.stack([jpeg[1], f["png_w"], gif_w, bmp_w, _i64(0)])
     return fmt, heights[fmt], widths[fmt]
 
 
@@ -312,20 +319,21 @@ def _color_table_size(flags: tf.Tensor) -> tf.Tensor:
     return tf.where(flags >= 128, size, _i64(0))
 
 
-def _gif_first_frame(data: tf.Tensor) -> tf.Tensor:
-    """The GIF cut after its first frame (plus the trailer), so only that frame is decoded.
+def _gif_first_image(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(end, height, width) of a GIF's first image: the offset just past its data (-1 when
+    the block structure cannot be followed), and the extent of its image descriptor on the
+    screen (top + height, left + width; 0 when there is none).
 
-    TensorFlow's GIF decoder allocates every frame of an animation; only the first
-    is used. When the block structure cannot be followed, the bytes are returned
-    unchanged (and the decoder reports what is wrong with them).
+    A frame may be larger than the logical screen the header declares, and the decoder
+    allocates the frame: the pixel limit must see both.
     """
     b = _Bytes(data, None)
 
     # mode 0: at a block; 1: in an extension's sub-blocks; 2: in the first image's sub-blocks.
-    def cond(pos, mode, end, step):
+    def cond(pos, mode, end, step, height, width):
         return (end < 0) & (pos < b.length) & (step < _MAX_GIF_STEPS)
 
-    def body(pos, mode, end, step):
+    def body(pos, mode, end, step, height, width):
         block = b.get(pos, 10)
         is_ext, is_image = tf.equal(block[0], 0x21), tf.equal(block[0], 0x2C)
         image_data = pos + 11 + _color_table_size(block[9])  # descriptor, table, LZW code size
@@ -333,13 +341,27 @@ def _gif_first_frame(data: tf.Tensor) -> tf.Tensor:
         block_mode = tf.where(is_ext, _i64(1), tf.where(is_image, _i64(2), _i64(0)))
         size = block[0]  # in sub-blocks: the sub-block's length, 0 ends the sequence
         at_block = tf.equal(mode, 0)
+        descriptor = at_block & is_image  # left, top, width, height: 16-bit little-endian
+        height = tf.where(descriptor, _uint(block, 3, 2, True) + _uint(block, 7, 2, True), height)
+        width = tf.where(descriptor, _uint(block, 1, 2, True) + _uint(block, 5, 2, True), width)
         new_pos = tf.where(at_block, block_pos, pos + 1 + size)
         new_mode = tf.where(at_block, block_mode, tf.where(tf.equal(size, 0), _i64(0), mode))
         new_end = tf.where(tf.equal(mode, 2) & tf.equal(size, 0), pos + 1, end)
-        return new_pos, new_mode, new_end, step + 1
+        return new_pos, new_mode, new_end, step + 1, height, width
 
-    start = (13 + _color_table_size(b.get(10, 1)[0]), _i64(0), _i64(-1), tf.constant(0))
-    end = tf.while_loop(cond, body, start)[2]
+    start = (13 + _color_table_size(b.get(10, 1)[0]), _i64(0), _i64(-1), tf.constant(0), _i64(0), _i64(0))
+    _, _, end, _, height, width = tf.while_loop(cond, body, start)
+    return end, height, width
+
+
+def _gif_first_frame(data: tf.Tensor) -> tf.Tensor:
+    """The GIF cut after its first frame (plus the trailer), so only that frame is decoded.
+
+    TensorFlow's GIF decoder allocates every frame of an animation; only the first
+    is used. When the block structure cannot be followed, the bytes are returned
+    unchanged (and the decoder reports what is wrong with them).
+    """
+    end = _gif_first_image(data)[0]
     return tf.cond(
         end > 0,
         lambda: tf.strings.join([tf.strings.substr(data, _i64(0), end), tf.constant(b";")]),
