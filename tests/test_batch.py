@@ -196,6 +196,22 @@ def test_listing_a_directory_or_a_glob(folder, tmp_path):
         list_images(str(tmp_path))
 
 
+def test_a_file_name_that_is_not_utf8_is_scored_like_any_other(model, tmp_path):
+    """One such name used to fail the whole job in Beam's text coder."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    image = image_samples.png(image_samples.asymmetric_image())
+    (folder / "ok.png").write_bytes(image)
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.png"), "wb") as f:  # Latin-1, not UTF-8
+        f.write(image)
+    out = tmp_path / "scores.jsonl"
+    result = predict_batch(str(folder), str(out), model_dir=model.export_dir, progress=False)
+    assert (result.files, result.scored, result.skipped) == (2, 2, [])
+    rows = read_predictions(str(out))
+    assert sorted(os.path.basename(r["path"]) for r in rows) == ["caf\\udce9.png", "ok.png"]  # shown escaped
+    assert rows[0]["classes"] == rows[1]["classes"]
+
+
 def test_a_link_loop_lists_each_file_once(tmp_path):
     (tmp_path / "imgs" / "loop").mkdir(parents=True)
     (tmp_path / "imgs" / "a.png").write_bytes(b"x")

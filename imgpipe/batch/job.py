@@ -223,7 +223,7 @@ def _run(
         checked = (
             p
             | "Files" >> beam.io.ReadFromText(inputs)
-            | "Paths" >> beam.Map(json.loads)
+            | "Paths" >> beam.Map(lambda line: os.fsencode(json.loads(line)))  # bytes: see scoring._as_text
             | "Spread" >> beam.Reshuffle()
             | "Check" >> beam.ParDo(check).with_outputs(SKIPPED, main="images")
         )

@@ -53,8 +53,18 @@ class _Counted(beam.DoFn):
             self.progress_dir = None  # progress is a display aid: never fail the work for it
 
 
-def skipped(path: str, reason: str) -> beam.pvalue.TaggedOutput:
-    return beam.pvalue.TaggedOutput(SKIPPED, {"path": display_path(path), "reason": reason})
+def skipped(path: str | bytes, reason: str) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(SKIPPED, {"path": display_path(_as_text(path)), "reason": reason})
+
+
+def _as_text(path: str | bytes) -> str:
+    """A path as the file system's text (undecodable bytes kept as surrogate escapes).
+
+    Paths travel through Beam as bytes (os.fsencode): its coder for text is UTF-8, which a
+    file name that is not UTF-8 (kept by Python as surrogate escapes) cannot be, and one
+    such name would fail the whole job.
+    """
+    return os.fsdecode(path) if isinstance(path, bytes) else path
 
 
 class CheckImages(_Counted):
@@ -64,9 +74,9 @@ class CheckImages(_Counted):
         super().__init__(progress_dir)
         self.max_pixels = max_pixels
 
-    def process(self, path: str) -> Iterator[Any]:
+    def process(self, path: str | bytes) -> Iterator[Any]:
         try:
-            data = read_image_file(path)
+            data = read_image_file(_as_text(path))
         except OSError as exc:
             self.tick(1)
             yield skipped(path, f"cannot read: {exc.strerror or exc}")
@@ -109,7 +119,7 @@ class _Scorer(_Counted):
         k = self.top_k
         for (path, data), names, values in zip(batch, classes, scores, strict=True):
             yield ScoredImage(
-                path=display_path(path),
+                path=display_path(_as_text(path)),
                 classes=names[:k] if k else names,
                 scores=values[:k] if k else values,
                 model_name=self.model_name,
