@@ -12,6 +12,8 @@ SKIPPED tagged output; nothing is dropped.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import re
 import threading
@@ -177,9 +179,19 @@ def _load_signature(export_dir: str) -> Any:
     key = (export_dir, stat.mtime_nsec, stat.length)
     with _LOADING:
         if key not in _LOADED:
+            if not _LOADED:
+                # Freed before the interpreter tears TensorFlow's modules down: a model freed
+                # after that prints "Exception ignored in AtomicFunction.__del__" tracebacks.
+                atexit.register(_release_loaded)
             _LOADED.clear()  # one model per process at a time
             _LOADED[key] = tf.saved_model.load(export_dir)
         return _LOADED[key].signatures[PREDICT_IMAGES]
+
+
+def _release_loaded() -> None:
+    with _LOADING:
+        _LOADED.clear()
+    gc.collect()
 
 
 class ScoreWithServer(_Scorer):
