@@ -398,6 +398,11 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         )
     else:
         floor_note = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
+        if record.get("majority_class") is not None:  # both bounds, as the summary's reason gives them
+            floor_note += (
+                f" (majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
+                f"of eval + margin {_fmt(record.get('majority_margin'))}: lower)"
+            )
     if baseline.get("compared") and baseline.get("identical"):
         baseline_note = "latest blessed model, which is this model (identical files): no regression"
     elif baseline.get("compared"):
