@@ -121,8 +121,9 @@ def compare(
         others = [r.description for r in info.reason if r.type not in _DRIFT_ANOMALIES]
         if others:
             anomalies[name] = " ".join(others)
+    trained_columns, served_columns = trained.columns(), served.columns()
     for name in NUMERIC:
-        exact = _discrete_divergence(trained.columns()[name], served.columns()[name])
+        exact = _discrete_divergence(trained_columns[name], served_columns[name])
         if exact is not None:
             features[name] = FeatureDrift(name, JENSEN_SHANNON, exact, numeric_threshold)
     ordered = {name: features[name] for name in FEATURES if name in features}

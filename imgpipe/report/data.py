@@ -390,19 +390,17 @@ def _fmt(x: Any) -> str:
 def gate_from_record(record: dict[str, Any]) -> GateView:
     """The gate view of the Evaluator's gate.json (keys per notes/gate_decision.md; missing keys tolerated)."""
     baseline = record.get("baseline") or {}
+    majority = (
+        f"majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
+        f"of eval + margin {_fmt(record.get('majority_margin'))}"
+    )
+    min_accuracy = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
     if record.get("floor_source") == "majority":
-        floor_note = (
-            f"majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
-            f"of eval + margin {_fmt(record.get('majority_margin'))} "
-            f"(above min_accuracy {_fmt(record.get('min_accuracy'))})"
-        )
+        floor_note = f"{majority} (above {min_accuracy})"
+    elif record.get("majority_class") is not None:  # both bounds, as the summary's reason gives them
+        floor_note = f"{min_accuracy} ({majority}: lower)"
     else:
-        floor_note = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
-        if record.get("majority_class") is not None:  # both bounds, as the summary's reason gives them
-            floor_note += (
-                f" (majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
-                f"of eval + margin {_fmt(record.get('majority_margin'))}: lower)"
-            )
+        floor_note = min_accuracy
     if baseline.get("compared") and baseline.get("identical"):
         baseline_note = "latest blessed model, which is this model (identical files): no regression"
     elif baseline.get("compared"):
