@@ -156,9 +156,16 @@ def image_shape(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     """(format code, height, width) of one encoded image, from its header only (int64).
 
     JPEG: the SOF segment (tf.io.extract_jpeg_shape); PNG: IHDR; GIF: the logical
-    screen, or its first frame's extent where that reaches past it; BMP: the DIB header. Unknown formats give 0 x 0 (the decoder then
-    rejects them). Nothing is decoded.
+    screen, or its first frame's extent where that reaches past it; BMP: the DIB
+    header. Unknown formats give 0 x 0 (the decoder then rejects them). Nothing is
+    decoded.
     """
+    return _header(image_bytes)[:3]
+
+
+def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`image_shape`, and for a GIF the end of its first image (`_gif_first_image`; -1
+    otherwise), so decoding cuts the GIF without walking its blocks a second time."""
     head = _Bytes(image_bytes, 32).get(0, 32)
     fmt = _format(head[:3])
     jpeg = tf.cond(
@@ -172,10 +179,10 @@ def image_shape(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
         return tf.abs(tf.where(v >= (1 << 31), v - (1 << 32), v))
 
     # A GIF's first frame may reach past its logical screen: the decoder allocates the frame.
-    frame_h, frame_w = tf.cond(
+    gif_end, frame_h, frame_w = tf.cond(
         tf.equal(fmt, _GIF),
-        lambda: _gif_first_image(image_bytes)[1:],
-        lambda: (_i64(0), _i64(0)),
+        lambda: _gif_first_image(image_bytes),
+        lambda: (_i64(-1), _i64(0), _i64(0)),
     )
     gif_h, gif_w = tf.maximum(f["gif_h"], frame_h), tf.maximum(f["gif_w"], frame_w)
     core = tf.equal(f["bmp_dib"], 12)  # BITMAPCOREHEADER: 16-bit sizes
@@ -183,7 +190,7 @@ def image_shape(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     bmp_h = tf.where(core, f["bmp_core_h"], signed32(f["bmp_h"]))
     heights = tf.stack([jpeg[0], f["png_h"], gif_h, bmp_h, _i64(0)])
     widths = tf.stack([jpeg[1], f["png_w"], gif_w, bmp_w, _i64(0)])
-    return fmt, heights[fmt], widths[fmt]
+    return fmt, heights[fmt], widths[fmt], gif_end
 
 
 def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Operation:
@@ -354,14 +361,16 @@ def _gif_first_image(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return end, height, width
 
 
-def _gif_first_frame(data: tf.Tensor) -> tf.Tensor:
+def _gif_first_frame(data: tf.Tensor, end: tf.Tensor | None = None) -> tf.Tensor:
     """The GIF cut after its first frame (plus the trailer), so only that frame is decoded.
 
     TensorFlow's GIF decoder allocates every frame of an animation; only the first
     is used. When the block structure cannot be followed, the bytes are returned
-    unchanged (and the decoder reports what is wrong with them).
+    unchanged (and the decoder reports what is wrong with them). `end`: the first
+    image's end when already found (`_header`).
     """
-    end = _gif_first_image(data)[0]
+    if end is None:
+        end = _gif_first_image(data)[0]
     return tf.cond(
         end > 0,
         lambda: tf.strings.join([tf.strings.substr(data, _i64(0), end), tf.constant(b";")]),
@@ -387,7 +396,7 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     frame; grayscale is replicated to 3 channels and alpha dropped. The EXIF
     orientation is applied last.
     """
-    fmt, height, width = image_shape(image_bytes)
+    fmt, height, width, gif_end = _header(image_bytes)
     with tf.control_dependencies([check_pixels(height, width, max_pixels)]):
         image_bytes = tf.identity(image_bytes)
     ratio = _jpeg_ratio_index(height, width, target_size)
@@ -397,7 +406,7 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
         return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r)
 
     branches = [jpeg(r) for r in JPEG_RATIOS] + [
-        lambda: tf.io.decode_gif(_gif_first_frame(image_bytes))[0],
+        lambda: tf.io.decode_gif(_gif_first_frame(image_bytes, gif_end))[0],
         lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
     ]
     image = tf.switch_case(tf.cast(branch, tf.int32), branches)
