@@ -14,6 +14,11 @@ its graph is still the rendered one, and executes TFX's own operator for that
 component in the task's process: the component runs exactly as under a DAG
 that TFX builds at parse time.
 
+A blessed model that pre-push validation refused is not served: its blessing is
+withdrawn in ML Metadata after the InfraValidator's task, and again before the
+Resolver's task of every run (summary.withdraw_refused_blessings), as `imgpipe
+run` does after a run, so no later run takes it as its baseline.
+
 The DAG's run policy (`dag_settings`): no catch-up of missed intervals, no
 retries, and at most one active run (`max_active_runs=1`): a run triggered or
 scheduled while one is running waits in the queue until it finishes, so two
@@ -247,6 +252,8 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
     """
     from airflow.exceptions import AirflowFailException
 
+    from pipeline.pipeline import RESOLVER_ID
+
     tfx_dag, cfg = _tfx_dag(spec)
     built = sorted(_graph([t.task_id, t.upstream_task_ids] for t in tfx_dag.tasks))
     if built != sorted(spec.tasks):
@@ -254,9 +261,33 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
             f"this imgpipe builds the tasks {built}, the DAG file has {sorted(spec.tasks)}: imgpipe "
             "changed since the file was rendered; render it again with `imgpipe airflow-dag`"
         )
+    task_id = context["ti"].task_id
     # A copy locked for execution, as Airflow runs its own tasks.
-    operator = tfx_dag.get_task(context["ti"].task_id).prepare_for_execution()
+    operator = tfx_dag.get_task(task_id).prepare_for_execution()
     operator.render_template_fields(context)
+    if task_id == RESOLVER_ID:
+        _withdraw_refused_blessings(cfg)  # the baseline is picked next: never a refused model
     # Beam on this worker imports the installed TFX: no sdist of it per component (as `imgpipe run`).
     with scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner):
-        return operator.execute(context)
+        result = operator.execute(context)
+    if task_id == PREPUSH_ID:
+        _withdraw_refused_blessings(cfg)
+    return result
+
+
+PREPUSH_ID = "InfraValidator"  # after it (and before the Resolver), refused blessings are withdrawn
+
+
+def _withdraw_refused_blessings(cfg: PipelineConfig) -> None:
+    """As `imgpipe run` does after a run: a blessed model that pre-push validation refused is not
+    served, so its blessing is withdrawn before any later run can take it as the baseline."""
+    import logging
+
+    from imgpipe.orchestration.summary import withdraw_refused_blessings
+
+    for _, reason in withdraw_refused_blessings(cfg):
+        logging.getLogger(__name__).warning(
+            "blessing withdrawn (%s): the model was not pushed, so later runs are gated against "
+            "the model being served",
+            reason,
+        )

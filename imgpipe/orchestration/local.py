@@ -29,7 +29,7 @@ from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
-from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessing
+from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_refused_blessings
 from imgpipe.report.build import attach_report
 from pipeline.config import ConfigError, PipelineConfig
 
@@ -289,12 +289,13 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             where = tracker.current or "the pipeline"
             raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
 
-        summary = summarize_run(config, run_id)
-        if withdraw_unserved_blessing(config, summary):
+        for _, reason in withdraw_refused_blessings(config):
             log.warning(
-                "the blessed model failed pre-push validation and was not pushed: its blessing is "
-                "withdrawn, so the next runs are gated against the model being served"
+                "blessing withdrawn (%s): the model was not pushed, so the next runs are gated "
+                "against the model being served",
+                reason,
             )
+        summary = summarize_run(config, run_id)
         # Never raises: a failed report is recorded in the summary.
         attach_report(config, summary, loaded_model=loaded_models.get)
     summary.run_dir = runs.write_record(config, summary)

@@ -204,7 +204,7 @@ def _int_prop(artifact, name: str) -> int | None:
     return None
 
 
-# A blessing taken back after the run (`withdraw_blessing`): the Evaluator's own verdict and why.
+# A blessing taken back after the run (`withdraw_refused_blessings`): the Evaluator's own verdict and why.
 EVALUATOR_BLESSED_KEY = "evaluator_blessed"
 WITHDRAWN_KEY = "blessing_withdrawn"
 
@@ -218,23 +218,72 @@ def blessing(store, evaluator_execution) -> bool | None:
     return bool(verdict if verdict is not None else _int_prop(arts[-1], "blessed"))
 
 
-def withdraw_blessing(store, evaluator_execution, reason: str) -> bool:
-    """Take back the Evaluator's blessing of a model that is not served (pre-push validation failed).
+def withdraw_refused_blessings(store) -> list[tuple[int, str]]:
+    """Take back every Evaluator blessing of a model that pre-push validation refused.
 
     The next run's gate compares with the latest model whose blessing says `blessed` 1 (TFX's
     LatestBlessedModelStrategy, also for the DataGate's label set): that must be the model
-    being served, not one the Pusher refused. The blessing artifact keeps the Evaluator's
-    verdict in `evaluator_blessed` and the reason in `blessing_withdrawn`. True when withdrawn.
+    being served, not one the Pusher refused. A withdrawn blessing keeps the Evaluator's
+    verdict in `evaluator_blessed` and the reason in `blessing_withdrawn`.
+    Returns [(ModelBlessing id, reason)] of those withdrawn by this call.
+
+    Reads no run context, so it works on any orchestrator's store (LocalDagRunner's
+    `pipeline_run` contexts, TFX's Airflow launcher's `run` contexts): an InfraBlessing
+    with `blessed` 0 names, through its InfraValidator execution's inputs, the
+    ModelBlessing it refused. Idempotent; a constant number of queries, whatever the
+    store's size, plus one per run context of a blessing withdrawn now.
     """
-    arts = output_artifacts(store, evaluator_execution, "blessing")
-    if not arts or _int_prop(arts[-1], "blessed") != 1:
-        return False
-    artifact = arts[-1]
-    artifact.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
-    artifact.custom_properties["blessed"].int_value = 0
-    artifact.custom_properties[WITHDRAWN_KEY].string_value = reason
-    store.put_artifacts([artifact])
-    return True
+    refused = [
+        a
+        for a in store.get_artifacts_by_type("InfraBlessing")
+        if a.state == metadata_store_pb2.Artifact.LIVE and _int_prop(a, "blessed") == 0
+    ]
+    if not refused:
+        return []
+    output_of = {
+        ev.artifact_id: ev.execution_id
+        for ev in store.get_events_by_artifact_ids([a.id for a in refused])
+        if ev.type == metadata_store_pb2.Event.OUTPUT
+    }
+    blessing_of: dict[int, int] = {}  # InfraValidator execution -> the ModelBlessing it read
+    for ev in store.get_events_by_execution_ids(sorted(set(output_of.values()))):
+        if ev.type == metadata_store_pb2.Event.INPUT and any(
+            step.HasField("key") and step.key == "model_blessing" for step in ev.path.steps
+        ):
+            blessing_of[ev.execution_id] = ev.artifact_id
+    wanted = {a.id: blessing_of.get(output_of.get(a.id, -1)) for a in refused}
+    ids = sorted({b for b in wanted.values() if b is not None})
+    blessings = {b.id: b for b in store.get_artifacts_by_id(ids)} if ids else {}
+    withdrawn = []
+    for infra in refused:
+        model_blessing = blessings.get(wanted[infra.id])
+        if model_blessing is None or _int_prop(model_blessing, "blessed") != 1:
+            continue
+        try:  # the report only gives the reason: `blessed` 0 decides
+            report = prepush_summary(infra.uri) or {}
+        except (OSError, ValueError, KeyError, TypeError):
+            report = {}
+        execution_id = output_of[infra.id]
+        run = run_name_of_execution(store, execution_id)
+        reason = f"pre-push validation failed in run {run}: {report.get('reason') or 'no reason recorded'}"
+        model_blessing.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
+        model_blessing.custom_properties["blessed"].int_value = 0
+        model_blessing.custom_properties[WITHDRAWN_KEY].string_value = reason
+        store.put_artifacts([model_blessing])
+        withdrawn.append((model_blessing.id, reason))
+    return withdrawn
+
+
+def run_name_of_execution(store, execution_id: int) -> str:
+    """The run id an execution belongs to (its `pipeline_run` context, or the `run_id` of TFX's
+    Airflow launcher's `run` context); `execution <id>` when it has neither."""
+    for ctx in store.get_contexts_by_execution(execution_id):
+        kind = store.get_context_types_by_id([ctx.type_id])[0].name
+        if kind == "pipeline_run":
+            return ctx.name
+        if kind == "run" and "run_id" in ctx.properties:
+            return ctx.properties["run_id"].string_value
+    return f"execution {execution_id}"
 
 
 def pushed_path(store, pusher_execution) -> str | None:

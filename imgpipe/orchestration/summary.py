@@ -103,14 +103,9 @@ def _push_skipped(store, pusher_execution, pushed: str | None) -> str | None:
     return None
 
 
-def withdraw_unserved_blessing(config: PipelineConfig, summary: RunSummary) -> bool:
-    """After a run whose blessed model failed pre-push validation: take its blessing back in ML
-    Metadata, so later runs are gated against the model being served (metadata.withdraw_blessing)."""
-    prepush = summary.prepush or {}
-    if not summary.blessed or prepush.get("blessed") is not False:
-        return False
+def withdraw_refused_blessings(config: PipelineConfig) -> list[tuple[int, str]]:
+    """After a run (or before the next one): take back, in ML Metadata, the blessing of every model
+    that pre-push validation refused, so later runs are gated against the model being served
+    (metadata.withdraw_refused_blessings). [(ModelBlessing id, reason)] of those withdrawn now."""
     with metadata.open_store(config, readonly=False) as store:
-        run = metadata.run_by_id(store, config.pipeline_name, summary.run_id)
-        evaluator = metadata.run_executions(store, config.pipeline_name, run).get("Evaluator")
-        reason = f"pre-push validation failed in run {summary.run_id}: {prepush.get('reason')}"
-        return metadata.withdraw_blessing(store, evaluator, reason)
+        return metadata.withdraw_refused_blessings(store)

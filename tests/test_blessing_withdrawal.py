@@ -1,0 +1,167 @@
+"""A blessed model that pre-push validation refused loses its blessing, on any orchestrator's store.
+
+`metadata.withdraw_refused_blessings` follows each refused InfraBlessing to the
+ModelBlessing its InfraValidator execution read. It is checked on the two
+layouts a store holds: the one LocalDagRunner writes (`pipeline_run` and `node`
+contexts, tests/mlmd_fixtures.py) and the one TFX's Airflow launcher writes,
+written here by TFX's own legacy `Metadata` API (`run` and `component_run`
+contexts), the code AirflowDagRunner's components register executions with.
+The e2e tests check the same function after a real run (tests/e2e/test_pipeline_e2e.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from components.prepush import REPORT_FILE
+from imgpipe.orchestration import metadata
+from tests.mlmd_fixtures import FakeHome
+
+REASON = "server: signature 'predict_images' failed"
+
+
+def _report(uri: str, blessed: bool, reason: str) -> None:
+    os.makedirs(uri, exist_ok=True)
+    with open(os.path.join(uri, REPORT_FILE), "w", encoding="utf-8") as f:
+        json.dump({"summary": {"blessed": blessed, "validated": True, "reason": reason}}, f)
+
+
+def _local_run(home: FakeHome, run: str, evaluator_blessed: int, prepush_blessed: int):
+    """Trainer -> Evaluator -> InfraValidator in `run`, as LocalDagRunner records them."""
+    _, made = home.execute(run, "Trainer", outputs={"model": ("Model", {})})
+    model = made["model"]
+    _, made = home.execute(
+        run,
+        "Evaluator",
+        inputs={"model": [model]},
+        outputs={"blessing": ("ModelBlessing", {"blessed": evaluator_blessed, "current_model_id": model.id})},
+    )
+    blessing = made["blessing"]
+    _, made = home.execute(
+        run,
+        "InfraValidator",
+        inputs={"model": [model], "model_blessing": [blessing]},
+        outputs={"blessing": ("InfraBlessing", {"blessed": prepush_blessed})},
+    )
+    _report(made["blessing"].uri, bool(prepush_blessed), REASON if not prepush_blessed else "validated")
+    return blessing, made["blessing"]
+
+
+def _blessed(store, artifact_id: int) -> int:
+    [a] = store.get_artifacts_by_id([artifact_id])
+    return a.custom_properties["blessed"].int_value
+
+
+def test_local_layout_only_the_refused_blessing_is_withdrawn(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    served, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
+    refused, _ = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=0)
+    # Not blessed by the Evaluator: pre-push skipped it (InfraBlessing 0), nothing to withdraw.
+    unblessed, _ = _local_run(home, "run-3", evaluator_blessed=0, prepush_blessed=0)
+
+    [(blessing_id, reason)] = metadata.withdraw_refused_blessings(home.store)
+
+    assert blessing_id == refused.id
+    assert reason == f"pre-push validation failed in run run-2: {REASON}"
+    [after] = home.store.get_artifacts_by_id([refused.id])
+    assert after.custom_properties["blessed"].int_value == 0
+    assert after.custom_properties[metadata.EVALUATOR_BLESSED_KEY].int_value == 1
+    assert after.custom_properties[metadata.WITHDRAWN_KEY].string_value == reason
+    assert _blessed(home.store, served.id) == 1
+    assert _blessed(home.store, unblessed.id) == 0
+    assert metadata.EVALUATOR_BLESSED_KEY not in home.artifact(unblessed.id).custom_properties
+    # Idempotent: a second pass (the next run's) changes nothing.
+    assert metadata.withdraw_refused_blessings(home.store) == []
+    # The Evaluator's verdict, as the run summary reports it, is kept.
+    [evaluator_id] = {
+        ev.execution_id for ev in home.store.get_events_by_artifact_ids([refused.id]) if ev.type == ev.OUTPUT
+    }
+    [evaluator] = home.store.get_executions_by_id([evaluator_id])
+    assert metadata.blessing(home.store, evaluator) is True
+
+
+def test_a_store_without_prepush_validation_is_left_alone(tmp_path):
+    home = FakeHome(str(tmp_path / "home"))
+    _, made = home.execute("run-1", "Evaluator", outputs={"blessing": ("ModelBlessing", {"blessed": 1})})
+    assert metadata.withdraw_refused_blessings(home.store) == []
+    assert _blessed(home.store, made["blessing"].id) == 1
+
+
+def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
+    """TFX's Airflow launcher: `run` context PIPELINE.RUN_ID, `component_run` contexts, no `node`."""
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.orchestration import data_types
+    from tfx.orchestration import metadata as tfx_metadata
+    from tfx.types import standard_artifacts
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(tmp_path / "metadata.sqlite")
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    root = tmp_path / "root"
+
+    def execute(m, run_id, component_id, inputs, outputs):
+        pipeline_info = data_types.PipelineInfo(
+            pipeline_name="imgpipe", pipeline_root=str(root), run_id=run_id
+        )
+        component_info = data_types.ComponentInfo(
+            component_type=f"tfx.components.{component_id}",
+            component_id=component_id,
+            pipeline_info=pipeline_info,
+        )
+        contexts = m.register_pipeline_contexts_if_not_exists(pipeline_info)
+        m.register_execution(pipeline_info, component_info, contexts, {}, inputs)
+        for key, [artifact] in outputs.items():
+            artifact.uri = str(root / component_id / key / run_id)
+            os.makedirs(artifact.uri, exist_ok=True)
+        m.publish_execution(component_info, outputs, {})
+
+    runs = {}
+    with tfx_metadata.Metadata(config) as m:
+        for run_id, prepush_blessed in (("manual__2026-12-01", 1), ("manual__2026-12-02", 0)):
+            model, blessing, infra = (
+                standard_artifacts.Model(),
+                standard_artifacts.ModelBlessing(),
+                standard_artifacts.InfraBlessing(),
+            )
+            execute(m, run_id, "Trainer", {}, {"model": [model]})
+            blessing.set_int_custom_property("blessed", 1)
+            blessing.set_int_custom_property("current_model_id", model.id)
+            execute(m, run_id, "Evaluator", {"model": [model]}, {"blessing": [blessing]})
+            infra.set_int_custom_property("blessed", prepush_blessed)
+            execute(
+                m,
+                run_id,
+                "InfraValidator",
+                {"model": [model], "model_blessing": [blessing]},
+                {"blessing": [infra]},
+            )
+            _report(infra.uri, bool(prepush_blessed), REASON if not prepush_blessed else "validated")
+            runs[run_id] = blessing.id
+        store = m.store
+        kinds = {t.name for t in store.get_context_types()}
+        assert {"run", "component_run"} <= kinds and "pipeline_run" not in kinds and "node" not in kinds
+
+        [(blessing_id, reason)] = metadata.withdraw_refused_blessings(store)
+
+        assert blessing_id == runs["manual__2026-12-02"]
+        assert reason == f"pre-push validation failed in run manual__2026-12-02: {REASON}"
+        assert _blessed(store, runs["manual__2026-12-02"]) == 0
+        assert _blessed(store, runs["manual__2026-12-01"]) == 1
+
+
+@pytest.mark.parametrize("report", [None, "{not json"])
+def test_a_refusal_without_its_report_is_still_withdrawn(tmp_path, report):
+    """The InfraBlessing's `blessed` 0 decides; a missing report only loses the reason."""
+    home = FakeHome(str(tmp_path / "home"))
+    refused, infra = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=0)
+    path = os.path.join(infra.uri, REPORT_FILE)
+    os.remove(path)
+    if report is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(report)
+    [(blessing_id, reason)] = metadata.withdraw_refused_blessings(home.store)
+    assert blessing_id == refused.id
+    assert reason.startswith("pre-push validation failed in run run-1: ")
