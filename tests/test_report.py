@@ -336,6 +336,31 @@ def test_report_of_an_unknown_run_or_home_is_a_usage_error(tmp_path, capsys):
     assert "no run 'nope'" in capsys.readouterr().err
 
 
+def test_latest_is_the_newest_run_that_finished_and_a_failed_run_has_no_report(tmp_path, capsys):
+    finished = _record(tmp_path, "finished", with_report=True, mtime=1_000_000)
+    failed = _record(tmp_path, "failed-run", with_report=False, mtime=2_000_000)
+    runs.update_summary(failed, {"failed": "Trainer", "error": "Trainer failed: ValueError: no images"})
+
+    assert runs.find_record(str(tmp_path), runs.LATEST) == finished
+    assert cli.main(["report", "latest", "--home", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["run_id"] == "finished"
+    assert (
+        "run failed-run failed (Trainer failed: ValueError: no images): `latest` is the newest"
+        in captured.err
+    )
+
+    assert cli.main(["report", "failed-run", "--home", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "run failed-run failed, so it has no report: Trainer failed: ValueError: no images" in captured.err
+    assert not os.path.exists(build.report_dir(failed))
+
+    runs.update_summary(finished, {"failed": "Pusher", "error": "Pusher failed: OSError: disk full"})
+    with pytest.raises(LookupError, match=r"no run in .* finished: the newest, failed-run, failed \(Trainer"):
+        runs.find_record(str(tmp_path), runs.LATEST)
+
+
 def test_a_missing_report_that_cannot_be_written_fails_and_says_why(tmp_path, capsys):
     folder = _record(tmp_path, "r1", with_report=False, mtime=1_000_000)
     assert cli.main(["report", "r1", "--home", str(tmp_path)]) == cli.EXIT_FAILED

@@ -69,12 +69,18 @@ def _regenerate(home: str, folder: str, max_misclassified: int | None) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from imgpipe.orchestration import runs
     from imgpipe.report import build, text
 
     if args.max_misclassified is not None and args.max_misclassified < 0:
         raise UsageError("--max-misclassified: must be 0 or more")
     home = os.path.abspath(os.path.expanduser(args.home))
     folder = _run_folder(home, args.run)
+    recorded = runs.read_summary(folder)
+    if runs.failure(recorded):
+        raise WorkFailed(
+            f"run {recorded.get('run_id')} failed, so it has no report: {runs.failure(recorded)}"
+        )
     data = None if args.regenerate else build.load_report(folder)
     regenerated = data is None
     if regenerated:

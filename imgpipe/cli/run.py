@@ -69,7 +69,8 @@ def config_from(args: argparse.Namespace) -> PipelineConfig:
 def run_pipeline(config: PipelineConfig, verbose: bool = False, lock_wait: float = 0.0) -> dict:
     """Run `config` locally; return the summary.
 
-    UsageError for bad config, WorkFailed for a failed run, LockBusy when
+    UsageError for bad config, WorkFailed for a failed run (its summary, with `failed` and
+    `error`, is written to stdout first: it is also its run record), LockBusy when
     another run holds the home for more than `lock_wait` seconds.
     """
     from imgpipe.orchestration.local import PipelineRunError, run_local  # loads TFX: only when it runs
@@ -80,6 +81,8 @@ def run_pipeline(config: PipelineConfig, verbose: bool = False, lock_wait: float
     except ConfigError as e:
         raise UsageError(str(e)) from e
     except PipelineRunError as e:
+        if e.summary is not None:  # the failed run's record: stdout still holds the run's JSON
+            emit(e.summary.to_dict())
         raise WorkFailed(f"pipeline run failed: {e}") from e
     log.info(
         "run %s: accuracy %s, blessed %s, pushed %s",

@@ -39,7 +39,15 @@ Progress = Callable[[str], None]
 
 
 class PipelineRunError(RuntimeError):
-    """The run failed; the message names the component that failed."""
+    """The run failed; the message names the component that failed.
+
+    `summary`: the failed run's summary (`failed`, `error`, each component's state), also
+    saved as its record in HOME/runs/<run_id>/; None if even that could not be written.
+    """
+
+    def __init__(self, message: str, summary: RunSummary | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 class _ComponentProgress:
@@ -286,8 +294,9 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
                 tracker.before_launch = _PrepushStandby(config, tmp, servers).before_launch
                 LocalDagRunner().run_with_ir(ir)
         except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
-            where = tracker.current or "the pipeline"
-            raise PipelineRunError(f"{where} failed: {type(e).__name__}: {e}") from e
+            message = f"{tracker.current or 'the pipeline'} failed: {type(e).__name__}: {e}"
+            summary = _record_failed_run(config, run_id, tracker.current, message)
+            raise PipelineRunError(message, summary) from e
 
         for _, reason in withdraw_refused_blessings(config):
             log.warning(
@@ -301,6 +310,29 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary
+
+
+def _record_failed_run(
+    config: PipelineConfig, run_id: str, component: str | None, message: str
+) -> RunSummary | None:
+    """Save what a failed run did (each component's state, where and why it failed) as its run
+    record, as a finished run's; None, with the reason logged, if that fails too (the run's own
+    error is the one reported)."""
+    try:
+        withdraw_refused_blessings(config)  # a model refused before the failure stays unbaselined
+        try:
+            summary = summarize_run(config, run_id)
+        except LookupError:  # no component registered an execution: ML Metadata has no such run
+            summary = RunSummary(
+                run_id=run_id, blessed=None, pushed=None, accuracy=None, replicas=None, executions={}
+            )
+        summary.failed = component or "the pipeline"
+        summary.error = message
+        summary.run_dir = runs.write_record(config, summary)
+        return summary
+    except Exception as e:  # noqa: BLE001 - must not hide the run's own error
+        log.error("the failed run's record was not written: %s: %s", type(e).__name__, e)
+        return None
 
 
 def _log_gate(gate: dict | None) -> None:

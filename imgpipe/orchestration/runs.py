@@ -7,11 +7,14 @@ HOME/runs/<run_id>/config.yaml`), and read back without ML Metadata.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -48,14 +51,35 @@ def records(home: str) -> list[str]:
     return sorted(folders, key=lambda f: (os.path.getmtime(os.path.join(f, CONFIG_FILE)), f), reverse=True)
 
 
+def failure(summary: dict) -> str | None:
+    """Why a recorded run failed (its summary's `error`), None for a run that finished."""
+    return summary.get("error") or None
+
+
 def find_record(home: str, run: str) -> str:
-    """The folder of run `run` (a run id, its folder name, or `latest`); LookupError naming what exists."""
+    """The folder of run `run` (a run id, its folder name, or `latest`: the newest run that
+    finished, saying on stderr which newer runs failed); LookupError naming what exists."""
     folders = records(home)
     root = os.path.join(home, "runs")
     if not folders:
         raise LookupError(f"no run records in {root} (is --home right?)")
     if run == LATEST:
-        return folders[0]
+        failed = []
+        for folder in folders:
+            summary = read_summary(folder)
+            if failure(summary) is None:
+                for newer in failed:
+                    log.warning(
+                        "run %s failed (%s): `latest` is the newest run that finished, %s",
+                        newer.get("run_id"),
+                        failure(newer),
+                        summary.get("run_id"),
+                    )
+                return folder
+            failed.append(summary)
+        raise LookupError(
+            f"no run in {root} finished: the newest, {failed[0].get('run_id')}, failed ({failure(failed[0])})"
+        )
     wanted = run_dir(home, run)
     for folder in folders:
         if folder == wanted or os.path.basename(folder) == run:

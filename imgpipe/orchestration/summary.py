@@ -43,6 +43,9 @@ class RunSummary:
     report: str | None = None
     report_error: str | None = None
     prepush: dict | None = None  # the InfraValidator's verdict (components/prepush_checks.py summary)
+    # A run that failed: the component that failed (or "the pipeline") and the error; else None.
+    failed: str | None = None
+    error: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,7 +35,7 @@ from imgpipe.cli import main as cli
 from imgpipe.demo import data as datasets
 from imgpipe.orchestration import lock, recovery, runs, scratch
 from imgpipe.orchestration import metadata as mlmd
-from imgpipe.orchestration.local import PipelineRunError, run_local
+from imgpipe.orchestration.local import run_local
 from imgpipe.report import build as report_build
 from imgpipe.report import data as report_data
 from pipeline.config import PipelineConfig
@@ -489,10 +489,16 @@ def anomaly_config(base_config, tmp_path_factory):
     )
 
 
-def test_unseen_eval_class_stops_the_run_before_training(anomaly_config):
-    with pytest.raises(PipelineRunError) as e:
-        run_local(anomaly_config)
-    message = str(e.value)
+def test_unseen_eval_class_stops_the_run_before_training(anomaly_config, first_run, tmp_path, capsys):
+    """`imgpipe run` fails naming the DataGate; the failed run's summary is its stdout and its record."""
+    config_file = str(tmp_path / "anomaly.yaml")
+    anomaly_config.save(config_file)
+    assert cli.main(["run", "--config", config_file]) == 1
+    captured = capsys.readouterr()
+    [line] = captured.out.splitlines()  # stdout: the failed run's summary, one JSON line
+    failed = json.loads(line)
+    message = failed["error"]
+    assert f"pipeline run failed: {message}" in captured.err
     assert message.startswith("DataGate failed: DataGateError: ")
     assert "--allow-anomalies" in message
     assert "eval has class '8' (4 examples) that train does not" in message
@@ -507,6 +513,15 @@ def test_unseen_eval_class_stops_the_run_before_training(anomaly_config):
     assert states["DataGate"] == "FAILED"
     assert not {"Transform", "Trainer", "Evaluator", "Pusher"} & set(states), states
     assert _versions(cfg.model_serving_dir) == {}
+    # The failed run has its record, as a finished run has: where and why it failed, and states.
+    assert failed["failed"] == "DataGate" and failed["executions"] == states and failed["run_id"] == run.name
+    assert runs.read_summary(failed["run_dir"]) == failed
+    # `latest` is the newest run that finished (the main sequence's, same home); the failed
+    # run, asked for by its id, has no report.
+    assert runs.failure(runs.read_summary(runs.find_record(cfg.home, runs.LATEST))) is None
+    assert runs.find_record(cfg.home, failed["run_id"]) == failed["run_dir"]
+    assert cli.main(["report", failed["run_id"], "--home", cfg.home]) == 1
+    assert "failed, so it has no report: DataGate failed: DataGateError: " in capsys.readouterr().err
 
 
 def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config):
