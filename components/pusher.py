@@ -35,6 +35,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from serving.version_names import INT64_MAX, version_number
+
 log = logging.getLogger(__name__)
 
 IDENTICAL_VERSION_KEY = "identical_to_version"  # PushedModel property: the version that matched
@@ -45,13 +47,14 @@ _CHUNK = 1 << 20
 def served_versions(base_directory: str) -> list[int]:
     """The versions under a TF Serving model base path: its numeric folders, oldest first.
 
-    A server treats every numeric folder as a version (even one a crashed copy
-    left unfinished), so a new push must be newer than all of them.
+    A server treats every folder named by a 64-bit integer as a version (even one a
+    crashed copy left unfinished), so a new push must be newer than all of them; other
+    names (serving.version_names), a number too large for int64 included, are no version.
     """
     if not fileio.isdir(base_directory):
         return []
-    names = (name.rstrip("/") for name in fileio.listdir(base_directory))
-    return sorted(int(name) for name in names if name.isdigit())
+    versions = (version_number(name) for name in fileio.listdir(base_directory))
+    return sorted(v for v in versions if v is not None)
 
 
 def _files(root: str) -> dict[str, str]:
@@ -94,6 +97,11 @@ def push_new_version(model_path: str, base_directory: str, now: float | None = N
     """Copy the model to a version newer than every existing one; return (version, its path)."""
     newest = max(served_versions(base_directory), default=0)
     version = max(int(time.time() if now is None else now), newest + 1)
+    if version > INT64_MAX:
+        raise ValueError(
+            f"{base_directory}: version {newest} is the largest a server can read (64-bit); "
+            "no newer version can be pushed"
+        )
     if "://" in base_directory:  # object stores: no atomic rename; the TFX order (saved_model.pb last)
         while fileio.exists(os.path.join(base_directory, str(version))):
             version += 1

@@ -158,6 +158,21 @@ def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tm
     }
 
 
+def test_a_model_base_path_resolves_to_the_newest_version_a_server_reads(tmp_path):
+    """As TF Serving: `007` is version 7 (its folder kept as named); past int64 is no version."""
+    from imgpipe.batch.job import resolve_model
+
+    for name in ("3", "007", "99999999999999999999", "\u0669"):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "saved_model.pb").write_bytes(b"")
+    assert resolve_model(str(tmp_path)) == (str(tmp_path / "007"), 7)
+    assert resolve_model(str(tmp_path / "007")) == (str(tmp_path / "007"), 7)
+    assert resolve_model(str(tmp_path / "99999999999999999999")) == (
+        str(tmp_path / "99999999999999999999"),
+        None,
+    )
+
+
 def test_multiprocess_runner_gives_the_same_predictions(model, folder, jsonl_run, tmp_path):
     out = tmp_path / "mp.jsonl"
     beam = BeamConfig(beam_runner="multiprocess", beam_workers=2)

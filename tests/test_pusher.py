@@ -115,6 +115,28 @@ def test_versions_never_go_back_or_collide(tmp_path):
     assert version == "3001"  # newer than every version a server may see, never written into one
 
 
+def test_folders_no_server_reads_as_versions_do_not_set_the_next_version(tmp_path):
+    """A number past int64 or digits outside ASCII are no version to TF Serving: a push after them
+    must land on a version servers load, not on 10**20 + 1."""
+    base = str(tmp_path / "m")
+    model = _model_dir(str(tmp_path / "model"))
+    for name in ("99999999999999999999", "\u0663\u0663", "\u00b2"):
+        os.makedirs(os.path.join(base, name))
+        open(os.path.join(base, name, "saved_model.pb"), "wb").close()
+    assert served_versions(base) == []
+    version, _ = push_new_version(model, base, now=1000.0)
+    assert version == "1000"
+    assert served_versions(base) == [1000]
+
+
+def test_no_push_past_the_largest_version_a_server_reads(tmp_path):
+    base = str(tmp_path / "m")
+    os.makedirs(os.path.join(base, str(2**63 - 1)))
+    with pytest.raises(ValueError, match=r"version 9223372036854775807 is the largest a server can read"):
+        push_new_version(_model_dir(str(tmp_path / "model")), base, now=1000.0)
+    assert os.listdir(base) == [str(2**63 - 1)]  # no staging folder left
+
+
 def test_same_model_compares_content_and_file_sets(tmp_path):
     a = _model_dir(str(tmp_path / "a"))
     b = _model_dir(str(tmp_path / "b"))

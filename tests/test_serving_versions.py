@@ -35,9 +35,15 @@ def test_list_versions_keeps_only_complete_integer_dirs(tmp_path):
     _touch(tmp_path / "tmp-push-3" / "saved_model.pb")  # not an integer
     _touch(tmp_path / "-4" / "saved_model.pb")
     _touch(tmp_path / "5")  # a file, not a directory
-    _touch(tmp_path / "1234567890123456789" / "saved_model.pb")  # 19 digits: too long
+    _touch(tmp_path / "9223372036854775808" / "saved_model.pb")  # past int64: TF Serving reads no version
+    _touch(tmp_path / "\u0663" / "saved_model.pb")  # an Arabic-Indic 3: str.isdigit(), not a version
+    _touch(tmp_path / "9223372036854775807" / "saved_model.pb")  # int64's largest: a version
     found = versions.list_versions(str(tmp_path))
-    assert found == {1: os.path.join(str(tmp_path), "1"), 12: os.path.join(str(tmp_path), "12")}
+    assert found == {
+        1: os.path.join(str(tmp_path), "1"),
+        12: os.path.join(str(tmp_path), "12"),
+        2**63 - 1: os.path.join(str(tmp_path), "9223372036854775807"),
+    }
 
 
 def test_list_versions_two_names_for_one_number_keeps_one(tmp_path):

@@ -24,6 +24,7 @@ from imgpipe.batch.outputs import output_format, read_predictions, write_transfo
 from imgpipe.batch.progress import ProgressBar
 from imgpipe.batch.scoring import SKIPPED, CheckImages, ScoreWithSavedModel, ScoreWithServer
 from pipeline.beam import BeamConfig, beam_pipeline_args
+from serving.version_names import version_number
 from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -73,23 +74,21 @@ def resolve_model(path: str) -> tuple[str, int | None]:
 
     gfile = tf.io.gfile
     if gfile.exists(os.path.join(path, "saved_model.pb")):
-        name = os.path.basename(os.path.normpath(path))
-        return path, int(name) if name.isdigit() else None
+        return path, version_number(os.path.basename(os.path.normpath(path)))
     if not gfile.isdir(path):
         raise BatchError(f"--model {path}: no such directory")
-    versions = [
-        int(entry.rstrip("/"))
-        for entry in gfile.listdir(path)
-        if entry.rstrip("/").isdigit()
-        and gfile.exists(os.path.join(path, entry.rstrip("/"), "saved_model.pb"))
-    ]
+    versions = {}  # version -> its folder's name (`007` is version 7)
+    for entry in sorted(e.rstrip("/") for e in gfile.listdir(path)):
+        v = version_number(entry)
+        if v is not None and v not in versions and gfile.exists(os.path.join(path, entry, "saved_model.pb")):
+            versions[v] = entry
     if not versions:
         raise BatchError(
             f"--model {path}: neither a SavedModel (no saved_model.pb) nor a model base path "
             "with integer version directories"
         )
     newest = max(versions)
-    return os.path.join(path, str(newest)), newest
+    return os.path.join(path, versions[newest]), newest
 
 
 def _check_out(out: str) -> None:
@@ -245,7 +244,7 @@ def _model_name(export_dir: str) -> str:
     """The served name a SavedModel's path implies: NAME of SERVING_DIR/NAME/VERSION, else its dir name."""
     path = os.path.normpath(export_dir)
     name = os.path.basename(path)
-    if name.isdigit():
+    if version_number(name) is not None:
         name = os.path.basename(os.path.dirname(path))
     return name or "model"
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
 
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from serving.version_names import version_number
+
 log = logging.getLogger(__name__)
 
 SERVE_TAG = "serve"
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-_VERSION_DIR = re.compile(r"[0-9]{1,18}")
 
 Fingerprint = tuple[int, int, float]
 
@@ -30,19 +30,19 @@ Fingerprint = tuple[int, int, float]
 def list_versions(base_path: str) -> dict[int, str]:
     """Complete version directories under base_path: {version: path}.
 
-    A version is a directory named by an integer holding saved_model.pb (or
-    .pbtxt); anything else (temp dirs, partial copies) is ignored. Two names
+    A version is a directory named by a 64-bit integer (serving.version_names) holding
+    saved_model.pb (or .pbtxt); anything else (temp dirs, partial copies) is ignored. Two names
     for one number (`7` and `007`) keep the first listed and log the other.
     """
     found: dict[int, str] = {}
     for name in tf.io.gfile.listdir(base_path):
         name = name.rstrip("/")
-        if not _VERSION_DIR.fullmatch(name):
+        version = version_number(name)
+        if version is None:
             continue
         path = os.path.join(base_path, name)
         if not tf.io.gfile.isdir(path) or not has_saved_model(path):
             continue
-        version = int(name)
         if version in found:
             log.warning("ignoring %s: version %d is already at %s", path, version, found[version])
             continue
