@@ -361,6 +361,28 @@ def test_latest_is_the_newest_run_that_finished_and_a_failed_run_has_no_report(t
         runs.find_record(str(tmp_path), runs.LATEST)
 
 
+@pytest.mark.parametrize("damage", [b'{"run_id": "dam', b"", b"[1, 2]", b"\xff\xfe"])
+def test_a_damaged_run_record_is_named_and_latest_passes_it_by(tmp_path, capsys, damage):
+    good = _record(tmp_path, "good", with_report=True, mtime=1_000_000)
+    damaged = _record(tmp_path, "damaged", with_report=True, mtime=2_000_000)
+    path = os.path.join(damaged, runs.SUMMARY_FILE)
+    with open(path, "wb") as f:
+        f.write(damage)
+
+    assert cli.main(["report", "latest", "--home", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["run_id"] == "good"
+    assert f"run record {path} cannot be read" in captured.err and "skipped" in captured.err
+
+    assert cli.main(["report", "damaged", "--home", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"imgpipe: error: run record {path} cannot be read: " in captured.err
+    assert "Traceback" not in captured.err
+    with open(path, "rb") as f:
+        assert f.read() == damage  # nothing rewritten
+    assert runs.find_record(str(tmp_path), "good") == good
+
+
 def test_a_missing_report_that_cannot_be_written_fails_and_says_why(tmp_path, capsys):
     folder = _record(tmp_path, "r1", with_report=False, mtime=1_000_000)
     assert cli.main(["report", "r1", "--home", str(tmp_path)]) == cli.EXIT_FAILED

@@ -76,7 +76,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--max-misclassified: must be 0 or more")
     home = os.path.abspath(os.path.expanduser(args.home))
     folder = _run_folder(home, args.run)
-    recorded = runs.read_summary(folder)
+    try:
+        recorded = runs.read_summary(folder)
+    except runs.RecordError as e:
+        raise WorkFailed(str(e)) from None
     if runs.failure(recorded):
         raise WorkFailed(
             f"run {recorded.get('run_id')} failed, so it has no report: {runs.failure(recorded)}"

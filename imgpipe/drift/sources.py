@@ -200,9 +200,9 @@ def find_run_record(home: str, run: str) -> tuple[str, dict]:
     """The (folder, summary) of run `run` (its id, folder name, or `latest`)."""
     try:
         folder = runs.find_record(home, run)
-    except LookupError as e:
+        return folder, runs.read_summary(folder)
+    except LookupError as e:  # RecordError too: a damaged record, named
         raise SourceError(str(e)) from None
-    return folder, runs.read_summary(folder)
 
 
 def training_split(home: str, run: str, split: str = "train") -> TrainingSplit:

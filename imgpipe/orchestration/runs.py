@@ -66,7 +66,11 @@ def find_record(home: str, run: str) -> str:
     if run == LATEST:
         failed = []
         for folder in folders:
-            summary = read_summary(folder)
+            try:
+                summary = read_summary(folder)
+            except RecordError as e:
+                log.warning("%s: skipped", e)
+                continue
             if failure(summary) is None:
                 for newer in failed:
                     log.warning(
@@ -77,6 +81,8 @@ def find_record(home: str, run: str) -> str:
                     )
                 return folder
             failed.append(summary)
+        if not failed:
+            raise LookupError(f"no readable run record in {root}")
         raise LookupError(
             f"no run in {root} finished: the newest, {failed[0].get('run_id')}, failed ({failure(failed[0])})"
         )
@@ -84,14 +90,25 @@ def find_record(home: str, run: str) -> str:
     for folder in folders:
         if folder == wanted or os.path.basename(folder) == run:
             return folder
-    newest = ", ".join(read_summary(f).get("run_id", os.path.basename(f)) for f in folders[:5])
+    newest = ", ".join(os.path.basename(f) for f in folders[:5])
     raise LookupError(f"no run {run!r} in {root} (newest: {newest})")
 
 
+class RecordError(LookupError):
+    """A run record that cannot be read; the message names its file and what is wrong."""
+
+
 def read_summary(folder: str) -> dict:
-    """The summary a run record holds."""
-    with open(os.path.join(folder, SUMMARY_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    """The summary a run record holds (RecordError naming the file if it is missing or damaged)."""
+    path = os.path.join(folder, SUMMARY_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RecordError(f"run record {path} cannot be read: {type(e).__name__}: {e}") from None
+    if not isinstance(summary, dict):
+        raise RecordError(f"run record {path} cannot be read: not a JSON object")
+    return summary
 
 
 def update_summary(folder: str, changes: dict) -> dict:
