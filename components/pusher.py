@@ -14,7 +14,9 @@ time in seconds and, when that directory already exists (two pushes in one
 second), skips the copy yet still reports the push. Here the version is
 max(now, newest + 1), and on a local filesystem the model is copied to a
 hidden staging folder first and renamed into place, so a server never sees a
-half-written version and two pushers cannot claim the same one.
+half-written version and two pushers cannot claim the same one. A staging
+folder left by a push that was killed mid-copy is removed by the next push
+(`remove_dead_staging`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from typing import Any
@@ -93,6 +96,48 @@ def _copy_model(model_path: str, dest: str) -> None:
         io_utils.copy_file(os.path.join(model_path, SAVED_MODEL), os.path.join(dest, SAVED_MODEL))
 
 
+STAGING_PREFIX = ".push-"
+# A staging folder of another host (a shared serving dir), or of no known host, is taken for
+# dead when it has not changed for this long: no copy of one model takes a day.
+STALE_STAGING_SECONDS = 24 * 3600
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_dead_staging(base_directory: str, now: float | None = None) -> list[str]:
+    """Remove the staging folders of pushes that died mid-copy (SIGKILL, power loss); return them.
+
+    One of this host's is dead when its process is gone; any, when untouched for
+    STALE_STAGING_SECONDS (another host's on a shared serving dir, a reused pid).
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for name in os.listdir(base_directory):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        path = os.path.join(base_directory, name)
+        host, _, rest = name[len(STAGING_PREFIX) :].partition("-")
+        pid = rest.partition("-")[0]
+        try:
+            stale = now - os.lstat(path).st_mtime > STALE_STAGING_SECONDS
+        except FileNotFoundError:  # its push just finished (renamed) or another removed it
+            continue
+        if stale or (host == _HOST and pid.isdecimal() and not _pid_alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed %s: the staging folder of a push that did not finish", path)
+            removed.append(path)
+    return removed
+
+
 def push_new_version(model_path: str, base_directory: str, now: float | None = None) -> tuple[str, str]:
     """Copy the model to a version newer than every existing one; return (version, its path)."""
     newest = max(served_versions(base_directory), default=0)
@@ -109,7 +154,10 @@ def push_new_version(model_path: str, base_directory: str, now: float | None = N
         _copy_model(model_path, dest)
         return str(version), dest
     os.makedirs(base_directory, exist_ok=True)
-    staging = os.path.join(base_directory, f".push-{uuid.uuid4().hex}")  # not a number: servers ignore it
+    remove_dead_staging(base_directory)
+    # Not a number: servers ignore it. Named by host and process, so a later push can tell a
+    # dead pusher's leftover (killed mid-copy) from a live one's.
+    staging = os.path.join(base_directory, f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex}")
     try:
         _copy_model(model_path, staging)
         while True:

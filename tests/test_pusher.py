@@ -137,6 +137,33 @@ def test_no_push_past_the_largest_version_a_server_reads(tmp_path):
     assert os.listdir(base) == [str(2**63 - 1)]  # no staging folder left
 
 
+def test_a_push_killed_mid_copy_leaves_staging_that_the_next_push_removes(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from components import pusher
+
+    base = tmp_path / "m"
+    model = _model_dir(str(tmp_path / "model"))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    leftover = base / f"{pusher.STAGING_PREFIX}{pusher._HOST}-{dead.stdout.strip()}-abc"  # noqa: SLF001
+    live = base / f"{pusher.STAGING_PREFIX}{pusher._HOST}-{os.getpid()}-def"  # noqa: SLF001 - a push in progress
+    elsewhere = base / f"{pusher.STAGING_PREFIX}otherhost-12-fff"  # another host's, on a shared dir
+    old_elsewhere = base / f"{pusher.STAGING_PREFIX}otherhost-13-eee"
+    for d in (leftover, live, elsewhere, old_elsewhere):
+        os.makedirs(d / "variables")
+    day_ago = time.time() - pusher.STALE_STAGING_SECONDS - 60
+    os.utime(old_elsewhere, (day_ago, day_ago))
+
+    version, _ = push_new_version(model, str(base), now=1000.0)
+
+    assert version == "1000"
+    assert sorted(os.listdir(base)) == sorted(["1000", live.name, elsewhere.name])
+
+
 def test_same_model_compares_content_and_file_sets(tmp_path):
     a = _model_dir(str(tmp_path / "a"))
     b = _model_dir(str(tmp_path / "b"))
