@@ -451,6 +451,36 @@ def test_validate_accepts_ingest_output(tmp_path: Path) -> None:
     assert validate_tfrecord_dir(str(out)) == {"train_files": 3, "eval_files": 2}
 
 
+def test_a_run_failing_in_example_gen_names_the_damaged_files(tmp_path: Path) -> None:
+    """A copy cut short passes the first-record check; when ExampleGen then fails (its error is
+    Beam's, with the record's bytes in hex and no file name) the run's message names the file."""
+    from imgpipe.orchestration.local import MAX_ERROR_LINE, _failure_message
+    from pipeline.config import PipelineConfig
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 6, "b": 6})
+    _run(images, out, num_shards=2)
+    [first, second] = sorted((out / "train").iterdir())
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
+    assert validate_tfrecord_dir(str(out)) == {"train_files": 2, "eval_files": 2}
+    from imgpipe.ingest.contract import damaged_tfrecord_files
+
+    [damaged] = damaged_tfrecord_files(str(out))
+    assert damaged.startswith(f"{first}: unreadable after ") and str(second) not in damaged
+
+    beams = ValueError("Not a valid TFRecord. Fewer than 694 bytes: b'" + "0a" * 50_000 + "'")
+    message = _failure_message(PipelineConfig(data_dir=str(out)), "ImportExampleGen", beams)
+    head, *rest = message.splitlines()
+    assert head.startswith("ImportExampleGen failed: ValueError: Not a valid TFRecord. Fewer than 694 bytes")
+    assert len(head) < MAX_ERROR_LINE + 100 and head.endswith("more characters)")
+    assert rest[0].startswith("damaged TFRecord files") and rest[1].strip() == damaged
+    # Another component's failure does not read the data again.
+    assert (
+        _failure_message(PipelineConfig(data_dir=str(out)), "Trainer", ValueError("x"))
+        == "Trainer failed: ValueError: x"
+    )
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [

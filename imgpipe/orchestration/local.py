@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 from components import loaded_models
 from components.gate_decision import NO_BASELINE
-from imgpipe.ingest import IngestError, validate_tfrecord_dir
+from imgpipe.ingest import SPLITS, IngestError, validate_tfrecord_dir
+from imgpipe.ingest.contract import damaged_tfrecord_files
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_refused_blessings
@@ -294,7 +295,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
                 tracker.before_launch = _PrepushStandby(config, tmp, servers).before_launch
                 LocalDagRunner().run_with_ir(ir)
         except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
-            message = f"{tracker.current or 'the pipeline'} failed: {type(e).__name__}: {e}"
+            message = _failure_message(config, tracker.current, e)
             summary = _record_failed_run(config, run_id, tracker.current, message)
             raise PipelineRunError(message, summary) from e
 
@@ -310,6 +311,35 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary
+
+
+MAX_ERROR_LINE = 600  # characters of one line of an error shown (a hex dump of a record is 100k)
+
+
+def _failure_message(config: PipelineConfig, component: str | None, error: BaseException) -> str:
+    """The message of a failed run: `<component> failed: <error>`, each line cut to MAX_ERROR_LINE;
+    when an ExampleGen failed, the damaged TFRecord files of its input named (its error names none)."""
+    lines = []
+    for line in f"{type(error).__name__}: {error}".splitlines() or [""]:
+        if len(line) > MAX_ERROR_LINE:
+            line = f"{line[:MAX_ERROR_LINE]}... ({len(line) - MAX_ERROR_LINE} more characters)"
+        lines.append(line)
+    message = f"{component or 'the pipeline'} failed: " + "\n".join(lines)
+    from pipeline.pipeline import SCORING_IDS  # loaded by the run already
+
+    inputs = {"ImportExampleGen": (config.data_dir, SPLITS), SCORING_IDS[0]: (config.score_data, ("",))}
+    if component in inputs and inputs[component][0]:
+        try:
+            damaged = damaged_tfrecord_files(*inputs[component])
+        except Exception as e:  # noqa: BLE001 - the explanation must not replace the error
+            log.debug("could not look for damaged TFRecord files: %s", e)
+            damaged = []
+        if damaged:
+            message += (
+                "\ndamaged TFRecord files (write them again, e.g. `imgpipe ingest`):\n  "
+                + "\n  ".join(damaged)
+            )
+    return message
 
 
 def _record_failed_run(
