@@ -1,7 +1,8 @@
-"""A blessed model that pre-push validation refused loses its blessing, on any orchestrator's store.
+"""A blessed model that is not served loses its blessing, on any orchestrator's store.
 
-`metadata.withdraw_refused_blessings` follows each refused InfraBlessing to the
-ModelBlessing its InfraValidator execution read. It is checked on the two
+`metadata.withdraw_unserved_blessings` follows each refused InfraBlessing to the
+ModelBlessing its InfraValidator execution read, and finds blessings no Pusher
+completed (a failed push, a run that ended before its Pusher). It is checked on the two
 layouts a store holds: the one LocalDagRunner writes (`pipeline_run` and `node`
 contexts, tests/mlmd_fixtures.py) and the one TFX's Airflow launcher writes,
 written here by TFX's own legacy `Metadata` API (`run` and `component_run`
@@ -15,10 +16,13 @@ import json
 import os
 
 import pytest
+from ml_metadata.proto import metadata_store_pb2
 
 from components.prepush import REPORT_FILE
 from imgpipe.orchestration import metadata
-from tests.mlmd_fixtures import FakeHome
+from tests.mlmd_fixtures import COMPLETE, FakeHome
+
+FAILED = metadata_store_pb2.Execution.FAILED
 
 REASON = "server: signature 'predict_images' failed"
 
@@ -29,8 +33,17 @@ def _report(uri: str, blessed: bool, reason: str) -> None:
         json.dump({"summary": {"blessed": blessed, "validated": True, "reason": reason}}, f)
 
 
-def _local_run(home: FakeHome, run: str, evaluator_blessed: int, prepush_blessed: int):
-    """Trainer -> Evaluator -> InfraValidator in `run`, as LocalDagRunner records them."""
+def _local_run(
+    home: FakeHome,
+    run: str,
+    evaluator_blessed: int,
+    prepush_blessed: int | None,
+    pusher: int | None = COMPLETE,
+):
+    """Trainer -> Evaluator -> InfraValidator -> Pusher in `run`, as LocalDagRunner records them.
+
+    prepush_blessed None: the run ended before its InfraValidator; pusher None: before its
+    Pusher, else the Pusher's final state."""
     _, made = home.execute(run, "Trainer", outputs={"model": ("Model", {})})
     model = made["model"]
     _, made = home.execute(
@@ -40,14 +53,32 @@ def _local_run(home: FakeHome, run: str, evaluator_blessed: int, prepush_blessed
         outputs={"blessing": ("ModelBlessing", {"blessed": evaluator_blessed, "current_model_id": model.id})},
     )
     blessing = made["blessing"]
+    if prepush_blessed is None:
+        return blessing, None, model
     _, made = home.execute(
         run,
         "InfraValidator",
         inputs={"model": [model], "model_blessing": [blessing]},
         outputs={"blessing": ("InfraBlessing", {"blessed": prepush_blessed})},
     )
-    _report(made["blessing"].uri, bool(prepush_blessed), REASON if not prepush_blessed else "validated")
-    return blessing, made["blessing"]
+    infra = made["blessing"]
+    _report(infra.uri, bool(prepush_blessed), REASON if not prepush_blessed else "validated")
+    if pusher is not None:
+        _push(home, run, model, blessing, infra, pusher)
+    return blessing, infra, model
+
+
+def _push(home: FakeHome, run: str, model, blessing, infra, state=COMPLETE, reuse=None):
+    pushed = int(state == COMPLETE and infra.custom_properties["blessed"].int_value == 1)
+    _, made = home.execute(
+        run,
+        "Pusher",
+        inputs={"model": [model], "model_blessing": [blessing], "infra_blessing": [infra]},
+        outputs=None if reuse else {"pushed_model": ("PushedModel", {"pushed": pushed})},
+        reuse={"pushed_model": [reuse]} if reuse else None,
+        state=state,
+    )
+    return made.get("pushed_model")
 
 
 def _blessed(store, artifact_id: int) -> int:
@@ -57,12 +88,12 @@ def _blessed(store, artifact_id: int) -> int:
 
 def test_local_layout_only_the_refused_blessing_is_withdrawn(tmp_path):
     home = FakeHome(str(tmp_path / "home"))
-    served, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
-    refused, _ = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=0)
+    served, _, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
+    refused, _, _ = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=0)
     # Not blessed by the Evaluator: pre-push skipped it (InfraBlessing 0), nothing to withdraw.
-    unblessed, _ = _local_run(home, "run-3", evaluator_blessed=0, prepush_blessed=0)
+    unblessed, _, _ = _local_run(home, "run-3", evaluator_blessed=0, prepush_blessed=0)
 
-    [(blessing_id, reason)] = metadata.withdraw_refused_blessings(home.store)
+    [(blessing_id, reason)] = metadata.withdraw_unserved_blessings(home.store, home.root)
 
     assert blessing_id == refused.id
     assert reason == f"pre-push validation failed in run run-2: {REASON}"
@@ -74,7 +105,7 @@ def test_local_layout_only_the_refused_blessing_is_withdrawn(tmp_path):
     assert _blessed(home.store, unblessed.id) == 0
     assert metadata.EVALUATOR_BLESSED_KEY not in home.artifact(unblessed.id).custom_properties
     # Idempotent: a second pass (the next run's) changes nothing.
-    assert metadata.withdraw_refused_blessings(home.store) == []
+    assert metadata.withdraw_unserved_blessings(home.store, home.root) == []
     # The Evaluator's verdict, as the run summary reports it, is kept.
     [evaluator_id] = {
         ev.execution_id for ev in home.store.get_events_by_artifact_ids([refused.id]) if ev.type == ev.OUTPUT
@@ -83,16 +114,47 @@ def test_local_layout_only_the_refused_blessing_is_withdrawn(tmp_path):
     assert metadata.blessing(home.store, evaluator) is True
 
 
-def test_a_store_without_prepush_validation_is_left_alone(tmp_path):
+def test_blessed_models_that_never_reached_the_serving_dir_are_withdrawn(tmp_path):
+    """A failed push (a full or read-only serving dir) or a run that ended before its Pusher:
+    the model is not served, so it must not be the next runs' baseline."""
     home = FakeHome(str(tmp_path / "home"))
-    _, made = home.execute("run-1", "Evaluator", outputs={"blessing": ("ModelBlessing", {"blessed": 1})})
-    assert metadata.withdraw_refused_blessings(home.store) == []
-    assert _blessed(home.store, made["blessing"].id) == 1
+    served, _, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
+    push_failed, _, _ = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
+    died_in_prepush, _, _ = _local_run(home, "run-3", evaluator_blessed=1, prepush_blessed=None)
+    died_before_push, _, _ = _local_run(home, "run-4", evaluator_blessed=1, prepush_blessed=1, pusher=None)
+    # A push that failed once, then completed in a later run (its Evaluator and InfraValidator
+    # from cache): the model is served.
+    retried, infra, model = _local_run(home, "run-5", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
+    _push(home, "run-6", model, retried, infra, state=COMPLETE)
+
+    # While a run is between its Evaluator and its Pusher (Airflow, after the InfraValidator):
+    # nothing is judged unpushed.
+    assert metadata.withdraw_unserved_blessings(home.store, home.root, runs_finished=False) == []
+    withdrawn = dict(metadata.withdraw_unserved_blessings(home.store, home.root))
+
+    assert withdrawn == {
+        push_failed.id: "not pushed in run run-2: its push failed",
+        died_in_prepush.id: "not pushed in run run-3: its run ended before the Pusher",
+        died_before_push.id: "not pushed in run run-4: its run ended before the Pusher",
+    }
+    assert _blessed(home.store, served.id) == 1 and _blessed(home.store, retried.id) == 1
+    assert metadata.withdraw_unserved_blessings(home.store, home.root) == []
+
+
+def test_only_this_homes_blessings_are_judged(tmp_path):
+    """A PostgreSQL store shared by homes: another home's run may be between Evaluator and Pusher."""
+    mine = FakeHome(str(tmp_path / "home"))
+    other_root = os.path.join(str(tmp_path), "other", "pipelines", "imgpipe")
+    theirs, _, _ = _local_run(mine, "run-1", evaluator_blessed=1, prepush_blessed=None)
+    assert metadata.withdraw_unserved_blessings(mine.store, other_root) == []
+    assert _blessed(mine.store, theirs.id) == 1
+    # A sibling folder whose name starts like the root is another root.
+    assert metadata.withdraw_unserved_blessings(mine.store, mine.root[:-1]) == []
+    assert [b for b, _ in metadata.withdraw_unserved_blessings(mine.store, mine.root)] == [theirs.id]
 
 
 def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
     """TFX's Airflow launcher: `run` context PIPELINE.RUN_ID, `component_run` contexts, no `node`."""
-    from ml_metadata.proto import metadata_store_pb2
     from tfx.orchestration import data_types
     from tfx.orchestration import metadata as tfx_metadata
     from tfx.types import standard_artifacts
@@ -139,12 +201,21 @@ def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
                 {"blessing": [infra]},
             )
             _report(infra.uri, bool(prepush_blessed), REASON if not prepush_blessed else "validated")
+            pushed = standard_artifacts.PushedModel()
+            pushed.set_int_custom_property("pushed", prepush_blessed)
+            execute(
+                m,
+                run_id,
+                "Pusher",
+                {"model": [model], "model_blessing": [blessing], "infra_blessing": [infra]},
+                {"pushed_model": [pushed]},
+            )
             runs[run_id] = blessing.id
         store = m.store
         kinds = {t.name for t in store.get_context_types()}
         assert {"run", "component_run"} <= kinds and "pipeline_run" not in kinds and "node" not in kinds
 
-        [(blessing_id, reason)] = metadata.withdraw_refused_blessings(store)
+        [(blessing_id, reason)] = metadata.withdraw_unserved_blessings(store, str(root))
 
         assert blessing_id == runs["manual__2026-12-02"]
         assert reason == f"pre-push validation failed in run manual__2026-12-02: {REASON}"
@@ -156,12 +227,12 @@ def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
 def test_a_refusal_without_its_report_is_still_withdrawn(tmp_path, report):
     """The InfraBlessing's `blessed` 0 decides; a missing report only loses the reason."""
     home = FakeHome(str(tmp_path / "home"))
-    refused, infra = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=0)
+    refused, infra, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=0)
     path = os.path.join(infra.uri, REPORT_FILE)
     os.remove(path)
     if report is not None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(report)
-    [(blessing_id, reason)] = metadata.withdraw_refused_blessings(home.store)
+    [(blessing_id, reason)] = metadata.withdraw_unserved_blessings(home.store, home.root)
     assert blessing_id == refused.id
     assert reason.startswith("pre-push validation failed in run run-1: ")

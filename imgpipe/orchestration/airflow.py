@@ -14,10 +14,11 @@ its graph is still the rendered one, and executes TFX's own operator for that
 component in the task's process: the component runs exactly as under a DAG
 that TFX builds at parse time.
 
-A blessed model that pre-push validation refused is not served: its blessing is
-withdrawn in ML Metadata after the InfraValidator's task, and again before the
-Resolver's task of every run (summary.withdraw_refused_blessings), as `imgpipe
-run` does after a run, so no later run takes it as its baseline.
+A blessed model that is not served loses its blessing in ML Metadata, as after
+`imgpipe run` (summary.withdraw_unserved_blessings), so no later run takes it as
+its baseline: one pre-push validation refused, after the InfraValidator's task;
+one never pushed (a failed push, a run that failed or died before its Pusher),
+before the Resolver's task of the next run.
 
 The DAG's run policy (`dag_settings`): no catch-up of missed intervals, no
 retries, and at most one active run (`max_active_runs=1`): a run triggered or
@@ -266,26 +267,29 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
     operator = tfx_dag.get_task(task_id).prepare_for_execution()
     operator.render_template_fields(context)
     if task_id == RESOLVER_ID:
-        _withdraw_refused_blessings(cfg)  # the baseline is picked next: never a refused model
+        # The baseline is picked next: never a model that is not served. The DAG's earlier
+        # runs have ended (one active run at a time), so a blessing no Pusher completed is unserved.
+        _withdraw_unserved_blessings(cfg, runs_finished=True)
     # Beam on this worker imports the installed TFX: no sdist of it per component (as `imgpipe run`).
     with scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner):
         result = operator.execute(context)
     if task_id == PREPUSH_ID:
-        _withdraw_refused_blessings(cfg)
+        _withdraw_unserved_blessings(cfg, runs_finished=False)  # this run's Pusher is still to come
     return result
 
 
 PREPUSH_ID = "InfraValidator"  # after it (and before the Resolver), refused blessings are withdrawn
 
 
-def _withdraw_refused_blessings(cfg: PipelineConfig) -> None:
-    """As `imgpipe run` does after a run: a blessed model that pre-push validation refused is not
-    served, so its blessing is withdrawn before any later run can take it as the baseline."""
+def _withdraw_unserved_blessings(cfg: PipelineConfig, runs_finished: bool) -> None:
+    """As `imgpipe run` does after a run: a blessed model that is not served (refused by pre-push
+    validation; with `runs_finished`, never pushed) loses its blessing before any later run
+    can take it as the baseline."""
     import logging
 
-    from imgpipe.orchestration.summary import withdraw_refused_blessings
+    from imgpipe.orchestration.summary import withdraw_unserved_blessings
 
-    for _, reason in withdraw_refused_blessings(cfg):
+    for _, reason in withdraw_unserved_blessings(cfg, runs_finished):
         logging.getLogger(__name__).warning(
             "blessing withdrawn (%s): the model was not pushed, so later runs are gated against "
             "the model being served",

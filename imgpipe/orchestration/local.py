@@ -30,7 +30,7 @@ from imgpipe.ingest import SPLITS, IngestError, validate_tfrecord_dir
 from imgpipe.ingest.contract import damaged_tfrecord_files
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
-from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_refused_blessings
+from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.report.build import attach_report
 from pipeline.config import ConfigError, PipelineConfig
 
@@ -299,11 +299,9 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             summary = _record_failed_run(config, run_id, tracker.current, message)
             raise PipelineRunError(message, summary) from e
 
-        for _, reason in withdraw_refused_blessings(config):
+        for _, reason in withdraw_unserved_blessings(config):
             log.warning(
-                "blessing withdrawn (%s): the model was not pushed, so the next runs are gated "
-                "against the model being served",
-                reason,
+                "blessing withdrawn (%s): the next runs are gated against the model being served", reason
             )
         summary = summarize_run(config, run_id)
         # Never raises: a failed report is recorded in the summary.
@@ -349,7 +347,10 @@ def _record_failed_run(
     record, as a finished run's; None, with the reason logged, if that fails too (the run's own
     error is the one reported)."""
     try:
-        withdraw_refused_blessings(config)  # a model refused before the failure stays unbaselined
+        for _, reason in withdraw_unserved_blessings(config):  # this run's blessed model, if any
+            log.warning(
+                "blessing withdrawn (%s): the next runs are gated against the model being served", reason
+            )
         try:
             summary = summarize_run(config, run_id)
         except LookupError:  # no component registered an execution: ML Metadata has no such run

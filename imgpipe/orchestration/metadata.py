@@ -204,7 +204,7 @@ def _int_prop(artifact, name: str) -> int | None:
     return None
 
 
-# A blessing taken back after the run (`withdraw_refused_blessings`): the Evaluator's own verdict and why.
+# A blessing taken back after the run (`withdraw_unserved_blessings`): the Evaluator's own verdict and why.
 EVALUATOR_BLESSED_KEY = "evaluator_blessed"
 WITHDRAWN_KEY = "blessing_withdrawn"
 
@@ -218,60 +218,102 @@ def blessing(store, evaluator_execution) -> bool | None:
     return bool(verdict if verdict is not None else _int_prop(arts[-1], "blessed"))
 
 
-def withdraw_refused_blessings(store) -> list[tuple[int, str]]:
-    """Take back every Evaluator blessing of a model that pre-push validation refused.
+def withdraw_unserved_blessings(
+    store, pipeline_root: str, runs_finished: bool = True
+) -> list[tuple[int, str]]:
+    """Take back every Evaluator blessing of a model that did not reach the serving dir.
 
     The next run's gate compares with the latest model whose blessing says `blessed` 1 (TFX's
     LatestBlessedModelStrategy, also for the DataGate's label set): that must be the model
-    being served, not one the Pusher refused. A withdrawn blessing keeps the Evaluator's
-    verdict in `evaluator_blessed` and the reason in `blessing_withdrawn`.
-    Returns [(ModelBlessing id, reason)] of those withdrawn by this call.
-
-    Reads no run context, so it works on any orchestrator's store (LocalDagRunner's
-    `pipeline_run` contexts, TFX's Airflow launcher's `run` contexts): an InfraBlessing
-    with `blessed` 0 names, through its InfraValidator execution's inputs, the
-    ModelBlessing it refused. Idempotent; a constant number of queries, whatever the
-    store's size, plus one per run context of a blessing withdrawn now.
+    being served. Two kinds of blessed model are not:
+    - refused by pre-push validation: an InfraBlessing with `blessed` 0 leads, through its
+      InfraValidator execution's inputs, to the ModelBlessing it refused;
+    - never pushed (with `runs_finished`: only when no run of this home is between its
+      Evaluator and its Pusher): no Pusher that read the blessing completed, because the
+      push failed (a full or read-only serving dir) or the run died or failed before it.
+    A withdrawn blessing keeps the Evaluator's verdict in `evaluator_blessed` and the reason
+    in `blessing_withdrawn`. Only blessings under `pipeline_root` are judged (a shared
+    PostgreSQL store may hold other homes' runs, live ones included). Reads no run context,
+    so it works on any orchestrator's store (LocalDagRunner's `pipeline_run` contexts, TFX's
+    Airflow launcher's `run` contexts). Idempotent; a constant number of queries plus one
+    per blessing withdrawn. Returns [(ModelBlessing id, reason)] of those withdrawn now.
     """
-    refused = [
-        a
-        for a in store.get_artifacts_by_type("InfraBlessing")
-        if a.state == metadata_store_pb2.Artifact.LIVE and _int_prop(a, "blessed") == 0
-    ]
-    if not refused:
-        return []
-    output_of = {
-        ev.artifact_id: ev.execution_id
-        for ev in store.get_events_by_artifact_ids([a.id for a in refused])
-        if ev.type == metadata_store_pb2.Event.OUTPUT
+    root = os.path.join(os.path.abspath(pipeline_root), "")
+    blessed = {
+        a.id: a
+        for a in store.get_artifacts_by_type("ModelBlessing")
+        if a.state == metadata_store_pb2.Artifact.LIVE
+        and _int_prop(a, "blessed") == 1
+        and a.uri.startswith(root)
     }
-    blessing_of: dict[int, int] = {}  # InfraValidator execution -> the ModelBlessing it read
-    for ev in store.get_events_by_execution_ids(sorted(set(output_of.values()))):
-        if ev.type == metadata_store_pb2.Event.INPUT and any(
-            step.HasField("key") and step.key == "model_blessing" for step in ev.path.steps
-        ):
-            blessing_of[ev.execution_id] = ev.artifact_id
-    wanted = {a.id: blessing_of.get(output_of.get(a.id, -1)) for a in refused}
-    ids = sorted({b for b in wanted.values() if b is not None})
-    blessings = {b.id: b for b in store.get_artifacts_by_id(ids)} if ids else {}
+    if not blessed:
+        return []
+    # Who read each blessing (InfraValidator, Pusher, a later run's cached ones) and who made it.
+    readers: dict[int, set[int]] = {b: set() for b in blessed}
+    maker: dict[int, int] = {}
+    for ev in store.get_events_by_artifact_ids(list(blessed)):
+        if ev.type == metadata_store_pb2.Event.INPUT:
+            readers[ev.artifact_id].add(ev.execution_id)
+        elif ev.type == metadata_store_pb2.Event.OUTPUT:
+            maker[ev.artifact_id] = ev.execution_id
+    reader_ids = sorted(set().union(*readers.values()))
+    states = {e.id: e.last_known_state for e in store.get_executions_by_id(reader_ids)} if reader_ids else {}
+    outputs: dict[int, dict[str, int]] = {}  # execution -> output key -> artifact id
+    inputs: dict[int, set[str]] = {}  # execution -> its input keys
+    for ev in store.get_events_by_execution_ids(reader_ids) if reader_ids else []:
+        keys = [step.key for step in ev.path.steps if step.HasField("key")]
+        if ev.type == metadata_store_pb2.Event.OUTPUT:
+            for key in keys:
+                outputs.setdefault(ev.execution_id, {})[key] = ev.artifact_id
+        elif ev.type == metadata_store_pb2.Event.INPUT:
+            inputs.setdefault(ev.execution_id, set()).update(keys)
+    infra_ids = sorted({o["blessing"] for o in outputs.values() if "blessing" in o})
+    infra = {a.id: a for a in store.get_artifacts_by_id(infra_ids)} if infra_ids else {}
+    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+
     withdrawn = []
-    for infra in refused:
-        model_blessing = blessings.get(wanted[infra.id])
-        if model_blessing is None or _int_prop(model_blessing, "blessed") != 1:
+    for blessing_id, blessing in sorted(blessed.items()):
+        # The Pusher: the reader that also reads the InfraValidator's verdict (a failed one has
+        # no output event) or that wrote a pushed_model.
+        pushers = [
+            e
+            for e in readers[blessing_id]
+            if "infra_blessing" in inputs.get(e, ()) or "pushed_model" in outputs.get(e, {})
+        ]
+        refused = [
+            infra[outputs[e]["blessing"]]
+            for e in readers[blessing_id]
+            if outputs.get(e, {}).get("blessing") in infra
+            and _int_prop(infra[outputs[e]["blessing"]], "blessed") == 0
+        ]
+        run = run_name_of_execution(store, maker[blessing_id]) if blessing_id in maker else "?"
+        if refused:
+            try:  # the report only gives the reason: `blessed` 0 decides
+                report = prepush_summary(refused[-1].uri) or {}
+            except (OSError, ValueError, KeyError, TypeError):
+                report = {}
+            reason = (
+                f"pre-push validation failed in run {run}: {report.get('reason') or 'no reason recorded'}"
+            )
+        elif runs_finished and not any(states.get(e) in done for e in pushers):
+            how = "its push failed" if pushers else "its run ended before the Pusher"
+            reason = f"not pushed in run {run}: {how}"
+        else:
             continue
-        try:  # the report only gives the reason: `blessed` 0 decides
-            report = prepush_summary(infra.uri) or {}
-        except (OSError, ValueError, KeyError, TypeError):
-            report = {}
-        execution_id = output_of[infra.id]
-        run = run_name_of_execution(store, execution_id)
-        reason = f"pre-push validation failed in run {run}: {report.get('reason') or 'no reason recorded'}"
-        model_blessing.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
-        model_blessing.custom_properties["blessed"].int_value = 0
-        model_blessing.custom_properties[WITHDRAWN_KEY].string_value = reason
-        store.put_artifacts([model_blessing])
-        withdrawn.append((model_blessing.id, reason))
+        blessing.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
+        blessing.custom_properties["blessed"].int_value = 0
+        blessing.custom_properties[WITHDRAWN_KEY].string_value = reason
+        store.put_artifacts([blessing])
+        withdrawn.append((blessing_id, reason))
     return withdrawn
+
+
+def withdrawn_reason(store, evaluator_execution) -> str | None:
+    """Why the Evaluator's blessing of the run's model was withdrawn since, else None."""
+    arts = output_artifacts(store, evaluator_execution, "blessing")
+    if not arts or WITHDRAWN_KEY not in arts[-1].custom_properties:
+        return None
+    return arts[-1].custom_properties[WITHDRAWN_KEY].string_value
 
 
 def run_name_of_execution(store, execution_id: int) -> str:

@@ -68,6 +68,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         evaluation_uri = metadata.output_uri(store, executions.get("Evaluator"), "evaluation")
         model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
         infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
+        withdrawn = metadata.withdrawn_reason(store, executions.get("Evaluator"))
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
@@ -79,6 +80,9 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
     prepush = metadata.prepush_summary(infra_blessing_uri)
     if blessed and not pushed and not push_skipped and prepush and prepush.get("blessed") is False:
         push_skipped = f"pre-push validation failed: {prepush.get('reason')}"
+    elif blessed and not pushed and not push_skipped and withdrawn:
+        # An Evaluator from cache whose blessing an earlier run withdrew: nothing to push.
+        push_skipped = f"blessing withdrawn: {withdrawn}"
     return RunSummary(
         run_id=run.name,
         blessed=blessed,
@@ -106,9 +110,10 @@ def _push_skipped(store, pusher_execution, pushed: str | None) -> str | None:
     return None
 
 
-def withdraw_refused_blessings(config: PipelineConfig) -> list[tuple[int, str]]:
-    """After a run (or before the next one): take back, in ML Metadata, the blessing of every model
-    that pre-push validation refused, so later runs are gated against the model being served
-    (metadata.withdraw_refused_blessings). [(ModelBlessing id, reason)] of those withdrawn now."""
+def withdraw_unserved_blessings(config: PipelineConfig, runs_finished: bool = True) -> list[tuple[int, str]]:
+    """Take back, in ML Metadata, the blessing of every model of this home that did not reach the
+    serving dir (refused by pre-push validation; with `runs_finished`, also never pushed), so
+    later runs are gated against the model being served (metadata.withdraw_unserved_blessings).
+    [(ModelBlessing id, reason)] of those withdrawn now."""
     with metadata.open_store(config, readonly=False) as store:
-        return metadata.withdraw_refused_blessings(store)
+        return metadata.withdraw_unserved_blessings(store, config.pipeline_root, runs_finished)

@@ -35,7 +35,7 @@ from imgpipe.cli import main as cli
 from imgpipe.demo import data as datasets
 from imgpipe.orchestration import lock, recovery, runs, scratch
 from imgpipe.orchestration import metadata as mlmd
-from imgpipe.orchestration.local import run_local
+from imgpipe.orchestration.local import PipelineRunError, run_local
 from imgpipe.report import build as report_build
 from imgpipe.report import data as report_data
 from pipeline.config import PipelineConfig
@@ -811,3 +811,45 @@ def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config,
     assert mine.custom_properties[mlmd.EVALUATOR_BLESSED_KEY].int_value == 1
     assert "pre-push validation failed in run" in mine.custom_properties[mlmd.WITHDRAWN_KEY].string_value
     assert blessed_ids and model.id not in blessed_ids and max(blessed_ids) < model.id
+
+
+def test_a_blessed_model_whose_push_failed_is_not_the_next_baseline(
+    base_config, first_run, monkeypatch, tmp_path
+):
+    """A full disk at the Pusher: the run fails naming it, its record says so, and the model's
+    blessing is withdrawn (it is not served) while the served model's stays."""
+    import errno
+
+    from components import pusher
+
+    def full_disk(model_path, base_directory, now=None):
+        raise OSError(errno.ENOSPC, "No space left on device", base_directory)
+
+    monkeypatch.setattr(pusher, "push_new_version", full_disk)
+    # Another serving dir: the model is not byte-identical to a version there, so it is pushed.
+    # The Trainer is cached; a floor no other test uses makes a new blessing (an earlier run's
+    # blessing of this model, from cache, was pushed), and the gate compares the model with
+    # itself (TFMA reused): a quick run.
+    config = base_config.replace(
+        serving_dir=str(tmp_path / "full"), prepush_validation=False, min_accuracy=0.41
+    )
+    with pytest.raises(PipelineRunError) as e:
+        run_local(config)
+    s = e.value.summary
+    assert s.failed == "Pusher" and "No space left on device" in s.error, s.error
+    assert s.executions["Pusher"] == "FAILED" and s.executions["Trainer"] == "CACHED"
+    assert s.blessed is True and s.pushed is None
+    assert s.push_skipped == f"blessing withdrawn: not pushed in run {s.run_id}: its push failed"
+    assert runs.read_summary(s.run_dir)["failed"] == "Pusher"
+    cfg = base_config.resolved()
+    with mlmd.open_store(cfg) as store:
+        run = mlmd.run_by_id(store, cfg.pipeline_name, s.run_id)
+        [mine] = mlmd.output_artifacts(
+            store, mlmd.run_executions(store, cfg.pipeline_name, run)["Evaluator"], "blessing"
+        )
+        first = mlmd.run_by_id(store, cfg.pipeline_name, first_run.run_id)
+        [served] = mlmd.output_artifacts(
+            store, mlmd.run_executions(store, cfg.pipeline_name, first)["Evaluator"], "blessing"
+        )
+    assert mine.custom_properties["blessed"].int_value == 0
+    assert served.custom_properties["blessed"].int_value == 1
