@@ -3,8 +3,10 @@
 The Evaluator blesses a model when, on the eval split,
 
 - its accuracy reaches the floor: max(min_accuracy, the majority class's share
-  of the eval split + majority_margin), so a model must beat the best constant
-  predictor, not just the configured number;
+  of the eval split + majority_margin, the accuracy a one-sided binomial test at
+  `significance` needs to beat that share on the split's size), so a model must
+  beat the best constant predictor, by more than luck on a few images, not just
+  the configured number;
 - every true class's slice reaches min_class_recall (accuracy within a class's
   slice is that class's recall), so a model that never predicts a class is not
   blessed however good the overall number looks;
@@ -47,6 +49,13 @@ class GateConfig(Settings):
         ge=0.0,
         le=1.0,
         description="the floor is at least the eval split's majority-class share plus this margin",
+    )
+    significance: float = Field(
+        0.05,
+        ge=0.0,
+        le=0.5,
+        description="the floor is at least the accuracy a one-sided binomial test at this p-value needs to "
+        "beat the majority class on the eval split's size, so a few lucky eval images bless nothing (0: off)",
     )
     min_class_recall: float = Field(
         0.05,

@@ -10,6 +10,7 @@ notes/gate_decision.md: every key present, null where not applicable).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ GATE_FILE = "gate.json"  # written into the Evaluator's `evaluation` artifact di
 
 FLOOR_MAJORITY = "majority"
 FLOOR_MIN_ACCURACY = "min_accuracy"
+FLOOR_SIGNIFICANCE = "significance"
 
 NO_BASELINE = "no blessed model yet"
 
@@ -38,28 +40,73 @@ def _names(names: Sequence[str]) -> str:
 # ------------------------------------------------------------------------ the floor
 @dataclasses.dataclass(frozen=True)
 class Floor:
-    """The accuracy floor that applies, and both bounds it was chosen from."""
+    """The accuracy floor that applies, and every bound it was chosen from."""
 
-    value: float
-    source: str  # FLOOR_MAJORITY or FLOOR_MIN_ACCURACY
+    value: float  # above 1.0 when no result on the eval split is significant: nothing is blessed
+    source: str  # FLOOR_MAJORITY, FLOOR_MIN_ACCURACY or FLOOR_SIGNIFICANCE
     min_accuracy: float
     majority_class: str
     majority_share: float
     margin: float
+    significance: float = 0.0  # 0: off
+    eval_examples: int = 0
+    # The fewest right answers of eval_examples that beat the majority class at `significance`
+    # (None: off, or not even all of them right would).
+    significant_right: int | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.value <= 1.0
 
     def describe(self) -> str:
         majority = f"majority class {_q(self.majority_class)} has {self.majority_share:.3f} of eval"
+        if self.source == FLOOR_SIGNIFICANCE:
+            test = f"one-sided binomial test against the majority class's {self.majority_share:.3f}, p <= {self.significance:g}"
+            if not self.reachable:
+                return (
+                    f"not even {self.eval_examples} right of {self.eval_examples} eval examples would pass a {test}: "
+                    "the eval split is too small to tell a model from chance; add eval images"
+                )
+            return (
+                f"{self.significant_right} right of {self.eval_examples} is the fewest that passes a {test}"
+            )
         if self.source == FLOOR_MAJORITY:
             return f"{majority} + margin {self.margin:.3f}"
         return f"min_accuracy {self.min_accuracy:.3f}; {majority} + margin {self.margin:.3f} is lower"
 
 
-def accuracy_floor(min_accuracy: float, eval_label_counts: Mapping[str, int], margin: float) -> Floor:
-    """max(min_accuracy, majority share + margin), capped at 1.0: never below the best constant predictor.
+def fewest_right_beating(n: int, p0: float, alpha: float) -> int | None:
+    """The smallest k with P(X >= k) <= alpha for X ~ Binomial(n, p0): the fewest right answers of n
+    that a model guessing at accuracy p0 reaches with probability at most alpha. None if even n
+    right is likelier than that (a small split, or p0 near 1)."""
+    if n <= 0 or alpha <= 0:
+        return None
+    if p0 <= 0:
+        return 1
+    if p0 >= 1:
+        return None
+    log_p, log_q, log_n = math.log(p0), math.log1p(-p0), math.lgamma(n + 1)
+    tail = 0.0
+    for k in range(n, -1, -1):  # from all right down, until the tail is likelier than alpha
+        tail += math.exp(log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+        if tail > alpha * (1 + 1e-9):
+            return k + 1 if k < n else None
+    return 0
+
+
+def accuracy_floor(
+    min_accuracy: float, eval_label_counts: Mapping[str, int], margin: float, significance: float = 0.0
+) -> Floor:
+    """The highest of: min_accuracy; the majority share + margin (capped at 1.0: never below the
+    best constant predictor); and, with `significance`, the accuracy a one-sided binomial test
+    needs to tell the model from that constant predictor on this many eval examples.
 
     The majority class is the most frequent eval label (ties: the first name in
-    sorted order). The cap keeps a very skewed eval split judgeable (only a
-    perfect model passes) instead of unblessable.
+    sorted order). The majority bound's cap keeps a very skewed eval split judgeable
+    (only a perfect model passes). The significance bound refuses what a split of a
+    few images cannot show: 3 of 4 right, or 4 of 4, on two balanced classes is
+    what guessing gives one time in 3 or 16. When no result on the split would be
+    significant the floor is above 1.0 and no model is blessed, saying why.
     """
     total = sum(eval_label_counts.values())
     if total <= 0:
@@ -72,7 +119,12 @@ def accuracy_floor(min_accuracy: float, eval_label_counts: Mapping[str, int], ma
         value, source = by_majority, FLOOR_MAJORITY
     else:
         value, source = min_accuracy, FLOOR_MIN_ACCURACY
-    return Floor(value, source, min_accuracy, majority_class, share, margin)
+    right = fewest_right_beating(total, share, significance) if significance > 0 else None
+    if significance > 0:
+        by_significance = round(right / total, 10) if right is not None else (total + 1) / total
+        if by_significance > value:
+            value, source = by_significance, FLOOR_SIGNIFICANCE
+    return Floor(value, source, min_accuracy, majority_class, share, margin, significance, total, right)
 
 
 def check_computable(eval_label_counts: Mapping[str, int], class_names: Sequence[str]) -> None:
@@ -155,7 +207,7 @@ def plan_gate(
     """The thresholds for this run; GateNotComputable when the eval split cannot judge the model."""
     check_computable(eval_label_counts, class_names)
     return GatePlan(
-        floor=accuracy_floor(gate.min_accuracy, eval_label_counts, gate.majority_margin),
+        floor=accuracy_floor(gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance),
         class_names=tuple(class_names),
         min_class_recall=gate.min_class_recall or None,
         max_regression=gate.max_regression,
@@ -213,6 +265,8 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
                 f"accuracy {current:.3f} regressed from the latest blessed model's {base_text} "
                 f"by more than max_regression {plan.max_regression:.3f}"
             )
+        elif f.class_name is None and not plan.floor.reachable:
+            out.append(f"no model can be blessed on this eval split: {plan.floor.describe()}")
         elif f.class_name is None:
             out.append(
                 f"accuracy {value:.3f} is below the floor {plan.floor.value:.3f} ({plan.floor.describe()})"
@@ -259,6 +313,8 @@ def gate_record(
         "majority_class": floor.majority_class,
         "majority_share": floor.majority_share,
         "majority_margin": floor.margin,
+        "significance": floor.significance,
+        "significant_right": floor.significant_right,
         "class_names": list(plan.class_names),
         "per_class_recall": dict(sorted(results.per_class.items())),
         "min_class_recall": plan.min_class_recall,

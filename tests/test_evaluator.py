@@ -211,7 +211,10 @@ def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfm
         "data_report": [_report(tmp_path, {"5": 14, "6": 6}, allowed=["eval: x"])],
     }
     outputs = _outputs(tmp_path)
-    GateEvaluatorExecutor().Do(inputs, outputs, _props({"majority_margin": 0.05, "min_class_recall": 0.05}))
+    # The significance bound off: the majority bound is the subject (with it, 18 of 20 would be the floor).
+    GateEvaluatorExecutor().Do(
+        inputs, outputs, _props({"majority_margin": 0.05, "min_class_recall": 0.05, "significance": 0.0})
+    )
 
     assert "gate_config" not in fake_tfma["props"] and "min_accuracy" not in fake_tfma["props"]
     bounds = _thresholds(fake_tfma["props"]["eval_config"])

@@ -9,6 +9,7 @@ from components.gate import GateConfig
 from components.gate_decision import (
     FLOOR_MAJORITY,
     FLOOR_MIN_ACCURACY,
+    FLOOR_SIGNIFICANCE,
     NO_BASELINE,
     EvalResults,
     Failure,
@@ -16,6 +17,7 @@ from components.gate_decision import (
     accuracy_floor,
     baseline_plan,
     check_computable,
+    fewest_right_beating,
     gate_record,
     label_set_change,
     plan_gate,
@@ -32,6 +34,8 @@ CONTRACT_KEYS = {
     "majority_class",
     "majority_share",
     "majority_margin",
+    "significance",
+    "significant_right",
     "class_names",
     "per_class_recall",
     "min_class_recall",
@@ -115,7 +119,7 @@ def test_label_set_change_wording():
 # ------------------------------------------------------------------------ the plan
 def test_plan_takes_the_gate_settings():
     gate = GateConfig(min_accuracy=0.5, majority_margin=0.1, min_class_recall=0.2, max_regression=0.01)
-    plan = plan_gate(gate, {"x": 6, "y": 4}, ["x", "y"], ["x", "y"])
+    plan = plan_gate(gate, {"x": 60, "y": 40}, ["x", "y"], ["x", "y"])
     assert plan.floor.value == pytest.approx(0.7) and plan.floor.source == FLOOR_MAJORITY
     assert plan.min_class_recall == 0.2 and plan.max_regression == 0.01
     assert plan.baseline.compared
@@ -132,7 +136,50 @@ def test_default_gate_has_a_small_per_class_floor():
 
 # ------------------------------------------------------------------- reasons, record
 def _plan(**gate):
-    return plan_gate(GateConfig(**gate), {"7": 10, "5": 6, "6": 4}, ["7", "5", "6"], None)
+    """20 eval examples; the significance bound off unless asked (it would be 15 right of 20 here)."""
+    return plan_gate(
+        GateConfig(**{"significance": 0.0, **gate}), {"7": 10, "5": 6, "6": 4}, ["7", "5", "6"], None
+    )
+
+
+@pytest.mark.parametrize(
+    ("n", "p0"), [(4, 0.5), (5, 0.5), (16, 0.5), (20, 0.6), (45, 1 / 3), (40, 0.9), (1000, 0.99), (7, 0.2)]
+)
+def test_fewest_right_beating_is_the_binomial_tests_critical_count(n, p0):
+    from scipy.stats import binom
+
+    k = fewest_right_beating(n, p0, 0.05)
+    critical = [j for j in range(n + 1) if binom.sf(j - 1, n, p0) <= 0.05]
+    assert k == (min(critical) if critical else None)
+
+
+def test_a_few_lucky_eval_images_bless_nothing():
+    """Labels shuffled at random, 4 eval images: guessing gets 3 of 4 one time in 3, 4 of 4 one in 16."""
+    gate = GateConfig()  # the defaults: significance 0.05
+    tiny = plan_gate(gate, {"a": 2, "b": 2}, ["a", "b"], None)
+    assert tiny.floor.source == FLOOR_SIGNIFICANCE and not tiny.floor.reachable
+    assert tiny.floor.significant_right is None
+    [reason] = reasons(
+        tiny, EvalResults(1.0, 4, {"a": 1.0, "b": 1.0}, None, failures=[Failure(None, False, 1.0)])
+    )
+    assert reason.startswith(
+        "no model can be blessed on this eval split: not even 4 right of 4 eval examples"
+    )
+    assert "too small to tell a model from chance; add eval images" in reason
+    # 16 balanced eval images: 12 right is the fewest guessing reaches at most 5% of the time.
+    small = plan_gate(gate, {"a": 8, "b": 8}, ["a", "b"], None)
+    assert small.floor.value == pytest.approx(12 / 16) and small.floor.significant_right == 12
+    assert "12 right of 16 is the fewest that passes a one-sided binomial test" in small.floor.describe()
+    # A large split: the majority bound is the higher one, as before.
+    large = plan_gate(gate, {"a": 500, "b": 500}, ["a", "b"], None)
+    assert large.floor.source == FLOOR_MAJORITY and large.floor.value == pytest.approx(0.55)
+    off = plan_gate(gate.model_copy(update={"significance": 0.0}), {"a": 2, "b": 2}, ["a", "b"], None)
+    assert off.floor.source == FLOOR_MAJORITY and off.floor.significant_right is None
+    record = gate_record(
+        tiny, EvalResults(1.0, 4, {}, None, failures=[Failure(None, False, 1.0)]), blessed=False
+    )
+    assert record["floor_source"] == "significance" and record["significance"] == 0.05
+    assert record["floor"] > 1.0 and record["significant_right"] is None
 
 
 def test_reasons_name_each_failed_threshold():

@@ -395,7 +395,16 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         f"of eval + margin {_fmt(record.get('majority_margin'))}"
     )
     min_accuracy = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
-    if record.get("floor_source") == "majority":
+    if record.get("floor_source") == "significance":
+        n, right, p = record.get("eval_examples"), record.get("significant_right"), record.get("significance")
+        test = f"one-sided binomial test against the majority share {_fmt(record.get('majority_share'))}, p <= {p}"
+        if right is None:
+            floor_note = (
+                f"no result on {n} eval examples passes a {test}: too few to tell a model from chance"
+            )
+        else:
+            floor_note = f"{right} right of {n} is the fewest that passes a {test} (above {min_accuracy})"
+    elif record.get("floor_source") == "majority":
         floor_note = f"{majority} (above {min_accuracy})"
     elif record.get("majority_class") is not None:  # both bounds, as the summary's reason gives them
         floor_note = f"{min_accuracy} ({majority}: lower)"

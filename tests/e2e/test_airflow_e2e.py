@@ -2,7 +2,7 @@
 admits one run at a time.
 
 Airflow runs from a temp AIRFLOW_HOME with its own SQLite database, no network.
-The DAG is the smallest useful pipeline (the 32 px digits, 1 epoch, floor 0, so
+The DAG is the smallest useful pipeline (the 32 px digits, 1 epoch, floor 0 (no significance bound), so
 the first model is blessed and pushed; no pre-push validation, which
 tests/e2e/test_pipeline_e2e.py covers). Then, with the run finished:
 
@@ -88,7 +88,7 @@ def dag_run(tmp_path_factory, source_backbone, digits_records):
         ["airflow-dag", "--schedule", "0 3 * * *", "--output", output,
          "--data", digits_records, "--home", str(work / "home"), "--serving-dir", str(work / "serving"),
          "--model-name", "digits", "--backbone", "MobileNetV2", "--weights", source_backbone,
-         "--image-size", str(SIZE), "--epochs", "1", "--learning-rate", "0.01", "--min-accuracy", "0",
+         "--image-size", str(SIZE), "--epochs", "1", "--learning-rate", "0.01", "--min-accuracy", "0", "--significance", "0",
          "--no-prepush-validation"]
     )  # fmt: skip
     assert code == 0

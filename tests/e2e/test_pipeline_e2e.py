@@ -525,7 +525,8 @@ def test_unseen_eval_class_stops_the_run_before_training(anomaly_config, first_r
 
 
 def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config):
-    """allow_anomalies records the override; an untrained 2-class model fails the majority floor."""
+    """allow_anomalies records the override; an untrained 2-class model fails the floor, which on
+    20 eval images is the significance bound, above the majority one."""
     # No pre-push server: the data gate is the subject (test_gate_stops_a_worse_model has the
     # pre-push server of a model the gate stops).
     bad = anomaly_config.replace(
@@ -536,13 +537,15 @@ def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config)
     gate = s.gate
     assert any("eval has class '8'" in a for a in gate["anomalies_allowed"]), gate
     assert sorted(gate["class_names"]) == ["5", "6"]
-    # eval: 12 x '5', 4 x '6', 4 x '8': majority share 0.6, floor 0.65 (min_accuracy 0.5 would not do).
+    # eval: 12 x '5', 4 x '6', 4 x '8': majority share 0.6 (+ margin: 0.65); guessing at 0.6
+    # reaches 16 of 20 one time in 20 (p 0.051), 17 one in 63: the floor is 17 of 20.
     assert gate["majority_class"] == "5" and gate["majority_share"] == pytest.approx(0.6)
-    assert gate["floor"] == pytest.approx(0.65) and gate["floor_source"] == "majority"
+    assert gate["floor"] == pytest.approx(0.85) and gate["floor_source"] == "significance"
+    assert gate["significant_right"] == 17 and gate["significance"] == 0.05
     assert gate["eval_examples"] == 20
     assert gate["accuracy"] < gate["floor"], gate
     assert s.blessed is False and s.pushed is None
-    assert any("is below the floor 0.650 (majority class '5'" in r for r in gate["reasons"]), gate
+    assert any("is below the floor 0.850 (17 right of 20 is the fewest" in r for r in gate["reasons"]), gate
     assert any(r.startswith("class '8' recall 0.000") for r in gate["reasons"]), gate
     assert _versions(bad.resolved().model_serving_dir) == {}
 
@@ -781,7 +784,11 @@ def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config,
     model_dir = base_config.resolved().model_serving_dir
     before = _versions(model_dir)
     # Fewer epochs: the Trainer runs again (its export is the broken one); the gate lets it through.
-    s = run_local(base_config.replace(epochs=2, min_accuracy=0.0, max_regression=1.0, export_tflite="none"))
+    s = run_local(
+        base_config.replace(
+            epochs=2, min_accuracy=0.0, significance=0.0, max_regression=1.0, export_tflite="none"
+        )
+    )
     assert s.executions["Trainer"] == "COMPLETE" and s.executions["InfraValidator"] == "COMPLETE"
     assert s.blessed is True
     p = s.prepush
