@@ -87,6 +87,16 @@ def test_names_that_differ_only_in_invisible_characters_are_conflicts() -> None:
     assert "'c\\u200bat'" in names.rejected["cat"]
 
 
+def test_names_that_differ_only_in_their_spaces_are_conflicts() -> None:
+    """A no-break space, a thin space or two spaces look like one space on every page."""
+    names = assign_labels(["big cat", "big\u00a0cat", "big  cat", "big\u2009cat", "dog", "mid\u00a0nbsp"])
+    assert names.labels == {"dog": "dog", "mid\u00a0nbsp": "mid\u00a0nbsp"}  # alone, kept as named
+    assert names.conflicts == [
+        {"class": "big cat", "folders": ["big cat", "big\u00a0cat", "big  cat", "big\u2009cat"]}
+    ]
+    assert "'big\\xa0cat'" in names.rejected["big cat"] and "spaces as one" in names.rejected["big cat"]
+
+
 def _png(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()

@@ -18,7 +18,9 @@ A folder is not used, with the reason in the report, when its name
   so "cat" and "cat " would look like one class while being two;
 - looks the same as another folder's name: the same label once normalised
   (e.g. "café" stored once composed and once decomposed), or the same once
-  the invisible format characters inside are left out ("cat" and "c<U+200B>at").
+  the invisible format characters inside are left out ("cat" and "c<U+200B>at")
+  and each run of spaces of any kind is one space ("big cat", "big<U+00A0>cat",
+  "big  cat": a page shows all three as "big cat").
   That is a class-name conflict; none of those folders is used, since which
   one is meant cannot be known. (A format character inside a name that looks
   like no other is kept: emoji sequences are joined with one, U+200D.)
@@ -54,8 +56,10 @@ def label_problem(name: str) -> str | None:
 
 
 def looks(name: str) -> str:
-    """What a name looks like: its label without invisible format characters (Unicode Cf)."""
-    return "".join(c for c in normalise(name) if unicodedata.category(c) != "Cf")
+    """What a name looks like: its label without invisible format characters (Unicode Cf), with
+    each run of spaces of any kind (a no-break space U+00A0, U+2009, two spaces) one space."""
+    visible = "".join(c for c in normalise(name) if unicodedata.category(c) != "Cf")
+    return " ".join(visible.split())
 
 
 def normalise(name: str) -> str:
@@ -102,7 +106,7 @@ def assign_labels(folders: list[str]) -> ClassNames:
         others = [ascii(other) for other in group if other != name]
         result.rejected[name] = (
             f"the name is the same class name as folder {', '.join(others)} once normalised "
-            f"(Unicode {NORMAL_FORM}, invisible format characters left out: {looks(name)!r}); "
+            f"(Unicode {NORMAL_FORM}, invisible format characters left out, spaces as one: {looks(name)!r}); "
             "merge or rename them"
         )
         if name == group[0]:
