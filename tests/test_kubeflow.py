@@ -309,6 +309,7 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
     # The gate's other settings travel as one property; the data gate's switch is its own.
     assert json.loads(nodes["Evaluator"].exec_properties["gate_config"]) == {
         "majority_margin": 0.05,
+        "significance": 0.05,
         "min_class_recall": 0.05,
         "max_regression": 0.0,
         "eval_batch_size": 128,

@@ -38,13 +38,16 @@ from imgpipe.cli.output import (  # noqa: E402
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     Command,
+    Terminated,
     UsageError,
     WorkFailed,
     error,
     filter_tensorflow_import_noise,
     setup_logging,
+    sigterm_raises,
 )
 from imgpipe.orchestration.lock import LockBusy, LockError  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
@@ -78,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(verbose=getattr(args, "verbose", False))
     filter_tensorflow_import_noise()
     try:
-        return int(args.handler(args) or 0)
+        with sigterm_raises():
+            return int(args.handler(args) or 0)
     except (UsageError, ConfigError, LockError) as e:
         error(str(e))
         return EXIT_USAGE
@@ -88,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkFailed as e:
         error(str(e))
         return EXIT_FAILED
+    except Terminated:
+        error("terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         error("interrupted")
         return EXIT_INTERRUPTED

@@ -8,7 +8,10 @@ from stderr, precisely (see `_NoiseFilter` and `filter_tensorflow_import_noise`)
 
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
 3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
-EX_TEMPFAIL), 130 interrupted.
+EX_TEMPFAIL), 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM: what
+`systemctl stop`, `docker stop`, Kubernetes and `timeout` send). Both signals take
+the same path: the work's cleanup runs (servers stopped, scratch removed, a
+run's executions marked FAILED and its record written) before the exit.
 """
 
 from __future__ import annotations
@@ -35,7 +38,44 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DRIFT = 3  # the check ran and found drift: a schedule may retrain on it
 EXIT_INTERRUPTED = 130
-__all__ = ["EXIT_DRIFT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE"]
+EXIT_TERMINATED = 143
+__all__ = [
+    "EXIT_DRIFT",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so the same cleanup runs."""
+
+    how = "terminated (SIGTERM)"  # what a run's record says (`how` of a KeyboardInterrupt: Ctrl-C)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside: SIGTERM raises Terminated in the main thread (elsewhere: nothing changes).
+    A command that handles SIGTERM itself (`imgpipe serve`) installs its own handler inside."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 # Logger name (its first part) -> the tag shown in front of its lines on stderr.
 _TAGS = {"trainer": "trainer", "components": "imgpipe", "pipeline": "imgpipe", "serving": "serving"}

@@ -84,6 +84,10 @@ def run_pipeline(config: PipelineConfig, verbose: bool = False, lock_wait: float
         if e.summary is not None:  # the failed run's record: stdout still holds the run's JSON
             emit(e.summary.to_dict())
         raise WorkFailed(f"pipeline run failed: {e}") from e
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (exit 130 / 143): its record, if written
+        if getattr(e, "summary", None) is not None:
+            emit(e.summary.to_dict())
+        raise
     log.info(
         "run %s: accuracy %s, blessed %s, pushed %s",
         summary.run_id,

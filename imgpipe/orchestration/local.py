@@ -298,6 +298,12 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             message = _failure_message(config, tracker.current, e)
             summary = _record_failed_run(config, run_id, tracker.current, message)
             raise PipelineRunError(message, summary) from e
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the CLI raises it as a KeyboardInterrupt)
+            how = getattr(e, "how", "interrupted (SIGINT)")
+            _stop_interrupted_executions(config, run_id, how)
+            where = tracker.current or "the pipeline"
+            e.summary = _record_failed_run(config, run_id, tracker.current, f"{where}: the run was {how}")
+            raise
 
         for _, reason in withdraw_unserved_blessings(config):
             log.warning(
@@ -309,6 +315,27 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary
+
+
+def _stop_interrupted_executions(config: PipelineConfig, run_id: str, how: str) -> None:
+    """Mark what this run left RUNNING as FAILED now (it holds the home's lock: they are its own),
+    removing their partial outputs, instead of leaving that to the next run."""
+    try:
+        with metadata.open_store(config, readonly=False) as store:
+            found = recovery.abandon_dead_executions(
+                store,
+                config.pipeline_name,
+                config.pipeline_root,
+                found_by=f"run {run_id}, {how}",
+                shared_store=config.metadata_target is not None,
+            )
+    except Exception as e:  # noqa: BLE001 - the next run's recovery does it then
+        log.error("could not mark the interrupted executions FAILED: %s: %s", type(e).__name__, e)
+        return
+    for a in found:
+        log.warning(
+            "%s (execution %d) %s: marked FAILED, its partial outputs removed", a.node, a.execution_id, how
+        )
 
 
 MAX_ERROR_LINE = 600  # characters of one line of an error shown (a hex dump of a record is 100k)
