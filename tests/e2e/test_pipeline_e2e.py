@@ -587,6 +587,15 @@ def killed_run(base_config, first_run, cli_config, tmp_path_factory):
             stderr=err,
             start_new_session=True,
         )
+    execution = _running_trainer(proc, cfg, log)
+    time.sleep(3)  # mid-Trainer
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    return execution.id
+
+
+def _running_trainer(proc: subprocess.Popen, cfg, log):
+    """Wait until the run `proc` has a RUNNING Trainer in ML Metadata; return that execution."""
     deadline = time.monotonic() + LONG
     running = []
     while not running and proc.poll() is None and time.monotonic() < deadline:
@@ -596,11 +605,8 @@ def killed_run(base_config, first_run, cli_config, tmp_path_factory):
         except Exception:  # noqa: BLE001 - the run may be writing the database this instant
             running = []
     assert running, f"the Trainer never ran: {log.read_text()[-2000:]}"
-    time.sleep(3)  # mid-Trainer
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
     [execution] = running
-    return execution.id
+    return execution
 
 
 def test_a_run_killed_mid_trainer_leaves_it_running(base_config, killed_run):
@@ -681,6 +687,36 @@ def test_concurrent_runs_on_one_home(base_config, first_run, cli_config, killed_
     assert f"found by run {a_run}" in reason
     assert recovery.execution_folders(cfg.pipeline_root, "Trainer", killed_run) == []
     assert not os.path.exists(scratch.scratch_root(cfg.home))
+
+
+def test_sigterm_stops_a_run_cleanly(base_config, first_run, cli_config, tmp_path):
+    """SIGTERM (systemctl stop, docker stop, timeout) takes Ctrl-C's path: exit 143, the Trainer
+    marked FAILED at once, the scratch folder and the lock released, the record and its JSON."""
+    cfg = base_config.resolved()
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = _imgpipe(
+            "run", "--config", cli_config, "--epochs", str(cfg.training.epochs + 2),
+            stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    execution = _running_trainer(proc, cfg, log)
+    time.sleep(2)
+    proc.terminate()  # SIGTERM to the run's process only, as `kill PID` sends it
+    out, _ = proc.communicate(timeout=120)
+    stderr = log.read_text()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "imgpipe: error: terminated (SIGTERM)" in stderr
+    [line] = out.splitlines()
+    summary = json.loads(line)
+    assert summary["failed"] == "Trainer" and summary["error"] == "Trainer: the run was terminated (SIGTERM)"
+    assert summary["executions"]["Trainer"] == "FAILED"
+    [after] = [e for e in _executions(cfg) if e.id == execution.id]
+    assert after.last_known_state == after.FAILED
+    assert not _unfinished(cfg)
+    assert runs.read_summary(summary["run_dir"])["failed"] == "Trainer"
+    assert not os.path.exists(scratch.scratch_root(cfg.home))
+    with lock.run_lock(lock.home_lock_path(cfg.home)):
+        pass
 
 
 def test_json_commands_print_only_json(base_config, first_run, tmp_path):
