@@ -159,6 +159,30 @@ def test_prune_also_recovers_dead_runs(tmp_path):
     assert home.store.get_executions_by_id([dead.id])[0].last_known_state == pb.Execution.FAILED
 
 
+def test_a_baseline_model_deleted_by_hand_is_forgotten_and_the_previous_one_protected(tmp_path):
+    """Its folder gone, the latest blessed model would fail every later run (its label vocabulary
+    is unreadable): prune (and a run's start) marks it DELETED, so the Resolver passes it over."""
+    import shutil
+
+    home = FakeHome(str(tmp_path / "home"))
+    r1, r2 = training_history(home, runs=2, blessed_runs=(1, 2))
+    shutil.rmtree(r2["model"].uri)
+
+    dry = prune_home(home.home, keep=5, dry_run=True)
+    assert dry.missing_models == [{"id": r2["model"].id, "uri": r2["model"].uri}]
+    assert home.artifact(r2["model"].id).state == pb.Artifact.LIVE
+    result = prune_home(home.home, keep=5)
+    assert result.missing_models == dry.missing_models
+    gone = home.artifact(r2["model"].id)
+    assert (
+        gone.state == pb.Artifact.DELETED
+        and "folder was gone when prune started" in gone.custom_properties[recovery.MISSING_KEY].string_value
+    )
+    protected = {p["id"]: p["why"] for p in result.pipelines["imgpipe"].protected}
+    assert r1["model"].id in protected and r2["model"].id not in protected
+    assert prune_home(home.home, keep=5).missing_models == []
+
+
 # --------------------------------------------------------------------------- summary
 def test_summary_reads_the_run_asked_for_not_the_latest(tmp_path):
     home = FakeHome(str(tmp_path / "home"))

@@ -213,7 +213,8 @@ def run_local(
 
 
 def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
-    """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock).
+    """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock), and
+    each model whose folder is gone DELETED (recovery.forget_missing_models).
 
     On a shared store (PostgreSQL) other homes may be running the same pipeline:
     only executions with output folders under this home's pipeline root are touched.
@@ -228,6 +229,7 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
             found_by=f"run {run_id}",
             shared_store=config.metadata_target is not None,
         )
+        gone = recovery.forget_missing_models(store, config.pipeline_root, found_by=f"run {run_id}")
     for a in found:
         log.warning(
             "%s (execution %d of run %s) was left %s by a run that died: marked FAILED, "
@@ -237,6 +239,13 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
             a.run_id,
             a.state,
             len(a.removed),
+        )
+    for m in gone:
+        log.warning(
+            "model %s (artifact %d) is gone from disk: marked DELETED in ML Metadata, so the gate's "
+            "baseline is the latest blessed model that still exists",
+            m["uri"],
+            m["id"],
         )
 
 

@@ -71,6 +71,8 @@ class PruneResult:
     scratch_removed: list[dict]  # {path, bytes}: dead runs' scratch folders
     abandoned_executions: list[dict]  # executions dead runs left RUNNING (recovery.AbandonedExecution)
     bytes_freed: int = 0
+    # LIVE models whose folder was gone: marked DELETED, so none is kept as the baseline ({id, uri}).
+    missing_models: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -224,6 +226,9 @@ def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool)
             root = os.path.join(home, PIPELINES_DIR, name)
             found = recovery.abandon_dead_executions(store, name, root, found_by="prune", dry_run=dry_run)
             result.abandoned_executions += [a.to_dict() for a in found]
+            result.missing_models += recovery.forget_missing_models(
+                store, root, found_by="prune", dry_run=dry_run
+            )
             report, doomed, folders = _plan_pipeline(store, name, root, keep)
             result.pipelines[name] = report
             if dry_run:

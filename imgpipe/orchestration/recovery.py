@@ -132,3 +132,32 @@ def abandon_dead_executions(
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
     return out
+
+
+MISSING_KEY = "missing"  # artifact property: why imgpipe marked a LIVE model DELETED
+
+
+def forget_missing_models(store, pipeline_root: str, found_by: str, dry_run: bool = False) -> list[dict]:
+    """Mark DELETED each LIVE Model of this pipeline root whose folder is gone (deleted by hand, a
+    lost disk); [{"id", "uri"}] of those found.
+
+    TFX's Resolver hands the latest blessed LIVE model to the DataGate and the Evaluator as
+    the baseline: one whose files are gone would fail every later run (its label vocabulary
+    cannot be read). Marked DELETED, as `imgpipe prune` marks what it removes, it is passed
+    over and the next blessed model that exists is the baseline. Remote URIs are not checked.
+    """
+    root = os.path.join(os.path.abspath(pipeline_root), "")
+    missing = [
+        a
+        for a in store.get_artifacts_by_type("Model")
+        if a.state == metadata_store_pb2.Artifact.LIVE
+        and "://" not in a.uri
+        and a.uri.startswith(root)
+        and not os.path.isdir(a.uri)
+    ]
+    for a in missing:
+        a.state = metadata_store_pb2.Artifact.DELETED
+        a.custom_properties[MISSING_KEY].string_value = f"its folder was gone when {found_by} started"
+    if missing and not dry_run:
+        store.put_artifacts(missing)
+    return [{"id": a.id, "uri": a.uri} for a in missing]
