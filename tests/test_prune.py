@@ -159,6 +159,20 @@ def test_prune_also_recovers_dead_runs(tmp_path):
     assert home.store.get_executions_by_id([dead.id])[0].last_known_state == pb.Execution.FAILED
 
 
+def test_a_failed_newest_run_does_not_cost_the_last_good_runs_cache(tmp_path):
+    """--keep 1 after a run that failed (SIGTERM mid-Trainer): the last finished run is kept too."""
+    home = FakeHome(str(tmp_path / "home"))
+    r1, r2 = training_history(home, runs=2, blessed_runs=(1,))
+    home.execute("run3", "ImportExampleGen", reuse={"examples": [r1["examples"]]}, state=CACHED)
+    home.execute("run3", "Trainer", inputs={"examples": [r1["examples"]]}, state=pb.Execution.FAILED)
+    result = prune_home(home.home, keep=1)
+    report = result.pipelines["imgpipe"]
+    assert report.runs_kept == [r2["id"], "run3"] and report.runs_pruned == [r1["id"]]
+    removed = {r["id"] for r in report.removed}
+    assert r2["model"].id not in removed and r2["blessing"].id not in removed
+    assert r1["model"].id not in removed  # the baseline (blessed in run 1)
+
+
 def test_a_baseline_model_deleted_by_hand_is_forgotten_and_the_previous_one_protected(tmp_path):
     """Its folder gone, the latest blessed model would fail every later run (its label vocabulary
     is unreadable): prune (and a run's start) marks it DELETED, so the Resolver passes it over."""

@@ -212,6 +212,17 @@ def run_local(
         return _run_holding_lock(config, run_id, progress, verbose)
 
 
+def _abandon_unfinished(store, config: PipelineConfig, found_by: str) -> list:
+    """recovery.abandon_dead_executions for this home (only its own folders on a shared store)."""
+    return recovery.abandon_dead_executions(
+        store,
+        config.pipeline_name,
+        config.pipeline_root,
+        found_by=found_by,
+        shared_store=config.metadata_target is not None,
+    )
+
+
 def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
     """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock), and
     each model whose folder is gone DELETED (recovery.forget_missing_models).
@@ -222,13 +233,7 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
     if config.metadata_target is None and not os.path.exists(config.metadata_path):
         return
     with metadata.open_store(config, readonly=False) as store:
-        found = recovery.abandon_dead_executions(
-            store,
-            config.pipeline_name,
-            config.pipeline_root,
-            found_by=f"run {run_id}",
-            shared_store=config.metadata_target is not None,
-        )
+        found = _abandon_unfinished(store, config, found_by=f"run {run_id}")
         gone = recovery.forget_missing_models(store, config.pipeline_root, found_by=f"run {run_id}")
     for a in found:
         log.warning(
@@ -331,13 +336,7 @@ def _stop_interrupted_executions(config: PipelineConfig, run_id: str, how: str) 
     removing their partial outputs, instead of leaving that to the next run."""
     try:
         with metadata.open_store(config, readonly=False) as store:
-            found = recovery.abandon_dead_executions(
-                store,
-                config.pipeline_name,
-                config.pipeline_root,
-                found_by=f"run {run_id}, {how}",
-                shared_store=config.metadata_target is not None,
-            )
+            found = _abandon_unfinished(store, config, found_by=f"run {run_id}, {how}")
     except Exception as e:  # noqa: BLE001 - the next run's recovery does it then
         log.error("could not mark the interrupted executions FAILED: %s: %s", type(e).__name__, e)
         return

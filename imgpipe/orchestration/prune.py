@@ -7,9 +7,11 @@ graph and evaluation folders. Cached components add nothing. Nothing is ever
 deleted, so a home grows with every run that trains.
 
 `prune_home(home, keep)` keeps, for each pipeline in the home:
-  - every artifact that one of the newest `keep` runs read or wrote (cached
-    executions point at the outputs of the run that computed them, so those
-    stay too, and the next identical run is still served from cache);
+  - every artifact that one of the newest `keep` runs that finished read or
+    wrote, and every run newer than those (failed ones: a run stopped by SIGTERM
+    or a full disk must not cost the last good run's cache). Cached executions
+    point at the outputs of the run that computed them, so those stay too, and
+    the next identical run is still served from cache;
   - the latest blessed model and its blessing(s): what the Resolver hands the
     Evaluator as the gate's baseline (LatestBlessedModelStrategy: the newest
     LIVE Model with a LIVE ModelBlessing whose `blessed` is 1);
@@ -114,13 +116,31 @@ def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[in
     return out
 
 
+_FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+
+
+def _first_kept(store, runs: list, keep: int) -> int:
+    """Index in `runs` (oldest first) of the oldest run kept: the keep-th newest run that finished
+    (every execution COMPLETE or CACHED), so a failed run (SIGTERM, a full disk) does not cost the
+    last good run's cache; runs newer than it, failed ones too, are kept as well. With fewer
+    finished runs than `keep`, the newest `keep` runs."""
+    finished = 0
+    for i in range(len(runs) - 1, -1, -1):
+        states = {e.last_known_state for e in store.get_executions_by_context(runs[i].id)}
+        if states and states <= set(_FINISHED):
+            finished += 1
+            if finished == keep:
+                return i
+    return max(0, len(runs) - keep)
+
+
 def _plan_pipeline(store, name: str, root: str, keep: int) -> tuple[PipelinePrune, list, list[str]]:
     """What to prune in one pipeline: (report, artifacts to delete, execution folders to delete)."""
     pipeline_ctx = store.get_context_by_type_and_name("pipeline", name)
     runs = metadata.pipeline_runs(store, name)
-    kept_runs = runs[len(runs) - keep :] if keep else []
-    pruned_runs = runs[: len(runs) - len(kept_runs)]
     executions = store.get_executions_by_context(pipeline_ctx.id)
+    kept_runs = runs[_first_kept(store, runs, keep) :] if keep else []
+    pruned_runs = runs[: len(runs) - len(kept_runs)]
     kept_executions = {e.id for run in kept_runs for e in store.get_executions_by_context(run.id)}
     events = store.get_events_by_execution_ids([e.id for e in executions]) if executions else []
     used_by_kept = {ev.artifact_id for ev in events if ev.execution_id in kept_executions}
