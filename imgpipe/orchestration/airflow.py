@@ -253,6 +253,7 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
     """
     from airflow.exceptions import AirflowFailException
 
+    from imgpipe.orchestration.summary import withdraw_unserved_blessings
     from pipeline.pipeline import RESOLVER_ID
 
     tfx_dag, cfg = _tfx_dag(spec)
@@ -269,29 +270,13 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
     if task_id == RESOLVER_ID:
         # The baseline is picked next: never a model that is not served. The DAG's earlier
         # runs have ended (one active run at a time), so a blessing no Pusher completed is unserved.
-        _withdraw_unserved_blessings(cfg, runs_finished=True)
+        withdraw_unserved_blessings(cfg, runs_finished=True)
     # Beam on this worker imports the installed TFX: no sdist of it per component (as `imgpipe run`).
     with scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner):
         result = operator.execute(context)
     if task_id == PREPUSH_ID:
-        _withdraw_unserved_blessings(cfg, runs_finished=False)  # this run's Pusher is still to come
+        withdraw_unserved_blessings(cfg, runs_finished=False)  # this run's Pusher is still to come
     return result
 
 
 PREPUSH_ID = "InfraValidator"  # after it (and before the Resolver), refused blessings are withdrawn
-
-
-def _withdraw_unserved_blessings(cfg: PipelineConfig, runs_finished: bool) -> None:
-    """As `imgpipe run` does after a run: a blessed model that is not served (refused by pre-push
-    validation; with `runs_finished`, never pushed) loses its blessing before any later run
-    can take it as the baseline."""
-    import logging
-
-    from imgpipe.orchestration.summary import withdraw_unserved_blessings
-
-    for _, reason in withdraw_unserved_blessings(cfg, runs_finished):
-        logging.getLogger(__name__).warning(
-            "blessing withdrawn (%s): the model was not pushed, so later runs are gated against "
-            "the model being served",
-            reason,
-        )

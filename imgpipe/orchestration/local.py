@@ -319,10 +319,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             e.summary = _record_failed_run(config, run_id, tracker.current, f"{where}: the run was {how}")
             raise
 
-        for _, reason in withdraw_unserved_blessings(config):
-            log.warning(
-                "blessing withdrawn (%s): the next runs are gated against the model being served", reason
-            )
+        withdraw_unserved_blessings(config)
         summary = summarize_run(config, run_id)
         # Never raises: a failed report is recorded in the summary.
         attach_report(config, summary, loaded_model=loaded_models.get)
@@ -382,10 +379,7 @@ def _record_failed_run(
     record, as a finished run's; None, with the reason logged, if that fails too (the run's own
     error is the one reported)."""
     try:
-        for _, reason in withdraw_unserved_blessings(config):  # this run's blessed model, if any
-            log.warning(
-                "blessing withdrawn (%s): the next runs are gated against the model being served", reason
-            )
+        withdraw_unserved_blessings(config)  # this run's blessed model, if any
         try:
             summary = summarize_run(config, run_id)
         except LookupError:  # no component registered an execution: ML Metadata has no such run

@@ -20,10 +20,13 @@ says why.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from imgpipe.orchestration import metadata
 from pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -114,6 +117,9 @@ def withdraw_unserved_blessings(config: PipelineConfig, runs_finished: bool = Tr
     """Take back, in ML Metadata, the blessing of every model of this home that did not reach the
     serving dir (refused by pre-push validation; with `runs_finished`, also never pushed), so
     later runs are gated against the model being served (metadata.withdraw_unserved_blessings).
-    [(ModelBlessing id, reason)] of those withdrawn now."""
+    [(ModelBlessing id, reason)] of those withdrawn now, each also logged as a warning."""
     with metadata.open_store(config, readonly=False) as store:
-        return metadata.withdraw_unserved_blessings(store, config.pipeline_root, runs_finished)
+        withdrawn = metadata.withdraw_unserved_blessings(store, config.pipeline_root, runs_finished)
+    for _, reason in withdrawn:
+        log.warning("blessing withdrawn (%s): the next runs are gated against the model being served", reason)
+    return withdrawn
