@@ -177,6 +177,10 @@ def run_executions(
     return out
 
 
+# An execution that ended well: it ran to the end, or its outputs came from the cache.
+FINISHED_STATES = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+
+
 def state_name(execution: metadata_store_pb2.Execution) -> str:
     return metadata_store_pb2.Execution.State.Name(execution.last_known_state)
 
@@ -269,7 +273,6 @@ def withdraw_unserved_blessings(
             inputs.setdefault(ev.execution_id, set()).update(keys)
     infra_ids = sorted({o["blessing"] for o in outputs.values() if "blessing" in o})
     infra = {a.id: a for a in store.get_artifacts_by_id(infra_ids)} if infra_ids else {}
-    done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
 
     withdrawn = []
     for blessing_id, blessing in sorted(blessed.items()):
@@ -295,7 +298,7 @@ def withdraw_unserved_blessings(
             reason = (
                 f"pre-push validation failed in run {run}: {report.get('reason') or 'no reason recorded'}"
             )
-        elif runs_finished and not any(states.get(e) in done for e in pushers):
+        elif runs_finished and not any(states.get(e) in FINISHED_STATES for e in pushers):
             how = "its push failed" if pushers else "its run ended before the Pusher"
             reason = f"not pushed in run {run}: {how}"
         else:

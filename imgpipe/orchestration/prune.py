@@ -116,9 +116,6 @@ def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[in
     return out
 
 
-_FINISHED = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
-
-
 def _first_kept(store, runs: list, keep: int) -> int:
     """Index in `runs` (oldest first) of the oldest run kept: the keep-th newest run that finished
     (every execution COMPLETE or CACHED), so a failed run (SIGTERM, a full disk) does not cost the
@@ -127,7 +124,7 @@ def _first_kept(store, runs: list, keep: int) -> int:
     finished = 0
     for i in range(len(runs) - 1, -1, -1):
         states = {e.last_known_state for e in store.get_executions_by_context(runs[i].id)}
-        if states and states <= set(_FINISHED):
+        if states and states <= set(metadata.FINISHED_STATES):
             finished += 1
             if finished == keep:
                 return i
