@@ -31,9 +31,17 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
     os.makedirs(folder, exist_ok=True)
     config.save(os.path.join(folder, CONFIG_FILE))
     summary.run_dir = folder
-    with open(os.path.join(folder, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
+    _write_summary(folder, summary.to_dict())
     return folder
+
+
+def _write_summary(folder: str, summary: dict) -> None:
+    """Write a record's summary.json to a temporary file, then rename it into place: a run killed
+    or a disk filled while writing leaves the previous file (or none), never half of one."""
+    path = os.path.join(folder, SUMMARY_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 LATEST = "latest"  # names the newest run record wherever a run id is asked for
@@ -112,10 +120,7 @@ def read_summary(folder: str) -> dict:
 
 
 def update_summary(folder: str, changes: dict) -> dict:
-    """Set `changes` in a run record's summary (written to a temporary file, then renamed)."""
+    """Set `changes` in a run record's summary (`_write_summary`)."""
     summary = {**read_summary(folder), **changes}
-    path = os.path.join(folder, SUMMARY_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    _write_summary(folder, summary)
     return summary
