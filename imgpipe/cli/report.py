@@ -46,13 +46,12 @@ def _run_folder(home: str, run: str) -> str:
         raise UsageError(str(e)) from e
 
 
-def _regenerate(home: str, folder: str, max_misclassified: int | None) -> str:
-    """Write the report of the run recorded in `folder`; record the outcome in its summary."""
+def _regenerate(home: str, folder: str, summary: dict, max_misclassified: int | None) -> str:
+    """Write the report of the run recorded in `folder` (its `summary`); record the outcome in it."""
     from imgpipe.orchestration import runs
     from imgpipe.report import build  # loads TensorFlow: only when a report is written
 
     config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE)).replace(home=home)
-    summary = runs.read_summary(folder)
     kwargs = {} if max_misclassified is None else {"max_misclassified": max_misclassified}
     log.info("writing the report of run %s", summary["run_id"])
     started = time.perf_counter()
@@ -87,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     data = None if args.regenerate else build.load_report(folder)
     regenerated = data is None
     if regenerated:
-        _regenerate(home, folder, args.max_misclassified)
+        _regenerate(home, folder, recorded, args.max_misclassified)
         data = build.load_report(folder)
         if data is None:
             raise WorkFailed(f"the report in {build.report_dir(folder)} is incomplete")
