@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import tensorflow_transform as tft
 from pydantic import ValidationError
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import data, export, tflite, train
+from trainer import data, export, image_ids, tflite, train
 from trainer.config import SUMMARY_FILE, ConfigError, TrainingConfig
 
 WARMUP_RECORDS = 4
+
+log = logging.getLogger(__name__)
 
 
 def parse_custom_config(custom_config: dict | None) -> TrainingConfig:
@@ -49,6 +52,13 @@ def run_fn(fn_args: FnArgs) -> None:
         fn_args.serving_model_dir,
         fn_args.train_files,
         fn_args.eval_files,
+    )
+    # Which images it trained on, beside (not inside) the served folder: a later Evaluator
+    # compares against this model only on eval images it did not see (trainer/image_ids.py).
+    model_uri = os.path.dirname(os.path.normpath(fn_args.serving_model_dir))
+    log.info(
+        "recorded %d train image fingerprints for the Evaluator",
+        image_ids.write(model_uri, fn_args.train_files),
     )
     extra = {"tflite": lite.to_dict()} if lite else None
     train.write_summary(result, os.path.join(fn_args.model_run_dir, SUMMARY_FILE), extra)
