@@ -18,6 +18,12 @@ its accuracy is read from that gate.json, and the no-regression threshold is
 applied here exactly as TFMA applies it (`change_failure`), unblessing the model
 when it fails.
 
+The baseline is compared only on eval images it did not train on. Its Trainer recorded
+fingerprints of its train images (trainer/image_ids.py); when the data was split anew and
+some of them are in this eval split, TFMA judges the candidate alone and both models are
+measured here on the rest (components/unseen_comparison.py), or, when fewer than
+MIN_UNSEEN_TO_COMPARE are left, the comparison is skipped with the reason.
+
 TFMA itself does not run again when an earlier execution ran it on exactly the
 same inputs: the same candidate (and baseline) Model artifacts, eval examples
 artifact and splits, the same execution properties with the gate's thresholds
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -53,7 +60,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
-from components import graph_optimization, patching, pusher, tfma_warm
+from components import graph_optimization, patching, pusher, tfma_warm, unseen_comparison
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
 from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
 from components.gate_decision import (
@@ -66,9 +73,10 @@ from components.gate_decision import (
     gate_record,
     plan_gate,
     reasons,
+    with_seen_examples,
 )
 from components.runtime_params import EVALUATOR_KNOBS, Knob, check_knob
-from trainer import tracing
+from trainer import image_ids, tracing
 from trainer.config import ConfigError
 from trainer.features import LABEL_KEY, LABEL_XF
 
@@ -258,8 +266,27 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
         splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         measured = measurement(model.uri, examples.uri, splits, props[key])
-        reused = None
+        eval_ids = functools.cache(lambda: image_ids.split_ids(split_dirs(examples, splits)))
+        # Eval images the candidate trained on: none from `imgpipe ingest` (it drops duplicates);
+        # TFRecords made elsewhere can repeat an image across splits, which flatters the candidate.
+        in_train = unseen_comparison.seen_by(model.uri, eval_ids, "the candidate")
+        if in_train is not None and in_train.any():
+            log.warning(
+                "%d of the %d eval examples are images the candidate trained on (the same image bytes in "
+                "the train split): its eval accuracy is flattered by them",
+                int(in_train.sum()),
+                len(in_train),
+            )
+        seen = None  # a mask over the eval records: the ones the baseline trained on
         if plan.baseline.compared and not plan.baseline.identical:
+            seen = unseen_comparison.seen_by(baselines[0].uri, eval_ids, "the latest blessed model")
+            if seen is not None:
+                plan = dataclasses.replace(
+                    plan, baseline=with_seen_examples(plan.baseline, len(seen), int(seen.sum()))
+                )
+        unseen_only = plan.baseline.compared_examples is not None
+        reused = None
+        if plan.baseline.compared and not plan.baseline.identical and not unseen_only:
             reused = earlier_measurement(
                 evaluation.uri, measurement(baselines[0].uri, examples.uri, splits, props[key])
             )
@@ -269,10 +296,11 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 )
         props[key] = with_plan(props[key], plan)
         inputs = dict(input_dict)
-        if not plan.baseline.compared or plan.baseline.identical or reused is not None:
+        if not plan.baseline.compared or plan.baseline.identical or reused is not None or unseen_only:
             # TFMA then drops the change threshold: skipped, or decided here (an identical
             # model has the candidate's accuracy, a change of exactly 0, within max_regression;
-            # a reused baseline accuracy is compared below).
+            # a reused baseline accuracy, or both models' on the eval examples the baseline
+            # did not train on, is compared below).
             inputs[standard_component_specs.BASELINE_MODEL_KEY] = []
         log.info(
             "gate: floor %.3f (%s), min_class_recall %s, baseline %s",
@@ -294,6 +322,22 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             [saved_model_dir(m) for m in [model, *(tfma_baselines or [])]],
             in_process=tfma_in_this_process(self._beam_pipeline_args),
         )
+        on_unseen = None  # (candidate, baseline) accuracy on the eval examples the baseline did not see
+        if unseen_only:
+            log.info(
+                "the latest blessed model trained on %d of the %d eval examples (the data was split anew): "
+                "both models are compared on the %d it did not see",
+                plan.baseline.seen_eval_examples,
+                len(seen),
+                plan.baseline.compared_examples,
+            )
+            with graph_optimization.grappler(optimization.enabled):
+                on_unseen = unseen_comparison.accuracies_on_unseen(
+                    seen,
+                    split_dirs(examples, splits),
+                    [saved_model_dir(model), saved_model_dir(baselines[0])],
+                    gate.eval_batch_size,
+                )
         run = tfma_run(
             model, tfma_baselines, examples, splits, props, gate.eval_batch_size, optimization.enabled
         )
@@ -328,9 +372,16 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessed = blessing.get_int_custom_property("blessed") == 1
         results = read_results(evaluation.uri)
-        if reused is not None:
-            results = dataclasses.replace(results, baseline_accuracy=reused[0])
-            failure = change_failure(results.accuracy, reused[0], plan.max_regression)
+        if reused is not None or on_unseen is not None:
+            if on_unseen is not None:
+                candidate_accuracy, baseline_accuracy = on_unseen
+                results = dataclasses.replace(
+                    results, baseline_accuracy=baseline_accuracy, compared_accuracy=candidate_accuracy
+                )
+            else:
+                candidate_accuracy, baseline_accuracy = results.accuracy, reused[0]
+                results = dataclasses.replace(results, baseline_accuracy=baseline_accuracy)
+            failure = change_failure(candidate_accuracy, baseline_accuracy, plan.max_regression)
             if failure is not None:
                 results = dataclasses.replace(results, failures=[*results.failures, failure])
                 if blessed:
@@ -339,8 +390,22 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
-        record = gate_record(plan, results, blessed, report.anomalies_allowed, measured, run, earlier)
+        record = gate_record(
+            plan,
+            results,
+            blessed,
+            report.anomalies_allowed,
+            measured,
+            run,
+            earlier,
+            eval_examples_in_train=None if in_train is None else int(in_train.sum()),
+        )
         write_gate_record(evaluation.uri, record)
+
+
+def split_dirs(examples: types.Artifact, splits: Sequence[str] | None) -> list[str]:
+    """The folders of the eval splits in the examples artifact (TFX's Split-<name> layout)."""
+    return [artifact_utils.get_split_uri([examples], split) for split in (splits or ["eval"])]
 
 
 def eval_examples(report: Any, splits: Sequence[str]) -> int | None:
@@ -542,6 +607,8 @@ def _baseline_text(plan: GatePlan) -> str:
         return "identical to the candidate (not evaluated twice)"
     if plan.baseline.reused_from:
         return f"compared with its accuracy measured earlier on these eval examples ({plan.baseline.reused_from})"
+    if plan.baseline.compared_examples is not None:
+        return f"compared on the {plan.baseline.compared_examples} eval examples it did not train on"
     return "compared"
 
 

@@ -4,7 +4,7 @@ No TensorFlow or TFMA here: the Evaluator's executor (components/evaluator.py)
 feeds these the eval split's label counts, the models' label vocabularies and
 TFMA's results, writes the thresholds they choose into the EvalConfig so TFMA
 does the gating, and writes the record they build as gate.json (the contract in
-notes/gate_decision.md: every key present, null where not applicable).
+README.md's gates section: every key present, null where not applicable).
 """
 
 from __future__ import annotations
@@ -164,6 +164,12 @@ class BaselinePlan:
     # The baseline's accuracy on these very eval examples was measured when it was the
     # candidate (gate.json of that Evaluator execution, this path): TFMA does not run it again.
     reused_from: str | None = None
+    # How many eval examples the baseline trained on (trainer/image_ids.py); None: unknown (a
+    # model without the record) or not looked at (none compared, or the candidate itself).
+    seen_eval_examples: int | None = None
+    # The eval examples both models are compared on when the baseline trained on some of the
+    # split: the ones it did not see. None: the whole split.
+    compared_examples: int | None = None
 
 
 def baseline_plan(
@@ -183,6 +189,34 @@ def baseline_plan(
     if change:
         return BaselinePlan(False, f"label set changed: {change} (against the latest blessed model)")
     return BaselinePlan(True, None, identical)
+
+
+# Fewest eval images the baseline did not train on that a comparison is made on. Below it,
+# after the data was split anew, the comparison is skipped with the reason: a handful of
+# images cannot tell two models apart, and the images the baseline saw flatter it.
+MIN_UNSEEN_TO_COMPARE = 20
+
+
+def with_seen_examples(baseline: BaselinePlan, eval_examples: int, seen: int) -> BaselinePlan:
+    """The baseline plan once it is known that the baseline trained on `seen` of the eval examples.
+
+    None of them: compared on the whole split, as before. Some: compared only on the ones
+    it did not see, both models measured on exactly those; when fewer than
+    MIN_UNSEEN_TO_COMPARE are left, not compared, saying why.
+    """
+    if not baseline.compared or baseline.identical:
+        return baseline
+    if seen <= 0:
+        return dataclasses.replace(baseline, seen_eval_examples=0)
+    unseen = eval_examples - seen
+    if unseen < MIN_UNSEEN_TO_COMPARE:
+        return BaselinePlan(
+            False,
+            f"the latest blessed model trained on {seen} of the {eval_examples} eval examples (the data was "
+            f"split anew): the {unseen} it did not see are fewer than {MIN_UNSEEN_TO_COMPARE} to compare on",
+            seen_eval_examples=seen,
+        )
+    return dataclasses.replace(baseline, seen_eval_examples=seen, compared_examples=unseen, reused_from=None)
 
 
 # --------------------------------------------------------------------- the plan
@@ -235,6 +269,10 @@ class EvalResults:
     baseline_accuracy: float | None
     failures: Sequence[Failure] = ()
     problems: Sequence[str] = ()  # TFMA validation problems that are not a metric below a bound
+    # The candidate's accuracy on the examples the baseline was compared on, when that is not
+    # the whole split (BaselinePlan.compared_examples); baseline_accuracy is then the
+    # baseline's on those same examples.
+    compared_accuracy: float | None = None
 
 
 # TFMA computes accuracy in float32: 19/20 arrives as 0.94999998807907, below a floor of
@@ -260,9 +298,16 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
         if f.is_change:
             base = results.baseline_accuracy
             base_text = f"{base:.3f}" if base is not None else "unknown"
-            current = results.accuracy if results.accuracy is not None else float("nan")
+            unseen = plan.baseline.compared_examples
+            current = results.compared_accuracy if unseen is not None else results.accuracy
+            current = current if current is not None else float("nan")
+            where = (
+                f" on the {unseen} eval examples the latest blessed model did not train on"
+                if unseen is not None
+                else ""
+            )
             out.append(
-                f"accuracy {current:.3f} regressed from the latest blessed model's {base_text} "
+                f"accuracy {current:.3f}{where} regressed from the latest blessed model's {base_text} "
                 f"by more than max_regression {plan.max_regression:.3f}"
             )
         elif f.class_name is None and not plan.floor.reachable:
@@ -291,6 +336,7 @@ def gate_record(
     measured: Mapping[str, Any] | None = None,
     tfma_run: Mapping[str, Any] | None = None,
     tfma_reused_from: str | None = None,
+    eval_examples_in_train: int | None = None,
 ) -> dict[str, Any]:
     """The decision record (gate.json): every key of the contract, null where not applicable.
 
@@ -298,6 +344,8 @@ def gate_record(
     Evaluator comparing against this model on the same examples can reuse the number.
     tfma_run: every input of TFMA's run, so a later identical run can reuse its output;
     tfma_reused_from: the execution folder whose output this one reused.
+    eval_examples_in_train: how many eval examples are images the candidate trained on (None:
+    the candidate has no record of its training images).
     """
     why = reasons(plan, results)
     if not blessed and not why:
@@ -325,12 +373,16 @@ def gate_record(
             "skipped_reason": plan.baseline.skipped_reason,
             "identical": plan.baseline.identical,
             "reused_from": plan.baseline.reused_from,
+            "seen_eval_examples": plan.baseline.seen_eval_examples,
+            "compared_examples": _compared_examples(plan.baseline, results),
+            "candidate_accuracy": _candidate_accuracy(plan.baseline, results),
         },
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),
         "measured": dict(measured) if measured is not None else None,
         "tfma_run": dict(tfma_run) if tfma_run is not None else None,
         "tfma_reused_from": tfma_reused_from,
+        "eval_examples_in_train": eval_examples_in_train,
     }
 
 
@@ -338,3 +390,16 @@ def _baseline_accuracy(baseline: BaselinePlan, results: EvalResults) -> float | 
     if not baseline.compared:
         return None
     return results.accuracy if baseline.identical else results.baseline_accuracy
+
+
+def _compared_examples(baseline: BaselinePlan, results: EvalResults) -> int | None:
+    if not baseline.compared:
+        return None
+    return baseline.compared_examples if baseline.compared_examples is not None else results.examples
+
+
+def _candidate_accuracy(baseline: BaselinePlan, results: EvalResults) -> float | None:
+    """The candidate's accuracy on the examples the baseline was compared on."""
+    if not baseline.compared:
+        return None
+    return results.compared_accuracy if baseline.compared_examples is not None else results.accuracy

@@ -231,6 +231,7 @@ def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfm
     ]
     assert gate["baseline"]["skipped_reason"] == "no blessed model yet"
     assert gate["anomalies_allowed"] == ["eval: x"]
+    assert gate["eval_examples_in_train"] is None  # the candidate has no record of its training images
 
 
 def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfma):
@@ -261,6 +262,9 @@ def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfm
         "skipped_reason": "label set changed: new class 'c' (against the latest blessed model)",
         "identical": False,
         "reused_from": None,
+        "seen_eval_examples": None,
+        "compared_examples": None,
+        "candidate_accuracy": None,
     }
 
 
@@ -309,6 +313,9 @@ def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, 
         "skipped_reason": None,
         "identical": True,
         "reused_from": None,
+        "seen_eval_examples": None,  # the candidate itself: nothing to look up
+        "compared_examples": 20,
+        "candidate_accuracy": 0.9,
     }
 
 
@@ -524,3 +531,160 @@ def test_eval_batch_size_is_a_gate_setting_with_bounds():
     assert PipelineConfig(data_dir="d", eval_batch_size=16).gate.eval_batch_size == 16
     with pytest.raises(ValueError, match="eval_batch_size"):
         PipelineConfig(data_dir="d", eval_batch_size=0)
+
+
+# ------------------------------------------- a baseline that trained on some eval images
+def _resplit(tmp_path, seen: int, unseen: int):
+    """A baseline that trained on `seen` of the eval split's images, and that eval split (gzip, as ExampleGen)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tests import helpers
+    from trainer import image_ids
+
+    rng = np.random.default_rng(0)
+    images = [
+        helpers.encode_image(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8))
+        for _ in range(seen + unseen + 5)
+    ]
+    from tfx.types import artifact_utils
+
+    examples = _examples(tmp_path)
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    split = tmp_path / "examples" / "Split-eval"
+    split.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(split / "data.gz"), options="GZIP") as w:
+        for i, image in enumerate(images[: seen + unseen]):
+            w.write(helpers.make_example(image, "ab"[i % 2]))
+    train = tmp_path / "old_train"
+    helpers.write_tfrecords(str(train / "data.tfrecord"), [(x, "a") for x in images[:seen] + images[-5:]])
+    old = _model(tmp_path, "old", ["a", "b"])
+    image_ids.write(old.uri, str(train))
+    new = _model(tmp_path, "new", ["a", "b"])
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    counts = {"a": (seen + unseen + 1) // 2, "b": (seen + unseen) // 2}
+    return examples, old, new, counts
+
+
+@pytest.mark.parametrize("on_unseen, blessed", [((0.9, 0.85), True), ((0.8, 0.85), False)])
+def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
+    tmp_path, fake_tfma, monkeypatch, on_unseen, blessed
+):
+    """The data was split anew: 30 of the 55 eval images are in the baseline's train split."""
+    from components import unseen_comparison
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    examples, old, new, counts = _resplit(tmp_path, seen=30, unseen=25)
+    calls = []
+
+    def measured(seen, files, model_dirs, batch_size):
+        calls.append((list(seen), files, model_dirs, batch_size))
+        return list(on_unseen)
+
+    monkeypatch.setattr(unseen_comparison, "accuracies_on_unseen", measured)
+    # Overall the candidate has 0.95; TFMA gets no baseline (its number would count the seen images).
+    fake_tfma["results"] = EvalResults(0.95, 55, {}, None)
+    inputs = {
+        "examples": [examples],
+        "model": [new],
+        "baseline_model": [old],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    outputs = _outputs(tmp_path)
+    GateEvaluatorExecutor().Do(inputs, outputs, _props({}))
+    assert fake_tfma["inputs"]["baseline_model"] == []
+    assert (
+        _thresholds(fake_tfma["props"]["eval_config"])["overall"][1] is True
+    )  # TFMA drops it without a baseline
+    [(seen, files, model_dirs, batch_size)] = calls
+    assert seen == [True] * 30 + [False] * 25  # in the split's record order
+    assert files == [str(tmp_path / "examples" / "Split-eval")] and batch_size == 128
+    assert model_dirs == [str(tmp_path / "new" / "Format-Serving"), str(tmp_path / "old" / "Format-Serving")]
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["accuracy"] == 0.95 and gate["blessed"] is blessed
+    assert gate["baseline"] == {
+        "accuracy": on_unseen[1],
+        "max_regression": 0.0,
+        "compared": True,
+        "skipped_reason": None,
+        "identical": False,
+        "reused_from": None,
+        "seen_eval_examples": 30,
+        "compared_examples": 25,
+        "candidate_accuracy": on_unseen[0],
+    }
+    assert outputs["blessing"][0].get_int_custom_property("blessed") == int(blessed)
+    if not blessed:
+        assert gate["reasons"] == [
+            "accuracy 0.800 on the 25 eval examples the latest blessed model did not train on regressed from "
+            "the latest blessed model's 0.850 by more than max_regression 0.000"
+        ]
+
+
+def test_too_few_unseen_eval_images_skip_the_comparison_and_say_why(tmp_path, fake_tfma, monkeypatch):
+    from components import unseen_comparison
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    examples, old, new, counts = _resplit(tmp_path, seen=46, unseen=14)
+    monkeypatch.setattr(
+        unseen_comparison, "accuracies_on_unseen", lambda *a: pytest.fail("nothing to compare on")
+    )
+    fake_tfma["results"] = EvalResults(0.9, 60, {}, None)
+    inputs = {
+        "examples": [examples],
+        "model": [new],
+        "baseline_model": [old],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    assert fake_tfma["inputs"]["baseline_model"] == []
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["blessed"] is True
+    assert gate["baseline"]["compared"] is False and gate["baseline"]["seen_eval_examples"] == 46
+    assert gate["baseline"]["skipped_reason"].startswith(
+        "the latest blessed model trained on 46 of the 60 eval"
+    )
+
+
+def test_a_baseline_that_saw_no_eval_image_goes_to_tfma_as_before(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    examples, old, new, counts = _resplit(tmp_path, seen=0, unseen=20)
+    fake_tfma["results"] = EvalResults(0.9, 20, {}, 0.85)
+    inputs = {
+        "examples": [examples],
+        "model": [new],
+        "baseline_model": [old],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    assert fake_tfma["inputs"]["baseline_model"] == [old]
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        baseline = json.load(f)["baseline"]
+    assert baseline["seen_eval_examples"] == 0 and baseline["compared_examples"] == 20
+    assert (baseline["accuracy"], baseline["candidate_accuracy"]) == (0.85, 0.9)
+
+
+def test_eval_images_the_candidate_trained_on_are_counted(tmp_path, fake_tfma):
+    """TFRecords made elsewhere can repeat an image in train and eval: gate.json says how many."""
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+    from trainer import image_ids
+
+    examples, old, new, counts = _resplit(tmp_path, seen=3, unseen=20)
+    image_ids.write(new.uri, str(tmp_path / "old_train"))  # the candidate trained on 3 eval images too
+    fake_tfma["results"] = EvalResults(0.9, 23, {}, None)
+    inputs = {
+        "examples": [examples],
+        "model": [new],
+        "baseline_model": [],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        assert json.load(f)["eval_examples_in_train"] == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,7 @@ from components.gate_decision import (
     label_set_change,
     plan_gate,
     reasons,
+    with_seen_examples,
 )
 
 CONTRACT_KEYS = {
@@ -45,8 +48,19 @@ CONTRACT_KEYS = {
     "measured",
     "tfma_run",
     "tfma_reused_from",
+    "eval_examples_in_train",
 }
-BASELINE_KEYS = {"accuracy", "max_regression", "compared", "skipped_reason", "identical", "reused_from"}
+BASELINE_KEYS = {
+    "accuracy",
+    "max_regression",
+    "compared",
+    "skipped_reason",
+    "identical",
+    "reused_from",
+    "seen_eval_examples",
+    "compared_examples",
+    "candidate_accuracy",
+}
 
 
 # ------------------------------------------------------------------------ the floor
@@ -224,6 +238,9 @@ def test_record_has_every_contract_key():
         "skipped_reason": NO_BASELINE,
         "identical": False,
         "reused_from": None,
+        "seen_eval_examples": None,
+        "compared_examples": None,
+        "candidate_accuracy": None,
     }
     assert record["anomalies_allowed"] == ["eval: x"] and record["measured"] is None
 
@@ -238,6 +255,7 @@ def test_record_keeps_the_baseline_accuracy_only_when_compared():
     plan = plan_gate(GateConfig(), {"a": 5, "b": 5}, ["a", "b"], ["a", "b"])
     record = gate_record(plan, EvalResults(0.9, 10, {}, 0.85), blessed=True)
     assert record["baseline"]["compared"] is True and record["baseline"]["accuracy"] == 0.85
+    assert record["baseline"]["compared_examples"] == 10 and record["baseline"]["candidate_accuracy"] == 0.9
     same = plan_gate(GateConfig(), {"a": 5, "b": 5}, ["a", "b"], ["a", "b"], baseline_identical=True)
     record = gate_record(same, EvalResults(0.9, 10, {}, None), blessed=True)
     assert record["baseline"]["identical"] is True and record["baseline"]["accuracy"] == 0.9
@@ -258,3 +276,46 @@ def test_change_failure_is_tfmas_no_regression_threshold():
     # Float32 metrics: a drop of exactly max_regression (0.8 -> 0.7 as TFMA stores them) passes.
     assert change_failure(float(np.float32(0.7)), float(np.float32(0.8)), 0.1) is None
     assert change_failure(float(np.float32(0.65)), float(np.float32(0.8)), 0.1) is not None
+
+
+# ------------------------------------------------- a baseline that trained on eval images
+def test_a_baseline_that_saw_no_eval_image_is_compared_on_the_whole_split():
+    plan = with_seen_examples(baseline_plan(["a", "b"], ["a", "b"]), 60, 0)
+    assert plan.compared and plan.seen_eval_examples == 0 and plan.compared_examples is None
+
+
+def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest():
+    """The data was split anew: 46 of the 60 eval images were in the baseline's train split."""
+    from components.gate_decision import MIN_UNSEEN_TO_COMPARE
+
+    reused = dataclasses.replace(baseline_plan(["a", "b"], ["a", "b"]), reused_from="/x/gate.json")
+    plan = with_seen_examples(reused, 60, 60 - MIN_UNSEEN_TO_COMPARE)
+    assert plan.compared and plan.seen_eval_examples == 40 and plan.compared_examples == MIN_UNSEEN_TO_COMPARE
+    assert plan.reused_from is None  # a number measured on the whole split does not apply
+    few = with_seen_examples(reused, 60, 61 - MIN_UNSEEN_TO_COMPARE)
+    assert not few.compared and few.seen_eval_examples == 41 and few.compared_examples is None
+    assert few.skipped_reason == (
+        "the latest blessed model trained on 41 of the 60 eval examples (the data was split anew): "
+        f"the 19 it did not see are fewer than {MIN_UNSEEN_TO_COMPARE} to compare on"
+    )
+
+
+def test_what_is_not_compared_or_is_the_candidate_is_left_as_it_was():
+    none = baseline_plan(["a", "b"], None)
+    assert with_seen_examples(none, 60, 30) == none
+    same = baseline_plan(["a", "b"], ["a", "b"], identical=True)
+    assert with_seen_examples(same, 60, 30) == same
+
+
+def test_a_regression_on_the_unseen_images_names_them_and_uses_their_numbers():
+    gate = plan_gate(GateConfig(), {"a": 30, "b": 30}, ["a", "b"], ["a", "b"])
+    plan = dataclasses.replace(gate, baseline=with_seen_examples(gate.baseline, 60, 35))
+    # Overall the candidate has 0.95; on the 25 images the baseline did not see, 0.80 against its 0.88.
+    results = EvalResults(0.95, 60, {}, 0.88, failures=[Failure(None, True, -0.08)], compared_accuracy=0.8)
+    assert reasons(plan, results) == [
+        "accuracy 0.800 on the 25 eval examples the latest blessed model did not train on regressed "
+        "from the latest blessed model's 0.880 by more than max_regression 0.000"
+    ]
+    record = gate_record(plan, results, blessed=False)["baseline"]
+    assert (record["seen_eval_examples"], record["compared_examples"]) == (35, 25)
+    assert (record["accuracy"], record["candidate_accuracy"]) == (0.88, 0.8)

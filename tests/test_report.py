@@ -170,6 +170,22 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         baseline={"accuracy": None, "compared": False, "skipped_reason": "no blessed model yet"},
     )
     assert data.gate_from_record(skipped).baseline_note == "not compared: no blessed model yet"
+    resplit = dict(
+        _gate_record(["7"]),
+        eval_examples=60,
+        baseline={
+            "accuracy": 0.88,
+            "compared": True,
+            "max_regression": 0.0,
+            "seen_eval_examples": 35,
+            "compared_examples": 25,
+            "candidate_accuracy": 0.8,
+        },
+    )
+    assert data.gate_from_record(resplit).baseline_note == (
+        "latest blessed model, on the 25 eval examples it did not train on (it trained on 35 of the 60; "
+        "the data was split anew), where this model has 0.8000; allowed regression 0.0000"
+    )
     by_min = dict(_gate_record(["7"]), floor_source="min_accuracy", min_accuracy=0.8, floor=0.8)
     note = data.gate_from_record(by_min).floor_note
     assert note.startswith("min_accuracy 0.8") and "majority class '7'" in note and note.endswith("lower)")

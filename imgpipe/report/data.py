@@ -388,7 +388,7 @@ def _fmt(x: Any) -> str:
 
 
 def gate_from_record(record: dict[str, Any]) -> GateView:
-    """The gate view of the Evaluator's gate.json (keys per notes/gate_decision.md; missing keys tolerated)."""
+    """The gate view of the Evaluator's gate.json (keys per README.md's gates section; missing keys tolerated)."""
     baseline = record.get("baseline") or {}
     majority = (
         f"majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
@@ -412,6 +412,13 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         floor_note = min_accuracy
     if baseline.get("compared") and baseline.get("identical"):
         baseline_note = "latest blessed model, which is this model (identical files): no regression"
+    elif baseline.get("compared") and baseline.get("seen_eval_examples"):
+        baseline_note = (
+            f"latest blessed model, on the {baseline.get('compared_examples')} eval examples it did not train on "
+            f"(it trained on {baseline['seen_eval_examples']} of the {record.get('eval_examples')}; the data was "
+            f"split anew), where this model has {_fmt(baseline.get('candidate_accuracy'))}; "
+            f"allowed regression {_fmt(baseline.get('max_regression'))}"
+        )
     elif baseline.get("compared"):
         baseline_note = f"latest blessed model; allowed regression {_fmt(baseline.get('max_regression'))}"
     else:
@@ -423,6 +430,13 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
     recall = record.get("per_class_recall") or {}
     if recall:
         details.append(("per_class_recall", ", ".join(f"{k}: {_fmt(v)}" for k, v in recall.items())))
+    if record.get("eval_examples_in_train"):
+        details.append(
+            (
+                "eval_examples_in_train",
+                f"{record['eval_examples_in_train']} (images the model trained on: they flatter its accuracy)",
+            )
+        )
     if record.get("anomalies_allowed"):
         details.append(("anomalies_allowed", ", ".join(str(a) for a in record["anomalies_allowed"])))
     return GateView(

@@ -399,6 +399,7 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     baseline = s.gate["baseline"]
     assert baseline["compared"] is True and baseline["identical"] is False, s.gate
     assert baseline["reused_from"] is None  # nothing had measured it on these examples
+    assert baseline["seen_eval_examples"] == 0  # new images: the first model trained on none of them
     # Both models ran in TFMA without Grappler's rewrites (auto, a small split); the accuracy
     # recomputed below runs the first model with them.
     assert s.gate["tfma_run"]["graph_optimization"] is False
@@ -410,6 +411,53 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     expected = float(np.mean([c.decode() == lbl for c, (lbl, _) in zip(top1, records, strict=True)]))
     assert baseline["accuracy"] == pytest.approx(expected, abs=1e-6)
     assert s.baseline_accuracy == pytest.approx(expected, abs=1e-6)
+
+
+def _top1_accuracy(saved_model: str, records) -> float:
+    """Accuracy of a SavedModel's raw-image signature (predict_images) on (label, image) records."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = tf.saved_model.load(saved_model).signatures["predict_images"]
+    top1 = model(images=tf.constant([img for _, img in records]))["classes"].numpy()[:, 0]
+    return float(np.mean([c.decode() == lbl for c, (lbl, _) in zip(top1, records, strict=True)]))
+
+
+def test_data_split_anew_compares_the_baseline_only_on_images_it_did_not_train_on(
+    base_config, first_run, tmp_path
+):
+    """The same images ingested with another seed and eval fraction: most of the new eval split is
+    images the blessed model trained on. It is compared with the candidate only on the rest."""
+    images = os.path.join(os.path.dirname(base_config.data_dir), "images")  # what digits_records ingested
+    data = str(tmp_path / "records")
+    ingest.ingest(images, data, eval_fraction=0.6, seed=11)
+    trained_on = {img for _, img in _eval_records(os.path.join(base_config.data_dir, "train"))}
+    evals = _eval_records(os.path.join(data, "eval"))
+    unseen = [r for r in evals if r[1] not in trained_on]
+    seen = len(evals) - len(unseen)
+    assert seen > len(unseen) >= 20, (seen, len(unseen))  # the case: mostly seen, enough left to compare
+
+    # Not blessed (min_accuracy 1.0), so the first model stays the baseline of the runs after this one.
+    s = run_local(
+        base_config.replace(
+            data_dir=data,
+            min_accuracy=1.0,
+            max_regression=1.0,
+            export_tflite="none",
+            prepush_validation=False,
+        )
+    )
+    assert s.executions["Trainer"] == "COMPLETE" and s.blessed is False
+    baseline = s.gate["baseline"]
+    assert baseline["compared"] is True and baseline["reused_from"] is None, s.gate
+    assert (baseline["seen_eval_examples"], baseline["compared_examples"]) == (seen, len(unseen))
+    assert s.gate["eval_examples"] == len(evals)
+    # Both numbers, recomputed here through another signature of each model on those images.
+    assert baseline["accuracy"] == pytest.approx(_top1_accuracy(first_run.pushed, unseen), abs=1e-6)
+    candidate = os.path.join(s.gate["measured"]["model"], "Format-Serving")
+    assert baseline["candidate_accuracy"] == pytest.approx(_top1_accuracy(candidate, unseen), abs=1e-6)
+    assert s.baseline_accuracy == baseline["accuracy"]
+    assert "it did not train on" in report_build.load_report(s.run_dir).gate.baseline_note
 
 
 def test_pushed_model_is_served_over_grpc(base_config, first_run, tmp_path):

@@ -1,0 +1,101 @@
+"""Which images a model trained on (trainer/image_ids.py), and the comparison on the rest
+(components/unseen_comparison.py) with a real exported model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+
+def _blake(image: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(image, digest_size=8).digest(), "little")
+
+
+def _images(n: int, seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [helpers.encode_image(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _write_gzip(path: str, items) -> str:
+    import tensorflow as tf
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for image, label in items:
+            w.write(helpers.make_example(image, label))
+    return path
+
+
+def test_the_train_split_is_recorded_by_image_bytes_whatever_the_label(tmp_path):
+    from trainer import image_ids
+
+    a, b, c = _images(3, seed=1)
+    train = tmp_path / "Split-train"
+    # ExampleGen's gzip files; the same image under another label is the same image.
+    _write_gzip(str(train / "data-00000.gz"), [(a, "cat"), (b, "dog")])
+    _write_gzip(str(train / "data-00001.gz"), [(a, "dog"), (c, "cat")])
+    model = tmp_path / "Trainer" / "model" / "7"
+    assert image_ids.write(str(model), str(train)) == 3
+    ids = image_ids.read(str(model))
+    assert ids.dtype == np.uint64 and list(ids) == sorted(_blake(x) for x in (a, b, c))
+    assert not os.path.exists(image_ids.ids_path(str(model)) + ".tmp")
+
+    d = _images(1, seed=2)[0]
+    evals = helpers.write_tfrecords(
+        str(tmp_path / "eval.tfrecord"), [(d, "cat"), (c, "dog"), (d, "x"), (a, "cat")]
+    )
+    assert list(image_ids.seen(image_ids.split_ids(evals), ids)) == [False, True, False, True]
+
+
+def test_a_model_without_a_record_and_a_damaged_record(tmp_path):
+    from trainer import image_ids
+
+    assert image_ids.read(str(tmp_path)) is None  # trained before the record existed
+    (tmp_path / image_ids.IDS_FILE).write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match=image_ids.IDS_FILE):
+        image_ids.read(str(tmp_path))
+
+
+def test_accuracies_count_only_the_unseen_records(tmp_path, serving_model):
+    """Seen records carry wrong labels: counted, they would pull the accuracy down."""
+    import tensorflow as tf
+
+    from components.unseen_comparison import accuracies_on_unseen
+
+    items = serving_model.items
+    records, seen = [], []
+    for i, (image, label) in enumerate(items):
+        if i % 3 == 0:  # "trained on": a label the model cannot give
+            records.append((image, "not-a-class"))
+            seen.append(True)
+        else:
+            records.append((image, label))
+            seen.append(False)
+    records.append((items[0][0], "not-a-class"))  # unseen, with no class of the model: wrong
+    seen.append(False)
+    helpers.write_tfrecords(str(tmp_path / "eval" / "data.tfrecord"), records)
+    mask = np.array(seen)
+
+    # The oracle: the model's raw-image signature, another input path than serving_default's.
+    model = tf.saved_model.load(serving_model.export_dir)
+    top1 = model.signatures["predict_images"](images=tf.constant([img for img, _ in records]))[
+        "classes"
+    ].numpy()[:, 0]
+    right = [c.decode() == label for c, (_, label) in zip(top1, records, strict=True)]
+    expected = float(np.mean([r for r, s in zip(right, seen, strict=True) if not s]))
+    assert 0 < expected < 1
+
+    got = accuracies_on_unseen(mask, str(tmp_path / "eval"), [serving_model.export_dir] * 2, batch_size=5)
+    assert got == [pytest.approx(expected, abs=1e-9)] * 2
+
+    with pytest.raises(ValueError, match="changed while it was read"):
+        accuracies_on_unseen(np.append(mask, False), str(tmp_path / "eval"), [serving_model.export_dir], 64)
+    with pytest.raises(ValueError, match="no eval record is left"):
+        accuracies_on_unseen(
+            np.ones(len(records), bool), str(tmp_path / "eval"), [serving_model.export_dir], 64
+        )
