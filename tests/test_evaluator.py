@@ -566,16 +566,32 @@ def _resplit(tmp_path, seen: int, unseen: int):
     return examples, old, new, counts
 
 
+def _evaluate_resplit(tmp_path, fake_tfma, resplit, results, with_baseline: bool = True):
+    """The executor on `_resplit`'s data, TFMA's stand-in answering `results`: gate.json and the outputs."""
+    from components.evaluator import GateEvaluatorExecutor
+
+    examples, old, new, counts = resplit
+    inputs = {
+        "examples": [examples],
+        "model": [new],
+        "baseline_model": [old] if with_baseline else [],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    outputs = _outputs(tmp_path)
+    fake_tfma["results"] = results
+    GateEvaluatorExecutor().Do(inputs, outputs, _props({}))
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        return json.load(f), outputs
+
+
 @pytest.mark.parametrize("on_unseen, blessed", [((0.9, 0.85), True), ((0.8, 0.85), False)])
 def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
     tmp_path, fake_tfma, monkeypatch, on_unseen, blessed
 ):
     """The data was split anew: 30 of the 55 eval images are in the baseline's train split."""
     from components import unseen_comparison
-    from components.evaluator import GateEvaluatorExecutor
     from components.gate_decision import EvalResults
 
-    examples, old, new, counts = _resplit(tmp_path, seen=30, unseen=25)
     calls = []
 
     def measured(seen, files, model_dirs, batch_size):
@@ -584,25 +600,13 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
 
     monkeypatch.setattr(unseen_comparison, "accuracies_on_unseen", measured)
     # Overall the candidate has 0.95; TFMA gets no baseline (its number would count the seen images).
-    fake_tfma["results"] = EvalResults(0.95, 55, {}, None)
-    inputs = {
-        "examples": [examples],
-        "model": [new],
-        "baseline_model": [old],
-        "data_report": [_report(tmp_path, counts)],
-    }
-    outputs = _outputs(tmp_path)
-    GateEvaluatorExecutor().Do(inputs, outputs, _props({}))
+    resplit = _resplit(tmp_path, seen=30, unseen=25)
+    gate, outputs = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.95, 55, {}, None))
     assert fake_tfma["inputs"]["baseline_model"] == []
-    assert (
-        _thresholds(fake_tfma["props"]["eval_config"])["overall"][1] is True
-    )  # TFMA drops it without a baseline
     [(seen, files, model_dirs, batch_size)] = calls
     assert seen == [True] * 30 + [False] * 25  # in the split's record order
     assert files == [str(tmp_path / "examples" / "Split-eval")] and batch_size == 128
     assert model_dirs == [str(tmp_path / "new" / "Format-Serving"), str(tmp_path / "old" / "Format-Serving")]
-    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
-        gate = json.load(f)
     assert gate["accuracy"] == 0.95 and gate["blessed"] is blessed
     assert gate["baseline"] == {
         "accuracy": on_unseen[1],
@@ -625,24 +629,14 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
 
 def test_too_few_unseen_eval_images_skip_the_comparison_and_say_why(tmp_path, fake_tfma, monkeypatch):
     from components import unseen_comparison
-    from components.evaluator import GateEvaluatorExecutor
     from components.gate_decision import EvalResults
 
-    examples, old, new, counts = _resplit(tmp_path, seen=46, unseen=14)
     monkeypatch.setattr(
         unseen_comparison, "accuracies_on_unseen", lambda *a: pytest.fail("nothing to compare on")
     )
-    fake_tfma["results"] = EvalResults(0.9, 60, {}, None)
-    inputs = {
-        "examples": [examples],
-        "model": [new],
-        "baseline_model": [old],
-        "data_report": [_report(tmp_path, counts)],
-    }
-    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    resplit = _resplit(tmp_path, seen=46, unseen=14)
+    gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 60, {}, None))
     assert fake_tfma["inputs"]["baseline_model"] == []
-    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
-        gate = json.load(f)
     assert gate["blessed"] is True
     assert gate["baseline"]["compared"] is False and gate["baseline"]["seen_eval_examples"] == 46
     assert gate["baseline"]["skipped_reason"].startswith(
@@ -651,40 +645,24 @@ def test_too_few_unseen_eval_images_skip_the_comparison_and_say_why(tmp_path, fa
 
 
 def test_a_baseline_that_saw_no_eval_image_goes_to_tfma_as_before(tmp_path, fake_tfma):
-    from components.evaluator import GateEvaluatorExecutor
     from components.gate_decision import EvalResults
 
-    examples, old, new, counts = _resplit(tmp_path, seen=0, unseen=20)
-    fake_tfma["results"] = EvalResults(0.9, 20, {}, 0.85)
-    inputs = {
-        "examples": [examples],
-        "model": [new],
-        "baseline_model": [old],
-        "data_report": [_report(tmp_path, counts)],
-    }
-    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
-    assert fake_tfma["inputs"]["baseline_model"] == [old]
-    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
-        baseline = json.load(f)["baseline"]
+    resplit = _resplit(tmp_path, seen=0, unseen=20)
+    gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 20, {}, 0.85))
+    assert fake_tfma["inputs"]["baseline_model"] == [resplit[1]]
+    baseline = gate["baseline"]
     assert baseline["seen_eval_examples"] == 0 and baseline["compared_examples"] == 20
     assert (baseline["accuracy"], baseline["candidate_accuracy"]) == (0.85, 0.9)
 
 
 def test_eval_images_the_candidate_trained_on_are_counted(tmp_path, fake_tfma):
     """TFRecords made elsewhere can repeat an image in train and eval: gate.json says how many."""
-    from components.evaluator import GateEvaluatorExecutor
     from components.gate_decision import EvalResults
     from trainer import image_ids
 
-    examples, old, new, counts = _resplit(tmp_path, seen=3, unseen=20)
-    image_ids.write(new.uri, str(tmp_path / "old_train"))  # the candidate trained on 3 eval images too
-    fake_tfma["results"] = EvalResults(0.9, 23, {}, None)
-    inputs = {
-        "examples": [examples],
-        "model": [new],
-        "baseline_model": [],
-        "data_report": [_report(tmp_path, counts)],
-    }
-    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
-    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
-        assert json.load(f)["eval_examples_in_train"] == 3
+    resplit = _resplit(tmp_path, seen=3, unseen=20)
+    image_ids.write(resplit[2].uri, str(tmp_path / "old_train"))  # the candidate trained on 3 eval images too
+    gate, _ = _evaluate_resplit(
+        tmp_path, fake_tfma, resplit, EvalResults(0.9, 23, {}, None), with_baseline=False
+    )
+    assert gate["eval_examples_in_train"] == 3
