@@ -666,3 +666,17 @@ def test_eval_images_the_candidate_trained_on_are_counted(tmp_path, fake_tfma):
         tmp_path, fake_tfma, resplit, EvalResults(0.9, 23, {}, None), with_baseline=False
     )
     assert gate["eval_examples_in_train"] == 3
+
+
+def test_a_damaged_record_of_training_images_falls_back_to_the_whole_split(tmp_path, fake_tfma):
+    from components.gate_decision import EvalResults
+    from trainer import image_ids
+
+    resplit = _resplit(tmp_path, seen=30, unseen=25)
+    for model in resplit[1:3]:
+        with open(image_ids.ids_path(model.uri), "wb") as f:  # the candidate's has none: written here
+            f.write(b"\x93NUMPY damaged")
+    gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 55, {}, 0.85))
+    assert fake_tfma["inputs"]["baseline_model"] == [resplit[1]]  # TFMA compares, as before the record
+    assert gate["baseline"]["seen_eval_examples"] is None and gate["baseline"]["accuracy"] == 0.85
+    assert gate["eval_examples_in_train"] is None
