@@ -30,6 +30,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.gate import ACCURACY_KEY
 from components.gate_decision import GATE_FILE
 from components.prepush import REPORT_FILE as PREPUSH_REPORT_FILE
+from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metadata_url import PostgresTarget
 from trainer.config import SUMMARY_FILE
@@ -242,13 +243,12 @@ def withdraw_unserved_blessings(
     Airflow launcher's `run` contexts). Idempotent; a constant number of queries plus one
     per blessing withdrawn. Returns [(ModelBlessing id, reason)] of those withdrawn now.
     """
-    root = os.path.join(os.path.abspath(pipeline_root), "")
     blessed = {
         a.id: a
         for a in store.get_artifacts_by_type("ModelBlessing")
         if a.state == metadata_store_pb2.Artifact.LIVE
         and _int_prop(a, "blessed") == 1
-        and a.uri.startswith(root)
+        and under(a.uri, pipeline_root)
     }
     if not blessed:
         return []

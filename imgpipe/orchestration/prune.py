@@ -41,6 +41,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from imgpipe.orchestration import metadata, recovery, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
+from imgpipe.orchestration.paths import under
 from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,6 @@ class PruneResult:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _under(path: str, root: str) -> bool:
-    path, root = os.path.realpath(path), os.path.realpath(root)
-    return os.path.commonpath([path, root]) == root and path != root
 
 
 def _type_names(store, artifacts) -> dict[int, str]:
@@ -160,7 +156,7 @@ def _plan_pipeline(store, name: str, root: str, keep: int) -> tuple[PipelinePrun
             continue
         if a.state == _DELETED and not os.path.exists(a.uri):
             continue  # pruned before
-        if not _under(a.uri, root):
+        if not under(a.uri, root):
             log.warning("artifact %d (%s) is outside the pipeline root %s: left alone", a.id, a.uri, root)
             continue
         doomed.append(a)

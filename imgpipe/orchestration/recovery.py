@@ -31,6 +31,7 @@ import shutil
 
 from ml_metadata.proto import metadata_store_pb2
 
+from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.scratch import tree_bytes
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,12 @@ def forget_missing_models(store, pipeline_root: str, found_by: str, dry_run: boo
     cannot be read). Marked DELETED, as `imgpipe prune` marks what it removes, it is passed
     over and the next blessed model that exists is the baseline. Remote URIs are not checked.
     """
-    root = os.path.join(os.path.abspath(pipeline_root), "")
     missing = [
         a
         for a in store.get_artifacts_by_type("Model")
         if a.state == metadata_store_pb2.Artifact.LIVE
         and "://" not in a.uri
-        and a.uri.startswith(root)
+        and under(a.uri, pipeline_root)
         and not os.path.isdir(a.uri)
     ]
     for a in missing:
