@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 
 import numpy as np
@@ -53,12 +54,44 @@ def test_the_train_split_is_recorded_by_image_bytes_whatever_the_label(tmp_path)
 
 
 def test_a_model_without_a_record_and_a_damaged_record(tmp_path):
+    from components.unseen_comparison import seen_by
     from trainer import image_ids
 
     assert image_ids.read(str(tmp_path)) is None  # trained before the record existed
-    (tmp_path / image_ids.IDS_FILE).write_bytes(b"not numpy")
-    with pytest.raises(ValueError, match=image_ids.IDS_FILE):
-        image_ids.read(str(tmp_path))
+    good = io.BytesIO()
+    np.save(good, np.arange(5, dtype=np.uint64))
+    archive = io.BytesIO()
+    np.savez(archive, ids=np.arange(5, dtype=np.uint64))
+    objects = io.BytesIO()
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    signed = io.BytesIO()
+    np.save(signed, np.arange(5, dtype=np.int64))
+    damaged = {
+        "not numpy": b"not numpy",
+        "empty": b"",
+        "cut short": good.getvalue()[:-9],
+        "an .npz archive": archive.getvalue(),
+        "pickled objects": objects.getvalue(),
+        "signed integers": signed.getvalue(),
+    }
+    for what, raw in damaged.items():
+        (tmp_path / image_ids.IDS_FILE).write_bytes(raw)
+        with pytest.raises(ValueError, match=image_ids.IDS_FILE):
+            image_ids.read(str(tmp_path))
+        # The Evaluator then compares on the whole split, as for a model without a record.
+        assert seen_by(str(tmp_path), lambda: np.arange(3, dtype=np.uint64), "the baseline") is None, what
+
+
+def test_the_model_folder_of_a_remote_serving_dir_keeps_its_scheme():
+    from trainer import image_ids
+
+    assert image_ids.model_uri("gs://bucket/root/Trainer/model/7/Format-Serving") == (
+        "gs://bucket/root/Trainer/model/7"
+    )
+    assert image_ids.model_uri("gs://bucket/root/Trainer/model/7/Format-Serving/") == (
+        "gs://bucket/root/Trainer/model/7"
+    )
+    assert image_ids.model_uri("/home/x/Trainer/model/7/Format-Serving") == "/home/x/Trainer/model/7"
 
 
 def test_accuracies_count_only_the_unseen_records(tmp_path, serving_model):

@@ -2,11 +2,11 @@
 
 The Trainer writes the fingerprints of its train split into the Model artifact's
 folder (`train_image_ids.npy`, beside the SavedModel's `Format-Serving`, so it is
-never pushed). The Evaluator reads those of the latest blessed model: when the data
-was split anew (ingest with another seed or `--eval-fraction`, or TFRecords made
-elsewhere), images that model trained on can sit in the new eval split, where they
-flatter it against a candidate that never saw them. The Evaluator then compares the
-two only on the eval images the baseline did not train on (components/evaluator.py).
+never pushed). The Evaluator reads those of the latest blessed model and of the
+candidate: when the data was split anew (ingest with another seed or `--eval-fraction`),
+or TFRecords made elsewhere repeat an image across splits, images a model trained on can
+sit in the eval split, where they flatter it. The Evaluator then compares the two only on
+the eval images neither trained on (components/evaluator.py).
 
 A fingerprint is the first 8 bytes of BLAKE2b over the image feature's bytes: the
 same file ingested again gives the same fingerprint (ingest writes a file's bytes
@@ -82,6 +82,14 @@ def write(model_uri: str, train_files: str | Sequence[str]) -> int:
     return len(ids)
 
 
+def model_uri(serving_model_dir: str) -> str:
+    """The Model artifact's folder that holds the Trainer's `serving_model_dir` (Format-Serving).
+
+    Not os.path.normpath: it would fold a remote URI's `gs://bucket` into `gs:/bucket`, which
+    TensorFlow's file system reads as a local folder."""
+    return os.path.dirname(serving_model_dir.rstrip("/"))
+
+
 def read(model_uri: str) -> np.ndarray | None:
     """The fingerprints a model trained on (sorted, unique), or None when it has no record of them
     (a model trained before imgpipe wrote them, or one made elsewhere)."""
@@ -92,8 +100,10 @@ def read(model_uri: str) -> np.ndarray | None:
         raw = f.read()
     try:
         ids = np.load(io.BytesIO(raw), allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{path} is not a list of image fingerprints: {e}") from None
+    except (ValueError, EOFError, OSError) as e:  # not .npy, empty or cut short, pickled objects
+        raise ValueError(f"{path} is not a list of image fingerprints: {e or type(e).__name__}") from None
+    if not isinstance(ids, np.ndarray):  # an .npz archive under this name
+        raise ValueError(f"{path} is not a list of image fingerprints (a {type(ids).__name__})")
     if ids.ndim != 1 or ids.dtype.kind != "u":
         raise ValueError(f"{path} is not a list of image fingerprints (shape {ids.shape}, dtype {ids.dtype})")
     return ids.astype(np.uint64)

@@ -55,7 +55,7 @@ def run_fn(fn_args: FnArgs) -> None:
     )
     # Which images it trained on, beside (not inside) the served folder: a later Evaluator
     # compares against this model only on eval images it did not see (trainer/image_ids.py).
-    model_uri = os.path.dirname(os.path.normpath(fn_args.serving_model_dir))
+    model_uri = image_ids.model_uri(fn_args.serving_model_dir)
     log.info(
         "recorded %d train image fingerprints for the Evaluator",
         image_ids.write(model_uri, fn_args.train_files),
