@@ -27,3 +27,6 @@ def test_remote_uris_are_compared_by_whole_segments():
     assert under("gs://bucket/home/pipelines/x", "gs://bucket/home/")
     assert not under("gs://bucket/home2/x", "gs://bucket/home")
     assert not under("/local/home/x", "gs://bucket/home")
+    # The root itself, however its slashes are written, is not inside it.
+    assert not under("gs://bucket/home/", "gs://bucket/home")
+    assert not under("gs://bucket/home", "gs://bucket/home/")

@@ -14,6 +14,6 @@ def under(path: str, root: str) -> bool:
     compared as text, by whole path segments.
     """
     if "://" in path or "://" in root:
-        return path.startswith(root.rstrip("/") + "/")
+        return path.rstrip("/").startswith(root.rstrip("/") + "/")
     path, root = os.path.realpath(path), os.path.realpath(root)
     return path != root and os.path.commonpath([path, root]) == root
