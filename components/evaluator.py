@@ -18,11 +18,12 @@ its accuracy is read from that gate.json, and the no-regression threshold is
 applied here exactly as TFMA applies it (`change_failure`), unblessing the model
 when it fails.
 
-The baseline is compared only on eval images it did not train on. Its Trainer recorded
-fingerprints of its train images (trainer/image_ids.py); when the data was split anew and
-some of them are in this eval split, TFMA judges the candidate alone and both models are
-measured here on the rest (components/unseen_comparison.py), or, when fewer than
-MIN_UNSEEN_TO_COMPARE are left, the comparison is skipped with the reason.
+The baseline is compared only on eval images neither model trained on. Each Trainer
+recorded fingerprints of its train images (trainer/image_ids.py); when some of them are in
+this eval split (the data was split anew, or TFRecords made elsewhere repeat an image
+across splits), TFMA judges the candidate alone and both models are measured here on the
+rest (components/unseen_comparison.py), or, when fewer than MIN_UNSEEN_TO_COMPARE are
+left, the comparison is skipped with the reason.
 
 TFMA itself does not run again when an earlier execution ran it on exactly the
 same inputs: the same candidate (and baseline) Model artifacts, eval examples
@@ -50,6 +51,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from pydantic import ValidationError
@@ -277,12 +279,21 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 int(in_train.sum()),
                 len(in_train),
             )
-        seen = None  # a mask over the eval records: the ones the baseline trained on
+        either = None  # a mask over the eval records: the ones either model trained on
         if plan.baseline.compared and not plan.baseline.identical:
             seen = unseen_comparison.seen_by(baselines[0].uri, eval_ids, "the latest blessed model")
-            if seen is not None:
+            masks = [m for m in (seen, in_train) if m is not None]
+            if masks:
+                either = np.logical_or.reduce(masks)
                 plan = dataclasses.replace(
-                    plan, baseline=with_seen_examples(plan.baseline, len(seen), int(seen.sum()))
+                    plan,
+                    baseline=with_seen_examples(
+                        plan.baseline,
+                        len(either),
+                        None if seen is None else int(seen.sum()),
+                        0 if in_train is None else int(in_train.sum()),
+                        int(either.sum()),
+                    ),
                 )
         unseen_only = plan.baseline.compared_examples is not None
         reused = None
@@ -325,15 +336,17 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         on_unseen = None  # (candidate, baseline) accuracy on the eval examples the baseline did not see
         if unseen_only:
             log.info(
-                "the latest blessed model trained on %d of the %d eval examples (the data was split anew): "
-                "both models are compared on the %d it did not see",
+                "%d of the %d eval examples are images a model trained on (the latest blessed model: %s, "
+                "the candidate: %s): both models are compared on the %d neither trained on",
+                int(either.sum()),
+                len(either),
                 plan.baseline.seen_eval_examples,
-                len(seen),
+                None if in_train is None else int(in_train.sum()),
                 plan.baseline.compared_examples,
             )
             with graph_optimization.grappler(optimization.enabled):
                 on_unseen = unseen_comparison.accuracies_on_unseen(
-                    seen,
+                    either,
                     split_dirs(examples, splits),
                     [saved_model_dir(model), saved_model_dir(baselines[0])],
                     gate.eval_batch_size,
@@ -468,11 +481,17 @@ def measurement(
     cfg = proto_utils.json_to_proto(eval_config_json, tfma.EvalConfig())
     specs = json.dumps([proto_utils.proto_to_json(spec) for spec in cfg.model_specs], sort_keys=True)
     return {
-        "model": os.path.normpath(model_uri),
-        "examples": os.path.normpath(examples_uri),
+        "model": _norm(model_uri),
+        "examples": _norm(examples_uri),
         "splits": list(splits) if splits else None,
         "model_specs": hashlib.sha256(specs.encode()).hexdigest(),
     }
+
+
+def _norm(uri: str) -> str:
+    """A path in one spelling: os.path.normpath for local paths; a remote URI (gs://...) only
+    loses trailing slashes (normpath would fold its '//' into a local path)."""
+    return uri.rstrip("/") if "://" in uri else os.path.normpath(uri)
 
 
 def earlier_records(evaluation_uri: str) -> Iterator[tuple[str, dict]]:
@@ -481,8 +500,8 @@ def earlier_records(evaluation_uri: str) -> Iterator[tuple[str, dict]]:
     Their output folders are the siblings of this one (`.../Evaluator/evaluation/<id>/`).
     Unreadable records are skipped.
     """
-    parent = os.path.dirname(os.path.normpath(evaluation_uri))
-    own = os.path.basename(os.path.normpath(evaluation_uri))
+    parent = os.path.dirname(_norm(evaluation_uri))
+    own = os.path.basename(_norm(evaluation_uri))
     try:
         names = [n.rstrip("/") for n in tf.io.gfile.listdir(parent)]
     except tf.errors.OpError:
@@ -525,9 +544,9 @@ def tfma_run(
     """
     properties = json.dumps({k: props[k] for k in sorted(props)}, sort_keys=True, default=str)
     return {
-        "model": os.path.normpath(model.uri),
-        "baseline": os.path.normpath(baselines[0].uri) if baselines else None,
-        "examples": os.path.normpath(examples.uri),
+        "model": _norm(model.uri),
+        "baseline": _norm(baselines[0].uri) if baselines else None,
+        "examples": _norm(examples.uri),
         "splits": list(splits) if splits else None,
         "properties": hashlib.sha256(properties.encode()).hexdigest(),
         "eval_batch_size": eval_batch_size,
@@ -597,7 +616,7 @@ def _mark(blessing: types.Artifact, blessed: bool) -> None:
 def same_model_artifact(model: types.Artifact, baseline: types.Artifact) -> bool:
     """Whether the baseline Model artifact is the candidate: the same URI or byte-identical serving files."""
     a, b = (saved_model_dir(m) for m in (model, baseline))
-    return os.path.normpath(model.uri) == os.path.normpath(baseline.uri) or pusher.same_model(a, b)
+    return _norm(model.uri) == _norm(baseline.uri) or pusher.same_model(a, b)
 
 
 def _baseline_text(plan: GatePlan) -> str:
@@ -608,7 +627,7 @@ def _baseline_text(plan: GatePlan) -> str:
     if plan.baseline.reused_from:
         return f"compared with its accuracy measured earlier on these eval examples ({plan.baseline.reused_from})"
     if plan.baseline.compared_examples is not None:
-        return f"compared on the {plan.baseline.compared_examples} eval examples it did not train on"
+        return f"compared on the {plan.baseline.compared_examples} eval examples neither model trained on"
     return "compared"
 
 

@@ -167,8 +167,8 @@ class BaselinePlan:
     # How many eval examples the baseline trained on (trainer/image_ids.py); None: unknown (a
     # model without the record) or not looked at (none compared, or the candidate itself).
     seen_eval_examples: int | None = None
-    # The eval examples both models are compared on when the baseline trained on some of the
-    # split: the ones it did not see. None: the whole split.
+    # The eval examples both models are compared on when either trained on some of the split
+    # (the same image bytes in its train split): the ones neither saw. None: the whole split.
     compared_examples: int | None = None
 
 
@@ -191,32 +191,62 @@ def baseline_plan(
     return BaselinePlan(True, None, identical)
 
 
-# Fewest eval images the baseline did not train on that a comparison is made on. Below it,
-# after the data was split anew, the comparison is skipped with the reason: a handful of
-# images cannot tell two models apart, and the images the baseline saw flatter it.
+# Fewest eval images neither model trained on that a comparison is made on. Below it the
+# comparison is skipped with the reason: a handful of images cannot tell two models apart,
+# and the images a model saw flatter it.
 MIN_UNSEEN_TO_COMPARE = 20
 
 
-def with_seen_examples(baseline: BaselinePlan, eval_examples: int, seen: int) -> BaselinePlan:
-    """The baseline plan once it is known that the baseline trained on `seen` of the eval examples.
+def with_seen_examples(
+    baseline: BaselinePlan,
+    eval_examples: int,
+    seen: int | None,
+    candidate_seen: int = 0,
+    either: int | None = None,
+) -> BaselinePlan:
+    """The baseline plan once it is known which eval examples each model trained on.
 
-    None of them: compared on the whole split, as before. Some: compared only on the ones
-    it did not see, both models measured on exactly those; when fewer than
-    MIN_UNSEEN_TO_COMPARE are left, not compared, saying why.
+    seen: how many the baseline trained on (None: it keeps no record of its training images);
+    candidate_seen: how many the candidate trained on; either: how many at least one of the
+    two trained on (needed when the candidate trained on any; else `seen`). None of them:
+    compared on the whole split, as before. Some: compared only on the ones neither trained
+    on, both models measured on exactly those; when fewer than MIN_UNSEEN_TO_COMPARE are
+    left, not compared, saying why.
     """
     if not baseline.compared or baseline.identical:
         return baseline
-    if seen <= 0:
-        return dataclasses.replace(baseline, seen_eval_examples=0)
-    unseen = eval_examples - seen
+    if either is None:
+        if candidate_seen:
+            raise ValueError(
+                "with_seen_examples: `either` is needed when the candidate trained on eval examples"
+            )
+        either = seen or 0
+    if either <= 0:
+        return dataclasses.replace(baseline, seen_eval_examples=seen)
+    unseen = eval_examples - either
     if unseen < MIN_UNSEEN_TO_COMPARE:
         return BaselinePlan(
             False,
-            f"the latest blessed model trained on {seen} of the {eval_examples} eval examples (the data was "
-            f"split anew): the {unseen} it did not see are fewer than {MIN_UNSEEN_TO_COMPARE} to compare on",
+            f"{_who_trained_on(eval_examples, seen, candidate_seen)}: the {unseen} that neither model "
+            f"trained on are fewer than {MIN_UNSEEN_TO_COMPARE} to compare on",
             seen_eval_examples=seen,
         )
     return dataclasses.replace(baseline, seen_eval_examples=seen, compared_examples=unseen, reused_from=None)
+
+
+def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int) -> str:
+    """Which model trained on how many of the eval examples (the same image bytes in its train split)."""
+    parts = []
+    if seen:
+        parts.append(f"the latest blessed model trained on {seen}")
+    if candidate_seen:
+        parts.append(
+            f"the candidate on {candidate_seen}" if parts else f"the candidate trained on {candidate_seen}"
+        )
+    whose = "their train splits" if len(parts) > 1 else "its train split"
+    return (
+        f"{' and '.join(parts)} of the {eval_examples} eval examples (the same image bytes were in {whose})"
+    )
 
 
 # --------------------------------------------------------------------- the plan
@@ -301,11 +331,7 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             unseen = plan.baseline.compared_examples
             current = results.compared_accuracy if unseen is not None else results.accuracy
             current = current if current is not None else float("nan")
-            where = (
-                f" on the {unseen} eval examples the latest blessed model did not train on"
-                if unseen is not None
-                else ""
-            )
+            where = f" on the {unseen} eval examples neither model trained on" if unseen is not None else ""
             out.append(
                 f"accuracy {current:.3f}{where} regressed from the latest blessed model's {base_text} "
                 f"by more than max_regression {plan.max_regression:.3f}"

@@ -1,15 +1,16 @@
-"""The no-regression comparison on the eval images the latest blessed model did not train on.
+"""The no-regression comparison on the eval images neither model trained on.
 
-When the data is split anew (ingest with another seed or eval fraction, or TFRecords
-made elsewhere), images the blessed model trained on can land in the new eval split.
-There it scores its own training images, and a candidate as good as it looks like a
-regression. The Evaluator therefore asks `seen_by` which eval records the
-baseline trained on (the fingerprints its Trainer recorded, trainer/image_ids.py). When
-some were, TFMA judges the candidate alone (floor and per-class recall on the whole
-split, as always) and `accuracies_on_unseen` measures both models here on the rest,
-the records neither trained on, through the serving signature TFMA gates on. The
-Evaluator applies the no-regression threshold to those two numbers
-(components/gate_decision.py: `with_seen_examples`, `change_failure`).
+When the data is split anew (ingest with another seed or eval fraction), images the
+blessed model trained on can land in the new eval split; TFRecords made elsewhere can
+also repeat an image in the train and eval splits. There a model scores its own training
+images: a candidate as good as the baseline looks like a regression, or a worse one like
+an equal. The Evaluator therefore asks `seen_by` which eval records each model trained on
+(the fingerprints its Trainer recorded, trainer/image_ids.py). When some were, TFMA
+judges the candidate alone (floor and per-class recall on the whole split, as always) and
+`accuracies_on_unseen` measures both models here on the rest, the records neither trained
+on, through the serving signature TFMA gates on. The Evaluator applies the no-regression
+threshold to those two numbers (components/gate_decision.py: `with_seen_examples`,
+`change_failure`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def seen_by(model_uri: str, eval_ids: Callable[[], np.ndarray], whose: str) -> n
 def accuracies_on_unseen(
     seen: np.ndarray, eval_files: str | Sequence[str], model_dirs: Sequence[str], batch_size: int
 ) -> list[float]:
-    """Each SavedModel's top-1 accuracy (serving_default) on the eval records where `seen` is False.
+    """Each SavedModel's top-1 accuracy (serving_default) on the eval records where `seen` is False
+    (`seen`: the records either model trained on).
 
     A record whose label is not one of a model's classes counts as wrong, as in TFMA's
     accuracy. The records are read again in batches of `batch_size`, not held in memory.
@@ -75,7 +77,7 @@ def accuracies_on_unseen(
     if position != len(seen):
         raise ValueError(f"the eval split changed while it was read: {position} records, {len(seen)} before")
     log.info(
-        "compared %d models on %d eval examples the baseline did not train on in %.1fs",
+        "compared %d models on %d eval examples neither trained on in %.1fs",
         len(models),
         total,
         time.perf_counter() - start,

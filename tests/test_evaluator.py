@@ -622,7 +622,7 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
     assert outputs["blessing"][0].get_int_custom_property("blessed") == int(blessed)
     if not blessed:
         assert gate["reasons"] == [
-            "accuracy 0.800 on the 25 eval examples the latest blessed model did not train on regressed from "
+            "accuracy 0.800 on the 25 eval examples neither model trained on regressed from "
             "the latest blessed model's 0.850 by more than max_regression 0.000"
         ]
 
@@ -666,6 +666,33 @@ def test_eval_images_the_candidate_trained_on_are_counted(tmp_path, fake_tfma):
         tmp_path, fake_tfma, resplit, EvalResults(0.9, 23, {}, None), with_baseline=False
     )
     assert gate["eval_examples_in_train"] == 3
+
+
+def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_path, fake_tfma, monkeypatch):
+    """The baseline saw 30 of the 55 eval images, the candidate 5 of the other 25 (and 2 of the 30):
+    both are compared on the 20 neither saw, so neither model is flattered."""
+    import tensorflow as tf
+
+    from components import unseen_comparison
+    from components.gate_decision import EvalResults
+    from trainer import image_ids
+
+    calls = []
+    monkeypatch.setattr(
+        unseen_comparison, "accuracies_on_unseen", lambda seen, *a: calls.append(list(seen)) or [0.9, 0.9]
+    )
+    resplit = _resplit(tmp_path, seen=30, unseen=25)
+    split = tmp_path / "examples" / "Split-eval" / "data.gz"
+    records = list(tf.data.TFRecordDataset(str(split), compression_type="GZIP").as_numpy_iterator())
+    with tf.io.TFRecordWriter(str(tmp_path / "new_train.tfrecord")) as w:
+        for r in records[28:35]:
+            w.write(r)
+    image_ids.write(resplit[2].uri, str(tmp_path / "new_train.tfrecord"))
+    gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.95, 55, {}, None))
+    assert calls == [[True] * 35 + [False] * 20]
+    assert gate["eval_examples_in_train"] == 7
+    assert (gate["baseline"]["seen_eval_examples"], gate["baseline"]["compared_examples"]) == (30, 20)
+    assert gate["blessed"] is True and gate["baseline"]["candidate_accuracy"] == 0.9
 
 
 def test_a_damaged_record_of_training_images_falls_back_to_the_whole_split(tmp_path, fake_tfma):

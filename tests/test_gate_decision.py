@@ -295,9 +295,32 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest():
     few = with_seen_examples(reused, 60, 61 - MIN_UNSEEN_TO_COMPARE)
     assert not few.compared and few.seen_eval_examples == 41 and few.compared_examples is None
     assert few.skipped_reason == (
-        "the latest blessed model trained on 41 of the 60 eval examples (the data was split anew): "
-        f"the 19 it did not see are fewer than {MIN_UNSEEN_TO_COMPARE} to compare on"
+        "the latest blessed model trained on 41 of the 60 eval examples (the same image bytes were in its "
+        f"train split): the 19 that neither model trained on are fewer than {MIN_UNSEEN_TO_COMPARE} to compare on"
     )
+
+
+def test_eval_images_the_candidate_trained_on_are_left_out_of_the_comparison_too():
+    """Records made elsewhere repeat images across splits: counted, they would flatter the candidate."""
+    base = baseline_plan(["a", "b"], ["a", "b"])
+    # The baseline saw 20 of 60, the candidate 15 (5 of them the same records): 25 neither saw.
+    plan = with_seen_examples(base, 60, 20, candidate_seen=15, either=35)
+    assert plan.compared and plan.seen_eval_examples == 20 and plan.compared_examples == 25
+    # Only the candidate saw some (the baseline saw none, or keeps no record): still left out.
+    only = with_seen_examples(base, 60, None, candidate_seen=3, either=3)
+    assert only.compared and only.seen_eval_examples is None and only.compared_examples == 57
+    few = with_seen_examples(base, 60, 30, candidate_seen=12, either=42)
+    assert not few.compared and few.skipped_reason == (
+        "the latest blessed model trained on 30 and the candidate on 12 of the 60 eval examples (the same "
+        "image bytes were in their train splits): the 18 that neither model trained on are fewer than 20 "
+        "to compare on"
+    )
+    alone = with_seen_examples(base, 30, 0, candidate_seen=11, either=11)
+    assert alone.skipped_reason.startswith(
+        "the candidate trained on 11 of the 30 eval examples (the same image"
+    )
+    with pytest.raises(ValueError, match="either"):
+        with_seen_examples(base, 60, 0, candidate_seen=3)
 
 
 def test_what_is_not_compared_or_is_the_candidate_is_left_as_it_was():
@@ -313,7 +336,7 @@ def test_a_regression_on_the_unseen_images_names_them_and_uses_their_numbers():
     # Overall the candidate has 0.95; on the 25 images the baseline did not see, 0.80 against its 0.88.
     results = EvalResults(0.95, 60, {}, 0.88, failures=[Failure(None, True, -0.08)], compared_accuracy=0.8)
     assert reasons(plan, results) == [
-        "accuracy 0.800 on the 25 eval examples the latest blessed model did not train on regressed "
+        "accuracy 0.800 on the 25 eval examples neither model trained on regressed "
         "from the latest blessed model's 0.880 by more than max_regression 0.000"
     ]
     record = gate_record(plan, results, blessed=False)["baseline"]

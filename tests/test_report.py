@@ -183,9 +183,17 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         },
     )
     assert data.gate_from_record(resplit).baseline_note == (
-        "latest blessed model, on the 25 eval examples it did not train on (it trained on 35 of the 60; "
-        "the data was split anew), where this model has 0.8000; allowed regression 0.0000"
+        "latest blessed model, on the 25 eval examples neither model trained on (it trained on 35 of the 60: "
+        "the same image bytes were in the train split), where this model has 0.8000; allowed regression 0.0000"
     )
+    both = dict(resplit, eval_examples_in_train=4, baseline=dict(resplit["baseline"], compared_examples=21))
+    assert data.gate_from_record(both).baseline_note.startswith(
+        "latest blessed model, on the 21 eval examples neither model trained on (it trained on 35 and this "
+        "model trained on 4 of the 60: "
+    )
+    # Compared on the whole split (no model saw an eval image): no note about left-out images.
+    whole = dict(resplit, baseline=dict(resplit["baseline"], seen_eval_examples=0, compared_examples=60))
+    assert data.gate_from_record(whole).baseline_note == "latest blessed model; allowed regression 0.0000"
     by_min = dict(_gate_record(["7"]), floor_source="min_accuracy", min_accuracy=0.8, floor=0.8)
     note = data.gate_from_record(by_min).floor_note
     assert note.startswith("min_accuracy 0.8") and "majority class '7'" in note and note.endswith("lower)")

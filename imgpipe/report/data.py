@@ -20,7 +20,7 @@ import dataclasses
 import heapq
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from trainer.features import IMAGE_KEY, LABEL_KEY
@@ -383,6 +383,13 @@ def early_stopping_entries(training_summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _compared_on_a_subset(record: Mapping[str, Any]) -> bool:
+    """Whether gate.json's baseline comparison left out eval images a model trained on."""
+    baseline = record.get("baseline") or {}
+    seen = baseline.get("seen_eval_examples") or record.get("eval_examples_in_train")
+    return bool(seen) and baseline.get("compared_examples") not in (None, record.get("eval_examples"))
+
+
 def _fmt(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
@@ -412,11 +419,19 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         floor_note = min_accuracy
     if baseline.get("compared") and baseline.get("identical"):
         baseline_note = "latest blessed model, which is this model (identical files): no regression"
-    elif baseline.get("compared") and baseline.get("seen_eval_examples"):
+    elif baseline.get("compared") and _compared_on_a_subset(record):
+        trained = [
+            f"{who} trained on {n}"
+            for who, n in (
+                ("it", baseline.get("seen_eval_examples")),
+                ("this model", record.get("eval_examples_in_train")),
+            )
+            if n
+        ]
         baseline_note = (
-            f"latest blessed model, on the {baseline.get('compared_examples')} eval examples it did not train on "
-            f"(it trained on {baseline['seen_eval_examples']} of the {record.get('eval_examples')}; the data was "
-            f"split anew), where this model has {_fmt(baseline.get('candidate_accuracy'))}; "
+            f"latest blessed model, on the {baseline.get('compared_examples')} eval examples neither model "
+            f"trained on ({' and '.join(trained)} of the {record.get('eval_examples')}: the same image bytes "
+            f"were in the train split), where this model has {_fmt(baseline.get('candidate_accuracy'))}; "
             f"allowed regression {_fmt(baseline.get('max_regression'))}"
         )
     elif baseline.get("compared"):
