@@ -153,7 +153,7 @@ def test_counts_in_tfrecords_match_report(tmp_path: Path) -> None:
 
 def test_split_is_stratified_per_class(tmp_path: Path) -> None:
     images, out = tmp_path / "images", tmp_path / "out"
-    _make_tree(images, {"big": 10, "mid": 5, "pair": 2, "solo": 1})
+    _make_tree(images, {"big": 10, "mid": 5, "pair": 2})
     report = _run(images, out, eval_fraction=0.3)
 
     # round(0.3 * n) half up, >= 1 eval and >= 1 train when n >= 2.
@@ -161,9 +161,8 @@ def test_split_is_stratified_per_class(tmp_path: Path) -> None:
         "big": {"train": 7, "eval": 3},
         "mid": {"train": 3, "eval": 2},
         "pair": {"train": 1, "eval": 1},
-        "solo": {"train": 1, "eval": 0},
     }
-    assert any("solo" in w and "train only" in w for w in report.warnings)
+    assert report.warnings == []
     eval_labels = sorted(label for label, _ in _records(out, "eval"))
     assert eval_labels == ["big"] * 3 + ["mid"] * 2 + ["pair"]
 
@@ -368,11 +367,18 @@ def test_no_decodable_images_at_all(tmp_path: Path) -> None:
         _run(images, tmp_path / "out")
 
 
-def test_every_class_with_one_image_leaves_eval_empty(tmp_path: Path) -> None:
+def test_a_class_with_one_unique_image_is_refused_naming_it(tmp_path: Path) -> None:
+    """It could not be in both splits, and the run's data gate refuses a class eval lacks."""
     images = tmp_path / "images"
     _make_tree(images, {"a": 1, "b": 1})
-    with pytest.raises(IngestError, match="eval split would be empty"):
+    with pytest.raises(IngestError, match="classes 'a', 'b' in .* have a single unique image"):
         _run(images, tmp_path / "out")
+    images = tmp_path / "images2"
+    _make_tree(images, {"cats": 5, "dogs": 1})
+    with pytest.raises(IngestError, match="class 'dogs' in .* has a single unique image") as e:
+        _run(images, tmp_path / "out")
+    assert "'cats'" not in str(e.value)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5, math.nan, "0.2", True])

@@ -67,8 +67,16 @@ def test_each_class_is_split_on_its_own_and_counts_match_records() -> None:
         assert {name: labels.count(name) for name in plan.classes} == {
             name: plan.counts[name][split] for name in plan.classes
         }
-    assert plan.warnings == ["class 'solo' has 1 unique image: it is in train only, none in eval"]
-    assert plan.refusal("imgs") is None
+    # A class with one unique image cannot be judged: the run's data gate would refuse every run.
+    assert plan.warnings == []
+    assert plan.refusal("imgs") == (
+        "class 'solo' in imgs has a single unique image (copies of one file count once), so it cannot be "
+        "in both the train and the eval split, and a run's data gate refuses a class the eval split lacks; "
+        "add images to it, or remove the folder"
+    )
+    two = _plan(_tree({"big": 10, "solo": 1, "alone": 1}), eval_fraction=0.3)
+    assert two.refusal("imgs").startswith("classes 'alone', 'solo' in imgs have a single unique image")
+    assert _plan(_tree({"big": 10, "pair": 2}), eval_fraction=0.3).refusal("imgs") is None
 
 
 def test_class_folders_without_candidates_are_left_out_with_a_warning() -> None:
@@ -224,7 +232,7 @@ def test_refusal_names_label_conflicts_when_they_leave_too_few_classes() -> None
 def test_refusal_when_eval_would_be_empty() -> None:
     plan = _plan(_tree({"a": 1, "b": 1}))
     assert plan.records("eval") == []
-    assert "eval split would be empty" in plan.refusal("imgs")
+    assert "have a single unique image" in plan.refusal("imgs")
 
 
 # -------------------------------------------------------- undecodable names

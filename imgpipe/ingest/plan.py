@@ -14,7 +14,7 @@ the writer needs and the report records:
   cut into contiguous shards.
 
 ``Plan.refusal`` says why a plan cannot make a training set (fewer than two
-classes, or an empty eval split).
+classes, or a class with a single unique image, which cannot be in both splits).
 """
 
 from __future__ import annotations
@@ -89,10 +89,14 @@ class Plan:
                 )
                 + (f"; {num_skipped} files skipped" if num_skipped else "")
             )
-        if not any(shard.records for shard in self.shards["eval"]):
+        solo = [name for name in self.classes if self.counts[name]["eval"] == 0]
+        if solo:
+            which = ", ".join(repr(name) for name in solo)
             return (
-                f"every class in {images_dir} has a single unique image, so the eval split "
-                "would be empty; add images"
+                f"{'class' if len(solo) == 1 else 'classes'} {which} in {images_dir} "
+                f"{'has' if len(solo) == 1 else 'have'} a single unique image (copies of one file count "
+                "once), so it cannot be in both the train and the eval split, and a run's data gate "
+                "refuses a class the eval split lacks; add images to it, or remove the folder"
             )
         return None
 
@@ -150,8 +154,6 @@ def make_plan(
         n_eval = eval_count(len(digests), eval_fraction)
         classes.append(name)
         counts[name] = {"train": len(digests) - n_eval, "eval": n_eval}
-        if n_eval == 0:
-            warnings.append(f"class {name!r} has 1 unique image: it is in train only, none in eval")
         for i, digest in enumerate(digests):
             split = "eval" if i < n_eval else "train"
             kept, *copies = groups[name][digest]

@@ -94,6 +94,8 @@ def ingest(
         f"{len(report.rejected_class_folders)} class folders not used, {len(report.rotated)} rotated "
         f"(details in {os.path.join(out_dir, REPORT_FILE)})"
     )
+    for warning in report.warnings:
+        (say or log.warning)(f"warning: {warning}")
     return report
 
 
