@@ -94,6 +94,35 @@ def test_scan_finds_candidates_and_skips_with_reasons_without_writing(tmp_path: 
     assert scan.nothing_usable(str(images)) is None
 
 
+def test_a_large_file_that_is_no_image_is_skipped_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video in a class folder is not read into memory; a large real image still is."""
+    from imgpipe.ingest import images as image_files
+    from imgpipe.ingest import scan as scanning
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    big_png = _put(images, "a/big.png", buffer.getvalue())
+    _put(images, "a/clip.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(len(big_png)))
+    _put(images, "a/small.bin", b"\x00" * 100)  # under the limit: read and judged by the decoders
+    monkeypatch.setattr(image_files, "SNIFF_OVER", len(big_png) // 2)
+    read = []
+    real_read = scanning.read_regular_file
+    monkeypatch.setattr(scanning, "read_regular_file", lambda path: read.append(path) or real_read(path))
+
+    scan = scan_tree(str(images))
+
+    assert [c.rel for c in scan.candidates] == ["a/big.png"]
+    [clip] = [s for s in scan.skipped if s["path"] == "a/clip.mp4"]
+    assert clip["reason"].startswith("not a JPEG, PNG, GIF or BMP file (") and clip["reason"].endswith(
+        "starting 00 00 00 18 66 74 79 70); not read"
+    )
+    assert sorted(os.path.basename(p) for p in read) == ["big.png", "small.bin"]  # never the clip
+
+
 def test_links_are_followed_only_out_of_the_tree_and_never_in_a_loop(tmp_path: Path) -> None:
     images = tmp_path / "images"
     _put(images, "a/1.png", _png(1))

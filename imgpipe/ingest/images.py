@@ -43,6 +43,29 @@ class ImageCheck(NamedTuple):
     orientation: int = 1  # 1..8 as the graph reads it; 1 is upright (or no EXIF)
 
 
+# A file larger than this is read whole only when its first bytes are those of an accepted
+# format: a video or an archive left in a class folder is skipped without being read into
+# memory. Smaller files are read and judged by the decoders, whose reasons are the clearer.
+SNIFF_OVER = 16 * 1024 * 1024
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def large_non_image(path: str) -> str | None:
+    """Why the file at `path` is skipped unread: over SNIFF_OVER bytes and not starting as a
+    JPEG, PNG, GIF or BMP does. None otherwise (read it and check it). Raises OSError."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode) or info.st_size <= SNIFF_OVER:
+        return None
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(SIGNATURES):
+        return None
+    return (
+        f"not a JPEG, PNG, GIF or BMP file ({info.st_size / 2**20:.0f} MiB starting {head.hex(' ')}); "
+        "not read"
+    )
+
+
 def read_regular_file(path: str) -> bytes:
     """File bytes; raises OSError for non-regular files (FIFOs would block)."""
     if not stat.S_ISREG(os.stat(path).st_mode):

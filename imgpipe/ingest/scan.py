@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from imgpipe.ingest.errors import IngestError
-from imgpipe.ingest.images import inspect_image, read_regular_file
+from imgpipe.ingest.images import inspect_image, large_non_image, read_regular_file
 from imgpipe.ingest.labels import ClassNames, assign_labels
 from imgpipe.ingest.plan import Candidate
 from imgpipe.ingest.report import display_path
@@ -119,11 +119,13 @@ def scan_tree(
     total = len(listed)
     for done, (rel, path, label) in enumerate(listed, start=1):
         try:
-            data = read_regular_file(path)
+            unread = large_non_image(path)
+            data = None if unread else read_regular_file(path)
         except OSError as exc:
-            reason = display_path(f"cannot read: {exc.strerror or exc}")
-            skipped.append({"path": display_path(rel), "reason": reason})
+            unread = display_path(f"cannot read: {exc.strerror or exc}")
             data = None
+        if unread:
+            skipped.append({"path": display_path(rel), "reason": unread})
         if data is not None:
             reason, orientation = inspect_image(data, max_pixels)
             if reason is None:
