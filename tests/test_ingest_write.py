@@ -171,6 +171,66 @@ def test_out_dir_rules(tmp_path: Path) -> None:
     check_out_dir(str(images), str(out), overwrite=True)
 
 
+def test_what_an_interrupted_ingest_left_is_removed_by_the_next(tmp_path: Path, given) -> None:
+    """A killed ingest leaves its hidden staging folder and maybe a half-written JSON: the
+    folder looks empty to `ls`, so the next ingest into it takes it as empty and cleans up."""
+    images, c, plan = given
+    out = tmp_path / "out"
+    (out / f"{STAGING_PREFIX}abc123" / "train").mkdir(parents=True)
+    (out / f"{STAGING_PREFIX}abc123" / "train" / "part.tfrecord").write_bytes(b"half")
+    (out / "classes.json.tmp").write_text('["a"')
+    check_out_dir(str(images), str(out), overwrite=False)
+    lines: list[str] = []
+    write_outputs(str(images), str(out), plan, _report(images, out, plan), progress=lines.append)
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "eval", "ingest_report.json", "train"]
+    assert (
+        lines[0] == f"removing what an interrupted ingest left in {out}: .ingest-tmp-abc123, classes.json.tmp"
+    )
+    # Beside files of the user's, the leftovers are named in the refusal.
+    (out / f"{STAGING_PREFIX}zzz").mkdir()
+    with pytest.raises(
+        IngestError, match=r"not empty; .* what an interrupted ingest left: \.ingest-tmp-zzz\)"
+    ):
+        check_out_dir(str(images), str(out), overwrite=False)
+
+
+def test_a_write_that_fails_leaves_the_earlier_outputs_and_exits_1(
+    tmp_path: Path, given, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk midway: the work failed (exit 1, not a usage error), the earlier outputs stay."""
+    from imgpipe.ingest import write as writing
+    from imgpipe.ingest.errors import IngestWriteError
+
+    images, c, plan = given
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "old.tfrecord").write_bytes(b"old")
+    (out / "classes.json").write_text('["x", "y"]\n')
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    real_write_json = writing._write_json
+
+    def disk_full(path, payload):
+        if path.endswith("ingest_report.json"):
+            raise OSError(28, "No space left on device", path)
+        real_write_json(path, payload)
+
+    monkeypatch.setattr(writing, "_write_json", disk_full)
+    with pytest.raises(IngestWriteError, match="cannot write ingest's outputs to .*No space left on device"):
+        write_outputs(str(images), str(out), plan, _report(images, out, plan), overwrite=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # nothing removed, nothing left
+    assert (out / "classes.json").read_text() == '["x", "y"]\n'
+
+    tree = tmp_path / "tree"
+    for i, rel in enumerate(["a/1.png", "a/2.png", "b/1.png", "b/2.png"]):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(_png(10 + i))
+    code = cli.main(["ingest", "--images", str(tree), "--out", str(tmp_path / "new")])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert "No space left on device" in captured.err and "Traceback" not in captured.err
+    assert not (tmp_path / "new").exists()
+
+
 def test_an_out_dir_that_cannot_be_made_is_refused_before_the_scan(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()

@@ -6,8 +6,8 @@ import argparse
 import collections
 import logging
 
-from imgpipe.cli.output import Command, UsageError, emit
-from imgpipe.ingest import IngestError, ingest
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
+from imgpipe.ingest import IngestError, IngestWriteError, ingest
 from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("imgpipe.ingest")
@@ -50,6 +50,8 @@ def _run(args: argparse.Namespace) -> int:
             for line in _refusal_details(e.report):
                 log.error(line)
         raise UsageError(str(e)) from e
+    except IngestWriteError as e:
+        raise WorkFailed(str(e)) from e
     emit(report.to_dict())
     return 0
 

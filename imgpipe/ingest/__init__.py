@@ -18,7 +18,7 @@ silently: each file that is not written is in the report with a reason.
 """
 
 from imgpipe.ingest.contract import CLASSES_FILE, REPORT_FILE, SPLITS, validate_tfrecord_dir
-from imgpipe.ingest.errors import IngestError
+from imgpipe.ingest.errors import IngestError, IngestWriteError
 from imgpipe.ingest.images import ACCEPTED_FORMATS
 from imgpipe.ingest.report import IngestReport
 from imgpipe.ingest.run import ingest
@@ -29,6 +29,7 @@ __all__ = [
     "REPORT_FILE",
     "SPLITS",
     "IngestError",
+    "IngestWriteError",
     "IngestReport",
     "ingest",
     "validate_tfrecord_dir",

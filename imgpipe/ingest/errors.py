@@ -22,6 +22,11 @@ class IngestError(ValueError):
         self.report = report
 
 
+class IngestWriteError(Exception):
+    """The outputs could not be written (a full disk, a folder made read-only meanwhile): the
+    input was fine, the work failed. Nothing of the attempt is left in out_dir."""
+
+
 def tf_error_text(exc: Exception) -> str:
     """TF op error text without the '{{function_node ...}}' / '[Op:...]' noise."""
     text = getattr(exc, "message", None) or str(exc)

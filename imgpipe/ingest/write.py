@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from imgpipe.ingest.contract import CLASSES_FILE, REPORT_FILE, SPLITS, example_bytes
-from imgpipe.ingest.errors import IngestError
+from imgpipe.ingest.errors import IngestError, IngestWriteError, tf_error_text
 from imgpipe.ingest.images import read_regular_file
 from imgpipe.ingest.plan import Candidate, Plan
 from imgpipe.ingest.report import IngestReport, display_path
@@ -52,12 +52,33 @@ def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
             raise IngestError(f"out_dir {out_dir} exists and is not a directory")
         if not os.access(out_dir, os.W_OK | os.X_OK):
             raise IngestError(f"out_dir {out_dir} is not writable")
-        if os.listdir(out_dir) and not overwrite:
+        entries = os.listdir(out_dir)
+        leftovers = _leftovers(entries)
+        if len(entries) > len(leftovers) and not overwrite:
             raise IngestError(
                 f"out_dir {out_dir} exists and is not empty; choose a new directory "
                 f"or pass --overwrite (overwrite=True from Python), which replaces train/, "
                 f"eval/, {REPORT_FILE} and {CLASSES_FILE} only; other files are left alone"
+                + (
+                    f" (and removes what an interrupted ingest left: {', '.join(leftovers)})"
+                    if leftovers
+                    else ""
+                )
             )
+
+
+def _leftovers(entries: list[str], keep: str | None = None) -> list[str]:
+    """What an interrupted ingest left in out_dir (its staging folders, its half-written JSON),
+    but ``keep``; removed by the next ingest into that folder."""
+    partial = {f"{CLASSES_FILE}.tmp", f"{REPORT_FILE}.tmp"}
+    return sorted(n for n in entries if n != keep and (n.startswith(STAGING_PREFIX) or n in partial))
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _check_creatable(out_dir: str) -> None:
@@ -93,9 +114,12 @@ def write_outputs(
 ) -> None:
     """Write ``plan``'s shards, ``report.classes`` and ``report`` into ``out_dir``.
 
-    Raises IngestError when a planned file cannot be read again or changed
-    since the scan; ``out_dir`` is then as it was. ``progress`` gets a line
-    every ``progress_every`` records (default: this module's logger).
+    Everything is written into a staging folder inside ``out_dir`` first; only then are
+    earlier outputs removed (``overwrite``) and the new ones renamed into place. Raises
+    IngestError when a planned file cannot be read again or changed since the scan, and
+    IngestWriteError when the outputs cannot be written (a full disk, say); ``out_dir`` is
+    then as it was. What an interrupted ingest left there is removed first. ``progress``
+    gets a line every ``progress_every`` records (default: this module's logger).
     """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
@@ -106,7 +130,18 @@ def write_outputs(
         staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     except OSError as exc:
         raise IngestError(f"cannot write to out_dir {out_dir}: {exc.strerror or exc}") from exc
+
+    def undo() -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_out and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+
     try:
+        leftovers = _leftovers(os.listdir(out_dir), keep=os.path.basename(staging))
+        if leftovers:
+            say(f"removing what an interrupted ingest left in {out_dir}: {', '.join(leftovers)}")
+            for name in leftovers:
+                _remove(os.path.join(out_dir, name))
         total = sum(len(shard.records) for shards in plan.shards.values() for shard in shards)
         done = 0
         for split in SPLITS:
@@ -118,16 +153,18 @@ def write_outputs(
                         done += 1
                         if done % progress_every == 0 and done < total:
                             say(f"wrote {done}/{total} records")
+        _write_json(os.path.join(staging, CLASSES_FILE), report.classes)
+        _write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
         if overwrite:
             _remove_previous_outputs(out_dir, keep=os.path.basename(staging))
-        for split in SPLITS:
-            os.replace(os.path.join(staging, split), os.path.join(out_dir, split))
-        _write_json(os.path.join(out_dir, CLASSES_FILE), report.classes)
-        _write_json(os.path.join(out_dir, REPORT_FILE), report.to_dict())
+        for name in (*SPLITS, CLASSES_FILE, REPORT_FILE):
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    except (OSError, tf.errors.OpError) as exc:
+        undo()
+        text = tf_error_text(exc) if isinstance(exc, tf.errors.OpError) else str(exc)
+        raise IngestWriteError(f"cannot write ingest's outputs to {out_dir}: {text}") from exc
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created_out and not os.listdir(out_dir):
-            os.rmdir(out_dir)
+        undo()
         raise
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -157,10 +194,5 @@ def _remove_previous_outputs(out_dir: str, keep: str) -> None:
 
     That includes staging dirs of killed runs, except ``keep`` (the current one).
     """
-    leftovers = [n for n in os.listdir(out_dir) if n.startswith(STAGING_PREFIX) and n != keep]
-    for name in (*SPLITS, REPORT_FILE, CLASSES_FILE, *leftovers):
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+    for name in (*SPLITS, REPORT_FILE, CLASSES_FILE, *_leftovers(os.listdir(out_dir), keep)):
+        _remove(os.path.join(out_dir, name))
