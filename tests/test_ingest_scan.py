@@ -15,10 +15,12 @@ from PIL import Image
 from imgpipe.ingest.errors import IngestError
 from imgpipe.ingest.plan import Candidate
 from imgpipe.ingest.scan import (
+    FILE_LINK_IN_TREE,
     HIDDEN,
     LINK_LOOP,
     LINK_SCANNED,
     NOT_IN_CLASS_FOLDER,
+    SAME_CLASS_FOLDER,
     Scan,
     list_tree,
     scan_tree,
@@ -140,6 +142,8 @@ def test_links_are_followed_only_out_of_the_tree_and_never_in_a_loop(tmp_path: P
     (images / "up").symlink_to(tmp_path)  # a class folder link to an ancestor of the tree
     (images / "d").symlink_to(images / "a")  # a class folder link to another class folder
     (images / "self").symlink_to(images / "self")  # a link loop at the top
+    (images / "e").symlink_to(tmp_path / "elsewhere" / "b")  # a second class link to b's folder
+    (images / "a" / "fav.png").symlink_to(images / "c" / "sub" / "3.png")  # a file link into the tree
     into = "directory link into the image tree ({}) not followed: the files there are scanned where they are, under their own class folder"
 
     skipped: list[dict[str, str]] = []
@@ -155,11 +159,14 @@ def test_links_are_followed_only_out_of_the_tree_and_never_in_a_loop(tmp_path: P
     ]
     assert skipped == [
         {"path": "d", "reason": into.format("a")},
+        # Its images would each be under two labels, b and e: label conflicts, all dropped.
+        {"path": "e", "reason": SAME_CLASS_FOLDER.format(first="b")},
         {"path": "self", "reason": "cannot follow the link: Too many levels of symbolic links"},
         {"path": "up", "reason": LINK_LOOP},
         {"path": "a/loop", "reason": LINK_LOOP},
         {"path": "a/to_b", "reason": LINK_SCANNED},  # class b, kept outside the tree
         {"path": "a/to_c_sub", "reason": into.format("c/sub")},
+        {"path": "a/fav.png", "reason": FILE_LINK_IN_TREE},  # else c's image would be in a too
         {"path": "b/up", "reason": LINK_LOOP},
         {"path": "c/shared", "reason": LINK_SCANNED},
     ]

@@ -19,7 +19,10 @@ Directory links (at any depth, class folders included) are followed only when
 they lead outside the image tree, to a folder not scanned yet and not an
 ancestor of the link itself. A link into the tree is not followed: the files
 it leads to are scanned where they are, under their own class folder, so an
-image's class is always the folder it sits in, never the place a link is.
+image's class is always the folder it sits in, never the place a link is. The
+same holds for links to files, and of two class folder links to one folder
+only the first (by name) is used. A file over ``images.SNIFF_OVER`` bytes that
+does not start as an accepted format is skipped without being read.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ HIDDEN = "hidden (the name starts with '.'): not scanned"
 LINK_SCANNED = "directory link not followed: it leads to a class folder or to a folder scanned already"
 LINK_LOOP = "directory link not followed: it leads to an ancestor of itself or of the image tree (a loop)"
 SCANNED_THROUGH_LINK = "folder not scanned again: a directory link outside its class already led to it"
+FILE_LINK_IN_TREE = "file link into the image tree not followed: the file is scanned (or skipped) where it is"
+SAME_CLASS_FOLDER = "class folder link not followed: it leads to the same folder as class folder {first!r}"
 
 
 class Listing(NamedTuple):
@@ -156,6 +161,7 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
         ordered = sorted(entries, key=lambda e: e.name)
     tree = os.path.realpath(root)
     class_dirs: list[os.DirEntry[str]] = []
+    class_reals: dict[str, str] = {}  # real path -> the first class folder name that leads to it
     for entry in ordered:
         rel = display_path(_rel(root, entry.path))
         if entry.name.startswith("."):
@@ -180,6 +186,11 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
                     f"class folder {display_path(entry.path)} has a name that is not valid "
                     "UTF-8; labels are stored as UTF-8 text, so rename the folder"
                 ) from exc
+            real = os.path.realpath(entry.path)
+            if real in class_reals:  # two class links to one folder: each image under two labels
+                skipped.append({"path": rel, "reason": SAME_CLASS_FOLDER.format(first=class_reals[real])})
+                continue
+            class_reals[real] = entry.name
             class_dirs.append(entry)
         else:
             skipped.append({"path": rel, "reason": NOT_IN_CLASS_FOLDER})
@@ -239,6 +250,8 @@ def _walk_class(
             path = os.path.join(dirpath, name)
             if name.startswith("."):
                 skip(path, HIDDEN)
+            elif os.path.islink(path) and _is_within(os.path.realpath(path), tree):
+                skip(path, FILE_LINK_IN_TREE)  # else its bytes would sit under two classes
             else:
                 files.append((_rel(root, path), path))
     return files
