@@ -186,7 +186,7 @@ def _slice_class(slice_key) -> tuple[bool, str | None]:
         return False, None
     k = keys[0]
     if k.HasField("bytes_value"):
-        return True, k.bytes_value.decode("utf-8")
+        return True, k.bytes_value.decode("utf-8", "replace")  # a label that is not UTF-8: a reason, no crash
     if k.HasField("int64_value"):
         return True, str(k.int64_value)
     return True, str(k.float_value)

@@ -72,7 +72,7 @@ class Floor:
             )
         if self.source == FLOOR_MAJORITY:
             return f"{majority} + margin {self.margin:.3f}"
-        return f"min_accuracy {self.min_accuracy:.3f}; {majority} + margin {self.margin:.3f} is lower"
+        return f"min_accuracy {self.min_accuracy:.3f}; {majority} + margin {self.margin:.3f} is not higher"
 
 
 def fewest_right_beating(n: int, p0: float, alpha: float) -> int | None:
@@ -316,7 +316,8 @@ def change_failure(accuracy: float | None, baseline: float, max_regression: floa
     if accuracy is None:
         return None
     change = accuracy - baseline
-    return Failure(None, True, change) if change < -max_regression - METRIC_TOLERANCE else None
+    # Not `change < bound`: a NaN accuracy (or baseline) fails the threshold instead of passing it.
+    return None if change >= -max_regression - METRIC_TOLERANCE else Failure(None, True, change)
 
 
 def reasons(plan: GatePlan, results: EvalResults) -> list[str]:

@@ -707,3 +707,20 @@ def test_a_damaged_record_of_training_images_falls_back_to_the_whole_split(tmp_p
     assert fake_tfma["inputs"]["baseline_model"] == [resplit[1]]  # TFMA compares, as before the record
     assert gate["baseline"]["seen_eval_examples"] is None and gate["baseline"]["accuracy"] == 0.85
     assert gate["eval_examples_in_train"] is None
+
+
+def test_a_label_slice_that_is_not_utf8_is_named_not_a_crash():
+    """With allow_anomalies, an eval label of arbitrary bytes reaches TFMA's slices; the gate
+    must still give its reasons (the class named with a replacement character)."""
+    from tensorflow_model_analysis.proto import metrics_for_slice_pb2
+
+    from components.evaluator import _slice_class
+    from trainer.features import LABEL_KEY
+
+    key = metrics_for_slice_pb2.SliceKey()
+    key.single_slice_keys.add(column=LABEL_KEY, bytes_value=b"caf\xe9")  # Latin-1, not UTF-8
+    assert _slice_class(key) == (True, "caf\ufffd")
+    key = metrics_for_slice_pb2.SliceKey()
+    key.single_slice_keys.add(column=LABEL_KEY, bytes_value="café".encode())
+    assert _slice_class(key) == (True, "café")
+    assert _slice_class(metrics_for_slice_pb2.SliceKey()) == (True, None)  # the overall slice

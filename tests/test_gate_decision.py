@@ -84,7 +84,7 @@ def test_min_accuracy_applies_when_it_is_the_higher_bound():
     floor = accuracy_floor(0.8, {"a": 10, "b": 10, "c": 10}, margin=0.05)
     assert floor.value == 0.8 and floor.source == FLOOR_MIN_ACCURACY
     assert floor.majority_share == pytest.approx(1 / 3)
-    assert "min_accuracy 0.800" in floor.describe() and "is lower" in floor.describe()
+    assert "min_accuracy 0.800" in floor.describe() and "is not higher" in floor.describe()
 
 
 def test_floor_is_exact_for_a_reachable_accuracy_and_capped_at_one():
@@ -276,6 +276,9 @@ def test_change_failure_is_tfmas_no_regression_threshold():
     # Float32 metrics: a drop of exactly max_regression (0.8 -> 0.7 as TFMA stores them) passes.
     assert change_failure(float(np.float32(0.7)), float(np.float32(0.8)), 0.1) is None
     assert change_failure(float(np.float32(0.65)), float(np.float32(0.8)), 0.1) is not None
+    # A NaN on either side is no evidence of no regression: it fails.
+    assert change_failure(float("nan"), 0.90, 0.1) is not None
+    assert change_failure(0.90, float("nan"), 0.1) is not None
 
 
 # ------------------------------------------------- a baseline that trained on eval images

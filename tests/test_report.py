@@ -196,7 +196,9 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
     assert data.gate_from_record(whole).baseline_note == "latest blessed model; allowed regression 0.0000"
     by_min = dict(_gate_record(["7"]), floor_source="min_accuracy", min_accuracy=0.8, floor=0.8)
     note = data.gate_from_record(by_min).floor_note
-    assert note.startswith("min_accuracy 0.8") and "majority class '7'" in note and note.endswith("lower)")
+    assert (
+        note.startswith("min_accuracy 0.8") and "majority class '7'" in note and note.endswith("not higher)")
+    )
 
     old = data.gate_from_summary({"accuracy": 0.4, "baseline_accuracy": 0.8, "blessed": False}, 0.5, 0.0)
     assert (old.candidate, old.baseline, old.floor, old.blessed) == (0.4, 0.8, 0.5, False)

@@ -414,7 +414,7 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
     elif record.get("floor_source") == "majority":
         floor_note = f"{majority} (above {min_accuracy})"
     elif record.get("majority_class") is not None:  # both bounds, as the summary's reason gives them
-        floor_note = f"{min_accuracy} ({majority}: lower)"
+        floor_note = f"{min_accuracy} ({majority}: not higher)"
     else:
         floor_note = min_accuracy
     if baseline.get("compared") and baseline.get("identical"):
