@@ -246,3 +246,13 @@ def test_paths_with_undecodable_bytes_are_escaped_in_report_fields_only() -> Non
     assert dup["kept"] == "a/caf\\udce9.png" and dup["duplicates"] == ["a/z.png"]
     written = {c.rel for split in SPLITS for c in plan.records(split)}
     assert raw in written, "the writer needs the on-disk name to read the file again"
+
+
+def test_classes_that_differ_only_in_case_are_kept_apart_with_a_warning() -> None:
+    plan = _plan(_tree({"Cat": 4, "cat": 4, "dog": 4, "DOG": 4, "bird": 4}))
+    assert plan.classes == ["Cat", "DOG", "bird", "cat", "dog"]  # five classes, as the folders are
+    assert plan.warnings == [
+        "classes 'Cat', 'cat' differ only in letter case: they are 2 classes; if they are one, merge their folders",
+        "classes 'DOG', 'dog' differ only in letter case: they are 2 classes; if they are one, merge their folders",
+    ]
+    assert _plan(_tree({"cat": 4, "dog": 4})).warnings == []

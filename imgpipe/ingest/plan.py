@@ -170,6 +170,7 @@ def make_plan(
                 )
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))
     warnings += [f"class folder {name!r} has no usable images and is left out" for name in empty_classes]
+    warnings += _case_only_differences(classes)
 
     # Interleave classes in a seeded order, so a reader's shuffle buffer sees
     # every class early, then cut each split into contiguous shards.
@@ -185,6 +186,21 @@ def make_plan(
             )
         ]
     return Plan(classes, counts, duplicates, label_conflicts, empty_classes, warnings, shards)
+
+
+def _case_only_differences(classes: list[str]) -> list[str]:
+    """A warning per group of classes whose names differ only in letter case ("Cat", "cat"):
+    two classes here, one folder on a case-insensitive disk (macOS, Windows), and most often
+    one class split by a merge."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(name.casefold(), []).append(name)
+    return [
+        f"classes {', '.join(repr(n) for n in names)} differ only in letter case: they are "
+        f"{len(names)} classes; if they are one, merge their folders"
+        for names in groups.values()
+        if len(names) > 1
+    ]
 
 
 def eval_count(n: int, eval_fraction: float) -> int:
