@@ -340,19 +340,26 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
         elif f.class_name is None and not plan.floor.reachable:
             out.append(f"no model can be blessed on this eval split: {plan.floor.describe()}")
         elif f.class_name is None:
-            out.append(
-                f"accuracy {value:.3f} is below the floor {plan.floor.value:.3f} ({plan.floor.describe()})"
-            )
+            got, floor = _apart(value, plan.floor.value)
+            out.append(f"accuracy {got} is below the floor {floor} ({plan.floor.describe()})")
         else:
-            text = (
-                f"class {_q(f.class_name)} recall {value:.3f} is below min_class_recall "
-                f"{(plan.min_class_recall or 0.0):.3f}"
-            )
+            got, bound = _apart(value, plan.min_class_recall or 0.0)
+            text = f"class {_q(f.class_name)} recall {got} is below min_class_recall {bound}"
             if f.class_name not in known:
                 text += " (the model has no such class: it was not in the train split)"
             out.append(text)
     out.extend(f"TFMA: {p}" for p in results.problems)
     return out
+
+
+def _apart(value: float, bound: float) -> tuple[str, str]:
+    """The two numbers with 3 decimals, or with as many more (up to 6) as it takes for them not
+    to read the same: a value a hair below its bound must not read "0.550 is below 0.550"."""
+    for digits in (3, 4, 5, 6):
+        a, b = f"{value:.{digits}f}", f"{bound:.{digits}f}"
+        if a != b:
+            break
+    return a, b
 
 
 def gate_record(

@@ -345,3 +345,19 @@ def test_a_regression_on_the_unseen_images_names_them_and_uses_their_numbers():
     record = gate_record(plan, results, blessed=False)["baseline"]
     assert (record["seen_eval_examples"], record["compared_examples"]) == (35, 25)
     assert (record["accuracy"], record["candidate_accuracy"]) == (0.88, 0.8)
+
+
+def test_a_value_a_hair_below_its_bound_does_not_read_as_equal():
+    gate = plan_gate(GateConfig(min_accuracy=0.55), {"a": 50010, "b": 49990}, ["a", "b"], None)
+    results = EvalResults(
+        0.54996,
+        100000,
+        {"a": 0.05, "b": 0.9},
+        None,
+        failures=[Failure(None, False, 0.54996), Failure("a", False, 0.05)],
+    )
+    plan = dataclasses.replace(gate, min_class_recall=0.0504)
+    why = reasons(plan, results)
+    # The majority bound (0.5001 + 0.05) is the floor: at 3 decimals both would read 0.550.
+    assert why[0].startswith("accuracy 0.5500 is below the floor 0.5501 (majority class 'a'")
+    assert why[1] == "class 'a' recall 0.0500 is below min_class_recall 0.0504"
