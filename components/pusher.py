@@ -203,9 +203,12 @@ class ServingPusherExecutor(pusher_executor.Executor):
             self._MarkNotPushed(model_push)
             model_push.set_string_custom_property(IDENTICAL_VERSION_KEY, str(versions[-1]))
             return
+        # The pushed model's record (as TFX's Pusher keeps it) first, the version's rename into the
+        # serving dir last: a failure in between (a full disk) must not leave a version served
+        # by a Pusher that failed, whose blessing a later run would withdraw as "not pushed".
+        io_utils.copy_dir(model_path, model_push.uri)
         version, serving_path = push_new_version(model_path, base)
         log.info("pushed the model as version %s: %s", version, serving_path)
-        io_utils.copy_dir(model_path, model_push.uri)  # the pushed model's record, as TFX's Pusher keeps it
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
 
 

@@ -197,3 +197,21 @@ def test_only_filesystem_destinations(tmp_path):
             {"pushed_model": [pushed]},
             {"push_destination": "{}", "custom_config": "null"},
         )
+
+
+def test_a_push_whose_record_cannot_be_written_serves_no_new_version(tmp_path, monkeypatch):
+    """A full disk while copying the pushed model's record: the Pusher fails and nothing new is
+    served (a version served by a failed Pusher would have its blessing withdrawn later)."""
+    from tfx.utils import io_utils
+
+    base = str(tmp_path / "serving" / "m")
+    _push(tmp_path, _model_dir(str(tmp_path / "model" / SERVING)), base)
+    before = served_versions(base)
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device", dst)
+
+    monkeypatch.setattr(io_utils, "copy_dir", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _push(tmp_path, _model_dir(str(tmp_path / "model2" / SERVING), weights=b"w2"), base)
+    assert served_versions(base) == before
