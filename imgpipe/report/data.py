@@ -335,8 +335,9 @@ class Tally:
 
 
 def natural_key(name: str) -> list[int | str]:
-    """Sort key that orders digit runs by value: 'img2' < 'img10'."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+    """Sort key that orders digit runs by value: 'img2' < 'img10'. isdecimal, as the pattern's \\d:
+    isdigit is also true of '²', which int() refuses."""
+    return [int(part) if part.isdecimal() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 def per_class_rows(rows: list[str], class_names: list[str], matrix: list[list[int]]) -> list[ClassRow]:

@@ -49,8 +49,9 @@ def confusion_matrix(
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix, row-normalised" if normalised else "Confusion matrix, counts")
     if max(n_rows, n_cols) <= _TICKS_MAX:
-        ax.set_xticks(range(n_cols), [_short(c) for c in columns], rotation=45, ha="right")
-        ax.set_yticks(range(n_rows), [_short(r) for r in rows])
+        # parse_math=False: a class name is text; '$...$' in one would be read as mathtext.
+        ax.set_xticks(range(n_cols), [_short(c) for c in columns], rotation=45, ha="right", parse_math=False)
+        ax.set_yticks(range(n_rows), [_short(r) for r in rows], parse_math=False)
     if max(n_rows, n_cols) <= _ANNOTATE_MAX:
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
