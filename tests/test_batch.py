@@ -209,6 +209,28 @@ def test_listing_a_directory_or_a_glob(folder, tmp_path):
     assert list_images(str(root / "su*")) == sorted(p for p in everything if "/sub/" in p)
     with pytest.raises(NoInputs, match="holds no files"):
         list_images(str(tmp_path))
+    # A glob matching an empty folder beside others lists the others; matching only it, nothing.
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "1.png").write_bytes(b"x")
+    (tree / "zz_empty").mkdir()
+    (tree / "zz_hidden_only").mkdir()
+    (tree / "zz_hidden_only" / ".DS_Store").write_bytes(b"x")
+    assert list_images(str(tree / "*")) == [str(tree / "a" / "1.png")]
+    with pytest.raises(NoInputs, match="the matching directories hold no files"):
+        list_images(str(tree / "zz_*"))
+
+
+def test_a_jsonl_path_with_a_unicode_line_separator_reads_back(tmp_path):
+    """json_line writes U+2028 raw in a path; the reader splits on newlines only."""
+    from imgpipe.batch.outputs import ScoredImage, json_line
+
+    scored = [
+        ScoredImage(p, ["cat", "dog"], [0.75, 0.25], "m") for p in ("a\u2028b.png", "c\x85d.png", "e.png")
+    ]
+    out = tmp_path / "p.jsonl"
+    out.write_text("".join(json_line(s) + "\n" for s in scored), encoding="utf-8")
+    assert read_predictions(str(out)) == [s.to_dict() for s in scored]
 
 
 def test_a_file_name_that_is_not_utf8_is_scored_like_any_other(model, tmp_path):

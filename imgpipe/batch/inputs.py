@@ -27,7 +27,10 @@ def list_images(spec: str) -> list[str]:
     if _is_remote(spec):
         return _list_remote(spec)
     if os.path.isdir(spec):
-        return sorted(_walk(spec))
+        found = _walk(spec)
+        if not found:
+            raise NoInputs(f"--images {spec}: the directory holds no files")
+        return sorted(found)
     matches = sorted(glob.glob(spec, recursive=True))
     if not matches:
         raise NoInputs(f"--images {spec}: no such directory, and no file matches it as a glob")
@@ -53,9 +56,7 @@ def _walk(root: str) -> list[str]:
                 keep.append(d)
         dirnames[:] = keep
         found += [os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".")]
-    if not found:
-        raise NoInputs(f"--images {root}: the directory holds no files")
-    return found
+    return found  # empty for an empty folder: a glob may match one beside others
 
 
 def _list_remote(spec: str) -> list[str]:

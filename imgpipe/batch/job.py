@@ -265,7 +265,9 @@ def _read_lines(path: str) -> list[str]:
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path, "r") as handle:
-        return [line for line in handle.read().splitlines() if line.strip()]
+        return [
+            line for line in handle.read().split("\n") if line.strip()
+        ]  # not splitlines: U+2028 in a path
 
 
 def _remove(path: str) -> None:

@@ -140,7 +140,9 @@ def read_predictions(path: str) -> list[dict[str, Any]]:
     with tf.io.gfile.GFile(path, "r") as handle:
         text = handle.read()
     if fmt == "jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        # Lines end with "\n" only: str.splitlines also splits on U+2028, U+0085 and the like,
+        # which json_line writes raw inside a path (ensure_ascii=False).
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header != CSV_HEADER.split(","):
