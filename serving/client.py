@@ -37,6 +37,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.config import MAX_MESSAGE_MB
 from serving.errors import ServingRpcError
 from serving.signatures import CLASSIFICATION, IMAGE_FEATURE, INPUT_KEYS, PREDICT_IMAGES, SERVING_DEFAULT
 
@@ -109,6 +110,10 @@ class ServingClient:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if not 1 <= max_message_mb <= MAX_MESSAGE_MB:
+            raise ValueError(
+                f"max_message_mb must be in 1..{MAX_MESSAGE_MB} (gRPC's limit), got {max_message_mb}"
+            )
         self.target = target
         self.timeout = timeout
         self.retries = retries

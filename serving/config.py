@@ -12,6 +12,9 @@ import socket
 
 from serving.errors import ServerStartError
 
+# gRPC's message size options are 32-bit signed byte counts: 2047 MiB is the most they hold.
+MAX_MESSAGE_MB = 2047
+
 # Per image, read from its header before decoding: 40 MP is a 7300 x 5500 photo (a large
 # camera's full frame); decoded to RGB it is 120 MB, to float32 480 MB.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -52,8 +55,11 @@ class ServerConfig:
             problems.append(f"port must be in 0..65535, got {self.port}")
         if self.poll_seconds <= 0:
             problems.append(f"poll_seconds must be > 0, got {self.poll_seconds}")
-        if self.max_message_mb < 1:
-            problems.append(f"max_message_mb must be >= 1, got {self.max_message_mb}")
+        if not 1 <= self.max_message_mb <= MAX_MESSAGE_MB:
+            problems.append(
+                f"max_message_mb must be in 1..{MAX_MESSAGE_MB} (gRPC's limit is a 32-bit byte count), "
+                f"got {self.max_message_mb}"
+            )
         if self.threads < 1:
             problems.append(f"threads must be >= 1, got {self.threads}")
         if self.max_concurrent_rpcs < 0:

@@ -82,4 +82,4 @@ def clean_tf_message(message: str) -> str:
         s = s.replace("<stack traces unavailable>", "")
         lines.append(re.sub(r"\s*\[\[\{\{node .*$|\s*\[Op:[^\]]*\]$", "", s).strip())
     text = " ".join(x for x in lines if x)
-    return text or message.strip().splitlines()[0]
+    return text or next(iter(message.strip().splitlines()), "") or "(TensorFlow gave no message)"

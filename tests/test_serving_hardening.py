@@ -184,6 +184,24 @@ def test_default_limit_and_settings():
     assert ServerConfig("b", "m").max_pixels == DEFAULT_MAX_PIXELS == 40_000_000
     with pytest.raises(ServerStartError, match="max_pixels"):
         ServerConfig("b", "m", max_pixels=-1).validate()
+    # gRPC's size options are 32-bit: 2048 MiB overflowed them with a traceback at start.
+    for size in (0, 2048):
+        with pytest.raises(ServerStartError, match=r"max_message_mb must be in 1\.\.2047"):
+            ServerConfig("b", "m", max_message_mb=size).validate()
+    from serving.client import ServingClient
+
+    with pytest.raises(ValueError, match=r"max_message_mb must be in 1\.\.2047"):
+        ServingClient("localhost:1", max_message_mb=2048)
+
+
+def test_an_empty_tensorflow_message_still_gives_a_status_message():
+    """An empty error message used to raise IndexError inside the error handling itself."""
+    from serving.errors import clean_tf_message
+
+    assert clean_tf_message("") == "(TensorFlow gave no message)"
+    assert clean_tf_message("  \n ") == "(TensorFlow gave no message)"
+    assert clean_tf_message("[[{{node x}}]]") == "[[{{node x}}]]"
+    assert clean_tf_message("bad input [Op:DecodePng]") == "bad input"
 
 
 # ----------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--max-message-mb",
         type=int,
         default=d.max_message_mb,
-        help="max gRPC message size, send and receive (default %(default)s)",
+        help="max gRPC message size in MiB, send and receive: 1..2047 (default %(default)s)",
     )
     parser.add_argument(
         "--threads", type=int, default=d.threads, help="RPC worker threads (default %(default)s)"
