@@ -19,9 +19,13 @@ COMPLETE, CACHED, RUNNING = pb.Execution.COMPLETE, pb.Execution.CACHED, pb.Execu
 
 
 class FakeHome:
-    def __init__(self, home: str, pipeline: str = "imgpipe"):
+    """airflow=True: runs recorded as TFX's Airflow launcher records them, a `run` context
+    ("<pipeline>.<run id>", properties pipeline_name and run_id) and a `component_run` one."""
+
+    def __init__(self, home: str, pipeline: str = "imgpipe", airflow: bool = False):
         self.home = home
         self.pipeline = pipeline
+        self.airflow = airflow
         self.root = os.path.join(home, "pipelines", pipeline)
         self.metadata_path = os.path.join(home, "metadata.sqlite")
         os.makedirs(home, exist_ok=True)
@@ -32,13 +36,33 @@ class FakeHome:
             n: self.store.put_context_type(pb.ContextType(name=n))
             for n in ("pipeline", "pipeline_run", "node")
         }
+        self._ctx_types["run"] = self.store.put_context_type(
+            pb.ContextType(name="run", properties={"pipeline_name": pb.STRING, "run_id": pb.STRING})
+        )
+        self._ctx_types["component_run"] = self.store.put_context_type(
+            pb.ContextType(
+                name="component_run",
+                properties={"pipeline_name": pb.STRING, "run_id": pb.STRING, "component_id": pb.STRING},
+            )
+        )
         self._contexts: dict[tuple[str, str], pb.Context] = {}
         self.pipeline_ctx = self._context("pipeline", pipeline)
 
     def _context(self, kind: str, name: str) -> pb.Context:
         key = (kind, name)
         if key not in self._contexts:
-            [cid] = self.store.put_contexts([pb.Context(type_id=self._ctx_types[kind], name=name)])
+            ctx = pb.Context(type_id=self._ctx_types[kind], name=name)
+            if kind == "run":
+                ctx.name = f"{self.pipeline}.{name}"
+                ctx.properties["pipeline_name"].string_value = self.pipeline
+                ctx.properties["run_id"].string_value = name
+            elif kind == "component_run":  # name: "<run id>/<component id>" here
+                run_id, component = name.split("/")
+                ctx.name = f"{self.pipeline}.{run_id}.{component}"
+                ctx.properties["pipeline_name"].string_value = self.pipeline
+                ctx.properties["run_id"].string_value = run_id
+                ctx.properties["component_id"].string_value = component
+            [cid] = self.store.put_contexts([ctx])
             self._contexts[key] = self.store.get_contexts_by_id([cid])[0]
         return self._contexts[key]
 
@@ -87,8 +111,10 @@ class FakeHome:
         os.makedirs(os.path.join(self.root, node, ".system", "executor_execution", str(eid)), exist_ok=True)
         contexts = [
             self.pipeline_ctx,
-            self._context("pipeline_run", run),
-            self._context("node", f"{self.pipeline}.{node}"),
+            self._context("run" if self.airflow else "pipeline_run", run),
+            self._context("component_run", f"{run}/{node}")
+            if self.airflow
+            else self._context("node", f"{self.pipeline}.{node}"),
         ]
         _, artifact_ids, _ = self.store.put_execution(
             execution, pairs, contexts, reuse_context_if_already_exist=True

@@ -247,3 +247,36 @@ def test_prune_cli_prints_one_json_result(tmp_path, capsys):
     with lock.run_lock(lock.home_lock_path(home.home), holder="run R"):
         assert cli.main(["prune", "--home", home.home, "--keep", "1"]) == lock.EXIT_LOCKED
     assert "run R" in capsys.readouterr().err
+
+
+def test_an_airflow_home_keeps_its_newest_runs_and_is_not_pruned_mid_run(tmp_path):
+    """TFX's Airflow launcher records runs as `run` contexts: they count as runs (before, prune
+    found none and kept nothing), and one in progress stops prune (Airflow takes no home lock)."""
+    home = FakeHome(str(tmp_path / "home"), airflow=True)
+    r1, r2, r3 = training_history(home, runs=3, blessed_runs=(1,))
+    dry = prune_home(home.home, keep=2, dry_run=True).pipelines["imgpipe"]
+    assert dry.runs_kept == [r2["id"], r3["id"]] and dry.runs_pruned == [r1["id"]]
+    assert dry.removed == []  # run 1's outputs: the baseline, and the examples runs 2 and 3 reused
+    latest = metadata.latest_run(home.store, "imgpipe")
+    assert metadata.run_id(latest) == r3["id"]
+    assert set(metadata.run_executions(home.store, "imgpipe", latest)) == {
+        "ImportExampleGen",
+        "Trainer",
+        "Evaluator",
+        "Pusher",
+    }
+    one = prune_home(home.home, keep=1, dry_run=True).pipelines["imgpipe"]
+    assert one.runs_kept == [r3["id"]]
+    assert {r["id"] for r in one.removed} == {r2[k].id for k in ("model", "blessing", "pushed")}
+
+    # A fourth run whose Trainer is RUNNING under Airflow: prune refuses and changes nothing.
+    run4 = "2026-01-04T00:00:00-run4"
+    running, _ = home.execute(run4, "Trainer", inputs={"examples": [r1["examples"]]}, state=RUNNING)
+    with pytest.raises(
+        PruneError, match=f"Airflow run in progress \\(run {run4}: execution {running.id} is RUNNING\\)"
+    ):
+        prune_home(home.home, keep=1)
+    assert home.store.get_executions_by_id([running.id])[0].last_known_state == RUNNING
+    assert all(_state(home, r["model"]) == LIVE for r in (r1, r2, r3))
+    # A local run's recovery leaves that execution alone too: it may be alive.
+    assert recovery.abandon_dead_executions(home.store, "imgpipe", home.root, found_by="a run") == []

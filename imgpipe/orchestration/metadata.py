@@ -146,15 +146,37 @@ def open_store(config: PipelineConfig, readonly: bool = True) -> Iterator[metada
     yield connect(config, readonly=readonly)
 
 
+# TFX's Airflow launcher records each run as a context of this type (properties pipeline_name
+# and run_id) instead of LocalDagRunner's and Kubeflow's `pipeline_run`, and takes no home lock.
+AIRFLOW_RUN = "run"
+
+
 def pipeline_runs(store, pipeline_name: str) -> list[metadata_store_pb2.Context]:
-    """Pipeline run contexts of `pipeline_name`, oldest first."""
+    """Run contexts of `pipeline_name`, oldest first: `pipeline_run` (LocalDagRunner, Kubeflow)
+    and the Airflow launcher's `run` contexts."""
     pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
     runs = store.get_contexts_by_type("pipeline_run")
+    airflow = [
+        c
+        for c in store.get_contexts_by_type(AIRFLOW_RUN)
+        if "pipeline_name" in c.properties and c.properties["pipeline_name"].string_value == pipeline_name
+    ]
     if pipeline_ctx is not None:
         mine = {c.id for c in store.get_children_contexts_by_context(pipeline_ctx.id)}
-        if mine:
+        if mine or airflow:
             runs = [r for r in runs if r.id in mine]
-    return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    return sorted(runs + airflow, key=lambda c: (c.create_time_since_epoch, c.id))
+
+
+def run_id(run: metadata_store_pb2.Context) -> str:
+    """A run context's run id: its name, or an Airflow `run` context's `run_id` property."""
+    if "run_id" in run.properties:
+        return run.properties["run_id"].string_value
+    return run.name
+
+
+def is_airflow_run(store, run: metadata_store_pb2.Context) -> bool:
+    return store.get_context_types_by_id([run.type_id])[0].name == AIRFLOW_RUN
 
 
 def latest_run(store, pipeline_name: str) -> metadata_store_pb2.Context:
@@ -173,8 +195,11 @@ def run_executions(
     prefix = f"{pipeline_name}."
     for e in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
         for ctx in store.get_contexts_by_execution(e.id):
-            if ctx.name.startswith(prefix) and store.get_context_types_by_id([ctx.type_id])[0].name == "node":
+            kind = store.get_context_types_by_id([ctx.type_id])[0].name
+            if kind == "node" and ctx.name.startswith(prefix):
                 out[ctx.name[len(prefix) :]] = e
+            elif kind == "component_run" and "component_id" in ctx.properties:  # an Airflow run's
+                out[ctx.properties["component_id"].string_value] = e
     return out
 
 

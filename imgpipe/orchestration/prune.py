@@ -112,6 +112,23 @@ def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[in
     return out
 
 
+def _airflow_run_in_progress(store, name: str) -> str | None:
+    """Why `name` cannot be pruned now: an Airflow run of it has an unfinished execution. Airflow's
+    tasks take no home lock, so the run may be alive, and its later tasks read outputs that
+    pruning would delete (and recovery would mark its running execution FAILED)."""
+    for run in metadata.pipeline_runs(store, name):
+        if not metadata.is_airflow_run(store, run):
+            continue
+        for e in store.get_executions_by_context(run.id):
+            if e.last_known_state in recovery.UNFINISHED:
+                return (
+                    f"pipeline {name!r} has an Airflow run in progress (run {metadata.run_id(run)}: execution "
+                    f"{e.id} is {metadata.state_name(e)}); Airflow's tasks take no home lock, so prune "
+                    "after the run ends (or mark that execution FAILED if its task is dead)"
+                )
+    return None
+
+
 def _first_kept(store, runs: list, keep: int) -> int:
     """Index in `runs` (oldest first) of the oldest run kept: the keep-th newest run that finished
     (every execution COMPLETE or CACHED), so a failed run (SIGTERM, a full disk) does not cost the
@@ -148,7 +165,7 @@ def _plan_pipeline(store, name: str, root: str, keep: int) -> tuple[PipelinePrun
     run_of = {}
     for run in pruned_runs:
         for e in store.get_executions_by_context(run.id):
-            run_of[e.id] = run.name
+            run_of[e.id] = metadata.run_id(run)
 
     doomed, removed = [], []
     for a in artifacts:
@@ -185,8 +202,8 @@ def _plan_pipeline(store, name: str, root: str, keep: int) -> tuple[PipelinePrun
         if node and os.path.isdir(folder):
             folders.append(folder)
     report = PipelinePrune(
-        runs_kept=[r.name for r in kept_runs],
-        runs_pruned=[r.name for r in pruned_runs],
+        runs_kept=[metadata.run_id(r) for r in kept_runs],
+        runs_pruned=[metadata.run_id(r) for r in pruned_runs],
         protected=[
             {"id": a.id, "type": type_names[a.type_id], "uri": a.uri, "why": protected[a.id]}
             for a in artifacts
@@ -224,6 +241,11 @@ def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0
 def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool) -> PruneResult:
     # The home's own SQLite store (a home whose runs use a shared PostgreSQL store is pruned there).
     store_config = PipelineConfig(home=home)
+    with metadata.open_store(store_config) as store:
+        for name in sorted(c.name for c in store.get_contexts_by_type("pipeline")):
+            busy = _airflow_run_in_progress(store, name)
+            if busy:
+                raise PruneError(busy)
     result = PruneResult(home, keep, dry_run, {}, [], [])
     if dry_run:
         root = scratch.scratch_root(home)
