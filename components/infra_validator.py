@@ -277,9 +277,9 @@ def identical_served_version(saved_model_dir: str, serving_model_dir: str) -> in
     it for validation would change nothing; a re-run with a cached Trainer saves the
     server's start-up.
     """
-    versions = pusher.served_versions(serving_model_dir) if serving_model_dir else []
-    if versions and pusher.same_model(saved_model_dir, os.path.join(serving_model_dir, str(versions[-1]))):
-        return versions[-1]
+    newest = pusher.newest_version(serving_model_dir) if serving_model_dir else None
+    if newest and pusher.same_model(saved_model_dir, newest[1]):
+        return newest[0]
     return None
 
 

@@ -60,6 +60,20 @@ def served_versions(base_directory: str) -> list[int]:
     return sorted(v for v in versions if v is not None)
 
 
+def newest_version(base_directory: str) -> tuple[int, str] | None:
+    """The newest version under a model base path and its folder as named on disk ("007" is
+    version 7: its folder is not `str(7)`); None when there is none."""
+    if not fileio.isdir(base_directory):
+        return None
+    named = [(version_number(n), n) for n in (str(x).rstrip("/") for x in fileio.listdir(base_directory))]
+    named = [(v, n) for v, n in named if v is not None]
+    if not named:
+        return None
+    # The largest number; of two spellings of it ("7", "007"), the plain one first.
+    version, name = max(named, key=lambda vn: (vn[0], vn[1] == str(vn[0])))
+    return version, os.path.join(base_directory, name)
+
+
 def _files(root: str) -> dict[str, str]:
     """Relative path -> full path of every file under `root`."""
     root = root.rstrip("/")
@@ -197,11 +211,11 @@ class ServingPusherExecutor(pusher_executor.Executor):
         if destination.WhichOneof("destination") != "filesystem":
             raise ValueError("push_destination: imgpipe's Pusher pushes to a filesystem base_directory only")
         base = destination.filesystem.base_directory
-        versions = served_versions(base)
-        if versions and same_model(model_path, os.path.join(base, str(versions[-1]))):
-            log.info("model is identical to the served version %d: nothing pushed", versions[-1])
+        newest = newest_version(base)
+        if newest and same_model(model_path, newest[1]):
+            log.info("model is identical to the served version %d: nothing pushed", newest[0])
             self._MarkNotPushed(model_push)
-            model_push.set_string_custom_property(IDENTICAL_VERSION_KEY, str(versions[-1]))
+            model_push.set_string_custom_property(IDENTICAL_VERSION_KEY, str(newest[0]))
             return
         # The pushed model's record (as TFX's Pusher keeps it) first, the version's rename into the
         # serving dir last: a failure in between (a full disk) must not leave a version served

@@ -215,3 +215,22 @@ def test_a_push_whose_record_cannot_be_written_serves_no_new_version(tmp_path, m
     with pytest.raises(OSError, match="No space left"):
         _push(tmp_path, _model_dir(str(tmp_path / "model2" / SERVING), weights=b"w2"), base)
     assert served_versions(base) == before
+
+
+def test_a_version_folder_with_leading_zeros_is_found_where_it_is(tmp_path):
+    """'007' is version 7 to a server; the identical-model check must read that folder, not base/7."""
+    import shutil
+
+    from components.infra_validator import identical_served_version
+    from components.pusher import newest_version
+
+    base = tmp_path / "serving" / "m"
+    model = _model_dir(str(tmp_path / "model" / SERVING))
+    shutil.copytree(model, base / "007")
+    assert newest_version(str(base)) == (7, str(base / "007"))
+    assert identical_served_version(model, str(base)) == 7
+    again = _push(tmp_path, model, str(base))
+    assert again.get_int_custom_property("pushed") == 0
+    assert again.get_string_custom_property(IDENTICAL_VERSION_KEY) == "7"
+    assert served_versions(str(base)) == [7]
+    assert newest_version(str(tmp_path / "nothing")) is None
