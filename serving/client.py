@@ -6,9 +6,10 @@ local server (serving/devserver). Requests have the shape TF Serving expects:
 inputs keyed by the signature's input name, a [N] DT_STRING tensor.
 
 Every call has a deadline (`timeout`) and is retried with exponential backoff
-only when the server is UNAVAILABLE (down, restarting, no version loaded yet);
-any other failure raises `ServingRpcError` at once, with the status code and
-the server's message.
+only when the server is UNAVAILABLE (down, restarting; the dev server also when no
+version is loaded yet) or answers as TF Serving does while no version of the model is
+loaded yet (NOT_FOUND "Servable not found for request: Latest(...)"); any other failure
+raises `ServingRpcError` at once, with the status code and the server's message.
 
     with ServingClient("localhost:8500") as c:
         preds = c.predict_images("imgpipe", [open("cat.jpg", "rb").read()])
@@ -88,10 +89,21 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
+# TF Serving's answer while no version of the model is loaded yet (and for a model name it does
+# not serve: the two read the same, so a wrong name fails after the retries, not at once).
+NOT_LOADED_YET = "Servable not found for request: Latest("
+
+
+def _worth_retrying(code: grpc.StatusCode, details: str | None) -> bool:
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code == grpc.StatusCode.NOT_FOUND and (details or "").startswith(NOT_LOADED_YET)
+    )
+
+
 class ServingClient:
     """A channel to one TF Serving (or local) server, with deadlines and retries.
 
-    retries: how many times an UNAVAILABLE call is retried (so up to
+    retries: how many times an UNAVAILABLE (or not-loaded-yet) call is retried (so up to
     retries + 1 attempts), sleeping backoff * 2**attempt (capped at
     max_backoff, with jitter) in between. timeout: the deadline of each attempt.
     """
@@ -152,12 +164,12 @@ class ServingClient:
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
                 details = e.details() if hasattr(e, "details") else str(e)
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                if _worth_retrying(code, details) and attempt < self.retries:
                     delay = min(self.max_backoff, self.backoff * 2**attempt)
                     time.sleep(delay * (0.5 + random.random() / 2))
                     attempt += 1
                     continue
-                if code == grpc.StatusCode.UNAVAILABLE and attempt:
+                if _worth_retrying(code, details) and attempt:
                     details = f"{details} (after {attempt + 1} attempts)"
                 raise ServingRpcError(method, self.target, code, details or "") from None
 

@@ -450,14 +450,15 @@ def test_deadline_is_enforced_and_not_retried(server, model):
 
 
 class _FakeRpcError(grpc.RpcError):
-    def __init__(self, code):
+    def __init__(self, code, details=None):
         self._code = code
+        self._details = details
 
     def code(self):
         return self._code
 
     def details(self):
-        return f"fake {self._code.name}"
+        return self._details or f"fake {self._code.name}"
 
 
 def _flaky(codes):
@@ -466,7 +467,8 @@ def _flaky(codes):
     def rpc(request, timeout):
         calls.append(timeout)
         if len(calls) <= len(codes):
-            raise _FakeRpcError(codes[len(calls) - 1])
+            code = codes[len(calls) - 1]
+            raise _FakeRpcError(*code) if isinstance(code, tuple) else _FakeRpcError(code)
         return "ok"
 
     return rpc, calls
@@ -482,6 +484,17 @@ def test_client_retries_unavailable_only():
         with pytest.raises(ServingRpcError, match="after 4 attempts") as e:
             c._call("Predict", rpc, None, None)
         assert e.value.code == grpc.StatusCode.UNAVAILABLE and len(calls) == 4
+        # TF Serving's answer while no version is loaded yet is retried like UNAVAILABLE...
+        loading = (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(digits)")
+        rpc, calls = _flaky([loading, loading])
+        assert c._call("Predict", rpc, None, None) == "ok" and len(calls) == 3
+        # ...another NOT_FOUND (a version that does not exist) is not.
+        rpc, calls = _flaky(
+            [(grpc.StatusCode.NOT_FOUND, "Servable not found for request: Specific(digits, 9)")]
+        )
+        with pytest.raises(ServingRpcError) as e:
+            c._call("Predict", rpc, None, None)
+        assert e.value.code == grpc.StatusCode.NOT_FOUND and len(calls) == 1
         for code in (
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.DEADLINE_EXCEEDED,
