@@ -180,7 +180,12 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, default=None, help="a specific model version")
     parser.add_argument("--top-k", type=int, default=None, help="keep the K best classes")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline per RPC, seconds")
-    parser.add_argument("--retries", type=int, default=3, help="retries when the server is UNAVAILABLE or has no version loaded yet")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries when the server is UNAVAILABLE or has no version loaded yet",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="images per RPC")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
 
