@@ -363,3 +363,21 @@ def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
         config.validate_paths()
     (tmp_path / "empty" / "data.tfrecord").write_bytes(b"")
     assert config.validate_paths() is config
+
+
+def test_a_failed_job_leaves_the_earlier_output_and_report_and_no_scratch(folder, tmp_path):
+    """The server is gone: the job fails, OUT and OUT.report.json of the run before stay as they
+    were (not a new OUT beside an old report), and no Beam temp folder or partial file is left."""
+    root, _, _ = folder
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    out = out_dir / "scores.csv"
+    out.write_text("earlier output\n")
+    report = out_dir / "scores.csv.report.json"
+    report.write_text('{"scored": 3}\n')
+    with pytest.raises(Exception, match="UNAVAILABLE|failed to connect|Connection refused"):  # noqa: B017
+        predict_batch(
+            str(root), str(out), target="127.0.0.1:1", model_name="digits", timeout=1, progress=False
+        )
+    assert out.read_text() == "earlier output\n" and report.read_text() == '{"scored": 3}\n'
+    assert sorted(p.name for p in out_dir.iterdir()) == ["scores.csv", "scores.csv.report.json"]

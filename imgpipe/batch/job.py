@@ -167,6 +167,10 @@ def predict_batch(
 
     scratch = f"{out}.inputs.jsonl"
     skipped_file = f"{out}.skipped.jsonl"
+    # The job writes beside OUT under another name (the same extension), renamed to OUT once
+    # every file is accounted for: a failed job leaves an earlier OUT and its report as they were.
+    head, tail = os.path.split(out)
+    partial = os.path.join(head, f".{tail}.partial-{os.getpid()}{os.path.splitext(tail)[1]}")
     _write_lines(scratch, [json.dumps(p) for p in paths])
     try:
         local = beam.beam_runner in LOCAL_RUNNERS
@@ -178,7 +182,7 @@ def predict_batch(
             _run(
                 args,
                 scratch,
-                out,
+                partial,
                 fmt,
                 skipped_file,
                 CheckImages(max_pixels, bar.directory),
@@ -186,16 +190,18 @@ def predict_batch(
                 batch_size,
             )
         skipped = [json.loads(line) for line in _read_lines(skipped_file)]
+        skipped.sort(key=lambda s: s["path"])
+        scored = len(read_predictions(partial))
+        if scored + len(skipped) != len(paths):
+            raise RuntimeError(
+                f"{len(paths)} files, but {scored} scored + {len(skipped)} skipped: "
+                f"{len(paths) - scored - len(skipped)} unaccounted for (a runner lost or duplicated work)"
+            )
+        _rename(partial, out)
     finally:
-        _remove(scratch)
-        _remove(skipped_file)
-    skipped.sort(key=lambda s: s["path"])
-    scored = len(read_predictions(out))
-    if scored + len(skipped) != len(paths):
-        raise RuntimeError(
-            f"{len(paths)} files, but {scored} scored + {len(skipped)} skipped: "
-            f"{len(paths) - scored - len(skipped)} unaccounted for (a runner lost or duplicated work)"
-        )
+        for path in (scratch, skipped_file, partial):
+            _remove(path)
+        _remove_beam_temp(head, (partial, skipped_file))
     result = BatchResult(len(paths), scored, skipped, out, f"{out}{REPORT_SUFFIX}", fmt, source)
     _write_lines(result.report, [json.dumps(result.to_dict(), indent=2, ensure_ascii=False)])
     log.info(
@@ -268,6 +274,23 @@ def _read_lines(path: str) -> list[str]:
         return [
             line for line in handle.read().split("\n") if line.strip()
         ]  # not splitlines: U+2028 in a path
+
+
+def _rename(src: str, dst: str) -> None:
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    tf.io.gfile.rename(src, dst, overwrite=True)
+
+
+def _remove_beam_temp(folder: str, outputs: tuple[str, ...]) -> None:
+    """The `beam-temp-<name>-<id>` folders Beam's file sinks leave beside an output a failed job
+    did not finish."""
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    for output in outputs:
+        pattern = os.path.join(folder, f"beam-temp-{os.path.basename(output)}-*")
+        for path in tf.io.gfile.glob(pattern):
+            tf.io.gfile.rmtree(path)
 
 
 def _remove(path: str) -> None:
