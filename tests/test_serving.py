@@ -321,6 +321,9 @@ def _bad_cases(image: bytes):
     classify_empty = classification_pb2.ClassificationRequest()
     classify_empty.model_spec.name = NAME
     classify_empty.model_spec.signature_name = "classification"
+    classify_unknown = classification_pb2.ClassificationRequest()
+    classify_unknown.model_spec.name = NAME
+    classify_unknown.model_spec.signature_name = "mystery"
     metadata_no_field = get_model_metadata_pb2.GetModelMetadataRequest()
     metadata_no_field.model_spec.name = NAME
     metadata_bad_field = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["x"])
@@ -387,6 +390,12 @@ def _bad_cases(image: bytes):
             "method_name",
         ),
         "classify empty input": (("Classify", classify_empty), ia, "empty"),
+        # TF Serving's classifier: INVALID_ARGUMENT, where Predict answers FAILED_PRECONDITION.
+        "classify on an unknown signature": (
+            ("Classify", classify_unknown),
+            ia,
+            "No signature was found with the name: mystery",
+        ),
         "metadata without field": (
             ("GetModelMetadata", metadata_no_field),
             ia,

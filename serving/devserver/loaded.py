@@ -172,12 +172,24 @@ class LoadedVersion:
     ) -> classification_pb2.ClassificationResponse:
         """The Classify RPC: a classification signature on the request's tf.Examples."""
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        # TF Serving's classifier answers INVALID_ARGUMENT for an unknown signature (Predict:
+        # FAILED_PRECONDITION) and for one input too many or few; FAILED_PRECONDITION for a
+        # single input not named `inputs` and for outputs without classes or scores.
+        if signature not in self.signature_defs or signature not in self._functions:
+            raise InvalidRequestError(
+                f"No signature was found with the name: {signature} (signatures of model "
+                f"{self.model_name!r} version {self.version}: {', '.join(sorted(self.signature_defs))})"
+            )
         sig = self._signature(signature)
         if sig.method_name != CLASSIFY_METHOD:
             raise InvalidRequestError(
                 f"Expected classification signature method_name to be {CLASSIFY_METHOD}. "
                 f"Was: {sig.method_name} (signature {signature!r}; pass the classification "
                 f"signature's name in model_spec.signature_name)"
+            )
+        if len(sig.inputs) != 1:
+            raise InvalidRequestError(
+                f"Expected one input Tensor: classification signature {signature!r} has {sorted(sig.inputs)}"
             )
         if set(sig.inputs) != {CLASSIFY_INPUTS}:
             raise ServingError(
