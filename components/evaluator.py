@@ -272,11 +272,12 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # Eval images the candidate trained on: none from `imgpipe ingest` (it drops duplicates);
         # TFRecords made elsewhere can repeat an image across splits, which flatters the candidate.
         in_train = unseen_comparison.seen_by(model.uri, eval_ids, "the candidate")
-        if in_train is not None and in_train.any():
+        candidate_seen = None if in_train is None else int(in_train.sum())
+        if candidate_seen:
             log.warning(
                 "%d of the %d eval examples are images the candidate trained on (the same image bytes in "
                 "the train split): its eval accuracy is flattered by them",
-                int(in_train.sum()),
+                candidate_seen,
                 len(in_train),
             )
         either = None  # a mask over the eval records: the ones either model trained on
@@ -291,7 +292,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                         plan.baseline,
                         len(either),
                         None if seen is None else int(seen.sum()),
-                        0 if in_train is None else int(in_train.sum()),
+                        candidate_seen or 0,
                         int(either.sum()),
                     ),
                 )
@@ -341,7 +342,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 int(either.sum()),
                 len(either),
                 plan.baseline.seen_eval_examples,
-                None if in_train is None else int(in_train.sum()),
+                candidate_seen,
                 plan.baseline.compared_examples,
             )
             with graph_optimization.grappler(optimization.enabled):
@@ -411,7 +412,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             measured,
             run,
             earlier,
-            eval_examples_in_train=None if in_train is None else int(in_train.sum()),
+            eval_examples_in_train=candidate_seen,
         )
         write_gate_record(evaluation.uri, record)
 

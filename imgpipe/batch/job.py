@@ -271,9 +271,8 @@ def _read_lines(path: str) -> list[str]:
     if not tf.io.gfile.exists(path):
         return []
     with tf.io.gfile.GFile(path, "r") as handle:
-        return [
-            line for line in handle.read().split("\n") if line.strip()
-        ]  # not splitlines: U+2028 in a path
+        # Not splitlines: it also splits on U+2028 and the like, which a path may hold.
+        return [line for line in handle.read().split("\n") if line.strip()]
 
 
 def _rename(src: str, dst: str) -> None:

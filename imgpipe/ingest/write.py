@@ -156,7 +156,7 @@ def write_outputs(
         _write_json(os.path.join(staging, CLASSES_FILE), report.classes)
         _write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
         if overwrite:
-            _remove_previous_outputs(out_dir, keep=os.path.basename(staging))
+            _remove_previous_outputs(out_dir)
         for name in (*SPLITS, CLASSES_FILE, REPORT_FILE):
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     except (OSError, tf.errors.OpError) as exc:
@@ -189,10 +189,8 @@ def _write_json(path: str, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _remove_previous_outputs(out_dir: str, keep: str) -> None:
-    """Delete only what ``ingest`` writes (used with overwrite=True).
-
-    That includes staging dirs of killed runs, except ``keep`` (the current one).
-    """
-    for name in (*SPLITS, REPORT_FILE, CLASSES_FILE, *_leftovers(os.listdir(out_dir), keep)):
+def _remove_previous_outputs(out_dir: str) -> None:
+    """Delete only what ``ingest`` writes (used with overwrite=True); what an interrupted ingest
+    left was removed as the write began (``_leftovers``)."""
+    for name in (*SPLITS, REPORT_FILE, CLASSES_FILE):
         _remove(os.path.join(out_dir, name))

@@ -176,6 +176,7 @@ def run_id(run: metadata_store_pb2.Context) -> str:
 
 
 def is_airflow_run(store, run: metadata_store_pb2.Context) -> bool:
+    """Whether `run` is a context of TFX's Airflow launcher's run type."""
     return store.get_context_types_by_id([run.type_id])[0].name == AIRFLOW_RUN
 
 

@@ -241,22 +241,22 @@ def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0
 def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool) -> PruneResult:
     # The home's own SQLite store (a home whose runs use a shared PostgreSQL store is pruned there).
     store_config = PipelineConfig(home=home)
-    with metadata.open_store(store_config) as store:
-        for name in sorted(c.name for c in store.get_contexts_by_type("pipeline")):
+    result = PruneResult(home, keep, dry_run, {}, [], [])
+    with metadata.open_store(store_config, readonly=dry_run) as store:
+        names = sorted(c.name for c in store.get_contexts_by_type("pipeline"))
+        for name in names:  # before anything is changed, the scratch folders included
             busy = _airflow_run_in_progress(store, name)
             if busy:
                 raise PruneError(busy)
-    result = PruneResult(home, keep, dry_run, {}, [], [])
-    if dry_run:
-        root = scratch.scratch_root(home)
-        stale = sorted(os.listdir(root)) if os.path.isdir(root) else []
-        result.scratch_removed = [
-            {"path": os.path.join(root, n), "bytes": scratch.tree_bytes(os.path.join(root, n))} for n in stale
-        ]
-    else:
-        result.scratch_removed = [{"path": p, "bytes": b} for p, b in scratch.remove_stale(home)]
-    with metadata.open_store(store_config, readonly=dry_run) as store:
-        names = sorted(c.name for c in store.get_contexts_by_type("pipeline"))
+        if dry_run:
+            root = scratch.scratch_root(home)
+            stale = sorted(os.listdir(root)) if os.path.isdir(root) else []
+            result.scratch_removed = [
+                {"path": os.path.join(root, n), "bytes": scratch.tree_bytes(os.path.join(root, n))}
+                for n in stale
+            ]
+        else:
+            result.scratch_removed = [{"path": p, "bytes": b} for p, b in scratch.remove_stale(home)]
         for name in names:
             root = os.path.join(home, PIPELINES_DIR, name)
             found = recovery.abandon_dead_executions(store, name, root, found_by="prune", dry_run=dry_run)

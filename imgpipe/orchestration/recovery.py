@@ -31,7 +31,7 @@ import shutil
 
 from ml_metadata.proto import metadata_store_pb2
 
-from imgpipe.orchestration.metadata import AIRFLOW_RUN
+from imgpipe.orchestration.metadata import is_airflow_run
 from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.scratch import tree_bytes
 
@@ -101,10 +101,7 @@ def abandon_dead_executions(
         if execution.last_known_state not in UNFINISHED:
             continue
         node, run = _contexts(store, execution.id, pipeline_name)
-        if any(
-            store.get_context_types_by_id([c.type_id])[0].name == AIRFLOW_RUN
-            for c in store.get_contexts_by_execution(execution.id)
-        ):
+        if any(is_airflow_run(store, c) for c in store.get_contexts_by_execution(execution.id)):
             # Airflow's tasks take no home lock: its task may be running now. Left to Airflow.
             log.info("execution %d (%s) of an Airflow run is unfinished: left alone", execution.id, node)
             continue
