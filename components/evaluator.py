@@ -3,10 +3,13 @@
 Before TFMA runs, the executor reads the eval split's label counts (from the
 data gate's report, components/artifacts.py: counted by StatisticsGen) and the
 candidate's and baseline's label vocabularies, and lets components/gate_decision.py
-decide: the floor (max of min_accuracy and the majority share + margin), the
+decide: the gated metric (accuracy, or balanced accuracy on a skewed eval split), its
+floor (max of min_accuracy, chance + margin and the significance bound), the
 per-class floor, and whether the baseline can be compared (not when there is
 none or its label set differs). Those thresholds are written into the
-EvalConfig so TFMA does the gating. A gate that cannot be computed (no eval
+EvalConfig so TFMA does the gating; balanced accuracy, the mean of the per-class
+recalls TFMA measures, has its floor and comparison applied by the executor
+after TFMA (`decide_outside_tfma`), which unblesses a model that fails them. A gate that cannot be computed (no eval
 example, or a class without one) raises GateNotComputable naming the class:
 the run fails and nothing is pushed. After TFMA, the executor writes gate.json
 (the decision record) beside TFMA's output.
@@ -64,15 +67,18 @@ from tfx.utils import json_utils, proto_utils
 
 from components import graph_optimization, patching, pusher, tfma_warm, unseen_comparison
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
-from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, GateConfig
+from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, METRIC_BALANCED, GateConfig
 from components.gate_decision import (
     GATE_FILE,
     METRIC_TOLERANCE,
     EvalResults,
     Failure,
     GatePlan,
+    balanced_accuracy,
     change_failure,
+    floor_failure,
     gate_record,
+    gated_value,
     plan_gate,
     reasons,
     with_seen_examples,
@@ -92,26 +98,29 @@ _NOT_EVALUATOR = frozenset({"allow_anomalies"})
 
 # ------------------------------------------------------------------ the EvalConfig
 def accuracy_thresholds(
-    floor: float, min_class_recall: float | None, max_regression: float
+    floor: float, min_class_recall: float | None, max_regression: float | None
 ) -> list[tfma.PerSliceMetricThreshold]:
     """The accuracy gate as TFMA thresholds.
 
     Overall slice: accuracy >= floor, and no drop of more than max_regression
     against the baseline (TFMA drops that change threshold when no baseline is
-    given). Each label slice (when min_class_recall is set): accuracy within
-    the true class, i.e. its recall, >= min_class_recall. Each bound has
-    METRIC_TOLERANCE of slack for TFMA's float32 metrics, so a model exactly
-    at a bound (19/20 against 0.95) passes.
+    given; None: no change threshold). Each label slice (when min_class_recall
+    is set): accuracy within the true class, i.e. its recall, >= min_class_recall.
+    Each bound has METRIC_TOLERANCE of slack for TFMA's float32 metrics, so a
+    model exactly at a bound (19/20 against 0.95) passes.
     """
+    change = None
+    if max_regression is not None:
+        change = tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -max_regression - METRIC_TOLERANCE},
+        )
     out = [
         tfma.PerSliceMetricThreshold(
             slicing_specs=[tfma.SlicingSpec()],
             threshold=tfma.MetricThreshold(
                 value_threshold=tfma.GenericValueThreshold(lower_bound={"value": floor - METRIC_TOLERANCE}),
-                change_threshold=tfma.GenericChangeThreshold(
-                    direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                    absolute={"value": -max_regression - METRIC_TOLERANCE},
-                ),
+                change_threshold=change,
             ),
         )
     ]
@@ -162,7 +171,13 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
 
 
 def with_plan(eval_config_json: str, plan: GatePlan) -> str:
-    """eval_config (JSON) with the gated metric's thresholds replaced by the plan's."""
+    """eval_config (JSON) with the accuracy thresholds replaced by the plan's.
+
+    When the plan gates balanced accuracy, TFMA keeps only the per-class recall bounds (and
+    an overall accuracy bound of 0, so that it validates at all): the executor applies the
+    floor and the comparison to the mean of the per-class recalls it measured.
+    """
+    balanced = plan.metric == METRIC_BALANCED
     cfg = proto_utils.json_to_proto(eval_config_json, tfma.EvalConfig())
     gated = [m for spec in cfg.metrics_specs for m in spec.metrics if m.class_name == ACCURACY_CLASS]
     if not gated:
@@ -171,7 +186,11 @@ def with_plan(eval_config_json: str, plan: GatePlan) -> str:
         metric.ClearField("threshold")
         del metric.per_slice_thresholds[:]
         metric.per_slice_thresholds.extend(
-            accuracy_thresholds(plan.floor.value, plan.min_class_recall, plan.max_regression)
+            accuracy_thresholds(
+                0.0 if balanced else plan.floor.value,
+                plan.min_class_recall,
+                None if balanced else plan.max_regression,
+            )
         )
     return proto_utils.proto_to_json(cfg)
 
@@ -193,10 +212,12 @@ def _slice_class(slice_key) -> tuple[bool, str | None]:
 
 
 def read_results(output_uri: str) -> EvalResults:
-    """Accuracy (overall, per class, baseline), example count and failed thresholds from TFMA's output."""
+    """Accuracy (overall and per class, the candidate's and the baseline's), example count and failed
+    thresholds from TFMA's output."""
     accuracy = baseline = None
     examples: int | None = None
     per_class: dict[str, float] = {}
+    baseline_per_class: dict[str, float] = {}
     for mfs in tfma.load_metrics(output_uri):
         ok, cls = _slice_class(mfs.slice_key)
         if not ok:
@@ -208,8 +229,7 @@ def read_results(output_uri: str) -> EvalResults:
             is_baseline = kv.key.model_name == tfma.BASELINE_KEY
             if kv.key.name == ACCURACY_KEY:
                 if cls is not None:
-                    if not is_baseline:
-                        per_class[cls] = value
+                    (baseline_per_class if is_baseline else per_class)[cls] = value
                 elif is_baseline:
                     baseline = value
                 else:
@@ -227,7 +247,9 @@ def read_results(output_uri: str) -> EvalResults:
                 problems.append(f.message or str(f.metric_key).replace("\n", " "))
     for missing in validation.missing_slices:
         problems.append(f"no examples in slice {str(missing).strip()}")
-    return EvalResults(accuracy, examples, per_class, baseline, failures, problems)
+    return EvalResults(
+        accuracy, examples, per_class, baseline, failures, problems, baseline_per_class=baseline_per_class
+    )
 
 
 # ------------------------------------------------------------------ the executor
@@ -300,7 +322,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         reused = None
         if plan.baseline.compared and not plan.baseline.identical and not unseen_only:
             reused = earlier_measurement(
-                evaluation.uri, measurement(baselines[0].uri, examples.uri, splits, props[key])
+                evaluation.uri, measurement(baselines[0].uri, examples.uri, splits, props[key]), plan.metric
             )
             if reused is not None:
                 plan = dataclasses.replace(
@@ -315,7 +337,9 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             # did not train on, is compared below).
             inputs[standard_component_specs.BASELINE_MODEL_KEY] = []
         log.info(
-            "gate: floor %.3f (%s), min_class_recall %s, baseline %s",
+            "gate: %s (%s), floor %.3f (%s), min_class_recall %s, baseline %s",
+            plan.floor.metric_text,
+            plan.metric_reason,
             plan.floor.value,
             plan.floor.source,
             plan.min_class_recall,
@@ -351,6 +375,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                     split_dirs(examples, splits),
                     [saved_model_dir(model), saved_model_dir(baselines[0])],
                     gate.eval_batch_size,
+                    balanced=plan.metric == METRIC_BALANCED,
                 )
         run = tfma_run(
             model, tfma_baselines, examples, splits, props, gate.eval_batch_size, optimization.enabled
@@ -385,22 +410,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessed = blessing.get_int_custom_property("blessed") == 1
-        results = read_results(evaluation.uri)
-        if reused is not None or on_unseen is not None:
-            if on_unseen is not None:
-                candidate_accuracy, baseline_accuracy = on_unseen
-                results = dataclasses.replace(
-                    results, baseline_accuracy=baseline_accuracy, compared_accuracy=candidate_accuracy
-                )
-            else:
-                candidate_accuracy, baseline_accuracy = results.accuracy, reused[0]
-                results = dataclasses.replace(results, baseline_accuracy=baseline_accuracy)
-            failure = change_failure(candidate_accuracy, baseline_accuracy, plan.max_regression)
-            if failure is not None:
-                results = dataclasses.replace(results, failures=[*results.failures, failure])
-                if blessed:
-                    unbless(blessing)
-                    blessed = False
+        results, failed_here = decide_outside_tfma(plan, read_results(evaluation.uri), reused, on_unseen)
+        if failed_here and blessed:
+            unbless(blessing)
+            blessed = False
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
@@ -415,6 +428,53 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             eval_examples_in_train=candidate_seen,
         )
         write_gate_record(evaluation.uri, record)
+
+
+def decide_outside_tfma(
+    plan: GatePlan,
+    results: EvalResults,
+    reused: tuple[float, str] | None,
+    on_unseen: Sequence[float] | None,
+) -> tuple[EvalResults, bool]:
+    """TFMA's results with what the executor decides itself: (results, whether a threshold failed here).
+
+    Balanced accuracy is the mean of the per-class recalls TFMA measured (the candidate's, and
+    the baseline's when TFMA ran it): its floor and its comparison are applied here. The
+    comparison is also made here, in either metric, when the baseline's value was reused
+    from an earlier execution (`reused`) or both models were measured on the eval examples
+    neither trained on (`on_unseen`: candidate, baseline). Each threshold is applied as TFMA
+    applies its own (floor_failure, change_failure).
+    """
+    balanced = plan.metric == METRIC_BALANCED
+    results = dataclasses.replace(
+        results, balanced_accuracy=balanced_accuracy(results.per_class, plan.eval_classes)
+    )
+    failures = []
+    pair = None  # (candidate, baseline) in the gated metric, when the comparison is made here
+    if balanced:
+        failures.append(floor_failure(plan.floor, results.balanced_accuracy))
+        if plan.baseline.compared and not plan.baseline.identical and reused is None and on_unseen is None:
+            pair = (
+                results.balanced_accuracy,
+                balanced_accuracy(results.baseline_per_class, plan.eval_classes),
+            )
+            results = dataclasses.replace(results, baseline_accuracy=pair[1])
+    if on_unseen is not None:
+        pair = (on_unseen[0], on_unseen[1])
+        results = dataclasses.replace(results, baseline_accuracy=pair[1], compared_accuracy=pair[0])
+    elif reused is not None:
+        pair = (gated_value(plan, results), reused[0])
+        results = dataclasses.replace(results, baseline_accuracy=pair[1])
+    if pair is not None:
+        # A baseline whose value is missing (None) is compared as NaN: the threshold fails.
+        base = float("nan") if pair[1] is None else pair[1]
+        failures.append(
+            change_failure(float("nan") if pair[0] is None else pair[0], base, plan.max_regression)
+        )
+    failures = [f for f in failures if f is not None]
+    if failures:
+        results = dataclasses.replace(results, failures=[*results.failures, *failures])
+    return results, bool(failures)
 
 
 def split_dirs(examples: types.Artifact, splits: Sequence[str] | None) -> list[str]:
@@ -518,12 +578,15 @@ def earlier_records(evaluation_uri: str) -> Iterator[tuple[str, dict]]:
             yield path, record
 
 
-def earlier_measurement(evaluation_uri: str, wanted: Mapping[str, Any]) -> tuple[float, str] | None:
-    """(accuracy, gate.json path) of the newest other execution of this Evaluator that measured `wanted`."""
+def earlier_measurement(
+    evaluation_uri: str, wanted: Mapping[str, Any], metric: str = "accuracy"
+) -> tuple[float, str] | None:
+    """(value of `metric`, gate.json path) of the newest other execution of this Evaluator that
+    measured `wanted` and recorded that metric (records older than balanced accuracy lack it)."""
     for path, record in earlier_records(evaluation_uri):
-        accuracy = record.get("accuracy")
-        if record.get("measured") == dict(wanted) and isinstance(accuracy, (int, float)):
-            return float(accuracy), path
+        value = record.get(metric)
+        if record.get("measured") == dict(wanted) and isinstance(value, (int, float)) and value == value:
+            return float(value), path
     return None
 
 

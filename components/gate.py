@@ -2,15 +2,19 @@
 
 The Evaluator blesses a model when, on the eval split,
 
-- its accuracy reaches the floor: max(min_accuracy, the majority class's share
-  of the eval split + majority_margin, the accuracy a one-sided binomial test at
-  `significance` needs to beat that share on the split's size), so a model must
-  beat the best constant predictor, by more than luck on a few images, not just
-  the configured number;
+- its gated metric reaches the floor. With `metric` accuracy: max(min_accuracy,
+  the majority class's share of the eval split + majority_margin, the accuracy
+  a one-sided binomial test at `significance` needs to beat that share on the
+  split's size), so a model must beat the best constant predictor, by more
+  than luck on a few images, not just the configured number. With
+  balanced_accuracy (the mean per-class recall; what `auto` picks on an
+  imbalanced eval split, as the Trainer's `class_weights: auto` trains for it):
+  max(min_accuracy, 1/k + majority_margin on k eval classes, what answers
+  that ignore the image reach with probability `significance`);
 - every true class's slice reaches min_class_recall (accuracy within a class's
   slice is that class's recall), so a model that never predicts a class is not
   blessed however good the overall number looks;
-- and it does not regress against the latest blessed model by more than
+- and its gated metric does not regress against the latest blessed model by more than
   `max_regression` (skipped, with the reason recorded, when there is none or
   its label set differs).
 
@@ -34,28 +38,42 @@ ACCURACY_KEY = "sparse_categorical_accuracy"  # its name in TFMA's output
 EXAMPLE_COUNT_KEY = "example_count"  # TFMA's ExampleCount in its output
 
 
+METRIC_AUTO = "auto"
+METRIC_ACCURACY = "accuracy"
+METRIC_BALANCED = "balanced_accuracy"
+
+
 class GateConfig(Settings):
     """The gates: what the data must pass before training, and a model before it is pushed."""
 
+    metric: Literal["auto", "accuracy", "balanced_accuracy"] = Field(
+        METRIC_AUTO,
+        description="the number the floor, min_accuracy and max_regression apply to: accuracy; "
+        "balanced_accuracy (the mean of the per-class recalls, where any answer that ignores the image "
+        "scores 1/k on k classes however skewed the eval split); auto: balanced_accuracy when the eval "
+        "split's largest class has more than 1.5x the examples of its smallest, else accuracy",
+        json_schema_extra={"flag": "--gate-metric"},
+    )
     min_accuracy: float = Field(
         0.5,
         ge=0.0,
         le=1.0,
-        description="absolute accuracy floor for blessing (the majority-class floor applies when higher)",
+        description="absolute floor of the gated metric for blessing (the chance floor applies when higher)",
         json_schema_extra={"runtime": True},
     )
     majority_margin: float = Field(
         0.05,
         ge=0.0,
         le=1.0,
-        description="the floor is at least the eval split's majority-class share plus this margin",
+        description="the floor is at least chance plus this margin: the eval split's majority-class share "
+        "(accuracy) or 1/k on k classes (balanced accuracy)",
     )
     significance: float = Field(
         0.05,
         ge=0.0,
         le=0.5,
-        description="the floor is at least the accuracy a one-sided binomial test at this p-value needs to "
-        "beat the majority class on the eval split's size, so a few lucky eval images bless nothing (0: off)",
+        description="the floor is at least what answers that ignore the image reach with this probability on "
+        "the eval split's size (a one-sided test), so a few lucky eval images bless nothing (0: off)",
     )
     min_class_recall: float = Field(
         0.05,

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from components.gate import GateConfig
+import numpy as np
+
+from components.gate import METRIC_ACCURACY, METRIC_AUTO, METRIC_BALANCED, GateConfig
+from trainer.config import IMBALANCE_RATIO
 
 GATE_FILE = "gate.json"  # written into the Evaluator's `evaluation` artifact directory
 
 FLOOR_MAJORITY = "majority"
 FLOOR_MIN_ACCURACY = "min_accuracy"
 FLOOR_SIGNIFICANCE = "significance"
+FLOOR_CHANCE = "chance"  # balanced accuracy: 1/k on k eval classes + margin
+
+_METRIC_TEXT = {METRIC_ACCURACY: "accuracy", METRIC_BALANCED: "balanced accuracy"}
 
 NO_BASELINE = "no blessed model yet"
 
@@ -51,14 +57,22 @@ class Floor:
     significance: float = 0.0  # 0: off
     eval_examples: int = 0
     # The fewest right answers of eval_examples that beat the majority class at `significance`
-    # (None: off, or not even all of them right would).
+    # (None: off, not even all of them right would, or the metric is balanced accuracy).
     significant_right: int | None = None
+    metric: str = METRIC_ACCURACY  # what the floor applies to: METRIC_ACCURACY or METRIC_BALANCED
+    eval_classes: int = 0  # classes with eval examples (balanced accuracy's chance is 1/eval_classes)
 
     @property
     def reachable(self) -> bool:
         return self.value <= 1.0
 
+    @property
+    def metric_text(self) -> str:
+        return _METRIC_TEXT[self.metric]
+
     def describe(self) -> str:
+        if self.metric == METRIC_BALANCED:
+            return self._describe_balanced()
         majority = f"majority class {_q(self.majority_class)} has {self.majority_share:.3f} of eval"
         if self.source == FLOOR_SIGNIFICANCE:
             test = f"one-sided binomial test against the majority class's {self.majority_share:.3f}, p <= {self.significance:g}"
@@ -73,6 +87,24 @@ class Floor:
         if self.source == FLOOR_MAJORITY:
             return f"{majority} + margin {self.margin:.3f}"
         return f"min_accuracy {self.min_accuracy:.3f}; {majority} + margin {self.margin:.3f} is not higher"
+
+    def _describe_balanced(self) -> str:
+        k = self.eval_classes
+        chance = f"chance 1/{k} = {1 / k:.3f} (an answer that ignores the image) + margin {self.margin:.3f}"
+        if self.source == FLOOR_SIGNIFICANCE:
+            where = (
+                f"answers that ignore the image, on this eval split's {self.eval_examples} examples in {k} "
+                f"classes (p <= {self.significance:g}; seeded simulation)"
+            )
+            if not self.reachable:
+                return (
+                    f"even a balanced accuracy of 1.000 is reached too often by {where}: the eval split is too "
+                    "small to tell a model from chance; add eval images"
+                )
+            return f"{self.value:.3f} is the least balanced accuracy not reached by chance by {where}"
+        if self.source == FLOOR_CHANCE:
+            return chance
+        return f"min_accuracy {self.min_accuracy:.3f}; {chance} is not higher"
 
 
 def fewest_right_beating(n: int, p0: float, alpha: float) -> int | None:
@@ -113,6 +145,7 @@ def accuracy_floor(
         raise GateNotComputable("the eval split has no labelled examples: the gate cannot judge any model")
     majority_class = min(eval_label_counts, key=lambda c: (-eval_label_counts[c], c))
     share = eval_label_counts[majority_class] / total
+    k = sum(1 for n in eval_label_counts.values() if n > 0)
     # Rounded so that 0.5 + 0.05 is 0.55, not 0.55000000000000004 (which 11/20 would miss).
     by_majority = min(1.0, round(share + margin, 10))
     if by_majority > min_accuracy:
@@ -124,7 +157,166 @@ def accuracy_floor(
         by_significance = round(right / total, 10) if right is not None else (total + 1) / total
         if by_significance > value:
             value, source = by_significance, FLOOR_SIGNIFICANCE
-    return Floor(value, source, min_accuracy, majority_class, share, margin, significance, total, right)
+    return Floor(
+        value, source, min_accuracy, majority_class, share, margin, significance, total, right, eval_classes=k
+    )
+
+
+def gated_metric(setting: str, eval_label_counts: Mapping[str, int]) -> tuple[str, str]:
+    """(the metric the gate applies to, why): `setting` itself, or for METRIC_AUTO balanced accuracy
+    when the eval split's largest class has more than IMBALANCE_RATIO times the examples of its
+    smallest (the rule the Trainer's class_weights "auto" follows on the train split), else accuracy."""
+    if setting != METRIC_AUTO:
+        return setting, f"gate.metric {setting}"
+    sizes = [n for n in eval_label_counts.values() if n > 0]
+    ratio = max(sizes) / min(sizes) if sizes else 1.0
+    if ratio > IMBALANCE_RATIO:
+        return (
+            METRIC_BALANCED,
+            f"auto: the eval split's largest/smallest class = {ratio:.2f} > {IMBALANCE_RATIO}",
+        )
+    return (
+        METRIC_ACCURACY,
+        f"auto: the eval split's largest/smallest class = {ratio:.2f} <= {IMBALANCE_RATIO}",
+    )
+
+
+def balanced_accuracy(per_class_recall: Mapping[str, float], classes: Iterable[str]) -> float | None:
+    """The mean recall over `classes` (the eval split's); None when one of them has no recall."""
+    values = [per_class_recall.get(c) for c in classes]
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(values) / len(values))
+
+
+def balanced_floor(
+    min_accuracy: float, eval_label_counts: Mapping[str, int], margin: float, significance: float = 0.0
+) -> Floor:
+    """The floor for balanced accuracy: the highest of min_accuracy; 1/k + margin on the k classes
+    with eval examples (capped at 1.0), which is what any answer that ignores the image scores,
+    however skewed the split; and, with `significance`, the least balanced accuracy such answers
+    reach with probability at most `significance` on this split's class sizes (above 1.0 when
+    even a perfect score is that likely: nothing is blessed)."""
+    total = sum(eval_label_counts.values())
+    if total <= 0:
+        raise GateNotComputable("the eval split has no labelled examples: the gate cannot judge any model")
+    sizes = [n for _, n in sorted(eval_label_counts.items()) if n > 0]
+    k = len(sizes)
+    majority_class = min(eval_label_counts, key=lambda c: (-eval_label_counts[c], c))
+    share = eval_label_counts[majority_class] / total
+    by_chance = min(1.0, round(1.0 / k + margin, 10))
+    if by_chance > min_accuracy:
+        value, source = by_chance, FLOOR_CHANCE
+    else:
+        value, source = min_accuracy, FLOOR_MIN_ACCURACY
+    if significance > 0:
+        by_significance = chance_balanced_accuracy_bound(sizes, significance)
+        if by_significance > value:
+            value, source = by_significance, FLOOR_SIGNIFICANCE
+    return Floor(
+        value,
+        source,
+        min_accuracy,
+        majority_class,
+        share,
+        margin,
+        significance,
+        total,
+        None,
+        metric=METRIC_BALANCED,
+        eval_classes=k,
+    )
+
+
+# Splits with at most this many combinations of per-class right answers (the product of
+# n_c + 1) get the exact distribution; larger ones a seeded simulation of SIMULATION_DRAWS draws
+# (the estimated tail probability at 0.05 within ~0.0015, one standard error), at most
+# DRAW_BUDGET binomial draws per null predictor.
+EXACT_STATES = 200_000
+SIMULATION_DRAWS = 20_000
+DRAW_BUDGET = 20_000_000
+
+
+def chance_balanced_accuracy_bound(sizes: Sequence[int], alpha: float, seed: int = 0) -> float:
+    """The least balanced accuracy b with P(B >= b) <= alpha for B the balanced accuracy of answers
+    that ignore the image, on eval classes of `sizes` examples; above 1.0 when no b <= 1 is that rare.
+
+    Such an answer picks class j with some probability q_j whatever the image, so class c's
+    right answers are Binomial(n_c, q_c) and B = mean_c(X_c / n_c) has mean 1/k for every q.
+    Its spread, and so its tail, depends on q: both the uniform q and the q that maximises
+    B's variance (sum_c q_c(1 - q_c) / n_c; on two classes they are the same) are taken, and
+    the higher bound kept. B's distribution is exact on small splits (EXACT_STATES) and
+    simulated with a fixed seed on larger ones, so a split always gets the same floor; there
+    only values the simulation reached are candidates for b, so b errs high.
+    """
+    n = np.asarray(sizes, dtype=np.int64)
+    if n.size == 0 or np.any(n <= 0):
+        raise ValueError(f"class sizes must be positive, got {list(sizes)}")
+    if alpha <= 0:
+        return 0.0
+    states = 1
+    for n_c in n.tolist():
+        states = min(states * (n_c + 1), EXACT_STATES + 1)
+    exact = states <= EXACT_STATES
+    rng = np.random.default_rng(seed)
+    bound = 0.0
+    for q in (np.full(n.size, 1.0 / n.size), _widest_chance(n)):
+        values, probs = _balanced_distribution(n, q) if exact else _simulated(n, q, rng)
+        tail = np.cumsum(probs[::-1])[::-1]  # P(B >= values[i])
+        rare = values[tail <= alpha * (1 + 1e-9)]
+        bound = max(bound, float(rare[0]) if rare.size else 1.0 + 1.0 / int(n.sum()))
+    return bound
+
+
+def _balanced_distribution(n: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """B's exact distribution (sorted values, their probabilities), one class convolved at a time."""
+    values, probs = np.zeros(1), np.ones(1)
+    for n_c, q_c in zip(n.tolist(), q.tolist(), strict=True):
+        x = np.arange(n_c + 1)
+        pmf = np.array([_binomial_pmf(n_c, j, q_c) for j in x])
+        values = np.round((values[:, None] + x[None, :] / (n.size * n_c)).ravel(), 12)
+        values, where = np.unique(values, return_inverse=True)
+        probs = np.bincount(where.ravel(), weights=(probs[:, None] * pmf[None, :]).ravel())
+    return values, probs
+
+
+def _simulated(n: np.ndarray, q: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """B's distribution estimated from seeded draws (sorted values reached, their frequencies)."""
+    draws = int(max(1_000, min(SIMULATION_DRAWS, DRAW_BUDGET // n.size)))
+    scores = np.round((rng.binomial(n, q, size=(draws, n.size)) / n).mean(axis=1), 12)
+    values, counts = np.unique(scores, return_counts=True)
+    return values, counts / draws
+
+
+def _binomial_pmf(n: int, k: int, p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return float(k == (n if p >= 1.0 else 0))
+    return math.exp(
+        math.lgamma(n + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(n - k + 1)
+        + k * math.log(p)
+        + (n - k) * math.log1p(-p)
+    )
+
+
+def _widest_chance(n: np.ndarray) -> np.ndarray:
+    """The class probabilities q (summing to 1) that maximise sum_c q_c (1 - q_c) / n_c: setting
+    the derivative (1 - 2 q_c) / n_c to a common lam gives q_c = max(0, (1 - lam n_c) / 2), and
+    lam >= 0 is found by bisection so that the q_c sum to 1."""
+
+    def q_of(lam: float) -> np.ndarray:
+        return np.clip((1.0 - lam * n) / 2.0, 0.0, 1.0)
+
+    if q_of(0.0).sum() <= 1.0:  # one or two classes: q_c = 1/2 sums to at most 1
+        q = q_of(0.0)
+        return q / q.sum()
+    lo, hi = 0.0, 1.0 / float(n.min())
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if q_of(mid).sum() > 1.0 else (lo, mid)
+    q = q_of(hi)
+    return q / q.sum()
 
 
 def check_computable(eval_label_counts: Mapping[str, int], class_names: Sequence[str]) -> None:
@@ -259,6 +451,13 @@ class GatePlan:
     min_class_recall: float | None  # None: off
     max_regression: float
     baseline: BaselinePlan
+    # The classes with eval examples (sorted): balanced accuracy is the mean recall over them.
+    eval_classes: tuple[str, ...] = ()
+    metric_reason: str = ""  # why the floor's metric is gated on (gated_metric)
+
+    @property
+    def metric(self) -> str:
+        return self.floor.metric
 
 
 def plan_gate(
@@ -270,12 +469,16 @@ def plan_gate(
 ) -> GatePlan:
     """The thresholds for this run; GateNotComputable when the eval split cannot judge the model."""
     check_computable(eval_label_counts, class_names)
+    metric, why = gated_metric(gate.metric, eval_label_counts)
+    floor_of = balanced_floor if metric == METRIC_BALANCED else accuracy_floor
     return GatePlan(
-        floor=accuracy_floor(gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance),
+        floor=floor_of(gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance),
         class_names=tuple(class_names),
         min_class_recall=gate.min_class_recall or None,
         max_regression=gate.max_regression,
         baseline=baseline_plan(class_names, baseline_classes, baseline_identical),
+        eval_classes=tuple(sorted(c for c, n in eval_label_counts.items() if n > 0)),
+        metric_reason=why,
     )
 
 
@@ -291,7 +494,11 @@ class Failure:
 
 @dataclasses.dataclass(frozen=True)
 class EvalResults:
-    """What TFMA measured and which thresholds failed."""
+    """What TFMA measured and which thresholds failed.
+
+    accuracy, per_class and balanced_accuracy are the candidate's on the whole split;
+    baseline_accuracy and compared_accuracy are in the gated metric (the plan's floor.metric).
+    """
 
     accuracy: float | None
     examples: int | None
@@ -299,10 +506,25 @@ class EvalResults:
     baseline_accuracy: float | None
     failures: Sequence[Failure] = ()
     problems: Sequence[str] = ()  # TFMA validation problems that are not a metric below a bound
-    # The candidate's accuracy on the examples the baseline was compared on, when that is not
-    # the whole split (BaselinePlan.compared_examples); baseline_accuracy is then the
+    # The candidate's gated metric on the examples the baseline was compared on, when that is
+    # not the whole split (BaselinePlan.compared_examples); baseline_accuracy is then the
     # baseline's on those same examples.
     compared_accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    baseline_per_class: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+def gated_value(plan: GatePlan, results: EvalResults) -> float | None:
+    """The candidate's gated metric on the whole eval split."""
+    return results.balanced_accuracy if plan.metric == METRIC_BALANCED else results.accuracy
+
+
+def floor_failure(floor: Floor, value: float | None) -> Failure | None:
+    """The floor as TFMA applies it (value >= floor), where it is decided outside TFMA (balanced
+    accuracy); a missing or NaN value fails."""
+    if value is not None and value >= floor.value - METRIC_TOLERANCE:
+        return None
+    return Failure(None, False, value)
 
 
 # TFMA computes accuracy in float32: 19/20 arrives as 0.94999998807907, below a floor of
@@ -330,18 +552,18 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             base = results.baseline_accuracy
             base_text = f"{base:.3f}" if base is not None else "unknown"
             unseen = plan.baseline.compared_examples
-            current = results.compared_accuracy if unseen is not None else results.accuracy
+            current = results.compared_accuracy if unseen is not None else gated_value(plan, results)
             current = current if current is not None else float("nan")
             where = f" on the {unseen} eval examples neither model trained on" if unseen is not None else ""
             out.append(
-                f"accuracy {current:.3f}{where} regressed from the latest blessed model's {base_text} "
+                f"{plan.floor.metric_text} {current:.3f}{where} regressed from the latest blessed model's {base_text} "
                 f"by more than max_regression {plan.max_regression:.3f}"
             )
         elif f.class_name is None and not plan.floor.reachable:
             out.append(f"no model can be blessed on this eval split: {plan.floor.describe()}")
         elif f.class_name is None:
             got, floor = _apart(value, plan.floor.value)
-            out.append(f"accuracy {got} is below the floor {floor} ({plan.floor.describe()})")
+            out.append(f"{plan.floor.metric_text} {got} is below the floor {floor} ({plan.floor.describe()})")
         else:
             got, bound = _apart(value, plan.min_class_recall or 0.0)
             text = f"class {_q(f.class_name)} recall {got} is below min_class_recall {bound}"
@@ -387,8 +609,13 @@ def gate_record(
     floor = plan.floor
     return {
         "blessed": bool(blessed),
+        "metric": plan.metric,
+        "metric_reason": plan.metric_reason,
+        "value": gated_value(plan, results),
         "accuracy": results.accuracy,
+        "balanced_accuracy": results.balanced_accuracy,
         "eval_examples": results.examples,
+        "eval_classes": floor.eval_classes,
         "floor": floor.value,
         "floor_source": floor.source,
         "min_accuracy": floor.min_accuracy,
@@ -401,7 +628,7 @@ def gate_record(
         "per_class_recall": dict(sorted(results.per_class.items())),
         "min_class_recall": plan.min_class_recall,
         "baseline": {
-            "accuracy": _baseline_accuracy(plan.baseline, results),
+            "accuracy": _baseline_accuracy(plan, results),
             "max_regression": plan.max_regression,
             "compared": plan.baseline.compared,
             "skipped_reason": plan.baseline.skipped_reason,
@@ -409,7 +636,7 @@ def gate_record(
             "reused_from": plan.baseline.reused_from,
             "seen_eval_examples": plan.baseline.seen_eval_examples,
             "compared_examples": _compared_examples(plan.baseline, results),
-            "candidate_accuracy": _candidate_accuracy(plan.baseline, results),
+            "candidate_accuracy": _candidate_accuracy(plan, results),
         },
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),
@@ -420,10 +647,11 @@ def gate_record(
     }
 
 
-def _baseline_accuracy(baseline: BaselinePlan, results: EvalResults) -> float | None:
+def _baseline_accuracy(plan: GatePlan, results: EvalResults) -> float | None:
+    baseline = plan.baseline
     if not baseline.compared:
         return None
-    return results.accuracy if baseline.identical else results.baseline_accuracy
+    return gated_value(plan, results) if baseline.identical else results.baseline_accuracy
 
 
 def _compared_examples(baseline: BaselinePlan, results: EvalResults) -> int | None:
@@ -432,8 +660,9 @@ def _compared_examples(baseline: BaselinePlan, results: EvalResults) -> int | No
     return baseline.compared_examples if baseline.compared_examples is not None else results.examples
 
 
-def _candidate_accuracy(baseline: BaselinePlan, results: EvalResults) -> float | None:
-    """The candidate's accuracy on the examples the baseline was compared on."""
+def _candidate_accuracy(plan: GatePlan, results: EvalResults) -> float | None:
+    """The candidate's gated metric on the examples the baseline was compared on."""
+    baseline = plan.baseline
     if not baseline.compared:
         return None
-    return results.compared_accuracy if baseline.compared_examples is not None else results.accuracy
+    return results.compared_accuracy if baseline.compared_examples is not None else gated_value(plan, results)

@@ -15,6 +15,7 @@ threshold to those two numbers (components/gate_decision.py: `with_seen_examples
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -47,10 +48,15 @@ def seen_by(model_uri: str, eval_ids: Callable[[], np.ndarray], whose: str) -> n
 
 
 def accuracies_on_unseen(
-    seen: np.ndarray, eval_files: str | Sequence[str], model_dirs: Sequence[str], batch_size: int
+    seen: np.ndarray,
+    eval_files: str | Sequence[str],
+    model_dirs: Sequence[str],
+    batch_size: int,
+    balanced: bool = False,
 ) -> list[float]:
     """Each SavedModel's top-1 accuracy (serving_default) on the eval records where `seen` is False
-    (`seen`: the records either model trained on).
+    (`seen`: the records either model trained on); with `balanced`, its balanced accuracy there
+    (the mean recall over the classes those records hold).
 
     A record whose label is not one of a model's classes counts as wrong, as in TFMA's
     accuracy. The records are read again in batches of `batch_size`, not held in memory.
@@ -62,6 +68,8 @@ def accuracies_on_unseen(
     start = time.perf_counter()
     models = [tf.saved_model.load(d) for d in model_dirs]
     right = np.zeros(len(models), np.int64)
+    per_class = [collections.Counter() for _ in models]  # right answers by true class
+    totals: collections.Counter = collections.Counter()  # records by true class
     position = total = 0
     for ids, labels, serialized in image_ids.batches(eval_files, batch_size):
         take = ~seen[position : position + len(ids)]
@@ -70,9 +78,12 @@ def accuracies_on_unseen(
         if not records:
             continue
         truth = [label.decode("utf-8", "replace") for label, t in zip(labels, take, strict=True) if t]
+        totals.update(truth)
         for i, (path, model) in enumerate(zip(model_dirs, models, strict=True)):
             answers = reference_answers(path, records, model)
-            right[i] += sum(answers.top1(j) == want for j, want in enumerate(truth))
+            hits = [want for j, want in enumerate(truth) if answers.top1(j) == want]
+            right[i] += len(hits)
+            per_class[i].update(hits)
         total += len(records)
     if position != len(seen):
         raise ValueError(f"the eval split changed while it was read: {position} records, {len(seen)} before")
@@ -82,4 +93,6 @@ def accuracies_on_unseen(
         total,
         time.perf_counter() - start,
     )
+    if balanced:
+        return [float(np.mean([hits[c] / n for c, n in totals.items()])) for hits in per_class]
     return [float(r) / total for r in right]

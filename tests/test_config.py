@@ -177,3 +177,9 @@ def test_gate_flags_come_from_the_schema():
     gate = config_from_args(args).gate
     assert (gate.allow_anomalies, gate.min_class_recall, gate.majority_margin) == (True, 0.0, 0.1)
     assert config_from_args(parser.parse_args([])).gate.allow_anomalies is False
+    assert config_from_args(parser.parse_args(["--gate-metric", "balanced_accuracy"])).gate.metric == (
+        "balanced_accuracy"
+    )
+    assert config_from_args(parser.parse_args([])).gate.metric == "auto"
+    with pytest.raises(ConfigError, match="metric"):
+        config_from_args(parser.parse_args(["--gate-metric", "f1"]))

@@ -213,7 +213,11 @@ def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfm
     outputs = _outputs(tmp_path)
     # The significance bound off: the majority bound is the subject (with it, 18 of 20 would be the floor).
     GateEvaluatorExecutor().Do(
-        inputs, outputs, _props({"majority_margin": 0.05, "min_class_recall": 0.05, "significance": 0.0})
+        inputs,
+        outputs,
+        _props(
+            {"metric": "accuracy", "majority_margin": 0.05, "min_class_recall": 0.05, "significance": 0.0}
+        ),
     )
 
     assert "gate_config" not in fake_tfma["props"] and "min_accuracy" not in fake_tfma["props"]
@@ -594,7 +598,8 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
 
     calls = []
 
-    def measured(seen, files, model_dirs, batch_size):
+    def measured(seen, files, model_dirs, batch_size, balanced):
+        assert balanced is False  # 28 and 27 eval examples: accuracy is gated
         calls.append((list(seen), files, model_dirs, batch_size))
         return list(on_unseen)
 
@@ -632,7 +637,7 @@ def test_too_few_unseen_eval_images_skip_the_comparison_and_say_why(tmp_path, fa
     from components.gate_decision import EvalResults
 
     monkeypatch.setattr(
-        unseen_comparison, "accuracies_on_unseen", lambda *a: pytest.fail("nothing to compare on")
+        unseen_comparison, "accuracies_on_unseen", lambda *a, **k: pytest.fail("nothing to compare on")
     )
     resplit = _resplit(tmp_path, seen=46, unseen=14)
     gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 60, {}, None))
@@ -679,7 +684,9 @@ def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_
 
     calls = []
     monkeypatch.setattr(
-        unseen_comparison, "accuracies_on_unseen", lambda seen, *a: calls.append(list(seen)) or [0.9, 0.9]
+        unseen_comparison,
+        "accuracies_on_unseen",
+        lambda seen, *a, **k: calls.append(list(seen)) or [0.9, 0.9],
     )
     resplit = _resplit(tmp_path, seen=30, unseen=25)
     split = tmp_path / "examples" / "Split-eval" / "data.gz"
@@ -724,3 +731,116 @@ def test_a_label_slice_that_is_not_utf8_is_named_not_a_crash():
     key.single_slice_keys.add(column=LABEL_KEY, bytes_value="café".encode())
     assert _slice_class(key) == (True, "café")
     assert _slice_class(metrics_for_slice_pb2.SliceKey()) == (True, None)  # the overall slice
+
+
+# ------------------------------------------------------------- balanced accuracy (gate.metric)
+def _balanced_case(tmp_path, fake_tfma, results, blessed_by_tfma=1, baseline_vocab=None, gate=None):
+    """The executor on a 90:10 eval split (auto gates balanced accuracy), TFMA's stand-in answering
+    `results`; gate.json and the blessing."""
+    from components.evaluator import GateEvaluatorExecutor
+
+    fake_tfma["blessed"] = blessed_by_tfma
+    fake_tfma["results"] = results
+    model = _model(tmp_path, "candidate", ["ok", "defect"])
+    baselines = []
+    if baseline_vocab is not None:
+        baselines = [_model(tmp_path, "baseline", baseline_vocab)]
+        (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [model],
+        "baseline_model": baselines,
+        "data_report": [_report(tmp_path, {"ok": 180, "defect": 20})],
+    }
+    outputs = _outputs(tmp_path)
+    GateEvaluatorExecutor().Do(inputs, outputs, _props(gate or {}))
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        return json.load(f), outputs["blessing"][0]
+
+
+def test_a_skewed_split_gates_the_mean_recall_and_tfma_keeps_the_per_class_bounds(tmp_path, fake_tfma):
+    """180 'ok' to 20 'defect': always answering 'ok' has accuracy 0.9, so the accuracy floor would be
+    0.95 and a model that finds 85% of the defects at 0.9 recall on 'ok' (accuracy 0.895) could never
+    pass it. Balanced accuracy: 0.875 against a floor near 1/2 + margin."""
+    from components.gate_decision import EvalResults
+
+    gate, blessing = _balanced_case(
+        tmp_path, fake_tfma, EvalResults(0.895, 200, {"ok": 0.9, "defect": 0.85}, None)
+    )
+    bounds = _thresholds(fake_tfma["props"]["eval_config"])
+    # TFMA: an overall bound of 0 (the floor is applied to the mean recall by the executor), no
+    # change threshold, the per-class recall bound as ever.
+    assert bounds["overall"] == (pytest.approx(-METRIC_TOLERANCE, abs=1e-12), False)
+    assert bounds["label"][0] == pytest.approx(0.05 - METRIC_TOLERANCE, abs=1e-9)
+    assert gate["metric"] == "balanced_accuracy" and gate["metric_reason"].startswith("auto: ")
+    assert gate["value"] == gate["balanced_accuracy"] == pytest.approx(0.875)
+    assert gate["accuracy"] == pytest.approx(0.895) and gate["eval_classes"] == 2
+    assert 0.55 < gate["floor"] < 0.7 and gate["floor_source"] == "significance"
+    assert gate["blessed"] is True and blessing.get_int_custom_property("blessed") == 1
+
+
+def test_a_mean_recall_below_the_floor_unblesses_what_tfma_blessed(tmp_path, fake_tfma):
+    """A model that answers 'ok' to nearly everything: 0.99 and 0.1 recall, accuracy 0.901 (above the
+    majority's 0.9), balanced accuracy 0.545, which answers ignoring the image reach often enough."""
+    from components.gate_decision import EvalResults
+
+    gate, blessing = _balanced_case(
+        tmp_path, fake_tfma, EvalResults(0.901, 200, {"ok": 0.99, "defect": 0.1}, None)
+    )
+    assert gate["blessed"] is False and blessing.get_int_custom_property("blessed") == 0
+    assert os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
+    assert not os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+    [reason] = gate["reasons"]
+    assert reason.startswith(f"balanced accuracy 0.545 is below the floor {gate['floor']:.3f} (")
+    assert "answers that ignore the image" in reason
+
+
+def test_balanced_accuracy_is_compared_with_the_baselines_mean_recall(tmp_path, fake_tfma):
+    """TFMA measured both models' per-class recalls; the executor compares their means."""
+    from components.gate_decision import EvalResults
+
+    results = EvalResults(
+        0.93, 200, {"ok": 0.98, "defect": 0.5}, 0.9, baseline_per_class={"ok": 0.9, "defect": 0.8}
+    )
+    gate, blessing = _balanced_case(tmp_path, fake_tfma, results, baseline_vocab=["ok", "defect"])
+    assert fake_tfma["inputs"]["baseline_model"]  # TFMA measured the baseline
+    assert gate["baseline"]["accuracy"] == pytest.approx(0.85)
+    assert gate["baseline"]["candidate_accuracy"] == pytest.approx(0.74)
+    assert gate["blessed"] is False and blessing.get_int_custom_property("blessed") == 0
+    assert gate["reasons"] == [
+        "balanced accuracy 0.740 regressed from the latest blessed model's 0.850 by more than max_regression 0.000"
+    ]
+    # Its plain accuracy (0.93) is higher than the baseline's (0.9): on accuracy it would pass.
+    gate, blessing = _balanced_case(
+        tmp_path / "acc", fake_tfma, results, baseline_vocab=["ok", "defect"], gate={"metric": "accuracy"}
+    )
+    assert gate["metric"] == "accuracy" and gate["metric_reason"] == "gate.metric accuracy"
+    assert gate["floor"] == pytest.approx(0.95)  # 0.9 + margin, so TFMA's bound stops it instead
+    assert _thresholds(fake_tfma["props"]["eval_config"])["overall"][1] is True  # TFMA's change threshold
+
+
+def test_a_baseline_without_a_recall_for_every_eval_class_fails_the_comparison(tmp_path, fake_tfma):
+    from components.gate_decision import EvalResults
+
+    results = EvalResults(0.93, 200, {"ok": 0.98, "defect": 0.8}, 0.9, baseline_per_class={"ok": 0.9})
+    gate, _ = _balanced_case(tmp_path, fake_tfma, results, baseline_vocab=["ok", "defect"])
+    assert gate["blessed"] is False and gate["baseline"]["accuracy"] is None
+    assert any("regressed from the latest blessed model's unknown" in r for r in gate["reasons"]), gate
+
+
+def test_the_earlier_measurement_is_reused_only_for_the_metric_it_recorded(tmp_path):
+    from components.evaluator import earlier_measurement
+
+    wanted = {"model": "m", "examples": "e", "splits": None, "model_specs": "s"}
+    old = tmp_path / "Evaluator" / "evaluation" / "3"
+    old.mkdir(parents=True)
+    (old / "gate.json").write_text(
+        json.dumps({"measured": wanted, "accuracy": 0.9})
+    )  # before balanced accuracy
+    here = str(tmp_path / "Evaluator" / "evaluation" / "7")
+    assert earlier_measurement(here, wanted) == (0.9, str(old / "gate.json"))
+    assert earlier_measurement(here, wanted, "balanced_accuracy") is None
+    (old / "gate.json").write_text(
+        json.dumps({"measured": wanted, "accuracy": 0.9, "balanced_accuracy": 0.8})
+    )
+    assert earlier_measurement(here, wanted, "balanced_accuracy") == (0.8, str(old / "gate.json"))

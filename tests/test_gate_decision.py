@@ -29,7 +29,12 @@ from components.gate_decision import (
 
 CONTRACT_KEYS = {
     "blessed",
+    "metric",
+    "metric_reason",
+    "value",
     "accuracy",
+    "balanced_accuracy",
+    "eval_classes",
     "eval_examples",
     "floor",
     "floor_source",
@@ -150,9 +155,13 @@ def test_default_gate_has_a_small_per_class_floor():
 
 # ------------------------------------------------------------------- reasons, record
 def _plan(**gate):
-    """20 eval examples; the significance bound off unless asked (it would be 15 right of 20 here)."""
+    """20 eval examples, gated on accuracy unless asked; the significance bound off unless asked (it
+    would be 15 right of 20 here)."""
     return plan_gate(
-        GateConfig(**{"significance": 0.0, **gate}), {"7": 10, "5": 6, "6": 4}, ["7", "5", "6"], None
+        GateConfig(**{"significance": 0.0, "metric": "accuracy", **gate}),
+        {"7": 10, "5": 6, "6": 4},
+        ["7", "5", "6"],
+        None,
     )
 
 
@@ -361,3 +370,159 @@ def test_a_value_a_hair_below_its_bound_does_not_read_as_equal():
     # The majority bound (0.5001 + 0.05) is the floor: at 3 decimals both would read 0.550.
     assert why[0].startswith("accuracy 0.5500 is below the floor 0.5501 (majority class 'a'")
     assert why[1] == "class 'a' recall 0.0500 is below min_class_recall 0.0504"
+
+
+# ------------------------------------------------------------------ balanced accuracy
+def _exact_tails(sizes, q):
+    """P(B >= b) for every value b of the balanced accuracy of answers that ignore the image, by
+    enumerating every combination of per-class right answers (scipy's binomial)."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import binom
+
+    pmfs = [binom.pmf(np.arange(n + 1), n, p) for n, p in zip(sizes, q, strict=True)]
+    dist: dict[float, float] = {}
+    for xs in itertools.product(*(range(n + 1) for n in sizes)):
+        b = round(sum(x / n for x, n in zip(xs, sizes, strict=True)) / len(sizes), 9)
+        dist[b] = dist.get(b, 0.0) + float(np.prod([pmf[x] for pmf, x in zip(pmfs, xs, strict=True)]))
+    tails, acc = {}, 0.0
+    for b in sorted(dist, reverse=True):
+        acc += dist[b]
+        tails[b] = acc
+    return tails
+
+
+def _least_rare(sizes, alpha):
+    """The bound by enumeration, over the two null predictors the gate takes."""
+    import numpy as np
+
+    from components.gate_decision import _widest_chance
+
+    out = 0.0
+    for q in (np.full(len(sizes), 1 / len(sizes)), _widest_chance(np.array(sizes))):
+        rare = [b for b, t in _exact_tails(sizes, q).items() if t <= alpha]
+        out = max(out, min(rare) if rare else 2.0)
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[4, 4], [8, 8], [10, 3], [30, 5], [12, 4, 4], [6, 6, 6], [20, 2], [9, 1]])
+def test_the_chance_bound_on_balanced_accuracy_is_the_exact_one(sizes):
+    from components.gate_decision import chance_balanced_accuracy_bound
+
+    got = chance_balanced_accuracy_bound(sizes, 0.05)
+    want = _least_rare(sizes, 0.05)
+    assert (got > 1.0) if want > 1.0 else got == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("sizes", [[30, 5], [12, 4, 4], [20, 2], [15, 15]])
+def test_the_simulated_chance_bound_errs_at_most_a_step_high(monkeypatch, sizes):
+    """Where the split is too large to enumerate, the seeded simulation gives the exact bound or the
+    next value up (never one that chance reaches more often than alpha + its error)."""
+    from components import gate_decision
+
+    monkeypatch.setattr(gate_decision, "EXACT_STATES", 1)
+    got = gate_decision.chance_balanced_accuracy_bound(sizes, 0.05)
+    want = _least_rare(sizes, 0.05)
+    values = sorted(_exact_tails(sizes, [1 / len(sizes)] * len(sizes)))
+    assert want - 1e-9 <= got <= min((v for v in values if v > want + 1e-9), default=want) + 1e-9
+    assert gate_decision.chance_balanced_accuracy_bound(sizes, 0.05) == got  # seeded: the same every time
+
+
+def test_widest_chance_maximises_the_spread():
+    import numpy as np
+
+    from components.gate_decision import _widest_chance
+
+    n = np.array([100, 5, 3])
+    q = _widest_chance(n)
+    assert q.sum() == pytest.approx(1.0) and (q >= 0).all()
+    spread = (q * (1 - q) / n).sum()
+    rng = np.random.default_rng(1)
+    for other in rng.dirichlet(np.ones(3), 500):
+        assert (other * (1 - other) / n).sum() <= spread + 1e-12
+    assert list(_widest_chance(np.array([7, 3]))) == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("counts", "setting", "metric"),
+    [
+        ({"a": 90, "b": 10}, "auto", "balanced_accuracy"),
+        ({"a": 16, "b": 10}, "auto", "balanced_accuracy"),  # 1.6 > 1.5
+        ({"a": 15, "b": 10}, "auto", "accuracy"),  # 1.5: balanced enough
+        ({"a": 10, "b": 10, "c": 10}, "auto", "accuracy"),
+        ({"a": 90, "b": 10}, "accuracy", "accuracy"),
+        ({"a": 10, "b": 10}, "balanced_accuracy", "balanced_accuracy"),
+    ],
+)
+def test_auto_gates_balanced_accuracy_on_a_skewed_eval_split(counts, setting, metric):
+    from components.gate_decision import gated_metric
+
+    got, why = gated_metric(setting, counts)
+    assert got == metric
+    assert (
+        why.startswith("auto: the eval split's largest/smallest class")
+        if setting == "auto"
+        else why == f"gate.metric {setting}"
+    )
+
+
+def test_a_95_to_5_split_can_bless_on_balanced_accuracy_not_on_accuracy():
+    """On 950:50 the accuracy floor is 1.0 (0.95 + margin): only a perfect model passes. Balanced
+    accuracy's floor is a little above 1/2 + margin, whatever the skew."""
+    counts = {"ok": 950, "defect": 50}
+    on_accuracy = plan_gate(GateConfig(metric="accuracy"), counts, ["ok", "defect"], None)
+    assert on_accuracy.floor.value == 1.0 and on_accuracy.metric == "accuracy"
+    plan = plan_gate(GateConfig(), counts, ["ok", "defect"], None)
+    assert plan.metric == "balanced_accuracy" and plan.eval_classes == ("defect", "ok")
+    assert plan.floor.value == pytest.approx(0.56) and plan.floor.reachable  # README.md quotes it
+    assert plan.floor.source == "significance" and plan.floor.eval_classes == 2
+
+
+def test_balanced_floor_sources():
+    from components.gate_decision import balanced_floor
+
+    big = balanced_floor(0.2, {"a": 3000, "b": 3000, "c": 600}, 0.05, 0.05)
+    assert (big.source, big.value) == ("chance", pytest.approx(1 / 3 + 0.05))
+    assert big.describe() == "chance 1/3 = 0.333 (an answer that ignores the image) + margin 0.050"
+    by_min = balanced_floor(0.7, {"a": 3000, "b": 600}, 0.05, 0.05)
+    assert (by_min.source, by_min.value) == ("min_accuracy", 0.7)
+    assert by_min.describe().startswith("min_accuracy 0.700; chance 1/2 = 0.500")
+    tiny = balanced_floor(0.5, {"a": 2, "b": 2}, 0.05, 0.05)  # 4 of 4 is what guessing gets 1 time in 16
+    assert not tiny.reachable and "too small to tell a model from chance; add eval images" in tiny.describe()
+    assert balanced_floor(0.5, {"a": 2, "b": 2}, 0.05, 0.0).value == 0.55  # significance off
+
+
+def test_balanced_reasons_and_record():
+    from components.gate_decision import EvalResults, Failure, gate_record, reasons
+
+    plan = plan_gate(
+        GateConfig(metric="balanced_accuracy", significance=0.0, min_accuracy=0.6),
+        {"7": 10, "5": 6, "6": 4},
+        ["7", "5", "6"],
+        None,
+    )
+    results = EvalResults(
+        0.75,
+        20,
+        {"7": 0.9, "5": 0.5, "6": 0.25},
+        None,
+        failures=[Failure(None, False, 0.55)],
+        balanced_accuracy=0.55,
+    )
+    assert reasons(plan, results) == [
+        "balanced accuracy 0.550 is below the floor 0.600 "
+        "(min_accuracy 0.600; chance 1/3 = 0.333 (an answer that ignores the image) + margin 0.050 is not higher)"
+    ]
+    record = gate_record(plan, results, blessed=False)
+    assert set(record) == CONTRACT_KEYS
+    assert (record["metric"], record["value"], record["accuracy"]) == ("balanced_accuracy", 0.55, 0.75)
+    assert record["eval_classes"] == 3 and record["significant_right"] is None
+
+
+def test_balanced_accuracy_is_the_mean_recall_over_the_eval_classes():
+    from components.gate_decision import balanced_accuracy
+
+    assert balanced_accuracy({"a": 1.0, "b": 0.5, "x": 0.0}, ["a", "b", "x"]) == pytest.approx(0.5)
+    assert balanced_accuracy({"a": 1.0}, ["a", "b"]) is None  # a class without a recall: unknown
+    assert balanced_accuracy({}, []) is None

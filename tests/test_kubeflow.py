@@ -308,6 +308,7 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
     assert nodes["Evaluator"].exec_properties["min_accuracy"] == 0.65
     # The gate's other settings travel as one property; the data gate's switch is its own.
     assert json.loads(nodes["Evaluator"].exec_properties["gate_config"]) == {
+        "metric": "auto",
         "majority_margin": 0.05,
         "significance": 0.05,
         "min_class_recall": 0.05,

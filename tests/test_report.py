@@ -207,6 +207,31 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         note.startswith("min_accuracy 0.8") and "majority class '7'" in note and note.endswith("not higher)")
     )
 
+    balanced = dict(
+        _gate_record(["7", "5"]),
+        metric="balanced_accuracy",
+        metric_reason="auto: the eval split's largest/smallest class = 9.00 > 1.5",
+        value=0.62,
+        accuracy=0.91,
+        eval_classes=2,
+        floor=0.58,
+        floor_source="significance",
+        significance=0.05,
+    )
+    g = data.gate_from_record(balanced)
+    assert (g.metric, g.candidate, g.floor) == ("balanced accuracy", 0.62, 0.58)
+    assert g.floor_note.startswith("the least not reached by answers that ignore the image, p <= 0.05")
+    assert ("accuracy", "0.9100") in g.details and g.details[0][1].endswith(
+        "(auto: the eval split's largest/smallest class = 9.00 > 1.5)"
+    )
+    assert data.gate_from_record(dict(balanced, floor_source="chance", floor=0.55)).floor_note == (
+        "chance 1/2 = 0.5000 + margin 0.0500 (above min_accuracy 0.5000)"
+    )
+    shown = text.render(dataclasses.replace(_report_data(["7", "5"]), gate=g))
+    assert (
+        "  candidate balanced accuracy 0.6200\n" in shown and "  baseline balanced accuracy  0.9000" in shown
+    )
+
     old = data.gate_from_summary({"accuracy": 0.4, "baseline_accuracy": 0.8, "blessed": False}, 0.5, 0.0)
     assert (old.candidate, old.baseline, old.floor, old.blessed) == (0.4, 0.8, 0.5, False)
     assert len(old.reasons) == 2 and "below min_accuracy 0.5" in old.reasons[0]

@@ -125,6 +125,15 @@ def test_accuracies_count_only_the_unseen_records(tmp_path, serving_model):
 
     got = accuracies_on_unseen(mask, str(tmp_path / "eval"), [serving_model.export_dir] * 2, batch_size=5)
     assert got == [pytest.approx(expected, abs=1e-9)] * 2
+    # Balanced: the mean recall over the classes of the unseen records ("not-a-class": recall 0).
+    unseen = [(r, label) for r, s, (_, label) in zip(right, seen, records, strict=True) if not s]
+    recall = {c: np.mean([r for r, label in unseen if label == c]) for c in {label for _, label in unseen}}
+    assert len(recall) >= 3 and recall["not-a-class"] == 0
+    balanced = accuracies_on_unseen(
+        mask, str(tmp_path / "eval"), [serving_model.export_dir], batch_size=5, balanced=True
+    )
+    assert balanced == [pytest.approx(float(np.mean(list(recall.values()))), abs=1e-9)]
+    assert balanced[0] != pytest.approx(expected)
 
     with pytest.raises(ValueError, match="changed while it was read"):
         accuracies_on_unseen(np.append(mask, False), str(tmp_path / "eval"), [serving_model.export_dir], 64)

@@ -32,6 +32,10 @@ WEIGHTS_NONE = "none"
 MAX_IMAGE_SIZE = 1024
 # run_fn writes the training summary (replicas, history, notes) under this name in model_run.
 SUMMARY_FILE = "training_summary.json"
+# Classes count as imbalanced when the largest has more than this many times the examples of
+# the smallest: then "auto" trains with balanced loss weights (trainer/head.py) and gates on
+# balanced accuracy (components/gate_decision.py).
+IMBALANCE_RATIO = 1.5
 
 
 class ConfigError(ValueError):

@@ -38,11 +38,8 @@ import tf_keras as keras
 
 from trainer import memory_fit
 from trainer import model as model_lib
-from trainer.config import TrainingConfig
+from trainer.config import IMBALANCE_RATIO, TrainingConfig
 
-# Balanced weights are used when the largest class has more than this many times the
-# examples of the smallest ("auto"); below it the classes count as balanced enough.
-IMBALANCE_RATIO = 1.5
 # What early stopping and --tune watch: the (class-weighted) cross-entropy on the validation
 # slice, without the L2 penalty (which would otherwise bias --tune against weight decay).
 MONITOR = "val_cross_entropy"

@@ -77,9 +77,14 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
     replicas = metadata.trainer_replicas(model_run_uri)
     gate = metadata.gate_record(evaluation_uri)
     if baseline is None and gate:
-        # A baseline identical to the candidate is compared without TFMA evaluating it again:
-        # the gate record holds its accuracy (the candidate's).
-        baseline = (gate.get("baseline") or {}).get("accuracy")
+        # A baseline identical to the candidate, or measured earlier, is compared without TFMA
+        # evaluating it again: the gate record holds its value in the gated metric, which is
+        # the plain accuracy this field reports only when accuracy was gated.
+        compared = gate.get("baseline") or {}
+        if compared.get("identical"):
+            baseline = accuracy
+        elif gate.get("metric", "accuracy") == "accuracy":
+            baseline = compared.get("accuracy")
     prepush = metadata.prepush_summary(infra_blessing_uri)
     if blessed and not pushed and not push_skipped and prepush and prepush.get("blessed") is False:
         push_skipped = f"pre-push validation failed: {prepush.get('reason')}"

@@ -77,6 +77,7 @@ class GateView:
     baseline_note: str
     reasons: list[str]
     details: list[tuple[str, str]]  # further (name, value) rows
+    metric: str = "accuracy"  # what candidate, baseline and floor measure: "accuracy" or "balanced accuracy"
 
 
 @dataclasses.dataclass
@@ -398,6 +399,8 @@ def _fmt(x: Any) -> str:
 def gate_from_record(record: dict[str, Any]) -> GateView:
     """The gate view of the Evaluator's gate.json (keys per README.md's gates section; missing keys tolerated)."""
     baseline = record.get("baseline") or {}
+    if record.get("metric") == "balanced_accuracy":
+        return _balanced_gate(record, baseline)
     majority = (
         f"majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
         f"of eval + margin {_fmt(record.get('majority_margin'))}"
@@ -466,6 +469,44 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         reasons=[str(r) for r in record.get("reasons") or []],
         details=details,
     )
+
+
+def _balanced_gate(record: dict[str, Any], baseline: dict[str, Any]) -> GateView:
+    """The gate view of a gate.json whose gated metric is balanced accuracy."""
+    view = gate_from_record({**record, "metric": "accuracy", "accuracy": record.get("value")})
+    k = record.get("eval_classes")
+    chance = (
+        f"chance 1/{k} = {_fmt(1 / k)} + margin {_fmt(record.get('majority_margin'))}"
+        if isinstance(k, int) and k > 0
+        else "chance"
+    )
+    min_accuracy = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
+    source = record.get("floor_source")
+    if source == "significance":
+        n, p = record.get("eval_examples"), record.get("significance")
+        if isinstance(record.get("floor"), float) and record["floor"] > 1.0:
+            view.floor_note = (
+                f"on {n} eval examples even 1.0 is reached too often by answers that ignore the image "
+                f"(p <= {p}): too few to tell a model from chance"
+            )
+        else:
+            view.floor_note = (
+                f"the least not reached by answers that ignore the image, p <= {p} (above {chance})"
+            )
+    elif source == "chance":
+        view.floor_note = f"{chance} (above {min_accuracy})"
+    else:
+        view.floor_note = f"{min_accuracy} ({chance}: not higher)"
+    view.metric = "balanced accuracy"
+    view.details = [
+        (
+            "metric",
+            f"balanced accuracy: the mean per-class recall ({record.get('metric_reason') or 'gate.metric'})",
+        ),
+        ("accuracy", _fmt(record.get("accuracy"))),
+        *view.details,
+    ]
+    return view
 
 
 def gate_from_summary(

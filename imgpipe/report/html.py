@@ -69,8 +69,8 @@ def _decision(blessed: bool | None) -> str:
 def _gate(d: ReportData) -> str:
     g = d.gate
     rows = [
-        ["candidate accuracy", _num(g.candidate), "this run's model on the eval split"],
-        ["baseline accuracy", _num(g.baseline), esc(g.baseline_note)],
+        [f"candidate {esc(g.metric)}", _num(g.candidate), "this run's model on the eval split"],
+        [f"baseline {esc(g.metric)}", _num(g.baseline), esc(g.baseline_note)],
         ["floor", _num(g.floor), esc(g.floor_note)],
     ]
     rows += [[esc(k), esc(v), ""] for k, v in g.details]

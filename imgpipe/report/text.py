@@ -19,6 +19,7 @@ def _num(x: float | None, digits: int = 4) -> str:
 def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFIED) -> str:
     g = d.gate
     decision = {True: "BLESSED", False: "NOT BLESSED"}.get(g.blessed, "NO DECISION")
+    label = len("candidate " + g.metric)
     lines = [f"run {_clean(d.run_id)}"]
     if path:
         lines.append(f"report {_clean(path)}")
@@ -26,9 +27,9 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
     lines += [
         "",
         f"gate: {decision}  ({_clean(g.source)})",
-        f"  candidate accuracy {_num(g.candidate)}",
-        f"  baseline accuracy  {_num(g.baseline)}  {_clean(g.baseline_note)}",
-        f"  floor              {_num(g.floor)}  {_clean(g.floor_note)}",
+        f"  {'candidate ' + g.metric:<{label}} {_num(g.candidate)}",
+        f"  {'baseline ' + g.metric:<{label}} {_num(g.baseline)}  {_clean(g.baseline_note)}",
+        f"  {'floor':<{label}} {_num(g.floor)}  {_clean(g.floor_note)}",
     ]
     lines += [f"  {_clean(k)}: {_clean(v)}" for k, v in g.details]
     lines += [f"  not blessed because: {_clean(r)}" for r in g.reasons]

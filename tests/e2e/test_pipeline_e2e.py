@@ -364,10 +364,12 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     """New data (the common scheduled run): TFMA evaluates the blessed model beside the candidate.
 
     The eval split gains images, so nothing earlier measured the baseline on these examples:
-    its accuracy in gate.json is the first model's own on the new eval split (recomputed here
-    from the pushed model). The floor, min_accuracy 1.0, stops the candidate (no regression
-    check in the way: max_regression 1.0), so the first model stays the baseline of the runs
-    after this one.
+    its balanced accuracy in gate.json (gate.metric balanced_accuracy: the mean of the
+    per-class recalls TFMA measured for each model) is the first model's own on the new eval
+    split, and the summary's baseline accuracy its plain accuracy (both recomputed here from
+    the pushed model). The floor, min_accuracy 1.0, stops the candidate (no regression check
+    in the way: max_regression 1.0), so the first model stays the baseline of the runs after
+    this one.
     """
     import numpy as np
     import tensorflow as tf
@@ -388,13 +390,22 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
             max_regression=1.0,
             export_tflite="none",
             prepush_validation=False,
+            metric="balanced_accuracy",  # the eval split is balanced: "auto" would gate accuracy
         )
     )
     assert s.executions["ImportExampleGen"] == "COMPLETE" and s.executions["Trainer"] == "COMPLETE"
-    assert s.accuracy < 1.0
+    gate = s.gate
+    assert gate["metric"] == "balanced_accuracy" and gate["metric_reason"] == "gate.metric balanced_accuracy"
+    assert gate["accuracy"] == pytest.approx(s.accuracy) and gate["eval_classes"] == 3
+    assert gate["value"] == gate["balanced_accuracy"]
+    assert gate["value"] == pytest.approx(np.mean(list(gate["per_class_recall"].values())), abs=1e-9)
+    assert s.accuracy < 1.0 and gate["value"] < 1.0
     assert s.blessed is False and s.pushed is None
-    assert s.gate["floor"] == 1.0 and s.gate["floor_source"] == "min_accuracy"
-    assert any(r.startswith(f"accuracy {s.accuracy:.3f} is below the floor 1.000") for r in s.gate["reasons"])
+    assert gate["floor"] == 1.0 and gate["floor_source"] == "min_accuracy"
+    assert any(
+        r.startswith(f"balanced accuracy {gate['value']:.3f} is below the floor 1.000")
+        for r in gate["reasons"]
+    )
     assert _versions(base_config.resolved().model_serving_dir) == before
     baseline = s.gate["baseline"]
     assert baseline["compared"] is True and baseline["identical"] is False, s.gate
@@ -408,9 +419,16 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     records = _eval_records(str(data / "eval"))
     first = tf.saved_model.load(first_run.pushed).signatures["predict_images"]
     top1 = first(images=tf.constant([img for _, img in records]))["classes"].numpy()[:, 0]
-    expected = float(np.mean([c.decode() == lbl for c, (lbl, _) in zip(top1, records, strict=True)]))
-    assert baseline["accuracy"] == pytest.approx(expected, abs=1e-6)
-    assert s.baseline_accuracy == pytest.approx(expected, abs=1e-6)
+    right = [c.decode() == lbl for c, (lbl, _) in zip(top1, records, strict=True)]
+    recall = {
+        c: np.mean([r for r, (lbl, _) in zip(right, records, strict=True) if lbl == c])
+        for c in map(str, CLASSES)
+    }
+    assert baseline["accuracy"] == pytest.approx(float(np.mean(list(recall.values()))), abs=1e-6)
+    assert s.baseline_accuracy == pytest.approx(float(np.mean(right)), abs=1e-6)
+    view = report_build.load_report(s.run_dir).gate
+    assert view.metric == "balanced accuracy" and view.candidate == pytest.approx(gate["value"])
+    assert view.baseline == pytest.approx(baseline["accuracy"])
 
 
 def _top1_accuracy(saved_model: str, records) -> float:
@@ -573,8 +591,9 @@ def test_unseen_eval_class_stops_the_run_before_training(anomaly_config, first_r
 
 
 def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config):
-    """allow_anomalies records the override; an untrained 2-class model fails the floor, which on
-    20 eval images is the significance bound, above the majority one."""
+    """allow_anomalies records the override; an untrained 2-class model fails the floor. The eval
+    split is skewed, so the gate is on balanced accuracy, and on 20 eval images its floor is the
+    significance bound, above chance (1/3 on 3 eval classes) + margin and min_accuracy."""
     # No pre-push server: the data gate is the subject (test_gate_stops_a_worse_model has the
     # pre-push server of a model the gate stops).
     bad = anomaly_config.replace(
@@ -585,15 +604,21 @@ def test_allowed_anomalies_run_on_and_a_bad_model_is_not_blessed(anomaly_config)
     gate = s.gate
     assert any("eval has class '8'" in a for a in gate["anomalies_allowed"]), gate
     assert sorted(gate["class_names"]) == ["5", "6"]
-    # eval: 12 x '5', 4 x '6', 4 x '8': majority share 0.6 (+ margin: 0.65); guessing at 0.6
-    # reaches 16 of 20 one time in 20 (p 0.051), 17 one in 63: the floor is 17 of 20.
+    # eval: 12 x '5', 4 x '6', 4 x '8': the largest class has 3x the smallest, so "auto" gates
+    # the mean recall over the 3 eval classes, which answers that ignore the image score 1/3 on
+    # average however skewed the split; on these 20 images they reach 5/9 one time in 20.
+    assert gate["metric"] == "balanced_accuracy" and gate["metric_reason"].startswith("auto: "), gate
     assert gate["majority_class"] == "5" and gate["majority_share"] == pytest.approx(0.6)
-    assert gate["floor"] == pytest.approx(0.85) and gate["floor_source"] == "significance"
-    assert gate["significant_right"] == 17 and gate["significance"] == 0.05
-    assert gate["eval_examples"] == 20
-    assert gate["accuracy"] < gate["floor"], gate
+    assert gate["eval_classes"] == 3 and gate["eval_examples"] == 20 and gate["significance"] == 0.05
+    assert gate["floor"] == pytest.approx(5 / 9) and gate["floor_source"] == "significance"
+    assert gate["significant_right"] is None
+    assert gate["value"] == pytest.approx(sum(gate["per_class_recall"].values()) / 3, abs=1e-9)
+    assert gate["value"] < gate["floor"], gate
     assert s.blessed is False and s.pushed is None
-    assert any("is below the floor 0.850 (17 right of 20 is the fewest" in r for r in gate["reasons"]), gate
+    assert any(
+        r.startswith("balanced accuracy ") and "is below the floor 0.556 (0.556 is the least balanced" in r
+        for r in gate["reasons"]
+    ), gate
     assert any(r.startswith("class '8' recall 0.000") for r in gate["reasons"]), gate
     assert _versions(bad.resolved().model_serving_dir) == {}
 
