@@ -73,6 +73,7 @@ from components.gate_decision import (
     METRIC_TOLERANCE,
     EvalResults,
     Failure,
+    GateNotComputable,
     GatePlan,
     balanced_accuracy,
     change_failure,
@@ -276,9 +277,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         report = read_report(input_dict[DATA_REPORT_KEY])
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         baselines = list(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or [])
+        splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         plan = plan_gate(
             gate,
-            report.label_counts("eval"),
+            eval_label_counts(report, splits or ["eval"]),
             model_class_names(model.uri),
             model_class_names(baselines[0].uri) if baselines else None,
             baseline_identical=bool(baselines) and same_model_artifact(model, baselines[0]),
@@ -288,7 +290,6 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             raise ValueError("the Evaluator has no eval_config")
         evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
-        splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         measured = measurement(model.uri, examples.uri, splits, props[key])
         eval_ids = functools.cache(lambda: image_ids.split_ids(split_dirs(examples, splits)))
         # Eval images the candidate trained on: none from `imgpipe ingest` (it drops duplicates);
@@ -480,6 +481,23 @@ def decide_outside_tfma(
 def split_dirs(examples: types.Artifact, splits: Sequence[str] | None) -> list[str]:
     """The folders of the eval splits in the examples artifact (TFX's Split-<name> layout)."""
     return [artifact_utils.get_split_uri([examples], split) for split in (splits or ["eval"])]
+
+
+def eval_label_counts(report: Any, splits: Sequence[str]) -> dict[str, int]:
+    """The examples per label of the splits the Evaluator reads, summed, as the data gate counted
+    them; GateNotComputable naming a split the data gate's report does not have."""
+    missing = [split for split in splits if report.examples(split) is None]
+    if missing:
+        raise GateNotComputable(
+            f"the Evaluator reads split(s) {', '.join(map(repr, missing))}, which the data gate's report "
+            f"does not have (it has {', '.join(map(repr, sorted(report.splits))) or 'none'}): the gate "
+            "cannot count their labels"
+        )
+    counts: dict[str, int] = {}
+    for split in splits:
+        for label, n in report.label_counts(split).items():
+            counts[label] = counts.get(label, 0) + n
+    return counts
 
 
 def eval_examples(report: Any, splits: Sequence[str]) -> int | None:

@@ -359,6 +359,43 @@ def test_a_class_without_eval_examples_fails_before_tfma(tmp_path, fake_tfma):
     assert "props" not in fake_tfma
 
 
+def test_the_gate_counts_the_labels_of_the_splits_the_evaluator_reads(tmp_path, fake_tfma):
+    """example_splits other than 'eval': the floor is planned on those splits' labels, summed."""
+    from components.artifacts import DataGateReport, Report, write_report
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate import GateConfig
+    from components.gate_decision import EvalResults, GateNotComputable, plan_gate
+
+    report = DataGateReport()
+    report.uri = str(tmp_path / "report")
+    splits = {
+        "eval": {"examples": 10, "labels": {"a": 10}},  # no 'b': would not be computable
+        "test": {"examples": 12, "labels": {"a": 6, "b": 6}},
+        "holdout": {"examples": 8, "labels": {"a": 2, "b": 6}},
+    }
+    write_report(report, Report(splits=splits, anomalies=[], anomalies_allowed=[], baseline_classes=None))
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [_model(tmp_path, "candidate", ["a", "b"])],
+        "baseline_model": [],
+        "data_report": [report],
+    }
+    fake_tfma["results"] = EvalResults(0.9, 20, {"a": 0.9, "b": 0.9}, None, balanced_accuracy=0.9)
+    props = dict(_props({"metric": "accuracy"}), example_splits=json.dumps(["test", "holdout"]))
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), props)
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        record = json.load(f)
+    # 8 'a' and 12 'b' over the two splits: the floor is planned on those counts (eval alone,
+    # with no 'b', could not judge the model at all).
+    expected = plan_gate(GateConfig(metric="accuracy"), {"a": 8, "b": 12}, ["a", "b"], None).floor
+    assert (record["eval_classes"], record["majority_class"], record["majority_share"]) == (2, "b", 0.6)
+    assert record["floor"] == pytest.approx(expected.value)
+
+    props = dict(_props({}), example_splits=json.dumps(["test", "calibration"]))
+    with pytest.raises(GateNotComputable, match=r"split\(s\) 'calibration', which the data gate's report"):
+        GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path / "again"), props)
+
+
 def test_knob_is_checked_like_the_config_field(tmp_path, fake_tfma):
     from components.evaluator import GateEvaluatorExecutor
 
