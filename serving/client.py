@@ -6,9 +6,9 @@ local server (serving/devserver). Requests have the shape TF Serving expects:
 inputs keyed by the signature's input name, a [N] DT_STRING tensor.
 
 Every call has a deadline (`timeout`) and is retried with exponential backoff
-only when the server is UNAVAILABLE (down, restarting; the dev server also when no
-version is loaded yet) or answers as TF Serving does while no version of the model is
-loaded yet (NOT_FOUND "Servable not found for request: Latest(...)"); any other failure
+only when the server is UNAVAILABLE (down, restarting) or answers as TF Serving (and the
+dev server) do while no version of the model is loaded yet (NOT_FOUND "Servable not
+found for request: Latest(...)"); any other failure
 raises `ServingRpcError` at once, with the status code and the server's message.
 
     with ServingClient("localhost:8500") as c:

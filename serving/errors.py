@@ -36,12 +36,6 @@ class ModelNotFoundError(ServingError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-class ModelUnavailableError(ServingError):
-    """The model is known but no version is loaded (yet): retrying may succeed."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
 class ServerStartError(ServingError):
     """The server could not start: bad base path, port in use, invalid settings."""
 

@@ -646,12 +646,13 @@ def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path
         _wait_for(lambda: _state(running, 3) == State.END, 90, "rollback to 1")
         assert running.manager.serving_versions() == [1]
         assert c.predict_images(NAME, [image])[0].version == 1
-        # Removing every version: UNAVAILABLE, not a crash.
+        # Removing every version: TF Serving's NOT_FOUND "Latest(...)", not a crash.
         shutil.rmtree(os.path.join(base, "1"))
         _wait_for(lambda: _state(running, 1) == State.END, 30, "nothing served")
         with pytest.raises(ServingRpcError) as e:
             c.predict_images(NAME, [image])
-        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+        assert e.value.details.startswith(client_lib.NOT_LOADED_YET)
         c.close()
 
 
@@ -738,9 +739,10 @@ def test_sigterm_shuts_down_gracefully(tmp_path):
             with pytest.raises(ServingRpcError) as e:  # it answers: no version yet
                 c.model_status(NAME)
             assert e.value.code == grpc.StatusCode.NOT_FOUND
-            with pytest.raises(ServingRpcError) as e:
+            with pytest.raises(ServingRpcError) as e:  # what TF Serving answers here
                 c.predict_images(NAME, [b"x"])
-            assert e.value.code == grpc.StatusCode.UNAVAILABLE
+            assert e.value.code == grpc.StatusCode.NOT_FOUND
+            assert e.value.details.startswith(f"{client_lib.NOT_LOADED_YET}{NAME})")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -18,9 +18,10 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2
 
+from serving import client as client_lib
 from serving.devserver import manager as manager_lib
 from serving.devserver.loaded import LoadedVersion
-from serving.errors import InvalidRequestError, ModelNotFoundError, ModelUnavailableError
+from serving.errors import InvalidRequestError, ModelNotFoundError
 
 NAME = "tiny"
 State = manager_lib.State
@@ -143,9 +144,11 @@ def test_acquire_picks_the_version_and_counts_requests(tiny_export, tmp_path):
     manager.stop()
     assert manager.serving_versions() == []
     assert [(s.version, s.state) for s in manager.statuses()] == [(2, State.END), (1, State.END)]
-    with pytest.raises(ModelUnavailableError) as e, manager.acquire(_spec()):
+    # Nothing served: TF Serving's words, which clients retry as a model still loading.
+    with pytest.raises(ModelNotFoundError) as e, manager.acquire(_spec()):
         pass
-    assert e.value.code == grpc.StatusCode.UNAVAILABLE
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert str(e.value).startswith(client_lib.NOT_LOADED_YET + NAME + ")")
 
 
 def test_new_version_loads_before_the_old_one_drains(tiny_export, tmp_path):

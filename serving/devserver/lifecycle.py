@@ -123,7 +123,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         raise
     if not manager.serving_versions():
         log.warning(
-            "no loadable version under %s yet; answering UNAVAILABLE until one appears",
+            "no loadable version under %s yet; answering NOT_FOUND (as TF Serving does) until one appears",
             config.model_base_path,
         )
     server.start()

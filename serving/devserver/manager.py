@@ -28,7 +28,6 @@ from serving.devserver.versions import Fingerprint, fingerprint, list_versions
 from serving.errors import (
     InvalidRequestError,
     ModelNotFoundError,
-    ModelUnavailableError,
     ServingError,
     clean_tf_message,
     status_code_from_int,
@@ -249,8 +248,12 @@ class ModelManager:
             elif self._serving:
                 loaded = self._serving[max(self._serving)]
             else:
-                raise ModelUnavailableError(
-                    f"no version of model {self.model_name!r} is loaded yet (base path {self.base_path})"
+                # TF Serving's answer (NOT_FOUND, "Latest(name)"), which clients retry: the
+                # same code and words here, so a client tested on this server waits for a
+                # loading model on the real one too.
+                raise ModelNotFoundError(
+                    f"Servable not found for request: Latest({self.model_name}) (no version is "
+                    f"loaded yet; base path {self.base_path})"
                 )
             loaded.acquire()
         try:
