@@ -236,3 +236,68 @@ def test_a_refusal_without_its_report_is_still_withdrawn(tmp_path, report):
     [(blessing_id, reason)] = metadata.withdraw_unserved_blessings(home.store, home.root)
     assert blessing_id == refused.id
     assert reason.startswith("pre-push validation failed in run run-1: ")
+
+
+def _model_files(model, content: bytes) -> None:
+    """A Model artifact's Format-Serving folder holding a stand-in SavedModel."""
+    path = os.path.join(model.uri, "Format-Serving")
+    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+        f.write(content)
+    with open(os.path.join(path, "variables", "variables.index"), "wb") as f:
+        f.write(b"index " + content)
+
+
+def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
+    """A run killed after its Pusher renamed the version into the serving dir, before TFX
+    recorded the push: the Pusher never finished, but the model is the one being served, so
+    it stays the baseline. A model that differs from the served version is still withdrawn."""
+    import shutil
+
+    from imgpipe.orchestration import summary
+    from pipeline.config import PipelineConfig
+
+    home = FakeHome(str(tmp_path / "home"))
+    os.makedirs(tmp_path / "data")
+    config = PipelineConfig(
+        data_dir=str(tmp_path / "data"), home=home.home, serving_dir=str(tmp_path / "serving")
+    )
+    first, _, first_model = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
+    _model_files(first_model, b"model one")
+    served = os.path.join(config.model_serving_dir, "1700000000")
+    shutil.copytree(os.path.join(first_model.uri, "Format-Serving"), served)
+    # Killed after the rename: the version is there, the Pusher is left RUNNING then failed.
+    killed, _, killed_model = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
+    _model_files(killed_model, b"model two")
+    shutil.copytree(
+        os.path.join(killed_model.uri, "Format-Serving"), os.path.join(config.model_serving_dir, "1700000001")
+    )
+    # Failed before the rename: its model is not in the serving dir.
+    failed, _, failed_model = _local_run(home, "run-3", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
+    _model_files(failed_model, b"model three")
+    # Ended before its Pusher, its model missing (pruned): not shown to be served.
+    gone, _, _ = _local_run(home, "run-4", evaluator_blessed=1, prepush_blessed=1, pusher=None)
+
+    withdrawn = dict(summary.withdraw_unserved_blessings(config))
+
+    assert withdrawn == {
+        failed.id: "not pushed in run run-3: its push failed",
+        gone.id: "not pushed in run run-4: its run ended before the Pusher",
+    }
+    assert _blessed(home.store, first.id) == 1 and _blessed(home.store, killed.id) == 1
+    kept = home.artifact(killed.id).custom_properties
+    assert kept[metadata.SERVED_UNRECORDED_KEY].string_value == "1700000001"
+    # Judged once: a later push makes it an older version, and it is not withdrawn then.
+    os.makedirs(os.path.join(config.model_serving_dir, "1700000002"))
+    calls = []
+    assert metadata.withdraw_unserved_blessings(home.store, home.root, served_as=calls.append) == []
+    assert calls == [] and _blessed(home.store, killed.id) == 1
+    # A served version that differs in one file's bytes is another model.
+    other, _, other_model = _local_run(home, "run-5", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
+    _model_files(other_model, b"model two")
+    with open(os.path.join(other_model.uri, "Format-Serving", "variables", "variables.index"), "wb") as f:
+        f.write(b"index model 2")
+    shutil.rmtree(os.path.join(config.model_serving_dir, "1700000002"))
+    assert dict(summary.withdraw_unserved_blessings(config)) == {
+        other.id: "not pushed in run run-5: its push failed"
+    }

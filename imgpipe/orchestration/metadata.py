@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -238,6 +238,9 @@ def _int_prop(artifact, name: str) -> int | None:
 # A blessing taken back after the run (`withdraw_unserved_blessings`): the Evaluator's own verdict and why.
 EVALUATOR_BLESSED_KEY = "evaluator_blessed"
 WITHDRAWN_KEY = "blessing_withdrawn"
+# A blessing kept although no Pusher finished: the model is the newest served version (a run
+# killed after the Pusher's rename, before TFX recorded the push). The value names the version.
+SERVED_UNRECORDED_KEY = "served_without_push_record"
 
 
 def blessing(store, evaluator_execution) -> bool | None:
@@ -250,7 +253,10 @@ def blessing(store, evaluator_execution) -> bool | None:
 
 
 def withdraw_unserved_blessings(
-    store, pipeline_root: str, runs_finished: bool = True
+    store,
+    pipeline_root: str,
+    runs_finished: bool = True,
+    served_as: Callable[[str], str | None] | None = None,
 ) -> list[tuple[int, str]]:
     """Take back every Evaluator blessing of a model that did not reach the serving dir.
 
@@ -262,6 +268,9 @@ def withdraw_unserved_blessings(
     - never pushed (with `runs_finished`: only when no run of this home is between its
       Evaluator and its Pusher): no Pusher that read the blessing completed, because the
       push failed (a full or read-only serving dir) or the run died or failed before it.
+      Unless `served_as(model URI)` names the serving dir's version that holds the blessed
+      model: a run killed after its Pusher's rename but before TFX recorded the push, whose
+      model is served. Such a blessing is kept, with the version in `served_without_push_record`.
     A withdrawn blessing keeps the Evaluator's verdict in `evaluator_blessed` and the reason
     in `blessing_withdrawn`. Only blessings under `pipeline_root` are judged (a shared
     PostgreSQL store may hold other homes' runs, live ones included). Reads no run context,
@@ -324,7 +333,16 @@ def withdraw_unserved_blessings(
             reason = (
                 f"pre-push validation failed in run {run}: {report.get('reason') or 'no reason recorded'}"
             )
-        elif runs_finished and not any(states.get(e) in FINISHED_STATES for e in pushers):
+        elif (
+            runs_finished
+            and not any(states.get(e) in FINISHED_STATES for e in pushers)
+            and SERVED_UNRECORDED_KEY not in blessing.custom_properties
+        ):
+            version = served_as(_evaluated_model_uri(store, maker.get(blessing_id))) if served_as else None
+            if version is not None:
+                blessing.custom_properties[SERVED_UNRECORDED_KEY].string_value = version
+                store.put_artifacts([blessing])
+                continue
             how = "its push failed" if pushers else "its run ended before the Pusher"
             reason = f"not pushed in run {run}: {how}"
         else:
@@ -335,6 +353,19 @@ def withdraw_unserved_blessings(
         store.put_artifacts([blessing])
         withdrawn.append((blessing_id, reason))
     return withdrawn
+
+
+def _evaluated_model_uri(store, evaluator_execution_id: int | None) -> str:
+    """The URI of the Model the Evaluator judged ('' when unknown)."""
+    if evaluator_execution_id is None:
+        return ""
+    ids = [
+        ev.artifact_id
+        for ev in store.get_events_by_execution_ids([evaluator_execution_id])
+        if ev.type == metadata_store_pb2.Event.INPUT and any(s.key == "model" for s in ev.path.steps)
+    ]
+    arts = store.get_artifacts_by_id(ids) if ids else []
+    return arts[-1].uri if arts else ""
 
 
 def withdrawn_reason(store, evaluator_execution) -> str | None:

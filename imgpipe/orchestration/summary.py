@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 from imgpipe.orchestration import metadata
@@ -124,7 +125,32 @@ def withdraw_unserved_blessings(config: PipelineConfig, runs_finished: bool = Tr
     later runs are gated against the model being served (metadata.withdraw_unserved_blessings).
     [(ModelBlessing id, reason)] of those withdrawn now, each also logged as a warning."""
     with metadata.open_store(config, readonly=False) as store:
-        withdrawn = metadata.withdraw_unserved_blessings(store, config.pipeline_root, runs_finished)
+        withdrawn = metadata.withdraw_unserved_blessings(
+            store, config.pipeline_root, runs_finished, served_as=lambda uri: served_version(config, uri)
+        )
     for _, reason in withdrawn:
         log.warning("blessing withdrawn (%s): the next runs are gated against the model being served", reason)
     return withdrawn
+
+
+def served_version(config: PipelineConfig, model_uri: str) -> str | None:
+    """The newest version in the serving dir when it holds exactly the model of the Model artifact
+    at `model_uri` (byte for byte), else None: that model is served, whatever metadata says."""
+    from tfx.dsl.io import fileio
+    from tfx.utils import path_utils
+
+    from components import pusher
+
+    if not model_uri:
+        return None
+    newest = pusher.newest_version(config.model_serving_dir)
+    if newest is None:
+        return None
+    try:
+        model_path = path_utils.serving_model_path(model_uri)
+        if not fileio.exists(os.path.join(model_path, pusher.SAVED_MODEL)):  # pruned, or never written
+            return None
+        return str(newest[0]) if pusher.same_model(model_path, newest[1]) else None
+    except Exception as e:  # noqa: BLE001 - unreadable: not shown to be served, so withdrawn
+        log.warning("cannot compare the model %s with the served version %s: %s", model_uri, newest[1], e)
+        return None
