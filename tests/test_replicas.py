@@ -128,3 +128,32 @@ def test_two_replicas_train_the_same_model_as_one(workdir, source_backbone):
     assert one["eval_accuracy"] >= 0.6, one
     assert two["eval_accuracy"] >= 0.6, two
     assert abs(one["eval_accuracy"] - two["eval_accuracy"]) <= 0.1 + 1e-6, (one, two)
+
+
+# `imgpipe run --replicas 2` in a process of its own: the run checks the records (a TensorFlow
+# op) before the pipeline starts, so the CPU must be split before that check. The pipeline
+# itself is replaced by a report of the devices it would train on.
+RUN_SCRIPT = """
+import json, sys
+from imgpipe.orchestration import local
+from pipeline.config import PipelineConfig
+
+def report(config, run_id, progress, verbose):
+    import tensorflow as tf
+    print("DEVICES " + json.dumps(len(tf.config.list_logical_devices("CPU"))), flush=True)
+    return None
+
+local._run_holding_lock = report
+config = PipelineConfig(data_dir=sys.argv[1], home=sys.argv[2], serving_dir=sys.argv[3], replicas=2)
+local.run_local(config, lock_wait=float(sys.argv[4]))
+"""
+
+
+@pytest.mark.parametrize("lock_wait", ["0", "5"])  # the records are read outside and under the lock
+def test_run_splits_the_cpu_before_it_reads_the_records(workdir, tmp_path, lock_wait):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    data, home, serving = os.path.join(workdir, "data"), str(tmp_path / "home"), str(tmp_path / "serving")
+    cmd = [sys.executable, "-c", RUN_SCRIPT, data, home, serving, lock_wait]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DEVICES 2" in proc.stdout.splitlines(), proc.stdout

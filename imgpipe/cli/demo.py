@@ -29,11 +29,28 @@ def _add(p: argparse.ArgumentParser) -> None:
         help="cap on head-training epochs on the target task (default: the Trainer's; early stopping ends sooner)",
     )
     p.add_argument("--min-accuracy", type=float, default=0.9)
-    p.add_argument("--replicas", type=int, default=None, help="split the CPU into N logical devices")
+    p.add_argument(
+        "--replicas", type=_replica_count, default=None, help="split the CPU into N logical devices"
+    )
     p.add_argument("--verbose", action="store_true")
 
 
+def _replica_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.replicas:
+        # Before the data preparation and pre-training below run TensorFlow in this process.
+        from trainer import distribution
+
+        distribution.split_cpu(args.replicas)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     with stdout_to_stderr():

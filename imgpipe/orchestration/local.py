@@ -201,6 +201,7 @@ def run_local(
     lock_wait: seconds to wait while another run holds the home (then LockBusy).
     """
     config = config.resolved().validate_paths()
+    split_cpu_for(config)  # before the data check below: reading a record initialises TensorFlow
     if lock_wait > 0:
         check_data_dir(config.data_dir)  # unusable records fail now, not after the wait
     run_id = new_run_id()
@@ -254,13 +255,18 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
         )
 
 
-def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, verbose: bool) -> RunSummary:
+def split_cpu_for(config: PipelineConfig) -> None:
+    """Split this process's CPU into `config.replicas` logical devices (the Trainer runs in this
+    process under LocalDagRunner). Must come before anything runs a TensorFlow op: the data
+    check, a demo's data preparation or pre-training.
+    """
     if config.replicas:
-        # Before TensorFlow initialises its devices (imported here, on use: the CLI stays light).
-        from trainer import distribution
+        from trainer import distribution  # on use: the CLI stays free of TensorFlow until it runs
 
         distribution.split_cpu(config.replicas)
 
+
+def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, verbose: bool) -> RunSummary:
     from tfx.dsl.compiler import compiler, constants
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.portable import runtime_parameter_utils
