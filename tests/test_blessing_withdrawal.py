@@ -301,3 +301,57 @@ def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
     assert dict(summary.withdraw_unserved_blessings(config)) == {
         other.id: "not pushed in run run-5: its push failed"
     }
+
+
+def _cached_evaluator_outputs(home: FakeHome, blessing) -> dict | None:
+    """What TFX's cache would hand a re-run of the Evaluator that made `blessing` (the outputs of
+    its executions in the cache context, as its launcher looks them up)."""
+    import types
+
+    from tfx.orchestration.portable import cache_utils
+
+    [maker] = {ev.execution_id for ev in home.store.get_events_by_artifact_ids([blessing.id]) if ev.type == ev.OUTPUT}
+    type_id = home.store.put_context_type(metadata_store_pb2.ContextType(name="execution_cache"))
+    ctx = home.store.get_context_by_type_and_name("execution_cache", f"cache-{maker}")
+    if ctx is None:
+        [ctx_id] = home.store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=f"cache-{maker}")])
+        home.store.put_attributions_and_associations(
+            [], [metadata_store_pb2.Association(context_id=ctx_id, execution_id=maker)]
+        )
+        [ctx] = home.store.get_contexts_by_id([ctx_id])
+    return cache_utils.get_cached_outputs(types.SimpleNamespace(store=home.store), ctx)
+
+
+@pytest.mark.parametrize("how", ["refused", "push failed"])
+def test_a_withdrawn_blessing_is_not_reused_from_the_cache(tmp_path, how):
+    """A re-run with the same model (a retry after a failed push or pre-push check) must judge
+    it again, not take the withdrawn blessing from TFX's cache and push nothing: a withdrawn
+    blessing is ABANDONED once no run is in flight (TFX's cache takes LIVE outputs only)."""
+    home = FakeHome(str(tmp_path / "home"))
+    if how == "refused":
+        blessing, _, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=0)
+    else:
+        blessing, _, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
+    assert _cached_evaluator_outputs(home, blessing) is not None
+
+    # Withdrawn while a run is in flight (Airflow, after its InfraValidator): its Pusher still
+    # reads the blessing as its input, so it stays LIVE for now.
+    in_flight = metadata.withdraw_unserved_blessings(home.store, home.root, runs_finished=False)
+    if how == "refused":
+        assert [b for b, _ in in_flight] == [blessing.id]
+        assert home.artifact(blessing.id).state == metadata_store_pb2.Artifact.LIVE
+        assert _blessed(home.store, blessing.id) == 0
+    else:
+        assert in_flight == []
+
+    # The next pass with no run in flight (the end of a local run; the next Airflow run's start).
+    withdrawn = metadata.withdraw_unserved_blessings(home.store, home.root)
+    assert [b for b, _ in withdrawn] == ([] if how == "refused" else [blessing.id])
+    after = home.artifact(blessing.id)
+    assert after.state == metadata_store_pb2.Artifact.ABANDONED
+    assert after.custom_properties["blessed"].int_value == 0
+    assert _cached_evaluator_outputs(home, blessing) is None
+    # The verdict and the reason stay readable (run summaries, the report).
+    assert after.custom_properties[metadata.EVALUATOR_BLESSED_KEY].int_value == 1
+    assert metadata.WITHDRAWN_KEY in after.custom_properties
+    assert metadata.withdraw_unserved_blessings(home.store, home.root) == []

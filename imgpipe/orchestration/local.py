@@ -276,6 +276,10 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
     _abandon_dead_executions(config, run_id)
+    if config.metadata_target is not None or os.path.exists(config.metadata_path):
+        # A run killed (SIGKILL, power) between its Evaluator and Pusher left a blessing of a
+        # model that is not served: withdrawn before the Resolver picks this run's baseline.
+        withdraw_unserved_blessings(config)
     pipeline = create_pipeline(config, metadata.connection_config(config))
     # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
     # machines sharing ML Metadata) would share a run. Compile here and bind our own run id.

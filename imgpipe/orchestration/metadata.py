@@ -272,19 +272,29 @@ def withdraw_unserved_blessings(
       model: a run killed after its Pusher's rename but before TFX recorded the push, whose
       model is served. Such a blessing is kept, with the version in `served_without_push_record`.
     A withdrawn blessing keeps the Evaluator's verdict in `evaluator_blessed` and the reason
-    in `blessing_withdrawn`. Only blessings under `pipeline_root` are judged (a shared
+    in `blessing_withdrawn`. With `runs_finished` it is also no longer LIVE (ABANDONED, as is
+    any blessing withdrawn while a run was in flight): TFX's cache takes only outputs that are
+    all LIVE, so a re-run with the same model evaluates it again, and the new blessing is
+    pushed (a retry after a failed push or pre-push check works), instead of taking the
+    withdrawn one from the cache and pushing nothing. Only blessings under `pipeline_root` are judged (a shared
     PostgreSQL store may hold other homes' runs, live ones included). Reads no run context,
     so it works on any orchestrator's store (LocalDagRunner's `pipeline_run` contexts, TFX's
     Airflow launcher's `run` contexts). Idempotent; a constant number of queries plus one
     per blessing withdrawn. Returns [(ModelBlessing id, reason)] of those withdrawn now.
     """
-    blessed = {
-        a.id: a
+    live = [
+        a
         for a in store.get_artifacts_by_type("ModelBlessing")
-        if a.state == metadata_store_pb2.Artifact.LIVE
-        and _int_prop(a, "blessed") == 1
-        and under(a.uri, pipeline_root)
-    }
+        if a.state == metadata_store_pb2.Artifact.LIVE and under(a.uri, pipeline_root)
+    ]
+    if runs_finished:
+        # Withdrawn while a run was between its Evaluator and Pusher (that Pusher read it LIVE).
+        retire = [a for a in live if WITHDRAWN_KEY in a.custom_properties]
+        for a in retire:
+            a.state = metadata_store_pb2.Artifact.ABANDONED
+        if retire:
+            store.put_artifacts(retire)
+    blessed = {a.id: a for a in live if _int_prop(a, "blessed") == 1}
     if not blessed:
         return []
     # Who read each blessing (InfraValidator, Pusher, a later run's cached ones) and who made it.
@@ -350,6 +360,8 @@ def withdraw_unserved_blessings(
         blessing.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
         blessing.custom_properties["blessed"].int_value = 0
         blessing.custom_properties[WITHDRAWN_KEY].string_value = reason
+        if runs_finished:  # no run in flight reads it: out of TFX's cache (see above)
+            blessing.state = metadata_store_pb2.Artifact.ABANDONED
         store.put_artifacts([blessing])
         withdrawn.append((blessing_id, reason))
     return withdrawn

@@ -87,10 +87,12 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         elif gate.get("metric", "accuracy") == "accuracy":
             baseline = compared.get("accuracy")
     prepush = metadata.prepush_summary(infra_blessing_uri)
-    if blessed and not pushed and not push_skipped and prepush and prepush.get("blessed") is False:
+    refused = prepush and prepush.get("validated") and prepush.get("blessed") is False
+    if blessed and not pushed and not push_skipped and refused:
         push_skipped = f"pre-push validation failed: {prepush.get('reason')}"
     elif blessed and not pushed and not push_skipped and withdrawn:
-        # An Evaluator from cache whose blessing an earlier run withdrew: nothing to push.
+        # Its push failed, or (an Evaluator from cache, its blessing withdrawn while a run was in
+        # flight: Airflow) pre-push validation skipped it as not blessed: nothing was pushed.
         push_skipped = f"blessing withdrawn: {withdrawn}"
     return RunSummary(
         run_id=run.name,

@@ -933,7 +933,9 @@ def test_a_blessed_model_whose_push_failed_is_not_the_next_baseline(
     base_config, first_run, monkeypatch, tmp_path
 ):
     """A full disk at the Pusher: the run fails naming it, its record says so, and the model's
-    blessing is withdrawn (it is not served) while the served model's stays."""
+    blessing is withdrawn (it is not served) while the served model's stays. With space again,
+    the same run is retried: the withdrawn blessing is not taken from the cache, the Evaluator
+    judges the model again and the Pusher pushes it."""
     import errno
 
     from components import pusher
@@ -968,4 +970,12 @@ def test_a_blessed_model_whose_push_failed_is_not_the_next_baseline(
             store, mlmd.run_executions(store, cfg.pipeline_name, first)["Evaluator"], "blessing"
         )
     assert mine.custom_properties["blessed"].int_value == 0
+    assert mine.state == mine.ABANDONED  # out of TFX's cache
     assert served.custom_properties["blessed"].int_value == 1
+
+    monkeypatch.undo()  # space again
+    retry = run_local(config)
+    assert retry.executions["Trainer"] == "CACHED" and retry.executions["Evaluator"] == "COMPLETE"
+    assert retry.blessed is True and retry.push_skipped is None
+    assert retry.pushed and retry.pushed.startswith(config.resolved().model_serving_dir), retry.pushed
+    assert list(_versions(config.resolved().model_serving_dir)) == [os.path.basename(retry.pushed.rstrip("/"))]
