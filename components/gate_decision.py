@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import binom
 
 from components.gate import METRIC_ACCURACY, METRIC_AUTO, METRIC_BALANCED, GateConfig
 from trainer.config import IMBALANCE_RATIO
@@ -61,6 +62,7 @@ class Floor:
     significant_right: int | None = None
     metric: str = METRIC_ACCURACY  # what the floor applies to: METRIC_ACCURACY or METRIC_BALANCED
     eval_classes: int = 0  # classes with eval examples (balanced accuracy's chance is 1/eval_classes)
+    chance_method: str = ""  # balanced accuracy's significance bound: "exact" or "simulation"
 
     @property
     def reachable(self) -> bool:
@@ -94,7 +96,8 @@ class Floor:
         if self.source == FLOOR_SIGNIFICANCE:
             where = (
                 f"answers that ignore the image, on this eval split's {self.eval_examples} examples in {k} "
-                f"classes (p <= {self.significance:g}; seeded simulation)"
+                f"classes, whatever the frequencies they answer with (p <= {self.significance:g}; "
+                f"{'exact distribution' if self.chance_method == 'exact' else 'seeded simulation'})"
             )
             if not self.reachable:
                 return (
@@ -225,79 +228,332 @@ def balanced_floor(
         None,
         metric=METRIC_BALANCED,
         eval_classes=k,
+        chance_method=balanced_chance_method(sizes) if significance > 0 else "",
     )
 
 
-# Splits with at most this many combinations of per-class right answers (the product of
-# n_c + 1) get the exact distribution; larger ones a seeded simulation of SIMULATION_DRAWS draws
-# (the estimated tail probability at 0.05 within ~0.0015, one standard error), at most
-# DRAW_BUDGET binomial draws per null predictor.
+# Splits whose exact distribution of B takes at most this many steps (_exact_work) get it
+# exactly; larger ones a seeded simulation. The simulation draws
+# at least SIMULATION_DRAWS samples and at least SIMULATION_TAIL_HITS / significance (so the
+# tail at the significance is estimated from ~SIMULATION_TAIL_HITS draws), at most
+# DRAW_BUDGET binomial draws per null predictor: a significance too small for that budget
+# is refused (SignificanceTooSmall) rather than estimated from a handful of draws.
 EXACT_STATES = 200_000
 SIMULATION_DRAWS = 20_000
-DRAW_BUDGET = 20_000_000
+SIMULATION_TAIL_HITS = 400
+DRAW_BUDGET = 40_000_000
+# Two classes: the chance predictor's one free parameter q_1 is scanned at this many points
+# (then refined); more classes: the search follows the Chernoff-worst q this many times.
+SCAN_POINTS = 48
+START_POINTS = 48
+REFINE_ROUNDS = 6
+SEARCH_WORK = 20_000_000
+DENSE_VALUES = 1_000_000  # k * lcm(n_c) below this: B's exact distribution over a dense array
+DENSE_SPEEDUP = 50  # its steps are vector slices: exact up to this many times EXACT_STATES steps  # distribution sizes summed over the search (states or draws x classes)
+# Measured values this close below the floor pass it (the gate's METRIC_TOLERANCE): the floor
+# is chosen so that they, too, are rare under chance.
+_SLACK = 2e-6
+
+
+class SignificanceTooSmall(GateNotComputable):
+    """The balanced-accuracy chance bound cannot be estimated at this significance on this split."""
+
+
+def balanced_chance_method(sizes: Sequence[int]) -> str:
+    """How chance_balanced_accuracy_bound gets B's distribution on these class sizes:
+    "exact" or "simulation" (when computing it exactly takes more than EXACT_STATES steps)."""
+    n = [int(n_c) for n_c in sizes]
+    work = _exact_work(n, cap=DENSE_SPEEDUP * EXACT_STATES)
+    if work <= EXACT_STATES or (_dense(n) and work <= DENSE_SPEEDUP * EXACT_STATES):
+        return "exact"
+    return "simulation"
+
+
+def _dense(sizes: list[int]) -> bool:
+    """Whether B's exact distribution goes over a dense array of numerators (see _Lattice)."""
+    return len(sizes) * math.lcm(*sizes) < DENSE_VALUES
+
+
+def _exact_work(sizes: list[int], cap: int = EXACT_STATES) -> int:
+    """Steps of B's exact distribution: sum over classes of (values so far) x (n_c + 1), the
+    values so far being at most both the product of n_c + 1 and, as integers over
+    k * lcm(n_c) after c classes, c * lcm + 1 (equal class sizes share most sums)."""
+    lcm = math.lcm(*sizes)
+    work, support = 0, 1
+    for c, n_c in enumerate(sizes, start=1):
+        work += support * (n_c + 1)
+        support = min(support * (n_c + 1), c * lcm + 1)
+        if work > cap:
+            break
+    return work
 
 
 def chance_balanced_accuracy_bound(sizes: Sequence[int], alpha: float, seed: int = 0) -> float:
-    """The least balanced accuracy b with P(B >= b) <= alpha for B the balanced accuracy of answers
-    that ignore the image, on eval classes of `sizes` examples; above 1.0 when no b <= 1 is that rare.
+    """The least balanced accuracy b that answers ignoring the image reach with probability at
+    most alpha, whatever the frequencies they answer with, on eval classes of `sizes` examples;
+    above 1.0 when no b <= 1 is that rare.
 
-    Such an answer picks class j with some probability q_j whatever the image, so class c's
-    right answers are Binomial(n_c, q_c) and B = mean_c(X_c / n_c) has mean 1/k for every q.
-    Its spread, and so its tail, depends on q: both the uniform q and the q that maximises
-    B's variance (sum_c q_c(1 - q_c) / n_c; on two classes they are the same) are taken, and
-    the higher bound kept. B's distribution is exact on small splits (EXACT_STATES) and
-    simulated with a fixed seed on larger ones, so a split always gets the same floor; there
-    only values the simulation reached are candidates for b, so b errs high.
+    Such an answer picks class j with probability q_j whatever the image, so class c's right
+    answers are X_c ~ Binomial(n_c, q_c) and B = mean_c(X_c / n_c) has mean 1/k for every q; its
+    tail depends on q. A small class lets a q that favours it reach a high B often (one eval
+    image: its recall is 0 or 1), so the bound is the worst over the q searched: the uniform one,
+    the one maximising B's variance, a scan of q_1 (two classes) or seeded points spread over
+    the simplex (more), then from the q likeliest to reach the bound (and the Chernoff-worst
+    one) a coordinate ascent moving mass between pairs of classes, repeated while it raises
+    the bound. A search, not a proof: it matched a brute-force worst case over fine grids of
+    q on small splits (tests/test_gate_decision.py).
+    B's values are exact fractions (integer numerators over k * lcm(n_c)), its distribution
+    exact on small splits (EXACT_STATES) and simulated with a fixed seed on larger ones, so a
+    split always gets the same floor; there only values the simulation reached are candidates
+    for b, so b errs high. SignificanceTooSmall when alpha is below what the simulation can resolve.
     """
     n = np.asarray(sizes, dtype=np.int64)
     if n.size == 0 or np.any(n <= 0):
         raise ValueError(f"class sizes must be positive, got {list(sizes)}")
     if alpha <= 0:
         return 0.0
-    states = 1
-    for n_c in n.tolist():
-        states = min(states * (n_c + 1), EXACT_STATES + 1)
-    exact = states <= EXACT_STATES
-    rng = np.random.default_rng(seed)
-    bound = 0.0
-    for q in (np.full(n.size, 1.0 / n.size), _widest_chance(n)):
-        values, probs = _balanced_distribution(n, q) if exact else _simulated(n, q, rng)
-        tail = np.cumsum(probs[::-1])[::-1]  # P(B >= values[i])
-        rare = values[tail <= alpha * (1 + 1e-9)]
-        bound = max(bound, float(rare[0]) if rare.size else 1.0 + 1.0 / int(n.sum()))
+    lattice = _Lattice(n)
+    if balanced_chance_method(n.tolist()) == "exact":
+        distribution = lattice.exact
+    else:
+        draws = max(SIMULATION_DRAWS, math.ceil(SIMULATION_TAIL_HITS / alpha))
+        if draws * n.size > DRAW_BUDGET:
+            least = SIMULATION_TAIL_HITS * n.size / DRAW_BUDGET
+            raise SignificanceTooSmall(
+                f"significance {alpha:g} is too small to estimate the chance bound of balanced accuracy on "
+                f"this eval split ({int(n.sum())} examples in {n.size} classes: it would take "
+                f"{draws * n.size:,} simulated answers); set gate.significance >= {least:.2g}, or gate.metric "
+                "accuracy"
+            )
+
+        lattice.draws = draws
+
+        def distribution(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return lattice.simulated(q, np.random.default_rng(seed), draws)
+
+    search = _WorstChance(
+        n, distribution, alpha, cost=lattice.cost(balanced_chance_method(n.tolist()) == "exact")
+    )
+    k = n.size
+    candidates = [np.full(k, 1.0 / k), _widest_chance(n)]
+    if k == 2:
+        candidates += [np.array([p, 1.0 - p]) for p in np.linspace(0.0, 1.0, SCAN_POINTS + 2)[1:-1]]
+    else:  # seeded, spread over the simplex and its faces (a small alpha favours sparse q)
+        candidates += list(np.random.default_rng(seed).dirichlet(np.full(k, 0.5), START_POINTS))
+    # The first two always; the spread ones while half the search's work budget lasts.
+    candidates = [q for i, q in enumerate(candidates) if i < 2 or search.work < SEARCH_WORK / 2]
+    bound = max(search.least_rare(q) for q in candidates)
+    for _ in range(REFINE_ROUNDS):
+        if bound > 1.0:
+            break
+        # The q that makes the current bound likeliest: from the likeliest so far and the
+        # Chernoff-worst q, moving mass between pairs of classes. One that reaches the bound
+        # more often than alpha raises it, and the search goes on from there.
+        candidates.append(_chernoff_worst(n, k * bound))
+        start = max(candidates, key=lambda q, b=bound: search.tail(q, b))
+        q = search.ascend(start, bound)
+        candidates.append(q)
+        raised = search.least_rare(q)
+        if raised <= bound:
+            break
+        bound = raised
     return bound
 
 
-def _balanced_distribution(n: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """B's exact distribution (sorted values, their probabilities), one class convolved at a time."""
-    values, probs = np.zeros(1), np.ones(1)
-    for n_c, q_c in zip(n.tolist(), q.tolist(), strict=True):
-        x = np.arange(n_c + 1)
-        pmf = np.array([_binomial_pmf(n_c, j, q_c) for j in x])
-        values = np.round((values[:, None] + x[None, :] / (n.size * n_c)).ravel(), 12)
-        values, where = np.unique(values, return_inverse=True)
-        probs = np.bincount(where.ravel(), weights=(probs[:, None] * pmf[None, :]).ravel())
-    return values, probs
+class _WorstChance:
+    """P_q(B >= b) and the bound for one q, and a local search over q, on one split; stops
+    searching once its work (sum of the distributions' sizes) reaches SEARCH_WORK."""
+
+    def __init__(self, n: np.ndarray, distribution, alpha: float, cost: int):
+        self.n, self.distribution, self.alpha, self.cost = n, distribution, alpha, cost
+        self.work = 0
+        self._seen: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _dist(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = q.tobytes()
+        if key not in self._seen:
+            self.work += self.cost
+            if len(self._seen) >= 256:
+                self._seen.clear()
+            self._seen[key] = self.distribution(q)
+        return self._seen[key]
+
+    def least_rare(self, q: np.ndarray) -> float:
+        values, probs = self._dist(q)
+        return _least_rare_value(values, probs, self.alpha, int(self.n.sum()))
+
+    def tail(self, q: np.ndarray, b: float) -> float:
+        values, probs = self._dist(q)
+        return float(probs[values >= b - _SLACK].sum())
+
+    def ascend(self, q: np.ndarray, b: float) -> np.ndarray:
+        """Coordinate ascent of P_q(B >= b): for each pair of classes (the smallest classes'
+        pairs first: their recalls swing most), the split of the pair's mass that maximises it
+        (golden section), until a round raises it no more or the work budget is spent."""
+        order = np.argsort(self.n, kind="stable").tolist()
+        pairs = [(order[i], order[j]) for j in range(len(order)) for i in range(j)]
+        best = self.tail(q, b)
+        for _ in range(REFINE_ROUNDS):
+            improved = False
+            for i, j in pairs:
+                mass = q[i] + q[j]
+                if mass <= 0 or self.work >= SEARCH_WORK:
+                    continue
+
+                def moved(x: float, i=i, j=j, mass=mass, q=q) -> np.ndarray:
+                    r = q.copy()
+                    r[i], r[j] = x * mass, (1.0 - x) * mass
+                    return r
+
+                x = _golden_max(lambda x, moved=moved: self.tail(moved(x), b), 0.0, 1.0, iterations=14)
+                value = self.tail(moved(x), b)
+                if value > best * (1 + 1e-9):
+                    q, best, improved = moved(x), value, True
+            if not improved or self.work >= SEARCH_WORK:
+                break
+        return q
 
 
-def _simulated(n: np.ndarray, q: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """B's distribution estimated from seeded draws (sorted values reached, their frequencies)."""
-    draws = int(max(1_000, min(SIMULATION_DRAWS, DRAW_BUDGET // n.size)))
-    scores = np.round((rng.binomial(n, q, size=(draws, n.size)) / n).mean(axis=1), 12)
-    values, counts = np.unique(scores, return_counts=True)
-    return values, counts / draws
+def _least_rare_value(values: np.ndarray, probs: np.ndarray, alpha: float, examples: int) -> float:
+    """The least of `values` (sorted) whose tail, counting every value down to _SLACK below it,
+    is at most alpha; 1 + 1/examples (above any balanced accuracy) when none is."""
+    tail = np.cumsum(probs[::-1])[::-1]  # tail[i] = P(B >= values[i])
+    reach = tail[np.searchsorted(values, values - _SLACK, side="left")]
+    rare = values[reach <= alpha * (1 + 1e-9)]
+    return float(rare[0]) if rare.size else 1.0 + 1.0 / examples
 
 
-def _binomial_pmf(n: int, k: int, p: float) -> float:
-    if p <= 0.0 or p >= 1.0:
-        return float(k == (n if p >= 1.0 else 0))
-    return math.exp(
-        math.lgamma(n + 1)
-        - math.lgamma(k + 1)
-        - math.lgamma(n - k + 1)
-        + k * math.log(p)
-        + (n - k) * math.log1p(-p)
-    )
+class _Lattice:
+    """B's values as exact integers: X_c / (k n_c) = X_c w_c / (k L) with L = lcm(n_c), w_c = L / n_c."""
+
+    def __init__(self, n: np.ndarray):
+        self.n = n
+        self.draws = 0  # set for a simulation
+        self._reachable: np.ndarray | None = None
+        lcm = math.lcm(*n.tolist())
+        self.exact_ints = n.size * lcm < 2**62
+        self.scale = float(n.size * lcm)
+        self.w = (
+            np.array([lcm // int(n_c) for n_c in n.tolist()], dtype=np.int64) if self.exact_ints else None
+        )
+
+    def cost(self, exact: bool) -> int:
+        """The size of one distribution's computation: its steps (over a dense array, whole
+        slices at once: DENSE_SPEEDUP steps for one), or draws x classes."""
+        if not exact:
+            return self.draws * self.n.size
+        n = self.n.tolist()
+        if _dense(n):  # a slice costs ~60 steps of the np.unique path, an element of it 1/25
+            slices, support = 0, 1
+            for c, n_c in enumerate(n, start=1):
+                slices += min(support, n_c + 1)
+                support = min(support * (n_c + 1), c * math.lcm(*n) + 1)
+            return 60 * slices + _exact_work(n, cap=DENSE_SPEEDUP * EXACT_STATES) // 25
+        return _exact_work(n)
+
+    def _values(self, numerators: np.ndarray) -> np.ndarray:
+        return numerators / self.scale
+
+    def exact(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """B's exact distribution (sorted values, their probabilities), one class convolved at a time:
+        over an array of every numerator 0..k L when that is at most DENSE_VALUES long, else
+        over the values reached so far (merged by np.unique)."""
+        if _dense(self.n.tolist()):
+            return self._exact_dense(q)
+        keys, probs = np.zeros(1, dtype=np.int64 if self.exact_ints else np.float64), np.ones(1)
+        for c, (n_c, q_c) in enumerate(zip(self.n.tolist(), q.tolist(), strict=True)):
+            x = np.arange(n_c + 1)
+            pmf = binom.pmf(x, n_c, q_c)
+            step = x * self.w[c] if self.exact_ints else np.round(x / (self.n.size * n_c), 12)
+            keys = (keys[:, None] + step[None, :]).ravel()
+            if not self.exact_ints:
+                keys = np.round(keys, 12)
+            keys, where = np.unique(keys, return_inverse=True)
+            probs = np.bincount(where.ravel(), weights=(probs[:, None] * pmf[None, :]).ravel())
+        return (self._values(keys) if self.exact_ints else keys), probs
+
+    def _exact_dense(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._reachable is None:  # the numerators some answers give (whatever their probability)
+            reach = np.ones(1)
+            for n_c, w_c in zip(self.n.tolist(), self.w.tolist(), strict=True):
+                reach = _convolve_strided(reach, np.ones(n_c + 1), w_c) > 0
+            self._reachable = np.flatnonzero(reach)
+        probs = np.ones(1)
+        for n_c, w_c, q_c in zip(self.n.tolist(), self.w.tolist(), q.tolist(), strict=True):
+            probs = _convolve_strided(probs, binom.pmf(np.arange(n_c + 1), n_c, q_c), w_c)
+        return self._reachable / self.scale, probs[self._reachable]
+
+    def simulated(self, q: np.ndarray, rng: np.random.Generator, draws: int) -> tuple[np.ndarray, np.ndarray]:
+        """B's distribution estimated from `draws` seeded draws (sorted values reached, frequencies)."""
+        counts = rng.binomial(self.n, q, size=(draws, self.n.size))
+        if self.exact_ints:
+            keys = counts @ self.w
+        else:
+            keys = np.round((counts / self.n).mean(axis=1), 12)
+        keys, hits = np.unique(keys, return_counts=True)
+        return (self._values(keys) if self.exact_ints else keys), hits / draws
+
+
+def _convolve_strided(probs: np.ndarray, pmf: np.ndarray, stride: int) -> np.ndarray:
+    """out[i + x * stride] = sum of probs[i] * pmf[x]: one slice per value of the shorter of the two."""
+    out = np.zeros(probs.size + (pmf.size - 1) * stride)
+    if probs.size <= pmf.size:
+        for i in np.flatnonzero(probs).tolist():
+            out[i : i + (pmf.size - 1) * stride + 1 : stride] += probs[i] * pmf
+    else:
+        for x in np.flatnonzero(pmf).tolist():
+            out[x * stride : x * stride + probs.size] += probs * pmf[x]
+    return out
+
+
+def _golden_max(f, lo: float, hi: float, iterations: int = 24) -> float:
+    """The x in [lo, hi] maximising f (unimodal there), by golden-section search."""
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = f(a), f(b)
+    for _ in range(iterations):
+        if fa >= fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - ratio) * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = f(b)
+    return a if fa >= fb else b
+
+
+def _chernoff_worst(n: np.ndarray, t: float) -> np.ndarray:
+    """The q that maximises the Chernoff bound of P(sum_c X_c / n_c >= t): for a fixed tilt lam,
+    log E exp(lam sum_c X_c / n_c) = sum_c n_c log(1 + q_c a_c), a_c = exp(lam / n_c) - 1, is
+    concave in q and maximised where n_c a_c / (1 + q_c a_c) is a common mu (q_c = n_c / mu -
+    1 / a_c, at least 0); lam minimises exp(-lam t) times that maximum (convex in lam)."""
+    n_f = n.astype(np.float64)
+
+    def q_of(lam: float) -> np.ndarray:
+        inv_a = 1.0 / np.expm1(np.minimum(lam / n_f, 700.0))
+
+        def total(mu: float) -> float:
+            return float(np.clip(n_f / mu - inv_a, 0.0, None).sum())
+
+        lo = float(np.min(n_f / (1.0 + inv_a)))  # at mu = n_c / (1 + 1/a_c), q_c = 1
+        hi = float(np.max(n_f / inv_a))  # every q_c = 0 from here
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(mid) > 1.0 else (lo, mid)
+        q = np.clip(n_f / hi - inv_a, 0.0, None)
+        return q / q.sum()
+
+    def objective(log_lam: float) -> float:
+        lam = math.exp(log_lam)
+        q = q_of(lam)
+        s = np.minimum(lam / n_f, 700.0)
+        with np.errstate(divide="ignore"):  # q_c of 0 or 1: log 0 is -inf, which logaddexp takes
+            log_mgf = float((n_f * np.logaddexp(np.log1p(-q), np.log(q) + s)).sum())
+        return lam * t - log_mgf
+
+    log_lam = _golden_max(objective, math.log(1e-3), math.log(700.0 * float(n_f.min())), iterations=60)
+    return q_of(math.exp(log_lam))
 
 
 def _widest_chance(n: np.ndarray) -> np.ndarray:
@@ -561,6 +817,12 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             )
         elif f.class_name is None and not plan.floor.reachable:
             out.append(f"no model can be blessed on this eval split: {plan.floor.describe()}")
+        elif f.class_name is None and f.value is None and plan.metric == METRIC_BALANCED:
+            missing = [c for c in plan.eval_classes if results.per_class.get(c) is None]
+            out.append(
+                f"balanced accuracy could not be computed: TFMA reported no recall for eval class(es) "
+                f"{_names(missing) or '(none named)'}, so the floor {plan.floor.value:.3f} is not met"
+            )
         elif f.class_name is None:
             got, floor = _apart(value, plan.floor.value)
             out.append(f"{plan.floor.metric_text} {got} is below the floor {floor} ({plan.floor.describe()})")

@@ -373,60 +373,157 @@ def test_a_value_a_hair_below_its_bound_does_not_read_as_equal():
 
 
 # ------------------------------------------------------------------ balanced accuracy
-def _exact_tails(sizes, q):
-    """P(B >= b) for every value b of the balanced accuracy of answers that ignore the image, by
-    enumerating every combination of per-class right answers (scipy's binomial)."""
+def _null_predictors(k: int) -> list:
+    """Class frequencies q of answers that ignore the image: a fine grid of q_1 for two classes;
+    for three, a grid of the simplex (faces included) and seeded points near its faces."""
+    import numpy as np
+
+    if k == 2:
+        return [(p, 1 - p) for p in np.linspace(0.001, 0.999, 999)]
+    grid = [(a, b, 1 - a - b) for a in np.arange(0, 1.0001, 0.02) for b in np.arange(0, 1.0001 - a, 0.02)]
+    return grid + [tuple(x) for x in np.random.default_rng(0).dirichlet(np.full(k, 0.3), 500)]
+
+
+def _worst_least_rare(sizes, alpha):
+    """The least balanced accuracy b that no q of _null_predictors reaches with probability above
+    alpha, by enumerating every combination of per-class right answers (their sums as exact
+    fractions, so equal values merge exactly); 2.0 when none is that rare."""
     import itertools
+    from fractions import Fraction
 
     import numpy as np
     from scipy.stats import binom
 
-    pmfs = [binom.pmf(np.arange(n + 1), n, p) for n, p in zip(sizes, q, strict=True)]
-    dist: dict[float, float] = {}
+    qs = np.clip(np.array(_null_predictors(len(sizes))), 0.0, 1.0)  # the grid's 1 - a - b may be -1e-16
+    pmfs = [binom.pmf(np.arange(n + 1)[None, :], n, qs[:, [c]]) for c, n in enumerate(sizes)]
+    by_value: dict = {}
     for xs in itertools.product(*(range(n + 1) for n in sizes)):
-        b = round(sum(x / n for x, n in zip(xs, sizes, strict=True)) / len(sizes), 9)
-        dist[b] = dist.get(b, 0.0) + float(np.prod([pmf[x] for pmf, x in zip(pmfs, xs, strict=True)]))
-    tails, acc = {}, 0.0
-    for b in sorted(dist, reverse=True):
-        acc += dist[b]
-        tails[b] = acc
-    return tails
+        b = sum(Fraction(x, n * len(sizes)) for x, n in zip(xs, sizes, strict=True))
+        p = np.prod([pmf[:, x] for pmf, x in zip(pmfs, xs, strict=True)], axis=0)
+        by_value[b] = by_value.get(b, 0.0) + p
+    tail = np.zeros(len(qs))
+    least = 2.0
+    for b in sorted(by_value, reverse=True):  # from the top: the tail of every q grows
+        tail = tail + by_value[b]
+        if tail.max() > alpha:
+            return least
+        least = float(b)
+    return least
 
 
-def _least_rare(sizes, alpha):
-    """The bound by enumeration, over the two null predictors the gate takes."""
-    import numpy as np
-
-    from components.gate_decision import _widest_chance
-
-    out = 0.0
-    for q in (np.full(len(sizes), 1 / len(sizes)), _widest_chance(np.array(sizes))):
-        rare = [b for b, t in _exact_tails(sizes, q).items() if t <= alpha]
-        out = max(out, min(rare) if rare else 2.0)
-    return out
-
-
-@pytest.mark.parametrize("sizes", [[4, 4], [8, 8], [10, 3], [30, 5], [12, 4, 4], [6, 6, 6], [20, 2], [9, 1]])
-def test_the_chance_bound_on_balanced_accuracy_is_the_exact_one(sizes):
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [4, 4],
+        [8, 8],
+        [10, 3],
+        [30, 5],
+        [20, 2],
+        [9, 1],
+        [1, 200],
+        [3, 5, 5],
+        [12, 4, 4],
+        [6, 6, 1],
+        [20, 5, 2],
+        [1, 1, 200],
+    ],
+)
+def test_the_chance_bound_on_balanced_accuracy_is_the_worst_case_over_class_frequencies(sizes):
+    """No answer that ignores the image, whatever the frequencies it answers with, reaches the
+    bound more often than alpha: checked against every q of a fine grid. [1, 200]: answering the
+    one-image class 40% of the time reaches 0.775 (1/2 + margin) with probability 0.4; [3, 5, 5]:
+    values that floating-point sums would keep apart are one value."""
     from components.gate_decision import chance_balanced_accuracy_bound
 
     got = chance_balanced_accuracy_bound(sizes, 0.05)
-    want = _least_rare(sizes, 0.05)
+    want = _worst_least_rare(sizes, 0.05)
     assert (got > 1.0) if want > 1.0 else got == pytest.approx(want, abs=1e-9)
+
+
+def test_a_one_image_class_gets_a_floor_near_perfect():
+    from components.gate import GateConfig
+    from components.gate_decision import FLOOR_SIGNIFICANCE, plan_gate
+
+    gate = plan_gate(
+        GateConfig(metric="balanced_accuracy"), {"rare": 1, "common": 200}, ["common", "rare"], None
+    )
+    assert gate.floor.source == FLOOR_SIGNIFICANCE and gate.floor.value >= 0.95
+    text = gate.floor.describe()
+    assert "whatever the frequencies they answer with" in text and "exact distribution" in text, text
 
 
 @pytest.mark.parametrize("sizes", [[30, 5], [12, 4, 4], [20, 2], [15, 15]])
 def test_the_simulated_chance_bound_errs_at_most_a_step_high(monkeypatch, sizes):
     """Where the split is too large to enumerate, the seeded simulation gives the exact bound or the
     next value up (never one that chance reaches more often than alpha + its error)."""
+    from fractions import Fraction
+
     from components import gate_decision
 
     monkeypatch.setattr(gate_decision, "EXACT_STATES", 1)
+    assert gate_decision.balanced_chance_method(sizes) == "simulation"
     got = gate_decision.chance_balanced_accuracy_bound(sizes, 0.05)
-    want = _least_rare(sizes, 0.05)
-    values = sorted(_exact_tails(sizes, [1 / len(sizes)] * len(sizes)))
+    want = _worst_least_rare(sizes, 0.05)
+    k = len(sizes)
+    values = sorted(
+        {
+            float(sum(Fraction(x, n * k) for x, n in zip(xs, sizes, strict=True)))
+            for xs in _combinations(sizes)
+        }
+    )
     assert want - 1e-9 <= got <= min((v for v in values if v > want + 1e-9), default=want) + 1e-9
     assert gate_decision.chance_balanced_accuracy_bound(sizes, 0.05) == got  # seeded: the same every time
+
+
+def _combinations(sizes):
+    import itertools
+
+    return itertools.product(*(range(n + 1) for n in sizes))
+
+
+def test_a_significance_the_simulation_cannot_resolve_is_refused():
+    from components import gate_decision
+
+    sizes = [997, 1009, 1013]  # coprime: simulated
+    assert gate_decision.balanced_chance_method(sizes) == "simulation"
+    with pytest.raises(
+        gate_decision.SignificanceTooSmall, match=r"significance 1e-07 is too small .*gate.significance >= "
+    ):
+        gate_decision.chance_balanced_accuracy_bound(sizes, 1e-7)
+
+
+def test_values_within_the_gates_tolerance_below_the_floor_are_rare_too():
+    """The gate passes a value METRIC_TOLERANCE below the floor: the floor is chosen so that a value
+    that close below it is as rare as the floor itself."""
+    import numpy as np
+
+    from components.gate_decision import _least_rare_value
+
+    values = np.array([0.4, 0.5, 0.5000005, 0.6])
+    probs = np.array([0.5, 0.43, 0.03, 0.04])  # P(B >= 0.5000005) = 0.07, P(B >= 0.6) = 0.04
+    assert _least_rare_value(values, probs, 0.05, 100) == 0.6
+    probs = np.array([0.5, 0.47, 0.01, 0.02])  # P(B >= 0.5) = 0.5: 0.5000005 is within the slack of 0.5
+    assert _least_rare_value(values, probs, 0.05, 100) == 0.6
+    probs = np.array([0.95, 0.01, 0.01, 0.03])
+    assert _least_rare_value(values, probs, 0.05, 100) == 0.5
+
+
+def test_balanced_accuracy_with_a_class_without_recall_names_it():
+    from components.gate import GateConfig
+    from components.gate_decision import EvalResults, Failure, plan_gate, reasons
+
+    gate = plan_gate(
+        GateConfig(metric="balanced_accuracy", significance=0.0, min_accuracy=0.6),
+        {"a": 30, "b": 10},
+        ["a", "b"],
+        None,
+    )
+    results = EvalResults(0.8, 40, {"a": 0.9}, None, failures=[Failure(None, False, None)])
+    [why] = reasons(gate, results)
+    assert (
+        why
+        == "balanced accuracy could not be computed: TFMA reported no recall for eval class(es) 'b', so the floor 0.600 is not met"
+    )
 
 
 def test_widest_chance_maximises_the_spread():
@@ -475,7 +572,7 @@ def test_a_95_to_5_split_can_bless_on_balanced_accuracy_not_on_accuracy():
     assert on_accuracy.floor.value == 1.0 and on_accuracy.metric == "accuracy"
     plan = plan_gate(GateConfig(), counts, ["ok", "defect"], None)
     assert plan.metric == "balanced_accuracy" and plan.eval_classes == ("defect", "ok")
-    assert plan.floor.value == pytest.approx(0.56) and plan.floor.reachable  # README.md quotes it
+    assert plan.floor.value == pytest.approx(0.5605263) and plan.floor.reachable  # README.md quotes it
     assert plan.floor.source == "significance" and plan.floor.eval_classes == 2
 
 
