@@ -495,7 +495,14 @@ def eval_label_counts(report: Any, splits: Sequence[str]) -> dict[str, int]:
         )
     counts: dict[str, int] = {}
     for split in splits:
-        for label, n in report.label_counts(split).items():
+        labelled = report.label_counts(split)
+        if not sum(labelled.values()):
+            raise GateNotComputable(
+                f"the data gate's report counts no labels in split {split!r} ({report.examples(split)} "
+                "examples): the gate cannot judge any model on it; check that its records have a "
+                "non-empty 'label' feature"
+            )
+        for label, n in labelled.items():
             counts[label] = counts.get(label, 0) + n
     return counts
 
