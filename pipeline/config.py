@@ -166,7 +166,7 @@ class PipelineConfig(Settings):
         """The file's values, then `overrides` (flat leaf names, e.g. from flags) on top."""
         try:
             with open(path, encoding="utf-8") as f:
-                values = yaml.safe_load(f)
+                values = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
         except (OSError, UnicodeDecodeError) as e:
@@ -263,6 +263,15 @@ class PipelineConfig(Settings):
                     f"score_data: {self.score_data} is not a directory holding TFRecord files "
                     "(tf.Examples with an `image` feature; BulkInferrer reads every file in it)"
                 )
+        if "://" not in self.serving_dir:
+            _check_writable_dir(
+                "serving_dir", self.serving_dir, "the Pusher writes SERVING_DIR/MODEL_NAME/<version>"
+            )
+            _check_writable_dir(
+                "serving_dir",
+                os.path.join(self.serving_dir, self.model_name),
+                "the model's versions go there",
+            )
         return self
 
     def save(self, path: str) -> None:
@@ -273,6 +282,40 @@ class PipelineConfig(Settings):
                 json.dump(values, f, indent=2, sort_keys=True)
             else:
                 yaml.safe_dump(values, f, sort_keys=False)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (line {seen[key] + 1} and line {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_writable_dir(field: str, path: str, why: str) -> None:
+    """ConfigError naming `field` unless `path` is a directory this process can write, or one it
+    can create (its nearest existing ancestor is a writable directory)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, which is a file"
+        raise ConfigError(f"{field}: {path} {what}, not a directory ({why})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: {existing} is not writable by this user ({why})")
 
 
 # -------------------------------------------------------------------------- the tree

@@ -54,6 +54,9 @@ def test_defaults_validate_with_data(tmp_path):
         # A YAML boolean where a word is expected names the mix-up.
         ({"export_tflite": True}, "export_tflite"),
         ({"beam_runner": False}, "beam_runner"),
+        # NumPy and TensorFlow seeds: 0 .. 2**32 - 1 (else the Trainer fails, late).
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
     ],
 )
 def test_invalid_values_name_the_field(tmp_path, change, field):
@@ -88,6 +91,26 @@ def test_disk_checks_name_the_field(tmp_path):
         PipelineConfig(data_dir=_data_dir(tmp_path), weights="/no/such/file.h5").validate_paths()
     with pytest.raises(ConfigError, match="^data_dir: required"):
         PipelineConfig().validate_paths()
+
+
+def test_an_unusable_serving_dir_is_named_before_the_run(tmp_path):
+    """The Pusher writes there at the end of the run: a file in the way fails the run at its start."""
+    data = _data_dir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    for serving, what in [
+        (tmp_path / "file", "is a file, not a directory"),
+        (tmp_path / "file" / "below", "is under .*file, which is a file"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^serving_dir: .*{what}"):
+            PipelineConfig(data_dir=data, serving_dir=str(serving)).validate_paths()
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / "digits").write_text("x")  # where the model's versions go
+    with pytest.raises(ConfigError, match="^serving_dir: .*digits is a file"):
+        PipelineConfig(
+            data_dir=data, serving_dir=str(tmp_path / "serving"), model_name="digits"
+        ).validate_paths()
+    # Not there yet, under a directory: created by the Pusher.
+    PipelineConfig(data_dir=data, serving_dir=str(tmp_path / "new" / "serving")).validate_paths()
 
 
 def test_yaml_round_trip_flat_and_nested_keys(tmp_path):
@@ -128,6 +151,11 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
         ("epochs: [3\n", "not valid YAML"),
         ("epochs: ten\n", "^epochs: .*'ten'.* \\(in "),
         ("training: 3\n", "training"),
+        (
+            "epochs: 3\nbatch_size: 8\nepochs: 5\n",
+            "not valid YAML: .*key 'epochs' is given twice \\(line 1 and line 3\\)",
+        ),
+        ("gate: {min_accuracy: 0.5, min_accuracy: 0.9}\n", "key 'min_accuracy' is given twice"),
     ],
 )
 def test_bad_files_are_config_errors(tmp_path, text, message):

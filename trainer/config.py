@@ -187,7 +187,12 @@ class TrainingConfig(Settings):
     feature_cache: bool = Field(
         True, description="train the head on backbone features computed once (where valid)"
     )
-    seed: int = Field(42, description="random seed of training")
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2**32 - 1,
+        description="random seed of training (0 to 2**32 - 1, what NumPy's seeding takes)",
+    )
     export_tflite: Literal["float16", "dynamic", "int8"] | None = Field(
         None,
         description="also write assets.extra/model.tflite (+ its input contract) in the pushed model: "
