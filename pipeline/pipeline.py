@@ -179,7 +179,7 @@ def create_pipeline(
     ]
     if config.score_data:
         components += bulk_inference(
-            config.score_data, trainer.outputs["model"], evaluator.outputs["blessing"]
+            config.score_data, trainer.outputs["model"], evaluator.outputs["blessing"], after=pusher
         )
     return Pipeline(
         pipeline_name=config.pipeline_name,
@@ -191,12 +191,14 @@ def create_pipeline(
     )
 
 
-def bulk_inference(score_data: str, model: Any, blessing: Any) -> list[Any]:
+def bulk_inference(score_data: str, model: Any, blessing: Any, after: Any = None) -> list[Any]:
     """ScoreExampleGen (the TFRecords in `score_data`, one split) and BulkInferrer on them.
 
     BulkInferrer scores with the serving_default signature (serialized
     tf.Examples with an `image`), only when `blessing` says the model passed
     the gate; its output is PredictionLogs (artifact `inference_result`).
+    It runs after `after` (the Pusher): scoring data that fails (an undecodable
+    image) fails the run after the model is pushed, not before.
     """
     # One input split would be hashed into train/eval (2:1) by default; one bucket keeps every
     # example in the one split BulkInferrer reads.
@@ -218,4 +220,6 @@ def bulk_inference(score_data: str, model: Any, blessing: Any) -> list[Any]:
         data_spec=bulk_inferrer_pb2.DataSpec(example_splits=[SCORE_SPLIT]),
         model_spec=bulk_inferrer_pb2.ModelSpec(model_signature_name=["serving_default"]),
     ).with_id(SCORING_IDS[1])
+    if after is not None:
+        inferrer.add_upstream_node(after)
     return [examples, inferrer]

@@ -115,6 +115,45 @@ def damaged_tfrecord_files(path: str, splits: tuple[str, ...] = SPLITS) -> list[
     return damaged
 
 
+def undecodable_images(path: str, limit: int = 10) -> list[str]:
+    """The records of the TFRecord files in `path` whose `image` bytes TensorFlow cannot decode
+    (or that have none), as "<file> record <i>: <why>", at most `limit` of them.
+
+    Reads every record: called to explain a failed scoring run, not before every run.
+    """
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+    from google.protobuf.message import DecodeError
+
+    found: list[str] = []
+    for name in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path)):
+        file_path = os.path.join(path, name)
+        if tf.io.gfile.isdir(file_path):
+            continue
+        try:
+            for i, record in enumerate(tf.data.TFRecordDataset(file_path)):
+                why = None
+                try:
+                    feature = tf.train.Example.FromString(record.numpy()).features.feature.get(IMAGE_KEY)
+                except DecodeError as exc:
+                    why = f"not a tf.train.Example ({exc})"
+                else:
+                    images = feature.bytes_list.value if feature is not None else []
+                    if not images or not images[0]:
+                        why = f"no '{IMAGE_KEY}' bytes"
+                    else:
+                        try:
+                            tf.io.decode_image(images[0], expand_animations=False)
+                        except tf.errors.OpError as exc:
+                            why = f"'{IMAGE_KEY}' is not a decodable image ({tf_error_text(exc)})"
+                if why is not None:
+                    found.append(f"{file_path} record {i}: {why}")
+                    if len(found) >= limit:
+                        return found
+        except tf.errors.OpError as exc:
+            found.append(f"{file_path}: unreadable ({tf_error_text(exc)})")
+    return found
+
+
 def _check_first_record(file_path: str, check_image: bool) -> int:
     """Validate the first record of one TFRecord file; return 1, or 0 if empty."""
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from components import loaded_models
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import SPLITS, IngestError, validate_tfrecord_dir
-from imgpipe.ingest.contract import damaged_tfrecord_files
+from imgpipe.ingest.contract import damaged_tfrecord_files, undecodable_images
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
@@ -378,6 +378,17 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
             message += (
                 "\ndamaged TFRecord files (write them again, e.g. `imgpipe ingest`):\n  "
                 + "\n  ".join(damaged)
+            )
+    if component == SCORING_IDS[1] and config.score_data:
+        try:
+            bad = undecodable_images(config.score_data)
+        except Exception as e:  # noqa: BLE001 - the explanation must not replace the error
+            log.debug("could not look for undecodable images: %s", e)
+            bad = []
+        if bad:
+            message += (
+                "\nrecords of score_data the model cannot read (remove or re-encode them; scoring "
+                "runs after the Pusher, so they do not hold back a push):\n  " + "\n  ".join(bad)
             )
     return message
 

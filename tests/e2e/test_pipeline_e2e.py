@@ -528,6 +528,20 @@ def test_score_data_is_scored_by_bulk_inferrer_after_blessing(base_config, first
         scores = tf.make_ndarray(log.predict_log.response.outputs["scores"])
         assert scores.shape == (1, len(CLASSES)) and abs(float(scores.sum()) - 1.0) < 1e-4
 
+    # One record the model cannot decode: scoring fails naming it, after the Pusher has run.
+    bad_dir = tmp_path / "with_a_bad_image"
+    helpers.write_tfrecords(
+        str(bad_dir / "a.tfrecord"), [(img, None) for img in images[:2]] + [(b"not an image", None)]
+    )
+    with pytest.raises(PipelineRunError) as e:
+        run_local(base_config.replace(score_data=str(bad_dir)))
+    failed = e.value.summary
+    assert failed.failed == "BulkInferrer", failed.error
+    assert failed.executions["Pusher"] in ("COMPLETE", "CACHED"), failed.executions
+    assert f"{bad_dir / 'a.tfrecord'} record 2: 'image' is not a decodable image" in failed.error, (
+        failed.error
+    )
+
 
 # ----------------------------------------------------------------- the data gate
 @pytest.fixture(scope="module")
@@ -978,4 +992,6 @@ def test_a_blessed_model_whose_push_failed_is_not_the_next_baseline(
     assert retry.executions["Trainer"] == "CACHED" and retry.executions["Evaluator"] == "COMPLETE"
     assert retry.blessed is True and retry.push_skipped is None
     assert retry.pushed and retry.pushed.startswith(config.resolved().model_serving_dir), retry.pushed
-    assert list(_versions(config.resolved().model_serving_dir)) == [os.path.basename(retry.pushed.rstrip("/"))]
+    assert list(_versions(config.resolved().model_serving_dir)) == [
+        os.path.basename(retry.pushed.rstrip("/"))
+    ]
