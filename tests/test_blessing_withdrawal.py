@@ -310,11 +310,15 @@ def _cached_evaluator_outputs(home: FakeHome, blessing) -> dict | None:
 
     from tfx.orchestration.portable import cache_utils
 
-    [maker] = {ev.execution_id for ev in home.store.get_events_by_artifact_ids([blessing.id]) if ev.type == ev.OUTPUT}
+    [maker] = {
+        ev.execution_id for ev in home.store.get_events_by_artifact_ids([blessing.id]) if ev.type == ev.OUTPUT
+    }
     type_id = home.store.put_context_type(metadata_store_pb2.ContextType(name="execution_cache"))
     ctx = home.store.get_context_by_type_and_name("execution_cache", f"cache-{maker}")
     if ctx is None:
-        [ctx_id] = home.store.put_contexts([metadata_store_pb2.Context(type_id=type_id, name=f"cache-{maker}")])
+        [ctx_id] = home.store.put_contexts(
+            [metadata_store_pb2.Context(type_id=type_id, name=f"cache-{maker}")]
+        )
         home.store.put_attributions_and_associations(
             [], [metadata_store_pb2.Association(context_id=ctx_id, execution_id=maker)]
         )

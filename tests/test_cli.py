@@ -88,3 +88,38 @@ def test_console_script_entry_point():
     )
     assert out.returncode == 0
     assert "pretrain-backbone" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["serve", "--model-base-path", "m", "--model-name", "x", "--port", "-1"],
+            "must be a port number 0..65535, got '-1'",
+        ),
+        (["serve", "--model-base-path", "m", "--model-name", "x", "--port", "70000"], "got '70000'"),
+        (["demo", "--replicas", "0"], "--replicas: must be a whole number >= 1, got '0'"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_with_a_file_for_serving_dir_names_it(tmp_path, capsys):
+    for split in ("train", "eval"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+    (tmp_path / "serving").write_text("not a directory")
+    argv = [
+        "run",
+        "--data",
+        str(tmp_path / "data"),
+        "--home",
+        str(tmp_path / "h"),
+        "--serving-dir",
+        str(tmp_path / "serving"),
+    ]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert "serving_dir: " in capsys.readouterr().err

@@ -100,3 +100,22 @@ def test_cli_max_pixels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
             "reason": "20 x 20 = 400 pixels, over the limit of 100 (--max-pixels); not decoded",
         }
     ]
+
+
+def test_a_one_bit_bmp_names_its_depth_and_a_damaged_header_says_so():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (8, 8)).save(buf, "BMP")
+    reason = check_image(buf.getvalue())
+    assert reason.startswith(
+        "1-bit BMP: TensorFlow decodes 8-, 24- and 32-bit BMPs only; convert it to PNG ("
+    ), reason
+    assert "Graph execution error" not in reason
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    damaged = bytearray(buf.getvalue())
+    damaged[16:24] = b"\x7f" * 8  # IHDR's width and height
+    assert check_image(bytes(damaged)).endswith("(as its header says: a damaged header can claim any size)")

@@ -197,7 +197,8 @@ def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Ope
     """An op that fails with InvalidArgument when height x width > max_pixels."""
     pixels = height * width
     message = tf.strings.format(
-        "image is {} x {} = {} pixels, over the limit of {} pixels (max_image_pixels)",
+        "image header says {} x {} = {} pixels, over the limit of {} pixels (max_image_pixels); a "
+        "damaged header can claim any size: `imgpipe ingest` checks each file by decoding it",
         (width, height, pixels, max_pixels),
     )
     return tf.debugging.Assert(pixels <= max_pixels, [message], name="max_image_pixels")

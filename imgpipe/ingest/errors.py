@@ -32,5 +32,14 @@ def tf_error_text(exc: Exception) -> str:
     text = getattr(exc, "message", None) or str(exc)
     text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
     text = re.sub(r"\s*\[Op:[^\]]*\].*", "", text, flags=re.DOTALL)
-    lines = text.strip().splitlines()
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Graph execution error"):
+        # A tf.function's error: the node and a Python trace, then the op's own message.
+        ops = [
+            line
+            for line in lines[1:]
+            if not line.startswith(("Detected at node", "File ", "[["))
+            and not line.endswith("(most recent call last):")
+        ]
+        lines = ops[-1:] or lines
     return lines[0] if lines else type(exc).__name__

@@ -91,12 +91,26 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageChe
     except tf.errors.OpError as exc:
         kind = {b"\xff\xd8": "JPEG", b"\x89P": "PNG", b"GI": "GIF", b"BM": "BMP"}.get(data[:2], "image")
         graph_reason = f"TensorFlow cannot decode this {kind}: {tf_error_text(exc)}"
+        if kind == "BMP" and len(data) >= 30:
+            # The bits per pixel: at byte 28 (BITMAPINFOHEADER and later) or 24 (the 12-byte core header).
+            bits = int.from_bytes(
+                data[24:26] if data[14:18] == b"\x0c\x00\x00\x00" else data[28:30], "little"
+            )
+            graph_reason = (
+                f"{bits}-bit BMP: TensorFlow decodes 8-, 24- and 32-bit BMPs only; convert it to PNG "
+                f"({tf_error_text(exc)})"
+            )
         height = width = 0
         orientation, decoded = 1, 0
     if graph_reason is None and not decoded:
         return ImageCheck(
             f"{width} x {height} = {height * width} pixels, over the limit of {max_pixels} "
             "(--max-pixels); not decoded"
+            + (
+                ""
+                if height * width <= 64 * max_pixels
+                else " (as its header says: a damaged header can claim any size)"
+            )
         )
     # Pillow's reasons are the clearer ones (unsupported format, truncation), so they come first.
     reason = _pillow_reason(data) or graph_reason

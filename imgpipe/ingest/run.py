@@ -95,7 +95,10 @@ def ingest(
         f"(details in {os.path.join(out_dir, REPORT_FILE)})"
     )
     for warning in report.warnings:
-        (say or log.warning)(f"warning: {warning}")
+        if say is None:
+            log.warning("%s", warning)  # the log line says "warning:" already
+        else:
+            say(f"warning: {warning}")
     return report
 
 
