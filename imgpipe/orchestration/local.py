@@ -369,28 +369,28 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
 
     inputs = {"ImportExampleGen": (config.data_dir, SPLITS), SCORING_IDS[0]: (config.score_data, ("",))}
     if component in inputs and inputs[component][0]:
-        try:
-            damaged = damaged_tfrecord_files(*inputs[component])
-        except Exception as e:  # noqa: BLE001 - the explanation must not replace the error
-            log.debug("could not look for damaged TFRecord files: %s", e)
-            damaged = []
-        if damaged:
-            message += (
-                "\ndamaged TFRecord files (write them again, e.g. `imgpipe ingest`):\n  "
-                + "\n  ".join(damaged)
-            )
+        message += _explained(
+            lambda: damaged_tfrecord_files(*inputs[component]),
+            "damaged TFRecord files (write them again, e.g. `imgpipe ingest`)",
+        )
     if component == SCORING_IDS[1] and config.score_data:
-        try:
-            bad = undecodable_images(config.score_data)
-        except Exception as e:  # noqa: BLE001 - the explanation must not replace the error
-            log.debug("could not look for undecodable images: %s", e)
-            bad = []
-        if bad:
-            message += (
-                "\nrecords of score_data the model cannot read (remove or re-encode them; scoring "
-                "runs after the Pusher, so they do not hold back a push):\n  " + "\n  ".join(bad)
-            )
+        message += _explained(
+            lambda: undecodable_images(config.score_data),
+            "records of score_data the model cannot read (remove or re-encode them; scoring runs "
+            "after the Pusher, so they do not hold back a push)",
+        )
     return message
+
+
+def _explained(find: Callable[[], list[str]], heading: str) -> str:
+    """ "\n<heading>:" and what `find` lists, one per line; "" when it finds nothing or fails
+    (an explanation must not replace the run's error)."""
+    try:
+        found = find()
+    except Exception as e:  # noqa: BLE001
+        log.debug("could not look for %s: %s", heading, e)
+        return ""
+    return f"\n{heading}:\n  " + "\n  ".join(found) if found else ""
 
 
 def _record_failed_run(
