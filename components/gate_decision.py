@@ -232,7 +232,7 @@ def balanced_floor(
     )
 
 
-# Splits whose exact distribution of B takes at most this many steps (_exact_work) get it
+# Splits whose exact distribution of B takes at most this many steps (_exact_cost) get it
 # exactly; larger ones a seeded simulation. The simulation draws
 # at least SIMULATION_DRAWS samples and at least SIMULATION_TAIL_HITS / significance (so the
 # tail at the significance is estimated from ~SIMULATION_TAIL_HITS draws), at most
@@ -242,14 +242,16 @@ EXACT_STATES = 200_000
 SIMULATION_DRAWS = 20_000
 SIMULATION_TAIL_HITS = 400
 DRAW_BUDGET = 40_000_000
-# Two classes: the chance predictor's one free parameter q_1 is scanned at this many points
-# (then refined); more classes: the search follows the Chernoff-worst q this many times.
+# The search over null answers' frequencies q: on two classes q_1 is scanned at SCAN_POINTS
+# points, on more START_POINTS seeded points spread over the simplex are tried; then at most
+# REFINE_ROUNDS rounds of coordinate ascent (each of at most REFINE_ROUNDS sweeps), while the
+# work (distribution sizes summed: steps, or draws x classes) stays within SEARCH_WORK.
 SCAN_POINTS = 48
 START_POINTS = 48
 REFINE_ROUNDS = 6
 SEARCH_WORK = 20_000_000
 DENSE_VALUES = 1_000_000  # k * lcm(n_c) below this: B's exact distribution over a dense array
-DENSE_SPEEDUP = 50  # its steps are vector slices: exact up to this many times EXACT_STATES steps  # distribution sizes summed over the search (states or draws x classes)
+DENSE_SPEEDUP = 50  # its steps are vector slices: exact up to this many times EXACT_STATES steps
 # Measured values this close below the floor pass it (the gate's METRIC_TOLERANCE): the floor
 # is chosen so that they, too, are rare under chance.
 _SLACK = 2e-6
@@ -263,7 +265,7 @@ def balanced_chance_method(sizes: Sequence[int]) -> str:
     """How chance_balanced_accuracy_bound gets B's distribution on these class sizes:
     "exact" or "simulation" (when computing it exactly takes more than EXACT_STATES steps)."""
     n = [int(n_c) for n_c in sizes]
-    work = _exact_work(n, cap=DENSE_SPEEDUP * EXACT_STATES)
+    work, _ = _exact_cost(n, cap=DENSE_SPEEDUP * EXACT_STATES)
     if work <= EXACT_STATES or (_dense(n) and work <= DENSE_SPEEDUP * EXACT_STATES):
         return "exact"
     return "simulation"
@@ -274,18 +276,20 @@ def _dense(sizes: list[int]) -> bool:
     return len(sizes) * math.lcm(*sizes) < DENSE_VALUES
 
 
-def _exact_work(sizes: list[int], cap: int = EXACT_STATES) -> int:
-    """Steps of B's exact distribution: sum over classes of (values so far) x (n_c + 1), the
-    values so far being at most both the product of n_c + 1 and, as integers over
-    k * lcm(n_c) after c classes, c * lcm + 1 (equal class sizes share most sums)."""
+def _exact_cost(sizes: list[int], cap: int) -> tuple[int, int]:
+    """(steps, slices) of B's exact distribution, counted until the steps pass `cap`: steps sum
+    over classes (values so far) x (n_c + 1), slices (the dense path's vector operations) the
+    smaller of the two. The values so far are at most both the product of n_c + 1 and, as
+    integers over k * lcm(n_c) after c classes, c * lcm + 1 (equal class sizes share most sums)."""
     lcm = math.lcm(*sizes)
-    work, support = 0, 1
+    work, slices, support = 0, 0, 1
     for c, n_c in enumerate(sizes, start=1):
         work += support * (n_c + 1)
+        slices += min(support, n_c + 1)
         support = min(support * (n_c + 1), c * lcm + 1)
         if work > cap:
             break
-    return work
+    return work, slices
 
 
 def chance_balanced_accuracy_bound(sizes: Sequence[int], alpha: float, seed: int = 0) -> float:
@@ -314,7 +318,7 @@ def chance_balanced_accuracy_bound(sizes: Sequence[int], alpha: float, seed: int
         return 0.0
     lattice = _Lattice(n)
     if balanced_chance_method(n.tolist()) == "exact":
-        distribution = lattice.exact
+        distribution, cost = lattice.exact, lattice.exact_cost()
     else:
         draws = max(SIMULATION_DRAWS, math.ceil(SIMULATION_TAIL_HITS / alpha))
         if draws * n.size > DRAW_BUDGET:
@@ -326,14 +330,12 @@ def chance_balanced_accuracy_bound(sizes: Sequence[int], alpha: float, seed: int
                 "accuracy"
             )
 
-        lattice.draws = draws
+        cost = draws * n.size
 
         def distribution(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return lattice.simulated(q, np.random.default_rng(seed), draws)
 
-    search = _WorstChance(
-        n, distribution, alpha, cost=lattice.cost(balanced_chance_method(n.tolist()) == "exact")
-    )
+    search = _WorstChance(n, distribution, alpha, cost=cost)
     k = n.size
     candidates = [np.full(k, 1.0 / k), _widest_chance(n)]
     if k == 2:
@@ -428,49 +430,36 @@ class _Lattice:
 
     def __init__(self, n: np.ndarray):
         self.n = n
-        self.draws = 0  # set for a simulation
+        self.dense = _dense(n.tolist())
         self._reachable: np.ndarray | None = None
         lcm = math.lcm(*n.tolist())
-        self.exact_ints = n.size * lcm < 2**62
+        self.exact_ints = n.size * lcm < 2**62  # always so on a split small enough to be exact
         self.scale = float(n.size * lcm)
         self.w = (
             np.array([lcm // int(n_c) for n_c in n.tolist()], dtype=np.int64) if self.exact_ints else None
         )
 
-    def cost(self, exact: bool) -> int:
-        """The size of one distribution's computation: its steps (over a dense array, whole
-        slices at once: DENSE_SPEEDUP steps for one), or draws x classes."""
-        if not exact:
-            return self.draws * self.n.size
-        n = self.n.tolist()
-        if _dense(n):  # a slice costs ~60 steps of the np.unique path, an element of it 1/25
-            slices, support = 0, 1
-            for c, n_c in enumerate(n, start=1):
-                slices += min(support, n_c + 1)
-                support = min(support * (n_c + 1), c * math.lcm(*n) + 1)
-            return 60 * slices + _exact_work(n, cap=DENSE_SPEEDUP * EXACT_STATES) // 25
-        return _exact_work(n)
-
-    def _values(self, numerators: np.ndarray) -> np.ndarray:
-        return numerators / self.scale
+    def exact_cost(self) -> int:
+        """The work of one exact distribution, in steps of the np.unique path: on the dense path
+        a slice costs ~60 of them and an element of a slice 1/25."""
+        steps, slices = _exact_cost(self.n.tolist(), cap=DENSE_SPEEDUP * EXACT_STATES)
+        return 60 * slices + steps // 25 if self.dense else steps
 
     def exact(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """B's exact distribution (sorted values, their probabilities), one class convolved at a time:
         over an array of every numerator 0..k L when that is at most DENSE_VALUES long, else
         over the values reached so far (merged by np.unique)."""
-        if _dense(self.n.tolist()):
+        if self.dense:
             return self._exact_dense(q)
-        keys, probs = np.zeros(1, dtype=np.int64 if self.exact_ints else np.float64), np.ones(1)
-        for c, (n_c, q_c) in enumerate(zip(self.n.tolist(), q.tolist(), strict=True)):
+        keys, probs = np.zeros(1, dtype=np.int64), np.ones(1)
+        for n_c, w_c, q_c in zip(self.n.tolist(), self.w.tolist(), q.tolist(), strict=True):
             x = np.arange(n_c + 1)
-            pmf = binom.pmf(x, n_c, q_c)
-            step = x * self.w[c] if self.exact_ints else np.round(x / (self.n.size * n_c), 12)
-            keys = (keys[:, None] + step[None, :]).ravel()
-            if not self.exact_ints:
-                keys = np.round(keys, 12)
+            keys = (keys[:, None] + x[None, :] * w_c).ravel()
             keys, where = np.unique(keys, return_inverse=True)
-            probs = np.bincount(where.ravel(), weights=(probs[:, None] * pmf[None, :]).ravel())
-        return (self._values(keys) if self.exact_ints else keys), probs
+            probs = np.bincount(
+                where.ravel(), weights=(probs[:, None] * binom.pmf(x, n_c, q_c)[None, :]).ravel()
+            )
+        return keys / self.scale, probs
 
     def _exact_dense(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._reachable is None:  # the numerators some answers give (whatever their probability)
@@ -491,7 +480,7 @@ class _Lattice:
         else:
             keys = np.round((counts / self.n).mean(axis=1), 12)
         keys, hits = np.unique(keys, return_counts=True)
-        return (self._values(keys) if self.exact_ints else keys), hits / draws
+        return (keys / self.scale if self.exact_ints else keys), hits / draws
 
 
 def _convolve_strided(probs: np.ndarray, pmf: np.ndarray, stride: int) -> np.ndarray:
