@@ -225,8 +225,10 @@ def _abandon_unfinished(store, config: PipelineConfig, found_by: str) -> list:
 
 
 def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
-    """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock), and
-    each model whose folder is gone DELETED (recovery.forget_missing_models).
+    """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock), each
+    model whose folder is gone DELETED (recovery.forget_missing_models), and withdraw the
+    blessing of a model such a run (SIGKILL, power) blessed but did not push, before this run's
+    Resolver picks its baseline.
 
     On a shared store (PostgreSQL) other homes may be running the same pipeline:
     only executions with output folders under this home's pipeline root are touched.
@@ -253,6 +255,7 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
             m["uri"],
             m["id"],
         )
+    withdraw_unserved_blessings(config)
 
 
 def split_cpu_for(config: PipelineConfig) -> None:
@@ -276,10 +279,6 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
     _abandon_dead_executions(config, run_id)
-    if config.metadata_target is not None or os.path.exists(config.metadata_path):
-        # A run killed (SIGKILL, power) between its Evaluator and Pusher left a blessing of a
-        # model that is not served: withdrawn before the Resolver picks this run's baseline.
-        withdraw_unserved_blessings(config)
     pipeline = create_pipeline(config, metadata.connection_config(config))
     # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
     # machines sharing ML Metadata) would share a run. Compile here and bind our own run id.
