@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 
+from imgpipe.cli.flags import whole_number
 from imgpipe.cli.output import Command, emit, stdout_to_stderr
 from imgpipe.cli.run import run_pipeline
 from imgpipe.demo import steps
@@ -30,19 +31,12 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--min-accuracy", type=float, default=0.9)
     p.add_argument(
-        "--replicas", type=_replica_count, default=None, help="split the CPU into N logical devices"
+        "--replicas",
+        type=whole_number(1, None, "a whole number >= 1"),
+        default=None,
+        help="split the CPU into N logical devices",
     )
     p.add_argument("--verbose", action="store_true")
-
-
-def _replica_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
 
 
 def _run(args: argparse.Namespace) -> int:

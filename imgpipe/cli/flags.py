@@ -10,6 +10,7 @@ Booleans get --x / --no-x; tuples are repeatable.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any, get_origin
 
 from pipeline.config import PipelineConfig, leaves
@@ -22,6 +23,22 @@ _GROUP_TITLES = {
     "beam": "beam",
     "resources": "Trainer machine on Kubeflow / Vertex AI (imgpipe compile)",
 }
+
+
+def whole_number(low: int, high: int | None, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high (no upper limit when None); else the usage
+    error "must be <what>, got '<text>'"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
 
 
 def flag_name(model: type[Settings], name: str) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from imgpipe.cli.flags import whole_number
 from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, error
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
@@ -28,16 +29,6 @@ if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` r
 # -- imgpipe serve ---------------------------------------------------------------------
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {text!r}")
-    return value
-
-
 def _add_serve(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig("", "")
     parser.add_argument(
@@ -47,7 +38,12 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-name", required=True, help="name clients put in model_spec")
     parser.add_argument("--host", default=d.host, help="bind address (default %(default)s)")
-    parser.add_argument("--port", type=_port, default=d.port, help="gRPC port 0..65535; 0 picks a free one")
+    parser.add_argument(
+        "--port",
+        type=whole_number(0, 65535, "a port number 0..65535"),
+        default=d.port,
+        help="gRPC port 0..65535; 0 picks a free one",
+    )
     parser.add_argument(
         "--poll-seconds",
         type=float,
