@@ -78,13 +78,18 @@ class FakeHome:
         reuse: dict[str, list[pb.Artifact]] | None = None,
         state: int = COMPLETE,
         size: int = 1000,
+        exec_properties: dict[str, str] | None = None,
     ) -> tuple[pb.Execution, dict[str, pb.Artifact]]:
         """One execution of `node` in `run`; outputs: key -> (artifact type, custom properties).
 
         New outputs get a folder with a `size`-byte file; `reuse` links earlier outputs (a cache hit).
+        `exec_properties` are kept as TFX keeps a component's (string custom properties).
         """
         type_id = self.store.put_execution_type(pb.ExecutionType(name=f"tfx.components.{node}"))
-        [eid] = self.store.put_executions([pb.Execution(type_id=type_id, last_known_state=state)])
+        execution = pb.Execution(type_id=type_id, last_known_state=state)
+        for name, value in (exec_properties or {}).items():
+            execution.custom_properties[name].string_value = value
+        [eid] = self.store.put_executions([execution])
         execution = self.store.get_executions_by_id([eid])[0]
         pairs, made = [], {}
         for key, arts in (inputs or {}).items():
@@ -127,6 +132,27 @@ class FakeHome:
 
     def artifact(self, artifact_id: int) -> pb.Artifact:
         return self.store.get_artifacts_by_id([artifact_id])[0]
+
+
+def cached_outputs(home: FakeHome, artifact: pb.Artifact) -> dict | None:
+    """What TFX's cache would hand a re-run of the execution that made `artifact` (the outputs
+    of its executions in the cache context, as LocalDagRunner's launcher looks them up)."""
+    import types
+
+    from tfx.orchestration.portable import cache_utils
+
+    [maker] = {
+        ev.execution_id for ev in home.store.get_events_by_artifact_ids([artifact.id]) if ev.type == ev.OUTPUT
+    }
+    type_id = home.store.put_context_type(pb.ContextType(name="execution_cache"))
+    ctx = home.store.get_context_by_type_and_name("execution_cache", f"cache-{maker}")
+    if ctx is None:
+        [ctx_id] = home.store.put_contexts([pb.Context(type_id=type_id, name=f"cache-{maker}")])
+        home.store.put_attributions_and_associations(
+            [], [pb.Association(context_id=ctx_id, execution_id=maker)]
+        )
+        [ctx] = home.store.get_contexts_by_id([ctx_id])
+    return cache_utils.get_cached_outputs(types.SimpleNamespace(store=home.store), ctx)
 
 
 def _event(kind: int, key: str) -> pb.Event:

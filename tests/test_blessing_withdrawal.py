@@ -20,7 +20,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.prepush import REPORT_FILE
 from imgpipe.orchestration import metadata
-from tests.mlmd_fixtures import COMPLETE, FakeHome
+from tests.mlmd_fixtures import COMPLETE, FakeHome, cached_outputs
 
 FAILED = metadata_store_pb2.Execution.FAILED
 
@@ -303,29 +303,6 @@ def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
     }
 
 
-def _cached_evaluator_outputs(home: FakeHome, blessing) -> dict | None:
-    """What TFX's cache would hand a re-run of the Evaluator that made `blessing` (the outputs of
-    its executions in the cache context, as its launcher looks them up)."""
-    import types
-
-    from tfx.orchestration.portable import cache_utils
-
-    [maker] = {
-        ev.execution_id for ev in home.store.get_events_by_artifact_ids([blessing.id]) if ev.type == ev.OUTPUT
-    }
-    type_id = home.store.put_context_type(metadata_store_pb2.ContextType(name="execution_cache"))
-    ctx = home.store.get_context_by_type_and_name("execution_cache", f"cache-{maker}")
-    if ctx is None:
-        [ctx_id] = home.store.put_contexts(
-            [metadata_store_pb2.Context(type_id=type_id, name=f"cache-{maker}")]
-        )
-        home.store.put_attributions_and_associations(
-            [], [metadata_store_pb2.Association(context_id=ctx_id, execution_id=maker)]
-        )
-        [ctx] = home.store.get_contexts_by_id([ctx_id])
-    return cache_utils.get_cached_outputs(types.SimpleNamespace(store=home.store), ctx)
-
-
 @pytest.mark.parametrize("how", ["refused", "push failed"])
 def test_a_withdrawn_blessing_is_not_reused_from_the_cache(tmp_path, how):
     """A re-run with the same model (a retry after a failed push or pre-push check) must judge
@@ -336,7 +313,7 @@ def test_a_withdrawn_blessing_is_not_reused_from_the_cache(tmp_path, how):
         blessing, _, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=0)
     else:
         blessing, _, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
-    assert _cached_evaluator_outputs(home, blessing) is not None
+    assert cached_outputs(home, blessing) is not None
 
     # Withdrawn while a run is in flight (Airflow, after its InfraValidator): its Pusher still
     # reads the blessing as its input, so it stays LIVE for now.
@@ -354,7 +331,7 @@ def test_a_withdrawn_blessing_is_not_reused_from_the_cache(tmp_path, how):
     after = home.artifact(blessing.id)
     assert after.state == metadata_store_pb2.Artifact.ABANDONED
     assert after.custom_properties["blessed"].int_value == 0
-    assert _cached_evaluator_outputs(home, blessing) is None
+    assert cached_outputs(home, blessing) is None
     # The verdict and the reason stay readable (run summaries, the report).
     assert after.custom_properties[metadata.EVALUATOR_BLESSED_KEY].int_value == 1
     assert metadata.WITHDRAWN_KEY in after.custom_properties

@@ -197,6 +197,80 @@ def test_a_baseline_model_deleted_by_hand_is_forgotten_and_the_previous_one_prot
     assert prune_home(home.home, keep=5).missing_models == []
 
 
+def _served_version(base: str, name: str) -> str:
+    folder = os.path.join(base, name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "saved_model.pb"), "wb") as f:
+        f.write(b"model")
+    return folder
+
+
+def test_a_push_whose_serving_version_was_deleted_is_not_taken_from_the_cache(tmp_path, caplog):
+    """A re-run with the same model takes its Pusher from TFX's cache: with the version that
+    Pusher pushed (or found identical) gone from the serving dir, the record is false and
+    nothing is served. A run's start marks such a record DELETED, so the cache misses and the
+    Pusher pushes again; records whose version is still there, records of no push, and remote
+    serving dirs are left alone."""
+    import shutil
+
+    from components.pusher import IDENTICAL_VERSION_KEY
+    from imgpipe.orchestration.local import _abandon_dead_executions
+    from tests.mlmd_fixtures import cached_outputs
+
+    home = FakeHome(str(tmp_path / "home"))
+    base = str(tmp_path / "serving" / "digits")
+
+    def push(run: str, props: dict, base_directory: str = base):
+        _, made = home.execute(
+            run,
+            "Pusher",
+            outputs={"pushed_model": ("PushedModel", props)},
+            exec_properties={
+                "push_destination": json.dumps({"filesystem": {"base_directory": base_directory}})
+            },
+        )
+        return made["pushed_model"]
+
+    pushed = push(
+        "run-1",
+        {"pushed": 1, "pushed_destination": _served_version(base, "1001"), "pushed_version": "1001"},
+    )
+    identical = push("run-2", {"pushed": 0, IDENTICAL_VERSION_KEY: "7"})  # its folder is named "007"
+    _served_version(base, "007")
+    not_blessed = push("run-3", {"pushed": 0})
+    remote = push(
+        "run-4",
+        {"pushed": 1, "pushed_destination": "gs://bucket/digits/5", "pushed_version": "5"},
+        base_directory="gs://bucket/digits",
+    )
+    records = (pushed, identical, not_blessed, remote)
+    assert recovery.forget_missing_pushes(home.store, home.root, found_by="test") == []
+    assert all(cached_outputs(home, a) is not None for a in records)
+
+    # Version 1001 deleted by hand; version 7 left half-written (no saved_model.pb: no server loads it).
+    shutil.rmtree(os.path.join(base, "1001"))
+    os.remove(os.path.join(base, "007", "saved_model.pb"))
+    dry = recovery.forget_missing_pushes(home.store, home.root, found_by="test", dry_run=True)
+    assert dry == [
+        {"id": pushed.id, "version": "1001", "folder": os.path.join(base, "1001")},
+        {"id": identical.id, "version": "7", "folder": os.path.join(base, "007")},
+    ]
+    assert all(home.artifact(a.id).state == LIVE for a in records)
+
+    with caplog.at_level("WARNING"):
+        _abandon_dead_executions(PipelineConfig(home=home.home), "run-5")
+    for a, version in ((pushed, "1001"), (identical, "7")):
+        after = home.artifact(a.id)
+        assert after.state == DELETED and cached_outputs(home, a) is None
+        assert after.custom_properties[recovery.MISSING_KEY].string_value == (
+            f"serving version {version} was gone when run run-5 started"
+        )
+    assert "serving version 1001" in caplog.text and "pushes its model again" in caplog.text
+    for a in (not_blessed, remote):
+        assert home.artifact(a.id).state == LIVE and cached_outputs(home, a) is not None
+    assert recovery.forget_missing_pushes(home.store, home.root, found_by="test") == []
+
+
 # --------------------------------------------------------------------------- summary
 def test_summary_reads_the_run_asked_for_not_the_latest(tmp_path):
     home = FakeHome(str(tmp_path / "home"))

@@ -226,7 +226,8 @@ def _abandon_unfinished(store, config: PipelineConfig, found_by: str) -> list:
 
 def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
     """Mark what a dead run of this home left RUNNING as FAILED (we hold the home's lock), each
-    model whose folder is gone DELETED (recovery.forget_missing_models), and withdraw the
+    model whose folder is gone DELETED (recovery.forget_missing_models), each record of a push
+    whose serving version is gone DELETED (recovery.forget_missing_pushes), and withdraw the
     blessing of a model such a run (SIGKILL, power) blessed but did not push, before this run's
     Resolver picks its baseline.
 
@@ -238,6 +239,7 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
     with metadata.open_store(config, readonly=False) as store:
         found = _abandon_unfinished(store, config, found_by=f"run {run_id}")
         gone = recovery.forget_missing_models(store, config.pipeline_root, found_by=f"run {run_id}")
+        unserved = recovery.forget_missing_pushes(store, config.pipeline_root, found_by=f"run {run_id}")
     for a in found:
         log.warning(
             "%s (execution %d of run %s) was left %s by a run that died: marked FAILED, "
@@ -254,6 +256,14 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
             "baseline is the latest blessed model that still exists",
             m["uri"],
             m["id"],
+        )
+    for p in unserved:
+        log.warning(
+            "serving version %s (%s) is gone: the record of its push (artifact %d) is marked DELETED, "
+            "so this run's Pusher pushes its model again instead of reporting it served from cache",
+            p["version"],
+            p["folder"],
+            p["id"],
         )
     withdraw_unserved_blessings(config)
 

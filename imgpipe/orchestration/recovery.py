@@ -34,6 +34,7 @@ from ml_metadata.proto import metadata_store_pb2
 from imgpipe.orchestration.metadata import is_airflow_run
 from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.scratch import tree_bytes
+from serving.version_names import version_number
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +167,100 @@ def forget_missing_models(store, pipeline_root: str, found_by: str, dry_run: boo
     if missing and not dry_run:
         store.put_artifacts(missing)
     return [{"id": a.id, "uri": a.uri} for a in missing]
+
+
+def _execution_property(execution, name: str) -> str | None:
+    """An execution's string property as TFX stores exec properties (typed or custom)."""
+    for props in (execution.properties, execution.custom_properties):
+        if name in props and props[name].HasField("string_value"):
+            return props[name].string_value
+    return None
+
+
+def _push_base_directory(execution) -> str | None:
+    """The serving dir's model base path a Pusher execution pushed to (its push_destination,
+    read as the Pusher reads it), or None."""
+    from google.protobuf import json_format
+    from tfx.proto import pusher_pb2
+    from tfx.utils import proto_utils
+
+    text = _execution_property(execution, "push_destination")
+    if not text:
+        return None
+    destination = pusher_pb2.PushDestination()
+    try:
+        proto_utils.json_to_proto(text, destination)
+    except json_format.ParseError:
+        return None
+    return destination.filesystem.base_directory or None
+
+
+def _version_folder(base_directory: str, version: str) -> str | None:
+    """The folder under a model base path that holds `version` ("7" may be named "007"), or None."""
+    wanted = version_number(version)
+    if wanted is None or not os.path.isdir(base_directory):
+        return None
+    for name in os.listdir(base_directory):
+        if version_number(name) == wanted:
+            return os.path.join(base_directory, name)
+    return None
+
+
+def _served(folder: str | None) -> bool:
+    """A complete version folder: a server loads a version only once its saved_model.pb is there."""
+    return bool(folder) and os.path.isfile(os.path.join(folder, "saved_model.pb"))
+
+
+def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: bool = False) -> list[dict]:
+    """Mark DELETED each LIVE PushedModel of this pipeline root whose serving version is gone
+    from the serving dir (deleted by hand, a lost disk); [{"id", "version", "folder"}] of those.
+
+    A re-run with an unchanged model takes its Pusher from TFX's cache, which hands back the
+    record of an earlier push ("version N", or "identical to version N" when that Pusher found
+    the model already served) and copies nothing. With version N's folder gone that record is
+    false and nothing is served. TFX's cache takes only outputs that are all LIVE: marked
+    DELETED, the record is passed over, the Pusher runs again and serves the model as a new
+    version (or finds it identical to a version that is still there). Remote serving dirs
+    ("gs://...") are not checked.
+    """
+    from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
+
+    pushes = [
+        a
+        for a in store.get_artifacts_by_type("PushedModel")
+        if a.state == metadata_store_pb2.Artifact.LIVE and under(a.uri, pipeline_root)
+    ]
+    identical = [a for a in pushes if IDENTICAL_VERSION_KEY in a.custom_properties]
+    producers: dict[int, int] = {}  # PushedModel id -> its Pusher execution
+    if identical:
+        for ev in store.get_events_by_artifact_ids([a.id for a in identical]):
+            if ev.type == metadata_store_pb2.Event.OUTPUT:
+                producers[ev.artifact_id] = ev.execution_id
+    executions = {}
+    if producers:
+        executions = {e.id: e for e in store.get_executions_by_id(sorted(set(producers.values())))}
+    missing = []
+    for a in pushes:
+        props = a.custom_properties
+        if "pushed" in props and props["pushed"].int_value == 1 and "pushed_destination" in props:
+            folder = props["pushed_destination"].string_value
+            version = props["pushed_version"].string_value if "pushed_version" in props else ""
+        elif producers.get(a.id) in executions:  # found the model already served
+            version = props[IDENTICAL_VERSION_KEY].string_value
+            base = _push_base_directory(executions[producers[a.id]])
+            if not base or "://" in base:
+                continue
+            folder = _version_folder(base, version) or os.path.join(base, version)
+        else:
+            continue  # not blessed: no version it stands for
+        if not folder or "://" in folder or _served(folder):
+            continue
+        missing.append((a, version or os.path.basename(folder.rstrip("/")), folder))
+    for a, version, _ in missing:
+        a.state = metadata_store_pb2.Artifact.DELETED
+        a.custom_properties[
+            MISSING_KEY
+        ].string_value = f"serving version {version} was gone when {found_by} started"
+    if missing and not dry_run:
+        store.put_artifacts([a for a, _, _ in missing])
+    return [{"id": a.id, "version": v, "folder": f} for a, v, f in missing]

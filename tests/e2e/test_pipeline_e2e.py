@@ -13,7 +13,8 @@ stops it before training, and with allow_anomalies a deliberately bad model runs
 through and is not blessed, with the reasons. Then the faults of RELIABILITY.md, with real `imgpipe` processes on
 the first pipeline's home: a run killed with SIGKILL mid-Trainer, runs started
 while another holds the home, stdout parsed as JSON, and a prune after which the
-next run is still cached and gated against the same baseline. Last, a model with
+next run is still cached and gated against the same baseline, and a served version
+deleted by hand, which the next run pushes again. Last, a model with
 a broken serving signature that pre-push validation must stop.
 """
 
@@ -882,6 +883,30 @@ def test_prune_keeps_what_the_next_run_needs(base_config, first_run):
     assert all(s.executions[n] == "CACHED" for n in COMPONENT_IDS if n != "latest_blessed_model_resolver"), s
     assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
     assert s.blessed is True and s.pushed is None
+
+
+def test_a_served_version_deleted_by_hand_is_pushed_again(base_config, first_run):
+    """A re-run with nothing changed takes the Pusher from cache; with the version it reports
+    deleted from the serving dir that report would be false and nothing served. The run's
+    start finds the version gone: the Pusher runs again and serves the same model anew."""
+    model_dir = base_config.resolved().model_serving_dir
+    cached = run_local(base_config)
+    if cached.executions["Pusher"] != "CACHED":  # run alone: the first re-run judges the model anew
+        cached = run_local(base_config)
+    assert cached.executions["Pusher"] == "CACHED" and cached.pushed is None, cached
+    version = max(_versions(model_dir), key=int)
+    assert cached.push_skipped.endswith(f"version {version}"), cached.push_skipped
+    shutil.rmtree(os.path.join(model_dir, version))
+
+    s = run_local(base_config)
+    assert s.executions["Trainer"] == "CACHED" and s.executions["Pusher"] == "COMPLETE", s.executions
+    assert s.blessed is True and s.push_skipped is None and s.pushed, s
+    new = os.path.basename(s.pushed.rstrip("/"))
+    assert version not in _versions(model_dir) and int(new) > int(version)
+    assert "saved_model.pb" in _versions(model_dir)[new]
+    again = run_local(base_config)  # the new push is the record the cache hands back now
+    assert again.executions["Pusher"] == "CACHED" and again.pushed is None, again
+    assert again.push_skipped == f"cached: version {new} was pushed by an earlier run", again.push_skipped
 
 
 def test_prepush_validation_stops_a_model_whose_signature_is_broken(base_config, first_run, monkeypatch):
