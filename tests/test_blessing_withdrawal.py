@@ -154,17 +154,25 @@ def test_only_this_homes_blessings_are_judged(tmp_path):
 
 
 def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
-    """TFX's Airflow launcher: `run` context PIPELINE.RUN_ID, `component_run` contexts, no `node`."""
+    """TFX's Airflow launcher: `run` context PIPELINE.RUN_ID, `component_run` contexts, no `node`.
+
+    Its cache (the legacy `Metadata.get_cached_outputs`, asked as its driver asks it) ignores
+    the outputs' state: a withdrawn blessing and the record of a push whose version was deleted
+    from the serving dir must still not be handed to the next run."""
     from tfx.orchestration import data_types
     from tfx.orchestration import metadata as tfx_metadata
     from tfx.types import standard_artifacts
+
+    from imgpipe.orchestration import recovery
 
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = str(tmp_path / "metadata.sqlite")
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
     root = tmp_path / "root"
+    base = tmp_path / "serving" / "digits"
+    push_destination = {"push_destination": json.dumps({"filesystem": {"base_directory": str(base)}})}
 
-    def execute(m, run_id, component_id, inputs, outputs):
+    def infos(run_id, component_id):
         pipeline_info = data_types.PipelineInfo(
             pipeline_name="imgpipe", pipeline_root=str(root), run_id=run_id
         )
@@ -173,14 +181,26 @@ def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
             component_id=component_id,
             pipeline_info=pipeline_info,
         )
+        return pipeline_info, component_info
+
+    def execute(m, run_id, component_id, inputs, outputs, exec_properties=None):
+        pipeline_info, component_info = infos(run_id, component_id)
         contexts = m.register_pipeline_contexts_if_not_exists(pipeline_info)
-        m.register_execution(pipeline_info, component_info, contexts, {}, inputs)
+        m.register_execution(pipeline_info, component_info, contexts, exec_properties or {}, inputs)
         for key, [artifact] in outputs.items():
             artifact.uri = str(root / component_id / key / run_id)
             os.makedirs(artifact.uri, exist_ok=True)
-        m.publish_execution(component_info, outputs, {})
+        m.publish_execution(component_info, outputs, exec_properties or {})
 
-    runs = {}
+    def cached(m, component_id, inputs, exec_properties=None):
+        """What the next run's driver would take from the cache (it registers its execution first)."""
+        asked.append(component_id)
+        pipeline_info, component_info = infos(f"manual__2026-12-03-{len(asked)}", component_id)
+        contexts = m.register_pipeline_contexts_if_not_exists(pipeline_info)
+        m.register_execution(pipeline_info, component_info, contexts, exec_properties or {}, inputs)
+        return m.get_cached_outputs(inputs, exec_properties or {}, pipeline_info, component_info)
+
+    runs, asked = {}, []
     with tfx_metadata.Metadata(config) as m:
         for run_id, prepush_blessed in (("manual__2026-12-01", 1), ("manual__2026-12-02", 0)):
             model, blessing, infra = (
@@ -203,24 +223,40 @@ def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
             _report(infra.uri, bool(prepush_blessed), REASON if not prepush_blessed else "validated")
             pushed = standard_artifacts.PushedModel()
             pushed.set_int_custom_property("pushed", prepush_blessed)
-            execute(
-                m,
-                run_id,
-                "Pusher",
-                {"model": [model], "model_blessing": [blessing], "infra_blessing": [infra]},
-                {"pushed_model": [pushed]},
-            )
-            runs[run_id] = blessing.id
+            if prepush_blessed:
+                folder = base / "1001"
+                folder.mkdir(parents=True)
+                (folder / "saved_model.pb").write_bytes(b"model")
+                pushed.set_string_custom_property("pushed_destination", str(folder))
+                pushed.set_string_custom_property("pushed_version", "1001")
+            pusher_inputs = {"model": [model], "model_blessing": [blessing], "infra_blessing": [infra]}
+            execute(m, run_id, "Pusher", pusher_inputs, {"pushed_model": [pushed]}, push_destination)
+            runs[run_id] = {"model": model, "blessing": blessing.id, "pusher_inputs": pusher_inputs}
         store = m.store
         kinds = {t.name for t in store.get_context_types()}
         assert {"run", "component_run"} <= kinds and "pipeline_run" not in kinds and "node" not in kinds
+        first, second = runs["manual__2026-12-01"], runs["manual__2026-12-02"]
+        for run in (first, second):
+            assert cached(m, "Evaluator", {"model": [run["model"]]}) is not None
+        assert cached(m, "Pusher", first["pusher_inputs"], push_destination) is not None
 
         [(blessing_id, reason)] = metadata.withdraw_unserved_blessings(store, str(root))
 
-        assert blessing_id == runs["manual__2026-12-02"]
+        assert blessing_id == second["blessing"]
         assert reason == f"pre-push validation failed in run manual__2026-12-02: {REASON}"
-        assert _blessed(store, runs["manual__2026-12-02"]) == 0
-        assert _blessed(store, runs["manual__2026-12-01"]) == 1
+        assert _blessed(store, second["blessing"]) == 0
+        assert _blessed(store, first["blessing"]) == 1
+        # The retry judges the refused model again; the blessed one is still taken from the cache.
+        assert cached(m, "Evaluator", {"model": [second["model"]]}) is None
+        assert cached(m, "Evaluator", {"model": [first["model"]]}) is not None
+
+        # Version 1001 deleted by hand: the next run's Pusher pushes again.
+        (base / "1001" / "saved_model.pb").unlink()
+        (base / "1001").rmdir()
+        [gone] = recovery.forget_missing_pushes(store, str(root), found_by="Airflow run manual__2026-12-03")
+        assert gone["version"] == "1001"
+        assert cached(m, "Pusher", first["pusher_inputs"], push_destination) is None
+        assert cached(m, "Evaluator", {"model": [first["model"]]}) is not None
 
 
 @pytest.mark.parametrize("report", [None, "{not json"])

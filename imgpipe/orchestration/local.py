@@ -257,14 +257,7 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
             m["uri"],
             m["id"],
         )
-    for p in unserved:
-        log.warning(
-            "serving version %s (%s) is gone: the record of its push (artifact %d) is marked DELETED, "
-            "so this run's Pusher pushes its model again instead of reporting it served from cache",
-            p["version"],
-            p["folder"],
-            p["id"],
-        )
+    recovery.log_missing_pushes(unserved)
     withdraw_unserved_blessings(config)
 
 

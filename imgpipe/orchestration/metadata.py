@@ -243,6 +243,38 @@ WITHDRAWN_KEY = "blessing_withdrawn"
 SERVED_UNRECORDED_KEY = "served_without_push_record"
 
 
+# On the execution that made an output imgpipe took back (a withdrawn blessing, the record of a
+# push whose version is gone): why. See `retire_from_cache`.
+RETIRED_OUTPUTS_KEY = "outputs_retired"
+
+
+def retire_from_cache(store, artifacts: list[metadata_store_pb2.Artifact], state: int, reason: str) -> None:
+    """Put `artifacts` in `state` (ABANDONED, DELETED) and keep every TFX cache from handing them
+    to a later run. LocalDagRunner's cache takes only outputs that are all LIVE. TFX's Airflow
+    launcher's (the legacy `Metadata.get_cached_outputs`) ignores the outputs' state: it takes the
+    latest COMPLETE execution equal, properties and all, to the one it would record. So the
+    executions that made them are marked too (`outputs_retired`): no longer equal, they are not
+    taken. A run that misses the cache executes the component again.
+    """
+    if not artifacts:
+        return
+    for a in artifacts:
+        a.state = state
+    store.put_artifacts(artifacts)
+    makers = sorted(
+        {
+            ev.execution_id
+            for ev in store.get_events_by_artifact_ids([a.id for a in artifacts])
+            if ev.type == metadata_store_pb2.Event.OUTPUT
+        }
+    )
+    executions = list(store.get_executions_by_id(makers)) if makers else []
+    for e in executions:
+        e.custom_properties[RETIRED_OUTPUTS_KEY].string_value = reason
+    if executions:
+        store.put_executions(executions)
+
+
 def blessing(store, evaluator_execution) -> bool | None:
     """The Evaluator's verdict on the run's model (as it gave it, even when withdrawn since)."""
     arts = output_artifacts(store, evaluator_execution, "blessing")
@@ -273,14 +305,14 @@ def withdraw_unserved_blessings(
       model is served. Such a blessing is kept, with the version in `served_without_push_record`.
     A withdrawn blessing keeps the Evaluator's verdict in `evaluator_blessed` and the reason
     in `blessing_withdrawn`. With `runs_finished` it is also no longer LIVE (ABANDONED, as is
-    any blessing withdrawn while a run was in flight): TFX's cache takes only outputs that are
-    all LIVE, so a re-run with the same model evaluates it again, and the new blessing is
-    pushed (a retry after a failed push or pre-push check works), instead of taking the
-    withdrawn one from the cache and pushing nothing. Only blessings under `pipeline_root` are judged (a shared
-    PostgreSQL store may hold other homes' runs, live ones included). Reads no run context,
-    so it works on any orchestrator's store (LocalDagRunner's `pipeline_run` contexts, TFX's
-    Airflow launcher's `run` contexts). Idempotent; a constant number of queries plus one
-    per blessing withdrawn. Returns [(ModelBlessing id, reason)] of those withdrawn now.
+    any blessing withdrawn while a run was in flight) and out of TFX's caches
+    (`retire_from_cache`, LocalDagRunner's and Airflow's), so a re-run with the same model
+    evaluates it again, and the new blessing is pushed (a retry after a failed push or
+    pre-push check works), instead of taking the withdrawn one from the cache and pushing
+    nothing. Only blessings under `pipeline_root` are judged (a shared PostgreSQL store may
+    hold other homes' runs, live ones included). Reads no run context, so it works on any
+    orchestrator's store (LocalDagRunner's `pipeline_run` contexts, TFX's Airflow launcher's
+    `run` contexts). Idempotent; a constant number of queries plus a few per blessing withdrawn. Returns [(ModelBlessing id, reason)] of those withdrawn now.
     """
     live = [
         a
@@ -291,9 +323,12 @@ def withdraw_unserved_blessings(
         # Withdrawn while a run was between its Evaluator and Pusher (that Pusher read it LIVE).
         retire = [a for a in live if WITHDRAWN_KEY in a.custom_properties]
         for a in retire:
-            a.state = metadata_store_pb2.Artifact.ABANDONED
-        if retire:
-            store.put_artifacts(retire)
+            retire_from_cache(
+                store,
+                [a],
+                metadata_store_pb2.Artifact.ABANDONED,
+                a.custom_properties[WITHDRAWN_KEY].string_value,
+            )
     blessed = {a.id: a for a in live if _int_prop(a, "blessed") == 1}
     if not blessed:
         return []
@@ -361,8 +396,9 @@ def withdraw_unserved_blessings(
         blessing.custom_properties["blessed"].int_value = 0
         blessing.custom_properties[WITHDRAWN_KEY].string_value = reason
         if runs_finished:  # no run in flight reads it: out of TFX's cache (see above)
-            blessing.state = metadata_store_pb2.Artifact.ABANDONED
-        store.put_artifacts([blessing])
+            retire_from_cache(store, [blessing], metadata_store_pb2.Artifact.ABANDONED, reason)
+        else:
+            store.put_artifacts([blessing])
         withdrawn.append((blessing_id, reason))
     return withdrawn
 

@@ -31,7 +31,7 @@ import shutil
 
 from ml_metadata.proto import metadata_store_pb2
 
-from imgpipe.orchestration.metadata import is_airflow_run
+from imgpipe.orchestration.metadata import is_airflow_run, retire_from_cache
 from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.scratch import tree_bytes
 from serving.version_names import version_number
@@ -218,8 +218,8 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
     A re-run with an unchanged model takes its Pusher from TFX's cache, which hands back the
     record of an earlier push ("version N", or "identical to version N" when that Pusher found
     the model already served) and copies nothing. With version N's folder gone that record is
-    false and nothing is served. TFX's cache takes only outputs that are all LIVE: marked
-    DELETED, the record is passed over, the Pusher runs again and serves the model as a new
+    false and nothing is served. Marked DELETED and retired from TFX's caches
+    (metadata.retire_from_cache: LocalDagRunner's and Airflow's), the record is passed over, the Pusher runs again and serves the model as a new
     version (or finds it identical to a version that is still there). Remote serving dirs
     ("gs://...") are not checked.
     """
@@ -257,10 +257,20 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
             continue
         missing.append((a, version or os.path.basename(folder.rstrip("/")), folder))
     for a, version, _ in missing:
-        a.state = metadata_store_pb2.Artifact.DELETED
-        a.custom_properties[
-            MISSING_KEY
-        ].string_value = f"serving version {version} was gone when {found_by} started"
-    if missing and not dry_run:
-        store.put_artifacts([a for a, _, _ in missing])
+        why = f"serving version {version} was gone when {found_by} started"
+        a.custom_properties[MISSING_KEY].string_value = why
+        if not dry_run:
+            retire_from_cache(store, [a], metadata_store_pb2.Artifact.DELETED, why)
     return [{"id": a.id, "version": v, "folder": f} for a, v, f in missing]
+
+
+def log_missing_pushes(found: list[dict]) -> None:
+    """One warning per record of a push `forget_missing_pushes` found without its version."""
+    for p in found:
+        log.warning(
+            "serving version %s (%s) is gone: the record of its push (artifact %d) is marked DELETED, "
+            "so this run's Pusher pushes its model again instead of reporting it served from cache",
+            p["version"],
+            p["folder"],
+            p["id"],
+        )
