@@ -271,13 +271,14 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
     if task_id == RESOLVER_ID:
         # The baseline is picked next: never a model that is not served. The DAG's earlier
         # runs have ended (one active run at a time), so a blessing no Pusher completed is unserved.
-        # A record of a push whose version was deleted from the serving dir is not taken from
-        # the cache by this run's Pusher either (as at the start of `imgpipe run`).
+        # As at the start of `imgpipe run`: a model whose folder was deleted is no baseline, and a
+        # record of a push whose version was deleted from the serving dir is not taken from the
+        # cache by this run's Pusher.
+        found_by = f"Airflow run {context.get('run_id', '?')}"
         with metadata.open_store(cfg, readonly=False) as store:
-            unserved = recovery.forget_missing_pushes(
-                store, cfg.pipeline_root, found_by=f"Airflow run {context.get('run_id', '?')}"
-            )
-        recovery.log_missing_pushes(unserved)
+            gone = recovery.forget_missing_models(store, cfg.pipeline_root, found_by=found_by)
+            unserved = recovery.forget_missing_pushes(store, cfg.pipeline_root, found_by=found_by)
+        recovery.log_missing(gone, unserved)
         withdraw_unserved_blessings(cfg, runs_finished=True)
     # Beam on this worker imports the installed TFX: no sdist of it per component (as `imgpipe run`).
     with scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner):

@@ -250,14 +250,7 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
             a.state,
             len(a.removed),
         )
-    for m in gone:
-        log.warning(
-            "model %s (artifact %d) is gone from disk: marked DELETED in ML Metadata, so the gate's "
-            "baseline is the latest blessed model that still exists",
-            m["uri"],
-            m["id"],
-        )
-    recovery.log_missing_pushes(unserved)
+    recovery.log_missing(gone, unserved)
     withdraw_unserved_blessings(config)
 
 

@@ -264,9 +264,17 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
     return [{"id": a.id, "version": v, "folder": f} for a, v, f in missing]
 
 
-def log_missing_pushes(found: list[dict]) -> None:
-    """One warning per record of a push `forget_missing_pushes` found without its version."""
-    for p in found:
+def log_missing(models: list[dict], pushes: list[dict]) -> None:
+    """One warning per model `forget_missing_models` found gone and per record of a push
+    `forget_missing_pushes` found without its version."""
+    for m in models:
+        log.warning(
+            "model %s (artifact %d) is gone from disk: marked DELETED in ML Metadata, so the gate's "
+            "baseline is the latest blessed model that still exists",
+            m["uri"],
+            m["id"],
+        )
+    for p in pushes:
         log.warning(
             "serving version %s (%s) is gone: the record of its push (artifact %d) is marked DELETED, "
             "so this run's Pusher pushes its model again instead of reporting it served from cache",
