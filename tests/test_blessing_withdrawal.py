@@ -163,6 +163,7 @@ def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
     from tfx.orchestration import metadata as tfx_metadata
     from tfx.types import standard_artifacts
 
+    from components.pusher import IDENTICAL_VERSION_KEY
     from imgpipe.orchestration import recovery
 
     config = metadata_store_pb2.ConnectionConfig()
@@ -231,7 +232,12 @@ def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
                 pushed.set_string_custom_property("pushed_version", "1001")
             pusher_inputs = {"model": [model], "model_blessing": [blessing], "infra_blessing": [infra]}
             execute(m, run_id, "Pusher", pusher_inputs, {"pushed_model": [pushed]}, push_destination)
-            runs[run_id] = {"model": model, "blessing": blessing.id, "pusher_inputs": pusher_inputs}
+            runs[run_id] = {
+                "model": model,
+                "blessing": blessing.id,
+                "pusher_inputs": pusher_inputs,
+                "pushed": pushed.id,
+            }
         store = m.store
         kinds = {t.name for t in store.get_context_types()}
         assert {"run", "component_run"} <= kinds and "pipeline_run" not in kinds and "node" not in kinds
@@ -250,11 +256,33 @@ def test_airflow_layout_written_by_tfx_legacy_metadata(tmp_path):
         assert cached(m, "Evaluator", {"model": [second["model"]]}) is None
         assert cached(m, "Evaluator", {"model": [first["model"]]}) is not None
 
+        # A re-run's Pusher found the model already served as version 1001 (its folder spelled
+        # "01001" and "1001" here): a record that names only the version. The launcher keeps
+        # push_destination as a typed execution property, where the base path is read from.
+        identical = standard_artifacts.PushedModel()
+        identical.set_int_custom_property("pushed", 0)
+        identical.set_string_custom_property(IDENTICAL_VERSION_KEY, "1001")
+        (base / "01001").mkdir()  # half-written: no saved_model.pb, so not what is served
+        execute(
+            m,
+            "manual__2026-12-01b",
+            "Pusher",
+            first["pusher_inputs"],
+            {"pushed_model": [identical]},
+            push_destination,
+        )
+        [pusher] = [
+            e for e in store.get_executions() if e.properties["run_id"].string_value == "manual__2026-12-01b"
+        ]
+        assert "push_destination" in pusher.properties and "push_destination" not in pusher.custom_properties
+        assert recovery.forget_missing_pushes(store, str(root), found_by="test") == []
+        assert cached(m, "Pusher", first["pusher_inputs"], push_destination) is not None
+
         # Version 1001 deleted by hand: the next run's Pusher pushes again.
         (base / "1001" / "saved_model.pb").unlink()
         (base / "1001").rmdir()
-        [gone] = recovery.forget_missing_pushes(store, str(root), found_by="Airflow run manual__2026-12-03")
-        assert gone["version"] == "1001"
+        gone = recovery.forget_missing_pushes(store, str(root), found_by="Airflow run manual__2026-12-03")
+        assert [(g["id"], g["version"]) for g in gone] == [(first["pushed"], "1001"), (identical.id, "1001")]
         assert cached(m, "Pusher", first["pusher_inputs"], push_destination) is None
         assert cached(m, "Evaluator", {"model": [first["model"]]}) is not None
 
@@ -372,3 +400,33 @@ def test_a_withdrawn_blessing_is_not_reused_from_the_cache(tmp_path, how):
     assert after.custom_properties[metadata.EVALUATOR_BLESSED_KEY].int_value == 1
     assert metadata.WITHDRAWN_KEY in after.custom_properties
     assert metadata.withdraw_unserved_blessings(home.store, home.root) == []
+
+
+def test_blessings_withdrawn_before_the_evaluator_was_marked_are_marked_now(tmp_path):
+    """A home whose blessings an earlier imgpipe withdrew (ABANDONED, its Evaluator execution
+    not marked `outputs_retired`): TFX's Airflow cache would still hand them back, so the next
+    pass marks those executions; once marked, none is written again."""
+    home = FakeHome(str(tmp_path / "home"))
+    blessing, _, _ = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=0)
+    metadata.withdraw_unserved_blessings(home.store, home.root)
+    [maker] = {
+        ev.execution_id for ev in home.store.get_events_by_artifact_ids([blessing.id]) if ev.type == ev.OUTPUT
+    }
+
+    def marked() -> str | None:
+        [e] = home.store.get_executions_by_id([maker])
+        key = metadata.RETIRED_OUTPUTS_KEY
+        return e.custom_properties[key].string_value if key in e.custom_properties else None
+
+    assert marked() == f"pre-push validation failed in run run-1: {REASON}"
+    [e] = home.store.get_executions_by_id([maker])
+    del e.custom_properties[metadata.RETIRED_OUTPUTS_KEY]  # as the earlier imgpipe left it
+    home.store.put_executions([e])
+    assert marked() is None and home.artifact(blessing.id).state == metadata_store_pb2.Artifact.ABANDONED
+
+    assert metadata.withdraw_unserved_blessings(home.store, home.root) == []
+    assert marked() == "blessing withdrawn"
+    [before] = home.store.get_executions_by_id([maker])
+    metadata.withdraw_unserved_blessings(home.store, home.root)
+    [after] = home.store.get_executions_by_id([maker])
+    assert after.last_update_time_since_epoch == before.last_update_time_since_epoch

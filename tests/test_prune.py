@@ -235,15 +235,30 @@ def test_a_push_whose_serving_version_was_deleted_is_not_taken_from_the_cache(tm
         "run-1",
         {"pushed": 1, "pushed_destination": _served_version(base, "1001"), "pushed_version": "1001"},
     )
-    identical = push("run-2", {"pushed": 0, IDENTICAL_VERSION_KEY: "7"})  # its folder is named "007"
+    # Version 7 is served from a folder named "007"; a half-written "7" beside it is not it.
+    identical = push("run-2", {"pushed": 0, IDENTICAL_VERSION_KEY: "7"})
     _served_version(base, "007")
+    os.makedirs(os.path.join(base, "7"))
     not_blessed = push("run-3", {"pushed": 0})
     remote = push(
         "run-4",
         {"pushed": 1, "pushed_destination": "gs://bucket/digits/5", "pushed_version": "5"},
         base_directory="gs://bucket/digits",
     )
-    records = (pushed, identical, not_blessed, remote)
+    # Another home's pipeline in the same (shared) store: its version is gone, but not ours to judge.
+    other = FakeHome(home.home, pipeline="other")
+    _, made = other.execute(
+        "other-run-1",
+        "Pusher",
+        outputs={
+            "pushed_model": (
+                "PushedModel",
+                {"pushed": 1, "pushed_destination": os.path.join(base, "999"), "pushed_version": "999"},
+            )
+        },
+    )
+    theirs = made["pushed_model"]
+    records = (pushed, identical, not_blessed, remote, theirs)
     assert recovery.forget_missing_pushes(home.store, home.root, found_by="test") == []
     assert all(cached_outputs(home, a) is not None for a in records)
 
@@ -252,8 +267,8 @@ def test_a_push_whose_serving_version_was_deleted_is_not_taken_from_the_cache(tm
     os.remove(os.path.join(base, "007", "saved_model.pb"))
     dry = recovery.forget_missing_pushes(home.store, home.root, found_by="test", dry_run=True)
     assert dry == [
-        {"id": pushed.id, "version": "1001", "folder": os.path.join(base, "1001")},
-        {"id": identical.id, "version": "7", "folder": os.path.join(base, "007")},
+        {"id": pushed.id, "version": "1001", "folder": os.path.join(base, "1001"), "model_dir_gone": False},
+        {"id": identical.id, "version": "7", "folder": os.path.join(base, "7"), "model_dir_gone": False},
     ]
     assert all(home.artifact(a.id).state == LIVE for a in records)
 
@@ -266,7 +281,7 @@ def test_a_push_whose_serving_version_was_deleted_is_not_taken_from_the_cache(tm
             f"serving version {version} was gone when run run-5 started"
         )
     assert "serving version 1001" in caplog.text and "pushes its model again" in caplog.text
-    for a in (not_blessed, remote):
+    for a in (not_blessed, remote, theirs):
         assert home.artifact(a.id).state == LIVE and cached_outputs(home, a) is not None
     assert recovery.forget_missing_pushes(home.store, home.root, found_by="test") == []
 

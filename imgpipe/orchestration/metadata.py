@@ -261,14 +261,23 @@ def retire_from_cache(store, artifacts: list[metadata_store_pb2.Artifact], state
     for a in artifacts:
         a.state = state
     store.put_artifacts(artifacts)
+    _mark_makers(store, [a.id for a in artifacts], reason)
+
+
+def _mark_makers(store, artifact_ids: list[int], reason: str) -> None:
+    """Mark the executions that output `artifact_ids` `outputs_retired` (those not marked yet)."""
     makers = sorted(
         {
             ev.execution_id
-            for ev in store.get_events_by_artifact_ids([a.id for a in artifacts])
+            for ev in (store.get_events_by_artifact_ids(artifact_ids) if artifact_ids else [])
             if ev.type == metadata_store_pb2.Event.OUTPUT
         }
     )
-    executions = list(store.get_executions_by_id(makers)) if makers else []
+    executions = [
+        e
+        for e in (store.get_executions_by_id(makers) if makers else [])
+        if RETIRED_OUTPUTS_KEY not in e.custom_properties
+    ]
     for e in executions:
         e.custom_properties[RETIRED_OUTPUTS_KEY].string_value = reason
     if executions:
@@ -314,11 +323,19 @@ def withdraw_unserved_blessings(
     orchestrator's store (LocalDagRunner's `pipeline_run` contexts, TFX's Airflow launcher's
     `run` contexts). Idempotent; a constant number of queries plus a few per blessing withdrawn. Returns [(ModelBlessing id, reason)] of those withdrawn now.
     """
-    live = [
-        a
-        for a in store.get_artifacts_by_type("ModelBlessing")
-        if a.state == metadata_store_pb2.Artifact.LIVE and under(a.uri, pipeline_root)
-    ]
+    ours = [a for a in store.get_artifacts_by_type("ModelBlessing") if under(a.uri, pipeline_root)]
+    live = [a for a in ours if a.state == metadata_store_pb2.Artifact.LIVE]
+    # Withdrawn and ABANDONED by an imgpipe that did not yet mark the Evaluator execution too:
+    # TFX's Airflow cache would still hand the blessing back (retire_from_cache).
+    _mark_makers(
+        store,
+        [
+            a.id
+            for a in ours
+            if a.state == metadata_store_pb2.Artifact.ABANDONED and WITHDRAWN_KEY in a.custom_properties
+        ],
+        "blessing withdrawn",
+    )
     if runs_finished:
         # Withdrawn while a run was between its Evaluator and Pusher (that Pusher read it LIVE).
         retire = [a for a in live if WITHDRAWN_KEY in a.custom_properties]

@@ -195,32 +195,37 @@ def _push_base_directory(execution) -> str | None:
     return destination.filesystem.base_directory or None
 
 
-def _version_folder(base_directory: str, version: str) -> str | None:
-    """The folder under a model base path that holds `version` ("7" may be named "007"), or None."""
+def _version_folders(base_directory: str, version: str) -> list[str]:
+    """Every folder under a model base path that is `version` ("7" and "007" are both version 7)."""
     wanted = version_number(version)
     if wanted is None or not os.path.isdir(base_directory):
-        return None
-    for name in os.listdir(base_directory):
-        if version_number(name) == wanted:
-            return os.path.join(base_directory, name)
-    return None
+        return []
+    return [
+        os.path.join(base_directory, n)
+        for n in sorted(os.listdir(base_directory))
+        if version_number(n) == wanted
+    ]
 
 
-def _served(folder: str | None) -> bool:
+def _served(folder: str) -> bool:
     """A complete version folder: a server loads a version only once its saved_model.pb is there."""
-    return bool(folder) and os.path.isfile(os.path.join(folder, "saved_model.pb"))
+    return os.path.isfile(os.path.join(folder, "saved_model.pb"))
 
 
 def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: bool = False) -> list[dict]:
     """Mark DELETED each LIVE PushedModel of this pipeline root whose serving version is gone
-    from the serving dir (deleted by hand, a lost disk); [{"id", "version", "folder"}] of those.
+    from the serving dir (deleted by hand, a lost disk); [{"id", "version", "folder",
+    "model_dir_gone"}] of those.
 
     A re-run with an unchanged model takes its Pusher from TFX's cache, which hands back the
     record of an earlier push ("version N", or "identical to version N" when that Pusher found
-    the model already served) and copies nothing. With version N's folder gone that record is
-    false and nothing is served. Marked DELETED and retired from TFX's caches
-    (metadata.retire_from_cache: LocalDagRunner's and Airflow's), the record is passed over, the Pusher runs again and serves the model as a new
-    version (or finds it identical to a version that is still there). Remote serving dirs
+    the model already served) and copies nothing. TFX's caches check that an output's own
+    folder still exists (the record's does), not the version it stands for: with version N's
+    folder gone the record is false and nothing is served. Marked DELETED and retired from
+    TFX's caches (metadata.retire_from_cache: LocalDagRunner's and Airflow's), the record is
+    passed over, the Pusher runs again and serves the model as a new version (or finds it
+    identical to a version that is still there). So deleting a version folder does not retire
+    a model: the next run with nothing changed serves it again. Remote serving dirs
     ("gs://...") are not checked.
     """
     from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
@@ -243,25 +248,28 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
     for a in pushes:
         props = a.custom_properties
         if "pushed" in props and props["pushed"].int_value == 1 and "pushed_destination" in props:
-            folder = props["pushed_destination"].string_value
+            folder = props["pushed_destination"].string_value.rstrip("/")
+            base = os.path.dirname(folder)
             version = props["pushed_version"].string_value if "pushed_version" in props else ""
+            version = version or os.path.basename(folder)
         elif producers.get(a.id) in executions:  # found the model already served
             version = props[IDENTICAL_VERSION_KEY].string_value
-            base = _push_base_directory(executions[producers[a.id]])
-            if not base or "://" in base:
-                continue
-            folder = _version_folder(base, version) or os.path.join(base, version)
+            base = _push_base_directory(executions[producers[a.id]]) or ""
+            folder = os.path.join(base, version) if base else ""
         else:
             continue  # not blessed: no version it stands for
-        if not folder or "://" in folder or _served(folder):
+        if not folder or "://" in folder:
             continue
-        missing.append((a, version or os.path.basename(folder.rstrip("/")), folder))
-    for a, version, _ in missing:
+        # However the version's folder is spelled ("7", "007"), one a server loads is served.
+        if any(_served(f) for f in [folder, *_version_folders(base, version)]):
+            continue
+        missing.append((a, version, folder, not os.path.isdir(base)))
+    for a, version, _, _ in missing:
         why = f"serving version {version} was gone when {found_by} started"
         a.custom_properties[MISSING_KEY].string_value = why
         if not dry_run:
             retire_from_cache(store, [a], metadata_store_pb2.Artifact.DELETED, why)
-    return [{"id": a.id, "version": v, "folder": f} for a, v, f in missing]
+    return [{"id": a.id, "version": v, "folder": f, "model_dir_gone": g} for a, v, f, g in missing]
 
 
 def log_missing(models: list[dict], pushes: list[dict]) -> None:
@@ -273,6 +281,12 @@ def log_missing(models: list[dict], pushes: list[dict]) -> None:
             "baseline is the latest blessed model that still exists",
             m["uri"],
             m["id"],
+        )
+    for model_dir in sorted({os.path.dirname(p["folder"]) for p in pushes if p["model_dir_gone"]}):
+        log.warning(
+            "the serving dir's model folder %s is gone altogether: if it is a volume that is not "
+            "mounted, mount it; this run pushes its model there",
+            model_dir,
         )
     for p in pushes:
         log.warning(
