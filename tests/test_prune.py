@@ -280,7 +280,11 @@ def test_a_push_whose_serving_version_was_deleted_is_not_taken_from_the_cache(tm
         assert after.custom_properties[recovery.MISSING_KEY].string_value == (
             f"serving version {version} was gone when run run-5 started"
         )
-    assert "serving version 1001" in caplog.text and "pushes its model again" in caplog.text
+    assert (
+        f"serving version 1001 ({os.path.join(base, '1001')}) is gone: the record of its push "
+        f"(artifact {pushed.id}) is marked DELETED, so this run's Pusher pushes its model again"
+    ) in caplog.text
+    assert "gone altogether" not in caplog.text
     for a in (not_blessed, remote, theirs):
         assert home.artifact(a.id).state == LIVE and cached_outputs(home, a) is not None
     assert recovery.forget_missing_pushes(home.store, home.root, found_by="test") == []

@@ -273,8 +273,8 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
 
 
 def log_missing(models: list[dict], pushes: list[dict]) -> None:
-    """One warning per model `forget_missing_models` found gone and per record of a push
-    `forget_missing_pushes` found without its version."""
+    """One warning per model `forget_missing_models` found gone, per serving model folder gone
+    altogether, and per serving version `forget_missing_pushes` found gone (naming its records)."""
     for m in models:
         log.warning(
             "model %s (artifact %d) is gone from disk: marked DELETED in ML Metadata, so the gate's "
@@ -288,11 +288,19 @@ def log_missing(models: list[dict], pushes: list[dict]) -> None:
             "mounted, mount it; this run pushes its model there",
             model_dir,
         )
+    by_version: dict[tuple[str, str], list[int]] = {}
     for p in pushes:
+        by_version.setdefault((p["version"], p["folder"]), []).append(p["id"])
+    for (version, folder), ids in by_version.items():
+        records = (
+            f"the record of its push (artifact {ids[0]}) is"
+            if len(ids) == 1
+            else f"the {len(ids)} records of its push (artifacts {', '.join(map(str, ids))}) are"
+        )
         log.warning(
-            "serving version %s (%s) is gone: the record of its push (artifact %d) is marked DELETED, "
-            "so this run's Pusher pushes its model again instead of reporting it served from cache",
-            p["version"],
-            p["folder"],
-            p["id"],
+            "serving version %s (%s) is gone: %s marked DELETED, so this run's Pusher pushes its "
+            "model again instead of reporting it served from cache",
+            version,
+            folder,
+            records,
         )
