@@ -40,6 +40,7 @@ from tensorflow_serving.apis import (
 
 from serving.config import MAX_MESSAGE_MB
 from serving.errors import ServingRpcError
+from serving.request_size import CLIENT_MESSAGE_MB
 from serving.signatures import CLASSIFICATION, IMAGE_FEATURE, INPUT_KEYS, PREDICT_IMAGES, SERVING_DEFAULT
 
 MB = 1024 * 1024
@@ -115,7 +116,7 @@ class ServingClient:
         retries: int = 3,
         backoff: float = 0.1,
         max_backoff: float = 2.0,
-        max_message_mb: int = 64,
+        max_message_mb: int = CLIENT_MESSAGE_MB,
         channel: grpc.Channel | None = None,
     ):
         if timeout <= 0:

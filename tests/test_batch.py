@@ -18,7 +18,9 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import prediction_log_pb2
 
-from imgpipe.batch import BatchError, predict_batch
+from imgpipe.batch import BatchError, ServerUnusable, predict_batch
+from imgpipe.batch import job as batch_job
+from imgpipe.batch import scoring as batch_scoring
 from imgpipe.batch.inputs import NoInputs, list_images
 from imgpipe.batch.outputs import read_predictions
 from imgpipe.batch.progress import ProgressBar, render
@@ -365,7 +367,7 @@ def test_score_data_adds_bulk_inferrer_after_the_gate(tmp_path):
     assert config.validate_paths() is config
 
 
-def test_a_failed_job_leaves_the_earlier_output_and_report_and_no_scratch(folder, tmp_path):
+def test_a_failed_job_leaves_the_earlier_output_and_report_and_no_scratch(folder, tmp_path, monkeypatch):
     """The server is gone: the job fails, OUT and OUT.report.json of the run before stay as they
     were (not a new OUT beside an old report), and no Beam temp folder or partial file is left."""
     root, _, _ = folder
@@ -375,9 +377,111 @@ def test_a_failed_job_leaves_the_earlier_output_and_report_and_no_scratch(folder
     out.write_text("earlier output\n")
     report = out_dir / "scores.csv.report.json"
     report.write_text('{"scored": 3}\n')
+    # The server is checked before the job; this one goes away after that check.
+    monkeypatch.setattr(batch_job, "check_server", lambda *args: None)
     with pytest.raises(Exception, match="UNAVAILABLE|failed to connect|Connection refused"):  # noqa: B017
         predict_batch(
             str(root), str(out), target="127.0.0.1:1", model_name="digits", timeout=1, progress=False
         )
     assert out.read_text() == "earlier output\n" and report.read_text() == '{"scored": 3}\n'
     assert sorted(p.name for p in out_dir.iterdir()) == ["scores.csv", "scores.csv.report.json"]
+
+
+def test_the_server_and_model_are_checked_before_any_image_is_read(model, tmp_path):
+    """A wrong --model-name or no server: one clear error at once, not a traceback from the
+    job's scoring step after every file was read."""
+    from serving.devserver import lifecycle
+
+    images = tmp_path / "images"
+    images.mkdir()
+    os.mkfifo(images / "would-block.png")  # reading it would hang: the check must come first
+    base = tmp_path / "models" / NAME
+    shutil.copytree(model.export_dir, base / "1")
+    with lifecycle.start_in_thread(str(base), NAME) as running:
+        with pytest.raises(ServerUnusable, match=r"does it serve a model named 'nosuch' \(--model-name\)"):
+            predict_batch(str(images), str(tmp_path / "o.jsonl"), target=running.target, model_name="nosuch")
+    with pytest.raises(ServerUnusable, match="is the model server running and listening at 127.0.0.1:1"):
+        predict_batch(
+            str(images), str(tmp_path / "o.jsonl"), target="127.0.0.1:1", model_name=NAME, timeout=1
+        )
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_large_images_go_in_smaller_requests_and_one_too_large_for_any_is_skipped(
+    model, folder, tmp_path, monkeypatch
+):
+    """A batch of large photos over the gRPC message limit failed the whole job: requests are
+    cut by bytes too, and an image no request can carry is skipped with why (the limit is made
+    small here, so the test's images play the large photos)."""
+    from serving.devserver import lifecycle
+
+    root, good, _ = folder
+    sizes = sorted(len(data) for data in good.values())
+    budget = sizes[-1] - 1  # the largest image alone is over it; any two others are too
+    monkeypatch.setattr(batch_scoring, "image_budget", lambda limit_mb: budget)
+    base = tmp_path / "models" / NAME
+    shutil.copytree(model.export_dir, base / "1")
+    calls = []
+    with lifecycle.start_in_thread(str(base), NAME) as running:
+        from serving.client import ServingClient
+
+        predict = ServingClient.predict_images
+
+        def counted(self, name, images, *args, **kwargs):
+            calls.append(sum(map(len, images)))
+            return predict(self, name, images, *args, **kwargs)
+
+        monkeypatch.setattr(ServingClient, "predict_images", counted)
+        result = predict_batch(
+            str(root), str(tmp_path / "o.jsonl"), target=running.target, model_name=NAME, batch_size=32
+        )
+    [largest] = [p for p, data in good.items() if len(data) == sizes[-1]]
+    too_large = [
+        s for s in result.skipped if "larger than one request to a model server can carry" in s["reason"]
+    ]
+    assert [s["path"] for s in too_large] == [largest]
+    assert result.scored == len(good) - 1 and calls and max(calls) <= budget
+    assert len(calls) >= (sum(sizes[:-1]) + budget - 1) // budget
+
+
+def test_no_image_scored_fails_the_command_and_json_output_is_refused(model, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"not an image")
+    (images / "b.png").write_bytes(b"")
+    args = [
+        "predict-batch",
+        "--model",
+        model.export_dir,
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+    ]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["scored"] == 0 and json.loads(captured.out)["num_skipped"] == 2
+    assert "no image was scored: all 2 files were skipped" in captured.err
+    # One JSON document is not what .json names; the choice is said.
+    assert main([*args[:-1], str(tmp_path / "o.json")]) == 2
+    assert "the output is JSON Lines" in capsys.readouterr().err
+
+
+def test_a_report_path_that_is_a_directory_is_refused_before_the_output_is_replaced(model, folder, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    out.write_text("earlier\n")
+    (tmp_path / "scores.jsonl.report.json").mkdir()
+    with pytest.raises(BatchError, match="scores.jsonl.report.json is a directory"):
+        predict_batch(str(folder[0]), str(out), model_dir=model.export_dir)
+    assert out.read_text() == "earlier\n"
+
+
+def test_request_parts_keep_order_and_both_limits():
+    from serving.request_size import request_parts
+
+    items = [
+        (name, b"x" * size) for name, size in [("a", 4), ("b", 4), ("c", 11), ("d", 3), ("e", 3), ("f", 3)]
+    ]
+    parts = [([k for k, _ in part], too_large) for part, too_large in request_parts(items, 2, 10)]
+    assert parts == [(["a", "b"], False), (["c"], True), (["d", "e"], False), (["f"], False)]
+    assert [[k for k, _ in p] for p, _ in request_parts(items[3:], None, 10)] == [["d", "e", "f"]]

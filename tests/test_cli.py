@@ -123,3 +123,68 @@ def test_run_with_a_file_for_serving_dir_names_it(tmp_path, capsys):
     ]
     assert cli.main(argv) == cli.EXIT_USAGE
     assert "serving_dir: " in capsys.readouterr().err
+
+
+# A signal that arrives while Beam runs a step: Beam's runner catches the KeyboardInterrupt (or
+# Terminated) raised in the step and raises a RuntimeError naming it. The command must still
+# exit as stopped (130/143), not as failed (1). A real Beam job in a process of its own, whose
+# step sends the signal to its own process.
+STOPPED_IN_BEAM = """
+import os, signal, sys, time
+import apache_beam as beam
+import imgpipe.batch
+from imgpipe.cli import main as cli
+
+class StopHere(beam.DoFn):
+    def process(self, x):
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        time.sleep(60)
+        yield x
+
+def predict_batch(*args, **kwargs):
+    with beam.Pipeline() as p:
+        _ = p | beam.Create([1]) | beam.ParDo(StopHere())
+    raise AssertionError("the job ran to its end")
+
+imgpipe.batch.predict_batch = predict_batch
+sys.exit(cli.main(["predict-batch", "--model", "m", "--images", "i", "--out", "o.jsonl"]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("signame", "code", "said"), [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")]
+)
+def test_a_signal_caught_and_wrapped_by_beam_still_exits_as_stopped(signame, code, said, tmp_path):
+    import os
+
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", STOPPED_IN_BEAM, signame],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert f"imgpipe: error: {said}" in proc.stderr and proc.stdout == ""
+
+
+def test_a_reader_of_stdout_that_went_away_ends_the_command_quietly(monkeypatch, capsys):
+    """`imgpipe predict ... | head -1`: the rest of the output has no reader; no traceback."""
+    from imgpipe.cli import output
+
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(output.sys, "stdout", Gone())
+    monkeypatch.setattr(
+        cli, "commands", lambda: [output.Command("echo", "emits", lambda p: None, lambda a: output.emit({}))]
+    )
+    assert cli.main(["echo"]) == output.EXIT_BROKEN_PIPE
+    assert capsys.readouterr().err == ""

@@ -8,7 +8,7 @@ the output's extension (outputs.py). Files that cannot be scored are listed
 with the reason in a side report; scored + skipped = files.
 """
 
-from imgpipe.batch.job import BatchError, BatchResult, predict_batch
+from imgpipe.batch.job import BatchError, BatchResult, ServerUnusable, predict_batch
 from imgpipe.batch.outputs import OUTPUT_FORMATS
 
-__all__ = ["OUTPUT_FORMATS", "BatchError", "BatchResult", "predict_batch"]
+__all__ = ["OUTPUT_FORMATS", "BatchError", "BatchResult", "ServerUnusable", "predict_batch"]

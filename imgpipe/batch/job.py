@@ -20,7 +20,7 @@ import tempfile
 from typing import Any
 
 from imgpipe.batch.inputs import NoInputs, list_images
-from imgpipe.batch.outputs import output_format, read_predictions, write_transform
+from imgpipe.batch.outputs import PREDICT_IMAGES, output_format, read_predictions, write_transform
 from imgpipe.batch.progress import ProgressBar
 from imgpipe.batch.scoring import SKIPPED, CheckImages, ScoreWithSavedModel, ScoreWithServer
 from pipeline.beam import BeamConfig, beam_pipeline_args
@@ -35,6 +35,11 @@ REPORT_SUFFIX = ".report.json"
 
 class BatchError(ValueError):
     """Bad arguments or inputs of a batch prediction; the message names the flag or path."""
+
+
+class ServerUnusable(RuntimeError):
+    """--target cannot score: no server answers there, or it serves no such model (checked
+    before the job reads any image)."""
 
 
 @dataclasses.dataclass
@@ -100,6 +105,10 @@ def _check_out(out: str) -> None:
         raise BatchError(
             f"--out {out} is a directory: give the output file's path (.csv, .jsonl or .tfrecord)"
         )
+    if os.path.isdir(out + REPORT_SUFFIX):
+        raise BatchError(
+            f"--out {out}: its report's path {out}{REPORT_SUFFIX} is a directory; move it or choose another --out"
+        )
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise BatchError(f"--out {out}: its folder {parent} does not exist")
@@ -163,6 +172,8 @@ def predict_batch(
     else:
         name = model_name or ""
         source = {"target": target, "model_name": name}
+    if target is not None:
+        check_server(target, name, timeout)
     log.info("scoring %d files from %s with %s into %s", len(paths), images, source, out)
 
     scratch = f"{out}.inputs.jsonl"
@@ -171,6 +182,7 @@ def predict_batch(
     # every file is accounted for: a failed job leaves an earlier OUT and its report as they were.
     head, tail = os.path.split(out)
     partial = os.path.join(head, f".{tail}.partial-{os.getpid()}{os.path.splitext(tail)[1]}")
+    partial_report = os.path.join(head, f".{tail}{REPORT_SUFFIX}.partial-{os.getpid()}")
     _write_lines(scratch, [json.dumps(p) for p in paths])
     try:
         local = beam.beam_runner in LOCAL_RUNNERS
@@ -197,13 +209,16 @@ def predict_batch(
                 f"{len(paths)} files, but {scored} scored + {len(skipped)} skipped: "
                 f"{len(paths) - scored - len(skipped)} unaccounted for (a runner lost or duplicated work)"
             )
+        result = BatchResult(len(paths), scored, skipped, out, f"{out}{REPORT_SUFFIX}", fmt, source)
+        # The report beside OUT first, then both renamed: a report that cannot be written
+        # leaves the earlier OUT and report as they were.
+        _write_lines(partial_report, [json.dumps(result.to_dict(), indent=2, ensure_ascii=False)])
         _rename(partial, out)
+        _rename(partial_report, result.report)
     finally:
-        for path in (scratch, skipped_file, partial):
+        for path in (scratch, skipped_file, partial, partial_report):
             _remove(path)
         _remove_beam_temp(head, (partial, skipped_file))
-    result = BatchResult(len(paths), scored, skipped, out, f"{out}{REPORT_SUFFIX}", fmt, source)
-    _write_lines(result.report, [json.dumps(result.to_dict(), indent=2, ensure_ascii=False)])
     log.info(
         "scored %d of %d files; %d skipped (reasons in %s)", scored, len(paths), len(skipped), result.report
     )
@@ -243,6 +258,34 @@ def _run(
             | "Skipped" >> beam.Flatten()
             | "SkippedJSON" >> beam.Map(json.dumps)
             | "WriteSkipped" >> beam.io.WriteToText(skipped_file, **one_file)
+        )
+
+
+def check_server(target: str, model_name: str, timeout: float) -> None:
+    """ServerUnusable unless the server at `target` answers and serves `model_name` with the
+    predict_images signature: found before the job reads every image, with what to check."""
+    import grpc
+
+    from serving.client import ServingClient
+    from serving.errors import ServingRpcError
+
+    try:
+        with ServingClient(target, timeout=min(timeout, 10.0), retries=3) as client:
+            signatures = client.metadata(model_name)
+    except ValueError as exc:  # a target the client cannot use
+        raise BatchError(f"--target {target}: {exc}") from exc
+    except ServingRpcError as exc:
+        if exc.code == grpc.StatusCode.UNAVAILABLE:
+            hint = f"is the model server running and listening at {target}?"
+        elif exc.code == grpc.StatusCode.NOT_FOUND:
+            hint = f"does it serve a model named {model_name!r} (--model-name), with a version loaded?"
+        else:
+            hint = "the server refused to describe the model"
+        raise ServerUnusable(f"--target {target}: {hint} ({exc.code.name}: {exc.details})") from exc
+    if PREDICT_IMAGES not in signatures:
+        raise ServerUnusable(
+            f"--target {target}: model {model_name!r} has no {PREDICT_IMAGES} signature (it has "
+            f"{', '.join(sorted(signatures)) or 'none'}): serve a model imgpipe exported"
         )
 
 

@@ -30,7 +30,6 @@ OUTPUT_FORMATS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
-    ".json": "jsonl",
     ".tfrecord": "tfrecord",
     ".tfrecords": "tfrecord",
 }
@@ -56,6 +55,11 @@ class ScoredImage:
 def output_format(path: str) -> str:
     """'csv' | 'jsonl' | 'tfrecord' from the output's extension; ValueError naming the choices."""
     ext = os.path.splitext(path)[1].lower()
+    if ext == ".json":
+        raise ValueError(
+            f"--out {path}: the output is JSON Lines (one JSON document per image, not one JSON "
+            "document): name it .jsonl"
+        )
     if ext not in OUTPUT_FORMATS:
         raise ValueError(
             f"--out {path}: unknown output extension {ext or '(none)'!r}; "

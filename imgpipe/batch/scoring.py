@@ -28,6 +28,7 @@ from imgpipe.batch.outputs import PREDICT_IMAGES, ScoredImage
 from imgpipe.ingest.errors import tf_error_text
 from imgpipe.ingest.images import check_image
 from imgpipe.ingest.report import display_path
+from serving.request_size import CLIENT_MESSAGE_MB, image_budget, request_parts, too_large_reason
 
 SKIPPED = "skipped"
 
@@ -216,7 +217,20 @@ class ScoreWithServer(_Scorer):
     def setup(self) -> None:
         from serving.client import ServingClient
 
-        self._client = ServingClient(self.target, timeout=self.timeout, retries=self.retries)
+        self._client = ServingClient(
+            self.target, timeout=self.timeout, retries=self.retries, max_message_mb=CLIENT_MESSAGE_MB
+        )
+
+    def process(self, batch: Sequence[tuple[str, bytes]]) -> Iterator[Any]:
+        """Requests under the gRPC message limit: a batch of large photos is sent in parts, and
+        an image too large for any request is skipped with why (the others are still scored)."""
+        for part, too_large in request_parts(list(batch), None, image_budget(CLIENT_MESSAGE_MB)):
+            if too_large:
+                self.tick(1)
+                [(path, data)] = part
+                yield skipped(path, f"{too_large_reason(len(data))}; score it with --model")
+            else:
+                yield from self._score(part)
 
     def teardown(self) -> None:
         if self._client is not None:

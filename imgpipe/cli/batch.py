@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 
 from pydantic import ValidationError
 
@@ -26,7 +28,7 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--out",
         required=True,
         help="output file; its extension picks the format: .csv (path,rank,class,score), "
-        ".jsonl (one JSON per image) or .tfrecord (TF Serving PredictionLogs). "
+        ".jsonl or .ndjson (one JSON per image) or .tfrecord/.tfrecords (TF Serving PredictionLogs). "
         "Skipped files and the counts go to OUT.report.json",
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
@@ -50,7 +52,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from imgpipe.batch import BatchError, predict_batch  # loads Beam: only when the command runs
+    from imgpipe.batch import BatchError, ServerUnusable, predict_batch  # loads Beam: only when it runs
 
     try:
         beam = BeamConfig(
@@ -58,6 +60,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     except ValidationError as e:
         raise UsageError(describe(e)) from e
+    beam_step_errors = logging.getLogger("apache_beam.runners.common")
+    beam_step_errors.addFilter(_no_step_tracebacks)
     try:
         result = predict_batch(
             args.images,
@@ -74,10 +78,42 @@ def _run(args: argparse.Namespace) -> int:
         )
     except (BatchError, ConfigError) as e:
         raise UsageError(str(e)) from e
+    except ServerUnusable as e:
+        raise WorkFailed(str(e)) from e
     except Exception as e:  # noqa: BLE001 - the job failed (model, server, runner): exit 1 with why
-        raise WorkFailed(f"predict-batch failed: {type(e).__name__}: {e}") from e
+        raise WorkFailed(f"predict-batch failed: {_why(e)}") from e
+    finally:
+        beam_step_errors.removeFilter(_no_step_tracebacks)
     emit(result.to_dict(with_skipped=False))
+    if result.files and not result.scored:
+        raise WorkFailed(
+            f"no image was scored: all {result.files} files were skipped (reasons in {result.report})"
+        )
     return 0
+
+
+# Beam's runners re-raise a step's exception as a RuntimeError naming it and the step:
+# "serving.errors.ServingRpcError: Predict to HOST failed: ... [while running 'Score/ParDo(...)']".
+_WRAPPED = re.compile(
+    r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*?)(?: \[while running '([^']*)'\])?$", re.S
+)
+
+
+def _no_step_tracebacks(record: logging.LogRecord) -> bool:
+    """Drop Beam's log of a step's exception ("... [while running 'Score/...']" and its
+    traceback): the runner raises it again, and the command says it once, as `_why` reads it
+    (or as stopped, for a Ctrl-C or SIGTERM the step was interrupted by)."""
+    return not (record.levelno >= logging.ERROR and "[while running" in record.getMessage())
+
+
+def _why(e: Exception) -> str:
+    """The failure as its own exception names it, not as the runner's wrapper does."""
+    text = str(e).strip()
+    wrapped = _WRAPPED.match(text) if isinstance(e, RuntimeError) else None
+    if wrapped:
+        name, message, step = wrapped.groups()
+        return f"{name}: {message.strip()}" + (f" (in the job's step {step})" if step else "")
+    return f"{type(e).__name__}: {text}"
 
 
 COMMANDS = [

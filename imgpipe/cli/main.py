@@ -8,6 +8,7 @@ and TFX only inside the commands that need them, so `imgpipe --help` is quick.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -35,12 +36,14 @@ from imgpipe.cli import (  # noqa: E402
     serving,
 )
 from imgpipe.cli.output import (  # noqa: E402
+    EXIT_BROKEN_PIPE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_LOCKED,
     EXIT_TERMINATED,
     EXIT_USAGE,
     Command,
+    StdoutClosed,
     Terminated,
     UsageError,
     WorkFailed,
@@ -48,6 +51,7 @@ from imgpipe.cli.output import (  # noqa: E402
     filter_tensorflow_import_noise,
     setup_logging,
     sigterm_raises,
+    stopped_by,
 )
 from imgpipe.orchestration.lock import LockBusy, LockError  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
@@ -89,15 +93,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockBusy as e:
         error(str(e))
         return EXIT_LOCKED
-    except WorkFailed as e:
-        error(str(e))
-        return EXIT_FAILED
     except Terminated:
         error("terminated (SIGTERM)")
         return EXIT_TERMINATED
     except KeyboardInterrupt:
         error("interrupted")
         return EXIT_INTERRUPTED
+    except StdoutClosed:
+        # The reader of stdout went away (`imgpipe predict ... | head -1`): nothing more can be
+        # said there, and Python must not fail flushing it at exit.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as e:
+        # Stopped by a signal whose KeyboardInterrupt a library turned into its own error (Beam's
+        # runners do): the exit says it was stopped, not that the work failed.
+        stopped = stopped_by()
+        if stopped is Terminated:
+            error("terminated (SIGTERM)")
+            return EXIT_TERMINATED
+        if stopped is KeyboardInterrupt:
+            error("interrupted")
+            return EXIT_INTERRUPTED
+        if isinstance(e, WorkFailed):
+            error(str(e))
+            return EXIT_FAILED
+        raise
 
 
 if __name__ == "__main__":

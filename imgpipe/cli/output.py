@@ -9,7 +9,8 @@ from stderr, precisely (see `_NoiseFilter` and `filter_tensorflow_import_noise`)
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
 3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
 EX_TEMPFAIL), 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM: what
-`systemctl stop`, `docker stop`, Kubernetes and `timeout` send). Both signals take
+`systemctl stop`, `docker stop`, Kubernetes and `timeout` send), 141 stdout's reader
+went away (`| head`; 128 + SIGPIPE, as a shell's writer ends). Both signals take
 the same path: the work's cleanup runs (servers stopped, scratch removed, a
 run's executions marked FAILED and its record written) before the exit.
 """
@@ -39,7 +40,9 @@ EXIT_USAGE = 2
 EXIT_DRIFT = 3  # the check ran and found drift: a schedule may retrain on it
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away (128 + SIGPIPE), as a shell pipeline's writer ends
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_DRIFT",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
@@ -56,25 +59,50 @@ class Terminated(KeyboardInterrupt):
     how = "terminated (SIGTERM)"  # what a run's record says (`how` of a KeyboardInterrupt: Ctrl-C)
 
 
+# The stop signals received while a command ran (sigterm_raises): a library that catches the
+# KeyboardInterrupt or Terminated raised in its code and raises its own error instead (Beam's
+# runners wrap it in a RuntimeError) cannot hide that the command was stopped.
+received_signals: list[str] = []
+
+
+def stopped_by() -> type[KeyboardInterrupt] | None:
+    """Terminated or KeyboardInterrupt when SIGTERM or SIGINT arrived while the command ran."""
+    if "SIGTERM" in received_signals:
+        return Terminated
+    return KeyboardInterrupt if "SIGINT" in received_signals else None
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """While inside: SIGTERM raises Terminated in the main thread (elsewhere: nothing changes).
-    A command that handles SIGTERM itself (`imgpipe serve`) installs its own handler inside."""
+    """While inside: SIGTERM raises Terminated in the main thread, SIGINT KeyboardInterrupt as
+    always, and each is recorded (`stopped_by`); elsewhere nothing changes. A command that
+    handles SIGTERM itself (`imgpipe serve`) installs its own handler inside."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received_signals.clear()  # this command's, not an earlier one's in the same process
 
-    def _raise(signum, frame):
+    def _terminate(signum, frame):
+        received_signals.append("SIGTERM")
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    def _interrupt(signum, frame):
+        received_signals.append("SIGINT")
+        raise KeyboardInterrupt()
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous_int = None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if SIGINT is ignored
+        previous_int = signal.signal(signal.SIGINT, _interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 # Logger name (its first part) -> the tag shown in front of its lines on stderr.
@@ -98,10 +126,17 @@ class Command:
     run: Callable[[argparse.Namespace], int | None]
 
 
+class StdoutClosed(Exception):
+    """stdout's reader has gone (`imgpipe predict ... | head -1`): the CLI ends quietly."""
+
+
 def emit(result: Any) -> None:
-    """Write one JSON line to stdout: a command's result."""
-    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
-    sys.stdout.flush()
+    """Write one JSON line to stdout: a command's result (StdoutClosed when its reader has gone)."""
+    try:
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError as e:
+        raise StdoutClosed() from e
 
 
 def show(text: str) -> None:

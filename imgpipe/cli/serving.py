@@ -20,6 +20,7 @@ from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, e
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
+from serving.request_size import CLIENT_MESSAGE_MB, image_budget, request_parts, too_large_reason
 from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 
 if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
@@ -256,9 +257,14 @@ def _predict(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from e
     with client:
-        for start in range(0, len(readable), args.batch_size):
+        # --batch-size images per request, fewer when they are large (the gRPC message limit).
+        for chunk, too_large in request_parts(readable, args.batch_size, image_budget(CLIENT_MESSAGE_MB)):
+            if too_large:
+                error(f"{chunk[0][0]}: {too_large_reason(len(chunk[0][1]))}")
+                failed += 1
+                continue
             try:
-                results = _predict_chunk(client, args, readable[start : start + args.batch_size])
+                results = _predict_chunk(client, args, chunk)
             except ServingRpcError as e:
                 raise WorkFailed(str(e)) from e
             for path, result in results:

@@ -1,0 +1,56 @@
+"""How many images one gRPC request may carry: under the client's message limit.
+
+A client refuses to send a message over its limit (RESOURCE_EXHAUSTED "Sent message
+larger than max"), so a batch of large photos must go in parts, and an image larger
+than any request can carry is named instead of failing its whole batch. No heavy
+imports: the Beam scorers and the CLI use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+MB = 1024 * 1024
+CLIENT_MESSAGE_MB = 64  # serving.client.ServingClient's send and receive limit by default
+# The images travel as a string tensor (a few bytes of framing each; serving_default's
+# tf.Examples a few more) beside the model spec: one MB of headroom under the limit.
+HEADROOM_BYTES = MB
+
+T = TypeVar("T")
+
+
+def image_budget(max_message_mb: int = CLIENT_MESSAGE_MB) -> int:
+    """The image bytes one request may carry under a `max_message_mb` limit."""
+    return max(max_message_mb * MB - HEADROOM_BYTES, MB // 2)
+
+
+def request_parts(
+    items: Sequence[tuple[T, bytes]], max_images: int | None, max_bytes: int
+) -> Iterator[tuple[list[tuple[T, bytes]], bool]]:
+    """Split (key, image bytes) items, in order, into requests of at most `max_images` images
+    (None: no count limit) and `max_bytes` image bytes: yields (part, too_large). An item over
+    `max_bytes` comes alone with too_large True: no request can carry it."""
+    part: list[tuple[T, bytes]] = []
+    size = 0
+    for key, data in items:
+        if len(data) > max_bytes:
+            if part:
+                yield part, False
+                part, size = [], 0
+            yield [(key, data)], True
+            continue
+        if part and (size + len(data) > max_bytes or (max_images is not None and len(part) >= max_images)):
+            yield part, False
+            part, size = [], 0
+        part.append((key, data))
+        size += len(data)
+    if part:
+        yield part, False
+
+
+def too_large_reason(size: int, max_message_mb: int = CLIENT_MESSAGE_MB) -> str:
+    return (
+        f"{size / MB:.1f} MB: larger than one request to a model server can carry "
+        f"({max_message_mb} MB, the gRPC message limit)"
+    )
