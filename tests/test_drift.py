@@ -370,6 +370,13 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
     assert code == EXIT_FAILED and "cannot judge drift" in err
     code, _, err = _drift_cli(capsys, *argv, "--numeric-threshold", "2")
     assert code == EXIT_USAGE and "--numeric-threshold" in err
+    # Logs that are all unreadable: the refusal names the files, not only "0 measurable".
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "prediction_log-x.tfrecord").write_bytes(b"\x00\x01 not a record")
+    code, _, err = _drift_cli(capsys, "--logs", str(garbage), "--run", OLD_RUN, "--home", home)
+    assert code == EXIT_FAILED and "only 0 measurable logged images" in err
+    assert f"log files that could not be read: {garbage / 'prediction_log-x.tfrecord'}" in err
 
 
 def test_one_image_of_another_size_is_not_drift_when_training_has_one_size():

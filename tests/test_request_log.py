@@ -147,6 +147,9 @@ def test_unwritable_log_dir_at_start_is_a_start_error(base_path, tmp_path, capsy
     argv = ["serve", "--model-base-path", base_path, "--model-name", NAME, "--port", "0"]
     assert cli.main([*argv, "--log-requests", str(blocker / "logs")]) == cli.EXIT_USAGE
     assert "cannot write request logs" in capsys.readouterr().err
+    # The directory given is a file: said as such (not "File exists").
+    with pytest.raises(ServerStartError, match="a-file is a file: give a directory"):
+        lifecycle.start_server(ServerConfig(base_path, NAME, port=0, log_requests=str(blocker)))
 
 
 def test_log_settings_are_validated():

@@ -111,7 +111,8 @@ def _check_out(out: str) -> None:
         )
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
-        raise BatchError(f"--out {out}: its folder {parent} does not exist")
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise BatchError(f"--out {out}: its folder {parent} {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BatchError(f"--out {out}: its folder {parent} is not writable")
     try:  # what os.access cannot tell (a read-only or virtual file system): try the real thing

@@ -89,7 +89,8 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_pixels,
         help="refuse (INVALID_ARGUMENT) any image whose header declares more pixels than this, "
-        "before decoding it; 0 = no limit (default %(default)s)",
+        "before decoding it; 0 = no check by the server (an imgpipe model still applies its own "
+        "limit, the run's max_image_pixels) (default %(default)s)",
     )
     group = parser.add_argument_group("request logging (TF Serving PredictionLog TFRecords)")
     group.add_argument(

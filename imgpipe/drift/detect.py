@@ -83,7 +83,15 @@ def drift_report(
     log.info("measuring %d logged and %d training images", len(served_items), len(trained_items))
     served, trained = FeatureTable.of(served_items), FeatureTable.of(trained_items)
     trained.skipped.update(train_skipped)
-    report = compare_tables(trained, served, categorical_threshold, numeric_threshold, min_images)
+    try:
+        report = compare_tables(trained, served, categorical_threshold, numeric_threshold, min_images)
+    except TooFewImages as e:
+        if logged.problems:  # say why the logs held so little: the files that could not be read
+            shown = "; ".join(logged.problems[:3]) + (
+                f"; and {len(logged.problems) - 3} more" if len(logged.problems) > 3 else ""
+            )
+            raise TooFewImages(f"{e}; log files that could not be read: {shown}") from e
+        raise
     report["logged"] = {
         **logged.summary(),
         "images": served_total,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -148,6 +149,8 @@ def _request_log(config: ServerConfig) -> RequestLog | None:
         max_queue_records=config.log_queue_size,
         max_queue_bytes=config.log_queue_mb * MB,
     )
+    if os.path.exists(config.log_requests) and not os.path.isdir(config.log_requests):
+        raise ServerStartError(f"--log-requests {config.log_requests} is a file: give a directory")
     try:
         request_log.start()
     except OSError as e:
@@ -155,8 +158,8 @@ def _request_log(config: ServerConfig) -> RequestLog | None:
             f"cannot write request logs to {config.log_requests}: {e.strerror or e}"
         ) from e
     log.info(
-        "Logging %g of requests to %s (new file every %d MB)",
-        config.log_sample_rate,
+        "Logging %s of requests to %s (new file every %d MB)",
+        "all" if config.log_sample_rate >= 1 else f"{config.log_sample_rate * 100:g}%",
         config.log_requests,
         config.log_max_file_mb,
     )
