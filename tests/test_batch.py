@@ -485,3 +485,14 @@ def test_request_parts_keep_order_and_both_limits():
     parts = [([k for k, _ in part], too_large) for part, too_large in request_parts(items, 2, 10)]
     assert parts == [(["a", "b"], False), (["c"], True), (["d", "e"], False), (["f"], False)]
     assert [[k for k, _ in p] for p, _ in request_parts(items[3:], None, 10)] == [["d", "e", "f"]]
+
+
+def test_a_version_that_cannot_be_loaded_is_named_before_the_job(model, folder, tmp_path):
+    """The newest version still being copied (saved_model.pb there, its variables not yet):
+    one message naming the model, not the loader's text from inside the job's scoring step."""
+    base = tmp_path / "models" / NAME
+    shutil.copytree(model.export_dir, base / "7")
+    shutil.rmtree(base / "7" / "variables")
+    with pytest.raises(BatchError, match=r"--model .*/7 cannot be loaded \(is the version complete"):
+        predict_batch(str(folder[0]), str(tmp_path / "o.jsonl"), model_dir=str(base))
+    assert not (tmp_path / "o.jsonl").exists()

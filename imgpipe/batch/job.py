@@ -22,7 +22,8 @@ from typing import Any
 from imgpipe.batch.inputs import NoInputs, list_images
 from imgpipe.batch.outputs import PREDICT_IMAGES, output_format, read_predictions, write_transform
 from imgpipe.batch.progress import ProgressBar
-from imgpipe.batch.scoring import SKIPPED, CheckImages, ScoreWithSavedModel, ScoreWithServer
+from imgpipe.batch.scoring import SKIPPED, CheckImages, ScoreWithSavedModel, ScoreWithServer, load_signature
+from imgpipe.ingest.errors import tf_error_text
 from pipeline.beam import BeamConfig, beam_pipeline_args
 from serving.version_names import version_number
 from trainer.features import DEFAULT_MAX_PIXELS
@@ -168,6 +169,8 @@ def predict_batch(
     keep_images = fmt == "tfrecord"
     if model_dir is not None:
         export_dir, version = resolve_model(model_dir)
+        if beam.beam_runner == "direct":  # the job's scorer shares this process's loaded model
+            check_loads(export_dir)
         name = model_name or _model_name(export_dir)
         source: dict[str, Any] = {"model": export_dir, "version": version}
     else:
@@ -260,6 +263,21 @@ def _run(
             | "SkippedJSON" >> beam.Map(json.dumps)
             | "WriteSkipped" >> beam.io.WriteToText(skipped_file, **one_file)
         )
+
+
+def check_loads(export_dir: str) -> None:
+    """BatchError naming the model when it cannot be loaded (a version folder still being
+    copied, a damaged file), before the job reads every image. Loaded as the direct runner's
+    scorer loads it (scoring.load_signature), so the job does not load it again."""
+    import tensorflow as tf
+
+    try:
+        load_signature(export_dir)
+    except (tf.errors.OpError, OSError, ValueError, KeyError) as exc:
+        raise BatchError(
+            f"--model {export_dir} cannot be loaded (is the version complete, not still being "
+            f"copied?): {tf_error_text(exc)}"
+        ) from exc
 
 
 def check_server(target: str, model_name: str, timeout: float) -> None:

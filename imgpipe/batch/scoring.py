@@ -150,7 +150,7 @@ class ScoreWithSavedModel(_Scorer):
         self._signature: Any = None
 
     def setup(self) -> None:
-        self._signature = _load_signature(self.export_dir)
+        self._signature = load_signature(self.export_dir)
 
     def predict(self, images: list[bytes]) -> tuple[list[list[str]], list[list[float]], int | None]:
         import tensorflow as tf
@@ -168,7 +168,7 @@ _LOADED: dict[tuple[str, float, int], Any] = {}
 _LOADING = threading.Lock()
 
 
-def _load_signature(export_dir: str) -> Any:
+def load_signature(export_dir: str) -> Any:
     """predict_images of the SavedModel, loaded once per worker process and shared by its DoFns.
 
     Keyed by the saved_model.pb's modification time and size, so a model replaced
