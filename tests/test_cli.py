@@ -135,6 +135,8 @@ import apache_beam as beam
 import imgpipe.batch
 from imgpipe.cli import main as cli
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a suite started with SIGINT ignored (`&`)
+
 class StopHere(beam.DoFn):
     def process(self, x):
         os.kill(os.getpid(), getattr(signal, sys.argv[1]))
@@ -188,3 +190,12 @@ def test_a_reader_of_stdout_that_went_away_ends_the_command_quietly(monkeypatch,
     )
     assert cli.main(["echo"]) == output.EXIT_BROKEN_PIPE
     assert capsys.readouterr().err == ""
+
+    # A failure whose summary is printed first: the failure decides the exit, not the pipe.
+    def failing(args):
+        output.emit_failure({"failed": True})
+        raise output.WorkFailed("no image was scored")
+
+    monkeypatch.setattr(cli, "commands", lambda: [output.Command("fail", "fails", lambda p: None, failing)])
+    assert cli.main(["fail"]) == output.EXIT_FAILED
+    assert "no image was scored" in capsys.readouterr().err

@@ -273,7 +273,11 @@ def check_loads(export_dir: str) -> None:
 
     try:
         load_signature(export_dir)
-    except (tf.errors.OpError, OSError, ValueError, KeyError) as exc:
+    except KeyError as exc:
+        raise BatchError(
+            f"--model {export_dir} has no {PREDICT_IMAGES} signature: give a model imgpipe exported"
+        ) from exc
+    except (tf.errors.OpError, OSError, ValueError) as exc:
         raise BatchError(
             f"--model {export_dir} cannot be loaded (is the version complete, not still being "
             f"copied?): {tf_error_text(exc)}"

@@ -8,7 +8,7 @@ import re
 
 from pydantic import ValidationError
 
-from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, emit_failure
 from pipeline.beam import BeamConfig
 from pipeline.config import ConfigError, describe
 from trainer.features import DEFAULT_MAX_PIXELS
@@ -84,11 +84,12 @@ def _run(args: argparse.Namespace) -> int:
         raise WorkFailed(f"predict-batch failed: {_why(e)}") from e
     finally:
         beam_step_errors.removeFilter(_no_step_tracebacks)
-    emit(result.to_dict(with_skipped=False))
     if result.files and not result.scored:
+        emit_failure(result.to_dict(with_skipped=False))
         raise WorkFailed(
             f"no image was scored: all {result.files} files were skipped (reasons in {result.report})"
         )
+    emit(result.to_dict(with_skipped=False))
     return 0
 
 

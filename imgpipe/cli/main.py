@@ -49,6 +49,7 @@ from imgpipe.cli.output import (  # noqa: E402
     WorkFailed,
     error,
     filter_tensorflow_import_noise,
+    received_signals,
     setup_logging,
     sigterm_raises,
     stopped_by,
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
+    received_signals.clear()  # this command's stop signals, not an earlier one's in this process
     setup_logging(verbose=getattr(args, "verbose", False))
     filter_tensorflow_import_noise()
     try:

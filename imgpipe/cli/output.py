@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
+from imgpipe.stop_signals import Terminated, received_signals, stopped_by
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -42,6 +43,9 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141  # stdout's reader went away (128 + SIGPIPE), as a shell pipeline's writer ends
 __all__ = [
+    "Terminated",
+    "received_signals",
+    "stopped_by",
     "EXIT_BROKEN_PIPE",
     "EXIT_DRIFT",
     "EXIT_FAILED",
@@ -51,25 +55,6 @@ __all__ = [
     "EXIT_TERMINATED",
     "EXIT_USAGE",
 ]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so the same cleanup runs."""
-
-    how = "terminated (SIGTERM)"  # what a run's record says (`how` of a KeyboardInterrupt: Ctrl-C)
-
-
-# The stop signals received while a command ran (sigterm_raises): a library that catches the
-# KeyboardInterrupt or Terminated raised in its code and raises its own error instead (Beam's
-# runners wrap it in a RuntimeError) cannot hide that the command was stopped.
-received_signals: list[str] = []
-
-
-def stopped_by() -> type[KeyboardInterrupt] | None:
-    """Terminated or KeyboardInterrupt when SIGTERM or SIGINT arrived while the command ran."""
-    if "SIGTERM" in received_signals:
-        return Terminated
-    return KeyboardInterrupt if "SIGINT" in received_signals else None
 
 
 @contextlib.contextmanager
@@ -83,7 +68,6 @@ def sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received_signals.clear()  # this command's, not an earlier one's in the same process
 
     def _terminate(signum, frame):
         received_signals.append("SIGTERM")
@@ -137,6 +121,13 @@ def emit(result: Any) -> None:
         sys.stdout.flush()
     except BrokenPipeError as e:
         raise StdoutClosed() from e
+
+
+def emit_failure(result: Any) -> None:
+    """emit() the summary of work that failed or was stopped: the failure decides the exit, so
+    a reader of stdout that has gone is not what the command ends on."""
+    with contextlib.suppress(StdoutClosed):
+        emit(result)
 
 
 def show(text: str) -> None:

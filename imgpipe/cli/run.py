@@ -17,7 +17,7 @@ import logging
 import os
 
 from imgpipe.cli.flags import add_config_flags, config_from_args
-from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, stdout_to_stderr
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, emit_failure, stdout_to_stderr
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from pipeline.config import ConfigError, PipelineConfig
 
@@ -82,11 +82,11 @@ def run_pipeline(config: PipelineConfig, verbose: bool = False, lock_wait: float
         raise UsageError(str(e)) from e
     except PipelineRunError as e:
         if e.summary is not None:  # the failed run's record: stdout still holds the run's JSON
-            emit(e.summary.to_dict())
+            emit_failure(e.summary.to_dict())
         raise WorkFailed(f"pipeline run failed: {e}") from e
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (exit 130 / 143): its record, if written
         if getattr(e, "summary", None) is not None:
-            emit(e.summary.to_dict())
+            emit_failure(e.summary.to_dict())
         raise
     log.info(
         "run %s: accuracy %s, blessed %s, pushed %s",

@@ -32,6 +32,7 @@ from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.report.build import attach_report
+from imgpipe.stop_signals import stopped_by
 from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -314,14 +315,18 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
                 tracker.before_launch = _PrepushStandby(config, tmp, servers).before_launch
                 LocalDagRunner().run_with_ir(ir)
         except Exception as e:  # noqa: BLE001 - re-raised with the failing component named
-            message = _failure_message(config, tracker.current, e)
-            summary = _record_failed_run(config, run_id, tracker.current, message)
-            raise PipelineRunError(message, summary) from e
+            stopped = stopped_by()
+            if stopped is None:
+                message = _failure_message(config, tracker.current, e)
+                summary = _record_failed_run(config, run_id, tracker.current, message)
+                raise PipelineRunError(message, summary) from e
+            # A Ctrl-C or SIGTERM that a component's Beam job turned into its own error: the
+            # run was stopped, and is recorded and cleaned up as such.
+            interrupt = stopped()
+            _stop(config, run_id, tracker.current, interrupt)
+            raise interrupt from e
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the CLI raises it as a KeyboardInterrupt)
-            how = getattr(e, "how", "interrupted (SIGINT)")
-            _stop_interrupted_executions(config, run_id, how)
-            where = tracker.current or "the pipeline"
-            e.summary = _record_failed_run(config, run_id, tracker.current, f"{where}: the run was {how}")
+            _stop(config, run_id, tracker.current, e)
             raise
 
         withdraw_unserved_blessings(config)
@@ -331,6 +336,15 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
     return summary
+
+
+def _stop(config: PipelineConfig, run_id: str, current: str | None, interrupt: KeyboardInterrupt) -> None:
+    """A run stopped by Ctrl-C or SIGTERM: its running executions marked, its record written
+    (on `interrupt.summary`, which the CLI prints)."""
+    how = getattr(interrupt, "how", "interrupted (SIGINT)")
+    _stop_interrupted_executions(config, run_id, how)
+    where = current or "the pipeline"
+    interrupt.summary = _record_failed_run(config, run_id, current, f"{where}: the run was {how}")
 
 
 def _stop_interrupted_executions(config: PipelineConfig, run_id: str, how: str) -> None:

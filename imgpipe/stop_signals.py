@@ -1,0 +1,27 @@
+"""The stop signals a command received: SIGTERM raised as Terminated, SIGINT as Python's
+KeyboardInterrupt (`imgpipe.cli.output.sigterm_raises` installs the handlers), and a record of
+each, so code whose library turned the interrupt into its own error (Beam's runners wrap it
+in a RuntimeError) still knows the command was stopped. No imports: the CLI and the
+orchestration both read it.
+"""
+
+from __future__ import annotations
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt so the same cleanup runs."""
+
+    how = "terminated (SIGTERM)"  # what a run's record says (`how` of a KeyboardInterrupt: Ctrl-C)
+
+
+# The stop signals received while a command ran (sigterm_raises): a library that catches the
+# KeyboardInterrupt or Terminated raised in its code and raises its own error instead (Beam's
+# runners wrap it in a RuntimeError) cannot hide that the command was stopped.
+received_signals: list[str] = []
+
+
+def stopped_by() -> type[KeyboardInterrupt] | None:
+    """Terminated or KeyboardInterrupt when SIGTERM or SIGINT arrived while the command ran."""
+    if "SIGTERM" in received_signals:
+        return Terminated
+    return KeyboardInterrupt if "SIGINT" in received_signals else None
