@@ -95,12 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockBusy as e:
         error(str(e))
         return EXIT_LOCKED
-    except Terminated:
-        error("terminated (SIGTERM)")
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        error("interrupted")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM raised as Terminated
+        return _stopped(type(e))
     except StdoutClosed:
         # The reader of stdout went away (`imgpipe predict ... | head -1`): nothing more can be
         # said there, and Python must not fail flushing it at exit.
@@ -111,16 +107,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Stopped by a signal whose KeyboardInterrupt a library turned into its own error (Beam's
         # runners do): the exit says it was stopped, not that the work failed.
         stopped = stopped_by()
-        if stopped is Terminated:
-            error("terminated (SIGTERM)")
-            return EXIT_TERMINATED
-        if stopped is KeyboardInterrupt:
-            error("interrupted")
-            return EXIT_INTERRUPTED
+        if stopped is not None:
+            return _stopped(stopped)
         if isinstance(e, WorkFailed):
             error(str(e))
             return EXIT_FAILED
         raise
+
+
+def _stopped(kind: type[KeyboardInterrupt]) -> int:
+    """Say how the command was stopped; its exit code (143 for SIGTERM, 130 for Ctrl-C)."""
+    if issubclass(kind, Terminated):
+        error("terminated (SIGTERM)")
+        return EXIT_TERMINATED
+    error("interrupted")
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

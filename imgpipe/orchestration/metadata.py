@@ -321,7 +321,8 @@ def withdraw_unserved_blessings(
     nothing. Only blessings under `pipeline_root` are judged (a shared PostgreSQL store may
     hold other homes' runs, live ones included). Reads no run context, so it works on any
     orchestrator's store (LocalDagRunner's `pipeline_run` contexts, TFX's Airflow launcher's
-    `run` contexts). Idempotent; a constant number of queries plus a few per blessing withdrawn. Returns [(ModelBlessing id, reason)] of those withdrawn now.
+    `run` contexts). Idempotent; a constant number of queries plus a few per blessing withdrawn.
+    Returns [(ModelBlessing id, reason)] of those withdrawn now.
     """
     ours = [a for a in store.get_artifacts_by_type("ModelBlessing") if under(a.uri, pipeline_root)]
     live = [a for a in ours if a.state == metadata_store_pb2.Artifact.LIVE]
