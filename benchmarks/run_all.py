@@ -42,6 +42,7 @@ BENCHMARKS = (
     "metadata_concurrency",
     "tflite",
     "predict_batch",
+    "gate_floor",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}

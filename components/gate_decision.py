@@ -62,7 +62,10 @@ class Floor:
     significant_right: int | None = None
     metric: str = METRIC_ACCURACY  # what the floor applies to: METRIC_ACCURACY or METRIC_BALANCED
     eval_classes: int = 0  # classes with eval examples (balanced accuracy's chance is 1/eval_classes)
-    chance_method: str = ""  # balanced accuracy's significance bound: "exact" or "simulation"
+    # balanced accuracy's significance bound: "exact" or "simulation" (how it was computed), or
+    # "hoeffding" (not computed: Hoeffding's inequality shows it is below the floor; see
+    # chance_cannot_reach); "" with significance off.
+    chance_method: str = ""
 
     @property
     def reachable(self) -> bool:
@@ -212,7 +215,11 @@ def balanced_floor(
         value, source = by_chance, FLOOR_CHANCE
     else:
         value, source = min_accuracy, FLOOR_MIN_ACCURACY
-    if significance > 0:
+    method = ""
+    if significance > 0 and chance_cannot_reach(sizes, value, significance):
+        method = CHANCE_HOEFFDING  # the search could not raise the floor: not run
+    elif significance > 0:
+        method = balanced_chance_method(sizes)
         by_significance = chance_balanced_accuracy_bound(sizes, significance)
         if by_significance > value:
             value, source = by_significance, FLOOR_SIGNIFICANCE
@@ -228,8 +235,44 @@ def balanced_floor(
         None,
         metric=METRIC_BALANCED,
         eval_classes=k,
-        chance_method=balanced_chance_method(sizes) if significance > 0 else "",
+        chance_method=method,
     )
+
+
+CHANCE_HOEFFDING = "hoeffding"  # Floor.chance_method: the bound was shown not to matter, not computed
+
+
+def chance_tail_bound(sizes: Sequence[int], b: float) -> float:
+    """An upper bound on P(B >= b) for every answer that ignores the image, on eval classes of
+    `sizes` examples: whatever the frequencies q it answers with, B = sum over classes c and their
+    images of [answer right] / (k n_c) is a sum of independent terms, class c's within
+    [0, 1 / (k n_c)], with mean sum_c q_c / k <= 1/k. Hoeffding's inequality bounds its tail
+    by exp(-2 k^2 t^2 / sum_c 1/n_c) for t = b - 1/k > 0 (1 for t <= 0)."""
+    k = len(sizes)
+    t = b - 1.0 / k
+    if k == 0 or t <= 0:
+        return 1.0
+    return math.exp(-2.0 * k * k * t * t / sum(1.0 / n_c for n_c in sizes))
+
+
+def chance_cannot_reach(sizes: Sequence[int], floor: float, alpha: float) -> bool:
+    """Whether chance_balanced_accuracy_bound on `sizes` is shown, without computing it, to be at
+    most `floor` (a floor from min_accuracy or 1/k + margin): where chance reaches
+    b0 = floor - 1/(k min n_c) with probability at most alpha whatever q (chance_tail_bound).
+
+    Why b0 and not `floor`: the search returns a value B takes, the least whose tail is at most
+    alpha; B's values (for any q, the exact distributions list them all) step by at most
+    1 / (k min n_c), from 0 to 1, so one lies in [b0, floor], and its tail is at most alpha: the
+    exact search's bound is at most `floor`. (A simulation lists only the values it reached;
+    there `floor` holds by the inequality itself: chance reaches it with probability <= alpha.)
+    Where it holds (a few hundred eval images per class, or a thousand classes) the search
+    would cost seconds to a minute for a bound below the floor.
+    """
+    k = len(sizes)
+    if k == 0 or alpha <= 0:
+        return False
+    b0 = floor - 1.0 / (k * min(sizes)) - 2 * _SLACK
+    return chance_tail_bound(sizes, b0) <= alpha
 
 
 # Splits whose exact distribution of B takes at most this many steps (_exact_cost) get it

@@ -481,6 +481,70 @@ def _combinations(sizes):
     return itertools.product(*(range(n + 1) for n in sizes))
 
 
+@pytest.mark.parametrize("sizes", [[1, 4], [3, 5, 5], [6, 6, 1], [2, 9]])
+def test_hoeffdings_bound_is_above_chances_tail_for_every_frequency(sizes):
+    """chance_tail_bound(b) >= P_q(B >= b) for every q of the grid and every value B takes."""
+    from components.gate_decision import _Lattice, chance_tail_bound
+
+    lattice = _Lattice(np.array(sizes))
+    qs = np.clip(np.array(_null_predictors(len(sizes))), 0.0, 1.0)
+    worst = 0.0
+    for q in qs:
+        values, probs = lattice.exact(q)
+        tails = np.cumsum(probs[::-1])[::-1]
+        bounds = np.array([chance_tail_bound(sizes, b) for b in values])
+        assert np.all(tails <= bounds + 1e-12), (q, values[tails > bounds + 1e-12])
+        worst = max(worst, float((tails / bounds)[values > 1 / len(sizes) + 0.2].max()))
+    assert worst > 0.01  # the bound is a bound, not a constant far above every tail
+
+
+@pytest.mark.parametrize("sizes", [[500, 500], [800, 400], [300, 300, 300], [200, 200, 200, 200]])
+def test_where_the_search_is_skipped_the_floor_is_the_one_it_gives(monkeypatch, sizes):
+    """On splits where Hoeffding's inequality shows the search cannot raise the floor, the floor
+    (value and source) is the one the exact search would have given, and says it was not run."""
+    from components import gate_decision
+
+    counts = {f"c{i}": n for i, n in enumerate(sizes)}
+    assert gate_decision.balanced_chance_method(sizes) == "exact"
+    skipped = gate_decision.balanced_floor(0.0, counts, 0.05, 0.05)
+    assert skipped.chance_method == gate_decision.CHANCE_HOEFFDING
+    monkeypatch.setattr(gate_decision, "chance_cannot_reach", lambda *a: False)
+    searched = gate_decision.balanced_floor(0.0, counts, 0.05, 0.05)
+    assert searched.chance_method == "exact"
+    assert (skipped.value, skipped.source) == (searched.value, searched.source)
+    assert (skipped.value, skipped.source) == (pytest.approx(1 / len(sizes) + 0.05), "chance")
+
+
+@pytest.mark.parametrize("sizes", [[100, 100], [120, 120], [140, 140], [950, 50], [12, 4, 4]])
+def test_where_chance_reaches_above_the_floor_the_search_runs_and_raises_it(sizes):
+    """Splits whose significance bound is above 1/k + margin, some by a few thousandths: not skipped."""
+    from components import gate_decision
+
+    floor = gate_decision.balanced_floor(0.0, {f"c{i}": n for i, n in enumerate(sizes)}, 0.05, 0.05)
+    assert floor.source == "significance" and floor.chance_method == "exact", floor
+    assert floor.value > 1 / len(sizes) + 0.05
+
+
+def test_a_thousand_classes_get_their_floor_without_the_search(monkeypatch):
+    """1,000 classes of 30 eval images: the search would take about half a minute (simulated, 20,000
+    draws per frequency tried) for a bound far below 1/1000 + margin; it is not run, and a
+    significance too small to simulate is answered too."""
+    from components import gate_decision
+
+    def search(*args, **kwargs):
+        raise AssertionError("the chance bound's search ran")
+
+    monkeypatch.setattr(gate_decision, "chance_balanced_accuracy_bound", search)
+    counts = {f"class{i:04d}": 30 for i in range(1000)}
+    for significance in (0.05, 1e-9):
+        floor = gate_decision.balanced_floor(0.0, counts, 0.05, significance)
+        assert (floor.source, floor.chance_method) == ("chance", "hoeffding")
+        assert floor.value == pytest.approx(0.051)
+    # Where it cannot be shown, the search runs: 4 of 4 balanced images is chance's 1 time in 16.
+    with pytest.raises(AssertionError, match="search ran"):
+        gate_decision.balanced_floor(0.5, {"a": 2, "b": 2}, 0.05, 0.05)
+
+
 def test_a_significance_the_simulation_cannot_resolve_is_refused():
     from components import gate_decision
 
