@@ -487,12 +487,54 @@ def test_request_parts_keep_order_and_both_limits():
     assert [[k for k, _ in p] for p, _ in request_parts(items[3:], None, 10)] == [["d", "e", "f"]]
 
 
-def test_a_version_that_cannot_be_loaded_is_named_before_the_job(model, folder, tmp_path):
-    """The newest version still being copied (saved_model.pb there, its variables not yet):
-    one message naming the model, not the loader's text from inside the job's scoring step."""
+def _damaged(export_dir: str, version: Path, damage: str) -> None:
+    """A copy of the model at `version` with one thing wrong with it."""
+    shutil.copytree(export_dir, version)
+    variables = version / "variables"
+    if damage == "no variables yet":  # still being copied
+        shutil.rmtree(variables)
+    elif damage == "a data shard missing":
+        [shard] = [p for p in variables.iterdir() if p.name.startswith("variables.data-")]
+        shard.unlink()
+    elif damage == "saved_model.pb not a SavedModel":
+        (version / "saved_model.pb").write_bytes(b"\x00not a SavedModel" * 10)
+    elif damage == "no predict_images":
+        shutil.rmtree(version)
+
+        class Other(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def serve(self, x):
+                return {"n": tf.size(x)}
+
+        other = Other()
+        tf.saved_model.save(other, str(version), signatures={"serving_default": other.serve})
+
+
+@pytest.mark.parametrize("runner", ["direct", "multiprocess"])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("no variables yet", r"cannot be loaded \(is the version complete"),
+        ("a data shard missing", r"cannot be loaded \(is the version complete"),
+        ("saved_model.pb not a SavedModel", r"cannot be loaded \(is the version complete"),
+        ("no predict_images", r"has no predict_images signature: give a model imgpipe exported"),
+    ],
+)
+def test_a_version_that_cannot_be_loaded_is_named_before_the_job(
+    model, folder, tmp_path, monkeypatch, runner, damage, message
+):
+    """The newest version damaged (still being copied, a file lost, not imgpipe's): one message
+    naming the model before the job starts, not the loader's text from inside its scoring step.
+    The direct runner loads the model to check it (its scorer keeps that load); the others'
+    workers load it themselves, so its files are checked instead (nothing is loaded here)."""
     base = tmp_path / "models" / NAME
-    shutil.copytree(model.export_dir, base / "7")
-    shutil.rmtree(base / "7" / "variables")
-    with pytest.raises(BatchError, match=r"--model .*/7 cannot be loaded \(is the version complete"):
-        predict_batch(str(folder[0]), str(tmp_path / "o.jsonl"), model_dir=str(base))
+    _damaged(model.export_dir, base / "7", damage)
+    loads = []
+    if runner != "direct":
+        real = batch_job.load_signature
+        monkeypatch.setattr(batch_job, "load_signature", lambda *a: loads.append(a) or real(*a))
+    beam = BeamConfig(beam_runner=runner, beam_workers=2)
+    with pytest.raises(BatchError, match=r"--model .*/7 " + message):
+        predict_batch(str(folder[0]), str(tmp_path / "o.jsonl"), model_dir=str(base), beam=beam)
     assert not (tmp_path / "o.jsonl").exists()
+    assert loads == []

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from typing import Any
 
 from imgpipe.batch.inputs import NoInputs, list_images
@@ -171,6 +172,8 @@ def predict_batch(
         export_dir, version = resolve_model(model_dir)
         if beam.beam_runner == "direct":  # the job's scorer shares this process's loaded model
             check_loads(export_dir)
+        else:  # each worker loads it: its files are checked here, without a load of its own
+            check_files(export_dir)
         name = model_name or _model_name(export_dir)
         source: dict[str, Any] = {"model": export_dir, "version": version}
     else:
@@ -274,14 +277,59 @@ def check_loads(export_dir: str) -> None:
     try:
         load_signature(export_dir)
     except KeyError as exc:
-        raise BatchError(
-            f"--model {export_dir} has no {PREDICT_IMAGES} signature: give a model imgpipe exported"
-        ) from exc
+        raise _no_signature(export_dir) from exc
     except (tf.errors.OpError, OSError, ValueError) as exc:
-        raise BatchError(
-            f"--model {export_dir} cannot be loaded (is the version complete, not still being "
-            f"copied?): {tf_error_text(exc)}"
-        ) from exc
+        raise _unloadable(export_dir, tf_error_text(exc)) from exc
+
+
+def _no_signature(export_dir: str) -> BatchError:
+    return BatchError(
+        f"--model {export_dir} has no {PREDICT_IMAGES} signature: give a model imgpipe exported"
+    )
+
+
+def _unloadable(export_dir: str, why: str) -> BatchError:
+    return BatchError(
+        f"--model {export_dir} cannot be loaded (is the version complete, not still being copied?): {why}"
+    )
+
+
+def check_files(export_dir: str) -> None:
+    """BatchError naming the model when its files show it cannot be loaded, without loading it
+    (for runners whose workers load it themselves): saved_model.pb parses and has the
+    predict_images signature, and the variables' index and each of its data shards are there.
+    A shard that is there but damaged is still found only by the workers' load."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = os.path.join(export_dir, "saved_model.pb")
+    saved = saved_model_pb2.SavedModel()
+    try:
+        with tf.io.gfile.GFile(pb, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the parser's "not all data was converted"
+            saved.ParseFromString(f.read())
+    except (tf.errors.OpError, OSError) as exc:
+        raise _unloadable(export_dir, f"{pb}: {tf_error_text(exc)}") from exc
+    except DecodeError as exc:
+        raise _unloadable(export_dir, f"{pb} is not a SavedModel ({exc})") from exc
+    if not saved.meta_graphs:  # what a file of other bytes can parse to
+        raise _unloadable(export_dir, f"{pb} is not a SavedModel (no graph in it)")
+    if PREDICT_IMAGES not in saved.meta_graphs[0].signature_def:
+        raise _no_signature(export_dir)
+    variables = os.path.join(export_dir, "variables")
+    index = os.path.join(variables, "variables.index")
+    if not tf.io.gfile.exists(index):
+        raise _unloadable(export_dir, f"{index} is missing")
+    shards = tf.io.gfile.glob(os.path.join(variables, "variables.data-*-of-*"))
+    total = int(shards[0].rsplit("-of-", 1)[1]) if shards else 1
+    missing = [
+        name
+        for name in (f"variables.data-{i:05d}-of-{total:05d}" for i in range(total))
+        if os.path.join(variables, name) not in shards
+    ]
+    if missing:
+        raise _unloadable(export_dir, f"{variables} lacks {', '.join(missing)}")
 
 
 def check_server(target: str, model_name: str, timeout: float) -> None:
