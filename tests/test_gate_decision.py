@@ -498,21 +498,34 @@ def test_hoeffdings_bound_is_above_chances_tail_for_every_frequency(sizes):
     assert worst > 0.01  # the bound is a bound, not a constant far above every tail
 
 
-@pytest.mark.parametrize("sizes", [[500, 500], [800, 400], [300, 300, 300], [200, 200, 200, 200]])
-def test_where_the_search_is_skipped_the_floor_is_the_one_it_gives(monkeypatch, sizes):
-    """On splits where Hoeffding's inequality shows the search cannot raise the floor, the floor
-    (value and source) is the one the exact search would have given, and says it was not run."""
+@pytest.mark.parametrize(
+    "sizes,min_accuracy",
+    [
+        ([500, 500], 0.0),
+        ([800, 400], 0.0),
+        ([300, 300, 300], 0.0),
+        ([200, 200, 200, 200], 0.0),
+        ([30, 30, 30], 0.7),
+    ],
+)
+def test_where_the_search_is_skipped_the_floor_is_the_one_it_gives(monkeypatch, sizes, min_accuracy):
+    """On splits where Hoeffding's inequality shows the search cannot raise the floor (1/k + margin,
+    or a higher min_accuracy), the floor (value and source) is the one the exact search would have
+    given, and says it was not run."""
     from components import gate_decision
 
     counts = {f"c{i}": n for i, n in enumerate(sizes)}
     assert gate_decision.balanced_chance_method(sizes) == "exact"
-    skipped = gate_decision.balanced_floor(0.0, counts, 0.05, 0.05)
+    skipped = gate_decision.balanced_floor(min_accuracy, counts, 0.05, 0.05)
     assert skipped.chance_method == gate_decision.CHANCE_HOEFFDING
     monkeypatch.setattr(gate_decision, "chance_cannot_reach", lambda *a: False)
-    searched = gate_decision.balanced_floor(0.0, counts, 0.05, 0.05)
+    searched = gate_decision.balanced_floor(min_accuracy, counts, 0.05, 0.05)
     assert searched.chance_method == "exact"
     assert (skipped.value, skipped.source) == (searched.value, searched.source)
-    assert (skipped.value, skipped.source) == (pytest.approx(1 / len(sizes) + 0.05), "chance")
+    if min_accuracy:
+        assert (skipped.value, skipped.source) == (min_accuracy, "min_accuracy")
+    else:
+        assert (skipped.value, skipped.source) == (pytest.approx(1 / len(sizes) + 0.05), "chance")
 
 
 @pytest.mark.parametrize("sizes", [[100, 100], [120, 120], [140, 140], [950, 50], [12, 4, 4]])
