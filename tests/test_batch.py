@@ -175,12 +175,16 @@ def test_a_model_base_path_resolves_to_the_newest_version_a_server_reads(tmp_pat
     )
 
 
-def test_multiprocess_runner_gives_the_same_predictions(model, folder, jsonl_run, tmp_path):
+def test_multiprocess_runner_gives_the_same_predictions(model, folder, jsonl_run, tmp_path, capfd):
     out = tmp_path / "mp.jsonl"
     beam = BeamConfig(beam_runner="multiprocess", beam_workers=2)
     result = predict_batch(str(folder[0]), str(out), model_dir=model.export_dir, batch_size=3, beam=beam)
     assert result.scored + len(result.skipped) == result.files == len(folder[1]) + len(folder[2])
     _assert_same(_by_path(read_predictions(str(out))), _by_path(read_predictions(str(jsonl_run[1]))))
+    # The workers imported TensorFlow (they loaded the model) without its plugin-registration
+    # errors on the stderr they share with this process (imgpipe/quiet_tensorflow.py).
+    err = capfd.readouterr().err
+    assert "Unable to register cu" not in err, err[-2000:]
 
 
 def test_images_the_model_refuses_are_skipped_alone(model, tmp_path):

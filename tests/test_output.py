@@ -16,6 +16,7 @@ import textwrap
 
 import pytest
 
+from imgpipe import quiet_tensorflow
 from imgpipe.cli import output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,7 @@ def test_the_result_reaches_stdout_when_nothing_is_redirected():
 def test_tensorflow_import_loses_only_the_plugin_registration_lines():
     probe = """
         import sys
-        from imgpipe.cli.output import filter_tensorflow_import_noise
+        from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise
         if sys.argv[1] == "filtered":
             filter_tensorflow_import_noise()
         import tensorflow
@@ -83,7 +84,7 @@ def test_tensorflow_import_loses_only_the_plugin_registration_lines():
         capture_output=True,
         timeout=600,
     )
-    if not output._TF_IMPORT_NOISE.search(raw.stderr):
+    if not quiet_tensorflow.TF_IMPORT_NOISE.search(raw.stderr):
         pytest.skip("this TensorFlow build prints no plugin-registration lines")
     filtered = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(probe), "filtered"],
@@ -93,13 +94,13 @@ def test_tensorflow_import_loses_only_the_plugin_registration_lines():
         timeout=600,
     )
     assert filtered.returncode == 0, filtered.stderr
-    assert not output._TF_IMPORT_NOISE.search(filtered.stderr)
+    assert not quiet_tensorflow.TF_IMPORT_NOISE.search(filtered.stderr)
     assert b"imported" in filtered.stderr
 
     def lines(err: bytes) -> list[bytes]:  # without C++ log timestamps, which differ between processes
         return [re.sub(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ", b"", line) for line in err.splitlines()]
 
-    kept_raw = [line for line in lines(raw.stderr) if not output._TF_IMPORT_NOISE.search(line)]
+    kept_raw = [line for line in lines(raw.stderr) if not quiet_tensorflow.TF_IMPORT_NOISE.search(line)]
     assert lines(filtered.stderr) == kept_raw  # every other line printed at import is still there, in order
 
 
@@ -107,8 +108,8 @@ def test_stderr_filter_keeps_other_lines_written_at_c_level():
     proc = _python(
         """
         import os, re
-        from imgpipe.cli.output import _TF_IMPORT_NOISE, _stderr_without
-        with _stderr_without(_TF_IMPORT_NOISE):
+        from imgpipe.quiet_tensorflow import TF_IMPORT_NOISE, stderr_without
+        with stderr_without(TF_IMPORT_NOISE):
             os.write(2, b"E cuda_dnn.cc] Unable to register cuDNN factory: Attempting to register factory "
                         b"for plugin cuDNN when one has already been registered\\n")
             os.write(2, b"W real warning\\n")
@@ -136,6 +137,43 @@ def test_absl_filter_drops_only_the_false_property_predicate_warning():
     finally:
         absl.removeHandler(capture)
     assert seen == ["ContextQuery.property_predicate is not supported.", "a real warning"]
+
+
+def test_beam_worker_filter_drops_only_the_two_start_up_warnings():
+    """What Beam's local job service relays from its worker processes (--beam-runner multiprocess)."""
+    seen: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    def relayed(message: str) -> str:  # the job service's line: the worker's log entry as text
+        return (
+            "Worker: severity: WARN timestamp {   seconds: 1796376072   nanos: 532385110 } "
+            f'message: "{message}" log_location: "sdk_worker_main.py:409" thread: "MainThread" '
+        )
+
+    output.setup_logging()
+    workers = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    capture = Capture()
+    workers.addHandler(capture)
+    try:
+        workers.warning(relayed("No semi_persistent_directory found:  User registered objects ..."))
+        workers.warning(
+            relayed(
+                "Discarding unparseable args: [\\'--pipeline_type_check\\', "
+                "\\'--direct_runner_use_stacked_bundle\\']"
+            )
+        )
+        kept = [
+            relayed("Discarding unparseable args: [\\'--pipeline_type_check\\', \\'--my_option\\']"),
+            relayed("a real worker warning"),
+        ]
+        for message in kept:
+            workers.warning(message)
+    finally:
+        workers.removeHandler(capture)
+    assert seen == kept
 
 
 def test_the_pipeline_sets_no_property_predicate_so_the_dropped_warning_is_false():

@@ -20,6 +20,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # ML Metadata's C++ logs every PostgreSQL connection at INFO; keep its warnings and errors.
 os.environ.setdefault("GLOG_minloglevel", "1")
 warnings.filterwarnings("ignore", category=FutureWarning)
+# ... in the Python processes a command starts too (Beam's workers), which import the same
+# libraries (google-api-core warns at import that Python 3.10 is no longer supported).
+if "ignore::FutureWarning" not in os.environ.get("PYTHONWARNINGS", "").split(","):
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, (os.environ.get("PYTHONWARNINGS"), "ignore::FutureWarning"))
+    )
 
 from imgpipe.cli import (  # noqa: E402
     airflow,
@@ -48,13 +54,13 @@ from imgpipe.cli.output import (  # noqa: E402
     UsageError,
     WorkFailed,
     error,
-    filter_tensorflow_import_noise,
     received_signals,
     setup_logging,
     sigterm_raises,
     stopped_by,
 )
 from imgpipe.orchestration.lock import LockBusy, LockError  # noqa: E402
+from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 
 GROUPS = (ingest, backbone, run, report, demo, serving, batch, drift, kubeflow, airflow, schedule, prune)

@@ -4,7 +4,8 @@ stdout carries only a command's machine-readable result (JSON lines); progress,
 warnings and errors go to stderr through `logging`, configured once here.
 `stdout_to_stderr()` keeps everything else off stdout while work runs (library
 prints, C/C++ writes, child processes). Two kinds of known noise are dropped
-from stderr, precisely (see `_NoiseFilter` and `filter_tensorflow_import_noise`).
+from stderr, precisely (see `_NoiseFilter`, and imgpipe/quiet_tensorflow.py for TensorFlow's
+import).
 
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
 3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
@@ -19,20 +20,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
-import importlib.abc
-import importlib.machinery
 import json
 import logging
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
+from imgpipe.quiet_tensorflow import flush_c_stdio
 from imgpipe.stop_signals import Terminated, received_signals, stopped_by
 
 EXIT_OK = 0
@@ -180,6 +178,9 @@ def setup_logging(verbose: bool = False) -> None:
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _NoiseFilter) for f in absl_logger.filters):
         absl_logger.addFilter(_NoiseFilter())
+    beam_workers = logging.getLogger(_BEAM_WORKER_LOGGER)
+    if not any(isinstance(f, _BeamWorkerNoiseFilter) for f in beam_workers.filters):
+        beam_workers.addFilter(_BeamWorkerNoiseFilter())
     for name in _OWN:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
@@ -213,14 +214,9 @@ def stdout_to_stderr() -> Iterator[None]:
     finally:
         sys.stderr.flush()
         if saved is not None:
-            _flush_c_stdio()
+            flush_c_stdio()
             os.dup2(saved, 1)
             os.close(saved)
-
-
-def _flush_c_stdio() -> None:
-    with contextlib.suppress(Exception):  # no C library to reach: nothing buffered there either
-        ctypes.CDLL(None).fflush(None)
 
 
 # --------------------------------------------------------------------------- stderr noise
@@ -230,12 +226,15 @@ def _flush_c_stdio() -> None:
 # checks the compiled pipeline). Only these exact messages are dropped.
 _ABSL_NOISE = frozenset({"ArtifactQuery.property_predicate is not supported."})
 
-# TensorFlow 2.16's pip wheel registers the CUDA FFT/DNN/BLAS plugins from two of its
-# shared libraries; the second registration logs an error at import, on every machine,
-# GPU or not. Only these lines are dropped; every other line printed at import stays.
-_TF_IMPORT_NOISE = re.compile(
-    rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin "
-    rb"cu(FFT|DNN|BLAS) when one has already been registered"
+
+# Beam's local job service relays each of its worker processes' start-up warnings
+# (--beam-runner multiprocess): the worker has no semi-persistent directory (a remote
+# runner's staging feature) and does not know two of the direct runner's own options. Only
+# these exact worker messages are dropped; every other worker message is still relayed.
+_BEAM_WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
+_BEAM_WORKER_NOISE = re.compile(
+    r'message: "(No semi_persistent_directory found: |Discarding unparseable args: '
+    r"\[\\'--pipeline_type_check\\', \\'--direct_runner_use_stacked_bundle\\'\]\")"
 )
 
 
@@ -244,53 +243,6 @@ class _NoiseFilter(logging.Filter):
         return record.msg not in _ABSL_NOISE
 
 
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """On the first `import tensorflow`, capture stderr (descriptor 2) while the package
-    initialises, then replay it without the plugin-registration lines."""
-
-    def find_spec(self, name, path, target=None):  # noqa: ANN001 - the importlib protocol
-        if name != "tensorflow":
-            return None
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def quiet_exec_module(module) -> None:  # noqa: ANN001
-            with _stderr_without(_TF_IMPORT_NOISE):
-                exec_module(module)
-
-        spec.loader.exec_module = quiet_exec_module  # this loader instance serves tensorflow only
-        return spec
-
-
-@contextlib.contextmanager
-def _stderr_without(noise: re.Pattern) -> Iterator[None]:
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            _flush_c_stdio()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = b"".join(line for line in captured if not noise.search(line))
-            if kept:
-                os.write(2, kept)
-
-
-def filter_tensorflow_import_noise() -> None:
-    """Drop TensorFlow's plugin-registration lines when it is first imported (no-op if it is loaded)."""
-    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _QuietTensorFlowImport())
+class _BeamWorkerNoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _BEAM_WORKER_NOISE.search(record.getMessage())
