@@ -216,6 +216,11 @@ def _setting_args(config: BeamConfig) -> list[str]:
     ]
 
 
+# Imported first by each local worker process (Beam's --beam_plugin): TensorFlow's import there
+# without its plugin-registration errors (imgpipe/beam_worker_plugin.py).
+WORKER_PLUGIN = "imgpipe.beam_worker_plugin"
+
+
 def beam_pipeline_args(config: BeamConfig) -> list[str]:
     """The `beam_pipeline_args` for config.beam_runner: runner flags, the setting fields, then beam_args.
 
@@ -237,6 +242,7 @@ def beam_pipeline_args(config: BeamConfig) -> list[str]:
             f"--runner={LOCAL_RUNNER}",
             "--direct_running_mode=multi_processing",
             f"--direct_num_workers={workers}",
+            f"--beam_plugin={WORKER_PLUGIN}",
         ]
     elif runner == "dataflow":
         _need(settings.project, runner, "project", "my-gcp-project")

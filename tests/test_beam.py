@@ -41,6 +41,7 @@ def test_multiprocess_uses_worker_processes():
         "--runner=pipeline.local_beam.DirectRunner",
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=3",
+        "--beam_plugin=imgpipe.beam_worker_plugin",
     ]
     default = beam_pipeline_args(_config("multiprocess"))
     assert f"--direct_num_workers={os.cpu_count()}" in default
@@ -217,7 +218,7 @@ def _transform(items, runner: str, workdir: str):
     return list(vocab), by_id
 
 
-def test_multiprocess_transform_equals_in_memory(tmp_path):
+def test_multiprocess_transform_equals_in_memory(tmp_path, capfd):
     from tests.helpers import digit_images
 
     # Classes with distinct counts so the vocabulary order (by frequency) is fixed: 0, 1, 2, 7.
@@ -237,3 +238,7 @@ def test_multiprocess_transform_equals_in_memory(tmp_path):
         np.testing.assert_allclose(image_mp, image, rtol=0, atol=1e-6)
     # Different images really do give different tensors (the comparison is not vacuous).
     assert not np.allclose(rows_mem[0][1], rows_mem[len(items) - 1][1])
+    # The workers imported TensorFlow (TFT's steps) after the worker plugin, without its
+    # plugin-registration errors on the stderr they share with this process.
+    err = capfd.readouterr().err
+    assert "Unable to register cu" not in err, err[-2000:]

@@ -28,7 +28,6 @@ from imgpipe.batch.outputs import PREDICT_IMAGES, ScoredImage
 from imgpipe.ingest.errors import tf_error_text
 from imgpipe.ingest.images import check_image
 from imgpipe.ingest.report import display_path
-from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise
 from serving.request_size import CLIENT_MESSAGE_MB, image_budget, request_parts, too_large_reason
 
 SKIPPED = "skipped"
@@ -164,11 +163,6 @@ class ScoreWithSavedModel(_Scorer):
         scores = [[float(s) for s in row] for row in out["scores"].numpy()]
         return classes, scores, self.version
 
-
-# A Beam worker process (--beam-runner multiprocess, or a remote runner's) imports this module
-# when it unpickles the job's steps, before any of them imports TensorFlow: its import there
-# then prints no plugin-registration errors either (the CLI drops them in its own process).
-filter_tensorflow_import_noise()
 
 _LOADED: dict[tuple[str, float, int], Any] = {}
 _LOADING = threading.Lock()

@@ -229,12 +229,13 @@ _ABSL_NOISE = frozenset({"ArtifactQuery.property_predicate is not supported."})
 
 # Beam's local job service relays each of its worker processes' start-up warnings
 # (--beam-runner multiprocess): the worker has no semi-persistent directory (a remote
-# runner's staging feature) and does not know two of the direct runner's own options. Only
-# these exact worker messages are dropped; every other worker message is still relayed.
+# runner's staging feature) and does not know the direct runner's own two options (in either
+# order). Only these exact worker messages are dropped; every other one is still relayed.
 _BEAM_WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
 _BEAM_WORKER_NOISE = re.compile(
     r'message: "(No semi_persistent_directory found: |Discarding unparseable args: '
-    r"\[\\'--pipeline_type_check\\', \\'--direct_runner_use_stacked_bundle\\'\]\")"
+    r"\[\\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\'"
+    r"(, \\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\')?\]\")"
 )
 
 
