@@ -1,11 +1,36 @@
 """Imported first in each worker process of a local multi-process Beam job.
 
 pipeline/beam.py passes `--beam_plugin=imgpipe.beam_worker_plugin` with `--beam-runner
-multiprocess`; Beam's worker imports its plugins before it unpickles any step, so this runs
+multiprocess`; Beam's worker imports its plugins before it unpickles any step. So this runs
 before TFX's, TFT's or imgpipe's steps import TensorFlow: that import then prints no plugin-
 registration errors (imgpipe/quiet_tensorflow.py), as in the `imgpipe` process itself.
+
+It also keeps the worker's exit quiet. The TensorFlow functions that TFT's and TFMA's steps hold
+live until the interpreter tears the modules down, and TensorFlow's `AtomicFunction.__del__`
+then fails on its own module's cleared globals ("Exception ignored in ... TypeError: 'NoneType'
+object is not subscriptable"), once per function. From the worker's exit on (atexit), only those
+are dropped; any other unraisable exception is reported as before.
 """
+
+import atexit
+import sys
 
 from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise
 
 filter_tensorflow_import_noise()
+
+
+def _quiet_teardown() -> None:
+    report = sys.unraisablehook
+
+    def hook(unraisable) -> None:  # noqa: ANN001 - sys.UnraisableHookArgs
+        if getattr(unraisable.object, "__qualname__", "") == "AtomicFunction.__del__" and isinstance(
+            unraisable.exc_value, (TypeError, AttributeError)
+        ):
+            return
+        report(unraisable)
+
+    sys.unraisablehook = hook
+
+
+atexit.register(_quiet_teardown)

@@ -219,7 +219,11 @@ def _transform(items, runner: str, workdir: str):
 
 
 def test_multiprocess_transform_equals_in_memory(tmp_path, capfd):
+    import tensorflow  # noqa: F401 - this process's own first import, before the capture below
+
     from tests.helpers import digit_images
+
+    capfd.readouterr()
 
     # Classes with distinct counts so the vocabulary order (by frequency) is fixed: 0, 1, 2, 7.
     items = [
@@ -239,6 +243,44 @@ def test_multiprocess_transform_equals_in_memory(tmp_path, capfd):
     # Different images really do give different tensors (the comparison is not vacuous).
     assert not np.allclose(rows_mem[0][1], rows_mem[len(items) - 1][1])
     # The workers imported TensorFlow (TFT's steps) after the worker plugin, without its
-    # plugin-registration errors on the stderr they share with this process.
+    # plugin-registration errors on the stderr they share with this process, and exited
+    # without a traceback for each TensorFlow function still held at their teardown.
     err = capfd.readouterr().err
     assert "Unable to register cu" not in err, err[-2000:]
+    assert "Exception ignored in" not in err, err[-2000:]
+
+
+def test_the_worker_plugin_drops_only_teardown_errors_of_tensorflow_functions():
+    """From exit on, a TensorFlow function's failing __del__ is dropped; any other is reported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import gc
+        from imgpipe import beam_worker_plugin
+
+        class AtomicFunction:  # what TensorFlow's function class is called
+            def __del__(self):
+                raise TypeError("'NoneType' object is not subscriptable")
+
+        class Other:
+            def __del__(self):
+                raise TypeError("a real error")
+
+        AtomicFunction(); Other()  # before exit: both reported
+        gc.collect()
+        beam_worker_plugin._quiet_teardown()  # what the plugin's atexit hook does
+        AtomicFunction(); Other()
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    reported = [line for line in done.stderr.splitlines() if line.startswith("Exception ignored in")]
+    assert [r.split("function ")[1].split(" at")[0] for r in reported] == [
+        "AtomicFunction.__del__",
+        "Other.__del__",
+        "Other.__del__",
+    ], done.stderr
