@@ -2,8 +2,9 @@
 
 TensorFlow 2.16's pip wheel logs three C++ errors when it is imported, on every machine, GPU or
 not. `filter_tensorflow_import_noise` drops exactly those lines from the first import in a
-process: the CLI installs it as it starts, and the batch prediction module as it is imported in
-a Beam worker process, which imports TensorFlow itself (imgpipe.batch.scoring).
+process: the CLI installs it as it starts, and each worker process of a local multi-process
+Beam job as it imports its plugin (imgpipe/beam_worker_plugin.py), before any step imports
+TensorFlow.
 """
 
 from __future__ import annotations
