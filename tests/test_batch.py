@@ -497,9 +497,17 @@ def _damaged(export_dir: str, version: Path, damage: str) -> None:
     variables = version / "variables"
     if damage == "no variables yet":  # still being copied
         shutil.rmtree(variables)
-    elif damage == "a data shard missing":
+    elif damage.startswith("a data shard"):
         [shard] = [p for p in variables.iterdir() if p.name.startswith("variables.data-")]
-        shard.unlink()
+        data = bytearray(shard.read_bytes())
+        if damage == "a data shard missing":
+            shard.unlink()
+        elif damage == "a data shard cut short":  # a copy interrupted
+            shard.write_bytes(data[: len(data) // 2])
+        elif damage == "a data shard with other bytes in it":  # as long as it was: only the checksums tell
+            middle = len(data) // 2
+            data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+            shard.write_bytes(data)
     elif damage == "saved_model.pb not a SavedModel":
         (version / "saved_model.pb").write_bytes(b"\x00not a SavedModel" * 10)
     elif damage == "no predict_images":
@@ -520,6 +528,8 @@ def _damaged(export_dir: str, version: Path, damage: str) -> None:
     [
         ("no variables yet", r"cannot be loaded \(is the version complete"),
         ("a data shard missing", r"cannot be loaded \(is the version complete"),
+        ("a data shard cut short", r"cannot be loaded \(is the version complete.*Read less bytes"),
+        ("a data shard with other bytes in it", r"cannot be loaded \(is the version complete.*[Cc]hecksum"),
         ("saved_model.pb not a SavedModel", r"cannot be loaded \(is the version complete"),
         ("no predict_images", r"has no predict_images signature: give a model imgpipe exported"),
     ],

@@ -280,7 +280,9 @@ def check_loads(export_dir: str) -> None:
             load_signature(export_dir)
     except KeyError as exc:
         raise _no_signature(export_dir) from exc
-    except (tf.errors.OpError, OSError, ValueError) as exc:
+    # IndexError: a data shard cut short. The bundle reader's OUT_OF_RANGE ("Read less bytes than
+    # requested") reaches Python as IndexError, not as tf.errors.OutOfRangeError.
+    except (tf.errors.OpError, OSError, ValueError, IndexError) as exc:
         raise _unloadable(export_dir, tf_error_text(exc)) from exc
 
 
@@ -299,8 +301,10 @@ def _unloadable(export_dir: str, why: str) -> BatchError:
 def check_files(export_dir: str) -> None:
     """BatchError naming the model when its files show it cannot be loaded, without loading it
     (for runners whose workers load it themselves): saved_model.pb parses and has the
-    predict_images signature, and the variables' index and each of its data shards are there.
-    A shard that is there but damaged is still found only by the workers' load."""
+    predict_images signature, the variables' index and each of its data shards are there, and
+    every variable reads back with the checksum its index holds (a shard cut short or with
+    other bytes in it: what a copy interrupted or gone wrong leaves). Reading them costs one
+    pass over the variables' bytes, one variable in memory at a time; no graph is built."""
     import tensorflow as tf
     from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
@@ -332,6 +336,12 @@ def check_files(export_dir: str) -> None:
     ]
     if missing:
         raise _unloadable(export_dir, f"{variables} lacks {', '.join(missing)}")
+    try:
+        reader = tf.train.load_checkpoint(os.path.join(variables, "variables"))
+        for name in sorted(reader.get_variable_to_shape_map()):
+            reader.get_tensor(name)  # the bundle reader checks each variable's CRC32C as it reads
+    except (tf.errors.OpError, ValueError, IndexError) as exc:  # IndexError: cut short, as above
+        raise _unloadable(export_dir, f"{variables}: {tf_error_text(exc)}") from exc
 
 
 def check_server(target: str, model_name: str, timeout: float) -> None:
