@@ -176,6 +176,122 @@ def test_beam_worker_filter_drops_only_the_two_start_up_warnings():
     assert seen == kept
 
 
+class _Seen(logging.Handler):
+    """The messages that reach the given loggers' handlers (what stderr would show)."""
+
+    def __init__(self, *names: str):
+        super().__init__()
+        self.loggers = [logging.getLogger(n) for n in names]
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        for logger in self.loggers:
+            logger.addHandler(self)
+        return self.messages
+
+    def __exit__(self, *exc):
+        for logger in self.loggers:
+            logger.removeHandler(self)
+
+
+# TFX's and TFT's notices, as their code (tfx/components/transform/executor.py,
+# tensorflow_transform/graph_tools.py) formats them on every run of the pipeline.
+_IN_PLACE = (
+    "Not using the in-place Transform because the following features require analyzing: ('image', 'label')"
+)
+_TABLES = (
+    "Tables initialized inside a tf.function  will be re-initialized on every invocation of the function. "
+    "This  re-initialization can have significant impact on performance. Consider lifting  them out of the "
+    "graph context using  `tf.init_scope`.: {}"
+)
+
+
+def _library_notices(tmp_path, monkeypatch) -> tuple[list[str], list[str]]:
+    """(dropped, kept): the libraries' notices about their own code, each raised for real where
+    that is cheap (TensorFlow's deprecation, Keras's load), and near misses that must stay."""
+    import tensorflow as tf
+    import tf_keras
+    from tensorflow.python.util import deprecation
+
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def double(self, x):
+            return x * 2.0
+
+    saved = str(tmp_path / "saved_model")
+    tf.saved_model.save(Doubler(), saved)
+    records = str(tmp_path / "r.tfrecord")
+    with tf.io.TFRecordWriter(records) as w:
+        w.write(b"x")
+    # A deprecated call from an installed package's code, then the same call from a user's file.
+    callers = {}
+    for where in ("site-packages/somelib/reader.py", "my_project/module_file.py"):
+        code = compile(
+            "def read(p):\n    return list(tf.compat.v1.python_io.tf_record_iterator(p))\n",
+            str(tmp_path / where),
+            "exec",
+        )
+        scope = {"tf": tf}
+        exec(code, scope)
+        callers[where] = scope["read"]
+
+    absl, tf_logger = logging.getLogger("absl"), logging.getLogger("tensorflow")
+    with _Seen("absl", "tensorflow") as seen:
+        absl.warning(_IN_PLACE)
+        absl.warning(
+            _TABLES.format(
+                "compute_and_apply_vocabulary/apply_vocab/text_file_init/InitializeTableFromTextFileV2"
+            )
+        )
+        tf_keras.models.load_model(saved)  # Keras's "saved prior to TF 2.5", logged by tf_keras (twice)
+        monkeypatch.setattr(deprecation, "_PRINTED_WARNING", {})
+        callers["site-packages/somelib/reader.py"](records)
+        dropped = list(seen)
+        del seen[:]
+        absl.warning(
+            _TABLES.format("my_table/table_init/InitializeTableFromTextFileV2")
+        )  # not TFT's vocabulary
+        absl.warning("Not using the in-place Transform: a different reason")  # not the pattern's text
+        monkeypatch.setattr(deprecation, "_PRINTED_WARNING", {})
+        callers["my_project/module_file.py"](records)
+        tf_logger.warning("a real TensorFlow warning")
+        kept = list(seen)
+    return dropped, kept
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_notices_about_their_own_code_are_dropped_unless_verbose(tmp_path, monkeypatch, verbose):
+    output.setup_logging(verbose=verbose)
+    try:
+        dropped, kept = _library_notices(tmp_path, monkeypatch)
+    finally:
+        output.setup_logging()
+    # What each notice is, as the libraries logged it: checked first, so a library that words
+    # a notice differently fails here, not by a silent pass of a pattern that no longer matches.
+    joined = "\n".join(dropped)
+    if verbose:
+        assert joined.count("SavedModel saved prior to TF 2.5") >= 1, dropped
+        assert "somelib/reader.py:2: tf_record_iterator (from " in joined and "is deprecated" in joined, (
+            dropped
+        )
+        assert dropped[:2] == [
+            _IN_PLACE,
+            _TABLES.format(
+                "compute_and_apply_vocabulary/apply_vocab/text_file_init/InitializeTableFromTextFileV2"
+            ),
+        ]
+    else:
+        assert dropped == []
+    assert len(kept) == 4, kept
+    assert kept[0].endswith("my_table/table_init/InitializeTableFromTextFileV2")
+    assert kept[1] == "Not using the in-place Transform: a different reason"
+    assert "my_project/module_file.py:2: tf_record_iterator (from " in kept[2] and "is deprecated" in kept[2]
+    assert kept[3] == "a real TensorFlow warning"
+
+
 def test_the_pipeline_sets_no_property_predicate_so_the_dropped_warning_is_false():
     """TFX warns because `if artifact_query.property_predicate:` is true for an unset message."""
     from tfx.dsl.compiler import compiler

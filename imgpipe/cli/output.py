@@ -3,9 +3,10 @@
 stdout carries only a command's machine-readable result (JSON lines); progress,
 warnings and errors go to stderr through `logging`, configured once here.
 `stdout_to_stderr()` keeps everything else off stdout while work runs (library
-prints, C/C++ writes, child processes). Two kinds of known noise are dropped
-from stderr, precisely (see `_NoiseFilter`, and imgpipe/quiet_tensorflow.py for TensorFlow's
-import).
+prints, C/C++ writes, child processes). Known noise is dropped from stderr,
+precisely (see `_NoiseFilter`, `_BeamWorkerNoiseFilter`, imgpipe/quiet_tensorflow.py for
+TensorFlow's import) and, unless --verbose, the libraries' notices about their own code
+(`_LIBRARY_NOTICES`).
 
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
 3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
@@ -181,6 +182,12 @@ def setup_logging(verbose: bool = False) -> None:
     beam_workers = logging.getLogger(_BEAM_WORKER_LOGGER)
     if not any(isinstance(f, _BeamWorkerNoiseFilter) for f in beam_workers.filters):
         beam_workers.addFilter(_BeamWorkerNoiseFilter())
+    for name, patterns in _LIBRARY_NOTICES.items():
+        library = logging.getLogger(name)
+        for old in [f for f in library.filters if isinstance(f, _LibraryNoticeFilter)]:
+            library.removeFilter(old)
+        if not verbose:
+            library.addFilter(_LibraryNoticeFilter(patterns))
     for name in _OWN:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
@@ -237,6 +244,42 @@ _BEAM_WORKER_NOISE = re.compile(
     r"\[\\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\'"
     r"(, \\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\')?\]\")"
 )
+
+
+# Notices TFT, TFMA and TensorFlow log on every run about their own code, not about the
+# user's data, model or settings; dropped from stderr unless --verbose (one pattern per
+# notice, matched on the logger it comes from):
+# - TFT: a full analysis pass is needed (the label vocabulary is an analyzer: always so);
+# - TFT: tables traced in a tf.function, on its own label vocabulary's table (a few entries);
+# - TFMA loads a model with Keras first: imgpipe exports with tf.saved_model.save by design, so
+#   "saved prior to TF 2.5" is Keras's guess at why there is no Keras metadata;
+# - a TensorFlow deprecation whose call site is an installed package's code (TFMA's writer
+#   calls tf_record_iterator): only that package can change it. One from imgpipe's code, a
+#   user's module file or any path outside site-/dist-packages is still shown.
+_LIBRARY_NOTICES = {
+    "absl": (
+        re.compile(r"Not using the in-place Transform because the following features require analyzing"),
+        re.compile(
+            r"Tables initialized inside a tf\.function +will be re-initialized on every invocation.*"
+            r": compute_and_apply_vocabulary(_\d+)?/apply_vocab/",
+            re.DOTALL,
+        ),
+    ),
+    "tensorflow": (
+        re.compile(r"SavedModel saved prior to TF 2\.5 detected when loading Keras model"),
+        re.compile(r"From [^\n]*/(site|dist)-packages/[^\n]*:\d+: .* is deprecated and will be removed"),
+    ),
+}
+
+
+class _LibraryNoticeFilter(logging.Filter):
+    def __init__(self, patterns: tuple[re.Pattern, ...]):
+        super().__init__()
+        self.patterns = patterns
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(p.match(text) for p in self.patterns)
 
 
 class _NoiseFilter(logging.Filter):
