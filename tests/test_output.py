@@ -185,7 +185,10 @@ class _Seen(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record):
-        self.messages.append(record.getMessage())
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:  # noqa: BLE001 - as logging's own handlers do: report it, go on
+            self.handleError(record)
 
     def __enter__(self):
         for logger in self.loggers:
@@ -314,3 +317,17 @@ def test_emit_is_one_json_line(capsys):
     output.emit({"b": 1, "a": [1, 2]})
     out = capsys.readouterr().out
     assert out.endswith("\n") and out.count("\n") == 1 and json.loads(out) == {"a": [1, 2], "b": 1}
+
+
+@pytest.mark.parametrize(
+    "logger", ["absl", "tensorflow", "apache_beam.runners.portability.local_job_service"]
+)
+def test_a_record_whose_arguments_do_not_fit_passes_the_filters_without_raising(logger, capsys, monkeypatch):
+    """A library's log call with the wrong arguments must not raise through imgpipe's filters into
+    that library's code: the record reaches the handlers, whose own error report it gets."""
+    output.setup_logging()
+    monkeypatch.setattr(logging.getLogger(logger), "propagate", False)  # pytest's handler would raise
+    with _Seen(logger) as seen:
+        logging.getLogger(logger).warning("Not using the in-place Transform %d", "not a number")
+    assert seen == []  # the handler could not format it either, and reported it as logging's handlers do
+    assert "Logging error" in capsys.readouterr().err

@@ -278,8 +278,17 @@ class _LibraryNoticeFilter(logging.Filter):
         self.patterns = patterns
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not any(p.match(text) for p in self.patterns)
+        text = _message(record)
+        return text is None or not any(p.match(text) for p in self.patterns)
+
+
+def _message(record: logging.LogRecord) -> str | None:
+    """The record's text, or None when its arguments do not fit its format: a filter must not
+    raise into the library's call (logging's handler reports such a record itself)."""
+    try:
+        return record.getMessage()
+    except Exception:  # noqa: BLE001 - any formatting error: keep the record, unfiltered
+        return None
 
 
 class _NoiseFilter(logging.Filter):
@@ -289,4 +298,5 @@ class _NoiseFilter(logging.Filter):
 
 class _BeamWorkerNoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _BEAM_WORKER_NOISE.search(record.getMessage())
+        text = _message(record)
+        return text is None or not _BEAM_WORKER_NOISE.search(text)
