@@ -263,6 +263,68 @@ def test_a_link_loop_lists_each_file_once(tmp_path):
     assert list_images(str(tmp_path / "imgs")) == [str(tmp_path / "imgs" / "a.png")]
 
 
+def test_a_glob_without_links_lists_what_python_s_glob_lists(tmp_path, monkeypatch):
+    """The loop-safe `**` (inputs._glob) against glob.glob on a tree with no links: the same paths,
+    relative and absolute, with `**` first, in the middle, last, and beside other wildcards."""
+    import glob
+
+    from imgpipe.batch import inputs
+
+    for path in (
+        "x/y/z.png",
+        "x/y/w.jpg",
+        "x/top.png",
+        "q/x/deep.png",
+        "top.png",
+        "x/.hidden/h.png",
+        ".h.png",
+    ):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    patterns = [
+        "**",
+        "**/*.png",
+        "x/**",
+        "x/**/*.png",
+        "*/**/z.png",
+        "**/x",
+        "**/x/**",
+        "x/y/**/*.jpg",
+        "x/**/y",
+    ]
+    for pattern in patterns + [str(tmp_path / p) for p in patterns]:
+        # Python's glob ends a folder that a last `**` matched as no folder with a separator
+        # ("q/x/" for **/x/**): the same folder, and the same files once walked.
+        ours = sorted(p.rstrip("/") for p in inputs._glob(pattern))
+        assert ours == sorted(p.rstrip("/") for p in glob.glob(pattern, recursive=True)), pattern
+
+
+@pytest.mark.parametrize("pattern", ["imgs/**/*.png", "imgs/**", "imgs/*/*.png", "imgs/**/b.png"])
+def test_a_link_loop_under_a_glob_lists_each_file_once(tmp_path, pattern):
+    """`**` follows directory links: a loop, or a second link to a folder, must not list a file
+    again under a longer path (as a directory's walk does not); a folder reached only through
+    a link is still listed."""
+    imgs, outside = tmp_path / "imgs", tmp_path / "outside"
+    (imgs / "loop").mkdir(parents=True)
+    outside.mkdir()
+    (imgs / "a.png").write_bytes(b"x")
+    (imgs / "loop" / "b.png").write_bytes(b"x")
+    (outside / "c.png").write_bytes(b"x")
+    (imgs / "loop" / "up").symlink_to(imgs)  # the loop
+    (imgs / "again").symlink_to(imgs / "loop")  # a second path to loop/
+    (imgs / "linked").symlink_to(outside)  # a folder only a link reaches
+    # loop/ and again/ are one real folder: its file is listed once, under one of the two paths
+    # (the first a walk in name order meets under `**`, the shorter under a plain glob).
+    want = {
+        "imgs/**/*.png": ["imgs/a.png", "imgs/again/b.png", "imgs/linked/c.png"],
+        "imgs/**": ["imgs/a.png", "imgs/again/b.png", "imgs/linked/c.png"],
+        "imgs/*/*.png": ["imgs/linked/c.png", "imgs/loop/b.png"],
+        "imgs/**/b.png": ["imgs/again/b.png"],
+    }[pattern]
+    assert list_images(str(tmp_path / pattern)) == [str(tmp_path / w) for w in want]
+
+
 def test_a_line_break_in_a_path_stays_one_csv_field(tmp_path):
     from imgpipe.batch.outputs import CSV_HEADER, ScoredImage, csv_rows
 

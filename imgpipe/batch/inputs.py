@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 
@@ -31,18 +32,65 @@ def list_images(spec: str) -> list[str]:
         if not found:
             raise NoInputs(f"--images {spec}: the directory holds no files")
         return sorted(found)
-    matches = sorted(glob.glob(spec, recursive=True))
+    matches = sorted(_glob(spec))
     if not matches:
         raise NoInputs(f"--images {spec}: no such directory, and no file matches it as a glob")
+    # `**` follows directory links, so a link loop (or two links to one folder) matches the same
+    # files under ever longer paths: as in a directory's walk, each real folder's files are taken
+    # under one path only, the shortest that matched.
     files: list[str] = []
-    for path in matches:
-        files.extend(_walk(path) if os.path.isdir(path) else [path])
+    folders: dict[str, str] = {}  # a real folder -> the path its files are listed under
+    for path in sorted(matches, key=lambda p: (len(p), p)):
+        for file in _walk(path) if os.path.isdir(path) else [path]:
+            parent = os.path.dirname(file)
+            if folders.setdefault(os.path.realpath(parent or "."), parent) == parent:
+                files.append(file)
     if not files:
         raise NoInputs(f"--images {spec}: the matching directories hold no files")
     return sorted(set(files))
 
 
-def _walk(root: str) -> list[str]:
+def _glob(spec: str) -> list[str]:
+    """glob.glob(spec, recursive=True), but `**` goes into each real folder once.
+
+    Python's `**` follows directory links with no memory of where it has been: a link loop is
+    walked until the path is too long for the system, and two loops make that exponential (the
+    same files under ever longer paths). Here the folder above the pattern's first wildcard is
+    walked as a directory is (`_walk`: each real folder once, hidden names skipped, as `*` skips
+    them) and each folder and file below it is matched against the rest of the pattern, `**`
+    standing for any number of folders. Patterns without `**` go to glob.glob, which cannot
+    recurse without it.
+    """
+    parts = spec.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(spec)
+    fixed = 0
+    while not glob.has_magic(parts[fixed]):
+        fixed += 1
+    prefix = os.sep.join(parts[:fixed])  # "" for a relative pattern starting with a wildcard
+    root = prefix or (os.sep if spec.startswith(os.sep) else os.curdir)
+    if not os.path.isdir(root):
+        return []
+    rest = parts[fixed:]
+    found = [prefix + os.sep] if _matches([], rest) and prefix else []  # `**` as no folder at all
+    for path in _walk(root, folders=True):
+        names = os.path.relpath(path, root).split(os.sep)
+        if _matches(names, rest):
+            found.append(os.path.join(prefix, *names))
+    return found
+
+
+def _matches(names: list[str], parts: list[str]) -> bool:
+    """Whether the path components `names` match the pattern components `parts` (fnmatch's
+    rules per name; `**` any number of names, none too)."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        return any(_matches(names[i:], parts[1:]) for i in range(len(names) + 1))
+    return bool(names) and fnmatch.fnmatchcase(names[0], parts[0]) and _matches(names[1:], parts[1:])
+
+
+def _walk(root: str, folders: bool = False) -> list[str]:
     """Every non-hidden file under `root`; directory links are followed, each real folder once
     (a link loop, or two links to one folder, would otherwise list the same files again)."""
     found = []
@@ -55,6 +103,8 @@ def _walk(root: str) -> list[str]:
                 seen.add(real)
                 keep.append(d)
         dirnames[:] = keep
+        if folders:
+            found += [os.path.join(dirpath, d) for d in keep]
         found += [os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".")]
     return found  # empty for an empty folder: a glob may match one beside others
 
