@@ -93,6 +93,23 @@ def test_disk_checks_name_the_field(tmp_path):
         PipelineConfig().validate_paths()
 
 
+def test_a_home_that_is_a_file_is_named_before_the_run(tmp_path):
+    """Not the lock file's "File exists" from under it: the field and what is wrong with it."""
+    data = _data_dir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    for home, what in [
+        (tmp_path / "file", "is a file, not a directory"),
+        (tmp_path / "file" / "below", "is under .*file, which is a file"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^home: .*{what}"):
+            PipelineConfig(
+                data_dir=data, home=str(home), serving_dir=str(tmp_path / "serving")
+            ).validate_paths()
+    PipelineConfig(
+        data_dir=data, home=str(tmp_path / "new" / "home"), serving_dir=str(tmp_path / "s")
+    ).validate_paths()
+
+
 def test_an_unusable_serving_dir_is_named_before_the_run(tmp_path):
     """The Pusher writes there at the end of the run: a file in the way fails the run at its start."""
     data = _data_dir(tmp_path)
