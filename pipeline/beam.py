@@ -271,7 +271,28 @@ def beam_pipeline_args(config: BeamConfig) -> list[str]:
         args = ["--runner=PortableRunner"]
     else:
         raise BeamConfigError(f"unknown beam runner {runner!r}")
-    return args + _setting_args(config) + extra
+    args = args + _setting_args(config) + extra
+    _check_beam_parses(args)
+    return args
+
+
+def _check_beam_parses(args: list[str]) -> None:
+    """BeamConfigError with Beam's own reason when Beam's option parser refuses `args` (a value
+    of the wrong type, a choice it does not know, a flag without its value): found when the
+    pipeline is built, not when the first Beam job parses them mid-run (there Beam's parser
+    exits the process). Flags Beam does not know pass, as they do in a job."""
+    import contextlib
+    import io
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):  # argparse's usage text and error, printed before it exits
+            PipelineOptions(args).get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        lines = said.getvalue().strip().splitlines() or ["Beam's option parser refused them"]
+        raise BeamConfigError(f"beam_args: {lines[-1].split('error: ', 1)[-1]}") from None
 
 
 def with_container_image(config: BeamConfig, image: str) -> BeamConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -152,6 +153,30 @@ def test_runner_flag_in_beam_args_is_refused():
     with pytest.raises(BeamConfigError, match="--project has no value"):
         beam_pipeline_args(_config("dataflow", "--project"))
     assert issubclass(BeamConfigError, ConfigError)  # the CLI reports it as a usage error (exit 2)
+
+
+@pytest.mark.parametrize(
+    "runner,bad,reason",
+    [
+        ("direct", "--direct_num_workers=abc", "--direct_num_workers: invalid int value: 'abc'"),
+        ("multiprocess", "--direct_running_mode=bogus", "--direct_running_mode: invalid choice: 'bogus'"),
+        ("dataflow", "--max_num_workers=many", "--max_num_workers: invalid int value: 'many'"),
+        ("direct", "--save_main_session=yes", "--save_main_session: ignored explicit argument 'yes'"),
+    ],
+)
+def test_a_beam_arg_beam_cannot_parse_is_refused_when_the_pipeline_is_built(runner, bad, reason, capfd):
+    """Not mid-run, where the first Beam job's parser exits the process with its usage text."""
+    extra = (
+        ("--project=my-project", "--region=us-central1", "--temp_location=gs://b/tmp")
+        if runner == "dataflow"
+        else ()
+    )
+    with pytest.raises(BeamConfigError, match="^beam_args: argument " + re.escape(reason)):
+        beam_pipeline_args(_config(runner, *extra, bad))
+    assert capfd.readouterr().err == ""  # Beam's usage text is not printed
+    # Flags Beam does not know pass, as they do in a job; so do good values of the same flags.
+    args = beam_pipeline_args(_config("direct", "--my_own_flag=3", "--experiments=x"))
+    assert args[-2:] == ["--my_own_flag=3", "--experiments=x"]
 
 
 def test_unknown_runner_is_refused():
