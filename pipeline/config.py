@@ -264,7 +264,9 @@ class PipelineConfig(Settings):
                     "(tf.Examples with an `image` feature; BulkInferrer reads every file in it)"
                 )
         if "://" not in self.home:
-            _check_writable_dir("home", self.home, "the runs' lock, ML Metadata, artifacts and records go there")
+            _check_writable_dir(
+                "home", self.home, "the runs' lock, ML Metadata, artifacts and records go there"
+            )
         if "://" not in self.serving_dir:
             _check_writable_dir(
                 "serving_dir", self.serving_dir, "the Pusher writes SERVING_DIR/MODEL_NAME/<version>"
