@@ -113,7 +113,7 @@ def test_prune_refuses_bad_homes_and_waits_for_no_one(tmp_path):
     with pytest.raises(PruneError, match="keep: must be 0 or more"):
         prune_home(home.home, keep=-1)
     with lock.run_lock(lock.home_lock_path(home.home), holder="run X"):
-        with pytest.raises(lock.LockBusy, match="run X"):
+        with pytest.raises(lock.LockBusy, match=r"\(pid \d+ since .*, run X\); not starting prune$"):
             prune_home(home.home, keep=1)
 
 

@@ -187,7 +187,7 @@ def test_run_refuses_while_another_process_holds_the_lock(tmp_path):
     finally:
         holder.close()
     assert proc.returncode == 75, proc.stderr[-2000:]
-    assert f"another imgpipe run holds the lock {lock} (pid {holder.proc.pid}" in proc.stderr
+    assert f"another imgpipe process holds the lock {lock} (pid {holder.proc.pid}" in proc.stderr
     assert proc.stdout == ""
 
 

@@ -68,9 +68,11 @@ def run_lock(path: str, wait: float = 0.0, holder: str = "") -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     waited = f" after waiting {wait:g}s" if wait > 0 else ""
+                    # The holder's own line says what it is (a run and its id, or prune).
+                    ours = "prune" if holder == "prune" else "an overlapping run"
                     raise LockBusy(
-                        f"another imgpipe run holds the lock {path} ({_holder(fd)}); "
-                        f"not starting an overlapping run{waited}"
+                        f"another imgpipe process holds the lock {path} ({_holder(fd)}); "
+                        f"not starting {ours}{waited}"
                     ) from None
                 if not announced:
                     log.info("waiting up to %gs for the lock %s (%s)", wait, path, _holder(fd))
