@@ -119,63 +119,6 @@ def test_stderr_filter_keeps_other_lines_written_at_c_level():
     assert proc.stderr.decode().splitlines() == ["W real warning", "after"]
 
 
-def test_absl_filter_drops_only_the_false_property_predicate_warning():
-    seen: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
-    output.setup_logging()
-    absl = logging.getLogger("absl")
-    capture = Capture()
-    absl.addHandler(capture)
-    try:
-        absl.warning("ArtifactQuery.property_predicate is not supported.")
-        absl.warning("ContextQuery.property_predicate is not supported.")
-        absl.warning("a real warning")
-    finally:
-        absl.removeHandler(capture)
-    assert seen == ["ContextQuery.property_predicate is not supported.", "a real warning"]
-
-
-def test_beam_worker_filter_drops_only_the_two_start_up_warnings():
-    """What Beam's local job service relays from its worker processes (--beam-runner multiprocess)."""
-    seen: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
-    def relayed(message: str) -> str:  # the job service's line: the worker's log entry as text
-        return (
-            "Worker: severity: WARN timestamp {   seconds: 1796376072   nanos: 532385110 } "
-            f'message: "{message}" log_location: "sdk_worker_main.py:409" thread: "MainThread" '
-        )
-
-    output.setup_logging()
-    workers = logging.getLogger("apache_beam.runners.portability.local_job_service")
-    capture = Capture()
-    workers.addHandler(capture)
-    try:
-        workers.warning(relayed("No semi_persistent_directory found:  User registered objects ..."))
-        # The direct runner's two options, in predict-batch's order and in imgpipe run's.
-        for a, b in (
-            ("pipeline_type_check", "direct_runner_use_stacked_bundle"),
-            ("direct_runner_use_stacked_bundle", "pipeline_type_check"),
-        ):
-            workers.warning(relayed(f"Discarding unparseable args: [\\'--{a}\\', \\'--{b}\\']"))
-        kept = [
-            relayed("Discarding unparseable args: [\\'--pipeline_type_check\\', \\'--my_option\\']"),
-            relayed("a real worker warning"),
-        ]
-        for message in kept:
-            workers.warning(message)
-    finally:
-        workers.removeHandler(capture)
-    assert seen == kept
-
-
 class _Seen(logging.Handler):
     """The messages that reach the given loggers' handlers (what stderr would show)."""
 
@@ -198,6 +141,44 @@ class _Seen(logging.Handler):
     def __exit__(self, *exc):
         for logger in self.loggers:
             logger.removeHandler(self)
+
+
+def test_absl_filter_drops_only_the_false_property_predicate_warning():
+    output.setup_logging()
+    absl = logging.getLogger("absl")
+    with _Seen("absl") as seen:
+        absl.warning("ArtifactQuery.property_predicate is not supported.")
+        absl.warning("ContextQuery.property_predicate is not supported.")
+        absl.warning("a real warning")
+    assert seen == ["ContextQuery.property_predicate is not supported.", "a real warning"]
+
+
+def test_beam_worker_filter_drops_only_the_two_start_up_warnings():
+    """What Beam's local job service relays from its worker processes (--beam-runner multiprocess)."""
+
+    def relayed(message: str) -> str:  # the job service's line: the worker's log entry as text
+        return (
+            "Worker: severity: WARN timestamp {   seconds: 1796376072   nanos: 532385110 } "
+            f'message: "{message}" log_location: "sdk_worker_main.py:409" thread: "MainThread" '
+        )
+
+    output.setup_logging()
+    workers = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    with _Seen(workers.name) as seen:
+        workers.warning(relayed("No semi_persistent_directory found:  User registered objects ..."))
+        # The direct runner's two options, in predict-batch's order and in imgpipe run's.
+        for a, b in (
+            ("pipeline_type_check", "direct_runner_use_stacked_bundle"),
+            ("direct_runner_use_stacked_bundle", "pipeline_type_check"),
+        ):
+            workers.warning(relayed(f"Discarding unparseable args: [\\'--{a}\\', \\'--{b}\\']"))
+        kept = [
+            relayed("Discarding unparseable args: [\\'--pipeline_type_check\\', \\'--my_option\\']"),
+            relayed("a real worker warning"),
+        ]
+        for message in kept:
+            workers.warning(message)
+    assert seen == kept
 
 
 # TFX's and TFT's notices, as their code (tfx/components/transform/executor.py,

@@ -4,9 +4,8 @@ stdout carries only a command's machine-readable result (JSON lines); progress,
 warnings and errors go to stderr through `logging`, configured once here.
 `stdout_to_stderr()` keeps everything else off stdout while work runs (library
 prints, C/C++ writes, child processes). Known noise is dropped from stderr,
-precisely (see `_NoiseFilter`, `_BeamWorkerNoiseFilter`, imgpipe/quiet_tensorflow.py for
-TensorFlow's import) and, unless --verbose, the libraries' notices about their own code
-(`_LIBRARY_NOTICES`).
+precisely (`_NOISE`; imgpipe/quiet_tensorflow.py for TensorFlow's import) and, unless
+--verbose, the libraries' notices about their own code (`_LIBRARY_NOTICES`).
 
 Exit codes: 0 done, 1 the work failed, 2 bad arguments or configuration,
 3 `imgpipe drift` found drift, 75 another run holds the lock (sysexits
@@ -176,18 +175,13 @@ def setup_logging(verbose: bool = False) -> None:
     """
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _NoiseFilter) for f in absl_logger.filters):
-        absl_logger.addFilter(_NoiseFilter())
-    beam_workers = logging.getLogger(_BEAM_WORKER_LOGGER)
-    if not any(isinstance(f, _BeamWorkerNoiseFilter) for f in beam_workers.filters):
-        beam_workers.addFilter(_BeamWorkerNoiseFilter())
-    for name, patterns in _LIBRARY_NOTICES.items():
+    for name in {**_NOISE, **_LIBRARY_NOTICES}:
         library = logging.getLogger(name)
-        for old in [f for f in library.filters if isinstance(f, _LibraryNoticeFilter)]:
+        for old in [f for f in library.filters if isinstance(f, _Drop)]:
             library.removeFilter(old)
-        if not verbose:
-            library.addFilter(_LibraryNoticeFilter(patterns))
+        patterns = _NOISE.get(name, ()) + (() if verbose else _LIBRARY_NOTICES.get(name, ()))
+        if patterns:
+            library.addFilter(_Drop(patterns))
     for name in _OWN:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
@@ -227,23 +221,26 @@ def stdout_to_stderr() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- stderr noise
-# TFX 1.16 checks `if artifact_query.property_predicate:` on a protobuf sub-message,
-# which is always true, so it warns "not supported" for every input channel of every
-# component, though imgpipe's pipeline sets no property predicate (tests/test_output.py
-# checks the compiled pipeline). Only these exact messages are dropped.
-_ABSL_NOISE = frozenset({"ArtifactQuery.property_predicate is not supported."})
-
-
-# Beam's local job service relays each of its worker processes' start-up warnings
-# (--beam-runner multiprocess): the worker has no semi-persistent directory (a remote
-# runner's staging feature) and does not know the direct runner's own two options (in either
-# order). Only these exact worker messages are dropped; every other one is still relayed.
+# Dropped from these loggers always, each message by a pattern:
+# - absl: TFX 1.16 checks `if artifact_query.property_predicate:` on a protobuf sub-message,
+#   which is always true, so it warns "not supported" for every input channel of every
+#   component, though imgpipe's pipeline sets no property predicate (tests/test_output.py
+#   checks the compiled pipeline). Only this exact message.
+# - Beam's local job service relays each of its worker processes' start-up warnings
+#   (--beam-runner multiprocess): the worker has no semi-persistent directory (a remote
+#   runner's staging feature) and does not know the direct runner's own two options (in
+#   either order). Only these exact worker messages; every other one is still relayed.
 _BEAM_WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
-_BEAM_WORKER_NOISE = re.compile(
-    r'message: "(No semi_persistent_directory found: |Discarding unparseable args: '
-    r"\[\\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\'"
-    r"(, \\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\')?\]\")"
-)
+_NOISE = {
+    "absl": (re.compile(r"^ArtifactQuery\.property_predicate is not supported\.\Z"),),
+    _BEAM_WORKER_LOGGER: (
+        re.compile(
+            r'message: "(No semi_persistent_directory found: |Discarding unparseable args: '
+            r"\[\\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\'"
+            r"(, \\'--(pipeline_type_check|direct_runner_use_stacked_bundle)\\')?\]\")"
+        ),
+    ),
+}
 
 
 # Notices TFT, TFMA and TensorFlow log on every run about their own code, not about the
@@ -258,28 +255,30 @@ _BEAM_WORKER_NOISE = re.compile(
 #   user's module file or any path outside site-/dist-packages is still shown.
 _LIBRARY_NOTICES = {
     "absl": (
-        re.compile(r"Not using the in-place Transform because the following features require analyzing"),
+        re.compile(r"^Not using the in-place Transform because the following features require analyzing"),
         re.compile(
-            r"Tables initialized inside a tf\.function +will be re-initialized on every invocation.*"
+            r"^Tables initialized inside a tf\.function +will be re-initialized on every invocation.*"
             r": compute_and_apply_vocabulary(_\d+)?/apply_vocab/",
             re.DOTALL,
         ),
     ),
     "tensorflow": (
-        re.compile(r"SavedModel saved prior to TF 2\.5 detected when loading Keras model"),
-        re.compile(r"From [^\n]*/(site|dist)-packages/[^\n]*:\d+: .* is deprecated and will be removed"),
+        re.compile(r"^SavedModel saved prior to TF 2\.5 detected when loading Keras model"),
+        re.compile(r"^From [^\n]*/(site|dist)-packages/[^\n]*:\d+: .* is deprecated and will be removed"),
     ),
 }
 
 
-class _LibraryNoticeFilter(logging.Filter):
+class _Drop(logging.Filter):
+    """Drops a logger's records whose text one of `patterns` finds."""
+
     def __init__(self, patterns: tuple[re.Pattern, ...]):
         super().__init__()
         self.patterns = patterns
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = _message(record)
-        return text is None or not any(p.match(text) for p in self.patterns)
+        return text is None or not any(p.search(text) for p in self.patterns)
 
 
 def _message(record: logging.LogRecord) -> str | None:
@@ -289,14 +288,3 @@ def _message(record: logging.LogRecord) -> str | None:
         return record.getMessage()
     except Exception:  # noqa: BLE001 - any formatting error: keep the record, unfiltered
         return None
-
-
-class _NoiseFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in _ABSL_NOISE
-
-
-class _BeamWorkerNoiseFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = _message(record)
-        return text is None or not _BEAM_WORKER_NOISE.search(text)
