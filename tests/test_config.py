@@ -93,41 +93,31 @@ def test_disk_checks_name_the_field(tmp_path):
         PipelineConfig().validate_paths()
 
 
-def test_a_home_that_is_a_file_is_named_before_the_run(tmp_path):
-    """Not the lock file's "File exists" from under it: the field and what is wrong with it."""
+@pytest.mark.parametrize("field", ["home", "serving_dir"])
+def test_a_file_where_a_folder_goes_is_named_before_the_run(tmp_path, field):
+    """home (the lock, ML Metadata, the records) and serving_dir (the Pusher writes there at the
+    end of the run): a file in the way fails the run at its start, naming the field, not the lock
+    file's "File exists" or the Pusher's error; a folder not there yet, under one, is created."""
     data = _data_dir(tmp_path)
     (tmp_path / "file").write_text("x")
-    for home, what in [
+    others = {"home": str(tmp_path / "home"), "serving_dir": str(tmp_path / "serving")}
+    for path, what in [
         (tmp_path / "file", "is a file, not a directory"),
         (tmp_path / "file" / "below", "is under .*file, which is a file"),
     ]:
-        with pytest.raises(ConfigError, match=f"^home: .*{what}"):
-            PipelineConfig(
-                data_dir=data, home=str(home), serving_dir=str(tmp_path / "serving")
-            ).validate_paths()
-    PipelineConfig(
-        data_dir=data, home=str(tmp_path / "new" / "home"), serving_dir=str(tmp_path / "s")
-    ).validate_paths()
+        with pytest.raises(ConfigError, match=f"^{field}: .*{what}"):
+            PipelineConfig(data_dir=data, **{**others, field: str(path)}).validate_paths()
+    PipelineConfig(data_dir=data, **{**others, field: str(tmp_path / "new" / field)}).validate_paths()
 
 
-def test_an_unusable_serving_dir_is_named_before_the_run(tmp_path):
-    """The Pusher writes there at the end of the run: a file in the way fails the run at its start."""
+def test_a_file_where_the_models_versions_go_is_named_before_the_run(tmp_path):
     data = _data_dir(tmp_path)
-    (tmp_path / "file").write_text("x")
-    for serving, what in [
-        (tmp_path / "file", "is a file, not a directory"),
-        (tmp_path / "file" / "below", "is under .*file, which is a file"),
-    ]:
-        with pytest.raises(ConfigError, match=f"^serving_dir: .*{what}"):
-            PipelineConfig(data_dir=data, serving_dir=str(serving)).validate_paths()
     (tmp_path / "serving").mkdir()
     (tmp_path / "serving" / "digits").write_text("x")  # where the model's versions go
     with pytest.raises(ConfigError, match="^serving_dir: .*digits is a file"):
         PipelineConfig(
             data_dir=data, serving_dir=str(tmp_path / "serving"), model_name="digits"
         ).validate_paths()
-    # Not there yet, under a directory: created by the Pusher.
-    PipelineConfig(data_dir=data, serving_dir=str(tmp_path / "new" / "serving")).validate_paths()
 
 
 def test_yaml_round_trip_flat_and_nested_keys(tmp_path):
