@@ -346,7 +346,7 @@ def _drift_cli(capsys, *argv) -> tuple[int, dict | None, str]:
 def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
     code, report, err = _drift_cli(capsys, "--logs", log_dirs["fresh"], "--run", OLD_RUN, "--home", home)
     assert code == EXIT_OK, err
-    assert report["drift"] is False and report["training"]["run_id"] == OLD_RUN
+    assert report["drift"] is False and report["judged"] is True and report["training"]["run_id"] == OLD_RUN
     assert report["logged"]["measured"] == report["logged"]["images"] == len(digits["fresh"])
     assert report["training"]["measured"] == 3 * TRAIN_PER_CLASS
     assert set(report["features"]["brightness"]) == {"measure", "distance", "threshold", "drifted"}
@@ -366,16 +366,24 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
     code, _, err = _drift_cli(capsys, "--logs", log_dirs["fresh"], "--run", OLD_RUN, "--home", str(tmp_path))
     assert code == EXIT_USAGE and "no run records" in err
     argv = ["--logs", log_dirs["fresh"], "--run", OLD_RUN, "--home", home]
-    code, _, err = _drift_cli(capsys, *argv, "--min-images", "500", "--max-images", "600")
+    code, report, err = _drift_cli(capsys, *argv, "--min-images", "500", "--max-images", "600")
     assert code == EXIT_FAILED and "cannot judge drift" in err
+    # Not judged is still one JSON line: no verdict, the reason, and what each side held.
+    assert report["drift"] is None and report["judged"] is False and "need 500" in report["reason"]
+    assert report["logged"]["measured"] == len(digits["fresh"]) and report["training"]["run_id"] == OLD_RUN
     code, _, err = _drift_cli(capsys, *argv, "--numeric-threshold", "2")
     assert code == EXIT_USAGE and "--numeric-threshold" in err
     # Logs that are all unreadable: the refusal names the files, not only "0 measurable".
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "prediction_log-x.tfrecord").write_bytes(b"\x00\x01 not a record")
-    code, _, err = _drift_cli(capsys, "--logs", str(garbage), "--run", OLD_RUN, "--home", home)
+    code, report, err = _drift_cli(capsys, "--logs", str(garbage), "--run", OLD_RUN, "--home", home)
     assert code == EXIT_FAILED and "only 0 measurable logged images" in err
+    assert (
+        report["judged"] is False
+        and report["logged"]["measured"] == 0
+        and "could not be read" in report["reason"]
+    )
     assert f"log files that could not be read: {garbage / 'prediction_log-x.tfrecord'}" in err
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from imgpipe.cli.output import EXIT_DRIFT, EXIT_OK, Command, UsageError, WorkFailed, emit
+from imgpipe.cli.output import EXIT_DRIFT, EXIT_OK, Command, UsageError, WorkFailed, emit, emit_failure
 from imgpipe.drift import (
     DEFAULT_CATEGORICAL_THRESHOLD,
     DEFAULT_MAX_IMAGES,
@@ -92,8 +92,10 @@ def _run(args: argparse.Namespace) -> int:
     except SourceError as e:
         raise UsageError(str(e)) from e
     except TooFewImages as e:
+        # Still one JSON line on stdout: a schedule reading it sees "not judged", not nothing.
+        emit_failure({"drift": None, "judged": False, "reason": str(e), **e.counts})
         raise WorkFailed(f"cannot judge drift: {e}") from e
-    emit(report)
+    emit({**report, "judged": True})
     return EXIT_DRIFT if report["drift"] else EXIT_OK
 
 

@@ -26,7 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class TooFewImages(Exception):
-    """A side has fewer measurable images than the comparison needs."""
+    """A side has fewer measurable images than the comparison needs.
+
+    `counts` holds both sides' counts (as the report's `logged` and `training`) when
+    drift_report raises it, so a caller can still say what was read.
+    """
+
+    def __init__(self, message: str, counts: dict | None = None):
+        super().__init__(message)
+        self.counts = counts or {}
 
 
 def compare_tables(
@@ -83,25 +91,29 @@ def drift_report(
     log.info("measuring %d logged and %d training images", len(served_items), len(trained_items))
     served, trained = FeatureTable.of(served_items), FeatureTable.of(trained_items)
     trained.skipped.update(train_skipped)
+    counts = {
+        "logged": {
+            **logged.summary(),
+            "images": served_total,
+            "measured": len(served.rows),
+            "skipped": dict(served.skipped),
+        },
+        "training": {
+            **split.summary(),
+            "images": trained_total,
+            "measured": len(trained.rows),
+            "skipped": dict(trained.skipped),
+        },
+    }
     try:
         report = compare_tables(trained, served, categorical_threshold, numeric_threshold, min_images)
     except TooFewImages as e:
+        message = str(e)
         if logged.problems:  # say why the logs held so little: the files that could not be read
             shown = "; ".join(logged.problems[:3]) + (
                 f"; and {len(logged.problems) - 3} more" if len(logged.problems) > 3 else ""
             )
-            raise TooFewImages(f"{e}; log files that could not be read: {shown}") from e
-        raise
-    report["logged"] = {
-        **logged.summary(),
-        "images": served_total,
-        "measured": len(served.rows),
-        "skipped": dict(served.skipped),
-    }
-    report["training"] = {
-        **split.summary(),
-        "images": trained_total,
-        "measured": len(trained.rows),
-        "skipped": dict(trained.skipped),
-    }
+            message = f"{message}; log files that could not be read: {shown}"
+        raise TooFewImages(message, counts) from e
+    report.update(counts)
     return report
