@@ -99,6 +99,17 @@ def test_console_script_entry_point():
         ),
         (["serve", "--model-base-path", "m", "--model-name", "x", "--port", "70000"], "got '70000'"),
         (["demo", "--replicas", "0"], "--replicas: must be a whole number >= 1, got '0'"),
+        # ingest names its flags, not the Python parameters behind them
+        (["ingest", "--images", "i", "--out", "o", "--shards", "0"], "--shards: must be a whole number >= 1"),
+        (["ingest", "--images", "i", "--out", "o", "--max-pixels", "-5"], "--max-pixels: must be a whole"),
+        (
+            ["ingest", "--images", "i", "--out", "o", "--eval-fraction", "1"],
+            "--eval-fraction: must be a number",
+        ),
+        (
+            ["ingest", "--images", "i", "--out", "o", "--eval-fraction", "nan"],
+            "between 0 and 1 (both excluded)",
+        ),
     ],
 )
 def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):

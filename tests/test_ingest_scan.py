@@ -236,12 +236,21 @@ def test_nothing_usable_says_why(tmp_path: Path) -> None:
 
 
 def test_trees_that_cannot_be_scanned(tmp_path: Path) -> None:
-    with pytest.raises(IngestError, match=r"cannot list images dir .*nowhere"):
+    with pytest.raises(IngestError, match=r"cannot list the image directory .*nowhere"):
         scan_tree(str(tmp_path / "nowhere"))
     images = tmp_path / "images"
     _put(images, "loose.png", _png(1))
     with pytest.raises(IngestError, match=r"no class subfolders.*\(1 files found directly in it"):
         scan_tree(str(images))
-    (images / os.fsdecode(b"caf\xe9")).mkdir()
-    with pytest.raises(IngestError, match=r"caf\\udce9 has a name that is not valid UTF-8"):
-        scan_tree(str(images))
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_rejected_with_the_others(tmp_path: Path) -> None:
+    """Listed with the other folders not used (and its files with the skipped), not a stop."""
+    images = tmp_path / "images"
+    _put(images, "ok/a.png", _png(1))
+    _put(images, os.fsdecode(b"caf\xe9") + "/b.png", _png(2))
+    scan = scan_tree(str(images))
+    assert [c.rel for c in scan.candidates] == ["ok/a.png"]
+    assert list(scan.names.rejected) == [os.fsdecode(b"caf\xe9")]
+    assert "not valid UTF-8 (0xE9)" in scan.names.rejected[os.fsdecode(b"caf\xe9")]
+    assert [s["path"] for s in scan.skipped] == ["caf\\udce9/b.png"]

@@ -41,6 +41,17 @@ def whole_number(low: int, high: int | None, what: str) -> Callable[[str], int]:
     return parse
 
 
+def open_fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1; else "must be between 0 and 1 ..."."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 < value < 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (both excluded), got {text!r}")
+    return value
+
+
 def flag_name(model: type[Settings], name: str) -> str:
     return field_extra(model, name, "flag") or "--" + name.replace("_", "-")
 

@@ -6,6 +6,7 @@ import argparse
 import collections
 import logging
 
+from imgpipe.cli.flags import open_fraction, whole_number
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.ingest import IngestError, IngestWriteError, ingest
 from trainer.features import DEFAULT_MAX_PIXELS
@@ -17,14 +18,19 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="class-per-subfolder image tree (IMAGES/<class>/<file>)")
     p.add_argument("--out", required=True, help="output TFRecord directory (train/ and eval/ are written)")
     p.add_argument(
-        "--eval-fraction", type=float, default=0.2, help="share of each class for eval (default 0.2)"
+        "--eval-fraction", type=open_fraction, default=0.2, help="share of each class for eval (default 0.2)"
     )
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
-    p.add_argument("--shards", type=int, default=None, help="TFRecord shards per split (default: by size)")
+    p.add_argument(
+        "--shards",
+        type=whole_number(1, None, "a whole number >= 1"),
+        default=None,
+        help="TFRecord shards per split (default: by size)",
+    )
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=whole_number(1, None, "a whole number >= 1"),
         default=DEFAULT_MAX_PIXELS,
         help="skip images whose header declares more pixels (width x height), undecoded "
         f"(default {DEFAULT_MAX_PIXELS}; `imgpipe run --max-image-pixels` is the model's limit)",

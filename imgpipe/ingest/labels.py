@@ -9,6 +9,8 @@ decomposed (NFD) names, and "café" typed on two machines must be one class.
 
 A folder is not used, with the reason in the report, when its name
 
+- is not valid UTF-8 (bytes the file system holds that decode to no text):
+  labels are stored as UTF-8 text;
 - holds a control character (Unicode Cc: tab, CR, LF, DEL, C1) or a line or
   paragraph separator (Zl, Zp): TFT's label vocabulary is a text file of one
   name per line and silently drops names holding CR or LF (their examples
@@ -41,6 +43,10 @@ _FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator", 
 
 def label_problem(name: str) -> str | None:
     """Why folder `name` cannot be a class name, or None when it can (before conflicts)."""
+    undecodable = [ord(c) - 0xDC00 for c in name if 0xDC80 <= ord(c) <= 0xDCFF]  # os.fsdecode's escapes
+    if undecodable or any(unicodedata.category(c) == "Cs" for c in name):
+        shown = " ".join(f"0x{b:02X}" for b in undecodable[:4]) or "a lone surrogate"
+        return f"the name is not valid UTF-8 ({shown}); labels are stored as UTF-8 text, so rename the folder"
     for char in name:
         kind = _FORBIDDEN_CATEGORIES.get(unicodedata.category(char))
         if kind:

@@ -87,9 +87,9 @@ class Scan:
 def check_images_dir(images_dir: str) -> None:
     """Raise IngestError unless ``images_dir`` is an existing directory."""
     if not os.path.exists(images_dir):
-        raise IngestError(f"images dir {images_dir} does not exist")
+        raise IngestError(f"the image directory {images_dir} does not exist")
     if not os.path.isdir(images_dir):
-        raise IngestError(f"images dir {images_dir} is not a directory")
+        raise IngestError(f"the image directory {images_dir} is not a directory")
 
 
 def scan_tree(
@@ -104,14 +104,14 @@ def scan_tree(
     ``progress`` gets a line every ``progress_every`` files (default: this
     module's logger). Files over ``max_pixels`` (width x height, from the
     header) are skipped undecoded. Raises IngestError when the tree cannot be
-    listed or has no class folder, or a class folder's name is not valid UTF-8.
+    listed or has no class folder.
     """
     say = progress or log.info
     skipped: list[dict[str, str]] = []
     try:
         folders, listed, names = list_tree(images_dir, skipped)
     except OSError as exc:
-        raise IngestError(f"cannot list images dir {images_dir}: {exc}") from exc
+        raise IngestError(f"cannot list the image directory {images_dir}: {exc}") from exc
     not_walked = len(skipped)
     if not folders and not names.rejected:
         raise IngestError(
@@ -179,13 +179,6 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
             skipped.append({"path": rel, "reason": problem})
             continue
         if is_dir:
-            try:
-                entry.name.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise IngestError(
-                    f"class folder {display_path(entry.path)} has a name that is not valid "
-                    "UTF-8; labels are stored as UTF-8 text, so rename the folder"
-                ) from exc
             real = os.path.realpath(entry.path)
             if real in class_reals:  # two class links to one folder: each image under two labels
                 skipped.append({"path": rel, "reason": SAME_CLASS_FOLDER.format(first=class_reals[real])})

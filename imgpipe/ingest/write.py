@@ -41,7 +41,7 @@ def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
     real_in, real_out = os.path.realpath(images_dir), os.path.realpath(out_dir)
     if os.path.commonpath([real_in, real_out]) in (real_in, real_out):
         raise IngestError(
-            f"out_dir {out_dir} and images_dir {images_dir} overlap; "
+            f"the output directory {out_dir} and the image directory {images_dir} overlap; "
             "write the TFRecords outside the image tree"
         )
     if not os.path.lexists(out_dir):
@@ -49,14 +49,14 @@ def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
         return
     if os.path.lexists(out_dir):
         if not os.path.isdir(out_dir):
-            raise IngestError(f"out_dir {out_dir} exists and is not a directory")
+            raise IngestError(f"the output directory {out_dir} exists and is not a directory")
         if not os.access(out_dir, os.W_OK | os.X_OK):
-            raise IngestError(f"out_dir {out_dir} is not writable")
+            raise IngestError(f"the output directory {out_dir} is not writable")
         entries = os.listdir(out_dir)
         leftovers = _leftovers(entries)
         if len(entries) > len(leftovers) and not overwrite:
             raise IngestError(
-                f"out_dir {out_dir} exists and is not empty; choose a new directory "
+                f"the output directory {out_dir} exists and is not empty; choose a new directory "
                 f"or pass --overwrite (overwrite=True from Python), which replaces train/, "
                 f"eval/, {REPORT_FILE} and {CLASSES_FILE} only; other files are left alone"
                 + (
@@ -90,12 +90,12 @@ def _check_creatable(out_dir: str) -> None:
         made.append(path)
         path = os.path.dirname(path)
     if not os.path.isdir(path):
-        raise IngestError(f"out_dir {out_dir} cannot be created: {path} is not a directory")
+        raise IngestError(f"the output directory {out_dir} cannot be created: {path} is not a directory")
     try:
         for folder in reversed(made):
             os.mkdir(folder)
     except OSError as exc:
-        raise IngestError(f"out_dir {out_dir} cannot be created: {exc.strerror or exc}") from exc
+        raise IngestError(f"the output directory {out_dir} cannot be created: {exc.strerror or exc}") from exc
     finally:
         for folder in made:  # innermost first; only the empty folders made just now
             with contextlib.suppress(OSError):
@@ -129,7 +129,7 @@ def write_outputs(
         os.makedirs(out_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
     except OSError as exc:
-        raise IngestError(f"cannot write to out_dir {out_dir}: {exc.strerror or exc}") from exc
+        raise IngestError(f"cannot write to the output directory {out_dir}: {exc.strerror or exc}") from exc
 
     def undo() -> None:
         shutil.rmtree(staging, ignore_errors=True)
