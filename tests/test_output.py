@@ -230,6 +230,7 @@ def _library_notices(tmp_path, monkeypatch) -> tuple[list[str], list[str]]:
                 "compute_and_apply_vocabulary/apply_vocab/text_file_init/InitializeTableFromTextFileV2"
             )
         )
+        absl.error("Execution %d failed.", 6)  # TFX's launcher, as it re-raises a component's error
         tf_keras.models.load_model(saved)  # Keras's "saved prior to TF 2.5", logged by tf_keras (twice)
         monkeypatch.setattr(deprecation, "_PRINTED_WARNING", {})
         callers["site-packages/somelib/reader.py"](records)
@@ -239,6 +240,7 @@ def _library_notices(tmp_path, monkeypatch) -> tuple[list[str], list[str]]:
             _TABLES.format("my_table/table_init/InitializeTableFromTextFileV2")
         )  # not TFT's vocabulary
         absl.warning("Not using the in-place Transform: a different reason")  # not the pattern's text
+        absl.error("Execution %d failed: %s", 6, "a different text")
         monkeypatch.setattr(deprecation, "_PRINTED_WARNING", {})
         callers["my_project/module_file.py"](records)
         tf_logger.warning("a real TensorFlow warning")
@@ -261,19 +263,30 @@ def test_library_notices_about_their_own_code_are_dropped_unless_verbose(tmp_pat
         assert "somelib/reader.py:2: tf_record_iterator (from " in joined and "is deprecated" in joined, (
             dropped
         )
-        assert dropped[:2] == [
+        assert dropped[:3] == [
             _IN_PLACE,
             _TABLES.format(
                 "compute_and_apply_vocabulary/apply_vocab/text_file_init/InitializeTableFromTextFileV2"
             ),
+            "Execution 6 failed.",
         ]
     else:
         assert dropped == []
-    assert len(kept) == 4, kept
+    assert len(kept) == 5, kept
     assert kept[0].endswith("my_table/table_init/InitializeTableFromTextFileV2")
     assert kept[1] == "Not using the in-place Transform: a different reason"
-    assert "my_project/module_file.py:2: tf_record_iterator (from " in kept[2] and "is deprecated" in kept[2]
-    assert kept[3] == "a real TensorFlow warning"
+    assert kept[2] == "Execution 6 failed: a different text"
+    assert "my_project/module_file.py:2: tf_record_iterator (from " in kept[3] and "is deprecated" in kept[3]
+    assert kept[4] == "a real TensorFlow warning"
+
+
+def test_tfx_launcher_still_logs_the_dropped_execution_failed_line():
+    """The dropped line's text as TFX's launcher writes it (the pattern would silently stop matching)."""
+    import inspect
+
+    from tfx.orchestration.portable import launcher
+
+    assert "logging.error('Execution %d failed.', execution_info.execution_id)" in inspect.getsource(launcher)
 
 
 def test_the_pipeline_sets_no_property_predicate_so_the_dropped_warning_is_false():

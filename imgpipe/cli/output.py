@@ -252,9 +252,12 @@ _NOISE = {
 #   "saved prior to TF 2.5" is Keras's guess at why there is no Keras metadata;
 # - a TensorFlow deprecation whose call site is an installed package's code (TFMA's writer
 #   calls tf_record_iterator): only that package can change it. One from imgpipe's code, a
-#   user's module file or any path outside site-/dist-packages is still shown.
+#   user's module file or any path outside site-/dist-packages is still shown;
+# - TFX's launcher: "Execution N failed." as it re-raises a component's error, which the run's
+#   own failure message names with the component and the reason (the number is ML Metadata's).
 _LIBRARY_NOTICES = {
     "absl": (
+        re.compile(r"^Execution \d+ failed\.\Z"),
         re.compile(r"^Not using the in-place Transform because the following features require analyzing"),
         re.compile(
             r"^Tables initialized inside a tf\.function +will be re-initialized on every invocation.*"
