@@ -104,7 +104,19 @@ def test_imgpipe_run_on_a_held_home_exits_75_and_touches_nothing(tmp_path, holde
         "from imgpipe.cli.main import main; sys.exit(main(sys.argv[2:]))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", cli, str(loaded), "run", "--data", data, "--home", str(home)],
+        [
+            sys.executable,
+            "-c",
+            cli,
+            str(loaded),
+            "run",
+            "--data",
+            data,
+            "--home",
+            str(home),
+            "--weights",
+            "none",
+        ],
         cwd=ROOT,
         env=ENV,
         capture_output=True,

@@ -144,7 +144,7 @@ def report(config, run_id, progress, verbose):
     return None
 
 local._run_holding_lock = report
-config = PipelineConfig(data_dir=sys.argv[1], home=sys.argv[2], serving_dir=sys.argv[3], replicas=2)
+config = PipelineConfig(data_dir=sys.argv[1], home=sys.argv[2], serving_dir=sys.argv[3], replicas=2, weights="none")
 local.run_local(config, lock_wait=float(sys.argv[4]))
 """
 

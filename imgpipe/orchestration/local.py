@@ -34,6 +34,7 @@ from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_un
 from imgpipe.report.build import attach_report
 from imgpipe.stop_signals import stopped_by
 from pipeline.config import ConfigError, PipelineConfig
+from trainer.imagenet import WeightsUnavailable, check_imagenet_weights
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,13 @@ def run_local(
     lock_wait: seconds to wait while another run holds the home (then LockBusy).
     """
     config = config.resolved().validate_paths()
+    if (
+        config.training.weights_kind == "imagenet"
+    ):  # offline with nothing cached: refuse now, not at the Trainer
+        try:
+            log.debug("ImageNet weights: %s", check_imagenet_weights(config.training.backbone))
+        except WeightsUnavailable as e:
+            raise ConfigError(f"weights: {e}") from e
     split_cpu_for(config)  # before the data check below: reading a record initialises TensorFlow
     if lock_wait > 0:
         check_data_dir(config.data_dir)  # unusable records fail now, not after the wait
