@@ -325,6 +325,31 @@ def test_a_link_loop_under_a_glob_lists_each_file_once(tmp_path, pattern):
     assert list_images(str(tmp_path / pattern)) == [str(tmp_path / w) for w in want]
 
 
+def test_a_trailing_globstar_walks_each_folder_once(tmp_path, monkeypatch):
+    """`DIR/**` matches every folder below DIR: each is listed once and read by one walk, not
+    once more per folder above it."""
+    from imgpipe.batch import inputs
+
+    deep = tmp_path / "imgs"
+    for level in range(6):
+        deep = deep / f"d{level}"
+        deep.mkdir(parents=True)
+        (deep / f"{level}.png").write_bytes(b"x")
+    listed: list[str] = []
+    walk = os.walk
+
+    def counting_walk(top, *args, **kwargs):
+        for entry in walk(top, *args, **kwargs):
+            listed.append(os.path.realpath(entry[0]))
+            yield entry
+
+    monkeypatch.setattr(inputs.os, "walk", counting_walk)
+    found = list_images(str(tmp_path / "imgs" / "**"))
+    # One walk to match the pattern, one to list the files: each folder read twice, not up to 7 times.
+    assert max(listed.count(folder) for folder in set(listed)) == 2, sorted(listed)
+    assert len(found) == 6 and found == list_images(str(tmp_path / "imgs"))  # the folder's own files
+
+
 def test_a_line_break_in_a_path_stays_one_csv_field(tmp_path):
     from imgpipe.batch.outputs import CSV_HEADER, ScoredImage, csv_rows
 

@@ -38,10 +38,19 @@ def list_images(spec: str) -> list[str]:
     # `**` follows directory links, so a link loop (or two links to one folder) matches the same
     # files under ever longer paths: as in a directory's walk, each real folder's files are taken
     # under one path only, the shortest that matched.
+    # A folder that an earlier match's walk went through is not walked again: with a trailing
+    # `**` every folder below matches, and walking each would go over its subtree once per level.
     files: list[str] = []
     folders: dict[str, str] = {}  # a real folder -> the path its files are listed under
+    walked: set[str] = set()  # real folders already walked
     for path in sorted(matches, key=lambda p: (len(p), p)):
-        for file in _walk(path) if os.path.isdir(path) else [path]:
+        if os.path.isdir(path):
+            if os.path.realpath(path) in walked:
+                continue
+            listed = _walk(path, visited=walked)
+        else:
+            listed = [path]
+        for file in listed:
             parent = os.path.dirname(file)
             if folders.setdefault(os.path.realpath(parent or "."), parent) == parent:
                 files.append(file)
@@ -90,9 +99,10 @@ def _matches(names: list[str], parts: list[str]) -> bool:
     return bool(names) and fnmatch.fnmatchcase(names[0], parts[0]) and _matches(names[1:], parts[1:])
 
 
-def _walk(root: str, folders: bool = False) -> list[str]:
+def _walk(root: str, folders: bool = False, visited: set[str] | None = None) -> list[str]:
     """Every non-hidden file under `root`; directory links are followed, each real folder once
-    (a link loop, or two links to one folder, would otherwise list the same files again)."""
+    (a link loop, or two links to one folder, would otherwise list the same files again).
+    `visited`, when given, gets the real path of every folder walked."""
     found = []
     seen = {os.path.realpath(root)}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -106,6 +116,8 @@ def _walk(root: str, folders: bool = False) -> list[str]:
         if folders:
             found += [os.path.join(dirpath, d) for d in keep]
         found += [os.path.join(dirpath, n) for n in sorted(filenames) if not n.startswith(".")]
+    if visited is not None:
+        visited.update(seen)
     return found  # empty for an empty folder: a glob may match one beside others
 
 
