@@ -239,18 +239,20 @@ class PipelineConfig(Settings):
             changes["weights"] = absolute(self.training.weights)
         return self.replace(**changes)
 
-    def validate_paths(self) -> PipelineConfig:
+    def validate_paths(self, data_may_arrive: bool = False) -> PipelineConfig:
         """The checks that read the disk: data_dir has its splits, a weights file exists.
 
         Values were checked when the config was built; this is for a local run.
-        Raises ConfigError naming the field; returns self for chaining.
+        Raises ConfigError naming the field; returns self for chaining. With
+        `data_may_arrive` (a schedule set up before its first data lands), a data_dir
+        that does not exist yet is not an error; one that exists must still hold its splits.
         """
         if not self.data_dir:
             raise ConfigError("data_dir: required (a TFRecord dir from `imgpipe ingest`)")
         weights = self.training.weights
         if self.training.weights_kind == "file" and "://" not in weights and not os.path.isfile(weights):
             raise ConfigError(f"weights: not 'imagenet', 'none' or an existing file: {weights}")
-        if "://" not in self.data_dir:
+        if "://" not in self.data_dir and not (data_may_arrive and not os.path.lexists(self.data_dir)):
             for split in ("train", "eval"):
                 if not os.path.isdir(os.path.join(self.data_dir, split)):
                     raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import types
@@ -85,6 +86,8 @@ def test_valid_cron(expr):
         ("0 3 * * MON", "day of week field 'MON'"),
         ("*/0 * * * *", "step must be >= 1"),
         ("0 5-2 * * *", "hour 5-2"),
+        ("0 3 31 2 *", "day of month 31 never falls in month 2"),  # accepted by cron, never run
+        ("0 3 30,31 2 *", "day of month 30,31 never falls in month 2"),
     ],
 )
 def test_invalid_cron(expr, message):
@@ -100,10 +103,52 @@ def test_invalid_cron(expr, message):
         ("15 2 * * 1-5", "Mon..Fri *-*-* 02:15:00"),
         ("0 6 1 1,7 *", "*-01,07-01 06:00:00"),
         ("0 4 * * 0,7", "Sun *-*-* 04:00:00"),
+        # Steps over days and months start at 1, as cron's do (systemd refuses "00/2" there).
+        ("30 2 */2 * *", "*-*-01/2 02:30:00"),
+        ("0 0 1 */3 *", "*-01/3-01 00:00:00"),
+        ("0 */5 * * *", "*-*-* 00/5:00:00"),
     ],
 )
 def test_cron_to_systemd_calendar(expr, calendar):
     assert schedule.cron_to_on_calendar(expr) == calendar
+    if shutil.which("systemd-analyze"):  # and systemd's own parser takes it
+        assert schedule.check_on_calendar(calendar) == calendar
+
+
+@pytest.mark.parametrize("value", ["garbage", "daily\nExecStartPre=/bin/evil", " "])
+def test_a_calendar_systemd_would_refuse_is_refused(value):
+    if value == "garbage" and not shutil.which("systemd-analyze"):
+        pytest.skip("only systemd-analyze can tell a calendar it refuses")
+    with pytest.raises(schedule.ScheduleError, match="OnCalendar|control character"):
+        schedule.check_on_calendar(value)
+
+
+def test_a_refused_schedule_leaves_the_existing_one_as_it_was(tmp_path, capsys):
+    """Every check runs before the config that the installed cron line reads is rewritten."""
+    from imgpipe.cli import main as cli
+
+    home, units = tmp_path / "home", tmp_path / "units"
+    base = ["schedule", "--runner", "local", "--data", str(tmp_path / "data"), "--home", str(home)]
+    assert cli.main([*base, "--cron", "0 3 * * *", "--epochs", "3"]) == 0
+    saved = home / "schedule" / "imgpipe.yaml"
+    before = saved.read_text()
+    (tmp_path / "a-file").write_text("x")
+    refused = {
+        "--systemd over a file": ["--cron", "0 3 * * *", "--systemd", str(tmp_path / "a-file" / "units")],
+        "no systemd calendar": ["--cron", "0 3 * * */2", "--systemd", str(units)],
+        "both days set": ["--cron", "0 3 1 * 1", "--systemd", str(units)],
+        "a bad --on-calendar": ["--cron", "0 3 * * *", "--systemd", str(units), "--on-calendar", "a\nb"],
+        "a missing weights file": ["--cron", "0 3 * * *", "--weights", str(tmp_path / "nope.h5")],
+        "no such executable": ["--cron", "0 3 * * *", "--imgpipe", str(tmp_path / "nope" / "imgpipe")],
+        "a log file under a file": ["--cron", "0 3 * * *", "--log-file", str(tmp_path / "a-file" / "x.log")],
+        "never runs": ["--cron", "0 3 31 2 *"],
+    }
+    for what, argv in refused.items():
+        assert cli.main([*base, *argv, "--epochs", "7"]) == 2, what
+        err = capsys.readouterr().err
+        assert "imgpipe: error:" in err and "Traceback" not in err, (what, err)
+        assert saved.read_text() == before, what
+    assert not units.exists()
 
 
 def test_cron_with_day_of_month_and_week_has_no_systemd_equivalent():

@@ -6,7 +6,7 @@ import argparse
 
 from imgpipe.cli.flags import overrides
 from imgpipe.cli.kubeflow import reject
-from imgpipe.cli.output import Command, UsageError, emit
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.cli.run import add_run_arguments, config_from
 from imgpipe.orchestration import schedule
 
@@ -116,8 +116,10 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                     job_name=args.display_name,
                     service_account=args.service_account,
                 )
-    except ValueError as e:  # ScheduleError and SpecError included
+    except ValueError as e:  # ScheduleError, SpecError and ConfigError included
         raise UsageError(str(e)) from e
+    except OSError as e:  # writing the config or the units, after every check passed
+        raise WorkFailed(f"cannot write the schedule: {e}") from e
     emit(result)
     return 0
 

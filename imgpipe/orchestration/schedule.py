@@ -11,14 +11,19 @@ at most one run in flight.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleError(ValueError):
@@ -69,13 +74,44 @@ def parse_cron(expr: str) -> list[str]:
                     raise ScheduleError(f"cron {expr!r}: {name} {m.group(1)} is outside {low}-{high}")
             if m.group(2) is not None and int(m.group(2)) == 0:
                 raise ScheduleError(f"cron {expr!r}: {name} step must be >= 1")
+    _check_some_day(expr, fields)
     return fields
+
+
+_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February as in a leap year
+
+
+def _values(value: str, low: int, high: int) -> set[int]:
+    """The numbers a validated cron field stands for."""
+    out: set[int] = set()
+    for item in value.split(","):
+        m = _ITEM.match(item)
+        assert m  # validated by the caller
+        start, end = (low, high) if m.group(1) == "*" else [int(x) for x in (m.group(1).split("-") * 2)[:2]]
+        out.update(range(start, end + 1, int(m.group(2) or 1)))
+    return out
+
+
+def _check_some_day(expr: str, fields: list[str]) -> None:
+    """ScheduleError when the day-of-month and month fields name no real date (`0 3 31 2 *`, `0 3
+    30 2 *`): cron would accept the line and never run it. With a day of week also set, cron runs
+    on either, so the line still runs."""
+    dom, month, dow = fields[2], fields[3], fields[4]
+    if dow != "*":
+        return
+    days, months = _values(dom, 1, 31), _values(month, 1, 12)
+    if not any(day <= _DAYS_IN_MONTH[m - 1] for m in months for day in days):
+        raise ScheduleError(
+            f"cron {expr!r}: day of month {dom} never falls in month {month}: the schedule would never run"
+        )
 
 
 _DOW = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
-def _calendar_field(value: str, dow: bool = False) -> str:
+def _calendar_field(value: str, dow: bool = False, first: str = "00") -> str:
+    """One cron field as systemd writes it; `first` is where `*/N` starts (cron counts days of the
+    month and months from 1, minutes and hours from 0)."""
     parts = []
     for item in value.split(","):
         m = _ITEM.match(item)
@@ -95,10 +131,33 @@ def _calendar_field(value: str, dow: bool = False) -> str:
         if step:
             if ".." in base:
                 raise ScheduleError(f"{value!r}: a stepped range cannot be converted to systemd OnCalendar")
-            parts.append(f"{'00' if base == '*' else base}/{step}")
+            parts.append(f"{first if base == '*' else base}/{step}")
         else:
             parts.append(base)
     return ",".join(parts)
+
+
+def check_on_calendar(value: str) -> str:
+    """`value` as a timer's OnCalendar=, checked: no control characters (a line break would add
+    lines to the unit), and systemd's own parser accepts it when `systemd-analyze` is installed.
+    ScheduleError naming the value otherwise."""
+    if not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ScheduleError(f"--on-calendar {value!r}: empty, or holds a control character (a line break)")
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        try:
+            done = subprocess.run(
+                [analyze, "calendar", value], capture_output=True, text=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return value  # systemd-analyze could not run here: the unit is written unchecked
+        if done.returncode != 0:
+            reason = (done.stderr or done.stdout).strip().splitlines()
+            raise ScheduleError(
+                f"OnCalendar {value!r} is not a calendar systemd accepts"
+                + (f" ({reason[-1]})" if reason else "")
+            )
+    return value
 
 
 def cron_to_on_calendar(expr: str) -> str:
@@ -110,7 +169,7 @@ def cron_to_on_calendar(expr: str) -> str:
             "only on both; pass --on-calendar explicitly"
         )
     weekday = _calendar_field(dow, dow=True)
-    date = f"*-{_calendar_field(month)}-{_calendar_field(dom)}"
+    date = f"*-{_calendar_field(month, first='01')}-{_calendar_field(dom, first='01')}"
     time = f"{_calendar_field(hour)}:{_calendar_field(minute)}:00"
     return f"{weekday + ' ' if weekday else ''}{date} {time}"
 
@@ -154,15 +213,34 @@ def local_schedule(
     systemd_dir: str | None = None,
     on_calendar: str | None = None,
 ) -> LocalSchedule:
-    """Save `config` beside its home and build the cron line (and systemd units) for it."""
+    """Save `config` beside its home and build the cron line (and systemd units) for it.
+
+    Everything is checked before anything is written (ScheduleError, or pipeline.config's
+    ConfigError naming the field): the cron expression and the timer's calendar, the config's
+    paths as `imgpipe run` checks them, the executable, the log file's and the units' folders.
+    A refused request leaves an existing schedule's config as it was.
+    """
     parse_cron(cron)
-    config = config.resolved()
+    # What every scheduled run would fail on; the data may land after the schedule is set up.
+    config = config.resolved().validate_paths(data_may_arrive=True)
+    if "://" not in config.data_dir and not os.path.lexists(config.data_dir):
+        log.warning(
+            "data_dir %s does not exist yet: each scheduled run fails (exit 2) until it does", config.data_dir
+        )
     base = os.path.join(config.home, "schedule")
     config_path = os.path.join(base, f"{config.pipeline_name}.yaml")
     lock_file = os.path.abspath(lock_file or os.path.join(base, f"{config.pipeline_name}.lock"))
     log_file = os.path.abspath(log_file or os.path.join(base, f"{config.pipeline_name}.log"))
-    config.save(config_path)
     command = [*(imgpipe or default_imgpipe()), "run", "--config", config_path, "--lock-file", lock_file]
+    executable = shutil.which(command[0]) if os.sep not in command[0] else command[0]
+    if not executable or not os.path.isfile(executable) or not os.access(executable, os.X_OK):
+        raise ScheduleError(f"--imgpipe {command[0]}: not an executable file")
+    for flag, path in (("--log-file", log_file), ("--lock-file", lock_file)):
+        _check_can_write_in(flag, os.path.dirname(path))
+    calendar = None
+    if systemd_dir:
+        calendar = check_on_calendar(on_calendar or cron_to_on_calendar(cron))
+        _check_can_write_in("--systemd", systemd_dir)
     workdir = config.home
     result = LocalSchedule(
         cron=cron.strip(),
@@ -172,11 +250,24 @@ def local_schedule(
         lock_file=lock_file,
         log_file=log_file,
     )
+    config.save(config_path)
     if systemd_dir:
         result.systemd_files = write_systemd_units(
-            systemd_dir, config.pipeline_name, command, workdir, on_calendar or cron_to_on_calendar(cron)
+            systemd_dir, config.pipeline_name, command, workdir, calendar
         )
     return result
+
+
+def _check_can_write_in(flag: str, folder: str) -> None:
+    """ScheduleError naming `flag` unless `folder` is a directory this user can write, or can be
+    made (its nearest existing ancestor is one)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ScheduleError(f"{flag} {folder}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ScheduleError(f"{flag} {folder}: {existing} is not writable by this user")
 
 
 def write_systemd_units(
