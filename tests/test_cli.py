@@ -90,6 +90,9 @@ def test_console_script_entry_point():
     assert "pretrain-backbone" in out.stdout
 
 
+PRETRAIN = ["pretrain-backbone", "--data", "d", "--backbone", "MobileNetV2", "--out", "o.h5"]
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -101,6 +104,11 @@ def test_console_script_entry_point():
         (["demo", "--replicas", "0"], "--replicas: must be a whole number >= 1, got '0'"),
         # ingest names its flags, not the Python parameters behind them
         (["ingest", "--images", "i", "--out", "o", "--shards", "0"], "--shards: must be a whole number >= 1"),
+        (PRETRAIN + ["--learning-rate", "nan"], "--learning-rate: must be a positive number, got 'nan'"),
+        (PRETRAIN + ["--learning-rate", "-1"], "--learning-rate: must be a positive number"),
+        (PRETRAIN + ["--epochs", "0"], "--epochs: must be a whole number >= 1"),
+        (PRETRAIN + ["--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
+        (PRETRAIN + ["--image-size", "100000"], "--image-size: must be a whole number 1..1024"),
         (["ingest", "--images", "i", "--out", "o", "--max-pixels", "-5"], "--max-pixels: must be a whole"),
         (
             ["ingest", "--images", "i", "--out", "o", "--eval-fraction", "1"],
@@ -210,3 +218,31 @@ def test_a_reader_of_stdout_that_went_away_ends_the_command_quietly(monkeypatch,
     monkeypatch.setattr(cli, "commands", lambda: [output.Command("fail", "fails", lambda p: None, failing)])
     assert cli.main(["fail"]) == output.EXIT_FAILED
     assert "no image was scored" in capsys.readouterr().err
+
+
+def test_pretrain_backbone_names_data_that_is_not_there_or_not_tfrecords(tmp_path, capsys):
+    argv = ["pretrain-backbone", "--backbone", "MobileNetV2", "--out", str(tmp_path / "w.h5"), "--data"]
+    assert cli.main([*argv, str(tmp_path / "nowhere")]) == cli.EXIT_USAGE
+    assert "nowhere does not exist" in capsys.readouterr().err
+    for split in ("train", "eval"):
+        (tmp_path / "text" / split).mkdir(parents=True)
+        (tmp_path / "text" / split / "notes.txt").write_text("not a record")
+    assert cli.main([*argv, str(tmp_path / "text")]) == cli.EXIT_USAGE
+    assert "text/train" in capsys.readouterr().err
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_pretraining_that_diverges_writes_nothing_and_keeps_the_old_file(tmp_path):
+    """A learning rate that sends the weights to NaN: refused after training, the file is as it was."""
+    from tests import helpers
+    from trainer.pretrain import PretrainDiverged, pretrain_backbone
+
+    data = helpers.write_split_dataset(str(tmp_path / "data"), helpers.digit_images((0, 1), per_class=5))
+    out = tmp_path / "w.h5"
+    out.write_bytes(b"the weights of an earlier pre-training")
+    with pytest.raises(
+        PretrainDiverged, match=r"hold NaN or infinity .* is as it was\. Lower the learning rate"
+    ):
+        pretrain_backbone(data, "MobileNetV2", str(out), epochs=1, learning_rate=1e30, verbose=0)
+    assert out.read_bytes() == b"the weights of an earlier pre-training"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "w.h5"]  # no partial file left

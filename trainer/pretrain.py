@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -20,12 +21,18 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer import backbones, data, tracing
+from trainer.config import MAX_IMAGE_SIZE
 from trainer.features import IMAGE_KEY, LABEL_KEY
 from trainer.model import build_backbone, fit_batches
 from trainer.preprocessing import preprocess_images
 from trainer.shape_inference import static_shapes
 
 log = logging.getLogger(__name__)
+
+
+class PretrainDiverged(RuntimeError):
+    """Training ended with weights that are not finite numbers; nothing was written."""
+
 
 # Keras applications use BatchNorm momentum 0.99-0.999, tuned for ImageNet's
 # millions of steps; on a small source task the moving statistics would still be
@@ -115,8 +122,14 @@ def pretrain_backbone(
     if not out.endswith(".h5"):
         raise ValueError(f"--out must be an .h5 file (Keras applications load that format): {out}")
     spec = backbones.get(backbone)
-    if image_size < spec.min_size:
-        raise ValueError(f"image size {image_size} is below {backbone}'s minimum of {spec.min_size}")
+    if not spec.min_size <= image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"image size {image_size} is out of range for {backbone} ({spec.min_size}..{MAX_IMAGE_SIZE})"
+        )
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch size must be >= 1, got {epochs} and {batch_size}")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning rate must be a positive number, got {learning_rate}")
     for split in ("train", "eval"):
         if not os.path.isdir(os.path.join(data_dir, split)):
             raise FileNotFoundError(f"{data_dir} has no {split}/ directory (run `imgpipe ingest` first)")
@@ -171,9 +184,23 @@ def pretrain_backbone(
     train_ds = dataset(train_images, train_labels, True)
     fit_batches(model, train_ds, validation_data=eval_ds, epochs=epochs, verbose=verbose)
     recalibrate_batchnorm(base, dataset(train_images, train_labels, False))
+    bad = [w.name for w in base.weights if not np.all(np.isfinite(w.numpy()))]
+    if bad:
+        raise PretrainDiverged(
+            f"pre-training diverged: {len(bad)} of {len(base.weights)} weight arrays hold NaN or "
+            f"infinity (e.g. {bad[0]}); nothing was written{' and ' + out + ' is as it was' if os.path.exists(out) else ''}. "
+            f"Lower the learning rate (it was {learning_rate})"
+        )
     _, eval_acc = model.evaluate(eval_ds, verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    base.save_weights(out)
+    # Written beside `out` and moved over it: a failed save leaves an existing file whole.
+    partial = f"{out}.partial-{os.getpid()}.h5"
+    try:
+        base.save_weights(partial)
+        os.replace(partial, out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     report = {
         "backbone": backbone,
         "weights": os.path.abspath(out),
@@ -185,6 +212,7 @@ def pretrain_backbone(
         "source_eval_accuracy": float(eval_acc),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    with open(out + ".json", "w", encoding="utf-8") as f:
+    with open(out + ".json.partial", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
+    os.replace(out + ".json.partial", out + ".json")
     return report

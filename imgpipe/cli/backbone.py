@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import argparse
 
-from imgpipe.cli.output import Command, UsageError, emit, stdout_to_stderr
+from imgpipe.cli.flags import positive_number, whole_number
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, stdout_to_stderr
+from imgpipe.ingest import validate_tfrecord_dir
 from trainer import backbones
+from trainer.config import MAX_IMAGE_SIZE
 
 
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="TFRecord dir of the source task (from `imgpipe ingest`)")
     p.add_argument("--backbone", required=True, help="tf.keras.applications name, e.g. DenseNet121")
     p.add_argument("--out", required=True, help="weights file to write (.h5)")
-    p.add_argument("--image-size", type=int, default=32, help="input size in pixels (default 32)")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument(
+        "--image-size",
+        type=whole_number(1, MAX_IMAGE_SIZE, f"a whole number 1..{MAX_IMAGE_SIZE}"),
+        default=32,
+        help="input size in pixels (default 32; at least the backbone's minimum)",
+    )
+    at_least_one = whole_number(1, None, "a whole number >= 1")
+    p.add_argument("--epochs", type=at_least_one, default=15, help="training epochs (default 15)")
+    p.add_argument("--batch-size", type=at_least_one, default=32, help="batch size (default 32)")
+    p.add_argument("--learning-rate", type=positive_number, default=1e-3, help="Adam's (default 0.001)")
     p.add_argument("--seed", type=int, default=42)
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         backbones.get(args.backbone)
+        validate_tfrecord_dir(args.data)  # a missing folder or files that are not TFRecords, named
     except ValueError as e:
         raise UsageError(str(e)) from e
-    from trainer.pretrain import pretrain_backbone  # loads TensorFlow: only when the command runs
+    from trainer.pretrain import PretrainDiverged, pretrain_backbone  # loads TensorFlow: only when it runs
 
     try:
         with stdout_to_stderr():
@@ -40,6 +50,8 @@ def _run(args: argparse.Namespace) -> int:
             )
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
+    except PretrainDiverged as e:
+        raise WorkFailed(str(e)) from e
     emit(report)
     return 0
 

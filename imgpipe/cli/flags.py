@@ -10,6 +10,7 @@ Booleans get --x / --no-x; tuples are repeatable.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any, get_origin
 
@@ -39,6 +40,17 @@ def whole_number(low: int, high: int | None, what: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0; else "must be a positive number ..."."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def open_fraction(text: str) -> float:
