@@ -51,6 +51,10 @@ SECTIONS: dict[str, type[Settings]] = {
 }
 
 
+MAX_PIPELINE_NAME = 63
+MAX_MODEL_NAME_BYTES = 128
+
+
 def _name(value: str) -> str:
     # A name is a folder of the serving dir and the pipeline root: one path component.
     if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
@@ -135,6 +139,24 @@ class PipelineConfig(Settings):
     @classmethod
     def _names(cls, value: str) -> str:
         return _name(value)
+
+    @field_validator("pipeline_name")
+    @classmethod
+    def _pipeline_name_length(cls, value: str) -> str:
+        if len(value) > MAX_PIPELINE_NAME:  # TFX's limit (Argo's workflow names), on every runner
+            raise ValueError(f"must be at most {MAX_PIPELINE_NAME} characters, got {len(value)}")
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_length(cls, value: str) -> str:
+        # A folder of the serving dir, and the start of the names staging and pre-push give
+        # their copies: room is kept under the 255 bytes a file name may have.
+        if len(value.encode("utf-8")) > MAX_MODEL_NAME_BYTES:
+            raise ValueError(
+                f"must be at most {MAX_MODEL_NAME_BYTES} bytes in UTF-8, got {len(value.encode('utf-8'))}"
+            )
+        return value
 
     @field_validator("metadata")
     @classmethod

@@ -48,6 +48,10 @@ def test_defaults_validate_with_data(tmp_path):
         ({"model_name": "a\\b"}, "model_name"),
         ({"pipeline_name": "x\n"}, "pipeline_name"),
         ({"model_name": " pets"}, "model_name"),
+        # TFX's limit on pipeline names; a model name leaves room in a 255-byte file name.
+        ({"pipeline_name": "p" * 64}, "pipeline_name"),
+        ({"model_name": "m" * 129}, "model_name"),
+        ({"model_name": "\u00fc" * 65}, "model_name"),  # 130 bytes in UTF-8
         # Integers become TFX runtime parameters and ML Metadata properties: 64 bits.
         ({"epochs": 10**23}, "epochs"),
         ({"batch_size": 2**63}, "batch_size"),
