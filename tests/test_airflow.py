@@ -153,6 +153,11 @@ def test_settings_that_cannot_apply_are_refused(data_dir, tmp_path):
         airflow.render_dag(PipelineConfig(data_dir=data_dir, trainer_machine_type="n1-standard-8"), "@daily")
     with pytest.raises(ConfigError, match="no train/ subdirectory"):
         airflow.render_dag(PipelineConfig(data_dir=str(tmp_path)), "@daily")
+    with pytest.raises(ConfigError, match="pipeline_name: 'my pipe' is the DAG's dag_id"):
+        airflow.render_dag(PipelineConfig(data_dir=data_dir, pipeline_name="my pipe"), "@daily")
+    assert "dag_id 'caf\u00e9-2.nightly'" in airflow.render_dag(
+        PipelineConfig(data_dir=data_dir, pipeline_name="caf\u00e9-2.nightly"), "@daily"
+    )  # Airflow's \w takes any letter
 
 
 def test_cli_writes_the_file_and_reports_json(data_dir, tmp_path, capsys):
@@ -184,3 +189,16 @@ def test_cli_usage_errors_exit_2(data_dir, tmp_path, capsys):
     assert cli.main([*base, "--schedule", "@daily", "--lock-file", str(tmp_path / "l")]) == 2
     assert "--lock-file does not apply to an Airflow DAG" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "d.py")
+    # --output a directory, or under a file: named before any work, nothing left behind
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    for output, says in (
+        (tmp_path / "dags", "is a directory: give a file name"),
+        (tmp_path / "a-file" / "d.py", f"is under {tmp_path / 'a-file'}, which is a file"),
+    ):
+        assert (
+            cli.main(["airflow-dag", "--output", str(output), "--data", data_dir, "--schedule", "@daily"])
+            == 2
+        )
+        assert f"--output {output} {says}" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "dags"] and not os.listdir(tmp_path / "dags")

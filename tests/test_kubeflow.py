@@ -204,6 +204,16 @@ def test_compile_refuses_what_a_cluster_cannot_run(tmp_path):
     assert not os.path.exists(out)
 
 
+def test_compile_output_that_is_a_directory_is_named_before_compiling(tmp_path, capsys):
+    from imgpipe.cli import main as cli
+
+    (tmp_path / "specs").mkdir()
+    code = cli.main(["compile", "--image", IMAGE, "--output", str(tmp_path / "specs"), *RUN_FLAGS])
+    assert code == 2
+    assert f"--output {tmp_path / 'specs'} is a directory: give a file name" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["specs"] and not os.listdir(tmp_path / "specs")  # no temporary file
+
+
 def test_pipeline_root_flag_wins(tmp_path):
     from imgpipe.orchestration import kubeflow
 

@@ -7,12 +7,12 @@ policy; the file embeds the resolved config, so the DAG needs no config file.
 from __future__ import annotations
 
 import argparse
-import os
 
 from imgpipe.cli.kubeflow import reject
-from imgpipe.cli.output import Command, UsageError, emit
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.cli.run import add_run_arguments, config_from
 from imgpipe.orchestration import airflow
+from imgpipe.orchestration.paths import output_file_problem, write_atomically
 from pipeline.config import ConfigError
 
 
@@ -42,6 +42,9 @@ def _cmd_airflow_dag(args: argparse.Namespace) -> int:
         {"lock_file": "--lock-file"},
         "does not apply to an Airflow DAG (it allows one active run: max_active_runs=1)",
     )
+    problem = output_file_problem(args.output)
+    if problem:
+        raise UsageError(f"--output {problem}")
     config = config_from(args)
     try:
         source = airflow.render_dag(
@@ -49,12 +52,10 @@ def _cmd_airflow_dag(args: argparse.Namespace) -> int:
         )
     except ConfigError as e:
         raise UsageError(str(e)) from e
-    directory = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(source)
-    os.replace(tmp, args.output)
+    try:
+        write_atomically(args.output, source)
+    except OSError as e:
+        raise WorkFailed(f"cannot write --output {args.output}: {e}") from e
     emit(
         {
             "output": args.output,

@@ -11,6 +11,7 @@ import hashlib
 
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.cli.run import add_run_arguments, config_from
+from imgpipe.orchestration.paths import output_file_problem
 
 
 def reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
@@ -52,6 +53,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         {"lock_file": "--lock-file", "replicas": "--replicas"},
         "does not apply to a compiled pipeline",
     )
+    problem = output_file_problem(args.output)
+    if problem:
+        raise UsageError(f"--output {problem}")
     config = config_from(args)
     from imgpipe.orchestration import kubeflow  # loads TFX: only when the command runs
 

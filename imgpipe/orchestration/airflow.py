@@ -37,6 +37,7 @@ import functools
 import json
 import os
 import pprint
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -102,6 +103,11 @@ def check_config(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError(
             "trainer_machine_type / trainer_accelerator: apply to Kubeflow / Vertex AI (`imgpipe compile`); "
             "an Airflow task runs on its worker's machine"
+        )
+    if not re.fullmatch(r"[\w.-]+", config.pipeline_name):  # Airflow's rule for a dag_id
+        raise ConfigError(
+            f"pipeline_name: {config.pipeline_name!r} is the DAG's dag_id, which Airflow allows only "
+            "letters, digits, '-', '.' and '_' in (no spaces)"
         )
     return config.resolved().validate_paths()
 

@@ -31,7 +31,6 @@ timestamp or run id; its labels are the TFX and Python versions).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (
 )
 
 from components.runtime_params import KNOBS, check_knob, runtime_parameters
+from imgpipe.orchestration.paths import write_atomically
 from pipeline.beam import with_container_image
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.pipeline import create_pipeline
@@ -175,13 +175,7 @@ def _record_defaults(job: dict[str, Any], params: Mapping[str, RuntimeParameter]
 
 def write_json(obj: Any, path: str) -> None:
     """Sorted, indented JSON written atomically (the same object always gives the same bytes)."""
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------- reading a spec file

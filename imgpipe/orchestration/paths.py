@@ -1,5 +1,5 @@
-"""Whether an artifact's URI lies under a pipeline root: one rule for prune, the blessing
-withdrawal and the missing-model check."""
+"""Whether an artifact's URI lies under a pipeline root (one rule for prune, the blessing
+withdrawal and the missing-model check), and the files the commands write whole or not at all."""
 
 from __future__ import annotations
 
@@ -17,3 +17,32 @@ def under(path: str, root: str) -> bool:
         return path.rstrip("/").startswith(root.rstrip("/") + "/")
     path, root = os.path.realpath(path), os.path.realpath(root)
     return path != root and os.path.commonpath([path, root]) == root
+
+
+def output_file_problem(path: str) -> str | None:
+    """Why a file cannot be written at `path` (a directory is there, a file is where a folder of
+    its path goes, or the nearest existing folder is not writable), or None."""
+    if os.path.isdir(path):
+        return f"{path} is a directory: give a file name"
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{path} is under {existing}, which is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
+
+
+def write_atomically(path: str, text: str) -> None:
+    """`text` into `path` through a file beside it moved over it: a reader sees the old file or
+    the new one, and a failed write leaves neither a part nor its temporary file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
