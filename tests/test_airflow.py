@@ -201,4 +201,5 @@ def test_cli_usage_errors_exit_2(data_dir, tmp_path, capsys):
             == 2
         )
         assert f"--output {output} {says}" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["a-file", "dags"] and not os.listdir(tmp_path / "dags")
+    assert not os.path.exists(tmp_path / "d.py") and not os.listdir(tmp_path / "dags")
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]  # no temporary file left
