@@ -272,8 +272,12 @@ class PipelineConfig(Settings):
         if not self.data_dir:
             raise ConfigError("data_dir: required (a TFRecord dir from `imgpipe ingest`)")
         weights = self.training.weights
-        if self.training.weights_kind == "file" and "://" not in weights and not os.path.isfile(weights):
-            raise ConfigError(f"weights: not 'imagenet', 'none' or an existing file: {weights}")
+        if self.training.weights_kind == "file" and "://" not in weights:
+            if not os.path.isfile(weights):
+                raise ConfigError(f"weights: not 'imagenet', 'none' or an existing file: {weights}")
+            problem = _weights_file_problem(weights, self.training.backbone)
+            if problem:
+                raise ConfigError(f"weights: {weights} {problem}")
         if "://" not in self.data_dir and not (data_may_arrive and not os.path.lexists(self.data_dir)):
             for split in ("train", "eval"):
                 if not os.path.isdir(os.path.join(self.data_dir, split)):
@@ -328,6 +332,34 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _weights_file_problem(path: str, backbone: str) -> str | None:
+    """Why `path` cannot be `backbone`'s weights, read from the file's first bytes and the
+    description `imgpipe pretrain-backbone` writes beside it (PATH.json); None when no reason
+    is seen. The Trainer would otherwise find out after the data components have run."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            offset = 512  # HDF5 puts its signature at 0, 512, 1024, 2048, ... (after a user block)
+            while head != _HDF5_SIGNATURE and offset < os.path.getsize(path):
+                f.seek(offset)
+                head, offset = f.read(8), offset * 2
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    if head != _HDF5_SIGNATURE:
+        return "is not a Keras weights file (.h5: no HDF5 signature)"
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            made_for = json.load(f).get("backbone")
+    except (OSError, ValueError, AttributeError):
+        return None  # no description (Keras's own files have none): the Trainer's load decides
+    if isinstance(made_for, str) and made_for != backbone:
+        return f"holds {made_for} weights ({path}.json), not {backbone}'s: pass --backbone {made_for}"
+    return None
 
 
 def _check_writable_dir(field: str, path: str, why: str) -> None:

@@ -97,6 +97,31 @@ def test_disk_checks_name_the_field(tmp_path):
         PipelineConfig().validate_paths()
 
 
+def test_a_weights_file_that_cannot_be_the_backbones_is_named_before_the_run(tmp_path):
+    """Found by the Trainer after the data components had run, as 'Unable to synchronously open
+    file' or a layer count mismatch; now by validate_paths, from the file's first bytes and the
+    description pretrain-backbone writes beside it."""
+    data = _data_dir(tmp_path)
+    text = tmp_path / "notes.h5"
+    text.write_text("not weights")
+    with pytest.raises(
+        ConfigError, match=r"^weights: .*notes\.h5 is not a Keras weights file \(\.h5: no HDF5"
+    ):
+        PipelineConfig(data_dir=data, weights=str(text)).validate_paths()
+    h5 = tmp_path / "w.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    PipelineConfig(data_dir=data, weights=str(h5)).validate_paths()  # no description: the Trainer decides
+    (tmp_path / "w.h5.json").write_text('{"backbone": "DenseNet121", "image_size": 32}')
+    with pytest.raises(
+        ConfigError, match=r"holds DenseNet121 weights .* not MobileNetV2's: pass --backbone DenseNet121"
+    ):
+        PipelineConfig(data_dir=data, weights=str(h5)).validate_paths()
+    PipelineConfig(data_dir=data, weights=str(h5), backbone="DenseNet121").validate_paths()
+    with_block = tmp_path / "user_block.h5"  # HDF5 after a 512-byte user block
+    with_block.write_bytes(bytes(512) + b"\x89HDF\r\n\x1a\n" + bytes(100))
+    PipelineConfig(data_dir=data, weights=str(with_block)).validate_paths()
+
+
 @pytest.mark.parametrize("field", ["home", "serving_dir"])
 def test_a_file_where_a_folder_goes_is_named_before_the_run(tmp_path, field):
     """home (the lock, ML Metadata, the records) and serving_dir (the Pusher writes there at the
