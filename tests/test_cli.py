@@ -104,6 +104,17 @@ PRETRAIN = ["pretrain-backbone", "--data", "d", "--backbone", "MobileNetV2", "--
         (["demo", "--replicas", "0"], "--replicas: must be a whole number >= 1, got '0'"),
         # ingest names its flags, not the Python parameters behind them
         (["ingest", "--images", "i", "--out", "o", "--shards", "0"], "--shards: must be a whole number >= 1"),
+        # gRPC would wrap a port over 65535 and take a missing one as 443, then say "refused"
+        (
+            ["predict", "--target", "localhost:99999", "--model", "m", "x.png"],
+            "port must be a number 1..65535",
+        ),
+        (["predict", "--target", "localhost", "--model", "m", "x.png"], "must be HOST:PORT"),
+        (["predict", "--target", "::1:8500", "--model", "m", "x.png"], "IPv6 address goes in brackets"),
+        (
+            ["predict-batch", "--target", "h:0", "--model-name", "m", "--images", "i", "--out", "o.csv"],
+            "1..65535",
+        ),
         (PRETRAIN + ["--learning-rate", "nan"], "--learning-rate: must be a positive number, got 'nan'"),
         (PRETRAIN + ["--learning-rate", "-1"], "--learning-rate: must be a positive number"),
         (PRETRAIN + ["--epochs", "0"], "--epochs: must be a whole number >= 1"),

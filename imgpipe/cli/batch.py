@@ -8,6 +8,7 @@ import re
 
 from pydantic import ValidationError
 
+from imgpipe.cli.flags import host_port
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, emit_failure
 from pipeline.beam import BeamConfig
 from pipeline.config import ConfigError, describe
@@ -19,7 +20,9 @@ def _add(p: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--model", help="SavedModel dir, or a model base path (SERVING_DIR/NAME): its newest version"
     )
-    source.add_argument("--target", help="HOST:PORT of TF Serving or `imgpipe serve` (needs --model-name)")
+    source.add_argument(
+        "--target", type=host_port, help="HOST:PORT of TF Serving or `imgpipe serve` (needs --model-name)"
+    )
     p.add_argument("--model-name", help="served model name (with --target; with --model: the logs' name)")
     p.add_argument(
         "--images", required=True, help="image directory (recursive) or glob, e.g. 'photos/**/*.jpg'"

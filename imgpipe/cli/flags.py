@@ -42,6 +42,22 @@ def whole_number(low: int, high: int | None, what: str) -> Callable[[str], int]:
     return parse
 
 
+def host_port(text: str) -> str:
+    """An argparse type: a gRPC target HOST:PORT ([IPV6]:PORT) with a port 1..65535, or a gRPC
+    URI kept as written (dns:///host:port, unix:/path, ipv4:...). gRPC itself would take a port
+    over 65535 modulo 65536 and a missing one as 443, and say only "connection refused"."""
+    if "://" in text or text.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or host in ("[", "[]"):
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT (e.g. localhost:8500), got {text!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be a number 1..65535, got {port!r} in {text!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(f"an IPv6 address goes in brackets ([::1]:8500), got {text!r}")
+    return text
+
+
 def positive_number(text: str) -> float:
     """An argparse type: a finite number above 0; else "must be a positive number ..."."""
     try:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from imgpipe.cli.flags import whole_number
+from imgpipe.cli.flags import host_port, whole_number
 from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, error
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
@@ -177,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="localhost:8500", help="HOST:PORT of the server")
+    parser.add_argument("--target", type=host_port, default="localhost:8500", help="HOST:PORT of the server")
     parser.add_argument("--model", required=True, help="model name (model_spec.name)")
     parser.add_argument(
         "--signature",
