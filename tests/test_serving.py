@@ -6,6 +6,7 @@ compared with the same SavedModel called in-process on the same batch.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -831,6 +832,38 @@ def test_cli_predict_unknown_model_exits_nonzero(server, model, tmp_path, capsys
     assert _predict_cli(server.target, str(good), model="nope") == 1
     out, err = capsys.readouterr()
     assert out == "" and "NOT_FOUND" in err and "nope" in err
+
+
+def test_cli_predict_stopped_by_the_server_says_how_many_were_scored(
+    server, model, tmp_path, capsys, monkeypatch
+):
+    """An error for every image (the server gone, its model unloaded) mid-way: the images scored
+    are on stdout, and the message counts them and the ones not scored."""
+    from imgpipe.cli import serving as serving_cli
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(model.items[i][0])
+        paths.append(str(p))
+    chunks = []
+    predict_chunk = serving_cli._predict_chunk
+
+    def second_request_finds_no_model(client, args, chunk):  # the server's real NOT_FOUND
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            args = argparse.Namespace(**{**vars(args), "model": "gone"})
+        return predict_chunk(client, args, chunk)
+
+    monkeypatch.setattr(serving_cli, "_predict_chunk", second_request_finds_no_model)
+    assert _predict_cli(server.target, "--batch-size", "1", *paths) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(x)["image"] for x in out.splitlines()] == paths[:1]
+    assert "NOT_FOUND" in err
+    assert (
+        f"stopped after 1 of 4 images were scored (0 failed before, 3 not scored, starting with {paths[1]})"
+        in err
+    )
 
 
 def test_cli_predict_top_k_and_batches(server, model, tmp_path, capsys):

@@ -257,6 +257,7 @@ def _predict(args: argparse.Namespace) -> int:
         client = ServingClient(args.target, timeout=args.timeout, retries=args.retries)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    scored = 0
     with client:
         # --batch-size images per request, fewer when they are large (the gRPC message limit).
         for chunk, too_large in request_parts(readable, args.batch_size, image_budget(CLIENT_MESSAGE_MB)):
@@ -267,13 +268,19 @@ def _predict(args: argparse.Namespace) -> int:
             try:
                 results = _predict_chunk(client, args, chunk)
             except ServingRpcError as e:
-                raise WorkFailed(str(e)) from e
+                # The lines on stdout so far are the images scored; say how many were not.
+                left = len(args.images) - scored - failed
+                raise WorkFailed(
+                    f"{e}; stopped after {scored} of {len(args.images)} images were scored "
+                    f"({failed} failed before, {left} not scored, starting with {chunk[0][0]})"
+                ) from e
             for path, result in results:
                 if isinstance(result, ServingRpcError):
                     error(f"{path}: {result.code.name}: {result.details}")
                     failed += 1
                     continue
                 emit({"image": path, "classes": result.classes, "scores": result.scores})
+                scored += 1
     if failed:
         raise WorkFailed(f"{failed} of {len(args.images)} images failed")
     return EXIT_OK
