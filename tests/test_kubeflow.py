@@ -364,7 +364,7 @@ def test_submit_sends_the_spec_and_typed_parameters(compiled, monkeypatch, capsy
     from imgpipe.orchestration import kubeflow
 
     fake = FakeAiplatform()
-    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda region=None: fake)
     path = compiled[0]
     code = cli.main(["submit", "--project", "p", "--region", "europe-west4", "--spec", path,
                      "--parameter", "epochs=9", "--parameter", "min_accuracy=0.8",
@@ -399,7 +399,7 @@ def test_submit_rejects_bad_parameters_before_calling_vertex(
     from imgpipe.orchestration import kubeflow
 
     fake = FakeAiplatform()
-    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda region=None: fake)
     code = cli.main(
         ["submit", "--project", "p", "--region", "r", "--spec", compiled[0], "--parameter", parameter]
     )
@@ -412,7 +412,7 @@ def test_submit_needs_a_real_spec(tmp_path, monkeypatch, capsys):
     from imgpipe.cli import main as cli
     from imgpipe.orchestration import kubeflow
 
-    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: pytest.fail("must not reach Vertex"))
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda region=None: pytest.fail("must not reach Vertex"))
     bad = tmp_path / "bad.json"
     bad.write_text('{"hello": 1}')
     assert cli.main(["submit", "--project", "p", "--region", "r", "--spec", str(bad)]) == 2
@@ -420,6 +420,62 @@ def test_submit_needs_a_real_spec(tmp_path, monkeypatch, capsys):
     assert (
         cli.main(["submit", "--project", "p", "--region", "r", "--spec", str(tmp_path / "missing.json")]) == 2
     )
+
+
+def test_submit_without_credentials_or_network_says_so_in_one_line(compiled, monkeypatch, capsys):
+    """Were tracebacks: google.auth's DefaultCredentialsError, or ~2 minutes of retries offline."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
+
+    argv = ["submit", "--project", "p", "--region", "europe-west4", "--spec", compiled[0]]
+    fake = FakeAiplatform()
+
+    def no_credentials(**kwargs):
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    fake.init = no_credentials
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda region=None: fake)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert (
+        "not submitted: no usable Google Cloud credentials (Your default credentials were not found.)" in err
+    )
+    assert "gcloud auth application-default login" in err and "Traceback" not in err
+
+    # Offline: the region's endpoint is tried before the client (which retries for minutes).
+    monkeypatch.undo()
+    asked = []
+    monkeypatch.setattr(
+        kubeflow,
+        "connect_problem",
+        lambda host, port=443: asked.append((host, port)) or f"{host} cannot be reached (x)",
+    )
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert asked == [("europe-west4-aiplatform.googleapis.com", 443)]
+    assert (
+        "not submitted: Vertex AI in europe-west4: europe-west4-aiplatform.googleapis.com cannot be reached"
+        in err
+    )
+    assert cli.main(["submit", "--project", " ", "--region", "r", "--spec", compiled[0]]) == 2
+    assert "--project is empty" in capsys.readouterr().err
+
+
+def test_remote_failure_is_one_line_for_cloud_clients_only():
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from imgpipe.orchestration.kubeflow import remote_failure
+
+    message = remote_failure(
+        ServiceUnavailable("503 errors resolving us-central1-aiplatform.googleapis.com\nmore")
+    )
+    assert message == (
+        "the service refused or could not be reached: ServiceUnavailable: "
+        "503 503 errors resolving us-central1-aiplatform.googleapis.com"
+    )
+    assert remote_failure(ValueError("ours")) is None and remote_failure(KeyError("x")) is None
 
 
 # ------------------------------------------------------------------------ Dockerfile

@@ -305,7 +305,7 @@ def test_vertex_schedule(tmp_path, monkeypatch, capsys):
             return types.SimpleNamespace(resource_name="projects/p/locations/r/schedules/42")
 
     fake = types.SimpleNamespace(PipelineJob=PipelineJob, init=lambda **kw: calls.append(("init", kw)))
-    monkeypatch.setattr(kubeflow, "_aiplatform", lambda: fake)
+    monkeypatch.setattr(kubeflow, "_aiplatform", lambda region=None: fake)
     spec = _spec_file(tmp_path)
     code = cli.main(["schedule", "--runner", "vertex", "--cron", "0 3 * * *", "--spec", spec, "--project", "p",
                      "--region", "r", "--parameter", "min_accuracy=0.7", "--time-zone", "Europe/Berlin",
@@ -360,3 +360,25 @@ def test_kfp_recurring_run(tmp_path, monkeypatch, capsys):
         "service_account": None,
     }
     assert json.loads(capsys.readouterr().out)["recurring_run"] == "rr-1"
+
+
+def test_remote_schedules_refuse_a_bad_time_zone_and_an_unreachable_host(tmp_path, capsys):
+    """Were tracebacks (the time zone was never checked; KFP's client retried, then raised)."""
+    import socket
+
+    from imgpipe.cli import main as cli
+
+    spec = _spec_file(tmp_path)
+    vertex = ["schedule", "--runner", "vertex", "--cron", "0 3 * * *", "--spec", spec, "--project", "p"]
+    assert cli.main([*vertex, "--region", "us-central1", "--time-zone", "Mars/Olympus"]) == 2
+    assert "--time-zone 'Mars/Olympus': not an IANA time zone" in capsys.readouterr().err
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    host = f"http://127.0.0.1:{port}"
+    assert (
+        cli.main(["schedule", "--runner", "kfp", "--cron", "0 3 * * *", "--spec", spec, "--host", host]) == 1
+    )
+    err = capsys.readouterr().err
+    assert f"kfp schedule not created: KFP at {host}: 127.0.0.1 cannot be reached (Connection refused)" in err
+    assert "Traceback" not in err

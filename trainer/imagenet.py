@@ -68,14 +68,25 @@ def cached_weights(backbone: str) -> str | None:
 
 
 def _endpoint(host: str, port: int) -> tuple[str, int, str]:
-    """(host, port, what) a download from `host` connects to first: an HTTPS proxy when urllib
-    would use one for it, else the host itself."""
+    """(host, port, what) an HTTPS request to `host` connects to first: an HTTPS proxy when
+    urllib would use one for it, else the host itself."""
     proxy = urllib.request.getproxies().get("https")
     if proxy and not urllib.request.proxy_bypass(host):
         parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         if parsed.hostname:
             return parsed.hostname, parsed.port or 8080, f"the HTTPS proxy {parsed.hostname}"
     return host, port, host
+
+
+def connect_problem(host: str, port: int = 443, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why a TCP connection to `host`:`port` (or to the HTTPS proxy in the way) cannot be made,
+    as "WHAT cannot be reached (REASON)"; None when it can."""
+    address, port, what = _endpoint(host, port)
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{what} cannot be reached ({exc.strerror or str(exc) or type(exc).__name__})"
 
 
 def check_imagenet_weights(
@@ -88,17 +99,13 @@ def check_imagenet_weights(
     cached = cached_weights(backbone)
     if cached:
         return f"cached at {cached}"
-    address, port, what = _endpoint(host, port)
-    try:
-        with socket.create_connection((address, port), timeout=timeout):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+    problem = connect_problem(host, port, timeout)
+    if problem:
         raise WeightsUnavailable(
             f"imagenet: {backbone}'s ImageNet weights are not in Keras's cache "
-            f"({keras_cache_dir()}) and {what} cannot be reached to download them ({reason}). "
+            f"({keras_cache_dir()}) and {problem.replace(' (', ' to download them (', 1)}. "
             "Without internet, give a weights file (`imgpipe pretrain-backbone` makes one from "
             "your own images) or `none`, or copy Keras's no-top weights file for the backbone "
             "into that folder"
-        ) from exc
+        )
     return f"download from {host}"

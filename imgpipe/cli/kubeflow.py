@@ -114,6 +114,9 @@ def _add_submit(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    for flag, value in (("--project", args.project), ("--region", args.region)):
+        if not value.strip():
+            raise UsageError(f"{flag} is empty")
     from imgpipe.orchestration import kubeflow  # loads TFX: only when the command runs
 
     try:
@@ -129,8 +132,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         )
     except ValueError as e:  # SpecError included
         raise UsageError(str(e)) from e
-    except RuntimeError as e:  # aiplatform reports a failed job (with --wait) as RuntimeError
-        raise WorkFailed(f"Vertex AI pipeline job failed: {e}") from e
+    except Exception as e:  # a cloud client's error: one line, not its traceback
+        message = kubeflow.remote_failure(e)
+        if message is not None:
+            raise WorkFailed(f"not submitted: {message}") from e
+        if isinstance(e, RuntimeError):  # aiplatform reports a failed job (with --wait) so
+            raise WorkFailed(f"Vertex AI pipeline job failed: {e}") from e
+        raise
     emit(result)
     return 0
 

@@ -120,6 +120,13 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     except OSError as e:  # writing the config or the units, after every check passed
         raise WorkFailed(f"cannot write the schedule: {e}") from e
+    except Exception as e:  # a cloud client's error: one line, not its traceback
+        from imgpipe.orchestration.kubeflow import remote_failure
+
+        message = remote_failure(e)
+        if message is None:
+            raise
+        raise WorkFailed(f"{args.runner} schedule not created: {message}") from e
     emit(result)
     return 0
 

@@ -48,6 +48,7 @@ from imgpipe.orchestration.paths import write_atomically
 from pipeline.beam import with_container_image
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.pipeline import create_pipeline
+from trainer.imagenet import connect_problem
 
 RuntimeParameter = data_types.RuntimeParameter
 TRAINER_ID = "Trainer"
@@ -271,11 +272,38 @@ def pipeline_name(job: Mapping[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------- submit
-def _aiplatform():
-    """google.cloud.aiplatform, imported on use (tests replace this function)."""
+class Unreachable(Exception):
+    """A service cannot be reached from this machine; the message names it and why."""
+
+
+def _aiplatform(region: str | None = None):
+    """google.cloud.aiplatform, imported on use, once Vertex AI's endpoint for `region` takes a
+    connection: offline, its client retries for about two minutes before failing (tests
+    replace this function)."""
+    if region:
+        problem = connect_problem(f"{region}-aiplatform.googleapis.com")
+        if problem:
+            raise Unreachable(f"Vertex AI in {region}: {problem}; check --region and this machine's network")
     from google.cloud import aiplatform
 
     return aiplatform
+
+
+def remote_failure(exc: BaseException) -> str | None:
+    """One line for an error a cloud client raised (credentials, the network, the service),
+    instead of its traceback; None for any other error."""
+    if isinstance(exc, Unreachable):
+        return str(exc)
+    module = type(exc).__module__ or ""
+    text = (str(exc).strip().splitlines() or [""])[0][:500]
+    if module.startswith("google.auth"):
+        return (
+            f"no usable Google Cloud credentials ({text}): run `gcloud auth application-default "
+            "login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key"
+        )
+    if module.startswith(("google.api_core", "urllib3", "requests", "kfp_server_api", "grpc")):
+        return f"the service refused or could not be reached: {type(exc).__name__}: {text}"
+    return None
 
 
 def submit(
@@ -292,7 +320,7 @@ def submit(
     job_spec = read_pipeline_job(spec_path)
     pipeline_spec_proto(job_spec)  # fail here, not in the cloud, on a malformed spec
     values = parse_parameters(job_spec, parameters)
-    aiplatform = _aiplatform()
+    aiplatform = _aiplatform(region)
     aiplatform.init(project=project, location=region)
     job = aiplatform.PipelineJob(
         display_name=display_name or pipeline_name(job_spec),

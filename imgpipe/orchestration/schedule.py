@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -330,11 +331,13 @@ def vertex_schedule(
     from imgpipe.orchestration import kubeflow
 
     parse_cron(cron)
+    if time_zone:
+        check_time_zone(time_zone)
     job_spec = kubeflow.read_pipeline_job(spec_path)
     kubeflow.pipeline_spec_proto(job_spec)
     values = kubeflow.parse_parameters(job_spec, parameters)
     name = display_name or kubeflow.pipeline_name(job_spec)
-    aiplatform = kubeflow._aiplatform()  # noqa: SLF001 - the module's import seam
+    aiplatform = kubeflow._aiplatform(region)  # noqa: SLF001 - the module's import seam
     aiplatform.init(project=project, location=region)
     job = aiplatform.PipelineJob(
         display_name=name, template_path=spec_path, parameter_values=values, project=project, location=region
@@ -354,7 +357,29 @@ def kfp_cron(cron: str) -> str:
     return "0 " + " ".join(parse_cron(cron))
 
 
+def check_time_zone(name: str) -> str:
+    """`name` if it is an IANA time zone (Europe/Paris, UTC); ScheduleError otherwise."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise ScheduleError(f"--time-zone {name!r}: not an IANA time zone (e.g. UTC, Europe/Paris)") from None
+    return name
+
+
 def _kfp_client(host: str | None):
+    """A KFP client, once `host` (when given) takes a connection: offline, the client retries
+    and fails with several tracebacks (tests replace this function)."""
+    if host:
+        from imgpipe.orchestration.kubeflow import Unreachable
+        from trainer.imagenet import connect_problem
+
+        url = urllib.parse.urlsplit(host if "://" in host else f"http://{host}")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        problem = connect_problem(url.hostname or host, port) if url.hostname else "no host name in it"
+        if problem:
+            raise Unreachable(f"KFP at {host}: {problem}; check --host")
     import kfp
 
     return kfp.Client(host=host)
