@@ -85,8 +85,9 @@ class ServerConfig:
         import tensorflow as tf  # deferred: `imgpipe --help` must not load TensorFlow
 
         if not tf.io.gfile.isdir(self.model_base_path):
+            what = "is a file, not a directory" if tf.io.gfile.exists(self.model_base_path) else "not found"
             raise ServerStartError(
-                f"model base path not found: {self.model_base_path} (expected "
+                f"model base path {what}: {self.model_base_path} (expected "
                 f"<serving_dir>/<model_name> holding integer version directories)"
             )
         return self

@@ -896,6 +896,9 @@ def test_cli_serve_reports_start_errors(tmp_path, capsys):
     assert cli.main(argv) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert "model base path not found" in err and str(tmp_path / "missing") in err
+    (tmp_path / "a-file").write_text("x")
+    assert cli.main(["serve", "--model-base-path", str(tmp_path / "a-file"), "--model-name", NAME]) == 2
+    assert "model base path is a file, not a directory" in capsys.readouterr().err
     argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", NAME, "--poll-seconds", "0"]
     assert cli.main(argv) == cli.EXIT_USAGE
     assert "poll_seconds" in capsys.readouterr().err
@@ -932,3 +935,15 @@ def test_cli_serve_freezes_the_start_up_objects_while_it_serves(tmp_path, monkey
     finally:
         gc.collect()
         gc.freeze()
+
+
+def test_a_serving_dir_given_for_the_model_base_path_is_pointed_out(tmp_path):
+    from serving.devserver.lifecycle import _model_folders_hint
+
+    (tmp_path / "digits" / "1700000000").mkdir(parents=True)
+    (tmp_path / "notes").mkdir()
+    assert _model_folders_hint(str(tmp_path)) == (
+        f" (it holds model folders with versions: digits; give {tmp_path / 'digits'})"
+    )
+    assert _model_folders_hint(str(tmp_path / "digits")) == ""  # a model base path itself
+    assert _model_folders_hint(str(tmp_path / "missing")) == ""

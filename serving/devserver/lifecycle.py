@@ -71,6 +71,25 @@ def _host_for_target(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def _model_folders_hint(base: str) -> str:
+    """When `base` holds no version but model folders that do (the serving dir given instead of
+    SERVING_DIR/MODEL_NAME), the words naming them; else ""."""
+
+    def has_versions(folder: str) -> bool:
+        try:
+            return any(v.isdigit() and os.path.isdir(os.path.join(folder, v)) for v in os.listdir(folder))
+        except OSError:
+            return False
+
+    try:
+        models = [e for e in sorted(os.listdir(base)) if has_versions(os.path.join(base, e))]
+    except OSError:
+        return ""
+    if not models:
+        return ""
+    return f" (it holds model folders with versions: {', '.join(models[:5])}; give {os.path.join(base, models[0])})"
+
+
 def start_server(config: ServerConfig) -> RunningServer:
     """Bind the port, load the model and start the gRPC server; returns once it accepts requests.
 
@@ -124,8 +143,9 @@ def start_server(config: ServerConfig) -> RunningServer:
         raise
     if not manager.serving_versions():
         log.warning(
-            "no loadable version under %s yet; answering NOT_FOUND (as TF Serving does) until one appears",
+            "no loadable version under %s yet; answering NOT_FOUND (as TF Serving does) until one appears%s",
             config.model_base_path,
+            _model_folders_hint(config.model_base_path),
         )
     server.start()
     log.info(
