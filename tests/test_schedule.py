@@ -70,10 +70,26 @@ class LockHolder:
 
 # --------------------------------------------------------------------------- cron
 @pytest.mark.parametrize(
-    "expr", ["0 3 * * *", "*/15 * * * *", "30 2 1,15 * *", "0 0 * * 1-5", "@daily", "59 23 31 12 7"]
+    "expr",
+    [
+        "0 3 * * *",
+        "*/15 * * * *",
+        "30 2 1,15 * *",
+        "0 0 * * 1-5",
+        "@daily",
+        "59 23 31 12 7",
+        "0 3 1 jan,Jul *",
+    ],
 )
 def test_valid_cron(expr):
     assert len(schedule.parse_cron(expr)) == 5
+
+
+def test_month_and_weekday_names_are_their_numbers():
+    assert schedule.parse_cron("0 3 * * MON-FRI") == ["0", "3", "*", "*", "1-5"]
+    assert schedule.parse_cron("0 3 1 jan,Jul sun") == ["0", "3", "1", "1,7", "0"]
+    assert schedule.cron_to_on_calendar("15 2 * * mon-fri") == "Mon..Fri *-*-* 02:15:00"
+    assert schedule.kfp_cron("0 3 * DEC SAT") == "0 0 3 * 12 6"
 
 
 @pytest.mark.parametrize(
@@ -83,7 +99,8 @@ def test_valid_cron(expr):
         ("60 3 * * *", "minute 60 is outside 0-59"),
         ("0 24 * * *", "hour 24 is outside 0-23"),
         ("0 3 0 * *", "day of month 0 is outside 1-31"),
-        ("0 3 * * MON", "day of week field 'MON'"),
+        ("0 3 * * MONDAY", "day of week field 'MONDAY'"),
+        ("@reboot", "runs at a machine's start, not on a schedule"),
         ("*/0 * * * *", "step must be >= 1"),
         ("0 5-2 * * *", "hour 5-2"),
         ("0 3 31 2 *", "day of month 31 never falls in month 2"),  # accepted by cron, never run

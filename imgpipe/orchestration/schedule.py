@@ -51,23 +51,42 @@ _MACROS = {
 _ITEM = re.compile(r"^(\*|\d+(?:-\d+)?)(?:/(\d+))?$")
 
 
-def parse_cron(expr: str) -> list[str]:
-    """The five fields of a standard cron expression (macros expanded); ScheduleError if invalid.
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 
-    Supports numbers, '*', lists, ranges and steps; names (JAN, MON) are not.
+
+def _numbers_for_names(value: str, names: tuple[str, ...], first: int) -> str:
+    """A month or day-of-week field with its three-letter names (any case) as numbers."""
+    return re.sub(
+        r"[A-Za-z]+",
+        lambda m: str(names.index(m.group().upper()) + first) if m.group().upper() in names else m.group(),
+        value,
+    )
+
+
+def parse_cron(expr: str) -> list[str]:
+    """The five fields of a standard cron expression (macros expanded, month and weekday names
+    as numbers); ScheduleError if invalid.
+
+    Supports numbers, '*', lists, ranges, steps, and JAN-DEC / SUN-SAT in their fields.
     """
+    if expr.strip() == "@reboot":
+        raise ScheduleError("cron '@reboot': runs at a machine's start, not on a schedule; give times")
     expr = _MACROS.get(expr.strip(), expr.strip())
     fields = expr.split()
     if len(fields) != 5:
         raise ScheduleError(
             f"cron {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
         )
+    fields[3] = _numbers_for_names(fields[3], _MONTHS, 1)
+    fields[4] = _numbers_for_names(fields[4], _DAYS, 0)
     for value, (name, low, high) in zip(fields, _FIELDS, strict=True):
         for item in value.split(","):
             m = _ITEM.match(item)
             if not m:
                 raise ScheduleError(
                     f"cron {expr!r}: {name} field {value!r} is not numbers, '*', ranges or steps"
+                    + (" (names are three letters: JAN, MON)" if name in ("month", "day of week") else "")
                 )
             if m.group(1) != "*":
                 bounds = [int(x) for x in m.group(1).split("-")]
