@@ -115,6 +115,8 @@ PRETRAIN = ["pretrain-backbone", "--data", "d", "--backbone", "MobileNetV2", "--
             ["predict-batch", "--target", "h:0", "--model-name", "m", "--images", "i", "--out", "o.csv"],
             "1..65535",
         ),
+        (["compile", "--image", "bad image name", "--output", "o.json"], "not a container image reference"),
+        (["compile", "--image", "reg/Upper:v1", "--output", "o.json"], "lower-case repository"),
         (PRETRAIN + ["--learning-rate", "nan"], "--learning-rate: must be a positive number, got 'nan'"),
         (PRETRAIN + ["--learning-rate", "-1"], "--learning-rate: must be a positive number"),
         (PRETRAIN + ["--epochs", "0"], "--epochs: must be a whole number >= 1"),

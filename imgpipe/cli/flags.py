@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from typing import Any, get_origin
 
@@ -40,6 +41,25 @@ def whole_number(low: int, high: int | None, what: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+_IMAGE_REFERENCE = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::\d+)?/)?"  # a registry host (gcr.io, localhost:5000), or the first path part
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # the repository
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # :tag
+    r"(?:@sha256:[a-f0-9]{64})?"  # @digest
+)
+
+
+def container_image(text: str) -> str:
+    """An argparse type: a container image reference as Docker and Kubernetes read it
+    (REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], the repository in lower case)."""
+    if not _IMAGE_REFERENCE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"not a container image reference (REGISTRY/REPOSITORY[:TAG], lower-case repository, "
+            f"no spaces), got {text!r}"
+        )
+    return text
 
 
 def host_port(text: str) -> str:

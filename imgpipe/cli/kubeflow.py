@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 
+from imgpipe.cli.flags import container_image
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.cli.run import add_run_arguments, config_from
 from imgpipe.orchestration.paths import output_file_problem
@@ -31,7 +32,10 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
         help="kubeflow: a KFP v2 PipelineJob JSON for Vertex AI Pipelines or Kubeflow Pipelines 2.x",
     )
     g.add_argument(
-        "--image", required=True, help="container image built from the Dockerfile (every step runs in it)"
+        "--image",
+        required=True,
+        type=container_image,
+        help="container image built from the Dockerfile (every step runs in it)",
     )
     g.add_argument("--output", required=True, help="pipeline spec file to write (.json)")
     g.add_argument(
