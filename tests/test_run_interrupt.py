@@ -23,6 +23,7 @@ def test_a_stop_wrapped_by_a_components_beam_job_is_recorded_as_a_stop(tmp_path,
         data_dir=write_split_dataset(str(tmp_path / "data"), items),
         home=str(tmp_path / "home"),
         serving_dir=str(tmp_path / "serving"),
+        weights="none",  # the run stops before the Trainer; no ImageNet download needed
     )
 
     def stopped_inside_beam(self, ir, *args, **kwargs):
