@@ -78,26 +78,24 @@ def host_port(text: str) -> str:
     return text
 
 
-def positive_number(text: str) -> float:
-    """An argparse type: a finite number above 0; else "must be a positive number ..."."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def real_number(ok: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse type: a number for which `ok` holds (NaN and infinities never do); else the
+    usage error "must be <what>, got '<text>'"."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def open_fraction(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1; else "must be between 0 and 1 ..."."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0.0 < value < 1.0:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (both excluded), got {text!r}")
-    return value
+positive_number = real_number(lambda v: v > 0, "a positive number")
+open_fraction = real_number(lambda v: 0 < v < 1, "a number between 0 and 1 (both excluded)")
 
 
 def flag_name(model: type[Settings], name: str) -> str:
