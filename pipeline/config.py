@@ -362,20 +362,31 @@ def _weights_file_problem(path: str, backbone: str) -> str | None:
     return None
 
 
+def folder_problem(path: str) -> tuple[str, str] | None:
+    """Whether `path` can be a directory this process writes: None when it is one, or when it
+    can be made (its nearest existing ancestor is a writable directory); else (that nearest
+    existing path, "file" when it is not a directory or "unwritable")."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return existing, "file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return existing, "unwritable"
+    return None
+
+
 def _check_writable_dir(field: str, path: str, why: str) -> None:
     """ConfigError naming `field` unless `path` is a directory this process can write, or one it
-    can create (its nearest existing ancestor is a writable directory)."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        parent = os.path.dirname(existing)
-        if parent == existing:
-            break
-        existing = parent
-    if not os.path.isdir(existing):
+    can create (folder_problem)."""
+    problem = folder_problem(path)
+    if problem is None:
+        return
+    existing, kind = problem
+    if kind == "file":
         what = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, which is a file"
         raise ConfigError(f"{field}: {path} {what}, not a directory ({why})")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field}: {existing} is not writable by this user ({why})")
+    raise ConfigError(f"{field}: {existing} is not writable by this user ({why})")
 
 
 # -------------------------------------------------------------------------- the tree

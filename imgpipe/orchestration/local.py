@@ -203,9 +203,8 @@ def run_local(
     lock_wait: seconds to wait while another run holds the home (then LockBusy).
     """
     config = config.resolved().validate_paths()
-    if (
-        config.training.weights_kind == "imagenet"
-    ):  # offline with nothing cached: refuse now, not at the Trainer
+    # weights: imagenet offline with nothing cached is refused now, not at the Trainer.
+    if config.training.weights_kind == "imagenet":
         try:
             log.debug("ImageNet weights: %s", check_imagenet_weights(config.training.backbone))
         except WeightsUnavailable as e:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from pipeline.config import folder_problem
+
 
 def under(path: str, root: str) -> bool:
     """Whether `path` is strictly inside `root`.
@@ -24,14 +26,13 @@ def output_file_problem(path: str) -> str | None:
     its path goes, or the nearest existing folder is not writable), or None."""
     if os.path.isdir(path):
         return f"{path} is a directory: give a file name"
-    existing = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
+    problem = folder_problem(os.path.dirname(os.path.abspath(path)))
+    if problem is None:
+        return None
+    existing, kind = problem
+    if kind == "file":
         return f"{path} is under {existing}, which is a file"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable by this user"
-    return None
+    return f"{existing} is not writable by this user"
 
 
 def write_atomically(path: str, text: str) -> None:

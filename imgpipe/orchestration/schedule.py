@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
+from pipeline.config import folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -280,14 +281,14 @@ def local_schedule(
 
 def _check_can_write_in(flag: str, folder: str) -> None:
     """ScheduleError naming `flag` unless `folder` is a directory this user can write, or can be
-    made (its nearest existing ancestor is one)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
+    made (pipeline.config.folder_problem)."""
+    problem = folder_problem(folder)
+    if problem is None:
+        return
+    existing, kind = problem
+    if kind == "file":
         raise ScheduleError(f"{flag} {folder}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ScheduleError(f"{flag} {folder}: {existing} is not writable by this user")
+    raise ScheduleError(f"{flag} {folder}: {existing} is not writable by this user")
 
 
 def write_systemd_units(
