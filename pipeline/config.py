@@ -352,14 +352,21 @@ def _weights_file_problem(path: str, backbone: str) -> str | None:
         return f"cannot be read: {e.strerror or e}"
     if head != _HDF5_SIGNATURE:
         return "is not a Keras weights file (.h5: no HDF5 signature)"
+    made_for = described_backbone(path)
+    if made_for is not None and made_for != backbone:
+        return f"holds {made_for} weights ({path}.json), not {backbone}'s: pass --backbone {made_for}"
+    return None
+
+
+def described_backbone(path: str) -> str | None:
+    """The backbone that `imgpipe pretrain-backbone` recorded beside the weights file `path`
+    (PATH.json), or None: no description (Keras's own files have none) or an unreadable one."""
     try:
         with open(path + ".json", encoding="utf-8") as f:
             made_for = json.load(f).get("backbone")
     except (OSError, ValueError, AttributeError):
-        return None  # no description (Keras's own files have none): the Trainer's load decides
-    if isinstance(made_for, str) and made_for != backbone:
-        return f"holds {made_for} weights ({path}.json), not {backbone}'s: pass --backbone {made_for}"
-    return None
+        return None
+    return made_for if isinstance(made_for, str) else None
 
 
 def folder_problem(path: str) -> tuple[str, str] | None:
