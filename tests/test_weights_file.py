@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from imgpipe.cli import main as cli
-from imgpipe.orchestration import local
+from imgpipe.orchestration import weights
 from pipeline.config import PipelineConfig
 from trainer import model
 
@@ -69,16 +69,36 @@ def test_run_with_a_file_for_another_backbone_stops_before_any_component(bare_we
     assert not (home / "metadata.sqlite").exists()
 
 
+def test_schedule_with_a_file_for_another_backbone_installs_nothing(bare_weights, tmp_path, capsys):
+    """Every scheduled run would fail on it: `schedule --runner local` refuses it and writes nothing."""
+    home = tmp_path / "home"
+    argv = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "data")]
+    argv += [
+        "--home",
+        str(home),
+        "--weights",
+        bare_weights,
+        "--backbone",
+        "MobileNetV3Small",
+        "--image-size",
+        "32",
+    ]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert f"weights: {bare_weights} does not load into MobileNetV3Small" in err and "Traceback" not in err
+    assert not (home / "schedule").exists()
+
+
 def test_a_file_described_for_this_backbone_is_not_loaded_again(source_backbone, tmp_path, monkeypatch):
     """pretrain-backbone's own files (PATH.json names the backbone) cost a run nothing here."""
     loaded = []
     monkeypatch.setattr(model, "weights_file_problem", lambda *a: loaded.append(a))
     config = PipelineConfig(data_dir=str(tmp_path), weights=source_backbone, image_size=32)
-    local._check_weights_file(config)
+    weights.check_weights_file(config)
     assert loaded == []
-    local._check_weights_file(config.replace(weights="none"))
+    weights.check_weights_file(config.replace(weights="none"))
     assert loaded == []
     bare = tmp_path / "bare.h5"
     shutil.copyfile(source_backbone, bare)
-    local._check_weights_file(config.replace(weights=str(bare)))
+    weights.check_weights_file(config.replace(weights=str(bare)))
     assert loaded == [(str(bare), "MobileNetV2", 32)]

@@ -31,9 +31,10 @@ from imgpipe.ingest.contract import damaged_tfrecord_files, undecodable_images
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
+from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
 from imgpipe.stop_signals import stopped_by
-from pipeline.config import ConfigError, PipelineConfig, described_backbone
+from pipeline.config import ConfigError, PipelineConfig
 from trainer.imagenet import WeightsUnavailable, check_imagenet_weights
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def run_local(
         except WeightsUnavailable as e:
             raise ConfigError(f"weights: {e}") from e
     split_cpu_for(config)  # before the data check below: reading a record initialises TensorFlow
-    _check_weights_file(config)
+    check_weights_file(config)  # builds a model: after the CPU split
     if lock_wait > 0:
         check_data_dir(config.data_dir)  # unusable records fail now, not after the wait
     run_id = new_run_id()
@@ -220,29 +221,6 @@ def run_local(
             # refused at once because another holds the home does not need.
             check_data_dir(config.data_dir)
         return _run_holding_lock(config, run_id, progress, verbose)
-
-
-def _check_weights_file(config: PipelineConfig) -> None:
-    """ConfigError unless a local weights file loads into the configured backbone.
-
-    A file `imgpipe pretrain-backbone` wrote for this backbone (its PATH.json says so) is
-    trusted as it is; any other (Keras's own files, a user's `save_weights`) is loaded into the
-    backbone here, as the Trainer would load it, so that a file for another backbone fails now
-    and not after statistics and Transform. Builds a model: call after split_cpu_for.
-    """
-    training = config.training
-    path = training.weights
-    if training.weights_kind != "file" or "://" in path or described_backbone(path) == training.backbone:
-        return
-    from trainer.model import weights_file_problem
-
-    problem = weights_file_problem(path, training.backbone, training.effective_image_size())
-    if problem:
-        raise ConfigError(
-            f"weights: {path} does not load into {training.backbone} (include_top=False): {problem.rstrip('.')}. "
-            "Pass the --backbone the file was saved from, or a file written by "
-            "`imgpipe pretrain-backbone` for this backbone"
-        )
 
 
 def _abandon_unfinished(store, config: PipelineConfig, found_by: str) -> list:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
+from imgpipe.orchestration.weights import check_weights_file
 from pipeline.config import folder_problem
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,7 @@ def local_schedule(
     if systemd_dir:
         calendar = check_on_calendar(on_calendar or cron_to_on_calendar(cron))
         _check_can_write_in("--systemd", systemd_dir)
+    check_weights_file(config)  # last: it loads the file into the backbone (seconds)
     workdir = config.home
     result = LocalSchedule(
         cron=cron.strip(),
