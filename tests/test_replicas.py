@@ -31,7 +31,12 @@ logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 from trainer import distribution
 distribution.split_cpu(int(sys.argv[2]))  # before any TensorFlow op
 from tests.test_replicas import train_replicas
-print("RESULT " + json.dumps(train_replicas(sys.argv[1], sys.argv[3], int(sys.argv[2]))), flush=True)
+result = train_replicas(sys.argv[1], sys.argv[3], int(sys.argv[2]))
+import tensorflow as tf
+from trainer import data
+read = data.for_replicas(tf.data.Dataset.range(3), distribution.make_strategy())
+result["default_rewrites"] = read.options().experimental_optimization.apply_default_optimizations
+print("RESULT " + json.dumps(result), flush=True)
 """
 
 
@@ -104,6 +109,7 @@ def test_two_replicas_train_the_same_model_as_one(workdir, source_backbone):
     import tensorflow as tf
 
     from imgpipe.orchestration import metadata as mlmd
+    from trainer import data
 
     proc = _start_two_replicas(workdir, source_backbone)
     try:
@@ -123,6 +129,12 @@ def test_two_replicas_train_the_same_model_as_one(workdir, source_backbone):
     assert mlmd.trainer_replicas(two["run_dir"]) == 2
     assert one["global_batch_size"] == two["global_batch_size"] == GLOBAL_BATCH
     assert not one["feature_cache_used"] and not two["feature_cache_used"]
+    # Two replicas read their datasets without tf.data's default rewrites (each of their
+    # multi-device iterators re-optimised the whole graph per device: data.for_replicas);
+    # one replica keeps the dataset as it is.
+    assert two["default_rewrites"] is False
+    plain = tf.data.Dataset.range(3)
+    assert data.for_replicas(plain, tf.distribute.get_strategy()) is plain
 
     # 30 eval images, 3 classes: chance is 1/3. Both learn, and agree within 3 images.
     assert one["eval_accuracy"] >= 0.6, one

@@ -207,6 +207,26 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+def for_replicas(ds: tf.data.Dataset, strategy: tf.distribute.Strategy) -> tf.data.Dataset:
+    """`ds` as a strategy with several replicas in this process should read it: without
+    tf.data's default graph rewrites.
+
+    Such a strategy reads a dataset through a multi-device iterator, which instantiates the
+    dataset once per device, and with the default rewrites each instance re-optimises the
+    whole dataset graph, the Transform graph's functions included: 1.9-3.0 s per iterator for
+    MobileNetV2's 32 px input over 2 CPU devices, against 0.3-0.5 s without them. Keras makes
+    one per epoch, one more per fit and two per evaluate, so a 3-epoch fit and its accuracy
+    spent 14-20 s there (BENCHMARKS.md, "The multi-device iterator"). The rewrites do
+    nothing this input needs: its maps are already parallel and it ends with a prefetch.
+    One replica (the default strategy) keeps them: its plain iterator costs 0.2-0.3 s with them.
+    """
+    if strategy.num_replicas_in_sync <= 1:
+        return ds
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    return ds.with_options(options)
+
+
 def count_examples(file_pattern: str | Sequence[str]) -> int:
     return int(raw_examples(file_pattern).reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
@@ -484,7 +504,7 @@ class FeatureExtractor:
         If extraction fails part-way, a partly written spill file (and a temporary spill
         directory) is removed before the error propagates.
         """
-        dist = self.strategy.experimental_distribute_dataset(images)
+        dist = self.strategy.experimental_distribute_dataset(for_replicas(images, self.strategy))
         step = self._step(dist.element_spec)
         feats: list[np.ndarray] = []
         labels: list[np.ndarray] = []

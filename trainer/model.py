@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import backbones
+from trainer import backbones, data
 from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE
 from trainer.shape_inference import static_shapes
 
@@ -240,10 +240,14 @@ def release_fit_iterators() -> None:
 
 def fit_batches(model: keras.Model, batches: tf.data.Dataset, **fit_args) -> keras.callbacks.History:
     """`model.fit(batches, **fit_args)` as the project runs every Keras fit on tf.data: its train
-    step traced once (`prepare_fit`), and the iterators it leaves freed as it returns
+    step traced once (`prepare_fit`), its datasets read as the model's strategy reads them
+    best (`data.for_replicas`), and the iterators it leaves freed as it returns
     (`release_fit_iterators`)."""
     prepare_fit(model, batches)
-    history = model.fit(batches, **fit_args)
+    strategy = model.distribute_strategy
+    if isinstance(fit_args.get("validation_data"), tf.data.Dataset):
+        fit_args["validation_data"] = data.for_replicas(fit_args["validation_data"], strategy)
+    history = model.fit(data.for_replicas(batches, strategy), **fit_args)
     release_fit_iterators()
     return history
 

@@ -191,7 +191,7 @@ def pretrain_backbone(
             f"infinity (e.g. {bad[0]}); nothing was written{' and ' + out + ' is as it was' if os.path.exists(out) else ''}. "
             f"Lower the learning rate (it was {learning_rate})"
         )
-    _, eval_acc = model.evaluate(eval_ds, verbose=0)
+    _, eval_acc = model.evaluate(data.for_replicas(eval_ds, model.distribute_strategy), verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     # Written beside `out` and moved over it: a failed save leaves an existing file whole.
     partial = f"{out}.partial-{os.getpid()}.h5"
