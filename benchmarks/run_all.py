@@ -43,6 +43,7 @@ BENCHMARKS = (
     "tflite",
     "predict_batch",
     "gate_floor",
+    "multi_device_iterator",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
