@@ -252,6 +252,12 @@ def fit_batches(model: keras.Model, batches: tf.data.Dataset, **fit_args) -> ker
     return history
 
 
+def evaluate_batches(model: keras.Model, batches: tf.data.Dataset) -> dict[str, float]:
+    """`model.evaluate(batches)`'s metrics by name, as the project runs every Keras evaluate on
+    tf.data: the batches read as the model's strategy reads them best (`data.for_replicas`)."""
+    return model.evaluate(data.for_replicas(batches, model.distribute_strategy), verbose=0, return_dict=True)
+
+
 def prepare_fit(model: keras.Model, batches: tf.data.Dataset) -> bool:
     """Create now the variables `model.fit`'s first train step would create, so that Keras
     traces its train step once instead of twice.

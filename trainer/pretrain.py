@@ -23,7 +23,7 @@ import tf_keras as keras
 from trainer import backbones, data, tracing
 from trainer.config import MAX_IMAGE_SIZE
 from trainer.features import IMAGE_KEY, LABEL_KEY
-from trainer.model import build_backbone, fit_batches
+from trainer.model import build_backbone, evaluate_batches, fit_batches
 from trainer.preprocessing import preprocess_images
 from trainer.shape_inference import static_shapes
 
@@ -191,7 +191,7 @@ def pretrain_backbone(
             f"infinity (e.g. {bad[0]}); nothing was written{' and ' + out + ' is as it was' if os.path.exists(out) else ''}. "
             f"Lower the learning rate (it was {learning_rate})"
         )
-    _, eval_acc = model.evaluate(data.for_replicas(eval_ds, model.distribute_strategy), verbose=0)
+    eval_acc = evaluate_batches(model, eval_ds)["accuracy"]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     # Written beside `out` and moved over it: a failed save leaves an existing file whole.
     partial = f"{out}.partial-{os.getpid()}.h5"

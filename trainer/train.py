@@ -112,8 +112,7 @@ def _merge(history: dict[str, list[float]], h: dict[str, list[float]], prefix: s
 
 
 def _accuracy(model: keras.Model, ds: tf.data.Dataset) -> float:
-    ds = data.for_replicas(ds, model.distribute_strategy)
-    return float(model.evaluate(ds, verbose=0, return_dict=True)["accuracy"])
+    return float(model_lib.evaluate_batches(model, ds)["accuracy"])
 
 
 @dataclasses.dataclass
