@@ -37,7 +37,7 @@ from tests.test_replicas import train_replicas
 
 strategy = tf.distribute.MirroredStrategy()
 tfo = tft.TFTransformOutput(os.path.join(workdir, "transform"))
-files = [os.path.join(workdir, "data", "train", "part-0.tfrecord")]
+files = tf.io.gfile.glob(os.path.join(workdir, "data", "train", "*"))
 ds = data.for_replicas(data.make_dataset(files, tfo, data.InputSpec(batch_size=16, num_classes=3)), strategy)
 dist = strategy.experimental_distribute_dataset(ds)
 made = []
@@ -62,12 +62,7 @@ def _workload(workdir: str) -> tuple[str, str]:
 
     d = os.path.join(workdir, "replicas")
     if not os.path.isdir(os.path.join(d, "transform")):
-        items = helpers.digit_images((0, 1, 2), per_class=40, size=32, seed=0)
-        train = [it for i, it in enumerate(items) if i % 4]
-        evals = [it for i, it in enumerate(items) if i % 4 == 0]
-        helpers.write_tfrecords(os.path.join(d, "data", "train", "part-0.tfrecord"), train)
-        helpers.write_tfrecords(os.path.join(d, "data", "eval", "part-0.tfrecord"), evals)
-        helpers.analyze_transform(train, os.path.join(d, "transform"), image_size=32)
+        helpers.replicas_task(d)
     weights = os.path.join(workdir, "MobileNetV2_32.h5")
     if not os.path.exists(weights):
         helpers.pretrained_weights(workdir, epochs=8, per_class=120)

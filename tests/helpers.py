@@ -53,6 +53,17 @@ def write_split_dataset(data_dir: str, items, eval_every: int = 5) -> str:
     return data_dir
 
 
+def replicas_task(workdir: str) -> str:
+    """The two-replica task (tests/test_replicas.py, benchmarks/multi_device_iterator.py): 40 real
+    32 px digits per class 0-2 under workdir/data (every 4th to eval) and the Transform output
+    of the train split in workdir/transform."""
+    items = digit_images((0, 1, 2), per_class=40, size=32, seed=0)
+    write_split_dataset(os.path.join(workdir, "data"), items, eval_every=4)
+    train = [it for i, it in enumerate(items) if i % 4]
+    analyze_transform(train, os.path.join(workdir, "transform"), image_size=32)
+    return workdir
+
+
 def pretrained_weights(
     workdir: str,
     backbone: str = "MobileNetV2",

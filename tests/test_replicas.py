@@ -80,16 +80,9 @@ def train_replicas(workdir: str, weights: str, replicas: int) -> dict:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Digits 0-2 as TFRecords and their Transform output."""
-    from tests.helpers import analyze_transform, digit_images, write_tfrecords
+    from tests.helpers import replicas_task
 
-    d = str(tmp_path_factory.mktemp("replicas"))
-    items = digit_images((0, 1, 2), per_class=40, size=32, seed=0)
-    train = [it for i, it in enumerate(items) if i % 4]
-    evals = [it for i, it in enumerate(items) if i % 4 == 0]
-    write_tfrecords(os.path.join(d, "data", "train", "part-0.tfrecord"), train)
-    write_tfrecords(os.path.join(d, "data", "eval", "part-0.tfrecord"), evals)
-    analyze_transform(train, os.path.join(d, "transform"), image_size=32)
-    return d
+    return replicas_task(str(tmp_path_factory.mktemp("replicas")))
 
 
 def _start_two_replicas(workdir: str, weights: str) -> subprocess.Popen:
