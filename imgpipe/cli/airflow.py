@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from imgpipe.cli.kubeflow import reject
+from imgpipe.cli.kubeflow import check_output, reject
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.cli.run import add_run_arguments, config_from
 from imgpipe.orchestration import airflow
-from imgpipe.orchestration.paths import output_file_problem, write_atomically
+from imgpipe.orchestration.paths import write_atomically
 from pipeline.config import ConfigError
 
 
@@ -42,9 +42,7 @@ def _cmd_airflow_dag(args: argparse.Namespace) -> int:
         {"lock_file": "--lock-file"},
         "does not apply to an Airflow DAG (it allows one active run: max_active_runs=1)",
     )
-    problem = output_file_problem(args.output)
-    if problem:
-        raise UsageError(f"--output {problem}")
+    check_output(args.output)
     config = config_from(args)
     try:
         source = airflow.render_dag(

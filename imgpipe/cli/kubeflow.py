@@ -23,6 +23,13 @@ def reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
 
 
 # --------------------------------------------------------------------------- compile
+def check_output(path: str) -> None:
+    """UsageError naming --output unless a file can be written at `path`, before any work."""
+    problem = output_file_problem(path)
+    if problem:
+        raise UsageError(f"--output {problem}")
+
+
 def _add_compile(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compile")
     g.add_argument(
@@ -57,9 +64,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         {"lock_file": "--lock-file", "replicas": "--replicas"},
         "does not apply to a compiled pipeline",
     )
-    problem = output_file_problem(args.output)
-    if problem:
-        raise UsageError(f"--output {problem}")
+    check_output(args.output)
     config = config_from(args)
     from imgpipe.orchestration import kubeflow  # loads TFX: only when the command runs
 
