@@ -69,7 +69,7 @@ _N1_GPUS: dict[str, tuple[int, ...]] = {
 }
 _BUILT_IN_GPUS = sorted({s.gpu_type for s in _GPU_MACHINES.values() if s.gpu_type})
 ACCELERATOR_TYPES: tuple[str, ...] = tuple(sorted(_N1_GPUS)) + tuple(_BUILT_IN_GPUS)
-_ACCELERATOR = re.compile(r"^([A-Z0-9_]+):([0-9]+)$")
+_ACCELERATOR = re.compile(r"^([A-Za-z0-9_]+):([0-9]+)$")
 
 
 def machine_shape(machine_type: str) -> MachineShape:
@@ -89,13 +89,16 @@ def machine_shape(machine_type: str) -> MachineShape:
 
 
 def parse_accelerator(value: str) -> tuple[str, int]:
-    """'NVIDIA_TESLA_T4:2' -> ('NVIDIA_TESLA_T4', 2); ValueError naming the known types."""
+    """'NVIDIA_TESLA_T4:2' (any case) -> ('NVIDIA_TESLA_T4', 2); ValueError naming the known types.
+
+    Errors quote the type as it was written, not as it was upper-cased for the lookup.
+    """
     m = _ACCELERATOR.match(value.strip())
     if not m:
         raise ValueError(f"expected TYPE:COUNT such as NVIDIA_TESLA_T4:2, got {value!r}")
-    kind, count = m.group(1), int(m.group(2))
+    kind, count = m.group(1).upper(), int(m.group(2))
     if kind not in ACCELERATOR_TYPES:
-        raise ValueError(f"unknown accelerator type {kind!r}; known: {', '.join(ACCELERATOR_TYPES)}")
+        raise ValueError(f"unknown accelerator type {m.group(1)!r}; known: {', '.join(ACCELERATOR_TYPES)}")
     if count < 1:
         raise ValueError(f"the accelerator count must be at least 1, got {count}")
     if kind in _N1_GPUS and count not in _N1_GPUS[kind]:
@@ -128,9 +131,10 @@ class ResourcesConfig(Settings):
     @field_validator("trainer_accelerator")
     @classmethod
     def _known_accelerator(cls, value: str) -> str:
-        value = value.strip().upper()
+        value = value.strip()
         if value:
-            parse_accelerator(value)
+            kind, count = parse_accelerator(value)  # errors quote the value as given
+            value = f"{kind}:{count}"
         return value
 
     @model_validator(mode="after")

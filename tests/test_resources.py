@@ -34,6 +34,10 @@ def test_limits_follow_the_machine_and_accelerator():
     assert ResourcesConfig(trainer_machine_type="g2-standard-24", trainer_accelerator="NVIDIA_L4:2").is_set
     assert parse_accelerator("NVIDIA_H100_80GB:8") == ("NVIDIA_H100_80GB", 8)
     assert "NVIDIA_TESLA_T4" in ACCELERATOR_TYPES
+    # Any case is accepted and stored in the platform's spelling.
+    assert (
+        ResourcesConfig(trainer_accelerator=" nvidia_tesla_t4:02 ").trainer_accelerator == "NVIDIA_TESLA_T4:2"
+    )
 
 
 @pytest.mark.parametrize(
@@ -49,6 +53,8 @@ def test_limits_follow_the_machine_and_accelerator():
         ),
         ({"trainer_accelerator": "NVIDIA_TESLA_T4"}, "trainer_accelerator: expected TYPE:COUNT"),
         ({"trainer_accelerator": "TPU_V9:1"}, "trainer_accelerator: unknown accelerator type 'TPU_V9'"),
+        # The type is quoted as written, not upper-cased.
+        ({"trainer_accelerator": "nvidia_tesla_t5:1"}, "unknown accelerator type 'nvidia_tesla_t5'"),
         ({"trainer_accelerator": "NVIDIA_TESLA_T4:3"}, "NVIDIA_TESLA_T4 is offered in counts 1, 2, 4; got 3"),
         ({"trainer_accelerator": "NVIDIA_TESLA_T4:0"}, "count must be at least 1"),
         (
