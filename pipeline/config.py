@@ -306,14 +306,17 @@ class PipelineConfig(Settings):
             )
         return self
 
+    def dumps(self, path: str) -> str:
+        """The config as the text `save(path)` writes: JSON for a .json path, else YAML."""
+        values = self.to_dict()
+        if path.endswith(".json"):
+            return json.dumps(values, indent=2, sort_keys=True)
+        return yaml.safe_dump(values, sort_keys=False)
+
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        values = self.to_dict()
         with open(path, "w", encoding="utf-8") as f:
-            if path.endswith(".json"):
-                json.dump(values, f, indent=2, sort_keys=True)
-            else:
-                yaml.safe_dump(values, f, sort_keys=False)
+            f.write(self.dumps(path))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -178,6 +178,34 @@ def test_a_refused_schedule_leaves_the_existing_one_as_it_was(tmp_path, capsys):
     assert not units.exists()
 
 
+def test_a_schedule_that_cannot_be_written_leaves_the_existing_one_as_it_was(tmp_path, capsys):
+    """Every check passed, but a unit cannot be written: nothing of the installed schedule changes.
+
+    The config the installed cron line reads is written last, and only once every file of the
+    request was written in full beside its place (a directory where the timer goes, here).
+    """
+    from imgpipe.cli import main as cli
+
+    home, units = tmp_path / "home", tmp_path / "units"
+    base = ["schedule", "--runner", "local", "--data", str(tmp_path / "data"), "--home", str(home)]
+    assert cli.main([*base, "--cron", "0 3 * * *", "--epochs", "3"]) == 0
+    capsys.readouterr()
+    saved = home / "schedule" / "imgpipe.yaml"
+    before = saved.read_text()
+    (units / "imgpipe-imgpipe.timer").mkdir(parents=True)
+    code = cli.main(
+        [*base, "--cron", "0 4 * * *", "--systemd", str(units), "--epochs", "7", "--min-accuracy", "0"]
+    )
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert "cannot write the schedule" in captured.err and "imgpipe-imgpipe.timer" in captured.err, (
+        captured.err
+    )
+    assert saved.read_text() == before
+    assert sorted(os.listdir(units)) == ["imgpipe-imgpipe.timer"]  # no service, no temporary file
+    assert sorted(os.listdir(home / "schedule")) == ["imgpipe.yaml"]
+
+
 def test_cron_with_day_of_month_and_week_has_no_systemd_equivalent():
     with pytest.raises(schedule.ScheduleError, match="--on-calendar"):
         schedule.cron_to_on_calendar("0 3 1 * 1")

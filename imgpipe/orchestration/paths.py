@@ -3,6 +3,7 @@ withdrawal and the missing-model check), and the files the commands write whole 
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pipeline.config import folder_problem
@@ -38,12 +39,30 @@ def output_file_problem(path: str) -> str | None:
 def write_atomically(path: str, text: str) -> None:
     """`text` into `path` through a file beside it moved over it: a reader sees the old file or
     the new one, and a failed write leaves neither a part nor its temporary file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    write_all_atomically([(path, text)])
+
+
+def write_all_atomically(files: list[tuple[str, str]]) -> None:
+    """Each (path, text) written to a file beside its path, then all moved over their paths.
+
+    Every file is written in full before any is moved, so a failure to write one (a full disk,
+    a folder that cannot be made, a directory where a file goes: OSError) leaves every existing
+    file as it was and no temporary file behind. Only a failed rename, after all were written,
+    could leave some moved and not others.
+    """
+    staged: list[tuple[str, str]] = []
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        for path, text in files:
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "a directory is where the file goes", path)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            staged.append((tmp, path))
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+        for tmp, path in staged:
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
+from imgpipe.orchestration.paths import write_all_atomically
 from imgpipe.orchestration.weights import check_weights_file
 from pipeline.config import folder_problem
 
@@ -273,11 +274,13 @@ def local_schedule(
         lock_file=lock_file,
         log_file=log_file,
     )
-    config.save(config_path)
+    files = []
     if systemd_dir:
-        result.systemd_files = write_systemd_units(
-            systemd_dir, config.pipeline_name, command, workdir, calendar
-        )
+        files = systemd_units(systemd_dir, config.pipeline_name, command, workdir, calendar)
+        result.systemd_files = [path for path, _ in files]
+    # The units first and the config last, each written in full before any is moved in: a
+    # failure to write leaves the installed schedule (its config and units) as it was.
+    write_all_atomically([*files, (config_path, config.dumps(config_path))])
     return result
 
 
@@ -293,15 +296,14 @@ def _check_can_write_in(flag: str, folder: str) -> None:
     raise ScheduleError(f"{flag} {folder}: {existing} is not writable by this user")
 
 
-def write_systemd_units(
+def systemd_units(
     directory: str, name: str, command: Sequence[str], workdir: str, on_calendar: str
-) -> list[str]:
-    """imgpipe-NAME.service (oneshot) and imgpipe-NAME.timer; return their paths.
+) -> list[tuple[str, str]]:
+    """(path, text) of imgpipe-NAME.service (oneshot) and imgpipe-NAME.timer in `directory`.
 
     Unit names keep only the characters systemd allows; '%' in values is
     doubled, since systemd reads '%x' as a specifier.
     """
-    os.makedirs(directory, exist_ok=True)
     unit = "imgpipe-" + re.sub(r"[^A-Za-z0-9:_.-]", "_", name)
 
     def esc(value: str) -> str:
@@ -329,13 +331,10 @@ Unit={unit}.service
 [Install]
 WantedBy=timers.target
 """
-    paths = []
-    for suffix, text in ((".service", service), (".timer", timer)):
-        path = os.path.join(directory, unit + suffix)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        paths.append(path)
-    return paths
+    return [
+        (os.path.join(directory, unit + suffix), text)
+        for suffix, text in ((".service", service), (".timer", timer))
+    ]
 
 
 # -------------------------------------------------------------- Vertex and KFP
