@@ -251,8 +251,28 @@ def test_a_file_name_that_is_not_utf8_is_scored_like_any_other(model, tmp_path):
     result = predict_batch(str(folder), str(out), model_dir=model.export_dir, progress=False)
     assert (result.files, result.scored, result.skipped) == (2, 2, [])
     rows = read_predictions(str(out))
-    assert sorted(os.path.basename(r["path"]) for r in rows) == ["caf\\udce9.png", "ok.png"]  # shown escaped
+    assert sorted(os.path.basename(r["path"]) for r in rows) == ["caf\\xe9.png", "ok.png"]  # shown escaped
     assert rows[0]["classes"] == rows[1]["classes"]
+
+
+def test_two_names_never_print_as_one_path(model, tmp_path):
+    """A Latin-1 name and a name holding its escape as text: two files, two paths in the output.
+
+    Both used to print as ``bad\\udcff.png``: the CSV's rows of the two merged into one image,
+    and the job failed on its own count ("1 unaccounted for").
+    """
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    image = image_samples.png(image_samples.asymmetric_image())
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.png"), "wb") as f:
+        f.write(image)
+    (folder / "bad\\xff.png").write_bytes(image)  # the text of the other one's escape
+    (folder / "bad\\udcff.png").write_bytes(image)  # the text the escape used to be
+    out = tmp_path / "scores.csv"
+    result = predict_batch(str(folder), str(out), model_dir=model.export_dir, progress=False)
+    assert (result.files, result.scored, result.skipped) == (3, 3, [])
+    shown = sorted(os.path.basename(r["path"]) for r in read_predictions(str(out)))
+    assert shown == ["bad\\\\udcff.png", "bad\\\\xff.png", "bad\\xff.png"]
 
 
 def test_a_link_loop_lists_each_file_once(tmp_path):

@@ -243,7 +243,7 @@ def test_paths_with_undecodable_bytes_are_escaped_in_report_fields_only() -> Non
     candidates = _tree({"a": 3, "b": 3}) + [_cand(raw, "copy"), _cand("a/z.png", "copy")]
     plan = _plan(candidates)
     (dup,) = plan.duplicates
-    assert dup["kept"] == "a/caf\\udce9.png" and dup["duplicates"] == ["a/z.png"]
+    assert dup["kept"] == "a/caf\\xe9.png" and dup["duplicates"] == ["a/z.png"]
     written = {c.rel for split in SPLITS for c in plan.records(split)}
     assert raw in written, "the writer needs the on-disk name to read the file again"
 

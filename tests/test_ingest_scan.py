@@ -224,7 +224,7 @@ def test_file_names_that_are_not_utf8_are_kept_as_on_disk(tmp_path: Path) -> Non
     (images / "a" / os.fsdecode(b"bad\xe9.txt")).write_bytes(b"text")
     scan = scan_tree(str(images))
     assert [c.rel for c in scan.candidates] == ["a/caf\udce9.png", "a/ok.png"]
-    assert scan.skipped[0]["path"] == "a/bad\\udce9.txt"  # report text: escaped, JSON-safe
+    assert scan.skipped[0]["path"] == "a/bad\\xe9.txt"  # report text: escaped, JSON-safe
 
 
 def test_nothing_usable_says_why(tmp_path: Path) -> None:
@@ -253,4 +253,4 @@ def test_a_class_folder_name_that_is_not_utf8_is_rejected_with_the_others(tmp_pa
     assert [c.rel for c in scan.candidates] == ["ok/a.png"]
     assert list(scan.names.rejected) == [os.fsdecode(b"caf\xe9")]
     assert "not valid UTF-8 (0xE9)" in scan.names.rejected[os.fsdecode(b"caf\xe9")]
-    assert [s["path"] for s in scan.skipped] == ["caf\\udce9/b.png"]
+    assert [s["path"] for s in scan.skipped] == ["caf\\xe9/b.png"]

@@ -13,8 +13,23 @@ from imgpipe.ingest.contract import SPLITS
 
 
 def display_path(path: str) -> str:
-    """``path`` as report text: undecodable file-name bytes shown as escapes, so JSON can hold it."""
-    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A file name as report text that JSON can hold and no other name shares.
+
+    Each byte of the name that is not UTF-8 is shown as ``\\xNN`` and a backslash as two (as
+    ``ls --escape`` shows names), so ``caf\\xe9.png`` (a Latin-1 name) and a name that holds
+    that text (shown ``caf\\\\xe9.png``) stay two paths.
+    """
+    doubled = path.replace("\\", "\\\\")
+    try:  # the name's own bytes: Python lists an undecodable byte as a surrogate escape
+        raw = doubled.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no listed name holds
+        return doubled.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def display_text(text: str) -> str:
+    """A message as report text JSON can hold: undecodable file-name bytes in it shown as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass

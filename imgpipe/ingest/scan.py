@@ -38,7 +38,7 @@ from imgpipe.ingest.errors import IngestError
 from imgpipe.ingest.images import inspect_image, large_non_image, read_regular_file
 from imgpipe.ingest.labels import ClassNames, assign_labels
 from imgpipe.ingest.plan import Candidate
-from imgpipe.ingest.report import display_path
+from imgpipe.ingest.report import display_path, display_text
 from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def scan_tree(
             unread = large_non_image(path)
             data = None if unread else read_regular_file(path)
         except OSError as exc:
-            unread = display_path(f"cannot read: {exc.strerror or exc}")
+            unread = display_text(f"cannot read: {exc.strerror or exc}")
             data = None
         if unread:
             skipped.append({"path": display_path(rel), "reason": unread})
@@ -171,7 +171,7 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError as exc:  # a link loop, or a link into a folder it may not enter
             skipped.append(
-                {"path": rel, "reason": display_path(f"cannot follow the link: {exc.strerror or exc}")}
+                {"path": rel, "reason": display_text(f"cannot follow the link: {exc.strerror or exc}")}
             )
             continue
         problem = _link_problem(root, tree, entry.path, tree) if is_dir and entry.is_symlink() else None
@@ -214,7 +214,7 @@ def _walk_class(
 
     def on_error(exc: OSError) -> None:
         where = exc.filename or class_dir
-        reason = display_path(f"cannot list directory: {exc}")
+        reason = display_text(f"cannot list directory: {exc}")
         skipped.append({"path": display_path(_rel(root, where)), "reason": reason})
 
     def skip(path: str, reason: str) -> None:

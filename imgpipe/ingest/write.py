@@ -25,7 +25,7 @@ from imgpipe.ingest.contract import CLASSES_FILE, REPORT_FILE, SPLITS, example_b
 from imgpipe.ingest.errors import IngestError, IngestWriteError, tf_error_text
 from imgpipe.ingest.images import read_regular_file
 from imgpipe.ingest.plan import Candidate, Plan
-from imgpipe.ingest.report import IngestReport, display_path
+from imgpipe.ingest.report import IngestReport, display_path, display_text
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _read_again(images_dir: str, cand: Candidate) -> bytes:
     try:
         data = read_regular_file(path)
     except OSError as exc:
-        raise IngestError(display_path(f"{path} became unreadable during ingest: {exc}")) from exc
+        raise IngestError(display_text(f"{path} became unreadable during ingest: {exc}")) from exc
     if hashlib.sha256(data).hexdigest() != cand.sha256:
         raise IngestError(f"{display_path(path)} changed during ingest; re-run on a stable image tree")
     return data
