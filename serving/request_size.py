@@ -8,6 +8,7 @@ imports: the Beam scorers and the CLI use it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
@@ -18,6 +19,9 @@ CLIENT_MESSAGE_MB = 64  # serving.client.ServingClient's send and receive limit 
 HEADROOM_BYTES = MB
 
 T = TypeVar("T")
+# What a gRPC server (TF Serving's C++ one, or grpcio's) answers, with RESOURCE_EXHAUSTED, to a
+# request over its own receive limit: "Received message larger than max (1929166 vs. 1048576)".
+_SERVER_REFUSED_SIZE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
 
 
 def image_budget(max_message_mb: int = CLIENT_MESSAGE_MB) -> int:
@@ -53,4 +57,27 @@ def too_large_reason(size: int, max_message_mb: int = CLIENT_MESSAGE_MB) -> str:
     return (
         f"{size / MB:.1f} MB: larger than one request to a model server can carry "
         f"({max_message_mb} MB, the gRPC message limit)"
+    )
+
+
+def server_receive_limit(code_name: str, details: str) -> int | None:
+    """The receive limit, in bytes, a server named when it refused a request as too large (a
+    server started with a smaller limit than the client's, or a proxy's), else None. Other
+    RESOURCE_EXHAUSTED answers (too many requests at once) are not about size: None."""
+    if code_name != "RESOURCE_EXHAUSTED":
+        return None
+    found = _SERVER_REFUSED_SIZE.search(details)
+    return int(found.group(2)) if found else None
+
+
+def budget_under(limit_bytes: int) -> int:
+    """The image bytes one request may carry under a server's receive limit of `limit_bytes`:
+    the framing of a request (its model spec, a few bytes per image) is far under 1% of it."""
+    return max(limit_bytes - max(limit_bytes // 100, 16 * 1024), 1)
+
+
+def server_too_large_reason(size: int, limit_bytes: int) -> str:
+    return (
+        f"{size / MB:.1f} MB: larger than one request to this server can carry "
+        f"(it accepts {limit_bytes / MB:.1f} MB: its gRPC receive limit)"
     )

@@ -426,6 +426,24 @@ def test_cli(model, folder, tmp_path, capsys):
     assert "UNAVAILABLE" in capsys.readouterr().err
 
 
+def test_a_second_job_writing_the_same_out_is_refused(model, folder, tmp_path, capsys):
+    """Two jobs on one OUT (overlapping cron runs) would replace each other's output and report:
+    the second exits 75 (as a run refused by its lock), naming OUT, and touches nothing."""
+    from imgpipe.batch import job
+
+    out = tmp_path / "shared.jsonl"
+    out.write_text("earlier results\n")
+    argv = ["predict-batch", "--model", model.export_dir, "--images", str(folder[0] / "sub"), "--out"]
+    with job._only_job_writing(str(tmp_path / "." / "shared.jsonl")):  # the same file, spelt otherwise
+        assert main([*argv, str(out)]) == 75
+        captured = capsys.readouterr()
+        assert captured.out == "" and f"not starting a second job writing {out}" in captured.err, captured.err
+        assert main([*argv, str(tmp_path / "other.jsonl")]) == 0  # another OUT is not held
+    assert out.read_text() == "earlier results\n"
+    assert sorted(os.listdir(tmp_path)) == ["other.jsonl", "other.jsonl.report.json", "shared.jsonl"]
+    assert main([*argv, str(out)]) == 0  # free again once the first job ended
+
+
 def test_progress_bar_counts_what_workers_report():
     assert render(5, 20, 2.0) == "[#######.......................] 5/20 files (25%, 2.5/s)"
     stream = io.StringIO()
@@ -555,6 +573,41 @@ def test_large_images_go_in_smaller_requests_and_one_too_large_for_any_is_skippe
     assert len(calls) >= (sum(sizes[:-1]) + budget - 1) // budget
 
 
+def test_a_server_with_a_smaller_message_limit_gets_smaller_requests(model, tmp_path, capsys):
+    """A server (or proxy) whose receive limit is under the client's 64 MB refused the first
+    request over it (RESOURCE_EXHAUSTED "Received message larger than max"), and that failed
+    the whole `predict-batch` job and stopped `predict`: both now send smaller requests, and
+    skip only an image over the server's limit, naming it."""
+    from serving.devserver import lifecycle
+
+    rng = np.random.default_rng(5)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):  # noise compresses badly: ~0.3 MB each, so all four are over 1 MB together
+        (images / f"mid{i}.png").write_bytes(image_samples.png(rng.integers(0, 256, (330, 330, 3), np.uint8)))
+    (images / "big.png").write_bytes(image_samples.png(rng.integers(0, 256, (700, 700, 3), np.uint8)))
+    assert (images / "big.png").stat().st_size > 1024 * 1024
+    base = tmp_path / "models" / NAME
+    shutil.copytree(model.export_dir, base / "1")
+    with lifecycle.start_in_thread(str(base), NAME, max_message_mb=1) as running:
+        result = predict_batch(str(images), str(tmp_path / "o.jsonl"), target=running.target, model_name=NAME)
+        assert result.scored == 4, result.skipped
+        [skip] = result.skipped
+        assert skip["path"] == str(images / "big.png")
+        assert "larger than one request to this server can carry (it accepts 1.0 MB" in skip["reason"]
+
+        paths = sorted(str(p) for p in images.iterdir())
+        assert main(["predict", "--target", running.target, "--model", NAME, *paths]) == 1  # one failed
+        captured = capsys.readouterr()
+        assert sorted(json.loads(line)["image"] for line in captured.out.splitlines()) == [
+            p for p in paths if not p.endswith("big.png")
+        ]
+        assert f"{images / 'big.png'}: 1." in captured.err and "it accepts 1.0 MB" in captured.err, (
+            captured.err
+        )
+        assert "1 of 5 images failed" in captured.err
+
+
 def test_no_image_scored_fails_the_command_and_json_output_is_refused(model, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
@@ -588,7 +641,13 @@ def test_a_report_path_that_is_a_directory_is_refused_before_the_output_is_repla
 
 
 def test_request_parts_keep_order_and_both_limits():
-    from serving.request_size import request_parts
+    from serving.request_size import request_parts, server_receive_limit
+
+    # Only a refusal for size names a limit; too many requests at once is not about size.
+    text = "SERVER: Received message larger than max (2782751 vs. 1048576)"
+    assert server_receive_limit("RESOURCE_EXHAUSTED", text) == 1048576
+    assert server_receive_limit("RESOURCE_EXHAUSTED", "too many concurrent requests") is None
+    assert server_receive_limit("INVALID_ARGUMENT", text) is None
 
     items = [
         (name, b"x" * size) for name, size in [("a", 4), ("b", 4), ("c", 11), ("d", 3), ("e", 3), ("f", 3)]

@@ -12,12 +12,16 @@ worker gets a share, and is removed at the end with the other scratch files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import tempfile
+import uuid
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from imgpipe.batch.inputs import NoInputs, list_images
@@ -25,6 +29,8 @@ from imgpipe.batch.outputs import PREDICT_IMAGES, output_format, read_prediction
 from imgpipe.batch.progress import ProgressBar
 from imgpipe.batch.scoring import SKIPPED, CheckImages, ScoreWithSavedModel, ScoreWithServer, load_signature
 from imgpipe.ingest.errors import tf_error_text
+from imgpipe.ingest.report import display_path
+from imgpipe.orchestration.lock import run_lock
 from pipeline.beam import BeamConfig, beam_pipeline_args
 from serving.version_names import version_number
 from trainer.features import DEFAULT_MAX_PIXELS
@@ -183,53 +189,61 @@ def predict_batch(
         check_server(target, name, timeout)
     log.info("scoring %d files from %s with %s into %s", len(paths), images, source, out)
 
-    scratch = f"{out}.inputs.jsonl"
-    skipped_file = f"{out}.skipped.jsonl"
+    # The job's own files beside OUT: hidden, and named for this job (pid and a random part), so
+    # a second job on the same OUT, here or on another machine, never reads or removes them.
+    head, tail = os.path.split(out)
+    job = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    scratch = os.path.join(head, f".{tail}.inputs-{job}.jsonl")
+    skipped_file = os.path.join(head, f".{tail}.skipped-{job}.jsonl")
     # The job writes beside OUT under another name (the same extension), renamed to OUT once
     # every file is accounted for: a failed job leaves an earlier OUT and its report as they were.
-    head, tail = os.path.split(out)
-    partial = os.path.join(head, f".{tail}.partial-{os.getpid()}{os.path.splitext(tail)[1]}")
-    partial_report = os.path.join(head, f".{tail}{REPORT_SUFFIX}.partial-{os.getpid()}")
-    _write_lines(scratch, [json.dumps(p) for p in paths])
-    try:
-        local = beam.beam_runner in LOCAL_RUNNERS
-        with ProgressBar(len(paths), enabled=False if not local else progress) as bar:
-            if model_dir is not None:
-                scorer = ScoreWithSavedModel(export_dir, name, version, top_k, keep_images, bar.directory)
-            else:
-                scorer = ScoreWithServer(target, name, top_k, keep_images, bar.directory, timeout=timeout)
-            _run(
-                args,
-                scratch,
-                partial,
-                fmt,
-                skipped_file,
-                CheckImages(max_pixels, bar.directory),
-                scorer,
-                batch_size,
-            )
-        skipped = [json.loads(line) for line in _read_lines(skipped_file)]
-        skipped.sort(key=lambda s: s["path"])
-        scored = len(read_predictions(partial))
-        if scored + len(skipped) != len(paths):
-            raise RuntimeError(
-                f"{len(paths)} files, but {scored} scored + {len(skipped)} skipped: "
-                f"{len(paths) - scored - len(skipped)} unaccounted for (a runner lost or duplicated work)"
-            )
-        result = BatchResult(len(paths), scored, skipped, out, f"{out}{REPORT_SUFFIX}", fmt, source)
-        # The report beside OUT first, then both renamed: a report that cannot be written
-        # leaves the earlier OUT and report as they were.
-        _write_lines(partial_report, [json.dumps(result.to_dict(), indent=2, ensure_ascii=False)])
-        _rename(partial, out)
-        _rename(partial_report, result.report)
-    finally:
-        for path in (scratch, skipped_file, partial, partial_report):
-            _remove(path)
-        _remove_beam_temp(head, (partial, skipped_file))
-    log.info(
-        "scored %d of %d files; %d skipped (reasons in %s)", scored, len(paths), len(skipped), result.report
-    )
-    return result
+    partial = os.path.join(head, f".{tail}.partial-{job}{os.path.splitext(tail)[1]}")
+    partial_report = os.path.join(head, f".{tail}{REPORT_SUFFIX}.partial-{job}")
+    with _only_job_writing(out):
+        _write_lines(scratch, [json.dumps(p) for p in paths])
+        try:
+            local = beam.beam_runner in LOCAL_RUNNERS
+            with ProgressBar(len(paths), enabled=False if not local else progress) as bar:
+                if model_dir is not None:
+                    scorer = ScoreWithSavedModel(export_dir, name, version, top_k, keep_images, bar.directory)
+                else:
+                    scorer = ScoreWithServer(target, name, top_k, keep_images, bar.directory, timeout=timeout)
+                _run(
+                    args,
+                    scratch,
+                    partial,
+                    fmt,
+                    skipped_file,
+                    CheckImages(max_pixels, bar.directory),
+                    scorer,
+                    batch_size,
+                )
+            skipped = [json.loads(line) for line in _read_lines(skipped_file)]
+            skipped.sort(key=lambda s: s["path"])
+            scored = len(read_predictions(partial))
+            if scored + len(skipped) != len(paths):
+                raise RuntimeError(
+                    f"{len(paths)} files, but {scored} scored + {len(skipped)} skipped: "
+                    f"{len(paths) - scored - len(skipped)} unaccounted for (a runner lost or duplicated work)"
+                )
+            result = BatchResult(len(paths), scored, skipped, out, f"{out}{REPORT_SUFFIX}", fmt, source)
+            # The report beside OUT first, then both renamed: a report that cannot be written
+            # leaves the earlier OUT and report as they were.
+            _write_lines(partial_report, [json.dumps(result.to_dict(), indent=2, ensure_ascii=False)])
+            _rename(partial, out)
+            _rename(partial_report, result.report)
+        finally:
+            for path in (scratch, skipped_file, partial, partial_report):
+                _remove(path)
+            _remove_beam_temp(head, (partial, skipped_file))
+        log.info(
+            "scored %d of %d files; %d skipped (reasons in %s)",
+            scored,
+            len(paths),
+            len(skipped),
+            result.report,
+        )
+        return result
 
 
 def _run(
@@ -405,6 +419,24 @@ def _rename(src: str, dst: str) -> None:
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
     tf.io.gfile.rename(src, dst, overwrite=True)
+
+
+@contextlib.contextmanager
+def _only_job_writing(out: str) -> Iterator[None]:
+    """Refuse (LockBusy, exit 75) a second job writing the same local OUT while this one runs.
+
+    Their outputs and reports would replace each other in any order. The lock file is in the
+    temporary folder, named for OUT's real path, so OUT's folder gets nothing more.
+    """
+    if "://" in out:  # a bucket: no lock to share; each job's own files are still apart
+        yield
+        return
+    real = os.path.realpath(out)
+    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:20]
+    path = os.path.join(tempfile.gettempdir(), f"imgpipe-predict-batch-{digest}.lock")
+    shown = display_path(real)
+    with run_lock(path, holder=f"predict-batch --out {shown}", refused=f"a second job writing {shown}"):
+        yield
 
 
 def _remove_beam_temp(folder: str, outputs: tuple[str, ...]) -> None:

@@ -28,13 +28,29 @@ from imgpipe.batch.outputs import PREDICT_IMAGES, ScoredImage
 from imgpipe.ingest.errors import tf_error_text
 from imgpipe.ingest.images import check_image
 from imgpipe.ingest.report import display_path
-from serving.request_size import CLIENT_MESSAGE_MB, image_budget, request_parts, too_large_reason
+from serving.request_size import (
+    CLIENT_MESSAGE_MB,
+    budget_under,
+    image_budget,
+    request_parts,
+    server_receive_limit,
+    server_too_large_reason,
+    too_large_reason,
+)
 
 SKIPPED = "skipped"
 
 
 class InvalidInput(Exception):
     """The model refused its input (INVALID_ARGUMENT): a property of the images, not of the model."""
+
+
+class OverServerLimit(Exception):
+    """The server refused a request as larger than its receive limit (`limit`, bytes)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the server accepts requests of at most {limit} bytes")
+        self.limit = limit
 
 
 class _Counted(beam.DoFn):
@@ -213,6 +229,8 @@ class ScoreWithServer(_Scorer):
         self.timeout = timeout
         self.retries = retries
         self._client: Any = None
+        self._budget = image_budget(CLIENT_MESSAGE_MB)  # image bytes per request
+        self._server_limit: int | None = None  # the server's receive limit, once it named one
 
     def setup(self) -> None:
         from serving.client import ServingClient
@@ -223,14 +241,35 @@ class ScoreWithServer(_Scorer):
 
     def process(self, batch: Sequence[tuple[str, bytes]]) -> Iterator[Any]:
         """Requests under the gRPC message limit: a batch of large photos is sent in parts, and
-        an image too large for any request is skipped with why (the others are still scored)."""
-        for part, too_large in request_parts(list(batch), None, image_budget(CLIENT_MESSAGE_MB)):
+        an image too large for any request is skipped with why (the others are still scored).
+
+        The limit is the client's (64 MB) until the server refuses a request as over its own
+        (a server or proxy started with a smaller one): from then on, this worker's requests
+        stay under the server's, and the refused part is sent again in smaller parts.
+        """
+        yield from self._in_parts(list(batch))
+
+    def _in_parts(self, items: list[tuple[str, bytes]]) -> Iterator[Any]:
+        for part, too_large in request_parts(items, None, self._budget):
             if too_large:
                 self.tick(1)
                 [(path, data)] = part
-                yield skipped(path, f"{too_large_reason(len(data))}; score it with --model")
-            else:
-                yield from self._score(part)
+                yield skipped(path, f"{self._too_large_reason(len(data))}; score it with --model")
+                continue
+            try:
+                results = list(self._score(part))
+            except OverServerLimit as exc:
+                self._server_limit = exc.limit
+                # Below the refused part's own size, so each retry splits it further.
+                self._budget = min(budget_under(exc.limit), sum(len(data) for _, data in part) - 1)
+                yield from self._in_parts(part)
+                continue
+            yield from results
+
+    def _too_large_reason(self, size: int) -> str:
+        if self._server_limit is not None:
+            return server_too_large_reason(size, self._server_limit)
+        return too_large_reason(size)
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -246,6 +285,9 @@ class ScoreWithServer(_Scorer):
         except ServingRpcError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(_first_line(exc.details)) from exc
+            limit = server_receive_limit(exc.code.name, exc.details)
+            if limit is not None:
+                raise OverServerLimit(limit) from exc
             raise
         version = predictions[0].version if predictions else None
         return [p.classes for p in predictions], [p.scores for p in predictions], version

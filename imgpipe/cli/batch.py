@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from imgpipe.cli.flags import host_port
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, emit_failure
+from imgpipe.orchestration.lock import LockBusy
 from pipeline.beam import BeamConfig
 from pipeline.config import ConfigError, describe
 from trainer.features import DEFAULT_MAX_PIXELS
@@ -83,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     except ServerUnusable as e:
         raise WorkFailed(str(e)) from e
+    except LockBusy:  # another job writes this OUT: exit 75, as a run refused by its lock
+        raise
     except Exception as e:  # noqa: BLE001 - the job failed (model, server, runner): exit 1 with why
         raise WorkFailed(f"predict-batch failed: {_why(e)}") from e
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -20,7 +21,15 @@ from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, e
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
-from serving.request_size import CLIENT_MESSAGE_MB, image_budget, request_parts, too_large_reason
+from serving.request_size import (
+    CLIENT_MESSAGE_MB,
+    budget_under,
+    image_budget,
+    request_parts,
+    server_receive_limit,
+    server_too_large_reason,
+    too_large_reason,
+)
 from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 
 if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
@@ -220,6 +229,56 @@ def _predict_chunk(
     return results
 
 
+class _StoppedAt(Exception):
+    """An RPC failure that concerns every image (server down, unknown model), and the image
+    whose request it stopped at."""
+
+    def __init__(self, error: ServingRpcError, path: str):
+        super().__init__(str(error))
+        self.error, self.path = error, path
+
+
+class _RequestBudget:
+    """The image bytes one request may carry: under the client's limit, then under the server's
+    once the server refuses a request as over its own (a server or proxy with a smaller one)."""
+
+    def __init__(self) -> None:
+        self.bytes = image_budget(CLIENT_MESSAGE_MB)
+        self.server_limit: int | None = None
+
+    def too_large_reason(self, size: int) -> str:
+        if self.server_limit is not None:
+            return server_too_large_reason(size, self.server_limit)
+        return too_large_reason(size)
+
+
+def _predict_in_parts(
+    client: ServingClient, args: argparse.Namespace, items: list[tuple[str, bytes]], budget: _RequestBudget
+) -> Iterator[tuple[str, Prediction | ServingRpcError | str]]:
+    """(path, its prediction, the server's refusal, or why no request can carry it), in order.
+
+    Requests of --batch-size images, fewer when they are large. A request the server refuses
+    as over its receive limit is sent again in parts under that limit, and so are the later
+    ones; an image over it is named instead. Other failures raise _StoppedAt.
+    """
+    for chunk, too_large in request_parts(items, args.batch_size, budget.bytes):
+        if too_large:
+            yield chunk[0][0], budget.too_large_reason(len(chunk[0][1]))
+            continue
+        try:
+            results = _predict_chunk(client, args, chunk)
+        except ServingRpcError as e:
+            limit = server_receive_limit(e.code.name, e.details)
+            if limit is None:
+                raise _StoppedAt(e, chunk[0][0]) from e
+            budget.server_limit = limit
+            # Below the refused request's own size, so each retry splits it further.
+            budget.bytes = min(budget_under(limit), sum(len(data) for _, data in chunk) - 1)
+            yield from _predict_in_parts(client, args, chunk, budget)
+            continue
+        yield from results
+
+
 def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], int]:
     """(path, bytes) of each readable JPEG/PNG/GIF/BMP file, and how many were not (each named)."""
     readable: list[tuple[str, bytes]] = []
@@ -259,28 +318,22 @@ def _predict(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     scored = 0
     with client:
-        # --batch-size images per request, fewer when they are large (the gRPC message limit).
-        for chunk, too_large in request_parts(readable, args.batch_size, image_budget(CLIENT_MESSAGE_MB)):
-            if too_large:
-                error(f"{chunk[0][0]}: {too_large_reason(len(chunk[0][1]))}")
-                failed += 1
-                continue
-            try:
-                results = _predict_chunk(client, args, chunk)
-            except ServingRpcError as e:
-                # The lines on stdout so far are the images scored; say how many were not.
-                left = len(args.images) - scored - failed
-                raise WorkFailed(
-                    f"{e}; stopped after {scored} of {len(args.images)} images were scored "
-                    f"({failed} failed before, {left} not scored, starting with {chunk[0][0]})"
-                ) from e
-            for path, result in results:
-                if isinstance(result, ServingRpcError):
-                    error(f"{path}: {result.code.name}: {result.details}")
+        try:
+            for path, result in _predict_in_parts(client, args, readable, _RequestBudget()):
+                if isinstance(result, (ServingRpcError, str)):
+                    why = result if isinstance(result, str) else f"{result.code.name}: {result.details}"
+                    error(f"{path}: {why}")
                     failed += 1
                     continue
                 emit({"image": path, "classes": result.classes, "scores": result.scores})
                 scored += 1
+        except _StoppedAt as e:
+            # The lines on stdout so far are the images scored; say how many were not.
+            left = len(args.images) - scored - failed
+            raise WorkFailed(
+                f"{e.error}; stopped after {scored} of {len(args.images)} images were scored "
+                f"({failed} failed before, {left} not scored, starting with {e.path})"
+            ) from e.error
     if failed:
         raise WorkFailed(f"{failed} of {len(args.images)} images failed")
     return EXIT_OK

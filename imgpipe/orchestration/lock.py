@@ -46,12 +46,13 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(path: str, wait: float = 0.0, holder: str = "") -> Iterator[None]:
+def run_lock(path: str, wait: float = 0.0, holder: str = "", refused: str = "") -> Iterator[None]:
     """Hold an exclusive flock on `path` for the block.
 
     wait: seconds to wait while another process holds it (0: LockBusy at once).
     holder: what else the lock file says about this holder (e.g. "run <id>"),
     besides pid and start time; a refused process shows it.
+    refused: what LockBusy says was not started (default: "an overlapping run", or "prune").
     """
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -69,7 +70,7 @@ def run_lock(path: str, wait: float = 0.0, holder: str = "") -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     waited = f" after waiting {wait:g}s" if wait > 0 else ""
                     # The holder's own line says what it is (a run and its id, or prune).
-                    ours = "prune" if holder == "prune" else "an overlapping run"
+                    ours = refused or ("prune" if holder == "prune" else "an overlapping run")
                     raise LockBusy(
                         f"another imgpipe process holds the lock {path} ({_holder(fd)}); "
                         f"not starting {ours}{waited}"
