@@ -449,6 +449,26 @@ def test_a_missing_report_that_cannot_be_written_fails_and_says_why(tmp_path, ca
     assert summary["report"] is None and "metadata.sqlite" in summary["report_error"]
 
 
+def test_a_regenerated_report_that_fails_keeps_the_earlier_one_and_its_link(tmp_path, capsys):
+    """`report --regenerate` that cannot write (no ML Metadata here; a model pruned away in
+    practice) used to record `"report": null` although the earlier report was still whole."""
+    folder = _record(tmp_path, "r1", with_report=True, mtime=1_000_000)
+    page = os.path.join(build.report_dir(folder), build.INDEX_FILE)
+    runs.update_summary(folder, {"report": page, "report_error": None})
+    before = runs.read_summary(folder)
+    with open(page, "rb") as f:
+        html = f.read()
+    assert cli.main(["report", "r1", "--home", str(tmp_path), "--regenerate"]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert captured.out == "" and "could not write the report of run r1 again" in captured.err
+    assert "the earlier report is kept" in captured.err and "metadata.sqlite" in captured.err
+    assert runs.read_summary(folder) == before
+    with open(page, "rb") as f:
+        assert f.read() == html
+    assert cli.main(["report", "r1", "--home", str(tmp_path)]) == 0  # still shown
+    assert json.loads(capsys.readouterr().out)["report"] == page
+
+
 # ------------------------------------------------------------------------------ reuse
 def _artifacts(model: str, eval_examples: str = "/x/Split-eval") -> data.RunArtifacts:
     from imgpipe.orchestration.metadata import RunArtifacts

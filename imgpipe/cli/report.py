@@ -59,8 +59,15 @@ def _regenerate(home: str, folder: str, summary: dict, max_misclassified: int | 
         path = build.build_report(config, summary, **kwargs)
     except Exception as e:  # noqa: BLE001 - recorded in the summary, then reported as a failure
         message = f"{type(e).__name__}: {e}"
-        runs.update_summary(folder, {"report": None, "report_error": message})
         log.debug("report failed", exc_info=True)
+        if build.load_report(folder) is not None:
+            # --regenerate over a whole report: a failed write replaces nothing (write_report
+            # stages the folder), so the record keeps pointing at the report that is there.
+            raise WorkFailed(
+                f"could not write the report of run {summary['run_id']} again: {message}; "
+                f"the earlier report is kept ({build.report_dir(folder)})"
+            ) from e
+        runs.update_summary(folder, {"report": None, "report_error": message})
         raise WorkFailed(f"could not write the report of run {summary['run_id']}: {message}") from e
     runs.update_summary(folder, {"report": path, "report_error": None})
     log.info("report written in %.1fs", time.perf_counter() - started)
