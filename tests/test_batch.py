@@ -444,6 +444,27 @@ def test_a_second_job_writing_the_same_out_is_refused(model, folder, tmp_path, c
     assert main([*argv, str(out)]) == 0  # free again once the first job ended
 
 
+def test_the_output_and_its_report_are_not_read_as_images(model, tmp_path, capsys):
+    """OUT inside the folder scored: a re-run listed the last run's OUT and report as inputs
+    (two files skipped, counted). OUT named as the images: it was skipped, and then replaced
+    by an empty output (nothing scored)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    image = image_samples.png(image_samples.asymmetric_image())
+    (images / "a.png").write_bytes(image)
+    (images / "b.png").write_bytes(image)
+    out = images / "scores.jsonl"
+    for _ in range(2):
+        result = predict_batch(str(images), str(out), model_dir=model.export_dir, progress=False)
+        assert (result.files, result.scored, result.skipped) == (2, 2, [])
+    results = out.read_bytes()
+    argv = ["predict-batch", "--model", model.export_dir, "--images", str(out), "--out", str(out)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no files but the output --out" in captured.err, captured.err
+    assert out.read_bytes() == results
+
+
 def test_progress_bar_counts_what_workers_report():
     assert render(5, 20, 2.0) == "[#######.......................] 5/20 files (25%, 2.5/s)"
     stream = io.StringIO()

@@ -168,7 +168,7 @@ def predict_batch(
     try:
         fmt = output_format(out)
         _check_out(out)
-        paths = list_images(images)
+        paths = _without_outputs(list_images(images), out, images)
     except (ValueError, NoInputs) as exc:
         raise BatchError(str(exc)) from exc
     args = beam_pipeline_args(beam)  # BeamConfigError (a ConfigError) names the flag
@@ -419,6 +419,19 @@ def _rename(src: str, dst: str) -> None:
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
     tf.io.gfile.rename(src, dst, overwrite=True)
+
+
+def _without_outputs(paths: list[str], out: str, images: str) -> list[str]:
+    """The listed files but OUT and its report: an earlier job's output inside the folder
+    scored (or named as the images) is not an image, and would be replaced as it was read.
+    NoInputs when nothing else is left."""
+    if "://" in out:
+        return paths
+    ours = {os.path.realpath(out), os.path.realpath(f"{out}{REPORT_SUFFIX}")}
+    kept = [p for p in paths if "://" in p or os.path.realpath(p) not in ours]
+    if not kept:
+        raise NoInputs(f"--images {images}: no files but the output --out {out} and its report")
+    return kept
 
 
 @contextlib.contextmanager
