@@ -94,6 +94,38 @@ def test_gif_and_bmp_decode_to_rgb():
         np.testing.assert_allclose(out, expected.astype(np.float32), atol=1e-3)
 
 
+def test_a_palette_bmp_is_refused_and_a_grey_one_decodes():
+    """An 8-bit BMP whose colour table is not the grey ramp: the decoder gives its indices as
+    grey levels, so the model would answer garbage with confidence. It is refused, in the graph
+    (served models too); an 8-bit grey BMP (Pillow's "L") and a palette PNG still decode."""
+
+    def bmp(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="BMP")
+        return buffer.getvalue()
+
+    rgb = Image.fromarray(_photo(12, 20, 6))
+    grey = bmp(rgb.convert("L"))
+    assert grey[28] == 8  # 8 bits per pixel: a colour table, the grey ramp
+    expected = np.asarray(rgb.convert("L").convert("RGB")).astype(np.float32)
+    np.testing.assert_allclose(decode_image(tf.constant(grey), 8).numpy(), expected)
+    palette = bmp(rgb.quantize(256))
+    assert palette[28] == 8 and Image.open(io.BytesIO(palette)).mode == "P"
+    # The same bytes with the grey ramp as their table are a grey image: only the table differs.
+    ramp = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    start = 14 + int.from_bytes(palette[14:18], "little")
+    as_grey = palette[:start] + ramp + palette[start + len(ramp) :]
+    assert decode_image(tf.constant(as_grey), 8).shape == (12, 20, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"palette \(indexed-colour\) BMP"):
+        decode_image(tf.constant(palette), 8)
+    png = io.BytesIO()
+    rgb.quantize(256).save(png, format="PNG")
+    np.testing.assert_allclose(
+        decode_image(tf.constant(png.getvalue()), 8).numpy(),
+        np.asarray(rgb.quantize(256).convert("RGB")).astype(np.float32),
+    )
+
+
 def test_undecodable_bytes_raise():
     with pytest.raises(tf.errors.InvalidArgumentError):
         decode_and_resize(tf.constant([b"not an image"]), SIZE)

@@ -299,6 +299,17 @@ def test_client_top_k_and_classify(client, model, reference):
 # Bad requests: the right status, a useful message, and the server keeps serving
 
 
+def _palette_bmp(image: bytes) -> bytes:
+    """`image` as an 8-bit indexed-colour BMP (Pillow's mode "P")."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(image)).convert("RGB").quantize(256).save(buffer, format="BMP")
+    return buffer.getvalue()
+
+
 def _bad_cases(image: bytes):
     def predict(signature, key, values, dtype=tf.string, version=None, name=NAME, shape=None):
         request = predict_pb2.PredictRequest()
@@ -351,6 +362,8 @@ def _bad_cases(image: bytes):
             ia,
             "predict_images",
         ),
+        # The decoder would give its colour indices as grey levels: refused by the model's graph.
+        "palette bmp": (predict("predict_images", "images", [_palette_bmp(image)]), ia, "palette"),
         "empty batch": (
             predict("predict_images", "images", [], shape=[0]),
             ia,

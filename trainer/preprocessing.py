@@ -204,6 +204,40 @@ def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Ope
     return tf.debugging.Assert(pixels <= max_pixels, [message], name="max_image_pixels")
 
 
+def check_bmp_palette(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Operation:
+    """An op that fails with InvalidArgument for an 8-bit BMP whose colour table is not the grey
+    ramp (entry i = (i, i, i)): a palette (indexed-colour) image.
+
+    tf.io.decode_bmp returns an 8-bit BMP's palette indices as grey levels, which are its
+    pixels only when the table is that ramp; for any other table the model would be shown
+    garbage and answer it with confidence. Pillow calls the same two cases "L" and "P", and
+    ingest refuses "P" by Pillow's reason. (1- and 4-bit BMPs the decoder refuses itself.)
+    """
+
+    def palette_is_grey() -> tf.Tensor:
+        b = _Bytes(image_bytes, 14 + 124 + 256 * 4)  # the largest standard header, then 256 entries
+        head = b.get(0, 50)
+        dib = _uint(head, 14, 4, True)
+        core = tf.equal(dib, 12)  # BITMAPCOREHEADER: 3-byte entries, a 16-bit bits-per-pixel field
+        bits = tf.where(core, _uint(head, 24, 2, True), _uint(head, 28, 2, True))
+        used = tf.where(core, _i64(0), _uint(head, 46, 4, True))
+        colors = tf.where(used > 0, tf.minimum(used, 256), _i64(256))
+        entry = tf.where(core, _i64(3), _i64(4))
+        at = 14 + dib + entry * tf.range(256, dtype=tf.int64)
+        rgb = tf.stack([tf.gather(b.get(0, 14 + 124 + 256 * 4), at + k) for k in range(3)], axis=1)
+        grey = tf.reduce_all(tf.equal(rgb, tf.range(256, dtype=tf.int64)[:, tf.newaxis]), axis=1)
+        return tf.logical_not(tf.equal(bits, 8)) | tf.reduce_all(
+            grey | (tf.range(256, dtype=tf.int64) >= colors)
+        )
+
+    ok = tf.cond(tf.equal(fmt, _BMP), palette_is_grey, lambda: tf.constant(True))
+    message = (
+        "palette (indexed-colour) BMP: TensorFlow's decoder gives its colour indices, not its "
+        "colours; convert it to PNG"
+    )
+    return tf.debugging.Assert(ok, [message], name="bmp_palette")
+
+
 # ---------------------------------------------------------------------------------------
 # EXIF orientation
 
@@ -398,7 +432,9 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     orientation is applied last.
     """
     fmt, height, width, gif_end = _header(image_bytes)
-    with tf.control_dependencies([check_pixels(height, width, max_pixels)]):
+    with tf.control_dependencies(
+        [check_pixels(height, width, max_pixels), check_bmp_palette(image_bytes, fmt)]
+    ):
         image_bytes = tf.identity(image_bytes)
     ratio = _jpeg_ratio_index(height, width, target_size)
     branch = tf.where(tf.equal(fmt, _JPEG), ratio, tf.where(tf.equal(fmt, _GIF), _i64(4), _i64(5)))
