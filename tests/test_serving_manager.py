@@ -7,6 +7,7 @@ end to end over gRPC in test_serving.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -201,3 +202,19 @@ def test_failed_version_keeps_the_old_one_and_retries_only_when_files_change(
     assert attempts == [2, 2]
     assert manager.serving_versions() == [2]
     manager.stop()
+
+
+def test_a_base_path_that_cannot_be_listed_is_said_once_until_it_changes(tmp_path, caplog):
+    """A missing base path was warned about at every poll (each second by default)."""
+    base = tmp_path / "models"
+    manager = manager_lib.ModelManager(NAME, str(base))
+    with caplog.at_level(logging.DEBUG, logger=manager_lib.__name__):
+        for _ in range(3):
+            manager.poll_once()
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and f"cannot list model base path {base}" in warned[0].getMessage()
+        base.mkdir()
+        manager.poll_once()
+        manager.poll_once()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned[1:] == [f"model base path {base} can be listed again"]

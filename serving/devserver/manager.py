@@ -78,6 +78,7 @@ class ModelManager:
         self._states: dict[int, VersionStatus] = {}
         self._failed: dict[int, Fingerprint] = {}  # version -> its files when it failed
         self._poll_lock = threading.Lock()
+        self._listing_problem: str | None = None  # the last poll's, said once until it changes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -112,8 +113,16 @@ class ModelManager:
             try:
                 on_disk = list_versions(self.base_path)
             except (tf.errors.OpError, OSError) as e:
-                log.warning("cannot list model base path %s: %s", self.base_path, e)
+                # Said once, not at every poll (each second by default), until it changes.
+                problem = str(e)
+                (log.debug if problem == self._listing_problem else log.warning)(
+                    "cannot list model base path %s: %s (polling on)", self.base_path, problem
+                )
+                self._listing_problem = problem
                 return
+            if self._listing_problem is not None:
+                log.warning("model base path %s can be listed again", self.base_path)
+                self._listing_problem = None
             aspired = sorted(on_disk, reverse=True)[: self.num_versions]
             for version in aspired:  # newest first: it takes traffic as soon as it is ready
                 if version not in self.serving_versions():
