@@ -235,10 +235,15 @@ def test_cut_and_corrupt_log_files_are_reported(log_dirs, tmp_path):
     bad = bytearray(data)
     bad[40] ^= 0xFF
     (tmp_path / "prediction_log-b.tfrecord").write_bytes(bytes(bad))
+    (tmp_path / "prediction_log-c.tfrecord").write_bytes(b"not a log")  # under one record's header
     logged = sources.LoggedImages(str(tmp_path))
     pairs = list(sources.logged_images(str(tmp_path), logged))
-    assert logged.files == 2 and len(pairs) > 0
-    assert any("cut short" in p for p in logged.problems)
+    assert logged.files == 3 and len(pairs) > 0
+    assert any("prediction_log-a" in p and "cut short" in p for p in logged.problems)
+    assert any(
+        "prediction_log-c" in p and "holds no whole record (9 bytes: not a TFRecord file" in p
+        for p in logged.problems
+    ), logged.problems
     assert any("prediction_log-b" in p and "checksum" in p for p in logged.problems)
 
 

@@ -103,7 +103,14 @@ def read_records(path: str, truncated: list[str] | None = None) -> Iterator[byte
             body = f.read(length + 4) if len(head) == 12 else b""
             if len(body) < length + 4:
                 if truncated is not None:
-                    truncated.append(f"{path}: record {index} at byte {offset} is cut short")
+                    what = f"record {index} at byte {offset} is cut short"
+                    if offset == 0:  # the file's first bytes are no whole record
+                        size = len(head) + len(body)
+                        what = (
+                            f"holds no whole record ({size} bytes: not a TFRecord file, "
+                            "or its first record is still being written)"
+                        )
+                    truncated.append(f"{path}: {what}")
                 return
             data = body[:-4]
             if body[-4:] != _masked_crc(data):
