@@ -78,6 +78,32 @@ def budget_under(limit_bytes: int) -> int:
 
 def server_too_large_reason(size: int, limit_bytes: int) -> str:
     return (
-        f"{size / MB:.1f} MB: larger than one request to this server can carry "
-        f"(it accepts {limit_bytes / MB:.1f} MB: its gRPC receive limit)"
+        f"{size / MB:.1f} MB: larger than one request to a model server can carry "
+        f"(this server accepts {limit_bytes / MB:.1f} MB: its gRPC receive limit)"
     )
+
+
+class RequestBudget:
+    """The image bytes one request may carry: under the client's limit at first, then under the
+    server's once it refuses a request as over its own (a server or proxy with a smaller one)."""
+
+    def __init__(self, max_message_mb: int = CLIENT_MESSAGE_MB):
+        self.bytes = image_budget(max_message_mb)
+        self.client_mb = max_message_mb
+        self.server_limit: int | None = None
+
+    def refused(self, code_name: str, details: str, sizes: Sequence[int]) -> bool:
+        """Whether a failed request of images of `sizes` was refused as over the server's limit;
+        if so, the budget is now under that limit and under the request's own size, so the
+        request sent again in parts (`request_parts`) splits further each time."""
+        limit = server_receive_limit(code_name, details)
+        if limit is None:
+            return False
+        self.server_limit = limit
+        self.bytes = min(self.bytes, budget_under(limit), sum(sizes) - 1)
+        return True
+
+    def too_large_reason(self, size: int) -> str:
+        if self.server_limit is not None:
+            return server_too_large_reason(size, self.server_limit)
+        return too_large_reason(size, self.client_mb)

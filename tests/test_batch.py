@@ -20,12 +20,12 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from imgpipe.batch import BatchError, ServerUnusable, predict_batch
 from imgpipe.batch import job as batch_job
-from imgpipe.batch import scoring as batch_scoring
 from imgpipe.batch.inputs import NoInputs, list_images
 from imgpipe.batch.outputs import read_predictions
 from imgpipe.batch.progress import ProgressBar, render
 from imgpipe.cli.main import main
 from pipeline.beam import BeamConfig
+from serving import request_size
 from tests import image_samples, serving_fixtures
 
 NAME = serving_fixtures.MODEL_NAME
@@ -568,7 +568,7 @@ def test_large_images_go_in_smaller_requests_and_one_too_large_for_any_is_skippe
     root, good, _ = folder
     sizes = sorted(len(data) for data in good.values())
     budget = sizes[-1] - 1  # the largest image alone is over it; any two others are too
-    monkeypatch.setattr(batch_scoring, "image_budget", lambda limit_mb: budget)
+    monkeypatch.setattr(request_size, "image_budget", lambda limit_mb: budget)
     base = tmp_path / "models" / NAME
     shutil.copytree(model.export_dir, base / "1")
     calls = []
@@ -615,7 +615,10 @@ def test_a_server_with_a_smaller_message_limit_gets_smaller_requests(model, tmp_
         assert result.scored == 4, result.skipped
         [skip] = result.skipped
         assert skip["path"] == str(images / "big.png")
-        assert "larger than one request to this server can carry (it accepts 1.0 MB" in skip["reason"]
+        assert (
+            "larger than one request to a model server can carry (this server accepts 1.0 MB"
+            in skip["reason"]
+        )
 
         paths = sorted(str(p) for p in images.iterdir())
         assert main(["predict", "--target", running.target, "--model", NAME, *paths]) == 1  # one failed
@@ -623,7 +626,7 @@ def test_a_server_with_a_smaller_message_limit_gets_smaller_requests(model, tmp_
         assert sorted(json.loads(line)["image"] for line in captured.out.splitlines()) == [
             p for p in paths if not p.endswith("big.png")
         ]
-        assert f"{images / 'big.png'}: 1." in captured.err and "it accepts 1.0 MB" in captured.err, (
+        assert f"{images / 'big.png'}: 1." in captured.err and "this server accepts 1.0 MB" in captured.err, (
             captured.err
         )
         assert "1 of 5 images failed" in captured.err

@@ -28,15 +28,7 @@ from imgpipe.batch.outputs import PREDICT_IMAGES, ScoredImage
 from imgpipe.ingest.errors import tf_error_text
 from imgpipe.ingest.images import check_image
 from imgpipe.ingest.report import display_path
-from serving.request_size import (
-    CLIENT_MESSAGE_MB,
-    budget_under,
-    image_budget,
-    request_parts,
-    server_receive_limit,
-    server_too_large_reason,
-    too_large_reason,
-)
+from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, request_parts, server_receive_limit
 
 SKIPPED = "skipped"
 
@@ -46,11 +38,7 @@ class InvalidInput(Exception):
 
 
 class OverServerLimit(Exception):
-    """The server refused a request as larger than its receive limit (`limit`, bytes)."""
-
-    def __init__(self, limit: int):
-        super().__init__(f"the server accepts requests of at most {limit} bytes")
-        self.limit = limit
+    """The server refused a request as larger than its receive limit (the gRPC error)."""
 
 
 class _Counted(beam.DoFn):
@@ -229,8 +217,7 @@ class ScoreWithServer(_Scorer):
         self.timeout = timeout
         self.retries = retries
         self._client: Any = None
-        self._budget = image_budget(CLIENT_MESSAGE_MB)  # image bytes per request
-        self._server_limit: int | None = None  # the server's receive limit, once it named one
+        self._budget = RequestBudget(CLIENT_MESSAGE_MB)
 
     def setup(self) -> None:
         from serving.client import ServingClient
@@ -250,26 +237,21 @@ class ScoreWithServer(_Scorer):
         yield from self._in_parts(list(batch))
 
     def _in_parts(self, items: list[tuple[str, bytes]]) -> Iterator[Any]:
-        for part, too_large in request_parts(items, None, self._budget):
+        for part, too_large in request_parts(items, None, self._budget.bytes):
             if too_large:
                 self.tick(1)
                 [(path, data)] = part
-                yield skipped(path, f"{self._too_large_reason(len(data))}; score it with --model")
+                yield skipped(path, f"{self._budget.too_large_reason(len(data))}; score it with --model")
                 continue
             try:
                 results = list(self._score(part))
             except OverServerLimit as exc:
-                self._server_limit = exc.limit
-                # Below the refused part's own size, so each retry splits it further.
-                self._budget = min(budget_under(exc.limit), sum(len(data) for _, data in part) - 1)
+                rpc = exc.__cause__
+                if not self._budget.refused(rpc.code.name, rpc.details, [len(data) for _, data in part]):
+                    raise
                 yield from self._in_parts(part)
                 continue
             yield from results
-
-    def _too_large_reason(self, size: int) -> str:
-        if self._server_limit is not None:
-            return server_too_large_reason(size, self._server_limit)
-        return too_large_reason(size)
 
     def teardown(self) -> None:
         if self._client is not None:
@@ -285,9 +267,8 @@ class ScoreWithServer(_Scorer):
         except ServingRpcError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(_first_line(exc.details)) from exc
-            limit = server_receive_limit(exc.code.name, exc.details)
-            if limit is not None:
-                raise OverServerLimit(limit) from exc
+            if server_receive_limit(exc.code.name, exc.details) is not None:
+                raise OverServerLimit(exc.details) from exc
             raise
         version = predictions[0].version if predictions else None
         return [p.classes for p in predictions], [p.scores for p in predictions], version

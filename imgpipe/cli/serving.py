@@ -21,15 +21,7 @@ from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, e
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
-from serving.request_size import (
-    CLIENT_MESSAGE_MB,
-    budget_under,
-    image_budget,
-    request_parts,
-    server_receive_limit,
-    server_too_large_reason,
-    too_large_reason,
-)
+from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, request_parts
 from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 
 if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
@@ -238,22 +230,8 @@ class _StoppedAt(Exception):
         self.error, self.path = error, path
 
 
-class _RequestBudget:
-    """The image bytes one request may carry: under the client's limit, then under the server's
-    once the server refuses a request as over its own (a server or proxy with a smaller one)."""
-
-    def __init__(self) -> None:
-        self.bytes = image_budget(CLIENT_MESSAGE_MB)
-        self.server_limit: int | None = None
-
-    def too_large_reason(self, size: int) -> str:
-        if self.server_limit is not None:
-            return server_too_large_reason(size, self.server_limit)
-        return too_large_reason(size)
-
-
 def _predict_in_parts(
-    client: ServingClient, args: argparse.Namespace, items: list[tuple[str, bytes]], budget: _RequestBudget
+    client: ServingClient, args: argparse.Namespace, items: list[tuple[str, bytes]], budget: RequestBudget
 ) -> Iterator[tuple[str, Prediction | ServingRpcError | str]]:
     """(path, its prediction, the server's refusal, or why no request can carry it), in order.
 
@@ -268,12 +246,8 @@ def _predict_in_parts(
         try:
             results = _predict_chunk(client, args, chunk)
         except ServingRpcError as e:
-            limit = server_receive_limit(e.code.name, e.details)
-            if limit is None:
+            if not budget.refused(e.code.name, e.details, [len(data) for _, data in chunk]):
                 raise _StoppedAt(e, chunk[0][0]) from e
-            budget.server_limit = limit
-            # Below the refused request's own size, so each retry splits it further.
-            budget.bytes = min(budget_under(limit), sum(len(data) for _, data in chunk) - 1)
             yield from _predict_in_parts(client, args, chunk, budget)
             continue
         yield from results
@@ -319,7 +293,7 @@ def _predict(args: argparse.Namespace) -> int:
     scored = 0
     with client:
         try:
-            for path, result in _predict_in_parts(client, args, readable, _RequestBudget()):
+            for path, result in _predict_in_parts(client, args, readable, RequestBudget(CLIENT_MESSAGE_MB)):
                 if isinstance(result, (ServingRpcError, str)):
                     why = result if isinstance(result, str) else f"{result.code.name}: {result.details}"
                     error(f"{path}: {why}")
