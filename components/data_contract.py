@@ -104,9 +104,22 @@ def require_complete(labels: SplitLabels) -> None:
 
 # ----------------------------------------------------------------- the schema
 def apply_contract(schema: schema_pb2.Schema, train_labels: Sequence[str]) -> schema_pb2.Schema:
-    """A copy of `schema` requiring one image and one label per example, the label in `train_labels`."""
+    """A copy of `schema` requiring one image and one label per example, the label in `train_labels`.
+
+    Any other feature the records carry (a file name, a source id: records made elsewhere) is
+    the user's, not the model's: it keeps its inferred type and nothing else, so it may be
+    missing, repeated or hold values train never had, and Transform parses it as optional
+    (a VarLenFeature). Inferred as required, one value each, with a domain from train's few
+    values, it stopped the data gate on eval's other values, and made every served signature
+    that parses tf.Examples require it of each request.
+    """
     out = schema_pb2.Schema()
     out.CopyFrom(schema)
+    for feature in out.feature:
+        if feature.name not in REQUIRED_FEATURES:
+            for field in ("presence", "shape", "value_count", "value_counts", "distribution_constraints"):
+                feature.ClearField(field)
+            feature.ClearField("domain_info")
     by_name = {f.name: f for f in out.feature}
     for name in REQUIRED_FEATURES:
         feature = by_name.get(name)

@@ -121,6 +121,55 @@ def test_contract_gives_the_label_exactly_the_train_classes(train_labels, tfdv_d
     assert "unseen" in anomalies.anomaly_info["label"].description
 
 
+def test_other_features_of_the_records_are_optional_and_unchecked():
+    """Records made elsewhere often carry more (a file name, a source id). TFDV inferred them as
+    required, one value each, the file names with a domain of train's values: eval's other
+    names stopped the data gate, and the served model asked every request for them."""
+    import pyarrow as pa
+    import tensorflow as tf
+    import tensorflow_data_validation as tfdv
+    from tensorflow_data_validation.statistics import stats_impl
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    def stats(names: list[str], ids: list[int]):
+        n = len(names)
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array([[b"\x89PNG" + bytes([i])] for i in range(n)], type=pa.list_(pa.binary())),
+                pa.array([[b"cat" if i % 2 else b"dog"] for i in range(n)], type=pa.list_(pa.binary())),
+                pa.array([[v.encode()] for v in names], type=pa.list_(pa.binary())),
+                pa.array([[v] for v in ids], type=pa.list_(pa.int64())),
+            ],
+            ["image", "label", "filename", "source_id"],
+        )
+        return stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions())
+
+    train = stats(["a.png", "b.png"] * 10, [1, 2] * 10)
+    schema = tfdv.infer_schema(train, infer_feature_shape=True)
+    inferred = {f.name: f for f in schema.feature}
+    assert (
+        inferred["filename"].WhichOneof("domain_info") and inferred["filename"].presence.min_fraction == 1.0
+    )
+    contract = apply_contract(schema, ["cat", "dog"])
+    # Eval's file names are all new: no anomaly (before: "Unexpected string values").
+    assert not tfdv.validate_statistics(
+        stats([f"e{i}.png" for i in range(20)], [9] * 20), contract
+    ).anomaly_info
+    spec = schema_utils.schema_as_feature_spec(contract).feature_spec
+    assert isinstance(spec["filename"], tf.io.VarLenFeature) and isinstance(
+        spec["source_id"], tf.io.VarLenFeature
+    )
+    assert isinstance(spec["image"], tf.io.FixedLenFeature) and isinstance(
+        spec["label"], tf.io.FixedLenFeature
+    )
+    # A record with the image and label only parses (the extra features are optional).
+    only = tf.train.Example()
+    only.features.feature["image"].bytes_list.value.append(b"x")
+    only.features.feature["label"].bytes_list.value.append(b"cat")
+    parsed = tf.io.parse_example([only.SerializeToString()], spec)
+    assert parsed["filename"].values.shape == (0,)
+
+
 def test_contract_adds_a_missing_required_feature():
     contract = apply_contract(schema_pb2.Schema(), ["a"])
     assert {f.name for f in contract.feature} == {"image", "label"}

@@ -26,7 +26,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import convert_to_constants
 
 from trainer import tracing
-from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY
+from trainer.features import IMAGE_KEY, IMAGE_XF
 from trainer.model import class_scores
 
 SERVING_DEFAULT = "serving_default"
@@ -161,7 +161,9 @@ class _ServingModule(tf.Module):
         self.class_names = tf.constant(list(class_names), dtype=tf.string)
         self.top_k = max(1, min(top_k, self.num_classes))
         self.raw_spec = tf_transform_output.raw_feature_spec()
-        self.serving_spec = {k: v for k, v in self.raw_spec.items() if k != LABEL_KEY}
+        # A request carries the image only: other features of the training records (a file
+        # name, a source id) are not the model's, and are not asked of a client.
+        self.serving_spec = {IMAGE_KEY: self.raw_spec[IMAGE_KEY]}
 
     def _scores(self, raw_features: dict) -> tf.Tensor:
         xf = self.tft_layer(raw_features)
