@@ -435,8 +435,18 @@ def describe(error: ValidationError) -> str:
         loc = [str(p) for p in problem["loc"] if not isinstance(p, int)]
         msg = problem["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if problem["type"] == "extra_forbidden":
-            known = ", ".join(name for _, name, _ in leaves())
-            lines.append(f"unknown config key {loc[-1]!r}; known keys: {known}")
+            home = {name: section for section, name, _ in leaves()}
+            key, where = loc[-1], loc[-2] if len(loc) > 1 else None
+            if key in home:  # a known key in another section than its own
+                own = f"under {home[key]}:" if home[key] else "at the top level"
+                lines.append(
+                    f"{where + ': ' if where else ''}{key!r} is not a key of "
+                    f"{where + ':' if where else 'the top level'}; it goes {own} (or at the top level, "
+                    "where every key may be given)"
+                )
+                continue
+            known = ", ".join(home)
+            lines.append(f"unknown config key {key!r}; known keys: {known}")
             continue
         if loc and loc[-1] in SECTIONS and problem["type"] != "value_error":
             lines.append(f"{loc[-1]}: must be a mapping of its keys, got {problem.get('input')!r}")

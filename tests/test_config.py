@@ -183,6 +183,9 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
     [
         ("epochz: 3\n", "unknown config key 'epochz'"),
         ("training: {epochz: 3}\n", "unknown config key 'epochz'"),
+        # A known key in another section: where it goes, not "unknown ... known keys: epochs".
+        ("gate: {epochs: 3}\n", "^gate: 'epochs' is not a key of gate:; it goes under training: "),
+        ("training: {home: x}\n", "'home' is not a key of training:; it goes at the top level"),
         ("- 1\n", "mapping"),
         ("epochs: [3\n", "not valid YAML"),
         ("epochs: ten\n", "^epochs: .*'ten'.* \\(in "),
