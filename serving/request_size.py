@@ -99,9 +99,13 @@ class RequestBudget:
         limit = server_receive_limit(code_name, details)
         if limit is None:
             return False
+        self.shrink(limit, sizes)
+        return True
+
+    def shrink(self, limit: int, sizes: Sequence[int]) -> None:
+        """Under the server's receive limit `limit` and under a refused request's own size."""
         self.server_limit = limit
         self.bytes = min(self.bytes, budget_under(limit), sum(sizes) - 1)
-        return True
 
     def too_large_reason(self, size: int) -> str:
         if self.server_limit is not None:

@@ -38,7 +38,11 @@ class InvalidInput(Exception):
 
 
 class OverServerLimit(Exception):
-    """The server refused a request as larger than its receive limit (the gRPC error)."""
+    """The server refused a request as larger than its receive limit (`limit`, bytes)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the server accepts requests of at most {limit} bytes")
+        self.limit = limit
 
 
 class _Counted(beam.DoFn):
@@ -246,9 +250,7 @@ class ScoreWithServer(_Scorer):
             try:
                 results = list(self._score(part))
             except OverServerLimit as exc:
-                rpc = exc.__cause__
-                if not self._budget.refused(rpc.code.name, rpc.details, [len(data) for _, data in part]):
-                    raise
+                self._budget.shrink(exc.limit, [len(data) for _, data in part])
                 yield from self._in_parts(part)
                 continue
             yield from results
@@ -267,8 +269,9 @@ class ScoreWithServer(_Scorer):
         except ServingRpcError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(_first_line(exc.details)) from exc
-            if server_receive_limit(exc.code.name, exc.details) is not None:
-                raise OverServerLimit(exc.details) from exc
+            limit = server_receive_limit(exc.code.name, exc.details)
+            if limit is not None:
+                raise OverServerLimit(limit) from exc
             raise
         version = predictions[0].version if predictions else None
         return [p.classes for p in predictions], [p.scores for p in predictions], version
