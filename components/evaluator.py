@@ -21,6 +21,12 @@ its accuracy is read from that gate.json, and the no-regression threshold is
 applied here exactly as TFMA applies it (`change_failure`), unblessing the model
 when it fails.
 
+The candidate is judged on each eval image once, and only on the ones it did not train on:
+when the eval split repeats an image, or holds images of the candidate's train split
+(TFRecords made elsewhere), the gate is planned on the rest's label counts and every
+bound is applied here to the candidate's answers on them (gate_decision.JudgedOn and
+judged_results, measured by components/unseen_comparison.py); TFMA then gates nothing.
+
 The baseline is compared only on eval images neither model trained on. Each Trainer
 recorded fingerprints of its train images (trainer/image_ids.py); when some of them are in
 this eval split (the data was split anew, or TFRecords made elsewhere repeat an image
@@ -44,9 +50,9 @@ as one JSON property, `gate_config`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -75,11 +81,13 @@ from components.gate_decision import (
     Failure,
     GateNotComputable,
     GatePlan,
+    JudgedOn,
     balanced_accuracy,
     change_failure,
     floor_failure,
     gate_record,
     gated_value,
+    judged_results,
     plan_gate,
     reasons,
     with_seen_examples,
@@ -176,9 +184,12 @@ def with_plan(eval_config_json: str, plan: GatePlan) -> str:
 
     When the plan gates balanced accuracy, TFMA keeps only the per-class recall bounds (and
     an overall accuracy bound of 0, so that it validates at all): the executor applies the
-    floor and the comparison to the mean of the per-class recalls it measured.
+    floor and the comparison to the mean of the per-class recalls it measured. When the plan
+    judges the candidate on part of the split (`judged_on`), TFMA keeps only that bound of 0:
+    the executor applies them all there (gate_decision.judged_results).
     """
     balanced = plan.metric == METRIC_BALANCED
+    here = plan.judged_on is not None  # every bound is applied by the executor, on part of the split
     cfg = proto_utils.json_to_proto(eval_config_json, tfma.EvalConfig())
     gated = [m for spec in cfg.metrics_specs for m in spec.metrics if m.class_name == ACCURACY_CLASS]
     if not gated:
@@ -188,9 +199,9 @@ def with_plan(eval_config_json: str, plan: GatePlan) -> str:
         del metric.per_slice_thresholds[:]
         metric.per_slice_thresholds.extend(
             accuracy_thresholds(
-                0.0 if balanced else plan.floor.value,
-                plan.min_class_recall,
-                None if balanced else plan.max_regression,
+                0.0 if balanced or here else plan.floor.value,
+                None if here else plan.min_class_recall,
+                None if balanced or here else plan.max_regression,
             )
         )
     return proto_utils.proto_to_json(cfg)
@@ -278,36 +289,42 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         baselines = list(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or [])
         splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
+        examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
+        label_counts = eval_label_counts(report, splits or ["eval"])  # first: it names a split not counted
+        # Each eval record's image fingerprint and label (trainer/image_ids.py), in file order.
+        eval_ids, eval_labels = image_ids.split_index(split_dirs(examples, splits))
+        # Eval images the candidate trained on, and copies of an earlier eval image: none from
+        # `imgpipe ingest` (it drops duplicates before splitting); TFRecords made elsewhere can
+        # hold both. The candidate is then judged on the rest (gate_decision.JudgedOn).
+        in_train = unseen_comparison.seen_by(model.uri, lambda: eval_ids, "the candidate")
+        candidate_seen = None if in_train is None else int(in_train.sum())
+        repeated = image_ids.repeats(eval_ids)
+        left_out = repeated if in_train is None else repeated | in_train
+        judged_on = None
+        if left_out.any():
+            judged_on = JudgedOn(len(eval_ids), int(repeated.sum()), int((left_out & ~repeated).sum()))
+            label_counts = dict(collections.Counter(eval_labels[~left_out]))
+            log.warning("the gate judges on the %s", judged_on.describe())
         plan = plan_gate(
             gate,
-            eval_label_counts(report, splits or ["eval"]),
+            label_counts,
             model_class_names(model.uri),
             model_class_names(baselines[0].uri) if baselines else None,
             baseline_identical=bool(baselines) and same_model_artifact(model, baselines[0]),
+            judged_on=judged_on,
         )
         key = standard_component_specs.EVAL_CONFIG_KEY
         if not props.get(key):
             raise ValueError("the Evaluator has no eval_config")
         evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
-        examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
-        measured = measurement(model.uri, examples.uri, splits, props[key])
-        eval_ids = functools.cache(lambda: image_ids.split_ids(split_dirs(examples, splits)))
-        # Eval images the candidate trained on: none from `imgpipe ingest` (it drops duplicates);
-        # TFRecords made elsewhere can repeat an image across splits, which flatters the candidate.
-        in_train = unseen_comparison.seen_by(model.uri, eval_ids, "the candidate")
-        candidate_seen = None if in_train is None else int(in_train.sum())
-        if candidate_seen:
-            log.warning(
-                "%d of the %d eval examples are images the candidate trained on (the same image bytes in "
-                "the train split): its eval accuracy is flattered by them",
-                candidate_seen,
-                len(in_train),
-            )
-        either = None  # a mask over the eval records: the ones either model trained on
+        # Not recorded for a part of the split: a later Evaluator reuses it as the whole split's.
+        measured = None if judged_on else measurement(model.uri, examples.uri, splits, props[key])
+        either = None  # a mask over the eval records: the ones either model trained on, and the repeats
+        seen = None  # the same, for the records the baseline trained on
         if plan.baseline.compared and not plan.baseline.identical:
-            seen = unseen_comparison.seen_by(baselines[0].uri, eval_ids, "the latest blessed model")
-            masks = [m for m in (seen, in_train) if m is not None]
-            if masks:
+            seen = unseen_comparison.seen_by(baselines[0].uri, lambda: eval_ids, "the latest blessed model")
+            masks = [m for m in (seen, left_out) if m is not None]
+            if seen is not None or judged_on is not None:
                 either = np.logical_or.reduce(masks)
                 plan = dataclasses.replace(
                     plan,
@@ -317,11 +334,12 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                         None if seen is None else int(seen.sum()),
                         candidate_seen or 0,
                         int(either.sum()),
+                        repeats=int(repeated.sum()),
                     ),
                 )
         unseen_only = plan.baseline.compared_examples is not None
         reused = None
-        if plan.baseline.compared and not plan.baseline.identical and not unseen_only:
+        if plan.baseline.compared and not plan.baseline.identical and not unseen_only and not judged_on:
             reused = earlier_measurement(
                 evaluation.uri, measurement(baselines[0].uri, examples.uri, splits, props[key]), plan.metric
             )
@@ -360,7 +378,24 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             in_process=tfma_in_this_process(self._beam_pipeline_args),
         )
         on_unseen = None  # (candidate, baseline) accuracy on the eval examples the baseline did not see
-        if unseen_only:
+        judged = None  # the candidate's answers on the records it is judged on, and the compared pair
+        if judged_on is not None:
+            compare = (
+                plan.baseline.compared and not plan.baseline.identical and plan.baseline.compared_examples
+            )
+            with graph_optimization.grappler(optimization.enabled):
+                answers = unseen_comparison.answers_on(
+                    ~left_out,
+                    split_dirs(examples, splits),
+                    [saved_model_dir(model), *([saved_model_dir(baselines[0])] if compare else [])],
+                    gate.eval_batch_size,
+                )
+            pair = None
+            if compare:
+                fresh = ~either[~left_out]  # of the judged records, the ones the baseline did not train on
+                pair = (answers[0].on(fresh), answers[1].on(fresh))
+            judged = (answers[0], pair)
+        elif unseen_only:
             log.info(
                 "%d of the %d eval examples are images a model trained on (the latest blessed model: %s, "
                 "the candidate: %s): both models are compared on the %d neither trained on",
@@ -411,7 +446,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessed = blessing.get_int_custom_property("blessed") == 1
-        results, failed_here = decide_outside_tfma(plan, read_results(evaluation.uri), reused, on_unseen)
+        if judged is not None:
+            results, failed_here = judged_results(plan, read_results(evaluation.uri), *judged)
+        else:
+            results, failed_here = decide_outside_tfma(plan, read_results(evaluation.uri), reused, on_unseen)
         if failed_here and blessed:
             unbless(blessing)
             blessed = False

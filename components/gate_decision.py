@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.stats import binom
@@ -607,18 +607,64 @@ def _widest_chance(n: np.ndarray) -> np.ndarray:
     return q / q.sum()
 
 
-def check_computable(eval_label_counts: Mapping[str, int], class_names: Sequence[str]) -> None:
-    """GateNotComputable naming each of the model's classes that has no eval example."""
+def check_computable(
+    eval_label_counts: Mapping[str, int], class_names: Sequence[str], judged_on: JudgedOn | None = None
+) -> None:
+    """GateNotComputable naming each of the model's classes that has no eval example (with
+    `judged_on`: none among the eval images the gate judges on)."""
+    where = "the eval split" if judged_on is None else f"the eval split's {judged_on.describe()}"
     if sum(eval_label_counts.values()) <= 0:
-        raise GateNotComputable("the eval split has no labelled examples: the gate cannot judge any model")
+        verb = "has" if judged_on is None else "hold"
+        raise GateNotComputable(f"{where} {verb} no labelled examples: the gate cannot judge any model")
     missing = [c for c in class_names if eval_label_counts.get(c, 0) <= 0]
     if missing:
         which = "class" if len(missing) == 1 else "classes"
         raise GateNotComputable(
             f"{which} {_names(missing)} of the model {'has' if len(missing) == 1 else 'have'} no example "
-            "in the eval split: the gate cannot judge its recall, so nothing is blessed or pushed "
+            f"in {where}: the gate cannot judge its recall, so nothing is blessed or pushed "
             "(add eval examples of it, or remove it from train)"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgedOn:
+    """The eval records the candidate is judged on when that is not the whole split: each image
+    once, and none the candidate trained on.
+
+    A copy of an eval image is no new evidence: counted, ten copies of two images per class
+    pass the significance floor that two images cannot. An image the candidate trained on
+    flatters it. Both come only from TFRecords made elsewhere (`imgpipe ingest` drops
+    duplicates before splitting).
+    """
+
+    records: int  # the eval split's records
+    repeats: int  # records whose image is an earlier eval record's
+    in_train: int  # records of the rest whose image the candidate trained on
+
+    @property
+    def examples(self) -> int:
+        return self.records - self.repeats - self.in_train
+
+    def describe(self) -> str:
+        parts = []
+        if self.repeats:
+            parts.append(f"{self.repeats} repeat an image earlier in the split")
+        if self.in_train:
+            parts.append(
+                f"{self.in_train} {'is an image' if self.in_train == 1 else 'are images'} the candidate trained on"
+            )
+        return (
+            f"{self.examples} distinct eval images the candidate did not train on "
+            f"(of {self.records} records: {'; '.join(parts)})"
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "records": self.records,
+            "repeats": self.repeats,
+            "in_train": self.in_train,
+            "examples": self.examples,
+        }
 
 
 # --------------------------------------------------------------------- the baseline
@@ -683,22 +729,25 @@ def with_seen_examples(
     seen: int | None,
     candidate_seen: int = 0,
     either: int | None = None,
+    repeats: int = 0,
 ) -> BaselinePlan:
     """The baseline plan once it is known which eval examples each model trained on.
 
     seen: how many the baseline trained on (None: it keeps no record of its training images);
     candidate_seen: how many the candidate trained on; either: how many at least one of the
-    two trained on (needed when the candidate trained on any; else `seen`). None of them:
-    compared on the whole split, as before. Some: compared only on the ones neither trained
+    two trained on, or that repeat an earlier eval record's image (needed when the candidate
+    trained on any or `repeats` is not 0; else `seen`). None of them: compared on the whole
+    split, as before. Some: compared only on the ones neither trained
     on, both models measured on exactly those; when fewer than MIN_UNSEEN_TO_COMPARE are
     left, not compared, saying why.
     """
     if not baseline.compared or baseline.identical:
         return baseline
     if either is None:
-        if candidate_seen:
+        if candidate_seen or repeats:
             raise ValueError(
-                "with_seen_examples: `either` is needed when the candidate trained on eval examples"
+                "with_seen_examples: `either` is needed when the candidate trained on eval examples "
+                "or some repeat an image"
             )
         either = seen or 0
     if either <= 0:
@@ -707,15 +756,19 @@ def with_seen_examples(
     if unseen < MIN_UNSEEN_TO_COMPARE:
         return BaselinePlan(
             False,
-            f"{_who_trained_on(eval_examples, seen, candidate_seen)}: the {unseen} that neither model "
-            f"trained on are fewer than {MIN_UNSEEN_TO_COMPARE} to compare on",
+            f"{_who_trained_on(eval_examples, seen, candidate_seen, repeats)}: the {unseen} "
+            f"{'distinct images ' if repeats else ''}that neither model trained on are fewer than "
+            f"{MIN_UNSEEN_TO_COMPARE} to compare on",
             seen_eval_examples=seen,
         )
     return dataclasses.replace(baseline, seen_eval_examples=seen, compared_examples=unseen, reused_from=None)
 
 
-def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int) -> str:
-    """Which model trained on how many of the eval examples (the same image bytes in its train split)."""
+def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int, repeats: int = 0) -> str:
+    """Which model trained on how many of the eval examples (the same image bytes in its train
+    split), and how many repeat an earlier eval record's image."""
+    if not seen and not candidate_seen:
+        return f"{repeats} of the {eval_examples} eval examples repeat an image earlier in the split"
     parts = []
     if seen:
         parts.append(f"the latest blessed model trained on {seen}")
@@ -724,9 +777,10 @@ def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int) -
             f"the candidate on {candidate_seen}" if parts else f"the candidate trained on {candidate_seen}"
         )
     whose = "their train splits" if len(parts) > 1 else "its train split"
-    return (
+    text = (
         f"{' and '.join(parts)} of the {eval_examples} eval examples (the same image bytes were in {whose})"
     )
+    return f"{text}, and {repeats} repeat an image earlier in the split" if repeats else text
 
 
 # --------------------------------------------------------------------- the plan
@@ -742,6 +796,9 @@ class GatePlan:
     # The classes with eval examples (sorted): balanced accuracy is the mean recall over them.
     eval_classes: tuple[str, ...] = ()
     metric_reason: str = ""  # why the floor's metric is gated on (gated_metric)
+    # Not None: the candidate is judged on these eval records only, by the executor (TFMA then
+    # gates nothing; see JudgedOn and judged_results).
+    judged_on: JudgedOn | None = None
 
     @property
     def metric(self) -> str:
@@ -754,9 +811,12 @@ def plan_gate(
     class_names: Sequence[str],
     baseline_classes: Sequence[str] | None,
     baseline_identical: bool = False,
+    judged_on: JudgedOn | None = None,
 ) -> GatePlan:
-    """The thresholds for this run; GateNotComputable when the eval split cannot judge the model."""
-    check_computable(eval_label_counts, class_names)
+    """The thresholds for this run; GateNotComputable when the eval split cannot judge the model.
+
+    eval_label_counts: of the records the candidate is judged on (`judged_on`'s, when given)."""
+    check_computable(eval_label_counts, class_names, judged_on)
     metric, why = gated_metric(gate.metric, eval_label_counts)
     floor_of = balanced_floor if metric == METRIC_BALANCED else accuracy_floor
     return GatePlan(
@@ -767,6 +827,7 @@ def plan_gate(
         baseline=baseline_plan(class_names, baseline_classes, baseline_identical),
         eval_classes=tuple(sorted(c for c, n in eval_label_counts.items() if n > 0)),
         metric_reason=why,
+        judged_on=judged_on,
     )
 
 
@@ -800,6 +861,10 @@ class EvalResults:
     compared_accuracy: float | None = None
     balanced_accuracy: float | None = None
     baseline_per_class: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # When the candidate was judged on part of the split (GatePlan.judged_on): TFMA's accuracy
+    # and example count on the whole split, for the record; the fields above are the part's.
+    whole_split_accuracy: float | None = None
+    whole_split_examples: int | None = None
 
 
 def gated_value(plan: GatePlan, results: EvalResults) -> float | None:
@@ -830,6 +895,59 @@ def change_failure(accuracy: float | None, baseline: float, max_regression: floa
     return None if change >= -max_regression - METRIC_TOLERANCE else Failure(None, True, change)
 
 
+class Measured(Protocol):
+    """A model's answers on some eval records (components/unseen_comparison.py's Answers)."""
+
+    def __len__(self) -> int: ...
+    def accuracy(self) -> float: ...
+    def per_class(self) -> dict[str, float]: ...
+    def value(self, balanced: bool) -> float: ...
+
+
+def judged_results(
+    plan: GatePlan,
+    tfma_results: EvalResults,
+    candidate: Measured,
+    compared: tuple[Measured, Measured] | None = None,
+) -> tuple[EvalResults, bool]:
+    """Every threshold of the plan applied to the records the candidate is judged on
+    (plan.judged_on), where TFMA gated nothing: (results, whether a threshold failed).
+
+    candidate: its answers on those records. compared: (the candidate's, the baseline's) answers
+    on the ones the baseline did not train on either, when the baseline is compared and is not
+    the candidate. The results' accuracy, per-class recall and example count are then the
+    judged records'; TFMA's numbers on the whole split are kept beside them. Each threshold
+    is applied as TFMA applies its own.
+    """
+    per_class = candidate.per_class()
+    results = dataclasses.replace(
+        tfma_results,
+        accuracy=candidate.accuracy(),
+        examples=len(candidate),
+        per_class=per_class,
+        balanced_accuracy=balanced_accuracy(per_class, plan.eval_classes),
+        baseline_accuracy=None,
+        baseline_per_class={},
+        whole_split_accuracy=tfma_results.accuracy,
+        whole_split_examples=tfma_results.examples,
+    )
+    failures = [floor_failure(plan.floor, gated_value(plan, results))]
+    if plan.min_class_recall:
+        failures.extend(
+            Failure(c, False, recall)
+            for c, recall in per_class.items()
+            if not recall >= plan.min_class_recall - METRIC_TOLERANCE
+        )
+    if compared is not None:
+        mine, theirs = (a.value(plan.metric == METRIC_BALANCED) for a in compared)
+        results = dataclasses.replace(results, compared_accuracy=mine, baseline_accuracy=theirs)
+        failures.append(change_failure(mine, theirs, plan.max_regression))
+    failures = [f for f in failures if f is not None]
+    if failures:
+        results = dataclasses.replace(results, failures=[*results.failures, *failures])
+    return results, bool(failures)
+
+
 def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
     """Why the model was not blessed, one sentence per failed threshold (empty when none failed)."""
     out = []
@@ -848,7 +966,7 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
                 f"by more than max_regression {plan.max_regression:.3f}"
             )
         elif f.class_name is None and not plan.floor.reachable:
-            out.append(f"no model can be blessed on this eval split: {plan.floor.describe()}")
+            out.append(f"no model can be blessed on this eval split: {plan.floor.describe()}{_judged(plan)}")
         elif f.class_name is None and f.value is None and plan.metric == METRIC_BALANCED:
             missing = [c for c in plan.eval_classes if results.per_class.get(c) is None]
             out.append(
@@ -857,7 +975,9 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             )
         elif f.class_name is None:
             got, floor = _apart(value, plan.floor.value)
-            out.append(f"{plan.floor.metric_text} {got} is below the floor {floor} ({plan.floor.describe()})")
+            out.append(
+                f"{plan.floor.metric_text} {got} is below the floor {floor} ({plan.floor.describe()}){_judged(plan)}"
+            )
         else:
             got, bound = _apart(value, plan.min_class_recall or 0.0)
             text = f"class {_q(f.class_name)} recall {got} is below min_class_recall {bound}"
@@ -866,6 +986,10 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             out.append(text)
     out.extend(f"TFMA: {p}" for p in results.problems)
     return out
+
+
+def _judged(plan: GatePlan) -> str:
+    return "" if plan.judged_on is None else f"; judged on the {plan.judged_on.describe()}"
 
 
 def _apart(value: float, bound: float) -> tuple[str, str]:
@@ -938,6 +1062,12 @@ def gate_record(
         "tfma_run": dict(tfma_run) if tfma_run is not None else None,
         "tfma_reused_from": tfma_reused_from,
         "eval_examples_in_train": eval_examples_in_train,
+        "judged_on": plan.judged_on.to_dict() if plan.judged_on is not None else None,
+        "whole_split": (
+            None
+            if plan.judged_on is None
+            else {"accuracy": results.whole_split_accuracy, "examples": results.whole_split_examples}
+        ),
     }
 
 

@@ -11,11 +11,16 @@ judges the candidate alone (floor and per-class recall on the whole split, as al
 on, through the serving signature TFMA gates on. The Evaluator applies the no-regression
 threshold to those two numbers (components/gate_decision.py: `with_seen_examples`,
 `change_failure`).
+
+When the candidate itself trained on eval images, or eval records repeat an image, the
+candidate is judged on the rest alone (gate_decision.JudgedOn): `answers_on` gives each
+model's right and wrong answers there, from which the Evaluator takes the accuracy, the
+per-class recall and the comparison.
 """
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +52,84 @@ def seen_by(model_uri: str, eval_ids: Callable[[], np.ndarray], whose: str) -> n
     return image_ids.seen(eval_ids(), trained_on)
 
 
+@dataclasses.dataclass(frozen=True)
+class Answers:
+    """Which of some eval records a model answered right: their true labels and a right/wrong mask,
+    in the split's record order."""
+
+    labels: np.ndarray  # str
+    right: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def on(self, mask: np.ndarray) -> Answers:
+        """The answers on the records where `mask` (over these records) is True."""
+        return Answers(self.labels[mask], self.right[mask])
+
+    def accuracy(self) -> float:
+        """Top-1 accuracy (NaN on no record)."""
+        return float(np.mean(self.right)) if len(self) else float("nan")
+
+    def per_class(self) -> dict[str, float]:
+        """The recall of each true class these records hold."""
+        return {str(c): float(np.mean(self.right[self.labels == c])) for c in sorted(set(self.labels))}
+
+    def balanced(self) -> float:
+        """The mean recall over the true classes these records hold (NaN on no record)."""
+        recall = self.per_class()
+        return float(np.mean(list(recall.values()))) if recall else float("nan")
+
+    def value(self, balanced: bool) -> float:
+        return self.balanced() if balanced else self.accuracy()
+
+
+def answers_on(
+    measure: np.ndarray,
+    eval_files: str | Sequence[str],
+    model_dirs: Sequence[str],
+    batch_size: int,
+) -> list[Answers]:
+    """Each SavedModel's answers (serving_default's top-1) on the eval records where the mask
+    `measure` is True.
+
+    A record whose label is not one of a model's classes counts as wrong, as in TFMA's
+    accuracy. The records are read again in batches of `batch_size`, not held in memory.
+    """
+    from components.prepush_checks import reference_answers
+
+    if not measure.any():
+        raise ValueError("no eval record is left to measure the models on")
+    start = time.perf_counter()
+    models = [tf.saved_model.load(d) for d in model_dirs]
+    right: list[list[bool]] = [[] for _ in models]
+    truth: list[str] = []
+    position = 0
+    for ids, labels, serialized in image_ids.batches(eval_files, batch_size):
+        take = measure[position : position + len(ids)]
+        position += len(ids)
+        records = [r for r, t in zip(serialized, take, strict=True) if t]
+        if not records:
+            continue
+        wanted = [label.decode("utf-8", "replace") for label, t in zip(labels, take, strict=True) if t]
+        truth.extend(wanted)
+        for i, (path, model) in enumerate(zip(model_dirs, models, strict=True)):
+            answers = reference_answers(path, records, model)
+            right[i].extend(answers.top1(j) == want for j, want in enumerate(wanted))
+    if position != len(measure):
+        raise ValueError(
+            f"the eval split changed while it was read: {position} records, {len(measure)} before"
+        )
+    log.info(
+        "measured %d model(s) on %d eval examples in %.1fs",
+        len(models),
+        len(truth),
+        time.perf_counter() - start,
+    )
+    labels = np.array(truth, dtype=object)
+    return [Answers(labels, np.array(r, bool)) for r in right]
+
+
 def accuracies_on_unseen(
     seen: np.ndarray,
     eval_files: str | Sequence[str],
@@ -56,43 +139,7 @@ def accuracies_on_unseen(
 ) -> list[float]:
     """Each SavedModel's top-1 accuracy (serving_default) on the eval records where `seen` is False
     (`seen`: the records either model trained on); with `balanced`, its balanced accuracy there
-    (the mean recall over the classes those records hold).
-
-    A record whose label is not one of a model's classes counts as wrong, as in TFMA's
-    accuracy. The records are read again in batches of `batch_size`, not held in memory.
-    """
-    from components.prepush_checks import reference_answers
-
+    (the mean recall over the classes those records hold)."""
     if not (~seen).any():
         raise ValueError("no eval record is left to compare the models on")
-    start = time.perf_counter()
-    models = [tf.saved_model.load(d) for d in model_dirs]
-    right = np.zeros(len(models), np.int64)
-    per_class = [collections.Counter() for _ in models]  # right answers by true class
-    totals: collections.Counter = collections.Counter()  # records by true class
-    position = total = 0
-    for ids, labels, serialized in image_ids.batches(eval_files, batch_size):
-        take = ~seen[position : position + len(ids)]
-        position += len(ids)
-        records = [r for r, t in zip(serialized, take, strict=True) if t]
-        if not records:
-            continue
-        truth = [label.decode("utf-8", "replace") for label, t in zip(labels, take, strict=True) if t]
-        totals.update(truth)
-        for i, (path, model) in enumerate(zip(model_dirs, models, strict=True)):
-            answers = reference_answers(path, records, model)
-            hits = [want for j, want in enumerate(truth) if answers.top1(j) == want]
-            right[i] += len(hits)
-            per_class[i].update(hits)
-        total += len(records)
-    if position != len(seen):
-        raise ValueError(f"the eval split changed while it was read: {position} records, {len(seen)} before")
-    log.info(
-        "compared %d models on %d eval examples neither trained on in %.1fs",
-        len(models),
-        total,
-        time.perf_counter() - start,
-    )
-    if balanced:
-        return [float(np.mean([hits[c] / n for c, n in totals.items()])) for hits in per_class]
-    return [float(r) / total for r in right]
+    return [a.value(balanced) for a in answers_on(~seen, eval_files, model_dirs, batch_size)]

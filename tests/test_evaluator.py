@@ -42,11 +42,21 @@ def _report(tmp_path, eval_counts: dict[str, int], allowed=()):
     return r
 
 
-def _examples(tmp_path, name: str = "examples"):
+def _examples(tmp_path, name: str = "examples", records: bool = True):
+    """An examples artifact; with `records`, its eval, test and holdout splits hold 20 distinct
+    records each (the executor reads their image fingerprints: no image repeats, so the gate
+    judges the whole split on the data gate's counts)."""
     from tfx.types import standard_artifacts
+
+    from tests import helpers
 
     e = standard_artifacts.Examples()
     e.uri = str(tmp_path / name)
+    e.split_names = '["train", "eval", "test", "holdout"]'
+    if records and not (tmp_path / name).exists():
+        for split in ("eval", "test", "holdout"):
+            items = [(f"{name} {split} image {i}".encode(), "a") for i in range(20)]
+            helpers.write_tfrecords(str(tmp_path / name / f"Split-{split}" / "data.tfrecord"), items)
     return e
 
 
@@ -590,7 +600,7 @@ def _resplit(tmp_path, seen: int, unseen: int):
     ]
     from tfx.types import artifact_utils
 
-    examples = _examples(tmp_path)
+    examples = _examples(tmp_path, records=False)
     examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
     split = tmp_path / "examples" / "Split-eval"
     split.mkdir(parents=True)
@@ -697,34 +707,174 @@ def test_a_baseline_that_saw_no_eval_image_goes_to_tfma_as_before(tmp_path, fake
     assert (baseline["accuracy"], baseline["candidate_accuracy"]) == (0.85, 0.9)
 
 
-def test_eval_images_the_candidate_trained_on_are_counted(tmp_path, fake_tfma):
-    """TFRecords made elsewhere can repeat an image in train and eval: gate.json says how many."""
+def _answers(monkeypatch, right_of):
+    """answers_on replaced: each model (by index) answers right where right_of(model index, record
+    index in the split) is True; the calls (mask, model dirs) are returned in a list."""
+    import numpy as np
+
+    from components import unseen_comparison
+    from trainer import image_ids
+
+    calls = []
+
+    def answers_on(measure, files, model_dirs, batch_size):
+        calls.append((list(measure), list(model_dirs)))
+        _, labels = image_ids.split_index(files)
+        where = np.flatnonzero(measure)
+        return [
+            unseen_comparison.Answers(labels[where], np.array([right_of(m, int(i)) for i in where], bool))
+            for m in range(len(model_dirs))
+        ]
+
+    monkeypatch.setattr(unseen_comparison, "answers_on", answers_on)
+    return calls
+
+
+def test_eval_images_the_candidate_trained_on_are_left_out_of_its_judgement(tmp_path, fake_tfma, monkeypatch):
+    """TFRecords made elsewhere can repeat an image in train and eval: the candidate is judged,
+    floor and per-class recall, on the eval images it did not train on, not on TFMA's whole split."""
     from components.gate_decision import EvalResults
     from trainer import image_ids
 
+    # Right on every image it trained on (the first 3), on 12 of the other 20.
+    calls = _answers(monkeypatch, lambda model, i: i < 3 or i < 15)
     resplit = _resplit(tmp_path, seen=3, unseen=20)
     image_ids.write(resplit[2].uri, str(tmp_path / "old_train"))  # the candidate trained on 3 eval images too
-    gate, _ = _evaluate_resplit(
-        tmp_path, fake_tfma, resplit, EvalResults(0.9, 23, {}, None), with_baseline=False
+    gate, outputs = _evaluate_resplit(
+        tmp_path, fake_tfma, resplit, EvalResults(0.9, 23, {"a": 0.9, "b": 0.9}, None), with_baseline=False
     )
+    assert calls == [([False] * 3 + [True] * 20, [str(tmp_path / "new" / "Format-Serving")])]
     assert gate["eval_examples_in_train"] == 3
+    assert gate["judged_on"] == {"records": 23, "repeats": 0, "in_train": 3, "examples": 20}
+    assert gate["whole_split"] == {"accuracy": 0.9, "examples": 23}
+    assert (gate["accuracy"], gate["eval_examples"]) == (0.6, 20)
+    assert gate["per_class_recall"] == {"a": 0.6, "b": 0.6}
+    # TFMA gates nothing itself: every bound is applied here, on the 20.
+    assert _thresholds(fake_tfma["props"]["eval_config"]) == {"overall": (-METRIC_TOLERANCE, False)}
+    # 0.6 of 20 on two balanced classes is what guessing reaches too often (p > 0.05).
+    assert gate["blessed"] is False and gate["floor_source"] == "significance"
+    assert gate["measured"] is None  # a part's accuracy is never reused as the whole split's
+    [reason] = gate["reasons"]
+    assert reason.startswith("accuracy 0.600 is below the floor 0.750 (15 right of 20 is the fewest")
+    assert reason.endswith(
+        "; judged on the 20 distinct eval images the candidate did not train on (of 23 records: "
+        "3 are images the candidate trained on)"
+    )
+    assert outputs["blessing"][0].get_int_custom_property("blessed") == 0
+
+
+def _repeated_eval(tmp_path, copies: dict[int, int], labels: str = "ab"):
+    """An eval split of len(copies) distinct images, image i written copies[i] times (in turn),
+    labelled labels[i % len(labels)]; a candidate without a record of its train images."""
+    import numpy as np
+
+    from tests import helpers
+
+    rng = np.random.default_rng(1)
+    images = [helpers.encode_image(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)) for _ in copies]
+    items = []
+    for round_ in range(max(copies.values())):
+        items += [(images[i], labels[i % len(labels)]) for i, n in copies.items() if round_ < n]
+    helpers.write_tfrecords(str(tmp_path / "examples" / "Split-eval" / "data.tfrecord"), items)
+    counts: dict[str, int] = {}
+    for _, label in items:
+        counts[label] = counts.get(label, 0) + 1
+    return items, counts
+
+
+def test_copies_of_eval_images_count_once(tmp_path, fake_tfma, monkeypatch):
+    """Ten copies each of 2 images per class: TFMA counts 40 examples, 0.9 right; the gate counts
+    4 images, which no accuracy can tell from guessing, so nothing is blessed."""
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    items, counts = _repeated_eval(tmp_path, {0: 10, 1: 10, 2: 10, 3: 10})
+    calls = _answers(monkeypatch, lambda model, i: True)
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [_model(tmp_path, "candidate", ["a", "b"])],
+        "baseline_model": [],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    fake_tfma["results"] = EvalResults(0.9, 40, {"a": 0.9, "b": 0.9}, None)
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert calls[0][0] == [True] * 4 + [False] * 36  # the first copy of each image, in file order
+    assert gate["judged_on"] == {"records": 40, "repeats": 36, "in_train": 0, "examples": 4}
+    assert (gate["accuracy"], gate["eval_examples"], gate["floor"]) == (1.0, 4, 1.25)
+    assert gate["eval_examples_in_train"] is None  # the candidate keeps no record
+    assert gate["blessed"] is False
+    assert gate["reasons"] == [
+        "no model can be blessed on this eval split: not even 4 right of 4 eval examples would pass a one-sided "
+        "binomial test against the majority class's 0.500, p <= 0.05: the eval split is too small to tell a "
+        "model from chance; add eval images; judged on the 4 distinct eval images the candidate did not train "
+        "on (of 40 records: 36 repeat an image earlier in the split)"
+    ]
+
+
+def test_copies_of_the_images_a_model_gets_right_do_not_raise_its_accuracy(tmp_path, fake_tfma, monkeypatch):
+    """60 distinct images; the 30 the model gets right are written 5 times each. TFMA's 0.91 of 180
+    records would pass; on the 60 images it has 0.5, and is not blessed. Each class's recall is
+    counted on its images too."""
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    items, counts = _repeated_eval(tmp_path, {i: 5 if i < 30 else 1 for i in range(60)})
+    _answers(monkeypatch, lambda model, i: i < 30)  # the first 60 records are the 60 images
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [_model(tmp_path, "candidate", ["a", "b"])],
+        "baseline_model": [],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    fake_tfma["results"] = EvalResults(150 / 180, 180, {"a": 0.83, "b": 0.83}, None)
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["judged_on"]["examples"] == 60 and gate["whole_split"]["examples"] == 180
+    assert gate["accuracy"] == 0.5 and gate["per_class_recall"] == {"a": 0.5, "b": 0.5}
+    assert gate["blessed"] is False and gate["reasons"][0].startswith("accuracy 0.500 is below the floor")
+
+
+def test_a_class_whose_eval_images_are_all_copies_of_train_images_cannot_be_judged(tmp_path, fake_tfma):
+    from components.gate_decision import EvalResults, GateNotComputable
+    from trainer import image_ids
+
+    resplit = _resplit(tmp_path, seen=30, unseen=25)
+    examples, old, new, counts = resplit
+    # The candidate trained on every eval image of class 'b' (the odd records).
+    split = tmp_path / "examples" / "Split-eval"
+    _, labels = image_ids.split_index(str(split))
+    import tensorflow as tf
+
+    records = list(
+        tf.data.TFRecordDataset(str(split / "data.gz"), compression_type="GZIP").as_numpy_iterator()
+    )
+    with tf.io.TFRecordWriter(str(tmp_path / "b_train.tfrecord")) as w:
+        for r, label in zip(records, labels, strict=True):
+            if label == "b":
+                w.write(r)
+    image_ids.write(new.uri, str(tmp_path / "b_train.tfrecord"))
+    with pytest.raises(
+        GateNotComputable,
+        match=r"class 'b' of the model has no example in the eval split's 28 "
+        r"distinct eval images the candidate did not train on \(of 55 records: 27 are images",
+    ):
+        _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 55, {}, None), with_baseline=False)
 
 
 def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_path, fake_tfma, monkeypatch):
     """The baseline saw 30 of the 55 eval images, the candidate 5 of the other 25 (and 2 of the 30):
-    both are compared on the 20 neither saw, so neither model is flattered."""
+    the candidate is judged on the 48 it did not see, and both are compared on the 20 neither saw,
+    so neither model is flattered."""
     import tensorflow as tf
 
-    from components import unseen_comparison
     from components.gate_decision import EvalResults
     from trainer import image_ids
 
-    calls = []
-    monkeypatch.setattr(
-        unseen_comparison,
-        "accuracies_on_unseen",
-        lambda seen, *a, **k: calls.append(list(seen)) or [0.9, 0.9],
-    )
+    # The candidate is right on every record; the baseline on the first 40 only.
+    calls = _answers(monkeypatch, lambda model, i: model == 0 or i < 40)
     resplit = _resplit(tmp_path, seen=30, unseen=25)
     split = tmp_path / "examples" / "Split-eval" / "data.gz"
     records = list(tf.data.TFRecordDataset(str(split), compression_type="GZIP").as_numpy_iterator())
@@ -733,10 +883,44 @@ def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_
             w.write(r)
     image_ids.write(resplit[2].uri, str(tmp_path / "new_train.tfrecord"))
     gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.95, 55, {}, None))
-    assert calls == [[True] * 35 + [False] * 20]
+    assert fake_tfma["inputs"]["baseline_model"] == []
+    [(measured, model_dirs)] = calls
+    assert measured == [True] * 28 + [False] * 7 + [True] * 20 and len(model_dirs) == 2
     assert gate["eval_examples_in_train"] == 7
+    assert gate["judged_on"] == {"records": 55, "repeats": 0, "in_train": 7, "examples": 48}
+    assert (gate["accuracy"], gate["eval_examples"]) == (1.0, 48)
     assert (gate["baseline"]["seen_eval_examples"], gate["baseline"]["compared_examples"]) == (30, 20)
-    assert gate["blessed"] is True and gate["baseline"]["candidate_accuracy"] == 0.9
+    # On the 20 neither saw (records 35-54) the baseline is right on 5 (35-39), the candidate on all.
+    assert gate["baseline"]["accuracy"] == 0.25 and gate["baseline"]["candidate_accuracy"] == 1.0
+    assert gate["blessed"] is True
+
+
+def test_a_regression_on_the_images_neither_model_trained_on_unblesses_in_the_judged_split(
+    tmp_path, fake_tfma, monkeypatch
+):
+    """As above, with the candidate right on the first 40 records only and the baseline on all:
+    above its floor on the 48 it did not see (33 right), it regresses on the 20 neither saw."""
+    import tensorflow as tf
+
+    from components.gate_decision import EvalResults
+    from trainer import image_ids
+
+    _answers(monkeypatch, lambda model, i: model == 1 or i < 40)
+    resplit = _resplit(tmp_path, seen=30, unseen=25)
+    split = tmp_path / "examples" / "Split-eval" / "data.gz"
+    records = list(tf.data.TFRecordDataset(str(split), compression_type="GZIP").as_numpy_iterator())
+    with tf.io.TFRecordWriter(str(tmp_path / "new_train.tfrecord")) as w:
+        for r in records[28:35]:
+            w.write(r)
+    image_ids.write(resplit[2].uri, str(tmp_path / "new_train.tfrecord"))
+    gate, outputs = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.95, 55, {}, None))
+    assert gate["accuracy"] == pytest.approx(33 / 48) and gate["floor"] < 33 / 48
+    assert (gate["baseline"]["accuracy"], gate["baseline"]["candidate_accuracy"]) == (1.0, 0.25)
+    assert gate["blessed"] is False and gate["reasons"] == [
+        "accuracy 0.250 on the 20 eval examples neither model trained on regressed from the latest blessed "
+        "model's 1.000 by more than max_regression 0.000"
+    ]
+    assert outputs["blessing"][0].get_int_custom_property("blessed") == 0
 
 
 def test_a_damaged_record_of_training_images_falls_back_to_the_whole_split(tmp_path, fake_tfma):

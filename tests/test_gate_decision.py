@@ -28,6 +28,8 @@ from components.gate_decision import (
 )
 
 CONTRACT_KEYS = {
+    "judged_on",
+    "whole_split",
     "blessed",
     "metric",
     "metric_reason",

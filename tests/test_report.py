@@ -198,6 +198,21 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         "latest blessed model, on the 21 eval examples neither model trained on (it trained on 35 and this "
         "model trained on 4 of the 60: "
     )
+    # Judged on part of the split (copies of eval images, images it trained on): said, with TFMA's
+    # number on every record, and the baseline's note counts the split's records.
+    judged = dict(
+        both,
+        eval_examples=50,
+        judged_on={"records": 60, "repeats": 6, "in_train": 4, "examples": 50},
+        whole_split={"accuracy": 0.95, "examples": 60},
+    )
+    g = data.gate_from_record(judged)
+    assert "model trained on 4 of the 60: " in g.baseline_note
+    assert dict(g.details)["judged_on"] == (
+        "50 distinct eval images the model did not train on, of 60 records (6 repeat an earlier image, 4 are "
+        "images it trained on): the numbers above are on them; on every record TFMA measured accuracy 0.9500"
+    )
+    assert "judged_on" not in dict(data.gate_from_record(both).details)
     # Compared on the whole split (no model saw an eval image): no note about left-out images.
     whole = dict(resplit, baseline=dict(resplit["baseline"], seen_eval_examples=0, compared_examples=60))
     assert data.gate_from_record(whole).baseline_note == "latest blessed model; allowed regression 0.0000"

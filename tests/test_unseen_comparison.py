@@ -51,6 +51,11 @@ def test_the_train_split_is_recorded_by_image_bytes_whatever_the_label(tmp_path)
         str(tmp_path / "eval.tfrecord"), [(d, "cat"), (c, "dog"), (d, "x"), (a, "cat")]
     )
     assert list(image_ids.seen(image_ids.split_ids(evals), ids)) == [False, True, False, True]
+    # The third record is the first's image again: a repeat, whatever its label.
+    ids, labels = image_ids.split_index(evals)
+    assert list(labels) == ["cat", "dog", "x", "cat"] and list(ids) == [_blake(x) for x in (d, c, d, a)]
+    assert list(image_ids.repeats(ids)) == [False, False, True, False]
+    assert list(image_ids.repeats(np.zeros(0, np.uint64))) == []
 
 
 def test_a_model_without_a_record_and_a_damaged_record(tmp_path):

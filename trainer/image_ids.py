@@ -61,8 +61,25 @@ def batches(
 
 def split_ids(file_pattern: str | Sequence[str]) -> np.ndarray:
     """The fingerprint of each record of the split, in file order (uint64, repeats kept)."""
-    parts = [ids for ids, _, _ in batches(file_pattern)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    return split_index(file_pattern)[0]
+
+
+def split_index(file_pattern: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(fingerprints, labels) of the split's records, in file order, repeats kept: uint64 and str
+    arrays (a label that is not UTF-8 is decoded with replacement characters)."""
+    ids, labels = [], []
+    for batch_ids, batch_labels, _ in batches(file_pattern):
+        ids.append(batch_ids)
+        labels.extend(label.decode("utf-8", "replace") for label in batch_labels)
+    return (np.concatenate(ids) if ids else np.zeros(0, np.uint64)), np.array(labels, dtype=object)
+
+
+def repeats(ids: np.ndarray) -> np.ndarray:
+    """A mask over `ids`: True where that record's image is an earlier record's (the first of each
+    image is False), so `ids[~repeats(ids)]` holds each image once."""
+    first = np.zeros(len(ids), bool)
+    first[np.unique(ids, return_index=True)[1]] = True
+    return ~first
 
 
 def ids_path(model_uri: str) -> str:

@@ -434,7 +434,7 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         ]
         baseline_note = (
             f"latest blessed model, on the {baseline.get('compared_examples')} eval examples neither model "
-            f"trained on ({' and '.join(trained)} of the {record.get('eval_examples')}: the same image bytes "
+            f"trained on ({' and '.join(trained)} of the {_eval_records(record)}: the same image bytes "
             f"were in the train split), where this model has {_fmt(baseline.get('candidate_accuracy'))}; "
             f"allowed regression {_fmt(baseline.get('max_regression'))}"
         )
@@ -449,6 +449,18 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
     recall = record.get("per_class_recall") or {}
     if recall:
         details.append(("per_class_recall", ", ".join(f"{k}: {_fmt(v)}" for k, v in recall.items())))
+    judged = record.get("judged_on")
+    if isinstance(judged, dict):
+        whole = record.get("whole_split") or {}
+        details.append(
+            (
+                "judged_on",
+                f"{judged.get('examples')} distinct eval images the model did not train on, of "
+                f"{judged.get('records')} records ({judged.get('repeats')} repeat an earlier image, "
+                f"{judged.get('in_train')} are images it trained on): the numbers above are on them; on "
+                f"every record TFMA measured accuracy {_fmt(whole.get('accuracy'))}",
+            )
+        )
     if record.get("eval_examples_in_train"):
         details.append(
             (
@@ -469,6 +481,12 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         reasons=[str(r) for r in record.get("reasons") or []],
         details=details,
     )
+
+
+def _eval_records(record: dict[str, Any]) -> Any:
+    """The eval split's records: `eval_examples`, unless the gate judged on part of them."""
+    judged = record.get("judged_on")
+    return judged.get("records") if isinstance(judged, dict) else record.get("eval_examples")
 
 
 def _balanced_gate(record: dict[str, Any], baseline: dict[str, Any]) -> GateView:
