@@ -24,7 +24,8 @@ protos by hand.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
@@ -40,7 +41,33 @@ class DataContractError(ValueError):
 
 
 def _q(name: str) -> str:
-    return repr(str(name))
+    """The label quoted; with its code points when it is not in Unicode's composed form (NFC),
+    so that two labels that print alike ('é' composed, 'é' as e + accent) read differently."""
+    name = str(name)
+    if unicodedata.is_normalized("NFC", name):
+        return repr(name)
+    return f"{name!r} ({_code_points(name)})"
+
+
+def _code_points(name: str) -> str:
+    return " ".join(f"U+{ord(ch):04X}" for ch in name)
+
+
+def look_alike_labels(labels: Iterable[str]) -> list[str]:
+    """One sentence per group of labels that are the same text in another Unicode form (equal
+    once NFC-normalised): they print alike and are different classes."""
+    groups: dict[str, set[str]] = {}
+    for label in labels:
+        groups.setdefault(unicodedata.normalize("NFC", label), set()).add(label)
+    out = []
+    for _, group in sorted(groups.items()):
+        if len(group) > 1:
+            names = " and ".join(f"{label!r} ({_code_points(label)})" for label in sorted(group))
+            out.append(
+                f"labels {names} are one text in different Unicode forms: they print alike but are "
+                f"{len(group)} classes (normalise the labels to NFC; `imgpipe ingest` does)"
+            )
+    return out
 
 
 def _feature(stats: statistics_pb2.DatasetFeatureStatistics, name: str):
@@ -193,6 +220,8 @@ def find_anomalies(
                 f"train has class {_q(c)} ({train.counts[c]} examples) with no eval example: "
                 "the gate could not judge it"
             )
+    seen = set().union(*(s.labels for s in splits.values() if s is not None), baseline_classes or ())
+    out.extend(look_alike_labels(seen))
     if baseline_classes is not None and train and train.counts:
         change = label_set_change(baseline_classes, sorted(train.labels))
         if change:

@@ -193,6 +193,33 @@ def test_each_anomaly_is_named():
     ]
 
 
+def test_labels_in_two_unicode_forms_are_named_apart():
+    """Records made elsewhere: train labels composed (NFC), eval's one as e + combining accent.
+    Printed plainly the messages would say eval has class 'café' that train does not."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    splits = {
+        "train": _labels("train", {composed: 10, "tea": 10}),
+        "eval": _labels("eval", {decomposed: 3, composed: 2, "tea": 4}),
+    }
+    found = find_anomalies(splits, {})
+    assert found == [
+        f"eval has class {decomposed!r} (U+0063 U+0061 U+0066 U+0065 U+0301) (3 examples) that train does not: "
+        "the model cannot learn or predict it",
+        f"labels {decomposed!r} (U+0063 U+0061 U+0066 U+0065 U+0301) and {composed!r} (U+0063 U+0061 U+0066 "
+        "U+00E9) are one text in different Unicode forms: they print alike but are 2 classes (normalise the "
+        "labels to NFC; `imgpipe ingest` does)",
+    ]
+    # Against a blessed model's vocabulary too; composed labels alone are nothing to report.
+    splits = {
+        "train": _labels("train", {decomposed: 5, "tea": 5}),
+        "eval": _labels("eval", {decomposed: 1, "tea": 1}),
+    }
+    assert any(
+        "different Unicode forms" in a for a in find_anomalies(splits, {}, baseline_classes=[composed, "tea"])
+    )
+    assert find_anomalies(splits, {}, baseline_classes=[decomposed, "tea"]) == []
+
+
 def test_clean_data_has_no_anomaly():
     splits = {"train": _labels("train", {"a": 5, "b": 5}), "eval": _labels("eval", {"a": 1, "b": 2})}
     assert find_anomalies(splits, {"train": anomalies_pb2.Anomalies()}, baseline_classes=["b", "a"]) == []

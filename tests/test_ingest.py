@@ -487,6 +487,41 @@ def test_a_run_failing_in_example_gen_names_the_damaged_files(tmp_path: Path) ->
     )
 
 
+def test_a_run_failing_on_an_image_names_the_records_the_model_cannot_decode(tmp_path: Path) -> None:
+    """TFRecords made elsewhere are checked by their first records only; when Transform then
+    fails on an image further in (TensorFlow's error names no record), the run's message names
+    each record the model's own decoder refuses: cut short, or over max_image_pixels."""
+    import numpy as np
+
+    from imgpipe.orchestration.local import _failure_message
+    from pipeline.config import PipelineConfig
+    from tests import helpers
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 6, "b": 6})
+    _run(images, out)
+    good = _encode(seed=77)
+    big = helpers.encode_image(np.zeros((40, 40, 3), np.uint8))
+    extra = out / "train" / "more.tfrecord"
+    helpers.write_tfrecords(str(extra), [(good, "a"), (good[: len(good) // 2], "a"), (good, "b"), (big, "b")])
+    config = PipelineConfig(data_dir=str(out), max_image_pixels=1000)
+    assert validate_tfrecord_dir(str(out))["train_files"] == 2
+    transform = ValueError(
+        'An error occurred while trying to apply the transformation: "Graph execution error: Detected at '
+        "node map/while/switch_case/indexed_case/decode_image/DecodeImage ... Invalid PNG. Failed to "
+        'initialize decoder."'
+    )
+    head, *rest = _failure_message(config, "Transform", transform).splitlines()
+    assert head.startswith("Transform failed: ValueError: An error occurred")
+    assert rest[0].startswith("records whose image the model cannot decode")
+    assert [line.strip().split(": ", 1)[0] for line in rest[1:]] == [f"{extra} record 1", f"{extra} record 3"]
+    assert "not a decodable image" in rest[1] and "over the limit of 1000 pixels" in rest[2]
+    # A failure that is not about an image does not read the data.
+    assert _failure_message(config, "Trainer", ValueError("out of memory")) == (
+        "Trainer failed: ValueError: out of memory"
+    )
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [

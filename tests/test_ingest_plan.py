@@ -256,3 +256,13 @@ def test_classes_that_differ_only_in_case_are_kept_apart_with_a_warning() -> Non
         "classes 'DOG', 'dog' differ only in letter case: they are 2 classes; if they are one, merge their folders",
     ]
     assert _plan(_tree({"cat": 4, "dog": 4})).warnings == []
+
+
+def test_more_classes_than_run_takes_are_written_with_a_warning() -> None:
+    plan = _plan(_tree({f"c{i:04d}": 2 for i in range(1001)}))
+    assert len(plan.classes) == 1001
+    assert plan.warnings == [
+        "1001 classes: `imgpipe run` takes at most 1,000 (TFDV's statistics list at most 1,000 label values, "
+        "so the data gate cannot check more); the records are written, but a run on them stops at SchemaGen"
+    ]
+    assert _plan(_tree({f"c{i:04d}": 2 for i in range(1000)})).warnings == []

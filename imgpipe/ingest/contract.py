@@ -16,6 +16,8 @@ Transform and serving code read too.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from imgpipe.ingest.errors import IngestError, tf_error_text
 from trainer.features import IMAGE_KEY, LABEL_KEY
@@ -23,6 +25,9 @@ from trainer.features import IMAGE_KEY, LABEL_KEY
 SPLITS = ("train", "eval")
 REPORT_FILE = "ingest_report.json"
 CLASSES_FILE = "classes.json"
+# The most classes `imgpipe run` takes: TFDV's statistics list at most this many values of
+# the label (its default num_rank_histogram_buckets), so the data gate cannot check more.
+MAX_RUN_CLASSES = 1000
 
 
 def shard_names(count: int) -> list[str]:
@@ -115,11 +120,13 @@ def damaged_tfrecord_files(path: str, splits: tuple[str, ...] = SPLITS) -> list[
     return damaged
 
 
-def undecodable_images(path: str, limit: int = 10) -> list[str]:
-    """The records of the TFRecord files in `path` whose `image` bytes TensorFlow cannot decode
-    (or that have none), as "<file> record <i>: <why>", at most `limit` of them.
+def undecodable_images(path: str, limit: int = 10, decode: Callable[[bytes], Any] | None = None) -> list[str]:
+    """The records of the TFRecord files in `path` whose `image` bytes cannot be decoded (or that
+    have none), as "<file> record <i>: <why>", at most `limit` of them.
 
-    Reads every record: called to explain a failed scoring run, not before every run.
+    decode: what decodes one image, raising tf.errors.OpError when it cannot (the model's own
+    decoder, with its pixel limit and format checks); TensorFlow's decode_image by default.
+    Reads every record: called to explain a failed run, not before every run.
     """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
     from google.protobuf.message import DecodeError
@@ -142,7 +149,10 @@ def undecodable_images(path: str, limit: int = 10) -> list[str]:
                         why = f"no '{IMAGE_KEY}' bytes"
                     else:
                         try:
-                            tf.io.decode_image(images[0], expand_animations=False)
+                            if decode is None:
+                                tf.io.decode_image(images[0], expand_animations=False)
+                            else:
+                                decode(images[0])
                         except tf.errors.OpError as exc:
                             why = f"'{IMAGE_KEY}' is not a decodable image ({tf_error_text(exc)})"
                 if why is not None:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from imgpipe.ingest.contract import SPLITS, shard_names
+from imgpipe.ingest.contract import MAX_RUN_CLASSES, SPLITS, shard_names
 from imgpipe.ingest.report import display_path
 
 # Auto sharding aims for ~128 MiB shards: big enough for efficient sequential
@@ -171,6 +171,12 @@ def make_plan(
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))
     warnings += [f"class folder {name!r} has no usable images and is left out" for name in empty_classes]
     warnings += _case_only_differences(classes)
+    if len(classes) > MAX_RUN_CLASSES:
+        warnings.append(
+            f"{len(classes)} classes: `imgpipe run` takes at most {MAX_RUN_CLASSES:,} (TFDV's statistics "
+            f"list at most {MAX_RUN_CLASSES:,} label values, so the data gate cannot check more); the records "
+            "are written, but a run on them stops at SchemaGen"
+        )
 
     # Interleave classes in a seeded order, so a reader's shuffle buffer sees
     # every class early, then cut each split into contiguous shards.

@@ -391,6 +391,12 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
             lambda: damaged_tfrecord_files(*inputs[component]),
             "damaged TFRecord files (write them again, e.g. `imgpipe ingest`)",
         )
+    if component in _DECODING and config.data_dir and any(m in message.lower() for m in _DECODE_MARKERS):
+        message += _explained(
+            lambda: _undecodable_records(config),
+            "records whose image the model cannot decode (remove or re-encode them; `imgpipe ingest` "
+            "decodes every image before writing it)",
+        )
     if component == SCORING_IDS[1] and config.score_data:
         message += _explained(
             lambda: undecodable_images(config.score_data),
@@ -398,6 +404,35 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
             "after the Pusher, so they do not hold back a push)",
         )
     return message
+
+
+# Components that decode the data's images, and what their errors say when one cannot be
+# decoded (TensorFlow's decoders, and trainer/preprocessing.py's checks before decoding).
+_DECODING = ("Transform", "Trainer", "Evaluator")
+_DECODE_MARKERS = ("decode", "max_image_pixels", "bmp_palette", "image file format")
+_MAX_NAMED = 10
+
+
+def _undecodable_records(config: PipelineConfig) -> list[str]:
+    """The data's records (train, then eval) whose image the model's own decoder refuses, at most
+    _MAX_NAMED: TFRecords made elsewhere are checked only by their first records before a run."""
+    import tensorflow as tf
+
+    from trainer.preprocessing import decode_image
+
+    size, max_pixels = config.effective_image_size(), config.training.max_image_pixels
+    decode = tf.function(
+        lambda image: decode_image(image, size, max_pixels),
+        input_signature=[tf.TensorSpec([], tf.string)],
+        autograph=False,
+    )
+    log.info("looking for the records whose image cannot be decoded (reads every record)")
+    found: list[str] = []
+    for split in SPLITS:
+        found += undecodable_images(os.path.join(config.data_dir, split), _MAX_NAMED - len(found), decode)
+        if len(found) >= _MAX_NAMED:
+            break
+    return found
 
 
 def _explained(find: Callable[[], list[str]], heading: str) -> str:
