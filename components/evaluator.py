@@ -1,7 +1,8 @@
 """The Evaluator node: TFX's TFMA Evaluator, with the gate decided at run time and recorded.
 
 Before TFMA runs, the executor reads the eval split's label counts (from the
-data gate's report, components/artifacts.py: counted by StatisticsGen) and the
+data gate's report, components/artifacts.py: counted by StatisticsGen; or, when the
+candidate is judged on part of the split, below, that part's) and the
 candidate's and baseline's label vocabularies, and lets components/gate_decision.py
 decide: the gated metric (accuracy, or balanced accuracy on a skewed eval split), its
 floor (max of min_accuracy, chance + margin and the significance bound), the
@@ -302,7 +303,9 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         left_out = repeated if in_train is None else repeated | in_train
         judged_on = None
         if left_out.any():
-            judged_on = JudgedOn(len(eval_ids), int(repeated.sum()), int((left_out & ~repeated).sum()))
+            judged_on = JudgedOn(
+                len(eval_ids), int(repeated.sum()), int((left_out & ~repeated).sum()), in_train is not None
+            )
             label_counts = dict(collections.Counter(eval_labels[~left_out]))
             log.warning("the gate judges on the %s", judged_on.describe())
         plan = plan_gate(

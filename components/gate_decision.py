@@ -640,6 +640,7 @@ class JudgedOn:
     records: int  # the eval split's records
     repeats: int  # records whose image is an earlier eval record's
     in_train: int  # records of the rest whose image the candidate trained on
+    train_known: bool = True  # False: the candidate keeps no record of its train images
 
     @property
     def examples(self) -> int:
@@ -653,10 +654,10 @@ class JudgedOn:
             parts.append(
                 f"{self.in_train} {'is an image' if self.in_train == 1 else 'are images'} the candidate trained on"
             )
-        return (
-            f"{self.examples} distinct eval images the candidate did not train on "
-            f"(of {self.records} records: {'; '.join(parts)})"
-        )
+        if not self.train_known:
+            parts.append("the candidate keeps no record of its train images")
+        which = " the candidate did not train on" if self.train_known else ""
+        return f"{self.examples} distinct eval images{which} (of {self.records} records: {'; '.join(parts)})"
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -757,7 +758,7 @@ def with_seen_examples(
         return BaselinePlan(
             False,
             f"{_who_trained_on(eval_examples, seen, candidate_seen, repeats)}: the {unseen} "
-            f"{'distinct images ' if repeats else ''}that neither model trained on are fewer than "
+            f"{'distinct images left' if repeats else 'that neither model trained on'} are fewer than "
             f"{MIN_UNSEEN_TO_COMPARE} to compare on",
             seen_eval_examples=seen,
         )

@@ -73,7 +73,12 @@ class Answers:
 
     def per_class(self) -> dict[str, float]:
         """The recall of each true class these records hold."""
-        return {str(c): float(np.mean(self.right[self.labels == c])) for c in sorted(set(self.labels))}
+        if not len(self):
+            return {}
+        classes, which = np.unique(self.labels.astype(str), return_inverse=True)
+        right = np.bincount(which, weights=self.right.astype(float), minlength=len(classes))
+        totals = np.bincount(which, minlength=len(classes))
+        return {str(c): float(r / n) for c, r, n in zip(classes, right, totals, strict=True)}
 
     def balanced(self) -> float:
         """The mean recall over the true classes these records hold (NaN on no record)."""

@@ -808,8 +808,8 @@ def test_copies_of_eval_images_count_once(tmp_path, fake_tfma, monkeypatch):
     assert gate["reasons"] == [
         "no model can be blessed on this eval split: not even 4 right of 4 eval examples would pass a one-sided "
         "binomial test against the majority class's 0.500, p <= 0.05: the eval split is too small to tell a "
-        "model from chance; add eval images; judged on the 4 distinct eval images the candidate did not train "
-        "on (of 40 records: 36 repeat an image earlier in the split)"
+        "model from chance; add eval images; judged on the 4 distinct eval images (of 40 "
+        "records: 36 repeat an image earlier in the split; the candidate keeps no record of its train images)"
     ]
 
 
@@ -921,6 +921,33 @@ def test_a_regression_on_the_images_neither_model_trained_on_unblesses_in_the_ju
         "model's 1.000 by more than max_regression 0.000"
     ]
     assert outputs["blessing"][0].get_int_custom_property("blessed") == 0
+
+
+def test_copies_of_eval_images_are_left_out_of_the_comparison_too(tmp_path, fake_tfma, monkeypatch):
+    """The baseline saw 30 of the 55 eval images; 5 records at the end copy images 40-44. The
+    candidate (no record of its train images) is judged on the 55 images, and both models are
+    compared on the 25 the baseline did not see, each once."""
+    import tensorflow as tf
+
+    from components.gate_decision import EvalResults
+
+    calls = _answers(monkeypatch, lambda model, i: model == 0 or i < 45)
+    resplit = _resplit(tmp_path, seen=30, unseen=25)
+    split = tmp_path / "examples" / "Split-eval"
+    records = list(
+        tf.data.TFRecordDataset(str(split / "data.gz"), compression_type="GZIP").as_numpy_iterator()
+    )
+    with tf.io.TFRecordWriter(str(split / "more.gz"), options="GZIP") as w:
+        for r in records[40:45]:
+            w.write(r)
+    counts = dict(resplit[3], a=resplit[3]["a"] + 3, b=resplit[3]["b"] + 2)
+    gate, _ = _evaluate_resplit(tmp_path, fake_tfma, (*resplit[:3], counts), EvalResults(0.9, 60, {}, None))
+    [(measured, _)] = calls
+    assert measured == [True] * 55 + [False] * 5
+    assert gate["judged_on"] == {"records": 60, "repeats": 5, "in_train": 0, "examples": 55}
+    assert (gate["baseline"]["seen_eval_examples"], gate["baseline"]["compared_examples"]) == (30, 25)
+    # Right on 30-44 of the 25 it did not see (the copies, which it gets wrong, not counted).
+    assert gate["baseline"]["accuracy"] == 0.6 and gate["baseline"]["candidate_accuracy"] == 1.0
 
 
 def test_a_damaged_record_of_training_images_falls_back_to_the_whole_split(tmp_path, fake_tfma):

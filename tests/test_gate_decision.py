@@ -702,3 +702,89 @@ def test_balanced_accuracy_is_the_mean_recall_over_the_eval_classes():
     assert balanced_accuracy({"a": 1.0, "b": 0.5, "x": 0.0}, ["a", "b", "x"]) == pytest.approx(0.5)
     assert balanced_accuracy({"a": 1.0}, ["a", "b"]) is None  # a class without a recall: unknown
     assert balanced_accuracy({}, []) is None
+
+
+# ------------------------------------------------- judged on part of the eval split
+class _Answers:
+    """A model's answers on some eval records, as components/unseen_comparison.Answers."""
+
+    def __init__(self, labels, right):
+        self.labels, self.right = list(labels), list(right)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def accuracy(self):
+        return sum(self.right) / len(self.right)
+
+    def per_class(self):
+        out = {}
+        for c in sorted(set(self.labels)):
+            hits = [r for label, r in zip(self.labels, self.right, strict=True) if label == c]
+            out[c] = sum(hits) / len(hits)
+        return out
+
+    def value(self, balanced):
+        recall = self.per_class()
+        return sum(recall.values()) / len(recall) if balanced else self.accuracy()
+
+
+def test_judged_results_apply_every_bound_to_the_judged_records():
+    """TFMA saw 100 records and 0.95; on the 60 judged ones the candidate is right on all 40 'a',
+    all 10 'c' and 1 of 10 'b': the floor passes (0.85), 'b''s recall 0.1 fails min_class_recall
+    0.2, and the comparison on the ones the baseline did not see fails too."""
+    from components.gate_decision import EvalResults, JudgedOn, judged_results
+
+    judged = JudgedOn(records=100, repeats=30, in_train=10)
+    counts = {"a": 40, "b": 10, "c": 10}
+    labels = ["a"] * 40 + ["b"] * 10 + ["c"] * 10
+    config = GateConfig(metric="accuracy", min_class_recall=0.2)
+    plan = plan_gate(config, counts, ["a", "b", "c"], ["a", "b", "c"], judged_on=judged)
+    assert plan.judged_on == judged and plan.floor.eval_examples == 60 and plan.floor.value < 0.85
+    candidate = _Answers(labels, [True] * 40 + [True] + [False] * 9 + [True] * 10)
+    pair = (_Answers(["a", "b"], [True, False]), _Answers(["a", "b"], [True, True]))
+    tfma = EvalResults(0.95, 100, {"a": 0.95, "b": 0.95, "c": 0.95}, None)
+    results, failed = judged_results(plan, tfma, candidate, pair)
+    assert failed and (results.accuracy, results.examples) == (51 / 60, 60)
+    assert results.per_class == {"a": 1.0, "b": 0.1, "c": 1.0}
+    assert (results.whole_split_accuracy, results.whole_split_examples) == (0.95, 100)
+    assert (results.compared_accuracy, results.baseline_accuracy) == (0.5, 1.0)
+    assert [(f.class_name, f.is_change) for f in results.failures] == [("b", False), (None, True)]
+    record = gate_record(plan, results, blessed=False)
+    assert record["judged_on"] == {"records": 100, "repeats": 30, "in_train": 10, "examples": 60}
+    assert record["whole_split"] == {"accuracy": 0.95, "examples": 100}
+    assert record["reasons"][0] == "class 'b' recall 0.100 is below min_class_recall 0.200"
+
+    # Balanced accuracy: the mean of the judged recalls (1/3 when only 'a' is right) fails its floor.
+    balanced = plan_gate(
+        GateConfig(metric="balanced_accuracy", min_class_recall=0),
+        counts,
+        ["a", "b", "c"],
+        None,
+        judged_on=judged,
+    )
+    only_a = _Answers(labels, [True] * 40 + [False] * 20)
+    results, failed = judged_results(balanced, tfma, only_a)
+    assert failed and results.balanced_accuracy == pytest.approx(1 / 3)
+    assert results.failures[0].class_name is None and results.failures[0].value == pytest.approx(1 / 3)
+    assert reasons(balanced, results)[0].endswith(
+        "; judged on the 60 distinct eval images the candidate did not train on (of 100 records: 30 repeat "
+        "an image earlier in the split; 10 are images the candidate trained on)"
+    )
+    # All right on the judged records: nothing fails.
+    results, failed = judged_results(plan, tfma, _Answers(labels, [True] * 60))
+    assert not failed and list(results.failures) == []
+
+
+def test_a_judged_split_without_a_class_names_what_was_left_out():
+    from components.gate_decision import GateNotComputable, JudgedOn
+
+    judged = JudgedOn(records=40, repeats=0, in_train=20, train_known=True)
+    with pytest.raises(
+        GateNotComputable, match=r"class 'b' of the model has no example in the eval split's 20 distinct"
+    ):
+        plan_gate(GateConfig(), {"a": 20}, ["a", "b"], None, judged_on=judged)
+    assert JudgedOn(10, 4, 0, train_known=False).describe() == (
+        "6 distinct eval images (of 10 records: 4 repeat an image earlier in the split; the candidate keeps "
+        "no record of its train images)"
+    )

@@ -393,7 +393,7 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
         )
     if component in _DECODING and config.data_dir and any(m in message.lower() for m in _DECODE_MARKERS):
         message += _explained(
-            lambda: _undecodable_records(config),
+            lambda: _undecodable_records(config, ("eval",) if component == "Evaluator" else SPLITS),
             "records whose image the model cannot decode (remove or re-encode them; `imgpipe ingest` "
             "decodes every image before writing it)",
         )
@@ -409,12 +409,24 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
 # Components that decode the data's images, and what their errors say when one cannot be
 # decoded (TensorFlow's decoders, and trainer/preprocessing.py's checks before decoding).
 _DECODING = ("Transform", "Trainer", "Evaluator")
-_DECODE_MARKERS = ("decode", "max_image_pixels", "bmp_palette", "image file format")
+_DECODE_MARKERS = (
+    "decodeimage",
+    "decode_image",
+    "decode_jpeg",
+    "decode_png",
+    "decode_gif",
+    "decode_bmp",
+    "max_image_pixels",
+    "bmp_palette",
+    "unknown image file format",
+    "image header says",
+    "palette (indexed-colour) bmp",
+)
 _MAX_NAMED = 10
 
 
-def _undecodable_records(config: PipelineConfig) -> list[str]:
-    """The data's records (train, then eval) whose image the model's own decoder refuses, at most
+def _undecodable_records(config: PipelineConfig, splits: tuple[str, ...]) -> list[str]:
+    """The records of the data's `splits` whose image the model's own decoder refuses, at most
     _MAX_NAMED: TFRecords made elsewhere are checked only by their first records before a run."""
     import tensorflow as tf
 
@@ -428,7 +440,7 @@ def _undecodable_records(config: PipelineConfig) -> list[str]:
     )
     log.info("looking for the records whose image cannot be decoded (reads every record)")
     found: list[str] = []
-    for split in SPLITS:
+    for split in splits:
         found += undecodable_images(os.path.join(config.data_dir, split), _MAX_NAMED - len(found), decode)
         if len(found) >= _MAX_NAMED:
             break

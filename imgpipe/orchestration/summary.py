@@ -77,6 +77,10 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
     gate = metadata.gate_record(evaluation_uri)
+    if gate and isinstance(gate.get("judged_on"), dict):
+        # The gate judged the candidate on part of the eval split (each image once, none it
+        # trained on): its numbers are the run's; TFMA's whole-split ones stay in the record.
+        accuracy, per_class, baseline = gate.get("accuracy"), gate.get("per_class_recall") or {}, None
     if baseline is None and gate:
         # A baseline identical to the candidate, or measured earlier, is compared without TFMA
         # evaluating it again: the gate record holds its value in the gated metric, which is

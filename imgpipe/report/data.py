@@ -462,10 +462,11 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
             )
         )
     if record.get("eval_examples_in_train"):
+        effect = "left out of the numbers above" if isinstance(judged, dict) else "they flatter its accuracy"
         details.append(
             (
                 "eval_examples_in_train",
-                f"{record['eval_examples_in_train']} (images the model trained on: they flatter its accuracy)",
+                f"{record['eval_examples_in_train']} (images the model trained on: {effect})",
             )
         )
     if record.get("anomalies_allowed"):
