@@ -373,3 +373,27 @@ def test_an_airflow_home_keeps_its_newest_runs_and_is_not_pruned_mid_run(tmp_pat
     assert all(_state(home, r["model"]) == LIVE for r in (r1, r2, r3))
     # A local run's recovery leaves that execution alone too: it may be alive.
     assert recovery.abandon_dead_executions(home.store, "imgpipe", home.root, found_by="a run") == []
+
+
+def test_a_judged_runs_accuracy_is_the_gates_not_tfmas(tmp_path):
+    """When the gate judged the candidate on part of the eval split (copies of images, images it
+    trained on), the run's accuracy and per-class accuracy are the gate's numbers."""
+    home = FakeHome(str(tmp_path / "home"))
+    _, made = home.execute(
+        "run1",
+        "Evaluator",
+        outputs={"blessing": ("ModelBlessing", {"blessed": 0}), "evaluation": ("ModelEvaluation", {})},
+    )
+    gate = {
+        "accuracy": 0.5,
+        "per_class_recall": {"a": 0.4, "b": 0.6},
+        "judged_on": {"records": 40, "repeats": 36, "in_train": 0, "examples": 4},
+        "whole_split": {"accuracy": 0.9, "examples": 40},
+        "metric": "accuracy",
+        "baseline": {"compared": False, "accuracy": None},
+    }
+    with open(os.path.join(made["evaluation"].uri, "gate.json"), "w", encoding="utf-8") as f:
+        json.dump(gate, f)
+    s = summarize_run(PipelineConfig(home=home.home), "run1")
+    assert (s.accuracy, s.per_class_accuracy, s.baseline_accuracy) == (0.5, {"a": 0.4, "b": 0.6}, None)
+    assert s.gate["whole_split"]["accuracy"] == 0.9
