@@ -754,7 +754,9 @@ def with_seen_examples(
     if either <= 0:
         return dataclasses.replace(baseline, seen_eval_examples=seen)
     unseen = eval_examples - either
-    if unseen < MIN_UNSEEN_TO_COMPARE:
+    # The minimum is for images a model saw: copies of an image, left out, flatter neither model,
+    # and the whole split is compared on however few images it has.
+    if unseen < MIN_UNSEEN_TO_COMPARE and (seen or candidate_seen):
         return BaselinePlan(
             False,
             f"{_who_trained_on(eval_examples, seen, candidate_seen, repeats)}: the {unseen} "
@@ -768,8 +770,6 @@ def with_seen_examples(
 def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int, repeats: int = 0) -> str:
     """Which model trained on how many of the eval examples (the same image bytes in its train
     split), and how many repeat an earlier eval record's image."""
-    if not seen and not candidate_seen:
-        return f"{repeats} of the {eval_examples} eval examples repeat an image earlier in the split"
     parts = []
     if seen:
         parts.append(f"the latest blessed model trained on {seen}")
@@ -961,7 +961,12 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             unseen = plan.baseline.compared_examples
             current = results.compared_accuracy if unseen is not None else gated_value(plan, results)
             current = current if current is not None else float("nan")
-            where = f" on the {unseen} eval examples neither model trained on" if unseen is not None else ""
+            what = (
+                "distinct eval images"
+                if plan.judged_on is not None and plan.judged_on.repeats
+                else "eval examples"
+            )
+            where = f" on the {unseen} {what} neither model trained on" if unseen is not None else ""
             out.append(
                 f"{plan.floor.metric_text} {current:.3f}{where} regressed from the latest blessed model's {base_text} "
                 f"by more than max_regression {plan.max_regression:.3f}"

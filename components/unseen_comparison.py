@@ -73,12 +73,13 @@ class Answers:
 
     def per_class(self) -> dict[str, float]:
         """The recall of each true class these records hold."""
-        if not len(self):
-            return {}
-        classes, which = np.unique(self.labels.astype(str), return_inverse=True)
-        right = np.bincount(which, weights=self.right.astype(float), minlength=len(classes))
-        totals = np.bincount(which, minlength=len(classes))
-        return {str(c): float(r / n) for c, r, n in zip(classes, right, totals, strict=True)}
+        # Counted by the labels as they are: NumPy's fixed-width strings would drop a trailing NUL.
+        right: dict[str, int] = {}
+        totals: dict[str, int] = {}
+        for label, hit in zip(self.labels, self.right, strict=True):
+            totals[label] = totals.get(label, 0) + 1
+            right[label] = right.get(label, 0) + int(hit)
+        return {c: right[c] / totals[c] for c in sorted(totals)}
 
     def balanced(self) -> float:
         """The mean recall over the true classes these records hold (NaN on no record)."""

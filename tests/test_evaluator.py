@@ -923,6 +923,38 @@ def test_a_regression_on_the_images_neither_model_trained_on_unblesses_in_the_ju
     assert outputs["blessing"][0].get_int_custom_property("blessed") == 0
 
 
+def test_copies_alone_do_not_stop_the_comparison_on_a_small_split(tmp_path, fake_tfma, monkeypatch):
+    """19 distinct images and one copy, no image any model trained on: the copy is left out and
+    the two models are compared on the 19, as they would be without it (the minimum of 20 is
+    for splits where a model saw some images)."""
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    items, counts = _repeated_eval(tmp_path, {i: 2 if i == 0 else 1 for i in range(19)})
+    _answers(monkeypatch, lambda model, i: model == 1 or i < 16)  # candidate 16/19, baseline 19/19
+    baseline = _model(tmp_path, "old", ["a", "b"])
+    candidate = _model(tmp_path, "new", ["a", "b"])
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [candidate],
+        "baseline_model": [baseline],
+        "data_report": [_report(tmp_path, counts)],
+    }
+    fake_tfma["results"] = EvalResults(0.85, 20, {"a": 0.85, "b": 0.85}, None)
+    outputs = _outputs(tmp_path)
+    GateEvaluatorExecutor().Do(inputs, outputs, _props({"significance": 0}))
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["judged_on"] == {"records": 20, "repeats": 1, "in_train": 0, "examples": 19}
+    assert gate["baseline"]["compared"] is True and gate["baseline"]["compared_examples"] == 19
+    assert (gate["baseline"]["candidate_accuracy"], gate["baseline"]["accuracy"]) == (16 / 19, 1.0)
+    assert gate["blessed"] is False and gate["reasons"] == [
+        "accuracy 0.842 on the 19 distinct eval images neither model trained on regressed from the latest "
+        "blessed model's 1.000 by more than max_regression 0.000"
+    ]
+
+
 def test_copies_of_eval_images_are_left_out_of_the_comparison_too(tmp_path, fake_tfma, monkeypatch):
     """The baseline saw 30 of the 55 eval images; 5 records at the end copy images 40-44. The
     candidate (no record of its train images) is judged on the 55 images, and both models are

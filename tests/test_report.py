@@ -213,6 +213,17 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         "images it trained on): the numbers above are on them; on every record TFMA measured accuracy 0.9500"
     )
     assert "judged_on" not in dict(data.gate_from_record(both).details)
+    copies = dict(
+        _gate_record(["7"]),
+        eval_examples=19,
+        judged_on={"records": 20, "repeats": 1, "in_train": 0, "examples": 19},
+        baseline=dict(resplit["baseline"], seen_eval_examples=None, compared_examples=19),
+    )
+    assert data.gate_from_record(copies).baseline_note.startswith(
+        "latest blessed model, on the 19 distinct eval images neither model trained on (1 of the 20 repeat an "
+        "earlier eval image), where this model has 0.8000"
+    )
+    assert "; 6 repeat an earlier eval image), where" in g.baseline_note
     # Compared on the whole split (no model saw an eval image): no note about left-out images.
     whole = dict(resplit, baseline=dict(resplit["baseline"], seen_eval_examples=0, compared_examples=60))
     assert data.gate_from_record(whole).baseline_note == "latest blessed model; allowed regression 0.0000"

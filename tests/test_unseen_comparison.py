@@ -146,3 +146,16 @@ def test_accuracies_count_only_the_unseen_records(tmp_path, serving_model):
         accuracies_on_unseen(
             np.ones(len(records), bool), str(tmp_path / "eval"), [serving_model.export_dir], 64
         )
+
+
+def test_answers_count_each_label_as_it_is():
+    """Labels padded with NUL bytes (fixed-width fields) stay themselves: NumPy's fixed-width
+    strings would drop the NUL, and the recalls would match no eval class."""
+    from components.unseen_comparison import Answers
+
+    labels = np.array(["5\x00", "5\x00", "6\x00", "6", "6"], dtype=object)
+    answers = Answers(labels, np.array([True, False, True, True, True]))
+    assert answers.per_class() == {"5\x00": 0.5, "6": 1.0, "6\x00": 1.0}
+    assert answers.accuracy() == 0.8 and answers.balanced() == pytest.approx(2.5 / 3)
+    assert answers.on(np.array([True, True, False, False, False])).per_class() == {"5\x00": 0.5}
+    assert Answers(labels[:0], np.zeros(0, bool)).per_class() == {}

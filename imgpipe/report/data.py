@@ -386,10 +386,19 @@ def early_stopping_entries(training_summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _compared_on_a_subset(record: Mapping[str, Any]) -> bool:
-    """Whether gate.json's baseline comparison left out eval images a model trained on."""
+    """Whether gate.json's baseline comparison left out eval images a model trained on, or copies."""
     baseline = record.get("baseline") or {}
+    if _repeats(record) and baseline.get("compared_examples") is not None:
+        return True
     seen = baseline.get("seen_eval_examples") or record.get("eval_examples_in_train")
     return bool(seen) and baseline.get("compared_examples") not in (None, record.get("eval_examples"))
+
+
+def _repeats(record: Mapping[str, Any]) -> int:
+    """How many eval records the gate left out as copies of an earlier one (gate.json `judged_on`)."""
+    judged = record.get("judged_on")
+    repeats = judged.get("repeats") if isinstance(judged, dict) else None
+    return repeats if isinstance(repeats, int) else 0
 
 
 def _fmt(x: Any) -> str:
@@ -432,10 +441,20 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
             )
             if n
         ]
+        repeats = _repeats(record)
+        why = []
+        if trained:
+            why.append(
+                f"{' and '.join(trained)} of the {_eval_records(record)}: the same image bytes were in the train split"
+            )
+        if repeats:
+            why.append(
+                f"{repeats}{'' if trained else f' of the {_eval_records(record)}'} repeat an earlier eval image"
+            )
         baseline_note = (
-            f"latest blessed model, on the {baseline.get('compared_examples')} eval examples neither model "
-            f"trained on ({' and '.join(trained)} of the {_eval_records(record)}: the same image bytes "
-            f"were in the train split), where this model has {_fmt(baseline.get('candidate_accuracy'))}; "
+            f"latest blessed model, on the {baseline.get('compared_examples')} "
+            f"{'distinct eval images' if repeats else 'eval examples'} neither model trained on ({'; '.join(why)}), "
+            f"where this model has {_fmt(baseline.get('candidate_accuracy'))}; "
             f"allowed regression {_fmt(baseline.get('max_regression'))}"
         )
     elif baseline.get("compared"):
