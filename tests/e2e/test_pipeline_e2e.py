@@ -446,7 +446,12 @@ def test_data_split_anew_compares_the_baseline_only_on_images_it_did_not_train_o
     base_config, first_run, tmp_path
 ):
     """The same images ingested with another seed and eval fraction: most of the new eval split is
-    images the blessed model trained on. It is compared with the candidate only on the rest."""
+    images the blessed model trained on. It is compared with the candidate only on the rest.
+
+    A file added to the eval split copies 5 of its images (records made elsewhere): the candidate
+    is judged on each image once (gate.json `judged_on`), and the copies are not compared on."""
+    from tests import helpers
+
     images = os.path.join(os.path.dirname(base_config.data_dir), "images")  # what digits_records ingested
     data = str(tmp_path / "records")
     ingest.ingest(images, data, eval_fraction=0.6, seed=11)
@@ -455,6 +460,9 @@ def test_data_split_anew_compares_the_baseline_only_on_images_it_did_not_train_o
     unseen = [r for r in evals if r[1] not in trained_on]
     seen = len(evals) - len(unseen)
     assert seen > len(unseen) >= 20, (seen, len(unseen))  # the case: mostly seen, enough left to compare
+    helpers.write_tfrecords(
+        os.path.join(data, "eval", "zz-copies.tfrecord"), [(img, lbl) for lbl, img in unseen[:5]]
+    )
 
     # Not blessed (min_accuracy 1.0), so the first model stays the baseline of the runs after this one.
     s = run_local(
@@ -470,11 +478,14 @@ def test_data_split_anew_compares_the_baseline_only_on_images_it_did_not_train_o
     baseline = s.gate["baseline"]
     assert baseline["compared"] is True and baseline["reused_from"] is None, s.gate
     assert (baseline["seen_eval_examples"], baseline["compared_examples"]) == (seen, len(unseen))
-    assert s.gate["eval_examples"] == len(evals)
-    # Both numbers, recomputed here through another signature of each model on those images.
+    judged = {"records": len(evals) + 5, "repeats": 5, "in_train": 0, "examples": len(evals)}
+    assert s.gate["judged_on"] == judged and s.gate["eval_examples"] == len(evals)
+    assert s.gate["whole_split"]["examples"] == len(evals) + 5 and s.gate["measured"] is None
+    # Each number, recomputed here through another signature of each model on those images.
     assert baseline["accuracy"] == pytest.approx(_top1_accuracy(first_run.pushed, unseen), abs=1e-6)
-    candidate = os.path.join(s.gate["measured"]["model"], "Format-Serving")
+    candidate = os.path.join(s.gate["tfma_run"]["model"], "Format-Serving")
     assert baseline["candidate_accuracy"] == pytest.approx(_top1_accuracy(candidate, unseen), abs=1e-6)
+    assert s.accuracy == s.gate["accuracy"] == pytest.approx(_top1_accuracy(candidate, evals), abs=1e-6)
     assert s.baseline_accuracy == baseline["accuracy"]
     assert "neither model trained on" in report_build.load_report(s.run_dir).gate.baseline_note
 
