@@ -864,17 +864,13 @@ def test_a_class_whose_eval_images_are_all_copies_of_train_images_cannot_be_judg
         _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 55, {}, None), with_baseline=False)
 
 
-def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_path, fake_tfma, monkeypatch):
-    """The baseline saw 30 of the 55 eval images, the candidate 5 of the other 25 (and 2 of the 30):
-    the candidate is judged on the 48 it did not see, and both are compared on the 20 neither saw,
-    so neither model is flattered."""
+def _candidate_trained_on_records_28_to_34(tmp_path):
+    """`_resplit` with seen=30, unseen=25, and a candidate that trained on eval records 28-34 (2 of
+    the baseline's 30 and 5 of the other 25)."""
     import tensorflow as tf
 
-    from components.gate_decision import EvalResults
     from trainer import image_ids
 
-    # The candidate is right on every record; the baseline on the first 40 only.
-    calls = _answers(monkeypatch, lambda model, i: model == 0 or i < 40)
     resplit = _resplit(tmp_path, seen=30, unseen=25)
     split = tmp_path / "examples" / "Split-eval" / "data.gz"
     records = list(tf.data.TFRecordDataset(str(split), compression_type="GZIP").as_numpy_iterator())
@@ -882,6 +878,18 @@ def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_
         for r in records[28:35]:
             w.write(r)
     image_ids.write(resplit[2].uri, str(tmp_path / "new_train.tfrecord"))
+    return resplit
+
+
+def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_path, fake_tfma, monkeypatch):
+    """The baseline saw 30 of the 55 eval images, the candidate 5 of the other 25 (and 2 of the 30):
+    the candidate is judged on the 48 it did not see, and both are compared on the 20 neither saw,
+    so neither model is flattered."""
+    from components.gate_decision import EvalResults
+
+    # The candidate is right on every record; the baseline on the first 40 only.
+    calls = _answers(monkeypatch, lambda model, i: model == 0 or i < 40)
+    resplit = _candidate_trained_on_records_28_to_34(tmp_path)
     gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.95, 55, {}, None))
     assert fake_tfma["inputs"]["baseline_model"] == []
     [(measured, model_dirs)] = calls
@@ -900,19 +908,10 @@ def test_a_regression_on_the_images_neither_model_trained_on_unblesses_in_the_ju
 ):
     """As above, with the candidate right on the first 40 records only and the baseline on all:
     above its floor on the 48 it did not see (33 right), it regresses on the 20 neither saw."""
-    import tensorflow as tf
-
     from components.gate_decision import EvalResults
-    from trainer import image_ids
 
     _answers(monkeypatch, lambda model, i: model == 1 or i < 40)
-    resplit = _resplit(tmp_path, seen=30, unseen=25)
-    split = tmp_path / "examples" / "Split-eval" / "data.gz"
-    records = list(tf.data.TFRecordDataset(str(split), compression_type="GZIP").as_numpy_iterator())
-    with tf.io.TFRecordWriter(str(tmp_path / "new_train.tfrecord")) as w:
-        for r in records[28:35]:
-            w.write(r)
-    image_ids.write(resplit[2].uri, str(tmp_path / "new_train.tfrecord"))
+    resplit = _candidate_trained_on_records_28_to_34(tmp_path)
     gate, outputs = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.95, 55, {}, None))
     assert gate["accuracy"] == pytest.approx(33 / 48) and gate["floor"] < 33 / 48
     assert (gate["baseline"]["accuracy"], gate["baseline"]["candidate_accuracy"]) == (1.0, 0.25)
