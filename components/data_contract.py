@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from components.gate_decision import label_set_change
-from trainer.features import IMAGE_KEY, LABEL_KEY
+from trainer.features import IMAGE_KEY, LABEL_KEY, code_points
 
 REQUIRED_FEATURES = (IMAGE_KEY, LABEL_KEY)
 SPLITS = ("train", "eval")
@@ -46,11 +46,7 @@ def _q(name: str) -> str:
     name = str(name)
     if unicodedata.is_normalized("NFC", name):
         return repr(name)
-    return f"{name!r} ({_code_points(name)})"
-
-
-def _code_points(name: str) -> str:
-    return " ".join(f"U+{ord(ch):04X}" for ch in name)
+    return f"{name!r} ({code_points(name)})"
 
 
 def look_alike_labels(labels: Iterable[str]) -> list[str]:
@@ -62,7 +58,7 @@ def look_alike_labels(labels: Iterable[str]) -> list[str]:
     out = []
     for _, group in sorted(groups.items()):
         if len(group) > 1:
-            names = " and ".join(f"{label!r} ({_code_points(label)})" for label in sorted(group))
+            names = " and ".join(f"{label!r} ({code_points(label)})" for label in sorted(group))
             out.append(
                 f"labels {names} are one text in different Unicode forms: they print alike but are "
                 f"{len(group)} classes (normalise the labels to NFC; `imgpipe ingest` does)"

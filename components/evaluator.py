@@ -304,7 +304,11 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         judged_on = None
         if left_out.any():
             judged_on = JudgedOn(
-                len(eval_ids), int(repeated.sum()), int((left_out & ~repeated).sum()), in_train is not None
+                len(eval_ids),
+                int(repeated.sum()),
+                int((left_out & ~repeated).sum()),
+                in_train is not None,
+                image_ids.conflicting_labels(eval_ids, eval_labels) if repeated.any() else 0,
             )
             label_counts = dict(collections.Counter(eval_labels[~left_out]))
             log.warning("the gate judges on the %s", judged_on.describe())

@@ -168,7 +168,9 @@ def accuracy_floor(
     )
 
 
-def gated_metric(setting: str, eval_label_counts: Mapping[str, int]) -> tuple[str, str]:
+def gated_metric(
+    setting: str, eval_label_counts: Mapping[str, int], where: str = "the eval split's"
+) -> tuple[str, str]:
     """(the metric the gate applies to, why): `setting` itself, or for METRIC_AUTO balanced accuracy
     when the eval split's largest class has more than IMBALANCE_RATIO times the examples of its
     smallest (the rule the Trainer's class_weights "auto" follows on the train split), else accuracy."""
@@ -179,11 +181,11 @@ def gated_metric(setting: str, eval_label_counts: Mapping[str, int]) -> tuple[st
     if ratio > IMBALANCE_RATIO:
         return (
             METRIC_BALANCED,
-            f"auto: the eval split's largest/smallest class = {ratio:.2f} > {IMBALANCE_RATIO}",
+            f"auto: {where} largest/smallest class = {ratio:.2f} > {IMBALANCE_RATIO}",
         )
     return (
         METRIC_ACCURACY,
-        f"auto: the eval split's largest/smallest class = {ratio:.2f} <= {IMBALANCE_RATIO}",
+        f"auto: {where} largest/smallest class = {ratio:.2f} <= {IMBALANCE_RATIO}",
     )
 
 
@@ -612,6 +614,12 @@ def check_computable(
 ) -> None:
     """GateNotComputable naming each of the model's classes that has no eval example (with
     `judged_on`: none among the eval images the gate judges on)."""
+    if judged_on is not None and judged_on.examples <= 0:
+        raise GateNotComputable(
+            f"no eval image is left to judge the candidate on: of the eval split's {judged_on.records} records, "
+            f"{judged_on.left_out_text()}; the eval split must hold images the model did not train on "
+            "(split the data again, e.g. with `imgpipe ingest`, which keeps each image in one split)"
+        )
     where = "the eval split" if judged_on is None else f"the eval split's {judged_on.describe()}"
     if sum(eval_label_counts.values()) <= 0:
         verb = "has" if judged_on is None else "hold"
@@ -641,12 +649,14 @@ class JudgedOn:
     repeats: int  # records whose image is an earlier eval record's
     in_train: int  # records of the rest whose image the candidate trained on
     train_known: bool = True  # False: the candidate keeps no record of its train images
+    conflicting: int = 0  # images whose copies carry more than one label
 
     @property
     def examples(self) -> int:
         return self.records - self.repeats - self.in_train
 
-    def describe(self) -> str:
+    def left_out_text(self) -> str:
+        """What was left out and why: '3 repeat an image earlier in the split; 2 are images ...'."""
         parts = []
         if self.repeats:
             parts.append(f"{self.repeats} repeat an image earlier in the split")
@@ -654,10 +664,20 @@ class JudgedOn:
             parts.append(
                 f"{self.in_train} {'is an image' if self.in_train == 1 else 'are images'} the candidate trained on"
             )
+        if self.conflicting:
+            parts.append(
+                f"{self.conflicting} {'image has' if self.conflicting == 1 else 'images have'} copies under "
+                "another label (the first record's label in the split as ExampleGen wrote it is the one judged)"
+            )
         if not self.train_known:
             parts.append("the candidate keeps no record of its train images")
+        return "; ".join(parts)
+
+    def describe(self) -> str:
         which = " the candidate did not train on" if self.train_known else ""
-        return f"{self.examples} distinct eval images{which} (of {self.records} records: {'; '.join(parts)})"
+        return (
+            f"{self.examples} distinct eval images{which} (of {self.records} records: {self.left_out_text()})"
+        )
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -665,6 +685,7 @@ class JudgedOn:
             "repeats": self.repeats,
             "in_train": self.in_train,
             "examples": self.examples,
+            "conflicting_labels": self.conflicting,
         }
 
 
@@ -818,7 +839,8 @@ def plan_gate(
 
     eval_label_counts: of the records the candidate is judged on (`judged_on`'s, when given)."""
     check_computable(eval_label_counts, class_names, judged_on)
-    metric, why = gated_metric(gate.metric, eval_label_counts)
+    where = "the eval split's" if judged_on is None else "the judged eval images'"
+    metric, why = gated_metric(gate.metric, eval_label_counts, where)
     floor_of = balanced_floor if metric == METRIC_BALANCED else accuracy_floor
     return GatePlan(
         floor=floor_of(gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance),

@@ -745,7 +745,13 @@ def test_eval_images_the_candidate_trained_on_are_left_out_of_its_judgement(tmp_
     )
     assert calls == [([False] * 3 + [True] * 20, [str(tmp_path / "new" / "Format-Serving")])]
     assert gate["eval_examples_in_train"] == 3
-    assert gate["judged_on"] == {"records": 23, "repeats": 0, "in_train": 3, "examples": 20}
+    assert gate["judged_on"] == {
+        "records": 23,
+        "repeats": 0,
+        "in_train": 3,
+        "examples": 20,
+        "conflicting_labels": 0,
+    }
     assert gate["whole_split"] == {"accuracy": 0.9, "examples": 23}
     assert (gate["accuracy"], gate["eval_examples"]) == (0.6, 20)
     assert gate["per_class_recall"] == {"a": 0.6, "b": 0.6}
@@ -801,7 +807,13 @@ def test_copies_of_eval_images_count_once(tmp_path, fake_tfma, monkeypatch):
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         gate = json.load(f)
     assert calls[0][0] == [True] * 4 + [False] * 36  # the first copy of each image, in file order
-    assert gate["judged_on"] == {"records": 40, "repeats": 36, "in_train": 0, "examples": 4}
+    assert gate["judged_on"] == {
+        "records": 40,
+        "repeats": 36,
+        "in_train": 0,
+        "examples": 4,
+        "conflicting_labels": 0,
+    }
     assert (gate["accuracy"], gate["eval_examples"], gate["floor"]) == (1.0, 4, 1.25)
     assert gate["eval_examples_in_train"] is None  # the candidate keeps no record
     assert gate["blessed"] is False
@@ -895,7 +907,13 @@ def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_
     [(measured, model_dirs)] = calls
     assert measured == [True] * 28 + [False] * 7 + [True] * 20 and len(model_dirs) == 2
     assert gate["eval_examples_in_train"] == 7
-    assert gate["judged_on"] == {"records": 55, "repeats": 0, "in_train": 7, "examples": 48}
+    assert gate["judged_on"] == {
+        "records": 55,
+        "repeats": 0,
+        "in_train": 7,
+        "examples": 48,
+        "conflicting_labels": 0,
+    }
     assert (gate["accuracy"], gate["eval_examples"]) == (1.0, 48)
     assert (gate["baseline"]["seen_eval_examples"], gate["baseline"]["compared_examples"]) == (30, 20)
     # On the 20 neither saw (records 35-54) the baseline is right on 5 (35-39), the candidate on all.
@@ -945,7 +963,13 @@ def test_copies_alone_do_not_stop_the_comparison_on_a_small_split(tmp_path, fake
     GateEvaluatorExecutor().Do(inputs, outputs, _props({"significance": 0}))
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         gate = json.load(f)
-    assert gate["judged_on"] == {"records": 20, "repeats": 1, "in_train": 0, "examples": 19}
+    assert gate["judged_on"] == {
+        "records": 20,
+        "repeats": 1,
+        "in_train": 0,
+        "examples": 19,
+        "conflicting_labels": 0,
+    }
     assert gate["baseline"]["compared"] is True and gate["baseline"]["compared_examples"] == 19
     assert (gate["baseline"]["candidate_accuracy"], gate["baseline"]["accuracy"]) == (16 / 19, 1.0)
     assert gate["blessed"] is False and gate["reasons"] == [
@@ -975,7 +999,13 @@ def test_copies_of_eval_images_are_left_out_of_the_comparison_too(tmp_path, fake
     gate, _ = _evaluate_resplit(tmp_path, fake_tfma, (*resplit[:3], counts), EvalResults(0.9, 60, {}, None))
     [(measured, _)] = calls
     assert measured == [True] * 55 + [False] * 5
-    assert gate["judged_on"] == {"records": 60, "repeats": 5, "in_train": 0, "examples": 55}
+    assert gate["judged_on"] == {
+        "records": 60,
+        "repeats": 5,
+        "in_train": 0,
+        "examples": 55,
+        "conflicting_labels": 0,
+    }
     assert (gate["baseline"]["seen_eval_examples"], gate["baseline"]["compared_examples"]) == (30, 25)
     # Right on 30-44 of the 25 it did not see (the copies, which it gets wrong, not counted).
     assert gate["baseline"]["accuracy"] == 0.6 and gate["baseline"]["candidate_accuracy"] == 1.0

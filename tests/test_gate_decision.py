@@ -751,7 +751,13 @@ def test_judged_results_apply_every_bound_to_the_judged_records():
     assert (results.compared_accuracy, results.baseline_accuracy) == (0.5, 1.0)
     assert [(f.class_name, f.is_change) for f in results.failures] == [("b", False), (None, True)]
     record = gate_record(plan, results, blessed=False)
-    assert record["judged_on"] == {"records": 100, "repeats": 30, "in_train": 10, "examples": 60}
+    assert record["judged_on"] == {
+        "records": 100,
+        "repeats": 30,
+        "in_train": 10,
+        "examples": 60,
+        "conflicting_labels": 0,
+    }
     assert record["whole_split"] == {"accuracy": 0.95, "examples": 100}
     assert record["reasons"][0] == "class 'b' recall 0.100 is below min_class_recall 0.200"
 
@@ -788,3 +794,19 @@ def test_a_judged_split_without_a_class_names_what_was_left_out():
         "6 distinct eval images (of 10 records: 4 repeat an image earlier in the split; the candidate keeps "
         "no record of its train images)"
     )
+    assert JudgedOn(10, 4, 1, conflicting=2).describe() == (
+        "5 distinct eval images the candidate did not train on (of 10 records: 4 repeat an image earlier in "
+        "the split; 1 is an image the candidate trained on; 2 images have copies under another label (the "
+        "first record's label in the split as ExampleGen wrote it is the one judged))"
+    )
+    # Nothing left at all: said so, not "no labelled examples".
+    with pytest.raises(
+        GateNotComputable,
+        match=r"^no eval image is left to judge the candidate on: of the eval "
+        r"split's 30 records, 10 repeat an image earlier in the split; 20 are images the candidate "
+        r"trained on; the eval split must hold images the model did not train on",
+    ):
+        plan_gate(GateConfig(), {}, ["a", "b"], None, judged_on=JudgedOn(30, 10, 20))
+    # The metric's reason names what its counts are of.
+    plan = plan_gate(GateConfig(), {"a": 30, "b": 10}, ["a", "b"], None, judged_on=JudgedOn(60, 20, 0))
+    assert plan.metric_reason == "auto: the judged eval images' largest/smallest class = 3.00 > 1.5"

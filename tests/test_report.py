@@ -207,7 +207,15 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         whole_split={"accuracy": 0.95, "examples": 60},
     )
     g = data.gate_from_record(judged)
-    assert "model trained on 4 of the 60: " in g.baseline_note
+    # The parts add up to what was left out: 6 copies and 60 - 21 - 6 = 33 images a model saw.
+    assert g.baseline_note.startswith(
+        "latest blessed model, on the 21 distinct eval images neither model trained on (of the 60 records, "
+        "6 copy an earlier eval image and 33 are images a model trained on), where this model has 0.8000"
+    )
+    assert g.judged_on == "the 50 distinct eval images it did not train on"
+    assert dict(g.details)["eval_examples_in_train"].endswith(
+        "left out of the numbers above, copies included)"
+    )
     assert dict(g.details)["judged_on"] == (
         "50 distinct eval images the model did not train on, of 60 records (6 repeat an earlier image, 4 are "
         "images it trained on): the numbers above are on them; on every record TFMA measured accuracy 0.9500"
@@ -220,10 +228,10 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         baseline=dict(resplit["baseline"], seen_eval_examples=None, compared_examples=19),
     )
     assert data.gate_from_record(copies).baseline_note.startswith(
-        "latest blessed model, on the 19 distinct eval images neither model trained on (1 of the 20 repeat an "
-        "earlier eval image), where this model has 0.8000"
+        "latest blessed model, on the 19 distinct eval images neither model trained on (of the 20 records, 1 "
+        "copies an earlier eval image), where this model has 0.8000"
     )
-    assert "; 6 repeat an earlier eval image), where" in g.baseline_note
+    assert data.gate_from_record(both).judged_on == "the eval split"
     # Compared on the whole split (no model saw an eval image): no note about left-out images.
     whole = dict(resplit, baseline=dict(resplit["baseline"], seen_eval_examples=0, compared_examples=60))
     assert data.gate_from_record(whole).baseline_note == "latest blessed model; allowed regression 0.0000"
@@ -636,3 +644,20 @@ def test_the_curves_name_the_validation_slice_not_the_eval_split():
         "train": [1.0, 0.5, 0.4],
         "validation (held out of train)": [1.1, 0.7],
     }
+
+
+def test_labels_that_print_alike_are_told_apart_in_the_report(tmp_path):
+    """Two classes, one text in two Unicode forms (records made elsewhere, anomalies allowed): the
+    text and the page give the one not in NFC with its code points, the axes mark it."""
+    from imgpipe.report import figures, html
+
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    d = _report_data([composed, decomposed, "tea"], n=30)
+    marked = f"{decomposed} (U+0063 U+0061 U+0066 U+0065 U+0301)"
+    shown = text.render(d, limit=30)
+    assert marked in shown and f"{composed} (" not in shown
+    assert any(f"true {marked}" in line or f"predicted {marked}" in line for line in shown.splitlines())
+    page = html.render(d, {})
+    assert marked in page and f"<b>{composed} (" not in page
+    assert figures._short(decomposed) == f"{decomposed} (not NFC)" and figures._short(composed) == composed
+    assert len(figures._short("x" * 40 + "\u0301")) <= figures._LABEL_CHARS + 1

@@ -55,6 +55,8 @@ def test_the_train_split_is_recorded_by_image_bytes_whatever_the_label(tmp_path)
     ids, labels = image_ids.split_index(evals)
     assert list(labels) == ["cat", "dog", "x", "cat"] and list(ids) == [_blake(x) for x in (d, c, d, a)]
     assert list(image_ids.repeats(ids)) == [False, False, True, False]
+    assert image_ids.conflicting_labels(ids, labels) == 1  # d as 'cat' and as 'x'
+    assert image_ids.conflicting_labels(ids[:2], labels[:2]) == 0
     assert list(image_ids.repeats(np.zeros(0, np.uint64))) == []
 
 

@@ -1,5 +1,7 @@
 """Feature names shared by ingest, Transform, the Trainer, the Evaluator and serving."""
 
+import unicodedata
+
 # Raw tf.Example features written by `imgpipe ingest`.
 IMAGE_KEY = "image"  # encoded image bytes (JPEG, PNG, GIF or BMP)
 LABEL_KEY = "label"  # class name (utf-8 bytes)
@@ -17,3 +19,16 @@ LABEL_VOCAB = "label_vocab"  # TFT vocabulary file name of the class names
 # The largest image (width x height, from its header) that ingest accepts and the
 # preprocessing graph decodes; bigger ones are refused before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def code_points(text: str) -> str:
+    """'U+0063 U+0301': each character of `text` by its Unicode code point."""
+    return " ".join(f"U+{ord(ch):04X}" for ch in text)
+
+
+def label_text(name: str) -> str:
+    """A class name as messages and reports show it: as it is when in Unicode's composed form
+    (NFC, what `imgpipe ingest` writes), else followed by its code points, so that two labels
+    that print alike ('é' composed, and e + a combining accent) read differently."""
+    name = str(name)
+    return name if unicodedata.is_normalized("NFC", name) else f"{name} ({code_points(name)})"

@@ -74,6 +74,16 @@ def split_index(file_pattern: str | Sequence[str]) -> tuple[np.ndarray, np.ndarr
     return (np.concatenate(ids) if ids else np.zeros(0, np.uint64)), np.array(labels, dtype=object)
 
 
+def conflicting_labels(ids: np.ndarray, labels: Sequence[str]) -> int:
+    """How many images (fingerprints) appear under more than one label among the records."""
+    first: dict[int, str] = {}
+    conflicts: set[int] = set()
+    for image, label in zip(ids.tolist(), labels, strict=True):
+        if first.setdefault(image, label) != label:
+            conflicts.add(image)
+    return len(conflicts)
+
+
 def repeats(ids: np.ndarray) -> np.ndarray:
     """A mask over `ids`: True where that record's image is an earlier record's (the first of each
     image is False), so `ids[~repeats(ids)]` holds each image once."""

@@ -78,6 +78,7 @@ class GateView:
     reasons: list[str]
     details: list[tuple[str, str]]  # further (name, value) rows
     metric: str = "accuracy"  # what candidate, baseline and floor measure: "accuracy" or "balanced accuracy"
+    judged_on: str = "the eval split"  # the records the candidate's number is on
 
 
 @dataclasses.dataclass
@@ -441,19 +442,24 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
             )
             if n
         ]
-        repeats = _repeats(record)
-        why = []
-        if trained:
-            why.append(
-                f"{' and '.join(trained)} of the {_eval_records(record)}: the same image bytes were in the train split"
+        repeats, records, compared = (
+            _repeats(record),
+            _eval_records(record),
+            baseline.get("compared_examples"),
+        )
+        if repeats and isinstance(records, int) and isinstance(compared, int):
+            # Counted so the parts add up: a copy of an image a model trained on is a copy here.
+            saw = records - compared - repeats
+            why = f"of the {records} records, {repeats} {'copies' if repeats == 1 else 'copy'} an earlier eval image"
+            why += (
+                f" and {saw} {'is an image' if saw == 1 else 'are images'} a model trained on" if saw else ""
             )
-        if repeats:
-            why.append(
-                f"{repeats}{'' if trained else f' of the {_eval_records(record)}'} repeat an earlier eval image"
-            )
+            what = "distinct eval images"
+        else:
+            why = f"{' and '.join(trained)} of the {records}: the same image bytes were in the train split"
+            what = "eval examples"
         baseline_note = (
-            f"latest blessed model, on the {baseline.get('compared_examples')} "
-            f"{'distinct eval images' if repeats else 'eval examples'} neither model trained on ({'; '.join(why)}), "
+            f"latest blessed model, on the {compared} {what} neither model trained on ({why}), "
             f"where this model has {_fmt(baseline.get('candidate_accuracy'))}; "
             f"allowed regression {_fmt(baseline.get('max_regression'))}"
         )
@@ -481,7 +487,9 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
             )
         )
     if record.get("eval_examples_in_train"):
-        effect = "left out of the numbers above" if isinstance(judged, dict) else "they flatter its accuracy"
+        effect = "they flatter its accuracy"
+        if isinstance(judged, dict):
+            effect = "left out of the numbers above" + (", copies included" if _repeats(record) else "")
         details.append(
             (
                 "eval_examples_in_train",
@@ -491,6 +499,11 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
     if record.get("anomalies_allowed"):
         details.append(("anomalies_allowed", ", ".join(str(a) for a in record["anomalies_allowed"])))
     return GateView(
+        judged_on=(
+            f"the {judged.get('examples')} distinct eval images it did not train on"
+            if isinstance(judged, dict)
+            else "the eval split"
+        ),
         source="gate.json (the Evaluator's decision record)",
         blessed=record.get("blessed"),
         candidate=record.get("accuracy"),

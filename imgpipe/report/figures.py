@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import unicodedata
 from collections.abc import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,7 +23,11 @@ _TICKS_MAX = 60  # above this many classes the axes carry no class names
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "\u2026"
+    """The name cut to _LABEL_CHARS; one not in Unicode's composed form (NFC) is marked, so two
+    labels that print alike (the page gives their code points) are told apart on the axes."""
+    mark = "" if unicodedata.is_normalized("NFC", name) else " (not NFC)"
+    room = _LABEL_CHARS - len(mark)
+    return (name if len(name) <= room else name[: room - 1] + "\u2026") + mark
 
 
 def _save(fig: Figure, path: str) -> None:

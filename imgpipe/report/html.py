@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from imgpipe.report.data import ReportData
+from trainer.features import label_text
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -69,7 +70,7 @@ def _decision(blessed: bool | None) -> str:
 def _gate(d: ReportData) -> str:
     g = d.gate
     rows = [
-        [f"candidate {esc(g.metric)}", _num(g.candidate), "this run's model on the eval split"],
+        [f"candidate {esc(g.metric)}", _num(g.candidate), esc(f"this run's model on {g.judged_on}")],
         [f"baseline {esc(g.metric)}", _num(g.baseline), esc(g.baseline_note)],
         ["floor", _num(g.floor), esc(g.floor_note)],
     ]
@@ -84,7 +85,7 @@ def _gate(d: ReportData) -> str:
 def _per_class(d: ReportData) -> str:
     rows = [
         [
-            esc(r.name) + ("" if r.in_vocabulary else " <small>(not a model class)</small>"),
+            esc(label_text(r.name)) + ("" if r.in_vocabulary else " <small>(not a model class)</small>"),
             _num(r.precision, 3),
             _num(r.recall, 3),
             str(r.support),
@@ -129,7 +130,7 @@ def _gallery(d: ReportData) -> str:
         )
         true_score = "" if m.true_score is None else f" (true class {_num(m.true_score, 3)})"
         items.append(
-            f"<figure>{picture}<figcaption>true <b>{esc(m.true)}</b><br>predicted <b>{esc(m.predicted)}</b>"
+            f"<figure>{picture}<figcaption>true <b>{esc(label_text(m.true))}</b><br>predicted <b>{esc(label_text(m.predicted))}</b>"
             f"<br>score {_num(m.score, 3)}{esc(true_score)}<br><small>eval record {m.record}</small>"
             "</figcaption></figure>"
         )

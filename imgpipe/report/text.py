@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from imgpipe.report.data import ReportData
+from trainer.features import label_text
 
 TEXT_MISCLASSIFIED = 10  # the text view lists this many of the worst misclassifications
 
@@ -34,7 +35,9 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
     lines += [f"  {_clean(k)}: {_clean(v)}" for k, v in g.details]
     lines += [f"  not blessed because: {_clean(r)}" for r in g.reasons]
 
-    names = [_clean(r.name) + ("" if r.in_vocabulary else " (not a model class)") for r in d.per_class]
+    names = [
+        _clean(label_text(r.name)) + ("" if r.in_vocabulary else " (not a model class)") for r in d.per_class
+    ]
     width = max([len("class"), *map(len, names)])
     lines += [
         "",
@@ -55,6 +58,6 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
         lines.append(f"{d.misclassified_total} misclassified eval images; worst {len(shown)}:")
         for m in shown:
             lines.append(
-                f"  record {m.record:>5}  true {_clean(m.true)}  predicted {_clean(m.predicted)}  score {m.score:.3f}"
+                f"  record {m.record:>5}  true {_clean(label_text(m.true))}  predicted {_clean(label_text(m.predicted))}  score {m.score:.3f}"
             )
     return "\n".join(lines) + "\n"

@@ -478,7 +478,13 @@ def test_data_split_anew_compares_the_baseline_only_on_images_it_did_not_train_o
     baseline = s.gate["baseline"]
     assert baseline["compared"] is True and baseline["reused_from"] is None, s.gate
     assert (baseline["seen_eval_examples"], baseline["compared_examples"]) == (seen, len(unseen))
-    judged = {"records": len(evals) + 5, "repeats": 5, "in_train": 0, "examples": len(evals)}
+    judged = {
+        "records": len(evals) + 5,
+        "repeats": 5,
+        "in_train": 0,
+        "examples": len(evals),
+        "conflicting_labels": 0,
+    }
     assert s.gate["judged_on"] == judged and s.gate["eval_examples"] == len(evals)
     assert s.gate["whole_split"]["examples"] == len(evals) + 5 and s.gate["measured"] is None
     # Each number, recomputed here through another signature of each model on those images.
