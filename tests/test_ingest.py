@@ -516,6 +516,15 @@ def test_a_run_failing_on_an_image_names_the_records_the_model_cannot_decode(tmp
     assert rest[0].startswith("records whose image the model cannot decode")
     assert [line.strip().split(": ", 1)[0] for line in rest[1:]] == [f"{extra} record 1", f"{extra} record 3"]
     assert "not a decodable image" in rest[1] and "over the limit of 1000 pixels" in rest[2]
+    # Progress on a long scan: the count of records read, every `progress_every`.
+    from imgpipe.ingest.contract import undecodable_images
+
+    counts: list[int] = []
+    # TensorFlow's own decoder (the default) has no pixel limit: only the cut-short PNG is named.
+    [cut] = undecodable_images(str(out / "train"), progress=counts.append, progress_every=3)
+    assert cut.startswith(f"{extra} record 1: ")
+    records = sum(1 for _ in tf.data.TFRecordDataset(sorted(str(p) for p in (out / "train").iterdir())))
+    assert records > 9 and counts == list(range(3, records + 1, 3))
     # A failure that is not about an image does not read the data.
     assert _failure_message(config, "Trainer", ValueError("out of memory")) == (
         "Trainer failed: ValueError: out of memory"

@@ -120,24 +120,35 @@ def damaged_tfrecord_files(path: str, splits: tuple[str, ...] = SPLITS) -> list[
     return damaged
 
 
-def undecodable_images(path: str, limit: int = 10, decode: Callable[[bytes], Any] | None = None) -> list[str]:
+def undecodable_images(
+    path: str,
+    limit: int = 10,
+    decode: Callable[[bytes], Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+    progress_every: int = 10_000,
+) -> list[str]:
     """The records of the TFRecord files in `path` whose `image` bytes cannot be decoded (or that
     have none), as "<file> record <i>: <why>", at most `limit` of them.
 
     decode: what decodes one image, raising tf.errors.OpError when it cannot (the model's own
     decoder, with its pixel limit and format checks); TensorFlow's decode_image by default.
+    progress: called with the number of records read so far, every `progress_every` records.
     Reads every record: called to explain a failed run, not before every run.
     """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
     from google.protobuf.message import DecodeError
 
     found: list[str] = []
+    read = 0
     for name in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path)):
         file_path = os.path.join(path, name)
         if tf.io.gfile.isdir(file_path):
             continue
         try:
             for i, record in enumerate(tf.data.TFRecordDataset(file_path)):
+                read += 1
+                if progress is not None and read % progress_every == 0:
+                    progress(read)
                 why = None
                 try:
                     feature = tf.train.Example.FromString(record.numpy()).features.feature.get(IMAGE_KEY)

@@ -438,10 +438,15 @@ def _undecodable_records(config: PipelineConfig, splits: tuple[str, ...]) -> lis
         input_signature=[tf.TensorSpec([], tf.string)],
         autograph=False,
     )
-    log.info("looking for the records whose image cannot be decoded (reads every record)")
     found: list[str] = []
     for split in splits:
-        found += undecodable_images(os.path.join(config.data_dir, split), _MAX_NAMED - len(found), decode)
+        log.info("looking for the records of %s whose image cannot be decoded (reads every record)", split)
+        found += undecodable_images(
+            os.path.join(config.data_dir, split),
+            _MAX_NAMED - len(found),
+            decode,
+            progress=lambda n, split=split: log.info("  %s: %d records read", split, n),
+        )
         if len(found) >= _MAX_NAMED:
             break
     return found
