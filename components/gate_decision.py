@@ -760,8 +760,8 @@ def with_seen_examples(
     two trained on, or that repeat an earlier eval record's image (needed when the candidate
     trained on any or `repeats` is not 0; else `seen`). None of them: compared on the whole
     split, as before. Some: compared only on the ones neither trained
-    on, both models measured on exactly those; when fewer than MIN_UNSEEN_TO_COMPARE are
-    left, not compared, saying why.
+    on, both models measured on exactly those; when a model trained on some and fewer than
+    MIN_UNSEEN_TO_COMPARE are left, not compared, saying why (copies alone never skip it).
     """
     if not baseline.compared or baseline.identical:
         return baseline
