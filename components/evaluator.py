@@ -61,7 +61,6 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from pydantic import ValidationError
@@ -330,9 +329,8 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         seen = None  # the same, for the records the baseline trained on
         if plan.baseline.compared and not plan.baseline.identical:
             seen = unseen_comparison.seen_by(baselines[0].uri, lambda: eval_ids, "the latest blessed model")
-            masks = [m for m in (seen, left_out) if m is not None]
             if seen is not None or judged_on is not None:
-                either = np.logical_or.reduce(masks)
+                either = left_out if seen is None else seen | left_out
                 plan = dataclasses.replace(
                     plan,
                     baseline=with_seen_examples(

@@ -60,8 +60,11 @@ def batches(
 
 
 def split_ids(file_pattern: str | Sequence[str]) -> np.ndarray:
-    """The fingerprint of each record of the split, in file order (uint64, repeats kept)."""
-    return split_index(file_pattern)[0]
+    """The fingerprint of each record of the split, in file order (uint64, repeats kept).
+
+    The Trainer's record of its train split: labels are not decoded here (split_index does)."""
+    parts = [ids for ids, _, _ in batches(file_pattern)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
 
 
 def split_index(file_pattern: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
