@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -37,12 +38,12 @@ def test_a_huge_image_is_refused_from_its_header() -> None:
 
 
 def test_orientation_is_reported_and_broken_exif_is_upright() -> None:
-    assert inspect_image(image_samples.oriented_jpeg(6)) == (None, 6)
-    assert inspect_image(image_samples.oriented_jpeg(8, "MM")) == (None, 8)
+    assert inspect_image(image_samples.oriented_jpeg(6))[:2] == (None, 6)
+    assert inspect_image(image_samples.oriented_jpeg(8, "MM"))[:2] == (None, 8)
     broken = image_samples.with_segment(
         image_samples.jpeg(_photo(2)), image_samples.app1(b"Exif\0\0" + b"XX" + b"\0" * 20)
     )
-    assert inspect_image(broken) == (None, 1)
+    assert inspect_image(broken)[:2] == (None, 1)
     assert inspect_image(b"not an image").reason.startswith("not a recognised image")
 
 
@@ -119,3 +120,99 @@ def test_a_one_bit_bmp_names_its_depth_and_a_damaged_header_says_so():
     damaged = bytearray(buf.getvalue())
     damaged[16:24] = b"\x7f" * 8  # IHDR's width and height
     assert check_image(bytes(damaged)).endswith("(as its header says: a damaged header can claim any size)")
+
+
+# ------------------------------------------------- one image stored as different files
+
+
+def _png_bytes(pixels: np.ndarray, **save: object) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=save.pop("format", "PNG"), **save)
+    return buffer.getvalue()
+
+
+def test_one_image_stored_as_different_files_has_one_key() -> None:
+    """What the pipeline decodes decides: a PNG saved again (other compression, a text chunk), a
+    BMP of its pixels, a grey PNG and its RGB copy; a JPEG with metadata (a comment, EXIF that
+    says upright) and bytes after its end. Other pixels, another orientation: another key."""
+    from PIL import PngImagePlugin
+
+    pixels = _photo(3)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "saved again")
+    same = [
+        image_samples.png(pixels),
+        _png_bytes(pixels, compress_level=0, pnginfo=text),
+        _png_bytes(pixels, format="BMP"),
+    ]
+    keys = {inspect_image(data).image for data in same}
+    assert len(keys) == 1 and keys.pop().startswith("pixels:30x50:")
+    grey = pixels[..., 0]
+    assert inspect_image(_png_bytes(grey)).image == inspect_image(_png_bytes(np.stack([grey] * 3, -1))).image
+    other = pixels.copy()
+    other[0, 0, 0] ^= 1
+    assert inspect_image(image_samples.png(other)).image != inspect_image(same[0]).image
+
+    photo = image_samples.jpeg(pixels)
+    comment = b"\xff\xfe\x00\x07hello"
+    dressed = image_samples.with_segment(
+        photo, comment + image_samples.app1(b"Exif\0\0" + image_samples.tiff_block(1))
+    )
+    key = inspect_image(photo).image
+    assert key.startswith("jpeg:") and inspect_image(dressed + b"trailing bytes").image == key
+    assert inspect_image(image_samples.oriented_jpeg(6, pixels=pixels)).image != key
+    assert inspect_image(image_samples.jpeg(pixels, quality=80)).image != key
+
+
+def test_jpegs_alike_at_the_checks_scale_keep_their_own_keys() -> None:
+    """The check decodes a JPEG at 1/8 scale (its 8x8 block means), where a flat grey and a
+    checkerboard of the same mean are the same pixels; their keys, from the coded data, differ."""
+    import tensorflow as tf
+
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    board = (
+        np.where((np.indices((64, 64)).sum(0) % 2)[..., None] == 0, 96, 160).astype(np.uint8).repeat(3, -1)
+    )
+    a, b = image_samples.jpeg(flat), image_samples.jpeg(board)
+    small = [tf.io.decode_jpeg(x, channels=3, ratio=8).numpy() for x in (a, b)]
+    assert (small[0] == small[1]).all()
+    assert inspect_image(a).image != inspect_image(b).image
+
+
+def test_a_jpeg_whose_markers_cannot_be_walked_is_known_by_its_bytes() -> None:
+    from imgpipe.ingest.images import image_key, jpeg_coded_image
+
+    photo = image_samples.jpeg(_photo(4))
+    assert jpeg_coded_image(photo) is not None
+    cut = photo[:2] + b"\x00" + photo[2:]  # no marker where one must be
+    assert jpeg_coded_image(cut) is None and jpeg_coded_image(photo[:40]) is None
+    assert image_key(photo[:40], 1, (0, 0, 0)) == "file:" + hashlib.sha256(photo[:40]).hexdigest()
+
+
+def test_ingest_writes_one_copy_of_an_image_saved_twice(tmp_path: Path) -> None:
+    """The same picture re-saved in its class is one image (never one copy in each split); under
+    another class, a label conflict: nothing of it is written."""
+    from PIL import PngImagePlugin
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    files = {f"{c}/{i}.png": image_samples.png(_photo(20 * (c == "b") + i)) for c in "ab" for i in range(4)}
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "an editor")
+    files["a/0 (1).png"] = _png_bytes(_photo(0), compress_level=1, pnginfo=text)
+    files["a/0.bmp"] = _png_bytes(_photo(0), format="BMP")
+    files["b/stolen.png"] = _png_bytes(_photo(1), compress_level=9, pnginfo=text)
+    _tree(images, files)
+
+    report = ingest(str(images), str(out), eval_fraction=0.5, seed=0)
+
+    (dup,) = report.duplicates
+    assert (dup["kept"], dup["duplicates"], dup["same"]) == ("a/0 (1).png", ["a/0.bmp", "a/0.png"], "image")
+    (conflict,) = report.label_conflicts
+    assert conflict["same"] == "image"
+    assert [f["path"] for f in conflict["files"]] == ["a/1.png", "b/stolen.png"]
+    assert {c: sum(n.values()) for c, n in report.counts.items()} == {"a": 3, "b": 4}
+    assert report.files_scanned == sum(report.totals.values()) + report.num_duplicates + 2

@@ -112,6 +112,7 @@ def test_copies_are_written_once_and_label_conflicts_not_at_all() -> None:
         {
             "class": "a",
             "sha256": "sha-copy",
+            "same": "bytes",
             "split": _split_of(plan)["a/copy1.png"],
             "kept": "a/copy1.png",
             "duplicates": ["a/nested/copy2.png", "a/x.png"],
@@ -120,6 +121,7 @@ def test_copies_are_written_once_and_label_conflicts_not_at_all() -> None:
     assert plan.label_conflicts == [
         {
             "sha256": "sha-clash",
+            "same": "bytes",
             "files": [{"path": "a/clash.png", "class": "a"}, {"path": "b/clash_too.png", "class": "b"}],
         }
     ]
@@ -225,7 +227,7 @@ def test_refusal_names_label_conflicts_when_they_leave_too_few_classes() -> None
     assert plan.refusal("imgs") == (
         "imgs has 0 class(es) with usable images ([]); a classifier needs at least 2"
         "; class folders with no usable image: ['a', 'b']"
-        "; 4 files are label conflicts (the same bytes under several classes: none of them is used)"
+        "; 4 files are label conflicts (the same image under several classes: none of them is used)"
     )
 
 
@@ -266,3 +268,49 @@ def test_more_classes_than_run_takes_are_written_with_a_warning() -> None:
         "so the data gate cannot check more); the records are written, but a run on them stops at SchemaGen"
     ]
     assert _plan(_tree({f"c{i:04d}": 2 for i in range(1000)})).warnings == []
+
+
+# ------------------------------------------------- copies stored as different files
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_files_holding_one_image_are_copies_that_never_straddle_splits(seed: int) -> None:
+    """Files with other bytes but one image key (a PNG saved again, a JPEG without its EXIF)
+    group as byte copies do: one is written, never one in each split; across classes, a conflict."""
+    candidates = [
+        Candidate(f"{c}/g{group}_{k}.png", c, f"sha-{c}{group}-{k}", 100, f"img-{c}{group}")
+        for c in "ab"
+        for group in range(6)
+        for k in range(3)
+    ]
+    candidates += [
+        Candidate("a/stolen.png", "a", "sha-x1", 100, "img-x"),
+        Candidate("b/x.png", "b", "sha-x2", 100, "img-x"),
+    ]
+    plan = _plan(candidates, seed=seed, eval_fraction=0.5)
+
+    written = [c for split in SPLITS for c in plan.records(split)]
+    assert len(written) == 12 and len({c.image for c in written}) == 12
+    assert {c.image for c in plan.records("train")}.isdisjoint(c.image for c in plan.records("eval"))
+    assert all(d["same"] == "image" and len(d["duplicates"]) == 2 for d in plan.duplicates)
+    for dup in plan.duplicates:  # the first path by name is kept, and the group is named by its SHA-256
+        kept = next(c for c in written if c.rel == dup["kept"])
+        assert dup["kept"].endswith("_0.png") and dup["sha256"] == kept.sha256
+    assert plan.label_conflicts == [
+        {
+            "sha256": "sha-x1",
+            "same": "image",
+            "files": [{"path": "a/stolen.png", "class": "a"}, {"path": "b/x.png", "class": "b"}],
+        }
+    ]
+
+
+def test_image_keys_leave_the_split_of_distinct_images_as_it_was() -> None:
+    """The split is decided by the kept file's SHA-256: a tree without re-saved copies splits the
+    same with image keys as without them, so upgrading does not re-split a user's data."""
+    candidates = _tree({"a": 15, "b": 15})
+    keyed = [c._replace(image=f"img-{c.sha256}") for c in candidates]
+    assert _plan(candidates).shards == {
+        split: [s._replace(records=tuple(c._replace(image="") for c in s.records)) for s in shards]
+        for split, shards in _plan(keyed).shards.items()
+    }

@@ -72,7 +72,8 @@ def _refusal_details(report: dict) -> list[str]:
         lines.append(f"... and {len(reasons) - 5} more reasons (all in the JSON report on stdout)")
     for conflict in report.get("label_conflicts", [])[:5]:
         files = ", ".join(f"{f['path']} ({f['class']})" for f in conflict["files"])
-        lines.append(f"label conflict, the same bytes under several classes: {files}")
+        what = "bytes" if conflict.get("same", "bytes") == "bytes" else "image (files that differ)"
+        lines.append(f"label conflict, the same {what} under several classes: {files}")
     for folder in report.get("rejected_class_folders", []):
         lines.append(f"class folder {folder['folder']!r} not used: {folder['reason']}")
     return lines

@@ -7,7 +7,7 @@ One job per module, run in this order by ``ingest`` (run.py):
   and check every file (``images``: both decoders, the pixel limit, EXIF
   orientation) -> candidates (path, class, SHA-256, size) and skipped files
   with reasons;
-- ``plan``: pure; group identical bytes, drop label conflicts and copies,
+- ``plan``: pure; group copies of one image (identical bytes or pixels), drop label conflicts and copies,
   split each class deterministically, plan the shards;
 - ``write``: re-read and re-hash each kept file, write the shards through a
   staging dir, move them into place with ``classes.json`` and the report.

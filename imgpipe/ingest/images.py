@@ -7,12 +7,15 @@ Trainer and every serving signature run) decodes it too. Memory stays bounded:
 the pixel count is read from the header first and a file over ``max_pixels``
 is skipped before anything is decoded; big JPEGs are decoded at 1/8 scale
 (both decoders still read every coded block, so damage is still found). The
-check also reports the EXIF orientation the graph applies.
+check also reports the EXIF orientation the graph applies, and a fingerprint of
+the image the pipeline sees (``image_key``), so that copies of one image saved
+as different files are found.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 import stat
@@ -37,10 +40,12 @@ ACCEPTED_FORMATS = {
 
 
 class ImageCheck(NamedTuple):
-    """The verdict on one file: why it is refused (None: accepted) and its EXIF orientation."""
+    """The verdict on one file: why it is refused (None: accepted), its EXIF orientation, and
+    its image key (``image_key``; "" for a refused file)."""
 
     reason: str | None
     orientation: int = 1  # 1..8 as the graph reads it; 1 is upright (or no EXIF)
+    image: str = ""
 
 
 # A file larger than this is read whole only when its first bytes are those of an accepted
@@ -87,7 +92,10 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageChe
 
     graph_reason = None
     try:
-        height, width, orientation, decoded = (int(v) for v in _graph_check(max_pixels)(data))
+        # .tolist(): iterating the tensor itself would slice it op by op (~0.3 ms an element).
+        height, width, orientation, decoded, rows, columns, pixels = (
+            _graph_check(max_pixels)(data).numpy().tolist()
+        )
     except tf.errors.OpError as exc:
         kind = {b"\xff\xd8": "JPEG", b"\x89P": "PNG", b"GI": "GIF", b"BM": "BMP"}.get(data[:2], "image")
         graph_reason = f"TensorFlow cannot decode this {kind}: {tf_error_text(exc)}"
@@ -114,7 +122,88 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageChe
         )
     # Pillow's reasons are the clearer ones (unsupported format, truncation), so they come first.
     reason = _pillow_reason(data) or graph_reason
-    return ImageCheck(reason, orientation if reason is None else 1)
+    if reason is not None:
+        return ImageCheck(reason)
+    return ImageCheck(None, orientation, image_key(data, orientation, (rows, columns, pixels)))
+
+
+def image_key(data: bytes, orientation: int, decoded: tuple[int, int, int]) -> str:
+    """Which image a checked file holds, as the pipeline decodes it: equal keys, the same picture.
+
+    Files that differ only in how the same pixels are stored get one key, so ingest treats them as
+    copies (one written, never one in each split; under two classes, a label conflict):
+
+    - a JPEG: its coded image (frame, tables and scans: what the decoder reads) and the EXIF
+      orientation the graph applies, without the metadata segments (APP0-APP15 but Adobe's
+      APP14, which says how the colours are coded, and comments) or bytes after the image.
+      Such files decode to the same pixels. A JPEG compressed again, or transcoded losslessly
+      (e.g. to progressive), has other coded data and another key;
+    - any other format (PNG, GIF, BMP): the decoded pixels, upright, RGB, as the graph gives
+      them (``decoded``: rows, columns, and a 64-bit fingerprint of the pixels), so a PNG saved
+      again with other compression or text chunks, or a BMP of the same pixels, is a copy.
+
+    A JPEG and a file of another format never share a key: the pixels a JPEG decodes to depend on
+    the decoder, so equal pixels across formats are not a sure sign of one picture. A JPEG's key is
+    not taken from its pixels because the check decodes a large JPEG at 1/8 scale (its 8x8 block
+    means), where different pictures can agree.
+    """
+    if data.startswith(b"\xff\xd8\xff"):
+        coded = jpeg_coded_image(data)
+        if coded is not None:
+            return "jpeg:" + hashlib.blake2b(bytes([orientation]) + coded, digest_size=16).hexdigest()
+        return "file:" + hashlib.sha256(data).hexdigest()
+    rows, columns, pixels = decoded
+    return f"pixels:{rows}x{columns}:{pixels & (2**64 - 1):016x}"
+
+
+# JPEG markers without a length: TEM, RST0-RST7, SOI, EOI.
+_STANDALONE = {0x01, *range(0xD0, 0xD8), 0xD8, 0xD9}
+_APP14, _COM, _SOS, _EOI = 0xEE, 0xFE, 0xDA, 0xD9
+
+
+def jpeg_coded_image(data: bytes) -> bytes | None:
+    """The segments of a JPEG's first image that decide its pixels (see ``image_key``), joined:
+    SOI up to EOI without APPn (but APP14) and COM segments. None when the markers cannot be
+    walked (the file is then keyed by its bytes)."""
+    out = bytearray(b"\xff\xd8")
+    pos, end = 2, len(data)
+    while pos < end:
+        if data[pos] != 0xFF:
+            return None
+        while pos < end and data[pos] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        if pos >= end:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == _EOI:
+            out += b"\xff\xd9"
+            return bytes(out)
+        if marker in _STANDALONE:
+            out += bytes((0xFF, marker))
+            continue
+        if pos + 2 > end:
+            return None
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2 or pos + length > end:
+            return None
+        segment_end = pos + length
+        if marker == _SOS:  # the scan's entropy-coded data runs to the next marker but RSTn
+            scan = segment_end
+            while True:
+                scan = data.find(b"\xff", scan)
+                if scan < 0 or scan + 1 >= end:
+                    return None
+                following = data[scan + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                    scan += 1 if following == 0xFF else 2
+                    continue
+                break
+            segment_end = scan
+        if not (0xE0 <= marker <= 0xEF and marker != _APP14) and marker != _COM:
+            out += bytes((0xFF, marker)) + data[pos:segment_end]
+        pos = segment_end
+    return None
 
 
 def _pillow_reason(data: bytes) -> str | None:
@@ -147,9 +236,10 @@ def _pillow_reason(data: bytes) -> str | None:
 def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
     """The preprocessing graph's check of one file, traced once per limit.
 
-    Returns [height, width, EXIF orientation, decoded (0/1)]: the header is read
-    first, and only an image within ``max_pixels`` is decoded (at target size 1,
-    so a JPEG decodes at 1/8 scale). A decoding error raises tf.errors.OpError.
+    Returns [height, width, EXIF orientation, decoded (0/1), and the decoded image's rows,
+    columns and a 64-bit fingerprint of its pixels]: the header is read first, and only an image
+    within ``max_pixels`` is decoded (at target size 1, so a JPEG decodes at 1/8 scale, and other
+    formats whole). A decoding error raises tf.errors.OpError.
     """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
@@ -161,12 +251,15 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
     def check(data: tf.Tensor) -> tf.Tensor:
         _, height, width = preprocessing.image_shape(data)
         within = height * width <= max_pixels
-        decoded = tf.cond(
-            within,
-            lambda: tf.size(preprocessing.decode_image(data, 1, max_pixels)) > 0,
-            lambda: tf.constant(False),
-        )
+
+        def decode() -> tf.Tensor:
+            image = preprocessing.decode_image(data, 1, max_pixels)
+            shape = tf.cast(tf.shape(image)[:2], tf.int64)
+            pixels = tf.bitcast(tf.fingerprint(tf.reshape(image, [1, -1]))[0], tf.int64)
+            return tf.concat([[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels]], 0)
+
+        decoded = tf.cond(within, decode, lambda: tf.zeros([4], tf.int64))
         orientation = tf.cast(preprocessing.exif_orientation(data), tf.int64)
-        return tf.stack([height, width, orientation, tf.cast(decoded, tf.int64)])
+        return tf.concat([tf.stack([height, width, orientation]), decoded], 0)
 
     return check

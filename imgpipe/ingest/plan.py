@@ -3,12 +3,14 @@
 Given the class folders and the candidates a scan found, decide everything
 the writer needs and the report records:
 
-- identical bytes (same SHA-256) are one group; a group under several classes
-  is a label conflict and none of its files is written;
+- copies of one image are one group: files with identical bytes (same SHA-256),
+  and files that differ only in how the same picture is stored (the scan's image
+  key, ``images.image_key``: a PNG saved again, a JPEG without its metadata); a
+  group under several classes is a label conflict and none of its files is written;
 - copies inside one class are written once (the first path by name is kept);
 - each class's unique images are split deterministically: a group's split is
-  decided by hashing (seed, class, content), never by file order or names, so
-  copies never straddle train and eval and a re-run gives the same split;
+  decided by hashing (seed, class, the kept file's SHA-256), never by file order
+  or names, so copies never straddle train and eval and a re-run gives the same split;
 - classes without a usable image are left out (and warned about);
 - records are interleaved across classes in a seeded order, then each split is
   cut into contiguous shards.
@@ -40,6 +42,12 @@ class Candidate(NamedTuple):
     label: str  # its class folder
     sha256: str  # hex digest of the file's bytes
     size: int  # bytes
+    image: str = ""  # which picture it holds (images.image_key); "": known by its bytes only
+
+    @property
+    def key(self) -> str:
+        """What makes two files copies: the image key, or the bytes when there is none."""
+        return self.image or "file:" + self.sha256
 
 
 class Shard(NamedTuple):
@@ -82,7 +90,7 @@ class Plan:
                     else ""
                 )
                 + (
-                    f"; {conflicting} files are label conflicts (the same bytes under several "
+                    f"; {conflicting} files are label conflicts (the same image under several "
                     "classes: none of them is used)"
                     if conflicting
                     else ""
@@ -118,21 +126,25 @@ def make_plan(
     """
     folders = list(folders)
     known = set(folders)
-    by_hash: dict[str, list[Candidate]] = {}
+    by_image: dict[str, list[Candidate]] = {}
     for cand in candidates:
         if cand.label not in known:
             raise ValueError(f"candidate {cand.rel} has class {cand.label!r}, not one of {folders}")
-        by_hash.setdefault(cand.sha256, []).append(cand)
+        by_image.setdefault(cand.key, []).append(cand)
 
-    # Group by content: the same bytes under two classes is a label conflict.
+    # Group by image: one picture under two classes is a label conflict. A group is known by
+    # its first file's SHA-256 (by class, then path): for files that are byte copies only,
+    # as before image keys, so the same tree splits the same way.
     label_conflicts: list[dict[str, Any]] = []
     groups: dict[str, dict[str, list[Candidate]]] = {name: {} for name in folders}
-    for digest in sorted(by_hash):
-        members = sorted(by_hash[digest], key=lambda c: (c.label, display_path(c.rel)))
+    for key in sorted(by_image):
+        members = sorted(by_image[key], key=lambda c: (c.label, display_path(c.rel)))
+        digest = members[0].sha256
         if len({c.label for c in members}) > 1:
             label_conflicts.append(
                 {
                     "sha256": digest,
+                    "same": _same(members),
                     "files": [{"path": display_path(c.rel), "class": c.label} for c in members],
                 }
             )
@@ -163,6 +175,7 @@ def make_plan(
                     {
                         "class": name,
                         "sha256": digest,
+                        "same": _same(groups[name][digest]),
                         "split": split,
                         "kept": display_path(kept.rel),
                         "duplicates": [display_path(c.rel) for c in copies],
@@ -192,6 +205,12 @@ def make_plan(
             )
         ]
     return Plan(classes, counts, duplicates, label_conflicts, empty_classes, warnings, shards)
+
+
+def _same(members: list[Candidate]) -> str:
+    """How a group's files are copies: "bytes" (every file identical) or "image" (one picture
+    stored in files that differ: re-saved, or with other metadata)."""
+    return "bytes" if len({c.sha256 for c in members}) == 1 else "image"
 
 
 def _case_only_differences(classes: list[str]) -> list[str]:

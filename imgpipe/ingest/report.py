@@ -41,9 +41,12 @@ class IngestReport:
     hidden or unfollowed folder is one entry, its files are not listed); it
     equals records written + skipped + duplicates + label-conflict files.
     ``skipped``: [{"path", "reason"}] (paths relative to images_dir).
-    ``duplicates``: one entry per set of identical files in a class, naming the
-    copy ``kept`` (written to ``split``) and the ``duplicates`` not written.
-    ``label_conflicts``: identical bytes under several classes, none written.
+    ``duplicates``: one entry per set of copies of one image in a class, naming the
+    copy ``kept`` (written to ``split``) and the ``duplicates`` not written;
+    ``same`` is "bytes" (identical files) or "image" (one picture stored in files that
+    differ: ``images.image_key``), ``sha256`` the kept file's.
+    ``label_conflicts``: one image under several classes, none written (``same`` and
+    ``sha256``, the first file's, as for duplicates).
     ``empty_classes``: class folders with no usable image (left out).
     ``max_pixels``: the pixel limit files were checked against.
     ``rejected_class_folders``: [{"folder", "reason"}]: folders not used as classes
@@ -82,12 +85,12 @@ class IngestReport:
 
     @property
     def num_duplicates(self) -> int:
-        """Files not written because an identical file of the same class was."""
+        """Files not written because a copy of their image in the same class was."""
         return sum(len(d["duplicates"]) for d in self.duplicates)
 
     @property
     def num_conflicting_files(self) -> int:
-        """Files not written because identical bytes sit under several classes."""
+        """Files not written because their image sits under several classes."""
         return sum(len(c["files"]) for c in self.label_conflicts)
 
     def to_dict(self) -> dict[str, Any]:

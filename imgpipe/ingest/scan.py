@@ -8,8 +8,8 @@ Each class folder's name becomes its label (``labels``: Unicode NFC; names
 that cannot be labels, or that collide once normalised, are refused with the
 reason). Each non-hidden file under a used class folder is read once and
 checked (``images.inspect_image``, with the pixel limit); a good one becomes a
-``Candidate`` (path, class, SHA-256, size: no pixel data is kept, so memory
-stays bounded), anything else a ``skipped`` entry with its reason. Entries that
+``Candidate`` (path, class, SHA-256, size and the image key that tells copies
+stored as different files: no pixel data is kept, so memory stays bounded), anything else a ``skipped`` entry with its reason. Entries that
 are not walked (hidden entries, files directly in ``images_dir``, unlistable
 directories, directory links that are not followed) and the files of refused
 class folders are skipped entries too: nothing is dropped silently. Nothing is
@@ -132,10 +132,10 @@ def scan_tree(
         if unread:
             skipped.append({"path": display_path(rel), "reason": unread})
         if data is not None:
-            reason, orientation = inspect_image(data, max_pixels)
+            reason, orientation, image = inspect_image(data, max_pixels)
             if reason is None:
                 digest = hashlib.sha256(data).hexdigest()
-                scan.candidates.append(Candidate(rel, label, digest, len(data)))
+                scan.candidates.append(Candidate(rel, label, digest, len(data), image))
                 if orientation != 1:
                     scan.rotated.append({"path": display_path(rel), "orientation": orientation})
             else:
