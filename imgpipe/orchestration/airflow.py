@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import os
 import pprint
 import re
@@ -259,7 +260,7 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
     """
     from airflow.exceptions import AirflowFailException
 
-    from imgpipe.orchestration import metadata, recovery
+    from imgpipe.orchestration import diagnosis, metadata, recovery
     from imgpipe.orchestration.summary import withdraw_unserved_blessings
     from pipeline.pipeline import RESOLVER_ID
 
@@ -288,7 +289,15 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
         withdraw_unserved_blessings(cfg, runs_finished=True)
     # Beam on this worker imports the installed TFX: no sdist of it per component (as `imgpipe run`).
     with scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner):
-        result = operator.execute(context)
+        try:
+            result = operator.execute(context)
+        except Exception as e:
+            # What `imgpipe run` adds to such a failure: the damaged files or undecodable records
+            # behind it, in the task's log before Airflow's traceback. The error is raised as it came.
+            found = diagnosis.explain(cfg, task_id, f"{type(e).__name__}: {e}")
+            if found:
+                logging.getLogger(__name__).error("%s failed: %s%s", task_id, type(e).__name__, found)
+            raise
     if task_id == PREPUSH_ID:
         withdraw_unserved_blessings(cfg, runs_finished=False)  # this run's Pusher is still to come
     return result

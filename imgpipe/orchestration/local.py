@@ -26,9 +26,8 @@ from collections.abc import Callable
 
 from components import loaded_models
 from components.gate_decision import NO_BASELINE
-from imgpipe.ingest import SPLITS, IngestError, validate_tfrecord_dir
-from imgpipe.ingest.contract import damaged_tfrecord_files, undecodable_images
-from imgpipe.orchestration import metadata, recovery, runs, scratch
+from imgpipe.ingest import IngestError, validate_tfrecord_dir
+from imgpipe.orchestration import diagnosis, metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
@@ -383,84 +382,7 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
             line = f"{line[:MAX_ERROR_LINE]}... ({len(line) - MAX_ERROR_LINE} more characters)"
         lines.append(line)
     message = f"{component or 'the pipeline'} failed: " + "\n".join(lines)
-    from pipeline.pipeline import SCORING_IDS  # loaded by the run already
-
-    inputs = {"ImportExampleGen": (config.data_dir, SPLITS), SCORING_IDS[0]: (config.score_data, ("",))}
-    if component in inputs and inputs[component][0]:
-        message += _explained(
-            lambda: damaged_tfrecord_files(*inputs[component]),
-            "damaged TFRecord files (write them again, e.g. `imgpipe ingest`)",
-        )
-    if component in _DECODING and config.data_dir and any(m in message.lower() for m in _DECODE_MARKERS):
-        message += _explained(
-            lambda: _undecodable_records(config, ("eval",) if component == "Evaluator" else SPLITS),
-            "records whose image the model cannot decode (remove or re-encode them; `imgpipe ingest` "
-            "decodes every image before writing it)",
-        )
-    if component == SCORING_IDS[1] and config.score_data:
-        message += _explained(
-            lambda: undecodable_images(config.score_data),
-            "records of score_data the model cannot read (remove or re-encode them; scoring runs "
-            "after the Pusher, so they do not hold back a push)",
-        )
-    return message
-
-
-# Components that decode the data's images, and what their errors say when one cannot be
-# decoded (TensorFlow's decoders, and trainer/preprocessing.py's checks before decoding).
-_DECODING = ("Transform", "Trainer", "Evaluator")
-_DECODE_MARKERS = (
-    "decodeimage",
-    "decode_image",
-    "decode_jpeg",
-    "decode_png",
-    "decode_gif",
-    "decode_bmp",
-    "max_image_pixels",
-    "bmp_palette",
-    "unknown image file format",
-    "image header says",
-    "palette (indexed-colour) bmp",
-)
-_MAX_NAMED = 10
-
-
-def _undecodable_records(config: PipelineConfig, splits: tuple[str, ...]) -> list[str]:
-    """The records of the data's `splits` whose image the model's own decoder refuses, at most
-    _MAX_NAMED: TFRecords made elsewhere are checked only by their first records before a run."""
-    import tensorflow as tf
-
-    from trainer.preprocessing import decode_image
-
-    size, max_pixels = config.effective_image_size(), config.training.max_image_pixels
-    decode = tf.function(
-        lambda image: decode_image(image, size, max_pixels),
-        input_signature=[tf.TensorSpec([], tf.string)],
-        autograph=False,
-    )
-    found: list[str] = []
-    for split in splits:
-        log.info("looking for the records of %s whose image cannot be decoded (reads every record)", split)
-        found += undecodable_images(
-            os.path.join(config.data_dir, split),
-            _MAX_NAMED - len(found),
-            decode,
-            progress=lambda n, split=split: log.info("  %s: %d records read", split, n),
-        )
-        if len(found) >= _MAX_NAMED:
-            break
-    return found
-
-
-def _explained(find: Callable[[], list[str]], heading: str) -> str:
-    """ "\n<heading>:" and what `find` lists, one per line; "" when it finds nothing or fails
-    (an explanation must not replace the run's error)."""
-    try:
-        found = find()
-    except Exception as e:  # noqa: BLE001
-        log.debug("could not look for %s: %s", heading, e)
-        return ""
-    return f"\n{heading}:\n  " + "\n  ".join(found) if found else ""
+    return message + diagnosis.explain(config, component, message)
 
 
 def _record_failed_run(
