@@ -81,11 +81,12 @@ def read_regular_file(path: str) -> bytes:
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Return why ``data`` is not an acceptable image, or None when it is."""
-    return inspect_image(data, max_pixels).reason
+    return inspect_image(data, max_pixels, key=False).reason
 
 
-def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
-    """Check ``data`` as ingest does (see the module docstring); never raises on bad data."""
+def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool = True) -> ImageCheck:
+    """Check ``data`` as ingest does (see the module docstring); never raises on bad data.
+    ``key=False``: no image key (``image`` stays "")."""
     if not data:
         return ImageCheck("empty file (0 bytes)")
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
@@ -124,7 +125,7 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageChe
     reason = _pillow_reason(data) or graph_reason
     if reason is not None:
         return ImageCheck(reason)
-    return ImageCheck(None, orientation, image_key(data, orientation, (rows, columns, pixels)))
+    return ImageCheck(None, orientation, image_key(data, orientation, (rows, columns, pixels)) if key else "")
 
 
 def image_key(data: bytes, orientation: int, decoded: tuple[int, int, int]) -> str:
