@@ -26,7 +26,11 @@ D = 12  # synthetic feature size
 
 
 def _params(**kw) -> TrainingConfig:
-    return TrainingConfig(**{"backbone": "MobileNetV2", "weights": "none", "image_size": 32, **kw})
+    """The tests of the validation slice's mechanics keep it (cv_folds 0); the cross-validation
+    that replaces a small slice has its own tests (`select_by_folds`)."""
+    return TrainingConfig(
+        **{"backbone": "MobileNetV2", "weights": "none", "image_size": 32, "cv_folds": 0, **kw}
+    )
 
 
 def _blobs(counts, sep=1.5, seed=0, flip=0.0):
@@ -514,3 +518,72 @@ def test_a_fit_on_batches_leaves_no_tf_data_iterator_behind(monkeypatch, early_s
         assert not alive, f"{len(alive)} of the fit's {len(made)} tf.data iterators outlived it"
     finally:
         gc.enable()
+
+
+# --------------------------------------------------------------------------- k-fold selection
+
+
+def test_fold_masks_validate_each_example_once_stratified_and_deterministic():
+    labels = np.repeat(np.arange(4), [23, 7, 2, 1])
+    np.random.default_rng(3).shuffle(labels)
+    masks = head.fold_masks(labels, 5, seed=9)
+    assert len(masks) == 5
+    times = np.sum(masks, axis=0)
+    assert (times[labels == 3] == 0).all()  # a class of one example always trains
+    assert (times[labels != 3] == 1).all()  # every other example is validated exactly once
+    for m in masks:
+        for c in range(3):
+            assert (labels[~m] == c).any(), "a fold must leave each class something to train on"
+        assert abs(int(m.sum()) - len(labels) / 5) <= 2  # folds of even size
+    assert all((a == b).all() for a, b in zip(masks, head.fold_masks(labels, 5, seed=9), strict=True))
+    assert any((a != b).any() for a, b in zip(masks, head.fold_masks(labels, 5, seed=10), strict=True))
+
+
+def test_folds_replace_a_slice_too_small_for_some_class():
+    x, y = _blobs([200, 60], seed=4)
+    small = _data("memory", x, y, 2, _params(cv_folds=5))  # 10% of 60: 6 in the slice
+    assert head.needs_folds(small, _params(cv_folds=5))
+    assert not head.needs_folds(small, _params(cv_folds=0))
+    x, y = _blobs([200, 100], seed=4)
+    assert not head.needs_folds(_data("memory", x, y, 2, _params(cv_folds=5)), _params(cv_folds=5))
+
+
+def test_memory_fit_weighted_accuracy_is_balanced_accuracy_under_balanced_weights():
+    x, y = _blobs([90, 10], sep=0.7, seed=5)
+    weights, _ = head.class_weights(y, 2, "auto")
+    params = _params(epochs=3)
+    hd = _data("memory", x, y, 2, params, weights)
+    model, outcome = head.select_epochs(_build(2), head.HeadHParams(0.01, 0.0, 0.0), hd, params)
+    val = hd.val_arrays
+    p = model(val.x, training=False).numpy()[:, 0] > 0.5
+    truth = val.y.numpy()[:, 0] > 0.5
+    balanced = np.mean([np.mean(p[truth == c] == c) for c in (False, True)])
+    assert outcome.history["val_weighted_accuracy"][-1] == pytest.approx(balanced, abs=1e-6)
+
+
+def test_select_by_folds_chooses_the_best_mean_weighted_accuracy_then_refits_on_the_whole_split():
+    """A skewed, noisy task whose slice would hold 3 examples of the small class: the epoch count
+    comes from 5 folds (the chosen epoch has the best mean weighted accuracy, the lowest mean loss
+    among equals), and the final head is trained on the whole split for that many epochs, also
+    with refit off (no single selection model exists)."""
+    x, y = _blobs([300, 30], sep=0.6, seed=6, flip=0.1)
+    weights, _ = head.class_weights(y, 2, "auto")
+    params = _params(cv_folds=5, epochs=60, patience=3, refit=False)
+    hd = _data("memory", x, y, 2, params, weights)
+    assert head.needs_folds(hd, params)
+    notes = []
+    run = head.train_head(_build(2), head.HeadHParams(0.01, 0.0, 0.0), hd, params)
+    sel = run.selection
+    assert sel.folds == 5
+    accuracy, loss = np.asarray(sel.history["val_weighted_accuracy"]), np.asarray(sel.history[head.MONITOR])
+    best = sel.best_epoch - 1
+    assert accuracy[best] == accuracy.max()
+    assert loss[best] == loss[accuracy == accuracy.max()].min()
+    assert sel.best_val_weighted_accuracy == pytest.approx(accuracy[best])
+    assert run.refit is not None and run.refit.epochs_run == sel.best_epoch
+    from trainer.train import _describe
+
+    _describe(notes.append, run, params)
+    assert notes[0].startswith(
+        f"head: epoch {sel.best_epoch} chosen by 5-fold cross-validation on the train split"
+    )

@@ -161,6 +161,14 @@ class TrainingConfig(Settings):
         description="fraction of each class of the train split held out to monitor early stopping "
         "and score --tune trials (never the eval split)",
     )
+    cv_folds: int = Field(
+        5,
+        ge=0,
+        description="when the validation slice holds fewer than 10 examples of some class, choose the "
+        "head's epoch count by this many-fold cross-validation on the train split instead (the best "
+        "mean weighted accuracy, i.e. balanced accuracy under class weights; then a refit on the whole "
+        "split); 0 or 1: always the slice",
+    )
     refit: bool = Field(
         True,
         description="after early stopping, train a new head on the whole train split for the best "

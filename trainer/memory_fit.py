@@ -130,8 +130,16 @@ class _Steps:
         weighted = tf.reduce_sum(each * w)
         count = tf.cast(tf.shape(x)[0], tf.float32)
         # Keras' evaluate: the mean over examples of weight * loss, plus the regularisation.
-        accuracy = tf.reduce_sum(_accurate(y, p)) / count
-        return weighted / count + self._regularisation(), accuracy, weighted / tf.reduce_sum(w)
+        right = _accurate(y, p)
+        accuracy = tf.reduce_sum(right) / count
+        # With balanced class weights, the weighted accuracy is the balanced accuracy.
+        weighted_accuracy = tf.reduce_sum(right * w) / tf.reduce_sum(w)
+        return (
+            weighted / count + self._regularisation(),
+            accuracy,
+            weighted / tf.reduce_sum(w),
+            weighted_accuracy,
+        )
 
 
 # Traces are the main fixed cost here (~0.3-1 s per model): keep them with their model.
@@ -184,9 +192,12 @@ def fit(
         loss, accuracy, xent = steps.epoch(train.x, train.y, train.w, tf.constant(order))
         logs = {"loss": float(loss), "accuracy": float(accuracy), "cross_entropy": float(xent)}
         if val is not None:
-            v_loss, v_accuracy, v_xent = steps.evaluate(val.x, val.y, val.w)
+            v_loss, v_accuracy, v_xent, v_weighted = steps.evaluate(val.x, val.y, val.w)
             logs.update(
-                val_loss=float(v_loss), val_accuracy=float(v_accuracy), val_cross_entropy=float(v_xent)
+                val_loss=float(v_loss),
+                val_accuracy=float(v_accuracy),
+                val_cross_entropy=float(v_xent),
+                val_weighted_accuracy=float(v_weighted),
             )
         for k, v in logs.items():
             history.setdefault(k, []).append(v)
@@ -200,5 +211,5 @@ def fit(
 def evaluate(model: keras.Model, data: Arrays) -> dict[str, float]:
     """`loss`, `accuracy`, `cross_entropy` of the compiled `model` on `data`."""
     steps = _STEPS.get(model) or _steps(model, 32)
-    loss, accuracy, xent = steps.evaluate(data.x, data.y, data.w)
+    loss, accuracy, xent, _ = steps.evaluate(data.x, data.y, data.w)
     return {"loss": float(loss), "accuracy": float(accuracy), "cross_entropy": float(xent)}

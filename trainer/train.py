@@ -69,6 +69,7 @@ class TrainResult:
     best_epoch: int | None = None
     stopped_epoch: int | None = None
     refit_epochs: int | None = None
+    selection_folds: int | None = None  # the epoch count came from k-fold cross-validation
     tuning: dict[str, Any] | None = None
     standardized: bool = False
 
@@ -92,6 +93,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "stopped_epoch": self.stopped_epoch,
             "refit_epochs": self.refit_epochs,
+            "selection_folds": self.selection_folds,
             "tuning": self.tuning,
             "history": self.history,
             "seconds": self.seconds,
@@ -422,6 +424,7 @@ def train(
         best_epoch=run.selection.best_epoch,
         stopped_epoch=run.selection.stopped_epoch,
         refit_epochs=None if run.refit is None else run.refit.epochs_run,
+        selection_folds=run.selection.folds,
         tuning=phase.tuning,
         standardized=phase.feature_stats is not None,
     )
@@ -440,6 +443,13 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
         else f"{sel.epochs_run} epochs (early stopping off)"
     )
     msg = f"head: best validation loss {sel.best_val_loss:.4f} at epoch {sel.best_epoch} ({how})"
+    if sel.folds:
+        msg = (
+            f"head: epoch {sel.best_epoch} chosen by {sel.folds}-fold cross-validation on the train "
+            f"split (the validation slice holds fewer than {head.FOLDS_BELOW} examples of a class): "
+            f"mean weighted accuracy {sel.best_val_weighted_accuracy:.4f}, loss {sel.best_val_loss:.4f} "
+            f"({'the folds ran up to ' + str(sel.epochs_run) + ' epochs' if sel.stopped_epoch else 'ran to the cap of ' + str(params.epochs) + ' epochs'})"
+        )
     if run.refit is not None:
         msg += f"; refit on the whole train split for {run.refit.epochs_run} epochs"
     note(msg)

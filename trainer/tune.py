@@ -173,7 +173,8 @@ def tune_head(
 
     def run_trial(hp: HeadHParams) -> tuple[keras.Model, FitOutcome]:
         keras.utils.set_random_seed(params.seed)  # every trial starts from the same draw
-        return select_epochs(build, hp, data, params, verbose=verbose)
+        # Trials are scored on the validation slice, as the tuner's objective says, never on folds.
+        return select_epochs(build, hp, data, params, verbose=verbose, folds=False)
 
     oracle = _ConfiguredFirstOracle(
         objective=kt.Objective(OBJECTIVE, "min"),
