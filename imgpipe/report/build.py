@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from PIL import UnidentifiedImageError
-
 from imgpipe.orchestration import metadata, runs
 from imgpipe.orchestration.metadata import RunArtifacts
 from imgpipe.orchestration.summary import RunSummary
 from imgpipe.report import html
 from imgpipe.report.data import DEFAULT_MAX_MISCLASSIFIED, ReportData, gather, reusable
 from pipeline.config import PipelineConfig
+from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,18 @@ def report_dir(run_folder: str) -> str:
 
 
 def write_report(
-    folder: str, data: ReportData, summary_link: str | None = None, thumbnails_from: str | None = None
+    folder: str,
+    data: ReportData,
+    summary_link: str | None = None,
+    thumbnails_from: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> str:
     """Draw the figures and write the page and report.json into `folder` (replaced whole); return the page.
 
     `thumbnails_from`: the report folder whose thumbnails a misclassified entry
-    without image bytes (predictions reused from that report) names.
+    without image bytes (predictions reused from that report) names. `max_pixels`: the run's
+    pixel limit (max_image_pixels); thumbnails are what the pipeline's decoder makes of the
+    images under it.
     """
     from imgpipe.report import figures  # matplotlib takes seconds to import: only when drawing
 
@@ -61,7 +66,7 @@ def write_report(
         if figures.has_curves(data.history):
             written["training_curves"] = "training_curves.png"
             figures.training_curves(data.history, os.path.join(staging, written["training_curves"]))
-        _thumbnails(data, staging, thumbnails_from)
+        _thumbnails(data, staging, thumbnails_from, max_pixels)
         with open(os.path.join(staging, DATA_FILE), "w", encoding="utf-8") as f:
             json.dump(data.to_dict(), f, indent=2)
         with open(os.path.join(staging, INDEX_FILE), "w", encoding="utf-8") as f:
@@ -73,11 +78,15 @@ def write_report(
     return os.path.join(folder, INDEX_FILE)
 
 
-def _thumbnails(data: ReportData, staging: str, thumbnails_from: str | None = None) -> None:
-    from imgpipe.report import figures
-
+def _thumbnails(
+    data: ReportData, staging: str, thumbnails_from: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> None:
     if not data.misclassified:
         return
+    import tensorflow as tf  # the thumbnails are the pipeline's decode (figures.thumbnail)
+
+    from imgpipe.report import figures
+
     os.makedirs(os.path.join(staging, "thumbs"))
     undecodable = []
     for m in data.misclassified:
@@ -87,8 +96,8 @@ def _thumbnails(data: ReportData, staging: str, thumbnails_from: str | None = No
             m.thumbnail = name
             continue
         try:
-            figures.thumbnail(m.image or b"", os.path.join(staging, name))
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+            figures.thumbnail(m.image or b"", os.path.join(staging, name), max_pixels=max_pixels)
+        except (tf.errors.OpError, OSError, ValueError) as e:  # the decoder refuses it: no thumbnail
             undecodable.append(f"{m.record} ({type(e).__name__})")
             continue
         m.thumbnail = name
@@ -133,7 +142,13 @@ def build_report(
         previous=previous,
         loaded=loaded_model(artifacts.serving_model) if loaded_model and artifacts.serving_model else None,
     )
-    return write_report(folder, data, summary_link=f"../{runs.SUMMARY_FILE}", thumbnails_from=previous_folder)
+    return write_report(
+        folder,
+        data,
+        summary_link=f"../{runs.SUMMARY_FILE}",
+        thumbnails_from=previous_folder,
+        max_pixels=config.training.max_image_pixels,
+    )
 
 
 def earlier_report(

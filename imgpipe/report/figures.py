@@ -6,14 +6,17 @@ state, no display needed); each function writes one file.
 
 from __future__ import annotations
 
-import io
+import functools
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
+
+from trainer.features import DEFAULT_MAX_PIXELS
 
 DPI = 100
 THUMBNAIL_PX = 96
@@ -119,12 +122,38 @@ def training_curves(history: dict[str, list[float]], path: str) -> None:
     _save(fig, path)
 
 
-def thumbnail(image: bytes, path: str, size: int = THUMBNAIL_PX) -> None:
-    """A PNG of `image` fitted in size x size (small images are enlarged without smoothing)."""
-    with Image.open(io.BytesIO(image)) as img:
-        img.seek(0)  # the first frame of an animation
-        rgb = img.convert("RGB")
+def thumbnail(
+    image: bytes, path: str, size: int = THUMBNAIL_PX, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> None:
+    """A PNG of `image` as the model sees it, fitted in size x size (small images are enlarged
+    without smoothing).
+
+    The pixels are the pipeline's own decode (trainer.preprocessing.decode_image: EXIF
+    orientation applied, 16-bit and greyscale scaled to RGB uint8, a GIF's first frame, a JPEG
+    at the smallest DCT scale that still covers `size`), not Pillow's: Pillow's convert("RGB")
+    ignores the orientation and clips 16-bit greyscale to near white. An image the decoder
+    refuses (over `max_pixels`, not JPEG/PNG/GIF/BMP, damaged) raises tf.errors.OpError.
+    """
+    rgb = Image.fromarray(_decoder(size, max_pixels)(image).numpy(), "RGB")
     scale = size / max(rgb.size)
     resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
     target = (max(1, math.floor(rgb.width * scale)), max(1, math.floor(rgb.height * scale)))
     ImageOps.contain(rgb, target, method=resample).save(path, format="PNG")
+
+
+@functools.cache
+def _decoder(size: int, max_pixels: int) -> Callable[[bytes], Any]:
+    """The pipeline's decoder of one image, traced once per (size, limit) in a process.
+
+    autograph=False, as ingest's check (imgpipe/ingest/images.py) and the Transform graph trace
+    it: its control flow is explicit; op by op (eagerly) each image would pay the header walks.
+    """
+    import tensorflow as tf  # here, not at the top: only a report with thumbnails needs it
+
+    from trainer import preprocessing
+
+    return tf.function(
+        lambda data: preprocessing.decode_image(data, size, max_pixels),
+        input_signature=[tf.TensorSpec([], tf.string)],
+        autograph=False,
+    )
