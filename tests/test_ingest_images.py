@@ -216,3 +216,24 @@ def test_ingest_writes_one_copy_of_an_image_saved_twice(tmp_path: Path) -> None:
     assert [f["path"] for f in conflict["files"]] == ["a/1.png", "b/stolen.png"]
     assert {c: sum(n.values()) for c, n in report.counts.items()} == {"a": 3, "b": 4}
     assert report.files_scanned == sum(report.totals.values()) + report.num_duplicates + 2
+
+
+def test_drawings_held_in_transparency_are_distinct_images(tmp_path: Path) -> None:
+    """Canvas exports (strokes in alpha, RGB black everywhere) of different digits are different
+    images to ingest, as to the model, which sees them composited onto white."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, out = tmp_path / "images", tmp_path / "out"
+    files = {}
+    for label in (5, 6):
+        for i, k in enumerate(np.flatnonzero(digits.target == label)[:4]):
+            rgba = np.zeros((8, 8, 4), np.uint8)
+            rgba[..., 3] = (digits.images[k] * 16).clip(0, 255).astype(np.uint8)
+            files[f"{label}/{i}.png"] = _png_bytes(rgba)
+    _tree(images, files)
+    keys = {inspect_image(data).image for data in files.values()}
+    assert len(keys) == len(files)
+    report = ingest(str(images), str(out), eval_fraction=0.25, seed=0)
+    assert report.duplicates == [] and report.label_conflicts == []
+    assert sum(report.totals.values()) == len(files)

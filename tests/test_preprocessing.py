@@ -41,7 +41,9 @@ def _inputs():
     gray = _photo(50, 30, 1)[..., 0]
     out.append((helpers.encode_image(gray, "PNG"), "png_gray", np.repeat(gray[..., None], 3, -1)))
     rgba = np.concatenate([_photo(33, 47, 2), np.full((33, 47, 1), 128, np.uint8)], -1)
-    out.append((helpers.encode_image(rgba, "PNG"), "png_rgba", rgba[..., :3]))
+    # Half-transparent: composited onto white, as a page shows it (png_on_white).
+    on_white = np.round(rgba[..., :3] * (128 / 255) + 255 * (1 - 128 / 255)).astype(np.uint8)
+    out.append((helpers.encode_image(rgba, "PNG"), "png_rgba", on_white))
     jpeg = helpers.encode_image(_photo(64, 48, 3), "JPEG")
     # JPEG decoders legitimately differ by a few levels (IDCT, chroma upsampling):
     # the reference decode is libjpeg's, as TensorFlow ships it.
@@ -302,3 +304,36 @@ def test_animated_gif_decodes_only_its_first_frame():
     np.testing.assert_array_equal(_decode(gif), expected)
     # Not a walkable GIF: the bytes go to the decoder unchanged, which rejects them.
     assert _gif_first_frame(tf.constant(b"GIF89a")).numpy() == b"GIF89a"
+
+
+def test_a_pngs_transparency_is_composited_onto_white():
+    """A drawing exported from a web canvas is strokes in alpha over RGB that is black
+    everywhere: with alpha dropped, every such image was one black picture. Composited onto
+    white, each is its strokes; opaque pixels are unchanged, half-transparent ones blended."""
+    from trainer.preprocessing import decode_image
+
+    def png(array, mode):
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    strokes = np.zeros((8, 8), np.uint8)
+    strokes[2:6, 3] = 255
+    canvas = np.zeros((8, 8, 4), np.uint8)
+    canvas[..., 3] = strokes
+    other = canvas.copy()
+    other[..., 3] = strokes.T
+    a, b = (decode_image(tf.constant(png(x, "RGBA")), 8).numpy() for x in (canvas, other))
+    assert (a[strokes == 255] == 0).all() and (a[strokes == 0] == 255).all()
+    assert (a != b).any()
+
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    opaque = np.concatenate([rgb, np.full((8, 8, 1), 255, np.uint8)], -1)
+    assert (decode_image(tf.constant(png(opaque, "RGBA")), 8).numpy() == rgb).all()
+    assert (decode_image(tf.constant(png(rgb, "RGB")), 8).numpy() == rgb).all()
+    half = opaque.copy()
+    half[..., 3] = 128
+    expected = np.round(rgb * (128 / 255) + 255 * (1 - 128 / 255))
+    assert np.abs(decode_image(tf.constant(png(half, "RGBA")), 8).numpy() - expected).max() <= 1
+    grey_alpha = np.stack([strokes, strokes], -1)  # grey + alpha: white strokes, shown on white
+    assert (decode_image(tf.constant(png(grey_alpha, "LA")), 8).numpy() == 255).all()

@@ -428,7 +428,8 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     Fails with InvalidArgument, before decoding, when the header declares more
     than `max_pixels`. A JPEG is decoded at the smallest libjpeg scale (1, 1/2,
     1/4, 1/8) that keeps both sides >= `target_size`; a GIF gives its first
-    frame; grayscale is replicated to 3 channels and alpha dropped. The EXIF
+    frame; grayscale is replicated to 3 channels; a PNG's transparency is composited onto
+    white (`png_on_white`), other formats' alpha dropped. The EXIF
     orientation is applied last.
     """
     fmt, height, width, gif_end = _header(image_bytes)
@@ -437,7 +438,11 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     ):
         image_bytes = tf.identity(image_bytes)
     ratio = _jpeg_ratio_index(height, width, target_size)
-    branch = tf.where(tf.equal(fmt, _JPEG), ratio, tf.where(tf.equal(fmt, _GIF), _i64(4), _i64(5)))
+    branch = tf.where(
+        tf.equal(fmt, _JPEG),
+        ratio,
+        tf.where(tf.equal(fmt, _GIF), _i64(4), tf.where(tf.equal(fmt, _PNG), _i64(6), _i64(5))),
+    )
 
     def jpeg(r: int):
         return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r)
@@ -445,10 +450,25 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     branches = [jpeg(r) for r in JPEG_RATIOS] + [
         lambda: tf.io.decode_gif(_gif_first_frame(image_bytes, gif_end))[0],
         lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+        lambda: png_on_white(image_bytes),
     ]
     image = tf.switch_case(tf.cast(branch, tf.int32), branches)
     image.set_shape([None, None, 3])
     return apply_orientation(image, exif_orientation(image_bytes))
+
+
+def png_on_white(image_bytes: tf.Tensor) -> tf.Tensor:
+    """A PNG as uint8 RGB, its transparency composited onto white, as a page shows it.
+
+    Dropping the alpha channel instead would show what transparent pixels happen to hold: a
+    drawing exported from a web canvas is black strokes in alpha over RGB that is black
+    everywhere, so every such image decoded to one black picture (ingest merged them all as
+    copies; a served model gave them all one answer). Opaque pixels are unchanged (alpha 255).
+    """
+    rgba = tf.io.decode_png(image_bytes, channels=4)
+    alpha = tf.cast(rgba[..., 3:], tf.float32) / 255.0
+    rgb = tf.cast(rgba[..., :3], tf.float32) * alpha + 255.0 * (1.0 - alpha)
+    return tf.cast(tf.round(rgb), tf.uint8)
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
