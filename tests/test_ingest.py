@@ -601,3 +601,70 @@ def test_digits_tree_ingests_cleanly(tmp_path: Path) -> None:
     assert report.classes == ["0", "1", "2"]
     assert report.skipped == [] and report.duplicates == []
     assert {c: v["train"] + v["eval"] for c, v in report.counts.items()} == counts
+
+
+# ------------------------------------------------- trees laid out otherwise
+
+
+def test_a_tree_split_already_is_named_and_a_wrapper_folder_gets_the_fix(tmp_path: Path) -> None:
+    """train/<class>/..., val/<class>/...: ingest labels by the folder under --images, so it
+    would train "train" against "val": a warning says so. One wrapper folder above the classes:
+    the refusal names its subfolders and the folder to pass instead."""
+    images, out = tmp_path / "presplit", tmp_path / "out"
+    for s, (split, n) in enumerate((("train", 4), ("val", 2))):
+        for c in ("5", "6"):
+            for i in range(n):
+                _put(images, f"{split}/{c}/{i}.png", _encode(seed=300 + 100 * s + 10 * int(c) + i))
+    report = _run(images, out)
+    [warning] = report.warnings
+    assert warning.startswith(
+        "class folders 'train', 'val' are named like splits, not classes, and the class folders all hold the same subfolders ('5', '6')"
+    )
+    # Classes that hold subfolders of their own (years, sources) are no warning.
+    plain = tmp_path / "plain"
+    for c in ("cats", "dogs"):
+        for i in range(3):
+            _put(plain, f"{c}/2024/{i}.png", _encode(seed=50 + 10 * ("cats", "dogs").index(c) + i))
+    assert _run(plain, tmp_path / "out2").warnings == []
+
+    wrapped = tmp_path / "deep"
+    for c in ("5", "6", "7"):
+        for i in range(2):
+            _put(wrapped, f"animals/{c}/{i}.png", _encode(seed=200 + 10 * int(c) + i))
+    with pytest.raises(IngestError) as caught:
+        _run(wrapped, tmp_path / "out3")
+    assert str(caught.value).endswith(
+        f"its images sit in subfolders ('5', '6', '7'): if those are the classes, pass {wrapped}/animals "
+        "as the image directory"
+    )
+
+
+def test_nas_thumbnails_and_zip_resource_forks_are_not_images_of_the_tree(tmp_path: Path) -> None:
+    """A Synology NAS writes smaller versions of each picture into @eaDir beside it: scanned, they
+    were more images, near-copies of the real ones on both sides of the split."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 3, "b": 3})
+    _put(images, "a/@eaDir/img_000.png/SYNOPHOTO_THUMB_S.png", _encode(seed=900))
+    _put(images, "__MACOSX/a/img_000.png", _encode(seed=901))
+    report = _run(images, out)
+    assert sum(report.totals.values()) == 6
+    assert {s["path"]: s["reason"] for s in report.skipped} == {
+        "__MACOSX": "macOS resource forks from a zip archive (__MACOSX): not scanned",
+        "a/@eaDir": "a Synology NAS's thumbnail folder (@eaDir): not scanned",
+    }
+
+
+def test_a_class_left_with_one_image_by_label_conflicts_is_told_so(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 4})
+    for i in range(3):
+        _put(images, f"b/{i}.png", _encode(seed=700 + i))
+        _put(images, f"a/again_{i}.png", _encode(seed=700 + i))  # the same image under a too
+    _put(images, "b/own.png", _encode(seed=799))
+    with pytest.raises(IngestError) as caught:
+        _run(images, out)
+    assert "class 'b' in" in str(caught.value)
+    assert (
+        "(copies of one image count once; 6 files are label conflicts, the same image under several classes, and none of them is used: see label_conflicts)"
+        in str(caught.value)
+    )

@@ -70,7 +70,7 @@ def test_each_class_is_split_on_its_own_and_counts_match_records() -> None:
     # A class with one unique image cannot be judged: the run's data gate would refuse every run.
     assert plan.warnings == []
     assert plan.refusal("imgs") == (
-        "class 'solo' in imgs has a single unique image (copies of one file count once), so it cannot be "
+        "class 'solo' in imgs has a single unique image (copies of one image count once), so it cannot be "
         "in both the train and the eval split, and a run's data gate refuses a class the eval split lacks; "
         "add images to it, or remove the folder"
     )
@@ -305,12 +305,12 @@ def test_files_holding_one_image_are_copies_that_never_straddle_splits(seed: int
     ]
 
 
-def test_image_keys_leave_the_split_of_distinct_images_as_it_was() -> None:
-    """The split is decided by the kept file's SHA-256: a tree without re-saved copies splits the
-    same with image keys as without them, so upgrading does not re-split a user's data."""
-    candidates = _tree({"a": 15, "b": 15})
-    keyed = [c._replace(image=f"img-{c.sha256}") for c in candidates]
-    assert _plan(candidates).shards == {
-        split: [s._replace(records=tuple(c._replace(image="") for c in s.records)) for s in shards]
-        for split, shards in _plan(keyed).shards.items()
-    }
+def test_files_saved_again_keep_their_split() -> None:
+    """The split is decided by the image key, not the file's bytes: a tree whose files lost their
+    metadata (other SHA-256s, the same images) splits the same way, so a model trained on the
+    first tree's train split finds none of its images in the second tree's eval split."""
+    candidates = [c._replace(image=f"img-{c.sha256}") for c in _tree({"a": 15, "b": 15})]
+    stripped = [c._replace(sha256=c.sha256 + "-stripped", size=c.size - 10) for c in candidates]
+    first, second = _plan(candidates), _plan(stripped)
+    for split in SPLITS:
+        assert [c.rel for c in first.records(split)] == [c.rel for c in second.records(split)]

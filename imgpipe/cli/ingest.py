@@ -70,10 +70,13 @@ def _refusal_details(report: dict) -> list[str]:
         lines.append(f"skipped {n} file(s): {reason}")
     if len(reasons) > 5:
         lines.append(f"... and {len(reasons) - 5} more reasons (all in the JSON report on stdout)")
-    for conflict in report.get("label_conflicts", [])[:5]:
+    conflicts = report.get("label_conflicts", [])
+    for conflict in conflicts[:5]:
         files = ", ".join(f"{f['path']} ({f['class']})" for f in conflict["files"])
         what = "bytes" if conflict.get("same", "bytes") == "bytes" else "image (files that differ)"
         lines.append(f"label conflict, the same {what} under several classes: {files}")
+    if len(conflicts) > 5:
+        lines.append(f"... and {len(conflicts) - 5} more label conflicts (all in the JSON report on stdout)")
     for folder in report.get("rejected_class_folders", []):
         lines.append(f"class folder {folder['folder']!r} not used: {folder['reason']}")
     return lines

@@ -9,8 +9,9 @@ the writer needs and the report records:
   group under several classes is a label conflict and none of its files is written;
 - copies inside one class are written once (the first path by name is kept);
 - each class's unique images are split deterministically: a group's split is
-  decided by hashing (seed, class, the kept file's SHA-256), never by file order
-  or names, so copies never straddle train and eval and a re-run gives the same split;
+  decided by hashing (seed, class, its image key), never by file order, names or
+  metadata, so copies never straddle train and eval and a re-run gives the same
+  split, also after the files were saved again;
 - classes without a usable image are left out (and warned about);
 - records are interleaved across classes in a seeded order, then each split is
   cut into contiguous shards.
@@ -73,6 +74,19 @@ class Plan:
         """Every record of ``split`` in the order it is written."""
         return [c for shard in self.shards[split] for c in shard.records]
 
+    def _one_class_hint(self, images_dir: str) -> str:
+        """For a tree of one class folder whose images sit in its subfolders: the likely fix."""
+        if len(self.classes) != 1:
+            return ""
+        inner = subfolders(c for split in SPLITS for c in self.records(split)).get(self.classes[0], set())
+        if len(inner) < 2:
+            return ""
+        names = ", ".join(repr(n) for n in sorted(inner)[:10]) + (" ..." if len(inner) > 10 else "")
+        return (
+            f"; its images sit in subfolders ({names}): if those are the classes, pass "
+            f"{images_dir}/{self.classes[0]} as the image directory"
+        )
+
     def shard_names(self) -> dict[str, list[str]]:
         """split -> shard file names (the report's ``shards``)."""
         return {s: [shard.name for shard in self.shards[s]] for s in SPLITS}
@@ -96,14 +110,22 @@ class Plan:
                     else ""
                 )
                 + (f"; {num_skipped} files skipped" if num_skipped else "")
+                + self._one_class_hint(images_dir)
             )
         solo = [name for name in self.classes if self.counts[name]["eval"] == 0]
         if solo:
             which = ", ".join(repr(name) for name in solo)
             return (
                 f"{'class' if len(solo) == 1 else 'classes'} {which} in {images_dir} "
-                f"{'has' if len(solo) == 1 else 'have'} a single unique image (copies of one file count "
-                "once), so it cannot be in both the train and the eval split, and a run's data gate "
+                f"{'has' if len(solo) == 1 else 'have'} a single unique image (copies of one image count "
+                "once"
+                + (
+                    f"; {conflicting} files are label conflicts, the same image under several classes, "
+                    "and none of them is used: see label_conflicts"
+                    if (conflicting := sum(len(c["files"]) for c in self.label_conflicts))
+                    else ""
+                )
+                + "), so it cannot be in both the train and the eval split, and a run's data gate "
                 "refuses a class the eval split lacks; add images to it, or remove the folder"
             )
         return None
@@ -132,9 +154,9 @@ def make_plan(
             raise ValueError(f"candidate {cand.rel} has class {cand.label!r}, not one of {folders}")
         by_image.setdefault(cand.key, []).append(cand)
 
-    # Group by image: one picture under two classes is a label conflict. A group is known by
-    # its first file's SHA-256 (by class, then path): for files that are byte copies only,
-    # as before image keys, so the same tree splits the same way.
+    # Group by image: one picture under two classes is a label conflict. A group is named by
+    # its first file's SHA-256 (by class, then path) and split by its image key, so a tree
+    # whose files lost or gained metadata (EXIF stripped, PNGs saved again) splits as before.
     label_conflicts: list[dict[str, Any]] = []
     groups: dict[str, dict[str, list[Candidate]]] = {name: {} for name in folders}
     for key in sorted(by_image):
@@ -159,7 +181,7 @@ def make_plan(
     warnings: list[str] = []
     chosen: dict[str, list[Candidate]] = {s: [] for s in SPLITS}
     for name in folders:
-        digests = sorted(groups[name], key=lambda d, n=name: _rank(seed, "split", n, d))
+        digests = sorted(groups[name], key=lambda d, n=name: _rank(seed, "split", n, groups[n][d][0].key))
         if not digests:
             empty_classes.append(name)
             continue
@@ -184,6 +206,9 @@ def make_plan(
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))
     warnings += [f"class folder {name!r} has no usable images and is left out" for name in empty_classes]
     warnings += _case_only_differences(classes)
+    warnings += _split_like_layout(
+        classes, [c for members in groups.values() for g in members.values() for c in g]
+    )
     if len(classes) > MAX_RUN_CLASSES:
         warnings.append(
             f"{len(classes)} classes: `imgpipe run` takes at most {MAX_RUN_CLASSES:,} (TFDV's statistics "
@@ -195,7 +220,7 @@ def make_plan(
     # every class early, then cut each split into contiguous shards.
     shards: dict[str, list[Shard]] = {}
     for split in SPLITS:
-        records = sorted(chosen[split], key=lambda c, s=split: _rank(seed, "order", s, c.label, c.sha256))
+        records = sorted(chosen[split], key=lambda c, s=split: _rank(seed, "order", s, c.label, c.key))
         wanted = num_shards or math.ceil(sum(c.size for c in records) / TARGET_SHARD_BYTES)
         count = max(1, min(wanted, len(records)))
         shards[split] = [
@@ -211,6 +236,42 @@ def _same(members: list[Candidate]) -> str:
     """How a group's files are copies: "bytes" (every file identical) or "image" (one picture
     stored in files that differ: re-saved, or with other metadata)."""
     return "bytes" if len({c.sha256 for c in members}) == 1 else "image"
+
+
+# Folder names that name a split of the data rather than a class.
+SPLIT_NAMES = frozenset(
+    {"train", "training", "val", "valid", "validation", "eval", "evaluation", "test", "testing", "dev"}
+)
+
+
+def subfolders(candidates: Iterable[Candidate]) -> dict[str, set[str]]:
+    """Class -> the names of the folders right under it that hold its images (none for images
+    that sit in the class folder itself)."""
+    found: dict[str, set[str]] = {}
+    for c in candidates:
+        parts = c.rel.split("/")
+        if len(parts) > 2:
+            found.setdefault(c.label, set()).add(parts[1])
+    return found
+
+
+def _split_like_layout(classes: list[str], candidates: list[Candidate]) -> list[str]:
+    """A warning when the class folders look like a tree split already (train/<class>/...,
+    val/<class>/...): ingest labels an image by the folder right under images_dir, so such a
+    tree trains a classifier of "train" against "val"."""
+    inner = subfolders(candidates)
+    shared = set.intersection(*(inner.get(name, set()) for name in classes)) if len(classes) > 1 else set()
+    split_like = [name for name in classes if name.lower() in SPLIT_NAMES]
+    if not shared or not split_like:
+        return []
+    names = ", ".join(repr(n) for n in sorted(shared)[:10]) + (" ..." if len(shared) > 10 else "")
+    return [
+        f"class folders {', '.join(repr(n) for n in split_like)} are named like splits, not classes, "
+        f"and the class folders all hold the same subfolders ({names}): an image's class is the "
+        "folder right under the image directory, so this trains a classifier of "
+        f"{', '.join(repr(n) for n in classes[:5])}. If the subfolders are the classes, lay the "
+        "tree out as <images>/<class>/... (ingest splits it itself), or ingest one split's folder"
+    ]
 
 
 def _case_only_differences(classes: list[str]) -> list[str]:

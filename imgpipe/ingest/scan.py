@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 
 NOT_IN_CLASS_FOLDER = "not in a class folder (files directly in images_dir are ignored)"
 HIDDEN = "hidden (the name starts with '.'): not scanned"
+# Folders that file managers and NAS boxes write beside a user's pictures: their thumbnails and
+# resource forks are other versions of the pictures (a leak across the splits), not more of them.
+SYSTEM_FOLDERS = {
+    "@eaDir": "a Synology NAS's thumbnail folder (@eaDir): not scanned",
+    "__MACOSX": "macOS resource forks from a zip archive (__MACOSX): not scanned",
+    "#recycle": "a NAS's recycle bin (#recycle): not scanned",
+    "$RECYCLE.BIN": "the Windows recycle bin: not scanned",
+}
 LINK_SCANNED = "directory link not followed: it leads to a class folder or to a folder scanned already"
 LINK_LOOP = "directory link not followed: it leads to an ancestor of itself or of the image tree (a loop)"
 SCANNED_THROUGH_LINK = "folder not scanned again: a directory link outside its class already led to it"
@@ -167,6 +175,9 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
         if entry.name.startswith("."):
             skipped.append({"path": rel, "reason": HIDDEN})
             continue
+        if entry.name in SYSTEM_FOLDERS:
+            skipped.append({"path": rel, "reason": SYSTEM_FOLDERS[entry.name]})
+            continue
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError as exc:  # a link loop, or a link into a folder it may not enter
@@ -226,6 +237,9 @@ def _walk_class(
             path = os.path.join(dirpath, name)
             if name.startswith("."):
                 skip(path, HIDDEN)
+                continue
+            if name in SYSTEM_FOLDERS:
+                skip(path, SYSTEM_FOLDERS[name])
                 continue
             real = os.path.realpath(path)
             if os.path.islink(path):
