@@ -668,3 +668,21 @@ def test_a_class_left_with_one_image_by_label_conflicts_is_told_so(tmp_path: Pat
         "(copies of one image count once; 6 files are label conflicts, the same image under several classes, and none of them is used: see label_conflicts)"
         in str(caught.value)
     )
+
+
+def test_ingest_writes_the_file_of_each_record(tmp_path: Path) -> None:
+    """image_files.jsonl: a line per record written ({split, sha256 of the image bytes, path}), so
+    a run's report can name a misclassified record's file; copies and conflicts are not in it."""
+    from imgpipe.ingest.contract import FILES_FILE
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    files = _make_tree(images, {"a": 4, "b": 3})
+    _put(images, "a/zcopy.png", files["a/img_000.png"])  # a copy: not written, not listed
+    report = _run(images, out)
+    lines = [json.loads(x) for x in (out / FILES_FILE).read_text(encoding="utf-8").splitlines()]
+    by_hash = {_sha(data): rel for rel, data in files.items()}
+    assert len(lines) == sum(report.totals.values()) == 7
+    for split in ("train", "eval"):
+        written = sorted(_sha(data) for _, data in _records(out, split))
+        assert sorted(x["sha256"] for x in lines if x["split"] == split) == written
+    assert all(by_hash[x["sha256"]] == x["path"] for x in lines)

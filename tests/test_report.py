@@ -661,3 +661,34 @@ def test_labels_that_print_alike_are_told_apart_in_the_report(tmp_path):
     assert marked in page and f"<b>{composed} (" not in page
     assert figures._short(decomposed) == f"{decomposed} (not NFC)" and figures._short(composed) == composed
     assert len(figures._short("x" * 40 + "\u0301")) <= figures._LABEL_CHARS + 1
+
+
+def test_misclassified_images_are_named_by_their_files_from_ingests_index(tmp_path):
+    """The report's record numbers are ExampleGen's order; ingest's image_files.jsonl, matched by
+    the image bytes' SHA-256, names each misclassified image's file in the text, the page and
+    report.json (train entries never name an eval image; no index: record numbers only)."""
+    import hashlib
+
+    from imgpipe.ingest.contract import FILES_FILE
+
+    d = _report_data(cap=3)
+    records = tmp_path / "records"
+    records.mkdir()
+    first, second = d.misclassified[:2]
+    lines = [
+        {"split": "eval", "sha256": hashlib.sha256(first.image).hexdigest(), "path": "cats/IMG 1.jpg"},
+        {"split": "train", "sha256": hashlib.sha256(second.image).hexdigest(), "path": "dogs/wrong.jpg"},
+    ]
+    (records / FILES_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    build.name_files(d, str(tmp_path / "elsewhere"))
+    assert all(m.file is None for m in d.misclassified)
+    build.name_files(d, str(records))
+    assert [m.file for m in d.misclassified] == ["cats/IMG 1.jpg", None, None]
+    page = build.write_report(str(tmp_path / "report"), d)
+    assert f"eval record {first.record}<br>cats/IMG 1.jpg</small>" in open(page, encoding="utf-8").read()
+    assert f"record {first.record:>5}" in text.render(d) and "cats/IMG 1.jpg" in text.render(d)
+    saved = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    assert saved["misclassified"][0]["file"] == "cats/IMG 1.jpg"
+    (records / FILES_FILE).write_text("not json\n", encoding="utf-8")
+    build.name_files(d, str(records))
+    assert d.notes[-1].startswith("the image files could not be named")

@@ -25,6 +25,9 @@ from trainer.features import IMAGE_KEY, LABEL_KEY
 SPLITS = ("train", "eval")
 REPORT_FILE = "ingest_report.json"
 CLASSES_FILE = "classes.json"
+# One JSON line per record written: {"split", "sha256" of the image bytes, "path" of its file,
+# relative to the image directory}: a run's report names a misclassified record's file by it.
+FILES_FILE = "image_files.jsonl"
 # The most classes `imgpipe run` takes: TFDV's statistics list at most this many values of
 # the label (its default num_rank_histogram_buckets), so the data gate cannot check more.
 MAX_RUN_CLASSES = 1000

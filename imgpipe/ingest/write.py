@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from imgpipe.ingest.contract import CLASSES_FILE, REPORT_FILE, SPLITS, example_bytes
+from imgpipe.ingest.contract import CLASSES_FILE, FILES_FILE, REPORT_FILE, SPLITS, example_bytes
 from imgpipe.ingest.errors import IngestError, IngestWriteError, tf_error_text
 from imgpipe.ingest.images import read_regular_file
 from imgpipe.ingest.plan import Candidate, Plan
@@ -58,7 +58,7 @@ def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
             raise IngestError(
                 f"the output directory {out_dir} exists and is not empty; choose a new directory "
                 f"or pass --overwrite (overwrite=True from Python), which replaces train/, "
-                f"eval/, {REPORT_FILE} and {CLASSES_FILE} only; other files are left alone"
+                f"eval/, {REPORT_FILE}, {CLASSES_FILE} and {FILES_FILE} only; other files are left alone"
                 + (
                     f" (and removes what an interrupted ingest left: {', '.join(leftovers)})"
                     if leftovers
@@ -70,7 +70,7 @@ def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
 def _leftovers(entries: list[str], keep: str | None = None) -> list[str]:
     """What an interrupted ingest left in out_dir (its staging folders, its half-written JSON),
     but ``keep``; removed by the next ingest into that folder."""
-    partial = {f"{CLASSES_FILE}.tmp", f"{REPORT_FILE}.tmp"}
+    partial = {f"{CLASSES_FILE}.tmp", f"{REPORT_FILE}.tmp", f"{FILES_FILE}.tmp"}
     return sorted(n for n in entries if n != keep and (n.startswith(STAGING_PREFIX) or n in partial))
 
 
@@ -155,9 +155,14 @@ def write_outputs(
                             say(f"wrote {done}/{total} records")
         _write_json(os.path.join(staging, CLASSES_FILE), report.classes)
         _write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
+        with open(os.path.join(staging, FILES_FILE), "w", encoding="utf-8") as index:
+            for split in SPLITS:
+                for cand in plan.records(split):
+                    line = {"split": split, "sha256": cand.sha256, "path": display_path(cand.rel)}
+                    index.write(json.dumps(line, ensure_ascii=False) + "\n")
         if overwrite:
             _remove_previous_outputs(out_dir)
-        for name in (*SPLITS, CLASSES_FILE, REPORT_FILE):
+        for name in (*SPLITS, CLASSES_FILE, REPORT_FILE, FILES_FILE):
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     except (OSError, tf.errors.OpError) as exc:
         undo()
@@ -192,5 +197,5 @@ def _write_json(path: str, payload: Any) -> None:
 def _remove_previous_outputs(out_dir: str) -> None:
     """Delete only what ``ingest`` writes (used with overwrite=True); what an interrupted ingest
     left was removed as the write began (``_leftovers``)."""
-    for name in (*SPLITS, REPORT_FILE, CLASSES_FILE):
+    for name in (*SPLITS, REPORT_FILE, CLASSES_FILE, FILES_FILE):
         _remove(os.path.join(out_dir, name))

@@ -8,6 +8,7 @@ any recorded run, e.g. for `imgpipe report`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -142,6 +143,7 @@ def build_report(
         previous=previous,
         loaded=loaded_model(artifacts.serving_model) if loaded_model and artifacts.serving_model else None,
     )
+    name_files(data, config.data_dir)
     return write_report(
         folder,
         data,
@@ -149,6 +151,27 @@ def build_report(
         thumbnails_from=previous_folder,
         max_pixels=config.training.max_image_pixels,
     )
+
+
+def name_files(data: ReportData, data_dir: str | None) -> None:
+    """Name each misclassified image's file, from the index `imgpipe ingest` writes beside its
+    records (contract.FILES_FILE), matched by the image bytes' SHA-256: the record's place in the
+    eval split is ExampleGen's, not the files'. Records made elsewhere (no index) keep their
+    record number only; an unreadable index is a note."""
+    from imgpipe.ingest.contract import FILES_FILE
+
+    wanted = {hashlib.sha256(m.image).hexdigest(): m for m in data.misclassified if m.image}
+    path = os.path.join(data_dir or "", FILES_FILE)
+    if not wanted or not data_dir or not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as index:
+            for line in index:
+                entry = json.loads(line)
+                if entry.get("split") == "eval" and entry.get("sha256") in wanted:
+                    wanted[entry["sha256"]].file = entry["path"]
+    except (OSError, ValueError) as e:
+        data.notes.append(f"the image files could not be named ({path}: {e})")
 
 
 def earlier_report(

@@ -61,6 +61,7 @@ class Misclassified:
     score: float  # the model's score for the (wrong) predicted class
     true_score: float | None  # its score for the true class (None: not in the vocabulary)
     thumbnail: str | None = None  # the thumbnail's path inside the report folder, once written
+    file: str | None = None  # the image's file, from ingest's image_files.jsonl (None: not known)
     image: bytes | None = dataclasses.field(default=None, repr=False)  # encoded; not saved
 
 

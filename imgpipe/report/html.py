@@ -131,7 +131,9 @@ def _gallery(d: ReportData) -> str:
         true_score = "" if m.true_score is None else f" (true class {_num(m.true_score, 3)})"
         items.append(
             f"<figure>{picture}<figcaption>true <b>{esc(label_text(m.true))}</b><br>predicted <b>{esc(label_text(m.predicted))}</b>"
-            f"<br>score {_num(m.score, 3)}{esc(true_score)}<br><small>eval record {m.record}</small>"
+            f"<br>score {_num(m.score, 3)}{esc(true_score)}<br><small>eval record {m.record}"
+            + (f"<br>{esc(m.file)}" if m.file else "")
+            + "</small>"
             "</figcaption></figure>"
         )
     return intro + f'<div class="gallery">{"".join(items)}</div>'

@@ -59,5 +59,6 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
         for m in shown:
             lines.append(
                 f"  record {m.record:>5}  true {_clean(label_text(m.true))}  predicted {_clean(label_text(m.predicted))}  score {m.score:.3f}"
+                + (f"  {_clean(m.file)}" if m.file else "")
             )
     return "\n".join(lines) + "\n"
