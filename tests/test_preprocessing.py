@@ -337,3 +337,12 @@ def test_a_pngs_transparency_is_composited_onto_white():
     assert np.abs(decode_image(tf.constant(png(half, "RGBA")), 8).numpy() - expected).max() <= 1
     grey_alpha = np.stack([strokes, strokes], -1)  # grey + alpha: white strokes, shown on white
     assert (decode_image(tf.constant(png(grey_alpha, "LA")), 8).numpy() == 255).all()
+    # A palette PNG whose index 0 is transparent (a tRNS chunk): those pixels are white too.
+    palette = Image.fromarray(np.where(strokes == 255, 1, 0).astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 200, 30, 30] + [0, 0, 0] * 254)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=0)
+    decoded = decode_image(tf.constant(buffer.getvalue()), 8).numpy()
+    assert (decoded[strokes == 0] == 255).all() and (decoded[strokes == 255] == [200, 30, 30]).all()
+    # Opaque PNGs take the plain decode (no tRNS, no alpha): the same pixels as before.
+    assert (decode_image(tf.constant(png(rgb, "RGB")), 8).numpy() == rgb).all()

@@ -457,6 +457,27 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     return apply_orientation(image, exif_orientation(image_bytes))
 
 
+def _png_has_trns(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Whether a PNG has a tRNS chunk: its chunks are walked from the signature to the first
+    IDAT (tRNS must come before it), reading each one's 8-byte head only."""
+    size = tf.cast(tf.strings.length(image_bytes), tf.int64)
+
+    def more(pos, found, done):
+        return tf.logical_and(tf.logical_not(done), pos + 8 <= size)
+
+    def step(pos, found, done):
+        head = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, pos, 8), tf.uint8), tf.int64)
+        length = head[0] * 2**24 + head[1] * 2**16 + head[2] * 2**8 + head[3]
+        kind = tf.strings.substr(image_bytes, pos + 4, 4)
+        found = tf.equal(kind, "tRNS")
+        return pos + 12 + length, found, tf.logical_or(found, tf.equal(kind, "IDAT"))
+
+    _, found, _ = tf.while_loop(
+        more, step, (tf.constant(8, tf.int64), tf.constant(False), tf.constant(False))
+    )
+    return found
+
+
 def png_on_white(image_bytes: tf.Tensor) -> tf.Tensor:
     """A PNG as uint8 RGB, its transparency composited onto white, as a page shows it.
 
@@ -465,10 +486,25 @@ def png_on_white(image_bytes: tf.Tensor) -> tf.Tensor:
     everywhere, so every such image decoded to one black picture (ingest merged them all as
     copies; a served model gave them all one answer). Opaque pixels are unchanged (alpha 255).
     """
-    rgba = tf.io.decode_png(image_bytes, channels=4)
-    alpha = tf.cast(rgba[..., 3:], tf.float32) / 255.0
-    rgb = tf.cast(rgba[..., :3], tf.float32) * alpha + 255.0 * (1.0 - alpha)
-    return tf.cast(tf.round(rgb), tf.uint8)
+    # Only a PNG that can be transparent pays for the blend (2x a large PNG's decode): colour type
+    # 4 or 6 (grey or RGB with alpha, IHDR's byte 25), or a tRNS chunk (a palette's or one colour's
+    # transparency).
+    color_type = tf.cond(
+        tf.strings.length(image_bytes) > 25,
+        lambda: tf.io.decode_raw(tf.strings.substr(image_bytes, 25, 1), tf.uint8)[0],
+        lambda: tf.constant(0, tf.uint8),  # cut short: decode_png says so
+    )
+    transparent = tf.logical_or(
+        tf.logical_or(tf.equal(color_type, 4), tf.equal(color_type, 6)), _png_has_trns(image_bytes)
+    )
+
+    def blend() -> tf.Tensor:
+        rgba = tf.io.decode_png(image_bytes, channels=4)
+        alpha = tf.cast(rgba[..., 3:], tf.float32) / 255.0
+        rgb = tf.cast(rgba[..., :3], tf.float32) * alpha + 255.0 * (1.0 - alpha)
+        return tf.cast(tf.round(rgb), tf.uint8)
+
+    return tf.cond(transparent, blend, lambda: tf.io.decode_png(image_bytes, channels=3))
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:

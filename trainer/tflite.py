@@ -228,7 +228,7 @@ def contract(
             "layout": "NHWC",
             "channel_order": "RGB",
             "value_range": [0.0, 255.0],
-            "decode": "to 3-channel RGB: grayscale replicated, alpha dropped, the first frame of a GIF",
+            "decode": "to 3-channel RGB: grayscale replicated, a PNG's transparency composited onto white (other formats' alpha dropped), the first frame of a GIF",
             "resize": {
                 "size": [image_size, image_size],
                 "method": preprocessing.RESIZE_METHOD,
