@@ -91,9 +91,11 @@ def test_an_image_the_decoder_refuses_gets_no_thumbnail_and_a_note(tmp_path):
 
 
 def test_the_thumbnail_decoder_is_traced_once_per_size_and_limit(tmp_path):
-    figures._decoder.cache_clear()
+    from trainer.preprocessing import traced_decoder
+
+    traced_decoder.cache_clear()
     for data in (samples.oriented_jpeg(6), samples.png(samples.asymmetric_image()), samples.black_png(9, 5)):
         figures.thumbnail(data, str(tmp_path / "t.png"), max_pixels=123_456)
-    decoder = figures._decoder(figures.THUMBNAIL_PX, 123_456)
-    assert figures._decoder.cache_info().currsize == 1
+    decoder = traced_decoder(figures.THUMBNAIL_PX, 123_456)
+    assert traced_decoder.cache_info().currsize == 1
     assert decoder.experimental_get_tracing_count() == 1

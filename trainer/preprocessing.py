@@ -546,9 +546,26 @@ def _decode_and_resize_function(image_size: int, max_pixels: int) -> tf.types.ex
     return tf.function(batch, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
 
+@functools.cache
+def traced_decoder(
+    target_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tf.types.experimental.GenericFunction:
+    """`decode_image` of one encoded image (a scalar string) as a function traced once per
+    (target_size, max_pixels) in a process: op by op, each image would pay the header walks and
+    branches again. autograph=False, as everywhere the decoder is traced: its control flow is
+    explicit. For callers that decode image by image (the report's thumbnails, the search for
+    records the decoder refuses)."""
+    return tf.function(
+        lambda image: decode_image(image, target_size, max_pixels),
+        input_signature=[tf.TensorSpec([], tf.string)],
+        autograph=False,
+    )
+
+
 def forget_traced_functions() -> None:
     """Drop the traced decoders (benchmarks: make a run pay the trace as a new process does)."""
     _decode_and_resize_function.cache_clear()
+    traced_decoder.cache_clear()
 
 
 def preprocess_images(

@@ -69,16 +69,9 @@ MAX_NAMED = 10
 def _undecodable_records(config: PipelineConfig, splits: tuple[str, ...]) -> list[str]:
     """The records of the data's `splits` whose image the model's own decoder refuses, at most
     MAX_NAMED: TFRecords made elsewhere are checked only by their first records before a run."""
-    import tensorflow as tf
+    from trainer.preprocessing import traced_decoder
 
-    from trainer.preprocessing import decode_image
-
-    size, max_pixels = config.effective_image_size(), config.training.max_image_pixels
-    decode = tf.function(
-        lambda image: decode_image(image, size, max_pixels),
-        input_signature=[tf.TensorSpec([], tf.string)],
-        autograph=False,
-    )
+    decode = traced_decoder(config.effective_image_size(), config.training.max_image_pixels)
     found: list[str] = []
     for split in splits:
         log.info("looking for the records of %s whose image cannot be decoded (reads every record)", split)

@@ -6,11 +6,9 @@ state, no display needed); each function writes one file.
 
 from __future__ import annotations
 
-import functools
 import math
 import unicodedata
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -134,26 +132,10 @@ def thumbnail(
     ignores the orientation and clips 16-bit greyscale to near white. An image the decoder
     refuses (over `max_pixels`, not JPEG/PNG/GIF/BMP, damaged) raises tf.errors.OpError.
     """
-    rgb = Image.fromarray(_decoder(size, max_pixels)(image).numpy(), "RGB")
+    from trainer.preprocessing import traced_decoder  # here: only a report with thumbnails loads TF
+
+    rgb = Image.fromarray(traced_decoder(size, max_pixels)(image).numpy(), "RGB")
     scale = size / max(rgb.size)
     resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
     target = (max(1, math.floor(rgb.width * scale)), max(1, math.floor(rgb.height * scale)))
     ImageOps.contain(rgb, target, method=resample).save(path, format="PNG")
-
-
-@functools.cache
-def _decoder(size: int, max_pixels: int) -> Callable[[bytes], Any]:
-    """The pipeline's decoder of one image, traced once per (size, limit) in a process.
-
-    autograph=False, as ingest's check (imgpipe/ingest/images.py) and the Transform graph trace
-    it: its control flow is explicit; op by op (eagerly) each image would pay the header walks.
-    """
-    import tensorflow as tf  # here, not at the top: only a report with thumbnails needs it
-
-    from trainer import preprocessing
-
-    return tf.function(
-        lambda data: preprocessing.decode_image(data, size, max_pixels),
-        input_signature=[tf.TensorSpec([], tf.string)],
-        autograph=False,
-    )
