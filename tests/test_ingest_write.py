@@ -23,6 +23,9 @@ from trainer.features import IMAGE_KEY, LABEL_KEY
 
 tf = pytest.importorskip("tensorflow")
 
+# What a whole ingest leaves in its output directory, by name.
+WRITTEN = ["classes.json", "eval", "image_files.jsonl", "ingest_report.json", "train"]
+
 
 def _png(seed: int) -> bytes:
     """A distinct 8x8 PNG per seed."""
@@ -97,13 +100,7 @@ def test_write_follows_the_plan_exactly(tmp_path: Path, given) -> None:
             assert _records(out / split / shard.name) == expected
     assert json.loads((out / "classes.json").read_text()) == ["a", "b"]
     assert json.loads((out / "ingest_report.json").read_text()) == report.to_dict()
-    assert sorted(p.name for p in out.iterdir()) == [
-        "classes.json",
-        "eval",
-        "image_files.jsonl",
-        "ingest_report.json",
-        "train",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == WRITTEN
     assert lines == ["wrote 2/5 records", "wrote 4/5 records"]
 
 
@@ -189,13 +186,7 @@ def test_what_an_interrupted_ingest_left_is_removed_by_the_next(tmp_path: Path, 
     check_out_dir(str(images), str(out), overwrite=False)
     lines: list[str] = []
     write_outputs(str(images), str(out), plan, _report(images, out, plan), progress=lines.append)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "classes.json",
-        "eval",
-        "image_files.jsonl",
-        "ingest_report.json",
-        "train",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == WRITTEN
     assert (
         lines[0] == f"removing what an interrupted ingest left in {out}: .ingest-tmp-abc123, classes.json.tmp"
     )

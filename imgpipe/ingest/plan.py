@@ -93,8 +93,8 @@ class Plan:
 
     def refusal(self, images_dir: str, num_skipped: int = 0) -> str | None:
         """Why this plan cannot make a training set, or None when it can."""
+        conflicting = sum(len(c["files"]) for c in self.label_conflicts)
         if len(self.classes) < 2:
-            conflicting = sum(len(c["files"]) for c in self.label_conflicts)
             return (
                 f"{images_dir} has {len(self.classes)} class(es) with usable images "
                 f"({self.classes}); a classifier needs at least 2"
@@ -122,7 +122,7 @@ class Plan:
                 + (
                     f"; {conflicting} files are label conflicts, the same image under several classes, "
                     "and none of them is used: see label_conflicts"
-                    if (conflicting := sum(len(c["files"]) for c in self.label_conflicts))
+                    if conflicting
                     else ""
                 )
                 + "), so it cannot be in both the train and the eval split, and a run's data gate "

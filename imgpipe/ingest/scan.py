@@ -172,11 +172,8 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     class_reals: dict[str, str] = {}  # real path -> the first class folder name that leads to it
     for entry in ordered:
         rel = display_path(_rel(root, entry.path))
-        if entry.name.startswith("."):
-            skipped.append({"path": rel, "reason": HIDDEN})
-            continue
-        if entry.name in SYSTEM_FOLDERS:
-            skipped.append({"path": rel, "reason": SYSTEM_FOLDERS[entry.name]})
+        if reason := _not_scanned(entry.name):
+            skipped.append({"path": rel, "reason": reason})
             continue
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
@@ -235,11 +232,8 @@ def _walk_class(
         keep = []
         for name in sorted(dirnames):
             path = os.path.join(dirpath, name)
-            if name.startswith("."):
-                skip(path, HIDDEN)
-                continue
-            if name in SYSTEM_FOLDERS:
-                skip(path, SYSTEM_FOLDERS[name])
+            if reason := _not_scanned(name):
+                skip(path, reason)
                 continue
             real = os.path.realpath(path)
             if os.path.islink(path):
@@ -262,6 +256,12 @@ def _walk_class(
             else:
                 files.append((_rel(root, path), path))
     return files
+
+
+def _not_scanned(name: str) -> str | None:
+    """Why a folder (or an entry of the image directory) named `name` is not scanned: hidden, or
+    one of SYSTEM_FOLDERS; None when it is scanned."""
+    return HIDDEN if name.startswith(".") else SYSTEM_FOLDERS.get(name)
 
 
 def _link_problem(root: str, tree: str, link: str, parent: str) -> str | None:

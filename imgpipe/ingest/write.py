@@ -70,7 +70,7 @@ def check_out_dir(images_dir: str, out_dir: str, overwrite: bool) -> None:
 def _leftovers(entries: list[str], keep: str | None = None) -> list[str]:
     """What an interrupted ingest left in out_dir (its staging folders, its half-written JSON),
     but ``keep``; removed by the next ingest into that folder."""
-    partial = {f"{CLASSES_FILE}.tmp", f"{REPORT_FILE}.tmp", f"{FILES_FILE}.tmp"}
+    partial = {f"{CLASSES_FILE}.tmp", f"{REPORT_FILE}.tmp"}
     return sorted(n for n in entries if n != keep and (n.startswith(STAGING_PREFIX) or n in partial))
 
 
