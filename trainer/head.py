@@ -45,6 +45,10 @@ from trainer.config import IMBALANCE_RATIO, TrainingConfig
 # What early stopping and --tune watch: the (class-weighted) cross-entropy on the validation
 # slice, without the L2 penalty (which would otherwise bias --tune against weight decay).
 MONITOR = "val_cross_entropy"
+# What the k-fold selection (select_by_folds) ranks epochs by: the validation part's accuracy
+# with each example weighted by its class weight (memory_fit), the balanced accuracy under
+# balanced class weights.
+WEIGHTED_ACCURACY = "val_weighted_accuracy"
 
 
 def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -478,9 +482,6 @@ def select_by_folds(
         folds=len(histories),
         best_val_weighted_accuracy=float(accuracy[best]),
     )
-
-
-WEIGHTED_ACCURACY = "val_weighted_accuracy"
 
 
 def finish(
