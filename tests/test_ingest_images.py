@@ -183,6 +183,43 @@ def test_jpegs_alike_at_the_checks_scale_keep_their_own_keys() -> None:
     assert inspect_image(a).image != inspect_image(b).image
 
 
+def _segments(jpeg: bytes) -> list[tuple[int, bytes]]:
+    """A JPEG's marker segments before its scan, each (marker, the segment's bytes)."""
+    out, pos = [], 2
+    while jpeg[pos + 1] != 0xDA:
+        length = int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+        out.append((jpeg[pos + 1], jpeg[pos : pos + 2 + length]))
+        pos += 2 + length
+    return out
+
+
+def test_a_jfif_segment_is_part_of_a_jpegs_key_but_its_density_is_not() -> None:
+    """A three-channel JPEG without JFIF or Adobe segment and with components named R, G, B is
+    RGB to libjpeg; with a JFIF APP0 added, the same coded data is read as YCbCr: other colours,
+    so another key. The JFIF segment's fields (density, thumbnail) decide no pixel. Fill bytes
+    before a marker after the scan are padding."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    pixels = _photo(5, 32, 32)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95, keep_rgb=True)
+    coded = buffer.getvalue()
+    head = b"\xff\xd8" + b"".join(seg for marker, seg in _segments(coded) if marker != 0xEE)
+    plain = head + coded[coded.index(b"\xff\xda") :]
+    jfif = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + plain[2:]
+    dense = jfif.replace(b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01", b"JFIF\x00\x01\x02\x01\x01\x2c\x01\x2c", 1)
+    decoded = [tf.io.decode_jpeg(x, channels=3).numpy().astype(int) for x in (plain, jfif, dense)]
+    assert np.abs(decoded[0] - decoded[1]).max() > 50 and (decoded[1] == decoded[2]).all()
+    keys = [inspect_image(x).image for x in (plain, jfif, dense)]
+    assert keys[0] != keys[1] and keys[1] == keys[2]
+    padded = jfif[:-2] + b"\xff" * 5 + b"\xff\xd9"
+    assert (tf.io.decode_jpeg(padded, channels=3).numpy() == decoded[1]).all()
+    assert inspect_image(padded).image == keys[1]
+
+
 def test_a_jpeg_whose_markers_cannot_be_walked_is_known_by_its_bytes() -> None:
     from imgpipe.ingest.images import image_key, jpeg_coded_image
 

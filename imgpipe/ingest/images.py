@@ -136,7 +136,8 @@ def image_key(data: bytes, orientation: int, decoded: tuple[int, int, int]) -> s
 
     - a JPEG: its coded image (frame, tables and scans: what the decoder reads) and the EXIF
       orientation the graph applies, without the metadata segments (APP0-APP15 but Adobe's
-      APP14, which says how the colours are coded, and comments) or bytes after the image.
+      APP14 and whether there is a JFIF APP0, which say how the colours are coded; comments)
+      or bytes after the image.
       Such files decode to the same pixels. A JPEG compressed again, or transcoded losslessly
       (e.g. to progressive), has other coded data and another key;
     - any other format (PNG, GIF, BMP): the decoded pixels, upright, RGB, as the graph gives
@@ -159,13 +160,17 @@ def image_key(data: bytes, orientation: int, decoded: tuple[int, int, int]) -> s
 
 # JPEG markers without a length: TEM, RST0-RST7, SOI, EOI.
 _STANDALONE = {0x01, *range(0xD0, 0xD8), 0xD8, 0xD9}
-_APP14, _COM, _SOS, _EOI = 0xEE, 0xFE, 0xDA, 0xD9
+_APP0, _APP14, _COM, _SOS, _EOI = 0xE0, 0xEE, 0xFE, 0xDA, 0xD9
+# Stands for a JFIF APP0 in the coded image: a three-channel JPEG with one is YCbCr to libjpeg,
+# without one (nor Adobe's APP14) its component ids decide, so the two decode to other colours.
+_JFIF = b"\xff\xe0JFIF"
 
 
 def jpeg_coded_image(data: bytes) -> bytes | None:
     """The segments of a JPEG's first image that decide its pixels (see ``image_key``), joined:
-    SOI up to EOI without APPn (but APP14) and COM segments. None when the markers cannot be
-    walked (the file is then keyed by its bytes)."""
+    SOI up to EOI without APPn (but APP14, and whether a JFIF APP0 is there) and COM segments,
+    nor fill bytes after a scan. None when the markers cannot be walked (the file is then keyed
+    by its bytes)."""
     out = bytearray(b"\xff\xd8")
     pos, end = 2, len(data)
     while pos < end:
@@ -201,7 +206,11 @@ def jpeg_coded_image(data: bytes) -> bytes | None:
                     continue
                 break
             segment_end = scan
-        if not (0xE0 <= marker <= 0xEF and marker != _APP14) and marker != _COM:
+        if marker == _SOS:  # fill bytes before the next marker are not image data
+            out += b"\xff\xda" + data[pos:segment_end].rstrip(b"\xff")
+        elif marker == _APP0 and data[pos + 2 : pos + 7] == b"JFIF\x00" and length >= 16:
+            out += _JFIF  # its presence alone decides how libjpeg reads the colours
+        elif not (0xE0 <= marker <= 0xEF and marker != _APP14) and marker != _COM:
             out += bytes((0xFF, marker)) + data[pos:segment_end]
         pos = segment_end
     return None
