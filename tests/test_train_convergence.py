@@ -9,6 +9,7 @@ summary, the eval split kept out of every choice, the image path's held-out reco
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -563,7 +564,7 @@ def test_memory_fit_weighted_accuracy_is_balanced_accuracy_under_balanced_weight
 
 def test_select_by_folds_chooses_the_best_mean_weighted_accuracy_then_refits_on_the_whole_split():
     """A skewed, noisy task whose slice would hold 3 examples of the small class: the epoch count
-    comes from 5 folds (the chosen epoch has the best mean weighted accuracy, the lowest mean loss
+    comes from 5 folds (the chosen epoch has the best pooled weighted accuracy, the lowest pooled loss
     among equals), and the final head is trained on the whole split for that many epochs, also
     with refit off (no single selection model exists)."""
     x, y = _blobs([300, 30], sep=0.6, seed=6, flip=0.1)
@@ -587,3 +588,30 @@ def test_select_by_folds_chooses_the_best_mean_weighted_accuracy_then_refits_on_
     assert notes[0].startswith(
         f"head: epoch {sel.best_epoch} chosen by 5-fold cross-validation on the train split"
     )
+
+
+@pytest.mark.parametrize("counts", [[40, 2], [60, 3, 2], [25, 25]])
+def test_the_folds_score_is_pooled_over_their_predictions_not_a_mean_of_fold_scores(counts):
+    """A head that always answers the largest class has balanced accuracy 1 / k over the whole
+    split, however the folds deal the small class: folds that validate none of it must not
+    count as much as those holding its heavily weighed few. (A plain mean of the folds'
+    weighted accuracies gave 0.71 on [40, 2].)"""
+    labels = np.repeat(np.arange(len(counts)), counts)
+    weights, _ = head.class_weights(labels, len(counts), "auto")
+    w = weights[labels] if weights is not None else np.ones(len(labels))
+    histories, sizes = [], []
+    for mask in head.fold_masks(labels, 5, 0):
+        right = labels[mask] == 0  # always the largest class
+        histories.append(
+            {
+                head.WEIGHTED_ACCURACY: [float((right * w[mask]).sum() / w[mask].sum())] * 2,
+                "val_accuracy": [float(right.mean())] * 2,
+                head.MONITOR: [1.0, float("nan")],
+            }
+        )
+        sizes.append(head._FoldSize(int((~mask).sum()), int(mask.sum()), float(w[mask].sum())))
+    balanced = 1 / len(counts) if weights is not None else counts[0] / sum(counts)
+    pooled = head._pooled(head.WEIGHTED_ACCURACY, histories, sizes, 3)
+    assert pooled == pytest.approx([balanced] * 3)
+    assert head._pooled("val_accuracy", histories, sizes, 2) == pytest.approx([counts[0] / sum(counts)] * 2)
+    assert head._pooled(head.MONITOR, histories, sizes, 2) == [1.0, math.inf]

@@ -166,7 +166,7 @@ class TrainingConfig(Settings):
         ge=0,
         description="when the validation slice holds fewer than 10 examples of some class, choose the "
         "head's epoch count by this many-fold cross-validation on the train split instead (the best "
-        "mean weighted accuracy, i.e. balanced accuracy under class weights; then a refit on the whole "
+        "pooled weighted accuracy, i.e. balanced accuracy under class weights; then a refit on the whole "
         "split); 0 or 1: always the slice",
     )
     refit: bool = Field(

@@ -447,7 +447,7 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
         msg = (
             f"head: epoch {sel.best_epoch} chosen by {sel.folds}-fold cross-validation on the train "
             f"split (the validation slice holds fewer than {head.FOLDS_BELOW} examples of a class): "
-            f"mean weighted accuracy {sel.best_val_weighted_accuracy:.4f}, loss {sel.best_val_loss:.4f} "
+            f"pooled weighted accuracy {sel.best_val_weighted_accuracy:.4f}, loss {sel.best_val_loss:.4f} "
             f"({'the folds ran up to ' + str(sel.epochs_run) + ' epochs' if sel.stopped_epoch else 'ran to the cap of ' + str(params.epochs) + ' epochs'})"
         )
     if run.refit is not None:
