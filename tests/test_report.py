@@ -689,6 +689,14 @@ def test_misclassified_images_are_named_by_their_files_from_ingests_index(tmp_pa
     assert f"record {first.record:>5}" in text.render(d) and "cats/IMG 1.jpg" in text.render(d)
     saved = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
     assert saved["misclassified"][0]["file"] == "cats/IMG 1.jpg"
-    (records / FILES_FILE).write_text("not json\n", encoding="utf-8")
+    # Lines that are no entry (not JSON, a list, a number, a field missing or not text) are
+    # skipped with a note; the entries among them still name their files.
+    entry = {"split": "eval", "sha256": hashlib.sha256(second.image).hexdigest(), "path": "dogs/b.jpg"}
+    bad = ["not json", "[1, 2]", "3", "null", json.dumps({**entry, "path": 7}), json.dumps({"split": "eval"})]
+    (records / FILES_FILE).write_text("\n".join([*bad, json.dumps(entry), ""]), encoding="utf-8")
+    build.name_files(d, str(records))
+    assert d.misclassified[1].file == "dogs/b.jpg"
+    assert d.notes[-1].startswith(f"6 line(s) of {records / FILES_FILE} are not a file's entry")
+    (records / FILES_FILE).write_bytes(b"\xff\xfe not text\n")
     build.name_files(d, str(records))
     assert d.notes[-1].startswith("the image files could not be named")
