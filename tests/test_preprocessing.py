@@ -346,3 +346,32 @@ def test_a_pngs_transparency_is_composited_onto_white():
     assert (decoded[strokes == 0] == 255).all() and (decoded[strokes == 255] == [200, 30, 30]).all()
     # Opaque PNGs take the plain decode (no tRNS, no alpha): the same pixels as before.
     assert (decode_image(tf.constant(png(rgb, "RGB")), 8).numpy() == rgb).all()
+
+
+def test_the_walk_for_a_trns_chunk_stops_after_a_bounded_number_of_chunks():
+    """Each chunk head is a graph iteration: a file of a million empty chunks before its image data
+    took 17 s. Past PNG_CHUNKS_WALKED chunks the walk stops and the PNG is taken as maybe
+    transparent: blended onto white, which leaves opaque pixels as they are."""
+    import struct
+    import zlib
+
+    from trainer import preprocessing
+
+    def chunk(kind: bytes, data: bytes = b"") -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rgb = np.random.default_rng(1).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    rows = b"".join(b"\x00" + row.tobytes() for row in rgb)
+
+    def png(extra: bytes) -> bytes:
+        header = chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+        return b"\x89PNG\r\n\x1a\n" + header + extra + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND")
+
+    has_trns = tf.function(preprocessing._png_has_trns)
+    limit = preprocessing.PNG_CHUNKS_WALKED
+    few, many = chunk(b"abCd") * 10, chunk(b"abCd") * (limit + 5)
+    assert not has_trns(tf.constant(png(few))).numpy()
+    assert has_trns(tf.constant(png(few + chunk(b"tRNS", b"\x00\x00" * 3)))).numpy()
+    assert has_trns(tf.constant(png(many))).numpy()  # not walked to the end: maybe
+    for data in (png(few), png(many)):
+        assert (decode_image(tf.constant(data), 4).numpy() == rgb).all()
