@@ -79,7 +79,8 @@ def test_rendered_file_embeds_the_resolved_config_and_policy(data_dir):
 
 # Run in a fresh process with Airflow, as its DAG processor parses a file: the tasks and
 # their upstream tasks, and which heavy modules the parse loaded. Then, with TFX loaded,
-# a task whose DAG file lists another graph is refused before anything runs.
+# a task whose DAG file lists another graph is refused before anything runs, and a task whose
+# failure diagnosis fails raises its component's error.
 _PARSE = """
 import json, runpy, sys
 ns = runpy.run_path(sys.argv[1])
@@ -95,6 +96,26 @@ try:
     airflow.run_task(stale, ti=None)
 except AirflowFailException as e:
     out["stale"] = str(e)
+# A task whose component fails, with a diagnosis that fails too: the task's own error is raised.
+from imgpipe.orchestration import diagnosis
+def broken(*args):
+    raise RuntimeError("the diagnosis broke")
+diagnosis.explain = broken
+class Failing:
+    def prepare_for_execution(self):
+        return self
+    def render_template_fields(self, context):
+        pass
+    def execute(self, context):
+        raise OSError("the component's own error")
+tfx_dag, _ = airflow._tfx_dag(spec)
+tfx_dag.get_task = lambda task_id: Failing()
+class TI:
+    task_id = "StatisticsGen"
+try:
+    airflow.run_task(spec, ti=TI())
+except BaseException as e:
+    out["failed"] = f"{type(e).__name__}: {e}"
 print(json.dumps(out))
 """
 
@@ -115,6 +136,7 @@ def test_parsing_the_file_loads_no_tensorflow_and_gives_the_pipelines_tasks(data
     assert out["dag_id"] == "pets" and out["max_active_runs"] == 1
     assert out["tasks"] == {task: upstream for task, upstream in airflow.task_graph(cfg.resolved())}
     assert "render it again with `imgpipe airflow-dag`" in out["stale"]
+    assert out["failed"] == "OSError: the component's own error"
 
 
 def test_dag_settings_one_active_run_no_catchup_no_retries():

@@ -294,7 +294,13 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
         except Exception as e:
             # What `imgpipe run` adds to such a failure: the damaged files or undecodable records
             # behind it, in the task's log before Airflow's traceback. The error is raised as it came.
-            found = diagnosis.explain(cfg, task_id, f"{type(e).__name__}: {e}")
+            # Nothing here may replace the task's own error. (A task's timeout, AirflowTaskTimeout,
+            # is a BaseException: it is not caught here, and no diagnosis runs after it.)
+            try:
+                found = diagnosis.explain(cfg, task_id, f"{type(e).__name__}: {e}")
+            except Exception as lookup:  # noqa: BLE001
+                found = ""
+                logging.getLogger(__name__).warning("%s: no diagnosis (%s)", task_id, lookup)
             if found:
                 logging.getLogger(__name__).error("%s failed: %s%s", task_id, type(e).__name__, found)
             raise
