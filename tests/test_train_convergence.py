@@ -590,6 +590,34 @@ def test_select_by_folds_chooses_the_best_mean_weighted_accuracy_then_refits_on_
     )
 
 
+def test_the_folds_train_one_head_restarted_per_fold_so_its_steps_are_traced_once():
+    """Every fold (and the refit) starts from the same initial weights on one model: a head built
+    per fold traced memory_fit's steps again each time (~0.3-1 s per fold)."""
+    from trainer import memory_fit
+
+    x, y = _blobs([120, 12], sep=0.8, seed=7)
+    weights, _ = head.class_weights(y, 2, "auto")
+    params = _params(cv_folds=5, epochs=8, patience=1)
+    hd = _data("memory", x, y, 2, params, weights)
+    assert head.needs_folds(hd, params)
+    built, starts = [], []
+    record = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: starts.append([v.numpy().copy() for v in built[0].trainable_variables])
+    )
+
+    def build(hp):
+        built.append(_build(2)(hp))
+        return built[-1]
+
+    run = head.train_head(build, head.HeadHParams(0.05, 0.0, 0.0), hd, params, [record])
+    assert run.selection.folds == 5 and len(built) == 1 and run.model is built[0]
+    assert len(starts) == 6  # 5 folds and the refit
+    for later in starts[1:]:
+        for a, b in zip(starts[0], later, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert memory_fit._STEPS[run.model].epoch.experimental_get_tracing_count() == 1
+
+
 @pytest.mark.parametrize("counts", [[40, 2], [60, 3, 2], [25, 25]])
 def test_the_folds_score_is_pooled_over_their_predictions_not_a_mean_of_fold_scores(counts):
     """A head that always answers the largest class has balanced accuracy 1 / k over the whole

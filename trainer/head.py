@@ -460,19 +460,22 @@ def select_by_folds(
 ) -> tuple[keras.Model, FitOutcome]:
     """The epoch count by `params.cv_folds`-fold cross-validation on the whole train split.
 
-    One new head per fold trains on the other folds, scored after each epoch on its own fold,
+    A head per fold trains on the other folds, scored after each epoch on its own fold,
     until its loss has not improved for 4 x `patience` epochs (or `epochs`). A fold that
     stopped keeps its last scores for the later epochs. The chosen epoch has the best weighted
     accuracy of the folds' predictions pooled (`_pooled`) (the balanced accuracy under balanced class weights, the
     accuracy without: what the gate measures), the lowest mean loss among equals. The loss's
     minimum comes first: the loss keeps weighing a few confident mistakes while more examples
     come out right (on the 1:20 task above, the loss chose epoch 8, accuracy epochs 15-51).
-    `finish` then trains a new head on the whole split for that many epochs (the last fold's
-    model, put back to its initial state: its steps are traced already). Returns that model.
+    The folds' heads are one model, built once and put back to its initial state before each
+    fold (`HeadData.fresh`), so each fold starts from the same weights and its steps are traced
+    once. `finish` then trains it, restarted again, on the whole split for that many epochs.
+    Returns that model.
     """
     whole = data.whole_arrays
     x, y, w = whole.x.numpy(), whole.y.numpy(), whole.w.numpy()
     histories, sizes = [], []
+    model = None
     for mask in fold_masks(_class_indices(whole), params.cv_folds, params.seed):
         if not mask.any():
             continue
@@ -485,7 +488,9 @@ def select_by_folds(
             data.steps_per_epoch,
             int(mask.sum()),
         )
-        model = build(hp)
+        # One head for every fold, put back to its initial state between them: a new build per
+        # fold traced memory_fit's steps again (~0.3-1 s each).
+        model = build(hp) if model is None else part.fresh(model, build, hp)
         histories.append(
             part.fit(model, False, params.epochs, True, 4 * params.patience, callbacks, verbose).history
         )
