@@ -450,6 +450,24 @@ def _pooled(key: str, histories: list[dict], sizes: list[_FoldSize], longest: in
     return np.average(np.asarray(rows, dtype=np.float64), axis=0, weights=weight).tolist()
 
 
+def _redraw(model: keras.Model, seed: list[int]) -> keras.Model:
+    """`model` (its optimizer already reset) with new initial weights, as a new build of it
+    would draw them: each layer's seeded initializers drawn again under `seed` (the kernels;
+    zero biases stay zero). They become the state `HeadData.fresh` restores."""
+    draws = np.random.default_rng(seed)
+    for layer in model.layers:
+        for name in ("kernel", "bias"):
+            v, init = getattr(layer, name, None), getattr(layer, f"{name}_initializer", None)
+            if v is None or init is None or not v.trainable:
+                continue
+            config = init.get_config()
+            if "seed" in config:
+                config["seed"] = int(draws.integers(2**31 - 1))
+            v.assign(type(init).from_config(config)(v.shape, v.dtype))
+    _INITIAL[model] = [v.numpy() for v in model.trainable_variables]
+    return model
+
+
 def select_by_folds(
     build: Callable[[HeadHParams], keras.Model],
     hp: HeadHParams,
@@ -467,10 +485,10 @@ def select_by_folds(
     accuracy without: what the gate measures), the lowest mean loss among equals. The loss's
     minimum comes first: the loss keeps weighing a few confident mistakes while more examples
     come out right (on the 1:20 task above, the loss chose epoch 8, accuracy epochs 15-51).
-    The folds' heads are one model, built once and put back to its initial state before each
-    fold (`HeadData.fresh`), so each fold starts from the same weights and its steps are traced
-    once. `finish` then trains it, restarted again, on the whole split for that many epochs.
-    Returns that model.
+    The folds' heads are one model, built once: before each later fold its optimizer is reset
+    and its weights drawn anew (`_redraw`), so each fold starts from its own random weights, as
+    a new build would, and the steps are traced once. `finish` then trains it from the last
+    fold's initial weights on the whole split for that many epochs. Returns that model.
     """
     whole = data.whole_arrays
     x, y, w = whole.x.numpy(), whole.y.numpy(), whole.w.numpy()
@@ -488,9 +506,11 @@ def select_by_folds(
             data.steps_per_epoch,
             int(mask.sum()),
         )
-        # One head for every fold, put back to its initial state between them: a new build per
-        # fold traced memory_fit's steps again (~0.3-1 s each).
-        model = build(hp) if model is None else part.fresh(model, build, hp)
+        # One head for every fold, its weights drawn anew between them (`_redraw`): a new build
+        # per fold traced memory_fit's steps again (~0.3-1 s each).
+        model = (
+            build(hp) if model is None else _redraw(part.fresh(model, build, hp), [params.seed, len(sizes)])
+        )
         histories.append(
             part.fit(model, False, params.epochs, True, 4 * params.patience, callbacks, verbose).history
         )
