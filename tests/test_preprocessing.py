@@ -233,6 +233,40 @@ def test_exif_after_jfif_app0_and_long_type_are_read():
     assert int(exif_orientation(tf.constant(long_type))) == 3
 
 
+def _after_segment(jpeg: bytes, marker: bytes, segment: bytes) -> bytes:
+    """`jpeg` with `segment` inserted after its first segment of `marker` (e.g. DQT)."""
+    at = jpeg.index(marker)
+    at += 2 + int.from_bytes(jpeg[at + 2 : at + 4], "big")
+    return jpeg[:at] + segment + jpeg[at:]
+
+
+@pytest.mark.parametrize("after", [b"\xff\xdb", b"\xff\xc4", b"\xff\xc0"], ids=["DQT", "DHT", "SOF"])
+def test_exif_after_the_tables_before_the_scan_is_read_as_pillow_reads_it(after):
+    """An APP1 'Exif' segment placed after the quantisation or Huffman tables or the frame
+    header (outside the usual layout, as some editors write it) is metadata Pillow reads and
+    applies: the decoder turns the picture as Pillow's tools show it, not sideways."""
+    s = image_samples
+    data = _after_segment(s.jpeg(s.asymmetric_image()), after, s.app1(b"Exif\0\0" + s.tiff_block(6)))
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.getexif().get(0x0112) == 6
+    assert int(exif_orientation(tf.constant(data))) == 6
+    expected = s.upright(data)
+    got = _decode(data)
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected).max() <= 12
+
+
+def test_the_exif_walk_ends_at_the_scan():
+    """Bytes after the start of scan are image data, never metadata: an 'Exif' APP1 look-alike
+    there is not read (a corrupt tail of a file must not rotate the picture)."""
+    s = image_samples
+    base = s.jpeg(s.asymmetric_image())
+    sos = base.index(b"\xff\xda")
+    sos += 2 + int.from_bytes(base[sos + 2 : sos + 4], "big")
+    data = base[:sos] + s.app1(b"Exif\0\0" + s.tiff_block(6)) + base[sos:]
+    assert int(exif_orientation(tf.constant(data))) == 1
+
+
 def test_orientation_of_other_formats_is_upright():
     rgb = _photo(16, 16, 7)
     for fmt in ("GIF", "BMP"):

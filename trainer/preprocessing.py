@@ -72,8 +72,8 @@ def _dense_1d(t: tf.Tensor | tf.SparseTensor, default: str = "") -> tf.Tensor:
 # Reading header bytes. Every read is bounds-safe (past the end, or before the start,
 # reads zeros), so a truncated or malformed header yields "no information", never an error.
 
-# How much of a file the header and EXIF readers look at: EXIF sits in the first
-# segments of a JPEG (APP1 follows SOI or JFIF's APP0) and before IDAT in a PNG.
+# How much of a file the header and EXIF readers look at: EXIF sits in the segments
+# before a JPEG's scan (usually right after SOI or JFIF's APP0) and before IDAT in a PNG.
 _HEADER_PREFIX = 1 << 18
 
 
@@ -245,7 +245,9 @@ def check_bmp_palette(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Operation:
 def _jpeg_exif_offset(b: _Bytes) -> tf.Tensor:
     """Offset of the TIFF header inside a JPEG's first APP1 'Exif\\0\\0' segment, or -1.
 
-    Walks the application segments that follow SOI; stops at the first other marker.
+    Walks the segments from SOI to the start of scan, as Pillow reads them: EXIF usually
+    follows SOI (or JFIF's APP0), but some editors write it after the tables or the frame
+    header, and Pillow applies it there too.
     """
 
     def cond(pos, found, stop, step):
@@ -257,10 +259,10 @@ def _jpeg_exif_offset(b: _Bytes) -> tf.Tensor:
         is_marker = tf.equal(seg[0], 0xFF)
         fill = is_marker & tf.equal(marker, 0xFF)  # padding before a marker
         standalone = is_marker & (((marker >= 0xD0) & (marker <= 0xD7)) | tf.equal(marker, 0x01))
-        # EXIF is an application segment right after SOI (JFIF's APP0 may come first): the
-        # walk ends at anything else but APPn (E0..EF), a comment (FE), fill or RSTn bytes.
-        app_or_comment = ((marker >= 0xE0) & (marker <= 0xEF)) | tf.equal(marker, 0xFE)
-        ends = tf.logical_not(is_marker & (app_or_comment | fill | standalone))
+        # Every marker before the scan but RSTn and TEM has a length: the walk steps over them
+        # all and ends at the start of scan (DA), EOI (D9), another SOI (D8), a byte that is
+        # not a marker, or 0xFF00 (stuffing, which belongs to the scan's data).
+        ends = tf.logical_not(is_marker) | tf.reduce_any(tf.equal(marker, _i64([0xDA, 0xD9, 0xD8, 0x00])))
         seglen = _uint(seg, 2, 2, False)
         broken = (seglen < 2) & tf.logical_not(fill | standalone)  # a length too small to be one
         exif = is_marker & tf.equal(marker, 0xE1) & _equals(seg, 4, b"Exif\0\0")
@@ -314,7 +316,7 @@ def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
 def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
     """The EXIF Orientation (int32 1..8) of one encoded JPEG or PNG; 1 (upright) otherwise.
 
-    Reads the first APP1 'Exif' segment of a JPEG (or the eXIf chunk before a
+    Reads the first APP1 'Exif' segment before a JPEG's scan (or the eXIf chunk before a
     PNG's image data) within the file's first 256 KiB: its TIFF header (II/MM
     byte order, 42), then tag 0x0112 of IFD0. Anything missing, truncated or
     out of range gives 1.
