@@ -44,6 +44,7 @@ BENCHMARKS = (
     "predict_batch",
     "gate_floor",
     "multi_device_iterator",
+    "small_slices",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
