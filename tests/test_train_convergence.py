@@ -246,8 +246,10 @@ def test_a_fresh_head_on_memory_features_is_the_model_restarted_to_its_initial_s
     def no_build(_):
         raise AssertionError("a model fitted here is restarted, not built again")
 
+    m.optimizer.learning_rate.assign(0.001)  # as ReduceLROnPlateau would in the last fit
     assert hd.fresh(m, no_build, hp) is m
     assert int(m.optimizer.iterations.numpy()) == 0
+    assert float(m.optimizer.learning_rate.numpy()) == pytest.approx(hp.learning_rate)
     again = hd.fit(m, True, 5, False, 1)
     np.testing.assert_allclose(again.history["loss"], first.history["loss"], rtol=1e-5)
 

@@ -209,8 +209,8 @@ class HeadData(abc.ABC):
         """An untrained model like `model` (trained with `hp`) for the refit.
 
         `model` itself, put back to its state before its first fit here: its trainable
-        weights as they were, its optimizer's slots and step count at zero (the learning
-        rate kept). Its steps are already traced; a new build would trace them again, on the
+        weights as they were, its optimizer's slots and step count at zero and its learning
+        rate `hp`'s. Its steps are already traced; a new build would trace them again, on the
         image path through the whole backbone. Only the head trains in this phase: the frozen
         backbone's variables (BatchNorm's statistics included: inference mode) and the
         head's standardisation constants do not change, so they need no reset. A model never
@@ -222,6 +222,8 @@ class HeadData(abc.ABC):
         for v, value in zip(model.trainable_variables, initial, strict=True):
             v.assign(value)
         model_lib.reset_optimizer(model.optimizer)
+        # A callback may have changed the rate in the last fit (ReduceLROnPlateau): `hp`'s again.
+        model_lib.set_learning_rate(model.optimizer, hp.learning_rate)
         return model
 
 
@@ -486,8 +488,10 @@ def select_by_folds(
     minimum comes first: the loss keeps weighing a few confident mistakes while more examples
     come out right (on the 1:20 task above, the loss chose epoch 8, accuracy epochs 15-51).
     The folds' heads are one model, built once: before each later fold its optimizer is reset
-    and its weights drawn anew (`_redraw`), so each fold starts from its own random weights, as
-    a new build would, and the steps are traced once. `finish` then trains it from the last
+    (its learning rate `hp`'s) and its weights drawn anew (`_redraw`), so each fold starts from
+    its own random weights, as a new build would, and the steps are traced once. (With dropout,
+    the folds' masks continue one random stream, deterministic for a seed, where new builds
+    started their own.) `finish` then trains it from the last
     fold's initial weights on the whole split for that many epochs. Returns that model.
     """
     whole = data.whole_arrays

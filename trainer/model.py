@@ -313,6 +313,14 @@ def reset_optimizer(optimizer) -> None:
             v.assign(tf.zeros_like(v))
 
 
+def set_learning_rate(optimizer, rate: float) -> None:
+    """Set an optimizer's constant learning rate to `rate` (a schedule is left as it is): after
+    a callback such as ReduceLROnPlateau changed it, before the optimizer trains anew."""
+    lr = getattr(optimizer, "learning_rate", None)
+    if isinstance(lr, tf.Variable):
+        lr.assign(rate)
+
+
 def unfreeze_top(model: keras.Model, num_layers: int) -> int:
     """Make the top `num_layers` backbone layers trainable, BatchNorm excepted.
 
