@@ -256,6 +256,31 @@ def test_exif_after_the_tables_before_the_scan_is_read_as_pillow_reads_it(after)
     assert np.abs(got.astype(int) - expected).max() <= 12
 
 
+def _damaged_headers() -> dict[str, bytes]:
+    s = image_samples
+    base, exif = s.jpeg(s.asymmetric_image()), s.app1(b"Exif\0\0" + s.tiff_block(6))
+    return {
+        "stray bytes before EXIF": s.with_segment(base, b"\0\0" + exif, after_app0=True),
+        "a stray byte before DQT, EXIF after it": _after_segment(
+            base.replace(b"\xff\xdb", b"\0\xff\xdb", 1), b"\xff\xdb", exif
+        ),
+        "FF00 before EXIF": s.with_segment(base, b"\xff\x00" + exif, after_app0=True),
+        "an APPn of length 0 before EXIF": s.with_segment(base, b"\xff\xe3\0\0" + exif, after_app0=True),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_damaged_headers()))
+def test_exif_past_a_damaged_header_is_read_as_libjpeg_and_pillow_step_over_it(case):
+    """Stray bytes between segments, a stray 0xFF00 or a length under 2: libjpeg decodes such a
+    file (with a warning) and Pillow reads the EXIF after them, so the walk steps over them too
+    rather than decode a picture Pillow's tools show upright as stored, sideways."""
+    data = _damaged_headers()[case]
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.getexif().get(0x0112) == 6
+    assert int(exif_orientation(tf.constant(data))) == 6
+    assert _decode(data).shape == image_samples.upright(data).shape
+
+
 def test_the_exif_walk_ends_at_the_scan():
     """Bytes after the start of scan are image data, never metadata: an 'Exif' APP1 look-alike
     there is not read (a corrupt tail of a file must not rotate the picture)."""

@@ -247,7 +247,8 @@ def _jpeg_exif_offset(b: _Bytes) -> tf.Tensor:
 
     Walks the segments from SOI to the start of scan, as Pillow reads them: EXIF usually
     follows SOI (or JFIF's APP0), but some editors write it after the tables or the frame
-    header, and Pillow applies it there too.
+    header, and Pillow applies it there too. At most _MAX_JPEG_SEGMENTS steps (a segment, or
+    one stray byte between segments) within the first _HEADER_PREFIX bytes.
     """
 
     def cond(pos, found, stop, step):
@@ -258,17 +259,23 @@ def _jpeg_exif_offset(b: _Bytes) -> tf.Tensor:
         marker = seg[1]
         is_marker = tf.equal(seg[0], 0xFF)
         fill = is_marker & tf.equal(marker, 0xFF)  # padding before a marker
-        standalone = is_marker & (((marker >= 0xD0) & (marker <= 0xD7)) | tf.equal(marker, 0x01))
-        # Every marker before the scan but RSTn and TEM has a length: the walk steps over them
-        # all and ends at the start of scan (DA), EOI (D9), another SOI (D8), a byte that is
-        # not a marker, or 0xFF00 (stuffing, which belongs to the scan's data).
-        ends = tf.logical_not(is_marker) | tf.reduce_any(tf.equal(marker, _i64([0xDA, 0xD9, 0xD8, 0x00])))
+        # RSTn, TEM and a stray 0xFF00 have no length; every other marker before the scan has.
+        short = is_marker & (
+            ((marker >= 0xD0) & (marker <= 0xD7)) | tf.equal(marker, 0x01) | tf.equal(marker, 0)
+        )
+        # The walk ends at the start of scan (DA), EOI (D9) or another SOI (D8). It steps over
+        # what libjpeg and Pillow step over in a damaged header: a byte that is not a marker
+        # (one at a time) and a length under 2 (as 2: the two length bytes).
+        ends = is_marker & tf.reduce_any(tf.equal(marker, _i64([0xDA, 0xD9, 0xD8])))
         seglen = _uint(seg, 2, 2, False)
-        broken = (seglen < 2) & tf.logical_not(fill | standalone)  # a length too small to be one
         exif = is_marker & tf.equal(marker, 0xE1) & _equals(seg, 4, b"Exif\0\0")
         exif &= (seglen >= 8) & (pos + 2 + seglen <= b.length)  # the whole segment is there
-        step_to = tf.where(fill, pos + 1, tf.where(standalone, pos + 2, pos + 2 + seglen))
-        return step_to, tf.where(exif, pos + 10, found), ends | broken, step + 1
+        step_to = tf.where(
+            fill | tf.logical_not(is_marker),
+            pos + 1,
+            tf.where(short, pos + 2, pos + 2 + tf.maximum(seglen, 2)),
+        )
+        return step_to, tf.where(exif, pos + 10, found), ends, step + 1
 
     start = (_i64(2), _i64(-1), tf.constant(False), tf.constant(0))
     return tf.while_loop(cond, body, start)[1]
