@@ -281,42 +281,6 @@ def test_exif_past_a_damaged_header_is_read_as_libjpeg_and_pillow_step_over_it(c
     assert _decode(data).shape == image_samples.upright(data).shape
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    import zlib
-
-    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
-
-
-def _before_iend(png: bytes, chunk: bytes) -> bytes:
-    at = png.rindex(b"IEND") - 4
-    return png[:at] + chunk + png[at:]
-
-
-@pytest.mark.parametrize("orientation", [3, 6, 8])
-def test_a_png_exif_chunk_after_the_image_data_is_read_as_pillow_reads_it(orientation):
-    """The eXIf chunk may follow the image data (PNG's extensions allow it anywhere but between
-    IDAT chunks; libpng writes it there when it comes late). Pillow applies it there."""
-    s = image_samples
-    data = _before_iend(s.png(s.asymmetric_image()), _png_chunk(b"eXIf", s.tiff_block(orientation)))
-    with Image.open(io.BytesIO(data)) as image:
-        assert image.getexif().get(0x0112) == orientation
-    assert int(exif_orientation(tf.constant(data))) == orientation
-    np.testing.assert_array_equal(_decode(data), s.upright(data))
-
-
-def test_exif_bytes_after_a_pngs_image_that_are_not_an_exif_chunk_mean_no_rotation():
-    """ "eXIf" and a TIFF header inside another chunk's text, or a chunk cut short at the file's
-    end, are not an eXIf chunk: no rotation, as Pillow reads them."""
-    s = image_samples
-    png = s.png(s.asymmetric_image())
-    inside_text = _before_iend(png, _png_chunk(b"tEXt", b"Comment\0xxxx" + b"eXIf" + s.tiff_block(6)))
-    cut = png[: png.rindex(b"IEND") - 4] + _png_chunk(b"eXIf", s.tiff_block(6))[:-2]
-    for data in (inside_text, cut):
-        assert int(exif_orientation(tf.constant(data))) == 1
-    with Image.open(io.BytesIO(inside_text)) as image:
-        assert image.getexif().get(0x0112) is None
-
-
 def test_the_exif_walk_ends_at_the_scan():
     """Bytes after the start of scan are image data, never metadata: an 'Exif' APP1 look-alike
     there is not read (a corrupt tail of a file must not rotate the picture)."""

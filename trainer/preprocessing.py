@@ -320,58 +320,24 @@ def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.where(ok, orientation, _i64(1)), tf.int32)
 
 
-# An eXIf chunk after a PNG's image data sits between the last IDAT and IEND: it is looked
-# for in the file's last _PNG_TAIL bytes.
-_PNG_TAIL = 1 << 16
-
-
-def _png_orientation_after_image(data: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
-    """The Orientation of an eXIf chunk after a PNG's image data (within its last _PNG_TAIL
-    bytes), as Pillow reads it there; 1 when there is none.
-
-    The chunk is found by its type's bytes, then taken for one only when it is framed as a
-    chunk (its length, its CRC's place, then the next chunk's type of four letters) and holds
-    a valid TIFF header: bytes of the compressed image that happen to spell "eXIf" are not."""
-    start = tf.maximum(length - _PNG_TAIL, 0)
-    parts = tf.strings.split(tf.strings.substr(data, start, _PNG_TAIL), sep="eXIf", maxsplit=1)
-
-    def read() -> tf.Tensor:
-        kind_at = start + tf.cast(tf.strings.length(parts[0]), tf.int64)
-        chunk = _Bytes(tf.strings.substr(data, tf.maximum(kind_at - 4, 0), _PNG_TAIL + 16), limit=None)
-        size = _uint(chunk.get(0, 4), 0, 4, False)
-        following = chunk.get(size + 16, 4)  # after the data, the CRC and the next chunk's length
-        letters = ((following >= 65) & (following <= 90)) | ((following >= 97) & (following <= 122))
-        framed = (kind_at >= 37) & (kind_at + 4 + size + 12 <= length) & tf.reduce_all(letters)
-        return tf.cond(framed, lambda: _tiff_orientation(chunk, _i64(8)), lambda: tf.constant(1, tf.int32))
-
-    return tf.cond(tf.size(parts) > 1, read, lambda: tf.constant(1, tf.int32))
-
-
 def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
     """The EXIF Orientation (int32 1..8) of one encoded JPEG or PNG; 1 (upright) otherwise.
 
-    Reads the first APP1 'Exif' segment before a JPEG's scan within the file's first 256
-    KiB, or a PNG's eXIf chunk: before the image data (within the first 256 KiB), else after
-    it (within the last 64 KiB), where Pillow reads it too. Then its TIFF header (II/MM byte
-    order, 42) and tag 0x0112 of IFD0. Anything missing, truncated or out of range gives 1.
+    Reads the first APP1 'Exif' segment before a JPEG's scan (or the eXIf chunk before a
+    PNG's image data) within the file's first 256 KiB: its TIFF header (II/MM
+    byte order, 42), then tag 0x0112 of IFD0. Anything missing, truncated or
+    out of range gives 1.
     """
     b = head if head is not None else _Bytes(image_bytes)
     fmt = _format(b.get(0, 3))
-    upright = tf.constant(1, tf.int32)
-
-    def jpeg() -> tf.Tensor:
-        tiff = _jpeg_exif_offset(b)
-        return tf.cond(tiff >= 0, lambda: _tiff_orientation(b, tiff), lambda: upright)
-
-    def png() -> tf.Tensor:
-        tiff = _png_exif_offset(b)
-        return tf.cond(
-            tiff >= 0,
-            lambda: _tiff_orientation(b, tiff),
-            lambda: _png_orientation_after_image(image_bytes, b.length),
-        )
-
-    return tf.case([(tf.equal(fmt, _JPEG), jpeg), (tf.equal(fmt, _PNG), png)], default=lambda: upright)
+    tiff = tf.case(
+        [
+            (tf.equal(fmt, _JPEG), lambda: _jpeg_exif_offset(b)),
+            (tf.equal(fmt, _PNG), lambda: _png_exif_offset(b)),
+        ],
+        default=lambda: _i64(-1),
+    )
+    return tf.cond(tiff >= 0, lambda: _tiff_orientation(b, tiff), lambda: tf.constant(1, tf.int32))
 
 
 # Per orientation 1..8 (index 0 unused): transpose first, then flip rows and/or columns.
