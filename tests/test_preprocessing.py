@@ -409,7 +409,7 @@ def test_a_pngs_transparency_is_composited_onto_white():
 
 def test_the_walk_for_a_trns_chunk_stops_after_a_bounded_number_of_chunks():
     """Each chunk head is a graph iteration: a file of a million empty chunks before its image data
-    took 17 s. Past PNG_CHUNKS_WALKED chunks the walk stops and the PNG is taken as maybe
+    took 17 s. Past _MAX_PNG_CHUNKS chunks the walk stops and the PNG is taken as maybe
     transparent: blended onto white, which leaves opaque pixels as they are."""
     import struct
     import zlib
@@ -427,7 +427,7 @@ def test_the_walk_for_a_trns_chunk_stops_after_a_bounded_number_of_chunks():
         return b"\x89PNG\r\n\x1a\n" + header + extra + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND")
 
     has_trns = tf.function(preprocessing._png_has_trns)
-    limit = preprocessing.PNG_CHUNKS_WALKED
+    limit = preprocessing._MAX_PNG_CHUNKS
     few, many = chunk(b"abCd") * 10, chunk(b"abCd") * (limit + 5)
     assert not has_trns(tf.constant(png(few))).numpy()
     assert has_trns(tf.constant(png(few + chunk(b"tRNS", b"\x00\x00" * 3)))).numpy()

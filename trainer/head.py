@@ -483,16 +483,17 @@ def select_by_folds(
     A head per fold trains on the other folds, scored after each epoch on its own fold,
     until its loss has not improved for 4 x `patience` epochs (or `epochs`). A fold that
     stopped keeps its last scores for the later epochs. The chosen epoch has the best weighted
-    accuracy of the folds' predictions pooled (`_pooled`) (the balanced accuracy under balanced class weights, the
-    accuracy without: what the gate measures), the lowest mean loss among equals. The loss's
+    accuracy of the folds' predictions pooled (`_pooled`: the balanced accuracy under balanced
+    class weights, the accuracy without: what the gate measures), the lowest pooled loss among
+    equals. The loss's
     minimum comes first: the loss keeps weighing a few confident mistakes while more examples
     come out right (on the 1:20 task above, the loss chose epoch 8, accuracy epochs 15-51).
     The folds' heads are one model, built once: before each later fold its optimizer is reset
     (its learning rate `hp`'s) and its weights drawn anew (`_redraw`), so each fold starts from
     its own random weights, as a new build would, and the steps are traced once. (With dropout,
     the folds' masks continue one random stream, deterministic for a seed, where new builds
-    started their own.) `finish` then trains it from the last
-    fold's initial weights on the whole split for that many epochs. Returns that model.
+    started their own.) `finish` then trains it from the last fold's initial weights on the
+    whole split for that many epochs. Returns that model.
     """
     whole = data.whole_arrays
     x, y, w = whole.x.numpy(), whole.y.numpy(), whole.w.numpy()
@@ -521,11 +522,11 @@ def select_by_folds(
         sizes.append(_FoldSize(int((~mask).sum()), int(mask.sum()), float(w[mask].sum())))
     longest = max(len(h[MONITOR]) for h in histories)
     keys = set.intersection(*(set(h) for h in histories))
-    mean = {k: _pooled(k, histories, sizes, longest) for k in sorted(keys)}
-    loss, accuracy = np.asarray(mean[MONITOR]), np.asarray(mean[WEIGHTED_ACCURACY])
+    pooled = {k: _pooled(k, histories, sizes, longest) for k in sorted(keys)}
+    loss, accuracy = np.asarray(pooled[MONITOR]), np.asarray(pooled[WEIGHTED_ACCURACY])
     best = int(np.lexsort((loss, -accuracy))[0])
     return model, FitOutcome(
-        history=mean,
+        history=pooled,
         epochs_run=longest,
         best_epoch=best + 1,
         best_val_loss=float(loss[best]),

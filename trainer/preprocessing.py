@@ -46,8 +46,10 @@ from trainer.features import (
 # JPEG DCT scaling factors libjpeg offers, smallest first.
 JPEG_RATIOS = (1, 2, 4, 8)
 # Bounds of the header walks: marker segments before the JPEG scan, PNG chunks
-# before IDAT, entries of EXIF's IFD0, GIF blocks and sub-blocks up to the end of
-# the first frame (255 bytes each: 2**20 of them cover a 255 MB frame).
+# before IDAT (real files have a handful; each is a graph iteration, and a file of
+# a million empty chunks took 17 s), entries of EXIF's IFD0, GIF blocks and
+# sub-blocks up to the end of the first frame (255 bytes each: 2**20 of them cover
+# a 255 MB frame).
 _MAX_JPEG_SEGMENTS = 256
 _MAX_PNG_CHUNKS = 1024
 _MAX_IFD_ENTRIES = 128
@@ -466,15 +468,10 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     return apply_orientation(image, exif_orientation(image_bytes))
 
 
-# Chunks read before a PNG's first IDAT, at most: real files have a handful (IHDR, PLTE, tRNS,
-# gAMA, iCCP, text); each step is a graph iteration, so a file of a million empty chunks took 17 s.
-PNG_CHUNKS_WALKED = 1024
-
-
 def _png_has_trns(image_bytes: tf.Tensor) -> tf.Tensor:
     """Whether a PNG has a tRNS chunk, or may have: its chunks are walked from the signature to
     the first IDAT (tRNS must come before it), reading each one's 8-byte head only, at most
-    PNG_CHUNKS_WALKED of them (true beyond that)."""
+    _MAX_PNG_CHUNKS of them (true beyond that)."""
     size = tf.cast(tf.strings.length(image_bytes), tf.int64)
 
     def more(pos, found, done):
@@ -491,7 +488,7 @@ def _png_has_trns(image_bytes: tf.Tensor) -> tf.Tensor:
         more,
         step,
         (tf.constant(8, tf.int64), tf.constant(False), tf.constant(False)),
-        maximum_iterations=PNG_CHUNKS_WALKED,
+        maximum_iterations=_MAX_PNG_CHUNKS,
     )
     # Not done: more chunks than that before the image data (or a file cut short, which the
     # decode refuses either way). Blending then costs time, never pixels: it keeps opaque ones.

@@ -206,8 +206,8 @@ def jpeg_coded_image(data: bytes) -> bytes | None:
                     continue
                 break
             segment_end = scan
-        if marker == _SOS:  # fill bytes before the next marker are not image data
-            out += b"\xff\xda" + data[pos:segment_end].rstrip(b"\xff")
+            # Fill bytes before the next marker are not image data.
+            out += b"\xff\xda" + data[pos:scan].rstrip(b"\xff")
         elif marker == _APP0 and data[pos + 2 : pos + 7] == b"JFIF\x00" and length >= 16:
             out += _JFIF  # its presence alone decides how libjpeg reads the colours
         elif not (0xE0 <= marker <= 0xEF and marker != _APP14) and marker != _COM:
