@@ -21,6 +21,22 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
 
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, payload) of each chunk of a PNG, in order (up to and including IEND)."""
+    chunks, pos = [], len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunks.append((kind, data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+        if kind == b"IEND":
+            break
+    return chunks
+
+
+def png_from_chunks(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    return PNG_SIGNATURE + b"".join(png_chunk(kind, payload) for kind, payload in chunks)
+
+
 def black_png(width: int, height: int) -> bytes:
     """A valid 1-bit grayscale PNG of width x height black pixels, built without holding them.
 

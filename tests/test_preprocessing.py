@@ -292,6 +292,76 @@ def test_the_exif_walk_ends_at_the_scan():
     assert int(exif_orientation(tf.constant(data))) == 1
 
 
+def _png_exif_cases() -> dict[str, tuple[bytes, int]]:
+    """PNGs with an eXIf chunk placed where Pillow's exif_transpose reads it or does not, and
+    the orientation it applies."""
+    s = image_samples
+    pixels = s.asymmetric_image()
+    chunks = s.png_chunks(s.png(pixels))
+    head, idat, end = chunks[:1], chunks[1:-1], chunks[-1:]
+    assert [kind for kind, _ in idat] == [b"IDAT"] and end[0][0] == b"IEND"
+
+    def exif(orientation: int, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        return [(b"eXIf", prefix + s.tiff_block(orientation))]
+
+    # Noise compresses to ~7.7 KB: in 4-byte chunks, more than the walk before IDAT allows.
+    noise = np.random.default_rng(0).integers(0, 256, pixels.shape, np.uint8)
+    noisy = s.png_chunks(s.png(noise))
+    data = b"".join(payload for kind, payload in noisy if kind == b"IDAT")
+    many = noisy[:1] + [(b"IDAT", data[i : i + 4]) for i in range(0, len(data), 4)]
+    assert len(many) > 1024
+    # Stored (uncompressed) image data whose pixel bytes spell a whole eXIf chunk.
+    spelled = bytearray(pixels.tobytes())
+    fake = s.png_chunk(b"eXIf", s.tiff_block(6))
+    spelled[: len(fake)] = fake
+    buffer = io.BytesIO()
+    Image.fromarray(np.frombuffer(bytes(spelled), np.uint8).reshape(pixels.shape)).save(
+        buffer, format="PNG", compress_level=0
+    )
+    apng = io.BytesIO()
+    frames = [Image.fromarray(pixels), Image.fromarray(pixels[::-1].copy())]
+    frames[0].save(apng, format="PNG", save_all=True, append_images=frames[1:], duration=100)
+    animation = s.png_chunks(apng.getvalue())
+    return {
+        "before the image data": (s.png_from_chunks(head + exif(6) + idat + end), 6),
+        "after the image data": (s.png_from_chunks(head + idat + exif(6) + end), 6),
+        "after 1900 image data chunks": (s.png_from_chunks(many + exif(8) + end), 8),
+        "payload prefixed 'Exif'": (s.png_from_chunks(head + exif(6, b"Exif\0\0") + idat + end), 6),
+        "payload prefixed twice, after": (s.png_from_chunks(head + idat + exif(5, b"Exif\0\0" * 2) + end), 5),
+        "two: the later one wins": (s.png_from_chunks(head + exif(3) + idat + exif(6) + end), 6),
+        "two before the image data": (s.png_from_chunks(head + exif(3) + exif(6) + idat + end), 6),
+        "after IEND (an appended file)": (s.png_from_chunks(head + idat + end + exif(6)), 1),
+        "after a second PNG appended": (
+            s.png_from_chunks(head + idat + end + head + idat + exif(6) + end),
+            1,
+        ),
+        "image data spelling an eXIf chunk": (buffer.getvalue(), 1),
+        "an animation's, after its next frame": (s.png_from_chunks(animation[:-1] + exif(6) + end), 1),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_png_exif_cases()))
+def test_png_exif_is_read_where_pillow_exif_transpose_reads_it(case):
+    """A PNG's eXIf chunk is read before the image data and after it up to IEND, the last one
+    winning, past 'Exif\\0\\0' prefixes: where Pillow's exif_transpose (which loads the pixels
+    first) reads it. Never bytes that merely spell a chunk, nor anything after IEND, nor past
+    an animation's next frame."""
+    data, expected = _png_exif_cases()[case]
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        assert image.getexif().get(0x0112, 1) == expected
+    assert int(exif_orientation(tf.constant(data))) == expected
+    np.testing.assert_array_equal(_decode(data), image_samples.upright(data))
+
+
+def test_a_doubly_prefixed_jpeg_exif_is_read_as_pillow_reads_it():
+    s = image_samples
+    data = s.with_segment(s.jpeg(s.asymmetric_image()), s.app1(b"Exif\0\0" * 2 + s.tiff_block(6)))
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.getexif().get(0x0112) == 6
+    assert int(exif_orientation(tf.constant(data))) == 6
+
+
 def test_orientation_of_other_formats_is_upright():
     rgb = _photo(16, 16, 7)
     for fmt in ("GIF", "BMP"):

@@ -47,11 +47,14 @@ from trainer.features import (
 JPEG_RATIOS = (1, 2, 4, 8)
 # Bounds of the header walks: marker segments before the JPEG scan, PNG chunks
 # before IDAT (real files have a handful; each is a graph iteration, and a file of
-# a million empty chunks took 17 s), entries of EXIF's IFD0, GIF blocks and
+# a million empty chunks took 17 s) and after it (the image data's chunks: 2**14
+# of libpng's 8 KiB cover a 128 MB file; walked only when the bytes "eXIf" follow
+# the image data), entries of EXIF's IFD0, GIF blocks and
 # sub-blocks up to the end of the first frame (255 bytes each: 2**20 of them cover
 # a 255 MB frame).
 _MAX_JPEG_SEGMENTS = 256
 _MAX_PNG_CHUNKS = 1024
+_MAX_PNG_TAIL_CHUNKS = 1 << 14
 _MAX_IFD_ENTRIES = 128
 _MAX_GIF_STEPS = 1 << 20
 _ORIENTATION_TAG = 0x0112
@@ -244,8 +247,8 @@ def check_bmp_palette(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Operation:
 # EXIF orientation
 
 
-def _jpeg_exif_offset(b: _Bytes) -> tf.Tensor:
-    """Offset of the TIFF header inside a JPEG's first APP1 'Exif\\0\\0' segment, or -1.
+def _jpeg_exif_segment(b: _Bytes) -> tf.Tensor:
+    """Offset of a JPEG's first APP1 'Exif\\0\\0' segment (its marker), or -1.
 
     Walks the segments from SOI to the start of scan, as Pillow reads them: EXIF usually
     follows SOI (or JFIF's APP0), but some editors write it after the tables or the frame
@@ -277,30 +280,90 @@ def _jpeg_exif_offset(b: _Bytes) -> tf.Tensor:
             pos + 1,
             tf.where(short, pos + 2, pos + 2 + tf.maximum(seglen, 2)),
         )
-        return step_to, tf.where(exif, pos + 10, found), ends, step + 1
+        return step_to, tf.where(exif, pos, found), ends, step + 1
 
     start = (_i64(2), _i64(-1), tf.constant(False), tf.constant(0))
     return tf.while_loop(cond, body, start)[1]
 
 
-def _png_exif_offset(b: _Bytes) -> tf.Tensor:
-    """Offset of the TIFF header in a PNG's eXIf chunk (before the image data), or -1."""
-    kinds = tf.constant([list(b"eXIf"), list(b"IDAT"), list(b"IEND")], tf.int64)
+# PNG chunk types the EXIF walks act on, one row each (in this order).
+_PNG_KINDS = (b"eXIf", b"IDAT", b"IEND", b"acTL", b"fcTL")
+_EXIF, _IDAT, _IEND, _ACTL, _FCTL = range(len(_PNG_KINDS))
+
+
+def _png_kinds(head: tf.Tensor) -> tf.Tensor:
+    """bool [5]: which of _PNG_KINDS the chunk whose 8-byte head is `head` is."""
+    kinds = tf.constant([list(kind) for kind in _PNG_KINDS], tf.int64)
+    return tf.reduce_all(tf.equal(head[tf.newaxis, 4:8], kinds), axis=1)
+
+
+def _png_exif_before_image(b: _Bytes) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(eXIf chunk, first IDAT chunk, animated): the offsets of the last eXIf chunk before a
+    PNG's image data and of its first IDAT (-1 when absent), and whether it is an animation by
+    its acTL chunk (more than one frame, as Pillow reads acTL), from the chunks up to IDAT."""
+
+    def cond(pos, found, idat, frames, step):
+        return (idat == -1) & (pos < b.length) & (step < _MAX_PNG_CHUNKS)
+
+    def body(pos, found, idat, frames, step):
+        chunk = b.get(pos, 12)
+        kind = _png_kinds(chunk)
+        # IEND before any image data: nothing further (idat -2 ends the walk, none found).
+        idat = tf.where(kind[_IDAT], pos, tf.where(kind[_IEND], _i64(-2), idat))
+        # Pillow takes a frame count of 1..2**31 from the first acTL, and forgets it at a second.
+        count = _uint(chunk, 8, 4, False)
+        counted = tf.where(frames >= 0, _i64(-1), tf.where((count > 0) & (count <= 1 << 31), count, -1))
+        frames = tf.where(kind[_ACTL], counted, frames)
+        found = tf.where(kind[_EXIF], pos, found)
+        return pos + 12 + _uint(chunk, 0, 4, False), found, idat, frames, step + 1
+
+    start = (_i64(8), _i64(-1), _i64(-1), _i64(-1), tf.constant(0))
+    _, found, idat, frames, _ = tf.while_loop(cond, body, start)
+    return found, idat, frames > 1
+
+
+def _png_exif_after_image(data: tf.Tensor, idat: tf.Tensor, animated: tf.Tensor) -> tf.Tensor:
+    """The offset of the last eXIf chunk after a PNG's image data, or -1: Pillow reads the
+    chunks that follow the image data when it loads the pixels, up to IEND (an animation's: up
+    to its next frame's fcTL), and an eXIf there replaces one read before (exif_transpose
+    loads the pixels first, so it applies that one).
+
+    A forward walk from the first IDAT over the whole file, reading each chunk's 8-byte head,
+    so it finds only chunks: never bytes of the compressed image that spell "eXIf", nor
+    anything after IEND (an appended file). It runs only when those four bytes occur after
+    the image data at all, and for at most _MAX_PNG_TAIL_CHUNKS chunks.
+    """
+    size = tf.cast(tf.strings.length(data), tf.int64)
 
     def cond(pos, found, stop, step):
-        return (found < 0) & tf.logical_not(stop) & (pos < b.length) & (step < _MAX_PNG_CHUNKS)
+        return tf.logical_not(stop) & (pos + 8 <= size) & (step < _MAX_PNG_TAIL_CHUNKS)
 
     def body(pos, found, stop, step):
-        chunk = b.get(pos, 8)
-        kind = tf.reduce_all(tf.equal(chunk[tf.newaxis, 4:8], kinds), axis=1)
-        found = tf.where(kind[0], pos + 8, found)
-        return pos + 12 + _uint(chunk, 0, 4, False), found, kind[1] | kind[2], step + 1
+        head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, 8), tf.uint8), tf.int64)
+        kind = _png_kinds(head)
+        # Pillow stops at a chunk type that is not four word characters ([0-9A-Za-z_]).
+        letter = (
+            ((head[4:] >= 48) & (head[4:] <= 57))
+            | ((head[4:] >= 65) & (head[4:] <= 90))
+            | ((head[4:] >= 97) & (head[4:] <= 122))
+            | tf.equal(head[4:], 95)
+        )
+        stop = kind[_IEND] | (kind[_FCTL] & animated) | tf.logical_not(tf.reduce_all(letter))
+        found = tf.where(kind[_EXIF] & tf.logical_not(stop), pos, found)
+        return pos + 12 + _uint(head, 0, 4, False), found, stop, step + 1
 
-    # Most PNGs hold IHDR then IDAT: no walk needed for them.
-    second = b.get(8 + 12 + _uint(b.get(8, 4), 0, 4, False), 8)
-    image_next = tf.reduce_any(tf.reduce_all(tf.equal(second[tf.newaxis, 4:8], kinds[1:]), axis=1))
-    start = (_i64(8), _i64(-1), tf.constant(False), tf.constant(0))
-    return tf.cond(image_next, lambda: _i64(-1), lambda: tf.while_loop(cond, body, start)[1])
+    def walk() -> tf.Tensor:
+        return tf.while_loop(cond, body, (idat, _i64(-1), tf.constant(False), tf.constant(0)))[1]
+
+    rest = tf.strings.split(tf.strings.substr(data, idat, size), sep="eXIf", maxsplit=1)
+    return tf.cond(tf.size(rest) > 1, walk, lambda: _i64(-1))
+
+
+def _png_exif(data: tf.Tensor, b: _Bytes) -> tf.Tensor:
+    """The offset of the eXIf chunk Pillow's exif_transpose takes a PNG's EXIF from, or -1."""
+    found, idat, animated = _png_exif_before_image(b)
+    after = tf.cond(idat >= 0, lambda: _png_exif_after_image(data, idat, animated), lambda: _i64(-1))
+    return tf.where(after >= 0, after, found)
 
 
 def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
@@ -322,24 +385,51 @@ def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.where(ok, orientation, _i64(1)), tf.int32)
 
 
+# Pillow strips any number of 'Exif\0\0' prefixes before the TIFF header (a PNG's eXIf
+# payload may carry one, as a JPEG's APP1 does); up to this many are stepped over here.
+_MAX_EXIF_PREFIXES = 16
+
+
+def _exif_payload(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(start, length) of the EXIF payload Pillow reads from a JPEG or PNG: an APP1 segment's
+    data, or an eXIf chunk's; start -1 when there is none."""
+
+    def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+        at = _jpeg_exif_segment(b)
+        return tf.where(at >= 0, at + 4, at), _uint(b.get(at + 2, 2), 0, 2, False) - 2
+
+    def png() -> tuple[tf.Tensor, tf.Tensor]:
+        at = _png_exif(data, b)
+        length = _Bytes(tf.strings.substr(data, tf.maximum(at, 0), 4), None).get(0, 4)
+        return tf.where(at >= 0, at + 8, at), _uint(length, 0, 4, False)
+
+    return tf.case(
+        [(tf.equal(fmt, _JPEG), jpeg), (tf.equal(fmt, _PNG), png)], default=lambda: (_i64(-1), _i64(0))
+    )
+
+
 def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
     """The EXIF Orientation (int32 1..8) of one encoded JPEG or PNG; 1 (upright) otherwise.
 
-    Reads the first APP1 'Exif' segment before a JPEG's scan (or the eXIf chunk before a
-    PNG's image data) within the file's first 256 KiB: its TIFF header (II/MM
-    byte order, 42), then tag 0x0112 of IFD0. Anything missing, truncated or
-    out of range gives 1.
+    Reads the EXIF where Pillow reads it: the first APP1 'Exif' segment before a JPEG's scan
+    (within the file's first 256 KiB), or a PNG's eXIf chunk, before its image data or after
+    it up to IEND. Then, past any 'Exif\\0\\0' prefixes, its TIFF header (II/MM byte order,
+    42) and tag 0x0112 of IFD0, within the payload's first 256 KiB. Anything missing,
+    truncated or out of range gives 1.
     """
     b = head if head is not None else _Bytes(image_bytes)
-    fmt = _format(b.get(0, 3))
-    tiff = tf.case(
-        [
-            (tf.equal(fmt, _JPEG), lambda: _jpeg_exif_offset(b)),
-            (tf.equal(fmt, _PNG), lambda: _png_exif_offset(b)),
-        ],
-        default=lambda: _i64(-1),
-    )
-    return tf.cond(tiff >= 0, lambda: _tiff_orientation(b, tiff), lambda: tf.constant(1, tf.int32))
+    start, length = _exif_payload(image_bytes, b, _format(b.get(0, 3)))
+
+    def read() -> tf.Tensor:
+        payload = _Bytes(
+            tf.strings.substr(image_bytes, start, tf.clip_by_value(length, 0, _HEADER_PREFIX)), None
+        )
+        prefixes = tf.reshape(payload.get(0, 6 * _MAX_EXIF_PREFIXES), [_MAX_EXIF_PREFIXES, 6])
+        prefixed = tf.reduce_all(tf.equal(prefixes, tf.constant(list(b"Exif\0\0"), tf.int64)), axis=1)
+        skip = 6 * tf.reduce_sum(tf.math.cumprod(tf.cast(prefixed, tf.int64)))
+        return _tiff_orientation(payload, skip)
+
+    return tf.cond(start >= 0, read, lambda: tf.constant(1, tf.int32))
 
 
 # Per orientation 1..8 (index 0 unused): transpose first, then flip rows and/or columns.
