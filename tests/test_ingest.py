@@ -487,6 +487,32 @@ def test_a_run_failing_in_example_gen_names_the_damaged_files(tmp_path: Path) ->
     )
 
 
+def test_a_file_cut_inside_a_record_header_is_named_though_tensorflow_reads_to_a_quiet_end(
+    tmp_path: Path,
+) -> None:
+    """TensorFlow's reader stops without an error at a record header cut short (or a few bytes
+    added after the last record); Beam's ExampleGen refuses such a file. The file is named."""
+    import tensorflow as tf
+
+    from imgpipe.ingest.contract import damaged_tfrecord_files
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 6, "b": 6})
+    _run(images, out, num_shards=2)
+    first, second = sorted((out / "train").iterdir())
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(first))]
+    whole = 16 + len(records[0])
+    first.write_bytes(first.read_bytes()[: whole + 5])
+    second.write_bytes(second.read_bytes() + b"\0" * 7)
+    assert len(list(tf.data.TFRecordDataset(str(first)))) == 1  # no error from TensorFlow
+    assert damaged_tfrecord_files(str(out)) == [
+        f"{first}: 5 bytes after its 1 good records are not a whole record (a file cut short, or "
+        "bytes added after it)",
+        f"{second}: 7 bytes after its {len(list(tf.data.TFRecordDataset(str(second))))} good records are "
+        "not a whole record (a file cut short, or bytes added after it)",
+    ]
+
+
 def test_a_run_failing_on_an_image_names_the_records_the_model_cannot_decode(tmp_path: Path) -> None:
     """TFRecords made elsewhere are checked by their first records only; when Transform then
     fails on an image further in (TensorFlow's error names no record), the run's message names

@@ -101,7 +101,8 @@ def validate_tfrecord_dir(path: str) -> dict[str, int]:
 
 def damaged_tfrecord_files(path: str, splits: tuple[str, ...] = SPLITS) -> list[str]:
     """Each TFRecord file under `path`/<split>/ that cannot be read to its end, with where it
-    breaks (a truncated copy, flipped bytes: a record's length or CRC does not check out).
+    breaks (a truncated copy, flipped bytes: a record's length or CRC does not check out; bytes
+    after the last whole record).
 
     Reads every record: called to explain a failed read, not before every run.
     """
@@ -114,13 +115,26 @@ def damaged_tfrecord_files(path: str, splits: tuple[str, ...] = SPLITS) -> list[
             continue
         for name in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(split_dir)):
             file_path = os.path.join(split_dir, name)
-            count = 0
+            count = read = 0
             try:
-                for _ in tf.data.TFRecordDataset(file_path):
+                for length in tf.data.TFRecordDataset(file_path).map(tf.strings.length):
                     count += 1
+                    read += _RECORD_FRAMING + int(length)
             except tf.errors.OpError as exc:
                 damaged.append(f"{file_path}: unreadable after {count} good records ({tf_error_text(exc)})")
+                continue
+            # TensorFlow's reader ends quietly at a record header cut short; Beam's refuses it.
+            left = tf.io.gfile.stat(file_path).length - read
+            if left:
+                damaged.append(
+                    f"{file_path}: {left} bytes after its {count} good records are not a whole record "
+                    "(a file cut short, or bytes added after it)"
+                )
     return damaged
+
+
+# A TFRecord's bytes around each record's data: its length (8) and two CRCs (4 each).
+_RECORD_FRAMING = 16
 
 
 def undecodable_images(
