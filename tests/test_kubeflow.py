@@ -118,12 +118,16 @@ def test_every_step_runs_in_the_given_image_with_dotted_user_code(compiled):
     executors = spec.deployment_spec["executors"]
     containers = {name: e["container"] for name, e in executors.items() if "container" in e}
     assert len(containers) == 10  # every component but the Resolver (a metadata query)
+    tasks = compiled[1]["pipelineSpec"]["root"]["dag"]["tasks"]
+    labels = {compiled[1]["pipelineSpec"]["components"][t["componentRef"]["name"]]["executorLabel"]: node
+              for node, t in tasks.items()}  # fmt: skip
     for name, container in containers.items():
         assert container["image"] == IMAGE, name
-        assert (
-            list(container["command"])[-1]
-            == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
-        )
+        # TFX's entrypoint, through the step wrapper that adds the diagnosis to a failure.
+        assert list(container["command"]) == ["python", "-m", "imgpipe.orchestration.kfp_step"], name
+        args = list(container["args"])
+        assert args[:3] == ["--imgpipe-step", labels[name], "--imgpipe-config"], name
+        assert PipelineConfig.from_dict(json.loads(args[3])).data_dir == "gs://bucket/data"
     trainer_args = list(containers["Trainer_executor"]["args"])
     assert trainer_args[trainer_args.index("--executor_class_path") + 1] == (
         "components.trainer.RuntimeParamTrainerExecutor"
@@ -291,6 +295,100 @@ def test_trainer_executor_puts_the_knobs_into_custom_config(monkeypatch):
     assert isinstance(custom["epochs"], int)
     with pytest.raises(ValueError, match="epochs: 0: Input should be greater than or equal to 1"):
         trainer_component.RuntimeParamTrainerExecutor().Do({}, {}, dict(props, epochs=0))
+
+
+def _write_records(path, count: int) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    from tests import helpers
+    from trainer.features import IMAGE_KEY, LABEL_KEY
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(count)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(count):
+            image = helpers.encode_image(rng.integers(0, 256, (8, 8, 3), np.uint8), "PNG")
+            feature = {
+                IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                LABEL_KEY: tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[b"cat" if i % 2 else b"dog"])
+                ),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_a_failing_step_names_the_damaged_file_and_fails_with_its_own_error(tmp_path):
+    """A compiled step run as its container runs it (its command and args, with the executor input
+    KFP puts in place of {{$}}): ImportExampleGen on a train file cut short fails with Beam's
+    error, which names no file. The step's log names it, as `imgpipe run` and Airflow do, and
+    the step fails with the executor's own error."""
+    from imgpipe.orchestration import kubeflow
+
+    data = tmp_path / "data"
+    _write_records(data / "train" / "part-0.tfrecord", 40)
+    _write_records(data / "eval" / "part-0.tfrecord", 10)
+    damaged = data / "train" / "part-0.tfrecord"
+    # 40 records of one size (PNGs of noise): cut after 20 of them and 5 bytes of the next.
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2 + 5])
+    cfg = PipelineConfig(
+        data_dir=str(data), home=str(tmp_path / "home"), serving_dir=str(tmp_path / "serving"), weights="none"
+    )
+    job = kubeflow.compile_pipeline(
+        cfg,
+        IMAGE,
+        str(tmp_path / "pipeline.json"),
+        pipeline_root=str(tmp_path / "root"),
+        allow_local_paths=True,
+    )
+    spec = job["pipelineSpec"]
+    task = spec["root"]["dag"]["tasks"]["ImportExampleGen"]
+    outputs = spec["components"][task["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+    executor_input = {
+        "inputs": {
+            "parameterValues": {
+                k: v["runtimeValue"]["constant"] for k, v in task["inputs"]["parameters"].items()
+            }
+        },
+        "outputs": {
+            "artifacts": {
+                "examples": {
+                    "artifacts": [
+                        {
+                            "name": "examples",
+                            "type": outputs["examples"]["artifactType"],
+                            "uri": str(tmp_path / "out" / "examples"),
+                            "metadata": {},
+                        }
+                    ]
+                }
+            },
+            "outputFile": str(tmp_path / "out" / "executor_output.json"),
+        },
+    }
+    container = kubeflow.step_container(job, "ImportExampleGen")
+    command = [sys.executable if part == "python" else part for part in container["command"]]
+    args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in container["args"]]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(command + args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode != 0
+    assert "ImportExampleGen failed: " in done.stderr, done.stderr[-3000:]
+    heading = "damaged TFRecord files (write them again, e.g. `imgpipe ingest`):"
+    assert f"{heading}\n  {damaged}: 5 bytes after its 20 good records are not a whole record" in done.stderr
+    # Then the executor's own error, with its traceback: the step fails as it would have.
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: Not a valid TFRecord."), done.stderr[-2000:]
+    assert done.stderr.index(heading) < done.stderr.rindex("Traceback (most recent call last)")
+    assert not (tmp_path / "out" / "executor_output.json").exists()
+
+
+def test_a_step_compiled_without_the_wrappers_arguments_says_so(capsys):
+    from imgpipe.orchestration import kfp_step
+
+    with pytest.raises(SystemExit) as stopped:
+        kfp_step.main(["--executor_class_path", "x.Y"])
+    assert stopped.value.code == 2
+    assert "expected --imgpipe-step VALUE before TFX's arguments" in capsys.readouterr().err
 
 
 def test_prepush_validation_runs_in_the_pipeline_image_before_the_pusher(compiled):

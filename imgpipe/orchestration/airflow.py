@@ -35,7 +35,6 @@ from __future__ import annotations
 import datetime
 import functools
 import json
-import logging
 import os
 import pprint
 import re
@@ -296,13 +295,7 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
             # behind it, in the task's log before Airflow's traceback. The error is raised as it came.
             # Nothing here may replace the task's own error. (A task's timeout, AirflowTaskTimeout,
             # is a BaseException: it is not caught here, and no diagnosis runs after it.)
-            try:
-                found = diagnosis.explain(cfg, task_id, f"{type(e).__name__}: {e}")
-            except Exception as lookup:  # noqa: BLE001
-                found = ""
-                logging.getLogger(__name__).warning("%s: no diagnosis (%s)", task_id, lookup)
-            if found:
-                logging.getLogger(__name__).error("%s failed: %s%s", task_id, type(e).__name__, found)
+            diagnosis.log_failure(lambda: cfg, task_id, e)
             raise
     if task_id == PREPUSH_ID:
         withdraw_unserved_blessings(cfg, runs_finished=False)  # this run's Pusher is still to come

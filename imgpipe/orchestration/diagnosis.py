@@ -4,7 +4,8 @@ A component that fails on the data names no record: ExampleGen on a damaged TFRe
 gives a hex dump, Transform, the Trainer or the Evaluator on an image its decoder refuses
 give TensorFlow's text. ``explain`` looks for the culprits (damaged files; records whose
 image the model's own decoder refuses, at most ``MAX_NAMED``) and lists them, for
-`imgpipe run` (orchestration/local.py) and the Airflow DAG's tasks (orchestration/airflow.py).
+`imgpipe run` (orchestration/local.py), the Airflow DAG's tasks (orchestration/airflow.py) and
+the steps of a compiled Kubeflow / Vertex AI pipeline (orchestration/kfp_step.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
             "after the Pusher, so they do not hold back a push)",
         )
     return message
+
+
+def log_failure(config: Callable[[], PipelineConfig], component: str, error: BaseException) -> str:
+    """Log what `explain` finds behind `component`'s failure `error`, as one error record
+    ("<component> failed: <type>" and the lines), for a task or step whose own error is raised
+    after it; returns those lines. The config is built by `config` only now. Nothing here raises:
+    a failure of the diagnosis itself is logged as a warning (the task's error stays the one
+    that is raised)."""
+    try:
+        found = explain(config(), component, f"{type(error).__name__}: {error}")
+    except Exception as lookup:  # noqa: BLE001
+        log.warning("%s: no diagnosis (%s)", component, lookup)
+        return ""
+    if found:
+        log.error("%s failed: %s%s", component, type(error).__name__, found)
+    return found
 
 
 # Components that decode the data's images, and what their errors say when one cannot be

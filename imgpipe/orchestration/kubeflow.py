@@ -44,6 +44,7 @@ from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (
 )
 
 from components.runtime_params import KNOBS, check_knob, runtime_parameters
+from imgpipe.orchestration import kfp_step
 from imgpipe.orchestration.paths import write_atomically
 from pipeline.beam import with_container_image
 from pipeline.config import ConfigError, PipelineConfig
@@ -157,6 +158,7 @@ def compile_pipeline(
     )
     job = runner.run(pipeline, parameter_values={n: p.default for n, p in params.items()}, write_out=False)
     _record_defaults(job, params)
+    _diagnose_failures(job, config)
     write_json(job, output)
     return job
 
@@ -172,6 +174,21 @@ def _record_defaults(job: dict[str, Any], params: Mapping[str, RuntimeParameter]
         definitions[name].update(
             {"defaultValue": param.default, "isOptional": True, "description": param.description}
         )
+
+
+def _diagnose_failures(job: dict[str, Any], config: PipelineConfig) -> None:
+    """Run each step's executor through imgpipe's step wrapper (orchestration/kfp_step.py): TFX's
+    entrypoint with TFX's args, and on a failure the diagnosis `imgpipe run` adds (the damaged
+    files or undecodable records behind it) in the step's log. The wrapper gets the step's node
+    id and the config as compiled."""
+    spec = job["pipelineSpec"]
+    config_json = json.dumps(config.to_dict(), sort_keys=True)
+    for node_id, task in spec["root"]["dag"]["tasks"].items():
+        label = spec["components"][task["componentRef"]["name"]].get("executorLabel")
+        container = spec["deploymentSpec"]["executors"].get(label, {}).get("container")
+        if container and container.get("command", [])[-1:] == [kfp_step.TFX_ENTRYPOINT]:
+            container["command"] = [*container["command"][:-1], kfp_step.__name__]
+            container["args"] = [*kfp_step.step_args(node_id, config_json), *container.get("args", [])]
 
 
 def write_json(obj: Any, path: str) -> None:
