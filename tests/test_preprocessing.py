@@ -362,6 +362,86 @@ def test_a_doubly_prefixed_jpeg_exif_is_read_as_pillow_reads_it():
     assert int(exif_orientation(tf.constant(data))) == 6
 
 
+def _xmp(orientation: str, form: str = "attribute") -> bytes:
+    """An XMP packet stating tiff:Orientation as an attribute or as an element."""
+    stated = (
+        f'tiff:Orientation="{orientation}"'
+        if form == "attribute"
+        else f"><tiff:Orientation>{orientation}</tiff:Orientation"
+    )
+    return (
+        b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" ' + stated.encode() + b"/></rdf:RDF></x:xmpmeta>"
+        b'<?xpacket end="w"?>'
+    )
+
+
+def _xmp_cases() -> dict[str, tuple[bytes, int]]:
+    """JPEGs and PNGs whose orientation is stated in XMP, and what Pillow's exif_transpose does."""
+    s = image_samples
+    pixels = s.asymmetric_image()
+    base = s.jpeg(pixels)
+
+    def jpeg(*segments: bytes) -> bytes:
+        data = base
+        for segment in reversed(segments):
+            data = s.with_segment(data, segment, after_app0=True)
+        return data
+
+    def xmp(packet: bytes) -> bytes:
+        return s.app1(b"http://ns.adobe.com/xap/1.0/\0" + packet)
+
+    untagged = Image.Exif()
+    untagged[0x010F] = "maker"  # EXIF without an Orientation tag
+    chunks = s.png_chunks(s.png(pixels))
+    head, idat, end = chunks[:1], chunks[1:-1], chunks[-1:]
+    keyword = b"XML:com.adobe.xmp\0"
+    itxt = (b"iTXt", keyword + b"\0\0" + b"\0\0" + _xmp("6"))  # uncompressed, no language
+    return {
+        "jpeg: xmp attribute": (jpeg(xmp(_xmp("6"))), 6),
+        "jpeg: xmp element": (jpeg(xmp(_xmp("8", "element"))), 8),
+        "jpeg: exif's tag wins over xmp": (jpeg(s.app1(b"Exif\0\0" + s.tiff_block(3)), xmp(_xmp("6"))), 3),
+        "jpeg: exif without the tag, xmp": (jpeg(s.app1(untagged.tobytes()), xmp(_xmp("5"))), 5),
+        "jpeg: exif's tag out of range wins, as stored": (
+            jpeg(s.app1(b"Exif\0\0" + s.tiff_block(9)), xmp(_xmp("6"))),
+            1,
+        ),
+        "jpeg: xmp out of range": (jpeg(xmp(_xmp("9"))), 1),
+        "jpeg: the last xmp segment": (jpeg(xmp(_xmp("6")), xmp(_xmp("7"))), 7),
+        "jpeg: the first stated orientation, past other mentions and bytes not utf-8": (
+            jpeg(xmp(b"\xff\xfe tiff:Orientation is \x80 " + _xmp("2"))),
+            2,
+        ),
+        "png: uncompressed itxt before the image data": (s.png_from_chunks(head + [itxt] + idat + end), 6),
+        "png: text after the image data": (
+            s.png_from_chunks(head + idat + [(b"tEXt", keyword + _xmp("8", "element"))] + end),
+            8,
+        ),
+        "png: exif's tag wins over xmp": (
+            s.png_from_chunks(head + [(b"eXIf", s.tiff_block(3)), itxt] + idat + end),
+            3,
+        ),
+        "png: xmp after IEND": (s.png_from_chunks(head + idat + end + [itxt]), 1),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_xmp_cases()))
+def test_an_orientation_stated_in_xmp_is_applied_as_pillow_applies_it(case):
+    """Without an EXIF Orientation tag, Pillow's exif_transpose applies XMP's tiff:Orientation
+    (JPEG's XMP APP1; a PNG's XMP text chunk): so does the decoder, the same first match of
+    the same pattern, and only where Pillow reads XMP."""
+    data, expected = _xmp_cases()[case]
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        assert image.getexif().get(0x0112, 1) in (expected, 9)  # 9: kept, but not applied
+    assert int(exif_orientation(tf.constant(data))) == expected
+    expected_pixels = image_samples.upright(data)
+    got = _decode(data)
+    assert got.shape == expected_pixels.shape
+    assert np.abs(got.astype(int) - expected_pixels).max() <= 12  # JPEG decoders' rounding
+
+
 def test_orientation_of_other_formats_is_upright():
     rgb = _photo(16, 16, 7)
     for fmt in ("GIF", "BMP"):

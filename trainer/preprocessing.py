@@ -14,9 +14,9 @@ TF Serving behaves the same):
   InvalidArgument before a single pixel is decoded;
 - a JPEG much larger than the target size is decoded at 1/2, 1/4 or 1/8 scale
   (libjpeg's DCT scaling), and a GIF only up to the end of its first frame;
-- the EXIF Orientation tag (JPEG APP1 or PNG eXIf) is applied, as photo
-  viewers and Pillow's ImageOps.exif_transpose do; unreadable EXIF means no
-  rotation.
+- the EXIF Orientation tag (JPEG APP1 or PNG eXIf; without it, XMP's
+  tiff:Orientation) is applied, as photo viewers and Pillow's
+  ImageOps.exif_transpose do; unreadable metadata means no rotation.
 
 The label goes to TFT's vocabulary unchanged (ingest decides what a class name
 may be). A label the vocabulary lacks maps to -1; the Trainer's input function
@@ -247,8 +247,13 @@ def check_bmp_palette(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Operation:
 # EXIF orientation
 
 
-def _jpeg_exif_segment(b: _Bytes) -> tf.Tensor:
-    """Offset of a JPEG's first APP1 'Exif\\0\\0' segment (its marker), or -1.
+_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\0"
+_XMP_KEYWORD = b"XML:com.adobe.xmp\0"  # a PNG text chunk's keyword for XMP
+
+
+def _jpeg_metadata_segments(b: _Bytes) -> tuple[tf.Tensor, tf.Tensor]:
+    """Offsets of a JPEG's first APP1 'Exif\\0\\0' segment and of its last APP1 XMP segment
+    (their markers), -1 for none: the ones Pillow reads.
 
     Walks the segments from SOI to the start of scan, as Pillow reads them: EXIF usually
     follows SOI (or JFIF's APP0), but some editors write it after the tables or the frame
@@ -256,11 +261,11 @@ def _jpeg_exif_segment(b: _Bytes) -> tf.Tensor:
     one stray byte between segments) within the first _HEADER_PREFIX bytes.
     """
 
-    def cond(pos, found, stop, step):
-        return (found < 0) & tf.logical_not(stop) & (pos < b.length) & (step < _MAX_JPEG_SEGMENTS)
+    def cond(pos, found, xmp, stop, step):
+        return tf.logical_not(stop) & (pos < b.length) & (step < _MAX_JPEG_SEGMENTS)
 
-    def body(pos, found, stop, step):
-        seg = b.get(pos, 10)
+    def body(pos, found, xmp, stop, step):
+        seg = b.get(pos, 4 + len(_XMP_APP1))
         marker = seg[1]
         is_marker = tf.equal(seg[0], 0xFF)
         fill = is_marker & tf.equal(marker, 0xFF)  # padding before a marker
@@ -273,40 +278,53 @@ def _jpeg_exif_segment(b: _Bytes) -> tf.Tensor:
         # (one at a time) and a length under 2 (as 2: the two length bytes).
         ends = is_marker & tf.reduce_any(tf.equal(marker, _i64([0xDA, 0xD9, 0xD8])))
         seglen = _uint(seg, 2, 2, False)
-        exif = is_marker & tf.equal(marker, 0xE1) & _equals(seg, 4, b"Exif\0\0")
-        exif &= (seglen >= 8) & (pos + 2 + seglen <= b.length)  # the whole segment is there
+        app1 = is_marker & tf.equal(marker, 0xE1) & (pos + 2 + seglen <= b.length)  # all there
+        exif = app1 & _equals(seg, 4, b"Exif\0\0") & (seglen >= 8) & (found < 0)
+        xmp = tf.where(app1 & _equals(seg, 4, _XMP_APP1) & (seglen >= 2 + len(_XMP_APP1)), pos, xmp)
         step_to = tf.where(
             fill | tf.logical_not(is_marker),
             pos + 1,
             tf.where(short, pos + 2, pos + 2 + tf.maximum(seglen, 2)),
         )
-        return step_to, tf.where(exif, pos, found), ends, step + 1
+        return step_to, tf.where(exif, pos, found), xmp, ends, step + 1
 
-    start = (_i64(2), _i64(-1), tf.constant(False), tf.constant(0))
-    return tf.while_loop(cond, body, start)[1]
+    start = (_i64(2), _i64(-1), _i64(-1), tf.constant(False), tf.constant(0))
+    _, found, xmp, _, _ = tf.while_loop(cond, body, start)
+    return found, xmp
 
 
 # PNG chunk types the EXIF walks act on, one row each (in this order).
-_PNG_KINDS = (b"eXIf", b"IDAT", b"IEND", b"acTL", b"fcTL")
-_EXIF, _IDAT, _IEND, _ACTL, _FCTL = range(len(_PNG_KINDS))
+_PNG_KINDS = (b"eXIf", b"IDAT", b"IEND", b"acTL", b"fcTL", b"tEXt", b"iTXt")
+_EXIF, _IDAT, _IEND, _ACTL, _FCTL, _TEXT, _ITXT = range(len(_PNG_KINDS))
+# How much of a chunk the walks read: its head, then as much of its data as XMP's keyword and
+# an iTXt's compression flag.
+_PNG_CHUNK_READ = 8 + len(_XMP_KEYWORD) + 1
 
 
 def _png_kinds(head: tf.Tensor) -> tf.Tensor:
-    """bool [5]: which of _PNG_KINDS the chunk whose 8-byte head is `head` is."""
+    """bool [7]: which of _PNG_KINDS the chunk whose 8-byte head is `head` is."""
     kinds = tf.constant([list(kind) for kind in _PNG_KINDS], tf.int64)
     return tf.reduce_all(tf.equal(head[tf.newaxis, 4:8], kinds), axis=1)
 
 
-def _png_exif_before_image(b: _Bytes) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(eXIf chunk, first IDAT chunk, animated): the offsets of the last eXIf chunk before a
-    PNG's image data and of its first IDAT (-1 when absent), and whether it is an animation by
-    its acTL chunk (more than one frame, as Pillow reads acTL), from the chunks up to IDAT."""
+def _png_xmp(chunk: tf.Tensor, kind: tf.Tensor) -> tf.Tensor:
+    """Whether the chunk read as `chunk` (_PNG_CHUNK_READ bytes) holds XMP as text that can be
+    read without inflating it: a tEXt, or an uncompressed iTXt, with XMP's keyword."""
+    keyword = _equals(chunk, 8, _XMP_KEYWORD)
+    return keyword & (kind[_TEXT] | (kind[_ITXT] & tf.equal(chunk[8 + len(_XMP_KEYWORD)], 0)))
 
-    def cond(pos, found, idat, frames, step):
+
+def _png_metadata_before_image(b: _Bytes) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(eXIf chunk, XMP chunk, first IDAT chunk, animated): the offsets of the last eXIf chunk
+    and the last XMP text chunk before a PNG's image data and of its first IDAT (-1 when
+    absent), and whether it is an animation by its acTL chunk (more than one frame, as Pillow
+    reads acTL), from the chunks up to IDAT."""
+
+    def cond(pos, found, xmp, idat, frames, step):
         return (idat == -1) & (pos < b.length) & (step < _MAX_PNG_CHUNKS)
 
-    def body(pos, found, idat, frames, step):
-        chunk = b.get(pos, 12)
+    def body(pos, found, xmp, idat, frames, step):
+        chunk = b.get(pos, _PNG_CHUNK_READ)
         kind = _png_kinds(chunk)
         # IEND before any image data: nothing further (idat -2 ends the walk, none found).
         idat = tf.where(kind[_IDAT], pos, tf.where(kind[_IEND], _i64(-2), idat))
@@ -315,59 +333,71 @@ def _png_exif_before_image(b: _Bytes) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         counted = tf.where(frames >= 0, _i64(-1), tf.where((count > 0) & (count <= 1 << 31), count, -1))
         frames = tf.where(kind[_ACTL], counted, frames)
         found = tf.where(kind[_EXIF], pos, found)
-        return pos + 12 + _uint(chunk, 0, 4, False), found, idat, frames, step + 1
+        xmp = tf.where(_png_xmp(chunk, kind), pos, xmp)
+        return pos + 12 + _uint(chunk, 0, 4, False), found, xmp, idat, frames, step + 1
 
-    start = (_i64(8), _i64(-1), _i64(-1), _i64(-1), tf.constant(0))
-    _, found, idat, frames, _ = tf.while_loop(cond, body, start)
-    return found, idat, frames > 1
+    start = (_i64(8), _i64(-1), _i64(-1), _i64(-1), _i64(-1), tf.constant(0))
+    _, found, xmp, idat, frames, _ = tf.while_loop(cond, body, start)
+    return found, xmp, idat, frames > 1
 
 
-def _png_exif_after_image(data: tf.Tensor, idat: tf.Tensor, animated: tf.Tensor) -> tf.Tensor:
-    """The offset of the last eXIf chunk after a PNG's image data, or -1: Pillow reads the
-    chunks that follow the image data when it loads the pixels, up to IEND (an animation's: up
-    to its next frame's fcTL), and an eXIf there replaces one read before (exif_transpose
-    loads the pixels first, so it applies that one).
+def _png_metadata_after_image(
+    data: tf.Tensor, idat: tf.Tensor, animated: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The offsets of the last eXIf chunk and the last XMP text chunk after a PNG's image data
+    (-1 for none): Pillow reads the chunks that follow the image data when it loads the
+    pixels, up to IEND (an animation's: up to its next frame's fcTL), and what it reads there
+    replaces what it read before (exif_transpose loads the pixels first, so it applies that).
 
-    A forward walk from the first IDAT over the whole file, reading each chunk's 8-byte head,
-    so it finds only chunks: never bytes of the compressed image that spell "eXIf", nor
-    anything after IEND (an appended file). It runs only when those four bytes occur after
-    the image data at all, and for at most _MAX_PNG_TAIL_CHUNKS chunks.
+    A forward walk from the first IDAT over the whole file, reading each chunk's head, so it
+    finds only chunks: never bytes of the compressed image that spell "eXIf", nor anything
+    after IEND (an appended file). It runs only when the bytes "eXIf" or XMP's keyword occur
+    after the image data at all, and for at most _MAX_PNG_TAIL_CHUNKS chunks.
     """
     size = tf.cast(tf.strings.length(data), tf.int64)
 
-    def cond(pos, found, stop, step):
+    def cond(pos, found, xmp, stop, step):
         return tf.logical_not(stop) & (pos + 8 <= size) & (step < _MAX_PNG_TAIL_CHUNKS)
 
-    def body(pos, found, stop, step):
-        head = tf.cast(tf.io.decode_raw(tf.strings.substr(data, pos, 8), tf.uint8), tf.int64)
-        kind = _png_kinds(head)
+    def body(pos, found, xmp, stop, step):
+        chunk = _Bytes(tf.strings.substr(data, pos, _PNG_CHUNK_READ), None).get(0, _PNG_CHUNK_READ)
+        kind = _png_kinds(chunk)
         # Pillow stops at a chunk type that is not four word characters ([0-9A-Za-z_]).
         letter = (
-            ((head[4:] >= 48) & (head[4:] <= 57))
-            | ((head[4:] >= 65) & (head[4:] <= 90))
-            | ((head[4:] >= 97) & (head[4:] <= 122))
-            | tf.equal(head[4:], 95)
+            ((chunk[4:8] >= 48) & (chunk[4:8] <= 57))
+            | ((chunk[4:8] >= 65) & (chunk[4:8] <= 90))
+            | ((chunk[4:8] >= 97) & (chunk[4:8] <= 122))
+            | tf.equal(chunk[4:8], 95)
         )
         stop = kind[_IEND] | (kind[_FCTL] & animated) | tf.logical_not(tf.reduce_all(letter))
         found = tf.where(kind[_EXIF] & tf.logical_not(stop), pos, found)
-        return pos + 12 + _uint(head, 0, 4, False), found, stop, step + 1
+        xmp = tf.where(_png_xmp(chunk, kind) & tf.logical_not(stop), pos, xmp)
+        return pos + 12 + _uint(chunk, 0, 4, False), found, xmp, stop, step + 1
 
-    def walk() -> tf.Tensor:
-        return tf.while_loop(cond, body, (idat, _i64(-1), tf.constant(False), tf.constant(0)))[1]
+    def walk() -> tuple[tf.Tensor, tf.Tensor]:
+        start = (idat, _i64(-1), _i64(-1), tf.constant(False), tf.constant(0))
+        _, found, xmp, _, _ = tf.while_loop(cond, body, start)
+        return found, xmp
 
-    rest = tf.strings.split(tf.strings.substr(data, idat, size), sep="eXIf", maxsplit=1)
-    return tf.cond(tf.size(rest) > 1, walk, lambda: _i64(-1))
-
-
-def _png_exif(data: tf.Tensor, b: _Bytes) -> tf.Tensor:
-    """The offset of the eXIf chunk Pillow's exif_transpose takes a PNG's EXIF from, or -1."""
-    found, idat, animated = _png_exif_before_image(b)
-    after = tf.cond(idat >= 0, lambda: _png_exif_after_image(data, idat, animated), lambda: _i64(-1))
-    return tf.where(after >= 0, after, found)
+    rest = tf.strings.substr(data, idat, size)
+    named = [tf.size(tf.strings.split(rest, sep=name, maxsplit=1)) > 1 for name in ("eXIf", _XMP_KEYWORD)]
+    return tf.cond(named[0] | named[1], walk, lambda: (_i64(-1), _i64(-1)))
 
 
-def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
-    """The Orientation (1..8) in IFD0 of the TIFF structure at `tiff`; 1 when absent or invalid."""
+def _png_metadata(data: tf.Tensor, b: _Bytes) -> tuple[tf.Tensor, tf.Tensor]:
+    """The offsets of the eXIf chunk and the XMP text chunk Pillow's exif_transpose takes a
+    PNG's orientation from (-1 for none)."""
+    found, xmp, idat, animated = _png_metadata_before_image(b)
+    after = tf.cond(
+        idat >= 0, lambda: _png_metadata_after_image(data, idat, animated), lambda: (_i64(-1), _i64(-1))
+    )
+    return tf.where(after[0] >= 0, after[0], found), tf.where(after[1] >= 0, after[1], xmp)
+
+
+def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(orientation, tagged): the Orientation (1..8) in IFD0 of the TIFF structure at `tiff`,
+    1 when absent or invalid; and whether IFD0 has the tag at all (then Pillow takes it, valid
+    or not, and looks no further)."""
     header = b.get(tiff, 8)
     little = _equals(header, 0, b"II")
     valid = little | _equals(header, 0, b"MM")
@@ -378,11 +408,33 @@ def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
     tag, kind = _uint(entries, 0, 2, little), _uint(entries, 2, 2, little)
     # SHORT (type 3) as cameras write it; LONG (4) tolerated.
     value = tf.where(tf.equal(kind, 4), _uint(entries, 8, 4, little), _uint(entries, 8, 2, little))
-    match = (tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64) < count) & tf.equal(tag, _ORIENTATION_TAG)
-    match &= tf.equal(kind, 3) | tf.equal(kind, 4)
+    tagged = (tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64) < count) & tf.equal(tag, _ORIENTATION_TAG)
+    match = tagged & (tf.equal(kind, 3) | tf.equal(kind, 4))
     orientation = tf.gather(value, tf.argmax(tf.cast(match, tf.int32)))
     ok = valid & tf.reduce_any(match) & (orientation >= 1) & (orientation <= 8)
-    return tf.cast(tf.where(ok, orientation, _i64(1)), tf.int32)
+    return tf.cast(tf.where(ok, orientation, _i64(1)), tf.int32), valid & tf.reduce_any(tagged)
+
+
+# XMP's orientation as Pillow finds it: the first 'tiff:Orientation' followed by '="<digit>' or
+# '><digit>', within the first _MAX_XMP_BYTES of the XMP.
+_XMP_ORIENTATION = b"tiff:Orientation"
+_MAX_XMP_BYTES = 1 << 20
+
+
+def _xmp_orientation(xmp: tf.Tensor) -> tf.Tensor:
+    """The orientation (1..8) XMP text `xmp` states, as Pillow reads it; 1 when it states none
+    or one outside 1..8 (which exif_transpose leaves as stored)."""
+    after = tf.strings.split(xmp, sep=_XMP_ORIENTATION)[1:]
+    heads = tf.cast(tf.io.decode_raw(tf.strings.substr(after, 0, 3), tf.uint8, fixed_length=3), tf.int64)
+    heads = tf.reshape(heads, [-1, 3])
+    digit = (heads >= 48) & (heads <= 57)
+    quoted = tf.equal(heads[:, 0], ord("=")) & tf.equal(heads[:, 1], ord('"')) & digit[:, 2]
+    element = tf.equal(heads[:, 0], ord(">")) & digit[:, 1]
+    # A last candidate that always matches, stating 1: what no match gives.
+    value = tf.concat([tf.where(quoted, heads[:, 2], heads[:, 1]) - 48, [1]], 0)
+    found = tf.concat([quoted | element, [True]], 0)
+    first = tf.gather(value, tf.argmax(tf.cast(found, tf.int32)))
+    return tf.cast(tf.where((first >= 1) & (first <= 8), first, _i64(1)), tf.int32)
 
 
 # Pillow strips any number of 'Exif\0\0' prefixes before the TIFF header (a PNG's eXIf
@@ -390,37 +442,54 @@ def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tf.Tensor:
 _MAX_EXIF_PREFIXES = 16
 
 
-def _exif_payload(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(start, length) of the EXIF payload Pillow reads from a JPEG or PNG: an APP1 segment's
-    data, or an eXIf chunk's; start -1 when there is none."""
+def _metadata(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """(start, length) of the EXIF payload Pillow reads from a JPEG or PNG (an APP1 segment's
+    data, or an eXIf chunk's), then of the XMP it reads (an APP1 segment's packet, or a text
+    chunk's data); start -1 where there is none."""
+    none = (_i64(-1), _i64(0))
 
-    def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
-        at = _jpeg_exif_segment(b)
-        return tf.where(at >= 0, at + 4, at), _uint(b.get(at + 2, 2), 0, 2, False) - 2
+    def jpeg() -> tuple[tf.Tensor, ...]:
+        found, xmp = _jpeg_metadata_segments(b)
+        exif_length = _uint(b.get(found + 2, 2), 0, 2, False) - 2
+        xmp_length = _uint(b.get(xmp + 2, 2), 0, 2, False) - 2 - len(_XMP_APP1)
+        return (
+            tf.where(found >= 0, found + 4, found),
+            exif_length,
+            tf.where(xmp >= 0, xmp + 4 + len(_XMP_APP1), xmp),
+            xmp_length,
+        )
 
-    def png() -> tuple[tf.Tensor, tf.Tensor]:
-        at = _png_exif(data, b)
-        length = _Bytes(tf.strings.substr(data, tf.maximum(at, 0), 4), None).get(0, 4)
-        return tf.where(at >= 0, at + 8, at), _uint(length, 0, 4, False)
+    def png() -> tuple[tf.Tensor, ...]:
+        found, xmp = _png_metadata(data, b)
+        lengths = [
+            _Bytes(tf.strings.substr(data, tf.maximum(at, 0), 4), None).get(0, 4) for at in (found, xmp)
+        ]
+        return (
+            tf.where(found >= 0, found + 8, found),
+            _uint(lengths[0], 0, 4, False),
+            tf.where(xmp >= 0, xmp + 8, xmp),
+            _uint(lengths[1], 0, 4, False),
+        )
 
-    return tf.case(
-        [(tf.equal(fmt, _JPEG), jpeg), (tf.equal(fmt, _PNG), png)], default=lambda: (_i64(-1), _i64(0))
-    )
+    return tf.case([(tf.equal(fmt, _JPEG), jpeg), (tf.equal(fmt, _PNG), png)], default=lambda: none + none)
 
 
 def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
-    """The EXIF Orientation (int32 1..8) of one encoded JPEG or PNG; 1 (upright) otherwise.
+    """The orientation (int32 1..8) of one encoded JPEG or PNG as Pillow's exif_transpose
+    applies it; 1 (upright) otherwise.
 
     Reads the EXIF where Pillow reads it: the first APP1 'Exif' segment before a JPEG's scan
     (within the file's first 256 KiB), or a PNG's eXIf chunk, before its image data or after
     it up to IEND. Then, past any 'Exif\\0\\0' prefixes, its TIFF header (II/MM byte order,
-    42) and tag 0x0112 of IFD0, within the payload's first 256 KiB. Anything missing,
-    truncated or out of range gives 1.
+    42) and tag 0x0112 of IFD0, within the payload's first 256 KiB. Without that tag, the
+    XMP's 'tiff:Orientation' (the last XMP APP1 before a JPEG's scan; a PNG's last tEXt or
+    uncompressed iTXt chunk with XMP's keyword). Anything missing, truncated or out of range
+    gives 1.
     """
     b = head if head is not None else _Bytes(image_bytes)
-    start, length = _exif_payload(image_bytes, b, _format(b.get(0, 3)))
+    start, length, xmp_start, xmp_length = _metadata(image_bytes, b, _format(b.get(0, 3)))
 
-    def read() -> tf.Tensor:
+    def from_exif() -> tuple[tf.Tensor, tf.Tensor]:
         payload = _Bytes(
             tf.strings.substr(image_bytes, start, tf.clip_by_value(length, 0, _HEADER_PREFIX)), None
         )
@@ -429,7 +498,14 @@ def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.T
         skip = 6 * tf.reduce_sum(tf.math.cumprod(tf.cast(prefixed, tf.int64)))
         return _tiff_orientation(payload, skip)
 
-    return tf.cond(start >= 0, read, lambda: tf.constant(1, tf.int32))
+    def from_xmp() -> tf.Tensor:
+        size = tf.clip_by_value(xmp_length, 0, _MAX_XMP_BYTES)
+        return _xmp_orientation(tf.strings.substr(image_bytes, xmp_start, size))
+
+    orientation, tagged = tf.cond(
+        start >= 0, from_exif, lambda: (tf.constant(1, tf.int32), tf.constant(False))
+    )
+    return tf.cond(tagged | (xmp_start < 0), lambda: orientation, from_xmp)
 
 
 # Per orientation 1..8 (index 0 unused): transpose first, then flip rows and/or columns.
