@@ -45,6 +45,7 @@ BENCHMARKS = (
     "gate_floor",
     "multi_device_iterator",
     "small_slices",
+    "orientation",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}

@@ -322,6 +322,15 @@ def _png_exif_cases() -> dict[str, tuple[bytes, int]]:
     frames = [Image.fromarray(pixels), Image.fromarray(pixels[::-1].copy())]
     frames[0].save(apng, format="PNG", save_all=True, append_images=frames[1:], duration=100)
     animation = s.png_chunks(apng.getvalue())
+    # Pillow's writer with default_image=True: acTL counts 1 frame, the image data is a default
+    # image outside the animation; Pillow counts 2 frames and stops at the frame's fcTL.
+    hidden = io.BytesIO()
+    frames[0].save(
+        hidden, format="PNG", save_all=True, append_images=frames[1:], default_image=True, duration=1
+    )
+    with_default = s.png_chunks(hidden.getvalue())
+    assert [kind for kind, _ in with_default][1:4] == [b"acTL", b"IDAT", b"fcTL"]
+    big_text = [(b"tEXt", b"Comment\0" + b"x" * 300_000)]  # the image data past the first 256 KiB
     return {
         "before the image data": (s.png_from_chunks(head + exif(6) + idat + end), 6),
         "after the image data": (s.png_from_chunks(head + idat + exif(6) + end), 6),
@@ -337,6 +346,18 @@ def _png_exif_cases() -> dict[str, tuple[bytes, int]]:
         ),
         "image data spelling an eXIf chunk": (buffer.getvalue(), 1),
         "an animation's, after its next frame": (s.png_from_chunks(animation[:-1] + exif(6) + end), 1),
+        "an animation's with a default image, after its frames": (
+            s.png_from_chunks(with_default[:-1] + exif(6) + end),
+            1,
+        ),
+        "after the image data, past 300 KB of text": (
+            s.png_from_chunks(head + big_text + idat + exif(6) + end),
+            6,
+        ),
+        "before 300 KB of text, and after the image data": (
+            s.png_from_chunks(head + exif(6) + big_text + idat + exif(3) + end),
+            3,
+        ),
     }
 
 
@@ -352,6 +373,24 @@ def test_png_exif_is_read_where_pillow_exif_transpose_reads_it(case):
         assert image.getexif().get(0x0112, 1) == expected
     assert int(exif_orientation(tf.constant(data))) == expected
     np.testing.assert_array_equal(_decode(data), image_samples.upright(data))
+
+
+def test_orientation_reads_the_same_in_a_tf1_graph():
+    """TFT can trace with force_tf_compat_v1, and a TF1 graph compares tensors with `==` as
+    Python objects: the walks read the same there as under tf.function."""
+    cases = _png_exif_cases()
+    datas = [
+        cases[c][0] for c in ("before the image data", "after the image data", "two: the later one wins")
+    ]
+    datas += [image_samples.oriented_jpeg(5), _xmp_cases()["jpeg: xmp attribute"][0]]
+    expected = [int(exif_orientation(tf.constant(d))) for d in datas]
+    assert expected == [6, 6, 6, 5, 6]
+    graph = tf.Graph()
+    with graph.as_default():
+        data = tf.compat.v1.placeholder(tf.string, [])
+        orientation = exif_orientation(data)
+        with tf.compat.v1.Session(graph=graph) as session:
+            assert [int(session.run(orientation, {data: d})) for d in datas] == expected
 
 
 def test_a_doubly_prefixed_jpeg_exif_is_read_as_pillow_reads_it():
@@ -446,8 +485,47 @@ def test_orientation_of_other_formats_is_upright():
     rgb = _photo(16, 16, 7)
     for fmt in ("GIF", "BMP"):
         assert int(exif_orientation(tf.constant(helpers.encode_image(rgb, fmt)))) == 1
-    for data in (b"", b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"not an image"):
+    for data in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe1\x008", b"\x89PNG\r\n\x1a\n", b"not an image"):
         assert int(exif_orientation(tf.constant(data))) == 1
+
+
+def test_damaged_metadata_never_fails_the_orientation():
+    """Files cut short, with bytes flipped, inserted or a chunk type overwritten, around every
+    place the walks read (EXIF and XMP in JPEG and PNG, before and after the image data, an
+    animation): the orientation is 1..8 and never an error (an error would fail the decode of a
+    file whose pixels may be fine)."""
+    s = image_samples
+    pixels = s.asymmetric_image()
+    chunks = s.png_chunks(s.png(pixels))
+    xmp = b"XML:com.adobe.xmp\0\0\0\0\0" + _xmp("6")
+    seeds = [
+        s.png_from_chunks(chunks[:1] + [(b"eXIf", s.tiff_block(6))] + chunks[1:]),
+        s.png_from_chunks(
+            chunks[:-1] + [(b"eXIf", b"Exif\0\0" + s.tiff_block(6)), (b"iTXt", xmp)] + chunks[-1:]
+        ),
+        s.png_from_chunks(chunks[:1] + [(b"acTL", b"\0\0\0\2\0\0\0\0"), (b"iTXt", xmp)] + chunks[1:]),
+        s.with_segment(s.jpeg(pixels), s.app1(b"Exif\0\0" + s.tiff_block(6))),
+        s.with_segment(s.jpeg(pixels), s.app1(b"http://ns.adobe.com/xap/1.0/\0" + _xmp("3"))),
+    ]
+    orientation = tf.function(
+        exif_orientation, input_signature=[tf.TensorSpec([], tf.string)], autograph=False
+    )
+    rng = np.random.default_rng(7)
+    for i in range(400):
+        data = bytearray(seeds[i % len(seeds)])
+        how = i // len(seeds) % 4
+        if how == 0:
+            data = data[: rng.integers(0, len(data))]
+        elif how == 1:
+            for _ in range(rng.integers(1, 8)):
+                data[rng.integers(len(data))] = rng.integers(256)
+        elif how == 2:
+            at = rng.integers(len(data))
+            data[at:at] = rng.integers(0, 256, rng.integers(1, 40), dtype=np.uint8).tobytes()
+        else:
+            at = rng.integers(8, 40)
+            data[at : at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        assert 1 <= int(orientation(tf.constant(bytes(data)))) <= 8
 
 
 def test_header_sizes_match_pillow():

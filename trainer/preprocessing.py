@@ -251,18 +251,20 @@ _XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\0"
 _XMP_KEYWORD = b"XML:com.adobe.xmp\0"  # a PNG text chunk's keyword for XMP
 
 
-def _jpeg_metadata_segments(b: _Bytes) -> tuple[tf.Tensor, tf.Tensor]:
+def _jpeg_metadata_segments(b: _Bytes, xmp_named: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Offsets of a JPEG's first APP1 'Exif\\0\\0' segment and of its last APP1 XMP segment
     (their markers), -1 for none: the ones Pillow reads.
 
     Walks the segments from SOI to the start of scan, as Pillow reads them: EXIF usually
     follows SOI (or JFIF's APP0), but some editors write it after the tables or the frame
     header, and Pillow applies it there too. At most _MAX_JPEG_SEGMENTS steps (a segment, or
-    one stray byte between segments) within the first _HEADER_PREFIX bytes.
+    one stray byte between segments) within the first _HEADER_PREFIX bytes; it ends at the EXIF
+    segment unless `xmp_named` (XMP's namespace occurs in those bytes).
     """
 
     def cond(pos, found, xmp, stop, step):
-        return tf.logical_not(stop) & (pos < b.length) & (step < _MAX_JPEG_SEGMENTS)
+        more = tf.logical_not(stop) & ((found < 0) | xmp_named)
+        return more & (pos < b.length) & (step < _MAX_JPEG_SEGMENTS)
 
     def body(pos, found, xmp, stop, step):
         seg = b.get(pos, 4 + len(_XMP_APP1))
@@ -314,84 +316,90 @@ def _png_xmp(chunk: tf.Tensor, kind: tf.Tensor) -> tf.Tensor:
     return keyword & (kind[_TEXT] | (kind[_ITXT] & tf.equal(chunk[8 + len(_XMP_KEYWORD)], 0)))
 
 
-def _png_metadata_before_image(b: _Bytes) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(eXIf chunk, XMP chunk, first IDAT chunk, animated): the offsets of the last eXIf chunk
-    and the last XMP text chunk before a PNG's image data and of its first IDAT (-1 when
-    absent), and whether it is an animation by its acTL chunk (more than one frame, as Pillow
-    reads acTL), from the chunks up to IDAT."""
-
-    def cond(pos, found, xmp, idat, frames, step):
-        return (idat == -1) & (pos < b.length) & (step < _MAX_PNG_CHUNKS)
-
-    def body(pos, found, xmp, idat, frames, step):
-        chunk = b.get(pos, _PNG_CHUNK_READ)
-        kind = _png_kinds(chunk)
-        # IEND before any image data: nothing further (idat -2 ends the walk, none found).
-        idat = tf.where(kind[_IDAT], pos, tf.where(kind[_IEND], _i64(-2), idat))
-        # Pillow takes a frame count of 1..2**31 from the first acTL, and forgets it at a second.
-        count = _uint(chunk, 8, 4, False)
-        counted = tf.where(frames >= 0, _i64(-1), tf.where((count > 0) & (count <= 1 << 31), count, -1))
-        frames = tf.where(kind[_ACTL], counted, frames)
-        found = tf.where(kind[_EXIF], pos, found)
-        xmp = tf.where(_png_xmp(chunk, kind), pos, xmp)
-        return pos + 12 + _uint(chunk, 0, 4, False), found, xmp, idat, frames, step + 1
-
-    start = (_i64(8), _i64(-1), _i64(-1), _i64(-1), _i64(-1), tf.constant(0))
-    _, found, xmp, idat, frames, _ = tf.while_loop(cond, body, start)
-    return found, xmp, idat, frames > 1
-
-
-def _png_metadata_after_image(
-    data: tf.Tensor, idat: tf.Tensor, animated: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """The offsets of the last eXIf chunk and the last XMP text chunk after a PNG's image data
-    (-1 for none): Pillow reads the chunks that follow the image data when it loads the
-    pixels, up to IEND (an animation's: up to its next frame's fcTL), and what it reads there
-    replaces what it read before (exif_transpose loads the pixels first, so it applies that).
-
-    A forward walk from the first IDAT over the whole file, reading each chunk's head, so it
-    finds only chunks: never bytes of the compressed image that spell "eXIf", nor anything
-    after IEND (an appended file). It runs only when the bytes "eXIf" or XMP's keyword occur
-    after the image data at all, and for at most _MAX_PNG_TAIL_CHUNKS chunks.
-    """
+def _png_chunk(data: tf.Tensor, pos: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(bytes, kinds): the first _PNG_CHUNK_READ bytes of the chunk at `pos` (zeros past the
+    end of the file) as int64, and which of _PNG_KINDS it is."""
     size = tf.cast(tf.strings.length(data), tf.int64)
-
-    def cond(pos, found, xmp, stop, step):
-        return tf.logical_not(stop) & (pos + 8 <= size) & (step < _MAX_PNG_TAIL_CHUNKS)
-
-    def body(pos, found, xmp, stop, step):
-        chunk = _Bytes(tf.strings.substr(data, pos, _PNG_CHUNK_READ), None).get(0, _PNG_CHUNK_READ)
-        kind = _png_kinds(chunk)
-        # Pillow stops at a chunk type that is not four word characters ([0-9A-Za-z_]).
-        letter = (
-            ((chunk[4:8] >= 48) & (chunk[4:8] <= 57))
-            | ((chunk[4:8] >= 65) & (chunk[4:8] <= 90))
-            | ((chunk[4:8] >= 97) & (chunk[4:8] <= 122))
-            | tf.equal(chunk[4:8], 95)
-        )
-        stop = kind[_IEND] | (kind[_FCTL] & animated) | tf.logical_not(tf.reduce_all(letter))
-        found = tf.where(kind[_EXIF] & tf.logical_not(stop), pos, found)
-        xmp = tf.where(_png_xmp(chunk, kind) & tf.logical_not(stop), pos, xmp)
-        return pos + 12 + _uint(chunk, 0, 4, False), found, xmp, stop, step + 1
-
-    def walk() -> tuple[tf.Tensor, tf.Tensor]:
-        start = (idat, _i64(-1), _i64(-1), tf.constant(False), tf.constant(0))
-        _, found, xmp, _, _ = tf.while_loop(cond, body, start)
-        return found, xmp
-
-    rest = tf.strings.substr(data, idat, size)
-    named = [tf.size(tf.strings.split(rest, sep=name, maxsplit=1)) > 1 for name in ("eXIf", _XMP_KEYWORD)]
-    return tf.cond(named[0] | named[1], walk, lambda: (_i64(-1), _i64(-1)))
+    read = tf.strings.substr(data, tf.clip_by_value(tf.cast(pos, tf.int64), 0, size), _PNG_CHUNK_READ)
+    chunk = tf.cast(tf.io.decode_raw(read, tf.uint8, fixed_length=_PNG_CHUNK_READ), tf.int64)
+    return chunk, _png_kinds(chunk)
 
 
 def _png_metadata(data: tf.Tensor, b: _Bytes) -> tuple[tf.Tensor, tf.Tensor]:
     """The offsets of the eXIf chunk and the XMP text chunk Pillow's exif_transpose takes a
-    PNG's orientation from (-1 for none)."""
-    found, xmp, idat, animated = _png_metadata_before_image(b)
-    after = tf.cond(
-        idat >= 0, lambda: _png_metadata_after_image(data, idat, animated), lambda: (_i64(-1), _i64(-1))
+    PNG's orientation from: the last of each (-1 for none) among the chunks Pillow reads.
+
+    Pillow reads the chunks up to the image data when it opens the file, and those after it,
+    up to IEND, when it loads the pixels (an animation's: up to its next frame's fcTL); what
+    it reads there replaces what it read before, and exif_transpose loads the pixels first.
+    Two forward walks read each chunk's head (and, for XMP's keyword, the start of its data)
+    from the whole file, so they find only chunks: never bytes of the compressed image that
+    spell "eXIf", nor anything after IEND (an appended file). The first, up to the first IDAT,
+    is skipped when IDAT follows IHDR (most files); the second, after it, runs only when the
+    bytes "eXIf" or XMP's keyword occur after that IDAT at all. At most _MAX_PNG_CHUNKS chunks
+    before the image data and _MAX_PNG_TAIL_CHUNKS after it.
+    """
+    size = tf.cast(tf.strings.length(data), tf.int64)
+    none = _i64(-1)
+
+    def before_cond(pos, exif, xmp, idat, frames, fctl, step):
+        return (idat < 0) & (pos + 8 <= size) & (step < _MAX_PNG_CHUNKS)
+
+    def before_body(pos, exif, xmp, idat, frames, fctl, step):
+        chunk, kind = _png_chunk(data, pos)
+        # IEND before any image data: nothing further (idat -2 ends the walk, none found).
+        idat = tf.where(kind[_IDAT], pos, tf.where(kind[_IEND], _i64(-2), idat))
+        # Pillow takes a frame count of 1..2**31 from the first acTL, and forgets it at a second.
+        count = _uint(chunk, 8, 4, False)
+        counted = tf.where(frames >= 0, none, tf.where((count > 0) & (count <= 1 << 31), count, none))
+        frames = tf.where(kind[_ACTL], counted, frames)
+        exif = tf.where(kind[_EXIF], pos, exif)
+        xmp = tf.where(_png_xmp(chunk, kind), pos, xmp)
+        return pos + 12 + _uint(chunk, 0, 4, False), exif, xmp, idat, frames, fctl | kind[_FCTL], step + 1
+
+    def walk_before() -> tuple[tf.Tensor, ...]:
+        start = (_i64(8), none, none, none, none, tf.constant(False), tf.constant(0))
+        _, exif, xmp, idat, frames, fctl, _ = tf.while_loop(before_cond, before_body, start)
+        # Pillow counts the image data as a frame of its own when no fcTL comes before it (a
+        # default image outside the animation).
+        return exif, xmp, idat, (frames > 1) | (tf.equal(frames, 1) & tf.logical_not(fctl))
+
+    second = 8 + 12 + _uint(b.get(8, 4), 0, 4, False)
+    exif, xmp, idat, animated = tf.cond(
+        _png_kinds(b.get(second, 8))[_IDAT], lambda: (none, none, second, tf.constant(False)), walk_before
     )
-    return tf.where(after[0] >= 0, after[0], found), tf.where(after[1] >= 0, after[1], xmp)
+    word = tf.constant([bytes([c]).isalnum() or c == ord("_") for c in range(256)])
+
+    def after_cond(pos, exif, xmp, stop, step):
+        return tf.logical_not(stop) & (pos + 8 <= size) & (step < _MAX_PNG_TAIL_CHUNKS)
+
+    def after_body(pos, exif, xmp, stop, step):
+        chunk, kind = _png_chunk(data, pos)
+        # Pillow stops at a chunk type that is not four word characters ([0-9A-Za-z_]).
+        stop = (
+            kind[_IEND]
+            | (kind[_FCTL] & animated)
+            | tf.logical_not(tf.reduce_all(tf.gather(word, chunk[4:8])))
+        )
+        exif = tf.where(kind[_EXIF] & tf.logical_not(stop), pos, exif)
+        xmp = tf.where(_png_xmp(chunk, kind) & tf.logical_not(stop), pos, xmp)
+        return pos + 12 + _uint(chunk, 0, 4, False), exif, xmp, stop, step + 1
+
+    def walk_after() -> tuple[tf.Tensor, tf.Tensor]:
+        start = (idat, none, none, tf.constant(False), tf.constant(0))
+        _, after_exif, after_xmp, _, _ = tf.while_loop(after_cond, after_body, start)
+        return tf.where(after_exif >= 0, after_exif, exif), tf.where(after_xmp >= 0, after_xmp, xmp)
+
+    def named_after() -> tf.Tensor:
+        # Two searches for fixed bytes take half the time of one regular expression for both.
+        rest = tf.strings.substr(data, idat, size)
+        found = [
+            tf.size(tf.strings.split(rest, sep=name, maxsplit=1)) > 1 for name in (b"eXIf", _XMP_KEYWORD)
+        ]
+        return found[0] | found[1]
+
+    walk = tf.cond(idat >= 0, named_after, lambda: tf.constant(False))
+    return tf.cond(walk, walk_after, lambda: (exif, xmp))
 
 
 def _tiff_orientation(b: _Bytes, tiff: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -442,36 +450,38 @@ def _xmp_orientation(xmp: tf.Tensor) -> tf.Tensor:
 _MAX_EXIF_PREFIXES = 16
 
 
-def _metadata(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor) -> tuple[tf.Tensor, ...]:
-    """(start, length) of the EXIF payload Pillow reads from a JPEG or PNG (an APP1 segment's
-    data, or an eXIf chunk's), then of the XMP it reads (an APP1 segment's packet, or a text
-    chunk's data); start -1 where there is none."""
-    none = (_i64(-1), _i64(0))
+def _metadata(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Where the EXIF payload Pillow reads from a JPEG or PNG starts (an APP1 segment's data,
+    or an eXIf chunk's), and where the XMP it reads starts (an APP1 segment's packet, or a text
+    chunk's data); -1 where there is none. `_payload_length` reads their lengths."""
 
-    def jpeg() -> tuple[tf.Tensor, ...]:
-        found, xmp = _jpeg_metadata_segments(b)
-        exif_length = _uint(b.get(found + 2, 2), 0, 2, False) - 2
-        xmp_length = _uint(b.get(xmp + 2, 2), 0, 2, False) - 2 - len(_XMP_APP1)
-        return (
-            tf.where(found >= 0, found + 4, found),
-            exif_length,
-            tf.where(xmp >= 0, xmp + 4 + len(_XMP_APP1), xmp),
-            xmp_length,
-        )
-
-    def png() -> tuple[tf.Tensor, ...]:
-        found, xmp = _png_metadata(data, b)
-        lengths = [
-            _Bytes(tf.strings.substr(data, tf.maximum(at, 0), 4), None).get(0, 4) for at in (found, xmp)
+    def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+        # The walk only when the bytes of an EXIF or XMP segment's header occur at all (most
+        # JPEGs without metadata: the walk is most of a small JPEG's decode time).
+        head = tf.strings.substr(data, 0, _HEADER_PREFIX)
+        named = [
+            tf.size(tf.strings.split(head, sep=name, maxsplit=1)) > 1 for name in (b"Exif\0\0", _XMP_APP1)
         ]
-        return (
-            tf.where(found >= 0, found + 8, found),
-            _uint(lengths[0], 0, 4, False),
-            tf.where(xmp >= 0, xmp + 8, xmp),
-            _uint(lengths[1], 0, 4, False),
+        found, xmp = tf.cond(
+            named[0] | named[1], lambda: _jpeg_metadata_segments(b, named[1]), lambda: (_i64(-1), _i64(-1))
         )
+        return tf.where(found >= 0, found + 4, found), tf.where(xmp >= 0, xmp + 4 + len(_XMP_APP1), xmp)
 
-    return tf.case([(tf.equal(fmt, _JPEG), jpeg), (tf.equal(fmt, _PNG), png)], default=lambda: none + none)
+    def png() -> tuple[tf.Tensor, tf.Tensor]:
+        found, xmp = _png_metadata(data, b)
+        return tf.where(found >= 0, found + 8, found), tf.where(xmp >= 0, xmp + 8, xmp)
+
+    none = (_i64(-1), _i64(-1))
+    return tf.case([(tf.equal(fmt, _JPEG), jpeg), (tf.equal(fmt, _PNG), png)], default=lambda: none)
+
+
+def _payload_length(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor, start: tf.Tensor, header: int) -> tf.Tensor:
+    """The length of the payload at `start` that `_metadata` found: a JPEG segment's (its
+    length field, less itself and the `header` bytes before `start`; within the first bytes,
+    `b`), or a PNG chunk's (anywhere in the file)."""
+    in_jpeg = _uint(b.get(start - header - 2, 2), 0, 2, False) - 2 - header
+    in_png = _uint(_Bytes(tf.strings.substr(data, tf.maximum(start - 8, 0), 4), None).get(0, 4), 0, 4, False)
+    return tf.where(tf.equal(fmt, _JPEG), in_jpeg, in_png)
 
 
 def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
@@ -487,20 +497,22 @@ def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.T
     gives 1.
     """
     b = head if head is not None else _Bytes(image_bytes)
-    start, length, xmp_start, xmp_length = _metadata(image_bytes, b, _format(b.get(0, 3)))
+    fmt = _format(b.get(0, 3))
+    start, xmp_start = _metadata(image_bytes, b, fmt)
 
     def from_exif() -> tuple[tf.Tensor, tf.Tensor]:
-        payload = _Bytes(
-            tf.strings.substr(image_bytes, start, tf.clip_by_value(length, 0, _HEADER_PREFIX)), None
-        )
+        length = tf.clip_by_value(_payload_length(image_bytes, b, fmt, start, 0), 0, _HEADER_PREFIX)
+        payload = _Bytes(tf.strings.substr(image_bytes, start, length), None)
         prefixes = tf.reshape(payload.get(0, 6 * _MAX_EXIF_PREFIXES), [_MAX_EXIF_PREFIXES, 6])
         prefixed = tf.reduce_all(tf.equal(prefixes, tf.constant(list(b"Exif\0\0"), tf.int64)), axis=1)
         skip = 6 * tf.reduce_sum(tf.math.cumprod(tf.cast(prefixed, tf.int64)))
         return _tiff_orientation(payload, skip)
 
     def from_xmp() -> tf.Tensor:
-        size = tf.clip_by_value(xmp_length, 0, _MAX_XMP_BYTES)
-        return _xmp_orientation(tf.strings.substr(image_bytes, xmp_start, size))
+        length = _payload_length(image_bytes, b, fmt, xmp_start, len(_XMP_APP1))
+        return _xmp_orientation(
+            tf.strings.substr(image_bytes, xmp_start, tf.clip_by_value(length, 0, _MAX_XMP_BYTES))
+        )
 
     orientation, tagged = tf.cond(
         start >= 0, from_exif, lambda: (tf.constant(1, tf.int32), tf.constant(False))
