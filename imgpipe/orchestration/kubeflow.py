@@ -181,11 +181,9 @@ def _diagnose_failures(job: dict[str, Any], config: PipelineConfig) -> None:
     entrypoint with TFX's args, and on a failure the diagnosis `imgpipe run` adds (the damaged
     files or undecodable records behind it) in the step's log. The wrapper gets the step's node
     id and the config as compiled."""
-    spec = job["pipelineSpec"]
     config_json = json.dumps(config.to_dict(), sort_keys=True)
-    for node_id, task in spec["root"]["dag"]["tasks"].items():
-        label = spec["components"][task["componentRef"]["name"]].get("executorLabel")
-        container = spec["deploymentSpec"]["executors"].get(label, {}).get("container")
+    for node_id in job["pipelineSpec"]["root"]["dag"]["tasks"]:
+        container = _step_executor(job, node_id).get("container")  # none for the Resolver's queries
         if container and container.get("command", [])[-1:] == [kfp_step.TFX_ENTRYPOINT]:
             container["command"] = [*container["command"][:-1], kfp_step.__name__]
             container["args"] = [*kfp_step.step_args(node_id, config_json), *container.get("args", [])]
@@ -271,12 +269,17 @@ def parse_parameters(job: Mapping[str, Any], items: Sequence[str] | None) -> dic
     return out
 
 
-def step_container(job: Mapping[str, Any], task: str) -> dict[str, Any]:
-    """The executor container of pipeline task `task` in a compiled spec (its image, args, resources)."""
+def _step_executor(job: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The executor of pipeline task `task` in a compiled spec (a container, or a resolver's query)."""
     spec = job["pipelineSpec"]
     component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
     label = spec["components"][component]["executorLabel"]
-    return spec["deploymentSpec"]["executors"][label]["container"]
+    return spec["deploymentSpec"]["executors"][label]
+
+
+def step_container(job: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The executor container of pipeline task `task` in a compiled spec (its image, args, resources)."""
+    return _step_executor(job, task)["container"]
 
 
 def trainer_resources(job: Mapping[str, Any]) -> dict[str, Any]:
