@@ -8,7 +8,9 @@ graph, for every image in training, evaluation and serving. This measures, per i
 - `decode_and_resize` to 32 px over the same batch (the whole decode),
 
 on Pillow-written images of the two sample photos: JPEGs of 64 x 64 without and with an
-EXIF block (Orientation 1), 427 x 640 JPEGs, PNGs of 64 x 64 and 427 x 640. Each tree runs in
+EXIF block (Orientation 1), 427 x 640 JPEGs, PNGs of 64 x 64 and 427 x 640, GIFs and BMPs
+of 64 x 64 (their decode also places a GIF's frame on its screen, on white, and reads a BMP's
+compression and bit masks). Each tree runs in
 a child process of its own (PYTHONPATH set to it), the trees interleaved round by round;
 medians of 15 calls per round, then the median over rounds.
 
@@ -52,6 +54,8 @@ sets = {
     "JPEG 427 x 640": [enc(np.roll(photo, i, axis=1), "JPEG", quality=90) for i in range(32)],
     "PNG 64 x 64": [enc(photo[i : i + 64, i : i + 64], "PNG") for i in range(256)],
     "PNG 427 x 640": [enc(np.roll(photo, i, axis=1), "PNG") for i in range(16)],
+    "GIF 64 x 64": [enc(photo[i : i + 64, i : i + 64], "GIF") for i in range(256)],
+    "BMP 64 x 64": [enc(photo[i : i + 64, i : i + 64], "BMP") for i in range(256)],
 }
 out = {}
 for name, data in sets.items():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from imgpipe.cli.main import main
 from imgpipe.ingest import ingest
@@ -257,17 +259,28 @@ def test_ingest_writes_one_copy_of_an_image_saved_twice(tmp_path: Path) -> None:
 
 def test_drawings_held_in_transparency_are_distinct_images(tmp_path: Path) -> None:
     """Canvas exports (strokes in alpha, RGB black everywhere) of different digits are different
-    images to ingest, as to the model, which sees them composited onto white."""
+    images to ingest, as to the model, which sees them composited onto white: PNGs, and GIFs
+    (strokes on a transparent colour index, which TensorFlow's decoder gives as black)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images, out = tmp_path / "images", tmp_path / "out"
     files = {}
     for label in (5, 6):
-        for i, k in enumerate(np.flatnonzero(digits.target == label)[:4]):
-            rgba = np.zeros((8, 8, 4), np.uint8)
-            rgba[..., 3] = (digits.images[k] * 16).clip(0, 255).astype(np.uint8)
-            files[f"{label}/{i}.png"] = _png_bytes(rgba)
+        gifs: set[bytes] = set()  # two-level drawings: unlike the PNGs' alpha, two can coincide
+        for i, k in enumerate(np.flatnonzero(digits.target == label)[:12]):
+            strokes = (digits.images[k] * 16).clip(0, 255).astype(np.uint8)
+            if i < 4:
+                rgba = np.zeros((8, 8, 4), np.uint8)
+                rgba[..., 3] = strokes
+                files[f"{label}/{i}.png"] = _png_bytes(rgba)
+            elif len(gifs) < 4 and (strokes > 64).tobytes() not in gifs:
+                gifs.add((strokes > 64).tobytes())
+                drawing = Image.fromarray((strokes > 64).astype(np.uint8), "P")
+                drawing.putpalette([0, 0, 0] * 256)  # black everywhere, index 0 transparent
+                buffer = io.BytesIO()
+                drawing.save(buffer, format="GIF", transparency=0)
+                files[f"{label}/{i}.gif"] = buffer.getvalue()
     _tree(images, files)
     keys = {inspect_image(data).image for data in files.values()}
     assert len(keys) == len(files)

@@ -2,6 +2,7 @@
 the decoder's bounds (pixel limit, DCT scaling, first GIF frame) and EXIF orientation."""
 
 import io
+import struct
 import tempfile
 
 import numpy as np
@@ -633,6 +634,166 @@ def test_a_pngs_transparency_is_composited_onto_white():
     assert (decoded[strokes == 0] == 255).all() and (decoded[strokes == 255] == [200, 30, 30]).all()
     # Opaque PNGs take the plain decode (no tRNS, no alpha): the same pixels as before.
     assert (decode_image(tf.constant(png(rgb, "RGB")), 8).numpy() == rgb).all()
+
+
+def _gif(indices: np.ndarray, palette: list[int], transparency: int | None = None) -> bytes:
+    """A one-frame GIF of palette indices (Pillow's writer), optionally with a transparent index."""
+    image = Image.fromarray(indices.astype(np.uint8), "P")
+    image.putpalette(palette + [0, 0, 0] * (256 - len(palette) // 3))
+    buffer = io.BytesIO()
+    options = {} if transparency is None else {"transparency": transparency}
+    image.save(buffer, format="GIF", optimize=False, **options)
+    return buffer.getvalue()
+
+
+def _gif_placed(gif: bytes, screen: tuple[int, int], left: int, top: int) -> bytes:
+    """The GIF with its logical screen set to (width, height) and its first image moved to
+    (left, top): a frame that does not fill its screen."""
+    data = bytearray(gif)
+    data[6:10] = struct.pack("<HH", *screen)
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while data[pos] == 0x21:  # extensions before the image: label, then sub-blocks
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    assert data[pos] == 0x2C
+    data[pos + 1 : pos + 5] = struct.pack("<HH", left, top)
+    return bytes(data)
+
+
+def test_a_gifs_transparency_is_composited_onto_white():
+    """TensorFlow's decoder gives a GIF's transparent pixels as black: drawings on a transparent
+    background all decoded to one black picture (ingest refused them as one image under several
+    classes). Composited onto white, as a page shows them, each is its strokes."""
+    from sklearn.datasets import load_digits
+
+    from trainer.preprocessing import decode_image
+
+    digits = load_digits()
+    decoded = []
+    for k in range(6):
+        strokes = digits.images[k] > 4
+        gif = _gif(np.where(strokes, 1, 0), [0, 0, 0, 20, 40, 200], transparency=0)
+        assert tf.io.decode_gif(gif)[0].numpy()[~strokes].max() == 0  # the decoder's black
+        image = decode_image(tf.constant(gif), 8).numpy()
+        # Pillow's RGBA reading, composited onto white: the expected pixels.
+        rgba = np.asarray(Image.open(io.BytesIO(gif)).convert("RGBA")).astype(np.float64)
+        expected = rgba[..., :3] * rgba[..., 3:] / 255 + 255 * (1 - rgba[..., 3:] / 255)
+        np.testing.assert_array_equal(image, expected.astype(np.uint8))
+        assert (image[~strokes] == 255).all() and (image[strokes] == [20, 40, 200]).all()
+        decoded.append(image.tobytes())
+    assert len(set(decoded)) == 6
+
+    # The transparent index in the middle of the table, in a local colour table (an animation's
+    # later frames use one; here the first frame does), and a GIF87a with no control block.
+    indices = np.arange(16).reshape(4, 4) % 3
+    palette = [10, 10, 10, 90, 0, 0, 0, 90, 0]
+    gif = _gif(indices, palette, transparency=1)
+    expected = np.array([[10, 10, 10], [255, 255, 255], [0, 90, 0]], np.uint8)[indices]
+    np.testing.assert_array_equal(decode_image(tf.constant(gif), 4).numpy(), expected)
+    local = bytearray(gif)
+    table = bytes(local[13 : 13 + (3 << ((local[10] & 7) + 1))])
+    flags = local[10]
+    local[10] &= 0x7F  # no global table: the descriptor carries it
+    del local[13 : 13 + len(table)]
+    at = local.index(b"\x2c", 13)
+    local[at + 9] = 0x80 | (flags & 7)
+    local[at + 10 : at + 10] = table
+    assert Image.open(io.BytesIO(bytes(local))).convert("RGB").size == (4, 4)
+    np.testing.assert_array_equal(decode_image(tf.constant(bytes(local)), 4).numpy(), expected)
+    opaque = _gif(indices, palette)
+    assert b"\x21\xf9" not in opaque[:40] or opaque[opaque.index(b"\x21\xf9") + 3] & 1 == 0
+    np.testing.assert_array_equal(
+        decode_image(tf.constant(opaque), 4).numpy(), np.array(palette, np.uint8).reshape(3, 3)[indices]
+    )
+
+
+def test_a_gif_frame_is_placed_on_its_screen():
+    """A first frame smaller than its screen, off the screen's corner: TensorFlow's decoder cut
+    it to a frame-sized canvas (most of it black). It is the frame on its screen, the rest white
+    (transparent on a page); a frame reaching past the screen grows it, as the pixel limit
+    counts it."""
+    from trainer.preprocessing import decode_image, image_shape
+
+    indices = np.array([[1, 2, 1], [2, 1, 2]])
+    palette = [0, 0, 0, 200, 0, 0, 0, 0, 200]
+    frame = np.array(palette, np.uint8).reshape(3, 3)[indices]
+    for screen, left, top in (((7, 5), 3, 2), ((3, 2), 0, 0), ((4, 3), 0, 1), ((4, 4), 2, 3)):
+        gif = _gif_placed(_gif(indices, palette), screen, left, top)
+        height, width = max(screen[1], top + 2), max(screen[0], left + 3)
+        expected = np.full((height, width, 3), 255, np.uint8)
+        expected[top : top + 2, left : left + 3] = frame
+        np.testing.assert_array_equal(decode_image(tf.constant(gif), 1).numpy(), expected)
+        assert [int(v) for v in image_shape(tf.constant(gif))[1:]] == [height, width]
+    # With a transparent index too: both the uncovered screen and the transparent pixels are white.
+    gif = _gif_placed(_gif(indices, palette, transparency=2), (5, 4), 1, 1)
+    expected = np.full((4, 5, 3), 255, np.uint8)
+    expected[1:3, 1:4] = np.where((indices == 2)[..., None], 255, frame)
+    np.testing.assert_array_equal(decode_image(tf.constant(gif), 1).numpy(), expected)
+
+
+def _bmp32(rgb: np.ndarray, masks: tuple[int, ...], header: int, compression: int = 3) -> bytes:
+    """A bottom-up 32-bit BMP of rgb whose pixels put each channel where its bit mask says (R, G,
+    B, then alpha 255 in the remaining byte); masks after a 40-byte header or inside a V4/V5 one."""
+    height, width, _ = rgb.shape
+    places = [m.bit_length() // 8 - 1 for m in masks[:3]]
+    alpha = ({0, 1, 2, 3} - set(places)).pop()
+    pixels = np.zeros((height, width, 4), np.uint8)
+    pixels[..., alpha] = 255
+    for channel, place in enumerate(places):
+        pixels[..., place] = rgb[..., channel]
+    mask_bytes = b"".join(struct.pack("<I", m) for m in masks)
+    info = struct.pack("<IiiHHIIiiII", header, width, height, 1, 32, compression, 0, 2835, 2835, 0, 0)
+    info += mask_bytes if header == 40 else mask_bytes.ljust(header - 40, b"\0")
+    offset = 14 + len(info)
+    data = pixels[::-1].tobytes()
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + data
+
+
+def test_a_bmps_bit_masks_say_where_its_channels_are():
+    """tf.io.decode_bmp reads a 32-bit pixel as B, G, R, A whatever the masks say: a BMP written
+    with red in the low byte decoded with red and blue swapped, without an error."""
+    from trainer.preprocessing import decode_image
+
+    rgb = np.random.default_rng(3).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    layouts = {
+        "BGRA": (0xFF0000, 0xFF00, 0xFF, 0xFF000000),
+        "RGBA": (0xFF, 0xFF00, 0xFF0000, 0xFF000000),
+        "ABGR": (0xFF000000, 0xFF0000, 0xFF00, 0xFF),
+        "ARGB": (0xFF00, 0xFF0000, 0xFF000000, 0xFF),
+    }
+    for name, masks in layouts.items():
+        for header in (40, 108, 124):
+            data = _bmp32(rgb, masks if header > 40 else masks[:3], header)
+            np.testing.assert_array_equal(decode_image(tf.constant(data), 1).numpy(), rgb, err_msg=name)
+            if name in ("BGRA", "ABGR") or (name == "RGBA" and header > 40):  # layouts Pillow reads
+                np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), rgb)
+    assert (tf.io.decode_image(_bmp32(rgb, layouts["RGBA"], 108), channels=3).numpy() != rgb).any()
+
+
+def test_a_bmp_the_decoder_would_misread_is_refused():
+    """Compressed BMPs (RLE, JPEG or PNG inside) tf.io.decode_bmp reads as raw pixels, and masks
+    that are not whole bytes it ignores: refused, with the reason, instead of garbage."""
+    from imgpipe.ingest.images import check_image
+    from trainer.preprocessing import decode_image
+
+    rgb = np.random.default_rng(4).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="BMP")
+    plain = buffer.getvalue()
+    np.testing.assert_array_equal(decode_image(tf.constant(plain), 1).numpy(), rgb)
+    for code in (1, 2, 4, 5, 7):
+        data = plain[:30] + struct.pack("<I", code) + plain[34:]
+        assert tf.io.decode_image(data, channels=3).shape == (3, 5, 3)  # read, wrongly
+        with pytest.raises(tf.errors.InvalidArgumentError, match="compressed BMP"):
+            decode_image(tf.constant(data), 1)
+        assert check_image(data) is not None
+    ten_bit = _bmp32(rgb, (0xFF0000, 0xFF00, 0xFF), 40)
+    ten_bit = ten_bit[:54] + struct.pack("<III", 0x3FF00000, 0xFFC00, 0x3FF) + ten_bit[66:]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bit masks other than one whole byte"):
+        decode_image(tf.constant(ten_bit), 1)
+    assert "bit masks" in check_image(ten_bit) or "bitfields" in check_image(ten_bit)
 
 
 def test_the_walk_for_a_trns_chunk_stops_after_a_bounded_number_of_chunks():

@@ -14,6 +14,10 @@ TF Serving behaves the same):
   InvalidArgument before a single pixel is decoded;
 - a JPEG much larger than the target size is decoded at 1/2, 1/4 or 1/8 scale
   (libjpeg's DCT scaling), and a GIF only up to the end of its first frame;
+- what a page shows is what the model sees: transparency (PNG, GIF) is composited onto
+  white, a GIF's first frame is placed on its screen, a BMP's channels are read where its
+  bit masks put them, and a BMP TensorFlow's decoder would misread (compressed, or bit masks
+  that are not whole bytes) is refused;
 - the EXIF Orientation tag (JPEG APP1 or PNG eXIf; without it, XMP's
   tiff:Orientation) is applied, as photo viewers and Pillow's
   ImageOps.exif_transpose do; unreadable metadata means no rotation.
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -168,9 +172,9 @@ def image_shape(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor
     return _header(image_bytes)[:3]
 
 
-def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """`image_shape`, and for a GIF the end of its first image (`_gif_first_image`; -1
-    otherwise), so decoding cuts the GIF without walking its blocks a second time."""
+def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, _GifFrame]:
+    """`image_shape`, and for a GIF where its first image is (`_gif_first_image`; -1s
+    otherwise), so decoding finds the frame without walking its blocks a second time."""
     head = _Bytes(image_bytes, 32).get(0, 32)
     fmt = _format(head[:3])
     jpeg = tf.cond(
@@ -184,18 +188,18 @@ def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf
         return tf.abs(tf.where(v >= (1 << 31), v - (1 << 32), v))
 
     # A GIF's first frame may reach past its logical screen: the decoder allocates the frame.
-    gif_end, frame_h, frame_w = tf.cond(
+    gif = tf.cond(
         tf.equal(fmt, _GIF),
         lambda: _gif_first_image(image_bytes),
-        lambda: (_i64(-1), _i64(0), _i64(0)),
+        lambda: _GifFrame(_i64(-1), _i64(0), _i64(0), _i64(-1), _i64(-1)),
     )
-    gif_h, gif_w = tf.maximum(f["gif_h"], frame_h), tf.maximum(f["gif_w"], frame_w)
+    gif_h, gif_w = tf.maximum(f["gif_h"], gif.height), tf.maximum(f["gif_w"], gif.width)
     core = tf.equal(f["bmp_dib"], 12)  # BITMAPCOREHEADER: 16-bit sizes
     bmp_w = tf.where(core, f["bmp_core_w"], signed32(f["bmp_w"]))
     bmp_h = tf.where(core, f["bmp_core_h"], signed32(f["bmp_h"]))
     heights = tf.stack([jpeg[0], f["png_h"], gif_h, bmp_h, _i64(0)])
     widths = tf.stack([jpeg[1], f["png_w"], gif_w, bmp_w, _i64(0)])
-    return fmt, heights[fmt], widths[fmt], gif_end
+    return fmt, heights[fmt], widths[fmt], gif
 
 
 def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Operation:
@@ -241,6 +245,73 @@ def check_bmp_palette(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Operation:
         "colours; convert it to PNG"
     )
     return tf.debugging.Assert(ok, [message], name="bmp_palette")
+
+
+class _BmpLayout(NamedTuple):
+    """How a BMP's pixels are coded, from its DIB header (`_bmp_layout`)."""
+
+    compression: tf.Tensor  # the header's compression field (0 for the 12-byte core header)
+    masked: tf.Tensor  # a 32-bit BMP with bit masks: its channels are where the masks say
+    masks_whole_bytes: tf.Tensor  # R, G and B each one whole, different byte of the pixel
+    order: tf.Tensor  # int32 [3]: the channels of decode_bmp(channels=4) that hold R, G, B
+
+
+# BMP compression codes: none, and the bit-mask codings (BI_BITFIELDS, BI_ALPHABITFIELDS). The
+# rest (RLE8 1, RLE4 2, JPEG 4, PNG 5) tf.io.decode_bmp does not check: it reads their bytes as
+# pixels.
+_BMP_PLAIN, _BMP_BITFIELDS, _BMP_ALPHABITFIELDS = 0, 3, 6
+
+
+def _bmp_layout(image_bytes: tf.Tensor, fmt: tf.Tensor) -> _BmpLayout:
+    """Where a BMP's R, G and B are. tf.io.decode_bmp reads a 32-bit pixel's bytes as B, G, R, A
+    whatever the header's bit masks say, so a BMP whose masks put red in the low byte (an RGBA
+    layout some writers use) decoded with red and blue swapped, without an error."""
+    head = _Bytes(image_bytes, 66).get(0, 66)
+    dib = _uint(head, 14, 4, True)
+    core = tf.equal(dib, 12)  # BITMAPCOREHEADER: no compression field
+    bits = tf.where(core, _uint(head, 24, 2, True), _uint(head, 28, 2, True))
+    compression = tf.where(core | tf.not_equal(fmt, _BMP), _i64(_BMP_PLAIN), _uint(head, 30, 4, True))
+    # The R, G and B masks: after a 40-byte BITMAPINFOHEADER, or inside a V2-V5 header, at byte 54.
+    masks = tf.stack([_uint(head, 54 + 4 * i, 4, True) for i in range(3)])
+    whole = tf.constant([0xFF << (8 * k) for k in range(4)], tf.int64)
+    matches = tf.equal(masks[:, tf.newaxis], whole[tf.newaxis, :])  # [3 masks, 4 bytes]
+    byte = tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+    distinct = tf.reduce_all(
+        tf.not_equal(byte[:, tf.newaxis], byte[tf.newaxis, :]) | tf.eye(3, dtype=tf.bool)
+    )
+    whole_bytes = tf.reduce_all(tf.reduce_any(matches, axis=1)) & distinct
+    bitfields = tf.equal(compression, _BMP_BITFIELDS) | tf.equal(compression, _BMP_ALPHABITFIELDS)
+    # decode_bmp(channels=4) gives a 32-bit pixel's bytes 0-3 as its channels 2, 1, 0, 3.
+    order = tf.gather(tf.constant([2, 1, 0, 3]), byte)
+    return _BmpLayout(compression, bitfields & tf.equal(bits, 32), whole_bytes, order)
+
+
+def check_bmp_coding(layout: _BmpLayout) -> list[tf.Operation]:
+    """Ops that fail with InvalidArgument for a BMP tf.io.decode_bmp would read as wrong pixels:
+    compressed (RLE, JPEG or PNG inside), or bit masks that are not whole bytes of a 32-bit
+    pixel (16-bit 5-6-5, 10-bit channels). Pillow refuses most of these too."""
+    known = tf.reduce_any(tf.equal(layout.compression, [_BMP_PLAIN, _BMP_BITFIELDS, _BMP_ALPHABITFIELDS]))
+    bitfields = tf.logical_not(tf.equal(layout.compression, _BMP_PLAIN))
+    return [
+        tf.debugging.Assert(
+            known,
+            [
+                "compressed BMP (compression code",
+                layout.compression,
+                "; 1 and 2 are RLE, 4 JPEG, 5 PNG): TensorFlow's decoder would read the compressed "
+                "bytes as pixels; convert it to PNG",
+            ],
+            name="bmp_compression",
+        ),
+        tf.debugging.Assert(
+            tf.logical_not(bitfields) | (layout.masked & layout.masks_whole_bytes),
+            [
+                "BMP with bit masks other than one whole byte per channel of a 32-bit pixel (a 16-bit "
+                "or 10-bit-channel BMP): TensorFlow's decoder cannot read them; convert it to PNG"
+            ],
+            name="bmp_bit_masks",
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -551,10 +622,19 @@ def _color_table_size(flags: tf.Tensor) -> tf.Tensor:
     return tf.where(flags >= 128, size, _i64(0))
 
 
-def _gif_first_image(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(end, height, width) of a GIF's first image: the offset just past its data (-1 when
-    the block structure cannot be followed), and the extent of its image descriptor on the
-    screen (top + height, left + width; 0 when there is none).
+class _GifFrame(NamedTuple):
+    """Where a GIF's first image is, as offsets into the file (-1: none found)."""
+
+    end: tf.Tensor  # just past its data: the cut that drops later frames (-1: not followed)
+    height: tf.Tensor  # its extent on the screen: top + height (0 when there is no image)
+    width: tf.Tensor  # left + width
+    descriptor: tf.Tensor  # its image descriptor (the 0x2C byte)
+    control: tf.Tensor  # the last graphic control extension before it (its 0x21 byte)
+
+
+def _gif_first_image(data: tf.Tensor) -> _GifFrame:
+    """Where a GIF's first image is: its end, its extent on the screen, its descriptor and the
+    graphic control extension that applies to it (`_GifFrame`).
 
     A frame may be larger than the logical screen the header declares, and the decoder
     allocates the frame: the pixel limit must see both.
@@ -562,10 +642,10 @@ def _gif_first_image(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     b = _Bytes(data, None)
 
     # mode 0: at a block; 1: in an extension's sub-blocks; 2: in the first image's sub-blocks.
-    def cond(pos, mode, end, step, height, width):
+    def cond(pos, mode, end, step, height, width, descriptor, control):
         return (end < 0) & (pos < b.length) & (step < _MAX_GIF_STEPS)
 
-    def body(pos, mode, end, step, height, width):
+    def body(pos, mode, end, step, height, width, descriptor, control):
         block = b.get(pos, 10)
         is_ext, is_image = tf.equal(block[0], 0x21), tf.equal(block[0], 0x2C)
         image_data = pos + 11 + _color_table_size(block[9])  # descriptor, table, LZW code size
@@ -573,17 +653,21 @@ def _gif_first_image(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         block_mode = tf.where(is_ext, _i64(1), tf.where(is_image, _i64(2), _i64(0)))
         size = block[0]  # in sub-blocks: the sub-block's length, 0 ends the sequence
         at_block = tf.equal(mode, 0)
-        descriptor = at_block & is_image  # left, top, width, height: 16-bit little-endian
-        height = tf.where(descriptor, _uint(block, 3, 2, True) + _uint(block, 7, 2, True), height)
-        width = tf.where(descriptor, _uint(block, 1, 2, True) + _uint(block, 5, 2, True), width)
+        found = at_block & is_image  # left, top, width, height: 16-bit little-endian
+        height = tf.where(found, _uint(block, 3, 2, True) + _uint(block, 7, 2, True), height)
+        width = tf.where(found, _uint(block, 1, 2, True) + _uint(block, 5, 2, True), width)
+        descriptor = tf.where(found, pos, descriptor)
+        control = tf.where(at_block & is_ext & tf.equal(block[1], 0xF9), pos, control)
         new_pos = tf.where(at_block, block_pos, pos + 1 + size)
         new_mode = tf.where(at_block, block_mode, tf.where(tf.equal(size, 0), _i64(0), mode))
         new_end = tf.where(tf.equal(mode, 2) & tf.equal(size, 0), pos + 1, end)
-        return new_pos, new_mode, new_end, step + 1, height, width
+        return new_pos, new_mode, new_end, step + 1, height, width, descriptor, control
 
-    start = (13 + _color_table_size(b.get(10, 1)[0]), _i64(0), _i64(-1), tf.constant(0), _i64(0), _i64(0))
-    _, _, end, _, height, width = tf.while_loop(cond, body, start)
-    return end, height, width
+    start = (13 + _color_table_size(b.get(10, 1)[0]), _i64(0), _i64(-1), tf.constant(0))
+    _, _, end, _, height, width, descriptor, control = tf.while_loop(
+        cond, body, start + (_i64(0), _i64(0), _i64(-1), _i64(-1))
+    )
+    return _GifFrame(end, height, width, descriptor, control)
 
 
 def _gif_first_frame(data: tf.Tensor, end: tf.Tensor | None = None) -> tf.Tensor:
@@ -595,12 +679,87 @@ def _gif_first_frame(data: tf.Tensor, end: tf.Tensor | None = None) -> tf.Tensor
     image's end when already found (`_header`).
     """
     if end is None:
-        end = _gif_first_image(data)[0]
+        end = _gif_first_image(data).end
     return tf.cond(
         end > 0,
         lambda: tf.strings.join([tf.strings.substr(data, _i64(0), end), tf.constant(b";")]),
         lambda: data,
     )
+
+
+def _bytes_at(data: tf.Tensor, pos: tf.Tensor | int, n: int) -> tf.Tensor:
+    """int64 [n]: a scalar string's bytes at pos..pos+n-1 (0 past the end; pos clamped to it)."""
+    length = tf.cast(tf.strings.length(data, unit="BYTE"), tf.int64)
+    piece = tf.strings.substr(data, tf.clip_by_value(tf.cast(pos, tf.int64), 0, length), n)
+    raw = tf.io.decode_raw(tf.strings.join([piece, tf.constant(b"\0" * n)]), tf.uint8)
+    return tf.cast(tf.reshape(raw, [-1])[:n], tf.int64)
+
+
+# Each byte value as a one-byte string: int64 bytes back to a string (gather, then join).
+_BYTE_STRINGS = tuple(bytes([i]) for i in range(256))
+
+
+def _replaced(data: tf.Tensor, pos: tf.Tensor | int, values: list[tf.Tensor | int]) -> tf.Tensor:
+    """A scalar string with its bytes at pos.. replaced by `values` (each a byte, 0-255)."""
+    pos = tf.cast(pos, tf.int64)
+    new = tf.cast(tf.stack([tf.cast(v, tf.int64) for v in values]), tf.int32)
+    text = tf.strings.reduce_join(tf.gather(tf.constant(_BYTE_STRINGS), new))
+    rest = tf.cast(tf.strings.length(data, unit="BYTE"), tf.int64)
+    return tf.strings.join(
+        [tf.strings.substr(data, _i64(0), pos), text, tf.strings.substr(data, pos + len(values), rest)]
+    )
+
+
+def gif_on_white(data: tf.Tensor, frame: _GifFrame | None = None) -> tf.Tensor:
+    """A GIF's first frame as uint8 RGB on its logical screen, as a page shows it: transparent
+    pixels and the screen the frame leaves uncovered are white. `frame`: `_gif_first_image`'s
+    answer when already found (`_header`).
+
+    TensorFlow's decoder gives a first frame's transparent pixels as black, so drawings on a
+    transparent background all decoded to one black picture (the PNG case `png_on_white` fixes),
+    and it lays a frame placed off the screen's corner on a canvas of the frame's size, cutting
+    it. So the frame is decoded on its own: the bytes are cut after it, the screen is set to its
+    size and its position to the corner, and a transparent colour index gets white in the colour
+    table with the transparency flag cleared (GIF transparency is all or nothing, so that is the
+    composite onto white). The frame is then placed on the screen, which grows to cover the frame
+    where the frame reaches past it (the pixel limit counts that extent, `_header`).
+    """
+    if frame is None:
+        frame = _gif_first_image(data)
+
+    def first() -> tf.Tensor:
+        screen = _bytes_at(data, 0, 13)
+        descriptor = _bytes_at(data, frame.descriptor, 10)
+        control = _bytes_at(data, frame.control, 8)  # 21 F9 04 flags delay(2) index 00
+        left, top = _uint(descriptor, 1, 2, True), _uint(descriptor, 3, 2, True)
+        local = descriptor[9] >= 128  # a local colour table follows the descriptor
+        table = tf.where(local, frame.descriptor + 10, tf.where(screen[10] >= 128, _i64(13), _i64(-1)))
+        entries = tf.where(local, _color_table_size(descriptor[9]), _color_table_size(screen[10])) // 3
+        index = control[6]
+        transparent = (frame.control >= 0) & tf.equal(control[3] % 2, 1) & (table >= 0) & (index < entries)
+        cut = _gif_first_frame(data, frame.end)
+        # Most GIFs: a first frame that fills the screen, no transparency; decoded as they are.
+        fills = tf.equal(left + top, 0) & tf.reduce_all(tf.equal(descriptor[5:9], screen[6:10]))
+
+        def placed() -> tf.Tensor:
+            alone = _replaced(cut, 6, [descriptor[5], descriptor[6], descriptor[7], descriptor[8]])
+            alone = _replaced(alone, frame.descriptor + 1, [0, 0, 0, 0])
+
+            def opaque_white() -> tf.Tensor:
+                flagless = _replaced(alone, frame.control + 3, [control[3] - 1])
+                return _replaced(flagless, table + 3 * index, [255, 255, 255])
+
+            image = tf.io.decode_gif(tf.cond(transparent, opaque_white, lambda: alone))[0]
+            size = tf.shape(image, out_type=tf.int64)
+            height = tf.maximum(_uint(screen, 8, 2, True), top + size[0])
+            width = tf.maximum(_uint(screen, 6, 2, True), left + size[1])
+            padding = [[top, height - top - size[0]], [left, width - left - size[1]], [_i64(0), _i64(0)]]
+            return tf.pad(image, padding, constant_values=255)
+
+        return tf.cond(fills & tf.logical_not(transparent), lambda: tf.io.decode_gif(cut)[0], placed)
+
+    # Not followed to the end of a first image: the decoder says what is wrong with the bytes.
+    return tf.cond((frame.end > 0) & (frame.descriptor >= 0), first, lambda: tf.io.decode_gif(data)[0])
 
 
 def _jpeg_ratio_index(height: tf.Tensor, width: tf.Tensor, target_size: int) -> tf.Tensor:
@@ -618,14 +777,13 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     Fails with InvalidArgument, before decoding, when the header declares more
     than `max_pixels`. A JPEG is decoded at the smallest libjpeg scale (1, 1/2,
     1/4, 1/8) that keeps both sides >= `target_size`; a GIF gives its first
-    frame; grayscale is replicated to 3 channels; a PNG's transparency is composited onto
-    white (`png_on_white`), other formats' alpha dropped. The EXIF
-    orientation is applied last.
+    frame, placed on its screen (`gif_on_white`); grayscale is replicated to 3 channels; a
+    PNG's or GIF's transparency is composited onto white (`png_on_white`, `gif_on_white`), a
+    BMP's alpha dropped, its bit masks honoured and a BMP the decoder would misread refused
+    (`bmp_or_unknown`). The EXIF orientation is applied last.
     """
-    fmt, height, width, gif_end = _header(image_bytes)
-    with tf.control_dependencies(
-        [check_pixels(height, width, max_pixels), check_bmp_palette(image_bytes, fmt)]
-    ):
+    fmt, height, width, gif = _header(image_bytes)
+    with tf.control_dependencies([check_pixels(height, width, max_pixels)]):
         image_bytes = tf.identity(image_bytes)
     ratio = _jpeg_ratio_index(height, width, target_size)
     branch = tf.where(
@@ -638,13 +796,27 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
         return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r)
 
     branches = [jpeg(r) for r in JPEG_RATIOS] + [
-        lambda: tf.io.decode_gif(_gif_first_frame(image_bytes, gif_end))[0],
-        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+        lambda: gif_on_white(image_bytes, gif),
+        lambda: bmp_or_unknown(image_bytes, fmt),
         lambda: png_on_white(image_bytes),
     ]
     image = tf.switch_case(tf.cast(branch, tf.int32), branches)
     image.set_shape([None, None, 3])
     return apply_orientation(image, exif_orientation(image_bytes))
+
+
+def bmp_or_unknown(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Tensor:
+    """A BMP as uint8 RGB, its channels where its bit masks put them, after the checks that refuse
+    what tf.io.decode_bmp would misread (`check_bmp_palette`, `check_bmp_coding`); any other
+    bytes go to tf.io.decode_image, which says they are no image it knows."""
+    layout = _bmp_layout(image_bytes, fmt)
+    with tf.control_dependencies([check_bmp_palette(image_bytes, fmt), *check_bmp_coding(layout)]):
+        image_bytes = tf.identity(image_bytes)
+    return tf.cond(
+        layout.masked,
+        lambda: tf.gather(tf.io.decode_bmp(image_bytes, channels=4), layout.order, axis=2),
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+    )
 
 
 def _png_has_trns(image_bytes: tf.Tensor) -> tf.Tensor:

@@ -105,10 +105,11 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool =
             bits = int.from_bytes(
                 data[24:26] if data[14:18] == b"\x0c\x00\x00\x00" else data[28:30], "little"
             )
-            graph_reason = (
-                f"{bits}-bit BMP: TensorFlow decodes 8-, 24- and 32-bit BMPs only; convert it to PNG "
-                f"({tf_error_text(exc)})"
-            )
+            if bits not in (8, 24, 32):  # otherwise the graph's own reason says what is wrong
+                graph_reason = (
+                    f"{bits}-bit BMP: TensorFlow decodes 8-, 24- and 32-bit BMPs only; convert it to PNG "
+                    f"({tf_error_text(exc)})"
+                )
         height = width = 0
         orientation, decoded = 1, 0
     if graph_reason is None and not decoded:
