@@ -1,4 +1,5 @@
-"""TFLite export: each quantization converts and agrees with the SavedModel; the contract is the model's.
+"""TFLite export: each quantization converts and agrees with the SavedModel; the contract is the model's,
+and a device that follows it (Pillow) feeds the model the pixels the graph does.
 
 One small model per module: MobileNetV2 at 32 px (the session's pre-trained
 backbone) with a head trained on digits 0-2, exported as the Trainer does.
@@ -14,17 +15,20 @@ refuses the int8 and dynamic exports.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import pathlib
 import shutil
+import struct
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from PIL import Image
 
-from tests import helpers
+from tests import helpers, image_samples
 from trainer import data, export, preprocessing, tflite, train
 from trainer import model as model_lib
 from trainer.config import ConfigError, TrainingConfig
@@ -186,3 +190,198 @@ def test_export_tflite_is_a_checked_training_setting():
     with pytest.raises(ConfigError, match="export_tflite"):
         parse_custom_config({"export_tflite": "int4"})
     assert tflite.export_for_config(TrainingConfig(), None, [], "/nowhere", "", "") is None
+
+
+# ---------------------------------------------------------------------------------------
+# A device that follows the contract: Pillow for its decode steps, then its resize.
+
+
+def _format(data: bytes) -> str:
+    """The contract's format name of an encoded file, by its first bytes (as the graph tells them)."""
+    magic = {b"\xff\xd8\xff": "jpeg", b"\x89PN": "png", b"GIF": "gif"}
+    return magic.get(data[:3]) or ("bmp" if data[:2] == b"BM" else "unknown")
+
+
+def _device(data: bytes, contract: dict) -> np.ndarray:
+    """The float32 [S, S, 3] a device feeds the model when it follows the contract's `input`
+    literally, with Pillow: each `decode` step in the order listed, by the step's own fields
+    (the JPEG scale by evaluating `rule` on `ratios`, `size` and the stored size; the composite
+    onto `background`; the orientation by `tag` and `orientations`), then `resize`. A step it
+    does not know fails it."""
+    fmt = _format(data)
+    image = Image.open(io.BytesIO(data))
+    box, pixels = None, None
+    for step in contract["input"]["decode"]:
+        if step["formats"][fmt] is None:  # nothing to do for this format
+            continue
+        if step["step"] == "decode":
+            if fmt == "jpeg":
+                names = {
+                    "ratios": step["ratios"],
+                    "size": step["size"],
+                    "height": image.height,
+                    "width": image.width,
+                }
+                r = eval(step["rule"], {"__builtins__": {"max": max, "min": min}, **names})
+                image.draft("RGB", (step["size"], step["size"]))
+                assert image.size == (-(-names["width"] // r), -(-names["height"] // r))  # 1/r, rounded up
+            if fmt == "gif":
+                box = image.tile[0][1]  # the first frame on the screen: before loading
+            image.load()
+        elif step["step"] == "to_rgb" and fmt in ("jpeg", "bmp"):  # grey replicated, alpha dropped
+            pixels = np.asarray(image.convert("RGB"))
+        elif step["step"] == "to_rgb":  # PNG and GIF: transparency composited onto the background
+            rgba = np.asarray(image.convert("RGBA"), np.float32)
+            a = rgba[..., 3:] / np.float32(255)
+            background = np.asarray(step["background"], np.float32)
+            pixels = np.round(rgba[..., :3] * a + background * (1 - a)).astype(np.uint8)
+            if box is not None:  # the screen the GIF's frame does not cover
+                covered = np.zeros(pixels.shape[:2], bool)
+                covered[box[1] : box[3], box[0] : box[2]] = True
+                pixels[~covered] = background.astype(np.uint8)
+        elif step["step"] == "orient":
+            orientation = image.getexif().get(step["tag"], 1)  # EXIF, else XMP: what exif_transpose reads
+            name = step["orientations"].get(str(orientation), {"pillow": None})["pillow"]
+            if name is not None:
+                pixels = np.asarray(Image.fromarray(pixels).transpose(Image.Transpose[name]))
+        else:
+            raise AssertionError(f"the device does not know the step {step['step']!r}")
+    resize = contract["input"]["resize"]
+    resized = tf.image.resize(
+        tf.cast(pixels, tf.float32), resize["size"], method=resize["method"], antialias=resize["antialias"]
+    )
+    return resized.numpy()
+
+
+def _old_sentence_device(data: bytes, contract: dict) -> np.ndarray:
+    """What the one-sentence contract (version 1) told a device: "to 3-channel RGB: grayscale
+    replicated, a PNG's transparency composited onto white (other formats' alpha dropped), the
+    first frame of a GIF", then the resize: no DCT scale, no orientation."""
+    rgba = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"), np.float32)
+    a = rgba[..., 3:] / np.float32(255)
+    rgb = np.round(rgba[..., :3] * a + 255 * (1 - a))
+    resize = contract["input"]["resize"]
+    return tf.image.resize(
+        rgb, resize["size"], method=resize["method"], antialias=resize["antialias"]
+    ).numpy()
+
+
+_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\0"
+
+
+def _xmp_oriented_jpeg(pixels: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose only orientation is XMP's tiff:Orientation (an APP1 XMP packet, no EXIF)."""
+    packet = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+        b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="%d"/>'
+        b"</rdf:RDF></x:xmpmeta>" % orientation
+    )
+    jpeg = image_samples.jpeg(pixels, quality=90)
+    return image_samples.with_segment(jpeg, image_samples.app1(_XMP_APP1 + packet), after_app0=True)
+
+
+def _placed_gif(screen: tuple[int, int], left: int, top: int, transparency: int | None) -> bytes:
+    """A one-frame GIF (Pillow's writer) of 12 x 20 palette pixels whose logical screen is
+    `screen` (width, height) and whose frame sits at (left, top)."""
+    indices = np.random.default_rng(5).integers(0, 3, (12, 20), dtype=np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette([20, 40, 200, 250, 120, 0, 0, 0, 0] + [0, 0, 0] * 253)
+    buffer = io.BytesIO()
+    options = {} if transparency is None else {"transparency": transparency}
+    image.save(buffer, format="GIF", optimize=False, **options)
+    data = bytearray(buffer.getvalue())
+    data[6:10] = struct.pack("<HH", *screen)
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while data[pos] == 0x21:  # extensions before the image: introducer, label, then sub-blocks
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    assert data[pos] == 0x2C
+    data[pos + 1 : pos + 5] = struct.pack("<HH", left, top)
+    return bytes(data)
+
+
+# The most a device's pixels may differ from the graph's. JPEGs at r = 1 and 2: TensorFlow
+# decodes with libjpeg's JDCT_IFAST, Pillow with JDCT_ISLOW (the contract's pillow_note); after
+# the resize they were measured at most 3.0 (r = 1) and 2.0 (r = 2) apart, mean under 1. At
+# r = 4 and 8 libjpeg's reduced IDCTs are the same for both, and PNG, GIF and BMP decode
+# losslessly: those must be equal, bit for bit.
+_IDCT_TOLERANCE = 4.0
+
+
+def _device_cases() -> dict[str, tuple[bytes, float, bool]]:
+    """name -> (encoded image, tolerance, oriented). sklearn's two 427 x 640 sample photos, cut
+    to sizes that take the graph's JPEG decode to each DCT scale at 32 px."""
+    from sklearn.datasets import load_sample_images
+
+    china, flower = load_sample_images().images
+    exif = image_samples.pillow_exif
+    rgba = np.dstack([flower[100:160, 200:290], np.tile(np.linspace(0, 255, 90).astype(np.uint8), (60, 1))])
+    rgba[:20, :, 3] = 128  # half transparent
+    grey = np.asarray(Image.fromarray(china[100:160, 300:390]).convert("L"))
+    bmp = io.BytesIO()
+    Image.fromarray(np.dstack([china[:30, :50], np.full((30, 50), 77, np.uint8)]), "RGBA").save(bmp, "BMP")
+    return {
+        # 200 x 300: 200 // 4 >= 32 > 200 // 8, so r = 4.
+        "JPEG 200 x 300 at 1/4, EXIF orientation 6": (
+            image_samples.jpeg(china[:200, :300], quality=90, exif=exif(6)),
+            0.0,
+            True,
+        ),
+        # 100 x 150: r = 2.
+        "JPEG 100 x 150 at 1/2, EXIF orientation 8": (
+            image_samples.jpeg(flower[100:200, 150:300], quality=90, exif=exif(8)),
+            _IDCT_TOLERANCE,
+            True,
+        ),
+        "JPEG 427 x 640 at 1/8, XMP orientation 5": (_xmp_oriented_jpeg(china, 5), 0.0, True),
+        "JPEG 24 x 40 (under the size: r = 1), EXIF orientation 3": (
+            image_samples.jpeg(flower[:24, :40], quality=90, exif=exif(3)),
+            _IDCT_TOLERANCE,
+            True,
+        ),
+        "PNG, eXIf orientation 6": (image_samples.png(china[50:110, 100:190], exif=exif(6)), 0.0, True),
+        "grayscale PNG": (image_samples.png(grey), 0.0, False),
+        "RGBA PNG, half transparent": (image_samples.png(rgba), 0.0, False),
+        "GIF frame inside its screen, no transparency": (_placed_gif((30, 20), 6, 5, None), 0.0, False),
+        "GIF frame reaching past its screen, transparency": (_placed_gif((15, 10), 5, 4, 2), 0.0, False),
+        "32-bit BMP with alpha": (bmp.getvalue(), 0.0, False),
+    }
+
+
+def test_a_device_following_the_contract_feeds_the_pixels_the_graph_feeds(exported):
+    """Following the contract file as written (decode steps with Pillow, then the stated resize)
+    gives the pixels trainer.preprocessing.decode_and_resize feeds the model in training and
+    serving. The version-1 sentence left out the JPEG scale and the orientation: a device
+    following it fed a photo stored sideways sideways."""
+    _, result = exported("dynamic")
+    with open(result.contract_path, encoding="utf-8") as f:
+        contract = json.load(f)
+    assert contract["contract_version"] == tflite.CONTRACT_VERSION == 2
+    steps = contract["input"]["decode"]
+    assert [step["step"] for step in steps] == ["decode", "to_rgb", "orient"]
+    for step in steps:  # the documented shape: per format, what it does and the calls, or null
+        assert list(step["formats"]) == ["jpeg", "png", "gif", "bmp"], step["step"]
+        for how in filter(None, step["formats"].values()):
+            assert {"does", "tensorflow", "pillow"} <= set(how), step["step"]
+    assert steps[0]["ratios"] == list(preprocessing.JPEG_RATIOS) and steps[0]["size"] == SIZE
+    assert contract["input"]["resize"]["size"] == [SIZE, SIZE]
+    cases = _device_cases()
+    graph = preprocessing.decode_and_resize(tf.constant([encoded for encoded, _, _ in cases.values()]), SIZE)
+    for (name, (encoded, tolerance, oriented)), fed in zip(cases.items(), graph.numpy(), strict=True):
+        np.testing.assert_allclose(_device(encoded, contract), fed, rtol=0, atol=tolerance, err_msg=name)
+        if oriented:  # what the version-1 contract told a device is far off
+            assert np.abs(_old_sentence_device(encoded, contract) - fed).max() > 50, name
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_contracts_orientations_are_pillows_and_the_graphs(orientation):
+    """Each `orientations` entry is the transpose PIL.ImageOps.exif_transpose applies for that
+    EXIF value, and what trainer.preprocessing.apply_orientation does."""
+    pixels = image_samples.asymmetric_image()
+    name, _ = tflite.ORIENTATIONS[orientation]
+    stated = pixels if name is None else np.asarray(Image.fromarray(pixels).transpose(Image.Transpose[name]))
+    pillow = image_samples.upright(image_samples.png(pixels, exif=image_samples.pillow_exif(orientation)))
+    np.testing.assert_array_equal(stated, pillow)
+    np.testing.assert_array_equal(stated, preprocessing.apply_orientation(tf.constant(pixels), orientation))

@@ -13,10 +13,39 @@ starts from encoded bytes (tf.io.decode_image, a map over the batch, string
 parsing of tf.Examples) and the label vocabulary is a string table: string and
 decode ops are not TFLite builtins, and with Select TF ops they would need the
 Flex delegate (megabytes on a device). So decoding and resizing stay on the
-device side, and the contract file says exactly how (from
-trainer/preprocessing.py's constants): decode to RGB, bilinear resize with
-antialiasing to S x S, no crop, values kept in [0, 255]; and it lists the class
-names in output order.
+device side, and the contract file says exactly how, so that a device feeds the
+pixels training and serving saw (trainer/preprocessing.py `decode_and_resize`);
+the values that are the code's (JPEG_RATIOS, RESIZE_METHOD, RESIZE_ANTIALIAS,
+the image size) are taken from it, not retyped.
+
+The contract (model.tflite.json), contract_version 2:
+
+- `file`, `quantization`, `backbone`;
+- `input`: `name`, `shape` [1, S, S, 3], `dtype` float32, `layout` NHWC,
+  `channel_order` RGB, `value_range` [0, 255], then how to get there from an
+  encoded file:
+  - `decode` (`decode_steps`): an ordered list of steps, each an object with
+    `step` (its name), `does` (what it does, in words), `formats` (`jpeg`,
+    `png`, `gif`, `bmp`: each an object with its own `does` and the
+    `tensorflow` and `pillow` calls that reproduce it, and a `pillow_note`
+    where Pillow differs; null where the step leaves that format alone) and the
+    step's own fields:
+    1. `decode`: the file's first image as stored, a JPEG at libjpeg's DCT
+       scale 1/r: `ratios` (JPEG_RATIOS), `size` (S) and `rule`, a Python
+       expression over `ratios`, `size`, `height` and `width` (the JPEG's
+       stored size) whose value is r;
+    2. `to_rgb`: uint8 RGB: grayscale replicated, a PNG's or GIF's
+       transparency composited onto `background` (white) by `composite`, a
+       GIF's frame placed on its screen, a BMP's alpha dropped;
+    3. `orient`: the EXIF Orientation (`tag`; else XMP's) of a JPEG or PNG,
+       applied as PIL.ImageOps.exif_transpose applies it; `orientations` maps
+       each value "1".."8" to its PIL.Image.Transpose member (`pillow`, null
+       for none) and `does`;
+  - `resize`: `size` [S, S], `method`, `antialias`, `keep_aspect_ratio`
+    false, `crop` null, `function` (tf.image.resize on the float32 image);
+  - `normalisation`: none on the device (inside the model);
+- `output`: `name`, `shape` [1, N], `dtype`, `meaning`;
+- `class_names` in output order; `reference`: the code that defines it all.
 
 Quantization (TrainingConfig.export_tflite):
 
@@ -58,6 +87,7 @@ MIN_AGREEMENT = {FLOAT32: 0.98, "float16": 0.98, "dynamic": 0.98, "int8": 0.95}
 TFLITE_DIR = "assets.extra"
 TFLITE_FILE = "model.tflite"
 CONTRACT_FILE = "model.tflite.json"
+CONTRACT_VERSION = 2  # 2: `input.decode` is the list of steps (`decode_steps`); 1 was one sentence
 REPRESENTATIVE_IMAGES = 200  # train images that calibrate int8 ranges
 MAX_CHECK_EXAMPLES = 2000  # eval examples of the agreement check (the first ones)
 _BATCH = 64
@@ -207,6 +237,202 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
 
 
+# The JPEG scale as a Python expression over the contract's `ratios` and `size` and the JPEG's
+# stored `height` and `width`: preprocessing's _jpeg_ratio_index (the largest ratio that keeps
+# both sides >= size; the smallest when none does). JPEG_RATIOS is ascending.
+JPEG_RATIO_RULE = (
+    f"max((r for r in ratios if min(height, width) // r >= size), default={preprocessing.JPEG_RATIOS[0]})"
+)
+EXIF_ORIENTATION_TAG = 0x0112
+# EXIF Orientation -> (the PIL.Image.Transpose member PIL.ImageOps.exif_transpose applies, in
+# words). tests/test_tflite.py checks each against Pillow and trainer.preprocessing.apply_orientation.
+ORIENTATIONS = {
+    1: (None, "as stored"),
+    2: ("FLIP_LEFT_RIGHT", "mirror left-right"),
+    3: ("ROTATE_180", "turn 180 degrees"),
+    4: ("FLIP_TOP_BOTTOM", "flip upside down"),
+    5: ("TRANSPOSE", "transpose: mirror along the top-left to bottom-right diagonal"),
+    6: ("ROTATE_270", "turn 90 degrees clockwise"),
+    7: ("TRANSVERSE", "transverse: mirror along the top-right to bottom-left diagonal"),
+    8: ("ROTATE_90", "turn 90 degrees counter-clockwise"),
+}
+_COMPOSITE_TF = (
+    "rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32); a = rgba[..., 3:] / 255.0; "
+    "rgb = tf.round(rgba[..., :3] * a + 255.0 * (1.0 - a))"
+)
+_COMPOSITE_PILLOW = (
+    "rgba = numpy.asarray(image.convert('RGBA'), numpy.float32); a = rgba[..., 3:] / numpy.float32(255); "
+    "rgb = numpy.round(rgba[..., :3] * a + numpy.float32(255) * (1 - a))"
+)
+
+
+def decode_steps(image_size: int) -> list[dict[str, Any]]:
+    """The contract's `input.decode`: what trainer/preprocessing.py `decode_image` does to an
+    encoded file before the resize, as ordered steps a device can follow (module docstring).
+
+    Each step: `step` (its name), `does` (in words), `formats` (per format an object with its
+    own `does`, `tensorflow` and `pillow`, or null where the step leaves that format alone),
+    and the step's own values. `tensorflow` reproduces the graph's pixels; `pillow` gives them
+    too, except where a `pillow_note` says otherwise.
+    """
+    ratios = [int(r) for r in preprocessing.JPEG_RATIOS]
+    oriented = {
+        "tensorflow": (
+            "trainer.preprocessing.apply_orientation(image, trainer.preprocessing.exif_orientation(data)) "
+            "(no TensorFlow op reads EXIF)"
+        ),
+        "pillow": "image = PIL.ImageOps.exif_transpose(image)  # after the decode step's draft",
+    }
+    return [
+        {
+            "step": "decode",
+            "does": (
+                "Decode the file's first image as stored (before any orientation). The format is the "
+                "file's content (JPEG, PNG, GIF or BMP by its first bytes), not its name; anything else is "
+                "refused. A JPEG is decoded at libjpeg's DCT scale 1/r, r = `rule` evaluated with "
+                "`ratios`, `size` and the JPEG's stored `height` and `width` (its SOF header): the largest "
+                "ratio that keeps both sides >= size, the smallest when none does. That gives ceil(height / r) x "
+                "ceil(width / r) pixels, which the resize then takes to size x size."
+            ),
+            "ratios": ratios,
+            "size": int(image_size),
+            "rule": JPEG_RATIO_RULE,
+            "formats": {
+                "jpeg": {
+                    "does": "decoded at scale 1/r, grayscale replicated to 3 channels",
+                    "tensorflow": "tf.io.decode_jpeg(data, channels=3, ratio=r)",
+                    "pillow": "image = PIL.Image.open(f); image.draft('RGB', (size, size))",
+                    "pillow_note": (
+                        "draft picks the same r (the largest of 1, 2, 4, 8 <= min(width // size, height // "
+                        "size)). TensorFlow decodes with its default dct_method (libjpeg's JDCT_IFAST), "
+                        "Pillow with JDCT_ISLOW: the same pixels at r = 4 and 8, up to a few levels apart "
+                        "at r = 1 and 2 (tf.io.decode_jpeg(..., dct_method='INTEGER_ACCURATE') is Pillow's)"
+                    ),
+                },
+                "png": {
+                    "does": "decoded; 16-bit samples become 8-bit by their high byte (value >> 8)",
+                    "tensorflow": "tf.io.decode_png(data, channels=4)",
+                    "pillow": "image = PIL.Image.open(f)",
+                    "pillow_note": (
+                        "Pillow opens a 16-bit grey PNG as mode 'I;16', whose convert clips at 255: take "
+                        "its high byte instead"
+                    ),
+                },
+                "gif": {
+                    "does": "its first frame only, and where that frame lies on the logical screen",
+                    "tensorflow": "trainer.preprocessing.gif_on_white(data) (decode, to_rgb and all)",
+                    "pillow": (
+                        "image = PIL.Image.open(f); box = image.tile[0][1]  # the first frame's (left, top, "
+                        "right, bottom) on the screen, read before the pixels are loaded"
+                    ),
+                },
+                "bmp": {
+                    "does": (
+                        "8-, 24- and 32-bit BMPs; refused: 1-, 4- and 16-bit, compressed (RLE, JPEG or PNG "
+                        "inside), bit masks other than one whole byte per channel of a 32-bit pixel, and "
+                        "8-bit BMPs whose colour table is not the grey ramp (entry i = (i, i, i)): palette "
+                        "images"
+                    ),
+                    "tensorflow": (
+                        "tf.io.decode_bmp(data, channels=4) after trainer.preprocessing.bmp_or_unknown's "
+                        "checks (which refuse what decode_bmp would misread)"
+                    ),
+                    "pillow": "image = PIL.Image.open(f)  # refuse mode 'P'",
+                },
+            },
+        },
+        {
+            "step": "to_rgb",
+            "does": (
+                "Make it uint8 RGB [H, W, 3]: grayscale replicated to the 3 channels; a PNG's or GIF's "
+                "transparency composited onto white by `composite` (a = alpha / 255; opaque pixels are "
+                "unchanged); a BMP's alpha dropped. For JPEG and PNG it changes each pixel alone, so it "
+                "may come after `orient` as well."
+            ),
+            "background": [255, 255, 255],
+            "composite": (
+                "round(rgb * a + 255 * (1 - a)), a = alpha / 255, in float32, rounding halves to even "
+                "(tf.round, numpy.round)"
+            ),
+            "formats": {
+                "jpeg": {
+                    "does": "already RGB (grayscale replicated by the decode)",
+                    "tensorflow": "nothing more: tf.io.decode_jpeg(data, channels=3, ratio=r) gave RGB",
+                    "pillow": "image = image.convert('RGB')",
+                },
+                "png": {
+                    "does": (
+                        "grey, grey with alpha, palette, RGB or RGBA; transparency (an alpha channel, or a "
+                        "tRNS chunk: a palette's or one colour's) composited onto white"
+                    ),
+                    "tensorflow": _COMPOSITE_TF,
+                    "pillow": _COMPOSITE_PILLOW,
+                },
+                "gif": {
+                    "does": (
+                        "the first frame placed on the logical screen at its offset, the screen grown to "
+                        "cover the frame where the frame reaches past it; its transparent colour and the "
+                        "screen area the frame does not cover are white (GIF transparency is all or "
+                        "nothing: the composite gives white)"
+                    ),
+                    "tensorflow": "trainer.preprocessing.gif_on_white(data)",
+                    "pillow": (
+                        f"{_COMPOSITE_PILLOW}; then every pixel outside `box` = 255 (Pillow fills the "
+                        "uncovered screen with the background colour when the GIF has no transparent colour)"
+                    ),
+                },
+                "bmp": {
+                    "does": (
+                        "8-bit (grey): replicated; 24-bit: as stored; 32-bit: R, G, B where the bit masks "
+                        "put them (B, G, R without masks); alpha dropped, not composited"
+                    ),
+                    "tensorflow": (
+                        "tf.gather(decoded, [the channels its R, G and B masks name], axis=2) for a 32-bit BMP "
+                        "with bit masks, else tf.io.decode_bmp(data, channels=3) "
+                        "(trainer.preprocessing.bmp_or_unknown)"
+                    ),
+                    "pillow": "image = image.convert('RGB')",
+                    "pillow_note": (
+                        "Pillow reads the common bit-mask layouts only (B, G, R, A and A, B, G, R; R, G, B, "
+                        "A in a V4/V5 header); the graph reads any whole-byte one"
+                    ),
+                },
+            },
+        },
+        {
+            "step": "orient",
+            "does": (
+                "Turn the decoded image (at its DCT scale) upright, before the resize, exactly as "
+                "PIL.ImageOps.exif_transpose does: by the EXIF Orientation tag (`tag`, in IFD0); without "
+                "that tag, by XMP's tiff:Orientation; absent, unreadable or outside 1..8: as stored. "
+                "`orientations` says what each value does."
+            ),
+            "tag": EXIF_ORIENTATION_TAG,
+            "orientations": {
+                str(value): {"pillow": name, "does": words} for value, (name, words) in ORIENTATIONS.items()
+            },
+            "formats": {
+                "jpeg": {
+                    "does": (
+                        "EXIF: the first APP1 'Exif' segment before the scan; XMP: the last APP1 XMP "
+                        "packet before the scan"
+                    ),
+                    **oriented,
+                },
+                "png": {
+                    "does": (
+                        "EXIF: the eXIf chunk (the last, before or after the image data up to IEND); XMP: "
+                        "the last tEXt or uncompressed iTXt chunk with the keyword XML:com.adobe.xmp"
+                    ),
+                    **oriented,
+                },
+                "gif": None,
+                "bmp": None,
+            },
+        },
+    ]
+
+
 def contract(
     model_content: bytes, backbone: str, image_size: int, class_names: Sequence[str], quantization: str
 ) -> dict[str, Any]:
@@ -218,6 +444,7 @@ def contract(
         raise ValueError(f"TFLite output shape {list(out['shape'])} != [1, {len(class_names)}] classes")
     spec = backbones.get(backbone)
     return {
+        "contract_version": CONTRACT_VERSION,
         "file": TFLITE_FILE,
         "quantization": quantization,
         "backbone": backbone,
@@ -228,7 +455,7 @@ def contract(
             "layout": "NHWC",
             "channel_order": "RGB",
             "value_range": [0.0, 255.0],
-            "decode": "to 3-channel RGB: grayscale replicated, a PNG's transparency composited onto white (other formats' alpha dropped), the first frame of a GIF",
+            "decode": decode_steps(image_size),
             "resize": {
                 "size": [image_size, image_size],
                 "method": preprocessing.RESIZE_METHOD,
@@ -249,7 +476,10 @@ def contract(
             "meaning": "class probabilities; index i is class_names[i]",
         },
         "class_names": list(class_names),
-        "reference": "trainer/preprocessing.py decode_and_resize, then the model: the SavedModel's Transform graph",
+        "reference": (
+            "trainer/preprocessing.py decode_and_resize (decode_image, then the resize), then the model: "
+            "the SavedModel's Transform graph"
+        ),
     }
 
 
