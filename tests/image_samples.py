@@ -121,3 +121,44 @@ def upright(data: bytes) -> np.ndarray:
 
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def bmp_masked(
+    rgb: np.ndarray,
+    masks: tuple[int, ...],
+    header: int,
+    compression: int = 3,
+    alpha: np.ndarray | None = None,
+) -> bytes:
+    """A bottom-up 32-bit BMP of rgb whose pixels put each channel where its bit mask says (R, G,
+    B, then `alpha`, 255 by default, in the remaining byte); the masks after a 40-byte header or
+    inside a V4/V5 one (`header` 108 or 124, where a fourth mask is the alpha's)."""
+    height, width, _ = rgb.shape
+    places = [m.bit_length() // 8 - 1 for m in masks[:3]]
+    spare = ({0, 1, 2, 3} - set(places)).pop()
+    pixels = np.zeros((height, width, 4), np.uint8)
+    pixels[..., spare] = 255 if alpha is None else alpha
+    for channel, place in enumerate(places):
+        pixels[..., place] = rgb[..., channel]
+    mask_bytes = b"".join(struct.pack("<I", m) for m in masks)
+    info = struct.pack("<IiiHHIIiiII", header, width, height, 1, 32, compression, 0, 2835, 2835, 0, 0)
+    info += mask_bytes if header == 40 else mask_bytes.ljust(header - 40, b"\0")
+    offset = 14 + len(info)
+    data = pixels[::-1].tobytes()
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + data
+
+
+def gif_placed(gif: bytes, screen: tuple[int, int], left: int, top: int) -> bytes:
+    """The GIF with its logical screen set to (width, height) and its first image moved to
+    (left, top): a frame that does not fill its screen."""
+    data = bytearray(gif)
+    data[6:10] = struct.pack("<HH", *screen)
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while data[pos] == 0x21:  # extensions before the image: label, then sub-blocks
+        pos += 2
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    assert data[pos] == 0x2C
+    data[pos + 1 : pos + 5] = struct.pack("<HH", left, top)
+    return bytes(data)

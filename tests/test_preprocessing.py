@@ -646,22 +646,6 @@ def _gif(indices: np.ndarray, palette: list[int], transparency: int | None = Non
     return buffer.getvalue()
 
 
-def _gif_placed(gif: bytes, screen: tuple[int, int], left: int, top: int) -> bytes:
-    """The GIF with its logical screen set to (width, height) and its first image moved to
-    (left, top): a frame that does not fill its screen."""
-    data = bytearray(gif)
-    data[6:10] = struct.pack("<HH", *screen)
-    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
-    while data[pos] == 0x21:  # extensions before the image: label, then sub-blocks
-        pos += 2
-        while data[pos]:
-            pos += 1 + data[pos]
-        pos += 1
-    assert data[pos] == 0x2C
-    data[pos + 1 : pos + 5] = struct.pack("<HH", left, top)
-    return bytes(data)
-
-
 def test_a_gifs_transparency_is_composited_onto_white():
     """TensorFlow's decoder gives a GIF's transparent pixels as black: drawings on a transparent
     background all decoded to one black picture (ingest refused them as one image under several
@@ -702,11 +686,38 @@ def test_a_gifs_transparency_is_composited_onto_white():
     local[at + 10 : at + 10] = table
     assert Image.open(io.BytesIO(bytes(local))).convert("RGB").size == (4, 4)
     np.testing.assert_array_equal(decode_image(tf.constant(bytes(local)), 4).numpy(), expected)
+    # Two control blocks before the image: giflib applies the first (painting its colour black),
+    # Pillow and browsers the last that sets a transparent colour.
+    at = gif.index(b"\x21\xf9")
+    block = gif[at : at + 8]
+    for second, see in ((b"\x21\xf9\x04\x00\x00\x00\x00\x00", 1), (block[:6] + b"\x00\x00", 0)):
+        two = gif[: at + 8] + second + gif[at + 8 :]
+        pil = np.asarray(Image.open(io.BytesIO(two)).convert("RGBA")).astype(np.float64)
+        on_white = np.round(pil[..., :3] * pil[..., 3:] / 255 + 255 * (1 - pil[..., 3:] / 255))
+        np.testing.assert_array_equal(decode_image(tf.constant(two), 4).numpy(), on_white)
+        assert (on_white[indices == see] == 255).all()
     opaque = _gif(indices, palette)
     assert b"\x21\xf9" not in opaque[:40] or opaque[opaque.index(b"\x21\xf9") + 3] & 1 == 0
     np.testing.assert_array_equal(
         decode_image(tf.constant(opaque), 4).numpy(), np.array(palette, np.uint8).reshape(3, 3)[indices]
     )
+
+
+def test_a_gif_walk_that_reaches_its_bound_is_refused(monkeypatch):
+    """The walk to the end of a GIF's first image stops after _MAX_GIF_STEPS blocks and
+    sub-blocks (a crafted 2 MB comment of 1-byte sub-blocks took 41 s to get there); the GIF
+    then went to the decoder unread, which painted its transparent pixels black. It is refused."""
+    from trainer import preprocessing
+
+    gif = _gif(np.array([[0, 1], [1, 0]]), [0, 0, 0, 200, 10, 10], transparency=0)
+    comment = b"\x21\xfe" + b"\x01x" * 100 + b"\x00"
+    at = gif.index(b"\x21\xf9")
+    data = gif[:at] + comment + gif[at:]
+    expected = np.array([[[255] * 3, [200, 10, 10]], [[200, 10, 10], [255] * 3]], np.uint8)
+    np.testing.assert_array_equal(preprocessing.decode_image(tf.constant(data), 1).numpy(), expected)
+    monkeypatch.setattr(preprocessing, "_MAX_GIF_STEPS", 64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="GIF with more than 64 blocks"):
+        preprocessing.decode_image(tf.constant(data), 1)
 
 
 def test_a_gif_frame_is_placed_on_its_screen():
@@ -720,35 +731,17 @@ def test_a_gif_frame_is_placed_on_its_screen():
     palette = [0, 0, 0, 200, 0, 0, 0, 0, 200]
     frame = np.array(palette, np.uint8).reshape(3, 3)[indices]
     for screen, left, top in (((7, 5), 3, 2), ((3, 2), 0, 0), ((4, 3), 0, 1), ((4, 4), 2, 3)):
-        gif = _gif_placed(_gif(indices, palette), screen, left, top)
+        gif = image_samples.gif_placed(_gif(indices, palette), screen, left, top)
         height, width = max(screen[1], top + 2), max(screen[0], left + 3)
         expected = np.full((height, width, 3), 255, np.uint8)
         expected[top : top + 2, left : left + 3] = frame
         np.testing.assert_array_equal(decode_image(tf.constant(gif), 1).numpy(), expected)
         assert [int(v) for v in image_shape(tf.constant(gif))[1:]] == [height, width]
     # With a transparent index too: both the uncovered screen and the transparent pixels are white.
-    gif = _gif_placed(_gif(indices, palette, transparency=2), (5, 4), 1, 1)
+    gif = image_samples.gif_placed(_gif(indices, palette, transparency=2), (5, 4), 1, 1)
     expected = np.full((4, 5, 3), 255, np.uint8)
     expected[1:3, 1:4] = np.where((indices == 2)[..., None], 255, frame)
     np.testing.assert_array_equal(decode_image(tf.constant(gif), 1).numpy(), expected)
-
-
-def _bmp32(rgb: np.ndarray, masks: tuple[int, ...], header: int, compression: int = 3) -> bytes:
-    """A bottom-up 32-bit BMP of rgb whose pixels put each channel where its bit mask says (R, G,
-    B, then alpha 255 in the remaining byte); masks after a 40-byte header or inside a V4/V5 one."""
-    height, width, _ = rgb.shape
-    places = [m.bit_length() // 8 - 1 for m in masks[:3]]
-    alpha = ({0, 1, 2, 3} - set(places)).pop()
-    pixels = np.zeros((height, width, 4), np.uint8)
-    pixels[..., alpha] = 255
-    for channel, place in enumerate(places):
-        pixels[..., place] = rgb[..., channel]
-    mask_bytes = b"".join(struct.pack("<I", m) for m in masks)
-    info = struct.pack("<IiiHHIIiiII", header, width, height, 1, 32, compression, 0, 2835, 2835, 0, 0)
-    info += mask_bytes if header == 40 else mask_bytes.ljust(header - 40, b"\0")
-    offset = 14 + len(info)
-    data = pixels[::-1].tobytes()
-    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + info + data
 
 
 def test_a_bmps_bit_masks_say_where_its_channels_are():
@@ -765,11 +758,13 @@ def test_a_bmps_bit_masks_say_where_its_channels_are():
     }
     for name, masks in layouts.items():
         for header in (40, 108, 124):
-            data = _bmp32(rgb, masks if header > 40 else masks[:3], header)
+            data = image_samples.bmp_masked(rgb, masks if header > 40 else masks[:3], header)
             np.testing.assert_array_equal(decode_image(tf.constant(data), 1).numpy(), rgb, err_msg=name)
             if name in ("BGRA", "ABGR") or (name == "RGBA" and header > 40):  # layouts Pillow reads
                 np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), rgb)
-    assert (tf.io.decode_image(_bmp32(rgb, layouts["RGBA"], 108), channels=3).numpy() != rgb).any()
+    assert (
+        tf.io.decode_image(image_samples.bmp_masked(rgb, layouts["RGBA"], 108), channels=3).numpy() != rgb
+    ).any()
 
 
 def test_a_bmp_the_decoder_would_misread_is_refused():
@@ -786,14 +781,75 @@ def test_a_bmp_the_decoder_would_misread_is_refused():
     for code in (1, 2, 4, 5, 7):
         data = plain[:30] + struct.pack("<I", code) + plain[34:]
         assert tf.io.decode_image(data, channels=3).shape == (3, 5, 3)  # read, wrongly
-        with pytest.raises(tf.errors.InvalidArgumentError, match="compressed BMP"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"compressed BMP \\(compression {code};"):
             decode_image(tf.constant(data), 1)
         assert check_image(data) is not None
-    ten_bit = _bmp32(rgb, (0xFF0000, 0xFF00, 0xFF), 40)
+    ten_bit = image_samples.bmp_masked(rgb, (0xFF0000, 0xFF00, 0xFF), 40)
     ten_bit = ten_bit[:54] + struct.pack("<III", 0x3FF00000, 0xFFC00, 0x3FF) + ten_bit[66:]
     with pytest.raises(tf.errors.InvalidArgumentError, match="bit masks other than one whole byte"):
         decode_image(tf.constant(ten_bit), 1)
     assert "bit masks" in check_image(ten_bit) or "bitfields" in check_image(ten_bit)
+
+
+def test_a_bmp_whose_alpha_mask_names_a_byte_is_composited_onto_white():
+    """A 32-bit BMP with an alpha mask (GIMP's A8 R8 G8 B8 export, a V4/V5 header) is RGBA to
+    Pillow and to a browser; the decoder dropped the alpha, showing what transparent pixels hold.
+    An alpha byte that is 0 everywhere is taken as no alpha, as browsers take it."""
+    from trainer.preprocessing import decode_image
+
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (3, 4), dtype=np.uint8)
+    for masks in ((0xFF0000, 0xFF00, 0xFF, 0xFF000000), (0xFF, 0xFF00, 0xFF0000, 0xFF000000)):
+        data = image_samples.bmp_masked(rgb, masks, 108, alpha=alpha)
+        expected = np.round(rgb * (alpha[..., None] / 255) + 255 * (1 - alpha[..., None] / 255))
+        np.testing.assert_array_equal(decode_image(tf.constant(data), 1).numpy(), expected)
+        pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")).astype(np.float64)
+        on_white = np.round(pil[..., :3] * pil[..., 3:] / 255 + 255 * (1 - pil[..., 3:] / 255))
+        np.testing.assert_array_equal(on_white, expected)
+        empty = image_samples.bmp_masked(rgb, masks, 108, alpha=np.zeros_like(alpha))  # meant opaque
+        np.testing.assert_array_equal(decode_image(tf.constant(empty), 1).numpy(), rgb)
+    # Without an alpha mask (a 40-byte header with BI_BITFIELDS' three masks) the byte is unused.
+    np.testing.assert_array_equal(
+        decode_image(tf.constant(image_samples.bmp_masked(rgb, (0xFF0000, 0xFF00, 0xFF), 40)), 1), rgb
+    )
+
+
+def test_a_bmp_with_bytes_after_its_rows_or_masks_on_24_bits_decodes():
+    """tf.io.decode_bmp refused a file with any bytes after its rows (row padding counted in the
+    file size, a V5 header's ICC profile, which follows the pixels) and masks on a 24-bit BMP."""
+    from trainer.preprocessing import decode_image
+
+    rgb = np.random.default_rng(6).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="BMP")
+    plain = buffer.getvalue()
+    for tail in (b"\0\0", bytes(588)):
+        data = plain[:2] + struct.pack("<I", len(plain) + len(tail)) + plain[6:] + tail
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.decode_bmp(data)
+        np.testing.assert_array_equal(decode_image(tf.constant(data), 1).numpy(), rgb)
+    masked = plain[:30] + struct.pack("<I", 3) + plain[34:54]
+    masked = masked[:10] + struct.pack("<I", 66) + masked[14:] + struct.pack("<III", 0xFF, 0xFF00, 0xFF0000)
+    rows = np.frombuffer(plain[54:], np.uint8).reshape(3, -1)[:, :15].reshape(3, 5, 3)[..., ::-1]
+    padded = np.zeros((3, 16), np.uint8)
+    padded[:, :15] = rows.reshape(3, 15)
+    np.testing.assert_array_equal(decode_image(tf.constant(masked + padded.tobytes()), 1).numpy(), rgb)
+
+
+def test_a_bmp_with_an_os2_header_is_refused_by_name():
+    """TensorFlow's decoder takes the 40-byte header's fields from any BMP: a 12-byte OS/2 core
+    header gave "Number of channels ... was 31", a number read from pixel bytes."""
+    from imgpipe.ingest.images import check_image
+    from trainer.preprocessing import decode_image
+
+    core = struct.pack("<IHHHH", 12, 2, 2, 1, 24)
+    rows = bytes([0, 0, 255, 0, 255, 0, 0, 0]) * 2
+    data = b"BM" + struct.pack("<IHHI", 26 + len(rows), 0, 0, 26) + core + rows
+    assert Image.open(io.BytesIO(data)).size == (2, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="BMP with a 12-byte header"):
+        decode_image(tf.constant(data), 1)
+    assert "12-byte header" in check_image(data)
 
 
 def test_the_walk_for_a_trns_chunk_stops_after_a_bounded_number_of_chunks():

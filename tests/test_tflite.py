@@ -20,7 +20,6 @@ import json
 import os
 import pathlib
 import shutil
-import struct
 
 import numpy as np
 import pytest
@@ -228,9 +227,11 @@ def _device(data: bytes, contract: dict) -> np.ndarray:
             if fmt == "gif":
                 box = image.tile[0][1]  # the first frame on the screen: before loading
             image.load()
-        elif step["step"] == "to_rgb" and fmt in ("jpeg", "bmp"):  # grey replicated, alpha dropped
+        elif step["step"] == "to_rgb" and (
+            fmt == "jpeg" or (fmt == "bmp" and (image.mode != "RGBA" or not np.asarray(image)[..., 3].any()))
+        ):  # grey replicated, alpha dropped (a BMP's: no alpha mask, or an alpha that is 0 everywhere)
             pixels = np.asarray(image.convert("RGB"))
-        elif step["step"] == "to_rgb":  # PNG and GIF: transparency composited onto the background
+        elif step["step"] == "to_rgb":  # PNG, GIF, a BMP's alpha: composited onto the background
             rgba = np.asarray(image.convert("RGBA"), np.float32)
             a = rgba[..., 3:] / np.float32(255)
             background = np.asarray(step["background"], np.float32)
@@ -289,17 +290,7 @@ def _placed_gif(screen: tuple[int, int], left: int, top: int, transparency: int 
     buffer = io.BytesIO()
     options = {} if transparency is None else {"transparency": transparency}
     image.save(buffer, format="GIF", optimize=False, **options)
-    data = bytearray(buffer.getvalue())
-    data[6:10] = struct.pack("<HH", *screen)
-    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
-    while data[pos] == 0x21:  # extensions before the image: introducer, label, then sub-blocks
-        pos += 2
-        while data[pos]:
-            pos += 1 + data[pos]
-        pos += 1
-    assert data[pos] == 0x2C
-    data[pos + 1 : pos + 5] = struct.pack("<HH", left, top)
-    return bytes(data)
+    return image_samples.gif_placed(buffer.getvalue(), screen, left, top)
 
 
 # The most a device's pixels may differ from the graph's. JPEGs at r = 1 and 2: TensorFlow
@@ -347,6 +338,13 @@ def _device_cases() -> dict[str, tuple[bytes, float, bool]]:
         "GIF frame inside its screen, no transparency": (_placed_gif((30, 20), 6, 5, None), 0.0, False),
         "GIF frame reaching past its screen, transparency": (_placed_gif((15, 10), 5, 4, 2), 0.0, False),
         "32-bit BMP with alpha": (bmp.getvalue(), 0.0, False),
+        "32-bit BMP with an alpha mask (V4 header)": (
+            image_samples.bmp_masked(
+                china[:30, :50], (0xFF0000, 0xFF00, 0xFF, 0xFF000000), 108, alpha=rgba[:30, :50, 3]
+            ),
+            0.0,
+            False,
+        ),
     }
 
 

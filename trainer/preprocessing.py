@@ -191,7 +191,7 @@ def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, _G
     gif = tf.cond(
         tf.equal(fmt, _GIF),
         lambda: _gif_first_image(image_bytes),
-        lambda: _GifFrame(_i64(-1), _i64(0), _i64(0), _i64(-1), _i64(-1)),
+        lambda: _GifFrame(_i64(-1), _i64(0), _i64(0), _i64(-1), _i64(-1), _i64(-1)),
     )
     gif_h, gif_w = tf.maximum(f["gif_h"], gif.height), tf.maximum(f["gif_w"], gif.width)
     core = tf.equal(f["bmp_dib"], 12)  # BITMAPCOREHEADER: 16-bit sizes
@@ -213,105 +213,115 @@ def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Ope
     return tf.debugging.Assert(pixels <= max_pixels, [message], name="max_image_pixels")
 
 
-def check_bmp_palette(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Operation:
-    """An op that fails with InvalidArgument for an 8-bit BMP whose colour table is not the grey
-    ramp (entry i = (i, i, i)): a palette (indexed-colour) image.
+def _bmp_palette_is_grey(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Whether an 8-bit BMP's colour table is the grey ramp (entry i = (i, i, i)); true for other
+    bit depths.
 
     tf.io.decode_bmp returns an 8-bit BMP's palette indices as grey levels, which are its
     pixels only when the table is that ramp; for any other table the model would be shown
     garbage and answer it with confidence. Pillow calls the same two cases "L" and "P", and
     ingest refuses "P" by Pillow's reason. (1- and 4-bit BMPs the decoder refuses itself.)
     """
-
-    def palette_is_grey() -> tf.Tensor:
-        b = _Bytes(image_bytes, 14 + 124 + 256 * 4)  # the largest standard header, then 256 entries
-        head = b.get(0, 50)
-        dib = _uint(head, 14, 4, True)
-        core = tf.equal(dib, 12)  # BITMAPCOREHEADER: 3-byte entries, a 16-bit bits-per-pixel field
-        bits = tf.where(core, _uint(head, 24, 2, True), _uint(head, 28, 2, True))
-        used = tf.where(core, _i64(0), _uint(head, 46, 4, True))
-        colors = tf.where(used > 0, tf.minimum(used, 256), _i64(256))
-        entry = tf.where(core, _i64(3), _i64(4))
-        at = 14 + dib + entry * tf.range(256, dtype=tf.int64)
-        rgb = tf.stack([tf.gather(b.get(0, 14 + 124 + 256 * 4), at + k) for k in range(3)], axis=1)
-        grey = tf.reduce_all(tf.equal(rgb, tf.range(256, dtype=tf.int64)[:, tf.newaxis]), axis=1)
-        return tf.logical_not(tf.equal(bits, 8)) | tf.reduce_all(
-            grey | (tf.range(256, dtype=tf.int64) >= colors)
-        )
-
-    ok = tf.cond(tf.equal(fmt, _BMP), palette_is_grey, lambda: tf.constant(True))
-    message = (
-        "palette (indexed-colour) BMP: TensorFlow's decoder gives its colour indices, not its "
-        "colours; convert it to PNG"
-    )
-    return tf.debugging.Assert(ok, [message], name="bmp_palette")
+    b = _Bytes(image_bytes, 14 + 124 + 256 * 4)  # the largest standard header, then 256 entries
+    head = b.get(0, 50)
+    dib = _uint(head, 14, 4, True)
+    core = tf.equal(dib, 12)  # BITMAPCOREHEADER: 3-byte entries, a 16-bit bits-per-pixel field
+    bits = tf.where(core, _uint(head, 24, 2, True), _uint(head, 28, 2, True))
+    used = tf.where(core, _i64(0), _uint(head, 46, 4, True))
+    colors = tf.where(used > 0, tf.minimum(used, 256), _i64(256))
+    entry = tf.where(core, _i64(3), _i64(4))
+    at = 14 + dib + entry * tf.range(256, dtype=tf.int64)
+    rgb = tf.stack([tf.gather(b.get(0, 14 + 124 + 256 * 4), at + k) for k in range(3)], axis=1)
+    grey = tf.reduce_all(tf.equal(rgb, tf.range(256, dtype=tf.int64)[:, tf.newaxis]), axis=1)
+    return tf.logical_not(tf.equal(bits, 8)) | tf.reduce_all(grey | (tf.range(256, dtype=tf.int64) >= colors))
 
 
 class _BmpLayout(NamedTuple):
-    """How a BMP's pixels are coded, from its DIB header (`_bmp_layout`)."""
+    """How a BMP's pixels are stored, from its headers (`_bmp_layout`)."""
 
-    compression: tf.Tensor  # the header's compression field (0 for the 12-byte core header)
-    masked: tf.Tensor  # a 32-bit BMP with bit masks: its channels are where the masks say
-    masks_whole_bytes: tf.Tensor  # R, G and B each one whole, different byte of the pixel
-    order: tf.Tensor  # int32 [3]: the channels of decode_bmp(channels=4) that hold R, G, B
+    problem: tf.Tensor  # why tf.io.decode_bmp would misread it ("" when it reads it right)
+    masked: tf.Tensor  # 24- or 32-bit with bit masks: the channels are where the masks say
+    order: tf.Tensor  # int32 [4]: the channels of decode_bmp(channels=4) holding R, G, B, alpha
+    alpha: tf.Tensor  # an alpha mask (a V3-V5 header's, or BI_ALPHABITFIELDS'): composited
+    size: tf.Tensor  # the bytes the decoder reads: pixel data offset + rows (0 when unknown)
 
 
 # BMP compression codes: none, and the bit-mask codings (BI_BITFIELDS, BI_ALPHABITFIELDS). The
 # rest (RLE8 1, RLE4 2, JPEG 4, PNG 5) tf.io.decode_bmp does not check: it reads their bytes as
 # pixels.
 _BMP_PLAIN, _BMP_BITFIELDS, _BMP_ALPHABITFIELDS = 0, 3, 6
+# The DIB headers tf.io.decode_bmp reads (BITMAPINFOHEADER, its V2-V5 successors): it takes the
+# 40-byte header's fields from any file, so a 12-byte OS/2 core header gave sizes from pixel bytes.
+_BMP_HEADERS = (40, 52, 56, 108, 124)
 
 
-def _bmp_layout(image_bytes: tf.Tensor, fmt: tf.Tensor) -> _BmpLayout:
-    """Where a BMP's R, G and B are. tf.io.decode_bmp reads a 32-bit pixel's bytes as B, G, R, A
-    whatever the header's bit masks say, so a BMP whose masks put red in the low byte (an RGBA
-    layout some writers use) decoded with red and blue swapped, without an error."""
-    head = _Bytes(image_bytes, 66).get(0, 66)
+def _bmp_layout(image_bytes: tf.Tensor) -> _BmpLayout:
+    """How a BMP's pixels are stored, and what would make tf.io.decode_bmp misread them.
+
+    decode_bmp reads a 24- or 32-bit pixel's bytes as B, G, R (A) whatever the header's bit masks
+    say, so a BMP whose masks put red in the low byte (an RGBA layout some writers use) decoded
+    with red and blue swapped, without an error; it reads compressed pixel data (RLE, JPEG, PNG)
+    as raw pixels, and refuses a file with any bytes after its rows (padding, or a V5 header's
+    ICC profile, which follows the pixels).
+    """
+    head = _Bytes(image_bytes, 70).get(0, 70)
     dib = _uint(head, 14, 4, True)
-    core = tf.equal(dib, 12)  # BITMAPCOREHEADER: no compression field
-    bits = tf.where(core, _uint(head, 24, 2, True), _uint(head, 28, 2, True))
-    compression = tf.where(core | tf.not_equal(fmt, _BMP), _i64(_BMP_PLAIN), _uint(head, 30, 4, True))
-    # The R, G and B masks: after a 40-byte BITMAPINFOHEADER, or inside a V2-V5 header, at byte 54.
-    masks = tf.stack([_uint(head, 54 + 4 * i, 4, True) for i in range(3)])
+    bits = _uint(head, 28, 2, True)
+    compression = _uint(head, 30, 4, True)
+    # The masks (R, G, B, alpha): after a 40-byte BITMAPINFOHEADER, or inside a V2-V5 header, at
+    # byte 54. An alpha mask is there in a V3-V5 header, or with BI_ALPHABITFIELDS.
+    masks = tf.stack([_uint(head, 54 + 4 * i, 4, True) for i in range(4)])
+    has_alpha = (dib >= 56) | tf.equal(compression, _BMP_ALPHABITFIELDS)
+    masks = tf.where(tf.range(4) < 3, masks, tf.where(has_alpha, masks, _i64(0)))
     whole = tf.constant([0xFF << (8 * k) for k in range(4)], tf.int64)
-    matches = tf.equal(masks[:, tf.newaxis], whole[tf.newaxis, :])  # [3 masks, 4 bytes]
+    matches = tf.equal(masks[:, tf.newaxis], whole[tf.newaxis, :])  # [4 masks, 4 bytes]
     byte = tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
-    distinct = tf.reduce_all(
-        tf.not_equal(byte[:, tf.newaxis], byte[tf.newaxis, :]) | tf.eye(3, dtype=tf.bool)
-    )
-    whole_bytes = tf.reduce_all(tf.reduce_any(matches, axis=1)) & distinct
+    named = tf.reduce_any(matches, axis=1)  # a mask that is one whole byte
+    distinct = tf.not_equal(byte[:, tf.newaxis], byte[tf.newaxis, :]) | tf.eye(4, dtype=tf.bool)
+    in_pixel = tf.cast(byte[:3], tf.int64) < bits // 8
+    rgb_ok = tf.reduce_all(named[:3]) & tf.reduce_all(distinct[:3, :3]) & tf.reduce_all(in_pixel)
+    alpha = named[3] & tf.reduce_all(distinct[3, :3]) & tf.equal(bits, 32)
     bitfields = tf.equal(compression, _BMP_BITFIELDS) | tf.equal(compression, _BMP_ALPHABITFIELDS)
-    # decode_bmp(channels=4) gives a 32-bit pixel's bytes 0-3 as its channels 2, 1, 0, 3.
-    order = tf.gather(tf.constant([2, 1, 0, 3]), byte)
-    return _BmpLayout(compression, bitfields & tf.equal(bits, 32), whole_bytes, order)
-
-
-def check_bmp_coding(layout: _BmpLayout) -> list[tf.Operation]:
-    """Ops that fail with InvalidArgument for a BMP tf.io.decode_bmp would read as wrong pixels:
-    compressed (RLE, JPEG or PNG inside), or bit masks that are not whole bytes of a 32-bit
-    pixel (16-bit 5-6-5, 10-bit channels). Pillow refuses most of these too."""
-    known = tf.reduce_any(tf.equal(layout.compression, [_BMP_PLAIN, _BMP_BITFIELDS, _BMP_ALPHABITFIELDS]))
-    bitfields = tf.logical_not(tf.equal(layout.compression, _BMP_PLAIN))
-    return [
-        tf.debugging.Assert(
-            known,
-            [
-                "compressed BMP (compression code",
-                layout.compression,
-                "; 1 and 2 are RLE, 4 JPEG, 5 PNG): TensorFlow's decoder would read the compressed "
-                "bytes as pixels; convert it to PNG",
-            ],
-            name="bmp_compression",
+    masked = bitfields & (tf.equal(bits, 24) | tf.equal(bits, 32))
+    # decode_bmp(channels=4) gives a pixel's bytes 0-3 as its channels 2, 1, 0, 3.
+    order = tf.gather(tf.constant([2, 1, 0, 3]), tf.where(named, byte, 3))
+    width, height = _uint(head, 18, 4, True), _uint(head, 22, 4, True)
+    height = tf.abs(tf.where(height >= (1 << 31), height - (1 << 32), height))  # top-down rows: < 0
+    size = _uint(head, 10, 4, True) + (bits * width + 31) // 32 * 4 * height
+    known = tf.reduce_any(tf.equal(dib, _BMP_HEADERS))
+    problem = tf.where(
+        tf.logical_not(known),
+        tf.strings.format(
+            "BMP with a {}-byte header (12: OS/2 1.x, 64: OS/2 2.x): TensorFlow's decoder reads "
+            "Windows' 40- to 124-byte headers only; convert it to PNG",
+            dib,
         ),
-        tf.debugging.Assert(
-            tf.logical_not(bitfields) | (layout.masked & layout.masks_whole_bytes),
-            [
-                "BMP with bit masks other than one whole byte per channel of a 32-bit pixel (a 16-bit "
-                "or 10-bit-channel BMP): TensorFlow's decoder cannot read them; convert it to PNG"
-            ],
-            name="bmp_bit_masks",
+        tf.where(
+            tf.logical_not(
+                tf.reduce_any(tf.equal(compression, [_BMP_PLAIN, _BMP_BITFIELDS, _BMP_ALPHABITFIELDS]))
+            ),
+            tf.strings.format(
+                "compressed BMP (compression {}; 1 and 2 are RLE, 4 JPEG, 5 PNG): TensorFlow's decoder "
+                "would read the compressed bytes as pixels; convert it to PNG",
+                compression,
+            ),
+            tf.where(
+                bitfields & tf.logical_not(masked & rgb_ok),
+                tf.strings.format(
+                    "{}-bit BMP with bit masks other than one whole byte per channel: TensorFlow's "
+                    "decoder cannot read them; convert it to PNG",
+                    bits,
+                ),
+                tf.where(
+                    _bmp_palette_is_grey(image_bytes),
+                    "",
+                    "palette (indexed-colour) BMP: TensorFlow's decoder gives its colour indices, not "
+                    "its colours; convert it to PNG",
+                ),
+            ),
         ),
-    ]
+    )
+    return _BmpLayout(problem, masked & rgb_ok, order, masked & rgb_ok & alpha, size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -629,12 +639,16 @@ class _GifFrame(NamedTuple):
     height: tf.Tensor  # its extent on the screen: top + height (0 when there is no image)
     width: tf.Tensor  # left + width
     descriptor: tf.Tensor  # its image descriptor (the 0x2C byte)
-    control: tf.Tensor  # the last graphic control extension before it (its 0x21 byte)
+    control: tf.Tensor  # the last graphic control extension before it that sets a transparent
+    #   colour (its 0x21 byte): the one Pillow and browsers apply
+    first_control: tf.Tensor  # the first graphic control extension before it: the one giflib
+    #   (tf.io.decode_gif) applies, painting its transparent colour black
 
 
 def _gif_first_image(data: tf.Tensor) -> _GifFrame:
-    """Where a GIF's first image is: its end, its extent on the screen, its descriptor and the
-    graphic control extension that applies to it (`_GifFrame`).
+    """Where a GIF's first image is: its end, its extent on the screen, its descriptor and its
+    graphic control extensions (`_GifFrame`). The end is -2 when the walk stopped at its bound
+    (_MAX_GIF_STEPS blocks and sub-blocks) before the end of the first image.
 
     A frame may be larger than the logical screen the header declares, and the decoder
     allocates the frame: the pixel limit must see both.
@@ -642,10 +656,10 @@ def _gif_first_image(data: tf.Tensor) -> _GifFrame:
     b = _Bytes(data, None)
 
     # mode 0: at a block; 1: in an extension's sub-blocks; 2: in the first image's sub-blocks.
-    def cond(pos, mode, end, step, height, width, descriptor, control):
+    def cond(pos, mode, end, step, height, width, descriptor, control, first_control):
         return (end < 0) & (pos < b.length) & (step < _MAX_GIF_STEPS)
 
-    def body(pos, mode, end, step, height, width, descriptor, control):
+    def body(pos, mode, end, step, height, width, descriptor, control, first_control):
         block = b.get(pos, 10)
         is_ext, is_image = tf.equal(block[0], 0x21), tf.equal(block[0], 0x2C)
         image_data = pos + 11 + _color_table_size(block[9])  # descriptor, table, LZW code size
@@ -657,17 +671,20 @@ def _gif_first_image(data: tf.Tensor) -> _GifFrame:
         height = tf.where(found, _uint(block, 3, 2, True) + _uint(block, 7, 2, True), height)
         width = tf.where(found, _uint(block, 1, 2, True) + _uint(block, 5, 2, True), width)
         descriptor = tf.where(found, pos, descriptor)
-        control = tf.where(at_block & is_ext & tf.equal(block[1], 0xF9), pos, control)
+        is_control = at_block & is_ext & tf.equal(block[1], 0xF9)  # 21 F9 04 flags delay(2) index 00
+        control = tf.where(is_control & tf.equal(block[3] % 2, 1), pos, control)
+        first_control = tf.where(is_control & (first_control < 0), pos, first_control)
         new_pos = tf.where(at_block, block_pos, pos + 1 + size)
         new_mode = tf.where(at_block, block_mode, tf.where(tf.equal(size, 0), _i64(0), mode))
         new_end = tf.where(tf.equal(mode, 2) & tf.equal(size, 0), pos + 1, end)
-        return new_pos, new_mode, new_end, step + 1, height, width, descriptor, control
+        return new_pos, new_mode, new_end, step + 1, height, width, descriptor, control, first_control
 
     start = (13 + _color_table_size(b.get(10, 1)[0]), _i64(0), _i64(-1), tf.constant(0))
-    _, _, end, _, height, width, descriptor, control = tf.while_loop(
-        cond, body, start + (_i64(0), _i64(0), _i64(-1), _i64(-1))
+    pos, _, end, step, height, width, descriptor, control, first_control = tf.while_loop(
+        cond, body, start + (_i64(0), _i64(0), _i64(-1), _i64(-1), _i64(-1))
     )
-    return _GifFrame(end, height, width, descriptor, control)
+    end = tf.where((end < 0) & (step >= _MAX_GIF_STEPS) & (pos < b.length), _i64(-2), end)
+    return _GifFrame(end, height, width, descriptor, control, first_control)
 
 
 def _gif_first_frame(data: tf.Tensor, end: tf.Tensor | None = None) -> tf.Tensor:
@@ -719,10 +736,12 @@ def gif_on_white(data: tf.Tensor, frame: _GifFrame | None = None) -> tf.Tensor:
     transparent background all decoded to one black picture (the PNG case `png_on_white` fixes),
     and it lays a frame placed off the screen's corner on a canvas of the frame's size, cutting
     it. So the frame is decoded on its own: the bytes are cut after it, the screen is set to its
-    size and its position to the corner, and a transparent colour index gets white in the colour
-    table with the transparency flag cleared (GIF transparency is all or nothing, so that is the
-    composite onto white). The frame is then placed on the screen, which grows to cover the frame
-    where the frame reaches past it (the pixel limit counts that extent, `_header`).
+    size and its position to the corner, the first graphic control block's transparency flag is
+    cleared (giflib applies that block only), and the transparent colour Pillow and browsers apply
+    (the last block before the image that sets one) gets white in the colour table (GIF
+    transparency is all or nothing, so that is the composite onto white). The frame is then
+    placed on the screen, which grows to cover the frame where the frame reaches past it (the
+    pixel limit counts that extent, `_header`).
     """
     if frame is None:
         frame = _gif_first_image(data)
@@ -731,12 +750,16 @@ def gif_on_white(data: tf.Tensor, frame: _GifFrame | None = None) -> tf.Tensor:
         screen = _bytes_at(data, 0, 13)
         descriptor = _bytes_at(data, frame.descriptor, 10)
         control = _bytes_at(data, frame.control, 8)  # 21 F9 04 flags delay(2) index 00
+        giflibs = _bytes_at(data, frame.first_control, 8)
         left, top = _uint(descriptor, 1, 2, True), _uint(descriptor, 3, 2, True)
         local = descriptor[9] >= 128  # a local colour table follows the descriptor
         table = tf.where(local, frame.descriptor + 10, tf.where(screen[10] >= 128, _i64(13), _i64(-1)))
         entries = tf.where(local, _color_table_size(descriptor[9]), _color_table_size(screen[10])) // 3
         index = control[6]
-        transparent = (frame.control >= 0) & tf.equal(control[3] % 2, 1) & (table >= 0) & (index < entries)
+        transparent = (frame.control >= 0) & (table >= 0) & (index < entries)
+        # giflib applies the first control block (black for its colour), Pillow and browsers the
+        # last that sets one: the first's flag is cleared, the last's colour made white.
+        black = (frame.first_control >= 0) & tf.equal(giflibs[3] % 2, 1)
         cut = _gif_first_frame(data, frame.end)
         # Most GIFs: a first frame that fills the screen, no transparency; decoded as they are.
         fills = tf.equal(left + top, 0) & tf.reduce_all(tf.equal(descriptor[5:9], screen[6:10]))
@@ -744,22 +767,36 @@ def gif_on_white(data: tf.Tensor, frame: _GifFrame | None = None) -> tf.Tensor:
         def placed() -> tf.Tensor:
             alone = _replaced(cut, 6, [descriptor[5], descriptor[6], descriptor[7], descriptor[8]])
             alone = _replaced(alone, frame.descriptor + 1, [0, 0, 0, 0])
-
-            def opaque_white() -> tf.Tensor:
-                flagless = _replaced(alone, frame.control + 3, [control[3] - 1])
-                return _replaced(flagless, table + 3 * index, [255, 255, 255])
-
-            image = tf.io.decode_gif(tf.cond(transparent, opaque_white, lambda: alone))[0]
+            alone = tf.cond(
+                black, lambda: _replaced(alone, frame.first_control + 3, [giflibs[3] - 1]), lambda: alone
+            )
+            alone = tf.cond(
+                transparent, lambda: _replaced(alone, table + 3 * index, [255, 255, 255]), lambda: alone
+            )
+            image = tf.io.decode_gif(alone)[0]
             size = tf.shape(image, out_type=tf.int64)
             height = tf.maximum(_uint(screen, 8, 2, True), top + size[0])
             width = tf.maximum(_uint(screen, 6, 2, True), left + size[1])
             padding = [[top, height - top - size[0]], [left, width - left - size[1]], [_i64(0), _i64(0)]]
             return tf.pad(image, padding, constant_values=255)
 
-        return tf.cond(fills & tf.logical_not(transparent), lambda: tf.io.decode_gif(cut)[0], placed)
+        plain = fills & tf.logical_not(transparent | black)
+        return tf.cond(plain, lambda: tf.io.decode_gif(cut)[0], placed)
 
-    # Not followed to the end of a first image: the decoder says what is wrong with the bytes.
-    return tf.cond((frame.end > 0) & (frame.descriptor >= 0), first, lambda: tf.io.decode_gif(data)[0])
+    def unfollowed() -> tf.Tensor:
+        # Not followed to the end of a first image: the decoder says what is wrong with the bytes,
+        # unless the walk stopped at its bound (a GIF of over a million blocks before its image).
+        bounded = tf.debugging.Assert(
+            tf.not_equal(frame.end, -2),
+            [
+                f"GIF with more than {_MAX_GIF_STEPS} blocks and sub-blocks before the end of its first image: not read"
+            ],
+            name="gif_blocks",
+        )
+        with tf.control_dependencies([bounded]):
+            return tf.io.decode_gif(tf.identity(data))[0]
+
+    return tf.cond((frame.end > 0) & (frame.descriptor >= 0), first, unfollowed)
 
 
 def _jpeg_ratio_index(height: tf.Tensor, width: tf.Tensor, target_size: int) -> tf.Tensor:
@@ -779,7 +816,7 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     1/4, 1/8) that keeps both sides >= `target_size`; a GIF gives its first
     frame, placed on its screen (`gif_on_white`); grayscale is replicated to 3 channels; a
     PNG's or GIF's transparency is composited onto white (`png_on_white`, `gif_on_white`), a
-    BMP's alpha dropped, its bit masks honoured and a BMP the decoder would misread refused
+    BMP's channels and alpha read where its bit masks put them and a BMP the decoder would misread refused
     (`bmp_or_unknown`). The EXIF orientation is applied last.
     """
     fmt, height, width, gif = _header(image_bytes)
@@ -806,17 +843,41 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
 
 
 def bmp_or_unknown(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Tensor:
-    """A BMP as uint8 RGB, its channels where its bit masks put them, after the checks that refuse
-    what tf.io.decode_bmp would misread (`check_bmp_palette`, `check_bmp_coding`); any other
-    bytes go to tf.io.decode_image, which says they are no image it knows."""
-    layout = _bmp_layout(image_bytes, fmt)
-    with tf.control_dependencies([check_bmp_palette(image_bytes, fmt), *check_bmp_coding(layout)]):
-        image_bytes = tf.identity(image_bytes)
+    """A BMP as uint8 RGB: its channels where its bit masks put them, its alpha (where an alpha
+    mask names it) composited onto white, after refusing what tf.io.decode_bmp would misread
+    (`_bmp_layout`'s problem, as InvalidArgument). Any other bytes go to tf.io.decode_image, which
+    says they are no image it knows.
+
+    An alpha channel that is 0 everywhere is taken as no alpha, as browsers take it: writers that
+    fill the alpha mask's byte with nothing meant an opaque image, not an invisible one.
+    """
+
+    def bmp() -> tf.Tensor:
+        layout = _bmp_layout(image_bytes)
+        ok = tf.debugging.Assert(tf.equal(layout.problem, ""), [layout.problem], name="bmp_layout")
+        with tf.control_dependencies([ok]):
+            # Bytes after the rows (padding, a V5 header's ICC profile) the decoder refuses: cut.
+            length = tf.cast(tf.strings.length(image_bytes, unit="BYTE"), tf.int64)
+            cut = tf.where((layout.size > 54) & (layout.size < length), layout.size, length)
+            data = tf.strings.substr(image_bytes, _i64(0), cut)
+
+        def masked() -> tf.Tensor:
+            rgba = tf.gather(tf.io.decode_bmp(data, channels=4), layout.order, axis=2)
+            opaque = tf.logical_not(layout.alpha) | tf.reduce_all(tf.equal(rgba[..., 3], 0))
+            return tf.cond(opaque, lambda: rgba[..., :3], lambda: _on_white(rgba))
+
+        return tf.cond(layout.masked, masked, lambda: tf.io.decode_bmp(data, channels=3))
+
     return tf.cond(
-        layout.masked,
-        lambda: tf.gather(tf.io.decode_bmp(image_bytes, channels=4), layout.order, axis=2),
-        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+        tf.equal(fmt, _BMP), bmp, lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     )
+
+
+def _on_white(rgba: tf.Tensor) -> tf.Tensor:
+    """uint8 RGBA [H, W, 4] -> uint8 RGB, composited onto white: round(rgb * a + 255 * (1 - a))."""
+    alpha = tf.cast(rgba[..., 3:], tf.float32) / 255.0
+    rgb = tf.cast(rgba[..., :3], tf.float32) * alpha + 255.0 * (1.0 - alpha)
+    return tf.cast(tf.round(rgb), tf.uint8)
 
 
 def _png_has_trns(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -866,13 +927,11 @@ def png_on_white(image_bytes: tf.Tensor) -> tf.Tensor:
         tf.logical_or(tf.equal(color_type, 4), tf.equal(color_type, 6)), _png_has_trns(image_bytes)
     )
 
-    def blend() -> tf.Tensor:
-        rgba = tf.io.decode_png(image_bytes, channels=4)
-        alpha = tf.cast(rgba[..., 3:], tf.float32) / 255.0
-        rgb = tf.cast(rgba[..., :3], tf.float32) * alpha + 255.0 * (1.0 - alpha)
-        return tf.cast(tf.round(rgb), tf.uint8)
-
-    return tf.cond(transparent, blend, lambda: tf.io.decode_png(image_bytes, channels=3))
+    return tf.cond(
+        transparent,
+        lambda: _on_white(tf.io.decode_png(image_bytes, channels=4)),
+        lambda: tf.io.decode_png(image_bytes, channels=3),
+    )
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:

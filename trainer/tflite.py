@@ -36,7 +36,7 @@ The contract (model.tflite.json), contract_version 2:
        stored size) whose value is r;
     2. `to_rgb`: uint8 RGB: grayscale replicated, a PNG's or GIF's
        transparency composited onto `background` (white) by `composite`, a
-       GIF's frame placed on its screen, a BMP's alpha dropped;
+       GIF's frame placed on its screen, a BMP's alpha where a mask names it;
     3. `orient`: the EXIF Orientation (`tag`; else XMP's) of a JPEG or PNG,
        applied as PIL.ImageOps.exif_transpose applies it; `orientations` maps
        each value "1".."8" to its PIL.Image.Transpose member (`pillow`, null
@@ -328,10 +328,10 @@ def decode_steps(image_size: int) -> list[dict[str, Any]]:
                 },
                 "bmp": {
                     "does": (
-                        "8-, 24- and 32-bit BMPs; refused: 1-, 4- and 16-bit, compressed (RLE, JPEG or PNG "
-                        "inside), bit masks other than one whole byte per channel of a 32-bit pixel, and "
-                        "8-bit BMPs whose colour table is not the grey ramp (entry i = (i, i, i)): palette "
-                        "images"
+                        "8-, 24- and 32-bit BMPs with a Windows header (40 to 124 bytes); bytes after the "
+                        "rows ignored; refused: 1-, 4- and 16-bit, OS/2 headers, compressed (RLE, JPEG or "
+                        "PNG inside), bit masks other than one whole byte per channel, and 8-bit BMPs whose "
+                        "colour table is not the grey ramp (entry i = (i, i, i)): palette images"
                     ),
                     "tensorflow": (
                         "tf.io.decode_bmp(data, channels=4) after trainer.preprocessing.bmp_or_unknown's "
@@ -346,7 +346,9 @@ def decode_steps(image_size: int) -> list[dict[str, Any]]:
             "does": (
                 "Make it uint8 RGB [H, W, 3]: grayscale replicated to the 3 channels; a PNG's or GIF's "
                 "transparency composited onto white by `composite` (a = alpha / 255; opaque pixels are "
-                "unchanged); a BMP's alpha dropped. For JPEG and PNG it changes each pixel alone, so it "
+                "unchanged); a BMP's alpha composited the same way where an alpha mask names it (V3-V5 "
+                "headers, BI_ALPHABITFIELDS) and its alpha is not 0 everywhere, dropped otherwise. For "
+                "JPEG and PNG it changes each pixel alone, so it "
                 "may come after `orient` as well."
             ),
             "background": [255, 255, 255],
@@ -383,15 +385,20 @@ def decode_steps(image_size: int) -> list[dict[str, Any]]:
                 },
                 "bmp": {
                     "does": (
-                        "8-bit (grey): replicated; 24-bit: as stored; 32-bit: R, G, B where the bit masks "
-                        "put them (B, G, R without masks); alpha dropped, not composited"
+                        "8-bit (grey): replicated; 24- and 32-bit: R, G, B where the bit masks put them "
+                        "(B, G, R without masks); alpha composited onto white where an alpha mask names a "
+                        "byte and some pixel's alpha is not 0 (an alpha that is 0 everywhere is taken as "
+                        "none, as browsers take it), dropped otherwise"
                     ),
                     "tensorflow": (
-                        "tf.gather(decoded, [the channels its R, G and B masks name], axis=2) for a 32-bit BMP "
-                        "with bit masks, else tf.io.decode_bmp(data, channels=3) "
+                        "tf.gather(decoded, [the channels its R, G, B and alpha masks name], axis=2) for a "
+                        "BMP with bit masks, then the composite, else tf.io.decode_bmp(data, channels=3) "
                         "(trainer.preprocessing.bmp_or_unknown)"
                     ),
-                    "pillow": "image = image.convert('RGB')",
+                    "pillow": (
+                        "image = image.convert('RGB') when Pillow opens it as RGB or its alpha is 0 "
+                        f"everywhere; opened as RGBA (an alpha mask): {_COMPOSITE_PILLOW}"
+                    ),
                     "pillow_note": (
                         "Pillow reads the common bit-mask layouts only (B, G, R, A and A, B, G, R; R, G, B, "
                         "A in a V4/V5 header); the graph reads any whole-byte one"
