@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -139,6 +139,13 @@ class PipelineConfig(Settings):
     @classmethod
     def _names(cls, value: str) -> str:
         return _name(value)
+
+    @field_validator("home", "serving_dir")
+    @classmethod
+    def _a_directory(cls, value: str) -> str:
+        if not value.strip():  # os.path would take it as the current directory, silently
+            raise ValueError("must not be empty: give a directory (./NAME for one in the current directory)")
+        return value
 
     @field_validator("pipeline_name")
     @classmethod
@@ -326,6 +333,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # `? [a, b]`: a list or mapping as a key
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"a key must be a name, not a {key_node.id} (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None,

@@ -195,6 +195,11 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
             "not valid YAML: .*key 'epochs' is given twice \\(line 1 and line 3\\)",
         ),
         ("gate: {min_accuracy: 0.5, min_accuracy: 0.9}\n", "key 'min_accuracy' is given twice"),
+        # A list as a key (YAML's `?`): was a TypeError from the duplicate-key check.
+        ("? [a, b]\n: 3\n", "not valid YAML: a key must be a name, not a sequence \\(line 1\\)"),
+        # An empty home or serving dir: os.path took it as the current directory, silently.
+        ("home: ''\n", "^home: must not be empty"),
+        ("serving_dir: ' '\n", "^serving_dir: must not be empty"),
     ],
 )
 def test_bad_files_are_config_errors(tmp_path, text, message):

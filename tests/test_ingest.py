@@ -569,6 +569,7 @@ def test_a_run_failing_on_an_image_names_the_records_the_model_cannot_decode(tmp
         ("int_label", "'label' is int64_list"),
         ("not_an_image", "not a decodable image"),
         ("hidden_file", r"\.DS_Store"),
+        ("short_stray", r"README\.txt: 6 bytes that hold no TFRecord record"),
     ],
 )
 def test_validate_rejects_bad_dirs(tmp_path: Path, breakage: str, message: str) -> None:
@@ -596,6 +597,8 @@ def test_validate_rejects_bad_dirs(tmp_path: Path, breakage: str, message: str) 
         _write_example(train_file, {"image": b"pixels?", "label": b"cat"})
     elif breakage == "hidden_file":
         (root / "eval" / ".DS_Store").write_bytes(b"x")
+    elif breakage == "short_stray":  # under a record header: TensorFlow's reader sees no records
+        (root / "eval" / "README.txt").write_bytes(b"hello\n")
     with pytest.raises(IngestError, match=message):
         validate_tfrecord_dir(str(root))
 

@@ -205,6 +205,14 @@ def _check_first_record(file_path: str, check_image: bool) -> int:
     except tf.errors.OpError as exc:
         raise IngestError(f"{file_path} is not a readable TFRecord file: {tf_error_text(exc)}") from exc
     if not first:
+        size = tf.io.gfile.stat(file_path).length
+        if size:
+            # TensorFlow's reader takes a file too short for a record header as empty; Beam's
+            # ExampleGen refuses it, after the run has started.
+            raise IngestError(
+                f"{file_path}: {size} bytes that hold no TFRecord record (a record takes at least "
+                f"{_RECORD_FRAMING} bytes); only TFRecord files may be in the split's directory"
+            )
         return 0
     try:
         example = tf.train.Example.FromString(first[0])
