@@ -116,7 +116,8 @@ class BeamConfig(Settings):
     )
     beam_args: tuple[str, ...] = Field(
         (),
-        description="extra Beam pipeline argument, verbatim (repeatable)",
+        description="extra Beam pipeline argument, verbatim (repeatable); as it starts with '-', join it "
+        "to the flag with '=': --beam-arg=--direct_num_workers=2",
         json_schema_extra={"flag": "--beam-arg"},
     )
 

@@ -402,6 +402,17 @@ def test_bad_arguments_name_the_flag(model, folder, tmp_path):
         predict_batch(str(folder[0]), "/proc/o.csv", model_dir=model.export_dir)
 
 
+def test_an_existing_directory_for_out_is_named_a_directory_whatever_its_name(tmp_path, capsys):
+    """`--out outdir` (no extension) was refused as "unknown output extension '(none)'"."""
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "images").mkdir()
+    argv = ["predict-batch", "--model", str(tmp_path / "m"), "--images", str(tmp_path / "images")]
+    assert main([*argv, "--out", str(tmp_path / "outdir")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'outdir'} is a directory: give the output file's path" in err, err
+    assert os.listdir(tmp_path / "outdir") == []
+
+
 def test_cli(model, folder, tmp_path, capsys):
     out = tmp_path / "cli.jsonl"
     args = [

@@ -1,6 +1,7 @@
 """The `imgpipe` command line: help everywhere, clear errors with the right exit codes."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -259,3 +260,160 @@ def test_pretraining_that_diverges_writes_nothing_and_keeps_the_old_file(tmp_pat
         pretrain_backbone(data, "MobileNetV2", str(out), epochs=1, learning_rate=1e30, verbose=0)
     assert out.read_bytes() == b"the weights of an earlier pre-training"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "w.h5"]  # no partial file left
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("reached the expensive step: the arguments were not checked first")
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--min-accuracy", "5"], "min_accuracy: Input should be less than or equal to 1"),
+        (["--epochs", "0"], "epochs: Input should be greater than or equal to 1"),
+        (["--backbone", "Foo"], "backbone: unknown backbone 'Foo'; choose one of MobileNetV2"),
+        (["--image-size", "0"], "image_size: 0 is out of range for DenseNet121 (32..1024)"),
+        (["--backbone", "MobileNetV2", "--image-size", "16"], "out of range for MobileNetV2"),
+        (["--pretrain-epochs", "0"], "--pretrain-epochs: must be a whole number >= 1, got '0'"),
+    ],
+)
+def test_demo_checks_every_argument_before_any_work(flags, message, tmp_path, monkeypatch, capsys):
+    """Bad demo arguments: exit 2 naming the setting, before the digits are written and ingested
+    or the backbone pre-trained (minutes of work), and nothing made on disk."""
+    from imgpipe.cli import demo
+    from imgpipe.demo import steps
+
+    monkeypatch.setattr(steps, "prepare_data", _must_not_run)
+    monkeypatch.setattr(steps, "pretrained_backbone", _must_not_run)
+    monkeypatch.setattr(demo, "run_pipeline", _must_not_run)
+    workdir = tmp_path / "demo_out"
+    try:
+        code = cli.main(["demo", "--workdir", str(workdir), *flags])
+    except SystemExit as e:  # an argparse type's refusal
+        code = e.code
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not workdir.exists()
+
+
+def test_demo_runs_the_config_it_checked_on_what_its_steps_wrote(tmp_path, monkeypatch):
+    """The config checked up front is the one run: its data dir and weights file are the paths
+    the data and pre-training steps write."""
+    from imgpipe.cli import demo
+    from imgpipe.demo import steps
+
+    made, ran = {}, []
+
+    def prepare_data(workdir, image_size):
+        made["target"] = os.path.join(workdir, "tfrecords", "target")
+        return os.path.join(workdir, "tfrecords", "source"), made["target"]
+
+    def pretrained_backbone(workdir, source, backbone, image_size, epochs):
+        made["weights"] = os.path.join(workdir, f"{backbone.lower()}_{image_size}px_source.h5")
+        return made["weights"]
+
+    monkeypatch.setattr(steps, "prepare_data", prepare_data)
+    monkeypatch.setattr(steps, "pretrained_backbone", pretrained_backbone)
+    monkeypatch.setattr(demo, "run_pipeline", lambda config, verbose: ran.append(config) or {})
+    argv = ["demo", "--workdir", str(tmp_path / "d"), "--backbone", "MobileNetV2", "--min-accuracy", "0.5"]
+    assert cli.main(argv) == 0
+    [config] = ran
+    assert (config.data_dir, config.training.weights) == (made["target"], made["weights"])
+    assert (config.training.backbone, config.gate.min_accuracy, config.training.image_size) == (
+        "MobileNetV2",
+        0.5,
+        32,
+    )
+
+
+def test_demo_names_a_workdir_it_cannot_use(tmp_path, monkeypatch, capsys):
+    from imgpipe.demo import steps
+
+    monkeypatch.setattr(steps, "prepare_data", _must_not_run)
+    (tmp_path / "a-file").write_text("x")
+    assert cli.main(["demo", "--workdir", str(tmp_path / "a-file" / "out")]) == cli.EXIT_USAGE
+    assert f"--workdir: {tmp_path / 'a-file' / 'out'} is under {tmp_path / 'a-file'}, which is a file" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "out,message",
+    [
+        ("a-file/w.h5", "a-file/w.h5 is under {tmp}/a-file, which is a file"),
+        ("a-dir.h5", "--out: {tmp}/a-dir.h5 is a directory: give a file name"),
+        ("w.txt", "--out: must be an .h5 file"),
+        ("taken.h5", "--out: {tmp}/taken.h5.json, where the weights' description goes, is a directory"),
+    ],
+)
+def test_pretrain_backbone_checks_out_before_training(out, message, tmp_path, monkeypatch, capsys):
+    """An --out that cannot be written: exit 2 naming --out before training, not a traceback
+    after it (the trained weights lost)."""
+    import trainer.pretrain
+    from imgpipe.cli import backbone
+
+    monkeypatch.setattr(backbone, "validate_tfrecord_dir", lambda path: {})
+    monkeypatch.setattr(trainer.pretrain, "pretrain_backbone", _must_not_run)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir.h5").mkdir()
+    (tmp_path / "taken.h5.json").mkdir()
+    argv = ["pretrain-backbone", "--data", "d", "--backbone", "MobileNetV2", "--out", str(tmp_path / out)]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err, err
+
+
+def test_pretrain_backbone_makes_the_folders_of_out_before_training(tmp_path, monkeypatch):
+    import trainer.pretrain
+    from imgpipe.cli import backbone
+
+    seen = []
+    monkeypatch.setattr(backbone, "validate_tfrecord_dir", lambda path: {})
+    monkeypatch.setattr(
+        trainer.pretrain,
+        "pretrain_backbone",
+        lambda data, name, out, **kw: seen.append(os.path.isdir(os.path.dirname(out))) or {"weights": out},
+    )
+    out = tmp_path / "new" / "sub" / "w.h5"
+    argv = ["pretrain-backbone", "--data", "d", "--backbone", "MobileNetV2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert seen == [True]
+
+
+def test_a_value_starting_with_a_dash_is_shown_how_to_give(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps the help at the terminal's width
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", "--beam-arg", "--direct_num_workers=2"])
+    assert e.value.code == cli.EXIT_USAGE
+    assert "expected one argument (if the value starts with '-', write --beam-arg=VALUE)" in (
+        capsys.readouterr().err
+    )
+    for command in ("run", "predict-batch"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert "--beam-arg=--direct_num_workers=2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "command,shown",
+    [
+        ("predict", ["(default localhost:8500)", "(default 10.0)", "(default 3)", "(default 16)"]),
+        ("serve", ["0 picks a free one (default 8500)"]),
+        (
+            "demo",
+            ["(default demo_out)", "(default 32)", "(default 15)", "(default 0.9)", "show TFX's own logs"],
+        ),
+    ],
+)
+def test_help_gives_every_option_a_text_and_its_default(command, shown, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "400")
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if a.dest == "command"]  # noqa: SLF001
+    for action in sub.choices[command]._actions:  # noqa: SLF001
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in shown:
+        assert text in out, (text, out)

@@ -960,3 +960,10 @@ def test_a_serving_dir_given_for_the_model_base_path_is_pointed_out(tmp_path):
     )
     assert _model_folders_hint(str(tmp_path / "digits")) == ""  # a model base path itself
     assert _model_folders_hint(str(tmp_path / "missing")) == ""
+    # A version dir (a SavedModel) given instead of its parent, the model base path.
+    version = tmp_path / "digits" / "1700000000"
+    (version / "saved_model.pb").write_bytes(b"")
+    assert _model_folders_hint(str(version)) == (
+        f" (it is itself a SavedModel, one version's dir: give its parent, {tmp_path / 'digits'})"
+    )
+    assert _model_folders_hint(str(tmp_path / "digits")) == ""

@@ -166,8 +166,8 @@ def predict_batch(
     if max_pixels < 1:
         raise BatchError(f"--max-pixels must be >= 1, got {max_pixels}")
     try:
+        _check_out(out)  # first: a directory named without an extension is a directory
         fmt = output_format(out)
-        _check_out(out)
         paths = _without_outputs(list_images(images), out, images)
     except (ValueError, NoInputs) as exc:
         raise BatchError(str(exc)) from exc

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from imgpipe.cli.flags import positive_number, whole_number
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, stdout_to_stderr
 from imgpipe.ingest import validate_tfrecord_dir
+from imgpipe.orchestration.paths import output_file_problem
 from trainer import backbones
 from trainer.config import MAX_IMAGE_SIZE
 
@@ -28,12 +30,34 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42)
 
 
+def _check_out(out: str) -> None:
+    """UsageError naming --out unless the weights file and its description (OUT.json) can be
+    written there; its missing folders are made. Checked before training, which takes minutes."""
+    if not out.endswith(".h5"):
+        raise UsageError(f"--out: must be an .h5 file (Keras applications load that format), got {out}")
+    problem = output_file_problem(out)
+    if problem is not None:
+        raise UsageError(f"--out: {problem}")
+    if os.path.isdir(out + ".json"):
+        raise UsageError(
+            f"--out: {out}.json, where the weights' description goes, is a directory; "
+            "move it or choose another --out"
+        )
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out: cannot make the folder of {out}: {e.strerror or e}") from e
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        backbones.get(args.backbone)
+        spec = backbones.get(args.backbone)
         validate_tfrecord_dir(args.data)  # a missing folder or files that are not TFRecords, named
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if args.image_size < spec.min_size:
+        raise UsageError(f"--image-size: at least {spec.min_size} for {args.backbone}, got {args.image_size}")
+    _check_out(args.out)
     from trainer.pretrain import PretrainDiverged, pretrain_backbone  # loads TensorFlow: only when it runs
 
     try:

@@ -7,61 +7,94 @@ import logging
 import os
 
 from imgpipe.cli.flags import whole_number
-from imgpipe.cli.output import Command, emit, stdout_to_stderr
+from imgpipe.cli.output import Command, UsageError, emit, stdout_to_stderr
 from imgpipe.cli.run import run_pipeline
 from imgpipe.demo import steps
+from pipeline.config import folder_problem
+from trainer import backbones
 
 log = logging.getLogger(__name__)
 
 
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--workdir", default="demo_out", help="where data, home and serving dir go (default demo_out)"
+        "--workdir",
+        default="demo_out",
+        help="where data, home and serving dir go (default %(default)s)",
     )
     p.add_argument(
-        "--backbone", default="DenseNet121", help="backbone to pre-train and transfer (default DenseNet121)"
+        "--backbone",
+        default="DenseNet121",
+        help=f"backbone to pre-train and transfer: {', '.join(backbones.names())} (default %(default)s)",
     )
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--pretrain-epochs", type=int, default=15)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="size in pixels of the digits' images and of both models' input, at least the backbone's "
+        "minimum (default %(default)s)",
+    )
+    p.add_argument(
+        "--pretrain-epochs",
+        type=whole_number(1, None, "a whole number >= 1"),
+        default=15,
+        help="epochs of the backbone's pre-training on the source task (default %(default)s)",
+    )
     p.add_argument(
         "--epochs",
         type=int,
         default=None,
         help="cap on head-training epochs on the target task (default: the Trainer's; early stopping ends sooner)",
     )
-    p.add_argument("--min-accuracy", type=float, default=0.9)
+    p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=0.9,
+        help="the gate's accuracy floor on the target task, 0..1 (default %(default)s)",
+    )
     p.add_argument(
         "--replicas",
         type=whole_number(1, None, "a whole number >= 1"),
         default=None,
         help="split the CPU into N logical devices",
     )
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.replicas:
-        # Before the data preparation and pre-training below run TensorFlow in this process.
-        from trainer import distribution
-
-        distribution.split_cpu(args.replicas)
     workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with stdout_to_stderr():
-        source, target = steps.prepare_data(workdir, args.image_size)
-        weights = steps.pretrained_backbone(
-            workdir, source, args.backbone, args.image_size, args.pretrain_epochs
-        )
+    problem = folder_problem(workdir)
+    if problem is not None:
+        existing, kind = problem
+        if kind == "file":
+            what = "is a file" if existing == workdir else f"is under {existing}, which is a file"
+        else:
+            what = f"cannot be written: {existing} is not writable by this user"
+        raise UsageError(f"--workdir: {args.workdir} {what}")
+    # Every argument is checked before any work: the pipeline's config, built (and validated as
+    # `imgpipe run` validates it: ConfigError naming the field, exit 2) from the paths the
+    # steps below will write. Nothing is read from disk yet.
     config = steps.target_config(
         workdir,
-        target,
+        steps.records_dir(workdir, "target"),
         args.backbone,
-        weights,
+        steps.weights_path(workdir, args.backbone, args.image_size),
         args.image_size,
         args.epochs,
         args.min_accuracy,
         replicas=args.replicas,
     )
+    if args.replicas:
+        # Before the data preparation and pre-training below run TensorFlow in this process.
+        from trainer import distribution
+
+        distribution.split_cpu(args.replicas)
+    os.makedirs(workdir, exist_ok=True)
+    with stdout_to_stderr():
+        source, _ = steps.prepare_data(workdir, args.image_size)  # the target's: config.data_dir
+        steps.pretrained_backbone(  # writes config.training.weights
+            workdir, source, args.backbone, args.image_size, args.pretrain_epochs
+        )
     log.info(
         "running the pipeline on the target task (digits %d-%d)",
         steps.TARGET_DIGITS[0],

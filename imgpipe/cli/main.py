@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 # TFT 1.16 and TFMA 0.47 run Keras 2 (tf-keras): choose it before TensorFlow loads.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -70,8 +72,20 @@ def commands() -> list[Command]:
     return [c for group in GROUPS for c in group.COMMANDS]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose "expected one argument" says how to give a value that starts
+    with '-' (`--beam-arg --direct_num_workers=2` reads --direct_num_workers=2 as a flag)."""
+
+    def error(self, message: str) -> NoReturn:
+        missing = re.fullmatch(r"argument (\S+): expected one argument", message)
+        if missing:
+            flag = missing.group(1).split("/")[-1]
+            message += f" (if the value starts with '-', write {flag}=VALUE)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imgpipe",
         description="Labelled image folders -> a gated, served image classifier (TFX transfer learning).",
     )

@@ -44,7 +44,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--port",
         type=whole_number(0, 65535, "a port number 0..65535"),
         default=d.port,
-        help="gRPC port 0..65535; 0 picks a free one",
+        help="gRPC port 0..65535; 0 picks a free one (default %(default)s)",
     )
     parser.add_argument(
         "--poll-seconds",
@@ -65,7 +65,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-rpcs",
         type=int,
         default=d.max_concurrent_rpcs,
-        help="reject RPCs beyond this many with RESOURCE_EXHAUSTED; 0 = unlimited",
+        help="reject RPCs beyond this many with RESOURCE_EXHAUSTED; 0 = unlimited (default %(default)s)",
     )
     parser.add_argument(
         "--grace-seconds",
@@ -178,24 +178,38 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_predict(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", type=host_port, default="localhost:8500", help="HOST:PORT of the server")
+    parser.add_argument(
+        "--target",
+        type=host_port,
+        default="localhost:8500",
+        help="HOST:PORT of the server (default %(default)s)",
+    )
     parser.add_argument("--model", required=True, help="model name (model_spec.name)")
     parser.add_argument(
         "--signature",
         default=PREDICT_IMAGES,
         choices=[PREDICT_IMAGES, SERVING_DEFAULT],
-        help="predict_images sends the bytes; serving_default wraps them in tf.Examples",
+        help="predict_images sends the bytes; serving_default wraps them in tf.Examples (default %(default)s)",
     )
-    parser.add_argument("--version", type=int, default=None, help="a specific model version")
-    parser.add_argument("--top-k", type=int, default=None, help="keep the K best classes")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per RPC, seconds")
+    parser.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        help="a specific model version (default: the newest the server serves)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="keep the K best classes (default: all the model gives)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="deadline per RPC, seconds (default %(default)s)"
+    )
     parser.add_argument(
         "--retries",
         type=int,
         default=3,
-        help="retries when the server is UNAVAILABLE or has no version loaded yet",
+        help="retries when the server is UNAVAILABLE or has no version loaded yet (default %(default)s)",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="images per RPC")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per RPC (default %(default)s)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
 
 

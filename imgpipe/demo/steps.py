@@ -27,12 +27,22 @@ SOURCE_DIGITS = (0, 1, 2, 3, 4)
 TARGET_DIGITS = (5, 6, 7, 8, 9)
 
 
+def records_dir(workdir: str, task: str) -> str:
+    """Where `prepare_data` puts a task's ("source" or "target") TFRecords."""
+    return os.path.join(workdir, "tfrecords", task)
+
+
+def weights_path(workdir: str, backbone: str, image_size: int) -> str:
+    """Where `pretrained_backbone` writes the backbone's weights file."""
+    return os.path.join(workdir, f"{backbone.lower()}_{image_size}px_source.h5")
+
+
 def prepare_data(workdir: str, image_size: int) -> tuple[str, str]:
     """Write and ingest the source and target tasks once; return their TFRecord dirs."""
     dirs = []
     for name, digits in (("source", SOURCE_DIGITS), ("target", TARGET_DIGITS)):
         images = os.path.join(workdir, "images", name)
-        records = os.path.join(workdir, "tfrecords", name)
+        records = records_dir(workdir, name)
         if not os.path.isdir(os.path.join(records, "train")):
             log.info("writing %s task images (digits %d-%d) to %s", name, digits[0], digits[-1], images)
             data.write_digits_tree(images, digits=digits, size=image_size)
@@ -46,7 +56,7 @@ def pretrained_backbone(workdir: str, source: str, backbone: str, image_size: in
     """Pre-train once; reuse the weights file when its recorded settings match."""
     from trainer.pretrain import pretrain_backbone  # loads TensorFlow: only when pre-training
 
-    out = os.path.join(workdir, f"{backbone.lower()}_{image_size}px_source.h5")
+    out = weights_path(workdir, backbone, image_size)
     meta = out + ".json"
     if os.path.exists(out) and os.path.exists(meta):
         with open(meta, encoding="utf-8") as f:
@@ -74,17 +84,21 @@ def target_config(
 ) -> PipelineConfig:
     """The demo's pipeline settings for the target task; ML Metadata and pipeline outputs go
     under WORKDIR/home, pushed models under WORKDIR/serving/digits. The head trains with
-    the Trainer's defaults (to convergence); `epochs` caps it (None: the default cap)."""
+    the Trainer's defaults (to convergence); `epochs` caps it (None: the default cap).
+    ConfigError naming the field when a value is invalid (nothing is read from disk: the
+    data and the weights file may not exist yet)."""
     cap = {} if epochs is None else {"epochs": epochs}
-    return PipelineConfig(
-        data_dir=target,
-        home=os.path.join(workdir, "home"),
-        serving_dir=os.path.join(workdir, "serving"),
-        model_name="digits",
-        backbone=backbone,
-        weights=weights,
-        image_size=image_size,
-        min_accuracy=min_accuracy,
-        replicas=replicas,
-        **cap,
+    return PipelineConfig.from_dict(
+        {
+            "data_dir": target,
+            "home": os.path.join(workdir, "home"),
+            "serving_dir": os.path.join(workdir, "serving"),
+            "model_name": "digits",
+            "backbone": backbone,
+            "weights": weights,
+            "image_size": image_size,
+            "min_accuracy": min_accuracy,
+            "replicas": replicas,
+            **cap,
+        }
     )

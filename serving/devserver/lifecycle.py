@@ -73,7 +73,11 @@ def _host_for_target(host: str) -> str:
 
 def _model_folders_hint(base: str) -> str:
     """When `base` holds no version but model folders that do (the serving dir given instead of
-    SERVING_DIR/MODEL_NAME), the words naming them; else ""."""
+    SERVING_DIR/MODEL_NAME), the words naming them; when it is itself a SavedModel (a version
+    dir given instead of its parent), the words saying so; else ""."""
+    if any(os.path.isfile(os.path.join(base, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+        parent = os.path.dirname(os.path.abspath(base))
+        return f" (it is itself a SavedModel, one version's dir: give its parent, {parent})"
 
     def has_versions(folder: str) -> bool:
         try:
