@@ -299,14 +299,14 @@ class PipelineConfig(Settings):
                     "(tf.Examples with an `image` feature; BulkInferrer reads every file in it)"
                 )
         if "://" not in self.home:
-            _check_writable_dir(
+            check_writable_dir(
                 "home", self.home, "the runs' lock, ML Metadata, artifacts and records go there"
             )
         if "://" not in self.serving_dir:
-            _check_writable_dir(
+            check_writable_dir(
                 "serving_dir", self.serving_dir, "the Pusher writes SERVING_DIR/MODEL_NAME/<version>"
             )
-            _check_writable_dir(
+            check_writable_dir(
                 "serving_dir",
                 os.path.join(self.serving_dir, self.model_name),
                 "the model's versions go there",
@@ -400,7 +400,7 @@ def folder_problem(path: str) -> tuple[str, str] | None:
     return None
 
 
-def _check_writable_dir(field: str, path: str, why: str) -> None:
+def check_writable_dir(field: str, path: str, why: str) -> None:
     """ConfigError naming `field` unless `path` is a directory this process can write, or one it
     can create (folder_problem)."""
     problem = folder_problem(path)

@@ -123,6 +123,20 @@ def _equals(b: tf.Tensor, start: int, text: bytes) -> tf.Tensor:
     return tf.reduce_all(tf.equal(b[start : start + len(text)], tf.constant(list(text), tf.int64)))
 
 
+def _bytes_at(data: tf.Tensor, pos: tf.Tensor | int, n: int, size: tf.Tensor | None = None) -> tf.Tensor:
+    """int64 [n]: a scalar string's bytes at pos..pos+n-1 (0 past its end; pos clamped to it).
+    `size`: the string's length in bytes, when already known."""
+    if size is None:
+        size = tf.cast(tf.strings.length(data, unit="BYTE"), tf.int64)
+    read = tf.strings.substr(data, tf.clip_by_value(tf.cast(pos, tf.int64), 0, size), n)
+    return tf.cast(tf.io.decode_raw(read, tf.uint8, fixed_length=n), tf.int64)
+
+
+def _abs_signed32(value: tf.Tensor) -> tf.Tensor:
+    """The size in a BMP header's signed 32-bit field (a height is negative for top-down rows)."""
+    return tf.abs(tf.where(value >= (1 << 31), value - (1 << 32), value))
+
+
 # Format codes, and the leading bytes tf.io.decode_image dispatches on (-1: any byte).
 _JPEG, _PNG, _GIF, _BMP, _UNKNOWN = 0, 1, 2, 3, 4
 _MAGIC = ((0xFF, 0xD8, 0xFF), (0x89, 0x50, 0x4E), (0x47, 0x49, 0x46), (0x42, 0x4D, -1))
@@ -184,9 +198,6 @@ def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, _G
     )
     f = _size_fields(head)
 
-    def signed32(v: tf.Tensor) -> tf.Tensor:  # BMP heights are negative for top-down rows
-        return tf.abs(tf.where(v >= (1 << 31), v - (1 << 32), v))
-
     # A GIF's first frame may reach past its logical screen: the decoder allocates the frame.
     gif = tf.cond(
         tf.equal(fmt, _GIF),
@@ -195,8 +206,8 @@ def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, _G
     )
     gif_h, gif_w = tf.maximum(f["gif_h"], gif.height), tf.maximum(f["gif_w"], gif.width)
     core = tf.equal(f["bmp_dib"], 12)  # BITMAPCOREHEADER: 16-bit sizes
-    bmp_w = tf.where(core, f["bmp_core_w"], signed32(f["bmp_w"]))
-    bmp_h = tf.where(core, f["bmp_core_h"], signed32(f["bmp_h"]))
+    bmp_w = tf.where(core, f["bmp_core_w"], _abs_signed32(f["bmp_w"]))
+    bmp_h = tf.where(core, f["bmp_core_h"], _abs_signed32(f["bmp_h"]))
     heights = tf.stack([jpeg[0], f["png_h"], gif_h, bmp_h, _i64(0)])
     widths = tf.stack([jpeg[1], f["png_w"], gif_w, bmp_w, _i64(0)])
     return fmt, heights[fmt], widths[fmt], gif
@@ -213,8 +224,9 @@ def check_pixels(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Ope
     return tf.debugging.Assert(pixels <= max_pixels, [message], name="max_image_pixels")
 
 
-def _bmp_palette_is_grey(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Whether an 8-bit BMP's colour table is the grey ramp (entry i = (i, i, i)); true for other
+def _bmp_palette_is_grey(b: _Bytes, dib: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+    """Whether an 8-bit BMP's colour table (after its `dib`-byte Windows header; `b` holds the
+    file's first 14 + 124 + 256 * 4 bytes) is the grey ramp (entry i = (i, i, i)); true for other
     bit depths.
 
     tf.io.decode_bmp returns an 8-bit BMP's palette indices as grey levels, which are its
@@ -222,16 +234,11 @@ def _bmp_palette_is_grey(image_bytes: tf.Tensor) -> tf.Tensor:
     garbage and answer it with confidence. Pillow calls the same two cases "L" and "P", and
     ingest refuses "P" by Pillow's reason. (1- and 4-bit BMPs the decoder refuses itself.)
     """
-    b = _Bytes(image_bytes, 14 + 124 + 256 * 4)  # the largest standard header, then 256 entries
-    head = b.get(0, 50)
-    dib = _uint(head, 14, 4, True)
-    core = tf.equal(dib, 12)  # BITMAPCOREHEADER: 3-byte entries, a 16-bit bits-per-pixel field
-    bits = tf.where(core, _uint(head, 24, 2, True), _uint(head, 28, 2, True))
-    used = tf.where(core, _i64(0), _uint(head, 46, 4, True))
+    used = _uint(b.get(46, 4), 0, 4, True)
     colors = tf.where(used > 0, tf.minimum(used, 256), _i64(256))
-    entry = tf.where(core, _i64(3), _i64(4))
-    at = 14 + dib + entry * tf.range(256, dtype=tf.int64)
-    rgb = tf.stack([tf.gather(b.get(0, 14 + 124 + 256 * 4), at + k) for k in range(3)], axis=1)
+    at = 14 + dib + 4 * tf.range(256, dtype=tf.int64)
+    table = b.get(0, _BMP_PREFIX)
+    rgb = tf.stack([tf.gather(table, at + k) for k in range(3)], axis=1)
     grey = tf.reduce_all(tf.equal(rgb, tf.range(256, dtype=tf.int64)[:, tf.newaxis]), axis=1)
     return tf.logical_not(tf.equal(bits, 8)) | tf.reduce_all(grey | (tf.range(256, dtype=tf.int64) >= colors))
 
@@ -253,6 +260,8 @@ _BMP_PLAIN, _BMP_BITFIELDS, _BMP_ALPHABITFIELDS = 0, 3, 6
 # The DIB headers tf.io.decode_bmp reads (BITMAPINFOHEADER, its V2-V5 successors): it takes the
 # 40-byte header's fields from any file, so a 12-byte OS/2 core header gave sizes from pixel bytes.
 _BMP_HEADERS = (40, 52, 56, 108, 124)
+# What the BMP checks read: the largest Windows header, then a 256-entry colour table.
+_BMP_PREFIX = 14 + 124 + 256 * 4
 
 
 def _bmp_layout(image_bytes: tf.Tensor) -> _BmpLayout:
@@ -264,7 +273,8 @@ def _bmp_layout(image_bytes: tf.Tensor) -> _BmpLayout:
     as raw pixels, and refuses a file with any bytes after its rows (padding, or a V5 header's
     ICC profile, which follows the pixels).
     """
-    head = _Bytes(image_bytes, 70).get(0, 70)
+    b = _Bytes(image_bytes, _BMP_PREFIX)
+    head = b.get(0, 70)
     dib = _uint(head, 14, 4, True)
     bits = _uint(head, 28, 2, True)
     compression = _uint(head, 30, 4, True)
@@ -285,8 +295,7 @@ def _bmp_layout(image_bytes: tf.Tensor) -> _BmpLayout:
     masked = bitfields & (tf.equal(bits, 24) | tf.equal(bits, 32))
     # decode_bmp(channels=4) gives a pixel's bytes 0-3 as its channels 2, 1, 0, 3.
     order = tf.gather(tf.constant([2, 1, 0, 3]), tf.where(named, byte, 3))
-    width, height = _uint(head, 18, 4, True), _uint(head, 22, 4, True)
-    height = tf.abs(tf.where(height >= (1 << 31), height - (1 << 32), height))  # top-down rows: < 0
+    width, height = _uint(head, 18, 4, True), _abs_signed32(_uint(head, 22, 4, True))
     size = _uint(head, 10, 4, True) + (bits * width + 31) // 32 * 4 * height
     known = tf.reduce_any(tf.equal(dib, _BMP_HEADERS))
     problem = tf.where(
@@ -313,7 +322,7 @@ def _bmp_layout(image_bytes: tf.Tensor) -> _BmpLayout:
                     bits,
                 ),
                 tf.where(
-                    _bmp_palette_is_grey(image_bytes),
+                    _bmp_palette_is_grey(b, dib, bits),
                     "",
                     "palette (indexed-colour) BMP: TensorFlow's decoder gives its colour indices, not "
                     "its colours; convert it to PNG",
@@ -407,8 +416,7 @@ def _png_xmp(chunk: tf.Tensor, kind: tf.Tensor) -> tf.Tensor:
 def _png_chunk(data: tf.Tensor, size: tf.Tensor, pos: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(bytes, kinds): the first _PNG_CHUNK_READ bytes of the chunk at `pos` of `data` (`size`
     bytes long; zeros past its end) as int64, and which of _PNG_KINDS it is."""
-    read = tf.strings.substr(data, tf.clip_by_value(tf.cast(pos, tf.int64), 0, size), _PNG_CHUNK_READ)
-    chunk = tf.cast(tf.io.decode_raw(read, tf.uint8, fixed_length=_PNG_CHUNK_READ), tf.int64)
+    chunk = _bytes_at(data, pos, _PNG_CHUNK_READ, size)
     return chunk, _png_kinds(chunk)
 
 
@@ -702,14 +710,6 @@ def _gif_first_frame(data: tf.Tensor, end: tf.Tensor | None = None) -> tf.Tensor
         lambda: tf.strings.join([tf.strings.substr(data, _i64(0), end), tf.constant(b";")]),
         lambda: data,
     )
-
-
-def _bytes_at(data: tf.Tensor, pos: tf.Tensor | int, n: int) -> tf.Tensor:
-    """int64 [n]: a scalar string's bytes at pos..pos+n-1 (0 past the end; pos clamped to it)."""
-    length = tf.cast(tf.strings.length(data, unit="BYTE"), tf.int64)
-    piece = tf.strings.substr(data, tf.clip_by_value(tf.cast(pos, tf.int64), 0, length), n)
-    raw = tf.io.decode_raw(tf.strings.join([piece, tf.constant(b"\0" * n)]), tf.uint8)
-    return tf.cast(tf.reshape(raw, [-1])[:n], tf.int64)
 
 
 # Each byte value as a one-byte string: int64 bytes back to a string (gather, then join).

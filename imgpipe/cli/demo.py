@@ -7,10 +7,10 @@ import logging
 import os
 
 from imgpipe.cli.flags import whole_number
-from imgpipe.cli.output import Command, UsageError, emit, stdout_to_stderr
+from imgpipe.cli.output import Command, emit, stdout_to_stderr
 from imgpipe.cli.run import run_pipeline
 from imgpipe.demo import steps
-from pipeline.config import folder_problem
+from pipeline.config import check_writable_dir
 from trainer import backbones
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     workdir = os.path.abspath(args.workdir)
-    problem = folder_problem(workdir)
-    if problem is not None:
-        existing, kind = problem
-        if kind == "file":
-            what = "is a file" if existing == workdir else f"is under {existing}, which is a file"
-        else:
-            what = f"cannot be written: {existing} is not writable by this user"
-        raise UsageError(f"--workdir: {args.workdir} {what}")
+    check_writable_dir("--workdir", args.workdir, "the demo's data, home and serving dir go there")
     # Every argument is checked before any work: the pipeline's config, built (and validated as
     # `imgpipe run` validates it: ConfigError naming the field, exit 2) from the paths the
     # steps below will write. Nothing is read from disk yet.
