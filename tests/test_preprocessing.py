@@ -879,3 +879,47 @@ def test_the_walk_for_a_trns_chunk_stops_after_a_bounded_number_of_chunks():
     assert has_trns(tf.constant(png(many))).numpy()  # not walked to the end: maybe
     for data in (png(few), png(many)):
         assert (decode_image(tf.constant(data), 4).numpy() == rgb).all()
+
+
+def _control_flow_ops(graph_def) -> dict[str, list[bool]]:
+    """For each kind of control-flow op in a traced graph and its functions: whether each one
+    is marked for lowering into Switch/Merge."""
+    found: dict[str, list[bool]] = {}
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    for node in nodes:
+        if node.op in ("If", "StatelessIf", "Case", "StatelessCase", "While", "StatelessWhile"):
+            lowered = "_lower_using_switch_merge" in node.attr and node.attr["_lower_using_switch_merge"].b
+            found.setdefault(node.op.replace("Stateless", ""), []).append(lowered)
+    return found
+
+
+def test_the_decoders_branches_and_walks_stay_functional_and_the_switch_is_put_back():
+    """The orientation walks and the GIF, BMP and PNG branches are built as functional If and
+    While ops: a graph holding the decoder is first run in about half the time and an image runs
+    only the branch it takes (BENCHMARKS.md, "The decoder's control flow"). The format switch,
+    the header read and tf.map_fn's loop stay lowered, and TensorFlow's process-wide switch is
+    put back after each build, also when it fails."""
+    from tensorflow.python.ops import control_flow_util_v2
+
+    traced = tf.function(
+        lambda x: decode_and_resize(x, SIZE), input_signature=[tf.TensorSpec([None], tf.string)]
+    )
+    ops = _control_flow_ops(traced.get_concrete_function().graph.as_graph_def())
+    assert not control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE  # noqa: SLF001
+    assert ops["Case"] == [True]  # decode_image's switch on the format and JPEG scale
+    assert True in ops["While"] and False in ops["While"]  # map_fn's and the GIF walk; the others
+    assert ops["If"].count(False) >= 10 and True in ops["If"]  # the header's stay lowered
+
+    def broken(x):
+        exif_orientation(x)
+        raise ValueError("a build that fails")
+
+    with pytest.raises(ValueError, match="a build that fails"):
+        tf.function(broken, input_signature=[tf.TensorSpec([], tf.string)]).get_concrete_function()
+    with pytest.raises((TypeError, ValueError)):  # a failure inside the functional build itself
+        tf.function(exif_orientation).get_concrete_function(tf.TensorSpec([], tf.int32))
+    assert not control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE  # noqa: SLF001
+    after = tf.function(lambda p: tf.cond(p, lambda: tf.constant(1), lambda: tf.constant(2)))
+    assert _control_flow_ops(
+        after.get_concrete_function(tf.TensorSpec([], tf.bool)).graph.as_graph_def()
+    ) == {"If": [True]}

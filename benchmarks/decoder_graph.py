@@ -1,0 +1,157 @@
+"""What the decoder's graph costs each graph that holds it, in this tree or against another checkout.
+
+Every graph that reads encoded images holds the decoder (trainer/preprocessing.py): the
+Transform graph, the Trainer's and the extraction's tf.data maps, every serving signature,
+the model server's and TFMA's loads of them. Beside what it costs per image, it costs each
+such graph a fixed amount when TensorFlow first runs it (instantiation: the graph inlined,
+rewritten by Grappler, its kernels made). This measures, in a fresh child process per tree:
+
+- `trace`: building the decoder's graph (`decode_and_resize`'s function, once per process);
+- `first iterator`: the first iterator of a tf.data map over it (what a fit or an extraction
+  pays for each new dataset);
+- `first call`: the first call of the traced function;
+- `load + first call`: a SavedModel whose signature decodes, saved and loaded again in the
+  same process, and its first call (what a model server or TFMA pays per model);
+- per image, the decode to 32 px of batches of 64 x 64 JPEGs, PNGs, GIFs and BMPs and of
+  427 x 640 JPEGs (the two sample photos; medians of 15 calls);
+- the header's block walk over a crafted GIF of 200,000 sub-blocks (median of 3 calls).
+
+The trees run interleaved round by round, each in a child process of its own (PYTHONPATH
+set to it); the median over rounds is reported.
+
+    python -m benchmarks.decoder_graph                          # this tree
+    python -m benchmarks.decoder_graph --against /path/to/old   # another checkout beside it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks import common
+
+CHILD = r"""
+import io, json, os, sys, tempfile, time
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from sklearn.datasets import load_sample_images
+from trainer import preprocessing as pp
+
+assert pp.__file__.startswith(sys.argv[1]), (pp.__file__, sys.argv[1])
+calls = int(sys.argv[2])
+photo = load_sample_images().images[0]
+
+def enc(a, fmt, **kw):
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, format=fmt, **kw)
+    return b.getvalue()
+
+sets = {
+    "JPEG 64 x 64": [enc(photo[i : i + 64, i : i + 64], "JPEG", quality=90) for i in range(64)],
+    "JPEG 427 x 640": [enc(np.roll(photo, i, axis=1), "JPEG", quality=90) for i in range(16)],
+    "PNG 64 x 64": [enc(photo[i : i + 64, i : i + 64], "PNG") for i in range(64)],
+    "GIF 64 x 64": [enc(photo[i : i + 64, i : i + 64], "GIF") for i in range(64)],
+    "BMP 64 x 64": [enc(photo[i : i + 64, i : i + 64], "BMP") for i in range(64)],
+}
+out = {}
+decode = pp._decode_and_resize_function(32, pp.DEFAULT_MAX_PIXELS)
+t = time.perf_counter()
+decode.get_concrete_function()
+out["trace|s"] = time.perf_counter() - t
+
+ds = tf.data.Dataset.from_tensor_slices(sets["JPEG 64 x 64"]).batch(16).map(decode)
+t = time.perf_counter()
+iterator = iter(ds)
+out["first iterator|s"] = time.perf_counter() - t
+for _ in iterator:
+    pass
+
+x = tf.constant(sets["PNG 64 x 64"][:8])
+t = time.perf_counter()
+decode(x).numpy()
+out["first call|s"] = time.perf_counter() - t
+
+class Module(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(self, images):
+        return {"pixels": tf.reduce_mean(decode(images), axis=[1, 2, 3])}
+
+with tempfile.TemporaryDirectory() as d:
+    tf.saved_model.save(Module(), d)
+    t = time.perf_counter()
+    loaded = tf.saved_model.load(d)
+    loaded.signatures["serving_default"](images=x)["pixels"].numpy()
+    out["load + first call|s"] = time.perf_counter() - t
+
+for name, data in sets.items():
+    x = tf.constant(data)
+    decode(x)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        decode(x).numpy()
+        times.append(time.perf_counter() - t)
+    out[f"{name}|us per image"] = 1e6 * float(np.median(times)) / len(data)
+# A crafted GIF whose first image is 200,000 one-byte sub-blocks: the header's block walk.
+screen = b"GIF89a" + (8).to_bytes(2, "little") * 2 + b"\x00\x00\x00"
+descriptor = b"\x2c" + b"\x00\x00" * 2 + (8).to_bytes(2, "little") * 2 + b"\x00"
+blocks = tf.constant(screen + descriptor + b"\x02" + b"\x01\x00" * 200_000 + b"\x00\x3b")
+shape = tf.function(pp.image_shape, input_signature=[tf.TensorSpec([], tf.string)])
+shape(blocks)
+times = []
+for _ in range(3):
+    t = time.perf_counter()
+    [v.numpy() for v in shape(blocks)]
+    times.append(time.perf_counter() - t)
+out["GIF of 200,000 sub-blocks, header walk|s"] = float(np.median(times))
+print(json.dumps(out))
+"""
+
+
+def measure(tree: str, calls: int) -> dict[str, float]:
+    """Each measure's value for `tree`'s decoder, in a fresh child process."""
+    tree = os.path.abspath(tree)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = tree  # the tree's modules, not the installed (editable) imgpipe's
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, tree, str(calls)], env=env, cwd=tree, capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise RuntimeError(f"the decoder graph benchmark in {tree} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--against", help="another checkout of imgpipe to measure beside this one")
+    args = p.parse_args()
+    common.quiet()
+    runs = common.repeats(args, default=3, quick=1)
+    calls = 5 if args.quick else 15
+    trees = {"this tree": common.REPO}
+    if args.against:
+        trees = {f"{args.against}": args.against, **trees}
+    results = common.interleaved(
+        {name: (lambda r, tree=tree: measure(tree, calls)) for name, tree in trees.items()}, runs, common.say
+    )
+    common.emit(common.header("What the decoder's graph costs each graph that holds it"))
+    keys = list(results["this tree"][0])
+    headers = ["measure", "unit", *[f"{name} (median of {runs})" for name in trees]]
+    if args.against:
+        headers.append("this tree / the other")
+    rows = []
+    for key in keys:
+        medians = [common.median([r[key] for r in results[name]]) for name in trees]
+        row = [*key.split("|"), *medians]
+        if args.against:
+            row.append(medians[1] / medians[0])
+        rows.append(row)
+    common.emit(common.table(headers, rows))
+    common.emit()
+
+
+if __name__ == "__main__":
+    main()
