@@ -23,6 +23,7 @@ from trainer.preprocessing import (
     exif_orientation,
     image_shape,
     preprocessing_fn,
+    traced_decoder,
 )
 
 SIZE = 32
@@ -163,7 +164,18 @@ def test_graphs_that_preprocess_call_one_traced_decoder_per_size():
 
 
 def _decode(data: bytes, target: int = 1000, max_pixels: int = 40_000_000) -> np.ndarray:
-    return decode_image(tf.constant(data), target, max_pixels).numpy()
+    """The decoder as every caller runs it: traced (once per target and limit in a process)."""
+    return traced_decoder(target, max_pixels)(tf.constant(data)).numpy()
+
+
+_traced_orientation = tf.function(
+    exif_orientation, input_signature=[tf.TensorSpec([], tf.string)], autograph=False
+)
+
+
+def _orientation(data: bytes) -> int:
+    """`exif_orientation` as the decoder's callers run it: traced, once in a process."""
+    return int(_traced_orientation(tf.constant(data)))
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -171,7 +183,7 @@ def _decode(data: bytes, target: int = 1000, max_pixels: int = 40_000_000) -> np
 def test_exif_orientation_matches_pillow_exif_transpose(orientation, byte_order):
     data = image_samples.oriented_jpeg(orientation, byte_order)
     expected = image_samples.upright(data)
-    assert int(exif_orientation(tf.constant(data))) == orientation
+    assert _orientation(data) == orientation
     got = _decode(data)
     assert got.shape == expected.shape
     # JPEG decoders differ by a few levels (IDCT rounding); orientation errors differ by ~100s.
@@ -218,7 +230,7 @@ def _malformed_exif_jpegs() -> dict[str, bytes]:
 @pytest.mark.parametrize("case", sorted(_malformed_exif_jpegs()))
 def test_malformed_exif_means_no_rotation(case):
     data = _malformed_exif_jpegs()[case]
-    assert int(exif_orientation(tf.constant(data))) == 1
+    assert _orientation(data) == 1
     if case != "segment length past the end":  # the JPEG itself is broken there
         got = _decode(data)
         np.testing.assert_array_equal(got, tf.io.decode_jpeg(data, channels=3).numpy())
@@ -229,9 +241,9 @@ def test_exif_after_jfif_app0_and_long_type_are_read():
     base = s.jpeg(s.asymmetric_image())
     assert base[2:4] == b"\xff\xe0"  # Pillow writes a JFIF APP0 first
     after_app0 = s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(8)), after_app0=True)
-    assert int(exif_orientation(tf.constant(after_app0))) == 8
+    assert _orientation(after_app0) == 8
     long_type = s.with_segment(base, s.app1(b"Exif\0\0" + s.tiff_block(3, "MM", kind=4)))
-    assert int(exif_orientation(tf.constant(long_type))) == 3
+    assert _orientation(long_type) == 3
 
 
 def _after_segment(jpeg: bytes, marker: bytes, segment: bytes) -> bytes:
@@ -250,7 +262,7 @@ def test_exif_after_the_tables_before_the_scan_is_read_as_pillow_reads_it(after)
     data = _after_segment(s.jpeg(s.asymmetric_image()), after, s.app1(b"Exif\0\0" + s.tiff_block(6)))
     with Image.open(io.BytesIO(data)) as image:
         assert image.getexif().get(0x0112) == 6
-    assert int(exif_orientation(tf.constant(data))) == 6
+    assert _orientation(data) == 6
     expected = s.upright(data)
     got = _decode(data)
     assert got.shape == expected.shape
@@ -278,7 +290,7 @@ def test_exif_past_a_damaged_header_is_read_as_libjpeg_and_pillow_step_over_it(c
     data = _damaged_headers()[case]
     with Image.open(io.BytesIO(data)) as image:
         assert image.getexif().get(0x0112) == 6
-    assert int(exif_orientation(tf.constant(data))) == 6
+    assert _orientation(data) == 6
     assert _decode(data).shape == image_samples.upright(data).shape
 
 
@@ -290,7 +302,7 @@ def test_the_exif_walk_ends_at_the_scan():
     sos = base.index(b"\xff\xda")
     sos += 2 + int.from_bytes(base[sos + 2 : sos + 4], "big")
     data = base[:sos] + s.app1(b"Exif\0\0" + s.tiff_block(6)) + base[sos:]
-    assert int(exif_orientation(tf.constant(data))) == 1
+    assert _orientation(data) == 1
 
 
 def _png_exif_cases() -> dict[str, tuple[bytes, int]]:
@@ -372,7 +384,7 @@ def test_png_exif_is_read_where_pillow_exif_transpose_reads_it(case):
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         assert image.getexif().get(0x0112, 1) == expected
-    assert int(exif_orientation(tf.constant(data))) == expected
+    assert _orientation(data) == expected
     np.testing.assert_array_equal(_decode(data), image_samples.upright(data))
 
 
@@ -384,7 +396,7 @@ def test_orientation_reads_the_same_in_a_tf1_graph():
         cases[c][0] for c in ("before the image data", "after the image data", "two: the later one wins")
     ]
     datas += [image_samples.oriented_jpeg(5), _xmp_cases()["jpeg: xmp attribute"][0]]
-    expected = [int(exif_orientation(tf.constant(d))) for d in datas]
+    expected = [_orientation(d) for d in datas]
     assert expected == [6, 6, 6, 5, 6]
     graph = tf.Graph()
     with graph.as_default():
@@ -399,7 +411,7 @@ def test_a_doubly_prefixed_jpeg_exif_is_read_as_pillow_reads_it():
     data = s.with_segment(s.jpeg(s.asymmetric_image()), s.app1(b"Exif\0\0" * 2 + s.tiff_block(6)))
     with Image.open(io.BytesIO(data)) as image:
         assert image.getexif().get(0x0112) == 6
-    assert int(exif_orientation(tf.constant(data))) == 6
+    assert _orientation(data) == 6
 
 
 def _xmp(orientation: str, form: str = "attribute") -> bytes:
@@ -475,7 +487,7 @@ def test_an_orientation_stated_in_xmp_is_applied_as_pillow_applies_it(case):
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         assert image.getexif().get(0x0112, 1) in (expected, 9)  # 9: kept, but not applied
-    assert int(exif_orientation(tf.constant(data))) == expected
+    assert _orientation(data) == expected
     expected_pixels = image_samples.upright(data)
     got = _decode(data)
     assert got.shape == expected_pixels.shape
@@ -485,9 +497,9 @@ def test_an_orientation_stated_in_xmp_is_applied_as_pillow_applies_it(case):
 def test_orientation_of_other_formats_is_upright():
     rgb = _photo(16, 16, 7)
     for fmt in ("GIF", "BMP"):
-        assert int(exif_orientation(tf.constant(helpers.encode_image(rgb, fmt)))) == 1
+        assert _orientation(helpers.encode_image(rgb, fmt)) == 1
     for data in (b"", b"\xff\xd8", b"\xff\xd8\xff\xe1\x008", b"\x89PNG\r\n\x1a\n", b"not an image"):
-        assert int(exif_orientation(tf.constant(data))) == 1
+        assert _orientation(data) == 1
 
 
 def test_damaged_metadata_never_fails_the_orientation():
@@ -508,9 +520,7 @@ def test_damaged_metadata_never_fails_the_orientation():
         s.with_segment(s.jpeg(pixels), s.app1(b"Exif\0\0" + s.tiff_block(6))),
         s.with_segment(s.jpeg(pixels), s.app1(b"http://ns.adobe.com/xap/1.0/\0" + _xmp("3"))),
     ]
-    orientation = tf.function(
-        exif_orientation, input_signature=[tf.TensorSpec([], tf.string)], autograph=False
-    )
+    orientation = _traced_orientation
     rng = np.random.default_rng(7)
     for i in range(400):
         data = bytearray(seeds[i % len(seeds)])

@@ -855,7 +855,12 @@ def _jpeg_ratio_index(height: tf.Tensor, width: tf.Tensor, target_size: int) -> 
     return index
 
 
-def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tf.Tensor:
+def decode_image(
+    image_bytes: tf.Tensor,
+    target_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    orientation: tf.Tensor | None = None,
+) -> tf.Tensor:
     """One encoded JPEG/PNG/GIF/BMP -> upright uint8 RGB [H, W, 3], bounded in memory.
 
     Fails with InvalidArgument, before decoding, when the header declares more
@@ -864,7 +869,9 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     frame, placed on its screen (`gif_on_white`); grayscale is replicated to 3 channels; a
     PNG's or GIF's transparency is composited onto white (`png_on_white`, `gif_on_white`), a
     BMP's channels and alpha read where its bit masks put them and a BMP the decoder would misread refused
-    (`bmp_or_unknown`). The EXIF orientation is applied last.
+    (`bmp_or_unknown`). The EXIF orientation is applied last: `orientation` when the caller
+    has read it already (`exif_orientation` of the same bytes), which spares the graph a second
+    copy of the walks.
     """
     fmt, height, width, gif = _header(image_bytes)
     with tf.control_dependencies([check_pixels(height, width, max_pixels)]):
@@ -886,7 +893,7 @@ def decode_image(image_bytes: tf.Tensor, target_size: int, max_pixels: int = DEF
     ]
     image = tf.switch_case(tf.cast(branch, tf.int32), branches)
     image.set_shape([None, None, 3])
-    return apply_orientation(image, exif_orientation(image_bytes))
+    return apply_orientation(image, exif_orientation(image_bytes) if orientation is None else orientation)
 
 
 @_unlowered

@@ -262,15 +262,15 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
     def check(data: tf.Tensor) -> tf.Tensor:
         _, height, width = preprocessing.image_shape(data)
         within = height * width <= max_pixels
+        orientation = preprocessing.exif_orientation(data)  # read once: the decode applies it
 
         def decode() -> tf.Tensor:
-            image = preprocessing.decode_image(data, 1, max_pixels)
+            image = preprocessing.decode_image(data, 1, max_pixels, orientation)
             shape = tf.cast(tf.shape(image)[:2], tf.int64)
             pixels = tf.bitcast(tf.fingerprint(tf.reshape(image, [1, -1]))[0], tf.int64)
             return tf.concat([[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels]], 0)
 
         decoded = tf.cond(within, decode, lambda: tf.zeros([4], tf.int64))
-        orientation = tf.cast(preprocessing.exif_orientation(data), tf.int64)
-        return tf.concat([tf.stack([height, width, orientation]), decoded], 0)
+        return tf.concat([tf.stack([height, width, tf.cast(orientation, tf.int64)]), decoded], 0)
 
     return check
