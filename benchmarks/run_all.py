@@ -46,6 +46,7 @@ BENCHMARKS = (
     "multi_device_iterator",
     "small_slices",
     "orientation",
+    "decoder_graph",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
