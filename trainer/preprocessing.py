@@ -30,14 +30,12 @@ feeds placeholder labels to serving requests, which hold no label.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
-from tensorflow.python.ops import control_flow_util_v2
 
 from trainer import backbones
 from trainer.features import (
@@ -48,49 +46,6 @@ from trainer.features import (
     LABEL_VOCAB,
     LABEL_XF,
 )
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-@contextlib.contextmanager
-def _unlowered_control_flow() -> Iterator[None]:
-    """The conditionals and loops built in the block stay functional ops (If, Case, While)
-    instead of being marked for lowering into one flat graph of Switch and Merge nodes.
-
-    The decoder is a tree of format branches and bounded header walks (~2,800 nodes). Lowered,
-    TensorFlow inlines all of it into the caller when the caller is first run (a tf.data map, a
-    serving signature, a model server's or TFMA's load) and Grappler rewrites it there, on every
-    such first run; then each image still steps through the dead branches' plumbing. Functional,
-    a branch's body is made ready when its conditional first runs, and an image runs only what it
-    takes. The orientation walks and the GIF, BMP and PNG branches are built so. The header read
-    and `decode_image`'s own switch stay lowered: in a functional Case a 427 x 640 JPEG's decode
-    took 1.3x as long, and in a functional branch a GIF's block walk (up to a million steps)
-    1.4x. Against all of it lowered: a tf.data map's first iterator 0.98 -> 0.60 s, a saved
-    signature's load and first call 1.24 -> 0.86 s, a 64 px JPEG 269 -> 129 us (BENCHMARKS.md,
-    "The decoder's control flow"). Same ops, same results.
-
-    TensorFlow reads one process-wide switch as it creates each control-flow op; it is set for
-    the block's duration and put back after. Another thread building a graph meanwhile may get
-    functional control flow too, or lose it for the rest of this block: either computes the same.
-    """
-    before = control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE  # noqa: SLF001
-    control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE = True  # noqa: SLF001
-    try:
-        yield
-    finally:
-        control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE = before  # noqa: SLF001
-
-
-def _unlowered(build: _F) -> _F:
-    """`build`, a graph-building function of the decoder, run under `_unlowered_control_flow`."""
-
-    @functools.wraps(build)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with _unlowered_control_flow():
-            return build(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
-
 
 # JPEG DCT scaling factors libjpeg offers, smallest first.
 JPEG_RATIOS = (1, 2, 4, 8)
@@ -619,7 +574,6 @@ def _payload_length(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor, start: tf.Tensor
     return tf.where(tf.equal(fmt, _JPEG), in_jpeg, in_png)
 
 
-@_unlowered
 def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
     """The orientation (int32 1..8) of one encoded JPEG or PNG as Pillow's exif_transpose
     applies it; 1 (upright) otherwise.
@@ -773,7 +727,6 @@ def _replaced(data: tf.Tensor, pos: tf.Tensor | int, values: list[tf.Tensor | in
     )
 
 
-@_unlowered
 def gif_on_white(data: tf.Tensor, frame: _GifFrame | None = None) -> tf.Tensor:
     """A GIF's first frame as uint8 RGB on its logical screen, as a page shows it: transparent
     pixels and the screen the frame leaves uncovered are white. `frame`: `_gif_first_image`'s
@@ -896,7 +849,6 @@ def decode_image(
     return apply_orientation(image, exif_orientation(image_bytes) if orientation is None else orientation)
 
 
-@_unlowered
 def bmp_or_unknown(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Tensor:
     """A BMP as uint8 RGB: its channels where its bit masks put them, its alpha (where an alpha
     mask names it) composited onto white, after refusing what tf.io.decode_bmp would misread
@@ -962,7 +914,6 @@ def _png_has_trns(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.logical_or(found, tf.logical_not(done))
 
 
-@_unlowered
 def png_on_white(image_bytes: tf.Tensor) -> tf.Tensor:
     """A PNG as uint8 RGB, its transparency composited onto white, as a page shows it.
 
