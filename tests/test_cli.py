@@ -57,6 +57,27 @@ def test_run_with_bad_config_file(tmp_path, capsys):
     assert "bogus_key" in capsys.readouterr().err
 
 
+def test_a_bad_value_names_the_flag_that_gave_it_and_a_files_value_its_field(tmp_path, capsys):
+    """A value from a flag is named as the flag the user typed and the config field it sets; a
+    value from the config file by its field, where the file names it."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 0\n")
+    assert cli.main(["run", "--config", str(cfg), "--min-accuracy", "0.5"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"error: epochs: Input should be greater than or equal to 1 (got 0) (in {cfg})" in err, err
+    cfg.write_text("epochs: 3\n")
+    assert (
+        cli.main(["run", "--config", str(cfg), "--min-accuracy", "2", "--batch-size", "0"]) == cli.EXIT_USAGE
+    )
+    err = capsys.readouterr().err
+    assert "--min-accuracy (min_accuracy): Input should be less than or equal to 1 (got '2')" in err, err
+    assert "--batch-size (batch_size): Input should be greater than or equal to 1" in err, err
+    assert cli.main(["run", "--image-size", "3", "--backbone", "MobileNetV2"]) == cli.EXIT_USAGE
+    assert (
+        "--image-size (image_size): 3 is out of range for MobileNetV2 (32..1024)" in capsys.readouterr().err
+    )
+
+
 def test_run_rejects_tfrecord_dir_without_examples(tmp_path, capsys):
     for split in ("train", "eval"):
         (tmp_path / split).mkdir()
@@ -269,10 +290,10 @@ def _must_not_run(*args, **kwargs):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--min-accuracy", "5"], "min_accuracy: Input should be less than or equal to 1"),
-        (["--epochs", "0"], "epochs: Input should be greater than or equal to 1"),
-        (["--backbone", "Foo"], "backbone: unknown backbone 'Foo'; choose one of MobileNetV2"),
-        (["--image-size", "0"], "image_size: 0 is out of range for DenseNet121 (32..1024)"),
+        (["--min-accuracy", "5"], "--min-accuracy (min_accuracy): Input should be less than or equal to 1"),
+        (["--epochs", "0"], "--epochs (epochs): Input should be greater than or equal to 1"),
+        (["--backbone", "Foo"], "--backbone (backbone): unknown backbone 'Foo'; choose one of MobileNetV2"),
+        (["--image-size", "0"], "--image-size (image_size): 0 is out of range for DenseNet121 (32..1024)"),
         (["--backbone", "MobileNetV2", "--image-size", "16"], "out of range for MobileNetV2"),
         (["--pretrain-epochs", "0"], "--pretrain-epochs: must be a whole number >= 1, got '0'"),
     ],

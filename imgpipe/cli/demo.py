@@ -6,12 +6,21 @@ import argparse
 import logging
 import os
 
-from imgpipe.cli.flags import whole_number
+from imgpipe.cli.flags import naming_flags, whole_number
 from imgpipe.cli.output import Command, emit, stdout_to_stderr
 from imgpipe.cli.run import run_pipeline
 from imgpipe.demo import steps
-from pipeline.config import check_writable_dir
+from pipeline.config import ConfigError, check_writable_dir
 from trainer import backbones
+
+# The demo's flags that set a field of the pipeline's config: its errors name both.
+_CONFIG_FLAGS = {
+    "backbone": "--backbone",
+    "image_size": "--image-size",
+    "epochs": "--epochs",
+    "min_accuracy": "--min-accuracy",
+    "replicas": "--replicas",
+}
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +76,19 @@ def _run(args: argparse.Namespace) -> int:
     # Every argument is checked before any work: the pipeline's config, built (and validated as
     # `imgpipe run` validates it: ConfigError naming the field, exit 2) from the paths the
     # steps below will write. Nothing is read from disk yet.
-    config = steps.target_config(
-        workdir,
-        steps.records_dir(workdir, "target"),
-        args.backbone,
-        steps.weights_path(workdir, args.backbone, args.image_size),
-        args.image_size,
-        args.epochs,
-        args.min_accuracy,
-        replicas=args.replicas,
-    )
+    try:
+        config = steps.target_config(
+            workdir,
+            steps.records_dir(workdir, "target"),
+            args.backbone,
+            steps.weights_path(workdir, args.backbone, args.image_size),
+            args.image_size,
+            args.epochs,
+            args.min_accuracy,
+            replicas=args.replicas,
+        )
+    except ConfigError as e:
+        raise ConfigError(naming_flags(str(e), _CONFIG_FLAGS)) from None
     if args.replicas:
         # Before the data preparation and pre-training below run TensorFlow in this process.
         from trainer import distribution

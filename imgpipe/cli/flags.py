@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, get_origin
 
-from pipeline.config import PipelineConfig, leaves
+from pipeline.config import ConfigError, PipelineConfig, leaves
 from trainer.config import Settings, field_extra
 
 _GROUP_TITLES = {
@@ -138,11 +138,27 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Defaults, then `--config FILE`, then flags; ConfigError naming the field when invalid."""
+    """Defaults, then `--config FILE`, then flags; ConfigError naming the field when invalid,
+    and the flag too when the value came from one ("--min-accuracy (min_accuracy): ...")."""
     given = overrides(args)
-    if getattr(args, "config", None):
-        return PipelineConfig.from_yaml(args.config, given)
-    return PipelineConfig.from_dict(given)
+    try:
+        if getattr(args, "config", None):
+            return PipelineConfig.from_yaml(args.config, given)
+        return PipelineConfig.from_dict(given)
+    except ConfigError as e:
+        flags = {name: flag_name(model, name) for _, name, model in leaves() if name in given}
+        raise ConfigError(naming_flags(str(e), flags)) from None
 
 
-__all__ = ["add_config_flags", "config_from_args", "flag_name", "overrides"]
+def naming_flags(message: str, flags: Mapping[str, str]) -> str:
+    """A ConfigError's `message` (its problems joined by "; ", each led by "field: ") with each
+    field in `flags` shown as the flag that set it: "--min-accuracy (min_accuracy): ...". A user
+    who typed the flag finds it; the field's name stays for the config file."""
+    parts = []
+    for part in message.split("; "):
+        field, sep, rest = part.partition(": ")
+        parts.append(f"{flags[field]} ({field}): {rest}" if sep and field in flags else part)
+    return "; ".join(parts)
+
+
+__all__ = ["add_config_flags", "config_from_args", "flag_name", "naming_flags", "overrides"]
