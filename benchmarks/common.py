@@ -596,3 +596,48 @@ def demo_run_parser(description: str) -> argparse.ArgumentParser:
         p.add_argument(hidden, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def tree_child(code: str, tree: str, args: Sequence[str], what: str) -> dict:
+    """The JSON that `code` prints last, run in a fresh child process on checkout `tree`'s modules
+    (PYTHONPATH set to it, not the installed editable imgpipe's); `code` gets the tree as argv[1]."""
+    tree = os.path.abspath(tree)
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = tree
+    proc = subprocess.run(
+        [sys.executable, "-c", code, tree, *args], env=env, cwd=tree, capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise RuntimeError(f"{what} in {tree} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def trees_main(doc: str, title: str, first_column: str, measure: Callable[[str, int], dict]) -> None:
+    """A benchmark of this tree, or of it beside another checkout (`--against`): `measure(tree,
+    calls)` returns {"key|second key": value}; the trees interleaved round by round, one row per
+    key with each tree's median and, with --against, this tree's ratio to the other."""
+    p = parser(doc.split("\n\n")[0])
+    p.add_argument("--against", help="another checkout of imgpipe to measure beside this one")
+    args = p.parse_args()
+    quiet()
+    runs = repeats(args, default=3, quick=1)
+    calls = 5 if args.quick else 15
+    trees = {"this tree": REPO}
+    if args.against:
+        trees = {f"{args.against}": args.against, **trees}
+    results = interleaved(
+        {name: (lambda r, tree=tree: measure(tree, calls)) for name, tree in trees.items()}, runs, say
+    )
+    emit(header(title))
+    headers = [*first_column.split("|"), *[f"{name} (median of {runs})" for name in trees]]
+    if args.against:
+        headers.append("this tree / the other")
+    rows = []
+    for key in results["this tree"][0]:
+        medians = [median([r[key] for r in results[name]]) for name in trees]
+        row = [*key.split("|"), *medians]
+        if args.against:
+            row.append(medians[1] / medians[0])
+        rows.append(row)
+    emit(table(headers, rows))
+    emit()

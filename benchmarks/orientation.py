@@ -20,11 +20,6 @@ medians of 15 calls per round, then the median over rounds.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 from benchmarks import common
 
 CHILD = r"""
@@ -77,45 +72,14 @@ print(json.dumps(out))
 
 
 def measure(tree: str, calls: int) -> dict[str, float]:
-    """Microseconds per image for every (set, measure), `tree`'s decoder in a child process."""
-    tree = os.path.abspath(tree)
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = tree  # the tree's modules, not the installed (editable) imgpipe's
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, tree, str(calls)], env=env, cwd=tree, capture_output=True, text=True
-    )
-    if proc.returncode:
-        raise RuntimeError(f"the orientation benchmark in {tree} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Each measure's value for `tree`'s decoder, in a fresh child process."""
+    return common.tree_child(CHILD, tree, [str(calls)], "the orientation benchmark")
 
 
 def main() -> None:
-    p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--against", help="another checkout of imgpipe to measure beside this one")
-    args = p.parse_args()
-    common.quiet()
-    runs = common.repeats(args, default=3, quick=1)
-    calls = 5 if args.quick else 15
-    trees = {"this tree": common.REPO}
-    if args.against:
-        trees = {f"{args.against}": args.against, **trees}
-    results = common.interleaved(
-        {name: (lambda r, tree=tree: measure(tree, calls)) for name, tree in trees.items()}, runs, common.say
+    common.trees_main(
+        __doc__, "What reading the orientation costs the decoder (us per image)", "images|measure", measure
     )
-    common.emit(common.header("What reading the orientation costs the decoder (us per image)"))
-    keys = list(results["this tree"][0])
-    headers = ["images", "measure", *[f"{name} (median of {runs})" for name in trees]]
-    if args.against:
-        headers.append("this tree / the other")
-    rows = []
-    for key in keys:
-        medians = [common.median([r[key] for r in results[name]]) for name in trees]
-        row = [*key.split("|"), *medians]
-        if args.against:
-            row.append(medians[1] / medians[0])
-        rows.append(row)
-    common.emit(common.table(headers, rows))
-    common.emit()
 
 
 if __name__ == "__main__":
