@@ -598,6 +598,27 @@ def demo_run_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+# The start of a decoder benchmark's child (tree_child's `code`, argv: tree, calls): the tree's
+# decoder as `pp` (checked to come from that tree), `calls`, a sample photo and `enc` (Pillow).
+DECODER_CHILD_PRELUDE = r"""
+import io, json, os, sys, tempfile, time
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from sklearn.datasets import load_sample_images
+from trainer import preprocessing as pp
+
+assert pp.__file__.startswith(sys.argv[1]), (pp.__file__, sys.argv[1])
+calls = int(sys.argv[2])
+photo = load_sample_images().images[0]
+
+def enc(a, fmt, **kw):
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, format=fmt, **kw)
+    return b.getvalue()
+"""
+
+
 def tree_child(code: str, tree: str, args: Sequence[str], what: str) -> dict:
     """The JSON that `code` prints last, run in a fresh child process on checkout `tree`'s modules
     (PYTHONPATH set to it, not the installed editable imgpipe's); `code` gets the tree as argv[1]."""

@@ -27,23 +27,9 @@ from __future__ import annotations
 
 from benchmarks import common
 
-CHILD = r"""
-import io, json, os, sys, tempfile, time
-import numpy as np
-import tensorflow as tf
-from PIL import Image
-from sklearn.datasets import load_sample_images
-from trainer import preprocessing as pp
-
-assert pp.__file__.startswith(sys.argv[1]), (pp.__file__, sys.argv[1])
-calls = int(sys.argv[2])
-photo = load_sample_images().images[0]
-
-def enc(a, fmt, **kw):
-    b = io.BytesIO()
-    Image.fromarray(a).save(b, format=fmt, **kw)
-    return b.getvalue()
-
+CHILD = (
+    common.DECODER_CHILD_PRELUDE
+    + r"""
 sets = {
     "JPEG 64 x 64": [enc(photo[i : i + 64, i : i + 64], "JPEG", quality=90) for i in range(64)],
     "JPEG 427 x 640": [enc(np.roll(photo, i, axis=1), "JPEG", quality=90) for i in range(16)],
@@ -104,6 +90,7 @@ for _ in range(3):
 out["GIF of 200,000 sub-blocks, header walk|s"] = float(np.median(times))
 print(json.dumps(out))
 """
+)
 
 
 def measure(tree: str, calls: int) -> dict[str, float]:

@@ -22,23 +22,9 @@ from __future__ import annotations
 
 from benchmarks import common
 
-CHILD = r"""
-import io, json, sys, time
-import numpy as np
-import tensorflow as tf
-from PIL import Image
-from sklearn.datasets import load_sample_images
-from trainer import preprocessing as pp
-
-assert pp.__file__.startswith(sys.argv[1]), (pp.__file__, sys.argv[1])
-photo = load_sample_images().images[0]
-calls = int(sys.argv[2])
-
-def enc(a, fmt, **kw):
-    b = io.BytesIO()
-    Image.fromarray(a).save(b, format=fmt, **kw)
-    return b.getvalue()
-
+CHILD = (
+    common.DECODER_CHILD_PRELUDE
+    + r"""
 exif = Image.Exif()
 exif[0x0112] = 1
 sets = {
@@ -69,6 +55,7 @@ for name, data in sets.items():
         out[f"{name}|{what}"] = 1e6 * float(np.median(times)) / len(data)
 print(json.dumps(out))
 """
+)
 
 
 def measure(tree: str, calls: int) -> dict[str, float]:

@@ -25,6 +25,7 @@ from serving.config import ServerConfig
 from serving.devserver.manager import ModelManager
 from serving.devserver.request_log import RequestLog
 from serving.devserver.servicers import ModelServicer, PredictionServicer
+from serving.devserver.versions import has_saved_model
 from serving.errors import ServerStartError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def _model_folders_hint(base: str) -> str:
     """When `base` holds no version but model folders that do (the serving dir given instead of
     SERVING_DIR/MODEL_NAME), the words naming them; when it is itself a SavedModel (a version
     dir given instead of its parent), the words saying so; else ""."""
-    if any(os.path.isfile(os.path.join(base, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+    if has_saved_model(base):
         parent = os.path.dirname(os.path.abspath(base))
         return f" (it is itself a SavedModel, one version's dir: give its parent, {parent})"
 
