@@ -2,6 +2,7 @@
 the decoder's bounds (pixel limit, DCT scaling, first GIF frame) and EXIF orientation."""
 
 import io
+import os
 import struct
 import tempfile
 
@@ -79,6 +80,24 @@ def test_preprocessing_fn_through_tft(backbone):
         image = np.asarray(row[IMAGE_XF], np.float32).reshape(SIZE, SIZE, 3)
         label = vocab[int(np.asarray(row[LABEL_XF]).reshape(-1)[0])]
         np.testing.assert_allclose(image, expected[label], rtol=1e-4, atol=1e-3, err_msg=label)
+
+    # The saved graph as TF Serving and `imgpipe report` run it: loaded into a TF1 session,
+    # whose runtime refuses some mixes of lowered and functional control flow that a TF2 call
+    # of the same graph runs ("inputs from different frames").
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(
+            session, [tf.saved_model.SERVING], os.path.join(out_dir, tft.TFTransformOutput.TRANSFORM_FN_DIR)
+        )
+        signature = meta.signature_def["serving_default"]
+        # The raw features in key order, as TFT names them: inputs (image), inputs_1 (label).
+        image_in, label_in = sorted(tensor.name for tensor in signature.inputs.values())
+        others = [(helpers.encode_image(_photo(9, 7, 8), fmt), "", None) for fmt in ("GIF", "BMP")]
+        for img, lab, _ in items + others:
+            feeds = {image_in: [img], label_in: [lab.encode()]}
+            image = session.run(signature.outputs[IMAGE_XF].name, feeds).reshape(SIZE, SIZE, 3)
+            if lab:
+                np.testing.assert_allclose(image, expected[lab], rtol=1e-4, atol=1e-3, err_msg=lab)
 
 
 def test_decode_works_on_rank1_batch_of_any_length():
@@ -889,3 +908,73 @@ def test_the_walk_for_a_trns_chunk_stops_after_a_bounded_number_of_chunks():
     assert has_trns(tf.constant(png(many))).numpy()  # not walked to the end: maybe
     for data in (png(few), png(many)):
         assert (decode_image(tf.constant(data), 4).numpy() == rgb).all()
+
+
+def _control_flow_ops(graph_def) -> dict[str, list[bool]]:
+    """For each kind of control-flow op in a traced graph and its functions: whether each one
+    is marked for lowering into Switch/Merge."""
+    found: dict[str, list[bool]] = {}
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    for node in nodes:
+        if node.op in ("If", "StatelessIf", "Case", "StatelessCase", "While", "StatelessWhile"):
+            lowered = "_lower_using_switch_merge" in node.attr and node.attr["_lower_using_switch_merge"].b
+            found.setdefault(node.op.replace("Stateless", ""), []).append(lowered)
+    return found
+
+
+def _cond_graph(flag: tf.Tensor) -> tf.Tensor:
+    return tf.cond(flag, lambda: tf.constant(1), lambda: tf.constant(2))
+
+
+def test_the_decoders_branches_and_walks_are_functional_and_nothing_else_is():
+    """The orientation walks and the GIF, BMP and PNG branches are built as functional If and
+    While ops: a graph holding the decoder is first run in about half the time and an image runs
+    only the branch it takes (BENCHMARKS.md, "The decoder's control flow"). The format switch and
+    tf.map_fn's loop stay lowered, and so does every conditional the caller builds beside the
+    decoder, also in other threads building graphs at the same time."""
+    import threading
+
+    from trainer import preprocessing
+
+    preprocessing.forget_traced_functions()
+    ops = _control_flow_ops(traced_decoder(SIZE, 40_000_000).get_concrete_function().graph.as_graph_def())
+    assert ops["Case"] == [True]  # decode_image's switch on the format and JPEG scale
+    assert True in ops["While"] and False in ops["While"]  # map_fn's; the GIF and PNG walks
+    assert ops["If"].count(False) >= 5 and True in ops["If"]  # those nested in branches: lowered
+
+    def beside(x: tf.Tensor) -> tf.Tensor:  # the caller's own conditional, built after the decoder's
+        orientation = exif_orientation(x)
+        with tf.name_scope("callers"):
+            return orientation + _cond_graph(tf.strings.length(x) > 3)
+
+    graph = tf.function(beside).get_concrete_function(tf.TensorSpec([], tf.string)).graph
+    top = {
+        op.name: op.get_attr("_lower_using_switch_merge")
+        for op in graph.get_operations()
+        if op.type in ("If", "StatelessIf")
+    }
+    assert [lowered for name, lowered in top.items() if name.startswith("callers/")] == [True]
+    decoders = [lowered for name, lowered in top.items() if not name.startswith("callers/")]
+    assert decoders and not any(decoders)
+
+    # Decoders traced in threads while other threads build plain conditionals: every plain one lowered.
+    preprocessing.forget_traced_functions()
+    plain: list[dict[str, list[bool]]] = []
+
+    def build_plain() -> None:
+        for _ in range(20):
+            graph = tf.function(_cond_graph).get_concrete_function(tf.TensorSpec([], tf.bool)).graph
+            plain.append(_control_flow_ops(graph.as_graph_def()))
+
+    threads = [
+        threading.Thread(target=lambda s=s: traced_decoder(s, 40_000_000).get_concrete_function())
+        for s in (9, 10, 11)
+    ] + [threading.Thread(target=build_plain) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(plain) == 40 and all(found == {"If": [True]} for found in plain)
+    assert _control_flow_ops(
+        tf.function(_cond_graph).get_concrete_function(tf.TensorSpec([], tf.bool)).graph.as_graph_def()
+    ) == {"If": [True]}

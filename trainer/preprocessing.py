@@ -31,11 +31,12 @@ feeds placeholder labels to serving requests, which hold no label.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow.core.framework import attr_value_pb2
 
 from trainer import backbones
 from trainer.features import (
@@ -46,6 +47,52 @@ from trainer.features import (
     LABEL_VOCAB,
     LABEL_XF,
 )
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_FUNCTIONAL_KINDS = frozenset({"If", "StatelessIf", "While", "StatelessWhile"})
+
+
+def _unlowered(build: _F) -> _F:
+    """`build`, a graph-building part of the decoder, with the conditionals and loops it adds to
+    the graph being built kept as functional If and While ops, not marked for lowering into the
+    caller's graph as Switch and Merge nodes.
+
+    The decoder is a tree of format branches and bounded header walks (~2,800 nodes). Lowered,
+    all of it is inlined into the caller when the caller first runs (a tf.data map, a serving
+    signature, a model server's or TFMA's load) and Grappler rewrites it there, on every such
+    first run; then each image still steps through the dead branches' plumbing. Functional, a
+    branch's body is made ready the first time it is taken, and an image runs only what it takes.
+    The orientation walks, the GIF header walk and the GIF, BMP and PNG branches are built so;
+    `decode_image`'s switch on the format stays lowered (functional, a 427 x 640 JPEG decoded in
+    1.3x the time). BENCHMARKS.md, "The decoder's control flow", has the numbers. Same ops, same
+    results.
+
+    A functional op must not read a lowered loop's answer, directly or through a lowered
+    conditional: TensorFlow's session runtime (TF Serving's, the report's) refuses such a graph
+    ("has inputs from different frames") though a TF2 call of the same graph runs it. Within the
+    parts marked here, everything nested is lowered together when its branch is made ready.
+
+    Only the ops this call creates are marked, after it returns and before their graph is sealed
+    into a function: no TensorFlow switch is set, so graphs other threads build meanwhile are not
+    touched. Ops nested inside their branches and bodies keep TensorFlow's default, lowered into
+    the branch that holds them when that branch is first made ready.
+    """
+
+    @functools.wraps(build)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if tf.executing_eagerly():
+            return build(*args, **kwargs)
+        graph = tf.compat.v1.get_default_graph()
+        before = len(graph.get_operations())
+        result = build(*args, **kwargs)
+        functional = attr_value_pb2.AttrValue(b=False)
+        for op in graph.get_operations()[before:]:
+            if op.type in _FUNCTIONAL_KINDS:
+                op._set_attr("_lower_using_switch_merge", functional)  # noqa: SLF001
+        return result
+
+    return wrapped  # type: ignore[return-value]
+
 
 # JPEG DCT scaling factors libjpeg offers, smallest first.
 JPEG_RATIOS = (1, 2, 4, 8)
@@ -199,11 +246,7 @@ def _header(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, _G
     f = _size_fields(head)
 
     # A GIF's first frame may reach past its logical screen: the decoder allocates the frame.
-    gif = tf.cond(
-        tf.equal(fmt, _GIF),
-        lambda: _gif_first_image(image_bytes),
-        lambda: _GifFrame(_i64(-1), _i64(0), _i64(0), _i64(-1), _i64(-1), _i64(-1)),
-    )
+    gif = _gif_first_image(image_bytes, only_if=tf.equal(fmt, _GIF))
     gif_h, gif_w = tf.maximum(f["gif_h"], gif.height), tf.maximum(f["gif_w"], gif.width)
     core = tf.equal(f["bmp_dib"], 12)  # BITMAPCOREHEADER: 16-bit sizes
     bmp_w = tf.where(core, f["bmp_core_w"], _abs_signed32(f["bmp_w"]))
@@ -574,6 +617,7 @@ def _payload_length(data: tf.Tensor, b: _Bytes, fmt: tf.Tensor, start: tf.Tensor
     return tf.where(tf.equal(fmt, _JPEG), in_jpeg, in_png)
 
 
+@_unlowered
 def exif_orientation(image_bytes: tf.Tensor, head: _Bytes | None = None) -> tf.Tensor:
     """The orientation (int32 1..8) of one encoded JPEG or PNG as Pillow's exif_transpose
     applies it; 1 (upright) otherwise.
@@ -653,14 +697,27 @@ class _GifFrame(NamedTuple):
     #   (tf.io.decode_gif) applies, painting its transparent colour black
 
 
-def _gif_first_image(data: tf.Tensor) -> _GifFrame:
+@_unlowered
+def _gif_first_image(data: tf.Tensor, only_if: tf.Tensor | None = None) -> _GifFrame:
     """Where a GIF's first image is: its end, its extent on the screen, its descriptor and its
     graphic control extensions (`_GifFrame`). The end is -2 when the walk stopped at its bound
     (_MAX_GIF_STEPS blocks and sub-blocks) before the end of the first image.
 
     A frame may be larger than the logical screen the header declares, and the decoder
     allocates the frame: the pixel limit must see both.
+
+    `only_if` false: no walk, the answer for no GIF (end -1, size 0 x 0, no blocks); the header
+    read asks so instead of putting the walk in a conditional.
+
+    The loop is a functional While (`_unlowered`), as is each op that reads its answer
+    (`gif_on_white`'s branches): a functional op reading a lowered loop's answer, directly or
+    through a lowered conditional, made a graph that TensorFlow's session runtime (TF Serving's,
+    the report's) refuses ("has inputs from different frames") though a TF2 call of the same
+    graph runs it. Functional, a crafted GIF's walk of 200,000 sub-blocks takes 1.4x as long
+    (BENCHMARKS.md, "The decoder's control flow").
     """
+    if only_if is not None:
+        data = tf.where(only_if, data, tf.constant(b""))
     b = _Bytes(data, None)
 
     # mode 0: at a block; 1: in an extension's sub-blocks; 2: in the first image's sub-blocks.
@@ -727,6 +784,7 @@ def _replaced(data: tf.Tensor, pos: tf.Tensor | int, values: list[tf.Tensor | in
     )
 
 
+@_unlowered
 def gif_on_white(data: tf.Tensor, frame: _GifFrame | None = None) -> tf.Tensor:
     """A GIF's first frame as uint8 RGB on its logical screen, as a page shows it: transparent
     pixels and the screen the frame leaves uncovered are white. `frame`: `_gif_first_image`'s
@@ -849,6 +907,7 @@ def decode_image(
     return apply_orientation(image, exif_orientation(image_bytes) if orientation is None else orientation)
 
 
+@_unlowered
 def bmp_or_unknown(image_bytes: tf.Tensor, fmt: tf.Tensor) -> tf.Tensor:
     """A BMP as uint8 RGB: its channels where its bit masks put them, its alpha (where an alpha
     mask names it) composited onto white, after refusing what tf.io.decode_bmp would misread
@@ -914,6 +973,7 @@ def _png_has_trns(image_bytes: tf.Tensor) -> tf.Tensor:
     return tf.logical_or(found, tf.logical_not(done))
 
 
+@_unlowered
 def png_on_white(image_bytes: tf.Tensor) -> tf.Tensor:
     """A PNG as uint8 RGB, its transparency composited onto white, as a page shows it.
 
