@@ -83,7 +83,10 @@ def test_preprocessing_fn_through_tft(backbone):
 
     # The saved graph as TF Serving and `imgpipe report` run it: loaded into a TF1 session,
     # whose runtime refuses some mixes of lowered and functional control flow that a TF2 call
-    # of the same graph runs ("inputs from different frames").
+    # of the same graph runs ("inputs from different frames"). The decoder's graph is the same
+    # for every backbone: checked once.
+    if backbone != "MobileNetV2":
+        return
     graph = tf.Graph()
     with tf.compat.v1.Session(graph=graph) as session:
         meta = tf.compat.v1.saved_model.loader.load(
@@ -934,9 +937,6 @@ def test_the_decoders_branches_and_walks_are_functional_and_nothing_else_is():
     decoder, also in other threads building graphs at the same time."""
     import threading
 
-    from trainer import preprocessing
-
-    preprocessing.forget_traced_functions()
     ops = _control_flow_ops(traced_decoder(SIZE, 40_000_000).get_concrete_function().graph.as_graph_def())
     assert ops["Case"] == [True]  # decode_image's switch on the format and JPEG scale
     assert True in ops["While"] and False in ops["While"]  # map_fn's; the GIF and PNG walks
@@ -947,7 +947,7 @@ def test_the_decoders_branches_and_walks_are_functional_and_nothing_else_is():
         with tf.name_scope("callers"):
             return orientation + _cond_graph(tf.strings.length(x) > 3)
 
-    graph = tf.function(beside).get_concrete_function(tf.TensorSpec([], tf.string)).graph
+    graph = tf.function(beside, autograph=False).get_concrete_function(tf.TensorSpec([], tf.string)).graph
     top = {
         op.name: op.get_attr("_lower_using_switch_merge")
         for op in graph.get_operations()
@@ -957,24 +957,22 @@ def test_the_decoders_branches_and_walks_are_functional_and_nothing_else_is():
     decoders = [lowered for name, lowered in top.items() if not name.startswith("callers/")]
     assert decoders and not any(decoders)
 
-    # Decoders traced in threads while other threads build plain conditionals: every plain one lowered.
-    preprocessing.forget_traced_functions()
+    # A decoder traced in one thread (a size no other test traces) while another builds plain
+    # conditionals until it is done: every plain one lowered.
+    decoder = threading.Thread(target=lambda: traced_decoder(11, 40_000_000).get_concrete_function())
     plain: list[dict[str, list[bool]]] = []
 
     def build_plain() -> None:
-        for _ in range(20):
+        while decoder.is_alive() or len(plain) < 5:
             graph = tf.function(_cond_graph).get_concrete_function(tf.TensorSpec([], tf.bool)).graph
             plain.append(_control_flow_ops(graph.as_graph_def()))
 
-    threads = [
-        threading.Thread(target=lambda s=s: traced_decoder(s, 40_000_000).get_concrete_function())
-        for s in (9, 10, 11)
-    ] + [threading.Thread(target=build_plain) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(plain) == 40 and all(found == {"If": [True]} for found in plain)
+    builder = threading.Thread(target=build_plain)
+    decoder.start()
+    builder.start()
+    decoder.join()
+    builder.join()
+    assert len(plain) >= 5 and all(found == {"If": [True]} for found in plain)
     assert _control_flow_ops(
         tf.function(_cond_graph).get_concrete_function(tf.TensorSpec([], tf.bool)).graph.as_graph_def()
     ) == {"If": [True]}
