@@ -29,14 +29,20 @@ def trained(tmp_path_factory, source_backbone):
     return m, tfo, classes, export_dir, items, weights
 
 
-def test_serving_default_equals_in_memory_model(trained):
+@pytest.fixture(scope="module")
+def loaded(trained):
+    """The exported model as `tf.saved_model.load` gives it (the dev server's and TFMA's load),
+    loaded once for the tests that only call its signatures."""
+    return tf.saved_model.load(trained[3])
+
+
+def test_serving_default_equals_in_memory_model(trained, loaded):
     m, tfo, classes, export_dir, items, _ = trained
     examples = [helpers.make_example(img) for img, _ in items]
     expected = helpers.in_memory_scores(m, tfo, len(classes), examples)
     assert expected.std(axis=0).max() > 1e-3, (
         "fixture model gives constant scores: parity would prove nothing"
     )
-    loaded = tf.saved_model.load(export_dir)
     out = loaded.signatures[export.SERVING_DEFAULT](examples=tf.constant(examples))
     np.testing.assert_allclose(out["scores"].numpy(), expected, rtol=1e-4, atol=5e-5)
     names = out["classes"].numpy().astype(str)
@@ -44,9 +50,8 @@ def test_serving_default_equals_in_memory_model(trained):
     assert all(list(row) == classes for row in names)
 
 
-def test_predict_images_ranks_the_same_scores(trained):
+def test_predict_images_ranks_the_same_scores(trained, loaded):
     _, _, _, export_dir, items, _ = trained
-    loaded = tf.saved_model.load(export_dir)
     images = [img for img, _ in items[:8]]
     full = loaded.signatures[export.SERVING_DEFAULT](
         examples=tf.constant([helpers.make_example(i) for i in images])
@@ -58,6 +63,29 @@ def test_predict_images_ranks_the_same_scores(trained):
     np.testing.assert_array_equal(top["classes"].numpy()[:, 0], best)
     np.testing.assert_allclose(top["scores"].numpy()[:, 0], scores.max(axis=1), rtol=1e-6)
     assert np.all(np.diff(top["scores"].numpy(), axis=1) <= 0)  # ranked
+
+
+def test_a_tf1_session_runs_both_image_signatures_as_the_tf2_load(trained, loaded):
+    """TF Serving runs a SavedModel in a TF1 session, whose runtime refuses some graphs a TF2 call
+    runs (a functional op reading a lowered loop's answer: "has inputs from different frames").
+    Both signatures that decode, loaded that way, answer as `tf.saved_model.load` does, for
+    each image format the decoder reads."""
+    _, _, _, export_dir, items, _ = trained
+    rgb = np.asarray(tf.io.decode_png(items[0][0], channels=3))
+    images = [img for img, _ in items[:2]] + [helpers.encode_image(rgb, f) for f in ("JPEG", "GIF", "BMP")]
+    examples = [helpers.make_example(img) for img in images]
+    expected = {
+        export.SERVING_DEFAULT: loaded.signatures[export.SERVING_DEFAULT](examples=tf.constant(examples)),
+        export.PREDICT_IMAGES: loaded.signatures[export.PREDICT_IMAGES](images=tf.constant(images)),
+    }
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], export_dir)
+        for name, batch in ((export.SERVING_DEFAULT, examples), (export.PREDICT_IMAGES, images)):
+            signature = meta.signature_def[name]
+            (feed,) = [tensor.name for tensor in signature.inputs.values()]
+            scores = session.run(signature.outputs["scores"].name, {feed: batch})
+            np.testing.assert_allclose(scores, expected[name]["scores"].numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_classification_signature_has_classify_method(trained):
@@ -78,9 +106,8 @@ def test_classification_signature_has_classify_method(trained):
     }
 
 
-def test_transform_features_signature_gives_labels(trained):
+def test_transform_features_signature_gives_labels(trained, loaded):
     _, _, classes, export_dir, items, _ = trained
-    loaded = tf.saved_model.load(export_dir)
     out = loaded.signatures[export.TRANSFORM_FEATURES](
         examples=tf.constant([helpers.make_example(img, lab) for img, lab in items[:6]])
     )
