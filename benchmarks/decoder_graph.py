@@ -11,7 +11,9 @@ rewritten by Grappler, its kernels made). This measures, in a fresh child proces
   pays for each new dataset);
 - `first call`: the first call of the traced function;
 - `load + first call`: a SavedModel whose signature decodes, saved and loaded again in the
-  same process, and its first call (what a model server or TFMA pays per model);
+  same process, and its first call (what the dev server or TFMA pays per model);
+- `TF1 session: load + first run`: the same SavedModel loaded into a TF1 session and run once,
+  as TF Serving and the report run a model;
 - per image, the decode to 32 px of batches of 64 x 64 JPEGs, PNGs, GIFs and BMPs and of
   427 x 640 JPEGs (the two sample photos; medians of 15 calls);
 - the header's block walk over a crafted GIF of 200,000 sub-blocks (median of 3 calls).
@@ -66,6 +68,15 @@ with tempfile.TemporaryDirectory() as d:
     loaded = tf.saved_model.load(d)
     loaded.signatures["serving_default"](images=x)["pixels"].numpy()
     out["load + first call|s"] = time.perf_counter() - t
+    # As TF Serving and the report run a model: the MetaGraph in a TF1 session.
+    graph = tf.Graph()
+    t = time.perf_counter()
+    with tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], d)
+        signature = meta.signature_def["serving_default"]
+        (feed,) = [v.name for v in signature.inputs.values()]
+        session.run(signature.outputs["pixels"].name, {feed: sets["PNG 64 x 64"][:8]})
+    out["TF1 session: load + first run|s"] = time.perf_counter() - t
 
 for name, data in sets.items():
     x = tf.constant(data)
