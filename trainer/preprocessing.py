@@ -58,19 +58,19 @@ def _unlowered(build: _F) -> _F:
     caller's graph as Switch and Merge nodes.
 
     The decoder is a tree of format branches and bounded header walks (~2,800 nodes). Lowered,
-    all of it is inlined into the caller when the caller first runs (a tf.data map, a serving
-    signature, a model server's or TFMA's load) and Grappler rewrites it there, on every such
-    first run; then each image still steps through the dead branches' plumbing. Functional, a
+    all of it is inlined into the caller when the caller first runs (a tf.data map, a signature
+    loaded by `tf.saved_model.load`: the dev server's, TFMA's) and Grappler rewrites it there, on
+    every such first run; then each image still steps through the dead branches' plumbing. Functional, a
     branch's body is made ready the first time it is taken, and an image runs only what it takes.
     The orientation walks, the GIF header walk and the GIF, BMP and PNG branches are built so;
     `decode_image`'s switch on the format stays lowered (functional, a 427 x 640 JPEG decoded in
-    1.3x the time). BENCHMARKS.md, "The decoder's control flow", has the numbers. Same ops, same
+    1.3x the time). A TF1 session's load and first run (TF Serving's runtime) gains little
+    (0.97x). BENCHMARKS.md, "The decoder's control flow", has the numbers. Same ops, same
     results.
 
     A functional op must not read a lowered loop's answer, directly or through a lowered
     conditional: TensorFlow's session runtime (TF Serving's, the report's) refuses such a graph
-    ("has inputs from different frames") though a TF2 call of the same graph runs it. Within the
-    parts marked here, everything nested is lowered together when its branch is made ready.
+    ("has inputs from different frames") though a TF2 call of the same graph runs it.
 
     Only the ops this call creates are marked, after it returns and before their graph is sealed
     into a function: no TensorFlow switch is set, so graphs other threads build meanwhile are not
