@@ -60,8 +60,9 @@ def _unlowered(build: _F) -> _F:
     The decoder is a tree of format branches and bounded header walks (~2,800 nodes). Lowered,
     all of it is inlined into the caller when the caller first runs (a tf.data map, a signature
     loaded by `tf.saved_model.load`: the dev server's, TFMA's) and Grappler rewrites it there, on
-    every such first run; then each image still steps through the dead branches' plumbing. Functional, a
-    branch's body is made ready the first time it is taken, and an image runs only what it takes.
+    every such first run; then each image still steps through the dead branches' plumbing.
+    Functional, a branch's body is made ready the first time it is taken, and an image runs only
+    what it takes.
     The orientation walks, the GIF header walk and the GIF, BMP and PNG branches are built so;
     `decode_image`'s switch on the format stays lowered (functional, a 427 x 640 JPEG decoded in
     1.3x the time). A TF1 session's load and first run (TF Serving's runtime) gains little
