@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -110,3 +112,21 @@ def track_iterators(monkeypatch) -> list:
 
     monkeypatch.setattr(iterator_ops.OwnedIterator, "__init__", tracked)
     return made
+
+
+@contextlib.contextmanager
+def tf1_session(saved_model_dir: str) -> Iterator[Callable[[str, dict, str], np.ndarray]]:
+    """A SavedModel as TF Serving and the report run it: its MetaGraph loaded into a TF1 session,
+    whose runtime refuses some graphs a TF2 call runs. Yields `run(signature, {input key: batch},
+    output key)`, the output as a numpy array."""
+    import tensorflow as tf
+
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], saved_model_dir)
+
+        def run(name: str, inputs: dict, output: str) -> np.ndarray:
+            signature = meta.signature_def[name]
+            feeds = {signature.inputs[key].name: batch for key, batch in inputs.items()}
+            return session.run(signature.outputs[output].name, feeds)
+
+        yield run

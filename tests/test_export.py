@@ -78,13 +78,12 @@ def test_a_tf1_session_runs_both_image_signatures_as_the_tf2_load(trained, loade
         export.SERVING_DEFAULT: loaded.signatures[export.SERVING_DEFAULT](examples=tf.constant(examples)),
         export.PREDICT_IMAGES: loaded.signatures[export.PREDICT_IMAGES](images=tf.constant(images)),
     }
-    graph = tf.Graph()
-    with tf.compat.v1.Session(graph=graph) as session:
-        meta = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], export_dir)
-        for name, batch in ((export.SERVING_DEFAULT, examples), (export.PREDICT_IMAGES, images)):
-            signature = meta.signature_def[name]
-            (feed,) = [tensor.name for tensor in signature.inputs.values()]
-            scores = session.run(signature.outputs["scores"].name, {feed: batch})
+    with helpers.tf1_session(export_dir) as run:
+        for name, inputs in (
+            (export.SERVING_DEFAULT, {"examples": examples}),
+            (export.PREDICT_IMAGES, {"images": images}),
+        ):
+            scores = run(name, inputs, "scores")
             np.testing.assert_allclose(scores, expected[name]["scores"].numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -87,18 +87,12 @@ def test_preprocessing_fn_through_tft(backbone):
     # for every backbone: checked once.
     if backbone != "MobileNetV2":
         return
-    graph = tf.Graph()
-    with tf.compat.v1.Session(graph=graph) as session:
-        meta = tf.compat.v1.saved_model.loader.load(
-            session, [tf.saved_model.SERVING], os.path.join(out_dir, tft.TFTransformOutput.TRANSFORM_FN_DIR)
-        )
-        signature = meta.signature_def["serving_default"]
-        # The raw features in key order, as TFT names them: inputs (image), inputs_1 (label).
-        image_in, label_in = sorted(tensor.name for tensor in signature.inputs.values())
-        others = [(helpers.encode_image(_photo(9, 7, 8), fmt), "", None) for fmt in ("GIF", "BMP")]
+    others = [(helpers.encode_image(_photo(9, 7, 8), fmt), "", None) for fmt in ("GIF", "BMP")]
+    with helpers.tf1_session(os.path.join(out_dir, tft.TFTransformOutput.TRANSFORM_FN_DIR)) as run:
         for img, lab, _ in items + others:
-            feeds = {image_in: [img], label_in: [lab.encode()]}
-            image = session.run(signature.outputs[IMAGE_XF].name, feeds).reshape(SIZE, SIZE, 3)
+            # The raw features in key order, as TFT names them: inputs (image), inputs_1 (label).
+            inputs = {"inputs": [img], "inputs_1": [lab.encode()]}
+            image = run("serving_default", inputs, IMAGE_XF).reshape(SIZE, SIZE, 3)
             if lab:
                 np.testing.assert_allclose(image, expected[lab], rtol=1e-4, atol=1e-3, err_msg=lab)
 
