@@ -599,7 +599,8 @@ def demo_run_parser(description: str) -> argparse.ArgumentParser:
 
 
 # The start of a decoder benchmark's child (tree_child's `code`, argv: tree, calls): the tree's
-# decoder as `pp` (checked to come from that tree), `calls`, a sample photo and `enc` (Pillow).
+# decoder as `pp` (checked to come from that tree), `calls`, a sample photo, `enc` (Pillow) and
+# `us_per_image`.
 DECODER_CHILD_PRELUDE = r"""
 import io, json, os, sys, tempfile, time
 import numpy as np
@@ -616,6 +617,17 @@ def enc(a, fmt, **kw):
     b = io.BytesIO()
     Image.fromarray(a).save(b, format=fmt, **kw)
     return b.getvalue()
+
+# Microseconds per image of fn(x), x a batch of n encoded images: a warm call first, then the
+# median of `calls` timed calls.
+def us_per_image(fn, x, n):
+    fn(x)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn(x).numpy()
+        times.append(time.perf_counter() - t)
+    return 1e6 * float(np.median(times)) / n
 """
 
 
@@ -633,10 +645,11 @@ def tree_child(code: str, tree: str, args: Sequence[str], what: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def trees_main(doc: str, title: str, first_column: str, measure: Callable[[str, int], dict]) -> None:
-    """A benchmark of this tree, or of it beside another checkout (`--against`): `measure(tree,
-    calls)` returns {"key|second key": value}; the trees interleaved round by round, one row per
-    key with each tree's median and, with --against, this tree's ratio to the other."""
+def trees_main(doc: str, title: str, first_column: str, child: str, what: str) -> None:
+    """A benchmark of this tree, or of it beside another checkout (`--against`): `child`, a
+    program run by `tree_child` with argv (tree, calls), prints {"key|second key": value}; the
+    trees interleaved round by round, one row per key with each tree's median and, with
+    --against, this tree's ratio to the other. `what` names the benchmark in a child's failure."""
     p = parser(doc.split("\n\n")[0])
     p.add_argument("--against", help="another checkout of imgpipe to measure beside this one")
     args = p.parse_args()
@@ -647,7 +660,12 @@ def trees_main(doc: str, title: str, first_column: str, measure: Callable[[str, 
     if args.against:
         trees = {f"{args.against}": args.against, **trees}
     results = interleaved(
-        {name: (lambda r, tree=tree: measure(tree, calls)) for name, tree in trees.items()}, runs, say
+        {
+            name: (lambda r, tree=tree: tree_child(child, tree, [str(calls)], what))
+            for name, tree in trees.items()
+        },
+        runs,
+        say,
     )
     emit(header(title))
     headers = [*first_column.split("|"), *[f"{name} (median of {runs})" for name in trees]]

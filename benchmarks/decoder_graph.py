@@ -79,14 +79,7 @@ with tempfile.TemporaryDirectory() as d:
     out["TF1 session: load + first run|s"] = time.perf_counter() - t
 
 for name, data in sets.items():
-    x = tf.constant(data)
-    decode(x)
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        decode(x).numpy()
-        times.append(time.perf_counter() - t)
-    out[f"{name}|us per image"] = 1e6 * float(np.median(times)) / len(data)
+    out[f"{name}|us per image"] = us_per_image(decode, tf.constant(data), len(data))
 # A crafted GIF whose first image is 200,000 one-byte sub-blocks: the header's block walk.
 screen = b"GIF89a" + (8).to_bytes(2, "little") * 2 + b"\x00\x00\x00"
 descriptor = b"\x2c" + b"\x00\x00" * 2 + (8).to_bytes(2, "little") * 2 + b"\x00"
@@ -104,14 +97,13 @@ print(json.dumps(out))
 )
 
 
-def measure(tree: str, calls: int) -> dict[str, float]:
-    """Each measure's value for `tree`'s decoder, in a fresh child process."""
-    return common.tree_child(CHILD, tree, [str(calls)], "the decoder graph benchmark")
-
-
 def main() -> None:
     common.trees_main(
-        __doc__, "What the decoder's graph costs each graph that holds it", "measure|unit", measure
+        __doc__,
+        "What the decoder's graph costs each graph that holds it",
+        "measure|unit",
+        CHILD,
+        "the decoder graph benchmark",
     )
 
 

@@ -46,26 +46,19 @@ for name, data in sets.items():
         "decode": tf.function(lambda x: pp.decode_and_resize(x, 32)),
     }
     for what, fn in fns.items():
-        fn(x)
-        times = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            fn(x).numpy()
-            times.append(time.perf_counter() - t)
-        out[f"{name}|{what}"] = 1e6 * float(np.median(times)) / len(data)
+        out[f"{name}|{what}"] = us_per_image(fn, x, len(data))
 print(json.dumps(out))
 """
 )
 
 
-def measure(tree: str, calls: int) -> dict[str, float]:
-    """Each measure's value for `tree`'s decoder, in a fresh child process."""
-    return common.tree_child(CHILD, tree, [str(calls)], "the orientation benchmark")
-
-
 def main() -> None:
     common.trees_main(
-        __doc__, "What reading the orientation costs the decoder (us per image)", "images|measure", measure
+        __doc__,
+        "What reading the orientation costs the decoder (us per image)",
+        "images|measure",
+        CHILD,
+        "the orientation benchmark",
     )
 
 
