@@ -140,7 +140,13 @@ def inference_function(model: keras.Model, backbone: str, image_size: int, num_c
     """float32 RGB [1, S, S, 3] in [0, 255] -> {'scores': [1, N]}: what the TFLite model computes."""
     spec = backbones.get(backbone)
 
-    @tf.function(input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="image")])
+    # No AutoGraph: a functional Keras model and the backbone's preprocess_input (whose module
+    # lookup, converted, sent AutoGraph into importlib and printed its warnings) hold no
+    # Python control flow on tensors.
+    @tf.function(
+        input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name="image")],
+        autograph=False,
+    )
     def classify(image):
         probabilities = model(spec.preprocess_input(image), training=False)
         return {"scores": class_scores(probabilities, num_classes)}
