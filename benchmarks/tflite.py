@@ -100,11 +100,7 @@ def main(argv=None) -> int:
         common.say(f"[bench] {name}: {len(models[name]) / 1024:.0f} KB, agreement {agreement[name]:.4f}")
 
     timed = eval_images[:images_timed]
-    interpreters = {}
-    for name, content in models.items():
-        interpreter = tf.lite.Interpreter(model_content=content, num_threads=args.threads)
-        interpreter.allocate_tensors()
-        interpreters[name] = interpreter
+    interpreters = {name: tflite.interpreter(content, args.threads) for name, content in models.items()}
 
     def per_image_ms(name: str) -> float:
         interpreter = interpreters[name]

@@ -10,14 +10,12 @@ TensorFlow.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.abc
 import importlib.machinery
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Iterator
+
+from trainer.stdio import stderr_without
 
 # TensorFlow 2.16's pip wheel registers the CUDA FFT/DNN/BLAS plugins from two of its
 # shared libraries; the second registration logs an error at import, on every machine,
@@ -26,11 +24,6 @@ TF_IMPORT_NOISE = re.compile(
     rb"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin "
     rb"cu(FFT|DNN|BLAS) when one has already been registered"
 )
-
-
-def flush_c_stdio() -> None:
-    with contextlib.suppress(Exception):  # no C library to reach: nothing buffered there either
-        ctypes.CDLL(None).fflush(None)
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
@@ -53,29 +46,6 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = quiet_exec_module  # this loader instance serves tensorflow only
         return spec
-
-
-@contextlib.contextmanager
-def stderr_without(noise: re.Pattern) -> Iterator[None]:
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            flush_c_stdio()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = b"".join(line for line in captured if not noise.search(line))
-            if kept:
-                os.write(2, kept)
 
 
 def filter_tensorflow_import_noise() -> None:

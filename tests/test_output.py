@@ -108,7 +108,8 @@ def test_stderr_filter_keeps_other_lines_written_at_c_level():
     proc = _python(
         """
         import os, re
-        from imgpipe.quiet_tensorflow import TF_IMPORT_NOISE, stderr_without
+        from imgpipe.quiet_tensorflow import TF_IMPORT_NOISE
+        from trainer.stdio import stderr_without
         with stderr_without(TF_IMPORT_NOISE):
             os.write(2, b"E cuda_dnn.cc] Unable to register cuDNN factory: Attempting to register factory "
                         b"for plugin cuDNN when one has already been registered\\n")
@@ -234,6 +235,7 @@ def _library_notices(tmp_path, monkeypatch) -> tuple[list[str], list[str]]:
         tf_keras.models.load_model(saved)  # Keras's "saved prior to TF 2.5", logged by tf_keras (twice)
         monkeypatch.setattr(deprecation, "_PRINTED_WARNING", {})
         callers["site-packages/somelib/reader.py"](records)
+        tf.lite.TFLiteConverter.from_concrete_functions([Doubler().double.get_concrete_function()])
         dropped = list(seen)
         del seen[:]
         absl.warning(
@@ -263,6 +265,7 @@ def test_library_notices_about_their_own_code_are_dropped_unless_verbose(tmp_pat
         assert "somelib/reader.py:2: tf_record_iterator (from " in joined and "is deprecated" in joined, (
             dropped
         )
+        assert "Please consider providing the trackable_obj argument in the from_concrete_functions" in joined
         assert dropped[:3] == [
             _IN_PLACE,
             _TABLES.format(

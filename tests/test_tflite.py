@@ -182,6 +182,39 @@ def test_a_disagreeing_tflite_model_fails_the_check_with_a_clear_message(trained
     assert f"on {result.examples} eval examples, below the required 0.98" in message
 
 
+def test_the_converters_lines_about_itself_are_dropped_from_stderr_and_nothing_else(trained, capfd):
+    """TFLite's C++ code logs, on every conversion, two legacy flags it ignored, and once per
+    process absl's note that it logged before its set-up and the XNNPACK delegate's creation:
+    nothing about the model. The project's conversion and interpreter leave those lines out."""
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)], autograph=False)
+        def f(self, x):
+            return {"y": x * 2.0}
+
+    # As TensorFlow words them (a new wording fails here, not by a pattern that stops matching).
+    capfd.readouterr()
+    tf.lite.TFLiteConverter.from_concrete_functions([Double().f.get_concrete_function()]).convert()
+    raw = [line for line in capfd.readouterr().err.splitlines() if "Ignored " in line]
+    assert len(raw) == 2 and all(tflite.TFLITE_NOISE.search(line.encode()) for line in raw), raw
+    for line in (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    ):
+        assert tflite.TFLITE_NOISE.search(line.encode()), line
+    for kept in (
+        "W0000 00:00:1.0 1 tf_tfl_flatbuffer_helpers.cc:390] Ignored an unknown op.",
+        "ERROR: Created TensorFlow Lite XNNPACK delegate for CPU failed.",
+        "error: 'tf.Conv2D' op is neither a custom op nor a flex op",
+    ):
+        assert not tflite.TFLITE_NOISE.search(kept.encode()), kept
+
+    content = tflite.convert(trained.model, "MobileNetV2", SIZE, len(trained.class_names), "float16")
+    tflite.interpreter(content)
+    err = capfd.readouterr().err
+    assert "Ignored " not in err and "XNNPACK" not in err and "absl::InitializeLog" not in err, err
+
+
 def test_export_tflite_is_a_checked_training_setting():
     assert TrainingConfig().export_tflite is None
     assert TrainingConfig(export_tflite="int8").export_tflite == "int8"

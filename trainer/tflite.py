@@ -67,6 +67,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -74,7 +75,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import backbones, data, preprocessing, tracing
+from trainer import backbones, data, preprocessing, stdio, tracing
 from trainer.config import TrainingConfig
 from trainer.features import IMAGE_KEY
 from trainer.model import class_scores, fold_standardization
@@ -127,6 +128,24 @@ class TFLiteResult:
                 f"{self.min_agreement:.2f}; the model at {self.path} does not classify like the "
                 f"served model (try another export_tflite mode, or none)"
             )
+
+
+# What TensorFlow Lite's C++ code logs on every conversion and interpreter start, about its own
+# code: the converter's two ignored legacy flags, absl's note that those lines came before its
+# log was set up, and the XNNPACK delegate's creation. Only these lines are dropped from stderr.
+TFLITE_NOISE = re.compile(
+    rb"(\] Ignored (output_format|drop_control_dependency)\.$"
+    rb"|^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    rb"|^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)"
+)
+
+
+def interpreter(model_content: bytes, num_threads: int | None = None) -> tf.lite.Interpreter:
+    """A TFLite interpreter of `model_content` with its tensors allocated."""
+    with stdio.stderr_without(TFLITE_NOISE):
+        made = tf.lite.Interpreter(model_content=model_content, num_threads=num_threads)
+        made.allocate_tensors()
+    return made
 
 
 def tflite_paths(export_dir: str) -> tuple[str, str]:
@@ -192,7 +211,8 @@ def convert(
 
         converter.representative_dataset = dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with stdio.stderr_without(TFLITE_NOISE):
+        return converter.convert()
 
 
 def resized_images(
@@ -217,15 +237,14 @@ def resized_images(
 
 def tflite_scores(model_content: bytes, images: np.ndarray, num_threads: int | None = None) -> np.ndarray:
     """Run the TFLite model on each image [S, S, 3]; return scores [n, N]."""
-    interpreter = tf.lite.Interpreter(model_content=model_content, num_threads=num_threads)
-    interpreter.allocate_tensors()
-    [inp] = interpreter.get_input_details()
-    [out] = interpreter.get_output_details()
+    lite = interpreter(model_content, num_threads)
+    [inp] = lite.get_input_details()
+    [out] = lite.get_output_details()
     rows = []
     for image in images:
-        interpreter.set_tensor(inp["index"], image[np.newaxis].astype(np.float32))
-        interpreter.invoke()
-        rows.append(interpreter.get_tensor(out["index"])[0].copy())
+        lite.set_tensor(inp["index"], image[np.newaxis].astype(np.float32))
+        lite.invoke()
+        rows.append(lite.get_tensor(out["index"])[0].copy())
     return np.stack(rows)
 
 
@@ -450,9 +469,9 @@ def contract(
     model_content: bytes, backbone: str, image_size: int, class_names: Sequence[str], quantization: str
 ) -> dict[str, Any]:
     """What a device must feed the TFLite model and how to read its output, from the model itself."""
-    interpreter = tf.lite.Interpreter(model_content=model_content)
-    [inp] = interpreter.get_input_details()
-    [out] = interpreter.get_output_details()
+    lite = interpreter(model_content)
+    [inp] = lite.get_input_details()
+    [out] = lite.get_output_details()
     if list(out["shape"]) != [1, len(class_names)]:
         raise ValueError(f"TFLite output shape {list(out['shape'])} != [1, {len(class_names)}] classes")
     spec = backbones.get(backbone)

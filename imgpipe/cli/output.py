@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from imgpipe.orchestration.lock import EXIT_LOCKED
-from imgpipe.quiet_tensorflow import flush_c_stdio
 from imgpipe.stop_signals import Terminated, received_signals, stopped_by
+from trainer.stdio import flush_c_stdio
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -255,6 +255,9 @@ _NOISE = {
 #   user's module file or any path outside site-/dist-packages is still shown;
 # - TFX's launcher: "Execution N failed." as it re-raises a component's error, which the run's
 #   own failure message names with the component and the reason (the number is ML Metadata's).
+# - TFLite's converter asks for the Keras model beside the function it converts: trainer/tflite.py
+#   leaves it out on purpose (the converter would then save and re-trace the whole model, ~20x
+#   slower), so the notice is about the converter's API, not about the run.
 _LIBRARY_NOTICES = {
     "absl": (
         re.compile(r"^Execution \d+ failed\.\Z"),
@@ -264,6 +267,7 @@ _LIBRARY_NOTICES = {
             r": compute_and_apply_vocabulary(_\d+)?/apply_vocab/",
             re.DOTALL,
         ),
+        re.compile(r"^Please consider providing the trackable_obj argument in the from_concrete_functions\."),
     ),
     "tensorflow": (
         re.compile(r"^SavedModel saved prior to TF 2\.5 detected when loading Keras model"),
