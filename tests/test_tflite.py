@@ -106,7 +106,7 @@ def _tensor_types(path: str) -> set[str]:
 def test_each_variant_converts_and_agrees_with_the_saved_model(trained, exported, quantization):
     export_dir, result = exported(quantization)
     result.check()  # does not raise
-    assert result.passed and result.agreement >= tflite.MIN_AGREEMENT[quantization]
+    assert result.passed and result.agreement_beyond_ties >= tflite.MIN_AGREEMENT[quantization]
     assert result.examples == data.count_examples(trained.eval_files)
     assert result.path == os.path.join(export_dir, "assets.extra", "model.tflite")
     assert os.path.getsize(result.path) == result.size_bytes
@@ -174,12 +174,50 @@ def test_a_disagreeing_tflite_model_fails_the_check_with_a_clear_message(trained
     bias[0] += 1e3
     dense.set_weights([kernel, bias])
     result = _export(trained, _copy(trained, tmp_path), "float16", model=other)
-    assert not result.passed and result.agreement < 0.6
+    assert not result.passed and result.agreement_beyond_ties < 0.6
     with pytest.raises(tflite.TFLiteAgreementError) as e:
         result.check()
     message = str(e.value)
     assert "TFLite export (float16): top-1 agreement with the SavedModel is " in message
     assert f"on {result.examples} eval examples, below the required 0.98" in message
+
+
+def test_a_disagreement_on_a_near_tie_does_not_count_and_a_clear_one_does(tmp_path):
+    """The SavedModel's own answer on a near-tie (TFLite's class scored within TIE_MARGIN of its
+    top one) is nearly a coin toss: float16's rounding may swap it. A swapped clear answer counts."""
+    m = tflite.TIE_MARGIN
+    reference = np.array(
+        [
+            [0.5, 0.5 - m / 2, m / 2],  # near-tie, swapped: not counted
+            [0.9, 0.05, 0.05],  # clear, swapped: counted
+            [0.6, 0.3, 0.1],  # agreed
+            [0.34, 0.33, 0.33],  # near-tie, TFLite picks the third class: not counted
+            [0.5 + m / 2, 0.5 - m / 2, 0.0],  # exactly TIE_MARGIN apart, swapped: counted
+        ]
+    )
+    lite = np.array(
+        [
+            [0.5 - m / 2, 0.5, m / 2],
+            [0.05, 0.9, 0.05],
+            [0.6, 0.3, 0.1],
+            [0.33, 0.33, 0.34],
+            [0.5 - m / 2, 0.5 + m / 2, 0.0],
+        ]
+    )
+    assert tflite.top1_agreement(lite, reference) == 0.2
+    assert tflite.near_tie_disagreements(lite, reference) == 2
+    with pytest.raises(ValueError, match="differ in shape"):
+        tflite.near_tie_disagreements(lite[:, :2], reference)
+
+    def result(min_agreement: float) -> tflite.TFLiteResult:
+        path = str(tmp_path / "model.tflite")
+        return tflite.TFLiteResult("float16", path, path + ".json", 1, 0.2, 5, min_agreement, 0, near_ties=2)
+
+    assert result(0.6).agreement_beyond_ties == pytest.approx(0.6) and result(0.6).passed
+    assert result(0.6).to_dict()["agreement_beyond_ties"] == pytest.approx(0.6)
+    with pytest.raises(tflite.TFLiteAgreementError) as e:
+        result(0.98).check()
+    assert "is 0.2000 on 5 eval examples (0.6000 with its 2 disagreements on near-ties" in str(e.value)
 
 
 def test_the_converters_lines_about_itself_are_dropped_from_stderr_and_nothing_else(trained, capfd):

@@ -138,7 +138,7 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
         model_run = mlmd.output_uri(store, trainer, "model_run")
     with open(os.path.join(model_run, "training_summary.json"), encoding="utf-8") as f:
         lite = json.load(f)["tflite"]
-    assert lite["quantization"] == "float16" and lite["passed"] and lite["agreement"] >= 0.98
+    assert lite["quantization"] == "float16" and lite["passed"] and lite["agreement_beyond_ties"] >= 0.98
     assert os.path.exists(os.path.join(s.run_dir, "config.yaml"))
     assert (
         PipelineConfig.from_yaml(os.path.join(s.run_dir, "config.yaml")).training.weights
