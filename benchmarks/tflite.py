@@ -86,9 +86,8 @@ def main(argv=None) -> int:
     models: dict[str, bytes] = {}
     convert_s: dict[str, float] = {}
     agreement: dict[str, float] = {}
-    counted: dict[
-        str, float
-    ] = {}  # the agreement the Trainer's check holds: near-tie swaps count as agreeing
+    # The agreement the Trainer's check holds: near-tie swaps count as agreeing.
+    counted: dict[str, float] = {}
     for name in VARIANTS:
         t0 = time.perf_counter()
         models[name] = tflite.convert(
@@ -100,9 +99,10 @@ def main(argv=None) -> int:
             representative if name == "int8" else (),
         )
         convert_s[name] = time.perf_counter() - t0
-        scores = tflite.tflite_scores(models[name], eval_images)
+        scores = tflite.tflite_scores(tflite.interpreter(models[name]), eval_images)
         agreement[name] = tflite.top1_agreement(scores, reference)
-        counted[name] = agreement[name] + tflite.near_tie_disagreements(scores, reference) / len(reference)
+        near_ties = tflite.near_tie_disagreements(scores, reference)
+        counted[name] = tflite.agreement_beyond_ties(agreement[name], near_ties, len(reference))
         common.say(
             f"[bench] {name}: {len(models[name]) / 1024:.0f} KB, agreement {agreement[name]:.4f} "
             f"({counted[name]:.4f} with near-ties)"

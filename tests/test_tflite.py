@@ -159,7 +159,7 @@ def test_the_contract_is_what_the_converter_produced(trained, exported):
         for img in images
     ]
     np.testing.assert_array_equal(np.stack(fed), preprocessing.decode_and_resize(tf.constant(images), SIZE))
-    lite = tflite.tflite_scores(pathlib.Path(result.path).read_bytes(), np.stack(fed))
+    lite = tflite.tflite_scores(tflite.interpreter(pathlib.Path(result.path).read_bytes()), np.stack(fed))
     serve = tf.saved_model.load(export_dir).signatures[export.SERVING_DEFAULT]
     full = serve(examples=tf.constant([helpers.make_example(i) for i in images]))["scores"].numpy()
     assert tflite.top1_agreement(lite, full) == 1.0

@@ -125,9 +125,10 @@ def test_transform_analysis_and_input_function_unchanged(original_rules, tmp_pat
 
 def test_the_projects_own_traced_functions_are_not_converted_by_autograph(tmp_path, monkeypatch):
     """The ingest check, the training input function, the export's signatures and the TFLite
-    conversion's function branch on Python values only; AutoGraph's conversion of them cost seconds per process (BENCHMARKS.md,
-    "AutoGraph"). Every AutoGraph conversion while they are traced is recorded: none may be of
-    imgpipe's own code (TensorFlow's and Keras's own wrappers may still be converted)."""
+    conversion's function branch on Python values only; AutoGraph's conversion of them cost
+    seconds per process (BENCHMARKS.md, "AutoGraph"). Every AutoGraph conversion while they are
+    traced is recorded: none may be of imgpipe's own code (TensorFlow's and Keras's own wrappers
+    may still be converted)."""
     from tensorflow.python.autograph.impl import api
 
     from imgpipe.ingest import images

@@ -101,6 +101,11 @@ _BATCH = 64
 _SHUFFLE_BUFFER = 4096
 
 
+def agreement_beyond_ties(agreement: float, near_ties: int, examples: int) -> float:
+    """The agreement with the near-tie disagreements (near_tie_disagreements) counted as agreeing."""
+    return agreement + (near_ties / examples if examples else 0.0)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -125,8 +130,8 @@ class TFLiteResult:
 
     @property
     def agreement_beyond_ties(self) -> float:
-        """The agreement the check holds to min_agreement: near-tie disagreements count as agreeing."""
-        return self.agreement + (self.near_ties / self.examples if self.examples else 0.0)
+        """The agreement the check holds to min_agreement."""
+        return agreement_beyond_ties(self.agreement, self.near_ties, self.examples)
 
     @property
     def passed(self) -> bool:
@@ -262,9 +267,8 @@ def resized_images(
     return np.concatenate(batches)
 
 
-def tflite_scores(model_content: bytes, images: np.ndarray, num_threads: int | None = None) -> np.ndarray:
-    """Run the TFLite model on each image [S, S, 3]; return scores [n, N]."""
-    lite = interpreter(model_content, num_threads)
+def tflite_scores(lite: tf.lite.Interpreter, images: np.ndarray) -> np.ndarray:
+    """Run the TFLite model (an `interpreter`) on each image [S, S, 3]; return scores [n, N]."""
     [inp] = lite.get_input_details()
     [out] = lite.get_output_details()
     rows = []
@@ -282,20 +286,24 @@ def saved_model_scores(export_dir: str, file_pattern: str | Sequence[str], limit
     return np.concatenate([serve(examples=b)["scores"].numpy() for b in batches])
 
 
-def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of rows whose argmax is the same in both [n, N] score arrays."""
+def _top1(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's argmax in two [n, N] score arrays of one shape."""
     if a.shape != b.shape:
         raise ValueError(f"score arrays differ in shape: {list(a.shape)} vs {list(b.shape)}")
-    return float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
+    return np.argmax(a, axis=1), np.argmax(b, axis=1)
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of rows whose argmax is the same in both [n, N] score arrays."""
+    first, second = _top1(a, b)
+    return float(np.mean(first == second))
 
 
 def near_tie_disagreements(lite: np.ndarray, reference: np.ndarray, margin: float = TIE_MARGIN) -> int:
     """How many rows the two [n, N] score arrays disagree on (argmax) where `reference` scores
     `lite`'s class within `margin` of its own top class."""
-    if lite.shape != reference.shape:
-        raise ValueError(f"score arrays differ in shape: {list(lite.shape)} vs {list(reference.shape)}")
+    theirs, ours = _top1(lite, reference)
     rows = np.arange(len(reference))
-    ours, theirs = np.argmax(reference, axis=1), np.argmax(lite, axis=1)
     gap = reference[rows, ours] - reference[rows, theirs]
     return int(np.sum((ours != theirs) & (gap < margin)))
 
@@ -504,10 +512,10 @@ def decode_steps(image_size: int) -> list[dict[str, Any]]:
 
 
 def contract(
-    model_content: bytes, backbone: str, image_size: int, class_names: Sequence[str], quantization: str
+    lite: tf.lite.Interpreter, backbone: str, image_size: int, class_names: Sequence[str], quantization: str
 ) -> dict[str, Any]:
-    """What a device must feed the TFLite model and how to read its output, from the model itself."""
-    lite = interpreter(model_content)
+    """What a device must feed the TFLite model (an `interpreter`) and how to read its output,
+    from the model itself."""
     [inp] = lite.get_input_details()
     [out] = lite.get_output_details()
     if list(out["shape"]) != [1, len(class_names)]:
@@ -573,16 +581,17 @@ def export_tflite(
     if quantization == "int8":
         representative = resized_images(train_files, image_size, REPRESENTATIVE_IMAGES, seed=seed)
     content = convert(model, backbone, image_size, len(class_names), quantization, representative)
+    lite = interpreter(content)  # read by the contract, then run for the agreement check
     path, contract_path = tflite_paths(export_dir)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(content)
     with tf.io.gfile.GFile(contract_path, "w") as f:
-        json.dump(contract(content, backbone, image_size, class_names, quantization), f, indent=2)
+        json.dump(contract(lite, backbone, image_size, class_names, quantization), f, indent=2)
 
     reference = saved_model_scores(export_dir, eval_files, MAX_CHECK_EXAMPLES)
     images = resized_images(eval_files, image_size, MAX_CHECK_EXAMPLES)
-    scores = tflite_scores(content, images)
+    scores = tflite_scores(lite, images)
     agreement = top1_agreement(scores, reference)
     result = TFLiteResult(
         quantization=quantization,
