@@ -247,6 +247,66 @@ def test_cut_and_corrupt_log_files_are_reported(log_dirs, tmp_path):
     assert any("prediction_log-b" in p and "checksum" in p for p in logged.problems)
 
 
+def test_log_files_that_cannot_be_opened_are_listed_and_the_rest_read(log_dirs, tmp_path):
+    """A dangling link or a directory under a log file's name (or a file a pruning job removed
+    after the folder was listed) is listed like a corrupt file; the readable files are read."""
+    for name in os.listdir(log_dirs["fresh"]):
+        shutil.copy(os.path.join(log_dirs["fresh"], name), tmp_path / name)
+    os.symlink(tmp_path / "gone", tmp_path / "prediction_log-y.tfrecord")
+    (tmp_path / "prediction_log-z.tfrecord").mkdir()
+    logged = sources.LoggedImages(str(tmp_path))
+    pairs = list(sources.logged_images(str(tmp_path), logged))
+    assert logged.files == 3 and len(pairs) > 0
+    assert sorted(logged.problems) == [
+        f"{tmp_path / 'prediction_log-y.tfrecord'}: cannot be read (No such file or directory)",
+        f"{tmp_path / 'prediction_log-z.tfrecord'}: cannot be read (Is a directory)",
+    ]
+    with pytest.raises(sources.SourceError, match="is a file; give the directory"):
+        list(sources.logged_images(str(tmp_path / "request_log_stats.json"), sources.LoggedImages("")))
+
+
+def _renamed_logs(source: str, target, model: str, every: int = 1) -> None:
+    """The log files of `source` with every `every`-th record's model named `model` (request
+    and metadata, as a server serving that model logs it)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.devserver.request_log import log_files, read_records, tfrecord_frame
+
+    os.makedirs(target, exist_ok=True)
+    for path in log_files(source):
+        with open(os.path.join(target, os.path.basename(path)), "wb") as out:
+            for n, record in enumerate(read_records(path)):
+                entry = prediction_log_pb2.PredictionLog.FromString(record)
+                if n % every == 0:
+                    entry.log_metadata.model_spec.name = model
+                    getattr(entry, entry.WhichOneof("log_type")).request.model_spec.name = model
+                out.write(tfrecord_frame(entry.SerializeToString()))
+
+
+def test_requests_for_another_model_are_counted_not_read(log_dirs, tmp_path):
+    _renamed_logs(log_dirs["fresh"], tmp_path, "pets", every=2)
+    logged = sources.LoggedImages(str(tmp_path), NAME)
+    pairs = list(sources.logged_images(str(tmp_path), logged))
+    records = logged.records
+    assert logged.models == {"pets": (records + 1) // 2, NAME: records // 2}
+    assert logged.skipped == {"a request for another model ('pets')": (records + 1) // 2}
+    assert sum(logged.versions.values()) == records // 2 and set(logged.versions) == {"1"}
+    assert 0 < len(pairs) < 100
+    everything = sources.LoggedImages(str(tmp_path))  # no model named: all of them
+    assert len(list(sources.logged_images(str(tmp_path), everything))) > len(pairs)
+
+
+def test_classes_never_seen_in_training_are_an_anomaly(trained, digits):
+    """Class names that look like numbers lose TFDV's domain check: the report still names a
+    class the training data never had (the logs of another model answer with its own)."""
+    served = FeatureTable.of((image, "cat") for image, _ in digits["fresh"])
+    report = compare_tables(trained, served)
+    n = len(digits["fresh"])
+    assert report["anomalies"]["class"] == f"values never seen in training: 'cat' ({n} of {n})"
+    same = compare_tables(trained, FeatureTable.of(digits["fresh"]))
+    assert "class" not in same["anomalies"]
+
+
 # ----------------------------------------------------------------------------------------
 # The run lookup (run records + ML Metadata) and `imgpipe drift`
 
@@ -285,10 +345,11 @@ def _record_run(store, types, pipeline_ctx_id: int, run_id: str, examples_uri: s
     store.put_execution(execution, [(artifact, event)], store.get_contexts_by_id([run_ctx_id, node_id]))
 
 
-def _home(tmp_path, runs: list[tuple[str, list]]) -> str:
-    """A pipeline home with ML Metadata and a run record per (run_id, training items), oldest first."""
+def _home(tmp_path, runs: list[tuple[str, list]], pushed: dict[str, str] | None = None) -> str:
+    """A pipeline home with ML Metadata and a run record per (run_id, training items), oldest
+    first; `pushed` gives the model version a run pushed (its summary's `pushed`)."""
     home = str(tmp_path / "home")
-    config = PipelineConfig(home=home)
+    config = PipelineConfig(home=home, model_name=NAME)
     os.makedirs(home)
     connection = metadata_store_pb2.ConnectionConfig()
     connection.sqlite.filename_uri = config.metadata_path
@@ -313,7 +374,15 @@ def _home(tmp_path, runs: list[tuple[str, list]]) -> str:
         config.save(os.path.join(folder, "config.yaml"))
         summary = os.path.join(folder, "summary.json")
         with open(summary, "w", encoding="utf-8") as f:
-            json.dump({"run_id": run_id, "run_dir": folder}, f)
+            version = (pushed or {}).get(run_id)
+            json.dump(
+                {
+                    "run_id": run_id,
+                    "run_dir": folder,
+                    "pushed": os.path.join(str(tmp_path), "serving", NAME, version) if version else None,
+                },
+                f,
+            )
         os.utime(summary, (1_700_000_000 + n, 1_700_000_000 + n))
     return home
 
@@ -325,7 +394,11 @@ OLD_RUN, NEW_RUN = "2026-01-01T00:00:00.000001", "2026-02-01T00:00:00.000001"
 def home(digits, tmp_path_factory) -> str:
     """Two runs: the older trained on the digits, the newer on the same digits inverted."""
     inverted = [(_invert(image), label) for image, label in digits["train"]]
-    return _home(tmp_path_factory.mktemp("drift-home"), [(OLD_RUN, digits["train"]), (NEW_RUN, inverted)])
+    return _home(
+        tmp_path_factory.mktemp("drift-home"),
+        [(OLD_RUN, digits["train"]), (NEW_RUN, inverted)],
+        pushed={OLD_RUN: "1"},  # the version the log_dirs' servers serve; the newer run pushed nothing
+    )
 
 
 def test_training_split_of_a_run_is_found_through_ml_metadata(home):
@@ -376,6 +449,30 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
     # Not judged is still one JSON line: no verdict, the reason, and what each side held.
     assert report["drift"] is None and report["judged"] is False and "need 500" in report["reason"]
     assert report["logged"]["measured"] == len(digits["fresh"]) and report["training"]["run_id"] == OLD_RUN
+    # `served`: the run that pushed the version that answered the logged requests (version 1,
+    # the older run), not the newest run.
+    code, report, err = _drift_cli(capsys, "--logs", log_dirs["fresh"], "--run", "served", "--home", home)
+    assert code == EXIT_OK, err
+    assert report["training"]["run_id"] == OLD_RUN
+    assert report["training"]["chosen_by"] == "served: the run that pushed version 1"
+    assert report["logged"]["versions"] == {"1": report["logged"]["records"]}
+    assert report["logged"]["models"] == {NAME: report["logged"]["records"]}
+    # Logs of another model are refused by name, unless that is the name the model is served as.
+    pets = tmp_path / "pets"
+    _renamed_logs(log_dirs["fresh"], pets, "pets")
+    code, report, err = _drift_cli(capsys, "--logs", str(pets), "--run", OLD_RUN, "--home", home)
+    assert code == EXIT_USAGE and report is None
+    records = -(-len(digits["fresh"]) // 8)
+    assert f"hold requests for 'pets' ({records} records) and none for 'digits', the model of run" in err
+    assert "give --model-name NAME" in err
+    code, report, err = _drift_cli(
+        capsys, "--logs", str(pets), "--run", OLD_RUN, "--home", home, "--model-name", "pets"
+    )
+    assert code == EXIT_OK and report["logged"]["measured"] == len(digits["fresh"]), err
+    code, _, err = _drift_cli(
+        capsys, "--logs", log_dirs["inverted"], "--run", "served", "--home", str(tmp_path)
+    )
+    assert code == EXIT_USAGE and "no run record in" in err and "pushed model version 1" in err
     code, _, err = _drift_cli(capsys, *argv, "--numeric-threshold", "2")
     assert code == EXIT_USAGE and "--numeric-threshold" in err
     # Logs that are all unreadable: the refusal names the files, not only "0 measurable".

@@ -30,7 +30,15 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--run",
         required=True,
         metavar="RUN_ID",
-        help="the run whose training split is the reference: a run id, or `latest` (the newest run record)",
+        help="the run whose training split is the reference: a run id, `latest` (the newest run that "
+        "finished) or `served` (the run that pushed the model version that answered most logged requests)",
+    )
+    p.add_argument(
+        "--model-name",
+        metavar="NAME",
+        default=None,
+        help="read only the logged requests for this model (default: the run's model_name; give the "
+        "server's --model-name when it serves the run's model under another name)",
     )
     p.add_argument(
         "--home",
@@ -88,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
             max_images=args.max_images,
             min_images=args.min_images,
             seed=args.seed,
+            model_name=args.model_name,
         )
     except SourceError as e:
         raise UsageError(str(e)) from e

@@ -122,12 +122,34 @@ def compare(
         if others:
             anomalies[name] = " ".join(others)
     trained_columns, served_columns = trained.columns(), served.columns()
+    for name in CATEGORICAL:
+        if name not in anomalies:
+            unseen = _unseen(trained_columns[name], served_columns[name])
+            if unseen:
+                anomalies[name] = unseen
     for name in NUMERIC:
         exact = _discrete_divergence(trained_columns[name], served_columns[name])
         if exact is not None:
             features[name] = FeatureDrift(name, JENSEN_SHANNON, exact, numeric_threshold)
     ordered = {name: features[name] for name in FEATURES if name in features}
     return Comparison(ordered, anomalies)
+
+
+def _unseen(trained: list, served: list, shown: int = 5) -> str | None:
+    """Values of a categorical feature the served side holds and the training side never had,
+    described with their counts (None when there are none).
+
+    TFDV says so only for a feature whose schema keeps its domain: "0", "1", "3" are class
+    names that look like numbers, whose inferred integer domain drift_schema removes, so a
+    class the model was never trained on (logs of another model) went unmentioned.
+    """
+    seen = {v for v in trained if v is not None}
+    new = collections.Counter(v for v in served if v is not None and v not in seen)
+    if not new:
+        return None
+    listed = ", ".join(f"{str(v)!r} ({n} of {len(served)})" for v, n in new.most_common(shown))
+    more = f" and {len(new) - shown} more" if len(new) > shown else ""
+    return f"values never seen in training: {listed}{more}"
 
 
 # A numeric feature whose training side holds at most this many distinct values (image sizes

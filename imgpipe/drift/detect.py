@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 
 from imgpipe.drift import (
     DEFAULT_CATEGORICAL_THRESHOLD,
@@ -73,16 +74,48 @@ def drift_report(
     max_images: int = DEFAULT_MAX_IMAGES,
     min_images: int = DEFAULT_MIN_IMAGES,
     seed: int = 0,
+    model_name: str | None = None,
 ) -> dict:
     """Compare the images logged in `log_dir` with the training split of run `run` under `home`.
 
-    Raises sources.SourceError when either side cannot be found, TooFewImages
-    when a side has too little to compare.
+    `run` is a run id, `latest`, or `served`: the run that pushed the model version that
+    answered most of the logged requests (the logs are read once more to find it). Only
+    requests for `model_name` are read (default: the run's own model name). Raises
+    sources.SourceError when either side cannot be found or the logs hold no request for that
+    model, TooFewImages when a side has too little to compare.
     """
+    served_version, chosen_by = None, "latest: the newest run that finished" if run == "latest" else "run id"
+    if run == sources.SERVED:
+        scan = sources.served_versions(log_dir, model_name)
+        answered = [(n, v) for v, n in scan.versions.items() if v]
+        if not answered:
+            names = ", ".join(repr(n) for n in scan.models) or "none"
+            raise sources.SourceError(
+                f"--run served: no logged request in {log_dir} names the model version that answered "
+                f"it ({scan.records} records; models: {names}); give --run RUN_ID"
+            )
+        count, served_version = max(answered)
+        run = os.path.basename(sources.pushing_run(home, served_version))
+        chosen_by = f"served: the run that pushed version {served_version}"
+        log.info(
+            "version %s answered %d of the %d logged requests read; run %s pushed it",
+            served_version,
+            count,
+            sum(scan.versions.values()),
+            run,
+        )
     split = sources.training_split(home, run)
-    logged = sources.LoggedImages(log_dir)
+    logged = sources.LoggedImages(log_dir, model_name or split.model_name)
     log.info("reading request logs in %s", log_dir)
     served_items, served_total = reservoir_sample(sources.logged_images(log_dir, logged), max_images, seed)
+    others = {name: n for name, n in logged.models.items() if name and name != logged.model_name}
+    if others and not sum(logged.versions.values()):
+        listed = ", ".join(f"{name!r} ({n} records)" for name, n in sorted(others.items()))
+        raise sources.SourceError(
+            f"the request logs in {log_dir} hold requests for {listed} and none for "
+            f"{logged.model_name!r}, the model of run {split.run_id}; give --model-name NAME if "
+            "the server serves that run's model under another name"
+        )
     log.info("reading the %s split of run %s (%d files)", split.split, split.run_id, len(split.files))
     train_skipped: collections.Counter[str] = collections.Counter()
     trained_items, trained_total = reservoir_sample(
@@ -100,6 +133,7 @@ def drift_report(
         },
         "training": {
             **split.summary(),
+            "chosen_by": chosen_by,
             "images": trained_total,
             "measured": len(trained.rows),
             "skipped": dict(trained.skipped),

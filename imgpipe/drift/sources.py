@@ -4,8 +4,9 @@
   logged Predict (predict_images, serving_default, classification) or Classify
   call gives its images and the top class the model answered for each.
 - Trained: the train split of a pipeline run's ExampleGen output. The run is
-  named by its id (or `latest`, the newest run record under HOME/runs/); its
-  record gives the pipeline's name, ML Metadata gives the ExampleGen output of
+  named by its id, `latest` (the newest run that finished) or `served` (the run
+  whose push wrote the version the logged requests name); its record gives the
+  pipeline's and the model's name, ML Metadata gives the ExampleGen output of
   that run.
 
 Anything unreadable is counted or listed, never dropped silently.
@@ -47,50 +48,108 @@ class SourceError(Exception):
 
 @dataclasses.dataclass
 class LoggedImages:
-    """What the request logs held: readable files and records, and what could not be used."""
+    """What the request logs held: readable files and records, and what could not be used.
+
+    With `model_name`, only requests for that model are read; the others are counted in
+    `skipped`. `models` counts the records of every model name found, `versions` the records
+    read by the model version that answered them (from the records' metadata, as TF Serving and
+    `imgpipe serve` write it; "" when a record names none).
+    """
 
     directory: str
+    model_name: str | None = None
     files: int = 0
     records: int = 0
     skipped: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    problems: list[str] = dataclasses.field(default_factory=list)  # cut or corrupt files
+    problems: list[str] = dataclasses.field(default_factory=list)  # cut, corrupt or unreadable files
+    models: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    versions: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     def summary(self) -> dict:
         return {
             "directory": self.directory,
+            "model_name": self.model_name,
             "files": self.files,
             "records": self.records,
             "records_skipped": dict(self.skipped),
             "file_problems": self.problems,
+            "models": dict(self.models),
+            "versions": dict(self.versions),
         }
 
 
-def logged_images(directory: str, logged: LoggedImages) -> Iterator[tuple[bytes, str | None]]:
-    """(image bytes, predicted top class) of every image in the request logs of `directory`.
-
-    Counts files and records into `logged`; records that carry no images are
-    counted there by reason, cut or corrupt files are listed. Raises
-    SourceError when the directory holds no log files.
-    """
+def log_paths(directory: str) -> list[str]:
+    """The request log files in `directory`; SourceError when it is not a folder or holds none."""
+    if os.path.isfile(directory):
+        raise SourceError(
+            f"request logs: {directory} is a file; give the directory that holds the "
+            "prediction_log-*.tfrecord files (imgpipe serve --log-requests DIR)"
+        )
     if not os.path.isdir(directory):
         raise SourceError(f"request log directory not found: {directory}")
     paths = log_files(directory)
     if not paths:
         raise SourceError(f"no request log files (prediction_log-*.tfrecord) in {directory}")
-    for path in paths:
+    return paths
+
+
+def _entries(path: str, logged: LoggedImages) -> Iterator[prediction_log_pb2.PredictionLog]:
+    """The PredictionLogs of one log file; what cannot be read is counted or listed in `logged`.
+
+    A file that cannot be opened or read (gone since the folder was listed, a directory or a
+    dangling link under a log file's name, no permission) is listed like a corrupt one.
+    """
+    try:
+        for record in read_records(path, logged.problems):
+            logged.records += 1
+            try:
+                yield prediction_log_pb2.PredictionLog.FromString(record)
+            except message.DecodeError:
+                logged.skipped["not a PredictionLog"] += 1
+    except CorruptLogError as e:
+        logged.problems.append(f"{e}; the rest of the file was not read")
+    except OSError as e:
+        logged.problems.append(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+
+
+def model_of(entry: prediction_log_pb2.PredictionLog) -> tuple[str, str]:
+    """(model name, version) that a logged call was for and answered by; "" where not recorded."""
+    spec = entry.log_metadata.model_spec
+    kind = entry.WhichOneof("log_type")
+    body = getattr(entry, kind) if kind else None
+    name = spec.name or (body.request.model_spec.name if body is not None else "")
+    if spec.HasField("version"):
+        return name, str(spec.version.value)
+    if body is not None and hasattr(body, "response") and body.response.model_spec.HasField("version"):
+        return name, str(body.response.model_spec.version.value)
+    return name, ""
+
+
+def logged_images(directory: str, logged: LoggedImages) -> Iterator[tuple[bytes, str | None]]:
+    """(image bytes, predicted top class) of every image in the request logs of `directory`.
+
+    Counts files and records into `logged`; records that carry no images, or are for
+    another model than `logged.model_name`, are counted there by reason; cut, corrupt or
+    unreadable files are listed. Raises SourceError when the directory holds no log files.
+    """
+    for path in log_paths(directory):
         logged.files += 1
-        try:
-            for record in read_records(path, logged.problems):
-                logged.records += 1
-                try:
-                    entry = prediction_log_pb2.PredictionLog.FromString(record)
-                except message.DecodeError:
-                    logged.skipped["not a PredictionLog"] += 1
-                    continue
-                pairs = _pairs(entry, logged.skipped)
-                yield from pairs
-        except CorruptLogError as e:
-            logged.problems.append(f"{e}; the rest of the file was not read")
+        for entry in _entries(path, logged):
+            name, version = model_of(entry)
+            logged.models[name] += 1
+            if logged.model_name and name and name != logged.model_name:
+                logged.skipped[f"a request for another model ({name!r})"] += 1
+                continue
+            logged.versions[version] += 1
+            yield from _pairs(entry, logged.skipped)
+
+
+def served_versions(directory: str, model_name: str | None = None) -> LoggedImages:
+    """The counts of the request logs in `directory` (which models and versions answered them),
+    from a pass that reads every record and keeps no image."""
+    logged = LoggedImages(directory, model_name)
+    collections.deque(logged_images(directory, logged), maxlen=0)
+    return logged
 
 
 def _pairs(entry: prediction_log_pb2.PredictionLog, skipped: collections.Counter) -> list:
@@ -182,6 +241,7 @@ class TrainingSplit:
 
     run_id: str
     pipeline_name: str
+    model_name: str
     examples_uri: str
     split: str
     files: list[str]
@@ -190,10 +250,36 @@ class TrainingSplit:
         return {
             "run_id": self.run_id,
             "pipeline_name": self.pipeline_name,
+            "model_name": self.model_name,
             "examples": self.examples_uri,
             "split": self.split,
             "files": len(self.files),
         }
+
+
+SERVED = "served"  # names the run that pushed the model version answering most logged requests
+
+
+def pushing_run(home: str, version: str) -> str:
+    """The run record folder of the newest run whose push wrote model version `version`
+    (its summary's `pushed` ends in it); SourceError naming the version when none did."""
+    try:
+        folders = runs.records(home)
+    except OSError as e:
+        raise SourceError(f"cannot list the run records in {home}: {e}") from None
+    for folder in folders:
+        try:
+            pushed = runs.read_summary(folder).get("pushed")
+        except runs.RecordError as e:
+            log.warning("%s: skipped", e)
+            continue
+        if isinstance(pushed, str) and os.path.basename(os.path.normpath(pushed)) == version:
+            return folder
+    raise SourceError(
+        f"no run record in {os.path.join(home, 'runs')} pushed model version {version} (the version "
+        "that answered most logged requests; its run may have been pruned, or pushed from another "
+        "home): give --run RUN_ID"
+    )
 
 
 def find_run_record(home: str, run: str) -> tuple[str, dict]:
@@ -229,7 +315,7 @@ def training_split(home: str, run: str, split: str = "train") -> TrainingSplit:
     files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
     if not files:
         raise SourceError(f"no {split} files in {split_dir} (run {run_id!r})")
-    return TrainingSplit(run_id, pipeline_name, uri, split, files)
+    return TrainingSplit(run_id, pipeline_name, config.model_name, uri, split, files)
 
 
 def example_images(files: list[str], skipped: collections.Counter) -> Iterator[tuple[bytes, str | None]]:
