@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -344,19 +345,53 @@ def test_single_class_tree_is_refused(tmp_path: Path) -> None:
 
 
 def test_class_without_valid_images(tmp_path: Path) -> None:
+    """A class folder whose files are all unusable would silently be a class short: refused,
+    naming it and why, nothing written; with allow_left_out_classes the others are written."""
     images = tmp_path / "images"
     _make_tree(images, {"a": 3, "b": 3})
     _put(images, "broken/x.jpg", b"not an image")
-    report = _run(images, tmp_path / "out")
-    assert report.empty_classes == ["broken"]
+    _put(images, "broken/y.jpg", b"not an image either")
+    (images / "placeholder").mkdir()  # no files at all: nothing lost, a warning only
+    with pytest.raises(IngestError) as caught:
+        _run(images, tmp_path / "out")
+    assert str(caught.value).startswith(
+        "1 class folder with files would be left out of the training set: 'broken' (2 files): "
+        "no usable image (2 files: not a recognised image"
+    )
+    assert "--allow-left-out-classes" in str(caught.value)
+    assert caught.value.report["left_out_classes"][0]["folder"] == "broken"
+    assert not (tmp_path / "out").exists()
+
+    report = _run(images, tmp_path / "out", allow_left_out_classes=True)
+    assert report.empty_classes == ["broken", "placeholder"]
     assert report.classes == ["a", "b"]
-    assert any("broken" in w for w in report.warnings)
+    assert [c["files"] for c in report.left_out_classes] == [2, 0]
+    assert report.left_out_classes[1]["reason"] == "no image files"
+    assert report.warnings == [
+        "class folder 'broken' (2 files) is left out: no usable image (2 files: not a recognised image "
+        "(cannot identify image file))",
+        "class folder 'placeholder' (0 files) is left out: no image files",
+    ]
+    assert json.loads((tmp_path / "out" / "ingest_report.json").read_text())["allow_left_out_classes"] is True
+    # `imgpipe run` on those records says which class is not in its model (summary and stderr).
+    from imgpipe.orchestration.local import left_out_classes
+
+    assert [c["folder"] for c in left_out_classes(str(tmp_path / "out"))] == ["broken"]
+    assert left_out_classes(str(tmp_path)) == []  # no ingest report: records made another way
 
     # With only one usable class left, ingest refuses and says why.
     (images / "b").rename(tmp_path / "b_moved")
     with pytest.raises(IngestError, match=r"at least 2.*broken") as caught:
         _run(images, tmp_path / "out2")
     assert caught.value.report["skipped"][0]["path"] == "broken/x.jpg"
+
+    # Only an empty folder beside the classes: written, with its warning.
+    (tmp_path / "b_moved").rename(images / "b")
+    shutil.rmtree(images / "broken")
+    report = _run(images, tmp_path / "out3")
+    assert report.classes == ["a", "b"] and report.warnings == [
+        "class folder 'placeholder' (0 files) is left out: no image files"
+    ]
 
 
 def test_no_decodable_images_at_all(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgpipe.ingest import CLASSES_FILE, ingest
+from imgpipe.ingest import CLASSES_FILE, IngestError, ingest
 from imgpipe.ingest.labels import assign_labels, label_problem, normalise
 
 NFC_CAFE = unicodedata.normalize("NFC", "café")
@@ -127,7 +127,14 @@ def test_ingest_keeps_accepted_names_and_reports_refused_ones(tmp_path: Path) ->
             seed += 1
             (images / name / f"{i}.png").write_bytes(_png(seed))
 
-    report = ingest(str(images), str(out), eval_fraction=0.5, seed=1)
+    with pytest.raises(IngestError, match=r"^14 class folders with files would be left out") as caught:
+        ingest(str(images), str(out), eval_fraction=0.5, seed=1)
+    assert {c["folder"] for c in caught.value.report["left_out_classes"]} == set(REFUSED) | {
+        NFC_CAFE,
+        NFD_CAFE,
+    }
+    assert not out.exists()
+    report = ingest(str(images), str(out), eval_fraction=0.5, seed=1, allow_left_out_classes=True)
 
     used = [n for n in ACCEPTED if n != NFC_CAFE] + ["upper"]
     assert sorted(report.classes) == sorted(used)

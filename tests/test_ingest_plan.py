@@ -79,11 +79,12 @@ def test_each_class_is_split_on_its_own_and_counts_match_records() -> None:
     assert _plan(_tree({"big": 10, "pair": 2}), eval_fraction=0.3).refusal("imgs") is None
 
 
-def test_class_folders_without_candidates_are_left_out_with_a_warning() -> None:
+def test_class_folders_without_candidates_are_left_out() -> None:
+    """The plan leaves them out; ingest (imgpipe/ingest/run.py) refuses the tree or warns."""
     plan = _plan(_tree({"a": 3, "c": 3}), folders=["a", "b", "c"])
     assert plan.classes == ["a", "c"]
     assert plan.empty_classes == ["b"]
-    assert plan.warnings == ["class folder 'b' has no usable images and is left out"]
+    assert plan.warnings == []
     assert "b" not in plan.counts
 
 

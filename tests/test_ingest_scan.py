@@ -148,7 +148,7 @@ def test_links_are_followed_only_out_of_the_tree_and_never_in_a_loop(tmp_path: P
     into = "directory link into the image tree ({}) not followed: the files there are scanned where they are, under their own class folder"
 
     skipped: list[dict[str, str]] = []
-    folders, files, _ = list_tree(str(images), skipped)
+    folders, files, _, _ = list_tree(str(images), skipped)
 
     assert folders == ["a", "b", "c"]
     assert [(rel, label) for rel, _, label in files] == [

@@ -29,6 +29,12 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
     p.add_argument(
+        "--allow-left-out-classes",
+        action="store_true",
+        help="write the other classes when a class folder holding files cannot be a class (a refused "
+        "or conflicting name, no usable image); by default ingest refuses the tree and names them",
+    )
+    p.add_argument(
         "--max-pixels",
         type=whole_number(1, None, "a whole number >= 1"),
         default=DEFAULT_MAX_PIXELS,
@@ -47,6 +53,7 @@ def _run(args: argparse.Namespace) -> int:
             num_shards=args.shards,
             overwrite=args.overwrite,
             max_pixels=args.max_pixels,
+            allow_left_out_classes=args.allow_left_out_classes,
         )
     except IngestError as e:
         if e.report is not None:
@@ -65,7 +72,13 @@ def _run(args: argparse.Namespace) -> int:
 def _refusal_details(report: dict) -> list[str]:
     """Lines naming what made a refused tree unusable: skip reasons with counts, conflicts."""
     lines = []
-    reasons = collections.Counter(s["reason"] for s in report.get("skipped", []))
+    left_out = report.get("left_out_classes", [])
+    # A refused class folder's files are skipped with its reason: said once, by its own line below.
+    reasons = collections.Counter(
+        s["reason"]
+        for s in report.get("skipped", [])
+        if not (left_out and s["reason"].startswith("class folder ") and " is not used: " in s["reason"])
+    )
     for reason, n in reasons.most_common(5):
         lines.append(f"skipped {n} file(s): {reason}")
     if len(reasons) > 5:
@@ -77,8 +90,10 @@ def _refusal_details(report: dict) -> list[str]:
         lines.append(f"label conflict, the same {what} under several classes: {files}")
     if len(conflicts) > 5:
         lines.append(f"... and {len(conflicts) - 5} more label conflicts (all in the JSON report on stdout)")
-    for folder in report.get("rejected_class_folders", []):
-        lines.append(f"class folder {folder['folder']!r} not used: {folder['reason']}")
+    for folder in left_out:
+        lines.append(
+            f"class folder {folder['folder']!r} ({folder['files']} files) not used: {folder['reason']}"
+        )
     return lines
 
 

@@ -204,7 +204,6 @@ def make_plan(
                     }
                 )
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))
-    warnings += [f"class folder {name!r} has no usable images and is left out" for name in empty_classes]
     warnings += _case_only_differences(classes)
     warnings += _split_like_layout(
         classes, [c for members in groups.values() for g in members.values() for c in g]

@@ -48,6 +48,10 @@ class IngestReport:
     ``label_conflicts``: one image under several classes, none written (``same`` and
     ``sha256``, the first file's, as for duplicates).
     ``empty_classes``: class folders with no usable image (left out).
+    ``left_out_classes``: [{"folder", "files", "reason"}]: every class folder that is not a
+    class in the output (a refused name, a name conflict, no usable image), with the files
+    found under it. Ingest refuses a tree where one holding files would be left out, unless
+    ``allow_left_out_classes``.
     ``max_pixels``: the pixel limit files were checked against.
     ``rejected_class_folders``: [{"folder", "reason"}]: folders not used as classes
     (a name that cannot be a label, or a name conflict); their files are in ``skipped``.
@@ -77,6 +81,8 @@ class IngestReport:
     class_name_conflicts: list[dict[str, Any]] = field(default_factory=list)
     normalised_classes: list[dict[str, str]] = field(default_factory=list)
     rotated: list[dict[str, Any]] = field(default_factory=list)
+    left_out_classes: list[dict[str, Any]] = field(default_factory=list)
+    allow_left_out_classes: bool = False
 
     @property
     def totals(self) -> dict[str, int]:
@@ -113,6 +119,8 @@ class IngestReport:
             "num_label_conflict_files": self.num_conflicting_files,
             "label_conflicts": [dict(c) for c in self.label_conflicts],
             "empty_classes": list(self.empty_classes),
+            "left_out_classes": [dict(c) for c in self.left_out_classes],
+            "allow_left_out_classes": self.allow_left_out_classes,
             "rejected_class_folders": [dict(r) for r in self.rejected_class_folders],
             "class_name_conflicts": [dict(c) for c in self.class_name_conflicts],
             "normalised_classes": [dict(n) for n in self.normalised_classes],

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import numbers
 import os
 from collections.abc import Callable
+from typing import Any
 
 from imgpipe.ingest.contract import REPORT_FILE
 from imgpipe.ingest.errors import IngestError
-from imgpipe.ingest.plan import make_plan
+from imgpipe.ingest.plan import Plan, make_plan
 from imgpipe.ingest.report import IngestReport, display_path
-from imgpipe.ingest.scan import check_images_dir, scan_tree
+from imgpipe.ingest.scan import Scan, check_images_dir, scan_tree
 from imgpipe.ingest.write import check_out_dir, write_outputs
 from trainer.features import DEFAULT_MAX_PIXELS
 
@@ -29,6 +31,7 @@ def ingest(
     overwrite: bool = False,
     progress_every: int = 1000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_left_out_classes: bool = False,
 ) -> IngestReport:
     """Check, de-duplicate and split an image tree into train/eval TFRecords.
 
@@ -43,7 +46,10 @@ def ingest(
     declares more than ``max_pixels`` (width x height) are skipped undecoded;
     the pipeline's graph refuses them too (``max_image_pixels``). Class folder
     names become labels as ``labels`` decides (Unicode NFC; refused names and
-    name conflicts are reported). Raises IngestError.
+    name conflicts are reported). A class folder holding files that would not become a class
+    (a refused name, a name conflict, no usable image) makes ingest refuse the tree, naming
+    each one, unless ``allow_left_out_classes``: a model without a class the user gave images
+    for is not what was asked for. Raises IngestError.
     """
     _check_arguments(eval_fraction, seed, num_shards, progress_every)
     if not _is_number(max_pixels, numbers.Integral) or max_pixels < 1:
@@ -57,6 +63,7 @@ def ingest(
         seed=int(seed),
         eval_fraction=float(eval_fraction),
         max_pixels=int(max_pixels),
+        allow_left_out_classes=bool(allow_left_out_classes),
     )
 
     found = scan_tree(images_dir, progress=say, progress_every=progress_every, max_pixels=max_pixels)
@@ -77,9 +84,25 @@ def ingest(
     report.classes, report.counts = plan.classes, plan.counts
     report.duplicates, report.label_conflicts = plan.duplicates, plan.label_conflicts
     report.empty_classes, report.warnings = plan.empty_classes, plan.warnings
+    report.left_out_classes = left_out_classes(found, plan)
     problem = plan.refusal(images_dir, num_skipped=len(report.skipped))
     if problem:
         raise IngestError(problem, report=report.to_dict())
+    lost = [c for c in report.left_out_classes if c["files"]]
+    if lost and not allow_left_out_classes:
+        shown = "; ".join(f"{c['folder']!r} ({_count(c['files'], 'file')}): {c['reason']}" for c in lost[:5])
+        more = f"; and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise IngestError(
+            f"{_count(len(lost), 'class folder')} with files would be left out of the training set: "
+            f"{shown}{more}. "
+            "Fix them, or pass --allow-left-out-classes (allow_left_out_classes=True) to write the "
+            "other classes without them",
+            report=report.to_dict(),
+        )
+    report.warnings += [
+        f"class folder {c['folder']!r} ({_count(c['files'], 'file')}) is left out: {c['reason']}"
+        for c in report.left_out_classes
+    ]
     report.shards = plan.shard_names()
 
     write_outputs(
@@ -100,6 +123,34 @@ def ingest(
         else:
             say(f"warning: {warning}")
     return report
+
+
+def left_out_classes(found: Scan, plan: Plan) -> list[dict[str, Any]]:
+    """[{"folder", "files", "reason"}] of every class folder that is not a class of the plan:
+    refused names and name conflicts (their reason), and folders with no usable image (the
+    most common reasons their files were not used)."""
+    left = [
+        {"folder": display_path(name), "files": found.folder_files.get(name, 0), "reason": reason}
+        for name, reason in found.names.rejected.items()
+    ]
+    folder_of = {label: name for name, label in found.names.labels.items()}
+    for label in plan.empty_classes:
+        name = folder_of.get(label, label)
+        prefix = display_path(name) + "/"
+        reasons = collections.Counter(s["reason"] for s in found.skipped if s["path"].startswith(prefix))
+        why = [f"{_count(n, 'file')}: {reason}" for reason, n in reasons.most_common(3)]
+        conflicts = sum(1 for c in plan.label_conflicts for f in c["files"] if f["class"] == label)
+        if conflicts:
+            why.append(f"{_count(conflicts, 'file')}: label conflicts (the same image under another class)")
+        reason = f"no usable image ({'; '.join(why)})" if why else "no image files"
+        left.append(
+            {"folder": display_path(name), "files": found.folder_files.get(name, 0), "reason": reason}
+        )
+    return left
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _check_arguments(eval_fraction: object, seed: object, num_shards: object, progress_every: object) -> None:

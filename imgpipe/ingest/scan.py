@@ -66,6 +66,7 @@ class Listing(NamedTuple):
     classes: list[str]  # labels of the used class folders, in folder order
     files: list[tuple[str, str, str]]  # (rel, abs, label)
     names: ClassNames  # folder -> label, refused folders and name conflicts
+    folder_files: dict[str, int]  # class folder name -> files found under it (used or not)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Scan:
     files_scanned: int = 0  # every entry looked at (a hidden or unfollowed folder counts once)
     names: ClassNames = field(default_factory=ClassNames)
     rotated: list[dict[str, Any]] = field(default_factory=list)  # [{"path", "orientation"}]
+    folder_files: dict[str, int] = field(default_factory=dict)  # class folder name -> files under it
 
     def nothing_usable(self, images_dir: str) -> str | None:
         """Why there is nothing to plan (no decodable image at all), or None."""
@@ -117,7 +119,7 @@ def scan_tree(
     say = progress or log.info
     skipped: list[dict[str, str]] = []
     try:
-        folders, listed, names = list_tree(images_dir, skipped)
+        folders, listed, names, folder_files = list_tree(images_dir, skipped)
     except OSError as exc:
         raise IngestError(f"cannot list the image directory {images_dir}: {exc}") from exc
     not_walked = len(skipped)
@@ -128,7 +130,13 @@ def scan_tree(
             + (f" ({not_walked} files found directly in it are ignored)" if not_walked else "")
         )
 
-    scan = Scan(folders, skipped=skipped, files_scanned=len(listed) + not_walked, names=names)
+    scan = Scan(
+        folders,
+        skipped=skipped,
+        files_scanned=len(listed) + not_walked,
+        names=names,
+        folder_files=folder_files,
+    )
     total = len(listed)
     for done, (rel, path, label) in enumerate(listed, start=1):
         try:
@@ -198,14 +206,16 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     names = assign_labels([e.name for e in class_dirs])
     seen = {os.path.realpath(e.path) for e in class_dirs}
     files: list[tuple[str, str, str]] = []
+    folder_files: dict[str, int] = {}
     for entry in class_dirs:
         walked = _walk_class(root, tree, entry.path, seen, skipped)
+        folder_files[entry.name] = len(walked)
         if entry.name in names.labels:
             files += [(rel, path, names.labels[entry.name]) for rel, path in walked]
             continue
         reason = f"class folder {entry.name!r} is not used: {names.rejected[entry.name]}"
         skipped += [{"path": display_path(rel), "reason": reason} for rel, _ in walked]
-    return Listing(list(names.labels.values()), files, names)
+    return Listing(list(names.labels.values()), files, names, folder_files)
 
 
 def _walk_class(

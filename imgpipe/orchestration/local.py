@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable
 
 from components import loaded_models
 from components.gate_decision import NO_BASELINE
+from imgpipe.ingest import REPORT_FILE as INGEST_REPORT_FILE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
 from imgpipe.orchestration import diagnosis, metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
@@ -341,9 +343,30 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
         summary = summarize_run(config, run_id)
         # Never raises: a failed report is recorded in the summary.
         attach_report(config, summary, loaded_model=loaded_models.get)
+    summary.left_out_classes = left_out_classes(config.data_dir)
     summary.run_dir = runs.write_record(config, summary)
     _log_gate(summary.gate)
+    for folder in summary.left_out_classes:
+        log.warning(
+            "class folder %r (%s files) is not in this model: ingest left it out (%s)",
+            folder.get("folder"),
+            folder.get("files"),
+            folder.get("reason"),
+        )
     return summary
+
+
+def left_out_classes(data_dir: str) -> list[dict]:
+    """The class folders holding files that the data's ingest left out (its ingest_report.json,
+    written with --allow-left-out-classes), or [] (no report: records made another way)."""
+    path = os.path.join(data_dir, INGEST_REPORT_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return []
+    left = report.get("left_out_classes") if isinstance(report, dict) else None
+    return [c for c in left if isinstance(c, dict) and c.get("files")] if isinstance(left, list) else []
 
 
 def _stop(config: PipelineConfig, run_id: str, current: str | None, interrupt: KeyboardInterrupt) -> None:

@@ -50,6 +50,8 @@ class RunSummary:
     # A run that failed: the component that failed (or "the pipeline") and the error; else None.
     failed: str | None = None
     error: str | None = None
+    # Class folders the data's ingest left out (`--allow-left-out-classes`; its ingest_report.json).
+    left_out_classes: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
