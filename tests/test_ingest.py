@@ -398,7 +398,7 @@ def test_no_decodable_images_at_all(tmp_path: Path) -> None:
     images = tmp_path / "images"
     _put(images, "a/1.png", b"junk")
     _put(images, "b/2.png", b"")
-    with pytest.raises(IngestError, match=r"no decodable images.*2 files skipped"):
+    with pytest.raises(IngestError, match=r"no usable images.*2 files skipped"):
         _run(images, tmp_path / "out")
 
 
@@ -479,7 +479,8 @@ def test_progress_lines_and_summary(tmp_path: Path) -> None:
     _run(images, out, progress=lines.append, progress_every=2)
     assert "ingest: checked 2/7 files" in lines
     assert "ingest: wrote 4/6 records" in lines
-    assert "skipped 1 files" in lines[-1] and str(out) in lines[-1]
+    assert "skipped 1 files" in lines[-2] and str(out) in lines[-2]
+    assert lines[-1] == "ingest: skipped 1 file: not a recognised image (cannot identify image file)"
 
 
 # --------------------------------------------------- validate_tfrecord_dir

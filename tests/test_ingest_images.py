@@ -287,3 +287,63 @@ def test_drawings_held_in_transparency_are_distinct_images(tmp_path: Path) -> No
     report = ingest(str(images), str(out), eval_fraction=0.25, seed=0)
     assert report.duplicates == [] and report.label_conflicts == []
     assert sum(report.totals.values()) == len(files)
+
+
+def _png16(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey, grey + alpha, RGB or RGBA by the last axis) of uint16 `samples`."""
+    import tensorflow as tf
+
+    return tf.io.encode_png(tf.constant(samples, tf.uint16)).numpy()
+
+
+def test_16_bit_pngs_whose_values_use_few_bits_are_refused_with_their_range() -> None:
+    """The decoders keep a 16-bit sample's high byte: 8-bit values stored as 16 bits (OpenCV
+    writing a uint16 array) all decode black, so distinct pictures were "one image under
+    several classes"; 12-bit sensor data keeps 16 levels. Full-range ones are read as before."""
+    picture = np.random.default_rng(3).integers(0, 256, (20, 24, 1)).astype(np.uint16)
+    black = inspect_image(_png16(picture)).reason
+    assert black.startswith("16-bit PNG whose samples are all below 256 of 65535 (8-bit values stored")
+    assert "it is black everywhere; scale it to the full 16-bit range, or save it as an 8-bit PNG" in black
+    twelve = inspect_image(_png16(picture * 16)).reason  # 0..4080
+    assert twelve.startswith("16-bit PNG whose samples are all below 4096 of 65535 (data of 12 bits")
+    assert "at most 16 grey levels" in twelve
+    assert inspect_image(_png16(picture * 257)).reason is None  # the full range
+    assert inspect_image(_png16(picture * 16 + 4096)).reason is None  # reaches past 12 bits
+    # An opaque alpha channel (65535 everywhere) is not a colour: RGBA and grey + alpha alike.
+    rgb = np.concatenate([picture] * 3, axis=-1)
+    opaque = np.full_like(picture, 65535)
+    assert inspect_image(_png16(np.concatenate([rgb, opaque], -1))).reason == black
+    assert inspect_image(_png16(np.concatenate([picture, opaque], -1))).reason == black
+    assert inspect_image(_png16(np.concatenate([rgb * 257, opaque], -1))).reason is None
+    # Cut short after its header: the decoder's own reason, not a range.
+    data = _png16(picture * 257)
+    assert "16-bit PNG" not in inspect_image(data[:40]).reason
+
+
+def test_an_image_of_one_colour_is_refused() -> None:
+    flat = np.full((16, 16, 3), (200, 30, 90), np.uint8)
+    reason = "the image is one colour everywhere as decoded: nothing in it tells its class"
+    assert inspect_image(image_samples.png(flat)).reason == reason
+    assert inspect_image(image_samples.jpeg(np.full((64, 64, 3), 128, np.uint8))).reason == reason
+    dot = flat.copy()
+    dot[3, 5] = (201, 30, 90)  # one pixel differs by one level
+    assert inspect_image(image_samples.png(dot)).reason is None
+
+
+def test_ingest_names_black_16_bit_pngs_instead_of_calling_them_label_conflicts(tmp_path: Path) -> None:
+    images, out = tmp_path / "images", tmp_path / "out"
+    files = {
+        f"{c}/{i}.png": image_samples.png(_photo(10 * n + i)) for n, c in enumerate("ab") for i in range(4)
+    }
+    low = np.random.default_rng(9).integers(0, 256, (30, 50, 3)).astype(np.uint16)
+    files |= {f"{c}/deep{i}.png": _png16((low + i) % 256) for c in "ab" for i in range(2)}
+    _tree(images, files)
+    report = ingest(str(images), str(out), eval_fraction=0.3)
+    assert report.label_conflicts == [] and report.totals == {"train": 6, "eval": 2}
+    assert sorted(s["path"] for s in report.skipped) == [
+        "a/deep0.png",
+        "a/deep1.png",
+        "b/deep0.png",
+        "b/deep1.png",
+    ]
+    assert all(s["reason"].startswith("16-bit PNG whose samples are all below 256") for s in report.skipped)

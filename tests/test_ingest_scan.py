@@ -232,7 +232,7 @@ def test_nothing_usable_says_why(tmp_path: Path) -> None:
     assert Scan(["a"]).nothing_usable("imgs") == "no image files in any class folder of imgs"
     found = Scan(["a"], skipped=[{"path": "a/x.png", "reason": "empty file (0 bytes)"}], files_scanned=1)
     assert found.nothing_usable("imgs") == (
-        "no decodable images in imgs (1 files skipped, e.g. a/x.png: empty file (0 bytes))"
+        "no usable images in imgs (1 files skipped, e.g. a/x.png: empty file (0 bytes))"
     )
 
 

@@ -94,7 +94,7 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool =
     graph_reason = None
     try:
         # .tolist(): iterating the tensor itself would slice it op by op (~0.3 ms an element).
-        height, width, orientation, decoded, rows, columns, pixels = (
+        height, width, orientation, decoded, rows, columns, pixels, uniform, png16_max = (
             _graph_check(max_pixels)(data).numpy().tolist()
         )
     except tf.errors.OpError as exc:
@@ -111,7 +111,7 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool =
                     f"({tf_error_text(exc)})"
                 )
         height = width = 0
-        orientation, decoded = 1, 0
+        orientation, decoded, uniform, png16_max = 1, 0, 0, -1
     if graph_reason is None and not decoded:
         return ImageCheck(
             f"{width} x {height} = {height * width} pixels, over the limit of {max_pixels} "
@@ -123,10 +123,36 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool =
             )
         )
     # Pillow's reasons are the clearer ones (unsupported format, truncation), so they come first.
-    reason = _pillow_reason(data) or graph_reason
+    reason = _pillow_reason(data) or graph_reason or _range_reason(png16_max, uniform)
     if reason is not None:
         return ImageCheck(reason)
     return ImageCheck(None, orientation, image_key(data, orientation, (rows, columns, pixels)) if key else "")
+
+
+# A 16-bit PNG whose samples stay below this keeps at most 16 levels in the 8 bits the decoders
+# give (each sample's high byte, as browsers show it): 12-bit sensor data stored without scaling.
+PNG16_FEW_BITS = 1 << 12
+
+
+def _range_reason(png16_max: int, uniform: int) -> str | None:
+    """Why an image that decodes is still refused: it decodes to one colour everywhere, or it is
+    a 16-bit PNG whose values use so few of its bits that 8 bits keep almost nothing of it."""
+    read_as = "decoded to 8 bits as the pipeline and a browser read it (each sample's high byte)"
+    fix = "scale it to the full 16-bit range, or save it as an 8-bit PNG"
+    if 0 <= png16_max < 256:
+        return (
+            f"16-bit PNG whose samples are all below 256 of 65535 (8-bit values stored in a 16-bit "
+            f"file): {read_as}, it is black everywhere; {fix}"
+        )
+    if 0 <= png16_max < PNG16_FEW_BITS:
+        return (
+            f"16-bit PNG whose samples are all below {PNG16_FEW_BITS} of 65535 (data of 12 bits or "
+            f"fewer stored without scaling): {read_as}, it keeps at most 16 grey levels (0-15 of "
+            f"255); {fix}"
+        )
+    if uniform:
+        return "the image is one colour everywhere as decoded: nothing in it tells its class"
+    return None
 
 
 def image_key(data: bytes, orientation: int, decoded: tuple[int, int, int]) -> str:
@@ -248,9 +274,11 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
     """The preprocessing graph's check of one file, traced once per limit.
 
     Returns [height, width, EXIF orientation, decoded (0/1), and the decoded image's rows,
-    columns and a 64-bit fingerprint of its pixels]: the header is read first, and only an image
-    within ``max_pixels`` is decoded (at target size 1, so a JPEG decodes at 1/8 scale, and other
-    formats whole). A decoding error raises tf.errors.OpError.
+    columns, a 64-bit fingerprint of its pixels, whether it is one colour everywhere (0/1), and
+    for a 16-bit PNG the largest sample of its colour channels (-1 for other files)]: the header
+    is read first, and only an image within ``max_pixels`` is decoded (at target size 1, so a
+    JPEG decodes at 1/8 scale, and other formats whole). A decoding error raises
+    tf.errors.OpError.
     """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
@@ -264,13 +292,41 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
         within = height * width <= max_pixels
         orientation = preprocessing.exif_orientation(data)  # read once: the decode applies it
 
+        # The first 26 bytes, zeros past the end: the PNG signature and IHDR's bit depth (byte 24)
+        # and colour type (25), readable from a file of any length.
+        head = tf.io.decode_raw(
+            tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 26), b"\0" * 26]), 0, 26), tf.uint8
+        )
+        is_png16 = tf.reduce_all(tf.equal(head[:8], list(b"\x89PNG\r\n\x1a\n"))) & tf.equal(head[24], 16)
+        is_jpeg = tf.reduce_all(tf.equal(head[:3], list(b"\xff\xd8\xff")))
+
+        def png16_max() -> tf.Tensor:
+            """The largest sample of a 16-bit PNG's colour channels (its alpha left out)."""
+            samples = tf.io.decode_png(data, dtype=tf.uint16)
+            with_alpha = tf.logical_or(tf.equal(head[25], 4), tf.equal(head[25], 6))
+            colours = tf.shape(samples)[-1] - tf.cast(with_alpha, tf.int32)
+            return tf.cast(tf.reduce_max(samples[..., :colours]), tf.int64)
+
+        def whole_jpeg_uniform() -> tf.Tensor:
+            full = tf.io.decode_jpeg(data, channels=3)
+            return tf.reduce_all(tf.equal(full, full[:1, :1]))
+
         def decode() -> tf.Tensor:
             image = preprocessing.decode_image(data, 1, max_pixels, orientation)
             shape = tf.cast(tf.shape(image)[:2], tf.int64)
             pixels = tf.bitcast(tf.fingerprint(tf.reshape(image, [1, -1]))[0], tf.int64)
-            return tf.concat([[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels]], 0)
+            uniform = tf.reduce_all(tf.equal(image, image[:1, :1]))
+            # A JPEG decoded at 1/8 scale is its blocks' means, which can all be equal in a
+            # picture with texture: one that looks uniform is decoded whole to be sure.
+            uniform = tf.cond(uniform & is_jpeg, whole_jpeg_uniform, lambda: uniform)
+            with tf.control_dependencies([image]):  # only a PNG that decoded is read again
+                deep = tf.cond(is_png16, png16_max, lambda: tf.constant(-1, tf.int64))
+            return tf.concat(
+                [[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels, tf.cast(uniform, tf.int64), deep]],
+                0,
+            )
 
-        decoded = tf.cond(within, decode, lambda: tf.zeros([4], tf.int64))
+        decoded = tf.cond(within, decode, lambda: tf.constant([0, 0, 0, 0, 0, -1], tf.int64))
         return tf.concat([tf.stack([height, width, tf.cast(orientation, tf.int64)]), decoded], 0)
 
     return check

@@ -117,6 +117,11 @@ def ingest(
         f"{len(report.rejected_class_folders)} class folders not used, {len(report.rotated)} rotated "
         f"(details in {os.path.join(out_dir, REPORT_FILE)})"
     )
+    reasons = collections.Counter(s["reason"] for s in report.skipped)
+    for reason, n in reasons.most_common(3):
+        (say or log.info)(f"skipped {_count(n, 'file')}: {reason}")
+    if len(reasons) > 3:
+        (say or log.info)(f"... and {len(reasons) - 3} more reasons (skipped in {REPORT_FILE})")
     for warning in report.warnings:
         if say is None:
             log.warning("%s", warning)  # the log line says "warning:" already

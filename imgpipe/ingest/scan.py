@@ -89,7 +89,7 @@ class Scan:
             return f"no image files in any class folder of {images_dir}"
         first = self.skipped[0]
         return (
-            f"no decodable images in {images_dir} ({len(self.skipped)} files skipped, "
+            f"no usable images in {images_dir} ({len(self.skipped)} files skipped, "
             f"e.g. {first['path']}: {first['reason']})"
         )
 
