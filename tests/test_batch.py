@@ -151,7 +151,27 @@ def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tm
     out = tmp_path / "served.jsonl"
     with lifecycle.start_in_thread(str(base), NAME) as running:
         result = predict_batch(str(folder[0]), str(out), target=running.target, model_name=NAME, batch_size=4)
-    assert result.scored == len(folder[1]) and result.source == {"target": running.target, "model_name": NAME}
+        # The job asks for the version it started with in every request: a version pushed while
+        # it runs does not score the rest of its images; the old one gone fails the job by name.
+        from imgpipe.batch.scoring import ScoreWithServer, VersionGone
+
+        scorer = ScoreWithServer(running.target, NAME, version=2)
+        scorer.setup()
+        try:
+            with pytest.raises(VersionGone, match=r"^version 2 of model 'digits' is no longer served at"):
+                scorer.predict([next(iter(folder[1].values()))])
+        finally:
+            scorer.teardown()
+        with pytest.raises(ServerUnusable, match=r"does it serve version 2 of model 'digits'"):
+            predict_batch(
+                str(folder[0]),
+                str(tmp_path / "v2.jsonl"),
+                target=running.target,
+                model_name=NAME,
+                model_version=2,
+            )
+    assert result.scored == len(folder[1])
+    assert result.source == {"target": running.target, "model_name": NAME, "version": 3}
     _assert_same(_by_path(read_predictions(str(out))), _by_path(read_predictions(str(jsonl_run[1]))))
     # A model base path resolves to its newest version, like TF Serving.
     assert predict_batch(str(folder[0] / "sub"), str(tmp_path / "b.jsonl"), model_dir=str(base)).source == {

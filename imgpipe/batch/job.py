@@ -143,11 +143,14 @@ def predict_batch(
     beam: BeamConfig | None = None,
     progress: bool | None = None,
     timeout: float = 30.0,
+    model_version: int | None = None,
 ) -> BatchResult:
     """Score every image of `images` (a directory, recursively, or a glob) into `out`.
 
     Exactly one of `model_dir` (a SavedModel or a model base path) and `target`
-    (HOST:PORT of TF Serving or `imgpipe serve`, with `model_name`). Files that
+    (HOST:PORT of TF Serving or `imgpipe serve`, with `model_name`; every request asks for
+    `model_version`, by default the newest version the server has available when the job
+    starts, so every image is scored by one model version). Files that
     cannot be read, fail ingest's check (imgpipe/ingest/images.py, with
     `max_pixels`) or that the model refuses are listed with the reason in
     OUT.report.json. `progress`: draw a bar on stderr (None: when it is a
@@ -159,6 +162,10 @@ def predict_batch(
         raise BatchError("give exactly one of --model DIR and --target HOST:PORT")
     if target is not None and not model_name:
         raise BatchError("--target needs --model-name (the name the server serves the model under)")
+    if model_version is not None and target is None:
+        raise BatchError("--model-version is for --target; with --model, name the version's directory")
+    if model_version is not None and model_version < 1:
+        raise BatchError(f"--model-version must be >= 1, got {model_version}")
     if batch_size < 1:
         raise BatchError(f"--batch-size must be >= 1, got {batch_size}")
     if top_k is not None and top_k < 1:
@@ -186,7 +193,8 @@ def predict_batch(
         name = model_name or ""
         source = {"target": target, "model_name": name}
     if target is not None:
-        check_server(target, name, timeout)
+        version = check_server(target, name, timeout, model_version)
+        source["version"] = version
     log.info("scoring %d files from %s with %s into %s", len(paths), images, source, out)
 
     # The job's own files beside OUT: hidden, and named for this job (pid and a random part), so
@@ -207,7 +215,9 @@ def predict_batch(
                 if model_dir is not None:
                     scorer = ScoreWithSavedModel(export_dir, name, version, top_k, keep_images, bar.directory)
                 else:
-                    scorer = ScoreWithServer(target, name, top_k, keep_images, bar.directory, timeout=timeout)
+                    scorer = ScoreWithServer(
+                        target, name, top_k, keep_images, bar.directory, timeout=timeout, version=version
+                    )
                 _run(
                     args,
                     scratch,
@@ -358,9 +368,14 @@ def check_files(export_dir: str) -> None:
         raise _unloadable(export_dir, f"{variables}: {tf_error_text(exc)}") from exc
 
 
-def check_server(target: str, model_name: str, timeout: float) -> None:
-    """ServerUnusable unless the server at `target` answers and serves `model_name` with the
-    predict_images signature: found before the job reads every image, with what to check."""
+def check_server(target: str, model_name: str, timeout: float, version: int | None = None) -> int | None:
+    """The version the job will use (`version`, or the newest the server has AVAILABLE; None when
+    the server names none); ServerUnusable unless the server at `target` answers and serves
+    `model_name` (that version) with the predict_images signature: found before the job reads
+    every image, with what to check.
+
+    Every request then asks for that version, so a version pushed while the job runs does not
+    score the rest of its images: one output, one model."""
     import grpc
 
     from serving.client import ServingClient
@@ -368,12 +383,16 @@ def check_server(target: str, model_name: str, timeout: float) -> None:
 
     try:
         with ServingClient(target, timeout=min(timeout, 10.0), retries=3) as client:
-            signatures = client.metadata(model_name)
+            if version is None:
+                version = _newest_available(client, model_name)
+            signatures = client.metadata(model_name, version)
     except ValueError as exc:  # a target the client cannot use
         raise BatchError(f"--target {target}: {exc}") from exc
     except ServingRpcError as exc:
         if exc.code == grpc.StatusCode.UNAVAILABLE:
             hint = f"is the model server running and listening at {target}?"
+        elif exc.code == grpc.StatusCode.NOT_FOUND and version is not None:
+            hint = f"does it serve version {version} of model {model_name!r} (--model-name, --model-version)?"
         elif exc.code == grpc.StatusCode.NOT_FOUND:
             hint = f"does it serve a model named {model_name!r} (--model-name), with a version loaded?"
         else:
@@ -384,6 +403,24 @@ def check_server(target: str, model_name: str, timeout: float) -> None:
             f"--target {target}: model {model_name!r} has no {PREDICT_IMAGES} signature (it has "
             f"{', '.join(sorted(signatures)) or 'none'}): serve a model imgpipe exported"
         )
+    return version
+
+
+def _newest_available(client: Any, model_name: str) -> int | None:
+    """The newest version of `model_name` the server reports AVAILABLE (GetModelStatus), or None
+    when it reports none (the first request then names the one that answers)."""
+    import grpc
+
+    from serving.errors import ServingRpcError
+
+    try:
+        states = client.model_status(model_name)
+    except ServingRpcError as exc:
+        if exc.code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
+            return None  # a server without the model service; NOT_FOUND: metadata says it better
+        raise
+    available = [v for v, state, _ in states if state == "AVAILABLE"]
+    return max(available) if available else None
 
 
 def _model_name(export_dir: str) -> str:

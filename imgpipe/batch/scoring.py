@@ -203,6 +203,10 @@ def _release_loaded() -> None:
     gc.collect()
 
 
+class VersionGone(RuntimeError):
+    """The model version a job started with is no longer served: the job fails, not mixes versions."""
+
+
 class ScoreWithServer(_Scorer):
     """Calls a TF Serving (or `imgpipe serve`) endpoint's predict_images over gRPC."""
 
@@ -215,9 +219,11 @@ class ScoreWithServer(_Scorer):
         progress_dir: str | None = None,
         timeout: float = 30.0,
         retries: int = 3,
+        version: int | None = None,
     ):
         super().__init__(model_name, top_k, keep_images, progress_dir)
         self.target = target
+        self.version = version  # every request asks for it (None: whichever the server picks)
         self.timeout = timeout
         self.retries = retries
         self._client: Any = None
@@ -265,10 +271,18 @@ class ScoreWithServer(_Scorer):
         from serving.errors import ServingRpcError
 
         try:
-            predictions = self._client.predict_images(self.model_name, images, signature=PREDICT_IMAGES)
+            predictions = self._client.predict_images(
+                self.model_name, images, signature=PREDICT_IMAGES, version=self.version
+            )
         except ServingRpcError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(_first_line(exc.details)) from exc
+            if exc.code == grpc.StatusCode.NOT_FOUND and self.version is not None:
+                raise VersionGone(
+                    f"version {self.version} of model {self.model_name!r} is no longer served at "
+                    f"{self.target} (a newer version replaced it while the job ran?): the job scores "
+                    f"every image with the version it started with; run it again ({exc.details})"
+                ) from exc
             limit = server_receive_limit(exc.code.name, exc.details)
             if limit is not None:
                 raise OverServerLimit(limit) from exc

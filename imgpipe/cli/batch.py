@@ -26,6 +26,13 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model-name", help="served model name (with --target; with --model: the logs' name)")
     p.add_argument(
+        "--model-version",
+        type=int,
+        default=None,
+        help="with --target: score with this version (default: the newest the server has available "
+        "when the job starts; every image is scored by that one version)",
+    )
+    p.add_argument(
         "--images", required=True, help="image directory (recursive) or glob, e.g. 'photos/**/*.jpg'"
     )
     p.add_argument(
@@ -73,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
             model_dir=args.model,
             target=args.target,
             model_name=args.model_name,
+            model_version=args.model_version,
             batch_size=args.batch_size,
             top_k=args.top_k,
             max_pixels=args.max_pixels,

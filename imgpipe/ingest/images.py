@@ -80,13 +80,19 @@ def read_regular_file(path: str) -> bytes:
 
 
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Return why ``data`` is not an acceptable image, or None when it is."""
-    return inspect_image(data, max_pixels, key=False).reason
+    """Return why the model cannot take ``data`` (it does not decode, or is over the pixel
+    limit), or None when it can. Unlike ingest, an image of one colour or a 16-bit PNG of few
+    bits passes: the model scores what it is given (predict-batch)."""
+    return inspect_image(data, max_pixels, key=False, for_training=False).reason
 
 
-def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool = True) -> ImageCheck:
+def inspect_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool = True, for_training: bool = True
+) -> ImageCheck:
     """Check ``data`` as ingest does (see the module docstring); never raises on bad data.
-    ``key=False``: no image key (``image`` stays "")."""
+    ``key=False``: no image key (``image`` stays ""). ``for_training=False``: an image that
+    decodes is not refused for what it holds (``_range_reason``: one colour, a 16-bit PNG of few
+    bits)."""
     if not data:
         return ImageCheck("empty file (0 bytes)")
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
@@ -123,7 +129,9 @@ def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, key: bool =
             )
         )
     # Pillow's reasons are the clearer ones (unsupported format, truncation), so they come first.
-    reason = _pillow_reason(data) or graph_reason or _range_reason(png16_max, uniform)
+    reason = (
+        _pillow_reason(data) or graph_reason or (_range_reason(png16_max, uniform) if for_training else None)
+    )
     if reason is not None:
         return ImageCheck(reason)
     return ImageCheck(None, orientation, image_key(data, orientation, (rows, columns, pixels)) if key else "")
