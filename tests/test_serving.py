@@ -799,12 +799,18 @@ def test_cli_predict_prints_one_line_per_image(server, model, client, tmp_path, 
     png.write_bytes(model.items[13][0])
     jpeg = tmp_path / "flower.jpg"
     jpeg.write_bytes(serving_fixtures.sample_photos()[1][1])
-    code = _predict_cli(server.target, str(png), str(jpeg))
+    # A name that is not UTF-8 (a Latin-1 é): shown as predict-batch and ingest show it, \xe9,
+    # so the line is valid UTF-8 JSON (a lone surrogate before, which strict readers replace).
+    latin = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    with open(latin, "wb") as f:
+        f.write(model.items[13][0])
+    code = _predict_cli(server.target, str(png), str(jpeg), os.fsdecode(latin))
     out, err = capsys.readouterr()
     assert code == 0, err
+    out.encode("utf-8")  # no lone surrogate
     lines = [json.loads(x) for x in out.splitlines()]
-    assert [x["image"] for x in lines] == [str(png), str(jpeg)]
-    expected = client.predict_images(NAME, [png.read_bytes(), jpeg.read_bytes()])
+    assert [x["image"] for x in lines] == [str(png), str(jpeg), f"{tmp_path}/caf\\xe9.png"]
+    expected = client.predict_images(NAME, [png.read_bytes(), jpeg.read_bytes(), png.read_bytes()])
     for line, pred in zip(lines, expected, strict=True):
         assert line["classes"] == pred.classes
         _assert_close(line["scores"], pred.scores)

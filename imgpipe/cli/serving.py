@@ -18,6 +18,7 @@ import grpc
 
 from imgpipe.cli.flags import host_port, whole_number
 from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, error
+from imgpipe.ingest.report import display_path
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
@@ -276,11 +277,11 @@ def _read_images(paths: list[str]) -> tuple[list[tuple[str, bytes]], int]:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            error(f"cannot read image {path}: {e.strerror or e}")
+            error(f"cannot read image {display_path(path)}: {e.strerror or e}")
             failed += 1
             continue
         if image_format(data) is None:
-            error(f"{path} is not a JPEG, PNG, GIF or BMP image")
+            error(f"{display_path(path)} is not a JPEG, PNG, GIF or BMP image")
             failed += 1
             continue
         readable.append((path, data))
@@ -310,17 +311,19 @@ def _predict(args: argparse.Namespace) -> int:
             for path, result in _predict_in_parts(client, args, readable, RequestBudget(CLIENT_MESSAGE_MB)):
                 if isinstance(result, (ServingRpcError, str)):
                     why = result if isinstance(result, str) else f"{result.code.name}: {result.details}"
-                    error(f"{path}: {why}")
+                    error(f"{display_path(path)}: {why}")
                     failed += 1
                     continue
-                emit({"image": path, "classes": result.classes, "scores": result.scores})
+                # As predict-batch and ingest show names: a byte that is not UTF-8 as \xNN, so
+                # the JSON is valid UTF-8 and no two files print as one name.
+                emit({"image": display_path(path), "classes": result.classes, "scores": result.scores})
                 scored += 1
         except _StoppedAt as e:
             # The lines on stdout so far are the images scored; say how many were not.
             left = len(args.images) - scored - failed
             raise WorkFailed(
                 f"{e.error}; stopped after {scored} of {len(args.images)} images were scored "
-                f"({failed} failed before, {left} not scored, starting with {e.path})"
+                f"({failed} failed before, {left} not scored, starting with {display_path(e.path)})"
             ) from e.error
     if failed:
         raise WorkFailed(f"{failed} of {len(args.images)} images failed")
