@@ -438,3 +438,16 @@ def test_help_gives_every_option_a_text_and_its_default(command, shown, monkeypa
     out = " ".join(capsys.readouterr().out.split())
     for text in shown:
         assert text in out, (text, out)
+
+
+def test_the_runs_last_line_names_the_figure_the_gate_judged_by():
+    """On a 95/5 split a model was blessed at accuracy 0.60 by its balanced accuracy 0.79: the
+    line says which figure the gate used and its floor, beside the plain accuracy."""
+    from imgpipe.cli.run import _judged
+
+    gate = {"metric": "balanced_accuracy", "value": 0.7894736, "floor": 0.7807017}
+    assert _judged(gate, 0.6) == "balanced_accuracy 0.7895 (floor 0.7807); accuracy 0.6000"
+    assert (
+        _judged({"metric": "accuracy", "value": 0.9, "floor": 0.5}, 0.9) == "accuracy 0.9000 (floor 0.5000)"
+    )
+    assert _judged(None, None) == "accuracy None"  # a run stopped before the gate

@@ -89,13 +89,25 @@ def run_pipeline(config: PipelineConfig, verbose: bool = False, lock_wait: float
             emit_failure(e.summary.to_dict())
         raise
     log.info(
-        "run %s: accuracy %s, blessed %s, pushed %s",
+        "run %s: %s, blessed %s, pushed %s",
         summary.run_id,
-        summary.accuracy,
+        _judged(summary.gate, summary.accuracy),
         summary.blessed,
         summary.pushed or (f"nothing ({summary.push_skipped})" if summary.push_skipped else "nothing"),
     )
     return summary.to_dict()
+
+
+def _judged(gate: dict | None, accuracy: float | None) -> str:
+    """The figure the gate judged by, named, against its floor ("balanced_accuracy 0.7895 (floor
+    0.7807); accuracy 0.6000"): on a skewed split the plain accuracy alone misleads."""
+    if not gate or gate.get("value") is None or not gate.get("metric"):
+        return f"accuracy {accuracy}"
+    floor = f" (floor {gate['floor']:.4f})" if isinstance(gate.get("floor"), (int, float)) else ""
+    judged = f"{gate['metric']} {gate['value']:.4f}{floor}"
+    if gate["metric"] != "accuracy" and accuracy is not None:
+        judged += f"; accuracy {accuracy:.4f}"
+    return judged
 
 
 def _run(args: argparse.Namespace) -> int:
