@@ -39,6 +39,9 @@ class Report:
     anomalies: list[str]
     anomalies_allowed: list[str]
     baseline_classes: list[str] | None
+    # split -> {"records", "repeats", "conflicting_images", "conflicting_records"}: copies of one
+    # image within the split (components/data_gate.py); {} in reports written before it.
+    copies: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def label_counts(self, split: str) -> dict[str, int]:
         return dict(self.splits.get(split, {}).get("labels", {}))

@@ -1,9 +1,12 @@
 """DataGate: stops the run before Transform and the Trainer when the data breaks its contract.
 
 Inputs: StatisticsGen's statistics, ExampleValidator's anomalies (against the
-contract schema, components/schema_gen.py) and the latest blessed model (the
-Resolver's output, also the Evaluator's baseline). The checks themselves are
-plain functions in components/data_contract.py; each anomaly is one sentence.
+contract schema, components/schema_gen.py), the latest blessed model (the
+Resolver's output, also the Evaluator's baseline) and ExampleGen's examples,
+whose train split is read for copies of one image: one under two labels is an
+anomaly (ingest leaves such images out; TFRecords made elsewhere may hold them),
+repeats are counted in the report. The label checks themselves are plain
+functions in components/data_contract.py; each anomaly is one sentence.
 
 Why compare the label set with the latest blessed model rather than with the
 previous run's schema: the blessed model is what is served and what the
@@ -21,7 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import types
 from tfx.components.statistics_gen import stats_artifact_utils
@@ -32,12 +38,14 @@ from tfx.utils import io_utils
 
 from components.artifacts import DataGateReport, Report, model_class_names, write_report
 from components.data_contract import SPLITS, SplitLabels, find_anomalies, require_complete, split_labels
+from trainer import image_ids
 
 log = logging.getLogger(__name__)
 
 STATISTICS_KEY = "statistics"
 ANOMALIES_KEY = "anomalies"
 BASELINE_MODEL_KEY = "baseline_model"
+EXAMPLES_KEY = "examples"  # ExampleGen's output: the train split's image copies are counted
 REPORT_KEY = "report"
 ALLOW_KEY = "allow_anomalies"
 ANOMALIES_FILE = "SchemaDiff.pb"  # ExampleValidator's per-split output
@@ -62,6 +70,38 @@ def _read_anomalies(artifact: types.Artifact, split: str) -> anomalies_pb2.Anoma
     return anomalies_pb2.Anomalies.FromString(io_utils.read_bytes_file(path))
 
 
+def split_copies(ids: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Copies of one image among a split's records (`ids`: their image fingerprints,
+    trainer/image_ids.py): how many records repeat an earlier one's image, and the images under
+    more than one label, with the labels of the first few (in file order)."""
+    labels_of: dict[int, set[str]] = {}
+    for image, label in zip(ids.tolist(), labels, strict=True):
+        labels_of.setdefault(image, set()).add(label)
+    conflicting = [image for image, found in labels_of.items() if len(found) > 1]  # in file order
+    in_conflict = np.isin(ids, np.fromiter(conflicting, np.uint64, len(conflicting))) if conflicting else None
+    return {
+        "records": int(len(ids)),
+        "repeats": int(image_ids.repeats(ids).sum()),
+        "conflicting_images": len(conflicting),
+        "conflicting_records": int(in_conflict.sum()) if in_conflict is not None else 0,
+        "conflict_examples": [sorted(labels_of[i]) for i in conflicting[:3]],
+    }
+
+
+def conflict_anomaly(split: str, copies: dict[str, Any]) -> str | None:
+    """The anomaly a split's label conflicts are (None without any): the same image under two
+    labels teaches the model that they cannot be told apart, and ingest never writes one."""
+    n = copies["conflicting_images"]
+    if not n:
+        return None
+    shown = "; ".join(" and ".join(repr(label) for label in found) for found in copies["conflict_examples"])
+    return (
+        f"{split}: {n} {'image is' if n == 1 else 'images are'} under more than one label "
+        f"({copies['conflicting_records']} records; e.g. {shown}): one picture labelled two ways "
+        "teaches the model noise; remove or relabel those records (ingest leaves such images out)"
+    )
+
+
 class DataGateExecutor(base_executor.BaseExecutor):
     """Checks the data, writes the report, raises DataGateError unless anomalies are allowed."""
 
@@ -83,6 +123,14 @@ class DataGateExecutor(base_executor.BaseExecutor):
         baseline_classes = model_class_names(baselines[0].uri) if baselines else None
 
         anomalies = find_anomalies(splits, validator, baseline_classes)
+        copies = {}
+        for examples in input_dict.get(EXAMPLES_KEY) or []:  # the train split's copies of one image
+            train = os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")
+            copies["train"] = split_copies(*image_ids.split_index(train))
+            found = conflict_anomaly("train", copies["train"])
+            anomalies += [found] if found else []
+            if copies["train"]["repeats"]:
+                log.info("train: %d records repeat an earlier record's image", copies["train"]["repeats"])
         allow = bool(exec_properties.get(ALLOW_KEY))
         if anomalies and not allow:
             raise DataGateError(failure_message(anomalies))
@@ -93,6 +141,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
             anomalies=anomalies,
             anomalies_allowed=anomalies if allow else [],
             baseline_classes=baseline_classes,
+            copies=copies,
         )
         write_report(artifact_utils.get_single_instance(output_dict[REPORT_KEY]), report)
 
@@ -103,6 +152,7 @@ class DataGateSpec(ComponentSpec):
         STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics),
         ANOMALIES_KEY: ChannelParameter(type=standard_artifacts.ExampleAnomalies),
         BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+        EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {REPORT_KEY: ChannelParameter(type=DataGateReport)}
 
@@ -119,11 +169,13 @@ class DataGate(base_component.BaseComponent):
         anomalies: types.BaseChannel,
         baseline_model: types.BaseChannel,
         allow_anomalies: bool,
+        examples: types.BaseChannel | None = None,
     ):
         spec = DataGateSpec(
             statistics=statistics,
             anomalies=anomalies,
             baseline_model=baseline_model,
+            examples=examples,
             allow_anomalies=int(allow_anomalies),
             report=types.Channel(type=DataGateReport),
         )

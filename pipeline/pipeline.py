@@ -105,6 +105,7 @@ def create_pipeline(
         anomalies=example_validator.outputs["anomalies"],
         baseline_model=model_resolver.outputs["model"],
         allow_anomalies=config.gate.allow_anomalies,
+        examples=example_gen.outputs["examples"],
     ).with_id(DATA_GATE_ID)
     # materialize=False: no float image tensors are written; the Trainer applies the
     # transform graph to the raw examples in its input function.

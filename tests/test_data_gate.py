@@ -334,3 +334,61 @@ def test_the_failure_message_counts_its_anomalies():
     assert failure_message(["eval: a", "train: b"]).startswith(
         "2 data anomalies stop the run before training"
     )
+
+
+def _with_train_examples(tmp_path, inputs, items) -> None:
+    """An ExampleGen output whose train split holds `items` ((image bytes, label)), gzipped as
+    ExampleGen writes it, as the gate's `examples` input."""
+    import tensorflow as tf
+    from tfx.types import artifact_utils, standard_artifacts
+
+    from tests.helpers import make_example
+
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    split = tmp_path / "examples" / "Split-train"
+    os.makedirs(split)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(str(split / "data_tfrecord-00000-of-00001.gz"), options) as w:
+        for image, label in items:
+            w.write(make_example(image, label))
+    inputs["examples"] = [examples]
+
+
+def test_an_image_under_two_labels_in_train_stops_the_run_and_repeats_are_counted(tmp_path):
+    """TFRecords made elsewhere can hold one picture under two labels (ingest leaves those out):
+    the Trainer trained on them saying nothing, and the gate later named no cause."""
+    from components.data_gate import DataGateError, DataGateExecutor
+
+    items = [(b"img-a", "5"), (b"img-b", "6"), (b"img-a", "6"), (b"img-c", "5"), (b"img-c", "5")]
+    items += [(b"img-d", "5"), (b"img-d", "7"), (b"img-d", "6")]
+    inputs, outputs = _artifacts(tmp_path, {"5": 4, "6": 3, "7": 1}, {"5": 1, "6": 1, "7": 1})
+    _with_train_examples(tmp_path, inputs, items)
+    with pytest.raises(DataGateError) as e:
+        DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+    assert (
+        "\n  - train: 2 images are under more than one label (5 records; e.g. '5' and '6'; '5' and '6' "
+        "and '7'): one picture labelled two ways teaches the model noise" in str(e.value)
+    ), str(e.value)
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 1})
+    with open(tmp_path / "report" / "data_gate.json", encoding="utf-8") as f:
+        copies = json.load(f)["copies"]["train"]
+    assert {k: copies[k] for k in ("records", "repeats", "conflicting_images", "conflicting_records")} == {
+        "records": 8,
+        "repeats": 4,  # img-a once, img-c once, img-d twice
+        "conflicting_images": 2,
+        "conflicting_records": 5,
+    }
+
+
+def test_repeats_alone_are_counted_not_an_anomaly(tmp_path):
+    from components.artifacts import read_report
+    from components.data_gate import DataGateExecutor
+
+    inputs, outputs = _artifacts(tmp_path, {"a": 4, "b": 4}, {"a": 1, "b": 1})
+    _with_train_examples(tmp_path, inputs, [(b"x", "a"), (b"x", "a"), (b"y", "b")])
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+    report = read_report(outputs["report"])
+    assert report.anomalies == [] and report.copies["train"]["repeats"] == 1
+    assert report.copies["train"]["conflicting_images"] == 0

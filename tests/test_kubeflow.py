@@ -109,7 +109,12 @@ def test_dag_has_every_local_component_with_the_same_dependencies(compiled):
     assert expected["InfraValidator"] == {"ImportExampleGen", "Trainer", "Evaluator"}
     assert expected["Pusher"] == {"Trainer", "Evaluator", "InfraValidator"}
     # The data gate sees the data checks and the blessed model; nothing trains before it passes.
-    assert expected["DataGate"] == {"StatisticsGen", "ExampleValidator", "latest_blessed_model_resolver"}
+    assert expected["DataGate"] == {
+        "ImportExampleGen",
+        "StatisticsGen",
+        "ExampleValidator",
+        "latest_blessed_model_resolver",
+    }
     assert "DataGate" in expected["Transform"] and "DataGate" in expected["Trainer"]
 
 
