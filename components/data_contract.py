@@ -181,6 +181,9 @@ def validator_messages(split: str, anomalies: anomalies_pb2.Anomalies) -> list[s
     return out
 
 
+LABEL_CHANGE = "label set changed against the latest blessed model"  # starts that anomaly's text
+
+
 def find_anomalies(
     splits: Mapping[str, SplitLabels],
     validator: Mapping[str, anomalies_pb2.Anomalies],
@@ -221,5 +224,5 @@ def find_anomalies(
     if baseline_classes is not None and train and train.counts:
         change = label_set_change(baseline_classes, sorted(train.labels))
         if change:
-            out.append(f"label set changed against the latest blessed model: {change}")
+            out.append(f"{LABEL_CHANGE}: {change}")
     return out

@@ -18,6 +18,9 @@ could return this run's own schema.
 With `allow_anomalies` the run goes on and the report lists each anomaly as
 allowed (the Evaluator copies them into gate.json); without it the executor
 raises DataGateError naming every anomaly, so nothing downstream runs.
+`accept_label_change` lets one anomaly through, and only it: the label set's change
+against the latest blessed model (a class added or removed on purpose); the
+Evaluator then compares the two models on the eval examples of the classes both have.
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils
 
 from components.artifacts import DataGateReport, Report, model_class_names, write_report
-from components.data_contract import SPLITS, SplitLabels, find_anomalies, require_complete, split_labels
+from components.data_contract import (
+    LABEL_CHANGE,
+    SPLITS,
+    SplitLabels,
+    find_anomalies,
+    require_complete,
+    split_labels,
+)
 from trainer import image_ids
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,7 @@ BASELINE_MODEL_KEY = "baseline_model"
 EXAMPLES_KEY = "examples"  # ExampleGen's output: the train split's image copies are counted
 REPORT_KEY = "report"
 ALLOW_KEY = "allow_anomalies"
+ACCEPT_CHANGE_KEY = "accept_label_change"
 ANOMALIES_FILE = "SchemaDiff.pb"  # ExampleValidator's per-split output
 
 
@@ -132,14 +143,23 @@ class DataGateExecutor(base_executor.BaseExecutor):
             if copies["train"]["repeats"]:
                 log.info("train: %d records repeat an earlier record's image", copies["train"]["repeats"])
         allow = bool(exec_properties.get(ALLOW_KEY))
-        if anomalies and not allow:
-            raise DataGateError(failure_message(anomalies))
-        for a in anomalies:
+        # accept_label_change lets the label set's change alone through (a class added on purpose).
+        accepted = (
+            [a for a in anomalies if a.startswith(LABEL_CHANGE)]
+            if exec_properties.get(ACCEPT_CHANGE_KEY)
+            else []
+        )
+        stopping = [a for a in anomalies if a not in accepted]
+        if stopping and not allow:
+            raise DataGateError(failure_message(stopping))
+        for a in accepted:
+            log.warning("label set change accepted (--accept-label-change): %s", a)
+        for a in stopping if allow else []:
             log.warning("data anomaly allowed (--allow-anomalies): %s", a)
         report = Report(
             splits={s: {"examples": v.examples, "labels": v.counts} for s, v in splits.items()},
             anomalies=anomalies,
-            anomalies_allowed=anomalies if allow else [],
+            anomalies_allowed=anomalies if allow else accepted,
             baseline_classes=baseline_classes,
             copies=copies,
         )
@@ -147,7 +167,10 @@ class DataGateExecutor(base_executor.BaseExecutor):
 
 
 class DataGateSpec(ComponentSpec):
-    PARAMETERS = {ALLOW_KEY: ExecutionParameter(type=int)}
+    PARAMETERS = {
+        ALLOW_KEY: ExecutionParameter(type=int),
+        ACCEPT_CHANGE_KEY: ExecutionParameter(type=int, optional=True),
+    }
     INPUTS = {
         STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics),
         ANOMALIES_KEY: ChannelParameter(type=standard_artifacts.ExampleAnomalies),
@@ -170,6 +193,7 @@ class DataGate(base_component.BaseComponent):
         baseline_model: types.BaseChannel,
         allow_anomalies: bool,
         examples: types.BaseChannel | None = None,
+        accept_label_change: bool = False,
     ):
         spec = DataGateSpec(
             statistics=statistics,
@@ -177,6 +201,7 @@ class DataGate(base_component.BaseComponent):
             baseline_model=baseline_model,
             examples=examples,
             allow_anomalies=int(allow_anomalies),
+            accept_label_change=int(accept_label_change),
             report=types.Channel(type=DataGateReport),
         )
         super().__init__(spec=spec)

@@ -61,6 +61,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from pydantic import ValidationError
@@ -88,6 +89,7 @@ from components.gate_decision import (
     gate_record,
     gated_value,
     judged_results,
+    on_shared_classes,
     plan_gate,
     reasons,
     with_seen_examples,
@@ -102,7 +104,7 @@ log = logging.getLogger(__name__)
 DATA_REPORT_KEY = "data_report"
 GATE_CONFIG_KEY = "gate_config"
 # Gate settings the Evaluator does not read (the data gate's).
-_NOT_EVALUATOR = frozenset({"allow_anomalies"})
+_NOT_EVALUATOR = frozenset({"allow_anomalies", "accept_label_change"})
 
 
 # ------------------------------------------------------------------ the EvalConfig
@@ -329,7 +331,20 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         seen = None  # the same, for the records the baseline trained on
         if plan.baseline.compared and not plan.baseline.identical:
             seen = unseen_comparison.seen_by(baselines[0].uri, lambda: eval_ids, "the latest blessed model")
-            if seen is not None or judged_on is not None:
+            shared = plan.baseline.shared_classes
+            if shared is not None:
+                # A class added or removed (accepted): both models are compared on the eval
+                # examples of the classes both have, a candidate's answer of a new class there
+                # counting as wrong, like the baseline's of a class the candidate dropped.
+                either = left_out if seen is None else seen | left_out
+                either = either | np.array([label not in shared for label in eval_labels], bool)
+                compared_plan = dataclasses.replace(
+                    plan.baseline, seen_eval_examples=None if seen is None else int(seen.sum())
+                )
+                plan = dataclasses.replace(
+                    plan, baseline=on_shared_classes(compared_plan, int((~either).sum()))
+                )
+            elif seen is not None or judged_on is not None:
                 either = left_out if seen is None else seen | left_out
                 plan = dataclasses.replace(
                     plan,
@@ -758,6 +773,11 @@ def _baseline_text(plan: GatePlan) -> str:
         return "identical to the candidate (not evaluated twice)"
     if plan.baseline.reused_from:
         return f"compared with its accuracy measured earlier on these eval examples ({plan.baseline.reused_from})"
+    if plan.baseline.shared_classes is not None and plan.baseline.compared_examples is not None:
+        return (
+            f"compared on the {plan.baseline.compared_examples} eval examples of the classes both models "
+            f"have ({plan.baseline.label_change})"
+        )
     if plan.baseline.compared_examples is not None:
         return f"compared on the {plan.baseline.compared_examples} eval examples neither model trained on"
     return "compared"

@@ -88,6 +88,12 @@ class GateConfig(Settings):
         False,
         description="continue past data anomalies found before training; the summary lists what was overridden",
     )
+    accept_label_change: bool = Field(
+        False,
+        description="continue past one data anomaly only: a label set other than the latest blessed model's "
+        "(a class added or removed); the gate then compares the two models on the eval examples of the "
+        "classes both have",
+    )
     eval_batch_size: int = Field(
         128,
         ge=1,

@@ -718,6 +718,10 @@ class BaselinePlan:
     # The eval examples both models are compared on when either trained on some of the split
     # (the same image bytes in its train split): the ones neither saw. None: the whole split.
     compared_examples: int | None = None
+    # The label set changed (a class added or removed): the models are compared on the eval
+    # examples of these classes, the ones both have, and `label_change` says what changed.
+    shared_classes: tuple[str, ...] | None = None
+    label_change: str | None = None
 
 
 def baseline_plan(
@@ -735,8 +739,33 @@ def baseline_plan(
         return BaselinePlan(False, NO_BASELINE)
     change = label_set_change(baseline_classes, candidate_classes)
     if change:
-        return BaselinePlan(False, f"label set changed: {change} (against the latest blessed model)")
+        shared = tuple(sorted(set(baseline_classes) & set(candidate_classes)))
+        if len(shared) < 2:  # one class both have: any answer of that class is right there
+            return BaselinePlan(
+                False,
+                f"label set changed: {change} (against the latest blessed model); "
+                f"{len(shared)} class{'' if len(shared) == 1 else 'es'} in common, too few to compare on",
+            )
+        return BaselinePlan(True, None, shared_classes=shared, label_change=change)
     return BaselinePlan(True, None, identical)
+
+
+def on_shared_classes(baseline: BaselinePlan, compared: int) -> BaselinePlan:
+    """The plan once it is known how many eval examples of the shared classes (not seen by
+    either model, not repeats) there are: compared on those, or skipped, saying why, when they
+    are fewer than MIN_UNSEEN_TO_COMPARE."""
+    if baseline.shared_classes is None:
+        return baseline
+    if compared < MIN_UNSEEN_TO_COMPARE:
+        return BaselinePlan(
+            False,
+            f"label set changed: {baseline.label_change} (against the latest blessed model); the "
+            f"{compared} eval examples of the classes both models have are fewer than "
+            f"{MIN_UNSEEN_TO_COMPARE} to compare on",
+            shared_classes=baseline.shared_classes,
+            label_change=baseline.label_change,
+        )
+    return dataclasses.replace(baseline, compared_examples=compared, reused_from=None)
 
 
 # Fewest eval images neither model trained on that a comparison is made on. Below it the
@@ -989,6 +1018,11 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
                 else "eval examples"
             )
             where = f" on the {unseen} {what} neither model trained on" if unseen is not None else ""
+            if plan.baseline.shared_classes is not None:
+                where = (
+                    f" on the {unseen} {what} of the classes both models have "
+                    f"({_names(plan.baseline.shared_classes)}; {plan.baseline.label_change})"
+                )
             out.append(
                 f"{plan.floor.metric_text} {current:.3f}{where} regressed from the latest blessed model's {base_text} "
                 f"by more than max_regression {plan.max_regression:.3f}"
@@ -1083,6 +1117,8 @@ def gate_record(
             "seen_eval_examples": plan.baseline.seen_eval_examples,
             "compared_examples": _compared_examples(plan.baseline, results),
             "candidate_accuracy": _candidate_accuracy(plan, results),
+            "shared_classes": list(plan.baseline.shared_classes) if plan.baseline.shared_classes else None,
+            "label_change": plan.baseline.label_change,
         },
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),

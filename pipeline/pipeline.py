@@ -106,6 +106,7 @@ def create_pipeline(
         baseline_model=model_resolver.outputs["model"],
         allow_anomalies=config.gate.allow_anomalies,
         examples=example_gen.outputs["examples"],
+        accept_label_change=config.gate.accept_label_change,
     ).with_id(DATA_GATE_ID)
     # materialize=False: no float image tensors are written; the Trainer applies the
     # transform graph to the raw examples in its input function.

@@ -248,38 +248,85 @@ def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfm
     assert gate["eval_examples_in_train"] is None  # the candidate has no record of its training images
 
 
-def test_changed_label_set_skips_the_baseline_with_the_reason(tmp_path, fake_tfma):
+@pytest.mark.parametrize("compared, blessed", [((0.9, 0.85), True), ((0.7, 0.9), False)])
+def test_a_class_added_compares_the_models_on_the_classes_both_have(
+    tmp_path, fake_tfma, monkeypatch, compared, blessed
+):
+    """A class added (accepted at the data gate): the served model was replaced with no
+    comparison at all; now both are measured on the eval examples of the classes both have,
+    the candidate's answers of the new class there counting as wrong."""
+    from components import unseen_comparison
     from components.evaluator import GateEvaluatorExecutor
     from components.gate_decision import EvalResults
 
+    calls = []
+
+    def measured(left_out, files, model_dirs, batch_size, balanced):
+        calls.append((list(left_out), model_dirs))
+        return list(compared)
+
+    monkeypatch.setattr(unseen_comparison, "accuracies_on_unseen", measured)
     fake_tfma["results"] = EvalResults(0.9, 30, {"a": 0.9, "b": 0.9, "c": 0.9}, None)
     baseline = _model(tmp_path, "baseline", ["a", "b"])
     inputs = {
-        "examples": [_examples(tmp_path)],
+        "examples": [_examples(tmp_path)],  # 20 eval records, all of class 'a'
         "model": [_model(tmp_path, "candidate", ["a", "b", "c"])],
         "baseline_model": [baseline],
         "data_report": [_report(tmp_path, {"a": 10, "b": 10, "c": 10})],
     }
-    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=0.6))
-    assert fake_tfma["inputs"]["baseline_model"] == []  # TFMA gets no baseline to compare with
-    assert _thresholds(fake_tfma["props"]["eval_config"])["overall"][0] == pytest.approx(
-        0.6 - METRIC_TOLERANCE, abs=1e-9
-    )
+    outputs = _outputs(tmp_path)
+    GateEvaluatorExecutor().Do(inputs, outputs, _props({}, min_accuracy=0.6))
+    assert fake_tfma["inputs"]["baseline_model"] == []  # TFMA cannot compare other label sets
+    [(left_out, model_dirs)] = calls
+    assert left_out == [False] * 20  # every record is of a class both models have
+    assert model_dirs == [
+        str(tmp_path / "candidate" / "Format-Serving"),
+        str(tmp_path / "baseline" / "Format-Serving"),
+    ]
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         gate = json.load(f)
-    assert gate["blessed"] is True and gate["reasons"] == []
-    assert gate["floor_source"] == "min_accuracy"
+    assert gate["blessed"] is blessed
+    assert outputs["blessing"][0].get_int_custom_property("blessed") == int(blessed)
     assert gate["baseline"] == {
-        "accuracy": None,
+        "accuracy": compared[1],
         "max_regression": 0.0,
-        "compared": False,
-        "skipped_reason": "label set changed: new class 'c' (against the latest blessed model)",
+        "compared": True,
+        "skipped_reason": None,
         "identical": False,
         "reused_from": None,
         "seen_eval_examples": None,
-        "compared_examples": None,
-        "candidate_accuracy": None,
+        "compared_examples": 20,
+        "candidate_accuracy": compared[0],
+        "shared_classes": ["a", "b"],
+        "label_change": "new class 'c'",
     }
+    if not blessed:
+        assert gate["reasons"] == [
+            "accuracy 0.700 on the 20 eval examples of the classes both models have ('a', 'b'; new class "
+            "'c') regressed from the latest blessed model's 0.900 by more than max_regression 0.000"
+        ]
+
+
+def test_a_label_set_sharing_one_class_skips_the_baseline_with_the_reason(tmp_path, fake_tfma):
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    fake_tfma["results"] = EvalResults(0.9, 30, {"a": 0.9, "c": 0.9}, None)
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [_model(tmp_path, "candidate", ["a", "c"])],
+        "baseline_model": [_model(tmp_path, "baseline", ["a", "b"])],
+        "data_report": [_report(tmp_path, {"a": 10, "c": 10})],
+    }
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=0.6))
+    assert fake_tfma["inputs"]["baseline_model"] == []
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        gate = json.load(f)
+    assert gate["blessed"] is True and gate["baseline"]["compared"] is False
+    assert gate["baseline"]["skipped_reason"] == (
+        "label set changed: new class 'c'; vanished class 'b' (against the latest blessed model); "
+        "1 class in common, too few to compare on"
+    )
 
 
 def test_same_label_set_compares_with_the_baseline(tmp_path, fake_tfma):
@@ -330,6 +377,8 @@ def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, 
         "seen_eval_examples": None,  # the candidate itself: nothing to look up
         "compared_examples": 20,
         "candidate_accuracy": 0.9,
+        "shared_classes": None,
+        "label_change": None,
     }
 
 
@@ -670,6 +719,8 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
         "seen_eval_examples": 30,
         "compared_examples": 25,
         "candidate_accuracy": on_unseen[0],
+        "shared_classes": None,
+        "label_change": None,
     }
     assert outputs["blessing"][0].get_int_custom_property("blessed") == int(blessed)
     if not blessed:

@@ -22,6 +22,7 @@ from components.gate_decision import (
     fewest_right_beating,
     gate_record,
     label_set_change,
+    on_shared_classes,
     plan_gate,
     reasons,
     with_seen_examples,
@@ -67,6 +68,8 @@ BASELINE_KEYS = {
     "seen_eval_examples",
     "compared_examples",
     "candidate_accuracy",
+    "shared_classes",
+    "label_change",
 }
 
 
@@ -127,8 +130,17 @@ def test_baseline_plan():
     changed = baseline_plan(["a", "b", "c"], ["a", "d"])
     assert not changed.compared
     assert changed.skipped_reason == (
-        "label set changed: new classes 'b', 'c'; vanished class 'd' (against the latest blessed model)"
+        "label set changed: new classes 'b', 'c'; vanished class 'd' (against the latest blessed model); "
+        "1 class in common, too few to compare on"
     )
+    # A class added (or removed) with two or more kept: compared on the classes both have.
+    added = baseline_plan(["a", "b", "c"], ["b", "a"])
+    assert added.compared and added.shared_classes == ("a", "b") and added.label_change == "new class 'c'"
+    assert on_shared_classes(added, 19).skipped_reason == (
+        "label set changed: new class 'c' (against the latest blessed model); the 19 eval examples of the "
+        "classes both models have are fewer than 20 to compare on"
+    )
+    assert on_shared_classes(added, 20).compared and on_shared_classes(added, 20).compared_examples == 20
 
 
 def test_label_set_change_wording():
@@ -252,6 +264,8 @@ def test_record_has_every_contract_key():
         "seen_eval_examples": None,
         "compared_examples": None,
         "candidate_accuracy": None,
+        "shared_classes": None,
+        "label_change": None,
     }
     assert record["anomalies_allowed"] == ["eval: x"] and record["measured"] is None
 

@@ -177,6 +177,22 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         baseline={"accuracy": None, "compared": False, "skipped_reason": "no blessed model yet"},
     )
     assert data.gate_from_record(skipped).baseline_note == "not compared: no blessed model yet"
+    added = dict(
+        _gate_record(["7"]),
+        baseline={
+            "accuracy": 0.9,
+            "compared": True,
+            "max_regression": 0.0,
+            "compared_examples": 30,
+            "candidate_accuracy": 0.85,
+            "shared_classes": ["5", "7"],
+            "label_change": "new class '6'",
+        },
+    )
+    assert data.gate_from_record(added).baseline_note == (
+        "latest blessed model, on the 30 eval examples of the classes both models have ('5', '7'; new class "
+        "'6'), where this model has 0.8500; allowed regression 0.0000"
+    )
     resplit = dict(
         _gate_record(["7"]),
         eval_examples=60,

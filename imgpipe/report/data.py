@@ -434,6 +434,13 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         floor_note = min_accuracy
     if baseline.get("compared") and baseline.get("identical"):
         baseline_note = "latest blessed model, which is this model (identical files): no regression"
+    elif baseline.get("compared") and baseline.get("shared_classes"):
+        shared = ", ".join(repr(c) for c in baseline["shared_classes"])
+        baseline_note = (
+            f"latest blessed model, on the {baseline.get('compared_examples')} eval examples of the classes "
+            f"both models have ({shared}; {baseline.get('label_change')}), where this model has "
+            f"{_fmt(baseline.get('candidate_accuracy'))}; allowed regression {_fmt(baseline.get('max_regression'))}"
+        )
     elif baseline.get("compared") and _compared_on_a_subset(record):
         trained = [
             f"{who} trained on {n}"
