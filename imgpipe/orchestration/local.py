@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 
 from components import loaded_models
+from components.data_contract import LABEL_CHANGE
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import REPORT_FILE as INGEST_REPORT_FILE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
@@ -436,7 +437,10 @@ def _log_gate(gate: dict | None) -> None:
     if not gate:
         return
     for anomaly in gate.get("anomalies_allowed") or []:
-        log.warning("data anomaly allowed (--allow-anomalies): %s", anomaly)
+        if anomaly.startswith(LABEL_CHANGE):
+            log.warning("data anomaly let through (--accept-label-change or --allow-anomalies): %s", anomaly)
+        else:
+            log.warning("data anomaly allowed (--allow-anomalies): %s", anomaly)
     for reason in gate.get("reasons") or []:
         log.warning("not blessed: %s", reason)
     skipped = (gate.get("baseline") or {}).get("skipped_reason")
