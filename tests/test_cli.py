@@ -162,6 +162,26 @@ def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (
+            ["--log-sample-rate", "2"],
+            "invalid server settings: --log-sample-rate (log_sample_rate) must be in [0, 1], got 2.0",
+        ),
+        (
+            ["--threads", "0", "--num-versions", "0"],
+            "--threads (threads) must be >= 1, got 0; --num-versions (num_versions) must be >= 1",
+        ),
+    ],
+)
+def test_serve_settings_errors_name_the_flag(flags, message, tmp_path, capsys):
+    """serve's settings are checked together when it starts: each one named as the flag typed."""
+    argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", "x", "--port", "0", *flags]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
 def test_run_with_a_file_for_serving_dir_names_it(tmp_path, capsys):
     for split in ("train", "eval"):
         (tmp_path / "data" / split).mkdir(parents=True)

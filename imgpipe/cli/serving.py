@@ -10,7 +10,9 @@ one JSON line per image on stdout; exit 0 when every image was classified,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -172,7 +174,18 @@ def _serve(args: argparse.Namespace) -> int:
             if freeze:
                 gc.unfreeze()
     except ServerStartError as e:
-        raise UsageError(str(e)) from e
+        raise UsageError(_as_flags(str(e))) from e
+
+
+def _as_flags(message: str) -> str:
+    """A settings error in the flags the user typed: "log_sample_rate must be ..." becomes
+    "--log-sample-rate (log_sample_rate) must be ..." for every setting `imgpipe serve` has a flag for."""
+    for field in dataclasses.fields(ServerConfig):
+        if field.name == "run_warmup":
+            continue  # --no-warmup turns it off: no value to name
+        flag = f"--{field.name.replace('_', '-')}"
+        message = re.sub(rf"(?<![\w-]){field.name} must", f"{flag} ({field.name}) must", message)
+    return message
 
 
 # -- imgpipe predict -------------------------------------------------------------------
