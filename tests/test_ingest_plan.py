@@ -261,6 +261,33 @@ def test_classes_that_differ_only_in_case_are_kept_apart_with_a_warning() -> Non
     assert _plan(_tree({"cat": 4, "dog": 4})).warnings == []
 
 
+def test_class_names_that_print_almost_alike_are_kept_apart_with_a_warning() -> None:
+    """Fullwidth letters or a ligature (one name under NFKC), or a Cyrillic letter inside a Latin
+    name, print almost as the name they look like: two classes, said once each."""
+    plan = _plan(
+        _tree({"cat": 4, "\uff43\uff41\uff54": 4, "\ufb01sh": 4, "fish": 4, "c\u0430r": 4, "Cat": 4})
+    )
+    assert len(plan.classes) == 6
+    assert plan.warnings == [
+        "classes 'Cat', 'cat' differ only in letter case: they are 2 classes; if they are one, merge their folders",
+        "classes 'Cat', 'cat', '\uff43\uff41\uff54' are one name in Unicode's compatibility forms (fullwidth "
+        "or other variants of the same letters): they print almost alike and are 3 classes; if they are one, "
+        "merge their folders",
+        "classes 'fish', '\ufb01sh' are one name in Unicode's compatibility forms (fullwidth or other "
+        "variants of the same letters): they print almost alike and are 2 classes; if they are one, merge "
+        "their folders",
+        "class 'c\u0430r' mixes Cyrillic and Latin letters ('\u0430' U+0430): a look-alike letter typed by "
+        "mistake makes it another class than the name it looks like",
+    ]
+    # Names in one script each, or in scripts that do not look like Latin, are no warning.
+    assert (
+        _plan(
+            _tree({"\u732b": 4, "\u043a\u043e\u0442": 4, "\u03b3\u03ac\u03c4\u03b1": 4, "caf\u00e9": 4})
+        ).warnings
+        == []
+    )
+
+
 def test_more_classes_than_run_takes_are_written_with_a_warning() -> None:
     plan = _plan(_tree({f"c{i:04d}": 2 for i in range(1001)}))
     assert len(plan.classes) == 1001
