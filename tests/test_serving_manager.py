@@ -204,6 +204,22 @@ def test_failed_version_keeps_the_old_one_and_retries_only_when_files_change(
     manager.stop()
 
 
+def test_a_client_waiting_for_a_model_that_failed_to_load_is_told_why(tmp_path):
+    """Only the server's log said why no version was loaded; the answer keeps TF Serving's
+    "Latest(name)" words (clients retry on them) and adds the newest version's failure."""
+    broken = tmp_path / "1"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    manager = manager_lib.ModelManager(NAME, str(tmp_path))
+    manager.poll_once()
+    with pytest.raises(ModelNotFoundError) as caught, manager.acquire(_spec()):
+        pass
+    message = str(caught.value)
+    assert message.startswith(client_lib.NOT_LOADED_YET), message
+    assert "; version 1 failed to load: " in message and "SavedModel" in message
+    manager.stop()
+
+
 def test_a_base_path_that_cannot_be_listed_is_said_once_until_it_changes(tmp_path, caplog):
     """A missing base path was warned about at every poll (each second by default)."""
     base = tmp_path / "models"

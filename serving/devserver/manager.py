@@ -262,13 +262,23 @@ class ModelManager:
                 # loading model on the real one too.
                 raise ModelNotFoundError(
                     f"Servable not found for request: Latest({self.model_name}) (no version is "
-                    f"loaded yet; base path {self.base_path})"
+                    f"loaded yet; base path {self.base_path}{self._last_failure()})"
                 )
             loaded.acquire()
         try:
             yield loaded
         finally:
             loaded.release()
+
+    def _last_failure(self) -> str:
+        """ "; version N failed to load: why" for the newest version whose load failed, so a client
+        waiting for a model sees the reason, not only the server's log ("" when none failed).
+        Called holding the lock."""
+        failed = [v for v, state in self._states.items() if state.error_code != grpc.StatusCode.OK]
+        if not failed:
+            return ""
+        state = self._states[max(failed)]
+        return f"; version {state.version} failed to load: {state.error_message}"
 
 
 def _load_failure(e: Exception) -> tuple[grpc.StatusCode, str]:
