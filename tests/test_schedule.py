@@ -130,6 +130,14 @@ def _systemd_analyze() -> bool:
         ("15 2 * * 1-5", "Mon..Fri *-*-* 02:15:00"),
         ("0 6 1 1,7 *", "*-01,07-01 06:00:00"),
         ("0 4 * * 0,7", "Sun *-*-* 04:00:00"),
+        # Cron's week is 0-7, Sunday at both ends; systemd's runs Monday to Sunday and refuses a
+        # range starting on Sunday ("Sun..Sat"), and "Sun..Sun" is Sundays only: every day was
+        # written as Sundays, and 0-6 refused with a calendar the user never wrote.
+        ("0 3 * * 0-7", "*-*-* 03:00:00"),
+        ("0 3 * * SUN-SAT", "*-*-* 03:00:00"),
+        ("0 3 * * 0-2", "Mon,Tue,Sun *-*-* 03:00:00"),
+        ("0 3 * * 5-7", "Fri..Sun *-*-* 03:00:00"),
+        ("0 3 * * */2", "Tue,Thu,Sat,Sun *-*-* 03:00:00"),
         # Steps over days and months start at 1, as cron's do (systemd refuses "00/2" there).
         ("30 2 */2 * *", "*-*-01/2 02:30:00"),
         ("0 0 1 */3 *", "*-01/3-01 00:00:00"),
@@ -162,7 +170,9 @@ def test_a_refused_schedule_leaves_the_existing_one_as_it_was(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
     refused = {
         "--systemd over a file": ["--cron", "0 3 * * *", "--systemd", str(tmp_path / "a-file" / "units")],
-        "no systemd calendar": ["--cron", "0 3 * * */2", "--systemd", str(units)],
+        "no systemd calendar": ["--cron", "0 3 1-9/2 * *", "--systemd", str(units)],
+        "a log file that is a directory": ["--cron", "0 3 * * *", "--log-file", str(tmp_path)],
+        "a lock file that is a directory": ["--cron", "0 3 * * *", "--lock-file", str(tmp_path)],
         "both days set": ["--cron", "0 3 1 * 1", "--systemd", str(units)],
         "a bad --on-calendar": ["--cron", "0 3 * * *", "--systemd", str(units), "--on-calendar", "a\nb"],
         "a missing weights file": ["--cron", "0 3 * * *", "--weights", str(tmp_path / "nope.h5")],

@@ -132,7 +132,37 @@ def _check_some_day(expr: str, fields: list[str]) -> None:
 _DOW = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
-def _calendar_field(value: str, dow: bool = False, first: str = "00") -> str:
+def _weekdays(value: str) -> str:
+    """A cron day-of-week field as systemd's weekday list ("" for every day).
+
+    Cron's days run 0-7, both ends Sunday, so `0-6`, `SUN-SAT` and `0-7` are every day and
+    `0-2` is Sunday to Tuesday; systemd's week runs Monday to Sunday, and a range may not start
+    on Sunday ("Sun..Sat" is refused, "Sun..Sun" is Sundays only). So the days are expanded
+    and written again as Monday-first runs, Sunday last: `0-2` is "Mon..Tue,Sun".
+    """
+    days = {d % 7 for d in _values(value, 0, 7)}
+    if len(days) == 7:
+        return ""
+    order = [d for d in (1, 2, 3, 4, 5, 6, 0) if d in days]
+    runs: list[list[int]] = []
+    for d in order:
+        if runs and d != 0 and runs[-1][-1] == d - 1:
+            runs[-1].append(d)
+        elif runs and d == 0 and runs[-1][-1] == 6:
+            runs[-1].append(d)  # Saturday to Sunday: the end of systemd's week
+        else:
+            runs.append([d])
+    return ",".join(
+        _DOW[r[0]]
+        if len(r) == 1
+        else f"{_DOW[r[0]]},{_DOW[r[1]]}"
+        if len(r) == 2
+        else f"{_DOW[r[0]]}..{_DOW[r[-1]]}"
+        for r in runs
+    )
+
+
+def _calendar_field(value: str, first: str = "00") -> str:
     """One cron field as systemd writes it; `first` is where `*/N` starts (cron counts days of the
     month and months from 1, minutes and hours from 0)."""
     parts = []
@@ -140,15 +170,6 @@ def _calendar_field(value: str, dow: bool = False, first: str = "00") -> str:
         m = _ITEM.match(item)
         assert m  # parse_cron validated it
         base, step = m.group(1), m.group(2)
-        if dow:
-            if step:
-                raise ScheduleError(f"day of week {value!r}: steps cannot be converted to systemd OnCalendar")
-            if base == "*":
-                continue
-            days = "..".join(_DOW[int(x)] for x in base.split("-"))
-            if days not in parts:  # 0 and 7 are both Sunday
-                parts.append(days)
-            continue
         if base != "*":
             base = "..".join(f"{int(x):02d}" for x in base.split("-"))
         if step:
@@ -191,7 +212,7 @@ def cron_to_on_calendar(expr: str) -> str:
             f"cron {expr!r}: with both day-of-month and day-of-week set cron runs on either, systemd "
             "only on both; pass --on-calendar explicitly"
         )
-    weekday = _calendar_field(dow, dow=True)
+    weekday = "" if dow == "*" else _weekdays(dow)
     date = f"*-{_calendar_field(month, first='01')}-{_calendar_field(dom, first='01')}"
     time = f"{_calendar_field(hour)}:{_calendar_field(minute)}:00"
     return f"{weekday + ' ' if weekday else ''}{date} {time}"
@@ -259,6 +280,8 @@ def local_schedule(
     if not executable or not os.path.isfile(executable) or not os.access(executable, os.X_OK):
         raise ScheduleError(f"--imgpipe {command[0]}: not an executable file")
     for flag, path in (("--log-file", log_file), ("--lock-file", lock_file)):
+        if os.path.isdir(path):  # every scheduled run would fail on it: `>> DIR` or the lock's open
+            raise ScheduleError(f"{flag} {path} is a directory: give a file name")
         _check_can_write_in(flag, os.path.dirname(path))
     calendar = None
     if systemd_dir:
