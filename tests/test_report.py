@@ -436,6 +436,16 @@ def test_report_latest_prints_json_on_stdout_and_the_text_on_stderr(tmp_path, ca
     assert "precision  recall  support" in captured.err
 
 
+def test_latest_is_the_run_that_started_last_whatever_the_files_times(tmp_path):
+    """A home copied without its file times, or an old record's config saved again to re-run it,
+    made an old run `latest` (records were ordered by the config file's time)."""
+    older = _record(tmp_path, "2026-02-02T10:00:00.500000-aaaa", with_report=False, mtime=3_000_000)
+    newer = _record(tmp_path, "2026-02-02T11:00:00-bbbb", with_report=False, mtime=1_000_000)
+    named_otherwise = _record(tmp_path, "imported", with_report=False, mtime=2_000_000)
+    assert runs.records(str(tmp_path)) == [newer, older, named_otherwise]
+    assert runs.find_record(str(tmp_path), runs.LATEST) == newer
+
+
 def test_report_of_an_unknown_run_or_home_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["report", "latest", "--home", str(tmp_path)]) == cli.EXIT_USAGE
     assert "no run records" in capsys.readouterr().err

@@ -6,10 +6,12 @@ HOME/runs/<run_id>/config.yaml`), and read back without ML Metadata.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 import re
+import time
 
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
@@ -48,7 +50,10 @@ LATEST = "latest"  # names the newest run record wherever a run id is asked for
 
 
 def records(home: str) -> list[str]:
-    """Run record folders under HOME/runs, newest first (by when the run saved its config)."""
+    """Run record folders under HOME/runs, newest first: by when the run started, which its id
+    says (`new_run_id`: the local time), or for a folder named otherwise by when its config was
+    saved. Not by file times alone: a home copied without them (`cp -r`), or a record's config
+    opened and saved again to re-run it, made an old run `latest`."""
     root = os.path.join(home, "runs")
     folders = [
         os.path.join(root, name)
@@ -56,7 +61,25 @@ def records(home: str) -> list[str]:
         if os.path.isfile(os.path.join(root, name, CONFIG_FILE))
         and os.path.isfile(os.path.join(root, name, SUMMARY_FILE))
     ]
-    return sorted(folders, key=lambda f: (os.path.getmtime(os.path.join(f, CONFIG_FILE)), f), reverse=True)
+    return sorted(folders, key=lambda f: (_started(f), f), reverse=True)
+
+
+_RUN_ID_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[:_](\d{2})[:_](\d{2})(\.\d+)?")
+
+
+def _started(folder: str) -> float:
+    """When the run of a record folder started (seconds since the epoch): from the local time its
+    name begins with, else its config file's modification time."""
+    m = _RUN_ID_TIME.match(os.path.basename(folder))
+    if m:
+        try:
+            when = datetime.datetime.strptime(
+                f"{m.group(1)} {m.group(2)}:{m.group(3)}:{m.group(4)}", "%Y-%m-%d %H:%M:%S"
+            )
+            return time.mktime(when.timetuple()) + float(m.group(5) or 0)
+        except (ValueError, OverflowError):
+            pass
+    return os.path.getmtime(os.path.join(folder, CONFIG_FILE))
 
 
 def failure(summary: dict) -> str | None:
