@@ -225,3 +225,15 @@ def test_cli_usage_errors_exit_2(data_dir, tmp_path, capsys):
         assert f"--output {output} {says}" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "d.py") and not os.listdir(tmp_path / "dags")
     assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]  # no temporary file left
+
+
+def test_an_empty_output_is_refused_and_a_name_airflow_skips_is_warned_about(data_dir, tmp_path, capsys):
+    """`--output ""` failed after the work with a rename's error; a DAG file not named *.py is
+    never read by Airflow's scheduler."""
+    base = ["airflow-dag", "--data", data_dir, "--schedule", "@daily", "--home", str(tmp_path / "home")]
+    assert cli.main([*base, "--output", ""]) == 2
+    assert "--output is empty: give the file to write" in capsys.readouterr().err
+    assert cli.main([*base, "--output", str(tmp_path / "dag.txt")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["output"] == str(tmp_path / "dag.txt")
+    assert "does not end in .py: Airflow's scheduler reads DAG files named *.py only" in captured.err

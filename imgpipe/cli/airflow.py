@@ -7,6 +7,7 @@ policy; the file embeds the resolved config, so the DAG needs no config file.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from imgpipe.cli.kubeflow import check_output, reject
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
@@ -14,6 +15,8 @@ from imgpipe.cli.run import add_run_arguments, config_from
 from imgpipe.orchestration import airflow
 from imgpipe.orchestration.paths import write_atomically
 from pipeline.config import ConfigError
+
+log = logging.getLogger("imgpipe.airflow")
 
 
 def _add_airflow_dag(p: argparse.ArgumentParser) -> None:
@@ -43,6 +46,12 @@ def _cmd_airflow_dag(args: argparse.Namespace) -> int:
         "does not apply to an Airflow DAG (it allows one active run: max_active_runs=1)",
     )
     check_output(args.output)
+    if not args.output.endswith(".py"):
+        log.warning(
+            "--output %s does not end in .py: Airflow's scheduler reads DAG files named *.py only, "
+            "so it will not see this DAG until it is renamed",
+            args.output,
+        )
     config = config_from(args)
     try:
         source = airflow.render_dag(

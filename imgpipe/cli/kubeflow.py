@@ -25,6 +25,8 @@ def reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
 # --------------------------------------------------------------------------- compile
 def check_output(path: str) -> None:
     """UsageError naming --output unless a file can be written at `path`, before any work."""
+    if not path.strip():
+        raise UsageError("--output is empty: give the file to write")
     problem = output_file_problem(path)
     if problem:
         raise UsageError(f"--output {problem}")
