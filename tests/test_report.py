@@ -446,6 +446,19 @@ def test_latest_is_the_run_that_started_last_whatever_the_files_times(tmp_path):
     assert runs.find_record(str(tmp_path), runs.LATEST) == newer
 
 
+def test_another_misclassified_cap_than_the_written_reports_writes_it_again(tmp_path, capsys, monkeypatch):
+    """--max-misclassified was ignored when the run had a report (its cap, 6 here, was kept)."""
+    from imgpipe.cli import report as report_cli
+
+    _record(tmp_path, "2026-02-02T10:00:00.5", with_report=True, mtime=2_000_000)
+    written = []
+    monkeypatch.setattr(report_cli, "_regenerate", lambda home, folder, summary, cap: written.append(cap))
+    assert cli.main(["report", "latest", "--home", str(tmp_path), "--max-misclassified", "6"]) == 0
+    assert json.loads(capsys.readouterr().out)["regenerated"] is False and written == []  # the same cap
+    assert cli.main(["report", "latest", "--home", str(tmp_path), "--max-misclassified", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["regenerated"] is True and written == [2]
+
+
 def test_report_of_an_unknown_run_or_home_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["report", "latest", "--home", str(tmp_path)]) == cli.EXIT_USAGE
     assert "no run records" in capsys.readouterr().err

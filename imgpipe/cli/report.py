@@ -32,7 +32,8 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--max-misclassified",
         type=int,
         default=None,
-        help="cap on the misclassified images in a report written now (default 48)",
+        help="cap on the misclassified images in the report (default 48); another cap than the "
+        "written report's writes it again",
     )
     p.add_argument("--verbose", action="store_true", help="show the traceback when writing the report fails")
 
@@ -91,6 +92,14 @@ def _run(args: argparse.Namespace) -> int:
             f"run {recorded.get('run_id')} failed, so it has no report: {runs.failure(recorded)}"
         )
     data = None if args.regenerate else build.load_report(folder)
+    if data is not None and args.max_misclassified not in (None, data.max_misclassified):
+        # Another cap than the written report's: written again (it was silently kept before).
+        log.info(
+            "the report holds at most %d misclassified images; writing it again with --max-misclassified %d",
+            data.max_misclassified,
+            args.max_misclassified,
+        )
+        data = None
     regenerated = data is None
     if regenerated:
         _regenerate(home, folder, recorded, args.max_misclassified)
