@@ -206,10 +206,19 @@ class PipelineConfig(Settings):
             values = {}
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        given = {k for k, v in (overrides or {}).items() if v is not None}
         try:
             base = cls.model_validate(values)
         except ValidationError as e:
-            raise ConfigError(f"{describe(e)} (in {path})") from None
+            # Flags override the file: a bad value in the file that a flag replaces is not an
+            # error (it was, and was blamed on the flag).
+            replaced = {str(err["loc"][-1]) for err in e.errors() if err.get("loc")} & given
+            if not replaced:
+                raise ConfigError(f"{describe(e)} (in {path})") from None
+            try:
+                base = cls.model_validate(_without_keys(values, replaced))
+            except ValidationError as again:
+                raise ConfigError(f"{describe(again)} (in {path})") from None
         return base.replace(**(overrides or {}))
 
     def replace(self, **changes: Any) -> PipelineConfig:
@@ -326,12 +335,24 @@ class PipelineConfig(Settings):
             f.write(self.dumps(path))
 
 
+def _without_keys(values: dict, keys: set[str]) -> dict:
+    """The file's values without `keys`, at the top level and inside each section."""
+    return {
+        k: (_without_keys(v, keys) if isinstance(v, dict) else v) for k, v in values.items() if k not in keys
+    }
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last).
+
+    Merge keys (`<<: *defaults`) work as in YAML: the mapping's own keys are checked for
+    repeats, then the merged ones are added, the mapping's own winning over them.
+    """
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
+        own = [pair for pair in node.value if pair[0].tag != "tag:yaml.org,2002:merge"]
+        for key_node, _ in own:
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, Hashable):  # `? [a, b]`: a list or mapping as a key
                 raise yaml.constructor.ConstructorError(

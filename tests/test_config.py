@@ -214,6 +214,26 @@ def test_overrides_apply_over_the_file(tmp_path):
     assert (cfg.training.epochs, cfg.training.batch_size) == (9, 8)
 
 
+def test_a_flag_replaces_a_bad_value_of_the_file(tmp_path):
+    """Flags override the file, a bad value too: it was refused, and blamed on the flag."""
+    (tmp_path / "c.yaml").write_text("home: ''\ntraining: {epochs: ten, batch_size: 8}\n")
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"epochs": "3", "home": str(tmp_path)})
+    assert (cfg.training.epochs, cfg.training.batch_size, cfg.home) == (3, 8, str(tmp_path))
+    # A bad value no flag replaces is still the file's error.
+    with pytest.raises(ConfigError, match=r"^epochs: .*'ten'.* \(in "):
+        PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"home": str(tmp_path), "batch_size": "4"})
+
+
+def test_yaml_merge_keys_work_and_repeats_are_still_refused(tmp_path):
+    """`<<: *anchor` was refused with "could not determine a constructor for the tag ...merge"."""
+    (tmp_path / "m.yaml").write_text("training:\n  <<: {epochs: 7, batch_size: 8}\n  epochs: 9\n")
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "m.yaml"))
+    assert (cfg.training.epochs, cfg.training.batch_size) == (9, 8)  # the mapping's own key wins
+    (tmp_path / "d.yaml").write_text("training:\n  <<: {epochs: 7}\n  batch_size: 8\n  batch_size: 9\n")
+    with pytest.raises(ConfigError, match="key 'batch_size' is given twice"):
+        PipelineConfig.from_yaml(str(tmp_path / "d.yaml"))
+
+
 def test_replace_ignores_unset_flags_and_resolved_makes_paths_absolute():
     cfg = PipelineConfig(epochs=3).replace(epochs=None, batch_size=8)
     assert (cfg.training.epochs, cfg.training.batch_size) == (3, 8)
