@@ -188,6 +188,25 @@ def test_a_refused_schedule_leaves_the_existing_one_as_it_was(tmp_path, capsys):
     assert not units.exists()
 
 
+def test_replacing_a_schedule_config_names_what_changes(tmp_path, capsys):
+    """A second model scheduled in the same home under the default pipeline name rewrote the
+    config the first one's installed cron line reads, without a word."""
+    from imgpipe.cli import main as cli
+
+    base = ["schedule", "--runner", "local", "--data", str(tmp_path / "data"), "--home", str(tmp_path / "h")]
+    assert cli.main([*base, "--cron", "0 3 * * *", "--epochs", "3"]) == 0
+    assert "replacing the schedule config" not in capsys.readouterr().err
+    assert cli.main([*base, "--cron", "0 3 * * *", "--epochs", "3"]) == 0  # the same: no warning
+    assert "replacing the schedule config" not in capsys.readouterr().err
+    assert cli.main([*base, "--cron", "0 4 * * *", "--epochs", "7", "--model-name", "letters"]) == 0
+    err = capsys.readouterr().err
+    assert "replacing the schedule config" in err and "pipeline 'imgpipe'" in err
+    assert "model_name 'imgpipe' -> 'letters'; epochs 3 -> 7" in err and "--pipeline-name" in err
+    # --on-calendar is for a systemd timer: without --systemd it was silently ignored.
+    assert cli.main([*base, "--cron", "0 3 * * *", "--on-calendar", "daily"]) == 2
+    assert "--on-calendar applies with --systemd DIR only" in capsys.readouterr().err
+
+
 def test_a_schedule_that_cannot_be_written_leaves_the_existing_one_as_it_was(tmp_path, capsys):
     """Every check passed, but a unit cannot be written: nothing of the installed schedule changes.
 

@@ -69,6 +69,8 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                 {"project": "--project", "region": "--region", "time_zone": "--time-zone", "host": "--host"},
                 "applies to --runner vertex|kfp only",
             )
+            if args.on_calendar and not args.systemd:
+                raise ValueError("--on-calendar applies with --systemd DIR only (cron reads --cron)")
             result = schedule.local_schedule(
                 config_from(args),
                 args.cron,

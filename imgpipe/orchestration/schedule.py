@@ -25,7 +25,7 @@ from typing import Any
 from imgpipe.orchestration.lock import EXIT_LOCKED
 from imgpipe.orchestration.paths import write_all_atomically
 from imgpipe.orchestration.weights import check_weights_file
-from pipeline.config import folder_problem
+from pipeline.config import ConfigError, PipelineConfig, folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -301,10 +301,49 @@ def local_schedule(
     if systemd_dir:
         files = systemd_units(systemd_dir, config.pipeline_name, command, workdir, calendar)
         result.systemd_files = [path for path, _ in files]
+    _say_what_changes(config_path, config)
     # The units first and the config last, each written in full before any is moved in: a
     # failure to write leaves the installed schedule (its config and units) as it was.
     write_all_atomically([*files, (config_path, config.dumps(config_path))])
     return result
+
+
+def _say_what_changes(config_path: str, config: PipelineConfig) -> None:
+    """Warn, naming each setting, when an existing schedule config of this pipeline name is about
+    to be replaced by another: every cron line or timer installed for it reads the new one from
+    its next run (a second model scheduled in the same home under the default pipeline name
+    silently retargeted the first one's schedule)."""
+    if not os.path.isfile(config_path):
+        return
+    try:
+        before = PipelineConfig.from_yaml(config_path).model_dump()
+    except ConfigError as e:
+        log.warning("replacing %s, which cannot be read (%s)", config_path, e)
+        return
+    changes = [
+        f"{name} {old!r} -> {new!r}"
+        for name, (old, new) in _leaf_changes(before, config.model_dump()).items()
+    ]
+    if changes:
+        log.warning(
+            "replacing the schedule config %s, which every schedule installed for pipeline %r reads "
+            "at its next run: %s (give --pipeline-name to schedule another pipeline beside it)",
+            config_path,
+            config.pipeline_name,
+            "; ".join(changes),
+        )
+
+
+def _leaf_changes(before: dict, after: dict, prefix: str = "") -> dict[str, tuple]:
+    """{leaf name: (old, new)} of the values that differ between two config dumps."""
+    out: dict[str, tuple] = {}
+    for key in sorted(before.keys() | after.keys()):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out.update(_leaf_changes(old, new))
+        elif old != new:
+            out[key] = (old, new)
+    return out
 
 
 def _check_can_write_in(flag: str, folder: str) -> None:
