@@ -361,6 +361,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     f"a key must be a name, not a {key_node.id} (line {key_node.start_mark.line + 1})",
                     key_node.start_mark,
                 )
+            if not isinstance(key, str):  # `yes:` is true and `3:` is 3 in YAML: no config key
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key_node.value!r} (line {key_node.start_mark.line + 1}) reads as "
+                    f"{type(key).__name__} {key!r} in YAML, not a name: quote it",
+                    key_node.start_mark,
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None,

@@ -197,6 +197,9 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
         ("gate: {min_accuracy: 0.5, min_accuracy: 0.9}\n", "key 'min_accuracy' is given twice"),
         # A list as a key (YAML's `?`): was a TypeError from the duplicate-key check.
         ("? [a, b]\n: 3\n", "not valid YAML: a key must be a name, not a sequence \\(line 1\\)"),
+        # `yes:` is YAML's true, `3:` a number: "Keys should be strings", naming neither.
+        ("epochs: 3\nyes: 1\n", "key 'yes' \\(line 2\\) reads as bool True in YAML, not a name: quote it"),
+        ("gate: {3: x}\n", "key '3' \\(line 1\\) reads as int 3 in YAML"),
         # An empty home or serving dir: os.path took it as the current directory, silently.
         ("home: ''\n", "^home: must not be empty"),
         ("serving_dir: ' '\n", "^serving_dir: must not be empty"),
