@@ -108,6 +108,13 @@ def test_prune_leaves_artifacts_outside_the_home_alone(tmp_path):
 def test_prune_refuses_bad_homes_and_waits_for_no_one(tmp_path):
     with pytest.raises(PruneError, match="not a pipeline home"):
         prune_home(str(tmp_path), keep=1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metadata.sqlite").write_bytes(b"")  # a dry run failed on it; a prune wrote a schema in
+    for dry_run in (True, False):
+        with pytest.raises(PruneError, match="metadata.sqlite is empty: no ML Metadata store to prune"):
+            prune_home(str(empty), keep=1, dry_run=dry_run)
+    assert (empty / "metadata.sqlite").stat().st_size == 0
     home = FakeHome(str(tmp_path / "home"))
     training_history(home, runs=1)
     with pytest.raises(PruneError, match="keep: must be 0 or more"):
@@ -187,6 +194,10 @@ def test_a_baseline_model_deleted_by_hand_is_forgotten_and_the_previous_one_prot
     assert home.artifact(r2["model"].id).state == pb.Artifact.LIVE
     result = prune_home(home.home, keep=5)
     assert result.missing_models == dry.missing_models
+    # The dry run planned as the prune did, with the missing model taken as DELETED: it had
+    # listed that model and its blessings as protected, and fewer removals.
+    assert dry.pipelines["imgpipe"].protected == result.pipelines["imgpipe"].protected
+    assert dry.pipelines["imgpipe"].removed == result.pipelines["imgpipe"].removed
     gone = home.artifact(r2["model"].id)
     assert (
         gone.state == pb.Artifact.DELETED

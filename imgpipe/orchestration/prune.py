@@ -144,8 +144,11 @@ def _first_kept(store, runs: list, keep: int) -> int:
     return max(0, len(runs) - keep)
 
 
-def _plan_pipeline(store, name: str, root: str, keep: int) -> tuple[PipelinePrune, list, list[str]]:
-    """What to prune in one pipeline: (report, artifacts to delete, execution folders to delete)."""
+def _plan_pipeline(
+    store, name: str, root: str, keep: int, gone: set[int] = frozenset()
+) -> tuple[PipelinePrune, list, list[str]]:
+    """What to prune in one pipeline: (report, artifacts to delete, execution folders to delete).
+    `gone`: ids of models taken as DELETED (a dry run's missing models, not marked in the store)."""
     pipeline_ctx = store.get_context_by_type_and_name("pipeline", name)
     runs = metadata.pipeline_runs(store, name)
     executions = store.get_executions_by_context(pipeline_ctx.id)
@@ -160,6 +163,9 @@ def _plan_pipeline(store, name: str, root: str, keep: int) -> tuple[PipelinePrun
             producer.setdefault(ev.artifact_id, ev.execution_id)
     ids = sorted({ev.artifact_id for ev in events})
     artifacts = list(store.get_artifacts_by_id(ids)) if ids else []
+    for a in artifacts:
+        if a.id in gone:
+            a.state = _DELETED
     type_names = _type_names(store, artifacts)
     protected = protected_artifacts(store, artifacts, type_names)
     run_of = {}
@@ -234,6 +240,8 @@ def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0
     metadata_path = os.path.join(home, METADATA_FILE)
     if not os.path.isfile(metadata_path):
         raise PruneError(f"home: {home} is not a pipeline home (no {METADATA_FILE} in it)")
+    if os.path.getsize(metadata_path) == 0:  # a dry run failed on it, a prune wrote a schema into it
+        raise PruneError(f"home: {metadata_path} is empty: no ML Metadata store to prune")
     with run_lock(home_lock_path(home), wait=lock_wait, holder="prune"):
         return _prune_holding_lock(home, metadata_path, keep, dry_run)
 
@@ -261,10 +269,10 @@ def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool)
             root = os.path.join(home, PIPELINES_DIR, name)
             found = recovery.abandon_dead_executions(store, name, root, found_by="prune", dry_run=dry_run)
             result.abandoned_executions += [a.to_dict() for a in found]
-            result.missing_models += recovery.forget_missing_models(
-                store, root, found_by="prune", dry_run=dry_run
-            )
-            report, doomed, folders = _plan_pipeline(store, name, root, keep)
+            missing = recovery.forget_missing_models(store, root, found_by="prune", dry_run=dry_run)
+            result.missing_models += missing
+            # A dry run plans as the prune would, after marking those models DELETED.
+            report, doomed, folders = _plan_pipeline(store, name, root, keep, {m["id"] for m in missing})
             result.pipelines[name] = report
             if dry_run:
                 continue
