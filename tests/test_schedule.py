@@ -205,6 +205,10 @@ def test_replacing_a_schedule_config_names_what_changes(tmp_path, capsys):
     # --on-calendar is for a systemd timer: without --systemd it was silently ignored.
     assert cli.main([*base, "--cron", "0 3 * * *", "--on-calendar", "daily"]) == 2
     assert "--on-calendar applies with --systemd DIR only" in capsys.readouterr().err
+    # An empty path was taken as "not given": the default place, silently.
+    for flag in ("--systemd", "--log-file", "--lock-file", "--imgpipe", "--config"):
+        assert cli.main([*base, "--cron", "0 3 * * *", flag, ""]) == 2, flag
+        assert f"{flag} is empty" in capsys.readouterr().err, flag
 
 
 def test_a_schedule_that_cannot_be_written_leaves_the_existing_one_as_it_was(tmp_path, capsys):

@@ -60,6 +60,8 @@ def _seconds(text: str) -> float:
 
 
 def config_from(args: argparse.Namespace) -> PipelineConfig:
+    if getattr(args, "config", None) is not None and not args.config.strip():
+        raise UsageError("--config is empty: give the config file, or leave the flag out")
     try:
         return config_from_args(args)
     except ConfigError as e:

@@ -69,6 +69,12 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                 {"project": "--project", "region": "--region", "time_zone": "--time-zone", "host": "--host"},
                 "applies to --runner vertex|kfp only",
             )
+            for flag in ("systemd", "log_file", "lock_file", "imgpipe"):
+                value = getattr(args, flag)
+                if value is not None and not value.strip():
+                    raise ValueError(
+                        f"--{flag.replace('_', '-')} is empty: give a path, or leave the flag out"
+                    )
             if args.on_calendar and not args.systemd:
                 raise ValueError("--on-calendar applies with --systemd DIR only (cron reads --cron)")
             result = schedule.local_schedule(
