@@ -187,6 +187,7 @@ def _abs_signed32(value: tf.Tensor) -> tf.Tensor:
 
 # Format codes, and the leading bytes tf.io.decode_image dispatches on (-1: any byte).
 _JPEG, _PNG, _GIF, _BMP, _UNKNOWN = 0, 1, 2, 3, 4
+FORMAT_CODES = {"JPEG": _JPEG, "PNG": _PNG, "GIF": _GIF, "BMP": _BMP, "unknown": _UNKNOWN}  # image_shape's
 _MAGIC = ((0xFF, 0xD8, 0xFF), (0x89, 0x50, 0x4E), (0x47, 0x49, 0x46), (0x42, 0x4D, -1))
 
 

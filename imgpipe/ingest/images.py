@@ -296,24 +296,24 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
     # converting the decoder's Python took most of the first check's ~9 s (BENCHMARKS.md).
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
     def check(data: tf.Tensor) -> tf.Tensor:
-        _, height, width = preprocessing.image_shape(data)
+        fmt, height, width = preprocessing.image_shape(data)
         within = height * width <= max_pixels
         orientation = preprocessing.exif_orientation(data)  # read once: the decode applies it
-
-        # The first 26 bytes, zeros past the end: the PNG signature and IHDR's bit depth (byte 24)
-        # and colour type (25), readable from a file of any length.
-        head = tf.io.decode_raw(
-            tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 26), b"\0" * 26]), 0, 26), tf.uint8
-        )
-        is_png16 = tf.reduce_all(tf.equal(head[:8], list(b"\x89PNG\r\n\x1a\n"))) & tf.equal(head[24], 16)
-        is_jpeg = tf.reduce_all(tf.equal(head[:3], list(b"\xff\xd8\xff")))
+        is_jpeg = tf.equal(fmt, preprocessing.FORMAT_CODES["JPEG"])
 
         def png16_max() -> tf.Tensor:
-            """The largest sample of a 16-bit PNG's colour channels (its alpha left out)."""
-            samples = tf.io.decode_png(data, dtype=tf.uint16)
-            with_alpha = tf.logical_or(tf.equal(head[25], 4), tf.equal(head[25], 6))
-            colours = tf.shape(samples)[-1] - tf.cast(with_alpha, tf.int32)
-            return tf.cast(tf.reduce_max(samples[..., :colours]), tf.int64)
+            """For a PNG that decoded, so has its IHDR: the largest sample of its colour channels
+            (its alpha left out) when it is 16-bit, else -1."""
+            ihdr = tf.io.decode_raw(tf.strings.substr(data, 24, 2), tf.uint8, fixed_length=2)
+            depth, colour_type = ihdr[0], ihdr[1]
+
+            def deepest() -> tf.Tensor:
+                samples = tf.io.decode_png(data, dtype=tf.uint16)
+                with_alpha = tf.logical_or(tf.equal(colour_type, 4), tf.equal(colour_type, 6))
+                colours = tf.shape(samples)[-1] - tf.cast(with_alpha, tf.int32)
+                return tf.cast(tf.reduce_max(samples[..., :colours]), tf.int64)
+
+            return tf.cond(tf.equal(depth, 16), deepest, lambda: tf.constant(-1, tf.int64))
 
         def whole_jpeg_uniform() -> tf.Tensor:
             full = tf.io.decode_jpeg(data, channels=3)
@@ -328,7 +328,11 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
             # picture with texture: one that looks uniform is decoded whole to be sure.
             uniform = tf.cond(uniform & is_jpeg, whole_jpeg_uniform, lambda: uniform)
             with tf.control_dependencies([image]):  # only a PNG that decoded is read again
-                deep = tf.cond(is_png16, png16_max, lambda: tf.constant(-1, tf.int64))
+                deep = tf.cond(
+                    tf.equal(fmt, preprocessing.FORMAT_CODES["PNG"]),
+                    png16_max,
+                    lambda: tf.constant(-1, tf.int64),
+                )
             return tf.concat(
                 [[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels, tf.cast(uniform, tf.int64), deep]],
                 0,
