@@ -85,9 +85,7 @@ def split_copies(ids: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Copies of one image among a split's records (`ids`: their image fingerprints,
     trainer/image_ids.py): how many records repeat an earlier one's image, and the images under
     more than one label, with the labels of the first few (in file order)."""
-    labels_of: dict[int, set[str]] = {}
-    for image, label in zip(ids.tolist(), labels, strict=True):
-        labels_of.setdefault(image, set()).add(label)
+    labels_of = image_ids.labels_by_image(ids, labels)
     conflicting = [image for image, found in labels_of.items() if len(found) > 1]  # in file order
     in_conflict = np.isin(ids, np.fromiter(conflicting, np.uint64, len(conflicting))) if conflicting else None
     return {

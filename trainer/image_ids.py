@@ -77,14 +77,17 @@ def split_index(file_pattern: str | Sequence[str]) -> tuple[np.ndarray, np.ndarr
     return (np.concatenate(ids) if ids else np.zeros(0, np.uint64)), np.array(labels, dtype=object)
 
 
+def labels_by_image(ids: np.ndarray, labels: Sequence[str]) -> dict[int, set[str]]:
+    """Each image's (fingerprint's) labels among the records, the images in file order."""
+    found: dict[int, set[str]] = {}
+    for image, label in zip(ids.tolist(), labels, strict=True):
+        found.setdefault(image, set()).add(label)
+    return found
+
+
 def conflicting_labels(ids: np.ndarray, labels: Sequence[str]) -> int:
     """How many images (fingerprints) appear under more than one label among the records."""
-    first: dict[int, str] = {}
-    conflicts: set[int] = set()
-    for image, label in zip(ids.tolist(), labels, strict=True):
-        if first.setdefault(image, label) != label:
-            conflicts.add(image)
-    return len(conflicts)
+    return sum(1 for found in labels_by_image(ids, labels).values() if len(found) > 1)
 
 
 def repeats(ids: np.ndarray) -> np.ndarray:
