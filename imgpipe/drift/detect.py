@@ -22,6 +22,7 @@ from imgpipe.drift import (
 )
 from imgpipe.drift.compare import compare
 from imgpipe.drift.features import CLASS, FeatureTable, class_distribution, reservoir_sample
+from imgpipe.orchestration import runs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,10 @@ def drift_report(
     sources.SourceError when either side cannot be found or the logs hold no request for that
     model, TooFewImages when a side has too little to compare.
     """
-    served_version, chosen_by = None, "latest: the newest run that finished" if run == "latest" else "run id"
+    served_version, chosen_by = (
+        None,
+        "latest: the newest run that finished" if run == runs.LATEST else "run id",
+    )
     if run == sources.SERVED:
         scan = sources.served_versions(log_dir, model_name)
         answered = [(n, v) for v, n in scan.versions.items() if v]

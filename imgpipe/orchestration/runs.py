@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import time
 
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
@@ -72,12 +71,12 @@ def _started(folder: str) -> float:
     name begins with, else its config file's modification time."""
     m = _RUN_ID_TIME.match(os.path.basename(folder))
     if m:
-        try:
+        try:  # a naive datetime's timestamp() reads it as local time, as new_run_id wrote it
             when = datetime.datetime.strptime(
                 f"{m.group(1)} {m.group(2)}:{m.group(3)}:{m.group(4)}", "%Y-%m-%d %H:%M:%S"
             )
-            return time.mktime(when.timetuple()) + float(m.group(5) or 0)
-        except (ValueError, OverflowError):
+            return when.timestamp() + float(m.group(5) or 0)
+        except (ValueError, OverflowError, OSError):
             pass
     return os.path.getmtime(os.path.join(folder, CONFIG_FILE))
 
