@@ -25,7 +25,7 @@ from typing import Any
 from imgpipe.orchestration.lock import EXIT_LOCKED
 from imgpipe.orchestration.paths import write_all_atomically
 from imgpipe.orchestration.weights import check_weights_file
-from pipeline.config import ConfigError, PipelineConfig, folder_problem
+from pipeline.config import ConfigError, PipelineConfig, folder_problem, leaves
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ def _check_some_day(expr: str, fields: list[str]) -> None:
 _DOW = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
+_SYSTEMD_WEEK = (1, 2, 3, 4, 5, 6, 0)  # cron's day numbers in systemd's week, Monday first
+
+
 def _weekdays(value: str) -> str:
     """A cron day-of-week field as systemd's weekday list ("" for every day).
 
@@ -143,23 +146,23 @@ def _weekdays(value: str) -> str:
     days = {d % 7 for d in _values(value, 0, 7)}
     if len(days) == 7:
         return ""
-    order = [d for d in (1, 2, 3, 4, 5, 6, 0) if d in days]
-    runs: list[list[int]] = []
-    for d in order:
-        if runs and d != 0 and runs[-1][-1] == d - 1:
-            runs[-1].append(d)
-        elif runs and d == 0 and runs[-1][-1] == 6:
-            runs[-1].append(d)  # Saturday to Sunday: the end of systemd's week
+    runs: list[list[int]] = []  # runs of consecutive days, as positions in systemd's week
+    for position, day in enumerate(_SYSTEMD_WEEK):
+        if day in days:
+            if runs and runs[-1][-1] == position - 1:
+                runs[-1].append(position)
+            else:
+                runs.append([position])
+    parts = []
+    for run in runs:
+        first, last = _DOW[_SYSTEMD_WEEK[run[0]]], _DOW[_SYSTEMD_WEEK[run[-1]]]
+        if len(run) == 1:
+            parts.append(first)
+        elif len(run) == 2:
+            parts.append(f"{first},{last}")
         else:
-            runs.append([d])
-    return ",".join(
-        _DOW[r[0]]
-        if len(r) == 1
-        else f"{_DOW[r[0]]},{_DOW[r[1]]}"
-        if len(r) == 2
-        else f"{_DOW[r[0]]}..{_DOW[r[-1]]}"
-        for r in runs
-    )
+            parts.append(f"{first}..{last}")
+    return ",".join(parts)
 
 
 def _calendar_field(value: str, first: str = "00") -> str:
@@ -320,10 +323,12 @@ def _say_what_changes(config_path: str, config: PipelineConfig) -> None:
     except ConfigError as e:
         log.warning("replacing %s, which cannot be read (%s)", config_path, e)
         return
-    changes = [
-        f"{name} {old!r} -> {new!r}"
-        for name, (old, new) in _leaf_changes(before, config.model_dump()).items()
-    ]
+    after = config.model_dump()
+    changes = []
+    for section, name, _ in leaves():
+        was, now = (before.get(section, {}), after.get(section, {})) if section else (before, after)
+        if was.get(name) != now.get(name):
+            changes.append(f"{name} {was.get(name)!r} -> {now.get(name)!r}")
     if changes:
         log.warning(
             "replacing the schedule config %s, which every schedule installed for pipeline %r reads "
@@ -332,18 +337,6 @@ def _say_what_changes(config_path: str, config: PipelineConfig) -> None:
             config.pipeline_name,
             "; ".join(changes),
         )
-
-
-def _leaf_changes(before: dict, after: dict, prefix: str = "") -> dict[str, tuple]:
-    """{leaf name: (old, new)} of the values that differ between two config dumps."""
-    out: dict[str, tuple] = {}
-    for key in sorted(before.keys() | after.keys()):
-        old, new = before.get(key), after.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            out.update(_leaf_changes(old, new))
-        elif old != new:
-            out[key] = (old, new)
-    return out
 
 
 def _check_can_write_in(flag: str, folder: str) -> None:
