@@ -466,6 +466,7 @@ def test_a_second_job_writing_the_same_out_is_refused(model, folder, tmp_path, c
     out.write_text("earlier results\n")
     argv = ["predict-batch", "--model", model.export_dir, "--images", str(folder[0] / "sub"), "--out"]
     with job._only_job_writing(str(tmp_path / "." / "shared.jsonl")):  # the same file, spelt otherwise
+        assert os.path.exists(job.lock_path(str(out)))
         assert main([*argv, str(out)]) == 75
         captured = capsys.readouterr()
         assert captured.out == "" and f"not starting a second job writing {out}" in captured.err, captured.err
@@ -473,6 +474,7 @@ def test_a_second_job_writing_the_same_out_is_refused(model, folder, tmp_path, c
     assert out.read_text() == "earlier results\n"
     assert sorted(os.listdir(tmp_path)) == ["other.jsonl", "other.jsonl.report.json", "shared.jsonl"]
     assert main([*argv, str(out)]) == 0  # free again once the first job ended
+    assert not os.path.exists(job.lock_path(str(out)))  # its lock file is not left in the temporary folder
 
 
 def test_the_output_and_its_report_are_not_read_as_images(model, tmp_path, capsys):

@@ -166,3 +166,42 @@ def test_lock_file_naming_the_home_lock_is_not_taken_twice(tmp_path, monkeypatch
 
     monkeypatch.setattr(run_cli, "run_pipeline", check_both_held)
     assert cli.main(["run", "--data", str(tmp_path), "--home", str(home), "--lock-file", str(other)]) == 0
+
+
+def test_a_removed_lock_file_goes_with_its_holder_and_never_lets_two_in(tmp_path, monkeypatch):
+    """remove=True (predict-batch's locks in the temporary folder) deletes the file as the block
+    ends, also on an exception. A process that opened the file just before its holder removed it
+    would lock the removed inode while a third locks the new file: it opens the path again."""
+    path = str(tmp_path / "job.lock")
+    with lock.run_lock(path, remove=True, holder="job A"):
+        assert "job A" in open(path).read()
+        with pytest.raises(lock.LockBusy, match="job A"):
+            with lock.run_lock(path, remove=True):
+                pass
+    assert not os.path.exists(path)
+    with pytest.raises(RuntimeError), lock.run_lock(path, remove=True):
+        raise RuntimeError("the job failed")
+    assert not os.path.exists(path)
+    with lock.run_lock(path):  # by default the file stays (a home's run.lock)
+        pass
+    assert os.path.exists(path)
+
+    # The race: the first open returns the file a holder then removes (before the flock).
+    real_open, opened = lock._open_lock_file, []
+
+    def open_then_removed(p):
+        fd = real_open(p)
+        if not opened:
+            os.unlink(p)
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(lock, "_open_lock_file", open_then_removed)
+    with lock.run_lock(path, remove=True, holder="job B"):
+        assert len(opened) == 2  # the stale inode was let go and the path opened again
+        assert os.path.exists(path) and "job B" in open(path).read()
+        monkeypatch.setattr(lock, "_open_lock_file", real_open)
+        with pytest.raises(lock.LockBusy, match="job B"):  # the path's file is the one held
+            with lock.run_lock(path, remove=True):
+                pass
+    assert not os.path.exists(path)

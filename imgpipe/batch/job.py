@@ -476,17 +476,26 @@ def _only_job_writing(out: str) -> Iterator[None]:
     """Refuse (LockBusy, exit 75) a second job writing the same local OUT while this one runs.
 
     Their outputs and reports would replace each other in any order. The lock file is in the
-    temporary folder, named for OUT's real path, so OUT's folder gets nothing more.
+    temporary folder, named for OUT's real path, so OUT's folder gets nothing more, and is
+    removed when the job ends (one killed leaves it: harmless, the kernel dropped its lock).
     """
     if "://" in out:  # a bucket: no lock to share; each job's own files are still apart
         yield
         return
-    real = os.path.realpath(out)
-    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:20]
-    path = os.path.join(tempfile.gettempdir(), f"imgpipe-predict-batch-{digest}.lock")
-    shown = display_path(real)
-    with run_lock(path, holder=f"predict-batch --out {shown}", refused=f"a second job writing {shown}"):
+    shown = display_path(os.path.realpath(out))
+    with run_lock(
+        lock_path(out),
+        holder=f"predict-batch --out {shown}",
+        refused=f"a second job writing {shown}",
+        remove=True,
+    ):
         yield
+
+
+def lock_path(out: str) -> str:
+    """The lock file of the jobs writing the local OUT: in the temporary folder, named for its real path."""
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(out))).hexdigest()[:20]
+    return os.path.join(tempfile.gettempdir(), f"imgpipe-predict-batch-{digest}.lock")
 
 
 def _remove_beam_temp(folder: str, outputs: tuple[str, ...]) -> None:

@@ -46,39 +46,33 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(path: str, wait: float = 0.0, holder: str = "", refused: str = "") -> Iterator[None]:
+def run_lock(
+    path: str, wait: float = 0.0, holder: str = "", refused: str = "", remove: bool = False
+) -> Iterator[None]:
     """Hold an exclusive flock on `path` for the block.
 
     wait: seconds to wait while another process holds it (0: LockBusy at once).
     holder: what else the lock file says about this holder (e.g. "run <id>"),
     besides pid and start time; a refused process shows it.
     refused: what LockBusy says was not started (default: "an overlapping run", or "prune").
+    remove: delete the lock file when the block ends, for a lock in a shared folder (the
+    temporary one) that would otherwise gather a file per locked path. The file is removed
+    while still locked, and a process that locked a file no longer at `path` (removed or
+    replaced between its open and its flock) opens the path again, so two holders never
+    coexist on two files.
     """
+    deadline = time.monotonic() + max(wait, 0.0)
+    while True:
+        fd = _open_lock_file(path)
+        try:
+            _flock(fd, path, deadline, wait, holder, refused)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not remove or _still_at(fd, path):
+            break
+        os.close(fd)  # locked an inode another holder has since removed: take the path's own
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise LockError(f"lock file {path}: cannot create or open it: {e.strerror or e}") from None
-    try:
-        deadline = time.monotonic() + max(wait, 0.0)
-        announced = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    waited = f" after waiting {wait:g}s" if wait > 0 else ""
-                    # The holder's own line says what it is (a run and its id, or prune).
-                    ours = refused or ("prune" if holder == "prune" else "an overlapping run")
-                    raise LockBusy(
-                        f"another imgpipe process holds the lock {path} ({_holder(fd)}); "
-                        f"not starting {ours}{waited}"
-                    ) from None
-                if not announced:
-                    log.info("waiting up to %gs for the lock %s (%s)", wait, path, _holder(fd))
-                    announced = True
-                time.sleep(min(_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
         since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         note = f", {holder}" if holder else ""
         os.ftruncate(fd, 0)
@@ -86,7 +80,51 @@ def run_lock(path: str, wait: float = 0.0, holder: str = "", refused: str = "") 
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            else:
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _open_lock_file(path: str) -> int:
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise LockError(f"lock file {path}: cannot create or open it: {e.strerror or e}") from None
+
+
+def _flock(fd: int, path: str, deadline: float, wait: float, holder: str, refused: str) -> None:
+    """Lock `fd`, waiting until `deadline` while another process holds it, then LockBusy."""
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {wait:g}s" if wait > 0 else ""
+                # The holder's own line says what it is (a run and its id, or prune).
+                ours = refused or ("prune" if holder == "prune" else "an overlapping run")
+                raise LockBusy(
+                    f"another imgpipe process holds the lock {path} ({_holder(fd)}); "
+                    f"not starting {ours}{waited}"
+                ) from None
+            if not announced:
+                log.info("waiting up to %gs for the lock %s (%s)", wait, path, _holder(fd))
+                announced = True
+            time.sleep(min(_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
+
+
+def _still_at(fd: int, path: str) -> bool:
+    """Whether the locked file is still the one at `path` (not removed or replaced since opened)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
