@@ -237,3 +237,36 @@ def test_an_empty_output_is_refused_and_a_name_airflow_skips_is_warned_about(dat
     captured = capsys.readouterr()
     assert json.loads(captured.out)["output"] == str(tmp_path / "dag.txt")
     assert "does not end in .py: Airflow's scheduler reads DAG files named *.py only" in captured.err
+
+
+def test_a_second_file_with_the_same_dag_id_is_refused(data_dir, tmp_path, capsys, monkeypatch):
+    """Airflow keeps one DAG per dag_id: a DAG file written under a new name in its DAG folder
+    (or beside a hand-written DAG with that id) made the second an import error that never ran.
+    Inside Airflow's DAG folder the whole folder is searched, as Airflow scans it; elsewhere
+    the output's own folder."""
+    dags = tmp_path / "dags"
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
+    base = ["airflow-dag", "--data", data_dir, "--schedule", "@daily", "--home", str(tmp_path / "home")]
+    assert cli.main([*base, "--output", str(dags / "imgpipe.py")]) == 0
+    assert cli.main([*base, "--output", str(dags / "imgpipe.py")]) == 0  # the same file written again
+    capsys.readouterr()
+    assert cli.main([*base, "--output", str(dags / "team" / "digits.py")]) == 2
+    err = capsys.readouterr().err
+    assert f"{dags / 'imgpipe.py'} already defines a DAG with dag_id 'imgpipe'" in err, err
+    assert not (dags / "team").exists()
+    assert (
+        cli.main([*base, "--output", str(dags / "digits.py"), "--pipeline-name", "digits"]) == 0
+    )  # another id
+    (dags / "imgpipe.py").unlink()
+    (dags / "legacy").mkdir()
+    (dags / "legacy" / "hand.py").write_text('with DAG(dag_id = "digits", schedule=None) as dag:\n    pass\n')
+    (dags / "legacy" / "other.py").write_text('DAG(dag_id="digits-2")\n')  # another id: no match
+    assert cli.main([*base, "--output", str(dags / "d2.py"), "--pipeline-name", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert str(dags / "digits.py") in err and str(dags / "legacy" / "hand.py") in err
+    assert "other.py" not in err and not (dags / "d2.py").exists()
+    monkeypatch.delenv("AIRFLOW__CORE__DAGS_FOLDER")
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "elsewhere"))  # not Airflow's folder: OUTPUT's own
+    assert cli.main([*base, "--output", str(dags / "legacy" / "d3.py"), "--pipeline-name", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert str(dags / "legacy" / "hand.py") in err and str(dags / "digits.py") not in err

@@ -59,6 +59,14 @@ def _cmd_airflow_dag(args: argparse.Namespace) -> int:
         )
     except ConfigError as e:
         raise UsageError(str(e)) from e
+    others = airflow.files_with_dag_id(args.output, config.pipeline_name)
+    if others:
+        raise UsageError(
+            f"--output {args.output}: {', '.join(others)} already defines a DAG with dag_id "
+            f"{config.pipeline_name!r} (Airflow runs one DAG per id and shows the other file as an import "
+            "error): remove that file first (renaming the DAG file), or give this pipeline another "
+            "--pipeline-name"
+        )
     try:
         write_atomically(args.output, source)
     except OSError as e:

@@ -112,6 +112,59 @@ def check_config(config: PipelineConfig) -> PipelineConfig:
     return config.resolved().validate_paths()
 
 
+_DAG_FILE_READ = 256 * 1024  # a DAG file's first bytes searched for its dag_id
+_DAG_FILES_SEARCHED = 5000  # *.py files, under the folder of the file written
+
+
+def dag_folder(output: str) -> str:
+    """The folder Airflow scans that holds OUTPUT: its DAG folder (AIRFLOW__CORE__DAGS_FOLDER,
+    else AIRFLOW_HOME/dags, else ~/airflow/dags) when OUTPUT is inside it, else OUTPUT's folder."""
+    here = os.path.dirname(os.path.realpath(output))
+    configured = os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or os.path.join(
+        os.environ.get("AIRFLOW_HOME") or os.path.join(os.path.expanduser("~"), "airflow"), "dags"
+    )
+    root = os.path.realpath(configured)
+    return root if here == root or here.startswith(root + os.sep) else here
+
+
+def files_with_dag_id(output: str, dag_id: str) -> list[str]:
+    """Other *.py files in OUTPUT's DAG folder that define a DAG with id `dag_id`.
+
+    Airflow keeps one DAG per dag_id: of two files defining it, the second it parses shows
+    as an import error ("DAG ID ... is duplicated") and never runs. Found: a file written by
+    `imgpipe airflow-dag` for that dag_id (its first line), or any file holding the keyword
+    argument `dag_id="<dag_id>"`. The folder searched (`dag_folder`) is Airflow's DAG folder
+    when OUTPUT is inside it, else OUTPUT's own folder. Files that cannot be read are passed
+    over; the search stops after `_DAG_FILES_SEARCHED` files.
+    """
+    folder = dag_folder(output)
+    if not os.path.isdir(folder):
+        return []
+    ours = os.path.realpath(output)
+    header = f"as an Airflow DAG (dag_id {dag_id!r})".encode()
+    keyword = re.compile(rb"dag_id\s*=\s*(['\"])" + re.escape(dag_id.encode()) + rb"\1")
+    found, searched = [], 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__")))
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            searched += 1
+            if searched > _DAG_FILES_SEARCHED:
+                return found
+            if os.path.realpath(path) == ours:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(_DAG_FILE_READ)
+            except OSError:
+                continue
+            if header in head.split(b"\n", 1)[0] or keyword.search(head):
+                found.append(path)
+    return found
+
+
 def task_graph(config: PipelineConfig) -> list[list]:
     """The pipeline's tasks in topological order: [[component id, [ids it waits for]], ...].
 
