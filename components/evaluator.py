@@ -74,7 +74,15 @@ from tfx.utils import json_utils, proto_utils
 
 from components import graph_optimization, patching, pusher, tfma_warm, unseen_comparison
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
-from components.gate import ACCURACY_CLASS, ACCURACY_KEY, EXAMPLE_COUNT_KEY, METRIC_BALANCED, GateConfig
+from components.gate import (
+    ACCURACY_CLASS,
+    ACCURACY_KEY,
+    CONFUSION_CLASS,
+    CONFUSION_KEY,
+    EXAMPLE_COUNT_KEY,
+    METRIC_BALANCED,
+    GateConfig,
+)
 from components.gate_decision import (
     GATE_FILE,
     METRIC_TOLERANCE,
@@ -91,6 +99,8 @@ from components.gate_decision import (
     judged_results,
     on_shared_classes,
     plan_gate,
+    precision_failures,
+    precision_of,
     reasons,
     with_seen_examples,
 )
@@ -169,6 +179,10 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(class_name="ExampleCount"),
+                    # (true class, top-1 class) counts: each class's precision (min_class_precision).
+                    # At threshold 0: every example's top class counts (TFMA's default, 0.5, sets
+                    # an answer whose top score is at most 0.5 aside as "no prediction").
+                    tfma.MetricConfig(class_name=CONFUSION_CLASS, config=json.dumps({"thresholds": [0.0]})),
                     tfma.MetricConfig(
                         class_name=ACCURACY_CLASS,
                         per_slice_thresholds=accuracy_thresholds(
@@ -225,13 +239,17 @@ def _slice_class(slice_key) -> tuple[bool, str | None]:
     return True, str(k.float_value)
 
 
-def read_results(output_uri: str) -> EvalResults:
-    """Accuracy (overall and per class, the candidate's and the baseline's), example count and failed
-    thresholds from TFMA's output."""
+def read_results(output_uri: str, class_names: Sequence[str] = ()) -> EvalResults:
+    """Accuracy (overall and per class, the candidate's and the baseline's), example count, the
+    candidate's precision of each class it answered, and failed thresholds from TFMA's output.
+
+    class_names: the candidate's, in index order (TFMA's confusion matrix counts class indices).
+    """
     accuracy = baseline = None
     examples: int | None = None
     per_class: dict[str, float] = {}
     baseline_per_class: dict[str, float] = {}
+    precision = answered = None
     for mfs in tfma.load_metrics(output_uri):
         ok, cls = _slice_class(mfs.slice_key)
         if not ok:
@@ -250,6 +268,8 @@ def read_results(output_uri: str) -> EvalResults:
                     accuracy = value
             elif kv.key.name == EXAMPLE_COUNT_KEY and cls is None and not is_baseline:
                 examples = int(value)
+            elif kv.key.name == CONFUSION_KEY and cls is None and not is_baseline:
+                precision, answered = precision_of(_answered(kv.value, class_names))
     failures, problems = [], []
     validation = tfma.load_validation_result(output_uri)
     for per_slice in validation.metric_validations_per_slice:
@@ -262,8 +282,31 @@ def read_results(output_uri: str) -> EvalResults:
     for missing in validation.missing_slices:
         problems.append(f"no examples in slice {str(missing).strip()}")
     return EvalResults(
-        accuracy, examples, per_class, baseline, failures, problems, baseline_per_class=baseline_per_class
+        accuracy,
+        examples,
+        per_class,
+        baseline,
+        failures,
+        problems,
+        baseline_per_class=baseline_per_class,
+        per_class_precision=precision,
+        per_class_answered=answered,
     )
+
+
+def _answered(value, class_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """{class: (eval examples the model answered with it, right ones)} from TFMA's confusion matrix
+    at its lowest threshold (0 in eval_config: every example's top-1 class counts)."""
+    counts = {c: [0, 0] for c in class_names}
+    matrices = value.multi_class_confusion_matrix_at_thresholds.matrices
+    lowest = min(matrices, key=lambda m: m.threshold) if matrices else None
+    for entry in lowest.entries if lowest is not None else ():
+        if 0 <= entry.predicted_class_id < len(class_names):
+            count = counts[class_names[entry.predicted_class_id]]
+            count[0] += int(round(entry.num_weighted_examples))
+            if entry.actual_class_id == entry.predicted_class_id:
+                count[1] += int(round(entry.num_weighted_examples))
+    return {c: (n, right) for c, (n, right) in counts.items()}
 
 
 # ------------------------------------------------------------------ the executor
@@ -466,10 +509,11 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
 
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         blessed = blessing.get_int_custom_property("blessed") == 1
+        tfma_results = read_results(evaluation.uri, plan.class_names)
         if judged is not None:
-            results, failed_here = judged_results(plan, read_results(evaluation.uri), *judged)
+            results, failed_here = judged_results(plan, tfma_results, *judged)
         else:
-            results, failed_here = decide_outside_tfma(plan, read_results(evaluation.uri), reused, on_unseen)
+            results, failed_here = decide_outside_tfma(plan, tfma_results, reused, on_unseen)
         if failed_here and blessed:
             unbless(blessing)
             blessed = False
@@ -498,7 +542,8 @@ def decide_outside_tfma(
     """TFMA's results with what the executor decides itself: (results, whether a threshold failed here).
 
     Balanced accuracy is the mean of the per-class recalls TFMA measured (the candidate's, and
-    the baseline's when TFMA ran it): its floor and its comparison are applied here. The
+    the baseline's when TFMA ran it): its floor and its comparison are applied here, as is
+    min_class_precision on the precisions from TFMA's confusion matrix. The
     comparison is also made here, in either metric, when the baseline's value was reused
     from an earlier execution (`reused`) or both models were measured on the eval examples
     neither trained on (`on_unseen`: candidate, baseline). Each threshold is applied as TFMA
@@ -524,6 +569,7 @@ def decide_outside_tfma(
     elif reused is not None:
         pair = (gated_value(plan, results), reused[0])
         results = dataclasses.replace(results, baseline_accuracy=pair[1])
+    failures.extend(precision_failures(plan, results))
     if pair is not None:
         # A baseline whose value is missing (None) is compared as NaN: the threshold fails.
         base = float("nan") if pair[1] is None else pair[1]

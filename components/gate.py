@@ -14,6 +14,10 @@ The Evaluator blesses a model when, on the eval split,
 - every true class's slice reaches min_class_recall (accuracy within a class's
   slice is that class's recall), so a model that never predicts a class is not
   blessed however good the overall number looks;
+- when min_class_precision is set, every class the model answers (top-1) is
+  right that often among the eval images it is given to, so a model that
+  calls many images of other classes by one class (false alarms) is not
+  blessed though every recall is high;
 - and its gated metric does not regress against the latest blessed model by more than
   `max_regression` (skipped, with the reason recorded, when there is none or
   its label set differs).
@@ -36,6 +40,9 @@ from trainer.config import Settings
 ACCURACY_CLASS = "SparseCategoricalAccuracy"  # the gated metric
 ACCURACY_KEY = "sparse_categorical_accuracy"  # its name in TFMA's output
 EXAMPLE_COUNT_KEY = "example_count"  # TFMA's ExampleCount in its output
+# Each eval example's (true class, top-1 class) counted by TFMA: per-class precision.
+CONFUSION_CLASS = "MultiClassConfusionMatrixAtThresholds"
+CONFUSION_KEY = "multi_class_confusion_matrix_at_thresholds"
 
 
 METRIC_AUTO = "auto"
@@ -80,6 +87,14 @@ class GateConfig(Settings):
         ge=0.0,
         le=1.0,
         description="per-class floor: accuracy within each true class's eval slice (0: off)",
+    )
+    min_class_precision: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="per-class floor on precision: of the eval images the model gives a class (its top "
+        "answer), the share that are that class, so a class answered for many images of others (false "
+        "alarms) fails; a class the model never answers is left to min_class_recall (0: off)",
     )
     max_regression: float = Field(
         0.0, ge=0.0, le=1.0, description="allowed accuracy drop against the latest blessed model"

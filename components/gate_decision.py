@@ -850,6 +850,7 @@ class GatePlan:
     # Not None: the candidate is judged on these eval records only, by the executor (TFMA then
     # gates nothing; see JudgedOn and judged_results).
     judged_on: JudgedOn | None = None
+    min_class_precision: float | None = None  # None: off
 
     @property
     def metric(self) -> str:
@@ -875,6 +876,7 @@ def plan_gate(
         floor=floor_of(gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance),
         class_names=tuple(class_names),
         min_class_recall=gate.min_class_recall or None,
+        min_class_precision=gate.min_class_precision or None,
         max_regression=gate.max_regression,
         baseline=baseline_plan(class_names, baseline_classes, baseline_identical),
         eval_classes=tuple(sorted(c for c, n in eval_label_counts.items() if n > 0)),
@@ -891,6 +893,7 @@ class Failure:
     class_name: str | None  # None: the overall slice
     is_change: bool  # True: the no-regression (change) threshold
     value: float | None
+    precision: bool = False  # True: the class's precision floor (min_class_precision), else its recall
 
 
 @dataclasses.dataclass(frozen=True)
@@ -917,6 +920,11 @@ class EvalResults:
     # and example count on the whole split, for the record; the fields above are the part's.
     whole_split_accuracy: float | None = None
     whole_split_examples: int | None = None
+    # The candidate's precision of each class it answered (top-1) on the eval examples judged,
+    # and how many it gave each; None: not measured (an eval_config without TFMA's confusion
+    # matrix, from an earlier imgpipe).
+    per_class_precision: Mapping[str, float] | None = None
+    per_class_answered: Mapping[str, int] | None = None
 
 
 def gated_value(plan: GatePlan, results: EvalResults) -> float | None:
@@ -953,7 +961,29 @@ class Measured(Protocol):
     def __len__(self) -> int: ...
     def accuracy(self) -> float: ...
     def per_class(self) -> dict[str, float]: ...
+    def answered(self) -> dict[str, tuple[int, int]]: ...
     def value(self, balanced: bool) -> float: ...
+
+
+def precision_of(answered: Mapping[str, tuple[int, int]]) -> tuple[dict[str, float], dict[str, int]]:
+    """({class: precision}, {class: answers}) from {class: (answers giving it, right ones)}; a
+    class never answered has no precision."""
+    precision = {c: right / n for c, (n, right) in sorted(answered.items()) if n}
+    return precision, {c: n for c, (n, _) in sorted(answered.items()) if n}
+
+
+def precision_failures(plan: GatePlan, results: EvalResults) -> list[Failure]:
+    """The classes whose precision is below min_class_precision (none when it is off); when it is
+    on and precision was not measured, one failure without a class or value."""
+    if not plan.min_class_precision:
+        return []
+    if results.per_class_precision is None:
+        return [Failure(None, False, None, precision=True)]
+    return [
+        Failure(c, False, value, precision=True)
+        for c, value in results.per_class_precision.items()
+        if not value >= plan.min_class_precision - METRIC_TOLERANCE
+    ]
 
 
 def judged_results(
@@ -972,11 +1002,14 @@ def judged_results(
     is applied as TFMA applies its own.
     """
     per_class = candidate.per_class()
+    precision, answered = precision_of(candidate.answered())
     results = dataclasses.replace(
         tfma_results,
         accuracy=candidate.accuracy(),
         examples=len(candidate),
         per_class=per_class,
+        per_class_precision=precision,
+        per_class_answered=answered,
         balanced_accuracy=balanced_accuracy(per_class, plan.eval_classes),
         baseline_accuracy=None,
         baseline_per_class={},
@@ -990,6 +1023,7 @@ def judged_results(
             for c, recall in per_class.items()
             if not recall >= plan.min_class_recall - METRIC_TOLERANCE
         )
+    failures.extend(precision_failures(plan, results))
     if compared is not None:
         mine, theirs = (a.value(plan.metric == METRIC_BALANCED) for a in compared)
         results = dataclasses.replace(results, compared_accuracy=mine, baseline_accuracy=theirs)
@@ -1027,6 +1061,8 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
                 f"{plan.floor.metric_text} {current:.3f}{where} regressed from the latest blessed model's {base_text} "
                 f"by more than max_regression {plan.max_regression:.3f}"
             )
+        elif f.precision:
+            out.append(_precision_reason(plan, results, f))
         elif f.class_name is None and not plan.floor.reachable:
             out.append(f"no model can be blessed on this eval split: {plan.floor.describe()}{_judged(plan)}")
         elif f.class_name is None and f.value is None and plan.metric == METRIC_BALANCED:
@@ -1048,6 +1084,20 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             out.append(text)
     out.extend(f"TFMA: {p}" for p in results.problems)
     return out
+
+
+def _precision_reason(plan: GatePlan, results: EvalResults, f: Failure) -> str:
+    bound = plan.min_class_precision or 0.0
+    if f.class_name is None:
+        return (
+            f"min_class_precision {bound:.3f} is set but precision was not measured (TFMA's eval_config "
+            "has no confusion matrix: render or compile the pipeline again with this imgpipe)"
+        )
+    got, shown = _apart(f.value if f.value is not None else float("nan"), bound)
+    n = (results.per_class_answered or {}).get(f.class_name)
+    right = round(f.value * n) if n and f.value is not None else None
+    of = f": {right} of the {n} eval images it called {_q(f.class_name)} are {_q(f.class_name)}" if n else ""
+    return f"class {_q(f.class_name)} precision {got} is below min_class_precision {shown}{of}{_judged(plan)}"
 
 
 def _judged(plan: GatePlan) -> str:
@@ -1107,6 +1157,13 @@ def gate_record(
         "class_names": list(plan.class_names),
         "per_class_recall": dict(sorted(results.per_class.items())),
         "min_class_recall": plan.min_class_recall,
+        "per_class_precision": (
+            None if results.per_class_precision is None else dict(sorted(results.per_class_precision.items()))
+        ),
+        "per_class_answered": (
+            None if results.per_class_answered is None else dict(sorted(results.per_class_answered.items()))
+        ),
+        "min_class_precision": plan.min_class_precision,
         "baseline": {
             "accuracy": _baseline_accuracy(plan, results),
             "max_regression": plan.max_regression,

@@ -54,18 +54,19 @@ def seen_by(model_uri: str, eval_ids: Callable[[], np.ndarray], whose: str) -> n
 
 @dataclasses.dataclass(frozen=True)
 class Answers:
-    """Which of some eval records a model answered right: their true labels and a right/wrong mask,
-    in the split's record order."""
+    """A model's answers on some eval records: their true labels, its top-1 classes and a
+    right/wrong mask, in the split's record order."""
 
     labels: np.ndarray  # str
     right: np.ndarray  # bool
+    top1: np.ndarray | None = None  # str: the class each record was given (None: not kept)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def on(self, mask: np.ndarray) -> Answers:
         """The answers on the records where `mask` (over these records) is True."""
-        return Answers(self.labels[mask], self.right[mask])
+        return Answers(self.labels[mask], self.right[mask], None if self.top1 is None else self.top1[mask])
 
     def accuracy(self) -> float:
         """Top-1 accuracy (NaN on no record)."""
@@ -80,6 +81,16 @@ class Answers:
             totals[label] = totals.get(label, 0) + 1
             right[label] = right.get(label, 0) + int(hit)
         return {c: right[c] / totals[c] for c in sorted(totals)}
+
+    def answered(self) -> dict[str, tuple[int, int]]:
+        """{class: (records given it, right ones)} for each class given to a record."""
+        if self.top1 is None:
+            raise ValueError("these answers kept no top-1 classes")
+        out: dict[str, tuple[int, int]] = {}
+        for given, hit in zip(self.top1, self.right, strict=True):
+            n, right = out.get(given, (0, 0))
+            out[given] = (n + 1, right + int(hit))
+        return out
 
     def balanced(self) -> float:
         """The mean recall over the true classes these records hold (NaN on no record)."""
@@ -108,7 +119,7 @@ def answers_on(
         raise ValueError("no eval record is left to measure the models on")
     start = time.perf_counter()
     models = [tf.saved_model.load(d) for d in model_dirs]
-    right: list[list[bool]] = [[] for _ in models]
+    top1: list[list[str]] = [[] for _ in models]
     truth: list[str] = []
     position = 0
     for ids, labels, serialized in image_ids.batches(eval_files, batch_size):
@@ -121,7 +132,7 @@ def answers_on(
         truth.extend(wanted)
         for i, (path, model) in enumerate(zip(model_dirs, models, strict=True)):
             answers = reference_answers(path, records, model)
-            right[i].extend(answers.top1(j) == want for j, want in enumerate(wanted))
+            top1[i].extend(answers.top1(j) for j in range(len(wanted)))
     if position != len(measure):
         raise ValueError(
             f"the eval split changed while it was read: {position} records, {len(measure)} before"
@@ -133,7 +144,14 @@ def answers_on(
         time.perf_counter() - start,
     )
     labels = np.array(truth, dtype=object)
-    return [Answers(labels, np.array(r, bool)) for r in right]
+    return [
+        Answers(
+            labels,
+            np.array([g == t for g, t in zip(given, truth, strict=True)], bool),
+            np.array(given, object),
+        )
+        for given in top1
+    ]
 
 
 def accuracies_on_unseen(

@@ -114,7 +114,7 @@ def fake_tfma(monkeypatch):
         output_dict["blessing"][0].set_int_custom_property("blessed", seen["blessed"])
 
     monkeypatch.setattr(evaluator_executor.Executor, "Do", do)
-    monkeypatch.setattr(evaluator, "read_results", lambda uri: seen["results"])
+    monkeypatch.setattr(evaluator, "read_results", lambda uri, class_names=(): seen["results"])
     return seen
 
 
@@ -772,10 +772,14 @@ def _answers(monkeypatch, right_of):
         calls.append((list(measure), list(model_dirs)))
         _, labels = image_ids.split_index(files)
         where = np.flatnonzero(measure)
-        return [
-            unseen_comparison.Answers(labels[where], np.array([right_of(m, int(i)) for i in where], bool))
-            for m in range(len(model_dirs))
-        ]
+        out = []
+        for m in range(len(model_dirs)):
+            right = np.array([right_of(m, int(i)) for i in where], bool)
+            given = np.array(
+                [label if r else "?" for label, r in zip(labels[where], right, strict=True)], object
+            )
+            out.append(unseen_comparison.Answers(labels[where], right, given))
+        return out
 
     monkeypatch.setattr(unseen_comparison, "answers_on", answers_on)
     return calls
@@ -1204,3 +1208,70 @@ def test_the_earlier_measurement_is_reused_only_for_the_metric_it_recorded(tmp_p
         json.dumps({"measured": wanted, "accuracy": 0.9, "balanced_accuracy": 0.8})
     )
     assert earlier_measurement(here, wanted, "balanced_accuracy") == (0.8, str(old / "gate.json"))
+
+
+def test_false_alarms_fail_min_class_precision_though_every_recall_passes(tmp_path, fake_tfma):
+    """180 'ok' and 20 'defect': a model that finds every defect but calls 54 'ok' images defects
+    (recalls 0.7 and 1.0, balanced accuracy 0.85) is blessed by recall; 20 of its 74 'defect'
+    answers are right (0.27), below min_class_precision 0.5: unblessed, naming the counts. Off
+    (the default), the same answers are blessed and their precision recorded."""
+    from components.gate_decision import EvalResults
+
+    results = EvalResults(
+        0.73,
+        200,
+        {"ok": 0.7, "defect": 1.0},
+        None,
+        per_class_precision={"ok": 1.0, "defect": 20 / 74},
+        per_class_answered={"ok": 126, "defect": 74},
+    )
+    gate, blessing = _balanced_case(tmp_path, fake_tfma, results, gate={"min_class_precision": 0.5})
+    assert gate["blessed"] is False and blessing.get_int_custom_property("blessed") == 0
+    assert gate["reasons"] == [
+        "class 'defect' precision 0.270 is below min_class_precision 0.500: "
+        "20 of the 74 eval images it called 'defect' are 'defect'"
+    ]
+    assert gate["min_class_precision"] == 0.5 and gate["per_class_answered"] == {"defect": 74, "ok": 126}
+    gate, blessing = _balanced_case(tmp_path / "off", fake_tfma, results)
+    assert gate["blessed"] is True and gate["min_class_precision"] is None
+    assert gate["per_class_precision"] == {"defect": pytest.approx(20 / 74), "ok": 1.0}
+
+
+def test_precision_not_measured_fails_a_set_floor_with_the_reason(tmp_path, fake_tfma):
+    """An eval_config compiled by an earlier imgpipe has no confusion matrix: a set floor cannot be
+    checked, so it fails (never blessed unchecked) and says what to do."""
+    from components.gate_decision import EvalResults
+
+    results = EvalResults(0.9, 200, {"ok": 0.9, "defect": 0.9}, None)
+    gate, _ = _balanced_case(tmp_path, fake_tfma, results, gate={"min_class_precision": 0.5})
+    assert gate["blessed"] is False and gate["per_class_precision"] is None
+    assert gate["reasons"] == [
+        "min_class_precision 0.500 is set but precision was not measured (TFMA's eval_config has no "
+        "confusion matrix: render or compile the pipeline again with this imgpipe)"
+    ]
+
+
+def test_tfmas_confusion_matrix_gives_each_answered_classs_precision():
+    """TFMA's matrix counts (true, top-1) class indices: a true label outside the vocabulary (-1)
+    is a false alarm of the class answered; a class never answered has no precision."""
+    from tensorflow_model_analysis.proto import metrics_for_slice_pb2
+
+    from components import evaluator
+    from components.gate_decision import precision_of
+
+    value = metrics_for_slice_pb2.MetricValue()
+    matrix = value.multi_class_confusion_matrix_at_thresholds.matrices.add(threshold=0.0)
+    for actual, predicted, n in ((0, 0, 8), (1, 0, 2), (-1, 0, 1), (1, 1, 5), (0, 1, 1)):
+        matrix.entries.add(actual_class_id=actual, predicted_class_id=predicted, num_weighted_examples=n)
+    answered = evaluator._answered(value, ["cat", "dog", "fox"])
+    assert answered == {"cat": (11, 8), "dog": (6, 5), "fox": (0, 0)}
+    assert precision_of(answered) == ({"cat": 8 / 11, "dog": 5 / 6}, {"cat": 11, "dog": 6})
+    assert evaluator._answered(metrics_for_slice_pb2.MetricValue(), ["cat"]) == {"cat": (0, 0)}
+
+
+def test_the_eval_config_counts_the_confusion_matrix():
+    from components.evaluator import eval_config
+    from components.gate import CONFUSION_CLASS, GateConfig
+
+    [spec] = eval_config(GateConfig()).metrics_specs
+    assert CONFUSION_CLASS in [m.class_name for m in spec.metrics]

@@ -16,19 +16,25 @@ from components.gate_decision import (
     EvalResults,
     Failure,
     GateNotComputable,
+    JudgedOn,
     accuracy_floor,
     baseline_plan,
     check_computable,
     fewest_right_beating,
     gate_record,
+    judged_results,
     label_set_change,
     on_shared_classes,
     plan_gate,
+    precision_failures,
     reasons,
     with_seen_examples,
 )
 
 CONTRACT_KEYS = {
+    "per_class_precision",
+    "per_class_answered",
+    "min_class_precision",
     "judged_on",
     "whole_split",
     "blessed",
@@ -722,8 +728,21 @@ def test_balanced_accuracy_is_the_mean_recall_over_the_eval_classes():
 class _Answers:
     """A model's answers on some eval records, as components/unseen_comparison.Answers."""
 
-    def __init__(self, labels, right):
+    def __init__(self, labels, right, given=None):
         self.labels, self.right = list(labels), list(right)
+        # The class each record was given: by default its own when right, else one no record has.
+        self.given = (
+            list(given)
+            if given is not None
+            else [c if r else "?" for c, r in zip(labels, right, strict=True)]
+        )
+
+    def answered(self):
+        out = {}
+        for g, r in zip(self.given, self.right, strict=True):
+            n, right = out.get(g, (0, 0))
+            out[g] = (n + 1, right + int(r))
+        return out
 
     def __len__(self):
         return len(self.labels)
@@ -824,3 +843,47 @@ def test_a_judged_split_without_a_class_names_what_was_left_out():
     # The metric's reason names what its counts are of.
     plan = plan_gate(GateConfig(), {"a": 30, "b": 10}, ["a", "b"], None, judged_on=JudgedOn(60, 20, 0))
     assert plan.metric_reason == "auto: the judged eval images' largest/smallest class = 3.00 > 1.5"
+
+
+def test_judged_results_apply_min_class_precision_to_the_judged_answers():
+    """Judged on part of the split, precision comes from the candidate's own top-1 answers there."""
+    labels = ["a"] * 10 + ["b"] * 10
+    # Every 'a' right; 'b' right 6 times, called 'a' 4 times: 'a' answered 14 times, 10 right.
+    given = ["a"] * 10 + ["b"] * 6 + ["a"] * 4
+    candidate = _Answers(labels, [g == t for g, t in zip(given, labels, strict=True)], given)
+    judged = JudgedOn(records=30, repeats=10, in_train=0)
+    config = GateConfig(significance=0.0, metric="accuracy", min_accuracy=0.5, min_class_precision=0.75)
+    plan = plan_gate(config, {"a": 10, "b": 10}, ["a", "b"], None, judged_on=judged)
+    tfma = EvalResults(0.9, 30, {"a": 1.0, "b": 0.8}, None)
+    results, failed = judged_results(plan, tfma, candidate)
+    assert failed and results.per_class_precision == {"a": 10 / 14, "b": 1.0}
+    assert results.per_class_answered == {"a": 14, "b": 6}
+    [reason] = reasons(plan, results)
+    assert reason == (
+        "class 'a' precision 0.714 is below min_class_precision 0.750: 10 of the 14 eval images it called "
+        f"'a' are 'a'; judged on the {judged.describe()}"
+    )
+    record = gate_record(plan, results, blessed=False)
+    assert record["min_class_precision"] == 0.75 and record["per_class_answered"] == {"a": 14, "b": 6}
+    # Off: the same answers pass, their precision still recorded.
+    plan = plan_gate(
+        GateConfig(significance=0.0, metric="accuracy", min_accuracy=0.5),
+        {"a": 10, "b": 10},
+        ["a", "b"],
+        None,
+        judged_on=judged,
+    )
+    results, failed = judged_results(plan, tfma, candidate)
+    assert not failed and results.per_class_precision == {"a": 10 / 14, "b": 1.0}
+
+
+def test_a_bound_a_hair_above_the_precision_reads_apart():
+    plan = _plan(min_class_precision=0.5)
+    results = EvalResults(
+        0.9, 20, {}, None, per_class_precision={"7": 0.4999}, per_class_answered={"7": 10000}
+    )
+    [failure] = precision_failures(plan, results)
+    assert failure.precision and failure.class_name == "7"
+    assert reasons(plan, dataclasses.replace(results, failures=[failure]))[0].startswith(
+        "class '7' precision 0.4999 is below min_class_precision 0.5000: 4999 of the 10000"
+    )

@@ -739,3 +739,16 @@ def test_misclassified_images_are_named_by_their_files_from_ingests_index(tmp_pa
     (records / FILES_FILE).write_bytes(b"\xff\xfe not text\n")
     build.name_files(d, str(records))
     assert d.notes[-1].startswith("the image files could not be named")
+
+
+def test_the_gate_panel_shows_each_classs_precision_and_answers():
+    record = dict(
+        _gate_record(["ok", "defect"]),
+        per_class_precision={"defect": 20 / 74, "ok": 1.0},
+        per_class_answered={"defect": 74, "ok": 126},
+        min_class_precision=0.5,
+    )
+    details = dict(data.gate_from_record(record).details)
+    assert details["min_class_precision"] == "0.5000"
+    assert details["per_class_precision"] == "defect: 0.2703 of 74 answers, ok: 1.0000 of 126 answers"
+    assert "per_class_precision" not in dict(data.gate_from_record(_gate_record(["ok"])).details)

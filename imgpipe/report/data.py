@@ -476,12 +476,20 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
     else:
         baseline_note = f"not compared: {baseline.get('skipped_reason') or 'no baseline'}"
     details: list[tuple[str, str]] = []
-    for key in ("eval_examples", "min_class_recall"):
+    for key in ("eval_examples", "min_class_recall", "min_class_precision"):
         if record.get(key) is not None:
             details.append((key, _fmt(record[key])))
     recall = record.get("per_class_recall") or {}
     if recall:
         details.append(("per_class_recall", ", ".join(f"{k}: {_fmt(v)}" for k, v in recall.items())))
+    precision, answered = record.get("per_class_precision") or {}, record.get("per_class_answered") or {}
+    if precision:
+        details.append(
+            (
+                "per_class_precision",
+                ", ".join(f"{k}: {_fmt(v)} of {answered.get(k, '?')} answers" for k, v in precision.items()),
+            )
+        )
     judged = record.get("judged_on")
     if isinstance(judged, dict):
         whole = record.get("whole_split") or {}

@@ -192,6 +192,14 @@ def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, fir
         for j, pred in enumerate(d.class_names):
             assert d.confusion[i][j] == pairs[(true, pred)], (true, pred)
 
+    # The gate's per-class precision (TFMA's confusion matrix) = the same model's answers here.
+    given = collections.Counter(predicted)
+    assert s.gate["per_class_answered"] == dict(sorted(given.items()))
+    assert s.gate["per_class_precision"] == pytest.approx(
+        {c: pairs[(c, c)] / n for c, n in given.items()}, abs=1e-9
+    )
+    assert s.gate["min_class_precision"] is None  # off by default
+
     # Overall accuracy and per-class recall agree with the Evaluator's TFMA numbers.
     assert d.accuracy == pytest.approx(s.accuracy, abs=1e-6)
     assert {r.name: r.recall for r in d.per_class} == pytest.approx(s.per_class_accuracy, abs=1e-6)
@@ -389,6 +397,7 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
             data_dir=str(data),
             min_accuracy=1.0,
             max_regression=1.0,
+            min_class_precision=1.0,
             export_tflite="none",
             prepush_validation=False,
             metric="balanced_accuracy",  # the eval split is balanced: "auto" would gate accuracy
@@ -408,6 +417,20 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
         for r in gate["reasons"]
     )
     assert _versions(base_config.resolved().model_serving_dir) == before
+    # Each class answered less than perfectly fails min_class_precision 1.0, with its counts;
+    # the answers add up to the split and their right ones to TFMA's accuracy.
+    answered, precision = gate["per_class_answered"], gate["per_class_precision"]
+    assert sum(answered.values()) == gate["eval_examples"]
+    right = {c: round(precision[c] * n) for c, n in answered.items()}
+    assert sum(right.values()) / gate["eval_examples"] == pytest.approx(gate["accuracy"], abs=1e-6)
+    short = [c for c, p in precision.items() if p < 1.0]
+    assert short  # accuracy < 1: some answers are wrong
+    for c in short:
+        assert any(
+            r == f"class '{c}' precision {precision[c]:.3f} is below min_class_precision 1.000: "
+            f"{right[c]} of the {answered[c]} eval images it called '{c}' are '{c}'"
+            for r in gate["reasons"]
+        ), gate["reasons"]
     baseline = s.gate["baseline"]
     assert baseline["compared"] is True and baseline["identical"] is False, s.gate
     assert baseline["reused_from"] is None  # nothing had measured it on these examples
