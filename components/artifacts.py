@@ -42,6 +42,8 @@ class Report:
     # split -> {"records", "repeats", "conflicting_images", "conflicting_records"}: copies of one
     # image within the split (components/data_gate.py); {} in reports written before it.
     copies: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Labels that print almost alike (data_contract.label_warnings); [] in reports written before.
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def label_counts(self, split: str) -> dict[str, int]:
         return dict(self.splits.get(split, {}).get("labels", {}))

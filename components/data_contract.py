@@ -24,12 +24,12 @@ protos by hand.
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from components.gate_decision import label_set_change
+from trainer.class_names import almost_alike, is_plain, looks, name_problem, normalise
 from trainer.features import IMAGE_KEY, LABEL_KEY, code_points
 
 REQUIRED_FEATURES = (IMAGE_KEY, LABEL_KEY)
@@ -41,29 +41,61 @@ class DataContractError(ValueError):
 
 
 def _q(name: str) -> str:
-    """The label quoted; with its code points when it is not in Unicode's composed form (NFC),
-    so that two labels that print alike ('é' composed, 'é' as e + accent) read differently."""
+    """The label quoted; with its code points when it does not print as what it is (not NFC, or
+    a hidden character: class_names.is_plain), so that two labels that print alike ('é'
+    composed, 'é' as e + accent) read differently."""
     name = str(name)
-    if unicodedata.is_normalized("NFC", name):
+    if is_plain(name):
         return repr(name)
     return f"{name!r} ({code_points(name)})"
 
 
 def look_alike_labels(labels: Iterable[str]) -> list[str]:
-    """One sentence per group of labels that are the same text in another Unicode form (equal
-    once NFC-normalised): they print alike and are different classes."""
+    """One sentence per group of labels that look the same (`class_names.looks`: one text in
+    another Unicode form, or apart only by invisible format characters or kinds of spaces):
+    they print alike and are different classes."""
     groups: dict[str, set[str]] = {}
     for label in labels:
-        groups.setdefault(unicodedata.normalize("NFC", label), set()).add(label)
+        groups.setdefault(looks(label), set()).add(label)
     out = []
-    for _, group in sorted(groups.items()):
-        if len(group) > 1:
-            names = " and ".join(f"{label!r} ({code_points(label)})" for label in sorted(group))
+    for shown, group in sorted(groups.items()):
+        if len(group) < 2:
+            continue
+        names = " and ".join(f"{label!r} ({code_points(label)})" for label in sorted(group))
+        if len({normalise(label) for label in group}) == 1:
             out.append(
                 f"labels {names} are one text in different Unicode forms: they print alike but are "
                 f"{len(group)} classes (normalise the labels to NFC; `imgpipe ingest` does)"
             )
+        else:
+            out.append(
+                f"labels {names} look the same ({shown!r} once normalised: Unicode NFC, invisible format "
+                f"characters left out, each run of spaces one space): they print alike but are {len(group)} "
+                "classes; relabel them as one text (`imgpipe ingest` refuses such folder names)"
+            )
     return out
+
+
+def label_problems(split: SplitLabels) -> list[str]:
+    """One sentence per label of the split that cannot be a class name (class_names.name_problem:
+    a control character, a line break, whitespace or an invisible character at an end): the same
+    names `imgpipe ingest` refuses as folder names."""
+    out = []
+    for label in sorted(split.counts):
+        problem = name_problem(label)
+        if problem:
+            out.append(
+                f"{split.split}: label {label!r} ({code_points(label)}, {split.counts[label]} examples) cannot "
+                f"be a class name: {problem}; relabel those records (`imgpipe ingest` refuses such folder names)"
+            )
+    return out
+
+
+def label_warnings(splits: Mapping[str, SplitLabels | None]) -> list[str]:
+    """Labels of the splits that print almost alike (letter case, Unicode compatibility forms, a
+    look-alike letter of another script): warnings, as ingest gives for folder names."""
+    labels = sorted(set().union(*(s.labels for s in splits.values() if s is not None)))
+    return almost_alike(labels, "labels", "relabel them as one")
 
 
 def _feature(stats: statistics_pb2.DatasetFeatureStatistics, name: str):
@@ -204,6 +236,8 @@ def find_anomalies(
             out.append(f"{split}: the split is empty (0 examples)")
         elif labels.invalid_utf8:
             out.append(f"{split}: {labels.invalid_utf8} {LABEL_KEY!r} values are not valid UTF-8 class names")
+        if labels is not None:
+            out.extend(label_problems(labels))
     for split in sorted(validator):
         out.extend(validator_messages(split, validator[split]))
 

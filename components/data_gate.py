@@ -45,6 +45,7 @@ from components.data_contract import (
     SPLITS,
     SplitLabels,
     find_anomalies,
+    label_warnings,
     require_complete,
     split_labels,
 )
@@ -140,6 +141,9 @@ class DataGateExecutor(base_executor.BaseExecutor):
             anomalies += [found] if found else []
             if copies["train"]["repeats"]:
                 log.info("train: %d records repeat an earlier record's image", copies["train"]["repeats"])
+        warnings = label_warnings(splits)
+        for w in warnings:
+            log.warning("data gate: %s", w)
         allow = bool(exec_properties.get(ALLOW_KEY))
         # accept_label_change lets the label set's change alone through (a class added on purpose).
         accepted = (
@@ -160,6 +164,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
             anomalies_allowed=anomalies if allow else accepted,
             baseline_classes=baseline_classes,
             copies=copies,
+            warnings=warnings,
         )
         write_report(artifact_utils.get_single_instance(output_dict[REPORT_KEY]), report)
 

@@ -13,6 +13,7 @@ from components.data_contract import (
     SplitLabels,
     apply_contract,
     find_anomalies,
+    label_warnings,
     require_complete,
     split_labels,
     validator_messages,
@@ -220,6 +221,52 @@ def test_labels_in_two_unicode_forms_are_named_apart():
     assert find_anomalies(splits, {}, baseline_classes=[decomposed, "tea"]) == []
 
 
+def test_labels_apart_only_in_spaces_or_invisible_characters_stop_the_run():
+    """TFRecords made elsewhere: 'a' and 'a ' (a trailing space), 'big cat' and 'big<NBSP>cat', 'dog'
+    and 'd<ZWSP>og' print alike and were trained as separate classes; ingest refuses such folder
+    names, and the DataGate now applies the same rule to every label."""
+    train = {"a": 5, "a ": 5, "big cat": 5, "big\u00a0cat": 5, "dog": 5, "d\u200bog": 5, "tab\tx": 5}
+    splits = {"train": _labels("train", train), "eval": _labels("eval", {k: 1 for k in train})}
+    found = find_anomalies(splits, {})
+    problems = [a for a in found if "cannot be a class name" in a]
+    assert problems == [
+        f"{split}: label {name!r} ({code}, {n} examples) cannot be a class name: {why}; relabel those records "
+        "(`imgpipe ingest` refuses such folder names)"
+        for split, n in (("train", 5), ("eval", 1))
+        for name, code, why in (
+            ("a ", "U+0061 U+0020", "the name starts or ends with whitespace"),
+            ("tab\tx", "U+0074 U+0061 U+0062 U+0009 U+0078", "the name holds a control character (U+0009)"),
+        )
+    ]
+    alike = [a for a in found if "look the same" in a]
+    assert [a.split(" look the same")[0] for a in alike] == [
+        "labels 'a' (U+0061) and 'a ' (U+0061 U+0020)",
+        f"labels 'big cat' (U+0062 U+0069 U+0067 U+0020 U+0063 U+0061 U+0074) and {'big' + chr(0xA0) + 'cat'!r} "
+        "(U+0062 U+0069 U+0067 U+00A0 U+0063 U+0061 U+0074)",
+        f"labels 'dog' (U+0064 U+006F U+0067) and {'d' + chr(0x200B) + 'og'!r} (U+0064 U+200B U+006F U+0067)",
+    ]
+    assert alike[0].endswith(
+        "look the same ('a' once normalised: Unicode NFC, invisible format characters left out, each run "
+        "of spaces one space): they print alike but are 2 classes; relabel them as one text (`imgpipe "
+        "ingest` refuses such folder names)"
+    )
+    assert len(found) == len(problems) + len(alike)
+
+
+def test_labels_that_print_almost_alike_are_warned_about_not_stopped():
+    """Case, compatibility forms and mixed scripts may be meant: warnings (logged, in the report)."""
+    train = {"Cat": 5, "cat": 5, "\uff43\uff41\uff54": 5, "c\u0430r": 5, "car": 5}
+    splits = {"train": _labels("train", train), "eval": _labels("eval", {k: 1 for k in train})}
+    assert find_anomalies(splits, {}) == []
+    warnings = label_warnings(splits)
+    assert warnings[0] == (
+        "labels 'Cat', 'cat' differ only in letter case: they are 2 classes; if they are one, relabel them as one"
+    )
+    assert [w.split(" ")[0] for w in warnings] == ["labels", "labels", "label"]
+    assert "mixes Cyrillic and Latin letters ('\u0430' U+0430)" in warnings[2]
+    assert label_warnings({"train": _labels("train", {"cat": 1, "dog": 1}), "eval": None}) == []
+
+
 def test_clean_data_has_no_anomaly():
     splits = {"train": _labels("train", {"a": 5, "b": 5}), "eval": _labels("eval", {"a": 1, "b": 2})}
     assert find_anomalies(splits, {"train": anomalies_pb2.Anomalies()}, baseline_classes=["b", "a"]) == []
@@ -392,3 +439,16 @@ def test_repeats_alone_are_counted_not_an_anomaly(tmp_path):
     report = read_report(outputs["report"])
     assert report.anomalies == [] and report.copies["train"]["repeats"] == 1
     assert report.copies["train"]["conflicting_images"] == 0
+
+
+def test_labels_with_hidden_characters_are_shown_with_their_code_points():
+    """Reports and messages print 'a' and 'a ' (or 'dog' and 'd<ZWSP>og') differently."""
+    from imgpipe.report.figures import _short
+    from trainer.features import label_text
+
+    assert label_text("a") == "a" and label_text("big cat") == "big cat" and label_text("caf\u00e9") == "caf\u00e9"
+    assert label_text("a ") == "a  (U+0061 U+0020)"
+    assert label_text("d\u200bog") == "d\u200bog (U+0064 U+200B U+006F U+0067)"
+    assert label_text("big\u00a0cat").endswith("(U+0062 U+0069 U+0067 U+00A0 U+0063 U+0061 U+0074)")
+    assert _short("a ") == "a  (hidden chars)" and _short("cafe\u0301") == "cafe\u0301 (not NFC)"
+    assert _short("a") == "a"

@@ -1,6 +1,6 @@
 """Feature names shared by ingest, Transform, the Trainer, the Evaluator and serving."""
 
-import unicodedata
+from trainer.class_names import is_plain
 
 # Raw tf.Example features written by `imgpipe ingest`.
 IMAGE_KEY = "image"  # encoded image bytes (JPEG, PNG, GIF or BMP)
@@ -27,8 +27,9 @@ def code_points(text: str) -> str:
 
 
 def label_text(name: str) -> str:
-    """A class name as messages and reports show it: as it is when in Unicode's composed form
-    (NFC, what `imgpipe ingest` writes), else followed by its code points, so that two labels
-    that print alike ('é' composed, and e + a combining accent) read differently."""
+    """A class name as messages and reports show it: as it is when it prints as what it is
+    (class_names.is_plain: NFC, what `imgpipe ingest` writes, with no hidden character), else
+    followed by its code points, so that two labels that print alike ('é' composed and e + a
+    combining accent, 'a' and 'a ', 'dog' and 'd<U+200B>og') read differently."""
     name = str(name)
-    return name if unicodedata.is_normalized("NFC", name) else f"{name} ({code_points(name)})"
+    return name if is_plain(name) else f"{name} ({code_points(name)})"

@@ -32,45 +32,18 @@ A folder is not used, with the reason in the report, when its name
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
 from imgpipe.ingest.report import display_path
+from trainer.class_names import NORMAL_FORM, looks, name_problem, normalise
 
-NORMAL_FORM = "NFC"
-_FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator", "Zp": "a paragraph separator"}
+__all__ = ["NORMAL_FORM", "ClassNames", "assign_labels", "label_problem", "looks", "normalise"]
 
 
 def label_problem(name: str) -> str | None:
     """Why folder `name` cannot be a class name, or None when it can (before conflicts)."""
-    undecodable = [ord(c) - 0xDC00 for c in name if 0xDC80 <= ord(c) <= 0xDCFF]  # os.fsdecode's escapes
-    if undecodable or any(unicodedata.category(c) == "Cs" for c in name):
-        shown = " ".join(f"0x{b:02X}" for b in undecodable[:4]) or "a lone surrogate"
-        return f"the name is not valid UTF-8 ({shown}); labels are stored as UTF-8 text, so rename the folder"
-    for char in name:
-        kind = _FORBIDDEN_CATEGORIES.get(unicodedata.category(char))
-        if kind:
-            return f"the name holds {kind} (U+{ord(char):04X}); rename the folder"
-    if name != name.strip():
-        return "the name starts or ends with whitespace; rename the folder"
-    for char in (name[0], name[-1]):
-        if unicodedata.category(char) == "Cf":
-            return (
-                f"the name starts or ends with an invisible character (U+{ord(char):04X}); rename the folder"
-            )
-    return None
-
-
-def looks(name: str) -> str:
-    """What a name looks like: its label without invisible format characters (Unicode Cf), with
-    each run of spaces of any kind (a no-break space U+00A0, U+2009, two spaces) one space."""
-    visible = "".join(c for c in normalise(name) if unicodedata.category(c) != "Cf")
-    return " ".join(visible.split())
-
-
-def normalise(name: str) -> str:
-    """The label of an accepted folder name: its Unicode NFC form."""
-    return unicodedata.normalize(NORMAL_FORM, name)
+    problem = name_problem(name)
+    return None if problem is None else f"{problem}; rename the folder"
 
 
 @dataclass

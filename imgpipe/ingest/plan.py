@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from imgpipe.ingest.contract import MAX_RUN_CLASSES, SPLITS, shard_names
 from imgpipe.ingest.report import display_path
+from trainer.class_names import almost_alike
 
 # Auto sharding aims for ~128 MiB shards: big enough for efficient sequential
 # reads, small enough to parallelise Beam / tf.data reading.
@@ -205,8 +205,7 @@ def make_plan(
                     }
                 )
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))
-    warnings += _case_only_differences(classes)
-    warnings += _look_alike_names(classes)
+    warnings += almost_alike(classes, "classes", "merge their folders")
     warnings += _split_like_layout(
         classes, [c for members in groups.values() for g in members.values() for c in g]
     )
@@ -273,64 +272,6 @@ def _split_like_layout(classes: list[str], candidates: list[Candidate]) -> list[
         f"{', '.join(repr(n) for n in classes[:5])}. If the subfolders are the classes, lay the "
         "tree out as <images>/<class>/... (ingest splits it itself), or ingest one split's folder"
     ]
-
-
-def _case_only_differences(classes: list[str]) -> list[str]:
-    """A warning per group of classes whose names differ only in letter case ("Cat", "cat"):
-    two classes here, one folder on a case-insensitive disk (macOS, Windows), and most often
-    one class split by a merge."""
-    groups: dict[str, list[str]] = {}
-    for name in classes:
-        groups.setdefault(name.lower(), []).append(name)  # not casefold: it also folds "ﬁ" to "fi"
-    return [
-        f"classes {', '.join(repr(n) for n in names)} differ only in letter case: they are "
-        f"{len(names)} classes; if they are one, merge their folders"
-        for names in groups.values()
-        if len(names) > 1
-    ]
-
-
-# Scripts whose letters look like Latin ones (a Cyrillic "а", a Greek "ο"): a name that mixes
-# letters of two of them usually holds a look-alike typed or pasted by mistake.
-_LOOK_ALIKE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
-
-
-def _scripts(name: str) -> set[str]:
-    """Which of _LOOK_ALIKE_SCRIPTS the letters of `name` come from (by their Unicode names)."""
-    found = set()
-    for char in name:
-        if char.isalpha():
-            script = unicodedata.name(char, "").split(" ", 1)[0]
-            if script in _LOOK_ALIKE_SCRIPTS:
-                found.add(script)
-    return found
-
-
-def _look_alike_names(classes: list[str]) -> list[str]:
-    """Warnings for class names that print (almost) alike but are other text: the same name in
-    Unicode's compatibility forms (fullwidth "ｃａｔ" and "cat", ligatures, superscripts: equal
-    under NFKC, case aside), and names mixing Latin, Cyrillic or Greek letters (a Cyrillic "а"
-    in "cаt"). They stay the classes they are: only a person can say whether they are one."""
-    out = []
-    groups: dict[str, list[str]] = {}
-    for name in classes:
-        groups.setdefault(unicodedata.normalize("NFKC", name).casefold(), []).append(name)
-    for names in groups.values():
-        if len({n.lower() for n in names}) > 1:  # more than case apart (the case warning's)
-            out.append(
-                f"classes {', '.join(repr(n) for n in names)} are one name in Unicode's compatibility "
-                f"forms (fullwidth or other variants of the same letters): they print almost alike and are "
-                f"{len(names)} classes; if they are one, merge their folders"
-            )
-    for name in classes:
-        scripts = _scripts(name)
-        if len(scripts) > 1:
-            out.append(
-                f"class {name!r} mixes {' and '.join(s.title() for s in sorted(scripts))} letters "
-                f"({', '.join(f'{c!r} U+{ord(c):04X}' for c in name if c.isalpha() and _scripts(c) - {'LATIN'})}): "
-                "a look-alike letter typed by mistake makes it another class than the name it looks like"
-            )
-    return out
 
 
 def eval_count(n: int, eval_fraction: float) -> int:

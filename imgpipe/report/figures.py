@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
+from trainer.class_names import is_plain
 from trainer.features import DEFAULT_MAX_PIXELS
 
 DPI = 100
@@ -24,9 +25,14 @@ _TICKS_MAX = 60  # above this many classes the axes carry no class names
 
 
 def _short(name: str) -> str:
-    """The name cut to _LABEL_CHARS; one not in Unicode's composed form (NFC) is marked, so two
-    labels that print alike (the page gives their code points) are told apart on the axes."""
-    mark = "" if unicodedata.is_normalized("NFC", name) else " (not NFC)"
+    """The name cut to _LABEL_CHARS; one not in Unicode's composed form (NFC), or holding a hidden
+    character (a space at an end, a zero-width or no-break space), is marked, so two labels that
+    print alike (the page gives their code points) are told apart on the axes."""
+    mark = ""
+    if not unicodedata.is_normalized("NFC", name):
+        mark = " (not NFC)"
+    elif not is_plain(name):
+        mark = " (hidden chars)"
     room = _LABEL_CHARS - len(mark)
     return (name if len(name) <= room else name[: room - 1] + "\u2026") + mark
 
