@@ -523,6 +523,17 @@ def test_submit_needs_a_real_spec(tmp_path, monkeypatch, capsys):
     assert (
         cli.main(["submit", "--project", "p", "--region", "r", "--spec", str(tmp_path / "missing.json")]) == 2
     )
+    # A directory (was a traceback) or a binary file (named no file): one line naming it.
+    binary = tmp_path / "image.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n")
+    for spec, says in ((tmp_path, "is a directory"), (binary, "is not JSON: not UTF-8 text")):
+        capsys.readouterr()
+        assert cli.main(["submit", "--project", "p", "--region", "r", "--spec", str(spec)]) == 2
+        err = capsys.readouterr().err
+        assert f"pipeline spec {spec} {says}" in err and "Traceback" not in err, err
+        assert cli.main(["schedule", "--runner", "kfp", "--cron", "0 3 * * *", "--spec", str(spec)]) == 2
+        err = capsys.readouterr().err
+        assert f"pipeline spec {spec} {says}" in err and "cannot write the schedule" not in err, err
 
 
 def test_submit_without_credentials_or_network_says_so_in_one_line(compiled, monkeypatch, capsys):

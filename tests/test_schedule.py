@@ -470,3 +470,25 @@ def test_remote_schedules_refuse_a_bad_time_zone_and_an_unreachable_host(tmp_pat
     err = capsys.readouterr().err
     assert f"kfp schedule not created: KFP at {host}: 127.0.0.1 cannot be reached (Connection refused)" in err
     assert "Traceback" not in err
+
+
+def test_lock_wait_and_verbose_reach_the_scheduled_run(tmp_path, capsys):
+    """They were listed in `schedule --help` and dropped: scheduled runs exited 75 at once."""
+    from imgpipe.cli import main as cli
+
+    base = ["schedule", "--runner", "local", "--cron", "@daily", "--data", str(tmp_path / "d"), "--home"]
+    assert cli.main([*base, str(tmp_path / "h1"), "--lock-wait", "90", "--verbose"]) == 0
+    command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
+    assert command[-3:] == ["--lock-wait", "90", "--verbose"]
+    assert cli.main([*base, str(tmp_path / "h2")]) == 0
+    command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
+    assert "--lock-wait" not in command and "--verbose" not in command
+    # Remote runners and compiled pipelines have no lock to wait for: refused, not ignored.
+    code = cli.main(["schedule", "--runner", "kfp", "--cron", "@daily", "--spec", "s.json", "--lock-wait", "5"])
+    assert code == 2 and "run flags (lock_wait) apply to --runner local only" in capsys.readouterr().err
+    for command in (
+        ["compile", "--image", "img:1", "--output", str(tmp_path / "p.json")],
+        ["airflow-dag", "--schedule", "@daily", "--output", str(tmp_path / "d.py")],
+    ):
+        assert cli.main([*command, "--data", str(tmp_path), "--lock-wait", "5"]) == 2
+        assert "--lock-wait does not apply" in capsys.readouterr().err

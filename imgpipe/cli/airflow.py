@@ -42,7 +42,7 @@ def _add_airflow_dag(p: argparse.ArgumentParser) -> None:
 def _cmd_airflow_dag(args: argparse.Namespace) -> int:
     reject(
         args,
-        {"lock_file": "--lock-file"},
+        {"lock_file": "--lock-file", "lock_wait": "--lock-wait"},
         "does not apply to an Airflow DAG (it allows one active run: max_active_runs=1)",
     )
     check_output(args.output)

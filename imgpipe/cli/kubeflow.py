@@ -63,7 +63,7 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
 def _cmd_compile(args: argparse.Namespace) -> int:
     reject(
         args,
-        {"lock_file": "--lock-file", "replicas": "--replicas"},
+        {"lock_file": "--lock-file", "lock_wait": "--lock-wait", "replicas": "--replicas"},
         "does not apply to a compiled pipeline",
     )
     check_output(args.output)

@@ -56,7 +56,7 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
 
 def _run_flags_given(args: argparse.Namespace) -> list[str]:
     given = list(overrides(args))
-    given += [f for f in ("config", "lock_file") if getattr(args, f, None)]
+    given += [f for f in ("config", "lock_file", "lock_wait") if getattr(args, f, None)]
     return given
 
 
@@ -85,6 +85,8 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                 log_file=args.log_file,
                 systemd_dir=args.systemd,
                 on_calendar=args.on_calendar,
+                lock_wait=args.lock_wait,
+                verbose=args.verbose,
             ).to_dict()
         else:
             reject(args, _LOCAL_ONLY, "applies to --runner local only")

@@ -208,6 +208,12 @@ def read_pipeline_job(path: str) -> dict[str, Any]:
         raise SpecError(f"pipeline spec not found: {path}") from e
     except json.JSONDecodeError as e:
         raise SpecError(f"pipeline spec {path} is not JSON: {e}") from e
+    except IsADirectoryError as e:
+        raise SpecError(f"pipeline spec {path} is a directory: give the file `imgpipe compile` wrote") from e
+    except UnicodeDecodeError as e:
+        raise SpecError(f"pipeline spec {path} is not JSON: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise SpecError(f"pipeline spec {path} cannot be read: {e.strerror or e}") from e
     if isinstance(data, dict) and "pipelineSpec" in data:
         return data
     if isinstance(data, dict) and "root" in data and "deploymentSpec" in data:

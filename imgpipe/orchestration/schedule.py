@@ -259,8 +259,12 @@ def local_schedule(
     log_file: str | None = None,
     systemd_dir: str | None = None,
     on_calendar: str | None = None,
+    lock_wait: float = 0.0,
+    verbose: bool = False,
 ) -> LocalSchedule:
     """Save `config` beside its home and build the cron line (and systemd units) for it.
+
+    lock_wait, verbose: passed on to each scheduled `imgpipe run` (--lock-wait, --verbose).
 
     Everything is checked before anything is written (ScheduleError, or pipeline.config's
     ConfigError naming the field): the cron expression and the timer's calendar, the config's
@@ -279,6 +283,8 @@ def local_schedule(
     lock_file = os.path.abspath(lock_file or os.path.join(base, f"{config.pipeline_name}.lock"))
     log_file = os.path.abspath(log_file or os.path.join(base, f"{config.pipeline_name}.log"))
     command = [*(imgpipe or default_imgpipe()), "run", "--config", config_path, "--lock-file", lock_file]
+    command += ["--lock-wait", f"{lock_wait:g}"] if lock_wait else []
+    command += ["--verbose"] if verbose else []
     executable = shutil.which(command[0]) if os.sep not in command[0] else command[0]
     if not executable or not os.path.isfile(executable) or not os.access(executable, os.X_OK):
         raise ScheduleError(f"--imgpipe {command[0]}: not an executable file")
