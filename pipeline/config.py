@@ -295,6 +295,12 @@ class PipelineConfig(Settings):
             if problem:
                 raise ConfigError(f"weights: {weights} {problem}")
         if "://" not in self.data_dir and not (data_may_arrive and not os.path.lexists(self.data_dir)):
+            if not os.path.isdir(self.data_dir):
+                what = "is not a directory" if os.path.lexists(self.data_dir) else "does not exist"
+                raise ConfigError(
+                    f"data_dir: {self.data_dir} {what}: give the folder `imgpipe ingest --out` wrote "
+                    "(train/ and eval/ TFRecords)"
+                )
             for split in ("train", "eval"):
                 if not os.path.isdir(os.path.join(self.data_dir, split)):
                     raise ConfigError(

@@ -431,6 +431,12 @@ def test_an_existing_directory_for_out_is_named_a_directory_whatever_its_name(tm
     err = capsys.readouterr().err
     assert f"--out {tmp_path / 'outdir'} is a directory: give the output file's path" in err, err
     assert os.listdir(tmp_path / "outdir") == []
+    # --model a file: named a file, not "no such directory"
+    (tmp_path / "model.h5").write_bytes(b"x")
+    (tmp_path / "images" / "a.png").write_bytes(image_samples.png(image_samples.asymmetric_image()))
+    argv = ["predict-batch", "--model", str(tmp_path / "model.h5"), "--images", str(tmp_path / "images")]
+    assert main([*argv, "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert f"--model {tmp_path / 'model.h5'}: a file, not a directory" in capsys.readouterr().err
 
 
 def test_cli(model, folder, tmp_path, capsys):

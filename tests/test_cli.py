@@ -427,8 +427,9 @@ def test_a_value_starting_with_a_dash_is_shown_how_to_give(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["run", "--beam-arg", "--direct_num_workers=2"])
     assert e.value.code == cli.EXIT_USAGE
-    assert "expected one argument (if the value starts with '-', write --beam-arg=VALUE)" in (
-        capsys.readouterr().err
+    assert (
+        "expected one argument (a value must follow it; if the value starts with '-', write --beam-arg=VALUE)"
+        in (capsys.readouterr().err)
     )
     for command in ("run", "predict-batch"):
         with pytest.raises(SystemExit):
@@ -471,3 +472,25 @@ def test_the_runs_last_line_names_the_figure_the_gate_judged_by():
         _judged({"metric": "accuracy", "value": 0.9, "floor": 0.5}, 0.9) == "accuracy 0.9000 (floor 0.5000)"
     )
     assert _judged(None, None) == "accuracy None"  # a run stopped before the gate
+
+
+def test_a_usage_error_is_one_line_naming_the_command(capsys):
+    """argparse printed the whole usage block (47 lines for `run`) before the error; an unknown
+    flag was reported against `imgpipe`, not the command it was given to."""
+    for argv, says in (
+        (["run", "--lock-wait", "-3"], "imgpipe run: error: argument --lock-wait: "),
+        (
+            ["ingest", "--images", "x", "--out", "y", "--eval-fraction", "1.5"],
+            "imgpipe ingest: error: argument",
+        ),
+        (
+            ["run", "--bogus"],
+            "imgpipe run: error: unrecognized arguments: --bogus (see `imgpipe run --help`)",
+        ),
+        (["nope"], "imgpipe: error: argument COMMAND: invalid choice: 'nope'"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(says), err
+        assert err.count("\n") == 1 and "usage:" not in err, err

@@ -91,6 +91,11 @@ def test_values_are_coerced_to_the_field_type(change, section, field, value):
 def test_disk_checks_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="^data_dir: .*no train/ subdirectory"):
         PipelineConfig(data_dir=str(tmp_path)).validate_paths()
+    with pytest.raises(ConfigError, match=f"^data_dir: {tmp_path / 'nope'} does not exist: give the folder"):
+        PipelineConfig(data_dir=str(tmp_path / "nope")).validate_paths()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=f"^data_dir: {tmp_path / 'file'} is not a directory"):
+        PipelineConfig(data_dir=str(tmp_path / "file")).validate_paths()
     with pytest.raises(ConfigError, match="^weights:"):
         PipelineConfig(data_dir=_data_dir(tmp_path), weights="/no/such/file.h5").validate_paths()
     with pytest.raises(ConfigError, match="^data_dir: required"):

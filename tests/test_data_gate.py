@@ -446,7 +446,11 @@ def test_labels_with_hidden_characters_are_shown_with_their_code_points():
     from imgpipe.report.figures import _short
     from trainer.features import label_text
 
-    assert label_text("a") == "a" and label_text("big cat") == "big cat" and label_text("caf\u00e9") == "caf\u00e9"
+    assert (
+        label_text("a") == "a"
+        and label_text("big cat") == "big cat"
+        and label_text("caf\u00e9") == "caf\u00e9"
+    )
     assert label_text("a ") == "a  (U+0061 U+0020)"
     assert label_text("d\u200bog") == "d\u200bog (U+0064 U+200B U+006F U+0067)"
     assert label_text("big\u00a0cat").endswith("(U+0062 U+0069 U+0067 U+00A0 U+0063 U+0061 U+0074)")

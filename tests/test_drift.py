@@ -469,6 +469,12 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
         capsys, "--logs", str(pets), "--run", OLD_RUN, "--home", home, "--model-name", "pets"
     )
     assert code == EXIT_OK and report["logged"]["measured"] == len(digits["fresh"]), err
+    # A --model-name the logs lack is named as the flag's, not as the run's model.
+    code, _, err = _drift_cli(
+        capsys, "--logs", str(pets), "--run", OLD_RUN, "--home", home, "--model-name", "cats"
+    )
+    assert code == EXIT_USAGE and "none for 'cats' (--model-name); run " in err
+    assert f"'s model is {NAME!r}" in err and "give --model-name" not in err
     code, _, err = _drift_cli(
         capsys, "--logs", log_dirs["inverted"], "--run", "served", "--home", str(tmp_path)
     )

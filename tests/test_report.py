@@ -465,6 +465,13 @@ def test_report_of_an_unknown_run_or_home_is_a_usage_error(tmp_path, capsys):
     _record(tmp_path, "r1", with_report=True, mtime=1_000_000)
     assert cli.main(["report", "nope", "--home", str(tmp_path)]) == cli.EXIT_USAGE
     assert "no run 'nope'" in capsys.readouterr().err
+    # A folder under runs/ that is not a record says what it lacks (was "no run records").
+    (tmp_path / "runs" / "half").mkdir()
+    (tmp_path / "runs" / "half" / "summary.json").write_text("garbage")
+    assert cli.main(["report", "half", "--home", str(tmp_path)]) == cli.EXIT_USAGE
+    assert (
+        f"{tmp_path / 'runs' / 'half'} is not a run record: it has no config.yaml" in capsys.readouterr().err
+    )
 
 
 def test_latest_is_the_newest_run_that_finished_and_a_failed_run_has_no_report(tmp_path, capsys):

@@ -304,7 +304,7 @@ def test_cron_line_runs_imgpipe_run_under_the_lock(tmp_path, capsys):
     # Lock free: the very same line starts the run, which stops on the missing data (exit 2).
     started = subprocess.run(["/bin/sh", "-c", shell], env=ENV, timeout=300)
     assert started.returncode == 2
-    assert f"data_dir: {data} has no train/ subdirectory" in open(log, encoding="utf-8").read()
+    assert f"data_dir: {data} does not exist" in open(log, encoding="utf-8").read()
     with locking.run_lock(lock):  # and the run released the lock when it ended
         pass
 
@@ -484,7 +484,9 @@ def test_lock_wait_and_verbose_reach_the_scheduled_run(tmp_path, capsys):
     command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
     assert "--lock-wait" not in command and "--verbose" not in command
     # Remote runners and compiled pipelines have no lock to wait for: refused, not ignored.
-    code = cli.main(["schedule", "--runner", "kfp", "--cron", "@daily", "--spec", "s.json", "--lock-wait", "5"])
+    code = cli.main(
+        ["schedule", "--runner", "kfp", "--cron", "@daily", "--spec", "s.json", "--lock-wait", "5"]
+    )
     assert code == 2 and "run flags (lock_wait) apply to --runner local only" in capsys.readouterr().err
     for command in (
         ["compile", "--image", "img:1", "--output", str(tmp_path / "p.json")],

@@ -89,6 +89,10 @@ def resolve_model(path: str) -> tuple[str, int | None]:
     if gfile.exists(os.path.join(path, "saved_model.pb")):
         return path, version_number(os.path.basename(os.path.normpath(path)))
     if not gfile.isdir(path):
+        if gfile.exists(path):
+            raise BatchError(
+                f"--model {path}: a file, not a directory (a SavedModel's, or a model base path)"
+            )
         raise BatchError(f"--model {path}: no such directory")
     versions = {}  # version -> its folder's name (`007` is version 7)
     for entry in sorted(e.rstrip("/") for e in gfile.listdir(path)):

@@ -27,7 +27,12 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=at_least_one, default=15, help="training epochs (default 15)")
     p.add_argument("--batch-size", type=at_least_one, default=32, help="batch size (default 32)")
     p.add_argument("--learning-rate", type=positive_number, default=1e-3, help="Adam's (default 0.001)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--seed",
+        type=whole_number(0, 2**32 - 1, "a whole number 0..2**32 - 1"),
+        default=42,
+        help="random seed of the source task's split and training (default 42)",
+    )
 
 
 def _check_out(out: str) -> None:

@@ -20,7 +20,12 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-fraction", type=open_fraction, default=0.2, help="share of each class for eval (default 0.2)"
     )
-    p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
+    p.add_argument(
+        "--seed",
+        type=whole_number(0, 2**32 - 1, "a whole number 0..2**32 - 1"),
+        default=42,
+        help="split seed (default 42)",
+    )
     p.add_argument(
         "--shards",
         type=whole_number(1, None, "a whole number >= 1"),

@@ -77,11 +77,25 @@ class _Parser(argparse.ArgumentParser):
     with '-' (`--beam-arg --direct_num_workers=2` reads --direct_num_workers=2 as a flag)."""
 
     def error(self, message: str) -> NoReturn:
+        """One line naming what was wrong and where the help is (argparse's own printed the
+        whole usage block first: 47 lines for `run`), exit 2."""
         missing = re.fullmatch(r"argument (\S+): expected one argument", message)
         if missing:
             flag = missing.group(1).split("/")[-1]
-            message += f" (if the value starts with '-', write {flag}=VALUE)"
-        super().error(message)
+            message += f" (a value must follow it; if the value starts with '-', write {flag}=VALUE)"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
+        """As argparse's, but an unknown flag is named with the command it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(
+                EXIT_USAGE,
+                f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see `{prog} --help`)\n",
+            )
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,6 +115,11 @@ def drift_report(
     others = {name: n for name, n in logged.models.items() if name and name != logged.model_name}
     if others and not sum(logged.versions.values()):
         listed = ", ".join(f"{name!r} ({n} records)" for name, n in sorted(others.items()))
+        if model_name:
+            raise sources.SourceError(
+                f"the request logs in {log_dir} hold requests for {listed} and none for {model_name!r} "
+                f"(--model-name); run {split.run_id}'s model is {split.model_name!r}"
+            )
         raise sources.SourceError(
             f"the request logs in {log_dir} hold requests for {listed} and none for "
             f"{logged.model_name!r}, the model of run {split.run_id}; give --model-name NAME if "

@@ -211,7 +211,9 @@ def read_pipeline_job(path: str) -> dict[str, Any]:
     except IsADirectoryError as e:
         raise SpecError(f"pipeline spec {path} is a directory: give the file `imgpipe compile` wrote") from e
     except UnicodeDecodeError as e:
-        raise SpecError(f"pipeline spec {path} is not JSON: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        raise SpecError(
+            f"pipeline spec {path} is not JSON: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from e
     except OSError as e:
         raise SpecError(f"pipeline spec {path} cannot be read: {e.strerror or e}") from e
     if isinstance(data, dict) and "pipelineSpec" in data:

@@ -91,6 +91,10 @@ def find_record(home: str, run: str) -> str:
     finished, saying on stderr which newer runs failed); LookupError naming what exists."""
     folders = records(home)
     root = os.path.join(home, "runs")
+    named = run_dir(home, run) if run != LATEST else None
+    if named is not None and os.path.isdir(named) and named not in folders:
+        missing = [f for f in (CONFIG_FILE, SUMMARY_FILE) if not os.path.isfile(os.path.join(named, f))]
+        raise LookupError(f"{named} is not a run record: it has no {' and no '.join(missing)}")
     if not folders:
         raise LookupError(f"no run records in {root} (is --home right?)")
     if run == LATEST:
