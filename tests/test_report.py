@@ -689,7 +689,50 @@ def test_the_curves_name_the_validation_slice_not_the_eval_split():
     assert figures._phase_series(history, "loss") == {
         "train": [1.0, 0.5, 0.4],
         "validation (held out of train)": [1.1, 0.7],
+        "refit on all of train (the model kept)": [],
     }
+
+
+def test_a_head_chosen_by_cross_validation_is_described_as_such(tmp_path):
+    """On small tasks the folds choose the epochs and the model kept is a refit on all of train: the
+    report called the pooled held-out curve "validation (held out of train)", showed the folds'
+    stopped epoch as if it were the model's, and never said the model was refit."""
+    from imgpipe.report import figures, html
+
+    history = {"loss": [1.0, 0.5, 0.4], "val_loss": [1.1, 0.7, 0.8], "refit_loss": [0.9, 0.5]}
+    series = figures._phase_series(history, "loss", folds=5)
+    assert series["cross-validation (5 folds, held-out parts pooled)"] == [1.1, 0.7, 0.8]
+    assert series["refit on all of train (the model kept)"] == [0.9, 0.5]
+    summary = {
+        "history": history,
+        "best_epoch": 2,
+        "stopped_epoch": 3,
+        "refit_epochs": 2,
+        "selection_folds": 5,
+        "notes": ["head: epoch 2 chosen by 5-fold cross-validation on the train split; refit on the whole "
+                  "train split for 2 epochs"],
+    }  # fmt: skip
+    assert data.early_stopping_entries(summary) == {
+        "best_epoch": 2,
+        "stopped_epoch": 3,
+        "refit_epochs": 2,
+        "selection_folds": 5,
+    }
+    d = dataclasses.replace(
+        _report_data(["a", "b"], n=10),
+        history=history,
+        early_stopping=data.early_stopping_entries(summary),
+        training_notes=summary["notes"],
+        selection_folds=5,
+    )
+    page = html.render(d, {"training_curves": "training_curves.png"})
+    assert "How the head was trained" in page and "refit on the whole train split for 2 epochs" in page
+    assert "<td>refit_epochs</td>" in page
+    assert "training:\n  head: epoch 2 chosen by 5-fold cross-validation" in text.render(d)
+    loaded = data.ReportData.from_dict(json.loads(json.dumps(d.to_dict())))
+    assert (loaded.training_notes, loaded.selection_folds) == (summary["notes"], 5)
+    figures.training_curves(history, str(tmp_path / "curves.png"), folds=5)  # draws
+    assert (tmp_path / "curves.png").stat().st_size > 0
 
 
 def test_labels_that_print_alike_are_told_apart_in_the_report(tmp_path):

@@ -66,7 +66,9 @@ def write_report(
             )
         if figures.has_curves(data.history):
             written["training_curves"] = "training_curves.png"
-            figures.training_curves(data.history, os.path.join(staging, written["training_curves"]))
+            figures.training_curves(
+                data.history, os.path.join(staging, written["training_curves"]), data.selection_folds
+            )
         _thumbnails(data, staging, thumbnails_from, max_pixels)
         with open(os.path.join(staging, DATA_FILE), "w", encoding="utf-8") as f:
             json.dump(data.to_dict(), f, indent=2)

@@ -105,6 +105,12 @@ class ReportData:
     # Where the predictions came from: PREDICTIONS_LOADED, PREDICTIONS_EVALUATOR or
     # "report of run <id>" ("" in reports written before this field).
     predictions_from: str = ""
+    # How the Trainer trained the head, in its own words (training_summary.json `notes`: the
+    # validation slice or cross-validation that chose the epochs, the refit, class weights);
+    # and the folds that chose them (None: the validation slice did). Empty / None in reports
+    # written before these fields.
+    training_notes: list[str] = dataclasses.field(default_factory=list)
+    selection_folds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -368,7 +374,9 @@ def per_class_rows(rows: list[str], class_names: list[str], matrix: list[list[in
 
 # ------------------------------------------------------------------------------ training, gate
 def early_stopping_entries(training_summary: dict[str, Any]) -> dict[str, Any]:
-    """Best/stopped-epoch entries of the training summary (dotted keys), when the Trainer wrote any."""
+    """How the head's epochs were chosen: the best/stopped-epoch entries of the training summary
+    (dotted keys), the folds that chose them and the epochs the final model was refit for, when
+    the Trainer wrote any."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -378,13 +386,17 @@ def early_stopping_entries(training_summary: dict[str, Any]) -> dict[str, Any]:
             return
         parts = prefix.lower().split(".")
         scalar = value is None or isinstance(value, (int, float, str, bool))
-        if scalar and any("best" in p or "stop" in p for p in parts):
+        if scalar and any(word in p for p in parts for word in ("best", "stop", "refit", "folds")):
             out[prefix] = value
 
     for key, value in training_summary.items():
         if key != "history":
             walk(key, value)
     return out
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _compared_on_a_subset(record: Mapping[str, Any]) -> bool:
@@ -692,6 +704,8 @@ def gather(
         gate=gate,
         history=dict((training_summary or {}).get("history") or {}),
         early_stopping=early_stopping_entries(training_summary or {}),
+        training_notes=[str(n) for n in (training_summary or {}).get("notes") or []],
+        selection_folds=_whole((training_summary or {}).get("selection_folds")),
         misclassified=misclassified,
         misclassified_total=misclassified_total,
         max_misclassified=max_misclassified,

@@ -82,14 +82,24 @@ def confusion_matrix(
 
 
 VALIDATION_LABEL = "validation (held out of train)"
+REFIT_LABEL = "refit on all of train (the model kept)"
 
 
-def _phase_series(history: dict[str, list[float]], metric: str) -> dict[str, list[float]]:
+def validation_label(folds: int | None) -> str:
+    """What the val_* curves are: the validation slice held out of train, or with cross-validation
+    every fold's held-out part pooled (trainer/head.py), never the eval split that gates."""
+    return f"cross-validation ({folds} folds, held-out parts pooled)" if folds else VALIDATION_LABEL
+
+
+def _phase_series(
+    history: dict[str, list[float]], metric: str, folds: int | None = None
+) -> dict[str, list[float]]:
     return {
         "train": history.get(metric, []) + history.get(f"fine_tune_{metric}", []),
-        # val_*: the validation slice the Trainer holds out of train for early stopping, never
-        # the eval split that gates (trainer/head.py).
-        VALIDATION_LABEL: history.get(f"val_{metric}", []) + history.get(f"fine_tune_val_{metric}", []),
+        validation_label(folds): history.get(f"val_{metric}", [])
+        + history.get(f"fine_tune_val_{metric}", []),
+        # refit_*: the head trained again on the whole train split for the chosen epochs.
+        REFIT_LABEL: history.get(f"refit_{metric}", []),
     }
 
 
@@ -97,9 +107,10 @@ def has_curves(history: dict[str, list[float]]) -> bool:
     return any(history.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
 
 
-def training_curves(history: dict[str, list[float]], path: str) -> None:
+def training_curves(history: dict[str, list[float]], path: str, folds: int | None = None) -> None:
     """Loss and accuracy per epoch, on train and on the validation slice held out of it (early
-    stopping's, not the eval split); the fine-tune phase shaded when present."""
+    stopping's, not the eval split) or, with `folds`, cross-validation's pooled held-out parts;
+    the refit on the whole train split dashed; the fine-tune phase shaded when present."""
     head_epochs = max(len(history.get(k, [])) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
     fine_tune_epochs = max(
         (len(v) for k, v in history.items() if k.startswith("fine_tune_")),
@@ -108,10 +119,11 @@ def training_curves(history: dict[str, list[float]], path: str) -> None:
     fig = Figure(figsize=(11, 4), layout="constrained")
     for i, (metric, title) in enumerate((("loss", "Loss"), ("accuracy", "Accuracy"))):
         ax = fig.add_subplot(1, 2, i + 1)
-        for split, series in _phase_series(history, metric).items():
+        for split, series in _phase_series(history, metric, folds).items():
             if series:
                 epochs = range(1, len(series) + 1)
-                ax.plot(epochs, series, marker="o", markersize=3, label=split)
+                style = "--" if split == REFIT_LABEL else "-"
+                ax.plot(epochs, series, style, marker="o", markersize=3, label=split)
         if fine_tune_epochs:
             ax.axvspan(head_epochs + 0.5, head_epochs + fine_tune_epochs + 0.5, color="orange", alpha=0.12)
             ax.axvline(

@@ -107,9 +107,12 @@ def _training(d: ReportData, figures: dict[str, str]) -> str:
     if "training_curves" not in figures:
         return "<p>No training history was found for this run.</p>"
     out = [f'<div class="figures"><img src="{src(figures["training_curves"])}" alt="training curves"></div>']
+    if d.training_notes:
+        items = "".join(f"<li>{esc(n)}</li>" for n in d.training_notes)
+        out.append(f"<p>How the head was trained (the Trainer's notes):</p><ul>{items}</ul>")
     if d.early_stopping:
         rows = [[esc(k), esc(v)] for k, v in d.early_stopping.items()]
-        out.append("<p>Early stopping:</p>" + _table(["entry", "value"], rows))
+        out.append("<p>How its epochs were chosen:</p>" + _table(["entry", "value"], rows))
     return "".join(out)
 
 

@@ -50,6 +50,8 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
             f"{name:<{width}}  {_num(r.precision, 3):>9}  {_num(r.recall, 3):>6}  {r.support:>7}  {r.predicted:>9}"
         )
 
+    if d.training_notes:
+        lines += ["", "training:"] + [f"  {_clean(n)}" for n in d.training_notes]
     lines.append("")
     if not d.misclassified_total:
         lines.append("no misclassified eval images")
