@@ -391,6 +391,10 @@ def test_tune_never_reads_the_eval_split(imbalanced_digits, source_backbone, mon
     assert result.tuning["trials"] == 3 and len(result.tuning["results"]) == 3
     assert result.hparams == {k: result.tuning["best"][k] for k in ("learning_rate", "dropout", "l2")}
     assert len(fitted) == 3 + 1  # three trials, then the refit of the best
+    # Its validation slice holds fewer than 10 of the minority class: the noisy scoring is said.
+    assert any(
+        n.startswith("tune: trials scored on a validation slice with fewer than 10") for n in result.notes
+    )
     # The eval split is evaluated once, after every fit, and is in none of them.
     [(after, eval_x)] = evaluated
     assert after == len(fitted) and len(eval_x) == data.count_examples(eval_files)

@@ -154,6 +154,21 @@ def _head_phase(
         # --tune needs.
         from trainer import tune
 
+        if isinstance(head_data, head.ArrayData) and head.needs_folds(head_data, params):
+            # The trials are scored on the slice alone (a trial per fold would multiply the
+            # search by cv_folds); without --tune, cross-validation would choose the epochs.
+            log.warning(
+                "tune: the validation slice holds fewer than %d examples of a class: the %d trials are "
+                "scored on it alone, so which one wins is noisy; with this little data, the untuned "
+                "head (--tune 0) has its epochs chosen by %d-fold cross-validation instead",
+                head.FOLDS_BELOW,
+                params.tune_trials,
+                params.cv_folds,
+            )
+            note(
+                f"tune: trials scored on a validation slice with fewer than {head.FOLDS_BELOW} examples of "
+                "a class (noisy; without --tune, cross-validation would choose the epochs)"
+            )
         tuned = tune.tune_head(build, head_data, params, params.tune_trials)
         seconds["tune"] = time.perf_counter() - t0
         run, tuning = tuned.run, tuned.summary()
