@@ -206,6 +206,9 @@ class PipelineConfig(Settings):
             values = {}
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        # Top-level keys starting with "x-" are the file's own (anchors to merge elsewhere, as
+        # Compose files use them): not settings.
+        values = {k: v for k, v in values.items() if not (isinstance(k, str) and k.startswith("x-"))}
         given = {k for k, v in (overrides or {}).items() if v is not None}
         try:
             base = cls.model_validate(values)

@@ -240,6 +240,15 @@ def test_yaml_merge_keys_work_and_repeats_are_still_refused(tmp_path):
     (tmp_path / "d.yaml").write_text("training:\n  <<: {epochs: 7}\n  batch_size: 8\n  batch_size: 9\n")
     with pytest.raises(ConfigError, match="key 'batch_size' is given twice"):
         PipelineConfig.from_yaml(str(tmp_path / "d.yaml"))
+    # The usual way to hold an anchor: a top-level x- key (was "unknown config key 'x-base'").
+    (tmp_path / "x.yaml").write_text(
+        "x-base: &base {epochs: 30, learning_rate: 1.0e-4}\ntraining: {<<: *base, batch_size: 64}\n"
+    )
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "x.yaml"))
+    assert (cfg.training.epochs, cfg.training.learning_rate, cfg.training.batch_size) == (30, 1e-4, 64)
+    (tmp_path / "y.yaml").write_text("base: {epochs: 30}\n")  # without the prefix: still unknown
+    with pytest.raises(ConfigError, match="unknown config key 'base'"):
+        PipelineConfig.from_yaml(str(tmp_path / "y.yaml"))
 
 
 def test_replace_ignores_unset_flags_and_resolved_makes_paths_absolute():
