@@ -514,8 +514,12 @@ def test_a_run_failing_in_example_gen_names_the_damaged_files(tmp_path: Path) ->
     message = _failure_message(PipelineConfig(data_dir=str(out)), "ImportExampleGen", beams)
     head, *rest = message.splitlines()
     assert head.startswith("ImportExampleGen failed: ValueError: Not a valid TFRecord. Fewer than 694 bytes")
-    assert len(head) < MAX_ERROR_LINE + 100 and head.endswith("more characters)")
+    assert len(head) < MAX_ERROR_LINE + 100 and "characters) ... " in head and head.endswith("0a'")
     assert rest[0].startswith("damaged TFRecord files") and rest[1].strip() == damaged
+    # The line's end is kept too: ML Metadata puts its cause after the execution it could not write.
+    mlmd = RuntimeError("Cannot create node for type_id: 31 " + "x" * 2000 + " database or disk is full")
+    cut = _failure_message(PipelineConfig(data_dir=str(out)), "Evaluator", mlmd)
+    assert cut.endswith("database or disk is full") and len(cut) < MAX_ERROR_LINE + 100
     # Another component's failure does not read the data again.
     assert (
         _failure_message(PipelineConfig(data_dir=str(out)), "Trainer", ValueError("x"))

@@ -205,3 +205,20 @@ def test_a_removed_lock_file_goes_with_its_holder_and_never_lets_two_in(tmp_path
             with lock.run_lock(path, remove=True):
                 pass
     assert not os.path.exists(path)
+
+
+def test_a_full_disk_does_not_stop_the_lock(tmp_path, monkeypatch, caplog):
+    """With 0 bytes free, writing the holder's line failed (ENOSPC) and run and prune (the command
+    that would free the disk) ended in a traceback: the flock is the lock, the line best effort."""
+    import errno
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock.os, "pwrite", full)
+    path = str(tmp_path / "run.lock")
+    with lock.run_lock(path, holder="prune"):
+        with pytest.raises(lock.LockBusy):  # still exclusive
+            with lock.run_lock(path):
+                pass
+    assert "who holds it could not be written" in caplog.text and "No space left" in caplog.text

@@ -403,7 +403,10 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
     lines = []
     for line in f"{type(error).__name__}: {error}".splitlines() or [""]:
         if len(line) > MAX_ERROR_LINE:
-            line = f"{line[:MAX_ERROR_LINE]}... ({len(line) - MAX_ERROR_LINE} more characters)"
+            # Head and tail: a library's message often ends with its cause (ML Metadata's
+            # "database or disk is full" after 2,000 characters of the execution it could not write).
+            cut = len(line) - MAX_ERROR_LINE
+            line = f"{line[: MAX_ERROR_LINE - 200]} ... ({cut} characters) ... {line[-200:]}"
         lines.append(line)
     message = f"{component or 'the pipeline'} failed: " + "\n".join(lines)
     return message + diagnosis.explain(config, component, message)

@@ -73,10 +73,7 @@ def run_lock(
             break
         os.close(fd)  # locked an inode another holder has since removed: take the path's own
     try:
-        since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        note = f", {holder}" if holder else ""
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {since}{note}\n".encode(), 0)
+        _say_who_holds(fd, holder)
         try:
             yield
         finally:
@@ -84,10 +81,26 @@ def run_lock(
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             else:
-                os.ftruncate(fd, 0)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _say_who_holds(fd: int, holder: str) -> None:
+    """Write the holder's pid, start time and `holder` into the locked file, for a refused process
+    to show. Best effort: the flock is the lock, and a full disk (ENOSPC) must not stop the
+    run or the prune that would free it."""
+    since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    note = f", {holder}" if holder else ""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {since}{note}\n".encode(), 0)
+    except OSError as e:
+        log.warning(
+            "the lock is held, but who holds it could not be written into its file: %s", e.strerror or e
+        )
 
 
 def _open_lock_file(path: str) -> int:
