@@ -207,3 +207,39 @@ def test_a_run_is_read_back_by_its_id_not_as_the_newest(tmp_path):
         assert metadata.run_by_id(reader, "imgpipe", "run-1").name == "run-1"
         with pytest.raises(LookupError, match="run 'run-9' of pipeline 'imgpipe'"):
             metadata.run_by_id(reader, "imgpipe", "run-9")
+
+
+def test_an_emptied_store_beside_earlier_artifacts_is_refused(tmp_path):
+    """metadata.sqlite truncated or deleted while HOME/pipelines held earlier runs' artifacts: the
+    next run found no blessed model (no comparison with the served one), pushed whatever passed
+    the floor, and numbered its executions from 1 into the old folders. Now refused, naming both."""
+    import ml_metadata as mlmd
+
+    from imgpipe.orchestration.local import check_store_knows_the_home
+
+    config = PipelineConfig(data_dir=str(tmp_path / "data"), home=str(tmp_path / "home")).resolved()
+    os.makedirs(config.home)
+    check_store_knows_the_home(config)  # a fresh home: nothing to compare
+    os.makedirs(os.path.join(config.pipeline_root, "Trainer", "model", "not-an-execution"))
+    check_store_knows_the_home(config)  # no execution folder yet
+    earlier = os.path.join(config.pipeline_root, "Trainer", "model", "7")
+    os.makedirs(earlier)
+    metadata.connect(config, readonly=False)  # an empty store, as a truncated file opens
+    with pytest.raises(ConfigError) as e:
+        check_store_knows_the_home(config)
+    assert str(e.value).startswith(
+        f"metadata: {config.metadata_location} holds no execution of pipeline 'imgpipe', but "
+        f"{config.pipeline_root} holds earlier executions' artifacts (e.g. {earlier}): the store was emptied"
+    )
+    # A store that knows the pipeline's executions is the home's own.
+    with metadata.open_store(config, readonly=False) as store:
+        context_type = metadata_store_pb2.ContextType(name="pipeline")
+        context = metadata_store_pb2.Context(type_id=store.put_context_type(context_type), name="imgpipe")
+        [context_id] = store.put_contexts([context])
+        execution_type = store.put_execution_type(metadata_store_pb2.ExecutionType(name="Trainer"))
+        [execution_id] = store.put_executions([metadata_store_pb2.Execution(type_id=execution_type)])
+        store.put_attributions_and_associations(
+            [], [metadata_store_pb2.Association(context_id=context_id, execution_id=execution_id)]
+        )
+        assert store.get_executions_by_context(context_id, list_options=mlmd.ListOptions(limit=1))
+    check_store_knows_the_home(config)

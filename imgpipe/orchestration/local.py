@@ -266,6 +266,46 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
     withdraw_unserved_blessings(config)
 
 
+def check_store_knows_the_home(config: PipelineConfig) -> None:
+    """ConfigError when ML Metadata has no execution of the pipeline while its root holds the
+    artifacts of earlier executions: the store was emptied (metadata.sqlite truncated or deleted)
+    or replaced. A run then finds no blessed model to compare with, pushes whatever passes the
+    floor beside the served model, and numbers its executions from 1 again, into the earlier
+    artifacts' folders."""
+    earlier = _an_artifact_folder(config.pipeline_root)
+    if earlier is None:
+        return
+    import ml_metadata as mlmd
+
+    with metadata.open_store(config) as store:
+        pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+        known = pipeline is not None and store.get_executions_by_context(
+            pipeline.id, list_options=mlmd.ListOptions(limit=1)
+        )
+    if not known:
+        raise ConfigError(
+            f"metadata: {config.metadata_location} holds no execution of pipeline {config.pipeline_name!r}, "
+            f"but {config.pipeline_root} holds earlier executions' artifacts (e.g. {earlier}): the store "
+            "was emptied or replaced. A run now would not be compared with the served model and would "
+            "write into those folders. Restore the store (e.g. metadata.sqlite from a backup), or move "
+            f"{config.pipeline_root} away to start the pipeline afresh"
+        )
+
+
+def _an_artifact_folder(pipeline_root: str) -> str | None:
+    """One `<Component>/<output>/<execution id>` folder under the pipeline root, or None."""
+    if "://" in pipeline_root or not os.path.isdir(pipeline_root):
+        return None
+    for component in sorted(os.listdir(pipeline_root)):
+        outputs = os.path.join(pipeline_root, component)
+        for output in sorted(os.listdir(outputs)) if os.path.isdir(outputs) else []:
+            folder = os.path.join(outputs, output)
+            for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                if name.isdigit() and os.path.isdir(os.path.join(folder, name)):
+                    return os.path.join(folder, name)
+    return None
+
+
 def split_cpu_for(config: PipelineConfig) -> None:
     """Split this process's CPU into `config.replicas` logical devices (the Trainer runs in this
     process under LocalDagRunner). Must come before anything runs a TensorFlow op: the data
@@ -286,6 +326,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
 
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
+    check_store_knows_the_home(config)
     _abandon_dead_executions(config, run_id)
     pipeline = create_pipeline(config, metadata.connection_config(config))
     # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
