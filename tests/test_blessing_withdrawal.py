@@ -351,6 +351,19 @@ def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
     assert _blessed(home.store, first.id) == 1 and _blessed(home.store, killed.id) == 1
     kept = home.artifact(killed.id).custom_properties
     assert kept[metadata.SERVED_UNRECORDED_KEY].string_value == "1700000001"
+    # The run summary reads it: that run's model is served (was "pushed": null).
+    [evaluator] = [
+        e for e in home.store.get_executions()
+        if any(ev.artifact_id == killed.id and ev.type == ev.OUTPUT
+               for ev in home.store.get_events_by_execution_ids([e.id]))
+    ]  # fmt: skip
+    assert metadata.served_unrecorded(home.store, evaluator) == "1700000001"
+    [first_evaluator] = [
+        e for e in home.store.get_executions()
+        if any(ev.artifact_id == first.id and ev.type == ev.OUTPUT
+               for ev in home.store.get_events_by_execution_ids([e.id]))
+    ]  # fmt: skip
+    assert metadata.served_unrecorded(home.store, first_evaluator) is None
     # Judged once: a later push makes it an older version, and it is not withdrawn then.
     os.makedirs(os.path.join(config.model_serving_dir, "1700000002"))
     calls = []

@@ -381,12 +381,9 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             _stop(config, run_id, tracker.current, e)
             raise
 
-        withdraw_unserved_blessings(config)
-        summary = summarize_run(config, run_id)
-        # Never raises: a failed report is recorded in the summary.
-        attach_report(config, summary, loaded_model=loaded_models.get)
+        summary = _summarise_finished(config, run_id)
     summary.left_out_classes = left_out_classes(config.data_dir)
-    summary.run_dir = runs.write_record(config, summary)
+    runs.keep_record(config, summary)
     _log_gate(summary.gate)
     for folder in summary.left_out_classes:
         log.warning(
@@ -395,6 +392,20 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             folder.get("files"),
             folder.get("reason"),
         )
+    return summary
+
+
+def _summarise_finished(config: PipelineConfig, run_id: str) -> RunSummary:
+    """A finished run's summary and report; stopped while writing them (Ctrl-C, SIGTERM), the
+    run is recorded and printed as stopped, with what it did (a push included)."""
+    try:
+        withdraw_unserved_blessings(config)
+        summary = summarize_run(config, run_id)
+        # Never raises: a failed report is recorded in the summary.
+        attach_report(config, summary, loaded_model=loaded_models.get)
+    except KeyboardInterrupt as e:
+        _stop(config, run_id, None, e, when="after every component finished")
+        raise
     return summary
 
 
@@ -411,12 +422,15 @@ def left_out_classes(data_dir: str) -> list[dict]:
     return [c for c in left if isinstance(c, dict) and c.get("files")] if isinstance(left, list) else []
 
 
-def _stop(config: PipelineConfig, run_id: str, current: str | None, interrupt: KeyboardInterrupt) -> None:
+def _stop(
+    config: PipelineConfig, run_id: str, current: str | None, interrupt: KeyboardInterrupt, when: str = ""
+) -> None:
     """A run stopped by Ctrl-C or SIGTERM: its running executions marked, its record written
-    (on `interrupt.summary`, which the CLI prints)."""
+    (on `interrupt.summary`, which the CLI prints). `when`: where it stopped, when not in a
+    component (e.g. writing the report after every component finished)."""
     how = getattr(interrupt, "how", "interrupted (SIGINT)")
     _stop_interrupted_executions(config, run_id, how)
-    where = current or "the pipeline"
+    where = current or when or "the pipeline"
     interrupt.summary = _record_failed_run(config, run_id, current, f"{where}: the run was {how}")
 
 
@@ -455,25 +469,25 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
 
 def _record_failed_run(
     config: PipelineConfig, run_id: str, component: str | None, message: str
-) -> RunSummary | None:
+) -> RunSummary:
     """Save what a failed run did (each component's state, where and why it failed) as its run
-    record, as a finished run's; None, with the reason logged, if that fails too (the run's own
-    error is the one reported)."""
+    record, as a finished run's, and return its summary (which the CLI prints). When ML Metadata
+    cannot be read (a full disk), the summary holds the failure alone; when the record cannot be
+    written, its `record_error` says why (the run's own error is the one reported)."""
+    summary = RunSummary(
+        run_id=run_id, blessed=None, pushed=None, accuracy=None, replicas=None, executions={}
+    )
     try:
         withdraw_unserved_blessings(config)  # this run's blessed model, if any
-        try:
-            summary = summarize_run(config, run_id)
-        except LookupError:  # no component registered an execution: ML Metadata has no such run
-            summary = RunSummary(
-                run_id=run_id, blessed=None, pushed=None, accuracy=None, replicas=None, executions={}
-            )
-        summary.failed = component or "the pipeline"
-        summary.error = message
-        summary.run_dir = runs.write_record(config, summary)
-        return summary
+        summary = summarize_run(config, run_id)
+    except LookupError:  # no component registered an execution: ML Metadata has no such run
+        pass
     except Exception as e:  # noqa: BLE001 - must not hide the run's own error
-        log.error("the failed run's record was not written: %s: %s", type(e).__name__, e)
-        return None
+        log.error("the failed run's components could not be read back: %s: %s", type(e).__name__, e)
+    summary.failed = component or "the pipeline"
+    summary.error = message
+    runs.keep_record(config, summary)
+    return summary
 
 
 def _log_gate(gate: dict | None) -> None:

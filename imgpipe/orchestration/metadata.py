@@ -293,6 +293,14 @@ def blessing(store, evaluator_execution) -> bool | None:
     return bool(verdict if verdict is not None else _int_prop(arts[-1], "blessed"))
 
 
+def served_unrecorded(store, evaluator_execution) -> str | None:
+    """The serving dir's version that holds the run's blessed model although no push of it was
+    recorded (a run stopped between its Pusher's rename and TFX's record of the push), or None."""
+    arts = output_artifacts(store, evaluator_execution, "blessing")
+    prop = arts[-1].custom_properties.get(SERVED_UNRECORDED_KEY) if arts else None
+    return prop.string_value if prop is not None and prop.string_value else None
+
+
 def withdraw_unserved_blessings(
     store,
     pipeline_root: str,

@@ -6,6 +6,7 @@ HOME/runs/<run_id>/config.yaml`), and read back without ML Metadata.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -27,7 +28,8 @@ def run_dir(home: str, run_id: str) -> str:
 
 
 def write_record(config: PipelineConfig, summary: RunSummary) -> str:
-    """Save the config and the summary of a finished run; return the run's folder."""
+    """Save the config and the summary of a finished run; return the run's folder (OSError when
+    the disk refuses: `keep_record` says so in the summary instead)."""
     folder = run_dir(config.home, summary.run_id)
     os.makedirs(folder, exist_ok=True)
     config.save(os.path.join(folder, CONFIG_FILE))
@@ -40,9 +42,14 @@ def _write_summary(folder: str, summary: dict) -> None:
     """Write a record's summary.json to a temporary file, then rename it into place: a run killed
     or a disk filled while writing leaves the previous file (or none), never half of one."""
     path = os.path.join(folder, SUMMARY_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+        os.replace(path + ".tmp", path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        raise
 
 
 LATEST = "latest"  # names the newest run record wherever a run id is asked for
@@ -150,3 +157,16 @@ def update_summary(folder: str, changes: dict) -> dict:
     summary = {**read_summary(folder), **changes}
     _write_summary(folder, summary)
     return summary
+
+
+def keep_record(config: PipelineConfig, summary: RunSummary) -> None:
+    """write_record, and when the disk refuses (full, read-only) the reason in the summary's
+    `record_error` instead of an exception: the summary is still printed, and says the record
+    was not saved."""
+    try:
+        write_record(config, summary)
+    except OSError as e:
+        summary.record_error = (
+            f"the run's record was not saved in {run_dir(config.home, summary.run_id)}: {e}"
+        )
+        log.error("%s", summary.record_error)

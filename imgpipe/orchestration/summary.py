@@ -52,6 +52,8 @@ class RunSummary:
     error: str | None = None
     # Class folders the data's ingest left out (`--allow-left-out-classes`; its ingest_report.json).
     left_out_classes: list[dict] = dataclasses.field(default_factory=list)
+    # Why the run's record (HOME/runs/<run_id>/) could not be saved (a full disk); else None.
+    record_error: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,6 +73,9 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         push_skipped = _push_skipped(store, executions.get("Pusher"), pushed)
         if push_skipped and pushed:  # a cached Pusher: the push it reports is an earlier run's
             pushed = None
+        unrecorded = None if pushed else metadata.served_unrecorded(store, executions.get("Evaluator"))
+        if unrecorded:  # stopped after its Pusher put the version in place: the model is served
+            pushed = os.path.join(config.resolved().model_serving_dir, unrecorded)
         evaluation_uri = metadata.output_uri(store, executions.get("Evaluator"), "evaluation")
         model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
         infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
