@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import time
 import uuid
 from typing import Any
@@ -39,6 +38,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
 from serving.version_names import INT64_MAX, version_number
+from trainer import liveness
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +113,8 @@ def _copy_model(model_path: str, dest: str) -> None:
 STAGING_PREFIX = ".push-"
 # A staging folder of another host (a shared serving dir), or of no known host, is taken for
 # dead when it has not changed for this long: no copy of one model takes a day.
-STALE_STAGING_SECONDS = 24 * 3600
-_HOST = socket.gethostname().replace("-", "_") or "host"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+STALE_STAGING_SECONDS = liveness.STALE_SECONDS
+_HOST = liveness.HOST
 
 
 def remove_dead_staging(base_directory: str, now: float | None = None) -> list[str]:
@@ -141,11 +131,7 @@ def remove_dead_staging(base_directory: str, now: float | None = None) -> list[s
         path = os.path.join(base_directory, name)
         host, _, rest = name[len(STAGING_PREFIX) :].partition("-")
         pid = rest.partition("-")[0]
-        try:
-            stale = now - os.lstat(path).st_mtime > STALE_STAGING_SECONDS
-        except FileNotFoundError:  # its push just finished (renamed) or another removed it
-            continue
-        if stale or (host == _HOST and pid.isdecimal() and not _pid_alive(int(pid))):
+        if liveness.left_by_the_dead(path, host, pid, now):
             shutil.rmtree(path, ignore_errors=True)
             log.warning("removed %s: the staging folder of a push that did not finish", path)
             removed.append(path)

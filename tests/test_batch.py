@@ -781,3 +781,33 @@ def test_a_version_that_cannot_be_loaded_is_named_before_the_job(
         predict_batch(str(folder[0]), str(tmp_path / "o.jsonl"), model_dir=str(base), beam=beam)
     assert not (tmp_path / "o.jsonl").exists()
     assert loads == []
+
+
+def test_a_killed_jobs_working_folder_is_removed_by_the_next_job(model, folder, tmp_path, capsys):
+    """A job killed with SIGKILL left its list of files and Beam's (not hidden) temporary folders
+    beside OUT, and no later job removed them. Its files are now in one hidden folder named for
+    host and pid, which the next job on OUT removes once its process is gone."""
+    import subprocess
+    import sys
+
+    from imgpipe.batch import job
+    from trainer import liveness
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    prefix = job.JOB_FOLDER_PREFIX.format("out.jsonl")
+    killed = tmp_path / f"{prefix}{liveness.HOST}-{dead.stdout.strip()}-abc"
+    running = (
+        tmp_path / f"{prefix}{liveness.HOST}-{os.getpid()}-def"
+    )  # a live process's (not this OUT's lock)
+    elsewhere = tmp_path / f"{prefix}otherhost-12-fff"  # another host's, recent
+    for d in (killed, running, elsewhere):
+        os.makedirs(d / "beam-temp-partial.jsonl-1234")
+        (d / "inputs.jsonl").write_text('"a.png"\n')
+    argv = ["predict-batch", "--model", model.export_dir, "--images", str(folder[0] / "sub")]
+    assert main([*argv, "--out", str(tmp_path / "out.jsonl")]) == 0
+    assert "the working folder of a job on out.jsonl that did not finish" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["out.jsonl", "out.jsonl.report.json", running.name, elsewhere.name]
+    )  # the killed job's folder gone, this job's own removed, nothing else beside OUT

@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from imgpipe.ingest.report import display_path
 from imgpipe.orchestration.lock import run_lock
 from pipeline.beam import BeamConfig, beam_pipeline_args
 from serving.version_names import version_number
+from trainer import liveness
 from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -201,17 +204,23 @@ def predict_batch(
         source["version"] = version
     log.info("scoring %d files from %s with %s into %s", len(paths), images, source, out)
 
-    # The job's own files beside OUT: hidden, and named for this job (pid and a random part), so
-    # a second job on the same OUT, here or on another machine, never reads or removes them.
+    # The job's own files, Beam's temporary folders included, are in one hidden folder beside
+    # OUT named for this job (host, pid and a random part): a second job on the same OUT, here
+    # or on another machine, never reads or removes them, and a job killed with SIGKILL leaves
+    # one folder, which the next job on OUT removes (`_remove_dead_jobs`).
     head, tail = os.path.split(out)
-    job = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    scratch = os.path.join(head, f".{tail}.inputs-{job}.jsonl")
-    skipped_file = os.path.join(head, f".{tail}.skipped-{job}.jsonl")
+    work = os.path.join(
+        head, f"{JOB_FOLDER_PREFIX.format(tail)}{liveness.HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+    scratch = os.path.join(work, "inputs.jsonl")
+    skipped_file = os.path.join(work, "skipped.jsonl")
     # The job writes beside OUT under another name (the same extension), renamed to OUT once
     # every file is accounted for: a failed job leaves an earlier OUT and its report as they were.
-    partial = os.path.join(head, f".{tail}.partial-{job}{os.path.splitext(tail)[1]}")
-    partial_report = os.path.join(head, f".{tail}{REPORT_SUFFIX}.partial-{job}")
+    partial = os.path.join(work, f"partial{os.path.splitext(tail)[1]}")
+    partial_report = os.path.join(work, f"partial{REPORT_SUFFIX}")
     with _only_job_writing(out):
+        _remove_dead_jobs(head, tail)
+        _make_dirs(work)
         _write_lines(scratch, [json.dumps(p) for p in paths])
         try:
             local = beam.beam_runner in LOCAL_RUNNERS
@@ -247,9 +256,7 @@ def predict_batch(
             _rename(partial, out)
             _rename(partial_report, result.report)
         finally:
-            for path in (scratch, skipped_file, partial, partial_report):
-                _remove(path)
-            _remove_beam_temp(head, (partial, skipped_file))
+            _remove_tree(work)
         log.info(
             "scored %d of %d files; %d skipped (reasons in %s)",
             scored,
@@ -502,19 +509,35 @@ def lock_path(out: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"imgpipe-predict-batch-{digest}.lock")
 
 
-def _remove_beam_temp(folder: str, outputs: tuple[str, ...]) -> None:
-    """The `beam-temp-<name>-<id>` folders Beam's file sinks leave beside an output a failed job
-    did not finish."""
+JOB_FOLDER_PREFIX = ".{}.job-"  # then <host>-<pid>-<random>: a job's working folder beside OUT
+
+
+def _remove_dead_jobs(head: str, tail: str) -> None:
+    """Remove the working folders that jobs on OUT killed with SIGKILL left beside it (their
+    process gone on this host; another host's untouched for a day). Called holding OUT's lock:
+    no other job of this host is writing OUT."""
+    if "://" in head:
+        return  # a bucket: no process to ask; its folders are removed by age like the rest
+    prefix = JOB_FOLDER_PREFIX.format(tail)
+    now = time.time()
+    for name in os.listdir(head or "."):
+        if not name.startswith(prefix):
+            continue
+        host, _, rest = name[len(prefix) :].partition("-")
+        path = os.path.join(head, name)
+        if liveness.left_by_the_dead(path, host, rest.partition("-")[0], now):
+            shutil.rmtree(path, ignore_errors=True)
+            log.warning("removed %s: the working folder of a job on %s that did not finish", path, tail)
+
+
+def _make_dirs(path: str) -> None:
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
-    for output in outputs:
-        pattern = os.path.join(folder, f"beam-temp-{os.path.basename(output)}-*")
-        for path in tf.io.gfile.glob(pattern):
-            tf.io.gfile.rmtree(path)
+    tf.io.gfile.makedirs(path)
 
 
-def _remove(path: str) -> None:
+def _remove_tree(path: str) -> None:
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
     if tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+        tf.io.gfile.rmtree(path)
