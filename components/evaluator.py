@@ -336,6 +336,8 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
         label_counts = eval_label_counts(report, splits or ["eval"])  # first: it names a split not counted
+        if baselines:
+            check_baseline_readable(baselines[0])
         # Each eval record's image fingerprint and label (trainer/image_ids.py), in file order.
         eval_ids, eval_labels = image_ids.split_index(split_dirs(examples, splits))
         # Eval images the candidate trained on, and copies of an earlier eval image: none from
@@ -531,6 +533,32 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             eval_examples_in_train=candidate_seen,
         )
         write_gate_record(evaluation.uri, record)
+
+
+class BaselineDamaged(RuntimeError):
+    """The latest blessed model, which the gate compares with, cannot be read."""
+
+
+def check_baseline_readable(baseline: types.Artifact) -> None:
+    """BaselineDamaged naming the model when its saved_model.pb does not parse (a truncated copy,
+    a disk error): TFMA's own error ("Cannot parse file") does not say which model it is, and
+    every later run fails on it until the model is restored or removed."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = os.path.join(saved_model_dir(baseline), "saved_model.pb")
+    if not tf.io.gfile.exists(path):
+        return  # a model folder deleted by hand: the run's start marked it DELETED (recovery)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            model = saved_model_pb2.SavedModel.FromString(f.read())
+        if not model.meta_graphs:
+            raise ValueError("no MetaGraph in it (an empty or cut file)")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem to a user
+        raise BaselineDamaged(
+            f"the latest blessed model, the gate's baseline, cannot be read: {path}: {type(e).__name__}: {e}. "
+            f"Restore it (the serving dir holds a copy of every pushed model), or delete {baseline.uri}: "
+            "the next run then compares with the blessed model before it"
+        ) from None
 
 
 def decide_outside_tfma(

@@ -25,6 +25,14 @@ def _model(tmp_path, name: str, vocab: list[str]):
     return m
 
 
+def _other_weights() -> bytes:
+    """A saved_model.pb that parses, with other bytes than another model's."""
+    from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+    meta = meta_graph_pb2.MetaGraphDef(meta_info_def=meta_graph_pb2.MetaGraphDef.MetaInfoDef(tags=["other"]))
+    return saved_model_pb2.SavedModel(meta_graphs=[meta]).SerializeToString()
+
+
 def _report(tmp_path, eval_counts: dict[str, int], allowed=()):
     from components.artifacts import DataGateReport, Report, write_report
 
@@ -389,7 +397,7 @@ def test_a_baseline_differing_in_one_file_is_evaluated(tmp_path, fake_tfma):
     fake_tfma["results"] = EvalResults(0.9, 20, {}, 0.91)
     candidate = _model(tmp_path, "candidate", ["a", "b"])
     baseline = _model(tmp_path, "baseline", ["a", "b"])
-    (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(_other_weights())
     inputs = {
         "examples": [_examples(tmp_path)],
         "model": [candidate],
@@ -498,7 +506,7 @@ def test_a_baseline_measured_earlier_on_the_same_examples_is_not_evaluated_again
     assert first["measured"]["model"] == old.uri and first["measured"]["splits"] == ["eval"]
 
     new = _model(tmp_path, "new", ["a", "b"])
-    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(_other_weights())
     gate, blessing = _evaluate(tmp_path, fake_tfma, "12", new, old, accuracy)
     assert fake_tfma["inputs"]["baseline_model"] == []  # TFMA ran the candidate only
     assert gate["baseline"]["accuracy"] == 0.9 and gate["baseline"]["compared"] is True
@@ -519,7 +527,7 @@ def test_a_baseline_measured_on_other_examples_is_evaluated_by_tfma(tmp_path, fa
     old = _model(tmp_path, "old", ["a", "b"])
     _evaluate(tmp_path, fake_tfma, "7", old, None, 0.9)
     new = _model(tmp_path, "new", ["a", "b"])
-    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(_other_weights())
     other = _examples(tmp_path, "new_examples")  # a new ExampleGen output: the eval split changed
     gate, _ = _evaluate(tmp_path, fake_tfma, "12", new, old, 0.95, baseline_accuracy=0.88, examples=other)
     assert fake_tfma["inputs"]["baseline_model"] == [old]
@@ -661,7 +669,7 @@ def _resplit(tmp_path, seen: int, unseen: int):
     old = _model(tmp_path, "old", ["a", "b"])
     image_ids.write(old.uri, str(train))
     new = _model(tmp_path, "new", ["a", "b"])
-    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(_other_weights())
     counts = {"a": (seen + unseen + 1) // 2, "b": (seen + unseen) // 2}
     return examples, old, new, counts
 
@@ -1006,7 +1014,7 @@ def test_copies_alone_do_not_stop_the_comparison_on_a_small_split(tmp_path, fake
     _answers(monkeypatch, lambda model, i: model == 1 or i < 16)  # candidate 16/19, baseline 19/19
     baseline = _model(tmp_path, "old", ["a", "b"])
     candidate = _model(tmp_path, "new", ["a", "b"])
-    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+    (tmp_path / "new" / "Format-Serving" / "saved_model.pb").write_bytes(_other_weights())
     inputs = {
         "examples": [_examples(tmp_path)],
         "model": [candidate],
@@ -1109,7 +1117,7 @@ def _balanced_case(tmp_path, fake_tfma, results, blessed_by_tfma=1, baseline_voc
     baselines = []
     if baseline_vocab is not None:
         baselines = [_model(tmp_path, "baseline", baseline_vocab)]
-        (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(b"other weights")
+        (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(_other_weights())
     inputs = {
         "examples": [_examples(tmp_path)],
         "model": [model],
@@ -1275,3 +1283,27 @@ def test_the_eval_config_counts_the_confusion_matrix():
 
     [spec] = eval_config(GateConfig()).metrics_specs
     assert CONFUSION_CLASS in [m.class_name for m in spec.metrics]
+
+
+@pytest.mark.parametrize("damage", [b"", b"cut in the middle of a fi"])
+def test_a_damaged_baseline_is_named_as_the_gates_baseline(tmp_path, fake_tfma, damage):
+    """A truncated saved_model.pb of the latest blessed model failed every later run with TFMA's
+    "Cannot parse file", naming neither the model's role nor what to do."""
+    from components.evaluator import BaselineDamaged, GateEvaluatorExecutor
+
+    model = _model(tmp_path, "candidate", ["a", "b"])
+    baseline = _model(tmp_path, "baseline", ["a", "b"])
+    (tmp_path / "baseline" / "Format-Serving" / "saved_model.pb").write_bytes(damage)
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [model],
+        "baseline_model": [baseline],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10})],
+    }
+    with pytest.raises(BaselineDamaged) as e:
+        GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    assert str(e.value).startswith("the latest blessed model, the gate's baseline, cannot be read: ")
+    assert f"or delete {baseline.uri}: the next run then compares with the blessed model before it" in str(
+        e.value
+    )
+    assert "inputs" not in fake_tfma  # TFMA never started
