@@ -93,6 +93,27 @@ def test_dry_run_reports_the_same_and_changes_nothing(tmp_path):
     assert dry.bytes_freed == real.bytes_freed > 0
 
 
+def test_a_dry_run_reads_a_read_only_home(tmp_path, monkeypatch):
+    """`prune --dry-run` on a read-only home (a snapshot, a read-only mount) failed opening the lock
+    file; it only reads, and nothing can change such a home."""
+    from imgpipe.orchestration import prune
+
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=3)
+    expected = prune_home(home.home, keep=1, dry_run=True)
+    real_access = os.access
+    monkeypatch.setattr(prune.os, "access", lambda p, mode: False if p == home.home else real_access(p, mode))
+
+    def no_lock(*a, **kw):
+        raise AssertionError("a read-only home's lock file cannot be opened")
+
+    monkeypatch.setattr(prune, "run_lock", no_lock)
+    dry = prune_home(home.home, keep=1, dry_run=True)
+    assert dry.pipelines["imgpipe"].removed == expected.pipelines["imgpipe"].removed
+    with pytest.raises(AssertionError):  # a real prune still takes the lock (and fails there)
+        prune_home(home.home, keep=1)
+
+
 def test_prune_leaves_artifacts_outside_the_home_alone(tmp_path):
     home = FakeHome(str(tmp_path / "home"))
     r1, r2 = training_history(home, runs=2, blessed_runs=(2,))

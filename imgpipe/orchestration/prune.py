@@ -242,6 +242,10 @@ def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0
         raise PruneError(f"home: {home} is not a pipeline home (no {METADATA_FILE} in it)")
     if os.path.getsize(metadata_path) == 0:  # a dry run failed on it, a prune wrote a schema into it
         raise PruneError(f"home: {metadata_path} is empty: no ML Metadata store to prune")
+    if dry_run and not os.access(home, os.W_OK):
+        # A read-only home (a snapshot, a read-only mount): no run can change it, and the lock
+        # file cannot be opened; a dry run only reads.
+        return _prune_holding_lock(home, metadata_path, keep, dry_run)
     with run_lock(home_lock_path(home), wait=lock_wait, holder="prune"):
         return _prune_holding_lock(home, metadata_path, keep, dry_run)
 
