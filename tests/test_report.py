@@ -802,3 +802,34 @@ def test_the_gate_panel_shows_each_classs_precision_and_answers():
     assert details["min_class_precision"] == "0.5000"
     assert details["per_class_precision"] == "defect: 0.2703 of 74 answers, ok: 1.0000 of 126 answers"
     assert "per_class_precision" not in dict(data.gate_from_record(_gate_record(["ok"])).details)
+
+
+def test_the_pairs_most_taken_for_each_other_say_when_they_are_not_told_apart():
+    """Two folders of one concept ("six_a", "six_b") score about 1/2 between them: every recall
+    passes the 0.05 floor, and only the confusion matrix showed it. The report names the pair."""
+    from imgpipe.report import html
+
+    names = ["five", "six_a", "six_b", "seven"]
+    matrix = [
+        [18, 1, 0, 1],
+        [0, 9, 11, 0],  # six_a: 9 right, 11 called six_b
+        [1, 10, 9, 0],  # six_b: 9 right, 10 called six_a
+        [2, 0, 0, 18],
+    ]
+    pairs = data.confused_pairs(names, matrix)
+    assert [(p.a, p.b, p.a_as_b, p.b_as_a) for p in pairs] == [
+        ("six_a", "six_b", 11, 10),
+        ("five", "seven", 1, 2),
+        ("five", "six_a", 1, 0),
+        ("five", "six_b", 0, 1),
+    ]
+    assert (pairs[0].right, pairs[0].between, pairs[0].at_chance) == (18, 39, True)
+    assert pairs[1].at_chance is False  # 36 of 39 right between five and seven
+    d = dataclasses.replace(_report_data(names, n=8), class_names=names, rows=names, confusion=matrix)
+    assert (
+        "six_a / six_b: 11 + 10 mistakes, 18 of 39 right between the two (no better than chance)"
+        in text.render(d)
+    )
+    page = html.render(d, {})
+    assert "18 of 39 <b>(no better than chance)</b>" in page and "36 of 39</td>" in page
+    assert data.confused_pairs(["a", "b"], [[5, 0], [0, 5]]) == []

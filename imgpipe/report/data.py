@@ -372,6 +372,49 @@ def per_class_rows(rows: list[str], class_names: list[str], matrix: list[list[in
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ConfusedPair:
+    """Two model classes and how often each was taken for the other on the eval split."""
+
+    a: str
+    b: str
+    a_as_b: int  # eval images of a the model called b
+    b_as_a: int
+    right: int  # of the images of a and b it called a or b, those it called right
+    between: int  # images of a and b it called a or b
+    at_chance: bool  # between the two, not told apart better than a coin (one-sided, p 0.05)
+
+
+CONFUSED_PAIRS = 5  # the report lists this many pairs, most mistakes first
+_CHANCE_ALPHA = 0.05
+
+
+def confused_pairs(
+    class_names: list[str], matrix: list[list[int]], top: int = CONFUSED_PAIRS
+) -> list[ConfusedPair]:
+    """The pairs of model classes most often taken for each other (a as b plus b as a), most
+    first; each says whether the model tells the two apart better than chance at all: two
+    classes that are one concept (one folder split in two) score about 1/2 between them, which
+    the per-class recall floor does not catch."""
+    from scipy.stats import binom
+
+    pairs = []
+    for i in range(len(class_names)):
+        for j in range(i + 1, len(class_names)):
+            a_as_b, b_as_a = matrix[i][j], matrix[j][i]
+            if not a_as_b + b_as_a:
+                continue
+            right = matrix[i][i] + matrix[j][j]
+            between = right + a_as_b + b_as_a
+            # P(at least `right` of `between` right by a coin): not small, no evidence they are told apart
+            at_chance = bool(binom.sf(right - 1, between, 0.5) > _CHANCE_ALPHA)
+            pairs.append(
+                ConfusedPair(class_names[i], class_names[j], a_as_b, b_as_a, right, between, at_chance)
+            )
+    pairs.sort(key=lambda p: (-(p.a_as_b + p.b_as_a), p.a, p.b))
+    return pairs[:top]
+
+
 # ------------------------------------------------------------------------------ training, gate
 def early_stopping_entries(training_summary: dict[str, Any]) -> dict[str, Any]:
     """How the head's epochs were chosen: the best/stopped-epoch entries of the training summary

@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from imgpipe.report.data import ReportData
+from imgpipe.report.data import ReportData, confused_pairs
 from trainer.features import label_text
 
 _CSS = """
@@ -80,6 +80,26 @@ def _gate(d: ReportData) -> str:
     if g.reasons:
         out.append("<p>Why not blessed:</p><ul>" + "".join(f"<li>{esc(r)}</li>" for r in g.reasons) + "</ul>")
     return "".join(out)
+
+
+def _confused(d: ReportData) -> str:
+    pairs = confused_pairs(d.class_names, d.confusion)
+    if not pairs:
+        return ""
+    rows = [
+        [
+            esc(label_text(p.a)) + " / " + esc(label_text(p.b)),
+            str(p.a_as_b),
+            str(p.b_as_a),
+            f"{p.right} of {p.between}" + (" <b>(no better than chance)</b>" if p.at_chance else ""),
+        ]
+        for p in pairs
+    ]
+    return "<p>The classes most often taken for each other:</p>" + _table(
+        ["pair (a / b)", "a called b", "b called a", "right between the two"],
+        rows,
+        numeric=[False, True, True, False],
+    )
 
 
 def _per_class(d: ReportData) -> str:
@@ -173,6 +193,7 @@ def render(d: ReportData, figures: dict[str, str], summary_link: str | None = No
 <div class="figures">{confusion}</div>
 <h2 id="per-class">Per class</h2>
 {_per_class(d)}
+{_confused(d)}
 <h2 id="training">Training</h2>
 {_training(d, figures)}
 <h2 id="misclassified">Misclassified eval images</h2>

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgpipe.report.data import ReportData
+from imgpipe.report.data import ReportData, confused_pairs
 from trainer.features import label_text
 
 TEXT_MISCLASSIFIED = 10  # the text view lists this many of the worst misclassifications
@@ -50,6 +50,15 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
             f"{name:<{width}}  {_num(r.precision, 3):>9}  {_num(r.recall, 3):>6}  {r.support:>7}  {r.predicted:>9}"
         )
 
+    pairs = confused_pairs(d.class_names, d.confusion)
+    if pairs:
+        lines += ["", "most often taken for each other:"]
+        lines += [
+            f"  {_clean(label_text(p.a))} / {_clean(label_text(p.b))}: {p.a_as_b} + {p.b_as_a} mistakes, "
+            f"{p.right} of {p.between} right between the two"
+            + (" (no better than chance)" if p.at_chance else "")
+            for p in pairs
+        ]
     if d.training_notes:
         lines += ["", "training:"] + [f"  {_clean(n)}" for n in d.training_notes]
     lines.append("")
