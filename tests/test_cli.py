@@ -494,3 +494,9 @@ def test_a_usage_error_is_one_line_naming_the_command(capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith(says), err
         assert err.count("\n") == 1 and "usage:" not in err, err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == "imgpipe 0.1.0"

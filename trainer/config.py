@@ -224,7 +224,11 @@ class TrainingConfig(Settings):
     @classmethod
     def _tflite_none(cls, value: Any) -> Any:
         # "none" (a flag or YAML value) turns the export off, like `weights: none`.
-        return None if isinstance(value, str) and value.strip().lower() in ("none", "") else value
+        if isinstance(value, str) and value.strip().lower() in ("none", ""):
+            return None
+        if value not in (None, "float16", "dynamic", "int8"):
+            raise ValueError(f"must be float16, dynamic, int8 or none (off), got {value!r}")
+        return value
 
     @field_validator("weights")
     @classmethod

@@ -52,10 +52,16 @@ def _add(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"skip images declaring more pixels, undecoded, as ingest does (default {DEFAULT_MAX_PIXELS})",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="deadline per RPC with --target, seconds")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="deadline per RPC with --target, seconds (default 30)"
+    )
     fields = BeamConfig.model_fields
-    p.add_argument("--beam-runner", default="direct", help=fields["beam_runner"].description)
-    p.add_argument("--beam-workers", type=int, default=0, help=fields["beam_workers"].description)
+    p.add_argument(
+        "--beam-runner", default="direct", help=f"{fields['beam_runner'].description} (default direct)"
+    )
+    p.add_argument(
+        "--beam-workers", type=int, default=0, help=f"{fields['beam_workers'].description} (default 0)"
+    )
     p.add_argument(
         "--beam-arg", action="append", default=[], metavar="ARG", help=fields["beam_args"].description
     )

@@ -98,11 +98,22 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
+def _version() -> str:
+    """The installed distribution's version (setup.py's), or "unknown" when run from a source tree."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("imgpipe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imgpipe",
         description="Labelled image folders -> a gated, served image classifier (TFX transfer learning).",
     )
+    parser.add_argument("--version", action="version", version=f"imgpipe {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands():
         p = sub.add_parser(command.name, help=command.help, description=command.help)

@@ -1,4 +1,4 @@
-"""`imgpipe run`: the pipeline on this machine (LocalDagRunner, SQLite ML Metadata).
+"""`imgpipe run`: the pipeline on this machine (LocalDagRunner; ML Metadata in SQLite or on PostgreSQL).
 
 Every flag comes from the config schema (imgpipe/cli/flags.py). Progress goes
 to stderr; the run's summary is the one JSON line on stdout. While the pipeline
@@ -124,5 +124,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [
-    Command("run", "run the pipeline locally (LocalDagRunner, SQLite ML Metadata)", add_run_arguments, _run)
+    Command(
+        "run",
+        "run the pipeline locally (LocalDagRunner; ML Metadata in SQLite, or on PostgreSQL with --metadata)",
+        add_run_arguments,
+        _run,
+    )
 ]
