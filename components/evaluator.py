@@ -179,10 +179,8 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
             tfma.MetricsSpec(
                 metrics=[
                     tfma.MetricConfig(class_name="ExampleCount"),
-                    # (true class, top-1 class) counts: each class's precision (min_class_precision).
-                    # At threshold 0: every example's top class counts (TFMA's default, 0.5, sets
-                    # an answer whose top score is at most 0.5 aside as "no prediction").
-                    tfma.MetricConfig(class_name=CONFUSION_CLASS, config=json.dumps({"thresholds": [0.0]})),
+                    # (true class, top-1 class) counts: each class's precision (min_class_precision)
+                    tfma.MetricConfig(class_name=CONFUSION_CLASS),
                     tfma.MetricConfig(
                         class_name=ACCURACY_CLASS,
                         per_slice_thresholds=accuracy_thresholds(
@@ -249,7 +247,6 @@ def read_results(output_uri: str, class_names: Sequence[str] = ()) -> EvalResult
     examples: int | None = None
     per_class: dict[str, float] = {}
     baseline_per_class: dict[str, float] = {}
-    precision = answered = None
     for mfs in tfma.load_metrics(output_uri):
         ok, cls = _slice_class(mfs.slice_key)
         if not ok:
@@ -268,8 +265,7 @@ def read_results(output_uri: str, class_names: Sequence[str] = ()) -> EvalResult
                     accuracy = value
             elif kv.key.name == EXAMPLE_COUNT_KEY and cls is None and not is_baseline:
                 examples = int(value)
-            elif kv.key.name == CONFUSION_KEY and cls is None and not is_baseline:
-                precision, answered = precision_of(_answered(kv.value, class_names))
+    precision, answered = _precision(output_uri, class_names)
     failures, problems = [], []
     validation = tfma.load_validation_result(output_uri)
     for per_slice in validation.metric_validations_per_slice:
@@ -294,11 +290,33 @@ def read_results(output_uri: str, class_names: Sequence[str] = ()) -> EvalResult
     )
 
 
-def _answered(value, class_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+def _precision(
+    output_uri: str, class_names: Sequence[str]
+) -> tuple[dict[str, float] | None, dict[str, int] | None]:
+    """The candidate's precision and answers per class from TFMA's confusion matrix plot on the
+    whole split; (None, None) when TFMA wrote none (an eval_config from an earlier imgpipe)."""
+    try:
+        plots = list(tfma.load_plots(output_uri))
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        log.warning("TFMA's plots in %s cannot be read: %s", output_uri, e)
+        return None, None
+    for pfs in plots:
+        ok, cls = _slice_class(pfs.slice_key)
+        if not ok or cls is not None:
+            continue
+        for kv in pfs.plot_keys_and_values:
+            if kv.key.name == CONFUSION_KEY and kv.key.model_name != tfma.BASELINE_KEY:
+                return precision_of(
+                    _answered(kv.value.multi_class_confusion_matrix_at_thresholds, class_names)
+                )
+    return None, None
+
+
+def _answered(matrices_proto, class_names: Sequence[str]) -> dict[str, tuple[int, int]]:
     """{class: (eval examples the model answered with it, right ones)} from TFMA's confusion matrix
-    at its lowest threshold (0 in eval_config: every example's top-1 class counts)."""
+    at its lowest threshold (0: every example's top-1 class counts)."""
     counts = {c: [0, 0] for c in class_names}
-    matrices = value.multi_class_confusion_matrix_at_thresholds.matrices
+    matrices = matrices_proto.matrices
     lowest = min(matrices, key=lambda m: m.threshold) if matrices else None
     for entry in lowest.entries if lowest is not None else ():
         if 0 <= entry.predicted_class_id < len(class_names):

@@ -40,9 +40,12 @@ from trainer.config import Settings
 ACCURACY_CLASS = "SparseCategoricalAccuracy"  # the gated metric
 ACCURACY_KEY = "sparse_categorical_accuracy"  # its name in TFMA's output
 EXAMPLE_COUNT_KEY = "example_count"  # TFMA's ExampleCount in its output
-# Each eval example's (true class, top-1 class) counted by TFMA: per-class precision.
-CONFUSION_CLASS = "MultiClassConfusionMatrixAtThresholds"
-CONFUSION_KEY = "multi_class_confusion_matrix_at_thresholds"
+# Each eval example's (true class, top-1 class) counted by TFMA: per-class precision. The plot,
+# not the metric of the same counts: its default threshold is 0 (every top-1 answer counts; the
+# metric's is 0.5), and setting the metric's would put a JSON string in the eval_config, whose
+# escaped quotes ML Metadata's PostgreSQL backend writes as broken SQL.
+CONFUSION_CLASS = "MultiClassConfusionMatrixPlot"
+CONFUSION_KEY = "multi_class_confusion_matrix_plot"
 
 
 METRIC_AUTO = "auto"

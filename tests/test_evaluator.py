@@ -1267,22 +1267,29 @@ def test_tfmas_confusion_matrix_gives_each_answered_classs_precision():
     from components import evaluator
     from components.gate_decision import precision_of
 
-    value = metrics_for_slice_pb2.MetricValue()
-    matrix = value.multi_class_confusion_matrix_at_thresholds.matrices.add(threshold=0.0)
+    value = metrics_for_slice_pb2.MultiClassConfusionMatrixAtThresholds()
+    matrix = value.matrices.add(threshold=0.0)
     for actual, predicted, n in ((0, 0, 8), (1, 0, 2), (-1, 0, 1), (1, 1, 5), (0, 1, 1)):
         matrix.entries.add(actual_class_id=actual, predicted_class_id=predicted, num_weighted_examples=n)
     answered = evaluator._answered(value, ["cat", "dog", "fox"])
     assert answered == {"cat": (11, 8), "dog": (6, 5), "fox": (0, 0)}
     assert precision_of(answered) == ({"cat": 8 / 11, "dog": 5 / 6}, {"cat": 11, "dog": 6})
-    assert evaluator._answered(metrics_for_slice_pb2.MetricValue(), ["cat"]) == {"cat": (0, 0)}
+    assert evaluator._answered(metrics_for_slice_pb2.MultiClassConfusionMatrixAtThresholds(), ["cat"]) == {
+        "cat": (0, 0)
+    }
 
 
 def test_the_eval_config_counts_the_confusion_matrix():
     from components.evaluator import eval_config
     from components.gate import CONFUSION_CLASS, GateConfig
 
+    from tfx.utils import proto_utils
+
     [spec] = eval_config(GateConfig()).metrics_specs
     assert CONFUSION_CLASS in [m.class_name for m in spec.metrics]
+    # No escaped text in it: ML Metadata's PostgreSQL backend wrote a backslash-escaped quote of an
+    # execution property as broken SQL (the Evaluator failed, tests/e2e/test_metadata_postgres_e2e.py).
+    assert "\\" not in proto_utils.proto_to_json(eval_config(GateConfig()))
 
 
 @pytest.mark.parametrize("damage", [b"", b"cut in the middle of a fi"])

@@ -425,6 +425,7 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
         "majority_margin": 0.05,
         "significance": 0.05,
         "min_class_recall": 0.05,
+        "min_class_precision": 0.0,
         "max_regression": 0.0,
         "eval_batch_size": 128,
         "eval_graph_optimization": "auto",
