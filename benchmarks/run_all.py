@@ -31,6 +31,7 @@ BENCHMARKS = (
     "prepush_reference",
     "round_trip_report",
     "evaluator_batches",
+    "precision_cost",
     "evaluator_graph",
     "standby_start",
     "gc_freeze",

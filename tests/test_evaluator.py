@@ -1280,10 +1280,10 @@ def test_tfmas_confusion_matrix_gives_each_answered_classs_precision():
 
 
 def test_the_eval_config_counts_the_confusion_matrix():
+    from tfx.utils import proto_utils
+
     from components.evaluator import eval_config
     from components.gate import CONFUSION_CLASS, GateConfig
-
-    from tfx.utils import proto_utils
 
     [spec] = eval_config(GateConfig()).metrics_specs
     assert CONFUSION_CLASS in [m.class_name for m in spec.metrics]
