@@ -223,10 +223,11 @@ class TrainingConfig(Settings):
     @field_validator("export_tflite", mode="before")
     @classmethod
     def _tflite_none(cls, value: Any) -> Any:
-        # "none" (a flag or YAML value) turns the export off, like `weights: none`.
+        # "none" (a flag or YAML value) turns the export off, like `weights: none`. A YAML
+        # boolean is Settings' to read (`no` is off, `yes` names the mix-up).
         if isinstance(value, str) and value.strip().lower() in ("none", ""):
             return None
-        if value not in (None, "float16", "dynamic", "int8"):
+        if not isinstance(value, bool) and value not in (None, "float16", "dynamic", "int8"):
             raise ValueError(f"must be float16, dynamic, int8 or none (off), got {value!r}")
         return value
 
