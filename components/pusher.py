@@ -123,18 +123,9 @@ def remove_dead_staging(base_directory: str, now: float | None = None) -> list[s
     One of this host's is dead when its process is gone; any, when untouched for
     STALE_STAGING_SECONDS (another host's on a shared serving dir, a reused pid).
     """
-    now = time.time() if now is None else now
-    removed = []
-    for name in os.listdir(base_directory):
-        if not name.startswith(STAGING_PREFIX):
-            continue
-        path = os.path.join(base_directory, name)
-        host, _, rest = name[len(STAGING_PREFIX) :].partition("-")
-        pid = rest.partition("-")[0]
-        if liveness.left_by_the_dead(path, host, pid, now):
-            shutil.rmtree(path, ignore_errors=True)
-            log.warning("removed %s: the staging folder of a push that did not finish", path)
-            removed.append(path)
+    removed = liveness.remove_dead(base_directory, STAGING_PREFIX, now)
+    for path in removed:
+        log.warning("removed %s: the staging folder of a push that did not finish", path)
     return removed
 
 

@@ -9,7 +9,9 @@ judged by age only (a shared serving dir or output folder).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import time
 
 HOST = socket.gethostname().replace("-", "_") or "host"
 STALE_SECONDS = 24 * 3600  # a leftover of another host untouched this long is taken for dead
@@ -33,3 +35,19 @@ def left_by_the_dead(path: str, host: str, pid: str, now: float) -> bool:
     except FileNotFoundError:  # its maker just finished, or another removed it
         return False
     return stale or (host == HOST and pid.isdecimal() and not pid_alive(int(pid)))
+
+
+def remove_dead(folder: str, prefix: str, now: float | None = None) -> list[str]:
+    """Remove the entries of `folder` named `<prefix><host>-<pid>-...` that belong to no living
+    process (`left_by_the_dead`); return their paths."""
+    now = time.time() if now is None else now
+    removed = []
+    for name in os.listdir(folder):
+        if not name.startswith(prefix):
+            continue
+        host, _, rest = name[len(prefix) :].partition("-")
+        path = os.path.join(folder, name)
+        if left_by_the_dead(path, host, rest.partition("-")[0], now):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -18,9 +18,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -518,16 +516,8 @@ def _remove_dead_jobs(head: str, tail: str) -> None:
     no other job of this host is writing OUT."""
     if "://" in head:
         return  # a bucket: no process to ask; its folders are removed by age like the rest
-    prefix = JOB_FOLDER_PREFIX.format(tail)
-    now = time.time()
-    for name in os.listdir(head or "."):
-        if not name.startswith(prefix):
-            continue
-        host, _, rest = name[len(prefix) :].partition("-")
-        path = os.path.join(head, name)
-        if liveness.left_by_the_dead(path, host, rest.partition("-")[0], now):
-            shutil.rmtree(path, ignore_errors=True)
-            log.warning("removed %s: the working folder of a job on %s that did not finish", path, tail)
+    for path in liveness.remove_dead(head or ".", JOB_FOLDER_PREFIX.format(tail)):
+        log.warning("removed %s: the working folder of a job on %s that did not finish", path, tail)
 
 
 def _make_dirs(path: str) -> None:
