@@ -23,7 +23,6 @@ is saved beside every run (`save()`), so a run can be reproduced from its record
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import unicodedata
@@ -340,18 +339,9 @@ class PipelineConfig(Settings):
         return yaml.safe_dump(values, sort_keys=False)
 
     def save(self, path: str) -> None:
-        """Write the config to `path` through a temporary file renamed into place: a full disk or
-        a kill while writing leaves the earlier file (or none), never an empty or partial one."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        text = self.dumps(path)
-        try:
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(path + ".tmp")
-            raise
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.dumps(path))
 
 
 def _without_keys(values: dict, keys: set[str]) -> dict:

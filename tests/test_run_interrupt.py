@@ -4,6 +4,9 @@ stop: its running executions are marked and its record says how it ended, not "f
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 import pytest
 
@@ -124,23 +127,28 @@ def test_a_record_that_cannot_be_saved_still_gives_the_summary(tmp_path, monkeyp
     assert "No space left" in failed.record_error
 
 
-def test_the_config_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
+def test_the_record_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
     """config.yaml was written in place: a full disk left it empty (0 bytes)."""
     import builtins
     import errno
 
-    path = tmp_path / "config.yaml"
-    PipelineConfig(epochs=3).save(str(path))
-    before = path.read_text()
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.summary import RunSummary
+
+    config = PipelineConfig(epochs=3, home=str(tmp_path / "home"))
+    summary = RunSummary(run_id="r1", blessed=True, pushed=None, accuracy=0.9, replicas=1, executions={})
+    folder = runs.write_record(config, summary)
+    before = {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
     real_open = builtins.open
 
     def full(file, mode="r", *a, **kw):
-        if str(file).endswith(".tmp") and "w" in mode:
+        if ".tmp" in os.path.basename(str(file)) and "w" in mode:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(file, mode, *a, **kw)
 
     monkeypatch.setattr(builtins, "open", full)
     with pytest.raises(OSError):
-        PipelineConfig(epochs=5).save(str(path))
+        runs.write_record(config.replace(epochs=5), dataclasses.replace(summary, accuracy=0.5))
     monkeypatch.setattr(builtins, "open", real_open)
-    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    after = {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
+    assert after == before and sorted(after) == ["config.yaml", "summary.json"]

@@ -6,13 +6,13 @@ HOME/runs/<run_id>/config.yaml`), and read back without ML Metadata.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
 import os
 import re
 
+from imgpipe.orchestration.paths import write_all_atomically, write_atomically
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
 
@@ -31,25 +31,26 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
     """Save the config and the summary of a finished run; return the run's folder (OSError when
     the disk refuses: `keep_record` says so in the summary instead)."""
     folder = run_dir(config.home, summary.run_id)
-    os.makedirs(folder, exist_ok=True)
-    config.save(os.path.join(folder, CONFIG_FILE))
+    config_path = os.path.join(folder, CONFIG_FILE)
     summary.run_dir = folder
-    _write_summary(folder, summary.to_dict())
+    # Both written in full before either is moved into place: a full disk leaves neither half written.
+    write_all_atomically(
+        [
+            (config_path, config.dumps(config_path)),
+            (os.path.join(folder, SUMMARY_FILE), _json(summary.to_dict())),
+        ]
+    )
     return folder
 
 
 def _write_summary(folder: str, summary: dict) -> None:
     """Write a record's summary.json to a temporary file, then rename it into place: a run killed
     or a disk filled while writing leaves the previous file (or none), never half of one."""
-    path = os.path.join(folder, SUMMARY_FILE)
-    try:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(path + ".tmp")
-        raise
+    write_atomically(os.path.join(folder, SUMMARY_FILE), _json(summary))
+
+
+def _json(summary: dict) -> str:
+    return json.dumps(summary, indent=2, sort_keys=True)
 
 
 LATEST = "latest"  # names the newest run record wherever a run id is asked for
