@@ -488,7 +488,7 @@ def test_latest_is_the_newest_run_that_finished_and_a_failed_run_has_no_report(t
         in captured.err
     )
 
-    assert cli.main(["report", "failed-run", "--home", str(tmp_path)]) == 1
+    assert cli.main(["report", "failed-run", "--home", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "run failed-run failed, so it has no report: Trainer failed: ValueError: no images" in captured.err
@@ -497,6 +497,9 @@ def test_latest_is_the_newest_run_that_finished_and_a_failed_run_has_no_report(t
     runs.update_summary(finished, {"failed": "Pusher", "error": "Pusher failed: OSError: disk full"})
     with pytest.raises(LookupError, match=r"no run in .* finished: the newest, failed-run, failed \(Trainer"):
         runs.find_record(str(tmp_path), runs.LATEST)
+    # No finished run and a failed run named: the same exit code, each naming why.
+    assert cli.main(["report", "latest", "--home", str(tmp_path)]) == 2
+    assert "no run in " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", [b'{"run_id": "dam', b"", b"[1, 2]", b"\xff\xfe"])

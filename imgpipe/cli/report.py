@@ -88,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     except runs.RecordError as e:
         raise WorkFailed(str(e)) from None
     if runs.failure(recorded):
-        raise WorkFailed(
+        # The run named has no report to show: exit 2, as `latest` is when no run finished.
+        raise UsageError(
             f"run {recorded.get('run_id')} failed, so it has no report: {runs.failure(recorded)}"
         )
     data = None if args.regenerate else build.load_report(folder)

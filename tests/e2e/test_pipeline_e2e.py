@@ -641,7 +641,7 @@ def test_unseen_eval_class_stops_the_run_before_training(anomaly_config, first_r
     # run, asked for by its id, has no report.
     assert runs.failure(runs.read_summary(runs.find_record(cfg.home, runs.LATEST))) is None
     assert runs.find_record(cfg.home, failed["run_id"]) == failed["run_dir"]
-    assert cli.main(["report", failed["run_id"], "--home", cfg.home]) == 1
+    assert cli.main(["report", failed["run_id"], "--home", cfg.home]) == 2
     assert "failed, so it has no report: DataGate failed: DataGateError: " in capsys.readouterr().err
 
 
