@@ -152,3 +152,78 @@ def test_the_record_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", real_open)
     after = {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)}
     assert after == before and sorted(after) == ["config.yaml", "summary.json"]
+
+
+def test_a_run_that_died_without_a_word_is_recorded_by_the_next(tmp_path, monkeypatch, capsys):
+    """kill -9 (or the OOM killer, a power cut) left no record of the run at all: `report` had
+    nothing to name, and only ML Metadata knew it had started. A run now marks itself started,
+    and the next run of the home, holding its lock, writes the dead run's record."""
+    import json
+    import subprocess
+    import sys
+
+    from tfx.orchestration.local import local_dag_runner
+
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import local, runs
+    from imgpipe.orchestration.summary import RunSummary
+
+    config = _tiny_config(tmp_path).resolved()
+    home = config.home
+
+    def started_by(run_id: str, proc: subprocess.Popen) -> str:
+        runs.mark_started(config, run_id)
+        folder = runs.run_dir(home, run_id)
+        marker = os.path.join(folder, runs.STARTED_FILE)
+        with open(marker, encoding="utf-8") as f:
+            started = json.load(f)
+        with open(marker, "w", encoding="utf-8") as f:
+            json.dump({**started, "pid": proc.pid}, f)
+        return folder
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        dead = started_by("2026-01-01T00:00:00.000001-dead", gone)
+        live = started_by("2026-01-01T00:00:01.000001-live", alive)
+        # Before the next run: the dead run is named, not "not a run record".
+        assert cli.main(["report", "2026-01-01T00:00:00.000001-dead", "--home", home]) == 2
+        err = capsys.readouterr().err
+        assert "run 2026-01-01T00:00:00.000001-dead has not written its record (started " in err
+        assert f"pid {gone.pid}, host " in err and "it is running, or it died" in err
+
+        monkeypatch.setattr(local_dag_runner.LocalDagRunner, "run_with_ir", lambda self, ir, *a, **kw: None)
+        monkeypatch.setattr(local, "withdraw_unserved_blessings", lambda cfg: [])
+        monkeypatch.setattr(local, "attach_report", lambda cfg, summary, loaded_model=None: None)
+        real_summarize = local.summarize_run
+
+        def summarize(cfg, run_id):
+            if run_id.endswith("-dead"):
+                return real_summarize(cfg, run_id)  # ML Metadata knows no execution of it
+            return RunSummary(
+                run_id=run_id, blessed=False, pushed=None, accuracy=0.4, replicas=1, executions={}
+            )
+
+        monkeypatch.setattr(local, "summarize_run", summarize)
+        summary = local.run_local(config)
+    finally:
+        alive.kill()
+        alive.wait()
+
+    recorded = runs.read_summary(dead)
+    assert recorded["run_id"] == "2026-01-01T00:00:00.000001-dead" and recorded["failed"] == "the pipeline"
+    assert recorded["error"].startswith(
+        "before its first component: the run ended without writing its record (started "
+    )
+    assert f"pid {gone.pid}: killed with SIGKILL" in recorded["error"]
+    assert recorded["error"].endswith(f"recorded by run {summary.run_id}")
+    assert not os.path.exists(os.path.join(dead, runs.STARTED_FILE))
+    assert dead in runs.records(home)
+    # A marker whose process is alive is left as it is; the new run's own marker is gone with its record.
+    assert [f for f, _ in runs.unfinished(home)] == [live]
+    assert os.path.isfile(os.path.join(summary.run_dir, runs.SUMMARY_FILE))
+    assert not os.path.exists(os.path.join(summary.run_dir, runs.STARTED_FILE))
+    # `report` of the dead run now says why it has no report.
+    assert cli.main(["report", "2026-01-01T00:00:00.000001-dead", "--home", home]) == 2
+    assert "failed, so it has no report: before its first component: the run ended" in capsys.readouterr().err

@@ -10,7 +10,8 @@ run on the same home waits up to `lock_wait` seconds, then gets LockBusy), and
 gives itself a unique run id (the TFX pipeline run id, set here instead of
 LocalDagRunner's timestamp), so its summary and record are its own. Holding
 the lock, it first marks executions a dead run left RUNNING as FAILED
-(orchestration/recovery.py); it keeps its temp files in HOME/tmp/<run_id>/,
+(orchestration/recovery.py) and writes the record of a run that died without
+writing its own (record_dead_runs); it keeps its temp files in HOME/tmp/<run_id>/,
 deleted when it ends (orchestration/scratch.py).
 """
 
@@ -21,6 +22,7 @@ import datetime
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +39,7 @@ from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
 from imgpipe.stop_signals import stopped_by
 from pipeline.config import ConfigError, PipelineConfig
+from trainer import liveness
 from trainer.imagenet import WeightsUnavailable, check_imagenet_weights
 
 log = logging.getLogger(__name__)
@@ -266,6 +269,67 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
     withdraw_unserved_blessings(config)
 
 
+def record_dead_runs(config: PipelineConfig, run_id: str) -> list[RunSummary]:
+    """Write the record of each run of this home that started and wrote none (runs.unfinished):
+    run `run_id` holds the home's lock, so such a run died without a word (kill -9, the OOM
+    killer, a power cut). Its record says what ML Metadata knows it did (the execution it was in
+    is FAILED by now: _abandon_dead_executions) and that it died there. A marker of a live process
+    on this host is left alone (a lock file deleted by hand)."""
+    recorded = []
+    for folder, started in runs.unfinished(config.home):
+        dead_id = started.get("run_id") if isinstance(started.get("run_id"), str) else None
+        pid = started.get("pid")
+        if dead_id == run_id:
+            continue
+        mine = started.get("host") == socket.gethostname() and isinstance(pid, int)
+        if mine and pid != os.getpid() and liveness.pid_alive(pid):
+            log.warning("%s: left as it is (its process %d is alive)", folder, pid)
+            continue
+        summary = _dead_run_summary(config, folder, dead_id or os.path.basename(folder), started, run_id)
+        recorded.append(summary)
+        log.warning("run %s %s", summary.run_id, summary.error)
+    return recorded
+
+
+def _dead_run_summary(
+    config: PipelineConfig, folder: str, dead_id: str, started: dict, found_by: str
+) -> RunSummary:
+    """The record of the dead run in `folder` (written), with its own config where it is readable."""
+    try:
+        dead_config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE)).replace(
+            home=config.home
+        )
+    except Exception as e:  # noqa: BLE001 - a damaged config: the record is still written
+        log.warning("%s: %s; recorded with this run's config", folder, e)
+        dead_config = config
+    summary = RunSummary(
+        run_id=dead_id, blessed=None, pushed=None, accuracy=None, replicas=None, executions={}
+    )
+    if dead_config.metadata_target is not None or os.path.exists(dead_config.metadata_path):
+        try:
+            summary = summarize_run(dead_config, dead_id)
+        except LookupError:  # it died before its first component registered an execution
+            pass
+        except Exception as e:  # noqa: BLE001 - the record says what is known
+            log.error("run %s's components could not be read back: %s: %s", dead_id, type(e).__name__, e)
+    failed = [node for node, state in summary.executions.items() if state == "FAILED"]
+    if failed:
+        where = ", ".join(failed)
+    elif summary.executions:
+        where = "after its last recorded component"
+    else:
+        where = "before its first component"
+    when = f"started {started['started']}, " if isinstance(started.get("started"), str) else ""
+    pid = f"pid {started['pid']}" if isinstance(started.get("pid"), int) else "its process"
+    summary.failed = failed[0] if failed else "the pipeline"
+    summary.error = (
+        f"{where}: the run ended without writing its record ({when}{pid}: killed with SIGKILL, out of "
+        f"memory, the machine stopped, or its disk was full); recorded by run {found_by}"
+    )
+    runs.keep_record(dead_config, summary)
+    return summary
+
+
 def check_store_knows_the_home(config: PipelineConfig) -> None:
     """ConfigError when ML Metadata has no execution of the pipeline while its root holds the
     artifacts of earlier executions: the store was emptied (metadata.sqlite truncated or deleted)
@@ -328,6 +392,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     metadata.connect(config)  # fail here, naming the store, not inside the first component
     check_store_knows_the_home(config)
     _abandon_dead_executions(config, run_id)
+    record_dead_runs(config, run_id)
     pipeline = create_pipeline(config, metadata.connection_config(config))
     # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
     # machines sharing ML Metadata) would share a run. Compile here and bind our own run id.
@@ -358,6 +423,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
         # in this process (components/loaded_models.py).
         loaded_models.sharing() if config.beam.beam_runner == "direct" else contextlib.nullcontext(),
     ):
+        runs.mark_started(config, run_id)  # from here on, the run always has a record
         try:
             with (
                 scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),

@@ -2,6 +2,12 @@
 
 A run can be reproduced from its own record (`imgpipe run --config
 HOME/runs/<run_id>/config.yaml`), and read back without ML Metadata.
+
+A run writes its config and STARTED_FILE (its id, pid, host and start time) as it
+starts, and its summary when it ends, finished or failed (removing STARTED_FILE). A
+folder with STARTED_FILE and no summary is a run that is running, or one that died
+without a word (kill -9, the OOM killer, a power cut): the next run of the home,
+holding its lock, writes that run's record (local.record_dead_runs).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import logging
 import os
 import re
+import socket
 
 from imgpipe.orchestration.paths import write_all_atomically, write_atomically
 from imgpipe.orchestration.summary import RunSummary
@@ -20,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+STARTED_FILE = "started.json"  # a run that has not written its summary: {run_id, pid, host, started}
 
 
 def run_dir(home: str, run_id: str) -> str:
@@ -40,7 +48,62 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
             (os.path.join(folder, SUMMARY_FILE), _json(summary.to_dict())),
         ]
     )
+    try:
+        os.remove(os.path.join(folder, STARTED_FILE))
+    except FileNotFoundError:
+        pass
     return folder
+
+
+def mark_started(config: PipelineConfig, run_id: str) -> None:
+    """Write the config and STARTED_FILE of run `run_id` in its record folder as it starts, so a
+    run that dies without writing its summary is known to the next run. Best effort: a disk that
+    refuses is logged and the run goes on (its summary is written, or refused, at the end)."""
+    folder = run_dir(config.home, run_id)
+    config_path = os.path.join(folder, CONFIG_FILE)
+    started = {
+        "run_id": run_id,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    try:
+        write_all_atomically(
+            [(config_path, config.dumps(config_path)), (os.path.join(folder, STARTED_FILE), _json(started))]
+        )
+    except OSError as e:
+        log.warning("could not mark run %s as started in %s: %s", run_id, folder, e)
+
+
+def unfinished(home: str) -> list[tuple[str, dict]]:
+    """(folder, its STARTED_FILE's content) of each run under HOME/runs that started and wrote no
+    summary, newest first: running now, or dead. A marker that cannot be read counts as {}."""
+    root = os.path.join(home, "runs")
+    found = []
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        folder = os.path.join(root, name)
+        marker = os.path.join(folder, STARTED_FILE)
+        if not os.path.isfile(marker) or os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
+            continue
+        try:
+            with open(marker, encoding="utf-8") as f:
+                started = json.load(f)
+        except (OSError, ValueError):
+            started = {}
+        found.append((folder, started if isinstance(started, dict) else {}))
+    return sorted(found, key=lambda f: f[0], reverse=True)
+
+
+def not_finished_message(folder: str, started: dict) -> str:
+    """What a person is told of a run that started and wrote no record (`unfinished`)."""
+    who = ", ".join(
+        f"{k} {started[k]}" for k in ("started", "pid", "host") if isinstance(started.get(k), (str, int))
+    )
+    return (
+        f"run {started.get('run_id') or os.path.basename(folder)} has not written its record"
+        f"{f' ({who})' if who else ''}: it is running, or it died (kill -9, out of memory, the machine "
+        "stopped) and the next run of the home records it"
+    )
 
 
 def _write_summary(folder: str, summary: dict) -> None:
@@ -101,11 +164,16 @@ def find_record(home: str, run: str) -> str:
     root = os.path.join(home, "runs")
     named = run_dir(home, run) if run != LATEST else None
     if named is not None and os.path.isdir(named) and named not in folders:
+        for folder, started in unfinished(home):
+            if folder == named:
+                raise LookupError(not_finished_message(folder, started))
         missing = [f for f in (CONFIG_FILE, SUMMARY_FILE) if not os.path.isfile(os.path.join(named, f))]
         raise LookupError(f"{named} is not a run record: it has no {' and no '.join(missing)}")
     if not folders:
         raise LookupError(f"no run records in {root} (is --home right?)")
     if run == LATEST:
+        for folder, started in unfinished(home):
+            log.warning("%s", not_finished_message(folder, started))
         failed = []
         for folder in folders:
             try:

@@ -722,6 +722,12 @@ def killed_run(base_config, first_run, cli_config, tmp_path_factory):
     return execution.id
 
 
+def _run_of(cfg, execution_id: int) -> str:
+    """The run id (pipeline_run context) of execution `execution_id`."""
+    with mlmd.open_store(cfg) as store:
+        return mlmd.run_name_of_execution(store, execution_id)
+
+
 def _running_trainer(proc: subprocess.Popen, cfg, log):
     """Wait until the run `proc` has a RUNNING Trainer in ML Metadata; return that execution."""
     deadline = time.monotonic() + LONG
@@ -742,6 +748,9 @@ def test_a_run_killed_mid_trainer_leaves_it_running(base_config, killed_run):
     cfg = base_config.resolved()
     assert [e.id for e in _unfinished(cfg)] == [killed_run]
     assert os.listdir(scratch.scratch_root(cfg.home))  # kill -9 skips every cleanup
+    # It wrote no summary; its record folder says it started (the next run records it).
+    [(folder, started)] = runs.unfinished(cfg.home)
+    assert started["run_id"] == _run_of(cfg, killed_run) and not os.path.exists(f"{folder}/summary.json")
     with lock.run_lock(lock.home_lock_path(cfg.home)):  # but the kernel released the lock
         pass
 
@@ -815,6 +824,12 @@ def test_concurrent_runs_on_one_home(base_config, first_run, cli_config, killed_
     assert f"found by run {a_run}" in reason
     assert recovery.execution_folders(cfg.pipeline_root, "Trainer", killed_run) == []
     assert not os.path.exists(scratch.scratch_root(cfg.home))
+    # ... and wrote the killed run's record: where it died, and what ML Metadata knows it did.
+    assert runs.unfinished(cfg.home) == []
+    dead = runs.read_summary(runs.find_record(cfg.home, _run_of(cfg, killed_run)))
+    assert dead["failed"] == "Trainer" and dead["executions"]["Trainer"] == "FAILED"
+    assert dead["error"].startswith("Trainer: the run ended without writing its record (started ")
+    assert dead["error"].endswith(f"recorded by run {a_run}") and dead["pushed"] is None
 
 
 def test_sigterm_stops_a_run_cleanly(base_config, first_run, cli_config, tmp_path):
