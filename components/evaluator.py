@@ -102,6 +102,7 @@ from components.gate_decision import (
     precision_failures,
     precision_of,
     reasons,
+    uncompared_failure,
     with_seen_examples,
 )
 from components.runtime_params import EVALUATOR_KNOBS, Knob, check_knob
@@ -616,6 +617,7 @@ def decide_outside_tfma(
         pair = (gated_value(plan, results), reused[0])
         results = dataclasses.replace(results, baseline_accuracy=pair[1])
     failures.extend(precision_failures(plan, results))
+    failures.append(uncompared_failure(plan))
     if pair is not None:
         # A baseline whose value is missing (None) is compared as NaN: the threshold fails.
         base = float("nan") if pair[1] is None else pair[1]

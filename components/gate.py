@@ -19,8 +19,10 @@ The Evaluator blesses a model when, on the eval split,
   calls many images of other classes by one class (false alarms) is not
   blessed though every recall is high;
 - and its gated metric does not regress against the latest blessed model by more than
-  `max_regression` (skipped, with the reason recorded, when there is none or
-  its label set differs).
+  `max_regression`. With no blessed model yet there is nothing to compare; when there is
+  one but it cannot be compared (too few eval images neither model trained on, or too
+  few classes in common), the model is not blessed, with the reason, unless
+  `bless_without_comparison`: the served model must not be replaced unjudged.
 
 Accuracy is TFMA's sparse categorical accuracy on the model's per-class
 `scores` output (valid for both head types: the sigmoid unit is expanded to
@@ -101,6 +103,12 @@ class GateConfig(Settings):
     )
     max_regression: float = Field(
         0.0, ge=0.0, le=1.0, description="allowed accuracy drop against the latest blessed model"
+    )
+    bless_without_comparison: bool = Field(
+        False,
+        description="bless a model that passes every floor although the latest blessed model could not be "
+        "compared with it (too few eval images neither trained on, or too few classes in common); off, such "
+        "a model is not blessed and the served model stays",
     )
     allow_anomalies: bool = Field(
         False,

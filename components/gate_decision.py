@@ -851,6 +851,8 @@ class GatePlan:
     # gates nothing; see JudgedOn and judged_results).
     judged_on: JudgedOn | None = None
     min_class_precision: float | None = None  # None: off
+    # A blessed model that cannot be compared stops the blessing (gate.bless_without_comparison off).
+    require_comparison: bool = True
 
     @property
     def metric(self) -> str:
@@ -882,7 +884,19 @@ def plan_gate(
         eval_classes=tuple(sorted(c for c, n in eval_label_counts.items() if n > 0)),
         metric_reason=why,
         judged_on=judged_on,
+        require_comparison=not gate.bless_without_comparison,
     )
+
+
+def uncompared_failure(plan: GatePlan) -> Failure | None:
+    """The failure of a model the latest blessed model could not be compared with (there is one,
+    and the plan skipped it: too few eval images neither trained on, too few classes in common),
+    unless the gate blesses without a comparison; None otherwise. Without it, a model on a
+    smaller eval split had only the chance floor to pass, and replaced a better served model."""
+    skipped = plan.baseline.skipped_reason
+    if plan.baseline.compared or skipped is None or skipped == NO_BASELINE or not plan.require_comparison:
+        return None
+    return Failure(None, True, None, uncompared=True)
 
 
 # ------------------------------------------------------------ TFMA's answer, plainly
@@ -894,6 +908,9 @@ class Failure:
     is_change: bool  # True: the no-regression (change) threshold
     value: float | None
     precision: bool = False  # True: the class's precision floor (min_class_precision), else its recall
+    # True: a blessed model exists and could not be compared (BaselinePlan.skipped_reason), and
+    # the gate does not bless without a comparison (GatePlan.require_comparison).
+    uncompared: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1024,6 +1041,7 @@ def judged_results(
             if not recall >= plan.min_class_recall - METRIC_TOLERANCE
         )
     failures.extend(precision_failures(plan, results))
+    failures.append(uncompared_failure(plan))
     if compared is not None:
         mine, theirs = (a.value(plan.metric == METRIC_BALANCED) for a in compared)
         results = dataclasses.replace(results, compared_accuracy=mine, baseline_accuracy=theirs)
@@ -1040,7 +1058,13 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
     known = set(plan.class_names)
     for f in results.failures:
         value = f.value if f.value is not None else float("nan")
-        if f.is_change:
+        if f.uncompared:
+            out.append(
+                f"the latest blessed model could not be compared with: {plan.baseline.skipped_reason}. The "
+                "served model stays; give the eval split more images neither model trained on, or pass "
+                "--bless-without-comparison (gate.bless_without_comparison) to bless on the floors alone"
+            )
+        elif f.is_change:
             base = results.baseline_accuracy
             base_text = f"{base:.3f}" if base is not None else "unknown"
             unseen = plan.baseline.compared_examples

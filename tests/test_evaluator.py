@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -326,15 +327,30 @@ def test_a_label_set_sharing_one_class_skips_the_baseline_with_the_reason(tmp_pa
         "baseline_model": [_model(tmp_path, "baseline", ["a", "b"])],
         "data_report": [_report(tmp_path, {"a": 10, "c": 10})],
     }
-    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}, min_accuracy=0.6))
-    assert fake_tfma["inputs"]["baseline_model"] == []
-    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
-        gate = json.load(f)
-    assert gate["blessed"] is True and gate["baseline"]["compared"] is False
-    assert gate["baseline"]["skipped_reason"] == (
+    skipped = (
         "label set changed: new class 'c'; vanished class 'b' (against the latest blessed model); "
         "1 class in common, too few to compare on"
     )
+    for bless_anyway in (False, True):
+        shutil.rmtree(tmp_path / "evaluation", ignore_errors=True)
+        shutil.rmtree(tmp_path / "blessing", ignore_errors=True)
+        GateEvaluatorExecutor().Do(
+            inputs, _outputs(tmp_path), _props({"bless_without_comparison": bless_anyway}, min_accuracy=0.6)
+        )
+        assert fake_tfma["inputs"]["baseline_model"] == []
+        with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+            gate = json.load(f)
+        assert gate["blessed"] is bless_anyway and gate["baseline"]["compared"] is False
+        assert gate["baseline"]["skipped_reason"] == skipped
+        assert gate["reasons"] == (
+            []
+            if bless_anyway
+            else [
+                f"the latest blessed model could not be compared with: {skipped}. "
+                "The served model stays; give the eval split more images neither model trained on, or pass "
+                "--bless-without-comparison (gate.bless_without_comparison) to bless on the floors alone"
+            ]
+        )
 
 
 def test_same_label_set_compares_with_the_baseline(tmp_path, fake_tfma):
@@ -674,7 +690,7 @@ def _resplit(tmp_path, seen: int, unseen: int):
     return examples, old, new, counts
 
 
-def _evaluate_resplit(tmp_path, fake_tfma, resplit, results, with_baseline: bool = True):
+def _evaluate_resplit(tmp_path, fake_tfma, resplit, results, with_baseline: bool = True, gate_config=None):
     """The executor on `_resplit`'s data, TFMA's stand-in answering `results`: gate.json and the outputs."""
     from components.evaluator import GateEvaluatorExecutor
 
@@ -687,7 +703,7 @@ def _evaluate_resplit(tmp_path, fake_tfma, resplit, results, with_baseline: bool
     }
     outputs = _outputs(tmp_path)
     fake_tfma["results"] = results
-    GateEvaluatorExecutor().Do(inputs, outputs, _props({}))
+    GateEvaluatorExecutor().Do(inputs, outputs, _props(gate_config or {}))
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         return json.load(f), outputs
 
@@ -748,11 +764,27 @@ def test_too_few_unseen_eval_images_skip_the_comparison_and_say_why(tmp_path, fa
     resplit = _resplit(tmp_path, seen=46, unseen=14)
     gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 60, {}, None))
     assert fake_tfma["inputs"]["baseline_model"] == []
-    assert gate["blessed"] is True
     assert gate["baseline"]["compared"] is False and gate["baseline"]["seen_eval_examples"] == 46
     assert gate["baseline"]["skipped_reason"].startswith(
         "the latest blessed model trained on 46 of the 60 eval"
     )
+    # A served model that cannot be compared is not replaced on the floors alone (a smaller
+    # eval split let a 0.52 model replace a 0.68 one): not blessed, saying why and the way out.
+    [why] = gate["reasons"]
+    assert gate["blessed"] is False and why.startswith(
+        "the latest blessed model could not be compared with: the latest blessed model trained on 46 "
+    )
+    assert "The served model stays" in why and "--bless-without-comparison" in why
+    # ... unless the user says so.
+    shutil.rmtree(tmp_path / "evaluation"), shutil.rmtree(tmp_path / "blessing")
+    gate, _ = _evaluate_resplit(
+        tmp_path,
+        fake_tfma,
+        resplit,
+        EvalResults(0.9, 60, {}, None),
+        gate_config={"bless_without_comparison": True},
+    )
+    assert gate["blessed"] is True and gate["reasons"] == [] and gate["baseline"]["compared"] is False
 
 
 def test_a_baseline_that_saw_no_eval_image_goes_to_tfma_as_before(tmp_path, fake_tfma):

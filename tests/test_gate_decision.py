@@ -815,6 +815,53 @@ def test_judged_results_apply_every_bound_to_the_judged_records():
     assert not failed and list(results.failures) == []
 
 
+def test_a_blessed_model_that_cannot_be_compared_stops_the_blessing_unless_told():
+    """There is a blessed model, and the plan could not compare with it (too few images neither
+    trained on; classes in common too few): judged on part of the split or on the whole of it,
+    the candidate is not blessed on the floors alone, unless bless_without_comparison. With no
+    blessed model yet there is nothing to compare, and nothing stops it."""
+    from components.gate_decision import (
+        NO_BASELINE,
+        EvalResults,
+        JudgedOn,
+        judged_results,
+        uncompared_failure,
+        with_seen_examples,
+    )
+
+    judged = JudgedOn(records=40, repeats=0, in_train=10)
+    counts = {"a": 15, "b": 15}
+    labels = ["a"] * 15 + ["b"] * 15
+    tfma = EvalResults(0.95, 40, {"a": 0.95, "b": 0.95}, None)
+    right = _Answers(labels, [True] * 30)
+    for bless_anyway in (False, True):
+        config = GateConfig(metric="accuracy", bless_without_comparison=bless_anyway)
+        plan = plan_gate(config, counts, ["a", "b"], ["a", "b"], judged_on=judged)
+        plan = dataclasses.replace(plan, baseline=with_seen_examples(plan.baseline, 40, 25, 10, 35))
+        assert (
+            not plan.baseline.compared and "are fewer than 20 to compare on" in plan.baseline.skipped_reason
+        )
+        results, failed = judged_results(plan, tfma, right)
+        assert failed is not bless_anyway
+        why = reasons(plan, results)
+        if bless_anyway:
+            assert why == [] and uncompared_failure(plan) is None
+        else:
+            assert [f.uncompared for f in results.failures] == [True]
+            assert why == [
+                f"the latest blessed model could not be compared with: {plan.baseline.skipped_reason}. The "
+                "served model stays; give the eval split more images neither model trained on, or pass "
+                "--bless-without-comparison (gate.bless_without_comparison) to bless on the floors alone"
+            ]
+        # Classes in common too few: the same.
+        other = plan_gate(config, counts, ["a", "b"], ["a", "c"])
+        assert other.baseline.skipped_reason.endswith("1 class in common, too few to compare on")
+        assert (uncompared_failure(other) is None) is bless_anyway
+    first = plan_gate(GateConfig(), counts, ["a", "b"], None)
+    assert first.baseline.skipped_reason == NO_BASELINE and uncompared_failure(first) is None
+    assert uncompared_failure(plan_gate(GateConfig(), counts, ["a", "b"], ["a", "b"])) is None
+
+
 def test_a_judged_split_without_a_class_names_what_was_left_out():
     from components.gate_decision import GateNotComputable, JudgedOn
 
