@@ -497,6 +497,32 @@ def paired_demo_main(
     return args, runs, results
 
 
+def paired_evaluator_main(
+    argv: Sequence[str] | None,
+    description: str,
+    module: str,
+    child: Callable[[argparse.Namespace], dict],
+    flag: str,
+    variants: Mapping[str, str],
+    title: str,
+    before: str,
+    after: str,
+) -> tuple[argparse.Namespace, dict[str, list[dict]]] | None:
+    """A paired benchmark of the Evaluator (`paired_demo_main`): its header (`title`, then the
+    backbone and image size), the whole run's and the Evaluator's seconds of `before` against
+    `after`, and whether both gave the same gate numbers. Returns (args, results) in the parent,
+    for lines of the benchmark's own, else None."""
+    paired = paired_demo_main(argv, description, module, child, flag, variants)
+    if paired is None:
+        return None
+    args, runs, results = paired
+    emit(header(f"{title}, {args.backbone} {args.image_size}px"))
+    emit(paired_intro(runs, f"{after} / {before}"))
+    emit(paired_table(results, before, after, ("whole run", "Evaluator")))
+    emit_same_gate_numbers(results, before, after)
+    return args, results
+
+
 def node_seconds(comps: Mapping[str, tuple[str, float]], nodes: Sequence[str]) -> dict[str, float]:
     """The seconds of each of `nodes` in `component_seconds`' result (NaN for a node that did not run)."""
     return {n: comps[n][1] if n in comps else float("nan") for n in nodes}

@@ -38,19 +38,18 @@ def child(args) -> dict:
 
 
 def main(argv=None) -> int:
-    paired = common.paired_demo_main(
-        argv, __doc__.splitlines()[0], "benchmarks.evaluator_batches", child, "fixed", VARIANTS
-    )
-    if paired is None:
-        return 0
-    args, runs, results = paired
-    common.emit(
-        common.header(f"The Evaluator's batches: fixed vs adaptive, {args.backbone} {args.image_size}px")
-    )
-    common.emit(common.paired_intro(runs, "fixed / adaptive"))
-    common.emit(common.paired_table(results, "adaptive", "fixed", ("whole run", "Evaluator")))
-    common.emit_same_gate_numbers(results, "adaptive", "fixed")
-    common.emit("")
+    if common.paired_evaluator_main(
+        argv,
+        __doc__.splitlines()[0],
+        "benchmarks.evaluator_batches",
+        child,
+        "fixed",
+        VARIANTS,
+        "The Evaluator's batches: fixed vs adaptive",
+        "adaptive",
+        "fixed",
+    ):
+        common.emit("")
     return 0
 
 

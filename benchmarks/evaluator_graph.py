@@ -160,18 +160,20 @@ def main(argv=None) -> int:
         common.quiet()
         per_call(args, common.repeats(args))
         return 0
-    paired = common.paired_demo_main(
-        argv, __doc__.splitlines()[0], "benchmarks.evaluator_graph", child, "graph", VARIANTS
+    paired = common.paired_evaluator_main(
+        argv,
+        __doc__.splitlines()[0],
+        "benchmarks.evaluator_graph",
+        child,
+        "graph",
+        VARIANTS,
+        "The Evaluator's graph optimisation: on vs auto",
+        "on",
+        "auto",
     )
     if paired is None:
         return 0
-    args, runs, results = paired
-    common.emit(
-        common.header(f"The Evaluator's graph optimisation: on vs auto, {args.backbone} {args.image_size}px")
-    )
-    common.emit(common.paired_intro(runs, "auto / on"))
-    common.emit(common.paired_table(results, "on", "auto", ("whole run", "Evaluator")))
-    common.emit_same_gate_numbers(results, "on", "auto")
+    _, results = paired
     choice = {name: rs[0][common.RUN_KINDS[0]]["graph_optimization"] for name, rs in results.items()}
     common.emit(f"\nGraph optimisation of the Evaluator's models (gate.json's tfma_run): {choice}")
     common.emit("")

@@ -43,21 +43,18 @@ def child(args) -> dict:
 
 
 def main(argv=None) -> int:
-    paired = common.paired_demo_main(
-        argv, __doc__.splitlines()[0], "benchmarks.precision_cost", child, "plot", VARIANTS
-    )
-    if paired is None:
-        return 0
-    args, runs, results = paired
-    common.emit(
-        common.header(
-            f"The gate's precision: TFMA's confusion matrix plot, {args.backbone} {args.image_size}px"
-        )
-    )
-    common.emit(common.paired_intro(runs, "with / without"))
-    common.emit(common.paired_table(results, "without", "with", ("whole run", "Evaluator")))
-    common.emit_same_gate_numbers(results, "without", "with")
-    common.emit("")
+    if common.paired_evaluator_main(
+        argv,
+        __doc__.splitlines()[0],
+        "benchmarks.precision_cost",
+        child,
+        "plot",
+        VARIANTS,
+        "The gate's precision: TFMA's confusion matrix plot",
+        "without",
+        "with",
+    ):
+        common.emit("")
     return 0
 
 
