@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2
@@ -243,3 +244,74 @@ def test_an_emptied_store_beside_earlier_artifacts_is_refused(tmp_path):
         )
         assert store.get_executions_by_context(context_id, list_options=mlmd.ListOptions(limit=1))
     check_store_knows_the_home(config)
+
+
+# ------------------------------------------------------------------ TFX's cache, read by id
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_cached_components_outputs_keep_their_keys(backend, postgres_server, tmp_path, monkeypatch):
+    """TFX's cache reader paired a cached execution's OUTPUT events with its artifacts by position;
+    PostgreSQL returns artifacts grouped by type id, so Transform's transform_graph and
+    updated_analyzer_cache (Trainer's model and model_run, ...) came back under each other's keys
+    and the next component failed; the CACHED execution then recorded that mapping. Read by id,
+    each output keeps its key, and a recorded swapped mapping is no cache hit."""
+    import types
+
+    from tfx.orchestration import metadata as tfx_metadata
+    from tfx.orchestration.portable import cache_utils
+
+    from imgpipe.orchestration import cache_outputs
+
+    if backend == "sqlite":
+        cfg = PipelineConfig(home=str(tmp_path))
+    else:
+        monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+        cfg = PipelineConfig(metadata=postgres_server.url("mlmd_unit_cache_order"))
+    store = metadata.connect(cfg)
+    pb = metadata_store_pb2
+    cache_type = store.put_artifact_type(pb.ArtifactType(name="TransformCache"))  # the lower type id
+    graph_type = store.put_artifact_type(pb.ArtifactType(name="TransformGraph"))
+    uris = [str(tmp_path / name) for name in ("graph", "cache")]  # TFX's cache checks they exist
+    for uri in uris:
+        os.makedirs(uri)
+    graph, cache = store.put_artifacts(
+        [pb.Artifact(type_id=graph_type, uri=uris[0], state=pb.Artifact.LIVE),
+         pb.Artifact(type_id=cache_type, uri=uris[1], state=pb.Artifact.LIVE)]
+    )  # fmt: skip
+    exec_type = store.put_execution_type(pb.ExecutionType(name="Transform"))
+    ctx_type = store.put_context_type(pb.ContextType(name="execution_cache"))
+    [context_id] = store.put_contexts([pb.Context(type_id=ctx_type, name=f"key-{backend}")])
+    [context] = store.get_contexts_by_id([context_id])
+
+    def execution(state, outputs):
+        [eid] = store.put_executions([pb.Execution(type_id=exec_type, last_known_state=state)])
+        events = []
+        for key, artifact in outputs:
+            e = pb.Event(artifact_id=artifact, execution_id=eid, type=pb.Event.OUTPUT)
+            e.path.steps.add().key = key
+            e.path.steps.add().index = 0
+            events.append(e)
+        store.put_events(events)
+        store.put_attributions_and_associations([], [pb.Association(context_id=context.id, execution_id=eid)])
+        return eid
+
+    made = execution(pb.Execution.COMPLETE, [("transform_graph", graph), ("updated_analyzer_cache", cache)])
+    handle = types.SimpleNamespace(store=store)
+
+    def ids(outputs):
+        return None if outputs is None else {k: [a.id for a in v] for k, v in outputs.items()}
+
+    right = {"transform_graph": [graph], "updated_analyzer_cache": [cache]}
+    swapped = {"transform_graph": [cache], "updated_analyzer_cache": [graph]}
+    # The fault as it was: TFX's own reader, in the order each store returns the artifacts.
+    assert ids(cache_utils._get_outputs_of_execution(handle, made)) == (
+        right if backend == "sqlite" else swapped
+    )
+    with cache_outputs.by_artifact_id():
+        assert ids(cache_utils._get_outputs_of_execution(handle, made)) == right
+        events = store.get_events_by_execution_ids([made])
+        assert ids(tfx_metadata.Metadata._get_outputs_of_events(handle, events)) == right  # Airflow's
+        # A later execution recorded with the swap is passed over: the cache gives the maker's outputs.
+        time.sleep(0.01)  # newer by its creation time, which orders the cache's candidates
+        execution(pb.Execution.CACHED, [("transform_graph", cache), ("updated_analyzer_cache", graph)])
+        assert ids(cache_utils.get_cached_outputs(handle, context)) == right
+    assert cache_utils._get_outputs_of_execution.__module__ == cache_utils.__name__  # restored

@@ -32,7 +32,7 @@ from components.data_contract import LABEL_CHANGE
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import REPORT_FILE as INGEST_REPORT_FILE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
-from imgpipe.orchestration import diagnosis, metadata, recovery, runs, scratch
+from imgpipe.orchestration import cache_outputs, diagnosis, metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
@@ -427,6 +427,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
         try:
             with (
                 scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),
+                cache_outputs.by_artifact_id(),  # a cached component's outputs under their own keys
                 tracker.installed(),
                 contextlib.ExitStack() as servers,
             ):
