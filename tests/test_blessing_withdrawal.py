@@ -368,7 +368,9 @@ def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
     os.makedirs(os.path.join(config.model_serving_dir, "1700000002"))
     calls = []
     assert metadata.withdraw_unserved_blessings(home.store, home.root, served_as=calls.append) == []
-    assert calls == [] and _blessed(home.store, killed.id) == 1
+    assert _blessed(home.store, killed.id) == 1
+    # Asked only which blessed model the newest version holds (none of them: nothing withdrawn).
+    assert calls == [killed_model.uri, first_model.uri]
     # A served version that differs in one file's bytes is another model.
     other, _, other_model = _local_run(home, "run-5", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
     _model_files(other_model, b"model two")
@@ -443,3 +445,69 @@ def test_blessings_withdrawn_before_the_evaluator_was_marked_are_marked_now(tmp_
     metadata.withdraw_unserved_blessings(home.store, home.root)
     [after] = home.store.get_executions_by_id([maker])
     assert after.last_update_time_since_epoch == before.last_update_time_since_epoch
+
+
+def test_a_newer_model_is_no_baseline_once_an_older_one_is_pushed_after_it(tmp_path):
+    """Model A served, then model C (a newer artifact) blessed and pushed, then A blessed again and
+    pushed as the newest version (a re-run on earlier data with a looser gate, or a rollback by
+    retraining): TFX's strategy takes the blessed model of the highest id, C, as the baseline,
+    while A is served. The next run was compared with C, said it was "identical to" C's version,
+    and pushed nothing. C's blessing is withdrawn; A's are kept."""
+    import shutil
+
+    from imgpipe.orchestration import summary
+    from pipeline.config import PipelineConfig
+
+    home = FakeHome(str(tmp_path / "home"))
+    os.makedirs(tmp_path / "data")
+    config = PipelineConfig(
+        data_dir=str(tmp_path / "data"), home=home.home, serving_dir=str(tmp_path / "serving")
+    )
+
+    def push_version(model, version):
+        shutil.copytree(
+            os.path.join(model.uri, "Format-Serving"), os.path.join(config.model_serving_dir, version)
+        )
+
+    first_a, _, model_a = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
+    _model_files(model_a, b"model A")
+    push_version(model_a, "1700000001")
+    blessing_c, _, model_c = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=1)
+    _model_files(model_c, b"model C")
+    push_version(model_c, "1700000002")
+    assert summary.withdraw_unserved_blessings(config) == []  # C is served: nothing to withdraw
+
+    # Run 3: the Trainer cached (model A again), blessed and pushed as the newest version.
+    _, made = home.execute(
+        "run-3",
+        "Evaluator",
+        inputs={"model": [model_a]},
+        outputs={"blessing": ("ModelBlessing", {"blessed": 1, "current_model_id": model_a.id})},
+    )
+    again_a = made["blessing"]
+    _, made = home.execute(
+        "run-3",
+        "InfraValidator",
+        inputs={"model": [model_a], "model_blessing": [again_a]},
+        outputs={"blessing": ("InfraBlessing", {"blessed": 1})},
+    )
+    _report(made["blessing"].uri, True, "validated")
+    _push(home, "run-3", model_a, again_a, made["blessing"])
+    push_version(model_a, "1700000003")
+    assert model_c.id > model_a.id
+
+    withdrawn = dict(summary.withdraw_unserved_blessings(config))
+    assert withdrawn == {
+        blessing_c.id: f"superseded: the serving dir's newest version, 1700000003, holds model {model_a.id} "
+        f"(blessed in run run-3), pushed after model {model_c.id}"
+    }
+    assert _blessed(home.store, blessing_c.id) == 0
+    assert _blessed(home.store, first_a.id) == 1 and _blessed(home.store, again_a.id) == 1
+    assert summary.withdraw_unserved_blessings(config) == []  # idempotent
+    # A version copied in by hand holds no blessed model: nothing is known of it, nothing withdrawn.
+    blessing_d, _, model_d = _local_run(home, "run-4", evaluator_blessed=1, prepush_blessed=1)
+    _model_files(model_d, b"model D")
+    push_version(model_d, "1700000004")
+    os.makedirs(os.path.join(config.model_serving_dir, "1700000005", "variables"))
+    assert summary.withdraw_unserved_blessings(config) == []
+    assert _blessed(home.store, blessing_d.id) == 1

@@ -32,7 +32,7 @@ from components.data_contract import LABEL_CHANGE
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import REPORT_FILE as INGEST_REPORT_FILE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
-from imgpipe.orchestration import cache_outputs, diagnosis, metadata, recovery, runs, scratch
+from imgpipe.orchestration import cache_outputs, diagnosis, metadata, paths, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
@@ -347,13 +347,52 @@ def check_store_knows_the_home(config: PipelineConfig) -> None:
             pipeline.id, list_options=mlmd.ListOptions(limit=1)
         )
     if not known:
+        restore = (
+            "Check the database name in --metadata (a name the server does not have is a new, empty "
+            "database), or restore the database from a backup"
+            if config.metadata_target is not None
+            else "Restore the store (e.g. metadata.sqlite from a backup)"
+        )
         raise ConfigError(
             f"metadata: {config.metadata_location} holds no execution of pipeline {config.pipeline_name!r}, "
             f"but {config.pipeline_root} holds earlier executions' artifacts (e.g. {earlier}): the store "
             "was emptied or replaced. A run now would not be compared with the served model and would "
-            "write into those folders. Restore the store (e.g. metadata.sqlite from a backup), or move "
-            f"{config.pipeline_root} away to start the pipeline afresh"
+            f"write into those folders. {restore}, or move {config.pipeline_root} away to start the "
+            "pipeline afresh"
         )
+
+
+def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
+    """ConfigError when a shared ML Metadata database (PostgreSQL) holds artifacts of the pipeline
+    under another pipeline root than this home's: another home (a team that copied a config) runs
+    a pipeline of the same name there. TFX's baseline and cache are found by pipeline name, so the
+    two would take each other's models as baselines and outputs from each other's cache, and
+    neither home's repairs reach the other's files."""
+    if config.metadata_target is None or "://" in config.pipeline_root:
+        return
+    with metadata.open_store(config) as store:
+        pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+        artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
+    elsewhere = sorted(
+        {
+            _pipeline_root_of(a.uri)
+            for a in artifacts
+            if "://" not in a.uri and a.uri and not paths.under(a.uri, config.pipeline_root)
+        }
+    )
+    if elsewhere:
+        raise ConfigError(
+            f"pipeline_name: pipeline {config.pipeline_name!r} in {config.metadata_location} also has "
+            f"artifacts under {', '.join(elsewhere[:3])}, not under this home's {config.pipeline_root}: "
+            "another home runs a pipeline of this name on the database (or this home was moved). Its "
+            "models would be this home's baselines and its outputs this home's cache. Give this home "
+            "its own --pipeline-name (one pipeline name per home on a shared database)"
+        )
+
+
+def _pipeline_root_of(uri: str) -> str:
+    """The pipeline root an artifact folder is in (`<root>/<Component>/<output>/<execution id>`)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(uri))))
 
 
 def _an_artifact_folder(pipeline_root: str) -> str | None:
@@ -391,6 +430,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
     check_store_knows_the_home(config)
+    check_pipeline_name_is_this_homes(config)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
     pipeline = create_pipeline(config, metadata.connection_config(config))

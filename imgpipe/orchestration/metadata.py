@@ -418,15 +418,65 @@ def withdraw_unserved_blessings(
             reason = f"not pushed in run {run}: {how}"
         else:
             continue
-        blessing.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
-        blessing.custom_properties["blessed"].int_value = 0
-        blessing.custom_properties[WITHDRAWN_KEY].string_value = reason
-        if runs_finished:  # no run in flight reads it: out of TFX's cache (see above)
-            retire_from_cache(store, [blessing], metadata_store_pb2.Artifact.ABANDONED, reason)
-        else:
-            store.put_artifacts([blessing])
+        _withdraw(store, blessing, reason, runs_finished)
         withdrawn.append((blessing_id, reason))
+    if runs_finished and served_as is not None:
+        gone = {b for b, _ in withdrawn}
+        for blessing, reason in _superseded(
+            store, [b for i, b in sorted(blessed.items()) if i not in gone], maker, served_as
+        ):
+            _withdraw(store, blessing, reason, runs_finished)
+            withdrawn.append((blessing.id, reason))
     return withdrawn
+
+
+def _withdraw(store, blessing, reason: str, runs_finished: bool) -> None:
+    """Set a blessing's `blessed` to 0, keeping the Evaluator's verdict and the reason."""
+    blessing.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
+    blessing.custom_properties["blessed"].int_value = 0
+    blessing.custom_properties[WITHDRAWN_KEY].string_value = reason
+    if runs_finished:  # no run in flight reads it: out of TFX's cache (see withdraw_unserved_blessings)
+        retire_from_cache(store, [blessing], metadata_store_pb2.Artifact.ABANDONED, reason)
+    else:
+        store.put_artifacts([blessing])
+
+
+def _superseded(
+    store, blessed: list, maker: dict[int, int], served_as: Callable[[str], str | None]
+) -> list[tuple[metadata_store_pb2.Artifact, str]]:
+    """The blessings of models newer (by artifact id) than the model the serving dir's newest
+    version holds, with the reason: TFX's LatestBlessedModelStrategy takes the blessed model of
+    the highest id as the baseline, so an older model blessed again and pushed (a re-run on
+    earlier data, a rollback by retraining) was served while the newer one stayed the gate's
+    baseline: the next run was compared with a model not served, called itself "identical to"
+    a version no longer served, and pushed nothing. Empty when no blessed model is the one
+    served (a version copied in by hand: nothing is known of it)."""
+    by_model = sorted(
+        ((_int_prop(b, "current_model_id"), b) for b in blessed if _int_prop(b, "current_model_id")),
+        key=lambda mb: (mb[0], mb[1].id),
+        reverse=True,
+    )
+    if not by_model:
+        return []
+    models = {a.id: a for a in store.get_artifacts_by_id(sorted({m for m, _ in by_model}))}
+    newer = []
+    for model_id, blessing in by_model:
+        model = models.get(model_id)
+        version = served_as(model.uri) if model is not None else None
+        if version is None:
+            newer.append((model_id, blessing))
+            continue
+        run = run_name_of_execution(store, maker[blessing.id]) if blessing.id in maker else "?"
+        return [
+            (
+                b,
+                f"superseded: the serving dir's newest version, {version}, holds model {model_id} (blessed "
+                f"in run {run}), pushed after model {m}",
+            )
+            for m, b in newer
+            if m != model_id
+        ]
+    return []
 
 
 def _evaluated_model_uri(store, evaluator_execution_id: int | None) -> str:
