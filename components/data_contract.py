@@ -214,6 +214,9 @@ def validator_messages(split: str, anomalies: anomalies_pb2.Anomalies) -> list[s
 
 
 LABEL_CHANGE = "label set changed against the latest blessed model"  # starts that anomaly's text
+RELABELLED = "images relabelled since the latest blessed model trained on them"  # starts that one's
+# The anomalies `accept_label_change` lets through: the label set's change and relabelled images.
+LABEL_CHANGES = (LABEL_CHANGE, RELABELLED)
 
 
 def find_anomalies(

@@ -18,9 +18,13 @@ could return this run's own schema.
 With `allow_anomalies` the run goes on and the report lists each anomaly as
 allowed (the Evaluator copies them into gate.json); without it the executor
 raises DataGateError naming every anomaly, so nothing downstream runs.
-`accept_label_change` lets one anomaly through, and only it: the label set's change
-against the latest blessed model (a class added or removed on purpose); the
-Evaluator then compares the two models on the eval examples of the classes both have.
+`accept_label_change` lets through only the label changes against the latest blessed
+model: its label set's (a class added or removed on purpose; the Evaluator then
+compares the two models on the eval examples of the classes both have), and images
+it trained on that now carry another label (relabelled on purpose). That second check
+reads the model's record of its train images' labels (trainer/image_ids.py): two class
+folders' names swapped, or a class renamed, keep the label set or change it by one
+name, and were trained, blessed and pushed as if nothing had happened.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import types
 from tfx.components.statistics_gen import stats_artifact_utils
@@ -41,7 +46,8 @@ from tfx.utils import io_utils
 
 from components.artifacts import DataGateReport, Report, model_class_names, write_report
 from components.data_contract import (
-    LABEL_CHANGE,
+    LABEL_CHANGES,
+    RELABELLED,
     SPLITS,
     SplitLabels,
     find_anomalies,
@@ -71,9 +77,51 @@ def failure_message(anomalies: list[str]) -> str:
     """The error a person reads: how many, what to do, then one anomaly per line."""
     lines = "\n".join(f"  - {a}" for a in anomalies)
     noun = "anomaly stops" if len(anomalies) == 1 else "anomalies stop"
+    changes = [a for a in anomalies if a.startswith(LABEL_CHANGES)]
+    if not changes:
+        way = "fix the data, or pass --allow-anomalies to continue knowingly"
+    elif len(changes) == len(anomalies):
+        way = "fix the data, or pass --accept-label-change if the labels changed on purpose"
+    else:
+        way = (
+            "fix the data; --accept-label-change lets through the label changes alone, --allow-anomalies "
+            "every anomaly"
+        )
+    return f"{len(anomalies)} data {noun} the run before training ({way}):\n{lines}"
+
+
+MAX_RELABELLED_SHOWN = 5  # label pairs named in the anomaly
+
+
+def relabelled_anomaly(
+    trained: dict[int, str], splits: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> str | None:
+    """The anomaly of images the latest blessed model trained on under another label than the
+    one they carry now (None without any). trained: {fingerprint: label} of its train images;
+    splits: this run's (fingerprints, labels) per split."""
+    moved: dict[tuple[str, str], set[int]] = {}
+    where: dict[tuple[str, str], set[str]] = {}
+    for split, (ids, labels) in splits.items():
+        for image, label in zip(ids.tolist(), labels, strict=True):
+            before = trained.get(image)
+            if before is not None and before != label:
+                moved.setdefault((before, label), set()).add(image)
+                where.setdefault((before, label), set()).add(split)
+    if not moved:
+        return None
+    pairs = sorted(moved.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    shown = "; ".join(
+        f"{len(images)} trained as {before!r} now labelled {after!r} ({', '.join(sorted(where[(before, after)]))})"
+        for (before, after), images in pairs[:MAX_RELABELLED_SHOWN]
+    )
+    more = (
+        f"; and {len(pairs) - MAX_RELABELLED_SHOWN} more pairs" if len(pairs) > MAX_RELABELLED_SHOWN else ""
+    )
+    total = sum(len(images) for images in moved.values())
     return (
-        f"{len(anomalies)} data {noun} the run before training "
-        f"(fix the data, or pass --allow-anomalies to continue knowingly):\n{lines}"
+        f"{RELABELLED}: {total} image{'' if total == 1 else 's'}: {shown}{more} (class folders renamed or "
+        "swapped? the gate's comparison leaves out the images the served model trained on, so it would "
+        "not see this)"
     )
 
 
@@ -133,21 +181,29 @@ class DataGateExecutor(base_executor.BaseExecutor):
         baseline_classes = model_class_names(baselines[0].uri) if baselines else None
 
         anomalies = find_anomalies(splits, validator, baseline_classes)
+        trained = _trained_labels(baselines[0].uri) if baselines else None
         copies = {}
         for examples in input_dict.get(EXAMPLES_KEY) or []:  # the train split's copies of one image
             train = os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")
-            copies["train"] = split_copies(*image_ids.split_index(train))
+            indexed = {"train": image_ids.split_index(train)}
+            copies["train"] = split_copies(*indexed["train"])
             found = conflict_anomaly("train", copies["train"])
             anomalies += [found] if found else []
             if copies["train"]["repeats"]:
                 log.info("train: %d records repeat an earlier record's image", copies["train"]["repeats"])
+            if trained:
+                eval_files = os.path.join(artifact_utils.get_split_uri([examples], "eval"), "*")
+                if tf.io.gfile.glob(eval_files):
+                    indexed["eval"] = image_ids.split_index(eval_files)
+                found = relabelled_anomaly(trained, indexed)
+                anomalies += [found] if found else []
         warnings = label_warnings(splits)
         for w in warnings:
             log.warning("data gate: %s", w)
         allow = bool(exec_properties.get(ALLOW_KEY))
         # accept_label_change lets the label set's change alone through (a class added on purpose).
         accepted = (
-            [a for a in anomalies if a.startswith(LABEL_CHANGE)]
+            [a for a in anomalies if a.startswith(LABEL_CHANGES)]
             if exec_properties.get(ACCEPT_CHANGE_KEY)
             else []
         )
@@ -167,6 +223,16 @@ class DataGateExecutor(base_executor.BaseExecutor):
             warnings=warnings,
         )
         write_report(artifact_utils.get_single_instance(output_dict[REPORT_KEY]), report)
+
+
+def _trained_labels(model_uri: str) -> dict[int, str] | None:
+    """The latest blessed model's {fingerprint: label} of its train images; None, logged, when it
+    keeps no readable record (a model trained before imgpipe kept one)."""
+    try:
+        return image_ids.read_labels(model_uri)
+    except ValueError as e:
+        log.warning("the latest blessed model's record of its train images' labels is unreadable: %s", e)
+        return None
 
 
 class DataGateSpec(ComponentSpec):

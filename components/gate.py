@@ -116,9 +116,10 @@ class GateConfig(Settings):
     )
     accept_label_change: bool = Field(
         False,
-        description="continue past one data anomaly only: a label set other than the latest blessed model's "
-        "(a class added or removed); the gate then compares the two models on the eval examples of the "
-        "classes both have",
+        description="continue past the label changes only: a label set other than the latest blessed model's "
+        "(a class added or removed; the gate then compares the two models on the eval examples of the "
+        "classes both have), and images it trained on that now carry another label (folders renamed or "
+        "swapped on purpose)",
     )
     eval_batch_size: int = Field(
         128,

@@ -383,24 +383,72 @@ def test_the_failure_message_counts_its_anomalies():
     )
 
 
-def _with_train_examples(tmp_path, inputs, items) -> None:
-    """An ExampleGen output whose train split holds `items` ((image bytes, label)), gzipped as
-    ExampleGen writes it, as the gate's `examples` input."""
+def _with_train_examples(tmp_path, inputs, items, eval_items=None, where="examples") -> None:
+    """An ExampleGen output whose train split holds `items` ((image bytes, label)) (and its eval
+    split `eval_items`), gzipped as ExampleGen writes it, as the gate's `examples` input."""
     import tensorflow as tf
     from tfx.types import artifact_utils, standard_artifacts
 
     from tests.helpers import make_example
 
     examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "examples")
+    examples.uri = str(tmp_path / where)
     examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
-    split = tmp_path / "examples" / "Split-train"
-    os.makedirs(split)
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    with tf.io.TFRecordWriter(str(split / "data_tfrecord-00000-of-00001.gz"), options) as w:
-        for image, label in items:
-            w.write(make_example(image, label))
+    for name, records in (("train", items), ("eval", eval_items)):
+        if records is None:
+            continue
+        split = tmp_path / where / f"Split-{name}"
+        os.makedirs(split)
+        options = tf.io.TFRecordOptions(compression_type="GZIP")
+        with tf.io.TFRecordWriter(str(split / "data_tfrecord-00000-of-00001.gz"), options) as w:
+            for image, label in records:
+                w.write(make_example(image, label))
     inputs["examples"] = [examples]
+
+
+def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path):
+    """Two class folders' names swapped (or a class renamed): the label set is the same, so no
+    anomaly; the gate leaves out the eval images the served model trained on, which are the
+    ones that would show it. The model was blessed and pushed answering 'six' for fives. The
+    served model's record of its train images' labels now names the moved images."""
+    from components.data_gate import DataGateError, DataGateExecutor, failure_message
+    from trainer import image_ids
+
+    old = [(b"a1", "five"), (b"a2", "five"), (b"b1", "six"), (b"b2", "six"), (b"c1", "seven")]
+    inputs, outputs = _artifacts(
+        tmp_path,
+        {"five": 4, "six": 4, "seven": 4},
+        {"five": 1, "six": 1, "seven": 1},
+        baseline_vocab=["five", "seven", "six"],
+    )
+    _with_train_examples(tmp_path, inputs, old, where="old")
+    assert image_ids.write(str(tmp_path / "baseline"), str(tmp_path / "old" / "Split-train" / "*")) == 5
+    assert image_ids.read_labels(str(tmp_path / "baseline")) == {
+        image_ids.fingerprint(image): label for image, label in old
+    }
+    new_train = [(b"a1", "six"), (b"b1", "five"), (b"c1", "seven"), (b"d1", "six")]
+    _with_train_examples(tmp_path, inputs, new_train, eval_items=[(b"a2", "six")])
+    with pytest.raises(DataGateError) as e:
+        DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+    found = (
+        "images relabelled since the latest blessed model trained on them: 3 images: 2 trained as 'five' "
+        "now labelled 'six' (eval, train); 1 trained as 'six' now labelled 'five' (train) (class folders "
+        "renamed or swapped?"
+    )
+    assert f"\n  - {found}" in str(e.value), str(e.value)
+    assert "pass --accept-label-change if the labels changed on purpose" in str(e.value)
+    # On purpose: --accept-label-change lets it through, and the report keeps it.
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0, "accept_label_change": 1})
+    with open(tmp_path / "report" / "data_gate.json", encoding="utf-8") as f:
+        [allowed] = json.load(f)["anomalies_allowed"]
+    assert allowed.startswith(found)
+    # With another anomaly beside it, the message names both ways past.
+    assert "--accept-label-change lets through the label changes alone, --allow-anomalies every" in (
+        failure_message([allowed, "eval: feature 'label': Unexpected string values"])
+    )
+    # A model without the record (trained before it was kept): nothing to compare, no anomaly.
+    os.remove(tmp_path / "baseline" / image_ids.LABELS_FILE)
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
 
 
 def test_an_image_under_two_labels_in_train_stops_the_run_and_repeats_are_counted(tmp_path):

@@ -28,6 +28,9 @@ from trainer import data
 from trainer.features import IMAGE_KEY, LABEL_KEY
 
 IDS_FILE = "train_image_ids.npy"
+# Each train image's label as the model learned it: the DataGate of a later run finds images
+# relabelled since (two class folders' names swapped, a class renamed).
+LABELS_FILE = "train_image_labels.npz"
 METHOD = "blake2b-64 of the encoded image bytes"
 _BATCH = 512
 
@@ -103,16 +106,49 @@ def ids_path(model_uri: str) -> str:
 
 
 def write(model_uri: str, train_files: str | Sequence[str]) -> int:
-    """Record the train split's fingerprints (sorted, unique) in the Model artifact; their number."""
-    ids = np.unique(split_ids(train_files))
+    """Record the train split's fingerprints (sorted, unique) in the Model artifact, and each
+    one's label (its first record's); their number."""
+    all_ids, all_labels = split_index(train_files)
+    ids, first = np.unique(all_ids, return_index=True)
+    classes, label_index = np.unique(
+        np.array([str(x) for x in all_labels[first]], dtype=str), return_inverse=True
+    )
     tf.io.gfile.makedirs(model_uri)
-    tmp = ids_path(model_uri) + ".tmp"
     buffer = io.BytesIO()
     np.save(buffer, ids.astype("<u8"), allow_pickle=False)
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    tf.io.gfile.rename(tmp, ids_path(model_uri), overwrite=True)
+    _write_file(ids_path(model_uri), buffer.getvalue())
+    buffer = io.BytesIO()
+    np.savez(buffer, ids=ids.astype("<u8"), labels=label_index.astype("<i4"), classes=classes)
+    _write_file(os.path.join(model_uri, LABELS_FILE), buffer.getvalue())
     return len(ids)
+
+
+def _write_file(path: str, content: bytes) -> None:
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(content)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def read_labels(model_uri: str) -> dict[int, str] | None:
+    """{fingerprint: label} of the images a model trained on, or None when it has no record of
+    their labels (a model trained before imgpipe kept one); ValueError naming a damaged file."""
+    path = os.path.join(model_uri, LABELS_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "rb") as f:
+        raw = f.read()
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as found:
+            ids, labels, classes = found["ids"], found["labels"], found["classes"]
+    except (ValueError, EOFError, OSError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path} is not a record of image labels: {e or type(e).__name__}") from None
+    if ids.ndim != 1 or labels.shape != ids.shape or classes.ndim != 1 or ids.dtype.kind != "u":
+        raise ValueError(f"{path} is not a record of image labels (shapes {ids.shape}, {labels.shape})")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"{path} is not a record of image labels (a label index out of range)")
+    names = [str(c) for c in classes]
+    return {int(i): names[j] for i, j in zip(ids.tolist(), labels.tolist(), strict=True)}
 
 
 def model_uri(serving_model_dir: str) -> str:

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 
 from components import loaded_models
-from components.data_contract import LABEL_CHANGE
+from components.data_contract import LABEL_CHANGES
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import REPORT_FILE as INGEST_REPORT_FILE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
@@ -602,7 +602,7 @@ def _log_gate(gate: dict | None) -> None:
     if not gate:
         return
     for anomaly in gate.get("anomalies_allowed") or []:
-        if anomaly.startswith(LABEL_CHANGE):
+        if anomaly.startswith(LABEL_CHANGES):
             log.warning("data anomaly let through (--accept-label-change or --allow-anomalies): %s", anomaly)
         else:
             log.warning("data anomaly allowed (--allow-anomalies): %s", anomaly)
