@@ -552,6 +552,36 @@ def test_a_regenerated_report_that_fails_keeps_the_earlier_one_and_its_link(tmp_
     assert json.loads(capsys.readouterr().out)["report"] == page
 
 
+def test_a_pruned_runs_report_is_not_written_again_without_its_artifacts(tmp_path, capsys, monkeypatch):
+    """`report --regenerate` on a run whose artifacts `imgpipe prune` deleted wrote a report without
+    its training curves over the whole one (the note blamed a missing training_summary.json),
+    or failed minutes in with "no input files match .../Split-eval", naming no cause."""
+    from imgpipe.orchestration import metadata as mlmd
+    from imgpipe.orchestration.metadata import RunArtifacts
+
+    folder = _record(tmp_path, "r1", with_report=True, mtime=1_000_000)
+    page = os.path.join(build.report_dir(folder), build.INDEX_FILE)
+    runs.update_summary(folder, {"report": page, "report_error": None})
+    with open(page, "rb") as f:
+        html = f.read()
+    kept = tmp_path / "pipelines" / "imgpipe" / "Evaluator" / "evaluation" / "9"
+    os.makedirs(kept)
+    gone = str(tmp_path / "pipelines" / "imgpipe" / "ImportExampleGen" / "examples" / "3" / "Split-eval")
+    model = str(tmp_path / "pipelines" / "imgpipe" / "Trainer" / "model" / "7" / "Format-Serving")
+    pruned = RunArtifacts(
+        "r1", {"Trainer": "COMPLETE"}, gone, model, str(tmp_path / "model_run" / "7"), str(kept)
+    )
+    monkeypatch.setattr(mlmd, "run_artifacts", lambda config, run_id: pruned)
+    assert cli.main(["report", "r1", "--home", str(tmp_path), "--regenerate"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "run r1's artifacts were deleted (by `imgpipe prune`, or by hand): no eval split " in err
+    assert f"no eval split {gone}; no model {model}; no training record " in err
+    assert "evaluation" not in err.split("by hand)")[1].split("Its report")[0]  # that one is there
+    assert "the earlier report is kept" in err
+    with open(page, "rb") as f:
+        assert f.read() == html
+
+
 # ------------------------------------------------------------------------------ reuse
 def _artifacts(model: str, eval_examples: str = "/x/Split-eval") -> data.RunArtifacts:
     from imgpipe.orchestration.metadata import RunArtifacts

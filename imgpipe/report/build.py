@@ -132,6 +132,7 @@ def build_report(
     """
     run_id = summary["run_id"]
     artifacts = metadata.run_artifacts(config, run_id)
+    check_artifacts_kept(artifacts)
     folder = report_dir(runs.run_dir(config.home, run_id))
     previous, previous_folder = earlier_report(config.home, folder, artifacts, max_misclassified)
     data = gather(
@@ -153,6 +154,33 @@ def build_report(
         thumbnails_from=previous_folder,
         max_pixels=config.training.max_image_pixels,
     )
+
+
+class ArtifactsGone(RuntimeError):
+    """The run's artifacts the report is made from were deleted (pruned, or by hand)."""
+
+
+def check_artifacts_kept(artifacts: RunArtifacts) -> None:
+    """ArtifactsGone naming the folders of the run's eval split, model, training record and
+    evaluation that ML Metadata lists but the disk no longer has: a report made without them
+    would lack its curves or fail minutes in (`imgpipe prune` deletes old runs' artifacts and
+    keeps their records, so a pruned run's report can be shown, not written again)."""
+    wanted = {
+        "eval split": artifacts.eval_examples,
+        "model": artifacts.serving_model,
+        "training record": artifacts.model_run,
+        "evaluation": artifacts.evaluation,
+    }
+    gone = [
+        f"{what} {path}"
+        for what, path in wanted.items()
+        if path and "://" not in path and not os.path.isdir(path)
+    ]
+    if gone:
+        raise ArtifactsGone(
+            f"run {artifacts.run_id}'s artifacts were deleted (by `imgpipe prune`, or by hand): no "
+            f"{'; no '.join(gone)}. Its report cannot be written again"
+        )
 
 
 def name_files(data: ReportData, data_dir: str | None) -> None:
