@@ -315,3 +315,23 @@ def test_a_cached_components_outputs_keep_their_keys(backend, postgres_server, t
         execution(pb.Execution.CACHED, [("transform_graph", cache), ("updated_analyzer_cache", graph)])
         assert ids(cache_utils.get_cached_outputs(handle, context)) == right
     assert cache_utils._get_outputs_of_execution.__module__ == cache_utils.__name__  # restored
+
+
+def test_a_database_lost_during_a_component_is_said_plainly():
+    """The database stopped during the Trainer: the run's error was TFX's "connection pointer is
+    NULL", naming neither the store nor what happened to the Trainer's work."""
+    from imgpipe.orchestration.local import _failure_message
+
+    cfg = PipelineConfig(metadata="postgresql://ml@db.internal:5432/mlmd")
+    lost = RuntimeError(
+        "Failed to establish connection to Metadata storage with error: PostgreSQL metadata source "
+        "error: connection pointer is NULL"
+    )
+    head, explained = _failure_message(cfg, "Trainer", lost).split("\n", 1)
+    assert head.startswith("Trainer failed: RuntimeError: Failed to establish connection")
+    assert explained == (
+        "ML Metadata at postgresql://ml@db.internal:5432/mlmd could not be reached while Trainer ran (its "
+        "server stopped or restarted, the network failed, or its disk is full): what the component did was "
+        "not recorded. The next run marks it FAILED and runs it again"
+    )
+    assert "\n" not in _failure_message(cfg, "Trainer", ValueError("no images"))

@@ -27,6 +27,15 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
     from pipeline.pipeline import SCORING_IDS  # loaded by the run (or the task) already
 
     message = ""
+    lowered = error.lower()
+    if any(marker in lowered for marker in _METADATA_LOST):
+        # TFX's text names neither the store nor what it means for the run.
+        message += (
+            f"\nML Metadata at {config.metadata_location} could not be reached while "
+            f"{component or 'the pipeline'} ran (its server stopped or restarted, the network failed, "
+            "or its disk is full): what the component did was not recorded. The next run marks it FAILED "
+            "and runs it again"
+        )
     inputs = {"ImportExampleGen": (config.data_dir, SPLITS), SCORING_IDS[0]: (config.score_data, ("",))}
     if component in inputs and inputs[component][0]:
         message += _explained(
@@ -46,6 +55,15 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
             "after the Pusher, so they do not hold back a push)",
         )
     return message
+
+
+# ML Metadata's texts when its connection is gone (PostgreSQL through libpq, or SQLite's file).
+_METADATA_LOST = (
+    "failed to establish connection to metadata storage",
+    "connection pointer is null",
+    "server closed the connection unexpectedly",
+    "could not connect to server",
+)
 
 
 def log_failure(config: Callable[[], PipelineConfig], component: str, error: BaseException) -> str:

@@ -118,9 +118,7 @@ def abandon_dead_executions(
         execution.last_known_state = metadata_store_pb2.Execution.FAILED
         execution.custom_properties[
             ABANDONED_KEY
-        ].string_value = (
-            f"left {state} by run {run}, whose process died; found by {found_by} holding the home's lock"
-        )
+        ].string_value = f"left {state} by run {run}, which ended without recording it (its process died, or it lost ML Metadata); found by {found_by} holding the home's lock"
         store.put_executions([execution])
         outputs = [
             ev.artifact_id
