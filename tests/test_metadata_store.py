@@ -335,3 +335,44 @@ def test_a_database_lost_during_a_component_is_said_plainly():
         "not recorded. The next run marks it FAILED and runs it again"
     )
     assert "\n" not in _failure_message(cfg, "Trainer", ValueError("no images"))
+
+
+def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_server, tmp_path, monkeypatch):
+    """Two homes with one pipeline name on one database (a team copying a config) took each
+    other's models as baselines and outputs from each other's cache, and neither's repairs
+    reached the other's files: a run now refuses, naming where the other home's artifacts are."""
+    from imgpipe.orchestration.local import check_pipeline_name_is_this_homes
+
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    url = postgres_server.url("mlmd_unit_two_homes")
+    ours = PipelineConfig(home=str(tmp_path / "ours"), metadata=url).resolved()
+    check_pipeline_name_is_this_homes(ours)  # an empty database
+    store = metadata.connect(ours)
+    pb = metadata_store_pb2
+    [context_id] = store.put_contexts(
+        [pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")), name=ours.pipeline_name)]
+    )
+    model_type = store.put_artifact_type(pb.ArtifactType(name="Model"))
+
+    def made(root: str) -> None:
+        [artifact_id] = store.put_artifacts([pb.Artifact(type_id=model_type, uri=f"{root}/Trainer/model/7")])
+        store.put_attributions_and_associations(
+            [pb.Attribution(context_id=context_id, artifact_id=artifact_id)], []
+        )
+
+    made(ours.pipeline_root)
+    check_pipeline_name_is_this_homes(ours)  # its own artifacts only
+    other = str(tmp_path / "theirs" / "pipelines" / ours.pipeline_name)
+    made(other)
+    with pytest.raises(ConfigError) as e:
+        check_pipeline_name_is_this_homes(ours)
+    message = str(e.value)
+    assert message.startswith(
+        f"pipeline_name: pipeline {ours.pipeline_name!r} in {ours.metadata_location} also"
+    )
+    assert f"artifacts under {other}, not under this home's {ours.pipeline_root}" in message
+    assert "Give this home its own --pipeline-name" in message
+    # Another pipeline name on the same database is its own.
+    check_pipeline_name_is_this_homes(ours.replace(pipeline_name="team-b"))
+    # A home's own SQLite store holds nothing of another home's: not looked at.
+    check_pipeline_name_is_this_homes(PipelineConfig(home=str(tmp_path / "sqlite")).resolved())

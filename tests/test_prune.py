@@ -129,6 +129,21 @@ def test_prune_leaves_artifacts_outside_the_home_alone(tmp_path):
 def test_prune_refuses_bad_homes_and_waits_for_no_one(tmp_path):
     with pytest.raises(PruneError, match="not a pipeline home"):
         prune_home(str(tmp_path), keep=1)
+    # A home whose runs record to PostgreSQL has no store of its own: said so, not "not a home".
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.summary import RunSummary
+    from pipeline.config import PipelineConfig
+
+    pg_home = tmp_path / "pg"
+    config = PipelineConfig(home=str(pg_home), metadata="postgresql://ml@db.internal:5432/mlmd").resolved()
+    runs.write_record(config, RunSummary("r1", True, None, 0.9, 1, {}))
+    with pytest.raises(PruneError) as e:
+        prune_home(str(pg_home), keep=1)
+    assert str(e.value) == (
+        f"home: {pg_home} records its runs to ML Metadata at postgresql://ml@db.internal:5432/mlmd: "
+        "`imgpipe prune` prunes a home's own metadata.sqlite only (a database shared by several homes is "
+        "not pruned by this imgpipe)"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "metadata.sqlite").write_bytes(b"")  # a dry run failed on it; a prune wrote a schema in

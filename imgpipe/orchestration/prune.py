@@ -39,7 +39,7 @@ import shutil
 
 from ml_metadata.proto import metadata_store_pb2
 
-from imgpipe.orchestration import metadata, recovery, scratch
+from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import PipelineConfig
@@ -239,6 +239,12 @@ def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0
     home = os.path.abspath(os.path.expanduser(home))
     metadata_path = os.path.join(home, METADATA_FILE)
     if not os.path.isfile(metadata_path):
+        shared = _shared_store_of(home)
+        if shared:
+            raise PruneError(
+                f"home: {home} records its runs to ML Metadata at {shared}: `imgpipe prune` prunes a home's own "
+                f"{METADATA_FILE} only (a database shared by several homes is not pruned by this imgpipe)"
+            )
         raise PruneError(f"home: {home} is not a pipeline home (no {METADATA_FILE} in it)")
     if os.path.getsize(metadata_path) == 0:  # a dry run failed on it, a prune wrote a schema into it
         raise PruneError(f"home: {metadata_path} is empty: no ML Metadata store to prune")
@@ -248,6 +254,17 @@ def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0
         return _prune_holding_lock(home, metadata_path, keep, dry_run)
     with run_lock(home_lock_path(home), wait=lock_wait, holder="prune"):
         return _prune_holding_lock(home, metadata_path, keep, dry_run)
+
+
+def _shared_store_of(home: str) -> str | None:
+    """The ML Metadata server (its URL, no password) the newest run record of `home` names, if any."""
+    for folder in runs.records(home):
+        try:
+            config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE))
+        except Exception:  # noqa: BLE001 - a damaged record: the next one may say
+            continue
+        return config.metadata_location if config.metadata_target is not None else None
+    return None
 
 
 def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool) -> PruneResult:
