@@ -172,15 +172,23 @@ def test_a_dead_runs_running_execution_is_marked_failed_and_its_partial_outputs_
     # A metadata server shared with other homes: an execution with no folder here is not ours.
     other, _ = home.execute("run-elsewhere", "Trainer", state=RUNNING)
     os.rmdir(os.path.join(home.root, "Trainer", ".system", "executor_execution", str(other.id)))
-    found = recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 3", shared_store=True)
-    assert [a.execution_id for a in found] == [dead.id]
+    # One of this home's runs (its record or started marker says so) that failed before its
+    # executor made a folder (input resolution): ours, or it would stay RUNNING for good.
+    early, _ = home.execute("run-own", "InfraValidator", state=RUNNING)
+    os.rmdir(os.path.join(home.root, "InfraValidator", ".system", "executor_execution", str(early.id)))
+    found = recovery.abandon_dead_executions(
+        home.store, "imgpipe", home.root, "run 3", shared_store=True, own_runs={"run-own"}
+    )
+    assert sorted(a.execution_id for a in found) == [dead.id, early.id]
     assert home.store.get_executions_by_id([other.id])[0].last_known_state == RUNNING
+    assert home.store.get_executions_by_id([early.id])[0].last_known_state == pb.Execution.FAILED
 
     [execution] = home.store.get_executions_by_id([dead.id])
     assert execution.last_known_state == pb.Execution.FAILED
     reason = execution.custom_properties[recovery.ABANDONED_KEY].string_value
     assert "left RUNNING by run run2" in reason and "run 3" in reason
-    assert found[0].node == "Trainer" and sorted(found[0].removed) == sorted([partial, system])
+    [trainer] = [a for a in found if a.execution_id == dead.id]
+    assert trainer.node == "Trainer" and sorted(trainer.removed) == sorted([partial, system])
     assert not os.path.exists(partial) and not os.path.exists(system)
     # The home's own store: every unfinished execution in it is from a dead run of this home.
     found = recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 4")

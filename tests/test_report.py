@@ -410,10 +410,13 @@ def test_a_report_that_cannot_be_written_is_recorded_not_raised(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the command
-def _record(home, run_id: str, with_report: bool, mtime: float) -> str:
+def _record(home, run_id: str, with_report: bool, mtime: float, numbered: bool = True) -> str:
+    """A run record; `numbered` False: one an imgpipe wrote before runs were numbered."""
     config = PipelineConfig(home=str(home)).resolved()
     summary = RunSummary(run_id=run_id, blessed=False, pushed=None, accuracy=0.41, replicas=1, executions={})
     folder = runs.write_record(config, summary)
+    if not numbered:
+        runs.update_summary(folder, {"sequence": None})
     if with_report:
         d = _report_data(run_id=run_id)
         build.write_report(build.report_dir(folder), d, "../summary.json")
@@ -439,11 +442,32 @@ def test_report_latest_prints_json_on_stdout_and_the_text_on_stderr(tmp_path, ca
 def test_latest_is_the_run_that_started_last_whatever_the_files_times(tmp_path):
     """A home copied without its file times, or an old record's config saved again to re-run it,
     made an old run `latest` (records were ordered by the config file's time)."""
-    older = _record(tmp_path, "2026-02-02T10:00:00.500000-aaaa", with_report=False, mtime=3_000_000)
-    newer = _record(tmp_path, "2026-02-02T11:00:00-bbbb", with_report=False, mtime=1_000_000)
-    named_otherwise = _record(tmp_path, "imported", with_report=False, mtime=2_000_000)
+    newer = _record(tmp_path, "2026-02-02T11:00:00-bbbb", with_report=False, mtime=1_000_000, numbered=False)
+    older = _record(
+        tmp_path, "2026-02-02T10:00:00.500000-aaaa", with_report=False, mtime=3_000_000, numbered=False
+    )
+    named_otherwise = _record(tmp_path, "imported", with_report=False, mtime=2_000_000, numbered=False)
     assert runs.records(str(tmp_path)) == [newer, older, named_otherwise]
     assert runs.find_record(str(tmp_path), runs.LATEST) == newer
+
+
+def test_latest_is_the_run_numbered_last_whatever_the_clock_said(tmp_path):
+    """Run ids are the local time: a run under another time zone (cron's UTC, a shell's +9 h) or
+    after the clock was set back sorted before the runs it followed, and `report latest` and
+    `drift --run latest` kept returning it. Each run is numbered as it starts, under the home's
+    lock; records from before numbers were given are older than any numbered one."""
+    old = _record(tmp_path, "2026-02-02T23:00:00-old", with_report=False, mtime=1_000_000, numbered=False)
+    tokyo = _record(tmp_path, "2026-02-02T19:00:00-tokyo", with_report=False, mtime=1_000_000)
+    utc = _record(tmp_path, "2026-02-02T10:00:01-utc", with_report=False, mtime=1_000_000)
+    assert [runs.read_summary(f)["sequence"] for f in (tokyo, utc)] == [1, 2]
+    assert runs.records(str(tmp_path)) == [utc, tokyo, old]
+    assert runs.find_record(str(tmp_path), runs.LATEST) == utc
+    # The number a run was given as it started is the one its record keeps.
+    config = PipelineConfig(home=str(tmp_path)).resolved()
+    runs.mark_started(config, "2026-02-02T09:00:00-next")
+    assert runs.next_sequence(str(tmp_path)) == 4
+    folder = runs.write_record(config, RunSummary("2026-02-02T09:00:00-next", True, None, 0.9, 1, {}))
+    assert runs.read_summary(folder)["sequence"] == 3 and runs.records(str(tmp_path))[0] == folder
 
 
 def test_another_misclassified_cap_than_the_written_reports_writes_it_again(tmp_path, capsys, monkeypatch):

@@ -32,7 +32,15 @@ from components.data_contract import LABEL_CHANGES
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import REPORT_FILE as INGEST_REPORT_FILE
 from imgpipe.ingest import IngestError, validate_tfrecord_dir
-from imgpipe.orchestration import cache_outputs, diagnosis, metadata, paths, recovery, runs, scratch
+from imgpipe.orchestration import (
+    cache_outputs,
+    diagnosis,
+    metadata,
+    paths,
+    recovery,
+    runs,
+    scratch,
+)
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
@@ -236,6 +244,7 @@ def _abandon_unfinished(store, config: PipelineConfig, found_by: str) -> list:
         config.pipeline_root,
         found_by=found_by,
         shared_store=config.metadata_target is not None,
+        own_runs=runs.run_ids(config.home),
     )
 
 

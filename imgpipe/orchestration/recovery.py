@@ -28,6 +28,7 @@ import glob
 import logging
 import os
 import shutil
+from collections.abc import Collection
 
 from ml_metadata.proto import metadata_store_pb2
 
@@ -88,11 +89,15 @@ def abandon_dead_executions(
     found_by: str,
     shared_store: bool = False,
     dry_run: bool = False,
+    own_runs: Collection[str] = (),
 ) -> list[AbandonedExecution]:
     """Mark the unfinished executions of `pipeline_name` FAILED; call it holding the home's lock.
 
     found_by: who found them (e.g. "run <id>"), recorded in the reason.
     dry_run: only report them.
+    own_runs: on a shared store, the ids of this home's runs (its run records and started
+    runs): an execution of one of them is this home's though it has no folder (it failed
+    before its executor started, e.g. in input resolution), and would stay RUNNING for good.
     """
     pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
     if pipeline_ctx is None:
@@ -107,7 +112,7 @@ def abandon_dead_executions(
             log.info("execution %d (%s) of an Airflow run is unfinished: left alone", execution.id, node)
             continue
         folders = execution_folders(pipeline_root, node, execution.id)
-        if shared_store and not folders:
+        if shared_store and not folders and run not in own_runs:
             log.info("execution %d (%s) is unfinished but not from this home: left alone", execution.id, node)
             continue
         state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)

@@ -41,6 +41,11 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
     folder = run_dir(config.home, summary.run_id)
     config_path = os.path.join(folder, CONFIG_FILE)
     summary.run_dir = folder
+    if summary.sequence is None:  # the number it was given as it started (else the next one)
+        given = _marker(folder).get("sequence")
+        summary.sequence = given if isinstance(given, int) and not isinstance(given, bool) else None
+        if summary.sequence is None and not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
+            summary.sequence = next_sequence(config.home)
     # Both written in full before either is moved into place: a full disk leaves neither half written.
     write_all_atomically(
         [
@@ -63,6 +68,7 @@ def mark_started(config: PipelineConfig, run_id: str) -> None:
     config_path = os.path.join(folder, CONFIG_FILE)
     started = {
         "run_id": run_id,
+        "sequence": next_sequence(config.home),
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -75,6 +81,56 @@ def mark_started(config: PipelineConfig, run_id: str) -> None:
         log.warning("could not mark run %s as started in %s: %s", run_id, folder, e)
 
 
+def next_sequence(home: str) -> int:
+    """1 + the highest run number among the home's records and started runs (1 for the first)."""
+    root = os.path.join(home, "runs")
+    highest = 0
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        folder = os.path.join(root, name)
+        for number in (_sequence(folder), _marker(folder).get("sequence")):
+            if isinstance(number, int) and not isinstance(number, bool):
+                highest = max(highest, number)
+    return highest + 1
+
+
+def _marker(folder: str) -> dict:
+    """A record folder's STARTED_FILE, or {} (none, or unreadable)."""
+    try:
+        with open(os.path.join(folder, STARTED_FILE), encoding="utf-8") as f:
+            started = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return started if isinstance(started, dict) else {}
+
+
+def _sequence(folder: str) -> int | None:
+    """The run number a record's summary holds (None: a record from before they were given, or
+    one that cannot be read)."""
+    number = _summary_or_empty(folder).get("sequence")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
+def run_ids(home: str) -> set[str]:
+    """The ids of the runs this home recorded or started (their summaries and STARTED_FILEs)."""
+    root = os.path.join(home, "runs")
+    found = set()
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        folder = os.path.join(root, name)
+        for source in (_marker(folder), _summary_or_empty(folder)):
+            if isinstance(source.get("run_id"), str):
+                found.add(source["run_id"])
+    return found
+
+
+def _summary_or_empty(folder: str) -> dict:
+    try:
+        with open(os.path.join(folder, SUMMARY_FILE), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def unfinished(home: str) -> list[tuple[str, dict]]:
     """(folder, its STARTED_FILE's content) of each run under HOME/runs that started and wrote no
     summary, newest first: running now, or dead. A marker that cannot be read counts as {}."""
@@ -82,15 +138,11 @@ def unfinished(home: str) -> list[tuple[str, dict]]:
     found = []
     for name in os.listdir(root) if os.path.isdir(root) else []:
         folder = os.path.join(root, name)
-        marker = os.path.join(folder, STARTED_FILE)
-        if not os.path.isfile(marker) or os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
+        if not os.path.isfile(os.path.join(folder, STARTED_FILE)) or os.path.isfile(
+            os.path.join(folder, SUMMARY_FILE)
+        ):
             continue
-        try:
-            with open(marker, encoding="utf-8") as f:
-                started = json.load(f)
-        except (OSError, ValueError):
-            started = {}
-        found.append((folder, started if isinstance(started, dict) else {}))
+        found.append((folder, _marker(folder)))
     return sorted(found, key=lambda f: f[0], reverse=True)
 
 
@@ -120,10 +172,14 @@ LATEST = "latest"  # names the newest run record wherever a run id is asked for
 
 
 def records(home: str) -> list[str]:
-    """Run record folders under HOME/runs, newest first: by when the run started, which its id
-    says (`new_run_id`: the local time), or for a folder named otherwise by when its config was
-    saved. Not by file times alone: a home copied without them (`cp -r`), or a record's config
-    opened and saved again to re-run it, made an old run `latest`."""
+    """Run record folders under HOME/runs, newest first: by their run number (`sequence`, given
+    under the home's lock as each run starts; a record whose summary cannot be read comes first,
+    so `latest` names it as it passes it by), then, for records from before numbers were given
+    (all older than any numbered one), by when the run started, which its id says (`new_run_id`:
+    the local time), or for a folder named otherwise by when its config was saved. Not by the
+    clock alone: a run under another time zone (cron's and a shell's) or after the clock was set
+    back made an older run `latest`; nor by file times: a home copied without them (`cp -r`), or
+    a record's config opened and saved again to re-run it, did too."""
     root = os.path.join(home, "runs")
     folders = [
         os.path.join(root, name)
@@ -131,7 +187,17 @@ def records(home: str) -> list[str]:
         if os.path.isfile(os.path.join(root, name, CONFIG_FILE))
         and os.path.isfile(os.path.join(root, name, SUMMARY_FILE))
     ]
-    return sorted(folders, key=lambda f: (_started(f), f), reverse=True)
+
+    def newest_first(folder: str) -> tuple:
+        summary = _summary_or_empty(folder)
+        number = summary.get("sequence")
+        if not summary:  # unreadable: first, so `latest` names it as it passes it by
+            return (2, 0, _started(folder), folder)
+        if isinstance(number, int) and not isinstance(number, bool):
+            return (1, number, _started(folder), folder)
+        return (0, 0, _started(folder), folder)
+
+    return sorted(folders, key=newest_first, reverse=True)
 
 
 _RUN_ID_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2})[:_](\d{2})[:_](\d{2})(\.\d+)?")

@@ -54,6 +54,9 @@ class RunSummary:
     left_out_classes: list[dict] = dataclasses.field(default_factory=list)
     # Why the run's record (HOME/runs/<run_id>/) could not be saved (a full disk); else None.
     record_error: str | None = None
+    # The run's number in its home (1, 2, ...), given as it starts under the home's lock: records
+    # are ordered by it, not by the clock (a time zone other than cron's, a clock set back).
+    sequence: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
