@@ -376,3 +376,42 @@ def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_s
     check_pipeline_name_is_this_homes(ours.replace(pipeline_name="team-b"))
     # A home's own SQLite store holds nothing of another home's: not looked at.
     check_pipeline_name_is_this_homes(PipelineConfig(home=str(tmp_path / "sqlite")).resolved())
+
+
+def test_a_failed_components_error_is_stored_on_postgresql(postgres_server, monkeypatch):
+    """TFX records a failed execution's error as JSON, whose escapes (line breaks, quotes in a
+    traceback) ML Metadata 1.16's PostgreSQL backend writes as broken SQL: the write failed,
+    the real error ("got 0 artifacts") was replaced by a syntax error, and the execution stayed
+    RUNNING. The message is now written without escapes, and TFX reads it back."""
+    from tfx.orchestration.portable.mlmd import execution_lib
+    from tfx.proto.orchestration import execution_result_pb2
+
+    from imgpipe.orchestration import execution_results
+
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    store = metadata.connect(PipelineConfig(metadata=postgres_server.url("mlmd_unit_results")))
+    type_id = store.put_execution_type(metadata_store_pb2.ExecutionType(name="InfraValidator"))
+    message = 'Traceback (most recent call last):\n  File "launcher.py"\nInsufficientInputError: inputs[model_blessing] \\ got 0'
+    result = execution_result_pb2.ExecutionResult(code=9, result_message=message)
+
+    def store_result() -> metadata_store_pb2.Execution:
+        execution = metadata_store_pb2.Execution(
+            type_id=type_id, last_known_state=metadata_store_pb2.Execution.FAILED
+        )
+        execution_lib.set_execution_result(result, execution)
+        [eid] = store.put_executions([execution])
+        return store.get_executions_by_id([eid])[0]
+
+    with pytest.raises(Exception, match="syntax error"):  # the fault, as TFX writes it
+        store_result()
+    with execution_results.storable(shared_store=True):
+        stored = store_result()
+    back = execution_lib.get_execution_result(stored)  # as TFX reads it
+    assert back.code == 9
+    assert back.result_message == (
+        "Traceback (most recent call last): |   File 'launcher.py' | InsufficientInputError: "
+        "inputs[model_blessing] / got 0"
+    )
+    assert "\\" not in stored.custom_properties["__execution_result__"].string_value
+    with execution_results.storable(shared_store=False):  # SQLite stores TFX's own text
+        assert execution_lib.set_execution_result.__module__ == execution_lib.__name__

@@ -312,7 +312,7 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
     """
     from airflow.exceptions import AirflowFailException
 
-    from imgpipe.orchestration import cache_outputs, diagnosis, metadata, recovery
+    from imgpipe.orchestration import cache_outputs, diagnosis, execution_results, metadata, recovery
     from imgpipe.orchestration.summary import withdraw_unserved_blessings
     from pipeline.pipeline import RESOLVER_ID
 
@@ -341,7 +341,11 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
         withdraw_unserved_blessings(cfg, runs_finished=True)
     # Beam on this worker imports the installed TFX: no sdist of it per component (as `imgpipe run`).
     # TFX's cache read by artifact id, as in `imgpipe run` (orchestration/cache_outputs.py).
-    with scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner), cache_outputs.by_artifact_id():
+    with (
+        scratch.no_tfx_package_for_local_beam(cfg.beam.beam_runner),
+        cache_outputs.by_artifact_id(),
+        execution_results.storable(cfg.metadata_target is not None),
+    ):
         try:
             result = operator.execute(context)
         except Exception as e:

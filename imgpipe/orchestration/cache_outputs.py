@@ -16,7 +16,8 @@ mapping, so every later re-run found it again.
 `by_artifact_id()` replaces both readers for a block: events, artifacts and types
 are matched by id, and a recorded execution whose event names an artifact under
 another key than the execution that made it used (such a recorded mapping) is no
-cache hit, so the component runs and the chain is mended.
+cache hit: TFX takes the next candidate of the cache key (the producing execution's own
+outputs, while they exist), or runs the component.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def outputs_of_events(store, events: Iterable[metadata_store_pb2.Event]) -> dict
     that produced it (a cached execution recorded by a reader that paired them by position)."""
     from tfx.types import artifact_utils
 
-    outputs = sorted((e for e in events if e.type == _OUTPUT), key=lambda e: (_key(e), _index(e)))
+    # In the events' own order (each key's artifacts by their index): the keys come out in the
+    # order the producer recorded them, which the CACHED execution then records in turn.
+    outputs = sorted((e for e in events if e.type == _OUTPUT), key=_index)
     ids = sorted({e.artifact_id for e in outputs})
     artifacts = {a.id: a for a in store.get_artifacts_by_id(ids)} if ids else {}
     if len(artifacts) != len(ids):

@@ -35,6 +35,7 @@ from imgpipe.ingest import IngestError, validate_tfrecord_dir
 from imgpipe.orchestration import (
     cache_outputs,
     diagnosis,
+    execution_results,
     metadata,
     paths,
     recovery,
@@ -477,6 +478,7 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             with (
                 scratch.no_tfx_package_for_local_beam(config.beam.beam_runner),
                 cache_outputs.by_artifact_id(),  # a cached component's outputs under their own keys
+                execution_results.storable(config.metadata_target is not None),  # errors PostgreSQL can store
                 tracker.installed(),
                 contextlib.ExitStack() as servers,
             ):
