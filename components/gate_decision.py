@@ -1081,9 +1081,18 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
                     f" on the {unseen} {what} of the classes both models have "
                     f"({_names(plan.baseline.shared_classes)}; {plan.baseline.label_change})"
                 )
+            added = plan.baseline.shared_classes is not None and set(plan.class_names) - set(
+                plan.baseline.shared_classes
+            )
+            way = (
+                f" (there, the candidate's answers of {_names(sorted(added))} count as wrong; to accept a drop on "
+                "the classes both have for the class added, raise --max-regression)"
+                if added
+                else ""
+            )
             out.append(
                 f"{plan.floor.metric_text} {current:.3f}{where} regressed from the latest blessed model's {base_text} "
-                f"by more than max_regression {plan.max_regression:.3f}"
+                f"by more than max_regression {plan.max_regression:.3f}{way}"
             )
         elif f.precision:
             out.append(_precision_reason(plan, results, f))
