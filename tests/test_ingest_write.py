@@ -156,6 +156,40 @@ def test_overwrite_replaces_only_what_ingest_writes(tmp_path: Path, given) -> No
     assert sorted(p.name for p in (out / "train").iterdir()) == ["first.tfrecord", "second.tfrecord"]
 
 
+def test_an_unchanged_split_is_kept_with_its_file_times(tmp_path: Path, given) -> None:
+    """A nightly ingest of unchanged images rewrote every shard; ExampleGen fingerprints its input
+    by path, size and modification time, so each run trained again and pushed a copy of the served
+    model. A split whose shards are byte for byte the same stays as it was; a changed one is
+    replaced."""
+    import os
+
+    images, c, plan = given
+    out = tmp_path / "out"
+    write_outputs(str(images), str(out), plan, _report(images, out, plan))
+    old = 1_000_000_000
+    for shard in (out / "train").iterdir():
+        os.utime(shard, (old, old))
+    for shard in (out / "eval").iterdir():
+        os.utime(shard, (old, old))
+    said = []
+    write_outputs(
+        str(images), str(out), plan, _report(images, out, plan), overwrite=True, progress=said.append
+    )
+    assert said == ["train/ and eval/ unchanged (the same bytes): kept as they were"]
+    assert {p.stat().st_mtime for p in (out / "train").iterdir()} == {old}
+    assert not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
+    # One shard's bytes differ (another image under a class): that split is written again.
+    (out / "eval" / sorted(os.listdir(out / "eval"))[0]).write_bytes(b"other")
+    said.clear()
+    write_outputs(
+        str(images), str(out), plan, _report(images, out, plan), overwrite=True, progress=said.append
+    )
+    assert said == ["train/ unchanged (the same bytes): kept as it was"]
+    assert all(p.stat().st_mtime > old for p in (out / "eval").iterdir())
+    assert (out / "eval" / sorted(os.listdir(out / "eval"))[0]).read_bytes() != b"other"
+    assert sorted(p.name for p in out.iterdir()) == WRITTEN
+
+
 def test_out_dir_rules(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from imgpipe.ingest.contract import CLASSES_FILE, FILES_FILE, REPORT_FILE, SPLITS, example_bytes
@@ -160,10 +160,24 @@ def write_outputs(
                 for cand in plan.records(split):
                     line = {"split": split, "sha256": cand.sha256, "path": display_path(cand.rel)}
                     index.write(json.dumps(line, ensure_ascii=False) + "\n")
+        # A split whose shards are byte for byte the ones there stays as it is, file times
+        # included: ExampleGen fingerprints its input by path, size and modification time, so a
+        # nightly ingest of unchanged images would otherwise make every run train again and
+        # push a copy of the served model.
+        kept = [
+            split
+            for split in SPLITS
+            if overwrite and _same_files(os.path.join(staging, split), os.path.join(out_dir, split))
+        ]
+        if kept:
+            say(
+                f"{' and '.join(f'{s}/' for s in kept)} unchanged (the same bytes): kept as {'it was' if len(kept) == 1 else 'they were'}"
+            )
         if overwrite:
-            _remove_previous_outputs(out_dir)
+            _remove_previous_outputs(out_dir, keep=kept)
         for name in (*SPLITS, CLASSES_FILE, REPORT_FILE, FILES_FILE):
-            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+            if name not in kept:
+                os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     except (OSError, tf.errors.OpError) as exc:
         undo()
         text = tf_error_text(exc) if isinstance(exc, tf.errors.OpError) else str(exc)
@@ -194,8 +208,33 @@ def _write_json(path: str, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _remove_previous_outputs(out_dir: str) -> None:
-    """Delete only what ``ingest`` writes (used with overwrite=True); what an interrupted ingest
-    left was removed as the write began (``_leftovers``)."""
+def _remove_previous_outputs(out_dir: str, keep: Sequence[str] = ()) -> None:
+    """Delete only what ``ingest`` writes (used with overwrite=True), but the splits in `keep`;
+    what an interrupted ingest left was removed as the write began (``_leftovers``)."""
     for name in (*SPLITS, REPORT_FILE, CLASSES_FILE, FILES_FILE):
-        _remove(os.path.join(out_dir, name))
+        if name not in keep:
+            _remove(os.path.join(out_dir, name))
+
+
+def _same_files(new: str, old: str) -> bool:
+    """Whether folder `old` holds exactly the files of folder `new` (names and bytes), no more."""
+    if not os.path.isdir(old) or os.path.islink(old):
+        return False
+    names = sorted(os.listdir(new))
+    if sorted(os.listdir(old)) != names:
+        return False
+    for name in names:
+        a, b = os.path.join(new, name), os.path.join(old, name)
+        if not os.path.isfile(b) or os.path.islink(b) or os.path.getsize(a) != os.path.getsize(b):
+            return False
+    return all(_same_bytes(os.path.join(new, n), os.path.join(old, n)) for n in names)
+
+
+def _same_bytes(a: str, b: str, chunk: int = 1 << 20) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
