@@ -513,8 +513,12 @@ def test_a_run_failing_in_example_gen_names_the_damaged_files(tmp_path: Path) ->
     beams = ValueError("Not a valid TFRecord. Fewer than 694 bytes: b'" + "0a" * 50_000 + "'")
     message = _failure_message(PipelineConfig(data_dir=str(out)), "ImportExampleGen", beams)
     head, *rest = message.splitlines()
-    assert head.startswith("ImportExampleGen failed: ValueError: Not a valid TFRecord. Fewer than 694 bytes")
-    assert len(head) < MAX_ERROR_LINE + 100 and "characters) ... " in head and head.endswith("0a'")
+    assert head == (
+        "ImportExampleGen failed: ValueError: Not a valid TFRecord. Fewer than 694 bytes: "
+        f"b'{'0a' * 16}...' (50000 bytes)"
+    )
+    long = _failure_message(PipelineConfig(data_dir=str(out)), "ImportExampleGen", ValueError("x" * 5000))
+    assert len(long.splitlines()[0]) < MAX_ERROR_LINE + 100 and "characters) ... " in long
     assert rest[0].startswith("damaged TFRecord files") and rest[1].strip() == damaged
     # The line's end is kept too: ML Metadata puts its cause after the execution it could not write.
     mlmd = RuntimeError("Cannot create node for type_id: 31 " + "x" * 2000 + " database or disk is full")

@@ -22,6 +22,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -570,11 +571,16 @@ def _stop_interrupted_executions(config: PipelineConfig, run_id: str, how: str) 
 MAX_ERROR_LINE = 600  # characters of one line of an error shown (a hex dump of a record is 100k)
 
 
+_HEX_DUMP = re.compile(r"b'([0-9a-fA-F]{64,})'")
+
+
 def _failure_message(config: PipelineConfig, component: str | None, error: BaseException) -> str:
     """The message of a failed run: `<component> failed: <error>`, each line cut to MAX_ERROR_LINE;
     when an ExampleGen failed, the damaged TFRecord files of its input named (its error names none)."""
     lines = []
     for line in f"{type(error).__name__}: {error}".splitlines() or [""]:
+        # A record's bytes as hex (Beam's "Not a valid TFRecord ... b'0adc04...'"): its head is enough.
+        line = _HEX_DUMP.sub(lambda m: f"b'{m.group(1)[:32]}...' ({len(m.group(1)) // 2} bytes)", line)
         if len(line) > MAX_ERROR_LINE:
             # Head and tail: a library's message often ends with its cause (ML Metadata's
             # "database or disk is full" after 2,000 characters of the execution it could not write).
