@@ -452,3 +452,35 @@ def test_a_judged_runs_accuracy_is_the_gates_not_tfmas(tmp_path):
     s = summarize_run(PipelineConfig(home=home.home), "run1")
     assert (s.accuracy, s.per_class_accuracy, s.baseline_accuracy) == (0.5, {"a": 0.4, "b": 0.6}, None)
     assert s.gate["whole_split"]["accuracy"] == 0.9
+
+
+def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
+    """Every push stays in the serving dir: 7 versions (69 MB) after 27 runs of one schedule, and
+    nothing in imgpipe removed any. --keep-versions K keeps the newest K (the newest is served)."""
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.summary import RunSummary
+
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=1)
+    config = PipelineConfig(home=home.home, serving_dir=str(tmp_path / "serving"), model_name="m").resolved()
+    runs.write_record(config, RunSummary("r1", True, None, 0.9, 1, {}))
+    base = tmp_path / "serving" / "m"
+    for version in ("1700000001", "1700000002", "1700000003", "0001700000004"):
+        os.makedirs(base / version / "variables")
+        (base / version / "saved_model.pb").write_bytes(b"x" * 100)
+    (base / ".push-host-1-staging").mkdir()  # a push in progress: not a version
+
+    with pytest.raises(PruneError, match="keep_versions: must be 1 or more"):
+        prune_home(home.home, keep=1, keep_versions=0)
+    dry = prune_home(home.home, keep=1, dry_run=True, keep_versions=2)
+    assert [v["path"] for v in dry.versions_removed] == [str(base / "1700000001"), str(base / "1700000002")]
+    assert dry.versions_kept == [str(base / "1700000003"), str(base / "0001700000004")]
+    assert all(v["bytes"] == 100 for v in dry.versions_removed) and (base / "1700000001").is_dir()
+    assert cli.main(["prune", "--home", home.home, "--keep", "1", "--keep-versions", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["keep_versions"] == 2 and len(out["versions_removed"]) == 2
+    assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000003"]
+    # Without it the serving dirs are left alone.
+    assert prune_home(home.home, keep=1).versions_removed == []
+    assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000003"]

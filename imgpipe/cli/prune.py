@@ -25,6 +25,14 @@ def _add(p: argparse.ArgumentParser) -> None:
         help="keep the artifacts of the newest N runs (the latest blessed model, its blessing and the "
         "latest push record are always kept)",
     )
+    p.add_argument(
+        "--keep-versions",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also delete all but the newest K versions in the serving dirs the home's runs pushed to "
+        "(default: the serving dirs are left alone; the newest version is the one served)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report what would be removed; change nothing")
     add_lock_wait_argument(p, locks="the home")
 
@@ -33,14 +41,22 @@ def _run(args: argparse.Namespace) -> int:
     from imgpipe.orchestration.prune import PruneError, prune_home  # loads ML Metadata: only when it runs
 
     try:
-        result = prune_home(args.home, args.keep, dry_run=args.dry_run, lock_wait=args.lock_wait)
+        result = prune_home(
+            args.home,
+            args.keep,
+            dry_run=args.dry_run,
+            lock_wait=args.lock_wait,
+            keep_versions=args.keep_versions,
+        )
     except PruneError as e:
         raise UsageError(str(e)) from e
     removed = sum(len(p.removed) for p in result.pipelines.values())
+    versions = f" and {len(result.versions_removed)} old served version(s)" if result.keep_versions else ""
     log.info(
-        "%s %d artifact(s) of old runs, %d bytes%s",
+        "%s %d artifact(s) of old runs%s, %d bytes%s",
         "would remove" if result.dry_run else "removed",
         removed,
+        versions,
         result.bytes_freed,
         " (dry run: nothing changed)" if result.dry_run else "",
     )

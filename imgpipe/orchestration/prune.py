@@ -43,6 +43,7 @@ from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import PipelineConfig
+from serving.version_names import version_number
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ class PruneResult:
     bytes_freed: int = 0
     # LIVE models whose folder was gone: marked DELETED, so none is kept as the baseline ({id, uri}).
     missing_models: list[dict] = dataclasses.field(default_factory=list)
+    # With keep_versions: the served versions kept ({path}) and removed ({path, bytes}), per
+    # model serving dir named in the home's run records.
+    keep_versions: int | None = None
+    versions_kept: list[str] = dataclasses.field(default_factory=list)
+    versions_removed: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -228,14 +234,22 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0.0) -> PruneResult:
+def prune_home(
+    home: str, keep: int, dry_run: bool = False, lock_wait: float = 0.0, keep_versions: int | None = None
+) -> PruneResult:
     """Prune every pipeline in `home`, keeping its newest `keep` runs and the gate's lineage.
 
-    dry_run: report what would be removed and change nothing. Raises PruneError
-    for a bad home or keep, lock.LockBusy while a run holds the home.
+    dry_run: report what would be removed and change nothing. keep_versions: also remove all
+    but the newest `keep_versions` versions in each model serving dir the home's run records
+    name (None: the serving dirs are left alone). Raises PruneError for a bad home, keep or
+    keep_versions, lock.LockBusy while a run holds the home.
     """
     if keep < 0:
         raise PruneError(f"keep: must be 0 or more runs, got {keep}")
+    if keep_versions is not None and keep_versions < 1:
+        raise PruneError(
+            f"keep_versions: must be 1 or more (the newest version is the one served), got {keep_versions}"
+        )
     home = os.path.abspath(os.path.expanduser(home))
     metadata_path = os.path.join(home, METADATA_FILE)
     if not os.path.isfile(metadata_path):
@@ -251,9 +265,46 @@ def prune_home(home: str, keep: int, dry_run: bool = False, lock_wait: float = 0
     if dry_run and not os.access(home, os.W_OK):
         # A read-only home (a snapshot, a read-only mount): no run can change it, and the lock
         # file cannot be opened; a dry run only reads.
-        return _prune_holding_lock(home, metadata_path, keep, dry_run)
+        return _with_versions(_prune_holding_lock(home, metadata_path, keep, dry_run), keep_versions)
     with run_lock(home_lock_path(home), wait=lock_wait, holder="prune"):
-        return _prune_holding_lock(home, metadata_path, keep, dry_run)
+        return _with_versions(_prune_holding_lock(home, metadata_path, keep, dry_run), keep_versions)
+
+
+def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResult:
+    """`result` with the old served versions removed (or, in a dry run, listed), their bytes counted."""
+    if keep_versions is None:
+        return result
+    result.keep_versions = keep_versions
+    for serving_dir in _model_serving_dirs(result.home):
+        versions = sorted(
+            (number, name)
+            for name in (os.listdir(serving_dir) if os.path.isdir(serving_dir) else [])
+            if (number := version_number(name)) is not None and os.path.isdir(os.path.join(serving_dir, name))
+        )
+        old, kept = versions[: max(0, len(versions) - keep_versions)], versions[-keep_versions:]
+        result.versions_kept += [os.path.join(serving_dir, name) for _, name in kept]
+        for _, name in old:
+            path = os.path.join(serving_dir, name)
+            result.versions_removed.append({"path": path, "bytes": scratch.tree_bytes(path)})
+            if not result.dry_run:
+                # A server with a "latest" policy serves the newest only; the next run's recovery
+                # retires the push records of versions gone (recovery.forget_missing_pushes).
+                shutil.rmtree(path, ignore_errors=True)
+    result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
+    return result
+
+
+def _model_serving_dirs(home: str) -> list[str]:
+    """Every model serving dir (SERVING_DIR/MODEL_NAME) the home's run records name."""
+    found = set()
+    for folder in runs.records(home):
+        try:
+            config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE))
+        except Exception:  # noqa: BLE001 - a damaged record names nothing
+            continue
+        if os.path.isabs(config.model_serving_dir):  # records hold resolved (absolute) paths
+            found.add(os.path.normpath(config.model_serving_dir))
+    return sorted(found)
 
 
 def _shared_store_of(home: str) -> str | None:
