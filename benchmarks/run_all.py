@@ -48,6 +48,7 @@ BENCHMARKS = (
     "small_slices",
     "orientation",
     "decoder_graph",
+    "run_records",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
