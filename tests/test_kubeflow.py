@@ -427,6 +427,7 @@ def test_create_pipeline_takes_plain_values_for_local_runs():
         "min_class_recall": 0.05,
         "min_class_precision": 0.0,
         "max_regression": 0.0,
+        "bless_without_comparison": False,
         "eval_batch_size": 128,
         "eval_graph_optimization": "auto",
     }
