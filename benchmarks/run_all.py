@@ -49,6 +49,7 @@ BENCHMARKS = (
     "orientation",
     "decoder_graph",
     "run_records",
+    "label_record",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
