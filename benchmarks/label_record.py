@@ -3,7 +3,7 @@
 The Trainer records, beside each train image's fingerprint, its label
 (`trainer/image_ids.py` `write`: `train_image_labels.npz`), and the next run's DataGate reads
 that record of the latest blessed model and the fingerprints and labels of its own train and
-eval splits to find images relabelled since (`components/data_gate.py` `relabelled_anomaly`).
+eval splits to find images relabelled since (`components/data_gate.py` `relabelled`).
 On the demo's target task (717 train, 179 eval records), interleaved in one process:
 
 - "write": `image_ids.write` (fingerprints and labels) against the fingerprints alone, as the
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     common.quiet()
     import numpy as np
 
-    from components.data_gate import relabelled_anomaly
+    from components.data_gate import relabelled
     from trainer import image_ids
 
     _, target = common.demo_tasks(args.workdir, args.image_size)
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             trained = image_ids.read_labels(os.path.join(tmp, "model-0"))
             indexed = {"train": image_ids.split_index(train), "eval": image_ids.split_index(evals)}
-            assert relabelled_anomaly(trained, indexed) is None
+            assert relabelled(trained, indexed) == (None, [])
             total = time.perf_counter() - start
             start = time.perf_counter()
             image_ids.split_index(train)  # done before this check too (copies of one image)

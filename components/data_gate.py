@@ -93,35 +93,68 @@ def failure_message(anomalies: list[str]) -> str:
 MAX_RELABELLED_SHOWN = 5  # label pairs named in the anomaly
 
 
-def relabelled_anomaly(
+# A share of one class's images (of those the latest blessed model trained on, found in this
+# run's data) that now carry one other label, from which the move is a class renamed or two
+# swapped (an anomaly) rather than a few labels corrected (a warning).
+RENAMED_SHARE = 0.5
+
+
+def relabelled(
     trained: dict[int, str], splits: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> str | None:
-    """The anomaly of images the latest blessed model trained on under another label than the
-    one they carry now (None without any). trained: {fingerprint: label} of its train images;
-    splits: this run's (fingerprints, labels) per split."""
-    moved: dict[tuple[str, str], set[int]] = {}
-    where: dict[tuple[str, str], set[str]] = {}
+) -> tuple[str | None, list[str]]:
+    """(the anomaly, the warnings) of images the latest blessed model trained on whose label it
+    learned is no longer among the labels they carry now. trained: {fingerprint: label} of its
+    train images; splits: this run's (fingerprints, labels) per split.
+
+    An image that keeps its old label somewhere (a copy in eval under another label: TFRecords
+    made elsewhere) did not move. A label pair that moved at least RENAMED_SHARE of the old
+    class's images found here is a class renamed or swapped: the anomaly. Fewer are label
+    corrections: a warning each, the run goes on."""
+    now: dict[int, set[str]] = {}
+    where: dict[int, set[str]] = {}
     for split, (ids, labels) in splits.items():
         for image, label in zip(ids.tolist(), labels, strict=True):
-            before = trained.get(image)
-            if before is not None and before != label:
-                moved.setdefault((before, label), set()).add(image)
-                where.setdefault((before, label), set()).add(split)
+            if image in trained:
+                now.setdefault(image, set()).add(str(label))
+                where.setdefault(image, set()).add(split)
+    found: dict[str, int] = {}  # old label -> its images found here
+    moved: dict[tuple[str, str], set[int]] = {}
+    for image, labels in now.items():
+        before = trained[image]
+        found[before] = found.get(before, 0) + 1
+        if before not in labels:
+            for after in sorted(labels):
+                moved.setdefault((before, after), set()).add(image)
     if not moved:
-        return None
-    pairs = sorted(moved.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    shown = "; ".join(
-        f"{len(images)} trained as {before!r} now labelled {after!r} ({', '.join(sorted(where[(before, after)]))})"
-        for (before, after), images in pairs[:MAX_RELABELLED_SHOWN]
-    )
+        return None, []
+
+    def text(pair: tuple[str, str]) -> str:
+        images = moved[pair]
+        splits_of = sorted(set().union(*(where[i] for i in images)))
+        return (
+            f"{len(images)} of the {found[pair[0]]} trained as {pair[0]!r} now labelled {pair[1]!r} "
+            f"({', '.join(splits_of)})"
+        )
+
+    pairs = sorted(moved, key=lambda pair: (-len(moved[pair]), pair))
+    renamed = [pair for pair in pairs if len(moved[pair]) >= RENAMED_SHARE * found[pair[0]]]
+    warnings = [
+        f"{text(pair)}: label corrections? (the latest blessed model learned them the other way)"
+        for pair in pairs
+        if pair not in renamed
+    ]
+    if not renamed:
+        return None, warnings
+    shown = "; ".join(text(pair) for pair in renamed[:MAX_RELABELLED_SHOWN])
     more = (
-        f"; and {len(pairs) - MAX_RELABELLED_SHOWN} more pairs" if len(pairs) > MAX_RELABELLED_SHOWN else ""
+        f"; and {len(renamed) - MAX_RELABELLED_SHOWN} more pairs"
+        if len(renamed) > MAX_RELABELLED_SHOWN
+        else ""
     )
-    total = sum(len(images) for images in moved.values())
     return (
-        f"{RELABELLED}: {total} image{'' if total == 1 else 's'}: {shown}{more} (class folders renamed or "
-        "swapped? the gate's comparison leaves out the images the served model trained on, so it would "
-        "not see this)"
+        f"{RELABELLED}: {shown}{more} (class folders renamed or swapped? the gate's comparison leaves out "
+        "the images the served model trained on, so it would not see this)",
+        warnings,
     )
 
 
@@ -182,6 +215,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
 
         anomalies = find_anomalies(splits, validator, baseline_classes)
         trained = _trained_labels(baselines[0].uri) if baselines else None
+        relabel_warnings: list[str] = []
         copies = {}
         for examples in input_dict.get(EXAMPLES_KEY) or []:  # the train split's copies of one image
             train = os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")
@@ -195,9 +229,10 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 eval_files = os.path.join(artifact_utils.get_split_uri([examples], "eval"), "*")
                 if tf.io.gfile.glob(eval_files):
                     indexed["eval"] = image_ids.split_index(eval_files)
-                found = relabelled_anomaly(trained, indexed)
+                found, corrections = relabelled(trained, indexed)
                 anomalies += [found] if found else []
-        warnings = label_warnings(splits)
+                relabel_warnings += corrections
+        warnings = label_warnings(splits) + relabel_warnings
         for w in warnings:
             log.warning("data gate: %s", w)
         allow = bool(exec_properties.get(ALLOW_KEY))
@@ -211,7 +246,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
         if stopping and not allow:
             raise DataGateError(failure_message(stopping))
         for a in accepted:
-            log.warning("label set change accepted (--accept-label-change): %s", a)
+            log.warning("label change accepted (--accept-label-change): %s", a)
         for a in stopping if allow else []:
             log.warning("data anomaly allowed (--allow-anomalies): %s", a)
         report = Report(
@@ -229,10 +264,16 @@ def _trained_labels(model_uri: str) -> dict[int, str] | None:
     """The latest blessed model's {fingerprint: label} of its train images; None, logged, when it
     keeps no readable record (a model trained before imgpipe kept one)."""
     try:
-        return image_ids.read_labels(model_uri)
+        found = image_ids.read_labels(model_uri)
     except ValueError as e:
         log.warning("the latest blessed model's record of its train images' labels is unreadable: %s", e)
         return None
+    if found is None:
+        log.info(
+            "the latest blessed model keeps no record of its train images' labels (trained by an earlier "
+            "imgpipe): images relabelled since are not looked for"
+        )
+    return found
 
 
 class DataGateSpec(ComponentSpec):

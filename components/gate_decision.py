@@ -851,8 +851,10 @@ class GatePlan:
     # gates nothing; see JudgedOn and judged_results).
     judged_on: JudgedOn | None = None
     min_class_precision: float | None = None  # None: off
-    # A blessed model that cannot be compared stops the blessing (gate.bless_without_comparison off).
-    require_comparison: bool = True
+    # A blessed model that cannot be compared stops the blessing, unless this says why not:
+    # gate.bless_without_comparison, or a label change accepted in this run (its served model
+    # answers for other labels: a comparison would say nothing).
+    comparison_waived: str | None = None
 
     @property
     def metric(self) -> str:
@@ -866,10 +868,12 @@ def plan_gate(
     baseline_classes: Sequence[str] | None,
     baseline_identical: bool = False,
     judged_on: JudgedOn | None = None,
+    label_change_accepted: bool = False,
 ) -> GatePlan:
     """The thresholds for this run; GateNotComputable when the eval split cannot judge the model.
 
-    eval_label_counts: of the records the candidate is judged on (`judged_on`'s, when given)."""
+    eval_label_counts: of the records the candidate is judged on (`judged_on`'s, when given).
+    label_change_accepted: the data gate let a label change through (accept_label_change)."""
     check_computable(eval_label_counts, class_names, judged_on)
     where = "the eval split's" if judged_on is None else "the judged eval images'"
     metric, why = gated_metric(gate.metric, eval_label_counts, where)
@@ -884,7 +888,14 @@ def plan_gate(
         eval_classes=tuple(sorted(c for c, n in eval_label_counts.items() if n > 0)),
         metric_reason=why,
         judged_on=judged_on,
-        require_comparison=not gate.bless_without_comparison,
+        comparison_waived=(
+            "gate.bless_without_comparison"
+            if gate.bless_without_comparison
+            else "a label change was accepted (--accept-label-change): the latest blessed model answers for "
+            "other labels"
+            if label_change_accepted
+            else None
+        ),
     )
 
 
@@ -893,10 +904,15 @@ def uncompared_failure(plan: GatePlan) -> Failure | None:
     and the plan skipped it: too few eval images neither trained on, too few classes in common),
     unless the gate blesses without a comparison; None otherwise. Without it, a model on a
     smaller eval split had only the chance floor to pass, and replaced a better served model."""
-    skipped = plan.baseline.skipped_reason
-    if plan.baseline.compared or skipped is None or skipped == NO_BASELINE or not plan.require_comparison:
+    if not uncompared(plan) or plan.comparison_waived:
         return None
     return Failure(None, True, None, uncompared=True)
+
+
+def uncompared(plan: GatePlan) -> bool:
+    """Whether there is a blessed model and the plan does not compare the candidate with it."""
+    skipped = plan.baseline.skipped_reason
+    return not plan.baseline.compared and skipped is not None and skipped != NO_BASELINE
 
 
 # ------------------------------------------------------------ TFMA's answer, plainly
@@ -909,7 +925,7 @@ class Failure:
     value: float | None
     precision: bool = False  # True: the class's precision floor (min_class_precision), else its recall
     # True: a blessed model exists and could not be compared (BaselinePlan.skipped_reason), and
-    # the gate does not bless without a comparison (GatePlan.require_comparison).
+    # the gate does not bless without a comparison (GatePlan.comparison_waived is None).
     uncompared: bool = False
 
 
@@ -1209,6 +1225,9 @@ def gate_record(
             "candidate_accuracy": _candidate_accuracy(plan, results),
             "shared_classes": list(plan.baseline.shared_classes) if plan.baseline.shared_classes else None,
             "label_change": plan.baseline.label_change,
+            # Why a model was judged on the floors alone though a blessed model exists (None: it
+            # was compared, or there is none, or it could not be and the model was not blessed).
+            "comparison_waived": plan.comparison_waived if uncompared(plan) else None,
         },
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),

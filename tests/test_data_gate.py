@@ -415,6 +415,7 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
     from trainer import image_ids
 
     old = [(b"a1", "five"), (b"a2", "five"), (b"b1", "six"), (b"b2", "six"), (b"c1", "seven")]
+    old += [(b"c2", "seven"), (b"c3", "seven")]
     inputs, outputs = _artifacts(
         tmp_path,
         {"five": 4, "six": 4, "seven": 4},
@@ -422,26 +423,35 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
         baseline_vocab=["five", "seven", "six"],
     )
     _with_train_examples(tmp_path, inputs, old, where="old")
-    assert image_ids.write(str(tmp_path / "baseline"), str(tmp_path / "old" / "Split-train" / "*")) == 5
+    assert image_ids.write(str(tmp_path / "baseline"), str(tmp_path / "old" / "Split-train" / "*")) == 7
     assert image_ids.read_labels(str(tmp_path / "baseline")) == {
         image_ids.fingerprint(image): label for image, label in old
     }
-    new_train = [(b"a1", "six"), (b"b1", "five"), (b"c1", "seven"), (b"d1", "six")]
+    # five and six swapped; one seven of three relabelled (a correction, not a rename).
+    new_train = [(b"a1", "six"), (b"b1", "five"), (b"b2", "five"), (b"c1", "seven"), (b"c2", "seven")]
+    new_train += [(b"c3", "six"), (b"d1", "six")]
     _with_train_examples(tmp_path, inputs, new_train, eval_items=[(b"a2", "six")])
     with pytest.raises(DataGateError) as e:
         DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
     found = (
-        "images relabelled since the latest blessed model trained on them: 3 images: 2 trained as 'five' "
-        "now labelled 'six' (eval, train); 1 trained as 'six' now labelled 'five' (train) (class folders "
-        "renamed or swapped?"
+        "images relabelled since the latest blessed model trained on them: 2 of the 2 trained as 'five' "
+        "now labelled 'six' (eval, train); 2 of the 2 trained as 'six' now labelled 'five' (train) (class "
+        "folders renamed or swapped?"
     )
     assert f"\n  - {found}" in str(e.value), str(e.value)
+    assert "seven" not in str(e.value)
     assert "pass --accept-label-change if the labels changed on purpose" in str(e.value)
-    # On purpose: --accept-label-change lets it through, and the report keeps it.
+    # On purpose: --accept-label-change lets it through, and the report keeps it; the correction
+    # is a warning.
     DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0, "accept_label_change": 1})
     with open(tmp_path / "report" / "data_gate.json", encoding="utf-8") as f:
-        [allowed] = json.load(f)["anomalies_allowed"]
+        report = json.load(f)
+    [allowed] = report["anomalies_allowed"]
     assert allowed.startswith(found)
+    assert report["warnings"] == [
+        "1 of the 3 trained as 'seven' now labelled 'six' (train): label corrections? (the latest blessed "
+        "model learned them the other way)"
+    ]
     # With another anomaly beside it, the message names both ways past.
     assert "--accept-label-change lets through the label changes alone, --allow-anomalies every" in (
         failure_message([allowed, "eval: feature 'label': Unexpected string values"])
@@ -449,6 +459,24 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
     # A model without the record (trained before it was kept): nothing to compare, no anomaly.
     os.remove(tmp_path / "baseline" / image_ids.LABELS_FILE)
     DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+
+
+def test_an_image_that_keeps_its_label_somewhere_was_not_relabelled():
+    """TFRecords made elsewhere with one image in train as 'zero' and in eval as 'one': the model
+    trained on 'zero', and every later run on the same records stopped as if it had been
+    relabelled (and every model recorded it again)."""
+    import numpy as np
+
+    from components.data_gate import relabelled
+    from trainer import image_ids
+
+    ids = np.array([image_ids.fingerprint(b"x"), image_ids.fingerprint(b"y")], np.uint64)
+    trained = {int(ids[0]): "zero", int(ids[1]): "one"}
+    same = {
+        "train": (ids, np.array(["zero", "one"], dtype=object)),
+        "eval": (ids[:1], np.array(["one"], dtype=object)),
+    }
+    assert relabelled(trained, same) == (None, [])
 
 
 def test_an_image_under_two_labels_in_train_stops_the_run_and_repeats_are_counted(tmp_path):

@@ -308,6 +308,7 @@ def test_a_class_added_compares_the_models_on_the_classes_both_have(
         "candidate_accuracy": compared[0],
         "shared_classes": ["a", "b"],
         "label_change": "new class 'c'",
+        "comparison_waived": None,
     }
     if not blessed:
         assert gate["reasons"] == [
@@ -405,6 +406,7 @@ def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, 
         "candidate_accuracy": 0.9,
         "shared_classes": None,
         "label_change": None,
+        "comparison_waived": None,
     }
 
 
@@ -747,6 +749,7 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
         "candidate_accuracy": on_unseen[0],
         "shared_classes": None,
         "label_change": None,
+        "comparison_waived": None,
     }
     assert outputs["blessing"][0].get_int_custom_property("blessed") == int(blessed)
     if not blessed:

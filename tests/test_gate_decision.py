@@ -76,6 +76,7 @@ BASELINE_KEYS = {
     "candidate_accuracy",
     "shared_classes",
     "label_change",
+    "comparison_waived",
 }
 
 
@@ -272,6 +273,7 @@ def test_record_has_every_contract_key():
         "candidate_accuracy": None,
         "shared_classes": None,
         "label_change": None,
+        "comparison_waived": None,
     }
     assert record["anomalies_allowed"] == ["eval: x"] and record["measured"] is None
 
@@ -857,8 +859,24 @@ def test_a_blessed_model_that_cannot_be_compared_stops_the_blessing_unless_told(
         other = plan_gate(config, counts, ["a", "b"], ["a", "c"])
         assert other.baseline.skipped_reason.endswith("1 class in common, too few to compare on")
         assert (uncompared_failure(other) is None) is bless_anyway
+    # A label change accepted in this run (a class renamed or two swapped): the served model answers
+    # for other labels, so the floors decide, and the record says why.
+    renamed = plan_gate(GateConfig(), counts, ["a", "b"], ["a", "c"], label_change_accepted=True)
+    assert uncompared_failure(renamed) is None
+    record = gate_record(renamed, EvalResults(0.95, 30, {"a": 0.95, "b": 0.95}, None), blessed=True)
+    assert record["baseline"]["comparison_waived"] == (
+        "a label change was accepted (--accept-label-change): the latest blessed model answers for other labels"
+    )
+    told = plan_gate(GateConfig(bless_without_comparison=True), counts, ["a", "b"], ["a", "c"])
+    assert gate_record(told, EvalResults(0.95, 30, {}, None), blessed=True)["baseline"][
+        "comparison_waived"
+    ] == ("gate.bless_without_comparison")
     first = plan_gate(GateConfig(), counts, ["a", "b"], None)
     assert first.baseline.skipped_reason == NO_BASELINE and uncompared_failure(first) is None
+    assert (
+        gate_record(first, EvalResults(0.95, 30, {}, None), blessed=True)["baseline"]["comparison_waived"]
+        is None
+    )
     assert uncompared_failure(plan_gate(GateConfig(), counts, ["a", "b"], ["a", "b"])) is None
 
 

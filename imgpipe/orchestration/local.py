@@ -626,8 +626,11 @@ def _log_gate(gate: dict | None) -> None:
     for reason in gate.get("reasons") or []:
         log.warning("not blessed: %s", reason)
     skipped = (gate.get("baseline") or {}).get("skipped_reason")
+    waived = (gate.get("baseline") or {}).get("comparison_waived")
     if skipped and skipped != NO_BASELINE:
         log.warning("no comparison with the latest blessed model: %s", skipped)
+    if waived and gate.get("blessed"):
+        log.warning("blessed on the floors alone, without that comparison: %s", waived)
 
 
 def check_data_dir(data_dir: str) -> None:
