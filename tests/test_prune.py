@@ -464,12 +464,18 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
     home = FakeHome(str(tmp_path / "home"))
     training_history(home, runs=1)
     config = PipelineConfig(home=home.home, serving_dir=str(tmp_path / "serving"), model_name="m").resolved()
-    runs.write_record(config, RunSummary("r1", True, None, 0.9, 1, {}))
     base = tmp_path / "serving" / "m"
+    runs.write_record(config, RunSummary("r1", True, str(base / "1700000003"), 0.9, 1, {}))
     for version in ("1700000001", "1700000002", "1700000003", "0001700000004"):
         os.makedirs(base / version / "variables")
         (base / version / "saved_model.pb").write_bytes(b"x" * 100)
     (base / ".push-host-1-staging").mkdir()  # a push in progress: not a version
+    # A failed run of this home named another home's serving dir: not this home's to prune.
+    theirs = tmp_path / "theirs" / "m"
+    for version in ("1", "2", "3"):
+        os.makedirs(theirs / version)
+    failed = config.replace(serving_dir=str(tmp_path / "theirs"))
+    runs.write_record(failed, RunSummary("r2", None, None, None, None, {}, failed="Trainer", error="x"))
 
     with pytest.raises(PruneError, match="keep_versions: must be 1 or more"):
         prune_home(home.home, keep=1, keep_versions=0)
@@ -481,6 +487,7 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["keep_versions"] == 2 and len(out["versions_removed"]) == 2
     assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000003"]
+    assert sorted(os.listdir(theirs)) == ["1", "2", "3"]
     # Without it the serving dirs are left alone.
     assert prune_home(home.home, keep=1).versions_removed == []
     assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000003"]

@@ -240,8 +240,8 @@ def prune_home(
     """Prune every pipeline in `home`, keeping its newest `keep` runs and the gate's lineage.
 
     dry_run: report what would be removed and change nothing. keep_versions: also remove all
-    but the newest `keep_versions` versions in each model serving dir the home's run records
-    name (None: the serving dirs are left alone). Raises PruneError for a bad home, keep or
+    but the newest `keep_versions` versions in each model serving dir the home's runs pushed
+    to (None: the serving dirs are left alone). Raises PruneError for a bad home, keep or
     keep_versions, lock.LockBusy while a run holds the home.
     """
     if keep < 0:
@@ -285,25 +285,36 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
         result.versions_kept += [os.path.join(serving_dir, name) for _, name in kept]
         for _, name in old:
             path = os.path.join(serving_dir, name)
-            result.versions_removed.append({"path": path, "bytes": scratch.tree_bytes(path)})
+            size = scratch.tree_bytes(path)
             if not result.dry_run:
                 # A server with a "latest" policy serves the newest only; the next run's recovery
                 # retires the push records of versions gone (recovery.forget_missing_pushes).
                 shutil.rmtree(path, ignore_errors=True)
+                if os.path.lexists(path):  # not ours to delete (permissions), or in use
+                    log.warning("served version %s could not be deleted: left as it is", path)
+                    result.versions_kept.append(path)
+                    continue
+            result.versions_removed.append({"path": path, "bytes": size})
     result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
     return result
 
 
 def _model_serving_dirs(home: str) -> list[str]:
-    """Every model serving dir (SERVING_DIR/MODEL_NAME) the home's run records name."""
+    """Every model serving dir (SERVING_DIR/MODEL_NAME) the home's runs pushed a version to, as
+    their records say (`pushed`: the version's path). Not the serving dir a record's config
+    names: a run that failed or pushed nothing may name another home's."""
     found = set()
     for folder in runs.records(home):
         try:
-            config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE))
-        except Exception:  # noqa: BLE001 - a damaged record names nothing
+            pushed = runs.read_summary(folder).get("pushed")
+        except runs.RecordError:
             continue
-        if os.path.isabs(config.model_serving_dir):  # records hold resolved (absolute) paths
-            found.add(os.path.normpath(config.model_serving_dir))
+        if (
+            isinstance(pushed, str)
+            and os.path.isabs(pushed)
+            and version_number(os.path.basename(pushed)) is not None
+        ):
+            found.add(os.path.dirname(os.path.normpath(pushed)))
     return sorted(found)
 
 
