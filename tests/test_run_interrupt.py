@@ -191,7 +191,9 @@ def test_a_run_that_died_without_a_word_is_recorded_by_the_next(tmp_path, monkey
         assert cli.main(["report", "2026-01-01T00:00:00.000001-dead", "--home", home]) == 2
         err = capsys.readouterr().err
         assert "run 2026-01-01T00:00:00.000001-dead has not written its record (started " in err
-        assert f"pid {gone.pid}, host " in err and "it is running, or it died" in err
+        assert f"pid {gone.pid}, host " in err and f"it died (its process {gone.pid} is gone" in err
+        assert cli.main(["report", "2026-01-01T00:00:01.000001-live", "--home", home]) == 2
+        assert ": it is running, and the next run" in capsys.readouterr().err
 
         monkeypatch.setattr(local_dag_runner.LocalDagRunner, "run_with_ir", lambda self, ir, *a, **kw: None)
         monkeypatch.setattr(local, "withdraw_unserved_blessings", lambda cfg: [])
@@ -220,8 +222,9 @@ def test_a_run_that_died_without_a_word_is_recorded_by_the_next(tmp_path, monkey
     assert recorded["error"].endswith(f"recorded by run {summary.run_id}")
     assert not os.path.exists(os.path.join(dead, runs.STARTED_FILE))
     assert dead in runs.records(home)
-    # A marker whose process is alive is left as it is; the new run's own marker is gone with its record.
-    assert [f for f, _ in runs.unfinished(home)] == [live]
+    # Holding the home's lock, the new run knows no other run of the home is alive, whatever a
+    # process id says (a reused one may be): both are recorded. Its own marker is gone with its record.
+    assert runs.unfinished(home) == [] and live in runs.records(home)
     assert os.path.isfile(os.path.join(summary.run_dir, runs.SUMMARY_FILE))
     assert not os.path.exists(os.path.join(summary.run_dir, runs.STARTED_FILE))
     # `report` of the dead run now says why it has no report.

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -49,7 +48,6 @@ from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
 from imgpipe.stop_signals import stopped_by
 from pipeline.config import ConfigError, PipelineConfig
-from trainer import liveness
 from trainer.imagenet import WeightsUnavailable, check_imagenet_weights
 
 log = logging.getLogger(__name__)
@@ -284,17 +282,12 @@ def record_dead_runs(config: PipelineConfig, run_id: str) -> list[RunSummary]:
     """Write the record of each run of this home that started and wrote none (runs.unfinished):
     run `run_id` holds the home's lock, so such a run died without a word (kill -9, the OOM
     killer, a power cut). Its record says what ML Metadata knows it did (the execution it was in
-    is FAILED by now: _abandon_dead_executions) and that it died there. A marker of a live process
-    on this host is left alone (a lock file deleted by hand)."""
+    is FAILED by now: _abandon_dead_executions) and that it died there. The lock says so, not the
+    process id: a reused one may be alive."""
     recorded = []
     for folder, started in runs.unfinished(config.home):
         dead_id = started.get("run_id") if isinstance(started.get("run_id"), str) else None
-        pid = started.get("pid")
         if dead_id == run_id:
-            continue
-        mine = started.get("host") == socket.gethostname() and isinstance(pid, int)
-        if mine and pid != os.getpid() and liveness.pid_alive(pid):
-            log.warning("%s: left as it is (its process %d is alive)", folder, pid)
             continue
         summary = _dead_run_summary(config, folder, dead_id or os.path.basename(folder), started, run_id)
         recorded.append(summary)

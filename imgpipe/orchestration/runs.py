@@ -22,6 +22,7 @@ import socket
 from imgpipe.orchestration.paths import write_all_atomically, write_atomically
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
+from trainer.liveness import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +148,22 @@ def unfinished(home: str) -> list[tuple[str, dict]]:
 
 
 def not_finished_message(folder: str, started: dict) -> str:
-    """What a person is told of a run that started and wrote no record (`unfinished`)."""
+    """What a person is told of a run that started and wrote no record (`unfinished`): running,
+    or dead, when its process id on this host says which."""
     who = ", ".join(
         f"{k} {started[k]}" for k in ("started", "pid", "host") if isinstance(started.get(k), (str, int))
     )
+    pid = started.get("pid")
+    state = "it is running, or it died (kill -9, out of memory, the machine stopped)"
+    if started.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool):
+        state = (
+            "it is running"
+            if pid_alive(pid)
+            else f"it died (its process {pid} is gone: kill -9, out of memory, the machine stopped)"
+        )
     return (
         f"run {started.get('run_id') or os.path.basename(folder)} has not written its record"
-        f"{f' ({who})' if who else ''}: it is running, or it died (kill -9, out of memory, the machine "
-        "stopped) and the next run of the home records it"
+        f"{f' ({who})' if who else ''}: {state}, and the next run of the home records it if it died"
     )
 
 
