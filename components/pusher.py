@@ -39,12 +39,12 @@ from tfx.utils import io_utils, proto_utils
 
 from serving.version_names import INT64_MAX, version_number
 from trainer import liveness
+from trainer.same_files import same_bytes
 
 log = logging.getLogger(__name__)
 
 IDENTICAL_VERSION_KEY = "identical_to_version"  # PushedModel property: the version that matched
 SAVED_MODEL = "saved_model.pb"
-_CHUNK = 1 << 20
 
 
 def served_versions(base_directory: str) -> list[int]:
@@ -87,20 +87,10 @@ def _files(root: str) -> dict[str, str]:
     return out
 
 
-def _same_bytes(a: str, b: str) -> bool:
-    with fileio.open(a, "rb") as fa, fileio.open(b, "rb") as fb:
-        while True:
-            ca, cb = fa.read(_CHUNK), fb.read(_CHUNK)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
-
-
 def same_model(a: str, b: str) -> bool:
     """True when directories `a` and `b` hold the same files with byte-identical content."""
     fa, fb = _files(a), _files(b)
-    return fa.keys() == fb.keys() and all(_same_bytes(fa[k], fb[k]) for k in sorted(fa))
+    return fa.keys() == fb.keys() and all(same_bytes(fa[k], fb[k], fileio.open) for k in sorted(fa))
 
 
 def _copy_model(model_path: str, dest: str) -> None:

@@ -26,6 +26,7 @@ from imgpipe.ingest.errors import IngestError, IngestWriteError, tf_error_text
 from imgpipe.ingest.images import read_regular_file
 from imgpipe.ingest.plan import Candidate, Plan
 from imgpipe.ingest.report import IngestReport, display_path, display_text
+from trainer.same_files import same_bytes
 
 log = logging.getLogger(__name__)
 
@@ -227,14 +228,4 @@ def _same_files(new: str, old: str) -> bool:
         a, b = os.path.join(new, name), os.path.join(old, name)
         if not os.path.isfile(b) or os.path.islink(b) or os.path.getsize(a) != os.path.getsize(b):
             return False
-    return all(_same_bytes(os.path.join(new, n), os.path.join(old, n)) for n in names)
-
-
-def _same_bytes(a: str, b: str, chunk: int = 1 << 20) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(chunk), fb.read(chunk)
-            if x != y:
-                return False
-            if not x:
-                return True
+    return all(same_bytes(os.path.join(new, n), os.path.join(old, n)) for n in names)

@@ -94,14 +94,19 @@ def next_sequence(home: str) -> int:
     return highest + 1
 
 
-def _marker(folder: str) -> dict:
-    """A record folder's STARTED_FILE, or {} (none, or unreadable)."""
+def _json_object(path: str) -> dict:
+    """The JSON object in file `path`, or {} (no file, unreadable, not an object)."""
     try:
-        with open(os.path.join(folder, STARTED_FILE), encoding="utf-8") as f:
-            started = json.load(f)
+        with open(path, encoding="utf-8") as f:
+            found = json.load(f)
     except (OSError, ValueError):
         return {}
-    return started if isinstance(started, dict) else {}
+    return found if isinstance(found, dict) else {}
+
+
+def _marker(folder: str) -> dict:
+    """A record folder's STARTED_FILE, or {} (none, or unreadable)."""
+    return _json_object(os.path.join(folder, STARTED_FILE))
 
 
 def _sequence(folder: str) -> int | None:
@@ -124,12 +129,8 @@ def run_ids(home: str) -> set[str]:
 
 
 def _summary_or_empty(folder: str) -> dict:
-    try:
-        with open(os.path.join(folder, SUMMARY_FILE), encoding="utf-8") as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+    """A record folder's summary, or {} (none, or unreadable: `read_summary` says why)."""
+    return _json_object(os.path.join(folder, SUMMARY_FILE))
 
 
 def unfinished(home: str) -> list[tuple[str, dict]]:
