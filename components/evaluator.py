@@ -74,7 +74,7 @@ from tfx.utils import json_utils, proto_utils
 
 from components import graph_optimization, patching, pusher, tfma_warm, unseen_comparison
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
-from components.data_contract import LABEL_CHANGES
+from components.data_contract import RELABELLED
 from components.gate import (
     ACCURACY_CLASS,
     ACCURACY_KEY,
@@ -385,7 +385,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             model_class_names(baselines[0].uri) if baselines else None,
             baseline_identical=bool(baselines) and same_model_artifact(model, baselines[0]),
             judged_on=judged_on,
-            label_change_accepted=any(a.startswith(LABEL_CHANGES) for a in report.anomalies_allowed),
+            relabel_accepted=any(a.startswith(RELABELLED) for a in report.anomalies_allowed),
         )
         key = standard_component_specs.EVAL_CONFIG_KEY
         if not props.get(key):

@@ -745,6 +745,7 @@ def baseline_plan(
                 False,
                 f"label set changed: {change} (against the latest blessed model); "
                 f"{len(shared)} class{'' if len(shared) == 1 else 'es'} in common, too few to compare on",
+                label_change=change,
             )
         return BaselinePlan(True, None, shared_classes=shared, label_change=change)
     return BaselinePlan(True, None, identical)
@@ -868,35 +869,47 @@ def plan_gate(
     baseline_classes: Sequence[str] | None,
     baseline_identical: bool = False,
     judged_on: JudgedOn | None = None,
-    label_change_accepted: bool = False,
+    relabel_accepted: bool = False,
 ) -> GatePlan:
     """The thresholds for this run; GateNotComputable when the eval split cannot judge the model.
 
     eval_label_counts: of the records the candidate is judged on (`judged_on`'s, when given).
-    label_change_accepted: the data gate let a label change through (accept_label_change)."""
+    relabel_accepted: the data gate let through images relabelled since the latest blessed model
+    trained on them (a class renamed or two swapped): that model answers for other labels."""
     check_computable(eval_label_counts, class_names, judged_on)
     where = "the eval split's" if judged_on is None else "the judged eval images'"
     metric, why = gated_metric(gate.metric, eval_label_counts, where)
     floor_of = balanced_floor if metric == METRIC_BALANCED else accuracy_floor
+    baseline = baseline_plan(class_names, baseline_classes, baseline_identical)
     return GatePlan(
         floor=floor_of(gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance),
         class_names=tuple(class_names),
         min_class_recall=gate.min_class_recall or None,
         min_class_precision=gate.min_class_precision or None,
         max_regression=gate.max_regression,
-        baseline=baseline_plan(class_names, baseline_classes, baseline_identical),
+        baseline=baseline,
         eval_classes=tuple(sorted(c for c, n in eval_label_counts.items() if n > 0)),
         metric_reason=why,
         judged_on=judged_on,
-        comparison_waived=(
-            "gate.bless_without_comparison"
-            if gate.bless_without_comparison
-            else "a label change was accepted (--accept-label-change): the latest blessed model answers for "
-            "other labels"
-            if label_change_accepted
-            else None
-        ),
+        comparison_waived=_waiver(gate, baseline, relabel_accepted),
     )
+
+
+def _waiver(gate: GateConfig, baseline: BaselinePlan, relabel_accepted: bool) -> str | None:
+    """Why a model may be blessed on the floors when the latest blessed model cannot be compared
+    with it, or None (then it may not). A class added or removed keeps the served model's answers
+    on the classes both have comparable: only when fewer than two remain is there nothing to
+    compare on."""
+    if gate.bless_without_comparison:
+        return "gate.bless_without_comparison"
+    if relabel_accepted:
+        return (
+            "images were relabelled since the latest blessed model trained on them (a class renamed or two "
+            "swapped), let through by --accept-label-change or --allow-anomalies: it answers for other labels"
+        )
+    if baseline.label_change is not None and baseline.shared_classes is None and not baseline.compared:
+        return f"the label set changed ({baseline.label_change}), leaving fewer than two classes in common"
+    return None
 
 
 def uncompared_failure(plan: GatePlan) -> Failure | None:
@@ -1225,8 +1238,8 @@ def gate_record(
             "candidate_accuracy": _candidate_accuracy(plan, results),
             "shared_classes": list(plan.baseline.shared_classes) if plan.baseline.shared_classes else None,
             "label_change": plan.baseline.label_change,
-            # Why a model was judged on the floors alone though a blessed model exists (None: it
-            # was compared, or there is none, or it could not be and the model was not blessed).
+            # Why a model may be judged on the floors alone though a blessed model exists and was
+            # not compared with it (None: it was compared, or there is none, or nothing waives it).
             "comparison_waived": plan.comparison_waived if uncompared(plan) else None,
         },
         "reasons": [] if blessed else why,

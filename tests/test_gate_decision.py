@@ -827,6 +827,7 @@ def test_a_blessed_model_that_cannot_be_compared_stops_the_blessing_unless_told(
         EvalResults,
         JudgedOn,
         judged_results,
+        on_shared_classes,
         uncompared_failure,
         with_seen_examples,
     )
@@ -855,17 +856,28 @@ def test_a_blessed_model_that_cannot_be_compared_stops_the_blessing_unless_told(
                 "served model stays; give the eval split more images neither model trained on, or pass "
                 "--bless-without-comparison (gate.bless_without_comparison) to bless on the floors alone"
             ]
-        # Classes in common too few: the same.
-        other = plan_gate(config, counts, ["a", "b"], ["a", "c"])
-        assert other.baseline.skipped_reason.endswith("1 class in common, too few to compare on")
-        assert (uncompared_failure(other) is None) is bless_anyway
+        # A class added with a new split (the served model trained on most eval images): still
+        # refused; the served model's answers on the classes both have are comparable.
+        added = plan_gate(config, {"a": 10, "b": 10, "c": 10}, ["a", "b", "c"], ["a", "b"])
+        added = dataclasses.replace(added, baseline=on_shared_classes(added.baseline, 5))
+        assert not added.baseline.compared and "fewer than 20 to compare on" in added.baseline.skipped_reason
+        assert (uncompared_failure(added) is None) is bless_anyway
+    # Classes in common too few (a label change the data gate let through): nothing to compare on.
+    other = plan_gate(GateConfig(), counts, ["a", "b"], ["a", "c"])
+    assert other.baseline.skipped_reason.endswith("1 class in common, too few to compare on")
+    assert uncompared_failure(other) is None
+    assert other.comparison_waived == (
+        "the label set changed (new class 'b'; vanished class 'c'), leaving fewer than two classes in common"
+    )
     # A label change accepted in this run (a class renamed or two swapped): the served model answers
     # for other labels, so the floors decide, and the record says why.
-    renamed = plan_gate(GateConfig(), counts, ["a", "b"], ["a", "c"], label_change_accepted=True)
+    renamed = plan_gate(GateConfig(), counts, ["a", "b"], ["a", "b"], judged_on=judged, relabel_accepted=True)
+    renamed = dataclasses.replace(renamed, baseline=with_seen_examples(renamed.baseline, 40, 25, 10, 35))
     assert uncompared_failure(renamed) is None
     record = gate_record(renamed, EvalResults(0.95, 30, {"a": 0.95, "b": 0.95}, None), blessed=True)
     assert record["baseline"]["comparison_waived"] == (
-        "a label change was accepted (--accept-label-change): the latest blessed model answers for other labels"
+        "images were relabelled since the latest blessed model trained on them (a class renamed or two "
+        "swapped), let through by --accept-label-change or --allow-anomalies: it answers for other labels"
     )
     told = plan_gate(GateConfig(bless_without_comparison=True), counts, ["a", "b"], ["a", "c"])
     assert gate_record(told, EvalResults(0.95, 30, {}, None), blessed=True)["baseline"][

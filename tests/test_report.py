@@ -177,6 +177,18 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         baseline={"accuracy": None, "compared": False, "skipped_reason": "no blessed model yet"},
     )
     assert data.gate_from_record(skipped).baseline_note == "not compared: no blessed model yet"
+    waived = dict(
+        _gate_record(["7"]),
+        baseline={
+            "accuracy": None,
+            "compared": False,
+            "skipped_reason": "too few to compare on",
+            "comparison_waived": "gate.bless_without_comparison",
+        },
+    )
+    assert data.gate_from_record(waived).baseline_note == (
+        "not compared: too few to compare on; judged on the floors alone: gate.bless_without_comparison"
+    )
     added = dict(
         _gate_record(["7"]),
         baseline={

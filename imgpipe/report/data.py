@@ -530,6 +530,8 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
         baseline_note = f"latest blessed model; allowed regression {_fmt(baseline.get('max_regression'))}"
     else:
         baseline_note = f"not compared: {baseline.get('skipped_reason') or 'no baseline'}"
+        if baseline.get("comparison_waived"):
+            baseline_note += f"; judged on the floors alone: {baseline['comparison_waived']}"
     details: list[tuple[str, str]] = []
     for key in ("eval_examples", "min_class_recall", "min_class_precision"):
         if record.get(key) is not None:
