@@ -465,7 +465,9 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
     training_history(home, runs=1)
     config = PipelineConfig(home=home.home, serving_dir=str(tmp_path / "serving"), model_name="m").resolved()
     base = tmp_path / "serving" / "m"
-    runs.write_record(config, RunSummary("r1", True, str(base / "1700000003"), 0.9, 1, {}))
+    for i, version in enumerate(("1700000001", "1700000003", "0001700000004")):
+        runs.write_record(config, RunSummary(f"r1-{i}", True, str(base / version), 0.9, 1, {}))
+    # 1700000002 was pushed by another home to the same serving dir: not this prune's to delete.
     for version in ("1700000001", "1700000002", "1700000003", "0001700000004"):
         os.makedirs(base / version / "variables")
         (base / version / "saved_model.pb").write_bytes(b"x" * 100)
@@ -479,15 +481,34 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
 
     with pytest.raises(PruneError, match="keep_versions: must be 1 or more"):
         prune_home(home.home, keep=1, keep_versions=0)
-    dry = prune_home(home.home, keep=1, dry_run=True, keep_versions=2)
-    assert [v["path"] for v in dry.versions_removed] == [str(base / "1700000001"), str(base / "1700000002")]
-    assert dry.versions_kept == [str(base / "1700000003"), str(base / "0001700000004")]
+    dry = prune_home(home.home, keep=1, dry_run=True, keep_versions=1)
+    assert [v["path"] for v in dry.versions_removed] == [str(base / "1700000001"), str(base / "1700000003")]
+    assert sorted(dry.versions_kept) == sorted(str(base / v) for v in ("0001700000004", "1700000002"))
     assert all(v["bytes"] == 100 for v in dry.versions_removed) and (base / "1700000001").is_dir()
-    assert cli.main(["prune", "--home", home.home, "--keep", "1", "--keep-versions", "2"]) == 0
+    # A version that cannot be moved aside (here: its folder's parent is read-only to the rename,
+    # simulated) stays whole and is not counted.
+    real_rename = os.rename
+
+    def refuse_one(src, dst):
+        if str(src).endswith("1700000001"):
+            raise PermissionError(13, "Permission denied")
+        return real_rename(src, dst)
+
+    import unittest.mock
+
+    with unittest.mock.patch("os.rename", refuse_one):
+        assert cli.main(["prune", "--home", home.home, "--keep", "1", "--keep-versions", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["keep_versions"] == 2 and len(out["versions_removed"]) == 2
-    assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000003"]
+    assert out["keep_versions"] == 1 and [v["path"] for v in out["versions_removed"]] == [
+        str(base / "1700000003")
+    ]
+    assert (
+        str(base / "1700000001") in out["versions_kept"]
+        and (base / "1700000001" / "saved_model.pb").is_file()
+    )
+    assert out["bytes_freed"] >= 100
+    assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000001", "1700000002"]
     assert sorted(os.listdir(theirs)) == ["1", "2", "3"]
     # Without it the serving dirs are left alone.
     assert prune_home(home.home, keep=1).versions_removed == []
-    assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000003"]
+    assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000001", "1700000002"]

@@ -30,10 +30,10 @@ def _add(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="also delete all but the newest K versions in each serving dir the home's runs pushed to, "
-        "as their records say (default: the serving dirs are left alone; the newest version is the one "
-        "a 'latest' policy serves: a version pinned with a 'specific' policy is not known here, keep "
-        "enough for it)",
+        help="also delete the versions this home's runs pushed (as their records say) that are not among "
+        "the newest K of their serving dir (default: the serving dirs are left alone; the newest version "
+        "is the one a 'latest' policy serves: a version pinned with a 'specific' policy is not known "
+        "here, keep enough for it)",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would be removed; change nothing")
     add_lock_wait_argument(p, locks="the home")

@@ -239,9 +239,9 @@ def prune_home(
 ) -> PruneResult:
     """Prune every pipeline in `home`, keeping its newest `keep` runs and the gate's lineage.
 
-    dry_run: report what would be removed and change nothing. keep_versions: also remove all
-    but the newest `keep_versions` versions in each model serving dir the home's runs pushed
-    to (None: the serving dirs are left alone). Raises PruneError for a bad home, keep or
+    dry_run: report what would be removed and change nothing. keep_versions: also remove the
+    versions this home's runs pushed (as their records say) that are not among the newest
+    `keep_versions` of their serving dir (None: the serving dirs are left alone). Raises PruneError for a bad home, keep or
     keep_versions, lock.LockBusy while a run holds the home.
     """
     if keep < 0:
@@ -271,51 +271,73 @@ def prune_home(
 
 
 def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResult:
-    """`result` with the old served versions removed (or, in a dry run, listed), their bytes counted."""
+    """`result` with the old served versions this home pushed removed (or, in a dry run, listed),
+    their bytes counted."""
     if keep_versions is None:
         return result
     result.keep_versions = keep_versions
-    for serving_dir in _model_serving_dirs(result.home):
+    pushed = _pushed_versions(result.home)
+    if not pushed:
+        log.warning(
+            "--keep-versions: no run record of %s names a version it pushed to a local serving dir (runs "
+            "under Airflow keep no records): no version removed",
+            result.home,
+        )
+    for serving_dir, ours in sorted(pushed.items()):
         versions = sorted(
             (number, name)
             for name in (os.listdir(serving_dir) if os.path.isdir(serving_dir) else [])
             if (number := version_number(name)) is not None and os.path.isdir(os.path.join(serving_dir, name))
         )
-        old, kept = versions[: max(0, len(versions) - keep_versions)], versions[-keep_versions:]
-        result.versions_kept += [os.path.join(serving_dir, name) for _, name in kept]
-        for _, name in old:
+        for _, name in versions[-keep_versions:]:
+            result.versions_kept.append(os.path.join(serving_dir, name))
+        for _, name in versions[: max(0, len(versions) - keep_versions)]:
             path = os.path.join(serving_dir, name)
+            if name not in ours:  # another home's, or copied in by hand: not this prune's
+                result.versions_kept.append(path)
+                continue
             size = scratch.tree_bytes(path)
-            if not result.dry_run:
-                # A server with a "latest" policy serves the newest only; the next run's recovery
-                # retires the push records of versions gone (recovery.forget_missing_pushes).
-                shutil.rmtree(path, ignore_errors=True)
-                if os.path.lexists(path):  # not ours to delete (permissions), or in use
-                    log.warning("served version %s could not be deleted: left as it is", path)
-                    result.versions_kept.append(path)
-                    continue
+            if not result.dry_run and not _remove_version(path):
+                result.versions_kept.append(path)
+                continue
             result.versions_removed.append({"path": path, "bytes": size})
     result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
     return result
 
 
-def _model_serving_dirs(home: str) -> list[str]:
-    """Every model serving dir (SERVING_DIR/MODEL_NAME) the home's runs pushed a version to, as
-    their records say (`pushed`: the version's path). Not the serving dir a record's config
+def _remove_version(path: str) -> bool:
+    """Delete a served version: renamed first to a name no server loads (a rename is whole or
+    nothing), then removed. False, logged, when it cannot be renamed (it stays whole)."""
+    hidden = os.path.join(os.path.dirname(path), f".pruned-{os.path.basename(path)}-{os.getpid()}")
+    try:
+        os.rename(path, hidden)
+    except OSError as e:
+        log.warning("served version %s could not be deleted (%s): left as it is", path, e)
+        return False
+    # A server with a "latest" policy serves the newest only; the next run's recovery retires
+    # the push records of versions gone (recovery.forget_missing_pushes).
+    shutil.rmtree(hidden, ignore_errors=True)
+    if os.path.lexists(hidden):
+        log.warning("%s (was served version %s) could not be deleted in full", hidden, path)
+    return True
+
+
+def _pushed_versions(home: str) -> dict[str, set[str]]:
+    """{model serving dir: the version folder names this home's runs pushed there}, as their
+    records say (`pushed`: the version's local path). Not the serving dir a record's config
     names: a run that failed or pushed nothing may name another home's."""
-    found = set()
+    found: dict[str, set[str]] = {}
     for folder in runs.records(home):
         try:
             pushed = runs.read_summary(folder).get("pushed")
         except runs.RecordError:
             continue
-        if (
-            isinstance(pushed, str)
-            and os.path.isabs(pushed)
-            and version_number(os.path.basename(pushed)) is not None
-        ):
-            found.add(os.path.dirname(os.path.normpath(pushed)))
-    return sorted(found)
+        if not isinstance(pushed, str) or "://" in pushed or not os.path.isabs(pushed):
+            continue
+        path = os.path.normpath(pushed)
+        if version_number(os.path.basename(path)) is not None:
+            found.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    return found
 
 
 def _shared_store_of(home: str) -> str | None:
