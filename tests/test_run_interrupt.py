@@ -191,9 +191,16 @@ def test_a_run_that_died_without_a_word_is_recorded_by_the_next(tmp_path, monkey
         assert cli.main(["report", "2026-01-01T00:00:00.000001-dead", "--home", home]) == 2
         err = capsys.readouterr().err
         assert "run 2026-01-01T00:00:00.000001-dead has not written its record (started " in err
-        assert f"pid {gone.pid}, host " in err and f"it died (its process {gone.pid} is gone" in err
-        assert cli.main(["report", "2026-01-01T00:00:01.000001-live", "--home", home]) == 2
-        assert ": it is running, and the next run" in capsys.readouterr().err
+        assert f"pid {gone.pid}, host " in err and ": it died (kill -9, out of memory" in err
+        # The home's lock says which: its holder names the run that is running.
+        from imgpipe.orchestration import lock
+
+        # (flock: another open file of the same lock conflicts in this process too.)
+        with lock.run_lock(lock.home_lock_path(home), holder="run 2026-01-01T00:00:01.000001-live"):
+            assert cli.main(["report", "2026-01-01T00:00:01.000001-live", "--home", home]) == 2
+            assert "it is running (it holds the home's lock)" in capsys.readouterr().err
+            assert cli.main(["report", "2026-01-01T00:00:00.000001-dead", "--home", home]) == 2
+            assert "another run holds the home's lock: this one died" in capsys.readouterr().err
 
         monkeypatch.setattr(local_dag_runner.LocalDagRunner, "run_with_ir", lambda self, ir, *a, **kw: None)
         monkeypatch.setattr(local, "withdraw_unserved_blessings", lambda cfg: [])

@@ -41,6 +41,28 @@ def home_lock_path(home: str) -> str:
     return os.path.join(home, HOME_LOCK_FILE)
 
 
+def held(path: str) -> bool | None:
+    """Whether another process holds the lock at `path` now: True, False (free, or no lock file),
+    None when it cannot be told (the file cannot be opened). Takes and drops the lock at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _holder(fd: int) -> str:
     return os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "unknown holder"
 

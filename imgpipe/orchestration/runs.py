@@ -19,10 +19,10 @@ import os
 import re
 import socket
 
+from imgpipe.orchestration.lock import held, home_lock_path
 from imgpipe.orchestration.paths import write_all_atomically, write_atomically
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
-from trainer.liveness import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -149,23 +149,34 @@ def unfinished(home: str) -> list[tuple[str, dict]]:
 
 
 def not_finished_message(folder: str, started: dict) -> str:
-    """What a person is told of a run that started and wrote no record (`unfinished`): running,
-    or dead, when its process id on this host says which."""
+    """What a person is told of a run that started and wrote no record (`unfinished`): dead when
+    the home's lock is free, else perhaps running."""
     who = ", ".join(
         f"{k} {started[k]}" for k in ("started", "pid", "host") if isinstance(started.get(k), (str, int))
     )
-    pid = started.get("pid")
-    state = "it is running, or it died (kill -9, out of memory, the machine stopped)"
-    if started.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool):
-        state = (
-            "it is running"
-            if pid_alive(pid)
-            else f"it died (its process {pid} is gone: kill -9, out of memory, the machine stopped)"
-        )
-    return (
-        f"run {started.get('run_id') or os.path.basename(folder)} has not written its record"
-        f"{f' ({who})' if who else ''}: {state}, and the next run of the home records it if it died"
-    )
+    # Every run holds its home's lock from start to end: free, the run is dead, whatever its
+    # process id says now (a reused one may be alive).
+    run_id = started.get("run_id") or os.path.basename(folder)
+    lock_path = home_lock_path(os.path.dirname(os.path.dirname(folder)))
+    busy = held(lock_path)
+    if busy is False:
+        state = "it died (kill -9, out of memory, the machine stopped): the next run of the home records it"
+    elif busy and f"run {run_id}" in _lock_note(lock_path):
+        state = "it is running (it holds the home's lock)"
+    elif busy:
+        state = "another run holds the home's lock: this one died, and that run records it"
+    else:
+        state = "it is running, or it died (kill -9, out of memory, the machine stopped) and the next run of the home records it"
+    return f"run {run_id} has not written its record{f' ({who})' if who else ''}: {state}"
+
+
+def _lock_note(path: str) -> str:
+    """What the lock file says of its holder ('pid N since T, run R'), or ''."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(400)
+    except OSError:
+        return ""
 
 
 def _write_summary(folder: str, summary: dict) -> None:
