@@ -94,8 +94,9 @@ MAX_RELABELLED_SHOWN = 5  # label pairs named in the anomaly
 
 
 # A share of one class's images (of those the latest blessed model trained on, found in this
-# run's data) that now carry one other label, from which the move is a class renamed or two
-# swapped (an anomaly) rather than a few labels corrected (a warning).
+# run's data) that now carry other labels, from which the move is a class renamed or two
+# swapped (an anomaly) rather than a few labels corrected (warnings). One image alone is a
+# correction unless it is all of its class that is left.
 RENAMED_SHARE = 0.5
 
 
@@ -107,48 +108,60 @@ def relabelled(
     train images; splits: this run's (fingerprints, labels) per split.
 
     An image that keeps its old label somewhere (a copy in eval under another label: TFRecords
-    made elsewhere) did not move. A label pair that moved at least RENAMED_SHARE of the old
-    class's images found here is a class renamed or swapped: the anomaly. Fewer are label
-    corrections: a warning each, the run goes on."""
+    made elsewhere) did not move. A class of which at least RENAMED_SHARE of the images found
+    here moved (to one label or several) was renamed or swapped: the anomaly, naming each
+    (old, new) pair. Fewer are label corrections: warnings, the run goes on."""
     now: dict[int, set[str]] = {}
-    where: dict[int, set[str]] = {}
+    where: dict[tuple[int, str], set[str]] = {}  # (image, label) -> the splits it is there
     for split, (ids, labels) in splits.items():
         for image, label in zip(ids.tolist(), labels, strict=True):
             if image in trained:
-                now.setdefault(image, set()).add(str(label))
-                where.setdefault(image, set()).add(split)
+                label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+                now.setdefault(image, set()).add(label)
+                where.setdefault((image, label), set()).add(split)
     found: dict[str, int] = {}  # old label -> its images found here
+    moved_from: dict[str, set[int]] = {}  # old label -> its images that moved
     moved: dict[tuple[str, str], set[int]] = {}
     for image, labels in now.items():
         before = trained[image]
         found[before] = found.get(before, 0) + 1
         if before not in labels:
-            for after in sorted(labels):
+            moved_from.setdefault(before, set()).add(image)
+            for after in labels:
                 moved.setdefault((before, after), set()).add(image)
     if not moved:
         return None, []
 
     def text(pair: tuple[str, str]) -> str:
         images = moved[pair]
-        splits_of = sorted(set().union(*(where[i] for i in images)))
+        in_splits = sorted(set().union(*(where[(i, pair[1])] for i in images)))
         return (
             f"{len(images)} of the {found[pair[0]]} trained as {pair[0]!r} now labelled {pair[1]!r} "
-            f"({', '.join(splits_of)})"
+            f"({', '.join(in_splits)})"
         )
 
+    def renamed(old: str) -> bool:
+        n = len(moved_from[old])
+        return n >= RENAMED_SHARE * found[old] and (n >= 2 or n == found[old])
+
     pairs = sorted(moved, key=lambda pair: (-len(moved[pair]), pair))
-    renamed = [pair for pair in pairs if len(moved[pair]) >= RENAMED_SHARE * found[pair[0]]]
+    anomaly_pairs = [pair for pair in pairs if renamed(pair[0])]
+    corrections = [pair for pair in pairs if not renamed(pair[0])]
     warnings = [
         f"{text(pair)}: label corrections? (the latest blessed model learned them the other way)"
-        for pair in pairs
-        if pair not in renamed
+        for pair in corrections[:MAX_RELABELLED_SHOWN]
     ]
-    if not renamed:
+    if len(corrections) > MAX_RELABELLED_SHOWN:
+        rest = sum(len(moved[pair]) for pair in corrections[MAX_RELABELLED_SHOWN:])
+        warnings.append(
+            f"and {rest} more images under {len(corrections) - MAX_RELABELLED_SHOWN} more (old, new) label pairs"
+        )
+    if not anomaly_pairs:
         return None, warnings
-    shown = "; ".join(text(pair) for pair in renamed[:MAX_RELABELLED_SHOWN])
+    shown = "; ".join(text(pair) for pair in anomaly_pairs[:MAX_RELABELLED_SHOWN])
     more = (
-        f"; and {len(renamed) - MAX_RELABELLED_SHOWN} more pairs"
-        if len(renamed) > MAX_RELABELLED_SHOWN
+        f"; and {len(anomaly_pairs) - MAX_RELABELLED_SHOWN} more pairs"
+        if len(anomaly_pairs) > MAX_RELABELLED_SHOWN
         else ""
     )
     return (

@@ -479,6 +479,48 @@ def test_an_image_that_keeps_its_label_somewhere_was_not_relabelled():
     assert relabelled(trained, same) == (None, [])
 
 
+def test_a_class_is_renamed_by_its_share_moved_whatever_the_labels_it_went_to():
+    """The rename rule is per class: all of 'a' split over three new labels is a rename (each
+    pair alone was under half); one image of two is a correction; a lone image left of its
+    class, moved, is that class moved. Each pair names the splits its images are in under its
+    new label; warnings stop at a few pairs."""
+    import numpy as np
+
+    from components.data_gate import MAX_RELABELLED_SHOWN, relabelled
+    from trainer import image_ids
+
+    def split(*pairs):
+        ids = np.array([image_ids.fingerprint(i.encode()) for i, _ in pairs], np.uint64)
+        return ids, np.array([label for _, label in pairs], dtype=object)
+
+    a = [f"a{i}" for i in range(6)]
+    trained = {image_ids.fingerprint(i.encode()): "a" for i in a}
+    trained |= {image_ids.fingerprint(b"b0"): "b", image_ids.fingerprint(b"b1"): "b"}
+    trained[image_ids.fingerprint(b"c0")] = "c"
+    train = split(("a0", "x"), ("a1", "x"), ("a2", "y"), ("a3", "y"), ("b0", "z"), ("b1", "b"))
+    evals = split(("a4", "w"), ("a5", "w"), ("a3", "y"), ("c0", b"q".decode()))
+    anomaly, warnings = relabelled(trained, {"train": train, "eval": evals})
+    assert anomaly.startswith(
+        "images relabelled since the latest blessed model trained on them: 2 of the 6 trained as 'a' now "
+        "labelled 'w' (eval); 2 of the 6 trained as 'a' now labelled 'x' (train); 2 of the 6 trained as 'a' "
+        "now labelled 'y' (eval, train); 1 of the 1 trained as 'c' now labelled 'q' (eval)"
+    ), anomaly
+    assert warnings == [
+        "1 of the 2 trained as 'b' now labelled 'z' (train): label corrections? (the latest blessed model "
+        "learned them the other way)"
+    ]
+    # Many corrections: a few named, the rest counted.
+    many = {image_ids.fingerprint(f"m{i}".encode()): f"k{i}" for i in range(20)}
+    many |= {image_ids.fingerprint(f"n{i}".encode()): f"k{i}" for i in range(20)}
+    many |= {image_ids.fingerprint(f"o{i}".encode()): f"k{i}" for i in range(20)}
+    now = split(*[(f"m{i}", f"j{i}") for i in range(20)], *[(f"n{i}", f"k{i}") for i in range(20)])
+    now = (np.concatenate([now[0], split(*[(f"o{i}", f"k{i}") for i in range(20)])[0]]),
+           np.concatenate([now[1], np.array([f"k{i}" for i in range(20)], dtype=object)]))  # fmt: skip
+    anomaly, warnings = relabelled(many, {"train": now})
+    assert anomaly is None and len(warnings) == MAX_RELABELLED_SHOWN + 1
+    assert warnings[-1] == "and 15 more images under 15 more (old, new) label pairs"
+
+
 def test_an_image_under_two_labels_in_train_stops_the_run_and_repeats_are_counted(tmp_path):
     """TFRecords made elsewhere can hold one picture under two labels (ingest leaves those out):
     the Trainer trained on them saying nothing, and the gate later named no cause."""
