@@ -20,9 +20,11 @@ The Evaluator blesses a model when, on the eval split,
   blessed though every recall is high;
 - and its gated metric does not regress against the latest blessed model by more than
   `max_regression`. With no blessed model yet there is nothing to compare; when there is
-  one but it cannot be compared (too few eval images neither model trained on, or too
-  few classes in common), the model is not blessed, with the reason, unless
-  `bless_without_comparison`: the served model must not be replaced unjudged.
+  one but it cannot be compared (too few eval images neither model trained on), the
+  model is not blessed, with the reason, unless `bless_without_comparison`, or the run
+  let through images relabelled since that model trained or a label change leaving
+  fewer than two classes in common (gate_decision._waiver): the served model must not
+  be replaced unjudged.
 
 Accuracy is TFMA's sparse categorical accuracy on the model's per-class
 `scores` output (valid for both head types: the sigmoid unit is expanded to
@@ -107,8 +109,9 @@ class GateConfig(Settings):
     bless_without_comparison: bool = Field(
         False,
         description="bless a model that passes every floor although the latest blessed model could not be "
-        "compared with it (too few eval images neither trained on, or too few classes in common); off, such "
-        "a model is not blessed and the served model stays",
+        "compared with it (too few eval images neither trained on); off, such a model is not blessed and the "
+        "served model stays, unless the run let through images relabelled since that model trained (a class "
+        "renamed or two swapped) or a label change leaving fewer than two classes in common",
     )
     allow_anomalies: bool = Field(
         False,
