@@ -244,7 +244,8 @@ def _abandon_unfinished(store, config: PipelineConfig, found_by: str) -> list:
         config.pipeline_root,
         found_by=found_by,
         shared_store=config.metadata_target is not None,
-        own_runs=runs.run_ids(config.home),
+        # Read only where it is used: a home's own store holds no other home's executions.
+        own_runs=runs.run_ids(config.home) if config.metadata_target is not None else (),
     )
 
 
@@ -306,16 +307,7 @@ def _dead_run_summary(
     except Exception as e:  # noqa: BLE001 - a damaged config: the record is still written
         log.warning("%s: %s; recorded with this run's config", folder, e)
         dead_config = config
-    summary = RunSummary(
-        run_id=dead_id, blessed=None, pushed=None, accuracy=None, replicas=None, executions={}
-    )
-    if dead_config.metadata_target is not None or os.path.exists(dead_config.metadata_path):
-        try:
-            summary = summarize_run(dead_config, dead_id)
-        except LookupError:  # it died before its first component registered an execution
-            pass
-        except Exception as e:  # noqa: BLE001 - the record says what is known
-            log.error("run %s's components could not be read back: %s: %s", dead_id, type(e).__name__, e)
+    summary = _read_back(dead_config, dead_id)
     failed = [node for node, state in summary.executions.items() if state == "FAILED"]
     if failed:
         where = ", ".join(failed)
@@ -591,20 +583,31 @@ def _record_failed_run(
     record, as a finished run's, and return its summary (which the CLI prints). When ML Metadata
     cannot be read (a full disk), the summary holds the failure alone; when the record cannot be
     written, its `record_error` says why (the run's own error is the one reported)."""
-    summary = RunSummary(
-        run_id=run_id, blessed=None, pushed=None, accuracy=None, replicas=None, executions={}
-    )
     try:
         withdraw_unserved_blessings(config)  # this run's blessed model, if any
-        summary = summarize_run(config, run_id)
-    except LookupError:  # no component registered an execution: ML Metadata has no such run
-        pass
     except Exception as e:  # noqa: BLE001 - must not hide the run's own error
         log.error("the failed run's components could not be read back: %s: %s", type(e).__name__, e)
+        summary = _read_back(config, run_id, store_readable=False)
+    else:
+        summary = _read_back(config, run_id)
     summary.failed = component or "the pipeline"
     summary.error = message
     runs.keep_record(config, summary)
     return summary
+
+
+def _read_back(config: PipelineConfig, run_id: str, store_readable: bool = True) -> RunSummary:
+    """What ML Metadata knows run `run_id` did (summarize_run), for the record of a run that
+    failed or died; a summary with no execution when the store has no such run, or cannot be
+    read (logged: the run's own failure is the one reported; `store_readable` False: it was not)."""
+    if store_readable and (config.metadata_target is not None or os.path.exists(config.metadata_path)):
+        try:
+            return summarize_run(config, run_id)
+        except LookupError:  # no component registered an execution: ML Metadata has no such run
+            pass
+        except Exception as e:  # noqa: BLE001 - the record says what is known
+            log.error("run %s's components could not be read back: %s: %s", run_id, type(e).__name__, e)
+    return RunSummary(run_id=run_id, blessed=None, pushed=None, accuracy=None, replicas=None, executions={})
 
 
 def _log_gate(gate: dict | None) -> None:

@@ -43,8 +43,7 @@ def write_record(config: PipelineConfig, summary: RunSummary) -> str:
     config_path = os.path.join(folder, CONFIG_FILE)
     summary.run_dir = folder
     if summary.sequence is None:  # the number it was given as it started (else the next one)
-        given = _marker(folder).get("sequence")
-        summary.sequence = given if isinstance(given, int) and not isinstance(given, bool) else None
+        summary.sequence = _number(_marker(folder).get("sequence"))
         if summary.sequence is None and not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
             summary.sequence = next_sequence(config.home)
     # Both written in full before either is moved into place: a full disk leaves neither half written.
@@ -84,14 +83,23 @@ def mark_started(config: PipelineConfig, run_id: str) -> None:
 
 def next_sequence(home: str) -> int:
     """1 + the highest run number among the home's records and started runs (1 for the first)."""
+    numbers = [
+        _number(source.get("sequence"))
+        for folder in _folders(home)
+        for source in (_summary_or_empty(folder), _marker(folder))
+    ]
+    return max((n for n in numbers if n is not None), default=0) + 1
+
+
+def _folders(home: str) -> list[str]:
+    """Every entry of HOME/runs (record folders, started runs' folders, anything else)."""
     root = os.path.join(home, "runs")
-    highest = 0
-    for name in os.listdir(root) if os.path.isdir(root) else []:
-        folder = os.path.join(root, name)
-        for number in (_sequence(folder), _marker(folder).get("sequence")):
-            if isinstance(number, int) and not isinstance(number, bool):
-                highest = max(highest, number)
-    return highest + 1
+    return [os.path.join(root, name) for name in (os.listdir(root) if os.path.isdir(root) else [])]
+
+
+def _number(value: object) -> int | None:
+    """A run number as a summary or STARTED_FILE holds it (an int, not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _json_object(path: str) -> dict:
@@ -109,19 +117,10 @@ def _marker(folder: str) -> dict:
     return _json_object(os.path.join(folder, STARTED_FILE))
 
 
-def _sequence(folder: str) -> int | None:
-    """The run number a record's summary holds (None: a record from before they were given, or
-    one that cannot be read)."""
-    number = _summary_or_empty(folder).get("sequence")
-    return number if isinstance(number, int) and not isinstance(number, bool) else None
-
-
 def run_ids(home: str) -> set[str]:
     """The ids of the runs this home recorded or started (their summaries and STARTED_FILEs)."""
-    root = os.path.join(home, "runs")
     found = set()
-    for name in os.listdir(root) if os.path.isdir(root) else []:
-        folder = os.path.join(root, name)
+    for folder in _folders(home):
         for source in (_marker(folder), _summary_or_empty(folder)):
             if isinstance(source.get("run_id"), str):
                 found.add(source["run_id"])
@@ -136,10 +135,8 @@ def _summary_or_empty(folder: str) -> dict:
 def unfinished(home: str) -> list[tuple[str, dict]]:
     """(folder, its STARTED_FILE's content) of each run under HOME/runs that started and wrote no
     summary, newest first: running now, or dead. A marker that cannot be read counts as {}."""
-    root = os.path.join(home, "runs")
     found = []
-    for name in os.listdir(root) if os.path.isdir(root) else []:
-        folder = os.path.join(root, name)
+    for folder in _folders(home):
         if not os.path.isfile(os.path.join(folder, STARTED_FILE)) or os.path.isfile(
             os.path.join(folder, SUMMARY_FILE)
         ):
@@ -201,20 +198,19 @@ def records(home: str) -> list[str]:
     clock alone: a run under another time zone (cron's and a shell's) or after the clock was set
     back made an older run `latest`; nor by file times: a home copied without them (`cp -r`), or
     a record's config opened and saved again to re-run it, did too."""
-    root = os.path.join(home, "runs")
     folders = [
-        os.path.join(root, name)
-        for name in (os.listdir(root) if os.path.isdir(root) else [])
-        if os.path.isfile(os.path.join(root, name, CONFIG_FILE))
-        and os.path.isfile(os.path.join(root, name, SUMMARY_FILE))
+        folder
+        for folder in _folders(home)
+        if os.path.isfile(os.path.join(folder, CONFIG_FILE))
+        and os.path.isfile(os.path.join(folder, SUMMARY_FILE))
     ]
 
     def newest_first(folder: str) -> tuple:
         summary = _summary_or_empty(folder)
-        number = summary.get("sequence")
+        number = _number(summary.get("sequence"))
         if not summary:  # unreadable: first, so `latest` names it as it passes it by
             return (2, 0, _started(folder), folder)
-        if isinstance(number, int) and not isinstance(number, bool):
+        if number is not None:
             return (1, number, _started(folder), folder)
         return (0, 0, _started(folder), folder)
 
