@@ -460,9 +460,12 @@ def _superseded(
         return []
     models = {a.id: a for a in store.get_artifacts_by_id(sorted({m for m, _ in by_model}))}
     newer = []
+    served: dict[int, str | None] = {}  # model id -> the version holding it: one comparison per model
     for model_id, blessing in by_model:
-        model = models.get(model_id)
-        version = served_as(model.uri) if model is not None else None
+        if model_id not in served:
+            model = models.get(model_id)
+            served[model_id] = served_as(model.uri) if model is not None else None
+        version = served[model_id]
         if version is None:
             newer.append((model_id, blessing))
             continue
