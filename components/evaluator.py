@@ -87,6 +87,7 @@ from components.gate import (
 from components.gate_decision import (
     GATE_FILE,
     METRIC_TOLERANCE,
+    ROLLED_BACK_KEY,
     EvalResults,
     Failure,
     GateNotComputable,
@@ -103,6 +104,7 @@ from components.gate_decision import (
     precision_failures,
     precision_of,
     reasons,
+    rolled_back_reason,
     uncompared_failure,
     with_seen_examples,
 )
@@ -537,7 +539,14 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             results, failed_here = judged_results(plan, tfma_results, *judged)
         else:
             results, failed_here = decide_outside_tfma(plan, tfma_results, reused, on_unseen)
-        if failed_here and blessed:
+        rolled_back = (
+            model.get_string_custom_property(ROLLED_BACK_KEY)
+            if model.has_custom_property(ROLLED_BACK_KEY)
+            else ""
+        )
+        if (failed_here or rolled_back) and blessed:
+            if rolled_back:
+                log.warning("not blessed: %s", rolled_back_reason(rolled_back))
             unbless(blessing)
             blessed = False
         why = reasons(plan, results)
@@ -552,6 +561,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             run,
             earlier,
             eval_examples_in_train=candidate_seen,
+            rolled_back=rolled_back,
         )
         write_gate_record(evaluation.uri, record)
 

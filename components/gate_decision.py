@@ -31,6 +31,18 @@ _METRIC_TEXT = {METRIC_ACCURACY: "accuracy", METRIC_BALANCED: "balanced accuracy
 
 NO_BASELINE = "no blessed model yet"
 
+# On a Model artifact (`imgpipe rollback`, imgpipe/orchestration/rollback.py): why the model was
+# taken out of serving. The Evaluator does not bless it and the Pusher does not push it again.
+ROLLED_BACK_KEY = "rolled_back"
+
+
+def rolled_back_reason(note: str) -> str:
+    """The gate's reason for a candidate that an `imgpipe rollback` took out of serving."""
+    return (
+        f"this model was {note}; it is not blessed again (a model trained anew on changed data or "
+        "settings is judged as usual; `imgpipe rollback --to <its version>` serves it again on purpose)"
+    )
+
 
 class GateNotComputable(ValueError):
     """The eval split cannot judge the model (no examples, or a class without examples)."""
@@ -1185,6 +1197,7 @@ def gate_record(
     tfma_run: Mapping[str, Any] | None = None,
     tfma_reused_from: str | None = None,
     eval_examples_in_train: int | None = None,
+    rolled_back: str | None = None,
 ) -> dict[str, Any]:
     """The decision record (gate.json): every key of the contract, null where not applicable.
 
@@ -1194,8 +1207,12 @@ def gate_record(
     tfma_reused_from: the execution folder whose output this one reused.
     eval_examples_in_train: how many eval examples are images the candidate trained on (None:
     the candidate has no record of its training images).
+    rolled_back: the candidate's ROLLED_BACK_KEY note (an `imgpipe rollback` took it out of
+    serving): it is not blessed, whatever its numbers, and the first reason says why.
     """
     why = reasons(plan, results)
+    if rolled_back:
+        why = [rolled_back_reason(rolled_back), *why]
     if not blessed and not why:
         why = ["TFMA did not bless the model without naming a failed threshold (see its validations file)"]
     floor = plan.floor
@@ -1248,6 +1265,7 @@ def gate_record(
         "tfma_run": dict(tfma_run) if tfma_run is not None else None,
         "tfma_reused_from": tfma_reused_from,
         "eval_examples_in_train": eval_examples_in_train,
+        "rolled_back": rolled_back or None,
         "judged_on": plan.judged_on.to_dict() if plan.judged_on is not None else None,
         "whole_split": (
             None

@@ -37,6 +37,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from components.gate_decision import ROLLED_BACK_KEY, rolled_back_reason
 from serving.version_names import INT64_MAX, version_number
 from trainer import liveness
 from trainer.same_files import same_bytes
@@ -171,6 +172,16 @@ class ServingPusherExecutor(pusher_executor.Executor):
         )
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
+            return
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        if model.has_custom_property(ROLLED_BACK_KEY):  # rolled back after its Evaluator blessed it
+            log.warning(
+                "not pushed: %s", rolled_back_reason(model.get_string_custom_property(ROLLED_BACK_KEY))
+            )
+            self._MarkNotPushed(model_push)
+            model_push.set_string_custom_property(
+                ROLLED_BACK_KEY, model.get_string_custom_property(ROLLED_BACK_KEY)
+            )
             return
         model_path = self.GetModelPath(input_dict)
         destination = pusher_pb2.PushDestination()

@@ -155,6 +155,16 @@ def cached_outputs(home: FakeHome, artifact: pb.Artifact) -> dict | None:
     return cache_utils.get_cached_outputs(types.SimpleNamespace(store=home.store), ctx)
 
 
+def model_files(model: pb.Artifact, content: bytes) -> None:
+    """A Model artifact's Format-Serving folder holding a stand-in SavedModel."""
+    path = os.path.join(model.uri, "Format-Serving")
+    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+        f.write(content)
+    with open(os.path.join(path, "variables", "variables.index"), "wb") as f:
+        f.write(b"index " + content)
+
+
 def _event(kind: int, key: str) -> pb.Event:
     ev = pb.Event(type=kind)
     ev.path.steps.add().key = key

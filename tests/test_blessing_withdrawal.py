@@ -20,7 +20,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.prepush import REPORT_FILE
 from imgpipe.orchestration import metadata
-from tests.mlmd_fixtures import COMPLETE, FakeHome, cached_outputs
+from tests.mlmd_fixtures import COMPLETE, FakeHome, cached_outputs, model_files
 
 FAILED = metadata_store_pb2.Execution.FAILED
 
@@ -302,16 +302,6 @@ def test_a_refusal_without_its_report_is_still_withdrawn(tmp_path, report):
     assert reason.startswith("pre-push validation failed in run run-1: ")
 
 
-def _model_files(model, content: bytes) -> None:
-    """A Model artifact's Format-Serving folder holding a stand-in SavedModel."""
-    path = os.path.join(model.uri, "Format-Serving")
-    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
-    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
-        f.write(content)
-    with open(os.path.join(path, "variables", "variables.index"), "wb") as f:
-        f.write(b"index " + content)
-
-
 def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
     """A run killed after its Pusher renamed the version into the serving dir, before TFX
     recorded the push: the Pusher never finished, but the model is the one being served, so
@@ -327,18 +317,18 @@ def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
         data_dir=str(tmp_path / "data"), home=home.home, serving_dir=str(tmp_path / "serving")
     )
     first, _, first_model = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
-    _model_files(first_model, b"model one")
+    model_files(first_model, b"model one")
     served = os.path.join(config.model_serving_dir, "1700000000")
     shutil.copytree(os.path.join(first_model.uri, "Format-Serving"), served)
     # Killed after the rename: the version is there, the Pusher is left RUNNING then failed.
     killed, _, killed_model = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
-    _model_files(killed_model, b"model two")
+    model_files(killed_model, b"model two")
     shutil.copytree(
         os.path.join(killed_model.uri, "Format-Serving"), os.path.join(config.model_serving_dir, "1700000001")
     )
     # Failed before the rename: its model is not in the serving dir.
     failed, _, failed_model = _local_run(home, "run-3", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
-    _model_files(failed_model, b"model three")
+    model_files(failed_model, b"model three")
     # Ended before its Pusher, its model missing (pruned): not shown to be served.
     gone, _, _ = _local_run(home, "run-4", evaluator_blessed=1, prepush_blessed=1, pusher=None)
 
@@ -373,7 +363,7 @@ def test_a_model_served_without_a_push_record_keeps_its_blessing(tmp_path):
     assert calls == [killed_model.uri, first_model.uri]
     # A served version that differs in one file's bytes is another model.
     other, _, other_model = _local_run(home, "run-5", evaluator_blessed=1, prepush_blessed=1, pusher=FAILED)
-    _model_files(other_model, b"model two")
+    model_files(other_model, b"model two")
     with open(os.path.join(other_model.uri, "Format-Serving", "variables", "variables.index"), "wb") as f:
         f.write(b"index model 2")
     shutil.rmtree(os.path.join(config.model_serving_dir, "1700000002"))
@@ -470,10 +460,10 @@ def test_a_newer_model_is_no_baseline_once_an_older_one_is_pushed_after_it(tmp_p
         )
 
     first_a, _, model_a = _local_run(home, "run-1", evaluator_blessed=1, prepush_blessed=1)
-    _model_files(model_a, b"model A")
+    model_files(model_a, b"model A")
     push_version(model_a, "1700000001")
     blessing_c, _, model_c = _local_run(home, "run-2", evaluator_blessed=1, prepush_blessed=1)
-    _model_files(model_c, b"model C")
+    model_files(model_c, b"model C")
     push_version(model_c, "1700000002")
     assert summary.withdraw_unserved_blessings(config) == []  # C is served: nothing to withdraw
 
@@ -506,7 +496,7 @@ def test_a_newer_model_is_no_baseline_once_an_older_one_is_pushed_after_it(tmp_p
     assert summary.withdraw_unserved_blessings(config) == []  # idempotent
     # A version copied in by hand holds no blessed model: nothing is known of it, nothing withdrawn.
     blessing_d, _, model_d = _local_run(home, "run-4", evaluator_blessed=1, prepush_blessed=1)
-    _model_files(model_d, b"model D")
+    model_files(model_d, b"model D")
     push_version(model_d, "1700000004")
     os.makedirs(os.path.join(config.model_serving_dir, "1700000005", "variables"))
     assert summary.withdraw_unserved_blessings(config) == []

@@ -63,6 +63,7 @@ CONTRACT_KEYS = {
     "tfma_run",
     "tfma_reused_from",
     "eval_examples_in_train",
+    "rolled_back",
 }
 BASELINE_KEYS = {
     "accuracy",
@@ -282,6 +283,25 @@ def test_record_never_says_not_blessed_without_a_reason():
     record = gate_record(_plan(), EvalResults(0.9, 20, {}, None), blessed=False)
     assert record["blessed"] is False and len(record["reasons"]) == 1
     assert "TFMA did not bless" in record["reasons"][0]
+
+
+def test_a_rolled_back_model_is_refused_first_whatever_its_numbers():
+    """A model `imgpipe rollback` took out of serving: the record says why it is not blessed,
+    before any threshold it also failed; without the mark the same numbers pass."""
+    note = (
+        "rolled back on 2026-12-06T10:00:00Z: served version 20 replaced by version 10's model (bad on dogs)"
+    )
+    results = EvalResults(0.95, 20, {"a": 0.9, "b": 1.0}, None)
+    plan = _plan(min_accuracy=0.6)
+    record = gate_record(plan, results, blessed=False, rolled_back=note)
+    assert record["blessed"] is False and record["rolled_back"] == note
+    [reason] = record["reasons"]
+    assert reason.startswith(f"this model was {note}; it is not blessed again")
+    assert "imgpipe rollback --to" in reason
+    below = dataclasses.replace(results, accuracy=0.5, failures=[Failure(None, False, 0.5)])
+    failing = gate_record(plan, below, blessed=False, rolled_back=note)
+    assert failing["reasons"][0] == reason and failing["reasons"][1].startswith("accuracy 0.500")
+    assert gate_record(plan, results, blessed=True)["rolled_back"] is None
 
 
 def test_record_keeps_the_baseline_accuracy_only_when_compared():

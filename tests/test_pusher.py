@@ -32,9 +32,11 @@ def _model_dir(root, weights: bytes = b"w1") -> str:
     return root
 
 
-def _push(tmp_path, model_root: str, base: str, blessed: int = 1):
+def _push(tmp_path, model_root: str, base: str, blessed: int = 1, rolled_back: str = ""):
     model = standard_artifacts.Model()
     model.uri = os.path.dirname(model_root)
+    if rolled_back:
+        model.set_string_custom_property("rolled_back", rolled_back)
     blessing = standard_artifacts.ModelBlessing()
     blessing.set_int_custom_property("blessed", blessed)
     pushed = standard_artifacts.PushedModel()
@@ -98,6 +100,18 @@ def test_an_unblessed_model_is_not_pushed(tmp_path):
     result = _push(tmp_path, model, base, blessed=0)
     assert result.get_int_custom_property("pushed") == 0 and served_versions(base) == []
     assert not result.has_custom_property(IDENTICAL_VERSION_KEY)
+
+
+def test_a_model_rolled_back_after_its_blessing_is_not_pushed(tmp_path):
+    """`imgpipe rollback` marked the model while its run was between the Evaluator and the Pusher
+    (an Airflow run: no home lock): the blessing stands, the push does not happen."""
+    base = str(tmp_path / "serving" / "m")
+    model = _model_dir(str(tmp_path / "model" / SERVING))
+    note = "rolled back on 2026-12-06T10:00:00Z: served version 2 replaced by version 1's model"
+    result = _push(tmp_path, model, base, rolled_back=note)
+    assert result.get_int_custom_property("pushed") == 0 and served_versions(base) == []
+    assert result.get_string_custom_property("rolled_back") == note
+    assert _push(tmp_path, model, base).get_int_custom_property("pushed") == 1  # unmarked: pushed
 
 
 def test_versions_never_go_back_or_collide(tmp_path):

@@ -1,7 +1,7 @@
 """The `imgpipe` command: parse, dispatch to a command group's module, map errors to exit codes.
 
 Each command group lives in its own module (ingest, backbone, run, report, demo,
-serving, batch, drift, kubeflow, airflow, schedule, prune) and registers `COMMANDS`. Modules load TensorFlow
+serving, batch, drift, kubeflow, airflow, schedule, prune, rollback) and registers `COMMANDS`. Modules load TensorFlow
 and TFX only inside the commands that need them, so `imgpipe --help` is quick.
 """
 
@@ -39,6 +39,7 @@ from imgpipe.cli import (  # noqa: E402
     kubeflow,
     prune,
     report,
+    rollback,
     run,
     schedule,
     serving,
@@ -65,7 +66,21 @@ from imgpipe.orchestration.lock import LockBusy, LockError  # noqa: E402
 from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 
-GROUPS = (ingest, backbone, run, report, demo, serving, batch, drift, kubeflow, airflow, schedule, prune)
+GROUPS = (
+    ingest,
+    backbone,
+    run,
+    report,
+    demo,
+    serving,
+    batch,
+    drift,
+    kubeflow,
+    airflow,
+    schedule,
+    prune,
+    rollback,
+)
 
 
 def commands() -> list[Command]:

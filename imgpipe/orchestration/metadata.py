@@ -229,7 +229,7 @@ def output_uri(store, execution, key: str) -> str | None:
     return arts[-1].uri if arts else None
 
 
-def _int_prop(artifact, name: str) -> int | None:
+def int_prop(artifact, name: str) -> int | None:
     if name in artifact.custom_properties:
         return int(artifact.custom_properties[name].int_value)
     return None
@@ -289,8 +289,8 @@ def blessing(store, evaluator_execution) -> bool | None:
     arts = output_artifacts(store, evaluator_execution, "blessing")
     if not arts:
         return None
-    verdict = _int_prop(arts[-1], EVALUATOR_BLESSED_KEY)
-    return bool(verdict if verdict is not None else _int_prop(arts[-1], "blessed"))
+    verdict = int_prop(arts[-1], EVALUATOR_BLESSED_KEY)
+    return bool(verdict if verdict is not None else int_prop(arts[-1], "blessed"))
 
 
 def served_unrecorded(store, evaluator_execution) -> str | None:
@@ -355,7 +355,7 @@ def withdraw_unserved_blessings(
                 metadata_store_pb2.Artifact.ABANDONED,
                 a.custom_properties[WITHDRAWN_KEY].string_value,
             )
-    blessed = {a.id: a for a in live if _int_prop(a, "blessed") == 1}
+    blessed = {a.id: a for a in live if int_prop(a, "blessed") == 1}
     if not blessed:
         return []
     # Who read each blessing (InfraValidator, Pusher, a later run's cached ones) and who made it.
@@ -393,7 +393,7 @@ def withdraw_unserved_blessings(
             infra[outputs[e]["blessing"]]
             for e in readers[blessing_id]
             if outputs.get(e, {}).get("blessing") in infra
-            and _int_prop(infra[outputs[e]["blessing"]], "blessed") == 0
+            and int_prop(infra[outputs[e]["blessing"]], "blessed") == 0
         ]
         run = run_name_of_execution(store, maker[blessing_id]) if blessing_id in maker else "?"
         if refused:
@@ -418,19 +418,19 @@ def withdraw_unserved_blessings(
             reason = f"not pushed in run {run}: {how}"
         else:
             continue
-        _withdraw(store, blessing, reason, runs_finished)
+        withdraw(store, blessing, reason, runs_finished)
         withdrawn.append((blessing_id, reason))
     if runs_finished and served_as is not None:
         gone = {b for b, _ in withdrawn}
         for blessing, reason in _superseded(
             store, [b for i, b in sorted(blessed.items()) if i not in gone], maker, served_as
         ):
-            _withdraw(store, blessing, reason, runs_finished)
+            withdraw(store, blessing, reason, runs_finished)
             withdrawn.append((blessing.id, reason))
     return withdrawn
 
 
-def _withdraw(store, blessing, reason: str, runs_finished: bool) -> None:
+def withdraw(store, blessing, reason: str, runs_finished: bool) -> None:
     """Set a blessing's `blessed` to 0, keeping the Evaluator's verdict and the reason."""
     blessing.custom_properties[EVALUATOR_BLESSED_KEY].int_value = 1
     blessing.custom_properties["blessed"].int_value = 0
@@ -452,7 +452,7 @@ def _superseded(
     a version no longer served, and pushed nothing. Empty when no blessed model is the one
     served (a version copied in by hand: nothing is known of it)."""
     by_model = sorted(
-        ((_int_prop(b, "current_model_id"), b) for b in blessed if _int_prop(b, "current_model_id")),
+        ((int_prop(b, "current_model_id"), b) for b in blessed if int_prop(b, "current_model_id")),
         key=lambda mb: (mb[0], mb[1].id),
         reverse=True,
     )
@@ -517,7 +517,7 @@ def run_name_of_execution(store, execution_id: int) -> str:
 
 def pushed_path(store, pusher_execution) -> str | None:
     arts = output_artifacts(store, pusher_execution, "pushed_model")
-    if not arts or not _int_prop(arts[-1], "pushed"):
+    if not arts or not int_prop(arts[-1], "pushed"):
         return None
     dest = arts[-1].custom_properties.get("pushed_destination")
     return dest.string_value if dest is not None else None

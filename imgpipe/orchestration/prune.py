@@ -118,10 +118,11 @@ def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[in
     return out
 
 
-def _airflow_run_in_progress(store, name: str) -> str | None:
-    """Why `name` cannot be pruned now: an Airflow run of it has an unfinished execution. Airflow's
-    tasks take no home lock, so the run may be alive, and its later tasks read outputs that
-    pruning would delete (and recovery would mark its running execution FAILED)."""
+def airflow_run_in_progress(store, name: str, what: str = "prune") -> str | None:
+    """Why `name` cannot be pruned (or `what`) now: an Airflow run of it has an unfinished
+    execution. Airflow's tasks take no home lock, so the run may be alive, and its later tasks
+    read outputs that pruning would delete (and recovery would mark its running execution FAILED),
+    or a blessing a rollback would withdraw."""
     for run in metadata.pipeline_runs(store, name):
         if not metadata.is_airflow_run(store, run):
             continue
@@ -129,7 +130,7 @@ def _airflow_run_in_progress(store, name: str) -> str | None:
             if e.last_known_state in recovery.UNFINISHED:
                 return (
                     f"pipeline {name!r} has an Airflow run in progress (run {metadata.run_id(run)}: execution "
-                    f"{e.id} is {metadata.state_name(e)}); Airflow's tasks take no home lock, so prune "
+                    f"{e.id} is {metadata.state_name(e)}); Airflow's tasks take no home lock, so {what} "
                     "after the run ends (or mark that execution FAILED if its task is dead)"
                 )
     return None
@@ -358,7 +359,7 @@ def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool)
     with metadata.open_store(store_config, readonly=dry_run) as store:
         names = sorted(c.name for c in store.get_contexts_by_type("pipeline"))
         for name in names:  # before anything is changed, the scratch folders included
-            busy = _airflow_run_in_progress(store, name)
+            busy = airflow_run_in_progress(store, name)
             if busy:
                 raise PruneError(busy)
         if dry_run:

@@ -1075,3 +1075,41 @@ def test_a_blessed_model_whose_push_failed_is_not_the_next_baseline(
     assert list(_versions(config.resolved().model_serving_dir)) == [
         os.path.basename(retry.pushed.rstrip("/"))
     ]
+
+
+def test_a_rolled_back_model_is_not_pushed_again(base_config, first_run, tmp_path):
+    """`imgpipe rollback` after a push: the earlier version is served again (as the newest), and
+    the next run on the same data, whose Trainer TFX serves from its cache, judges the model
+    again and refuses it: the rollback holds. Rolled forward on purpose, the model is blessed
+    again and, being the served version already, not pushed a second time."""
+    from imgpipe.orchestration.rollback import rollback_home
+
+    config = base_config.replace(serving_dir=str(tmp_path / "serving"), prepush_validation=False)
+    serving = config.resolved().model_serving_dir
+    first = run_local(config)  # another serving dir: the home's model is pushed there
+    assert first.pushed and first.executions["Trainer"] == "CACHED", first
+    pushed = os.path.basename(first.pushed.rstrip("/"))
+    # An earlier version, copied in by hand: another model, byte for byte.
+    shutil.copytree(first.pushed, os.path.join(serving, "1"))
+    with open(os.path.join(serving, "1", "NOTE"), "w", encoding="utf-8") as f:
+        f.write("an earlier model")
+
+    back = rollback_home(config.home, reason="misreads the new scanner's images")
+    assert (back.from_version, back.to_version) == (pushed, "1")
+    assert sorted(_versions(serving), key=int) == ["1", pushed, back.new_version]
+    assert _versions(serving)[back.new_version] == _versions(serving)["1"]
+
+    again = run_local(config)
+    assert again.executions["Trainer"] == "CACHED" and again.executions["Evaluator"] == "COMPLETE"
+    assert again.blessed is False and again.pushed is None, again
+    assert again.gate["reasons"][0].startswith("this model was rolled back on "), again.gate["reasons"]
+    assert "misreads the new scanner's images" in again.gate["rolled_back"]
+    assert max(_versions(serving), key=int) == back.new_version  # still the earlier model
+
+    forward = rollback_home(config.home, to=pushed)
+    assert forward.to_version == pushed and forward.rolled_back_model is None  # "1" is not in ML Metadata
+    assert forward.baseline == forward.restored_model
+    last = run_local(config)
+    assert last.executions["Evaluator"] == "COMPLETE" and last.blessed is True, last
+    assert last.gate["rolled_back"] is None
+    assert last.pushed is None and last.push_skipped == f"identical to version {forward.new_version}"

@@ -1,0 +1,295 @@
+"""`imgpipe rollback`: an earlier version served again, the rolled-back model kept out, the gate's
+baseline the model served.
+
+Histories are written into ML Metadata as LocalDagRunner writes them (tests/mlmd_fixtures.py),
+with stand-in SavedModels; the e2e file checks a real run after a rollback
+(tests/e2e/test_pipeline_e2e.py, `test_a_rolled_back_model_is_not_pushed_again`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from imgpipe.orchestration import lock, metadata, runs, summary
+from imgpipe.orchestration.rollback import LOG_FILE, RollbackError, rollback_home
+from imgpipe.orchestration.summary import RunSummary
+from pipeline.config import PipelineConfig
+from tests.mlmd_fixtures import FakeHome, model_files
+
+ROLLED_BACK = "rolled_back"
+
+
+class History:
+    """A home whose runs each trained a model, blessed and pushed it as the next version."""
+
+    def __init__(self, tmp_path):
+        self.home = FakeHome(str(tmp_path / "home"))
+        os.makedirs(tmp_path / "data", exist_ok=True)
+        self.config = PipelineConfig(
+            data_dir=str(tmp_path / "data"),
+            home=self.home.home,
+            serving_dir=str(tmp_path / "serving"),
+            model_name="m",
+        )
+        self.serving = self.config.model_serving_dir
+        self.models, self.blessings = [], []
+
+    def run(self, content: bytes, version: str | None) -> tuple:
+        """One run: a new model with `content`, blessed; pushed as `version` (None: not pushed)."""
+        run = f"run-{len(self.models) + 1}"
+        _, made = self.home.execute(run, "Trainer", outputs={"model": ("Model", {})})
+        model = made["model"]
+        model_files(model, content)
+        _, made = self.home.execute(
+            run,
+            "Evaluator",
+            inputs={"model": [model]},
+            outputs={"blessing": ("ModelBlessing", {"blessed": 1, "current_model_id": model.id})},
+        )
+        blessing = made["blessing"]
+        pushed = None
+        if version is not None:
+            pushed = os.path.join(self.serving, version)
+            shutil.copytree(os.path.join(model.uri, "Format-Serving"), pushed)
+            self.home.execute(
+                run,
+                "Pusher",
+                inputs={"model": [model], "model_blessing": [blessing]},
+                outputs={"pushed_model": ("PushedModel", {"pushed": 1, "pushed_destination": pushed})},
+            )
+        runs.write_record(
+            self.config,
+            RunSummary(run_id=run, blessed=True, pushed=pushed, accuracy=0.9, replicas=1, executions={}),
+        )
+        self.models.append(model)
+        self.blessings.append(blessing)
+        return model, blessing
+
+    def artifact(self, a):
+        return self.home.artifact(a.id)
+
+    def versions(self) -> list[str]:
+        return sorted((n for n in os.listdir(self.serving) if n.isdigit()), key=int)
+
+
+def _same(a: str, b: str) -> bool:
+    from components import pusher
+
+    return pusher.same_model(a, b)
+
+
+def test_rollback_serves_the_earlier_model_again_and_keeps_the_newer_out(tmp_path):
+    h = History(tmp_path)
+    model_a, blessing_a = h.run(b"model A", "100")
+    model_b, blessing_b = h.run(b"model B", "200")
+
+    result = rollback_home(h.home.home, reason="answers 'cat' for every dog photo")
+
+    assert (result.from_version, result.to_version) == ("200", "100")
+    # The earlier model, pushed again as the newest version (a "latest" policy serves it): every
+    # version kept.
+    assert h.versions() == ["100", "200", result.new_version] and int(result.new_version) > 200
+    assert _same(os.path.join(h.serving, result.new_version), os.path.join(h.serving, "100"))
+    # The model taken out is marked, with why; its blessing withdrawn and out of TFX's cache.
+    b = h.artifact(model_b)
+    note = b.custom_properties[ROLLED_BACK].string_value
+    assert "served version 200 replaced by version 100's model" in note
+    assert "answers 'cat' for every dog photo" in note
+    withdrawn = h.artifact(blessing_b)
+    assert withdrawn.custom_properties["blessed"].int_value == 0
+    assert withdrawn.state == withdrawn.ABANDONED
+    assert withdrawn.custom_properties[metadata.WITHDRAWN_KEY].string_value == note
+    assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 1
+    assert ROLLED_BACK not in h.artifact(model_a).custom_properties
+    assert result.rolled_back_model == {"id": model_b.id, "uri": model_b.uri}
+    assert result.restored_model == {"id": model_a.id, "uri": model_a.uri}
+    assert result.baseline == {"id": model_a.id, "uri": model_a.uri} and result.warnings == []
+    # What the next run's own check finds: the served model is the baseline, nothing left to withdraw.
+    assert summary.withdraw_unserved_blessings(h.config) == []
+    [line] = [json.loads(x) for x in open(os.path.join(h.home.home, LOG_FILE), encoding="utf-8")]
+    assert line["from_version"] == "200" and line["new_version"] == result.new_version
+    assert line["rolled_back_model"]["id"] == model_b.id
+
+
+def test_every_model_newer_than_the_target_loses_its_blessing(tmp_path):
+    """Rolled back two versions: the served model is marked, the one between only loses its
+    blessing (it is not served, so it must not be the gate's baseline)."""
+    h = History(tmp_path)
+    model_a, blessing_a = h.run(b"model A", "100")
+    model_b, blessing_b = h.run(b"model B", "200")
+    model_c, blessing_c = h.run(b"model C", "300")
+
+    result = rollback_home(h.home.home, to="100")
+
+    assert result.to_version == "100" and result.baseline["id"] == model_a.id
+    reasons = {w["blessing"]: w["reason"] for w in result.withdrawn}
+    assert set(reasons) == {blessing_b.id, blessing_c.id}
+    assert reasons[blessing_c.id].startswith("rolled back on ")
+    assert reasons[blessing_b.id] == "superseded: " + reasons[blessing_c.id]
+    assert ROLLED_BACK in h.artifact(model_c).custom_properties
+    assert ROLLED_BACK not in h.artifact(model_b).custom_properties  # never judged in production
+    assert h.artifact(blessing_b).custom_properties["blessed"].int_value == 0
+    assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 1
+
+
+def test_rolling_forward_again_clears_the_mark_and_gives_the_blessing_back(tmp_path):
+    h = History(tmp_path)
+    model_a, blessing_a = h.run(b"model A", "100")
+    model_b, blessing_b = h.run(b"model B", "200")
+    back = rollback_home(h.home.home)
+    # While B was marked, a run judged it again and refused it: a LIVE not-blessed blessing.
+    _, made = h.home.execute(
+        "run-3",
+        "Evaluator",
+        inputs={"model": [h.artifact(model_b)]},  # as ML Metadata holds it now (an input is written back)
+        outputs={"blessing": ("ModelBlessing", {"blessed": 0, "current_model_id": model_b.id})},
+    )
+    refusal = made["blessing"]
+
+    forward = rollback_home(h.home.home, to="200")
+
+    assert forward.from_version == back.new_version and forward.to_version == "200"
+    assert ROLLED_BACK not in h.artifact(model_b).custom_properties
+    restored = h.artifact(blessing_b)
+    assert restored.custom_properties["blessed"].int_value == 1 and restored.state == restored.LIVE
+    assert metadata.WITHDRAWN_KEY not in restored.custom_properties
+    assert forward.restored == [{"blessing": blessing_b.id, "model": model_b.id}]
+    # The refusal is out of the cache: the next identical run judges B again.
+    assert h.artifact(refusal).state == refusal.ABANDONED
+    # A, served until now, is the model taken out this time.
+    assert ROLLED_BACK in h.artifact(model_a).custom_properties
+    assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 0
+    assert forward.baseline["id"] == model_b.id
+    assert summary.withdraw_unserved_blessings(h.config) == []
+    assert h.versions()[-1] == forward.new_version
+    assert _same(os.path.join(h.serving, forward.new_version), os.path.join(h.serving, "200"))
+
+
+def test_a_dry_run_changes_nothing(tmp_path):
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    model_b, blessing_b = h.run(b"model B", "200")
+    before = open(h.home.metadata_path, "rb").read()
+
+    result = rollback_home(h.home.home, dry_run=True)
+
+    assert result.dry_run and result.new_version is None
+    assert (result.from_version, result.to_version) == ("200", "100")
+    assert [w["blessing"] for w in result.withdrawn] == [blessing_b.id]
+    assert h.versions() == ["100", "200"]
+    assert open(h.home.metadata_path, "rb").read() == before
+    assert not os.path.exists(os.path.join(h.home.home, LOG_FILE))
+
+
+def test_the_default_target_skips_versions_holding_the_served_model(tmp_path):
+    """A version byte-identical to the served one (an earlier rollback's copy) is no rollback."""
+    h = History(tmp_path)
+    model_a, _ = h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    shutil.copytree(os.path.join(h.serving, "200"), os.path.join(h.serving, "250"))
+    shutil.copytree(os.path.join(h.serving, "200"), os.path.join(h.serving, "300"))
+    assert rollback_home(h.home.home, dry_run=True).to_version == "100"
+
+
+@pytest.mark.parametrize(
+    "to, message",
+    [
+        ("150", "--to 150: no such version in {serving} (its versions: 100, 200)"),
+        ("200", "--to 200: version 200 is the one served now"),
+        ("abc", "--to abc: no such version"),
+    ],
+)
+def test_a_bad_target_is_named(tmp_path, to, message):
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    with pytest.raises(RollbackError, match=None) as e:
+        rollback_home(h.home.home, to=to)
+    assert message.format(serving=h.serving) in str(e.value)
+    assert h.versions() == ["100", "200"]
+
+
+def test_nothing_to_roll_back_to(tmp_path):
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    with pytest.raises(
+        RollbackError, match="no earlier version holds another model than the served version 100"
+    ):
+        rollback_home(h.home.home)
+    # A same-bytes copy is no other model either.
+    shutil.copytree(os.path.join(h.serving, "100"), os.path.join(h.serving, "101"))
+    with pytest.raises(RollbackError, match="version 100 holds the same model, byte for byte"):
+        rollback_home(h.home.home, to="100")
+
+
+def test_a_home_without_records_is_refused(tmp_path):
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(RollbackError, match="has no readable run record"):
+        rollback_home(str(tmp_path / "empty"))
+    with pytest.raises(RollbackError, match="is not a directory"):
+        rollback_home(str(tmp_path / "missing"))
+
+
+def test_a_version_unknown_to_ml_metadata_is_rolled_back_with_warnings(tmp_path):
+    """Versions copied in by hand: the rollback still serves the target; it says what it cannot do."""
+    h = History(tmp_path)
+    model_a, blessing_a = h.run(b"model A", "100")
+    os.makedirs(os.path.join(h.serving, "50", "variables"))
+    with open(os.path.join(h.serving, "50", "saved_model.pb"), "wb") as f:
+        f.write(b"copied in by hand")
+
+    result = rollback_home(h.home.home)
+
+    assert result.to_version == "50" and result.restored_model is None
+    assert any("version 50 holds no model this home's ML Metadata knows" in w for w in result.warnings)
+    assert ROLLED_BACK in h.artifact(model_a).custom_properties
+    assert result.baseline is None  # A's blessing withdrawn, no other
+    assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 0
+    # The other way: the served version unknown, the target A.
+    again = rollback_home(h.home.home, to="100")
+    assert any("nothing stops a later run from pushing that model again" in w for w in again.warnings)
+    assert ROLLED_BACK not in h.artifact(model_a).custom_properties
+    assert again.baseline["id"] == model_a.id
+
+
+def test_a_run_holding_the_home_makes_it_wait_or_exit(tmp_path):
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    with lock.run_lock(lock.home_lock_path(h.home.home), holder="run test"):
+        with pytest.raises(lock.LockBusy):
+            rollback_home(h.home.home)
+    assert h.versions() == ["100", "200"]
+
+
+def test_the_command_prints_its_result_as_json(tmp_path):
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    done = subprocess.run(
+        [sys.executable, "-m", "imgpipe", "rollback", "--home", h.home.home, "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["to_version"] == "100" and result["dry_run"] is True
+    assert "would serve version 100's model" in done.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "imgpipe", "rollback", "--home", h.home.home, "--to", "7"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "--to 7: no such version" in bad.stderr
