@@ -171,6 +171,28 @@ def test_rolling_forward_again_clears_the_mark_and_gives_the_blessing_back(tmp_p
     assert _same(os.path.join(h.serving, forward.new_version), os.path.join(h.serving, "200"))
 
 
+def test_rolling_back_twice_goes_further_back_not_forward_again(tmp_path):
+    """100 (A), 200 (B), rolled back to A: the next rollback skips B (taken out) and A's own
+    version; with nothing older it says so, naming B's version and how to serve it on purpose."""
+    h = History(tmp_path)
+    model_z, _ = h.run(b"model Z", "50")
+    model_a, _ = h.run(b"model A", "100")
+    model_b, _ = h.run(b"model B", "200")
+    first = rollback_home(h.home.home)
+    assert first.to_version == "100"
+    second = rollback_home(h.home.home)
+    assert (second.from_version, second.to_version) == (first.new_version, "50")
+    assert ROLLED_BACK in h.artifact(model_a).custom_properties
+    assert ROLLED_BACK in h.artifact(model_b).custom_properties
+    assert second.baseline["id"] == model_z.id
+    with pytest.raises(RollbackError) as e:
+        rollback_home(h.home.home)
+    assert (
+        f"versions {first.new_version}, 200, 100 hold models rolled back earlier (--to VERSION serves one again)"
+        in str(e.value)
+    )
+
+
 def test_a_dry_run_changes_nothing(tmp_path):
     h = History(tmp_path)
     h.run(b"model A", "100")

@@ -27,7 +27,7 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--to",
         metavar="VERSION",
         help="the version to serve again (a version folder of the serving dir; default: the newest older "
-        "version holding another model than the served one)",
+        "version holding another model than the served one, skipping models an earlier rollback took out)",
     )
     p.add_argument(
         "--reason",

@@ -35,6 +35,7 @@ import datetime
 import json
 import logging
 import os
+from collections.abc import Callable
 
 from ml_metadata.proto import metadata_store_pb2
 
@@ -105,9 +106,12 @@ def _versions(serving_dir: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def _pick(versions: list[tuple[int, str]], to: str | None, serving_dir: str) -> tuple[tuple, tuple]:
+def _pick(
+    versions: list[tuple[int, str]], to: str | None, serving_dir: str, taken_out: Callable[[str], bool]
+) -> tuple[tuple, tuple]:
     """(served, target) among `versions`: the newest, and `to` or the newest older one holding
-    another model."""
+    another model, not one an earlier rollback took out (`taken_out(version path)`): rolling back
+    twice goes further back, not forward again to the model the first rollback removed."""
     from components import pusher
     from serving.version_names import version_number
 
@@ -130,12 +134,22 @@ def _pick(versions: list[tuple[int, str]], to: str | None, serving_dir: str) -> 
                 f"--to {to}: version {to} holds the same model, byte for byte, as the served version {served[0]}"
             )
         return served, target
+    skipped = []
     for candidate in reversed(versions[:-1]):
-        if not pusher.same_model(candidate[1], served[1]):
-            return served, candidate
+        if pusher.same_model(candidate[1], served[1]):
+            continue
+        if taken_out(candidate[1]):
+            skipped.append(str(candidate[0]))
+            continue
+        return served, candidate
+    also = (
+        f"; versions {', '.join(skipped)} hold models rolled back earlier (--to VERSION serves one again)"
+        if skipped
+        else ""
+    )
     raise RollbackError(
         f"serving dir {serving_dir}: no earlier version holds another model than the served version "
-        f"{served[0]} (its versions: {names}); nothing to roll back to"
+        f"{served[0]} (its versions: {names}){also}; nothing to roll back to"
     )
 
 
@@ -198,17 +212,22 @@ def _rollback_holding_lock(
 ) -> RollbackResult:
     from components import pusher
 
-    served, target = _pick(_versions(serving_dir), to, serving_dir)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = f"rolled back on {when}: served version {served[0]} replaced by version {target[0]}'s model"
-    if reason:
-        text += f" ({reason})"
     warnings: list[str] = []
     with metadata.open_store(config, readonly=dry_run) as store:
         busy = airflow_run_in_progress(store, config.pipeline_name, "roll back")
         if busy:
             raise RollbackError(busy)
         models = _models(store, config.pipeline_root)
+
+        def taken_out(version_path: str) -> bool:
+            model = _holding(models, version_path)
+            return model is not None and ROLLED_BACK_KEY in model.custom_properties
+
+        served, target = _pick(_versions(serving_dir), to, serving_dir, taken_out)
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = f"rolled back on {when}: served version {served[0]} replaced by version {target[0]}'s model"
+        if reason:
+            text += f" ({reason})"
         bad = _holding(models, served[1])
         good = _holding(models, target[1])
         if bad is None:
