@@ -258,6 +258,26 @@ def test_a_home_without_records_is_refused(tmp_path):
         rollback_home(str(tmp_path / "missing"))
 
 
+def test_a_config_file_names_the_pipeline_when_runs_keep_no_record(tmp_path):
+    """Runs under Airflow write no HOME/runs records: the pipeline's config file says where its
+    serving dir and ML Metadata are."""
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    model_b, _ = h.run(b"model B", "200")
+    shutil.rmtree(os.path.join(h.home.home, "runs"))
+    with pytest.raises(RollbackError, match="has no readable run record"):
+        rollback_home(h.home.home)
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(h.config.dumps(str(config_file)), encoding="utf-8")
+    result = rollback_home(None, config_path=str(config_file))
+    assert (result.from_version, result.to_version) == ("200", "100")
+    assert ROLLED_BACK in h.artifact(model_b).custom_properties
+    with pytest.raises(RollbackError, match="--config: config file not found"):
+        rollback_home(None, config_path=str(tmp_path / "nowhere.yaml"))
+    with pytest.raises(RollbackError, match="give --home"):
+        rollback_home(None)
+
+
 def test_a_version_unknown_to_ml_metadata_is_rolled_back_with_warnings(tmp_path):
     """Versions copied in by hand: the rollback still serves the target; it says what it cannot do."""
     h = History(tmp_path)

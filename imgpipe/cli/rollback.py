@@ -20,8 +20,14 @@ log = logging.getLogger(__name__)
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--home",
-        required=True,
-        help="the pipeline home (`imgpipe run --home`) whose served model to roll back",
+        help="the pipeline home (`imgpipe run --home`) whose served model to roll back; its newest run "
+        "record names the serving dir and ML Metadata",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the pipeline's config file instead of the run records (a home whose runs keep none: Airflow); "
+        "--home, if given too, is the home",
     )
     p.add_argument(
         "--to",
@@ -44,7 +50,12 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         result = rollback_home(
-            args.home, to=args.to, reason=args.reason, dry_run=args.dry_run, lock_wait=args.lock_wait
+            args.home,
+            to=args.to,
+            reason=args.reason,
+            dry_run=args.dry_run,
+            lock_wait=args.lock_wait,
+            config_path=args.config,
         )
     except RollbackError as e:
         raise UsageError(str(e)) from e

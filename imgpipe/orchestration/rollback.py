@@ -44,7 +44,7 @@ from imgpipe.orchestration import metadata, runs
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.prune import airflow_run_in_progress
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -185,18 +185,35 @@ def _ref(model) -> dict | None:
 
 
 def rollback_home(
-    home: str, to: str | None = None, reason: str = "", dry_run: bool = False, lock_wait: float = 0.0
+    home: str | None,
+    to: str | None = None,
+    reason: str = "",
+    dry_run: bool = False,
+    lock_wait: float = 0.0,
+    config_path: str | None = None,
 ) -> RollbackResult:
     """Serve the model of version `to` (default: the newest older version holding another model)
     again, as a new version, and record in ML Metadata that the served one was rolled back.
 
-    Raises RollbackError for a home or version that does not allow it, lock.LockBusy while a
-    run holds the home.
+    The pipeline's serving dir and ML Metadata come from `config_path` when given (a home whose
+    runs keep no record: Airflow), else from the home's newest run record; `home`, when given,
+    is the home either way. Raises RollbackError for a home, config or version that does not
+    allow it, lock.LockBusy while a run holds the home.
     """
+    if config_path:
+        try:
+            config = PipelineConfig.from_yaml(config_path)
+        except ConfigError as e:
+            raise RollbackError(f"--config: {e}") from e
+        if home:
+            config = config.replace(home=home)
+        home = config.home
+    if not home:
+        raise RollbackError("home: give --home (a pipeline home) or --config (the pipeline's config file)")
     home = os.path.abspath(os.path.expanduser(home))
     if not os.path.isdir(home):
         raise RollbackError(f"home: {home} is not a directory")
-    config = _config_of(home).resolved()
+    config = (config.replace(home=home) if config_path else _config_of(home)).resolved()
     serving_dir = config.model_serving_dir
     if "://" in serving_dir:
         raise RollbackError(
