@@ -120,8 +120,7 @@ def remove_dead_staging(base_directory: str, now: float | None = None) -> list[s
     return removed
 
 
-def push_new_version(model_path: str, base_directory: str, now: float | None = None) -> tuple[str, str]:
-    """Copy the model to a version newer than every existing one; return (version, its path)."""
+def _next_version(base_directory: str, now: float | None) -> int:
     newest = max(served_versions(base_directory), default=0)
     version = max(int(time.time() if now is None else now), newest + 1)
     if version > INT64_MAX:
@@ -129,12 +128,12 @@ def push_new_version(model_path: str, base_directory: str, now: float | None = N
             f"{base_directory}: version {newest} is the largest a server can read (64-bit); "
             "no newer version can be pushed"
         )
-    if "://" in base_directory:  # object stores: no atomic rename; the TFX order (saved_model.pb last)
-        while fileio.exists(os.path.join(base_directory, str(version))):
-            version += 1
-        dest = os.path.join(base_directory, str(version))
-        _copy_model(model_path, dest)
-        return str(version), dest
+    return version
+
+
+def stage_copy(model_path: str, base_directory: str) -> str:
+    """Copy the model into a staging folder of a local base path (a name no server loads) and
+    return it: `rename_in` makes it a version. The slow, failing part (a full disk) of a push."""
     os.makedirs(base_directory, exist_ok=True)
     remove_dead_staging(base_directory)
     # Not a number: servers ignore it. Named by host and process, so a later push can tell a
@@ -142,6 +141,17 @@ def push_new_version(model_path: str, base_directory: str, now: float | None = N
     staging = os.path.join(base_directory, f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-{uuid.uuid4().hex}")
     try:
         _copy_model(model_path, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def rename_in(staging: str, base_directory: str, now: float | None = None) -> tuple[str, str]:
+    """Rename a staged copy to a version newer than every existing one; return (version, path).
+    The staging folder is removed whatever happens."""
+    try:
+        version = _next_version(base_directory, now)
         while True:
             dest = os.path.join(base_directory, str(version))
             if not os.path.exists(dest):
@@ -155,6 +165,19 @@ def push_new_version(model_path: str, base_directory: str, now: float | None = N
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def push_new_version(model_path: str, base_directory: str, now: float | None = None) -> tuple[str, str]:
+    """Copy the model to a version newer than every existing one; return (version, its path)."""
+    if "://" in base_directory:  # object stores: no atomic rename; the TFX order (saved_model.pb last)
+        version = _next_version(base_directory, now)
+        while fileio.exists(os.path.join(base_directory, str(version))):
+            version += 1
+        dest = os.path.join(base_directory, str(version))
+        _copy_model(model_path, dest)
+        return str(version), dest
+    _next_version(base_directory, now)  # a base path at the largest version: refused before the copy
+    return rename_in(stage_copy(model_path, base_directory), base_directory, now)
 
 
 class ServingPusherExecutor(pusher_executor.Executor):

@@ -13,14 +13,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
+from ml_metadata.proto import metadata_store_pb2
 
 from imgpipe.orchestration import lock, metadata, runs, summary
-from imgpipe.orchestration.rollback import LOG_FILE, RollbackError, rollback_home
+from imgpipe.orchestration.rollback import LOG_FILE, RollbackError, RollbackFailed, rollback_home
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
 from tests.mlmd_fixtures import FakeHome, model_files
+
+FAILED = metadata_store_pb2.Execution.FAILED
 
 ROLLED_BACK = "rolled_back"
 
@@ -162,9 +166,11 @@ def test_rolling_forward_again_clears_the_mark_and_gives_the_blessing_back(tmp_p
     assert forward.restored == [{"blessing": blessing_b.id, "model": model_b.id}]
     # The refusal is out of the cache: the next identical run judges B again.
     assert h.artifact(refusal).state == refusal.ABANDONED
-    # A, served until now, is the model taken out this time.
-    assert ROLLED_BACK in h.artifact(model_a).custom_properties
-    assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 0
+    # An undo: A, served until now, did not misbehave: not marked, and its blessing stays (B,
+    # newer, is the baseline again); a later default rollback may serve A again.
+    assert ROLLED_BACK not in h.artifact(model_a).custom_properties and forward.rolled_back_model is None
+    assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 1
+    assert forward.withdrawn == []
     assert forward.baseline["id"] == model_b.id
     assert summary.withdraw_unserved_blessings(h.config) == []
     assert h.versions()[-1] == forward.new_version
@@ -276,6 +282,142 @@ def test_a_config_file_names_the_pipeline_when_runs_keep_no_record(tmp_path):
         rollback_home(None, config_path=str(tmp_path / "nowhere.yaml"))
     with pytest.raises(RollbackError, match="give --home"):
         rollback_home(None)
+
+
+def test_a_target_unknown_to_ml_metadata_leaves_no_baseline(tmp_path):
+    """Z at 50 copied in by hand, A at 100, B at 200; rolled back to 50: no blessed model is the
+    one served, so none may be the next baseline (A was: a run cached on A was "identical" to
+    it, blessed, and pushed over the rollback)."""
+    h = History(tmp_path)
+    model_a, blessing_a = h.run(b"model A", "100")
+    model_b, blessing_b = h.run(b"model B", "200")
+    os.makedirs(os.path.join(h.serving, "50", "variables"))
+    with open(os.path.join(h.serving, "50", "saved_model.pb"), "wb") as f:
+        f.write(b"copied in by hand")
+
+    result = rollback_home(h.home.home, to="50")
+
+    assert result.baseline is None and result.restored_model is None
+    assert {w["blessing"] for w in result.withdrawn} == {blessing_a.id, blessing_b.id}
+    assert ROLLED_BACK in h.artifact(model_b).custom_properties
+    assert ROLLED_BACK not in h.artifact(model_a).custom_properties  # never taken out of serving
+    assert any("every blessing is withdrawn" in w for w in result.warnings)
+    assert summary.withdraw_unserved_blessings(h.config) == []
+
+
+def test_a_failed_copy_changes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from components import pusher
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    model_b, blessing_b = h.run(b"model B", "200")
+    before = open(h.home.metadata_path, "rb").read()
+
+    def full_disk(model_path, base_directory):
+        raise OSError(errno.ENOSPC, "No space left on device", base_directory)
+
+    monkeypatch.setattr(pusher, "stage_copy", full_disk)
+    with pytest.raises(
+        RollbackFailed,
+        match="version 100 could not be copied into .*No space left on device.*nothing was changed",
+    ):
+        rollback_home(h.home.home)
+    assert open(h.home.metadata_path, "rb").read() == before and h.versions() == ["100", "200"]
+
+
+def test_a_failed_rename_says_ml_metadata_has_it_and_a_second_run_completes_it(tmp_path, monkeypatch):
+    import errno
+
+    from components import pusher
+
+    h = History(tmp_path)
+    model_a, _ = h.run(b"model A", "100")
+    model_b, _ = h.run(b"model B", "200")
+
+    def refused(staging, base_directory, now=None):
+        shutil.rmtree(staging)
+        raise OSError(errno.EACCES, "Permission denied", base_directory)
+
+    with monkeypatch.context() as m:
+        m.setattr(pusher, "rename_in", refused)
+        with pytest.raises(
+            RollbackFailed, match="ML Metadata already records the rollback .* run the same command again"
+        ):
+            rollback_home(h.home.home)
+    assert h.versions() == ["100", "200"]  # no staging folder left either
+    assert sorted(os.listdir(h.serving)) == ["100", "200"]
+    assert ROLLED_BACK in h.artifact(model_b).custom_properties
+    again = rollback_home(h.home.home)
+    assert (again.from_version, again.to_version) == ("200", "100") and again.baseline["id"] == model_a.id
+    assert _same(os.path.join(h.serving, again.new_version), os.path.join(h.serving, "100"))
+
+
+def test_a_push_the_pusher_refused_as_rolled_back_loses_its_blessing(tmp_path):
+    """Under Airflow (no home lock) a rollback can mark a model between its run's Evaluator and
+    Pusher: the Pusher refuses it and finishes. Its blessing must not stay, counted as pushed,
+    and become the baseline."""
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    note = "rolled back on 2026-12-06T10:00:00Z: served version 200 replaced by version 100's model"
+    _, made = h.home.execute("run-2", "Trainer", outputs={"model": ("Model", {ROLLED_BACK: note})})
+    model = made["model"]
+    model_files(model, b"model B")
+    _, made = h.home.execute(
+        "run-2",
+        "Evaluator",
+        inputs={"model": [model]},
+        outputs={"blessing": ("ModelBlessing", {"blessed": 1, "current_model_id": model.id})},
+    )
+    blessing = made["blessing"]
+    h.home.execute(
+        "run-2",
+        "Pusher",
+        inputs={"model": [model], "model_blessing": [blessing]},
+        outputs={"pushed_model": ("PushedModel", {"pushed": 0, ROLLED_BACK: note})},
+    )
+    [(withdrawn, reason)] = summary.withdraw_unserved_blessings(h.config)
+    assert withdrawn == blessing.id and reason == f"not pushed in run run-2: the model was {note}"
+
+
+def test_prune_keeps_a_rolled_back_model(tmp_path):
+    """Its record lets a later rollback skip its version and a run cached on it refuse it."""
+    from imgpipe.orchestration.prune import prune_home
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    model_b, _ = h.run(b"model B", "200")
+    for i in range(3):
+        h.run(f"model {i}".encode(), None)
+    rollback_home(h.home.home, to="100")
+    result = prune_home(h.home.home, keep=1)
+    [kept] = [p for p in result.pipelines["imgpipe"].protected if p["id"] == model_b.id]
+    assert kept["why"].startswith("a model rolled back")
+    assert h.artifact(model_b).state == model_b.LIVE and os.path.isdir(model_b.uri)
+
+
+def test_an_airflow_run_between_its_tasks_stops_a_rollback(tmp_path):
+    """Airflow's tasks take no home lock: a run past its Evaluator, its Pusher not yet started,
+    may push over the rollback. One that failed, or stopped a day ago, does not stop it."""
+    from imgpipe.orchestration.prune import airflow_run_in_progress
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    airflow = h.home
+    airflow.airflow = True  # the next executions as TFX's Airflow launcher records them
+    _, made = airflow.execute("scheduled-1", "Trainer", outputs={"model": ("Model", {})})
+    airflow.execute("scheduled-1", "Evaluator", inputs={"model": [made["model"]]})
+    with pytest.raises(
+        RollbackError, match="has an Airflow run between two tasks .*roll back after the run ends"
+    ):
+        rollback_home(h.home.home)
+    assert airflow_run_in_progress(airflow.store, "imgpipe") is None  # prune: nothing runs now
+    later = airflow_run_in_progress(airflow.store, "imgpipe", before_pusher=True, now=time.time() + 2 * 86400)
+    assert later is None
+    airflow.execute("scheduled-1", "Pusher", state=FAILED)
+    assert rollback_home(h.home.home, dry_run=True).to_version == "100"
 
 
 def test_a_version_unknown_to_ml_metadata_is_rolled_back_with_warnings(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from imgpipe.cli.output import Command, UsageError, emit
+from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.cli.run import add_lock_wait_argument
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,11 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from imgpipe.orchestration.rollback import RollbackError, rollback_home  # loads ML Metadata
+    from imgpipe.orchestration.rollback import (  # loads ML Metadata
+        RollbackError,
+        RollbackFailed,
+        rollback_home,
+    )
 
     try:
         result = rollback_home(
@@ -59,6 +63,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     except RollbackError as e:
         raise UsageError(str(e)) from e
+    except RollbackFailed as e:
+        raise WorkFailed(str(e)) from e
     marked = result.rolled_back_model
     log.info(
         "%s version %s's model as version %s in place of version %s%s%s",

@@ -28,7 +28,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.gate import ACCURACY_KEY
-from components.gate_decision import GATE_FILE
+from components.gate_decision import GATE_FILE, ROLLED_BACK_KEY
 from components.prepush import REPORT_FILE as PREPUSH_REPORT_FILE
 from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
@@ -379,6 +379,14 @@ def withdraw_unserved_blessings(
             inputs.setdefault(ev.execution_id, set()).update(keys)
     infra_ids = sorted({o["blessing"] for o in outputs.values() if "blessing" in o})
     infra = {a.id: a for a in store.get_artifacts_by_id(infra_ids)} if infra_ids else {}
+    # Pushes a Pusher refused because `imgpipe rollback` marked the model after its Evaluator
+    # blessed it: the model is not served, so its blessing goes.
+    push_ids = sorted({o["pushed_model"] for o in outputs.values() if "pushed_model" in o})
+    refused_pushes = {
+        a.id: a.custom_properties[ROLLED_BACK_KEY].string_value
+        for a in (store.get_artifacts_by_id(push_ids) if push_ids else [])
+        if ROLLED_BACK_KEY in a.custom_properties
+    }
 
     withdrawn = []
     for blessing_id, blessing in sorted(blessed.items()):
@@ -396,7 +404,14 @@ def withdraw_unserved_blessings(
             and int_prop(infra[outputs[e]["blessing"]], "blessed") == 0
         ]
         run = run_name_of_execution(store, maker[blessing_id]) if blessing_id in maker else "?"
-        if refused:
+        rolled_back = [
+            refused_pushes[outputs[e]["pushed_model"]]
+            for e in pushers
+            if outputs.get(e, {}).get("pushed_model") in refused_pushes
+        ]
+        if rolled_back:
+            reason = f"not pushed in run {run}: the model was {rolled_back[-1]}"
+        elif refused:
             try:  # the report only gives the reason: `blessed` 0 decides
                 report = prepush_summary(refused[-1].uri) or {}
             except (OSError, ValueError, KeyError, TypeError):

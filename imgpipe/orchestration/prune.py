@@ -36,14 +36,17 @@ import dataclasses
 import logging
 import os
 import shutil
+import time
 
 from ml_metadata.proto import metadata_store_pb2
 
+from components.gate_decision import ROLLED_BACK_KEY
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import PipelineConfig
 from serving.version_names import version_number
+from trainer import liveness
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,8 @@ def _int_prop(artifact, name: str) -> int | None:
 
 
 def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[int, str]:
-    """Artifact id -> why it is kept whatever its age: the gate's baseline and the latest push."""
+    """Artifact id -> why it is kept whatever its age: the gate's baseline, the latest push and
+    the models `imgpipe rollback` took out of serving."""
     live = [a for a in artifacts if a.state == _LIVE]
     models = {a.id for a in live if type_names[a.type_id] == "Model"}
     blessings: dict[int, list] = {}
@@ -115,25 +119,51 @@ def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[in
     pushes = [a.id for a in live if type_names[a.type_id] == "PushedModel" and _int_prop(a, "pushed") == 1]
     if pushes:
         out.setdefault(max(pushes), "record of the latest push")
+    for a in live:
+        if type_names[a.type_id] == "Model" and ROLLED_BACK_KEY in a.custom_properties:
+            # `imgpipe rollback` took it out of serving: kept, so a later rollback knows its version
+            # for one taken out, and a run whose Trainer is cached on it refuses it.
+            out.setdefault(a.id, "a model rolled back (imgpipe rollback): kept as the record of it")
     return out
 
 
-def airflow_run_in_progress(store, name: str, what: str = "prune") -> str | None:
+def airflow_run_in_progress(
+    store, name: str, what: str = "prune", before_pusher: bool = False, now: float | None = None
+) -> str | None:
     """Why `name` cannot be pruned (or `what`) now: an Airflow run of it has an unfinished
     execution. Airflow's tasks take no home lock, so the run may be alive, and its later tasks
-    read outputs that pruning would delete (and recovery would mark its running execution FAILED),
-    or a blessing a rollback would withdraw."""
+    read outputs that pruning would delete (and recovery would mark its running execution FAILED).
+    With `before_pusher` (a rollback: the run's Resolver may have picked the baseline a rollback
+    withdraws, and its Pusher would push over the rollback), also a run between two tasks: none
+    failed, no Pusher yet, an execution updated within liveness.STALE_SECONDS."""
+    now = time.time() if now is None else now
     for run in metadata.pipeline_runs(store, name):
         if not metadata.is_airflow_run(store, run):
             continue
-        for e in store.get_executions_by_context(run.id):
+        executions = store.get_executions_by_context(run.id)
+        for e in executions:
             if e.last_known_state in recovery.UNFINISHED:
                 return (
                     f"pipeline {name!r} has an Airflow run in progress (run {metadata.run_id(run)}: execution "
                     f"{e.id} is {metadata.state_name(e)}); Airflow's tasks take no home lock, so {what} "
                     "after the run ends (or mark that execution FAILED if its task is dead)"
                 )
+        if before_pusher and executions and _between_tasks(store, executions, now):
+            return (
+                f"pipeline {name!r} has an Airflow run between two tasks (run {metadata.run_id(run)}: no "
+                f"execution failed and its Pusher has not run yet); Airflow's tasks take no home lock, so "
+                f"{what} after the run ends"
+            )
     return None
+
+
+def _between_tasks(store, executions: list, now: float) -> bool:
+    if any(e.last_known_state == metadata_store_pb2.Execution.FAILED for e in executions):
+        return False
+    if now - max(e.last_update_time_since_epoch for e in executions) / 1000 > liveness.STALE_SECONDS:
+        return False  # a run whose scheduler stopped long ago
+    types = {t.id: t.name for t in store.get_execution_types_by_id(sorted({e.type_id for e in executions}))}
+    return not any("Pusher" in types.get(e.type_id, "") for e in executions)
 
 
 def _first_kept(store, runs: list, keep: int) -> int:

@@ -7,8 +7,9 @@ earlier version back in front of TF Serving and makes the pipeline agree:
 1. The served version is the newest version folder of the model's serving dir (the
    "latest" policy of serving/deploy/models.config). The target is `to` or, by
    default, the newest older version holding a different model.
-2. ML Metadata first (the home's store, or its PostgreSQL one), so a failed copy never
-   leaves a served model the pipeline believes rolled back:
+2. The target's files are copied into a staging folder of the serving dir (no server
+   loads it). A full disk fails here, with nothing changed.
+3. ML Metadata (the home's store, or its PostgreSQL one):
    - the Model artifact being served is marked `rolled_back` (why, when, from which
      version to which). The Evaluator refuses to bless a model so marked and the
      Pusher refuses to push it, so a later run whose Trainer is served from TFX's
@@ -17,12 +18,15 @@ earlier version back in front of TF Serving and makes the pipeline agree:
    - every blessing of a model newer than the target's (the rolled-back one's
      included) is withdrawn, so the next run's gate compares with the model served
      (TFX's LatestBlessedModelStrategy takes the blessed model of the highest id);
-   - rolling forward again (to a version whose model an earlier rollback marked)
-     clears that mark and gives back the blessing the rollback withdrew.
-3. The target version's files are pushed again as a new, newest version (the
-   Pusher's own copy: staged, then renamed in), so a server with a "latest"
-   policy, `tensorflow_model_server` or `imgpipe serve`, swaps to it with no config
-   change, and every version stays on disk.
+     every blessing, when ML Metadata does not know the target's model;
+   - serving again a model an earlier rollback took out undoes that rollback: its
+     mark is cleared and the blessing that rollback withdrew is given back, and the
+     model served until then is not marked (it did not misbehave).
+4. The staged copy is renamed in as a new, newest version (the Pusher's own rename),
+   so a server with a "latest" policy, `tensorflow_model_server` or `imgpipe serve`,
+   swaps to it with no config change, and every version stays on disk. Should the
+   rename fail after ML Metadata was written, the error says so and the same command
+   run again completes the rollback.
 It holds the home's lock (a run in progress makes it exit 75, or wait) and refuses
 while an Airflow run of the pipeline is unfinished. Each rollback is appended to
 HOME/rollbacks.jsonl.
@@ -35,6 +39,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 
 from ml_metadata.proto import metadata_store_pb2
@@ -54,6 +59,10 @@ _LIVE = metadata_store_pb2.Artifact.LIVE
 
 class RollbackError(ValueError):
     """The home cannot be rolled back as asked (no record, no earlier version, a bad --to)."""
+
+
+class RollbackFailed(RuntimeError):
+    """The rollback was attempted and failed (the copy); the message says what was changed."""
 
 
 @dataclasses.dataclass
@@ -231,7 +240,7 @@ def _rollback_holding_lock(
 
     warnings: list[str] = []
     with metadata.open_store(config, readonly=dry_run) as store:
-        busy = airflow_run_in_progress(store, config.pipeline_name, "roll back")
+        busy = airflow_run_in_progress(store, config.pipeline_name, "roll back", before_pusher=True)
         if busy:
             raise RollbackError(busy)
         models = _models(store, config.pipeline_root)
@@ -247,6 +256,10 @@ def _rollback_holding_lock(
             text += f" ({reason})"
         bad = _holding(models, served[1])
         good = _holding(models, target[1])
+        # Serving again a model an earlier rollback took out undoes that rollback: the model it
+        # replaced did not misbehave, so it is not marked (its blessings go if newer).
+        undo = good is not None and ROLLED_BACK_KEY in good.custom_properties
+        marked = None if undo else bad
         if bad is None:
             warnings.append(
                 f"the served version {served[0]} holds no model this home's ML Metadata knows (copied in by "
@@ -255,11 +268,24 @@ def _rollback_holding_lock(
         if good is None:
             warnings.append(
                 f"version {target[0]} holds no model this home's ML Metadata knows (copied in by hand, or "
-                "pruned): the next run's gate cannot compare with the model served"
+                "pruned): every blessing is withdrawn, so the next run's gate has no model to compare with "
+                "(it judges on the floors alone)"
             )
-        withdrawn, restored = _plan_blessings(store, config.pipeline_root, bad, good, text)
+        withdrawn, restored = _plan_blessings(store, config.pipeline_root, bad, good, undo, text)
+        staging = None
         if not dry_run:
-            _record(store, bad, good, withdrawn, restored, text)
+            # The copy first: a full disk fails here, before anything is changed.
+            try:
+                staging = pusher.stage_copy(target[1], serving_dir)
+            except OSError as e:
+                raise RollbackFailed(
+                    f"version {target[0]} could not be copied into {serving_dir}: {e}; nothing was changed"
+                ) from e
+            try:
+                _record(store, marked, good, withdrawn, restored, text)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         baseline = _next_baseline(store, config.pipeline_root, withdrawn, restored)
     if good is not None and (baseline is None or baseline["id"] != good.id):
         warnings.append(
@@ -267,9 +293,16 @@ def _rollback_holding_lock(
             + (f"compares with model {baseline['id']}" if baseline else "has no model to compare with")
         )
     new_version = None
-    if not dry_run:
-        new_version, _ = pusher.push_new_version(target[1], serving_dir)
-        _append_log(home, served, target, new_version, bad, good, text)
+    if staging is not None:
+        try:
+            new_version, _ = pusher.rename_in(staging, serving_dir)
+        except OSError as e:
+            raise RollbackFailed(
+                f"version {target[0]}'s copy could not be renamed into {serving_dir}: {e}. ML Metadata already "
+                f"records the rollback (version {served[0]}'s model refused); run the same command again to "
+                "serve the copy"
+            ) from e
+        _append_log(home, served, target, new_version, marked, good, text)
     result = RollbackResult(
         home=home,
         serving_dir=serving_dir,
@@ -277,7 +310,7 @@ def _rollback_holding_lock(
         from_version=str(served[0]),
         to_version=str(target[0]),
         new_version=new_version,
-        rolled_back_model=_ref(bad),
+        rolled_back_model=_ref(marked),
         restored_model=_ref(good),
         withdrawn=[{"blessing": b.id, "model": m, "reason": r} for b, m, r in withdrawn],
         restored=[{"blessing": b.id, "model": m} for b, m in restored],
@@ -295,23 +328,26 @@ def _model_id(blessing) -> int | None:
     return int(prop.int_value) if prop is not None and prop.int_value else None
 
 
-def _plan_blessings(store, pipeline_root: str, bad, good, text: str) -> tuple[list, list]:
+def _plan_blessings(store, pipeline_root: str, bad, good, undo: bool, text: str) -> tuple[list, list]:
     """([(blessing, model id, reason)] to withdraw, [(blessing, model id)] to give back).
 
-    Withdrawn: every blessed blessing of a model newer than the target's (all of the served
-    model's when the target's is unknown). Given back: the target model's newest blessing that
-    an earlier rollback withdrew, when no blessing of it still stands.
+    Withdrawn, so that the blessed model of the highest id (the next baseline) is the target's:
+    every blessed blessing of a model newer than the target's, and the served model's unless the
+    rollback undoes an earlier one; every blessing when the target's model is unknown (nothing
+    blessed is served). Given back: the target model's newest blessing that an earlier rollback
+    withdrew, when no blessing of it still stands.
     """
     blessings = [a for a in store.get_artifacts_by_type("ModelBlessing") if under(a.uri, pipeline_root)]
     live_blessed = [a for a in blessings if a.state == _LIVE and metadata.int_prop(a, "blessed") == 1]
     withdraw = []
     for b in live_blessed:
         model = _model_id(b)
-        if model is None:
+        if model is None or (good is not None and model == good.id):
             continue
-        if (bad is not None and model == bad.id) or (good is not None and model > good.id):
-            why = text if bad is not None and model == bad.id else f"superseded: {text}"
-            withdraw.append((b, model, why))
+        if bad is not None and model == bad.id and not undo:
+            withdraw.append((b, model, text))
+        elif good is None or model > good.id:
+            withdraw.append((b, model, f"superseded: {text}"))
     restore = []
     if good is not None and not any(_model_id(b) == good.id for b in live_blessed):
         earlier = [
@@ -330,10 +366,10 @@ def _plan_blessings(store, pipeline_root: str, bad, good, text: str) -> tuple[li
     return withdraw, restore
 
 
-def _record(store, bad, good, withdrawn: list, restored: list, text: str) -> None:
-    if bad is not None:
-        bad.custom_properties[ROLLED_BACK_KEY].string_value = text
-        store.put_artifacts([bad])
+def _record(store, marked, good, withdrawn: list, restored: list, text: str) -> None:
+    if marked is not None:
+        marked.custom_properties[ROLLED_BACK_KEY].string_value = text
+        store.put_artifacts([marked])
     if good is not None and ROLLED_BACK_KEY in good.custom_properties:
         del good.custom_properties[ROLLED_BACK_KEY]  # chosen again: no longer refused
         store.put_artifacts([good])
@@ -355,22 +391,21 @@ def _record(store, bad, good, withdrawn: list, restored: list, text: str) -> Non
 
 
 def _next_baseline(store, pipeline_root: str, withdrawn: list, restored: list) -> dict | None:
-    """The model the next run's gate compares with (the blessed model of the highest id), as it
-    will be once `withdrawn` and `restored` are applied."""
+    """The model the next run's gate compares with (TFX's LatestBlessedModelStrategy: the LIVE
+    model of the highest id with a LIVE blessing saying blessed), as it will be once `withdrawn`
+    and `restored` are applied."""
     gone = {b.id for b, _, _ in withdrawn}
     back = {b.id for b, _ in restored}
-    ids = [
+    ids = {
         _model_id(b)
         for b in store.get_artifacts_by_type("ModelBlessing")
         if under(b.uri, pipeline_root)
         and b.id not in gone
         and (b.id in back or (b.state == _LIVE and metadata.int_prop(b, "blessed") == 1))
-    ]
-    ids = [i for i in ids if i is not None]
-    if not ids:
-        return None
-    model = store.get_artifacts_by_id([max(ids)])
-    return _ref(model[0]) if model else {"id": max(ids), "uri": None}
+    }
+    ids.discard(None)
+    live = [m for m in (store.get_artifacts_by_id(sorted(ids)) if ids else []) if m.state == _LIVE]
+    return _ref(max(live, key=lambda m: m.id)) if live else None
 
 
 def _append_log(home: str, served, target, new_version: str, bad, good, text: str) -> None:
