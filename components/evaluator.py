@@ -117,6 +117,9 @@ log = logging.getLogger(__name__)
 
 DATA_REPORT_KEY = "data_report"
 GATE_CONFIG_KEY = "gate_config"
+# The pipeline home's rollback log (serving/model_fingerprint.py): a candidate with the weights of
+# a model `imgpipe rollback` took out is refused, though it was trained again (a new artifact).
+ROLLBACK_LOG_KEY = "rollback_log"
 # Gate settings the Evaluator does not read (the data gate's).
 _NOT_EVALUATOR = frozenset({"allow_anomalies", "accept_label_change"})
 
@@ -543,7 +546,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             model.get_string_custom_property(ROLLED_BACK_KEY)
             if model.has_custom_property(ROLLED_BACK_KEY)
             else ""
-        )
+        ) or same_weights_rolled_back(saved_model_dir(model), props.get(ROLLBACK_LOG_KEY))
         if (failed_here or rolled_back) and blessed:
             if rolled_back:
                 log.warning("not blessed: %s", rolled_back_reason(rolled_back))
@@ -564,6 +567,20 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             rolled_back=rolled_back,
         )
         write_gate_record(evaluation.uri, record)
+
+
+def same_weights_rolled_back(model_dir: str, log_path: str | None) -> str:
+    """The rollback note of a model taken out of serving whose weights the candidate has ('' when
+    none): a deterministic retrain on the same data and settings (after `--no-cache`, or a prune
+    that deleted the cached lineage) exports those weights again as another artifact. Reads the
+    candidate only when the home has rolled a model back."""
+    from serving.model_fingerprint import rolled_back_models, weights_fingerprint
+
+    refused = rolled_back_models(log_path) if log_path else {}
+    if not refused:
+        return ""
+    note = refused.get(weights_fingerprint(model_dir))
+    return f"{note}, and this candidate has its weights" if note else ""
 
 
 class BaselineDamaged(RuntimeError):
@@ -901,6 +918,7 @@ class GateEvaluatorSpec(standard_component_specs.EvaluatorSpec):
     PARAMETERS = {
         **standard_component_specs.EvaluatorSpec.PARAMETERS,
         GATE_CONFIG_KEY: ExecutionParameter(type=str),
+        ROLLBACK_LOG_KEY: ExecutionParameter(type=str, optional=True),
         **{
             name: ExecutionParameter(type=spec.ptype, optional=True) for name, spec in EVALUATOR_KNOBS.items()
         },
@@ -926,6 +944,7 @@ class GateEvaluator(base_component.BaseComponent):
         gate: GateConfig,
         example_splits: Sequence[str],
         knobs: Mapping[str, Knob],
+        rollback_log: str | None = None,
     ):
         rest = {
             k: v for k, v in gate.to_dict().items() if k not in EVALUATOR_KNOBS and k not in _NOT_EVALUATOR
@@ -939,6 +958,7 @@ class GateEvaluator(base_component.BaseComponent):
             example_splits=json_utils.dumps(list(example_splits)),
             fairness_indicator_thresholds=json_utils.dumps(None),
             gate_config=json_utils.dumps(rest),
+            rollback_log=rollback_log,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
             **{name: knobs[name] for name in EVALUATOR_KNOBS},

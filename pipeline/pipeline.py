@@ -6,6 +6,7 @@ LocalDagRunner, Kubeflow Pipelines and Vertex AI; only the runner changes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from components.schema_gen import ContractSchemaGen
 from components.trainer import RuntimeParamTrainer
 from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
+from serving.model_fingerprint import ROLLBACK_LOG
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
@@ -146,6 +148,7 @@ def create_pipeline(
         gate=config.gate,
         example_splits=["eval"],
         knobs=knobs,
+        rollback_log=os.path.join(config.home, ROLLBACK_LOG),
     ).with_id("Evaluator")
     # Pre-push validation: the blessed candidate, served by a real model server, must answer
     # every signature like it does in-process (components/infra_validator.py).

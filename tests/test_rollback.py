@@ -116,14 +116,15 @@ def test_rollback_serves_the_earlier_model_again_and_keeps_the_newer_out(tmp_pat
     assert result.baseline == {"id": model_a.id, "uri": model_a.uri} and result.warnings == []
     # What the next run's own check finds: the served model is the baseline, nothing left to withdraw.
     assert summary.withdraw_unserved_blessings(h.config) == []
-    [line] = [json.loads(x) for x in open(os.path.join(h.home.home, LOG_FILE), encoding="utf-8")]
-    assert line["from_version"] == "200" and line["new_version"] == result.new_version
-    assert line["rolled_back_model"]["id"] == model_b.id
+    line, served = [json.loads(x) for x in open(os.path.join(h.home.home, LOG_FILE), encoding="utf-8")]
+    assert line["from_version"] == "200" and line["to_version"] == "100" and line["note"] == note
+    assert [(m["version"], m["id"]) for m in line["marked"]] == [("200", model_b.id)]
+    assert served["served"] == {"serving_dir": h.serving, "version": result.new_version, "copy_of": "100"}
 
 
 def test_every_model_newer_than_the_target_loses_its_blessing(tmp_path):
-    """Rolled back two versions: the served model is marked, the one between only loses its
-    blessing (it is not served, so it must not be the gate's baseline)."""
+    """Rolled back two versions: the served model and the one between are marked and lose their
+    blessings (neither is served, so neither may be the gate's baseline)."""
     h = History(tmp_path)
     model_a, blessing_a = h.run(b"model A", "100")
     model_b, blessing_b = h.run(b"model B", "200")
@@ -136,8 +137,11 @@ def test_every_model_newer_than_the_target_loses_its_blessing(tmp_path):
     assert set(reasons) == {blessing_b.id, blessing_c.id}
     assert reasons[blessing_c.id].startswith("rolled back on ")
     assert reasons[blessing_b.id] == "superseded: " + reasons[blessing_c.id]
+    # Every version after the target is taken out: C, served, and B, skipped (a run whose Trainer
+    # is cached on B would push it over the rollback).
     assert ROLLED_BACK in h.artifact(model_c).custom_properties
-    assert ROLLED_BACK not in h.artifact(model_b).custom_properties  # never judged in production
+    assert ROLLED_BACK in h.artifact(model_b).custom_properties
+    assert [m["version"] for m in result.marked] == ["200", "300"]
     assert h.artifact(blessing_b).custom_properties["blessed"].int_value == 0
     assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 1
 
@@ -156,7 +160,7 @@ def test_rolling_forward_again_clears_the_mark_and_gives_the_blessing_back(tmp_p
     )
     refusal = made["blessing"]
 
-    forward = rollback_home(h.home.home, to="200")
+    forward = rollback_home(h.home.home, to="200", undo=True)
 
     assert forward.from_version == back.new_version and forward.to_version == "200"
     assert ROLLED_BACK not in h.artifact(model_b).custom_properties
@@ -230,7 +234,7 @@ def test_the_default_target_skips_versions_holding_the_served_model(tmp_path):
     [
         ("150", "--to 150: no such version in {serving} (its versions: 100, 200)"),
         ("200", "--to 200: version 200 is the one served now"),
-        ("abc", "--to abc: no such version"),
+        ("abc", "--to abc: not a version number (a version folder's name: 100, 200)"),
     ],
 )
 def test_a_bad_target_is_named(tmp_path, to, message):
@@ -252,7 +256,9 @@ def test_nothing_to_roll_back_to(tmp_path):
         rollback_home(h.home.home)
     # A same-bytes copy is no other model either.
     shutil.copytree(os.path.join(h.serving, "100"), os.path.join(h.serving, "101"))
-    with pytest.raises(RollbackError, match="version 100 holds the same model, byte for byte"):
+    with pytest.raises(
+        RollbackError, match=r"version 100 holds the same model \(byte for byte, or the same weights\)"
+    ):
         rollback_home(h.home.home, to="100")
 
 
@@ -300,7 +306,7 @@ def test_a_target_unknown_to_ml_metadata_leaves_no_baseline(tmp_path):
     assert result.baseline is None and result.restored_model is None
     assert {w["blessing"] for w in result.withdrawn} == {blessing_a.id, blessing_b.id}
     assert ROLLED_BACK in h.artifact(model_b).custom_properties
-    assert ROLLED_BACK not in h.artifact(model_a).custom_properties  # never taken out of serving
+    assert ROLLED_BACK in h.artifact(model_a).custom_properties  # pushed after 50: taken out too
     assert any("every blessing is withdrawn" in w for w in result.warnings)
     assert summary.withdraw_unserved_blessings(h.config) == []
 
@@ -343,12 +349,14 @@ def test_a_failed_rename_says_ml_metadata_has_it_and_a_second_run_completes_it(t
     with monkeypatch.context() as m:
         m.setattr(pusher, "rename_in", refused)
         with pytest.raises(
-            RollbackFailed, match="ML Metadata already records the rollback .* run the same command again"
-        ):
+            RollbackFailed,
+            match=r"ML Metadata and rollbacks.jsonl already record the rollback \(marked model\(s\) \d+",
+        ) as e:
             rollback_home(h.home.home)
     assert h.versions() == ["100", "200"]  # no staging folder left either
     assert sorted(os.listdir(h.serving)) == ["100", "200"]
     assert ROLLED_BACK in h.artifact(model_b).custom_properties
+    assert str(e.value).endswith(f"`imgpipe rollback --home {h.home.home} --to 100` serves the copy")
     again = rollback_home(h.home.home)
     assert (again.from_version, again.to_version) == ("200", "100") and again.baseline["id"] == model_a.id
     assert _same(os.path.join(h.serving, again.new_version), os.path.join(h.serving, "100"))
@@ -437,7 +445,7 @@ def test_a_version_unknown_to_ml_metadata_is_rolled_back_with_warnings(tmp_path)
     assert h.artifact(blessing_a).custom_properties["blessed"].int_value == 0
     # The other way: the served version unknown, the target A.
     again = rollback_home(h.home.home, to="100")
-    assert any("nothing stops a later run from pushing that model again" in w for w in again.warnings)
+    assert any("refused by the rollback log only" in w for w in again.warnings)
     assert ROLLED_BACK not in h.artifact(model_a).custom_properties
     assert again.baseline["id"] == model_a.id
 
@@ -477,3 +485,30 @@ def test_the_command_prints_its_result_as_json(tmp_path):
     )
     assert bad.returncode == 2 and bad.stdout == ""
     assert "--to 7: no such version" in bad.stderr
+
+
+def test_drift_follows_a_rollbacks_copy_to_the_run_that_trained_it(tmp_path):
+    """`drift --run served`: the served version is a rollback's copy, which no run pushed."""
+    from imgpipe.drift import sources
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    result = rollback_home(h.home.home)
+    folder = sources.pushing_run(h.home.home, result.new_version)
+    assert runs.read_summary(folder)["pushed"] == os.path.join(h.serving, "100")
+    with pytest.raises(sources.SourceError, match="pushed model version 999"):
+        sources.pushing_run(h.home.home, "999")
+
+
+def test_prune_counts_a_rollbacks_copies_as_this_homes_versions(tmp_path):
+    from imgpipe.orchestration.prune import prune_home
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    h.run(b"model C", "300")
+    result = rollback_home(h.home.home, to="100")
+    pruned = prune_home(h.home.home, keep=5, keep_versions=2)
+    assert sorted(os.path.basename(v["path"]) for v in pruned.versions_removed) == ["100", "200"]
+    assert h.versions() == ["300", result.new_version]

@@ -41,6 +41,12 @@ def _add(p: argparse.ArgumentParser) -> None:
         help="why (kept with the rolled-back model in ML Metadata, in the gate's reason when a run meets it "
         "again, and in HOME/rollbacks.jsonl)",
     )
+    p.add_argument(
+        "--undo",
+        action="store_true",
+        help="the rollback being undone was a mistake: serve --to's model again and leave the model served "
+        "now eligible (not marked as rolled back)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report what would change; change nothing")
     add_lock_wait_argument(p, locks="the home")
 
@@ -60,19 +66,23 @@ def _run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             lock_wait=args.lock_wait,
             config_path=args.config,
+            undo=args.undo,
         )
     except RollbackError as e:
         raise UsageError(str(e)) from e
     except RollbackFailed as e:
         raise WorkFailed(str(e)) from e
-    marked = result.rolled_back_model
+    marked = [m["version"] for m in result.marked]
     log.info(
         "%s version %s's model as version %s in place of version %s%s%s",
         "would serve" if result.dry_run else "serving",
         result.to_version,
         result.new_version or "<next>",
         result.from_version,
-        f"; model {marked['id']} is marked rolled back (no run blesses or pushes it again)" if marked else "",
+        f"; the model(s) of version(s) {', '.join(marked)} marked rolled back (no run blesses or pushes them "
+        "again)"
+        if marked
+        else "",
         " (dry run: nothing changed)" if result.dry_run else "",
     )
     emit(result.to_dict())

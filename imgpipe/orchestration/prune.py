@@ -33,6 +33,7 @@ is its model version policy's business.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import PipelineConfig
+from serving.model_fingerprint import ROLLBACK_LOG
 from serving.version_names import version_number
 from trainer import liveness
 
@@ -355,7 +357,7 @@ def _remove_version(path: str) -> bool:
 
 def _pushed_versions(home: str) -> dict[str, set[str]]:
     """{model serving dir: the version folder names this home's runs pushed there}, as their
-    records say (`pushed`: the version's local path). Not the serving dir a record's config
+    records say (`pushed`: the version's local path), and the copies its rollbacks served. Not the serving dir a record's config
     names: a run that failed or pushed nothing may name another home's."""
     found: dict[str, set[str]] = {}
     for folder in runs.records(home):
@@ -368,6 +370,24 @@ def _pushed_versions(home: str) -> dict[str, set[str]]:
         path = os.path.normpath(pushed)
         if version_number(os.path.basename(path)) is not None:
             found.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
+    # The copies `imgpipe rollback` served (its log's `served` lines) are this home's versions too.
+    try:
+        with open(os.path.join(home, ROLLBACK_LOG), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            served = json.loads(line).get("served") or {}
+            serving_dir, version = served.get("serving_dir"), str(served.get("version"))
+        except (ValueError, AttributeError):
+            continue
+        if (
+            isinstance(serving_dir, str)
+            and os.path.isabs(serving_dir)
+            and version_number(version) is not None
+        ):
+            found.setdefault(os.path.normpath(serving_dir), set()).add(version)
     return found
 
 

@@ -50,10 +50,11 @@ from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.prune import airflow_run_in_progress
 from pipeline.config import ConfigError, PipelineConfig
+from serving.model_fingerprint import ROLLBACK_LOG
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "rollbacks.jsonl"
+LOG_FILE = ROLLBACK_LOG
 _LIVE = metadata_store_pb2.Artifact.LIVE
 
 
@@ -73,13 +74,19 @@ class RollbackResult:
     from_version: str  # the version served before
     to_version: str  # the version whose model is served again
     new_version: str | None  # the version the target was pushed again as (None in a dry run)
-    rolled_back_model: dict | None  # {id, uri}: the model marked, None when ML Metadata has no record of it
+    rolled_back_model: (
+        dict | None
+    )  # {id, uri} of the served model, marked; None: unknown to ML Metadata, or an undo
     restored_model: dict | None  # {id, uri} of the target's model, None when not in ML Metadata
+    # Every version newer than the target taken out, as the log records it: {version, id, uri,
+    # fingerprint} (id and uri None for a model ML Metadata does not know).
+    marked: list[dict]
     withdrawn: list[dict]  # {blessing, model, reason}
     restored: list[dict]  # {blessing, model}: blessings an earlier rollback withdrew, given back
     baseline: dict | None  # the next run's gate baseline, {id, uri}; None: no blessed model is left
     warnings: list[str]
     reason: str = ""
+    undo: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,12 +123,16 @@ def _versions(serving_dir: str) -> list[tuple[int, str]]:
 
 
 def _pick(
-    versions: list[tuple[int, str]], to: str | None, serving_dir: str, taken_out: Callable[[str], bool]
+    versions: list[tuple[int, str]],
+    to: str | None,
+    serving_dir: str,
+    taken_out: Callable[[str], bool],
+    same: Callable[[str, str], bool],
 ) -> tuple[tuple, tuple]:
     """(served, target) among `versions`: the newest, and `to` or the newest older one holding
-    another model, not one an earlier rollback took out (`taken_out(version path)`): rolling back
-    twice goes further back, not forward again to the model the first rollback removed."""
-    from components import pusher
+    another model (`same`: byte for byte, or the same weights), not one an earlier rollback took
+    out (`taken_out(version path)`): rolling back twice goes further back, not forward again to
+    the model the first rollback removed."""
     from serving.version_names import version_number
 
     names = ", ".join(str(n) for n, _ in versions) or "none"
@@ -131,21 +142,24 @@ def _pick(
     if to is not None:
         number = version_number(to)
         match = [v for v in versions if v[0] == number]
-        if number is None or not match:
+        if number is None:
+            raise RollbackError(f"--to {to}: not a version number (a version folder's name: {names})")
+        if not match:
             raise RollbackError(f"--to {to}: no such version in {serving_dir} (its versions: {names})")
         target = match[-1]
         if target[0] == served[0]:
             raise RollbackError(
                 f"--to {to}: version {to} is the one served now (the newest in {serving_dir})"
             )
-        if pusher.same_model(target[1], served[1]):
+        if same(target[1], served[1]):
             raise RollbackError(
-                f"--to {to}: version {to} holds the same model, byte for byte, as the served version {served[0]}"
+                f"--to {to}: version {to} holds the same model (byte for byte, or the same weights) as the "
+                f"served version {served[0]}"
             )
         return served, target
     skipped = []
     for candidate in reversed(versions[:-1]):
-        if pusher.same_model(candidate[1], served[1]):
+        if same(candidate[1], served[1]):
             continue
         if taken_out(candidate[1]):
             skipped.append(str(candidate[0]))
@@ -200,15 +214,19 @@ def rollback_home(
     dry_run: bool = False,
     lock_wait: float = 0.0,
     config_path: str | None = None,
+    undo: bool = False,
 ) -> RollbackResult:
-    """Serve the model of version `to` (default: the newest older version holding another model)
-    again, as a new version, and record in ML Metadata that the served one was rolled back.
+    """Serve the model of version `to` (default: the newest older version holding another model,
+    not one taken out before) again, as a new version, and record that the versions after it were
+    rolled back. `undo`: the rollback being undone was a mistake, so the model served now is not
+    marked.
 
     The pipeline's serving dir and ML Metadata come from `config_path` when given (a home whose
     runs keep no record: Airflow), else from the home's newest run record; `home`, when given,
     is the home either way. Raises RollbackError for a home, config or version that does not
-    allow it, lock.LockBusy while a run holds the home.
+    allow it, RollbackFailed when the copy fails, lock.LockBusy while a run holds the home.
     """
+    config = None
     if config_path:
         try:
             config = PipelineConfig.from_yaml(config_path)
@@ -222,23 +240,47 @@ def rollback_home(
     home = os.path.abspath(os.path.expanduser(home))
     if not os.path.isdir(home):
         raise RollbackError(f"home: {home} is not a directory")
-    config = (config.replace(home=home) if config_path else _config_of(home)).resolved()
+    config = (config.replace(home=home) if config is not None else _config_of(home)).resolved()
     serving_dir = config.model_serving_dir
     if "://" in serving_dir:
         raise RollbackError(
             f"serving dir {serving_dir}: rollback works on a local (or mounted) serving dir; on an object "
             "store copy the version folder yourself"
         )
+    if dry_run and not os.access(home, os.W_OK):  # a read-only home: nothing can run in it
+        return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo)
     with run_lock(home_lock_path(home), wait=lock_wait, holder="rollback", refused="rollback"):
-        return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run)
+        return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo)
+
+
+def _fingerprint(version_path: str) -> str | None:
+    from serving.model_fingerprint import weights_fingerprint
+
+    try:
+        return weights_fingerprint(version_path)
+    except Exception as e:  # noqa: BLE001 - an unreadable version: no fingerprint, said once
+        log.warning("cannot read the model of %s (%s): its weights are not recorded", version_path, e)
+        return None
+
+
+def _retry_command(home: str, to: str, undo: bool) -> str:
+    return f"imgpipe rollback --home {home} --to {to}" + (" --undo" if undo else "")
 
 
 def _rollback_holding_lock(
-    home: str, config: PipelineConfig, serving_dir: str, to: str | None, reason: str, dry_run: bool
+    home: str,
+    config: PipelineConfig,
+    serving_dir: str,
+    to: str | None,
+    reason: str,
+    dry_run: bool,
+    undo: bool,
 ) -> RollbackResult:
     from components import pusher
+    from serving.model_fingerprint import rolled_back_models
 
     warnings: list[str] = []
+    refused = rolled_back_models(os.path.join(home, LOG_FILE))
     with metadata.open_store(config, readonly=dry_run) as store:
         busy = airflow_run_in_progress(store, config.pipeline_name, "roll back", before_pusher=True)
         if busy:
@@ -247,23 +289,62 @@ def _rollback_holding_lock(
 
         def taken_out(version_path: str) -> bool:
             model = _holding(models, version_path)
-            return model is not None and ROLLED_BACK_KEY in model.custom_properties
+            if model is not None and ROLLED_BACK_KEY in model.custom_properties:
+                return True
+            return bool(refused) and fingerprint(version_path) in refused
 
-        served, target = _pick(_versions(serving_dir), to, serving_dir, taken_out)
+        fingerprints: dict[str, str | None] = {}
+
+        def fingerprint(version_path: str) -> str | None:
+            if version_path not in fingerprints:
+                fingerprints[version_path] = _fingerprint(version_path)
+            return fingerprints[version_path]
+
+        def same(a: str, b: str) -> bool:
+            if pusher.same_model(a, b):
+                return True
+            fa = fingerprint(a)
+            return fa is not None and fa == fingerprint(b)
+
+        versions = _versions(serving_dir)
+        served, target = _pick(versions, to, serving_dir, taken_out, same)
+        good = _holding(models, target[1])
+        # Every version newer than the target is taken out (an undo: the served one excepted).
+        newer = [v for v in versions if v[0] > target[0] and not (undo and v == served)]
+        held = [(v, _holding(models, v[1])) for v in newer]
+        bad = _holding(models, served[1])
+        if bad is None and good is None:
+            raise RollbackError(
+                f"neither the served version {served[0]} nor version {target[0]} holds a model of pipeline "
+                f"{config.pipeline_name!r} in {config.metadata_location}: is {home} the home whose runs push to "
+                f"{serving_dir}?"
+            )
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         text = f"rolled back on {when}: served version {served[0]} replaced by version {target[0]}'s model"
         if reason:
             text += f" ({reason})"
-        bad = _holding(models, served[1])
-        good = _holding(models, target[1])
-        # Serving again a model an earlier rollback took out undoes that rollback: the model it
-        # replaced did not misbehave, so it is not marked (its blessings go if newer).
-        undo = good is not None and ROLLED_BACK_KEY in good.custom_properties
-        marked = None if undo else bad
+        target_fingerprint = fingerprint(target[1])
+        marked, to_mark = [], {}
+        for v, m in held:
+            weights = fingerprint(v[1])
+            if (m is not None and good is not None and m.id == good.id) or (
+                weights is not None and weights == target_fingerprint
+            ):
+                continue  # the target's own model (an earlier copy of it): not taken out
+            marked.append(
+                {
+                    "version": str(v[0]),
+                    "id": m.id if m is not None else None,
+                    "uri": m.uri if m is not None else None,
+                    "fingerprint": weights,
+                }
+            )
+            if m is not None:
+                to_mark[m.id] = m
         if bad is None:
             warnings.append(
                 f"the served version {served[0]} holds no model this home's ML Metadata knows (copied in by "
-                "hand, or pruned): nothing stops a later run from pushing that model again"
+                "hand, or pruned): a candidate with its weights is refused by the rollback log only"
             )
         if good is None:
             warnings.append(
@@ -272,17 +353,19 @@ def _rollback_holding_lock(
                 "(it judges on the floors alone)"
             )
         withdrawn, restored = _plan_blessings(store, config.pipeline_root, bad, good, undo, text)
+        if dry_run:
+            warnings += _space_problems(target[1], serving_dir)
         staging = None
         if not dry_run:
-            # The copy first: a full disk fails here, before anything is changed.
+            # The copy first: a full disk or a read-only serving dir fails here, with nothing changed.
             try:
                 staging = pusher.stage_copy(target[1], serving_dir)
-            except OSError as e:
+            except Exception as e:  # noqa: BLE001 - TensorFlow's file errors are not OSErrors
                 raise RollbackFailed(
-                    f"version {target[0]} could not be copied into {serving_dir}: {e}; nothing was changed"
+                    f"version {target[0]} could not be copied into {serving_dir}: {_short(e)}; nothing was changed"
                 ) from e
             try:
-                _record(store, marked, good, withdrawn, restored, text)
+                _record(store, list(to_mark.values()), good, withdrawn, restored, text)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -292,17 +375,28 @@ def _rollback_holding_lock(
             f"version {target[0]}'s model ({good.id}) has no blessing left to give back: the next run's gate "
             + (f"compares with model {baseline['id']}" if baseline else "has no model to compare with")
         )
+    entry = {
+        "from_version": str(served[0]),
+        "to_version": str(target[0]),
+        "undo": undo,
+        "marked": marked,
+        "restored_model": dict(_ref(good) or {}, fingerprint=target_fingerprint),
+        "note": text,
+    }
     new_version = None
     if staging is not None:
+        _append_log(home, entry)  # before the rename: a retry finds the weights refused
         try:
             new_version, _ = pusher.rename_in(staging, serving_dir)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001
             raise RollbackFailed(
-                f"version {target[0]}'s copy could not be renamed into {serving_dir}: {e}. ML Metadata already "
-                f"records the rollback (version {served[0]}'s model refused); run the same command again to "
-                "serve the copy"
+                f"version {target[0]}'s copy could not be renamed into {serving_dir}: {_short(e)}. ML Metadata "
+                f"and {LOG_FILE} already record the rollback ({_done_text(to_mark, restored, withdrawn)}); "
+                f"`{_retry_command(home, str(target[0]), undo)}` serves the copy"
             ) from e
-        _append_log(home, served, target, new_version, marked, good, text)
+        _append_log(
+            home, {"served": {"serving_dir": serving_dir, "version": new_version, "copy_of": str(target[0])}}
+        )
     result = RollbackResult(
         home=home,
         serving_dir=serving_dir,
@@ -310,17 +404,48 @@ def _rollback_holding_lock(
         from_version=str(served[0]),
         to_version=str(target[0]),
         new_version=new_version,
-        rolled_back_model=_ref(marked),
+        rolled_back_model=None if undo else _ref(bad),
         restored_model=_ref(good),
+        marked=marked,
         withdrawn=[{"blessing": b.id, "model": m, "reason": r} for b, m, r in withdrawn],
         restored=[{"blessing": b.id, "model": m} for b, m in restored],
         baseline=baseline,
         warnings=warnings,
         reason=reason,
+        undo=undo,
     )
     for w in warnings:
         log.warning("%s", w)
     return result
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
+
+
+def _done_text(to_mark: dict, restored: list, withdrawn: list) -> str:
+    parts = []
+    if to_mark:
+        parts.append("marked model(s) " + ", ".join(str(i) for i in sorted(to_mark)))
+    if restored:
+        parts.append("gave back the blessing of model(s) " + ", ".join(str(m) for _, m in restored))
+    if withdrawn:
+        parts.append(f"withdrew {len(withdrawn)} blessing(s)")
+    return "; ".join(parts) or "nothing to change there"
+
+
+def _space_problems(target_path: str, serving_dir: str) -> list[str]:
+    """Why the copy would fail, as a dry run can tell: a serving dir not writable, too little room."""
+    from imgpipe.orchestration import scratch
+
+    if not os.access(serving_dir, os.W_OK):
+        return [f"the serving dir {serving_dir} is not writable: the copy would fail"]
+    need = scratch.tree_bytes(target_path)
+    free = shutil.disk_usage(serving_dir).free
+    if free < need:
+        return [f"the serving dir {serving_dir} has {free} bytes free; the copy needs {need}: it would fail"]
+    return []
 
 
 def _model_id(blessing) -> int | None:
@@ -366,10 +491,11 @@ def _plan_blessings(store, pipeline_root: str, bad, good, undo: bool, text: str)
     return withdraw, restore
 
 
-def _record(store, marked, good, withdrawn: list, restored: list, text: str) -> None:
-    if marked is not None:
-        marked.custom_properties[ROLLED_BACK_KEY].string_value = text
-        store.put_artifacts([marked])
+def _record(store, to_mark: list, good, withdrawn: list, restored: list, text: str) -> None:
+    for model in to_mark:
+        model.custom_properties[ROLLED_BACK_KEY].string_value = text
+    if to_mark:
+        store.put_artifacts(to_mark)
     if good is not None and ROLLED_BACK_KEY in good.custom_properties:
         del good.custom_properties[ROLLED_BACK_KEY]  # chosen again: no longer refused
         store.put_artifacts([good])
@@ -408,18 +534,11 @@ def _next_baseline(store, pipeline_root: str, withdrawn: list, restored: list) -
     return _ref(max(live, key=lambda m: m.id)) if live else None
 
 
-def _append_log(home: str, served, target, new_version: str, bad, good, text: str) -> None:
-    line = {
-        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "from_version": str(served[0]),
-        "to_version": str(target[0]),
-        "new_version": new_version,
-        "rolled_back_model": _ref(bad),
-        "restored_model": _ref(good),
-        "note": text,
-    }
+def _append_log(home: str, entry: dict) -> None:
+    line = {"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **entry}
+    path = os.path.join(home, LOG_FILE)
     try:
-        with open(os.path.join(home, LOG_FILE), "a", encoding="utf-8") as f:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-    except OSError as e:  # the rollback is done and recorded in ML Metadata; only the log line is lost
-        log.warning("could not append to %s: %s", os.path.join(home, LOG_FILE), e)
+    except OSError as e:  # recorded in ML Metadata; the weights of a model trained again are then not refused
+        log.warning("could not append to %s: %s", path, e)

@@ -1089,10 +1089,14 @@ def test_a_rolled_back_model_is_not_pushed_again(base_config, first_run, tmp_pat
     first = run_local(config)  # another serving dir: the home's model is pushed there
     assert first.pushed and first.executions["Trainer"] == "CACHED", first
     pushed = os.path.basename(first.pushed.rstrip("/"))
-    # An earlier version, copied in by hand: another model, byte for byte.
+    # An earlier version, copied in by hand: another model (its label vocabulary in another order).
     shutil.copytree(first.pushed, os.path.join(serving, "1"))
-    with open(os.path.join(serving, "1", "NOTE"), "w", encoding="utf-8") as f:
-        f.write("an earlier model")
+    for name in os.listdir(os.path.join(serving, "1", "assets")):
+        path = os.path.join(serving, "1", "assets", name)
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(reversed(lines)) + "\n")
 
     back = rollback_home(config.home, reason="misreads the new scanner's images")
     assert (back.from_version, back.to_version) == (pushed, "1")

@@ -1,0 +1,85 @@
+"""What an exported model computes, as one digest that survives a re-export: its weights fingerprint.
+
+Two exports of the same trained weights differ byte for byte: TensorFlow numbers the
+functions it traces, so `saved_model.pb` changes though every weight is the same. The
+Trainer's export folds the weights into the graph as constants, so a model is, for
+this purpose, the multiset of its constant tensors plus the files of its `variables/`
+(a model exported with variables) and `assets/` (the label vocabulary). This digest is
+what `imgpipe rollback` records of a model it takes out of serving, and what the
+Evaluator compares a candidate with: a model trained again to the same weights (a
+deterministic retrain on the same data and settings, after `--no-cache` or a prune)
+is the rolled-back model again. Warmup requests (`assets.extra/`) are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+ROLLBACK_LOG = "rollbacks.jsonl"  # in a pipeline home: one JSON line per `imgpipe rollback`
+
+
+def weights_fingerprint(saved_model_dir: str) -> str:
+    """The sha256 of the model's constant tensors (order-free), variables and assets files."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    digests = []
+    for meta in saved.meta_graphs:
+        nodes = list(meta.graph_def.node)
+        for function in meta.graph_def.library.function:
+            nodes.extend(function.node_def)
+        for node in nodes:
+            if node.op == "Const" and "value" in node.attr:
+                tensor = node.attr["value"].tensor.SerializeToString(deterministic=True)
+                digests.append(hashlib.sha256(tensor).hexdigest())
+    total = hashlib.sha256()
+    for digest in sorted(digests):
+        total.update(digest.encode())
+    for sub in ("variables", "assets"):
+        root = os.path.join(saved_model_dir, sub)
+        if not tf.io.gfile.isdir(root):
+            continue
+        for dirpath, _, files in sorted(tf.io.gfile.walk(root)):
+            for name in sorted(files):
+                path = os.path.join(dirpath, name)
+                total.update(os.path.relpath(path, saved_model_dir).encode())
+                with tf.io.gfile.GFile(path, "rb") as f:
+                    total.update(hashlib.sha256(f.read()).hexdigest().encode())
+    return total.hexdigest()
+
+
+def rolled_back_models(log_path: str) -> dict[str, str]:
+    """{weights fingerprint: the rollback's note} of the models taken out of serving and not
+    served again since, from a home's rollback log (JSON lines, oldest first, as `imgpipe
+    rollback` appends them: `marked`, each with a `fingerprint`, and `restored`, whose
+    fingerprint a later line serving it again clears). {} when there is no log; a line that
+    cannot be read is skipped."""
+    import json
+
+    try:
+        if "://" in log_path:
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(log_path, "r") as f:
+                text = f.read()
+        else:
+            with open(log_path, encoding="utf-8") as f:
+                text = f.read()
+    except Exception:  # noqa: BLE001 - no log (or TensorFlow's NotFoundError for a remote one): none
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            restored = (entry.get("restored_model") or {}).get("fingerprint")
+            out.pop(restored, None)
+            for model in entry.get("marked") or []:
+                if model.get("fingerprint"):
+                    out[model["fingerprint"]] = entry.get("note") or "rolled back"
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return out
