@@ -837,8 +837,10 @@ def test_cli_predict_reports_bad_files_and_keeps_going(server, model, tmp_path, 
             "image": str(good),
             "classes": [model.items[0][1]],
             "scores": lines[0]["scores"],
+            "version": lines[0]["version"],
         }
     ]
+    assert isinstance(lines[0]["version"], int)  # the version that answered, as the server named it
     assert len(lines[0]["scores"]) == 1
     for path in (text, broken, missing):
         assert str(path) in err

@@ -329,7 +329,16 @@ def _predict(args: argparse.Namespace) -> int:
                     continue
                 # As predict-batch and ingest show names: a byte that is not UTF-8 as \xNN, so
                 # the JSON is valid UTF-8 and no two files print as one name.
-                emit({"image": display_path(path), "classes": result.classes, "scores": result.scores})
+                # `version`: the model version that answered (after a push or a rollback, the one
+                # the server swapped to), as the server named it; null when it did not.
+                emit(
+                    {
+                        "image": display_path(path),
+                        "classes": result.classes,
+                        "scores": result.scores,
+                        "version": result.version,
+                    }
+                )
                 scored += 1
         except _StoppedAt as e:
             # The lines on stdout so far are the images scored; say how many were not.
