@@ -3,8 +3,10 @@
 Two exports of the same trained weights differ byte for byte: TensorFlow numbers the
 functions it traces, so `saved_model.pb` changes though every weight is the same. The
 Trainer's export folds the weights into the graph as constants, so a model is, for
-this purpose, the multiset of its constant tensors plus the files of its `variables/`
-(a model exported with variables) and `assets/` (the label vocabulary). This digest is
+this purpose, the multiset of its constant tensors, how many nodes of each op its
+graph has and its signatures' inputs and outputs (so a fixed serving graph with the
+same weights is another model), plus the files of its `variables/` (a model exported
+with variables) and `assets/` (the label vocabulary). This digest is
 what `imgpipe rollback` records of a model it takes out of serving, and what the
 Evaluator compares a candidate with: a model trained again to the same weights (a
 deterministic retrain on the same data and settings, after `--no-cache` or a prune)
@@ -20,7 +22,8 @@ ROLLBACK_LOG = "rollbacks.jsonl"  # in a pipeline home: one JSON line per `imgpi
 
 
 def weights_fingerprint(saved_model_dir: str) -> str:
-    """The sha256 of the model's constant tensors (order-free), variables and assets files."""
+    """The sha256 of the model's constant tensors (order-free), op counts, signatures, variables
+    and assets files."""
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -28,17 +31,31 @@ def weights_fingerprint(saved_model_dir: str) -> str:
     with tf.io.gfile.GFile(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
         saved.ParseFromString(f.read())
     digests = []
+    ops: dict[str, int] = {}
+    signatures = []
     for meta in saved.meta_graphs:
         nodes = list(meta.graph_def.node)
         for function in meta.graph_def.library.function:
             nodes.extend(function.node_def)
         for node in nodes:
+            ops[node.op] = ops.get(node.op, 0) + 1
             if node.op == "Const" and "value" in node.attr:
                 tensor = node.attr["value"].tensor.SerializeToString(deterministic=True)
                 digests.append(hashlib.sha256(tensor).hexdigest())
+        for name, signature in meta.signature_def.items():
+            ends = [
+                f"{side}:{key}:{info.dtype}"
+                for side, tensors in (("in", signature.inputs), ("out", signature.outputs))
+                for key, info in tensors.items()
+            ]
+            signatures.append(f"{name}:{signature.method_name}:{','.join(sorted(ends))}")
     total = hashlib.sha256()
     for digest in sorted(digests):
         total.update(digest.encode())
+    # The computation, up to the names TensorFlow gives functions: how many nodes of each op, and
+    # the signatures' inputs and outputs (a fix to the serving graph is another model).
+    total.update(repr(sorted(ops.items())).encode())
+    total.update(repr(sorted(signatures)).encode())
     for sub in ("variables", "assets"):
         root = os.path.join(saved_model_dir, sub)
         if not tf.io.gfile.isdir(root):

@@ -14,7 +14,7 @@ from components.evaluator import same_weights_rolled_back
 from serving.model_fingerprint import ROLLBACK_LOG, rolled_back_models, weights_fingerprint
 
 
-def _export(path: str, weights, classes: str = "a\nb\n") -> str:
+def _export(path: str, weights, classes: str = "a\nb\n", activation=tf.nn.softmax) -> str:
     """A small model with its weights folded into the graph as constants (as the Trainer exports),
     traced anew for each export, so TensorFlow gives its functions new names."""
     w = np.asarray(weights, np.float32)
@@ -22,7 +22,7 @@ def _export(path: str, weights, classes: str = "a\nb\n") -> str:
     class Model(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
         def serve(self, x):
-            return {"scores": tf.nn.softmax(tf.matmul(x, tf.constant(w)))}
+            return {"scores": activation(tf.matmul(x, tf.constant(w)))}
 
     model = Model()
     tf.saved_model.save(model, path, signatures={"serving_default": model.serve})
@@ -45,6 +45,9 @@ def test_the_same_weights_exported_again_match_though_the_files_differ(tmp_path)
     assert weights_fingerprint(other) != weights_fingerprint(first)
     relabelled = _export(str(tmp_path / "d"), [[1.0, 2.0], [3.0, 4.0]], classes="b\na\n")
     assert weights_fingerprint(relabelled) != weights_fingerprint(first)  # the label vocabulary counts
+    # The same weights behind another serving graph (a fix to it): another model.
+    fixed = _export(str(tmp_path / "e"), [[1.0, 2.0], [3.0, 4.0]], activation=tf.nn.sigmoid)
+    assert weights_fingerprint(fixed) != weights_fingerprint(first)
 
 
 def test_the_log_keeps_the_models_taken_out_and_not_served_again(tmp_path):
