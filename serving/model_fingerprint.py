@@ -73,21 +73,27 @@ def rolled_back_models(log_path: str) -> dict[str, str]:
     """{weights fingerprint: the rollback's note} of the models taken out of serving and not
     served again since, from a home's rollback log (JSON lines, oldest first, as `imgpipe
     rollback` appends them: `marked`, each with a `fingerprint`, and `restored`, whose
-    fingerprint a later line serving it again clears). {} when there is no log; a line that
-    cannot be read is skipped."""
+    fingerprint a later line serving it again clears). {} when there is no log; OSError naming it
+    when it exists and cannot be read (an Evaluator must not bless what it cannot check); a line
+    that is not JSON is skipped."""
     import json
 
     try:
         if "://" in log_path:
             import tensorflow as tf
 
-            with tf.io.gfile.GFile(log_path, "r") as f:
-                text = f.read()
+            try:
+                with tf.io.gfile.GFile(log_path, "r") as f:
+                    text = f.read()
+            except tf.errors.NotFoundError:
+                return {}
         else:
             with open(log_path, encoding="utf-8") as f:
                 text = f.read()
-    except Exception:  # noqa: BLE001 - no log (or TensorFlow's NotFoundError for a remote one): none
+    except FileNotFoundError:  # no rollback yet
         return {}
+    except Exception as e:  # noqa: BLE001 - unreadable: refusing nothing would bless a rolled-back model
+        raise OSError(f"the rollback log {log_path} cannot be read: {e}") from e
     out: dict[str, str] = {}
     for line in text.splitlines():
         try:

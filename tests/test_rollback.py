@@ -512,3 +512,65 @@ def test_prune_counts_a_rollbacks_copies_as_this_homes_versions(tmp_path):
     pruned = prune_home(h.home.home, keep=5, keep_versions=2)
     assert sorted(os.path.basename(v["path"]) for v in pruned.versions_removed) == ["100", "200"]
     assert h.versions() == ["300", result.new_version]
+
+
+def test_undo_needs_its_target_and_never_takes_out_the_model_served(tmp_path):
+    """100 (A), 200 (B), 300 (C); rolled back to B (a copy; C taken out). `--undo` alone would go
+    further back and take out B: refused. `--to 100 --undo` spares B's versions, its original
+    and its copy: only C, already out, is listed."""
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    model_b, _ = h.run(b"model B", "200")
+    h.run(b"model C", "300")
+    back = rollback_home(h.home.home)
+    assert back.to_version == "200"
+    with pytest.raises(RollbackError, match="--undo: give --to VERSION"):
+        rollback_home(h.home.home, undo=True)
+    undo = rollback_home(h.home.home, to="100", undo=True)
+    assert ROLLED_BACK not in h.artifact(model_b).custom_properties
+    assert [m["version"] for m in undo.marked] == ["300"] and undo.rolled_back_model is None
+
+
+def test_a_retry_keeps_the_reason_and_names_every_argument(tmp_path, monkeypatch):
+    import errno
+
+    from components import pusher
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    model_b, _ = h.run(b"model B", "200")
+    config_file = tmp_path / "my pipeline.yaml"
+    config_file.write_text(h.config.dumps(str(config_file)), encoding="utf-8")
+
+    def refused(staging, base_directory, now=None):
+        shutil.rmtree(staging)
+        raise OSError(errno.EACCES, "Permission denied", base_directory)
+
+    with monkeypatch.context() as m:
+        m.setattr(pusher, "rename_in", refused)
+        with pytest.raises(RollbackFailed) as e:
+            rollback_home(None, reason="breaks scanner B's client", config_path=str(config_file))
+    retry = str(e.value).split("`")[1]
+    assert retry == (
+        f"imgpipe rollback --home {h.home.home} --to 100 --config '{config_file}' --reason 'breaks scanner B'\"'\"'s client'"
+    )
+    first_note = h.artifact(model_b).custom_properties[ROLLED_BACK].string_value
+    assert "breaks scanner B's client" in first_note
+    rollback_home(None, to="100", config_path=str(config_file))  # without the reason: the first note stays
+    assert h.artifact(model_b).custom_properties[ROLLED_BACK].string_value == first_note
+
+
+def test_a_log_that_cannot_be_written_or_read_changes_nothing(tmp_path):
+    from serving.model_fingerprint import rolled_back_models
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    before = open(h.home.metadata_path, "rb").read()
+    os.makedirs(os.path.join(h.home.home, LOG_FILE))  # a folder where the log goes: unreadable, unwritable
+    with pytest.raises(OSError, match="the rollback log .* cannot be read"):
+        rollback_home(h.home.home)
+    with pytest.raises(OSError, match="cannot be read"):
+        rolled_back_models(os.path.join(h.home.home, LOG_FILE))
+    assert open(h.home.metadata_path, "rb").read() == before and h.versions() == ["100", "200"]
+    assert sorted(os.listdir(h.serving)) == ["100", "200"]

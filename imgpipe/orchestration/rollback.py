@@ -19,14 +19,14 @@ earlier version back in front of TF Serving and makes the pipeline agree:
      included) is withdrawn, so the next run's gate compares with the model served
      (TFX's LatestBlessedModelStrategy takes the blessed model of the highest id);
      every blessing, when ML Metadata does not know the target's model;
-   - serving again a model an earlier rollback took out undoes that rollback: its
-     mark is cleared and the blessing that rollback withdrew is given back, and the
-     model served until then is not marked (it did not misbehave).
+   - `undo` (with `to`): the rollback being undone was a mistake, so the model served
+     now is not taken out; serving again a model taken out earlier clears its mark and
+     gives back the blessing that rollback withdrew, undo or not.
 4. The staged copy is renamed in as a new, newest version (the Pusher's own rename),
    so a server with a "latest" policy, `tensorflow_model_server` or `imgpipe serve`,
    swaps to it with no config change, and every version stays on disk. Should the
-   rename fail after ML Metadata was written, the error says so and the same command
-   run again completes the rollback.
+   rename fail after ML Metadata was written, the error names what was recorded and
+   the command that completes it.
 It holds the home's lock (a run in progress makes it exit 75, or wait) and refuses
 while an Airflow run of the pipeline is unfinished. Each rollback is appended to
 HOME/rollbacks.jsonl.
@@ -39,6 +39,7 @@ import datetime
 import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Callable
 
@@ -226,6 +227,8 @@ def rollback_home(
     is the home either way. Raises RollbackError for a home, config or version that does not
     allow it, RollbackFailed when the copy fails, lock.LockBusy while a run holds the home.
     """
+    if undo and to is None:
+        raise RollbackError("--undo: give --to VERSION, the version taken out that is to be served again")
     config = None
     if config_path:
         try:
@@ -248,9 +251,9 @@ def rollback_home(
             "store copy the version folder yourself"
         )
     if dry_run and not os.access(home, os.W_OK):  # a read-only home: nothing can run in it
-        return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo)
+        return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo, config_path)
     with run_lock(home_lock_path(home), wait=lock_wait, holder="rollback", refused="rollback"):
-        return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo)
+        return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo, config_path)
 
 
 def _fingerprint(version_path: str) -> str | None:
@@ -263,8 +266,15 @@ def _fingerprint(version_path: str) -> str | None:
         return None
 
 
-def _retry_command(home: str, to: str, undo: bool) -> str:
-    return f"imgpipe rollback --home {home} --to {to}" + (" --undo" if undo else "")
+def _retry_command(home: str, to: str, undo: bool, reason: str, config_path: str | None) -> str:
+    words = ["imgpipe", "rollback", "--home", home, "--to", to]
+    if config_path:
+        words += ["--config", config_path]
+    if reason:
+        words += ["--reason", reason]
+    if undo:
+        words.append("--undo")
+    return shlex.join(words)
 
 
 def _rollback_holding_lock(
@@ -275,6 +285,7 @@ def _rollback_holding_lock(
     reason: str,
     dry_run: bool,
     undo: bool,
+    config_path: str | None = None,
 ) -> RollbackResult:
     from components import pusher
     from serving.model_fingerprint import rolled_back_models
@@ -310,7 +321,7 @@ def _rollback_holding_lock(
         served, target = _pick(versions, to, serving_dir, taken_out, same)
         good = _holding(models, target[1])
         # Every version newer than the target is taken out (an undo: the served one excepted).
-        newer = [v for v in versions if v[0] > target[0] and not (undo and v == served)]
+        newer = [v for v in versions if v[0] > target[0] and not (undo and same(v[1], served[1]))]
         held = [(v, _holding(models, v[1])) for v in newer]
         bad = _holding(models, served[1])
         if bad is None and good is None:
@@ -364,6 +375,22 @@ def _rollback_holding_lock(
                 raise RollbackFailed(
                     f"version {target[0]} could not be copied into {serving_dir}: {_short(e)}; nothing was changed"
                 ) from e
+            entry = {
+                "from_version": str(served[0]),
+                "to_version": str(target[0]),
+                "undo": undo,
+                "marked": marked,
+                "restored_model": dict(_ref(good) or {}, fingerprint=target_fingerprint),
+                "note": text,
+            }
+            try:
+                # The log before ML Metadata: what refuses a model trained again to these weights.
+                _append_log(home, entry)
+            except OSError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise RollbackFailed(
+                    f"{os.path.join(home, LOG_FILE)} could not be written: {e}; nothing was changed"
+                ) from e
             try:
                 _record(store, list(to_mark.values()), good, withdrawn, restored, text)
             except BaseException:
@@ -375,28 +402,32 @@ def _rollback_holding_lock(
             f"version {target[0]}'s model ({good.id}) has no blessing left to give back: the next run's gate "
             + (f"compares with model {baseline['id']}" if baseline else "has no model to compare with")
         )
-    entry = {
-        "from_version": str(served[0]),
-        "to_version": str(target[0]),
-        "undo": undo,
-        "marked": marked,
-        "restored_model": dict(_ref(good) or {}, fingerprint=target_fingerprint),
-        "note": text,
-    }
+    unread = [m["version"] for m in marked if m["fingerprint"] is None]
+    if unread:
+        warnings.append(
+            f"the weights of version(s) {', '.join(unread)} could not be read: a model trained again to them "
+            "is not refused (a cached run still is)"
+        )
     new_version = None
     if staging is not None:
-        _append_log(home, entry)  # before the rename: a retry finds the weights refused
         try:
             new_version, _ = pusher.rename_in(staging, serving_dir)
         except Exception as e:  # noqa: BLE001
             raise RollbackFailed(
                 f"version {target[0]}'s copy could not be renamed into {serving_dir}: {_short(e)}. ML Metadata "
                 f"and {LOG_FILE} already record the rollback ({_done_text(to_mark, restored, withdrawn)}); "
-                f"`{_retry_command(home, str(target[0]), undo)}` serves the copy"
+                f"`{_retry_command(home, str(target[0]), undo, reason, config_path)}` serves the copy"
             ) from e
-        _append_log(
-            home, {"served": {"serving_dir": serving_dir, "version": new_version, "copy_of": str(target[0])}}
-        )
+        try:
+            _append_log(
+                home,
+                {"served": {"serving_dir": serving_dir, "version": new_version, "copy_of": str(target[0])}},
+            )
+        except OSError as e:
+            warnings.append(
+                f"{LOG_FILE} could not record that version {new_version} is the copy ({e}): `prune "
+                "--keep-versions` will not count it as this home's, `drift --run served` will not follow it"
+            )
     result = RollbackResult(
         home=home,
         serving_dir=serving_dir,
@@ -492,10 +523,11 @@ def _plan_blessings(store, pipeline_root: str, bad, good, undo: bool, text: str)
 
 
 def _record(store, to_mark: list, good, withdrawn: list, restored: list, text: str) -> None:
-    for model in to_mark:
+    fresh = [m for m in to_mark if ROLLED_BACK_KEY not in m.custom_properties]  # the first note stays
+    for model in fresh:
         model.custom_properties[ROLLED_BACK_KEY].string_value = text
-    if to_mark:
-        store.put_artifacts(to_mark)
+    if fresh:
+        store.put_artifacts(fresh)
     if good is not None and ROLLED_BACK_KEY in good.custom_properties:
         del good.custom_properties[ROLLED_BACK_KEY]  # chosen again: no longer refused
         store.put_artifacts([good])
@@ -535,10 +567,9 @@ def _next_baseline(store, pipeline_root: str, withdrawn: list, restored: list) -
 
 
 def _append_log(home: str, entry: dict) -> None:
+    """One JSON line appended to HOME/rollbacks.jsonl and flushed to disk (OSError when it cannot be)."""
     line = {"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **entry}
-    path = os.path.join(home, LOG_FILE)
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-    except OSError as e:  # recorded in ML Metadata; the weights of a model trained again are then not refused
-        log.warning("could not append to %s: %s", path, e)
+    with open(os.path.join(home, LOG_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
