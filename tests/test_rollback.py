@@ -574,3 +574,34 @@ def test_a_log_that_cannot_be_written_or_read_changes_nothing(tmp_path):
         rolled_back_models(os.path.join(h.home.home, LOG_FILE))
     assert open(h.home.metadata_path, "rb").read() == before and h.versions() == ["100", "200"]
     assert sorted(os.listdir(h.serving)) == ["100", "200"]
+
+
+def test_a_dry_run_warns_of_a_serving_dir_too_full_for_the_copy(tmp_path, monkeypatch):
+    import collections
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 99, 1))
+    result = rollback_home(h.home.home, dry_run=True)
+    assert any(
+        w.startswith(f"the serving dir {h.serving} has 1 bytes free; the copy needs ")
+        for w in result.warnings
+    )
+
+
+def test_the_baseline_reported_is_a_model_that_still_exists(tmp_path):
+    """A blessed model whose artifact prune marked DELETED is no baseline (TFX's strategy takes
+    LIVE models only): the report names the one the next run will use."""
+    from imgpipe.orchestration.rollback import _next_baseline
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    model_b, _ = h.run(b"model B", "200")
+    model_c, _ = h.run(b"model C", "300")
+    assert _next_baseline(h.home.store, h.home.root, [], [])["id"] == model_c.id
+    gone = h.artifact(model_c)
+    gone.state = gone.DELETED
+    h.home.store.put_artifacts([gone])
+    assert _next_baseline(h.home.store, h.home.root, [], [])["id"] == model_b.id
