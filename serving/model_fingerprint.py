@@ -106,3 +106,31 @@ def rolled_back_models(log_path: str) -> dict[str, str]:
         except (ValueError, AttributeError, TypeError):
             continue
     return out
+
+
+def served_copies(home: str) -> list[dict]:
+    """The copies `imgpipe rollback` served in `home`, oldest first, from its rollback log's
+    `served` lines: [{serving_dir, version, copy_of}] (versions as strings). [] when there is no
+    log or it cannot be read: a listing of versions, unlike a refusal, can do without it; a line
+    that is not one is skipped."""
+    import json
+
+    try:
+        with open(os.path.join(home, ROLLBACK_LOG), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            served = json.loads(line).get("served") or {}
+            out.append(
+                {
+                    "serving_dir": served.get("serving_dir"),
+                    "version": str(served["version"]),
+                    "copy_of": str(served["copy_of"]),
+                }
+            )
+        except (ValueError, AttributeError, KeyError, TypeError):
+            continue
+    return out

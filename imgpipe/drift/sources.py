@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -261,30 +260,13 @@ class TrainingSplit:
 SERVED = "served"  # names the run that pushed the model version answering most logged requests
 
 
-def _rollback_copies(home: str) -> dict[str, str]:
-    """{version: the version it is a copy of} for the versions `imgpipe rollback` served."""
-    from serving.model_fingerprint import ROLLBACK_LOG
-
-    try:
-        with open(os.path.join(home, ROLLBACK_LOG), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {}
-    out = {}
-    for line in lines:
-        try:
-            served = json.loads(line).get("served") or {}
-            out[str(served["version"])] = str(served["copy_of"])
-        except (ValueError, AttributeError, KeyError, TypeError):
-            continue
-    return out
-
-
 def pushing_run(home: str, version: str) -> str:
     """The run record folder of the newest run whose push wrote model version `version`
     (its summary's `pushed` ends in it), following a rollback's copy to the version it copied;
     SourceError naming the version when none did."""
-    copies = _rollback_copies(home)
+    from serving.model_fingerprint import served_copies
+
+    copies = {c["version"]: c["copy_of"] for c in served_copies(home)}
     seen = {version}
     while version in copies and copies[version] not in seen:  # a copy of a copy, at most each once
         version = copies[version]

@@ -33,7 +33,6 @@ is its model version policy's business.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -46,7 +45,7 @@ from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import PipelineConfig
-from serving.model_fingerprint import ROLLBACK_LOG
+from serving.model_fingerprint import served_copies
 from serving.version_names import version_number
 from trainer import liveness
 
@@ -357,8 +356,9 @@ def _remove_version(path: str) -> bool:
 
 def _pushed_versions(home: str) -> dict[str, set[str]]:
     """{model serving dir: the version folder names this home's runs pushed there}, as their
-    records say (`pushed`: the version's local path), and the copies its rollbacks served. Not the serving dir a record's config
-    names: a run that failed or pushed nothing may name another home's."""
+    records say (`pushed`: the version's local path), and the copies its rollbacks served. Not
+    the serving dir a record's config names: a run that failed or pushed nothing may name
+    another home's."""
     found: dict[str, set[str]] = {}
     for folder in runs.records(home):
         try:
@@ -370,18 +370,9 @@ def _pushed_versions(home: str) -> dict[str, set[str]]:
         path = os.path.normpath(pushed)
         if version_number(os.path.basename(path)) is not None:
             found.setdefault(os.path.dirname(path), set()).add(os.path.basename(path))
-    # The copies `imgpipe rollback` served (its log's `served` lines) are this home's versions too.
-    try:
-        with open(os.path.join(home, ROLLBACK_LOG), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            served = json.loads(line).get("served") or {}
-            serving_dir, version = served.get("serving_dir"), str(served.get("version"))
-        except (ValueError, AttributeError):
-            continue
+    # The copies `imgpipe rollback` served are this home's versions too.
+    for copy in served_copies(home):
+        serving_dir, version = copy["serving_dir"], copy["version"]
         if (
             isinstance(serving_dir, str)
             and os.path.isabs(serving_dir)
@@ -393,13 +384,8 @@ def _pushed_versions(home: str) -> dict[str, set[str]]:
 
 def _shared_store_of(home: str) -> str | None:
     """The ML Metadata server (its URL, no password) the newest run record of `home` names, if any."""
-    for folder in runs.records(home):
-        try:
-            config = PipelineConfig.from_yaml(os.path.join(folder, runs.CONFIG_FILE))
-        except Exception:  # noqa: BLE001 - a damaged record: the next one may say
-            continue
-        return config.metadata_location if config.metadata_target is not None else None
-    return None
+    config = runs.newest_config(home)
+    return config.metadata_location if config is not None and config.metadata_target is not None else None
 
 
 def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool) -> PruneResult:

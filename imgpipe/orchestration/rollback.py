@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
@@ -75,9 +76,8 @@ class RollbackResult:
     from_version: str  # the version served before
     to_version: str  # the version whose model is served again
     new_version: str | None  # the version the target was pushed again as (None in a dry run)
-    rolled_back_model: (
-        dict | None
-    )  # {id, uri} of the served model, marked; None: unknown to ML Metadata, or an undo
+    # {id, uri} of the served model, marked; None: unknown to ML Metadata, or an undo.
+    rolled_back_model: dict | None
     restored_model: dict | None  # {id, uri} of the target's model, None when not in ML Metadata
     # Every version newer than the target taken out, as the log records it: {version, id, uri,
     # fingerprint} (id and uri None for a model ML Metadata does not know).
@@ -95,16 +95,13 @@ class RollbackResult:
 
 def _config_of(home: str) -> PipelineConfig:
     """The pipeline config of the home's newest run record (its serving dir and ML Metadata)."""
-    for folder in runs.records(home):
-        path = os.path.join(folder, runs.CONFIG_FILE)
-        try:
-            return PipelineConfig.from_yaml(path).replace(home=home)
-        except Exception as e:  # noqa: BLE001 - a damaged record: an older one may do
-            log.warning("run record %s cannot be read (%s): trying an older one", path, e)
-    raise RollbackError(
-        f"home: {home} has no readable run record (HOME/runs/<run id>/config.yaml): rollback takes the "
-        "serving dir and ML Metadata from the newest run's record (runs under Airflow keep none)"
-    )
+    config = runs.newest_config(home)
+    if config is None:
+        raise RollbackError(
+            f"home: {home} has no readable run record (HOME/runs/<run id>/config.yaml): rollback takes the "
+            "serving dir and ML Metadata from the newest run's record (runs under Airflow keep none)"
+        )
+    return config
 
 
 def _versions(serving_dir: str) -> list[tuple[int, str]]:
@@ -297,19 +294,16 @@ def _rollback_holding_lock(
         if busy:
             raise RollbackError(busy)
         models = _models(store, config.pipeline_root)
+        # Each version's model and weights, read once: the target's pick, the versions taken out
+        # and the served one ask for the same folders.
+        fingerprint = functools.cache(_fingerprint)
+        holding = functools.cache(lambda version_path: _holding(models, version_path))
 
         def taken_out(version_path: str) -> bool:
-            model = _holding(models, version_path)
+            model = holding(version_path)
             if model is not None and ROLLED_BACK_KEY in model.custom_properties:
                 return True
             return bool(refused) and fingerprint(version_path) in refused
-
-        fingerprints: dict[str, str | None] = {}
-
-        def fingerprint(version_path: str) -> str | None:
-            if version_path not in fingerprints:
-                fingerprints[version_path] = _fingerprint(version_path)
-            return fingerprints[version_path]
 
         def same(a: str, b: str) -> bool:
             if pusher.same_model(a, b):
@@ -319,11 +313,11 @@ def _rollback_holding_lock(
 
         versions = _versions(serving_dir)
         served, target = _pick(versions, to, serving_dir, taken_out, same)
-        good = _holding(models, target[1])
+        good = holding(target[1])
         # Every version newer than the target is taken out (an undo: the served one excepted).
         newer = [v for v in versions if v[0] > target[0] and not (undo and same(v[1], served[1]))]
-        held = [(v, _holding(models, v[1])) for v in newer]
-        bad = _holding(models, served[1])
+        held = [(v, holding(v[1])) for v in newer]
+        bad = holding(served[1])
         if bad is None and good is None:
             raise RollbackError(
                 f"neither the served version {served[0]} nor version {target[0]} holds a model of pipeline "

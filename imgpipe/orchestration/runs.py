@@ -235,6 +235,18 @@ def _started(folder: str) -> float:
     return os.path.getmtime(os.path.join(folder, CONFIG_FILE))
 
 
+def newest_config(home: str) -> PipelineConfig | None:
+    """The config of the newest run record of `home` that can be read (a damaged one is named in
+    a warning and passed by), with `home` as its home; None when no record can be read."""
+    for folder in records(home):
+        path = os.path.join(folder, CONFIG_FILE)
+        try:
+            return PipelineConfig.from_yaml(path).replace(home=home)
+        except Exception as e:  # noqa: BLE001 - a damaged record: an older one may do
+            log.warning("run record %s cannot be read (%s): trying an older one", path, e)
+    return None
+
+
 def failure(summary: dict) -> str | None:
     """Why a recorded run failed (its summary's `error`), None for a run that finished."""
     return summary.get("error") or None
