@@ -605,3 +605,15 @@ def test_the_baseline_reported_is_a_model_that_still_exists(tmp_path):
     gone.state = gone.DELETED
     h.home.store.put_artifacts([gone])
     assert _next_baseline(h.home.store, h.home.root, [], [])["id"] == model_b.id
+
+
+def test_one_version_skipped_as_rolled_back_is_named_with_its_way_back(tmp_path):
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    rollback_home(h.home.home)  # B taken out; A's copy served
+    with pytest.raises(RollbackError) as e:
+        rollback_home(h.home.home)
+    assert "; version 200 holds a model rolled back earlier (--to 200 serves it again); nothing" in str(
+        e.value
+    )

@@ -163,11 +163,13 @@ def _pick(
             skipped.append(str(candidate[0]))
             continue
         return served, candidate
-    also = (
-        f"; versions {', '.join(skipped)} hold models rolled back earlier (--to VERSION serves one again)"
-        if skipped
-        else ""
-    )
+    also = ""
+    if len(skipped) == 1:
+        also = f"; version {skipped[0]} holds a model rolled back earlier (--to {skipped[0]} serves it again)"
+    elif skipped:
+        also = (
+            f"; versions {', '.join(skipped)} hold models rolled back earlier (--to VERSION serves one again)"
+        )
     raise RollbackError(
         f"serving dir {serving_dir}: no earlier version holds another model than the served version "
         f"{served[0]} (its versions: {names}){also}; nothing to roll back to"
