@@ -20,18 +20,26 @@ COMPLETE, CACHED, RUNNING = pb.Execution.COMPLETE, pb.Execution.CACHED, pb.Execu
 
 class FakeHome:
     """airflow=True: runs recorded as TFX's Airflow launcher records them, a `run` context
-    ("<pipeline>.<run id>", properties pipeline_name and run_id) and a `component_run` one."""
+    ("<pipeline>.<run id>", properties pipeline_name and run_id) and a `component_run` one.
+    connection: another store than HOME/metadata.sqlite (a shared PostgreSQL database)."""
 
-    def __init__(self, home: str, pipeline: str = "imgpipe", airflow: bool = False):
+    def __init__(
+        self,
+        home: str,
+        pipeline: str = "imgpipe",
+        airflow: bool = False,
+        connection: pb.ConnectionConfig | None = None,
+    ):
         self.home = home
         self.pipeline = pipeline
         self.airflow = airflow
         self.root = os.path.join(home, "pipelines", pipeline)
         self.metadata_path = os.path.join(home, "metadata.sqlite")
         os.makedirs(home, exist_ok=True)
-        cfg = pb.ConnectionConfig()
-        cfg.sqlite.filename_uri = self.metadata_path
-        self.store = metadata_store.MetadataStore(cfg)
+        if connection is None:
+            connection = pb.ConnectionConfig()
+            connection.sqlite.filename_uri = self.metadata_path
+        self.store = metadata_store.MetadataStore(connection)
         self._ctx_types = {
             n: self.store.put_context_type(pb.ContextType(name=n))
             for n in ("pipeline", "pipeline_run", "node")
@@ -63,6 +71,10 @@ class FakeHome:
                 ctx.properties["run_id"].string_value = run_id
                 ctx.properties["component_id"].string_value = component
             [cid] = self.store.put_contexts([ctx])
+            if kind == "pipeline_run":  # as TFX links them: a run is a child of its pipeline
+                self.store.put_parent_contexts(
+                    [pb.ParentContext(child_id=cid, parent_id=self.pipeline_ctx.id)]
+                )
             self._contexts[key] = self.store.get_contexts_by_id([cid])[0]
         return self._contexts[key]
 
@@ -172,13 +184,16 @@ def _event(kind: int, key: str) -> pb.Event:
     return ev
 
 
-def training_history(home: FakeHome, runs: int = 3, blessed_runs: tuple[int, ...] = (1,)) -> list[dict]:
+def training_history(
+    home: FakeHome, runs: int = 3, blessed_runs: tuple[int, ...] = (1,), prefix: str = ""
+) -> list[dict]:
     """`runs` runs: ExampleGen computed once then cached, a new model per run, blessed and pushed
-    only in `blessed_runs` (1-based). Returns each run's {id, examples, model, blessing, pushed}."""
+    only in `blessed_runs` (1-based). Returns each run's {id, examples, model, blessing, pushed}.
+    prefix: before each run id (run ids are unique in a database several homes share)."""
     out = []
     examples = None
     for i in range(1, runs + 1):
-        run = f"2026-01-0{i}T00:00:00-run{i}"
+        run = f"{prefix}2026-01-0{i}T00:00:00-run{i}"
         if examples is None:
             _, made = home.execute(run, "ImportExampleGen", outputs={"examples": ("Examples", {})})
             examples = made["examples"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2 as pb
@@ -129,21 +130,24 @@ def test_prune_leaves_artifacts_outside_the_home_alone(tmp_path):
 def test_prune_refuses_bad_homes_and_waits_for_no_one(tmp_path):
     with pytest.raises(PruneError, match="not a pipeline home"):
         prune_home(str(tmp_path), keep=1)
-    # A home whose runs record to PostgreSQL has no store of its own: said so, not "not a home".
+    # A home whose runs record to PostgreSQL is pruned there: a server that cannot be reached is
+    # named (its URL, no password), not "not a home".
     from imgpipe.orchestration import runs
     from imgpipe.orchestration.summary import RunSummary
     from pipeline.config import PipelineConfig
 
     pg_home = tmp_path / "pg"
-    config = PipelineConfig(home=str(pg_home), metadata="postgresql://ml@db.internal:5432/mlmd").resolved()
+    config = PipelineConfig(
+        home=str(pg_home), metadata="postgresql://ml@nowhere.invalid:5432/mlmd"
+    ).resolved()
     runs.write_record(config, RunSummary("r1", True, None, 0.9, 1, {}))
-    with pytest.raises(PruneError) as e:
+    with pytest.raises(
+        metadata.MetadataUnavailable,
+        match=r"cannot connect to ML Metadata at postgresql://ml@nowhere\.invalid:5432/mlmd",
+    ):
         prune_home(str(pg_home), keep=1)
-    assert str(e.value) == (
-        f"home: {pg_home} records its runs to ML Metadata at postgresql://ml@db.internal:5432/mlmd: "
-        "`imgpipe prune` prunes a home's own metadata.sqlite only (a database shared by several homes is "
-        "not pruned by this imgpipe)"
-    )
+    with pytest.raises(PruneError, match="give --home .* or --config"):
+        prune_home(None, keep=1)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "metadata.sqlite").write_bytes(b"")  # a dry run failed on it; a prune wrote a schema in
@@ -512,3 +516,99 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
     # Without it the serving dirs are left alone.
     assert prune_home(home.home, keep=1).versions_removed == []
     assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000001", "1700000002"]
+
+
+# --------------------------------------------------------------------------- a shared database
+def _pg_home(server, path, pipeline: str, db: str, airflow: bool = False) -> FakeHome:
+    """A FakeHome whose pipeline `pipeline` records to database `db` of the PostgreSQL server."""
+    from pipeline.config import PipelineConfig
+
+    config = PipelineConfig(home=str(path), metadata=server.url(db), pipeline_name=pipeline)
+    return FakeHome(str(path), pipeline, airflow=airflow, connection=metadata.connection_config(config))
+
+
+def _record(home: FakeHome, url: str) -> str:
+    """A run record of `home` naming the database (what `imgpipe run` writes); the config's path."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.summary import RunSummary
+    from pipeline.config import PipelineConfig
+
+    config = PipelineConfig(home=home.home, metadata=url, pipeline_name=home.pipeline).resolved()
+    return os.path.join(runs.write_record(config, RunSummary("r9", True, None, 0.9, 1, {})), "config.yaml")
+
+
+def test_a_home_on_a_shared_postgres_database_is_pruned_there_and_no_other_home_is(
+    tmp_path, postgres_server, monkeypatch
+):
+    """Two homes record to one PostgreSQL database: pruning one marks its old artifacts DELETED
+    there and removes their folders, and leaves the other home's pipeline, runs and folders alone.
+    A home that ran on SQLite before has both stores pruned."""
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    url = postgres_server.url("prune_shared")
+    ours = _pg_home(postgres_server, tmp_path / "ours", "alpha", "prune_shared")
+    theirs = _pg_home(postgres_server, tmp_path / "theirs", "beta", "prune_shared")
+    r1, r2, r3 = training_history(ours, runs=3, blessed_runs=(1,))
+    t1, t2, t3 = training_history(theirs, runs=3, blessed_runs=(1,), prefix="theirs-")
+    _record(ours, url)
+    _record(theirs, url)
+    # The pipeline this home ran on its own SQLite store before it moved to the shared database.
+    before = FakeHome(ours.home, "alpha_sqlite")
+    _, s2, _ = training_history(before, runs=3, blessed_runs=(1,))
+
+    dry = prune_home(ours.home, keep=1, dry_run=True)
+    assert sorted(dry.pipelines) == ["alpha", "alpha_sqlite"]
+    assert all(_state(ours, r[k]) == LIVE for r in (r1, r2, r3) for k in ("model", "blessing"))
+    done = prune_home(ours.home, keep=1)
+    assert done.to_dict()["pipelines"] == dry.to_dict()["pipelines"]
+    alpha = done.pipelines["alpha"]
+    assert alpha.runs_kept == [r3["id"]] and alpha.runs_pruned == [r1["id"], r2["id"]]
+    assert {r["id"] for r in alpha.removed} == {r2["model"].id, r2["blessing"].id, r2["pushed"].id}
+    assert _state(ours, r2["model"]) == DELETED and not os.path.exists(r2["model"].uri)
+    assert _state(ours, r1["model"]) == LIVE and os.path.isdir(r1["model"].uri)  # the gate's baseline
+    assert {r["id"] for r in done.pipelines["alpha_sqlite"].removed} == {
+        s2["model"].id,
+        s2["blessing"].id,
+        s2["pushed"].id,
+    }
+    assert _state(before, s2["model"]) == DELETED
+    # The other home: every artifact LIVE, every folder there.
+    for run in (t1, t2, t3):
+        for key in ("model", "blessing", "pushed"):
+            assert _state(theirs, run[key]) == LIVE and os.path.isdir(run[key].uri)
+
+
+def test_a_shared_pipeline_name_is_refused_and_an_airflow_home_is_pruned_by_its_config(
+    tmp_path, postgres_server, monkeypatch, capsys
+):
+    from imgpipe.cli import main as cli
+
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    url = postgres_server.url("prune_conflict")
+    first = _pg_home(postgres_server, tmp_path / "first", "gamma", "prune_conflict", airflow=True)
+    r1, r2, r3 = training_history(first, runs=3, blessed_runs=(1,))
+    # Runs under Airflow keep no record: the home's database comes from the pipeline's config.
+    config_path = shutil.copy(_record(first, url), tmp_path / "gamma.yaml")
+    shutil.rmtree(os.path.join(first.home, "runs"))
+    assert cli.main(["prune", "--home", first.home, "--keep", "1", "--dry-run"]) == 2
+    assert "no run record naming a PostgreSQL ML Metadata database" in capsys.readouterr().err
+    assert cli.main(["prune", "--config", str(config_path), "--keep", "1", "--dry-run"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pipelines"]["gamma"]["runs_kept"] == [r3["id"]]
+    assert {r["id"] for r in out["pipelines"]["gamma"]["removed"]} == {
+        r2[k].id for k in ("model", "blessing", "pushed")
+    }
+
+    # A second home that copied the config (same pipeline name): its run was refused, but a
+    # folder of the pipeline is there. Which runs are whose cannot be told: neither is pruned.
+    copy = tmp_path / "copy"
+    os.makedirs(copy / "pipelines" / "gamma" / "Trainer")
+    with pytest.raises(PruneError, match=f"pipeline 'gamma' in {url} also has artifacts under {first.root}"):
+        prune_home(str(copy), keep=0, config_path=config_path)
+    assert all(_state(first, r["model"]) == LIVE for r in (r1, r2, r3))
+    # Without a password the server refuses: named, exit 2, nothing printed on stdout.
+    monkeypatch.delenv("PGPASSWORD")
+    assert cli.main(["prune", "--config", str(config_path), "--keep", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"cannot connect to ML Metadata at {url}" in captured.err

@@ -16,7 +16,17 @@ log = logging.getLogger(__name__)
 
 
 def _add(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--home", required=True, help="the pipeline home (`imgpipe run --home`) to prune")
+    p.add_argument(
+        "--home",
+        help="the pipeline home (`imgpipe run --home`) to prune: its metadata.sqlite, or the pipelines it runs "
+        "in the PostgreSQL ML Metadata database its newest run record names",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the pipeline's config file, for its home and ML Metadata database instead of the run records "
+        "(a home whose runs keep none: Airflow's); --home, if given too, is the home",
+    )
     p.add_argument(
         "--keep",
         type=int,
@@ -49,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             lock_wait=args.lock_wait,
             keep_versions=args.keep_versions,
+            config_path=args.config,
         )
     except PruneError as e:
         raise UsageError(str(e)) from e

@@ -37,7 +37,6 @@ from imgpipe.orchestration import (
     diagnosis,
     execution_results,
     metadata,
-    paths,
     recovery,
     runs,
     scratch,
@@ -367,15 +366,7 @@ def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
     if config.metadata_target is None or "://" in config.pipeline_root:
         return
     with metadata.open_store(config) as store:
-        pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
-        artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
-    elsewhere = sorted(
-        {
-            _pipeline_root_of(a.uri)
-            for a in artifacts
-            if "://" not in a.uri and a.uri and not paths.under(a.uri, config.pipeline_root)
-        }
-    )
+        elsewhere = metadata.pipeline_roots_elsewhere(store, config.pipeline_name, config.pipeline_root)
     if elsewhere:
         raise ConfigError(
             f"pipeline_name: pipeline {config.pipeline_name!r} in {config.metadata_location} also has "
@@ -384,11 +375,6 @@ def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
             "models would be this home's baselines and its outputs this home's cache. Give this home "
             "its own --pipeline-name (one pipeline name per home on a shared database)"
         )
-
-
-def _pipeline_root_of(uri: str) -> str:
-    """The pipeline root an artifact folder is in (`<root>/<Component>/<output>/<execution id>`)."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(uri))))
 
 
 def _an_artifact_folder(pipeline_root: str) -> str | None:

@@ -168,6 +168,21 @@ def pipeline_runs(store, pipeline_name: str) -> list[metadata_store_pb2.Context]
     return sorted(runs + airflow, key=lambda c: (c.create_time_since_epoch, c.id))
 
 
+def pipeline_roots_elsewhere(store, pipeline_name: str, pipeline_root: str) -> list[str]:
+    """The pipeline roots, other than `pipeline_root`, that hold local artifacts of `pipeline_name`
+    in `store` (each artifact folder is `<root>/<Component>/<output>/<execution id>`): on a shared
+    database, another home that runs a pipeline of the same name (or this home, moved)."""
+    pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
+    return sorted(
+        {
+            os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(a.uri))))
+            for a in artifacts
+            if a.uri and "://" not in a.uri and not under(a.uri, pipeline_root)
+        }
+    )
+
+
 def run_id(run: metadata_store_pb2.Context) -> str:
     """A run context's run id: its name, or an Airflow `run` context's `run_id` property."""
     if "run_id" in run.properties:

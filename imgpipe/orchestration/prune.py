@@ -22,6 +22,10 @@ artifacts, so neither can point a run at a deleted folder; a deleted artifact
 whose folder is still there (prune interrupted) is removed by the next prune.
 The executor folders (.system/executor_execution/<id>) of pruned runs go too.
 
+The store is the home's own SQLite file, or the PostgreSQL database its runs record to (the
+newest run record's, or a given config's), where only the pipelines with a folder under
+HOME/pipelines are this home's; a home with both has both pruned.
+
 Prune holds the home's lock (a run in progress makes it exit 75, or wait), so
 it also does what a starting run does: marks executions a dead run left
 RUNNING as FAILED and deletes dead runs' scratch folders. Run records
@@ -32,6 +36,7 @@ is its model version policy's business.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -44,7 +49,7 @@ from components.gate_decision import ROLLED_BACK_KEY
 from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock_path, run_lock
 from imgpipe.orchestration.paths import under
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from serving.model_fingerprint import served_copies
 from serving.version_names import version_number
 from trainer import liveness
@@ -267,14 +272,24 @@ def _remove(path: str) -> None:
 
 
 def prune_home(
-    home: str, keep: int, dry_run: bool = False, lock_wait: float = 0.0, keep_versions: int | None = None
+    home: str | None,
+    keep: int,
+    dry_run: bool = False,
+    lock_wait: float = 0.0,
+    keep_versions: int | None = None,
+    config_path: str | None = None,
 ) -> PruneResult:
-    """Prune every pipeline in `home`, keeping its newest `keep` runs and the gate's lineage.
+    """Prune every pipeline of `home`, keeping its newest `keep` runs and the gate's lineage.
 
+    The stores pruned: the home's own SQLite store (HOME/metadata.sqlite), and the PostgreSQL
+    database its newest run record (or `config_path`: a home whose runs keep none, Airflow's)
+    names, where only this home's pipelines are touched (those with a folder under
+    HOME/pipelines; one whose artifacts are also under another home's folders is refused).
     dry_run: report what would be removed and change nothing. keep_versions: also remove the
     versions this home's runs pushed (as their records say) that are not among the newest
-    `keep_versions` of their serving dir (None: the serving dirs are left alone). Raises PruneError for a bad home, keep or
-    keep_versions, lock.LockBusy while a run holds the home.
+    `keep_versions` of their serving dir (None: the serving dirs are left alone). Raises
+    PruneError for a bad home, config, keep or keep_versions, metadata.MetadataUnavailable when
+    a store cannot be opened, lock.LockBusy while a run holds the home.
     """
     if keep < 0:
         raise PruneError(f"keep: must be 0 or more runs, got {keep}")
@@ -282,24 +297,36 @@ def prune_home(
         raise PruneError(
             f"keep_versions: must be 1 or more (the newest version is the one served), got {keep_versions}"
         )
-    home = os.path.abspath(os.path.expanduser(home))
+    try:
+        home, config = runs.home_and_config(home, config_path)
+    except (ValueError, ConfigError) as e:
+        raise PruneError(str(e)) from e
+    if config is None:
+        config = runs.newest_config(home)
+    shared = (
+        config.replace(home=home).resolved()
+        if config is not None and config.metadata_target is not None
+        else None
+    )
     metadata_path = os.path.join(home, METADATA_FILE)
-    if not os.path.isfile(metadata_path):
-        shared = _shared_store_of(home)
-        if shared:
-            raise PruneError(
-                f"home: {home} records its runs to ML Metadata at {shared}: `imgpipe prune` prunes a home's own "
-                f"{METADATA_FILE} only (a database shared by several homes is not pruned by this imgpipe)"
-            )
-        raise PruneError(f"home: {home} is not a pipeline home (no {METADATA_FILE} in it)")
-    if os.path.getsize(metadata_path) == 0:  # a dry run failed on it, a prune wrote a schema into it
-        raise PruneError(f"home: {metadata_path} is empty: no ML Metadata store to prune")
+    stores = [PipelineConfig(home=home)] if os.path.isfile(metadata_path) else []
+    if stores and os.path.getsize(metadata_path) == 0:
+        if shared is None:  # a dry run failed on it, a prune wrote a schema into it
+            raise PruneError(f"home: {metadata_path} is empty: no ML Metadata store to prune")
+        stores = []  # the home's runs record to PostgreSQL: the empty file is no store of theirs
+    if shared is not None:
+        stores.append(shared)
+    if not stores:
+        raise PruneError(
+            f"home: {home} is not a pipeline home (no {METADATA_FILE} in it, and no run record naming a "
+            "PostgreSQL ML Metadata database: give --config for a home whose runs keep none)"
+        )
     if dry_run and not os.access(home, os.W_OK):
         # A read-only home (a snapshot, a read-only mount): no run can change it, and the lock
         # file cannot be opened; a dry run only reads.
-        return _with_versions(_prune_holding_lock(home, metadata_path, keep, dry_run), keep_versions)
+        return _with_versions(_prune_holding_lock(home, stores, keep, dry_run), keep_versions)
     with run_lock(home_lock_path(home), wait=lock_wait, holder="prune"):
-        return _with_versions(_prune_holding_lock(home, metadata_path, keep, dry_run), keep_versions)
+        return _with_versions(_prune_holding_lock(home, stores, keep, dry_run), keep_versions)
 
 
 def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResult:
@@ -382,22 +409,43 @@ def _pushed_versions(home: str) -> dict[str, set[str]]:
     return found
 
 
-def _shared_store_of(home: str) -> str | None:
-    """The ML Metadata server (its URL, no password) the newest run record of `home` names, if any."""
-    config = runs.newest_config(home)
-    return config.metadata_location if config is not None and config.metadata_target is not None else None
+def _own_pipelines(store, store_config: PipelineConfig, home: str) -> list[str]:
+    """The pipelines of `store` to prune for `home`: all of its own SQLite store's; in a shared
+    database, those with a folder under HOME/pipelines (the others are other homes'). PruneError
+    for one whose artifacts are also under another home's folders: which runs are whose cannot be
+    told apart, so neither is pruned."""
+    names = sorted(c.name for c in store.get_contexts_by_type("pipeline"))
+    if store_config.metadata_target is None:
+        return names
+    own = []
+    for name in names:
+        root = os.path.join(home, PIPELINES_DIR, name)
+        if not os.path.isdir(root):
+            continue
+        elsewhere = metadata.pipeline_roots_elsewhere(store, name, root)
+        if elsewhere:
+            raise PruneError(
+                f"pipeline {name!r} in {store_config.metadata_location} also has artifacts under "
+                f"{', '.join(elsewhere[:3])}, not under this home's {root}: another home runs a pipeline "
+                "of this name on the database (or this home was moved), and their runs cannot be told "
+                "apart; nothing was pruned"
+            )
+        own.append(name)
+    return own
 
 
-def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool) -> PruneResult:
-    # The home's own SQLite store (a home whose runs use a shared PostgreSQL store is pruned there).
-    store_config = PipelineConfig(home=home)
+def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_run: bool) -> PruneResult:
     result = PruneResult(home, keep, dry_run, {}, [], [])
-    with metadata.open_store(store_config, readonly=dry_run) as store:
-        names = sorted(c.name for c in store.get_contexts_by_type("pipeline"))
-        for name in names:  # before anything is changed, the scratch folders included
-            busy = airflow_run_in_progress(store, name)
-            if busy:
-                raise PruneError(busy)
+    with contextlib.ExitStack() as stack:
+        opened = []
+        for store_config in stores:
+            store = stack.enter_context(metadata.open_store(store_config, readonly=dry_run))
+            names = _own_pipelines(store, store_config, home)
+            for name in names:  # before anything is changed, the scratch folders included
+                busy = airflow_run_in_progress(store, name)
+                if busy:
+                    raise PruneError(busy)
+            opened.append((store, store_config.metadata_target is not None, names))
         if dry_run:
             root = scratch.scratch_root(home)
             stale = sorted(os.listdir(root)) if os.path.isdir(root) else []
@@ -407,24 +455,9 @@ def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool)
             ]
         else:
             result.scratch_removed = [{"path": p, "bytes": b} for p, b in scratch.remove_stale(home)]
-        for name in names:
-            root = os.path.join(home, PIPELINES_DIR, name)
-            found = recovery.abandon_dead_executions(store, name, root, found_by="prune", dry_run=dry_run)
-            result.abandoned_executions += [a.to_dict() for a in found]
-            missing = recovery.forget_missing_models(store, root, found_by="prune", dry_run=dry_run)
-            result.missing_models += missing
-            # A dry run plans as the prune would, after marking those models DELETED.
-            report, doomed, folders = _plan_pipeline(store, name, root, keep, {m["id"] for m in missing})
-            result.pipelines[name] = report
-            if dry_run:
-                continue
-            # ML Metadata first: from here on neither the Resolver nor the cache can pick them.
-            for a in doomed:
-                a.state = _DELETED
-            if doomed:
-                store.put_artifacts(doomed)
-            for path in [a.uri for a in doomed] + folders:
-                _remove(path)
+        own_runs = runs.run_ids(home)
+        for store, shared, names in opened:
+            _prune_pipelines(store, home, names, keep, dry_run, result, shared, own_runs)
     result.bytes_freed = (
         sum(d["bytes"] for d in result.scratch_removed)
         + sum(
@@ -434,3 +467,36 @@ def _prune_holding_lock(home: str, metadata_path: str, keep: int, dry_run: bool)
         + sum(a["bytes"] for a in result.abandoned_executions)
     )
     return result
+
+
+def _prune_pipelines(
+    store,
+    home: str,
+    names: list[str],
+    keep: int,
+    dry_run: bool,
+    result: PruneResult,
+    shared: bool,
+    own_runs,
+) -> None:
+    """Prune `names` in `store` (a shared one: only this home's executions are recovered)."""
+    for name in names:
+        root = os.path.join(home, PIPELINES_DIR, name)
+        found = recovery.abandon_dead_executions(
+            store, name, root, found_by="prune", shared_store=shared, dry_run=dry_run, own_runs=own_runs
+        )
+        result.abandoned_executions += [a.to_dict() for a in found]
+        missing = recovery.forget_missing_models(store, root, found_by="prune", dry_run=dry_run)
+        result.missing_models += missing
+        # A dry run plans as the prune would, after marking those models DELETED.
+        report, doomed, folders = _plan_pipeline(store, name, root, keep, {m["id"] for m in missing})
+        result.pipelines[name] = report
+        if dry_run:
+            continue
+        # ML Metadata first: from here on neither the Resolver nor the cache can pick them.
+        for a in doomed:
+            a.state = _DELETED
+        if doomed:
+            store.put_artifacts(doomed)
+        for path in [a.uri for a in doomed] + folders:
+            _remove(path)

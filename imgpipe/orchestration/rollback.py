@@ -228,18 +228,10 @@ def rollback_home(
     """
     if undo and to is None:
         raise RollbackError("--undo: give --to VERSION, the version taken out that is to be served again")
-    config = None
-    if config_path:
-        try:
-            config = PipelineConfig.from_yaml(config_path)
-        except ConfigError as e:
-            raise RollbackError(f"--config: {e}") from e
-        if home:
-            config = config.replace(home=home)
-        home = config.home
-    if not home:
-        raise RollbackError("home: give --home (a pipeline home) or --config (the pipeline's config file)")
-    home = os.path.abspath(os.path.expanduser(home))
+    try:
+        home, config = runs.home_and_config(home, config_path)
+    except (ValueError, ConfigError) as e:
+        raise RollbackError(str(e)) from e
     if not os.path.isdir(home):
         raise RollbackError(f"home: {home} is not a directory")
     config = (config.replace(home=home) if config is not None else _config_of(home)).resolved()

@@ -22,7 +22,7 @@ import socket
 from imgpipe.orchestration.lock import held, home_lock_path
 from imgpipe.orchestration.paths import write_all_atomically, write_atomically
 from imgpipe.orchestration.summary import RunSummary
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,23 @@ def newest_config(home: str) -> PipelineConfig | None:
         except Exception as e:  # noqa: BLE001 - a damaged record: an older one may do
             log.warning("run record %s cannot be read (%s): trying an older one", path, e)
     return None
+
+
+def home_and_config(home: str | None, config_path: str | None) -> tuple[str, PipelineConfig | None]:
+    """For a command that takes `--home DIR | --config FILE`: the home (`home`, else the config's;
+    absolute) and the config read from `config_path` with that home (None without a file).
+    ValueError when neither names a home; ConfigError, prefixed `--config:`, for a bad file."""
+    config = None
+    if config_path:
+        try:
+            config = PipelineConfig.from_yaml(config_path)
+        except ConfigError as e:
+            raise ConfigError(f"--config: {e}") from e
+        home = home or config.home
+    if not home:
+        raise ValueError("home: give --home (a pipeline home) or --config (the pipeline's config file)")
+    home = os.path.abspath(os.path.expanduser(home))
+    return home, (config.replace(home=home) if config is not None else None)
 
 
 def failure(summary: dict) -> str | None:

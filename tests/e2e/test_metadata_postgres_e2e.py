@@ -4,7 +4,8 @@ A first run through the CLI (a separate process, --verbose so TFX logs its
 connection config) with the password only in PGPASSWORD: it completes with
 correct lineage in PostgreSQL, writes no SQLite store, and the password shows
 up in no output and no file. A second run, in this process, finds the first
-run's blessed model as its baseline (the Resolver reads PostgreSQL).
+run's blessed model as its baseline (the Resolver reads PostgreSQL). `imgpipe prune` then
+prunes the home's runs there, and a third run still finds its cache and baseline.
 """
 
 import json
@@ -104,3 +105,26 @@ def test_second_run_finds_the_blessed_baseline_in_postgres(pg_config, cli_run, p
     assert s.baseline_accuracy == pytest.approx(first["accuracy"], abs=1e-6)
     with mlmd.open_store(pg_config) as store:
         assert lineage.problems(store, pg_config.pipeline_name, s.run_id) == []
+
+
+def test_prune_works_on_the_runs_postgres_records(pg_config, cli_run, postgres_server, monkeypatch):
+    """`imgpipe prune` on a home whose runs record to PostgreSQL prunes there (the home has no
+    SQLite store): every artifact left LIVE is on disk, the gate's baseline is one of them, and
+    the next run is served from the cache the prune kept."""
+    from imgpipe.orchestration.prune import prune_home
+
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    _, first = cli_run
+    result = prune_home(pg_config.home, keep=1)
+    assert list(result.pipelines) == [pg_config.pipeline_name]
+    report = result.pipelines[pg_config.pipeline_name]
+    assert first["run_id"] in report.runs_pruned and len(report.runs_kept) == 1
+    with mlmd.open_store(pg_config) as store:
+        live = [a for a in store.get_artifacts() if a.state == a.LIVE and a.uri]
+        assert live and all(os.path.exists(a.uri) for a in live), [a.uri for a in live]
+        models = {a.uri for a in live if a.type_id == store.get_artifact_type("Model").id}
+    assert any(p["why"].startswith("latest blessed model") and p["uri"] in models for p in report.protected)
+    # The next run is served from the cache the prune kept, against the same baseline.
+    s = run_local(pg_config)
+    assert s.executions["Trainer"] == "CACHED"
+    assert s.baseline_accuracy == pytest.approx(first["accuracy"], abs=1e-6)
