@@ -32,21 +32,25 @@ ROLLED_BACK = "rolled_back"
 class History:
     """A home whose runs each trained a model, blessed and pushed it as the next version."""
 
-    def __init__(self, tmp_path):
-        self.home = FakeHome(str(tmp_path / "home"))
-        os.makedirs(tmp_path / "data", exist_ok=True)
+    def __init__(self, tmp_path, metadata_url: str = "", pipeline: str = "imgpipe"):
+        """metadata_url: runs recording to that PostgreSQL database instead of the home's SQLite."""
         self.config = PipelineConfig(
             data_dir=str(tmp_path / "data"),
-            home=self.home.home,
+            home=str(tmp_path / "home"),
             serving_dir=str(tmp_path / "serving"),
             model_name="m",
+            metadata=metadata_url,
+            pipeline_name=pipeline,
         )
+        connection = metadata.connection_config(self.config) if metadata_url else None
+        self.home = FakeHome(self.config.home, pipeline, connection=connection)
+        os.makedirs(tmp_path / "data", exist_ok=True)
         self.serving = self.config.model_serving_dir
         self.models, self.blessings = [], []
 
     def run(self, content: bytes, version: str | None) -> tuple:
         """One run: a new model with `content`, blessed; pushed as `version` (None: not pushed)."""
-        run = f"run-{len(self.models) + 1}"
+        run = f"{self.home.pipeline}-run-{len(self.models) + 1}"
         _, made = self.home.execute(run, "Trainer", outputs={"model": ("Model", {})})
         model = made["model"]
         model_files(model, content)
@@ -617,3 +621,32 @@ def test_one_version_skipped_as_rolled_back_is_named_with_its_way_back(tmp_path)
     assert "; version 200 holds a model rolled back earlier (--to 200 serves it again); nothing" in str(
         e.value
     )
+
+
+def test_a_home_on_a_shared_postgres_database_rolls_back_its_own_models_only(
+    tmp_path, postgres_server, monkeypatch
+):
+    """Two homes record to one PostgreSQL database: a rollback in one marks and withdraws there,
+    and the other home's models, blessings and baseline are as they were."""
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    url = postgres_server.url("rollback_shared")
+    ours = History(tmp_path / "ours", url, "alpha")
+    theirs = History(tmp_path / "theirs", url, "beta")
+    model_a, _ = ours.run(b"model A", "100")
+    model_b, blessing_b = ours.run(b"model B", "200")
+    their_models = [theirs.run(b"their model %d" % i, str(100 * i))[0] for i in (1, 2)]
+
+    result = rollback_home(ours.home.home, reason="misreads scanner B")
+
+    assert (result.from_version, result.to_version) == ("200", "100")
+    assert result.baseline == {"id": model_a.id, "uri": model_a.uri}
+    assert ROLLED_BACK in ours.artifact(model_b).custom_properties
+    assert ours.artifact(blessing_b).custom_properties["blessed"].int_value == 0
+    assert not os.path.exists(os.path.join(ours.home.home, "metadata.sqlite"))
+    for model, blessing in zip(theirs.models, theirs.blessings, strict=True):
+        assert ROLLED_BACK not in theirs.artifact(model).custom_properties
+        assert theirs.artifact(blessing).custom_properties["blessed"].int_value == 1
+    assert theirs.versions() == ["100", "200"]
+    # Their next rollback finds their own history (their newest model served, the older one next).
+    assert rollback_home(theirs.home.home, dry_run=True).restored_model["id"] == their_models[0].id
