@@ -556,13 +556,26 @@ def test_a_home_on_a_shared_postgres_database_is_pruned_there_and_no_other_home_
     before = FakeHome(ours.home, "alpha_sqlite")
     _, s2, _ = training_history(before, runs=3, blessed_runs=(1,))
 
+    # A run of each home died mid-Trainer (NEW / RUNNING in the database): prune recovers ours,
+    # found by ML Metadata's query on PostgreSQL, and leaves theirs to them.
+    dead, _ = ours.execute(
+        "2026-01-04T00:00:00-run4", "Trainer", inputs={"examples": [r1["examples"]]}, state=RUNNING
+    )
+    os.makedirs(os.path.join(ours.root, "Trainer", "model", str(dead.id)))
+    their_dead, _ = theirs.execute("theirs-run4", "Trainer", state=pb.Execution.NEW)
+
     dry = prune_home(ours.home, keep=1, dry_run=True)
     assert sorted(dry.pipelines) == ["alpha", "alpha_sqlite"]
+    assert [a["execution_id"] for a in dry.abandoned_executions] == [dead.id]
     assert all(_state(ours, r[k]) == LIVE for r in (r1, r2, r3) for k in ("model", "blessing"))
     done = prune_home(ours.home, keep=1)
     assert done.to_dict()["pipelines"] == dry.to_dict()["pipelines"]
+    assert ours.store.get_executions_by_id([dead.id])[0].last_known_state == pb.Execution.FAILED
+    assert theirs.store.get_executions_by_id([their_dead.id])[0].last_known_state == pb.Execution.NEW
     alpha = done.pipelines["alpha"]
-    assert alpha.runs_kept == [r3["id"]] and alpha.runs_pruned == [r1["id"], r2["id"]]
+    # The failed fourth run is kept (newer than the newest finished one), its outputs with it.
+    assert alpha.runs_kept == [r3["id"], "2026-01-04T00:00:00-run4"]
+    assert alpha.runs_pruned == [r1["id"], r2["id"]]
     assert {r["id"] for r in alpha.removed} == {r2["model"].id, r2["blessing"].id, r2["pushed"].id}
     assert _state(ours, r2["model"]) == DELETED and not os.path.exists(r2["model"].uri)
     assert _state(ours, r1["model"]) == LIVE and os.path.isdir(r1["model"].uri)  # the gate's baseline

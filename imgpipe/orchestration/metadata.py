@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import stat
@@ -418,21 +419,22 @@ def withdraw_unserved_blessings(
             if outputs.get(e, {}).get("blessing") in infra
             and int_prop(infra[outputs[e]["blessing"]], "blessed") == 0
         ]
-        run = run_name_of_execution(store, maker[blessing_id]) if blessing_id in maker else "?"
         rolled_back = [
             refused_pushes[outputs[e]["pushed_model"]]
             for e in pushers
             if outputs.get(e, {}).get("pushed_model") in refused_pushes
         ]
+        # The run that blessed it, asked of ML Metadata only for a blessing that goes.
+        run = functools.partial(_run_of, store, maker.get(blessing_id))
         if rolled_back:
-            reason = f"not pushed in run {run}: the model was {rolled_back[-1]}"
+            reason = f"not pushed in run {run()}: the model was {rolled_back[-1]}"
         elif refused:
             try:  # the report only gives the reason: `blessed` 0 decides
                 report = prepush_summary(refused[-1].uri) or {}
             except (OSError, ValueError, KeyError, TypeError):
                 report = {}
             reason = (
-                f"pre-push validation failed in run {run}: {report.get('reason') or 'no reason recorded'}"
+                f"pre-push validation failed in run {run()}: {report.get('reason') or 'no reason recorded'}"
             )
         elif (
             runs_finished
@@ -445,7 +447,7 @@ def withdraw_unserved_blessings(
                 store.put_artifacts([blessing])
                 continue
             how = "its push failed" if pushers else "its run ended before the Pusher"
-            reason = f"not pushed in run {run}: {how}"
+            reason = f"not pushed in run {run()}: {how}"
         else:
             continue
         withdraw(store, blessing, reason, runs_finished)
@@ -499,7 +501,7 @@ def _superseded(
         if version is None:
             newer.append((model_id, blessing))
             continue
-        run = run_name_of_execution(store, maker[blessing.id]) if blessing.id in maker else "?"
+        run = _run_of(store, maker.get(blessing.id))
         return [
             (
                 b,
@@ -531,6 +533,11 @@ def withdrawn_reason(store, evaluator_execution) -> str | None:
     if not arts or WITHDRAWN_KEY not in arts[-1].custom_properties:
         return None
     return arts[-1].custom_properties[WITHDRAWN_KEY].string_value
+
+
+def _run_of(store, execution_id: int | None) -> str:
+    """run_name_of_execution, or "?" for an execution that is not known."""
+    return "?" if execution_id is None else run_name_of_execution(store, execution_id)
 
 
 def run_name_of_execution(store, execution_id: int) -> str:

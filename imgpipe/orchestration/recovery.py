@@ -30,6 +30,7 @@ import os
 import shutil
 from collections.abc import Collection
 
+from ml_metadata import ListOptions
 from ml_metadata.proto import metadata_store_pb2
 
 from imgpipe.orchestration.metadata import is_airflow_run, retire_from_cache, run_name_of_execution
@@ -40,6 +41,7 @@ from serving.version_names import version_number
 log = logging.getLogger(__name__)
 
 UNFINISHED = (metadata_store_pb2.Execution.NEW, metadata_store_pb2.Execution.RUNNING)
+_UNFINISHED_QUERY = "last_known_state = NEW OR last_known_state = RUNNING"
 ABANDONED_KEY = "abandoned"  # execution property: why imgpipe marked it FAILED
 _OUTPUT_EVENTS = (
     metadata_store_pb2.Event.OUTPUT,
@@ -103,7 +105,11 @@ def abandon_dead_executions(
     if pipeline_ctx is None:
         return []
     out = []
-    for execution in store.get_executions_by_context(pipeline_ctx.id):
+    # ML Metadata selects them (a query, not a read of every execution the pipeline ever ran).
+    unfinished = store.get_executions_by_context(
+        pipeline_ctx.id, list_options=ListOptions(filter_query=_UNFINISHED_QUERY)
+    )
+    for execution in unfinished:
         if execution.last_known_state not in UNFINISHED:
             continue
         node, run = _contexts(store, execution.id, pipeline_name)
@@ -198,16 +204,17 @@ def _push_base_directory(execution) -> str | None:
     return destination.filesystem.base_directory or None
 
 
-def _version_folders(base_directory: str, version: str) -> list[str]:
-    """Every folder under a model base path that is `version` ("7" and "007" are both version 7)."""
-    wanted = version_number(version)
-    if wanted is None or not os.path.isdir(base_directory):
-        return []
-    return [
-        os.path.join(base_directory, n)
-        for n in sorted(os.listdir(base_directory))
-        if version_number(n) == wanted
-    ]
+def _version_folders(base_directory: str) -> dict[int, list[str]]:
+    """The folders under a model base path by version number ("7" and "007" are both version 7):
+    listed once per base path by a caller that looks up many versions."""
+    if not os.path.isdir(base_directory):
+        return {}
+    out: dict[int, list[str]] = {}
+    for name in sorted(os.listdir(base_directory)):
+        number = version_number(name)
+        if number is not None:
+            out.setdefault(number, []).append(os.path.join(base_directory, name))
+    return out
 
 
 def _served(folder: str) -> bool:
@@ -303,6 +310,7 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
     executions = {e.id: e for e in store.get_executions_by_id(pusher_ids)} if pusher_ids else {}
     models: dict[int, str] | None = None  # Pusher execution -> its Model's SavedModel folder
     compared: dict[tuple[str, str], bool | None] = {}  # (version folder, model folder) -> _holds
+    listed: dict[str, dict[int, list[str]]] = {}  # base path -> its version folders, listed once
     missing = []
     for a in pushes:
         props = a.custom_properties
@@ -322,7 +330,12 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
         if not folder or "://" in folder:
             continue
         # However the version's folder is spelled ("7", "007"), one a server loads is served.
-        served = [f for f in dict.fromkeys([folder, *_version_folders(base, version)]) if _served(f)]
+        if base not in listed:
+            listed[base] = _version_folders(base)
+        same_number = (
+            listed[base].get(version_number(version), []) if version_number(version) is not None else []
+        )
+        served = [f for f in dict.fromkeys([folder, *same_number]) if _served(f)]
         if not served:
             missing.append((a, version, folder, not os.path.isdir(base), None))
             continue
