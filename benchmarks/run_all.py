@@ -49,6 +49,7 @@ BENCHMARKS = (
     "orientation",
     "decoder_graph",
     "run_records",
+    "home_history",
     "label_record",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
