@@ -70,6 +70,10 @@ class FakeHome:
                 ctx.properties["pipeline_name"].string_value = self.pipeline
                 ctx.properties["run_id"].string_value = run_id
                 ctx.properties["component_id"].string_value = component
+            existing = self.store.get_context_by_type_and_name(kind, ctx.name)
+            if existing is not None:  # a database another FakeHome wrote the context into
+                self._contexts[key] = existing
+                return existing
             [cid] = self.store.put_contexts([ctx])
             if kind == "pipeline_run":  # as TFX links them: a run is a child of its pipeline
                 self.store.put_parent_contexts(

@@ -270,3 +270,24 @@ def test_a_second_file_with_the_same_dag_id_is_refused(data_dir, tmp_path, capsy
     assert cli.main([*base, "--output", str(dags / "legacy" / "d3.py"), "--pipeline-name", "digits"]) == 2
     err = capsys.readouterr().err
     assert str(dags / "legacy" / "hand.py") in err and str(dags / "digits.py") not in err
+
+
+def test_a_task_on_a_new_postgres_database_creates_it_and_tfx_connects_directly(
+    data_dir, tmp_path, postgres_server, monkeypatch
+):
+    """The DAG's first task on a database the server does not have yet: imgpipe creates it (ML
+    Metadata does, through the server's `postgres` database), and TFX's connection config skips
+    that step, so a password file with a line for the database alone serves every later task."""
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    cfg = PipelineConfig(
+        data_dir=data_dir, home=str(tmp_path / "home"), metadata=postgres_server.url("airflow_new_db")
+    ).resolved()
+    spec = airflow._TaskSpec(json.dumps(cfg.to_dict()), (), "@daily", "2024-05-01", 0, False)
+    assert "airflow_new_db" not in postgres_server.databases()
+    tfx_dag, _ = airflow._tfx_dag(spec)
+    assert "airflow_new_db" in postgres_server.databases()
+    assert {t.task_id for t in tfx_dag.tasks} == set(COMPONENT_IDS)
+    for task in tfx_dag.tasks:  # what each task's launcher connects with
+        connection = task.python_callable.keywords["metadata_connection_config"]
+        assert connection.postgresql.dbname == "airflow_new_db" and connection.postgresql.skip_db_creation

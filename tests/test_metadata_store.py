@@ -170,8 +170,35 @@ def test_password_file_reaches_the_server(postgres_server, tmp_path, monkeypatch
     s = postgres_server
     path = _passfile(tmp_path, f"{s.host}:{s.port}:*:{s.user}:{s.password}\n")
     cfg = PipelineConfig(metadata=s.url("mlmd_unit_file"), metadata_password_file=path)
-    with metadata.open_store(cfg) as store:
+    # Reading creates no database: a name the server does not have is said to be missing.
+    with pytest.raises(metadata.MetadataUnavailable, match="no database of that name"):
+        metadata.connect(cfg, readonly=True)
+    assert "mlmd_unit_file" not in s.databases()
+    with metadata.open_store(cfg, readonly=False) as store:  # a run's first opening creates it
         assert store.get_artifacts() == []
+    assert "mlmd_unit_file" in s.databases()
+    # A line for the database alone (the documented HOST:PORT:DB:USER:PASSWORD) reaches it, for
+    # reading and writing, as it does for TFX's own connection.
+    only = _passfile(tmp_path, f"{s.host}:{s.port}:mlmd_unit_file:{s.user}:{s.password}\n")
+    cfg = PipelineConfig(metadata=s.url("mlmd_unit_file"), metadata_password_file=only)
+    for readonly in (True, False):
+        with metadata.open_store(cfg, readonly=readonly) as store:
+            assert store.get_artifacts() == []
+    from ml_metadata.metadata_store import metadata_store
+
+    direct = metadata.connection_config(cfg, create_database=False)
+    assert metadata_store.MetadataStore(direct).get_artifacts() == []
+    # A new database with that file: ML Metadata creates it through `postgres`, for which the
+    # file has no line: said so.
+    new = PipelineConfig(metadata=s.url("mlmd_unit_new"), metadata_password_file=only)
+    with pytest.raises(ConfigError, match="no line for"):
+        metadata.connect(new)
+    line = f"{s.host}:{s.port}:mlmd_unit_new:{s.user}:{s.password}\n"
+    new = PipelineConfig(metadata=s.url("mlmd_unit_new"), metadata_password_file=_passfile(tmp_path, line))
+    with pytest.raises(
+        metadata.MetadataUnavailable, match="created through the server's `postgres` database"
+    ):
+        metadata.connect(new)
 
 
 def test_wrong_or_missing_password_is_a_clear_error_without_it(postgres_server, monkeypatch):
@@ -346,8 +373,8 @@ def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_s
     monkeypatch.setenv("PGPASSWORD", postgres_server.password)
     url = postgres_server.url("mlmd_unit_two_homes")
     ours = PipelineConfig(home=str(tmp_path / "ours"), metadata=url).resolved()
+    store = metadata.connect(ours)  # a run's first opening creates the database
     check_pipeline_name_is_this_homes(ours)  # an empty database
-    store = metadata.connect(ours)
     pb = metadata_store_pb2
     [context_id] = store.put_contexts(
         [pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")), name=ours.pipeline_name)]

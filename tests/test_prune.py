@@ -395,6 +395,9 @@ def test_prune_cli_prints_one_json_result(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and json.loads(out[0])["dry_run"] is True
     assert cli.main(["prune", "--home", str(tmp_path / "nothing"), "--keep", "1"]) == 2
+    assert "nothing is not a directory" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    assert cli.main(["prune", "--home", str(tmp_path / "nothing"), "--keep", "1"]) == 2
     assert "not a pipeline home" in capsys.readouterr().err
     with lock.run_lock(lock.home_lock_path(home.home), holder="run R"):
         assert cli.main(["prune", "--home", home.home, "--keep", "1"]) == lock.EXIT_LOCKED
@@ -552,9 +555,14 @@ def test_a_home_on_a_shared_postgres_database_is_pruned_there_and_no_other_home_
     t1, t2, t3 = training_history(theirs, runs=3, blessed_runs=(1,), prefix="theirs-")
     _record(ours, url)
     _record(theirs, url)
-    # The pipeline this home ran on its own SQLite store before it moved to the shared database.
+    # The pipeline this home ran on its own SQLite store before it moved to the shared database;
+    # another home later ran a pipeline of that name on the database (allowed: it had none).
     before = FakeHome(ours.home, "alpha_sqlite")
     _, s2, _ = training_history(before, runs=3, blessed_runs=(1,))
+    namesake = _pg_home(postgres_server, tmp_path / "namesake", "alpha_sqlite", "prune_shared")
+    namesake_runs = training_history(namesake, runs=2, blessed_runs=(1,), prefix="namesake-")
+    # A folder of a pipeline no store of this home records (its runs went to another database).
+    os.makedirs(os.path.join(ours.home, "pipelines", "elsewhere", "Trainer"))
 
     # A run of each home died mid-Trainer (NEW / RUNNING in the database): prune recovers ours,
     # found by ML Metadata's query on PostgreSQL, and leaves theirs to them.
@@ -585,6 +593,9 @@ def test_a_home_on_a_shared_postgres_database_is_pruned_there_and_no_other_home_
         s2["pushed"].id,
     }
     assert _state(before, s2["model"]) == DELETED
+    assert done.unknown_pipelines == [os.path.join(ours.home, "pipelines", "elsewhere")]
+    for run in namesake_runs:
+        assert _state(namesake, run["model"]) == LIVE and os.path.isdir(run["model"].uri)
     # The other home: every artifact LIVE, every folder there.
     for run in (t1, t2, t3):
         for key in ("model", "blessing", "pushed"):
@@ -614,12 +625,32 @@ def test_a_shared_pipeline_name_is_refused_and_an_airflow_home_is_pruned_by_its_
     }
 
     # A second home that copied the config (same pipeline name): its run was refused, but a
-    # folder of the pipeline is there. Which runs are whose cannot be told: neither is pruned.
+    # folder of the pipeline is there, with none of the database's artifacts: not its pipeline,
+    # said so, nothing pruned.
     copy = tmp_path / "copy"
     os.makedirs(copy / "pipelines" / "gamma" / "Trainer")
+    result = prune_home(str(copy), keep=0, config_path=config_path)
+    assert result.pipelines == {} and result.unknown_pipelines == [str(copy / "pipelines" / "gamma")]
+    assert all(_state(first, r["model"]) == LIVE for r in (r1, r2, r3))
+    # Had both homes' runs been recorded under the name (the home copied with its folders, then
+    # run), which runs are whose cannot be told: neither is pruned.
+    both = _pg_home(postgres_server, copy, "gamma", "prune_conflict", airflow=True)
+    both.execute("copy-run1", "Trainer", outputs={"model": ("Model", {})})
     with pytest.raises(PruneError, match=f"pipeline 'gamma' in {url} also has artifacts under {first.root}"):
         prune_home(str(copy), keep=0, config_path=config_path)
     assert all(_state(first, r["model"]) == LIVE for r in (r1, r2, r3))
+    # A home that is not there, or a database that is not (a mistyped name): refused, and the
+    # database is not created by the dry run or the prune.
+    with pytest.raises(PruneError, match="is not a directory"):
+        prune_home(str(tmp_path / "nohome"), keep=1, config_path=config_path)
+    assert not (tmp_path / "nohome").exists()
+    typo = PipelineConfig(home=first.home, metadata=postgres_server.url("prune_typo"), pipeline_name="gamma")
+    typo_path = str(tmp_path / "typo.yaml")
+    typo.save(typo_path)
+    for dry_run in (True, False):
+        with pytest.raises(metadata.MetadataUnavailable, match="no database of that name"):
+            prune_home(None, keep=1, config_path=typo_path, dry_run=dry_run)
+    assert "prune_typo" not in postgres_server.databases()
     # Without a password the server refuses: named, exit 2, nothing printed on stdout.
     monkeypatch.delenv("PGPASSWORD")
     assert cli.main(["prune", "--config", str(config_path), "--keep", "1"]) == 2

@@ -299,7 +299,12 @@ def _tfx_dag(spec: _TaskSpec):
     cfg = PipelineConfig.from_dict(json.loads(spec.config_json))
     if not cfg.metadata:
         os.makedirs(cfg.home, exist_ok=True)  # the SQLite store's folder
-    pipeline = create_pipeline(cfg, metadata.connection_config(cfg))
+        pipeline = create_pipeline(cfg, metadata.connection_config(cfg))
+    else:
+        # The database made now if it is new (the DAG's first task): TFX then connects to it
+        # directly, so a password file with a line for it alone works.
+        metadata.connect(cfg)
+        pipeline = create_pipeline(cfg, metadata.connection_config(cfg, create_database=False))
     settings = dag_settings(spec.schedule, spec.start_date, spec.retries, spec.catchup)
     return AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=settings)).run(pipeline), cfg
 

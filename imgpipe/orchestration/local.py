@@ -366,7 +366,7 @@ def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
     if config.metadata_target is None or "://" in config.pipeline_root:
         return
     with metadata.open_store(config) as store:
-        elsewhere = metadata.pipeline_roots_elsewhere(store, config.pipeline_name, config.pipeline_root)
+        _, elsewhere = metadata.pipeline_roots(store, config.pipeline_name, config.pipeline_root)
     if elsewhere:
         raise ConfigError(
             f"pipeline_name: pipeline {config.pipeline_name!r} in {config.metadata_location} also has "
@@ -415,7 +415,9 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     check_pipeline_name_is_this_homes(config)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
-    pipeline = create_pipeline(config, metadata.connection_config(config))
+    # The database exists now (connect made it): TFX connects to it directly, so a password file
+    # with a line for it alone works.
+    pipeline = create_pipeline(config, metadata.connection_config(config, create_database=False))
     # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
     # machines sharing ML Metadata) would share a run. Compile here and bind our own run id.
     # (imgpipe references user code by dotted name, so there are no pip dependencies to resolve.)

@@ -42,10 +42,15 @@ class MetadataUnavailable(ConfigError):
 
 
 # ------------------------------------------------------------------------ connecting
-def connection_config(config: PipelineConfig, readonly: bool = False) -> metadata_store_pb2.ConnectionConfig:
+def connection_config(
+    config: PipelineConfig, readonly: bool = False, create_database: bool = True
+) -> metadata_store_pb2.ConnectionConfig:
     """The ML Metadata connection for `config`: SQLite in its home, or its PostgreSQL server.
 
-    readonly applies to SQLite (PostgreSQL access is governed by the server's grants).
+    readonly: SQLite opened read-only; on PostgreSQL (whose grants govern access) a database
+    that does not exist is not created. create_database False: not created either. ML Metadata
+    creates a missing database through the server's `postgres` database, which it connects to
+    first, so a connection that may create needs a password for that database too.
     Raises ConfigError naming metadata_password_file when that file is unusable.
     """
     cfg = metadata_store_pb2.ConnectionConfig()
@@ -63,6 +68,7 @@ def connection_config(config: PipelineConfig, readonly: bool = False) -> metadat
     pg.port = str(target.port)
     pg.user = target.user
     pg.dbname = target.dbname
+    pg.skip_db_creation = readonly or not create_database
     for key, value in target.ssl:
         setattr(pg.ssloption, key, value)
     if config.metadata_password_file:
@@ -124,27 +130,59 @@ def _passfile_fields(line: str) -> list[str]:
     return fields
 
 
-def connect(config: PipelineConfig, readonly: bool = False) -> metadata_store.MetadataStore:
-    """A MetadataStore for `config`; MetadataUnavailable (naming the store, never a password) if it fails."""
+def connect(
+    config: PipelineConfig, readonly: bool = False, create_database: bool | None = None
+) -> metadata_store.MetadataStore:
+    """A MetadataStore for `config`; MetadataUnavailable (naming the store, never a password) if it fails.
+
+    On PostgreSQL the database is connected to directly (a password file needs a line for it
+    alone); only when that fails and `create_database` (default: not `readonly`) allows, ML
+    Metadata is asked again, to create the database first.
+    """
     if config.metadata_target is None and readonly and not os.path.exists(config.metadata_path):
         raise MetadataUnavailable(f"metadata: no ML Metadata database at {config.metadata_path}")
-    cfg = connection_config(config, readonly=readonly)
-    try:
-        return metadata_store.MetadataStore(cfg)
-    except RuntimeError as e:  # ML Metadata reports a refused connection as RuntimeError
-        if config.metadata_target is None:
+    if config.metadata_target is None:
+        try:
+            return metadata_store.MetadataStore(connection_config(config, readonly=readonly))
+        except RuntimeError as e:  # ML Metadata reports a refused connection as RuntimeError
             raise MetadataUnavailable(f"metadata: cannot open {config.metadata_path}: {e}") from None
+    create = not readonly if create_database is None else create_database
+    why = (
+        "the server down or unreachable, or the password refused"
+        if create
+        else "the server down or unreachable, the password refused, or no database of that name (a "
+        "command that only reads or prunes creates none: check the name in --metadata)"
+    )
+    try:
+        return metadata_store.MetadataStore(connection_config(config, create_database=False))
+    except RuntimeError:
+        if not create:
+            raise MetadataUnavailable(_unreachable(config, why)) from None
+    try:
+        return metadata_store.MetadataStore(connection_config(config, create_database=True))
+    except RuntimeError:
         raise MetadataUnavailable(
-            f"metadata: cannot connect to ML Metadata at {config.metadata_location} (PostgreSQL's own "
-            "message is logged above; the password comes from PGPASSWORD or a libpq password file: "
-            "metadata_password_file, PGPASSFILE or ~/.pgpass)"
+            _unreachable(config, why)
+            + "; a database that does not exist yet is created through the server's `postgres` database, "
+            "so a password file needs a line for that database too (or * for the database)"
         ) from None
 
 
+def _unreachable(config: PipelineConfig, why: str) -> str:
+    return (
+        f"metadata: cannot connect to ML Metadata at {config.metadata_location} (PostgreSQL's own "
+        f"message is logged above: {why}; the password comes from PGPASSWORD or a libpq password "
+        "file: metadata_password_file, PGPASSFILE or ~/.pgpass)"
+    )
+
+
 @contextlib.contextmanager
-def open_store(config: PipelineConfig, readonly: bool = True) -> Iterator[metadata_store.MetadataStore]:
-    """The ML Metadata store of `config` (read-only for SQLite unless asked), for reading runs back."""
-    yield connect(config, readonly=readonly)
+def open_store(
+    config: PipelineConfig, readonly: bool = True, create_database: bool | None = None
+) -> Iterator[metadata_store.MetadataStore]:
+    """The ML Metadata store of `config` (read-only for SQLite unless asked; on PostgreSQL a
+    missing database is created only by a store opened to write, unless `create_database` says)."""
+    yield connect(config, readonly=readonly, create_database=create_database)
 
 
 # TFX's Airflow launcher records each run as a context of this type (properties pipeline_name
@@ -169,19 +207,22 @@ def pipeline_runs(store, pipeline_name: str) -> list[metadata_store_pb2.Context]
     return sorted(runs + airflow, key=lambda c: (c.create_time_since_epoch, c.id))
 
 
-def pipeline_roots_elsewhere(store, pipeline_name: str, pipeline_root: str) -> list[str]:
-    """The pipeline roots, other than `pipeline_root`, that hold local artifacts of `pipeline_name`
-    in `store` (each artifact folder is `<root>/<Component>/<output>/<execution id>`): on a shared
-    database, another home that runs a pipeline of the same name (or this home, moved)."""
+def pipeline_roots(store, pipeline_name: str, pipeline_root: str) -> tuple[bool, list[str]]:
+    """(whether `store` holds local artifacts of `pipeline_name` under `pipeline_root`, the other
+    pipeline roots that hold some): each artifact folder is `<root>/<Component>/<output>/<execution
+    id>`. On a shared database, another root is another home that runs a pipeline of the same
+    name (or this home, moved)."""
     pipeline = store.get_context_by_type_and_name("pipeline", pipeline_name)
     artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
-    return sorted(
-        {
-            os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(a.uri))))
-            for a in artifacts
-            if a.uri and "://" not in a.uri and not under(a.uri, pipeline_root)
-        }
-    )
+    here, elsewhere = False, set()
+    for a in artifacts:
+        if not a.uri or "://" in a.uri:
+            continue
+        if under(a.uri, pipeline_root):
+            here = True
+        else:
+            elsewhere.add(os.path.dirname(os.path.dirname(os.path.dirname(os.path.normpath(a.uri)))))
+    return here, sorted(elsewhere)
 
 
 def run_id(run: metadata_store_pb2.Context) -> str:

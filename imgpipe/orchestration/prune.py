@@ -23,8 +23,9 @@ whose folder is still there (prune interrupted) is removed by the next prune.
 The executor folders (.system/executor_execution/<id>) of pruned runs go too.
 
 The store is the home's own SQLite file, or the PostgreSQL database its runs record to (the
-newest run record's, or a given config's), where only the pipelines with a folder under
-HOME/pipelines are this home's; a home with both has both pruned.
+newest run record's, or a given config's), where only the pipelines whose artifacts are under
+HOME/pipelines are this home's; a home with both has both pruned. A database that does not
+exist is not created (a mistyped name is an error, not an empty prune).
 
 Prune holds the home's lock (a run in progress makes it exit 75, or wait), so
 it also does what a starting run does: marks executions a dead run left
@@ -91,6 +92,8 @@ class PruneResult:
     keep_versions: int | None = None
     versions_kept: list[str] = dataclasses.field(default_factory=list)
     versions_removed: list[dict] = dataclasses.field(default_factory=list)
+    # Folders under HOME/pipelines that no store pruned records (left alone, with a warning).
+    unknown_pipelines: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -289,7 +292,7 @@ def prune_home(
 
     The stores pruned: the home's own SQLite store (HOME/metadata.sqlite), and the PostgreSQL
     database its newest run record (or `config_path`: a home whose runs keep none, Airflow's)
-    names, where only this home's pipelines are touched (those with a folder under
+    names, where only this home's pipelines are touched (those whose artifacts are under
     HOME/pipelines; one whose artifacts are also under another home's folders is refused).
     dry_run: report what would be removed and change nothing. keep_versions: also remove the
     versions this home's runs pushed (as their records say) that are not among the newest
@@ -307,6 +310,8 @@ def prune_home(
         home, config = runs.home_and_config(home, config_path)
     except (ValueError, ConfigError) as e:
         raise PruneError(str(e)) from e
+    if not os.path.isdir(home):
+        raise PruneError(f"home: {home} is not a directory")
     if config is None:
         config = runs.newest_config(home)
     shared = (
@@ -417,9 +422,10 @@ def _pushed_versions(home: str) -> dict[str, set[str]]:
 
 def _own_pipelines(store, store_config: PipelineConfig, home: str) -> list[str]:
     """The pipelines of `store` to prune for `home`: all of its own SQLite store's; in a shared
-    database, those with a folder under HOME/pipelines (the others are other homes'). PruneError
-    for one whose artifacts are also under another home's folders: which runs are whose cannot be
-    told apart, so neither is pruned."""
+    database, those whose artifacts are under HOME/pipelines/<name> (a pipeline of that name
+    with none there is another home's, or this home's own SQLite store's). PruneError for one
+    whose artifacts are also under another home's folders: which runs are whose cannot be told
+    apart, so neither is pruned."""
     names = sorted(c.name for c in store.get_contexts_by_type("pipeline"))
     if store_config.metadata_target is None:
         return names
@@ -428,7 +434,9 @@ def _own_pipelines(store, store_config: PipelineConfig, home: str) -> list[str]:
         root = os.path.join(home, PIPELINES_DIR, name)
         if not os.path.isdir(root):
             continue
-        elsewhere = metadata.pipeline_roots_elsewhere(store, name, root)
+        here, elsewhere = metadata.pipeline_roots(store, name, root)
+        if not here:
+            continue
         if elsewhere:
             raise PruneError(
                 f"pipeline {name!r} in {store_config.metadata_location} also has artifacts under "
@@ -445,13 +453,19 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
     with contextlib.ExitStack() as stack:
         opened = []
         for store_config in stores:
-            store = stack.enter_context(metadata.open_store(store_config, readonly=dry_run))
+            # Never a new database: one that does not exist has nothing to prune (a mistyped name).
+            store = stack.enter_context(
+                metadata.open_store(store_config, readonly=dry_run, create_database=False)
+            )
             names = _own_pipelines(store, store_config, home)
             for name in names:  # before anything is changed, the scratch folders included
                 busy = airflow_run_in_progress(store, name)
                 if busy:
                     raise PruneError(busy)
             opened.append((store, store_config.metadata_target is not None, names))
+        result.unknown_pipelines = _unknown_pipelines(
+            home, {n for _, _, names in opened for n in names}, stores
+        )
         if dry_run:
             root = scratch.scratch_root(home)
             stale = sorted(os.listdir(root)) if os.path.isdir(root) else []
@@ -473,6 +487,26 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
         + sum(a["bytes"] for a in result.abandoned_executions)
     )
     return result
+
+
+def _unknown_pipelines(home: str, found: set[str], stores: list[PipelineConfig]) -> list[str]:
+    """The folders under HOME/pipelines of no pipeline the stores pruned hold, each warned
+    about: runs recorded elsewhere (a database an older run record names, before the home moved
+    to another store), or a pipeline whose runs were refused."""
+    root = os.path.join(home, PIPELINES_DIR)
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    unknown = [
+        os.path.join(root, n) for n in names if n not in found and os.path.isdir(os.path.join(root, n))
+    ]
+    where = " and ".join(c.metadata_location for c in stores)
+    for folder in unknown:
+        log.warning(
+            "%s: no run of this pipeline is recorded in %s, so it is not pruned (were its runs recorded to "
+            "another ML Metadata store? prune it with --config naming that store)",
+            folder,
+            where,
+        )
+    return unknown
 
 
 def _prune_pipelines(

@@ -283,7 +283,7 @@ def _rollback_holding_lock(
 
     warnings: list[str] = []
     refused = rolled_back_models(os.path.join(home, LOG_FILE))
-    with metadata.open_store(config, readonly=dry_run) as store:
+    with metadata.open_store(config, readonly=dry_run, create_database=False) as store:
         busy = airflow_run_in_progress(store, config.pipeline_name, "roll back", before_pusher=True)
         if busy:
             raise RollbackError(busy)
