@@ -272,22 +272,39 @@ def test_a_second_file_with_the_same_dag_id_is_refused(data_dir, tmp_path, capsy
     assert str(dags / "legacy" / "hand.py") in err and str(dags / "digits.py") not in err
 
 
+_TASK_ON_POSTGRES = """
+import json, sys
+from imgpipe.orchestration import airflow
+spec = airflow._TaskSpec(sys.argv[1], (), "@daily", "2024-05-01", 0, False)
+tfx_dag, _ = airflow._tfx_dag(spec)
+connections = {t.task_id: t.python_callable.keywords["metadata_connection_config"] for t in tfx_dag.tasks}
+print(json.dumps({k: [c.postgresql.dbname, c.postgresql.skip_db_creation] for k, c in connections.items()}))
+"""
+
+
 def test_a_task_on_a_new_postgres_database_creates_it_and_tfx_connects_directly(
-    data_dir, tmp_path, postgres_server, monkeypatch
+    data_dir, tmp_path, postgres_server
 ):
     """The DAG's first task on a database the server does not have yet: imgpipe creates it (ML
     Metadata does, through the server's `postgres` database), and TFX's connection config skips
-    that step, so a password file with a line for the database alone serves every later task."""
-    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
-    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    that step, so a password file with a line for the database alone serves every later task.
+    (A fresh process: Airflow's logging set-up would stay in this one.)"""
     cfg = PipelineConfig(
         data_dir=data_dir, home=str(tmp_path / "home"), metadata=postgres_server.url("airflow_new_db")
     ).resolved()
-    spec = airflow._TaskSpec(json.dumps(cfg.to_dict()), (), "@daily", "2024-05-01", 0, False)
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "airflow"), TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(PGPASSWORD=postgres_server.password, PGPASSFILE=os.devnull)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path / 'airflow.db'}"
     assert "airflow_new_db" not in postgres_server.databases()
-    tfx_dag, _ = airflow._tfx_dag(spec)
+    done = subprocess.run(
+        [sys.executable, "-c", _TASK_ON_POSTGRES, json.dumps(cfg.to_dict())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    connections = json.loads(done.stdout.strip().splitlines()[-1])
     assert "airflow_new_db" in postgres_server.databases()
-    assert {t.task_id for t in tfx_dag.tasks} == set(COMPONENT_IDS)
-    for task in tfx_dag.tasks:  # what each task's launcher connects with
-        connection = task.python_callable.keywords["metadata_connection_config"]
-        assert connection.postgresql.dbname == "airflow_new_db" and connection.postgresql.skip_db_creation
+    assert set(connections) == set(COMPONENT_IDS)
+    assert all(c == ["airflow_new_db", True] for c in connections.values()), connections
