@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import math
 import socket
 
 from serving.errors import ServerStartError
@@ -46,14 +47,18 @@ class ServerConfig:
 
     def validate(self) -> ServerConfig:
         """Check every field (all problems in one message), then that the base path exists."""
-        problems = []
+        problems = [
+            f"{name} must be a finite number, got {value}"
+            for name in ("poll_seconds", "grace_seconds", "drain_seconds", "log_sample_rate")
+            if not math.isfinite(value := getattr(self, name))
+        ]
         if not self.model_name or not self.model_name.strip():
             problems.append("model_name must not be empty")
         if not self.model_base_path:
             problems.append("model_base_path must not be empty")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be in 0..65535, got {self.port}")
-        if self.poll_seconds <= 0:
+        if self.poll_seconds <= 0 and math.isfinite(self.poll_seconds):
             problems.append(f"poll_seconds must be > 0, got {self.poll_seconds}")
         if not 1 <= self.max_message_mb <= MAX_MESSAGE_MB:
             problems.append(
@@ -64,15 +69,15 @@ class ServerConfig:
             problems.append(f"threads must be >= 1, got {self.threads}")
         if self.max_concurrent_rpcs < 0:
             problems.append(f"max_concurrent_rpcs must be >= 0, got {self.max_concurrent_rpcs}")
-        if self.grace_seconds < 0:
+        if self.grace_seconds < 0 and math.isfinite(self.grace_seconds):
             problems.append(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.num_versions < 1:
             problems.append(f"num_versions must be >= 1, got {self.num_versions}")
-        if self.drain_seconds < 0:
+        if self.drain_seconds < 0 and math.isfinite(self.drain_seconds):
             problems.append(f"drain_seconds must be >= 0, got {self.drain_seconds}")
         if self.max_pixels < 0:
             problems.append(f"max_pixels must be >= 0 (0: no limit), got {self.max_pixels}")
-        if not 0.0 <= self.log_sample_rate <= 1.0:
+        if math.isfinite(self.log_sample_rate) and not 0.0 <= self.log_sample_rate <= 1.0:
             problems.append(f"log_sample_rate must be in [0, 1], got {self.log_sample_rate}")
         if self.log_max_file_mb < 1:
             problems.append(f"log_max_file_mb must be >= 1, got {self.log_max_file_mb}")

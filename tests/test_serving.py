@@ -778,6 +778,15 @@ def test_start_errors_are_clear(tmp_path):
         lifecycle.start_server(ServerConfig(str(tmp_path / "missing"), NAME))
     with pytest.raises(ServerStartError, match="poll_seconds"):
         lifecycle.start_server(ServerConfig(str(tmp_path), NAME, poll_seconds=0))
+    # NaN passed every comparison (a poller spinning a core); an infinity killed the poll thread.
+    bad = dict(poll_seconds=float("nan"), grace_seconds=float("inf"), drain_seconds=float("nan"))
+    with pytest.raises(ServerStartError) as e:
+        lifecycle.start_server(ServerConfig(str(tmp_path), NAME, log_sample_rate=float("nan"), **bad))
+    assert str(e.value) == (
+        "invalid server settings: poll_seconds must be a finite number, got nan; grace_seconds must be a "
+        "finite number, got inf; drain_seconds must be a finite number, got nan; log_sample_rate must be a "
+        "finite number, got nan"
+    )
 
 
 def test_port_in_use_is_an_error(server, tmp_path):
@@ -920,9 +929,17 @@ def test_cli_serve_reports_start_errors(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
     assert cli.main(["serve", "--model-base-path", str(tmp_path / "a-file"), "--model-name", NAME]) == 2
     assert "model base path is a file, not a directory" in capsys.readouterr().err
-    argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", NAME, "--poll-seconds", "0"]
-    assert cli.main(argv) == cli.EXIT_USAGE
-    assert "poll_seconds" in capsys.readouterr().err
+    for flag, value in (
+        ("--poll-seconds", "0"),
+        ("--poll-seconds", "nan"),
+        ("--poll-seconds", "inf"),
+        ("--grace-seconds", "nan"),
+    ):
+        argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", NAME, flag, value]
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == cli.EXIT_USAGE
+        assert f"{flag}: must be" in capsys.readouterr().err
 
 
 def test_cli_serve_freezes_the_start_up_objects_while_it_serves(tmp_path, monkeypatch):

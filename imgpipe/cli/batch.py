@@ -8,7 +8,7 @@ import re
 
 from pydantic import ValidationError
 
-from imgpipe.cli.flags import host_port
+from imgpipe.cli.flags import host_port, positive_number
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, emit_failure
 from imgpipe.orchestration.lock import LockBusy
 from pipeline.beam import BeamConfig
@@ -53,7 +53,10 @@ def _add(p: argparse.ArgumentParser) -> None:
         help=f"skip images declaring more pixels, undecoded, as ingest does (default {DEFAULT_MAX_PIXELS})",
     )
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="deadline per RPC with --target, seconds (default 30)"
+        "--timeout",
+        type=positive_number,
+        default=30.0,
+        help="deadline per RPC with --target, seconds (default 30)",
     )
     fields = BeamConfig.model_fields
     p.add_argument(

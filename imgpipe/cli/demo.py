@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from imgpipe.cli.flags import naming_flags, whole_number
+from imgpipe.cli.flags import fraction, naming_flags, whole_number
 from imgpipe.cli.output import Command, emit, stdout_to_stderr
 from imgpipe.cli.run import run_pipeline
 from imgpipe.demo import steps
@@ -57,7 +57,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--min-accuracy",
-        type=float,
+        type=fraction,
         default=0.9,
         help="the gate's accuracy floor on the target task, 0..1 (default %(default)s)",
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from imgpipe.cli.flags import non_negative_number
 from imgpipe.cli.output import EXIT_DRIFT, EXIT_OK, Command, UsageError, WorkFailed, emit, emit_failure
 from imgpipe.drift import (
     DEFAULT_CATEGORICAL_THRESHOLD,
@@ -47,13 +48,13 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--categorical-threshold",
-        type=float,
+        type=non_negative_number,
         default=DEFAULT_CATEGORICAL_THRESHOLD,
         help="L-infinity distance above which channels, format or class drifted (default %(default)s)",
     )
     p.add_argument(
         "--numeric-threshold",
-        type=float,
+        type=non_negative_number,
         default=DEFAULT_NUMERIC_THRESHOLD,
         help="Jensen-Shannon divergence above which width, height or brightness drifted "
         "(default %(default)s)",

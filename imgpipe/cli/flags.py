@@ -96,6 +96,8 @@ def real_number(ok: Callable[[float], bool], what: str) -> Callable[[str], float
 
 positive_number = real_number(lambda v: v > 0, "a positive number")
 open_fraction = real_number(lambda v: 0 < v < 1, "a number between 0 and 1 (both excluded)")
+non_negative_number = real_number(lambda v: v >= 0, "a number >= 0")
+fraction = real_number(lambda v: 0 <= v <= 1, "a number from 0 to 1")
 
 
 def flag_name(model: type[Settings], name: str) -> str:

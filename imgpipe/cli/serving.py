@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from imgpipe.cli.flags import host_port, whole_number
+from imgpipe.cli.flags import fraction, host_port, non_negative_number, positive_number, whole_number
 from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, error
 from imgpipe.ingest.report import display_path
 from serving.config import ServerConfig
@@ -51,7 +51,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--poll-seconds",
-        type=float,
+        type=positive_number,
         default=d.poll_seconds,
         help="how often to look for new or removed versions (default %(default)s)",
     )
@@ -72,7 +72,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--grace-seconds",
-        type=float,
+        type=non_negative_number,
         default=d.grace_seconds,
         help="on SIGTERM, how long in-flight requests may run (default %(default)s)",
     )
@@ -105,7 +105,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--log-sample-rate",
-        type=float,
+        type=fraction,
         default=d.log_sample_rate,
         help="fraction of successful requests logged, 0..1 (default %(default)s)",
     )
@@ -215,7 +215,10 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         "--top-k", type=int, default=None, help="keep the K best classes (default: all the model gives)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="deadline per RPC, seconds (default %(default)s)"
+        "--timeout",
+        type=positive_number,
+        default=10.0,
+        help="deadline per RPC, seconds (default %(default)s)",
     )
     parser.add_argument(
         "--retries",
