@@ -166,8 +166,8 @@ def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
     "flags,message",
     [
         (
-            ["--log-sample-rate", "2"],
-            "invalid server settings: --log-sample-rate (log_sample_rate) must be in [0, 1], got 2.0",
+            ["--max-message-mb", "5000"],
+            "invalid server settings: --max-message-mb (max_message_mb) must be in 1..2047",
         ),
         (
             ["--threads", "0", "--num-versions", "0"],
@@ -310,7 +310,8 @@ def _must_not_run(*args, **kwargs):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (["--min-accuracy", "5"], "--min-accuracy (min_accuracy): Input should be less than or equal to 1"),
+        (["--min-accuracy", "5"], "--min-accuracy: must be a number from 0 to 1, got '5'"),
+        (["--min-accuracy", "nan"], "--min-accuracy: must be a number from 0 to 1, got 'nan'"),
         (["--epochs", "0"], "--epochs (epochs): Input should be greater than or equal to 1"),
         (["--backbone", "Foo"], "--backbone (backbone): unknown backbone 'Foo'; choose one of MobileNetV2"),
         (["--image-size", "0"], "--image-size (image_size): 0 is out of range for DenseNet121 (32..1024)"),
@@ -338,9 +339,10 @@ def test_demo_checks_every_argument_before_any_work(flags, message, tmp_path, mo
     assert not workdir.exists()
 
 
-def test_demo_runs_the_config_it_checked_on_what_its_steps_wrote(tmp_path, monkeypatch):
+def test_demo_runs_the_config_it_checked_on_what_its_steps_wrote(tmp_path, monkeypatch, caplog):
     """The config checked up front is the one run: its data dir and weights file are the paths
-    the data and pre-training steps write."""
+    the data and pre-training steps write. It says how to serve the model only when a version
+    is there to serve (before, it did so after a run whose model the gate refused)."""
     from imgpipe.cli import demo
     from imgpipe.demo import steps
 
@@ -356,10 +358,20 @@ def test_demo_runs_the_config_it_checked_on_what_its_steps_wrote(tmp_path, monke
 
     monkeypatch.setattr(steps, "prepare_data", prepare_data)
     monkeypatch.setattr(steps, "pretrained_backbone", pretrained_backbone)
-    monkeypatch.setattr(demo, "run_pipeline", lambda config, verbose: ran.append(config) or {})
+    monkeypatch.setattr(
+        demo, "run_pipeline", lambda config, verbose: ran.append(config) or {"blessed": False}
+    )
     argv = ["demo", "--workdir", str(tmp_path / "d"), "--backbone", "MobileNetV2", "--min-accuracy", "0.5"]
     assert cli.main(argv) == 0
+    assert "imgpipe serve" not in caplog.text
+    assert "nothing to serve: no model was pushed to" in caplog.text and "not blessed" in caplog.text
     [config] = ran
+    os.makedirs(os.path.join(config.model_serving_dir, "17", "variables"))
+    with open(os.path.join(config.model_serving_dir, "17", "saved_model.pb"), "wb") as f:
+        f.write(b"x")
+    caplog.clear()
+    assert cli.main(argv) == 0
+    assert f"serve it: imgpipe serve --model-base-path {config.model_serving_dir}" in caplog.text
     assert (config.data_dir, config.training.weights) == (made["target"], made["weights"])
     assert (config.training.backbone, config.gate.min_accuracy, config.training.image_size) == (
         "MobileNetV2",

@@ -800,7 +800,10 @@ def test_port_in_use_is_an_error(server, tmp_path):
 
 
 def _predict_cli(target, *extra, model=NAME) -> int:
-    return cli.main(["predict", "--target", target, "--model", model, *extra])
+    try:
+        return cli.main(["predict", "--target", target, "--model", model, *extra])
+    except SystemExit as e:  # an argparse type's refusal (a flag that is no number, or out of range)
+        return e.code
 
 
 def test_cli_predict_prints_one_line_per_image(server, model, client, tmp_path, capsys):
@@ -911,7 +914,12 @@ def test_cli_predict_top_k_and_batches(server, model, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--batch-size", "0"], "--batch-size"), (["--top-k", "0"], "--top-k"), (["--timeout", "0"], "timeout")],
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--top-k", "0"], "--top-k"),
+        (["--timeout", "0"], "--timeout: must be a positive number, got '0'"),
+        (["--timeout", "nan"], "--timeout: must be a positive number, got 'nan'"),
+    ],
 )
 def test_cli_predict_bad_arguments_exit_2(flags, message, tmp_path, capsys):
     image = tmp_path / "x.png"

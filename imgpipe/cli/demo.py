@@ -105,12 +105,23 @@ def _run(args: argparse.Namespace) -> int:
         steps.TARGET_DIGITS[0],
         steps.TARGET_DIGITS[-1],
     )
-    emit(run_pipeline(config, args.verbose))
-    log.info(
-        "serve it: imgpipe serve --model-base-path %s --model-name %s",
-        config.model_serving_dir,
-        config.model_name,
-    )
+    summary = run_pipeline(config, args.verbose)
+    emit(summary)
+    from components.pusher import newest_version  # loaded by the run already
+
+    if newest_version(config.model_serving_dir) is not None:  # pushed now, or by an earlier demo
+        log.info(
+            "serve it: imgpipe serve --model-base-path %s --model-name %s",
+            config.model_serving_dir,
+            config.model_name,
+        )
+    else:
+        log.warning(
+            "nothing to serve: no model was pushed to %s (%s; the gate's reasons are above). More "
+            "--pretrain-epochs or --epochs, or a lower --min-accuracy, give a model the gate passes",
+            config.model_serving_dir,
+            "the model was not blessed" if not summary.get("blessed") else "the push was skipped",
+        )
     return 0
 
 
