@@ -345,7 +345,7 @@ def _bad_cases(image: bytes):
         "wrong input name": (
             predict("predict_images", "image", [image]),
             ia,
-            "Missing",
+            "input tensor alias not found in signature: image",
         ),
         "wrong dtype": (
             predict("predict_images", "images", [1.0], tf.float32),

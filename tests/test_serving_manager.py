@@ -137,7 +137,17 @@ def test_acquire_picks_the_version_and_counts_requests(tiny_export, tmp_path):
     assert newest.in_flight == first.in_flight == 0
     for spec, error, fragment in (
         (_spec(3), ModelNotFoundError, r"Specific\(tiny, 3\)"),
-        (_spec(name="other"), ModelNotFoundError, "'other' is not served"),
+        # A wrong name, in TF Serving's words: a client retries it as it would on the real server.
+        (
+            _spec(name="other"),
+            ModelNotFoundError,
+            r"^Servable not found for request: Latest\(other\) \(this server",
+        ),
+        (
+            _spec(2, name="other"),
+            ModelNotFoundError,
+            r"^Servable not found for request: Specific\(other, 2\)",
+        ),
         (model_pb2.ModelSpec(name=NAME, version_label="stable"), InvalidRequestError, "stable"),
     ):
         with pytest.raises(error, match=fragment), manager.acquire(spec):
@@ -234,3 +244,16 @@ def test_a_base_path_that_cannot_be_listed_is_said_once_until_it_changes(tmp_pat
         manager.poll_once()
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned[1:] == [f"model base path {base} can be listed again"]
+
+
+def test_a_load_that_finds_a_file_missing_says_so_without_tensorflows_dump():
+    """A version copied in file by file: TensorFlow raised Python's FileNotFoundError around its
+    graph dump, and the version's status was UNKNOWN with the dump as its message."""
+    raw = FileNotFoundError(
+        "Graph execution error:\n\nDetected at node text_file_init/InitializeTableFromTextFileV2 defined at "
+        "(most recent call last):\n<stack traces unavailable>\n/models/m/7/assets/label_vocab; No such file "
+        "or directory\n\t [[{{node text_file_init/InitializeTableFromTextFileV2}}]] [Op:__inference_x_1]"
+    )
+    code, message = manager_lib._load_failure(raw)
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert message == "/models/m/7/assets/label_vocab; No such file or directory"

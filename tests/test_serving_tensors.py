@@ -75,9 +75,19 @@ def test_tensor_to_array_rejects_with_invalid_argument(proto, message):
 
 
 def test_input_arrays_names_extra_and_missing_inputs():
+    """TF Serving's two messages: a count that differs names what is extra and missing; the
+    right count with a wrong alias names that alias (before: "1!=1", which contradicts itself)."""
     specs = {"images": STRINGS}
-    with pytest.raises(InvalidRequestError, match=r"Sent extra: \{image\}. Missing but required: \{images\}"):
-        tensors.input_arrays({"image": tf.make_tensor_proto([b"x"])}, specs, "predict_images")
+    proto = tf.make_tensor_proto([b"x"])
+    with pytest.raises(InvalidRequestError) as e:
+        tensors.input_arrays({"image": proto}, specs, "predict_images")
+    assert str(e.value) == (
+        "input tensor alias not found in signature: image. Inputs expected to be in the set {images}."
+    )
+    with pytest.raises(
+        InvalidRequestError, match=r"2!=1 .*Sent extra: \{image\}. Missing but required: \{\}"
+    ):
+        tensors.input_arrays({"image": proto, "images": proto}, specs, "predict_images")
     arrays = tensors.input_arrays({"images": np.array([b"x"], dtype=object)}, specs, "predict_images")
     assert arrays["images"].tolist() == [b"x"]  # ndarrays (internal calls) pass through
 

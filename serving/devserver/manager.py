@@ -229,13 +229,21 @@ class ModelManager:
                 return [self._states[version]] if version in self._states else []
             return [self._states[v] for v in sorted(self._states, reverse=True)]
 
-    def check_model_name(self, spec: model_pb2.ModelSpec) -> None:
-        """NOT_FOUND unless the request names this model."""
-        if spec.name != self.model_name:
-            raise ModelNotFoundError(
-                f"Servable not found for request: model {spec.name!r} is not served "
-                f"(this server serves {self.model_name!r})"
-            )
+    def check_model_name(self, spec: model_pb2.ModelSpec, status: bool = False) -> None:
+        """NOT_FOUND unless the request names this model, in TF Serving's words (`status`: those
+        of GetModelStatus), so a client treats a wrong name as it would on the real server (one
+        asking for the newest version reads as a model not loaded yet, and is retried)."""
+        if spec.name == self.model_name:
+            return
+        serves = f" (this server serves {self.model_name!r})"
+        if status:
+            raise ModelNotFoundError(f"Could not find any versions of model {spec.name}{serves}")
+        wanted = (
+            f"Specific({spec.name}, {spec.version.value})"
+            if spec.HasField("version")
+            else f"Latest({spec.name})"
+        )
+        raise ModelNotFoundError(f"Servable not found for request: {wanted}{serves}")
 
     @contextlib.contextmanager
     def acquire(self, spec: model_pb2.ModelSpec) -> Iterator[LoadedVersion]:
@@ -282,9 +290,13 @@ class ModelManager:
 
 
 def _load_failure(e: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status a failed load leaves on its version: ours, TensorFlow's, or UNKNOWN."""
+    """The status a failed load leaves on its version: ours, TensorFlow's, or UNKNOWN. A
+    version copied in file by file can fail on a file not there yet, which TensorFlow raises as
+    Python's FileNotFoundError around its own graph dump: NOT_FOUND, with the dump cleaned."""
     if isinstance(e, tf.errors.OpError):
         return status_code_from_int(e.error_code), clean_tf_message(e.message)
     if isinstance(e, ServingError):
         return e.code, str(e)
+    if isinstance(e, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND, clean_tf_message(str(e))
     return grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}"

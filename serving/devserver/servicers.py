@@ -152,7 +152,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request, context):
         def body():
             spec = _require_spec(request)
-            self._manager.check_model_name(spec)
+            self._manager.check_model_name(spec, status=True)
             version = spec.version.value if spec.HasField("version") else None
             statuses = self._manager.statuses(version)
             if not statuses:

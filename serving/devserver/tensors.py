@@ -80,16 +80,24 @@ def _check_values_fill_the_shape(alias: str, proto: Any, dtype: tf.DType) -> Non
 
 
 def check_input_names(inputs: Mapping[str, Any], specs: Mapping[str, Any], signature: str) -> None:
-    """The request's input aliases must be exactly the signature's (TF Serving's message)."""
-    if set(inputs) != set(specs):
-        sent, wanted = sorted(inputs), sorted(specs)
+    """The request's input aliases must be exactly the signature's, in TF Serving's messages: a
+    count that differs first, then the first alias the signature does not have."""
+    if set(inputs) == set(specs):
+        return
+    sent, wanted = sorted(inputs), sorted(specs)
+    if len(sent) == len(wanted):
+        unknown = next(alias for alias in inputs if alias not in specs)
         raise InvalidRequestError(
-            f"input size does not match signature {signature!r}: "
-            f"{len(sent)}!={len(wanted)} len({{{','.join(sent)}}}) != "
-            f"len({{{','.join(wanted)}}}). "
-            f"Sent extra: {{{','.join(sorted(set(sent) - set(wanted)))}}}. "
-            f"Missing but required: {{{','.join(sorted(set(wanted) - set(sent)))}}}."
+            f"input tensor alias not found in signature: {unknown}. Inputs expected to be in the set "
+            f"{{{','.join(wanted)}}}."
         )
+    raise InvalidRequestError(
+        f"input size does not match signature {signature!r}: "
+        f"{len(sent)}!={len(wanted)} len({{{','.join(sent)}}}) != "
+        f"len({{{','.join(wanted)}}}). "
+        f"Sent extra: {{{','.join(sorted(set(sent) - set(wanted)))}}}. "
+        f"Missing but required: {{{','.join(sorted(set(wanted) - set(sent)))}}}."
+    )
 
 
 def input_arrays(
