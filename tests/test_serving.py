@@ -717,6 +717,51 @@ def test_stop_finishes_in_flight_requests(model, tmp_path_factory, monkeypatch):
     channel.close()
 
 
+def test_a_second_signal_unloads_without_waiting_for_a_request_in_flight(
+    model, tmp_path_factory, monkeypatch
+):
+    """A second SIGTERM cancels what is in flight and unloads at once: before, the unload still
+    waited up to drain_seconds (30 s) for the request's TensorFlow call, so the process exited
+    no sooner than after one signal."""
+    base = _base_path(tmp_path_factory, model)
+    running = lifecycle.start_server(
+        ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=0, drain_seconds=120)
+    )
+    loaded = running.manager.get_loaded(1)
+    started, release = threading.Event(), threading.Event()
+    real_run = loaded.run
+
+    def held_run(*args, **kwargs):
+        started.set()
+        release.wait(120)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(loaded, "run", held_run)
+    stopper = threading.Thread(target=running.stop)
+    channel = grpc.insecure_channel(running.target)
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        future = stub.Predict.future(
+            _predict_request("predict_images", "images", [model.items[0][0]]), timeout=120
+        )
+        assert started.wait(30), "the request never reached the model"
+        stopper.start()
+        stopper.join(1.0)
+        assert stopper.is_alive(), "the unload did not wait for the request (drain_seconds 120)"
+        running.manager.cut_drains()  # what the second signal does, with the server's stop(0)
+        stopper.join(30)
+        assert not stopper.is_alive(), "the unload still waited for the request"
+        assert loaded.in_flight == 1 and running.manager.serving_versions() == []
+        with pytest.raises(grpc.RpcError) as e:
+            future.result(timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # cancelled by the server's stop
+    finally:
+        release.set()
+        if stopper.is_alive() or stopper.ident is None:
+            running.stop()
+        channel.close()
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)

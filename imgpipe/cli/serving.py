@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import logging
+import os
 import re
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -169,10 +172,18 @@ def _serve(args: argparse.Namespace) -> int:
             gc.collect()  # garbage from before is freed, not frozen
             gc.freeze()
         try:
-            return lifecycle.serve(config)
+            code = lifecycle.serve(config)
         finally:
             if freeze:
                 gc.unfreeze()
+        if code != EXIT_OK:
+            # A second signal: the server is stopped and the model unloaded, but a request's
+            # TensorFlow call may still run in a gRPC worker thread, which Python's exit would
+            # wait for. The user asked twice: exit now.
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except ServerStartError as e:
         raise UsageError(_as_flags(str(e))) from e
 

@@ -222,17 +222,23 @@ def serve(config: ServerConfig, stop_event: threading.Event | None = None) -> in
     """Run until SIGTERM/SIGINT (or `stop_event`), then shut down gracefully; returns 0.
 
     Shutdown stops accepting RPCs, lets in-flight ones finish for up to
-    `grace_seconds`, then unloads the model. A second signal cuts the grace short.
+    `grace_seconds`, then unloads the model. A second signal cuts the grace short,
+    cancels what is in flight and unloads without waiting; serve then returns
+    128 + that signal's number (143 for SIGTERM), for the caller to exit at once
+    (a TensorFlow call already running is not interrupted: the process exit is).
     A signal during the initial model load stops the server right after it.
     """
     stop = stop_event or threading.Event()
     holder: dict[str, RunningServer] = {}
     previous: dict[int, Any] = {}
+    forced: list[int] = []  # the exit code a second signal asks for
 
     def on_signal(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         if stop.is_set() and "server" in holder:
-            log.warning("second %s: cancelling in-flight requests", name)
+            log.warning("second %s: cancelling in-flight requests and exiting without waiting for them", name)
+            forced.append(128 + signum)
+            holder["server"].manager.cut_drains()
             holder["server"].server.stop(0)
             return
         log.info("%s received: shutting down", name)
@@ -253,4 +259,4 @@ def serve(config: ServerConfig, stop_event: threading.Event | None = None) -> in
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return forced[0] if forced else 0

@@ -74,6 +74,7 @@ class LoadedVersion:
         self.warmup_summary = "not run"
         self._in_flight = 0
         self._cond = threading.Condition()
+        self._drain_cut = False  # a second shutdown signal: unload without waiting
 
     # -- reference counting ------------------------------------------------------------
     def acquire(self) -> None:
@@ -94,9 +95,17 @@ class LoadedVersion:
             return self._in_flight
 
     def drain(self, timeout: float) -> bool:
-        """Wait until no request runs on this version; False if `timeout` passed first."""
+        """Wait until no request runs on this version; False if `timeout` passed first, or the
+        wait was cut short (`cut_drain`)."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+            self._cond.wait_for(lambda: self._in_flight == 0 or self._drain_cut, timeout=timeout)
+            return self._in_flight == 0
+
+    def cut_drain(self) -> None:
+        """End a `drain` now, and any later one at once."""
+        with self._cond:
+            self._drain_cut = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Drop the TensorFlow objects; memory is freed once no request holds them."""

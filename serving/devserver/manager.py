@@ -81,6 +81,8 @@ class ModelManager:
         self._listing_problem: str | None = None  # the last poll's, said once until it changes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._draining: set[LoadedVersion] = set()  # unloads waiting for their requests (under _lock)
+        self._drains_cut = False
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -97,6 +99,14 @@ class ModelManager:
         with self._poll_lock:
             for version in sorted(self.serving_versions()):
                 self._unload(version)
+
+    def cut_drains(self) -> None:
+        """Unload without waiting for in-flight requests, from now on (a second SIGTERM)."""
+        with self._lock:
+            self._drains_cut = True
+            versions = [*self._serving.values(), *self._draining]
+        for loaded in versions:
+            loaded.cut_drain()
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_seconds):
@@ -192,6 +202,9 @@ class ModelManager:
             if loaded is None:
                 return
             self._states[version] = VersionStatus(version, State.UNLOADING)
+            self._draining.add(loaded)
+            if self._drains_cut:
+                loaded.cut_drain()
         log.info(
             "Unloading model %r version %d (%d requests in flight)",
             self.model_name,
@@ -200,11 +213,13 @@ class ModelManager:
         )
         if not loaded.drain(self.drain_seconds):
             log.warning(
-                "version %d still has %d requests after %.0fs; releasing it (they keep their own reference)",
+                "version %d still has %d requests after %s; releasing it (they keep their own reference)",
                 version,
                 loaded.in_flight,
-                self.drain_seconds,
+                "a second shutdown signal" if self._drains_cut else f"{self.drain_seconds:.0f}s",
             )
+        with self._lock:
+            self._draining.discard(loaded)
         loaded.close()
         del loaded
         gc.collect()
