@@ -811,3 +811,23 @@ def test_a_killed_jobs_working_folder_is_removed_by_the_next_job(model, folder, 
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["out.jsonl", "out.jsonl.report.json", running.name, elsewhere.name]
     )  # the killed job's folder gone, this job's own removed, nothing else beside OUT
+
+
+def test_a_failure_inside_the_job_is_named_as_its_own_exception():
+    """Beam wraps a step's exception in a RuntimeError; the message names the step's own
+    exception, whatever its name (VersionGone kept Beam's wrapping before)."""
+    from imgpipe.cli.batch import _why
+
+    wrapped = RuntimeError(
+        "imgpipe.batch.scoring.VersionGone: version 7 of model 'digits' is no longer served at 127.0.0.1:1; "
+        "run it again [while running 'Score/ParDo(ScoreWithServer)']"
+    )
+    assert _why(wrapped) == (
+        "VersionGone: version 7 of model 'digits' is no longer served at 127.0.0.1:1; run it again (in the "
+        "job's step Score/ParDo(ScoreWithServer))"
+    )
+    assert (
+        _why(RuntimeError("ValueError: bad [while running 'Read']"))
+        == "ValueError: bad (in the job's step Read)"
+    )
+    assert _why(OSError("disk full")) == "OSError: disk full"

@@ -118,9 +118,7 @@ def _run(args: argparse.Namespace) -> int:
 
 # Beam's runners re-raise a step's exception as a RuntimeError naming it and the step:
 # "serving.errors.ServingRpcError: Predict to HOST failed: ... [while running 'Score/ParDo(...)']".
-_WRAPPED = re.compile(
-    r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*?)(?: \[while running '([^']*)'\])?$", re.S
-)
+_WRAPPED = re.compile(r"^(?:[\w.]+\.)?([A-Z]\w*): (.*?)(?: \[while running '([^']*)'\])?$", re.S)
 
 
 def _no_step_tracebacks(record: logging.LogRecord) -> bool:
