@@ -434,10 +434,35 @@ def test_bad_request_status_and_server_stays_healthy(stubs, model, case):
     _assert_healthy(stubs, model)
 
 
+def test_regress_answers_as_tf_serving_does_for_a_model_without_regression(stubs, model):
+    """Real TF Serving checks the signature's method: every signature imgpipe exports is a
+    predict or classify one, so a Regress call is INVALID_ARGUMENT naming it (before: UNIMPLEMENTED,
+    which a client tested here would have met as another code on the real server)."""
+    predict, _ = stubs
+    request = regression_pb2.RegressionRequest()
+    with pytest.raises(grpc.RpcError) as e:
+        predict.Regress(request, timeout=30)
+    assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    request.model_spec.name = NAME
+    for signature in ("", "predict_images"):
+        request.model_spec.signature_name = signature
+        with pytest.raises(grpc.RpcError) as e:
+            predict.Regress(request, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith(
+            "Expected regression signature method_name to be tensorflow/serving/regress. Was: tensorflow/serving/"
+        )
+    request.model_spec.signature_name = "__saved_model_init_op"
+    with pytest.raises(grpc.RpcError) as e:
+        predict.Regress(request, timeout=30)
+    assert e.value.details().startswith("No signature was found with the name: __saved_model_init_op")
+    assert "__saved_model_init_op" not in e.value.details().split("(", 1)[1]
+    _assert_healthy(stubs, model)
+
+
 def test_unimplemented_methods(stubs, model):
     predict, models = stubs
     calls = [
-        (predict.Regress, regression_pb2.RegressionRequest()),
         (predict.MultiInference, inference_pb2.MultiInferenceRequest()),
         (models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest()),
     ]

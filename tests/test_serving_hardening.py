@@ -26,7 +26,6 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
-    regression_pb2,
 )
 
 from imgpipe.cli import main as cli
@@ -248,7 +247,6 @@ def test_every_declared_rpc_is_defined_by_the_servicers():
 def test_unimplemented_rpcs_answer_cleanly_without_error_logs(stubs, model, caplog):
     predict, models = stubs
     calls = [
-        (predict.Regress, regression_pb2.RegressionRequest(), "Regress"),
         (predict.MultiInference, inference_pb2.MultiInferenceRequest(), "MultiInference"),
         (models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(), "HandleReloadConfig"),
     ]

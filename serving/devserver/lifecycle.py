@@ -157,7 +157,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         "Serving model %r (versions %s) on %s:%d",
         config.model_name,
         manager.serving_versions(),
-        config.host,
+        _host_for_target(config.host),  # an IPv6 address in brackets, as a client writes it
         port,
     )
     return RunningServer(server, manager, config, port, request_log)

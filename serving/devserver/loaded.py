@@ -118,7 +118,7 @@ class LoadedVersion:
             raise ServingError(
                 f'Serving signature key "{name}" not found. Signatures of model '
                 f"{self.model_name!r} version {self.version}: "
-                f"{', '.join(sorted(self.signature_defs))}",
+                f"{self.signature_names()}",
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
         return self.signature_defs[name]
@@ -176,6 +176,30 @@ class LoadedVersion:
             response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
         return response
 
+    def signature_names(self) -> str:
+        """The signatures a request may name (not `__saved_model_init_op`), for messages."""
+        return ", ".join(sorted(s for s in self.signature_defs if s[:2] != "__"))
+
+    def check_regression(self, signature: str) -> None:
+        """A Regress request's checks, in TF Serving's words: INVALID_ARGUMENT for a signature the
+        model lacks or one that is no regression signature (every signature imgpipe exports),
+        else UNIMPLEMENTED: this server runs no regression signature."""
+        if signature not in self.signature_defs or signature[:2] == "__":
+            raise InvalidRequestError(
+                f"No signature was found with the name: {signature} (signatures of model "
+                f"{self.model_name!r} version {self.version}: {self.signature_names()})"
+            )
+        method = self.signature_defs[signature].method_name
+        if method != REGRESS_METHOD:
+            raise InvalidRequestError(
+                f"Expected regression signature method_name to be {REGRESS_METHOD}. Was: {method} "
+                f"(signature {signature!r}: imgpipe's models classify; use Classify or Predict)"
+            )
+        raise ServingError(
+            f"regression signature {signature!r}: imgpipe's dev server runs no regression signature",
+            grpc.StatusCode.UNIMPLEMENTED,
+        )
+
     def classify(
         self, request: classification_pb2.ClassificationRequest
     ) -> classification_pb2.ClassificationResponse:
@@ -187,7 +211,7 @@ class LoadedVersion:
         if signature not in self.signature_defs or signature not in self._functions:
             raise InvalidRequestError(
                 f"No signature was found with the name: {signature} (signatures of model "
-                f"{self.model_name!r} version {self.version}: {', '.join(sorted(self.signature_defs))})"
+                f"{self.model_name!r} version {self.version}: {self.signature_names()})"
             )
         sig = self._signature(signature)
         if sig.method_name != CLASSIFY_METHOD:

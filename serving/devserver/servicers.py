@@ -1,8 +1,10 @@
 """TF Serving's gRPC services over a ModelManager, with errors mapped to gRPC statuses.
 
 - PredictionService: Predict (any signature, `output_filter`), Classify
-  (classification signatures), GetModelMetadata (`signature_def`).
-  Regress and MultiInference answer UNIMPLEMENTED.
+  (classification signatures), GetModelMetadata (`signature_def`). Regress
+  answers as TF Serving does for a model without regression signatures
+  (INVALID_ARGUMENT naming the signature's method); MultiInference answers
+  UNIMPLEMENTED.
 - ModelService: GetModelStatus. HandleReloadConfigRequest answers UNIMPLEMENTED.
 
 Every RPC body runs through `_serve_rpc`: a ServingError answers with its
@@ -40,6 +42,7 @@ from serving.errors import (
     clean_tf_message,
     status_code_from_int,
 )
+from serving.signatures import SERVING_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _serve_rpc(context, "Classify", body)
 
     def Regress(self, request, context):
-        _unimplemented(context, "Regress", "the exported model has no regression signature")
+        def body():
+            with self._manager.acquire(_require_spec(request)) as loaded:
+                loaded.check_regression(request.model_spec.signature_name or SERVING_DEFAULT)
+
+        return _serve_rpc(context, "Regress", body)
 
     def MultiInference(self, request, context):
         _unimplemented(context, "MultiInference", "send one Classify or Predict call per task")
