@@ -346,7 +346,7 @@ def _bmp_layout(image_bytes: tf.Tensor) -> _BmpLayout:
     problem = tf.where(
         tf.logical_not(known),
         tf.strings.format(
-            "BMP with a {}-byte header (12: OS/2 1.x, 64: OS/2 2.x): TensorFlow's decoder reads "
+            "BMP with a {}-byte header (12: OS/2 1.x, 64: OS/2 2.x): the TensorFlow decoder reads "
             "Windows' 40- to 124-byte headers only; convert it to PNG",
             dib,
         ),
@@ -355,21 +355,21 @@ def _bmp_layout(image_bytes: tf.Tensor) -> _BmpLayout:
                 tf.reduce_any(tf.equal(compression, [_BMP_PLAIN, _BMP_BITFIELDS, _BMP_ALPHABITFIELDS]))
             ),
             tf.strings.format(
-                "compressed BMP (compression {}; 1 and 2 are RLE, 4 JPEG, 5 PNG): TensorFlow's decoder "
+                "compressed BMP (compression {}; 1 and 2 are RLE, 4 JPEG, 5 PNG): the TensorFlow decoder "
                 "would read the compressed bytes as pixels; convert it to PNG",
                 compression,
             ),
             tf.where(
                 bitfields & tf.logical_not(masked & rgb_ok),
                 tf.strings.format(
-                    "{}-bit BMP with bit masks other than one whole byte per channel: TensorFlow's "
+                    "{}-bit BMP with bit masks other than one whole byte per channel: the TensorFlow "
                     "decoder cannot read them; convert it to PNG",
                     bits,
                 ),
                 tf.where(
                     _bmp_palette_is_grey(b, dib, bits),
                     "",
-                    "palette (indexed-colour) BMP: TensorFlow's decoder gives its colour indices, not "
+                    "palette (indexed-colour) BMP: the TensorFlow decoder gives its colour indices, not "
                     "its colours; convert it to PNG",
                 ),
             ),
