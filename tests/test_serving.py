@@ -699,6 +699,21 @@ def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path
 # Shutdown
 
 
+def _hold_requests(loaded, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """(started, release): each request on `loaded` sets `started`, then waits inside the model
+    until `release` is set (at most 120 s), so a test sees it in flight."""
+    started, release = threading.Event(), threading.Event()
+    real_run = loaded.run
+
+    def held_run(*args, **kwargs):
+        started.set()
+        release.wait(120)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(loaded, "run", held_run)
+    return started, release
+
+
 def test_stop_finishes_in_flight_requests(model, tmp_path_factory, monkeypatch):
     base = _base_path(tmp_path_factory, model)
     images = [img for img, _ in model.items] * 4
@@ -708,15 +723,7 @@ def test_stop_finishes_in_flight_requests(model, tmp_path_factory, monkeypatch):
     # The request is held inside the model until stop() is seen waiting for it: a fast
     # model could otherwise answer before the test looks, or before stop() begins.
     loaded = running.manager.get_loaded(1)
-    started, release = threading.Event(), threading.Event()
-    real_run = loaded.run
-
-    def held_run(*args, **kwargs):
-        started.set()
-        release.wait(60)
-        return real_run(*args, **kwargs)
-
-    monkeypatch.setattr(loaded, "run", held_run)
+    started, release = _hold_requests(loaded, monkeypatch)
     stopper = threading.Thread(target=running.stop)  # returns after in-flight RPCs finish
     try:
         channel = grpc.insecure_channel(running.target)
@@ -753,15 +760,7 @@ def test_a_second_signal_unloads_without_waiting_for_a_request_in_flight(
         ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=0, drain_seconds=120)
     )
     loaded = running.manager.get_loaded(1)
-    started, release = threading.Event(), threading.Event()
-    real_run = loaded.run
-
-    def held_run(*args, **kwargs):
-        started.set()
-        release.wait(120)
-        return real_run(*args, **kwargs)
-
-    monkeypatch.setattr(loaded, "run", held_run)
+    started, release = _hold_requests(loaded, monkeypatch)
     stopper = threading.Thread(target=running.stop)
     channel = grpc.insecure_channel(running.target)
     try:

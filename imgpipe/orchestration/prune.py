@@ -310,8 +310,6 @@ def prune_home(
         home, config = runs.home_and_config(home, config_path)
     except (ValueError, ConfigError) as e:
         raise PruneError(str(e)) from e
-    if not os.path.isdir(home):
-        raise PruneError(f"home: {home} is not a directory")
     if config is None:
         config = runs.newest_config(home)
     shared = (

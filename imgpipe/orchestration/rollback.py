@@ -232,8 +232,6 @@ def rollback_home(
         home, config = runs.home_and_config(home, config_path)
     except (ValueError, ConfigError) as e:
         raise RollbackError(str(e)) from e
-    if not os.path.isdir(home):
-        raise RollbackError(f"home: {home} is not a directory")
     config = (config.replace(home=home) if config is not None else _config_of(home)).resolved()
     serving_dir = config.model_serving_dir
     if "://" in serving_dir:

@@ -250,7 +250,8 @@ def newest_config(home: str) -> PipelineConfig | None:
 def home_and_config(home: str | None, config_path: str | None) -> tuple[str, PipelineConfig | None]:
     """For a command that takes `--home DIR | --config FILE`: the home (`home`, else the config's;
     absolute) and the config read from `config_path` with that home (None without a file).
-    ValueError when neither names a home; ConfigError, prefixed `--config:`, for a bad file."""
+    ValueError when neither names a home or it is no directory; ConfigError, prefixed
+    `--config:`, for a bad file."""
     config = None
     if config_path:
         try:
@@ -261,6 +262,8 @@ def home_and_config(home: str | None, config_path: str | None) -> tuple[str, Pip
     if not home:
         raise ValueError("home: give --home (a pipeline home) or --config (the pipeline's config file)")
     home = os.path.abspath(os.path.expanduser(home))
+    if not os.path.isdir(home):
+        raise ValueError(f"home: {home} is not a directory")
     return home, (config.replace(home=home) if config is not None else None)
 
 
