@@ -623,6 +623,7 @@ def test_one_version_skipped_as_rolled_back_is_named_with_its_way_back(tmp_path)
     )
 
 
+@pytest.mark.filterwarnings("ignore:Unexpected end-group tag")  # the stand-in saved_model.pb files
 def test_a_home_on_a_shared_postgres_database_rolls_back_its_own_models_only(
     tmp_path, postgres_server, monkeypatch
 ):
