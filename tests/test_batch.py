@@ -162,6 +162,30 @@ def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tm
                 scorer.predict([next(iter(folder[1].values()))])
         finally:
             scorer.teardown()
+        # A job that started when version 2 was the newest, which the server replaced by 3
+        # before its first request: it scores every file again with version 3, and says so.
+        from imgpipe.batch import job as job_lib
+
+        real_check = job_lib.check_server
+        asked = []
+
+        def started_on_version_2(target, name, timeout, version=None):
+            asked.append(version)
+            return 2 if len(asked) == 1 else real_check(target, name, timeout, version)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(job_lib, "check_server", started_on_version_2)
+            again = predict_batch(
+                str(folder[0]),
+                str(tmp_path / "again.jsonl"),
+                target=running.target,
+                model_name=NAME,
+                batch_size=4,
+            )
+        assert asked == [None, None] and again.source["version"] == 3 and again.scored == len(folder[1])
+        _assert_same(
+            _by_path(read_predictions(str(tmp_path / "again.jsonl"))), _by_path(read_predictions(str(out)))
+        )
         with pytest.raises(ServerUnusable, match=r"does it serve version 2 of model 'digits'"):
             predict_batch(
                 str(folder[0]),

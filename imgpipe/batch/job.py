@@ -27,7 +27,14 @@ from typing import Any
 from imgpipe.batch.inputs import NoInputs, list_images
 from imgpipe.batch.outputs import PREDICT_IMAGES, output_format, read_predictions, write_transform
 from imgpipe.batch.progress import ProgressBar
-from imgpipe.batch.scoring import SKIPPED, CheckImages, ScoreWithSavedModel, ScoreWithServer, load_signature
+from imgpipe.batch.scoring import (
+    SKIPPED,
+    CheckImages,
+    ScoreWithSavedModel,
+    ScoreWithServer,
+    VersionGone,
+    load_signature,
+)
 from imgpipe.ingest.errors import tf_error_text
 from imgpipe.ingest.report import display_path
 from imgpipe.orchestration.lock import run_lock
@@ -39,6 +46,7 @@ from trainer.features import DEFAULT_MAX_PIXELS
 log = logging.getLogger(__name__)
 
 LOCAL_RUNNERS = ("direct", "multiprocess")  # workers share this machine's file system
+VERSION_ATTEMPTS = 3  # a --target job whose version the server replaced starts again, at most this often
 REPORT_SUFFIX = ".report.json"
 
 
@@ -222,23 +230,52 @@ def predict_batch(
         _write_lines(scratch, [json.dumps(p) for p in paths])
         try:
             local = beam.beam_runner in LOCAL_RUNNERS
-            with ProgressBar(len(paths), enabled=False if not local else progress) as bar:
-                if model_dir is not None:
-                    scorer = ScoreWithSavedModel(export_dir, name, version, top_k, keep_images, bar.directory)
-                else:
-                    scorer = ScoreWithServer(
-                        target, name, top_k, keep_images, bar.directory, timeout=timeout, version=version
+            for attempt in range(1, VERSION_ATTEMPTS + 1):
+                try:
+                    with ProgressBar(len(paths), enabled=False if not local else progress) as bar:
+                        if model_dir is not None:
+                            scorer = ScoreWithSavedModel(
+                                export_dir, name, version, top_k, keep_images, bar.directory
+                            )
+                        else:
+                            scorer = ScoreWithServer(
+                                target,
+                                name,
+                                top_k,
+                                keep_images,
+                                bar.directory,
+                                timeout=timeout,
+                                version=version,
+                            )
+                        _run(
+                            args,
+                            scratch,
+                            partial,
+                            fmt,
+                            skipped_file,
+                            CheckImages(max_pixels, bar.directory),
+                            scorer,
+                            batch_size,
+                        )
+                    break
+                except Exception as exc:  # noqa: BLE001 - the runner wraps the step's exception
+                    # The server replaced the version the job started with (a push or rollback
+                    # while it ran): every image is scored again with the newest, so the output
+                    # holds one version's answers. Not when the version was asked for by name.
+                    if model_version is not None or attempt == VERSION_ATTEMPTS or not _version_gone(exc):
+                        raise
+                    gone, version = version, check_server(target, name, timeout)
+                    source["version"] = version
+                    log.warning(
+                        "version %s of model %r was replaced by version %s while the job ran: scoring every "
+                        "file again with version %s (attempt %d of %d)",
+                        gone,
+                        name,
+                        version,
+                        version,
+                        attempt + 1,
+                        VERSION_ATTEMPTS,
                     )
-                _run(
-                    args,
-                    scratch,
-                    partial,
-                    fmt,
-                    skipped_file,
-                    CheckImages(max_pixels, bar.directory),
-                    scorer,
-                    batch_size,
-                )
             skipped = [json.loads(line) for line in _read_lines(skipped_file)]
             skipped.sort(key=lambda s: s["path"])
             scored = len(read_predictions(partial))
@@ -263,6 +300,12 @@ def predict_batch(
             result.report,
         )
         return result
+
+
+def _version_gone(exc: BaseException) -> bool:
+    """Whether a job failed because the server no longer serves the version it started with
+    (scoring.VersionGone, as raised or as a runner's wrapper names it)."""
+    return isinstance(exc, VersionGone) or f"{VersionGone.__name__}: " in str(exc)
 
 
 def _run(

@@ -281,7 +281,7 @@ class ScoreWithServer(_Scorer):
                 raise VersionGone(
                     f"version {self.version} of model {self.model_name!r} is no longer served at "
                     f"{self.target} (a newer version replaced it while the job ran?): the job scores "
-                    f"every image with the version it started with; run it again ({exc.details})"
+                    f"every image with one version ({exc.details})"
                 ) from exc
             limit = server_receive_limit(exc.code.name, exc.details)
             if limit is not None:
