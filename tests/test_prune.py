@@ -596,6 +596,16 @@ def test_a_home_on_a_shared_postgres_database_is_pruned_there_and_no_other_home_
     assert done.unknown_pipelines == [os.path.join(ours.home, "pipelines", "elsewhere")]
     for run in namesake_runs:
         assert _state(namesake, run["model"]) == LIVE and os.path.isdir(run["model"].uri)
+    # One pipeline name in both of the home's stores, its folders under the same root: each
+    # store may name the other's folders (a database numbering executions from 1 again), so
+    # pruning either could delete the other's live models: refused.
+    sqlite_side = FakeHome(ours.home, "both")
+    training_history(sqlite_side, runs=2)
+    pg_side = _pg_home(postgres_server, tmp_path / "ours", "both", "prune_shared")
+    pg_runs = training_history(pg_side, runs=2, prefix="both-")
+    with pytest.raises(PruneError, match="pipeline 'both' is in both .*metadata.sqlite and postgresql://"):
+        prune_home(ours.home, keep=0)
+    assert all(os.path.isdir(r["model"].uri) for r in pg_runs)
     # The other home: every artifact LIVE, every folder there.
     for run in (t1, t2, t3):
         for key in ("model", "blessing", "pushed"):

@@ -262,7 +262,12 @@ def predict_batch(
                     # The server replaced the version the job started with (a push or rollback
                     # while it ran): every image is scored again with the newest, so the output
                     # holds one version's answers. Not when the version was asked for by name.
-                    if model_version is not None or attempt == VERSION_ATTEMPTS or not _version_gone(exc):
+                    if (
+                        target is None
+                        or model_version is not None
+                        or attempt == VERSION_ATTEMPTS
+                        or not _version_gone(exc)
+                    ):
                         raise
                     gone, version = version, check_server(target, name, timeout)
                     source["version"] = version

@@ -139,7 +139,11 @@ def connect(
     alone); only when that fails and `create_database` (default: not `readonly`) allows, ML
     Metadata is asked again, to create the database first.
     """
-    if config.metadata_target is None and readonly and not os.path.exists(config.metadata_path):
+    if (
+        config.metadata_target is None
+        and (readonly or create_database is False)
+        and not os.path.exists(config.metadata_path)
+    ):
         raise MetadataUnavailable(f"metadata: no ML Metadata database at {config.metadata_path}")
     if config.metadata_target is None:
         try:

@@ -460,9 +460,20 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
                 busy = airflow_run_in_progress(store, name)
                 if busy:
                     raise PruneError(busy)
-            opened.append((store, store_config.metadata_target is not None, names))
+            for name in names:
+                for _, _, earlier, where in opened:
+                    if name in earlier:
+                        raise PruneError(
+                            f"pipeline {name!r} is in both {where} and {store_config.metadata_location}, with "
+                            f"folders under {os.path.join(home, PIPELINES_DIR, name)}: the stores may name the "
+                            "same folders (a database that numbered its executions from 1 again), so neither "
+                            "is pruned; prune one with --config after moving the other's folders away"
+                        )
+            opened.append(
+                (store, store_config.metadata_target is not None, names, store_config.metadata_location)
+            )
         result.unknown_pipelines = _unknown_pipelines(
-            home, {n for _, _, names in opened for n in names}, stores
+            home, {n for _, _, names, _ in opened for n in names}, stores
         )
         if dry_run:
             root = scratch.scratch_root(home)
@@ -474,7 +485,7 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
         else:
             result.scratch_removed = [{"path": p, "bytes": b} for p, b in scratch.remove_stale(home)]
         own_runs = runs.run_ids(home)
-        for store, shared, names in opened:
+        for store, shared, names, _ in opened:
             _prune_pipelines(store, home, names, keep, dry_run, result, shared, own_runs)
     result.bytes_freed = (
         sum(d["bytes"] for d in result.scratch_removed)

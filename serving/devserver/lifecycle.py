@@ -238,7 +238,10 @@ def serve(config: ServerConfig, stop_event: threading.Event | None = None) -> in
         if stop.is_set() and "server" in holder:
             log.warning("second %s: cancelling in-flight requests and exiting without waiting for them", name)
             forced.append(128 + signum)
-            holder["server"].manager.cut_drains()
+            # Not here: this handler runs on the main thread, which may hold the manager's lock.
+            threading.Thread(
+                target=holder["server"].manager.cut_drains, name="cut-drains", daemon=True
+            ).start()
             holder["server"].server.stop(0)
             return
         log.info("%s received: shutting down", name)

@@ -95,10 +95,16 @@ class ModelManager:
         """Stop polling and unload every version (waiting for their requests)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=max(60.0, self.drain_seconds + 30.0))
-        with self._poll_lock:
+            # After a second shutdown signal a load or warm-up under way is not waited for.
+            self._thread.join(timeout=1.0 if self._drains_cut else max(60.0, self.drain_seconds + 30.0))
+        if not self._poll_lock.acquire(timeout=1.0 if self._drains_cut else -1):
+            log.warning("a version is still loading: left to the process's exit")
+            return
+        try:
             for version in sorted(self.serving_versions()):
                 self._unload(version)
+        finally:
+            self._poll_lock.release()
 
     def cut_drains(self) -> None:
         """Unload without waiting for in-flight requests, from now on (a second SIGTERM)."""
