@@ -461,19 +461,17 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
                 if busy:
                     raise PruneError(busy)
             for name in names:
-                for _, _, earlier, where in opened:
-                    if name in earlier:
+                for _, earlier, earlier_names in opened:
+                    if name in earlier_names:
                         raise PruneError(
-                            f"pipeline {name!r} is in both {where} and {store_config.metadata_location}, with "
+                            f"pipeline {name!r} is in both {earlier.metadata_location} and {store_config.metadata_location}, with "
                             f"folders under {os.path.join(home, PIPELINES_DIR, name)}: the stores may name the "
                             "same folders (a database that numbered its executions from 1 again), so neither "
                             "is pruned; prune one with --config after moving the other's folders away"
                         )
-            opened.append(
-                (store, store_config.metadata_target is not None, names, store_config.metadata_location)
-            )
+            opened.append((store, store_config, names))
         result.unknown_pipelines = _unknown_pipelines(
-            home, {n for _, _, names, _ in opened for n in names}, stores
+            home, {n for _, _, names in opened for n in names}, stores
         )
         if dry_run:
             root = scratch.scratch_root(home)
@@ -485,7 +483,8 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
         else:
             result.scratch_removed = [{"path": p, "bytes": b} for p, b in scratch.remove_stale(home)]
         own_runs = runs.run_ids(home)
-        for store, shared, names, _ in opened:
+        for store, store_config, names in opened:
+            shared = store_config.metadata_target is not None
             _prune_pipelines(store, home, names, keep, dry_run, result, shared, own_runs)
     result.bytes_freed = (
         sum(d["bytes"] for d in result.scratch_removed)

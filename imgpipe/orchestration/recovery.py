@@ -332,9 +332,7 @@ def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: boo
         # However the version's folder is spelled ("7", "007"), one a server loads is served.
         if base not in listed:
             listed[base] = _version_folders(base)
-        same_number = (
-            listed[base].get(version_number(version), []) if version_number(version) is not None else []
-        )
+        same_number = listed[base].get(version_number(version), [])  # no number: no key
         served = [f for f in dict.fromkeys([folder, *same_number]) if _served(f)]
         if not served:
             missing.append((a, version, folder, not os.path.isdir(base), None))
