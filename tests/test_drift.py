@@ -22,7 +22,12 @@ import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image, ImageOps
-from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from imgpipe.cli import main as cli
 from imgpipe.cli.output import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -134,11 +139,20 @@ def model(serving_model) -> serving_fixtures.ServingModel:
 
 
 def _send_all(target: str, images: list[bytes]) -> None:
-    """Send the images in batches of 8, cycling through predict_images, serving_default and Classify."""
+    """Send the images in batches of 8, cycling through predict_images, serving_default, Classify
+    and MultiInference."""
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
     for n, start in enumerate(range(0, len(images), 8)):
         batch = images[start : start + 8]
-        kind = n % 3
+        kind = n % 4
+        if kind == 3:
+            multi = inference_pb2.MultiInferenceRequest()
+            task = multi.tasks.add(method_name="tensorflow/serving/classify")
+            task.model_spec.name, task.model_spec.signature_name = NAME, "classification"
+            for image in batch:
+                multi.input.example_list.examples.add().ParseFromString(make_example(image))
+            stub.MultiInference(multi, timeout=60)
+            continue
         if kind == 2:
             request = classification_pb2.ClassificationRequest()
             request.model_spec.name = NAME
@@ -176,7 +190,7 @@ def test_logged_requests_of_every_kind_give_images_and_predicted_classes(log_dir
     logged = sources.LoggedImages(log_dirs["fresh"])
     pairs = list(sources.logged_images(log_dirs["fresh"], logged))
     fresh = [image for image, _ in digits["fresh"]]
-    assert [image for image, _ in pairs] == fresh  # predict_images, serving_default and Classify alike
+    assert [image for image, _ in pairs] == fresh  # predict_images, serving_default, Classify, MultiInference
     assert logged.records == -(-len(fresh) // 8) and logged.files == 1
     assert not logged.skipped and not logged.problems
     assert {label for _, label in pairs} <= set(model.class_names)
@@ -279,7 +293,10 @@ def _renamed_logs(source: str, target, model: str, every: int = 1) -> None:
                 entry = prediction_log_pb2.PredictionLog.FromString(record)
                 if n % every == 0:
                     entry.log_metadata.model_spec.name = model
-                    getattr(entry, entry.WhichOneof("log_type")).request.model_spec.name = model
+                    body = getattr(entry, entry.WhichOneof("log_type"))
+                    tasks = body.request.tasks if entry.HasField("multi_inference_log") else [body.request]
+                    for task in tasks:
+                        task.model_spec.name = model
                 out.write(tfrecord_frame(entry.SerializeToString()))
 
 

@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
+    inference_pb2,
     predict_pb2,
     prediction_log_pb2,
     prediction_service_pb2_grpc,
@@ -86,7 +87,7 @@ def _small_pair(i: int) -> tuple[predict_pb2.PredictRequest, predict_pb2.Predict
 # Through the server
 
 
-def test_predict_and_classify_are_logged_as_prediction_logs(model, base_path, tmp_path):
+def test_predict_classify_and_multi_inference_are_logged_as_prediction_logs(model, base_path, tmp_path):
     log_dir = tmp_path / "requests"
     images = [img for img, _ in model.items[:3]]
     with lifecycle.start_in_thread(base_path, NAME, log_requests=str(log_dir)) as server:
@@ -94,26 +95,32 @@ def test_predict_and_classify_are_logged_as_prediction_logs(model, base_path, tm
         sent_predict = _predict("predict_images", "images", images)
         sent_default = _predict("serving_default", "examples", [make_example(images[0])])
         sent_classify = _classify(images[1:])
+        sent_multi = inference_pb2.MultiInferenceRequest(input=sent_classify.input)
+        sent_multi.tasks.add(model_spec=sent_classify.model_spec, method_name="tensorflow/serving/classify")
         answers = [
             stub.Predict(sent_predict, timeout=60),
             stub.Predict(sent_default, timeout=60),
             stub.Classify(sent_classify, timeout=60),
+            stub.MultiInference(sent_multi, timeout=60),
         ]
         with pytest.raises(grpc.RpcError):  # failed requests are not logged
             stub.Predict(_predict("predict_images", "images", [b"not an image"]), timeout=60)
     logs = _read_logs(str(log_dir))
-    assert [entry.WhichOneof("log_type") for entry in logs] == ["predict_log", "predict_log", "classify_log"]
-    bodies = [logs[0].predict_log, logs[1].predict_log, logs[2].classify_log]
-    for body, sent, answer in zip(bodies, [sent_predict, sent_default, sent_classify], answers, strict=True):
-        assert body.request == sent and body.response == answer
+    kinds = ["predict_log", "predict_log", "classify_log", "multi_inference_log"]
+    assert [entry.WhichOneof("log_type") for entry in logs] == kinds
+    bodies = [getattr(entry, kind) for entry, kind in zip(logs, kinds, strict=True)]
+    sent = [sent_predict, sent_default, sent_classify, sent_multi]
+    for body, request, answer in zip(bodies, sent, answers, strict=True):
+        assert body.request == request and body.response == answer
     for entry in logs:
         meta = entry.log_metadata
         assert meta.model_spec.name == NAME and meta.model_spec.version.value == 3
         assert meta.sampling_config.sampling_rate == 1.0 and list(meta.saved_model_tags) == ["serve"]
         assert meta.timestamp_secs > 0
     assert logs[2].log_metadata.model_spec.signature_name == "classification"
+    assert logs[3].log_metadata.model_spec == answers[2].model_spec  # the first task's result names it
     stats = json.loads((log_dir / request_log.STATS_FILE).read_text())
-    assert stats["requests"] == stats["sampled"] == stats["written"] == 3
+    assert stats["requests"] == stats["sampled"] == stats["written"] == 4
     assert stats["dropped"] == 0 and stats["files"] == 1
 
 

@@ -32,6 +32,7 @@ from tensorflow_serving.apis import (
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
@@ -461,16 +462,157 @@ def test_regress_answers_as_tf_serving_does_for_a_model_without_regression(stubs
 
 
 def test_unimplemented_methods(stubs, model):
-    predict, models = stubs
-    calls = [
-        (predict.MultiInference, inference_pb2.MultiInferenceRequest()),
-        (models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest()),
-    ]
-    for call, request in calls:
-        with pytest.raises(grpc.RpcError) as e:
-            call(request, timeout=30)
-        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    _, models = stubs
+    with pytest.raises(grpc.RpcError) as e:
+        models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
     _assert_healthy(stubs, model)
+
+
+CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
+
+
+def _multi(images, *tasks, version=None) -> inference_pb2.MultiInferenceRequest:
+    """A MultiInference request on tf.Examples of `images`; each task is (name, signature, method)."""
+    request = inference_pb2.MultiInferenceRequest()
+    for image in images:
+        request.input.example_list.examples.add().ParseFromString(make_example(image))
+    for name, signature, method in tasks:
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = name, signature
+        if version is not None:
+            task.model_spec.version.value = version
+    return request
+
+
+def test_multi_inference_classifies_as_classify_does(stubs, model, reference):
+    """A classification task answers what Classify does on the same examples, and its result
+    names the model, signature and version, as TF Serving's does."""
+    predict, _ = stubs
+    images = [img for img, _ in model.items[1::5]]
+    response = predict.MultiInference(
+        _multi(images, (NAME, "classification", CLASSIFY), version=1), timeout=30
+    )
+    assert len(response.results) == 1
+    result = response.results[0]
+    assert (result.model_spec.name, result.model_spec.signature_name) == (NAME, "classification")
+    assert result.model_spec.version.value == 1
+    expected = reference["classification"](inputs=_strings([make_example(i) for i in images]))
+    rows = result.classification_result.classifications
+    assert len(rows) == len(images)
+    for row, classes, scores in zip(
+        rows, expected["classes"].numpy(), expected["scores"].numpy(), strict=True
+    ):
+        assert [c.label.encode() for c in row.classes] == list(classes)
+        _assert_close([c.score for c in row.classes], scores)
+
+
+@pytest.mark.parametrize(
+    "tasks, code, message",
+    [
+        # No task: TF Serving looks the servable up by an empty model_spec.
+        ((), grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest()"),
+        (
+            ((NAME, "classification", CLASSIFY), ("", "x", CLASSIFY)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Found ModelSpec with an empty model name.",
+        ),
+        (
+            ((NAME, "classification", CLASSIFY), ("other", "x", CLASSIFY)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
+        ),
+        (
+            ((NAME, "classification", CLASSIFY), (NAME, "classification", CLASSIFY)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Duplicate evaluation of signature: classification",
+        ),
+        (
+            ((NAME, "nope", CLASSIFY),),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Requested signature not found in model graph: nope",
+        ),
+        (
+            ((NAME, "", CLASSIFY),),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expected classification signature method_name to be tensorflow/serving/classify. Was: ",
+        ),
+        (
+            ((NAME, "classification", REGRESS),),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expected regression signature method_name to be tensorflow/serving/regress. Was: ",
+        ),
+        (
+            ((NAME, "classification", "tensorflow/serving/predict"),),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Unsupported signature method_name: tensorflow/serving/predict",
+        ),
+        (
+            ((NAME, "classification", CLASSIFY), (NAME, "predict_images", CLASSIFY)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Expected classification signature method_name",
+        ),
+    ],
+    ids=[
+        "no-task",
+        "empty-name",
+        "two-names",
+        "duplicate",
+        "unknown-signature",
+        "predict-signature",
+        "regress",
+        "predict-method",
+        "second-task-bad",
+    ],
+)
+def test_multi_inference_refuses_as_tf_serving_does(stubs, model, tasks, code, message):
+    """TF Serving's checks of a MultiInference request, its codes and words, before anything runs."""
+    predict, _ = stubs
+    with pytest.raises(grpc.RpcError) as e:
+        predict.MultiInference(_multi([model.items[0][0]], *tasks), timeout=30)
+    assert (e.value.code(), e.value.details()[: len(message)]) == (code, message)
+    _assert_healthy(stubs, model)
+
+
+def test_multi_inference_warmup_records_are_replayed(model, tmp_path):
+    """TF Serving replays MultiInference records of a warmup file too; a failing one fails the load."""
+    from serving import warmup
+    from serving.devserver.loaded import LoadedVersion
+
+    export = tmp_path / "1"
+    shutil.copytree(model.export_dir, export)
+    good = _multi([model.items[0][0]], (NAME, "classification", CLASSIFY))
+    bad = _multi([model.items[0][0]], (NAME, "predict_images", CLASSIFY))
+    for requests, expected in (
+        ([good, good], "2 warmup requests"),
+        ([good, bad], "classification signature"),
+    ):
+        logs = [
+            prediction_log_pb2.PredictionLog(
+                multi_inference_log=prediction_log_pb2.MultiInferenceLog(request=r)
+            )
+            for r in requests
+        ]
+        warmup.write_warmup_logs(str(export), logs)
+        loaded = LoadedVersion(NAME, 1, str(export))
+        if expected.endswith("requests"):
+            assert loaded.warm_up() == expected
+        else:
+            with pytest.raises(Exception, match=expected):
+                loaded.warm_up()
+
+
+def test_multi_inference_without_examples_or_of_an_unloaded_version(stubs, model):
+    predict, _ = stubs
+    with pytest.raises(grpc.RpcError) as e:
+        predict.MultiInference(_multi([], (NAME, "classification", CLASSIFY)), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Input is empty" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        predict.MultiInference(
+            _multi([model.items[0][0]], (NAME, "classification", CLASSIFY), version=7), timeout=30
+        )
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert e.value.details().startswith(f"Servable not found for request: Specific({NAME}, 7)")
 
 
 def test_message_larger_than_the_limit_is_rejected(stubs, model):

@@ -19,7 +19,6 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
-    inference_pb2,
     model_management_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
@@ -245,9 +244,8 @@ def test_every_declared_rpc_is_defined_by_the_servicers():
 
 
 def test_unimplemented_rpcs_answer_cleanly_without_error_logs(stubs, model, caplog):
-    predict, models = stubs
+    _, models = stubs
     calls = [
-        (predict.MultiInference, inference_pb2.MultiInferenceRequest(), "MultiInference"),
         (models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(), "HandleReloadConfig"),
     ]
     with caplog.at_level(logging.WARNING):

@@ -117,11 +117,18 @@ def model_of(entry: prediction_log_pb2.PredictionLog) -> tuple[str, str]:
     spec = entry.log_metadata.model_spec
     kind = entry.WhichOneof("log_type")
     body = getattr(entry, kind) if kind else None
-    name = spec.name or (body.request.model_spec.name if body is not None else "")
+    if kind == "multi_inference_log":  # the request and response name the model per task
+        tasks, results = body.request.tasks, body.response.results
+        request_spec = tasks[0].model_spec if tasks else None
+        response_spec = results[0].model_spec if results else None
+    else:
+        request_spec = body.request.model_spec if body is not None else None
+        response_spec = body.response.model_spec if body is not None and hasattr(body, "response") else None
+    name = spec.name or (request_spec.name if request_spec is not None else "")
     if spec.HasField("version"):
         return name, str(spec.version.value)
-    if body is not None and hasattr(body, "response") and body.response.model_spec.HasField("version"):
-        return name, str(body.response.model_spec.version.value)
+    if response_spec is not None and response_spec.HasField("version"):
+        return name, str(response_spec.version.value)
     return name, ""
 
 
@@ -166,13 +173,15 @@ def _pairs(entry: prediction_log_pb2.PredictionLog, skipped: collections.Counter
             skipped[f"Predict on signature {signature!r}: no images"] += 1
             return []
         classes = _predicted_classes(response.outputs, len(images))
-    elif kind == "classify_log":
-        request, response = entry.classify_log.request, entry.classify_log.response
-        images = [_example_image(e) for e in _examples(request.input)]
-        classes = [
-            max(c.classes, key=lambda x: x.score).label if c.classes else None
-            for c in response.result.classifications
-        ]
+    elif kind in ("classify_log", "multi_inference_log"):
+        body = getattr(entry, kind)
+        images = [_example_image(e) for e in _examples(body.request.input)]
+        if kind == "classify_log":
+            rows = body.response.result.classifications
+        else:  # the first classification task's answers (one input, several signatures)
+            results = [r for r in body.response.results if r.HasField("classification_result")]
+            rows = results[0].classification_result.classifications if results else []
+        classes = [max(c.classes, key=lambda x: x.score).label if c.classes else None for c in rows]
         if len(classes) != len(images):
             classes = [None] * len(images)
     else:

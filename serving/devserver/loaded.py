@@ -18,7 +18,13 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import classification_pb2, model_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+)
 
 from serving import warmup
 from serving.config import DEFAULT_MAX_PIXELS
@@ -200,14 +206,11 @@ class LoadedVersion:
             grpc.StatusCode.UNIMPLEMENTED,
         )
 
-    def classify(
-        self, request: classification_pb2.ClassificationRequest
-    ) -> classification_pb2.ClassificationResponse:
-        """The Classify RPC: a classification signature on the request's tf.Examples."""
-        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        # TF Serving's classifier answers INVALID_ARGUMENT for an unknown signature (Predict:
-        # FAILED_PRECONDITION) and for one input too many or few; FAILED_PRECONDITION for a
-        # single input not named `inputs` and for outputs without classes or scores.
+    def _classification_signature(self, signature: str) -> meta_graph_pb2.SignatureDef:
+        """The checks TF Serving's classifier makes of a signature before it runs: INVALID_ARGUMENT
+        for an unknown signature (Predict: FAILED_PRECONDITION), another method, or one input too
+        many or few; FAILED_PRECONDITION for a single input not named `inputs` and for outputs
+        without classes or scores."""
         if signature not in self.signature_defs or signature not in self._functions:
             raise InvalidRequestError(
                 f"No signature was found with the name: {signature} (signatures of model "
@@ -236,14 +239,82 @@ class LoadedVersion:
                 f"{CLASSIFY_CLASSES!r} nor {CLASSIFY_SCORES!r} outputs",
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
-        examples = serialized_examples(request.input)
+        return sig
+
+    def _classification_result(
+        self, signature: str, examples: list[bytes]
+    ) -> classification_pb2.ClassificationResult:
         outputs = self.run(signature, {CLASSIFY_INPUTS: np.array(examples, dtype=object)})
-        response = classification_pb2.ClassificationResponse()
-        result = classification_result(
+        return classification_result(
             outputs.get(CLASSIFY_CLASSES), outputs.get(CLASSIFY_SCORES), len(examples)
         )
+
+    def classify(
+        self, request: classification_pb2.ClassificationRequest
+    ) -> classification_pb2.ClassificationResponse:
+        """The Classify RPC: a classification signature on the request's tf.Examples."""
+        signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        self._classification_signature(signature)
+        examples = serialized_examples(request.input)
+        response = classification_pb2.ClassificationResponse()
+        response.result.CopyFrom(self._classification_result(signature, examples))
         self.fill_model_spec(response.model_spec, signature)
-        response.result.CopyFrom(result)
+        return response
+
+    def multi_inference(
+        self, request: inference_pb2.MultiInferenceRequest
+    ) -> inference_pb2.MultiInferenceResponse:
+        """The MultiInference RPC: several classification (or regression) signatures on one input.
+
+        TF Serving's checks, in its order and words, all before anything runs: every task names
+        the model (one name for all), no signature twice, each signature exists and suits the
+        task's method (classify or regress; another method is UNIMPLEMENTED), and all read the
+        same input tensor. The version is the one the first task's model_spec selected
+        (`ModelManager.acquire`); each result names the model, signature and version.
+        """
+        model_name = ""
+        input_tensor = ""
+        seen: set[str] = set()
+        for task in request.tasks:
+            spec = task.model_spec
+            if not spec.name:
+                raise InvalidRequestError("Found ModelSpec with an empty model name.")
+            if model_name and spec.name != model_name:
+                raise InvalidRequestError(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same model name."
+                )
+            model_name = spec.name
+            signature = spec.signature_name or DEFAULT_SIGNATURE
+            if signature in seen:
+                raise InvalidRequestError(f"Duplicate evaluation of signature: {signature}")
+            seen.add(signature)
+            if signature not in self.signature_defs:
+                raise InvalidRequestError(
+                    f"Requested signature not found in model graph: {signature} (signatures of model "
+                    f"{self.model_name!r} version {self.version}: {self.signature_names()})"
+                )
+            if task.method_name == CLASSIFY_METHOD:
+                sig = self._classification_signature(signature)
+            elif task.method_name == REGRESS_METHOD:
+                self.check_regression(signature)  # raises: this server runs no regression
+                continue
+            else:
+                raise ServingError(
+                    f"Unsupported signature method_name: {task.method_name} (a task's method_name is "
+                    f"{CLASSIFY_METHOD} or {REGRESS_METHOD})",
+                    grpc.StatusCode.UNIMPLEMENTED,
+                )
+            name = sig.inputs[CLASSIFY_INPUTS].name
+            if input_tensor and name != input_tensor:
+                raise InvalidRequestError("Input tensor must be the same for all Signatures.")
+            input_tensor = name
+        examples = serialized_examples(request.input)
+        response = inference_pb2.MultiInferenceResponse()
+        for task in request.tasks:
+            signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            result = response.results.add()
+            result.classification_result.CopyFrom(self._classification_result(signature, examples))
+            self.fill_model_spec(result.model_spec, signature)
         return response
 
     def _replay(self, logs: Sequence[prediction_log_pb2.PredictionLog]) -> int:
@@ -262,6 +333,12 @@ class LoadedVersion:
                 request, call = entry.predict_log.request, self.predict
             elif kind == "classify_log":
                 request, call = entry.classify_log.request, self.classify
+            elif kind == "multi_inference_log":
+                request, call = entry.multi_inference_log.request, self.multi_inference
+                tasks = request.tasks
+                signature = tasks[0].model_spec.signature_name if tasks else DEFAULT_SIGNATURE
+                by_signature.setdefault(signature or DEFAULT_SIGNATURE, []).append((call, request))
+                continue
             else:
                 log.warning("%s: skipping warmup record of type %s", self.path, kind)
                 continue

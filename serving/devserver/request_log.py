@@ -185,6 +185,10 @@ class RequestLog:
         """Log a successful Classify call, if sampled and the queue has room."""
         self._offer("classify_log", request, response)
 
+    def offer_multi_inference(self, request: Any, response: Any) -> None:
+        """Log a successful MultiInference call, if sampled and the queue has room."""
+        self._offer("multi_inference_log", request, response)
+
     def _offer(self, kind: str, request: Any, response: Any) -> None:
         with self._cond:
             self._stats.requests += 1
@@ -282,7 +286,10 @@ class RequestLog:
     def _record(self, kind: str, request: Any, response: Any, timestamp: float) -> bytes:
         entry = prediction_log_pb2.PredictionLog()
         meta = entry.log_metadata
-        meta.model_spec.CopyFrom(response.model_spec)
+        # A MultiInference response names the model in each result (one model and version).
+        meta.model_spec.CopyFrom(
+            response.results[0].model_spec if kind == "multi_inference_log" else response.model_spec
+        )
         meta.sampling_config.sampling_rate = self.sample_rate
         meta.saved_model_tags.append(SERVE_TAG)
         meta.timestamp_secs = int(timestamp)

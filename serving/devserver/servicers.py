@@ -1,10 +1,10 @@
 """TF Serving's gRPC services over a ModelManager, with errors mapped to gRPC statuses.
 
 - PredictionService: Predict (any signature, `output_filter`), Classify
-  (classification signatures), GetModelMetadata (`signature_def`). Regress
-  answers as TF Serving does for a model without regression signatures
-  (INVALID_ARGUMENT naming the signature's method); MultiInference answers
-  UNIMPLEMENTED.
+  (classification signatures), MultiInference (classification tasks on one
+  input, TF Serving's checks), GetModelMetadata (`signature_def`). Regress, and
+  a regression task, answer as TF Serving does for a model without regression
+  signatures (INVALID_ARGUMENT naming the signature's method).
 - ModelService: GetModelStatus. HandleReloadConfigRequest answers UNIMPLEMENTED.
 
 Every RPC body runs through `_serve_rpc`: a ServingError answers with its
@@ -13,7 +13,7 @@ with INTERNAL; none of them takes the server down. Each method the services
 declare is defined here: the generated base class answers an undefined one by
 raising, which gRPC logs as an ERROR with a traceback.
 
-Successful Predict and Classify calls are offered to the request log
+Successful Predict, Classify and MultiInference calls are offered to the request log
 (serving/devserver/request_log.py), which samples them and never blocks.
 """
 
@@ -125,7 +125,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _serve_rpc(context, "Regress", body)
 
     def MultiInference(self, request, context):
-        _unimplemented(context, "MultiInference", "send one Classify or Predict call per task")
+        def body():
+            # TF Serving selects the version by the first task's model_spec (an empty one when
+            # there is no task, answered as a request without a model name).
+            spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+            with self._manager.acquire(spec) as loaded:
+                response = loaded.multi_inference(request)
+            if self._request_log is not None:
+                self._request_log.offer_multi_inference(request, response)
+            return response
+
+        return _serve_rpc(context, "MultiInference", body)
 
     def GetModelMetadata(self, request, context):
         def body():
