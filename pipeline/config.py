@@ -23,6 +23,7 @@ is saved beside every run (`save()`), so a run can be reproduced from its record
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import unicodedata
@@ -37,7 +38,7 @@ from components.prepush import PrepushConfig
 from pipeline.beam import BeamConfig
 from pipeline.metadata_url import PostgresTarget, parse_metadata_url
 from pipeline.resources import ResourcesConfig
-from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE, ConfigError, Settings, TrainingConfig
+from trainer.config import WEIGHTS_IMAGENET, WEIGHTS_NONE, ConfigError, Settings, TrainingConfig, field_extra
 
 __all__ = ["ConfigError", "PipelineConfig", "WEIGHTS_IMAGENET", "WEIGHTS_NONE"]
 
@@ -278,6 +279,8 @@ class PipelineConfig(Settings):
         }
         if self.training.weights_kind == "file":
             changes["weights"] = absolute(self.training.weights)
+        if self.beam.temp_location:  # a local Beam temp dir: a scheduled run starts in HOME
+            changes["temp_location"] = absolute(self.beam.temp_location)
         return self.replace(**changes)
 
     def validate_paths(self, data_may_arrive: bool = False) -> PipelineConfig:
@@ -288,6 +291,14 @@ class PipelineConfig(Settings):
         `data_may_arrive` (a schedule set up before its first data lands), a data_dir
         that does not exist yet is not an error; one that exists must still hold its splits.
         """
+        if "://" in self.home:
+            # os.path would make "gs:/bucket/..." a folder of the current directory: the run's
+            # lock, SQLite and records there, its artifacts in the bucket.
+            raise ConfigError(
+                f"home: {self.home} is a remote URI; a local run's home (its lock, ML Metadata, run "
+                "records and artifacts) is a local directory. A pipeline root in a bucket is "
+                "`imgpipe compile`'s (Kubeflow Pipelines / Vertex AI)"
+            )
         if not self.data_dir:
             raise ConfigError("data_dir: required (a TFRecord dir from `imgpipe ingest`)")
         weights = self.training.weights
@@ -316,10 +327,7 @@ class PipelineConfig(Settings):
                     f"score_data: {self.score_data} is not a directory holding TFRecord files "
                     "(tf.Examples with an `image` feature; BulkInferrer reads every file in it)"
                 )
-        if "://" not in self.home:
-            check_writable_dir(
-                "home", self.home, "the runs' lock, ML Metadata, artifacts and records go there"
-            )
+        check_writable_dir("home", self.home, "the runs' lock, ML Metadata, artifacts and records go there")
         if "://" not in self.serving_dir:
             check_writable_dir(
                 "serving_dir", self.serving_dir, "the Pusher writes SERVING_DIR/MODEL_NAME/<version>"
@@ -497,11 +505,15 @@ def describe(error: ValidationError) -> str:
                     "where every key may be given)"
                 )
                 continue
-            known = ", ".join(home)
-            lines.append(f"unknown config key {key!r}; known keys: {known}")
+            near = nearest_keys(str(key))
+            hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
+            lines.append(
+                f"unknown config key {_shown(key)}{hint}; known keys: {', '.join(home)}; "
+                f"sections: {', '.join(SECTIONS)}"
+            )
             continue
         if loc and loc[-1] in SECTIONS and problem["type"] != "value_error":
-            lines.append(f"{loc[-1]}: must be a mapping of its keys, got {problem.get('input')!r}")
+            lines.append(f"{loc[-1]}: must be a mapping of its keys, got {_shown(problem.get('input'))}")
             continue
         field = loc[-1] if loc and loc[-1] not in SECTIONS else None
         if field is None or msg.startswith(f"{field}:"):
@@ -509,5 +521,37 @@ def describe(error: ValidationError) -> str:
         elif problem["type"] == "value_error":
             lines.append(f"{field}: {msg}")  # imgpipe's own check: the message shows the value
         else:
-            lines.append(f"{field}: {msg} (got {problem.get('input')!r})")
-    return "; ".join(lines)
+            lines.append(f"{field}: {msg} (got {_shown(problem.get('input'))})")
+    shown = [line if len(line) <= MAX_PROBLEM_CHARS else _cut(line) for line in lines[:MAX_PROBLEMS]]
+    if len(lines) > MAX_PROBLEMS:
+        shown.append(f"and {len(lines) - MAX_PROBLEMS} more problems")
+    return "; ".join(shown)
+
+
+# An error names what was wrong, not all of it: a YAML alias can make a value of megabytes.
+MAX_SHOWN_CHARS = 200
+MAX_PROBLEM_CHARS = 2000
+MAX_PROBLEMS = 10
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= MAX_SHOWN_CHARS:
+        return text
+    return f"{text[:MAX_SHOWN_CHARS]}... ({len(text):,} characters)"
+
+
+def _cut(line: str) -> str:
+    return f"{line[:MAX_PROBLEM_CHARS]}... ({len(line):,} characters)"
+
+
+def nearest_keys(key: str) -> list[str]:
+    """The config keys a misspelt `key` most likely meant: a flag's spelling (`batch-size`,
+    `data`, `--cache`) gives its key; else the closest names (keys and sections) by spelling."""
+    names = [name for _, name, _ in leaves()]
+    spelled = key.strip().lstrip("-")
+    for _, name, model in leaves():
+        flag = (field_extra(model, name, "flag") or "--" + name.replace("_", "-")).lstrip("-")
+        if spelled in (flag, flag.replace("-", "_")) or spelled.replace("-", "_") == name:
+            return [name]
+    return difflib.get_close_matches(spelled, [*names, *SECTIONS], n=3, cutoff=0.75)

@@ -14,6 +14,7 @@ messages here name the part that is wrong and never repeat the URL's userinfo.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -101,3 +102,27 @@ def parse_metadata_url(url: str) -> PostgresTarget:
         dbname=dbname,
         ssl=tuple((k, ssl[k]) for k in SSL_OPTIONS if k in ssl),
     )
+
+
+def for_a_later_process(
+    metadata: str, password_file: str, environ: dict[str, str], later: str
+) -> tuple[str, str]:
+    """(password file to save, warning or "") for a config that another process runs later (a
+    scheduled run, an Airflow task), which does not inherit this shell's environment.
+
+    PGPASSFILE set here and no password file configured: the file is saved with the config
+    (absolute), since the later process would not see the variable. PGPASSWORD alone: a warning
+    that the later process will not have it (a password is never written into a config).
+    """
+    if not metadata or password_file:
+        return password_file, ""
+    passfile = environ.get("PGPASSFILE", "")
+    if passfile:
+        return os.path.abspath(os.path.expanduser(passfile)), ""
+    if environ.get("PGPASSWORD"):
+        return "", (
+            f"metadata: the password is in PGPASSWORD, which {later} will not see (it starts without "
+            "this shell's environment): put it in a libpq password file and give "
+            "--metadata-password-file FILE (or ~/.pgpass of the user the runs run as)"
+        )
+    return "", ""

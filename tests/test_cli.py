@@ -500,6 +500,13 @@ def test_a_usage_error_is_one_line_naming_the_command(capsys):
             "imgpipe run: error: unrecognized arguments: --bogus (see `imgpipe run --help`)",
         ),
         (["nope"], "imgpipe: error: argument COMMAND: invalid choice: 'nope'"),
+        # An abbreviation was taken for the flag it starts (`--epoch 3` as --epochs).
+        (["run", "--epoch", "3"], "imgpipe run: error: unrecognized arguments: --epoch 3"),
+        # A second config file silently replaced the first.
+        (
+            ["run", "--config", "a.yaml", "--config", "b.yaml"],
+            "imgpipe run: error: argument --config: given twice",
+        ),
     ):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
@@ -512,3 +519,12 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == "imgpipe 0.1.0"
+
+
+def test_a_flag_replacing_a_config_files_value_is_said(tmp_path, capsys):
+    config = tmp_path / "prod.yaml"
+    config.write_text(f"epochs: 10\nbatch_size: 8\ndata_dir: {tmp_path / 'none'}\n")
+    assert cli.main(["run", "--config", str(config), "--epochs", "30", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"--epochs 30 replaces epochs: 10 of {config}" in err
+    assert "batch_size" not in err  # the same value: nothing replaced

@@ -186,8 +186,14 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("epochz: 3\n", "unknown config key 'epochz'"),
+        ("epochz: 3\n", "unknown config key 'epochz' \\(did you mean 'epochs'\\?\\)"),
         ("training: {epochz: 3}\n", "unknown config key 'epochz'"),
+        # The nearest key, a flag's spelling, and the sections, which the list of keys left out.
+        ("trainig: {epochs: 3}\n", "'trainig' \\(did you mean 'training'\\?\\).*; sections: training, "),
+        ("batch-size: 8\n", "'batch-size' \\(did you mean 'batch_size'\\?\\)"),
+        ("cache: false\n", "'cache' \\(did you mean 'enable_cache'\\?\\)"),
+        ("data: d\n", "'data' \\(did you mean 'data_dir'\\?\\)"),
+        ("zzzz: 1\n", "unknown config key 'zzzz'; known keys"),
         # A known key in another section: where it goes, not "unknown ... known keys: epochs".
         ("gate: {epochs: 3}\n", "^gate: 'epochs' is not a key of gate:; it goes under training: "),
         ("training: {home: x}\n", "'home' is not a key of training:; it goes at the top level"),
@@ -292,3 +298,15 @@ def test_gate_flags_come_from_the_schema():
     assert config_from_args(parser.parse_args([])).gate.metric == "auto"
     with pytest.raises(ConfigError, match="metric"):
         config_from_args(parser.parse_args(["--gate-metric", "f1"]))
+
+
+def test_a_huge_value_is_named_not_echoed(tmp_path):
+    """YAML aliases made a 1.4 KB file a value of 72 MB, all of it written to stderr."""
+    lines = ['x-a0: &a0 ["' + "a" * 80 + '"]']
+    lines += [f"x-a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    (tmp_path / "big.yaml").write_text("\n".join([*lines, "beam_args: *a5", ""]))
+    with pytest.raises(ConfigError) as e:
+        PipelineConfig.from_yaml(str(tmp_path / "big.yaml"))
+    message = str(e.value)
+    assert message.startswith("beam_args: Input should be a valid string (got [[[[[")
+    assert "characters))" in message and len(message) < 4000

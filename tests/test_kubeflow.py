@@ -686,3 +686,24 @@ def test_dockerignore_keeps_the_build_inputs():
         ignored = {line.strip().rstrip("/") for line in f if line.strip() and not line.startswith("#")}
     assert {".venv", ".git"} <= ignored
     assert not ({"setup.py", "requirements.lock", *{p.split(".")[0] for p in packages}} & ignored)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--pipeline-name", "Pets_Prod"], "pipeline_name (--pipeline-name): 'Pets_Prod' cannot name"),
+        (["--pipeline-name", "pets.prod"], "(e.g. 'pets-prod')"),
+        (["--data", ""], "data_dir (--data): required"),
+    ],
+)
+def test_compile_names_the_setting_tfx_would_refuse_before_loading_it(tmp_path, capsys, flags, message):
+    """TFX refused such a name after loading (~10 s) with '%' in place of the name and no setting
+    named; a missing data dir was called a local path."""
+    from imgpipe.cli import main as cli
+
+    assert (
+        cli.main(["compile", "--image", IMAGE, "--output", str(tmp_path / "p.json"), *RUN_FLAGS, *flags]) == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err and "%" not in err
+    assert not (tmp_path / "p.json").exists()

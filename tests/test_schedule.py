@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -105,6 +106,8 @@ def test_month_and_weekday_names_are_their_numbers():
         ("0 5-2 * * *", "hour 5-2"),
         ("0 3 31 2 *", "day of month 31 never falls in month 2"),  # accepted by cron, never run
         ("0 3 30,31 2 *", "day of month 30,31 never falls in month 2"),
+        # A line break split the crontab line in two while the timer said 03:00 daily.
+        ("0\n3 * * *", "holds a line break or another control character"),
     ],
 )
 def test_invalid_cron(expr, message):
@@ -142,6 +145,10 @@ def _systemd_analyze() -> bool:
         ("30 2 */2 * *", "*-*-01/2 02:30:00"),
         ("0 0 1 */3 *", "*-01/3-01 00:00:00"),
         ("0 */5 * * *", "*-*-* 00/5:00:00"),
+        # A stepped range, its values listed (refused before, though cron and the README take it).
+        ("0-30/5 * * * *", "*-*-* *:00,05,10,15,20,25,30:00"),
+        ("0 3 1-31/10 * *", "*-*-01,11,21,31 03:00:00"),
+        ("0 8-18/4,20 * * *", "*-*-* 08,12,16,20:00:00"),
     ],
 )
 def test_cron_to_systemd_calendar(expr, calendar):
@@ -170,7 +177,8 @@ def test_a_refused_schedule_leaves_the_existing_one_as_it_was(tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
     refused = {
         "--systemd over a file": ["--cron", "0 3 * * *", "--systemd", str(tmp_path / "a-file" / "units")],
-        "no systemd calendar": ["--cron", "0 3 1-9/2 * *", "--systemd", str(units)],
+        "not imgpipe": ["--cron", "0 3 * * *", "--imgpipe", "/bin/true"],
+        "a line break in the cron": ["--cron", "0 3 * *\n*", "--systemd", str(units)],
         "a log file that is a directory": ["--cron", "0 3 * * *", "--log-file", str(tmp_path)],
         "a lock file that is a directory": ["--cron", "0 3 * * *", "--lock-file", str(tmp_path)],
         "both days set": ["--cron", "0 3 1 * 1", "--systemd", str(units)],
@@ -272,9 +280,10 @@ def test_cron_line_runs_imgpipe_run_under_the_lock(tmp_path, capsys):
     lock = str(home / "schedule" / "nightly-%run.lock")
     log = str(home / "schedule" / "nightly-%run.log")
     assert tokens[:3] == ["cd", str(home), "&&"]
-    assert tokens[4:] == ["run", "--config", cfg_path, "--lock-file", lock, ">>", log, "2>&1"]
+    wait = ["--home-lock-wait", "21600"]  # another pipeline's run of the home: waited for, 6 h
+    assert tokens[4:] == ["run", "--config", cfg_path, "--lock-file", lock, *wait, ">>", log, "2>&1"]
     assert os.access(tokens[3], os.X_OK) and os.path.basename(tokens[3]) == "imgpipe"
-    assert result["command"] == tokens[3:9]
+    assert result["command"] == tokens[3:11]
 
     saved = PipelineConfig.from_yaml(cfg_path)
     assert (saved.data_dir, saved.home, saved.training.epochs) == (str(data), str(home), 3)
@@ -288,7 +297,7 @@ def test_cron_line_runs_imgpipe_run_under_the_lock(tmp_path, capsys):
     timer = (units / "imgpipe-nightly-_run.timer").read_text()
     exec_start = next(x for x in service.splitlines() if x.startswith("ExecStart="))
     assert "%%run" in exec_start and "%run" not in exec_start.replace("%%", "")
-    assert shlex.split(exec_start[len("ExecStart=") :].replace("%%", "%")) == tokens[3:9]
+    assert shlex.split(exec_start[len("ExecStart=") :].replace("%%", "%")) == tokens[3:11]
     assert f"WorkingDirectory={str(home).replace('%', '%%')}" in service and "SuccessExitStatus=75" in service
     assert "OnCalendar=Mon..Fri *-*-* 02:15:00" in timer and "Unit=imgpipe-nightly-_run.service" in timer
 
@@ -479,10 +488,11 @@ def test_lock_wait_and_verbose_reach_the_scheduled_run(tmp_path, capsys):
     base = ["schedule", "--runner", "local", "--cron", "@daily", "--data", str(tmp_path / "d"), "--home"]
     assert cli.main([*base, str(tmp_path / "h1"), "--lock-wait", "90", "--verbose"]) == 0
     command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
-    assert command[-3:] == ["--lock-wait", "90", "--verbose"]
-    assert cli.main([*base, str(tmp_path / "h2")]) == 0
+    assert command[-5:] == ["--lock-wait", "90", "--home-lock-wait", "21600", "--verbose"]
+    assert cli.main([*base, str(tmp_path / "h2"), "--home-lock-wait", "0"]) == 0
     command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
     assert "--lock-wait" not in command and "--verbose" not in command
+    assert command[-2:] == ["--home-lock-wait", "0"]
     # Remote runners and compiled pipelines have no lock to wait for: refused, not ignored.
     code = cli.main(
         ["schedule", "--runner", "kfp", "--cron", "@daily", "--spec", "s.json", "--lock-wait", "5"]
@@ -494,3 +504,128 @@ def test_lock_wait_and_verbose_reach_the_scheduled_run(tmp_path, capsys):
     ):
         assert cli.main([*command, "--data", str(tmp_path), "--lock-wait", "5"]) == 2
         assert "--lock-wait does not apply" in capsys.readouterr().err
+        assert cli.main([*command, "--data", str(tmp_path), "--home-lock-wait", "5"]) == 2
+        assert "--home-lock-wait does not apply" in capsys.readouterr().err
+        # Parsed, to be refused by name, but not offered in the command's help.
+        with pytest.raises(SystemExit):
+            cli.main([command[0], "--help"])
+        shown = capsys.readouterr().out
+        assert "--lock-wait" not in shown and "--lock-file" not in shown and "--home-lock-wait" not in shown
+
+
+def test_the_home_lock_waits_apart_from_the_schedule_lock(tmp_path, monkeypatch, capsys):
+    """`run --home-lock-wait` is the wait for the home's lock alone; --lock-wait stays the wait
+    for --lock-file (a scheduled run skips when its own previous run still runs, and waits when
+    another pipeline of the home runs)."""
+    from imgpipe.cli import main as cli
+    from imgpipe.cli import run as run_cli
+
+    waits = []
+    monkeypatch.setattr(
+        run_cli, "run_pipeline", lambda config, verbose, lock_wait: waits.append(lock_wait) or {}
+    )
+    base = ["run", "--data", str(tmp_path), "--home", str(tmp_path / "h")]
+    assert cli.main([*base, "--lock-file", str(tmp_path / "l"), "--home-lock-wait", "30"]) == 0
+    assert cli.main([*base, "--lock-wait", "7"]) == 0
+    assert waits == [30.0, 7.0]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*base, "--home-lock-wait", "-1"])
+    assert e.value.code == 2
+    assert "--home-lock-wait: must be a number of seconds >= 0" in capsys.readouterr().err
+
+
+def test_a_second_pipeline_scheduled_in_a_home_is_told_they_take_turns(tmp_path, caplog):
+    from imgpipe.cli import main as cli
+
+    base = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]
+    base += ["--home", str(tmp_path / "h")]
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(base) == 0
+        assert "also has schedules" not in caplog.text
+        assert cli.main([*base, "--pipeline-name", "second", "--model-name", "m2"]) == 0
+    assert "this home also has schedules for 'imgpipe'" in caplog.text
+    assert "waits up to 21600 s for it (--home-lock-wait)" in caplog.text
+
+
+def test_the_scheduled_executable_is_absolute_and_runs_under_cron(tmp_path, monkeypatch, capsys):
+    """cron runs the line with PATH=/usr/bin:/bin after `cd HOME`: a bare name found on this shell's
+    PATH, or a path relative to here, is written as the absolute path; a program that is not
+    imgpipe there is refused before anything is written."""
+    from imgpipe.cli import main as cli
+
+    venv_bin = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", venv_bin + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.chdir(venv_bin)
+    base = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]
+    for given in ("imgpipe", "./imgpipe"):
+        assert cli.main([*base, "--home", str(tmp_path / "h"), "--imgpipe", given]) == 0
+        command = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["command"]
+        assert command[0] == os.path.join(venv_bin, "imgpipe")
+    for program in ("/bin/false", "/bin/true"):
+        assert cli.main([*base, "--home", str(tmp_path / "h2"), "--imgpipe", program]) == 2
+        err = capsys.readouterr().err
+        assert f"--imgpipe: `{program} --version` with cron's PATH=/usr/bin:/bin exited" in err
+        assert "not imgpipe's version" in err
+    assert not (tmp_path / "h2" / "schedule").exists()
+
+
+def test_a_remote_home_is_refused_for_a_local_schedule_and_run(tmp_path, monkeypatch, capsys):
+    """os.path made gs://b/h a folder `gs:` of the current directory: the lock, SQLite and records
+    there, the artifacts in the bucket."""
+    from imgpipe.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    for command in (["schedule", "--runner", "local", "--cron", "0 3 * * *"], ["run"]):
+        assert cli.main([*command, "--data", str(tmp_path), "--home", "gs://b/h"]) == 2
+        assert "home: gs://b/h is a remote URI" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_password_only_in_this_shells_environment_is_not_lost_by_the_schedule(
+    tmp_path, monkeypatch, caplog, capsys
+):
+    """cron and systemd start runs without this shell's environment: PGPASSFILE is saved with the
+    schedule's config; a password in PGPASSWORD alone is warned about."""
+    from imgpipe.cli import main as cli
+
+    base = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]
+    base += ["--metadata", "postgresql://mlmd@db.internal:5432/imgpipe_mlmd"]
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("db.internal:5432:imgpipe_mlmd:mlmd:secret\n")
+    passfile.chmod(0o600)
+    monkeypatch.delenv("PGPASSFILE", raising=False)
+    monkeypatch.setenv("PGPASSWORD", "secret")
+    with caplog.at_level(logging.WARNING):
+        assert cli.main([*base, "--home", str(tmp_path / "h1")]) == 0
+    assert "the password is in PGPASSWORD, which a scheduled run will not see" in caplog.text
+    assert "secret" not in caplog.text
+    config = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["config_path"]
+    assert PipelineConfig.from_yaml(config).metadata_password_file == ""
+    caplog.clear()
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    with caplog.at_level(logging.WARNING):
+        assert cli.main([*base, "--home", str(tmp_path / "h2")]) == 0
+    assert "PGPASSWORD" not in caplog.text
+    config = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["config_path"]
+    assert PipelineConfig.from_yaml(config).metadata_password_file == str(passfile)
+
+
+def test_paths_a_crontab_line_or_unit_cannot_carry_are_refused_and_dollars_escaped(tmp_path, capsys):
+    """A line break in the home split the cron line and the unit's lines; systemd expands $NAME in
+    ExecStart=, so a '$' in a path is written as '$$'."""
+    from imgpipe.cli import main as cli
+
+    base = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]
+    assert cli.main([*base, "--home", str(tmp_path / "a\nb")]) == 2
+    assert "holds a line break or another control character" in capsys.readouterr().err
+    assert not (tmp_path / "a\nb").exists()
+    home, units = tmp_path / "$USER home", tmp_path / "units"
+    assert cli.main([*base, "--home", str(home), "--systemd", str(units)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    service = (units / "imgpipe-imgpipe.service").read_text()
+    exec_start = next(x for x in service.splitlines() if x.startswith("ExecStart="))
+    assert (
+        "$$USER home" in exec_start and shlex.split(exec_start[10:].replace("$$", "$")) == result["command"]
+    )
+    assert f"WorkingDirectory={home}" in service  # not expanded there
+    assert "Wants=network-online.target" in service

@@ -36,13 +36,13 @@ def _add_airflow_dag(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the intervals missed since --start-date (default: only the latest)",
     )
-    add_run_arguments(p)
+    add_run_arguments(p, local=False)
 
 
 def _cmd_airflow_dag(args: argparse.Namespace) -> int:
     reject(
         args,
-        {"lock_file": "--lock-file", "lock_wait": "--lock-wait"},
+        {"lock_file": "--lock-file", "lock_wait": "--lock-wait", "home_lock_wait": "--home-lock-wait"},
         "does not apply to an Airflow DAG (it allows one active run: max_active_runs=1)",
     )
     check_output(args.output)

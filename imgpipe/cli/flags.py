@@ -10,6 +10,7 @@ Booleans get --x / --no-x; tuples are repeatable.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -17,6 +18,8 @@ from typing import Any, get_origin
 
 from pipeline.config import ConfigError, PipelineConfig, leaves
 from trainer.config import Settings, field_extra
+
+log = logging.getLogger(__name__)
 
 _GROUP_TITLES = {
     None: "data and locations",
@@ -145,11 +148,33 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     given = overrides(args)
     try:
         if getattr(args, "config", None):
-            return PipelineConfig.from_yaml(args.config, given)
+            config = PipelineConfig.from_yaml(args.config, given)
+            _say_what_flags_override(args.config, given, config)
+            return config
         return PipelineConfig.from_dict(given)
     except ConfigError as e:
         flags = {name: flag_name(model, name) for _, name, model in leaves() if name in given}
         raise ConfigError(naming_flags(str(e), flags)) from None
+
+
+def _say_what_flags_override(path: str, given: Mapping[str, Any], config: PipelineConfig) -> None:
+    """Log each flag that replaces a value the config file sets, so a run's log shows which
+    value it used ("--epochs 30 replaces epochs: 10 of prod.yaml")."""
+    if not given:
+        return
+    try:
+        in_file = PipelineConfig.from_yaml(path)
+    except ConfigError:  # a bad file value that a flag replaces, as documented
+        return
+    default = PipelineConfig()
+    for section, name, model in leaves():
+        if name not in given:
+            continue
+        was, default_value, now = (
+            getattr(getattr(c, section) if section else c, name) for c in (in_file, default, config)
+        )
+        if was != default_value and was != now:
+            log.info("%s %s replaces %s: %s of %s", flag_name(model, name), given[name], name, was, path)
 
 
 def naming_flags(message: str, flags: Mapping[str, str]) -> str:

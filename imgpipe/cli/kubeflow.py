@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 
 from imgpipe.cli.flags import container_image
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
@@ -30,6 +31,29 @@ def check_output(path: str) -> None:
     problem = output_file_problem(path)
     if problem:
         raise UsageError(f"--output {problem}")
+
+
+# TFX's rule for a pipeline name it compiles for Kubeflow Pipelines (its own message for a name
+# that breaks it shows '%' instead of the name).
+KFP_PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
+
+
+def check_kfp_names(config) -> None:
+    """UsageError naming the setting, before TFX loads, for what compiling would refuse later."""
+    if not KFP_PIPELINE_NAME.fullmatch(config.pipeline_name):
+        raise UsageError(
+            f"pipeline_name (--pipeline-name): {config.pipeline_name!r} cannot name a Kubeflow / Vertex AI "
+            "pipeline: lower-case letters, digits and '-', starting with a letter or digit "
+            f"(e.g. {_kfp_name(config.pipeline_name)!r})"
+        )
+    if not config.data_dir:
+        raise UsageError(
+            "data_dir (--data): required (the TFRecord dir the pipeline's steps read, e.g. gs://...)"
+        )
+
+
+def _kfp_name(name: str) -> str:
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", name.lower())).strip("-")[:128] or "imgpipe"
 
 
 def _add_compile(p: argparse.ArgumentParser) -> None:
@@ -57,17 +81,23 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept local data/serving paths (for clusters that mount them at the same path)",
     )
-    add_run_arguments(p)
+    add_run_arguments(p, local=False)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     reject(
         args,
-        {"lock_file": "--lock-file", "lock_wait": "--lock-wait", "replicas": "--replicas"},
+        {
+            "lock_file": "--lock-file",
+            "lock_wait": "--lock-wait",
+            "home_lock_wait": "--home-lock-wait",
+            "replicas": "--replicas",
+        },
         "does not apply to a compiled pipeline",
     )
     check_output(args.output)
     config = config_from(args)
+    check_kfp_names(config)
     from imgpipe.orchestration import kubeflow  # loads TFX: only when the command runs
 
     try:

@@ -124,14 +124,17 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: `--epoch 3` was taken as --epochs, and a later flag sharing the prefix
+    # would silently change what an old command line means.
     parser = _Parser(
         prog="imgpipe",
         description="Labelled image folders -> a gated, served image classifier (TFX transfer learning).",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"imgpipe {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands():
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(command.name, help=command.help, description=command.help, allow_abbrev=False)
         command.add_arguments(p)
         p.set_defaults(handler=command.run)
     return parser

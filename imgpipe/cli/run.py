@@ -6,7 +6,8 @@ runs, anything written to stdout goes to stderr: Python prints (Keras' epoch
 lines), C/C++ writes and child processes (output.stdout_to_stderr).
 
 A run holds its home's lock (HOME/run.lock); a second run on the same home
-exits 75 naming the holder at once, or after waiting `--lock-wait SECONDS`.
+exits 75 naming the holder at once, or after waiting `--lock-wait SECONDS`
+(`--home-lock-wait` for the home's lock alone, as scheduled runs do).
 """
 
 from __future__ import annotations
@@ -24,20 +25,49 @@ from pipeline.config import ConfigError, PipelineConfig
 log = logging.getLogger(__name__)
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """`--config FILE`, one flag per config field, `--verbose`, `--lock-file`."""
-    p.add_argument("--config", help="YAML config file; flags override its values")
+def add_run_arguments(p: argparse.ArgumentParser, local: bool = True) -> None:
+    """`--config FILE`, one flag per config field, `--verbose`, and the locks' flags.
+
+    local=False (a command that writes a pipeline for another runner): the lock flags are
+    still parsed, so the command can refuse them by name, but not listed in its help.
+    """
+    p.add_argument("--config", action=_GivenOnce, help="YAML config file; flags override its values")
     add_config_flags(p)
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
-    add_lock_wait_argument(p)
+    add_lock_wait_argument(p, shown=local)
+    p.add_argument(
+        "--home-lock-wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the home's lock (another pipeline's run in the same home), "
+        "apart from --lock-wait, which then applies to --lock-file alone (default: --lock-wait)"
+        if local
+        else argparse.SUPPRESS,
+    )
     p.add_argument(
         "--lock-file",
         help="also hold this lock for the run (e.g. one lock for several homes' schedules); "
-        "every run always holds its home's lock, HOME/run.lock",
+        "every run always holds its home's lock, HOME/run.lock"
+        if local
+        else argparse.SUPPRESS,
     )
 
 
-def add_lock_wait_argument(p: argparse.ArgumentParser, locks: str = "the home (or --lock-file)") -> None:
+class _GivenOnce(argparse.Action):
+    """A flag that may be given once: a second --config silently dropped the first file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 - argparse's
+        if getattr(namespace, f"_given_{self.dest}", False):
+            parser.error(
+                f"argument {option_string}: given twice (one config file; flags override its values)"
+            )
+        setattr(namespace, f"_given_{self.dest}", True)
+        setattr(namespace, self.dest, values)
+
+
+def add_lock_wait_argument(
+    p: argparse.ArgumentParser, locks: str = "the home (or --lock-file)", shown: bool = True
+) -> None:
     """`--lock-wait SECONDS`: how long to wait while another process holds the lock."""
     p.add_argument(
         "--lock-wait",
@@ -45,7 +75,9 @@ def add_lock_wait_argument(p: argparse.ArgumentParser, locks: str = "the home (o
         default=0.0,
         metavar="SECONDS",
         help=f"if another run or prune holds {locks}, wait up to SECONDS for it to end "
-        "(default 0: exit 75 at once, naming the holder)",
+        "(default 0: exit 75 at once, naming the holder)"
+        if shown
+        else argparse.SUPPRESS,
     )
 
 
@@ -118,8 +150,9 @@ def _run(args: argparse.Namespace) -> int:
     if extra and os.path.realpath(extra) == os.path.realpath(home_lock_path(config.resolved().home)):
         extra = None  # the home's own lock, which the run takes anyway
     # LockBusy (exit 75) and LockError (exit 2) are mapped by cli/main.py.
+    home_wait = args.lock_wait if args.home_lock_wait is None else args.home_lock_wait
     with run_lock(extra, wait=args.lock_wait) if extra else contextlib.nullcontext():
-        emit(run_pipeline(config, args.verbose, args.lock_wait))
+        emit(run_pipeline(config, args.verbose, home_wait))
     return 0
 
 

@@ -56,7 +56,7 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
 
 def _run_flags_given(args: argparse.Namespace) -> list[str]:
     given = list(overrides(args))
-    given += [f for f in ("config", "lock_file", "lock_wait") if getattr(args, f, None)]
+    given += [f for f in ("config", "lock_file", "lock_wait", "home_lock_wait") if getattr(args, f, None)]
     return given
 
 
@@ -86,6 +86,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                 systemd_dir=args.systemd,
                 on_calendar=args.on_calendar,
                 lock_wait=args.lock_wait,
+                home_lock_wait=(
+                    schedule.SCHEDULED_HOME_LOCK_WAIT if args.home_lock_wait is None else args.home_lock_wait
+                ),
                 verbose=args.verbose,
             ).to_dict()
         else:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import os
 import pprint
 import re
@@ -44,6 +45,9 @@ from typing import Any, NamedTuple
 from imgpipe.orchestration import scratch
 from imgpipe.orchestration.schedule import ScheduleError, parse_cron
 from pipeline.config import ConfigError, PipelineConfig
+from pipeline.metadata_url import for_a_later_process
+
+log = logging.getLogger(__name__)
 
 MAX_ACTIVE_RUNS = 1
 DEFAULT_RETRIES = 0
@@ -109,7 +113,16 @@ def check_config(config: PipelineConfig) -> PipelineConfig:
             f"pipeline_name: {config.pipeline_name!r} is the DAG's dag_id, which Airflow allows only "
             "letters, digits, '-', '.' and '_' in (no spaces)"
         )
-    return config.resolved().validate_paths()
+    config = config.resolved().validate_paths()
+    password_file, warning = for_a_later_process(
+        config.metadata, config.metadata_password_file, dict(os.environ), "an Airflow task"
+    )
+    if warning:
+        log.warning("%s", warning)
+    if password_file != config.metadata_password_file:
+        log.info("metadata_password_file: %s (this shell's PGPASSFILE), written into the DAG", password_file)
+        config = config.replace(metadata_password_file=password_file)
+    return config
 
 
 _DAG_FILE_READ = 256 * 1024  # a DAG file's first bytes searched for its dag_id

@@ -11,6 +11,7 @@ at most one run in flight.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from imgpipe.orchestration.lock import EXIT_LOCKED
 from imgpipe.orchestration.paths import write_all_atomically
 from imgpipe.orchestration.weights import check_weights_file
 from pipeline.config import ConfigError, PipelineConfig, folder_problem, leaves
+from pipeline.metadata_url import for_a_later_process
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,10 @@ def parse_cron(expr: str) -> list[str]:
 
     Supports numbers, '*', lists, ranges, steps, and JAN-DEC / SUN-SAT in their fields.
     """
+    if any(ord(c) < 32 and c not in " \t" for c in expr) or "\x7f" in expr:
+        raise ScheduleError(
+            f"cron {expr!r}: holds a line break or another control character (a crontab line is one line)"
+        )
     if expr.strip() == "@reboot":
         raise ScheduleError("cron '@reboot': runs at a machine's start, not on a schedule; give times")
     expr = _MACROS.get(expr.strip(), expr.strip())
@@ -175,9 +181,10 @@ def _calendar_field(value: str, first: str = "00") -> str:
         base, step = m.group(1), m.group(2)
         if base != "*":
             base = "..".join(f"{int(x):02d}" for x in base.split("-"))
-        if step:
-            if ".." in base:
-                raise ScheduleError(f"{value!r}: a stepped range cannot be converted to systemd OnCalendar")
+        if step and ".." in base:  # a stepped range: its values listed (cron's 0-30/5 is 0,5,...,30)
+            low, high = (int(x) for x in m.group(1).split("-"))
+            parts.extend(f"{v:02d}" for v in range(low, high + 1, int(step)))
+        elif step:
             parts.append(f"{first if base == '*' else base}/{step}")
         else:
             parts.append(base)
@@ -236,6 +243,11 @@ class LocalSchedule:
         return dataclasses.asdict(self)
 
 
+# How long a scheduled run waits for its home's lock (another pipeline of the home running):
+# six hours, then it is skipped (exit 75) and says so in its log.
+SCHEDULED_HOME_LOCK_WAIT = 6 * 3600.0
+
+
 def default_imgpipe() -> list[str]:
     """How to invoke imgpipe from cron: the console script beside this Python, else `python -m`."""
     script = os.path.join(os.path.dirname(sys.executable), "imgpipe")
@@ -244,11 +256,43 @@ def default_imgpipe() -> list[str]:
     return [sys.executable, "-m", "imgpipe"]
 
 
+# The environment cron gives a job (Debian's cron: PATH=/usr/bin:/bin, and HOME).
+CRON_PATH = "/usr/bin:/bin"
+
+
+def _check_is_imgpipe(program: Sequence[str]) -> None:
+    """ScheduleError unless `PROGRAM --version` says imgpipe when run as cron runs it (its PATH,
+    no venv activated): a wrong --imgpipe (another program, a script whose interpreter is gone)
+    would otherwise fail at every scheduled run, in a log nobody reads."""
+    _version_under_cron(tuple(program))
+
+
+@functools.lru_cache(maxsize=8)
+def _version_under_cron(program: tuple[str, ...]) -> str:
+    env = {"PATH": CRON_PATH, "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8"}
+    shown = shlex.join([*program, "--version"])
+    try:
+        done = subprocess.run(
+            [*program, "--version"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ScheduleError(f"--imgpipe: `{shown}` cannot run: {e}") from e
+    said = (done.stdout or "").strip()
+    if done.returncode != 0 or not said.startswith("imgpipe "):
+        detail = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        raise ScheduleError(
+            f"--imgpipe: `{shown}` with cron's PATH={CRON_PATH} exited {done.returncode} "
+            f"({detail[0][:200]}), not imgpipe's version: give the imgpipe executable of the "
+            "environment imgpipe is installed in"
+        )
+    return said
+
+
 def cron_line(cron: str, command: Sequence[str], workdir: str, log_file: str) -> str:
     """`cron` + `cd WORKDIR && COMMAND >> LOG 2>&1`, shell-quoted, with '%' escaped for cron."""
     parse_cron(cron)
     shell = f"cd {shlex.quote(workdir)} && {shlex.join(command)} >> {shlex.quote(log_file)} 2>&1"
-    return f"{cron.strip()} {shell.replace('%', chr(92) + '%')}"
+    return f"{' '.join(cron.split())} {shell.replace('%', chr(92) + '%')}"
 
 
 def local_schedule(
@@ -261,10 +305,16 @@ def local_schedule(
     on_calendar: str | None = None,
     lock_wait: float = 0.0,
     verbose: bool = False,
+    home_lock_wait: float = 0.0,
 ) -> LocalSchedule:
     """Save `config` beside its home and build the cron line (and systemd units) for it.
 
-    lock_wait, verbose: passed on to each scheduled `imgpipe run` (--lock-wait, --verbose).
+    lock_wait, home_lock_wait, verbose: passed on to each scheduled `imgpipe run` (--lock-wait,
+    --home-lock-wait, --verbose). The schedule's own lock (`lock_file`) keeps a run from
+    overlapping the one before it (skipped: exit 75); the home's lock is shared by every
+    pipeline of the home, so a run that starts while another pipeline's runs waits for it up to
+    `home_lock_wait` seconds (the CLI's default, SCHEDULED_HOME_LOCK_WAIT) instead of being
+    skipped, which would skip the same pipeline every time two schedules fire together.
 
     Everything is checked before anything is written (ScheduleError, or pipeline.config's
     ConfigError naming the field): the cron expression and the timer's calendar, the config's
@@ -274,6 +324,16 @@ def local_schedule(
     parse_cron(cron)
     # What every scheduled run would fail on; the data may land after the schedule is set up.
     config = config.resolved().validate_paths(data_may_arrive=True)
+    password_file, warning = for_a_later_process(
+        config.metadata, config.metadata_password_file, dict(os.environ), "a scheduled run"
+    )
+    if warning:
+        log.warning("%s", warning)
+    if password_file != config.metadata_password_file:
+        log.info(
+            "metadata_password_file: %s (this shell's PGPASSFILE), saved with the schedule", password_file
+        )
+        config = config.replace(metadata_password_file=password_file)
     if "://" not in config.data_dir and not os.path.lexists(config.data_dir):
         log.warning(
             "data_dir %s does not exist yet: each scheduled run fails (exit 2) until it does", config.data_dir
@@ -282,12 +342,26 @@ def local_schedule(
     config_path = os.path.join(base, f"{config.pipeline_name}.yaml")
     lock_file = os.path.abspath(lock_file or os.path.join(base, f"{config.pipeline_name}.lock"))
     log_file = os.path.abspath(log_file or os.path.join(base, f"{config.pipeline_name}.log"))
-    command = [*(imgpipe or default_imgpipe()), "run", "--config", config_path, "--lock-file", lock_file]
-    command += ["--lock-wait", f"{lock_wait:g}"] if lock_wait else []
-    command += ["--verbose"] if verbose else []
-    executable = shutil.which(command[0]) if os.sep not in command[0] else command[0]
+    program = [*(imgpipe or default_imgpipe())]
+    # cron's PATH is /usr/bin:/bin and the line runs after `cd HOME`: the command names the
+    # executable by its absolute path, found now (a bare name on this shell's PATH, or a path
+    # relative to the current directory).
+    executable = shutil.which(program[0]) if os.sep not in program[0] else program[0]
     if not executable or not os.path.isfile(executable) or not os.access(executable, os.X_OK):
-        raise ScheduleError(f"--imgpipe {command[0]}: not an executable file")
+        raise ScheduleError(f"--imgpipe {program[0]}: not an executable file")
+    program[0] = os.path.abspath(executable)
+    _check_is_imgpipe(program)
+    command = [*program, "run", "--config", config_path, "--lock-file", lock_file]
+    command += ["--lock-wait", f"{lock_wait:g}"] if lock_wait else []
+    command += ["--home-lock-wait", f"{home_lock_wait:g}"]
+    command += ["--verbose"] if verbose else []
+    for what, path in (("home", config.home), ("--log-file", log_file), ("--lock-file", lock_file),
+                       ("--imgpipe", program[0])):  # fmt: skip
+        if any(ord(c) < 32 or c == "\x7f" for c in path):
+            raise ScheduleError(
+                f"{what} {path!r}: holds a line break or another control character, which a crontab "
+                "line or a systemd unit cannot carry"
+            )
     for flag, path in (("--log-file", log_file), ("--lock-file", lock_file)):
         if os.path.isdir(path):  # every scheduled run would fail on it: `>> DIR` or the lock's open
             raise ScheduleError(f"{flag} {path} is a directory: give a file name")
@@ -299,7 +373,7 @@ def local_schedule(
     check_weights_file(config)  # last: it loads the file into the backbone (seconds)
     workdir = config.home
     result = LocalSchedule(
-        cron=cron.strip(),
+        cron=" ".join(cron.split()),
         command=command,
         cron_line=cron_line(cron, command, workdir, log_file),
         config_path=config_path,
@@ -311,6 +385,7 @@ def local_schedule(
         files = systemd_units(systemd_dir, config.pipeline_name, command, workdir, calendar)
         result.systemd_files = [path for path, _ in files]
     _say_what_changes(config_path, config)
+    _say_who_shares_the_home(base, config.pipeline_name, home_lock_wait)
     # The units first and the config last, each written in full before any is moved in: a
     # failure to write leaves the installed schedule (its config and units) as it was.
     write_all_atomically([*files, (config_path, config.dumps(config_path))])
@@ -345,6 +420,29 @@ def _say_what_changes(config_path: str, config: PipelineConfig) -> None:
         )
 
 
+def _say_who_shares_the_home(base: str, pipeline_name: str, home_lock_wait: float) -> None:
+    """Name the other pipelines scheduled in this home: their runs and this one's take turns on
+    the home's lock, so one that fires while another runs waits for it, up to `home_lock_wait`."""
+    try:
+        names = sorted(e[: -len(".yaml")] for e in os.listdir(base) if e.endswith(".yaml"))
+    except OSError:
+        return
+    others = [n for n in names if n != pipeline_name]
+    if not others:
+        return
+    wait = (
+        f"waits up to {home_lock_wait:g} s for it (--home-lock-wait), then is skipped (exit 75)"
+        if home_lock_wait
+        else "is skipped (exit 75; --home-lock-wait 0)"
+    )
+    log.warning(
+        "this home also has schedules for %s: runs in one home take turns (HOME/run.lock), so a "
+        "run that starts while another runs %s; give them different times, or homes",
+        ", ".join(repr(n) for n in others),
+        wait,
+    )
+
+
 def _check_can_write_in(flag: str, folder: str) -> None:
     """ScheduleError naming `flag` unless `folder` is a directory this user can write, or can be
     made (pipeline.config.folder_problem)."""
@@ -370,14 +468,18 @@ def systemd_units(
     def esc(value: str) -> str:
         return value.replace("%", "%%")
 
+    def esc_command(value: str) -> str:  # ExecStart= also expands $NAME and ${NAME}
+        return esc(value).replace("$", "$$")
+
     service = f"""[Unit]
 Description=imgpipe pipeline run ({esc(name)})
+Wants=network-online.target
 After=network-online.target
 
 [Service]
 Type=oneshot
 WorkingDirectory={esc(workdir)}
-ExecStart={esc(shlex.join(command))}
+ExecStart={esc_command(shlex.join(command))}
 # {EXIT_LOCKED}: another run held the lock, so this one was skipped (not a failure).
 SuccessExitStatus={EXIT_LOCKED}
 """
