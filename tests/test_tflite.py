@@ -364,12 +364,11 @@ def _placed_gif(screen: tuple[int, int], left: int, top: int, transparency: int 
     return image_samples.gif_placed(buffer.getvalue(), screen, left, top)
 
 
-# The most a device's pixels may differ from the graph's. JPEGs at r = 1 and 2: TensorFlow
-# decodes with libjpeg's JDCT_IFAST, Pillow with JDCT_ISLOW (the contract's pillow_note); after
-# the resize they were measured at most 3.0 (r = 1) and 2.0 (r = 2) apart, mean under 1. At
-# r = 4 and 8 libjpeg's reduced IDCTs are the same for both, and PNG, GIF and BMP decode
-# losslessly: those must be equal, bit for bit.
-_IDCT_TOLERANCE = 4.0
+# The most a device's pixels may differ from the graph's: nothing. JPEGs at every DCT scale: the
+# graph and Pillow both decode with libjpeg's accurate IDCT (JDCT_ISLOW; TensorFlow's default fast
+# one was up to 3 levels apart after the resize at r = 1 and 2, and changed answers). PNG, GIF and
+# BMP decode losslessly. All must be equal, bit for bit.
+_IDCT_TOLERANCE = 0.0
 
 
 def _device_cases() -> dict[str, tuple[bytes, float, bool]]:

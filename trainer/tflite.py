@@ -371,13 +371,13 @@ def decode_steps(image_size: int) -> list[dict[str, Any]]:
             "formats": {
                 "jpeg": {
                     "does": "decoded at scale 1/r, grayscale replicated to 3 channels",
-                    "tensorflow": "tf.io.decode_jpeg(data, channels=3, ratio=r)",
+                    "tensorflow": "tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method='INTEGER_ACCURATE')",
                     "pillow": "image = PIL.Image.open(f); image.draft('RGB', (size, size))",
                     "pillow_note": (
                         "draft picks the same r (the largest of 1, 2, 4, 8 <= min(width // size, height // "
-                        "size)). TensorFlow decodes with its default dct_method (libjpeg's JDCT_IFAST), "
-                        "Pillow with JDCT_ISLOW: the same pixels at r = 4 and 8, up to a few levels apart "
-                        "at r = 1 and 2 (tf.io.decode_jpeg(..., dct_method='INTEGER_ACCURATE') is Pillow's)"
+                        "size)); both decode with libjpeg's accurate integer IDCT (JDCT_ISLOW), so the "
+                        "pixels are the same at every r. TensorFlow's default dct_method (JDCT_IFAST) is "
+                        "not: up to 16 levels apart at r = 1"
                     ),
                 },
                 "png": {

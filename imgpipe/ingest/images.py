@@ -316,7 +316,7 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
             return tf.cond(tf.equal(depth, 16), deepest, lambda: tf.constant(-1, tf.int64))
 
         def whole_jpeg_uniform() -> tf.Tensor:
-            full = tf.io.decode_jpeg(data, channels=3)
+            full = tf.io.decode_jpeg(data, channels=3, dct_method=preprocessing.JPEG_DCT_METHOD)
             return tf.reduce_all(tf.equal(full, full[:1, :1]))
 
         def decode() -> tf.Tensor:
