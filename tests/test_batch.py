@@ -269,6 +269,9 @@ def test_listing_a_directory_or_a_glob(folder, tmp_path):
     assert list_images(str(tree / "*")) == [str(tree / "a" / "1.png")]
     with pytest.raises(NoInputs, match="the matching directories hold no files"):
         list_images(str(tree / "zz_*"))
+    # A folder of hidden files only: it holds files, which are left out, and says so.
+    with pytest.raises(NoInputs, match="holds no files but hidden ones \\(names starting with '.'\\)"):
+        list_images(str(tree / "zz_hidden_only"))
 
 
 def test_a_jsonl_path_with_a_unicode_line_separator_reads_back(tmp_path):

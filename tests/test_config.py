@@ -176,6 +176,9 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
     assert cfg.gate.eval_graph_optimization == "off" and cfg.training.export_tflite is None
     (tmp_path / "on.yaml").write_text("eval_graph_optimization: on\n")
     assert PipelineConfig.from_yaml(str(tmp_path / "on.yaml")).gate.eval_graph_optimization == "on"
+    for text in ("export_tflite: 'off'\n", "export_tflite: none\n"):  # as the error says
+        (tmp_path / "off.yaml").write_text(text)
+        assert PipelineConfig.from_yaml(str(tmp_path / "off.yaml")).training.export_tflite is None
     (tmp_path / "yes.yaml").write_text("export_tflite: yes\n")
     with pytest.raises(
         ConfigError, match="^export_tflite: expected one of dynamic, float16, int8, got the YAML boolean true"

@@ -219,6 +219,46 @@ def test_inverted_images_drift_in_brightness_and_class(log_dirs, trained):
     assert report["features"]["width"]["drifted"] is False
 
 
+def test_small_samples_of_the_training_distribution_are_not_drift(digits, trained):
+    """Twenty images drawn from the training distribution put the class distance above its 0.15
+    threshold about a third of the time (an audit: 46% with a real model's predictions), each an
+    exit 3 that a schedule retrains on. The permutation test keeps sampling from reading as drift;
+    with --significance 0 the threshold alone judges, as before."""
+    rng = np.random.default_rng(3)
+    rows = digits["train"]
+    above = alarms = 0
+    for _ in range(30):
+        sample = [rows[i] for i in rng.choice(len(rows), 20, replace=False)]
+        report = compare_tables(trained, FeatureTable.of(sample))
+        cls = report["features"]["class"]
+        above += cls["distance"] > cls["threshold"]
+        alarms += report["drift"]
+        if cls["distance"] > cls["threshold"]:
+            assert cls["p_value"] > 0.01 and cls["drifted"] is False, cls
+            alone = compare_tables(trained, FeatureTable.of(sample), significance=0)
+            assert (
+                alone["features"]["class"]["drifted"] is True
+                and alone["features"]["class"]["p_value"] is None
+            )
+    assert above >= 3  # the draws that fooled the threshold alone
+    assert alarms == 0
+
+
+def test_a_class_shift_of_a_few_hundred_images_is_significant(digits, trained):
+    """Every logged image answered as one class: far above the threshold, and p at its floor."""
+    served = FeatureTable.of((image, "0") for image, _ in digits["fresh"])
+    cls = compare_tables(trained, served)["features"]["class"]
+    assert cls["drifted"] is True and cls["p_value"] == pytest.approx(0.001)
+
+
+def test_a_class_the_training_sample_missed_is_not_unseen(digits):
+    only_zeros = FeatureTable.of([(image, label) for image, label in digits["train"] if label == "0"][:30])
+    served = FeatureTable.of(digits["fresh"])
+    assert 'unexpected value "1"' in compare_tables(only_zeros, served)["anomalies"]["class"]  # TFDV's
+    report = compare_tables(only_zeros, served, trained_classes={"0", "1", "2"})
+    assert "class" not in report["anomalies"]
+
+
 def test_darker_images_drift_in_brightness(digits, trained):
     served = FeatureTable.of((_darken(image), label) for image, label in digits["fresh"])
     report = compare_tables(trained, served)
@@ -261,6 +301,20 @@ def test_cut_and_corrupt_log_files_are_reported(log_dirs, tmp_path):
     assert any("prediction_log-b" in p and "checksum" in p for p in logged.problems)
 
 
+def test_tfrecords_of_examples_are_not_read_as_requests(digits, tmp_path):
+    """A tf.Example parses as a PredictionLog whose model is named after its first feature: a
+    split copied in as a log read as requests for 'label'."""
+    from serving.devserver.request_log import tfrecord_frame
+    from tests.helpers import make_example
+
+    with open(tmp_path / "prediction_log-x.tfrecord", "wb") as f:
+        for image, _ in digits["fresh"][:5]:
+            f.write(tfrecord_frame(make_example(image)))
+    logged = sources.LoggedImages(str(tmp_path))
+    assert list(sources.logged_images(str(tmp_path), logged)) == []
+    assert logged.skipped == {"not a PredictionLog (no logged call in it)": 5} and not logged.models
+
+
 def test_log_files_that_cannot_be_opened_are_listed_and_the_rest_read(log_dirs, tmp_path):
     """A dangling link or a directory under a log file's name (or a file a pruning job removed
     after the folder was listed) is listed like a corrupt file; the readable files are read."""
@@ -279,9 +333,9 @@ def test_log_files_that_cannot_be_opened_are_listed_and_the_rest_read(log_dirs, 
         list(sources.logged_images(str(tmp_path / "request_log_stats.json"), sources.LoggedImages("")))
 
 
-def _renamed_logs(source: str, target, model: str, every: int = 1) -> None:
+def _renamed_logs(source: str, target, model: str, every: int = 1, version: int | None = None) -> None:
     """The log files of `source` with every `every`-th record's model named `model` (request
-    and metadata, as a server serving that model logs it)."""
+    and metadata, as a server serving that model logs it), and answered by `version` if given."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     from serving.devserver.request_log import log_files, read_records, tfrecord_frame
@@ -297,6 +351,8 @@ def _renamed_logs(source: str, target, model: str, every: int = 1) -> None:
                     tasks = body.request.tasks if entry.HasField("multi_inference_log") else [body.request]
                     for task in tasks:
                         task.model_spec.name = model
+                    if version is not None:
+                        entry.log_metadata.model_spec.version.value = version
                 out.write(tfrecord_frame(entry.SerializeToString()))
 
 
@@ -444,7 +500,8 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
     assert report["drift"] is False and report["judged"] is True and report["training"]["run_id"] == OLD_RUN
     assert report["logged"]["measured"] == report["logged"]["images"] == len(digits["fresh"])
     assert report["training"]["measured"] == 3 * TRAIN_PER_CLASS
-    assert set(report["features"]["brightness"]) == {"measure", "distance", "threshold", "drifted"}
+    assert set(report["features"]["brightness"]) == {"measure", "distance", "threshold", "p_value", "drifted"}
+    assert report["significance"] == 0.01
 
     code, report, _ = _drift_cli(capsys, "--logs", log_dirs["inverted"], "--run", OLD_RUN, "--home", home)
     assert code == EXIT_DRIFT == 3
@@ -496,6 +553,17 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
         capsys, "--logs", log_dirs["inverted"], "--run", "served", "--home", str(tmp_path)
     )
     assert code == EXIT_USAGE and "no run record in" in err and "pushed model version 1" in err
+    assert "which no run of" not in err  # version 1 is the home's own
+    # Logs answered by a version no run of the home pushed: judged, and said (another pipeline's
+    # model under the same name is the usual cause).
+    other = tmp_path / "other-version"
+    _renamed_logs(log_dirs["fresh"], other, NAME, version=777)
+    code, report, err = _drift_cli(capsys, "--logs", str(other), "--run", OLD_RUN, "--home", home)
+    assert code == EXIT_OK and report["logged"]["versions"] == {"777": report["logged"]["records"]}
+    assert f"answered by model version(s) 777, which no run of {home} pushed" in err
+    # A sample of 3 training images misses classes; the classes are those of the whole split.
+    code, report, err = _drift_cli(capsys, *argv, "--max-images", "3", "--min-images", "1")
+    assert "class" not in report["anomalies"], report["anomalies"]
     code, _, err = _drift_cli(capsys, *argv, "--numeric-threshold", "2")
     assert code == EXIT_USAGE and "--numeric-threshold" in err
     # Logs that are all unreadable: the refusal names the files, not only "0 measurable".

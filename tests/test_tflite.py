@@ -257,8 +257,9 @@ def test_export_tflite_is_a_checked_training_setting():
     assert TrainingConfig().export_tflite is None
     assert TrainingConfig(export_tflite="int8").export_tflite == "int8"
     assert TrainingConfig(export_tflite="none").export_tflite is None
-    with pytest.raises(ConfigError, match="export_tflite.*must be float16, dynamic, int8 or none"):
-        parse_custom_config({"export_tflite": "int4"})  # "none" is named too: it is accepted
+    assert TrainingConfig(export_tflite="off").export_tflite is None  # the error names it: accepted
+    with pytest.raises(ConfigError, match="export_tflite.*must be float16, dynamic, int8, or none or off"):
+        parse_custom_config({"export_tflite": "int4"})
     assert tflite.export_for_config(TrainingConfig(), None, [], "/nowhere", "", "") is None
 
 

@@ -225,10 +225,10 @@ class TrainingConfig(Settings):
     def _tflite_none(cls, value: Any) -> Any:
         # "none" (a flag or YAML value) turns the export off, like `weights: none`. A YAML
         # boolean is Settings' to read (`no` is off, `yes` names the mix-up).
-        if isinstance(value, str) and value.strip().lower() in ("none", ""):
+        if isinstance(value, str) and value.strip().lower() in ("none", "off", ""):
             return None
         if not isinstance(value, bool) and value not in (None, "float16", "dynamic", "int8"):
-            raise ValueError(f"must be float16, dynamic, int8 or none (off), got {value!r}")
+            raise ValueError(f"must be float16, dynamic, int8, or none or off (no export), got {value!r}")
         return value
 
     @field_validator("weights")

@@ -30,7 +30,11 @@ def list_images(spec: str) -> list[str]:
     if os.path.isdir(spec):
         found = _walk(spec)
         if not found:
-            raise NoInputs(f"--images {spec}: the directory holds no files")
+            hidden = any(name.startswith(".") for name in os.listdir(spec))
+            raise NoInputs(
+                f"--images {spec}: the directory holds no files"
+                + (" but hidden ones (names starting with '.'), which are left out" if hidden else "")
+            )
         return sorted(found)
     matches = sorted(_glob(spec))
     if not matches:

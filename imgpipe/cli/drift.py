@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from imgpipe.cli.flags import non_negative_number
+from imgpipe.cli.flags import fraction, non_negative_number
 from imgpipe.cli.output import EXIT_DRIFT, EXIT_OK, Command, UsageError, WorkFailed, emit, emit_failure
 from imgpipe.drift import (
     DEFAULT_CATEGORICAL_THRESHOLD,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MIN_IMAGES,
     DEFAULT_NUMERIC_THRESHOLD,
+    DEFAULT_SIGNIFICANCE,
 )
 from pipeline.config import PipelineConfig
 
@@ -60,6 +61,14 @@ def _add(p: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )
     p.add_argument(
+        "--significance",
+        type=fraction,
+        default=DEFAULT_SIGNIFICANCE,
+        help="a distance above its threshold is drift only when two samples of these sizes from one "
+        "distribution would be that far apart less often than this (permutation test; "
+        "Kolmogorov-Smirnov for brightness); 0: the thresholds alone (default %(default)s)",
+    )
+    p.add_argument(
         "--max-images",
         type=int,
         default=DEFAULT_MAX_IMAGES,
@@ -94,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             args.run,
             categorical_threshold=args.categorical_threshold,
             numeric_threshold=args.numeric_threshold,
+            significance=args.significance,
             max_images=args.max_images,
             min_images=args.min_images,
             seed=args.seed,

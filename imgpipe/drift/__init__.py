@@ -25,3 +25,6 @@ DEFAULT_CATEGORICAL_THRESHOLD = 0.15  # L-infinity: channels, format, class
 DEFAULT_NUMERIC_THRESHOLD = 0.15  # Jensen-Shannon: width, height, brightness
 DEFAULT_MAX_IMAGES = 2000  # per side, a seeded uniform sample
 DEFAULT_MIN_IMAGES = 20  # per side, below it the check refuses to judge
+# A distance above its threshold is drift only when sampling alone would give it less often
+# than this (a permutation test, or Kolmogorov-Smirnov for a continuous feature); 0: off.
+DEFAULT_SIGNIFICANCE = 0.01

@@ -18,6 +18,7 @@ from imgpipe.drift import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MIN_IMAGES,
     DEFAULT_NUMERIC_THRESHOLD,
+    DEFAULT_SIGNIFICANCE,
     sources,
 )
 from imgpipe.drift.compare import compare
@@ -45,18 +46,22 @@ def compare_tables(
     categorical_threshold: float = DEFAULT_CATEGORICAL_THRESHOLD,
     numeric_threshold: float = DEFAULT_NUMERIC_THRESHOLD,
     min_images: int = DEFAULT_MIN_IMAGES,
+    significance: float = DEFAULT_SIGNIFICANCE,
+    trained_classes: set | None = None,
 ) -> dict:
-    """The drift part of the report, from two measured tables; TooFewImages below `min_images`."""
+    """The drift part of the report, from two measured tables; TooFewImages below `min_images`.
+    `trained_classes`: every class of the training split, when `trained` is a sample of it."""
     for side, table in (("training", trained), ("logged", served)):
         if len(table.rows) < min_images:
             raise TooFewImages(
                 f"only {len(table.rows)} measurable {side} images (need {min_images}; "
                 f"skipped: {dict(table.skipped) or 'none'})"
             )
-    result = compare(trained, served, categorical_threshold, numeric_threshold)
+    result = compare(trained, served, categorical_threshold, numeric_threshold, significance, trained_classes)
     return {
         "drift": bool(result.drifted),
         "drifted": result.drifted,
+        "significance": significance,
         "features": {name: f.to_dict() for name, f in result.features.items()},
         "anomalies": result.anomalies,
         "classes": {
@@ -66,12 +71,29 @@ def compare_tables(
     }
 
 
+def _versions_from_elsewhere(home: str, versions: collections.Counter) -> list[str]:
+    """The logged versions that no run of `home` pushed (nor a rollback there copied), when none
+    of the logged versions is this home's; [] when any is (a pruned run's version among them
+    is not a sign of another model) or when the logs name no version."""
+    named = sorted(v for v in versions if v)
+    if not named:
+        return []
+    for version in named:
+        try:
+            sources.pushing_run(home, version)
+        except sources.SourceError:
+            continue
+        return []
+    return named
+
+
 def drift_report(
     log_dir: str,
     home: str,
     run: str,
     categorical_threshold: float = DEFAULT_CATEGORICAL_THRESHOLD,
     numeric_threshold: float = DEFAULT_NUMERIC_THRESHOLD,
+    significance: float = DEFAULT_SIGNIFICANCE,
     max_images: int = DEFAULT_MAX_IMAGES,
     min_images: int = DEFAULT_MIN_IMAGES,
     seed: int = 0,
@@ -125,10 +147,34 @@ def drift_report(
             f"{logged.model_name!r}, the model of run {split.run_id}; give --model-name NAME if "
             "the server serves that run's model under another name"
         )
+    if logged.problems:  # in the JSON too; said here for a scheduled job's log
+        log.warning(
+            "%d request log file(s) could not be read in full (the rest were): %s",
+            len(logged.problems),
+            "; ".join(logged.problems[:3]) + (" ..." if len(logged.problems) > 3 else ""),
+        )
+    foreign = [] if served_version is not None else _versions_from_elsewhere(home, logged.versions)
+    if foreign:
+        log.warning(
+            "the logged requests were answered by model version(s) %s, which no run of %s pushed: "
+            "another pipeline's model served under the name %r? (`--run served` finds the run that "
+            "pushed a version; the comparison goes on against run %s)",
+            ", ".join(foreign),
+            home,
+            logged.model_name,
+            split.run_id,
+        )
     log.info("reading the %s split of run %s (%d files)", split.split, split.run_id, len(split.files))
     train_skipped: collections.Counter[str] = collections.Counter()
+    classes: set = set()  # of the whole split: a class the sample missed is still one it trained on
+
+    def every_class(items):
+        for image, label in items:
+            classes.add(label)
+            yield image, label
+
     trained_items, trained_total = reservoir_sample(
-        sources.example_images(split.files, train_skipped), max_images, seed
+        every_class(sources.example_images(split.files, train_skipped)), max_images, seed
     )
     log.info("measuring %d logged and %d training images", len(served_items), len(trained_items))
     served, trained = FeatureTable.of(served_items), FeatureTable.of(trained_items)
@@ -149,7 +195,9 @@ def drift_report(
         },
     }
     try:
-        report = compare_tables(trained, served, categorical_threshold, numeric_threshold, min_images)
+        report = compare_tables(
+            trained, served, categorical_threshold, numeric_threshold, min_images, significance, classes
+        )
     except TooFewImages as e:
         message = str(e)
         if logged.problems:  # say why the logs held so little: the files that could not be read

@@ -103,9 +103,16 @@ def _entries(path: str, logged: LoggedImages) -> Iterator[prediction_log_pb2.Pre
         for record in read_records(path, logged.problems):
             logged.records += 1
             try:
-                yield prediction_log_pb2.PredictionLog.FromString(record)
+                entry = prediction_log_pb2.PredictionLog.FromString(record)
             except message.DecodeError:
                 logged.skipped["not a PredictionLog"] += 1
+                continue
+            if entry.WhichOneof("log_type") is None:
+                # Another record type that parses (a tf.Example reads as a PredictionLog whose
+                # model is named after its first feature): no logged call in it.
+                logged.skipped["not a PredictionLog (no logged call in it)"] += 1
+                continue
+            yield entry
     except CorruptLogError as e:
         logged.problems.append(f"{e}; the rest of the file was not read")
     except OSError as e:

@@ -183,8 +183,10 @@ def _request_log(config: ServerConfig) -> RequestLog | None:
             f"cannot write request logs to {config.log_requests}: {e.strerror or e}"
         ) from e
     log.info(
-        "Logging %s of requests to %s (new file every %d MB)",
-        "all" if config.log_sample_rate >= 1 else f"{config.log_sample_rate * 100:g}%",
+        "Logging %s to %s (new file every %d MB)",
+        "every successful request"
+        if config.log_sample_rate >= 1
+        else f"{config.log_sample_rate * 100:g}% of successful requests",
         config.log_requests,
         config.log_max_file_mb,
     )
