@@ -506,6 +506,16 @@ def test_cli_drift_exit_codes(home, log_dirs, digits, capsys, tmp_path):
     code, report, _ = _drift_cli(capsys, "--logs", log_dirs["inverted"], "--run", OLD_RUN, "--home", home)
     assert code == EXIT_DRIFT == 3
     assert "brightness" in report["drifted"]
+    # Ignored features are measured and reported, and make no drift.
+    code, report, _ = _drift_cli(
+        capsys, "--logs", log_dirs["inverted"], "--run", OLD_RUN, "--home", home,
+        *[f"--ignore-feature={name}" for name in report["drifted"]],
+    )  # fmt: skip
+    assert code == EXIT_OK and report["drift"] is False and report["drifted"] == []
+    assert report["features"]["brightness"]["drifted"] is True and report["features"]["brightness"]["ignored"]
+    with pytest.raises(SystemExit):
+        cli.main(["drift", "--logs", log_dirs["inverted"], "--run", OLD_RUN, "--ignore-feature", "size"])
+    assert "invalid choice: 'size'" in capsys.readouterr().err
 
     # `latest` is the newer run, trained on inverted digits: the inverted logs match it.
     code, report, _ = _drift_cli(capsys, "--logs", log_dirs["inverted"], "--run", "latest", "--home", home)

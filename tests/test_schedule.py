@@ -91,6 +91,12 @@ def test_month_and_weekday_names_are_their_numbers():
     assert schedule.parse_cron("0 3 1 jan,Jul sun") == ["0", "3", "1", "1,7", "0"]
     assert schedule.cron_to_on_calendar("15 2 * * mon-fri") == "Mon..Fri *-*-* 02:15:00"
     assert schedule.kfp_cron("0 3 * DEC SAT") == "0 0 3 * 12 6"
+    # KFP's and Vertex AI's parsers count Sunday as 0 only (cron also takes 7).
+    assert schedule.kfp_cron("0 3 * * 7") == "0 0 3 * * 0"
+    assert schedule.kfp_cron("0 3 * * 5-7") == "0 0 3 * * 0,5,6"
+    assert schedule.kfp_cron("0 3 * * 0-7") == "0 0 3 * * *"
+    assert schedule.portable_cron("  @daily ") == "0 0 * * *"
+    assert schedule.portable_cron("0 3 * * 1-5") == "0 3 * * 1-5"
 
 
 @pytest.mark.parametrize(
@@ -629,3 +635,22 @@ def test_paths_a_crontab_line_or_unit_cannot_carry_are_refused_and_dollars_escap
     )
     assert f"WorkingDirectory={home}" in service  # not expanded there
     assert "Wants=network-online.target" in service
+
+
+def test_a_unit_name_two_pipelines_share_is_not_taken_over(tmp_path, capsys):
+    """Unit names keep only systemd's characters: pipelines 'a b' and 'a_b' are one unit, and the
+    second silently replaced the first's."""
+    from imgpipe.cli import main as cli
+
+    units = tmp_path / "units"
+    base = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]
+    base += ["--home", str(tmp_path / "h"), "--systemd", str(units)]
+    assert cli.main([*base, "--pipeline-name", "a b"]) == 0
+    before = (units / "imgpipe-a_b.service").read_text()
+    assert cli.main([*base, "--pipeline-name", "a b", "--epochs", "4"]) == 0  # its own: replaced
+    capsys.readouterr()
+    assert cli.main([*base, "--pipeline-name", "a_b"]) == 2
+    err = capsys.readouterr().err
+    assert "imgpipe-a_b.service already runs another schedule" in err and "a b.yaml" in err
+    assert (units / "imgpipe-a_b.service").read_text() == before
+    assert not (tmp_path / "h" / "schedule" / "a_b.yaml").exists()

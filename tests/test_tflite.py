@@ -180,6 +180,8 @@ def test_a_disagreeing_tflite_model_fails_the_check_with_a_clear_message(trained
     message = str(e.value)
     assert "TFLite export (float16): top-1 agreement with the SavedModel is " in message
     assert f"on {result.examples} eval examples, below the required 0.98" in message
+    # A failed Trainer's output is removed: the message names no path a user would find gone.
+    assert result.path not in message and "model.tflite with it, is not kept" in message
 
 
 def test_a_disagreement_on_a_near_tie_does_not_count_and_a_clear_one_does(tmp_path):

@@ -157,8 +157,9 @@ class TFLiteResult:
             raise TFLiteAgreementError(
                 f"TFLite export ({self.quantization}): top-1 agreement with the SavedModel is "
                 f"{self.agreement:.4f} on {self.examples} eval examples{ties}, below the required "
-                f"{self.min_agreement:.2f}; the model at {self.path} does not classify like the "
-                f"served model (try another export_tflite mode, or none)"
+                f"{self.min_agreement:.2f}: the converted model does not classify like the served "
+                f"model (try another export_tflite mode, or none; the failed Trainer's output, "
+                f"{os.path.basename(self.path)} with it, is not kept)"
             )
 
 

@@ -20,6 +20,7 @@ from imgpipe.drift import (
     DEFAULT_MIN_IMAGES,
     DEFAULT_NUMERIC_THRESHOLD,
     DEFAULT_SIGNIFICANCE,
+    FEATURE_NAMES,
 )
 from pipeline.config import PipelineConfig
 
@@ -69,6 +70,15 @@ def _add(p: argparse.ArgumentParser) -> None:
         "Kolmogorov-Smirnov for brightness); 0: the thresholds alone (default %(default)s)",
     )
     p.add_argument(
+        "--ignore-feature",
+        action="append",
+        choices=FEATURE_NAMES,
+        default=[],
+        metavar="NAME",
+        help="measure and report this feature but do not count it as drift (repeatable; one of "
+        f"{', '.join(FEATURE_NAMES)}; e.g. channels and format when clients may re-encode images)",
+    )
+    p.add_argument(
         "--max-images",
         type=int,
         default=DEFAULT_MAX_IMAGES,
@@ -104,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
             categorical_threshold=args.categorical_threshold,
             numeric_threshold=args.numeric_threshold,
             significance=args.significance,
+            ignore=args.ignore_feature,
             max_images=args.max_images,
             min_images=args.min_images,
             seed=args.seed,

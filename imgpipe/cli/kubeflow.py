@@ -62,7 +62,8 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
         "--target",
         choices=["kubeflow"],
         default="kubeflow",
-        help="kubeflow: a KFP v2 PipelineJob JSON for Vertex AI Pipelines or Kubeflow Pipelines 2.x",
+        help="kubeflow (the default and only target): a KFP v2 PipelineJob JSON for Vertex AI Pipelines "
+        "or Kubeflow Pipelines 2.x",
     )
     g.add_argument(
         "--image",

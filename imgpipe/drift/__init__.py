@@ -28,3 +28,5 @@ DEFAULT_MIN_IMAGES = 20  # per side, below it the check refuses to judge
 # A distance above its threshold is drift only when sampling alone would give it less often
 # than this (a permutation test, or Kolmogorov-Smirnov for a continuous feature); 0: off.
 DEFAULT_SIGNIFICANCE = 0.01
+# The compared features (features.FEATURES), for the CLI's --ignore-feature choices.
+FEATURE_NAMES = ("width", "height", "channels", "format", "brightness", "class")

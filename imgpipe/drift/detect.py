@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+from collections.abc import Sequence
 
 from imgpipe.drift import (
     DEFAULT_CATEGORICAL_THRESHOLD,
@@ -48,9 +49,12 @@ def compare_tables(
     min_images: int = DEFAULT_MIN_IMAGES,
     significance: float = DEFAULT_SIGNIFICANCE,
     trained_classes: set | None = None,
+    ignore: Sequence[str] = (),
 ) -> dict:
     """The drift part of the report, from two measured tables; TooFewImages below `min_images`.
-    `trained_classes`: every class of the training split, when `trained` is a sample of it."""
+    `trained_classes`: every class of the training split, when `trained` is a sample of it.
+    `ignore`: features measured and reported that do not make drift (say, `channels` and `format`
+    when clients may change how they encode the same pictures)."""
     for side, table in (("training", trained), ("logged", served)):
         if len(table.rows) < min_images:
             raise TooFewImages(
@@ -58,11 +62,17 @@ def compare_tables(
                 f"skipped: {dict(table.skipped) or 'none'})"
             )
     result = compare(trained, served, categorical_threshold, numeric_threshold, significance, trained_classes)
+    drifted = [name for name in result.drifted if name not in ignore]
+    features = {name: f.to_dict() for name, f in result.features.items()}
+    for name in ignore:
+        if name in features:
+            features[name]["ignored"] = True
     return {
-        "drift": bool(result.drifted),
-        "drifted": result.drifted,
+        "drift": bool(drifted),
+        "drifted": drifted,
         "significance": significance,
-        "features": {name: f.to_dict() for name, f in result.features.items()},
+        "ignored": sorted(ignore),
+        "features": features,
         "anomalies": result.anomalies,
         "classes": {
             "training": class_distribution([row[CLASS] for row in trained.rows]),
@@ -94,6 +104,7 @@ def drift_report(
     categorical_threshold: float = DEFAULT_CATEGORICAL_THRESHOLD,
     numeric_threshold: float = DEFAULT_NUMERIC_THRESHOLD,
     significance: float = DEFAULT_SIGNIFICANCE,
+    ignore: Sequence[str] = (),
     max_images: int = DEFAULT_MAX_IMAGES,
     min_images: int = DEFAULT_MIN_IMAGES,
     seed: int = 0,
@@ -196,7 +207,14 @@ def drift_report(
     }
     try:
         report = compare_tables(
-            trained, served, categorical_threshold, numeric_threshold, min_images, significance, classes
+            trained,
+            served,
+            categorical_threshold,
+            numeric_threshold,
+            min_images,
+            significance,
+            classes,
+            ignore,
         )
     except TooFewImages as e:
         message = str(e)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from PIL import Image, ImageStat
 
+from imgpipe.drift import FEATURE_NAMES
 from serving.config import DEFAULT_MAX_PIXELS
 from serving.image_header import read_header
 
@@ -30,6 +31,7 @@ NUMERIC = ("width", "height", "brightness")
 CATEGORICAL = ("channels", "format", "class")
 CLASS = "class"
 FEATURES = ("width", "height", "channels", "format", "brightness", CLASS)
+assert FEATURES == FEATURE_NAMES  # the CLI's choices, kept where importing is cheap
 
 # Brightness is a mean: measuring it on a JPEG decoded at a reduced scale (DCT
 # scaling averages blocks) changes it by a fraction of a grey level and makes

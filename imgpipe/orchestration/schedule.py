@@ -383,6 +383,7 @@ def local_schedule(
     files = []
     if systemd_dir:
         files = systemd_units(systemd_dir, config.pipeline_name, command, workdir, calendar)
+        _check_unit_is_ours(files[0][0], config_path)
         result.systemd_files = [path for path, _ in files]
     _say_what_changes(config_path, config)
     _say_who_shares_the_home(base, config.pipeline_name, home_lock_wait)
@@ -417,6 +418,30 @@ def _say_what_changes(config_path: str, config: PipelineConfig) -> None:
             config_path,
             config.pipeline_name,
             "; ".join(changes),
+        )
+
+
+def _check_unit_is_ours(service_path: str, config_path: str) -> None:
+    """ScheduleError when the unit about to be written already runs another schedule: unit names
+    keep only the characters systemd allows, so pipelines `a b` and `a_b` (or two homes'
+    pipelines of one name) map to one unit, and the second silently took the first's over."""
+    try:
+        with open(service_path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ScheduleError(f"--systemd: {service_path} cannot be read: {e.strerror or e}") from e
+    exec_start = next((line[10:] for line in text.splitlines() if line.startswith("ExecStart=")), "")
+    try:
+        words = shlex.split(exec_start.replace("%%", "%").replace("$$", "$"))
+    except ValueError:
+        words = []
+    theirs = words[words.index("--config") + 1] if "--config" in words[:-1] else "another command"
+    if theirs != config_path:
+        raise ScheduleError(
+            f"--systemd: {service_path} already runs another schedule ({theirs}); give another "
+            "--pipeline-name, or remove that unit first"
         )
 
 
@@ -514,7 +539,7 @@ def vertex_schedule(
     """A Vertex AI PipelineJobSchedule for the compiled spec; at most one run in flight."""
     from imgpipe.orchestration import kubeflow
 
-    parse_cron(cron)
+    portable = portable_cron(cron)
     if time_zone:
         check_time_zone(time_zone)
     job_spec = kubeflow.read_pipeline_job(spec_path)
@@ -526,7 +551,7 @@ def vertex_schedule(
     job = aiplatform.PipelineJob(
         display_name=name, template_path=spec_path, parameter_values=values, project=project, location=region
     )
-    vertex_cron = f"TZ={time_zone} {cron.strip()}" if time_zone else cron.strip()
+    vertex_cron = f"TZ={time_zone} {portable}" if time_zone else portable
     schedule = job.create_schedule(
         cron=vertex_cron,
         display_name=f"{name}-schedule",
@@ -536,9 +561,20 @@ def vertex_schedule(
     return {"schedule": getattr(schedule, "resource_name", None), "cron": vertex_cron, "parameters": values}
 
 
+def portable_cron(cron: str) -> str:
+    """The 5 fields as every cron parser reads them: macros expanded, names as numbers, and
+    Sunday as 0 only (KFP's scheduler and Vertex AI's refuse or misread cron's 7: `5-7` becomes
+    `0,5,6`). Whitespace is normalised."""
+    fields = parse_cron(cron)
+    if re.search(r"(?<!\d)7(?!\d)", fields[4]):
+        days = {day % 7 for day in _values(fields[4], 0, 7)}
+        fields[4] = "*" if days == set(range(7)) else ",".join(str(d) for d in sorted(days))
+    return " ".join(fields)
+
+
 def kfp_cron(cron: str) -> str:
     """KFP's scheduler takes 6 fields (seconds first): a standard 5-field cron at second 0."""
-    return "0 " + " ".join(parse_cron(cron))
+    return "0 " + portable_cron(cron)
 
 
 def check_time_zone(name: str) -> str:
