@@ -283,15 +283,17 @@ class PipelineConfig(Settings):
             changes["temp_location"] = absolute(self.beam.temp_location)
         return self.replace(**changes)
 
-    def validate_paths(self, data_may_arrive: bool = False) -> PipelineConfig:
+    def validate_paths(self, data_may_arrive: bool = False, remote_home: bool = False) -> PipelineConfig:
         """The checks that read the disk: data_dir has its splits, a weights file exists.
 
         Values were checked when the config was built; this is for a local run.
         Raises ConfigError naming the field; returns self for chaining. With
         `data_may_arrive` (a schedule set up before its first data lands), a data_dir
         that does not exist yet is not an error; one that exists must still hold its splits.
+        `remote_home`: a home in a bucket is accepted (an Airflow DAG's, whose ML Metadata is on
+        PostgreSQL: its artifacts go there); a local run's home must be a local directory.
         """
-        if "://" in self.home:
+        if "://" in self.home and not remote_home:
             # os.path would make "gs:/bucket/..." a folder of the current directory: the run's
             # lock, SQLite and records there, its artifacts in the bucket.
             raise ConfigError(
@@ -327,7 +329,10 @@ class PipelineConfig(Settings):
                     f"score_data: {self.score_data} is not a directory holding TFRecord files "
                     "(tf.Examples with an `image` feature; BulkInferrer reads every file in it)"
                 )
-        check_writable_dir("home", self.home, "the runs' lock, ML Metadata, artifacts and records go there")
+        if "://" not in self.home:
+            check_writable_dir(
+                "home", self.home, "the runs' lock, ML Metadata, artifacts and records go there"
+            )
         if "://" not in self.serving_dir:
             check_writable_dir(
                 "serving_dir", self.serving_dir, "the Pusher writes SERVING_DIR/MODEL_NAME/<version>"

@@ -16,7 +16,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from trainer.config import ConfigError
 
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_PORT = 5432
@@ -104,25 +108,95 @@ def parse_metadata_url(url: str) -> PostgresTarget:
     )
 
 
-def for_a_later_process(
-    metadata: str, password_file: str, environ: dict[str, str], later: str
-) -> tuple[str, str]:
-    """(password file to save, warning or "") for a config that another process runs later (a
-    scheduled run, an Airflow task), which does not inherit this shell's environment.
+def check_password_file(path: str, target: PostgresTarget) -> None:
+    """Fail early, naming the file, where libpq would silently ignore it; never reads a password out.
 
-    PGPASSFILE set here and no password file configured: the file is saved with the config
-    (absolute), since the later process would not see the variable. PGPASSWORD alone: a warning
-    that the later process will not have it (a password is never written into a config).
+    libpq skips a password file that is group- or world-readable, and one without a
+    line for this host, port, database and user (fields may be `*`).
+    """
+    field = "metadata_password_file"
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{field}: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{field}: {path} cannot be read ({type(e).__name__})") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{field}: {path} is not a file")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{field}: {path} is readable by others (mode {stat.S_IMODE(mode):o}); libpq ignores such "
+            f"a file: chmod 600 {path}"
+        )
+    wanted = (target.host.strip("[]"), str(target.port), target.dbname, target.user)
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = _passfile_fields(line)
+        if len(fields) >= 5 and all(f in ("*", w) for f, w in zip(fields[:4], wanted, strict=True)):
+            return
+    raise ConfigError(
+        f"{field}: {path} has no line for {':'.join(wanted)} "
+        "(lines are HOST:PORT:DATABASE:USER:PASSWORD, * matches any value)"
+    )
+
+
+def _passfile_fields(line: str) -> list[str]:
+    """A password file line split at unescaped ':' (libpq's format; backslash escapes : and \\)."""
+    fields, current, escaped = [], [], False
+    for ch in line:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ":" and len(fields) < 4:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    fields.append("".join(current))
+    return fields
+
+
+def for_a_later_process(
+    metadata: str, password_file: str, environ: Mapping[str, str], later: str, adopt: bool = True
+) -> tuple[str, list[str]]:
+    """(password file to save, warnings) for a config another process runs later (a scheduled
+    run, an Airflow task), which does not see this shell's environment. Never reads a password
+    out, never shows one.
+
+    With no `metadata_password_file` configured: PGPASSFILE set here is adopted (`adopt`, made
+    absolute) when it is a usable password file for this database (`check_password_file`), else
+    warned about; a password in PGPASSWORD is always warned about (libpq prefers it to any file,
+    so a file adopted beside it may not hold the password this shell connects with).
     """
     if not metadata or password_file:
-        return password_file, ""
+        return password_file, []
+    target = parse_metadata_url(metadata)
+    warnings = []
+    saved = ""
     passfile = environ.get("PGPASSFILE", "")
     if passfile:
-        return os.path.abspath(os.path.expanduser(passfile)), ""
+        path = os.path.abspath(os.path.expanduser(passfile))
+        try:
+            check_password_file(path, target)
+        except ConfigError as e:
+            warnings.append(f"PGPASSFILE is not saved for {later}: {e}")
+        else:
+            if adopt:
+                saved = path
+            else:
+                warnings.append(
+                    f"PGPASSFILE ({path}) is this shell's: {later} does not see it; give "
+                    "--metadata-password-file FILE with a file at that path where it runs"
+                )
     if environ.get("PGPASSWORD"):
-        return "", (
-            f"metadata: the password is in PGPASSWORD, which {later} will not see (it starts without "
+        warnings.append(
+            f"metadata: a password is in PGPASSWORD, which {later} will not see (it starts without "
             "this shell's environment): put it in a libpq password file and give "
-            "--metadata-password-file FILE (or ~/.pgpass of the user the runs run as)"
+            "--metadata-password-file FILE (or ~/.pgpass of the user it runs as)"
         )
-    return "", ""
+    return saved, warnings

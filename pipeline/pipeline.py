@@ -30,6 +30,7 @@ from components.trainer import RuntimeParamTrainer
 from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
 from serving.model_fingerprint import ROLLBACK_LOG
+from trainer.features import DECODER_VERSION
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
@@ -124,6 +125,7 @@ def create_pipeline(
             "backbone": config.training.backbone,
             "image_size": image_size,
             "max_image_pixels": config.training.max_image_pixels,
+            "decoder": DECODER_VERSION,
         },
         materialize=False,
         disable_statistics=True,

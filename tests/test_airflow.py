@@ -308,3 +308,20 @@ def test_a_task_on_a_new_postgres_database_creates_it_and_tfx_connects_directly(
     assert "airflow_new_db" in postgres_server.databases()
     assert set(connections) == set(COMPONENT_IDS)
     assert all(c == ["airflow_new_db", True] for c in connections.values()), connections
+
+
+def test_a_home_in_a_bucket_needs_postgres_metadata(tmp_path):
+    """A DAG's tasks may write their artifacts to a bucket when ML Metadata is on PostgreSQL; with
+    SQLite (a file in the home) a gs:// home made a local folder 'gs:'."""
+    from imgpipe.orchestration import airflow as airflow_lib
+
+    data = tmp_path / "data"
+    for split in ("train", "eval"):
+        (data / split).mkdir(parents=True)
+    with pytest.raises(ConfigError, match="home: gs://b/h is a remote URI, and ML Metadata's SQLite store"):
+        airflow_lib.check_config(PipelineConfig(data_dir=str(data), home="gs://b/h", weights="none"))
+    config = PipelineConfig(
+        data_dir=str(data), home="gs://b/h", weights="none", metadata="postgresql://u@db:5432/m"
+    )
+    assert airflow_lib.check_config(config).home == "gs://b/h"
+    assert not (tmp_path / "gs:").exists()

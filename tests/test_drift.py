@@ -257,6 +257,12 @@ def test_a_class_the_training_sample_missed_is_not_unseen(digits):
     assert 'unexpected value "1"' in compare_tables(only_zeros, served)["anomalies"]["class"]  # TFDV's
     report = compare_tables(only_zeros, served, trained_classes={"0", "1", "2"})
     assert "class" not in report["anomalies"]
+    # TFDV's other findings about the class stay (served rows without one, here).
+    unanswered = FeatureTable.of([(image, None) for image, _ in digits["fresh"][:60]] + digits["fresh"][60:])
+    report = compare_tables(only_zeros, unanswered, trained_classes={"0", "1", "2"})
+    assert "present in fewer examples than expected" in report["anomalies"].get("class", ""), report[
+        "anomalies"
+    ]
 
 
 def test_darker_images_drift_in_brightness(digits, trained):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -193,6 +192,7 @@ def test_a_refused_schedule_leaves_the_existing_one_as_it_was(tmp_path, capsys):
         "no such executable": ["--cron", "0 3 * * *", "--imgpipe", str(tmp_path / "nope" / "imgpipe")],
         "a log file under a file": ["--cron", "0 3 * * *", "--log-file", str(tmp_path / "a-file" / "x.log")],
         "never runs": ["--cron", "0 3 31 2 *"],
+        "the home's own lock": ["--cron", "0 3 * * *", "--lock-file", str(home / "run.lock")],
     }
     for what, argv in refused.items():
         assert cli.main([*base, *argv, "--epochs", "7"]) == 2, what
@@ -504,6 +504,10 @@ def test_lock_wait_and_verbose_reach_the_scheduled_run(tmp_path, capsys):
         ["schedule", "--runner", "kfp", "--cron", "@daily", "--spec", "s.json", "--lock-wait", "5"]
     )
     assert code == 2 and "run flags (lock_wait) apply to --runner local only" in capsys.readouterr().err
+    code = cli.main(
+        ["schedule", "--runner", "kfp", "--cron", "@daily", "--spec", "s.json", "--home-lock-wait", "0"]
+    )
+    assert code == 2 and "run flags (home_lock_wait) apply to --runner local only" in capsys.readouterr().err
     for command in (
         ["compile", "--image", "img:1", "--output", str(tmp_path / "p.json")],
         ["airflow-dag", "--schedule", "@daily", "--output", str(tmp_path / "d.py")],
@@ -540,17 +544,17 @@ def test_the_home_lock_waits_apart_from_the_schedule_lock(tmp_path, monkeypatch,
     assert "--home-lock-wait: must be a number of seconds >= 0" in capsys.readouterr().err
 
 
-def test_a_second_pipeline_scheduled_in_a_home_is_told_they_take_turns(tmp_path, caplog):
+def test_a_second_pipeline_scheduled_in_a_home_is_told_they_take_turns(tmp_path, capsys):
     from imgpipe.cli import main as cli
 
     base = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]
     base += ["--home", str(tmp_path / "h")]
-    with caplog.at_level(logging.WARNING):
-        assert cli.main(base) == 0
-        assert "also has schedules" not in caplog.text
-        assert cli.main([*base, "--pipeline-name", "second", "--model-name", "m2"]) == 0
-    assert "this home also has schedules for 'imgpipe'" in caplog.text
-    assert "waits up to 21600 s for it (--home-lock-wait)" in caplog.text
+    assert cli.main(base) == 0
+    assert "also has schedules" not in capsys.readouterr().err
+    assert cli.main([*base, "--pipeline-name", "second", "--model-name", "m2"]) == 0
+    err = capsys.readouterr().err
+    assert "this home also has schedules for 'imgpipe'" in err
+    assert "waits up to 21600 s for it (--home-lock-wait)" in err
 
 
 def test_the_scheduled_executable_is_absolute_and_runs_under_cron(tmp_path, monkeypatch, capsys):
@@ -588,10 +592,11 @@ def test_a_remote_home_is_refused_for_a_local_schedule_and_run(tmp_path, monkeyp
 
 
 def test_a_password_only_in_this_shells_environment_is_not_lost_by_the_schedule(
-    tmp_path, monkeypatch, caplog, capsys
+    tmp_path, monkeypatch, capsys
 ):
-    """cron and systemd start runs without this shell's environment: PGPASSFILE is saved with the
-    schedule's config; a password in PGPASSWORD alone is warned about."""
+    """cron and systemd start runs without this shell's environment: a usable PGPASSFILE is saved
+    with the schedule's config; PGPASSWORD, and a PGPASSFILE that would not serve, are warned
+    about; a configured password file that would not serve is refused now, not at 03:00."""
     from imgpipe.cli import main as cli
 
     base = ["schedule", "--runner", "local", "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]
@@ -599,21 +604,41 @@ def test_a_password_only_in_this_shells_environment_is_not_lost_by_the_schedule(
     passfile = tmp_path / "pgpass"
     passfile.write_text("db.internal:5432:imgpipe_mlmd:mlmd:secret\n")
     passfile.chmod(0o600)
+
+    def schedule_in(home: str, *extra: str) -> tuple[str, str]:
+        """(the saved config's password file, stderr)"""
+        assert cli.main([*base, "--home", str(tmp_path / home), *extra]) == 0
+        out, err = capsys.readouterr()
+        config = json.loads(out.strip().splitlines()[-1])["config_path"]
+        return PipelineConfig.from_yaml(config).metadata_password_file, err
+
     monkeypatch.delenv("PGPASSFILE", raising=False)
     monkeypatch.setenv("PGPASSWORD", "secret")
-    with caplog.at_level(logging.WARNING):
-        assert cli.main([*base, "--home", str(tmp_path / "h1")]) == 0
-    assert "the password is in PGPASSWORD, which a scheduled run will not see" in caplog.text
-    assert "secret" not in caplog.text
-    config = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["config_path"]
-    assert PipelineConfig.from_yaml(config).metadata_password_file == ""
-    caplog.clear()
+    saved, err = schedule_in("h1")
+    assert "a password is in PGPASSWORD, which a scheduled run will not see" in err
+    assert "secret" not in err and saved == ""
+    # PGPASSWORD beside a PGPASSFILE that would not serve (libpq prefers the variable): that
+    # file is not saved, and both are said.
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    saved, err = schedule_in("h2")
+    assert (
+        f"PGPASSFILE is not saved for a scheduled run: metadata_password_file: {os.devnull} is not a file"
+        in err
+    )
+    assert "PGPASSWORD" in err and saved == ""
+    monkeypatch.delenv("PGPASSWORD")
     monkeypatch.setenv("PGPASSFILE", str(passfile))
-    with caplog.at_level(logging.WARNING):
-        assert cli.main([*base, "--home", str(tmp_path / "h2")]) == 0
-    assert "PGPASSWORD" not in caplog.text
-    config = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["config_path"]
-    assert PipelineConfig.from_yaml(config).metadata_password_file == str(passfile)
+    saved, err = schedule_in("h3")
+    assert "PGPASSWORD" not in err and "not saved" not in err and saved == str(passfile)
+    # A configured file without a line for the database: every run would fail on it.
+    other = tmp_path / "other"
+    other.write_text("elsewhere:5432:*:*:x\n")
+    other.chmod(0o600)
+    argv = [*base, "--home", str(tmp_path / "h4"), "--metadata-password-file", str(other)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"metadata_password_file: {other} has no line for db.internal:5432:imgpipe_mlmd:mlmd" in err
+    assert not (tmp_path / "h4" / "schedule").exists()
 
 
 def test_paths_a_crontab_line_or_unit_cannot_carry_are_refused_and_dollars_escaped(tmp_path, capsys):

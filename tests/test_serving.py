@@ -510,8 +510,13 @@ def test_multi_inference_classifies_as_classify_does(stubs, model, reference):
 @pytest.mark.parametrize(
     "tasks, code, message",
     [
-        # No task: TF Serving looks the servable up by an empty model_spec.
-        ((), grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest()"),
+        # No task: TF Serving looks the servable up by an empty model_spec, which has no name.
+        ((), grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified."),
+        (
+            (("", "classification", CLASSIFY),),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ModelSpec has no name specified.",
+        ),
         (
             ((NAME, "classification", CLASSIFY), ("", "x", CLASSIFY)),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -555,6 +560,7 @@ def test_multi_inference_classifies_as_classify_does(stubs, model, reference):
     ],
     ids=[
         "no-task",
+        "first-task-unnamed",
         "empty-name",
         "two-names",
         "duplicate",
@@ -604,6 +610,16 @@ def test_multi_inference_warmup_records_are_replayed(model, tmp_path):
 
 def test_multi_inference_without_examples_or_of_an_unloaded_version(stubs, model):
     predict, _ = stubs
+    # A Predict without a model name too: INVALID_ARGUMENT, as TF Serving (not NOT_FOUND, which
+    # clients retry as a model still loading).
+    with pytest.raises(grpc.RpcError) as e:
+        predict.Predict(
+            _predict_request("predict_images", "images", [model.items[0][0]], name=""), timeout=30
+        )
+    assert (e.value.code(), e.value.details()[:31]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ModelSpec has no name specified",
+    )
     with pytest.raises(grpc.RpcError) as e:
         predict.MultiInference(_multi([], (NAME, "classification", CLASSIFY)), timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Input is empty" in e.value.details()

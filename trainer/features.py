@@ -20,6 +20,12 @@ LABEL_VOCAB = "label_vocab"  # TFT vocabulary file name of the class names
 # preprocessing graph decodes; bigger ones are refused before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
 
+# Which pixels the preprocessing graph's decode gives (trainer.preprocessing.decode_image): part
+# of Transform's cache key (pipeline/pipeline.py), since TFX's key holds the preprocessing_fn's
+# import path, not its code, and a cached transform graph of an older decoder would keep giving
+# its pixels after an upgrade. Change it whenever the decoded pixels change.
+DECODER_VERSION = "2 (JPEG: libjpeg's accurate IDCT)"
+
 
 def code_points(text: str) -> str:
     """'U+0063 U+0301': each character of `text` by its Unicode code point."""

@@ -98,6 +98,7 @@ def _unlowered(build: _F) -> _F:
 # JPEG DCT scaling factors libjpeg offers, smallest first.
 JPEG_RATIOS = (1, 2, 4, 8)
 # The IDCT of every JPEG decode (see decode_image): Pillow's, so a device reproduces the pixels.
+# Changing what decode_image gives means changing trainer.features.DECODER_VERSION too.
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 # Bounds of the header walks: marker segments before the JPEG scan, PNG chunks
 # before IDAT (real files have a handful; each is a graph iteration, and a file of

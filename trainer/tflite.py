@@ -431,7 +431,7 @@ def decode_steps(image_size: int) -> list[dict[str, Any]]:
             "formats": {
                 "jpeg": {
                     "does": "already RGB (grayscale replicated by the decode)",
-                    "tensorflow": "nothing more: tf.io.decode_jpeg(data, channels=3, ratio=r) gave RGB",
+                    "tensorflow": "nothing more: the decode step's tf.io.decode_jpeg(data, channels=3, ...) gave RGB",
                     "pillow": "image = image.convert('RGB')",
                 },
                 "png": {

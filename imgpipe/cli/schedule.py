@@ -56,7 +56,8 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
 
 def _run_flags_given(args: argparse.Namespace) -> list[str]:
     given = list(overrides(args))
-    given += [f for f in ("config", "lock_file", "lock_wait", "home_lock_wait") if getattr(args, f, None)]
+    given += [f for f in ("config", "lock_file", "lock_wait") if getattr(args, f, None)]
+    given += ["home_lock_wait"] if getattr(args, "home_lock_wait", None) is not None else []
     return given
 
 

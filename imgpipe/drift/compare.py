@@ -33,6 +33,13 @@ _MEASURES = {
     anomalies_pb2.DriftSkewInfo.Measurement.L_INFTY: L_INFINITY,
     anomalies_pb2.DriftSkewInfo.Measurement.JENSEN_SHANNON_DIVERGENCE: JENSEN_SHANNON,
 }
+# A value outside the domain TFDV inferred from the training sample (strings; "0" alone is
+# inferred as a boolean): for the class, the whole split's classes decide instead.
+_UNEXPECTED_VALUES = {
+    anomalies_pb2.AnomalyInfo.ENUM_TYPE_UNEXPECTED_STRING_VALUES,
+    anomalies_pb2.AnomalyInfo.BOOL_TYPE_UNEXPECTED_STRING,
+    anomalies_pb2.AnomalyInfo.INT_TYPE_NOT_INT_STRING,
+}
 _DRIFT_ANOMALIES = {
     anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
     anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH,
@@ -137,18 +144,22 @@ def compare(
                 features[name] = FeatureDrift(name, _MEASURES[m.type], m.value, m.threshold)
     anomalies = {}
     for name, info in result.anomaly_info.items():
-        others = [r.description for r in info.reason if r.type not in _DRIFT_ANOMALIES]
+        skipped = _DRIFT_ANOMALIES
+        if name == CLASS and trained_classes:  # TFDV knows the sample's classes, not the split's
+            skipped = skipped | _UNEXPECTED_VALUES
+        others = [r.description for r in info.reason if r.type not in skipped]
         if others:
             anomalies[name] = " ".join(others)
     trained_columns, served_columns = trained.columns(), served.columns()
-    if trained_classes:  # TFDV knows the sample's classes only: the split's decide instead
-        anomalies.pop(CLASS, None)
     for name in CATEGORICAL:
-        if name not in anomalies:
-            known = list(trained_classes) if name == CLASS and trained_classes else trained_columns[name]
-            unseen = _unseen(known, served_columns[name])
-            if unseen:
-                anomalies[name] = unseen
+        of_the_split = name == CLASS and bool(trained_classes)
+        if name in anomalies and not of_the_split:
+            continue  # TFDV named the values its domain lacks already
+        unseen = _unseen(
+            list(trained_classes) if of_the_split else trained_columns[name], served_columns[name]
+        )
+        if unseen:
+            anomalies[name] = f"{anomalies[name]} {unseen}" if name in anomalies else unseen
     for name in NUMERIC:
         exact = _discrete_divergence(trained_columns[name], served_columns[name])
         if exact is not None:

@@ -113,15 +113,18 @@ def check_config(config: PipelineConfig) -> PipelineConfig:
             f"pipeline_name: {config.pipeline_name!r} is the DAG's dag_id, which Airflow allows only "
             "letters, digits, '-', '.' and '_' in (no spaces)"
         )
-    config = config.resolved().validate_paths()
-    password_file, warning = for_a_later_process(
-        config.metadata, config.metadata_password_file, dict(os.environ), "an Airflow task"
+    if "://" in config.home and not config.metadata:
+        raise ConfigError(
+            f"home: {config.home} is a remote URI, and ML Metadata's SQLite store (the default) is a "
+            "file in the home: give --metadata postgresql://... for a home in a bucket, or a local home"
+        )
+    config = config.resolved().validate_paths(remote_home=True)
+    # A worker may be another machine: this shell's password file is named, not written in.
+    _, warnings = for_a_later_process(
+        config.metadata, config.metadata_password_file, os.environ, "an Airflow task", adopt=False
     )
-    if warning:
+    for warning in warnings:
         log.warning("%s", warning)
-    if password_file != config.metadata_password_file:
-        log.info("metadata_password_file: %s (this shell's PGPASSFILE), written into the DAG", password_file)
-        config = config.replace(metadata_password_file=password_file)
     return config
 
 

@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import json
 import os
-import stat
 from collections.abc import Callable, Iterator
 
 from ml_metadata.metadata_store import metadata_store
@@ -33,7 +32,7 @@ from components.gate_decision import GATE_FILE, ROLLED_BACK_KEY
 from components.prepush import REPORT_FILE as PREPUSH_REPORT_FILE
 from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.metadata_url import PostgresTarget
+from pipeline.metadata_url import PostgresTarget, _passfile_fields, check_password_file  # noqa: F401 - re-exported
 from trainer.config import SUMMARY_FILE
 
 
@@ -75,59 +74,6 @@ def connection_config(
         check_password_file(config.metadata_password_file, target)
         pg.passfile = config.metadata_password_file
     return cfg
-
-
-def check_password_file(path: str, target: PostgresTarget) -> None:
-    """Fail early, naming the file, where libpq would silently ignore it; never reads a password out.
-
-    libpq skips a password file that is group- or world-readable, and one without a
-    line for this host, port, database and user (fields may be `*`).
-    """
-    field = "metadata_password_file"
-    try:
-        mode = os.stat(path).st_mode
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"{field}: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{field}: {path} cannot be read ({type(e).__name__})") from None
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"{field}: {path} is not a file")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"{field}: {path} is readable by others (mode {stat.S_IMODE(mode):o}); libpq ignores such "
-            f"a file: chmod 600 {path}"
-        )
-    wanted = (target.host.strip("[]"), str(target.port), target.dbname, target.user)
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = _passfile_fields(line)
-        if len(fields) >= 5 and all(f in ("*", w) for f, w in zip(fields[:4], wanted, strict=True)):
-            return
-    raise ConfigError(
-        f"{field}: {path} has no line for {':'.join(wanted)} "
-        "(lines are HOST:PORT:DATABASE:USER:PASSWORD, * matches any value)"
-    )
-
-
-def _passfile_fields(line: str) -> list[str]:
-    """A password file line split at unescaped ':' (libpq's format; backslash escapes : and \\)."""
-    fields, current, escaped = [], [], False
-    for ch in line:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":" and len(fields) < 4:
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    fields.append("".join(current))
-    return fields
 
 
 def connect(

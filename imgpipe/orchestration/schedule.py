@@ -23,11 +23,11 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from imgpipe.orchestration.lock import EXIT_LOCKED
+from imgpipe.orchestration.lock import EXIT_LOCKED, home_lock_path
 from imgpipe.orchestration.paths import write_all_atomically
 from imgpipe.orchestration.weights import check_weights_file
 from pipeline.config import ConfigError, PipelineConfig, folder_problem, leaves
-from pipeline.metadata_url import for_a_later_process
+from pipeline.metadata_url import check_password_file, for_a_later_process, parse_metadata_url
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +272,14 @@ def _version_under_cron(program: tuple[str, ...]) -> str:
     env = {"PATH": CRON_PATH, "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8"}
     shown = shlex.join([*program, "--version"])
     try:
-        done = subprocess.run(
-            [*program, "--version"], env=env, capture_output=True, text=True, timeout=120, check=False
+        done = subprocess.run(  # from "/": cron's `cd HOME` leaves no checkout on sys.path
+            [*program, "--version"],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ScheduleError(f"--imgpipe: `{shown}` cannot run: {e}") from e
@@ -324,10 +330,12 @@ def local_schedule(
     parse_cron(cron)
     # What every scheduled run would fail on; the data may land after the schedule is set up.
     config = config.resolved().validate_paths(data_may_arrive=True)
-    password_file, warning = for_a_later_process(
-        config.metadata, config.metadata_password_file, dict(os.environ), "a scheduled run"
+    if config.metadata and config.metadata_password_file:  # each run would fail on it
+        check_password_file(config.metadata_password_file, parse_metadata_url(config.metadata))
+    password_file, warnings = for_a_later_process(
+        config.metadata, config.metadata_password_file, os.environ, "a scheduled run"
     )
-    if warning:
+    for warning in warnings:
         log.warning("%s", warning)
     if password_file != config.metadata_password_file:
         log.info(
@@ -362,6 +370,13 @@ def local_schedule(
                 f"{what} {path!r}: holds a line break or another control character, which a crontab "
                 "line or a systemd unit cannot carry"
             )
+    if os.path.realpath(lock_file) == os.path.realpath(home_lock_path(config.home)):
+        # `run` takes that lock anyway and drops it as an extra one: a firing would then wait
+        # (--home-lock-wait) for its own previous run instead of being skipped.
+        raise ScheduleError(
+            f"--lock-file {lock_file} is the home's own lock, which every run holds; give another file "
+            "(default HOME/schedule/NAME.lock)"
+        )
     for flag, path in (("--log-file", log_file), ("--lock-file", lock_file)):
         if os.path.isdir(path):  # every scheduled run would fail on it: `>> DIR` or the lock's open
             raise ScheduleError(f"{flag} {path} is a directory: give a file name")

@@ -256,6 +256,10 @@ class ModelManager:
         asking for the newest version reads as a model not loaded yet, and is retried)."""
         if spec.name == self.model_name:
             return
+        if not spec.name and not status:  # TF Serving's ServerCore, before any lookup
+            raise InvalidRequestError(
+                f"ModelSpec has no name specified. (this server serves {self.model_name!r})"
+            )
         serves = f" (this server serves {self.model_name!r})"
         if status:
             raise ModelNotFoundError(f"Could not find any versions of model {spec.name}{serves}")

@@ -127,7 +127,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def MultiInference(self, request, context):
         def body():
             # TF Serving selects the version by the first task's model_spec (an empty one when
-            # there is no task, answered as a request without a model name).
+            # there is no task: INVALID_ARGUMENT, it has no name).
             spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
             with self._manager.acquire(spec) as loaded:
                 response = loaded.multi_inference(request)
