@@ -51,6 +51,7 @@ BENCHMARKS = (
     "run_records",
     "home_history",
     "label_record",
+    "jpeg_idct",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
