@@ -90,7 +90,12 @@ def _add(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MIN_IMAGES,
         help="refuse to judge (exit 1) with fewer measurable images on a side (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the samples and of the permutation test (default %(default)s)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

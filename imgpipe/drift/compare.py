@@ -126,6 +126,7 @@ def compare(
     numeric_threshold: float = DEFAULT_NUMERIC_THRESHOLD,
     significance: float = DEFAULT_SIGNIFICANCE,
     trained_classes: set | None = None,
+    seed: int = 0,
 ) -> Comparison:
     """Every feature's distance between the served and the trained rows, and other anomalies.
 
@@ -166,7 +167,7 @@ def compare(
             features[name] = FeatureDrift(name, JENSEN_SHANNON, exact, numeric_threshold)
     for name, f in list(features.items()):
         if significance and f.distance > f.threshold:
-            p = _p_value(name, trained_columns[name], served_columns[name], f.measure, f.distance)
+            p = _p_value(name, trained_columns[name], served_columns[name], f.measure, f.distance, seed)
             features[name] = dataclasses.replace(f, p_value=p, significance=significance)
     ordered = {name: features[name] for name in FEATURES if name in features}
     return Comparison(ordered, anomalies)
@@ -175,7 +176,9 @@ def compare(
 PERMUTATIONS = 999  # of the permutation test; the smallest p-value it gives is 1 / 1000
 
 
-def _p_value(name: str, trained: list, served: list, measure: str, observed: float) -> float | None:
+def _p_value(
+    name: str, trained: list, served: list, measure: str, observed: float, seed: int = 0
+) -> float | None:
     """How often two samples of these sizes, drawn from the pooled values, are at least
     `observed` apart: a permutation test of the categorical distance (L-infinity) and of the
     exact divergence of a discrete numeric feature; the two-sample Kolmogorov-Smirnov test for
@@ -191,7 +194,7 @@ def _p_value(name: str, trained: list, served: list, measure: str, observed: flo
     values = {v: i for i, v in enumerate(sorted({*a, *b}, key=str))}
     codes = np.array([values[v] for v in a + b], dtype=np.int64)
     k, n = len(values), len(a)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     at_least = 0
     for _ in range(PERMUTATIONS):
         shuffled = rng.permutation(codes)

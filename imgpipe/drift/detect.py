@@ -50,6 +50,7 @@ def compare_tables(
     significance: float = DEFAULT_SIGNIFICANCE,
     trained_classes: set | None = None,
     ignore: Sequence[str] = (),
+    seed: int = 0,
 ) -> dict:
     """The drift part of the report, from two measured tables; TooFewImages below `min_images`.
     `trained_classes`: every class of the training split, when `trained` is a sample of it.
@@ -61,7 +62,9 @@ def compare_tables(
                 f"only {len(table.rows)} measurable {side} images (need {min_images}; "
                 f"skipped: {dict(table.skipped) or 'none'})"
             )
-    result = compare(trained, served, categorical_threshold, numeric_threshold, significance, trained_classes)
+    result = compare(
+        trained, served, categorical_threshold, numeric_threshold, significance, trained_classes, seed
+    )
     drifted = [name for name in result.drifted if name not in ignore]
     features = {name: f.to_dict() for name, f in result.features.items()}
     for name in ignore:
@@ -215,6 +218,7 @@ def drift_report(
             significance,
             classes,
             ignore,
+            seed,
         )
     except TooFewImages as e:
         message = str(e)
