@@ -526,7 +526,15 @@ def describe(error: ValidationError) -> str:
         elif problem["type"] == "value_error":
             lines.append(f"{field}: {msg}")  # imgpipe's own check: the message shows the value
         else:
-            lines.append(f"{field}: {msg} (got {_shown(problem.get('input'))})")
+            given = problem.get("input")
+            quote = (
+                f"; YAML reads {given!r} as a number: write it in quotes, '{given}'"
+                if problem["type"] == "string_type"
+                and isinstance(given, (int, float))
+                and not isinstance(given, bool)
+                else ""
+            )
+            lines.append(f"{field}: {msg} (got {_shown(given)}{quote})")
     shown = [line if len(line) <= MAX_PROBLEM_CHARS else _cut(line) for line in lines[:MAX_PROBLEMS]]
     if len(lines) > MAX_PROBLEMS:
         shown.append(f"and {len(lines) - MAX_PROBLEMS} more problems")

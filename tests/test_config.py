@@ -203,6 +203,10 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
         ("- 1\n", "mapping"),
         ("epochs: [3\n", "not valid YAML"),
         ("epochs: ten\n", "^epochs: .*'ten'.* \\(in "),
+        (
+            "model_name: 2024\n",
+            "model_name: Input should be a valid string \\(got 2024; YAML reads 2024 as a number: write it in quotes, '2024'\\)",
+        ),
         ("training: 3\n", "training"),
         (
             "epochs: 3\nbatch_size: 8\nepochs: 5\n",
