@@ -679,3 +679,45 @@ def test_a_unit_name_two_pipelines_share_is_not_taken_over(tmp_path, capsys):
     assert "imgpipe-a_b.service already runs another schedule" in err and "a b.yaml" in err
     assert (units / "imgpipe-a_b.service").read_text() == before
     assert not (tmp_path / "h" / "schedule" / "a_b.yaml").exists()
+
+
+def test_a_local_schedule_is_removed_with_its_units_and_told_how_to_drop_its_cron_line(tmp_path, capsys):
+    from imgpipe.cli import main as cli
+
+    home, units = tmp_path / "h", tmp_path / "units"
+    where = ["--home", str(home), "--systemd", str(units)]
+    base = ["schedule", "--runner", "local"]
+    assert cli.main([*base, "--cron", "0 3 * * *", "--data", str(tmp_path / "d"), *where]) == 0
+    cron_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cron_line"]
+    assert (
+        cli.main(
+            [*base, "--cron", "0 4 * * *", "--data", str(tmp_path / "d"), *where, "--pipeline-name", "b"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert cli.main([*base, "--remove", *where]) == 0
+    out = json.loads(capsys.readouterr().out)
+    config = str(home / "schedule" / "imgpipe.yaml")
+    assert out["removed"] == [
+        str(units / "imgpipe-imgpipe.service"),
+        str(units / "imgpipe-imgpipe.timer"),
+        config,
+    ]
+    assert out["systemd"].startswith("systemctl disable --now imgpipe-imgpipe.timer")
+    assert not os.path.exists(config) and (home / "schedule" / "b.yaml").exists()
+    assert sorted(os.listdir(units)) == ["imgpipe-b.service", "imgpipe-b.timer"]
+    # The printed command drops this schedule's crontab line and keeps the others.
+    other = "0 4 * * * cd /x && imgpipe run --config /x/schedule/b.yaml --lock-file /x/b.lock"
+    kept = subprocess.run(
+        ["/bin/sh", "-c", out["crontab"].replace("crontab -l", "cat").replace(" | crontab -", "")],
+        input=f"{cron_line}\n{other}\n", capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert kept == f"{other}\n"
+    # Nothing left to remove: said, with what is scheduled there.
+    assert cli.main([*base, "--remove", *where]) == 2
+    assert "no schedule of pipeline 'imgpipe'" in capsys.readouterr().err
+    assert cli.main([*base, "--remove", "--cron", "@daily", "--home", str(home), "--pipeline-name", "b"]) == 2
+    assert "--remove takes no --cron" in capsys.readouterr().err
+    assert cli.main([*base, "--home", str(home)]) == 2
+    assert "--cron is required (or --remove)" in capsys.readouterr().err

@@ -33,12 +33,20 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
         choices=["local", "vertex", "kfp"],
         help="local: cron line (+ systemd units); vertex: Vertex AI schedule; kfp: KFP recurring run",
     )
-    g.add_argument("--cron", required=True, help='standard 5-field cron, e.g. "0 3 * * *" (or @daily)')
+    g.add_argument(
+        "--cron", help='standard 5-field cron, e.g. "0 3 * * *" (or @daily); required but with --remove'
+    )
     g = p.add_argument_group("--runner local (plus any `imgpipe run` flag below)")
     g.add_argument("--systemd", metavar="DIR", help="also write imgpipe-NAME.service and .timer into DIR")
     g.add_argument("--on-calendar", help="systemd OnCalendar= (default: converted from --cron)")
     g.add_argument("--log-file", help="where cron appends the run's output (default HOME/schedule/NAME.log)")
     g.add_argument("--imgpipe", help="imgpipe executable for cron (default: the one beside this Python)")
+    g.add_argument(
+        "--remove",
+        action="store_true",
+        help="take the schedule of --pipeline-name in --home out: its config and, with --systemd DIR, "
+        "its units there; prints how to delete its crontab line (the log is kept)",
+    )
     g = p.add_argument_group("--runner vertex | kfp")
     g.add_argument("--spec", help="pipeline spec from `imgpipe compile`")
     g.add_argument(
@@ -63,6 +71,17 @@ def _run_flags_given(args: argparse.Namespace) -> list[str]:
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
     try:
+        if args.remove:
+            if args.runner != "local":
+                raise ValueError("--remove applies to --runner local (remove a Vertex or KFP schedule there)")
+            if args.cron:
+                raise ValueError(
+                    "--remove takes no --cron: it removes the schedule of --pipeline-name in --home"
+                )
+            emit(schedule.remove_local_schedule(config_from(args), systemd_dir=args.systemd))
+            return 0
+        if not args.cron:
+            raise ValueError("--cron is required (or --remove)")
         if args.runner == "local":
             reject(args, _REMOTE_ONLY, "applies to --runner vertex|kfp only")
             reject(

@@ -436,6 +436,40 @@ def _say_what_changes(config_path: str, config: PipelineConfig) -> None:
         )
 
 
+def remove_local_schedule(config, systemd_dir: str | None = None) -> dict[str, Any]:
+    """Take a local schedule out: its config (HOME/schedule/NAME.yaml) and, with `systemd_dir`,
+    the two units `local_schedule` wrote there (only if they run this schedule). The crontab line
+    is the user's to delete (imgpipe does not edit a crontab): the result says how. The log is
+    kept. ScheduleError when there is no such schedule, or the units run another one."""
+    config = config.resolved()
+    base = os.path.join(config.home, "schedule")
+    config_path = os.path.join(base, f"{config.pipeline_name}.yaml")
+    if not os.path.isfile(config_path):
+        scheduled = (
+            sorted(e[: -len(".yaml")] for e in os.listdir(base) if e.endswith(".yaml"))
+            if os.path.isdir(base)
+            else []
+        )
+        raise ScheduleError(
+            f"no schedule of pipeline {config.pipeline_name!r} in {config.home} ({config_path} does not exist; "
+            f"scheduled there: {', '.join(repr(n) for n in scheduled) or 'none'})"
+        )
+    units = []
+    if systemd_dir:
+        units = [path for path, _ in systemd_units(systemd_dir, config.pipeline_name, [], config.home, "")]
+        if os.path.exists(units[0]):
+            _check_unit_is_ours(units[0], config_path)
+        units = [u for u in units if os.path.lexists(u)]
+    for path in [*units, config_path]:
+        os.remove(path)
+    unit = os.path.basename(units[-1]) if units else None
+    return {
+        "removed": [*units, config_path],
+        "crontab": f"crontab -l | grep -vF -- {shlex.quote('--config ' + shlex.quote(config_path) + ' ')} | crontab -",
+        "systemd": f"systemctl disable --now {unit} (then systemctl daemon-reload)" if unit else None,
+    }
+
+
 def _check_unit_is_ours(service_path: str, config_path: str) -> None:
     """ScheduleError when the unit about to be written already runs another schedule: unit names
     keep only the characters systemd allows, so pipelines `a b` and `a_b` (or two homes'
