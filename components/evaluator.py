@@ -95,6 +95,7 @@ from components.gate_decision import (
     JudgedOn,
     balanced_accuracy,
     change_failure,
+    classes_at_chance,
     floor_failure,
     gate_record,
     gated_value,
@@ -111,7 +112,7 @@ from components.gate_decision import (
 from components.runtime_params import EVALUATOR_KNOBS, Knob, check_knob
 from trainer import image_ids, tracing
 from trainer.config import ConfigError
-from trainer.features import LABEL_KEY, LABEL_XF
+from trainer.features import LABEL_KEY, LABEL_XF, label_text
 
 log = logging.getLogger(__name__)
 
@@ -302,21 +303,42 @@ def _precision(
 ) -> tuple[dict[str, float] | None, dict[str, int] | None]:
     """The candidate's precision and answers per class from TFMA's confusion matrix plot on the
     whole split; (None, None) when TFMA wrote none (an eval_config from an earlier imgpipe)."""
+    matrices = _confusion_matrices(output_uri)
+    if matrices is None:
+        return None, None
+    return precision_of(_answered(matrices, class_names))
+
+
+def _confusion_matrices(output_uri: str):
+    """The candidate's TFMA confusion matrices (at thresholds) on the whole split, or None."""
     try:
         plots = list(tfma.load_plots(output_uri))
     except (OSError, ValueError, tf.errors.OpError) as e:
         log.warning("TFMA's plots in %s cannot be read: %s", output_uri, e)
-        return None, None
+        return None
     for pfs in plots:
         ok, cls = _slice_class(pfs.slice_key)
         if not ok or cls is not None:
             continue
         for kv in pfs.plot_keys_and_values:
             if kv.key.name == CONFUSION_KEY and kv.key.model_name != tfma.BASELINE_KEY:
-                return precision_of(
-                    _answered(kv.value.multi_class_confusion_matrix_at_thresholds, class_names)
-                )
-    return None, None
+                return kv.value.multi_class_confusion_matrix_at_thresholds
+    return None
+
+
+def pairs_at_chance(output_uri: str, class_names: Sequence[str]) -> list[dict[str, Any]] | None:
+    """gate_decision.classes_at_chance on the candidate's confusion matrix (its top-1 answers);
+    None when TFMA wrote none."""
+    matrices = _confusion_matrices(output_uri)
+    if matrices is None or not matrices.matrices:
+        return None
+    lowest = min(matrices.matrices, key=lambda m: m.threshold)
+    counts: dict[tuple[str, str], int] = {}
+    for entry in lowest.entries:
+        if 0 <= entry.actual_class_id < len(class_names) and 0 <= entry.predicted_class_id < len(class_names):
+            key = (class_names[entry.actual_class_id], class_names[entry.predicted_class_id])
+            counts[key] = counts.get(key, 0) + int(round(entry.num_weighted_examples))
+    return classes_at_chance(counts, class_names)
 
 
 def _answered(matrices_proto, class_names: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -555,6 +577,18 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
+        at_chance = pairs_at_chance(evaluation.uri, plan.class_names)
+        for pair in at_chance or ():
+            a, b = pair["classes"]
+            log.warning(
+                "classes %s and %s are not told apart better than chance (%d of the %d eval images of "
+                "the two answered with one of them were right): one concept under two names? Merge "
+                "the folders, or check their labels (the run's report lists the pairs)",
+                label_text(a),
+                label_text(b),
+                pair["right"],
+                pair["between"],
+            )
         record = gate_record(
             plan,
             results,
@@ -565,6 +599,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             earlier,
             eval_examples_in_train=candidate_seen,
             rolled_back=rolled_back,
+            classes_told_apart_at_chance=at_chance,
         )
         write_gate_record(evaluation.uri, record)
 

@@ -1023,6 +1023,38 @@ class Measured(Protocol):
     def value(self, balanced: bool) -> float: ...
 
 
+# Two classes the model does not tell apart better than a coin between them (one-sided binomial
+# test at this level), once they share this many eval answers: the same concept under two names
+# (a folder copied, or split in two) passes every recall floor at about 1/2 each.
+PAIR_CHANCE_ALPHA = 0.05
+PAIR_MIN_ANSWERS = 10
+
+
+def classes_at_chance(
+    counts: Mapping[tuple[str, str], int], class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The pairs of classes the model tells apart no better than chance, from the confusion
+    counts {(true class, answered class): examples}: of the eval images of a and b that it
+    answered with a or b, it got `right` of `between` right, and a coin would do at least as well
+    with probability above PAIR_CHANCE_ALPHA. Only pairs with PAIR_MIN_ANSWERS such answers and at
+    least one mistake between them, most mistakes first."""
+    from scipy.stats import binom
+
+    out = []
+    names = list(class_names)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            mistakes = counts.get((a, b), 0) + counts.get((b, a), 0)
+            right = counts.get((a, a), 0) + counts.get((b, b), 0)
+            between = right + mistakes
+            if not mistakes or between < PAIR_MIN_ANSWERS:
+                continue
+            p = float(binom.sf(right - 1, between, 0.5))
+            if p > PAIR_CHANCE_ALPHA:
+                out.append({"classes": [a, b], "right": right, "between": between, "p_value": round(p, 4)})
+    return sorted(out, key=lambda d: (-(d["between"] - d["right"]), d["classes"]))
+
+
 def precision_of(answered: Mapping[str, tuple[int, int]]) -> tuple[dict[str, float], dict[str, int]]:
     """({class: precision}, {class: answers}) from {class: (answers giving it, right ones)}; a
     class never answered has no precision."""
@@ -1198,6 +1230,7 @@ def gate_record(
     tfma_reused_from: str | None = None,
     eval_examples_in_train: int | None = None,
     rolled_back: str | None = None,
+    classes_told_apart_at_chance: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The decision record (gate.json): every key of the contract, null where not applicable.
 
@@ -1265,6 +1298,11 @@ def gate_record(
         "tfma_run": dict(tfma_run) if tfma_run is not None else None,
         "tfma_reused_from": tfma_reused_from,
         "eval_examples_in_train": eval_examples_in_train,
+        # Pairs of classes the candidate does not tell apart better than chance (classes_at_chance;
+        # None: not measured). Said, not a reason to refuse: two names of one concept.
+        "classes_at_chance": None
+        if classes_told_apart_at_chance is None
+        else list(classes_told_apart_at_chance),
         "rolled_back": rolled_back or None,
         "judged_on": plan.judged_on.to_dict() if plan.judged_on is not None else None,
         "whole_split": (

@@ -64,6 +64,7 @@ CONTRACT_KEYS = {
     "tfma_reused_from",
     "eval_examples_in_train",
     "rolled_back",
+    "classes_at_chance",
 }
 BASELINE_KEYS = {
     "accuracy",
@@ -984,3 +985,20 @@ def test_a_bound_a_hair_above_the_precision_reads_apart():
     assert reasons(plan, dataclasses.replace(results, failures=[failure]))[0].startswith(
         "class '7' precision 0.4999 is below min_class_precision 0.5000: 4999 of the 10000"
     )
+
+
+def test_classes_told_apart_no_better_than_chance_are_named():
+    """One concept under two names (a folder copied, or split in two): about half right between
+    the two, which every per-class recall floor lets through (an audit: 'd2' and 'two' at 0.125 and
+    0.25, blessed and pushed without a word outside the report)."""
+    from components.gate_decision import classes_at_chance
+
+    names = ["d0", "d1", "d2", "two"]
+    counts = {("d0", "d0"): 10, ("d1", "d1"): 9, ("d1", "d0"): 1, ("d2", "d2"): 1, ("d2", "two"): 7}
+    counts |= {("two", "two"): 2, ("two", "d2"): 6}
+    assert classes_at_chance(counts, names) == [
+        {"classes": ["d2", "two"], "right": 3, "between": 16, "p_value": pytest.approx(0.9979, abs=1e-4)}
+    ]
+    # Told apart: 14 of 16 right between the two (p 0.002); and too few answers to say (under 10).
+    assert classes_at_chance({("a", "a"): 7, ("b", "b"): 7, ("a", "b"): 1, ("b", "a"): 1}, ["a", "b"]) == []
+    assert classes_at_chance({("a", "a"): 2, ("b", "b"): 2, ("a", "b"): 3, ("b", "a"): 2}, ["a", "b"]) == []

@@ -199,6 +199,13 @@ def test_first_runs_report_matches_the_eval_split_and_the_model(base_config, fir
         {c: pairs[(c, c)] / n for c, n in given.items()}, abs=1e-9
     )
     assert s.gate["min_class_precision"] is None  # off by default
+    # The pairs of classes told apart no better than chance: from TFMA's matrix, as from these answers.
+    from components.gate_decision import classes_at_chance
+
+    def pairs_of(found):
+        return sorted((tuple(sorted(p["classes"])), p["right"], p["between"]) for p in found)
+
+    assert pairs_of(s.gate["classes_at_chance"]) == pairs_of(classes_at_chance(pairs, d.class_names))
 
     # Overall accuracy and per-class recall agree with the Evaluator's TFMA numbers.
     assert d.accuracy == pytest.approx(s.accuracy, abs=1e-6)
