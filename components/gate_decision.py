@@ -847,6 +847,10 @@ def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int, r
     return f"{text}, and {repeats} repeat an image earlier in the split" if repeats else text
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
 # --------------------------------------------------------------------- the plan
 @dataclasses.dataclass(frozen=True)
 class GatePlan:
@@ -868,6 +872,8 @@ class GatePlan:
     # gate.bless_without_comparison, or a label change accepted in this run (its served model
     # answers for other labels: a comparison would say nothing).
     comparison_waived: str | None = None
+    # Eval examples per class (of those the candidate is judged on), for the reasons' words.
+    eval_class_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -904,6 +910,7 @@ def plan_gate(
         metric_reason=why,
         judged_on=judged_on,
         comparison_waived=_waiver(gate, baseline, relabel_accepted),
+        eval_class_counts=dict(eval_label_counts),
     )
 
 
@@ -1187,6 +1194,13 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             text = f"class {_q(f.class_name)} recall {got} is below min_class_recall {bound}"
             if f.class_name not in known:
                 text += " (the model has no such class: it was not in the train split)"
+            elif 0 < (n := plan.eval_class_counts.get(f.class_name, 0)) and (n - 1) / n < (
+                plan.min_class_recall or 0.0
+            ):
+                text += (
+                    f" ({_count(n, 'eval image')} of the class: one mistake fails it; give the eval "
+                    "split more, --eval-fraction at ingest, or lower --min-class-recall)"
+                )
             out.append(text)
     out.extend(f"TFMA: {p}" for p in results.problems)
     return out

@@ -246,6 +246,26 @@ def test_reasons_name_each_failed_threshold():
     ]
 
 
+def test_recall_reason_says_when_one_mistake_fails_a_class():
+    """40 classes of 1 eval image: a model right on 19 was refused by 21 recall lines, none saying
+    that one wrong answer fails such a class (an audit)."""
+    names = [f"c{i}" for i in range(4)]
+    plan = plan_gate(
+        GateConfig(min_accuracy=0.1, significance=0), {"c0": 1, "c1": 1, "c2": 1, "c3": 20}, names, None
+    )
+    results = EvalResults(
+        0.9, 23, {"c0": 0.0, "c1": 1.0, "c2": 1.0, "c3": 0.9}, None, failures=[Failure("c0", False, 0.0)]
+    )
+    assert reasons(plan, results) == [
+        "class 'c0' recall 0.000 is below min_class_recall 0.050 (1 eval image of the class: one mistake "
+        "fails it; give the eval split more, --eval-fraction at ingest, or lower --min-class-recall)"
+    ]
+    more = plan_gate(
+        GateConfig(min_accuracy=0.1, significance=0), {"c0": 5, "c1": 1, "c2": 1, "c3": 20}, names, None
+    )
+    assert reasons(more, results) == ["class 'c0' recall 0.000 is below min_class_recall 0.050"]
+
+
 def test_recall_reason_says_when_the_model_does_not_know_the_class():
     plan = _plan()
     results = EvalResults(0.6, 20, {"9": 0.0}, None, failures=[Failure("9", False, 0.0)])
