@@ -509,13 +509,21 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 pair = (answers[0].on(fresh), answers[1].on(fresh))
             judged = (answers[0], pair)
         elif unseen_only:
+            shared = plan.baseline.shared_classes
+            outside = (
+                np.array([label not in shared for label in eval_labels], bool)
+                if shared is not None
+                else np.zeros(len(either), bool)
+            )
             log.info(
-                "%d of the %d eval examples are images a model trained on (the latest blessed model: %s, "
-                "the candidate: %s): both models are compared on the %d neither trained on",
+                "%d of the %d eval examples are left out of the comparison: %d images a model trained on "
+                "(the latest blessed model: %s, the candidate: %s)%s; both models are compared on the %d left",
                 int(either.sum()),
                 len(either),
+                int((either & ~outside).sum()),
                 plan.baseline.seen_eval_examples,
                 candidate_seen,
+                f", {int(outside.sum())} of classes only one of the models has" if outside.any() else "",
                 plan.baseline.compared_examples,
             )
             with graph_optimization.grappler(optimization.enabled):
