@@ -362,7 +362,10 @@ def test_class_without_valid_images(tmp_path: Path) -> None:
     assert caught.value.report["left_out_classes"][0]["folder"] == "broken"
     assert not (tmp_path / "out").exists()
 
-    report = _run(images, tmp_path / "out", allow_left_out_classes=True)
+    said: list[str] = []
+    report = _run(images, tmp_path / "out", allow_left_out_classes=True, progress=said.append)
+    # The summary counts them with the folders refused for their names (it said 0 beside the warnings).
+    assert any("2 class folders not used" in line for line in said), said
     assert report.empty_classes == ["broken", "placeholder"]
     assert report.classes == ["a", "b"]
     assert [c["files"] for c in report.left_out_classes] == [2, 0]

@@ -114,7 +114,8 @@ def ingest(
         f"{len(report.classes)} classes to {out_dir}; "
         f"skipped {len(report.skipped)} files, {report.num_duplicates} duplicates, "
         f"{report.num_conflicting_files} label-conflict files, "
-        f"{len(report.rejected_class_folders)} class folders not used, {len(report.rotated)} rotated "
+        f"{len(report.rejected_class_folders) + len(report.left_out_classes)} class folders not used, "
+        f"{len(report.rotated)} rotated "
         f"(details in {os.path.join(out_dir, REPORT_FILE)})"
     )
     reasons = collections.Counter(s["reason"] for s in report.skipped)
