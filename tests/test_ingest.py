@@ -762,3 +762,23 @@ def test_ingest_writes_the_file_of_each_record(tmp_path: Path) -> None:
         written = sorted(_sha(data) for _, data in _records(out, split))
         assert sorted(x["sha256"] for x in lines if x["split"] == split) == written
     assert all(by_hash[x["sha256"]] == x["path"] for x in lines)
+
+
+def test_images_far_from_square_are_warned_about(tmp_path: Path) -> None:
+    """The pipeline resizes each image to a square without cropping: a 3 x 60 strip is squeezed
+    out of shape, which ingest took without a word (an audit's 2 x 300 images)."""
+    images = tmp_path / "images"
+    _make_tree(images, {"a": 3, "b": 3})  # 10 x 12: near square
+    rng = np.random.default_rng(7)
+    strip = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (3, 60, 3), dtype=np.uint8)).save(strip, format="PNG")
+    _put(images, "b/strip.png", strip.getvalue())
+    report = _run(images, tmp_path / "out")
+    assert report.warnings == [
+        "1 image with a long side over 4 times the short one (e.g. b/strip.png, 60 x 3): the pipeline resizes "
+        "each image to a square, without cropping, so their content is squeezed out of shape; crop "
+        "them, or check they belong"
+    ]
+    square = tmp_path / "square"
+    _make_tree(square, {"a": 3, "b": 3})
+    assert _run(square, tmp_path / "out2").warnings == []

@@ -13,7 +13,7 @@ from imgpipe.ingest.contract import REPORT_FILE
 from imgpipe.ingest.errors import IngestError
 from imgpipe.ingest.plan import Plan, make_plan
 from imgpipe.ingest.report import IngestReport, display_path
-from imgpipe.ingest.scan import Scan, check_images_dir, scan_tree
+from imgpipe.ingest.scan import MAX_ASPECT, Scan, check_images_dir, scan_tree
 from imgpipe.ingest.write import check_out_dir, write_outputs
 from trainer.features import DEFAULT_MAX_PIXELS
 
@@ -103,6 +103,14 @@ def ingest(
         f"class folder {c['folder']!r} ({_count(c['files'], 'file')}) is left out: {c['reason']}"
         for c in report.left_out_classes
     ]
+    if found.stretched:
+        first = found.stretched[0]
+        report.warnings.append(
+            f"{_count(len(found.stretched), 'image')} with a long side over {MAX_ASPECT} times the short one (e.g. "
+            f"{first['path']}, {first['width']} x {first['height']}): the pipeline resizes each image to "
+            "a square, without cropping, so their content is squeezed out of shape; crop them, or check "
+            "they belong"
+        )
     report.shards = plan.shard_names()
 
     write_outputs(

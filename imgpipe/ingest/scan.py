@@ -39,7 +39,12 @@ from imgpipe.ingest.images import inspect_image, large_non_image, read_regular_f
 from imgpipe.ingest.labels import ClassNames, assign_labels
 from imgpipe.ingest.plan import Candidate
 from imgpipe.ingest.report import display_path, display_text
+from serving.image_header import read_header
 from trainer.features import DEFAULT_MAX_PIXELS
+
+# The pipeline resizes every image to a square, no crop: one whose long side is more than this
+# many times its short side (a 2 x 300 strip) is squeezed out of shape, which ingest warns about.
+MAX_ASPECT = 4
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class Scan:
     files_scanned: int = 0  # every entry looked at (a hidden or unfollowed folder counts once)
     names: ClassNames = field(default_factory=ClassNames)
     rotated: list[dict[str, Any]] = field(default_factory=list)  # [{"path", "orientation"}]
+    # Images whose long side is over MAX_ASPECT times the short one: [{"path", "width", "height"}]
+    stretched: list[dict[str, Any]] = field(default_factory=list)
     folder_files: dict[str, int] = field(default_factory=dict)  # class folder name -> files under it
 
     def nothing_usable(self, images_dir: str) -> str | None:
@@ -152,6 +159,13 @@ def scan_tree(
             if reason is None:
                 digest = hashlib.sha256(data).hexdigest()
                 scan.candidates.append(Candidate(rel, label, digest, len(data), image))
+                header = read_header(data)
+                if header is not None and max(header.width, header.height) > MAX_ASPECT * min(
+                    header.width, header.height
+                ):
+                    scan.stretched.append(
+                        {"path": display_path(rel), "width": header.width, "height": header.height}
+                    )
                 if orientation != 1:
                     scan.rotated.append({"path": display_path(rel), "orientation": orientation})
             else:
