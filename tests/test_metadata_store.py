@@ -150,7 +150,9 @@ def test_password_file_checks(tmp_path):
         conn(_passfile(tmp_path, f"db:5432:mlmd:someone_else:{SECRET}\n"))
     assert SECRET not in str(e.value)
     # libpq's escapes: a backslash-escaped ':' belongs to the field.
-    assert metadata._passfile_fields(r"h\:x:5432:db:u:p:w") == ["h:x", "5432", "db", "u", "p:w"]
+    from pipeline import metadata_url
+
+    assert metadata_url._passfile_fields(r"h\:x:5432:db:u:p:w") == ["h:x", "5432", "db", "u", "p:w"]
 
 
 # ------------------------------------------------------------------ a real server

@@ -32,7 +32,7 @@ from components.gate_decision import GATE_FILE, ROLLED_BACK_KEY
 from components.prepush import REPORT_FILE as PREPUSH_REPORT_FILE
 from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.metadata_url import PostgresTarget, _passfile_fields, check_password_file  # noqa: F401 - re-exported
+from pipeline.metadata_url import check_password_file
 from trainer.config import SUMMARY_FILE
 
 

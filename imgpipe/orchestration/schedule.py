@@ -69,13 +69,19 @@ def _numbers_for_names(value: str, names: tuple[str, ...], first: int) -> str:
     )
 
 
+def _has_control(text: str, allowed: str = "") -> bool:
+    """Whether `text` holds a control character (C0 or DEL) other than those in `allowed`: a line
+    break splits a crontab line or adds lines to a unit."""
+    return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
+
+
 def parse_cron(expr: str) -> list[str]:
     """The five fields of a standard cron expression (macros expanded, month and weekday names
     as numbers); ScheduleError if invalid.
 
     Supports numbers, '*', lists, ranges, steps, and JAN-DEC / SUN-SAT in their fields.
     """
-    if any(ord(c) < 32 and c not in " \t" for c in expr) or "\x7f" in expr:
+    if _has_control(expr, allowed="\t"):
         raise ScheduleError(
             f"cron {expr!r}: holds a line break or another control character (a crontab line is one line)"
         )
@@ -195,7 +201,7 @@ def check_on_calendar(value: str) -> str:
     """`value` as a timer's OnCalendar=, checked: no control characters (a line break would add
     lines to the unit), and systemd's own parser accepts it when `systemd-analyze` is installed.
     ScheduleError naming the value otherwise."""
-    if not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if not value.strip() or _has_control(value):
         raise ScheduleError(f"--on-calendar {value!r}: empty, or holds a control character (a line break)")
     analyze = shutil.which("systemd-analyze")
     if analyze:
@@ -346,8 +352,7 @@ def local_schedule(
         log.warning(
             "data_dir %s does not exist yet: each scheduled run fails (exit 2) until it does", config.data_dir
         )
-    base = os.path.join(config.home, "schedule")
-    config_path = os.path.join(base, f"{config.pipeline_name}.yaml")
+    base, config_path = _schedule_config(config)
     lock_file = os.path.abspath(lock_file or os.path.join(base, f"{config.pipeline_name}.lock"))
     log_file = os.path.abspath(log_file or os.path.join(base, f"{config.pipeline_name}.log"))
     program = [*(imgpipe or default_imgpipe())]
@@ -365,7 +370,7 @@ def local_schedule(
     command += ["--verbose"] if verbose else []
     for what, path in (("home", config.home), ("--log-file", log_file), ("--lock-file", lock_file),
                        ("--imgpipe", program[0])):  # fmt: skip
-        if any(ord(c) < 32 or c == "\x7f" for c in path):
+        if _has_control(path):
             raise ScheduleError(
                 f"{what} {path!r}: holds a line break or another control character, which a crontab "
                 "line or a systemd unit cannot carry"
@@ -436,29 +441,40 @@ def _say_what_changes(config_path: str, config: PipelineConfig) -> None:
         )
 
 
+def _schedule_config(config) -> tuple[str, str]:
+    """(HOME/schedule, HOME/schedule/NAME.yaml) of a resolved config: where a local schedule's
+    config is saved, which names the schedule."""
+    base = os.path.join(config.home, "schedule")
+    return base, os.path.join(base, f"{config.pipeline_name}.yaml")
+
+
+def _scheduled_pipelines(base: str) -> list[str]:
+    """The pipeline names with a schedule config in `base` (HOME/schedule), sorted; [] when none
+    or the folder cannot be listed."""
+    try:
+        return sorted(e[: -len(".yaml")] for e in os.listdir(base) if e.endswith(".yaml"))
+    except OSError:
+        return []
+
+
 def remove_local_schedule(config, systemd_dir: str | None = None) -> dict[str, Any]:
     """Take a local schedule out: its config (HOME/schedule/NAME.yaml) and, with `systemd_dir`,
     the two units `local_schedule` wrote there (only if they run this schedule). The crontab line
     is the user's to delete (imgpipe does not edit a crontab): the result says how. The log is
     kept. ScheduleError when there is no such schedule, or the units run another one."""
     config = config.resolved()
-    base = os.path.join(config.home, "schedule")
-    config_path = os.path.join(base, f"{config.pipeline_name}.yaml")
+    base, config_path = _schedule_config(config)
     if not os.path.isfile(config_path):
-        scheduled = (
-            sorted(e[: -len(".yaml")] for e in os.listdir(base) if e.endswith(".yaml"))
-            if os.path.isdir(base)
-            else []
-        )
+        scheduled = ", ".join(repr(n) for n in _scheduled_pipelines(base)) or "none"
         raise ScheduleError(
             f"no schedule of pipeline {config.pipeline_name!r} in {config.home} ({config_path} does not exist; "
-            f"scheduled there: {', '.join(repr(n) for n in scheduled) or 'none'})"
+            f"scheduled there: {scheduled})"
         )
     units = []
     if systemd_dir:
-        units = [path for path, _ in systemd_units(systemd_dir, config.pipeline_name, [], config.home, "")]
-        if os.path.exists(units[0]):
-            _check_unit_is_ours(units[0], config_path)
+        name = unit_name(config.pipeline_name)
+        units = [os.path.join(systemd_dir, name + suffix) for suffix in (".service", ".timer")]
+        _check_unit_is_ours(units[0], config_path)
         units = [u for u in units if os.path.lexists(u)]
     for path in [*units, config_path]:
         os.remove(path)
@@ -497,11 +513,7 @@ def _check_unit_is_ours(service_path: str, config_path: str) -> None:
 def _say_who_shares_the_home(base: str, pipeline_name: str, home_lock_wait: float) -> None:
     """Name the other pipelines scheduled in this home: their runs and this one's take turns on
     the home's lock, so one that fires while another runs waits for it, up to `home_lock_wait`."""
-    try:
-        names = sorted(e[: -len(".yaml")] for e in os.listdir(base) if e.endswith(".yaml"))
-    except OSError:
-        return
-    others = [n for n in names if n != pipeline_name]
+    others = [n for n in _scheduled_pipelines(base) if n != pipeline_name]
     if not others:
         return
     wait = (
@@ -529,15 +541,20 @@ def _check_can_write_in(flag: str, folder: str) -> None:
     raise ScheduleError(f"{flag} {folder}: {existing} is not writable by this user")
 
 
+def unit_name(pipeline_name: str) -> str:
+    """imgpipe-NAME, with the characters systemd does not allow in a unit name as '_'."""
+    return "imgpipe-" + re.sub(r"[^A-Za-z0-9:_.-]", "_", pipeline_name)
+
+
 def systemd_units(
     directory: str, name: str, command: Sequence[str], workdir: str, on_calendar: str
 ) -> list[tuple[str, str]]:
     """(path, text) of imgpipe-NAME.service (oneshot) and imgpipe-NAME.timer in `directory`.
 
-    Unit names keep only the characters systemd allows; '%' in values is
+    Unit names keep only the characters systemd allows (`unit_name`); '%' in values is
     doubled, since systemd reads '%x' as a specifier.
     """
-    unit = "imgpipe-" + re.sub(r"[^A-Za-z0-9:_.-]", "_", name)
+    unit = unit_name(name)
 
     def esc(value: str) -> str:
         return value.replace("%", "%%")
