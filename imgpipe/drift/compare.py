@@ -161,13 +161,18 @@ def compare(
         )
         if unseen:
             anomalies[name] = f"{anomalies[name]} {unseen}" if name in anomalies else unseen
+    continuous = set()  # numeric features TFDV measured on its histogram (not value by value)
     for name in NUMERIC:
         exact = _discrete_divergence(trained_columns[name], served_columns[name])
         if exact is not None:
             features[name] = FeatureDrift(name, JENSEN_SHANNON, exact, numeric_threshold)
+        else:
+            continuous.add(name)
     for name, f in list(features.items()):
         if significance and f.distance > f.threshold:
-            p = _p_value(name, trained_columns[name], served_columns[name], f.measure, f.distance, seed)
+            p = _p_value(
+                trained_columns[name], served_columns[name], f.measure, f.distance, name in continuous, seed
+            )
             features[name] = dataclasses.replace(f, p_value=p, significance=significance)
     ordered = {name: features[name] for name in FEATURES if name in features}
     return Comparison(ordered, anomalies)
@@ -177,7 +182,7 @@ PERMUTATIONS = 999  # of the permutation test; the smallest p-value it gives is 
 
 
 def _p_value(
-    name: str, trained: list, served: list, measure: str, observed: float, seed: int = 0
+    trained: list, served: list, measure: str, observed: float, continuous: bool, seed: int = 0
 ) -> float | None:
     """How often two samples of these sizes, drawn from the pooled values, are at least
     `observed` apart: a permutation test of the categorical distance (L-infinity) and of the
@@ -187,7 +192,7 @@ def _p_value(
     b = [v for v in served if v is not None]
     if not a or not b:
         return None
-    if name in NUMERIC and _discrete_divergence(trained, served) is None:
+    if continuous:
         from scipy import stats  # TFDV's and scikit-learn's dependency
 
         return float(stats.ks_2samp(np.asarray(a, float), np.asarray(b, float)).pvalue)

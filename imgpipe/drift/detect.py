@@ -91,13 +91,11 @@ def _versions_from_elsewhere(home: str, versions: collections.Counter) -> list[s
     named = sorted(v for v in versions if v)
     if not named:
         return []
-    for version in named:
-        try:
-            sources.pushing_run(home, version)
-        except sources.SourceError:
-            continue
-        return []
-    return named
+    try:
+        pushed_by = sources.pushing_runs(home)  # the run records read once, not once per version
+    except sources.SourceError:
+        return []  # the records cannot be listed: nothing to tell the versions by
+    return [] if any(pushed_by(v) for v in named) else named
 
 
 def drift_report(

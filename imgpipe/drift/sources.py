@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -276,29 +276,43 @@ class TrainingSplit:
 SERVED = "served"  # names the run that pushed the model version answering most logged requests
 
 
-def pushing_run(home: str, version: str) -> str:
-    """The run record folder of the newest run whose push wrote model version `version`
-    (its summary's `pushed` ends in it), following a rollback's copy to the version it copied;
-    SourceError naming the version when none did."""
+def pushing_runs(home: str) -> Callable[[str], str | None]:
+    """A lookup, built from one read of the home's run records and rollbacks: model version ->
+    the run record folder of the newest run whose push wrote it (its summary's `pushed` ends in
+    it), following a rollback's copy to the version it copied; None when no run did."""
     from serving.model_fingerprint import served_copies
 
     copies = {c["version"]: c["copy_of"] for c in served_copies(home)}
-    seen = {version}
-    while version in copies and copies[version] not in seen:  # a copy of a copy, at most each once
-        version = copies[version]
-        seen.add(version)
     try:
         folders = runs.records(home)
     except OSError as e:
         raise SourceError(f"cannot list the run records in {home}: {e}") from None
-    for folder in folders:
+    pushed_by: dict[str, str] = {}
+    for folder in folders:  # newest first: the first run to name a version is the newest
         try:
             pushed = runs.read_summary(folder).get("pushed")
         except runs.RecordError as e:
             log.warning("%s: skipped", e)
             continue
-        if isinstance(pushed, str) and os.path.basename(os.path.normpath(pushed)) == version:
-            return folder
+        if isinstance(pushed, str):
+            pushed_by.setdefault(os.path.basename(os.path.normpath(pushed)), folder)
+
+    def lookup(version: str) -> str | None:
+        seen = {version}
+        while version in copies and copies[version] not in seen:  # a copy of a copy, each once
+            version = copies[version]
+            seen.add(version)
+        return pushed_by.get(version)
+
+    return lookup
+
+
+def pushing_run(home: str, version: str) -> str:
+    """The run record folder of the newest run whose push wrote model version `version`
+    (`pushing_runs`); SourceError naming the version when none did."""
+    folder = pushing_runs(home)(version)
+    if folder is not None:
+        return folder
     raise SourceError(
         f"no run record in {os.path.join(home, 'runs')} pushed model version {version} (the version "
         "that answered most logged requests; its run may have been pruned, or pushed from another "
