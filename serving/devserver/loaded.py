@@ -186,15 +186,19 @@ class LoadedVersion:
         """The signatures a request may name (not `__saved_model_init_op`), for messages."""
         return ", ".join(sorted(s for s in self.signature_defs if s[:2] != "__"))
 
+    def _not_found(self, said: str, signature: str) -> InvalidRequestError:
+        """INVALID_ARGUMENT in TF Serving's words (`said`), then this version's signatures."""
+        return InvalidRequestError(
+            f"{said}: {signature} (signatures of model {self.model_name!r} version {self.version}: "
+            f"{self.signature_names()})"
+        )
+
     def check_regression(self, signature: str) -> None:
         """A Regress request's checks, in TF Serving's words: INVALID_ARGUMENT for a signature the
         model lacks or one that is no regression signature (every signature imgpipe exports),
         else UNIMPLEMENTED: this server runs no regression signature."""
         if signature not in self.signature_defs or signature[:2] == "__":
-            raise InvalidRequestError(
-                f"No signature was found with the name: {signature} (signatures of model "
-                f"{self.model_name!r} version {self.version}: {self.signature_names()})"
-            )
+            raise self._not_found("No signature was found with the name", signature)
         method = self.signature_defs[signature].method_name
         if method != REGRESS_METHOD:
             raise InvalidRequestError(
@@ -212,10 +216,7 @@ class LoadedVersion:
         many or few; FAILED_PRECONDITION for a single input not named `inputs` and for outputs
         without classes or scores."""
         if signature not in self.signature_defs or signature not in self._functions:
-            raise InvalidRequestError(
-                f"No signature was found with the name: {signature} (signatures of model "
-                f"{self.model_name!r} version {self.version}: {self.signature_names()})"
-            )
+            raise self._not_found("No signature was found with the name", signature)
         sig = self._signature(signature)
         if sig.method_name != CLASSIFY_METHOD:
             raise InvalidRequestError(
@@ -289,10 +290,7 @@ class LoadedVersion:
                 raise InvalidRequestError(f"Duplicate evaluation of signature: {signature}")
             seen.add(signature)
             if signature not in self.signature_defs:
-                raise InvalidRequestError(
-                    f"Requested signature not found in model graph: {signature} (signatures of model "
-                    f"{self.model_name!r} version {self.version}: {self.signature_names()})"
-                )
+                raise self._not_found("Requested signature not found in model graph", signature)
             if task.method_name == CLASSIFY_METHOD:
                 sig = self._classification_signature(signature)
             elif task.method_name == REGRESS_METHOD:
@@ -331,18 +329,17 @@ class LoadedVersion:
             kind = entry.WhichOneof("log_type")
             if kind == "predict_log":
                 request, call = entry.predict_log.request, self.predict
+                spec = request.model_spec
             elif kind == "classify_log":
                 request, call = entry.classify_log.request, self.classify
-            elif kind == "multi_inference_log":
+                spec = request.model_spec
+            elif kind == "multi_inference_log":  # grouped by its first task's signature
                 request, call = entry.multi_inference_log.request, self.multi_inference
-                tasks = request.tasks
-                signature = tasks[0].model_spec.signature_name if tasks else DEFAULT_SIGNATURE
-                by_signature.setdefault(signature or DEFAULT_SIGNATURE, []).append((call, request))
-                continue
+                spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
             else:
                 log.warning("%s: skipping warmup record of type %s", self.path, kind)
                 continue
-            signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            signature = spec.signature_name or DEFAULT_SIGNATURE
             by_signature.setdefault(signature, []).append((call, request))
 
         def replay(calls: list) -> int:
