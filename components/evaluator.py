@@ -273,7 +273,7 @@ def read_results(output_uri: str, class_names: Sequence[str] = ()) -> EvalResult
                     accuracy = value
             elif kv.key.name == EXAMPLE_COUNT_KEY and cls is None and not is_baseline:
                 examples = int(value)
-    precision, answered = _precision(output_uri, class_names)
+    precision, answered, at_chance = _confusion(output_uri, class_names)
     failures, problems = [], []
     validation = tfma.load_validation_result(output_uri)
     for per_slice in validation.metric_validations_per_slice:
@@ -295,18 +295,8 @@ def read_results(output_uri: str, class_names: Sequence[str] = ()) -> EvalResult
         baseline_per_class=baseline_per_class,
         per_class_precision=precision,
         per_class_answered=answered,
+        classes_at_chance=at_chance,
     )
-
-
-def _precision(
-    output_uri: str, class_names: Sequence[str]
-) -> tuple[dict[str, float] | None, dict[str, int] | None]:
-    """The candidate's precision and answers per class from TFMA's confusion matrix plot on the
-    whole split; (None, None) when TFMA wrote none (an eval_config from an earlier imgpipe)."""
-    matrices = _confusion_matrices(output_uri)
-    if matrices is None:
-        return None, None
-    return precision_of(_answered(matrices, class_names))
 
 
 def _confusion_matrices(output_uri: str):
@@ -326,34 +316,48 @@ def _confusion_matrices(output_uri: str):
     return None
 
 
-def pairs_at_chance(output_uri: str, class_names: Sequence[str]) -> list[dict[str, Any]] | None:
-    """gate_decision.classes_at_chance on the candidate's confusion matrix (its top-1 answers);
-    None when TFMA wrote none."""
-    matrices = _confusion_matrices(output_uri)
-    if matrices is None or not matrices.matrices:
-        return None
-    lowest = min(matrices.matrices, key=lambda m: m.threshold)
-    counts: dict[tuple[str, str], int] = {}
-    for entry in lowest.entries:
-        if 0 <= entry.actual_class_id < len(class_names) and 0 <= entry.predicted_class_id < len(class_names):
-            key = (class_names[entry.actual_class_id], class_names[entry.predicted_class_id])
-            counts[key] = counts.get(key, 0) + int(round(entry.num_weighted_examples))
-    return classes_at_chance(counts, class_names)
-
-
-def _answered(matrices_proto, class_names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """{class: (eval examples the model answered with it, right ones)} from TFMA's confusion matrix
-    at its lowest threshold (0: every example's top-1 class counts)."""
-    counts = {c: [0, 0] for c in class_names}
+def _top1_counts(matrices_proto, class_names: Sequence[str]) -> dict[tuple[str | None, str | None], int]:
+    """{(true class, answered class): eval examples} from TFMA's confusion matrix at its lowest
+    threshold (0: every example's top-1 class counts); None for an index outside the vocabulary."""
     matrices = matrices_proto.matrices
     lowest = min(matrices, key=lambda m: m.threshold) if matrices else None
+
+    def name(index: int) -> str | None:
+        return class_names[index] if 0 <= index < len(class_names) else None
+
+    counts: dict[tuple[str | None, str | None], int] = {}
     for entry in lowest.entries if lowest is not None else ():
-        if 0 <= entry.predicted_class_id < len(class_names):
-            count = counts[class_names[entry.predicted_class_id]]
-            count[0] += int(round(entry.num_weighted_examples))
-            if entry.actual_class_id == entry.predicted_class_id:
-                count[1] += int(round(entry.num_weighted_examples))
-    return {c: (n, right) for c, (n, right) in counts.items()}
+        key = (name(entry.actual_class_id), name(entry.predicted_class_id))
+        counts[key] = counts.get(key, 0) + int(round(entry.num_weighted_examples))
+    return counts
+
+
+def _answered_of(
+    counts: Mapping[tuple[str | None, str | None], int], class_names: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """{class: (eval examples the model answered with it, right ones)} from `_top1_counts`."""
+    answered = {c: [0, 0] for c in class_names}
+    for (true, given), n in counts.items():
+        if given is not None:
+            answered[given][0] += n
+            answered[given][1] += n if true == given else 0
+    return {c: (n, right) for c, (n, right) in answered.items()}
+
+
+def _confusion(
+    output_uri: str, class_names: Sequence[str]
+) -> tuple[dict[str, float] | None, dict[str, int] | None, list[dict[str, Any]] | None]:
+    """From one read of TFMA's confusion matrix plot on the whole split: the candidate's precision
+    and answers per class, and the pairs of classes it tells apart no better than chance
+    (gate_decision.classes_at_chance); Nones when TFMA wrote none (an eval_config from an
+    earlier imgpipe)."""
+    matrices = _confusion_matrices(output_uri)
+    if matrices is None:
+        return None, None, None
+    counts = _top1_counts(matrices, class_names)
+    precision, answers = precision_of(_answered_of(counts, class_names))
+    known = {pair: n for pair, n in counts.items() if None not in pair}
+    return precision, answers, (classes_at_chance(known, class_names) if matrices.matrices else None)
 
 
 # ------------------------------------------------------------------ the executor
@@ -585,7 +589,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
-        at_chance = pairs_at_chance(evaluation.uri, plan.class_names)
+        at_chance = tfma_results.classes_at_chance
         for pair in at_chance or ():
             a, b = pair["classes"]
             log.warning(

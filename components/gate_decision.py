@@ -19,6 +19,7 @@ from scipy.stats import binom
 
 from components.gate import METRIC_ACCURACY, METRIC_AUTO, METRIC_BALANCED, GateConfig
 from trainer.config import IMBALANCE_RATIO
+from trainer.features import counted
 
 GATE_FILE = "gate.json"  # written into the Evaluator's `evaluation` artifact directory
 
@@ -847,10 +848,6 @@ def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int, r
     return f"{text}, and {repeats} repeat an image earlier in the split" if repeats else text
 
 
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" if n == 1 else f"{n} {what}s"
-
-
 # --------------------------------------------------------------------- the plan
 @dataclasses.dataclass(frozen=True)
 class GatePlan:
@@ -990,6 +987,9 @@ class EvalResults:
     # matrix, from an earlier imgpipe).
     per_class_precision: Mapping[str, float] | None = None
     per_class_answered: Mapping[str, int] | None = None
+    # The pairs of classes the candidate tells apart no better than chance (classes_at_chance),
+    # from TFMA's confusion matrix on the whole split; None: not measured.
+    classes_at_chance: Sequence[Mapping[str, Any]] | None = None
 
 
 def gated_value(plan: GatePlan, results: EvalResults) -> float | None:
@@ -1037,6 +1037,18 @@ PAIR_CHANCE_ALPHA = 0.05
 PAIR_MIN_ANSWERS = 10
 
 
+def chance_of_pair(right: int, between: int) -> float:
+    """P(at least `right` of `between` right by a coin): the one-sided binomial p-value of a
+    model's answers between two classes."""
+    return float(binom.sf(right - 1, between, 0.5))
+
+
+def pair_at_chance(right: int, between: int) -> bool:
+    """No evidence the model tells two classes apart: its `right` of `between` answers between
+    them are what a coin gives more often than PAIR_CHANCE_ALPHA."""
+    return chance_of_pair(right, between) > PAIR_CHANCE_ALPHA
+
+
 def classes_at_chance(
     counts: Mapping[tuple[str, str], int], class_names: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -1045,8 +1057,6 @@ def classes_at_chance(
     answered with a or b, it got `right` of `between` right, and a coin would do at least as well
     with probability above PAIR_CHANCE_ALPHA. Only pairs with PAIR_MIN_ANSWERS such answers and at
     least one mistake between them, most mistakes first."""
-    from scipy.stats import binom
-
     out = []
     names = list(class_names)
     for i, a in enumerate(names):
@@ -1056,8 +1066,8 @@ def classes_at_chance(
             between = right + mistakes
             if not mistakes or between < PAIR_MIN_ANSWERS:
                 continue
-            p = float(binom.sf(right - 1, between, 0.5))
-            if p > PAIR_CHANCE_ALPHA:
+            p = chance_of_pair(right, between)
+            if p > PAIR_CHANCE_ALPHA:  # pair_at_chance, with its p-value kept
                 out.append({"classes": [a, b], "right": right, "between": between, "p_value": round(p, 4)})
     return sorted(out, key=lambda d: (-(d["between"] - d["right"]), d["classes"]))
 
@@ -1198,7 +1208,7 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
                 plan.min_class_recall or 0.0
             ):
                 text += (
-                    f" ({_count(n, 'eval image')} of the class: one mistake fails it; give the eval "
+                    f" ({counted(n, 'eval image')} of the class: one mistake fails it; give the eval "
                     "split more, --eval-fraction at ingest, or lower --min-class-recall)"
                 )
             out.append(text)

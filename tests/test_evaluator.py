@@ -1308,10 +1308,14 @@ def test_tfmas_confusion_matrix_gives_each_answered_classs_precision():
     matrix = value.matrices.add(threshold=0.0)
     for actual, predicted, n in ((0, 0, 8), (1, 0, 2), (-1, 0, 1), (1, 1, 5), (0, 1, 1)):
         matrix.entries.add(actual_class_id=actual, predicted_class_id=predicted, num_weighted_examples=n)
-    answered = evaluator._answered(value, ["cat", "dog", "fox"])
+
+    def answered_of(proto, names):
+        return evaluator._answered_of(evaluator._top1_counts(proto, names), names)
+
+    answered = answered_of(value, ["cat", "dog", "fox"])
     assert answered == {"cat": (11, 8), "dog": (6, 5), "fox": (0, 0)}
     assert precision_of(answered) == ({"cat": 8 / 11, "dog": 5 / 6}, {"cat": 11, "dog": 6})
-    assert evaluator._answered(metrics_for_slice_pb2.MultiClassConfusionMatrixAtThresholds(), ["cat"]) == {
+    assert answered_of(metrics_for_slice_pb2.MultiClassConfusionMatrixAtThresholds(), ["cat"]) == {
         "cat": (0, 0)
     }
 

@@ -32,6 +32,11 @@ def code_points(text: str) -> str:
     return " ".join(f"U+{ord(ch):04X}" for ch in text)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 file', '3 files': a count and its noun, for messages."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def label_text(name: str) -> str:
     """A class name as messages and reports show it: as it is when it prints as what it is
     (class_names.is_plain: NFC, what `imgpipe ingest` writes, with no hidden character), else

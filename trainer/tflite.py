@@ -77,7 +77,7 @@ import tf_keras as keras
 
 from trainer import backbones, data, preprocessing, stdio, tracing
 from trainer.config import TrainingConfig
-from trainer.features import IMAGE_KEY
+from trainer.features import IMAGE_KEY, counted
 from trainer.model import class_scores, fold_standardization
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,6 @@ _SHUFFLE_BUFFER = 4096
 def agreement_beyond_ties(agreement: float, near_ties: int, examples: int) -> float:
     """The agreement with the near-tie disagreements (near_tie_disagreements) counted as agreeing."""
     return agreement + (near_ties / examples if examples else 0.0)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class TFLiteAgreementError(RuntimeError):
@@ -149,7 +145,7 @@ class TFLiteResult:
         """Raise TFLiteAgreementError when the agreement is below the threshold."""
         if not self.passed:
             ties = (
-                f" ({self.agreement_beyond_ties:.4f} with its {_count(self.near_ties, 'disagreement')} "
+                f" ({self.agreement_beyond_ties:.4f} with its {counted(self.near_ties, 'disagreement')} "
                 f"on near-ties counted as agreeing)"
                 if self.near_ties
                 else ""
@@ -611,7 +607,7 @@ def export_tflite(
         result.size_bytes / 1024,
         agreement,
         result.examples,
-        f", {_count(result.near_ties, 'disagreement')} on near-ties (scores within {TIE_MARGIN})"
+        f", {counted(result.near_ties, 'disagreement')} on near-ties (scores within {TIE_MARGIN})"
         if result.near_ties
         else "",
         result.min_agreement,

@@ -15,7 +15,7 @@ from imgpipe.ingest.plan import Plan, make_plan
 from imgpipe.ingest.report import IngestReport, display_path
 from imgpipe.ingest.scan import MAX_ASPECT, Scan, check_images_dir, scan_tree
 from imgpipe.ingest.write import check_out_dir, write_outputs
-from trainer.features import DEFAULT_MAX_PIXELS
+from trainer.features import DEFAULT_MAX_PIXELS, counted
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +90,23 @@ def ingest(
         raise IngestError(problem, report=report.to_dict())
     lost = [c for c in report.left_out_classes if c["files"]]
     if lost and not allow_left_out_classes:
-        shown = "; ".join(f"{c['folder']!r} ({_count(c['files'], 'file')}): {c['reason']}" for c in lost[:5])
+        shown = "; ".join(f"{c['folder']!r} ({counted(c['files'], 'file')}): {c['reason']}" for c in lost[:5])
         more = f"; and {len(lost) - 5} more" if len(lost) > 5 else ""
         raise IngestError(
-            f"{_count(len(lost), 'class folder')} with files would be left out of the training set: "
+            f"{counted(len(lost), 'class folder')} with files would be left out of the training set: "
             f"{shown}{more}. "
             "Fix them, or pass --allow-left-out-classes (allow_left_out_classes=True) to write the "
             "other classes without them",
             report=report.to_dict(),
         )
     report.warnings += [
-        f"class folder {c['folder']!r} ({_count(c['files'], 'file')}) is left out: {c['reason']}"
+        f"class folder {c['folder']!r} ({counted(c['files'], 'file')}) is left out: {c['reason']}"
         for c in report.left_out_classes
     ]
     if found.stretched:
         first = found.stretched[0]
         report.warnings.append(
-            f"{_count(len(found.stretched), 'image')} with a long side over {MAX_ASPECT} times the short one (e.g. "
+            f"{counted(len(found.stretched), 'image')} with a long side over {MAX_ASPECT} times the short one (e.g. "
             f"{first['path']}, {first['width']} x {first['height']}): the pipeline resizes each image to "
             "a square, without cropping, so their content is squeezed out of shape; crop them, or check "
             "they belong"
@@ -128,7 +128,7 @@ def ingest(
     )
     reasons = collections.Counter(s["reason"] for s in report.skipped)
     for reason, n in reasons.most_common(3):
-        (say or log.info)(f"skipped {_count(n, 'file')}: {reason}")
+        (say or log.info)(f"skipped {counted(n, 'file')}: {reason}")
     if len(reasons) > 3:
         (say or log.info)(f"... and {len(reasons) - 3} more reasons (skipped in {REPORT_FILE})")
     for warning in report.warnings:
@@ -152,19 +152,15 @@ def left_out_classes(found: Scan, plan: Plan) -> list[dict[str, Any]]:
         name = folder_of.get(label, label)
         prefix = display_path(name) + "/"
         reasons = collections.Counter(s["reason"] for s in found.skipped if s["path"].startswith(prefix))
-        why = [f"{_count(n, 'file')}: {reason}" for reason, n in reasons.most_common(3)]
+        why = [f"{counted(n, 'file')}: {reason}" for reason, n in reasons.most_common(3)]
         conflicts = sum(1 for c in plan.label_conflicts for f in c["files"] if f["class"] == label)
         if conflicts:
-            why.append(f"{_count(conflicts, 'file')}: label conflicts (the same image under another class)")
+            why.append(f"{counted(conflicts, 'file')}: label conflicts (the same image under another class)")
         reason = f"no usable image ({'; '.join(why)})" if why else "no image files"
         left.append(
             {"folder": display_path(name), "files": found.folder_files.get(name, 0), "reason": reason}
         )
     return left
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _check_arguments(eval_fraction: object, seed: object, num_shards: object, progress_every: object) -> None:

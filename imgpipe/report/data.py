@@ -386,7 +386,6 @@ class ConfusedPair:
 
 
 CONFUSED_PAIRS = 5  # the report lists this many pairs, most mistakes first
-_CHANCE_ALPHA = 0.05
 
 
 def confused_pairs(
@@ -395,8 +394,8 @@ def confused_pairs(
     """The pairs of model classes most often taken for each other (a as b plus b as a), most
     first; each says whether the model tells the two apart better than chance at all: two
     classes that are one concept (one folder split in two) score about 1/2 between them, which
-    the per-class recall floor does not catch."""
-    from scipy.stats import binom
+    the per-class recall floor does not catch. The test is the gate's (`pair_at_chance`)."""
+    from components.gate_decision import pair_at_chance
 
     pairs = []
     for i in range(len(class_names)):
@@ -406,8 +405,7 @@ def confused_pairs(
                 continue
             right = matrix[i][i] + matrix[j][j]
             between = right + a_as_b + b_as_a
-            # P(at least `right` of `between` right by a coin): not small, no evidence they are told apart
-            at_chance = bool(binom.sf(right - 1, between, 0.5) > _CHANCE_ALPHA)
+            at_chance = pair_at_chance(right, between)
             pairs.append(
                 ConfusedPair(class_names[i], class_names[j], a_as_b, b_as_a, right, between, at_chance)
             )
