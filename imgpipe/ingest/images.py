@@ -46,6 +46,8 @@ class ImageCheck(NamedTuple):
     reason: str | None
     orientation: int = 1  # 1..8 as the graph reads it; 1 is upright (or no EXIF)
     image: str = ""
+    width: int = 0  # as its header says (0 for a refused file)
+    height: int = 0
 
 
 # A file larger than this is read whole only when its first bytes are those of an accepted
@@ -134,7 +136,8 @@ def inspect_image(
     )
     if reason is not None:
         return ImageCheck(reason)
-    return ImageCheck(None, orientation, image_key(data, orientation, (rows, columns, pixels)) if key else "")
+    image = image_key(data, orientation, (rows, columns, pixels)) if key else ""
+    return ImageCheck(None, orientation, image, width, height)
 
 
 # A 16-bit PNG whose samples stay below this keeps at most 16 levels in the 8 bits the decoders

@@ -39,7 +39,6 @@ from imgpipe.ingest.images import inspect_image, large_non_image, read_regular_f
 from imgpipe.ingest.labels import ClassNames, assign_labels
 from imgpipe.ingest.plan import Candidate
 from imgpipe.ingest.report import display_path, display_text
-from serving.image_header import read_header
 from trainer.features import DEFAULT_MAX_PIXELS
 
 # The pipeline resizes every image to a square, no crop: one whose long side is more than this
@@ -155,21 +154,18 @@ def scan_tree(
         if unread:
             skipped.append({"path": display_path(rel), "reason": unread})
         if data is not None:
-            reason, orientation, image = inspect_image(data, max_pixels)
-            if reason is None:
+            check = inspect_image(data, max_pixels)  # its header's size too: read once
+            if check.reason is None:
                 digest = hashlib.sha256(data).hexdigest()
-                scan.candidates.append(Candidate(rel, label, digest, len(data), image))
-                header = read_header(data)
-                if header is not None and max(header.width, header.height) > MAX_ASPECT * min(
-                    header.width, header.height
-                ):
+                scan.candidates.append(Candidate(rel, label, digest, len(data), check.image))
+                if max(check.width, check.height) > MAX_ASPECT * min(check.width, check.height):
                     scan.stretched.append(
-                        {"path": display_path(rel), "width": header.width, "height": header.height}
+                        {"path": display_path(rel), "width": check.width, "height": check.height}
                     )
-                if orientation != 1:
-                    scan.rotated.append({"path": display_path(rel), "orientation": orientation})
+                if check.orientation != 1:
+                    scan.rotated.append({"path": display_path(rel), "orientation": check.orientation})
             else:
-                skipped.append({"path": display_path(rel), "reason": reason})
+                skipped.append({"path": display_path(rel), "reason": check.reason})
         if done % progress_every == 0 and done < total:
             say(f"checked {done}/{total} files")
         del data  # one file's bytes at a time
