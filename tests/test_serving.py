@@ -118,6 +118,18 @@ def _assert_healthy(stubs, model) -> None:
     assert tf.make_ndarray(response.outputs["classes"]).shape == (1, 3)
 
 
+def _assert_classified_as_in_process(rows, examples, reference) -> None:
+    """Classification rows: one per example, the classes and scores the `classification`
+    signature gives in process."""
+    expected = reference["classification"](inputs=_strings(examples))
+    assert len(rows) == len(examples)
+    for row, classes, scores in zip(
+        rows, expected["classes"].numpy(), expected["scores"].numpy(), strict=True
+    ):
+        assert [c.label.encode() for c in row.classes] == list(classes)
+        _assert_close([c.score for c in row.classes], scores)
+
+
 def _assert_close(a, b) -> None:
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
@@ -196,14 +208,7 @@ def test_classify_equals_in_process(stubs, model, reference):
         request.input.example_list.examples.add().ParseFromString(e)
     response = predict.Classify(request, timeout=30)
     assert response.model_spec.version.value == 1
-    expected = reference["classification"](inputs=_strings(examples))
-    rows = response.result.classifications
-    assert len(rows) == len(examples)
-    for row, classes, scores in zip(
-        rows, expected["classes"].numpy(), expected["scores"].numpy(), strict=True
-    ):
-        assert [c.label.encode() for c in row.classes] == list(classes)
-        _assert_close([c.score for c in row.classes], scores)
+    _assert_classified_as_in_process(response.result.classifications, examples, reference)
 
 
 def test_classify_merges_context_into_each_example(stubs, model, reference):
@@ -497,14 +502,9 @@ def test_multi_inference_classifies_as_classify_does(stubs, model, reference):
     result = response.results[0]
     assert (result.model_spec.name, result.model_spec.signature_name) == (NAME, "classification")
     assert result.model_spec.version.value == 1
-    expected = reference["classification"](inputs=_strings([make_example(i) for i in images]))
-    rows = result.classification_result.classifications
-    assert len(rows) == len(images)
-    for row, classes, scores in zip(
-        rows, expected["classes"].numpy(), expected["scores"].numpy(), strict=True
-    ):
-        assert [c.label.encode() for c in row.classes] == list(classes)
-        _assert_close([c.score for c in row.classes], scores)
+    _assert_classified_as_in_process(
+        result.classification_result.classifications, [make_example(i) for i in images], reference
+    )
 
 
 @pytest.mark.parametrize(
