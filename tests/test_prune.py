@@ -71,6 +71,32 @@ def test_prune_keeps_newest_runs_and_the_gates_baseline(tmp_path):
     assert again.pipelines["imgpipe"].removed == [] and again.bytes_freed == 0
 
 
+def test_a_folder_that_cannot_be_deleted_is_reported_and_not_counted_as_freed(tmp_path, monkeypatch, caplog):
+    """A permission error mid-delete (a file another user owns, a read-only mount) left the rest
+    of prune's deletions going but was swallowed: the JSON counted the folder's bytes as freed."""
+    home = FakeHome(str(tmp_path / "home"))
+    _r1, r2, _r3 = training_history(home, runs=3, blessed_runs=(1,))
+    with open(os.path.join(r2["model"].uri, "stuck.bin"), "wb") as f:
+        f.write(b"x" * 700)
+    planned = prune_home(home.home, keep=1, dry_run=True).bytes_freed
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) == "stuck.bin":
+            raise PermissionError(13, "Permission denied", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    result = prune_home(home.home, keep=1)
+
+    assert [(n["path"], n["bytes"]) for n in result.not_removed] == [(r2["model"].uri, 700)]
+    assert "Permission denied" in result.not_removed[0]["error"]
+    assert result.bytes_freed == planned - 700
+    assert os.listdir(r2["model"].uri) == ["stuck.bin"]  # the rest of the folder went
+    assert not os.path.exists(r2["blessing"].uri)  # and the deletions after it went on
+    assert f"{r2['model'].uri} could not be deleted in full (700 bytes left)" in caplog.text
+
+
 def test_prune_zero_keeps_only_the_lineage_and_never_points_the_resolver_at_a_deleted_model(tmp_path):
     home = FakeHome(str(tmp_path / "home"))
     r1, r2, r3 = training_history(home, runs=3, blessed_runs=(1, 2))
@@ -200,6 +226,33 @@ def test_a_dead_runs_running_execution_is_marked_failed_and_its_partial_outputs_
     states = {e.last_known_state for e in home.store.get_executions()}
     assert RUNNING not in states and pb.Execution.NEW not in states
     assert recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 5") == []
+
+
+def test_a_dead_runs_output_that_cannot_be_deleted_is_not_counted_as_removed(tmp_path, monkeypatch, caplog):
+    home = FakeHome(str(tmp_path / "home"))
+    [r1] = training_history(home, runs=1)
+    dead, _ = home.execute("run2", "Trainer", inputs={"examples": [r1["examples"]]}, state=RUNNING)
+    partial = os.path.join(home.root, "Trainer", "model", str(dead.id))
+    os.makedirs(partial)
+    for name, size in (("stuck.bin", 300), ("gone.bin", 200)):
+        with open(os.path.join(partial, name), "wb") as f:
+            f.write(b"x" * size)
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) == "stuck.bin":
+            raise PermissionError(13, "Permission denied", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    [found] = recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 3")
+
+    system = os.path.join(home.root, "Trainer", ".system", "executor_execution", str(dead.id))
+    assert found.removed == [system] and not os.path.exists(system)
+    assert found.bytes == 200
+    assert [(n["path"], n["bytes"]) for n in found.not_removed] == [(partial, 300)]
+    assert os.listdir(partial) == ["stuck.bin"]
+    assert f"{partial}, execution {dead.id}'s partial output, could not be deleted in full" in caplog.text
 
 
 def test_prune_also_recovers_dead_runs(tmp_path):

@@ -49,7 +49,9 @@ def test_folders_left_by_killed_runs_are_removed_by_the_next_run(tmp_path):
     os.makedirs(dead)
     with open(os.path.join(dead, "tfx.tar.gz"), "wb") as f:
         f.write(b"x" * 4096)
-    assert scratch.remove_stale(home, keep="r2") == [(os.path.join(home, "tmp", "killed-run"), 4096)]
+    assert scratch.remove_stale(home, keep="r2") == [
+        scratch.Removal(os.path.join(home, "tmp", "killed-run"), 4096)
+    ]
     with scratch.run_scratch(home, "r2"):
         assert os.listdir(os.path.join(home, "tmp")) == ["r2"]
 

@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import time
 
 from ml_metadata.proto import metadata_store_pb2
@@ -94,6 +93,17 @@ class PruneResult:
     versions_removed: list[dict] = dataclasses.field(default_factory=list)
     # Folders under HOME/pipelines that no store pruned records (left alone, with a warning).
     unknown_pipelines: list[str] = dataclasses.field(default_factory=list)
+    # What could not be deleted in full ({path, bytes left, error}): not counted in bytes_freed.
+    not_removed: list[dict] = dataclasses.field(default_factory=list)
+
+    def removed(self, done: scratch.Removal) -> int:
+        """Note one deletion's failure, if any (warned about); the bytes it freed."""
+        if done.left or done.error:
+            log.warning(
+                "%s could not be deleted in full (%d bytes left): %s", done.path, done.left, done.error
+            )
+            self.not_removed.append({"path": done.path, "bytes": done.left, "error": done.error})
+        return done.freed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -273,13 +283,6 @@ def _nodes_of_executions(store, name: str) -> dict[int, str]:
     return out
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
 def prune_home(
     home: str | None,
     keep: int,
@@ -364,30 +367,31 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
             if name not in ours:  # another home's, or copied in by hand: not this prune's
                 result.versions_kept.append(path)
                 continue
-            size = scratch.tree_bytes(path)
-            if not result.dry_run and not _remove_version(path):
-                result.versions_kept.append(path)
-                continue
+            if result.dry_run:
+                size = scratch.tree_bytes(path)
+            else:
+                done = _remove_version(path)
+                if done is None:
+                    result.versions_kept.append(path)
+                    continue
+                size = result.removed(done)
             result.versions_removed.append({"path": path, "bytes": size})
     result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
     return result
 
 
-def _remove_version(path: str) -> bool:
+def _remove_version(path: str) -> scratch.Removal | None:
     """Delete a served version: renamed first to a name no server loads (a rename is whole or
-    nothing), then removed. False, logged, when it cannot be renamed (it stays whole)."""
+    nothing), then removed. None, logged, when it cannot be renamed (it stays whole)."""
     hidden = os.path.join(os.path.dirname(path), f".pruned-{os.path.basename(path)}-{os.getpid()}")
     try:
         os.rename(path, hidden)
     except OSError as e:
         log.warning("served version %s could not be deleted (%s): left as it is", path, e)
-        return False
+        return None
     # A server with a "latest" policy serves the newest only; the next run's recovery retires
     # the push records of versions gone (recovery.forget_missing_pushes).
-    shutil.rmtree(hidden, ignore_errors=True)
-    if os.path.lexists(hidden):
-        log.warning("%s (was served version %s) could not be deleted in full", hidden, path)
-    return True
+    return scratch.remove_path(hidden)
 
 
 def _pushed_versions(home: str) -> dict[str, set[str]]:
@@ -481,7 +485,9 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
                 for n in stale
             ]
         else:
-            result.scratch_removed = [{"path": p, "bytes": b} for p, b in scratch.remove_stale(home)]
+            result.scratch_removed = [
+                {"path": done.path, "bytes": result.removed(done)} for done in scratch.remove_stale(home)
+            ]
         own_runs = runs.run_ids(home)
         for store, store_config, names in opened:
             shared = store_config.metadata_target is not None
@@ -493,6 +499,7 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
             for p in result.pipelines.values()
         )
         + sum(a["bytes"] for a in result.abandoned_executions)
+        - sum(n["bytes"] for n in result.not_removed)
     )
     return result
 
@@ -547,4 +554,4 @@ def _prune_pipelines(
         if doomed:
             store.put_artifacts(doomed)
         for path in [a.uri for a in doomed] + folders:
-            _remove(path)
+            result.removed(scratch.remove_path(path))

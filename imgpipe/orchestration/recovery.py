@@ -27,7 +27,6 @@ import dataclasses
 import glob
 import logging
 import os
-import shutil
 from collections.abc import Collection
 
 from ml_metadata import ListOptions
@@ -35,7 +34,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from imgpipe.orchestration.metadata import is_airflow_run, retire_from_cache, run_name_of_execution
 from imgpipe.orchestration.paths import under
-from imgpipe.orchestration.scratch import tree_bytes
+from imgpipe.orchestration.scratch import remove_path, tree_bytes
 from serving.version_names import version_number
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,9 @@ class AbandonedExecution:
     run_id: str
     state: str  # what it was left in: NEW or RUNNING
     removed: list[str]  # partial output folders deleted
-    bytes: int  # their size
+    bytes: int  # the bytes deleted
+    # Folders that could not be deleted in full ({path, bytes left, error}), warned about.
+    not_removed: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,7 +123,9 @@ def abandon_dead_executions(
             log.info("execution %d (%s) is unfinished but not from this home: left alone", execution.id, node)
             continue
         state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-        found = AbandonedExecution(execution.id, node, run, state, folders, sum(map(tree_bytes, folders)))
+        found = AbandonedExecution(
+            execution.id, node, run, state, list(folders), sum(map(tree_bytes, folders))
+        )
         out.append(found)
         if dry_run:
             continue
@@ -146,7 +149,18 @@ def abandon_dead_executions(
         if pending:
             store.put_artifacts(pending)
         for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+            done = remove_path(folder)
+            if done.left or done.error:
+                log.warning(
+                    "%s, execution %d's partial output, could not be deleted in full (%d bytes left): %s",
+                    folder,
+                    execution.id,
+                    done.left,
+                    done.error,
+                )
+                found.removed.remove(folder)
+                found.bytes -= done.left
+                found.not_removed.append({"path": folder, "bytes": done.left, "error": done.error})
     return out
 
 

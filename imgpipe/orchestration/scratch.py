@@ -23,6 +23,7 @@ keep TFX's behaviour, or use the container image given in their Beam args.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -53,23 +54,58 @@ def tree_bytes(path: str) -> int:
     return total
 
 
-def remove_stale(home: str, keep: str | None = None) -> list[tuple[str, int]]:
-    """Delete the scratch folders of dead runs (call it holding the home's lock); (path, bytes) each."""
+@dataclasses.dataclass(frozen=True)
+class Removal:
+    """What deleting one path did: `freed` bytes gone, `left` bytes still there and why."""
+
+    path: str
+    freed: int
+    left: int = 0
+    error: str = ""  # the first failure ("" when the path is gone)
+
+
+def remove_path(path: str) -> Removal:
+    """Delete a file, symlink or folder (its symlinks are removed, not followed). A failure
+    (permissions, a busy mount) does not stop the walk: the rest is deleted, and the result
+    says how many bytes are left and the first error."""
+    before = tree_bytes(path)
+    errors: list[str] = []
+
+    def failed(_fn, failed_path, exc_info) -> None:
+        errors.append(f"{failed_path}: {getattr(exc_info[1], 'strerror', None) or exc_info[1]}")
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, onerror=failed)
+    elif os.path.lexists(path):
+        try:
+            os.remove(path)
+        except OSError as e:
+            errors.append(f"{path}: {e.strerror or e}")
+    if not os.path.lexists(path):
+        return Removal(path, before)
+    left = tree_bytes(path)
+    return Removal(path, max(0, before - left), left, errors[0] if errors else f"{path}: still there")
+
+
+def remove_stale(home: str, keep: str | None = None) -> list[Removal]:
+    """Delete the scratch folders of dead runs (call it holding the home's lock); a folder that
+    could not be deleted in full is warned about and left to the next run or prune."""
     root = scratch_root(home)
     if not os.path.isdir(root):
         return []
     removed = []
     for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
         if name == keep:
             continue
-        size = tree_bytes(path)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        removed.append((path, size))
+        done = remove_path(os.path.join(root, name))
+        if done.left or done.error:
+            log.warning(
+                "%s, left by a run that did not end cleanly, could not be deleted in full (%d bytes left): %s",
+                done.path,
+                done.left,
+                done.error,
+            )
+        removed.append(done)
     return removed
 
 
@@ -77,8 +113,9 @@ def remove_stale(home: str, keep: str | None = None) -> list[tuple[str, int]]:
 def run_scratch(home: str, run_id: str) -> Iterator[str]:
     """Make HOME/tmp/<run_id>/ the temp dir of this process and its children for the block, then delete it."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
-    for path, size in remove_stale(home, keep=name):
-        log.info("removed %s (%d bytes) left by a run that did not end cleanly", path, size)
+    for done in remove_stale(home, keep=name):
+        if done.freed and not done.error:
+            log.info("removed %s (%d bytes) left by a run that did not end cleanly", done.path, done.freed)
     path = os.path.join(scratch_root(home), name)
     os.makedirs(path, exist_ok=True)
     saved_tempdir = tempfile.tempdir
