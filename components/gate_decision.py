@@ -1284,6 +1284,7 @@ def gate_record(
         "eval_classes": floor.eval_classes,
         "floor": floor.value,
         "floor_source": floor.source,
+        "floor_note": floor.describe(),
         "min_accuracy": floor.min_accuracy,
         "majority_class": floor.majority_class,
         "majority_share": floor.majority_share,

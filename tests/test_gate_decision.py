@@ -32,6 +32,7 @@ from components.gate_decision import (
 )
 
 CONTRACT_KEYS = {
+    "floor_note",
     "per_class_precision",
     "per_class_answered",
     "min_class_precision",
@@ -280,6 +281,11 @@ def test_record_has_every_contract_key():
     assert set(record) == CONTRACT_KEYS and set(record["baseline"]) == BASELINE_KEYS
     assert record["blessed"] is True and record["reasons"] == []
     assert record["floor"] == 0.6 and record["floor_source"] == "min_accuracy"
+    assert (
+        record["floor_note"]
+        == plan.floor.describe()
+        == "min_accuracy 0.600; majority class '7' has 0.500 of eval + margin 0.050 is not higher"
+    )
     assert record["majority_class"] == "7" and record["majority_share"] == 0.5
     assert record["class_names"] == ["7", "5", "6"]  # index order, as given
     assert list(record["per_class_recall"]) == ["5", "6", "7"]

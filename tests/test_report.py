@@ -172,6 +172,13 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
     g = data.gate_from_record(_gate_record(["7", "5"]))
     assert (g.blessed, g.candidate, g.baseline, g.floor) == (False, 0.41, 0.9, 0.55)
     assert "majority class '7'" in g.floor_note and g.reasons == ["accuracy 0.41 is below the floor 0.55"]
+    # A record that keeps the gate's own words for its floor (Floor.describe) is shown with them.
+    own = dict(_gate_record(["7", "5"]), floor_note="majority class '7' has 0.550 of eval + margin 0.000")
+    assert data.gate_from_record(own).floor_note == own["floor_note"]
+    assert (
+        data.gate_from_record(dict(own, metric="balanced_accuracy", eval_classes=2)).floor_note
+        == own["floor_note"]
+    )
     skipped = dict(
         _gate_record(["7"]),
         baseline={"accuracy": None, "compared": False, "skipped_reason": "no blessed model yet"},

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from components.gate import METRIC_ACCURACY, METRIC_BALANCED
 from trainer.features import IMAGE_KEY, LABEL_KEY
 
 if TYPE_CHECKING:  # annotations only: ML Metadata's bindings take a second to import
@@ -462,9 +463,18 @@ def _fmt(x: Any) -> str:
 
 def gate_from_record(record: dict[str, Any]) -> GateView:
     """The gate view of the Evaluator's gate.json (keys per README.md's gates section; missing keys tolerated)."""
+    view = _gate_view(record)
+    if isinstance(record.get("floor_note"), str):
+        # The gate's own words (Floor.describe), as its log and reasons give them; the notes
+        # rebuilt above are for records written before gate.json kept them.
+        view.floor_note = record["floor_note"]
+    return view
+
+
+def _gate_view(record: dict[str, Any]) -> GateView:
+    if record.get("metric") == METRIC_BALANCED:
+        return _balanced_gate(record)
     baseline = record.get("baseline") or {}
-    if record.get("metric") == "balanced_accuracy":
-        return _balanced_gate(record, baseline)
     majority = (
         f"majority class {record.get('majority_class')!r} has {_fmt(record.get('majority_share'))} "
         f"of eval + margin {_fmt(record.get('majority_margin'))}"
@@ -593,9 +603,9 @@ def _eval_records(record: dict[str, Any]) -> Any:
     return judged.get("records") if isinstance(judged, dict) else record.get("eval_examples")
 
 
-def _balanced_gate(record: dict[str, Any], baseline: dict[str, Any]) -> GateView:
+def _balanced_gate(record: dict[str, Any]) -> GateView:
     """The gate view of a gate.json whose gated metric is balanced accuracy."""
-    view = gate_from_record({**record, "metric": "accuracy", "accuracy": record.get("value")})
+    view = _gate_view({**record, "metric": METRIC_ACCURACY, "accuracy": record.get("value")})
     k = record.get("eval_classes")
     chance = (
         f"chance 1/{k} = {_fmt(1 / k)} + margin {_fmt(record.get('majority_margin'))}"
