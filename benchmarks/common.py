@@ -581,7 +581,7 @@ def paired_rows(
 
 def evaluator_run_record(summary: Any, wall: float, comps: dict) -> dict:
     """A `first_and_new_eval_runs` record for the Evaluator's benchmarks: the run's and the
-    Evaluator's seconds, and the gate's numbers (`same_gate_numbers` compares them)."""
+    Evaluator's seconds, and the gate's numbers (`emit_same_gate_numbers` compares them)."""
     gate = summary.gate or {}
     return {
         "whole run": wall,

@@ -82,10 +82,6 @@ class Settings(BaseModel):
             raise ValueError(f"{value} is too large: at most {2**63 - 1}")
         return value
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(cls.model_fields)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (tuples as lists)."""
         return self.model_dump(mode="json")

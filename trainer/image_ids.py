@@ -31,7 +31,6 @@ IDS_FILE = "train_image_ids.npy"
 # Each train image's label as the model learned it: the DataGate of a later run finds images
 # relabelled since (two class folders' names swapped, a class renamed).
 LABELS_FILE = "train_image_labels.npz"
-METHOD = "blake2b-64 of the encoded image bytes"
 _BATCH = 512
 
 

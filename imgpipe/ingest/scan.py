@@ -200,7 +200,7 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
                 {"path": rel, "reason": display_text(f"cannot follow the link: {exc.strerror or exc}")}
             )
             continue
-        problem = _link_problem(root, tree, entry.path, tree) if is_dir and entry.is_symlink() else None
+        problem = _link_problem(tree, entry.path, tree) if is_dir and entry.is_symlink() else None
         if problem:
             skipped.append({"path": rel, "reason": problem})
             continue
@@ -257,7 +257,7 @@ def _walk_class(
                 continue
             real = os.path.realpath(path)
             if os.path.islink(path):
-                problem = _link_problem(root, tree, path, os.path.realpath(dirpath))
+                problem = _link_problem(tree, path, os.path.realpath(dirpath))
                 if problem or real in seen:
                     skip(path, problem or LINK_SCANNED)
                     continue
@@ -284,10 +284,10 @@ def _not_scanned(name: str) -> str | None:
     return HIDDEN if name.startswith(".") else SYSTEM_FOLDERS.get(name)
 
 
-def _link_problem(root: str, tree: str, link: str, parent: str) -> str | None:
+def _link_problem(tree: str, link: str, parent: str) -> str | None:
     """Why directory link ``link`` (in real folder ``parent``) is not followed, or None.
 
-    ``tree`` is the real path of the image tree ``root``. Not followed: a link
+    ``tree`` is the real path of the image tree. Not followed: a link
     to an ancestor of the tree or of its own folder (a loop), and a link into
     the tree (its files are scanned where they are).
     """

@@ -119,7 +119,7 @@ def _int_prop(artifact, name: str) -> int | None:
     return int(value.int_value) if value is not None else None
 
 
-def protected_artifacts(store, artifacts, type_names: dict[int, str]) -> dict[int, str]:
+def protected_artifacts(artifacts, type_names: dict[int, str]) -> dict[int, str]:
     """Artifact id -> why it is kept whatever its age: the gate's baseline, the latest push and
     the models `imgpipe rollback` took out of serving."""
     live = [a for a in artifacts if a.state == _LIVE]
@@ -223,7 +223,7 @@ def _plan_pipeline(
         if a.id in gone:
             a.state = _DELETED
     type_names = _type_names(store, artifacts)
-    protected = protected_artifacts(store, artifacts, type_names)
+    protected = protected_artifacts(artifacts, type_names)
     run_of = {}
     for run in pruned_runs:
         for e in store.get_executions_by_context(run.id):
