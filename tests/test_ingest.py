@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -682,20 +683,22 @@ def test_digits_tree_ingests_cleanly(tmp_path: Path) -> None:
 # ------------------------------------------------- trees laid out otherwise
 
 
-def test_a_tree_split_already_is_named_and_a_wrapper_folder_gets_the_fix(tmp_path: Path) -> None:
+def test_a_tree_split_already_is_refused_and_a_wrapper_folder_gets_the_fix(tmp_path: Path) -> None:
     """train/<class>/..., val/<class>/...: ingest labels by the folder under --images, so it
-    would train "train" against "val": a warning says so. One wrapper folder above the classes:
+    would train "train" against "val": refused, saying why. One wrapper folder above the classes:
     the refusal names its subfolders and the folder to pass instead."""
     images, out = tmp_path / "presplit", tmp_path / "out"
     for s, (split, n) in enumerate((("train", 4), ("val", 2))):
         for c in ("5", "6"):
             for i in range(n):
                 _put(images, f"{split}/{c}/{i}.png", _encode(seed=300 + 100 * s + 10 * int(c) + i))
-    report = _run(images, out)
-    [warning] = report.warnings
-    assert warning.startswith(
-        "class folders 'train', 'val' are named like splits, not classes, and the class folders all hold the same subfolders ('5', '6')"
+    with pytest.raises(IngestError) as caught:
+        _run(images, out)
+    assert str(caught.value).startswith(
+        "the tree looks laid out by split: class folders 'train' (holding '5', '6'), 'val' (holding '5', '6') "
+        "are named like splits and hold subfolders named like classes"
     )
+    assert not out.exists()
     # Classes that hold subfolders of their own (years, sources) are no warning.
     plain = tmp_path / "plain"
     for c in ("cats", "dogs"):
@@ -713,6 +716,75 @@ def test_a_tree_split_already_is_named_and_a_wrapper_folder_gets_the_fix(tmp_pat
         f"its images sit in subfolders ('5', '6', '7'): if those are the classes, pass {wrapped}/animals "
         "as the image directory"
     )
+
+
+def test_a_split_folder_beside_the_class_folders_is_refused_and_a_misfiled_subfolder_warned(
+    tmp_path: Path,
+) -> None:
+    """cat/, dog/ and test/{cat,dog}/: the test images became a third class, 'test', and the
+    served model answered 'test'; the split check only looked for subfolders every class shared."""
+    images = tmp_path / "images"
+    for c, base in (("cat", 100), ("dog", 200)):
+        for i in range(4):
+            _put(images, f"{c}/{i}.png", _encode(seed=base + i))
+            _put(images, f"Test/{c}/{i}.png", _encode(seed=base + 50 + i))
+    with pytest.raises(IngestError) as caught:
+        _run(images, tmp_path / "out")
+    assert str(caught.value).startswith(
+        "the tree looks laid out by split: class folder 'Test' (holding 'cat', 'dog') is named like a split"
+    )
+    # A class folder holding a subfolder named like another class: labelled by the outer folder, said.
+    misfiled = tmp_path / "misfiled"
+    for c, base in (("cat", 300), ("dog", 400)):
+        for i in range(3):
+            _put(misfiled, f"{c}/{i}.png", _encode(seed=base + i))
+    _put(misfiled, "cat/Dog/x.png", _encode(seed=499))
+    report = _run(misfiled, tmp_path / "out2")
+    assert report.warnings == [
+        "class folder 'cat' holds a subfolder named like another class ('Dog'): their images are labelled "
+        "'cat', the folder right under the image directory; move them to their class folder if that is "
+        "what they show"
+    ]
+
+
+def test_class_folders_that_cannot_be_listed_are_refused_with_their_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A class folder that may not be listed, or a link to a share not mounted, was left out with
+    "no image files" (or as a file outside the class folders) and the run went on a class short."""
+    images = tmp_path / "images"
+    _make_tree(images, {"a": 3, "b": 3})
+    _put(images, "locked/x.png", _encode(seed=600))
+    (images / "birds").symlink_to(tmp_path / "nas" / "birds")  # not mounted
+    (images / "notes.txt").symlink_to(tmp_path / "gone.txt")  # a stray file link: not a class
+    locked = str(images / "locked")
+    real_scandir = os.scandir
+
+    def scandir(path: str | int = ".") -> object:  # chmod 000 does not stop root, so refuse here
+        if not isinstance(path, int) and os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(IngestError) as caught:
+        _run(images, tmp_path / "out")
+    message = str(caught.value)
+    assert message.startswith("2 class folders with files would be left out of the training set: ")
+    assert (
+        f"'birds' (its files could not be counted): a link to {tmp_path}/nas/birds, which does not exist "
+        "(a share not mounted?)" in message
+    )
+    assert "'locked' (its files could not be counted): cannot list directory: Permission denied" in message
+
+    report = _run(images, tmp_path / "out", allow_left_out_classes=True)
+    assert report.classes == ["a", "b"]
+    assert sorted((c["folder"], c["files"]) for c in report.left_out_classes) == [
+        ("birds", None),
+        ("locked", None),
+    ]
+    from imgpipe.orchestration.local import left_out_classes
+
+    assert sorted(c["folder"] for c in left_out_classes(str(tmp_path / "out"))) == ["birds", "locked"]
 
 
 def test_nas_thumbnails_and_zip_resource_forks_are_not_images_of_the_tree(tmp_path: Path) -> None:

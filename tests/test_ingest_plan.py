@@ -279,6 +279,13 @@ def test_class_names_that_print_almost_alike_are_kept_apart_with_a_warning() -> 
         "class 'c\u0430r' mixes Cyrillic and Latin letters ('\u0430' U+0430): a look-alike letter typed by "
         "mistake makes it another class than the name it looks like",
     ]
+    # Apart only by dots or spaces at their ends: one folder on Windows or an SMB share.
+    assert _plan(_tree({"cat": 4, "Cat.": 4, "dog": 4, "dog..": 4, "b.c": 4, "bc": 4})).warnings == [
+        "classes 'Cat.', 'cat' differ only in dots or spaces at their ends (Windows and SMB shares drop "
+        "trailing ones: one folder there): they are 2 classes; if they are one, merge their folders",
+        "classes 'dog', 'dog..' differ only in dots or spaces at their ends (Windows and SMB shares drop "
+        "trailing ones: one folder there): they are 2 classes; if they are one, merge their folders",
+    ]
     # Names in one script each, or in scripts that do not look like Latin, are no warning.
     assert (
         _plan(

@@ -826,6 +826,14 @@ def test_labels_that_print_alike_are_told_apart_in_the_report(tmp_path):
     assert marked in page and f"<b>{composed} (" not in page
     assert figures._short(decomposed) == f"{decomposed} (not NFC)" and figures._short(composed) == composed
     assert len(figures._short("x" * 40 + "\u0301")) <= figures._LABEL_CHARS + 1
+    # Long names alike at the start keep their ends on the axes; names alike even so are numbered.
+    long = ["photos_of_the_north_site_2021", "photos_of_the_north_site_2022", "cat"]
+    assert figures._axis_labels(long) == ["photos_o\u2026site_2021", "photos_o\u2026site_2022", "cat"]
+    same_ends = ["a" * 30 + "b" * 30, "a" * 30 + "c" + "b" * 30]
+    assert figures._axis_labels(same_ends) == [
+        "aaaaaaaa\u2026bbbbbbbbb #1",
+        "aaaaaaaa\u2026bbbbbbbbb #2",
+    ]
 
 
 def test_misclassified_images_are_named_by_their_files_from_ingests_index(tmp_path):

@@ -71,10 +71,18 @@ def scripts(name: str) -> set[str]:
     return found
 
 
+_TRIMMED = ". \t"
+
+
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
 def almost_alike(names: Iterable[str], what: str, remedy: str) -> list[str]:
     """Warnings for names that print almost alike but are other text: letter case only; the same
     name in Unicode's compatibility forms (fullwidth "ｃａｔ" and "cat", ligatures, superscripts:
-    equal under NFKC, case aside); and a name mixing Latin, Cyrillic or Greek letters (a Cyrillic
+    equal under NFKC, case aside); names apart only by dots or spaces at their ends ("cat." and
+    "cat": one folder on Windows); and a name mixing Latin, Cyrillic or Greek letters (a Cyrillic
     "а" in "cаt"). `what`: the plural noun ("classes", "labels"); `remedy`: what to do if they are
     one. They stay the classes they are: only a person can say whether they are one."""
     names = list(names)
@@ -90,13 +98,23 @@ def almost_alike(names: Iterable[str], what: str, remedy: str) -> list[str]:
     )
     by_form: dict[str, list[str]] = {}
     for name in names:
-        by_form.setdefault(unicodedata.normalize("NFKC", name).casefold(), []).append(name)
+        by_form.setdefault(_folded(name), []).append(name)
     out.extend(
         f"{what} {', '.join(repr(n) for n in group)} are one name in Unicode's compatibility "
         f"forms (fullwidth or other variants of the same letters): they print almost alike and are "
         f"{len(group)} classes; if they are one, {remedy}"
         for group in by_form.values()
         if len({n.lower() for n in group}) > 1  # more than case apart (the case warning's)
+    )
+    by_ends: dict[str, list[str]] = {}
+    for name in names:
+        by_ends.setdefault(_folded(name.strip(_TRIMMED)), []).append(name)
+    out.extend(
+        f"{what} {', '.join(repr(n) for n in group)} differ only in dots or spaces at their ends "
+        f"(Windows and SMB shares drop trailing ones: one folder there): they are {len(group)} "
+        f"classes; if they are one, {remedy}"
+        for group in by_ends.values()
+        if len({_folded(n) for n in group}) > 1  # more than case or form apart (the warnings above)
     )
     singular = what[:-2] if what.endswith("ses") else what[:-1]
     for name in names:

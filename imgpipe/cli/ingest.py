@@ -8,7 +8,7 @@ import logging
 
 from imgpipe.cli.flags import open_fraction, whole_number
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
-from imgpipe.ingest import IngestError, IngestWriteError, ingest
+from imgpipe.ingest import IngestError, IngestWriteError, ingest, left_out_files
 from trainer.features import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("imgpipe.ingest")
@@ -97,7 +97,7 @@ def _refusal_details(report: dict) -> list[str]:
         lines.append(f"... and {len(conflicts) - 5} more label conflicts (all in the JSON report on stdout)")
     for folder in left_out:
         lines.append(
-            f"class folder {folder['folder']!r} ({folder['files']} files) not used: {folder['reason']}"
+            f"class folder {folder['folder']!r} ({left_out_files(folder)}) not used: {folder['reason']}"
         )
     return lines
 

@@ -20,7 +20,7 @@ silently: each file that is not written is in the report with a reason.
 from imgpipe.ingest.contract import CLASSES_FILE, REPORT_FILE, SPLITS, validate_tfrecord_dir
 from imgpipe.ingest.errors import IngestError, IngestWriteError
 from imgpipe.ingest.images import ACCEPTED_FORMATS
-from imgpipe.ingest.report import IngestReport
+from imgpipe.ingest.report import IngestReport, left_out_files
 from imgpipe.ingest.run import ingest
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "IngestWriteError",
     "IngestReport",
     "ingest",
+    "left_out_files",
     "validate_tfrecord_dir",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -70,6 +70,9 @@ class Plan:
     empty_classes: list[str]
     warnings: list[str]
     shards: dict[str, list[Shard]]  # split -> shards in file-name order
+    # Why the tree looks laid out by split (train/<class>/...), which ingest does not read
+    # as such: a refusal (None: it does not).
+    split_layout: str | None = None
 
     def records(self, split: str) -> list[Candidate]:
         """Every record of ``split`` in the order it is written."""
@@ -113,6 +116,8 @@ class Plan:
                 + (f"; {num_skipped} files skipped" if num_skipped else "")
                 + self._one_class_hint(images_dir)
             )
+        if self.split_layout:
+            return self.split_layout
         solo = [name for name in self.classes if self.counts[name]["eval"] == 0]
         if solo:
             which = ", ".join(repr(name) for name in solo)
@@ -206,9 +211,10 @@ def make_plan(
                 )
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))
     warnings += almost_alike(classes, "classes", "merge their folders")
-    warnings += _split_like_layout(
-        classes, [c for members in groups.values() for g in members.values() for c in g]
+    split_layout, misfiled = _split_layout(
+        classes, subfolders(c for members in groups.values() for g in members.values() for c in g)
     )
+    warnings += misfiled
     if len(classes) > MAX_RUN_CLASSES:
         warnings.append(
             f"{len(classes)} classes: `imgpipe run` takes at most {MAX_RUN_CLASSES:,} (TFDV's statistics "
@@ -229,7 +235,7 @@ def make_plan(
                 shard_names(count), _shard_ranges(len(records), count), strict=True
             )
         ]
-    return Plan(classes, counts, duplicates, label_conflicts, empty_classes, warnings, shards)
+    return Plan(classes, counts, duplicates, label_conflicts, empty_classes, warnings, shards, split_layout)
 
 
 def _same(members: list[Candidate]) -> str:
@@ -255,23 +261,51 @@ def subfolders(candidates: Iterable[Candidate]) -> dict[str, set[str]]:
     return found
 
 
-def _split_like_layout(classes: list[str], candidates: list[Candidate]) -> list[str]:
-    """A warning when the class folders look like a tree split already (train/<class>/...,
-    val/<class>/...): ingest labels an image by the folder right under images_dir, so such a
-    tree trains a classifier of "train" against "val"."""
-    inner = subfolders(candidates)
-    shared = set.intersection(*(inner.get(name, set()) for name in classes)) if len(classes) > 1 else set()
-    split_like = [name for name in classes if name.lower() in SPLIT_NAMES]
-    if not shared or not split_like:
-        return []
-    names = ", ".join(repr(n) for n in sorted(shared)[:10]) + (" ..." if len(shared) > 10 else "")
-    return [
-        f"class folders {', '.join(repr(n) for n in split_like)} are named like splits, not classes, "
-        f"and the class folders all hold the same subfolders ({names}): an image's class is the "
-        "folder right under the image directory, so this trains a classifier of "
-        f"{', '.join(repr(n) for n in classes[:5])}. If the subfolders are the classes, lay the "
-        "tree out as <images>/<class>/... (ingest splits it itself), or ingest one split's folder"
-    ]
+def _split_layout(classes: list[str], inner: Mapping[str, set[str]]) -> tuple[str | None, list[str]]:
+    """(a refusal, warnings) for class folders holding subfolders named like classes.
+
+    Ingest labels an image by the folder right under images_dir. A class folder named like a
+    split ('train', 'test', ...) holding subfolders named like other classes, or like another
+    such folder's subfolders, is a tree laid out by split: it would train 'test' as a class of
+    its own (refused). Another class folder holding a subfolder named like another class
+    (cat/dog/...) is warned about: those images are labelled by the outer folder.
+    """
+    folded = {name.casefold(): name for name in classes}
+    split_like = [name for name in classes if name.casefold() in SPLIT_NAMES]
+    laid_out: list[str] = []
+    warnings: list[str] = []
+    for name in classes:
+        like = sorted(n for n in inner.get(name, set()) if folded.get(n.casefold(), name) != name)
+        if name in split_like:
+            like += sorted(
+                n
+                for n in inner.get(name, set()) - set(like)
+                if any(n in inner.get(other, set()) for other in split_like if other != name)
+            )
+            if like:
+                laid_out.append(f"{name!r} (holding {_names(like)})")
+        elif like:
+            warnings.append(
+                f"class folder {name!r} holds {'a subfolder' if len(like) == 1 else 'subfolders'} named like "
+                f"{'another class' if len(like) == 1 else 'other classes'} ({_names(like)}): their images are "
+                f"labelled {name!r}, the folder right under the image directory; move them to their "
+                "class folder if that is what they show"
+            )
+    if not laid_out:
+        return None, warnings
+    return (
+        f"the tree looks laid out by split: class {'folder' if len(laid_out) == 1 else 'folders'} "
+        f"{', '.join(laid_out)} {'is' if len(laid_out) == 1 else 'are'} named like "
+        f"{'a split and holds' if len(laid_out) == 1 else 'splits and hold'} subfolders named like classes. An image's class is the folder right under the image "
+        "directory, so this would train a split's name as a class. Lay the tree out as "
+        "<images>/<class>/<images> (ingest makes the eval split itself: merge the splits' class "
+        "folders), or ingest one split's folder as the image directory",
+        warnings,
+    )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
 
 
 def eval_count(n: int, eval_fraction: float) -> int:

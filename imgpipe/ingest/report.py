@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgpipe.ingest.contract import SPLITS
+from trainer.features import counted
 
 
 def display_path(path: str) -> str:
@@ -128,3 +129,10 @@ class IngestReport:
             "rotated": [dict(r) for r in self.rotated],
             "warnings": list(self.warnings),
         }
+
+
+def left_out_files(left_out: dict[str, Any]) -> str:
+    """'3 files' for an entry of ``left_out_classes``; its files are None when the folder could
+    not be listed (a link to nothing, no permission)."""
+    files = left_out.get("files")
+    return "its files could not be counted" if files is None else counted(files, "file")

@@ -12,7 +12,7 @@ from typing import Any
 from imgpipe.ingest.contract import REPORT_FILE
 from imgpipe.ingest.errors import IngestError
 from imgpipe.ingest.plan import Plan, make_plan
-from imgpipe.ingest.report import IngestReport, display_path
+from imgpipe.ingest.report import IngestReport, display_path, left_out_files
 from imgpipe.ingest.scan import MAX_ASPECT, Scan, check_images_dir, scan_tree
 from imgpipe.ingest.write import check_out_dir, write_outputs
 from trainer.features import DEFAULT_MAX_PIXELS, counted
@@ -88,9 +88,9 @@ def ingest(
     problem = plan.refusal(images_dir, num_skipped=len(report.skipped))
     if problem:
         raise IngestError(problem, report=report.to_dict())
-    lost = [c for c in report.left_out_classes if c["files"]]
+    lost = [c for c in report.left_out_classes if c["files"] is None or c["files"]]
     if lost and not allow_left_out_classes:
-        shown = "; ".join(f"{c['folder']!r} ({counted(c['files'], 'file')}): {c['reason']}" for c in lost[:5])
+        shown = "; ".join(f"{c['folder']!r} ({left_out_files(c)}): {c['reason']}" for c in lost[:5])
         more = f"; and {len(lost) - 5} more" if len(lost) > 5 else ""
         raise IngestError(
             f"{counted(len(lost), 'class folder')} with files would be left out of the training set: "
@@ -100,7 +100,7 @@ def ingest(
             report=report.to_dict(),
         )
     report.warnings += [
-        f"class folder {c['folder']!r} ({counted(c['files'], 'file')}) is left out: {c['reason']}"
+        f"class folder {c['folder']!r} ({left_out_files(c)}) is left out: {c['reason']}"
         for c in report.left_out_classes
     ]
     if found.stretched:
@@ -141,15 +141,24 @@ def ingest(
 
 def left_out_classes(found: Scan, plan: Plan) -> list[dict[str, Any]]:
     """[{"folder", "files", "reason"}] of every class folder that is not a class of the plan:
-    refused names and name conflicts (their reason), and folders with no usable image (the
-    most common reasons their files were not used)."""
+    refused names and name conflicts (their reason), folders that could not be listed (files
+    None: a link to nothing, no permission), and folders with no usable image (the most common
+    reasons their files were not used)."""
     left = [
         {"folder": display_path(name), "files": found.folder_files.get(name, 0), "reason": reason}
         for name, reason in found.names.rejected.items()
     ]
+    left += [
+        {"folder": display_path(name), "files": None, "reason": reason}
+        for name, reason in found.unlisted.items()
+        if name not in found.folder_files  # not walked: a link not followed
+    ]
     folder_of = {label: name for name, label in found.names.labels.items()}
     for label in plan.empty_classes:
         name = folder_of.get(label, label)
+        if name in found.unlisted:  # a class folder that could not be listed
+            left.append({"folder": display_path(name), "files": None, "reason": found.unlisted[name]})
+            continue
         prefix = display_path(name) + "/"
         reasons = collections.Counter(s["reason"] for s in found.skipped if s["path"].startswith(prefix))
         why = [f"{counted(n, 'file')}: {reason}" for reason, n in reasons.most_common(3)]

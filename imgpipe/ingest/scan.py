@@ -71,6 +71,9 @@ class Listing(NamedTuple):
     files: list[tuple[str, str, str]]  # (rel, abs, label)
     names: ClassNames  # folder -> label, refused folders and name conflicts
     folder_files: dict[str, int]  # class folder name -> files found under it (used or not)
+    # Entries of the image directory meant as class folders whose files could not be counted
+    # (a link to nothing, a folder it may not list): name -> why.
+    unlisted: dict[str, str]
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Scan:
     # Images whose long side is over MAX_ASPECT times the short one: [{"path", "width", "height"}]
     stretched: list[dict[str, Any]] = field(default_factory=list)
     folder_files: dict[str, int] = field(default_factory=dict)  # class folder name -> files under it
+    unlisted: dict[str, str] = field(default_factory=dict)  # Listing.unlisted
 
     def nothing_usable(self, images_dir: str) -> str | None:
         """Why there is nothing to plan (no decodable image at all), or None."""
@@ -125,11 +129,11 @@ def scan_tree(
     say = progress or log.info
     skipped: list[dict[str, str]] = []
     try:
-        folders, listed, names, folder_files = list_tree(images_dir, skipped)
+        folders, listed, names, folder_files, unlisted = list_tree(images_dir, skipped)
     except OSError as exc:
         raise IngestError(f"cannot list the image directory {images_dir}: {exc}") from exc
     not_walked = len(skipped)
-    if not folders and not names.rejected:
+    if not folders and not names.rejected and not unlisted:
         raise IngestError(
             f"no class subfolders in {images_dir}: "
             f"expected {images_dir}/<class_name>/<images>"
@@ -142,6 +146,7 @@ def scan_tree(
         files_scanned=len(listed) + not_walked,
         names=names,
         folder_files=folder_files,
+        unlisted=unlisted,
     )
     total = len(listed)
     for done, (rel, path, label) in enumerate(listed, start=1):
@@ -180,14 +185,23 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
 
     Entries that are not walked (files directly in ``root``, unlistable or
     unfollowed directories) and every file of a class folder whose name is
-    refused (``labels.assign_labels``) are appended to ``skipped``. Raises
-    OSError when ``root`` itself cannot be listed.
+    refused (``labels.assign_labels``) are appended to ``skipped``. Entries of
+    ``root`` meant as class folders that cannot be listed (a link to nothing: an
+    unmounted share; a link not followed; no permission) are also in ``unlisted``,
+    so ingest can refuse a tree that would lose a class. Raises OSError when
+    ``root`` itself cannot be listed.
     """
     with os.scandir(root) as entries:
         ordered = sorted(entries, key=lambda e: e.name)
     tree = os.path.realpath(root)
     class_dirs: list[os.DirEntry[str]] = []
     class_reals: dict[str, str] = {}  # real path -> the first class folder name that leads to it
+    unlisted: dict[str, str] = {}
+
+    def not_a_class(entry: os.DirEntry[str], reason: str) -> None:
+        skipped.append({"path": display_path(_rel(root, entry.path)), "reason": reason})
+        unlisted[entry.name] = reason
+
     for entry in ordered:
         rel = display_path(_rel(root, entry.path))
         if reason := _not_scanned(entry.name):
@@ -196,18 +210,20 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError as exc:  # a link loop, or a link into a folder it may not enter
-            skipped.append(
-                {"path": rel, "reason": display_text(f"cannot follow the link: {exc.strerror or exc}")}
-            )
+            not_a_class(entry, display_text(f"cannot follow the link: {exc.strerror or exc}"))
+            continue
+        if not is_dir and _dangling_folder_link(entry):
+            target = display_text(os.readlink(entry.path))
+            not_a_class(entry, f"a link to {target}, which does not exist (a share not mounted?)")
             continue
         problem = _link_problem(tree, entry.path, tree) if is_dir and entry.is_symlink() else None
         if problem:
-            skipped.append({"path": rel, "reason": problem})
+            not_a_class(entry, problem)
             continue
         if is_dir:
             real = os.path.realpath(entry.path)
             if real in class_reals:  # two class links to one folder: each image under two labels
-                skipped.append({"path": rel, "reason": SAME_CLASS_FOLDER.format(first=class_reals[real])})
+                not_a_class(entry, SAME_CLASS_FOLDER.format(first=class_reals[real]))
                 continue
             class_reals[real] = entry.name
             class_dirs.append(entry)
@@ -218,20 +234,29 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     files: list[tuple[str, str, str]] = []
     folder_files: dict[str, int] = {}
     for entry in class_dirs:
-        walked = _walk_class(root, tree, entry.path, seen, skipped)
+        walked, unlistable = _walk_class(root, tree, entry.path, seen, skipped)
         folder_files[entry.name] = len(walked)
+        if unlistable:
+            unlisted[entry.name] = unlistable
         if entry.name in names.labels:
             files += [(rel, path, names.labels[entry.name]) for rel, path in walked]
             continue
         reason = f"class folder {entry.name!r} is not used: {names.rejected[entry.name]}"
         skipped += [{"path": display_path(rel), "reason": reason} for rel, _ in walked]
-    return Listing(list(names.labels.values()), files, names, folder_files)
+    return Listing(list(names.labels.values()), files, names, folder_files, unlisted)
+
+
+def _dangling_folder_link(entry: os.DirEntry[str]) -> bool:
+    """A link in the image directory to nothing, named like a folder (no file extension): a
+    class folder on a share that is not mounted, not a stray file link."""
+    return entry.is_symlink() and not os.path.exists(entry.path) and not os.path.splitext(entry.name)[1]
 
 
 def _walk_class(
     root: str, tree: str, class_dir: str, seen: set[str], skipped: list[dict[str, str]]
-) -> list[tuple[str, str]]:
-    """All non-hidden files under ``class_dir`` (recursively, sorted) as (rel, abs).
+) -> tuple[list[tuple[str, str]], str | None]:
+    """All non-hidden files under ``class_dir`` (recursively, sorted) as (rel, abs), and why
+    ``class_dir`` itself could not be listed (None when it could).
 
     ``tree`` is the real path of ``root``. Directory links are followed only
     as the module docstring says (``_link_problem``); ``seen`` holds the real
@@ -239,11 +264,14 @@ def _walk_class(
     is reported in ``skipped``, so a loop or a link to ``/`` cannot run away.
     """
     files: list[tuple[str, str]] = []
+    unlistable: list[str] = []
 
     def on_error(exc: OSError) -> None:
         where = exc.filename or class_dir
-        reason = display_text(f"cannot list directory: {exc}")
+        reason = display_text(f"cannot list directory: {exc.strerror or exc}")
         skipped.append({"path": display_path(_rel(root, where)), "reason": reason})
+        if where == class_dir:
+            unlistable.append(reason)
 
     def skip(path: str, reason: str) -> None:
         skipped.append({"path": display_path(_rel(root, path)), "reason": reason})
@@ -275,7 +303,7 @@ def _walk_class(
                 skip(path, FILE_LINK_IN_TREE)  # else its bytes would sit under two classes
             else:
                 files.append((_rel(root, path), path))
-    return files
+    return files, (unlistable[0] if unlistable else None)
 
 
 def _not_scanned(name: str) -> str | None:

@@ -31,7 +31,7 @@ from components import loaded_models
 from components.data_contract import LABEL_CHANGES
 from components.gate_decision import NO_BASELINE
 from imgpipe.ingest import REPORT_FILE as INGEST_REPORT_FILE
-from imgpipe.ingest import IngestError, validate_tfrecord_dir
+from imgpipe.ingest import IngestError, left_out_files, validate_tfrecord_dir
 from imgpipe.orchestration import (
     cache_outputs,
     diagnosis,
@@ -479,9 +479,9 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     _log_gate(summary.gate)
     for folder in summary.left_out_classes:
         log.warning(
-            "class folder %r (%s files) is not in this model: ingest left it out (%s)",
+            "class folder %r (%s) is not in this model: ingest left it out (%s)",
             folder.get("folder"),
-            folder.get("files"),
+            left_out_files(folder),
             folder.get("reason"),
         )
     return summary
@@ -511,7 +511,10 @@ def left_out_classes(data_dir: str) -> list[dict]:
     except (OSError, ValueError):
         return []
     left = report.get("left_out_classes") if isinstance(report, dict) else None
-    return [c for c in left if isinstance(c, dict) and c.get("files")] if isinstance(left, list) else []
+    if not isinstance(left, list):
+        return []
+    # files: how many it held, None when they could not be counted (a link to nothing, no permission).
+    return [c for c in left if isinstance(c, dict) and "files" in c and (c["files"] is None or c["files"])]
 
 
 def _stop(

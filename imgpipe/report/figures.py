@@ -6,6 +6,7 @@ state, no display needed); each function writes one file.
 
 from __future__ import annotations
 
+import collections
 import math
 import unicodedata
 from collections.abc import Sequence
@@ -28,13 +29,36 @@ def _short(name: str) -> str:
     """The name cut to _LABEL_CHARS; one not in Unicode's composed form (NFC), or holding a hidden
     character (a space at an end, a zero-width or no-break space), is marked, so two labels that
     print alike (the page gives their code points) are told apart on the axes."""
-    mark = ""
-    if not unicodedata.is_normalized("NFC", name):
-        mark = " (not NFC)"
-    elif not is_plain(name):
-        mark = " (hidden chars)"
+    mark = _mark(name)
     room = _LABEL_CHARS - len(mark)
     return (name if len(name) <= room else name[: room - 1] + "\u2026") + mark
+
+
+def _mark(name: str) -> str:
+    if not unicodedata.is_normalized("NFC", name):
+        return " (not NFC)"
+    return " (hidden chars)" if not is_plain(name) else ""
+
+
+def _axis_labels(names: Sequence[str]) -> list[str]:
+    """Each name as `_short` cuts it; names whose cut forms are alike (a long common start) keep
+    their ends instead ("class_of_images_…_2021", "…_2022"), and any still alike are numbered,
+    so no two ticks of an axis read the same."""
+    labels = [_short(n) for n in names]
+    counts = collections.Counter(labels)
+    labels = [_ends(n) if counts[label] > 1 else label for n, label in zip(names, labels, strict=True)]
+    counts = collections.Counter(labels)
+    return [f"{label} #{i + 1}" if counts[label] > 1 else label for i, label in enumerate(labels)]
+
+
+def _ends(name: str) -> str:
+    """The name's start and end around an ellipsis, within _LABEL_CHARS, marked as `_short` marks."""
+    mark = _mark(name)
+    room = _LABEL_CHARS - len(mark)
+    if len(name) <= room:
+        return name + mark
+    tail = room // 2
+    return name[: room - tail - 1] + "\u2026" + name[-tail:] + mark
 
 
 def _save(fig: Figure, path: str) -> None:
@@ -62,8 +86,8 @@ def confusion_matrix(
     ax.set_title("Confusion matrix, row-normalised" if normalised else "Confusion matrix, counts")
     if max(n_rows, n_cols) <= _TICKS_MAX:
         # parse_math=False: a class name is text; '$...$' in one would be read as mathtext.
-        ax.set_xticks(range(n_cols), [_short(c) for c in columns], rotation=45, ha="right", parse_math=False)
-        ax.set_yticks(range(n_rows), [_short(r) for r in rows], parse_math=False)
+        ax.set_xticks(range(n_cols), _axis_labels(columns), rotation=45, ha="right", parse_math=False)
+        ax.set_yticks(range(n_rows), _axis_labels(rows), parse_math=False)
     if max(n_rows, n_cols) <= _ANNOTATE_MAX:
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
