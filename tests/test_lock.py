@@ -222,3 +222,23 @@ def test_a_full_disk_does_not_stop_the_lock(tmp_path, monkeypatch, caplog):
             with lock.run_lock(path):
                 pass
     assert "who holds it could not be written" in caplog.text and "No space left" in caplog.text
+
+
+def test_a_home_lock_file_deleted_while_held_lets_no_one_in(tmp_path):
+    """`rm HOME/run.lock` ("a stale lock") while a run held it let a prune in, which recovered the
+    live run's Trainer as dead and deleted its outputs: the home folder is locked too."""
+    home = str(tmp_path / "home")
+    with lock.home_lock(home, holder="run live"):
+        os.remove(lock.home_lock_path(home))
+        assert lock.home_held(home) is True
+        with pytest.raises(lock.LockBusy) as caught:
+            with lock.home_lock(home, holder="prune"):
+                pytest.fail("a second holder got in")
+        assert str(caught.value).startswith(
+            f"another imgpipe process holds the home {home}, although its lock file {home}/run.lock was "
+            "deleted or replaced while it held it"
+        )
+        assert str(caught.value).endswith("not starting prune")
+    assert lock.home_held(home) is False
+    with lock.home_lock(home, holder="prune"):  # freed with its holder
+        pass

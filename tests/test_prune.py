@@ -134,7 +134,7 @@ def test_a_dry_run_reads_a_read_only_home(tmp_path, monkeypatch):
     def no_lock(*a, **kw):
         raise AssertionError("a read-only home's lock file cannot be opened")
 
-    monkeypatch.setattr(prune, "run_lock", no_lock)
+    monkeypatch.setattr(prune, "home_lock", no_lock)
     dry = prune_home(home.home, keep=1, dry_run=True)
     assert dry.pipelines["imgpipe"].removed == expected.pipelines["imgpipe"].removed
     with pytest.raises(AssertionError):  # a real prune still takes the lock (and fails there)

@@ -41,7 +41,7 @@ from imgpipe.orchestration import (
     runs,
     scratch,
 )
-from imgpipe.orchestration.lock import home_lock_path, run_lock
+from imgpipe.orchestration.lock import home_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
@@ -227,7 +227,7 @@ def run_local(
     if lock_wait > 0:
         check_data_dir(config.data_dir)  # unusable records fail now, not after the wait
     run_id = new_run_id()
-    with run_lock(home_lock_path(config.home), wait=lock_wait, holder=f"run {run_id}"):
+    with home_lock(config.home, wait=lock_wait, holder=f"run {run_id}"):
         if lock_wait <= 0:
             # Read under the lock: reading the records loads TensorFlow (~3 s), which a run
             # refused at once because another holds the home does not need.

@@ -9,6 +9,13 @@ A run that finds the lock taken waits up to `wait` seconds (0: not at all),
 then gets LockBusy with the holder (pid, start time and run id) in the message;
 the CLI exits 75 (EX_TEMPFAIL: "try again later"). The kernel drops the lock
 when the holder exits, even on kill -9, so a stale lock file never blocks.
+
+The home's lock (`home_lock`) also holds a flock on the home folder itself: a
+lock file deleted by hand ("a stale lock") while a run holds it would otherwise
+let a prune or a second run in, to recover the live run's executions as dead.
+A folder cannot be deleted while it holds the home. Where folders cannot be
+flocked (NFS emulates flock with byte-range locks, which a folder does not take),
+the lock file alone is the lock.
 """
 
 from __future__ import annotations
@@ -41,11 +48,70 @@ def home_lock_path(home: str) -> str:
     return os.path.join(home, HOME_LOCK_FILE)
 
 
-def held(path: str) -> bool | None:
+@contextlib.contextmanager
+def home_lock(home: str, wait: float = 0.0, holder: str = "", refused: str = "") -> Iterator[None]:
+    """Hold the home's lock for the block: HOME/run.lock (`run_lock`) and the home folder."""
+    deadline = time.monotonic() + max(wait, 0.0)
+    with run_lock(home_lock_path(home), wait=wait, holder=holder, refused=refused):
+        try:
+            fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:  # a home this user may enter but not list
+            log.debug("the home folder %s cannot be opened to lock (%s): its lock file is the lock", home, e)
+            yield
+            return
+        try:
+            if _flock_folder(fd, home, deadline, wait, holder, refused):
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            else:
+                yield
+        finally:
+            os.close(fd)
+
+
+def _flock_folder(fd: int, home: str, deadline: float, wait: float, holder: str, refused: str) -> bool:
+    """Lock the home folder open at `fd`, waiting until `deadline`; False where folders cannot
+    be flocked (the lock file is the lock there). LockBusy when another process holds it:
+    that process holds the home although its lock file was deleted or replaced."""
+    announced = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {wait:g}s" if wait > 0 else ""
+                ours = refused or ("prune" if holder == "prune" else "an overlapping run")
+                raise LockBusy(
+                    f"another imgpipe process holds the home {home}, although its lock file "
+                    f"{home_lock_path(home)} was deleted or replaced while it held it (do not delete it: "
+                    f"the lock is freed when its holder exits, even on kill -9); not starting {ours}{waited}"
+                ) from None
+            if not announced:
+                log.info(
+                    "waiting up to %gs for the home %s (its lock file was deleted while held)", wait, home
+                )
+                announced = True
+            time.sleep(min(_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
+        except OSError as e:  # EBADF, ENOLCK, EINVAL: a filesystem whose folders take no flock
+            log.debug("the home folder %s cannot be flocked (%s): its lock file is the lock", home, e)
+            return False
+
+
+def home_held(home: str) -> bool | None:
+    """Whether another process holds the home's lock now (`held`, of its lock file, else of the
+    home folder: a holder whose lock file was deleted)."""
+    busy = held(home_lock_path(home))
+    return busy if busy else (held(home, folder=True) or busy)
+
+
+def held(path: str, folder: bool = False) -> bool | None:
     """Whether another process holds the lock at `path` now: True, False (free, or no lock file),
     None when it cannot be told (the file cannot be opened). Takes and drops the lock at once."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
     except FileNotFoundError:
         return False
     except OSError:

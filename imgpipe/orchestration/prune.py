@@ -47,7 +47,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.gate_decision import ROLLED_BACK_KEY
 from imgpipe.orchestration import metadata, recovery, runs, scratch
-from imgpipe.orchestration.lock import home_lock_path, run_lock
+from imgpipe.orchestration.lock import home_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
 from serving.model_fingerprint import served_copies
@@ -337,7 +337,7 @@ def prune_home(
         # A read-only home (a snapshot, a read-only mount): no run can change it, and the lock
         # file cannot be opened; a dry run only reads.
         return _with_versions(_prune_holding_lock(home, stores, keep, dry_run), keep_versions)
-    with run_lock(home_lock_path(home), wait=lock_wait, holder="prune"):
+    with home_lock(home, wait=lock_wait, holder="prune"):
         return _with_versions(_prune_holding_lock(home, stores, keep, dry_run), keep_versions)
 
 

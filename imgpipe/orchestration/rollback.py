@@ -48,7 +48,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.gate_decision import ROLLED_BACK_KEY
 from imgpipe.orchestration import metadata, runs
-from imgpipe.orchestration.lock import home_lock_path, run_lock
+from imgpipe.orchestration.lock import home_lock
 from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.prune import airflow_run_in_progress
 from pipeline.config import ConfigError, PipelineConfig
@@ -241,7 +241,7 @@ def rollback_home(
         )
     if dry_run and not os.access(home, os.W_OK):  # a read-only home: nothing can run in it
         return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo, config_path)
-    with run_lock(home_lock_path(home), wait=lock_wait, holder="rollback", refused="rollback"):
+    with home_lock(home, wait=lock_wait, holder="rollback", refused="rollback"):
         return _rollback_holding_lock(home, config, serving_dir, to, reason, dry_run, undo, config_path)
 
 

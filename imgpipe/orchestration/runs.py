@@ -19,7 +19,7 @@ import os
 import re
 import socket
 
-from imgpipe.orchestration.lock import held, home_lock_path
+from imgpipe.orchestration.lock import home_held, home_lock_path
 from imgpipe.orchestration.paths import write_all_atomically, write_atomically
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import ConfigError, PipelineConfig
@@ -154,8 +154,9 @@ def not_finished_message(folder: str, started: dict) -> str:
     # Every run holds its home's lock from start to end: free, the run is dead, whatever its
     # process id says now (a reused one may be alive).
     run_id = started.get("run_id") or os.path.basename(folder)
-    lock_path = home_lock_path(os.path.dirname(os.path.dirname(folder)))
-    busy = held(lock_path)
+    home = os.path.dirname(os.path.dirname(folder))
+    lock_path = home_lock_path(home)
+    busy = home_held(home)
     if busy is False:
         state = "it died (kill -9, out of memory, the machine stopped): the next run of the home records it"
     elif busy and f"run {run_id}" in _lock_note(lock_path):
