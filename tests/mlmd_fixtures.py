@@ -171,14 +171,40 @@ def cached_outputs(home: FakeHome, artifact: pb.Artifact) -> dict | None:
     return cache_utils.get_cached_outputs(types.SimpleNamespace(store=home.store), ctx)
 
 
-def model_files(model: pb.Artifact, content: bytes) -> None:
-    """A Model artifact's Format-Serving folder holding a stand-in SavedModel."""
+def model_files(model: pb.Artifact, content: bytes, loadable: bool = False) -> None:
+    """A Model artifact's Format-Serving folder holding a stand-in SavedModel. loadable: one whose
+    files pass serving.model_files.check_model_files (a SavedModel proto with the predict_images
+    signature and `content` in its meta graph, and a variables bundle holding `content`), for a
+    command run in another process; else two files holding `content`."""
     path = os.path.join(model.uri, "Format-Serving")
     os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+    if loadable:
+        loadable_files(path, content)
+        return
     with open(os.path.join(path, "saved_model.pb"), "wb") as f:
         f.write(content)
     with open(os.path.join(path, "variables", "variables.index"), "wb") as f:
         f.write(b"index " + content)
+
+
+def loadable_files(path: str, content: bytes) -> None:
+    """Files at `path` that check_model_files takes for a whole model, without building one."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    meta = saved.meta_graphs.add()
+    meta.meta_info_def.meta_graph_version = content.decode("latin-1")
+    meta.signature_def["predict_images"].method_name = "tensorflow/serving/predict"
+    os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+    with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+        f.write(saved.SerializeToString())
+    tf.raw_ops.SaveV2(
+        prefix=os.path.join(path, "variables", "variables"),
+        tensor_names=["content"],
+        shape_and_slices=[""],
+        tensors=[tf.constant(content)],
+    )
 
 
 def _event(kind: int, key: str) -> pb.Event:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import shutil
 import tempfile
 import threading
+from pathlib import Path
 
 from PIL import Image
 
@@ -45,3 +47,36 @@ def as_jpeg(png: bytes, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     Image.open(io.BytesIO(png)).convert("RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def damaged_copy(export_dir: str, version: Path, damage: str) -> None:
+    """A copy of the model at `version` with one thing wrong with it."""
+    shutil.copytree(export_dir, version)
+    variables = version / "variables"
+    if damage == "no variables yet":  # still being copied
+        shutil.rmtree(variables)
+    elif damage.startswith("a data shard"):
+        [shard] = [p for p in variables.iterdir() if p.name.startswith("variables.data-")]
+        data = bytearray(shard.read_bytes())
+        if damage == "a data shard missing":
+            shard.unlink()
+        elif damage == "a data shard cut short":  # a copy interrupted
+            shard.write_bytes(data[: len(data) // 2])
+        elif damage == "a data shard with other bytes in it":  # as long as it was: only the checksums tell
+            middle = len(data) // 2
+            data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+            shard.write_bytes(data)
+    elif damage == "saved_model.pb not a SavedModel":
+        (version / "saved_model.pb").write_bytes(b"\x00not a SavedModel" * 10)
+    elif damage == "no predict_images":
+        import tensorflow as tf
+
+        shutil.rmtree(version)
+
+        class Other(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def serve(self, x):
+                return {"n": tf.size(x)}
+
+        other = Other()
+        tf.saved_model.save(other, str(version), signatures={"serving_default": other.serve})

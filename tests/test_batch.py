@@ -747,37 +747,6 @@ def test_request_parts_keep_order_and_both_limits():
     assert [[k for k, _ in p] for p, _ in request_parts(items[3:], None, 10)] == [["d", "e", "f"]]
 
 
-def _damaged(export_dir: str, version: Path, damage: str) -> None:
-    """A copy of the model at `version` with one thing wrong with it."""
-    shutil.copytree(export_dir, version)
-    variables = version / "variables"
-    if damage == "no variables yet":  # still being copied
-        shutil.rmtree(variables)
-    elif damage.startswith("a data shard"):
-        [shard] = [p for p in variables.iterdir() if p.name.startswith("variables.data-")]
-        data = bytearray(shard.read_bytes())
-        if damage == "a data shard missing":
-            shard.unlink()
-        elif damage == "a data shard cut short":  # a copy interrupted
-            shard.write_bytes(data[: len(data) // 2])
-        elif damage == "a data shard with other bytes in it":  # as long as it was: only the checksums tell
-            middle = len(data) // 2
-            data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
-            shard.write_bytes(data)
-    elif damage == "saved_model.pb not a SavedModel":
-        (version / "saved_model.pb").write_bytes(b"\x00not a SavedModel" * 10)
-    elif damage == "no predict_images":
-        shutil.rmtree(version)
-
-        class Other(tf.Module):
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-            def serve(self, x):
-                return {"n": tf.size(x)}
-
-        other = Other()
-        tf.saved_model.save(other, str(version), signatures={"serving_default": other.serve})
-
-
 @pytest.mark.parametrize("runner", ["direct", "multiprocess"])
 @pytest.mark.parametrize(
     "damage,message",
@@ -798,7 +767,7 @@ def test_a_version_that_cannot_be_loaded_is_named_before_the_job(
     The direct runner loads the model to check it (its scorer keeps that load); the others'
     workers load it themselves, so its files are checked instead (nothing is loaded here)."""
     base = tmp_path / "models" / NAME
-    _damaged(model.export_dir, base / "7", damage)
+    serving_fixtures.damaged_copy(model.export_dir, base / "7", damage)
     loads = []
     if runner != "direct":
         real = batch_job.load_signature

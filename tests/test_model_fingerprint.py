@@ -25,7 +25,9 @@ def _export(path: str, weights, classes: str = "a\nb\n", activation=tf.nn.softma
             return {"scores": activation(tf.matmul(x, tf.constant(w)))}
 
     model = Model()
-    tf.saved_model.save(model, path, signatures={"serving_default": model.serve})
+    # predict_images too: what imgpipe's exports carry (a rollback serves no version without it).
+    signatures = {"serving_default": model.serve, "predict_images": model.serve}
+    tf.saved_model.save(model, path, signatures=signatures)
     os.makedirs(os.path.join(path, "assets"), exist_ok=True)
     with open(os.path.join(path, "assets", "label_vocab"), "w", encoding="utf-8") as f:
         f.write(classes)

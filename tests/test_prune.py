@@ -17,7 +17,7 @@ from imgpipe.orchestration import lock, metadata, recovery
 from imgpipe.orchestration.prune import PruneError, prune_home
 from imgpipe.orchestration.summary import summarize_run
 from pipeline.config import PipelineConfig
-from tests.mlmd_fixtures import CACHED, RUNNING, FakeHome, training_history
+from tests.mlmd_fixtures import CACHED, RUNNING, FakeHome, loadable_files, training_history
 
 LIVE, DELETED = pb.Artifact.LIVE, pb.Artifact.DELETED
 
@@ -528,9 +528,10 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
     for i, version in enumerate(("1700000001", "1700000003", "0001700000004")):
         runs.write_record(config, RunSummary(f"r1-{i}", True, str(base / version), 0.9, 1, {}))
     # 1700000002 was pushed by another home to the same serving dir: not this prune's to delete.
-    for version in ("1700000001", "1700000002", "1700000003", "0001700000004"):
+    for version in ("1700000001", "1700000002", "1700000003"):
         os.makedirs(base / version / "variables")
         (base / version / "saved_model.pb").write_bytes(b"x" * 100)
+    loadable_files(str(base / "0001700000004"), b"the served model")  # the newest: it must load
     (base / ".push-host-1-staging").mkdir()  # a push in progress: not a version
     # A failed run of this home named another home's serving dir: not this home's to prune.
     theirs = tmp_path / "theirs" / "m"
@@ -572,6 +573,30 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
     # Without it the serving dirs are left alone.
     assert prune_home(home.home, keep=1).versions_removed == []
     assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000001", "1700000002"]
+
+
+def test_keep_versions_counts_only_versions_that_can_be_loaded(tmp_path):
+    """The newest version damaged (variables deleted by hand): kept, it is no version to fall back
+    on, so --keep-versions 1 kept it alone and removed the last loadable one."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.summary import RunSummary
+
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=1)
+    config = PipelineConfig(home=home.home, serving_dir=str(tmp_path / "serving"), model_name="m").resolved()
+    base = tmp_path / "serving" / "m"
+    for i, version in enumerate(("1", "2", "3")):
+        loadable_files(str(base / version), version.encode())
+        runs.write_record(config, RunSummary(f"r1-{i}", True, str(base / version), 0.9, 1, {}))
+    shutil.rmtree(base / "3" / "variables")
+
+    result = prune_home(home.home, keep=1, keep_versions=1)
+
+    assert [v["path"] for v in result.versions_removed] == [str(base / "1")]
+    assert sorted(result.versions_kept) == [str(base / "2"), str(base / "3")]
+    [unloadable] = result.versions_unloadable
+    assert unloadable["path"] == str(base / "3") and "variables.index is missing" in unloadable["error"]
+    assert sorted(os.listdir(base)) == ["2", "3"]
 
 
 # --------------------------------------------------------------------------- a shared database

@@ -18,22 +18,48 @@ import time
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from imgpipe.orchestration import lock, metadata, runs, summary
+from imgpipe.orchestration import lock, metadata, rollback, runs, summary
 from imgpipe.orchestration.rollback import LOG_FILE, RollbackError, RollbackFailed, rollback_home
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
 from tests.mlmd_fixtures import FakeHome, model_files
 
 FAILED = metadata_store_pb2.Execution.FAILED
+_REAL_DAMAGE = rollback._damage
+
+
+@pytest.fixture(autouse=True)
+def stand_ins_load(monkeypatch):
+    """The histories' versions are stand-ins (tests/mlmd_fixtures.model_files), not SavedModels:
+    taken as loadable while their index file is there. test_a_version_that_cannot_be_loaded_is_never_served_again
+    checks real ones with the real check."""
+
+    def damage(path: str) -> str | None:
+        index = os.path.join(path, "variables", "variables.index")
+        return None if os.path.isfile(index) else f"{index} is missing"
+
+    monkeypatch.setattr(rollback, "_damage", damage)
+
 
 ROLLED_BACK = "rolled_back"
+
+
+def _copied_in_by_hand(version: str) -> None:
+    """A stand-in version no run pushed (its files as mlmd_fixtures.model_files writes them)."""
+    os.makedirs(os.path.join(version, "variables"))
+    with open(os.path.join(version, "saved_model.pb"), "wb") as f:
+        f.write(b"copied in by hand")
+    with open(os.path.join(version, "variables", "variables.index"), "wb") as f:
+        f.write(b"index copied in by hand")
 
 
 class History:
     """A home whose runs each trained a model, blessed and pushed it as the next version."""
 
-    def __init__(self, tmp_path, metadata_url: str = "", pipeline: str = "imgpipe"):
-        """metadata_url: runs recording to that PostgreSQL database instead of the home's SQLite."""
+    def __init__(self, tmp_path, metadata_url: str = "", pipeline: str = "imgpipe", loadable: bool = False):
+        """metadata_url: runs recording to that PostgreSQL database instead of the home's SQLite;
+        loadable: models whose files pass the real load check (mlmd_fixtures.model_files)."""
+        self.loadable = loadable
         self.config = PipelineConfig(
             data_dir=str(tmp_path / "data"),
             home=str(tmp_path / "home"),
@@ -53,7 +79,7 @@ class History:
         run = f"{self.home.pipeline}-run-{len(self.models) + 1}"
         _, made = self.home.execute(run, "Trainer", outputs={"model": ("Model", {})})
         model = made["model"]
-        model_files(model, content)
+        model_files(model, content, loadable=self.loadable)
         _, made = self.home.execute(
             run,
             "Evaluator",
@@ -301,9 +327,7 @@ def test_a_target_unknown_to_ml_metadata_leaves_no_baseline(tmp_path):
     h = History(tmp_path)
     model_a, blessing_a = h.run(b"model A", "100")
     model_b, blessing_b = h.run(b"model B", "200")
-    os.makedirs(os.path.join(h.serving, "50", "variables"))
-    with open(os.path.join(h.serving, "50", "saved_model.pb"), "wb") as f:
-        f.write(b"copied in by hand")
+    _copied_in_by_hand(os.path.join(h.serving, "50"))
 
     result = rollback_home(h.home.home, to="50")
 
@@ -436,9 +460,7 @@ def test_a_version_unknown_to_ml_metadata_is_rolled_back_with_warnings(tmp_path)
     """Versions copied in by hand: the rollback still serves the target; it says what it cannot do."""
     h = History(tmp_path)
     model_a, blessing_a = h.run(b"model A", "100")
-    os.makedirs(os.path.join(h.serving, "50", "variables"))
-    with open(os.path.join(h.serving, "50", "saved_model.pb"), "wb") as f:
-        f.write(b"copied in by hand")
+    _copied_in_by_hand(os.path.join(h.serving, "50"))
 
     result = rollback_home(h.home.home)
 
@@ -465,7 +487,7 @@ def test_a_run_holding_the_home_makes_it_wait_or_exit(tmp_path):
 
 
 def test_the_command_prints_its_result_as_json(tmp_path):
-    h = History(tmp_path)
+    h = History(tmp_path, loadable=True)  # another process: the real load check
     h.run(b"model A", "100")
     h.run(b"model B", "200")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -508,7 +530,7 @@ def test_drift_follows_a_rollbacks_copy_to_the_run_that_trained_it(tmp_path):
 def test_prune_counts_a_rollbacks_copies_as_this_homes_versions(tmp_path):
     from imgpipe.orchestration.prune import prune_home
 
-    h = History(tmp_path)
+    h = History(tmp_path, loadable=True)  # prune checks the newest versions load
     h.run(b"model A", "100")
     h.run(b"model B", "200")
     h.run(b"model C", "300")
@@ -651,3 +673,28 @@ def test_a_home_on_a_shared_postgres_database_rolls_back_its_own_models_only(
     assert theirs.versions() == ["100", "200"]
     # Their next rollback finds their own history (their newest model served, the older one next).
     assert rollback_home(theirs.home.home, dry_run=True).restored_model["id"] == their_models[0].id
+
+
+@pytest.mark.parametrize("damage", ["no variables yet", "a data shard cut short", "no predict_images"])
+def test_a_version_that_cannot_be_loaded_is_never_served_again(serving_model, tmp_path, caplog, damage):
+    """A version whose variables were deleted by hand was the rollback's target: copied in as the
+    newest, the server served nothing, and no later run repaired it."""
+    from tests.serving_fixtures import damaged_copy
+
+    serving = tmp_path / "serving"
+    shutil.copytree(serving_model.export_dir, serving / "1")
+    damaged_copy(serving_model.export_dir, serving / "2", damage)
+    shutil.copytree(serving_model.export_dir, serving / "3")
+    versions = [(1, str(serving / "1")), (2, str(serving / "2")), (3, str(serving / "3"))]
+
+    def pick(to=None):
+        return rollback._pick(versions, to, str(serving), lambda p: False, lambda a, b: False, _REAL_DAMAGE)
+
+    assert pick() == (versions[2], versions[0])
+    assert "version 2 is passed over: its files cannot be loaded" in caplog.text
+    with pytest.raises(RollbackError, match=r"--to 2: version 2 cannot be loaded, so it cannot be served: "):
+        pick("2")
+    assert _REAL_DAMAGE(str(serving / "1")) is None
+    shutil.rmtree(serving / "1")
+    with pytest.raises(RollbackError, match=r"; version 2 cannot be loaded; nothing to roll back to$"):
+        rollback._pick(versions[1:], None, str(serving), lambda p: False, lambda a, b: False, _REAL_DAMAGE)

@@ -39,6 +39,7 @@ from imgpipe.ingest.errors import tf_error_text
 from imgpipe.ingest.report import display_path
 from imgpipe.orchestration.lock import run_lock
 from pipeline.beam import BeamConfig, beam_pipeline_args
+from serving.model_files import ModelFilesError, check_model_files
 from serving.version_names import version_number
 from trainer import liveness
 from trainer.features import DEFAULT_MAX_PIXELS
@@ -381,48 +382,13 @@ def _unloadable(export_dir: str, why: str) -> BatchError:
 
 def check_files(export_dir: str) -> None:
     """BatchError naming the model when its files show it cannot be loaded, without loading it
-    (for runners whose workers load it themselves): saved_model.pb parses and has the
-    predict_images signature, the variables' index and each of its data shards are there, and
-    every variable reads back with the checksum its index holds (a shard cut short or with
-    other bytes in it: what a copy interrupted or gone wrong leaves). Reading them costs one
-    pass over the variables' bytes, one variable in memory at a time; no graph is built."""
-    import tensorflow as tf
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = os.path.join(export_dir, "saved_model.pb")
-    saved = saved_model_pb2.SavedModel()
+    (for runners whose workers load it themselves): serving.model_files.check_model_files."""
     try:
-        with tf.io.gfile.GFile(pb, "rb") as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # the parser's "not all data was converted"
-            saved.ParseFromString(f.read())
-    except (tf.errors.OpError, OSError) as exc:
-        raise _unloadable(export_dir, f"{pb}: {tf_error_text(exc)}") from exc
-    except DecodeError as exc:
-        raise _unloadable(export_dir, f"{pb} is not a SavedModel ({exc})") from exc
-    if not saved.meta_graphs:  # what a file of other bytes can parse to
-        raise _unloadable(export_dir, f"{pb} is not a SavedModel (no graph in it)")
-    if PREDICT_IMAGES not in saved.meta_graphs[0].signature_def:
-        raise _no_signature(export_dir)
-    variables = os.path.join(export_dir, "variables")
-    index = os.path.join(variables, "variables.index")
-    if not tf.io.gfile.exists(index):
-        raise _unloadable(export_dir, f"{index} is missing")
-    shards = tf.io.gfile.glob(os.path.join(variables, "variables.data-*-of-*"))
-    total = int(shards[0].rsplit("-of-", 1)[1]) if shards else 1
-    missing = [
-        name
-        for name in (f"variables.data-{i:05d}-of-{total:05d}" for i in range(total))
-        if os.path.join(variables, name) not in shards
-    ]
-    if missing:
-        raise _unloadable(export_dir, f"{variables} lacks {', '.join(missing)}")
-    try:
-        reader = tf.train.load_checkpoint(os.path.join(variables, "variables"))
-        for name in sorted(reader.get_variable_to_shape_map()):
-            reader.get_tensor(name)  # the bundle reader checks each variable's CRC32C as it reads
-    except (tf.errors.OpError, ValueError, IndexError) as exc:  # IndexError: cut short, as above
-        raise _unloadable(export_dir, f"{variables}: {tf_error_text(exc)}") from exc
+        check_model_files(export_dir, PREDICT_IMAGES)
+    except ModelFilesError as exc:
+        raise (
+            _no_signature(export_dir) if exc.signature_missing else _unloadable(export_dir, str(exc))
+        ) from exc
 
 
 def check_server(target: str, model_name: str, timeout: float, version: int | None = None) -> int | None:

@@ -91,6 +91,8 @@ class PruneResult:
     keep_versions: int | None = None
     versions_kept: list[str] = dataclasses.field(default_factory=list)
     versions_removed: list[dict] = dataclasses.field(default_factory=list)
+    # Newest versions whose files cannot be loaded ({path, error}): kept, not counted among K.
+    versions_unloadable: list[dict] = dataclasses.field(default_factory=list)
     # Folders under HOME/pipelines that no store pruned records (left alone, with a warning).
     unknown_pipelines: list[str] = dataclasses.field(default_factory=list)
     # What could not be deleted in full ({path, bytes left, error}): not counted in bytes_freed.
@@ -360,9 +362,28 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
             for name in (os.listdir(serving_dir) if os.path.isdir(serving_dir) else [])
             if (number := version_number(name)) is not None and os.path.isdir(os.path.join(serving_dir, name))
         )
-        for _, name in versions[-keep_versions:]:
+        # The newest keep_versions versions that can be loaded, and any newer that cannot (kept:
+        # counted, a version the server cannot load would leave the older ones only in name).
+        kept, loadable = 0, 0
+        for _, name in reversed(versions):
+            if loadable == keep_versions:
+                break
+            kept += 1
+            path = os.path.join(serving_dir, name)
+            why = _damage(path)
+            if why:
+                log.warning(
+                    "served version %s cannot be loaded (%s): kept, and not counted among the %d kept",
+                    path,
+                    why,
+                    keep_versions,
+                )
+                result.versions_unloadable.append({"path": path, "error": why})
+            else:
+                loadable += 1
+        for _, name in versions[len(versions) - kept :]:
             result.versions_kept.append(os.path.join(serving_dir, name))
-        for _, name in versions[: max(0, len(versions) - keep_versions)]:
+        for _, name in versions[: len(versions) - kept]:
             path = os.path.join(serving_dir, name)
             if name not in ours:  # another home's, or copied in by hand: not this prune's
                 result.versions_kept.append(path)
@@ -378,6 +399,13 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
             result.versions_removed.append({"path": path, "bytes": size})
     result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
     return result
+
+
+def _damage(version_path: str) -> str | None:
+    """Why a served version's files cannot be loaded (serving.model_files), or None."""
+    from serving import model_files
+
+    return model_files.damage(version_path)
 
 
 def _remove_version(path: str) -> scratch.Removal | None:

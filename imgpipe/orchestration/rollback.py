@@ -120,17 +120,26 @@ def _versions(serving_dir: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def _damage(version_path: str) -> str | None:
+    """Why the version's files cannot be loaded (serving.model_files), or None."""
+    from serving import model_files
+
+    return model_files.damage(version_path)
+
+
 def _pick(
     versions: list[tuple[int, str]],
     to: str | None,
     serving_dir: str,
     taken_out: Callable[[str], bool],
     same: Callable[[str, str], bool],
+    damage: Callable[[str], str | None] = lambda path: None,
 ) -> tuple[tuple, tuple]:
     """(served, target) among `versions`: the newest, and `to` or the newest older one holding
     another model (`same`: byte for byte, or the same weights), not one an earlier rollback took
     out (`taken_out(version path)`): rolling back twice goes further back, not forward again to
-    the model the first rollback removed."""
+    the model the first rollback removed. Never one whose files cannot be loaded (`damage`: why,
+    or None): served again, it would leave the server serving nothing."""
     from serving.version_names import version_number
 
     names = ", ".join(str(n) for n, _ in versions) or "none"
@@ -154,13 +163,21 @@ def _pick(
                 f"--to {to}: version {to} holds the same model (byte for byte, or the same weights) as the "
                 f"served version {served[0]}"
             )
+        why = damage(target[1])
+        if why:
+            raise RollbackError(f"--to {to}: version {to} cannot be loaded, so it cannot be served: {why}")
         return served, target
-    skipped = []
+    skipped, damaged = [], []
     for candidate in reversed(versions[:-1]):
         if same(candidate[1], served[1]):
             continue
         if taken_out(candidate[1]):
             skipped.append(str(candidate[0]))
+            continue
+        why = damage(candidate[1])
+        if why:
+            log.warning("version %d is passed over: its files cannot be loaded (%s)", candidate[0], why)
+            damaged.append(str(candidate[0]))
             continue
         return served, candidate
     also = ""
@@ -170,6 +187,8 @@ def _pick(
         also = (
             f"; versions {', '.join(skipped)} hold models rolled back earlier (--to VERSION serves one again)"
         )
+    if damaged:
+        also += f"; {'version' if len(damaged) == 1 else 'versions'} {', '.join(damaged)} cannot be loaded"
     raise RollbackError(
         f"serving dir {serving_dir}: no earlier version holds another model than the served version "
         f"{served[0]} (its versions: {names}){also}; nothing to roll back to"
@@ -304,7 +323,7 @@ def _rollback_holding_lock(
             return fa is not None and fa == fingerprint(b)
 
         versions = _versions(serving_dir)
-        served, target = _pick(versions, to, serving_dir, taken_out, same)
+        served, target = _pick(versions, to, serving_dir, taken_out, same, _damage)
         good = holding(target[1])
         # Every version newer than the target is taken out (an undo: the served one excepted).
         newer = [v for v in versions if v[0] > target[0] and not (undo and same(v[1], served[1]))]
