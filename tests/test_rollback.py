@@ -385,9 +385,18 @@ def test_a_failed_rename_says_ml_metadata_has_it_and_a_second_run_completes_it(t
     assert sorted(os.listdir(h.serving)) == ["100", "200"]
     assert ROLLED_BACK in h.artifact(model_b).custom_properties
     assert str(e.value).endswith(f"`imgpipe rollback --home {h.home.home} --to 100` serves the copy")
+    # Killed there instead (kill -9), no one would have been told: each later run and rollback says so.
+    unfinished = rollback.unfinished_rollback(h.home.home, h.serving)
+    assert unfinished.startswith("the last rollback (rolled back on ") and unfinished.endswith(
+        f"but its copy of version 100 was never served (it was killed, or its rename failed): version 200, "
+        f"which it took out, is still the newest in {h.serving}; `imgpipe rollback --home {h.home.home} "
+        "--to 100` completes it"
+    )
+    assert rollback_home(h.home.home, dry_run=True).warnings[0] == unfinished
     again = rollback_home(h.home.home)
     assert (again.from_version, again.to_version) == ("200", "100") and again.baseline["id"] == model_a.id
     assert _same(os.path.join(h.serving, again.new_version), os.path.join(h.serving, "100"))
+    assert rollback.unfinished_rollback(h.home.home, h.serving) is None
 
 
 def test_a_push_the_pusher_refused_as_rolled_back_loses_its_blessing(tmp_path):

@@ -415,6 +415,12 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
     check_pipeline_name_is_this_homes(config)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
+    if config.model_serving_dir and "://" not in config.model_serving_dir:
+        from imgpipe.orchestration.rollback import unfinished_rollback
+
+        unfinished = unfinished_rollback(config.home, config.model_serving_dir)
+        if unfinished:
+            log.warning("%s", unfinished)
     # The database exists now (connect made it): TFX connects to it directly, so a password file
     # with a line for it alone works.
     pipeline = create_pipeline(config, metadata.connection_config(config, create_database=False))

@@ -120,6 +120,41 @@ def _versions(serving_dir: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def unfinished_rollback(home: str, serving_dir: str) -> str | None:
+    """What to tell when the home's last rollback recorded itself (its rollbacks.jsonl entry, and
+    ML Metadata after it) but never served its copy (killed, or its rename failed) while the
+    version it took out is still the newest: the records say a model is out of serving that
+    still answers. None otherwise (no log, completed, or the serving dir moved on since)."""
+    try:
+        with open(os.path.join(home, LOG_FILE), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    last, served = None, False
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "to_version" in entry:
+            last, served = entry, False
+        elif isinstance(entry, dict) and "served" in entry:
+            served = True
+    if last is None or served:
+        return None
+    versions = _versions(serving_dir)
+    if not versions or str(versions[-1][0]) != str(last.get("from_version")):
+        return None
+    to = str(last.get("to_version"))
+    command = ["imgpipe", "rollback", "--home", home, "--to", to] + (["--undo"] if last.get("undo") else [])
+    return (
+        f"the last rollback ({last.get('note') or f'version {to} to be served again'}) is recorded in ML "
+        f"Metadata and {LOG_FILE}, but its copy of version {to} was never served (it was killed, or its "
+        f"rename failed): version {versions[-1][0]}, which it took out, is still the newest in {serving_dir}; "
+        f"`{shlex.join(command)}` completes it"
+    )
+
+
 def _damage(version_path: str) -> str | None:
     """Why the version's files cannot be loaded (serving.model_files), or None."""
     from serving import model_files
@@ -299,6 +334,9 @@ def _rollback_holding_lock(
     from serving.model_fingerprint import rolled_back_models
 
     warnings: list[str] = []
+    unfinished = unfinished_rollback(home, serving_dir)
+    if unfinished:
+        warnings.append(unfinished)
     refused = rolled_back_models(os.path.join(home, LOG_FILE))
     with metadata.open_store(config, readonly=dry_run, create_database=False) as store:
         busy = airflow_run_in_progress(store, config.pipeline_name, "roll back", before_pusher=True)
