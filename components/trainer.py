@@ -3,6 +3,11 @@
 The knobs (components/runtime_params.py: the runtime fields of TrainingConfig)
 live in their own properties only, one source of truth per value; the executor
 merges them into custom_config, which run_fn parses strictly as a TrainingConfig.
+
+`weights_digest` (optional): the sha256 of the backbone's weights file as the run
+found it. An execution property, it keys TFX's cache, so a file changed at the
+same path trains again instead of reusing the model of the old bytes; the executor
+checks the file still has it before training.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from tfx.utils import json_utils
 
 from components.runtime_params import TRAINER_KNOBS, Knob, check_knob
 
+WEIGHTS_DIGEST_KEY = "weights_digest"
+
+
+class WeightsChanged(RuntimeError):
+    """The weights file is not the one the run started with."""
+
 
 class RuntimeParamTrainerExecutor(trainer_executor.GenericExecutor):
     """GenericExecutor that first merges the knob properties into custom_config."""
@@ -27,6 +38,9 @@ class RuntimeParamTrainerExecutor(trainer_executor.GenericExecutor):
         props = dict(exec_properties)
         key = standard_component_specs.CUSTOM_CONFIG_KEY
         custom = json_utils.loads(props.get(key) or "null") or {}
+        digest = props.pop(WEIGHTS_DIGEST_KEY, None)
+        if digest:
+            _check_weights(custom.get("weights", ""), digest)
         for name in TRAINER_KNOBS:
             value = props.pop(name, None)
             if value is not None:
@@ -35,9 +49,21 @@ class RuntimeParamTrainerExecutor(trainer_executor.GenericExecutor):
         return super().Do(input_dict, output_dict, props)
 
 
+def _check_weights(path: str, digest: str) -> None:
+    from trainer.model import weights_digest
+
+    found = weights_digest(path)
+    if found != digest:
+        raise WeightsChanged(
+            f"weights: {path} changed since this run started (sha256 {found[:12]}..., not {digest[:12]}...): "
+            "the Trainer does not train on a file other than the one the run was keyed by; run again"
+        )
+
+
 class RuntimeParamTrainerSpec(standard_component_specs.TrainerSpec):
     PARAMETERS = {
         **standard_component_specs.TrainerSpec.PARAMETERS,
+        WEIGHTS_DIGEST_KEY: ExecutionParameter(type=str, optional=True),
         **{name: ExecutionParameter(type=spec.ptype, optional=True) for name, spec in TRAINER_KNOBS.items()},
     }
 
@@ -58,6 +84,7 @@ class RuntimeParamTrainer(base_component.BaseComponent):
         eval_args: Any,
         custom_config: Mapping[str, Any],
         knobs: Mapping[str, Knob],
+        weights_digest: str | None = None,
     ):
         rest = {k: v for k, v in custom_config.items() if k not in TRAINER_KNOBS}
         spec = RuntimeParamTrainerSpec(
@@ -71,5 +98,6 @@ class RuntimeParamTrainer(base_component.BaseComponent):
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun),
             **{name: knobs[name] for name in TRAINER_KNOBS},
+            **({WEIGHTS_DIGEST_KEY: weights_digest} if weights_digest else {}),
         )
         super().__init__(spec=spec)

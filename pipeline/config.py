@@ -429,12 +429,19 @@ def _weights_file_problem(path: str, backbone: str) -> str | None:
 def described_backbone(path: str) -> str | None:
     """The backbone that `imgpipe pretrain-backbone` recorded beside the weights file `path`
     (PATH.json), or None: no description (Keras's own files have none) or an unreadable one."""
+    made_for = weights_description(path).get("backbone")
+    return made_for if isinstance(made_for, str) else None
+
+
+def weights_description(path: str) -> dict[str, Any]:
+    """What `imgpipe pretrain-backbone` recorded beside the weights file `path` (PATH.json: its
+    backbone, the file's sha256, ...), or {}: none, or unreadable."""
     try:
         with open(path + ".json", encoding="utf-8") as f:
-            made_for = json.load(f).get("backbone")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return made_for if isinstance(made_for, str) else None
+            found = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def folder_problem(path: str) -> tuple[str, str] | None:

@@ -66,8 +66,12 @@ def create_pipeline(
     config: PipelineConfig,
     metadata_connection_config: Any | None = None,
     runtime_parameters: Mapping[str, RuntimeParameter] | None = None,
+    weights_digest: str | None = None,
 ) -> Pipeline:
     """The pipeline for `config` (a validated PipelineConfig).
+
+    weights_digest: the sha256 of a local weights file (imgpipe.orchestration.weights computes
+    it): the Trainer is keyed by it, so a file changed at the same path is trained on again.
 
     runtime_parameters: optional RuntimeParameters for the knobs (Kubeflow/Vertex;
     see components/runtime_params.py); unset knobs take the config's values, as on
@@ -140,6 +144,7 @@ def create_pipeline(
         eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
         custom_config=trainer_custom_config(config),
         knobs=knobs,
+        weights_digest=weights_digest,
     ).with_id("Trainer")
     trainer.add_upstream_node(data_gate)
     evaluator = GateEvaluator(

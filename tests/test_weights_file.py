@@ -14,7 +14,7 @@ import pytest
 
 from imgpipe.cli import main as cli
 from imgpipe.orchestration import weights
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from trainer import model
 
 
@@ -102,3 +102,50 @@ def test_a_file_described_for_this_backbone_is_not_loaded_again(source_backbone,
     shutil.copyfile(source_backbone, bare)
     weights.check_weights_file(config.replace(weights=str(bare)))
     assert loaded == [(str(bare), "MobileNetV2", 32)]
+
+
+def test_a_described_file_is_trusted_only_while_its_bytes_are_the_ones_described(
+    source_backbone, tmp_path, monkeypatch
+):
+    """A weights file cut short (a copy interrupted) beside its PATH.json was trusted: the run failed
+    at the Trainer, after the data components, naming neither the file nor `weights`. A file
+    replaced at the same path was trusted too, and TFX's cache kept the model of the old bytes."""
+    import json
+
+    described = tmp_path / "source.h5"
+    shutil.copyfile(source_backbone, described)
+    shutil.copyfile(source_backbone + ".json", str(described) + ".json")
+    assert json.loads((tmp_path / "source.h5.json").read_text())["sha256"] == model.weights_digest(
+        source_backbone
+    )
+    config = PipelineConfig(data_dir=str(tmp_path), weights=str(described), image_size=32)
+    assert weights.check_weights_file(config) == model.weights_digest(str(described))
+
+    described.write_bytes(described.read_bytes()[:100_000])
+    with pytest.raises(
+        ConfigError, match=rf"weights: {described} does not load into MobileNetV2 .*truncated file"
+    ):
+        weights.check_weights_file(config)
+
+    loaded = []
+    monkeypatch.setattr(model, "weights_file_problem", lambda *a: loaded.append(a))
+    described.write_bytes(b"other weights")  # replaced: loaded as any file would be
+    assert weights.check_weights_file(config) == model.weights_digest(str(described))
+    assert loaded == [(str(described), "MobileNetV2", 32)]
+
+
+def test_the_trainer_is_keyed_by_the_weights_files_bytes_and_checks_them(tmp_path):
+    from components.trainer import WEIGHTS_DIGEST_KEY, WeightsChanged, _check_weights
+    from pipeline.pipeline import create_pipeline
+
+    config = PipelineConfig(data_dir=str(tmp_path), weights=str(tmp_path / "w.h5"), image_size=32)
+    (tmp_path / "w.h5").write_bytes(b"weights")
+    digest = model.weights_digest(str(tmp_path / "w.h5"))
+    [trainer] = [c for c in create_pipeline(config, weights_digest=digest).components if c.id == "Trainer"]
+    assert trainer.exec_properties[WEIGHTS_DIGEST_KEY] == digest  # an execution property: TFX's cache key
+    [plain] = [c for c in create_pipeline(config).components if c.id == "Trainer"]
+    assert WEIGHTS_DIGEST_KEY not in plain.exec_properties
+    _check_weights(str(tmp_path / "w.h5"), digest)
+    (tmp_path / "w.h5").write_bytes(b"weights changed mid-run")
+    with pytest.raises(WeightsChanged, match=r"weights: .*w\.h5 changed since this run started"):
+        _check_weights(str(tmp_path / "w.h5"), digest)

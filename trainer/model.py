@@ -55,6 +55,18 @@ def build_backbone(backbone: str, weights: str, image_size: int) -> keras.Model:
     return keras.Model(base.inputs, base.outputs, name=BACKBONE_NAME)
 
 
+def weights_digest(path: str) -> str:
+    """The sha256 of a weights file's bytes: what a run's Trainer is keyed by (TFX's cache) and
+    checks before it loads the file, so one changed at the same path is never taken for the old."""
+    import hashlib
+
+    total = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            total.update(chunk)
+    return total.hexdigest()
+
+
 def weights_file_problem(path: str, backbone: str, image_size: int) -> str | None:
     """Why Keras cannot load the weights file `path` into `backbone` (no top) at `image_size`,
     in its loader's own words (a layer count, a weight's shape, an HDF5 file it cannot open);

@@ -23,7 +23,7 @@ import tf_keras as keras
 from trainer import backbones, data, tracing
 from trainer.config import MAX_IMAGE_SIZE
 from trainer.features import IMAGE_KEY, LABEL_KEY
-from trainer.model import build_backbone, evaluate_batches, fit_batches
+from trainer.model import build_backbone, evaluate_batches, fit_batches, weights_digest
 from trainer.preprocessing import preprocess_images
 from trainer.shape_inference import static_shapes
 
@@ -204,6 +204,8 @@ def pretrain_backbone(
     report = {
         "backbone": backbone,
         "weights": os.path.abspath(out),
+        # What check_weights_file compares the file with before it trusts this description.
+        "sha256": weights_digest(out),
         "image_size": image_size,
         "classes": classes,
         "train_examples": len(train_labels),

@@ -223,7 +223,7 @@ def run_local(
         except WeightsUnavailable as e:
             raise ConfigError(f"weights: {e}") from e
     split_cpu_for(config)  # before the data check below: reading a record initialises TensorFlow
-    check_weights_file(config)  # builds a model: after the CPU split
+    weights_digest = check_weights_file(config)  # builds a model: after the CPU split
     if lock_wait > 0:
         check_data_dir(config.data_dir)  # unusable records fail now, not after the wait
     run_id = new_run_id()
@@ -232,7 +232,7 @@ def run_local(
             # Read under the lock: reading the records loads TensorFlow (~3 s), which a run
             # refused at once because another holds the home does not need.
             check_data_dir(config.data_dir)
-        return _run_holding_lock(config, run_id, progress, verbose)
+        return _run_holding_lock(config, run_id, progress, verbose, weights_digest)
 
 
 def _abandon_unfinished(store, config: PipelineConfig, found_by: str) -> list:
@@ -402,7 +402,9 @@ def split_cpu_for(config: PipelineConfig) -> None:
         distribution.split_cpu(config.replicas)
 
 
-def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, verbose: bool) -> RunSummary:
+def _run_holding_lock(
+    config: PipelineConfig, run_id: str, progress: Progress, verbose: bool, weights_digest: str | None = None
+) -> RunSummary:
     from tfx.dsl.compiler import compiler, constants
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.portable import runtime_parameter_utils
@@ -423,7 +425,9 @@ def _run_holding_lock(config: PipelineConfig, run_id: str, progress: Progress, v
             log.warning("%s", unfinished)
     # The database exists now (connect made it): TFX connects to it directly, so a password file
     # with a line for it alone works.
-    pipeline = create_pipeline(config, metadata.connection_config(config, create_database=False))
+    pipeline = create_pipeline(
+        config, metadata.connection_config(config, create_database=False), weights_digest=weights_digest
+    )
     # LocalDagRunner.run() names the run by the clock; two runs in one microsecond (or on two
     # machines sharing ML Metadata) would share a run. Compile here and bind our own run id.
     # (imgpipe references user code by dotted name, so there are no pip dependencies to resolve.)

@@ -6,24 +6,34 @@ installs a schedule whose every run would fail on it.
 
 from __future__ import annotations
 
-from pipeline.config import ConfigError, PipelineConfig, described_backbone
+from pipeline.config import ConfigError, PipelineConfig, weights_description
 
 
-def check_weights_file(config: PipelineConfig) -> None:
-    """ConfigError unless a local weights file loads into the configured backbone.
+def check_weights_file(config: PipelineConfig) -> str | None:
+    """ConfigError unless a local weights file loads into the configured backbone; its sha256
+    (trainer.model.weights_digest: a run keys its Trainer with it), None for `imagenet`, `none`
+    or a remote file.
 
-    A file `imgpipe pretrain-backbone` wrote for this backbone (its PATH.json says so) is
-    trusted as it is; any other (Keras's own files, a user's `save_weights`) is loaded into the
-    backbone here, as the Trainer would load it, so that a file for another backbone fails now
-    and not after statistics and Transform. Builds a model, so TensorFlow initialises: a run
-    calls it after splitting the CPU for its replicas.
+    A file `imgpipe pretrain-backbone` wrote for this backbone (its PATH.json names the backbone
+    and the file's sha256) is trusted while its bytes are the ones described; any other (Keras's
+    own files, a user's `save_weights`, a described file cut short or replaced since) is loaded
+    into the backbone here, as the Trainer would load it, so that a file for another backbone or
+    a damaged one fails now and not after statistics and Transform. Builds a model, so
+    TensorFlow initialises: a run calls it after splitting the CPU for its replicas.
     """
     training = config.training
     path = training.weights
-    if training.weights_kind != "file" or "://" in path or described_backbone(path) == training.backbone:
-        return
-    from trainer.model import weights_file_problem
+    if training.weights_kind != "file" or "://" in path:
+        return None
+    from trainer.model import weights_digest, weights_file_problem
 
+    try:
+        digest = weights_digest(path)
+    except Exception as e:  # noqa: BLE001 - TensorFlow's file errors are not OSErrors
+        raise ConfigError(f"weights: {path} cannot be read: {' '.join(str(e).split())}") from None
+    described = weights_description(path)
+    if described.get("backbone") == training.backbone and described.get("sha256") == digest:
+        return digest
     problem = weights_file_problem(path, training.backbone, training.effective_image_size())
     if problem:
         raise ConfigError(
@@ -31,3 +41,4 @@ def check_weights_file(config: PipelineConfig) -> None:
             "Pass the --backbone the file was saved from, or a file written by "
             "`imgpipe pretrain-backbone` for this backbone"
         )
+    return digest
