@@ -444,3 +444,37 @@ def test_a_failed_components_error_is_stored_on_postgresql(postgres_server, monk
     assert "\\" not in stored.custom_properties["__execution_result__"].string_value
     with execution_results.storable(shared_store=False):  # SQLite stores TFX's own text
         assert execution_lib.set_execution_result.__module__ == execution_lib.__name__
+
+
+def test_a_damaged_or_unwritable_sqlite_store_is_named_for_what_it_is(tmp_path):
+    """A damaged metadata.sqlite was "a subset of tables ... please retry the connection"; an
+    immutable one passed every check and failed the first component, blamed on it."""
+    cfg = PipelineConfig(home=str(tmp_path / "home"))
+    os.makedirs(cfg.home)
+    store = metadata.connect(cfg)
+    kind = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="Examples"))
+    store.put_artifacts([metadata_store_pb2.Artifact(type_id=kind, uri=f"/x/{i}" * 20) for i in range(400)])
+    del store
+    data = bytearray(open(cfg.metadata_path, "rb").read())
+    assert len(data) > 6 * 4096
+    data[4096 : 6 * 4096] = bytes((i * 7 + 3) % 256 for i in range(5 * 4096))  # other bytes over 5 pages
+    with open(cfg.metadata_path, "wb") as f:
+        f.write(data)
+    with pytest.raises(metadata.MetadataUnavailable) as caught:
+        metadata.connect(cfg)
+    assert str(caught.value).startswith(f"metadata: {cfg.metadata_path} is damaged (SQLite: ")
+    assert "`sqlite3 FILE .recover | sqlite3 NEW`" in str(caught.value)
+
+    os.remove(cfg.metadata_path)
+    metadata.connect(cfg)
+    done = subprocess.run(["chattr", "+i", cfg.metadata_path], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"this filesystem keeps no immutable flag: {done.stderr.strip()}")
+    try:
+        with pytest.raises(
+            metadata.MetadataUnavailable, match=r"cannot be written \(a read-only or immutable"
+        ):
+            metadata.connect(cfg)
+        metadata.connect(cfg, readonly=True)  # reading it is fine
+    finally:
+        subprocess.run(["chattr", "-i", cfg.metadata_path], check=True)

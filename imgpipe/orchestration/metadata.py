@@ -92,10 +92,16 @@ def connect(
     ):
         raise MetadataUnavailable(f"metadata: no ML Metadata database at {config.metadata_path}")
     if config.metadata_target is None:
+        path = config.metadata_path
+        if not readonly and os.path.exists(path) and not os.access(path, os.W_OK):
+            raise MetadataUnavailable(
+                f"metadata: {path} cannot be written (a read-only or immutable file, or a read-only "
+                "filesystem): every run, prune and rollback records its steps in it; nothing was changed"
+            )
         try:
             return metadata_store.MetadataStore(connection_config(config, readonly=readonly))
         except RuntimeError as e:  # ML Metadata reports a refused connection as RuntimeError
-            raise MetadataUnavailable(f"metadata: cannot open {config.metadata_path}: {e}") from None
+            raise MetadataUnavailable(_sqlite_problem(path, e)) from None
     create = not readonly if create_database is None else create_database
     why = (
         "the server down or unreachable, or the password refused"
@@ -116,6 +122,25 @@ def connect(
             + "; a database that does not exist yet is created through the server's `postgres` database, "
             "so a password file needs a line for that database too (or * for the database)"
         ) from None
+
+
+def _sqlite_problem(path: str, error: RuntimeError) -> str:
+    """What to tell of an SQLite store ML Metadata cannot open: its words are about retrying
+    ("a subset of tables ... may be due to concurrent connection") when the file is damaged."""
+    words = " ".join(str(error).split())
+    lowered = words.lower()
+    if "malformed" in lowered or "not a database" in lowered:
+        return (
+            f"metadata: {path} is damaged (SQLite: {'database disk image is malformed' if 'malformed' in lowered else 'file is not a database'}): "
+            "restore it from a backup, or recover what SQLite can read (`sqlite3 FILE .recover | sqlite3 NEW`) "
+            "and put NEW in its place; nothing was changed"
+        )
+    if "locked" in lowered or "concurrent writes aborted" in lowered:
+        return (
+            f"metadata: {path} is locked by another process (an sqlite3 shell, a backup holding a write "
+            "transaction, a process outside imgpipe): ML Metadata gave up waiting; nothing was changed"
+        )
+    return f"metadata: cannot open {path}: {words}"
 
 
 def _unreachable(config: PipelineConfig, why: str) -> str:
