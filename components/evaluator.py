@@ -101,6 +101,7 @@ from components.gate_decision import (
     gated_value,
     judged_results,
     on_shared_classes,
+    pair_hint,
     plan_gate,
     precision_failures,
     precision_of,
@@ -594,12 +595,12 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             a, b = pair["classes"]
             log.warning(
                 "classes %s and %s are not told apart better than chance (%d of the %d eval images of "
-                "the two answered with one of them were right): one concept under two names? Merge "
-                "the folders, or check their labels (the run's report lists the pairs)",
+                "the two answered with one of them were right): %s (the run's report lists the pairs)",
                 label_text(a),
                 label_text(b),
                 pair["right"],
                 pair["between"],
+                pair_hint(pair),
             )
         record = gate_record(
             plan,

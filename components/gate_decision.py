@@ -1068,8 +1068,38 @@ def classes_at_chance(
                 continue
             p = chance_of_pair(right, between)
             if p > PAIR_CHANCE_ALPHA:  # pair_at_chance, with its p-value kept
-                out.append({"classes": [a, b], "right": right, "between": between, "p_value": round(p, 4)})
+                images = {
+                    a: counts.get((a, a), 0) + counts.get((a, b), 0),
+                    b: counts.get((b, b), 0) + counts.get((b, a), 0),
+                }
+                out.append(
+                    {
+                        "classes": [a, b],
+                        "right": right,
+                        "between": between,
+                        "p_value": round(p, 4),
+                        "images": images,
+                    }
+                )
     return sorted(out, key=lambda d: (-(d["between"] - d["right"]), d["classes"]))
+
+
+PAIR_FEW = 0.25  # a pair whose smaller class has under this share of the larger's eval images
+
+
+def pair_hint(pair: Mapping[str, Any]) -> str:
+    """What to do about a pair of classes told apart at chance (`classes_at_chance`): two folders
+    of one concept look alike in size; a class with few images beside a large one is more likely
+    too small to learn."""
+    a, b = pair["classes"]
+    images = pair.get("images") or {}
+    small, large = sorted((a, b), key=lambda c: (images.get(c, 0), c))
+    if images and images.get(small, 0) < PAIR_FEW * images.get(large, 0):
+        return (
+            f"{_q(small)} has {images.get(small, 0)} of these eval images against {images.get(large, 0)} of "
+            f"{_q(large)}: too few to learn it apart? Add images of {_q(small)}, or check their labels"
+        )
+    return "one concept under two names? Merge the folders, or check their labels"
 
 
 def precision_of(answered: Mapping[str, tuple[int, int]]) -> tuple[dict[str, float], dict[str, int]]:

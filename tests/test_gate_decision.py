@@ -1017,14 +1017,31 @@ def test_classes_told_apart_no_better_than_chance_are_named():
     """One concept under two names (a folder copied, or split in two): about half right between
     the two, which every per-class recall floor lets through (an audit: 'd2' and 'two' at 0.125 and
     0.25, blessed and pushed without a word outside the report)."""
-    from components.gate_decision import classes_at_chance
+    from components.gate_decision import classes_at_chance, pair_hint
 
     names = ["d0", "d1", "d2", "two"]
     counts = {("d0", "d0"): 10, ("d1", "d1"): 9, ("d1", "d0"): 1, ("d2", "d2"): 1, ("d2", "two"): 7}
     counts |= {("two", "two"): 2, ("two", "d2"): 6}
-    assert classes_at_chance(counts, names) == [
-        {"classes": ["d2", "two"], "right": 3, "between": 16, "p_value": pytest.approx(0.9979, abs=1e-4)}
-    ]
+    [pair] = classes_at_chance(counts, names)
+    assert pair == {
+        "classes": ["d2", "two"],
+        "right": 3,
+        "between": 16,
+        "p_value": pytest.approx(0.9979, abs=1e-4),
+        "images": {"d2": 8, "two": 8},
+    }
+    assert pair_hint(pair) == "one concept under two names? Merge the folders, or check their labels"
+    # A class with few images beside a large one (an audit's 500 against 3, the head trained to
+    # answer both): at chance too, but two folders of one concept are not what to look for.
+    [few] = classes_at_chance(
+        {("big", "big"): 14, ("big", "small"): 12, ("small", "small"): 1, ("small", "big"): 2},
+        ["big", "small"],
+    )
+    assert few["images"] == {"big": 26, "small": 3}
+    assert pair_hint(few) == (
+        "'small' has 3 of these eval images against 26 of 'big': too few to learn it apart? Add images of "
+        "'small', or check their labels"
+    )
     # Told apart: 14 of 16 right between the two (p 0.002); and too few answers to say (under 10).
     assert classes_at_chance({("a", "a"): 7, ("b", "b"): 7, ("a", "b"): 1, ("b", "a"): 1}, ["a", "b"]) == []
     assert classes_at_chance({("a", "a"): 2, ("b", "b"): 2, ("a", "b"): 3, ("b", "a"): 2}, ["a", "b"]) == []
