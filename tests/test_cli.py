@@ -134,6 +134,14 @@ PRETRAIN = ["pretrain-backbone", "--data", "d", "--backbone", "MobileNetV2", "--
         (["predict", "--target", "localhost", "--model", "m", "x.png"], "must be HOST:PORT"),
         (["predict", "--target", "::1:8500", "--model", "m", "x.png"], "IPv6 address goes in brackets"),
         (
+            ["predict", "--model", "m", "--batch-size", "0", "x.png"],
+            "--batch-size: must be a whole number >= 1",
+        ),
+        (
+            ["predict", "--model", "m", "--top-k", "0", "x.png"],
+            "--top-k: must be a whole number >= 1, got '0'",
+        ),
+        (
             ["predict-batch", "--target", "h:0", "--model-name", "m", "--images", "i", "--out", "o.csv"],
             "1..65535",
         ),

@@ -223,6 +223,20 @@ def test_compile_output_that_is_a_directory_is_named_before_compiling(tmp_path, 
     assert os.listdir(tmp_path) == ["specs"] and not os.listdir(tmp_path / "specs")  # no temporary file
 
 
+def test_compile_output_that_cannot_be_written_is_a_failure_not_a_traceback(tmp_path, capsys, monkeypatch):
+    from imgpipe.cli import main as cli
+    from imgpipe.orchestration import kubeflow
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "p.json"))
+
+    monkeypatch.setattr(kubeflow, "compile_pipeline", full)
+    assert cli.main(["compile", "--image", IMAGE, "--output", str(tmp_path / "p.json"), *RUN_FLAGS]) == 1
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path / 'p.json'}: cannot be written: No space left on device" in err
+    assert "Traceback" not in err
+
+
 def test_pipeline_root_flag_wins(tmp_path):
     from imgpipe.orchestration import kubeflow
 

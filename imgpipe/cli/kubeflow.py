@@ -112,6 +112,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         )
     except ValueError as e:  # ConfigError included
         raise UsageError(str(e)) from e
+    except OSError as e:  # the output's disk filled, or its folder went away, after the check above
+        raise WorkFailed(f"--output {args.output}: cannot be written: {e.strerror or e}") from e
     with open(args.output, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     params = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]

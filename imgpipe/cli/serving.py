@@ -223,7 +223,10 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         help="a specific model version (default: the newest the server serves)",
     )
     parser.add_argument(
-        "--top-k", type=int, default=None, help="keep the K best classes (default: all the model gives)"
+        "--top-k",
+        type=whole_number(1, None, "a whole number >= 1"),
+        default=None,
+        help="keep the K best classes (default: all the model gives)",
     )
     parser.add_argument(
         "--timeout",
@@ -237,7 +240,12 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="retries when the server is UNAVAILABLE or has no version loaded yet (default %(default)s)",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="images per RPC (default %(default)s)")
+    parser.add_argument(
+        "--batch-size",
+        type=whole_number(1, None, "a whole number >= 1"),
+        default=16,
+        help="images per RPC (default %(default)s)",
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
 
 
@@ -321,10 +329,6 @@ def _predict(args: argparse.Namespace) -> int:
     A batch rejected as INVALID_ARGUMENT is retried image by image so the bad
     file is named; any other RPC failure stops the command (exit 1).
     """
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     from serving.client import ServingClient  # loads TensorFlow: only when the command runs
 
     readable, failed = _read_images(args.images)
