@@ -143,7 +143,7 @@ import json, sys
 from imgpipe.orchestration import local
 from pipeline.config import PipelineConfig
 
-def report(config, run_id, progress, verbose):
+def report(config, run_id, progress, verbose, weights_digest=None):
     import tensorflow as tf
     print("DEVICES " + json.dumps(len(tf.config.list_logical_devices("CPU"))), flush=True)
     return None
