@@ -110,6 +110,10 @@ def server_command(
         LOOPBACK,
         "--port",
         str(port),
+        # No batch limit: TF Serving above is started without --enable_batching, and pre-push
+        # sends its eval examples in one request per signature.
+        "--max-batch-size",
+        "0",
     )
     if poll_seconds is not None:
         argv += ("--poll-seconds", f"{poll_seconds:g}")

@@ -20,6 +20,11 @@ MAX_MESSAGE_MB = 2047
 # camera's full frame); decoded to RGB it is 120 MB, to float32 480 MB.
 DEFAULT_MAX_PIXELS = 40_000_000
 
+# The max_batch_size of serving/deploy/batching_parameters.txt: TF Serving started with it refuses
+# a request of more images ("Task size 64 is larger than maximum input batch size 32"), and the
+# dev server does the same by default (tests/test_serving_deploy.py checks the two agree).
+DEPLOY_MAX_BATCH_SIZE = 32
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
@@ -38,6 +43,9 @@ class ServerConfig:
     run_warmup: bool = True
     drain_seconds: float = 30.0  # how long an unload waits for in-flight requests
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header; 0: no limit
+    # Images (the inputs' first dimension) one request may carry, as TF Serving with the shipped
+    # batching config refuses more (serving/deploy/batching_parameters.txt); 0: no limit.
+    max_batch_size: int = DEPLOY_MAX_BATCH_SIZE
     # Request logging (serving/devserver/request_log.py); off when log_requests is empty.
     log_requests: str = ""  # directory of PredictionLog TFRecords
     log_sample_rate: float = 1.0
@@ -77,6 +85,8 @@ class ServerConfig:
             problems.append(f"drain_seconds must be >= 0, got {self.drain_seconds}")
         if self.max_pixels < 0:
             problems.append(f"max_pixels must be >= 0 (0: no limit), got {self.max_pixels}")
+        if self.max_batch_size < 0:
+            problems.append(f"max_batch_size must be >= 0 (0: no limit), got {self.max_batch_size}")
         if math.isfinite(self.log_sample_rate) and not 0.0 <= self.log_sample_rate <= 1.0:
             problems.append(f"log_sample_rate must be in [0, 1], got {self.log_sample_rate}")
         if self.log_max_file_mb < 1:

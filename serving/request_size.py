@@ -22,6 +22,9 @@ T = TypeVar("T")
 # What a gRPC server (TF Serving's C++ one, or grpcio's) answers, with RESOURCE_EXHAUSTED, to a
 # request over its own receive limit: "Received message larger than max (1929166 vs. 1048576)".
 _SERVER_REFUSED_SIZE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+# What TF Serving with batching on (serving/deploy/batching_parameters.txt, and `imgpipe serve`'s
+# --max-batch-size) answers, with INVALID_ARGUMENT, to a request of more images than a batch holds.
+_SERVER_REFUSED_BATCH = re.compile(r"Task size (\d+) is larger than maximum input batch size (\d+)")
 
 
 def image_budget(max_message_mb: int = CLIENT_MESSAGE_MB) -> int:
@@ -70,6 +73,16 @@ def server_receive_limit(code_name: str, details: str) -> int | None:
     return int(found.group(2)) if found else None
 
 
+def server_batch_limit(code_name: str, details: str) -> int | None:
+    """The most images a request may carry, as a server with batching named it when it refused a
+    request of more ("Task size 64 is larger than maximum input batch size 32"), else None: the
+    same INVALID_ARGUMENT code as a refused image, which is about one image, not the request."""
+    if code_name != "INVALID_ARGUMENT":
+        return None
+    found = _SERVER_REFUSED_BATCH.search(details)
+    return int(found.group(2)) if found else None
+
+
 def budget_under(limit_bytes: int) -> int:
     """The image bytes one request may carry under a server's receive limit of `limit_bytes`:
     the framing of a request (its model spec, a few bytes per image) is far under 1% of it."""
@@ -84,23 +97,40 @@ def server_too_large_reason(size: int, limit_bytes: int) -> str:
 
 
 class RequestBudget:
-    """The image bytes one request may carry: under the client's limit at first, then under the
-    server's once it refuses a request as over its own (a server or proxy with a smaller one)."""
+    """What one request may carry: image bytes under the client's limit at first, then under the
+    server's once it refuses a request as over its own (a server or proxy with a smaller one);
+    and `images`, the most images, once a server with batching refuses more (None: no limit)."""
 
     def __init__(self, max_message_mb: int = CLIENT_MESSAGE_MB):
         self.bytes = image_budget(max_message_mb)
         self.client_mb = max_message_mb
         self.server_limit: int | None = None
+        self.images: int | None = None
 
     def refused(self, code_name: str, details: str, sizes: Sequence[int]) -> bool:
-        """Whether a failed request of images of `sizes` was refused as over the server's limit;
-        if so, the budget is now under that limit and under the request's own size, so the
-        request sent again in parts (`request_parts`) splits further each time."""
+        """Whether a failed request of images of `sizes` was refused as over the server's limit
+        (bytes, or images per batch); if so, the budget is now under that limit and under the
+        request's own size, so the request sent again in parts (`request_parts`) splits further
+        each time."""
+        batch = server_batch_limit(code_name, details)
+        if batch is not None:
+            self.fewer_images(batch, len(sizes))
+            return True
         limit = server_receive_limit(code_name, details)
         if limit is None:
             return False
         self.shrink(limit, sizes)
         return True
+
+    def fewer_images(self, limit: int, refused: int) -> None:
+        """At most the server's batch size `limit`, and fewer than a refused request's `refused`."""
+        self.images = max(1, min(limit, refused - 1, self.images or limit))
+
+    def max_images(self, wanted: int | None) -> int | None:
+        """The images per request: `wanted` (None: any), under what the server takes."""
+        if self.images is None:
+            return wanted
+        return self.images if wanted is None else min(wanted, self.images)
 
     def shrink(self, limit: int, sizes: Sequence[int]) -> None:
         """Under the server's receive limit `limit` and under a refused request's own size."""

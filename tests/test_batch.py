@@ -143,6 +143,31 @@ def test_every_output_format_parses_to_the_same_predictions(model, folder, jsonl
             assert image == folder[1][log.log_metadata.request_origin]
 
 
+def test_a_batch_over_the_servers_batch_size_is_sent_again_in_requests_it_takes(model, folder, tmp_path):
+    """Against TF Serving's shipped batching config (32 images a request), --batch-size 64 fell
+    back to one image per request without a word: the refusal is INVALID_ARGUMENT, the code of a
+    refused image."""
+    from imgpipe.batch.scoring import ScoreWithServer
+    from serving.devserver import lifecycle
+
+    base = tmp_path / "models" / NAME
+    shutil.copytree(model.export_dir, base / "3")
+    images = [(str(i), data) for i, data in enumerate(list(folder[1].values()) * 2)]
+    assert len(images) > 3
+    with lifecycle.start_in_thread(str(base), NAME, max_batch_size=3) as running:
+        scorer = ScoreWithServer(running.target, NAME)
+        scorer.setup()
+        calls = []
+        real = scorer.predict
+        scorer.predict = lambda batch: calls.append(len(batch)) or real(batch)
+        try:
+            scored = list(scorer.process(images))
+        finally:
+            scorer.teardown()
+    assert [s.path for s in scored] == [path for path, _ in images] and all(s.classes for s in scored)
+    assert calls[0] == len(images) and max(calls[1:]) == 3 and 1 not in calls[1:-1]
+
+
 def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tmp_path):
     from serving.devserver import lifecycle
 

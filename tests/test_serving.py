@@ -39,7 +39,7 @@ from tensorflow_serving.apis import (
 
 from imgpipe.cli import main as cli
 from serving import client as client_lib
-from serving.config import ServerConfig
+from serving.config import DEPLOY_MAX_BATCH_SIZE, ServerConfig
 from serving.devserver import lifecycle, versions
 from serving.errors import ServerStartError, ServingRpcError
 from tests import serving_fixtures
@@ -641,12 +641,44 @@ def test_message_larger_than_the_limit_is_rejected(stubs, model):
     _assert_healthy(stubs, model)
 
 
+def test_a_request_over_the_batch_size_is_refused_as_tf_serving_with_batching_refuses_it(
+    stubs, server, model
+):
+    """One Predict of 20,000 images ran whole (the server grew by gigabytes and kept working after
+    the client's deadline), where TF Serving with the shipped batching config refuses over 32."""
+    predict, _ = stubs
+    images = [img for img, _ in model.items] * 3
+    assert len(images) > DEPLOY_MAX_BATCH_SIZE
+    request = _predict_request("predict_images", "images", images[: DEPLOY_MAX_BATCH_SIZE + 1])
+    with pytest.raises(grpc.RpcError) as e:
+        predict.Predict(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        e.value.details()
+        == f"Task size {DEPLOY_MAX_BATCH_SIZE + 1} is larger than maximum input batch size 32"
+    )
+    predict.Predict(_predict_request("predict_images", "images", images[:DEPLOY_MAX_BATCH_SIZE]), timeout=30)
+    # The clients send such a batch again in requests the server takes, and score every image.
+    from imgpipe.cli.serving import _predict_in_parts
+    from serving.request_size import RequestBudget
+
+    args = argparse.Namespace(
+        model=NAME, top_k=None, signature="predict_images", version=None, batch_size=100
+    )
+    budget = RequestBudget()
+    with client_lib.ServingClient(server.target, timeout=30.0) as c:
+        done = list(_predict_in_parts(c, args, [(str(i), img) for i, img in enumerate(images)], budget))
+    assert [path for path, _ in done] == [str(i) for i in range(len(images))]
+    assert all(not isinstance(p, (str, ServingRpcError)) for _, p in done)
+    assert budget.images == DEPLOY_MAX_BATCH_SIZE
+
+
 def test_deadline_is_enforced_and_not_retried(server, model):
     with (
         client_lib.ServingClient(server.target, timeout=0.001, retries=3) as c,
         pytest.raises(ServingRpcError) as e,
     ):
-        c.predict_images(NAME, [img for img, _ in model.items])
+        c.predict_images(NAME, [img for img, _ in model.items][:DEPLOY_MAX_BATCH_SIZE])
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "attempts" not in str(e.value)
 
@@ -876,7 +908,7 @@ def test_stop_finishes_in_flight_requests(model, tmp_path_factory, monkeypatch):
     base = _base_path(tmp_path_factory, model)
     images = [img for img, _ in model.items] * 4
     running = lifecycle.start_server(
-        ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=30)
+        ServerConfig(model_base_path=base, model_name=NAME, port=0, grace_seconds=30, max_batch_size=0)
     )
     # The request is held inside the model until stop() is seen waiting for it: a fast
     # model could otherwise answer before the test looks, or before stop() begins.

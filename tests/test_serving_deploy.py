@@ -128,6 +128,10 @@ def test_monitoring_config_enables_prometheus():
 def test_batching_parameters_parse_and_are_sane():
     params = text_format.Parse(_read("batching_parameters.txt"), _batching_parameters_class()())
     assert params.HasField("max_batch_size") and params.max_batch_size.value == 32
+    from serving.config import DEPLOY_MAX_BATCH_SIZE, ServerConfig
+
+    # The dev server refuses what the shipped config makes TF Serving refuse.
+    assert ServerConfig("m", "n").max_batch_size == DEPLOY_MAX_BATCH_SIZE == params.max_batch_size.value
     assert 0 < params.batch_timeout_micros.value <= 100_000
     assert params.num_batch_threads.value >= 1
     assert params.max_enqueued_batches.value >= 1

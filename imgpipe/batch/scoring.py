@@ -28,7 +28,13 @@ from imgpipe.batch.outputs import PREDICT_IMAGES, ScoredImage
 from imgpipe.ingest.errors import tf_error_text
 from imgpipe.ingest.images import check_image
 from imgpipe.ingest.report import display_path
-from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, request_parts, server_receive_limit
+from serving.request_size import (
+    CLIENT_MESSAGE_MB,
+    RequestBudget,
+    request_parts,
+    server_batch_limit,
+    server_receive_limit,
+)
 
 SKIPPED = "skipped"
 
@@ -38,11 +44,13 @@ class InvalidInput(Exception):
 
 
 class OverServerLimit(Exception):
-    """The server refused a request as larger than its receive limit (`limit`, bytes)."""
+    """The server refused a request as larger than its receive limit (`limit`, bytes), or, with
+    `images`, as more images than its batches hold (`limit` images)."""
 
-    def __init__(self, limit: int):
-        super().__init__(f"the server accepts requests of at most {limit} bytes")
+    def __init__(self, limit: int, images: bool = False):
+        super().__init__(f"the server accepts requests of at most {limit} {'images' if images else 'bytes'}")
         self.limit = limit
+        self.images = images
 
 
 class _Counted(beam.DoFn):
@@ -247,7 +255,7 @@ class ScoreWithServer(_Scorer):
         yield from self._in_parts(list(batch))
 
     def _in_parts(self, items: list[tuple[str, bytes]]) -> Iterator[Any]:
-        for part, too_large in request_parts(items, None, self._budget.bytes):
+        for part, too_large in request_parts(items, self._budget.max_images(None), self._budget.bytes):
             if too_large:
                 self.tick(1)
                 [(path, data)] = part
@@ -256,7 +264,10 @@ class ScoreWithServer(_Scorer):
             try:
                 results = list(self._score(part))
             except OverServerLimit as exc:
-                self._budget.shrink(exc.limit, [len(data) for _, data in part])
+                if exc.images:
+                    self._budget.fewer_images(exc.limit, len(part))
+                else:
+                    self._budget.shrink(exc.limit, [len(data) for _, data in part])
                 yield from self._in_parts(part)
                 continue
             yield from results
@@ -275,6 +286,9 @@ class ScoreWithServer(_Scorer):
                 self.model_name, images, signature=PREDICT_IMAGES, version=self.version
             )
         except ServingRpcError as exc:
+            batch = server_batch_limit(exc.code.name, exc.details)
+            if batch is not None:
+                raise OverServerLimit(batch, images=True) from exc
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(_first_line(exc.details)) from exc
             if exc.code == grpc.StatusCode.NOT_FOUND and self.version is not None:

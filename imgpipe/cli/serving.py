@@ -27,7 +27,7 @@ from imgpipe.ingest.report import display_path
 from serving.config import ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
-from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, request_parts
+from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, request_parts, server_batch_limit
 from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 
 if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
@@ -99,6 +99,14 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "before decoding it; 0 = no check by the server (an imgpipe model still applies its own "
         "limit, the run's max_image_pixels) (default %(default)s)",
     )
+    parser.add_argument(
+        "--max-batch-size",
+        type=whole_number(0, None, "a whole number >= 0"),
+        default=d.max_batch_size,
+        help="refuse (INVALID_ARGUMENT, in TF Serving's words) a request of more images than this, as "
+        "TF Serving with the shipped batching config (serving/deploy/batching_parameters.txt) does; "
+        "0 = no limit, as TF Serving without --enable_batching (default %(default)s)",
+    )
     group = parser.add_argument_group("request logging (TF Serving PredictionLog TFRecords)")
     group.add_argument(
         "--log-requests",
@@ -148,6 +156,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         num_versions=args.num_versions,
         run_warmup=args.run_warmup,
         max_pixels=args.max_pixels,
+        max_batch_size=args.max_batch_size,
         log_requests=args.log_requests,
         log_sample_rate=args.log_sample_rate,
         log_max_file_mb=args.log_max_file_mb,
@@ -261,8 +270,8 @@ def _predict_chunk(
         preds = client.predict_images(args.model, images, args.top_k, args.signature, args.version)
         return list(zip([path for path, _ in chunk], preds, strict=True))
     except ServingRpcError as e:
-        if e.code != grpc.StatusCode.INVALID_ARGUMENT:
-            raise
+        if e.code != grpc.StatusCode.INVALID_ARGUMENT or server_batch_limit(e.code.name, e.details):
+            raise  # about every image, or about the request's size (_predict_in_parts splits it)
         if len(chunk) == 1:
             return [(chunk[0][0], e)]
     results: list[tuple[str, Prediction | ServingRpcError]] = []
@@ -289,7 +298,7 @@ def _predict_in_parts(
     as over its receive limit is sent again in parts under that limit, and so are the later
     ones; an image over it is named instead. Other failures raise _StoppedAt.
     """
-    for chunk, too_large in request_parts(items, args.batch_size, budget.bytes):
+    for chunk, too_large in request_parts(items, budget.max_images(args.batch_size), budget.bytes):
         if too_large:
             yield chunk[0][0], budget.too_large_reason(len(chunk[0][1]))
             continue

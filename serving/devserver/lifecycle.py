@@ -111,6 +111,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         run_warmup=config.run_warmup,
         drain_seconds=config.drain_seconds,
         max_pixels=config.max_pixels,
+        max_batch_size=config.max_batch_size,
     )
     request_log = _request_log(config)
     size = config.max_message_mb * MB
@@ -148,7 +149,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         raise
     if not manager.serving_versions():
         log.warning(
-            "no loadable version under %s yet; answering NOT_FOUND (as TF Serving does) until one appears%s",
+            "no loadable version under %s yet; answering NOT_FOUND until one appears (as TF Serving "
+            "does once its versions are gone; TF Serving itself opens no port until a version loads)%s",
             config.model_base_path,
             _model_folders_hint(config.model_base_path),
         )

@@ -61,14 +61,23 @@ class LoadedVersion:
     Raises (from the constructor) when the directory is not a loadable
     SavedModel or a signature listed in saved_model.pb cannot be called.
     Requests with an image above `max_pixels` (0: no limit) are refused
-    before the model runs (serving/devserver/inputs.py).
+    before the model runs (serving/devserver/inputs.py), and so are requests of more than
+    `max_batch_size` images (0: no limit), in TF Serving's words with batching on.
     """
 
-    def __init__(self, model_name: str, version: int, path: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(
+        self,
+        model_name: str,
+        version: int,
+        path: str,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_batch_size: int = 0,
+    ):
         self.model_name = model_name
         self.version = version
         self.path = path
         self.max_pixels = max_pixels
+        self.max_batch_size = max_batch_size
         self.signature_defs = read_signature_defs(path)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
         self._functions = {name: self._model.signatures[name] for name in self._model.signatures}
@@ -155,8 +164,13 @@ class LoadedVersion:
                 raise InvalidRequestError(f"duplicate output tensor alias: {alias}")
             seen.add(alias)
         arrays = input_arrays(inputs, specs, signature)
-        check_inputs(signature, arrays, self.max_pixels)
         batch_sizes = {a.shape[0] for a in arrays.values() if a.ndim >= 1}
+        if self.max_batch_size and batch_sizes and max(batch_sizes) > self.max_batch_size:
+            # TF Serving's batching queue, before the model runs: one request is one task.
+            raise InvalidRequestError(
+                f"Task size {max(batch_sizes)} is larger than maximum input batch size {self.max_batch_size}"
+            )
+        check_inputs(signature, arrays, self.max_pixels)
         try:
             tensors = {alias: tf.constant(array, dtype=specs[alias].dtype) for alias, array in arrays.items()}
             outputs = self._functions[signature](**tensors)

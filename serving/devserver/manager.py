@@ -65,6 +65,7 @@ class ModelManager:
         run_warmup: bool = True,
         drain_seconds: float = 30.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_batch_size: int = 0,
     ):
         self.model_name = model_name
         self.base_path = base_path
@@ -73,6 +74,7 @@ class ModelManager:
         self.run_warmup = run_warmup
         self.drain_seconds = drain_seconds
         self.max_pixels = max_pixels
+        self.max_batch_size = max_batch_size
         self._lock = threading.Lock()  # guards _serving and _states
         self._serving: dict[int, LoadedVersion] = {}
         self._states: dict[int, VersionStatus] = {}
@@ -174,7 +176,7 @@ class ModelManager:
         log.info("Loading model %r version %d from %s", self.model_name, version, path)
         start = time.monotonic()
         try:
-            loaded = LoadedVersion(self.model_name, version, path, self.max_pixels)
+            loaded = LoadedVersion(self.model_name, version, path, self.max_pixels, self.max_batch_size)
             loaded.warmup_summary = loaded.warm_up(self.run_warmup)
         except Exception as e:  # noqa: BLE001 - any load/warm-up failure keeps the old version
             self._failed[version] = files
