@@ -71,6 +71,18 @@ def test_prune_keeps_newest_runs_and_the_gates_baseline(tmp_path):
     assert again.pipelines["imgpipe"].removed == [] and again.bytes_freed == 0
 
 
+def _refuse_to_delete(monkeypatch, name: str) -> None:
+    """Deleting a file named `name` fails as one another user owns would (root may delete any)."""
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) == name:
+            raise PermissionError(13, "Permission denied", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+
+
 def test_a_folder_that_cannot_be_deleted_is_reported_and_not_counted_as_freed(tmp_path, monkeypatch, caplog):
     """A permission error mid-delete (a file another user owns, a read-only mount) left the rest
     of prune's deletions going but was swallowed: the JSON counted the folder's bytes as freed."""
@@ -79,14 +91,7 @@ def test_a_folder_that_cannot_be_deleted_is_reported_and_not_counted_as_freed(tm
     with open(os.path.join(r2["model"].uri, "stuck.bin"), "wb") as f:
         f.write(b"x" * 700)
     planned = prune_home(home.home, keep=1, dry_run=True).bytes_freed
-    real_unlink = os.unlink
-
-    def unlink(path, *args, **kwargs):
-        if os.path.basename(path) == "stuck.bin":
-            raise PermissionError(13, "Permission denied", path)
-        return real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "unlink", unlink)
+    _refuse_to_delete(monkeypatch, "stuck.bin")
     result = prune_home(home.home, keep=1)
 
     assert [(n["path"], n["bytes"]) for n in result.not_removed] == [(r2["model"].uri, 700)]
@@ -237,14 +242,7 @@ def test_a_dead_runs_output_that_cannot_be_deleted_is_not_counted_as_removed(tmp
     for name, size in (("stuck.bin", 300), ("gone.bin", 200)):
         with open(os.path.join(partial, name), "wb") as f:
             f.write(b"x" * size)
-    real_unlink = os.unlink
-
-    def unlink(path, *args, **kwargs):
-        if os.path.basename(path) == "stuck.bin":
-            raise PermissionError(13, "Permission denied", path)
-        return real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "unlink", unlink)
+    _refuse_to_delete(monkeypatch, "stuck.bin")
     [found] = recovery.abandon_dead_executions(home.store, "imgpipe", home.root, "run 3")
 
     system = os.path.join(home.root, "Trainer", ".system", "executor_execution", str(dead.id))

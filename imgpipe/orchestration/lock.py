@@ -26,7 +26,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -75,29 +75,25 @@ def _flock_folder(fd: int, home: str, deadline: float, wait: float, holder: str,
     """Lock the home folder open at `fd`, waiting until `deadline`; False where folders cannot
     be flocked (the lock file is the lock there). LockBusy when another process holds it:
     that process holds the home although its lock file was deleted or replaced."""
-    announced = False
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                waited = f" after waiting {wait:g}s" if wait > 0 else ""
-                ours = refused or ("prune" if holder == "prune" else "an overlapping run")
-                raise LockBusy(
-                    f"another imgpipe process holds the home {home}, although its lock file "
-                    f"{home_lock_path(home)} was deleted or replaced while it held it (do not delete it: "
-                    f"the lock is freed when its holder exits, even on kill -9); not starting {ours}{waited}"
-                ) from None
-            if not announced:
-                log.info(
-                    "waiting up to %gs for the home %s (its lock file was deleted while held)", wait, home
-                )
-                announced = True
-            time.sleep(min(_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
-        except OSError as e:  # EBADF, ENOLCK, EINVAL: a filesystem whose folders take no flock
-            log.debug("the home folder %s cannot be flocked (%s): its lock file is the lock", home, e)
-            return False
+    ours = _not_started(holder, refused)
+    try:
+        _flock(
+            fd,
+            deadline,
+            lambda waited: (
+                f"another imgpipe process holds the home {home}, although its lock file "
+                f"{home_lock_path(home)} was deleted or replaced while it held it (do not delete it: "
+                f"the lock is freed when its holder exits, even on kill -9); not starting {ours}{waited}"
+            ),
+            lambda: f"waiting up to {wait:g}s for the home {home} (its lock file was deleted while held)",
+            wait,
+        )
+    except LockBusy:
+        raise
+    except OSError as e:  # EBADF, ENOLCK, EINVAL: a filesystem whose folders take no flock
+        log.debug("the home folder %s cannot be flocked (%s): its lock file is the lock", home, e)
+        return False
+    return True
 
 
 def home_held(home: str) -> bool | None:
@@ -150,10 +146,19 @@ def run_lock(
     coexist on two files.
     """
     deadline = time.monotonic() + max(wait, 0.0)
+    ours = _not_started(holder, refused)
     while True:
         fd = _open_lock_file(path)
         try:
-            _flock(fd, path, deadline, wait, holder, refused)
+            _flock(
+                fd,
+                deadline,
+                lambda waited, fd=fd: (
+                    f"another imgpipe process holds the lock {path} ({_holder(fd)}); not starting {ours}{waited}"
+                ),
+                lambda fd=fd: f"waiting up to {wait:g}s for the lock {path} ({_holder(fd)})",
+                wait,
+            )
         except BaseException:
             os.close(fd)
             raise
@@ -199,8 +204,16 @@ def _open_lock_file(path: str) -> int:
         raise LockError(f"lock file {path}: cannot create or open it: {e.strerror or e}") from None
 
 
-def _flock(fd: int, path: str, deadline: float, wait: float, holder: str, refused: str) -> None:
-    """Lock `fd`, waiting until `deadline` while another process holds it, then LockBusy."""
+def _not_started(holder: str, refused: str) -> str:
+    """What a refused process says it did not start (the holder's own line says what it is)."""
+    return refused or ("prune" if holder == "prune" else "an overlapping run")
+
+
+def _flock(
+    fd: int, deadline: float, busy: Callable[[str], str], waiting: Callable[[], str], wait: float
+) -> None:
+    """Lock `fd`, waiting until `deadline` while another process holds it (saying `waiting()`
+    once), then LockBusy(busy(" after waiting Ns" or "")). Other OSErrors are raised."""
     announced = False
     while True:
         try:
@@ -208,15 +221,9 @@ def _flock(fd: int, path: str, deadline: float, wait: float, holder: str, refuse
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                waited = f" after waiting {wait:g}s" if wait > 0 else ""
-                # The holder's own line says what it is (a run and its id, or prune).
-                ours = refused or ("prune" if holder == "prune" else "an overlapping run")
-                raise LockBusy(
-                    f"another imgpipe process holds the lock {path} ({_holder(fd)}); "
-                    f"not starting {ours}{waited}"
-                ) from None
+                raise LockBusy(busy(f" after waiting {wait:g}s" if wait > 0 else "")) from None
             if not announced:
-                log.info("waiting up to %gs for the lock %s (%s)", wait, path, _holder(fd))
+                log.info("%s", waiting())
                 announced = True
             time.sleep(min(_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
 
