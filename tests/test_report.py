@@ -917,3 +917,51 @@ def test_the_pairs_most_taken_for_each_other_say_when_they_are_not_told_apart():
     page = html.render(d, {})
     assert "18 of 39 <b>(no better than chance)</b>" in page and "36 of 39</td>" in page
     assert data.confused_pairs(["a", "b"], [[5, 0], [0, 5]]) == []
+    # The pair at chance is listed whatever the mistakes of the others (the gate's log promises
+    # the report names it); pairs with under 10 answers between them are not tested, as the gate.
+    k = ["c0", "c1", "c2", "c3", "c4", "c5", "t1", "t2"]
+    many = [[0] * 8 for _ in k]
+    for i in range(6):
+        many[i][i] = 40
+    for i, j in ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5)):
+        many[i][j] = many[j][i] = 4  # 8 mistakes each, 80 of 88 right: told apart
+    many[6][6], many[6][7], many[7][7], many[7][6] = 3, 3, 3, 3  # 6 of 12: at chance, 6 mistakes
+    listed = data.confused_pairs(k, many)
+    assert [(p.a, p.b) for p in listed][:1] == [("t1", "t2")] and len(listed) == 6 and listed[0].at_chance
+    few = data.confused_pairs(["a", "b"], [[1, 1], [1, 0]])
+    assert [(p.at_chance, p.tested) for p in few] == [(False, False)]
+    assert "(too few answers to test)" in html.render(
+        dataclasses.replace(
+            _report_data(["a", "b"], n=4), class_names=["a", "b"], rows=["a", "b"], confusion=[[1, 1], [1, 0]]
+        ),
+        {},
+    )
+
+
+def test_the_page_says_what_became_of_a_blessed_model_and_an_unreachable_floor():
+    """A model blessed by the gate, then kept back by pre-push validation, showed only a green
+    BLESSED; a floor of 1.25 (no result can reach it) was printed as a number."""
+    from imgpipe.report import html
+
+    summary = {
+        "blessed": True,
+        "pushed": None,
+        "push_skipped": "pre-push validation failed: p99 latency 12 ms > 0.01 ms",
+    }
+    d = dataclasses.replace(_report_data(["a", "b"], n=8), **data._deployment(summary, True))
+    assert (
+        d.withdrawn and d.deployment == "not pushed: pre-push validation failed: p99 latency 12 ms > 0.01 ms"
+    )
+    d = dataclasses.replace(d, gate=dataclasses.replace(d.gate, blessed=True, reasons=[], floor=1.25))
+    page = html.render(d, {})
+    assert "BLESSED, NOT PUSHED" in page and "not pushed: pre-push validation failed" in page
+    assert "unreachable (eval split too small)" in page
+    out = text.render(d)
+    assert "gate: BLESSED, NOT PUSHED" in out and "unreachable (eval split too small)" in out
+    pushed = data._deployment({"pushed": "/serving/m/1796000000"}, True)
+    assert pushed == {"deployment": "pushed as version 1796000000 (/serving/m/1796000000)"}
+    assert data._deployment({"push_skipped": "identical to the served version 17"}, True) == {
+        "deployment": "not pushed: identical to the served version 17",
+        "withdrawn": False,
+    }
+    assert data.ReportData.from_dict({**d.to_dict()}).deployment == d.deployment

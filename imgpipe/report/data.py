@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -112,6 +113,11 @@ class ReportData:
     # written before these fields.
     training_notes: list[str] = dataclasses.field(default_factory=list)
     selection_folds: int | None = None
+    # What became of the model after the gate (`deployment`): pushed as which version, or why not;
+    # `withdrawn`: the gate blessed it and pre-push validation (or a later check) withdrew that.
+    # "" / False in reports written before these fields.
+    deployment: str = ""
+    withdrawn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -384,19 +390,22 @@ class ConfusedPair:
     right: int  # of the images of a and b it called a or b, those it called right
     between: int  # images of a and b it called a or b
     at_chance: bool  # between the two, not told apart better than a coin (one-sided, p 0.05)
+    tested: bool = True  # False: under the gate's PAIR_MIN_ANSWERS answers between them: not tested
 
 
-CONFUSED_PAIRS = 5  # the report lists this many pairs, most mistakes first
+CONFUSED_PAIRS = 5  # the report lists this many pairs besides those at chance, most mistakes first
 
 
 def confused_pairs(
     class_names: list[str], matrix: list[list[int]], top: int = CONFUSED_PAIRS
 ) -> list[ConfusedPair]:
-    """The pairs of model classes most often taken for each other (a as b plus b as a), most
-    first; each says whether the model tells the two apart better than chance at all: two
+    """Every pair of model classes the model tells apart no better than chance, then the `top`
+    others most often taken for each other (a as b plus b as a), most mistakes first: two
     classes that are one concept (one folder split in two) score about 1/2 between them, which
-    the per-class recall floor does not catch. The test is the gate's (`pair_at_chance`)."""
-    from components.gate_decision import pair_at_chance
+    the per-class recall floor does not catch. The test is the gate's (`pair_at_chance`, once
+    the two have PAIR_MIN_ANSWERS answers between them), so these are the pairs gate.json's
+    `classes_at_chance` names."""
+    from components.gate_decision import PAIR_MIN_ANSWERS, pair_at_chance
 
     pairs = []
     for i in range(len(class_names)):
@@ -406,12 +415,15 @@ def confused_pairs(
                 continue
             right = matrix[i][i] + matrix[j][j]
             between = right + a_as_b + b_as_a
-            at_chance = pair_at_chance(right, between)
+            tested = between >= PAIR_MIN_ANSWERS
+            at_chance = tested and pair_at_chance(right, between)
             pairs.append(
-                ConfusedPair(class_names[i], class_names[j], a_as_b, b_as_a, right, between, at_chance)
+                ConfusedPair(
+                    class_names[i], class_names[j], a_as_b, b_as_a, right, between, at_chance, tested
+                )
             )
     pairs.sort(key=lambda p: (-(p.a_as_b + p.b_as_a), p.a, p.b))
-    return pairs[:top]
+    return [p for p in pairs if p.at_chance] + [p for p in pairs if not p.at_chance][:top]
 
 
 # ------------------------------------------------------------------------------ training, gate
@@ -455,6 +467,14 @@ def _repeats(record: Mapping[str, Any]) -> int:
     judged = record.get("judged_on")
     repeats = judged.get("repeats") if isinstance(judged, dict) else None
     return repeats if isinstance(repeats, int) else 0
+
+
+def floor_text(floor: float | None) -> str:
+    """A floor as the report prints it: above 1.0 no result can reach it (the gate's way of saying
+    the eval split is too small to tell a model from chance)."""
+    if floor is None:
+        return "-"
+    return "unreachable (eval split too small)" if floor > 1.0 else f"{floor:.4f}"
 
 
 def _fmt(x: Any) -> str:
@@ -771,4 +791,21 @@ def gather(
         states=dict(artifacts.states),
         notes=notes,
         predictions_from=predictions_from,
+        **_deployment(summary, gate.blessed),
     )
+
+
+def _deployment(summary: Mapping[str, Any], blessed: bool | None) -> dict[str, Any]:
+    """What the run summary says became of the model after the gate: `deployment` and
+    `withdrawn` (a blessed model that pre-push validation, or a later check, kept back)."""
+    pushed, skipped = summary.get("pushed"), summary.get("push_skipped")
+    if pushed:
+        return {"deployment": f"pushed as version {os.path.basename(str(pushed).rstrip('/'))} ({pushed})"}
+    if skipped:
+        withdrawn = bool(blessed) and str(skipped).startswith(
+            ("pre-push validation failed", "blessing withdrawn")
+        )
+        return {"deployment": f"not pushed: {skipped}", "withdrawn": withdrawn}
+    if blessed is False:
+        return {"deployment": "not pushed: not blessed"}
+    return {}

@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from imgpipe.report.data import ReportData, confused_pairs
+from imgpipe.report.data import ReportData, confused_pairs, floor_text
 from trainer.features import label_text
 
 _CSS = """
@@ -59,7 +59,9 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequen
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _decision(blessed: bool | None) -> str:
+def _decision(blessed: bool | None, withdrawn: bool = False) -> str:
+    if blessed is True and withdrawn:
+        return '<span class="decision rejected">BLESSED, NOT PUSHED</span>'
     if blessed is True:
         return '<span class="decision blessed">BLESSED</span>'
     if blessed is False:
@@ -72,13 +74,15 @@ def _gate(d: ReportData) -> str:
     rows = [
         [f"candidate {esc(g.metric)}", _num(g.candidate), esc(f"this run's model on {g.judged_on}")],
         [f"baseline {esc(g.metric)}", _num(g.baseline), esc(g.baseline_note)],
-        ["floor", _num(g.floor), esc(g.floor_note)],
+        ["floor", esc(floor_text(g.floor)), esc(g.floor_note)],
     ]
     rows += [[esc(k), esc(v), ""] for k, v in g.details]
-    out = [f"<p>{_decision(g.blessed)} <small>from {esc(g.source)}</small></p>"]
-    out.append(_table(["", "value", "note"], rows, numeric=[False, True]))
+    out = [f"<p>{_decision(g.blessed, d.withdrawn)} <small>from {esc(g.source)}</small></p>"]
+    if d.deployment:
+        out.append(f"<p><b>{esc(d.deployment)}</b></p>")
     if g.reasons:
         out.append("<p>Why not blessed:</p><ul>" + "".join(f"<li>{esc(r)}</li>" for r in g.reasons) + "</ul>")
+    out.append(_table(["", "value", "note"], rows, numeric=[False, True]))
     return "".join(out)
 
 
@@ -91,14 +95,22 @@ def _confused(d: ReportData) -> str:
             esc(label_text(p.a)) + " / " + esc(label_text(p.b)),
             str(p.a_as_b),
             str(p.b_as_a),
-            f"{p.right} of {p.between}" + (" <b>(no better than chance)</b>" if p.at_chance else ""),
+            f"{p.right} of {p.between}"
+            + (
+                " <b>(no better than chance)</b>"
+                if p.at_chance
+                else ("" if p.tested else " (too few answers to test)")
+            ),
         ]
         for p in pairs
     ]
-    return "<p>The classes most often taken for each other:</p>" + _table(
-        ["pair (a / b)", "a called b", "b called a", "right between the two"],
-        rows,
-        numeric=[False, True, True, False],
+    return (
+        "<p>Pairs of classes told apart no better than chance, then those most often taken for each other:</p>"
+        + _table(
+            ["pair (a / b)", "a called b", "b called a", "right between the two"],
+            rows,
+            numeric=[False, True, True, False],
+        )
     )
 
 

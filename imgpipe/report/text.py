@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgpipe.report.data import ReportData, confused_pairs
+from imgpipe.report.data import ReportData, confused_pairs, floor_text
 from trainer.features import label_text
 
 TEXT_MISCLASSIFIED = 10  # the text view lists this many of the worst misclassifications
@@ -20,6 +20,8 @@ def _num(x: float | None, digits: int = 4) -> str:
 def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFIED) -> str:
     g = d.gate
     decision = {True: "BLESSED", False: "NOT BLESSED"}.get(g.blessed, "NO DECISION")
+    if g.blessed and d.withdrawn:
+        decision = "BLESSED, NOT PUSHED"
     label = len("candidate " + g.metric)
     lines = [f"run {_clean(d.run_id)}"]
     if path:
@@ -28,12 +30,16 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
     lines += [
         "",
         f"gate: {decision}  ({_clean(g.source)})",
+    ]
+    if d.deployment:
+        lines.append(f"  {_clean(d.deployment)}")
+    lines += [f"  not blessed because: {_clean(r)}" for r in g.reasons]
+    lines += [
         f"  {'candidate ' + g.metric:<{label}} {_num(g.candidate)}",
         f"  {'baseline ' + g.metric:<{label}} {_num(g.baseline)}  {_clean(g.baseline_note)}",
-        f"  {'floor':<{label}} {_num(g.floor)}  {_clean(g.floor_note)}",
+        f"  {'floor':<{label}} {floor_text(g.floor)}  {_clean(g.floor_note)}",
     ]
     lines += [f"  {_clean(k)}: {_clean(v)}" for k, v in g.details]
-    lines += [f"  not blessed because: {_clean(r)}" for r in g.reasons]
 
     names = [
         _clean(label_text(r.name)) + ("" if r.in_vocabulary else " (not a model class)") for r in d.per_class
@@ -52,11 +58,15 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
 
     pairs = confused_pairs(d.class_names, d.confusion)
     if pairs:
-        lines += ["", "most often taken for each other:"]
+        lines += ["", "told apart no better than chance, then most often taken for each other:"]
         lines += [
             f"  {_clean(label_text(p.a))} / {_clean(label_text(p.b))}: {p.a_as_b} + {p.b_as_a} mistakes, "
             f"{p.right} of {p.between} right between the two"
-            + (" (no better than chance)" if p.at_chance else "")
+            + (
+                " (no better than chance)"
+                if p.at_chance
+                else ("" if p.tested else " (too few answers to test)")
+            )
             for p in pairs
         ]
     if d.training_notes:
