@@ -965,3 +965,31 @@ def test_the_page_says_what_became_of_a_blessed_model_and_an_unreachable_floor()
         "withdrawn": False,
     }
     assert data.ReportData.from_dict({**d.to_dict()}).deployment == d.deployment
+
+
+def test_the_data_gates_warnings_are_the_reports_notes(tmp_path):
+    """Labels corrected since the served model trained explain a drop in the numbers; the log
+    warned of them and the page said nothing."""
+    from components.artifacts import REPORT_FILE
+    from imgpipe.orchestration import metadata
+    from pipeline.pipeline import DATA_GATE_ID
+
+    assert (metadata.DATA_GATE_NODE, metadata.DATA_GATE_FILE) == (DATA_GATE_ID, REPORT_FILE)
+    warning = "9 of the 146 images trained as 'five' are now labelled 'six': label corrections?"
+    with open(os.path.join(tmp_path, REPORT_FILE), "w", encoding="utf-8") as f:
+        json.dump({"warnings": [warning]}, f)
+    report = metadata.data_gate_report(str(tmp_path))
+    assert report["warnings"] == [warning] and metadata.data_gate_report(str(tmp_path / "none")) is None
+    # The predictions reused from an earlier report of the same model: no model is run here.
+    previous = dataclasses.replace(_report_data(), artifacts={"serving_model": "m", "eval_examples": "e"})
+    artifacts = metadata.RunArtifacts("run-2", {}, "e", "m", None, None)
+    gathered = data.gather(
+        artifacts,
+        {},
+        None,
+        None,
+        max_misclassified=previous.max_misclassified,
+        previous=previous,
+        data_gate=report,
+    )
+    assert f"data gate: {warning}" in gathered.notes

@@ -627,6 +627,7 @@ class RunArtifacts:
     serving_model: str | None  # Trainer `model`, its Format-Serving SavedModel
     model_run: str | None  # Trainer `model_run` (training_summary.json)
     evaluation: str | None  # Evaluator `evaluation` (TFMA output, gate.json)
+    data_gate: str | None = None  # DataGate `report` (data_gate.json)
 
 
 def split_uri(store, execution, key: str, split: str) -> str | None:
@@ -649,6 +650,7 @@ def run_artifacts(config: PipelineConfig, run_id: str) -> RunArtifacts:
             serving_model=os.path.join(model, SERVING_MODEL_DIR) if model else None,
             model_run=output_uri(store, executions.get("Trainer"), "model_run"),
             evaluation=output_uri(store, executions.get("Evaluator"), "evaluation"),
+            data_gate=output_uri(store, executions.get(DATA_GATE_NODE), "report"),
         )
 
 
@@ -662,6 +664,21 @@ def _json_file(path: str) -> dict | None:
 def training_summary(model_run_uri: str | None) -> dict | None:
     """The Trainer's training_summary.json (replicas, history, notes), or None when absent."""
     return _json_file(os.path.join(model_run_uri, SUMMARY_FILE)) if model_run_uri else None
+
+
+# The data gate's node id and report file (pipeline.pipeline.DATA_GATE_ID and
+# components.artifacts.REPORT_FILE, which load TFX; tests/test_report.py checks they agree).
+DATA_GATE_NODE = "DataGate"
+DATA_GATE_FILE = "data_gate.json"
+
+
+def data_gate_report(report_uri: str | None) -> dict | None:
+    """The DataGate's data_gate.json (its warnings: labels corrected since the served model's
+    training, near-alike names), or None when absent or unreadable."""
+    try:
+        return _json_file(os.path.join(report_uri, DATA_GATE_FILE)) if report_uri else None
+    except (OSError, ValueError):
+        return None
 
 
 def gate_record(evaluation_uri: str | None) -> dict | None:

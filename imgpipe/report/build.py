@@ -144,6 +144,7 @@ def build_report(
         max_regression=config.gate.max_regression,
         max_misclassified=max_misclassified,
         previous=previous,
+        data_gate=metadata.data_gate_report(artifacts.data_gate),
         loaded=loaded_model(artifacts.serving_model) if loaded_model and artifacts.serving_model else None,
     )
     name_files(data, config.data_dir)

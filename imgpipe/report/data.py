@@ -715,6 +715,7 @@ def gather(
     max_misclassified: int = DEFAULT_MAX_MISCLASSIFIED,
     previous: ReportData | None = None,
     loaded: Any = None,
+    data_gate: Mapping[str, Any] | None = None,
 ) -> ReportData:
     """Everything the report shows for one run; ReportDataError when the model or eval split is missing.
 
@@ -722,6 +723,7 @@ def gather(
     same eval split (`reusable`), its predictions are taken instead of running
     the model again (a re-run whose Trainer came from the cache).
     `loaded`: the run's model already loaded in this process (see `EvalPredictions`).
+    `data_gate`: the DataGate's report (data_gate.json); its warnings become notes.
     """
     if not artifacts.serving_model:
         raise ReportDataError(f"run {artifacts.run_id} has no trained model in ML Metadata")
@@ -756,6 +758,10 @@ def gather(
         notes.append(f"eval labels the model has no class for (counted as errors): {', '.join(unknown)}")
     if training_summary is None:
         notes.append("no training_summary.json in the Trainer's model_run: no training curves")
+    # The data gate's warnings (labels corrected since the served model trained, names that print
+    # alike): what a drop in the numbers may come from.
+    warned = (data_gate or {}).get("warnings")
+    notes += [f"data gate: {w}" for w in warned if isinstance(w, str)] if isinstance(warned, list) else []
     if gate_record is not None:
         gate = gate_from_record(gate_record)
     elif isinstance(summary.get("gate"), dict):
