@@ -1173,10 +1173,18 @@ def judged_results(
 
 
 def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
-    """Why the model was not blessed, one sentence per failed threshold (empty when none failed)."""
+    """Why the model was not blessed, one sentence per failed threshold (empty when none failed):
+    the floor first, then the comparison with the served model, then each class's (in TFMA's
+    order a class's recall could come first, before the floor, of 17 reasons)."""
     out = []
     known = set(plan.class_names)
-    for f in results.failures:
+
+    def rank(f: Failure) -> int:
+        if f.is_change or f.uncompared:
+            return 1
+        return 0 if f.class_name is None and not f.precision else 2
+
+    for f in sorted(results.failures, key=rank):
         value = f.value if f.value is not None else float("nan")
         if f.uncompared:
             out.append(
