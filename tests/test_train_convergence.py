@@ -155,6 +155,10 @@ def test_class_weights_auto_and_none():
     weights, why = head.class_weights(skewed, 3, "auto")
     np.testing.assert_allclose(weights, [45 / (3 * 30), 45 / (3 * 10), 45 / (3 * 5)])
     assert "balanced" in why
+    # With the classes' names, each weight says whose it is (the report's note listed bare numbers,
+    # in the vocabulary's order, which is not the report's).
+    _, named = head.class_weights(skewed, 3, "auto", ["cat", "dog", "emu"])
+    assert named.endswith("): cat: 0.5, dog: 1.5, emu: 3")
     assert head.class_weights(skewed, 3, "none") == (None, "class weights off by config")
     with pytest.raises(ValueError, match=r"classes \[1\] have no training examples"):
         head.class_weights(np.array([0, 0, 2]), 3, "auto")

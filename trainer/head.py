@@ -41,6 +41,7 @@ import tf_keras as keras
 from trainer import memory_fit
 from trainer import model as model_lib
 from trainer.config import IMBALANCE_RATIO, TrainingConfig
+from trainer.features import label_text
 
 # What early stopping and --tune watch: the (class-weighted) cross-entropy on the validation
 # slice, without the L2 penalty (which would otherwise bias --tune against weight decay).
@@ -72,8 +73,11 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> tuple[np.ndarray | None, str]:
-    """Loss weight per class index, or None for unweighted, and the reason (for the run log).
+def class_weights(
+    labels: np.ndarray, num_classes: int, mode: str, class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray | None, str]:
+    """Loss weight per class index, or None for unweighted, and the reason (for the run log and
+    the report: each weight with its class's name when `class_names` are given).
 
     mode "auto": balanced weights n / (k * n_c) (k classes, n examples, n_c of class c) when
     the largest class has more than IMBALANCE_RATIO times the examples of the smallest;
@@ -95,7 +99,10 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> tuple[np.n
     weights = counts.sum() / (num_classes * counts.astype(np.float64))
     return weights, (
         f"class weights: balanced (largest/smallest class = {ratio:.2f} > {IMBALANCE_RATIO}): "
-        + ", ".join(f"{w:.3g}" for w in weights)
+        + ", ".join(
+            f"{label_text(name)}: {w:.3g}" if class_names is not None else f"{w:.3g}"
+            for name, w in zip(class_names if class_names is not None else weights, weights, strict=True)
+        )
     )
 
 

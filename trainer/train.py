@@ -140,9 +140,10 @@ def _head_phase(
     callbacks: Sequence[keras.callbacks.Callback],
     verbose: int,
     note: Callable[[str], None],
+    class_names: Sequence[str] | None = None,
 ) -> HeadPhase:
     """Class weights, the validation slice, (tuning,) training, then the eval split's one use."""
-    weights, why = head.class_weights(labels, num_classes, params.class_weights)
+    weights, why = head.class_weights(labels, num_classes, params.class_weights, class_names)
     note(why)
     head_data, why = make_data(weights)
     note(why)
@@ -196,6 +197,7 @@ def train_cached_head(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     note: Callable[[str], None] = log.info,
+    class_names: Sequence[str] | None = None,
 ) -> HeadPhase:
     """Phase 1 on cached features: what train() runs after extraction (benchmarks call it
     directly). `batch_size` is the global batch. A memory cache trains with memory_fit,
@@ -226,7 +228,9 @@ def train_cached_head(
             return memory_fit.evaluate(m, memory_fit.Arrays.of(*eval_cache.arrays))["accuracy"]
         return _accuracy(m, eval_cache.batches(batch_size, shuffle=False, seed=params.seed))
 
-    phase = _head_phase(labels, make_data, build, evaluate, params, num_classes, callbacks, verbose, note)
+    phase = _head_phase(
+        labels, make_data, build, evaluate, params, num_classes, callbacks, verbose, note, class_names
+    )
     phase.feature_stats = stats
     return phase
 
@@ -330,7 +334,16 @@ def train(
                 f"extracted in {seconds['feature_extraction']:.1f}s"
             )
             phase = train_cached_head(
-                train_cache, eval_cache, params, num_classes, global_batch, strategy, cbs, verbose, note
+                train_cache,
+                eval_cache,
+                params,
+                num_classes,
+                global_batch,
+                strategy,
+                cbs,
+                verbose,
+                note,
+                class_names=class_names,
             )
             # The full model: the backbone and a copy of the final head made under the strategy.
             hp = phase.run.hparams
@@ -384,6 +397,7 @@ def train(
                 cbs,
                 verbose,
                 note,
+                class_names,
             )
             phase.feature_stats = stats
             model = phase.run.model
