@@ -809,6 +809,15 @@ def test_a_head_chosen_by_cross_validation_is_described_as_such(tmp_path):
     assert (loaded.training_notes, loaded.selection_folds) == (summary["notes"], 5)
     figures.training_curves(history, str(tmp_path / "curves.png"), folds=5)  # draws
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # Fine-tuning continues the refit (the model kept), not the early-stopping run: drawn after it.
+    tuned = {**history, "fine_tune_loss": [0.45, 0.42], "fine_tune_val_loss": [0.6, 0.55]}
+    series = figures._phase_series(tuned, "loss", folds=5)
+    assert series["train"] == [1.0, 0.5, 0.4]
+    assert series["refit on all of train (the model kept)"] == [0.9, 0.5, 0.45, 0.42]
+    fine_val = series["cross-validation (5 folds, held-out parts pooled), fine-tune"]
+    assert [v for v in fine_val if v == v] == [0.6, 0.55] and len(fine_val) == 4  # NaN: no point
+    assert figures._fine_tune_start(tuned) == 2
+    figures.training_curves(tuned, str(tmp_path / "tuned.png"), folds=5)
 
 
 def test_labels_that_print_alike_are_told_apart_in_the_report(tmp_path):

@@ -118,13 +118,33 @@ def validation_label(folds: int | None) -> str:
 def _phase_series(
     history: dict[str, list[float]], metric: str, folds: int | None = None
 ) -> dict[str, list[float]]:
-    return {
-        "train": history.get(metric, []) + history.get(f"fine_tune_{metric}", []),
-        validation_label(folds): history.get(f"val_{metric}", [])
-        + history.get(f"fine_tune_val_{metric}", []),
-        # refit_*: the head trained again on the whole train split for the chosen epochs.
-        REFIT_LABEL: history.get(f"refit_{metric}", []),
+    """label -> values per epoch from 1 (NaN: no point at that epoch). Fine-tuning continues the
+    model kept: the refit on the whole train split when there is one (refit_*: the head trained
+    again for the chosen epochs), else the early-stopping run."""
+    refit = history.get(f"refit_{metric}", [])
+    fine, fine_val = history.get(f"fine_tune_{metric}", []), history.get(f"fine_tune_val_{metric}", [])
+    if not refit:
+        return {
+            "train": history.get(metric, []) + fine,
+            validation_label(folds): history.get(f"val_{metric}", []) + fine_val,
+            REFIT_LABEL: [],
+        }
+    out = {
+        "train": history.get(metric, []),
+        validation_label(folds): history.get(f"val_{metric}", []),
+        REFIT_LABEL: refit + fine,
     }
+    if fine_val:
+        out[f"{validation_label(folds)}, fine-tune"] = [math.nan] * len(refit) + fine_val
+    return out
+
+
+def _fine_tune_start(history: dict[str, list[float]]) -> int:
+    """The epoch after which fine-tuning is drawn: the refit's last, else the head run's."""
+    refit = max((len(v) for k, v in history.items() if k.startswith("refit_")), default=0)
+    if refit:
+        return refit
+    return max(len(history.get(k, [])) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
 
 
 def has_curves(history: dict[str, list[float]]) -> bool:
@@ -135,7 +155,7 @@ def training_curves(history: dict[str, list[float]], path: str, folds: int | Non
     """Loss and accuracy per epoch, on train and on the validation slice held out of it (early
     stopping's, not the eval split) or, with `folds`, cross-validation's pooled held-out parts;
     the refit on the whole train split dashed; the fine-tune phase shaded when present."""
-    head_epochs = max(len(history.get(k, [])) for k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+    head_epochs = _fine_tune_start(history)
     fine_tune_epochs = max(
         (len(v) for k, v in history.items() if k.startswith("fine_tune_")),
         default=0,
