@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
+from components.gate import RELABELLED
 from components.gate_decision import label_set_change
 from trainer.class_names import almost_alike, is_plain, looks, name_problem, normalise
 from trainer.features import IMAGE_KEY, LABEL_KEY, code_points
@@ -214,7 +215,6 @@ def validator_messages(split: str, anomalies: anomalies_pb2.Anomalies) -> list[s
 
 
 LABEL_CHANGE = "label set changed against the latest blessed model"  # starts that anomaly's text
-RELABELLED = "images relabelled since the latest blessed model trained on them"  # starts that one's
 # The anomalies `accept_label_change` lets through: the label set's change and relabelled images.
 LABEL_CHANGES = (LABEL_CHANGE, RELABELLED)
 

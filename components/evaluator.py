@@ -74,7 +74,6 @@ from tfx.utils import json_utils, proto_utils
 
 from components import graph_optimization, patching, pusher, tfma_warm, unseen_comparison
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
-from components.data_contract import RELABELLED
 from components.gate import (
     ACCURACY_CLASS,
     ACCURACY_KEY,
@@ -82,6 +81,7 @@ from components.gate import (
     CONFUSION_KEY,
     EXAMPLE_COUNT_KEY,
     METRIC_BALANCED,
+    RELABELLED,
     GateConfig,
 )
 from components.gate_decision import (

@@ -52,6 +52,10 @@ CONFUSION_CLASS = "MultiClassConfusionMatrixPlot"
 CONFUSION_KEY = "multi_class_confusion_matrix_plot"
 
 
+# How the data gate's anomaly about relabelled images starts (components/data_contract.py writes
+# it; the Evaluator and the run report read it from gate.json's anomalies_allowed).
+RELABELLED = "images relabelled since the latest blessed model trained on them"
+
 METRIC_AUTO = "auto"
 METRIC_ACCURACY = "accuracy"
 METRIC_BALANCED = "balanced_accuracy"

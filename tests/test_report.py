@@ -172,6 +172,17 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
     g = data.gate_from_record(_gate_record(["7", "5"]))
     assert (g.blessed, g.candidate, g.baseline, g.floor) == (False, 0.41, 0.9, 0.55)
     assert "majority class '7'" in g.floor_note and g.reasons == ["accuracy 0.41 is below the floor 0.55"]
+    # Images relabelled since the served model trained (accepted): it is scored by labels it did
+    # not learn, which the baseline row says (it read as a plain drop).
+    from components.gate import RELABELLED
+
+    swapped = dict(
+        _gate_record(["7", "5"]), anomalies_allowed=[f"{RELABELLED}: 146 of the 146 trained as '5'"]
+    )
+    assert data.gate_from_record(swapped).baseline_note.endswith(
+        "images it trained on were relabelled since (accepted): it is scored by the labels they have now, "
+        "which it was not trained on"
+    )
     # A record that keeps the gate's own words for its floor (Floor.describe) is shown with them.
     own = dict(_gate_record(["7", "5"]), floor_note="majority class '7' has 0.550 of eval + margin 0.000")
     assert data.gate_from_record(own).floor_note == own["floor_note"]
