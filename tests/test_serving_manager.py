@@ -211,6 +211,19 @@ def test_failed_version_keeps_the_old_one_and_retries_only_when_files_change(
     manager.poll_once()
     assert attempts == [2, 2]
     assert manager.serving_versions() == [2]
+    # The newest broken again and the served one's folder deleted: the served one stays loaded
+    # (it was unloaded, and nothing was served), as TF Serving's availability-preserving policy.
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    shutil.rmtree(tmp_path / "2")
+    manager.poll_once()
+    assert manager.serving_versions() == [2]
+    shutil.rmtree(tmp_path / "3")  # version 1 is the newest on disk again: served
+    manager.poll_once()
+    assert manager.serving_versions() == [1]
+    shutil.rmtree(tmp_path / "1")  # no version on disk at all: nothing is wanted
+    manager.poll_once()
+    assert manager.serving_versions() == []
     manager.stop()
 
 

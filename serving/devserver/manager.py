@@ -147,10 +147,13 @@ class ModelManager:
                     self._load(version, on_disk[version])
             loaded = set(self.serving_versions())
             keep = {v for v in aspired if v in loaded}
-            if not keep:
-                # No wanted version could load: keep serving the newest one still on disk.
+            if not keep and aspired:
+                # No wanted version could load: keep serving the newest one still on disk, else
+                # the newest loaded even though its folder is gone (TF Serving's availability-
+                # preserving policy: it is in memory). With no version on disk at all, none is
+                # wanted and every one goes, as in TF Serving.
                 still_there = [v for v in loaded if v in on_disk]
-                keep = {max(still_there)} if still_there else set()
+                keep = {max(still_there or loaded)} if loaded else set()
             for version in sorted(loaded - keep):
                 self._unload(version)
             for version in list(self._failed):
