@@ -98,12 +98,14 @@ class PruneResult:
     # What could not be deleted in full ({path, bytes left, error}): not counted in bytes_freed.
     not_removed: list[dict] = dataclasses.field(default_factory=list)
 
-    def removed(self, done: scratch.Removal) -> int:
-        """Note one deletion's failure, if any (warned about); the bytes it freed."""
+    def removed(self, done: scratch.Removal, warn: bool = True) -> int:
+        """Note one deletion's failure, if any (warned about, unless its deleter warned already);
+        the bytes it freed."""
         if done.left or done.error:
-            log.warning(
-                "%s could not be deleted in full (%d bytes left): %s", done.path, done.left, done.error
-            )
+            if warn:
+                log.warning(
+                    "%s could not be deleted in full (%d bytes left): %s", done.path, done.left, done.error
+                )
             self.not_removed.append({"path": done.path, "bytes": done.left, "error": done.error})
         return done.freed
 
@@ -513,8 +515,10 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
                 for n in stale
             ]
         else:
+            # remove_stale warned of a folder it could not delete in full.
             result.scratch_removed = [
-                {"path": done.path, "bytes": result.removed(done)} for done in scratch.remove_stale(home)
+                {"path": done.path, "bytes": result.removed(done, warn=False)}
+                for done in scratch.remove_stale(home)
             ]
         own_runs = runs.run_ids(home)
         for store, store_config, names in opened:
@@ -527,7 +531,6 @@ def _prune_holding_lock(home: str, stores: list[PipelineConfig], keep: int, dry_
             for p in result.pipelines.values()
         )
         + sum(a["bytes"] for a in result.abandoned_executions)
-        - sum(n["bytes"] for n in result.not_removed)
     )
     return result
 
@@ -581,5 +584,11 @@ def _prune_pipelines(
             a.state = _DELETED
         if doomed:
             store.put_artifacts(doomed)
+        freed = {}
         for path in [a.uri for a in doomed] + folders:
-            result.removed(scratch.remove_path(path))
+            freed[path] = result.removed(scratch.remove_path(path))
+        # Each entry counts the bytes its deletion freed: all of them but a folder's left part.
+        for entry in report.removed:
+            entry["bytes"] = freed.get(entry["uri"], entry["bytes"])
+        for entry in report.execution_dirs_removed:
+            entry["bytes"] = freed.get(entry["path"], entry["bytes"])
