@@ -113,7 +113,7 @@ class RequestBudget:
         request's own size, so the request sent again in parts (`request_parts`) splits further
         each time."""
         batch = server_batch_limit(code_name, details)
-        if batch is not None:
+        if batch is not None and len(sizes) > 1:  # one image refused so is no request to split
             self.fewer_images(batch, len(sizes))
             return True
         limit = server_receive_limit(code_name, details)

@@ -755,21 +755,24 @@ def test_class_folders_that_cannot_be_listed_are_refused_with_their_reason(
     images = tmp_path / "images"
     _make_tree(images, {"a": 3, "b": 3})
     _put(images, "locked/x.png", _encode(seed=600))
+    _put(images, "tab\there/x.png", _encode(seed=601))  # a refused name, and not listable either
     (images / "birds").symlink_to(tmp_path / "nas" / "birds")  # not mounted
     (images / "notes.txt").symlink_to(tmp_path / "gone.txt")  # a stray file link: not a class
-    locked = str(images / "locked")
+    (images / "kitty").symlink_to(images / "a")  # a second name for a class folder: skipped, not lost
+    locked = {str(images / "locked"), str(images / "tab\there")}
     real_scandir = os.scandir
 
     def scandir(path: str | int = ".") -> object:  # chmod 000 does not stop root, so refuse here
-        if not isinstance(path, int) and os.fspath(path) == locked:
-            raise PermissionError(13, "Permission denied", locked)
+        if not isinstance(path, int) and os.fspath(path) in locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(IngestError) as caught:
         _run(images, tmp_path / "out")
     message = str(caught.value)
-    assert message.startswith("2 class folders with files would be left out of the training set: ")
+    assert message.startswith("3 class folders with files would be left out of the training set: ")
+    assert "'tab\\there' (its files could not be counted): " in message and "kitty" not in message
     assert (
         f"'birds' (its files could not be counted): a link to {tmp_path}/nas/birds, which does not exist "
         "(a share not mounted?)" in message
@@ -781,10 +784,15 @@ def test_class_folders_that_cannot_be_listed_are_refused_with_their_reason(
     assert sorted((c["folder"], c["files"]) for c in report.left_out_classes) == [
         ("birds", None),
         ("locked", None),
+        ("tab\there", None),
     ]
     from imgpipe.orchestration.local import left_out_classes
 
-    assert sorted(c["folder"] for c in left_out_classes(str(tmp_path / "out"))) == ["birds", "locked"]
+    assert sorted(c["folder"] for c in left_out_classes(str(tmp_path / "out"))) == [
+        "birds",
+        "locked",
+        "tab\there",
+    ]
 
 
 def test_nas_thumbnails_and_zip_resource_forks_are_not_images_of_the_tree(tmp_path: Path) -> None:

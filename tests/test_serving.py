@@ -671,6 +671,10 @@ def test_a_request_over_the_batch_size_is_refused_as_tf_serving_with_batching_re
     assert [path for path, _ in done] == [str(i) for i in range(len(images))]
     assert all(not isinstance(p, (str, ServingRpcError)) for _, p in done)
     assert budget.images == DEPLOY_MAX_BATCH_SIZE
+    # One image refused in those words (a proxy's): no request to split, not sent again forever.
+    assert not budget.refused(
+        "INVALID_ARGUMENT", "Task size 1 is larger than maximum input batch size 0", [10]
+    )
 
 
 def test_deadline_is_enforced_and_not_retried(server, model):

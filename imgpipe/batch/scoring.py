@@ -287,7 +287,7 @@ class ScoreWithServer(_Scorer):
             )
         except ServingRpcError as exc:
             batch = server_batch_limit(exc.code.name, exc.details)
-            if batch is not None:
+            if batch is not None and len(images) > 1:  # one image refused so: the image's answer
                 raise OverServerLimit(batch, images=True) from exc
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInput(_first_line(exc.details)) from exc

@@ -270,7 +270,8 @@ def _predict_chunk(
         preds = client.predict_images(args.model, images, args.top_k, args.signature, args.version)
         return list(zip([path for path, _ in chunk], preds, strict=True))
     except ServingRpcError as e:
-        if e.code != grpc.StatusCode.INVALID_ARGUMENT or server_batch_limit(e.code.name, e.details):
+        too_many = len(chunk) > 1 and server_batch_limit(e.code.name, e.details)
+        if e.code != grpc.StatusCode.INVALID_ARGUMENT or too_many:
             raise  # about every image, or about the request's size (_predict_in_parts splits it)
         if len(chunk) == 1:
             return [(chunk[0][0], e)]

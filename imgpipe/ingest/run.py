@@ -145,7 +145,10 @@ def left_out_classes(found: Scan, plan: Plan) -> list[dict[str, Any]]:
     None: a link to nothing, no permission), and folders with no usable image (the most common
     reasons their files were not used)."""
     left = [
-        {"folder": display_path(name), "files": found.folder_files.get(name, 0), "reason": reason}
+        # A refused name that could not be listed either: its files are unknown, so lost (a review).
+        {"folder": display_path(name), "files": None, "reason": f"{reason}; {found.unlisted[name]}"}
+        if name in found.unlisted
+        else {"folder": display_path(name), "files": found.folder_files.get(name, 0), "reason": reason}
         for name, reason in found.names.rejected.items()
     ]
     left += [

@@ -188,7 +188,8 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     refused (``labels.assign_labels``) are appended to ``skipped``. Entries of
     ``root`` meant as class folders that cannot be listed (a link to nothing: an
     unmounted share; a link not followed; no permission) are also in ``unlisted``,
-    so ingest can refuse a tree that would lose a class. Raises OSError when
+    so ingest can refuse a tree that would lose a class (a link to a folder scanned anyway, or
+    to an ancestor, is only skipped: nothing of it is lost). Raises OSError when
     ``root`` itself cannot be listed.
     """
     with os.scandir(root) as entries:
@@ -196,7 +197,7 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     tree = os.path.realpath(root)
     class_dirs: list[os.DirEntry[str]] = []
     class_reals: dict[str, str] = {}  # real path -> the first class folder name that leads to it
-    unlisted: dict[str, str] = {}
+    unlisted: dict[str, str] = {}  # class folders whose files cannot be counted: lost, not skipped
 
     def not_a_class(entry: os.DirEntry[str], reason: str) -> None:
         skipped.append({"path": display_path(_rel(root, entry.path)), "reason": reason})
@@ -216,14 +217,16 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
             target = display_text(os.readlink(entry.path))
             not_a_class(entry, f"a link to {target}, which does not exist (a share not mounted?)")
             continue
+        # Links to folders scanned anyway (into the tree, a second name for a class folder) or to
+        # an ancestor: skipped, their files are not lost.
         problem = _link_problem(tree, entry.path, tree) if is_dir and entry.is_symlink() else None
         if problem:
-            not_a_class(entry, problem)
+            skipped.append({"path": rel, "reason": problem})
             continue
         if is_dir:
             real = os.path.realpath(entry.path)
             if real in class_reals:  # two class links to one folder: each image under two labels
-                not_a_class(entry, SAME_CLASS_FOLDER.format(first=class_reals[real]))
+                skipped.append({"path": rel, "reason": SAME_CLASS_FOLDER.format(first=class_reals[real])})
                 continue
             class_reals[real] = entry.name
             class_dirs.append(entry)

@@ -13,9 +13,10 @@ when the holder exits, even on kill -9, so a stale lock file never blocks.
 The home's lock (`home_lock`) also holds a flock on the home folder itself: a
 lock file deleted by hand ("a stale lock") while a run holds it would otherwise
 let a prune or a second run in, to recover the live run's executions as dead.
-A folder cannot be deleted while it holds the home. Where folders cannot be
-flocked (NFS emulates flock with byte-range locks, which a folder does not take),
-the lock file alone is the lock.
+A folder cannot be deleted while it holds the home. Where a folder cannot be
+flocked (a filesystem that refuses it), the lock file alone is the lock; where
+the folder's lock is local to one machine (network filesystems), the lock file
+stays the lock between machines.
 """
 
 from __future__ import annotations
