@@ -81,8 +81,8 @@ from components.gate import (
     CONFUSION_KEY,
     EXAMPLE_COUNT_KEY,
     METRIC_BALANCED,
-    RELABELLED,
     GateConfig,
+    relabel_allowed,
 )
 from components.gate_decision import (
     GATE_FILE,
@@ -417,7 +417,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             model_class_names(baselines[0].uri) if baselines else None,
             baseline_identical=bool(baselines) and same_model_artifact(model, baselines[0]),
             judged_on=judged_on,
-            relabel_accepted=any(a.startswith(RELABELLED) for a in report.anomalies_allowed),
+            relabel_accepted=relabel_allowed(report.anomalies_allowed),
         )
         key = standard_component_specs.EVAL_CONFIG_KEY
         if not props.get(key):

@@ -35,6 +35,7 @@ belongs to the data gate before training (components/data_gate.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field
@@ -55,6 +56,12 @@ CONFUSION_KEY = "multi_class_confusion_matrix_plot"
 # How the data gate's anomaly about relabelled images starts (components/data_contract.py writes
 # it; the Evaluator and the run report read it from gate.json's anomalies_allowed).
 RELABELLED = "images relabelled since the latest blessed model trained on them"
+
+
+def relabel_allowed(anomalies_allowed: Iterable[object]) -> bool:
+    """Whether the data gate let relabelled images through (an anomaly starting RELABELLED)."""
+    return any(isinstance(a, str) and a.startswith(RELABELLED) for a in anomalies_allowed)
+
 
 METRIC_AUTO = "auto"
 METRIC_ACCURACY = "accuracy"

@@ -22,10 +22,11 @@ from imgpipe.orchestration import lock, metadata, rollback, runs, summary
 from imgpipe.orchestration.rollback import LOG_FILE, RollbackError, RollbackFailed, rollback_home
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
+from serving import model_files as served_files
 from tests.mlmd_fixtures import FakeHome, model_files
 
 FAILED = metadata_store_pb2.Execution.FAILED
-_REAL_DAMAGE = rollback._damage
+_REAL_DAMAGE = served_files.damage
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,7 @@ def stand_ins_load(monkeypatch):
         index = os.path.join(path, "variables", "variables.index")
         return None if os.path.isfile(index) else f"{index} is missing"
 
-    monkeypatch.setattr(rollback, "_damage", damage)
+    monkeypatch.setattr(served_files, "damage", damage)
 
 
 ROLLED_BACK = "rolled_back"

@@ -187,7 +187,7 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     unfollowed directories) and every file of a class folder whose name is
     refused (``labels.assign_labels``) are appended to ``skipped``. Entries of
     ``root`` meant as class folders that cannot be listed (a link to nothing: an
-    unmounted share; a link not followed; no permission) are also in ``unlisted``,
+    unmounted share; a link that cannot be followed; no permission) are also in ``unlisted``,
     so ingest can refuse a tree that would lose a class (a link to a folder scanned anyway, or
     to an ancestor, is only skipped: nothing of it is lost). Raises OSError when
     ``root`` itself cannot be listed.
@@ -199,9 +199,9 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
     class_reals: dict[str, str] = {}  # real path -> the first class folder name that leads to it
     unlisted: dict[str, str] = {}  # class folders whose files cannot be counted: lost, not skipped
 
-    def not_a_class(entry: os.DirEntry[str], reason: str) -> None:
-        skipped.append({"path": display_path(_rel(root, entry.path)), "reason": reason})
-        unlisted[entry.name] = reason
+    def not_a_class(name: str, rel: str, reason: str) -> None:
+        skipped.append({"path": rel, "reason": reason})
+        unlisted[name] = reason
 
     for entry in ordered:
         rel = display_path(_rel(root, entry.path))
@@ -211,11 +211,11 @@ def list_tree(root: str, skipped: list[dict[str, str]]) -> Listing:
         try:
             is_dir = entry.is_dir(follow_symlinks=True)
         except OSError as exc:  # a link loop, or a link into a folder it may not enter
-            not_a_class(entry, display_text(f"cannot follow the link: {exc.strerror or exc}"))
+            not_a_class(entry.name, rel, display_text(f"cannot follow the link: {exc.strerror or exc}"))
             continue
         if not is_dir and _dangling_folder_link(entry):
             target = display_text(os.readlink(entry.path))
-            not_a_class(entry, f"a link to {target}, which does not exist (a share not mounted?)")
+            not_a_class(entry.name, rel, f"a link to {target}, which does not exist (a share not mounted?)")
             continue
         # Links to folders scanned anyway (into the tree, a second name for a class folder) or to
         # an ancestor: skipped, their files are not lost.

@@ -61,13 +61,12 @@ def home_lock(home: str, wait: float = 0.0, holder: str = "", refused: str = "")
             yield
             return
         try:
-            if _flock_folder(fd, home, deadline, wait, holder, refused):
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            else:
+            locked = _flock_folder(fd, home, deadline, wait, holder, refused)
+            try:
                 yield
+            finally:
+                if locked:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 

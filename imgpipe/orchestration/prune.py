@@ -50,6 +50,7 @@ from imgpipe.orchestration import metadata, recovery, runs, scratch
 from imgpipe.orchestration.lock import home_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
+from serving import model_files
 from serving.model_fingerprint import served_copies
 from serving.version_names import version_number
 from trainer import liveness
@@ -101,7 +102,7 @@ class PruneResult:
     def removed(self, done: scratch.Removal, warn: bool = True) -> int:
         """Note one deletion's failure, if any (warned about, unless its deleter warned already);
         the bytes it freed."""
-        if done.left or done.error:
+        if not done.complete:
             if warn:
                 log.warning(
                     "%s could not be deleted in full (%d bytes left): %s", done.path, done.left, done.error
@@ -372,7 +373,7 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
                 break
             kept += 1
             path = os.path.join(serving_dir, name)
-            why = _damage(path)
+            why = model_files.damage(path)
             if why:
                 log.warning(
                     "served version %s cannot be loaded (%s): kept, and not counted among the %d kept",
@@ -401,13 +402,6 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
             result.versions_removed.append({"path": path, "bytes": size})
     result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
     return result
-
-
-def _damage(version_path: str) -> str | None:
-    """Why a served version's files cannot be loaded (serving.model_files), or None."""
-    from serving import model_files
-
-    return model_files.damage(version_path)
 
 
 def _remove_version(path: str) -> scratch.Removal | None:

@@ -150,7 +150,7 @@ def abandon_dead_executions(
             store.put_artifacts(pending)
         for folder in folders:
             done = remove_path(folder)
-            if done.left or done.error:
+            if not done.complete:
                 log.warning(
                     "%s, execution %d's partial output, could not be deleted in full (%d bytes left): %s",
                     folder,

@@ -52,6 +52,7 @@ from imgpipe.orchestration.lock import home_lock
 from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.prune import airflow_run_in_progress
 from pipeline.config import ConfigError, PipelineConfig
+from serving import model_files
 from serving.model_fingerprint import ROLLBACK_LOG
 
 log = logging.getLogger(__name__)
@@ -153,13 +154,6 @@ def unfinished_rollback(home: str, serving_dir: str) -> str | None:
         f"rename failed): version {versions[-1][0]}, which it took out, is still the newest in {serving_dir}; "
         f"`{shlex.join(command)}` completes it"
     )
-
-
-def _damage(version_path: str) -> str | None:
-    """Why the version's files cannot be loaded (serving.model_files), or None."""
-    from serving import model_files
-
-    return model_files.damage(version_path)
 
 
 def _pick(
@@ -361,7 +355,7 @@ def _rollback_holding_lock(
             return fa is not None and fa == fingerprint(b)
 
         versions = _versions(serving_dir)
-        served, target = _pick(versions, to, serving_dir, taken_out, same, _damage)
+        served, target = _pick(versions, to, serving_dir, taken_out, same, model_files.damage)
         good = holding(target[1])
         # Every version newer than the target is taken out (an undo: the served one excepted).
         newer = [v for v in versions if v[0] > target[0] and not (undo and same(v[1], served[1]))]

@@ -63,6 +63,11 @@ class Removal:
     left: int = 0
     error: str = ""  # the first failure ("" when the path is gone)
 
+    @property
+    def complete(self) -> bool:
+        """Whether the path is gone, every byte of it."""
+        return not self.left and not self.error
+
 
 def remove_path(path: str) -> Removal:
     """Delete a file, symlink or folder (its symlinks are removed, not followed). A failure
@@ -98,7 +103,7 @@ def remove_stale(home: str, keep: str | None = None) -> list[Removal]:
         if name == keep:
             continue
         done = remove_path(os.path.join(root, name))
-        if done.left or done.error:
+        if not done.complete:
             log.warning(
                 "%s, left by a run that did not end cleanly, could not be deleted in full (%d bytes left): %s",
                 done.path,
@@ -114,7 +119,7 @@ def run_scratch(home: str, run_id: str) -> Iterator[str]:
     """Make HOME/tmp/<run_id>/ the temp dir of this process and its children for the block, then delete it."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
     for done in remove_stale(home, keep=name):
-        if done.freed and not done.error:
+        if done.freed and done.complete:
             log.info("removed %s (%d bytes) left by a run that did not end cleanly", done.path, done.freed)
     path = os.path.join(scratch_root(home), name)
     os.makedirs(path, exist_ok=True)

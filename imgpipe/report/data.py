@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from components.gate import METRIC_ACCURACY, METRIC_BALANCED, RELABELLED
+from components.gate import METRIC_ACCURACY, METRIC_BALANCED, relabel_allowed
 from trainer.features import IMAGE_KEY, LABEL_KEY
 
 if TYPE_CHECKING:  # annotations only: ML Metadata's bindings take a second to import
@@ -484,10 +484,9 @@ def _fmt(x: Any) -> str:
 def gate_from_record(record: dict[str, Any]) -> GateView:
     """The gate view of the Evaluator's gate.json (keys per README.md's gates section; missing keys tolerated)."""
     view = _gate_view(record)
-    relabelled = [
-        a for a in record.get("anomalies_allowed") or [] if isinstance(a, str) and a.startswith(RELABELLED)
-    ]
-    if relabelled and (record.get("baseline") or {}).get("compared"):
+    if relabel_allowed(record.get("anomalies_allowed") or []) and (record.get("baseline") or {}).get(
+        "compared"
+    ):
         # Right under the new labels, which are the truth now; a reader should know why it fell.
         view.baseline_note += (
             "; images it trained on were relabelled since (accepted): it is scored by the labels they "
