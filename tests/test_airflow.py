@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import hashlib
 import json
 import os
 import subprocess
@@ -109,6 +110,8 @@ class Failing:
     def execute(self, context):
         raise OSError("the component's own error")
 tfx_dag, _ = airflow._tfx_dag(spec)
+trainer = tfx_dag.get_task("Trainer").python_callable.keywords["component"]
+out["weights_digest"] = trainer.exec_properties.get("weights_digest")
 tfx_dag.get_task = lambda task_id: Failing()
 class TI:
     task_id = "StatisticsGen"
@@ -121,7 +124,13 @@ print(json.dumps(out))
 
 
 def test_parsing_the_file_loads_no_tensorflow_and_gives_the_pipelines_tasks(data_dir, tmp_path):
-    cfg = PipelineConfig(data_dir=data_dir, home=str(tmp_path / "home"), pipeline_name="pets")
+    """Also: a task's Trainer is keyed by its weights file's bytes as the task finds them (TFX's
+    cache), as in `imgpipe run`, so new weights at the same path train again."""
+    weights = tmp_path / "backbone.h5"
+    weights.write_bytes(b"\x89HDF\r\n\x1a\n and the weights' bytes")
+    cfg = PipelineConfig(
+        data_dir=data_dir, home=str(tmp_path / "home"), pipeline_name="pets", weights=str(weights)
+    )
     dag_file = tmp_path / "dags" / "pets_dag.py"
     dag_file.parent.mkdir()
     dag_file.write_text(airflow.render_dag(cfg, "@daily", start_date="2024-05-01"))
@@ -137,6 +146,7 @@ def test_parsing_the_file_loads_no_tensorflow_and_gives_the_pipelines_tasks(data
     assert out["tasks"] == {task: upstream for task, upstream in airflow.task_graph(cfg.resolved())}
     assert "render it again with `imgpipe airflow-dag`" in out["stale"]
     assert out["failed"] == "OSError: the component's own error"
+    assert out["weights_digest"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def test_dag_settings_one_active_run_no_catchup_no_retries():

@@ -310,17 +310,23 @@ def _tfx_dag(spec: _TaskSpec):
     from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig
 
     from imgpipe.orchestration import metadata
+    from imgpipe.orchestration.weights import local_weights_digest
     from pipeline.pipeline import create_pipeline
 
     cfg = PipelineConfig.from_dict(json.loads(spec.config_json))
+    # The Trainer keyed by the weights file's bytes as this task finds them, as in `imgpipe run`:
+    # new weights at the same path train again instead of reusing the old ones' model.
+    digest = local_weights_digest(cfg)
     if not cfg.metadata:
         os.makedirs(cfg.home, exist_ok=True)  # the SQLite store's folder
-        pipeline = create_pipeline(cfg, metadata.connection_config(cfg))
+        pipeline = create_pipeline(cfg, metadata.connection_config(cfg), weights_digest=digest)
     else:
         # The database made now if it is new (the DAG's first task): TFX then connects to it
         # directly, so a password file with a line for it alone works.
         metadata.connect(cfg)
-        pipeline = create_pipeline(cfg, metadata.connection_config(cfg, create_database=False))
+        pipeline = create_pipeline(
+            cfg, metadata.connection_config(cfg, create_database=False), weights_digest=digest
+        )
     settings = dag_settings(spec.schedule, spec.start_date, spec.retries, spec.catchup)
     return AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=settings)).run(pipeline), cfg
 

@@ -1,12 +1,31 @@
 """A local weights file is loaded into the configured backbone before anything depends on it.
 
 `imgpipe run` checks it before its first component, `schedule --runner local` before it
-installs a schedule whose every run would fail on it.
+installs a schedule whose every run would fail on it. Its sha256 keys the Trainer (TFX's
+cache) in `imgpipe run` and in each task of an Airflow DAG (`local_weights_digest`).
 """
 
 from __future__ import annotations
 
 from pipeline.config import ConfigError, PipelineConfig, weights_description
+
+
+def local_weights_digest(config: PipelineConfig) -> str | None:
+    """The sha256 of a local weights file, which keys the Trainer: None for `imagenet`, `none`,
+    a remote file, or a file that cannot be read (the Trainer names that problem when it loads it).
+
+    No model is built: an Airflow task calls it each time it builds the pipeline (tens of
+    milliseconds for a backbone's file), so a DAG run's Trainer is keyed by the bytes it trains on.
+    """
+    training = config.training
+    if training.weights_kind != "file" or "://" in training.weights:
+        return None
+    from trainer.model import weights_digest
+
+    try:
+        return weights_digest(training.weights)
+    except Exception:  # noqa: BLE001 - TensorFlow's file errors are not OSErrors
+        return None
 
 
 def check_weights_file(config: PipelineConfig) -> str | None:
