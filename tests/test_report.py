@@ -320,6 +320,22 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
     assert blessed.reasons == [] and "no blessed model" in blessed.baseline_note
 
 
+def test_the_baseline_row_names_the_model_it_was():
+    """The run summary's `baseline_model` in the baseline row's note, whether compared or not; a
+    summary without one (runs from before it, no baseline) leaves the note as it was."""
+    model = {"run_id": "r1", "pushed": "/srv/digits/17/"}
+    assert data.name_baseline("latest blessed model; allowed regression 0.0100", model) == (
+        "latest blessed model (trained by run r1, version 17); allowed regression 0.0100"
+    )
+    assert data.name_baseline("not compared: its classes differ", dict(model, pushed=None)) == (
+        "not compared: its classes differ; the latest blessed model: trained by run r1, no push of it recorded"
+    )
+    for missing in (None, {}, {"run_id": None}, "r1"):
+        assert data.name_baseline("not compared: no blessed model yet", missing) == (
+            "not compared: no blessed model yet"
+        )
+
+
 def test_early_stopping_entries_are_found_wherever_the_trainer_puts_them():
     summary = {
         "replicas": 1,
@@ -655,10 +671,14 @@ def test_a_report_of_the_same_model_and_eval_split_is_reused_without_running_the
     now = str(home / "runs" / "run-2" / "report")
     previous, folder = build.earlier_report(str(home), now, artifacts, earlier.max_misclassified)
     assert previous is not None and folder == str(home / "runs" / "run-1" / "report")
-    d = data.gather(
-        artifacts, {"run_id": "run-2"}, None, _gate_record(HOSTILE), max_misclassified=6, previous=previous
-    )
+    baseline = {"run_id": "run-1", "pushed": "/srv/models/digits/1700000001"}
+    summary = {"run_id": "run-2", "baseline_model": baseline}
+    d = data.gather(artifacts, summary, None, _gate_record(HOSTILE), max_misclassified=6, previous=previous)
     assert d.confusion == earlier.confusion and d.per_class == earlier.per_class
+    # The baseline row names the model it was: the run that trained it and the version it serves as.
+    assert d.gate.baseline_note == (
+        "latest blessed model (trained by run run-1, version 1700000001); allowed regression 0.0000"
+    )
     assert d.accuracy == earlier.accuracy and d.misclassified_total == earlier.misclassified_total
     assert any("reused from run" in n for n in d.notes)
     page = build.write_report(now, d, thumbnails_from=folder)

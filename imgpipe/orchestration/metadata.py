@@ -543,6 +543,36 @@ def _evaluated_model_uri(store, evaluator_execution_id: int | None) -> str:
     return arts[-1].uri if arts else ""
 
 
+def baseline_model(store, evaluator_execution) -> dict[str, str | None] | None:
+    """The model the Evaluator had as its baseline (the latest blessed model when it ran): the run
+    that trained it (`run_id`) and where its newest recorded push put it (`pushed`, None when no
+    push of it is recorded). None: the Evaluator had no baseline, or is unknown."""
+    if evaluator_execution is None:
+        return None
+    ids = [
+        ev.artifact_id
+        for ev in store.get_events_by_execution_ids([evaluator_execution.id])
+        if ev.type == metadata_store_pb2.Event.INPUT and any(s.key == "baseline_model" for s in ev.path.steps)
+    ]
+    if not ids:
+        return None
+    events = store.get_events_by_artifact_ids([ids[-1]])
+    # The first execution that output it trained it; later ones are runs whose Trainer was cached.
+    trained_by = sorted(ev.execution_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT)
+    pushed = None
+    consumers = sorted(
+        {ev.execution_id for ev in events if ev.type == metadata_store_pb2.Event.INPUT}, reverse=True
+    )
+    for execution in store.get_executions_by_id(consumers) if consumers else []:
+        found = pushed_path(store, execution)  # only a Pusher has a pushed_model output
+        if found and (pushed is None or execution.id > pushed[0]):
+            pushed = (execution.id, found)
+    return {
+        "run_id": _run_of(store, trained_by[0] if trained_by else None),
+        "pushed": pushed[1] if pushed else None,
+    }
+
+
 def withdrawn_reason(store, evaluator_execution) -> str | None:
     """Why the Evaluator's blessing of the run's model was withdrawn since, else None."""
     arts = output_artifacts(store, evaluator_execution, "blessing")

@@ -41,6 +41,9 @@ class RunSummary:
     run_dir: str = ""
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
+    # The Evaluator's baseline: {"run_id": the run that trained it, "pushed": its newest push's
+    # path or None}; None when it had none (metadata.baseline_model).
+    baseline_model: dict[str, str | None] | None = None
     push_skipped: str | None = None  # why a blessed model was not pushed (see the module doc)
     gate: dict[str, Any] | None = None  # the Evaluator's gate.json: why it blessed or not
     # The run report (imgpipe/report): its index.html, or None with the reason it is missing.
@@ -83,6 +86,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
         infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
         withdrawn = metadata.withdrawn_reason(store, executions.get("Evaluator"))
+        baseline_model = metadata.baseline_model(store, executions.get("Evaluator"))
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     replicas = metadata.trainer_replicas(model_run_uri)
@@ -117,6 +121,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         executions=states,
         per_class_accuracy=per_class,
         baseline_accuracy=baseline,
+        baseline_model=baseline_model,
         push_skipped=push_skipped,
         gate=gate,
         prepush=prepush,

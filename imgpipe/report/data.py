@@ -778,6 +778,7 @@ def gather(
     else:
         gate = gate_from_summary(summary, min_accuracy, max_regression)
         notes.append("no gate.json (a run from before the gate record): gate numbers from the summary")
+    gate.baseline_note = name_baseline(gate.baseline_note, summary.get("baseline_model"))
     return ReportData(
         run_id=artifacts.run_id,
         class_names=columns,
@@ -807,6 +808,20 @@ def gather(
         predictions_from=predictions_from,
         **_deployment(summary, gate.blessed),
     )
+
+
+def name_baseline(note: str, baseline_model: Any) -> str:
+    """The baseline row's note with which model the baseline was (the summary's `baseline_model`:
+    the run that trained it, the version its newest push made), so "0.91" is a model one can find."""
+    if not isinstance(baseline_model, Mapping) or not baseline_model.get("run_id"):
+        return note
+    pushed = baseline_model.get("pushed")
+    version = f"version {os.path.basename(str(pushed).rstrip('/'))}" if pushed else "no push of it recorded"
+    who = f"trained by run {baseline_model['run_id']}, {version}"
+    prefix = "latest blessed model"
+    if note.startswith(prefix):
+        return f"{prefix} ({who}){note[len(prefix) :]}"
+    return f"{note}; the latest blessed model: {who}"
 
 
 def _deployment(summary: Mapping[str, Any], blessed: bool | None) -> dict[str, Any]:

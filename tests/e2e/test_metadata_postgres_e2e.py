@@ -103,6 +103,7 @@ def test_second_run_finds_the_blessed_baseline_in_postgres(pg_config, cli_run, p
     assert s.run_id != first["run_id"]
     assert s.executions["Trainer"] == "CACHED"
     assert s.baseline_accuracy == pytest.approx(first["accuracy"], abs=1e-6)
+    assert s.baseline_model == {"run_id": first["run_id"], "pushed": first["pushed"]}
     with mlmd.open_store(pg_config) as store:
         assert lineage.problems(store, pg_config.pipeline_name, s.run_id) == []
 

@@ -356,6 +356,8 @@ def test_gate_stops_a_worse_model(base_config, first_run, monkeypatch):
     assert standby.staged_from is not None and standby.process.poll() is not None
     assert s.executions["Trainer"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
     assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
+    # Which model that was: the first run's, served as the version it pushed.
+    assert s.baseline_model == {"run_id": first_run.run_id, "pushed": first_run.pushed}
     assert s.accuracy < first_run.accuracy
     assert s.blessed is False
     assert s.pushed is None
