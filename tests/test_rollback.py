@@ -381,17 +381,20 @@ def test_a_failed_rename_says_ml_metadata_has_it_and_a_second_run_completes_it(t
             RollbackFailed,
             match=r"ML Metadata and rollbacks.jsonl already record the rollback \(marked model\(s\) \d+",
         ) as e:
-            rollback_home(h.home.home)
+            rollback_home(h.home.home, reason="wrong answers")
     assert h.versions() == ["100", "200"]  # no staging folder left either
     assert sorted(os.listdir(h.serving)) == ["100", "200"]
     assert ROLLED_BACK in h.artifact(model_b).custom_properties
-    assert str(e.value).endswith(f"`imgpipe rollback --home {h.home.home} --to 100` serves the copy")
-    # Killed there instead (kill -9), no one would have been told: each later run and rollback says so.
+    assert str(e.value).endswith(
+        f"`imgpipe rollback --home {h.home.home} --to 100 --reason 'wrong answers'` serves the copy"
+    )
+    # Killed there instead (kill -9), no one would have been told: each later run and rollback says so,
+    # with the command that completes it, its reason repeated.
     unfinished = rollback.unfinished_rollback(h.home.home, h.serving)
     assert unfinished.startswith("the last rollback (rolled back on ") and unfinished.endswith(
         f"but its copy of version 100 was never served (it was killed, or its rename failed): version 200, "
         f"which it took out, is still the newest in {h.serving}; `imgpipe rollback --home {h.home.home} "
-        "--to 100` completes it"
+        "--to 100 --reason 'wrong answers'` completes it"
     )
     assert rollback_home(h.home.home, dry_run=True).warnings[0] == unfinished
     again = rollback_home(h.home.home)

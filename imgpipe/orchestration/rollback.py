@@ -147,12 +147,19 @@ def unfinished_rollback(home: str, serving_dir: str) -> str | None:
     if not versions or str(versions[-1][0]) != str(last.get("from_version")):
         return None
     to = str(last.get("to_version"))
-    command = ["imgpipe", "rollback", "--home", home, "--to", to] + (["--undo"] if last.get("undo") else [])
+    reason, config_path = last.get("reason"), last.get("config")
+    command = _retry_command(
+        home,
+        to,
+        bool(last.get("undo")),
+        reason if isinstance(reason, str) else "",
+        config_path if isinstance(config_path, str) else None,
+    )
     return (
         f"the last rollback ({last.get('note') or f'version {to} to be served again'}) is recorded in ML "
         f"Metadata and {LOG_FILE}, but its copy of version {to} was never served (it was killed, or its "
         f"rename failed): version {versions[-1][0]}, which it took out, is still the newest in {serving_dir}; "
-        f"`{shlex.join(command)}` completes it"
+        f"`{command}` completes it"
     )
 
 
@@ -419,6 +426,9 @@ def _rollback_holding_lock(
                 "marked": marked,
                 "restored_model": dict(_ref(good) or {}, fingerprint=target_fingerprint),
                 "note": text,
+                # What the command that completes it repeats, should it never serve its copy.
+                "reason": reason,
+                "config": os.path.abspath(config_path) if config_path else None,
             }
             try:
                 # The log before ML Metadata: what refuses a model trained again to these weights.
