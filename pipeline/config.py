@@ -64,6 +64,18 @@ def _name(value: str) -> str:
         )
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value) or value != value.strip():
         raise ValueError(f"must not hold control characters or start or end with whitespace, got {value!r}")
+    hidden = [c for c in value if unicodedata.category(c) == "Cf"]
+    if hidden:
+        # A client types the name it sees: one with a character that does not print (a right-to-left
+        # override, a zero-width space) is a name nobody can type, and prints as another.
+        raise ValueError(f"must not hold invisible format characters (U+{ord(hidden[0]):04X}), got {value!r}")
+    if not unicodedata.is_normalized("NFC", value):
+        raise ValueError(
+            f"must be in Unicode NFC form (as typed; clients send it byte for byte), got {value!r}: "
+            f"use {unicodedata.normalize('NFC', value)!r}"
+        )
+    if value.startswith("-"):
+        raise ValueError(f"must not start with '-' (command lines read it as an option), got {value!r}")
     return value
 
 

@@ -48,6 +48,12 @@ def test_defaults_validate_with_data(tmp_path):
         ({"model_name": "a\\b"}, "model_name"),
         ({"pipeline_name": "x\n"}, "pipeline_name"),
         ({"model_name": " pets"}, "model_name"),
+        # Names a client types and a command line takes: printable as they are, not an option.
+        ({"model_name": "-h"}, "model_name"),
+        ({"model_name": "pets\u202e"}, "model_name"),
+        ({"model_name": "pe\u200bts"}, "model_name"),
+        ({"model_name": "cafe\u0301"}, "model_name"),  # NFD: 'café' typed is another name
+        ({"pipeline_name": "-p"}, "pipeline_name"),
         # TFX's limit on pipeline names; a model name leaves room in a 255-byte file name.
         ({"pipeline_name": "p" * 64}, "pipeline_name"),
         ({"model_name": "m" * 129}, "model_name"),

@@ -241,8 +241,8 @@ def test_server_command_without_tf_serving_runs_imgpipe_serve(monkeypatch, tmp_p
     cmd = model_server.server_command("/m/digits", "digits", 8123)
     assert cmd.kind == model_server.IMGPIPE_SERVER
     assert cmd.argv == (
-        sys.executable, "-m", "imgpipe", "serve", "--model-base-path", "/m/digits",
-        "--model-name", "digits", "--host", "127.0.0.1", "--port", "8123",
+        sys.executable, "-m", "imgpipe", "serve", "--model-base-path=/m/digits",
+        "--model-name=digits", "--host", "127.0.0.1", "--port", "8123",
         "--max-batch-size", "0",  # pre-push sends its examples in one request; its TF Serving has no limit
     )  # fmt: skip
     tfs = model_server.server_command("/m/digits", "digits", 8123, tf_serving_binary="/opt/tfs")
