@@ -117,6 +117,8 @@ class SplitLabels:
     distinct: int  # distinct label values TFDV saw (may exceed len(counts) when truncated)
     is_string: bool  # the label is a bytes feature (False: absent or numeric)
     invalid_utf8: int
+    # The most values one example holds, of `image` and of `label` (absent: no statistics of it).
+    max_values: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -132,9 +134,15 @@ def split_labels(split: str, stats: statistics_pb2.DatasetFeatureStatisticsList)
     if not stats.datasets:
         return SplitLabels(split, 0, {}, 0, False, 0)
     ds = stats.datasets[0]
+    max_values = {}
+    for key in REQUIRED_FEATURES:
+        feature = _feature(ds, key)
+        kind = feature.WhichOneof("stats") if feature is not None else None
+        if kind:
+            max_values[key] = int(getattr(feature, kind).common_stats.max_num_values)
     f = _feature(ds, LABEL_KEY)
     if f is None or not f.HasField("string_stats"):
-        return SplitLabels(split, int(ds.num_examples), {}, 0, False, 0)
+        return SplitLabels(split, int(ds.num_examples), {}, 0, False, 0, max_values)
     counts: dict[str, int] = {}
     for bucket in f.string_stats.rank_histogram.buckets:
         counts[bucket.label] = counts.get(bucket.label, 0) + int(round(bucket.sample_count))
@@ -145,6 +153,7 @@ def split_labels(split: str, stats: statistics_pb2.DatasetFeatureStatisticsList)
         distinct=int(f.string_stats.unique),
         is_string=True,
         invalid_utf8=int(f.string_stats.invalid_utf8_count),
+        max_values=max_values,
     )
 
 
@@ -240,6 +249,12 @@ def find_anomalies(
         elif labels.invalid_utf8:
             out.append(f"{split}: {labels.invalid_utf8} {LABEL_KEY!r} values are not valid UTF-8 class names")
         if labels is not None:
+            for key, most in sorted(labels.max_values.items()):
+                if most > 1:
+                    out.append(
+                        f"{split}: some examples hold more than one {key!r} value (up to {most}); each "
+                        "example must be one image and one label: write them again (e.g. `imgpipe ingest`)"
+                    )
             out.extend(label_problems(labels))
     for split in sorted(validator):
         out.extend(validator_messages(split, validator[split]))

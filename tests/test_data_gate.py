@@ -273,6 +273,45 @@ def test_clean_data_has_no_anomaly():
     assert find_anomalies(splits, {}, baseline_classes=None) == []
 
 
+def test_examples_with_more_than_one_image_or_label_are_named_in_imgpipes_words():
+    """TFDV's own anomaly for a label with two values somewhere ("Feature shape dropped: ... its
+    value lengths vary") does not say what is wrong with the data; the statistics' most values
+    per example do. (The DataGate reaches its report: its image index takes an example's first
+    value, trainer/image_ids.py.)"""
+    stats = _stats({"a": 5, "b": 5})
+    label = next(f for f in stats.datasets[0].features if f.path.step == ["label"])
+    label.string_stats.common_stats.max_num_values = 2
+    image = next(f for f in stats.datasets[0].features if f.path.step == ["image"])
+    image.string_stats.common_stats.max_num_values = 1
+    splits = {"train": split_labels("train", stats), "eval": _labels("eval", {"a": 1, "b": 2})}
+    assert splits["train"].max_values == {"image": 1, "label": 2}
+    assert find_anomalies(splits, {}) == [
+        "train: some examples hold more than one 'label' value (up to 2); each example must be one "
+        "image and one label: write them again (e.g. `imgpipe ingest`)"
+    ]
+
+
+def test_a_record_with_two_labels_does_not_stop_the_image_index(tmp_path):
+    import tensorflow as tf
+
+    from trainer import image_ids
+
+    def example(images, labels):
+        feature = {
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=images)),
+            "label": tf.train.Feature(bytes_list=tf.train.BytesList(value=labels)),
+        }
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    path = str(tmp_path / "data.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for images, labels in (([b"x"], [b"a"]), ([b"y"], [b"b", b"c"]), ([], []), ([b"z", b"w"], [b"d"])):
+            w.write(example(images, labels))
+    ids, labels = image_ids.split_index(path)
+    assert list(labels) == ["a", "b", "", "d"]  # an example's first value; none: ""
+    assert list(ids) == [image_ids.fingerprint(x) for x in (b"x", b"y", b"", b"z")]
+
+
 def test_empty_and_missing_splits():
     found = find_anomalies({"train": _labels("train", {}, examples=0)}, {})
     assert found == [

@@ -605,6 +605,66 @@ def test_a_run_failing_on_an_image_names_the_records_the_model_cannot_decode(tmp
     )
 
 
+def test_a_run_failing_on_a_record_of_another_shape_names_the_records(tmp_path: Path) -> None:
+    """Records further in than the first, made elsewhere: two labels, a label of numbers, no
+    image, an empty label. The pre-run check passes (first records only); StatisticsGen or the
+    DataGate then fail in TensorFlow's words, naming a feature and no record: the run's message
+    lists each record, with what is wrong with it."""
+    from imgpipe.ingest.contract import records_off_contract
+    from imgpipe.orchestration.local import _failure_message
+    from pipeline.config import PipelineConfig
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    _make_tree(images, {"a": 6, "b": 6})
+    _run(images, out)
+    good = _encode(seed=78)
+
+    def example(**features):
+        return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+    def strings(*values):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+    extra = out / "eval" / "later.tfrecord"
+    with tf.io.TFRecordWriter(str(extra)) as w:
+        w.write(example(image=strings(good), label=strings(b"a")))
+        w.write(example(image=strings(good), label=strings(b"a", b"b")))
+        w.write(
+            example(image=strings(good), label=tf.train.Feature(int64_list=tf.train.Int64List(value=[1])))
+        )
+        w.write(example(label=strings(b"b")))
+        w.write(example(image=strings(good, good), label=strings(b"b")))
+        w.write(example(image=strings(good), label=strings(b"")))
+        w.write(b"not an example")
+    assert validate_tfrecord_dir(str(out))["eval_files"] == 2
+    config = PipelineConfig(data_dir=str(out))
+    statistics = ValueError(
+        'Feature had wrong type, expected bytes_list, found int64_list for feature "label" '
+        "[while running 'TFXIORead[eval]/RawRecordToRecordBatch']"
+    )
+    head, *rest = _failure_message(config, "StatisticsGen", statistics).splitlines()
+    assert head.startswith("StatisticsGen failed: ValueError: Feature had wrong type")
+    assert rest[0].startswith("records that are not an Example of one 'image' and one 'label'")
+    assert [line.strip() for line in rest[1:]] == [
+        f"{extra} record 1: feature 'label' holds 2 values, expected one",
+        f"{extra} record 2: feature 'label' is int64_list, expected bytes_list",
+        f"{extra} record 3: no 'image' feature (found: ['label']); expected image: bytes, label: bytes",
+        f"{extra} record 4: feature 'image' holds 2 values, expected one",
+        f"{extra} record 5: feature 'label' is an empty string",
+        f"{extra} record 6: not a tf.train.Example (Error parsing message with type 'tensorflow.Example')",
+    ]
+    gate = tf.errors.InvalidArgumentError(
+        None, None, "Name: <unknown>, Key: label, Index: 1.  Can't parse serialized Example."
+    )
+    assert "record 1: feature 'label' holds 2 values" in _failure_message(config, "DataGate", gate)
+    assert len(records_off_contract(str(out), limit=2)) == 2
+    # The same faults in a file's first record stop the run before it starts, with the same words.
+    with tf.io.TFRecordWriter(str(extra)) as w:
+        w.write(example(image=strings(good), label=strings(b"a", b"b")))
+    with pytest.raises(IngestError, match="first record of .*later.tfrecord: feature 'label' holds 2 values"):
+        validate_tfrecord_dir(str(out))
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [

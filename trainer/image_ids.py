@@ -43,17 +43,18 @@ def batches(
 ) -> Iterator[tuple[np.ndarray, list[bytes], list[bytes]]]:
     """(fingerprints, labels, serialized records) of the split's records, `size` at a time, in file order.
 
-    A record without an image or a label has b"" there (the data gate refuses such splits
-    before training; here they simply match nothing).
+    A record without an image or a label has b"" there, one with more than one its first (the
+    data gate refuses such splits before training, from their statistics: here they must not
+    stop it before it says so).
     """
-    spec = {
-        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-        LABEL_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    }
+    spec = {IMAGE_KEY: tf.io.RaggedFeature(tf.string), LABEL_KEY: tf.io.RaggedFeature(tf.string)}
+
+    def first(values):
+        return values[:, :1].to_tensor(default_value="", shape=[None, 1])[:, 0]
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
-        return parsed[IMAGE_KEY], parsed[LABEL_KEY], serialized
+        return first(parsed[IMAGE_KEY]), first(parsed[LABEL_KEY]), serialized
 
     dataset = data.raw_examples(file_pattern).batch(size).map(parse)
     for images, labels, serialized in dataset.as_numpy_iterator():

@@ -192,6 +192,59 @@ def undecodable_images(
     return found
 
 
+def example_problem(example: Any) -> str | None:
+    """How a tf.train.Example breaks the contract (each of `image` and `label` one non-empty
+    bytes value), in words naming the feature; None when it keeps it."""
+    features = example.features.feature
+    for key in (IMAGE_KEY, LABEL_KEY):
+        if key not in features:
+            return f"no '{key}' feature (found: {sorted(features)}); expected image: bytes, label: bytes"
+        kind = features[key].WhichOneof("kind")
+        if kind != "bytes_list":
+            return f"feature '{key}' is {kind or 'a feature with no values'}, expected bytes_list"
+        values = features[key].bytes_list.value
+        if not values:
+            return f"feature '{key}' holds no value"
+        if len(values) > 1:
+            return f"feature '{key}' holds {len(values)} values, expected one"
+        if not values[0]:
+            return f"feature '{key}' is an empty string"
+    return None
+
+
+def records_off_contract(path: str, splits: tuple[str, ...] = SPLITS, limit: int = 10) -> list[str]:
+    """The records under `path`/<split>/ that are not a tf.train.Example keeping the contract
+    (`example_problem`), as "<file> record <i>: <why>", at most `limit` of them.
+
+    Reads every record: called to explain a failed run (a run checks each file's first record).
+    """
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+    from google.protobuf.message import DecodeError
+
+    found: list[str] = []
+    for split in splits:
+        split_dir = os.path.join(path, split) if split else path
+        if not tf.io.gfile.isdir(split_dir):
+            continue
+        for name in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(split_dir)):
+            file_path = os.path.join(split_dir, name)
+            if tf.io.gfile.isdir(file_path):
+                continue
+            try:
+                for i, record in enumerate(tf.data.TFRecordDataset(file_path)):
+                    try:
+                        problem = example_problem(tf.train.Example.FromString(record.numpy()))
+                    except DecodeError as exc:
+                        problem = f"not a tf.train.Example ({exc})"
+                    if problem:
+                        found.append(f"{file_path} record {i}: {problem}")
+                        if len(found) >= limit:
+                            return found
+            except tf.errors.OpError:
+                continue  # a damaged file: damaged_tfrecord_files names it
+    return found
+
+
 def _check_first_record(file_path: str, check_image: bool) -> int:
     """Validate the first record of one TFRecord file; return 1, or 0 if empty."""
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
@@ -218,18 +271,10 @@ def _check_first_record(file_path: str, check_image: bool) -> int:
         example = tf.train.Example.FromString(first[0])
     except DecodeError as exc:
         raise IngestError(f"first record of {file_path} is not a tf.train.Example: {exc}") from exc
+    problem = example_problem(example)
+    if problem:
+        raise IngestError(f"first record of {file_path}: {problem}")
     features = example.features.feature
-    for key in (IMAGE_KEY, LABEL_KEY):
-        if key not in features:
-            raise IngestError(
-                f"first record of {file_path} has no '{key}' feature "
-                f"(found: {sorted(features)}); expected image: bytes, label: bytes"
-            )
-        kind = features[key].WhichOneof("kind")
-        if kind != "bytes_list":
-            raise IngestError(f"first record of {file_path}: feature '{key}' is {kind}, expected bytes_list")
-        if not features[key].bytes_list.value or not features[key].bytes_list.value[0]:
-            raise IngestError(f"first record of {file_path}: feature '{key}' is empty")
     if check_image:
         try:
             tf.io.decode_image(features[IMAGE_KEY].bytes_list.value[0], expand_animations=False)

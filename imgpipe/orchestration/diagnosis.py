@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from imgpipe.ingest import SPLITS
-from imgpipe.ingest.contract import damaged_tfrecord_files, undecodable_images
+from imgpipe.ingest.contract import damaged_tfrecord_files, records_off_contract, undecodable_images
 from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,14 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
         message += _explained(
             lambda: damaged_tfrecord_files(*inputs[component]),
             "damaged TFRecord files (write them again, e.g. `imgpipe ingest`)",
+        )
+    if config.data_dir and any(marker in lowered for marker in _PARSE_MARKERS):
+        # A record further in than the first (the one a run checks) with two labels, a label of
+        # numbers, no image: TensorFlow's or Beam's text names the feature, not the record.
+        message += _explained(
+            lambda: records_off_contract(config.data_dir, limit=MAX_NAMED),
+            "records that are not an Example of one 'image' and one 'label' (bytes each; write them "
+            "again, e.g. `imgpipe ingest`)",
         )
     if component in _DECODING and config.data_dir and any(m in error.lower() for m in _DECODE_MARKERS):
         message += _explained(
@@ -99,6 +107,15 @@ _DECODE_MARKERS = (
     "palette (indexed-colour) bmp",
 )
 MAX_NAMED = 10
+# What TensorFlow's parser and TFX-BSL's decoder say of a record with a feature of the wrong kind
+# or count (any component that reads the examples).
+_PARSE_MARKERS = (
+    "can't parse serialized example",
+    "feature had wrong type",
+    "expected bytes_list",
+    "key: image",
+    "key: label",
+)
 
 
 def _undecodable_records(config: PipelineConfig, splits: tuple[str, ...]) -> list[str]:
