@@ -38,5 +38,6 @@ RUN python -m pip install --no-cache-dir -c requirements.lock . \
 
 # The base image's ENTRYPOINT (Beam's SDK harness boot) is kept so the image
 # also works as a Dataflow sdk_container_image; compiled pipeline steps set
-# their own command (python -m tfx.orchestration.kubeflow.v2.container...).
+# their own command (python -m imgpipe.orchestration.kfp_step, which runs TFX's
+# container entrypoint).
 WORKDIR /

@@ -188,6 +188,7 @@ def test_k8s_deployment_and_service():
     (deployment,) = _yaml("k8s/deployment.yaml")
     (service,) = _yaml("k8s/service.yaml")
     (configmap,) = _yaml("k8s/configmap.yaml")
+    (claim,) = _yaml("k8s/pvc.yaml")
     assert deployment["kind"] == "Deployment" and deployment["apiVersion"] == "apps/v1"
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -198,7 +199,9 @@ def test_k8s_deployment_and_service():
     assert ports == {"grpc": 8500, "http": 8501}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"]
+    # `kubectl apply -f k8s/` makes the claim the pods mount: without it they stay Pending.
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert volumes[mounts["/config"]]["configMap"]["name"] == configmap["metadata"]["name"]
     readiness = container["readinessProbe"]
     probe_text = yaml.safe_dump(readiness)

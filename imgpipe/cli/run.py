@@ -25,7 +25,9 @@ from pipeline.config import ConfigError, PipelineConfig
 log = logging.getLogger(__name__)
 
 
-def add_run_arguments(p: argparse.ArgumentParser, local: bool = True) -> None:
+def add_run_arguments(
+    p: argparse.ArgumentParser, local: bool = True, home_lock_default: str = "--lock-wait"
+) -> None:
     """`--config FILE`, one flag per config field, `--verbose`, and the locks' flags.
 
     local=False (a command that writes a pipeline for another runner): the lock flags are
@@ -40,7 +42,7 @@ def add_run_arguments(p: argparse.ArgumentParser, local: bool = True) -> None:
         type=_seconds,
         metavar="SECONDS",
         help="wait up to SECONDS for the home's lock (another pipeline's run in the same home), "
-        "apart from --lock-wait, which then applies to --lock-file alone (default: --lock-wait)"
+        f"apart from --lock-wait, which then applies to --lock-file alone (default: {home_lock_default})"
         if local
         else argparse.SUPPRESS,
     )

@@ -59,7 +59,11 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-zone", help="IANA time zone of --cron (vertex; default UTC)")
     g.add_argument("--host", help="KFP API endpoint (kfp; default: in-cluster or kube config)")
     g.add_argument("--experiment", default="imgpipe", help="KFP experiment (kfp; default imgpipe)")
-    add_run_arguments(p)
+    add_run_arguments(
+        p,
+        home_lock_default=f"{schedule.SCHEDULED_HOME_LOCK_WAIT} ({schedule.SCHEDULED_HOME_LOCK_WAIT // 3600} h) "
+        "for a scheduled run",
+    )
 
 
 def _run_flags_given(args: argparse.Namespace) -> list[str]:
