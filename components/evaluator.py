@@ -600,7 +600,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 label_text(b),
                 pair["right"],
                 pair["between"],
-                pair_hint(pair),
+                pair_hint(pair, at_chance),
             )
         record = gate_record(
             plan,

@@ -1087,11 +1087,19 @@ def classes_at_chance(
 PAIR_FEW = 0.25  # a pair whose smaller class has under this share of the larger's eval images
 
 
-def pair_hint(pair: Mapping[str, Any]) -> str:
+def pair_hint(pair: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]] = ()) -> str:
     """What to do about a pair of classes told apart at chance (`classes_at_chance`): two folders
     of one concept look alike in size; a class with few images beside a large one is more likely
-    too small to learn."""
+    too small to learn. `pairs`: every pair at chance: a class at chance with two or more others is
+    not one concept under two names (labels at random, or features that cannot tell them apart)."""
     a, b = pair["classes"]
+    partners = {c: sum(c in p["classes"] for p in pairs) for c in (a, b)}
+    if max(partners.values(), default=0) > 1:
+        many = max((a, b), key=lambda c: (partners[c], c))
+        return (
+            f"{_q(many)} is told apart at chance from {partners[many]} classes: labels given at random, or "
+            "images the backbone's features cannot tell apart? Check a sample of the labels"
+        )
     images = pair.get("images") or {}
     small, large = sorted((a, b), key=lambda c: (images.get(c, 0), c))
     if images and images.get(small, 0) < PAIR_FEW * images.get(large, 0):
@@ -1205,8 +1213,10 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             )
             where = f" on the {unseen} {what} neither model trained on" if unseen is not None else ""
             if plan.baseline.shared_classes is not None:
+                # Images the latest blessed model trained on are left out of these classes too.
+                seen = " that neither model trained on" if plan.baseline.seen_eval_examples else ""
                 where = (
-                    f" on the {unseen} {what} of the classes both models have "
+                    f" on the {unseen} {what} of the classes both models have{seen} "
                     f"({_names(plan.baseline.shared_classes)}; {plan.baseline.label_change})"
                 )
             added = plan.baseline.shared_classes is not None and set(plan.class_names) - set(

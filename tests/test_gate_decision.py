@@ -249,6 +249,31 @@ def test_reasons_name_each_failed_threshold():
     ]
 
 
+def test_the_regression_on_shared_classes_says_images_the_baseline_trained_on_were_left_out():
+    """A class added, and eval images the latest blessed model trained on: the comparison is on the
+    shared classes' images neither model trained on, which the reason says (it read as if every
+    eval image of those classes was compared; an audit)."""
+    plan = _plan(max_regression=0.0)
+    shared = dataclasses.replace(
+        plan.baseline,
+        compared=True,
+        shared_classes=("5", "6"),
+        label_change="new class '7'",
+        seen_eval_examples=1,
+        compared_examples=35,
+    )
+    results = EvalResults(0.7, 40, {}, 0.82, compared_accuracy=0.51, failures=[Failure(None, True, -0.31)])
+    [reason] = reasons(dataclasses.replace(plan, baseline=shared), results)
+    assert reason.startswith(
+        "accuracy 0.510 on the 35 eval examples of the classes both models have that neither model trained "
+        "on ('5', '6'; new class '7') regressed from the latest blessed model's 0.820"
+    ), reason
+    [reason] = reasons(
+        dataclasses.replace(plan, baseline=dataclasses.replace(shared, seen_eval_examples=0)), results
+    )
+    assert "of the classes both models have ('5', '6'" in reason
+
+
 def test_recall_reason_says_when_one_mistake_fails_a_class():
     """40 classes of 1 eval image: a model right on 19 was refused by 21 recall lines, none saying
     that one wrong answer fails such a class (an audit)."""
@@ -1033,6 +1058,15 @@ def test_classes_told_apart_no_better_than_chance_are_named():
         "images": {"d2": 8, "two": 8},
     }
     assert pair_hint(pair) == "one concept under two names? Merge the folders, or check their labels"
+    assert pair_hint(pair, [pair]) == pair_hint(pair)
+    # Labels at random: every class at chance with every other. Merging folders is not the cure.
+    noise = {(a, b): 5 for a in "wxyz" for b in "wxyz"}
+    at_chance = classes_at_chance(noise, list("wxyz"))
+    assert len(at_chance) == 6
+    assert pair_hint(at_chance[0], at_chance) == (
+        f"'{max(at_chance[0]['classes'])}' is told apart at chance from 3 classes: labels given at random, or "
+        "images the backbone's features cannot tell apart? Check a sample of the labels"
+    )
     # A class with few images beside a large one (an audit's 500 against 3, the head trained to
     # answer both): at chance too, but two folders of one concept are not what to look for.
     [few] = classes_at_chance(

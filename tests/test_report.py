@@ -180,8 +180,9 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
         _gate_record(["7", "5"]), anomalies_allowed=[f"{RELABELLED}: 146 of the 146 trained as '5'"]
     )
     assert data.gate_from_record(swapped).baseline_note.endswith(
-        "images it trained on were relabelled since (accepted): it is scored by the labels they have now, "
-        "which it was not trained on"
+        "images it trained on were relabelled since (accepted, a class renamed or two swapped): the "
+        "comparison leaves those images out, but it still answers with the names it learned, and the eval "
+        "images are scored by the names they have now"
     )
     # A record that keeps the gate's own words for its floor (Floor.describe) is shown with them.
     own = dict(_gate_record(["7", "5"]), floor_note="majority class '7' has 0.550 of eval + margin 0.000")
@@ -222,6 +223,30 @@ def test_gate_from_the_record_and_from_an_older_runs_summary():
     assert data.gate_from_record(added).baseline_note == (
         "latest blessed model, on the 30 eval examples of the classes both models have ('5', '7'; new class "
         "'6'), where this model has 0.8500; allowed regression 0.0000"
+    )
+    # The candidate's number on those 30, beside the baseline's: not its whole-split number alone.
+    g = data.gate_from_record(added)
+    assert (g.compared_candidate, g.compared_on) == (
+        0.85,
+        "the 30 eval examples the baseline was compared on",
+    )
+    shown = text.render(dataclasses.replace(_report_data(["7", "5"]), gate=g))
+    assert (
+        "\n  candidate accuracy, where compared 0.8500  on the 30 eval examples the baseline was compared on\n"
+        "  baseline accuracy                  0.9000  latest blessed model, on the 30" in shown
+    ), shown
+    from imgpipe.report import html
+
+    page = html.render(dataclasses.replace(_report_data(["7", "5"]), gate=g), {})
+    assert "candidate accuracy, where compared</td>" in page
+    assert data.gate_from_record(_gate_record(["7"])).compared_candidate is None  # compared on the same
+    # Images of those classes the latest blessed model trained on are left out too: said, not
+    # left for the reader to find in gate.json.
+    added["baseline"]["seen_eval_examples"] = 1
+    assert data.gate_from_record(added).baseline_note == (
+        "latest blessed model, on the 30 eval examples of the classes both models have that neither model "
+        "trained on (it trained on 1 of the eval split's) ('5', '7'; new class '6'), where this model has "
+        "0.8500; allowed regression 0.0000"
     )
     resplit = dict(
         _gate_record(["7"]),
@@ -956,6 +981,13 @@ def test_the_pairs_most_taken_for_each_other_say_when_they_are_not_told_apart():
     )
     page = html.render(d, {})
     assert "18 of 39 <b>(no better than chance)</b>" in page and "36 of 39</td>" in page
+    assert "\ntold apart no better than chance, then most often taken for each other:\n" in text.render(d)
+    assert "<p>Pairs of classes told apart no better than chance, then those most" in page
+    # No pair at chance: the heading does not say there is one.
+    told_apart = [[18, 1, 0, 1], [0, 18, 2, 0], [1, 1, 18, 0], [2, 0, 0, 18]]
+    d = dataclasses.replace(d, confusion=told_apart)
+    assert "\nmost often taken for each other:\n" in text.render(d) and "chance, then" not in text.render(d)
+    assert "<p>Pairs of classes most often taken for each other:</p>" in html.render(d, {})
     assert data.confused_pairs(["a", "b"], [[5, 0], [0, 5]]) == []
     # The pair at chance is listed whatever the mistakes of the others (the gate's log promises
     # the report names it); pairs with under 10 answers between them are not tested, as the gate.

@@ -82,6 +82,11 @@ class GateView:
     details: list[tuple[str, str]]  # further (name, value) rows
     metric: str = "accuracy"  # what candidate, baseline and floor measure: "accuracy" or "balanced accuracy"
     judged_on: str = "the eval split"  # the records the candidate's number is on
+    # The candidate's number on the eval examples the baseline was compared on, when those are not
+    # all the candidate is judged on (images a model trained on left out, a class added): the
+    # baseline's number sits beside this one, not beside `candidate`. None: the same examples.
+    compared_candidate: float | None = None
+    compared_on: str = ""
 
 
 @dataclasses.dataclass
@@ -489,8 +494,9 @@ def gate_from_record(record: dict[str, Any]) -> GateView:
     ):
         # Right under the new labels, which are the truth now; a reader should know why it fell.
         view.baseline_note += (
-            "; images it trained on were relabelled since (accepted): it is scored by the labels they "
-            "have now, which it was not trained on"
+            "; images it trained on were relabelled since (accepted, a class renamed or two swapped): the "
+            "comparison leaves those images out, but it still answers with the names it learned, and the "
+            "eval images are scored by the names they have now"
         )
     if isinstance(record.get("floor_note"), str):
         # The gate's own words (Floor.describe), as its log and reasons give them; the notes
@@ -527,9 +533,11 @@ def _gate_view(record: dict[str, Any]) -> GateView:
         baseline_note = "latest blessed model, which is this model (identical files): no regression"
     elif baseline.get("compared") and baseline.get("shared_classes"):
         shared = ", ".join(repr(c) for c in baseline["shared_classes"])
+        seen = baseline.get("seen_eval_examples")
+        neither = f" that neither model trained on (it trained on {seen} of the eval split's)" if seen else ""
         baseline_note = (
             f"latest blessed model, on the {baseline.get('compared_examples')} eval examples of the classes "
-            f"both models have ({shared}; {baseline.get('label_change')}), where this model has "
+            f"both models have{neither} ({shared}; {baseline.get('label_change')}), where this model has "
             f"{_fmt(baseline.get('candidate_accuracy'))}; allowed regression {_fmt(baseline.get('max_regression'))}"
         )
     elif baseline.get("compared") and _compared_on_a_subset(record):
@@ -622,7 +630,23 @@ def _gate_view(record: dict[str, Any]) -> GateView:
         baseline_note=baseline_note,
         reasons=[str(r) for r in record.get("reasons") or []],
         details=details,
+        **_compared_candidate(record),
     )
+
+
+def _compared_candidate(record: Mapping[str, Any]) -> dict[str, Any]:
+    """GateView's compared_candidate and compared_on, when the baseline was compared on other
+    eval examples than those the candidate's own number is on."""
+    baseline = record.get("baseline") or {}
+    mine = baseline.get("candidate_accuracy")
+    if not baseline.get("compared") or baseline.get("identical") or not isinstance(mine, float):
+        return {}
+    if not (baseline.get("shared_classes") or _compared_on_a_subset(record)):
+        return {}
+    return {
+        "compared_candidate": mine,
+        "compared_on": f"the {baseline.get('compared_examples')} eval examples the baseline was compared on",
+    }
 
 
 def _eval_records(record: dict[str, Any]) -> Any:

@@ -73,6 +73,16 @@ def _gate(d: ReportData) -> str:
     g = d.gate
     rows = [
         [f"candidate {esc(g.metric)}", _num(g.candidate), esc(f"this run's model on {g.judged_on}")],
+    ]
+    if g.compared_candidate is not None:
+        rows.append(
+            [
+                f"candidate {esc(g.metric)}, where compared",
+                _num(g.compared_candidate),
+                esc(f"this run's model on {g.compared_on}"),
+            ]
+        )
+    rows += [
         [f"baseline {esc(g.metric)}", _num(g.baseline), esc(g.baseline_note)],
         ["floor", esc(floor_text(g.floor)), esc(g.floor_note)],
     ]
@@ -104,13 +114,15 @@ def _confused(d: ReportData) -> str:
         ]
         for p in pairs
     ]
-    return (
-        "<p>Pairs of classes told apart no better than chance, then those most often taken for each other:</p>"
-        + _table(
-            ["pair (a / b)", "a called b", "b called a", "right between the two"],
-            rows,
-            numeric=[False, True, True, False],
-        )
+    heading = (
+        "Pairs of classes told apart no better than chance, then those most often taken for each other:"
+        if any(p.at_chance for p in pairs)
+        else "Pairs of classes most often taken for each other:"
+    )
+    return f"<p>{heading}</p>" + _table(
+        ["pair (a / b)", "a called b", "b called a", "right between the two"],
+        rows,
+        numeric=[False, True, True, False],
     )
 
 

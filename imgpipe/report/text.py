@@ -22,7 +22,7 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
     decision = {True: "BLESSED", False: "NOT BLESSED"}.get(g.blessed, "NO DECISION")
     if g.blessed and d.withdrawn:
         decision = "BLESSED, NOT PUSHED"
-    label = len("candidate " + g.metric)
+    label = len("candidate " + g.metric + (", where compared" if g.compared_candidate is not None else ""))
     lines = [f"run {_clean(d.run_id)}"]
     if path:
         lines.append(f"report {_clean(path)}")
@@ -36,6 +36,13 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
     lines += [f"  not blessed because: {_clean(r)}" for r in g.reasons]
     lines += [
         f"  {'candidate ' + g.metric:<{label}} {_num(g.candidate)}",
+    ]
+    if g.compared_candidate is not None:
+        lines.append(
+            f"  {'candidate ' + g.metric + ', where compared':<{label}} {_num(g.compared_candidate)}  "
+            f"on {_clean(g.compared_on)}"
+        )
+    lines += [
         f"  {'baseline ' + g.metric:<{label}} {_num(g.baseline)}  {_clean(g.baseline_note)}",
         f"  {'floor':<{label}} {floor_text(g.floor)}  {_clean(g.floor_note)}",
     ]
@@ -58,7 +65,10 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
 
     pairs = confused_pairs(d.class_names, d.confusion)
     if pairs:
-        lines += ["", "told apart no better than chance, then most often taken for each other:"]
+        heading = "most often taken for each other:"
+        if any(p.at_chance for p in pairs):
+            heading = "told apart no better than chance, then " + heading
+        lines += ["", heading]
         lines += [
             f"  {_clean(label_text(p.a))} / {_clean(label_text(p.b))}: {p.a_as_b} + {p.b_as_a} mistakes, "
             f"{p.right} of {p.between} right between the two"
