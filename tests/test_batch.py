@@ -451,6 +451,21 @@ def test_a_line_break_in_a_path_stays_one_csv_field(tmp_path):
     assert read_predictions(str(out)) == [scored.to_dict()]
 
 
+def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_written_as_text(tmp_path):
+    """A file or class named '=2+5+cmd|calc!A0' or '@SUM(1+1)': a ' before it in the CSV (what
+    spreadsheets take as "text"), as OWASP advises; JSON Lines keep the names as they are."""
+    from imgpipe.batch.outputs import ScoredImage, csv_rows, json_line
+
+    scored = ScoredImage("=2+5+cmd|calc!A0.png", ["@SUM(1+1)", "-x", "cat"], [0.5, 0.3, 0.2], "m")
+    rows = csv_rows(scored)
+    assert rows == [
+        "'=2+5+cmd|calc!A0.png,1,'@SUM(1+1),0.5",
+        "'=2+5+cmd|calc!A0.png,2,'-x,0.3",
+        "'=2+5+cmd|calc!A0.png,3,cat,0.2",
+    ]
+    assert json.loads(json_line(scored))["path"] == "=2+5+cmd|calc!A0.png"
+
+
 def test_bad_arguments_name_the_flag(model, folder, tmp_path):
     with pytest.raises(BatchError, match="unknown output extension '.txt'"):
         predict_batch(str(folder[0]), str(tmp_path / "o.txt"), model_dir=model.export_dir)

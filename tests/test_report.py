@@ -417,6 +417,21 @@ def test_the_page_escapes_class_names_and_paths(written):
     assert all(os.path.isfile(os.path.join(folder, s)) for s in sources)
 
 
+def test_a_right_to_left_override_in_a_class_name_does_not_reorder_the_page():
+    """A class folder 'a<U+202E>gnp.exe' (accepted: ingest refuses such characters only at a
+    name's ends) reversed every class after it in the gate's per-class rows, so the numbers read
+    as other classes' (an audit). The page shows the control as its code point."""
+    from imgpipe.report import html
+
+    hostile = "a\u202egnp.exe"
+    record = dict(_gate_record(["7", "5"]), per_class_recall={hostile: 0.8, "cat": 1.0})
+    d = dataclasses.replace(_report_data(["7", "5"]), gate=data.gate_from_record(record))
+    page = html.render(d, {})
+    assert "\u202e" not in page and "a[U+202E]gnp.exe: 0.8000, cat: 1.0000" in page
+    assert html.esc("\u2067x\u2069 <b>") == "[U+2067]x[U+2069] &lt;b&gt;"
+    assert html.esc("👩\u200d👩") == "👩\u200d👩"  # a joiner inside an emoji is not a control
+
+
 def test_report_json_round_trips_without_the_image_bytes(written):
     page, d = written
     loaded = build.load_report(os.path.dirname(os.path.dirname(page)))

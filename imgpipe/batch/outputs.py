@@ -68,6 +68,15 @@ def output_format(path: str) -> str:
     return OUTPUT_FORMATS[ext]
 
 
+# What makes a spreadsheet read a cell as a formula (`=cmd|...`, `@SUM(...)`): a file or class
+# name starting so is written after a ' (the CSV cell then shows the text; JSON Lines keep it).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def csv_rows(scored: ScoredImage) -> list[str]:
     """The CSV lines of one image: one per class of its top k."""
     lines = []
@@ -75,7 +84,8 @@ def csv_rows(scored: ScoredImage) -> list[str]:
         buffer = io.StringIO()
         # The default terminator, stripped after: csv quotes a field only for the characters of
         # its terminator, so a path or class holding a line break stays one quoted field.
-        csv.writer(buffer, lineterminator="\r\n").writerow([scored.path, rank, name, repr(float(score))])
+        row = [_text_cell(scored.path), rank, _text_cell(name), repr(float(score))]
+        csv.writer(buffer, lineterminator="\r\n").writerow(row)
         lines.append(buffer.getvalue()[: -len("\r\n")])
     return lines
 

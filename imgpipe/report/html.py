@@ -8,6 +8,7 @@ folder, percent-encoded.
 from __future__ import annotations
 
 import html
+import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -32,9 +33,16 @@ code { word-break: break-all; }
 """
 
 
+# Bidirectional controls (a right-to-left override in a class folder's name) reorder the text
+# after them: a cell's numbers would read as another class's. Shown as their code points instead
+# (label_text lists a name's code points beside it already).
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def esc(value: Any) -> str:
-    """Text for HTML content or a quoted attribute."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Text for HTML content or a quoted attribute, bidirectional controls shown as [U+XXXX]."""
+    text = _BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group()):04X}]", "" if value is None else str(value))
+    return html.escape(text, quote=True)
 
 
 def src(relative_path: str) -> str:
