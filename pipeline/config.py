@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
@@ -413,6 +414,40 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
+
+# Numbers as YAML 1.2 reads them (its core schema), not 1.1 (PyYAML's): `epochs: 010` is 10, not
+# octal 8, and `1:30` is text, not 90 in base 60 (a config error naming the key, not a number
+# nobody wrote). 0o17 and 0x1f stay octal and hex; 1e-3 is a number, as 1.2 has it.
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+_UniqueKeyLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    try:
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text!r} (line {node.start_mark.line + 1}) is not a whole number", node.start_mark
+        ) from None
+
+
+_UniqueKeyLoader.add_constructor(_INT, _yaml12_int)
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 

@@ -192,6 +192,26 @@ def test_yaml_booleans_for_words_read_as_the_words_where_unambiguous(tmp_path):
         PipelineConfig.from_yaml(str(tmp_path / "yes.yaml"))
 
 
+def test_yaml_numbers_are_read_as_yaml_1_2_reads_them(tmp_path):
+    """PyYAML reads YAML 1.1: `epochs: 010` was 8 (octal) and `epochs: 1:30` 90 (base 60), with no
+    word said. Read as YAML 1.2's core schema: 010 is 10, 1:30 is text (an error naming the key)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 010\nbatch_size: 0x20\nlearning_rate: 1e-3\nseed: 0o17\n")
+    cfg = PipelineConfig.from_yaml(str(path))
+    assert (cfg.training.epochs, cfg.training.batch_size, cfg.training.learning_rate, cfg.training.seed) == (
+        10,
+        32,
+        0.001,
+        15,
+    )
+    path.write_text("epochs: 1:30\n")
+    with pytest.raises(ConfigError, match="^epochs: "):
+        PipelineConfig.from_yaml(str(path))
+    import yaml
+
+    assert yaml.safe_load("a: 010") == {"a": 8}  # PyYAML's own loader is left as it is
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
