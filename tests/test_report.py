@@ -432,6 +432,22 @@ def test_a_right_to_left_override_in_a_class_name_does_not_reorder_the_page():
     assert html.esc("👩\u200d👩") == "👩\u200d👩"  # a joiner inside an emoji is not a control
 
 
+def test_a_class_name_the_font_lacks_draws_without_a_warning_per_glyph(tmp_path):
+    """An emoji class name (U+1F464, not in DejaVu Sans): matplotlib warned once per missing glyph per figure, on the run's
+    stderr (the page's tables have the name)."""
+    import warnings
+
+    from imgpipe.report import figures
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.confusion_matrix(
+            ["\U0001f464", "dog"], ["\U0001f464", "dog"], [[3, 1], [0, 4]], str(tmp_path / "c.png"), False
+        )
+    assert os.path.getsize(tmp_path / "c.png") > 0
+    assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_report_json_round_trips_without_the_image_bytes(written):
     page, d = written
     loaded = build.load_report(os.path.dirname(os.path.dirname(page)))

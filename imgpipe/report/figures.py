@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import math
 import unicodedata
+import warnings
 from collections.abc import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -63,7 +64,11 @@ def _ends(name: str) -> str:
 
 def _save(fig: Figure, path: str) -> None:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png")
+    with warnings.catch_warnings():
+        # A class name in a script or emoji the font lacks is drawn as boxes; the table beside the
+        # figure has its name. Matplotlib's warning per glyph would be noise on the run's stderr.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        fig.savefig(path, dpi=DPI, format="png")
 
 
 def confusion_matrix(
