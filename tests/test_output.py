@@ -154,6 +154,28 @@ def test_absl_filter_drops_only_the_false_property_predicate_warning():
     assert seen == ["ContextQuery.property_predicate is not supported.", "a real warning"]
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_beams_log_of_a_failing_step_is_dropped_unless_verbose(verbose):
+    """Beam logs a failing step's error with its traceback, then raises it as the component's error,
+    which the run's message names: the traceback on stderr was noise, unless --verbose."""
+    from apache_beam.runners import common
+
+    # Compiled with Cython: its source is read from the .py file installed beside it.
+    with open(os.path.join(os.path.dirname(common.__file__), "common.py"), encoding="utf-8") as f:
+        source = f.read()
+    assert "_LOGGER.exception(new_exn)" in source and "\" [while running '%s']\"" in source
+    output.setup_logging(verbose=verbose)
+    try:
+        beam = logging.getLogger(common.__name__)
+        with _Seen(beam.name) as seen:
+            beam.error("INVALID_ARGUMENT: Feature had wrong type [while running 'TFXIORead[train]/Decode']")
+            beam.error("something else Beam says")
+    finally:
+        output.setup_logging()
+    assert seen[-1] == "something else Beam says"
+    assert len(seen) == (2 if verbose else 1), seen
+
+
 def test_beam_worker_filter_drops_only_the_two_start_up_warnings():
     """What Beam's local job service relays from its worker processes (--beam-runner multiprocess)."""
 

@@ -255,6 +255,8 @@ _NOISE = {
 #   user's module file or any path outside site-/dist-packages is still shown;
 # - TFX's launcher: "Execution N failed." as it re-raises a component's error, which the run's
 #   own failure message names with the component and the reason (the number is ML Metadata's).
+# - Beam, as a step of a job fails: the error with its traceback, before the job re-raises it as
+#   the component's error, which the run's failure message names (with the records behind it).
 # - TFLite's converter asks for the Keras model beside the function it converts: trainer/tflite.py
 #   leaves it out on purpose (the converter would then save and re-trace the whole model, ~20x
 #   slower), so the notice is about the converter's API, not about the run.
@@ -269,6 +271,7 @@ _LIBRARY_NOTICES = {
         ),
         re.compile(r"^Please consider providing the trackable_obj argument in the from_concrete_functions\."),
     ),
+    "apache_beam.runners.common": (re.compile(r" \[while running '[^\n]*'\]\Z"),),
     "tensorflow": (
         re.compile(r"^SavedModel saved prior to TF 2\.5 detected when loading Keras model"),
         re.compile(r"^From [^\n]*/(site|dist)-packages/[^\n]*:\d+: .* is deprecated and will be removed"),
