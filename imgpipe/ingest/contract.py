@@ -157,10 +157,7 @@ def undecodable_images(
 
     found: list[str] = []
     read = 0
-    for name in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path)):
-        file_path = os.path.join(path, name)
-        if tf.io.gfile.isdir(file_path):
-            continue
+    for file_path in _files(path):
         try:
             for i, record in enumerate(tf.data.TFRecordDataset(file_path)):
                 read += 1
@@ -190,6 +187,14 @@ def undecodable_images(
         except tf.errors.OpError as exc:
             found.append(f"{file_path}: unreadable ({tf_error_text(exc)})")
     return found
+
+
+def _files(folder: str) -> list[str]:
+    """The files of a split's folder (local or gs://), sorted: its TFRecord files, in record order."""
+    import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
+
+    paths = (os.path.join(folder, e.rstrip("/")) for e in sorted(tf.io.gfile.listdir(folder)))
+    return [p for p in paths if not tf.io.gfile.isdir(p)]
 
 
 def example_problem(example: Any) -> str | None:
@@ -226,10 +231,7 @@ def records_off_contract(path: str, splits: tuple[str, ...] = SPLITS, limit: int
         split_dir = os.path.join(path, split) if split else path
         if not tf.io.gfile.isdir(split_dir):
             continue
-        for name in sorted(e.rstrip("/") for e in tf.io.gfile.listdir(split_dir)):
-            file_path = os.path.join(split_dir, name)
-            if tf.io.gfile.isdir(file_path):
-                continue
+        for file_path in _files(split_dir):
             try:
                 for i, record in enumerate(tf.data.TFRecordDataset(file_path)):
                     try:
