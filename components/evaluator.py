@@ -93,9 +93,11 @@ from components.gate_decision import (
     GateNotComputable,
     GatePlan,
     JudgedOn,
+    Measured,
     balanced_accuracy,
     change_failure,
     classes_at_chance,
+    compared_classes,
     floor_failure,
     gate_record,
     gated_value,
@@ -495,7 +497,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             [saved_model_dir(m) for m in [model, *(tfma_baselines or [])]],
             in_process=tfma_in_this_process(self._beam_pipeline_args),
         )
-        on_unseen = None  # (candidate, baseline) accuracy on the eval examples the baseline did not see
+        on_unseen = None  # (candidate, baseline) answers on the eval examples the baseline did not see
         judged = None  # the candidate's answers on the records it is judged on, and the compared pair
         if judged_on is not None:
             compare = (
@@ -532,12 +534,11 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 plan.baseline.compared_examples,
             )
             with graph_optimization.grappler(optimization.enabled):
-                on_unseen = unseen_comparison.accuracies_on_unseen(
+                on_unseen = unseen_comparison.answers_on_unseen(
                     either,
                     split_dirs(examples, splits),
                     [saved_model_dir(model), saved_model_dir(baselines[0])],
                     gate.eval_batch_size,
-                    balanced=plan.metric == METRIC_BALANCED,
                 )
         run = tfma_run(
             model, tfma_baselines, examples, splits, props, gate.eval_batch_size, optimization.enabled
@@ -661,7 +662,7 @@ def decide_outside_tfma(
     plan: GatePlan,
     results: EvalResults,
     reused: tuple[float, str] | None,
-    on_unseen: Sequence[float] | None,
+    on_unseen: Sequence[Measured] | None,
 ) -> tuple[EvalResults, bool]:
     """TFMA's results with what the executor decides itself: (results, whether a threshold failed here).
 
@@ -670,10 +671,19 @@ def decide_outside_tfma(
     min_class_precision on the precisions from TFMA's confusion matrix. The
     comparison is also made here, in either metric, when the baseline's value was reused
     from an earlier execution (`reused`) or both models were measured on the eval examples
-    neither trained on (`on_unseen`: candidate, baseline). Each threshold is applied as TFMA
-    applies its own (floor_failure, change_failure).
+    neither trained on (`on_unseen`: the candidate's answers there, the baseline's). Each threshold
+    is applied as TFMA applies its own (floor_failure, change_failure). Each class's recall of
+    both models where they were compared is kept (`compared_per_class`): what a regression is made of.
     """
     balanced = plan.metric == METRIC_BALANCED
+    if on_unseen is not None:
+        mine, theirs = on_unseen
+        per_class = compared_classes(mine.counts(), mine.per_class(), theirs.per_class())
+        results = dataclasses.replace(results, compared_per_class=per_class)
+    elif plan.baseline.compared and not plan.baseline.identical and reused is None:
+        # TFMA ran both models on the whole split (per class: its slices).
+        per_class = compared_classes(plan.eval_class_counts, results.per_class, results.baseline_per_class)
+        results = dataclasses.replace(results, compared_per_class=per_class)
     results = dataclasses.replace(
         results, balanced_accuracy=balanced_accuracy(results.per_class, plan.eval_classes)
     )
@@ -688,7 +698,7 @@ def decide_outside_tfma(
             )
             results = dataclasses.replace(results, baseline_accuracy=pair[1])
     if on_unseen is not None:
-        pair = (on_unseen[0], on_unseen[1])
+        pair = (on_unseen[0].value(balanced), on_unseen[1].value(balanced))
         results = dataclasses.replace(results, baseline_accuracy=pair[1], compared_accuracy=pair[0])
     elif reused is not None:
         pair = (gated_value(plan, results), reused[0])

@@ -990,6 +990,48 @@ class EvalResults:
     # The pairs of classes the candidate tells apart no better than chance (classes_at_chance),
     # from TFMA's confusion matrix on the whole split; None: not measured.
     classes_at_chance: Sequence[Mapping[str, Any]] | None = None
+    # Each class of the examples the baseline was compared on: (its images there, the candidate's
+    # recall, the baseline's): what a regression comes from. None: not measured (a baseline's
+    # value reused from an earlier gate, or no comparison).
+    compared_per_class: Mapping[str, tuple[int, float, float]] | None = None
+
+
+def compared_classes(
+    counts: Mapping[str, int], candidate: Mapping[str, float], baseline: Mapping[str, float]
+) -> dict[str, tuple[int, float, float]] | None:
+    """EvalResults.compared_per_class from the two models' per-class recall on the same examples,
+    `counts` images of each class there; None when either recall is missing for a class."""
+    out = {}
+    for c, n in sorted(counts.items()):
+        if n <= 0:
+            continue
+        if candidate.get(c) is None or baseline.get(c) is None:
+            return None
+        out[c] = (int(n), float(candidate[c]), float(baseline[c]))
+    return out or None
+
+
+MAX_DROPS_SHOWN = 3
+
+
+def largest_drops(per_class: Mapping[str, tuple[int, float, float]] | None) -> str:
+    """ "; where it fell: 'two' 2 of 2 right -> 0, ..." for the classes whose right answers fell
+    most (at most MAX_DROPS_SHOWN), "" when none fell or nothing was measured."""
+    if not per_class:
+        return ""
+    lost = []
+    for c, (n, mine, theirs) in per_class.items():
+        before, now = round(theirs * n), round(mine * n)
+        if now < before:
+            lost.append((before - now, c, n, before, now))
+    if not lost:
+        return ""
+    lost.sort(key=lambda t: (-t[0], t[1]))
+    shown = ", ".join(
+        f"{_q(c)} {before} of {n} right, now {now}" for _, c, n, before, now in lost[:MAX_DROPS_SHOWN]
+    )
+    more = f" (and {len(lost) - MAX_DROPS_SHOWN} more classes)" if len(lost) > MAX_DROPS_SHOWN else ""
+    return f"; where it fell: {shown}{more}"
 
 
 def gated_value(plan: GatePlan, results: EvalResults) -> float | None:
@@ -1026,6 +1068,7 @@ class Measured(Protocol):
     def __len__(self) -> int: ...
     def accuracy(self) -> float: ...
     def per_class(self) -> dict[str, float]: ...
+    def counts(self) -> dict[str, int]: ...
     def answered(self) -> dict[str, tuple[int, int]]: ...
     def value(self, balanced: bool) -> float: ...
 
@@ -1172,7 +1215,14 @@ def judged_results(
     failures.append(uncompared_failure(plan))
     if compared is not None:
         mine, theirs = (a.value(plan.metric == METRIC_BALANCED) for a in compared)
-        results = dataclasses.replace(results, compared_accuracy=mine, baseline_accuracy=theirs)
+        results = dataclasses.replace(
+            results,
+            compared_accuracy=mine,
+            baseline_accuracy=theirs,
+            compared_per_class=compared_classes(
+                compared[0].counts(), compared[0].per_class(), compared[1].per_class()
+            ),
+        )
         failures.append(change_failure(mine, theirs, plan.max_regression))
     failures = [f for f in failures if f is not None]
     if failures:
@@ -1230,7 +1280,7 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             )
             out.append(
                 f"{plan.floor.metric_text} {current:.3f}{where} regressed from the latest blessed model's {base_text} "
-                f"by more than max_regression {plan.max_regression:.3f}{way}"
+                f"by more than max_regression {plan.max_regression:.3f}{way}{largest_drops(results.compared_per_class)}"
             )
         elif f.precision:
             out.append(_precision_reason(plan, results, f))
@@ -1364,6 +1414,14 @@ def gate_record(
             # Why a model may be judged on the floors alone though a blessed model exists and was
             # not compared with it (None: it was compared, or there is none, or nothing waives it).
             "comparison_waived": plan.comparison_waived if uncompared(plan) else None,
+            # {class: {images, candidate, baseline}}: each model's recall of the class on the
+            # examples compared (None: not measured).
+            "per_class": None
+            if results.compared_per_class is None
+            else {
+                c: {"images": n, "candidate": mine, "baseline": theirs}
+                for c, (n, mine, theirs) in results.compared_per_class.items()
+            },
         },
         "reasons": [] if blessed else why,
         "anomalies_allowed": list(anomalies_allowed),

@@ -7,7 +7,7 @@ images: a candidate as good as the baseline looks like a regression, or a worse 
 an equal. The Evaluator therefore asks `seen_by` which eval records each model trained on
 (the fingerprints its Trainer recorded, trainer/image_ids.py). When some were, TFMA
 judges the candidate alone (floor and per-class recall on the whole split, as always) and
-`accuracies_on_unseen` measures both models here on the rest, the records neither trained
+`answers_on_unseen` measures both models here on the rest, the records neither trained
 on, through the serving signature TFMA gates on. The Evaluator applies the no-regression
 threshold to those two numbers (components/gate_decision.py: `with_seen_examples`,
 `change_failure`).
@@ -82,6 +82,13 @@ class Answers:
             right[label] = right.get(label, 0) + int(hit)
         return {c: right[c] / totals[c] for c in sorted(totals)}
 
+    def counts(self) -> dict[str, int]:
+        """How many of these records each true class holds."""
+        out: dict[str, int] = {}
+        for label in self.labels:
+            out[label] = out.get(label, 0) + 1
+        return dict(sorted(out.items()))
+
     def answered(self) -> dict[str, tuple[int, int]]:
         """{class: (records given it, right ones)} for each class given to a record."""
         if self.top1 is None:
@@ -154,16 +161,15 @@ def answers_on(
     ]
 
 
-def accuracies_on_unseen(
+def answers_on_unseen(
     seen: np.ndarray,
     eval_files: str | Sequence[str],
     model_dirs: Sequence[str],
     batch_size: int,
-    balanced: bool = False,
-) -> list[float]:
-    """Each SavedModel's top-1 accuracy (serving_default) on the eval records where `seen` is False
-    (`seen`: the records either model trained on); with `balanced`, its balanced accuracy there
-    (the mean recall over the classes those records hold)."""
+) -> list[Answers]:
+    """Each SavedModel's answers (serving_default's top-1) on the eval records where `seen` is
+    False (`seen`: the records either model trained on); `.value(balanced)` is its top-1 or
+    balanced accuracy there (the mean recall over the classes those records hold)."""
     if not (~seen).any():
         raise ValueError("no eval record is left to compare the models on")
-    return [a.value(balanced) for a in answers_on(~seen, eval_files, model_dirs, batch_size)]
+    return answers_on(~seen, eval_files, model_dirs, batch_size)

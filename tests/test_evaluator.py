@@ -257,6 +257,24 @@ def test_majority_floor_reaches_tfma_and_gate_json_records_it(tmp_path, fake_tfm
     assert gate["eval_examples_in_train"] is None  # the candidate has no record of its training images
 
 
+class _Answers:
+    """A model's answers as unseen_comparison.answers_on_unseen gives them, reduced to a value."""
+
+    def __init__(self, value, balanced_ok=True, per_class=None, counts=None):
+        self._value, self._balanced_ok = value, balanced_ok
+        self._per_class, self._counts = per_class or {}, counts or {}
+
+    def value(self, balanced):
+        assert self._balanced_ok or not balanced, "balanced accuracy asked where accuracy is gated"
+        return self._value
+
+    def per_class(self):
+        return dict(self._per_class)
+
+    def counts(self):
+        return dict(self._counts)
+
+
 @pytest.mark.parametrize("compared, blessed", [((0.9, 0.85), True), ((0.7, 0.9), False)])
 def test_a_class_added_compares_the_models_on_the_classes_both_have(
     tmp_path, fake_tfma, monkeypatch, compared, blessed
@@ -270,11 +288,11 @@ def test_a_class_added_compares_the_models_on_the_classes_both_have(
 
     calls = []
 
-    def measured(left_out, files, model_dirs, batch_size, balanced):
+    def measured(left_out, files, model_dirs, batch_size):
         calls.append((list(left_out), model_dirs))
-        return list(compared)
+        return [_Answers(v) for v in compared]
 
-    monkeypatch.setattr(unseen_comparison, "accuracies_on_unseen", measured)
+    monkeypatch.setattr(unseen_comparison, "answers_on_unseen", measured)
     fake_tfma["results"] = EvalResults(0.9, 30, {"a": 0.9, "b": 0.9, "c": 0.9}, None)
     baseline = _model(tmp_path, "baseline", ["a", "b"])
     inputs = {
@@ -309,6 +327,7 @@ def test_a_class_added_compares_the_models_on_the_classes_both_have(
         "shared_classes": ["a", "b"],
         "label_change": "new class 'c'",
         "comparison_waived": None,
+        "per_class": None,
     }
     if not blessed:
         assert gate["reasons"] == [
@@ -407,6 +426,7 @@ def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, 
         "shared_classes": None,
         "label_change": None,
         "comparison_waived": None,
+        "per_class": None,
     }
 
 
@@ -722,12 +742,11 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
 
     calls = []
 
-    def measured(seen, files, model_dirs, batch_size, balanced):
-        assert balanced is False  # 28 and 27 eval examples: accuracy is gated
+    def measured(seen, files, model_dirs, batch_size):
         calls.append((list(seen), files, model_dirs, batch_size))
-        return list(on_unseen)
+        return [_Answers(v, balanced_ok=False) for v in on_unseen]  # 28 and 27 eval examples: accuracy
 
-    monkeypatch.setattr(unseen_comparison, "accuracies_on_unseen", measured)
+    monkeypatch.setattr(unseen_comparison, "answers_on_unseen", measured)
     # Overall the candidate has 0.95; TFMA gets no baseline (its number would count the seen images).
     resplit = _resplit(tmp_path, seen=30, unseen=25)
     gate, outputs = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.95, 55, {}, None))
@@ -750,6 +769,7 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
         "shared_classes": None,
         "label_change": None,
         "comparison_waived": None,
+        "per_class": None,
     }
     assert outputs["blessing"][0].get_int_custom_property("blessed") == int(blessed)
     if not blessed:
@@ -764,7 +784,7 @@ def test_too_few_unseen_eval_images_skip_the_comparison_and_say_why(tmp_path, fa
     from components.gate_decision import EvalResults
 
     monkeypatch.setattr(
-        unseen_comparison, "accuracies_on_unseen", lambda *a, **k: pytest.fail("nothing to compare on")
+        unseen_comparison, "answers_on_unseen", lambda *a, **k: pytest.fail("nothing to compare on")
     )
     resplit = _resplit(tmp_path, seen=46, unseen=14)
     gate, _ = _evaluate_resplit(tmp_path, fake_tfma, resplit, EvalResults(0.9, 60, {}, None))
@@ -1035,7 +1055,8 @@ def test_a_regression_on_the_images_neither_model_trained_on_unblesses_in_the_ju
     assert (gate["baseline"]["accuracy"], gate["baseline"]["candidate_accuracy"]) == (1.0, 0.25)
     assert gate["blessed"] is False and gate["reasons"] == [
         "accuracy 0.250 on the 20 eval examples neither model trained on regressed from the latest blessed "
-        "model's 1.000 by more than max_regression 0.000"
+        "model's 1.000 by more than max_regression 0.000; where it fell: 'a' 10 of 10 right, now 2, 'b' 10 "
+        "of 10 right, now 3"
     ]
     assert outputs["blessing"][0].get_int_custom_property("blessed") == 0
 
@@ -1074,7 +1095,8 @@ def test_copies_alone_do_not_stop_the_comparison_on_a_small_split(tmp_path, fake
     assert (gate["baseline"]["candidate_accuracy"], gate["baseline"]["accuracy"]) == (16 / 19, 1.0)
     assert gate["blessed"] is False and gate["reasons"] == [
         "accuracy 0.842 on the 19 distinct eval images neither model trained on regressed from the latest "
-        "blessed model's 1.000 by more than max_regression 0.000"
+        "blessed model's 1.000 by more than max_regression 0.000; where it fell: 'a' 10 of 10 right, now 8, "
+        "'b' 9 of 9 right, now 8"
     ]
 
 
@@ -1217,7 +1239,8 @@ def test_balanced_accuracy_is_compared_with_the_baselines_mean_recall(tmp_path, 
     assert gate["baseline"]["candidate_accuracy"] == pytest.approx(0.74)
     assert gate["blessed"] is False and blessing.get_int_custom_property("blessed") == 0
     assert gate["reasons"] == [
-        "balanced accuracy 0.740 regressed from the latest blessed model's 0.850 by more than max_regression 0.000"
+        "balanced accuracy 0.740 regressed from the latest blessed model's 0.850 by more than max_regression "
+        "0.000; where it fell: 'defect' 16 of 20 right, now 10"
     ]
     # Its plain accuracy (0.93) is higher than the baseline's (0.9): on accuracy it would pass.
     gate, blessing = _balanced_case(

@@ -105,7 +105,10 @@ def test_accuracies_count_only_the_unseen_records(tmp_path, serving_model):
     """Seen records carry wrong labels: counted, they would pull the accuracy down."""
     import tensorflow as tf
 
-    from components.unseen_comparison import accuracies_on_unseen
+    from components.unseen_comparison import answers_on_unseen
+
+    def accuracies_on_unseen(seen, files, dirs, batch_size, balanced=False):
+        return [a.value(balanced) for a in answers_on_unseen(seen, files, dirs, batch_size)]
 
     items = serving_model.items
     records, seen = [], []
@@ -141,6 +144,9 @@ def test_accuracies_count_only_the_unseen_records(tmp_path, serving_model):
     )
     assert balanced == [pytest.approx(float(np.mean(list(recall.values()))), abs=1e-9)]
     assert balanced[0] != pytest.approx(expected)
+    # Each class's records among the unseen ones, as the gate's per-class comparison counts them.
+    [answers] = answers_on_unseen(mask, str(tmp_path / "eval"), [serving_model.export_dir], 5)
+    assert answers.counts() == {c: sum(1 for _, label in unseen if label == c) for c in recall}
 
     with pytest.raises(ValueError, match="changed while it was read"):
         accuracies_on_unseen(np.append(mask, False), str(tmp_path / "eval"), [serving_model.export_dir], 64)
