@@ -45,6 +45,9 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
     if config.data_dir and any(marker in lowered for marker in _PARSE_MARKERS):
         # A record further in than the first (the one a run checks) with two labels, a label of
         # numbers, no image: TensorFlow's or Beam's text names the feature, not the record.
+        log.info(
+            "looking for the records that are not an Example of one image and one label (reads every record)"
+        )
         message += _explained(
             lambda: records_off_contract(config.data_dir, limit=MAX_NAMED),
             "records that are not an Example of one 'image' and one 'label' (bytes each; write them "
