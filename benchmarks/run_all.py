@@ -52,6 +52,7 @@ BENCHMARKS = (
     "home_history",
     "label_record",
     "jpeg_idct",
+    "image_index",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
