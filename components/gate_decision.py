@@ -1014,23 +1014,25 @@ def compared_classes(
 MAX_DROPS_SHOWN = 3
 
 
-def largest_drops(per_class: Mapping[str, tuple[int, float, float]] | None) -> str:
-    """ "; where it fell: 'two' 2 of 2 right -> 0, ..." for the classes whose right answers fell
-    most (at most MAX_DROPS_SHOWN), "" when none fell or nothing was measured."""
+def largest_drops(per_class: Mapping[str, tuple[int, float, float]] | None, balanced: bool = False) -> str:
+    """ "; where it fell: 'two' 2 of 2 right, now 0, ..." for the classes that cost the candidate
+    most (at most MAX_DROPS_SHOWN): by right answers lost, or with `balanced` (each class's recall
+    weighs the same) by recall lost; "" when none fell or nothing was measured."""
     if not per_class:
         return ""
     lost = []
     for c, (n, mine, theirs) in per_class.items():
         before, now = round(theirs * n), round(mine * n)
         if now < before:
-            lost.append((before - now, c, n, before, now))
+            lost.append(((theirs - mine) if balanced else before - now, c, n, before, now))
     if not lost:
         return ""
     lost.sort(key=lambda t: (-t[0], t[1]))
     shown = ", ".join(
         f"{_q(c)} {before} of {n} right, now {now}" for _, c, n, before, now in lost[:MAX_DROPS_SHOWN]
     )
-    more = f" (and {len(lost) - MAX_DROPS_SHOWN} more classes)" if len(lost) > MAX_DROPS_SHOWN else ""
+    rest = len(lost) - MAX_DROPS_SHOWN
+    more = f" (and {rest} more {'class' if rest == 1 else 'classes'})" if rest > 0 else ""
     return f"; where it fell: {shown}{more}"
 
 
@@ -1280,7 +1282,8 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
             )
             out.append(
                 f"{plan.floor.metric_text} {current:.3f}{where} regressed from the latest blessed model's {base_text} "
-                f"by more than max_regression {plan.max_regression:.3f}{way}{largest_drops(results.compared_per_class)}"
+                f"by more than max_regression {plan.max_regression:.3f}{way}"
+                f"{largest_drops(results.compared_per_class, plan.metric == METRIC_BALANCED)}"
             )
         elif f.precision:
             out.append(_precision_reason(plan, results, f))

@@ -464,6 +464,11 @@ def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_written_as_text(tmp_
         "'=2+5+cmd|calc!A0.png,3,cat,0.2",
     ]
     assert json.loads(json_line(scored))["path"] == "=2+5+cmd|calc!A0.png"
+    # Numbers are numbers to a spreadsheet, not formulas: binary labels -1 and +1 stay as they are.
+    assert csv_rows(ScoredImage("a.png", ["-1", "+1"], [0.6, 0.4], "m")) == [
+        "a.png,1,-1,0.6",
+        "a.png,2,+1,0.4",
+    ]
 
 
 def test_bad_arguments_name_the_flag(model, folder, tmp_path):

@@ -298,6 +298,11 @@ def test_a_regression_says_which_classes_it_fell_on_with_their_counts():
         "(and 2 more classes)"
     )
     assert largest_drops({"a": (5, 1.0, 0.8)}) == "" and largest_drops(None) == ""
+    # Balanced accuracy weighs each class's recall the same: a class of 2 images that fell from 1.0
+    # to 0 is the cause, before three of 100 that lost 3 answers each.
+    mixed = {f"b{i}": (100, 0.90, 0.93) for i in (1, 2, 3)} | {"tiny": (2, 0.0, 1.0)}
+    assert largest_drops(mixed, balanced=True).startswith("; where it fell: 'tiny' 2 of 2 right, now 0, 'b1'")
+    assert largest_drops(mixed).endswith("'b3' 93 of 100 right, now 90 (and 1 more class)")
     # A class one model has no recall for (not measured): no per-class comparison, not a wrong one.
     assert compared_classes({"a": 3}, {"a": 1.0}, {}) is None
 

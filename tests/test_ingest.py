@@ -658,6 +658,10 @@ def test_a_run_failing_on_a_record_of_another_shape_names_the_records(tmp_path: 
     )
     assert "record 1: feature 'label' holds 2 values" in _failure_message(config, "DataGate", gate)
     assert len(records_off_contract(str(out), limit=2)) == 2
+    # The scoring steps read score_data (images without labels), not data_dir: not searched there.
+    from pipeline.pipeline import SCORING_IDS
+
+    assert "records that are not an Example" not in _failure_message(config, SCORING_IDS[0], statistics)
     # The same faults in a file's first record stop the run before it starts, with the same words.
     with tf.io.TFRecordWriter(str(extra)) as w:
         w.write(example(image=strings(good), label=strings(b"a", b"b")))

@@ -355,7 +355,11 @@ def test_the_baseline_row_names_the_model_it_was():
     assert data.name_baseline("not compared: its classes differ", dict(model, pushed=None)) == (
         "not compared: its classes differ; the latest blessed model: trained by run r1, no push of it recorded"
     )
-    for missing in (None, {}, {"run_id": None}, "r1"):
+    # The run that trained it unknown (ML Metadata names no execution): the version alone.
+    assert data.name_baseline("latest blessed model", dict(model, run_id="?")) == (
+        "latest blessed model (version 17)"
+    )
+    for missing in (None, {}, {"run_id": None}, {"run_id": "?", "pushed": None}, "r1"):
         assert data.name_baseline("not compared: no blessed model yet", missing) == (
             "not compared: no blessed model yet"
         )

@@ -69,12 +69,19 @@ def output_format(path: str) -> str:
 
 
 # What makes a spreadsheet read a cell as a formula (`=cmd|...`, `@SUM(...)`): a file or class
-# name starting so is written after a ' (the CSV cell then shows the text; JSON Lines keep it).
+# name starting so, other than a number ('-1'), is written after a ' (the CSV cell then shows the
+# text; JSON Lines keep it).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _text_cell(value: str) -> str:
-    return "'" + value if value.startswith(_FORMULA_START) else value
+    if not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value)  # '-1', '+1' (binary labels): a number to a spreadsheet, not a formula
+    except ValueError:
+        return "'" + value
+    return value
 
 
 def csv_rows(scored: ScoredImage) -> list[str]:

@@ -42,7 +42,11 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
             lambda: damaged_tfrecord_files(*inputs[component]),
             "damaged TFRecord files (write them again, e.g. `imgpipe ingest`)",
         )
-    if config.data_dir and any(marker in lowered for marker in _PARSE_MARKERS):
+    if (
+        config.data_dir
+        and component not in SCORING_IDS
+        and any(marker in lowered for marker in _PARSE_MARKERS)
+    ):
         # A record further in than the first (the one a run checks) with two labels, a label of
         # numbers, no image: TensorFlow's or Beam's text names the feature, not the record.
         log.info(

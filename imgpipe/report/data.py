@@ -837,11 +837,14 @@ def gather(
 def name_baseline(note: str, baseline_model: Any) -> str:
     """The baseline row's note with which model the baseline was (the summary's `baseline_model`:
     the run that trained it, the version its newest push made), so "0.91" is a model one can find."""
-    if not isinstance(baseline_model, Mapping) or not baseline_model.get("run_id"):
+    if not isinstance(baseline_model, Mapping):
         return note
-    pushed = baseline_model.get("pushed")
+    run, pushed = baseline_model.get("run_id"), baseline_model.get("pushed")
     version = f"version {os.path.basename(str(pushed).rstrip('/'))}" if pushed else "no push of it recorded"
-    who = f"trained by run {baseline_model['run_id']}, {version}"
+    known_run = isinstance(run, str) and run and not run.startswith(("?", "execution "))
+    if not known_run and not pushed:
+        return note
+    who = f"trained by run {run}, {version}" if known_run else version
     prefix = "latest blessed model"
     if note.startswith(prefix):
         return f"{prefix} ({who}){note[len(prefix) :]}"
