@@ -310,6 +310,10 @@ def test_a_record_with_two_labels_does_not_stop_the_image_index(tmp_path):
     ids, labels = image_ids.split_index(path)
     assert list(labels) == ["a", "b", "", "d"]  # an example's first value; none: ""
     assert list(ids) == [image_ids.fingerprint(x) for x in (b"x", b"y", b"", b"z")]
+    # The record of two labels in a later batch: the batches before it are not given twice.
+    got = [(list(i), list(lab)) for i, lab, _ in image_ids.batches(path, size=1)]
+    assert [lab for _, lab in got] == [[b"a"], [b"b"], [b""], [b"d"]]
+    assert [i for i, _ in got] == [[image_ids.fingerprint(x)] for x in (b"x", b"y", b"", b"z")]
 
 
 def test_empty_and_missing_splits():

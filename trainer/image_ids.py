@@ -45,21 +45,39 @@ def batches(
 
     A record without an image or a label has b"" there, one with more than one its first (the
     data gate refuses such splits before training, from their statistics: here they must not
-    stop it before it says so).
+    stop it before it says so). Records are parsed as one value each, the fast way; from the
+    first batch that holds another count, the rest are parsed as lists (BENCHMARKS.md, "The
+    image index's parse").
     """
-    spec = {IMAGE_KEY: tf.io.RaggedFeature(tf.string), LABEL_KEY: tf.io.RaggedFeature(tf.string)}
+    fixed = {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+    ragged = {IMAGE_KEY: tf.io.RaggedFeature(tf.string), LABEL_KEY: tf.io.RaggedFeature(tf.string)}
 
     def first(values):
         return values[:, :1].to_tensor(default_value="", shape=[None, 1])[:, 0]
 
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
+    def parse_fixed(serialized):
+        parsed = tf.io.parse_example(serialized, fixed)
+        return parsed[IMAGE_KEY], parsed[LABEL_KEY], serialized
+
+    def parse_ragged(serialized):
+        parsed = tf.io.parse_example(serialized, ragged)
         return first(parsed[IMAGE_KEY]), first(parsed[LABEL_KEY]), serialized
 
-    dataset = data.raw_examples(file_pattern).batch(size).map(parse)
-    for images, labels, serialized in dataset.as_numpy_iterator():
-        ids = np.fromiter((fingerprint(x) for x in images), dtype=np.uint64, count=len(images))
-        yield ids, list(labels), list(serialized)
+    done = 0  # batches yielded
+    for parse in (parse_fixed, parse_ragged):
+        dataset = data.raw_examples(file_pattern).batch(size).skip(done).map(parse)
+        try:
+            for images, labels, serialized in dataset.as_numpy_iterator():
+                ids = np.fromiter((fingerprint(x) for x in images), dtype=np.uint64, count=len(images))
+                yield ids, list(labels), list(serialized)
+                done += 1
+            return
+        except tf.errors.InvalidArgumentError:
+            if parse is parse_ragged:
+                raise
 
 
 def split_ids(file_pattern: str | Sequence[str]) -> np.ndarray:
