@@ -108,6 +108,29 @@ def rolled_back_models(log_path: str) -> dict[str, str]:
     return out
 
 
+def versions_taken_out(home: str) -> set[str]:
+    """The versions `imgpipe rollback` took out of serving in `home` and no rollback served again
+    since (its `--to`, with `--undo` or not), from the rollback log: what `rollback --to V --undo`
+    may still need. Empty when there is no log or it cannot be read."""
+    import json
+
+    try:
+        with open(os.path.join(home, ROLLBACK_LOG), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    out: set[str] = set()
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            if "to_version" in entry:
+                out.discard(str(entry["to_version"]))
+            out.update(str(m["version"]) for m in entry.get("marked") or [] if m.get("version") is not None)
+        except (ValueError, AttributeError, TypeError, KeyError):
+            continue
+    return out
+
+
 def served_copies(home: str) -> list[dict]:
     """The copies `imgpipe rollback` served in `home`, oldest first, from its rollback log's
     `served` lines: [{serving_dir, version, copy_of}] (versions as strings). [] when there is no

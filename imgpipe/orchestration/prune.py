@@ -51,7 +51,7 @@ from imgpipe.orchestration.lock import home_lock
 from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
 from serving import model_files
-from serving.model_fingerprint import served_copies
+from serving.model_fingerprint import served_copies, versions_taken_out
 from serving.version_names import version_number
 from trainer import liveness
 
@@ -359,6 +359,7 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
             "under Airflow keep no records): no version removed",
             result.home,
         )
+    taken_out = versions_taken_out(result.home)
     for serving_dir, ours in sorted(pushed.items()):
         versions = sorted(
             (number, name)
@@ -389,6 +390,12 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
         for _, name in versions[: len(versions) - kept]:
             path = os.path.join(serving_dir, name)
             if name not in ours:  # another home's, or copied in by hand: not this prune's
+                result.versions_kept.append(path)
+                continue
+            if name in taken_out:  # `rollback --to NAME --undo` serves it again: not this prune's either
+                log.info(
+                    "served version %s was taken out by a rollback: kept, so the rollback can be undone", path
+                )
                 result.versions_kept.append(path)
                 continue
             if result.dry_run:
