@@ -183,6 +183,29 @@ def test_new_version_loads_before_the_old_one_drains(tiny_export, tmp_path):
     manager.stop()
 
 
+def test_a_request_still_on_a_version_released_after_its_drain_still_answers(tiny_export, tmp_path):
+    """The drain timed out (or a second shutdown signal cut it): the version is released with a
+    request still on it. Closed, its signatures were gone: the request got FAILED_PRECONDITION
+    "Serving signature key not found" (an audit, from the code). It answers; then it is freed."""
+    import gc
+    import weakref
+
+    _push(tmp_path, tiny_export, 1)
+    manager = manager_lib.ModelManager(NAME, str(tmp_path), drain_seconds=0.1)
+    manager.poll_once()
+    _push(tmp_path, tiny_export, 2)
+    with manager.acquire(_spec()) as held:
+        manager.poll_once()  # version 2 in, version 1 released after 0.1 s with `held` on it
+        assert _state(manager, 1) == State.END and manager.serving_versions() == [2]
+        out = held.run("predict_images", {"images": np.array([b"x"], dtype=object)})
+        assert out["scores"].shape == (1, 2)
+        released = weakref.ref(held)
+    del held
+    gc.collect()
+    assert released() is None  # nothing else keeps the released version
+    manager.stop()
+
+
 def test_failed_version_keeps_the_old_one_and_retries_only_when_files_change(
     tiny_export, tmp_path, monkeypatch
 ):

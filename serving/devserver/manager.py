@@ -222,7 +222,8 @@ class ModelManager:
             version,
             loaded.in_flight,
         )
-        if not loaded.drain(self.drain_seconds):
+        drained = loaded.drain(self.drain_seconds)
+        if not drained:
             log.warning(
                 "version %d still has %d requests after %s; releasing it (they keep their own reference)",
                 version,
@@ -231,7 +232,10 @@ class ModelManager:
             )
         with self._lock:
             self._draining.discard(loaded)
-        loaded.close()
+        if drained:
+            loaded.close()
+        # Else the requests still on it hold the version whole (closed, a request between taking it
+        # and calling its signature would find none): its memory goes with the last of them.
         del loaded
         gc.collect()
         self._set_state(VersionStatus(version, State.END))
