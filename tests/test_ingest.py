@@ -588,8 +588,23 @@ def test_a_run_failing_on_an_image_names_the_records_the_model_cannot_decode(tmp
     head, *rest = _failure_message(config, "Transform", transform).splitlines()
     assert head.startswith("Transform failed: ValueError: An error occurred")
     assert rest[0].startswith("records whose image the model cannot decode")
-    assert [line.strip().split(": ", 1)[0] for line in rest[1:]] == [f"{extra} record 1", f"{extra} record 3"]
+    assert [line.strip().split(": ", 1)[0] for line in rest[1:3]] == [
+        f"{extra} record 1",
+        f"{extra} record 3",
+    ]
     assert "not a decodable image" in rest[1] and "over the limit of 1000 pixels" in rest[2]
+    # An image over the run's pixel limit among them: the flag that takes it is named (an audit:
+    # ingest took 48 MP images with --max-pixels, the run refused them, and only "re-encode" was said).
+    assert rest[3].startswith("images over max_image_pixels (1000) are among them") and (
+        "pass --max-image-pixels" in rest[3]
+    )
+    # And the run says so before it starts, when the data's ingest took more than it will.
+    from imgpipe.orchestration.local import pixel_limit_mismatch
+
+    assert pixel_limit_mismatch(PipelineConfig(data_dir=str(out))) is None  # both at the default
+    ingested = json.loads((out / "ingest_report.json").read_text())
+    assert ingested["max_pixels"] > 1000
+    assert "pass --max-image-pixels " + str(ingested["max_pixels"]) in pixel_limit_mismatch(config)
     # Progress on a long scan: the count of records read, every `progress_every`.
     from imgpipe.ingest.contract import undecodable_images
 

@@ -58,11 +58,18 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
             "again, e.g. `imgpipe ingest`)",
         )
     if component in _DECODING and config.data_dir and any(m in error.lower() for m in _DECODE_MARKERS):
-        message += _explained(
+        found = _explained(
             lambda: _undecodable_records(config, ("eval",) if component == "Evaluator" else SPLITS),
             "records whose image the model cannot decode (remove or re-encode them; `imgpipe ingest` "
             "decodes every image before writing it)",
         )
+        message += found
+        if _OVER_LIMIT in found:
+            limit = config.training.max_image_pixels
+            message += (
+                f"\nimages over max_image_pixels ({limit}) are among them: if they are whole images (`imgpipe "
+                f"ingest --max-pixels` above {limit} took them), pass --max-image-pixels with a higher limit"
+            )
     if component == SCORING_IDS[1] and config.score_data:
         message += _explained(
             lambda: undecodable_images(config.score_data),
@@ -114,6 +121,7 @@ _DECODE_MARKERS = (
     "palette (indexed-colour) bmp",
 )
 MAX_NAMED = 10
+_OVER_LIMIT = "(max_image_pixels)"  # in the graph's refusal of an image over the pixel limit
 # What TensorFlow's parser and TFX-BSL's decoder say of a record with a feature of the wrong kind
 # or count (any component that reads the examples).
 _PARSE_MARKERS = (

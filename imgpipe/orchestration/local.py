@@ -224,6 +224,9 @@ def run_local(
             raise ConfigError(f"weights: {e}") from e
     split_cpu_for(config)  # before the data check below: reading a record initialises TensorFlow
     weights_digest = check_weights_file(config)  # builds a model: after the CPU split
+    wider = pixel_limit_mismatch(config)
+    if wider:
+        log.warning("%s", wider)
     if lock_wait > 0:
         check_data_dir(config.data_dir)  # unusable records fail now, not after the wait
     run_id = new_run_id()
@@ -509,6 +512,24 @@ def _summarise_finished(config: PipelineConfig, run_id: str) -> RunSummary:
         _stop(config, run_id, None, e, when="after every component finished")
         raise
     return summary
+
+
+def pixel_limit_mismatch(config: PipelineConfig) -> str | None:
+    """What to say when the data's ingest took images up to more pixels than the run's graph
+    accepts (its ingest_report.json's max_pixels over max_image_pixels): such an image stops the
+    run in Transform. None: the same limit or a lower one, or no report (records made another way)."""
+    try:
+        with open(os.path.join(config.data_dir, INGEST_REPORT_FILE), encoding="utf-8") as f:
+            taken = json.load(f).get("max_pixels")
+    except (OSError, ValueError, AttributeError):
+        return None
+    limit = config.training.max_image_pixels
+    if not isinstance(taken, int) or isinstance(taken, bool) or not limit or taken <= limit:
+        return None
+    return (
+        f"the data was ingested with --max-pixels {taken}, over this run's max_image_pixels {limit}: an image "
+        f"over {limit} pixels in it stops the run in Transform; pass --max-image-pixels {taken} to take them"
+    )
 
 
 def left_out_classes(data_dir: str) -> list[dict]:
