@@ -1234,9 +1234,11 @@ def judged_results(
 
 def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
     """Why the model was not blessed, one sentence per failed threshold (empty when none failed):
-    the floor first, then the comparison with the served model, then each class's (in TFMA's
-    order a class's recall could come first, before the floor, of 17 reasons)."""
+    the floor first, then the comparison with the served model, then the precisions, then the
+    classes' recall, lowest first, or one sentence for many (`_class_reasons`). (In TFMA's order a
+    class's recall could come first, before the floor, of 17 reasons.)"""
     out = []
+    classes: list[tuple[float, str, str]] = []  # (recall, class, sentence) below min_class_recall
     known = set(plan.class_names)
 
     def rank(f: Failure) -> int:
@@ -1312,9 +1314,32 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
                     f" ({counted(n, 'eval image')} of the class: one mistake fails it; give the eval "
                     "split more, --eval-fraction at ingest, or lower --min-class-recall)"
                 )
-            out.append(text)
+            classes.append((value, str(f.class_name), text))
+    out.extend(_class_reasons(plan, classes))
     out.extend(f"TFMA: {p}" for p in results.problems)
     return out
+
+
+MAX_CLASS_REASONS = 10  # more classes below min_class_recall than this: one reason for them all
+LOWEST_SHOWN = 5
+
+
+def _class_reasons(plan: GatePlan, classes: list[tuple[float, str, str]]) -> list[str]:
+    """The classes below min_class_recall, lowest recall first: a sentence each, or, past
+    MAX_CLASS_REASONS of them, one sentence with the count and the lowest few (a 300-class model
+    gave 291 lines, in no order a reader could use; gate.json keeps each class's recall)."""
+    classes.sort(key=lambda c: (c[0] if c[0] == c[0] else -1.0, c[1]))  # NaN (no recall) first
+    if len(classes) <= MAX_CLASS_REASONS:
+        return [text for _, _, text in classes]
+    lowest = ", ".join(
+        f"{_q(name)} {value:.3f} ({counted(plan.eval_class_counts.get(name, 0), 'eval image')})"
+        for value, name, _ in classes[:LOWEST_SHOWN]
+    )
+    return [
+        f"{len(classes)} of the {len(plan.eval_classes)} eval classes have recall below min_class_recall "
+        f"{plan.min_class_recall or 0.0:.3f}; the lowest: {lowest}; each class's recall is in gate.json's "
+        "per_class_recall and the report's per-class table"
+    ]
 
 
 def _precision_reason(plan: GatePlan, results: EvalResults, f: Failure) -> str:

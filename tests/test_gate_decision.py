@@ -307,6 +307,36 @@ def test_a_regression_says_which_classes_it_fell_on_with_their_counts():
     assert compared_classes({"a": 3}, {"a": 1.0}, {}) is None
 
 
+def test_many_classes_below_the_recall_floor_are_one_reason_lowest_first():
+    """300 classes, 291 below min_class_recall: 291 reasons on the run's stderr, the report and
+    gate.json, in TFMA's order (an audit). Up to MAX_CLASS_REASONS they are a sentence each,
+    lowest recall first; past it, one sentence with the count and the lowest."""
+    from components.gate_decision import MAX_CLASS_REASONS
+
+    names = [f"c{i:02d}" for i in range(30)]
+    plan = plan_gate(
+        GateConfig(min_accuracy=0.0, significance=0, min_class_recall=0.5),
+        dict.fromkeys(names, 10),
+        names,
+        None,
+    )
+    recall = {c: (0.05 * (i % 7)) for i, c in enumerate(names)}
+    few = [Failure(c, False, recall[c]) for c in ("c03", "c01", "c02")]
+    assert reasons(plan, EvalResults(0.5, 300, recall, None, failures=few)) == [
+        "class 'c01' recall 0.050 is below min_class_recall 0.500",
+        "class 'c02' recall 0.100 is below min_class_recall 0.500",
+        "class 'c03' recall 0.150 is below min_class_recall 0.500",
+    ]
+    many = [Failure(c, False, recall[c]) for c in reversed(names)]
+    assert len(many) > MAX_CLASS_REASONS
+    assert reasons(plan, EvalResults(0.5, 300, recall, None, failures=many)) == [
+        "30 of the 30 eval classes have recall below min_class_recall 0.500; the lowest: 'c00' 0.000 (10 "
+        "eval images), 'c07' 0.000 (10 eval images), 'c14' 0.000 (10 eval images), 'c21' 0.000 (10 eval "
+        "images), 'c28' 0.000 (10 eval images); each class's recall is in gate.json's per_class_recall and "
+        "the report's per-class table"
+    ]
+
+
 def test_recall_reason_says_when_one_mistake_fails_a_class():
     """40 classes of 1 eval image: a model right on 19 was refused by 21 recall lines, none saying
     that one wrong answer fails such a class (an audit)."""
