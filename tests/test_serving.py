@@ -1173,6 +1173,13 @@ def test_cli_predict_top_k_and_batches(server, model, tmp_path, capsys):
     assert [x["image"] for x in lines] == paths
     assert [x["classes"][0] for x in lines] == [model.items[i][1] for i in (0, 20, 30)]
     assert all(len(x["classes"]) == len(x["scores"]) == 2 for x in lines)
+    # More than the signature gives (its 5 best at most): what it gives, said once (an audit: 5
+    # classes for --top-k 300 without a word).
+    gives = min(5, len({label for _, label in model.items}))
+    assert _predict_cli(server.target, "--top-k", "9", "--batch-size", "2", *paths) == 0
+    captured = capsys.readouterr()
+    assert all(len(json.loads(x)["classes"]) == gives for x in captured.out.splitlines())
+    assert captured.err.count("--top-k 9: the model's predict_images signature answers with") == 1
 
 
 @pytest.mark.parametrize(

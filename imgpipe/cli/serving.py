@@ -33,6 +33,8 @@ from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
     from serving.client import Prediction, ServingClient
 
+log = logging.getLogger(__name__)
+
 
 # -- imgpipe serve ---------------------------------------------------------------------
 
@@ -235,7 +237,8 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         "--top-k",
         type=whole_number(1, None, "a whole number >= 1"),
         default=None,
-        help="keep the K best classes (default: all the model gives)",
+        help="keep the K best classes (default: all the model gives; an imgpipe model's predict_images "
+        "gives its 5 best, warned about when K is more)",
     )
     parser.add_argument(
         "--timeout",
@@ -347,6 +350,7 @@ def _predict(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from e
     scored = 0
+    short = False  # said that the model answers with fewer classes than --top-k
     with client:
         try:
             for path, result in _predict_in_parts(client, args, readable, RequestBudget(CLIENT_MESSAGE_MB)):
@@ -355,6 +359,14 @@ def _predict(args: argparse.Namespace) -> int:
                     error(f"{display_path(path)}: {why}")
                     failed += 1
                     continue
+                if args.top_k and len(result.classes) < args.top_k and not short:
+                    short = True
+                    log.warning(
+                        "--top-k %d: the model's %s signature answers with %d classes; those are shown",
+                        args.top_k,
+                        args.signature,
+                        len(result.classes),
+                    )
                 # As predict-batch and ingest show names: a byte that is not UTF-8 as \xNN, so
                 # the JSON is valid UTF-8 and no two files print as one name.
                 # `version`: the model version that answered (after a push or a rollback, the one
