@@ -452,6 +452,28 @@ def test_a_class_name_the_font_lacks_draws_without_a_warning_per_glyph(tmp_path)
     assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
 
 
+def test_a_matrix_too_large_for_names_is_numbered_as_the_per_class_table():
+    """300 classes: the matrix's axes carry numbers only, and nothing said which class a number
+    was (an audit). The caption says, and the per-class table numbers its rows."""
+    from imgpipe.report import figures, html
+
+    names = [f"c{i:03d}" for i in range(figures.TICKS_MAX + 1)]
+    matrix = [[5 if i == j else 0 for j in range(len(names))] for i in range(len(names))]
+    d = dataclasses.replace(
+        _report_data(["7", "5"]),
+        class_names=names,
+        rows=names,
+        confusion=matrix,
+        per_class=data.per_class_rows(names, names, matrix),
+    )
+    page = html.render(d, {})
+    assert "the axes are numbered: number i is the class in row # i of the per-class table" in page
+    assert "<th>#</th>" in page
+    assert '<td class="num">60</td><td>c060</td>' in page
+    small = dataclasses.replace(_report_data(["7", "5"]))
+    assert "axes are numbered" not in html.render(small, {}) and "<th>#</th>" not in html.render(small, {})
+
+
 def test_report_json_round_trips_without_the_image_bytes(written):
     page, d = written
     loaded = build.load_report(os.path.dirname(os.path.dirname(page)))

@@ -23,7 +23,7 @@ DPI = 100
 THUMBNAIL_PX = 96
 _LABEL_CHARS = 18  # class names are cut to this many characters on axes (the page shows them whole)
 _ANNOTATE_MAX = 25  # above this many classes the cells carry no numbers
-_TICKS_MAX = 60  # above this many classes the axes carry no class names
+TICKS_MAX = 60  # above this many classes the axes carry no class names
 
 
 def _short(name: str) -> str:
@@ -89,7 +89,7 @@ def confusion_matrix(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix, row-normalised" if normalised else "Confusion matrix, counts")
-    if max(n_rows, n_cols) <= _TICKS_MAX:
+    if max(n_rows, n_cols) <= TICKS_MAX:
         # parse_math=False: a class name is text; '$...$' in one would be read as mathtext.
         ax.set_xticks(range(n_cols), _axis_labels(columns), rotation=45, ha="right", parse_math=False)
         ax.set_yticks(range(n_rows), _axis_labels(rows), parse_math=False)

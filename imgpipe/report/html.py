@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from imgpipe.report import figures as figures_lib
 from imgpipe.report.data import ReportData, confused_pairs, floor_text
 from trainer.features import label_text
 
@@ -134,24 +135,31 @@ def _confused(d: ReportData) -> str:
     )
 
 
+def _numbered_axes(d: ReportData) -> bool:
+    """Whether the confusion matrix's axes carry numbers, not names (too many classes)."""
+    return max(len(d.rows), len(d.class_names)) > figures_lib.TICKS_MAX
+
+
 def _per_class(d: ReportData) -> str:
+    numbered = _numbered_axes(d)  # then each row's number on the matrix's axes comes first
     rows = [
         [
+            *([str(i)] if numbered else []),
             esc(label_text(r.name)) + ("" if r.in_vocabulary else " <small>(not a model class)</small>"),
             _num(r.precision, 3),
             _num(r.recall, 3),
             str(r.support),
             str(r.predicted),
         ]
-        for r in d.per_class
+        for i, r in enumerate(d.per_class)
     ]
     acc = f"{_num(d.accuracy)} over {d.examples} labelled eval examples"
     if d.evaluator_accuracy is not None:
         acc += f" (the Evaluator measured {_num(d.evaluator_accuracy)})"
     return f"<p>Accuracy of these predictions: {esc(acc)}</p>" + _table(
-        ["class", "precision", "recall", "support", "predicted"],
+        [*(["#"] if numbered else []), "class", "precision", "recall", "support", "predicted"],
         rows,
-        numeric=[False, True, True, True, True],
+        numeric=[*([True] if numbered else []), False, True, True, True, True],
     )
 
 
@@ -210,6 +218,12 @@ def render(d: ReportData, figures: dict[str, str], summary_link: str | None = No
     artifacts = _table(
         ["artifact", "path"], [[esc(k), f"<code>{esc(v)}</code>"] for k, v in d.artifacts.items()]
     )
+    numbered = (
+        f" With more than {figures_lib.TICKS_MAX} classes the axes are numbered: number i is the class in row"
+        " # i of the per-class table below."
+        if _numbered_axes(d)
+        else ""
+    )
     states = ", ".join(f"{esc(k)}: {esc(v)}" for k, v in d.states.items())
     summary = f'<p><a href="{esc(summary_link)}">the run summary (JSON)</a></p>' if summary_link else ""
     return f"""<!DOCTYPE html>
@@ -221,7 +235,7 @@ def render(d: ReportData, figures: dict[str, str], summary_link: str | None = No
 <h2 id="gate">Gate decision</h2>
 {_gate(d)}
 <h2 id="confusion">Confusion matrix</h2>
-<p>Rows: true class; columns: the model's top class. {d.examples} labelled eval examples.</p>
+<p>Rows: true class; columns: the model's top class. {d.examples} labelled eval examples.{numbered}</p>
 <div class="figures">{confusion}</div>
 <h2 id="per-class">Per class</h2>
 {_per_class(d)}
