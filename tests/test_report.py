@@ -431,7 +431,7 @@ def test_a_right_to_left_override_in_a_class_name_does_not_reorder_the_page():
     record = dict(_gate_record(["7", "5"]), per_class_recall={hostile: 0.8, "cat": 1.0})
     d = dataclasses.replace(_report_data(["7", "5"]), gate=data.gate_from_record(record))
     page = html.render(d, {})
-    assert "\u202e" not in page and "a[U+202E]gnp.exe: 0.8000, cat: 1.0000" in page
+    assert "\u202e" not in page and "a[U+202E]gnp.exe (" in page and "): 0.8000, cat: 1.0000" in page
     assert html.esc("\u2067x\u2069 <b>") == "[U+2067]x[U+2069] &lt;b&gt;"
     assert html.esc("👩\u200d👩") == "👩\u200d👩"  # a joiner inside an emoji is not a control
 
@@ -450,6 +450,23 @@ def test_a_class_name_the_font_lacks_draws_without_a_warning_per_glyph(tmp_path)
         )
     assert os.path.getsize(tmp_path / "c.png") > 0
     assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_the_gate_details_point_to_the_per_class_table_past_20_classes():
+    """300 classes gave a 7,700-character per_class_recall line in the text report, repeating the
+    per-class table under it (an audit)."""
+    names = [f"c{i:02d}" for i in range(data.MAX_DETAIL_CLASSES + 1)]
+    record = dict(
+        _gate_record(["7", "5"]),
+        per_class_recall=dict.fromkeys(names, 0.5),
+        per_class_precision=dict.fromkeys(names, 0.5),
+        per_class_answered=dict.fromkeys(names, 1),
+    )
+    details = dict(data.gate_from_record(record).details)
+    assert details["per_class_recall"] == "21 classes: in the per-class table and gate.json"
+    assert details["per_class_precision"] == "21 classes: in the per-class table and gate.json"
+    few = dict(record, per_class_precision={"c00": 1.0}, per_class_answered={"c00": 1})
+    assert dict(data.gate_from_record(few).details)["per_class_precision"] == "c00: 1.0000 of 1 answer"
 
 
 def test_a_matrix_too_large_for_names_is_numbered_as_the_per_class_table():

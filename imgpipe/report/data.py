@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from components.gate import METRIC_ACCURACY, METRIC_BALANCED, relabel_allowed
-from trainer.features import IMAGE_KEY, LABEL_KEY
+from trainer.features import IMAGE_KEY, LABEL_KEY, label_text
 
 if TYPE_CHECKING:  # annotations only: ML Metadata's bindings take a second to import
     from imgpipe.orchestration.metadata import RunArtifacts
@@ -486,6 +486,9 @@ def _fmt(x: Any) -> str:
     return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
+MAX_DETAIL_CLASSES = 20  # more classes: the gate's details point to the per-class table
+
+
 def gate_from_record(record: dict[str, Any]) -> GateView:
     """The gate view of the Evaluator's gate.json (keys per README.md's gates section; missing keys tolerated)."""
     view = _gate_view(record)
@@ -581,14 +584,26 @@ def _gate_view(record: dict[str, Any]) -> GateView:
         if record.get(key) is not None:
             details.append((key, _fmt(record[key])))
     recall = record.get("per_class_recall") or {}
-    if recall:
-        details.append(("per_class_recall", ", ".join(f"{k}: {_fmt(v)}" for k, v in recall.items())))
     precision, answered = record.get("per_class_precision") or {}, record.get("per_class_answered") or {}
-    if precision:
+    if len(recall) > MAX_DETAIL_CLASSES:
+        # One line of 300 classes (7,700 characters) repeats the per-class table below it.
+        details.append(("per_class_recall", f"{len(recall)} classes: in the per-class table and gate.json"))
+    elif recall:
+        details.append(
+            ("per_class_recall", ", ".join(f"{label_text(k)}: {_fmt(v)}" for k, v in recall.items()))
+        )
+    if len(precision) > MAX_DETAIL_CLASSES:
+        details.append(
+            ("per_class_precision", f"{len(precision)} classes: in the per-class table and gate.json")
+        )
+    elif precision:
         details.append(
             (
                 "per_class_precision",
-                ", ".join(f"{k}: {_fmt(v)} of {answered.get(k, '?')} answers" for k, v in precision.items()),
+                ", ".join(
+                    f"{label_text(k)}: {_fmt(v)} of {answered.get(k, '?')} {'answer' if answered.get(k) == 1 else 'answers'}"
+                    for k, v in precision.items()
+                ),
             )
         )
     judged = record.get("judged_on")
