@@ -145,6 +145,26 @@ def test_feature_cache_select_memory_and_streamed_agree():
 # --------------------------------------------------------------------------- class weights
 
 
+def test_a_head_no_better_than_a_uniform_guess_is_noted():
+    """300 classes with 1 validation image each: the best validation loss 5.92 was worse than a
+    uniform guess (ln 300 = 5.70), and the epochs were chosen on it without a word (an audit)."""
+    from trainer import head
+    from trainer.train import _no_better_than_uniform
+
+    def run(loss, best_epoch=3):
+        outcome = head.FitOutcome({}, 10, best_epoch=best_epoch, best_val_loss=loss)
+        return head.HeadRun(model=None, hparams=None, selection=outcome)
+
+    said = _no_better_than_uniform(run(5.92), 300, 300)
+    assert said.startswith(
+        "head: its best validation loss 5.9200 is no lower than a uniform guess over 300 classes"
+    )
+    assert "(ln 300 = 5.7038): on 300 validation examples (1.0 a class)" in said
+    assert _no_better_than_uniform(run(math.log(10)), 10, 40) is not None  # equal: no better
+    assert _no_better_than_uniform(run(2.0), 10, 40) is None
+    assert _no_better_than_uniform(run(None, best_epoch=None), 10, 0) is None  # no validation
+
+
 def test_class_weights_auto_and_none():
     balanced = np.repeat([0, 1, 2], [10, 10, 10])
     assert head.class_weights(balanced, 3, "auto")[0] is None

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -179,6 +180,9 @@ def _head_phase(
         run = head.train_head(build, hp, head_data, params, callbacks, verbose)
         seconds["train"] = time.perf_counter() - t0
     _describe(note, run, params)
+    uniform = _no_better_than_uniform(run, num_classes, head_data.validation_examples)
+    if uniform:
+        note(uniform)
     return HeadPhase(run, evaluate(run.model), weights, head_data.validation_examples, tuning, seconds)
 
 
@@ -482,6 +486,25 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
     if run.refit is not None:
         msg += f"; refit on the whole train split for {run.refit.epochs_run} epochs"
     note(msg)
+
+
+def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_examples: int) -> str | None:
+    """What to say when the head's best validation loss is no lower than a uniform guess's
+    (ln of the class count): the epochs were chosen on answers that learned nothing the
+    validation images show. None when it is lower, or no validation was made."""
+    sel = run.selection
+    if sel.best_epoch is None or sel.best_val_loss is None or num_classes < 2:
+        return None
+    uniform = math.log(num_classes)
+    if not sel.best_val_loss >= uniform:
+        return None
+    per_class = validation_examples / num_classes
+    return (
+        f"head: its best validation loss {sel.best_val_loss:.4f} is no lower than a uniform guess over "
+        f"{num_classes} classes (ln {num_classes} = {uniform:.4f}): on {validation_examples} validation "
+        f"examples ({per_class:.1f} a class) it learned nothing they show. Too few images a class, labels "
+        "that do not follow the images, or features that do not tell the classes apart"
+    )
 
 
 def _sub(d: str | None, name: str) -> str | None:
