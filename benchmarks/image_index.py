@@ -37,21 +37,25 @@ def _write(path: str, n: int) -> None:
             w.write(example_bytes(rng.bytes(IMAGE_BYTES), f"class{i % 10}"))
 
 
-def _fixed_index(path: str):
-    """split_index with the fixed-length parse it had before."""
+def _index_with(path: str, ragged: bool):
+    """split_index with one parse for every batch: one value per record, or lists (each record's
+    first value kept)."""
     import numpy as np
     import tensorflow as tf
 
     from trainer import data, image_ids
     from trainer.features import IMAGE_KEY, LABEL_KEY
 
-    spec = {
-        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-        LABEL_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    }
+    keys = (IMAGE_KEY, LABEL_KEY)
+    if ragged:
+        spec = {k: tf.io.RaggedFeature(tf.string) for k in keys}
+    else:
+        spec = {k: tf.io.FixedLenFeature([], tf.string, default_value="") for k in keys}
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
+        if ragged:
+            parsed = {k: parsed[k][:, :1].to_tensor(default_value="", shape=[None, 1])[:, 0] for k in keys}
         return parsed[IMAGE_KEY], parsed[LABEL_KEY], serialized
 
     ids, labels = [], []
@@ -63,31 +67,12 @@ def _fixed_index(path: str):
     return np.concatenate(ids), np.array(labels, dtype=object)
 
 
+def _fixed_index(path: str):
+    return _index_with(path, ragged=False)
+
+
 def _ragged_index(path: str):
-    """split_index with every batch parsed as lists."""
-    import numpy as np
-    import tensorflow as tf
-
-    from trainer import data, image_ids
-    from trainer.features import IMAGE_KEY, LABEL_KEY
-
-    spec = {IMAGE_KEY: tf.io.RaggedFeature(tf.string), LABEL_KEY: tf.io.RaggedFeature(tf.string)}
-
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        first = [
-            parsed[k][:, :1].to_tensor(default_value="", shape=[None, 1])[:, 0]
-            for k in (IMAGE_KEY, LABEL_KEY)
-        ]
-        return first[0], first[1], serialized
-
-    ids, labels = [], []
-    for images, batch_labels, _ in data.raw_examples(path).batch(512).map(parse).as_numpy_iterator():
-        ids.append(
-            np.fromiter((image_ids.fingerprint(x) for x in images), dtype=np.uint64, count=len(images))
-        )
-        labels.extend(label.decode("utf-8", "replace") for label in batch_labels)
-    return np.concatenate(ids), np.array(labels, dtype=object)
+    return _index_with(path, ragged=True)
 
 
 def main(argv=None) -> int:
