@@ -1331,13 +1331,25 @@ def _class_reasons(plan: GatePlan, classes: list[tuple[float, str, str]]) -> lis
     classes.sort(key=lambda c: (c[0] if c[0] == c[0] else -1.0, c[1]))  # NaN (no recall) first
     if len(classes) <= MAX_CLASS_REASONS:
         return [text for _, _, text in classes]
-    lowest = ", ".join(
-        f"{_q(name)} {value:.3f} ({counted(plan.eval_class_counts.get(name, 0), 'eval image')})"
-        for value, name, _ in classes[:LOWEST_SHOWN]
+    bound = plan.min_class_recall or 0.0
+
+    def shown(value: float, name: str) -> str:
+        recall = "no recall" if value != value else _apart(value, bound)[0]
+        return f"{_q(name)} {recall} ({counted(plan.eval_class_counts.get(name, 0), 'eval image')})"
+
+    lowest = ", ".join(shown(value, name) for value, name, _ in classes[:LOWEST_SHOWN])
+    fragile = sum(
+        1 for _, name, _ in classes if 0 < (n := plan.eval_class_counts.get(name, 0)) and (n - 1) / n < bound
+    )
+    hint = (
+        f"; {fragile} of them have so few eval images that one mistake fails them: give the eval split more "
+        "(--eval-fraction at ingest), or lower --min-class-recall"
+        if fragile
+        else ""
     )
     return [
         f"{len(classes)} of the {len(plan.eval_classes)} eval classes have recall below min_class_recall "
-        f"{plan.min_class_recall or 0.0:.3f}; the lowest: {lowest}; each class's recall is in gate.json's "
+        f"{bound:.3f}{_judged(plan)}; the lowest: {lowest}{hint}; each class's recall is in gate.json's "
         "per_class_recall and the report's per-class table"
     ]
 

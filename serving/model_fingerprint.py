@@ -109,9 +109,11 @@ def rolled_back_models(log_path: str) -> dict[str, str]:
 
 
 def versions_taken_out(home: str) -> set[str]:
-    """The versions `imgpipe rollback` took out of serving in `home` and no rollback served again
-    since (its `--to`, with `--undo` or not), from the rollback log: what `rollback --to V --undo`
-    may still need. Empty when there is no log or it cannot be read."""
+    """The versions `imgpipe rollback` took out of serving in `home` and no rollback has served
+    again since (a copy of it renamed in: its `served` line), from the rollback log: what
+    `rollback --to V --undo` may still need. A line from before the log named each version taken
+    out (no `marked`) took out its `from_version`, unless it was an undo. Empty when there is no
+    log or it cannot be read."""
     import json
 
     try:
@@ -123,9 +125,12 @@ def versions_taken_out(home: str) -> set[str]:
     for line in lines:
         try:
             entry = json.loads(line)
-            if "to_version" in entry:
-                out.discard(str(entry["to_version"]))
-            out.update(str(m["version"]) for m in entry.get("marked") or [] if m.get("version") is not None)
+            if "served" in entry:  # the copy of `copy_of` is served: it is back
+                out.discard(str(entry["served"]["copy_of"]))
+            elif "marked" in entry:
+                out.update(str(m["version"]) for m in entry["marked"] or [] if m.get("version") is not None)
+            elif "from_version" in entry and not entry.get("undo"):
+                out.add(str(entry["from_version"]))
         except (ValueError, AttributeError, TypeError, KeyError):
             continue
     return out

@@ -335,6 +335,15 @@ def test_many_classes_below_the_recall_floor_are_one_reason_lowest_first():
         "images), 'c28' 0.000 (10 eval images); each class's recall is in gate.json's per_class_recall and "
         "the report's per-class table"
     ]
+    # One eval image a class (one mistake fails it): said once for them all, as for one class.
+    tiny = plan_gate(
+        GateConfig(min_accuracy=0.0, significance=0, min_class_recall=0.5),
+        dict.fromkeys(names, 1),
+        names,
+        None,
+    )
+    [reason] = reasons(tiny, EvalResults(0.5, 30, recall, None, failures=many))
+    assert "; 30 of them have so few eval images that one mistake fails them: give the eval split" in reason
 
 
 def test_recall_reason_says_when_one_mistake_fails_a_class():

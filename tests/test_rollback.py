@@ -561,6 +561,25 @@ def test_prune_counts_a_rollbacks_copies_as_this_homes_versions(tmp_path):
     assert "300" in [os.path.basename(v["path"]) for v in again.versions_removed]
 
 
+def test_the_versions_a_rollback_took_out_are_read_from_every_kind_of_log_line(tmp_path):
+    """prune keeps what `--undo` may need: versions marked and not served again since. A target
+    counts as served again only once its copy is renamed in (a `served` line): a rollback whose
+    rename failed still needs it. Lines from before `marked` existed took out `from_version`."""
+    from serving.model_fingerprint import versions_taken_out
+
+    lines = [
+        {"from_version": "100", "to_version": "50", "undo": False},  # an early line: 100 out
+        {"from_version": "300", "to_version": "200", "marked": [{"version": "300"}, {"version": "250"}]},
+        {"from_version": "400", "to_version": "250", "undo": True, "marked": []},  # its rename failed
+    ]
+    (tmp_path / "rollbacks.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    assert versions_taken_out(str(tmp_path)) == {"100", "250", "300"}
+    with open(tmp_path / "rollbacks.jsonl", "a") as f:
+        f.write(json.dumps({"served": {"serving_dir": "/s", "version": "500", "copy_of": "250"}}) + "\n")
+    assert versions_taken_out(str(tmp_path)) == {"100", "300"}
+    assert versions_taken_out(str(tmp_path / "nowhere")) == set()
+
+
 def test_undo_needs_its_target_and_never_takes_out_the_model_served(tmp_path):
     """100 (A), 200 (B), 300 (C); rolled back to B (a copy; C taken out). `--undo` alone would go
     further back and take out B: refused. `--to 100 --undo` spares B's versions, its original

@@ -151,18 +151,25 @@ def test_a_head_no_better_than_a_uniform_guess_is_noted():
     from trainer import head
     from trainer.train import _no_better_than_uniform
 
-    def run(loss, best_epoch=3):
-        outcome = head.FitOutcome({}, 10, best_epoch=best_epoch, best_val_loss=loss)
+    def run(loss, best_epoch=3, **kw):
+        outcome = head.FitOutcome({}, 10, best_epoch=best_epoch, best_val_loss=loss, **kw)
         return head.HeadRun(model=None, hparams=None, selection=outcome)
 
     said = _no_better_than_uniform(run(5.92), 300, 300)
     assert said.startswith(
-        "head: its best validation loss 5.9200 is no lower than a uniform guess over 300 classes"
+        "head: its best validation loss 5.9200 is no lower than a uniform guess's over 300 classes"
     )
     assert "(ln 300 = 5.7038): on 300 validation examples (1.0 a class)" in said
     assert _no_better_than_uniform(run(math.log(10)), 10, 40) is not None  # equal: no better
     assert _no_better_than_uniform(run(2.0), 10, 40) is None
     assert _no_better_than_uniform(run(None, best_epoch=None), 10, 0) is None  # no validation
+    # Cross-validation chooses by pooled weighted accuracy (its loss may rise on a few confident
+    # mistakes while accuracy improves): judged by that accuracy against 1/K, not by the loss.
+    assert _no_better_than_uniform(run(5.9, folds=5, best_val_weighted_accuracy=0.6), 300, 30) is None
+    folds = _no_better_than_uniform(run(1.0, folds=5, best_val_weighted_accuracy=0.002), 300, 30)
+    assert folds.startswith(
+        "head: its pooled weighted accuracy over the train split's 5 folds, 0.0020, is no higher"
+    )
 
 
 def test_class_weights_auto_and_none():

@@ -489,21 +489,34 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
 
 
 def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_examples: int) -> str | None:
-    """What to say when the head's best validation loss is no lower than a uniform guess's
-    (ln of the class count): the epochs were chosen on answers that learned nothing the
-    validation images show. None when it is lower, or no validation was made."""
+    """What to say when the epochs were chosen on answers no better than a uniform guess's: on a
+    validation slice, a best loss no lower than ln K; under k-fold cross-validation (which chooses
+    by pooled weighted accuracy), that accuracy no higher than 1/K. None otherwise, or with no
+    validation."""
     sel = run.selection
-    if sel.best_epoch is None or sel.best_val_loss is None or num_classes < 2:
+    if sel.best_epoch is None or num_classes < 2:
+        return None
+    causes = "Too few images a class, labels that do not follow the images, or features that do not tell the classes apart"
+    if sel.folds:
+        chance = 1 / num_classes
+        pooled = sel.best_val_weighted_accuracy
+        if pooled is None or pooled > chance:
+            return None
+        return (
+            f"head: its pooled weighted accuracy over the train split's {sel.folds} folds, {pooled:.4f}, is no "
+            f"higher than a uniform guess's over {num_classes} classes (1/{num_classes} = {chance:.4f}): it "
+            f"learned nothing the held-out folds show. {causes}"
+        )
+    if sel.best_val_loss is None:
         return None
     uniform = math.log(num_classes)
     if not sel.best_val_loss >= uniform:
         return None
     per_class = validation_examples / num_classes
     return (
-        f"head: its best validation loss {sel.best_val_loss:.4f} is no lower than a uniform guess over "
+        f"head: its best validation loss {sel.best_val_loss:.4f} is no lower than a uniform guess's over "
         f"{num_classes} classes (ln {num_classes} = {uniform:.4f}): on {validation_examples} validation "
-        f"examples ({per_class:.1f} a class) it learned nothing they show. Too few images a class, labels "
-        "that do not follow the images, or features that do not tell the classes apart"
+        f"examples ({per_class:.1f} a class) it learned nothing they show. {causes}"
     )
 
 

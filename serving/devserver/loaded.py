@@ -8,6 +8,7 @@ unload can wait for them (`drain`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -90,6 +91,7 @@ class LoadedVersion:
         self._in_flight = 0
         self._cond = threading.Condition()
         self._drain_cut = False  # a second shutdown signal: unload without waiting
+        self._close_when_idle = False  # released with requests on it: the last one closes it
 
     # -- reference counting ------------------------------------------------------------
     def acquire(self) -> None:
@@ -98,11 +100,26 @@ class LoadedVersion:
             self._in_flight += 1
 
     def release(self) -> None:
-        """Count one request finished; wakes `drain` when none is left."""
+        """Count one request finished; wakes `drain` when none is left. The last request off a
+        version released undrained (`close_when_idle`) closes it and frees its memory."""
         with self._cond:
             self._in_flight -= 1
-            if self._in_flight == 0:
+            last = self._in_flight == 0
+            if last:
                 self._cond.notify_all()
+            close = last and self._close_when_idle
+        if close:
+            self.close()
+            gc.collect()  # the model's objects hold reference cycles: freed now, not at a later pass
+
+    def close_when_idle(self) -> bool:
+        """Close now if no request runs on it (True), else when the last one ends (False)."""
+        with self._cond:
+            if self._in_flight:
+                self._close_when_idle = True
+                return False
+        self.close()
+        return True
 
     @property
     def in_flight(self) -> int:

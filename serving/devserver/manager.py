@@ -222,8 +222,7 @@ class ModelManager:
             version,
             loaded.in_flight,
         )
-        drained = loaded.drain(self.drain_seconds)
-        if not drained:
+        if not loaded.drain(self.drain_seconds):
             log.warning(
                 "version %d still has %d requests after %s; releasing it (they keep their own reference)",
                 version,
@@ -232,10 +231,9 @@ class ModelManager:
             )
         with self._lock:
             self._draining.discard(loaded)
-        if drained:
-            loaded.close()
-        # Else the requests still on it hold the version whole (closed, a request between taking it
-        # and calling its signature would find none): its memory goes with the last of them.
+        # Undrained, the requests still on it keep the version whole (closed, a request between
+        # taking it and calling its signature would find none): the last of them closes it.
+        loaded.close_when_idle()
         del loaded
         gc.collect()
         self._set_state(VersionStatus(version, State.END))
