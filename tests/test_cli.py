@@ -388,6 +388,44 @@ def test_demo_runs_the_config_it_checked_on_what_its_steps_wrote(tmp_path, monke
     )
 
 
+def test_a_demo_interrupted_in_its_steps_does_them_again(tmp_path, monkeypatch):
+    """Killed while its ingest moved the splits in: `train/` alone was taken for a whole ingest and
+    every later demo failed with a traceback. Killed between pre-training's weights file and its
+    description: another run's weights were reused under the old description (an audit)."""
+    import hashlib
+    import json
+
+    from imgpipe.demo import steps
+    from trainer import pretrain
+
+    records = tmp_path / "tfrecords" / "source"
+    (records / "train").mkdir(parents=True)
+    assert not steps.ingested(str(records))
+    (records / "eval").mkdir()
+    assert not steps.ingested(str(records))  # the report is moved in last
+    (records / "ingest_report.json").write_text("{}")
+    assert steps.ingested(str(records))
+
+    out = steps.weights_path(str(tmp_path), "MobileNetV2", 32)
+    with open(out, "wb") as f:
+        f.write(b"weights of 3 epochs")
+    described = {"epochs": 3, "image_size": 32, "source_eval_accuracy": 0.9}
+    trained = []
+    monkeypatch.setattr(
+        pretrain,
+        "pretrain_backbone",
+        lambda *a, **k: trained.append(k["epochs"]) or {"source_eval_accuracy": 0.9, "seconds": 1},
+    )
+    sha = hashlib.sha256(b"weights of 3 epochs").hexdigest()
+    with open(out + ".json", "w") as f:
+        json.dump(dict(described, sha256=sha), f)
+    assert steps.pretrained_backbone(str(tmp_path), "src", "MobileNetV2", 32, 3) == out and trained == []
+    with open(out, "wb") as f:
+        f.write(b"weights of 4 epochs, its description never written")
+    steps.pretrained_backbone(str(tmp_path), "src", "MobileNetV2", 32, 3)
+    assert trained == [3]
+
+
 def test_demo_names_a_workdir_it_cannot_use(tmp_path, monkeypatch, capsys):
     from imgpipe.demo import steps
 

@@ -13,12 +13,13 @@ pipeline with `target_config`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 
 from imgpipe.demo import data
-from imgpipe.ingest import ingest
+from imgpipe.ingest import REPORT_FILE, SPLITS, ingest
 from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,21 @@ def weights_path(workdir: str, backbone: str, image_size: int) -> str:
     return os.path.join(workdir, f"{backbone.lower()}_{image_size}px_source.h5")
 
 
+def ingested(records: str) -> bool:
+    """Whether `records` holds a whole ingest: both splits and its report (ingest moves the report
+    in last, so a demo interrupted while its ingest moved the splits in ingests again)."""
+    return os.path.isfile(os.path.join(records, REPORT_FILE)) and all(
+        os.path.isdir(os.path.join(records, split)) for split in SPLITS
+    )
+
+
 def prepare_data(workdir: str, image_size: int) -> tuple[str, str]:
     """Write and ingest the source and target tasks once; return their TFRecord dirs."""
     dirs = []
     for name, digits in (("source", SOURCE_DIGITS), ("target", TARGET_DIGITS)):
         images = os.path.join(workdir, "images", name)
         records = records_dir(workdir, name)
-        if not os.path.isdir(os.path.join(records, "train")):
+        if not ingested(records):
             log.info("writing %s task images (digits %d-%d) to %s", name, digits[0], digits[-1], images)
             data.write_digits_tree(images, digits=digits, size=image_size)
             report = ingest(images, records, eval_fraction=0.2, seed=42, overwrite=True)
@@ -61,7 +70,13 @@ def pretrained_backbone(workdir: str, source: str, backbone: str, image_size: in
     if os.path.exists(out) and os.path.exists(meta):
         with open(meta, encoding="utf-8") as f:
             rec = json.load(f)
-        if rec.get("epochs") == epochs and rec.get("image_size") == image_size:
+        # And the file's bytes are the ones described: pre-training replaces the file before its
+        # description, so a run killed between the two left another run's weights under it.
+        if (
+            rec.get("epochs") == epochs
+            and rec.get("image_size") == image_size
+            and rec.get("sha256") == _sha256(out)
+        ):
             log.info(
                 "reusing pre-trained backbone %s (source accuracy %.3f)", out, rec["source_eval_accuracy"]
             )
@@ -70,6 +85,14 @@ def pretrained_backbone(workdir: str, source: str, backbone: str, image_size: in
     rec = pretrain_backbone(source, backbone, out, image_size=image_size, epochs=epochs)
     log.info("source-task eval accuracy %.3f in %ss -> %s", rec["source_eval_accuracy"], rec["seconds"], out)
     return out
+
+
+def _sha256(path: str) -> str:
+    total = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            total.update(chunk)
+    return total.hexdigest()
 
 
 def target_config(
