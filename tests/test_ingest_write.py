@@ -209,6 +209,43 @@ def test_out_dir_rules(tmp_path: Path) -> None:
     check_out_dir(str(images), str(out), overwrite=True)
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_stop_signal_while_the_outputs_move_in_waits_for_the_last(
+    tmp_path: Path, given, monkeypatch, overwrite
+) -> None:
+    """SIGTERM (or Ctrl-C) as the first output was renamed into place left `train/` alone in the
+    folder, or, re-ingesting with --overwrite, the new train/ and the earlier rest deleted (an
+    audit). The renames finish; then the command stops as asked."""
+    import os
+    import signal
+
+    from imgpipe.cli import output
+    from imgpipe.ingest import write
+    from imgpipe.stop_signals import Terminated
+
+    images, c, plan = given
+    out = tmp_path / "out"
+    if overwrite:
+        write_outputs(str(images), str(out), plan, _report(images, out, plan))
+        (out / "train" / next(iter(os.listdir(out / "train")))).write_bytes(b"other bytes: not kept")
+    renames = []
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.dirname(dst) == str(out):  # an output moving into place (not a staged JSON's)
+            if not renames:
+                os.kill(os.getpid(), signal.SIGTERM)  # as the first one moves in
+            renames.append(os.path.basename(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(write.os, "replace", replace)
+    # As under `imgpipe ingest`: SIGTERM raises Terminated where the command is.
+    with pytest.raises(Terminated), output.sigterm_raises():
+        write_outputs(str(images), str(out), plan, _report(images, out, plan), overwrite=overwrite)
+    assert sorted(p.name for p in out.iterdir()) == WRITTEN  # every output, no staging folder
+    assert renames[:1] == ["train"] and "ingest_report.json" in renames
+
+
 def test_what_an_interrupted_ingest_left_is_removed_by_the_next(tmp_path: Path, given) -> None:
     """A killed ingest leaves its hidden staging folder and maybe a half-written JSON: the
     folder looks empty to `ls`, so the next ingest into it takes it as empty and cleans up."""

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from imgpipe import stop_signals
 from imgpipe.ingest.contract import CLASSES_FILE, FILES_FILE, REPORT_FILE, SPLITS, example_bytes
 from imgpipe.ingest.errors import IngestError, IngestWriteError, tf_error_text
 from imgpipe.ingest.images import read_regular_file
@@ -174,11 +175,14 @@ def write_outputs(
             say(
                 f"{' and '.join(f'{s}/' for s in kept)} unchanged (the same bytes): kept as {'it was' if len(kept) == 1 else 'they were'}"
             )
-        if overwrite:
-            _remove_previous_outputs(out_dir, keep=kept)
-        for name in (*SPLITS, CLASSES_FILE, REPORT_FILE, FILES_FILE):
-            if name not in kept:
-                os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        # Ctrl-C or SIGTERM here waits for the last rename: stopped half-way, `out_dir` held a new
+        # train/ and nothing else (or, with --overwrite, the earlier outputs half deleted).
+        with stop_signals.held():
+            if overwrite:
+                _remove_previous_outputs(out_dir, keep=kept)
+            for name in (*SPLITS, CLASSES_FILE, REPORT_FILE, FILES_FILE):
+                if name not in kept:
+                    os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     except (OSError, tf.errors.OpError) as exc:
         undo()
         text = tf_error_text(exc) if isinstance(exc, tf.errors.OpError) else str(exc)
