@@ -108,30 +108,43 @@ def rolled_back_models(log_path: str) -> dict[str, str]:
     return out
 
 
-def versions_taken_out(home: str) -> set[str]:
-    """The versions `imgpipe rollback` took out of serving in `home` and no rollback has served
-    again since (a copy of it renamed in: its `served` line), from the rollback log: what
-    `rollback --to V --undo` may still need. A line from before the log named each version taken
-    out (no `marked`) took out its `from_version`, unless it was an undo. Empty when there is no
-    log or it cannot be read."""
+def log_entries(home: str) -> list[dict] | None:
+    """The entries of `home`'s rollback log, oldest first (a line that is not a JSON object is
+    skipped); None when there is no log or it cannot be read."""
     import json
 
     try:
         with open(os.path.join(home, ROLLBACK_LOG), encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError:
-        return set()
-    out: set[str] = set()
+        return None
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def versions_taken_out(home: str) -> set[str]:
+    """The versions `imgpipe rollback` took out of serving in `home` and no rollback has served
+    again since (a copy of it renamed in: its `served` line), from the rollback log: what
+    `rollback --to V --undo` may still need. A line from before the log named each version taken
+    out (no `marked`) took out its `from_version`, unless it was an undo. Empty when there is no
+    log or it cannot be read."""
+    out: set[str] = set()
+    for entry in log_entries(home) or []:
+        try:
             if "served" in entry:  # the copy of `copy_of` is served: it is back
                 out.discard(str(entry["served"]["copy_of"]))
             elif "marked" in entry:
                 out.update(str(m["version"]) for m in entry["marked"] or [] if m.get("version") is not None)
             elif "from_version" in entry and not entry.get("undo"):
                 out.add(str(entry["from_version"]))
-        except (ValueError, AttributeError, TypeError, KeyError):
+        except (AttributeError, TypeError, KeyError):
             continue
     return out
 
@@ -141,17 +154,10 @@ def served_copies(home: str) -> list[dict]:
     `served` lines: [{serving_dir, version, copy_of}] (versions as strings). [] when there is no
     log or it cannot be read: a listing of versions, unlike a refusal, can do without it; a line
     that is not one is skipped."""
-    import json
-
-    try:
-        with open(os.path.join(home, ROLLBACK_LOG), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
     out = []
-    for line in lines:
+    for entry in log_entries(home) or []:
         try:
-            served = json.loads(line).get("served") or {}
+            served = entry.get("served") or {}
             out.append(
                 {
                     "serving_dir": served.get("serving_dir"),
@@ -159,6 +165,6 @@ def served_copies(home: str) -> list[dict]:
                     "copy_of": str(served["copy_of"]),
                 }
             )
-        except (ValueError, AttributeError, KeyError, TypeError):
+        except (AttributeError, KeyError, TypeError):
             continue
     return out

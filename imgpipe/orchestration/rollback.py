@@ -53,7 +53,7 @@ from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.prune import airflow_run_in_progress
 from pipeline.config import ConfigError, PipelineConfig
 from serving import model_files
-from serving.model_fingerprint import ROLLBACK_LOG
+from serving.model_fingerprint import ROLLBACK_LOG, log_entries
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +126,11 @@ def unfinished_rollback(home: str, serving_dir: str) -> str | None:
     ML Metadata after it) but never served its copy (killed, or its rename failed) while the
     version it took out is still the newest: the records say a model is out of serving that
     still answers. None otherwise (no log, completed, or the serving dir moved on since)."""
-    try:
-        with open(os.path.join(home, LOG_FILE), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
     last, served = None, False
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and "to_version" in entry:
+    for entry in log_entries(home) or []:
+        if "to_version" in entry:
             last, served = entry, False
-        elif isinstance(entry, dict) and "served" in entry:
+        elif "served" in entry:
             served = True
     if last is None or served:
         return None
