@@ -530,15 +530,20 @@ def _superseded(
     return []
 
 
+def _input_ids(store, execution_id: int, key: str) -> list[int]:
+    """The ids of the artifacts an execution took as its input `key`."""
+    return [
+        ev.artifact_id
+        for ev in store.get_events_by_execution_ids([execution_id])
+        if ev.type == metadata_store_pb2.Event.INPUT and any(s.key == key for s in ev.path.steps)
+    ]
+
+
 def _evaluated_model_uri(store, evaluator_execution_id: int | None) -> str:
     """The URI of the Model the Evaluator judged ('' when unknown)."""
     if evaluator_execution_id is None:
         return ""
-    ids = [
-        ev.artifact_id
-        for ev in store.get_events_by_execution_ids([evaluator_execution_id])
-        if ev.type == metadata_store_pb2.Event.INPUT and any(s.key == "model" for s in ev.path.steps)
-    ]
+    ids = _input_ids(store, evaluator_execution_id, "model")
     arts = store.get_artifacts_by_id(ids) if ids else []
     return arts[-1].uri if arts else ""
 
@@ -549,28 +554,19 @@ def baseline_model(store, evaluator_execution) -> dict[str, str | None] | None:
     push of it is recorded). None: the Evaluator had no baseline, or is unknown."""
     if evaluator_execution is None:
         return None
-    ids = [
-        ev.artifact_id
-        for ev in store.get_events_by_execution_ids([evaluator_execution.id])
-        if ev.type == metadata_store_pb2.Event.INPUT and any(s.key == "baseline_model" for s in ev.path.steps)
-    ]
+    ids = _input_ids(store, evaluator_execution.id, "baseline_model")
     if not ids:
         return None
     events = store.get_events_by_artifact_ids([ids[-1]])
     # The first execution that output it trained it; later ones are runs whose Trainer was cached.
-    trained_by = sorted(ev.execution_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT)
-    pushed = None
-    consumers = sorted(
-        {ev.execution_id for ev in events if ev.type == metadata_store_pb2.Event.INPUT}, reverse=True
+    trained_by = min(
+        (ev.execution_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT), default=None
     )
-    for execution in store.get_executions_by_id(consumers) if consumers else []:
-        found = pushed_path(store, execution)  # only a Pusher has a pushed_model output
-        if found and (pushed is None or execution.id > pushed[0]):
-            pushed = (execution.id, found)
-    return {
-        "run_id": _run_of(store, trained_by[0] if trained_by else None),
-        "pushed": pushed[1] if pushed else None,
-    }
+    consumers = {ev.execution_id for ev in events if ev.type == metadata_store_pb2.Event.INPUT}
+    # The newest push of it: only a Pusher has a pushed_model output.
+    executions = sorted(store.get_executions_by_id(list(consumers)) if consumers else [], key=lambda e: -e.id)
+    pushed = next(filter(None, (pushed_path(store, e) for e in executions)), None)
+    return {"run_id": _run_of(store, trained_by), "pushed": pushed}
 
 
 def withdrawn_reason(store, evaluator_execution) -> str | None:
