@@ -76,11 +76,9 @@ class Answers:
         """The recall of each true class these records hold."""
         # Counted by the labels as they are: NumPy's fixed-width strings would drop a trailing NUL.
         right: dict[str, int] = {}
-        totals: dict[str, int] = {}
         for label, hit in zip(self.labels, self.right, strict=True):
-            totals[label] = totals.get(label, 0) + 1
             right[label] = right.get(label, 0) + int(hit)
-        return {c: right[c] / totals[c] for c in sorted(totals)}
+        return {c: right[c] / n for c, n in self.counts().items()}
 
     def counts(self) -> dict[str, int]:
         """How many of these records each true class holds."""

@@ -13,7 +13,6 @@ pipeline with `target_config`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -63,7 +62,8 @@ def prepare_data(workdir: str, image_size: int) -> tuple[str, str]:
 
 def pretrained_backbone(workdir: str, source: str, backbone: str, image_size: int, epochs: int) -> str:
     """Pre-train once; reuse the weights file when its recorded settings match."""
-    from trainer.pretrain import pretrain_backbone  # loads TensorFlow: only when pre-training
+    from trainer.model import weights_digest  # loads TensorFlow, which the demo's run needs next
+    from trainer.pretrain import pretrain_backbone
 
     out = weights_path(workdir, backbone, image_size)
     meta = out + ".json"
@@ -75,7 +75,7 @@ def pretrained_backbone(workdir: str, source: str, backbone: str, image_size: in
         if (
             rec.get("epochs") == epochs
             and rec.get("image_size") == image_size
-            and rec.get("sha256") == _sha256(out)
+            and rec.get("sha256") == weights_digest(out)
         ):
             log.info(
                 "reusing pre-trained backbone %s (source accuracy %.3f)", out, rec["source_eval_accuracy"]
@@ -85,14 +85,6 @@ def pretrained_backbone(workdir: str, source: str, backbone: str, image_size: in
     rec = pretrain_backbone(source, backbone, out, image_size=image_size, epochs=epochs)
     log.info("source-task eval accuracy %.3f in %ss -> %s", rec["source_eval_accuracy"], rec["seconds"], out)
     return out
-
-
-def _sha256(path: str) -> str:
-    total = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            total.update(chunk)
-    return total.hexdigest()
 
 
 def target_config(

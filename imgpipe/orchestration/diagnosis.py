@@ -57,7 +57,7 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
             "records that are not an Example of one 'image' and one 'label' (bytes each; write them "
             "again, e.g. `imgpipe ingest`)",
         )
-    if component in _DECODING and config.data_dir and any(m in error.lower() for m in _DECODE_MARKERS):
+    if component in _DECODING and config.data_dir and any(m in lowered for m in _DECODE_MARKERS):
         found = _explained(
             lambda: _undecodable_records(config, ("eval",) if component == "Evaluator" else SPLITS),
             "records whose image the model cannot decode (remove or re-encode them; `imgpipe ingest` "

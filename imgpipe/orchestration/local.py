@@ -514,15 +514,21 @@ def _summarise_finished(config: PipelineConfig, run_id: str) -> RunSummary:
     return summary
 
 
+def _ingest_report(data_dir: str) -> dict:
+    """The data's ingest_report.json, or {} (records made another way, or unreadable)."""
+    try:
+        with open(os.path.join(data_dir, INGEST_REPORT_FILE), encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
 def pixel_limit_mismatch(config: PipelineConfig) -> str | None:
     """What to say when the data's ingest took images up to more pixels than the run's graph
     accepts (its ingest_report.json's max_pixels over max_image_pixels): such an image stops the
     run in Transform. None: the same limit or a lower one, or no report (records made another way)."""
-    try:
-        with open(os.path.join(config.data_dir, INGEST_REPORT_FILE), encoding="utf-8") as f:
-            taken = json.load(f).get("max_pixels")
-    except (OSError, ValueError, AttributeError):
-        return None
+    taken = _ingest_report(config.data_dir).get("max_pixels")
     limit = config.training.max_image_pixels
     if not isinstance(taken, int) or isinstance(taken, bool) or not limit or taken <= limit:
         return None
@@ -535,13 +541,7 @@ def pixel_limit_mismatch(config: PipelineConfig) -> str | None:
 def left_out_classes(data_dir: str) -> list[dict]:
     """The class folders holding files that the data's ingest left out (its ingest_report.json,
     written with --allow-left-out-classes), or [] (no report: records made another way)."""
-    path = os.path.join(data_dir, INGEST_REPORT_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            report = json.load(f)
-    except (OSError, ValueError):
-        return []
-    left = report.get("left_out_classes") if isinstance(report, dict) else None
+    left = _ingest_report(data_dir).get("left_out_classes")
     if not isinstance(left, list):
         return []
     # files: how many it held, None when they could not be counted (a link to nothing, no permission).

@@ -17,15 +17,21 @@ def local_weights_digest(config: PipelineConfig) -> str | None:
     No model is built: an Airflow task calls it each time it builds the pipeline (tens of
     milliseconds for a backbone's file), so a DAG run's Trainer is keyed by the bytes it trains on.
     """
-    training = config.training
-    if training.weights_kind != "file" or "://" in training.weights:
+    path = _local_file(config)
+    if path is None:
         return None
     from trainer.model import weights_digest
 
     try:
-        return weights_digest(training.weights)
+        return weights_digest(path)
     except Exception:  # noqa: BLE001 - TensorFlow's file errors are not OSErrors
         return None
+
+
+def _local_file(config: PipelineConfig) -> str | None:
+    """The weights file's path when it is a local file, else None (`imagenet`, `none`, remote)."""
+    training = config.training
+    return training.weights if training.weights_kind == "file" and "://" not in training.weights else None
 
 
 def check_weights_file(config: PipelineConfig) -> str | None:
@@ -41,8 +47,8 @@ def check_weights_file(config: PipelineConfig) -> str | None:
     TensorFlow initialises: a run calls it after splitting the CPU for its replicas.
     """
     training = config.training
-    path = training.weights
-    if training.weights_kind != "file" or "://" in path:
+    path = _local_file(config)
+    if path is None:
         return None
     from trainer.model import weights_digest, weights_file_problem
 

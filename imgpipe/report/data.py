@@ -849,13 +849,18 @@ def gather(
     )
 
 
+def _version_of(pushed: Any) -> str:
+    """The version number a pushed path (<serving dir>/<model>/<version>) ends with."""
+    return os.path.basename(str(pushed).rstrip("/"))
+
+
 def name_baseline(note: str, baseline_model: Any) -> str:
     """The baseline row's note with which model the baseline was (the summary's `baseline_model`:
     the run that trained it, the version its newest push made), so "0.91" is a model one can find."""
     if not isinstance(baseline_model, Mapping):
         return note
     run, pushed = baseline_model.get("run_id"), baseline_model.get("pushed")
-    version = f"version {os.path.basename(str(pushed).rstrip('/'))}" if pushed else "no push of it recorded"
+    version = f"version {_version_of(pushed)}" if pushed else "no push of it recorded"
     known_run = isinstance(run, str) and run and not run.startswith(("?", "execution "))
     if not known_run and not pushed:
         return note
@@ -871,7 +876,7 @@ def _deployment(summary: Mapping[str, Any], blessed: bool | None) -> dict[str, A
     `withdrawn` (a blessed model that pre-push validation, or a later check, kept back)."""
     pushed, skipped = summary.get("pushed"), summary.get("push_skipped")
     if pushed:
-        return {"deployment": f"pushed as version {os.path.basename(str(pushed).rstrip('/'))} ({pushed})"}
+        return {"deployment": f"pushed as version {_version_of(pushed)} ({pushed})"}
     if skipped:
         withdrawn = bool(blessed) and str(skipped).startswith(
             ("pre-push validation failed", "blessing withdrawn")
