@@ -53,6 +53,7 @@ BENCHMARKS = (
     "label_record",
     "jpeg_idct",
     "image_index",
+    "process_exit",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}

@@ -15,9 +15,11 @@ are dropped; any other unraisable exception is reported as before.
 import atexit
 import sys
 
+from imgpipe.process_exit import freeze_at_exit
 from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise
 
 filter_tensorflow_import_noise()
+freeze_at_exit()  # the worker's exit leaves TensorFlow's objects to the process's end
 
 
 def _quiet_teardown() -> None:

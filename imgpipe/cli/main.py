@@ -63,6 +63,7 @@ from imgpipe.cli.output import (  # noqa: E402
     stopped_by,
 )
 from imgpipe.orchestration.lock import LockBusy, LockError  # noqa: E402
+from imgpipe.process_exit import freeze_at_exit  # noqa: E402
 from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise  # noqa: E402
 from pipeline.config import ConfigError  # noqa: E402
 
@@ -149,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     received_signals.clear()  # this command's stop signals, not an earlier one's in this process
     setup_logging(verbose=getattr(args, "verbose", False))
     filter_tensorflow_import_noise()
+    freeze_at_exit()
     try:
         with sigterm_raises():
             return int(args.handler(args) or 0)

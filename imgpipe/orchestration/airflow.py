@@ -341,8 +341,10 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
 
     from imgpipe.orchestration import cache_outputs, diagnosis, execution_results, metadata, recovery
     from imgpipe.orchestration.summary import withdraw_unserved_blessings
+    from imgpipe.process_exit import freeze_at_exit
     from pipeline.pipeline import RESOLVER_ID
 
+    freeze_at_exit()  # a task process that exits normally (`airflow dags test`) skips the collection
     tfx_dag, cfg = _tfx_dag(spec)
     built = sorted(_graph([t.task_id, t.upstream_task_ids] for t in tfx_dag.tasks))
     if built != sorted(spec.tasks):

@@ -20,6 +20,8 @@ import runpy
 import sys
 from collections.abc import Sequence
 
+from imgpipe.process_exit import freeze_at_exit
+
 TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 STEP_FLAG = "--imgpipe-step"
 CONFIG_FLAG = "--imgpipe-config"
@@ -50,6 +52,7 @@ def _own_flags(argv: Sequence[str]) -> tuple[str, str, list[str]]:
 def main(argv: Sequence[str] | None = None) -> None:
     node_id, config_json, tfx_args = _own_flags(sys.argv[1:] if argv is None else argv)
     sys.argv = [TFX_ENTRYPOINT, *tfx_args]
+    freeze_at_exit()  # the step's container ends when its work does, not a collection later
     try:
         runpy.run_module(TFX_ENTRYPOINT, run_name="__main__", alter_sys=True)
     except Exception as e:
