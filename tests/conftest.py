@@ -29,6 +29,11 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: whole-pipeline runs (minutes)")
+    # Each worker ends holding TensorFlow's objects: exit as an imgpipe command does, without
+    # the interpreter's last collection over them (imgpipe/process_exit.py).
+    from imgpipe.process_exit import freeze_at_exit
+
+    freeze_at_exit()
 
 
 import pytest  # noqa: E402
