@@ -54,6 +54,7 @@ BENCHMARKS = (
     "jpeg_idct",
     "image_index",
     "process_exit",
+    "example_gen_key",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
