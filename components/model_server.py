@@ -84,6 +84,8 @@ def server_command(
     whole seconds for TF Serving, at least 1.
     """
     binary = tf_serving_binary or shutil.which(TF_SERVING_BINARY)
+    if binary and os.sep in binary:
+        binary = os.path.abspath(binary)  # the server starts in another folder (ModelServer.start)
     if binary:
         # gRPC only (TF Serving's REST port is off unless --rest_api_port is given). A failed
         # load fails at once instead of being retried for minutes.
@@ -102,7 +104,7 @@ def server_command(
         "-m",
         "imgpipe",
         "serve",
-        f"--model-base-path={model_base_path}",
+        f"--model-base-path={os.path.abspath(model_base_path)}",
         f"--model-name={model_name}",
         "--host",
         LOOPBACK,
@@ -203,10 +205,15 @@ class ModelServer:
     def start(self) -> None:
         """Start the process (its output goes to `log_path`); returns at once."""
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-        os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+        log_dir = os.path.dirname(os.path.abspath(self.log_path))
+        os.makedirs(log_dir, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - argv built by server_command
                 list(self.command.argv),
+                # `python -m imgpipe` puts its working directory first on the import path, where a
+                # project's own trainer/ or serving/ package would shadow imgpipe's: it starts in
+                # the interpreter's folder, the first entry the `imgpipe` console script has.
+                cwd=os.path.dirname(os.path.abspath(sys.executable)),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

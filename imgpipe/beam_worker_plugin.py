@@ -13,10 +13,17 @@ are dropped; any other unraisable exception is reported as before.
 """
 
 import atexit
+import os
 import sys
 
-from imgpipe.process_exit import freeze_at_exit
-from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise
+# Beam starts its workers with `python -m`, which puts the working directory first on the import
+# path: a project folder with its own trainer/ or pipeline/ package would shadow imgpipe's when a
+# step imports them. That first entry goes (a PYTHONPATH entry naming the same folder stays).
+if sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
+
+from imgpipe.process_exit import freeze_at_exit  # noqa: E402 - after the import path is fixed
+from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise  # noqa: E402
 
 filter_tensorflow_import_noise()
 freeze_at_exit()  # the worker's exit leaves TensorFlow's objects to the process's end

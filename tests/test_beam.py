@@ -6,6 +6,8 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -309,3 +311,20 @@ def test_the_worker_plugin_drops_only_teardown_errors_of_tensorflow_functions():
         "Other.__del__",
         "Other.__del__",
     ], done.stderr
+
+
+def test_a_worker_started_in_a_project_with_a_trainer_package_imports_imgpipes(tmp_path):
+    """Beam starts its workers with `python -m` in the run's working directory, which Python puts
+    first on the import path: the plugin takes it off before a step imports imgpipe's packages."""
+    project = tmp_path / "project"
+    (project / "trainer").mkdir(parents=True)
+    (project / "trainer" / "__init__.py").write_text('raise ImportError("the project\'s own trainer")\n')
+    # A module run with -m from the working directory, as Beam's worker main is run.
+    (project / "worker_probe.py").write_text(
+        "import imgpipe.beam_worker_plugin\nimport trainer.features\nprint(trainer.features.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "worker_probe"], cwd=project, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert not done.stdout.strip().startswith(str(project)), done.stdout

@@ -259,6 +259,28 @@ def test_server_command_without_tf_serving_runs_imgpipe_serve(monkeypatch, tmp_p
     assert polled.argv[-1] == "--file_system_poll_wait_seconds=1"
 
 
+def test_the_server_starts_outside_a_working_directory_with_packages_named_like_imgpipes(
+    monkeypatch, tmp_path
+):
+    """`python -m imgpipe serve` puts its working directory first on the import path; a run
+    started from a project with its own trainer/ or serving/ package (Vertex AI's layout has
+    trainer/) must not start the pre-push server on those."""
+    project = tmp_path / "project"
+    for package in ("trainer", "serving", "pipeline", "components"):
+        (project / package).mkdir(parents=True)
+        (project / package / "__init__.py").write_text(f"raise ImportError('the project's own {package}')\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tensorflow_model_server: imgpipe's own server
+    command = model_server.server_command("no-such-base-path", "digits", 8123)
+    server = model_server.ModelServer(command, "digits", 8123, "server.log")
+    server.start()
+    assert server.process.wait(timeout=120) == 2
+    log = (project / "server.log").read_text()
+    # imgpipe's packages loaded, and the base path is the one relative to where the run started.
+    assert f"model base path not found: {project / 'no-such-base-path'}" in log, log
+    assert "the project's own" not in log, log
+
+
 def test_stage_model_makes_the_version_layout(model, tmp_path):
     base = model_server.stage_model(model.export_dir, str(tmp_path), NAME)
     assert base == str(tmp_path / NAME)
