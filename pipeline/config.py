@@ -54,6 +54,7 @@ SECTIONS: dict[str, type[Settings]] = {
 
 
 MAX_PIPELINE_NAME = 63
+GLOB_CHARACTERS = "*?["
 MAX_MODEL_NAME_BYTES = 128
 
 
@@ -307,6 +308,30 @@ class PipelineConfig(Settings):
             changes["temp_location"] = absolute(self.beam.temp_location)
         return self.replace(**changes)
 
+    def _check_glob_characters(self) -> None:
+        """TFX, Beam and TensorFlow find the files under these paths with glob patterns built on
+        them (a split's shards, Beam's temporary files, a model's variables): a '*', '?' or '['
+        in one is read as a pattern, and a run failed late with an error of Beam's."""
+        for field, value, what in (
+            ("home", self.home, "folder"),
+            ("data_dir", self.data_dir, "folder"),
+            ("score_data", self.score_data, "folder"),
+            ("serving_dir", self.serving_dir, "folder"),
+            ("pipeline_name", self.pipeline_name, "name"),
+            ("model_name", self.model_name, "name"),
+        ):
+            found = sorted({c for c in value if c in GLOB_CHARACTERS})
+            if found:
+                fix = (
+                    "give a path without it (a symbolic link to the folder will do)"
+                    if what == "folder"
+                    else "choose a name without it"
+                )
+                raise ConfigError(
+                    f"{field}: {value} holds {' and '.join(repr(c) for c in found)}, which TFX and Beam "
+                    f"read as a glob pattern in the paths they look up under it; {fix}"
+                )
+
     def validate_paths(self, data_may_arrive: bool = False, remote_home: bool = False) -> PipelineConfig:
         """The checks that read the disk: data_dir has its splits, a weights file exists.
 
@@ -327,6 +352,7 @@ class PipelineConfig(Settings):
             )
         if not self.data_dir:
             raise ConfigError("data_dir: required (a TFRecord dir from `imgpipe ingest`)")
+        self._check_glob_characters()
         weights = self.training.weights
         if self.training.weights_kind == "file" and "://" not in weights:
             if not os.path.isfile(weights):

@@ -1,5 +1,7 @@
 """PipelineConfig: one schema; values type-checked with the field named; YAML round trip; flags over files."""
 
+import os
+
 import pytest
 
 from pipeline.config import ConfigError, PipelineConfig
@@ -366,3 +368,36 @@ def test_a_huge_value_is_named_not_echoed(tmp_path):
     message = str(e.value)
     assert message.startswith("beam_args: Input should be a valid string (got [[[[[")
     assert "characters))" in message and len(message) < 4000
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("home", "proj [v2]/home"),
+        ("serving_dir", "serving*"),
+        ("data_dir", "data?"),
+        ("score_data", "score[1]"),
+        ("pipeline_name", "p[1]"),
+        ("model_name", "m*"),
+    ],
+)
+def test_a_path_tfx_would_read_as_a_glob_pattern_is_refused_before_a_run(tmp_path, monkeypatch, field, value):
+    """A home like 'proj [v2]/home' failed in ImportExampleGen with Beam's 'src and dst files do
+    not exist', one like 'star*home' in the DataGate; now refused at once, naming the field."""
+    monkeypatch.chdir(tmp_path)
+    config = PipelineConfig(data_dir=_data_dir(tmp_path)).replace(**{field: value}).resolved()
+    with pytest.raises(
+        ConfigError, match=rf"^{field}: .* holds '[\*\?\[]', which TFX and Beam read as a glob"
+    ):
+        config.validate_paths()
+    # Nothing was made on the way.
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+
+
+def test_a_symbolic_link_without_the_characters_is_accepted(tmp_path):
+    real = tmp_path / "proj [v2]"
+    real.mkdir()
+    (tmp_path / "proj").symlink_to(real)
+    PipelineConfig(
+        data_dir=_data_dir(tmp_path), home=str(tmp_path / "proj" / "home")
+    ).resolved().validate_paths()
