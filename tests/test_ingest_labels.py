@@ -163,3 +163,26 @@ def test_a_decomposed_folder_name_is_stored_composed(tmp_path: Path) -> None:
     assert sorted(report.classes) == sorted([NFC_CAFE, "tea"])
     assert report.normalised_classes == [{"folder": NFD_CAFE, "class": NFC_CAFE}]
     assert _labels_written(out) == {NFC_CAFE, "tea"}
+
+
+def test_utf8_folder_names_are_their_text_under_an_ascii_locale(tmp_path) -> None:
+    """Under LC_ALL=C with UTF-8 mode off, Python decodes file names as ASCII: 'café' arrives as
+    'caf\\udcc3\\udca9'. It is still the class 'café'; a name whose bytes are not UTF-8 is not."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "café").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
+    listed = subprocess.run(
+        [sys.executable, "-X", "utf8=0", "-c", f"import os; print(ascii(os.listdir({str(tmp_path)!r})))"],
+        env={**env, "LC_ALL": "C", "PYTHONUTF8": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert listed == ascii(["caf\udcc3\udca9"])  # what such a process sees
+    got = assign_labels(["caf\udcc3\udca9", "latin\udce9"])
+    assert got.labels == {"caf\udcc3\udca9": "café"}
+    assert "not valid UTF-8 (0xE9)" in got.rejected["latin\udce9"]
+    assert label_problem("caf\udcc3\udca9") is None

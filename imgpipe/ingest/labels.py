@@ -32,6 +32,7 @@ A folder is not used, with the reason in the report, when its name
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from imgpipe.ingest.report import display_path
@@ -40,9 +41,18 @@ from trainer.class_names import NORMAL_FORM, looks, name_problem, normalise
 __all__ = ["NORMAL_FORM", "ClassNames", "assign_labels", "label_problem", "looks", "normalise"]
 
 
+def folder_text(name: str) -> str:
+    """A folder name as text: its bytes read as UTF-8 (a byte that is not stays escaped).
+
+    Python decodes file names with the locale's encoding: under `LC_ALL=C` with UTF-8 mode off
+    (`PYTHONUTF8=0`) that is ASCII, and a valid UTF-8 name such as 'café' arrives as
+    'caf\\udcc3\\udca9'. Labels are UTF-8 text whatever the locale."""
+    return os.fsencode(name).decode("utf-8", "surrogateescape")
+
+
 def label_problem(name: str) -> str | None:
     """Why folder `name` cannot be a class name, or None when it can (before conflicts)."""
-    problem = name_problem(name)
+    problem = name_problem(folder_text(name))
     return None if problem is None else f"{problem}; rename the folder"
 
 
@@ -60,7 +70,7 @@ class ClassNames:
         return [
             {"folder": display_path(name), "class": label}
             for name, label in self.labels.items()
-            if label != name
+            if label != folder_text(name)
         ]
 
 
@@ -73,21 +83,23 @@ def assign_labels(folders: list[str]) -> ClassNames:
         if problem:
             result.rejected[name] = problem
         else:
-            by_label.setdefault(looks(name), []).append(name)
+            by_label.setdefault(looks(folder_text(name)), []).append(name)
     for name in folders:
         if name in result.rejected:
             continue
-        label = normalise(name)
-        group = by_label[looks(name)]
+        label = normalise(folder_text(name))
+        group = by_label[looks(folder_text(name))]
         if len(group) == 1:
             result.labels[name] = label
             continue
         others = [ascii(other) for other in group if other != name]
         result.rejected[name] = (
             f"the name is the same class name as folder {', '.join(others)} once normalised "
-            f"(Unicode {NORMAL_FORM}, invisible format characters left out, spaces as one: {looks(name)!r}); "
-            "merge or rename them"
+            f"(Unicode {NORMAL_FORM}, invisible format characters left out, spaces as one: "
+            f"{looks(folder_text(name))!r}); merge or rename them"
         )
         if name == group[0]:
-            result.conflicts.append({"class": looks(name), "folders": [display_path(f) for f in group]})
+            result.conflicts.append(
+                {"class": looks(folder_text(name)), "folders": [display_path(f) for f in group]}
+            )
     return result
