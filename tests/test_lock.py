@@ -242,3 +242,34 @@ def test_a_home_lock_file_deleted_while_held_lets_no_one_in(tmp_path):
     assert lock.home_held(home) is False
     with lock.home_lock(home, holder="prune"):  # freed with its holder
         pass
+
+
+def test_the_lock_file_is_made_as_the_umask_says(tmp_path):
+    """A team's home under umask 002 got a 0644 lock file, which the group's other users could
+    not open: every run of theirs exited 2 on it."""
+    old = os.umask(0o002)
+    try:
+        with lock.home_lock(str(tmp_path / "home")):
+            pass
+    finally:
+        os.umask(old)
+    assert os.stat(lock.home_lock_path(str(tmp_path / "home"))).st_mode & 0o777 == 0o664
+
+
+def test_a_lock_file_this_user_may_only_read_still_locks(tmp_path, monkeypatch, caplog):
+    """Another user's lock file, readable but not writable (made under an earlier 0644 rule)."""
+    path = str(tmp_path / "run.lock")
+    open(path, "w").close()
+    opened = os.open
+
+    def not_writable(p, flags, *mode):
+        if p == path and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", p)
+        return opened(p, flags, *mode)
+
+    monkeypatch.setattr(lock.os, "open", not_writable)
+    with lock.run_lock(path, holder="run A"):
+        with pytest.raises(lock.LockBusy):  # still exclusive
+            with lock.run_lock(path):
+                pass
+    assert "who holds it could not be written" in caplog.text

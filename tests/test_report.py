@@ -1139,3 +1139,14 @@ def test_the_data_gates_warnings_are_the_reports_notes(tmp_path):
         data_gate=report,
     )
     assert f"data gate: {warning}" in gathered.notes
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o077, 0o700), (0o002, 0o775)])
+def test_the_report_folder_is_made_as_the_umask_says(tmp_path, umask, mode):
+    """It was 0755 whatever the umask: readable by everyone inside a home made private (077)."""
+    old = os.umask(umask)
+    try:
+        build.write_report(str(tmp_path / "report"), _report_data(cap=1))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "report").st_mode & 0o777 == mode

@@ -199,7 +199,14 @@ def _say_who_holds(fd: int, holder: str) -> None:
 def _open_lock_file(path: str) -> int:
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who else may write
+        except PermissionError:
+            if not os.path.isfile(path):
+                raise
+            # Another user's lock file this user may read: flock takes a lock through a read-only
+            # descriptor too (who holds it is then not written into the file).
+            return os.open(path, os.O_RDONLY)
     except OSError as e:
         raise LockError(f"lock file {path}: cannot create or open it: {e.strerror or e}") from None
 

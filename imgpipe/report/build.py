@@ -57,7 +57,7 @@ def write_report(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".report-", dir=parent)
     try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the report is for people to read
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private: as any folder the user makes
         written: dict[str, str] = {}
         for name, normalised in (("confusion_counts", False), ("confusion_normalised", True)):
             written[name] = f"{name}.png"
@@ -274,3 +274,10 @@ def load_report(run_folder: str) -> ReportData | None:
     except (ValueError, KeyError, TypeError) as e:  # damaged, or written by another version
         log.warning("ignoring %s: %s: %s", path, type(e).__name__, e)
         return None
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then set back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
