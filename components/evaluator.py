@@ -124,6 +124,22 @@ GATE_CONFIG_KEY = "gate_config"
 # The pipeline home's rollback log (serving/model_fingerprint.py): a candidate with the weights of
 # a model `imgpipe rollback` took out is refused, though it was trained again (a new artifact).
 ROLLBACK_LOG_KEY = "rollback_log"
+IMAGE_SIZE_KEY = "image_size"  # the model's input size: bounds the examples per model call
+
+# The pixels of the images one model call of the Evaluator takes: eval_batch_size's default of 128
+# at 224 px. A call's activations grow with its pixels (BENCHMARKS.md "Feature extraction at large
+# image sizes"): at 1024 px, 128 images would take tens of GB; the call takes 6 there.
+EVAL_CALL_PIXELS = 128 * 224 * 224
+
+
+def eval_batch(eval_batch_size: int, image_size: int | None) -> int:
+    """Examples per model call: eval_batch_size, or fewer where its images at `image_size` pass
+    EVAL_CALL_PIXELS (at least one)."""
+    if not image_size:
+        return eval_batch_size
+    return max(1, min(eval_batch_size, EVAL_CALL_PIXELS // (image_size * image_size)))
+
+
 # Gate settings the Evaluator does not read (the data gate's).
 _NOT_EVALUATOR = frozenset({"allow_anomalies", "accept_label_change"})
 
@@ -384,6 +400,15 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
     def Do(self, input_dict, output_dict, exec_properties):  # noqa: N802 - TFX's name
         props = dict(exec_properties)
         gate = gate_config_from(props)
+        batch = eval_batch(gate.eval_batch_size, props.get(IMAGE_SIZE_KEY))
+        if batch < gate.eval_batch_size:
+            log.info(
+                "eval examples per model call: %d at %dpx, not eval_batch_size %d (a call's memory grows "
+                "with its pixels)",
+                batch,
+                props[IMAGE_SIZE_KEY],
+                gate.eval_batch_size,
+            )
         report = read_report(input_dict[DATA_REPORT_KEY])
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         baselines = list(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or [])
@@ -508,7 +533,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                     ~left_out,
                     split_dirs(examples, splits),
                     [saved_model_dir(model), *([saved_model_dir(baselines[0])] if compare else [])],
-                    gate.eval_batch_size,
+                    batch,
                 )
             pair = None
             if compare:
@@ -538,11 +563,9 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                     either,
                     split_dirs(examples, splits),
                     [saved_model_dir(model), saved_model_dir(baselines[0])],
-                    gate.eval_batch_size,
+                    batch,
                 )
-        run = tfma_run(
-            model, tfma_baselines, examples, splits, props, gate.eval_batch_size, optimization.enabled
-        )
+        run = tfma_run(model, tfma_baselines, examples, splits, props, batch, optimization.enabled)
         earlier = earlier_tfma_run(evaluation.uri, run)
         if earlier is not None:
             copy_tfma_output(earlier, evaluation.uri)
@@ -567,7 +590,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
                 graph_optimization.grappler(optimization.enabled),
                 tfma_warm.offer_candidates(),
                 warm,
-                fixed_record_batches(gate.eval_batch_size),
+                fixed_record_batches(batch),
             ):
                 super().Do(inputs, output_dict, props)
 
@@ -977,6 +1000,7 @@ class GateEvaluatorSpec(standard_component_specs.EvaluatorSpec):
         **standard_component_specs.EvaluatorSpec.PARAMETERS,
         GATE_CONFIG_KEY: ExecutionParameter(type=str),
         ROLLBACK_LOG_KEY: ExecutionParameter(type=str, optional=True),
+        IMAGE_SIZE_KEY: ExecutionParameter(type=int, optional=True),
         **{
             name: ExecutionParameter(type=spec.ptype, optional=True) for name, spec in EVALUATOR_KNOBS.items()
         },
@@ -1003,6 +1027,7 @@ class GateEvaluator(base_component.BaseComponent):
         example_splits: Sequence[str],
         knobs: Mapping[str, Knob],
         rollback_log: str | None = None,
+        image_size: int | None = None,
     ):
         rest = {
             k: v for k, v in gate.to_dict().items() if k not in EVALUATOR_KNOBS and k not in _NOT_EVALUATOR
@@ -1017,6 +1042,7 @@ class GateEvaluator(base_component.BaseComponent):
             fairness_indicator_thresholds=json_utils.dumps(None),
             gate_config=json_utils.dumps(rest),
             rollback_log=rollback_log,
+            image_size=image_size,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
             **{name: knobs[name] for name in EVALUATOR_KNOBS},

@@ -158,6 +158,7 @@ def create_pipeline(
         example_splits=["eval"],
         knobs=knobs,
         rollback_log=os.path.join(config.home, ROLLBACK_LOG),
+        image_size=image_size,
     ).with_id("Evaluator")
     # Pre-push validation: the blessed candidate, served by a real model server, must answer
     # every signature like it does in-process (components/infra_validator.py).

@@ -1378,3 +1378,22 @@ def test_a_damaged_baseline_is_named_as_the_gates_baseline(tmp_path, fake_tfma, 
         e.value
     )
     assert "inputs" not in fake_tfma  # TFMA never started
+
+
+@pytest.mark.parametrize(
+    "size,batch,expected",
+    [(None, 128, 128), (32, 128, 128), (224, 128, 128), (512, 128, 24), (1024, 128, 6), (1024, 4, 4)],
+)
+def test_the_evaluators_model_calls_are_bounded_by_their_pixels(size, batch, expected):
+    from components.evaluator import eval_batch
+
+    assert eval_batch(batch, size) == expected
+
+
+def test_the_pipeline_gives_the_evaluator_its_image_size():
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_pipeline
+
+    config = PipelineConfig.from_dict({"data_dir": "/data", "home": "/home", "image_size": 512}).resolved()
+    [evaluator] = [c for c in create_pipeline(config).components if c.id == "Evaluator"]
+    assert evaluator.exec_properties["image_size"] == 512

@@ -111,6 +111,31 @@ def test_head_on_cached_features_equals_full_model(three_class, model3):
     np.testing.assert_allclose(via_cache, full, rtol=1e-4, atol=1e-5)
 
 
+def test_features_extracted_in_smaller_calls_are_the_same(three_class, model3):
+    tfo, train_files, _ = three_class
+    _, extractor = model3
+    whole, y_whole = _arrays(extractor.cache(_images(train_files, tfo, 3)).features.batch(64))
+    small = data.make_dataset(train_files, tfo, data.InputSpec(batch_size=2, num_classes=3))
+    parts, y_parts = _arrays(extractor.cache(small).features.batch(64))
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(y_parts, y_whole)
+
+
+@pytest.mark.parametrize(
+    "global_batch,size,replicas,expected",
+    [
+        (32, 32, 1, 32),
+        (32, 256, 1, 32),
+        (32, 512, 1, 8),
+        (32, 1024, 1, 2),
+        (64, 1024, 2, 2),
+        (64, 4096, 2, 2),
+    ],
+)
+def test_extraction_calls_are_bounded_by_their_pixels(global_batch, size, replicas, expected):
+    assert train.extraction_batch(global_batch, size, replicas) == expected
+
+
 def test_disk_spill_gives_the_memory_features(three_class, model3, tmp_path):
     tfo, train_files, _ = three_class
     _, extractor = model3
@@ -149,16 +174,19 @@ def two_class_run(two_class, source_backbone, strategy, tmp_path_factory):
     """A default (cached) 2-class run whose features spill to its cache_dir."""
     tfo, train_files, eval_files = two_class
     cache_dir = str(tmp_path_factory.mktemp("run2") / "feature_cache")
-    result = train.train(
-        train_files,
-        eval_files,
-        tfo,
-        _params(source_backbone, epochs=3),
-        strategy=strategy,
-        cache_dir=cache_dir,
-        cache_memory_bytes=1,
-        verbose=0,
-    )
+    # Extraction calls bounded as at 1024 px (4 images of 32 px a call, not the batch of 8).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "EXTRACTION_PIXELS", 4 * SIZE * SIZE + 1)
+        result = train.train(
+            train_files,
+            eval_files,
+            tfo,
+            _params(source_backbone, epochs=3),
+            strategy=strategy,
+            cache_dir=cache_dir,
+            cache_memory_bytes=1,
+            verbose=0,
+        )
     return result, cache_dir, tfo, train_files
 
 
@@ -166,6 +194,10 @@ def test_two_class_run_trains_head_on_spilled_cache(two_class_run):
     result, cache_dir, _, _ = two_class_run
     assert result.feature_cache_used and result.feature_cache_phases == {"head": True}
     assert any("spilled to disk" in n and cache_dir in n for n in result.notes)
+    assert (
+        f"features extracted 4 images a call at {SIZE}px, not the batch of {BATCH}: a call's memory grows with its pixels"
+        in result.notes
+    )
     assert set(result.seconds) == {"feature_extraction", "train"}
     assert len(result.history["loss"]) == 3 and 0.0 <= result.eval_accuracy <= 1.0
     # Spilled features are deleted once the head is trained.

@@ -172,6 +172,42 @@ def test_a_head_no_better_than_a_uniform_guess_is_noted():
     )
 
 
+def test_a_head_whose_train_loss_never_fell_names_the_learning_rate():
+    """Learning rates of 1e-9 (train loss flat) and 10 (train loss rising): the note blamed the
+    data ("too few images a class, labels that do not follow the images ...")."""
+    from trainer import head
+    from trainer.train import _describe, _no_better_than_uniform
+
+    def run(losses, lr):
+        outcome = head.FitOutcome({"loss": losses}, len(losses), best_epoch=2, best_val_loss=1.46)
+        return head.HeadRun(model=None, hparams=head.HeadHParams(lr, 0.0, 0.0), selection=outcome)
+
+    flat = _no_better_than_uniform(run([1.9505, 1.9505, 1.9504], 1e-9), 3, 45)
+    assert (
+        "Its train loss did not fall either (1.9505 at epoch 1, 1.9504 at its lowest): the learning rate, 1e-09"
+        in flat
+    )
+    assert "(the default is 0.001)" in flat and "labels that do not follow" not in flat
+    rising = _no_better_than_uniform(run([2.548, 4.959, 4.9], 10.0), 3, 45)
+    assert "the learning rate, 10, is likely too high or too low" in rising
+    falling = _no_better_than_uniform(run([1.9, 1.5, 1.2], 1e-3), 3, 45)
+    assert "labels that do not follow the images" in falling
+
+    # Still falling at the cap: said, with the flag that gives more epochs.
+    params = _params(epochs=30, patience=3)
+    notes = []
+    outcome = head.FitOutcome({"loss": [1.0] * 30}, 30, best_epoch=30, best_val_loss=0.2)
+    _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=outcome), params)
+    assert notes[-1] == (
+        "head: its validation loss was still falling at the cap of 30 epochs (best at epoch 30): more "
+        "epochs (--epochs) may train it further"
+    )
+    notes.clear()
+    stopped = head.FitOutcome({"loss": [1.0] * 12}, 12, best_epoch=9, best_val_loss=0.2, stopped_epoch=12)
+    _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=stopped), params)
+    assert len(notes) == 1
+
+
 def test_class_weights_auto_and_none():
     balanced = np.repeat([0, 1, 2], [10, 10, 10])
     assert head.class_weights(balanced, 3, "auto")[0] is None
@@ -687,3 +723,27 @@ def test_the_folds_score_is_pooled_over_their_predictions_not_a_mean_of_fold_sco
     assert pooled == pytest.approx([balanced] * 3)
     assert head._pooled("val_accuracy", histories, sizes, 2) == pytest.approx([counts[0] / sum(counts)] * 2)
     assert head._pooled(head.MONITOR, histories, sizes, 2) == [1.0, math.inf]
+
+
+def test_more_folds_asked_than_a_class_can_deal_are_said_and_bounded():
+    """cv_folds 1000 on a train split whose largest class holds 240: 240 folds ran (139 s against
+    13 s for the slice) and the notes said '240-fold' without a word on the 1000."""
+    from pydantic import ValidationError
+
+    from trainer import head
+    from trainer.train import _describe
+
+    notes = []
+    outcome = head.FitOutcome(
+        {"loss": [1.0] * 4},
+        4,
+        best_epoch=2,
+        best_val_loss=0.3,
+        stopped_epoch=4,
+        folds=40,
+        best_val_weighted_accuracy=0.8,
+    )
+    _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=outcome), _params(cv_folds=50))
+    assert notes[0].endswith("; 40 folds, not cv_folds 50: no class has more train examples to deal")
+    with pytest.raises(ValidationError, match="cv_folds"):
+        _params(cv_folds=1000)

@@ -191,6 +191,20 @@ def _stats(cache: data.FeatureCache, params: TrainingConfig) -> tuple[np.ndarray
     return model_lib.feature_stats(*cache.moments()) if params.standardize else None
 
 
+# The images one backbone call extracts features from, in pixels: 32 images at 256 px. The
+# activations of a call grow with its pixels: MobileNetV2 at 1024 px took a 10.6 GB peak for a
+# batch of 32 and 1.7 GB for 4, in less time (BENCHMARKS.md "Feature extraction at large image
+# sizes"). At 256 px and below the training batch (32 a replica) is under it and used as is.
+EXTRACTION_PIXELS = 32 * 256 * 256
+
+
+def extraction_batch(global_batch: int, image_size: int, replicas: int = 1) -> int:
+    """Images per feature-extraction call: the global batch, or fewer where that many images of
+    `image_size` pixels a side pass EXTRACTION_PIXELS (a multiple of `replicas`, at least one each)."""
+    fits = EXTRACTION_PIXELS // (image_size * image_size)
+    return min(global_batch, max(replicas, fits // replicas * replicas))
+
+
 def train_cached_head(
     train_cache: data.FeatureCache,
     eval_cache: data.FeatureCache,
@@ -282,10 +296,15 @@ def train(
         notes.append(msg)
 
     def images(
-        files, shuffle: bool, augment: bool, select: np.ndarray | None = None, measuring: bool = False
+        files,
+        shuffle: bool,
+        augment: bool,
+        select: np.ndarray | None = None,
+        measuring: bool = False,
+        batch_size: int | None = None,
     ) -> tf.data.Dataset:
         spec = data.InputSpec(
-            batch_size=global_batch,
+            batch_size=batch_size or global_batch,
             num_classes=num_classes,
             shuffle=shuffle,
             augment=augment,
@@ -319,11 +338,17 @@ def train(
         if use_cache:
             t_cache = time.perf_counter()
             extractor = data.FeatureExtractor(strategy, base)
+            batch = extraction_batch(global_batch, image_size, replicas)
+            if batch < global_batch:
+                note(
+                    f"features extracted {batch} images a call at {image_size}px, not the batch of "
+                    f"{global_batch}: a call's memory grows with its pixels"
+                )
             caches = []
             for split, files in (("train", train_files), ("eval", eval_files)):
                 caches.append(
                     extractor.cache(
-                        images(files, False, False, measuring=split == "eval"),
+                        images(files, False, False, measuring=split == "eval", batch_size=batch),
                         _sub(cache_dir, split),
                         cache_memory_bytes,
                     )
@@ -483,9 +508,16 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
             f"pooled weighted accuracy {sel.best_val_weighted_accuracy:.4f}, loss {sel.best_val_loss:.4f} "
             f"({'the folds ran up to ' + str(sel.epochs_run) + ' epochs' if sel.stopped_epoch else 'ran to the cap of ' + str(params.epochs) + ' epochs'})"
         )
+        if sel.folds < params.cv_folds:
+            msg += f"; {sel.folds} folds, not cv_folds {params.cv_folds}: no class has more train examples to deal"
     if run.refit is not None:
         msg += f"; refit on the whole train split for {run.refit.epochs_run} epochs"
     note(msg)
+    if params.early_stopping and not sel.stopped_epoch and sel.best_epoch >= sel.epochs_run - 1:
+        note(
+            f"head: its validation loss was still falling at the cap of {params.epochs} epochs (best at epoch "
+            f"{sel.best_epoch}): more epochs (--epochs) may train it further"
+        )
 
 
 def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_examples: int) -> str | None:
@@ -497,6 +529,13 @@ def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_exam
     if sel.best_epoch is None or num_classes < 2:
         return None
     causes = "Too few images a class, labels that do not follow the images, or features that do not tell the classes apart"
+    losses = [x for x in sel.history.get("loss", []) if math.isfinite(x)]
+    if len(losses) >= 2 and min(losses[1:]) >= 0.99 * losses[0]:
+        causes = (
+            f"Its train loss did not fall either ({losses[0]:.4f} at epoch 1, {min(losses):.4f} at its lowest): "
+            f"the learning rate, {run.hparams.learning_rate:g}, is likely too high or too low for the head "
+            f"(the default is {TrainingConfig.model_fields['learning_rate'].default:g})"
+        )
     if sel.folds:
         chance = 1 / num_classes
         pooled = sel.best_val_weighted_accuracy
