@@ -541,6 +541,12 @@ def test_standardised_head_equals_a_dense_layer_on_standardised_features():
     f = constant.astype(np.float64)
     _, variance = model_lib.feature_stats(f.sum(0), (f**2).sum(0), len(f))
     assert variance[-1] >= 1e-4 * variance.mean() * 0.999
+    # Every unit constant (images of one colour): the sums' float noise is no variance to divide by.
+    flat = np.full((64, 8), 0.37, np.float32) + np.float32(1e-7) * (np.arange(64)[:, None] % 2)
+    f = flat.astype(np.float64)
+    mean, variance = model_lib.feature_stats(f.sum(0), (f**2).sum(0), len(f))
+    assert (variance >= 0.37**2 * 1e-8 * 0.999).all()
+    assert np.abs((flat - mean) / np.sqrt(variance)).max() < 0.05  # noise stays noise
 
 
 def test_eval_labels_with_no_class_are_left_out_of_the_trainers_accuracy(imbalanced_digits, source_backbone):

@@ -131,12 +131,16 @@ def feature_stats(total: np.ndarray, total_sq: np.ndarray, count: int) -> tuple[
 
     The variance is floored at 1e-4 of the mean variance: a unit that is (nearly) constant
     on the training data would otherwise turn tiny differences at serving time into huge
-    inputs."""
+    inputs. When every unit is (nearly) constant (images of one colour), the mean variance is
+    float noise itself: the floor is then also at least 1e-8 of the features' mean square, so
+    float32 noise between the cached and the serving path is not scaled up a millionfold (an
+    audit's head answered one class on its cached features and the other as served)."""
     if count < 1:
         raise ValueError("feature_stats: no examples")
     mean = np.asarray(total, np.float64) / count
-    variance = np.maximum(np.asarray(total_sq, np.float64) / count - mean**2, 0.0)
-    floor = max(float(variance.mean()) * 1e-4, 1e-12)
+    mean_square = np.asarray(total_sq, np.float64) / count
+    variance = np.maximum(mean_square - mean**2, 0.0)
+    floor = max(float(variance.mean()) * 1e-4, float(mean_square.mean()) * 1e-8, 1e-12)
     return mean.astype(np.float32), np.maximum(variance, floor).astype(np.float32)
 
 
