@@ -28,7 +28,7 @@ from tfx.components.example_gen import driver, input_processor
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2, range_config_pb2
 
-CHUNK = 1 << 20
+from trainer.same_files import sha256
 
 
 def content_fingerprint(input_base: str, patterns: Iterable[tuple[str, str]]) -> str:
@@ -38,34 +38,15 @@ def content_fingerprint(input_base: str, patterns: Iterable[tuple[str, str]]) ->
     files = total = 0
     for split, pattern in patterns:
         for path in sorted(fileio.glob(os.path.join(input_base, pattern))):
-            digest, size = _sha256(path)
-            name = os.path.relpath(path, input_base) if "://" not in path else path[len(input_base) :]
-            whole.update(
-                f"{split}\0{name}\0{size}\0{digest.hexdigest()}\n".encode("utf-8", "surrogateescape")
-            )
+            digest, size = sha256(path, fileio.open)
+            if "://" in path:  # the same name with or without a slash after input_base
+                name = path[len(input_base.rstrip("/")) :].lstrip("/")
+            else:
+                name = os.path.relpath(path, input_base)
+            whole.update(f"{split}\0{name}\0{size}\0{digest}\n".encode("utf-8", "surrogateescape"))
             files += 1
             total += size
     return f"content:files:{files},bytes:{total},sha256:{whole.hexdigest()}"
-
-
-def _sha256(path: str) -> tuple[hashlib._Hash, int]:
-    """The SHA-256 of a file's bytes and its size; a local file through Python's own reads
-    (2-3x TensorFlow's file system's speed), any other through TFX's file system."""
-    digest = hashlib.sha256()
-    size = 0
-    if "://" in path:
-        with fileio.open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        return digest, size
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-            size += n
-    return digest, size
 
 
 class _ContentInputProcessor(input_processor.FileBasedInputProcessor):

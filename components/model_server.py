@@ -93,7 +93,7 @@ def server_command(
             binary,
             f"--port={port}",
             f"--model_name={model_name}",
-            f"--model_base_path={model_base_path}",
+            f"--model_base_path={os.path.abspath(model_base_path)}",
             "--max_num_load_retries=0",
         )
         if poll_seconds is not None:
@@ -205,6 +205,10 @@ class ModelServer:
     def start(self) -> None:
         """Start the process (its output goes to `log_path`); returns at once."""
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        if env.get("PYTHONPATH"):  # entries relative to where the run started, kept so in another folder
+            env["PYTHONPATH"] = os.pathsep.join(
+                os.path.abspath(p) if p else p for p in env["PYTHONPATH"].split(os.pathsep)
+            )
         log_dir = os.path.dirname(os.path.abspath(self.log_path))
         os.makedirs(log_dir, exist_ok=True)
         with open(self.log_path, "ab") as out:

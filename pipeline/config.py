@@ -55,6 +55,7 @@ SECTIONS: dict[str, type[Settings]] = {
 
 MAX_PIPELINE_NAME = 63
 GLOB_CHARACTERS = "*?["
+MAX_CV_FOLDS = 50
 MAX_MODEL_NAME_BYTES = 128
 
 
@@ -62,6 +63,12 @@ MAX_MODEL_NAME_BYTES = 128
 _UNTYPABLE = frozenset(
     "\u061c\u200b\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
 )
+
+
+def _bracket_pattern(value: str) -> bool:
+    """Whether `value` holds a '[' that glob reads as a character set: one a ']' follows."""
+    start = value.find("[")
+    return start >= 0 and "]" in value[start + 2 :]
 
 
 def _name(value: str) -> str:
@@ -320,7 +327,7 @@ class PipelineConfig(Settings):
             ("pipeline_name", self.pipeline_name, "name"),
             ("model_name", self.model_name, "name"),
         ):
-            found = sorted({c for c in value if c in GLOB_CHARACTERS})
+            found = sorted({c for c in value if c in "*?"} | ({"["} if _bracket_pattern(value) else set()))
             if found:
                 fix = (
                     "give a path without it (a symbolic link to the folder will do)"
@@ -353,6 +360,12 @@ class PipelineConfig(Settings):
         if not self.data_dir:
             raise ConfigError("data_dir: required (a TFRecord dir from `imgpipe ingest`)")
         self._check_glob_characters()
+        if self.training.cv_folds > MAX_CV_FOLDS:
+            # Checked as a run starts, not in the schema: configs recorded by earlier runs stay readable.
+            raise ConfigError(
+                f"cv_folds: at most {MAX_CV_FOLDS} folds, got {self.training.cv_folds} (cross-validation runs "
+                "only when a class has fewer than 10 validation examples: a fold a handful of examples)"
+            )
         weights = self.training.weights
         if self.training.weights_kind == "file" and "://" not in weights:
             if not os.path.isfile(weights):

@@ -269,6 +269,11 @@ def test_the_server_starts_outside_a_working_directory_with_packages_named_like_
     for package in ("trainer", "serving", "pipeline", "components"):
         (project / package).mkdir(parents=True)
         (project / package / "__init__.py").write_text(f"raise ImportError('the project's own {package}')\n")
+    # A PYTHONPATH entry relative to where the run started still names that folder.
+    (project / "libs").mkdir()
+    marker = tmp_path / "libs-imported"
+    (project / "libs" / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setenv("PYTHONPATH", "libs")
     monkeypatch.chdir(project)
     monkeypatch.setenv("PATH", str(tmp_path))  # no tensorflow_model_server: imgpipe's own server
     command = model_server.server_command("no-such-base-path", "digits", 8123)
@@ -279,6 +284,7 @@ def test_the_server_starts_outside_a_working_directory_with_packages_named_like_
     # imgpipe's packages loaded, and the base path is the one relative to where the run started.
     assert f"model base path not found: {project / 'no-such-base-path'}" in log, log
     assert "the project's own" not in log, log
+    assert marker.exists()
 
 
 def test_stage_model_makes_the_version_layout(model, tmp_path):

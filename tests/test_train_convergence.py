@@ -202,10 +202,26 @@ def test_a_head_whose_train_loss_never_fell_names_the_learning_rate():
         "head: its validation loss was still falling at the cap of 30 epochs (best at epoch 30): more "
         "epochs (--epochs) may train it further"
     )
-    notes.clear()
-    stopped = head.FitOutcome({"loss": [1.0] * 12}, 12, best_epoch=9, best_val_loss=0.2, stopped_epoch=12)
-    _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=stopped), params)
-    assert len(notes) == 1
+    for quiet in (
+        head.FitOutcome({"loss": [1.0] * 12}, 12, best_epoch=9, best_val_loss=0.2, stopped_epoch=12),
+        head.FitOutcome({"loss": [1.0] * 30}, 30, best_epoch=29, best_val_loss=0.2),  # the last was worse
+        # Cross-validation chooses by pooled accuracy: nothing is claimed about its loss.
+        head.FitOutcome(
+            {"loss": [1.0] * 30},
+            30,
+            best_epoch=30,
+            best_val_loss=0.2,
+            folds=5,
+            best_val_weighted_accuracy=0.9,
+        ),
+    ):
+        notes.clear()
+        _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=quiet), params)
+        assert len(notes) == 1, notes
+
+    # A loss that became NaN: the learning rate, at the epoch it happened.
+    nan = _no_better_than_uniform(run([2.5, float("nan"), float("nan")], 100.0), 3, 45)
+    assert "Its train loss became nan at epoch 2: the learning rate, 100, is likely too high" in nan
 
 
 def test_class_weights_auto_and_none():
@@ -734,8 +750,6 @@ def test_the_folds_score_is_pooled_over_their_predictions_not_a_mean_of_fold_sco
 def test_more_folds_asked_than_a_class_can_deal_are_said_and_bounded():
     """cv_folds 1000 on a train split whose largest class holds 240: 240 folds ran (139 s against
     13 s for the slice) and the notes said '240-fold' without a word on the 1000."""
-    from pydantic import ValidationError
-
     from trainer import head
     from trainer.train import _describe
 
@@ -750,6 +764,4 @@ def test_more_folds_asked_than_a_class_can_deal_are_said_and_bounded():
         best_val_weighted_accuracy=0.8,
     )
     _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=outcome), _params(cv_folds=50))
-    assert notes[0].endswith("; 40 folds, not cv_folds 50: no class has more train examples to deal")
-    with pytest.raises(ValidationError, match="cv_folds"):
-        _params(cv_folds=1000)
+    assert notes[0].endswith("; 40 folds held examples, not cv_folds 50: the classes have too few")

@@ -160,7 +160,6 @@ class TrainingConfig(Settings):
     cv_folds: int = Field(
         5,
         ge=0,
-        le=50,
         description="when the validation slice holds fewer than 10 examples of some class, choose the "
         "head's epoch count by this many-fold cross-validation on the train split instead (the best "
         "pooled weighted accuracy, i.e. balanced accuracy under class weights; then a refit on the whole "

@@ -396,7 +396,14 @@ def train(
                 # over its images (not augmented), kept only as sums.
                 t_stats = time.perf_counter()
                 cache = data.FeatureExtractor(strategy, base).cache(
-                    images(train_files, False, False), _sub(cache_dir, "stats"), cache_memory_bytes
+                    images(
+                        train_files,
+                        False,
+                        False,
+                        batch_size=extraction_batch(global_batch, image_size, replicas),
+                    ),
+                    _sub(cache_dir, "stats"),
+                    cache_memory_bytes,
                 )
                 try:
                     stats = _stats(cache, params)
@@ -509,11 +516,14 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
             f"({'the folds ran up to ' + str(sel.epochs_run) + ' epochs' if sel.stopped_epoch else 'ran to the cap of ' + str(params.epochs) + ' epochs'})"
         )
         if sel.folds < params.cv_folds:
-            msg += f"; {sel.folds} folds, not cv_folds {params.cv_folds}: no class has more train examples to deal"
+            msg += (
+                f"; {sel.folds} folds held examples, not cv_folds {params.cv_folds}: the classes have too few"
+            )
     if run.refit is not None:
         msg += f"; refit on the whole train split for {run.refit.epochs_run} epochs"
     note(msg)
-    if params.early_stopping and not sel.stopped_epoch and sel.best_epoch >= sel.epochs_run - 1:
+    # The folds choose by pooled accuracy, not by the loss: no claim about the loss there.
+    if params.early_stopping and not sel.folds and not sel.stopped_epoch and sel.best_epoch == sel.epochs_run:
         note(
             f"head: its validation loss was still falling at the cap of {params.epochs} epochs (best at epoch "
             f"{sel.best_epoch}): more epochs (--epochs) may train it further"
@@ -529,12 +539,21 @@ def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_exam
     if sel.best_epoch is None or num_classes < 2:
         return None
     causes = "Too few images a class, labels that do not follow the images, or features that do not tell the classes apart"
-    losses = [x for x in sel.history.get("loss", []) if math.isfinite(x)]
-    if len(losses) >= 2 and min(losses[1:]) >= 0.99 * losses[0]:
-        causes = (
-            f"Its train loss did not fall either ({losses[0]:.4f} at epoch 1, {min(losses):.4f} at its lowest): "
+    losses = list(sel.history.get("loss", []))
+
+    def rate() -> str:
+        return (
             f"the learning rate, {run.hparams.learning_rate:g}, is likely too high or too low for the head "
             f"(the default is {TrainingConfig.model_fields['learning_rate'].default:g})"
+        )
+
+    diverged = next((epoch for epoch, x in enumerate(losses, 1) if not math.isfinite(x)), None)
+    if diverged is not None:
+        causes = f"Its train loss became {losses[diverged - 1]} at epoch {diverged}: {rate()}"
+    elif len(losses) >= 2 and min(losses[1:]) >= 0.99 * losses[0]:
+        causes = (
+            f"Its train loss did not fall either ({losses[0]:.4f} at epoch 1, {min(losses):.4f} at its lowest): "
+            f"{rate()}"
         )
     if sel.folds:
         chance = 1 / num_classes

@@ -277,7 +277,15 @@ def load_report(run_folder: str) -> ReportData | None:
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it, then set back)."""
+    """The process's umask: from /proc (Linux), else read by setting it and setting it back (a
+    file another thread makes in between would get 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
