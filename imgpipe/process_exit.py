@@ -8,10 +8,12 @@ command and every worker of a multi-process Beam job, and after the work is done
 
 `freeze_at_exit()` makes the exit freeze what exists instead (`gc.freeze`, from an atexit
 handler): the collector leaves those objects alone, and the memory goes back with the process.
-Nothing is flushed or closed by that last collection that this code depends on: files, logs,
-the request log and ML Metadata connections are closed where they are used, and logging's own
-atexit handler still runs (registered earlier, it runs after this one). Objects freed by
-reference counting at teardown are freed as before. BENCHMARKS.md, "A process's exit".
+Objects the teardown would have reached only through a module's globals (a module's dict is in
+a cycle) are then not finalized either; nothing this code depends on is finalized that way:
+files, record writers, logs, the request log and ML Metadata connections are closed where they
+are used, temporary folders by `with` blocks or weakref finalizers (which run at exit anyway),
+and logging's own atexit handler still runs (registered earlier, it runs after this one).
+BENCHMARKS.md, "A process's exit".
 """
 
 from __future__ import annotations
