@@ -207,3 +207,25 @@ def test_the_pusher_run_again_pushes_a_new_version_not_identical(tmp_path):
     new = pushed.get_string_custom_property("pushed_version")
     assert int(new) > 1001
     assert same_model(h.model_dir, os.path.join(h.base, new))
+
+
+def test_a_cached_pushs_note_names_the_version_that_serves_its_model_now(tmp_path):
+    """A cached Pusher's record says "identical to version 1001"; the newest version, 1002, holds
+    the same model now (pushed again after a rollback): the note named 1001, which may be gone."""
+    from imgpipe.orchestration.summary import summarize_run
+
+    h = _History(tmp_path)
+    shutil.copytree(h.model_dir, os.path.join(h.base, "1002"))
+    h.home.execute("run-3", "Evaluator", inputs={"model": [h.model]})
+    h.home.execute(
+        "run-3",
+        "Pusher",
+        inputs={"model": [h.model]},
+        reuse={"pushed_model": [h.identical]},
+        state=pb.Execution.CACHED,
+    )
+    config = PipelineConfig(home=h.home.home, serving_dir=str(tmp_path / "serving"), model_name="m")
+    assert summarize_run(config, "run-3").push_skipped == "cached: identical to version 1002"
+    # Another model in the newest version: the record's own words.
+    _replace_with_another_model(os.path.join(h.base, "1002"))
+    assert summarize_run(config, "run-3").push_skipped == "cached: identical to version 1001"

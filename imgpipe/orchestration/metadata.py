@@ -457,7 +457,7 @@ def withdraw_unserved_blessings(
             and not any(states.get(e) in FINISHED_STATES for e in pushers)
             and SERVED_UNRECORDED_KEY not in blessing.custom_properties
         ):
-            version = served_as(_evaluated_model_uri(store, maker.get(blessing_id))) if served_as else None
+            version = served_as(evaluated_model_uri(store, maker.get(blessing_id))) if served_as else None
             if version is not None:
                 blessing.custom_properties[SERVED_UNRECORDED_KEY].string_value = version
                 store.put_artifacts([blessing])
@@ -539,7 +539,7 @@ def _input_ids(store, execution_id: int, key: str) -> list[int]:
     ]
 
 
-def _evaluated_model_uri(store, evaluator_execution_id: int | None) -> str:
+def evaluated_model_uri(store, evaluator_execution_id: int | None) -> str:
     """The URI of the Model the Evaluator judged ('' when unknown)."""
     if evaluator_execution_id is None:
         return ""
