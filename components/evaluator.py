@@ -115,7 +115,7 @@ from components.gate_decision import (
 from components.runtime_params import EVALUATOR_KNOBS, Knob, check_knob
 from trainer import image_ids, tracing
 from trainer.config import ConfigError
-from trainer.features import LABEL_KEY, LABEL_XF, label_text
+from trainer.features import LABEL_KEY, LABEL_XF, SCORING_CALL_PIXELS, images_per_call, label_text
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,11 @@ GATE_CONFIG_KEY = "gate_config"
 ROLLBACK_LOG_KEY = "rollback_log"
 IMAGE_SIZE_KEY = "image_size"  # the model's input size: bounds the examples per model call
 
-# The pixels of the images one model call of the Evaluator takes: eval_batch_size's default of 128
-# at 224 px. A call's activations grow with its pixels (BENCHMARKS.md "Feature extraction at large
-# image sizes"): at 1024 px, 128 images would take tens of GB; the call takes 6 there.
-EVAL_CALL_PIXELS = 128 * 224 * 224
-
 
 def eval_batch(eval_batch_size: int, image_size: int | None) -> int:
     """Examples per model call: eval_batch_size, or fewer where its images at `image_size` pass
-    EVAL_CALL_PIXELS (at least one)."""
-    if not image_size:
-        return eval_batch_size
-    return max(1, min(eval_batch_size, EVAL_CALL_PIXELS // (image_size * image_size)))
+    SCORING_CALL_PIXELS (6 at 1024 px; at least one)."""
+    return images_per_call(eval_batch_size, image_size, SCORING_CALL_PIXELS)
 
 
 # Gate settings the Evaluator does not read (the data gate's).

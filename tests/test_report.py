@@ -1150,3 +1150,25 @@ def test_the_report_folder_is_made_as_the_umask_says(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "report").st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("size,batch", [(None, 128), (224, 128), (1024, 6)])
+def test_the_report_runs_the_model_on_fewer_records_a_call_for_large_images(monkeypatch, size, batch):
+    """At 1024 px the report ran the model 128 records a call: a 7.0 GB peak after the Pusher, the
+    run's largest (the Evaluator's calls were bounded already)."""
+    from imgpipe.orchestration import metadata
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def predictions(serving_model, eval_examples, batch_size=data.PREDICT_BATCH, loaded=None):
+        asked.append(batch_size)
+        raise Stop
+
+    monkeypatch.setattr(data, "EvalPredictions", predictions)
+    artifacts = metadata.RunArtifacts("run-1", {}, "e", "m", None, None)
+    with pytest.raises(Stop):
+        data.gather(artifacts, {}, None, None, image_size=size)
+    assert asked == [batch]

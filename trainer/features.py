@@ -44,3 +44,18 @@ def label_text(name: str) -> str:
     combining accent, 'a' and 'a ', 'dog' and 'd<U+200B>og') read differently."""
     name = str(name)
     return name if is_plain(name) else f"{name} ({code_points(name)})"
+
+
+# The pixels of the images one model call takes where only scores are needed (the Evaluator, the
+# run report): 128 images at 224 px. A call's activations grow with its pixels (BENCHMARKS.md
+# "Feature extraction at large image sizes"): at 1024 px, 128 images would take tens of GB.
+SCORING_CALL_PIXELS = 128 * 224 * 224
+
+
+def images_per_call(most: int, image_size: int | None, pixels: int, multiple: int = 1) -> int:
+    """`most` images a model call, or fewer where that many of `image_size` pixels a side pass
+    `pixels`: a multiple of `multiple` (replicas), at least `multiple`. No size: `most`."""
+    if not image_size:
+        return most
+    fits = pixels // (image_size * image_size)
+    return min(most, max(multiple, fits // multiple * multiple))

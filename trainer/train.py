@@ -31,6 +31,7 @@ import tf_keras as keras
 from trainer import data, distribution, head, memory_fit, tracing
 from trainer import model as model_lib
 from trainer.config import TrainingConfig
+from trainer.features import images_per_call
 
 if TYPE_CHECKING:  # only for annotations: importing TFT costs seconds
     import tensorflow_transform as tft
@@ -201,8 +202,7 @@ EXTRACTION_PIXELS = 32 * 256 * 256
 def extraction_batch(global_batch: int, image_size: int, replicas: int = 1) -> int:
     """Images per feature-extraction call: the global batch, or fewer where that many images of
     `image_size` pixels a side pass EXTRACTION_PIXELS (a multiple of `replicas`, at least one each)."""
-    fits = EXTRACTION_PIXELS // (image_size * image_size)
-    return min(global_batch, max(replicas, fits // replicas * replicas))
+    return images_per_call(global_batch, image_size, EXTRACTION_PIXELS, replicas)
 
 
 def train_cached_head(

@@ -146,6 +146,7 @@ def build_report(
         previous=previous,
         data_gate=metadata.data_gate_report(artifacts.data_gate),
         loaded=loaded_model(artifacts.serving_model) if loaded_model and artifacts.serving_model else None,
+        image_size=config.effective_image_size(),
     )
     name_files(data, config.data_dir)
     return write_report(

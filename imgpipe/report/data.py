@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from components.gate import METRIC_ACCURACY, METRIC_BALANCED, relabel_allowed
-from trainer.features import IMAGE_KEY, LABEL_KEY, label_text
+from trainer.features import IMAGE_KEY, LABEL_KEY, SCORING_CALL_PIXELS, images_per_call, label_text
 
 if TYPE_CHECKING:  # annotations only: ML Metadata's bindings take a second to import
     from imgpipe.orchestration.metadata import RunArtifacts
@@ -763,6 +763,7 @@ def gather(
     previous: ReportData | None = None,
     loaded: Any = None,
     data_gate: Mapping[str, Any] | None = None,
+    image_size: int | None = None,
 ) -> ReportData:
     """Everything the report shows for one run; ReportDataError when the model or eval split is missing.
 
@@ -771,6 +772,7 @@ def gather(
     the model again (a re-run whose Trainer came from the cache).
     `loaded`: the run's model already loaded in this process (see `EvalPredictions`).
     `data_gate`: the DataGate's report (data_gate.json); its warnings become notes.
+    `image_size`: the model's input size: the model is run on fewer records a call above 224 px.
     """
     if not artifacts.serving_model:
         raise ReportDataError(f"run {artifacts.run_id} has no trained model in ML Metadata")
@@ -787,7 +789,10 @@ def gather(
         notes.append(f"predictions reused from run {previous.run_id}'s report: the same model and eval split")
         predictions_from = f"report of run {previous.run_id}"
     else:
-        with EvalPredictions(artifacts.serving_model, artifacts.eval_examples, loaded=loaded) as predictions:
+        batch = images_per_call(PREDICT_BATCH, image_size, SCORING_CALL_PIXELS)
+        with EvalPredictions(
+            artifacts.serving_model, artifacts.eval_examples, batch_size=batch, loaded=loaded
+        ) as predictions:
             tally = tally_predictions(predictions.class_names, predictions, max_misclassified)
         predictions_from = PREDICTIONS_EVALUATOR if predictions.from_loaded else PREDICTIONS_LOADED
         columns, rows, matrix = tally.columns(), tally.rows(), tally.matrix()
