@@ -1172,3 +1172,21 @@ def test_the_report_runs_the_model_on_fewer_records_a_call_for_large_images(monk
     with pytest.raises(Stop):
         data.gather(artifacts, {}, None, None, image_size=size)
     assert asked == [batch]
+
+
+def test_the_text_tables_columns_line_up_after_wide_class_names():
+    """'日本' takes four terminal columns, not two: the numbers after it shifted left."""
+    import unicodedata
+
+    d = _report_data(["日本", "cafe\u0301", "cat"])
+    lines = text.render(d).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("class ") and "precision" in line)
+    rows = lines[start : start + 4]  # the heading and one row a class
+
+    def columns(s):
+        return sum(
+            0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s
+        )
+
+    assert any(row.startswith("日本") for row in rows), rows
+    assert len({columns(row) for row in rows}) == 1, rows  # the numbers end in the same column

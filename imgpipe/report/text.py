@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from imgpipe.report.data import ReportData, confused_pairs, floor_text
 from trainer.features import label_text
 
@@ -51,7 +53,7 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
     names = [
         _clean(label_text(r.name)) + ("" if r.in_vocabulary else " (not a model class)") for r in d.per_class
     ]
-    width = max([len("class"), *map(len, names)])
+    width = max([len("class"), *map(_columns, names)])
     lines += [
         "",
         f"accuracy {_num(d.accuracy)} over {d.examples} labelled eval examples"
@@ -60,7 +62,7 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
     ]
     for name, r in zip(names, d.per_class, strict=True):
         lines.append(
-            f"{name:<{width}}  {_num(r.precision, 3):>9}  {_num(r.recall, 3):>6}  {r.support:>7}  {r.predicted:>9}"
+            f"{name}{' ' * (width - _columns(name))}  {_num(r.precision, 3):>9}  {_num(r.recall, 3):>6}  {r.support:>7}  {r.predicted:>9}"
         )
 
     pairs = confused_pairs(d.class_names, d.confusion)
@@ -93,3 +95,11 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
                 + (f"  {_clean(m.file)}" if m.file else "")
             )
     return "\n".join(lines) + "\n"
+
+
+def _columns(text: str) -> int:
+    """The terminal columns `text` takes: 2 for a wide East Asian character, 0 for a combining mark."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+        for c in text
+    )
