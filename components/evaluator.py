@@ -57,6 +57,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -125,6 +126,16 @@ GATE_CONFIG_KEY = "gate_config"
 # a model `imgpipe rollback` took out is refused, though it was trained again (a new artifact).
 ROLLBACK_LOG_KEY = "rollback_log"
 IMAGE_SIZE_KEY = "image_size"  # the model's input size: bounds the examples per model call
+
+
+def models_batch(
+    eval_batch_size: int, model_pixels: Sequence[int | None], image_size: int | None
+) -> tuple[int, int]:
+    """(examples per model call, the side it is bounded by) for models of `model_pixels` (each
+    model's input height x width, None where unread: `graph_optimization.image_pixels`): the
+    largest of them, a baseline of another size too; the run's `image_size` where none is read."""
+    side = max([math.isqrt(p) for p in model_pixels if p] + [image_size or 0])
+    return eval_batch(eval_batch_size, side or None), side
 
 
 def eval_batch(eval_batch_size: int, image_size: int | None) -> int:
@@ -393,18 +404,19 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
     def Do(self, input_dict, output_dict, exec_properties):  # noqa: N802 - TFX's name
         props = dict(exec_properties)
         gate = gate_config_from(props)
-        batch = eval_batch(gate.eval_batch_size, props.get(IMAGE_SIZE_KEY))
+        report = read_report(input_dict[DATA_REPORT_KEY])
+        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
+        baselines = list(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or [])
+        model_pixels = [graph_optimization.image_pixels(saved_model_dir(m)) for m in [model, *baselines]]
+        batch, side = models_batch(gate.eval_batch_size, model_pixels, props.get(IMAGE_SIZE_KEY))
         if batch < gate.eval_batch_size:
             log.info(
                 "eval examples per model call: %d at %dpx, not eval_batch_size %d (a call's memory grows "
                 "with its pixels)",
                 batch,
-                props[IMAGE_SIZE_KEY],
+                side,
                 gate.eval_batch_size,
             )
-        report = read_report(input_dict[DATA_REPORT_KEY])
-        model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
-        baselines = list(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or [])
         splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
         label_counts = eval_label_counts(report, splits or ["eval"])  # first: it names a split not counted
@@ -514,6 +526,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             eval_examples(report, splits or ["eval"]),
             [saved_model_dir(m) for m in [model, *(tfma_baselines or [])]],
             in_process=tfma_in_this_process(self._beam_pipeline_args),
+            pixels=model_pixels[: 1 + len(tfma_baselines or [])],
         )
         on_unseen = None  # (candidate, baseline) answers on the eval examples the baseline did not see
         judged = None  # the candidate's answers on the records it is judged on, and the compared pair

@@ -72,13 +72,18 @@ def image_pixels(saved_model_path: str) -> int | None:
 
 
 def decide(
-    setting: str, eval_examples: int | None, saved_model_paths: Sequence[str], in_process: bool = True
+    setting: str,
+    eval_examples: int | None,
+    saved_model_paths: Sequence[str],
+    in_process: bool = True,
+    pixels: Sequence[int | None] | None = None,
 ) -> Decision:
     """Whether TFMA's models get Grappler's rewrites, for `setting` (auto | on | off).
 
     eval_examples: the eval split's size (None: unknown). in_process: whether TFMA runs its
     models in this process (Beam's in-memory runner); in worker processes the switch cannot
-    reach them, so they keep TensorFlow's default whatever the setting.
+    reach them, so they keep TensorFlow's default whatever the setting. `pixels`: each model's
+    `image_pixels`, when the caller has read them.
     """
     if setting not in SETTINGS:
         raise ValueError(f"eval_graph_optimization must be one of {', '.join(SETTINGS)}, got {setting!r}")
@@ -90,7 +95,7 @@ def decide(
         return Decision(setting == "on", f"eval_graph_optimization: {setting}")
     if eval_examples is None:
         return Decision(True, "auto: the eval split's size is unknown")
-    sizes = [image_pixels(path) for path in saved_model_paths]
+    sizes = list(pixels) if pixels is not None else [image_pixels(path) for path in saved_model_paths]
     if not sizes or any(size is None for size in sizes):
         return Decision(True, "auto: a model's input size could not be read")
     pixels = eval_examples * max(sizes)

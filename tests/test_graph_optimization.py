@@ -151,3 +151,17 @@ def test_a_handed_on_call_uses_the_options_the_evaluators_block_gave_its_functio
     assert here == in_block
     assert seen == {"off": False}  # another thread is not affected
     assert not _rewrites_off_for_this_thread()
+
+
+def test_the_evaluators_calls_are_bounded_by_its_largest_model(tmp_path):
+    """A baseline trained at 1024 px beside a 224 px candidate: 6 examples a call, not 128."""
+    from components.evaluator import models_batch
+
+    pixels = [
+        go.image_pixels(_transform_only_model(str(tmp_path / "candidate"), 224)),
+        go.image_pixels(_transform_only_model(str(tmp_path / "baseline"), 1024)),
+    ]
+    assert models_batch(128, pixels, 224) == (6, 1024)
+    assert models_batch(128, pixels[:1], 224) == (128, 224)
+    assert models_batch(128, [None], 512) == (24, 512)  # unread: the run's size
+    assert models_batch(128, [None], None) == (128, 0)
