@@ -163,7 +163,7 @@ class TrainingConfig(Settings):
         description="when the validation slice holds fewer than 10 examples of some class, choose the "
         "head's epoch count by this many-fold cross-validation on the train split instead (the best "
         "pooled weighted accuracy, i.e. balanced accuracy under class weights; then a refit on the whole "
-        "split); 0 or 1: always the slice",
+        "split); 0 or 1: always the slice; at most 50",
     )
     refit: bool = Field(
         True,
