@@ -88,10 +88,37 @@ def _files(root: str) -> dict[str, str]:
     return out
 
 
+# The files of a SavedModel that differ between two exports of the same weights: TensorFlow
+# numbers the functions it traces anew in each (`saved_model.pb`), and fingerprints that file.
+GRAPH_FILES = frozenset({SAVED_MODEL, "fingerprint.pb"})
+
+
 def same_model(a: str, b: str) -> bool:
-    """True when directories `a` and `b` hold the same files with byte-identical content."""
+    """True when SavedModel directories `a` and `b` hold the same model: the same files with
+    byte-identical content, or differing only in the graph files of a re-export whose weights
+    fingerprint (constants, op counts, signatures, variables, assets) is the same.
+
+    A retrain to the same weights (the first run after an upgrade that keys a cache anew, a
+    `--no-cache` run) exports a `saved_model.pb` that differs only in TensorFlow's function
+    names; byte for byte it was another model, pushed as a new version of the served one."""
     fa, fb = _files(a), _files(b)
-    return fa.keys() == fb.keys() and all(same_bytes(fa[k], fb[k], fileio.open) for k in sorted(fa))
+    if fa.keys() != fb.keys():
+        return False
+    differ = {k for k in sorted(fa) if not same_bytes(fa[k], fb[k], fileio.open)}
+    if not differ:
+        return True
+    if not differ <= GRAPH_FILES or SAVED_MODEL not in differ:
+        return False
+    from serving.model_fingerprint import weights_fingerprint  # parses the graphs: only here
+
+    try:
+        same = weights_fingerprint(a) == weights_fingerprint(b)
+    except Exception as e:  # noqa: BLE001 - a graph that cannot be read is not shown to be the same
+        log.warning("cannot compare the graphs of %s and %s: %s", a, b, e)
+        return False
+    if same:
+        log.info("%s and %s: the same weights and graph, exported apart (function names differ)", a, b)
+    return same
 
 
 def _copy_model(model_path: str, dest: str) -> None:

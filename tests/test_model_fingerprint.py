@@ -124,3 +124,24 @@ def test_an_unreadable_model_has_no_fingerprint_in_a_rollback(tmp_path):
     os.makedirs(tmp_path / "v")
     (tmp_path / "v" / "saved_model.pb").write_bytes(b"not a SavedModel")
     assert _fingerprint(str(tmp_path / "v")) is None  # warned; the rollback goes on
+
+
+def test_a_re_export_of_the_same_weights_is_the_same_model_to_the_pusher(tmp_path):
+    """The first run after an upgrade that keyed ExampleGen anew retrained to the served weights;
+    its saved_model.pb differed in TensorFlow's function names only, and the Pusher, comparing
+    bytes, pushed it as a new version of the served model (an audit)."""
+    from components.pusher import same_model
+
+    first = _export(str(tmp_path / "a"), [[1.0, 2.0], [3.0, 4.0]])
+    again = _export(str(tmp_path / "b"), [[1.0, 2.0], [3.0, 4.0]])
+    assert same_model(first, again) and same_model(first, first)
+    assert not same_model(first, _export(str(tmp_path / "c"), [[1.0, 2.0], [3.0, 4.5]]))
+    assert not same_model(first, _export(str(tmp_path / "d"), [[1.0, 2.0], [3.0, 4.0]], classes="b\na\n"))
+    assert not same_model(
+        first, _export(str(tmp_path / "e"), [[1.0, 2.0], [3.0, 4.0]], activation=tf.nn.sigmoid)
+    )
+    # Another warm-up file, or one file more: another model, whatever the graph.
+    shutil.copytree(again, tmp_path / "f")
+    os.makedirs(tmp_path / "f" / "assets.extra")
+    (tmp_path / "f" / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"x")
+    assert not same_model(first, str(tmp_path / "f"))
