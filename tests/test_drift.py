@@ -619,3 +619,17 @@ def test_one_image_of_another_size_is_not_drift_when_training_has_one_size():
     other = compare(trained, FeatureTable(rows=rows([33] * 90 + [32] * 90)))
     assert {"width", "height"} <= set(other.drifted)
     assert other.features["width"].distance == pytest.approx(0.311, abs=0.001)  # JS of (1, 0) and (1/2, 1/2)
+
+
+def test_a_pruned_runs_training_split_is_named_as_deleted(digits, tmp_path):
+    """`drift --run R` after `imgpipe prune` deleted R's artifacts said "no train files in
+    .../Split-train", where `report` says the artifacts were deleted."""
+    import shutil
+
+    pruned = _home(tmp_path / "home", [(OLD_RUN, digits["train"])], pushed={OLD_RUN: "1"})
+    split = sources.training_split(pruned, OLD_RUN)
+    shutil.rmtree(split.examples_uri)
+    with pytest.raises(
+        sources.SourceError, match=r"examples were deleted \(by `imgpipe prune`, or by hand\)"
+    ):
+        sources.training_split(pruned, OLD_RUN)

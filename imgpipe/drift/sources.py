@@ -350,6 +350,11 @@ def training_split(home: str, run: str, split: str = "train") -> TrainingSplit:
     if not uri:
         raise SourceError(f"run {run_id!r} has no {EXAMPLE_GEN} output in {config.metadata_location}")
     split_dir = os.path.join(uri, f"Split-{split}")
+    if "://" not in uri and not os.path.isdir(uri):
+        raise SourceError(
+            f"run {run_id!r}'s examples were deleted (by `imgpipe prune`, or by hand): no {uri}; "
+            "compare with a run whose artifacts are kept (`--run latest`, or a newer run id)"
+        )
     files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
     if not files:
         raise SourceError(f"no {split} files in {split_dir} (run {run_id!r})")
