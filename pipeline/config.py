@@ -54,7 +54,6 @@ SECTIONS: dict[str, type[Settings]] = {
 
 
 MAX_PIPELINE_NAME = 63
-GLOB_CHARACTERS = "*?["
 MAX_CV_FOLDS = 50
 MAX_MODEL_NAME_BYTES = 128
 
@@ -65,10 +64,12 @@ _UNTYPABLE = frozenset(
 )
 
 
-def _bracket_pattern(value: str) -> bool:
-    """Whether `value` holds a '[' that glob reads as a character set: one a ']' follows."""
+def _glob_characters(value: str) -> list[str]:
+    """The characters glob reads as a pattern in `value`: '*', '?', and a '[' a ']' follows (a
+    character set; an unmatched '[' is a literal)."""
     start = value.find("[")
-    return start >= 0 and "]" in value[start + 2 :]
+    bracket = start >= 0 and "]" in value[start + 2 :]
+    return sorted({c for c in value if c in "*?"} | ({"["} if bracket else set()))
 
 
 def _name(value: str) -> str:
@@ -327,7 +328,7 @@ class PipelineConfig(Settings):
             ("pipeline_name", self.pipeline_name, "name"),
             ("model_name", self.model_name, "name"),
         ):
-            found = sorted({c for c in value if c in "*?"} | ({"["} if _bracket_pattern(value) else set()))
+            found = _glob_characters(value)
             if found:
                 fix = (
                     "give a path without it (a symbolic link to the folder will do)"
