@@ -50,18 +50,9 @@ def content_fingerprint(input_base: str, patterns: Iterable[tuple[str, str]]) ->
 
 
 class _ContentInputProcessor(input_processor.FileBasedInputProcessor):
-    def __init__(
-        self,
-        input_base_uri: str,
-        splits: Iterable[example_gen_pb2.Input.Split],
-        range_config: range_config_pb2.RangeConfig | None = None,
-    ):
-        self._split_list = list(splits)
-        super().__init__(input_base_uri, self._split_list, range_config)
-
     def get_input_fingerprint(self, span: int, version: int | None) -> str | None:
         patterns = [
-            (s.name, self.get_pattern_for_span_version(s.pattern, span, version)) for s in self._split_list
+            (s.name, self.get_pattern_for_span_version(s.pattern, span, version)) for s in self._splits
         ]
         return content_fingerprint(self._input_base_uri, patterns)
 

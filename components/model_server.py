@@ -209,8 +209,7 @@ class ModelServer:
             env["PYTHONPATH"] = os.pathsep.join(
                 os.path.abspath(p) if p else p for p in env["PYTHONPATH"].split(os.pathsep)
             )
-        log_dir = os.path.dirname(os.path.abspath(self.log_path))
-        os.makedirs(log_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - argv built by server_command
                 list(self.command.argv),
