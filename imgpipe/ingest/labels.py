@@ -78,17 +78,19 @@ def assign_labels(folders: list[str]) -> ClassNames:
     """Labels for `folders` (names in order): the NFC form, or a reason the folder is not used."""
     result = ClassNames()
     by_label: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}  # what each usable name looks like
     for name in folders:
         problem = label_problem(name)
         if problem:
             result.rejected[name] = problem
         else:
-            by_label.setdefault(looks(folder_text(name)), []).append(name)
+            seen[name] = looks(folder_text(name))
+            by_label.setdefault(seen[name], []).append(name)
     for name in folders:
         if name in result.rejected:
             continue
         label = normalise(folder_text(name))
-        group = by_label[looks(folder_text(name))]
+        group = by_label[seen[name]]
         if len(group) == 1:
             result.labels[name] = label
             continue
@@ -96,10 +98,8 @@ def assign_labels(folders: list[str]) -> ClassNames:
         result.rejected[name] = (
             f"the name is the same class name as folder {', '.join(others)} once normalised "
             f"(Unicode {NORMAL_FORM}, invisible format characters left out, spaces as one: "
-            f"{looks(folder_text(name))!r}); merge or rename them"
+            f"{seen[name]!r}); merge or rename them"
         )
         if name == group[0]:
-            result.conflicts.append(
-                {"class": looks(folder_text(name)), "folders": [display_path(f) for f in group]}
-            )
+            result.conflicts.append({"class": seen[name], "folders": [display_path(f) for f in group]})
     return result
