@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from imgpipe.orchestration import metadata
@@ -65,9 +66,6 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-CACHED_IDENTICAL = "cached: identical to version "
-
-
 def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
     """Read run `run_id` (None: the newest run) of config.pipeline_name back from config's ML Metadata."""
     pipeline_name = config.pipeline_name
@@ -79,16 +77,15 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         executions = metadata.run_executions(store, pipeline_name, run)
         blessed = metadata.blessing(store, executions.get("Evaluator"))
         pushed = metadata.pushed_path(store, executions.get("Pusher"))
-        push_skipped = _push_skipped(store, executions.get("Pusher"), pushed)
+        evaluator = executions.get("Evaluator")
+        push_skipped = _push_skipped(
+            store,
+            executions.get("Pusher"),
+            pushed,
+            lambda: served_version(config, metadata.evaluated_model_uri(store, evaluator and evaluator.id)),
+        )
         if push_skipped and pushed:  # a cached Pusher: the push it reports is an earlier run's
             pushed = None
-        if push_skipped and push_skipped.startswith(CACHED_IDENTICAL):
-            # The cached Pusher's record names the version it found then; a newer one may hold the
-            # same model now (pushed again after a rollback to another): name what is served.
-            evaluator = executions.get("Evaluator")
-            now = served_version(config, metadata.evaluated_model_uri(store, evaluator and evaluator.id))
-            if now is not None:
-                push_skipped = CACHED_IDENTICAL + now
         unrecorded = None if pushed else metadata.served_unrecorded(store, executions.get("Evaluator"))
         if unrecorded:  # stopped after its Pusher put the version in place: the model is served
             pushed = os.path.join(config.resolved().model_serving_dir, unrecorded)
@@ -138,13 +135,21 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
     )
 
 
-def _push_skipped(store, pusher_execution, pushed: str | None) -> str | None:
+def _push_skipped(
+    store, pusher_execution, pushed: str | None, serving_now: Callable[[], str | None]
+) -> str | None:
+    """Why the run's Pusher pushed nothing, or None. `serving_now()`: the newest served version
+    when it holds the run's model, else None."""
     if pusher_execution is None:
         return None
     identical = metadata.push_skipped_version(store, pusher_execution)
     cached = metadata.state_name(pusher_execution) == "CACHED"
+    if identical is not None and cached:
+        # The cached Pusher's record names the version it found then; a newer one may hold the
+        # same model now (pushed again after a rollback to another): name what is served.
+        return f"cached: identical to version {serving_now() or identical}"
     if identical is not None:
-        return f"{CACHED_IDENTICAL if cached else 'identical to version '}{identical}"
+        return f"identical to version {identical}"
     if cached and pushed:
         return f"cached: version {pushed.rstrip('/').rsplit('/', 1)[-1]} was pushed by an earlier run"
     return None
