@@ -59,7 +59,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -407,6 +407,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         report = read_report(input_dict[DATA_REPORT_KEY])
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         baselines = list(input_dict.get(standard_component_specs.BASELINE_MODEL_KEY) or [])
+        baseline = baselines[0] if baselines else None
         model_pixels = [graph_optimization.image_pixels(saved_model_dir(m)) for m in [model, *baselines]]
         batch, side = models_batch(gate.eval_batch_size, model_pixels, props.get(IMAGE_SIZE_KEY))
         if batch < gate.eval_batch_size:
@@ -420,34 +421,20 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
         label_counts = eval_label_counts(report, splits or ["eval"])  # first: it names a split not counted
-        if baselines:
-            check_baseline_readable(baselines[0])
-        # Each eval record's image fingerprint and label (trainer/image_ids.py), in file order.
-        eval_ids, eval_labels = image_ids.split_index(split_dirs(examples, splits))
-        # Eval images the candidate trained on, and copies of an earlier eval image: none from
-        # `imgpipe ingest` (it drops duplicates before splitting); TFRecords made elsewhere can
-        # hold both. The candidate is then judged on the rest (gate_decision.JudgedOn).
-        in_train = unseen_comparison.seen_by(model.uri, lambda: eval_ids, "the candidate")
-        candidate_seen = None if in_train is None else int(in_train.sum())
-        repeated = image_ids.repeats(eval_ids)
-        left_out = repeated if in_train is None else repeated | in_train
-        judged_on = None
-        if left_out.any():
-            judged_on = JudgedOn(
-                len(eval_ids),
-                int(repeated.sum()),
-                int((left_out & ~repeated).sum()),
-                in_train is not None,
-                image_ids.conflicting_labels(eval_ids, eval_labels) if repeated.any() else 0,
-            )
-            label_counts = dict(collections.Counter(eval_labels[~left_out]))
+        if baseline is not None:
+            check_baseline_readable(baseline)
+        folders = split_dirs(examples, splits)
+        records = eval_records(model, folders)
+        judged_on = records.judged_on()
+        if judged_on is not None:
+            label_counts = dict(collections.Counter(records.labels[~records.left_out]))
             log.warning("the gate judges on the %s", judged_on.describe())
         plan = plan_gate(
             gate,
             label_counts,
             model_class_names(model.uri),
-            model_class_names(baselines[0].uri) if baselines else None,
-            baseline_identical=bool(baselines) and same_model_artifact(model, baselines[0]),
+            model_class_names(baseline.uri) if baseline is not None else None,
+            baseline_identical=baseline is not None and same_model_artifact(model, baseline),
             judged_on=judged_on,
             relabel_accepted=relabel_allowed(report.anomalies_allowed),
         )
@@ -457,48 +444,11 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
         # Not recorded for a part of the split: a later Evaluator reuses it as the whole split's.
         measured = None if judged_on else measurement(model.uri, examples.uri, splits, props[key])
-        either = None  # a mask over the eval records: the ones either model trained on, and the repeats
-        seen = None  # the same, for the records the baseline trained on
-        if plan.baseline.compared and not plan.baseline.identical:
-            seen = unseen_comparison.seen_by(baselines[0].uri, lambda: eval_ids, "the latest blessed model")
-            shared = plan.baseline.shared_classes
-            if shared is not None:
-                # A class added or removed (accepted): both models are compared on the eval
-                # examples of the classes both have, a candidate's answer of a new class there
-                # counting as wrong, like the baseline's of a class the candidate dropped.
-                either = left_out if seen is None else seen | left_out
-                either = either | np.array([label not in shared for label in eval_labels], bool)
-                compared_plan = dataclasses.replace(
-                    plan.baseline, seen_eval_examples=None if seen is None else int(seen.sum())
-                )
-                plan = dataclasses.replace(
-                    plan, baseline=on_shared_classes(compared_plan, int((~either).sum()))
-                )
-            elif seen is not None or judged_on is not None:
-                either = left_out if seen is None else seen | left_out
-                plan = dataclasses.replace(
-                    plan,
-                    baseline=with_seen_examples(
-                        plan.baseline,
-                        len(either),
-                        None if seen is None else int(seen.sum()),
-                        candidate_seen or 0,
-                        int(either.sum()),
-                        repeats=int(repeated.sum()),
-                    ),
-                )
-        unseen_only = plan.baseline.compared_examples is not None
-        reused = None
-        if plan.baseline.compared and not plan.baseline.identical and not unseen_only and not judged_on:
-            reused = earlier_measurement(
-                evaluation.uri, measurement(baselines[0].uri, examples.uri, splits, props[key]), plan.metric
-            )
-            if reused is not None:
-                plan = dataclasses.replace(
-                    plan, baseline=dataclasses.replace(plan.baseline, reused_from=reused[1])
-                )
+        plan, either = compared_on_unseen(plan, baseline, records)
+        plan, reused = reused_baseline(plan, evaluation.uri, baseline, examples.uri, splits, props[key])
         props[key] = with_plan(props[key], plan)
         inputs = dict(input_dict)
+        unseen_only = plan.baseline.compared_examples is not None
         if not plan.baseline.compared or plan.baseline.identical or reused is not None or unseen_only:
             # TFMA then drops the change threshold: skipped, or decided here (an identical
             # model has the candidate's accuracy, a change of exactly 0, within max_regression;
@@ -520,57 +470,17 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # process the Trainer has usually installed it already; a component per process
         # (Kubeflow) has not. Beam workers in other processes still convert.
         tracing.install()
-        tfma_baselines = inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
+        tfma_baselines = inputs.get(standard_component_specs.BASELINE_MODEL_KEY) or []
         optimization = graph_optimization.decide(
             gate.eval_graph_optimization,
             eval_examples(report, splits or ["eval"]),
-            [saved_model_dir(m) for m in [model, *(tfma_baselines or [])]],
+            [saved_model_dir(m) for m in [model, *tfma_baselines]],
             in_process=tfma_in_this_process(self._beam_pipeline_args),
-            pixels=model_pixels[: 1 + len(tfma_baselines or [])],
+            pixels=model_pixels[: 1 + len(tfma_baselines)],
         )
-        on_unseen = None  # (candidate, baseline) answers on the eval examples the baseline did not see
-        judged = None  # the candidate's answers on the records it is judged on, and the compared pair
-        if judged_on is not None:
-            compare = (
-                plan.baseline.compared and not plan.baseline.identical and plan.baseline.compared_examples
-            )
-            with graph_optimization.grappler(optimization.enabled):
-                answers = unseen_comparison.answers_on(
-                    ~left_out,
-                    split_dirs(examples, splits),
-                    [saved_model_dir(model), *([saved_model_dir(baselines[0])] if compare else [])],
-                    batch,
-                )
-            pair = None
-            if compare:
-                fresh = ~either[~left_out]  # of the judged records, the ones the baseline did not train on
-                pair = (answers[0].on(fresh), answers[1].on(fresh))
-            judged = (answers[0], pair)
-        elif unseen_only:
-            shared = plan.baseline.shared_classes
-            outside = (
-                np.array([label not in shared for label in eval_labels], bool)
-                if shared is not None
-                else np.zeros(len(either), bool)
-            )
-            log.info(
-                "%d of the %d eval examples are left out of the comparison: %d images a model trained on "
-                "(the latest blessed model: %s, the candidate: %s)%s; both models are compared on the %d left",
-                int(either.sum()),
-                len(either),
-                int((either & ~outside).sum()),
-                plan.baseline.seen_eval_examples,
-                candidate_seen,
-                f", {int(outside.sum())} of classes only one of the models has" if outside.any() else "",
-                plan.baseline.compared_examples,
-            )
-            with graph_optimization.grappler(optimization.enabled):
-                on_unseen = unseen_comparison.answers_on_unseen(
-                    either,
-                    split_dirs(examples, splits),
-                    [saved_model_dir(model), saved_model_dir(baselines[0])],
-                    batch,
-                )
+        judged, on_unseen = answers_outside_tfma(
+            plan, records, either, folders, [model, baseline], batch, optimization.enabled
+        )
         run = tfma_run(model, tfma_baselines, examples, splits, props, batch, optimization.enabled)
         earlier = earlier_tfma_run(evaluation.uri, run)
         if earlier is not None:
@@ -578,60 +488,19 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             write_blessing(output_dict, inputs, props, evaluation.uri)
             log.info("TFMA ran on these inputs before: its results are reused from %s", earlier)
         else:
-            # Two models: each one's load and first call start while TFMA builds its job
-            # (components/tfma_warm.py; ~0.9x of the Evaluator's time, BENCHMARKS.md). With one
-            # model it measured no gain: the load competes with the job's construction.
-            warm = (
-                tfma_warm.warm_models(tfma_warm.first_example(examples, splits or ["eval"]))
-                if tfma_baselines
-                else contextlib.nullcontext()
-            )
-            # The candidate TFMA loads is kept for pre-push validation and the report in a local run.
-            log.info(
-                "graph optimisation of the models: %s (%s)",
-                "on" if optimization.enabled else "off",
-                optimization.reason,
-            )
-            with (
-                graph_optimization.grappler(optimization.enabled),
-                tfma_warm.offer_candidates(),
-                warm,
-                fixed_record_batches(batch),
-            ):
-                super().Do(inputs, output_dict, props)
-
+            self._run_tfma(inputs, output_dict, props, examples, splits, batch, optimization)
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
-        blessed = blessing.get_int_custom_property("blessed") == 1
         tfma_results = read_results(evaluation.uri, plan.class_names)
         if judged is not None:
             results, failed_here = judged_results(plan, tfma_results, *judged)
         else:
             results, failed_here = decide_outside_tfma(plan, tfma_results, reused, on_unseen)
-        rolled_back = (
-            model.get_string_custom_property(ROLLED_BACK_KEY)
-            if model.has_custom_property(ROLLED_BACK_KEY)
-            else ""
-        ) or same_weights_rolled_back(saved_model_dir(model), props.get(ROLLBACK_LOG_KEY))
-        if (failed_here or rolled_back) and blessed:
-            if rolled_back:
-                log.warning("not blessed: %s", rolled_back_reason(rolled_back))
-            unbless(blessing)
-            blessed = False
+        rolled_back = rolled_back_note(model, props.get(ROLLBACK_LOG_KEY))
+        blessed = settle_blessing(blessing, failed_here, rolled_back)
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
-        at_chance = tfma_results.classes_at_chance
-        for pair in at_chance or ():
-            a, b = pair["classes"]
-            log.warning(
-                "classes %s and %s are not told apart better than chance (%d of the %d eval images of "
-                "the two answered with one of them were right): %s (the run's report lists the pairs)",
-                label_text(a),
-                label_text(b),
-                pair["right"],
-                pair["between"],
-                pair_hint(pair, at_chance),
-            )
+        warn_classes_at_chance(tfma_results.classes_at_chance)
         record = gate_record(
             plan,
             results,
@@ -640,11 +509,232 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             measured,
             run,
             earlier,
-            eval_examples_in_train=candidate_seen,
+            eval_examples_in_train=records.candidate_seen,
             rolled_back=rolled_back,
-            classes_told_apart_at_chance=at_chance,
+            classes_told_apart_at_chance=tfma_results.classes_at_chance,
         )
         write_gate_record(evaluation.uri, record)
+
+    def _run_tfma(self, inputs, output_dict, props, examples, splits, batch, optimization) -> None:
+        """TFX's Evaluator (TFMA) on `inputs`, with the models' calls as this executor sets them up."""
+        tfma_baselines = inputs.get(standard_component_specs.BASELINE_MODEL_KEY)
+        # Two models: each one's load and first call start while TFMA builds its job
+        # (components/tfma_warm.py; ~0.9x of the Evaluator's time, BENCHMARKS.md). With one
+        # model it measured no gain: the load competes with the job's construction.
+        warm = (
+            tfma_warm.warm_models(tfma_warm.first_example(examples, splits or ["eval"]))
+            if tfma_baselines
+            else contextlib.nullcontext()
+        )
+        # The candidate TFMA loads is kept for pre-push validation and the report in a local run.
+        log.info(
+            "graph optimisation of the models: %s (%s)",
+            "on" if optimization.enabled else "off",
+            optimization.reason,
+        )
+        with (
+            graph_optimization.grappler(optimization.enabled),
+            tfma_warm.offer_candidates(),
+            warm,
+            fixed_record_batches(batch),
+        ):
+            super().Do(inputs, output_dict, props)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRecords:
+    """The eval split's records as the gate sees them: each one's image fingerprint and label
+    (trainer/image_ids.py), in file order, and which of them the candidate is not judged on."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    in_train: np.ndarray | None  # images the candidate trained on; None: it keeps no record of them
+    repeated: np.ndarray  # copies of an earlier eval record's image
+
+    @property
+    def candidate_seen(self) -> int | None:
+        """How many eval records the candidate trained on (None: not known)."""
+        return None if self.in_train is None else int(self.in_train.sum())
+
+    @property
+    def left_out(self) -> np.ndarray:
+        """The records the candidate is not judged on: repeats, and images it trained on."""
+        return self.repeated if self.in_train is None else self.repeated | self.in_train
+
+    def judged_on(self) -> JudgedOn | None:
+        """What the candidate is judged on when it is not the whole split (None: the whole split)."""
+        left_out = self.left_out
+        if not left_out.any():
+            return None
+        return JudgedOn(
+            len(self.ids),
+            int(self.repeated.sum()),
+            int((left_out & ~self.repeated).sum()),
+            self.in_train is not None,
+            image_ids.conflicting_labels(self.ids, self.labels) if self.repeated.any() else 0,
+        )
+
+    def outside(self, classes: Collection[str] | None) -> np.ndarray:
+        """The records whose label is not one of `classes` (None: no record)."""
+        if classes is None:
+            return np.zeros(len(self.ids), bool)
+        return np.array([label not in classes for label in self.labels], bool)
+
+
+def eval_records(model: types.Artifact, folders: Sequence[str]) -> EvalRecords:
+    """The records of the eval split's `folders`. Eval images the candidate trained on, and copies
+    of an earlier eval image: none from `imgpipe ingest` (it drops duplicates before splitting);
+    TFRecords made elsewhere can hold both. The candidate is then judged on the rest
+    (gate_decision.JudgedOn)."""
+    ids, labels = image_ids.split_index(folders)
+    in_train = unseen_comparison.seen_by(model.uri, lambda: ids, "the candidate")
+    return EvalRecords(ids, labels, in_train, image_ids.repeats(ids))
+
+
+def compared_on_unseen(
+    plan: GatePlan, baseline: types.Artifact | None, records: EvalRecords
+) -> tuple[GatePlan, np.ndarray | None]:
+    """The plan with the baseline comparison kept to the eval records neither model trained on
+    (and, when a class was added or removed, to the classes both have), and the mask of the
+    records left out of it (None: the comparison is on the whole split, or not made)."""
+    if not plan.baseline.compared or plan.baseline.identical:
+        return plan, None
+    seen = unseen_comparison.seen_by(baseline.uri, lambda: records.ids, "the latest blessed model")
+    either = records.left_out if seen is None else seen | records.left_out
+    seen_count = None if seen is None else int(seen.sum())
+    shared = plan.baseline.shared_classes
+    if shared is not None:
+        # A class added or removed (accepted): both models are compared on the eval
+        # examples of the classes both have, a candidate's answer of a new class there
+        # counting as wrong, like the baseline's of a class the candidate dropped.
+        either = either | records.outside(shared)
+        compared = dataclasses.replace(plan.baseline, seen_eval_examples=seen_count)
+        return dataclasses.replace(plan, baseline=on_shared_classes(compared, int((~either).sum()))), either
+    if seen is None and plan.judged_on is None:
+        return plan, None
+    baseline_plan = with_seen_examples(
+        plan.baseline,
+        len(either),
+        seen_count,
+        records.candidate_seen or 0,
+        int(either.sum()),
+        repeats=int(records.repeated.sum()),
+    )
+    return dataclasses.replace(plan, baseline=baseline_plan), either
+
+
+def reused_baseline(
+    plan: GatePlan,
+    evaluation_uri: str,
+    baseline: types.Artifact | None,
+    examples_uri: str,
+    splits: Sequence[str] | None,
+    eval_config_json: str,
+) -> tuple[GatePlan, tuple[float, str] | None]:
+    """The plan, and the baseline's value and its source when an earlier execution measured the
+    baseline, as its candidate, on the same whole eval split (None: it is measured in this run)."""
+    if (
+        not plan.baseline.compared
+        or plan.baseline.identical
+        or plan.baseline.compared_examples is not None
+        or plan.judged_on is not None
+    ):
+        return plan, None
+    reused = earlier_measurement(
+        evaluation_uri, measurement(baseline.uri, examples_uri, splits, eval_config_json), plan.metric
+    )
+    if reused is None:
+        return plan, None
+    return dataclasses.replace(
+        plan, baseline=dataclasses.replace(plan.baseline, reused_from=reused[1])
+    ), reused
+
+
+def answers_outside_tfma(
+    plan: GatePlan,
+    records: EvalRecords,
+    either: np.ndarray | None,
+    folders: Sequence[str],
+    models: Sequence[types.Artifact | None],
+    batch: int,
+    graph_optimized: bool,
+) -> tuple[tuple | None, Sequence[Measured] | None]:
+    """The models' answers the executor judges on itself: (the candidate's on the records it is
+    judged on with the compared pair, or None; (candidate, baseline) on the eval records the
+    baseline did not train on, or None). `models`: the candidate and the baseline (or None)."""
+    model, baseline = models
+    compare = plan.baseline.compared and not plan.baseline.identical and plan.baseline.compared_examples
+    if plan.judged_on is not None:
+        left_out = records.left_out
+        with graph_optimization.grappler(graph_optimized):
+            answers = unseen_comparison.answers_on(
+                ~left_out,
+                folders,
+                [saved_model_dir(model), *([saved_model_dir(baseline)] if compare else [])],
+                batch,
+            )
+        pair = None
+        if compare:
+            fresh = ~either[~left_out]  # of the judged records, the ones the baseline did not train on
+            pair = (answers[0].on(fresh), answers[1].on(fresh))
+        return (answers[0], pair), None
+    if plan.baseline.compared_examples is None:
+        return None, None
+    outside = records.outside(plan.baseline.shared_classes)
+    log.info(
+        "%d of the %d eval examples are left out of the comparison: %d images a model trained on "
+        "(the latest blessed model: %s, the candidate: %s)%s; both models are compared on the %d left",
+        int(either.sum()),
+        len(either),
+        int((either & ~outside).sum()),
+        plan.baseline.seen_eval_examples,
+        records.candidate_seen,
+        f", {int(outside.sum())} of classes only one of the models has" if outside.any() else "",
+        plan.baseline.compared_examples,
+    )
+    with graph_optimization.grappler(graph_optimized):
+        on_unseen = unseen_comparison.answers_on_unseen(
+            either, folders, [saved_model_dir(model), saved_model_dir(baseline)], batch
+        )
+    return None, on_unseen
+
+
+def rolled_back_note(model: types.Artifact, log_path: str | None) -> str:
+    """Why the candidate may not be blessed as a model rolled back out of serving ('' when not):
+    its artifact's mark, or a rolled-back model's weights (`same_weights_rolled_back`)."""
+    marked = (
+        model.get_string_custom_property(ROLLED_BACK_KEY)
+        if model.has_custom_property(ROLLED_BACK_KEY)
+        else ""
+    )
+    return marked or same_weights_rolled_back(saved_model_dir(model), log_path)
+
+
+def settle_blessing(blessing: types.Artifact, failed_here: bool, rolled_back: str) -> bool:
+    """Whether the candidate is blessed: TFMA's blessing, withdrawn when a threshold applied by the
+    executor failed or the candidate was rolled back out of serving (`rolled_back`: the note)."""
+    blessed = blessing.get_int_custom_property("blessed") == 1
+    if (failed_here or rolled_back) and blessed:
+        if rolled_back:
+            log.warning("not blessed: %s", rolled_back_reason(rolled_back))
+        unbless(blessing)
+        blessed = False
+    return blessed
+
+
+def warn_classes_at_chance(at_chance: Sequence[Mapping[str, Any]] | None) -> None:
+    """A warning for each pair of classes the candidate tells apart no better than chance."""
+    for pair in at_chance or ():
+        a, b = pair["classes"]
+        log.warning(
+            "classes %s and %s are not told apart better than chance (%d of the %d eval images of "
+            "the two answered with one of them were right): %s (the run's report lists the pairs)",
+            label_text(a),
+            label_text(b),
+            pair["right"],
+            pair["between"],
+            pair_hint(pair, at_chance),
+        )
 
 
 def same_weights_rolled_back(model_dir: str, log_path: str | None) -> str:
