@@ -95,6 +95,14 @@ def _text(value: Any) -> str:
 NOT_LOADED_YET = "Servable not found for request: Latest("
 
 
+# TF Serving with --enable_batching (as serving/deploy starts it) runs requests from several
+# clients as one batch and answers every request of the batch with its error: another client's
+# image that the model refuses fails this client's good one with INVALID_ARGUMENT. A request of
+# one input refused so is asked again, after a pause that seldom meets the same batch, before
+# the refusal is taken as the input's own (an input the model refuses is refused every time).
+REFUSAL_ATTEMPTS = 3
+
+
 def _worth_retrying(code: grpc.StatusCode, details: str | None) -> bool:
     return code == grpc.StatusCode.UNAVAILABLE or (
         code == grpc.StatusCode.NOT_FOUND and (details or "").startswith(NOT_LOADED_YET)
@@ -107,6 +115,9 @@ class ServingClient:
     retries: how many times an UNAVAILABLE (or not-loaded-yet) call is retried (so up to
     retries + 1 attempts), sleeping backoff * 2**attempt (capped at
     max_backoff, with jitter) in between. timeout: the deadline of each attempt.
+    refusal_attempts: how many times a classification request of one input is sent while the
+    server refuses it as INVALID_ARGUMENT (REFUSAL_ATTEMPTS: a batching server's refusal can be
+    another request's); 1 takes the first refusal as the input's.
     """
 
     def __init__(
@@ -118,11 +129,14 @@ class ServingClient:
         max_backoff: float = 2.0,
         max_message_mb: int = CLIENT_MESSAGE_MB,
         channel: grpc.Channel | None = None,
+        refusal_attempts: int = REFUSAL_ATTEMPTS,
     ):
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if refusal_attempts < 1:
+            raise ValueError(f"refusal_attempts must be >= 1, got {refusal_attempts}")
         if not 1 <= max_message_mb <= MAX_MESSAGE_MB:
             raise ValueError(
                 f"max_message_mb must be in 1..{MAX_MESSAGE_MB} (gRPC's limit), got {max_message_mb}"
@@ -132,6 +146,7 @@ class ServingClient:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.refusal_attempts = refusal_attempts
         size = max_message_mb * MB
         self._own_channel = channel is None
         self.channel = channel or grpc.insecure_channel(
@@ -265,8 +280,9 @@ class ServingClient:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         key = self.input_key(model, signature, version)
         batch = np.array(list(values), dtype=object)
-        outputs, served = self.predict(
-            model, {key: batch}, signature, version, ("classes", "scores"), timeout
+        outputs, served = self._refused_alone(
+            len(values),
+            lambda: self.predict(model, {key: batch}, signature, version, ("classes", "scores"), timeout),
         )
         preds = _ranked(outputs["classes"], outputs["scores"], top_k)
         if len(preds) != len(values):
@@ -277,6 +293,23 @@ class ServingClient:
                 f"sent {len(values)} inputs, got {len(preds)} predictions",
             )
         return [dataclasses.replace(p, version=served) for p in preds]
+
+    def _refused_alone(self, inputs: int, ask: Callable[[], Any]) -> Any:
+        """ask(), asked again while a request of one input is refused as INVALID_ARGUMENT, up to
+        refusal_attempts times in all (REFUSAL_ATTEMPTS: the refusal may be a batch-mate's)."""
+        attempt = 1
+        while True:
+            try:
+                return ask()
+            except ServingRpcError as e:
+                if (
+                    e.code != grpc.StatusCode.INVALID_ARGUMENT
+                    or inputs != 1
+                    or attempt >= self.refusal_attempts
+                ):
+                    raise
+            time.sleep(0.1 * attempt * random.random())  # full jitter: two clients asking again part
+            attempt += 1
 
     def predict_images(
         self,

@@ -11,6 +11,7 @@ import errno
 import math
 import socket
 
+from serving.batching_config import BatchingParameters, read_batching_parameters
 from serving.errors import ServerStartError
 
 # gRPC's message size options are 32-bit signed byte counts: 2047 MiB is the most they hold.
@@ -35,7 +36,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8500
     poll_seconds: float = 2.0
-    max_message_mb: int = 64
+    # TF Serving sets its gRPC message limit to the most a 32-bit count holds (server.cc), well
+    # above gRPC's 4 MB default: a request a client can send to it is not refused here either.
+    max_message_mb: int = MAX_MESSAGE_MB
     threads: int = 16
     max_concurrent_rpcs: int = 0  # 0: unlimited; beyond it gRPC answers RESOURCE_EXHAUSTED
     grace_seconds: float = 10.0
@@ -46,6 +49,12 @@ class ServerConfig:
     # Images (the inputs' first dimension) one request may carry, as TF Serving with the shipped
     # batching config refuses more (serving/deploy/batching_parameters.txt); 0: no limit.
     max_batch_size: int = DEPLOY_MAX_BATCH_SIZE
+    # TF Serving's --enable_batching: concurrent requests of a signature run as one model call
+    # (serving/devserver/batching.py), with the parameters of batching_parameters_file (TF
+    # Serving's --batching_parameters_file) or TF Serving's defaults; its max_batch_size then
+    # replaces the field above.
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
     # Request logging (serving/devserver/request_log.py); off when log_requests is empty.
     log_requests: str = ""  # directory of PredictionLog TFRecords
     log_sample_rate: float = 1.0
@@ -95,8 +104,14 @@ class ServerConfig:
             problems.append(f"log_queue_size must be >= 1, got {self.log_queue_size}")
         if self.log_queue_mb < 1:
             problems.append(f"log_queue_mb must be >= 1, got {self.log_queue_mb}")
+        if self.batching_parameters_file and not self.enable_batching:
+            problems.append(
+                "batching_parameters_file must go with enable_batching (TF Serving refuses a batching "
+                "parameters file without it)"
+            )
         if problems:
             raise ServerStartError("invalid server settings: " + "; ".join(problems))
+        self.batching()  # a batching parameters file that cannot be used fails now
         import tensorflow as tf  # deferred: `imgpipe --help` must not load TensorFlow
 
         if not tf.io.gfile.isdir(self.model_base_path):
@@ -106,6 +121,12 @@ class ServerConfig:
                 f"<serving_dir>/<model_name> holding integer version directories)"
             )
         return self
+
+    def batching(self) -> BatchingParameters | None:
+        """The batching parameters when batching is on (ServerStartError naming a bad file)."""
+        if not self.enable_batching:
+            return None
+        return read_batching_parameters(self.batching_parameters_file or None)
 
     def check_port(self) -> None:
         """Fail at once (ServerStartError) when host:port cannot be bound, e.g. another server has it.

@@ -181,6 +181,14 @@ def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
             ["--threads", "0", "--num-versions", "0"],
             "--threads (threads) must be >= 1, got 0; --num-versions (num_versions) must be >= 1",
         ),
+        (
+            ["--batching-parameters-file", "b.txt"],
+            "--batching-parameters-file (batching_parameters_file) must go with enable_batching",
+        ),
+        (
+            ["--enable-batching", "--batching-parameters-file", "/nonexistent/b.txt"],
+            "cannot read the batching parameters file /nonexistent/b.txt",
+        ),
     ],
 )
 def test_serve_settings_errors_name_the_flag(flags, message, tmp_path, capsys):

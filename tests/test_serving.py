@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -195,6 +196,12 @@ def test_predict_images_equals_in_process(stubs, model, reference):
     response = predict.Predict(_predict_request("predict_images", "images", images), timeout=30)
     expected = reference["predict_images"](images=_strings(images))
     _assert_close(tf.make_ndarray(response.outputs["scores"]), expected["scores"])
+    # Each value in its dtype's field, as TF Serving writes them: a client reading the scores
+    # from `float_val` (not tf.make_ndarray) gets them from either server.
+    scores = response.outputs["scores"]
+    assert scores.tensor_content == b""
+    _assert_close(np.reshape(scores.float_val, expected["scores"].shape), expected["scores"])
+    assert list(response.outputs["classes"].string_val) == list(expected["classes"].numpy().ravel())
     assert (tf.make_ndarray(response.outputs["classes"]) == expected["classes"].numpy()).all()
 
 
@@ -747,6 +754,112 @@ def test_client_retries_unavailable_only():
             assert e.value.code == code and len(calls) == 1
     finally:
         c.close()
+
+
+def test_a_one_image_refusal_is_asked_again_before_it_is_the_images(monkeypatch):
+    """TF Serving with --enable_batching answers every request merged into a batch with the
+    batch's error: one image refused INVALID_ARGUMENT may be a batch-mate's refusal. A request
+    of one image is sent up to REFUSAL_ATTEMPTS times before the refusal is its own; a request
+    of several (the callers split it) and other codes are not sent again."""
+    monkeypatch.setattr(client_lib.time, "sleep", lambda s: None)
+    refused = (grpc.StatusCode.INVALID_ARGUMENT, "assertion failed: [not a JPEG, PNG, GIF or BMP image]")
+    c = client_lib.ServingClient("127.0.0.1:1", timeout=2.5, retries=3, backoff=0.001)
+    c._input_keys = {(NAME, None, "predict_images"): "images"}
+    answer = predict_pb2.PredictResponse()
+    answer.model_spec.version.value = 3
+    answer.outputs["classes"].CopyFrom(tf.make_tensor_proto([[b"a", b"b"]]))
+    answer.outputs["scores"].CopyFrom(tf.make_tensor_proto([[0.75, 0.25]], dtype=tf.float32))
+
+    def serve(codes):
+        rpc, calls = _flaky(codes)
+        c._predict = types.SimpleNamespace(Predict=lambda request, timeout: rpc(request, timeout) and answer)
+        return calls
+
+    try:
+        calls = serve([refused, refused])  # a batch-mate's refusal twice, then answered
+        [pred] = c.predict_images(NAME, [b"png"])
+        assert (pred.classes, pred.version, len(calls)) == (["a", "b"], 3, 3)
+        calls = serve([refused] * 5)  # the image's own: refused every time
+        with pytest.raises(ServingRpcError) as e:
+            c.predict_images(NAME, [b"png"])
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and len(calls) == client_lib.REFUSAL_ATTEMPTS
+        assert e.value.details == refused[1]  # the model's words, as a caller parses them
+        calls = serve([refused])
+        with pytest.raises(ServingRpcError):
+            c.predict_images(NAME, [b"png", b"jpg"])  # several: split by the caller instead
+        assert len(calls) == 1
+        calls = serve([(grpc.StatusCode.FAILED_PRECONDITION, "Serving signature name not found")])
+        with pytest.raises(ServingRpcError):
+            c.predict_images(NAME, [b"png"])
+        assert len(calls) == 1
+        c.refusal_attempts = 1
+        calls = serve([refused])
+        with pytest.raises(ServingRpcError):
+            c.predict_images(NAME, [b"png"])
+        assert len(calls) == 1
+    finally:
+        c.close()
+    with pytest.raises(ValueError, match="refusal_attempts must be >= 1"):
+        client_lib.ServingClient("127.0.0.1:1", refusal_attempts=0)
+
+
+def test_with_batching_a_batch_mates_refusal_is_not_taken_as_the_images(model, reference, tmp_path_factory):
+    """`imgpipe serve --enable-batching` merges concurrent requests as TF Serving does with the
+    shipped deploy files: a good image sent beside one the model refuses gets the batch's
+    INVALID_ARGUMENT. The client asks again before it calls an image refused, so the good image
+    is scored and only the bad one is refused."""
+    base = _base_path(tmp_path_factory, model)
+    params = tmp_path_factory.mktemp("batching") / "batching_parameters.txt"
+    # A long wait for a partial batch: the two requests below always meet in one.
+    params.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 400000 }\n")
+    good, bad = model.items[0][0], b"not an image"
+
+    def side_by_side(c, other):
+        """The good image sent by `c` and the bad one by `other`, at once."""
+        results = [None, None]
+        start = threading.Barrier(2)
+
+        def one(i, sender, image):
+            start.wait()
+            try:
+                results[i] = sender.predict_images(NAME, [image])
+            except ServingRpcError as e:
+                results[i] = e
+
+        threads = [
+            threading.Thread(target=one, args=(i, *a)) for i, a in enumerate([(c, good), (other, bad)])
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return results
+
+    with lifecycle.start_in_thread(
+        base, NAME, enable_batching=True, batching_parameters_file=str(params), run_warmup=False
+    ) as running:
+        # A client that takes the first refusal at its word (a team's own, sending the bad image).
+        with (
+            client_lib.ServingClient(running.target, timeout=30.0, refusal_attempts=1) as trusting,
+            client_lib.ServingClient(running.target, timeout=30.0) as c,
+        ):
+            merged = side_by_side(trusting, trusting)
+            assert all(isinstance(r, ServingRpcError) for r in merged), merged
+            assert {r.code for r in merged} == {grpc.StatusCode.INVALID_ARGUMENT}
+            answered, refused = side_by_side(c, trusting)
+            assert isinstance(refused, ServingRpcError) and refused.code == grpc.StatusCode.INVALID_ARGUMENT
+            expected = reference["predict_images"](images=_strings([good]))
+            assert answered[0].classes == [v.decode() for v in expected["classes"].numpy()[0]]
+            _assert_close(answered[0].scores, expected["scores"].numpy()[0])
+            # Requests merged into one call each get their own rows.
+            images = [img for img, _ in model.items[:6]]
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                parts = list(pool.map(lambda i: c.predict_images(NAME, images[i : i + 2]), [0, 2, 4]))
+            expected = reference["predict_images"](images=_strings(images))
+            got = [p for part in parts for p in part]
+            assert [p.classes for p in got] == [
+                [v.decode() for v in row] for row in expected["classes"].numpy()
+            ]
 
 
 def test_client_against_a_closed_port_fails_unavailable():

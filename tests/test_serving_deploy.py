@@ -33,7 +33,7 @@ def _yaml(name: str):
 
 
 def _transcribed_messages() -> dict[str, type]:
-    """MonitoringConfig and BatchingParameters as declared upstream (tensorflow/serving 2.16)."""
+    """MonitoringConfig as declared upstream (tensorflow/serving 2.16)."""
     from google.protobuf import (
         descriptor_pb2,
         descriptor_pool,
@@ -69,21 +69,11 @@ def _transcribed_messages() -> dict[str, type]:
         fdp.TYPE_MESSAGE,
         ".tensorflow.serving.PrometheusConfig",
     )
-    # tensorflow_serving/servables/tensorflow/session_bundle_config.proto (fields 1-7)
-    bp = f.message_type.add(name="BatchingParameters")
-    i64, s = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
-    add(bp, "max_batch_size", 1, fdp.TYPE_MESSAGE, i64)
-    add(bp, "batch_timeout_micros", 2, fdp.TYPE_MESSAGE, i64)
-    add(bp, "max_enqueued_batches", 3, fdp.TYPE_MESSAGE, i64)
-    add(bp, "num_batch_threads", 4, fdp.TYPE_MESSAGE, i64)
-    add(bp, "thread_pool_name", 5, fdp.TYPE_MESSAGE, s)
-    add(bp, "allowed_batch_sizes", 6, fdp.TYPE_INT64, repeated=True)
-    add(bp, "pad_variable_length_inputs", 7, fdp.TYPE_BOOL)
     pool.Add(f)
     factory = message_factory.MessageFactory(pool)
     return {
         name: factory.GetPrototype(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-        for name in ("MonitoringConfig", "BatchingParameters")
+        for name in ("MonitoringConfig",)
     }
 
 
@@ -97,12 +87,10 @@ def _monitoring_config_class():
 
 
 def _batching_parameters_class():
-    try:
-        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+    """TF Serving's BatchingParameters message (serving/batching_config.py: as `imgpipe serve` reads it)."""
+    from serving.batching_config import batching_parameters_message
 
-        return session_bundle_config_pb2.BatchingParameters
-    except ImportError:
-        return _transcribed_messages()["BatchingParameters"]
+    return batching_parameters_message()
 
 
 def test_models_config_parses_as_model_server_config():

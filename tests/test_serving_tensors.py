@@ -132,3 +132,33 @@ def test_classification_result_wrong_shapes_are_internal():
     assert e.value.code == grpc.StatusCode.INTERNAL
     with pytest.raises(ServingError, match="classes shape"):
         tensors.classification_result(np.zeros((2, 2), object), scores, 2)
+
+
+@pytest.mark.parametrize(
+    ("array", "field"),
+    [
+        (np.array([[0.25, 0.75], [1.0, 0.0]], np.float32), "float_val"),
+        (np.array([[b"cat", b"dog"], [b"dog", b"cat"]], object), "string_val"),
+        (np.array([b"\xff\x00", b""], "S2"), "string_val"),
+        (np.array([3, -1], np.int64), "int64_val"),
+        (np.array([3, -1], np.int32), "int_val"),
+        (np.array([0.5, 2.0], np.float64), "double_val"),
+        (np.array([0.5, -2.0], np.float16), "half_val"),
+        (np.array([True, False]), "bool_val"),
+        (np.zeros([0, 3], np.float32), "float_val"),
+    ],
+)
+def test_response_arrays_are_written_as_tf_serving_writes_them(array, field):
+    """TF Serving's Predict writes each value in its dtype's repeated field (AsProtoField), and a
+    client reading `outputs["scores"].float_val` must find the scores there, not in tensor_content."""
+    proto = tensors.array_to_proto(array)
+    assert proto.tensor_content == b""
+    assert [d.size for d in proto.tensor_shape.dim] == list(array.shape)
+    assert len(getattr(proto, field)) == array.size
+    back = tf.make_ndarray(proto)
+    assert back.shape == array.shape
+    if array.dtype.kind in "OS":
+        assert back.tolist() == np.asarray(array, object).tolist()
+    else:
+        assert back.dtype == array.dtype
+        np.testing.assert_array_equal(back, array)

@@ -107,7 +107,22 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         default=d.max_batch_size,
         help="refuse (INVALID_ARGUMENT, in TF Serving's words) a request of more images than this, as "
         "TF Serving with the shipped batching config (serving/deploy/batching_parameters.txt) does; "
-        "0 = no limit, as TF Serving without --enable_batching (default %(default)s)",
+        "0 = no limit, as TF Serving without --enable_batching (default %(default)s); with "
+        "--enable-batching the batching parameters' max_batch_size applies instead",
+    )
+    parser.add_argument(
+        "--enable-batching",
+        action="store_true",
+        help="merge concurrent requests of a signature into one model call, as TF Serving's "
+        "--enable_batching does (every request of a batch gets the batch's error)",
+    )
+    parser.add_argument(
+        "--batching-parameters-file",
+        metavar="FILE",
+        default=d.batching_parameters_file,
+        help="TF Serving BatchingParameters text proto for --enable-batching, e.g. "
+        "serving/deploy/batching_parameters.txt as production reads it (default: TF Serving's "
+        "defaults: up to 1000 images a batch, no wait, one batch thread per core)",
     )
     group = parser.add_argument_group("request logging (TF Serving PredictionLog TFRecords)")
     group.add_argument(
@@ -159,6 +174,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         run_warmup=args.run_warmup,
         max_pixels=args.max_pixels,
         max_batch_size=args.max_batch_size,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
         log_requests=args.log_requests,
         log_sample_rate=args.log_sample_rate,
         log_max_file_mb=args.log_max_file_mb,

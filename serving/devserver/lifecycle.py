@@ -112,6 +112,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         drain_seconds=config.drain_seconds,
         max_pixels=config.max_pixels,
         max_batch_size=config.max_batch_size,
+        batching=config.batching(),
     )
     request_log = _request_log(config)
     size = config.max_message_mb * MB

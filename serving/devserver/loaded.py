@@ -28,9 +28,12 @@ from tensorflow_serving.apis import (
 )
 
 from serving import warmup
+from serving.batching_config import BatchingParameters
 from serving.config import DEFAULT_MAX_PIXELS
+from serving.devserver.batching import Batcher
 from serving.devserver.inputs import check_inputs
 from serving.devserver.tensors import (
+    array_to_proto,
     check_input_names,
     classification_result,
     input_arrays,
@@ -63,7 +66,9 @@ class LoadedVersion:
     SavedModel or a signature listed in saved_model.pb cannot be called.
     Requests with an image above `max_pixels` (0: no limit) are refused
     before the model runs (serving/devserver/inputs.py), and so are requests of more than
-    `max_batch_size` images (0: no limit), in TF Serving's words with batching on.
+    `max_batch_size` images (0: no limit), in TF Serving's words with batching on. With
+    `batching` (TF Serving's --enable_batching), concurrent requests of a signature run as one
+    call (serving/devserver/batching.py), up to its max_batch_size images per request and batch.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class LoadedVersion:
         path: str,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_batch_size: int = 0,
+        batching: BatchingParameters | None = None,
     ):
         self.model_name = model_name
         self.version = version
@@ -92,6 +98,8 @@ class LoadedVersion:
         self._cond = threading.Condition()
         self._drain_cut = False  # a second shutdown signal: unload without waiting
         self._close_when_idle = False  # released with requests on it: the last one closes it
+        # TF Serving's --enable_batching: concurrent requests of a signature run as one call.
+        self._batcher = Batcher(self._call, batching) if batching is not None else None
 
     # -- reference counting ------------------------------------------------------------
     def acquire(self) -> None:
@@ -141,6 +149,8 @@ class LoadedVersion:
 
     def close(self) -> None:
         """Drop the TensorFlow objects; memory is freed once no request holds them."""
+        if self._batcher is not None:
+            self._batcher.stop()
         self._functions = {}
         self._model = None
 
@@ -182,12 +192,20 @@ class LoadedVersion:
             seen.add(alias)
         arrays = input_arrays(inputs, specs, signature)
         batch_sizes = {a.shape[0] for a in arrays.values() if a.ndim >= 1}
-        if self.max_batch_size and batch_sizes and max(batch_sizes) > self.max_batch_size:
+        limit = self._batcher.params.max_batch_size if self._batcher else self.max_batch_size
+        if limit and batch_sizes and max(batch_sizes) > limit:
             # TF Serving's batching queue, before the model runs: one request is one task.
             raise InvalidRequestError(
-                f"Task size {max(batch_sizes)} is larger than maximum input batch size {self.max_batch_size}"
+                f"Task size {max(batch_sizes)} is larger than maximum input batch size {limit}"
             )
         check_inputs(signature, arrays, self.max_pixels)
+        outputs = self._batcher.run(signature, arrays) if self._batcher else self._call(signature, arrays)
+        return {name: outputs[name] for name in list(output_filter) or list(sig.outputs)}
+
+    def _call(self, signature: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The signature run once on checked input arrays: every output, as numpy."""
+        specs = self._inputs[signature]
+        batch_sizes = {a.shape[0] for a in arrays.values() if a.ndim >= 1}
         try:
             tensors = {alias: tf.constant(array, dtype=specs[alias].dtype) for alias, array in arrays.items()}
             outputs = self._functions[signature](**tensors)
@@ -200,8 +218,7 @@ class LoadedVersion:
             ) from e
         except (TypeError, ValueError) as e:
             raise InvalidRequestError(f"signature {signature!r} rejected the inputs: {e}") from e
-        names = list(output_filter) or list(sig.outputs)
-        return {name: outputs[name].numpy() for name in names}
+        return {name: value.numpy() for name, value in outputs.items()}
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         """The Predict RPC: run the named (or default) signature on the request's tensors."""
@@ -210,7 +227,7 @@ class LoadedVersion:
         response = predict_pb2.PredictResponse()
         self.fill_model_spec(response.model_spec, signature)
         for name, array in outputs.items():
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(array))
+            response.outputs[name].CopyFrom(array_to_proto(array))
         return response
 
     def signature_names(self) -> str:

@@ -22,6 +22,7 @@ import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
+from serving.batching_config import BatchingParameters
 from serving.config import DEFAULT_MAX_PIXELS
 from serving.devserver.loaded import LoadedVersion
 from serving.devserver.versions import Fingerprint, fingerprint, list_versions
@@ -66,6 +67,7 @@ class ModelManager:
         drain_seconds: float = 30.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_batch_size: int = 0,
+        batching: BatchingParameters | None = None,
     ):
         self.model_name = model_name
         self.base_path = base_path
@@ -75,6 +77,7 @@ class ModelManager:
         self.drain_seconds = drain_seconds
         self.max_pixels = max_pixels
         self.max_batch_size = max_batch_size
+        self.batching = batching
         self._lock = threading.Lock()  # guards _serving and _states
         self._serving: dict[int, LoadedVersion] = {}
         self._states: dict[int, VersionStatus] = {}
@@ -179,7 +182,9 @@ class ModelManager:
         log.info("Loading model %r version %d from %s", self.model_name, version, path)
         start = time.monotonic()
         try:
-            loaded = LoadedVersion(self.model_name, version, path, self.max_pixels, self.max_batch_size)
+            loaded = LoadedVersion(
+                self.model_name, version, path, self.max_pixels, self.max_batch_size, self.batching
+            )
             loaded.warmup_summary = loaded.warm_up(self.run_warmup)
         except Exception as e:  # noqa: BLE001 - any load/warm-up failure keeps the old version
             self._failed[version] = files

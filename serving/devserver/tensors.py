@@ -44,6 +44,49 @@ def tensor_to_array(alias: str, proto: Any, spec: tf.TensorSpec, signature: str)
     return array
 
 
+def array_to_proto(array: np.ndarray) -> Any:
+    """A response array as TF Serving writes it: each value in the TensorProto's repeated field
+    for its dtype (`float_val`, `string_val`, ...), not packed into `tensor_content`.
+
+    TF Serving's Predict serialises outputs with `Tensor::AsProtoField` unless started with
+    another option (server_core.h's `predict_response_tensor_serialization_option`, not a flag
+    of the shipped deploy files), so a client that reads `outputs["scores"].float_val` gets the
+    scores; `tf.make_tensor_proto` packs numbers into `tensor_content`, where such a client
+    finds nothing. `tf.make_ndarray` reads either form.
+    """
+    from tensorflow.core.framework import tensor_pb2
+
+    array = np.asarray(array)
+    strings = array.dtype.kind in "OS"
+    field = "string_val" if strings else _NUMBER_FIELDS.get(f"{array.dtype.kind}{array.dtype.itemsize}")
+    if field is None:  # a dtype no imgpipe signature returns (complex, 32/64-bit unsigned)
+        return tf.make_tensor_proto(array)
+    dtype = tf.string if strings else tf.dtypes.as_dtype(array.dtype)
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    values = array.ravel()
+    if field == "half_val":
+        values = values.view(np.uint16)  # TensorFlow keeps a half's 16 bits in an int32 field
+    getattr(proto, field).extend(values.tolist())
+    return proto
+
+
+# numpy kind and bytes -> the TensorProto field TensorFlow's AsProtoField writes the values to.
+_NUMBER_FIELDS = {
+    "f4": "float_val",
+    "f8": "double_val",
+    "f2": "half_val",
+    "i1": "int_val",
+    "i2": "int_val",
+    "i4": "int_val",
+    "u1": "int_val",
+    "u2": "int_val",
+    "i8": "int64_val",
+    "b1": "bool_val",
+}
+
+
 # The repeated value fields of a TensorProto (one entry per element for the dtypes served here).
 _VALUE_FIELDS = ("string_val", "float_val", "double_val", "int_val", "int64_val", "bool_val", "half_val")
 
