@@ -208,3 +208,66 @@ def test_k8s_configmap_matches_the_config_files():
     assert set(configmap["data"]) == set(CONFIG_FILES)
     for name in CONFIG_FILES:
         assert configmap["data"][name] == _read(name), f"k8s/configmap.yaml drifted from {name}"
+
+
+# TF Serving's REST model status (GET /v1/models/NAME), as its handler writes it (JSON with
+# whitespace, every field printed): one version serving, and one whose load failed.
+_STATUS_SERVING = """{
+ "model_version_status": [
+  {
+   "version": "3",
+   "state": "AVAILABLE",
+   "status": {
+    "error_code": "OK",
+    "error_message": ""
+   }
+  }
+ ]
+}"""
+_STATUS_FAILED = (
+    _STATUS_SERVING.replace('"AVAILABLE"', '"END"')
+    .replace('"OK"', '"UNAVAILABLE"')
+    .replace('"error_message": ""', '"error_message": "Could not find variables"')
+)
+
+
+def _probe_commands() -> list[str]:
+    (compose,) = _yaml("docker-compose.yml")
+    (deployment,) = _yaml("k8s/deployment.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return [
+        compose["services"]["tfserving"]["healthcheck"]["test"][-1],
+        container["readinessProbe"]["exec"]["command"][-1],
+    ]
+
+
+@pytest.mark.parametrize(("body", "healthy"), [(_STATUS_SERVING, True), (_STATUS_FAILED, False)])
+def test_the_health_probes_pass_only_while_a_version_is_available(body, healthy):
+    """The compose healthcheck and the k8s readiness probe, run by bash against a server giving
+    TF Serving's model status: a version whose load failed with UNAVAILABLE is not ready."""
+    import http.server
+    import subprocess
+    import threading
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            assert self.path == f"/v1/models/{MODEL_NAME}"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for command in _probe_commands():
+            assert "/dev/tcp/127.0.0.1/8501" in command
+            local = command.replace("/dev/tcp/127.0.0.1/8501", f"/dev/tcp/127.0.0.1/{server.server_port}")
+            done = subprocess.run(["bash", "-c", local], timeout=20, check=False)
+            assert (done.returncode == 0) is healthy, command
+    finally:
+        server.shutdown()
+        server.server_close()
