@@ -73,7 +73,6 @@ class Batcher:
         self._queues: dict[str, _Queue] = collections.defaultdict(_Queue)
         self._cond = threading.Condition()
         self._stopped = False
-        self.batches_run = 0  # model calls made (each of one or more tasks)
         self._threads = [
             threading.Thread(target=self._work, name=f"serving-batch-{i}", daemon=True)
             for i in range(params.num_batch_threads)
@@ -155,7 +154,6 @@ class Batcher:
     def _run_batch(self, signature: str, tasks: list[_Task]) -> None:
         try:
             outputs = self._call(signature, self._joined(tasks))
-            self.batches_run += 1
             rows = sum(t.rows for t in tasks)
             start = 0
             parts = []
