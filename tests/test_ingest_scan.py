@@ -79,11 +79,12 @@ def test_scan_finds_candidates_and_skips_with_reasons_without_writing(tmp_path: 
 
     assert _snapshot(tmp_path) == before, "the scan must not write anything"
     assert scan.folders == ["a", "b", "empty_class"]
-    assert [c._replace(image="") for c in scan.candidates] == [
+    assert [c._replace(image="", thumb=b"") for c in scan.candidates] == [
         Candidate(rel, rel.split("/")[0], hashlib.sha256(data).hexdigest(), len(data))
         for rel, data in good.items()
     ]
     assert all(c.image.startswith("pixels:") for c in scan.candidates)
+    assert all(len(c.thumb) == 256 for c in scan.candidates)  # each one's thumbnail (near-copies)
     assert scan.skipped == [
         {"path": ".cache", "reason": HIDDEN},  # listing first, then reading
         {"path": "loose.png", "reason": NOT_IN_CLASS_FOLDER},

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from imgpipe.ingest.errors import tf_error_text
+from imgpipe.ingest.near_copies import quantized
 from trainer.features import DEFAULT_MAX_PIXELS
 
 # Pillow format name -> the format we report. MPO is the multi-picture JPEG
@@ -48,6 +49,9 @@ class ImageCheck(NamedTuple):
     image: str = ""
     width: int = 0  # as its header says (0 for a refused file)
     height: int = 0
+    # The picture at THUMBNAIL_SIDE x THUMBNAIL_SIDE grey levels, standardised (``thumbnail``):
+    # near-copies (saved again, resized, brighter) have almost the same (b"": not computed).
+    thumb: bytes = b""
 
 
 # A file larger than this is read whole only when its first bytes are those of an accepted
@@ -102,8 +106,9 @@ def inspect_image(
     graph_reason = None
     try:
         # .tolist(): iterating the tensor itself would slice it op by op (~0.3 ms an element).
+        facts, small = _graph_check(max_pixels)(data)
         height, width, orientation, decoded, rows, columns, pixels, uniform, png16_max = (
-            _graph_check(max_pixels)(data).numpy().tolist()
+            facts.numpy().tolist()
         )
     except tf.errors.OpError as exc:
         kind = {b"\xff\xd8": "JPEG", b"\x89P": "PNG", b"GI": "GIF", b"BM": "BMP"}.get(data[:2], "image")
@@ -137,7 +142,7 @@ def inspect_image(
     if reason is not None:
         return ImageCheck(reason)
     image = image_key(data, orientation, (rows, columns, pixels)) if key else ""
-    return ImageCheck(None, orientation, image, width, height)
+    return ImageCheck(None, orientation, image, width, height, quantized(small.numpy()) if key else b"")
 
 
 # A 16-bit PNG whose samples stay below this keeps at most 16 levels in the 8 bits the decoders
@@ -194,6 +199,27 @@ def image_key(data: bytes, orientation: int, decoded: tuple[int, int, int]) -> s
         return "file:" + hashlib.sha256(data).hexdigest()
     rows, columns, pixels = decoded
     return f"pixels:{rows}x{columns}:{pixels & (2**64 - 1):016x}"
+
+
+# The grey thumbnail near-copies are found by (imgpipe/ingest/near_copies.py): the picture's
+# grey levels at THUMBNAIL_SIDE x THUMBNAIL_SIDE (area means, its aspect squashed), standardised.
+THUMBNAIL_SIDE = 16
+# A JPEG is decoded at the smallest scale (1/8 .. 1) that keeps this many pixels a side (other
+# formats whole): at 1/8 of a 200 x 300 picture, its 8 x 8 blocks' grid no longer fits the
+# thumbnail's, and a JPEG copy correlated 0.996 with its PNG; at this side 0.9999.
+THUMBNAIL_DECODE_SIDE = 4 * THUMBNAIL_SIDE
+
+
+def thumbnail(image: Any) -> Any:
+    """A decoded image's standardised grey thumbnail (a graph op): THUMBNAIL_SIDE**2 floats of
+    mean 0 and norm 1 (zeros for an image of one grey)."""
+    import tensorflow as tf
+
+    grey = tf.reduce_mean(tf.cast(image, tf.float32), axis=-1, keepdims=True)
+    small = tf.reshape(tf.image.resize(grey, [THUMBNAIL_SIDE, THUMBNAIL_SIDE], method="area"), [-1])
+    centred = small - tf.reduce_mean(small)
+    norm = tf.norm(centred)
+    return tf.where(norm > 1e-6, centred / tf.maximum(norm, 1e-6), tf.zeros_like(centred))
 
 
 # JPEG markers without a length: TEM, RST0-RST7, SOI, EOI.
@@ -286,9 +312,10 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
 
     Returns [height, width, EXIF orientation, decoded (0/1), and the decoded image's rows,
     columns, a 64-bit fingerprint of its pixels, whether it is one colour everywhere (0/1), and
-    for a 16-bit PNG the largest sample of its colour channels (-1 for other files)]: the header
-    is read first, and only an image within ``max_pixels`` is decoded (at target size 1, so a
-    JPEG decodes at 1/8 scale, and other formats whole). A decoding error raises
+    for a 16-bit PNG the largest sample of its colour channels (-1 for other files)], and the
+    image's ``thumbnail`` (zeros when not decoded): the header is read first, and only an image
+    within ``max_pixels`` is decoded (a JPEG at the smallest scale that keeps
+    THUMBNAIL_DECODE_SIDE pixels a side, other formats whole). A decoding error raises
     tf.errors.OpError.
     """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
@@ -323,7 +350,7 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
             return tf.reduce_all(tf.equal(full, full[:1, :1]))
 
         def decode() -> tf.Tensor:
-            image = preprocessing.decode_image(data, 1, max_pixels, orientation)
+            image = preprocessing.decode_image(data, THUMBNAIL_DECODE_SIDE, max_pixels, orientation)
             shape = tf.cast(tf.shape(image)[:2], tf.int64)
             pixels = tf.bitcast(tf.fingerprint(tf.reshape(image, [1, -1]))[0], tf.int64)
             uniform = tf.reduce_all(tf.equal(image, image[:1, :1]))
@@ -336,12 +363,17 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
                     png16_max,
                     lambda: tf.constant(-1, tf.int64),
                 )
-            return tf.concat(
+            facts = tf.concat(
                 [[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels, tf.cast(uniform, tf.int64), deep]],
                 0,
             )
+            return facts, thumbnail(image)
 
-        decoded = tf.cond(within, decode, lambda: tf.constant([0, 0, 0, 0, 0, -1], tf.int64))
-        return tf.concat([tf.stack([height, width, tf.cast(orientation, tf.int64)]), decoded], 0)
+        decoded, small = tf.cond(
+            within,
+            decode,
+            lambda: (tf.constant([0, 0, 0, 0, 0, -1], tf.int64), tf.zeros([THUMBNAIL_SIDE**2], tf.float32)),
+        )
+        return tf.concat([tf.stack([height, width, tf.cast(orientation, tf.int64)]), decoded], 0), small
 
     return check

@@ -12,6 +12,9 @@ the writer needs and the report records:
   decided by hashing (seed, class, its image key), never by file order, names or
   metadata, so copies never straddle train and eval and a re-run gives the same
   split, also after the files were saved again;
+- near-copies in a class (one picture saved again, resized, made brighter:
+  ``near_copies.py``) are written, each set to one split, so neither split holds a
+  near-copy of the other's images (unless the class is one such set: warned);
 - classes without a usable image are left out (and warned about);
 - records are interleaved across classes in a seeded order, then each split is
   cut into contiguous shards.
@@ -25,10 +28,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from imgpipe.ingest.contract import MAX_RUN_CLASSES, SPLITS, shard_names
+from imgpipe.ingest.near_copies import eval_sets, near_copy_sets
 from imgpipe.ingest.report import display_path
 from trainer.class_names import almost_alike
 
@@ -45,6 +49,7 @@ class Candidate(NamedTuple):
     sha256: str  # hex digest of the file's bytes
     size: int  # bytes
     image: str = ""  # which picture it holds (images.image_key); "": known by its bytes only
+    thumb: bytes = b""  # its quantized thumbnail (images.thumbnail): near-copies; b"": none
 
     @property
     def key(self) -> str:
@@ -73,6 +78,8 @@ class Plan:
     # Why the tree looks laid out by split (train/<class>/...), which ingest does not read
     # as such: a refusal (None: it does not).
     split_layout: str | None = None
+    # Sets of near-copies in a class ({"class", "split", "files"}), each written to one split.
+    near_copies: list[dict[str, Any]] = field(default_factory=list)
 
     def records(self, split: str) -> list[Candidate]:
         """Every record of ``split`` in the order it is written."""
@@ -186,6 +193,7 @@ def make_plan(
     empty_classes: list[str] = []
     warnings: list[str] = []
     chosen: dict[str, list[Candidate]] = {s: [] for s in SPLITS}
+    near_copies: list[dict[str, Any]] = []
     for name in folders:
         digests = sorted(groups[name], key=lambda d, n=name: _rank(seed, "split", n, groups[n][d][0].key))
         if not digests:
@@ -193,9 +201,16 @@ def make_plan(
             continue
         n_eval = eval_count(len(digests), eval_fraction)
         classes.append(name)
-        counts[name] = {"train": len(digests) - n_eval, "eval": n_eval}
-        for i, digest in enumerate(digests):
-            split = "eval" if i < n_eval else "train"
+        splits, found, straddle = _split_near_copies([groups[name][d][0] for d in digests], n_eval)
+        if straddle:
+            warnings.append(
+                f"class {name!r}: its {len(digests)} images are all near-copies of one another (one picture "
+                "saved again, resized or made brighter or darker), so its eval images are near-copies of its "
+                "train images and the eval split scores what a model memorised; add other pictures of it"
+            )
+        near_copies += [{"class": name, **entry} for entry in found]
+        counts[name] = {"train": splits.count("train"), "eval": splits.count("eval")}
+        for digest, split in zip(digests, splits, strict=True):
             kept, *copies = groups[name][digest]
             chosen[split].append(kept)
             if copies:
@@ -210,6 +225,7 @@ def make_plan(
                     }
                 )
     duplicates.sort(key=lambda d: (d["class"], d["kept"]))
+    near_copies.sort(key=lambda d: (d["class"], d["files"][0]))
     warnings += almost_alike(classes, "classes", "merge their folders")
     split_layout, misfiled = _split_layout(
         classes, subfolders(c for members in groups.values() for g in members.values() for c in g)
@@ -235,7 +251,45 @@ def make_plan(
                 shard_names(count), _shard_ranges(len(records), count), strict=True
             )
         ]
-    return Plan(classes, counts, duplicates, label_conflicts, empty_classes, warnings, shards, split_layout)
+    return Plan(
+        classes,
+        counts,
+        duplicates,
+        label_conflicts,
+        empty_classes,
+        warnings,
+        shards,
+        split_layout,
+        near_copies,
+    )
+
+
+def _split_near_copies(ranked: list[Candidate], n_eval: int) -> tuple[list[str], list[dict[str, Any]], bool]:
+    """Each of a class's unique images' split, in `ranked` (the seeded) order: near-copies
+    (imgpipe/ingest/near_copies.py) go to one split together, the sets filling eval in order up
+    to `n_eval` images; without near-copies, the first `n_eval` images. Also the sets of more
+    than one image ({"split", "files"}), and whether the class is a single set, split by its
+    images instead (its eval images then near-copies of its train images)."""
+    sets = near_copy_sets([c.thumb for c in ranked])
+    to_eval = eval_sets(sets, n_eval)
+    if to_eval is None:
+        splits = ["eval" if i < n_eval else "train" for i in range(len(ranked))]
+        straddle = len(ranked) > 1 and len(sets) == 1
+    else:
+        splits = ["train"] * len(ranked)
+        for index in to_eval:
+            for position in sets[index]:
+                splits[position] = "eval"
+        straddle = False
+    found = [
+        {
+            "split": splits[members[0]] if not straddle else "both",
+            "files": [display_path(ranked[p].rel) for p in members],
+        }
+        for members in sets
+        if len(members) > 1
+    ]
+    return splits, found, straddle
 
 
 def _same(members: list[Candidate]) -> str:

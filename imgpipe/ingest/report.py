@@ -48,6 +48,9 @@ class IngestReport:
     differ: ``images.image_key``), ``sha256`` the kept file's.
     ``label_conflicts``: one image under several classes, none written (``same`` and
     ``sha256``, the first file's, as for duplicates).
+    ``near_copies``: [{"class", "split", "files"}]: sets of near-copies in a class (one
+    picture saved again, resized, brighter or darker: ``near_copies.py``), every file written,
+    each set to one ``split`` ("both" when a class is one such set, warned).
     ``empty_classes``: class folders with no usable image (left out).
     ``left_out_classes``: [{"folder", "files", "reason"}]: every class folder that is not a
     class in the output (a refused name, a name conflict, no usable image), with the files
@@ -75,6 +78,7 @@ class IngestReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     label_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    near_copies: list[dict[str, Any]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     max_pixels: int = 0
@@ -119,6 +123,8 @@ class IngestReport:
             "duplicates": [dict(d) for d in self.duplicates],
             "num_label_conflict_files": self.num_conflicting_files,
             "label_conflicts": [dict(c) for c in self.label_conflicts],
+            "num_near_copy_files": sum(len(n["files"]) for n in self.near_copies),
+            "near_copies": [dict(n) for n in self.near_copies],
             "empty_classes": list(self.empty_classes),
             "left_out_classes": [dict(c) for c in self.left_out_classes],
             "allow_left_out_classes": self.allow_left_out_classes,

@@ -83,6 +83,7 @@ def ingest(
     )
     report.classes, report.counts = plan.classes, plan.counts
     report.duplicates, report.label_conflicts = plan.duplicates, plan.label_conflicts
+    report.near_copies = plan.near_copies
     report.empty_classes, report.warnings = plan.empty_classes, plan.warnings
     report.left_out_classes = left_out_classes(found, plan)
     problem = plan.refusal(images_dir, num_skipped=len(report.skipped))
@@ -122,6 +123,7 @@ def ingest(
         f"{len(report.classes)} classes to {out_dir}; "
         f"skipped {len(report.skipped)} files, {report.num_duplicates} duplicates, "
         f"{report.num_conflicting_files} label-conflict files, "
+        f"{sum(len(n['files']) for n in report.near_copies)} near-copies kept in one split with their sets, "
         f"{len(report.rejected_class_folders) + len(report.left_out_classes)} class folders not used, "
         f"{len(report.rotated)} rotated "
         f"(details in {os.path.join(out_dir, REPORT_FILE)})"

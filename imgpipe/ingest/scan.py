@@ -162,7 +162,7 @@ def scan_tree(
             check = inspect_image(data, max_pixels)  # its header's size too: read once
             if check.reason is None:
                 digest = hashlib.sha256(data).hexdigest()
-                scan.candidates.append(Candidate(rel, label, digest, len(data), check.image))
+                scan.candidates.append(Candidate(rel, label, digest, len(data), check.image, check.thumb))
                 if max(check.width, check.height) > MAX_ASPECT * min(check.width, check.height):
                     scan.stretched.append(
                         {"path": display_path(rel), "width": check.width, "height": check.height}

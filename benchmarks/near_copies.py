@@ -1,0 +1,183 @@
+"""Near-copies at ingest: how well the thumbnails tell copies from other pictures, and what they cost.
+
+`imgpipe ingest` keeps near-copies (one picture saved again, resized, brighter) in one split
+(imgpipe/ingest/near_copies.py). Three measurements:
+
+1. Separation: the correlation of each picture's thumbnail with its copies' (JPEG quality 90 and
+   50, half size, 3 levels brighter, 10% darker), for crops of scikit-learn's two photos and for
+   its hand-drawn digits at 32 px, against the largest correlation between two different digits
+   of all 1,797 (the most alike pictures shipped). The threshold must sit between.
+2. The scan's cost per file: the check decodes a JPEG at the smallest scale keeping 64 pixels a
+   side, for the thumbnail, instead of always at 1/8 as before; variants "1/8" and "64 px"
+   (`images.THUMBNAIL_DECODE_SIDE`), interleaved in one process, on 256 px JPEG crops, 640 x 427
+   JPEG photos and 32 px PNG digits.
+3. The search: `near_copy_sets` over one class of n images (random thumbnails: no set to form,
+   every pair compared).
+
+    python -m benchmarks.near_copies            # 5 rounds
+    python -m benchmarks.near_copies --quick    # 1 round
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+SEARCH_SIZES = (2_000, 8_000, 15_000)
+
+
+def _encode(image, fmt="PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _copies(picture) -> dict[str, bytes]:
+    from PIL import Image
+
+    pixels = np.asarray(picture).astype(np.float32)
+    return {
+        "JPEG q90": _encode(picture, "JPEG", quality=90),
+        "JPEG q50": _encode(picture, "JPEG", quality=50),
+        "half size": _encode(picture.resize((picture.width // 2, picture.height // 2), Image.BILINEAR)),
+        "+3 levels": _encode(Image.fromarray(np.clip(pixels + 3, 0, 255).astype(np.uint8))),
+        "10% darker": _encode(Image.fromarray(np.clip(pixels * 0.9, 0, 255).astype(np.uint8))),
+    }
+
+
+def _pictures():
+    from PIL import Image
+    from sklearn.datasets import load_digits, load_sample_images
+
+    rng = np.random.default_rng(0)
+    photos = []
+    for array in load_sample_images().images:
+        for _ in range(10):
+            y, x = rng.integers(0, array.shape[0] - 256), rng.integers(0, array.shape[1] - 256)
+            photos.append(Image.fromarray(array[y : y + 256, x : x + 256]))
+    digits = [
+        Image.fromarray((d * 16).clip(0, 255).astype(np.uint8))
+        .resize((32, 32), Image.BILINEAR)
+        .convert("RGB")
+        for d in load_digits().images
+    ]
+    return photos, digits
+
+
+def _thumb(data: bytes) -> bytes:
+    from imgpipe.ingest.images import inspect_image
+
+    check = inspect_image(data)
+    if check.reason is not None:
+        raise RuntimeError(check.reason)
+    return check.thumb
+
+
+def separation(photos, digits) -> str:
+    from imgpipe.ingest.near_copies import NEAR_COPY_CORRELATION, thumbnails
+
+    rows = []
+    for kind, pictures in (("256 px photo crops", photos), ("32 px digits", digits[:200])):
+        lowest: dict[str, float] = {}
+        for picture in pictures:
+            original = thumbnails([_thumb(_encode(picture))])[0]
+            for name, data in _copies(picture).items():
+                value = float(thumbnails([_thumb(data)])[0] @ original)
+                lowest[name] = min(lowest.get(name, 1.0), value)
+        rows += [[kind, name, f"{value:.5f}"] for name, value in lowest.items()]
+    every = thumbnails([_thumb(_encode(d)) for d in digits])
+    similarity = every @ every.T
+    np.fill_diagonal(similarity, -1)
+    rows.append(
+        ["32 px digits", f"two different digits (of {len(digits):,}): the largest", f"{similarity.max():.5f}"]
+    )
+    text = common.table(["pictures", "copy", "correlation (lowest over pictures)"], rows)
+    return text + f"\n\nThreshold: {NEAR_COPY_CORRELATION}."
+
+
+def scan_cost(photos, digits, rounds: int) -> str:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from imgpipe.ingest import images
+
+    big = [
+        _encode(Image.fromarray(a), "JPEG", quality=q)
+        for a in load_sample_images().images
+        for q in (70, 80, 90, 95)
+    ]
+    sets = {
+        "256 px JPEG crops": [_encode(p, "JPEG", quality=90) for p in photos] * 5,
+        "640 x 427 JPEG photos": big * 10,
+        "32 px PNG digits": [_encode(d) for d in digits[:300]],
+    }
+    decode_side = images.THUMBNAIL_DECODE_SIDE
+
+    def run(side: int, files: list[bytes]) -> float:
+        images.THUMBNAIL_DECODE_SIDE = side
+        images._graph_check.cache_clear()
+        images.inspect_image(files[0])  # trace
+        start = time.perf_counter()
+        for data in files:
+            images.inspect_image(data)
+        return (time.perf_counter() - start) / len(files) * 1e3
+
+    rows = []
+    try:
+        for name, files in sets.items():
+            got = common.interleaved(
+                {"1/8": lambda r, f=files: run(1, f), "64 px": lambda r, f=files: run(decode_side, f)},
+                rounds,
+                say=common.say,
+            )
+            before, after = common.median(got["1/8"]), common.median(got["64 px"])
+            rows.append([name, len(files), f"{before:.2f}", f"{after:.2f}", f"{after / before:.2f}"])
+    finally:
+        images.THUMBNAIL_DECODE_SIDE = decode_side
+        images._graph_check.cache_clear()
+    return common.table(
+        ["files", "n", "ms per file, JPEG at 1/8", "ms per file, 64 px a side", "ratio"], rows
+    )
+
+
+def search_cost(rounds: int) -> str:
+    from imgpipe.ingest.near_copies import near_copy_sets, quantized
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for n in SEARCH_SIZES:
+        vectors = rng.normal(size=(n, 256)).astype(np.float32)
+        thumbs = [quantized(v / np.linalg.norm(v)) for v in vectors]
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            near_copy_sets(thumbs)
+            times.append(time.perf_counter() - start)
+        rows.append([f"{n:,}", f"{common.median(times):.2f}"])
+    return common.table(["images in the class", "seconds (median)"], rows)
+
+
+def main(argv=None) -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    rounds = common.repeats(args, default=5)
+    common.quiet()
+    photos, digits = _pictures()
+    common.emit(common.header("Near-copies at ingest"))
+    common.emit("### Separation\n")
+    common.emit(separation(photos, digits))
+    common.emit(f"\n### The scan's cost per file (medians of {rounds} interleaved rounds)\n")
+    common.emit(scan_cost(photos, digits, rounds))
+    common.emit(f"\n### The search over one class (median of {rounds})\n")
+    common.emit(search_cost(rounds))
+    common.emit("")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Near-copies (one picture saved again, resized, brighter) kept in one split by ingest:
+imgpipe/ingest/near_copies.py, the scan's thumbnails, and the plan."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits, load_sample_images
+
+from imgpipe.ingest.images import inspect_image
+from imgpipe.ingest.near_copies import NEAR_COPY_CORRELATION, eval_sets, near_copy_sets, quantized
+from imgpipe.ingest.plan import Candidate, make_plan
+
+
+def _encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _thumb(data: bytes) -> bytes:
+    check = inspect_image(data)
+    assert check.reason is None, check.reason
+    return check.thumb
+
+
+def _versions(picture: Image.Image) -> dict[str, bytes]:
+    """One picture stored as users store copies of it."""
+    brighter = Image.fromarray(np.clip(np.asarray(picture).astype(int) + 3, 0, 255).astype(np.uint8))
+    half = picture.resize((max(1, picture.width // 2), max(1, picture.height // 2)), Image.BILINEAR)
+    return {
+        "png": _encode(picture),
+        "jpeg90": _encode(picture, "JPEG", quality=90),
+        "jpeg50": _encode(picture, "JPEG", quality=50),
+        "brighter": _encode(brighter),
+        "half": _encode(half),
+    }
+
+
+@functools.cache
+def _digits() -> np.ndarray:
+    return load_digits().images
+
+
+def _digit(i: int, side: int = 32) -> Image.Image:
+    pixels = (_digits()[i] * 16).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(pixels).resize((side, side), Image.BILINEAR).convert("RGB")
+
+
+def _photo_crops() -> list[Image.Image]:
+    china, flower = load_sample_images().images
+    return [
+        Image.fromarray(a[y : y + 200, x : x + 300]) for a in (china, flower) for y, x in ((0, 0), (200, 300))
+    ]
+
+
+@pytest.mark.parametrize("kind", ["digit", "photo"])
+def test_copies_of_a_picture_are_one_set_and_other_pictures_are_not(kind):
+    pictures = [_digit(i) for i in (0, 1, 11)] if kind == "digit" else _photo_crops()[:3]
+    thumbs, owner = [], []
+    for p, picture in enumerate(pictures):
+        for data in _versions(picture).values():
+            thumbs.append(_thumb(data))
+            owner.append(p)
+    sets = near_copy_sets(thumbs)
+    assert sorted(sorted(owner[i] for i in s) for s in sets) == [[p] * 5 for p in range(len(pictures))]
+
+
+def test_different_hand_drawn_digits_are_near_copies_once_in_1797():
+    """The threshold's other side: scikit-learn's digits are the most alike pictures shipped (small
+    strokes on black); of all 1,797, one pair of different digits is taken for near-copies."""
+    thumbs = [_thumb(_encode(_digit(i))) for i in range(1797)]
+    grouped = [s for s in near_copy_sets(thumbs) if len(s) > 1]
+    assert len(grouped) <= 1 and all(len(s) == 2 for s in grouped)
+
+
+def test_sets_form_around_leaders_so_small_steps_do_not_chain():
+    """a~b and b~c, but a is not a near-copy of c: c leads a set of its own."""
+    rng = np.random.default_rng(0)
+    u, w = np.linalg.qr(rng.normal(size=(256, 2)))[0].T  # two orthonormal directions
+    unit = [np.cos(t) * u + np.sin(t) * w for t in (0.0, 0.08, 0.16)]  # 0.9968 apart, 0.987 end to end
+    assert unit[0] @ unit[1] >= NEAR_COPY_CORRELATION and unit[1] @ unit[2] >= NEAR_COPY_CORRELATION
+    assert unit[0] @ unit[2] < NEAR_COPY_CORRELATION
+    thumbs = [quantized(u) for u in unit]
+    assert near_copy_sets(thumbs) == [[0, 1], [2]]
+    assert near_copy_sets([thumbs[0], b"", thumbs[0]]) == [[0, 2], [1]]  # no thumbnail: alone
+
+
+@pytest.mark.parametrize(
+    ("sizes", "n_eval", "expected"),
+    [
+        ([1, 1, 1, 1], 2, [0, 1]),  # no near-copies: the first n_eval, as before
+        ([3, 1, 1, 1], 2, [1, 2]),  # a set larger than what is left waits for train
+        ([3, 3], 1, [0]),  # none fits: the first of the smallest
+        ([2, 5, 1], 1, [2]),
+        ([4], 1, None),  # one set cannot fill both splits
+    ],
+)
+def test_eval_sets(sizes, n_eval, expected):
+    sets, start = [], 0
+    for size in sizes:
+        sets.append(list(range(start, start + size)))
+        start += size
+    assert eval_sets(sets, n_eval) == expected
+
+
+def _candidates(pictures: dict[str, list[Image.Image]]) -> list[Candidate]:
+    out = []
+    for label, images in pictures.items():
+        for i, picture in enumerate(images):
+            for name, data in _versions(picture).items():
+                check = inspect_image(data)
+                out.append(
+                    Candidate(
+                        f"{label}/{i}_{name}",
+                        label,
+                        f"sha-{label}{i}{name}",
+                        len(data),
+                        check.image,
+                        check.thumb,
+                    )
+                )
+    return out
+
+
+def test_the_plan_keeps_each_set_of_near_copies_in_one_split():
+    candidates = _candidates(
+        {"a": [_digit(i) for i in range(0, 10)], "b": [_digit(i) for i in range(10, 20)]}
+    )
+    plan = make_plan(["a", "b"], candidates, seed=3, eval_fraction=0.3)
+    split_of = {c.rel: split for split in ("train", "eval") for c in plan.records(split)}
+    assert len(split_of) == len(candidates)  # every file written: they are not copies
+    for label in "ab":
+        for i in range(10):
+            assert len({split_of[f"{label}/{i}_{name}"] for name in _versions(_digit(0))}) == 1
+        assert plan.counts[label] == {"train": 35, "eval": 15}  # 3 of the 10 pictures, 5 files each
+    assert len(plan.near_copies) == 20
+    entry = plan.near_copies[0]
+    assert entry["class"] == "a" and entry["split"] in ("train", "eval") and len(entry["files"]) == 5
+    assert not plan.warnings
+
+
+def test_a_class_of_one_pictures_copies_is_split_with_a_warning():
+    candidates = _candidates({"a": [_digit(5)], "b": [_digit(i) for i in range(10, 15)]})
+    plan = make_plan(["a", "b"], candidates, seed=3, eval_fraction=0.3)
+    assert plan.counts["a"]["eval"] >= 1 and plan.counts["a"]["train"] >= 1
+    assert any("class 'a': its 5 images are all near-copies of one another" in w for w in plan.warnings)
+    assert [n["split"] for n in plan.near_copies if n["class"] == "a"] == ["both"]
+
+
+def test_ingest_reports_near_copies_and_no_eval_image_has_one_in_train(tmp_path):
+    """The audit's case: pictures stored three ways in their class folder (PNG, JPEG, brighter)
+    with labels that mean nothing. Before, 261 of 270 eval records had a near-copy in train and a
+    model of those random labels scored three times chance."""
+    from imgpipe.ingest.run import ingest
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    for i in range(30):
+        label = f"c{rng.integers(3)}"
+        folder = images / label
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = _digit(i)
+        versions = _versions(picture)
+        for name in ("png", "jpeg90", "brighter"):
+            (folder / f"{i}_{name}.{'jpg' if name.startswith('jpeg') else 'png'}").write_bytes(versions[name])
+    report = ingest(str(images), str(tmp_path / "out"), seed=1, eval_fraction=0.3)
+    written = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
+    assert written["num_near_copy_files"] == 90 and len(written["near_copies"]) == 30
+    for entry in written["near_copies"]:
+        assert entry["split"] in ("train", "eval") and len(entry["files"]) == 3
+    assert report.totals["train"] + report.totals["eval"] == 90
+    assert report.totals["eval"] % 3 == 0 and report.totals["eval"] > 0
