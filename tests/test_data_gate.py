@@ -617,3 +617,34 @@ def test_labels_with_hidden_characters_are_shown_with_their_code_points():
     assert label_text("big\u00a0cat").endswith("(U+0062 U+0069 U+0067 U+00A0 U+0063 U+0061 U+0074)")
     assert _short("a ") == "a  (hidden chars)" and _short("cafe\u0301") == "cafe\u0301 (not NFC)"
     assert _short("a") == "a"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["x-ray", "x\u2010ray"],  # a word processor's hyphen prints as "-"
+        ["x-ray", "x\u2011ray", "x\u2013ray"],
+        ["men's shoe", "men\u2019s shoe"],  # a curly apostrophe pasted beside a typed one
+        ["a-b", "a\u2212b"],  # the minus sign
+        ["big cat", "big_cat", "big-cat"],  # one name to a person, three folders
+        ["big  cat", "big cat"],
+    ],
+)
+def test_names_apart_only_by_dashes_quotes_or_separators_are_warned_about(names):
+    from trainer.class_names import almost_alike
+
+    warnings = almost_alike(names, "classes", "merge their folders")
+    assert len(warnings) == 1
+    assert "differ only in dashes, apostrophes, quotes or the separators between words" in warnings[0]
+    assert f"they are {len(names)} classes" in warnings[0]
+
+
+def test_names_that_differ_in_more_than_marks_are_not_warned_about():
+    from trainer.class_names import almost_alike
+
+    assert (
+        almost_alike(["x-ray", "xray", "x-rays", "big cat", "bigcat", "cat's", "cats"], "classes", "merge")
+        == []
+    )
+    # Case alone keeps its own warning, not this one as well.
+    assert len(almost_alike(["Big-Cat", "big-cat"], "classes", "merge")) == 1

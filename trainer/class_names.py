@@ -78,12 +78,27 @@ def _folded(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+# Marks that print alike or stand for one another in names: Unicode's dashes and minus signs
+# (a hyphen typed by a word processor, U+2010, prints as "-"), apostrophes and quotes (a curly
+# "’" pasted beside a typed "'"), and the separators between words ("big cat", "big_cat",
+# "big-cat": one name to a person, three folders).
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+_QUOTES = "\u2018\u2019\u201a\u201b\u02bc\u02b9\u2032\uff07\u0060\u00b4"
+_SEPARATORS = str.maketrans({**dict.fromkeys(_DASHES + "-_", " "), **dict.fromkeys(_QUOTES, "'")})
+
+
+def _marks_folded(name: str) -> str:
+    """The name with dashes, separators and quotes made one each, runs of separators one space."""
+    return " ".join(_folded(name.strip(_TRIMMED)).translate(_SEPARATORS).split())
+
+
 def almost_alike(names: Iterable[str], what: str, remedy: str) -> list[str]:
     """Warnings for names that print almost alike but are other text: letter case only; the same
     name in Unicode's compatibility forms (fullwidth "ｃａｔ" and "cat", ligatures, superscripts:
     equal under NFKC, case aside); names apart only by dots or spaces at their ends ("cat." and
-    "cat": one folder on Windows); and a name mixing Latin, Cyrillic or Greek letters (a Cyrillic
-    "а" in "cаt"). `what`: the plural noun ("classes", "labels"); `remedy`: what to do if they are
+    "cat": one folder on Windows); names apart only by dashes, apostrophes or the separators
+    between words ("x-ray" and "x‐ray", "men's" and "men’s", "big cat" and "big_cat"); and a
+    name mixing Latin, Cyrillic or Greek letters (a Cyrillic "а" in "cаt"). `what`: the plural noun ("classes", "labels"); `remedy`: what to do if they are
     one. They stay the classes they are: only a person can say whether they are one."""
     names = list(names)
     out = []
@@ -115,6 +130,17 @@ def almost_alike(names: Iterable[str], what: str, remedy: str) -> list[str]:
         f"classes; if they are one, {remedy}"
         for group in by_ends.values()
         if len({_folded(n) for n in group}) > 1  # more than case or form apart (the warnings above)
+    )
+    by_marks: dict[str, list[str]] = {}
+    for name in names:
+        by_marks.setdefault(_marks_folded(name), []).append(name)
+    out.extend(
+        f"{what} {', '.join(repr(n) for n in group)} differ only in dashes, apostrophes, quotes or the "
+        f"separators between words (space, '-', '_'): they are {len(group)} classes; if they are "
+        f"one, {remedy}"
+        for group in by_marks.values()
+        # more than case, form or ends apart (the warnings above)
+        if len({_folded(n.strip(_TRIMMED)) for n in group}) > 1
     )
     singular = what[:-2] if what.endswith("ses") else what[:-1]
     for name in names:
