@@ -44,6 +44,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
+from components import split_shift
 from components.artifacts import DataGateReport, Report, model_class_names, write_report
 from components.data_contract import (
     LABEL_CHANGES,
@@ -245,7 +246,15 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 found, corrections = relabelled(trained, indexed)
                 anomalies += [found] if found else []
                 relabel_warnings += corrections
-        warnings = label_warnings(splits) + relabel_warnings
+        shift_warnings = []
+        for examples in input_dict.get(EXAMPLES_KEY) or []:  # eval images unlike the train images
+            patterns = [
+                os.path.join(artifact_utils.get_split_uri([examples], s), "*") for s in ("train", "eval")
+            ]
+            if all(tf.io.gfile.glob(p) for p in patterns):
+                _, warning = split_shift.split_shift(*(image_ids.records(p) for p in patterns))
+                shift_warnings += [warning] if warning else []
+        warnings = label_warnings(splits) + relabel_warnings + shift_warnings
         for w in warnings:
             log.warning("data gate: %s", w)
         allow = bool(exec_properties.get(ALLOW_KEY))

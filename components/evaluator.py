@@ -73,7 +73,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
-from components import graph_optimization, patching, pusher, tfma_warm, unseen_comparison
+from components import graph_optimization, patching, pusher, split_shift, tfma_warm, unseen_comparison
 from components.artifacts import DataGateReport, model_class_names, read_report, saved_model_dir
 from components.gate import (
     ACCURACY_CLASS,
@@ -500,7 +500,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
-        warn_classes_at_chance(tfma_results.classes_at_chance)
+        warn_classes_at_chance(
+            tfma_results.classes_at_chance,
+            any(w.startswith(split_shift.SHIFT_WARNING) for w in report.warnings),
+        )
         record = gate_record(
             plan,
             results,
@@ -722,17 +725,25 @@ def settle_blessing(blessing: types.Artifact, failed_here: bool, rolled_back: st
     return blessed
 
 
-def warn_classes_at_chance(at_chance: Sequence[Mapping[str, Any]] | None) -> None:
-    """A warning for each pair of classes the candidate tells apart no better than chance."""
+def warn_classes_at_chance(at_chance: Sequence[Mapping[str, Any]] | None, eval_shifted: bool = False) -> None:
+    """A warning for each pair of classes the candidate tells apart no better than chance;
+    `eval_shifted`: the data gate found the eval images unlike the train images (said first)."""
+    shifted = (
+        "the eval images differ from the train images (the data gate's warning), which alone can do "
+        "this; else "
+        if eval_shifted
+        else ""
+    )
     for pair in at_chance or ():
         a, b = pair["classes"]
         log.warning(
             "classes %s and %s are not told apart better than chance (%d of the %d eval images of "
-            "the two answered with one of them were right): %s (the run's report lists the pairs)",
+            "the two answered with one of them were right): %s%s (the run's report lists the pairs)",
             label_text(a),
             label_text(b),
             pair["right"],
             pair["between"],
+            shifted,
             pair_hint(pair, at_chance),
         )
 

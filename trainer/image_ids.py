@@ -80,6 +80,21 @@ def batches(
                 raise
 
 
+def records(file_pattern: str | Sequence[str]) -> Iterator[bytes]:
+    """The split's serialized records, in file order."""
+    for _, _, serialized in batches(file_pattern):
+        yield from serialized
+
+
+def record_image(serialized: bytes) -> bytes | None:
+    """The first image of a serialized tf.Example (None: it has none)."""
+    from tensorflow.core.example import example_pb2
+
+    feature = example_pb2.Example.FromString(serialized).features.feature.get(IMAGE_KEY)
+    values = feature.bytes_list.value if feature is not None else ()
+    return values[0] if values else None
+
+
 def split_ids(file_pattern: str | Sequence[str]) -> np.ndarray:
     """The fingerprint of each record of the split, in file order (uint64, repeats kept).
 

@@ -1,0 +1,112 @@
+"""components/split_shift.py: eval images unlike the train images, said by the data gate."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from components import split_shift
+from tests.helpers import make_example
+
+
+@functools.cache
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    d = load_digits()
+    return (d.images * 16).clip(0, 255).astype(np.uint8), d.target
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _records(indices, change=lambda p: p, fmt="PNG") -> list[bytes]:
+    images, labels = _digits()
+    out = []
+    for i in indices:
+        pixels = change(images[i])
+        if fmt == "PNG":
+            data = _png(pixels)
+        else:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).resize((32, 32)).convert("RGB").save(buffer, format=fmt, quality=90)
+            data = buffer.getvalue()
+        out.append(make_example(data, str(labels[i])))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_random_split_of_one_set_of_pictures_is_not_called_shifted(seed):
+    order = np.random.default_rng(seed).permutation(1797)
+    shift, warning = split_shift.split_shift(_records(order[:600]), _records(order[600:750]))
+    assert shift == {} and warning is None
+
+
+@pytest.mark.parametrize(
+    ("change", "feature"),
+    [
+        (lambda p: (p * 0.35).astype(np.uint8), "brightness"),  # a darker eval set
+        (lambda p: 255 - p, "brightness"),  # inverted
+        (lambda p: (p // 4 + 96).astype(np.uint8), "contrast"),  # washed out
+    ],
+)
+def test_eval_images_unlike_the_train_images_are_named_with_both_medians(change, feature):
+    order = np.random.default_rng(0).permutation(1797)
+    shift, warning = split_shift.split_shift(_records(order[:600]), _records(order[600:750], change))
+    assert feature in shift
+    assert warning.startswith(split_shift.SHIFT_WARNING)
+    assert f"{feature} (median {shift[feature]['train_median']:g} in train" in warning
+    assert "in a sample of 300 train and 150 eval images" in warning
+
+
+def test_another_format_or_size_is_named():
+    order = np.random.default_rng(1).permutation(1797)
+    shift, warning = split_shift.split_shift(_records(order[:300]), _records(order[300:400], fmt="JPEG"))
+    assert "format" in shift and "format (train PNG 100%; eval JPEG 100%)" in warning
+
+
+def test_too_few_images_to_judge():
+    shift, warning = split_shift.split_shift(_records(range(100)), _records(range(100, 110)))
+    assert shift is None and warning is None
+
+
+def test_the_data_gate_reports_a_shifted_eval_split(tmp_path):
+    """The gate's report carries the warning (the run's report shows it beside its numbers)."""
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
+    from components.artifacts import read_report
+    from components.data_gate import DataGateExecutor
+    from tests.test_data_gate import _artifacts
+
+    order = np.random.default_rng(2).permutation(1797)
+    splits = {"train": _records(order[:200]), "eval": _records(order[200:260], lambda p: 255 - p)}
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = json.dumps(["train", "eval"])
+    for name, records in splits.items():
+        folder = tmp_path / "examples" / f"Split-{name}"
+        folder.mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
+            for record in records:
+                w.write(record)
+    targets = _digits()[1]
+
+    def counts(chosen):
+        classes, n = np.unique(targets[chosen], return_counts=True)
+        return {str(c): int(k) for c, k in zip(classes, n, strict=True)}
+
+    train_counts, eval_counts = counts(order[:200]), counts(order[200:260])
+    inputs, outputs = _artifacts(tmp_path, train_counts, eval_counts)
+    inputs["examples"] = [examples]
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+    report = read_report(outputs["report"])
+    [warning] = [w for w in report.warnings if w.startswith(split_shift.SHIFT_WARNING)]
+    assert "brightness" in warning
