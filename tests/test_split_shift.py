@@ -110,3 +110,15 @@ def test_the_data_gate_reports_a_shifted_eval_split(tmp_path):
     report = read_report(outputs["report"])
     [warning] = [w for w in report.warnings if w.startswith(split_shift.SHIFT_WARNING)]
     assert "brightness" in warning
+
+
+def test_the_evaluators_note_on_classes_at_chance_says_the_shift_first(caplog):
+    from components.evaluator import warn_classes_at_chance
+
+    pair = {"classes": ["5", "8"], "right": 12, "between": 27, "images": {"5": 14, "8": 13}}
+    with caplog.at_level("WARNING", logger="components.evaluator"):
+        warn_classes_at_chance([pair], eval_shifted=True)
+        warn_classes_at_chance([pair])
+    shifted, plain = [r.getMessage() for r in caplog.records]
+    assert "the eval images differ from the train images (the data gate's warning), which alone can" in shifted
+    assert "differ from the train images" not in plain and "one concept under two names?" in plain
