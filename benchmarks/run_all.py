@@ -55,6 +55,8 @@ BENCHMARKS = (
     "image_index",
     "process_exit",
     "example_gen_key",
+    "near_copies",
+    "split_shift",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
