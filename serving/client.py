@@ -115,9 +115,10 @@ class ServingClient:
     retries: how many times an UNAVAILABLE (or not-loaded-yet) call is retried (so up to
     retries + 1 attempts), sleeping backoff * 2**attempt (capped at
     max_backoff, with jitter) in between. timeout: the deadline of each attempt.
-    refusal_attempts: how many times a classification request of one input is sent while the
-    server refuses it as INVALID_ARGUMENT (REFUSAL_ATTEMPTS: a batching server's refusal can be
-    another request's); 1 takes the first refusal as the input's.
+    refusal_attempts: how many times in all a Predict or Classify request of one input is sent
+    while the server refuses it as INVALID_ARGUMENT (REFUSAL_ATTEMPTS: a batching server's
+    refusal can be another request's); 1 takes the first refusal as the input's. Each attempt
+    has its own deadline.
     """
 
     def __init__(
@@ -363,7 +364,9 @@ class ServingClient:
                 request.input.example_list.examples.add().ParseFromString(serialized)
             except message.DecodeError as e:
                 raise ValueError(f"example {i} is not a serialized tf.Example: {e}") from e
-        response = self._call("Classify", self._predict.Classify, request, timeout)
+        response = self._refused_alone(
+            len(examples), lambda: self._call("Classify", self._predict.Classify, request, timeout)
+        )
         served = response.model_spec.version.value if response.model_spec.HasField("version") else None
         preds = []
         for row in response.result.classifications:

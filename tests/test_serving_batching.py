@@ -218,3 +218,51 @@ def test_the_server_config_reads_the_file_when_it_starts(tmp_path):
         ).validate()
     assert ServerConfig(str(base), "m").batching() is None
     assert ServerConfig(str(base), "m", enable_batching=True).validate().batching() == BatchingParameters()
+
+
+def test_a_task_refused_for_a_full_queue_leaves_the_open_batch_open():
+    """TF Serving's queue: a task that needs a new batch while max_enqueued_batches wait is
+    refused, and a later task that fits the open batch still joins it."""
+    model = _Model()
+    batcher = Batcher(model, _params(max_batch_size=4, max_enqueued_batches=1, batch_timeout_micros=400_000))
+    results = {}
+
+    def send(name, rows):
+        try:
+            results[name] = batcher.run("sig", {"x": np.arange(rows, dtype=np.int64)})
+        except ServingError as e:
+            results[name] = e
+
+    try:
+        first = threading.Thread(target=send, args=("a", 3))
+        first.start()
+        time.sleep(0.1)  # a opened the batch: 3 of 4 rows
+        send("b", 2)  # needs a second batch: refused at once
+        last = threading.Thread(target=send, args=("c", 1))  # fits: joins a's batch
+        last.start()
+        first.join(10)
+        last.join(10)
+    finally:
+        batcher.stop()
+    assert isinstance(results["b"], ServingError) and results["b"].code == grpc.StatusCode.UNAVAILABLE
+    assert model.calls == [4]
+    np.testing.assert_array_equal(results["c"]["y"], [0])
+
+
+def test_requests_asking_for_other_outputs_are_batched_apart():
+    model = _Model()
+    batcher = Batcher(model, _params())
+    try:
+        threads = [
+            threading.Thread(
+                target=batcher.run, args=("sig", {"x": np.array([1], np.int64)}), kwargs={"key": key}
+            )
+            for key in [("y",), ("rows",), ("y",)]
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        batcher.stop()
+    assert sorted(model.calls) == [1, 2]

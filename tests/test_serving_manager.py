@@ -293,3 +293,31 @@ def test_a_load_that_finds_a_file_missing_says_so_without_tensorflows_dump():
     code, message = manager_lib._load_failure(raw)
     assert code == grpc.StatusCode.NOT_FOUND
     assert message == "/models/m/7/assets/label_vocab; No such file or directory"
+
+
+def test_a_version_whose_warm_up_fails_leaves_no_batch_threads(tmp_path):
+    """With batching on, a loaded version runs batch threads that hold it: a version refused at
+    warm-up is closed, so its threads end and its model is freed."""
+    from serving import warmup
+    from serving.batching_config import BatchingParameters
+
+    path = str(tmp_path / "models" / "1")
+    module = _TwoSignatures()
+    tf.saved_model.save(
+        module, path, signatures={"predict_images": module.predict_images, "short_only": module.short_only}
+    )
+    warmup.write_warmup_logs(path, [_predict_log("short_only", b"abcdefgh")])  # too long: refused
+
+    def batch_threads():
+        return {t for t in threading.enumerate() if t.name.startswith("serving-batch")}
+
+    before = batch_threads()
+    manager = manager_lib.ModelManager(
+        NAME,
+        str(tmp_path / "models"),
+        poll_seconds=60,
+        batching=BatchingParameters(num_batch_threads=3, batch_timeout_micros=0),
+    )
+    manager.poll_once()
+    assert _state(manager, 1) == State.END
+    _wait_for(lambda: not (batch_threads() - before), 10, "the refused version's batch threads to end")

@@ -120,5 +120,7 @@ def test_the_evaluators_note_on_classes_at_chance_says_the_shift_first(caplog):
         warn_classes_at_chance([pair], eval_shifted=True)
         warn_classes_at_chance([pair])
     shifted, plain = [r.getMessage() for r in caplog.records]
-    assert "the eval images differ from the train images (the data gate's warning), which alone can" in shifted
+    assert (
+        "the eval images differ from the train images (the data gate's warning), which alone can" in shifted
+    )
     assert "differ from the train images" not in plain and "one concept under two names?" in plain

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import grpc
 import numpy as np
@@ -70,7 +70,7 @@ class Batcher:
         self._call = call
         self.params = params
         self._timeout = params.batch_timeout_micros / 1e6
-        self._queues: dict[str, _Queue] = collections.defaultdict(_Queue)
+        self._queues: dict[tuple[str, Hashable], _Queue] = collections.defaultdict(_Queue)
         self._cond = threading.Condition()
         self._stopped = False
         self._threads = [
@@ -80,8 +80,10 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def run(self, signature: str, inputs: Arrays) -> dict[str, np.ndarray]:
-        """The signature's outputs for these inputs, computed in a batch with other requests'."""
+    def run(self, signature: str, inputs: Arrays, key: Hashable = None) -> dict[str, np.ndarray]:
+        """The signature's outputs for these inputs, computed in a batch with other requests' of the
+        same signature and `key` (TF Serving batches requests apart when they ask for other
+        outputs: the request's output filter)."""
         rows = {a.shape[0] if a.ndim else None for a in inputs.values()}
         if None in rows:
             raise InvalidRequestError("Batching session Run() input tensors must have at least one dimension")
@@ -93,14 +95,17 @@ class Batcher:
         with self._cond:
             if self._stopped:
                 raise ServingError("the version is being unloaded", grpc.StatusCode.UNAVAILABLE)
-            queue = self._queues[signature]
-            if queue.open and queue.open_rows + task.rows > self.params.max_batch_size:
-                queue.close_open()
-            if queue.waiting() >= self.params.max_enqueued_batches and not queue.open:
+            queue = self._queues[(signature, key)]
+            fits = bool(queue.open) and queue.open_rows + task.rows <= self.params.max_batch_size
+            # A task that needs a new batch while max_enqueued_batches wait is refused; the open
+            # batch stays open for a later task that fits (TF Serving's queue).
+            if not fits and queue.waiting() >= self.params.max_enqueued_batches:
                 raise ServingError(
                     "The batch scheduling queue to which this task was submitted is full",
                     grpc.StatusCode.UNAVAILABLE,
                 )
+            if not fits:
+                queue.close_open()
             if not queue.open:
                 queue.opened_at = time.monotonic()
             queue.open.append(task)
@@ -126,7 +131,7 @@ class Batcher:
     def _next(self) -> tuple[str, list[_Task]] | None:
         """A batch ready to run (under the lock), or None; a wait is then due."""
         now = time.monotonic()
-        for signature, queue in self._queues.items():
+        for (signature, _), queue in self._queues.items():
             if not queue.closed and queue.open and (self._stopped or now - queue.opened_at >= self._timeout):
                 queue.close_open()
             if queue.closed:
@@ -153,13 +158,13 @@ class Batcher:
 
     def _run_batch(self, signature: str, tasks: list[_Task]) -> None:
         try:
-            outputs = self._call(signature, self._joined(tasks))
-            rows = sum(t.rows for t in tasks)
+            joined, padded = self._joined(tasks)
+            outputs = self._call(signature, joined)
             start = 0
             parts = []
             for task in tasks:
                 parts.append(
-                    {name: _rows(name, array, start, task.rows, rows) for name, array in outputs.items()}
+                    {name: _rows(name, array, start, task.rows, padded) for name, array in outputs.items()}
                 )
                 start += task.rows
         except BaseException as e:  # noqa: BLE001 - every task of the batch gets the batch's error
@@ -171,9 +176,9 @@ class Batcher:
             task.outputs = part
             task.done.set()
 
-    def _joined(self, tasks: list[_Task]) -> dict[str, np.ndarray]:
+    def _joined(self, tasks: list[_Task]) -> tuple[dict[str, np.ndarray], int]:
         """Each input of the tasks joined along the first dimension, padded (with the first row)
-        up to the next of `allowed_batch_sizes`."""
+        up to the next of `allowed_batch_sizes`, and the rows that makes."""
         names = set(tasks[0].inputs)
         if any(set(t.inputs) != names for t in tasks):  # one signature's tasks, each checked
             raise ServingError("tasks of one batch have different inputs", grpc.StatusCode.INTERNAL)
@@ -192,12 +197,12 @@ class Batcher:
             if padded > rows:
                 parts.append(np.repeat(parts[0][:1], padded - rows, axis=0))
             joined[name] = np.concatenate(parts, axis=0)
-        return joined
+        return joined, padded
 
 
 def _rows(name: str, array: np.ndarray, start: int, count: int, total: int) -> np.ndarray:
-    """A task's rows of a batch's output; INTERNAL when the output is not one row per input."""
-    if array.ndim == 0 or array.shape[0] < total:
+    """A task's rows of a batch's output; INTERNAL when the output is not one row per input row."""
+    if array.ndim == 0 or array.shape[0] != total:
         raise ServingError(
             f"Batched output tensor {name!r} has {array.shape[0] if array.ndim else 0} rows for a batch of "
             f"{total} inputs: its 0th dimension must equal the inputs'",

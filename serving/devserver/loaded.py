@@ -199,7 +199,10 @@ class LoadedVersion:
                 f"Task size {max(batch_sizes)} is larger than maximum input batch size {limit}"
             )
         check_inputs(signature, arrays, self.max_pixels)
-        outputs = self._batcher.run(signature, arrays) if self._batcher else self._call(signature, arrays)
+        if self._batcher:
+            outputs = self._batcher.run(signature, arrays, key=tuple(output_filter))
+        else:
+            outputs = self._call(signature, arrays)
         return {name: outputs[name] for name in list(output_filter) or list(sig.outputs)}
 
     def _call(self, signature: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -181,12 +181,15 @@ class ModelManager:
         self._set_state(VersionStatus(version, State.LOADING))
         log.info("Loading model %r version %d from %s", self.model_name, version, path)
         start = time.monotonic()
+        loaded = None
         try:
             loaded = LoadedVersion(
                 self.model_name, version, path, self.max_pixels, self.max_batch_size, self.batching
             )
             loaded.warmup_summary = loaded.warm_up(self.run_warmup)
         except Exception as e:  # noqa: BLE001 - any load/warm-up failure keeps the old version
+            if loaded is not None:
+                loaded.close()  # its batch threads end, and its model is freed
             self._failed[version] = files
             code, message = _load_failure(e)
             self._set_state(VersionStatus(version, State.END, code, message))
