@@ -42,7 +42,9 @@ class Report:
     # split -> {"records", "repeats", "conflicting_images", "conflicting_records"}: copies of one
     # image within the split (components/data_gate.py); {} in reports written before it.
     copies: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    # Labels that print almost alike (data_contract.label_warnings); [] in reports written before.
+    # Warnings that stop nothing: labels that print almost alike (data_contract.label_warnings),
+    # label corrections since the latest blessed model, eval images unlike the train images
+    # (components/split_shift.py); [] in reports written before.
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     def label_counts(self, split: str) -> dict[str, int]:

@@ -666,8 +666,8 @@ def answers_outside_tfma(
     judged on with the compared pair, or None; (candidate, baseline) on the eval records the
     baseline did not train on, or None). `models`: the candidate and the baseline (or None)."""
     model, baseline = models
-    compare = plan.baseline.compared and not plan.baseline.identical and plan.baseline.compared_examples
     if plan.judged_on is not None:
+        compare = plan.baseline.compared and not plan.baseline.identical and plan.baseline.compared_examples
         left_out = records.left_out
         with graph_optimization.grappler(graph_optimized):
             answers = unseen_comparison.answers_on(

@@ -8,8 +8,12 @@ and 0.21 inverted, and the run's notes blamed the labels ("labels given at rando
 word of the eval split.
 
 The check compares a seeded sample of each split (at most SAMPLE images) in what a picture's
-decoding shows: its brightness and contrast (the mean and the spread of its grey levels), its
-width and height, and its format. A numeric feature differs when the two samples' distributions
+decoding shows: its brightness and contrast (the mean and the spread of its grey levels, measured
+on the picture reduced to MEASURED_SIDE pixels a side, so a large JPEG read at a reduced scale and
+a small one are measured alike), its width and height, and its format. When the splits' classes
+come in other proportions (a balanced eval split of skewed data), the train sample is drawn in the
+eval split's proportions first, so classes that differ in brightness or size do not read as a
+shift. A numeric feature differs when the two samples' distributions
 are far apart (a two-sample Kolmogorov-Smirnov statistic of at least MIN_DISTANCE) and sampling
 alone would seldom put them so (p below SIGNIFICANCE); the format when its shares differ by at
 least MIN_DISTANCE. A split drawn at random from one set of pictures stays below both: with 300
@@ -18,6 +22,7 @@ and 72 images, sampling alone reaches a distance of 0.26 once in a thousand draw
 
 from __future__ import annotations
 
+import collections
 import io
 import random
 import warnings
@@ -27,6 +32,8 @@ from typing import Any
 import numpy as np
 
 SAMPLE = 300  # images per split, a seeded uniform sample
+MEASURED_SIDE = 64
+MIX_APART = 0.1  # class shares this far apart (or more): the train sample is drawn in eval's mix
 MIN_DISTANCE = 0.3
 SIGNIFICANCE = 0.001
 MIN_IMAGES = 20  # per split: fewer, and the check does not judge
@@ -47,8 +54,9 @@ def measure(image: bytes) -> dict[str, Any] | None:
                     return None
                 if fmt == "JPEG":
                     opened.draft("L", _DRAFT)
-                stat = ImageStat.Stat(opened.convert("L"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                grey = opened.convert("L").resize((MEASURED_SIDE, MEASURED_SIDE), Image.BOX)
+                stat = ImageStat.Stat(grey)
+    except Exception:  # noqa: BLE001 - any damaged image is left out of an advisory check
         return None
     return {
         "brightness": stat.mean[0],
@@ -59,10 +67,10 @@ def measure(image: bytes) -> dict[str, Any] | None:
     }
 
 
-def sample(records: Iterable[bytes], size: int = SAMPLE, seed: int = 0) -> list[bytes]:
+def sample(records: Iterable[Any], size: int = SAMPLE, seed: int = 0) -> list[Any]:
     """A seeded uniform sample of at most `size` of the records (reservoir: one pass)."""
     rng = random.Random(seed)
-    chosen: list[bytes] = []
+    chosen: list[Any] = []
     for seen, record in enumerate(records, start=1):
         if len(chosen) < size:
             chosen.append(record)
@@ -126,6 +134,34 @@ def _share_text(shares: dict[str, float]) -> str:
 SHIFT_WARNING = "the eval images differ from the train images"
 
 
+def in_proportions(
+    train: list[dict[str, Any]], eval_: Sequence[dict[str, Any]], seed: int = 0
+) -> list[dict[str, Any]]:
+    """The train rows, drawn (without repeats) in the eval rows' class proportions, as many as
+    the train rows allow; all of them when a row's class is unknown or the two mixes are less
+    than MIX_APART apart in every class's share."""
+    labels = [row["label"] for row in train] + [row["label"] for row in eval_]
+    if not eval_ or any(label is None for label in labels):
+        return train
+    wanted = collections.Counter(row["label"] for row in eval_)
+    by_class: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for row in train:
+        by_class[row["label"]].append(row)
+    shared = {c: n for c, n in wanted.items() if by_class.get(c)}
+    if not shared:
+        return train
+    mix = _shares(row["label"] for row in train)
+    if max(abs(mix.get(c, 0.0) - n / len(eval_)) for c, n in wanted.items()) < MIX_APART:
+        return train  # alike enough: the whole sample
+    total = sum(shared.values())
+    scale = min(len(by_class[c]) * total / n for c, n in shared.items())  # train rows that can be kept
+    rng = random.Random(seed)
+    out = []
+    for c, n in sorted(shared.items()):
+        out += rng.sample(by_class[c], max(1, int(scale * n / total)))
+    return out
+
+
 def split_shift(
     train_records: Iterable[bytes], eval_records: Iterable[bytes]
 ) -> tuple[dict | None, str | None]:
@@ -135,8 +171,13 @@ def split_shift(
 
     sides = []
     for records in (train_records, eval_records):
-        rows = [measure(image) for image in map(record_image, sample(records)) if image]
-        sides.append([row for row in rows if row is not None])
+        rows = []
+        for image, label in map(record_image, sample(records)):
+            row = measure(image) if image else None
+            if row is not None:
+                rows.append({**row, "label": label})
+        sides.append(rows)
+    sides[0] = in_proportions(sides[0], sides[1])
     shift = compare(*sides)
     if not shift:
         return shift, None

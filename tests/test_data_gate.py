@@ -648,3 +648,13 @@ def test_names_that_differ_in_more_than_marks_are_not_warned_about():
     )
     # Case alone keeps its own warning, not this one as well.
     assert len(almost_alike(["Big-Cat", "big-cat"], "classes", "merge")) == 1
+
+
+def test_a_sign_before_a_number_is_not_a_separator():
+    from trainer.class_names import almost_alike
+
+    assert almost_alike(["rot_-90", "rot_90", "-1", "1", "level-2", "level 2"], "classes", "merge") == [
+        "classes 'level-2', 'level 2' differ only in dashes, apostrophes, quotes or the separators between "
+        "words (space, '-', '_'): they are 2 classes; if they are one, merge"
+    ]
+    assert len(almost_alike(["-1", "\u22121"], "classes", "merge")) == 1  # the minus sign is still a dash

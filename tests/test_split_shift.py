@@ -124,3 +124,40 @@ def test_the_evaluators_note_on_classes_at_chance_says_the_shift_first(caplog):
         "the eval images differ from the train images (the data gate's warning), which alone can" in shifted
     )
     assert "differ from the train images" not in plain and "one concept under two names?" in plain
+
+
+def test_classes_in_other_proportions_are_not_a_shift():
+    """A skewed train split (9 light pictures to 1 dark) and a balanced eval split of the same
+    kinds of pictures: the brightness differs between the samples only by the class mix, so the
+    train sample is drawn in eval's proportions first."""
+    images, labels = _digits()
+    order = np.random.default_rng(5).permutation(1797)
+    light = [make_example(_png(255 - images[i]), "light") for i in order[:700]]
+    dark = [make_example(_png(images[i]), "dark") for i in order[700:1400]]
+    train, eval_ = light[:540] + dark[:60], light[600:660] + dark[600:660]
+    assert split_shift.split_shift(train, eval_) == ({}, None)
+    # The raw samples are apart in brightness: without the class mix, this would warn.
+    from trainer.image_ids import record_image
+
+    rows = [
+        [split_shift.measure(record_image(r)[0]) for r in split_shift.sample(side)] for side in (train, eval_)
+    ]
+    assert "brightness" in split_shift.compare(*rows)
+
+
+def test_records_it_cannot_read_are_left_out():
+    import tensorflow as tf
+
+    order = np.random.default_rng(6).permutation(1797)
+    odd = [
+        b"not a tf.Example at all",
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={"image": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}
+            )
+        ).SerializeToString(),
+        make_example(_png(_digits()[0][0])[:40], "0"),  # a PNG cut short
+        make_example(b"GIF89a" + b"\0" * 20, "0"),
+    ]
+    shift, warning = split_shift.split_shift(_records(order[:300]), odd * 5 + _records(order[300:360]))
+    assert shift == {} and warning is None

@@ -11,6 +11,7 @@ another script) may be meant: they are warned about, not refused.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 
@@ -83,13 +84,17 @@ def _folded(name: str) -> str:
 # "’" pasted beside a typed "'"), and the separators between words ("big cat", "big_cat",
 # "big-cat": one name to a person, three folders).
 _DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
-_QUOTES = "\u2018\u2019\u201a\u201b\u02bc\u02b9\u2032\uff07\u0060\u00b4"
-_SEPARATORS = str.maketrans({**dict.fromkeys(_DASHES + "-_", " "), **dict.fromkeys(_QUOTES, "'")})
+_QUOTES = "\u2018\u2019\u201a\u201b\u02bc\u02b9\u2032\uff07\u0060"
+_MARKS = str.maketrans({**dict.fromkeys(_DASHES, "-"), **dict.fromkeys(_QUOTES, "'")})
+# A dash before a digit that does not follow a letter or digit is a sign ("-90" and "90",
+# "rot_-90" and "rot_90" are other angles), not a separator ("level-2" is "level 2").
+_SEPARATOR = re.compile(r"[\s_]+|(?<=[^\W_])-|-(?!\d)")
 
 
 def _marks_folded(name: str) -> str:
-    """The name with dashes, separators and quotes made one each, runs of separators one space."""
-    return " ".join(_folded(name.strip(_TRIMMED)).translate(_SEPARATORS).split())
+    """The name with its dashes and quotes made one each, and separators between words (spaces,
+    '_', a '-' not before a digit) one space."""
+    return " ".join(_SEPARATOR.sub(" ", _folded(name.strip(_TRIMMED)).translate(_MARKS)).split())
 
 
 def almost_alike(names: Iterable[str], what: str, remedy: str) -> list[str]:

@@ -81,18 +81,28 @@ def batches(
 
 
 def records(file_pattern: str | Sequence[str]) -> Iterator[bytes]:
-    """The split's serialized records, in file order."""
-    for _, _, serialized in batches(file_pattern):
-        yield from serialized
+    """The split's serialized records, in file order, unparsed."""
+    for batch in data.raw_examples(file_pattern).batch(_BATCH).as_numpy_iterator():
+        yield from batch
 
 
-def record_image(serialized: bytes) -> bytes | None:
-    """The first image of a serialized tf.Example (None: it has none)."""
+def record_image(serialized: bytes) -> tuple[bytes | None, str | None]:
+    """The first image and label of a serialized tf.Example ((None, None) for bytes that are no
+    tf.Example; None for a feature missing, empty or not of bytes)."""
+    from google.protobuf import message
     from tensorflow.core.example import example_pb2
 
-    feature = example_pb2.Example.FromString(serialized).features.feature.get(IMAGE_KEY)
-    values = feature.bytes_list.value if feature is not None else ()
-    return values[0] if values else None
+    try:
+        features = example_pb2.Example.FromString(serialized).features.feature
+    except message.DecodeError:
+        return None, None
+
+    def first(key: str) -> bytes | None:
+        values = features[key].bytes_list.value if key in features else ()
+        return values[0] if values else None
+
+    label = first(LABEL_KEY)
+    return first(IMAGE_KEY), None if label is None else label.decode("utf-8", "replace")
 
 
 def split_ids(file_pattern: str | Sequence[str]) -> np.ndarray:

@@ -29,8 +29,8 @@ import numpy as np
 # of clear sky) is mostly noise at this size: its copies are not found.
 NEAR_COPY_CORRELATION = 0.995
 _THUMB_SCALE = 127 / 0.25  # int8 steps per unit of a thumbnail value (|value| <= 0.25 kept whole)
-# Similarities computed at once: rows x columns of one block (64 MB of float32).
-_BLOCK_VALUES = 16 * 1024 * 1024
+# Similarities computed at once: rows x columns of one block (64 MB of float64, three arrays).
+_BLOCK_VALUES = 8 * 1024 * 1024
 
 
 def quantized(thumb: np.ndarray) -> bytes:
@@ -53,13 +53,20 @@ def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELA
     known = [i for i in range(n) if has[i]]
     leader_of = list(range(n))
     if len(known) > 1:
-        rows = thumbnails([thumbs[i] for i in known])
+        # The thumbnails' int8 values, as float64: every dot product is a whole number well
+        # below 2**53, computed exactly whatever the BLAS, so the sets are the same on every
+        # machine. Near-copies: dot >= threshold * |a| * |b|, compared squared.
+        rows = np.frombuffer(b"".join(thumbs[i] for i in known), np.int8).reshape(len(known), -1)
+        rows = rows.astype(np.float64)
+        squared = np.einsum("ij,ij->i", rows, rows)
         is_leader = np.zeros(len(known), bool)
         block = max(1, _BLOCK_VALUES // len(known))
         for start in range(0, len(known), block):
             stop = min(start + block, len(known))
             # Each row against the rows before it: who it may follow.
-            similar = rows[start:stop] @ rows[:stop].T >= threshold
+            dots = rows[start:stop] @ rows[:stop].T
+            bound = threshold * threshold * np.outer(squared[start:stop], squared[:stop])
+            similar = (dots > 0) & (dots * dots >= bound)
             for offset in range(stop - start):
                 i = start + offset
                 earlier = np.flatnonzero(similar[offset, :i] & is_leader[:i])
