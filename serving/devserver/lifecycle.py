@@ -156,12 +156,17 @@ def start_server(config: ServerConfig) -> RunningServer:
             _model_folders_hint(config.model_base_path),
         )
     server.start()
+    batching = manager.batching
     log.info(
-        "Serving model %r (versions %s) on %s:%d",
+        "Serving model %r (versions %s) on %s:%d%s",
         config.model_name,
         manager.serving_versions(),
         _host_for_target(config.host),  # an IPv6 address in brackets, as a client writes it
         port,
+        ""
+        if batching is None
+        else f" with batching (up to {batching.max_batch_size} images a batch, a partial batch waiting "
+        f"{batching.batch_timeout_micros} us, {batching.num_batch_threads} batch threads)",
     )
     return RunningServer(server, manager, config, port, request_log)
 
