@@ -253,6 +253,64 @@ def train_cached_head(
     return phase
 
 
+@dataclasses.dataclass
+class _Training:
+    """One `train()` call: its settings, how it reads a split, and the notes and timings it records."""
+
+    params: TrainingConfig
+    tf_transform_output: tft.TFTransformOutput
+    strategy: tf.distribute.Strategy
+    class_names: list[str]
+    cache_dir: str | None
+    cache_memory_bytes: int
+    verbose: int
+    callbacks: list[keras.callbacks.Callback]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return self.params.effective_image_size()
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def global_batch(self) -> int:
+        return self.params.batch_size * self.replicas
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def note(self, msg: str) -> None:
+        log.info(msg)
+        self.notes.append(msg)
+
+    def images(
+        self,
+        files,
+        shuffle: bool,
+        augment: bool,
+        select: np.ndarray | None = None,
+        measuring: bool = False,
+        batch_size: int | None = None,
+    ) -> tf.data.Dataset:
+        spec = data.InputSpec(
+            batch_size=batch_size or self.global_batch,
+            num_classes=self.num_classes,
+            shuffle=shuffle,
+            augment=augment,
+            seed=self.params.seed,
+            drop_unmapped=measuring,
+        )
+        return data.make_dataset(files, self.tf_transform_output, spec, select=select)
+
+    def extraction_batch(self) -> int:
+        return extraction_batch(self.global_batch, self.image_size, self.replicas)
+
+
 def train(
     train_files: str | Sequence[str],
     eval_files: str | Sequence[str],
@@ -276,45 +334,24 @@ def train(
     """
     tracing.install()  # trace Keras's fit/evaluate steps without converting tf_keras itself
     tf.keras.utils.set_random_seed(params.seed)
-    image_size = params.effective_image_size()
-    strategy = strategy or distribution.make_strategy()
-    replicas = strategy.num_replicas_in_sync
-    global_batch = params.batch_size * replicas
-    class_names = data.class_names(tf_transform_output)
-    num_classes = len(class_names)
-    notes: list[str] = []
-    seconds: dict[str, float] = {}
+    run = _Training(
+        params,
+        tf_transform_output,
+        strategy or distribution.make_strategy(),
+        data.class_names(tf_transform_output),
+        cache_dir,
+        cache_memory_bytes,
+        verbose,
+        _callbacks(log_dir, callbacks),
+    )
     history: dict[str, list[float]] = {}
     phases: dict[str, bool] = {}
     log.info(
-        f"{num_classes} classes, backbone {params.backbone} ({params.weights}), "
-        f"{image_size}px, batch {params.batch_size}/replica x {replicas} = {global_batch}"
+        f"{run.num_classes} classes, backbone {params.backbone} ({params.weights}), "
+        f"{run.image_size}px, batch {params.batch_size}/replica x {run.replicas} = {run.global_batch}"
     )
-
-    def note(msg: str) -> None:
-        log.info(msg)
-        notes.append(msg)
-
-    def images(
-        files,
-        shuffle: bool,
-        augment: bool,
-        select: np.ndarray | None = None,
-        measuring: bool = False,
-        batch_size: int | None = None,
-    ) -> tf.data.Dataset:
-        spec = data.InputSpec(
-            batch_size=batch_size or global_batch,
-            num_classes=num_classes,
-            shuffle=shuffle,
-            augment=augment,
-            seed=params.seed,
-            drop_unmapped=measuring,
-        )
-        return data.make_dataset(files, tf_transform_output, spec, select=select)
-
-    with strategy.scope():
-        base = model_lib.build_backbone(params.backbone, params.weights, image_size)
+    with run.strategy.scope():
+        base = model_lib.build_backbone(params.backbone, params.weights, run.image_size)
         base.trainable = False
 
     # Train labels with no class fail the input function, by name (never trained on). Eval
@@ -324,175 +361,209 @@ def train(
     unmapped = data.unmapped_label_counts(eval_files, tf_transform_output)
     if unmapped:
         listed = ", ".join(f"{name!r} x{n}" for name, n in unmapped.items())
-        note(
+        run.note(
             f"eval examples whose label has no class in the model ({listed}) are left out of the "
             "Trainer's eval accuracy; the Evaluator's gate counts them as errors"
         )
     use_cache, why = data.cache_decision(params.augment, fine_tuning=False, requested=params.feature_cache)
-    note(why)
+    run.note(why)
     phases["head"] = use_cache
-    cbs = _callbacks(log_dir, callbacks)
 
     # Phase 1 fits the head alone on cached features, or the full model on images.
     with contextlib.ExitStack() as cleanup:
         if use_cache:
-            t_cache = time.perf_counter()
-            extractor = data.FeatureExtractor(strategy, base)
-            batch = extraction_batch(global_batch, image_size, replicas)
-            if batch < global_batch:
-                note(
-                    f"features extracted {batch} images a call at {image_size}px, not the batch of "
-                    f"{global_batch}: a call's memory grows with its pixels"
-                )
-            caches = []
-            for split, files in (("train", train_files), ("eval", eval_files)):
-                caches.append(
-                    extractor.cache(
-                        images(files, False, False, measuring=split == "eval", batch_size=batch),
-                        _sub(cache_dir, split),
-                        cache_memory_bytes,
-                    )
-                )
-                cleanup.callback(caches[-1].release)  # spilled files go when training ends
-            train_cache, eval_cache = caches
-            seconds["feature_extraction"] = time.perf_counter() - t_cache
-            where = f"spilled to disk ({train_cache.location})" if train_cache.spilled else "memory"
-            note(
-                f"feature cache: {train_cache.count} train + {eval_cache.count} eval "
-                f"{train_cache.feature_dim}-d vectors in {where}, "
-                f"extracted in {seconds['feature_extraction']:.1f}s"
-            )
-            phase = train_cached_head(
-                train_cache,
-                eval_cache,
-                params,
-                num_classes,
-                global_batch,
-                strategy,
-                cbs,
-                verbose,
-                note,
-                class_names=class_names,
-            )
-            # The full model: the backbone and a copy of the final head made under the strategy.
-            hp = phase.run.hparams
-            with strategy.scope():
-                final = model_lib.build_head(
-                    train_cache.feature_dim, num_classes, hp.dropout, hp.l2, phase.feature_stats
-                )
-                final.set_weights(phase.run.model.get_weights())
-                model = model_lib.assemble(base, final, image_size)
+            phase, model = _head_on_features(run, base, train_files, eval_files, cleanup)
         else:
-
-            def make_data(weights: np.ndarray | None) -> tuple[head.HeadData, str]:
-                def batches(mask: np.ndarray | None, shuffle: bool) -> tf.data.Dataset:
-                    return images(train_files, shuffle, params.augment and shuffle, select=mask)
-
-                return head.dataset_data(labels, batches, weights, params)
-
-            stats = None
-            if params.standardize:
-                # The standardisation needs the train split's features: one backbone pass
-                # over its images (not augmented), kept only as sums.
-                t_stats = time.perf_counter()
-                cache = data.FeatureExtractor(strategy, base).cache(
-                    images(
-                        train_files,
-                        False,
-                        False,
-                        batch_size=extraction_batch(global_batch, image_size, replicas),
-                    ),
-                    _sub(cache_dir, "stats"),
-                    cache_memory_bytes,
-                )
-                try:
-                    stats = _stats(cache, params)
-                finally:
-                    cache.release()
-                seconds["feature_stats"] = time.perf_counter() - t_stats
-                note(f"feature standardisation: statistics of {cache.count} train images' features")
-
-            def build(hp: head.HeadHParams) -> keras.Model:
-                with strategy.scope():
-                    new_head = model_lib.build_head(
-                        int(base.output_shape[-1]), num_classes, hp.dropout, hp.l2, stats
-                    )
-                    m = model_lib.assemble(base, new_head, image_size)
-                    model_lib.compile_model(m, num_classes, hp.learning_rate)
-                return m
-
-            labels = data.class_indices(train_files, tf_transform_output)
-            eval_images = images(eval_files, False, False, measuring=True)
-            phase = _head_phase(
-                labels,
-                make_data,
-                build,
-                lambda m: _accuracy(m, eval_images),
-                params,
-                num_classes,
-                cbs,
-                verbose,
-                note,
-                class_names,
-            )
-            phase.feature_stats = stats
-            model = phase.run.model
-    seconds.update(phase.seconds)
-    run, weights, accuracy = phase.run, phase.class_weights, phase.eval_accuracy
-    _merge(history, run.selection.history)
-    if run.refit is not None:
-        _merge(history, run.refit.history, prefix="refit_")
+            phase, model = _head_on_images(run, base, train_files, eval_files)
+    run.seconds.update(phase.seconds)
+    fitted, weights, accuracy = phase.run, phase.class_weights, phase.eval_accuracy
+    _merge(history, fitted.selection.history)
+    if fitted.refit is not None:
+        _merge(history, fitted.refit.history, prefix="refit_")
 
     if params.fine_tune_layers > 0 and params.fine_tune_epochs > 0:
         phases["fine_tune"], why = data.cache_decision(
             params.augment, fine_tuning=True, requested=params.feature_cache
         )
-        note(why)
-        with strategy.scope():
-            n = model_lib.unfreeze_top(model, params.fine_tune_layers)
-            model_lib.compile_model(model, num_classes, params.fine_tune_learning_rate)
-        log.info(f"fine-tuning {n} backbone layers at learning rate {params.fine_tune_learning_rate}")
-        t1 = time.perf_counter()
-        train_ds = images(train_files, True, params.augment)
-        if params.steps_per_epoch:
-            train_ds = train_ds.repeat()
-        train_ds = head.with_sample_weights(train_ds, weights)
-        h2 = model_lib.fit_batches(
-            model,
-            train_ds,
-            epochs=params.fine_tune_epochs,
-            steps_per_epoch=params.steps_per_epoch,
-            callbacks=cbs,
-            verbose=verbose,
-        )
-        seconds["fine_tune"] = time.perf_counter() - t1
-        _merge(history, h2.history, prefix="fine_tune_")
-        accuracy = _accuracy(model, images(eval_files, False, False, measuring=True))
-        # Freeze again so the exported model reports no trainable backbone weights.
-        model_lib.backbone_of(model).trainable = False
+        run.note(why)
+        accuracy = _fine_tune(run, model, weights, train_files, eval_files, history)
 
-    log.info(f"eval accuracy {accuracy:.4f}; training took {sum(seconds.values()):.1f}s")
+    log.info(f"eval accuracy {accuracy:.4f}; training took {sum(run.seconds.values()):.1f}s")
     return TrainResult(
         model=model,
-        class_names=class_names,
-        replicas=replicas,
-        global_batch_size=global_batch,
+        class_names=run.class_names,
+        replicas=run.replicas,
+        global_batch_size=run.global_batch,
         eval_accuracy=accuracy,
         history=history,
-        seconds=seconds,
-        notes=notes,
+        seconds=run.seconds,
+        notes=run.notes,
         feature_cache_phases=phases,
-        class_weights=None if weights is None else dict(zip(class_names, map(float, weights), strict=True)),
-        hparams=run.hparams.to_dict(),
+        class_weights=None
+        if weights is None
+        else dict(zip(run.class_names, map(float, weights), strict=True)),
+        hparams=fitted.hparams.to_dict(),
         validation_examples=phase.validation_examples,
-        epochs_run=run.selection.epochs_run,
-        best_epoch=run.selection.best_epoch,
-        stopped_epoch=run.selection.stopped_epoch,
-        refit_epochs=None if run.refit is None else run.refit.epochs_run,
-        selection_folds=run.selection.folds,
+        epochs_run=fitted.selection.epochs_run,
+        best_epoch=fitted.selection.best_epoch,
+        stopped_epoch=fitted.selection.stopped_epoch,
+        refit_epochs=None if fitted.refit is None else fitted.refit.epochs_run,
+        selection_folds=fitted.selection.folds,
         tuning=phase.tuning,
         standardized=phase.feature_stats is not None,
     )
+
+
+def _head_on_features(
+    run: _Training,
+    base: keras.Model,
+    train_files: str | Sequence[str],
+    eval_files: str | Sequence[str],
+    cleanup: contextlib.ExitStack,
+) -> tuple[HeadPhase, keras.Model]:
+    """The head trained on the backbone's features of each split, extracted once (spilled files
+    are released by `cleanup`); the phase and the full model (the backbone and a copy of the
+    final head made under the strategy)."""
+    params, strategy = run.params, run.strategy
+    t_cache = time.perf_counter()
+    extractor = data.FeatureExtractor(strategy, base)
+    batch = run.extraction_batch()
+    if batch < run.global_batch:
+        run.note(
+            f"features extracted {batch} images a call at {run.image_size}px, not the batch of "
+            f"{run.global_batch}: a call's memory grows with its pixels"
+        )
+    caches = []
+    for split, files in (("train", train_files), ("eval", eval_files)):
+        caches.append(
+            extractor.cache(
+                run.images(files, False, False, measuring=split == "eval", batch_size=batch),
+                _sub(run.cache_dir, split),
+                run.cache_memory_bytes,
+            )
+        )
+        cleanup.callback(caches[-1].release)  # spilled files go when training ends
+    train_cache, eval_cache = caches
+    run.seconds["feature_extraction"] = time.perf_counter() - t_cache
+    where = f"spilled to disk ({train_cache.location})" if train_cache.spilled else "memory"
+    run.note(
+        f"feature cache: {train_cache.count} train + {eval_cache.count} eval "
+        f"{train_cache.feature_dim}-d vectors in {where}, "
+        f"extracted in {run.seconds['feature_extraction']:.1f}s"
+    )
+    phase = train_cached_head(
+        train_cache,
+        eval_cache,
+        params,
+        run.num_classes,
+        run.global_batch,
+        strategy,
+        run.callbacks,
+        run.verbose,
+        run.note,
+        class_names=run.class_names,
+    )
+    hp = phase.run.hparams
+    with strategy.scope():
+        final = model_lib.build_head(
+            train_cache.feature_dim, run.num_classes, hp.dropout, hp.l2, phase.feature_stats
+        )
+        final.set_weights(phase.run.model.get_weights())
+        model = model_lib.assemble(base, final, run.image_size)
+    return phase, model
+
+
+def _head_on_images(
+    run: _Training, base: keras.Model, train_files: str | Sequence[str], eval_files: str | Sequence[str]
+) -> tuple[HeadPhase, keras.Model]:
+    """The head trained inside the full model on images (the feature cache off: augmentation);
+    the phase and the model."""
+    params, strategy = run.params, run.strategy
+
+    def make_data(weights: np.ndarray | None) -> tuple[head.HeadData, str]:
+        def batches(mask: np.ndarray | None, shuffle: bool) -> tf.data.Dataset:
+            return run.images(train_files, shuffle, params.augment and shuffle, select=mask)
+
+        return head.dataset_data(labels, batches, weights, params)
+
+    stats = None
+    if params.standardize:
+        # The standardisation needs the train split's features: one backbone pass
+        # over its images (not augmented), kept only as sums.
+        t_stats = time.perf_counter()
+        cache = data.FeatureExtractor(strategy, base).cache(
+            run.images(train_files, False, False, batch_size=run.extraction_batch()),
+            _sub(run.cache_dir, "stats"),
+            run.cache_memory_bytes,
+        )
+        try:
+            stats = _stats(cache, params)
+        finally:
+            cache.release()
+        run.seconds["feature_stats"] = time.perf_counter() - t_stats
+        run.note(f"feature standardisation: statistics of {cache.count} train images' features")
+
+    def build(hp: head.HeadHParams) -> keras.Model:
+        with strategy.scope():
+            new_head = model_lib.build_head(
+                int(base.output_shape[-1]), run.num_classes, hp.dropout, hp.l2, stats
+            )
+            m = model_lib.assemble(base, new_head, run.image_size)
+            model_lib.compile_model(m, run.num_classes, hp.learning_rate)
+        return m
+
+    labels = data.class_indices(train_files, run.tf_transform_output)
+    eval_images = run.images(eval_files, False, False, measuring=True)
+    phase = _head_phase(
+        labels,
+        make_data,
+        build,
+        lambda m: _accuracy(m, eval_images),
+        params,
+        run.num_classes,
+        run.callbacks,
+        run.verbose,
+        run.note,
+        run.class_names,
+    )
+    phase.feature_stats = stats
+    return phase, phase.run.model
+
+
+def _fine_tune(
+    run: _Training,
+    model: keras.Model,
+    weights: np.ndarray | None,
+    train_files: str | Sequence[str],
+    eval_files: str | Sequence[str],
+    history: dict[str, list[float]],
+) -> float:
+    """Phase 2: the top `fine_tune_layers` of the backbone trained with the head, on images; the
+    eval accuracy after it. The backbone is frozen again afterwards."""
+    params = run.params
+    with run.strategy.scope():
+        n = model_lib.unfreeze_top(model, params.fine_tune_layers)
+        model_lib.compile_model(model, run.num_classes, params.fine_tune_learning_rate)
+    log.info(f"fine-tuning {n} backbone layers at learning rate {params.fine_tune_learning_rate}")
+    t1 = time.perf_counter()
+    train_ds = run.images(train_files, True, params.augment)
+    if params.steps_per_epoch:
+        train_ds = train_ds.repeat()
+    train_ds = head.with_sample_weights(train_ds, weights)
+    h2 = model_lib.fit_batches(
+        model,
+        train_ds,
+        epochs=params.fine_tune_epochs,
+        steps_per_epoch=params.steps_per_epoch,
+        callbacks=run.callbacks,
+        verbose=run.verbose,
+    )
+    run.seconds["fine_tune"] = time.perf_counter() - t1
+    _merge(history, h2.history, prefix="fine_tune_")
+    accuracy = _accuracy(model, run.images(eval_files, False, False, measuring=True))
+    # Freeze again so the exported model reports no trainable backbone weights.
+    model_lib.backbone_of(model).trainable = False
+    return accuracy
 
 
 def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingConfig) -> None:
