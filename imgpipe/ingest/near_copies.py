@@ -11,7 +11,7 @@ whose thumbnails correlate at ``NEAR_COPY_CORRELATION`` or more are near-copies.
 are formed around leaders in the plan's seeded order: each image joins the first earlier leader
 it is a near-copy of, or leads a set of its own, so every member is a near-copy of its leader
 and a chain of small differences never joins two different pictures. The search compares every
-pair in a class, in blocks of bounded memory: n^2 / 2 dot products of 256 values (about 1 s for
+pair in a class, in blocks of bounded memory: n^2 / 2 dot products of 256 values (1.2-1.3 s for
 a class of 15,000 images here; BENCHMARKS.md, "Near-copies at ingest").
 """
 
