@@ -516,6 +516,9 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             rolled_back=rolled_back,
             classes_told_apart_at_chance=tfma_results.classes_at_chance,
         )
+        # The data gate's warnings (names that print alike, labels corrected, eval images unlike
+        # the train images): beside the numbers they may explain, in the run's JSON too.
+        record["data_warnings"] = list(report.warnings)
         write_gate_record(evaluation.uri, record)
 
     def _run_tfma(self, inputs, output_dict, props, examples, splits, batch, optimization) -> None:

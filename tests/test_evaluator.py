@@ -34,7 +34,7 @@ def _other_weights() -> bytes:
     return saved_model_pb2.SavedModel(meta_graphs=[meta]).SerializeToString()
 
 
-def _report(tmp_path, eval_counts: dict[str, int], allowed=()):
+def _report(tmp_path, eval_counts: dict[str, int], allowed=(), warnings=()):
     from components.artifacts import DataGateReport, Report, write_report
 
     r = DataGateReport()
@@ -46,6 +46,7 @@ def _report(tmp_path, eval_counts: dict[str, int], allowed=()):
             anomalies=list(allowed),
             anomalies_allowed=list(allowed),
             baseline_classes=None,
+            warnings=list(warnings),
         ),
     )
     return r
@@ -449,6 +450,25 @@ def test_a_baseline_differing_in_one_file_is_evaluated(tmp_path, fake_tfma):
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         baseline_record = json.load(f)["baseline"]
     assert baseline_record["identical"] is False and baseline_record["accuracy"] == 0.91
+
+
+def test_the_gate_record_carries_the_data_gates_warnings(tmp_path, fake_tfma):
+    """gate.json (and so `imgpipe run`'s JSON, its `gate`) holds the data gate's warnings beside
+    the numbers they may explain."""
+    from components.evaluator import GateEvaluatorExecutor
+    from components.gate_decision import EvalResults
+
+    warning = "the eval images differ from the train images: brightness (median 78 in train, 27 in eval)"
+    inputs = {
+        "examples": [_examples(tmp_path)],
+        "model": [_model(tmp_path, "candidate", ["a", "b"])],
+        "baseline_model": [],
+        "data_report": [_report(tmp_path, {"a": 10, "b": 10}, warnings=[warning])],
+    }
+    fake_tfma["results"] = EvalResults(0.9, 20, {"a": 0.9, "b": 0.9}, None)
+    GateEvaluatorExecutor().Do(inputs, _outputs(tmp_path), _props({}))
+    with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
+        assert json.load(f)["data_warnings"] == [warning]
 
 
 def test_a_class_without_eval_examples_fails_before_tfma(tmp_path, fake_tfma):
