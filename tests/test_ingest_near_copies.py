@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.datasets import load_digits, load_sample_images
 
 from imgpipe.ingest.images import inspect_image
-from imgpipe.ingest.near_copies import NEAR_COPY_CORRELATION, eval_sets, near_copy_sets, quantized
+from imgpipe.ingest.near_copies import NEAR_COPY_CORRELATION, eval_sets, near_copy_sets, quantized, thumbnails
 from imgpipe.ingest.plan import Candidate, make_plan
 
 
@@ -79,16 +79,32 @@ def test_different_hand_drawn_digits_are_near_copies_once_in_1797():
     assert len(grouped) <= 1 and all(len(s) == 2 for s in grouped)
 
 
-def test_sets_form_around_leaders_so_small_steps_do_not_chain():
-    """a~b and b~c, but a is not a near-copy of c: c leads a set of its own."""
+def test_a_chain_of_near_copies_is_one_set():
+    """a~b and b~c, though a is not a near-copy of c (a burst's frames): one set, so no two
+    near-copies are ever in two splits. An image without a thumbnail stays alone."""
     rng = np.random.default_rng(0)
     u, w = np.linalg.qr(rng.normal(size=(256, 2)))[0].T  # two orthonormal directions
+    far = np.linalg.qr(rng.normal(size=(256, 3)))[0].T[2]
     unit = [np.cos(t) * u + np.sin(t) * w for t in (0.0, 0.08, 0.16)]  # 0.9968 apart, 0.987 end to end
     assert unit[0] @ unit[1] >= NEAR_COPY_CORRELATION and unit[1] @ unit[2] >= NEAR_COPY_CORRELATION
     assert unit[0] @ unit[2] < NEAR_COPY_CORRELATION
-    thumbs = [quantized(u) for u in unit]
-    assert near_copy_sets(thumbs) == [[0, 1], [2]]
-    assert near_copy_sets([thumbs[0], b"", thumbs[0]]) == [[0, 2], [1]]  # no thumbnail: alone
+    thumbs = [quantized(unit[2]), quantized(far), quantized(unit[0]), quantized(unit[1])]
+    assert near_copy_sets(thumbs) == [[0, 2, 3], [1]]
+    assert near_copy_sets([thumbs[0], b"", thumbs[0]]) == [[0, 2], [1]]
+
+
+def test_a_burst_of_frames_goes_to_one_split():
+    """Frames of one photo crop turned 0.5 degrees at a time: each a near-copy of the next, none
+    of the first and last. Before, sets formed around leaders and split the burst across train
+    and eval."""
+    from PIL import Image
+
+    photo = Image.fromarray(load_sample_images().images[0])
+    frames = [photo.rotate(0.5 * k, center=(320, 213)).crop((220, 113, 420, 313)) for k in range(9)]
+    thumbs = [_thumb(_encode(frame)) for frame in frames]
+    rows = thumbnails(thumbs)
+    assert rows[0] @ rows[8] < NEAR_COPY_CORRELATION  # the ends are not near-copies
+    assert near_copy_sets(thumbs) == [list(range(9))]
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ score what the model memorised: a model trained on random labels, with each imag
 ways, was judged at 0.62 accuracy on five classes (chance 0.2) and blessed.
 
 The scan reduces each image to a standardised grey thumbnail (``images.thumbnail``); two images
-whose thumbnails correlate at ``NEAR_COPY_CORRELATION`` or more are near-copies. Sets
-are formed around leaders in the plan's seeded order: each image joins the first earlier leader
-it is a near-copy of, or leads a set of its own, so every member is a near-copy of its leader
-and a chain of small differences never joins two different pictures. The search compares every
+whose thumbnails correlate at ``NEAR_COPY_CORRELATION`` or more are near-copies, and pictures
+joined by a chain of near-copies (the frames of a burst, each a near-copy of the next) form one
+set, written whole to one split: two near-copies are never in two splits. A class that is one
+such set is split by image instead, with a warning. The search compares every
 pair in a class, in blocks of bounded memory: n^2 / 2 dot products of 256 values (1.2-1.3 s for
 a class of 15,000 images here; BENCHMARKS.md, "Near-copies at ingest").
 """
@@ -46,12 +46,19 @@ def thumbnails(packed: Sequence[bytes]) -> np.ndarray:
 
 def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELATION) -> list[list[int]]:
     """The positions of `thumbs` (quantized thumbnails in the plan's order; b"" for none) in
-    near-copy sets, each set in order and led by its first position, the sets in their leaders'
-    order. An image without a thumbnail is a set of its own."""
+    near-copy sets: pictures joined by a chain of near-copies (a burst's frames, each a near-copy
+    of the next) are one set, so no two near-copies are ever in two sets. Each set in order, the
+    sets in the order of their first positions; an image without a thumbnail is a set of its own."""
     n = len(thumbs)
-    has = [bool(t) for t in thumbs]
-    known = [i for i in range(n) if has[i]]
-    leader_of = list(range(n))
+    known = [i for i in range(n) if thumbs[i]]
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
     if len(known) > 1:
         # The thumbnails' int8 values, as float64: every dot product is a whole number well
         # below 2**53, computed exactly whatever the BLAS, so the sets are the same on every
@@ -59,24 +66,19 @@ def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELA
         rows = np.frombuffer(b"".join(thumbs[i] for i in known), np.int8).reshape(len(known), -1)
         rows = rows.astype(np.float64)
         squared = np.einsum("ij,ij->i", rows, rows)
-        is_leader = np.zeros(len(known), bool)
         block = max(1, _BLOCK_VALUES // len(known))
         for start in range(0, len(known), block):
             stop = min(start + block, len(known))
-            # Each row against the rows before it: who it may follow.
-            dots = rows[start:stop] @ rows[:stop].T
+            dots = rows[start:stop] @ rows[:stop].T  # each row against the rows before it
             bound = threshold * threshold * np.outer(squared[start:stop], squared[:stop])
-            similar = (dots > 0) & (dots * dots >= bound)
-            for offset in range(stop - start):
-                i = start + offset
-                earlier = np.flatnonzero(similar[offset, :i] & is_leader[:i])
-                if earlier.size:
-                    leader_of[known[i]] = known[int(earlier[0])]
-                else:
-                    is_leader[i] = True
+            similar = np.tril((dots > 0) & (dots * dots >= bound), k=start - 1)
+            for offset, j in zip(*np.nonzero(similar), strict=True):
+                a, b = root(known[start + int(offset)]), root(known[int(j)])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)  # a set is named by its first position
     sets: dict[int, list[int]] = {}
     for position in range(n):
-        sets.setdefault(leader_of[position], []).append(position)
+        sets.setdefault(root(position), []).append(position)
     return list(sets.values())
 
 
