@@ -204,9 +204,10 @@ def make_plan(
         splits, found, straddle = _split_near_copies([groups[name][d][0] for d in digests], n_eval)
         if straddle:
             warnings.append(
-                f"class {name!r}: its {len(digests)} images are all near-copies of one another (one picture "
-                "saved again, resized or made brighter or darker), so its eval images are near-copies of its "
-                "train images and the eval split scores what a model memorised; add other pictures of it"
+                f"class {name!r}: its {len(digests)} images are one set of near-copies (one picture saved "
+                "again, resized or made brighter or darker, or a burst's frames), so its eval images are "
+                "near-copies of its train images and the eval split scores what a model memorised; add "
+                "other pictures of it"
             )
         near_copies += [{"class": name, **entry} for entry in found]
         counts[name] = {"train": splits.count("train"), "eval": splits.count("eval")}
