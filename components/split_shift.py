@@ -8,16 +8,18 @@ and 0.21 inverted, and the run's notes blamed the labels ("labels given at rando
 word of the eval split.
 
 The check compares a seeded sample of each split (at most SAMPLE images) in what a picture's
-decoding shows: its brightness and contrast (the mean and the spread of its grey levels, measured
-on the picture reduced to MEASURED_SIDE pixels a side, so a large JPEG read at a reduced scale and
-a small one are measured alike), its width and height, and its format. When the splits' classes
-come in other proportions (a balanced eval split of skewed data), the train sample is drawn in the
-eval split's proportions first, so classes that differ in brightness or size do not read as a
-shift. A numeric feature differs when the two samples' distributions
-are far apart (a two-sample Kolmogorov-Smirnov statistic of at least MIN_DISTANCE) and sampling
-alone would seldom put them so (p below SIGNIFICANCE); the format when its shares differ by at
-least MIN_DISTANCE. A split drawn at random from one set of pictures stays below both: with 300
-and 72 images, sampling alone reaches a distance of 0.26 once in a thousand draws.
+decoding shows: its brightness and contrast (the mean and the spread of its grey levels) and its
+colour (the mean spread of a pixel's red, green and blue: 0 for a grey picture), measured on the
+picture reduced to MEASURED_SIDE pixels a side, so that a large JPEG read at a reduced scale and a
+small one are measured alike; its width and height; its format. When the splits' classes come in
+other proportions (a balanced eval split of skewed data), the train sample is drawn in the eval
+split's proportions first, so classes that differ in brightness or size do not read as a shift.
+A numeric feature differs when the two samples' distributions are far apart (a two-sample
+Kolmogorov-Smirnov statistic of at least MIN_DISTANCE) and sampling alone would seldom put them
+so (p below SIGNIFICANCE); the format when its shares differ by at least MIN_DISTANCE and a
+chi-squared test of the two samples' counts gives p below SIGNIFICANCE. A split drawn at random
+from one set of pictures stays below both: with 300 and 72 images, sampling alone reaches a
+distance of 0.26 once in a thousand draws.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ MIX_APART = 0.1  # class shares this far apart (or more): the train sample is dr
 MIN_DISTANCE = 0.3
 SIGNIFICANCE = 0.001
 MIN_IMAGES = 20  # per split: fewer, and the check does not judge
-NUMERIC = ("brightness", "contrast", "width", "height")
+NUMERIC = ("brightness", "contrast", "colour", "width", "height")
 _DRAFT = (256, 256)  # a JPEG is measured at a reduced scale (block means: the mean moves little)
 
 
 def measure(image: bytes) -> dict[str, Any] | None:
-    """{brightness, contrast, width, height, format} of one encoded image (None: not readable)."""
-    from PIL import Image, ImageStat
+    """{brightness, contrast, colour, width, height, format} of one encoded image (None: not
+    readable). Colour: the mean spread of a pixel's red, green and blue (0 for a grey picture)."""
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
@@ -53,14 +56,16 @@ def measure(image: bytes) -> dict[str, Any] | None:
                 if width * height > 50_000_000:
                     return None
                 if fmt == "JPEG":
-                    opened.draft("L", _DRAFT)
-                grey = opened.convert("L").resize((MEASURED_SIDE, MEASURED_SIDE), Image.BOX)
-                stat = ImageStat.Stat(grey)
+                    opened.draft("RGB", _DRAFT)
+                rgb = opened.convert("RGB").resize((MEASURED_SIDE, MEASURED_SIDE), Image.BOX)
+                pixels = np.asarray(rgb, np.float32)
     except Exception:  # noqa: BLE001 - any damaged image is left out of an advisory check
         return None
+    grey = pixels @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as Pillow's "L"
     return {
-        "brightness": stat.mean[0],
-        "contrast": stat.stddev[0],
+        "brightness": float(grey.mean()),
+        "contrast": float(grey.std()),
+        "colour": float((pixels.max(axis=-1) - pixels.min(axis=-1)).mean()),
         "width": float(width),
         "height": float(height),
         "format": fmt,
@@ -103,7 +108,12 @@ def compare(train: Sequence[dict[str, Any]], eval_: Sequence[dict[str, Any]]) ->
                 "eval_median": round(float(np.median(b)), 1),
             }
     shares = [_shares(row["format"] for row in side) for side in (train, eval_)]
-    apart = max(abs(shares[0].get(f, 0.0) - shares[1].get(f, 0.0)) for f in set(shares[0]) | set(shares[1]))
+    formats = sorted(set(shares[0]) | set(shares[1]))
+    apart = max(abs(shares[0].get(f, 0.0) - shares[1].get(f, 0.0)) for f in formats)
+    if apart >= MIN_DISTANCE and len(formats) > 1:
+        # As for the numbers: would sampling alone seldom put the shares so far apart?
+        table = [[sum(row["format"] == f for row in side) for f in formats] for side in (train, eval_)]
+        apart = apart if stats.chi2_contingency(table).pvalue < SIGNIFICANCE else 0.0
     if apart >= MIN_DISTANCE:
         out["format"] = {"distance": round(apart, 3), "train": shares[0], "eval": shares[1]}
     return out

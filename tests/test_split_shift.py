@@ -161,3 +161,38 @@ def test_records_it_cannot_read_are_left_out():
     ]
     shift, warning = split_shift.split_shift(_records(order[:300]), odd * 5 + _records(order[300:360]))
     assert shift == {} and warning is None
+
+
+def test_a_grey_eval_split_of_colour_pictures_is_named():
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(7)
+    photos = load_sample_images().images
+
+    def crops(n, grey):
+        out = []
+        for _ in range(n):
+            photo = photos[rng.integers(2)]
+            y, x = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
+            picture = Image.fromarray(photo[y : y + 64, x : x + 64])
+            buffer = io.BytesIO()
+            (picture.convert("L").convert("RGB") if grey else picture).save(buffer, format="PNG")
+            out.append(make_example(buffer.getvalue(), "photo"))
+        return out
+
+    shift, warning = split_shift.split_shift(crops(200, False), crops(60, True))
+    assert "colour" in shift and shift["colour"]["eval_median"] == 0
+    assert split_shift.split_shift(crops(200, False), crops(60, False)) == ({}, None)
+
+
+def test_a_few_images_in_another_format_by_chance_are_not_a_shift():
+    """Formats mixed half and half, 80 train and 20 eval images: shares 0.3 apart happen by
+    chance; the chi-squared test keeps them from reading as a shift."""
+    rows = [{"format": f} for f in ["PNG"] * 40 + ["JPEG"] * 40]
+    eval_rows = [{"format": f} for f in ["PNG"] * 16 + ["JPEG"] * 4]  # 0.8 against 0.5: 0.3 apart
+    for side in (rows, eval_rows):
+        for row in side:
+            row.update(brightness=100.0, contrast=50.0, colour=10.0, width=32.0, height=32.0)
+    assert split_shift.compare(rows, eval_rows) == {}
+    many = [dict(r) for r in rows] * 4
+    assert "format" in split_shift.compare(many, [dict(r) for r in eval_rows] * 4)
