@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from serving.errors import ServerStartError
@@ -54,6 +55,46 @@ class BatchingParameters:
         return out
 
 
+_SCALARS = {"bool": "TYPE_BOOL", "string": "TYPE_STRING", "int64": "TYPE_INT64"}
+
+
+def transcribed_messages(
+    file_name: str, messages: Mapping[str, Sequence[tuple[str, int, str]]]
+) -> dict[str, type]:
+    """Protobuf classes of package tensorflow.serving declared here, for TF Serving's config
+    protos the tensorflow-serving-api wheel does not ship. `messages`: each message's fields as
+    (name, number, type), type a scalar ("bool", "string", "int64", "repeated int64") or a
+    message's full name (".google.protobuf.Int64Value", or one declared before it)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    fdp = descriptor_pb2.FieldDescriptorProto
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
+    f = descriptor_pb2.FileDescriptorProto(
+        name=file_name,
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    for message_name, fields in messages.items():
+        message = f.message_type.add(name=message_name)
+        for name, number, kind in fields:
+            repeated, _, scalar = kind.rpartition(" ")
+            field = message.field.add(
+                name=name, number=number, label=fdp.LABEL_REPEATED if repeated else fdp.LABEL_OPTIONAL
+            )
+            if scalar in _SCALARS:
+                field.type = getattr(fdp, _SCALARS[scalar])
+            else:
+                field.type, field.type_name = fdp.TYPE_MESSAGE, scalar
+    pool.Add(f)
+    factory = message_factory.MessageFactory(pool)
+    return {
+        name: factory.GetPrototype(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+        for name in messages
+    }
+
+
 @functools.lru_cache(maxsize=1)
 def batching_parameters_message() -> type:
     """The BatchingParameters protobuf class: TF Serving's own when installed, else this
@@ -64,43 +105,25 @@ def batching_parameters_message() -> type:
         return session_bundle_config_pb2.BatchingParameters
     except ImportError:
         pass
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-
-    fdp = descriptor_pb2.FieldDescriptorProto
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
-    f = descriptor_pb2.FileDescriptorProto(
-        name="imgpipe/tf_serving_batching_parameters.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
+    int64, text, flag = (
+        ".google.protobuf.Int64Value",
+        ".google.protobuf.StringValue",
+        ".google.protobuf.BoolValue",
     )
-    message = f.message_type.add(name="BatchingParameters")
-    wrapped = {
-        "max_batch_size": (1, "Int64Value"),
-        "batch_timeout_micros": (2, "Int64Value"),
-        "max_enqueued_batches": (3, "Int64Value"),
-        "num_batch_threads": (4, "Int64Value"),
-        "thread_pool_name": (5, "StringValue"),
-        "enable_large_batch_splitting": (8, "BoolValue"),
-        "max_execution_batch_size": (9, "Int64Value"),
-    }
-    for name, (number, wrapper) in wrapped.items():
-        message.field.add(
-            name=name,
-            number=number,
-            type=fdp.TYPE_MESSAGE,
-            type_name=f".google.protobuf.{wrapper}",
-            label=fdp.LABEL_OPTIONAL,
-        )
-    message.field.add(name="allowed_batch_sizes", number=6, type=fdp.TYPE_INT64, label=fdp.LABEL_REPEATED)
-    message.field.add(
-        name="pad_variable_length_inputs", number=7, type=fdp.TYPE_BOOL, label=fdp.LABEL_OPTIONAL
-    )
-    pool.Add(f)
-    return message_factory.MessageFactory(pool).GetPrototype(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    )
+    fields = [
+        ("max_batch_size", 1, int64),
+        ("batch_timeout_micros", 2, int64),
+        ("max_enqueued_batches", 3, int64),
+        ("num_batch_threads", 4, int64),
+        ("thread_pool_name", 5, text),
+        ("allowed_batch_sizes", 6, "repeated int64"),
+        ("pad_variable_length_inputs", 7, "bool"),
+        ("enable_large_batch_splitting", 8, flag),
+        ("max_execution_batch_size", 9, int64),
+    ]
+    return transcribed_messages(
+        "imgpipe/tf_serving_batching_parameters.proto", {"BatchingParameters": fields}
+    )["BatchingParameters"]
 
 
 def parse_batching_parameters(text: str, source: str = "batching parameters") -> BatchingParameters:

@@ -33,48 +33,16 @@ def _yaml(name: str):
 
 
 def _transcribed_messages() -> dict[str, type]:
-    """MonitoringConfig as declared upstream (tensorflow/serving 2.16)."""
-    from google.protobuf import (
-        descriptor_pb2,
-        descriptor_pool,
-        message_factory,
-        wrappers_pb2,
-    )
+    """MonitoringConfig as declared upstream (tensorflow_serving/config/monitoring_config.proto, 2.16)."""
+    from serving.batching_config import transcribed_messages
 
-    fdp = descriptor_pb2.FieldDescriptorProto
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
-    f = descriptor_pb2.FileDescriptorProto(
-        name="imgpipe_tests/tf_serving_configs.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
+    return transcribed_messages(
+        "imgpipe_tests/tf_serving_configs.proto",
+        {
+            "PrometheusConfig": [("enable", 1, "bool"), ("path", 2, "string")],
+            "MonitoringConfig": [("prometheus_config", 1, ".tensorflow.serving.PrometheusConfig")],
+        },
     )
-
-    def add(msg, name, number, ftype, type_name=None, repeated=False):
-        field = msg.field.add(name=name, number=number, type=ftype)
-        field.label = fdp.LABEL_REPEATED if repeated else fdp.LABEL_OPTIONAL
-        if type_name:
-            field.type_name = type_name
-
-    # tensorflow_serving/config/monitoring_config.proto
-    prom = f.message_type.add(name="PrometheusConfig")
-    add(prom, "enable", 1, fdp.TYPE_BOOL)
-    add(prom, "path", 2, fdp.TYPE_STRING)
-    mon = f.message_type.add(name="MonitoringConfig")
-    add(
-        mon,
-        "prometheus_config",
-        1,
-        fdp.TYPE_MESSAGE,
-        ".tensorflow.serving.PrometheusConfig",
-    )
-    pool.Add(f)
-    factory = message_factory.MessageFactory(pool)
-    return {
-        name: factory.GetPrototype(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-        for name in ("MonitoringConfig",)
-    }
 
 
 def _monitoring_config_class():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 NORMAL_FORM = "NFC"
 _FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Zl": "a line separator", "Zp": "a paragraph separator"}
@@ -107,46 +107,38 @@ def almost_alike(names: Iterable[str], what: str, remedy: str) -> list[str]:
     one. They stay the classes they are: only a person can say whether they are one."""
     names = list(names)
     out = []
-    by_case: dict[str, list[str]] = {}
-    for name in names:
-        by_case.setdefault(name.lower(), []).append(name)  # not casefold: it also folds "ﬁ" to "fi"
-    out.extend(
-        f"{what} {', '.join(repr(n) for n in group)} differ only in letter case: they are "
-        f"{len(group)} classes; if they are one, {remedy}"
-        for group in by_case.values()
-        if len(group) > 1
-    )
-    by_form: dict[str, list[str]] = {}
-    for name in names:
-        by_form.setdefault(_folded(name), []).append(name)
-    out.extend(
-        f"{what} {', '.join(repr(n) for n in group)} are one name in Unicode's compatibility "
-        f"forms (fullwidth or other variants of the same letters): they print almost alike and are "
-        f"{len(group)} classes; if they are one, {remedy}"
-        for group in by_form.values()
-        if len({n.lower() for n in group}) > 1  # more than case apart (the case warning's)
-    )
-    by_ends: dict[str, list[str]] = {}
-    for name in names:
-        by_ends.setdefault(_folded(name.strip(_TRIMMED)), []).append(name)
-    out.extend(
-        f"{what} {', '.join(repr(n) for n in group)} differ only in dots or spaces at their ends "
-        f"(Windows and SMB shares drop trailing ones: one folder there): they are {len(group)} "
-        f"classes; if they are one, {remedy}"
-        for group in by_ends.values()
-        if len({_folded(n) for n in group}) > 1  # more than case or form apart (the warnings above)
-    )
-    by_marks: dict[str, list[str]] = {}
-    for name in names:
-        by_marks.setdefault(_marks_folded(name), []).append(name)
-    out.extend(
-        f"{what} {', '.join(repr(n) for n in group)} differ only in dashes, apostrophes, quotes or the "
-        f"separators between words (space, '-', '_'): they are {len(group)} classes; if they are "
-        f"one, {remedy}"
-        for group in by_marks.values()
-        # more than case, form or ends apart (the warnings above)
-        if len({_folded(n.strip(_TRIMMED)) for n in group}) > 1
-    )
+    # Each level's groups of names equal under its key, warned about when the level before tells
+    # them apart (so a pair is named once, at the first level that joins it).
+    levels: list[tuple[Callable[[str], str], str]] = [
+        # not casefold: it also folds "ﬁ" to "fi"
+        (str.lower, "differ only in letter case: they are {n} classes"),
+        (
+            _folded,
+            "are one name in Unicode's compatibility forms (fullwidth or other variants of the same "
+            "letters): they print almost alike and are {n} classes",
+        ),
+        (
+            lambda name: _folded(name.strip(_TRIMMED)),
+            "differ only in dots or spaces at their ends (Windows and SMB shares drop trailing ones: "
+            "one folder there): they are {n} classes",
+        ),
+        (
+            _marks_folded,
+            "differ only in dashes, apostrophes, quotes or the separators between words (space, '-', "
+            "'_'): they are {n} classes",
+        ),
+    ]
+    before: Callable[[str], str] = str
+    for key, text in levels:
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault(key(name), []).append(name)
+        out.extend(
+            f"{what} {', '.join(repr(n) for n in group)} {text.format(n=len(group))}; if they are one, {remedy}"
+            for group in groups.values()
+            if len(group) > 1 and len({before(n) for n in group}) > 1
+        )
+        before = key
     singular = what[:-2] if what.endswith("ses") else what[:-1]
     for name in names:
         found = scripts(name)
