@@ -672,6 +672,19 @@ def test_a_run_failing_on_a_record_of_another_shape_names_the_records(tmp_path: 
         None, None, "Name: <unknown>, Key: label, Index: 1.  Can't parse serialized Example."
     )
     assert "record 1: feature 'label' holds 2 values" in _failure_message(config, "DataGate", gate)
+    # With --allow-anomalies the Trainer reads the record without an image (TensorFlow's text
+    # names the feature), and ExampleGen a record that is no tf.Example (protobuf's).
+    trainer = tf.errors.InvalidArgumentError(
+        None, None, "Feature: image (data type: string) is required but could not be found."
+    )
+    assert f"{extra} record 3: no 'image' feature" in _failure_message(config, "Trainer", trainer)
+    example_gen = ValueError(
+        "DecodeError: Error parsing message with type 'tensorflow.Example' "
+        "[while running 'InputToRecord[eval]/ToTFExample']"
+    )
+    assert f"{extra} record 6: not a tf.train.Example" in _failure_message(
+        config, "ImportExampleGen", example_gen
+    )
     assert len(records_off_contract(str(out), limit=2)) == 2
     # The scoring steps read score_data (images without labels), not data_dir: not searched there.
     from pipeline.pipeline import SCORING_IDS

@@ -130,6 +130,8 @@ _PARSE_MARKERS = (
     "expected bytes_list",
     "key: image",
     "key: label",
+    "is required but could not be found",  # a record without the feature (TensorFlow's ParseExample)
+    "error parsing message with type 'tensorflow.example'",  # not a tf.Example (ExampleGen's protobuf)
 )
 
 
