@@ -252,12 +252,13 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 os.path.join(artifact_utils.get_split_uri([examples], s), "*") for s in ("train", "eval")
             ]
             if all(tf.io.gfile.glob(p) for p in patterns):
+                notes: list[str] = []
                 try:
-                    _, warning = split_shift.split_shift(*(image_ids.records(p) for p in patterns))
+                    _, warning = split_shift.split_shift(*(image_ids.records(p) for p in patterns), notes)
                 except Exception as e:  # noqa: BLE001 - advisory: a record it cannot read stops nothing
                     log.warning("the check of eval images against train images could not run: %s", e)
                     warning = None
-                shift_warnings += [warning] if warning else []
+                shift_warnings += notes + ([warning] if warning else [])
         warnings = label_warnings(splits) + relabel_warnings + shift_warnings
         for w in warnings:
             log.warning("data gate: %s", w)

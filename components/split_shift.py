@@ -172,11 +172,28 @@ def in_proportions(
     return out
 
 
+def one_colour(samples: dict[str, Sequence[dict[str, Any]]]) -> list[str]:
+    """A warning for each split whose sample holds images of one colour as decoded (hand-made
+    records: `imgpipe ingest` refuses them), which tell nothing of their class."""
+    out = []
+    for split, rows in samples.items():
+        flat = sum(1 for row in rows if row["contrast"] == 0 and row["colour"] == 0)
+        if flat:
+            out.append(
+                f"{flat} of the {len(rows)} sampled {split} images are one colour as decoded (about "
+                f"{flat / len(rows):.0%} of the split): nothing in them tells their class, so they teach "
+                "noise (train) or are answered by chance (eval); remove them (`imgpipe ingest` refuses "
+                "such images)"
+            )
+    return out
+
+
 def split_shift(
-    train_records: Iterable[bytes], eval_records: Iterable[bytes]
+    train_records: Iterable[bytes], eval_records: Iterable[bytes], notes: list[str] | None = None
 ) -> tuple[dict | None, str | None]:
     """(the shift found, or {} / None as `compare`; the data gate's warning, or None) for two
-    splits' serialized tf.Examples."""
+    splits' serialized tf.Examples. `notes`, when given, gets the samples' other findings (images
+    of one colour: `one_colour`)."""
     from trainer.image_ids import record_image
 
     sides = []
@@ -187,6 +204,8 @@ def split_shift(
             if row is not None:
                 rows.append({**row, "label": label})
         sides.append(rows)
+    if notes is not None:
+        notes.extend(one_colour(dict(zip(("train", "eval"), sides, strict=True))))
     sides[0] = in_proportions(sides[0], sides[1])
     shift = compare(*sides)
     if not shift:

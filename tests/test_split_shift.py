@@ -196,3 +196,19 @@ def test_a_few_images_in_another_format_by_chance_are_not_a_shift():
     assert split_shift.compare(rows, eval_rows) == {}
     many = [dict(r) for r in rows] * 4
     assert "format" in split_shift.compare(many, [dict(r) for r in eval_rows] * 4)
+
+
+def test_images_of_one_colour_in_hand_made_records_are_warned_about():
+    """`imgpipe ingest` refuses a picture of one colour; hand-made records may hold them. The
+    data gate's sample counts them per split."""
+    order = np.random.default_rng(8).permutation(1797)
+    black = [make_example(_png(np.zeros((8, 8), np.uint8)), "0")] * 30
+    notes: list[str] = []
+    split_shift.split_shift(_records(order[:200]) + black, _records(order[200:260]), notes)
+    [note] = notes
+    assert note.startswith(
+        "30 of the 230 sampled train images are one colour as decoded (about 13% of the split)"
+    )
+    clean: list[str] = []
+    split_shift.split_shift(_records(order[:200]), _records(order[200:260]), clean)
+    assert clean == []
