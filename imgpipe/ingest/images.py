@@ -106,7 +106,7 @@ def inspect_image(
     graph_reason = None
     try:
         # .tolist(): iterating the tensor itself would slice it op by op (~0.3 ms an element).
-        facts, small = _graph_check(max_pixels)(data)
+        facts, small = _graph_check(max_pixels, key)(data)
         height, width, orientation, decoded, rows, columns, pixels, uniform, png16_max = (
             facts.numpy().tolist()
         )
@@ -309,16 +309,17 @@ def _pillow_reason(data: bytes) -> str | None:
 
 
 @functools.cache
-def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
-    """The preprocessing graph's check of one file, traced once per limit.
+def _graph_check(max_pixels: int, with_thumbnail: bool = True) -> Callable[[bytes], Any]:
+    """The preprocessing graph's check of one file, traced once per limit (and thumbnail or not).
 
     Returns [height, width, EXIF orientation, decoded (0/1), and the decoded image's rows,
     columns, a 64-bit fingerprint of its pixels, whether it is one colour everywhere (0/1), and
     for a 16-bit PNG the largest sample of its colour channels (-1 for other files)], and the
-    image's ``thumbnail`` (zeros when not decoded): the header is read first, and only an image
-    within ``max_pixels`` is decoded (a JPEG at the smallest scale that keeps
-    THUMBNAIL_DECODE_SIDE pixels a side, other formats whole). A decoding error raises
-    tf.errors.OpError.
+    image's ``thumbnail`` (zeros when not decoded, or not `with_thumbnail`): the header is read
+    first, and only an image within ``max_pixels`` is decoded (a JPEG at the smallest scale that
+    keeps THUMBNAIL_DECODE_SIDE pixels a side for the thumbnail, else at 1/8; other formats
+    whole). A decoding error raises tf.errors.OpError. Without the thumbnail (`check_image`, as
+    predict-batch checks each image before scoring it), no image key needs it: the cheaper check.
     """
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
@@ -352,7 +353,8 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
             return tf.reduce_all(tf.equal(full, full[:1, :1]))
 
         def decode() -> tf.Tensor:
-            image = preprocessing.decode_image(data, THUMBNAIL_DECODE_SIDE, max_pixels, orientation)
+            side = THUMBNAIL_DECODE_SIDE if with_thumbnail else 1
+            image = preprocessing.decode_image(data, side, max_pixels, orientation)
             shape = tf.cast(tf.shape(image)[:2], tf.int64)
             pixels = tf.bitcast(tf.fingerprint(tf.reshape(image, [1, -1]))[0], tf.int64)
             uniform = tf.reduce_all(tf.equal(image, image[:1, :1]))
@@ -369,7 +371,7 @@ def _graph_check(max_pixels: int) -> Callable[[bytes], Any]:
                 [[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels, tf.cast(uniform, tf.int64), deep]],
                 0,
             )
-            return facts, thumbnail(image)
+            return facts, thumbnail(image) if with_thumbnail else tf.zeros([THUMBNAIL_SIDE**2], tf.float32)
 
         decoded, small = tf.cond(
             within,
