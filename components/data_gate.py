@@ -231,34 +231,27 @@ class DataGateExecutor(base_executor.BaseExecutor):
         trained = _trained_labels(baselines[0].uri) if baselines else None
         relabel_warnings: list[str] = []
         copies = {}
+        shift_warnings: list[str] = []
         for examples in input_dict.get(EXAMPLES_KEY) or []:  # the train split's copies of one image
             train = os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")
+            eval_files = os.path.join(artifact_utils.get_split_uri([examples], "eval"), "*")
             indexed = {"train": image_ids.split_index(train)}
             copies["train"] = split_copies(*indexed["train"])
             found = conflict_anomaly("train", copies["train"])
             anomalies += [found] if found else []
             if copies["train"]["repeats"]:
                 log.info("train: %d records repeat an earlier record's image", copies["train"]["repeats"])
+            has_eval = bool(tf.io.gfile.glob(eval_files))
             if trained:
-                eval_files = os.path.join(artifact_utils.get_split_uri([examples], "eval"), "*")
-                if tf.io.gfile.glob(eval_files):
+                if has_eval:
                     indexed["eval"] = image_ids.split_index(eval_files)
                 found, corrections = relabelled(trained, indexed)
                 anomalies += [found] if found else []
                 relabel_warnings += corrections
-        shift_warnings = []
-        for examples in input_dict.get(EXAMPLES_KEY) or []:  # eval images unlike the train images
-            patterns = [
-                os.path.join(artifact_utils.get_split_uri([examples], s), "*") for s in ("train", "eval")
-            ]
-            if all(tf.io.gfile.glob(p) for p in patterns):
-                notes: list[str] = []
-                try:
-                    _, warning = split_shift.split_shift(*(image_ids.records(p) for p in patterns), notes)
-                except Exception as e:  # noqa: BLE001 - advisory: a record it cannot read stops nothing
-                    log.warning("the check of eval images against train images could not run: %s", e)
-                    warning = None
-                shift_warnings += notes + ([warning] if warning else [])
+            if has_eval and tf.io.gfile.glob(train):  # eval images unlike the train images
+                shift_warnings += split_shift.gate_warnings(
+                    image_ids.records(train), image_ids.records(eval_files)
+                )
         warnings = label_warnings(splits) + relabel_warnings + shift_warnings
         for w in warnings:
             log.warning("data gate: %s", w)
