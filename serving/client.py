@@ -45,6 +45,11 @@ from serving.signatures import CLASSIFICATION, IMAGE_FEATURE, INPUT_KEYS, PREDIC
 
 MB = 1024 * 1024
 
+# Which version a call asks for: None for the newest the server serves, an int for that version,
+# a str for the version a label of the server's model config names (model_spec.version_label,
+# e.g. "stable" or "canary"); the answers carry the version that answered.
+Version = int | str | None
+
 
 def make_image_example(image: bytes) -> bytes:
     """A serialized tf.Example holding the image bytes, as serving_default expects."""
@@ -194,11 +199,13 @@ class ServingClient:
                 raise ServingRpcError(method, self.target, code, details or "") from None
 
     @staticmethod
-    def _spec(model: str, signature: str | None, version: int | None) -> model_pb2.ModelSpec:
+    def _spec(model: str, signature: str | None, version: Version) -> model_pb2.ModelSpec:
         spec = model_pb2.ModelSpec(name=model)
         if signature:
             spec.signature_name = signature
-        if version is not None:
+        if isinstance(version, str):
+            spec.version_label = version  # one of the model config's version_labels
+        elif version is not None:
             spec.version.value = int(version)
         return spec
 
@@ -208,7 +215,7 @@ class ServingClient:
         model: str,
         inputs: Mapping[str, Any],
         signature: str = SERVING_DEFAULT,
-        version: int | None = None,
+        version: Version = None,
         output_filter: Sequence[str] = (),
         timeout: float | None = None,
     ) -> tuple[dict[str, np.ndarray], int | None]:
@@ -222,9 +229,7 @@ class ServingClient:
         served = response.model_spec.version.value if response.model_spec.HasField("version") else None
         return outputs, served
 
-    def metadata(
-        self, model: str, version: int | None = None, timeout: float | None = None
-    ) -> dict[str, Any]:
+    def metadata(self, model: str, version: Version = None, timeout: float | None = None) -> dict[str, Any]:
         """GetModelMetadata: {signature name: SignatureDef}."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=self._spec(model, None, version),
@@ -242,7 +247,7 @@ class ServingClient:
         return dict(sig_map.signature_def)
 
     def model_status(
-        self, model: str, version: int | None = None, timeout: float | None = None
+        self, model: str, version: Version = None, timeout: float | None = None
     ) -> list[tuple[int, str, str]]:
         """GetModelStatus: [(version, state name, error message)], newest first."""
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec(model, None, version))
@@ -253,7 +258,7 @@ class ServingClient:
             reverse=True,
         )
 
-    def input_key(self, model: str, signature: str, version: int | None = None) -> str:
+    def input_key(self, model: str, signature: str, version: Version = None) -> str:
         """The single input name of `signature` (known names, else from GetModelMetadata)."""
         if signature in INPUT_KEYS:  # the exporter's signatures; others via metadata
             return INPUT_KEYS[signature]
@@ -274,7 +279,7 @@ class ServingClient:
         model: str,
         values: Sequence[bytes],
         signature: str,
-        version: int | None,
+        version: Version,
         top_k: int | None,
         timeout: float | None,
     ) -> list[Prediction]:
@@ -323,7 +328,7 @@ class ServingClient:
         images: Sequence[bytes],
         top_k: int | None = None,
         signature: str = PREDICT_IMAGES,
-        version: int | None = None,
+        version: Version = None,
         timeout: float | None = None,
     ) -> list[Prediction]:
         """Encoded JPEG/PNG/GIF/BMP images -> ranked Predictions, one per image.
@@ -341,7 +346,7 @@ class ServingClient:
         examples: Sequence[bytes],
         top_k: int | None = None,
         signature: str = SERVING_DEFAULT,
-        version: int | None = None,
+        version: Version = None,
         timeout: float | None = None,
     ) -> list[Prediction]:
         """Serialized tf.Examples -> ranked Predictions via serving_default."""
@@ -353,7 +358,7 @@ class ServingClient:
         examples: Sequence[bytes],
         top_k: int | None = None,
         signature: str = CLASSIFICATION,
-        version: int | None = None,
+        version: Version = None,
         timeout: float | None = None,
     ) -> list[Prediction]:
         """The Classify RPC on serialized tf.Examples -> ranked Predictions.
@@ -390,7 +395,7 @@ def predict_images(
     images: Sequence[bytes],
     top_k: int | None = None,
     signature: str = PREDICT_IMAGES,
-    version: int | None = None,
+    version: Version = None,
     timeout: float = 10.0,
     retries: int = 3,
 ) -> list[Prediction]:

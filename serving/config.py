@@ -13,6 +13,7 @@ import socket
 
 from serving.batching_config import BatchingParameters, read_batching_parameters
 from serving.errors import ServerStartError
+from serving.model_config import ModelConfigError, ModelEntry, read_model_config, single_model
 
 # gRPC's message size options are 32-bit signed byte counts: 2047 MiB is the most they hold.
 MAX_MESSAGE_MB = 2047
@@ -26,13 +27,16 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # dev server does the same by default (tests/test_serving_deploy.py checks the two agree).
 DEPLOY_MAX_BATCH_SIZE = 32
 
+# How ServerConfig.validate's refusal begins (`imgpipe serve` names the flags in it).
+INVALID_SETTINGS = "invalid server settings: "
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
     """Settings of one server process; `validate()` raises ServerStartError naming the field."""
 
-    model_base_path: str
-    model_name: str
+    model_base_path: str = ""
+    model_name: str = ""
     host: str = "127.0.0.1"
     port: int = 8500
     poll_seconds: float = 2.0
@@ -61,6 +65,13 @@ class ServerConfig:
     log_max_file_mb: int = 64  # rotate to a new file at this size
     log_queue_size: int = 1000  # records waiting for the writer; beyond it they are dropped
     log_queue_mb: int = 128  # bytes waiting for the writer; beyond it they are dropped
+    # TF Serving's --model_config_file: the models to serve, their version policies and labels
+    # (serving/model_config.py), instead of model_base_path and model_name; re-read every
+    # model_config_file_poll_wait_seconds (0: read once, TF Serving's default).
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
+    # TF Serving's --allow_version_labels_for_unavailable_models.
+    allow_version_labels_for_unavailable_models: bool = False
 
     def validate(self) -> ServerConfig:
         """Check every field (all problems in one message), then that the base path exists."""
@@ -69,10 +80,33 @@ class ServerConfig:
             for name in ("poll_seconds", "grace_seconds", "drain_seconds", "log_sample_rate")
             if not math.isfinite(value := getattr(self, name))
         ]
-        if not self.model_name or not self.model_name.strip():
-            problems.append("model_name must not be empty")
-        if not self.model_base_path:
-            problems.append("model_base_path must not be empty")
+        if self.model_config_file:
+            problems.extend(
+                f"{name} must not be given with model_config_file (its models have their own names "
+                "and base paths; TF Serving refuses both too)"
+                for name in ("model_base_path", "model_name")
+                if getattr(self, name)
+            )
+            if self.num_versions != 1:
+                problems.append(
+                    "num_versions must not be given with model_config_file (each model's "
+                    "model_version_policy says which versions it serves)"
+                )
+        else:
+            if not self.model_name or not self.model_name.strip():
+                problems.append("model_name must not be empty (or give model_config_file)")
+            if not self.model_base_path:
+                problems.append("model_base_path must not be empty (or give model_config_file)")
+        if (
+            not math.isfinite(self.model_config_file_poll_wait_seconds)
+            or self.model_config_file_poll_wait_seconds < 0
+        ):
+            problems.append(
+                f"model_config_file_poll_wait_seconds must be >= 0 (0: read once), got "
+                f"{self.model_config_file_poll_wait_seconds}"
+            )
+        elif self.model_config_file_poll_wait_seconds and not self.model_config_file:
+            problems.append("model_config_file_poll_wait_seconds must go with model_config_file")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be in 0..65535, got {self.port}")
         if self.poll_seconds <= 0 and math.isfinite(self.poll_seconds):
@@ -110,8 +144,11 @@ class ServerConfig:
                 "parameters file without it)"
             )
         if problems:
-            raise ServerStartError("invalid server settings: " + "; ".join(problems))
+            raise ServerStartError(INVALID_SETTINGS + "; ".join(problems))
         self.batching()  # a batching parameters file that cannot be used fails now
+        if self.model_config_file:
+            self.models()  # a config file TF Serving would refuse fails now, before TensorFlow loads
+            return self  # its models' base paths are checked as they are added
         import tensorflow as tf  # deferred: `imgpipe --help` must not load TensorFlow
 
         if not tf.io.gfile.isdir(self.model_base_path):
@@ -127,6 +164,17 @@ class ServerConfig:
         if not self.enable_batching:
             return None
         return read_batching_parameters(self.batching_parameters_file or None)
+
+    def models(self) -> tuple[ModelEntry, ...] | None:
+        """The models to serve: those of model_config_file (None when it is empty), else the one
+        of model_name and model_base_path. ServerStartError naming a config file TF Serving
+        would refuse."""
+        if not self.model_config_file:
+            return single_model(self.model_name, self.model_base_path, self.num_versions)
+        try:
+            return read_model_config(self.model_config_file)
+        except ModelConfigError as e:
+            raise ServerStartError(str(e)) from None
 
     def check_port(self) -> None:
         """Fail at once (ServerStartError) when host:port cannot be bound, e.g. another server has it.

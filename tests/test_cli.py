@@ -189,10 +189,16 @@ def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
             ["--enable-batching", "--batching-parameters-file", "/nonexistent/b.txt"],
             "cannot read the batching parameters file /nonexistent/b.txt",
         ),
+        (  # the file's field, not the flag of the same name (which takes 0)
+            ["--enable-batching", "--batching-parameters-file", "{tmp}/zero.txt"],
+            "zero.txt: max_batch_size must be >= 1, got 0",
+        ),
     ],
 )
 def test_serve_settings_errors_name_the_flag(flags, message, tmp_path, capsys):
     """serve's settings are checked together when it starts: each one named as the flag typed."""
+    (tmp_path / "zero.txt").write_text("max_batch_size { value: 0 }\n")
+    flags = [f.format(tmp=tmp_path) for f in flags]
     argv = ["serve", "--model-base-path", str(tmp_path), "--model-name", "x", "--port", "0", *flags]
     assert cli.main(argv) == cli.EXIT_USAGE
     assert message in capsys.readouterr().err

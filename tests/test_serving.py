@@ -30,7 +30,6 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
-    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_log_pb2,
@@ -473,11 +472,11 @@ def test_regress_answers_as_tf_serving_does_for_a_model_without_regression(stubs
     _assert_healthy(stubs, model)
 
 
-def test_unimplemented_methods(stubs, model):
+def test_an_empty_config_reload_changes_nothing(stubs, model):
+    """TF Serving takes no action for a ReloadConfigRequest without a config: OK, same models."""
     _, models = stubs
-    with pytest.raises(grpc.RpcError) as e:
-        models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    response = models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
+    assert response.status.error_code == 0
     _assert_healthy(stubs, model)
 
 
@@ -936,8 +935,7 @@ def test_hot_swap_under_load(model, reference, tmp_path_factory):
         with _RequestLoop(running.target, image) as loop:
             _wait_for(lambda: len(loop.versions) >= 3, 60, "requests on version 1")
             # A request "in flight" on version 1: the swap must wait for it.
-            spec = model_pb2.ModelSpec(name=NAME)
-            with running.manager.acquire(spec) as held:
+            with running.manager.acquire() as held:
                 assert held.version == 1
                 shutil.copytree(model.export_dir, os.path.join(base, "2"))  # not atomic
                 _wait_for(lambda: 2 in running.manager.serving_versions(), 90, "version 2")

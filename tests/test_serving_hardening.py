@@ -243,17 +243,17 @@ def test_every_declared_rpc_is_defined_by_the_servicers():
                 assert method.name in vars(cls), f"{cls.__name__} does not define {method.name}"
 
 
-def test_unimplemented_rpcs_answer_cleanly_without_error_logs(stubs, model, caplog):
+def test_a_refused_config_reload_answers_cleanly_without_error_logs(stubs, model, caplog):
+    """A config TF Serving's reload refuses (not a model_config_list) answers INVALID_ARGUMENT in
+    its words, logs no error or traceback, and changes nothing."""
     _, models = stubs
-    calls = [
-        (models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(), "HandleReloadConfig"),
-    ]
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.custom_model_config.Pack(model_management_pb2.ReloadConfigRequest())
     with caplog.at_level(logging.WARNING):
-        for call, request, name in calls:
-            with pytest.raises(grpc.RpcError) as e:
-                call(request, timeout=30)
-            assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert name in e.value.details() and "not implemented" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            models.HandleReloadConfigRequest(request, timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith("ServerModelConfig type not supported by HandleReloadConfigRequest")
     noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not noisy, [r.getMessage() for r in noisy]
     _assert_healthy(stubs, model)

@@ -7,6 +7,7 @@ end to end over gRPC in test_serving.py.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,7 +23,9 @@ from tensorflow_serving.apis import model_pb2
 from serving import client as client_lib
 from serving.devserver import manager as manager_lib
 from serving.devserver.loaded import LoadedVersion
+from serving.devserver.models import ServedModels
 from serving.errors import InvalidRequestError, ModelNotFoundError
+from serving.model_config import ModelEntry, VersionPolicy
 
 NAME = "tiny"
 State = manager_lib.State
@@ -131,35 +134,68 @@ def test_acquire_picks_the_version_and_counts_requests(tiny_export, tmp_path):
     manager = manager_lib.ModelManager(NAME, str(tmp_path), num_versions=2)
     manager.poll_once()
     assert manager.serving_versions() == [1, 2]
-    with manager.acquire(_spec()) as newest, manager.acquire(_spec(1)) as first:
+    with manager.acquire() as newest, manager.acquire(1) as first:
         assert (newest.version, first.version) == (2, 1)
         assert newest.in_flight == first.in_flight == 1
     assert newest.in_flight == first.in_flight == 0
-    for spec, error, fragment in (
-        (_spec(3), ModelNotFoundError, r"Specific\(tiny, 3\)"),
-        # A wrong name, in TF Serving's words: a client retries it as it would on the real server.
-        (
-            _spec(name="other"),
-            ModelNotFoundError,
-            r"^Servable not found for request: Latest\(other\) \(this server",
-        ),
-        (
-            _spec(2, name="other"),
-            ModelNotFoundError,
-            r"^Servable not found for request: Specific\(other, 2\)",
-        ),
-        (model_pb2.ModelSpec(name=NAME, version_label="stable"), InvalidRequestError, "stable"),
-    ):
-        with pytest.raises(error, match=fragment), manager.acquire(spec):
-            pass
+    with pytest.raises(ModelNotFoundError, match=r"Specific\(tiny, 3\)"), manager.acquire(3):
+        pass
     manager.stop()
     assert manager.serving_versions() == []
     assert [(s.version, s.state) for s in manager.statuses()] == [(2, State.END), (1, State.END)]
     # Nothing served: TF Serving's words, which clients retry as a model still loading.
-    with pytest.raises(ModelNotFoundError) as e, manager.acquire(_spec()):
+    with pytest.raises(ModelNotFoundError) as e, manager.acquire():
         pass
     assert e.value.code == grpc.StatusCode.NOT_FOUND
     assert str(e.value).startswith(client_lib.NOT_LOADED_YET + NAME + ")")
+
+
+def test_served_models_find_the_model_and_version_a_request_names(tiny_export, tmp_path):
+    """ServedModels (TF Serving's ServerCore): the model by name, the version by number or
+    label; a wrong name or label in TF Serving's words, which a client treats as it would on
+    the real server (a wrong name reads as a model not loaded yet, and is retried)."""
+    for name in ("tiny", "other"):
+        _push(tmp_path / name, tiny_export, 1)
+        _push(tmp_path / name, tiny_export, 2)
+    entries = [
+        ModelEntry(name, str(tmp_path / name), VersionPolicy("all"), labels=(("stable", 1),))
+        for name in ("tiny", "other")
+    ]
+    served = ServedModels(
+        lambda e: manager_lib.ModelManager(e.name, e.base_path, policy=e.policy, run_warmup=False)
+    )
+    served.apply([dataclasses.replace(e, labels=()) for e in entries])
+    served.apply(entries)  # the label once its version serves
+    try:
+        for spec, answered in (
+            (_spec(), ("tiny", 2)),
+            (_spec(1, name="other"), ("other", 1)),
+            (model_pb2.ModelSpec(name=NAME, version_label="stable"), ("tiny", 1)),
+        ):
+            with served.acquire(spec) as loaded:
+                assert (loaded.model_name, loaded.version) == answered
+        for spec, error, fragment in (
+            (
+                _spec(name="third"),
+                ModelNotFoundError,
+                r"^Servable not found for request: Latest\(third\) \(this server serves 'other', 'tiny'\)$",
+            ),
+            (
+                _spec(2, name="third"),
+                ModelNotFoundError,
+                r"^Servable not found for request: Specific\(third, 2\)",
+            ),
+            (_spec(name=""), InvalidRequestError, r"^ModelSpec has no name specified\."),
+            (
+                model_pb2.ModelSpec(name=NAME, version_label="beta"),
+                InvalidRequestError,
+                r"^Unrecognized servable version label: beta$",
+            ),
+        ):
+            with pytest.raises(error, match=fragment), served.acquire(spec):
+                pass
+    finally:
+        served.stop()
 
 
 def test_new_version_loads_before_the_old_one_drains(tiny_export, tmp_path):
@@ -167,12 +203,12 @@ def test_new_version_loads_before_the_old_one_drains(tiny_export, tmp_path):
     manager = manager_lib.ModelManager(NAME, str(tmp_path), drain_seconds=60)
     manager.poll_once()
     _push(tmp_path, tiny_export, 2)
-    with manager.acquire(_spec()) as held:  # a request in flight on version 1
+    with manager.acquire() as held:  # a request in flight on version 1
         poll = threading.Thread(target=manager.poll_once)
         poll.start()
         _wait_for(lambda: _state(manager, 1) == State.UNLOADING, 30, "version 1 to drain")
         assert manager.serving_versions() == [2]  # version 2 already takes traffic
-        with manager.acquire(_spec()) as new:
+        with manager.acquire() as new:
             assert new.version == 2
         out = held.run("predict_images", {"images": np.array([b"x"], dtype=object)})
         assert out["scores"].shape == (1, 2)  # the draining version still answers
@@ -194,7 +230,7 @@ def test_a_request_still_on_a_version_released_after_its_drain_still_answers(tin
     manager = manager_lib.ModelManager(NAME, str(tmp_path), drain_seconds=0.1)
     manager.poll_once()
     _push(tmp_path, tiny_export, 2)
-    with manager.acquire(_spec()) as held:
+    with manager.acquire() as held:
         manager.poll_once()  # version 2 in, version 1 released after 0.1 s with `held` on it
         assert _state(manager, 1) == State.END and manager.serving_versions() == [2]
         out = held.run("predict_images", {"images": np.array([b"x"], dtype=object)})
@@ -258,7 +294,7 @@ def test_a_client_waiting_for_a_model_that_failed_to_load_is_told_why(tmp_path):
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
     manager = manager_lib.ModelManager(NAME, str(tmp_path))
     manager.poll_once()
-    with pytest.raises(ModelNotFoundError) as caught, manager.acquire(_spec()):
+    with pytest.raises(ModelNotFoundError) as caught, manager.acquire():
         pass
     message = str(caught.value)
     assert message.startswith(client_lib.NOT_LOADED_YET), message

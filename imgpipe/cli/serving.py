@@ -24,7 +24,7 @@ import grpc
 from imgpipe.cli.flags import fraction, host_port, non_negative_number, positive_number, whole_number
 from imgpipe.cli.output import EXIT_OK, Command, UsageError, WorkFailed, emit, error
 from imgpipe.ingest.report import display_path
-from serving.config import ServerConfig
+from serving.config import INVALID_SETTINGS, ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
 from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, request_parts, server_batch_limit
@@ -40,13 +40,38 @@ log = logging.getLogger(__name__)
 
 
 def _add_serve(parser: argparse.ArgumentParser) -> None:
-    d = ServerConfig("", "")
+    d = ServerConfig()
     parser.add_argument(
         "--model-base-path",
-        required=True,
-        help="directory of integer version dirs, i.e. <serving_dir>/<model_name>",
+        default="",
+        help="directory of integer version dirs, i.e. <serving_dir>/<model_name> (with --model-name; "
+        "or give --model-config-file)",
     )
-    parser.add_argument("--model-name", required=True, help="name clients put in model_spec")
+    parser.add_argument("--model-name", default="", help="name clients put in model_spec")
+    parser.add_argument(
+        "--model-config-file",
+        metavar="FILE",
+        default="",
+        help="TF Serving ModelServerConfig text proto, e.g. serving/deploy/models.config with its "
+        "base_path pointed at your serving dir: the models to serve, each with its "
+        "model_version_policy (latest N, all, specific versions) and version_labels, instead of "
+        "--model-base-path and --model-name (TF Serving's --model_config_file)",
+    )
+    parser.add_argument(
+        "--model-config-file-poll-wait-seconds",
+        type=non_negative_number,
+        default=d.model_config_file_poll_wait_seconds,
+        help="read --model-config-file again this often and serve what it then says (models added "
+        "or removed, policies, labels); a file that is refused is logged and changes nothing; "
+        "0 = read it once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-version-labels-for-unavailable-models",
+        action="store_true",
+        help="let a config give a new label to a version not loaded yet, e.g. in the config the "
+        "server starts with (TF Serving's flag of that name; without it a label must name a "
+        "version already serving)",
+    )
     parser.add_argument("--host", default=d.host, help="bind address (default %(default)s)")
     parser.add_argument(
         "--port",
@@ -181,6 +206,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         log_max_file_mb=args.log_max_file_mb,
         log_queue_size=args.log_queue_size,
         log_queue_mb=args.log_queue_mb,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
     )
 
 
@@ -218,7 +246,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _as_flags(message: str) -> str:
     """A settings error in the flags the user typed: "log_sample_rate must be ..." becomes
-    "--log-sample-rate (log_sample_rate) must be ..." for every setting `imgpipe serve` has a flag for."""
+    "--log-sample-rate (log_sample_rate) must be ..." for every setting `imgpipe serve` has a flag for.
+    Only the settings' own errors: a file's (the batching parameters, the model config) name the
+    file's fields, which may share a flag's name (max_batch_size) but not its meaning."""
+    if not message.startswith(INVALID_SETTINGS):
+        return message
     for field in dataclasses.fields(ServerConfig):
         if field.name == "run_warmup":
             continue  # --no-warmup turns it off: no value to name
@@ -244,11 +276,19 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         choices=[PREDICT_IMAGES, SERVING_DEFAULT],
         help="predict_images sends the bytes; serving_default wraps them in tf.Examples (default %(default)s)",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--version",
         type=int,
         default=None,
         help="a specific model version (default: the newest the server serves)",
+    )
+    which.add_argument(
+        "--version-label",
+        metavar="LABEL",
+        default=None,
+        help="the version a label of the server's model config names (version_labels in "
+        "models.config, e.g. stable or canary)",
     )
     parser.add_argument(
         "--top-k",
@@ -361,6 +401,8 @@ def _predict(args: argparse.Namespace) -> int:
     """
     from serving.client import ServingClient  # loads TensorFlow: only when the command runs
 
+    if getattr(args, "version_label", None) is not None:
+        args.version = args.version_label  # the client takes a label where it takes a version
     readable, failed = _read_images(args.images)
     try:
         client = ServingClient(args.target, timeout=args.timeout, retries=args.retries)

@@ -3,7 +3,8 @@
 For development and tests, where no `tensorflow_model_server` binary exists.
 It implements the stock generated services of `tensorflow_serving.apis`, so
 the same client code talks to it and to a real TF Serving. Run it with
-`imgpipe serve --model-base-path DIR --model-name NAME`; tests and benchmarks
+`imgpipe serve --model-base-path DIR --model-name NAME` (one model) or
+`imgpipe serve --model-config-file FILE` (TF Serving's model config); tests and benchmarks
 use `lifecycle.start_in_thread(...)`.
 
 One job per module, each importing only those above it:
@@ -14,7 +15,10 @@ One job per module, each importing only those above it:
 - `inputs`     what inputs may hold: serialized tf.Examples where the contract says
                so, images no larger than the pixel limit (read from headers)
 - `loaded`     LoadedVersion: one loaded, warmed-up version; run/predict/classify
-- `manager`    ModelManager: polling, load-before-swap, draining, version states
+- `manager`    ModelManager: one model's versions: its version policy, polling,
+               load-before-swap, draining, version states
+- `models`     ServedModels: the models of the server's config by name, their version
+               labels, config reloads (TF Serving's ServerCore)
 - `request_log` sampled Predict/Classify calls as PredictionLog TFRecords, written
                by a background thread from a bounded queue (drops are counted)
 - `servicers`  the gRPC servicers and the mapping of errors to statuses

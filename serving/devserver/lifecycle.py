@@ -23,10 +23,12 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from serving.config import ServerConfig
 from serving.devserver.manager import ModelManager
+from serving.devserver.models import ServedModels
 from serving.devserver.request_log import RequestLog
 from serving.devserver.servicers import ModelServicer, PredictionServicer
 from serving.devserver.versions import has_saved_model
-from serving.errors import ServerStartError
+from serving.errors import ServerStartError, ServingError
+from serving.model_config import ModelConfigError, ModelEntry, read_model_config
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +36,32 @@ MB = 1024 * 1024
 
 
 class RunningServer:
-    """A started server: its bound port, the version manager, the request log, and stop()."""
+    """A started server: its bound port, its models, the request log, and stop()."""
 
     def __init__(
         self,
         server: grpc.Server,
-        manager: ModelManager,
+        models: ServedModels,
         config: ServerConfig,
         port: int,
         request_log: RequestLog | None = None,
+        config_poller: ConfigFilePoller | None = None,
     ):
         self.server = server
-        self.manager = manager
+        self.models = models
         self.config = config
         self.port = port
         self.request_log = request_log
+        self.config_poller = config_poller
         self._stopped = False
+
+    @property
+    def manager(self) -> ModelManager:
+        """The version manager of a server of one model (`--model-name`)."""
+        managers = self.models.managers()
+        if len(managers) != 1:
+            raise ValueError(f"this server serves {len(managers)} models: use .models.managers()")
+        return next(iter(managers.values()))
 
     @property
     def target(self) -> str:
@@ -62,10 +74,55 @@ class RunningServer:
             return
         self._stopped = True
         grace = self.config.grace_seconds if grace is None else grace
+        if self.config_poller is not None:
+            self.config_poller.stop()
         self.server.stop(grace).wait()
         if self.request_log is not None:
             self.request_log.close()
-        self.manager.stop()
+        self.models.stop()
+
+
+class ConfigFilePoller:
+    """Reads the model config file again every `seconds` and applies it when it changed, as TF
+    Serving's --model_config_file_poll_wait_seconds does. A file that cannot be read, or a config
+    that is refused, is logged once and the models served stay as they are; it is tried again
+    once the file changes."""
+
+    def __init__(self, path: str, seconds: float, models: ServedModels, applied: object):
+        self.path, self.seconds, self.models = path, seconds, models
+        self._seen = applied  # the last config read (entries, or the error's words): acted on once
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="model-config-poll", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        try:
+            entries = read_model_config(self.path)
+        except ModelConfigError as e:
+            if str(e) != self._seen:
+                log.error("the model config file was not reloaded: %s (serving as before)", e)
+                self._seen = str(e)
+            return
+        if entries == self._seen:
+            return
+        self._seen = entries
+        try:
+            self.models.apply(entries)
+        except ServingError as e:
+            log.error("the model config file %s was not applied: %s", self.path, e)
+            return
+        except Exception:  # the poller must outlive one bad reload
+            log.exception("applying the model config file %s failed", self.path)
+            return
+        log.info("the model config file %s is applied: serving %s", self.path, self.models.names())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
 
 
 def _host_for_target(host: str) -> str:
@@ -96,24 +153,30 @@ def _model_folders_hint(base: str) -> str:
 
 
 def start_server(config: ServerConfig) -> RunningServer:
-    """Bind the port, load the model and start the gRPC server; returns once it accepts requests.
+    """Bind the port, load the models and start the gRPC server; returns once it accepts requests.
 
-    Raises ServerStartError for invalid settings, a missing base path, a port
-    that cannot be bound (before any model is loaded) or a request log
-    directory that cannot be written.
+    Raises ServerStartError for invalid settings or model config, a missing base path, a port
+    that cannot be bound (before any model is loaded), a label on a version that did not load,
+    or a request log directory that cannot be written.
     """
     config.validate()
-    manager = ModelManager(
-        config.model_name,
-        config.model_base_path,
-        poll_seconds=config.poll_seconds,
-        num_versions=config.num_versions,
-        run_warmup=config.run_warmup,
-        drain_seconds=config.drain_seconds,
-        max_pixels=config.max_pixels,
-        max_batch_size=config.max_batch_size,
-        batching=config.batching(),
-    )
+    entries = config.models()
+    batching = config.batching()
+
+    def make_manager(entry: ModelEntry) -> ModelManager:
+        return ModelManager(
+            entry.name,
+            entry.base_path,
+            poll_seconds=config.poll_seconds,
+            policy=entry.policy,
+            run_warmup=config.run_warmup,
+            drain_seconds=config.drain_seconds,
+            max_pixels=config.max_pixels,
+            max_batch_size=config.max_batch_size,
+            batching=batching,
+        )
+
+    models = ServedModels(make_manager, config.allow_version_labels_for_unavailable_models)
     request_log = _request_log(config)
     size = config.max_message_mb * MB
     server = grpc.server(
@@ -126,9 +189,9 @@ def start_server(config: ServerConfig) -> RunningServer:
         maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, request_log), server
+        PredictionServicer(models, request_log), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
     address = f"{_host_for_target(config.host)}:{config.port}"
     try:
         port = server.add_insecure_port(address)  # binds now: before the model load
@@ -142,25 +205,42 @@ def start_server(config: ServerConfig) -> RunningServer:
             request_log.close()
         raise ServerStartError(f"cannot bind {address}: {reason}")
     try:
-        manager.start()
+        try:
+            models.apply(entries)
+        except ModelConfigError as e:
+            if e.code != grpc.StatusCode.UNKNOWN:  # not a model that failed to load: served on
+                where = f" ({config.model_config_file})" if config.model_config_file else ""
+                raise ServerStartError(f"the model config{where} cannot be served: {e}") from None
     except BaseException:
         server.stop(0)
+        models.stop()
         if request_log is not None:
             request_log.close()
         raise
-    if not manager.serving_versions():
-        log.warning(
-            "no loadable version under %s yet; answering NOT_FOUND until one appears (as TF Serving "
-            "does once its versions are gone; TF Serving itself opens no port until a version loads)%s",
-            config.model_base_path,
-            _model_folders_hint(config.model_base_path),
-        )
+    for name, manager in models.managers().items():
+        if not manager.serving_versions():
+            log.warning(
+                "model %r: no loadable version under %s yet; answering NOT_FOUND until one appears (as "
+                "TF Serving does once its versions are gone; TF Serving itself opens no port until a "
+                "version loads)%s",
+                name,
+                manager.base_path,
+                _model_folders_hint(manager.base_path),
+            )
+    if entries is None or not entries:
+        log.warning("the model config %s lists no model: serving none", config.model_config_file)
     server.start()
-    batching = manager.batching
+    poller = None
+    if config.model_config_file_poll_wait_seconds > 0:
+        poller = ConfigFilePoller(
+            config.model_config_file, config.model_config_file_poll_wait_seconds, models, entries
+        )
+    served = ", ".join(
+        f"{name!r} (versions {manager.serving_versions()})" for name, manager in models.managers().items()
+    )
     log.info(
-        "Serving model %r (versions %s) on %s:%d%s",
-        config.model_name,
-        manager.serving_versions(),
+        "Serving %s on %s:%d%s",
+        f"model {served}" if len(models.managers()) == 1 else f"models {served or '(none)'}",
         _host_for_target(config.host),  # an IPv6 address in brackets, as a client writes it
         port,
         ""
@@ -168,7 +248,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         else f" with batching (up to {batching.max_batch_size} images a batch, a partial batch waiting "
         f"{batching.batch_timeout_micros} us, {batching.num_batch_threads} batch threads)",
     )
-    return RunningServer(server, manager, config, port, request_log)
+    return RunningServer(server, models, config, port, request_log, poller)
 
 
 def _request_log(config: ServerConfig) -> RequestLog | None:
@@ -250,7 +330,7 @@ def serve(config: ServerConfig, stop_event: threading.Event | None = None) -> in
             forced.append(128 + signum)
             # Not here: this handler runs on the main thread, which may hold the manager's lock.
             threading.Thread(
-                target=holder["server"].manager.cut_drains, name="cut-drains", daemon=True
+                target=holder["server"].models.cut_drains, name="cut-drains", daemon=True
             ).start()
             holder["server"].server.stop(0)
             return

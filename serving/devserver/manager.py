@@ -1,7 +1,8 @@
 """The versions of one model being served: which are loaded, loading, draining, failed.
 
-`ModelManager` polls the model base path and keeps the newest `num_versions`
-versions loaded. A new version is loaded and warmed up before it takes
+`ModelManager` polls the model base path and keeps the versions its version policy
+asks for loaded (TF Serving's `latest`, `all` or `specific`; the newest one by default).
+A new version is loaded and warmed up before it takes
 traffic (load before swap); a version no longer wanted is unloaded once the
 requests holding it have finished (drain). A version that fails to load
 leaves the previous one serving and is retried only when its files change.
@@ -20,19 +21,19 @@ from collections.abc import Iterator
 
 import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+from tensorflow_serving.apis import get_model_status_pb2
 
 from serving.batching_config import BatchingParameters
 from serving.config import DEFAULT_MAX_PIXELS
 from serving.devserver.loaded import LoadedVersion
 from serving.devserver.versions import Fingerprint, fingerprint, list_versions
 from serving.errors import (
-    InvalidRequestError,
     ModelNotFoundError,
     ServingError,
     clean_tf_message,
     status_code_from_int,
 )
+from serving.model_config import VersionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class VersionStatus:
 
 
 class ModelManager:
-    """Keeps the newest `num_versions` versions of one model loaded, polling the base path.
+    """Keeps the versions of one model its policy asks for loaded, polling the base path
+    (`policy`, or else the newest `num_versions`).
 
     Requests take a version with `acquire()`, which holds a reference: a
     version being unloaded waits for those requests before it is released.
@@ -68,11 +70,12 @@ class ModelManager:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_batch_size: int = 0,
         batching: BatchingParameters | None = None,
+        policy: VersionPolicy | None = None,
     ):
         self.model_name = model_name
         self.base_path = base_path
         self.poll_seconds = poll_seconds
-        self.num_versions = num_versions
+        self.policy = policy or VersionPolicy("latest", num_versions=num_versions)
         self.run_warmup = run_warmup
         self.drain_seconds = drain_seconds
         self.max_pixels = max_pixels
@@ -84,7 +87,9 @@ class ModelManager:
         self._failed: dict[int, Fingerprint] = {}  # version -> its files when it failed
         self._poll_lock = threading.Lock()
         self._listing_problem: str | None = None  # the last poll's, said once until it changes
+        self._missing_said: frozenset[int] = frozenset()  # specific versions not on disk, said once
         self._stop = threading.Event()
+        self._poke = threading.Event()  # poll now, not at the next interval (a new policy)
         self._thread: threading.Thread | None = None
         self._draining: set[LoadedVersion] = set()  # unloads waiting for their requests (under _lock)
         self._drains_cut = False
@@ -99,6 +104,7 @@ class ModelManager:
     def stop(self) -> None:
         """Stop polling and unload every version (waiting for their requests)."""
         self._stop.set()
+        self._poke.set()
         if self._thread is not None:
             # After a second shutdown signal a load or warm-up under way is not waited for.
             self._thread.join(timeout=1.0 if self._drains_cut else max(60.0, self.drain_seconds + 30.0))
@@ -119,8 +125,21 @@ class ModelManager:
         for loaded in versions:
             loaded.cut_drain()
 
+    def set_policy(self, policy: VersionPolicy) -> None:
+        """Serve the versions `policy` asks for from now on: the poller applies it at once, loading
+        before it unloads, as TF Serving applies a reloaded config's policy."""
+        if policy == self.policy:
+            return
+        log.info("model %r: serving %s (was %s)", self.model_name, policy.describe(), self.policy.describe())
+        self.policy = policy
+        self._poke.set()
+
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        while True:
+            self._poke.wait(self.poll_seconds)
+            self._poke.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.poll_once()
             except Exception:  # the poller must outlive any one bad poll
@@ -144,7 +163,17 @@ class ModelManager:
             if self._listing_problem is not None:
                 log.warning("model base path %s can be listed again", self.base_path)
                 self._listing_problem = None
-            aspired = sorted(on_disk, reverse=True)[: self.num_versions]
+            policy = self.policy
+            aspired = policy.aspired(on_disk)
+            missing = frozenset(policy.versions) - set(on_disk) if policy.kind == "specific" else frozenset()
+            if missing and missing != self._missing_said:
+                log.warning(
+                    "model %r: version(s) %s, which its specific version policy asks for, not found under %s",
+                    self.model_name,
+                    ", ".join(map(str, sorted(missing))),
+                    self.base_path,
+                )
+            self._missing_said = missing
             for version in aspired:  # newest first: it takes traffic as soon as it is ready
                 if version not in self.serving_versions():
                     self._load(version, on_disk[version])
@@ -265,42 +294,17 @@ class ModelManager:
                 return [self._states[version]] if version in self._states else []
             return [self._states[v] for v in sorted(self._states, reverse=True)]
 
-    def check_model_name(self, spec: model_pb2.ModelSpec, status: bool = False) -> None:
-        """NOT_FOUND unless the request names this model, in TF Serving's words (`status`: those
-        of GetModelStatus), so a client treats a wrong name as it would on the real server (one
-        asking for the newest version reads as a model not loaded yet, and is retried)."""
-        if spec.name == self.model_name:
-            return
-        if not spec.name and not status:  # TF Serving's ServerCore, before any lookup
-            raise InvalidRequestError(
-                f"ModelSpec has no name specified. (this server serves {self.model_name!r})"
-            )
-        serves = f" (this server serves {self.model_name!r})"
-        if status:
-            raise ModelNotFoundError(f"Could not find any versions of model {spec.name}{serves}")
-        wanted = (
-            f"Specific({spec.name}, {spec.version.value})"
-            if spec.HasField("version")
-            else f"Latest({spec.name})"
-        )
-        raise ModelNotFoundError(f"Servable not found for request: {wanted}{serves}")
-
     @contextlib.contextmanager
-    def acquire(self, spec: model_pb2.ModelSpec) -> Iterator[LoadedVersion]:
-        """The version a request asks for (newest by default), held until the block ends."""
-        self.check_model_name(spec)
-        if spec.HasField("version_label"):
-            raise InvalidRequestError(
-                f"Unrecognized servable version label: {spec.version_label} (this server "
-                f"assigns no labels; select a version with model_spec.version)"
-            )
+    def acquire(self, version: int | None = None) -> Iterator[LoadedVersion]:
+        """`version`, or the newest serving, held until the block ends (the request's model
+        name and label are resolved before: serving/devserver/models.py)."""
         with self._lock:
-            if spec.HasField("version"):
-                loaded = self._serving.get(spec.version.value)
+            if version is not None:
+                loaded = self._serving.get(version)
                 if loaded is None:
                     raise ModelNotFoundError(
                         f"Servable not found for request: Specific({self.model_name}, "
-                        f"{spec.version.value}); loaded versions: {sorted(self._serving)}"
+                        f"{version}); loaded versions: {sorted(self._serving)}"
                     )
             elif self._serving:
                 loaded = self._serving[max(self._serving)]

@@ -5,7 +5,8 @@
   input, TF Serving's checks), GetModelMetadata (`signature_def`). Regress, and
   a regression task, answer as TF Serving does for a model without regression
   signatures (INVALID_ARGUMENT naming the signature's method).
-- ModelService: GetModelStatus. HandleReloadConfigRequest answers UNIMPLEMENTED.
+- ModelService: GetModelStatus; HandleReloadConfigRequest, which serves the request's
+  ModelServerConfig from then on (serving/devserver/models.py, TF Serving's ReloadConfig).
 
 Every RPC body runs through `_serve_rpc`: a ServingError answers with its
 code, a TensorFlow error with its code and a cleaned message, anything else
@@ -28,20 +29,22 @@ import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
 )
 
-from serving.devserver.manager import ModelManager, VersionStatus
+from serving.devserver.manager import VersionStatus
+from serving.devserver.models import ServedModels
 from serving.devserver.request_log import RequestLog
 from serving.errors import (
     InvalidRequestError,
-    ModelNotFoundError,
     ServingError,
     clean_tf_message,
     status_code_from_int,
 )
+from serving.model_config import entries_from_proto
 from serving.signatures import SERVING_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -68,15 +71,6 @@ def _serve_rpc(context: grpc.ServicerContext, method: str, fn: Callable[[], Any]
     context.abort(code, message)
 
 
-def _unimplemented(context: grpc.ServicerContext, method: str, instead: str) -> None:
-    """Answer UNIMPLEMENTED with a hint, without the traceback the generated stub logs."""
-    log.debug("%s -> UNIMPLEMENTED", method)
-    context.abort(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"{method} is not implemented by imgpipe's dev server; {instead}",
-    )
-
-
 def _require_spec(request: Any) -> model_pb2.ModelSpec:
     if not request.HasField("model_spec"):
         raise InvalidRequestError("Missing ModelSpec")
@@ -91,15 +85,15 @@ def _status_proto(status: VersionStatus, out: get_model_status_pb2.ModelVersionS
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict, Classify and GetModelMetadata over a ModelManager; `request_log` samples them."""
+    """Predict, Classify and GetModelMetadata over the served models; `request_log` samples them."""
 
-    def __init__(self, manager: ModelManager, request_log: RequestLog | None = None):
-        self._manager = manager
+    def __init__(self, models: ServedModels, request_log: RequestLog | None = None):
+        self._models = models
         self._request_log = request_log
 
     def Predict(self, request, context):
         def body():
-            with self._manager.acquire(_require_spec(request)) as loaded:
+            with self._models.acquire(_require_spec(request)) as loaded:
                 response = loaded.predict(request)
             if self._request_log is not None:
                 self._request_log.offer_predict(request, response)
@@ -109,7 +103,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Classify(self, request, context):
         def body():
-            with self._manager.acquire(_require_spec(request)) as loaded:
+            with self._models.acquire(_require_spec(request)) as loaded:
                 response = loaded.classify(request)
             if self._request_log is not None:
                 self._request_log.offer_classify(request, response)
@@ -119,7 +113,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Regress(self, request, context):
         def body():
-            with self._manager.acquire(_require_spec(request)) as loaded:
+            with self._models.acquire(_require_spec(request)) as loaded:
                 loaded.check_regression(request.model_spec.signature_name or SERVING_DEFAULT)
 
         return _serve_rpc(context, "Regress", body)
@@ -129,7 +123,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             # TF Serving selects the version by the first task's model_spec (an empty one when
             # there is no task: INVALID_ARGUMENT, it has no name).
             spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-            with self._manager.acquire(spec) as loaded:
+            with self._models.acquire(spec) as loaded:
                 response = loaded.multi_inference(request)
             if self._request_log is not None:
                 self._request_log.offer_multi_inference(request, response)
@@ -148,7 +142,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     raise InvalidRequestError(
                         f"Metadata field {field} is not supported (supported: {SIGNATURE_DEF_FIELD})"
                     )
-            with self._manager.acquire(spec) as loaded:
+            with self._models.acquire(spec) as loaded:
                 response = get_model_metadata_pb2.GetModelMetadataResponse()
                 loaded.fill_model_spec(response.model_spec)
                 sig_map = get_model_metadata_pb2.SignatureDefMap()
@@ -161,30 +155,24 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus over a ModelManager."""
+    """GetModelStatus and HandleReloadConfigRequest over the served models."""
 
-    def __init__(self, manager: ModelManager):
-        self._manager = manager
+    def __init__(self, models: ServedModels):
+        self._models = models
 
     def GetModelStatus(self, request, context):
         def body():
-            spec = _require_spec(request)
-            self._manager.check_model_name(spec, status=True)
-            version = spec.version.value if spec.HasField("version") else None
-            statuses = self._manager.statuses(version)
-            if not statuses:
-                what = f"version {version}" if version is not None else "any versions"
-                raise ModelNotFoundError(f"Could not find {what} of model {self._manager.model_name}")
             response = get_model_status_pb2.GetModelStatusResponse()
-            for s in statuses:
+            for s in self._models.statuses(_require_spec(request)):
                 _status_proto(s, response.model_version_status.add())
             return response
 
         return _serve_rpc(context, "GetModelStatus", body)
 
     def HandleReloadConfigRequest(self, request, context):
-        _unimplemented(
-            context,
-            "HandleReloadConfigRequest",
-            "it serves one model from --model-base-path and loads new versions by itself",
-        )
+        def body():
+            self._models.apply(entries_from_proto(request.config))
+            log.info("reloaded the model config: serving %s", self._models.names())
+            return model_management_pb2.ReloadConfigResponse()  # status OK
+
+        return _serve_rpc(context, "HandleReloadConfigRequest", body)

@@ -1,0 +1,208 @@
+"""The models one server serves: a ModelManager per model of its config, and their version labels.
+
+TF Serving's ServerCore over a model config list. `ServedModels.apply(entries)` takes a config
+(serving/model_config.py) as TF Serving's ReloadConfig does: the labels are checked against the
+versions available now (before a new model loads, so a label in the first config needs
+`allow_unavailable_labels`, TF Serving's --allow_version_labels_for_unavailable_models), then new
+models are loaded (the call returns once each has a version available or has failed), models no
+longer listed are unloaded (their requests drained), and the others take their new policy.
+Unlike TF Serving, a refused config changes nothing (TF Serving keeps part of it). `acquire`
+finds the version a request's ModelSpec names, by number, label or newest; a model taken out
+keeps its last version states for GetModelStatus (END), as TF Serving's state monitor does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2
+
+from serving.devserver.loaded import LoadedVersion
+from serving.devserver.manager import ModelManager, VersionStatus
+from serving.errors import InvalidRequestError, ModelNotFoundError
+from serving.model_config import ModelConfigError, ModelEntry, label_problems
+
+log = logging.getLogger(__name__)
+
+
+class ServedModels:
+    """Every model of the server's config, by name; `make_manager(entry)` builds an unstarted one."""
+
+    def __init__(
+        self, make_manager: Callable[[ModelEntry], ModelManager], allow_unavailable_labels: bool = False
+    ):
+        self._make_manager = make_manager
+        self.allow_unavailable_labels = allow_unavailable_labels
+        self._lock = threading.Lock()  # guards the maps below; held briefly
+        self._apply_lock = threading.Lock()  # one config change at a time (TF Serving's config_mu_)
+        self._managers: dict[str, ModelManager] = {}
+        self._entries: dict[str, ModelEntry] = {}
+        self._labels: dict[str, dict[str, int]] = {}
+        self._retired: dict[str, list[VersionStatus]] = {}  # models taken out: their last states
+        self._stopped = False
+
+    # -- the config -------------------------------------------------------------------------
+    def apply(self, entries: Sequence[ModelEntry] | None) -> None:
+        """Serve `entries` from now on (None: an empty config, which changes nothing, as in TF
+        Serving). ModelConfigError (FAILED_PRECONDITION) for a label on a version not available,
+        UNKNOWN naming the new models that loaded no version; the models already served stay."""
+        if entries is None:
+            log.info("the model config is empty: taking no action")
+            return
+        with self._apply_lock:
+            if self._stopped:
+                return
+            available = {name: m.serving_versions() for name, m in self.managers().items()}
+            problem = label_problems(entries, available, self.labels(), self.allow_unavailable_labels)
+            if problem:
+                hint = (
+                    ""
+                    if self.allow_unavailable_labels
+                    else " (assign labels once their versions have loaded, by a config reload, or start "
+                    "with --allow-version-labels-for-unavailable-models, as TF Serving's "
+                    "--allow_version_labels_for_unavailable_models)"
+                )
+                raise ModelConfigError(problem + hint, grpc.StatusCode.FAILED_PRECONDITION)
+            wanted = {entry.name: entry for entry in entries}
+            with self._lock:
+                paths = {name: e.base_path for name, e in self._entries.items()}
+            for entry in entries:
+                if paths.get(entry.name) != entry.base_path and not tf.io.gfile.isdir(entry.base_path):
+                    raise ModelConfigError(
+                        f"Could not find base path {entry.base_path} for servable {entry.name} (expected "
+                        "a directory of integer version directories, <serving_dir>/<model_name>)"
+                    )
+            with self._lock:
+                self._labels = {e.name: e.label_map for e in entries if e.labels}
+            failed = [self._add(entry) for entry in entries if entry.name not in self._managers]
+            for name in [n for n in self.managers() if n not in wanted]:
+                self._remove(name)
+            for name, manager in self.managers().items():
+                entry = wanted[name]
+                if entry.base_path != self._entries[name].base_path:
+                    failed.append(self._add(entry, replacing=manager))
+                elif entry != self._entries[name]:
+                    manager.set_policy(entry.policy)
+                    with self._lock:
+                        self._entries[name] = entry
+            failed = [f for f in failed if f]
+            if failed:
+                raise ModelConfigError(
+                    f"{len(failed)} model(s) did not become available: {{{', '.join(failed)}}}",
+                    grpc.StatusCode.UNKNOWN,
+                )
+
+    def _add(self, entry: ModelEntry, replacing: ModelManager | None = None) -> str | None:
+        """Load a new model (blocking, as TF Serving waits for new models); None when a version
+        of it is available, else the words of its failure. `replacing`: the model's manager of
+        its earlier base path, which serves until the new one has loaded, then is unloaded."""
+        manager = self._make_manager(entry)
+        log.info("Adding model %r from %s (%s)", entry.name, entry.base_path, entry.policy.describe())
+        manager.start()
+        with self._lock:
+            self._managers[entry.name] = manager
+            self._entries[entry.name] = entry
+            self._retired.pop(entry.name, None)
+        if replacing is not None:
+            log.info(
+                "model %r: unloading the versions of its earlier base path %s",
+                entry.name,
+                replacing.base_path,
+            )
+            replacing.stop()
+        failures = [s for s in manager.statuses() if s.error_code != grpc.StatusCode.OK]
+        if manager.serving_versions() or not failures:
+            return None  # loaded, or no version to load yet (NOT_FOUND until one appears)
+        return (
+            f"{{name: {entry.name} version: {failures[0].version}}} due to error: {failures[0].error_message}"
+        )
+
+    def _remove(self, name: str) -> None:
+        with self._lock:
+            manager = self._managers.pop(name)
+            self._entries.pop(name)
+        log.info("Removing model %r (no longer in the config)", name)
+        manager.stop()
+        with self._lock:
+            self._retired[name] = manager.statuses()
+
+    def stop(self) -> None:
+        """Unload every model (waiting for their requests)."""
+        with self._apply_lock:
+            self._stopped = True
+            managers = self.managers()
+        for manager in managers.values():
+            manager.stop()
+
+    def cut_drains(self) -> None:
+        for manager in self.managers().values():
+            manager.cut_drains()
+
+    # -- queries ----------------------------------------------------------------------------
+    def managers(self) -> dict[str, ModelManager]:
+        with self._lock:
+            return dict(self._managers)
+
+    def labels(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {name: dict(labels) for name, labels in self._labels.items()}
+
+    def names(self) -> list[str]:
+        return sorted(self.managers())
+
+    def _serves(self) -> str:
+        names = self.names()
+        return f" (this server serves {', '.join(repr(n) for n in names) or 'no model'})"
+
+    def manager_for(self, spec: model_pb2.ModelSpec) -> ModelManager:
+        """The model a request names; INVALID_ARGUMENT without a name, NOT_FOUND for a model not
+        served, in TF Serving's words."""
+        if not spec.name:
+            raise InvalidRequestError(f"ModelSpec has no name specified.{self._serves()}")
+        manager = self.managers().get(spec.name)
+        if manager is None:
+            wanted = (
+                f"Specific({spec.name}, {spec.version.value})"
+                if spec.HasField("version")
+                else f"Latest({spec.name})"
+            )
+            raise ModelNotFoundError(f"Servable not found for request: {wanted}{self._serves()}")
+        return manager
+
+    def statuses(self, spec: model_pb2.ModelSpec) -> list[VersionStatus]:
+        """GetModelStatus: the states of the model's versions (of one, when the spec names it),
+        newest first; NOT_FOUND in TF Serving's words when none is known."""
+        version = spec.version.value if spec.HasField("version") else None
+        manager = self.managers().get(spec.name)
+        if manager is not None:
+            found = manager.statuses(version)
+        else:
+            with self._lock:
+                found = [
+                    s for s in self._retired.get(spec.name, []) if version is None or s.version == version
+                ]
+        if not found:
+            what = f"version {version}" if version is not None else "any versions"
+            unknown = manager is None and spec.name not in self._retired
+            raise ModelNotFoundError(
+                f"Could not find {what} of model {spec.name}{self._serves() if unknown else ''}"
+            )
+        return found
+
+    @contextlib.contextmanager
+    def acquire(self, spec: model_pb2.ModelSpec) -> Iterator[LoadedVersion]:
+        """The version `spec` asks for (by number, by label, else the newest), held until the
+        block ends."""
+        manager = self.manager_for(spec)
+        version = spec.version.value if spec.HasField("version") else None
+        if spec.HasField("version_label"):
+            version = self.labels().get(spec.name, {}).get(spec.version_label)
+            if version is None:
+                raise InvalidRequestError(f"Unrecognized servable version label: {spec.version_label}")
+        with manager.acquire(version) as loaded:
+            yield loaded
