@@ -46,6 +46,10 @@ class Report:
     # label corrections since the latest blessed model, eval images unlike the train images
     # (components/split_shift.py); [] in reports written before.
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # A label change was let through in this run (--accept-label-change or --allow-anomalies):
+    # the Evaluator does not refuse a model whose served model's answers show labels exchanged
+    # (gate_decision.labels_moved); False in reports written before.
+    label_change_accepted: bool = False
 
     def label_counts(self, split: str) -> dict[str, int]:
         return dict(self.splits.get(split, {}).get("labels", {}))

@@ -172,6 +172,24 @@ def relabelled(
     )
 
 
+# A train split with fewer distinct images than this share of those the latest blessed model
+# trained on is warned about: trained on far less, the candidate is likely worse, and the gate's
+# comparison sees only the eval split.
+SHRUNK_SHARE = 0.5
+
+
+def shrunk_warning(images: int, trained: int) -> str | None:
+    """The warning for a train split of `images` distinct images when the latest blessed model
+    trained on `trained`, or None when it is not much smaller."""
+    if trained <= 0 or images >= SHRUNK_SHARE * trained:
+        return None
+    return (
+        f"the train split has {images} distinct images, {images / trained:.0%} of the {trained} the latest "
+        "blessed model trained on: a model trained on far fewer images is likely worse, and the gate "
+        "compares the two on the eval split alone (is data missing?)"
+    )
+
+
 def _read_anomalies(artifact: types.Artifact, split: str) -> anomalies_pb2.Anomalies:
     path = os.path.join(artifact_utils.get_split_uri([artifact], split), ANOMALIES_FILE)
     return anomalies_pb2.Anomalies.FromString(io_utils.read_bytes_file(path))
@@ -248,6 +266,8 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 found, corrections = relabelled(trained, indexed)
                 anomalies += [found] if found else []
                 relabel_warnings += corrections
+                shrunk = shrunk_warning(len(indexed["train"][0]) - copies["train"]["repeats"], len(trained))
+                relabel_warnings += [shrunk] if shrunk else []
             if has_eval and tf.io.gfile.glob(train):  # eval images unlike the train images
                 shift_warnings += split_shift.gate_warnings(
                     image_ids.records(train), image_ids.records(eval_files)
@@ -276,6 +296,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
             baseline_classes=baseline_classes,
             copies=copies,
             warnings=warnings,
+            label_change_accepted=allow or bool(exec_properties.get(ACCEPT_CHANGE_KEY)),
         )
         write_report(artifact_utils.get_single_instance(output_dict[REPORT_KEY]), report)
 

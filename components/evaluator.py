@@ -99,10 +99,13 @@ from components.gate_decision import (
     change_failure,
     classes_at_chance,
     compared_classes,
+    exchanged,
     floor_failure,
     gate_record,
     gated_value,
     judged_results,
+    labels_moved,
+    moved_warning,
     on_shared_classes,
     pair_hint,
     plan_gate,
@@ -111,6 +114,7 @@ from components.gate_decision import (
     reasons,
     rolled_back_reason,
     uncompared_failure,
+    with_enough_compared,
     with_seen_examples,
 )
 from components.runtime_params import EVALUATOR_KNOBS, Knob, check_knob
@@ -322,8 +326,9 @@ def read_results(output_uri: str, class_names: Sequence[str] = ()) -> EvalResult
     )
 
 
-def _confusion_matrices(output_uri: str):
-    """The candidate's TFMA confusion matrices (at thresholds) on the whole split, or None."""
+def _confusion_matrices(output_uri: str, baseline: bool = False):
+    """The candidate's (or the baseline's) TFMA confusion matrices (at thresholds) on the whole
+    split, or None."""
     try:
         plots = list(tfma.load_plots(output_uri))
     except (OSError, ValueError, tf.errors.OpError) as e:
@@ -334,7 +339,7 @@ def _confusion_matrices(output_uri: str):
         if not ok or cls is not None:
             continue
         for kv in pfs.plot_keys_and_values:
-            if kv.key.name == CONFUSION_KEY and kv.key.model_name != tfma.BASELINE_KEY:
+            if kv.key.name == CONFUSION_KEY and (kv.key.model_name == tfma.BASELINE_KEY) == baseline:
                 return kv.value.multi_class_confusion_matrix_at_thresholds
     return None
 
@@ -445,6 +450,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # Not recorded for a part of the split: a later Evaluator reuses it as the whole split's.
         measured = None if judged_on else measurement(model.uri, examples.uri, splits, props[key])
         plan, either = compared_on_unseen(plan, baseline, records)
+        plan = dataclasses.replace(plan, baseline=with_enough_compared(plan.baseline, len(records.ids)))
         plan, reused = reused_baseline(plan, evaluation.uri, baseline, examples.uri, splits, props[key])
         props[key] = with_plan(props[key], plan)
         inputs = dict(input_dict)
@@ -495,8 +501,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             results, failed_here = judged_results(plan, tfma_results, *judged)
         else:
             results, failed_here = decide_outside_tfma(plan, tfma_results, reused, on_unseen)
+        served_answers = baseline_answers(evaluation.uri, baseline, bool(tfma_baselines), judged, on_unseen)
+        results, moved_here = with_labels_moved(results, served_answers, report.label_change_accepted)
         rolled_back = rolled_back_note(model, props.get(ROLLBACK_LOG_KEY))
-        blessed = settle_blessing(blessing, failed_here, rolled_back)
+        blessed = settle_blessing(blessing, failed_here or moved_here, rolled_back)
         why = reasons(plan, results)
         if blessed and why:
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
@@ -714,6 +722,60 @@ def rolled_back_note(model: types.Artifact, log_path: str | None) -> str:
         else ""
     )
     return marked or same_weights_rolled_back(saved_model_dir(model), log_path)
+
+
+def baseline_answers(
+    evaluation_uri: str,
+    baseline: types.Artifact | None,
+    tfma_ran_it: bool,
+    judged: tuple | None,
+    on_unseen: Sequence[Measured] | None,
+) -> dict[tuple[str, str], int] | None:
+    """The served model's {(true class, answered class): eval images} where it answered this run's
+    eval images: on the images neither model trained on, on those the candidate is judged on, or
+    (TFMA ran it) the whole split, its class indices read with its own vocabulary. None where it
+    was not run (no baseline, an identical one, a reused number)."""
+    answers = on_unseen[1] if on_unseen is not None else None
+    if answers is None and judged is not None and judged[1] is not None:
+        answers = judged[1][1]
+    if answers is not None:
+        if getattr(answers, "top1", None) is None:
+            return None
+        return dict(collections.Counter(zip(answers.labels.tolist(), answers.top1.tolist(), strict=True)))
+    if not tfma_ran_it or baseline is None:
+        return None
+    matrices = _confusion_matrices(evaluation_uri, baseline=True)
+    if matrices is None:
+        return None
+    counts = _top1_counts(matrices, model_class_names(baseline.uri))
+    return {pair: n for pair, n in counts.items() if None not in pair}
+
+
+def with_labels_moved(
+    results: EvalResults, counts: Mapping[tuple[str, str], int] | None, accepted: bool
+) -> tuple[EvalResults, bool]:
+    """The results with the classes the served model answers with another class (labels_moved),
+    and whether that refuses the candidate: labels exchanged (a swap, a cycle) and no label change
+    accepted in this run. A class moved alone is warned about."""
+    if counts is None:
+        return results, False
+    moves = labels_moved(counts)
+    results = dataclasses.replace(results, labels_moved=moves)
+    swapped = exchanged(moves)
+    for move in moves:
+        if move not in swapped:
+            log.warning("gate: %s", moved_warning(move))
+    if not swapped:
+        return results, False
+    if accepted:
+        log.warning(
+            "gate: label change accepted (--accept-label-change): the served model answers %s",
+            "; ".join(m.text() for m in swapped),
+        )
+        return results, False
+    return dataclasses.replace(
+        results, failures=[*results.failures, Failure(None, False, None, moved=True)]
+    ), True
 
 
 def settle_blessing(blessing: types.Artifact, failed_here: bool, rolled_back: str) -> bool:

@@ -782,9 +782,9 @@ def on_shared_classes(baseline: BaselinePlan, compared: int) -> BaselinePlan:
     return dataclasses.replace(baseline, compared_examples=compared, reused_from=None)
 
 
-# Fewest eval images neither model trained on that a comparison is made on. Below it the
-# comparison is skipped with the reason: a handful of images cannot tell two models apart,
-# and the images a model saw flatter it.
+# Fewest eval images a comparison is made on (the whole split, or the images neither model
+# trained on). Below it the comparison is skipped with the reason: a handful of images cannot
+# tell two models apart, and the images a model saw flatter it.
 MIN_UNSEEN_TO_COMPARE = 20
 
 
@@ -818,8 +818,8 @@ def with_seen_examples(
     if either <= 0:
         return dataclasses.replace(baseline, seen_eval_examples=seen)
     unseen = eval_examples - either
-    # The minimum is for images a model saw: copies of an image, left out, flatter neither model,
-    # and the whole split is compared on however few images it has.
+    # Here the minimum is for images a model saw: copies of an image, left out, flatter neither
+    # model; `with_enough_compared` then holds every comparison, the whole split's too, to it.
     if unseen < MIN_UNSEEN_TO_COMPARE and (seen or candidate_seen):
         return BaselinePlan(
             False,
@@ -829,6 +829,34 @@ def with_seen_examples(
             seen_eval_examples=seen,
         )
     return dataclasses.replace(baseline, seen_eval_examples=seen, compared_examples=unseen, reused_from=None)
+
+
+def with_enough_compared(baseline: BaselinePlan, eval_examples: int) -> BaselinePlan:
+    """The plan, or its comparison skipped saying why when it would be made on fewer than
+    MIN_UNSEEN_TO_COMPARE eval examples (`eval_examples`: the whole split's, used when the plan
+    compares on the whole split). On five images one answer moves accuracy by 0.2: a model
+    trained on a tenth of the data scored 4 of 5 against the served model's 3 of 5 there, and
+    replaced a model better by 0.38 on 400 images neither trained on. An identical baseline is
+    compared by its files, not its answers."""
+    if not baseline.compared or baseline.identical:
+        return baseline
+    compared = baseline.compared_examples if baseline.compared_examples is not None else eval_examples
+    if compared >= MIN_UNSEEN_TO_COMPARE:
+        return baseline
+    what = (
+        f"the eval split's {compared} examples"
+        if baseline.compared_examples is None
+        else f"the {compared} eval examples it would be made on"
+    )
+    return dataclasses.replace(
+        baseline,
+        compared=False,
+        skipped_reason=(
+            f"{what} are fewer than {MIN_UNSEEN_TO_COMPARE} to tell two models apart (one answer moves "
+            f"accuracy by {1 / max(compared, 1):.2f})"
+        ),
+        reused_from=None,
+    )
 
 
 def _who_trained_on(eval_examples: int, seen: int | None, candidate_seen: int, repeats: int = 0) -> str:
@@ -956,6 +984,9 @@ class Failure:
     # True: a blessed model exists and could not be compared (BaselinePlan.skipped_reason), and
     # the gate does not bless without a comparison (GatePlan.comparison_waived is None).
     uncompared: bool = False
+    # True: the served model's answers show labels exchanged since it trained (EvalResults.
+    # labels_moved, `exchanged`), and no one accepted a label change.
+    moved: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -994,6 +1025,10 @@ class EvalResults:
     # recall, the baseline's): what a regression comes from. None: not measured (a baseline's
     # value reused from an earlier gate, or no comparison).
     compared_per_class: Mapping[str, tuple[int, float, float]] | None = None
+    # The classes whose eval images the served model answers with one other class (labels_moved),
+    # where it was measured on them; None: not measured (no comparison, or one by files or by a
+    # reused number).
+    labels_moved: Sequence[LabelMove] | None = None
 
 
 def compared_classes(
@@ -1155,6 +1190,82 @@ def pair_hint(pair: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]] = ()) 
     return "one concept under two names? Merge the folders, or check their labels"
 
 
+# ------------------------------------------------- labels moved since the served model trained
+# A class "moved" when the served model answers one other class for at least MOVED_SHARE of its
+# eval images (at least MOVED_MIN_IMAGES of them), far more often than its own: P(that many or
+# more of the answers between the two by a coin) below MOVED_ALPHA. Moves that form a swap or a
+# cycle (the class answered is itself moved) are labels exchanged since the served model trained:
+# new images under swapped folder names were trained, blessed and pushed, the served model's 0.0
+# recall on both classes read as a model the candidate beat. The data gate finds this only for
+# images the served model trained on (data_gate.relabelled); this is the same on new images.
+MOVED_SHARE = 0.75
+MOVED_MIN_IMAGES = 5
+MOVED_ALPHA = 0.01
+LABELS_MOVED = "labels moved since the served model trained"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMove:
+    """Of `images` eval images labelled `label`, the served model answered `answered` for `moved`
+    and `label` for `kept`."""
+
+    label: str
+    answered: str
+    images: int
+    moved: int
+    kept: int
+
+    def text(self) -> str:
+        return f"{_q(self.answered)} for {self.moved} of the {self.images} labelled {_q(self.label)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def labels_moved(counts: Mapping[tuple[str, str], int]) -> list[LabelMove]:
+    """The classes the served model answers with one other class (see MOVED_SHARE), from its
+    {(true class, answered class): eval images} on this run's eval split; by label."""
+    images: dict[str, int] = {}
+    for (true, _), n in counts.items():
+        images[true] = images.get(true, 0) + n
+    moves = []
+    for label, n in sorted(images.items()):
+        others = [(m, given) for (true, given), m in counts.items() if true == label and given != label]
+        if n < MOVED_MIN_IMAGES or not others:
+            continue
+        moved, answered = max(others, key=lambda o: (o[0], o[1]))
+        kept = counts.get((label, label), 0)
+        if moved >= MOVED_SHARE * n and float(binom.sf(moved - 1, moved + kept, 0.5)) < MOVED_ALPHA:
+            moves.append(LabelMove(label, answered, n, moved, kept))
+    return moves
+
+
+def exchanged(moves: Sequence[LabelMove]) -> list[LabelMove]:
+    """The moves whose answered class moved too: labels swapped, or passed round a cycle."""
+    moved = {m.label for m in moves}
+    return [m for m in moves if m.answered in moved]
+
+
+def moved_reason(moves: Sequence[LabelMove]) -> str:
+    """The reason a model is refused when its data's labels look exchanged."""
+    shown = "; ".join(m.text() for m in moves)
+    return (
+        f"{LABELS_MOVED}: on this run's eval images the served model answers {shown}. Folders renamed "
+        "or swapped? The candidate learned the new names and the comparison read the served model's "
+        "answers as wrong. The served model stays; fix the labels, or pass --accept-label-change "
+        "if they changed on purpose (or the served model had them wrong)"
+    )
+
+
+def moved_warning(move: LabelMove) -> str:
+    """The warning of one class moved alone (the class it is answered with did not move)."""
+    return (
+        f"the served model answers {move.text()} (it answers most of {_q(move.answered)}'s own as "
+        f"{_q(move.answered)}): are these {_q(move.answered)} images under the wrong label, or did "
+        f"{_q(move.label)} change?"
+    )
+
+
 def precision_of(answered: Mapping[str, tuple[int, int]]) -> tuple[dict[str, float], dict[str, int]]:
     """({class: precision}, {class: answers}) from {class: (answers giving it, right ones)}; a
     class never answered has no precision."""
@@ -1242,13 +1353,15 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
     known = set(plan.class_names)
 
     def rank(f: Failure) -> int:
-        if f.is_change or f.uncompared:
+        if f.is_change or f.uncompared or f.moved:
             return 1
         return 0 if f.class_name is None and not f.precision else 2
 
     for f in sorted(results.failures, key=rank):
         value = f.value if f.value is not None else float("nan")
-        if f.uncompared:
+        if f.moved:
+            out.append(moved_reason(exchanged(results.labels_moved or ())))
+        elif f.uncompared:
             out.append(
                 f"the latest blessed model could not be compared with: {plan.baseline.skipped_reason}. The "
                 "served model stays; give the eval split more images neither model trained on, or pass "
@@ -1475,6 +1588,9 @@ def gate_record(
         if classes_told_apart_at_chance is None
         else list(classes_told_apart_at_chance),
         "rolled_back": rolled_back or None,
+        # Classes whose eval images the served model answered with one other class (None: not
+        # measured): exchanged ones refuse the model unless a label change was accepted.
+        "labels_moved": None if results.labels_moved is None else [m.to_dict() for m in results.labels_moved],
         "judged_on": plan.judged_on.to_dict() if plan.judged_on is not None else None,
         "whole_split": (
             None

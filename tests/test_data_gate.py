@@ -491,6 +491,7 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
         report = json.load(f)
     [allowed] = report["anomalies_allowed"]
     assert allowed.startswith(found)
+    assert report["label_change_accepted"] is True  # the Evaluator's check of new images follows it
     assert report["warnings"] == [
         "1 of the 3 trained as 'seven' now labelled 'six' (train): label corrections? (the latest blessed "
         "model learned them the other way)"
@@ -502,6 +503,31 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
     # A model without the record (trained before it was kept): nothing to compare, no anomaly.
     os.remove(tmp_path / "baseline" / image_ids.LABELS_FILE)
     DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+
+
+def test_a_train_split_much_smaller_than_the_served_models_is_warned_about(tmp_path):
+    """New data of 6 images a class replaced a served model trained on 320 images: the gate
+    compares the two on the eval split alone, so the shrink is said where it is seen."""
+    from components.data_gate import DataGateExecutor, shrunk_warning
+    from trainer import image_ids
+
+    assert shrunk_warning(25, 320) == (
+        "the train split has 25 distinct images, 8% of the 320 the latest blessed model trained on: a model "
+        "trained on far fewer images is likely worse, and the gate compares the two on the eval split alone "
+        "(is data missing?)"
+    )
+    assert shrunk_warning(160, 320) is None and shrunk_warning(5, 0) is None
+    old = [(f"o{i}".encode(), "ab"[i % 2]) for i in range(12)]
+    inputs, outputs = _artifacts(tmp_path, {"a": 2, "b": 3}, {"a": 1, "b": 1}, baseline_vocab=["a", "b"])
+    _with_train_examples(tmp_path, inputs, old, where="old")
+    image_ids.write(str(tmp_path / "baseline"), str(tmp_path / "old" / "Split-train" / "*"))
+    new = [(b"n1", "a"), (b"n2", "b"), (b"n3", "a"), (b"n4", "b"), (b"n4", "b")]  # 4 distinct
+    _with_train_examples(tmp_path, inputs, new, eval_items=[(b"e1", "a"), (b"e2", "b")])
+    DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0})
+    with open(tmp_path / "report" / "data_gate.json", encoding="utf-8") as f:
+        report = json.load(f)
+    assert shrunk_warning(4, 12) in report["warnings"]
+    assert report["label_change_accepted"] is False
 
 
 def test_an_image_that_keeps_its_label_somewhere_was_not_relabelled():

@@ -12,6 +12,7 @@ from components.gate_decision import (
     FLOOR_MAJORITY,
     FLOOR_MIN_ACCURACY,
     FLOOR_SIGNIFICANCE,
+    MIN_UNSEEN_TO_COMPARE,
     NO_BASELINE,
     EvalResults,
     Failure,
@@ -20,18 +21,24 @@ from components.gate_decision import (
     accuracy_floor,
     baseline_plan,
     check_computable,
+    exchanged,
     fewest_right_beating,
     gate_record,
     judged_results,
     label_set_change,
+    labels_moved,
+    moved_reason,
     on_shared_classes,
     plan_gate,
     precision_failures,
     reasons,
+    uncompared_failure,
+    with_enough_compared,
     with_seen_examples,
 )
 
 CONTRACT_KEYS = {
+    "labels_moved",
     "floor_note",
     "per_class_precision",
     "per_class_answered",
@@ -1157,3 +1164,95 @@ def test_classes_told_apart_no_better_than_chance_are_named():
     # Told apart: 14 of 16 right between the two (p 0.002); and too few answers to say (under 10).
     assert classes_at_chance({("a", "a"): 7, ("b", "b"): 7, ("a", "b"): 1, ("b", "a"): 1}, ["a", "b"]) == []
     assert classes_at_chance({("a", "a"): 2, ("b", "b"): 2, ("a", "b"): 3, ("b", "a"): 2}, ["a", "b"]) == []
+
+
+# ------------------------------------------------------------ the comparison's size, labels moved
+
+
+def test_no_comparison_on_fewer_than_twenty_images_the_whole_split_included():
+    """A model trained on a tenth of the data scored 4 of 5 against the served model's 3 of 5
+    and replaced it (0.50 against 0.87 on 400 images neither trained on): too few to compare."""
+    plan = baseline_plan(["a", "b"], ["a", "b"])
+    small = with_enough_compared(plan, 5)
+    assert not small.compared
+    assert small.skipped_reason == (
+        "the eval split's 5 examples are fewer than 20 to tell two models apart (one answer moves accuracy by 0.20)"
+    )
+    assert with_enough_compared(plan, MIN_UNSEEN_TO_COMPARE) == plan
+    # On the images neither trained on: their count, not the split's.
+    unseen = dataclasses.replace(plan, compared_examples=12)
+    assert "the 12 eval examples it would be made on" in with_enough_compared(unseen, 500).skipped_reason
+    # An identical model is compared by its files; none to compare with stays as it was.
+    assert with_enough_compared(baseline_plan(["a"], ["a"], identical=True), 3).compared
+    assert with_enough_compared(baseline_plan(["a"], None), 3).skipped_reason == NO_BASELINE
+    # Skipped, the blessing needs the waiver like any comparison that cannot be made.
+    gate_plan = dataclasses.replace(
+        plan_gate(GateConfig(), {"a": 3, "b": 2}, ["a", "b"], ["a", "b"]), baseline=small
+    )
+    assert uncompared_failure(gate_plan) is not None
+
+
+def _counts(rows: dict[str, dict[str, int]]) -> dict[tuple[str, str], int]:
+    return {(true, given): n for true, answers in rows.items() for given, n in answers.items()}
+
+
+def test_labels_exchanged_since_the_served_model_trained_are_found_on_new_images():
+    """The served model's answers on new eval images under swapped folder names: 'six' images
+    answered 'nine' and 'nine' ones 'six' (the audit's case), a third class as before."""
+    counts = _counts(
+        {"six": {"nine": 16}, "nine": {"six": 14, "nine": 1, "eight": 1}, "eight": {"eight": 15, "nine": 1}}
+    )
+    moves = labels_moved(counts)
+    assert [(m.label, m.answered, m.images, m.moved, m.kept) for m in moves] == [
+        ("nine", "six", 16, 14, 1),
+        ("six", "nine", 16, 16, 0),
+    ]
+    assert exchanged(moves) == moves
+    reason = moved_reason(moves)
+    assert "'six' for 14 of the 16 labelled 'nine'; 'nine' for 16 of the 16 labelled 'six'" in reason
+    assert "--accept-label-change" in reason
+
+
+@pytest.mark.parametrize(
+    "rows, moved, swapped",
+    [
+        # A model confused between two classes (at chance there) moves nothing.
+        ({"a": {"a": 8, "b": 8}, "b": {"b": 7, "a": 9}}, [], []),
+        # Too few images of a class to say.
+        ({"a": {"b": 4}, "b": {"a": 4}}, [], []),
+        # A cycle a -> b -> c -> a is an exchange too.
+        ({"a": {"b": 10}, "b": {"c": 10}, "c": {"a": 11, "c": 1}}, ["a", "b", "c"], ["a", "b", "c"]),
+        # One class answered as another that itself stays: warned about, not an exchange.
+        ({"a": {"b": 12, "a": 1}, "b": {"b": 20}}, ["a"], []),
+        # A mostly-right model with some mistakes.
+        ({"a": {"a": 15, "b": 5}, "b": {"b": 14, "a": 6}}, [], []),
+    ],
+    ids=["confused", "too-few", "cycle", "one-way", "mistakes"],
+)
+def test_what_counts_as_labels_moved(rows, moved, swapped):
+    moves = labels_moved(_counts(rows))
+    assert [m.label for m in moves] == moved
+    assert [m.label for m in exchanged(moves)] == swapped
+
+
+def test_an_exchange_is_a_reason_and_recorded():
+    plan = plan_gate(GateConfig(), {"six": 16, "nine": 16}, ["six", "nine"], ["six", "nine"])
+    moves = labels_moved(_counts({"six": {"nine": 16}, "nine": {"six": 16}}))
+    results = EvalResults(
+        0.95,
+        32,
+        {"six": 0.95, "nine": 0.95},
+        0.0,
+        failures=[Failure(None, False, None, moved=True)],
+        labels_moved=moves,
+    )
+    [why] = reasons(plan, results)
+    assert why.startswith("labels moved since the served model trained: on this run's eval images")
+    record = gate_record(plan, results, False, [], None, None)
+    assert record["labels_moved"][0] == {
+        "label": "nine",
+        "answered": "six",
+        "images": 16,
+        "moved": 16,
+        "kept": 0,
+    }
