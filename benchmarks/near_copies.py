@@ -6,13 +6,17 @@
 1. Separation: the correlation of each picture's thumbnail with its copies' (JPEG quality 90 and
    50, half size, 3 levels brighter, 10% darker), for crops of scikit-learn's two photos and for
    its hand-drawn digits at 32 px, against the largest correlation between two different digits
-   of all 1,797 (the most alike pictures shipped). The threshold must sit between.
+   of all 1,797 (the most alike pictures shipped). The threshold must sit between. The same for
+   copies moved by a pixel of the 32 x 32 grid (a digit of 34 px cut to 32 a pixel apart, a photo
+   crop moved 8 px of 256) in the grids compared shifted (`shifted_correlation`), and for a move
+   between two grid pixels (a photo crop moved 4 px: half a grid pixel).
 2. The scan's cost per file: the check decodes a JPEG at the smallest scale keeping 64 pixels a
    side, for the thumbnail, instead of always at 1/8 as before; variants "1/8" and "64 px"
    (`images.THUMBNAIL_DECODE_SIDE`), interleaved in one process, on 256 px JPEG crops, 640 x 427
    JPEG photos and 32 px PNG digits.
-3. The search: `near_copy_sets` over one class of n images (random thumbnails: no set to form,
-   every pair compared).
+3. The search: `near_copy_sets` over one class of n images (random signatures: no set to form,
+   every pair compared), with the thumbnails alone (as before the grids) and with the grids'
+   eight shifted comparisons, interleaved.
 
     python -m benchmarks.near_copies            # 5 rounds
     python -m benchmarks.near_copies --quick    # 1 round
@@ -78,8 +82,21 @@ def _thumb(data: bytes) -> bytes:
     return check.thumb
 
 
+def _digit34(digit):
+    from PIL import Image
+
+    return digit.resize((34, 34), Image.BILINEAR)
+
+
+def _cut(picture, pad: int, move: tuple[int, int]):
+    """`picture` cut `pad` pixels in from each side, moved by `move`."""
+    dx, dy = move
+    w, h = picture.size
+    return picture.crop((pad + dx, pad + dy, w - pad + dx, h - pad + dy))
+
+
 def separation(photos, digits) -> str:
-    from imgpipe.ingest.near_copies import NEAR_COPY_CORRELATION, thumbnails
+    from imgpipe.ingest.near_copies import NEAR_COPY_CORRELATION, shifted_correlation, thumbnails
 
     rows = []
     for kind, pictures in (("256 px photo crops", photos), ("32 px digits", digits[:200])):
@@ -90,11 +107,40 @@ def separation(photos, digits) -> str:
                 value = float(thumbnails([_thumb(data)])[0] @ original)
                 lowest[name] = min(lowest.get(name, 1.0), value)
         rows += [[kind, name, f"{value:.5f}"] for name, value in lowest.items()]
-    every = thumbnails([_thumb(_encode(d)) for d in digits])
+    moved = {
+        "32 px digits": [(_digit34(d), 1, (1, 0)) for d in digits[:200]],
+        "256 px photo crops": [(p, 8, (8, 0)) for p in photos] + [(p, 8, (0, -8)) for p in photos],
+    }
+    for kind, cases in moved.items():
+        lowest_thumb, lowest_shifted = 1.0, 1.0
+        for picture, pad, (dx, dy) in cases:
+            a, b = (_thumb(_encode(_cut(picture, pad, move))) for move in ((0, 0), (dx, dy)))
+            lowest_thumb = min(lowest_thumb, float(thumbnails([a])[0] @ thumbnails([b])[0]))
+            lowest_shifted = min(lowest_shifted, shifted_correlation(a, b))
+        rows.append([kind, "moved a grid pixel (1/32 of the side): thumbnails", f"{lowest_thumb:.5f}"])
+        rows.append([kind, "moved a grid pixel: grids compared shifted", f"{lowest_shifted:.5f}"])
+    between = [
+        shifted_correlation(*(_thumb(_encode(_cut(p, 8, move))) for move in ((0, 0), (4, 0)))) for p in photos
+    ]
+    rows.append(
+        ["256 px photo crops", "moved half a grid pixel: grids compared shifted", f"{min(between):.5f}"]
+    )
+    signatures = [_thumb(_encode(d)) for d in digits]
+    every = thumbnails(signatures)
     similarity = every @ every.T
     np.fill_diagonal(similarity, -1)
     rows.append(
         ["32 px digits", f"two different digits (of {len(digits):,}): the largest", f"{similarity.max():.5f}"]
+    )
+    # The most alike different digits in the thumbnails, compared shifted too.
+    top = np.dstack(np.unravel_index(np.argsort(-similarity, axis=None)[:400:2], similarity.shape))[0]
+    largest = max(shifted_correlation(signatures[i], signatures[j]) for i, j in top)
+    rows.append(
+        [
+            "32 px digits",
+            "the 200 most alike pairs of different digits, shifted: the largest",
+            f"{largest:.5f}",
+        ]
     )
     text = common.table(["pictures", "copy", "correlation (lowest over pictures)"], rows)
     return text + f"\n\nThreshold: {NEAR_COPY_CORRELATION}."
@@ -152,14 +198,22 @@ def search_cost(rounds: int) -> str:
     rows = []
     for n in SEARCH_SIZES:
         vectors = rng.normal(size=(n, 256)).astype(np.float32)
-        thumbs = [quantized(v / np.linalg.norm(v)) for v in vectors]
-        times = []
+        grids = rng.integers(0, 256, size=(n, 32 * 32)).astype(np.float32)
+        whole = [
+            quantized(np.concatenate([v / np.linalg.norm(v), g])) for v, g in zip(vectors, grids, strict=True)
+        ]
+        thumbs_only = [w[:256] for w in whole]
+        times: dict[str, list[float]] = {"thumbnails": [], "with grids": []}
         for _ in range(rounds):
-            start = time.perf_counter()
-            near_copy_sets(thumbs)
-            times.append(time.perf_counter() - start)
-        rows.append([f"{n:,}", f"{common.median(times):.2f}"])
-    return common.table(["images in the class", "seconds (median)"], rows)
+            for name, signatures in (("thumbnails", thumbs_only), ("with grids", whole)):
+                start = time.perf_counter()
+                near_copy_sets(signatures)
+                times[name].append(time.perf_counter() - start)
+        alone, shifted = common.median(times["thumbnails"]), common.median(times["with grids"])
+        rows.append([f"{n:,}", f"{alone:.2f}", f"{shifted:.2f}", f"{shifted / alone:.1f}"])
+    return common.table(
+        ["images in the class", "thumbnails alone, s", "with the shifted grids, s", "ratio"], rows
+    )
 
 
 def main(argv=None) -> int:

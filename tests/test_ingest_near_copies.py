@@ -71,12 +71,45 @@ def test_copies_of_a_picture_are_one_set_and_other_pictures_are_not(kind):
     assert sorted(sorted(owner[i] for i in s) for s in sets) == [[p] * 5 for p in range(len(pictures))]
 
 
-def test_different_hand_drawn_digits_are_near_copies_once_in_1797():
+def test_different_hand_drawn_digits_are_near_copies_twice_in_1797():
     """The threshold's other side: scikit-learn's digits are the most alike pictures shipped (small
-    strokes on black); of all 1,797, one pair of different digits is taken for near-copies."""
+    strokes on black); of all 1,797, two pairs of different digits are taken for near-copies (one
+    of them once shifted by a pixel of the grid)."""
     thumbs = [_thumb(_encode(_digit(i))) for i in range(1797)]
     grouped = [s for s in near_copy_sets(thumbs) if len(s) > 1]
-    assert len(grouped) <= 1 and all(len(s) == 2 for s in grouped)
+    assert len(grouped) <= 2 and all(len(s) == 2 for s in grouped)
+
+
+def _shifted(picture: Image.Image, dx: int, dy: int, pad: int) -> Image.Image:
+    """`picture` cut `pad` pixels in from each side, moved by (dx, dy)."""
+    w, h = picture.size
+    return picture.crop((pad + dx, pad + dy, w - pad + dx, h - pad + dy))
+
+
+@pytest.mark.parametrize("kind", ["digit", "photo"])
+def test_copies_shifted_by_a_pixel_or_two_are_one_set(kind):
+    """Each picture saved three times, cut a pixel to the left or right (a digit of 34 px cut to
+    32; a photo crop of 300 x 200 moved by 1/32 of its side, 9 or 6 px): in the thumbnail the
+    digits' copies correlated 0.94-0.97, under the threshold, and with random labels a model
+    scored 0.47 on three classes, chance 0.33. Compared shifted by a pixel of the 32 x 32 grid,
+    each picture's copies are one set, and the pictures stay apart. (Moves between two grid
+    pixels, 2% or 4.5% of the side, correlate 0.983-0.997 either way: not always joined.)"""
+    if kind == "digit":
+        pictures = [_digit(i, side=34) for i in (0, 1, 11, 21)]
+        moves, pad = [(0, 0), (-1, 0), (1, 1)], 1
+    else:
+        pictures = _photo_crops()
+        moves, pad = [(0, 0), (-9, 0), (0, 6)], 10  # a pixel of the grid: 1/32 of 300 and of 200
+    thumbs, owner = [], []
+    for p, picture in enumerate(pictures):
+        for dx, dy in moves:
+            thumbs.append(_thumb(_encode(_shifted(picture, dx, dy, pad))))
+            owner.append(p)
+    base = thumbnails(thumbs)
+    if kind == "digit":  # the thumbnails alone would not join them
+        assert min(float(base[0] @ base[i]) for i in (1, 2)) < NEAR_COPY_CORRELATION
+    sets = near_copy_sets(thumbs)
+    assert sorted(sorted(owner[i] for i in s) for s in sets) == [[p] * 3 for p in range(len(pictures))]
 
 
 def test_a_chain_of_near_copies_is_one_set():

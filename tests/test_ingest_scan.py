@@ -84,7 +84,7 @@ def test_scan_finds_candidates_and_skips_with_reasons_without_writing(tmp_path: 
         for rel, data in good.items()
     ]
     assert all(c.image.startswith("pixels:") for c in scan.candidates)
-    assert all(len(c.thumb) == 256 for c in scan.candidates)  # each one's thumbnail (near-copies)
+    assert all(len(c.thumb) == 256 + 1024 for c in scan.candidates)  # each one's thumbnail and grey grid
     assert scan.skipped == [
         {"path": ".cache", "reason": HIDDEN},  # listing first, then reading
         {"path": "loose.png", "reason": NOT_IN_CLASS_FOLDER},

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from imgpipe.ingest.errors import tf_error_text
-from imgpipe.ingest.near_copies import quantized
+from imgpipe.ingest.near_copies import GRID_SIDE, THUMBNAIL_SIDE, quantized
 from trainer.features import DEFAULT_MAX_PIXELS
 
 # Pillow format name -> the format we report. MPO is the multi-picture JPEG
@@ -202,8 +202,9 @@ def image_key(data: bytes, orientation: int, decoded: tuple[int, int, int]) -> s
 
 
 # The grey thumbnail near-copies are found by (imgpipe/ingest/near_copies.py): the picture's
-# grey levels at THUMBNAIL_SIDE x THUMBNAIL_SIDE (area means, its aspect squashed), standardised.
-THUMBNAIL_SIDE = 16
+# grey levels at THUMBNAIL_SIDE x THUMBNAIL_SIDE (area means, its aspect squashed), standardised
+# (THUMBNAIL_SIDE: near_copies, which compares them).
+THUMBNAIL_VALUES = THUMBNAIL_SIDE**2 + GRID_SIDE**2  # the thumbnail, then the grey grid (``thumbnail``)
 # A JPEG is decoded at the smallest scale (1/8 .. 1) that keeps this many pixels a side (other
 # formats whole): at 1/8 of a 200 x 300 picture, its 8 x 8 blocks' grid no longer fits the
 # thumbnail's, and a JPEG copy correlated 0.996 with its PNG; at this side 0.9999.
@@ -211,17 +212,23 @@ THUMBNAIL_DECODE_SIDE = 4 * THUMBNAIL_SIDE
 
 
 def thumbnail(image: Any) -> Any:
-    """A decoded image's standardised grey thumbnail (a graph op): THUMBNAIL_SIDE**2 floats of
-    mean 0 and norm 1 (zeros for an image of one grey)."""
+    """A decoded image's near-copy signature (a graph op), THUMBNAIL_VALUES floats: its
+    standardised grey thumbnail (THUMBNAIL_SIDE**2 values of mean 0 and norm 1, zeros for an
+    image of one grey), then its grey levels (0-255) at GRID_SIDE x GRID_SIDE, from which
+    ``near_copies`` compares two pictures shifted by a pixel of that grid against each other."""
     import tensorflow as tf
 
-    # Area means of each channel, then their mean: the grey of the area means, without a float
-    # copy of the whole picture first (half the time on a 6 MP PNG).
-    small = tf.image.resize(image, [THUMBNAIL_SIDE, THUMBNAIL_SIDE], method="area")
-    small = tf.reshape(tf.reduce_mean(small, axis=-1), [-1])
+    def grey(side: int) -> Any:
+        # Area means of each channel, then their mean: the grey of the area means, without a
+        # float copy of the whole picture first (half the time on a 6 MP PNG).
+        small = tf.image.resize(image, [side, side], method="area")
+        return tf.reshape(tf.reduce_mean(small, axis=-1), [-1])
+
+    small = grey(THUMBNAIL_SIDE)
     centred = small - tf.reduce_mean(small)
     norm = tf.norm(centred)
-    return tf.where(norm > 1e-6, centred / tf.maximum(norm, 1e-6), tf.zeros_like(centred))
+    standard = tf.where(norm > 1e-6, centred / tf.maximum(norm, 1e-6), tf.zeros_like(centred))
+    return tf.concat([standard, grey(GRID_SIDE)], 0)
 
 
 # JPEG markers without a length: TEM, RST0-RST7, SOI, EOI.
@@ -371,12 +378,12 @@ def _graph_check(max_pixels: int, with_thumbnail: bool = True) -> Callable[[byte
                 [[tf.cast(tf.size(image) > 0, tf.int64)], shape, [pixels, tf.cast(uniform, tf.int64), deep]],
                 0,
             )
-            return facts, thumbnail(image) if with_thumbnail else tf.zeros([THUMBNAIL_SIDE**2], tf.float32)
+            return facts, thumbnail(image) if with_thumbnail else tf.zeros([THUMBNAIL_VALUES], tf.float32)
 
         decoded, small = tf.cond(
             within,
             decode,
-            lambda: (tf.constant([0, 0, 0, 0, 0, -1], tf.int64), tf.zeros([THUMBNAIL_SIDE**2], tf.float32)),
+            lambda: (tf.constant([0, 0, 0, 0, 0, -1], tf.int64), tf.zeros([THUMBNAIL_VALUES], tf.float32)),
         )
         return tf.concat([tf.stack([height, width, tf.cast(orientation, tf.int64)]), decoded], 0), small
 

@@ -7,17 +7,23 @@ score what the model memorised: a model trained on random labels, with each imag
 ways, was judged at 0.62 accuracy on five classes (chance 0.2) and blessed.
 
 The scan reduces each image to a standardised grey thumbnail (``images.thumbnail``); two images
-whose thumbnails correlate at ``NEAR_COPY_CORRELATION`` or more are near-copies, and pictures
+whose thumbnails correlate at ``NEAR_COPY_CORRELATION`` or more are near-copies. So are two
+whose grey grids (GRID_SIDE a side, from the same decode) correlate that much once one is moved
+a pixel of the grid (1/32 of the picture) in any of eight directions, compared on the 15 x 15
+blocks of 2 x 2 grid pixels both cover: a picture cropped or shifted by a pixel or two. Saved
+three times at 1-pixel offsets, each of 400 digits (32 px) had copies correlating 0.94-0.97 in
+the thumbnail, and with random labels a model scored 0.47 on three classes (0.33 by chance);
+aligned, the copies correlate 1.0 and the most alike different digits 0.988. Pictures
 joined by a chain of near-copies (the frames of a burst, each a near-copy of the next) form one
 set, written whole to one split: two near-copies are never in two splits. A class that is one
 such set is split by image instead, with a warning. The search compares every
-pair in a class, in blocks of bounded memory: n^2 / 2 dot products of 256 values (1.2-1.3 s for
-a class of 15,000 images here; BENCHMARKS.md, "Near-copies at ingest").
+pair in a class, in blocks of bounded memory: n^2 / 2 dot products of 256 values, and eight
+more of 225 for the shifts (BENCHMARKS.md, "Near-copies at ingest").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -29,19 +35,125 @@ import numpy as np
 # of clear sky) is mostly noise at this size: its copies are not found.
 NEAR_COPY_CORRELATION = 0.995
 _THUMB_SCALE = 127 / 0.25  # int8 steps per unit of a thumbnail value (|value| <= 0.25 kept whole)
+THUMBNAIL_SIDE = 16  # the thumbnail's side (images.thumbnail)
+GRID_SIDE = 32  # the grey grid's side, kept beside the thumbnail for the shifted comparisons
+_BASE = THUMBNAIL_SIDE**2
+_BLOCKS = GRID_SIDE // 2 - 1  # 2 x 2 blocks a side of a window moved by at most one grid pixel
+# The shifted comparisons: (window offset of the earlier picture, of the later one), (x, y) in
+# grid pixels; each pair's difference is one of the eight one-pixel moves.
+_SHIFTS = (
+    ((0, 0), (1, 0)),
+    ((1, 0), (0, 0)),
+    ((0, 0), (0, 1)),
+    ((0, 1), (0, 0)),
+    ((0, 0), (1, 1)),
+    ((1, 1), (0, 0)),
+    ((0, 1), (1, 0)),
+    ((1, 0), (0, 1)),
+)
+_OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
+_GRID_CHUNK = 2048
 # Similarities computed at once: rows x columns of one block (64 MB of float64, three arrays).
 _BLOCK_VALUES = 8 * 1024 * 1024
 
 
+def _as_int8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values * _THUMB_SCALE), -127, 127).astype(np.int8)
+
+
 def quantized(thumb: np.ndarray) -> bytes:
-    """A thumbnail (``images.thumbnail``'s values) as signed bytes, as the scan keeps it."""
-    return np.clip(np.rint(np.asarray(thumb) * _THUMB_SCALE), -127, 127).astype(np.int8).tobytes()
+    """``images.thumbnail``'s values as the scan keeps them: the thumbnail as signed bytes, then
+    the grey grid (if there) as unsigned ones."""
+    thumb = np.asarray(thumb)
+    grid = np.clip(np.rint(thumb[_BASE:]), 0, 255).astype(np.uint8)
+    return _as_int8(thumb[:_BASE]).tobytes() + grid.tobytes()
 
 
 def thumbnails(packed: Sequence[bytes]) -> np.ndarray:
-    """``quantized`` thumbnails as a float32 matrix, one unit-norm row each."""
-    rows = np.frombuffer(b"".join(packed), np.int8).reshape(len(packed), -1).astype(np.float32)
+    """The thumbnails of ``quantized`` signatures as a float32 matrix, one unit-norm row each."""
+    rows = np.stack([np.frombuffer(p[:_BASE], np.int8) for p in packed]).astype(np.float32)
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
+
+
+def _windows(packed: Sequence[bytes]) -> dict[tuple[int, int], np.ndarray]:
+    """For each window offset: every signature's grid over that window in 2 x 2 block means,
+    standardised and quantized like a thumbnail (float32 rows of int8 values; zeros: a signature
+    without a grid, or a window of one grey)."""
+    n, span = len(packed), 2 * _BLOCKS
+    out = {offset: np.zeros((n, _BLOCKS * _BLOCKS), np.float32) for offset in _OFFSETS}
+    for first in range(0, n, _GRID_CHUNK):  # grids of a few thousand pictures at a time
+        chunk = packed[first : first + _GRID_CHUNK]
+        grids = np.zeros((len(chunk), GRID_SIDE, GRID_SIDE), np.float32)
+        for i, p in enumerate(chunk):
+            if len(p) == _BASE + GRID_SIDE**2:
+                grids[i] = np.frombuffer(p[_BASE:], np.uint8).reshape(GRID_SIDE, GRID_SIDE)
+        for ox, oy in _OFFSETS:
+            blocks = grids[:, oy : oy + span, ox : ox + span].reshape(len(chunk), _BLOCKS, 2, _BLOCKS, 2)
+            rows = blocks.mean(axis=(2, 4)).reshape(len(chunk), -1).astype(np.float64)
+            rows -= rows.mean(axis=1, keepdims=True)
+            norms = np.linalg.norm(rows, axis=1, keepdims=True)
+            rows = np.where(norms > 1e-6, rows / np.maximum(norms, 1e-6), 0.0)
+            out[(ox, oy)][first : first + len(chunk)] = _as_int8(rows)
+    return out
+
+
+# Pairs whose float32 correlation (any comparison) is within this of the threshold are checked
+# exactly; float32 rounding moves a correlation by ~1e-6.
+_MARGIN = 1e-4
+_EXACT_CHUNK = 65536  # candidate pairs checked exactly at once
+
+
+def _similar_pairs(packed: Sequence[bytes], threshold: float) -> Iterator[tuple[int, int]]:
+    """(later, earlier) positions of the signatures that are near-copies: their thumbnails, or
+    their grids moved a pixel apart, correlate at `threshold` or more.
+
+    Every pair's correlations are first taken in float32 from unit rows, the largest kept;
+    pairs near or over the threshold are then decided exactly: the int8 values' dot products
+    are whole numbers (below 2**24, so float32 holds each sum whatever the BLAS adds first), and
+    dot >= threshold * |a| * |b| is compared squared in float64, so the sets are the same on
+    every machine."""
+    rows = np.stack([np.frombuffer(p[:_BASE], np.int8) for p in packed]).astype(np.float32)
+    matrices = {"base": rows}
+    comparisons = [("base", "base")]
+    if any(len(p) > _BASE for p in packed):  # signatures with grey grids: the shifted pairs too
+        matrices.update(_windows(packed))
+        comparisons += list(_SHIFTS)
+    squared = {key: np.einsum("ij,ij->i", m, m, dtype=np.float64) for key, m in matrices.items()}
+    unit = {
+        key: m / np.sqrt(np.maximum(squared[key], 1.0))[:, None].astype(np.float32)
+        for key, m in matrices.items()
+    }
+    n = len(packed)
+    block = max(1, _BLOCK_VALUES // n)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        best = None
+        for a, b in comparisons:  # each row against the rows before it
+            product = unit[a][start:stop] @ unit[b][:stop].T
+            best = product if best is None else np.maximum(best, product, out=best)
+        offsets, columns = np.nonzero(np.tril(best >= threshold - _MARGIN, k=start - 1))
+        for first in range(0, len(offsets), _EXACT_CHUNK):
+            i = start + offsets[first : first + _EXACT_CHUNK]
+            j = columns[first : first + _EXACT_CHUNK]
+            near = np.zeros(len(i), bool)
+            for a, b in comparisons:
+                dots = np.einsum("ij,ij->i", matrices[a][i], matrices[b][j], dtype=np.float64)
+                near |= (dots > 0) & (dots * dots >= threshold * threshold * squared[a][i] * squared[b][j])
+            yield from zip(i[near].tolist(), j[near].tolist(), strict=True)
+
+
+def shifted_correlation(first: bytes, second: bytes) -> float:
+    """The largest correlation of two ``quantized`` signatures' grids moved a grid pixel apart
+    (any of the eight moves; their thumbnails' own correlation is not included): what the search
+    compares with NEAR_COPY_CORRELATION besides the thumbnails'. 0.0 without grids."""
+    windows = _windows([first, second])
+    best = 0.0
+    for a, b in _SHIFTS:
+        x, y = windows[a][0].astype(np.float64), windows[b][1].astype(np.float64)
+        norms = float(np.sqrt((x @ x) * (y @ y)))
+        if norms > 0:
+            best = max(best, float(x @ y) / norms)
+    return best
 
 
 def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELATION) -> list[list[int]]:
@@ -60,22 +172,11 @@ def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELA
         return i
 
     if len(known) > 1:
-        # The thumbnails' int8 values, as float64: every dot product is a whole number well
-        # below 2**53, computed exactly whatever the BLAS, so the sets are the same on every
-        # machine. Near-copies: dot >= threshold * |a| * |b|, compared squared.
-        rows = np.frombuffer(b"".join(thumbs[i] for i in known), np.int8).reshape(len(known), -1)
-        rows = rows.astype(np.float64)
-        squared = np.einsum("ij,ij->i", rows, rows)
-        block = max(1, _BLOCK_VALUES // len(known))
-        for start in range(0, len(known), block):
-            stop = min(start + block, len(known))
-            dots = rows[start:stop] @ rows[:stop].T  # each row against the rows before it
-            bound = threshold * threshold * np.outer(squared[start:stop], squared[:stop])
-            similar = np.tril((dots > 0) & (dots * dots >= bound), k=start - 1)
-            for offset, j in zip(*np.nonzero(similar), strict=True):
-                a, b = root(known[start + int(offset)]), root(known[int(j)])
-                if a != b:
-                    parent[max(a, b)] = min(a, b)  # a set is named by its first position
+        packed = [thumbs[i] for i in known]
+        for i, j in _similar_pairs(packed, threshold):
+            mine_root, their_root = root(known[i]), root(known[j])
+            if mine_root != their_root:  # a set is named by its first position
+                parent[max(mine_root, their_root)] = min(mine_root, their_root)
     sets: dict[int, list[int]] = {}
     for position in range(n):
         sets.setdefault(root(position), []).append(position)
