@@ -50,6 +50,9 @@ class Report:
     # the Evaluator does not refuse a model whose served model's answers show labels exchanged
     # (gate_decision.labels_moved); False in reports written before.
     label_change_accepted: bool = False
+    # Each split's median [width, height] in pixels, of the sample the shift check measured
+    # (components/split_shift.py); {} in reports written before, or when it could not run.
+    image_sizes: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def label_counts(self, split: str) -> dict[str, int]:
         return dict(self.splits.get(split, {}).get("labels", {}))

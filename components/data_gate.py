@@ -250,6 +250,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
         relabel_warnings: list[str] = []
         copies = {}
         shift_warnings: list[str] = []
+        image_sizes: dict[str, list[float]] = {}
         for examples in input_dict.get(EXAMPLES_KEY) or []:  # the train split's copies of one image
             train = os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")
             eval_files = os.path.join(artifact_utils.get_split_uri([examples], "eval"), "*")
@@ -270,7 +271,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 relabel_warnings += [shrunk] if shrunk else []
             if has_eval and tf.io.gfile.glob(train):  # eval images unlike the train images
                 shift_warnings += split_shift.gate_warnings(
-                    image_ids.records(train), image_ids.records(eval_files)
+                    image_ids.records(train), image_ids.records(eval_files), image_sizes
                 )
         warnings = label_warnings(splits) + relabel_warnings + shift_warnings
         for w in warnings:
@@ -297,6 +298,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
             copies=copies,
             warnings=warnings,
             label_change_accepted=allow or bool(exec_properties.get(ACCEPT_CHANGE_KEY)),
+            image_sizes=image_sizes,
         )
         write_report(artifact_utils.get_single_instance(output_dict[REPORT_KEY]), report)
 

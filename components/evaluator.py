@@ -511,6 +511,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         warn_classes_at_chance(
             tfma_results.classes_at_chance,
             any(w.startswith(split_shift.SHIFT_WARNING) for w in report.warnings),
+            shrink_note(
+                report.image_sizes.get("train"),
+                math.isqrt(model_pixels[0]) if model_pixels[0] else props.get(IMAGE_SIZE_KEY),
+            ),
         )
         record = gate_record(
             plan,
@@ -790,15 +794,39 @@ def settle_blessing(blessing: types.Artifact, failed_here: bool, rolled_back: st
     return blessed
 
 
-def warn_classes_at_chance(at_chance: Sequence[Mapping[str, Any]] | None, eval_shifted: bool = False) -> None:
+# Pictures shrunk to the model's input by this factor or more (their shorter side's median over
+# the input side) lose detail a class may be told by: said first when classes look alike.
+SHRINK_NOTED = 3.0
+
+
+def shrink_note(train_size: Sequence[float] | None, input_side: int | None) -> str:
+    """Words saying the train pictures are shrunk SHRINK_NOTED times or more to the model's
+    input (`train_size`: their median [width, height]), to go before a pair's hint; "" else."""
+    if not train_size or not input_side:
+        return ""
+    factor = min(train_size) / input_side
+    if factor < SHRINK_NOTED:
+        return ""
+    width, height = (round(v) for v in train_size)
+    return (
+        f"the pictures (a median {width} x {height} px) are shrunk {factor:.0f}x to the model's "
+        f"{input_side} x {input_side} px input, which loses detail finer than {factor:.0f} of their "
+        "pixels (a larger --image-size keeps more of it); else "
+    )
+
+
+def warn_classes_at_chance(
+    at_chance: Sequence[Mapping[str, Any]] | None, eval_shifted: bool = False, shrunk: str = ""
+) -> None:
     """A warning for each pair of classes the candidate tells apart no better than chance;
-    `eval_shifted`: the data gate found the eval images unlike the train images (said first)."""
+    `eval_shifted`: the data gate found the eval images unlike the train images (said first);
+    `shrunk`: `shrink_note`'s words, said next."""
     shifted = (
         "the eval images differ from the train images (the data gate's warning), which alone can do "
         "this; else "
         if eval_shifted
         else ""
-    )
+    ) + shrunk
     for pair in at_chance or ():
         a, b = pair["classes"]
         log.warning(

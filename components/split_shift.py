@@ -191,12 +191,15 @@ def one_colour(samples: dict[str, Sequence[dict[str, Any]]]) -> list[str]:
     return out
 
 
-def gate_warnings(train_records: Iterable[bytes], eval_records: Iterable[bytes]) -> list[str]:
-    """The data gate's warnings from the two splits' samples (`one_colour`'s, then the shift's).
-    Advisory: when the check cannot run, it says so in the log, and the run goes on."""
+def gate_warnings(
+    train_records: Iterable[bytes], eval_records: Iterable[bytes], sizes: dict[str, list[float]] | None = None
+) -> list[str]:
+    """The data gate's warnings from the two splits' samples (`one_colour`'s, then the shift's);
+    `sizes`, when given, gets each split's median [width, height] of its sample. Advisory: when
+    the check cannot run, it says so in the log, and the run goes on."""
     notes: list[str] = []
     try:
-        _, warning = split_shift(train_records, eval_records, notes)
+        _, warning = split_shift(train_records, eval_records, notes, sizes)
     except Exception as e:  # noqa: BLE001 - a record it cannot read stops nothing
         log.warning("the check of eval images against train images could not run: %s", e)
         warning = None
@@ -204,11 +207,14 @@ def gate_warnings(train_records: Iterable[bytes], eval_records: Iterable[bytes])
 
 
 def split_shift(
-    train_records: Iterable[bytes], eval_records: Iterable[bytes], notes: list[str] | None = None
+    train_records: Iterable[bytes],
+    eval_records: Iterable[bytes],
+    notes: list[str] | None = None,
+    sizes: dict[str, list[float]] | None = None,
 ) -> tuple[dict | None, str | None]:
     """(the shift found, or {} / None as `compare`; the data gate's warning, or None) for two
     splits' serialized tf.Examples. `notes`, when given, gets the samples' other findings (images
-    of one colour: `one_colour`)."""
+    of one colour: `one_colour`); `sizes` each split's median [width, height]."""
     from trainer.image_ids import record_image
 
     sides = []
@@ -221,6 +227,13 @@ def split_shift(
         sides.append(rows)
     if notes is not None:
         notes.extend(one_colour(dict(zip(("train", "eval"), sides, strict=True))))
+    if sizes is not None:
+        for split, rows in zip(("train", "eval"), sides, strict=True):
+            if rows:
+                sizes[split] = [
+                    float(np.median([r["width"] for r in rows])),
+                    float(np.median([r["height"] for r in rows])),
+                ]
     sides[0] = in_proportions(sides[0], sides[1])
     shift = compare(*sides)
     if not shift:

@@ -110,6 +110,30 @@ def test_the_data_gate_reports_a_shifted_eval_split(tmp_path):
     report = read_report(outputs["report"])
     [warning] = [w for w in report.warnings if w.startswith(split_shift.SHIFT_WARNING)]
     assert "brightness" in warning
+    assert report.image_sizes == {"train": [32.0, 32.0], "eval": [32.0, 32.0]}  # the samples' medians
+
+
+def test_the_evaluators_note_on_classes_at_chance_names_pictures_shrunk_much(caplog):
+    """128 px pictures whose class is in a 1-pixel pattern, shrunk to a 32 px input: at chance,
+    and the note blamed the folders alone ("one concept under two names?")."""
+    from components.evaluator import shrink_note, warn_classes_at_chance
+
+    assert shrink_note([128.0, 128.0], 32) == (
+        "the pictures (a median 128 x 128 px) are shrunk 4x to the model's 32 x 32 px input, which loses "
+        "detail finer than 4 of their pixels (a larger --image-size keeps more of it); else "
+    )
+    assert (
+        shrink_note([64.0, 90.0], 32) == ""
+        and shrink_note(None, 32) == ""
+        and shrink_note([500, 500], None) == ""
+    )
+    pair = {"classes": ["fine", "plain"], "right": 100, "between": 200, "images": {"fine": 100, "plain": 100}}
+    with caplog.at_level("WARNING", logger="components.evaluator"):
+        warn_classes_at_chance([pair], shrunk=shrink_note([128.0, 128.0], 32))
+    [note] = [r.getMessage() for r in caplog.records]
+    assert "shrunk 4x to the model's 32 x 32 px input" in note and note.index("shrunk") < note.index(
+        "one concept"
+    )
 
 
 def test_the_evaluators_note_on_classes_at_chance_says_the_shift_first(caplog):
