@@ -1,4 +1,5 @@
-"""The serving tests' model: imgpipe.demo.classifier's small digits classifier, built once per session."""
+"""The serving tests' models: imgpipe.demo.classifier's small digits classifier, built once per
+session, and `tiny_export`, a few TensorFlow ops that load in well under a second."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import tensorflow as tf
 from PIL import Image
 
 from imgpipe.demo import data
@@ -80,3 +82,24 @@ def damaged_copy(export_dir: str, version: Path, damage: str) -> None:
 
         other = Other()
         tf.saved_model.save(other, str(version), signatures={"serving_default": other.serve})
+
+
+class Tiny(tf.Module):
+    """predict_images (input "images", bytes): the score of class 'long' grows with the byte
+    length of each input (outputs "scores" and "classes", two classes)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def predict_images(self, images):
+        n = tf.cast(tf.strings.length(images), tf.float32)
+        p = n / (n + 10.0)
+        scores = tf.stack([1.0 - p, p], axis=1)
+        classes = tf.tile(tf.constant([[b"short", b"long"]]), [tf.shape(images)[0], 1])
+        return {"scores": scores, "classes": classes}
+
+
+def tiny_export(path: str) -> str:
+    """`Tiny` saved at `path`: a model that loads in well under a second, for tests of versions,
+    swaps and configs, where its answers do not matter. Returns `path`."""
+    module = Tiny()
+    tf.saved_model.save(module, path, signatures={"predict_images": module.predict_images})
+    return path

@@ -26,29 +26,18 @@ from serving.devserver.loaded import LoadedVersion
 from serving.devserver.models import ServedModels
 from serving.errors import InvalidRequestError, ModelNotFoundError
 from serving.model_config import ModelEntry, VersionPolicy
+from tests import serving_fixtures
 
 NAME = "tiny"
 State = manager_lib.State
 
 
-class _Tiny(tf.Module):
-    """predict_images: the score of class 'long' grows with the byte length of each input."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def predict_images(self, images):
-        n = tf.cast(tf.strings.length(images), tf.float32)
-        p = n / (n + 10.0)
-        scores = tf.stack([1.0 - p, p], axis=1)
-        classes = tf.tile(tf.constant([[b"short", b"long"]]), [tf.shape(images)[0], 1])
-        return {"scores": scores, "classes": classes}
+_Tiny = serving_fixtures.Tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tiny") / "export")
-    module = _Tiny()
-    tf.saved_model.save(module, path, signatures={"predict_images": module.predict_images})
-    return path
+    return serving_fixtures.tiny_export(str(tmp_path_factory.mktemp("tiny") / "export"))
 
 
 def _push(base, export: str, version: int) -> None:
