@@ -105,6 +105,7 @@ from components.gate_decision import (
     gated_value,
     judged_results,
     labels_moved,
+    moved_alone,
     moved_warning,
     on_shared_classes,
     pair_hint,
@@ -766,9 +767,8 @@ def with_labels_moved(
     moves = labels_moved(counts)
     results = dataclasses.replace(results, labels_moved=moves)
     swapped = exchanged(moves)
-    for move in moves:
-        if move not in swapped:
-            log.warning("gate: %s", moved_warning(move))
+    for move in moved_alone(moves):
+        log.warning("gate: %s", moved_warning(move))
     if not swapped:
         return results, False
     if accepted:

@@ -1192,12 +1192,13 @@ def pair_hint(pair: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]] = ()) 
 
 # ------------------------------------------------- labels moved since the served model trained
 # A class "moved" when the served model answers one other class for at least MOVED_SHARE of its
-# eval images (at least MOVED_MIN_IMAGES of them), far more often than its own: P(that many or
-# more of the answers between the two by a coin) below MOVED_ALPHA. Moves that form a swap or a
-# cycle (the class answered is itself moved) are labels exchanged since the served model trained:
-# new images under swapped folder names were trained, blessed and pushed, the served model's 0.0
-# recall on both classes read as a model the candidate beat. The data gate finds this only for
-# images the served model trained on (data_gate.relabelled); this is the same on new images.
+# eval images (at least MOVED_MIN_IMAGES of them). Moves that form a swap or a cycle (the class
+# answered is itself moved) are labels exchanged since the served model trained, when the answers
+# of all of them together are unlike a coin's between each class and the one it is answered
+# with: P(that many or more moved of those answered with one of the two) below MOVED_ALPHA (6 of
+# 6 each way: 12 of 12, 0.0002). New images under swapped folder names were trained, blessed and
+# pushed: the served model's 0.0 recall on both classes read as a model the candidate beat. The
+# data gate finds this only for images the served model trained on (data_gate.relabelled).
 MOVED_SHARE = 0.75
 MOVED_MIN_IMAGES = 5
 MOVED_ALPHA = 0.01
@@ -1218,8 +1219,17 @@ class LabelMove:
     def text(self) -> str:
         return f"{_q(self.answered)} for {self.moved} of the {self.images} labelled {_q(self.label)}"
 
+    def chance(self) -> float:
+        """P(this many or more of its answers between the two moved, by a coin)."""
+        return _coin_chance([self])
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "chance": self.chance()}
+
+
+def _coin_chance(moves: Sequence[LabelMove]) -> float:
+    moved = sum(m.moved for m in moves)
+    return float(binom.sf(moved - 1, moved + sum(m.kept for m in moves), 0.5))
 
 
 def labels_moved(counts: Mapping[tuple[str, str], int]) -> list[LabelMove]:
@@ -1234,16 +1244,23 @@ def labels_moved(counts: Mapping[tuple[str, str], int]) -> list[LabelMove]:
         if n < MOVED_MIN_IMAGES or not others:
             continue
         moved, answered = max(others, key=lambda o: (o[0], o[1]))
-        kept = counts.get((label, label), 0)
-        if moved >= MOVED_SHARE * n and float(binom.sf(moved - 1, moved + kept, 0.5)) < MOVED_ALPHA:
-            moves.append(LabelMove(label, answered, n, moved, kept))
+        if moved >= MOVED_SHARE * n:
+            moves.append(LabelMove(label, answered, n, moved, counts.get((label, label), 0)))
     return moves
 
 
 def exchanged(moves: Sequence[LabelMove]) -> list[LabelMove]:
-    """The moves whose answered class moved too: labels swapped, or passed round a cycle."""
+    """The moves whose answered class moved too (labels swapped, or passed round a cycle), when
+    their answers together are unlike a coin's (MOVED_ALPHA); else none."""
     moved = {m.label for m in moves}
-    return [m for m in moves if m.answered in moved]
+    members = [m for m in moves if m.answered in moved]
+    return members if members and _coin_chance(members) < MOVED_ALPHA else []
+
+
+def moved_alone(moves: Sequence[LabelMove]) -> list[LabelMove]:
+    """The moves worth a warning: not exchanged, and unlike a coin's answers on their own."""
+    swapped = exchanged(moves)
+    return [m for m in moves if m not in swapped and m.chance() < MOVED_ALPHA]
 
 
 def moved_reason(moves: Sequence[LabelMove]) -> str:

@@ -83,7 +83,7 @@ class ServerConfig:
         if self.model_config_file:
             problems.extend(
                 f"{name} must not be given with model_config_file (its models have their own names "
-                "and base paths; TF Serving refuses both too)"
+                "and base paths; TF Serving ignores the flag beside a config file, which hides a mistake)"
                 for name in ("model_base_path", "model_name")
                 if getattr(self, name)
             )

@@ -26,6 +26,9 @@ from serving.errors import ServingError
 log = logging.getLogger(__name__)
 
 TENSORFLOW_PLATFORM = "tensorflow"
+# TF Serving's answer (INVALID_ARGUMENT) to a HandleReloadConfigRequest whose config is not a
+# model_config_list, an empty one included.
+RELOAD_TYPE_REFUSED = "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is currently supported"
 
 
 class ModelConfigError(ServingError):
@@ -103,8 +106,8 @@ def entries_from_proto(proto: Any) -> tuple[ModelEntry, ...] | None:
         return None
     if choice != "model_config_list":
         raise ModelConfigError(
-            "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList "
-            "is currently supported"
+            f"a {choice} is not served: only a model_config_list (TF Serving serves other configs "
+            "only through code linked into its server)"
         )
     from tensorflow_serving.config import model_server_config_pb2
 

@@ -1226,13 +1226,28 @@ def test_labels_exchanged_since_the_served_model_trained_are_found_on_new_images
         ({"a": {"b": 12, "a": 1}, "b": {"b": 20}}, ["a"], []),
         # A mostly-right model with some mistakes.
         ({"a": {"a": 15, "b": 5}, "b": {"b": 14, "a": 6}}, [], []),
+        # The smallest split compared (20 images): 6 of 6 each way is 12 of 12 together (0.0002).
+        ({"a": {"b": 6}, "b": {"a": 6}, "c": {"c": 6}, "d": {"d": 6}}, ["a", "b"], ["a", "b"]),
+        # 9 of 10 each way: 18 of 20 together.
+        ({"a": {"b": 9, "a": 1}, "b": {"a": 9, "b": 1}}, ["a", "b"], ["a", "b"]),
+        # 4 of 5 each way, 8 of 10 together (0.055): not unlike a coin's.
+        ({"a": {"b": 4, "a": 1}, "b": {"a": 4, "b": 1}}, ["a", "b"], []),
     ],
-    ids=["confused", "too-few", "cycle", "one-way", "mistakes"],
+    ids=["confused", "too-few", "cycle", "one-way", "mistakes", "six-each", "nine-of-ten", "four-of-five"],
 )
 def test_what_counts_as_labels_moved(rows, moved, swapped):
     moves = labels_moved(_counts(rows))
     assert [m.label for m in moves] == moved
     assert [m.label for m in exchanged(moves)] == swapped
+
+
+def test_a_class_moved_alone_is_warned_about_only_when_unlike_a_coin():
+    from components.gate_decision import moved_alone
+
+    assert [
+        m.label for m in moved_alone(labels_moved(_counts({"a": {"b": 12, "a": 1}, "b": {"b": 20}})))
+    ] == ["a"]
+    assert moved_alone(labels_moved(_counts({"a": {"b": 5}, "b": {"b": 20}}))) == []  # 5 of 5: 0.03
 
 
 def test_an_exchange_is_a_reason_and_recorded():

@@ -472,11 +472,17 @@ def test_regress_answers_as_tf_serving_does_for_a_model_without_regression(stubs
     _assert_healthy(stubs, model)
 
 
-def test_an_empty_config_reload_changes_nothing(stubs, model):
-    """TF Serving takes no action for a ReloadConfigRequest without a config: OK, same models."""
+def test_a_reload_without_a_config_list_is_refused_as_tf_serving_refuses_it(stubs, model):
+    """TF Serving's HandleReloadConfigRequest answers INVALID_ARGUMENT for a config that is not a
+    model_config_list, an empty one included, and changes nothing."""
     _, models = stubs
-    response = models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
-    assert response.status.error_code == 0
+    with pytest.raises(grpc.RpcError) as e:
+        models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
+    assert (e.value.code(), e.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
+        "currently supported",
+    )
     _assert_healthy(stubs, model)
 
 

@@ -146,7 +146,7 @@ def test_version_policies_choose_as_tf_serving_does():
         ('model_config_list { config { nmae: "a" } }', 'has no field named "nmae"'),
         (
             'custom_model_config { type_url: "x" }',
-            "ServerModelConfig type not supported by HandleReloadConfigRequest",
+            "a custom_model_config is not served: only a model_config_list",
         ),
     ],
     ids=["listed-twice", "relative-path", "no-platform", "other-platform", "misspelt-field", "custom-config"],
@@ -377,3 +377,35 @@ def test_imgpipe_predict_takes_a_version_label_or_a_version_not_both(capsys):
         main(["predict", "--model", "a", "--version", "1", "--version-label", "stable", "x.jpg"])
     assert e.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_the_file_is_applied_every_poll_and_a_new_base_path_that_loads_nothing_changes_nothing(
+    model, image, tmp_path
+):
+    """As TF Serving's poller, every poll applies the file: a model added by
+    HandleReloadConfigRequest goes again at the next. A model moved to a base path whose versions
+    all fail to load keeps serving from its earlier one, and the reload says so (UNKNOWN)."""
+    a = _versions(model, tmp_path / "a", (1,))
+    b = _versions(model, tmp_path / "b", (2,))
+    broken = _versions(model, tmp_path / "broken", (3,))
+    (Path(broken) / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    path = tmp_path / "models.config"
+    path.write_text(_config(("a", a, "")))
+    with lifecycle.start_in_thread(
+        "", "", model_config_file=str(path), run_warmup=False, model_config_file_poll_wait_seconds=0.3
+    ) as server:
+        channel = grpc.insecure_channel(server.target)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        models = model_service_pb2_grpc.ModelServiceStub(channel)
+        server.config_poller.stop()  # no poll while the reloads below are checked
+        _reload(models, _config(("a", a, ""), ("b", b, "")))
+        assert _predict(stub, "b", image) == 2
+        with pytest.raises(grpc.RpcError) as e:
+            _reload(models, _config(("a", broken, ""), ("b", b, "")))
+        assert e.value.code() == grpc.StatusCode.UNKNOWN
+        assert "1 model(s) did not become available: {{name: a version: 3} due to error:" in e.value.details()
+        assert _predict(stub, "a", image) == 1  # still from its earlier base path
+        assert server.models.managers()["a"].base_path == a
+        server.config_poller.poll_once()  # the file again: b goes
+        assert sorted(server.models.managers()) == ["a"]
+        channel.close()

@@ -13,7 +13,7 @@ a pixel of the grid (1/32 of the picture) in any of eight directions, compared o
 blocks of 2 x 2 grid pixels both cover: a picture cropped or shifted by a pixel or two. Saved
 three times at 1-pixel offsets, each of 400 digits (32 px) had copies correlating 0.94-0.97 in
 the thumbnail, and with random labels a model scored 0.47 on three classes (0.33 by chance);
-aligned, the copies correlate 1.0 and the most alike different digits 0.988. Pictures
+aligned, the copies correlate 1.0 and the most alike different digits 0.9956. Pictures
 joined by a chain of near-copies (the frames of a burst, each a near-copy of the next) form one
 set, written whole to one split: two near-copies are never in two splits. A class that is one
 such set is split by image instead, with a warning. The search compares every
@@ -31,7 +31,8 @@ import numpy as np
 # Measured (BENCHMARKS.md, "Near-copies at ingest"): copies of photos and digits at JPEG quality
 # 50-90, at half size, 3 levels brighter or 10% darker, 0.997 or more (the lowest: a 64 px crop of
 # fine texture at half size); of scikit-learn's 1,797 hand-drawn digits, the most alike pictures
-# shipped, one pair of different digits reaches it (0.996). A picture of almost one colour (a crop
+# shipped, one pair of different digits reaches it in the thumbnails (0.996), and one more in the
+# grids compared shifted. A picture of almost one colour (a crop
 # of clear sky) is mostly noise at this size: its copies are not found.
 NEAR_COPY_CORRELATION = 0.995
 _THUMB_SCALE = 127 / 0.25  # int8 steps per unit of a thumbnail value (|value| <= 0.25 kept whole)
@@ -109,9 +110,10 @@ def _similar_pairs(packed: Sequence[bytes], threshold: float) -> Iterator[tuple[
 
     Every pair's correlations are first taken in float32 from unit rows, the largest kept;
     pairs near or over the threshold are then decided exactly: the int8 values' dot products
-    are whole numbers (below 2**24, so float32 holds each sum whatever the BLAS adds first), and
+    are whole numbers, summed in float64, and
     dot >= threshold * |a| * |b| is compared squared in float64, so the sets are the same on
-    every machine."""
+    every machine (the float32 pass only picks the pairs to check: its error, under 1e-5, is
+    well inside the margin)."""
     rows = np.stack([np.frombuffer(p[:_BASE], np.int8) for p in packed]).astype(np.float32)
     matrices = {"base": rows}
     comparisons = [("base", "base")]

@@ -83,14 +83,16 @@ class RunningServer:
 
 
 class ConfigFilePoller:
-    """Reads the model config file again every `seconds` and applies it when it changed, as TF
-    Serving's --model_config_file_poll_wait_seconds does. A file that cannot be read, or a config
-    that is refused, is logged once and the models served stay as they are; it is tried again
-    once the file changes."""
+    """Reads the model config file again every `seconds` and applies it, as TF Serving's
+    --model_config_file_poll_wait_seconds does: every poll, so a config refused once (a label on
+    a version still loading) is applied when it can be, and one sent by HandleReloadConfigRequest
+    gives way to the file's. A file that cannot be read, or a config refused, is logged once
+    until the reason changes, and the models served stay as they are."""
 
     def __init__(self, path: str, seconds: float, models: ServedModels, applied: object):
         self.path, self.seconds, self.models = path, seconds, models
-        self._seen = applied  # the last config read (entries, or the error's words): acted on once
+        self._applied = applied  # the config applied last, said when another one is
+        self._said: str | None = None  # the last problem logged
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="model-config-poll", daemon=True)
         self._thread.start()
@@ -99,26 +101,33 @@ class ConfigFilePoller:
         while not self._stop.wait(self.seconds):
             self.poll_once()
 
+    def _problem(self, text: str) -> None:
+        if text != self._said:
+            log.error("%s", text)
+            self._said = text
+
     def poll_once(self) -> None:
         try:
             entries = read_model_config(self.path)
         except ModelConfigError as e:
-            if str(e) != self._seen:
-                log.error("the model config file was not reloaded: %s (serving as before)", e)
-                self._seen = str(e)
+            self._problem(f"the model config file was not reloaded: {e} (serving as before)")
             return
-        if entries == self._seen:
-            return
-        self._seen = entries
         try:
             self.models.apply(entries)
         except ServingError as e:
-            log.error("the model config file %s was not applied: %s", self.path, e)
+            if e.code == grpc.StatusCode.UNKNOWN:  # applied, but a model loaded nothing
+                self._problem(f"the model config file {self.path} is applied, but: {e}")
+                self._applied = entries
+            else:
+                self._problem(f"the model config file {self.path} was not applied: {e} (serving as before)")
             return
         except Exception:  # the poller must outlive one bad reload
             log.exception("applying the model config file %s failed", self.path)
             return
-        log.info("the model config file %s is applied: serving %s", self.path, self.models.names())
+        self._said = None
+        if entries != self._applied:
+            log.info("the model config file %s is applied: serving %s", self.path, self.models.names())
+            self._applied = entries
 
     def stop(self) -> None:
         self._stop.set()

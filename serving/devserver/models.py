@@ -44,13 +44,24 @@ class ServedModels:
         self._entries: dict[str, ModelEntry] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._retired: dict[str, list[VersionStatus]] = {}  # models taken out: their last states
+        # Managers loading (not yet serving) or unloading (taken out): a second shutdown signal
+        # reaches them too, and GetModelStatus reports an unloading model's states.
+        self._arriving: set[ModelManager] = set()
+        self._leaving: dict[str, ModelManager] = {}
         self._stopped = False
+        self._cut = False
 
     # -- the config -------------------------------------------------------------------------
     def apply(self, entries: Sequence[ModelEntry] | None) -> None:
-        """Serve `entries` from now on (None: an empty config, which changes nothing, as in TF
-        Serving). ModelConfigError (FAILED_PRECONDITION) for a label on a version not available,
-        UNKNOWN naming the new models that loaded no version; the models already served stay."""
+        """Serve `entries` from now on (None: an empty config file, which changes nothing, as in TF
+        Serving's ReloadConfig).
+
+        Refused before anything changes: a label on a version not available (ModelConfigError,
+        FAILED_PRECONDITION), a new model's base path that does not exist (INVALID_ARGUMENT).
+        Otherwise the config is applied, and a new model (or a model's new base path) whose
+        versions all failed to load is reported after it (UNKNOWN, naming them, as TF Serving's
+        "did not become available"); a model whose new base path loads nothing keeps serving
+        from its earlier one."""
         if entries is None:
             log.info("the model config is empty: taking no action")
             return
@@ -93,17 +104,41 @@ class ServedModels:
             failed = [f for f in failed if f]
             if failed:
                 raise ModelConfigError(
-                    f"{len(failed)} model(s) did not become available: {{{', '.join(failed)}}}",
+                    f"{len(failed)} model(s) did not become available: {{{', '.join(failed)}}} (the rest "
+                    "of the config is applied)",
                     grpc.StatusCode.UNKNOWN,
                 )
 
     def _add(self, entry: ModelEntry, replacing: ModelManager | None = None) -> str | None:
         """Load a new model (blocking, as TF Serving waits for new models); None when a version
-        of it is available, else the words of its failure. `replacing`: the model's manager of
-        its earlier base path, which serves until the new one has loaded, then is unloaded."""
+        of it is available or none is on disk yet, else the words of its failure. `replacing`:
+        the model's manager of its earlier base path, which serves until the new one has loaded,
+        then is unloaded; when the new one loads nothing, it stays and the new one goes."""
         manager = self._make_manager(entry)
         log.info("Adding model %r from %s (%s)", entry.name, entry.base_path, entry.policy.describe())
-        manager.start()
+        with self._lock:
+            self._arriving.add(manager)
+            cut = self._cut
+        if cut:
+            manager.cut_drains()
+        try:
+            manager.start()
+        finally:
+            with self._lock:
+                self._arriving.discard(manager)
+        failures = [s for s in manager.statuses() if s.error_code != grpc.StatusCode.OK]
+        failure = None
+        if failures and not manager.serving_versions():
+            failure = f"{{name: {entry.name} version: {failures[0].version}}} due to error: {failures[0].error_message}"
+        if replacing is not None and failure is not None:
+            log.error(
+                "model %r: no version of its new base path %s loaded: it keeps serving from %s",
+                entry.name,
+                entry.base_path,
+                replacing.base_path,
+            )
+            manager.stop()
+            return failure
         with self._lock:
             self._managers[entry.name] = manager
             self._entries[entry.name] = entry
@@ -114,33 +149,58 @@ class ServedModels:
                 entry.name,
                 replacing.base_path,
             )
-            replacing.stop()
-        failures = [s for s in manager.statuses() if s.error_code != grpc.StatusCode.OK]
-        if manager.serving_versions() or not failures:
-            return None  # loaded, or no version to load yet (NOT_FOUND until one appears)
-        return (
-            f"{{name: {entry.name} version: {failures[0].version}}} due to error: {failures[0].error_message}"
-        )
+            self._unload(entry.name, replacing)
+        return failure
 
     def _remove(self, name: str) -> None:
         with self._lock:
             manager = self._managers.pop(name)
             self._entries.pop(name)
         log.info("Removing model %r (no longer in the config)", name)
-        manager.stop()
+        self._unload(name, manager)
         with self._lock:
             self._retired[name] = manager.statuses()
 
+    def _unload(self, name: str, manager: ModelManager) -> None:
+        """Stop `manager`, its requests drained; reached by a second shutdown signal meanwhile."""
+        with self._lock:
+            self._leaving[name] = manager
+            cut = self._cut
+        if cut:
+            manager.cut_drains()
+        try:
+            manager.stop()
+        finally:
+            with self._lock:
+                if self._leaving.get(name) is manager:
+                    del self._leaving[name]
+
     def stop(self) -> None:
-        """Unload every model (waiting for their requests)."""
-        with self._apply_lock:
-            self._stopped = True
-            managers = self.managers()
-        for manager in managers.values():
+        """Unload every model (waiting for their requests). After `cut_drains` (a second shutdown
+        signal), a config change still under way is not waited for."""
+        with self._lock:
+            self._stopped = True  # no config change starts from now on
+        while not self._apply_lock.acquire(timeout=0.25):
+            with self._lock:
+                if self._cut:
+                    log.warning("a model config change is still under way: left to the process's exit")
+                    managers = [*self._managers.values(), *self._arriving, *self._leaving.values()]
+                    break
+        else:
+            try:
+                managers = list(self.managers().values())
+            finally:
+                self._apply_lock.release()
+        for manager in managers:
             manager.stop()
 
     def cut_drains(self) -> None:
-        for manager in self.managers().values():
+        """Unload without waiting for in-flight requests, from now on: every model's manager, and
+        those loading or unloading in a config change."""
+        with self._lock:
+            self._cut = True
+            managers = [*self._managers.values(), *self._arriving, *self._leaving.values()]
+        for manager in managers:
             manager.cut_drains()
 
     # -- queries ----------------------------------------------------------------------------
@@ -178,7 +238,8 @@ class ServedModels:
         """GetModelStatus: the states of the model's versions (of one, when the spec names it),
         newest first; NOT_FOUND in TF Serving's words when none is known."""
         version = spec.version.value if spec.HasField("version") else None
-        manager = self.managers().get(spec.name)
+        with self._lock:
+            manager = self._managers.get(spec.name) or self._leaving.get(spec.name)
         if manager is not None:
             found = manager.statuses(version)
         else:
@@ -198,11 +259,11 @@ class ServedModels:
     def acquire(self, spec: model_pb2.ModelSpec) -> Iterator[LoadedVersion]:
         """The version `spec` asks for (by number, by label, else the newest), held until the
         block ends."""
-        manager = self.manager_for(spec)
         version = spec.version.value if spec.HasField("version") else None
-        if spec.HasField("version_label"):
+        if spec.HasField("version_label") and spec.name:  # TF Serving resolves the label first
             version = self.labels().get(spec.name, {}).get(spec.version_label)
             if version is None:
                 raise InvalidRequestError(f"Unrecognized servable version label: {spec.version_label}")
+        manager = self.manager_for(spec)
         with manager.acquire(version) as loaded:
             yield loaded

@@ -44,7 +44,7 @@ from serving.errors import (
     clean_tf_message,
     status_code_from_int,
 )
-from serving.model_config import entries_from_proto
+from serving.model_config import RELOAD_TYPE_REFUSED, entries_from_proto
 from serving.signatures import SERVING_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request, context):
         def body():
+            if request.config.WhichOneof("config") != "model_config_list":  # TF Serving's check
+                raise InvalidRequestError(RELOAD_TYPE_REFUSED)
             self._models.apply(entries_from_proto(request.config))
             log.info("reloaded the model config: serving %s", self._models.names())
             return model_management_pb2.ReloadConfigResponse()  # status OK
