@@ -185,8 +185,9 @@ def shrunk_warning(images: int, trained: int) -> str | None:
         return None
     return (
         f"the train split has {images} distinct images, {images / trained:.0%} of the {trained} the latest "
-        "blessed model trained on: a model trained on far fewer images is likely worse, and the gate "
-        "compares the two on the eval split alone (is data missing?)"
+        "blessed model trained on: a model trained on far fewer images is likely worse, and the gate can "
+        "tell the two apart only on the eval split (is data missing? ingest the new images with the "
+        "earlier ones)"
     )
 
 

@@ -1192,15 +1192,15 @@ def pair_hint(pair: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]] = ()) 
 
 # ------------------------------------------------- labels moved since the served model trained
 # A class "moved" when the served model answers one other class for at least MOVED_SHARE of its
-# eval images (at least MOVED_MIN_IMAGES of them). Moves that form a swap or a cycle (the class
-# answered is itself moved) are labels exchanged since the served model trained, when the answers
-# of all of them together are unlike a coin's between each class and the one it is answered
-# with: P(that many or more moved of those answered with one of the two) below MOVED_ALPHA (6 of
-# 6 each way: 12 of 12, 0.0002). New images under swapped folder names were trained, blessed and
+# eval images (at least MOVED_MIN_IMAGES of them). Moves on a cycle (a swap, or labels passed
+# round) are labels exchanged since the served model trained, when the answers of all of them
+# together are unlike a coin's between each class and the one it is answered with: P(that many
+# or more moved of those answered with one of the two) below MOVED_ALPHA (4 of 4 each way, the
+# smallest split compared: 8 of 8, 0.004). New images under swapped folder names were trained, blessed and
 # pushed: the served model's 0.0 recall on both classes read as a model the candidate beat. The
 # data gate finds this only for images the served model trained on (data_gate.relabelled).
 MOVED_SHARE = 0.75
-MOVED_MIN_IMAGES = 5
+MOVED_MIN_IMAGES = 3
 MOVED_ALPHA = 0.01
 LABELS_MOVED = "labels moved since the served model trained"
 
@@ -1250,10 +1250,21 @@ def labels_moved(counts: Mapping[tuple[str, str], int]) -> list[LabelMove]:
 
 
 def exchanged(moves: Sequence[LabelMove]) -> list[LabelMove]:
-    """The moves whose answered class moved too (labels swapped, or passed round a cycle), when
-    their answers together are unlike a coin's (MOVED_ALPHA); else none."""
-    moved = {m.label for m in moves}
-    members = [m for m in moves if m.answered in moved]
+    """The moves on a cycle (labels swapped, or passed round: following each class to the one it
+    is answered with leads back to it), when their answers together are unlike a coin's
+    (MOVED_ALPHA); else none. A chain (six answered seven, seven answered nine, nine kept) is no
+    exchange: new pictures unlike the served model's (another camera) do that too."""
+    answered = {m.label: m.answered for m in moves}
+
+    def on_cycle(label: str) -> bool:
+        current = answered.get(label)
+        for _ in range(len(answered)):
+            if current == label:
+                return True
+            current = answered.get(current)
+        return False
+
+    members = [m for m in moves if on_cycle(m.label)]
     return members if members and _coin_chance(members) < MOVED_ALPHA else []
 
 
@@ -1381,8 +1392,10 @@ def reasons(plan: GatePlan, results: EvalResults) -> list[str]:
         elif f.uncompared:
             out.append(
                 f"the latest blessed model could not be compared with: {plan.baseline.skipped_reason}. The "
-                "served model stays; give the eval split more images neither model trained on, or pass "
-                "--bless-without-comparison (gate.bless_without_comparison) to bless on the floors alone"
+                "served model stays; give the eval split more images neither model trained on (ingest the "
+                "new images together with the earlier ones, whose splits the same --seed keeps, or with a "
+                "larger --eval-fraction), or pass --bless-without-comparison (gate.bless_without_comparison) "
+                "to bless on the floors alone"
             )
         elif f.is_change:
             base = results.baseline_accuracy

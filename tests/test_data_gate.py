@@ -507,14 +507,14 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
 
 def test_a_train_split_much_smaller_than_the_served_models_is_warned_about(tmp_path):
     """New data of 6 images a class replaced a served model trained on 320 images: the gate
-    compares the two on the eval split alone, so the shrink is said where it is seen."""
+    can tell the two apart only on the eval split, so the shrink is said where it is seen."""
     from components.data_gate import DataGateExecutor, shrunk_warning
     from trainer import image_ids
 
     assert shrunk_warning(25, 320) == (
         "the train split has 25 distinct images, 8% of the 320 the latest blessed model trained on: a model "
-        "trained on far fewer images is likely worse, and the gate compares the two on the eval split alone "
-        "(is data missing?)"
+        "trained on far fewer images is likely worse, and the gate can tell the two apart only on the eval "
+        "split (is data missing? ingest the new images with the earlier ones)"
     )
     assert shrunk_warning(160, 320) is None and shrunk_warning(5, 0) is None
     old = [(f"o{i}".encode(), "ab"[i % 2]) for i in range(12)]

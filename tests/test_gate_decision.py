@@ -1010,8 +1010,10 @@ def test_a_blessed_model_that_cannot_be_compared_stops_the_blessing_unless_told(
             assert [f.uncompared for f in results.failures] == [True]
             assert why == [
                 f"the latest blessed model could not be compared with: {plan.baseline.skipped_reason}. The "
-                "served model stays; give the eval split more images neither model trained on, or pass "
-                "--bless-without-comparison (gate.bless_without_comparison) to bless on the floors alone"
+                "served model stays; give the eval split more images neither model trained on (ingest the "
+                "new images together with the earlier ones, whose splits the same --seed keeps, or with a "
+                "larger --eval-fraction), or pass --bless-without-comparison (gate.bless_without_comparison) "
+                "to bless on the floors alone"
             ]
         # A class added with a new split (the served model trained on most eval images): still
         # refused; the served model's answers on the classes both have are comparable.
@@ -1219,7 +1221,7 @@ def test_labels_exchanged_since_the_served_model_trained_are_found_on_new_images
         # A model confused between two classes (at chance there) moves nothing.
         ({"a": {"a": 8, "b": 8}, "b": {"b": 7, "a": 9}}, [], []),
         # Too few images of a class to say.
-        ({"a": {"b": 4}, "b": {"a": 4}}, [], []),
+        ({"a": {"b": 2}, "b": {"a": 2}}, [], []),
         # A cycle a -> b -> c -> a is an exchange too.
         ({"a": {"b": 10}, "b": {"c": 10}, "c": {"a": 11, "c": 1}}, ["a", "b", "c"], ["a", "b", "c"]),
         # One class answered as another that itself stays: warned about, not an exchange.
@@ -1232,8 +1234,27 @@ def test_labels_exchanged_since_the_served_model_trained_are_found_on_new_images
         ({"a": {"b": 9, "a": 1}, "b": {"a": 9, "b": 1}}, ["a", "b"], ["a", "b"]),
         # 4 of 5 each way, 8 of 10 together (0.055): not unlike a coin's.
         ({"a": {"b": 4, "a": 1}, "b": {"a": 4, "b": 1}}, ["a", "b"], []),
+        # Four eval images a class (20 images, five classes): 4 of 4 each way, 8 of 8 (0.004).
+        ({"a": {"b": 4}, "b": {"a": 4}, "c": {"c": 4}, "d": {"d": 4}, "e": {"e": 4}}, ["a", "b"], ["a", "b"]),
+        # A chain, not a cycle: six answered seven, seven answered nine, nine kept (another camera).
+        (
+            {"six": {"seven": 16}, "seven": {"nine": 13, "seven": 3}, "nine": {"nine": 16}},
+            ["seven", "six"],
+            [],
+        ),
     ],
-    ids=["confused", "too-few", "cycle", "one-way", "mistakes", "six-each", "nine-of-ten", "four-of-five"],
+    ids=[
+        "confused",
+        "too-few",
+        "cycle",
+        "one-way",
+        "mistakes",
+        "six-each",
+        "nine-of-ten",
+        "four-of-five",
+        "four-each",
+        "chain",
+    ],
 )
 def test_what_counts_as_labels_moved(rows, moved, swapped):
     moves = labels_moved(_counts(rows))
@@ -1270,4 +1291,5 @@ def test_an_exchange_is_a_reason_and_recorded():
         "images": 16,
         "moved": 16,
         "kept": 0,
+        "chance": 0.5**16,
     }

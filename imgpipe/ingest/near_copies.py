@@ -54,6 +54,10 @@ _SHIFTS = (
 )
 _OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
 _GRID_CHUNK = 2048
+# A window whose block means spread less than this (their norm once centred; 4 grey levels of
+# standard deviation over 225 blocks) is not compared shifted: crops of hazy sky joined across
+# offsets of a quarter of their side.
+_FLAT_GRID = 4.0 * _BLOCKS
 # Similarities computed at once: rows x columns of one block (64 MB of float64, three arrays).
 _BLOCK_VALUES = 8 * 1024 * 1024
 
@@ -93,7 +97,8 @@ def _windows(packed: Sequence[bytes]) -> dict[tuple[int, int], np.ndarray]:
             rows = blocks.mean(axis=(2, 4)).reshape(len(chunk), -1).astype(np.float64)
             rows -= rows.mean(axis=1, keepdims=True)
             norms = np.linalg.norm(rows, axis=1, keepdims=True)
-            rows = np.where(norms > 1e-6, rows / np.maximum(norms, 1e-6), 0.0)
+            # A window of almost one grey (hazy sky) is noise once standardised: left out.
+            rows = np.where(norms > _FLAT_GRID, rows / np.maximum(norms, 1e-6), 0.0)
             out[(ox, oy)][first : first + len(chunk)] = _as_int8(rows)
     return out
 

@@ -112,6 +112,9 @@ class ConfigFilePoller:
         except ModelConfigError as e:
             self._problem(f"the model config file was not reloaded: {e} (serving as before)")
             return
+        if entries is None:  # TF Serving takes no action for an empty config
+            self._problem(f"the model config file {self.path} is empty: no action (serving as before)")
+            return
         try:
             self.models.apply(entries)
         except ServingError as e:
