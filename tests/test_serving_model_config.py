@@ -4,6 +4,7 @@ policies, version labels, HandleReloadConfigRequest and the config file read aga
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -89,6 +90,23 @@ def _reload(models_stub, text: str):
     request = model_management_pb2.ReloadConfigRequest()
     text_format.Parse(text, request.config)
     return models_stub.HandleReloadConfigRequest(request, timeout=120)
+
+
+@contextlib.contextmanager
+def _served(path: Path, **settings):
+    """A server of the config file at `path` (no warm-up), its PredictionService and ModelService stubs."""
+    with lifecycle.start_in_thread(
+        "", "", model_config_file=str(path), run_warmup=False, **settings
+    ) as server:
+        channel = grpc.insecure_channel(server.target)
+        try:
+            yield (
+                server,
+                prediction_service_pb2_grpc.PredictionServiceStub(channel),
+                model_service_pb2_grpc.ModelServiceStub(channel),
+            )
+        finally:
+            channel.close()
 
 
 def _wait(condition, seconds: float = 60.0) -> None:
@@ -229,8 +247,7 @@ def test_the_shipped_config_serves_its_model_and_a_specific_policy_pins_a_versio
     )
     path = tmp_path / "models.config"
     path.write_text(config)
-    with lifecycle.start_in_thread("", "", model_config_file=str(path), run_warmup=False) as server:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.target))
+    with _served(path) as (server, stub, _):
         assert _predict(stub, "imgpipe", image) == 2
         assert _predict(stub, "pinned", image) == 2
         assert server.models.managers()["pinned"].serving_versions() == [2]
@@ -253,14 +270,7 @@ def test_labels_in_the_first_config_need_the_flag_as_in_tf_serving(model, image,
     # The labels in name order: canary's version is the first found not to be available.
     assert "Request to assign label to version 2 of model a, which is not currently available" in str(e.value)
     assert "--allow-version-labels-for-unavailable-models" in str(e.value)
-    with lifecycle.start_in_thread(
-        "",
-        "",
-        model_config_file=str(path),
-        run_warmup=False,
-        allow_version_labels_for_unavailable_models=True,
-    ) as server:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.target))
+    with _served(path, allow_version_labels_for_unavailable_models=True) as (server, stub, _):
         assert _predict(stub, "a", image, label="stable") == 1
         assert _predict(stub, "a", image, label="canary") == 2
         assert _predict(stub, "a", image) == 2
@@ -304,12 +314,7 @@ def test_reloads_move_labels_change_policies_add_and_remove_models(model, image,
     b = _versions(model, tmp_path / "b", (5,))
     path = tmp_path / "models.config"
     path.write_text(_config(("a", a, "specific { versions: 1 }")))
-    with lifecycle.start_in_thread(
-        "", "", model_config_file=str(path), run_warmup=False, poll_seconds=30
-    ) as server:
-        channel = grpc.insecure_channel(server.target)
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        models = model_service_pb2_grpc.ModelServiceStub(channel)
+    with _served(path, poll_seconds=30) as (server, stub, models):
         assert _predict(stub, "a", image) == 1
         # A label on version 2, which does not serve: refused, nothing changes.
         with pytest.raises(grpc.RpcError) as e:
@@ -346,17 +351,13 @@ def test_reloads_move_labels_change_policies_add_and_remove_models(model, image,
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"Could not find base path {tmp_path / 'nowhere'} for servable c" in e.value.details()
         assert sorted(server.models.managers()) == ["a"]
-        channel.close()
 
 
 def test_the_config_file_is_read_again_and_a_bad_one_changes_nothing(model, image, tmp_path, caplog):
     a = _versions(model, tmp_path / "a", (1, 2))
     path = tmp_path / "models.config"
     path.write_text(_config(("a", a, "")))
-    with lifecycle.start_in_thread(
-        "", "", model_config_file=str(path), run_warmup=False, model_config_file_poll_wait_seconds=0.2
-    ) as server:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.target))
+    with _served(path, model_config_file_poll_wait_seconds=0.2) as (server, stub, _):
         assert _predict(stub, "a", image) == 2
         with caplog.at_level(logging.ERROR, logger="serving.devserver.lifecycle"):
             path.write_text("model_config_list { config { name: 'a' base_path: ")  # cut short while written
@@ -391,12 +392,7 @@ def test_the_file_is_applied_every_poll_and_a_new_base_path_that_loads_nothing_c
     (Path(broken) / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
     path = tmp_path / "models.config"
     path.write_text(_config(("a", a, "")))
-    with lifecycle.start_in_thread(
-        "", "", model_config_file=str(path), run_warmup=False, model_config_file_poll_wait_seconds=0.3
-    ) as server:
-        channel = grpc.insecure_channel(server.target)
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        models = model_service_pb2_grpc.ModelServiceStub(channel)
+    with _served(path, model_config_file_poll_wait_seconds=0.3) as (server, stub, models):
         server.config_poller.stop()  # no poll while the reloads below are checked
         _reload(models, _config(("a", a, ""), ("b", b, "")))
         assert _predict(stub, "b", image) == 2
@@ -408,4 +404,3 @@ def test_the_file_is_applied_every_poll_and_a_new_base_path_that_loads_nothing_c
         assert server.models.managers()["a"].base_path == a
         server.config_poller.poll_once()  # the file again: b goes
         assert sorted(server.models.managers()) == ["a"]
-        channel.close()
