@@ -6,7 +6,8 @@ versions available now (before a new model loads, so a label in the first config
 `allow_unavailable_labels`, TF Serving's --allow_version_labels_for_unavailable_models), then new
 models are loaded (the call returns once each has a version available or has failed), models no
 longer listed are unloaded (their requests drained), and the others take their new policy.
-Unlike TF Serving, a refused config changes nothing (TF Serving keeps part of it). `acquire`
+A config refused for a label or a missing base path changes nothing (TF Serving can keep part
+of it); one whose new model loads no version is applied and reported (UNKNOWN). `acquire`
 finds the version a request's ModelSpec names, by number, label or newest; a model taken out
 keeps its last version states for GetModelStatus (END), as TF Serving's state monitor does.
 """
