@@ -641,12 +641,13 @@ def _log_gate(gate: dict | None) -> None:
             log.warning("data anomaly let through (--accept-label-change or --allow-anomalies): %s", anomaly)
         else:
             log.warning("data anomaly allowed (--allow-anomalies): %s", anomaly)
-    for reason in gate.get("reasons") or []:
+    reasons = gate.get("reasons") or []
+    for reason in reasons:
         log.warning("not blessed: %s", reason)
     skipped = (gate.get("baseline") or {}).get("skipped_reason")
     waived = (gate.get("baseline") or {}).get("comparison_waived")
-    if skipped and skipped != NO_BASELINE:
-        log.warning("no comparison with the latest blessed model: %s", skipped)
+    if skipped and skipped != NO_BASELINE and not any(skipped in reason for reason in reasons):
+        log.warning("no comparison with the latest blessed model: %s", skipped)  # not said above
     if waived and gate.get("blessed"):
         log.warning("blessed on the floors alone, without that comparison: %s", waived)
 
