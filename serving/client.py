@@ -231,11 +231,19 @@ class ServingClient:
 
     def metadata(self, model: str, version: Version = None, timeout: float | None = None) -> dict[str, Any]:
         """GetModelMetadata: {signature name: SignatureDef}."""
+        return self.metadata_of(model, version, timeout)[0]
+
+    def metadata_of(
+        self, model: str, version: Version = None, timeout: float | None = None
+    ) -> tuple[dict[str, Any], int | None]:
+        """GetModelMetadata: ({signature name: SignatureDef}, the version that answered: a
+        label's, or the newest's; None when the server names none)."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=self._spec(model, None, version),
             metadata_field=["signature_def"],
         )
         response = self._call("GetModelMetadata", self._predict.GetModelMetadata, request, timeout)
+        served = response.model_spec.version.value if response.model_spec.HasField("version") else None
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         if not response.metadata["signature_def"].Unpack(sig_map):
             raise ServingRpcError(
@@ -244,7 +252,7 @@ class ServingClient:
                 grpc.StatusCode.INTERNAL,
                 "metadata['signature_def'] is not a SignatureDefMap",
             )
-        return dict(sig_map.signature_def)
+        return dict(sig_map.signature_def), served
 
     def model_status(
         self, model: str, version: Version = None, timeout: float | None = None

@@ -194,9 +194,9 @@ def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tm
         real_check = job_lib.check_server
         asked = []
 
-        def started_on_version_2(target, name, timeout, version=None):
+        def started_on_version_2(target, name, timeout, version=None, label=None):
             asked.append(version)
-            return 2 if len(asked) == 1 else real_check(target, name, timeout, version)
+            return 2 if len(asked) == 1 else real_check(target, name, timeout, version, label)
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(job_lib, "check_server", started_on_version_2)
@@ -227,6 +227,58 @@ def test_target_gives_the_same_predictions_as_model(model, folder, jsonl_run, tm
         "model": str(base / "3"),
         "version": 3,
     }
+
+
+def test_target_scores_with_the_version_a_label_names(folder, tmp_path):
+    """--model-version-label: the version a label of the server's model config names when the
+    job starts, every image scored by it; a label the config does not give is named before the job."""
+    from serving.devserver import lifecycle
+    from tests import serving_fixtures
+
+    export = serving_fixtures.tiny_export(str(tmp_path / "tiny"))
+    base = tmp_path / "models" / "tiny"
+    for version in (2, 3):
+        shutil.copytree(export, base / str(version))
+    config = tmp_path / "models.config"
+    config.write_text(
+        f'model_config_list {{ config {{ name: "tiny" base_path: "{base}" model_platform: "tensorflow" '
+        'model_version_policy { all {} } version_labels { key: "stable" value: 2 } } }\n'
+    )
+    with lifecycle.start_in_thread(
+        "",
+        "",
+        model_config_file=str(config),
+        run_warmup=False,
+        allow_version_labels_for_unavailable_models=True,
+    ) as running:
+        result = predict_batch(
+            str(folder[0]),
+            str(tmp_path / "stable.jsonl"),
+            target=running.target,
+            model_name="tiny",
+            model_version_label="stable",
+        )
+        assert result.source == {
+            "target": running.target,
+            "model_name": "tiny",
+            "version": 2,
+            "version_label": "stable",
+        }
+        assert result.scored == len(folder[1])
+        with pytest.raises(
+            ServerUnusable, match=r"does its model config give model 'tiny' the version label 'beta'"
+        ):
+            predict_batch(
+                str(folder[0]),
+                str(tmp_path / "beta.jsonl"),
+                target=running.target,
+                model_name="tiny",
+                model_version_label="beta",
+            )
+    with pytest.raises(BatchError, match="--model-version-label is for --target"):
+        predict_batch(
+            str(folder[0]), str(tmp_path / "x.jsonl"), model_dir=str(base), model_version_label="stable"
+        )
 
 
 def test_a_model_base_path_resolves_to_the_newest_version_a_server_reads(tmp_path):

@@ -158,6 +158,7 @@ def predict_batch(
     progress: bool | None = None,
     timeout: float = 30.0,
     model_version: int | None = None,
+    model_version_label: str | None = None,
 ) -> BatchResult:
     """Score every image of `images` (a directory, recursively, or a glob) into `out`.
 
@@ -178,6 +179,8 @@ def predict_batch(
         raise BatchError("--target needs --model-name (the name the server serves the model under)")
     if model_version is not None and target is None:
         raise BatchError("--model-version is for --target; with --model, name the version's directory")
+    if model_version_label is not None and (target is None or model_version is not None):
+        raise BatchError("--model-version-label is for --target, instead of --model-version")
     if model_version is not None and model_version < 1:
         raise BatchError(f"--model-version must be >= 1, got {model_version}")
     if batch_size < 1:
@@ -207,8 +210,10 @@ def predict_batch(
         name = model_name or ""
         source = {"target": target, "model_name": name}
     if target is not None:
-        version = check_server(target, name, timeout, model_version)
+        version = check_server(target, name, timeout, model_version, model_version_label)
         source["version"] = version
+        if model_version_label is not None:
+            source["version_label"] = model_version_label
     log.info("scoring %d files from %s with %s into %s", len(paths), images, source, out)
 
     # The job's own files, Beam's temporary folders included, are in one hidden folder beside
@@ -270,7 +275,7 @@ def predict_batch(
                         or not _version_gone(exc)
                     ):
                         raise
-                    gone, version = version, check_server(target, name, timeout)
+                    gone, version = version, check_server(target, name, timeout, label=model_version_label)
                     source["version"] = version
                     log.warning(
                         "version %s of model %r was replaced by version %s while the job ran: scoring every "
@@ -391,11 +396,13 @@ def check_files(export_dir: str) -> None:
         ) from exc
 
 
-def check_server(target: str, model_name: str, timeout: float, version: int | None = None) -> int | None:
-    """The version the job will use (`version`, or the newest the server has AVAILABLE; None when
-    the server names none); ServerUnusable unless the server at `target` answers and serves
-    `model_name` (that version) with the predict_images signature: found before the job reads
-    every image, with what to check.
+def check_server(
+    target: str, model_name: str, timeout: float, version: int | None = None, label: str | None = None
+) -> int | None:
+    """The version the job will use (`version`, the one `label` names in the server's model
+    config, or the newest the server has AVAILABLE; None when the server names none);
+    ServerUnusable unless the server at `target` answers and serves `model_name` (that version)
+    with the predict_images signature: found before the job reads every image, with what to check.
 
     Every request then asks for that version, so a version pushed while the job runs does not
     score the rest of its images: one output, one model."""
@@ -406,14 +413,23 @@ def check_server(target: str, model_name: str, timeout: float, version: int | No
 
     try:
         with ServingClient(target, timeout=min(timeout, 10.0), retries=3) as client:
-            if version is None:
-                version = _newest_available(client, model_name)
-            signatures = client.metadata(model_name, version)
+            if label is not None:
+                signatures, version = client.metadata_of(model_name, label)
+                if version is None:
+                    raise ServerUnusable(
+                        f"--target {target}: the server named no version for label {label!r}"
+                    )
+            else:
+                if version is None:
+                    version = _newest_available(client, model_name)
+                signatures = client.metadata(model_name, version)
     except ValueError as exc:  # a target the client cannot use
         raise BatchError(f"--target {target}: {exc}") from exc
     except ServingRpcError as exc:
         if exc.code == grpc.StatusCode.UNAVAILABLE:
             hint = f"is the model server running and listening at {target}?"
+        elif label is not None and exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+            hint = f"does its model config give model {model_name!r} the version label {label!r} (--model-version-label)?"
         elif exc.code == grpc.StatusCode.NOT_FOUND and version is not None:
             hint = f"does it serve version {version} of model {model_name!r} (--model-name, --model-version)?"
         elif exc.code == grpc.StatusCode.NOT_FOUND:

@@ -25,12 +25,20 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--target", type=host_port, help="HOST:PORT of TF Serving or `imgpipe serve` (needs --model-name)"
     )
     p.add_argument("--model-name", help="served model name (with --target; with --model: the logs' name)")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--model-version",
         type=int,
         default=None,
         help="with --target: score with this version (default: the newest the server has available "
         "when the job starts; every image is scored by that one version)",
+    )
+    which.add_argument(
+        "--model-version-label",
+        metavar="LABEL",
+        default=None,
+        help="with --target: score with the version this label of the server's model config names "
+        "when the job starts (version_labels in models.config, e.g. stable)",
     )
     p.add_argument(
         "--images", required=True, help="image directory (recursive) or glob, e.g. 'photos/**/*.jpg'"
@@ -90,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             target=args.target,
             model_name=args.model_name,
             model_version=args.model_version,
+            model_version_label=args.model_version_label,
             batch_size=args.batch_size,
             top_k=args.top_k,
             max_pixels=args.max_pixels,
