@@ -366,8 +366,13 @@ def test_demo_runs_the_config_it_checked_on_what_its_steps_wrote(tmp_path, monke
     the data and pre-training steps write. It says how to serve the model only when a version
     is there to serve (before, it did so after a run whose model the gate refused)."""
     from imgpipe.cli import demo
+    from imgpipe.cli import main as cli_main
     from imgpipe.demo import steps
 
+    # The command's log lines reach caplog: imgpipe's loggers keep propagating (the command's own
+    # stderr handler would stop them, when this is the process's first command).
+    monkeypatch.setattr(cli_main, "setup_logging", lambda verbose=False: None)
+    caplog.set_level("INFO", logger="imgpipe")
     made, ran = {}, []
 
     def prepare_data(workdir, image_size):
