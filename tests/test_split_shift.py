@@ -113,7 +113,25 @@ def test_the_data_gate_reports_a_shifted_eval_split(tmp_path):
     assert report.image_sizes == {"train": [32.0, 32.0], "eval": [32.0, 32.0]}  # the samples' medians
 
 
-def test_the_evaluators_note_on_classes_at_chance_names_pictures_shrunk_much(caplog):
+def _warnings_of(call) -> list[str]:
+    """What `call()` logs on components.evaluator at WARNING, read by a handler of its own
+    (whatever an earlier command in this process did to the loggers' propagation)."""
+    import logging
+
+    from components import evaluator
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    evaluator.log.addHandler(handler)
+    try:
+        call()
+    finally:
+        evaluator.log.removeHandler(handler)
+    return [r.getMessage() for r in records]
+
+
+def test_the_evaluators_note_on_classes_at_chance_names_pictures_shrunk_much():
     """128 px pictures whose class is in a 1-pixel pattern, shrunk to a 32 px input: at chance,
     and the note blamed the folders alone ("one concept under two names?")."""
     from components.evaluator import shrink_note, warn_classes_at_chance
@@ -128,22 +146,18 @@ def test_the_evaluators_note_on_classes_at_chance_names_pictures_shrunk_much(cap
         and shrink_note([500, 500], None) == ""
     )
     pair = {"classes": ["fine", "plain"], "right": 100, "between": 200, "images": {"fine": 100, "plain": 100}}
-    with caplog.at_level("WARNING", logger="components.evaluator"):
-        warn_classes_at_chance([pair], shrunk=shrink_note([128.0, 128.0], 32))
-    [note] = [r.getMessage() for r in caplog.records]
+    [note] = _warnings_of(lambda: warn_classes_at_chance([pair], shrunk=shrink_note([128.0, 128.0], 32)))
     assert "shrunk 4x to the model's 32 x 32 px input" in note and note.index("shrunk") < note.index(
         "one concept"
     )
 
 
-def test_the_evaluators_note_on_classes_at_chance_says_the_shift_first(caplog):
+def test_the_evaluators_note_on_classes_at_chance_says_the_shift_first():
     from components.evaluator import warn_classes_at_chance
 
     pair = {"classes": ["5", "8"], "right": 12, "between": 27, "images": {"5": 14, "8": 13}}
-    with caplog.at_level("WARNING", logger="components.evaluator"):
-        warn_classes_at_chance([pair], eval_shifted=True)
-        warn_classes_at_chance([pair])
-    shifted, plain = [r.getMessage() for r in caplog.records]
+    [shifted] = _warnings_of(lambda: warn_classes_at_chance([pair], eval_shifted=True))
+    [plain] = _warnings_of(lambda: warn_classes_at_chance([pair]))
     assert (
         "the eval images differ from the train images (the data gate's warning), which alone can" in shifted
     )
