@@ -59,6 +59,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model-config-file-poll-wait-seconds",
+        metavar="SECONDS",
         type=non_negative_number,
         default=d.model_config_file_poll_wait_seconds,
         help="read --model-config-file again this often and serve what it then says (models added "
@@ -110,7 +111,8 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--num-versions",
         type=int,
         default=d.num_versions,
-        help="serve the newest N versions (default %(default)s)",
+        help="serve the newest N versions, with --model-base-path (a config file's models have "
+        "their own model_version_policy) (default %(default)s)",
     )
     parser.add_argument(
         "--no-warmup",
