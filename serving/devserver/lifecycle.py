@@ -239,7 +239,7 @@ def start_server(config: ServerConfig) -> RunningServer:
                 manager.base_path,
                 _model_folders_hint(manager.base_path),
             )
-    if entries is None or not entries:
+    if not entries:
         log.warning("the model config %s lists no model: serving none", config.model_config_file)
     server.start()
     poller = None

@@ -42,7 +42,6 @@ class ServedModels:
         self._lock = threading.Lock()  # guards the maps below; held briefly
         self._apply_lock = threading.Lock()  # one config change at a time (TF Serving's config_mu_)
         self._managers: dict[str, ModelManager] = {}
-        self._entries: dict[str, ModelEntry] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._retired: dict[str, list[VersionStatus]] = {}  # models taken out: their last states
         # Managers loading (not yet serving) or unloading (taken out): a second shutdown signal
@@ -81,8 +80,7 @@ class ServedModels:
                 )
                 raise ModelConfigError(problem + hint, grpc.StatusCode.FAILED_PRECONDITION)
             wanted = {entry.name: entry for entry in entries}
-            with self._lock:
-                paths = {name: e.base_path for name, e in self._entries.items()}
+            paths = {name: m.base_path for name, m in self.managers().items()}
             for entry in entries:
                 if paths.get(entry.name) != entry.base_path and not tf.io.gfile.isdir(entry.base_path):
                     raise ModelConfigError(
@@ -96,12 +94,10 @@ class ServedModels:
                 self._remove(name)
             for name, manager in self.managers().items():
                 entry = wanted[name]
-                if entry.base_path != self._entries[name].base_path:
+                if entry.base_path != manager.base_path:
                     failed.append(self._add(entry, replacing=manager))
-                elif entry != self._entries[name]:
-                    manager.set_policy(entry.policy)
-                    with self._lock:
-                        self._entries[name] = entry
+                else:
+                    manager.set_policy(entry.policy)  # nothing when it is the same
             failed = [f for f in failed if f]
             if failed:
                 raise ModelConfigError(
@@ -142,7 +138,6 @@ class ServedModels:
             return failure
         with self._lock:
             self._managers[entry.name] = manager
-            self._entries[entry.name] = entry
             self._retired.pop(entry.name, None)
         if replacing is not None:
             log.info(
@@ -156,7 +151,6 @@ class ServedModels:
     def _remove(self, name: str) -> None:
         with self._lock:
             manager = self._managers.pop(name)
-            self._entries.pop(name)
         log.info("Removing model %r (no longer in the config)", name)
         self._unload(name, manager)
         with self._lock:
