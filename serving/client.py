@@ -321,6 +321,7 @@ class ServingClient:
             except ServingRpcError as e:
                 if (
                     e.code != grpc.StatusCode.INVALID_ARGUMENT
+                    or e.unknown_label  # the request's, not its input's: the same answer again
                     or inputs != 1
                     or attempt >= self.refusal_attempts
                 ):

@@ -42,6 +42,11 @@ class ServerStartError(ServingError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+# TF Serving's words (with INVALID_ARGUMENT, the code of a refused input) for a ModelSpec naming a
+# version label its model config does not give the model: about the request, not its inputs.
+UNKNOWN_LABEL = "Unrecognized servable version label"
+
+
 class ServingRpcError(ServingError):
     """A client call failed; `code` and `details` are the server's status."""
 
@@ -51,6 +56,12 @@ class ServingRpcError(ServingError):
         self.code = code
         self.details = details
         super().__init__(f"{method} to {target} failed: {code.name}: {details}", code)
+
+    @property
+    def unknown_label(self) -> bool:
+        """The server does not know the request's version label: no input of it is at fault,
+        and sending it again, alone or in parts, gets the same answer."""
+        return self.code == grpc.StatusCode.INVALID_ARGUMENT and self.details.startswith(UNKNOWN_LABEL)
 
 
 _CODES_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}

@@ -9,7 +9,7 @@ imports: the Beam scorers and the CLI use it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 MB = 1024 * 1024
@@ -38,18 +38,25 @@ def request_parts(
     """Split (key, image bytes) items, in order, into requests of at most `max_images` images
     (None: no count limit) and `max_bytes` image bytes: yields (part, too_large). An item over
     `max_bytes` comes alone with too_large True: no request can carry it."""
+    return _parts(items, lambda: (max_images, max_bytes))
+
+
+def _parts(
+    items: Sequence[tuple[T, bytes]], limits: Callable[[], tuple[int | None, int]]
+) -> Iterator[tuple[list[tuple[T, bytes]], bool]]:
+    """request_parts under the (max images, max bytes) that `limits()` gives as each item is
+    placed: a limit learnt from a part's answer applies to every part after it."""
     part: list[tuple[T, bytes]] = []
     size = 0
     for key, data in items:
-        if len(data) > max_bytes:
-            if part:
-                yield part, False
-                part, size = [], 0
-            yield [(key, data)], True
-            continue
+        max_images, max_bytes = limits()
         if part and (size + len(data) > max_bytes or (max_images is not None and len(part) >= max_images)):
             yield part, False
             part, size = [], 0
+            max_images, max_bytes = limits()  # what the answer to that part taught
+        if len(data) > max_bytes:
+            yield [(key, data)], True
+            continue
         part.append((key, data))
         size += len(data)
     if part:
@@ -136,6 +143,15 @@ class RequestBudget:
         """Under the server's receive limit `limit` and under a refused request's own size."""
         self.server_limit = limit
         self.bytes = min(self.bytes, budget_under(limit), sum(sizes) - 1)
+
+    def parts(
+        self, items: Sequence[tuple[T, bytes]], wanted: int | None = None
+    ) -> Iterator[tuple[list[tuple[T, bytes]], bool]]:
+        """`items` in requests of at most `wanted` images (None: any) under this budget as it
+        stands when each request starts (see request_parts): once a refusal has taught the
+        budget a server's limit, every later request keeps under it, not only the refused one's
+        parts."""
+        return _parts(items, lambda: (self.max_images(wanted), self.bytes))
 
     def too_large_reason(self, size: int) -> str:
         if self.server_limit is not None:

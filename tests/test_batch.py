@@ -844,6 +844,31 @@ def test_request_parts_keep_order_and_both_limits():
     assert [[k for k, _ in p] for p, _ in request_parts(items[3:], None, 10)] == [["d", "e", "f"]]
 
 
+def test_a_budget_learnt_from_one_request_applies_to_every_request_after_it():
+    """A server's limit learnt from the answer to one part holds for the parts after it (they were
+    sent at the old size, each refused before it was split), by bytes and by images."""
+    from serving.request_size import RequestBudget
+
+    budget = RequestBudget()
+    items = [(str(i), b"x" * 10) for i in range(10)]
+    sizes = []
+    for part, too_large in budget.parts(items, wanted=4):
+        assert not too_large
+        sizes.append(len(part))
+        if len(sizes) == 1:  # refused as over a server's batch size of 3
+            assert budget.refused(
+                "INVALID_ARGUMENT", "Task size 4 is larger than maximum input batch size 3", [10] * 4
+            )
+    assert sizes == [4, 3, 3]
+    sizes = []
+    budget = RequestBudget()
+    budget.bytes = 50  # (image bytes a request may carry, small to keep the numbers small)
+    for part, _ in budget.parts(items):
+        sizes.append(len(part))
+        budget.bytes = 20  # a server's smaller limit, learnt from the first part's answer
+    assert sizes == [5, 2, 2, 1]
+
+
 @pytest.mark.parametrize("runner", ["direct", "multiprocess"])
 @pytest.mark.parametrize(
     "damage,message",

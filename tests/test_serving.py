@@ -674,15 +674,25 @@ def test_a_request_over_the_batch_size_is_refused_as_tf_serving_with_batching_re
     from imgpipe.cli.serving import _predict_in_parts
     from serving.request_size import RequestBudget
 
+    # Requests of 40 asked for: the first is refused and sent again as 32 + 8, and every later
+    # request is of at most 32 (the limit learnt), not refused once more before it is split.
+    images = images * 3
     args = argparse.Namespace(
-        model=NAME, top_k=None, signature="predict_images", version=None, batch_size=100
+        model=NAME, top_k=None, signature="predict_images", version=None, batch_size=DEPLOY_MAX_BATCH_SIZE + 8
     )
+    assert len(images) > 2 * args.batch_size
     budget = RequestBudget()
+    sent = []
     with client_lib.ServingClient(server.target, timeout=30.0) as c:
+        real = c.predict_images
+        c.predict_images = lambda model, batch, *a, **k: (
+            sent.append(len(batch)) or real(model, batch, *a, **k)
+        )
         done = list(_predict_in_parts(c, args, [(str(i), img) for i, img in enumerate(images)], budget))
     assert [path for path, _ in done] == [str(i) for i in range(len(images))]
     assert all(not isinstance(p, (str, ServingRpcError)) for _, p in done)
     assert budget.images == DEPLOY_MAX_BATCH_SIZE
+    assert sent[:3] == [args.batch_size, DEPLOY_MAX_BATCH_SIZE, 8] and max(sent[3:]) == DEPLOY_MAX_BATCH_SIZE
     # One image refused in those words (a proxy's): no request to split, not sent again forever.
     assert not budget.refused(
         "INVALID_ARGUMENT", "Task size 1 is larger than maximum input batch size 0", [10]

@@ -404,3 +404,100 @@ def test_the_file_is_applied_every_poll_and_a_new_base_path_that_loads_nothing_c
         assert server.models.managers()["a"].base_path == a
         server.config_poller.poll_once()  # the file again: b goes
         assert sorted(server.models.managers()) == ["a"]
+
+
+class _Loads(logging.Handler):
+    """The versions the dev server's managers start loading, as their log says."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("Loading model"):
+            self.lines.append(record.getMessage())
+
+
+def test_a_move_that_loaded_nothing_is_not_loaded_again_until_its_files_change(model, image, tmp_path):
+    """TF Serving does not load a failed version again at every poll: a model moved to a base path
+    whose versions all fail keeps serving from its earlier one, and the same config (every poll of
+    the file, or a reload) reports the failure again without loading; once the version's files
+    change, it is loaded and the model moves."""
+    a = _versions(model, tmp_path / "a", (1,))
+    broken = _versions(model, tmp_path / "broken", (3,))
+    pb = Path(broken) / "3" / "saved_model.pb"
+    good = pb.read_bytes()
+    pb.write_bytes(b"not a SavedModel")
+    path = tmp_path / "models.config"
+    path.write_text(_config(("a", a, "")))
+    loads, logger = _Loads(), logging.getLogger("serving.devserver.manager")
+    level = logger.level
+    logger.addHandler(loads)
+    logger.setLevel(logging.INFO)
+    try:
+        with _served(path, model_config_file_poll_wait_seconds=0.3) as (server, stub, models):
+            server.config_poller.stop()  # the polls below are made by hand
+            moved = _config(("a", broken, ""))
+            path.write_text(moved)
+            for _ in range(3):
+                server.config_poller.poll_once()
+                with pytest.raises(grpc.RpcError) as e:
+                    _reload(models, moved)
+                assert e.value.code() == grpc.StatusCode.UNKNOWN
+                assert "{name: a version: 3} due to error:" in e.value.details()
+                assert _predict(stub, "a", image) == 1
+            assert [line for line in loads.lines if "version 3" in line] == [
+                f"Loading model 'a' version 3 from {broken}/3"
+            ]
+            pb.write_bytes(good)  # the version mended: the next poll loads it
+            server.config_poller.poll_once()
+            assert server.models.managers()["a"].base_path == broken
+            assert _predict(stub, "a", image) == 3
+            # Moved back: version 1 loads again from its own base path.
+            _reload(models, _config(("a", a, "")))
+            assert _predict(stub, "a", image) == 1
+    finally:
+        logger.removeHandler(loads)
+        logger.setLevel(level)
+
+
+def test_imgpipe_predict_stops_at_a_version_label_the_server_does_not_give(model, image, tmp_path, capsys):
+    """An unknown label is the request's fault, not an image's: one request, one error naming the
+    label, not every image refused one by one (each asked again as a possible batch-mate's fault)."""
+    base = _versions(model, tmp_path / "a", (1,))
+    path = tmp_path / "models.config"
+    path.write_text(_config(("a", base, ""), labels={"a": {"stable": 1}}))
+    photos = []
+    for i in range(8):
+        photos.append(tmp_path / f"p{i}.jpg")
+        photos[-1].write_bytes(image)
+    requests = []
+    with _served(path, allow_version_labels_for_unavailable_models=True) as (server, _, _):
+        real = server.models.acquire
+
+        def counted(spec, *args, **kwargs):
+            requests.append(spec.version_label)
+            return real(spec, *args, **kwargs)
+
+        server.models.acquire = counted
+        capsys.readouterr()
+        code = main(
+            [
+                "predict",
+                "--target",
+                server.target,
+                "--model",
+                "a",
+                "--version-label",
+                "bogus",
+                "--batch-size",
+                "4",
+            ]
+            + [str(p) for p in photos]
+        )
+        out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert requests == ["bogus"]
+    assert "Unrecognized servable version label: bogus" in err
+    assert "does the server's model config give model 'a' the version label 'bogus'" in err
+    assert "stopped after 0 of 8 images were scored" in err and err.count("Unrecognized") == 1

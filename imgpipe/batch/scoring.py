@@ -31,7 +31,6 @@ from imgpipe.ingest.report import display_path
 from serving.request_size import (
     CLIENT_MESSAGE_MB,
     RequestBudget,
-    request_parts,
     server_batch_limit,
     server_receive_limit,
 )
@@ -255,7 +254,7 @@ class ScoreWithServer(_Scorer):
         yield from self._in_parts(list(batch))
 
     def _in_parts(self, items: list[tuple[str, bytes]]) -> Iterator[Any]:
-        for part, too_large in request_parts(items, self._budget.max_images(None), self._budget.bytes):
+        for part, too_large in self._budget.parts(items):
             if too_large:
                 self.tick(1)
                 [(path, data)] = part

@@ -27,7 +27,7 @@ from imgpipe.ingest.report import display_path
 from serving.config import INVALID_SETTINGS, ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
-from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, request_parts, server_batch_limit
+from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, server_batch_limit
 from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 
 if TYPE_CHECKING:  # the client loads TensorFlow: imported only when `predict` runs
@@ -325,7 +325,8 @@ def _predict_chunk(
 ) -> list[tuple[str, Prediction | ServingRpcError]]:
     """Predict a chunk; if the server rejects it as INVALID_ARGUMENT, find the bad images.
 
-    Other errors (unknown model, server down, deadline) concern every image and are raised.
+    Other errors (unknown model or version label, server down, deadline) concern every image
+    and are raised.
     """
     images = [data for _, data in chunk]
     try:
@@ -333,8 +334,10 @@ def _predict_chunk(
         return list(zip([path for path, _ in chunk], preds, strict=True))
     except ServingRpcError as e:
         too_many = len(chunk) > 1 and server_batch_limit(e.code.name, e.details)
-        if e.code != grpc.StatusCode.INVALID_ARGUMENT or too_many:
-            raise  # about every image, or about the request's size (_predict_in_parts splits it)
+        if e.code != grpc.StatusCode.INVALID_ARGUMENT or too_many or e.unknown_label:
+            # About every image (a label the server does not give the model), or about the
+            # request's size (_predict_in_parts splits it).
+            raise
         if len(chunk) == 1:
             return [(chunk[0][0], e)]
     results: list[tuple[str, Prediction | ServingRpcError]] = []
@@ -361,7 +364,7 @@ def _predict_in_parts(
     as over its receive limit is sent again in parts under that limit, and so are the later
     ones; an image over it is named instead. Other failures raise _StoppedAt.
     """
-    for chunk, too_large in request_parts(items, budget.max_images(args.batch_size), budget.bytes):
+    for chunk, too_large in budget.parts(items, args.batch_size):
         if too_large:
             yield chunk[0][0], budget.too_large_reason(len(chunk[0][1]))
             continue
@@ -444,8 +447,14 @@ def _predict(args: argparse.Namespace) -> int:
         except _StoppedAt as e:
             # The lines on stdout so far are the images scored; say how many were not.
             left = len(args.images) - scored - failed
+            hint = (
+                f" (does the server's model config give model {args.model!r} the version label "
+                f"{getattr(args, 'version_label', None)!r}? --version-label)"
+                if e.error.unknown_label
+                else ""
+            )
             raise WorkFailed(
-                f"{e.error}; stopped after {scored} of {len(args.images)} images were scored "
+                f"{e.error}{hint}; stopped after {scored} of {len(args.images)} images were scored "
                 f"({failed} failed before, {left} not scored, starting with {display_path(e.path)})"
             ) from e.error
     if failed:

@@ -125,6 +125,11 @@ class ModelManager:
         for loaded in versions:
             loaded.cut_drain()
 
+    def failed_files(self) -> dict[int, Fingerprint]:
+        """The versions that failed to load, each with its files when it failed."""
+        with self._poll_lock:
+            return dict(self._failed)
+
     def set_policy(self, policy: VersionPolicy) -> None:
         """Serve the versions `policy` asks for from now on: the poller applies it at once, loading
         before it unloads, as TF Serving applies a reloaded config's policy."""

@@ -15,6 +15,7 @@ keeps its last version states for GetModelStatus (END), as TF Serving's state mo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,8 @@ from tensorflow_serving.apis import model_pb2
 
 from serving.devserver.loaded import LoadedVersion
 from serving.devserver.manager import ModelManager, VersionStatus
-from serving.errors import InvalidRequestError, ModelNotFoundError
+from serving.devserver.versions import Fingerprint, fingerprint, list_versions
+from serving.errors import UNKNOWN_LABEL, InvalidRequestError, ModelNotFoundError
 from serving.model_config import ModelConfigError, ModelEntry, label_problems
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ class ServedModels:
         self._leaving: dict[str, ModelManager] = {}
         self._stopped = False
         self._cut = False
+        # Models whose move to a new base path loaded no version: that path, the failed versions'
+        # files and the failure. The same move is not loaded again (at every poll of the config
+        # file) until those files change, as TF Serving does not retry a version that failed.
+        self._failed_moves: dict[str, _FailedMove] = {}
 
     # -- the config -------------------------------------------------------------------------
     def apply(self, entries: Sequence[ModelEntry] | None) -> None:
@@ -92,11 +98,14 @@ class ServedModels:
             failed = [self._add(entry) for entry in entries if entry.name not in self._managers]
             for name in [n for n in self.managers() if n not in wanted]:
                 self._remove(name)
+            for name in [n for n in self._failed_moves if n not in wanted]:
+                del self._failed_moves[name]
             for name, manager in self.managers().items():
                 entry = wanted[name]
                 if entry.base_path != manager.base_path:
-                    failed.append(self._add(entry, replacing=manager))
+                    failed.append(self._move(entry, manager))
                 else:
+                    self._failed_moves.pop(name, None)
                     manager.set_policy(entry.policy)  # nothing when it is the same
             failed = [f for f in failed if f]
             if failed:
@@ -105,6 +114,22 @@ class ServedModels:
                     "of the config is applied)",
                     grpc.StatusCode.UNKNOWN,
                 )
+
+    def _move(self, entry: ModelEntry, manager: ModelManager) -> str | None:
+        """Serve `entry`'s model from its new base path (see _add); a move that loaded nothing
+        is not tried again while the versions it would load are the files that failed: its
+        failure is reported again instead."""
+        earlier = self._failed_moves.get(entry.name)
+        if earlier is not None and earlier.base_path == entry.base_path:
+            if earlier.files == _aspired_files(entry):
+                log.debug(
+                    "model %r: its base path %s failed to load and is unchanged: not loaded again",
+                    entry.name,
+                    entry.base_path,
+                )
+                return earlier.failure
+        self._failed_moves.pop(entry.name, None)
+        return self._add(entry, replacing=manager)
 
     def _add(self, entry: ModelEntry, replacing: ModelManager | None = None) -> str | None:
         """Load a new model (blocking, as TF Serving waits for new models); None when a version
@@ -135,6 +160,7 @@ class ServedModels:
                 replacing.base_path,
             )
             manager.stop()
+            self._failed_moves[entry.name] = _FailedMove(entry.base_path, manager.failed_files(), failure)
             return failure
         with self._lock:
             self._managers[entry.name] = manager
@@ -258,7 +284,24 @@ class ServedModels:
         if spec.HasField("version_label") and spec.name:  # TF Serving resolves the label first
             version = self.labels().get(spec.name, {}).get(spec.version_label)
             if version is None:
-                raise InvalidRequestError(f"Unrecognized servable version label: {spec.version_label}")
+                raise InvalidRequestError(f"{UNKNOWN_LABEL}: {spec.version_label}")
         manager = self.manager_for(spec)
         with manager.acquire(version) as loaded:
             yield loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class _FailedMove:
+    base_path: str
+    files: dict[int, Fingerprint]  # each version that failed, with its files then
+    failure: str
+
+
+def _aspired_files(entry: ModelEntry) -> dict[int, Fingerprint] | None:
+    """The versions `entry`'s policy would load from its base path, each with its files now
+    (None when they cannot be read: try loading, which says why)."""
+    try:
+        on_disk = list_versions(entry.base_path)
+        return {v: fingerprint(on_disk[v]) for v in entry.policy.aspired(on_disk)}
+    except (tf.errors.OpError, OSError):
+        return None
