@@ -59,8 +59,15 @@ SCORE_SPLIT = "unlabelled"
 
 
 def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
-    """The training section, as run_fn parses it, with the image size resolved for the backbone."""
-    return {**config.training.to_dict(), "image_size": config.effective_image_size()}
+    """The training section, as run_fn parses it, with the image size resolved for the backbone.
+
+    `feature_reuse` on (the default) is left out: features taken from the store are the ones the
+    backbone gives (checked), so it does not change the model, and a home made before the setting
+    existed keeps its cached Trainer. Off, it is passed (and keys the cache, as every setting)."""
+    settings = {**config.training.to_dict(), "image_size": config.effective_image_size()}
+    if settings.get("feature_reuse") is True:
+        del settings["feature_reuse"]
+    return settings
 
 
 def create_pipeline(

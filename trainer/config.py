@@ -191,6 +191,12 @@ class TrainingConfig(Settings):
     feature_cache: bool = Field(
         True, description="train the head on backbone features computed once (where valid)"
     )
+    feature_reuse: bool = Field(
+        True,
+        description="keep each image's backbone features for the next run (beside the Trainer's "
+        "outputs, local pipeline roots): a retrain extracts only the images it has not seen, a "
+        "sample of the others checked against the backbone",
+    )
     seed: int = Field(
         42,
         ge=0,

@@ -9,7 +9,7 @@ import tensorflow_transform as tft
 from pydantic import ValidationError
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import data, export, image_ids, tflite, train
+from trainer import data, export, feature_store, image_ids, tflite, train
 from trainer.config import SUMMARY_FILE, ConfigError, TrainingConfig
 
 WARMUP_RECORDS = 4
@@ -40,6 +40,9 @@ def run_fn(fn_args: FnArgs) -> None:
             params,
             log_dir=os.path.join(fn_args.model_run_dir, "logs"),
             cache_dir=os.path.join(fn_args.model_run_dir, "feature_cache"),
+            feature_store_dir=feature_store.store_dir(fn_args.model_run_dir)
+            if params.feature_reuse
+            else None,
         )
     warmup = [r.numpy() for r in data.raw_examples(fn_args.eval_files).take(WARMUP_RECORDS)]
     export.export_serving_model(

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribution, head, memory_fit, tracing
+from trainer import data, distribution, feature_store, head, image_ids, memory_fit, tracing
 from trainer import model as model_lib
 from trainer.config import TrainingConfig
 from trainer.features import images_per_call
@@ -74,6 +74,9 @@ class TrainResult:
     selection_folds: int | None = None  # the epoch count came from k-fold cross-validation
     tuning: dict[str, Any] | None = None
     standardized: bool = False
+    # What the feature store did (trainer/feature_store.py): images whose features were reused
+    # and extracted, per split, and the store; None when it was not used.
+    feature_store: dict[str, Any] | None = None
 
     @property
     def feature_cache_used(self) -> bool:
@@ -97,6 +100,7 @@ class TrainResult:
             "refit_epochs": self.refit_epochs,
             "selection_folds": self.selection_folds,
             "tuning": self.tuning,
+            "feature_store": self.feature_store,
             "history": self.history,
             "seconds": self.seconds,
             "notes": self.notes,
@@ -265,6 +269,7 @@ class _Training:
     cache_memory_bytes: int
     verbose: int
     callbacks: list[keras.callbacks.Callback]
+    feature_store_dir: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -322,13 +327,16 @@ def train(
     verbose: int = 2,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     cache_memory_bytes: int = data.DEFAULT_CACHE_MEMORY_BYTES,
+    feature_store_dir: str | None = None,
 ) -> TrainResult:
     """Build the model under `strategy` (default: every local device) and train it.
 
     Phase 1 trains the head; with the feature cache on (the default where valid)
     the backbone runs once over each split and the head trains on its features
     for every epoch. Features past `cache_memory_bytes` spill to `cache_dir` (or
-    a temporary directory) and are deleted when training ends. The returned model
+    a temporary directory) and are deleted when training ends. With `feature_store_dir`,
+    images whose features an earlier run kept there are not extracted again, and this
+    run's are kept for the next (trainer/feature_store.py). The returned model
     is always the full image -> probabilities model. `callbacks` are added to the
     selection fit, the refit and fine-tuning (not to --tune trials), e.g. an epoch timer.
     """
@@ -343,6 +351,7 @@ def train(
         cache_memory_bytes,
         verbose,
         _callbacks(log_dir, callbacks),
+        feature_store_dir,
     )
     history: dict[str, list[float]] = {}
     phases: dict[str, bool] = {}
@@ -370,9 +379,10 @@ def train(
     phases["head"] = use_cache
 
     # Phase 1 fits the head alone on cached features, or the full model on images.
+    stored = None
     with contextlib.ExitStack() as cleanup:
         if use_cache:
-            phase, model = _head_on_features(run, base, train_files, eval_files, cleanup)
+            phase, model, stored = _head_on_features(run, base, train_files, eval_files, cleanup)
         else:
             phase, model = _head_on_images(run, base, train_files, eval_files)
     run.seconds.update(phase.seconds)
@@ -411,6 +421,7 @@ def train(
         selection_folds=fitted.selection.folds,
         tuning=phase.tuning,
         standardized=phase.feature_stats is not None,
+        feature_store=stored,
     )
 
 
@@ -420,10 +431,10 @@ def _head_on_features(
     train_files: str | Sequence[str],
     eval_files: str | Sequence[str],
     cleanup: contextlib.ExitStack,
-) -> tuple[HeadPhase, keras.Model]:
+) -> tuple[HeadPhase, keras.Model, dict[str, Any] | None]:
     """The head trained on the backbone's features of each split, extracted once (spilled files
-    are released by `cleanup`); the phase and the full model (the backbone and a copy of the
-    final head made under the strategy)."""
+    are released by `cleanup`) or reused from the feature store; the phase, the full model (the
+    backbone and a copy of the final head made under the strategy), and what the store did."""
     params, strategy = run.params, run.strategy
     t_cache = time.perf_counter()
     extractor = data.FeatureExtractor(strategy, base)
@@ -433,23 +444,27 @@ def _head_on_features(
             f"features extracted {batch} images a call at {run.image_size}px, not the batch of "
             f"{run.global_batch}: a call's memory grows with its pixels"
         )
-    caches = []
-    for split, files in (("train", train_files), ("eval", eval_files)):
-        caches.append(
-            extractor.cache(
-                run.images(files, False, False, measuring=split == "eval", batch_size=batch),
-                _sub(run.cache_dir, split),
-                run.cache_memory_bytes,
-            )
-        )
-        cleanup.callback(caches[-1].release)  # spilled files go when training ends
+    splits = (("train", train_files), ("eval", eval_files))
+    reuse = _StoreUse.open(run, extractor, batch)
+    if reuse is not None:
+        caches = reuse.caches(splits)
+    else:
+        caches = [_extract(run, extractor, split, files, batch) for split, files in splits]
+    for cache in caches:
+        cleanup.callback(cache.release)  # spilled files go when training ends
     train_cache, eval_cache = caches
+    stored = reuse.finish([split for split, _ in splits]) if reuse else None
     run.seconds["feature_extraction"] = time.perf_counter() - t_cache
     where = f"spilled to disk ({train_cache.location})" if train_cache.spilled else "memory"
+    how = (
+        f"{stored['reused']} reused from an earlier run, {stored['extracted']} extracted"
+        if stored and stored["reused"]
+        else "extracted"
+    )
     run.note(
         f"feature cache: {train_cache.count} train + {eval_cache.count} eval "
         f"{train_cache.feature_dim}-d vectors in {where}, "
-        f"extracted in {run.seconds['feature_extraction']:.1f}s"
+        f"{how} in {run.seconds['feature_extraction']:.1f}s"
     )
     phase = train_cached_head(
         train_cache,
@@ -470,7 +485,156 @@ def _head_on_features(
         )
         final.set_weights(phase.run.model.get_weights())
         model = model_lib.assemble(base, final, run.image_size)
-    return phase, model
+    return phase, model, stored
+
+
+def _extract(
+    run: _Training,
+    extractor: data.FeatureExtractor,
+    split: str,
+    files: str | Sequence[str],
+    batch: int,
+    select: np.ndarray | None = None,
+) -> data.FeatureCache:
+    """The backbone's features of a split's records (those `select` keeps, in file order)."""
+    return extractor.cache(
+        run.images(files, False, False, select=select, measuring=split == "eval", batch_size=batch),
+        _sub(run.cache_dir, split),
+        run.cache_memory_bytes,
+    )
+
+
+@dataclasses.dataclass
+class _StoreUse:
+    """One run's use of the feature store: each split's features taken from it where it holds
+    the image, the rest extracted, a sample of the stored ones extracted again to check it; the
+    run's features kept in it for the next run (`finish`)."""
+
+    run: _Training
+    extractor: data.FeatureExtractor
+    batch: int
+    directory: str
+    key: str
+    store: feature_store.Store | None
+    # Per split: (fingerprints, features) of the records the input function yields, and how
+    # many of them were reused. A split missing here (its cache spilled, or the input function
+    # had to say what is wrong with it) keeps the store from being written.
+    kept: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    reused: dict[str, int] = dataclasses.field(default_factory=dict)
+    dropped: str | None = None  # why the store was discarded
+
+    @classmethod
+    def open(cls, run: _Training, extractor: data.FeatureExtractor, batch: int) -> _StoreUse | None:
+        if not run.feature_store_dir:
+            return None
+        key = feature_store.store_key(run.params.backbone, run.params.weights, run.image_size)
+        if key is None:
+            run.note("feature store not used: weights none (a random backbone, drawn again each run)")
+            return None
+        store = feature_store.load(run.feature_store_dir, key)
+        return cls(run, extractor, batch, run.feature_store_dir, key, store)
+
+    def caches(self, splits: Sequence[tuple[str, str | Sequence[str]]]) -> list[data.FeatureCache]:
+        """Each split's features. When a split's check discards the store, a split before it
+        that took features from it is extracted again whole."""
+        out = [self._split(split, files) for split, files in splits]
+        for i, (split, files) in enumerate(splits):
+            if self.dropped and self.reused.get(split):
+                out[i] = self._split(split, files)
+        return out
+
+    def _split(self, split: str, files: str | Sequence[str]) -> data.FeatureCache:
+        run, dim = self.run, self.extractor.feature_dim
+        ids, labels = [], []
+        for batch_ids, batch_labels, _ in image_ids.batches(files):
+            ids.append(batch_ids)
+            labels.extend(
+                label.decode("utf-8", "backslashreplace") if label else None for label in batch_labels
+            )
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, np.uint64)
+        index = {name: i for i, name in enumerate(run.class_names)}
+        # The records the input function yields: every one of train (a label with no class
+        # fails it, by name: left to it), those with a class of eval.
+        kept = np.array([label in index for label in labels], dtype=bool)
+        fits = kept.sum() * (dim + 1) * 4 <= run.cache_memory_bytes
+        if (split == "train" and not kept.all()) or None in labels or not fits:
+            self.kept.pop(split, None)
+            return _extract(run, self.extractor, split, files, self.batch)
+        wanted = all_ids[kept]
+        if self.store is not None:
+            found, row = self.store.find(wanted)
+        else:
+            found, row = np.zeros(len(wanted), bool), np.zeros(len(wanted), np.int64)
+        sample = feature_store.check_sample(found)
+        fresh = ~found
+        fresh[sample] = True
+        cache = self._fresh(split, files, kept, fresh)
+        features = np.empty((len(wanted), dim), np.float32)
+        features[fresh] = cache.arrays[0]
+        if self.store is not None and len(sample):
+            same, diff = feature_store.agrees(features[sample], self.store.features[row[sample]])
+            if not same:
+                self._drop(
+                    f"{len(sample)} stored images' features differ from the backbone's by up to {diff:.3g}"
+                )
+                return self._split(split, files)
+        if not fresh.all():
+            features[~fresh] = self.store.features[row[~fresh]]
+        classes = np.array([index[label] for label, k in zip(labels, kept, strict=True) if k], dtype=np.int64)
+        given = cache.arrays[1]
+        labels_out = classes.astype(given.dtype).reshape((len(classes), *given.shape[1:]))
+        if not np.array_equal(labels_out[fresh], given):
+            self._drop("the records' labels read here differ from the input function's")
+            return self._split(split, files)
+        self.kept[split] = (wanted, features)
+        self.reused[split] = int((~fresh).sum())
+        return data.FeatureCache.in_memory(features, labels_out, memory_limit_bytes=run.cache_memory_bytes)
+
+    def _fresh(
+        self, split: str, files: str | Sequence[str], kept: np.ndarray, fresh: np.ndarray
+    ) -> data.FeatureCache:
+        """The features of the kept records where `fresh` (over the kept ones) is true."""
+        select = np.zeros(len(kept), bool)
+        select[np.flatnonzero(kept)[fresh]] = True
+        cache = _extract(self.run, self.extractor, split, files, self.batch, None if select.all() else select)
+        if cache.arrays is None or cache.count != int(fresh.sum()):
+            raise RuntimeError(
+                f"feature store: {cache.count} {split} features extracted for {int(fresh.sum())} records"
+            )
+        return cache
+
+    def _drop(self, why: str) -> None:
+        log.warning(
+            "feature store %s discarded: %s; every image's features are extracted", self.store.path, why
+        )
+        self.run.notes.append(f"feature store discarded: {why}")
+        self.store.drop()
+        self.store = None
+        self.dropped = why
+
+    def finish(self, splits: Sequence[str]) -> dict[str, Any]:
+        """Keep this run's features for the next run; what the store did, for the summary."""
+        path = None
+        if all(split in self.kept for split in splits):
+            path = feature_store.save(
+                self.directory,
+                self.key,
+                [self.kept[split][0] for split in splits],
+                [self.kept[split][1] for split in splits],
+            )
+        counts = {
+            split: {"reused": self.reused[split], "extracted": len(self.kept[split][0]) - self.reused[split]}
+            for split in splits
+            if split in self.kept
+        }
+        return {
+            "key": self.key,
+            "splits": counts,
+            "reused": sum(c["reused"] for c in counts.values()),
+            "extracted": sum(c["extracted"] for c in counts.values()),
+            "saved": path,
+            "discarded": self.dropped,
+        }
 
 
 def _head_on_images(
