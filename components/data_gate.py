@@ -270,9 +270,9 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 relabel_warnings += corrections
                 shrunk = shrunk_warning(len(indexed["train"][0]) - copies["train"]["repeats"], len(trained))
                 relabel_warnings += [shrunk] if shrunk else []
-            if has_eval and tf.io.gfile.glob(train):  # eval images unlike the train images
+            if tf.io.gfile.glob(train):  # eval images unlike the train images; a class apart
                 shift_warnings += split_shift.gate_warnings(
-                    image_ids.records(train), image_ids.records(eval_files), image_sizes
+                    image_ids.records(train), image_ids.records(eval_files) if has_eval else [], image_sizes
                 )
         warnings = label_warnings(splits) + relabel_warnings + shift_warnings
         for w in warnings:

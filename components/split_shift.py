@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from components import class_apart
+
 log = logging.getLogger(__name__)
 
 SAMPLE = 300  # images per split, a seeded uniform sample
@@ -47,8 +49,10 @@ _DRAFT = (256, 256)  # a JPEG is measured at a reduced scale (block means: the m
 
 
 def measure(image: bytes) -> dict[str, Any] | None:
-    """{brightness, contrast, colour, width, height, format} of one encoded image (None: not
-    readable). Colour: the mean spread of a pixel's red, green and blue (0 for a grey picture)."""
+    """{brightness, contrast, colour, border, border_spread, flat, width, height, format} of one
+    encoded image (None: not readable). Colour: the mean spread of a pixel's red, green and blue
+    (0 for a grey picture); border(_spread): the mean (deviation) of its outer edge's grey levels
+    (class_apart.border); flat: every pixel alike."""
     from PIL import Image
 
     try:
@@ -65,10 +69,14 @@ def measure(image: bytes) -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - any damaged image is left out of an advisory check
         return None
     grey = pixels @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as Pillow's "L"
+    edge, edge_spread = class_apart.border(grey)
     return {
         "brightness": float(grey.mean()),
         "contrast": float(grey.std()),
         "colour": float((pixels.max(axis=-1) - pixels.min(axis=-1)).mean()),
+        "border": edge,
+        "border_spread": edge_spread,
+        "flat": bool(np.all(pixels == pixels[0, 0])),  # one colour, grey or not
         "width": float(width),
         "height": float(height),
         "format": fmt,
@@ -148,31 +156,42 @@ SHIFT_WARNING = "the eval images differ from the train images"
 
 
 def in_proportions(
-    train: list[dict[str, Any]], eval_: Sequence[dict[str, Any]], seed: int = 0
-) -> list[dict[str, Any]]:
-    """The train rows, drawn (without repeats) in the eval rows' class proportions, as many as
-    the train rows allow; all of them when a row's class is unknown or the two mixes are less
-    than MIX_APART apart in every class's share."""
+    train: list[dict[str, Any]], eval_: list[dict[str, Any]], seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train rows, eval rows) to compare: the train rows drawn (without repeats) in the eval
+    rows' class proportions, as many as the train rows allow; both whole when a row's class is
+    unknown or the two mixes are less than MIX_APART apart in every class's share.
+
+    A class rare in train and common in eval limits how many train rows keep eval's mix: when
+    fewer than MIN_IMAGES would be left, the classes that limit it most are left out of both
+    sides (as few as need be), so the rest are still compared rather than none."""
     labels = [row["label"] for row in train] + [row["label"] for row in eval_]
     if not eval_ or any(label is None for label in labels):
-        return train
+        return train, eval_
+    mix = _shares(row["label"] for row in train)
     wanted = collections.Counter(row["label"] for row in eval_)
+    if max(abs(mix.get(c, 0.0) - n / len(eval_)) for c, n in wanted.items()) < MIX_APART:
+        return train, eval_  # alike enough: the whole samples
     by_class: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for row in train:
         by_class[row["label"]].append(row)
     shared = {c: n for c, n in wanted.items() if by_class.get(c)}
     if not shared:
-        return train
-    mix = _shares(row["label"] for row in train)
-    if max(abs(mix.get(c, 0.0) - n / len(eval_)) for c, n in wanted.items()) < MIX_APART:
-        return train  # alike enough: the whole sample
-    total = sum(shared.values())
-    scale = min(len(by_class[c]) * total / n for c, n in shared.items())  # train rows that can be kept
+        return train, eval_
+
+    def kept(classes: dict[str, int]) -> float:  # train rows that can be kept in that mix
+        total = sum(classes.values())
+        return min(len(by_class[c]) * total / n for c, n in classes.items())
+
+    while len(shared) > 1 and kept(shared) < MIN_IMAGES:
+        limiting = min(shared, key=lambda c: (len(by_class[c]) / shared[c], c))
+        del shared[limiting]
+    total, scale = sum(shared.values()), kept(shared)
     rng = random.Random(seed)
     out = []
     for c, n in sorted(shared.items()):
         out += rng.sample(by_class[c], max(1, int(scale * n / total)))
-    return out
+    return out, [row for row in eval_ if row["label"] in shared]
 
 
 def one_colour(samples: dict[str, Sequence[dict[str, Any]]]) -> list[str]:
@@ -180,7 +199,7 @@ def one_colour(samples: dict[str, Sequence[dict[str, Any]]]) -> list[str]:
     records: `imgpipe ingest` refuses them), which tell nothing of their class."""
     out = []
     for split, rows in samples.items():
-        flat = sum(1 for row in rows if row["contrast"] == 0 and row["colour"] == 0)
+        flat = sum(1 for row in rows if row["flat"])
         if flat:
             out.append(
                 f"{flat} of the {len(rows)} sampled {split} images are one colour as decoded (about "
@@ -234,8 +253,18 @@ def split_shift(
                     float(np.median([r["width"] for r in rows])),
                     float(np.median([r["height"] for r in rows])),
                 ]
-    sides[0] = in_proportions(sides[0], sides[1])
+    if notes is not None:
+        notes.extend(class_apart.warnings(class_apart.classes_apart(sides[0])))
+    sides = list(in_proportions(sides[0], sides[1]))
     shift = compare(*sides)
+    if shift is None and sides[1]:
+        log.info(
+            "the eval images were not compared with the train images: %d train and %d eval images "
+            "measured in their classes' shares, fewer than %d",
+            len(sides[0]),
+            len(sides[1]),
+            MIN_IMAGES,
+        )
     if not shift:
         return shift, None
     return shift, (
