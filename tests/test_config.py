@@ -296,6 +296,22 @@ def test_a_flag_replaces_a_bad_value_of_the_file(tmp_path):
         PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"home": str(tmp_path), "batch_size": "4"})
 
 
+def test_a_file_valid_with_its_flags_is_taken(tmp_path):
+    """A rule across settings was checked on the file alone: a password file in the file and the
+    postgresql:// store given as a flag was refused, though the two together are valid."""
+    password = tmp_path / "pgpass"
+    password.write_text("h:5432:db:u:secret\n")
+    password.chmod(0o600)
+    (tmp_path / "c.yaml").write_text(f"metadata_password_file: {password}\n")
+    url = "postgresql://u@h:5432/db"
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"metadata": url})
+    assert (cfg.metadata, cfg.metadata_password_file) == (url, str(password))
+    # Without the flag (or with one that does not make it valid) the file's own error stands.
+    for flags in ({}, {"epochs": "3"}):
+        with pytest.raises(ConfigError, match=r"^metadata_password_file: applies to a postgresql:// .*\(in "):
+            PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), flags)
+
+
 def test_yaml_merge_keys_work_and_repeats_are_still_refused(tmp_path):
     """`<<: *anchor` was refused with "could not determine a constructor for the tag ...merge"."""
     (tmp_path / "m.yaml").write_text("training:\n  <<: {epochs: 7, batch_size: 8}\n  epochs: 9\n")
