@@ -99,6 +99,33 @@ def label_warnings(splits: Mapping[str, SplitLabels | None]) -> list[str]:
     return almost_alike(labels, "labels", "relabel them as one")
 
 
+FEW_IMAGES = 5  # a class with fewer in a split is warned about (few_images_warning)
+
+
+def few_images_warning(splits: Mapping[str, SplitLabels | None]) -> str | None:
+    """A warning naming the classes with fewer than FEW_IMAGES images in the train or the eval
+    split (one a split lacks altogether is an anomaly, not this), or None. A run on them is
+    gated on the same rules, but its numbers for such a class are weak evidence: an audit's class
+    of 1 train and 1 eval image was blessed with a recall of 1.0 that was 0.35 on 40 new ones."""
+    train, evals = splits.get("train"), splits.get("eval")
+    if train is None or evals is None:
+        return None
+    few = [
+        (name, train.counts[name], evals.counts[name])
+        for name in sorted(set(train.counts) & set(evals.counts))
+        if min(train.counts[name], evals.counts[name]) < FEW_IMAGES
+    ]
+    if not few:
+        return None
+    listed = ", ".join(f"{name!r} ({n_train} train, {n_eval} eval)" for name, n_train, n_eval in few)
+    return (
+        f"{len(few)} class{'es have' if len(few) > 1 else ' has'} fewer than {FEW_IMAGES} images in a "
+        f"split: {listed}. A model learns little of a class from so few pictures, and its recall on "
+        "so few eval images says little (one image moves it by 1/n): the gate's numbers for "
+        f"{'them' if len(few) > 1 else 'it'} are weak evidence. Add pictures"
+    )
+
+
 def _feature(stats: statistics_pb2.DatasetFeatureStatistics, name: str):
     for f in stats.features:
         if (f.path.step and list(f.path.step) == [name]) or f.name == name:

@@ -51,6 +51,7 @@ from components.data_contract import (
     RELABELLED,
     SPLITS,
     SplitLabels,
+    few_images_warning,
     find_anomalies,
     label_warnings,
     require_complete,
@@ -274,7 +275,8 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 shift_warnings += split_shift.gate_warnings(
                     image_ids.records(train), image_ids.records(eval_files) if has_eval else [], image_sizes
                 )
-        warnings = label_warnings(splits) + relabel_warnings + shift_warnings
+        few = few_images_warning(splits)
+        warnings = label_warnings(splits) + ([few] if few else []) + relabel_warnings + shift_warnings
         for w in warnings:
             log.warning("data gate: %s", w)
         allow = bool(exec_properties.get(ALLOW_KEY))

@@ -830,10 +830,11 @@ def warn_classes_at_chance(
     for pair in at_chance or ():
         a, b = pair["classes"]
         log.warning(
-            "classes %s and %s are not told apart better than chance (%d of the %d eval images of "
-            "the two answered with one of them were right): %s%s (the run's report lists the pairs)",
+            "classes %s and %s are %s (%d of the %d eval images of the two answered with one of "
+            "them were right): %s%s (the run's report lists the pairs)",
             label_text(a),
             label_text(b),
+            "answered as each other" if pair.get("below_chance") else "not told apart better than chance",
             pair["right"],
             pair["between"],
             shifted,

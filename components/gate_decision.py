@@ -1123,6 +1123,22 @@ def chance_of_pair(right: int, between: int) -> float:
     return float(binom.sf(right - 1, between, 0.5))
 
 
+PAIR_BELOW_ALPHA = 0.01
+
+
+def below_chance(right: int, between: int) -> bool:
+    """A model's `right` of `between` answers between two classes are fewer than a coin gives
+    more often than PAIR_BELOW_ALPHA (the lower tail): it answers them the wrong way round."""
+    return float(binom.cdf(right, between, 0.5)) < PAIR_BELOW_ALPHA
+
+
+def answered_as_each_other(a_right: int, a_as_b: int, b_right: int, b_as_a: int) -> bool:
+    """Two classes' eval images answered mostly with the other class each, wrong far more often
+    than a coin (below_chance): the model tells them apart the wrong way round."""
+    right = a_right + b_right
+    return a_as_b > a_right and b_as_a > b_right and below_chance(right, right + a_as_b + b_as_a)
+
+
 def pair_at_chance(right: int, between: int) -> bool:
     """No evidence the model tells two classes apart: its `right` of `between` answers between
     them are what a coin gives more often than PAIR_CHANCE_ALPHA."""
@@ -1159,6 +1175,15 @@ def classes_at_chance(
                         "between": between,
                         "p_value": round(p, 4),
                         "images": images,
+                        # Wrong far more often than a coin, each class answered mostly with the
+                        # other: the model tells the two apart and answers each with the other
+                        # (eval labels swapped, pictures turned).
+                        "below_chance": answered_as_each_other(
+                            counts.get((a, a), 0),
+                            counts.get((a, b), 0),
+                            counts.get((b, b), 0),
+                            counts.get((b, a), 0),
+                        ),
                     }
                 )
     return sorted(out, key=lambda d: (-(d["between"] - d["right"]), d["classes"]))
@@ -1173,6 +1198,13 @@ def pair_hint(pair: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]] = ()) 
     too small to learn. `pairs`: every pair at chance: a class at chance with two or more others is
     not one concept under two names (labels at random, or features that cannot tell them apart)."""
     a, b = pair["classes"]
+    if pair.get("below_chance"):
+        return (
+            f"wrong far more often than a coin would be ({pair['right']} of {pair['between']} right): "
+            f"the model tells the two apart and answers each with the other. Were the eval labels of "
+            f"{_q(a)} and {_q(b)} swapped against train's, or the eval pictures turned or mirrored "
+            "so each looks like the other? Compare a sample of the eval split with train"
+        )
     partners = {c: sum(c in p["classes"] for p in pairs) for c in (a, b)}
     if max(partners.values(), default=0) > 1:
         many = max((a, b), key=lambda c: (partners[c], c))

@@ -267,6 +267,25 @@ def test_labels_that_print_almost_alike_are_warned_about_not_stopped():
     assert label_warnings({"train": _labels("train", {"cat": 1, "dog": 1}), "eval": None}) == []
 
 
+def test_a_class_with_fewer_than_five_images_in_a_split_is_warned_about():
+    """An audit's class of 1 train and 1 eval image was blessed, its recall 1.0 from one image (0.35
+    on 40 new ones), without a word."""
+    from components.data_contract import few_images_warning
+
+    splits = {
+        "train": _labels("train", {"five": 40, "nine": 1, "six": 4}),
+        "eval": _labels("eval", {"five": 10, "nine": 1, "six": 5}),
+    }
+    assert few_images_warning(splits) == (
+        "2 classes have fewer than 5 images in a split: 'nine' (1 train, 1 eval), 'six' (4 train, 5 eval). "
+        "A model learns little of a class from so few pictures, and its recall on so few eval images says "
+        "little (one image moves it by 1/n): the gate's numbers for them are weak evidence. Add pictures"
+    )
+    enough = {"train": _labels("train", {"a": 5, "b": 9}), "eval": _labels("eval", {"a": 5, "b": 5})}
+    assert few_images_warning(enough) is None
+    assert few_images_warning({"train": _labels("train", {"a": 1}), "eval": None}) is None
+
+
 def test_clean_data_has_no_anomaly():
     splits = {"train": _labels("train", {"a": 5, "b": 5}), "eval": _labels("eval", {"a": 1, "b": 2})}
     assert find_anomalies(splits, {"train": anomalies_pb2.Anomalies()}, baseline_classes=["b", "a"]) == []
@@ -492,10 +511,12 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
     [allowed] = report["anomalies_allowed"]
     assert allowed.startswith(found)
     assert report["label_change_accepted"] is True  # the Evaluator's check of new images follows it
-    assert report["warnings"] == [
+    few, correction = report["warnings"]  # a few images a class (this test's), and the correction
+    assert few.startswith("3 classes have fewer than 5 images in a split: 'five' (4 train, 1 eval)")
+    assert correction == (
         "1 of the 3 trained as 'seven' now labelled 'six' (train): label corrections? (the latest blessed "
         "model learned them the other way)"
-    ]
+    )
     # With another anomaly beside it, the message names both ways past.
     assert "--accept-label-change lets through the label changes alone, --allow-anomalies every" in (
         failure_message([allowed, "eval: feature 'label': Unexpected string values"])

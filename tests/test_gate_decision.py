@@ -1141,6 +1141,7 @@ def test_classes_told_apart_no_better_than_chance_are_named():
         "between": 16,
         "p_value": pytest.approx(0.9979, abs=1e-4),
         "images": {"d2": 8, "two": 8},
+        "below_chance": False,  # 3 of 16: a coin's lower tail 0.011, not under 0.01
     }
     assert pair_hint(pair) == "one concept under two names? Merge the folders, or check their labels"
     assert pair_hint(pair, [pair]) == pair_hint(pair)
@@ -1163,6 +1164,18 @@ def test_classes_told_apart_no_better_than_chance_are_named():
         "'small' has 3 of these eval images against 26 of 'big': too few to learn it apart? Add images of "
         "'small', or check their labels"
     )
+    # Wrong far more often than a coin, each answered with the other (an eval split turned upside
+    # down: six and nine; an audit's 0 of 14): not "at chance", and not one concept either.
+    [turned] = classes_at_chance({("six", "nine"): 7, ("nine", "six"): 7}, ["nine", "six"])
+    assert turned["below_chance"] is True and turned["right"] == 0
+    assert pair_hint(turned).startswith(
+        "wrong far more often than a coin would be (0 of 14 right): the model tells the two apart and "
+        "answers each with the other. Were the eval labels of 'nine' and 'six' swapped"
+    )
+    # One way only (every 'b' answered 'a', every 'a' right): a class the model does not know,
+    # not an exchange.
+    [one_way] = classes_at_chance({("a", "a"): 2, ("b", "a"): 12}, ["a", "b"])
+    assert one_way["below_chance"] is False
     # Told apart: 14 of 16 right between the two (p 0.002); and too few answers to say (under 10).
     assert classes_at_chance({("a", "a"): 7, ("b", "b"): 7, ("a", "b"): 1, ("b", "a"): 1}, ["a", "b"]) == []
     assert classes_at_chance({("a", "a"): 2, ("b", "b"): 2, ("a", "b"): 3, ("b", "a"): 2}, ["a", "b"]) == []

@@ -42,6 +42,11 @@ class RunSummary:
     run_dir: str = ""
     per_class_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_accuracy: float | None = None
+    # When the models were compared on part of the eval split (images neither trained on, or the
+    # classes both have): {"examples", "metric", "baseline", "candidate"}, both models' numbers on
+    # those images, for `baseline_accuracy` is then the baseline's there while `accuracy` is the
+    # candidate's on the split; None when compared on the whole split, or not compared.
+    baseline_compared_on: dict[str, Any] | None = None
     # The Evaluator's baseline: {"run_id": the run that trained it, "pushed": its newest push's
     # path or None}; None when it had none (metadata.baseline_model).
     baseline_model: dict[str, str | None] | None = None
@@ -111,6 +116,16 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
             baseline = accuracy
         elif gate.get("metric", "accuracy") == "accuracy":
             baseline = compared.get("accuracy")
+    compared_on = None
+    subset = (gate or {}).get("baseline") or {}
+    examples = subset.get("compared_examples")
+    if subset.get("compared") and examples is not None and examples != gate.get("eval_examples"):
+        compared_on = {
+            "examples": subset["compared_examples"],
+            "metric": gate.get("metric", "accuracy"),
+            "baseline": subset.get("accuracy"),
+            "candidate": subset.get("candidate_accuracy"),
+        }
     prepush = metadata.prepush_summary(infra_blessing_uri)
     refused = prepush and prepush.get("validated") and prepush.get("blessed") is False
     if blessed and not pushed and not push_skipped and refused:
@@ -128,6 +143,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         executions=states,
         per_class_accuracy=per_class,
         baseline_accuracy=baseline,
+        baseline_compared_on=compared_on,
         baseline_model=baseline_model,
         push_skipped=push_skipped,
         gate=gate,

@@ -396,6 +396,9 @@ class ConfusedPair:
     between: int  # images of a and b it called a or b
     at_chance: bool  # between the two, not told apart better than a coin (one-sided, p 0.05)
     tested: bool = True  # False: under the gate's PAIR_MIN_ANSWERS answers between them: not tested
+    # Each mostly answered with the other, far below a coin (gate_decision.answered_as_each_other):
+    # eval labels swapped against train's, or pictures turned.
+    each_other: bool = False
 
 
 CONFUSED_PAIRS = 5  # the report lists this many pairs besides those at chance, most mistakes first
@@ -410,7 +413,7 @@ def confused_pairs(
     the per-class recall floor does not catch. The test is the gate's (`pair_at_chance`, once
     the two have PAIR_MIN_ANSWERS answers between them), so these are the pairs gate.json's
     `classes_at_chance` names."""
-    from components.gate_decision import PAIR_MIN_ANSWERS, pair_at_chance
+    from components.gate_decision import PAIR_MIN_ANSWERS, answered_as_each_other, pair_at_chance
 
     pairs = []
     for i in range(len(class_names)):
@@ -422,9 +425,18 @@ def confused_pairs(
             between = right + a_as_b + b_as_a
             tested = between >= PAIR_MIN_ANSWERS
             at_chance = tested and pair_at_chance(right, between)
+            each_other = at_chance and answered_as_each_other(matrix[i][i], a_as_b, matrix[j][j], b_as_a)
             pairs.append(
                 ConfusedPair(
-                    class_names[i], class_names[j], a_as_b, b_as_a, right, between, at_chance, tested
+                    class_names[i],
+                    class_names[j],
+                    a_as_b,
+                    b_as_a,
+                    right,
+                    between,
+                    at_chance,
+                    tested,
+                    each_other,
                 )
             )
     pairs.sort(key=lambda p: (-(p.a_as_b + p.b_as_a), p.a, p.b))

@@ -116,7 +116,7 @@ def _confused(d: ReportData) -> str:
             str(p.b_as_a),
             f"{p.right} of {p.between}"
             + (
-                " <b>(no better than chance)</b>"
+                (" <b>(answered as each other)</b>" if p.each_other else " <b>(no better than chance)</b>")
                 if p.at_chance
                 else ("" if p.tested else " (too few answers to test)")
             ),

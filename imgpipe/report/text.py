@@ -75,7 +75,7 @@ def render(d: ReportData, path: str | None = None, limit: int = TEXT_MISCLASSIFI
             f"  {_clean(label_text(p.a))} / {_clean(label_text(p.b))}: {p.a_as_b} + {p.b_as_a} mistakes, "
             f"{p.right} of {p.between} right between the two"
             + (
-                " (no better than chance)"
+                (" (answered as each other)" if p.each_other else " (no better than chance)")
                 if p.at_chance
                 else ("" if p.tested else " (too few answers to test)")
             )

@@ -356,6 +356,7 @@ def test_gate_stops_a_worse_model(base_config, first_run, monkeypatch):
     assert standby.staged_from is not None and standby.process.poll() is not None
     assert s.executions["Trainer"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
     assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
+    assert s.baseline_compared_on is None  # the whole split: accuracy and baseline_accuracy compare
     # Which model that was: the first run's, served as the version it pushed.
     assert s.baseline_model == {"run_id": first_run.run_id, "pushed": first_run.pushed}
     assert s.accuracy < first_run.accuracy
@@ -525,6 +526,13 @@ def test_data_split_anew_compares_the_baseline_only_on_images_it_did_not_train_o
     assert baseline["candidate_accuracy"] == pytest.approx(_top1_accuracy(candidate, unseen), abs=1e-6)
     assert s.accuracy == s.gate["accuracy"] == pytest.approx(_top1_accuracy(candidate, evals), abs=1e-6)
     assert s.baseline_accuracy == baseline["accuracy"]
+    # Both models' numbers on the images compared, beside the candidate's on the whole split.
+    assert s.baseline_compared_on == {
+        "examples": len(unseen),
+        "metric": s.gate["metric"],
+        "baseline": baseline["accuracy"],
+        "candidate": baseline["candidate_accuracy"],
+    }
     assert "neither model trained on" in report_build.load_report(s.run_dir).gate.baseline_note
 
 
