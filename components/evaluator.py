@@ -532,6 +532,9 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         # The data gate's warnings (names that print alike, labels corrected, eval images unlike
         # the train images): beside the numbers they may explain, in the run's JSON too.
         record["data_warnings"] = list(report.warnings)
+        if record["baseline"].get("compared"):
+            record["baseline"]["when_blessed"] = baseline_when_blessed(evaluation.uri, baseline, record)
+            warn_baseline_fallen(record)
         write_gate_record(evaluation.uri, record)
 
     def _run_tfma(self, inputs, output_dict, props, examples, splits, batch, optimization) -> None:
@@ -1064,6 +1067,55 @@ def earlier_records(evaluation_uri: str) -> Iterator[tuple[str, dict]]:
             continue
         if isinstance(record, dict):
             yield path, record
+
+
+# The served model this far (or more) below its own blessing's number on a run's eval images: the
+# run says the eval pictures are unlike those it was judged on.
+FALLEN = 0.2
+
+
+def baseline_when_blessed(
+    evaluation_uri: str, baseline: types.Artifact | None, record: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The served model's gated number when it was blessed: {"value", "eval_examples", "gate"}
+    from its own Evaluator's gate.json (this Evaluator's newest other record that judged it as the
+    candidate, in the same metric, and blessed it); None when there is none to read."""
+    if baseline is None or record["baseline"].get("identical"):
+        return None
+    target = _norm(baseline.uri)
+    metric = record.get("metric", "accuracy")
+    for path, earlier in earlier_records(evaluation_uri):
+        model = (earlier.get("tfma_run") or {}).get("model")
+        value = earlier.get("value")
+        if (
+            earlier.get("blessed") is True
+            and model is not None
+            and _norm(model) == target
+            and earlier.get("metric", "accuracy") == metric
+            and isinstance(value, (int, float))
+        ):
+            return {"value": float(value), "eval_examples": earlier.get("eval_examples"), "gate": path}
+    return None
+
+
+def warn_baseline_fallen(record: Mapping[str, Any]) -> None:
+    """A warning when the served model scores FALLEN or more below its blessing's number on the
+    images it was compared on here: those eval pictures are unlike the ones it was judged on."""
+    compared = record["baseline"]
+    then, now = compared.get("when_blessed"), compared.get("accuracy")
+    if not then or now is None or then["value"] - now < FALLEN:
+        return
+    metric = str(record.get("metric", "accuracy")).replace("_", " ")
+    log.warning(
+        "the served model scores %.3f (%s) on the %s eval images it was compared on here, against %.3f "
+        "on its own eval split when it was blessed: these eval pictures are unlike those it was judged "
+        "on (another source, turned, relabelled?), so the comparison says little of the candidate; "
+        "the data gate's warnings, if any, say how they differ",
+        now,
+        metric,
+        compared.get("compared_examples"),
+        then["value"],
+    )
 
 
 def earlier_measurement(

@@ -1629,6 +1629,10 @@ def gate_record(
             # Why a model may be judged on the floors alone though a blessed model exists and was
             # not compared with it (None: it was compared, or there is none, or nothing waives it).
             "comparison_waived": plan.comparison_waived if uncompared(plan) else None,
+            # The served model's own number when it was blessed, beside its number here ({value,
+            # eval_examples, gate}; None: not compared, or no record of it): the Evaluator fills it
+            # (evaluator.baseline_when_blessed).
+            "when_blessed": None,
             # {class: {images, candidate, baseline}}: each model's recall of the class on the
             # examples compared (None: not measured).
             "per_class": None

@@ -329,6 +329,7 @@ def test_a_class_added_compares_the_models_on_the_classes_both_have(
         "shared_classes": ["a", "b"],
         "label_change": "new class 'c'",
         "comparison_waived": None,
+        "when_blessed": None,
         "per_class": None,
     }
     if not blessed:
@@ -428,6 +429,7 @@ def test_a_baseline_identical_to_the_candidate_is_not_evaluated_twice(tmp_path, 
         "shared_classes": None,
         "label_change": None,
         "comparison_waived": None,
+        "when_blessed": None,
         "per_class": None,
     }
 
@@ -790,6 +792,7 @@ def test_a_baseline_that_trained_on_eval_images_is_compared_on_the_rest(
         "shared_classes": None,
         "label_change": None,
         "comparison_waived": None,
+        "when_blessed": None,
         "per_class": None,
     }
     assert outputs["blessing"][0].get_int_custom_property("blessed") == int(blessed)
@@ -1297,6 +1300,60 @@ def test_the_earlier_measurement_is_reused_only_for_the_metric_it_recorded(tmp_p
         json.dumps({"measured": wanted, "accuracy": 0.9, "balanced_accuracy": 0.8})
     )
     assert earlier_measurement(here, wanted, "balanced_accuracy") == (0.8, str(old / "gate.json"))
+
+
+def test_a_served_model_far_below_its_blessings_number_here_is_said(tmp_path):
+    """An audit's retrains on eval pictures turned upside down measured the served model at 0.267,
+    blessed at 0.95 on its own eval split, without a word: the comparison said nothing of why."""
+    import logging
+    import types
+
+    from components import evaluator
+
+    root = tmp_path / "Evaluator" / "evaluation"
+    served = str(tmp_path / "Trainer" / "model" / "4")
+    for name, record in {
+        "5": {
+            "blessed": True,
+            "metric": "accuracy",
+            "value": 0.95,
+            "eval_examples": 40,
+            "tfma_run": {"model": served},
+        },
+        "6": {"blessed": False, "metric": "accuracy", "value": 0.3, "tfma_run": {"model": served + "x"}},
+    }.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "gate.json").write_text(json.dumps(record))
+    here = str(root / "9")
+    baseline = types.SimpleNamespace(uri=served + "/")
+    record = {
+        "metric": "accuracy",
+        "baseline": {"compared": True, "accuracy": 0.267, "compared_examples": 30},
+    }
+    then = evaluator.baseline_when_blessed(here, baseline, record)
+    assert then == {"value": 0.95, "eval_examples": 40, "gate": str(root / "5" / "gate.json")}
+    record["baseline"]["when_blessed"] = then
+    # Its own handler: imgpipe's loggers stop propagating once a command ran in this process.
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: said.append(r.getMessage())
+    evaluator.log.addHandler(handler)
+    try:
+        evaluator.warn_baseline_fallen(record)
+        record["baseline"]["accuracy"] = 0.80  # within FALLEN of it: nothing to say
+        evaluator.warn_baseline_fallen(record)
+    finally:
+        evaluator.log.removeHandler(handler)
+    [message] = said
+    assert message.startswith(
+        "the served model scores 0.267 (accuracy) on the 30 eval images it was compared on here, "
+        "against 0.950 on its own eval split when it was blessed"
+    )
+    # Another metric gated, or no record of its blessing: not known.
+    assert evaluator.baseline_when_blessed(here, baseline, {**record, "metric": "balanced_accuracy"}) is None
+    assert (
+        evaluator.baseline_when_blessed(here, types.SimpleNamespace(uri=str(tmp_path / "m")), record) is None
+    )
 
 
 def test_false_alarms_fail_min_class_precision_though_every_recall_passes(tmp_path, fake_tfma):

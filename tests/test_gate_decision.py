@@ -88,6 +88,7 @@ BASELINE_KEYS = {
     "shared_classes",
     "label_change",
     "comparison_waived",
+    "when_blessed",
 }
 
 
@@ -408,6 +409,7 @@ def test_record_has_every_contract_key():
         "shared_classes": None,
         "label_change": None,
         "comparison_waived": None,
+        "when_blessed": None,
         "per_class": None,
     }
     assert record["anomalies_allowed"] == ["eval: x"] and record["measured"] is None

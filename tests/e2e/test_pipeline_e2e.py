@@ -357,6 +357,12 @@ def test_gate_stops_a_worse_model(base_config, first_run, monkeypatch):
     assert s.executions["Trainer"] == "COMPLETE" and s.executions["Evaluator"] == "COMPLETE"
     assert s.baseline_accuracy == pytest.approx(first_run.accuracy, abs=1e-6)
     assert s.baseline_compared_on is None  # the whole split: accuracy and baseline_accuracy compare
+    # The served model's number when it was blessed, read from the first run's gate.json.
+    when = s.gate["baseline"]["when_blessed"]
+    assert when["value"] == first_run.gate["value"] and when["eval_examples"] == 45
+    assert when["gate"].endswith(
+        os.path.join("Evaluator", "evaluation", when["gate"].split(os.sep)[-2], "gate.json")
+    )
     # Which model that was: the first run's, served as the version it pushed.
     assert s.baseline_model == {"run_id": first_run.run_id, "pushed": first_run.pushed}
     assert s.accuracy < first_run.accuracy
