@@ -171,6 +171,7 @@ def test_the_store_file_keeps_each_image_once_and_the_two_latest_keys(tmp_path, 
     np.testing.assert_array_equal(store.features, [[2, 0], [1, 0], [4, 4]])
     found, row = store.find(np.array([9, 4, 3], np.uint64))
     assert found.tolist() == [True, False, True] and store.features[row[0]].tolist() == [4, 4]
+    (tmp_path / "s" / ".writing-killed.npz").write_bytes(b"half")  # a run killed mid-write
     for age, key in enumerate(("b", "c"), start=1):
         os.utime(path, (age, age))  # a then b: each older than what is written next
         path = feature_store.save(d, key, ids, feats)

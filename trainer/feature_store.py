@@ -166,7 +166,10 @@ def save(directory: str, key: str, ids: Sequence[np.ndarray], features: Sequence
         )
         return None
     stores = sorted(glob.glob(os.path.join(directory, "*.npz")), key=os.path.getmtime, reverse=True)
-    for old in [p for p in stores if p != path][KEEP_KEYS - 1 :]:
+    # And what a run killed while writing left (runs on one home take turns: none is writing).
+    for old in [p for p in stores if p != path][KEEP_KEYS - 1 :] + glob.glob(
+        os.path.join(directory, ".writing-*")
+    ):
         try:
             os.remove(old)
         except OSError:
