@@ -556,7 +556,7 @@ class _StoreUse:
         # The records the input function yields: every one of train (a label with no class
         # fails it, by name: left to it), those with a class of eval.
         kept = np.array([label in index for label in labels], dtype=bool)
-        fits = kept.sum() * (dim + 1) * 4 <= run.cache_memory_bytes
+        fits = kept.sum() * (dim * 4 + 8) <= run.cache_memory_bytes  # float32 features, an int64 label
         if (split == "train" and not kept.all()) or None in labels or not fits:
             self.kept.pop(split, None)
             return _extract(run, self.extractor, split, files, self.batch)
@@ -569,6 +569,12 @@ class _StoreUse:
         fresh = ~found
         fresh[sample] = True
         cache = self._fresh(split, files, kept, fresh)
+        if cache.arrays is None:  # spilled after all (the limit's margin): as without the store
+            self.kept.pop(split, None)
+            if fresh.all():
+                return cache
+            cache.release()
+            return _extract(run, self.extractor, split, files, self.batch)
         features = np.empty((len(wanted), dim), np.float32)
         features[fresh] = cache.arrays[0]
         if self.store is not None and len(sample):
@@ -593,11 +599,12 @@ class _StoreUse:
     def _fresh(
         self, split: str, files: str | Sequence[str], kept: np.ndarray, fresh: np.ndarray
     ) -> data.FeatureCache:
-        """The features of the kept records where `fresh` (over the kept ones) is true."""
+        """The features of the kept records where `fresh` (over the kept ones) is true (a cache
+        that spilled to disk has no arrays)."""
         select = np.zeros(len(kept), bool)
         select[np.flatnonzero(kept)[fresh]] = True
         cache = _extract(self.run, self.extractor, split, files, self.batch, None if select.all() else select)
-        if cache.arrays is None or cache.count != int(fresh.sum()):
+        if cache.count != int(fresh.sum()):
             raise RuntimeError(
                 f"feature store: {cache.count} {split} features extracted for {int(fresh.sum())} records"
             )
