@@ -23,6 +23,7 @@ protos by hand.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -102,28 +103,36 @@ def label_warnings(splits: Mapping[str, SplitLabels | None]) -> list[str]:
 FEW_IMAGES = 5  # a class with fewer in a split is warned about (few_images_warning)
 
 
-def few_images_warning(splits: Mapping[str, SplitLabels | None]) -> str | None:
-    """A warning naming the classes with fewer than FEW_IMAGES images in the train or the eval
-    split (one a split lacks altogether is an anomaly, not this), or None. A run on them is
-    gated on the same rules, but its numbers for such a class are weak evidence: an audit's class
-    of 1 train and 1 eval image was blessed with a recall of 1.0 that was 0.35 on 40 new ones."""
-    train, evals = splits.get("train"), splits.get("eval")
+def few_images_warning(distinct: Mapping[str, Mapping[str, int]]) -> str | None:
+    """A warning naming the classes with fewer than FEW_IMAGES distinct images (copies of one
+    image count once) in the train or the eval split, from {split: {class: images}}; a class a
+    split lacks altogether is an anomaly, not this. None without both splits, or when none.
+
+    A run on them is gated on the same rules, but its numbers for such a class are weak evidence:
+    an audit's class of 1 train and 1 eval image was blessed with a recall of 1.0 that was 0.35
+    on 40 new ones."""
+    train, evals = distinct.get("train"), distinct.get("eval")
     if train is None or evals is None:
         return None
     few = [
-        (name, train.counts[name], evals.counts[name])
-        for name in sorted(set(train.counts) & set(evals.counts))
-        if min(train.counts[name], evals.counts[name]) < FEW_IMAGES
+        (name, train[name], evals[name])
+        for name in sorted(set(train) & set(evals))
+        if min(train[name], evals[name]) < FEW_IMAGES
     ]
     if not few:
         return None
     listed = ", ".join(f"{name!r} ({n_train} train, {n_eval} eval)" for name, n_train, n_eval in few)
     return (
         f"{len(few)} class{'es have' if len(few) > 1 else ' has'} fewer than {FEW_IMAGES} images in a "
-        f"split: {listed}. A model learns little of a class from so few pictures, and its recall on "
-        "so few eval images says little (one image moves it by 1/n): the gate's numbers for "
-        f"{'them' if len(few) > 1 else 'it'} are weak evidence. Add pictures"
+        f"split (copies of one image counted once): {listed}. A model learns little of a class from so "
+        "few pictures, and its recall on so few eval images says little (one image moves it by 1/n): "
+        f"the gate's numbers for {'them' if len(few) > 1 else 'it'} are weak evidence. Add pictures"
     )
+
+
+def distinct_images(ids: Sequence[int], labels: Sequence[str]) -> dict[str, int]:
+    """{class: distinct images} of a split's (fingerprint, label) records."""
+    return dict(collections.Counter(label for _, label in set(zip(ids, labels, strict=True))))
 
 
 def _feature(stats: statistics_pb2.DatasetFeatureStatistics, name: str):

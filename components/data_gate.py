@@ -44,13 +44,14 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import split_shift
+from components import class_apart, split_shift
 from components.artifacts import DataGateReport, Report, model_class_names, write_report
 from components.data_contract import (
     LABEL_CHANGES,
     RELABELLED,
     SPLITS,
     SplitLabels,
+    distinct_images,
     few_images_warning,
     find_anomalies,
     label_warnings,
@@ -252,6 +253,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
         relabel_warnings: list[str] = []
         copies = {}
         shift_warnings: list[str] = []
+        few_warnings: list[str] = []
         image_sizes: dict[str, list[float]] = {}
         for examples in input_dict.get(EXAMPLES_KEY) or []:  # the train split's copies of one image
             train = os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")
@@ -263,20 +265,25 @@ class DataGateExecutor(base_executor.BaseExecutor):
             if copies["train"]["repeats"]:
                 log.info("train: %d records repeat an earlier record's image", copies["train"]["repeats"])
             has_eval = bool(tf.io.gfile.glob(eval_files))
+            if has_eval:
+                indexed["eval"] = image_ids.split_index(eval_files)
+            found = few_images_warning({s: distinct_images(*index) for s, index in indexed.items()})
+            few_warnings += [found] if found else []
             if trained:
-                if has_eval:
-                    indexed["eval"] = image_ids.split_index(eval_files)
                 found, corrections = relabelled(trained, indexed)
                 anomalies += [found] if found else []
                 relabel_warnings += corrections
                 shrunk = shrunk_warning(len(indexed["train"][0]) - copies["train"]["repeats"], len(trained))
                 relabel_warnings += [shrunk] if shrunk else []
             if tf.io.gfile.glob(train):  # eval images unlike the train images; a class apart
+                chosen = set(class_apart.class_sample(list(indexed["train"][1])).tolist())
                 shift_warnings += split_shift.gate_warnings(
-                    image_ids.records(train), image_ids.records(eval_files) if has_eval else [], image_sizes
+                    image_ids.records(train),
+                    image_ids.records(eval_files) if has_eval else [],
+                    image_sizes,
+                    (r for i, r in enumerate(image_ids.records(train)) if i in chosen),
                 )
-        few = few_images_warning(splits)
-        warnings = label_warnings(splits) + ([few] if few else []) + relabel_warnings + shift_warnings
+        warnings = label_warnings(splits) + few_warnings + relabel_warnings + shift_warnings
         for w in warnings:
             log.warning("data gate: %s", w)
         allow = bool(exec_properties.get(ALLOW_KEY))

@@ -211,14 +211,19 @@ def one_colour(samples: dict[str, Sequence[dict[str, Any]]]) -> list[str]:
 
 
 def gate_warnings(
-    train_records: Iterable[bytes], eval_records: Iterable[bytes], sizes: dict[str, list[float]] | None = None
+    train_records: Iterable[bytes],
+    eval_records: Iterable[bytes],
+    sizes: dict[str, list[float]] | None = None,
+    class_records: Iterable[bytes] | None = None,
 ) -> list[str]:
-    """The data gate's warnings from the two splits' samples (`one_colour`'s, then the shift's);
-    `sizes`, when given, gets each split's median [width, height] of its sample. Advisory: when
-    the check cannot run, it says so in the log, and the run goes on."""
+    """The data gate's warnings from the two splits' samples (`one_colour`'s, a class apart's,
+    then the shift's); `sizes`, when given, gets each split's median [width, height] of its
+    sample; `class_records`, the train records drawn class by class for the class check
+    (class_apart.class_sample; None: the train sample). Advisory: when the check cannot run, it
+    says so in the log, and the run goes on."""
     notes: list[str] = []
     try:
-        _, warning = split_shift(train_records, eval_records, notes, sizes)
+        _, warning = split_shift(train_records, eval_records, notes, sizes, class_records)
     except Exception as e:  # noqa: BLE001 - a record it cannot read stops nothing
         log.warning("the check of eval images against train images could not run: %s", e)
         warning = None
@@ -230,20 +235,22 @@ def split_shift(
     eval_records: Iterable[bytes],
     notes: list[str] | None = None,
     sizes: dict[str, list[float]] | None = None,
+    class_records: Iterable[bytes] | None = None,
 ) -> tuple[dict | None, str | None]:
     """(the shift found, or {} / None as `compare`; the data gate's warning, or None) for two
     splits' serialized tf.Examples. `notes`, when given, gets the samples' other findings (images
     of one colour: `one_colour`); `sizes` each split's median [width, height]."""
     from trainer.image_ids import record_image
 
-    sides = []
-    for records in (train_records, eval_records):
+    def measured(records: Iterable[bytes]) -> list[dict[str, Any]]:
         rows = []
-        for image, label in map(record_image, sample(records)):
+        for image, label in map(record_image, records):
             row = measure(image) if image else None
             if row is not None:
                 rows.append({**row, "label": label})
-        sides.append(rows)
+        return rows
+
+    sides = [measured(sample(records)) for records in (train_records, eval_records)]
     if notes is not None:
         notes.extend(one_colour(dict(zip(("train", "eval"), sides, strict=True))))
     if sizes is not None:
@@ -254,7 +261,8 @@ def split_shift(
                     float(np.median([r["height"] for r in rows])),
                 ]
     if notes is not None:
-        notes.extend(class_apart.warnings(class_apart.classes_apart(sides[0])))
+        by_class = sides[0] if class_records is None else measured(class_records)
+        notes.extend(class_apart.warnings(class_apart.classes_apart(by_class)))
     sides = list(in_proportions(sides[0], sides[1]))
     shift = compare(*sides)
     if shift is None and sides[1]:

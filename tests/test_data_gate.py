@@ -269,21 +269,29 @@ def test_labels_that_print_almost_alike_are_warned_about_not_stopped():
 
 def test_a_class_with_fewer_than_five_images_in_a_split_is_warned_about():
     """An audit's class of 1 train and 1 eval image was blessed, its recall 1.0 from one image (0.35
-    on 40 new ones), without a word."""
-    from components.data_contract import few_images_warning
+    on 40 new ones), without a word. Copies of one image count once: one image written 12 times
+    is one image."""
+    from components.data_contract import distinct_images, few_images_warning
 
-    splits = {
-        "train": _labels("train", {"five": 40, "nine": 1, "six": 4}),
-        "eval": _labels("eval", {"five": 10, "nine": 1, "six": 5}),
-    }
-    assert few_images_warning(splits) == (
-        "2 classes have fewer than 5 images in a split: 'nine' (1 train, 1 eval), 'six' (4 train, 5 eval). "
-        "A model learns little of a class from so few pictures, and its recall on so few eval images says "
-        "little (one image moves it by 1/n): the gate's numbers for them are weak evidence. Add pictures"
+    train_ids = [1, 2, 3, 4, 5] * 8 + [9] * 12 + [20, 21, 22, 23]
+    train_labels = ["five"] * 40 + ["nine"] * 12 + ["six"] * 4
+    eval_ids, eval_labels = (
+        [30, 31, 32, 33, 34, 40, 40, 50, 51, 52, 53, 54],
+        ["five"] * 5 + ["nine"] * 2 + ["six"] * 5,
     )
-    enough = {"train": _labels("train", {"a": 5, "b": 9}), "eval": _labels("eval", {"a": 5, "b": 5})}
-    assert few_images_warning(enough) is None
-    assert few_images_warning({"train": _labels("train", {"a": 1}), "eval": None}) is None
+    distinct = {
+        "train": distinct_images(train_ids, train_labels),
+        "eval": distinct_images(eval_ids, eval_labels),
+    }
+    assert distinct["train"] == {"five": 5, "nine": 1, "six": 4}
+    assert few_images_warning(distinct) == (
+        "2 classes have fewer than 5 images in a split (copies of one image counted once): 'nine' (1 train, "
+        "1 eval), 'six' (4 train, 5 eval). A model learns little of a class from so few pictures, and its "
+        "recall on so few eval images says little (one image moves it by 1/n): the gate's numbers for them "
+        "are weak evidence. Add pictures"
+    )
+    assert few_images_warning({"train": {"a": 5, "b": 9}, "eval": {"a": 5, "b": 5}}) is None
+    assert few_images_warning({"train": {"a": 1}}) is None
 
 
 def test_clean_data_has_no_anomaly():
@@ -512,7 +520,9 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
     assert allowed.startswith(found)
     assert report["label_change_accepted"] is True  # the Evaluator's check of new images follows it
     few, correction = report["warnings"]  # a few images a class (this test's), and the correction
-    assert few.startswith("3 classes have fewer than 5 images in a split: 'five' (4 train, 1 eval)")
+    assert few.startswith(
+        "1 class has fewer than 5 images in a split (copies of one image counted once): 'six' (3 train, 1 eval)"
+    )
     assert correction == (
         "1 of the 3 trained as 'seven' now labelled 'six' (train): label corrections? (the latest blessed "
         "model learned them the other way)"

@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,11 +111,14 @@ class Store:
         return self.ids[row] == ids, row
 
     def drop(self) -> None:
-        """Delete the store's file (its features disagreed with the backbone's)."""
+        """Delete the store's file (its features disagreed with the backbone's); one that cannot be
+        deleted is said, and replaced when this run's store is written."""
         try:
             os.remove(self.path)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            log.warning("feature store %s could not be deleted (%s)", self.path, e)
 
 
 def _path(directory: str, key: str) -> str:
@@ -131,12 +134,20 @@ def load(directory: str, key: str) -> Store | None:
     try:
         with np.load(path, allow_pickle=False) as f:
             ids, features = f["ids"], f["features"]
-        if ids.dtype != np.uint64 or features.dtype != np.float32 or features.ndim != 2:
-            raise ValueError(f"ids {ids.dtype}, features {features.dtype} of {features.ndim} dimensions")
+        if ids.dtype != np.uint64 or ids.ndim != 1 or features.dtype != np.float32 or features.ndim != 2:
+            raise ValueError(
+                f"ids {ids.dtype} of {ids.ndim} dimensions, features {features.dtype} of {features.ndim}"
+            )
         if len(ids) != len(features) or np.any(ids[1:] <= ids[:-1]):
             raise ValueError("ids not sorted and unique, one per feature vector")
-    except (OSError, ValueError, KeyError) as e:
-        log.warning("feature store %s cannot be read (%s): every image's features are extracted", path, e)
+    except Exception as e:  # noqa: BLE001 - a damaged file (cut short, a bad CRC) must not stop a run
+        log.warning(
+            "feature store %s cannot be read (%s: %s): every image's features are extracted, and the "
+            "file is replaced by this run's",
+            path,
+            type(e).__name__,
+            e,
+        )
         return None
     return Store(path, ids, features)
 
@@ -149,11 +160,12 @@ def save(directory: str, key: str, ids: Sequence[np.ndarray], features: Sequence
     all_features = np.concatenate([np.asarray(f, dtype=np.float32) for f in features])
     unique, first = np.unique(all_ids, return_index=True)
     path = _path(directory, key)
+    # A new name each time, created as any file (the umask applies, as to the rest of the home).
+    tmp = os.path.join(directory, f".writing-{os.getpid()}-{uuid.uuid4().hex}.npz")
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".writing-", suffix=".npz")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "xb") as f:
                 np.savez(f, ids=unique, features=all_features[first])
             os.replace(tmp, path)
         except BaseException:
@@ -162,7 +174,10 @@ def save(directory: str, key: str, ids: Sequence[np.ndarray], features: Sequence
             raise
     except OSError as e:
         log.warning(
-            "the feature store could not be written to %s (%s): the next run extracts every image", path, e
+            "the feature store could not be written to %s (%s): the next run reuses what it held before, "
+            "if anything, and extracts the rest",
+            path,
+            e,
         )
         return None
     stores = sorted(glob.glob(os.path.join(directory, "*.npz")), key=os.path.getmtime, reverse=True)
