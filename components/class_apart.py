@@ -133,8 +133,10 @@ def classes_apart(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(by_class) == 2:
             sizes["other"] = next(other for other in by_class if other != name)
         for prop in PROPERTIES:
-            if prop == "border" and not _framed(mine):
-                continue  # a subject that reaches the edges sets it (a handwritten four: 0.92)
+            # A subject that reaches the edges sets it (a handwritten four: 0.92). Of two classes
+            # only one is tested: either may be the framed one.
+            if prop == "border" and not (_framed(mine) or (len(by_class) == 2 and _framed(others))):
+                continue
             a = np.array([row[prop] for row in mine if prop in row], dtype=float)
             b = np.array([row[prop] for row in others if prop in row], dtype=float)
             if len(a) < MIN_CLASS or len(b) < MIN_CLASS or (np.all(a == a[0]) and np.all(b == a[0])):

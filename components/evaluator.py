@@ -1103,7 +1103,7 @@ def warn_baseline_fallen(record: Mapping[str, Any]) -> None:
     images it was compared on here: those eval pictures are unlike the ones it was judged on."""
     compared = record["baseline"]
     then, now = compared.get("when_blessed"), compared.get("accuracy")
-    if not then or now is None or then["value"] - now < FALLEN:
+    if not then or now is None or then["value"] - now < FALLEN - METRIC_TOLERANCE:  # float32 metrics
         return
     metric = str(record.get("metric", "accuracy")).replace("_", " ")
     log.warning(

@@ -250,9 +250,10 @@ class PipelineConfig(Settings):
             # Flags override the file: a bad value in the file that a flag replaces is not an
             # error (it was, and was blamed on the flag).
             replaced = {str(err["loc"][-1]) for err in e.errors() if err.get("loc")} & given
-            if given and any(not err.get("loc") for err in e.errors()):
-                # A rule across settings (a password file needs a postgresql:// store): the file
-                # alone may break it where the file and the flags together do not.
+            if given:
+                # A rule across settings (a password file needs a postgresql:// store; fine-tuning
+                # layers need fine-tuning epochs): the file alone may break it where the file and
+                # the flags together do not.
                 try:
                     return cls.model_validate(merge(values, {k: overrides[k] for k in given}))
                 except ValidationError:

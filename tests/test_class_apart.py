@@ -161,3 +161,15 @@ def test_a_class_mostly_made_unlike_the_others_is_named():
     seen = itertools.count()
     records = _task(change_nine=lambda p: p if next(seen) % 5 == 4 else _tinted(p))
     assert any("class '9' stands apart" in n for n in _notes(records))
+
+
+def test_of_two_classes_a_frame_on_either_is_named():
+    """Of two classes only the first (by name) is tested; the border was compared only when that
+    one was framed, so a frame on the second went unsaid."""
+    images, labels = _digits()
+    order = np.random.default_rng(6).permutation(1797)
+    records = [make_example(_encode(_digit(i)), "apples") for i in order[:40]]
+    records += [make_example(_encode(_bordered(_digit(i))), "bananas") for i in order[40:80]]
+    [note] = _notes(records)
+    assert note.startswith("classes 'apples' and 'bananas' differ in how their train pictures were made")
+    assert "border brightness (median" in note and "against 128 in 'bananas')" in note

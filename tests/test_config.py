@@ -306,6 +306,10 @@ def test_a_file_valid_with_its_flags_is_taken(tmp_path):
     url = "postgresql://u@h:5432/db"
     cfg = PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"metadata": url})
     assert (cfg.metadata, cfg.metadata_password_file) == (url, str(password))
+    # A rule within a section too: fine-tuning layers in the file, their epochs as a flag.
+    (tmp_path / "f.yaml").write_text("training:\n  fine_tune_layers: 5\n")
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "f.yaml"), {"home": str(tmp_path), "fine_tune_epochs": 3})
+    assert (cfg.training.fine_tune_layers, cfg.training.fine_tune_epochs) == (5, 3)
     # Without the flag (or with one that does not make it valid) the file's own error stands.
     for flags in ({}, {"epochs": "3"}):
         with pytest.raises(ConfigError, match=r"^metadata_password_file: applies to a postgresql:// .*\(in "):

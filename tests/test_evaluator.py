@@ -1342,9 +1342,13 @@ def test_a_served_model_far_below_its_blessings_number_here_is_said(tmp_path):
         evaluator.warn_baseline_fallen(record)
         record["baseline"]["accuracy"] = 0.80  # within FALLEN of it: nothing to say
         evaluator.warn_baseline_fallen(record)
+        # 0.2 exactly, in float32 as TFMA gives it (0.9499999881 - 0.75 = 0.19999999): said.
+        record["baseline"].update(accuracy=0.75, when_blessed={**then, "value": 0.949999988079071})
+        evaluator.warn_baseline_fallen(record)
     finally:
         evaluator.log.removeHandler(handler)
-    [message] = said
+    assert len(said) == 2 and "scores 0.750 (accuracy)" in said[1]
+    message = said[0]
     assert message.startswith(
         "the served model scores 0.267 (accuracy) on the 30 eval images it was compared on here, "
         "against 0.950 on its own eval split when it was blessed"
