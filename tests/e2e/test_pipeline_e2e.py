@@ -455,6 +455,20 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     # recomputed below runs the first model with them.
     assert s.gate["tfma_run"]["graph_optimization"] is False
     assert s.gate["eval_examples"] == 45 + len(extra)
+    # The Trainer ran the backbone over the new eval images (and a check sample) only: the rest
+    # came from the feature store the first run left beside its outputs.
+    cfg = base_config.resolved()
+    with mlmd.open_store(cfg) as store:
+        trainer = mlmd.run_executions(store, cfg.pipeline_name, mlmd.latest_run(store, cfg.pipeline_name))[
+            "Trainer"
+        ]
+        model_run = mlmd.output_uri(store, trainer, "model_run")
+    with open(os.path.join(model_run, "training_summary.json"), encoding="utf-8") as f:
+        stored = json.load(f)["feature_store"]
+    assert stored["splits"]["eval"]["extracted"] >= len(extra) and stored["reused"] > 0, stored
+    assert stored["saved"] == os.path.join(
+        cfg.pipeline_root, "Trainer", "feature_store", stored["key"] + ".npz"
+    )
 
     records = _eval_records(str(data / "eval"))
     first = tf.saved_model.load(first_run.pushed).signatures["predict_images"]
