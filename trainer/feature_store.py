@@ -55,7 +55,7 @@ def store_dir(model_run_dir: str) -> str | None:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_run_dir))), STORE_DIR)
 
 
-def store_key(backbone: str, weights: str, image_size: int, weights_sha256: str | None = None) -> str | None:
+def store_key(backbone: str, weights: str, image_size: int) -> str | None:
     """The digest of what a backbone's features depend on; None when they cannot be kept
     (`weights: none`: a random backbone, drawn again each run)."""
     import tensorflow as tf
@@ -69,11 +69,9 @@ def store_key(backbone: str, weights: str, image_size: int, weights_sha256: str 
     if kind == "imagenet":
         identity = f"imagenet (tf_keras {tf_keras.__version__})"
     else:
-        if weights_sha256 is None:
-            from trainer.model import weights_digest
+        from trainer.model import weights_digest
 
-            weights_sha256 = weights_digest(weights)
-        identity = f"sha256 {weights_sha256}"
+        identity = f"sha256 {weights_digest(weights)}"
     here = os.path.dirname(os.path.abspath(__file__))
     code = hashlib.sha256()
     for name in _SOURCES:
@@ -97,10 +95,6 @@ class Store:
     path: str
     ids: np.ndarray
     features: np.ndarray
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.features.shape[1])
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found, row): whether each of `ids` is stored, and its row (meaningless where not)."""
