@@ -61,6 +61,16 @@ def _versions(model_dir):
     }
 
 
+def _training_summary(config: PipelineConfig) -> dict:
+    """The training summary the Trainer of the home's latest run wrote (its ModelRun artifact)."""
+    cfg = config.resolved()
+    with mlmd.open_store(cfg) as store:
+        run = mlmd.run_executions(store, cfg.pipeline_name, mlmd.latest_run(store, cfg.pipeline_name))
+        model_run = mlmd.output_uri(store, run["Trainer"], "model_run")
+    with open(os.path.join(model_run, "training_summary.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
 @pytest.fixture(scope="module")
 def base_config(tmp_path_factory, source_backbone, digits_records):
     work = tmp_path_factory.mktemp("e2e")
@@ -130,14 +140,7 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
         "model.tflite.json",
         "tf_serving_warmup_requests",
     ]
-    cfg = base_config.resolved()
-    with mlmd.open_store(cfg) as store:
-        trainer = mlmd.run_executions(store, cfg.pipeline_name, mlmd.latest_run(store, cfg.pipeline_name))[
-            "Trainer"
-        ]
-        model_run = mlmd.output_uri(store, trainer, "model_run")
-    with open(os.path.join(model_run, "training_summary.json"), encoding="utf-8") as f:
-        lite = json.load(f)["tflite"]
+    lite = _training_summary(base_config)["tflite"]
     assert lite["quantization"] == "float16" and lite["passed"] and lite["agreement_beyond_ties"] >= 0.98
     assert os.path.exists(os.path.join(s.run_dir, "config.yaml"))
     assert (
@@ -458,13 +461,7 @@ def test_new_eval_data_measures_the_baseline_and_the_floor_stops_the_model(base_
     # The Trainer ran the backbone over the new eval images (and a check sample) only: the rest
     # came from the feature store the first run left beside its outputs.
     cfg = base_config.resolved()
-    with mlmd.open_store(cfg) as store:
-        trainer = mlmd.run_executions(store, cfg.pipeline_name, mlmd.latest_run(store, cfg.pipeline_name))[
-            "Trainer"
-        ]
-        model_run = mlmd.output_uri(store, trainer, "model_run")
-    with open(os.path.join(model_run, "training_summary.json"), encoding="utf-8") as f:
-        stored = json.load(f)["feature_store"]
+    stored = _training_summary(base_config)["feature_store"]
     assert stored["splits"]["eval"]["extracted"] >= len(extra) and stored["reused"] > 0, stored
     assert stored["saved"] == os.path.join(
         cfg.pipeline_root, "Trainer", "feature_store", stored["key"] + ".npz"
