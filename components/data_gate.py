@@ -276,12 +276,11 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 shrunk = shrunk_warning(len(indexed["train"][0]) - copies["train"]["repeats"], len(trained))
                 relabel_warnings += [shrunk] if shrunk else []
             if tf.io.gfile.glob(train):  # eval images unlike the train images; a class apart
-                chosen = set(class_apart.class_sample(list(indexed["train"][1])).tolist())
                 shift_warnings += split_shift.gate_warnings(
                     image_ids.records(train),
                     image_ids.records(eval_files) if has_eval else [],
                     image_sizes,
-                    (r for i, r in enumerate(image_ids.records(train)) if i in chosen),
+                    set(class_apart.class_sample(list(indexed["train"][1])).tolist()),
                 )
         warnings = label_warnings(splits) + few_warnings + relabel_warnings + shift_warnings
         for w in warnings:

@@ -29,7 +29,7 @@ import io
 import logging
 import random
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -214,16 +214,16 @@ def gate_warnings(
     train_records: Iterable[bytes],
     eval_records: Iterable[bytes],
     sizes: dict[str, list[float]] | None = None,
-    class_records: Iterable[bytes] | None = None,
+    class_positions: Collection[int] | None = None,
 ) -> list[str]:
     """The data gate's warnings from the two splits' samples (`one_colour`'s, a class apart's,
     then the shift's); `sizes`, when given, gets each split's median [width, height] of its
-    sample; `class_records`, the train records drawn class by class for the class check
-    (class_apart.class_sample; None: the train sample). Advisory: when the check cannot run, it
-    says so in the log, and the run goes on."""
+    sample; `class_positions`, the positions of the train records drawn class by class for the
+    class check (class_apart.class_sample; None: the train sample). Advisory: when the check
+    cannot run, it says so in the log, and the run goes on."""
     notes: list[str] = []
     try:
-        _, warning = split_shift(train_records, eval_records, notes, sizes, class_records)
+        _, warning = split_shift(train_records, eval_records, notes, sizes, class_positions)
     except Exception as e:  # noqa: BLE001 - a record it cannot read stops nothing
         log.warning("the check of eval images against train images could not run: %s", e)
         warning = None
@@ -235,22 +235,34 @@ def split_shift(
     eval_records: Iterable[bytes],
     notes: list[str] | None = None,
     sizes: dict[str, list[float]] | None = None,
-    class_records: Iterable[bytes] | None = None,
+    class_positions: Collection[int] | None = None,
 ) -> tuple[dict | None, str | None]:
     """(the shift found, or {} / None as `compare`; the data gate's warning, or None) for two
     splits' serialized tf.Examples. `notes`, when given, gets the samples' other findings (images
-    of one colour: `one_colour`); `sizes` each split's median [width, height]."""
+    of one colour: `one_colour`; a class apart: class_apart, on the train records at
+    `class_positions` when given, else on the train sample); `sizes` each split's median
+    [width, height]. The train records are read once, each image measured once."""
     from trainer.image_ids import record_image
 
-    def measured(records: Iterable[bytes]) -> list[dict[str, Any]]:
-        rows = []
-        for image, label in map(record_image, records):
-            row = measure(image) if image else None
-            if row is not None:
-                rows.append({**row, "label": label})
-        return rows
+    def row_of(record: bytes) -> dict[str, Any] | None:
+        image, label = record_image(record)
+        row = measure(image) if image else None
+        return None if row is None else {**row, "label": label}
 
-    sides = [measured(sample(records)) for records in (train_records, eval_records)]
+    wanted = class_positions if class_positions is not None else ()
+    set_aside: dict[int, bytes] = {}  # the class check's records, kept as the one pass goes by
+
+    def numbered(records: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+        for i, record in enumerate(records):
+            if i in wanted:
+                set_aside[i] = record
+            yield i, record
+
+    train_rows = {i: row_of(record) for i, record in sample(numbered(train_records))}
+    sides = [
+        [row for row in train_rows.values() if row is not None],
+        [row for row in map(row_of, sample(eval_records)) if row is not None],
+    ]
     if notes is not None:
         notes.extend(one_colour(dict(zip(("train", "eval"), sides, strict=True))))
     if sizes is not None:
@@ -261,7 +273,11 @@ def split_shift(
                     float(np.median([r["height"] for r in rows])),
                 ]
     if notes is not None:
-        by_class = sides[0] if class_records is None else measured(class_records)
+        if class_positions is None:
+            by_class = sides[0]
+        else:
+            rows = (train_rows[i] if i in train_rows else row_of(set_aside[i]) for i in sorted(set_aside))
+            by_class = [row for row in rows if row is not None]
         notes.extend(class_apart.warnings(class_apart.classes_apart(by_class)))
     sides = list(in_proportions(sides[0], sides[1]))
     shift = compare(*sides)

@@ -151,7 +151,7 @@ def test_a_small_class_among_many_is_judged_in_its_own_sample():
     many = [f"c{k}" for k in range(400) for _ in range(3)]
     assert len(class_apart.class_sample(many)) == 150 * 3  # 150 classes drawn of 400
     assert _notes(records) == []  # the uniform sample alone: too few of c00
-    notes = split_shift.gate_warnings(records, [], None, (r for i, r in enumerate(records) if i in positions))
+    notes = split_shift.gate_warnings(records, [], None, positions)
     [note] = notes
     assert note.startswith("class 'c00' stands apart from the other classes")
 
