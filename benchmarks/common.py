@@ -252,7 +252,7 @@ def analyze(records_dir: str, out_dir: str, backbone: str, image_size: int):
     """The Transform output (label vocabulary + graph) of a task's train split."""
     import tensorflow_transform as tft
 
-    from trainer.analyze import analyze_transform
+    from imgpipe.demo.analyze import analyze_transform
 
     if not os.path.isdir(os.path.join(out_dir, tft.TFTransformOutput.TRANSFORM_FN_DIR)):
         items = read_items(split_files(records_dir, "train"))

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from imgpipe.demo.analyze import analyze_transform, raw_feature_spec
 from imgpipe.demo.data import digit_images
-from trainer.analyze import analyze_transform, raw_feature_spec
 from trainer.features import IMAGE_KEY, LABEL_KEY
 
 # Re-exported: the tests' one way to get a Transform output, and real digit images.

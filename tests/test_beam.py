@@ -74,6 +74,20 @@ def test_the_local_runner_never_tries_prism(caplog):
     assert any("PrismRunner" in m for m in theirs), theirs
 
 
+def test_the_demo_analysis_does_not_read_the_programs_arguments(monkeypatch, tmp_path):
+    """analyze_transform (the serving demo model's, the benchmarks' and tests' Transform analysis)
+    builds its own pipeline on the local runner. TFT's bare `(rows, metadata) | ...` makes one from
+    `sys.argv`: the calling program's own arguments were read as Beam options (a script read from
+    stdin, `-`, failed; `--runner=...` of another tool would have chosen the runner)."""
+    from imgpipe.demo.analyze import analyze_transform
+    from imgpipe.demo.data import digit_images
+    from trainer import data
+
+    monkeypatch.setattr(sys, "argv", ["a-notebook-or-script", "-", "--runner=NoSuchRunner", "-f", "k.json"])
+    tfo = analyze_transform(digit_images((3, 5), per_class=3, size=16), str(tmp_path / "tft"), image_size=16)
+    assert sorted(data.class_names(tfo)) == ["3", "5"]
+
+
 @pytest.mark.parametrize("mode", ["direct", "multiprocess"])
 def test_the_local_runner_skips_the_runner_api_round_trip(mode, monkeypatch):
     """A batch job goes to the FnApiRunner as built: like Beam's own DirectRunner, ours does not

@@ -1,7 +1,7 @@
 """What ingest accepts reaches the exported model unchanged, bounded and upright.
 
 One module fixture runs the real chain on a tree of awkward class names:
-ingest -> Transform analysis (trainer/analyze.py) -> the Trainer's input
+ingest -> Transform analysis (imgpipe/demo/analyze.py) -> the Trainer's input
 function -> an exported SavedModel. Its class names must equal the folder
 names byte for byte; the same model then shows the pixel limit and the EXIF
 orientation at serving time. A separate Trainer run (run_fn) shows that a

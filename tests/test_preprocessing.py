@@ -3,9 +3,11 @@ the decoder's bounds (pixel limit, DCT scaling, first GIF frame) and EXIF orient
 
 import io
 import os
+import pickle
 import struct
 import tempfile
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +16,7 @@ import tensorflow_transform.beam as tft_beam
 from PIL import Image
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
+from pipeline.beam import LOCAL_RUNNER
 from tests import helpers, image_bombs, image_samples
 from trainer import backbones
 from trainer.features import IMAGE_KEY, IMAGE_XF, LABEL_KEY, LABEL_VOCAB, LABEL_XF
@@ -58,6 +61,11 @@ def _expected(rgb: np.ndarray, backbone: str) -> np.ndarray:
     return backbones.get(backbone).preprocess_input(resized).numpy()[0]
 
 
+def _dump(rows: list, path: str) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(rows, f)
+
+
 @pytest.mark.parametrize("backbone", ["MobileNetV2", "ResNet50", "DenseNet121"])
 def test_preprocessing_fn_through_tft(backbone):
     items = _inputs()
@@ -66,11 +74,17 @@ def test_preprocessing_fn_through_tft(backbone):
     rows = [{IMAGE_KEY: img, LABEL_KEY: lab.encode()} for img, lab, _ in items]
     cfg = {"backbone": backbone, "image_size": SIZE}
     out_dir = tempfile.mkdtemp()
-    with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):
-        (transformed, _), transform_fn = (rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
-            lambda inputs: preprocessing_fn(inputs, cfg)
-        )
-        _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    # An explicit pipeline on the local runner (a bare `(rows, metadata) | ...` reads sys.argv).
+    with beam.Pipeline(argv=[f"--runner={LOCAL_RUNNER}"]) as p:
+        with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):
+            examples = p | beam.Create(rows)
+            (transformed, _), transform_fn = (examples, metadata) | tft_beam.AnalyzeAndTransformDataset(
+                lambda inputs: preprocessing_fn(inputs, cfg)
+            )
+            _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+            _ = transformed | beam.combiners.ToList() | beam.Map(_dump, os.path.join(out_dir, "rows.pkl"))
+    with open(os.path.join(out_dir, "rows.pkl"), "rb") as f:
+        transformed = pickle.load(f)
     vocab = [v.decode() for v in tft.TFTransformOutput(out_dir).vocabulary_by_name(LABEL_VOCAB)]
     assert sorted(vocab) == sorted(lab for _, lab, _ in items)
     assert len(transformed) == len(items)

@@ -22,11 +22,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from imgpipe.demo.analyze import analyze_transform
 from imgpipe.demo.data import digit_images
 from serving.client import make_image_example
 from trainer import data, export
 from trainer import model as model_lib
-from trainer.analyze import analyze_transform
 from trainer.features import IMAGE_KEY, IMAGE_XF
 
 
