@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import memory_fit
+from trainer import label_check, memory_fit
 from trainer import model as model_lib
 from trainer.config import IMBALANCE_RATIO, TrainingConfig
 from trainer.features import label_text
@@ -147,6 +147,9 @@ class FitOutcome:
     stopped_epoch: int | None = None
     folds: int | None = None  # the epoch count was chosen by k-fold cross-validation (select_by_folds)
     best_val_weighted_accuracy: float | None = None  # the folds pooled, at the chosen epoch
+    # The selection's answers on the train images it held out (trainer/label_check.py); None
+    # when it held none out, or its data was not in memory.
+    held_out: label_check.HeldOut | None = None
 
 
 def _outcome(
@@ -269,6 +272,7 @@ class ArrayData(HeadData):
     seed: int
     steps_per_epoch: int | None = None
     validation_examples: int = 0
+    val_positions: np.ndarray | None = None  # the slice's places in the whole split
 
     def _fit(self, model, whole, validated, epochs, callbacks, verbose):
         return memory_fit.fit(
@@ -350,7 +354,10 @@ def array_data(
     if mask is None:
         return ArrayData(whole, None, whole, **common), note
     part = [memory_fit.Arrays.of(features[m], targets[m], None if w is None else w[m]) for m in (~mask, mask)]
-    return ArrayData(part[0], part[1], whole, validation_examples=int(mask.sum()), **common), note
+    held = int(mask.sum())
+    return ArrayData(
+        part[0], part[1], whole, validation_examples=held, val_positions=np.flatnonzero(mask), **common
+    ), note
 
 
 @dataclasses.dataclass
@@ -384,7 +391,23 @@ def select_epochs(
     outcome = data.fit(
         model, whole, params.epochs, params.early_stopping, params.patience, callbacks, verbose
     )
+    if (
+        not whole
+        and isinstance(data, ArrayData)
+        and data.val_arrays is not None
+        and data.val_positions is not None
+    ):
+        outcome.held_out = label_check.HeldOut(
+            data.val_positions, answers(model, data.val_arrays.x), "the validation slice"
+        )
     return model, outcome
+
+
+def answers(model: keras.Model, x: tf.Tensor | np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """The head's outputs for features `x` (inference mode), `chunk` rows a call."""
+    return np.concatenate(
+        [model(x[i : i + chunk], training=False).numpy() for i in range(0, int(x.shape[0]), chunk)]
+    )
 
 
 # Below this many examples of some class in the validation slice, the slice alone chooses the
@@ -504,7 +527,7 @@ def select_by_folds(
     """
     whole = data.whole_arrays
     x, y, w = whole.x.numpy(), whole.y.numpy(), whole.w.numpy()
-    histories, sizes = [], []
+    histories, sizes, positions, outputs = [], [], [], []
     model = None
     for mask in fold_masks(_class_indices(whole), params.cv_folds, params.seed):
         if not mask.any():
@@ -527,6 +550,9 @@ def select_by_folds(
             part.fit(model, False, params.epochs, True, 4 * params.patience, callbacks, verbose).history
         )
         sizes.append(_FoldSize(int((~mask).sum()), int(mask.sum()), float(w[mask].sum())))
+        # The fold's head (its best epoch's weights restored) on the images it held out.
+        positions.append(np.flatnonzero(mask))
+        outputs.append(answers(model, x[mask]))
     longest = max(len(h[MONITOR]) for h in histories)
     keys = set.intersection(*(set(h) for h in histories))
     pooled = {k: _pooled(k, histories, sizes, longest) for k in sorted(keys)}
@@ -540,6 +566,9 @@ def select_by_folds(
         stopped_epoch=longest if longest < params.epochs else None,
         folds=len(histories),
         best_val_weighted_accuracy=float(accuracy[best]),
+        held_out=label_check.HeldOut(
+            np.concatenate(positions), np.concatenate(outputs), f"cross-validation ({len(histories)} folds)"
+        ),
     )
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribution, feature_store, head, image_ids, memory_fit, tracing
+from trainer import data, distribution, feature_store, head, image_ids, label_check, memory_fit, tracing
 from trainer import model as model_lib
 from trainer.config import TrainingConfig
 from trainer.features import images_per_call
@@ -77,6 +77,9 @@ class TrainResult:
     # What the feature store did (trainer/feature_store.py): images whose features were reused
     # and extracted, per split, and the store; None when it was not used.
     feature_store: dict[str, Any] | None = None
+    # The head's held-out answers against the train labels (trainer/label_check.py); None when
+    # no train images were held out from a fit in memory.
+    label_check: dict[str, Any] | None = None
 
     @property
     def feature_cache_used(self) -> bool:
@@ -101,6 +104,7 @@ class TrainResult:
             "selection_folds": self.selection_folds,
             "tuning": self.tuning,
             "feature_store": self.feature_store,
+            "label_check": self.label_check,
             "history": self.history,
             "seconds": self.seconds,
             "notes": self.notes,
@@ -134,6 +138,7 @@ class HeadPhase:
     tuning: dict[str, Any] | None
     seconds: dict[str, float]  # "train", or "tune" (the search and the final head)
     feature_stats: tuple[np.ndarray, np.ndarray] | None = None  # the head's standardisation
+    label_check: dict[str, Any] | None = None  # trainer/label_check.py's record (None: not made)
 
 
 def _head_phase(
@@ -147,8 +152,10 @@ def _head_phase(
     verbose: int,
     note: Callable[[str], None],
     class_names: Sequence[str] | None = None,
+    eval_examples: int = 0,
 ) -> HeadPhase:
-    """Class weights, the validation slice, (tuning,) training, then the eval split's one use."""
+    """Class weights, the validation slice, (tuning,) training, then the eval split's one use,
+    and the label check on the selection's held-out answers (trainer/label_check.py)."""
     weights, why = head.class_weights(labels, num_classes, params.class_weights, class_names)
     note(why)
     head_data, why = make_data(weights)
@@ -188,7 +195,38 @@ def _head_phase(
     uniform = _no_better_than_uniform(run, num_classes, head_data.validation_examples)
     if uniform:
         note(uniform)
-    return HeadPhase(run, evaluate(run.model), weights, head_data.validation_examples, tuning, seconds)
+    accuracy = evaluate(run.model)
+    labels_checked = _label_check(run, labels, num_classes, class_names, accuracy, eval_examples, note)
+    return HeadPhase(
+        run, accuracy, weights, head_data.validation_examples, tuning, seconds, label_check=labels_checked
+    )
+
+
+def _label_check(
+    run: head.HeadRun,
+    labels: np.ndarray,
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    eval_accuracy: float,
+    eval_examples: int,
+    note: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """trainer/label_check.py's record from the selection's held-out answers, noted (and its
+    warning logged); None, noted, when the selection held none out."""
+    held = run.selection.held_out
+    if held is None or not len(held.positions):
+        note("label check: not made (no train images were held out from a fit in memory)")
+        return None
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    record = label_check.check(held, labels, names, eval_accuracy if eval_examples else None, eval_examples)
+    note(
+        f"label check: the head's answers on {record['examined']} held-out train images "
+        f"({record['held_out']}) agree with their labels at {record['agreement']:.4f}; "
+        f"{record['doubted']} answered as another class as surely as its own images"
+    )
+    if record["warning"]:
+        log.warning("%s", record["warning"])  # kept in the record: the summary's label_check.warning
+    return record
 
 
 def _stats(cache: data.FeatureCache, params: TrainingConfig) -> tuple[np.ndarray, np.ndarray] | None:
@@ -251,7 +289,17 @@ def train_cached_head(
         return _accuracy(m, eval_cache.batches(batch_size, shuffle=False, seed=params.seed))
 
     phase = _head_phase(
-        labels, make_data, build, evaluate, params, num_classes, callbacks, verbose, note, class_names
+        labels,
+        make_data,
+        build,
+        evaluate,
+        params,
+        num_classes,
+        callbacks,
+        verbose,
+        note,
+        class_names,
+        eval_examples=eval_cache.count,
     )
     phase.feature_stats = stats
     return phase
@@ -422,6 +470,7 @@ def train(
         tuning=phase.tuning,
         standardized=phase.feature_stats is not None,
         feature_store=stored,
+        label_check=phase.label_check,
     )
 
 

@@ -15,6 +15,7 @@ Transform and serving code read too.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -285,3 +286,38 @@ def _check_first_record(file_path: str, check_image: bool) -> int:
                 f"first record of {file_path}: 'image' bytes are not a decodable image ({tf_error_text(exc)})"
             ) from exc
     return 1
+
+
+def indexed_files(data_dir: str | None, split: str, wanted: set[str]) -> tuple[dict[str, str], list[str]]:
+    """The files of `split`'s images whose SHA-256 is in `wanted`, from the index ingest writes
+    beside its records (FILES_FILE): ({sha256: path relative to the image folder}, notes). Records
+    made elsewhere have no index ({}, no note); an unreadable index, or lines of it that are not
+    an entry, are a note."""
+    path = os.path.join(data_dir or "", FILES_FILE)
+    if not wanted or not data_dir or not os.path.isfile(path):
+        return {}, []
+    found: dict[str, str] = {}
+    skipped = 0
+    try:
+        with open(path, encoding="utf-8") as index:
+            for line in index:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    entry = None
+                if not isinstance(entry, dict) or not all(
+                    isinstance(entry.get(k), str) for k in ("split", "sha256", "path")
+                ):
+                    skipped += line.strip() != ""
+                    continue
+                if entry["split"] == split and entry["sha256"] in wanted:
+                    found[entry["sha256"]] = entry["path"]
+    except (OSError, ValueError) as e:  # unreadable, or not UTF-8
+        return {}, [f"the image files could not be named ({path}: {e})"]
+    notes = []
+    if skipped:
+        notes.append(
+            f"{skipped} line(s) of {path} are not a file's entry (a JSON object with split, sha256 and "
+            "path) and were skipped"
+        )
+    return found, notes

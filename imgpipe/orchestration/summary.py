@@ -66,6 +66,10 @@ class RunSummary:
     # The run's number in its home (1, 2, ...), given as it starts under the home's lock: records
     # are ordered by it, not by the clock (a time zone other than cron's, a clock set back).
     sequence: int | None = None
+    # The Trainer's label check (trainer/label_check.py): its held-out answers against the train
+    # labels, the doubted train images (each with its `file` where ingest's index names it) and a
+    # warning; None when the Trainer made none.
+    label_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,9 +103,12 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
         withdrawn = metadata.withdrawn_reason(store, executions.get("Evaluator"))
         baseline_model = metadata.baseline_model(store, executions.get("Evaluator"))
+        train_split = metadata.split_uri(store, executions.get("ImportExampleGen"), "examples", "train")
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
-    replicas = metadata.trainer_replicas(model_run_uri)
+    training = metadata.training_summary(model_run_uri)
+    replicas = int(training["replicas"]) if training is not None else None
+    label_check = with_files((training or {}).get("label_check"), train_split, config.data_dir)
     gate = metadata.gate_record(evaluation_uri)
     if gate and isinstance(gate.get("judged_on"), dict):
         # The gate judged the candidate on part of the eval split (each image once, none it
@@ -148,7 +155,43 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         push_skipped=push_skipped,
         gate=gate,
         prepush=prepush,
+        label_check=label_check,
     )
+
+
+def with_files(
+    check: dict[str, Any] | None, train_split: str | None, data_dir: str | None
+) -> dict[str, Any] | None:
+    """The label check's record with each listed train image's `file` (None: not known), found by
+    its place in the train split and ingest's index of the data folder (contract.indexed_files);
+    the record as it is when it lists none. Reading the split fails softly: a note says why."""
+    if not check or not check.get("images"):
+        return check
+    import hashlib
+
+    from imgpipe.ingest.contract import indexed_files
+    from trainer import image_ids
+
+    images = check["images"]
+    positions = {img["position"] for img in images}
+    digests: dict[int, str] = {}
+    notes: list[str] = []
+    try:
+        if train_split and os.path.isdir(train_split):
+            for i, serialized in enumerate(image_ids.records(os.path.join(train_split, "*"))):
+                if i in positions:
+                    image, _ = image_ids.record_image(serialized)
+                    if image is not None:
+                        digests[i] = hashlib.sha256(image).hexdigest()
+                if i >= max(positions):
+                    break
+    except Exception as e:  # noqa: BLE001 - naming files must never fail the run's summary
+        notes.append(
+            f"the train split {train_split} could not be read to name the files ({type(e).__name__}: {e})"
+        )
+    found, more = indexed_files(data_dir, "train", set(digests.values()))
+    named = [{**img, "file": found.get(digests.get(img["position"], ""))} for img in images]
+    return {**check, "images": named, **({"files_notes": notes + more} if notes or more else {})}
 
 
 def _push_skipped(

@@ -187,38 +187,16 @@ def check_artifacts_kept(artifacts: RunArtifacts) -> None:
 
 def name_files(data: ReportData, data_dir: str | None) -> None:
     """Name each misclassified image's file, from the index `imgpipe ingest` writes beside its
-    records (contract.FILES_FILE), matched by the image bytes' SHA-256: the record's place in the
-    eval split is ExampleGen's, not the files'. Records made elsewhere (no index) keep their
+    records (contract.indexed_files), matched by the image bytes' SHA-256: the record's place in
+    the eval split is ExampleGen's, not the files'. Records made elsewhere (no index) keep their
     record number only; an unreadable index, or lines of it that are not an entry, are a note."""
-    from imgpipe.ingest.contract import FILES_FILE
+    from imgpipe.ingest.contract import indexed_files
 
     wanted = {hashlib.sha256(m.image).hexdigest(): m for m in data.misclassified if m.image}
-    path = os.path.join(data_dir or "", FILES_FILE)
-    if not wanted or not data_dir or not os.path.isfile(path):
-        return
-    skipped = 0
-    try:
-        with open(path, encoding="utf-8") as index:
-            for line in index:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    entry = None
-                if not isinstance(entry, dict) or not all(
-                    isinstance(entry.get(k), str) for k in ("split", "sha256", "path")
-                ):
-                    skipped += line.strip() != ""
-                    continue
-                if entry["split"] == "eval" and entry["sha256"] in wanted:
-                    wanted[entry["sha256"]].file = entry["path"]
-    except (OSError, ValueError) as e:  # unreadable, or not UTF-8
-        data.notes.append(f"the image files could not be named ({path}: {e})")
-        return
-    if skipped:
-        data.notes.append(
-            f"{skipped} line(s) of {path} are not a file's entry (a JSON object with split, sha256 and "
-            "path) and were skipped"
-        )
+    found, notes = indexed_files(data_dir, "eval", set(wanted))
+    for digest, path in found.items():
+        wanted[digest].file = path
+    data.notes.extend(notes)
 
 
 def earlier_report(
