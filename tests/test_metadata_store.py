@@ -275,6 +275,59 @@ def test_an_emptied_store_beside_earlier_artifacts_is_refused(tmp_path):
     check_store_knows_the_home(config)
 
 
+def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
+    """A home moved (mv) kept ML Metadata's absolute paths: the baseline the Resolver picked was a
+    folder gone, and every later run failed at the DataGate blaming the model's vocabulary. Now
+    refused before the run, naming the old place; a symlink there makes it whole again, and a
+    copy (the original still there) is logged."""
+    import logging
+    import shutil
+
+    from imgpipe.orchestration.local import check_home_not_moved
+
+    first = PipelineConfig(home=str(tmp_path / "first")).resolved()
+    model = os.path.join(first.pipeline_root, "Trainer", "model", "7")
+    os.makedirs(model)
+    pb = metadata_store_pb2
+    with metadata.open_store(first, readonly=False) as store:
+        [context_id] = store.put_contexts(
+            [pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")), name="imgpipe")]
+        )
+        model_type = store.put_artifact_type(pb.ArtifactType(name="Model"))
+        [artifact_id] = store.put_artifacts(
+            [pb.Artifact(type_id=model_type, uri=model, state=pb.Artifact.LIVE)]
+        )
+        store.put_attributions_and_associations(
+            [pb.Attribution(context_id=context_id, artifact_id=artifact_id)], []
+        )
+    check_home_not_moved(first)  # its own artifacts
+    moved = PipelineConfig(home=str(tmp_path / "moved")).resolved()
+    os.rename(first.home, moved.home)
+    with pytest.raises(ConfigError) as e:
+        check_home_not_moved(moved)
+    message = str(e.value)
+    assert message.startswith(
+        f"home: its ML Metadata ({moved.metadata_path}) records this pipeline's artifacts under {first.home}"
+    )
+    assert "the home was moved or renamed" in message and f"Move the home back to {first.home}" in message
+    os.symlink(moved.home, first.home)  # the old path leads to the home again
+    check_home_not_moved(moved)
+    # A copy of the home, store and all: runs there would read the original's models.
+    os.remove(first.home)
+    shutil.copytree(moved.home, first.home)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("imgpipe.orchestration.local")
+    logger.addHandler(handler)
+    try:
+        check_home_not_moved(moved)
+    finally:
+        logger.removeHandler(handler)
+    assert any("the home was copied with its store" in m and first.home in m for m in seen), seen
+    # A shared database is checked by pipeline name instead (check_pipeline_name_is_this_homes).
+
+
 # ------------------------------------------------------------------ TFX's cache, read by id
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_cached_components_outputs_keep_their_keys(backend, postgres_server, tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ from imgpipe.orchestration import (
     scratch,
 )
 from imgpipe.orchestration.lock import home_lock
+from imgpipe.orchestration.paths import under
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
@@ -360,6 +361,52 @@ def check_store_knows_the_home(config: PipelineConfig) -> None:
         )
 
 
+def check_home_not_moved(config: PipelineConfig) -> None:
+    """ConfigError when the home's own store (SQLite, in the home) records this pipeline's live
+    artifacts under another home's folder that is gone: the home was moved (or renamed). ML
+    Metadata keeps absolute paths, so the baseline the Resolver picks is a folder that no longer
+    exists, and every run failed at the DataGate with a missing label vocabulary, blaming the
+    model. A copy (the other folder still there) is logged: its runs read the original's models."""
+    if config.metadata_target is not None or "://" in config.pipeline_root:
+        return
+    if not os.path.exists(config.metadata_path):
+        return
+    from ml_metadata.proto import metadata_store_pb2
+
+    with metadata.open_store(config) as store:
+        pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+        artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
+    gone, kept = set(), set()
+    for a in artifacts:
+        if a.state != metadata_store_pb2.Artifact.LIVE or not a.uri or "://" in a.uri:
+            continue
+        if under(a.uri, config.pipeline_root):
+            continue
+        # <home>/pipelines/<name>/<Component>/<output>/<execution id>
+        home = os.path.normpath(a.uri)
+        for _ in range(5):
+            home = os.path.dirname(home)
+        (kept if os.path.isdir(home) else gone).add(home)
+    here = os.path.abspath(config.home)
+    if gone:
+        old = sorted(gone)
+        raise ConfigError(
+            f"home: its ML Metadata ({config.metadata_path}) records this pipeline's artifacts under "
+            f"{', '.join(old[:3])}, which no longer exists{'; they' if len(old) == 1 else ''} are not under "
+            f"this home ({here}): the home was moved or renamed. ML Metadata keeps absolute paths, so "
+            "the served model's record (the next run's baseline) and the cache point at folders that "
+            f"are gone. Move the home back to {old[0]} (a symlink there to {here} also works), or "
+            "start a new home with --home (the serving dir's versions stay served)"
+        )
+    if kept:
+        log.warning(
+            "this home's ML Metadata records artifacts under %s, another home's folder: the home was "
+            "copied with its store; its runs take that home's models as baselines and its outputs "
+            "from that home's cache, and `imgpipe prune` there deletes them",
+            ", ".join(sorted(kept)[:3]),
+        )
+
+
 def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
     """ConfigError when a shared ML Metadata database (PostgreSQL) holds artifacts of the pipeline
     under another pipeline root than this home's: another home (a team that copied a config) runs
@@ -417,6 +464,7 @@ def _run_holding_lock(
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
     check_store_knows_the_home(config)
+    check_home_not_moved(config)
     check_pipeline_name_is_this_homes(config)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
