@@ -1163,6 +1163,70 @@ def test_sigterm_shuts_down_gracefully(tmp_path):
     assert e.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+def _slow_loading_version(base, model) -> None:
+    """Version 1 of `model` with its warm-up file grown to TF Serving's 1,000-record limit, so its
+    load (the replay) lasts seconds: long enough to signal the server in the middle of it."""
+    from serving import warmup
+
+    version = base / "1"
+    shutil.copytree(model.export_dir, version)
+    logs = warmup.read_warmup_requests(str(version))
+    repeated = [logs[i % len(logs)] for i in range(warmup.MAX_WARMUP_RECORDS)]
+    warmup.write_warmup_logs(str(version), repeated)
+
+
+@pytest.mark.parametrize("second", [False, True])
+def test_a_signal_during_the_first_load_stops_without_serving(second, serving_model, tmp_path):
+    """A stop signal while the first model loads: the server finished the load and warm-up,
+    announced "Serving model ... on PORT", started answering, then stopped, and a second signal
+    waited for the load as well (exit 0). Now it never announces or starts serving, and a second
+    signal exits at once with 143."""
+    base = tmp_path / NAME
+    base.mkdir()
+    _slow_loading_version(base, serving_model)
+    cmd = [sys.executable, "-m", "imgpipe", "serve", "--model-base-path", str(base)]
+    cmd += ["--model-name", NAME, "--port", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stderr=subprocess.PIPE, text=True)
+    log = []
+    try:
+        for line in proc.stderr:
+            log.append(line)
+            if "Loading model" in line:
+                break
+        assert any("Loading model" in line for line in log), "".join(log[-30:])
+        proc.send_signal(signal.SIGTERM)
+        if second:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+        log.extend(proc.stderr)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(log)
+    assert "Serving model" not in text, text[-3000:]
+    if second:
+        assert code == 143, text[-3000:]
+        assert "second SIGTERM during the model load: exiting without waiting for it" in text
+    else:
+        assert code == 0, text[-3000:]
+        assert "Stopped during the model load: nothing was served" in text
+
+
+def test_start_server_with_its_stop_set_releases_the_port_unserved(serving_model, tmp_path):
+    base = tmp_path / NAME
+    shutil.copytree(serving_model.export_dir, base / "1")
+    stop = threading.Event()
+    stop.set()
+    config = ServerConfig(str(base), NAME, port=0)
+    with pytest.raises(lifecycle.StoppedBeforeServing):
+        lifecycle.start_server(config, stop)
+    # Nothing holds a port, and the same settings start a server that answers.
+    with lifecycle.start_in_thread(str(base), NAME) as running:
+        assert running.models.managers()[NAME].serving_versions() == [1]
+
+
 def test_start_errors_are_clear(tmp_path):
     with pytest.raises(ServerStartError, match="base path not found"):
         lifecycle.start_server(ServerConfig(str(tmp_path / "missing"), NAME))

@@ -164,12 +164,18 @@ def _model_folders_hint(base: str) -> str:
     return f" (it holds model folders with versions: {', '.join(models[:5])}; give {os.path.join(base, models[0])})"
 
 
-def start_server(config: ServerConfig) -> RunningServer:
+class StoppedBeforeServing(Exception):
+    """`start_server`'s stop event was set while the models loaded: the port is released and
+    nothing was served (a stop signal to `serve` during its first load)."""
+
+
+def start_server(config: ServerConfig, stop: threading.Event | None = None) -> RunningServer:
     """Bind the port, load the models and start the gRPC server; returns once it accepts requests.
 
     Raises ServerStartError for invalid settings or model config, a missing base path, a port
     that cannot be bound (before any model is loaded), a label on a version that did not load,
-    or a request log directory that cannot be written.
+    or a request log directory that cannot be written; StoppedBeforeServing when `stop` was set
+    by the end of the load (the server never starts answering, nor says it serves).
     """
     config.validate()
     entries = config.models()
@@ -223,6 +229,8 @@ def start_server(config: ServerConfig) -> RunningServer:
             if e.code != grpc.StatusCode.UNKNOWN:  # not a model that failed to load: served on
                 where = f" ({config.model_config_file})" if config.model_config_file else ""
                 raise ServerStartError(f"the model config{where} cannot be served: {e}") from None
+        if stop is not None and stop.is_set():
+            raise StoppedBeforeServing("stopped during the model load: nothing was served")
     except BaseException:
         server.stop(0)
         models.stop()
@@ -328,32 +336,65 @@ def serve(config: ServerConfig, stop_event: threading.Event | None = None) -> in
     cancels what is in flight and unloads without waiting; serve then returns
     128 + that signal's number (143 for SIGTERM), for the caller to exit at once
     (a TensorFlow call already running is not interrupted: the process exit is).
-    A signal during the initial model load stops the server right after it.
+    A signal during the initial model load ends it without serving: the load runs on in another
+    thread while this one waits, the port is released when it ends, and the server never says it
+    serves; a second signal then returns at once (the caller exits, the load with it).
     """
     stop = stop_event or threading.Event()
-    holder: dict[str, RunningServer] = {}
+    holder: dict[str, Any] = {}  # "starting"/"server": the RunningServer; "failed": its start's error
     previous: dict[int, Any] = {}
     forced: list[int] = []  # the exit code a second signal asks for
+    started = threading.Event()  # the first load ended (served, failed or stopped)
+
+    def cut(running: RunningServer) -> None:
+        # Not on the main thread: a signal handler runs there, which may hold the manager's lock.
+        threading.Thread(target=running.models.cut_drains, name="cut-drains", daemon=True).start()
+        running.server.stop(0)
 
     def on_signal(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
-        if stop.is_set() and "server" in holder:
-            log.warning("second %s: cancelling in-flight requests and exiting without waiting for them", name)
+        if stop.is_set():
             forced.append(128 + signum)
-            # Not here: this handler runs on the main thread, which may hold the manager's lock.
-            threading.Thread(
-                target=holder["server"].models.cut_drains, name="cut-drains", daemon=True
-            ).start()
-            holder["server"].server.stop(0)
+            if "server" in holder:
+                log.warning(
+                    "second %s: cancelling in-flight requests and exiting without waiting for them", name
+                )
+                cut(holder["server"])
+            else:
+                log.warning("second %s during the model load: exiting without waiting for it", name)
+                started.set()
             return
         log.info("%s received: shutting down", name)
         stop.set()
+
+    def start() -> None:
+        try:
+            holder["starting"] = start_server(config, stop)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            holder["failed"] = e
+        finally:
+            started.set()
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        holder["server"] = running = start_server(config)
+        # The first load on its own thread: this one stays free to take signals (a load is one
+        # long TensorFlow call, and a handler on the thread making it runs only after it).
+        threading.Thread(target=start, name="serving-start", daemon=True).start()
+        while not started.wait(0.5):
+            pass
+        if forced and "starting" not in holder:
+            return forced[0]
+        failed = holder.get("failed")
+        if isinstance(failed, StoppedBeforeServing):
+            log.info("Stopped during the model load: nothing was served")
+            return forced[0] if forced else 0
+        if failed is not None:
+            raise failed
+        holder["server"] = running = holder.pop("starting")
+        if forced:  # a second signal as the load ended
+            cut(running)
         try:
             while not stop.wait(0.5):
                 pass
