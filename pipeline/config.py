@@ -91,6 +91,25 @@ def _name(value: str) -> str:
     return value
 
 
+def _encoding_hint(path: str) -> str:
+    """': it is UTF-16 (...)' when the file starts with a UTF-16 or UTF-32 byte-order mark (an
+    editor's "Unicode" save, Windows Notepad's among them); '' otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return ""
+    for mark, name in (
+        (b"\xff\xfe\x00\x00", "UTF-32"),
+        (b"\x00\x00\xfe\xff", "UTF-32"),
+        (b"\xff\xfe", "UTF-16"),
+        (b"\xfe\xff", "UTF-16"),
+    ):
+        if head.startswith(mark):
+            return f': it is {name} (an editor\'s "Unicode" encoding)'
+    return ""
+
+
 class PipelineConfig(Settings):
     """Everything a pipeline run needs. Paths are stored as given; use `resolved()`."""
 
@@ -117,6 +136,11 @@ class PipelineConfig(Settings):
     serving_dir: str = Field(
         "serving_models",
         description="TF Serving model base dir root: pushes go to SERVING_DIR/MODEL_NAME/<version>",
+    )
+    adopt_serving_dir: bool = Field(
+        False,
+        description="push to SERVING_DIR/MODEL_NAME although no run of this home pushed there before "
+        "(its served version another home's, or put there by hand): this home takes it over",
     )
     score_data: str = Field(
         "",
@@ -232,7 +256,11 @@ class PipelineConfig(Settings):
                 values = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
-        except (OSError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text{_encoding_hint(path)} ({e}): save it as UTF-8"
+            ) from e
+        except OSError as e:
             raise ConfigError(f"config file {path} cannot be read: {e}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e

@@ -41,6 +41,39 @@ def test_run_with_missing_data_dir_names_it(tmp_path, capsys):
     assert "data_dir" in err and "nowhere" in err
 
 
+def test_a_low_address_space_limit_is_warned_before_tensorflow_crashes_on_it(tmp_path):
+    """Under `ulimit -v` 3 GB `serve` aborted in its model load and `predict-batch` crashed without a
+    message: every command now says the limit first."""
+    import resource
+
+    assert cli.address_space_warning(16 << 30) is None
+    said = cli.address_space_warning(3 << 30)
+    assert said.startswith("the address-space limit (ulimit -v) is 3.0 GiB") and "ulimit -v unlimited" in said
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgpipe",
+            "run",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--home",
+            str(tmp_path / "h"),
+        ],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+    )
+    assert done.returncode == cli.EXIT_USAGE, done.stderr[-2000:]
+    assert "the address-space limit (ulimit -v) is 4.0 GiB" in done.stderr and "data_dir" in done.stderr
+
+
 def test_run_with_unknown_backbone_names_the_choices(tmp_path, capsys):
     for split in ("train", "eval"):
         (tmp_path / split).mkdir()

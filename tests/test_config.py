@@ -280,6 +280,23 @@ def test_bad_files_are_config_errors(tmp_path, text, message):
         PipelineConfig.from_yaml(str(tmp_path / "bad.yaml"))
 
 
+@pytest.mark.parametrize(
+    "encoding, said",
+    [
+        ("utf-16", ': it is UTF-16 \\(an editor\'s "Unicode" encoding\\)'),
+        ("utf-32", ": it is UTF-32"),
+        ("latin-1", " \\("),
+    ],
+)
+def test_a_file_not_in_utf8_is_named_with_its_encoding(tmp_path, encoding, said):
+    """A config saved as UTF-16 (Windows Notepad's "Unicode") was refused with a bare codec error."""
+    (tmp_path / "c.yaml").write_bytes("epochs: 3\nmodel_name: café\n".encode(encoding))
+    with pytest.raises(
+        ConfigError, match=f"^config file .*c.yaml is not UTF-8 text{said}.*: save it as UTF-8$"
+    ):
+        PipelineConfig.from_yaml(str(tmp_path / "c.yaml"))
+
+
 def test_overrides_apply_over_the_file(tmp_path):
     (tmp_path / "c.yaml").write_text("epochs: 7\nbatch_size: 8\n")
     cfg = PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"epochs": "9"})

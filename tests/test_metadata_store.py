@@ -328,6 +328,45 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
     # A shared database is checked by pipeline name instead (check_pipeline_name_is_this_homes).
 
 
+def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path):
+    """A second home with the default names pushed its classes over the first home's served model
+    without a word (its first run had no baseline). Now a run refuses a model base path that serves
+    versions no run of its home pushed, naming the served version and its classes; a home that
+    pushed there before, or `adopt_serving_dir`, goes on."""
+    from imgpipe.orchestration.local import check_serving_dir_is_this_homes
+
+    serving = tmp_path / "serving_models"
+    config = PipelineConfig(home=str(tmp_path / "second"), serving_dir=str(serving)).resolved()
+    os.makedirs(config.home)
+    metadata.connect(config, readonly=False)
+    check_serving_dir_is_this_homes(config)  # no serving dir yet
+    version = serving / "imgpipe" / "3"
+    (version / "assets").mkdir(parents=True)
+    (version / "assets" / "label_vocab").write_text("5\n6\n7\n")
+    check_serving_dir_is_this_homes(config)  # a version folder without its saved_model.pb: not served
+    (version / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ConfigError) as e:
+        check_serving_dir_is_this_homes(config)
+    message = str(e.value)
+    assert message.startswith(
+        f"serving_dir: {serving / 'imgpipe'} serves version 3 (classes '5', '6', '7'), and no run"
+    )
+    assert "--adopt-serving-dir" in message
+    check_serving_dir_is_this_homes(config.replace(adopt_serving_dir=True))
+    check_serving_dir_is_this_homes(config.replace(model_name="other"))  # its own base path
+    # A push of this home's to that base path (its record kept): its own serving dir.
+    pb = metadata_store_pb2
+    with metadata.open_store(config, readonly=False) as store:
+        pushed_type = store.put_artifact_type(pb.ArtifactType(name="PushedModel"))
+        record = pb.Artifact(
+            type_id=pushed_type, uri=os.path.join(config.pipeline_root, "Pusher", "pushed_model", "9")
+        )
+        record.custom_properties["pushed"].int_value = 1
+        record.custom_properties["pushed_destination"].string_value = str(serving / "imgpipe" / "2")
+        store.put_artifacts([record])
+    check_serving_dir_is_this_homes(config)
+
+
 # ------------------------------------------------------------------ TFX's cache, read by id
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_cached_components_outputs_keep_their_keys(backend, postgres_server, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -149,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     received_signals.clear()  # this command's stop signals, not an earlier one's in this process
     setup_logging(verbose=getattr(args, "verbose", False))
+    limited = address_space_warning()
+    if limited:
+        logging.getLogger("imgpipe").warning("%s", limited)
     filter_tensorflow_import_noise()
     freeze_at_exit()
     try:
@@ -178,6 +182,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             error(str(e))
             return EXIT_FAILED
         raise
+
+
+# Below this address-space limit (`ulimit -v`) TensorFlow failed to start here: `serve` aborted in
+# its model load ("LLVM ERROR: pthread_create failed"), `predict-batch` crashed without a word, at
+# about 3 GB; both ran at 6 GB. A process's threads and allocator arenas reserve address space
+# they never touch, so the limit is met long before memory is used.
+ADDRESS_SPACE_WARNED_BELOW = 8 << 30
+
+
+def address_space_warning(limit: int | None = None) -> str | None:
+    """A warning when the process's address-space limit (RLIMIT_AS, `ulimit -v`) is under
+    ADDRESS_SPACE_WARNED_BELOW; None when unlimited or higher (or the platform has none)."""
+    if limit is None:
+        try:
+            import resource
+
+            limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+            if limit == resource.RLIM_INFINITY:
+                return None
+        except (ImportError, OSError, ValueError, AttributeError):
+            return None
+    if limit < 0 or limit >= ADDRESS_SPACE_WARNED_BELOW:
+        return None
+    return (
+        f"the address-space limit (ulimit -v) is {limit / (1 << 30):.1f} GiB: TensorFlow reserves address "
+        "space for its threads it never uses, and below about 6 GiB it can abort or crash without a message "
+        '("pthread_create failed"); raise it (ulimit -v unlimited) or limit memory with a cgroup instead'
+    )
 
 
 def _stopped(kind: type[KeyboardInterrupt]) -> int:

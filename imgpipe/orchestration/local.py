@@ -407,6 +407,54 @@ def check_home_not_moved(config: PipelineConfig) -> None:
         )
 
 
+def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
+    """ConfigError when the model base path (SERVING_DIR/MODEL_NAME) serves versions and no run of
+    this home ever pushed there: another home's model (two homes with the default names in one
+    folder), or one put there by hand. The run would replace it with this home's first blessed
+    model, compared with nothing, its classes perhaps others: an audit's second home pushed its
+    three classes over the first home's without a word, and clients got another label set.
+    `adopt_serving_dir` takes the base path over."""
+    base = config.model_serving_dir
+    if config.adopt_serving_dir or not base or "://" in base or not os.path.isdir(base):
+        return
+    from serving.version_names import version_number
+
+    versions = sorted(
+        (number, name)
+        for name in os.listdir(base)
+        if (number := version_number(name)) is not None
+        and os.path.isfile(os.path.join(base, name, "saved_model.pb"))
+    )
+    if not versions:
+        return
+    with metadata.open_store(config) as store:
+        if recovery.pushed_to(store, config.pipeline_root, base):
+            return
+    number, name = versions[-1]
+    classes = _served_classes(os.path.join(base, name))
+    raise ConfigError(
+        f"serving_dir: {base} serves version {number}{classes}, and no run of this home ({config.home}) ever "
+        "pushed there: another home's model (homes with the same --serving-dir and --model-name), or one put "
+        "there by hand. This run would replace it with its first blessed model, compared with nothing. Give "
+        "this home its own --model-name or --serving-dir, or pass --adopt-serving-dir to take this one over"
+    )
+
+
+def _served_classes(version_dir: str) -> str:
+    """' (classes a, b, c)' from a served version's label vocabulary; '' when it has none."""
+    from trainer.features import LABEL_VOCAB
+
+    try:
+        with open(os.path.join(version_dir, "assets", LABEL_VOCAB), encoding="utf-8") as f:
+            names = [line.rstrip("\n") for line in f if line.strip()]
+    except (OSError, ValueError):
+        return ""
+    shown = ", ".join(repr(n) for n in names[:10]) + (
+        f" and {len(names) - 10} more" if len(names) > 10 else ""
+    )
+    return f" (classes {shown})" if names else ""
+
+
 def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
     """ConfigError when a shared ML Metadata database (PostgreSQL) holds artifacts of the pipeline
     under another pipeline root than this home's: another home (a team that copied a config) runs
@@ -466,6 +514,7 @@ def _run_holding_lock(
     check_store_knows_the_home(config)
     check_home_not_moved(config)
     check_pipeline_name_is_this_homes(config)
+    check_serving_dir_is_this_homes(config)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
     if config.model_serving_dir and "://" not in config.model_serving_dir:

@@ -287,6 +287,36 @@ def _holds(folder: str, model_dir: str) -> bool | None:
         return None
 
 
+def pushed_to(store, pipeline_root: str, base_directory: str) -> bool:
+    """Whether a Pusher of this pipeline root ever pushed a model to `base_directory` (a version
+    of its own, or found one there already holding its model), pruned records included."""
+    from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
+
+    target = os.path.realpath(base_directory)
+    identical = []
+    for a in store.get_artifacts_by_type("PushedModel"):
+        if not under(a.uri, pipeline_root):
+            continue
+        props = a.custom_properties
+        if "pushed" in props and props["pushed"].int_value == 1 and "pushed_destination" in props:
+            folder = props["pushed_destination"].string_value.rstrip("/")
+            if "://" not in folder and os.path.realpath(os.path.dirname(folder)) == target:
+                return True
+        elif IDENTICAL_VERSION_KEY in props:
+            identical.append(a.id)
+    if not identical:
+        return False
+    producers = {
+        ev.execution_id
+        for ev in store.get_events_by_artifact_ids(identical)
+        if ev.type == metadata_store_pb2.Event.OUTPUT
+    }
+    return any(
+        (base := _push_base_directory(e)) and "://" not in base and os.path.realpath(base) == target
+        for e in store.get_executions_by_id(sorted(producers))
+    )
+
+
 def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: bool = False) -> list[dict]:
     """Mark DELETED each LIVE PushedModel of this pipeline root whose serving version is gone
     from the serving dir (deleted by hand, a lost disk) or no longer holds the model pushed
