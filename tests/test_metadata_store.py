@@ -458,6 +458,46 @@ def test_a_database_lost_during_a_component_is_said_plainly():
     assert "\n" not in _failure_message(cfg, "Trainer", ValueError("no images"))
 
 
+def test_a_home_deleted_during_a_component_is_said_plainly(tmp_path):
+    """`rm -rf` of the home during the Trainer: the run blamed ML Metadata's server or disk and
+    promised that the next run would repair it, after ~500 lines of TFX's execution info. Now it
+    says the home was deleted, and the execution info is cut to its first sentence."""
+    import logging
+
+    from imgpipe.cli.output import setup_logging
+    from imgpipe.orchestration.local import _failure_message
+
+    cfg = PipelineConfig(home=str(tmp_path / "gone")).resolved()
+    lost = RuntimeError(
+        "Failed to establish connection to Metadata storage with error: unable to open database file"
+    )
+    head, explained = _failure_message(cfg, "Trainer", lost).split("\n", 1)
+    assert explained.startswith(f"the home {cfg.home} was deleted while Trainer ran, its ML Metadata store")
+    assert "could not be reached" not in explained and "marks it FAILED" not in explained
+    os.makedirs(cfg.home)  # a home still there: the store itself was lost
+    assert "could not be reached while Trainer ran" in _failure_message(cfg, "Trainer", lost)
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    absl = logging.getLogger("absl")
+    absl.addHandler(handler)
+    try:
+        setup_logging()
+        absl.warning(
+            "execution_info.tmp_dir %s is not found, it is likely that it has been deleted by the executor. "
+            "This is the full execution_info: %s",
+            "/h/pipelines/imgpipe/Trainer/.system/executor_execution/8/.temp/",
+            'execution_properties {\n  key: "x"\n}\n' * 50,
+        )
+    finally:
+        absl.removeHandler(handler)
+    assert seen == [
+        "execution_info.tmp_dir /h/pipelines/imgpipe/Trainer/.system/executor_execution/8/.temp/ is not found "
+        "(deleted while the component ran; --verbose shows the execution info)"
+    ]
+
+
 def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_server, tmp_path, monkeypatch):
     """Two homes with one pipeline name on one database (a team copying a config) took each
     other's models as baselines and outputs from each other's cache, and neither's repairs

@@ -175,13 +175,14 @@ def setup_logging(verbose: bool = False) -> None:
     """
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
-    for name in {**_NOISE, **_LIBRARY_NOTICES}:
+    for name in {**_NOISE, **_LIBRARY_NOTICES, **_SHORTENED}:
         library = logging.getLogger(name)
         for old in [f for f in library.filters if isinstance(f, _Drop)]:
             library.removeFilter(old)
         patterns = _NOISE.get(name, ()) + (() if verbose else _LIBRARY_NOTICES.get(name, ()))
-        if patterns:
-            library.addFilter(_Drop(patterns))
+        shorten = () if verbose else _SHORTENED.get(name, ())
+        if patterns or shorten:
+            library.addFilter(_Drop(patterns, shorten))
     for name in _OWN:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
@@ -279,16 +280,38 @@ _LIBRARY_NOTICES = {
 }
 
 
-class _Drop(logging.Filter):
-    """Drops a logger's records whose text one of `patterns` finds."""
+# Library messages kept, but cut to their first sentence unless --verbose: TFX's launcher, when
+# a component's temp folder is gone (the home deleted during the run), logs the whole execution
+# info after it, ~500 lines of protobuf text.
+_SHORTENED = {
+    "absl": (
+        (
+            re.compile(r"^(execution_info\.tmp_dir \S+ is not found), it is likely that .*\Z", re.DOTALL),
+            r"\1 (deleted while the component ran; --verbose shows the execution info)",
+        ),
+    ),
+}
 
-    def __init__(self, patterns: tuple[re.Pattern, ...]):
+
+class _Drop(logging.Filter):
+    """Drops a logger's records whose text one of `patterns` finds; cuts those `shorten` finds."""
+
+    def __init__(self, patterns: tuple[re.Pattern, ...], shorten: tuple[tuple[re.Pattern, str], ...] = ()):
         super().__init__()
         self.patterns = patterns
+        self.shorten = shorten
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = _message(record)
-        return text is None or not any(p.search(text) for p in self.patterns)
+        if text is None:
+            return True
+        if any(p.search(text) for p in self.patterns):
+            return False
+        for pattern, replacement in self.shorten:
+            if pattern.search(text):
+                record.msg, record.args = pattern.sub(replacement, text), None
+                break
+        return True
 
 
 def _message(record: logging.LogRecord) -> str | None:

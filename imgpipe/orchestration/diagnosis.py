@@ -28,7 +28,15 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
 
     message = ""
     lowered = error.lower()
-    if any(marker in lowered for marker in _METADATA_LOST):
+    home_gone = config.metadata_target is None and not os.path.isdir(config.home)
+    if home_gone:
+        # Its SQLite store went with it: the store was not "unreachable", and no next run repairs it.
+        message += (
+            f"\nthe home {config.home} was deleted while {component or 'the pipeline'} ran, its ML Metadata "
+            "store and every artifact with it: nothing of this run or the earlier ones is left there. The "
+            "next run starts a new home (the serving dir's versions stay)"
+        )
+    elif any(marker in lowered for marker in _METADATA_LOST):
         # TFX's text names neither the store nor what it means for the run.
         message += (
             f"\nML Metadata at {config.metadata_location} could not be reached while "
