@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,9 @@ PER_CLASS = 30  # images of each class measured (fewer when there are many class
 MEASURED_AT_MOST = 1200
 BORDER_SHARE = 1 / 16  # of each side: 4 of the 64 pixels split_shift measures
 FRAME_SPREAD = 2.0  # grey levels: a border this even all round is a frame, padding or a backdrop
+# ... around a picture whose grey levels spread this much (standard deviation) at least: one even
+# all over (a patch of sky: 1-5) has no frame, its border is its subject's.
+FRAMED_CONTENT = 8.0
 # What a picture's making sets (and seldom its subject), with the words the warning uses.
 PROPERTIES = {
     "colour": "colour (0 for grey)",
@@ -175,9 +179,15 @@ def classes_apart(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _framed(rows: Sequence[dict[str, Any]]) -> bool:
     """Whether most of a class's pictures have a border of one grey (a frame, padding, a plain
-    backdrop): only then is its brightness the pictures' making rather than their subject."""
-    spreads = [row["border_spread"] for row in rows if "border_spread" in row]
-    return bool(spreads) and float(np.median(spreads)) <= FRAME_SPREAD
+    backdrop) around a picture that is not that even itself: only then is its brightness the
+    pictures' making rather than their subject. A picture even all over (a patch of sky, a wall)
+    has such a border too, but there it is the subject's brightness, compared as such."""
+    rows = [row for row in rows if "border_spread" in row]
+    framed = [
+        row["border_spread"] <= FRAME_SPREAD and row.get("contrast", math.inf) >= FRAMED_CONTENT
+        for row in rows
+    ]
+    return bool(framed) and sum(framed) > len(framed) / 2
 
 
 def _others(item: dict[str, Any]) -> str:

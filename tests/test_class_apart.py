@@ -173,3 +173,38 @@ def test_of_two_classes_a_frame_on_either_is_named():
     [note] = _notes(records)
     assert note.startswith("classes 'apples' and 'bananas' differ in how their train pictures were made")
     assert "border brightness (median" in note and "against 128 in 'bananas')" in note
+
+
+def test_a_class_of_even_pictures_is_not_said_to_be_framed():
+    """Tiles of a photo's sky (one grey nearly all over) among tiles of its busier parts: the sky's
+    border was compared as a frame ("border brightness 239 vs 65 ... in how its pictures were
+    made"), though there the border is the subject. A picture even all over has no frame."""
+    from sklearn.datasets import load_sample_images
+
+    china = load_sample_images().images[0]
+    rng = np.random.default_rng(3)
+
+    def tiles(top, left, height, width, n):
+        out = []
+        for _ in range(n):
+            y, x = rng.integers(top, top + height - 32), rng.integers(left, left + width - 32)
+            out.append(
+                make_example(_encode(Image.fromarray(china[y : y + 32, x : x + 32])), f"r{top}_{left}")
+            )
+        return out
+
+    sky = tiles(0, 0, 60, 200, 30)
+    rows = [split_shift.measure(_record_image(r)) for r in sky]
+    assert np.median([row["border_spread"] for row in rows]) <= class_apart.FRAME_SPREAD  # even borders
+    assert not class_apart._framed(rows)
+    records = sky + tiles(200, 0, 200, 300, 30) + tiles(200, 300, 200, 300, 30)
+    assert not any("border brightness" in n for n in _notes(records))
+    # A frame drawn round busy pictures is still one.
+    framed = [split_shift.measure(_encode(_bordered(_digit(i)))) for i in range(20)]
+    assert class_apart._framed(framed)
+
+
+def _record_image(serialized: bytes) -> bytes:
+    from trainer.image_ids import record_image
+
+    return record_image(serialized)[0]
