@@ -205,3 +205,21 @@ def test_the_run_summary_names_the_doubted_images_files(tmp_path):
     assert with_files(check, str(tmp_path / "gone"), str(data_dir))["images"][0]["file"] is None
     assert with_files({"doubted": 0, "images": []}, str(split), str(data_dir)) == {"doubted": 0, "images": []}
     assert with_files(None, str(split), str(data_dir)) is None
+
+
+def test_odd_answers_are_read_or_left_unjudged():
+    """A one-unit sigmoid's answers as a flat vector read as [1 - p, p]; answers that are not all
+    finite (a diverged head) are not judged, instead of an argmax of NaN agreeing by chance; a
+    head that won --tune's search on the slice it answers warns of no gap in eval's disfavour."""
+    np.testing.assert_allclose(
+        label_check.class_probabilities(np.array([0.2, 0.9])), [[0.8, 0.2], [0.1, 0.9]]
+    )
+    held = label_check.HeldOut(np.arange(3), np.array([[0.5, 0.5], [np.nan, 1.0], [1.0, 0.0]]), "s")
+    record = label_check.check(held, np.array([0, 1, 0]), ["a", "b"], 0.9, 100)
+    assert record["agreement"] is None and record["doubted"] == 0 and record["warning"] is None
+    assert "not all finite" in record["not_judged"]
+    right = np.eye(3)[np.arange(300) % 3]
+    held = label_check.HeldOut(np.arange(300), right, "the validation slice")
+    labels = np.arange(300) % 3
+    assert "eval split disagrees" in label_check.check(held, labels, ["a", "b", "c"], 0.6, 300)["warning"]
+    assert label_check.check(held, labels, ["a", "b", "c"], 0.6, 300, chosen_on_it=True)["warning"] is None

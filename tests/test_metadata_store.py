@@ -307,7 +307,7 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
         check_home_not_moved(moved)
     message = str(e.value)
     assert message.startswith(
-        f"home: its ML Metadata ({moved.metadata_path}) records this pipeline's artifacts under {first.home}"
+        f"home: its ML Metadata ({moved.metadata_path}) records artifacts of this pipeline under {first.home}"
     )
     assert "the home was moved or renamed" in message and f"Move the home back to {first.home}" in message
     os.symlink(moved.home, first.home)  # the old path leads to the home again
@@ -326,6 +326,23 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
         logger.removeHandler(handler)
     assert any("the home was copied with its store" in m and first.home in m for m in seen), seen
     # A shared database is checked by pipeline name instead (check_pipeline_name_is_this_homes).
+
+    # Moved away and a new home made in its place: the old path exists again, but the folders the
+    # store records (execution 8's) are not there; execution 7's is the new home's own model.
+    shutil.rmtree(first.home)
+    os.makedirs(os.path.join(first.pipeline_root, "Trainer", "model", "8"))
+    with metadata.open_store(moved, readonly=False) as store:
+        [context] = store.get_contexts_by_type("pipeline")
+        model_type = store.get_artifact_type("Model")
+        other = os.path.join(first.pipeline_root, "Trainer", "model", "9")
+        [artifact_id] = store.put_artifacts(
+            [pb.Artifact(type_id=model_type.id, uri=other, state=pb.Artifact.LIVE)]
+        )
+        store.put_attributions_and_associations(
+            [pb.Attribution(context_id=context.id, artifact_id=artifact_id)], []
+        )
+    with pytest.raises(ConfigError, match="their folders are gone: the home was moved or renamed"):
+        check_home_not_moved(moved)
 
 
 def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path):
@@ -352,10 +369,35 @@ def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path)
         f"serving_dir: {serving / 'imgpipe'} serves version 3 (classes '5', '6', '7'), and no run"
     )
     assert "--adopt-serving-dir" in message
-    check_serving_dir_is_this_homes(config.replace(adopt_serving_dir=True))
     check_serving_dir_is_this_homes(config.replace(model_name="other"))  # its own base path
-    # A push of this home's to that base path (its record kept): its own serving dir.
+    # Taken over once, by the flag: the home remembers it (a scheduled run repeats no flag).
+    third = config.replace(home=str(tmp_path / "third"))
+    os.makedirs(third.home)
+    metadata.connect(third, readonly=False)
+    with pytest.raises(ConfigError):
+        check_serving_dir_is_this_homes(third)
+    check_serving_dir_is_this_homes(third.replace(adopt_serving_dir=True))
+    check_serving_dir_is_this_homes(third)
     pb = metadata_store_pb2
+    # A version holding one of this home's models, its push's record never written (the run was
+    # killed between the version's rename and TFX's record): its own.
+    import shutil
+
+    trained = os.path.join(config.pipeline_root, "Trainer", "model", "4")
+    shutil.copytree(version, os.path.join(trained, "Format-Serving"))
+    with metadata.open_store(config, readonly=False) as store:
+        model_type = store.put_artifact_type(pb.ArtifactType(name="Model"))
+        [model_id] = store.put_artifacts(
+            [pb.Artifact(type_id=model_type, uri=trained, state=pb.Artifact.LIVE)]
+        )
+    check_serving_dir_is_this_homes(config)
+    with metadata.open_store(config, readonly=False) as store:
+        [model] = store.get_artifacts_by_id([model_id])
+        model.state = pb.Artifact.DELETED
+        store.put_artifacts([model])
+    with pytest.raises(ConfigError):
+        check_serving_dir_is_this_homes(config)
+    # A push of this home's to that base path (its record kept): its own serving dir.
     with metadata.open_store(config, readonly=False) as store:
         pushed_type = store.put_artifact_type(pb.ArtifactType(name="PushedModel"))
         record = pb.Artifact(

@@ -55,6 +55,8 @@ class HeldOut:
 def class_probabilities(outputs: np.ndarray) -> np.ndarray:
     """[n, classes] from a head's outputs: softmax rows as they are, one sigmoid unit as [1 - p, p]."""
     outputs = np.asarray(outputs, np.float64)
+    if outputs.ndim == 1:
+        outputs = outputs.reshape(-1, 1)
     if outputs.ndim == 2 and outputs.shape[1] == 1:
         return np.concatenate([1.0 - outputs, outputs], axis=1)
     return outputs
@@ -92,12 +94,29 @@ def check(
     class_names: Sequence[str],
     eval_accuracy: float | None,
     eval_examples: int,
+    chosen_on_it: bool = False,
 ) -> dict[str, Any]:
     """The label check's record (the training summary's `label_check`): how the held-out answers
     agree with the train labels, the doubted images and pairs, and a `warning` (None: nothing to
-    say beyond the numbers). `labels`: every train image's class index, in file order."""
+    say beyond the numbers). `labels`: every train image's class index, in file order.
+    `chosen_on_it`: the answering head won a search scored on those images (--tune's slice), so
+    its agreement is optimistic: the gap that says the eval split disagrees is not warned on.
+    Answers that are not all finite (a diverged head) are not judged: agreement None."""
     p = class_probabilities(held.probabilities)
     given = np.asarray(labels, np.int64)[held.positions]
+    if not np.all(np.isfinite(p)):
+        return {
+            "held_out": held.source,
+            "examined": len(given),
+            "agreement": None,
+            "eval_accuracy": eval_accuracy,
+            "eval_examples": eval_examples,
+            "doubted": 0,
+            "pairs": [],
+            "images": [],
+            "warning": None,
+            "not_judged": "the head's held-out answers are not all finite numbers",
+        }
     n = len(given)
     agree = int((np.argmax(p, axis=1) == given).sum()) if n else 0
     agreement = agree / n if n else None
@@ -127,11 +146,11 @@ def check(
         ],
         "warning": None,
     }
-    record["warning"] = _warning(record, agree)
+    record["warning"] = _warning(record, agree, chosen_on_it)
     return record
 
 
-def _warning(record: dict[str, Any], agree: int) -> str | None:
+def _warning(record: dict[str, Any], agree: int, chosen_on_it: bool = False) -> str | None:
     n, eval_n, eval_accuracy = record["examined"], record["eval_examples"], record["eval_accuracy"]
     if not n or not eval_n or eval_accuracy is None:
         return None
@@ -144,6 +163,8 @@ def _warning(record: dict[str, Any], agree: int) -> str | None:
         f"their labels at {record['agreement']:.3f}, its answers on the eval split at {eval_accuracy:.3f}"
     )
     if gap > 0:
+        if chosen_on_it:
+            return None
         return (
             f"label check: {numbers}: the eval split disagrees with what the train split teaches "
             "(eval labels wrong, or eval pictures unlike the train pictures; the run report lists the eval "

@@ -196,7 +196,9 @@ def _head_phase(
     if uniform:
         note(uniform)
     accuracy = evaluate(run.model)
-    labels_checked = _label_check(run, labels, num_classes, class_names, accuracy, eval_examples, note)
+    labels_checked = _label_check(
+        run, labels, num_classes, class_names, accuracy, eval_examples, note, tuned=bool(params.tune_trials)
+    )
     return HeadPhase(
         run, accuracy, weights, head_data.validation_examples, tuning, seconds, label_check=labels_checked
     )
@@ -210,15 +212,24 @@ def _label_check(
     eval_accuracy: float,
     eval_examples: int,
     note: Callable[[str], None],
+    tuned: bool = False,
 ) -> dict[str, Any] | None:
     """trainer/label_check.py's record from the selection's held-out answers, noted (and its
-    warning logged); None, noted, when the selection held none out."""
+    warning logged); None, noted, when the selection held none out. `tuned`: --tune's winning
+    trial answers, chosen on the slice it answers (said in the record's `held_out`)."""
     held = run.selection.held_out
     if held is None or not len(held.positions):
         note("label check: not made (no train images were held out from a fit in memory)")
         return None
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-    record = label_check.check(held, labels, names, eval_accuracy if eval_examples else None, eval_examples)
+    if tuned:
+        held = dataclasses.replace(held, source=f"{held.source}, the tuned trial chosen on it")
+    record = label_check.check(
+        held, labels, names, eval_accuracy if eval_examples else None, eval_examples, chosen_on_it=tuned
+    )
+    if record["agreement"] is None:
+        note(f"label check: not judged ({record.get('not_judged')})")
+        return record
     note(
         f"label check: the head's answers on {record['examined']} held-out train images "
         f"({record['held_out']}) agree with their labels at {record['agreement']:.4f}; "

@@ -363,10 +363,11 @@ def check_store_knows_the_home(config: PipelineConfig) -> None:
 
 def check_home_not_moved(config: PipelineConfig) -> None:
     """ConfigError when the home's own store (SQLite, in the home) records this pipeline's live
-    artifacts under another home's folder that is gone: the home was moved (or renamed). ML
-    Metadata keeps absolute paths, so the baseline the Resolver picks is a folder that no longer
-    exists, and every run failed at the DataGate with a missing label vocabulary, blaming the
-    model. A copy (the other folder still there) is logged: its runs read the original's models."""
+    artifacts outside this home whose folders are gone: the home was moved (or renamed; or moved
+    away and a new home made in its place, whose folders are others). ML Metadata keeps absolute
+    paths, so the baseline the Resolver picks is a folder that no longer exists (or another
+    home's), and every run failed at the DataGate with a missing label vocabulary, blaming the
+    model. A copy (every such folder still there) is logged: its runs read the original's models."""
     if config.metadata_target is not None or "://" in config.pipeline_root:
         return
     if not os.path.exists(config.metadata_path):
@@ -386,17 +387,18 @@ def check_home_not_moved(config: PipelineConfig) -> None:
         home = os.path.normpath(a.uri)
         for _ in range(5):
             home = os.path.dirname(home)
-        (kept if os.path.isdir(home) else gone).add(home)
+        (kept if os.path.exists(a.uri) else gone).add(home)
     here = os.path.abspath(config.home)
     if gone:
         old = sorted(gone)
+        where = old[0] if len(old) == 1 else f"{', '.join(old[:3])}{' ...' if len(old) > 3 else ''}"
         raise ConfigError(
-            f"home: its ML Metadata ({config.metadata_path}) records this pipeline's artifacts under "
-            f"{', '.join(old[:3])}, which no longer exists{'; they' if len(old) == 1 else ''} are not under "
-            f"this home ({here}): the home was moved or renamed. ML Metadata keeps absolute paths, so "
-            "the served model's record (the next run's baseline) and the cache point at folders that "
-            f"are gone. Move the home back to {old[0]} (a symlink there to {here} also works), or "
-            "start a new home with --home (the serving dir's versions stay served)"
+            f"home: its ML Metadata ({config.metadata_path}) records artifacts of this pipeline under {where}, "
+            f"not under this home ({here}), and their folders are gone: the home was moved or renamed (or "
+            "moved away and another made in its place). ML Metadata keeps absolute paths, so the served "
+            "model's record (the next run's baseline) and the cache point at folders that no longer hold "
+            f"them. Move the home back to {old[0]} (a symlink there to {here} also works), or start a new "
+            "home with --home (the serving dir's versions stay served)"
         )
     if kept:
         log.warning(
@@ -415,7 +417,12 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
     three classes over the first home's without a word, and clients got another label set.
     `adopt_serving_dir` takes the base path over."""
     base = config.model_serving_dir
-    if config.adopt_serving_dir or not base or "://" in base or not os.path.isdir(base):
+    if not base or "://" in base:
+        return
+    if config.adopt_serving_dir:
+        _adopt(config.home, base)  # later runs, without the flag, push there too
+        return
+    if not os.path.isdir(base):
         return
     from serving.version_names import version_number
 
@@ -427,10 +434,14 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
     )
     if not versions:
         return
-    with metadata.open_store(config) as store:
-        if recovery.pushed_to(store, config.pipeline_root, base):
-            return
+    if _adopted(config.home, base):
+        return
     number, name = versions[-1]
+    with metadata.open_store(config) as store:
+        if recovery.pushed_to(store, config.pipeline_root, base) or recovery.holds_own_model(
+            store, config.pipeline_root, os.path.join(base, name)
+        ):
+            return
     classes = _served_classes(os.path.join(base, name))
     raise ConfigError(
         f"serving_dir: {base} serves version {number}{classes}, and no run of this home ({config.home}) ever "
@@ -438,6 +449,41 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
         "there by hand. This run would replace it with its first blessed model, compared with nothing. Give "
         "this home its own --model-name or --serving-dir, or pass --adopt-serving-dir to take this one over"
     )
+
+
+ADOPTED_FILE = "adopted_serving_dirs.json"  # in the home: base paths `adopt_serving_dir` took over
+
+
+def _adopted(home: str, base: str) -> bool:
+    try:
+        with open(os.path.join(home, ADOPTED_FILE), encoding="utf-8") as f:
+            listed = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(listed, list) and os.path.realpath(base) in listed
+
+
+def _adopt(home: str, base: str) -> None:
+    """Remember that this home took `base` over (atomically; a failure to write only warns)."""
+    if _adopted(home, base):
+        return
+    path = os.path.join(home, ADOPTED_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            listed = json.load(f)
+        listed = listed if isinstance(listed, list) else []
+    except (OSError, ValueError):
+        listed = []
+    try:
+        os.makedirs(home, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(sorted({*listed, os.path.realpath(base)}), f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning(
+            "could not record that this home took over %s (%s): pass --adopt-serving-dir again", base, e
+        )
 
 
 def _served_classes(version_dir: str) -> str:

@@ -317,6 +317,31 @@ def pushed_to(store, pipeline_root: str, base_directory: str) -> bool:
     )
 
 
+def holds_own_model(store, pipeline_root: str, version_dir: str, newest: int = 3) -> bool:
+    """Whether serving version `version_dir` holds one of this pipeline root's `newest` blessed-or-not
+    Models (compared as the Pusher compares them): a push whose record was never written (the run
+    killed between the version's rename and TFX's publishing of it) is still this home's."""
+    from components.pusher import same_model  # loads TFX's Pusher: only when asked
+
+    models = sorted(
+        (
+            a
+            for a in store.get_artifacts_by_type("Model")
+            if a.state == metadata_store_pb2.Artifact.LIVE and under(a.uri, pipeline_root)
+        ),
+        key=lambda a: a.id,
+        reverse=True,
+    )[:newest]
+    for a in models:
+        saved = os.path.join(a.uri, "Format-Serving")
+        try:
+            if os.path.isdir(saved) and same_model(saved, version_dir):
+                return True
+        except Exception:  # noqa: BLE001 - an unreadable model is no match
+            continue
+    return False
+
+
 def forget_missing_pushes(store, pipeline_root: str, found_by: str, dry_run: bool = False) -> list[dict]:
     """Mark DELETED each LIVE PushedModel of this pipeline root whose serving version is gone
     from the serving dir (deleted by hand, a lost disk) or no longer holds the model pushed
