@@ -99,6 +99,39 @@ def _report_data(names=HOSTILE, n: int = 48, cap: int = 6, run_id: str = "2026-0
     )
 
 
+def test_the_label_check_and_its_doubted_images_are_in_the_report():
+    """The Trainer's label check (the run's JSON `label_check`, with files): its numbers, its
+    warning among the notes, and the first doubted train images with their labels; kept through
+    report.json; absent (older runs, a check not made) leaves the page as it was."""
+    from imgpipe.report import html
+
+    check = {
+        "held_out": "cross-validation (5 folds)",
+        "examined": 300,
+        "agreement": 0.6,
+        "eval_accuracy": 0.873,
+        "eval_examples": 150,
+        "doubted": 84,
+        "pairs": [{"given": "five", "answered": "eight", "images": 9}],
+        "images": [
+            {"position": 172, "given": "five", "answered": "<seven>", "given_probability": 0.0003,
+             "answered_probability": 0.9441, "file": "five/img 898.png"},
+            {"position": 171, "given": "six", "answered": "seven", "given_probability": 0.0008,
+             "answered_probability": 0.577, "file": None},
+        ],
+        "warning": "label check: ... train labels may be wrong.",
+    }  # fmt: skip
+    d = dataclasses.replace(_report_data(["a", "b"], n=10), label_check=check)
+    page = html.render(d, {"training_curves": "training_curves.png"})
+    assert "agree with their labels at 0.600 (the eval split's accuracy: 0.873); 84 are answered" in page
+    assert "<td>five/img 898.png</td><td>five</td><td>&lt;seven&gt;</td>" in page
+    assert "<td>train record 171</td>" in page and "the first 2, least likely label first" in page
+    loaded = data.ReportData.from_dict(json.loads(json.dumps(d.to_dict())))
+    assert loaded.label_check == check
+    plain = html.render(_report_data(["a", "b"], n=10), {"training_curves": "training_curves.png"})
+    assert "The label check" not in plain
+
+
 # ------------------------------------------------------------------------------ numbers
 def test_tally_counts_confusion_per_class_and_keeps_the_worst_mistakes():
     tally = data.Tally(["a", "b", "c"], max_misclassified=3)

@@ -123,6 +123,9 @@ class ReportData:
     # "" / False in reports written before these fields.
     deployment: str = ""
     withdrawn: bool = False
+    # The Trainer's label check (trainer/label_check.py) as the run's JSON holds it (the doubted
+    # train images with their files); None when not made, or in reports written before it.
+    label_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -835,6 +838,10 @@ def gather(
         gate = gate_from_summary(summary, min_accuracy, max_regression)
         notes.append("no gate.json (a run from before the gate record): gate numbers from the summary")
     gate.baseline_note = name_baseline(gate.baseline_note, summary.get("baseline_model"))
+    label_check = summary.get("label_check") or (training_summary or {}).get("label_check")
+    label_check = label_check if isinstance(label_check, dict) else None
+    if label_check and label_check.get("warning"):
+        notes.append(str(label_check["warning"]))
     return ReportData(
         run_id=artifacts.run_id,
         class_names=columns,
@@ -862,6 +869,7 @@ def gather(
         states=dict(artifacts.states),
         notes=notes,
         predictions_from=predictions_from,
+        label_check=label_check,
         **_deployment(summary, gate.blessed),
     )
 

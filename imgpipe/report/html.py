@@ -163,9 +163,53 @@ def _per_class(d: ReportData) -> str:
     )
 
 
+LABEL_DOUBTS_SHOWN = 20  # of the label check's doubted train images, the report lists this many
+
+
+def _label_check(d: ReportData) -> str:
+    """The label check's numbers and its first doubted train images (file or record, labels,
+    probabilities), least likely label first; "" when the Trainer made none."""
+    lc = d.label_check
+    if not lc or not isinstance(lc.get("agreement"), (int, float)):
+        return ""
+    text = (
+        f"The label check: the head's answers on {lc.get('examined')} train images it did not train on "
+        f"({esc(str(lc.get('held_out')))}) agree with their labels at {lc['agreement']:.3f} (the eval "
+        f"split's accuracy: {_number(lc.get('eval_accuracy'))}); {lc.get('doubted')} are answered as another "
+        "class as surely as that class's own images."
+    )
+    images = [img for img in lc.get("images") or [] if isinstance(img, dict)][:LABEL_DOUBTS_SHOWN]
+    if not images:
+        return f"<p>{text}</p>"
+    rows = [
+        [
+            esc(str(img.get("file") or f"train record {img.get('position')}")),
+            esc(str(img.get("given"))),
+            esc(str(img.get("answered"))),
+            _number(img.get("given_probability")),
+            _number(img.get("answered_probability")),
+        ]
+        for img in images
+    ]
+    shown = (
+        f"the first {len(images)}, least likely label first"
+        if len(images) < (lc.get("doubted") or 0)
+        else "least likely label first"
+    )
+    return f"<p>{text} Their labels may be wrong ({shown}):</p>" + _table(
+        ["image", "labelled", "answered", "p(label)", "p(answered)"],
+        rows,
+        numeric=[False, False, False, True, True],
+    )
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
 def _training(d: ReportData, figures: dict[str, str]) -> str:
     if "training_curves" not in figures:
-        return "<p>No training history was found for this run.</p>"
+        return "<p>No training history was found for this run.</p>" + _label_check(d)
     out = [f'<div class="figures"><img src="{src(figures["training_curves"])}" alt="training curves"></div>']
     if d.training_notes:
         items = "".join(f"<li>{esc(n)}</li>" for n in d.training_notes)
@@ -173,6 +217,7 @@ def _training(d: ReportData, figures: dict[str, str]) -> str:
     if d.early_stopping:
         rows = [[esc(k), esc(v)] for k, v in d.early_stopping.items()]
         out.append("<p>How its epochs were chosen:</p>" + _table(["entry", "value"], rows))
+    out.append(_label_check(d))
     return "".join(out)
 
 
