@@ -8,8 +8,9 @@ and 0.21 inverted, and the run's notes blamed the labels ("labels given at rando
 word of the eval split.
 
 The check compares a seeded sample of each split (at most SAMPLE images) in what a picture's
-decoding shows: its brightness and contrast (the mean and the spread of its grey levels) and its
-colour (the mean spread of a pixel's red, green and blue: 0 for a grey picture), measured on the
+decoding shows: its brightness and contrast (the mean and the spread of its grey levels), its
+colour (the mean spread of a pixel's red, green and blue: 0 for a grey picture) and where its subject
+sits (`subject_position`: pictures moved or cropped off-centre), measured on the
 picture reduced to MEASURED_SIDE pixels a side, so that a large JPEG read at a reduced scale and a
 small one are measured alike; its width and height; its format. When the splits' classes come in
 other proportions (a balanced eval split of skewed data), the train sample is drawn in the eval
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import logging
 import random
 import warnings
@@ -44,7 +46,17 @@ MIX_APART = 0.1  # class shares this far apart (or more): the train sample is dr
 MIN_DISTANCE = 0.3
 SIGNIFICANCE = 0.001
 MIN_IMAGES = 20  # per split: fewer, and the check does not judge
-NUMERIC = ("brightness", "contrast", "colour", "width", "height")
+NUMERIC = ("brightness", "contrast", "colour", "width", "height", "across", "down")
+# How the warning names the position features: where a picture's subject sits (its pixels unlike
+# the picture's border, weighed by how unlike), from -0.5 (left edge, top) to 0.5 (right, bottom).
+# ... and a position differs only when its medians are this far apart too (a twentieth of a side,
+# 1.6 px of 32): digits turned 180 degrees, or an eval split missing a class, put the subject's
+# mean position 0.02 away, far apart for the test (the positions cluster tightly) but no move.
+MIN_MOVE = 0.05
+NAMES = {
+    "across": "subject's position across (-0.5 left edge, 0.5 right)",
+    "down": "subject's position down (-0.5 top, 0.5 bottom)",
+}
 _DRAFT = (256, 256)  # a JPEG is measured at a reduced scale (block means: the mean moves little)
 
 
@@ -70,6 +82,7 @@ def measure(image: bytes) -> dict[str, Any] | None:
         return None
     grey = pixels @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as Pillow's "L"
     edge, edge_spread = class_apart.border(grey)
+    across, down = subject_position(grey, edge)
     return {
         "brightness": float(grey.mean()),
         "contrast": float(grey.std()),
@@ -79,8 +92,25 @@ def measure(image: bytes) -> dict[str, Any] | None:
         "flat": bool(np.all(pixels == pixels[0, 0])),  # one colour, grey or not
         "width": float(width),
         "height": float(height),
+        "across": across,
+        "down": down,
         "format": fmt,
     }
+
+
+def subject_position(grey: np.ndarray, background: float) -> tuple[float, float]:
+    """(across, down) of a picture's subject: the mean position of its pixels weighed by how far
+    their grey level is from the border's (`background`), from -0.5 (left edge, top) to 0.5 (right,
+    bottom); (0, 0) for a picture without one (every pixel the border's grey). An eval split whose
+    digits were moved 6 px of 32 keeps its brightness and contrast; this moves by about 0.19."""
+    weight = np.abs(grey - background)
+    total = float(weight.sum())
+    if total <= 0:
+        return 0.0, 0.0
+    h, w = grey.shape
+    xs = (np.arange(w) + 0.5) / w - 0.5
+    ys = (np.arange(h) + 0.5) / h - 0.5
+    return float(weight.sum(axis=0) @ xs / total), float(weight.sum(axis=1) @ ys / total)
 
 
 def sample(records: Iterable[Any], size: int = SAMPLE, seed: int = 0) -> list[Any]:
@@ -106,17 +136,21 @@ def compare(train: Sequence[dict[str, Any]], eval_: Sequence[dict[str, Any]]) ->
         return None
     out: dict[str, Any] = {}
     for name in NUMERIC:
+        if any(name not in row for row in itertools.chain(train, eval_)):
+            continue  # rows measured before the feature was (hand-made rows, older records)
         a = np.array([row[name] for row in train])
         b = np.array([row[name] for row in eval_])
         if np.all(a == a[0]) and np.all(b == a[0]):
             continue
         result = stats.ks_2samp(a, b)
-        if result.statistic >= MIN_DISTANCE and result.pvalue < SIGNIFICANCE:
+        moved = name not in NAMES or abs(float(np.median(a)) - float(np.median(b))) >= MIN_MOVE
+        if result.statistic >= MIN_DISTANCE and result.pvalue < SIGNIFICANCE and moved:
+            digits = 2 if name in NAMES else 1  # positions are fractions of a side
             out[name] = {
                 "distance": round(float(result.statistic), 3),
                 "p_value": float(f"{result.pvalue:.3g}"),
-                "train_median": round(float(np.median(a)), 1),
-                "eval_median": round(float(np.median(b)), 1),
+                "train_median": round(float(np.median(a)), digits),
+                "eval_median": round(float(np.median(b)), digits),
             }
     shares = [_shares(row["format"] for row in side) for side in (train, eval_)]
     formats = sorted(set(shares[0]) | set(shares[1]))
@@ -143,7 +177,8 @@ def describe(shift: dict[str, Any]) -> str:
             parts.append(f"format (train {_share_text(found['train'])}; eval {_share_text(found['eval'])})")
         else:
             parts.append(
-                f"{name} (median {found['train_median']:g} in train, {found['eval_median']:g} in eval)"
+                f"{NAMES.get(name, name)} (median {found['train_median']:g} in train, "
+                f"{found['eval_median']:g} in eval)"
             )
     return ", ".join(parts)
 
