@@ -345,6 +345,45 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
         check_home_not_moved(moved)
 
 
+def test_a_home_moved_away_with_another_made_in_its_place_is_refused(tmp_path):
+    """mv home home2, a new home made at `home` (its executions numbered from 1 again, so its
+    folders have the recorded names), then a run in home2: its store's records name folders
+    that exist but hold the new home's artifacts. It was taken for a copy (a warning), and the run
+    went on with the other home's baseline and cache."""
+    import time
+
+    from imgpipe.orchestration.local import check_home_not_moved
+
+    pb = metadata_store_pb2
+
+    def home_with_model(config: PipelineConfig) -> None:
+        os.makedirs(os.path.join(config.pipeline_root, "Trainer", "model", "1"))
+        with metadata.open_store(config, readonly=False) as store:
+            [context_id] = store.put_contexts(
+                [pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")), name="imgpipe")]
+            )
+            model_type = store.put_artifact_type(pb.ArtifactType(name="Model"))
+            uri = os.path.join(config.pipeline_root, "Trainer", "model", "1")
+            [artifact_id] = store.put_artifacts(
+                [pb.Artifact(type_id=model_type, uri=uri, state=pb.Artifact.LIVE)]
+            )
+            store.put_attributions_and_associations(
+                [pb.Attribution(context_id=context_id, artifact_id=artifact_id)], []
+            )
+
+    first = PipelineConfig(home=str(tmp_path / "home")).resolved()
+    home_with_model(first)
+    moved = first.replace(home=str(tmp_path / "home2"))
+    os.rename(first.home, moved.home)
+    time.sleep(0.01)  # the new home's artifact is made later
+    home_with_model(first)
+    with pytest.raises(
+        ConfigError, match="the home there now is another one .*moved away and another made in its place"
+    ):
+        check_home_not_moved(moved)
+    check_home_not_moved(first)  # the new home is its own
+
+
 def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path):
     """A second home with the default names pushed its classes over the first home's served model
     without a word (its first run had no baseline). Now a run refuses a model base path that serves
@@ -366,7 +405,8 @@ def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path)
         check_serving_dir_is_this_homes(config)
     message = str(e.value)
     assert message.startswith(
-        f"serving_dir: {serving / 'imgpipe'} serves version 3 (classes '5', '6', '7'), and no run"
+        f"serving_dir: {serving / 'imgpipe'} serves version 3 (classes '5', '6', '7'), and it is not this "
+        f"home's (no run of this home ({config.home}) ever pushed there)"
     )
     assert "--adopt-serving-dir" in message
     check_serving_dir_is_this_homes(config.replace(model_name="other"))  # its own base path
@@ -397,16 +437,32 @@ def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path)
         store.put_artifacts([model])
     with pytest.raises(ConfigError):
         check_serving_dir_is_this_homes(config)
-    # A push of this home's to that base path (its record kept): its own serving dir.
-    with metadata.open_store(config, readonly=False) as store:
-        pushed_type = store.put_artifact_type(pb.ArtifactType(name="PushedModel"))
-        record = pb.Artifact(
-            type_id=pushed_type, uri=os.path.join(config.pipeline_root, "Pusher", "pushed_model", "9")
-        )
-        record.custom_properties["pushed"].int_value = 1
-        record.custom_properties["pushed_destination"].string_value = str(serving / "imgpipe" / "2")
-        store.put_artifacts([record])
+
+    # A push of this home's to that base path, an older version: the newest is still another's.
+    def pushed(folder) -> None:
+        with metadata.open_store(config, readonly=False) as store:
+            pushed_type = store.put_artifact_type(pb.ArtifactType(name="PushedModel"))
+            record = pb.Artifact(
+                type_id=pushed_type, uri=os.path.join(config.pipeline_root, "Pusher", "pushed_model", "9")
+            )
+            record.custom_properties["pushed"].int_value = 1
+            record.custom_properties["pushed_destination"].string_value = str(folder)
+            store.put_artifacts([record])
+
+    pushed(serving / "imgpipe" / "2")
+    with pytest.raises(ConfigError, match="this home pushed there before, but not this version"):
+        check_serving_dir_is_this_homes(config)
+    pushed(version)  # the newest is its own push
     check_serving_dir_is_this_homes(config)
+    # A version put there since, by hand or by another home (even one this home's adoption saw
+    # before): refused again, in this home and in the one that took version 3 over.
+    later = serving / "imgpipe" / "5"
+    shutil.copytree(version, later)
+    (later / "assets" / "label_vocab").write_text("cat\ndog\n")
+    with pytest.raises(ConfigError, match="serves version 5 \\(classes 'cat', 'dog'\\)"):
+        check_serving_dir_is_this_homes(config)
+    with pytest.raises(ConfigError, match="serves version 5"):
+        check_serving_dir_is_this_homes(third)
 
 
 # ------------------------------------------------------------------ TFX's cache, read by id

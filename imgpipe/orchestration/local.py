@@ -377,7 +377,8 @@ def check_home_not_moved(config: PipelineConfig) -> None:
     with metadata.open_store(config) as store:
         pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
         artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
-    gone, kept = set(), set()
+    gone, kept, others = set(), set(), set()
+    outside: dict[str, list] = {}
     for a in artifacts:
         if a.state != metadata_store_pb2.Artifact.LIVE or not a.uri or "://" in a.uri:
             continue
@@ -387,15 +388,31 @@ def check_home_not_moved(config: PipelineConfig) -> None:
         home = os.path.normpath(a.uri)
         for _ in range(5):
             home = os.path.dirname(home)
-        (kept if os.path.exists(a.uri) else gone).add(home)
+        if os.path.exists(a.uri):
+            outside.setdefault(home, []).append(a)
+        else:
+            gone.add(home)
+    for home, found in outside.items():
+        # There: the original of a copy (its own store records the same artifacts), or another home
+        # made where this one was (its folders, numbered alike, hold other artifacts).
+        (kept if _same_artifacts(config.replace(home=home), found) else others).add(home)
     here = os.path.abspath(config.home)
+    if others and not gone:
+        old = sorted(others)
+        raise ConfigError(
+            f"home: its ML Metadata ({config.metadata_path}) records artifacts of this pipeline under "
+            f"{', '.join(old[:3])}, not under this home ({here}), and the home there now is another one (its "
+            "store does not know them): this home was moved away and another made in its place. ML Metadata "
+            "keeps absolute paths, so the baseline and the cache would be that home's. Move this home back "
+            f"to {old[0]} (the other one elsewhere), or start a new home with --home"
+        )
     if gone:
         old = sorted(gone)
         where = old[0] if len(old) == 1 else f"{', '.join(old[:3])}{' ...' if len(old) > 3 else ''}"
         raise ConfigError(
             f"home: its ML Metadata ({config.metadata_path}) records artifacts of this pipeline under {where}, "
-            f"not under this home ({here}), and their folders are gone: the home was moved or renamed (or "
-            "moved away and another made in its place). ML Metadata keeps absolute paths, so the served "
+            f"not under this home ({here}), and their folders are gone: the home was moved or renamed, or "
+            "reached through a symlink since removed. ML Metadata keeps absolute paths, so the served "
             "model's record (the next run's baseline) and the cache point at folders that no longer hold "
             f"them. Move the home back to {old[0]} (a symlink there to {here} also works), or start a new "
             "home with --home (the serving dir's versions stay served)"
@@ -409,20 +426,37 @@ def check_home_not_moved(config: PipelineConfig) -> None:
         )
 
 
+def _same_artifacts(other: PipelineConfig, artifacts: list) -> bool:
+    """Whether `other` home's own store records `artifacts` as they are (id, folder and creation
+    time): the home this one was copied from. False when it has no store or records others."""
+    if not os.path.isfile(other.metadata_path):
+        return False
+    try:
+        with metadata.open_store(other) as store:
+            theirs = {a.id: a for a in store.get_artifacts_by_id([a.id for a in artifacts])}
+    except Exception:  # noqa: BLE001 - an unreadable store is no proof of a copy
+        return False
+    return all(
+        a.id in theirs
+        and theirs[a.id].uri == a.uri
+        and theirs[a.id].create_time_since_epoch == a.create_time_since_epoch
+        for a in artifacts
+    )
+
+
 def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
-    """ConfigError when the model base path (SERVING_DIR/MODEL_NAME) serves versions and no run of
-    this home ever pushed there: another home's model (two homes with the default names in one
-    folder), or one put there by hand. The run would replace it with this home's first blessed
-    model, compared with nothing, its classes perhaps others: an audit's second home pushed its
-    three classes over the first home's without a word, and clients got another label set.
-    `adopt_serving_dir` takes the base path over."""
+    """ConfigError when the model base path's newest version (SERVING_DIR/MODEL_NAME/<newest>, the
+    one a "latest" policy serves) is not this home's: not pushed by its runs (their records in ML
+    Metadata and in HOME/runs), not a copy its rollbacks served, not holding one of its models, not
+    the one it took over. Another home's model (two homes with the default names in one folder,
+    or a second home that took the folder over since), or one put there by hand. The run would
+    replace it with this home's blessed model, compared with nothing, its classes perhaps others:
+    an audit's second home pushed its classes over the first home's without a word, and clients
+    got another label set. `adopt_serving_dir` takes the newest version over (remembered)."""
     base = config.model_serving_dir
-    if not base or "://" in base:
-        return
-    if config.adopt_serving_dir:
-        _adopt(config.home, base)  # later runs, without the flag, push there too
-        return
-    if not os.path.isdir(base):
+    if not base or "://" in base or not os.path.isdir(base):
+        if config.adopt_serving_dir and base and "://" not in base:
+            _adopt(config.home, base, None)
         return
     from serving.version_names import version_number
 
@@ -432,53 +466,69 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
         if (number := version_number(name)) is not None
         and os.path.isfile(os.path.join(base, name, "saved_model.pb"))
     )
-    if not versions:
+    newest = versions[-1] if versions else None
+    if config.adopt_serving_dir:
+        _adopt(config.home, base, newest[1] if newest else None)  # later runs, without the flag, too
         return
-    if _adopted(config.home, base):
+    if newest is None or _adopted(config.home, base) == newest[1]:
         return
-    number, name = versions[-1]
+    number, name = newest
+    folder = os.path.join(base, name)
+    from imgpipe.orchestration.prune import pushed_versions
+
+    if name in pushed_versions(config.home).get(os.path.normpath(base), set()):
+        return
     with metadata.open_store(config) as store:
-        if recovery.pushed_to(store, config.pipeline_root, base) or recovery.holds_own_model(
-            store, config.pipeline_root, os.path.join(base, name)
+        if recovery.pushed_version(store, config.pipeline_root, folder) or recovery.holds_own_model(
+            store, config.pipeline_root, folder
         ):
             return
-    classes = _served_classes(os.path.join(base, name))
+        ever = recovery.pushed_to(store, config.pipeline_root, base)
+    classes = _served_classes(folder)
+    whose = (
+        "this home pushed there before, but not this version"
+        if ever
+        else f"no run of this home ({config.home}) ever pushed there"
+    )
     raise ConfigError(
-        f"serving_dir: {base} serves version {number}{classes}, and no run of this home ({config.home}) ever "
-        "pushed there: another home's model (homes with the same --serving-dir and --model-name), or one put "
-        "there by hand. This run would replace it with its first blessed model, compared with nothing. Give "
-        "this home its own --model-name or --serving-dir, or pass --adopt-serving-dir to take this one over"
+        f"serving_dir: {base} serves version {number}{classes}, and it is not this home's ({whose}): another "
+        "home's model (homes with the same --serving-dir and --model-name), or one put there by hand. This "
+        "run would replace it with its blessed model, compared with nothing. Give this home its own "
+        "--model-name or --serving-dir, or pass --adopt-serving-dir to take version "
+        f"{number} over"
     )
 
 
-ADOPTED_FILE = "adopted_serving_dirs.json"  # in the home: base paths `adopt_serving_dir` took over
+ADOPTED_FILE = "adopted_serving_dirs.json"  # in the home: {base path: the newest version taken over}
 
 
-def _adopted(home: str, base: str) -> bool:
+def _adoptions(home: str) -> dict[str, str | None]:
     try:
         with open(os.path.join(home, ADOPTED_FILE), encoding="utf-8") as f:
             listed = json.load(f)
     except (OSError, ValueError):
-        return False
-    return isinstance(listed, list) and os.path.realpath(base) in listed
+        return {}
+    return listed if isinstance(listed, dict) else {}
 
 
-def _adopt(home: str, base: str) -> None:
-    """Remember that this home took `base` over (atomically; a failure to write only warns)."""
-    if _adopted(home, base):
+def _adopted(home: str, base: str) -> str | None:
+    """The version this home took over at `base` (None: none)."""
+    version = _adoptions(home).get(os.path.realpath(base))
+    return version if isinstance(version, str) else None
+
+
+def _adopt(home: str, base: str, version: str | None) -> None:
+    """Remember that this home took `base`'s `version` over (atomically; a failure only warns)."""
+    adopted = _adoptions(home)
+    if os.path.realpath(base) in adopted and adopted[os.path.realpath(base)] == version:
         return
+    adopted[os.path.realpath(base)] = version
     path = os.path.join(home, ADOPTED_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            listed = json.load(f)
-        listed = listed if isinstance(listed, list) else []
-    except (OSError, ValueError):
-        listed = []
     try:
         os.makedirs(home, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(sorted({*listed, os.path.realpath(base)}), f)
+            json.dump(adopted, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError as e:
         log.warning(

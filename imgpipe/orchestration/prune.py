@@ -352,7 +352,7 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
     if keep_versions is None:
         return result
     result.keep_versions = keep_versions
-    pushed = _pushed_versions(result.home)
+    pushed = pushed_versions(result.home)
     if not pushed:
         log.warning(
             "--keep-versions: no run record of %s names a version it pushed to a local serving dir (runs "
@@ -425,7 +425,7 @@ def _remove_version(path: str) -> scratch.Removal | None:
     return scratch.remove_path(hidden)
 
 
-def _pushed_versions(home: str) -> dict[str, set[str]]:
+def pushed_versions(home: str) -> dict[str, set[str]]:
     """{model serving dir: the version folder names this home's runs pushed there}, as their
     records say (`pushed`: the version's local path), and the copies its rollbacks served. Not
     the serving dir a record's config names: a run that failed or pushed nothing may name

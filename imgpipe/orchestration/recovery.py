@@ -317,10 +317,41 @@ def pushed_to(store, pipeline_root: str, base_directory: str) -> bool:
     )
 
 
-def holds_own_model(store, pipeline_root: str, version_dir: str, newest: int = 3) -> bool:
-    """Whether serving version `version_dir` holds one of this pipeline root's `newest` blessed-or-not
-    Models (compared as the Pusher compares them): a push whose record was never written (the run
-    killed between the version's rename and TFX's publishing of it) is still this home's."""
+def pushed_version(store, pipeline_root: str, version_dir: str) -> bool:
+    """Whether a Pusher of this pipeline root pushed `version_dir` (its record's destination), or
+    found its model already served there (its record's identical version, in that base path)."""
+    from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
+
+    target = os.path.realpath(version_dir)
+    base, version = os.path.dirname(target), os.path.basename(target)
+    identical = []
+    for a in store.get_artifacts_by_type("PushedModel"):
+        if not under(a.uri, pipeline_root):
+            continue
+        props = a.custom_properties
+        if "pushed" in props and props["pushed"].int_value == 1 and "pushed_destination" in props:
+            folder = props["pushed_destination"].string_value.rstrip("/")
+            if "://" not in folder and os.path.realpath(folder) == target:
+                return True
+        elif IDENTICAL_VERSION_KEY in props and props[IDENTICAL_VERSION_KEY].string_value == version:
+            identical.append(a.id)
+    if not identical:
+        return False
+    producers = {
+        ev.execution_id
+        for ev in store.get_events_by_artifact_ids(identical)
+        if ev.type == metadata_store_pb2.Event.OUTPUT
+    }
+    return any(
+        (found := _push_base_directory(e)) and "://" not in found and os.path.realpath(found) == base
+        for e in store.get_executions_by_id(sorted(producers))
+    )
+
+
+def holds_own_model(store, pipeline_root: str, version_dir: str, newest: int = 20) -> bool:
+    """Whether serving version `version_dir` holds one of this pipeline root's `newest` live Models
+    (compared as the Pusher compares them): a push whose record was never written (the run killed
+    between the version's rename and TFX's publishing of it) is still this home's."""
     from components.pusher import same_model  # loads TFX's Pusher: only when asked
 
     models = sorted(
