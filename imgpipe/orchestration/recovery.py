@@ -287,65 +287,49 @@ def _holds(folder: str, model_dir: str) -> bool | None:
         return None
 
 
-def pushed_to(store, pipeline_root: str, base_directory: str) -> bool:
-    """Whether a Pusher of this pipeline root ever pushed a model to `base_directory` (a version
-    of its own, or found one there already holding its model), pruned records included."""
+def _pushes(store, pipeline_root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """This pipeline root's pushes, pruned records included: (the version folders its Pushers
+    pushed, resolved; [(base path, version)] of those that found their model already served)."""
     from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
 
-    target = os.path.realpath(base_directory)
-    identical = []
+    pushed, identical = [], {}
     for a in store.get_artifacts_by_type("PushedModel"):
         if not under(a.uri, pipeline_root):
             continue
         props = a.custom_properties
         if "pushed" in props and props["pushed"].int_value == 1 and "pushed_destination" in props:
             folder = props["pushed_destination"].string_value.rstrip("/")
-            if "://" not in folder and os.path.realpath(os.path.dirname(folder)) == target:
-                return True
+            if "://" not in folder:
+                pushed.append(os.path.realpath(folder))
         elif IDENTICAL_VERSION_KEY in props:
-            identical.append(a.id)
-    if not identical:
-        return False
-    producers = {
-        ev.execution_id
-        for ev in store.get_events_by_artifact_ids(identical)
-        if ev.type == metadata_store_pb2.Event.OUTPUT
-    }
-    return any(
-        (base := _push_base_directory(e)) and "://" not in base and os.path.realpath(base) == target
-        for e in store.get_executions_by_id(sorted(producers))
-    )
+            identical[a.id] = props[IDENTICAL_VERSION_KEY].string_value
+    found = []
+    if identical:
+        producers: dict[int, list[int]] = {}
+        for ev in store.get_events_by_artifact_ids(list(identical)):
+            if ev.type == metadata_store_pb2.Event.OUTPUT:
+                producers.setdefault(ev.execution_id, []).append(ev.artifact_id)
+        for e in store.get_executions_by_id(sorted(producers)):
+            base = _push_base_directory(e)
+            if base and "://" not in base:
+                found += [(os.path.realpath(base), identical[i]) for i in producers[e.id]]
+    return pushed, found
+
+
+def pushed_to(store, pipeline_root: str, base_directory: str) -> bool:
+    """Whether a Pusher of this pipeline root ever pushed a model to `base_directory` (a version
+    of its own, or found one there already holding its model), pruned records included."""
+    target = os.path.realpath(base_directory)
+    pushed, identical = _pushes(store, pipeline_root)
+    return any(os.path.dirname(f) == target for f in pushed) or any(b == target for b, _ in identical)
 
 
 def pushed_version(store, pipeline_root: str, version_dir: str) -> bool:
     """Whether a Pusher of this pipeline root pushed `version_dir` (its record's destination), or
     found its model already served there (its record's identical version, in that base path)."""
-    from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
-
     target = os.path.realpath(version_dir)
-    base, version = os.path.dirname(target), os.path.basename(target)
-    identical = []
-    for a in store.get_artifacts_by_type("PushedModel"):
-        if not under(a.uri, pipeline_root):
-            continue
-        props = a.custom_properties
-        if "pushed" in props and props["pushed"].int_value == 1 and "pushed_destination" in props:
-            folder = props["pushed_destination"].string_value.rstrip("/")
-            if "://" not in folder and os.path.realpath(folder) == target:
-                return True
-        elif IDENTICAL_VERSION_KEY in props and props[IDENTICAL_VERSION_KEY].string_value == version:
-            identical.append(a.id)
-    if not identical:
-        return False
-    producers = {
-        ev.execution_id
-        for ev in store.get_events_by_artifact_ids(identical)
-        if ev.type == metadata_store_pb2.Event.OUTPUT
-    }
-    return any(
-        (found := _push_base_directory(e)) and "://" not in found and os.path.realpath(found) == base
-        for e in store.get_executions_by_id(sorted(producers))
-    )
+    pushed, identical = _pushes(store, pipeline_root)
+    return target in pushed or (os.path.dirname(target), os.path.basename(target)) in identical
 
 
 def holds_own_model(store, pipeline_root: str, version_dir: str, newest: int = 20) -> bool:
