@@ -28,15 +28,15 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
 
     message = ""
     lowered = error.lower()
-    home_gone = config.metadata_target is None and not os.path.isdir(config.home)
-    if home_gone:
+    metadata_lost = any(marker in lowered for marker in _METADATA_LOST)
+    if metadata_lost and config.metadata_target is None and not os.path.isdir(config.home):
         # Its SQLite store went with it: the store was not "unreachable", and no next run repairs it.
         message += (
             f"\nthe home {config.home} was deleted while {component or 'the pipeline'} ran, its ML Metadata "
             "store and every artifact with it: nothing of this run or the earlier ones is left there. The "
             "next run starts a new home (the serving dir's versions stay)"
         )
-    elif any(marker in lowered for marker in _METADATA_LOST):
+    elif metadata_lost:
         # TFX's text names neither the store nor what it means for the run.
         message += (
             f"\nML Metadata at {config.metadata_location} could not be reached while "
@@ -90,6 +90,7 @@ def explain(config: PipelineConfig, component: str | None, error: str) -> str:
 # ML Metadata's texts when its connection is gone (PostgreSQL through libpq, or SQLite's file).
 _METADATA_LOST = (
     "failed to establish connection to metadata storage",
+    "unable to open database file",  # SQLite's, its file gone (with the home)
     "connection pointer is null",
     "server closed the connection unexpectedly",
     "could not connect to server",
