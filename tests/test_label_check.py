@@ -3,22 +3,22 @@
 The rule on hand-made probabilities; then heads trained on synthetic feature clusters with
 labels flipped at random, through the folds and through the validation slice, where the doubted
 images must be mostly the flipped ones and the warning must come only when train and eval
-disagree; then a real run's summary (digits, the session's backbone) that says nothing alarming.
+disagree (a real train() run's check: tests/test_train_convergence.py); the files the run's JSON
+names.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests import helpers
-from trainer import head, label_check, train
+from trainer import head, label_check
 from trainer import model as model_lib
-from trainer.config import SUMMARY_FILE, TrainingConfig
+from trainer.config import TrainingConfig
 
 D = 16
 
@@ -148,27 +148,6 @@ def test_a_sigmoid_head_is_checked_too():
     assert record["doubted"] >= 5 and np.isin(listed, flipped).mean() >= 0.7  # of a quarter flipped
     assert "train labels may be wrong" in record["warning"]
     assert {p["given"] for p in record["pairs"]} <= {"cat", "dog"}
-
-
-def test_a_real_run_records_the_check_in_its_summary(tmp_path, source_backbone):
-    """Clean digits through train(): the summary holds the check, the head's held-out answers agree
-    with the labels about as well as the eval split's, and no warning is noted."""
-    items = helpers.digit_images((3, 5, 8), per_class=24, size=32, seed=2)
-    tfo = helpers.analyze_transform(
-        [it for i, it in enumerate(items) if i % 4], str(tmp_path / "transform"), image_size=32
-    )
-    root = helpers.write_split_dataset(str(tmp_path / "data"), items, eval_every=4)
-    params = TrainingConfig(backbone="MobileNetV2", weights=source_backbone, image_size=32, batch_size=8)
-    result = train.train(os.path.join(root, "train"), os.path.join(root, "eval"), tfo, params, verbose=0)
-    check = result.label_check
-    assert check is not None and check["examined"] > 0
-    assert check["held_out"].startswith("cross-validation")  # 18 train images a class: folds
-    assert check["warning"] is None
-    assert any(n.startswith("label check: the head's answers on") for n in result.notes)
-    path = str(tmp_path / "run" / SUMMARY_FILE)
-    train.write_summary(result, path)
-    with open(path) as f:
-        assert json.load(f)["label_check"]["examined"] == check["examined"]
 
 
 def test_the_run_summary_names_the_doubted_images_files(tmp_path):

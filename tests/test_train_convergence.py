@@ -451,6 +451,12 @@ def test_default_run_writes_the_convergence_summary(imbalanced_digits, source_ba
     ):
         assert key in summary, key
     assert summary["tuning"] is None and set(summary["class_weights"]) == set(result.class_names)
+    # The label check (trainer/label_check.py; its own tests: test_label_check.py) on the folds'
+    # answers: every train image of a class of two or more examined, clean digits not warned of.
+    check = result.label_check
+    assert check["held_out"] == "cross-validation (5 folds)" and check["examined"] == len(labels)
+    assert check["warning"] is None and summary["label_check"]["examined"] == check["examined"]
+    assert any(n.startswith("label check: the head's answers on") for n in result.notes)
 
 
 def test_tune_never_reads_the_eval_split(imbalanced_digits, source_backbone, monkeypatch):
