@@ -89,7 +89,13 @@ def saved_model_dir(model: types.Artifact) -> str:
 
 def model_class_names(model_uri: str) -> list[str]:
     """The label vocabulary of the Model artifact at `model_uri`, in class-index order."""
-    path = os.path.join(path_utils.serving_model_path(model_uri), "assets", LABEL_VOCAB)
+    return saved_model_class_names(path_utils.serving_model_path(model_uri))
+
+
+def saved_model_class_names(saved_model_dir: str) -> list[str]:
+    """The label vocabulary of an exported SavedModel folder (a Model artifact's, a served
+    version's), in class-index order; FileNotFoundError naming the file when it has none."""
+    path = os.path.join(saved_model_dir, "assets", LABEL_VOCAB)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"the model has no label vocabulary at {path}")
     with tf.io.gfile.GFile(path, "rb") as f:

@@ -42,7 +42,7 @@ from imgpipe.orchestration import (
     scratch,
 )
 from imgpipe.orchestration.lock import home_lock
-from imgpipe.orchestration.paths import under
+from imgpipe.orchestration.paths import under, write_atomically
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
@@ -458,32 +458,24 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
         if config.adopt_serving_dir and base and "://" not in base:
             _adopt(config.home, base, None)
         return
-    from serving.version_names import version_number
-
-    versions = sorted(
-        (number, name)
-        for name in os.listdir(base)
-        if (number := version_number(name)) is not None
-        and os.path.isfile(os.path.join(base, name, "saved_model.pb"))
-    )
-    newest = versions[-1] if versions else None
-    if config.adopt_serving_dir:
-        _adopt(config.home, base, newest[1] if newest else None)  # later runs, without the flag, too
-        return
-    if newest is None or _adopted(config.home, base) == newest[1]:
-        return
-    number, name = newest
-    folder = os.path.join(base, name)
     from imgpipe.orchestration.prune import pushed_versions
+    from imgpipe.orchestration.rollback import whole_versions
 
+    versions = whole_versions(base)
+    name = os.path.basename(versions[-1][1]) if versions else None
+    if config.adopt_serving_dir:
+        _adopt(config.home, base, name)  # later runs, without the flag, too
+        return
+    if name is None or _adopted(config.home, base) == name:
+        return
+    number, folder = versions[-1]
     if name in pushed_versions(config.home).get(os.path.normpath(base), set()):
         return
     with metadata.open_store(config) as store:
-        if recovery.pushed_version(store, config.pipeline_root, folder) or recovery.holds_own_model(
-            store, config.pipeline_root, folder
-        ):
+        pushed = recovery.pushes(store, config.pipeline_root)
+        if pushed.pushed_version(folder) or recovery.holds_own_model(store, config.pipeline_root, folder):
             return
-        ever = recovery.pushed_to(store, config.pipeline_root, base)
+    ever = pushed.pushed_to(base)
     classes = _served_classes(folder)
     whose = (
         "this home pushed there before, but not this version"
@@ -502,34 +494,21 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
 ADOPTED_FILE = "adopted_serving_dirs.json"  # in the home: {base path: the newest version taken over}
 
 
-def _adoptions(home: str) -> dict[str, str | None]:
-    try:
-        with open(os.path.join(home, ADOPTED_FILE), encoding="utf-8") as f:
-            listed = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return listed if isinstance(listed, dict) else {}
-
-
 def _adopted(home: str, base: str) -> str | None:
     """The version this home took over at `base` (None: none)."""
-    version = _adoptions(home).get(os.path.realpath(base))
+    version = runs.json_object(os.path.join(home, ADOPTED_FILE)).get(os.path.realpath(base))
     return version if isinstance(version, str) else None
 
 
 def _adopt(home: str, base: str, version: str | None) -> None:
     """Remember that this home took `base`'s `version` over (atomically; a failure only warns)."""
-    adopted = _adoptions(home)
-    if os.path.realpath(base) in adopted and adopted[os.path.realpath(base)] == version:
+    path = os.path.join(home, ADOPTED_FILE)
+    adopted = runs.json_object(path)
+    if adopted.get(os.path.realpath(base), False) == version:
         return
     adopted[os.path.realpath(base)] = version
-    path = os.path.join(home, ADOPTED_FILE)
     try:
-        os.makedirs(home, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(adopted, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(adopted, indent=1, sort_keys=True))
     except OSError as e:
         log.warning(
             "could not record that this home took over %s (%s): pass --adopt-serving-dir again", base, e
@@ -538,12 +517,11 @@ def _adopt(home: str, base: str, version: str | None) -> None:
 
 def _served_classes(version_dir: str) -> str:
     """' (classes a, b, c)' from a served version's label vocabulary; '' when it has none."""
-    from trainer.features import LABEL_VOCAB
+    from components.artifacts import saved_model_class_names  # loaded by the run already
 
     try:
-        with open(os.path.join(version_dir, "assets", LABEL_VOCAB), encoding="utf-8") as f:
-            names = [line.rstrip("\n") for line in f if line.strip()]
-    except (OSError, ValueError):
+        names = saved_model_class_names(version_dir)
+    except (OSError, ValueError):  # no vocabulary, or not UTF-8
         return ""
     shown = ", ".join(repr(n) for n in names[:10]) + (
         f" and {len(names) - 10} more" if len(names) > 10 else ""
@@ -709,12 +687,7 @@ def _summarise_finished(config: PipelineConfig, run_id: str) -> RunSummary:
 
 def _ingest_report(data_dir: str) -> dict:
     """The data's ingest_report.json, or {} (records made another way, or unreadable)."""
-    try:
-        with open(os.path.join(data_dir, INGEST_REPORT_FILE), encoding="utf-8") as f:
-            report = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return report if isinstance(report, dict) else {}
+    return runs.json_object(os.path.join(data_dir, INGEST_REPORT_FILE))
 
 
 def pixel_limit_mismatch(config: PipelineConfig) -> str | None:

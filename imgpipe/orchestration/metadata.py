@@ -635,7 +635,11 @@ def evaluation_accuracy(evaluation_uri: str | None) -> tuple[float | None, float
 
 
 def trainer_replicas(model_run_uri: str | None) -> int | None:
-    summary = training_summary(model_run_uri)
+    return replicas_of(training_summary(model_run_uri))
+
+
+def replicas_of(summary: dict | None) -> int | None:
+    """The replicas a training summary (training_summary.json) says the Trainer used."""
     return int(summary["replicas"]) if summary is not None else None
 
 

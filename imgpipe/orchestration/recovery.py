@@ -287,9 +287,29 @@ def _holds(folder: str, model_dir: str) -> bool | None:
         return None
 
 
-def _pushes(store, pipeline_root: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """This pipeline root's pushes, pruned records included: (the version folders its Pushers
-    pushed, resolved; [(base path, version)] of those that found their model already served)."""
+@dataclasses.dataclass(frozen=True)
+class Pushes:
+    """This pipeline root's pushes, pruned records included: the version folders its Pushers
+    pushed (resolved), and (base path, version) of those that found their model already served."""
+
+    folders: frozenset[str]
+    identical: frozenset[tuple[str, str]]
+
+    def pushed_version(self, version_dir: str) -> bool:
+        """Whether `version_dir` is one of them (pushed, or found holding the model pushed)."""
+        target = os.path.realpath(version_dir)
+        return target in self.folders or (os.path.dirname(target), os.path.basename(target)) in self.identical
+
+    def pushed_to(self, base_directory: str) -> bool:
+        """Whether any of them is a version of `base_directory`."""
+        target = os.path.realpath(base_directory)
+        return any(os.path.dirname(f) == target for f in self.folders) or any(
+            base == target for base, _ in self.identical
+        )
+
+
+def pushes(store, pipeline_root: str) -> Pushes:
+    """This pipeline root's push records (Pushes), read from `store` once."""
     from components.pusher import IDENTICAL_VERSION_KEY  # loads TFX's Pusher: only when asked
 
     pushed, identical = [], {}
@@ -313,23 +333,7 @@ def _pushes(store, pipeline_root: str) -> tuple[list[str], list[tuple[str, str]]
             base = _push_base_directory(e)
             if base and "://" not in base:
                 found += [(os.path.realpath(base), identical[i]) for i in producers[e.id]]
-    return pushed, found
-
-
-def pushed_to(store, pipeline_root: str, base_directory: str) -> bool:
-    """Whether a Pusher of this pipeline root ever pushed a model to `base_directory` (a version
-    of its own, or found one there already holding its model), pruned records included."""
-    target = os.path.realpath(base_directory)
-    pushed, identical = _pushes(store, pipeline_root)
-    return any(os.path.dirname(f) == target for f in pushed) or any(b == target for b, _ in identical)
-
-
-def pushed_version(store, pipeline_root: str, version_dir: str) -> bool:
-    """Whether a Pusher of this pipeline root pushed `version_dir` (its record's destination), or
-    found its model already served there (its record's identical version, in that base path)."""
-    target = os.path.realpath(version_dir)
-    pushed, identical = _pushes(store, pipeline_root)
-    return target in pushed or (os.path.dirname(target), os.path.basename(target)) in identical
+    return Pushes(frozenset(pushed), frozenset(found))
 
 
 def holds_own_model(store, pipeline_root: str, version_dir: str, newest: int = 20) -> bool:

@@ -105,7 +105,7 @@ def _config_of(home: str) -> PipelineConfig:
     return config
 
 
-def _versions(serving_dir: str) -> list[tuple[int, str]]:
+def whole_versions(serving_dir: str) -> list[tuple[int, str]]:
     """(number, path) of each whole version folder (its saved_model.pb is there), oldest first."""
     from components import pusher
     from serving.version_names import version_number
@@ -134,7 +134,7 @@ def unfinished_rollback(home: str, serving_dir: str) -> str | None:
             served = True
     if last is None or served:
         return None
-    versions = _versions(serving_dir)
+    versions = whole_versions(serving_dir)
     if not versions or str(versions[-1][0]) != str(last.get("from_version")):
         return None
     to = str(last.get("to_version"))
@@ -352,7 +352,7 @@ def _rollback_holding_lock(
             fa = fingerprint(a)
             return fa is not None and fa == fingerprint(b)
 
-        versions = _versions(serving_dir)
+        versions = whole_versions(serving_dir)
         served, target = _pick(versions, to, serving_dir, taken_out, same, model_files.damage)
         good = holding(target[1])
         # Every version newer than the target is taken out (an undo: the served one excepted).

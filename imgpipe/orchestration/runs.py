@@ -102,7 +102,7 @@ def _number(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _json_object(path: str) -> dict:
+def json_object(path: str) -> dict:
     """The JSON object in file `path`, or {} (no file, unreadable, not an object)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -114,7 +114,7 @@ def _json_object(path: str) -> dict:
 
 def _marker(folder: str) -> dict:
     """A record folder's STARTED_FILE, or {} (none, or unreadable)."""
-    return _json_object(os.path.join(folder, STARTED_FILE))
+    return json_object(os.path.join(folder, STARTED_FILE))
 
 
 def run_ids(home: str) -> set[str]:
@@ -129,7 +129,7 @@ def run_ids(home: str) -> set[str]:
 
 def _summary_or_empty(folder: str) -> dict:
     """A record folder's summary, or {} (none, or unreadable: `read_summary` says why)."""
-    return _json_object(os.path.join(folder, SUMMARY_FILE))
+    return json_object(os.path.join(folder, SUMMARY_FILE))
 
 
 def unfinished(home: str) -> list[tuple[str, dict]]:

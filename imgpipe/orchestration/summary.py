@@ -107,7 +107,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
     training = metadata.training_summary(model_run_uri)
-    replicas = int(training["replicas"]) if training is not None else None
+    replicas = metadata.replicas_of(training)
     label_check = with_files((training or {}).get("label_check"), train_split, config.data_dir)
     gate = metadata.gate_record(evaluation_uri)
     if gate and isinstance(gate.get("judged_on"), dict):
