@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Callable, Iterator
 
@@ -112,6 +113,22 @@ def track_iterators(monkeypatch) -> list:
 
     monkeypatch.setattr(iterator_ops.OwnedIterator, "__init__", tracked)
     return made
+
+
+@contextlib.contextmanager
+def logged(logger: str | logging.Logger, level: int = logging.NOTSET) -> Iterator[list[str]]:
+    """The messages `logger` emits at `level` or above while the block runs, through a handler of
+    its own: imgpipe's loggers stop propagating once a command ran in this process, so a test
+    cannot count on the root logger (or caplog) seeing them."""
+    target = logging.getLogger(logger) if isinstance(logger, str) else logger
+    seen: list[str] = []
+    handler = logging.Handler(level)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    target.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        target.removeHandler(handler)
 
 
 @contextlib.contextmanager

@@ -1309,6 +1309,7 @@ def test_a_served_model_far_below_its_blessings_number_here_is_said(tmp_path):
     import types
 
     from components import evaluator
+    from tests import helpers
 
     root = tmp_path / "Evaluator" / "evaluation"
     served = str(tmp_path / "Trainer" / "model" / "4")
@@ -1333,20 +1334,13 @@ def test_a_served_model_far_below_its_blessings_number_here_is_said(tmp_path):
     then = evaluator.baseline_when_blessed(here, baseline, record)
     assert then == {"value": 0.95, "eval_examples": 40, "gate": str(root / "5" / "gate.json")}
     record["baseline"]["when_blessed"] = then
-    # Its own handler: imgpipe's loggers stop propagating once a command ran in this process.
-    said: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda r: said.append(r.getMessage())
-    evaluator.log.addHandler(handler)
-    try:
+    with helpers.logged(evaluator.log, logging.WARNING) as said:
         evaluator.warn_baseline_fallen(record)
         record["baseline"]["accuracy"] = 0.80  # within FALLEN of it: nothing to say
         evaluator.warn_baseline_fallen(record)
         # 0.2 exactly, in float32 as TFMA gives it (0.9499999881 - 0.75 = 0.19999999): said.
         record["baseline"].update(accuracy=0.75, when_blessed={**then, "value": 0.949999988079071})
         evaluator.warn_baseline_fallen(record)
-    finally:
-        evaluator.log.removeHandler(handler)
     assert len(said) == 2 and "scores 0.750 (accuracy)" in said[1]
     message = said[0]
     assert message.startswith(

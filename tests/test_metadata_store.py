@@ -19,6 +19,7 @@ from ml_metadata.proto import metadata_store_pb2
 from imgpipe.orchestration import metadata
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metadata_url import PostgresTarget, parse_metadata_url
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "Pa55-w0rd-never-shown"
@@ -280,7 +281,6 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
     folder gone, and every later run failed at the DataGate blaming the model's vocabulary. Now
     refused before the run, naming the old place; a symlink there makes it whole again, and a
     copy (the original still there) is logged."""
-    import logging
     import shutil
 
     from imgpipe.orchestration.local import check_home_not_moved
@@ -315,15 +315,8 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
     # A copy of the home, store and all: runs there would read the original's models.
     os.remove(first.home)
     shutil.copytree(moved.home, first.home)
-    seen = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    logger = logging.getLogger("imgpipe.orchestration.local")
-    logger.addHandler(handler)
-    try:
+    with helpers.logged("imgpipe.orchestration.local") as seen:
         check_home_not_moved(moved)
-    finally:
-        logger.removeHandler(handler)
     assert any("the home was copied with its store" in m and first.home in m for m in seen), seen
     # A shared database is checked by pipeline name instead (check_pipeline_name_is_this_homes).
 
@@ -575,21 +568,14 @@ def test_a_home_deleted_during_a_component_is_said_plainly(tmp_path):
     os.makedirs(cfg.home)  # a home still there: the store itself was lost
     assert "could not be reached while Trainer ran" in _failure_message(cfg, "Trainer", lost)
 
-    seen = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    absl = logging.getLogger("absl")
-    absl.addHandler(handler)
-    try:
+    with helpers.logged("absl") as seen:
         setup_logging()
-        absl.warning(
+        logging.getLogger("absl").warning(
             "execution_info.tmp_dir %s is not found, it is likely that it has been deleted by the executor. "
             "This is the full execution_info: %s",
             "/h/pipelines/imgpipe/Trainer/.system/executor_execution/8/.temp/",
             'execution_properties {\n  key: "x"\n}\n' * 50,
         )
-    finally:
-        absl.removeHandler(handler)
     assert seen == [
         "execution_info.tmp_dir /h/pipelines/imgpipe/Trainer/.system/executor_execution/8/.temp/ is not found "
         "(deleted while the component ran; --verbose shows the execution info)"
