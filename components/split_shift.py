@@ -49,14 +49,14 @@ MIN_IMAGES = 20  # per split: fewer, and the check does not judge
 NUMERIC = ("brightness", "contrast", "colour", "width", "height", "across", "down")
 # How the warning names the position features: where a picture's subject sits (its pixels unlike
 # the picture's border, weighed by how unlike), from -0.5 (left edge, top) to 0.5 (right, bottom).
-# ... and a position differs only when its medians are this far apart too (a twentieth of a side,
-# 1.6 px of 32): digits turned 180 degrees, or an eval split missing a class, put the subject's
-# mean position 0.02 away, far apart for the test (the positions cluster tightly) but no move.
-MIN_MOVE = 0.05
 NAMES = {
     "across": "subject's position across (-0.5 left edge, 0.5 right)",
     "down": "subject's position down (-0.5 top, 0.5 bottom)",
 }
+# A position differs only when its medians are this far apart too (a twentieth of a side, 1.6 px
+# of 32): digits turned 180 degrees, or an eval split missing a class, put the subject's mean
+# position 0.02 away, far apart for the test (the positions cluster tightly) but no move.
+MIN_MOVE = 0.05
 _DRAFT = (256, 256)  # a JPEG is measured at a reduced scale (block means: the mean moves little)
 
 
@@ -143,14 +143,15 @@ def compare(train: Sequence[dict[str, Any]], eval_: Sequence[dict[str, Any]]) ->
         if np.all(a == a[0]) and np.all(b == a[0]):
             continue
         result = stats.ks_2samp(a, b)
-        moved = name not in NAMES or abs(float(np.median(a)) - float(np.median(b))) >= MIN_MOVE
+        medians = float(np.median(a)), float(np.median(b))
+        moved = name not in NAMES or abs(medians[0] - medians[1]) >= MIN_MOVE
         if result.statistic >= MIN_DISTANCE and result.pvalue < SIGNIFICANCE and moved:
             digits = 2 if name in NAMES else 1  # positions are fractions of a side
             out[name] = {
                 "distance": round(float(result.statistic), 3),
                 "p_value": float(f"{result.pvalue:.3g}"),
-                "train_median": round(float(np.median(a)), digits),
-                "eval_median": round(float(np.median(b)), digits),
+                "train_median": round(medians[0], digits),
+                "eval_median": round(medians[1], digits),
             }
     shares = [_shares(row["format"] for row in side) for side in (train, eval_)]
     formats = sorted(set(shares[0]) | set(shares[1]))

@@ -174,6 +174,7 @@ def with_files(
 
     images = check["images"]
     positions = {img["position"] for img in images}
+    last = max(positions)
     digests: dict[int, str] = {}
     notes: list[str] = []
     try:
@@ -183,7 +184,7 @@ def with_files(
                     image, _ = image_ids.record_image(serialized)
                     if image is not None:
                         digests[i] = hashlib.sha256(image).hexdigest()
-                if i >= max(positions):
+                if i >= last:
                     break
     except Exception as e:  # noqa: BLE001 - naming files must never fail the run's summary
         notes.append(

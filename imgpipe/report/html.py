@@ -204,7 +204,8 @@ def _label_check(d: ReportData) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+    """`_num` at 3 digits for a value read from a record (anything not a number: missing)."""
+    return _num(value if isinstance(value, (int, float)) else None, 3)
 
 
 def _training(d: ReportData, figures: dict[str, str]) -> str:
