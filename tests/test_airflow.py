@@ -83,7 +83,7 @@ def test_rendered_file_embeds_the_resolved_config_and_policy(data_dir):
 # a task whose DAG file lists another graph is refused before anything runs, and a task whose
 # failure diagnosis fails raises its component's error.
 _PARSE = """
-import json, runpy, sys
+import json, os, runpy, sys
 ns = runpy.run_path(sys.argv[1])
 dag = ns["dag"]
 heavy = sorted(m for m in ("tensorflow", "tfx", "apache_beam", "tensorflow_model_analysis") if m in sys.modules)
@@ -119,6 +119,17 @@ try:
     airflow.run_task(spec, ti=TI())
 except BaseException as e:
     out["failed"] = f"{type(e).__name__}: {e}"
+# A first task makes the home's pre-flight checks before its component: a home that passes them
+# runs it; one whose store no longer knows its artifacts (emptied) fails the task, named.
+class First:
+    task_id = next(task for task, upstream in spec.tasks if not upstream)
+for case in ("passes", "emptied"):
+    if case == "emptied":
+        os.makedirs(os.path.join(_.pipeline_root, "Trainer", "model", "7"))
+    try:
+        airflow.run_task(spec, ti=First())
+    except BaseException as e:
+        out["first_" + case] = f"{type(e).__name__}: {e}"
 print(json.dumps(out))
 """
 
@@ -146,6 +157,9 @@ def test_parsing_the_file_loads_no_tensorflow_and_gives_the_pipelines_tasks(data
     assert out["tasks"] == {task: upstream for task, upstream in airflow.task_graph(cfg.resolved())}
     assert "render it again with `imgpipe airflow-dag`" in out["stale"]
     assert out["failed"] == "OSError: the component's own error"
+    assert out["first_passes"] == "OSError: the component's own error"
+    assert out["first_emptied"].startswith("AirflowFailException: metadata: ")
+    assert "holds no execution of pipeline 'pets'" in out["first_emptied"]
     assert out["weights_digest"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 

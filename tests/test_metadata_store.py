@@ -246,7 +246,7 @@ def test_an_emptied_store_beside_earlier_artifacts_is_refused(tmp_path):
     the floor, and numbered its executions from 1 into the old folders. Now refused, naming both."""
     import ml_metadata as mlmd
 
-    from imgpipe.orchestration.local import check_store_knows_the_home
+    from imgpipe.orchestration.preflight import check_store_knows_the_home
 
     config = PipelineConfig(data_dir=str(tmp_path / "data"), home=str(tmp_path / "home")).resolved()
     os.makedirs(config.home)
@@ -283,7 +283,7 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
     copy (the original still there) is logged."""
     import shutil
 
-    from imgpipe.orchestration.local import check_home_not_moved
+    from imgpipe.orchestration.preflight import check_home_not_moved
 
     first = PipelineConfig(home=str(tmp_path / "first")).resolved()
     model = os.path.join(first.pipeline_root, "Trainer", "model", "7")
@@ -315,7 +315,7 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
     # A copy of the home, store and all: runs there would read the original's models.
     os.remove(first.home)
     shutil.copytree(moved.home, first.home)
-    with helpers.logged("imgpipe.orchestration.local") as seen:
+    with helpers.logged("imgpipe.orchestration.preflight") as seen:
         check_home_not_moved(moved)
     assert any("the home was copied with its store" in m and first.home in m for m in seen), seen
     # A shared database is checked by pipeline name instead (check_pipeline_name_is_this_homes).
@@ -345,7 +345,7 @@ def test_a_home_moved_away_with_another_made_in_its_place_is_refused(tmp_path):
     went on with the other home's baseline and cache."""
     import time
 
-    from imgpipe.orchestration.local import check_home_not_moved
+    from imgpipe.orchestration.preflight import check_home_not_moved
 
     pb = metadata_store_pb2
 
@@ -382,7 +382,7 @@ def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path)
     without a word (its first run had no baseline). Now a run refuses a model base path that serves
     versions no run of its home pushed, naming the served version and its classes; a home that
     pushed there before, or `adopt_serving_dir`, goes on."""
-    from imgpipe.orchestration.local import check_serving_dir_is_this_homes
+    from imgpipe.orchestration.preflight import check_serving_dir_is_this_homes
 
     serving = tmp_path / "serving_models"
     config = PipelineConfig(home=str(tmp_path / "second"), serving_dir=str(serving)).resolved()
@@ -586,7 +586,7 @@ def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_s
     """Two homes with one pipeline name on one database (a team copying a config) took each
     other's models as baselines and outputs from each other's cache, and neither's repairs
     reached the other's files: a run now refuses, naming where the other home's artifacts are."""
-    from imgpipe.orchestration.local import check_pipeline_name_is_this_homes
+    from imgpipe.orchestration.preflight import check_pipeline_name_is_this_homes
 
     monkeypatch.setenv("PGPASSWORD", postgres_server.password)
     url = postgres_server.url("mlmd_unit_two_homes")

@@ -353,6 +353,17 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
             "changed since the file was rendered; render it again with `imgpipe airflow-dag`"
         )
     task_id = context["ti"].task_id
+    if not dict(spec.tasks).get(task_id, ()):
+        # A first task (it waits for none): the home's checks `imgpipe run` makes before its first
+        # component (a moved home, another home's served model, an emptied store), as a failure of
+        # this task naming the problem; Airflow does not retry it.
+        from imgpipe.orchestration import preflight
+
+        metadata.connect(cfg)  # the home's SQLite store made, as `imgpipe run` makes it: the checks read it
+        try:
+            preflight.check_home(cfg)
+        except ConfigError as e:
+            raise AirflowFailException(str(e)) from e
     # A copy locked for execution, as Airflow runs its own tasks.
     operator = tfx_dag.get_task(task_id).prepare_for_execution()
     operator.render_template_fields(context)

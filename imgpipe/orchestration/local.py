@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import os
 import re
@@ -37,12 +36,12 @@ from imgpipe.orchestration import (
     diagnosis,
     execution_results,
     metadata,
+    preflight,
     recovery,
     runs,
     scratch,
 )
 from imgpipe.orchestration.lock import home_lock
-from imgpipe.orchestration.paths import under, write_atomically
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
@@ -329,240 +328,6 @@ def _dead_run_summary(
     return summary
 
 
-def check_store_knows_the_home(config: PipelineConfig) -> None:
-    """ConfigError when ML Metadata has no execution of the pipeline while its root holds the
-    artifacts of earlier executions: the store was emptied (metadata.sqlite truncated or deleted)
-    or replaced. A run then finds no blessed model to compare with, pushes whatever passes the
-    floor beside the served model, and numbers its executions from 1 again, into the earlier
-    artifacts' folders."""
-    earlier = _an_artifact_folder(config.pipeline_root)
-    if earlier is None:
-        return
-    import ml_metadata as mlmd
-
-    with metadata.open_store(config) as store:
-        pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
-        known = pipeline is not None and store.get_executions_by_context(
-            pipeline.id, list_options=mlmd.ListOptions(limit=1)
-        )
-    if not known:
-        restore = (
-            "Check the database name in --metadata (a name the server does not have is a new, empty "
-            "database), or restore the database from a backup"
-            if config.metadata_target is not None
-            else "Restore the store (e.g. metadata.sqlite from a backup)"
-        )
-        raise ConfigError(
-            f"metadata: {config.metadata_location} holds no execution of pipeline {config.pipeline_name!r}, "
-            f"but {config.pipeline_root} holds earlier executions' artifacts (e.g. {earlier}): the store "
-            "was emptied or replaced. A run now would not be compared with the served model and would "
-            f"write into those folders. {restore}, or move {config.pipeline_root} away to start the "
-            "pipeline afresh"
-        )
-
-
-def check_home_not_moved(config: PipelineConfig) -> None:
-    """ConfigError when the home's own store (SQLite, in the home) records this pipeline's live
-    artifacts outside this home whose folders are gone: the home was moved (or renamed; or moved
-    away and a new home made in its place, whose folders are others). ML Metadata keeps absolute
-    paths, so the baseline the Resolver picks is a folder that no longer exists (or another
-    home's), and every run failed at the DataGate with a missing label vocabulary, blaming the
-    model. A copy (every such folder still there) is logged: its runs read the original's models."""
-    if config.metadata_target is not None or "://" in config.pipeline_root:
-        return
-    if not os.path.exists(config.metadata_path):
-        return
-    from ml_metadata.proto import metadata_store_pb2
-
-    with metadata.open_store(config) as store:
-        pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
-        artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
-    gone, kept, others = set(), set(), set()
-    outside: dict[str, list] = {}
-    for a in artifacts:
-        if a.state != metadata_store_pb2.Artifact.LIVE or not a.uri or "://" in a.uri:
-            continue
-        if under(a.uri, config.pipeline_root):
-            continue
-        # <home>/pipelines/<name>/<Component>/<output>/<execution id>
-        home = os.path.normpath(a.uri)
-        for _ in range(5):
-            home = os.path.dirname(home)
-        if os.path.exists(a.uri):
-            outside.setdefault(home, []).append(a)
-        else:
-            gone.add(home)
-    for home, found in outside.items():
-        # There: the original of a copy (its own store records the same artifacts), or another home
-        # made where this one was (its folders, numbered alike, hold other artifacts).
-        (kept if _same_artifacts(config.replace(home=home), found) else others).add(home)
-    here = os.path.abspath(config.home)
-    if others and not gone:
-        old = sorted(others)
-        raise ConfigError(
-            f"home: its ML Metadata ({config.metadata_path}) records artifacts of this pipeline under "
-            f"{', '.join(old[:3])}, not under this home ({here}), and the home there now is another one (its "
-            "store does not know them): this home was moved away and another made in its place. ML Metadata "
-            "keeps absolute paths, so the baseline and the cache would be that home's. Move this home back "
-            f"to {old[0]} (the other one elsewhere), or start a new home with --home"
-        )
-    if gone:
-        old = sorted(gone)
-        where = old[0] if len(old) == 1 else f"{', '.join(old[:3])}{' ...' if len(old) > 3 else ''}"
-        raise ConfigError(
-            f"home: its ML Metadata ({config.metadata_path}) records artifacts of this pipeline under {where}, "
-            f"not under this home ({here}), and their folders are gone: the home was moved or renamed, or "
-            "reached through a symlink since removed. ML Metadata keeps absolute paths, so the served "
-            "model's record (the next run's baseline) and the cache point at folders that no longer hold "
-            f"them. Move the home back to {old[0]} (a symlink there to {here} also works), or start a new "
-            "home with --home (the serving dir's versions stay served)"
-        )
-    if kept:
-        log.warning(
-            "this home's ML Metadata records artifacts under %s, another home's folder: the home was "
-            "copied with its store; its runs take that home's models as baselines and its outputs "
-            "from that home's cache, and `imgpipe prune` there deletes them",
-            ", ".join(sorted(kept)[:3]),
-        )
-
-
-def _same_artifacts(other: PipelineConfig, artifacts: list) -> bool:
-    """Whether `other` home's own store records `artifacts` as they are (id, folder and creation
-    time): the home this one was copied from. False when it has no store or records others."""
-    if not os.path.isfile(other.metadata_path):
-        return False
-    try:
-        with metadata.open_store(other) as store:
-            theirs = {a.id: a for a in store.get_artifacts_by_id([a.id for a in artifacts])}
-    except Exception:  # noqa: BLE001 - an unreadable store is no proof of a copy
-        return False
-    return all(
-        a.id in theirs
-        and theirs[a.id].uri == a.uri
-        and theirs[a.id].create_time_since_epoch == a.create_time_since_epoch
-        for a in artifacts
-    )
-
-
-def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
-    """ConfigError when the model base path's newest version (SERVING_DIR/MODEL_NAME/<newest>, the
-    one a "latest" policy serves) is not this home's: not pushed by its runs (their records in ML
-    Metadata and in HOME/runs), not a copy its rollbacks served, not holding one of its models, not
-    the one it took over. Another home's model (two homes with the default names in one folder,
-    or a second home that took the folder over since), or one put there by hand. The run would
-    replace it with this home's blessed model, compared with nothing, its classes perhaps others:
-    an audit's second home pushed its classes over the first home's without a word, and clients
-    got another label set. `adopt_serving_dir` takes the newest version over (remembered)."""
-    base = config.model_serving_dir
-    if not base or "://" in base or not os.path.isdir(base):
-        if config.adopt_serving_dir and base and "://" not in base:
-            _adopt(config.home, base, None)
-        return
-    from imgpipe.orchestration.prune import pushed_versions
-    from imgpipe.orchestration.rollback import whole_versions
-
-    versions = whole_versions(base)
-    name = os.path.basename(versions[-1][1]) if versions else None
-    if config.adopt_serving_dir:
-        _adopt(config.home, base, name)  # later runs, without the flag, too
-        return
-    if name is None or _adopted(config.home, base) == name:
-        return
-    number, folder = versions[-1]
-    if name in pushed_versions(config.home).get(os.path.normpath(base), set()):
-        return
-    with metadata.open_store(config) as store:
-        pushed = recovery.pushes(store, config.pipeline_root)
-        if pushed.pushed_version(folder) or recovery.holds_own_model(store, config.pipeline_root, folder):
-            return
-    ever = pushed.pushed_to(base)
-    classes = _served_classes(folder)
-    whose = (
-        "this home pushed there before, but not this version"
-        if ever
-        else f"no run of this home ({config.home}) ever pushed there"
-    )
-    raise ConfigError(
-        f"serving_dir: {base} serves version {number}{classes}, and it is not this home's ({whose}): another "
-        "home's model (homes with the same --serving-dir and --model-name), or one put there by hand. This "
-        "run would replace it with its blessed model, compared with nothing. Give this home its own "
-        "--model-name or --serving-dir, or pass --adopt-serving-dir to take version "
-        f"{number} over"
-    )
-
-
-ADOPTED_FILE = "adopted_serving_dirs.json"  # in the home: {base path: the newest version taken over}
-
-
-def _adopted(home: str, base: str) -> str | None:
-    """The version this home took over at `base` (None: none)."""
-    version = runs.json_object(os.path.join(home, ADOPTED_FILE)).get(os.path.realpath(base))
-    return version if isinstance(version, str) else None
-
-
-def _adopt(home: str, base: str, version: str | None) -> None:
-    """Remember that this home took `base`'s `version` over (atomically; a failure only warns)."""
-    path = os.path.join(home, ADOPTED_FILE)
-    adopted = runs.json_object(path)
-    if adopted.get(os.path.realpath(base), False) == version:
-        return
-    adopted[os.path.realpath(base)] = version
-    try:
-        write_atomically(path, json.dumps(adopted, indent=1, sort_keys=True))
-    except OSError as e:
-        log.warning(
-            "could not record that this home took over %s (%s): pass --adopt-serving-dir again", base, e
-        )
-
-
-def _served_classes(version_dir: str) -> str:
-    """' (classes a, b, c)' from a served version's label vocabulary; '' when it has none."""
-    from components.artifacts import saved_model_class_names  # loaded by the run already
-
-    try:
-        names = saved_model_class_names(version_dir)
-    except (OSError, ValueError):  # no vocabulary, or not UTF-8
-        return ""
-    shown = ", ".join(repr(n) for n in names[:10]) + (
-        f" and {len(names) - 10} more" if len(names) > 10 else ""
-    )
-    return f" (classes {shown})" if names else ""
-
-
-def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
-    """ConfigError when a shared ML Metadata database (PostgreSQL) holds artifacts of the pipeline
-    under another pipeline root than this home's: another home (a team that copied a config) runs
-    a pipeline of the same name there. TFX's baseline and cache are found by pipeline name, so the
-    two would take each other's models as baselines and outputs from each other's cache, and
-    neither home's repairs reach the other's files."""
-    if config.metadata_target is None or "://" in config.pipeline_root:
-        return
-    with metadata.open_store(config) as store:
-        _, elsewhere = metadata.pipeline_roots(store, config.pipeline_name, config.pipeline_root)
-    if elsewhere:
-        raise ConfigError(
-            f"pipeline_name: pipeline {config.pipeline_name!r} in {config.metadata_location} also has "
-            f"artifacts under {', '.join(elsewhere[:3])}, not under this home's {config.pipeline_root}: "
-            "another home runs a pipeline of this name on the database (or this home was moved). Its "
-            "models would be this home's baselines and its outputs this home's cache. Give this home "
-            "its own --pipeline-name (one pipeline name per home on a shared database)"
-        )
-
-
-def _an_artifact_folder(pipeline_root: str) -> str | None:
-    """One `<Component>/<output>/<execution id>` folder under the pipeline root, or None."""
-    if "://" in pipeline_root or not os.path.isdir(pipeline_root):
-        return None
-    for component in sorted(os.listdir(pipeline_root)):
-        outputs = os.path.join(pipeline_root, component)
-        for output in sorted(os.listdir(outputs)) if os.path.isdir(outputs) else []:
-            folder = os.path.join(outputs, output)
-            for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-                if name.isdigit() and os.path.isdir(os.path.join(folder, name)):
-                    return os.path.join(folder, name)
-    return None
-
-
 def split_cpu_for(config: PipelineConfig) -> None:
     """Split this process's CPU into `config.replicas` logical devices (the Trainer runs in this
     process under LocalDagRunner). Must come before anything runs a TensorFlow op: the data
@@ -585,10 +350,7 @@ def _run_holding_lock(
 
     os.makedirs(config.home, exist_ok=True)
     metadata.connect(config)  # fail here, naming the store, not inside the first component
-    check_store_knows_the_home(config)
-    check_home_not_moved(config)
-    check_pipeline_name_is_this_homes(config)
-    check_serving_dir_is_this_homes(config)
+    preflight.check_home(config)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
     if config.model_serving_dir and "://" not in config.model_serving_dir:
