@@ -2,7 +2,7 @@
 
 from setuptools import setup
 
-# The stack that resolves and runs together (see README "Requirements").
+# The stack that resolves and runs together (see README, "Development": the pinned stack).
 # tfx 1.16 pins TensorFlow 2.16, TFT 1.16, TFMA 0.47 and ml-metadata 1.16.
 INSTALL_REQUIRES = [
     "tfx[kfp]==1.16.0",

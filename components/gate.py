@@ -115,7 +115,7 @@ class GateConfig(Settings):
         "alarms) fails; a class the model never answers is left to min_class_recall (0: off)",
     )
     max_regression: float = Field(
-        0.0, ge=0.0, le=1.0, description="allowed accuracy drop against the latest blessed model"
+        0.0, ge=0.0, le=1.0, description="allowed drop of the gated metric against the latest blessed model"
     )
     bless_without_comparison: bool = Field(
         False,

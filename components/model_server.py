@@ -1,17 +1,15 @@
 """A model server subprocess for pre-push validation: TF Serving when installed, else `imgpipe serve`.
 
-`stage_model` copies a SavedModel into TF Serving's model base path layout
-(`<root>/<model_name>/<version>/`); `serve_model` starts a server on a free
-loopback port over that base path, waits until the version is AVAILABLE and
-stops the server when the block ends, however it ends (`started_server` is the
-same without the wait, for work that overlaps the start-up):
+The pipeline's InfraValidator starts its server early: `standby_server` starts one on a
+base path it polls, the model is added with `stage_into` (a rename, so no half-copied
+version is ever seen), and `take_standby` hands it to the InfraValidator. `started_server`
+starts a server on a free loopback port over a base path and stops it when the block ends,
+however it ends; `stage_model` copies a SavedModel into TF Serving's base path layout
+(`<root>/<model_name>/<version>/`). `serve_model` is `started_server` that also waits until
+the version is AVAILABLE (the tests' way to serve one model):
 
     with serve_model(base_path, "digits", log_path, timeout=300) as server:
         ServingClient(server.target).predict(...)
-
-`standby_server` starts a server early, on a base path it polls, and adds the model with
-`stage_into` (a rename, so no half-copied version is ever seen); `take_standby` hands it
-to the InfraValidator.
 
 The server is `tensorflow_model_server` when that binary is on PATH (the
 production server, run with --port, --model_name, --model_base_path and no

@@ -31,7 +31,8 @@ def test_every_command_has_help(command, capsys):
 
 def test_no_command_prints_help_and_fails(capsys):
     assert cli.main([]) == cli.EXIT_USAGE
-    assert "ingest" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "ingest" in err and out == ""
 
 
 def test_run_with_missing_data_dir_names_it(tmp_path, capsys):
@@ -200,6 +201,25 @@ def test_out_of_range_numbers_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["drift", "--logs", "l", "--run", "latest", "--max-images", "0"],
+            "--max-images must be >= 1, got 0",
+        ),
+        (
+            ["drift", "--logs", "l", "--run", "latest", "--min-images", "-2"],
+            "--min-images must be >= 1, got -2",
+        ),
+        (["report", "latest", "--max-misclassified", "-1"], "--max-misclassified: must be 0 or more, got -1"),
+    ],
+)
+def test_out_of_range_numbers_checked_by_the_command_name_the_value(argv, message, capsys):
+    assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 
 
@@ -569,6 +589,42 @@ def test_help_gives_every_option_a_text_and_its_default(command, shown, monkeypa
     out = " ".join(capsys.readouterr().out.split())
     for text in shown:
         assert text in out, (text, out)
+
+
+def test_a_commands_help_lists_only_the_config_flags_that_apply(tmp_path, monkeypatch, capsys):
+    """compile listed --replicas and --metadata, airflow-dag --replicas and the Trainer machine's
+    flags, all of which they refuse; run listed the Trainer machine's flags, which it ignored
+    without a word. They are parsed still (refused by name) but not listed; run warns."""
+    monkeypatch.setenv("COLUMNS", "400")
+    unlisted = {
+        "run": ["--trainer-machine-type", "--trainer-accelerator"],
+        "compile": ["--replicas", "--metadata ", "--metadata-password-file"],
+        "airflow-dag": ["--replicas", "--trainer-machine-type", "--trainer-accelerator"],
+    }
+    for command, flags in unlisted.items():
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "--epochs" in out and "--min-accuracy" in out
+        for flag in flags:
+            assert flag not in out, (command, flag)
+    assert "--trainer-machine-type" in _help_of("compile", capsys)
+    assert "--replicas" in _help_of("run", capsys) and "--metadata " in _help_of("airflow-dag", capsys)
+    compile_ = ["compile", "--image", "reg/img:v1", "--output", str(tmp_path / "p.json"), "--replicas", "2"]
+    assert cli.main(compile_) == cli.EXIT_USAGE
+    assert "--replicas does not apply to a compiled pipeline" in capsys.readouterr().err
+    code = cli.main(
+        ["run", "--data", str(tmp_path / "nowhere"), "--home", str(tmp_path / "h"), "--trainer-machine-type", "n1-standard-8"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert "trainer_machine_type / trainer_accelerator apply to Kubeflow / Vertex AI" in err
+
+
+def _help_of(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    return capsys.readouterr().out
 
 
 def test_the_runs_last_line_names_the_figure_the_gate_judged_by():

@@ -357,6 +357,41 @@ def test_run_refuses_while_another_process_holds_the_lock(tmp_path):
             ["--runner", "kfp", "--cron", "0 3 * * *", "--spec", "s.json", "--systemd", "d"],
             "--systemd applies",
         ),
+        # The KFP flags were taken and dropped for a Vertex schedule.
+        (
+            [
+                "--runner",
+                "vertex",
+                "--cron",
+                "0 3 * * *",
+                "--spec",
+                "s.json",
+                "--project",
+                "p",
+                "--region",
+                "r",
+                "--host",
+                "http://kfp:8888",
+            ],
+            "--host applies to --runner kfp only",
+        ),  # fmt: skip
+        (
+            [
+                "--runner",
+                "vertex",
+                "--cron",
+                "0 3 * * *",
+                "--spec",
+                "s.json",
+                "--project",
+                "p",
+                "--region",
+                "r",
+                "--experiment",
+                "nightly",
+            ],
+            "--experiment applies to --runner kfp only",
+        ),  # fmt: skip
     ],
 )
 def test_schedule_flag_errors(argv, message, capsys):

@@ -250,7 +250,9 @@ class TrainingConfig(Settings):
                     f"({spec.min_size}..{MAX_IMAGE_SIZE})"
                 )
         if self.fine_tune_layers > 0 and self.fine_tune_epochs == 0:
-            raise ValueError("fine_tune_epochs: must be >= 1 when fine_tune_layers > 0")
+            raise ValueError(
+                f"fine_tune_epochs: must be >= 1 when fine_tune_layers > 0 (fine_tune_layers is {self.fine_tune_layers})"
+            )
         if self.tune_trials > 0 and not self.feature_cache:
             raise ValueError("tune_trials: --tune trains heads on cached features; it needs feature_cache on")
         if self.tune_trials > 0 and self.augment:

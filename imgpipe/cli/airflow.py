@@ -11,7 +11,7 @@ import logging
 
 from imgpipe.cli.kubeflow import check_output, reject
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
-from imgpipe.cli.run import add_run_arguments, config_from
+from imgpipe.cli.run import MACHINE_FIELDS, add_run_arguments, config_from
 from imgpipe.orchestration import airflow
 from imgpipe.orchestration.paths import write_atomically
 from pipeline.config import ConfigError
@@ -36,7 +36,7 @@ def _add_airflow_dag(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the intervals missed since --start-date (default: only the latest)",
     )
-    add_run_arguments(p, local=False)
+    add_run_arguments(p, local=False, unlisted=("replicas", *MACHINE_FIELDS))
 
 
 def _cmd_airflow_dag(args: argparse.Namespace) -> int:

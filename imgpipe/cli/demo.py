@@ -59,7 +59,8 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--min-accuracy",
         type=fraction,
         default=0.9,
-        help="the gate's accuracy floor on the target task, 0..1 (default %(default)s)",
+        help="the gate's floor on the gated metric (accuracy; balanced accuracy on a skewed eval split), "
+        "0..1 (default %(default)s)",
     )
     p.add_argument(
         "--replicas",

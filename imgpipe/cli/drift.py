@@ -32,7 +32,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run",
         required=True,
-        metavar="RUN_ID",
+        metavar="RUN_ID|latest|served",
         help="the run whose training split is the reference: a run id, `latest` (the newest run that "
         "finished) or `served` (the run that pushed the model version that answered most logged requests)",
     )
@@ -46,7 +46,8 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--home",
         default=PipelineConfig.model_fields["home"].default,
-        help="pipeline home holding runs/ and metadata.sqlite (default %(default)s)",
+        help="pipeline home holding runs/ (each run's saved config names its ML Metadata store: SQLite in the "
+        "home or PostgreSQL) (default %(default)s)",
     )
     p.add_argument(
         "--categorical-threshold",
@@ -103,8 +104,9 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-    if args.max_images < 1 or args.min_images < 1:
-        raise UsageError("--max-images and --min-images must be >= 1")
+    for name in ("max_images", "min_images"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.min_images > args.max_images:
         raise UsageError(f"--min-images {args.min_images} is above --max-images {args.max_images}")
     # Loads TensorFlow and TFDV: imported only when the command runs.

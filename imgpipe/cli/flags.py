@@ -13,7 +13,7 @@ import argparse
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, get_origin
 
 from pipeline.config import ConfigError, PipelineConfig, leaves
@@ -27,6 +27,7 @@ _GROUP_TITLES = {
     "gate": "gate",
     "beam": "beam",
     "resources": "Trainer machine on Kubeflow / Vertex AI (imgpipe compile)",
+    "prepush": "pre-push validation",
 }
 
 
@@ -117,17 +118,23 @@ def _help(model: type[Settings], name: str) -> str:
     return text.replace("%", "%%")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config leaf, grouped by section; unset flags stay None (the file or default wins)."""
+def add_config_flags(parser: argparse.ArgumentParser, unlisted: Collection[str] = ()) -> None:
+    """One flag per config leaf, grouped by section; unset flags stay None (the file or default wins).
+
+    `unlisted`: fields that do not apply to the command (it refuses or ignores them by name): their
+    flags are parsed but left out of its help, and a section left empty gets no heading.
+    """
     groups: dict[str | None, argparse._ArgumentGroup] = {}
     for section, name, model in leaves():
         if field_extra(model, name, "cli", True) is False:
             continue
-        group = groups.get(section)
+        listed = name not in unlisted
+        group = groups.get(section) if listed else parser
         if group is None:
             group = groups[section] = parser.add_argument_group(_GROUP_TITLES.get(section, section))
         annotation = model.model_fields[name].annotation
-        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": _help(model, name)}
+        help_text = _help(model, name) if listed else argparse.SUPPRESS
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif get_origin(annotation) is tuple:

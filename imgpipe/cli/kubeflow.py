@@ -14,6 +14,8 @@ from imgpipe.cli.flags import container_image
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit
 from imgpipe.cli.run import add_run_arguments, config_from
 from imgpipe.orchestration.paths import output_file_problem
+from pipeline.config import leaves
+from trainer.config import field_extra
 
 
 def reject(args: argparse.Namespace, flags: dict[str, str], why: str) -> None:
@@ -35,6 +37,9 @@ def check_output(path: str) -> None:
 
 # TFX's rule for a pipeline name it compiles for Kubeflow Pipelines (its own message for a name
 # that breaks it shows '%' instead of the name).
+# The fields a compiled pipeline takes as parameters (marked runtime in the config schema).
+RUNTIME_FIELDS = tuple(name for _, name, model in leaves() if field_extra(model, name, "runtime"))
+
 KFP_PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 
@@ -82,7 +87,7 @@ def _add_compile(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept local data/serving paths (for clusters that mount them at the same path)",
     )
-    add_run_arguments(p, local=False)
+    add_run_arguments(p, local=False, unlisted=("replicas", "metadata", "metadata_password_file"))
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -136,7 +141,7 @@ def _add_parameter_flag(p: argparse.ArgumentParser) -> None:
         "--parameter",
         action="append",
         metavar="NAME=VALUE",
-        help="pipeline parameter (repeatable): epochs, learning_rate, min_accuracy",
+        help=f"pipeline parameter (repeatable): {', '.join(RUNTIME_FIELDS)}",
     )
 
 

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)  # stdout holds only a command's JSON
         return EXIT_USAGE
     received_signals.clear()  # this command's stop signals, not an earlier one's in this process
     setup_logging(verbose=getattr(args, "verbose", False))

@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     from imgpipe.report import build, text
 
     if args.max_misclassified is not None and args.max_misclassified < 0:
-        raise UsageError("--max-misclassified: must be 0 or more")
+        raise UsageError(f"--max-misclassified: must be 0 or more, got {args.max_misclassified}")
     home = os.path.abspath(os.path.expanduser(args.home))
     folder = _run_folder(home, args.run)
     try:

@@ -16,25 +16,34 @@ import argparse
 import contextlib
 import logging
 import os
+from collections.abc import Collection
 
 from imgpipe.cli.flags import add_config_flags, config_from_args
 from imgpipe.cli.output import Command, UsageError, WorkFailed, emit, emit_failure, stdout_to_stderr
 from imgpipe.orchestration.lock import home_lock_path, run_lock
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig, leaves
 
 log = logging.getLogger(__name__)
 
 
+# The Trainer machine's fields (ResourcesConfig): read by Kubeflow / Vertex AI alone.
+MACHINE_FIELDS = tuple(name for section, name, _ in leaves() if section == "resources")
+
+
 def add_run_arguments(
-    p: argparse.ArgumentParser, local: bool = True, home_lock_default: str = "--lock-wait"
+    p: argparse.ArgumentParser,
+    local: bool = True,
+    home_lock_default: str = "--lock-wait",
+    unlisted: Collection[str] = (),
 ) -> None:
     """`--config FILE`, one flag per config field, `--verbose`, and the locks' flags.
 
     local=False (a command that writes a pipeline for another runner): the lock flags are
-    still parsed, so the command can refuse them by name, but not listed in its help.
+    still parsed, so the command can refuse them by name, but not listed in its help; nor are
+    the config fields in `unlisted` (they do not apply to the command).
     """
     p.add_argument("--config", action=_GivenOnce, help="YAML config file; flags override its values")
-    add_config_flags(p)
+    add_config_flags(p, unlisted)
     p.add_argument("--verbose", action="store_true", help="show TFX's own logs")
     add_lock_wait_argument(p, shown=local)
     p.add_argument(
@@ -146,8 +155,17 @@ def _judged(gate: dict | None, accuracy: float | None) -> str:
     return judged
 
 
+def _add_local_run_arguments(p: argparse.ArgumentParser) -> None:
+    add_run_arguments(p, unlisted=MACHINE_FIELDS)
+
+
 def _run(args: argparse.Namespace) -> int:
     config = config_from(args)
+    if config.resources.is_set:
+        log.warning(
+            "trainer_machine_type / trainer_accelerator apply to Kubeflow / Vertex AI (imgpipe compile, "
+            "imgpipe schedule --runner vertex or kfp): this run trains on this machine's devices"
+        )
     extra = args.lock_file
     if extra and os.path.realpath(extra) == os.path.realpath(home_lock_path(config.resolved().home)):
         extra = None  # the home's own lock, which the run takes anyway
@@ -162,7 +180,7 @@ COMMANDS = [
     Command(
         "run",
         "run the pipeline locally (LocalDagRunner; ML Metadata in SQLite, or on PostgreSQL with --metadata)",
-        add_run_arguments,
+        _add_local_run_arguments,
         _run,
     )
 ]

@@ -58,7 +58,7 @@ def _add_schedule(p: argparse.ArgumentParser) -> None:
     g.add_argument("--region", help="Vertex AI region (vertex)")
     g.add_argument("--time-zone", help="IANA time zone of --cron (vertex; default UTC)")
     g.add_argument("--host", help="KFP API endpoint (kfp; default: in-cluster or kube config)")
-    g.add_argument("--experiment", default="imgpipe", help="KFP experiment (kfp; default imgpipe)")
+    g.add_argument("--experiment", help="KFP experiment (kfp; default imgpipe)")
     add_run_arguments(
         p,
         home_lock_default=f"{schedule.SCHEDULED_HOME_LOCK_WAIT} ({schedule.SCHEDULED_HOME_LOCK_WAIT // 3600} h) "
@@ -126,6 +126,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
             if not args.spec:
                 raise ValueError(f"--runner {args.runner} needs --spec (from `imgpipe compile`)")
             if args.runner == "vertex":
+                reject(args, {"host": "--host", "experiment": "--experiment"}, "applies to --runner kfp only")
                 if not (args.project and args.region):
                     raise ValueError("--runner vertex needs --project and --region")
                 result = schedule.vertex_schedule(
@@ -148,7 +149,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
                     args.spec,
                     args.cron,
                     host=args.host,
-                    experiment=args.experiment,
+                    experiment=args.experiment or "imgpipe",
                     parameters=args.parameter,
                     job_name=args.display_name,
                     service_account=args.service_account,

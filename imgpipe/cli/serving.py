@@ -105,7 +105,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--grace-seconds",
         type=non_negative_number,
         default=d.grace_seconds,
-        help="on SIGTERM, how long in-flight requests may run (default %(default)s)",
+        help="on SIGTERM or Ctrl-C, how long in-flight requests may run (default %(default)s)",
     )
     parser.add_argument(
         "--num-versions",
@@ -156,7 +156,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "--log-requests",
         metavar="DIR",
         default=d.log_requests,
-        help="write sampled Predict/Classify requests and responses to DIR (read by `imgpipe drift`)",
+        help="write sampled Predict/Classify/MultiInference requests and responses to DIR (read by `imgpipe drift`)",
     )
     group.add_argument(
         "--log-sample-rate",

@@ -77,7 +77,13 @@ def quantized(thumb: np.ndarray) -> bytes:
 def thumbnails(packed: Sequence[bytes]) -> np.ndarray:
     """The thumbnails of ``quantized`` signatures as a float32 matrix, one unit-norm row each."""
     rows = np.stack([np.frombuffer(p[:_BASE], np.int8) for p in packed]).astype(np.float32)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
+    return _unit(rows, np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+
+
+def _unit(rows: np.ndarray, squared: np.ndarray) -> np.ndarray:
+    """Rows of int8 values (as float32) scaled to unit length, given their squared lengths; a
+    row of zeros stays zeros (any other such row is at least 1 long)."""
+    return rows / np.sqrt(np.maximum(squared, 1.0))[:, None].astype(np.float32)
 
 
 def _windows(packed: Sequence[bytes]) -> dict[tuple[int, int], np.ndarray]:
@@ -126,10 +132,7 @@ def _similar_pairs(packed: Sequence[bytes], threshold: float) -> Iterator[tuple[
         matrices.update(_windows(packed))
         comparisons += list(_SHIFTS)
     squared = {key: np.einsum("ij,ij->i", m, m, dtype=np.float64) for key, m in matrices.items()}
-    unit = {
-        key: m / np.sqrt(np.maximum(squared[key], 1.0))[:, None].astype(np.float32)
-        for key, m in matrices.items()
-    }
+    unit = {key: _unit(m, squared[key]) for key, m in matrices.items()}
     n = len(packed)
     block = max(1, _BLOCK_VALUES // n)
     for start in range(0, n, block):

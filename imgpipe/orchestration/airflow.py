@@ -25,7 +25,7 @@ retries, and at most one active run (`max_active_runs=1`): a run triggered or
 scheduled while one is running waits in the queue until it finishes, so two
 runs never write the same pipeline root at once.
 
-Requirements on the Airflow side (README, "Airflow"): imgpipe installed in
+Requirements on the Airflow side (docs/scale.md, section 8): imgpipe installed in
 Airflow's Python (`pip install "imgpipe[airflow]"`), and the data and serving
 paths reachable from the workers.
 """
