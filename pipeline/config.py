@@ -27,6 +27,7 @@ import difflib
 import json
 import os
 import re
+import reprlib
 import unicodedata
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
@@ -695,7 +696,18 @@ MAX_PROBLEM_CHARS = 2000
 MAX_PROBLEMS = 10
 
 
+# A container is shown a few levels and items deep: its whole repr can be exponential in the
+# file's size (YAML aliases nested ten wide: 529 bytes made a value whose repr is 7 GB).
+_CONTAINER_REPR = reprlib.Repr()
+_CONTAINER_REPR.maxlevel = 3
+_CONTAINER_REPR.maxstring = _CONTAINER_REPR.maxother = MAX_SHOWN_CHARS
+
+
 def _shown(value: Any) -> str:
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        text = _CONTAINER_REPR.repr(value)
+        size = f"a {type(value).__name__} of {len(value):,} items"
+        return f"{text[:MAX_SHOWN_CHARS]}{'...' if len(text) > MAX_SHOWN_CHARS else ''} ({size})"
     text = repr(value)
     if len(text) <= MAX_SHOWN_CHARS:
         return text
