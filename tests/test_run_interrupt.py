@@ -12,7 +12,7 @@ import pytest
 
 from imgpipe import stop_signals
 from pipeline.config import PipelineConfig
-from tests.helpers import encode_image, write_split_dataset
+from tests.helpers import encode_image, logged, write_split_dataset
 
 
 def test_a_stop_wrapped_by_a_components_beam_job_is_recorded_as_a_stop(tmp_path, monkeypatch):
@@ -237,3 +237,30 @@ def test_a_run_that_died_without_a_word_is_recorded_by_the_next(tmp_path, monkey
     # `report` of the dead run now says why it has no report.
     assert cli.main(["report", "2026-01-01T00:00:00.000001-dead", "--home", home]) == 2
     assert "failed, so it has no report: before its first component: the run ended" in capsys.readouterr().err
+
+
+def test_a_component_failing_before_its_executor_is_marked_failed_by_its_run(tmp_path, monkeypatch):
+    """An error in a component's driver (a folder of the home the run may not write, as an
+    audit's run as another user met) failed the run, but TFX left the execution RUNNING: the
+    summary said RUNNING and the next run took this one for a run that died. The run now marks
+    it FAILED itself before writing its record."""
+    from components.example_gen import ContentFingerprintDriver
+    from imgpipe.orchestration import local, metadata
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError("denied on purpose")
+
+    monkeypatch.setattr(ContentFingerprintDriver, "get_input_processor", denied)
+    config = _tiny_config(tmp_path)
+    with logged("imgpipe.orchestration.local") as seen:
+        with pytest.raises(local.PipelineRunError) as raised:
+            local.run_local(config)
+    summary = raised.value.summary
+    assert summary.failed == "ImportExampleGen" and "denied on purpose" in summary.error
+    assert summary.executions == {"ImportExampleGen": "FAILED"}, summary.executions
+    from ml_metadata.proto import metadata_store_pb2
+
+    with metadata.open_store(config.resolved()) as store:
+        states = [e.last_known_state for e in store.get_executions()]
+    assert states == [metadata_store_pb2.Execution.FAILED], states
+    assert any("left RUNNING as the run failed: marked FAILED" in m for m in seen), seen

@@ -408,6 +408,10 @@ def _run_holding_lock(
             stopped = stopped_by()
             if stopped is None:
                 message = _failure_message(config, tracker.current, e)
+                # An error before a component's executor (its driver, TFX's launcher: a folder
+                # it may not write) leaves the execution RUNNING, and the next run took this
+                # run for one that died. Marked FAILED now, before the record is written.
+                _stop_interrupted_executions(config, run_id, "left RUNNING as the run failed")
                 summary = _record_failed_run(config, run_id, tracker.current, message)
                 raise PipelineRunError(message, summary) from e
             # A Ctrl-C or SIGTERM that a component's Beam job turned into its own error: the
@@ -490,7 +494,8 @@ def _stop(
 
 def _stop_interrupted_executions(config: PipelineConfig, run_id: str, how: str) -> None:
     """Mark what this run left RUNNING as FAILED now (it holds the home's lock: they are its own),
-    removing their partial outputs, instead of leaving that to the next run."""
+    removing their partial outputs, instead of leaving that to the next run: a stopped run's, or
+    a failed run's whose error came before TFX could mark its execution."""
     try:
         with metadata.open_store(config, readonly=False) as store:
             found = _abandon_unfinished(store, config, found_by=f"run {run_id}, {how}")
