@@ -307,6 +307,31 @@ def test_a_base_path_that_cannot_be_listed_is_said_once_until_it_changes(tmp_pat
     assert warned[1:] == [f"model base path {base} can be listed again"]
 
 
+def test_a_version_folder_the_server_may_not_read_is_named_once(tiny_export, tmp_path, caplog, monkeypatch):
+    """A version pushed by root under umask 077, served by another user: its files could not be
+    seen, so it passed for a partial copy and the server said only "no loadable version yet".
+    The folder is named now, with its owner and mode, once until that changes. (The suite runs
+    as root, whom no mode stops: the denial is the operating system's answer made here.)"""
+    from serving.devserver import versions
+
+    base = tmp_path / "models"
+    shutil.copytree(tiny_export, base / "5")
+    (base / "5" / "saved_model.pb").rename(base / "5" / "saved_model.pb.hidden")  # unseen, as denied
+    locked = str(base / "5")
+    real_access = os.access
+    monkeypatch.setattr(versions.os, "access", lambda p, mode: p != locked and real_access(p, mode))
+    manager = manager_lib.ModelManager(NAME, str(base))
+    with caplog.at_level(logging.DEBUG, logger=manager_lib.__name__):
+        for _ in range(3):
+            manager.poll_once()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert f"this server may not read version folder(s) {locked} (owned by uid " in warned[0]
+    assert "; this server runs as uid " in warned[0] and "not served" in warned[0]
+    assert manager.serving_versions() == []
+    manager.stop()
+
+
 def test_a_load_that_finds_a_file_missing_says_so_without_tensorflows_dump():
     """A version copied in file by file: TensorFlow raised Python's FileNotFoundError around its
     graph dump, and the version's status was UNKNOWN with the dump as its message."""

@@ -26,7 +26,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from serving.batching_config import BatchingParameters
 from serving.config import DEFAULT_MAX_PIXELS
 from serving.devserver.loaded import LoadedVersion
-from serving.devserver.versions import Fingerprint, fingerprint, list_versions
+from serving.devserver.versions import Fingerprint, fingerprint, list_versions, who_may_read
 from serving.errors import (
     ModelNotFoundError,
     ServingError,
@@ -88,6 +88,7 @@ class ModelManager:
         self._poll_lock = threading.Lock()
         self._listing_problem: str | None = None  # the last poll's, said once until it changes
         self._missing_said: frozenset[int] = frozenset()  # specific versions not on disk, said once
+        self._unreadable_said: frozenset[str] = frozenset()  # version folders it may not open, said once
         self._stop = threading.Event()
         self._poke = threading.Event()  # poll now, not at the next interval (a new policy)
         self._thread: threading.Thread | None = None
@@ -155,8 +156,9 @@ class ModelManager:
         with self._poll_lock:
             if self._stop.is_set() and self._thread is not None:
                 return
+            unreadable: list[str] = []
             try:
-                on_disk = list_versions(self.base_path)
+                on_disk = list_versions(self.base_path, unreadable)
             except (tf.errors.OpError, OSError) as e:
                 # Said once, not at every poll (each second by default), until it changes.
                 problem = str(e)
@@ -168,6 +170,15 @@ class ModelManager:
             if self._listing_problem is not None:
                 log.warning("model base path %s can be listed again", self.base_path)
                 self._listing_problem = None
+            if unreadable and frozenset(unreadable) != self._unreadable_said:
+                log.warning(
+                    "model %r: this server may not read version folder(s) %s (%s): not served until "
+                    "it may (a push under another user or umask 077? make them readable to this user)",
+                    self.model_name,
+                    ", ".join(sorted(unreadable)),
+                    who_may_read(sorted(unreadable)[-1]),
+                )
+            self._unreadable_said = frozenset(unreadable)
             policy = self.policy
             aspired = policy.aspired(on_disk)
             missing = frozenset(policy.versions) - set(on_disk) if policy.kind == "specific" else frozenset()

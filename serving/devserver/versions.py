@@ -27,12 +27,14 @@ SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 Fingerprint = tuple[int, int, float]
 
 
-def list_versions(base_path: str) -> dict[int, str]:
+def list_versions(base_path: str, unreadable: list[str] | None = None) -> dict[int, str]:
     """Complete version directories under base_path: {version: path}.
 
     A version is a directory named by a 64-bit integer (serving.version_names) holding
     saved_model.pb (or .pbtxt); anything else (temp dirs, partial copies) is ignored. Two names
-    for one number (`7` and `007`) keep the first listed and log the other.
+    for one number (`7` and `007`) keep the first listed and log the other. `unreadable`
+    collects the local version directories this process may not open (their files cannot be
+    seen, so they look like partial copies).
     """
     found: dict[int, str] = {}
     for name in tf.io.gfile.listdir(base_path):
@@ -41,13 +43,26 @@ def list_versions(base_path: str) -> dict[int, str]:
         if version is None:
             continue
         path = os.path.join(base_path, name)
-        if not tf.io.gfile.isdir(path) or not has_saved_model(path):
+        if not tf.io.gfile.isdir(path):
+            continue
+        if not has_saved_model(path):
+            if unreadable is not None and "://" not in path and not os.access(path, os.R_OK | os.X_OK):
+                unreadable.append(path)
             continue
         if version in found:
             log.warning("ignoring %s: version %d is already at %s", path, version, found[version])
             continue
         found[version] = path
     return found
+
+
+def who_may_read(path: str) -> str:
+    """'owned by uid U, mode 0700; this server runs as uid V' for a local path (its stat)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return str(e)
+    return f"owned by uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}; this server runs as uid {os.geteuid()}"
 
 
 def has_saved_model(path: str) -> bool:
