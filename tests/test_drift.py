@@ -36,7 +36,7 @@ from imgpipe.drift import sources
 from imgpipe.drift.detect import TooFewImages, compare_tables
 from imgpipe.drift.features import FeatureTable, ImageFeatureError, image_features, reservoir_sample
 from pipeline.config import PipelineConfig
-from serving.devserver import lifecycle
+from serving.devserver import lifecycle, request_log
 from tests import image_bombs, serving_fixtures
 from tests.helpers import make_example
 
@@ -335,8 +335,9 @@ def test_log_files_that_cannot_be_opened_are_listed_and_the_rest_read(log_dirs, 
         f"{tmp_path / 'prediction_log-y.tfrecord'}: cannot be read (No such file or directory)",
         f"{tmp_path / 'prediction_log-z.tfrecord'}: cannot be read (Is a directory)",
     ]
+    [stats_file] = request_log.stats_files(log_dirs["fresh"])  # a server's stats file, given as the logs
     with pytest.raises(sources.SourceError, match="is a file; give the directory"):
-        list(sources.logged_images(str(tmp_path / "request_log_stats.json"), sources.LoggedImages("")))
+        list(sources.logged_images(stats_file, sources.LoggedImages("")))
 
 
 def _renamed_logs(source: str, target, model: str, every: int = 1, version: int | None = None) -> None:

@@ -119,7 +119,8 @@ def test_predict_classify_and_multi_inference_are_logged_as_prediction_logs(mode
         assert meta.timestamp_secs > 0
     assert logs[2].log_metadata.model_spec.signature_name == "classification"
     assert logs[3].log_metadata.model_spec == answers[2].model_spec  # the first task's result names it
-    stats = json.loads((log_dir / request_log.STATS_FILE).read_text())
+    [stats_file] = request_log.stats_files(str(log_dir))
+    stats = json.loads(open(stats_file, encoding="utf-8").read())
     assert stats["requests"] == stats["sampled"] == stats["written"] == 4
     assert stats["dropped"] == 0 and stats["files"] == 1
 
@@ -140,7 +141,9 @@ def test_full_disk_drops_and_counts_but_requests_succeed(model, base_path, tmp_p
     assert final.written == 0 and final.dropped_write_error == 6 and final.dropped == 6
     assert "No space left on device" in final.last_error
     assert request_log.log_files(str(log_dir)) == []
-    assert json.loads((log_dir / request_log.STATS_FILE).read_text())["dropped_write_error"] == 6
+    assert (
+        json.loads(open(server.request_log.stats_path, encoding="utf-8").read())["dropped_write_error"] == 6
+    )
     logging.getLogger(request_log.__name__).removeHandler(messages)
     assert "No space left on device" in messages.text  # said once when the trouble started
     assert "dropped 6" in messages.text and "write errors 6" in messages.text  # and at shutdown
@@ -181,6 +184,40 @@ def test_sampling_rate_is_respected(tmp_path):
     none = request_log.RequestLog(str(tmp_path / "none"), sample_rate=0.0).start()
     none.offer_predict(*_small_pair(0))
     assert none.close().written == 0
+
+
+_ONE_SERVER = """
+import sys
+from tensorflow_serving.apis import predict_pb2
+from serving.devserver import request_log
+log = request_log.RequestLog(sys.argv[1]).start()
+for i in range(int(sys.argv[2])):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    log.offer_predict(request, predict_pb2.PredictResponse())
+log.close()
+"""
+
+
+def test_servers_logging_to_one_folder_each_keep_their_own_counts(tmp_path):
+    """Two servers logging to one folder (replicas on a shared volume): their log files were
+    apart, but one stats file held the last writer's counts alone (4 of 8 requests). Each
+    server, a process of its own here, now writes its own."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for count in (3, 5):
+        subprocess.run(
+            [sys.executable, "-c", _ONE_SERVER, str(tmp_path), str(count)], cwd=root, check=True, timeout=300
+        )
+    counts = sorted(
+        json.loads(open(f, encoding="utf-8").read())["written"]
+        for f in request_log.stats_files(str(tmp_path))
+    )
+    assert counts == [3, 5]
+    assert len(request_log.log_files(str(tmp_path))) == 2 and len(_read_logs(str(tmp_path))) == 8
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 def test_rotation_by_size_makes_several_readable_files(tmp_path):

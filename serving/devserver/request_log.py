@@ -11,8 +11,10 @@ record count and a byte budget); a background thread builds, frames and
 writes the records. When the queue is full, or the disk is full or the
 directory unwritable, records are dropped and counted by reason; after a
 write error the writer waits `retry_seconds` before opening a new file. The
-counts go to the log at shutdown and to DIR/request_log_stats.json (rewritten
-every few seconds while they change, and at shutdown).
+counts go to the log at shutdown and to DIR/request_log_stats-<UTC start>-<pid>-<6 hex>.json
+(rewritten every few seconds while they change, and at shutdown): one per server, so servers
+logging to one DIR (replicas on a shared volume) each keep their own counts (a single shared
+file held the last writer's alone).
 
 Files are DIR/prediction_log-<UTC start>-<pid>-<seq>.tfrecord; a file is
 closed and the next one started when it reaches `max_file_bytes`. Each
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import struct
 import threading
 import time
@@ -41,7 +44,7 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 FILE_PREFIX = "prediction_log-"
 FILE_SUFFIX = ".tfrecord"
-STATS_FILE = "request_log_stats.json"
+STATS_PREFIX = "request_log_stats-"  # DIR/request_log_stats-<UTC start>-<pid>-<6 hex>.json, one per server
 SERVE_TAG = "serve"
 
 
@@ -124,6 +127,12 @@ def _open_file(path: str) -> Any:
     return open(path, "xb")  # noqa: SIM115 - kept open across records, closed on rotation
 
 
+def stats_files(directory: str) -> list[str]:
+    """The servers' stats files in `directory` (one per server that logged there), oldest first."""
+    names = [n for n in os.listdir(directory) if n.startswith(STATS_PREFIX) and n.endswith(".json")]
+    return [os.path.join(directory, n) for n in sorted(names)]
+
+
 def log_files(directory: str) -> list[str]:
     """The request log files in `directory`, oldest first (their names sort by start time)."""
     names = [n for n in os.listdir(directory) if n.startswith(FILE_PREFIX) and n.endswith(FILE_SUFFIX)]
@@ -172,6 +181,8 @@ class RequestLog:
         self._file_bytes = 0
         self._seq = 0
         self._stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        unique = f"{self._stamp}-{os.getpid()}-{secrets.token_hex(3)}"  # two logs in a process too
+        self.stats_path = os.path.join(directory, f"{STATS_PREFIX}{unique}.json")
         self._retry_at = 0.0
         self._failing = False
         self._stats_written: dict[str, Any] | None = None
@@ -378,11 +389,11 @@ class RequestLog:
         self._file = None
 
     def _write_stats(self, stats: RequestLogStats, raise_errors: bool = False) -> None:
-        """Replace DIR/request_log_stats.json when the counts changed (atomically)."""
+        """Replace this server's stats file when the counts changed (atomically)."""
         data = stats.to_dict()
         if data == self._stats_written:
             return
-        path = os.path.join(self.directory, STATS_FILE)
+        path = self.stats_path
         data["directory"] = os.path.abspath(self.directory)
         data["sample_rate"] = self.sample_rate
         try:
