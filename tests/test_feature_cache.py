@@ -243,6 +243,12 @@ def test_augmentation_bypasses_cache(three_class, source_backbone):
     assert result.feature_cache_phases == {"head": False}
     assert any("augmentation changes the backbone's input" in n for n in result.notes)
     assert "feature_extraction" not in result.seconds
+    # augment flips images: the flip check looked at the train images as they are and flipped.
+    labels = data.class_indices(train_files, tfo)
+    expected = sum(min(int(np.sum(labels == c)), 40) for c in np.unique(labels))
+    assert result.flip_check["examined"] == expected and "flip_check" in result.seconds
+    assert result.summary()["flip_check"] == result.flip_check
+    assert any(n.startswith("flip check (augment flips images)") for n in result.notes)
 
 
 def test_fine_tune_phase_bypasses_cache_and_trains_backbone(three_class, source_backbone):

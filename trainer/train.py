@@ -28,7 +28,17 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribution, feature_store, head, image_ids, label_check, memory_fit, tracing
+from trainer import (
+    data,
+    distribution,
+    feature_store,
+    flip_check,
+    head,
+    image_ids,
+    label_check,
+    memory_fit,
+    tracing,
+)
 from trainer import model as model_lib
 from trainer.config import TrainingConfig
 from trainer.features import images_per_call
@@ -80,6 +90,8 @@ class TrainResult:
     # The head's held-out answers against the train labels (trainer/label_check.py); None when
     # no train images were held out from a fit in memory.
     label_check: dict[str, Any] | None = None
+    # Whether augment's flip turns a class into another (trainer/flip_check.py); None: augment off.
+    flip_check: dict[str, Any] | None = None
 
     @property
     def feature_cache_used(self) -> bool:
@@ -105,6 +117,7 @@ class TrainResult:
             "tuning": self.tuning,
             "feature_store": self.feature_store,
             "label_check": self.label_check,
+            "flip_check": self.flip_check,
             "history": self.history,
             "seconds": self.seconds,
             "notes": self.notes,
@@ -139,6 +152,7 @@ class HeadPhase:
     seconds: dict[str, float]  # "train", or "tune" (the search and the final head)
     feature_stats: tuple[np.ndarray, np.ndarray] | None = None  # the head's standardisation
     label_check: dict[str, Any] | None = None  # trainer/label_check.py's record (None: not made)
+    flip_check: dict[str, Any] | None = None  # trainer/flip_check.py's record (None: augment off)
 
 
 def _head_phase(
@@ -482,6 +496,7 @@ def train(
         standardized=phase.feature_stats is not None,
         feature_store=stored,
         label_check=phase.label_check,
+        flip_check=phase.flip_check,
     )
 
 
@@ -718,11 +733,12 @@ def _head_on_images(
         return head.dataset_data(labels, batches, weights, params)
 
     stats = None
+    extractor = data.FeatureExtractor(strategy, base)  # one trace for every pass below
     if params.standardize:
         # The standardisation needs the train split's features: one backbone pass
         # over its images (not augmented), kept only as sums.
         t_stats = time.perf_counter()
-        cache = data.FeatureExtractor(strategy, base).cache(
+        cache = extractor.cache(
             run.images(train_files, False, False, batch_size=run.extraction_batch()),
             _sub(run.cache_dir, "stats"),
             run.cache_memory_bytes,
@@ -744,6 +760,7 @@ def _head_on_images(
         return m
 
     labels = data.class_indices(train_files, run.tf_transform_output)
+    flipped = _flip_check(run, extractor, train_files, labels) if params.augment else None
     eval_images = run.images(eval_files, False, False, measuring=True)
     phase = _head_phase(
         labels,
@@ -758,7 +775,34 @@ def _head_on_images(
         run.class_names,
     )
     phase.feature_stats = stats
+    phase.flip_check = flipped
     return phase, phase.run.model
+
+
+def _flip_check(
+    run: _Training, extractor: data.FeatureExtractor, train_files, labels: np.ndarray
+) -> dict[str, Any]:
+    """trainer/flip_check.py's record for a sample of the train images (augment flips them),
+    noted, its warning logged."""
+    t0 = time.perf_counter()
+    keep = flip_check.sample(labels, run.num_classes, run.params.seed)
+    ds = run.images(train_files, False, False, select=keep, batch_size=run.extraction_batch())
+    as_they_are, flipped = (
+        extractor.cache(images, memory_limit_bytes=1 << 62)  # a sample: kept in memory
+        for images in (ds, ds.map(lambda x, y: (tf.image.flip_left_right(x), y)))
+    )
+    names = list(run.class_names) if run.class_names else [str(i) for i in range(run.num_classes)]
+    record = flip_check.check(as_they_are.arrays[0], flipped.arrays[0], as_they_are.labels, names)
+    run.seconds["flip_check"] = time.perf_counter() - t0
+    turned = ", ".join(f"{p['class']!r} -> {p['becomes']!r}" for p in record["pairs"]) or "none"
+    unlike = ", ".join(repr(u["class"]) for u in record["unlike"]) or "none"
+    run.note(
+        f"flip check (augment flips images): {record['examined']} train images through the backbone as "
+        f"they are and flipped; classes a flip turns into another: {turned}; like no class once flipped: {unlike}"
+    )
+    if record["warning"]:
+        log.warning("%s", record["warning"])
+    return record
 
 
 def _fine_tune(

@@ -842,6 +842,9 @@ def gather(
     label_check = label_check if isinstance(label_check, dict) else None
     if label_check and label_check.get("warning"):
         notes.append(str(label_check["warning"]))
+    flipped = (training_summary or {}).get("flip_check")
+    if isinstance(flipped, dict) and flipped.get("warning"):
+        notes.append(str(flipped["warning"]))  # augment's flip turns a class into another
     return ReportData(
         run_id=artifacts.run_id,
         class_names=columns,

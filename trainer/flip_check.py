@@ -1,0 +1,128 @@
+"""Does a left-right flip turn one class into another? Asked before training with `augment`.
+
+Augmentation flips each training image left to right at random (trainer/data.py
+`augment_images`). Where a class's mirror image is another class (b and d, arrows pointing left
+and right, a part and its mirrored twin), the head then sees both classes in both orientations
+and can only learn them as one: an audit's mirrored 7s ("7m" beside "7") were told apart at 0.92
+to 1.0 without augmentation and at chance with it, and the model was blessed; the only warning
+was the gate's "one concept under two names? Merge the folders", the wrong cause and the wrong
+fix.
+
+The check: a sample of train images of each class, through the backbone as they are and
+flipped. Each class's mean feature (unit-length features) stands for it; an image is "nearest"
+the class whose mean is closest (cosine). A class whose own images are mostly nearest its own
+mean (its mean stands for it), and whose flipped images are mostly nearest one other class's
+mean, and as close to it as that class's own images typically are, is turned into that class by
+the flip; one whose flipped images are mostly nearest another mean but far from it looks like
+none of the classes once flipped (a 3 mirrored is no digit), which augmentation then teaches.
+Both are said, with the numbers. Classes that look the same either way (cats, dogs, a ring)
+keep their flipped images nearest their own mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+SAMPLE_PER_CLASS = 40  # train images of a class examined (all of a smaller class)
+SAMPLE_TOTAL = 2000  # fewer a class where there are many classes, down to MIN_IMAGES
+MIN_IMAGES = 5  # a class with fewer sampled images is not judged
+OWN_SHARE = 0.5  # the share of a class's own images nearest its mean for that mean to stand for it
+TURNED_SHARE = 0.5  # the share of its flipped images nearest another class that says "turned into"
+# Flipped images "look like" another class when their median closeness to its mean is at least
+# this quantile of its own images' closeness (else they look like none of the classes).
+TYPICAL = 0.25
+
+
+def sample(labels: np.ndarray, num_classes: int, seed: int, per_class: int | None = None) -> np.ndarray:
+    """A boolean mask over `labels` (class index per train image): up to `per_class` images of
+    each class (default: SAMPLE_PER_CLASS, fewer past SAMPLE_TOTAL images), drawn with `seed`."""
+    if per_class is None:
+        per_class = max(MIN_IMAGES, min(SAMPLE_PER_CLASS, SAMPLE_TOTAL // max(num_classes, 1)))
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(labels), bool)
+    for c in range(num_classes):
+        where = np.flatnonzero(labels == c)
+        if len(where) > per_class:
+            where = rng.choice(where, per_class, replace=False)
+        keep[where] = True
+    return keep
+
+
+def _nearest(features: np.ndarray, means: np.ndarray) -> np.ndarray:
+    return np.argmax(features @ means.T, axis=1)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def check(
+    features: np.ndarray, flipped: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """The check's record: `examined` (images); `pairs`, each class the flip turns into another
+    (`class`, `becomes`, `images`, `flipped_nearest_it`, `flipped_nearest_own`, `own_nearest_own`);
+    `unlike`, each class whose flipped images look like no class (`class`, `images`,
+    `flipped_nearest_own`, `own_nearest_own`); and `warning` (None when neither).
+    `features` and `flipped`: the backbone's features of the same images as they are and
+    flipped; `labels`: their class indices."""
+    labels = np.asarray(labels).reshape(-1).astype(int)
+    n = len(class_names)
+    record: dict[str, Any] = {"examined": int(len(labels)), "pairs": [], "unlike": [], "warning": None}
+    present = [c for c in range(n) if np.count_nonzero(labels == c) >= MIN_IMAGES]
+    if len(present) < 2 or not np.all(np.isfinite(features)) or not np.all(np.isfinite(flipped)):
+        return record
+    own, turned = _unit(features), _unit(flipped)
+    means = _unit(np.stack([own[labels == c].mean(axis=0) for c in present]))
+    column = {c: i for i, c in enumerate(present)}
+    near_own, near_turned = _nearest(own, means), _nearest(turned, means)
+    for c in present:
+        mine = labels == c
+        count = int(np.count_nonzero(mine))
+        own_nearest_own = int(np.count_nonzero(near_own[mine] == column[c]))
+        hits = np.bincount(near_turned[mine], minlength=len(present))
+        stays = int(hits[column[c]])
+        if own_nearest_own < OWN_SHARE * count or stays >= TURNED_SHARE * count:
+            continue  # its mean does not stand for it, or its flipped images still look like it
+        hits[column[c]] = -1
+        other = int(np.argmax(hits))
+        entry = {"class": class_names[c], "images": count, "flipped_nearest_own": stays}
+        entry["own_nearest_own"] = own_nearest_own
+        # Another class's look: as close to that class's mean as its own images typically are.
+        theirs = own[labels == present[other]] @ means[other]
+        close = float(np.median(turned[mine] @ means[other])) >= float(np.quantile(theirs, TYPICAL))
+        if hits[other] >= TURNED_SHARE * count and close:
+            record["pairs"].append(
+                {**entry, "becomes": class_names[present[other]], "flipped_nearest_it": int(hits[other])}
+            )
+        else:
+            record["unlike"].append(entry)
+    said = [
+        f"{p['flipped_nearest_it']} of {p['images']} {p['class']!r} images look like {p['becomes']!r} once "
+        f"flipped ({p['flipped_nearest_own']} still like {p['class']!r})"
+        for p in record["pairs"]
+    ]
+    if record["unlike"]:
+        said.append(
+            "flipped, these classes' images look like none of the classes: "
+            + ", ".join(
+                f"{u['class']!r} ({u['flipped_nearest_own']} of {u['images']} still like it, "
+                f"{u['own_nearest_own']} unflipped)"
+                for u in record["unlike"]
+            )
+        )
+    if said:
+        what = (
+            "the model sees those classes in both orientations and cannot learn them apart"
+            if record["pairs"]
+            else "the model learns pictures those classes never show"
+        )
+        record["warning"] = (
+            f"augment flips training images left to right, and here a flip changes what a class looks "
+            f"like: {'; '.join(said)}. Trained so, {what}. Turn augment off (--no-augment) for classes "
+            "told apart by left and right"
+        )
+    return record
