@@ -1219,7 +1219,13 @@ def pair_hint(pair: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]] = ()) 
             f"{_q(small)} has {images.get(small, 0)} of these eval images against {images.get(large, 0)} of "
             f"{_q(large)}: too few to learn it apart? Add images of {_q(small)}, or check their labels"
         )
-    return "one concept under two names? Merge the folders, or check their labels"
+    # Or one class holds the other's kind among its own (an audit's "odd" held 3s beside a "3"
+    # class): merging would then swallow the rest of it.
+    return (
+        f"one concept under two names, or {_q(a)} or {_q(b)} holding the other's kind among its own images? "
+        "Merge the folders if they are one concept; else check their labels (the label check lists the "
+        "train images it doubts)"
+    )
 
 
 # ------------------------------------------------- labels moved since the served model trained
