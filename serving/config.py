@@ -109,6 +109,11 @@ class ServerConfig:
             problems.append("model_config_file_poll_wait_seconds must go with model_config_file")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be in 0..65535, got {self.port}")
+        if not self.host.strip("[] "):
+            # gRPC's C core printed "host must not be empty" on stderr, then a bind error.
+            problems.append(
+                f"host must not be empty (0.0.0.0 or [::] for every interface, 127.0.0.1 for this machine), got {self.host!r}"
+            )
         if self.poll_seconds <= 0 and math.isfinite(self.poll_seconds):
             problems.append(f"poll_seconds must be > 0, got {self.poll_seconds}")
         if not 1 <= self.max_message_mb <= MAX_MESSAGE_MB:

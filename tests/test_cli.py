@@ -167,6 +167,11 @@ PRETRAIN = ["pretrain-backbone", "--data", "d", "--backbone", "MobileNetV2", "--
         ),
         (["predict", "--target", "localhost", "--model", "m", "x.png"], "must be HOST:PORT"),
         (["predict", "--target", "::1:8500", "--model", "m", "x.png"], "IPv6 address goes in brackets"),
+        # gRPC took an http:// target and failed the first call, exit 1 ("Misformatted domain name")
+        (
+            ["predict", "--target", "http://localhost:8500", "--model", "m", "x.png"],
+            "http:// is no gRPC target",
+        ),
         (
             ["predict", "--model", "m", "--batch-size", "0", "x.png"],
             "--batch-size: must be a whole number >= 1",
@@ -246,6 +251,8 @@ def test_out_of_range_numbers_checked_by_the_command_name_the_value(argv, messag
             ["--enable-batching", "--batching-parameters-file", "{tmp}/zero.txt"],
             "zero.txt: max_batch_size must be >= 1, got 0",
         ),
+        # gRPC's C core printed "host must not be empty" on stderr before the bind error
+        (["--host", ""], "--host (host) must not be empty (0.0.0.0 or [::] for every interface"),
     ],
 )
 def test_serve_settings_errors_name_the_flag(flags, message, tmp_path, capsys):

@@ -272,4 +272,6 @@ def test_a_lock_file_this_user_may_only_read_still_locks(tmp_path, monkeypatch, 
         with pytest.raises(lock.LockBusy):  # still exclusive
             with lock.run_lock(path):
                 pass
-    assert "who holds it could not be written" in caplog.text
+    # Said as what it is (it was "could not be written into its file: Invalid argument").
+    assert "who holds it is not written into its file: the file is another user's (uid " in caplog.text
+    assert "Invalid argument" not in caplog.text

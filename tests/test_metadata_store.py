@@ -687,10 +687,13 @@ def test_a_damaged_or_unwritable_sqlite_store_is_named_for_what_it_is(tmp_path):
     if done.returncode != 0:
         pytest.skip(f"this filesystem keeps no immutable flag: {done.stderr.strip()}")
     try:
-        with pytest.raises(
-            metadata.MetadataUnavailable, match=r"cannot be written \(a read-only or immutable"
-        ):
+        with pytest.raises(metadata.MetadataUnavailable) as refused:
             metadata.connect(cfg)
+        # Who may write it said too (another user's file read as "a read-only or immutable file").
+        assert f"cannot be written by this user (uid {os.geteuid()}; the file's owner is uid " in str(
+            refused.value
+        )
+        assert "or it is immutable" in str(refused.value)
         metadata.connect(cfg, readonly=True)  # reading it is fine
     finally:
         subprocess.run(["chattr", "-i", cfg.metadata_path], check=True)

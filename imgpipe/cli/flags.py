@@ -66,11 +66,22 @@ def container_image(text: str) -> str:
     return text
 
 
+# The name resolvers gRPC's C core knows (a target "SCHEME://..."); any other (http://, grpc://)
+# failed at the first call with "Misformatted domain name", exit 1.
+_GRPC_SCHEMES = ("dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds")
+
+
 def host_port(text: str) -> str:
     """An argparse type: a gRPC target HOST:PORT ([IPV6]:PORT) with a port 1..65535, or a gRPC
     URI kept as written (dns:///host:port, unix:/path, ipv4:...). gRPC itself would take a port
     over 65535 modulo 65536 and a missing one as 443, and say only "connection refused"."""
-    if "://" in text or text.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme not in _GRPC_SCHEMES:
+        raise argparse.ArgumentTypeError(
+            f"{scheme}:// is no gRPC target: give HOST:PORT (e.g. localhost:8500) or a gRPC URI "
+            f"(dns:///host:port, unix:///path), got {text!r}"
+        )
+    if sep or text.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
         return text
     host, sep, port = text.rpartition(":")
     if not sep or not host or host in ("[", "[]"):

@@ -187,6 +187,18 @@ def _say_who_holds(fd: int, holder: str) -> None:
     run or the prune that would free it."""
     since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     note = f", {holder}" if holder else ""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        # Another user's lock file, opened to read (_open_lock_file): truncating it fails with
+        # EINVAL ("Invalid argument"), which named nothing.
+        st = os.fstat(fd)
+        log.warning(
+            "the lock is held, but who holds it is not written into its file: the file is another user's "
+            "(uid %d, mode %04o), which this user (uid %d) may not write",
+            st.st_uid,
+            st.st_mode & 0o7777,
+            os.geteuid(),
+        )
+        return
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {since}{note}\n".encode(), 0)

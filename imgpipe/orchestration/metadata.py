@@ -94,9 +94,12 @@ def connect(
     if config.metadata_target is None:
         path = config.metadata_path
         if not readonly and os.path.exists(path) and not os.access(path, os.W_OK):
+            st = os.stat(path)
             raise MetadataUnavailable(
-                f"metadata: {path} cannot be written (a read-only or immutable file, or a read-only "
-                "filesystem): every run, prune and rollback records its steps in it; nothing was changed"
+                f"metadata: {path} cannot be written by this user (uid {os.geteuid()}; the file's owner is "
+                f"uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}; or it is immutable, or on a read-only "
+                "filesystem): every run, prune and rollback records its steps in it; nothing was changed. "
+                "Run as the home's owner (one home per user or service account)"
             )
         try:
             return metadata_store.MetadataStore(connection_config(config, readonly=readonly))
