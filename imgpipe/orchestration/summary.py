@@ -70,6 +70,9 @@ class RunSummary:
     # labels, the doubted train images (each with its `file` where ingest's index names it) and a
     # warning; None when the Trainer made none.
     label_check: dict[str, Any] | None = None
+    # The Trainer's flip check (trainer/flip_check.py; augment on): classes a left-right flip turns
+    # into another or into none, and a warning; None with augment off.
+    flip_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,6 +159,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         gate=gate,
         prepush=prepush,
         label_check=label_check,
+        flip_check=(training or {}).get("flip_check"),
     )
 
 

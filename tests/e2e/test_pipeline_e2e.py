@@ -104,6 +104,9 @@ def test_first_run_executes_every_component_and_pushes(base_config, first_run):
     # Far above chance (1/3) on the held-out split: guessing reaches it with probability < 0.001.
     assert s.accuracy is not None and s.accuracy >= above_chance(s.gate["eval_examples"], len(CLASSES)), s
     assert s.blessed is True
+    # The Trainer's checks as the run's JSON carries them: the label check made, no flip check
+    # (augment is off).
+    assert s.label_check is not None and s.label_check["examined"] > 0 and s.flip_check is None
     # Pre-push validation served it (`imgpipe serve`: no tensorflow_model_server here) and passed.
     assert s.prepush["blessed"] is True and s.prepush["validated"] is True, s.prepush
     assert s.prepush["server"] == "imgpipe serve" and s.prepush["failures"] == []
