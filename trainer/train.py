@@ -796,9 +796,14 @@ def _flip_check(
     run.seconds["flip_check"] = time.perf_counter() - t0
     turned = ", ".join(f"{p['class']!r} -> {p['becomes']!r}" for p in record["pairs"]) or "none"
     unlike = ", ".join(repr(u["class"]) for u in record["unlike"]) or "none"
+    found = (
+        f"not judged: {record['not_judged']}"
+        if record.get("not_judged")
+        else f"classes a flip turns into another: {turned}; like no class once flipped: {unlike}"
+    )
     run.note(
         f"flip check (augment flips images): {record['examined']} train images through the backbone as "
-        f"they are and flipped; classes a flip turns into another: {turned}; like no class once flipped: {unlike}"
+        f"they are and flipped; {found}"
     )
     if record["warning"]:
         log.warning("%s", record["warning"])
