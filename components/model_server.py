@@ -1,8 +1,9 @@
 """A model server subprocess for pre-push validation: TF Serving when installed, else `imgpipe serve`.
 
-The pipeline's InfraValidator starts its server early: `standby_server` starts one on a
-base path it polls, the model is added with `stage_into` (a rename, so no half-copied
-version is ever seen), and `take_standby` hands it to the InfraValidator. `started_server`
+`imgpipe run` starts the InfraValidator's server early (orchestration/local.py):
+`standby_server` starts one on a base path it polls, the model is added with `stage_into` (a
+rename, so no half-copied version is ever seen), and `take_standby` hands it to the
+InfraValidator; elsewhere (Airflow, Kubeflow) the InfraValidator starts its own. `started_server`
 starts a server on a free loopback port over a base path and stops it when the block ends,
 however it ends; `stage_model` copies a SavedModel into TF Serving's base path layout
 (`<root>/<model_name>/<version>/`). `serve_model` is `started_server` that also waits until

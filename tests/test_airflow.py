@@ -192,6 +192,24 @@ def test_bad_schedule_values_are_named(data_dir, kwargs, match):
         airflow.render_dag(PipelineConfig(data_dir=data_dir), **args)
 
 
+def test_a_dag_takes_the_serving_dir_over_as_it_is_written_not_at_every_run(data_dir, tmp_path):
+    """A DAG rendered with adopt_serving_dir would take over whatever version was newest at each
+    run, another home's push included: it is taken over now and the DAG holds the flag off."""
+    serving = tmp_path / "serving" / "imgpipe" / "3"
+    serving.mkdir(parents=True)
+    (serving / "saved_model.pb").write_bytes(b"")
+    cfg = PipelineConfig(
+        data_dir=data_dir,
+        home=str(tmp_path / "home"),
+        serving_dir=str(tmp_path / "serving"),
+        adopt_serving_dir=True,
+    )
+    checked = airflow.check_config(cfg)
+    assert checked.adopt_serving_dir is False
+    record = json.loads((tmp_path / "home" / "adopted_serving_dirs.json").read_text())
+    assert record == {str(tmp_path / "serving" / "imgpipe"): "3"}
+
+
 def test_settings_that_cannot_apply_are_refused(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="replicas"):
         airflow.render_dag(PipelineConfig(data_dir=data_dir, replicas=2), "@daily")

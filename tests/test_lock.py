@@ -260,6 +260,7 @@ def test_a_lock_file_this_user_may_only_read_still_locks(tmp_path, monkeypatch, 
     """Another user's lock file, readable but not writable (made under an earlier 0644 rule)."""
     path = str(tmp_path / "run.lock")
     open(path, "w").close()
+    os.chmod(path, 0o444)  # its owner's, read-only (root writes it anyway: the refusal is made below)
     opened = os.open
 
     def not_writable(p, flags, *mode):
@@ -273,5 +274,9 @@ def test_a_lock_file_this_user_may_only_read_still_locks(tmp_path, monkeypatch, 
             with lock.run_lock(path):
                 pass
     # Said as what it is (it was "could not be written into its file: Invalid argument").
-    assert "who holds it is not written into its file: the file is another user's (uid " in caplog.text
+    # (the suite runs as the file's owner: said as its own read-only file)
+    assert (
+        "who holds it is not written into its file: the file (mode 0444) is read-only to this user"
+        in caplog.text
+    )
     assert "Invalid argument" not in caplog.text

@@ -9,6 +9,7 @@ connection config (TFX logs it), or an error message.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -281,7 +282,6 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
     folder gone, and every later run failed at the DataGate blaming the model's vocabulary. Now
     refused before the run, naming the old place; a symlink there makes it whole again, and a
     copy (the original still there) is logged."""
-    import shutil
 
     from imgpipe.orchestration.preflight import check_home_not_moved
 
@@ -411,10 +411,26 @@ def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path)
         check_serving_dir_is_this_homes(third)
     check_serving_dir_is_this_homes(third.replace(adopt_serving_dir=True))
     check_serving_dir_is_this_homes(third)
+    # A config saved for later runs (an Airflow DAG, a schedule) with the flag took over whatever
+    # was newest at every run: the serving dir is taken over as it is saved, the flag dropped.
+    from imgpipe.orchestration.preflight import adopt_once
+
+    fourth = config.replace(home=str(tmp_path / "fourth"), adopt_serving_dir=True)
+    saved = adopt_once(fourth, "the DAG")
+    assert saved.adopt_serving_dir is False and saved == fourth.replace(adopt_serving_dir=False)
+    check_serving_dir_is_this_homes(saved)  # version 3 is its own now
+    later = serving / "imgpipe" / "4"  # another home's push after the DAG was written
+    later.mkdir()
+    (later / "saved_model.pb").write_bytes(b"")
+    metadata.connect(saved, readonly=False)
+    with pytest.raises(ConfigError, match="serves version 4"):
+        check_serving_dir_is_this_homes(saved)
+    shutil.rmtree(later)
+    with pytest.raises(ConfigError, match="is not a local folder"):
+        adopt_once(fourth.replace(home="gs://bucket/home"), "the DAG")
     pb = metadata_store_pb2
     # A version holding one of this home's models, its push's record never written (the run was
     # killed between the version's rename and TFX's record): its own.
-    import shutil
 
     trained = os.path.join(config.pipeline_root, "Trainer", "model", "4")
     shutil.copytree(version, os.path.join(trained, "Format-Serving"))

@@ -339,6 +339,9 @@ def test_run_refuses_while_another_process_holds_the_lock(tmp_path):
     assert proc.stdout == ""
 
 
+_VERTEX = ["--runner", "vertex", "--cron", "0 3 * * *", "--spec", "s.json", "--project", "p", "--region", "r"]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -357,41 +360,13 @@ def test_run_refuses_while_another_process_holds_the_lock(tmp_path):
             ["--runner", "kfp", "--cron", "0 3 * * *", "--spec", "s.json", "--systemd", "d"],
             "--systemd applies",
         ),
-        # The KFP flags were taken and dropped for a Vertex schedule.
+        # The KFP flags were taken and dropped for a Vertex (or local) schedule.
+        ([*_VERTEX, "--host", "http://kfp:8888"], "--host applies to --runner kfp only"),
+        ([*_VERTEX, "--experiment", "nightly"], "--experiment applies to --runner kfp only"),
         (
-            [
-                "--runner",
-                "vertex",
-                "--cron",
-                "0 3 * * *",
-                "--spec",
-                "s.json",
-                "--project",
-                "p",
-                "--region",
-                "r",
-                "--host",
-                "http://kfp:8888",
-            ],
-            "--host applies to --runner kfp only",
-        ),  # fmt: skip
-        (
-            [
-                "--runner",
-                "vertex",
-                "--cron",
-                "0 3 * * *",
-                "--spec",
-                "s.json",
-                "--project",
-                "p",
-                "--region",
-                "r",
-                "--experiment",
-                "nightly",
-            ],
-            "--experiment applies to --runner kfp only",
-        ),  # fmt: skip
+            ["--runner", "local", "--cron", "0 3 * * *", "--experiment", "nightly"],
+            "--experiment applies to --runner kfp",
+        ),
     ],
 )
 def test_schedule_flag_errors(argv, message, capsys):

@@ -326,7 +326,7 @@ def test_a_version_folder_the_server_may_not_read_is_named_once(tiny_export, tmp
             manager.poll_once()
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1, warned
-    assert f"this server may not read version folder(s) {locked} (owned by uid " in warned[0]
+    assert f"this server may not read version folder(s) {locked} (the newest owned by uid " in warned[0]
     assert "; this server runs as uid " in warned[0] and "not served" in warned[0]
     assert manager.serving_versions() == []
     manager.stop()

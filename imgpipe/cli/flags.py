@@ -68,7 +68,7 @@ def container_image(text: str) -> str:
 
 # The name resolvers gRPC's C core knows (a target "SCHEME://..."); any other (http://, grpc://)
 # failed at the first call with "Misformatted domain name", exit 1.
-_GRPC_SCHEMES = ("dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds")
+_GRPC_SCHEMES = ("dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds", "google-c2p")
 
 
 def host_port(text: str) -> str:
@@ -81,7 +81,7 @@ def host_port(text: str) -> str:
             f"{scheme}:// is no gRPC target: give HOST:PORT (e.g. localhost:8500) or a gRPC URI "
             f"(dns:///host:port, unix:///path), got {text!r}"
         )
-    if sep or text.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
+    if sep or text.startswith(tuple(f"{s}:" for s in _GRPC_SCHEMES)):  # unix:path, ipv4:addr:port, ...
         return text
     host, sep, port = text.rpartition(":")
     if not sep or not host or host in ("[", "[]"):

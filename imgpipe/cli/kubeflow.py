@@ -35,11 +35,11 @@ def check_output(path: str) -> None:
         raise UsageError(f"--output {problem}")
 
 
-# TFX's rule for a pipeline name it compiles for Kubeflow Pipelines (its own message for a name
-# that breaks it shows '%' instead of the name).
 # The fields a compiled pipeline takes as parameters (marked runtime in the config schema).
 RUNTIME_FIELDS = tuple(name for _, name, model in leaves() if field_extra(model, name, "runtime"))
 
+# TFX's rule for a pipeline name it compiles for Kubeflow Pipelines (its own message for a name
+# that breaks it shows '%' instead of the name).
 KFP_PIPELINE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,127}")
 
 

@@ -17,6 +17,7 @@ _LOCAL_ONLY = {
     "log_file": "--log-file",
     "imgpipe": "--imgpipe",
 }
+_KFP_ONLY = {"host": "--host", "experiment": "--experiment"}
 _REMOTE_ONLY = {
     "spec": "--spec",
     "parameter": "--parameter",
@@ -90,9 +91,10 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
             reject(args, _REMOTE_ONLY, "applies to --runner vertex|kfp only")
             reject(
                 args,
-                {"project": "--project", "region": "--region", "time_zone": "--time-zone", "host": "--host"},
-                "applies to --runner vertex|kfp only",
+                {"project": "--project", "region": "--region", "time_zone": "--time-zone"},
+                "applies to --runner vertex only",
             )
+            reject(args, _KFP_ONLY, "applies to --runner kfp only")
             for flag in ("systemd", "log_file", "lock_file", "imgpipe"):
                 value = getattr(args, flag)
                 if value is not None and not value.strip():
@@ -126,7 +128,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
             if not args.spec:
                 raise ValueError(f"--runner {args.runner} needs --spec (from `imgpipe compile`)")
             if args.runner == "vertex":
-                reject(args, {"host": "--host", "experiment": "--experiment"}, "applies to --runner kfp only")
+                reject(args, _KFP_ONLY, "applies to --runner kfp only")
                 if not (args.project and args.region):
                     raise ValueError("--runner vertex needs --project and --region")
                 result = schedule.vertex_schedule(

@@ -119,6 +119,9 @@ def check_config(config: PipelineConfig) -> PipelineConfig:
             "file in the home: give --metadata postgresql://... for a home in a bucket, or a local home"
         )
     config = config.resolved().validate_paths(remote_home=True)
+    from imgpipe.orchestration import preflight  # reads ML Metadata: not at the DAG file's parse
+
+    config = preflight.adopt_once(config, "the DAG")
     # A worker may be another machine: this shell's password file is named, not written in.
     _, warnings = for_a_later_process(
         config.metadata, config.metadata_password_file, os.environ, "an Airflow task", adopt=False
@@ -354,15 +357,19 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
         )
     task_id = context["ti"].task_id
     if not dict(spec.tasks).get(task_id, ()):
-        # A first task (it waits for none): the home's checks `imgpipe run` makes before its first
-        # component (a moved home, another home's served model, an emptied store), as a failure of
-        # this task naming the problem; Airflow does not retry it.
+        # A first task (it waits for none: ExampleGen, and the Resolver, whose repairs below must
+        # not run on a moved home's records): the home's checks `imgpipe run` makes before its
+        # first component (a moved home, another home's served model, an emptied store), as a
+        # failure of this task naming the problem; Airflow does not retry it.
         from imgpipe.orchestration import preflight
 
-        metadata.connect(cfg)  # the home's SQLite store made, as `imgpipe run` makes it: the checks read it
         try:
+            if not cfg.metadata:
+                metadata.connect(cfg)  # the home's SQLite store made, as `imgpipe run` makes it
             preflight.check_home(cfg)
-        except ConfigError as e:
+        except ConfigError as e:  # an unusable SQLite store (MetadataUnavailable) too
+            if cfg.metadata and isinstance(e, metadata.MetadataUnavailable):
+                raise  # a PostgreSQL server down: the DAG's retries apply
             raise AirflowFailException(str(e)) from e
     # A copy locked for execution, as Airflow runs its own tasks.
     operator = tfx_dag.get_task(task_id).prepare_for_execution()

@@ -191,12 +191,15 @@ def _say_who_holds(fd: int, holder: str) -> None:
         # Another user's lock file, opened to read (_open_lock_file): truncating it fails with
         # EINVAL ("Invalid argument"), which named nothing.
         st = os.fstat(fd)
+        whose = (
+            "read-only to this user, its owner (chmod u+w it)"
+            if st.st_uid == os.geteuid()
+            else f"another user's (uid {st.st_uid}), which this user (uid {os.geteuid()}) may not write"
+        )
         log.warning(
-            "the lock is held, but who holds it is not written into its file: the file is another user's "
-            "(uid %d, mode %04o), which this user (uid %d) may not write",
-            st.st_uid,
+            "the lock is held, but who holds it is not written into its file: the file (mode %04o) is %s",
             st.st_mode & 0o7777,
-            os.geteuid(),
+            whose,
         )
         return
     try:

@@ -95,11 +95,15 @@ def connect(
         path = config.metadata_path
         if not readonly and os.path.exists(path) and not os.access(path, os.W_OK):
             st = os.stat(path)
+            fix = (
+                "Make it writable (chmod u+w; chattr -i if immutable; a read-write mount)"
+                if st.st_uid == os.geteuid()
+                else "Run as the home's owner (one home per user or service account)"
+            )
             raise MetadataUnavailable(
                 f"metadata: {path} cannot be written by this user (uid {os.geteuid()}; the file's owner is "
                 f"uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}; or it is immutable, or on a read-only "
-                "filesystem): every run, prune and rollback records its steps in it; nothing was changed. "
-                "Run as the home's owner (one home per user or service account)"
+                f"filesystem): every run, prune and rollback records its steps in it; nothing was changed. {fix}"
             )
         try:
             return metadata_store.MetadataStore(connection_config(config, readonly=readonly))

@@ -1,9 +1,10 @@
-"""A home's pre-flight checks: made before a run's first component, while it holds the home.
+"""A home's pre-flight checks: made before a run's first component.
 
 Each raises ConfigError naming what is wrong and how to put it right; none changes anything but
 the home's record of a serving dir it was told to take over (`adopt_serving_dir`).
-`imgpipe run` makes them holding the home's lock (orchestration/local.py); an Airflow DAG's first
-task makes them before it runs its component (orchestration/airflow.py).
+`imgpipe run` makes them holding the home's lock (orchestration/local.py); an Airflow DAG's
+first tasks (those that wait for none) make them before their components, with no home lock
+(Airflow runs one DAG run at a time; orchestration/airflow.py).
 """
 
 from __future__ import annotations
@@ -188,6 +189,31 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
         "--model-name or --serving-dir, or pass --adopt-serving-dir to take version "
         f"{number} over"
     )
+
+
+def adopt_once(config: PipelineConfig, saved_for: str) -> PipelineConfig:
+    """`config` to be saved for later runs (`saved_for`: "an Airflow DAG", "a schedule"), with its
+    serving dir taken over now when it says `adopt_serving_dir`, and the flag dropped: saved, it
+    would take over whatever version is newest at every run, another home's push included."""
+    if not config.adopt_serving_dir:
+        return config
+    if "://" in config.home:
+        raise ConfigError(
+            f"adopt_serving_dir: {saved_for} takes the serving dir over as it is written, into the home's "
+            f"record, and {config.home} is not a local folder: take it over with a run of this home "
+            "(imgpipe run --adopt-serving-dir), then leave the flag out"
+        )
+    os.makedirs(config.home, exist_ok=True)
+    check_serving_dir_is_this_homes(config)  # records the newest version as this home's
+    adopted = _adopted(config.home, config.model_serving_dir) if config.model_serving_dir else None
+    log.warning(
+        "adopt_serving_dir: %s's newest version (%s) is this home's from now on; %s is saved without the "
+        "flag, so its runs refuse a version another home pushes there later",
+        config.model_serving_dir,
+        adopted or "none yet",
+        saved_for,
+    )
+    return config.replace(adopt_serving_dir=False)
 
 
 ADOPTED_FILE = "adopted_serving_dirs.json"  # in the home: {base path: the newest version taken over}

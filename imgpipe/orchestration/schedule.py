@@ -405,6 +405,10 @@ def local_schedule(
         files = systemd_units(systemd_dir, config.pipeline_name, command, workdir, calendar)
         _check_unit_is_ours(files[0][0], config_path)
         result.systemd_files = [path for path, _ in files]
+    from imgpipe.orchestration import preflight  # reads ML Metadata: loaded when a schedule is made
+
+    # After every check: the serving dir taken over now (recorded in the home), not at every run.
+    config = preflight.adopt_once(config, "the schedule's config")
     _say_what_changes(config_path, config)
     _say_who_shares_the_home(base, config.pipeline_name, home_lock_wait)
     # The units first and the config last, each written in full before any is moved in: a

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from serving.errors import (
     status_code_from_int,
 )
 from serving.model_config import VersionPolicy
+from serving.version_names import version_number
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +173,13 @@ class ModelManager:
                 log.warning("model base path %s can be listed again", self.base_path)
                 self._listing_problem = None
             if unreadable and frozenset(unreadable) != self._unreadable_said:
+                by_version = sorted(unreadable, key=lambda p: version_number(os.path.basename(p)) or 0)
                 log.warning(
-                    "model %r: this server may not read version folder(s) %s (%s): not served until "
-                    "it may (a push under another user or umask 077? make them readable to this user)",
+                    "model %r: this server may not read version folder(s) %s (the newest %s): not served "
+                    "until it may (a push under another user or umask 077? make them readable to this user)",
                     self.model_name,
-                    ", ".join(sorted(unreadable)),
-                    who_may_read(sorted(unreadable)[-1]),
+                    ", ".join(by_version),
+                    who_may_read(by_version[-1]),
                 )
             self._unreadable_said = frozenset(unreadable)
             policy = self.policy
