@@ -36,8 +36,8 @@ TURNED_SHARE = 0.5  # the share of its flipped images nearest another class that
 # this quantile of its own images' closeness (else they look like none of the classes).
 TYPICAL = 0.25
 # Flipped images nearest their own class's mean still look like none of the classes when their
-# median closeness to it is under this quantile of its own images' (a mirrored 1, slanted the
-# other way, sat near the 25% mark of the 1s: a flip that keeps a class keeps it well above).
+# median closeness to it is under this quantile of its own images' (mirrored digit 1s, slanted
+# the other way, fell under the 1s' 25% mark and over their 5%: still 1s, not warned).
 STILL_OWN = 0.05
 
 
