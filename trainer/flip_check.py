@@ -60,6 +60,21 @@ def _nearest(features: np.ndarray, means: np.ndarray) -> np.ndarray:
     return np.argmax(features @ means.T, axis=1)
 
 
+def _unlike_text(u: dict[str, Any]) -> str:
+    """How a class whose flipped images look like no class is said: where most of them went."""
+    if u["flipped_nearest_own"] >= TURNED_SHARE * u["images"]:
+        where = (
+            f"{u['flipped_nearest_own']} of {u['images']} flipped still nearest its own mean, but farther "
+            "from it than its own images are"
+        )
+    else:
+        where = (
+            f"of {u['images']} flipped, {u['flipped_nearest_it']} nearest {u['mostly_nearest']!r}, "
+            f"{u['flipped_nearest_own']} its own, not as near as those classes' own images are"
+        )
+    return f"{u['class']!r} ({where})"
+
+
 def _typical(flipped: np.ndarray, mean: np.ndarray, theirs: np.ndarray, quantile: float = TYPICAL) -> bool:
     """Whether unit rows `flipped` are as close to a class's unit `mean` as its own images
     typically are: their median cosine at least the `quantile` of `theirs` (its own images'
@@ -83,14 +98,27 @@ def check(
     """The check's record: `examined` (images); `pairs`, each class the flip turns into another
     (`class`, `becomes`, `images`, `flipped_nearest_it`, `flipped_nearest_own`, `own_nearest_own`);
     `unlike`, each class whose flipped images look like no class (`class`, `images`,
-    `flipped_nearest_own`, `own_nearest_own`); `warning` (None when neither); and `not_judged`, why, when nothing
-    could be judged.
+    `flipped_nearest_own`, `own_nearest_own`, and `mostly_nearest`/`flipped_nearest_it`: the other
+    class most of them are nearest); `skipped`, each class not judged (`class`, `why`: too few
+    images, or its images mostly nearer other classes' means than its own); `warning` (None when
+    no pair and nothing unlike); and `not_judged`, why, when nothing could be judged.
     `features` and `flipped`: the backbone's features of the same images as they are and
     flipped; `labels`: their class indices."""
     labels = np.asarray(labels).reshape(-1).astype(int)
     n = len(class_names)
-    record: dict[str, Any] = {"examined": int(len(labels)), "pairs": [], "unlike": [], "warning": None}
+    record: dict[str, Any] = {
+        "examined": int(len(labels)),
+        "pairs": [],
+        "unlike": [],
+        "skipped": [],
+        "warning": None,
+    }
     present = [c for c in range(n) if np.count_nonzero(labels == c) >= MIN_IMAGES]
+    record["skipped"] = [
+        {"class": class_names[c], "why": f"{np.count_nonzero(labels == c)} images (fewer than {MIN_IMAGES})"}
+        for c in range(n)
+        if 0 < np.count_nonzero(labels == c) < MIN_IMAGES
+    ]
     if len(present) < 2:
         record["not_judged"] = f"fewer than two classes with {MIN_IMAGES} or more train images"
         return record
@@ -116,7 +144,11 @@ def check(
         hits = np.bincount(near_turned[mine], minlength=len(present))
         stays = int(hits[column[c]])
         if own_nearest_own < OWN_SHARE * count:
-            continue  # its mean does not stand for it: nothing to judge its flipped images by
+            # Its mean does not stand for it (many classes on weak features): nothing to judge
+            # its flipped images by. Named, so a mirror pair missed here is not taken for none.
+            why = f"{own_nearest_own} of its {count} images nearest its own mean (others' nearer)"
+            record["skipped"].append({"class": class_names[c], "why": why})
+            continue
         k = column[c]
         if stays >= TURNED_SHARE * count and _typical(turned[mine], means[k], own_sims[mine, k], STILL_OWN):
             continue  # flipped, its images still look like it
@@ -131,7 +163,13 @@ def check(
                 {**entry, "becomes": class_names[present[other]], "flipped_nearest_it": int(hits[other])}
             )
         else:
-            record["unlike"].append(entry)
+            record["unlike"].append(
+                {
+                    **entry,
+                    "mostly_nearest": class_names[present[other]],
+                    "flipped_nearest_it": int(hits[other]),
+                }
+            )
     said = [
         f"{p['flipped_nearest_it']} of {p['images']} {p['class']!r} images look like {p['becomes']!r} once "
         f"flipped ({p['flipped_nearest_own']} still like {p['class']!r})"
@@ -140,11 +178,7 @@ def check(
     if record["unlike"]:
         said.append(
             "flipped, these classes' images look like none of the classes: "
-            + ", ".join(
-                f"{u['class']!r} ({u['flipped_nearest_own']} of {u['images']} still like it, "
-                f"{u['own_nearest_own']} unflipped)"
-                for u in record["unlike"]
-            )
+            + ", ".join(_unlike_text(u) for u in record["unlike"])
         )
     if said:
         what = (

@@ -801,6 +801,8 @@ def _flip_check(
         if record.get("not_judged")
         else f"classes a flip turns into another: {turned}; like no class once flipped: {unlike}"
     )
+    if record.get("skipped"):
+        found += "; not judged: " + ", ".join(f"{s['class']!r} ({s['why']})" for s in record["skipped"])
     run.note(
         f"flip check (augment flips images): {record['examined']} train images through the backbone as "
         f"they are and flipped; {found}"
