@@ -91,6 +91,9 @@ class ModelManager:
         self._listing_problem: str | None = None  # the last poll's, said once until it changes
         self._missing_said: frozenset[int] = frozenset()  # specific versions not on disk, said once
         self._unreadable_said: frozenset[str] = frozenset()  # version folders it may not open, said once
+        self._unreadable_versions: dict[
+            int, str
+        ] = {}  # versions with a folder it may not read: what was said
         self._stop = threading.Event()
         self._poke = threading.Event()  # poll now, not at the next interval (a new policy)
         self._thread: threading.Thread | None = None
@@ -222,8 +225,27 @@ class ModelManager:
         try:
             files = fingerprint(path)
         except (tf.errors.OpError, OSError) as e:
-            log.warning("cannot read version dir %s: %s", path, e)
+            # A folder inside the version this server may not read (a push under umask 077 served
+            # by another user): said once, not at every poll, with who may read it, and left on
+            # the version's status for clients, as a failed load is.
+            named = (
+                str(getattr(e, "message", "")).split(";")[0].strip()
+            )  # TensorFlow's "<path>; Permission denied"
+            where = getattr(e, "filename", None) or (named if named and os.path.exists(named) else path)
+            message = f"cannot read version dir {path}: {e} ({who_may_read(where)})"
+            if self._unreadable_versions.get(version) != message:
+                log.warning(
+                    "model %r: %s; still serving %s",
+                    self.model_name,
+                    message,
+                    self.serving_versions() or "nothing",
+                )
+                self._unreadable_versions[version] = message
+                denied = isinstance(e, PermissionError) or isinstance(e, tf.errors.PermissionDeniedError)
+                code = grpc.StatusCode.PERMISSION_DENIED if denied else grpc.StatusCode.UNKNOWN
+                self._set_state(VersionStatus(version, State.END, code, message))
             return
+        self._unreadable_versions.pop(version, None)
         if self._failed.get(version) == files:
             return  # failed before and unchanged since: do not retry every poll
         self._set_state(VersionStatus(version, State.LOADING))
