@@ -307,6 +307,13 @@ def test_a_base_path_that_cannot_be_listed_is_said_once_until_it_changes(tmp_pat
     assert warned[1:] == [f"model base path {base} can be listed again"]
 
 
+def _warnings_of_three_polls(manager, caplog) -> list[str]:
+    with caplog.at_level(logging.DEBUG, logger=manager_lib.__name__):
+        for _ in range(3):
+            manager.poll_once()
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_a_version_folder_the_server_may_not_read_is_named_once(tiny_export, tmp_path, caplog, monkeypatch):
     """A version pushed by root under umask 077, served by another user: its files could not be
     seen, so it passed for a partial copy and the server said only "no loadable version yet".
@@ -321,13 +328,9 @@ def test_a_version_folder_the_server_may_not_read_is_named_once(tiny_export, tmp
     real_access = os.access
     monkeypatch.setattr(versions.os, "access", lambda p, mode: p != locked and real_access(p, mode))
     manager = manager_lib.ModelManager(NAME, str(base))
-    with caplog.at_level(logging.DEBUG, logger=manager_lib.__name__):
-        for _ in range(3):
-            manager.poll_once()
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 1, warned
-    assert f"this server may not read version folder(s) {locked} (the newest owned by uid " in warned[0]
-    assert "; this server runs as uid " in warned[0] and "not served" in warned[0]
+    [warned] = _warnings_of_three_polls(manager, caplog)
+    assert f"this server may not read version folder(s) {locked} (the newest owned by uid " in warned
+    assert "; this server runs as uid " in warned and "not served" in warned
     assert manager.serving_versions() == []
     manager.stop()
 
@@ -348,12 +351,8 @@ def test_a_folder_inside_a_version_the_server_may_not_read_is_said_once_and_told
 
     monkeypatch.setattr(manager_lib, "fingerprint", denied)
     manager = manager_lib.ModelManager(NAME, str(base))
-    with caplog.at_level(logging.DEBUG, logger=manager_lib.__name__):
-        for _ in range(3):
-            manager.poll_once()
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 1, warned
-    assert f"cannot read version dir {base / '4'}: {variables}; Permission denied (owned by uid " in warned[0]
+    [warned] = _warnings_of_three_polls(manager, caplog)
+    assert f"cannot read version dir {base / '4'}: {variables}; Permission denied (owned by uid " in warned
     [status] = manager.statuses(4)
     assert status.state == manager_lib.State.END and status.error_code == grpc.StatusCode.PERMISSION_DENIED
     assert "Permission denied (owned by uid " in status.error_message
