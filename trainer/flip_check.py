@@ -115,7 +115,7 @@ def check(
     }
     present = [c for c in range(n) if np.count_nonzero(labels == c) >= MIN_IMAGES]
     record["skipped"] = [
-        {"class": class_names[c], "why": f"{np.count_nonzero(labels == c)} images (fewer than {MIN_IMAGES})"}
+        {"class": class_names[c], "why": f"{np.count_nonzero(labels == c)} images, fewer than {MIN_IMAGES}"}
         for c in range(n)
         if 0 < np.count_nonzero(labels == c) < MIN_IMAGES
     ]

@@ -53,12 +53,6 @@ def _cmd_airflow_dag(args: argparse.Namespace) -> int:
             args.output,
         )
     config = config_from(args)
-    try:
-        source = airflow.render_dag(
-            config, args.schedule, start_date=args.start_date, retries=args.retries, catchup=args.catchup
-        )
-    except ConfigError as e:
-        raise UsageError(str(e)) from e
     others = airflow.files_with_dag_id(args.output, config.pipeline_name)
     if others:
         raise UsageError(
@@ -67,6 +61,12 @@ def _cmd_airflow_dag(args: argparse.Namespace) -> int:
             "error): remove that file first (renaming the DAG file), or give this pipeline another "
             "--pipeline-name"
         )
+    try:  # last before the write: it takes the serving dir over with --adopt-serving-dir
+        source = airflow.render_dag(
+            config, args.schedule, start_date=args.start_date, retries=args.retries, catchup=args.catchup
+        )
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
     try:
         write_atomically(args.output, source)
     except OSError as e:

@@ -119,16 +119,16 @@ def check_config(config: PipelineConfig) -> PipelineConfig:
             "file in the home: give --metadata postgresql://... for a home in a bucket, or a local home"
         )
     config = config.resolved().validate_paths(remote_home=True)
-    from imgpipe.orchestration import preflight  # reads ML Metadata: not at the DAG file's parse
-
-    config = preflight.adopt_once(config, "the DAG")
     # A worker may be another machine: this shell's password file is named, not written in.
     _, warnings = for_a_later_process(
         config.metadata, config.metadata_password_file, os.environ, "an Airflow task", adopt=False
     )
     for warning in warnings:
         log.warning("%s", warning)
-    return config
+    from imgpipe.orchestration import preflight  # reads ML Metadata: not at the DAG file's parse
+
+    # Last, after every check of the config: the serving dir taken over as the DAG is rendered.
+    return preflight.adopt_once(config, "the DAG")
 
 
 _DAG_FILE_READ = 256 * 1024  # a DAG file's first bytes searched for its dag_id
@@ -203,9 +203,9 @@ def render_dag(
     catchup: bool = False,
 ) -> str:
     """The source of a DAG file for `config` (checked here, so a bad value fails now, not in Airflow)."""
-    config = check_config(config)
     start_date = start_date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    settings = dag_settings(schedule, start_date, retries, catchup)  # validates
+    settings = dag_settings(schedule, start_date, retries, catchup)  # validates, before check_config adopts
+    config = check_config(config)
     values = pprint.pformat(config.to_dict(), width=100, sort_dicts=True)
     tasks = pprint.pformat(task_graph(config), width=100)
     return _TEMPLATE.format(

@@ -192,7 +192,7 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
 
 
 def adopt_once(config: PipelineConfig, saved_for: str) -> PipelineConfig:
-    """`config` to be saved for later runs (`saved_for`: "an Airflow DAG", "a schedule"), with its
+    """`config` to be saved for later runs (`saved_for`: "the DAG", "the schedule's config"), with its
     serving dir taken over now when it says `adopt_serving_dir`, and the flag dropped: saved, it
     would take over whatever version is newest at every run, another home's push included."""
     if not config.adopt_serving_dir:
