@@ -396,15 +396,19 @@ def test_gate_flags_come_from_the_schema():
 
 
 def test_a_huge_value_is_named_not_echoed(tmp_path):
-    """YAML aliases made a 1.4 KB file a value of 72 MB, all of it written to stderr."""
+    """YAML aliases made a 1.4 KB file a value of 72 MB, all of it written to stderr. Then the
+    message was cut, but only after the value's whole repr was built: nested ten wide, a
+    529-byte file's took 10 s and 0.8 GB at eight levels, ~8 GB at nine. A container is shown a
+    few levels deep now, with its size."""
     lines = ['x-a0: &a0 ["' + "a" * 80 + '"]']
-    lines += [f"x-a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
-    (tmp_path / "big.yaml").write_text("\n".join([*lines, "beam_args: *a5", ""]))
+    lines += [f"x-a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 7)]
+    (tmp_path / "big.yaml").write_text("\n".join([*lines, "beam_args: *a6", ""]))
     with pytest.raises(ConfigError) as e:
         PipelineConfig.from_yaml(str(tmp_path / "big.yaml"))
     message = str(e.value)
-    assert message.startswith("beam_args: Input should be a valid string (got [[[[[")
-    assert "characters))" in message and len(message) < 4000
+    assert message.startswith("beam_args: Input should be a valid string (got [[[[")
+    shown = message.split("; ")[0]  # the unknown keys x-a0.. are named after it
+    assert "(a list of 10 items)" in shown and len(shown) < 500, shown
 
 
 @pytest.mark.parametrize(
@@ -454,22 +458,3 @@ def test_more_than_50_folds_are_refused_as_a_run_starts_but_read_from_a_record(t
 def test_an_unmatched_bracket_is_no_glob_pattern(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     PipelineConfig(data_dir=_data_dir(tmp_path), home="run[1", serving_dir="a]b[").resolved().validate_paths()
-
-
-def test_a_value_built_of_nested_aliases_is_shown_in_a_few_hundred_characters(tmp_path):
-    """YAML anchors nested ten wide (a "billion laughs" file of a few hundred bytes) make a value
-    whose repr grows tenfold a level: the error built it whole before cutting it (level 8: 722
-    million characters, 10 s, 0.8 GB; level 9 would take 8 GB). Now only a few levels are shown."""
-    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 7)]
-    path = tmp_path / "laughs.yaml"
-    path.write_text("\n".join(lines) + "\nepochs: *l6\n")
-    with pytest.raises(ConfigError) as e:
-        PipelineConfig.from_yaml(str(path))
-    message = str(e.value)
-    assert (
-        message.startswith("epochs: Input should be a valid integer (got [[[")
-        and "(a list of 10 items)" in message
-    )
-    shown = message.split("; ")[0]  # the unknown keys l0..l6 are named after it
-    assert len(shown) < 500, len(shown)
