@@ -86,14 +86,12 @@ class ModelManager:
         self._lock = threading.Lock()  # guards _serving and _states
         self._serving: dict[int, LoadedVersion] = {}
         self._states: dict[int, VersionStatus] = {}
-        self._failed: dict[int, Fingerprint] = {}  # version -> its files when it failed
+        # version -> its files when it failed to load, or why its files could not be read
+        self._failed: dict[int, Fingerprint | str] = {}
         self._poll_lock = threading.Lock()
         self._listing_problem: str | None = None  # the last poll's, said once until it changes
         self._missing_said: frozenset[int] = frozenset()  # specific versions not on disk, said once
         self._unreadable_said: frozenset[str] = frozenset()  # version folders it may not open, said once
-        self._unreadable_versions: dict[
-            int, str
-        ] = {}  # versions with a folder it may not read: what was said
         self._stop = threading.Event()
         self._poke = threading.Event()  # poll now, not at the next interval (a new policy)
         self._thread: threading.Thread | None = None
@@ -131,8 +129,9 @@ class ModelManager:
         for loaded in versions:
             loaded.cut_drain()
 
-    def failed_files(self) -> dict[int, Fingerprint]:
-        """The versions that failed to load, each with its files when it failed."""
+    def failed_files(self) -> dict[int, Fingerprint | str]:
+        """The versions that failed to load, each with its files when it failed (or why they
+        could not be read)."""
         with self._poll_lock:
             return dict(self._failed)
 
@@ -226,26 +225,24 @@ class ModelManager:
             files = fingerprint(path)
         except (tf.errors.OpError, OSError) as e:
             # A folder inside the version this server may not read (a push under umask 077 served
-            # by another user): said once, not at every poll, with who may read it, and left on
-            # the version's status for clients, as a failed load is.
-            named = (
-                str(getattr(e, "message", "")).split(";")[0].strip()
-            )  # TensorFlow's "<path>; Permission denied"
+            # by another user): remembered as a failed load is, so it is said once, not at every
+            # poll, with who may read it, and left on the version's status for clients.
+            # TensorFlow names the folder first: "<path>; Permission denied".
+            named = str(getattr(e, "message", "")).split(";")[0].strip()
             where = getattr(e, "filename", None) or (named if named and os.path.exists(named) else path)
             message = f"cannot read version dir {path}: {e} ({who_may_read(where)})"
-            if self._unreadable_versions.get(version) != message:
+            if self._failed.get(version) != message:
                 log.warning(
                     "model %r: %s; still serving %s",
                     self.model_name,
                     message,
                     self.serving_versions() or "nothing",
                 )
-                self._unreadable_versions[version] = message
-                denied = isinstance(e, PermissionError) or isinstance(e, tf.errors.PermissionDeniedError)
+                self._failed[version] = message
+                denied = isinstance(e, PermissionError | tf.errors.PermissionDeniedError)
                 code = grpc.StatusCode.PERMISSION_DENIED if denied else grpc.StatusCode.UNKNOWN
                 self._set_state(VersionStatus(version, State.END, code, message))
             return
-        self._unreadable_versions.pop(version, None)
         if self._failed.get(version) == files:
             return  # failed before and unchanged since: do not retry every poll
         self._set_state(VersionStatus(version, State.LOADING))

@@ -293,7 +293,7 @@ class ServedModels:
 @dataclasses.dataclass(frozen=True)
 class _FailedMove:
     base_path: str
-    files: dict[int, Fingerprint]  # each version that failed, with its files then
+    files: dict[int, Fingerprint | str]  # each version that failed, with its files then (or why unreadable)
     failure: str
 
 
