@@ -106,19 +106,19 @@ def check(
     flipped; `labels`: their class indices."""
     labels = np.asarray(labels).reshape(-1).astype(int)
     n = len(class_names)
+    counts = np.bincount(labels, minlength=n)
+    present = [c for c in range(n) if counts[c] >= MIN_IMAGES]
     record: dict[str, Any] = {
         "examined": int(len(labels)),
         "pairs": [],
         "unlike": [],
-        "skipped": [],
+        "skipped": [
+            {"class": class_names[c], "why": f"{counts[c]} images, fewer than {MIN_IMAGES}"}
+            for c in range(n)
+            if 0 < counts[c] < MIN_IMAGES
+        ],
         "warning": None,
     }
-    present = [c for c in range(n) if np.count_nonzero(labels == c) >= MIN_IMAGES]
-    record["skipped"] = [
-        {"class": class_names[c], "why": f"{np.count_nonzero(labels == c)} images, fewer than {MIN_IMAGES}"}
-        for c in range(n)
-        if 0 < np.count_nonzero(labels == c) < MIN_IMAGES
-    ]
     if len(present) < 2:
         record["not_judged"] = f"fewer than two classes with {MIN_IMAGES} or more train images"
         return record
@@ -138,24 +138,26 @@ def check(
         own_sims[mine, column[c]] = _without_self(own[mine], sums[column[c]])
     near_own, near_turned = np.argmax(own_sims, axis=1), _nearest(turned, means)
     for c in present:
-        mine = labels == c
-        count = int(np.count_nonzero(mine))
-        own_nearest_own = int(np.count_nonzero(near_own[mine] == column[c]))
+        mine, count, k = labels == c, int(counts[c]), column[c]
+        own_nearest_own = int(np.count_nonzero(near_own[mine] == k))
         hits = np.bincount(near_turned[mine], minlength=len(present))
-        stays = int(hits[column[c]])
+        stays = int(hits[k])
         if own_nearest_own < OWN_SHARE * count:
             # Its mean does not stand for it (many classes on weak features): nothing to judge
             # its flipped images by. Named, so a mirror pair missed here is not taken for none.
             why = f"{own_nearest_own} of its {count} images nearest its own mean (others' nearer)"
             record["skipped"].append({"class": class_names[c], "why": why})
             continue
-        k = column[c]
         if stays >= TURNED_SHARE * count and _typical(turned[mine], means[k], own_sims[mine, k], STILL_OWN):
             continue  # flipped, its images still look like it
-        hits[column[c]] = -1
+        hits[k] = -1
         other = int(np.argmax(hits))
-        entry = {"class": class_names[c], "images": count, "flipped_nearest_own": stays}
-        entry["own_nearest_own"] = own_nearest_own
+        entry = {
+            "class": class_names[c],
+            "images": count,
+            "flipped_nearest_own": stays,
+            "own_nearest_own": own_nearest_own,
+        }
         # Another class's look: as close to that class's mean as its own images typically are.
         close = _typical(turned[mine], means[other], own_sims[labels == present[other], other])
         if hits[other] >= TURNED_SHARE * count and close:

@@ -791,8 +791,7 @@ def _flip_check(
         extractor.cache(images, memory_limit_bytes=1 << 62)  # a sample: kept in memory
         for images in (ds, ds.map(lambda x, y: (tf.image.flip_left_right(x), y)))
     )
-    names = list(run.class_names) if run.class_names else [str(i) for i in range(run.num_classes)]
-    record = flip_check.check(as_they_are.arrays[0], flipped.arrays[0], as_they_are.labels, names)
+    record = flip_check.check(as_they_are.arrays[0], flipped.arrays[0], as_they_are.labels, run.class_names)
     run.seconds["flip_check"] = time.perf_counter() - t0
     turned = ", ".join(f"{p['class']!r} -> {p['becomes']!r}" for p in record["pairs"]) or "none"
     unlike = ", ".join(repr(u["class"]) for u in record["unlike"]) or "none"

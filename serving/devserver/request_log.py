@@ -129,13 +129,16 @@ def _open_file(path: str) -> Any:
 
 def stats_files(directory: str) -> list[str]:
     """The servers' stats files in `directory` (one per server that logged there), oldest first."""
-    names = [n for n in os.listdir(directory) if n.startswith(STATS_PREFIX) and n.endswith(".json")]
-    return [os.path.join(directory, n) for n in sorted(names)]
+    return _named(directory, STATS_PREFIX, ".json")
 
 
 def log_files(directory: str) -> list[str]:
     """The request log files in `directory`, oldest first (their names sort by start time)."""
-    names = [n for n in os.listdir(directory) if n.startswith(FILE_PREFIX) and n.endswith(FILE_SUFFIX)]
+    return _named(directory, FILE_PREFIX, FILE_SUFFIX)
+
+
+def _named(directory: str, prefix: str, suffix: str) -> list[str]:
+    names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(suffix)]
     return [os.path.join(directory, n) for n in sorted(names)]
 
 
