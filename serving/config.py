@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import math
 import socket
+from typing import Any
 
 from serving.batching_config import BatchingParameters, read_batching_parameters
 from serving.errors import ServerStartError
@@ -77,9 +78,10 @@ class ServerConfig:
         """Check every field (all problems in one message), then that the base path exists."""
         problems = [
             f"{name} must be a finite number, got {value}"
-            for name in ("poll_seconds", "grace_seconds", "drain_seconds", "log_sample_rate")
+            for name in ("poll_seconds", "drain_seconds")
             if not math.isfinite(value := getattr(self, name))
         ]
+        problems += listener_problems(self)
         if self.model_config_file:
             problems.extend(
                 f"{name} must not be given with model_config_file (its models have their own names "
@@ -107,26 +109,10 @@ class ServerConfig:
             )
         elif self.model_config_file_poll_wait_seconds and not self.model_config_file:
             problems.append("model_config_file_poll_wait_seconds must go with model_config_file")
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port must be in 0..65535, got {self.port}")
-        if not self.host.strip("[] "):
-            # gRPC's C core printed "host must not be empty" on stderr, then a bind error.
-            problems.append(
-                f"host must not be empty (0.0.0.0 or [::] for every interface, 127.0.0.1 for this machine), got {self.host!r}"
-            )
         if self.poll_seconds <= 0 and math.isfinite(self.poll_seconds):
             problems.append(f"poll_seconds must be > 0, got {self.poll_seconds}")
-        if not 1 <= self.max_message_mb <= MAX_MESSAGE_MB:
-            problems.append(
-                f"max_message_mb must be in 1..{MAX_MESSAGE_MB} (gRPC's limit is a 32-bit byte count), "
-                f"got {self.max_message_mb}"
-            )
-        if self.threads < 1:
-            problems.append(f"threads must be >= 1, got {self.threads}")
         if self.max_concurrent_rpcs < 0:
             problems.append(f"max_concurrent_rpcs must be >= 0, got {self.max_concurrent_rpcs}")
-        if self.grace_seconds < 0 and math.isfinite(self.grace_seconds):
-            problems.append(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.num_versions < 1:
             problems.append(f"num_versions must be >= 1, got {self.num_versions}")
         if self.drain_seconds < 0 and math.isfinite(self.drain_seconds):
@@ -135,14 +121,6 @@ class ServerConfig:
             problems.append(f"max_pixels must be >= 0 (0: no limit), got {self.max_pixels}")
         if self.max_batch_size < 0:
             problems.append(f"max_batch_size must be >= 0 (0: no limit), got {self.max_batch_size}")
-        if math.isfinite(self.log_sample_rate) and not 0.0 <= self.log_sample_rate <= 1.0:
-            problems.append(f"log_sample_rate must be in [0, 1], got {self.log_sample_rate}")
-        if self.log_max_file_mb < 1:
-            problems.append(f"log_max_file_mb must be >= 1, got {self.log_max_file_mb}")
-        if self.log_queue_size < 1:
-            problems.append(f"log_queue_size must be >= 1, got {self.log_queue_size}")
-        if self.log_queue_mb < 1:
-            problems.append(f"log_queue_mb must be >= 1, got {self.log_queue_mb}")
         if self.batching_parameters_file and not self.enable_batching:
             problems.append(
                 "batching_parameters_file must go with enable_batching (TF Serving refuses a batching "
@@ -182,34 +160,82 @@ class ServerConfig:
             raise ServerStartError(str(e)) from None
 
     def check_port(self) -> None:
-        """Fail at once (ServerStartError) when host:port cannot be bound, e.g. another server has it.
+        """Fail at once (ServerStartError) when host:port cannot be bound (`check_bind`).
 
         `imgpipe serve` calls this before it imports TensorFlow and loads the
         model, so a taken port is reported in a second, not after the load.
         start_server binds the real socket before loading too; this check is
-        the early answer, not the guarantee. Port 0 (any free port) always passes.
+        the early answer, not the guarantee.
         """
-        if self.port == 0:
-            return
-        host = self.host.strip("[]")
-        where = f"{self.host}:{self.port}"
+        check_bind(self.host, self.port)
+
+
+def listener_problems(config: object) -> list[str]:
+    """What is wrong with the settings a gRPC listener with a request log has: those `imgpipe
+    serve` (ServerConfig) and `imgpipe log-proxy` (serving/log_proxy.ProxyConfig) share, named
+    by field (host, port, max_message_mb, threads, grace_seconds, log_*)."""
+    c: Any = config
+    problems = [
+        f"{name} must be a finite number, got {value}"
+        for name in ("grace_seconds", "log_sample_rate")
+        if not math.isfinite(value := getattr(c, name))
+    ]
+    if not 0 <= c.port <= 65535:
+        problems.append(f"port must be in 0..65535, got {c.port}")
+    if not c.host.strip("[] "):
+        # gRPC's C core printed "host must not be empty" on stderr, then a bind error.
+        problems.append(
+            f"host must not be empty (0.0.0.0 or [::] for every interface, 127.0.0.1 for this machine), got {c.host!r}"
+        )
+    if not 1 <= c.max_message_mb <= MAX_MESSAGE_MB:
+        problems.append(
+            f"max_message_mb must be in 1..{MAX_MESSAGE_MB} (gRPC's limit is a 32-bit byte count), "
+            f"got {c.max_message_mb}"
+        )
+    if c.threads < 1:
+        problems.append(f"threads must be >= 1, got {c.threads}")
+    if c.grace_seconds < 0 and math.isfinite(c.grace_seconds):
+        problems.append(f"grace_seconds must be >= 0, got {c.grace_seconds}")
+    if math.isfinite(c.log_sample_rate) and not 0.0 <= c.log_sample_rate <= 1.0:
+        problems.append(f"log_sample_rate must be in [0, 1], got {c.log_sample_rate}")
+    if c.log_max_file_mb < 1:
+        problems.append(f"log_max_file_mb must be >= 1, got {c.log_max_file_mb}")
+    if c.log_queue_size < 1:
+        problems.append(f"log_queue_size must be >= 1, got {c.log_queue_size}")
+    if c.log_queue_mb < 1:
+        problems.append(f"log_queue_mb must be >= 1, got {c.log_queue_mb}")
+    return problems
+
+
+def check_bind(host: str, port: int) -> None:
+    """Fail at once (ServerStartError) when host:port cannot be bound, e.g. another server has
+    it. Port 0 (any free port) always passes."""
+    if port == 0:
+        return
+    bare = host.strip("[]")
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            bare or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise ServerStartError(f"cannot bind {where}: unknown host {bare!r} ({e.strerror})") from e
+    with socket.socket(family, kind, proto) as probe:
+        # As gRPC does: a port left in TIME_WAIT by a stopped server is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-        except socket.gaierror as e:
-            raise ServerStartError(f"cannot bind {where}: unknown host {host!r} ({e.strerror})") from e
-        with socket.socket(family, kind, proto) as probe:
-            # As gRPC does: a port left in TIME_WAIT by a stopped server is free to take.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as e:
-                raise ServerStartError(
-                    f"cannot bind {where}: {e.strerror or e}"
-                    + (
-                        " (another server is listening there? stop it or pick another --port)"
-                        if e.errno == errno.EADDRINUSE
-                        else ""
-                    )
-                ) from e
+            probe.bind(address)
+        except OSError as e:
+            raise ServerStartError(
+                f"cannot bind {where}: {e.strerror or e}"
+                + (
+                    " (another server is listening there? stop it or pick another --port)"
+                    if e.errno == errno.EADDRINUSE
+                    else ""
+                )
+            ) from e
+
+
+def host_for_target(host: str) -> str:
+    """A bind address as a client's target writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -147,3 +148,13 @@ def tf1_session(saved_model_dir: str) -> Iterator[Callable[[str, dict, str], np.
             return session.run(signature.outputs[output].name, feeds)
 
         yield run
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str = "the condition") -> None:
+    """Return once `condition()` is true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

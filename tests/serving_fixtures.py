@@ -11,6 +11,7 @@ from pathlib import Path
 
 import tensorflow as tf
 from PIL import Image
+from tensorflow_serving.apis import predict_pb2
 
 from imgpipe.demo import data
 from imgpipe.demo.classifier import ServingModel, build_serving_model
@@ -103,3 +104,14 @@ def tiny_export(path: str) -> str:
     module = Tiny()
     tf.saved_model.save(module, path, signatures={"predict_images": module.predict_images})
     return path
+
+
+def predict_request(
+    signature: str, key: str, values: list[bytes], name: str = MODEL_NAME
+) -> predict_pb2.PredictRequest:
+    """A Predict request for model `name`'s `signature`: the strings `values` as input `key`."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    request.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
+    return request

@@ -29,7 +29,7 @@ from imgpipe.cli import main as cli
 from serving.config import ServerConfig
 from serving.devserver import lifecycle, request_log
 from serving.errors import ServerStartError
-from tests import serving_fixtures
+from tests import helpers, serving_fixtures
 from tests.helpers import make_example
 
 NAME = serving_fixtures.MODEL_NAME
@@ -45,14 +45,6 @@ def base_path(model, tmp_path_factory) -> str:
     base = tmp_path_factory.mktemp("models") / NAME
     shutil.copytree(model.export_dir, base / "3")
     return str(base)
-
-
-def _predict(signature: str, key: str, values: list[bytes]) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = NAME
-    request.model_spec.signature_name = signature
-    request.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
-    return request
 
 
 def _classify(images: list[bytes]) -> classification_pb2.ClassificationRequest:
@@ -75,7 +67,7 @@ def _read_logs(directory: str) -> list[prediction_log_pb2.PredictionLog]:
 
 def _small_pair(i: int) -> tuple[predict_pb2.PredictRequest, predict_pb2.PredictResponse]:
     """A request/response pair of about `200 + i` bytes, without a model."""
-    request = _predict("predict_images", "images", [b"x" * (200 + i)])
+    request = serving_fixtures.predict_request("predict_images", "images", [b"x" * (200 + i)])
     response = predict_pb2.PredictResponse()
     response.model_spec.name = NAME
     response.model_spec.version.value = 1
@@ -92,8 +84,10 @@ def test_predict_classify_and_multi_inference_are_logged_as_prediction_logs(mode
     images = [img for img, _ in model.items[:3]]
     with lifecycle.start_in_thread(base_path, NAME, log_requests=str(log_dir)) as server:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.target))
-        sent_predict = _predict("predict_images", "images", images)
-        sent_default = _predict("serving_default", "examples", [make_example(images[0])])
+        sent_predict = serving_fixtures.predict_request("predict_images", "images", images)
+        sent_default = serving_fixtures.predict_request(
+            "serving_default", "examples", [make_example(images[0])]
+        )
         sent_classify = _classify(images[1:])
         sent_multi = inference_pb2.MultiInferenceRequest(input=sent_classify.input)
         sent_multi.tasks.add(model_spec=sent_classify.model_spec, method_name="tensorflow/serving/classify")
@@ -104,7 +98,9 @@ def test_predict_classify_and_multi_inference_are_logged_as_prediction_logs(mode
             stub.MultiInference(sent_multi, timeout=60),
         ]
         with pytest.raises(grpc.RpcError):  # failed requests are not logged
-            stub.Predict(_predict("predict_images", "images", [b"not an image"]), timeout=60)
+            stub.Predict(
+                serving_fixtures.predict_request("predict_images", "images", [b"not an image"]), timeout=60
+            )
     logs = _read_logs(str(log_dir))
     kinds = ["predict_log", "predict_log", "classify_log", "multi_inference_log"]
     assert [entry.WhichOneof("log_type") for entry in logs] == kinds
@@ -134,7 +130,9 @@ def test_full_disk_drops_and_counts_but_requests_succeed(model, base_path, tmp_p
     with lifecycle.start_in_thread(base_path, NAME, log_requests=str(log_dir)) as server:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.target))
         for i in range(6):
-            response = stub.Predict(_predict("predict_images", "images", [model.items[i][0]]), timeout=60)
+            response = stub.Predict(
+                serving_fixtures.predict_request("predict_images", "images", [model.items[i][0]]), timeout=60
+            )
             assert tf.make_ndarray(response.outputs["classes"])[0, 0].decode() == model.items[i][1]
         final = server.request_log.close()
     assert final.requests == final.sampled == 6
@@ -274,12 +272,12 @@ def test_vanished_directory_drops_then_recovers(tmp_path):
     log_dir = tmp_path / "requests"
     log = request_log.RequestLog(str(log_dir), max_file_bytes=1, retry_seconds=0.0).start()
     log.offer_predict(*_small_pair(0))
-    _wait_for(lambda: log.stats().written == 1)
+    helpers.wait_for(lambda: log.stats().written == 1, 30)
     shutil.rmtree(log_dir)
     log_dir.write_text("the directory is gone")  # opening a file inside it now fails
     for i in range(3):
         log.offer_predict(*_small_pair(i))
-    _wait_for(lambda: log.stats().dropped_write_error == 3)
+    helpers.wait_for(lambda: log.stats().dropped_write_error == 3, 30)
     assert "Not a directory" in log.stats().last_error
     log_dir.unlink()
     log_dir.mkdir()
@@ -319,12 +317,3 @@ class _LogCapture(logging.Handler):
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    done = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        done.wait(0.05)
-    raise AssertionError("condition not reached")

@@ -42,7 +42,7 @@ from serving import client as client_lib
 from serving.config import DEPLOY_MAX_BATCH_SIZE, ServerConfig
 from serving.devserver import lifecycle, versions
 from serving.errors import ServerStartError, ServingRpcError
-from tests import serving_fixtures
+from tests import helpers, serving_fixtures
 from tests.helpers import encode_image, make_example
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,15 +132,6 @@ def _assert_classified_as_in_process(rows, examples, reference) -> None:
 
 def _assert_close(a, b) -> None:
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _state(running, version) -> int | None:
@@ -949,21 +940,21 @@ def test_hot_swap_under_load(model, reference, tmp_path_factory):
     image = model.items[5][0]
     with lifecycle.start_in_thread(base, NAME, poll_seconds=0.2) as running:
         with _RequestLoop(running.target, image) as loop:
-            _wait_for(lambda: len(loop.versions) >= 3, 60, "requests on version 1")
+            helpers.wait_for(lambda: len(loop.versions) >= 3, 60, "requests on version 1")
             # A request "in flight" on version 1: the swap must wait for it.
             with running.manager.acquire() as held:
                 assert held.version == 1
                 shutil.copytree(model.export_dir, os.path.join(base, "2"))  # not atomic
-                _wait_for(lambda: 2 in running.manager.serving_versions(), 90, "version 2")
-                _wait_for(lambda: _state(running, 1) == State.UNLOADING, 30, "v1 unloading")
+                helpers.wait_for(lambda: 2 in running.manager.serving_versions(), 90, "version 2")
+                helpers.wait_for(lambda: _state(running, 1) == State.UNLOADING, 30, "v1 unloading")
                 seen = len(loop.versions)
-                _wait_for(lambda: 2 in loop.versions[seen:], 30, "requests on version 2")
+                helpers.wait_for(lambda: 2 in loop.versions[seen:], 30, "requests on version 2")
                 # The held version still computes while it drains.
                 out = held.run("predict_images", {"images": np.array([image], dtype=object)})
                 assert out["classes"].shape == (1, 3)
-            _wait_for(lambda: _state(running, 1) == State.END, 30, "v1 unloaded")
+            helpers.wait_for(lambda: _state(running, 1) == State.END, 30, "v1 unloaded")
             seen = len(loop.versions)
-            _wait_for(lambda: len(loop.versions) >= seen + 3, 30, "more requests")
+            helpers.wait_for(lambda: len(loop.versions) >= seen + 3, 30, "more requests")
         assert loop.errors == []
         assert loop.versions[0] == 1 and loop.versions[-1] == 2
         first_v2 = loop.versions.index(2)
@@ -992,7 +983,7 @@ def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path
         os.makedirs(os.path.join(base, "4"))
         with open(os.path.join(base, "4", "saved_model.pb"), "wb") as f:
             f.write(b"this is not a SavedModel")
-        _wait_for(lambda: _state(running, 4) == State.END, 30, "v4 load failure")
+        helpers.wait_for(lambda: _state(running, 4) == State.END, 30, "v4 load failure")
         ((_, state, error),) = c.model_status(NAME, version=4)
         assert state == "END" and "MetaGraph" in error
         assert c.predict_images(NAME, [image])[0].version == 3
@@ -1003,12 +994,12 @@ def test_failed_version_keeps_old_and_removed_version_rolls_back(model, tmp_path
         # Removing 4 and 3 from disk rolls back to 1, which is still there.
         shutil.rmtree(os.path.join(base, "4"))
         shutil.rmtree(os.path.join(base, "3"))
-        _wait_for(lambda: _state(running, 3) == State.END, 90, "rollback to 1")
+        helpers.wait_for(lambda: _state(running, 3) == State.END, 90, "rollback to 1")
         assert running.manager.serving_versions() == [1]
         assert c.predict_images(NAME, [image])[0].version == 1
         # Removing every version: TF Serving's NOT_FOUND "Latest(...)", not a crash.
         shutil.rmtree(os.path.join(base, "1"))
-        _wait_for(lambda: _state(running, 1) == State.END, 30, "nothing served")
+        helpers.wait_for(lambda: _state(running, 1) == State.END, 30, "nothing served")
         with pytest.raises(ServingRpcError) as e:
             c.predict_images(NAME, [image])
         assert e.value.code == grpc.StatusCode.NOT_FOUND
@@ -1244,8 +1235,8 @@ def test_start_errors_are_clear(tmp_path):
     with pytest.raises(ServerStartError) as e:
         lifecycle.start_server(ServerConfig(str(tmp_path), NAME, log_sample_rate=float("nan"), **bad))
     assert str(e.value) == (
-        "invalid server settings: poll_seconds must be a finite number, got nan; grace_seconds must be a "
-        "finite number, got inf; drain_seconds must be a finite number, got nan; log_sample_rate must be a "
+        "invalid server settings: poll_seconds must be a finite number, got nan; drain_seconds must be a "
+        "finite number, got nan; grace_seconds must be a finite number, got inf; log_sample_rate must be a "
         "finite number, got nan"
     )
 

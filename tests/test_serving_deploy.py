@@ -140,6 +140,28 @@ def test_docker_compose_runs_tf_serving_on_the_pusher_dir():
     assert f"/v1/models/{MODEL_NAME}" in " ".join(svc["healthcheck"]["test"])
 
 
+def test_docker_compose_request_logger_forwards_to_tf_serving():
+    """The optional request logger's command is one `imgpipe log-proxy` takes, aimed at the
+    compose file's TF Serving gRPC port, logging to its mounted folder."""
+    from imgpipe.cli.main import build_parser
+
+    (compose,) = _yaml("docker-compose.yml")
+    svc = compose["services"]["request-logger"]
+    assert svc["profiles"] == ["logging"] and svc["entrypoint"] == ["imgpipe"]
+    context = os.path.normpath(os.path.join(DEPLOY, svc["build"]["context"]))
+    assert context == os.path.dirname(os.path.dirname(DEPLOY)) and os.path.isfile(
+        os.path.join(context, "Dockerfile")
+    )
+    args = build_parser().parse_args(svc["command"])
+    assert args.command == "log-proxy"
+    tfserving = compose["services"]["tfserving"]
+    grpc_port = next(f.split("=", 1)[1] for f in tfserving["command"] if f.startswith("--port="))
+    assert args.target == f"tfserving:{grpc_port}" and args.host == "0.0.0.0"
+    assert f"{args.port}:{args.port}" in svc["ports"]
+    mounts = {v["target"]: v for v in svc["volumes"]}
+    assert args.log_requests in mounts and "REQUEST_LOG_DIR" in mounts[args.log_requests]["source"]
+
+
 def test_k8s_deployment_and_service():
     (deployment,) = _yaml("k8s/deployment.yaml")
     (service,) = _yaml("k8s/service.yaml")

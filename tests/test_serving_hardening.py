@@ -22,7 +22,6 @@ from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
@@ -73,14 +72,6 @@ def bomb() -> bytes:
     return image_bombs.png_bomb(BOMB_SIDE, BOMB_SIDE)
 
 
-def _predict(signature: str, key: str, values: list[bytes]) -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = NAME
-    request.model_spec.signature_name = signature
-    request.inputs[key].CopyFrom(tf.make_tensor_proto(values, dtype=tf.string))
-    return request
-
-
 def _classify(images: list[bytes]) -> classification_pb2.ClassificationRequest:
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = NAME
@@ -92,7 +83,9 @@ def _classify(images: list[bytes]) -> classification_pb2.ClassificationRequest:
 
 def _assert_healthy(stubs, model) -> None:
     predict, _ = stubs
-    response = predict.Predict(_predict("predict_images", "images", [model.items[0][0]]), timeout=60)
+    response = predict.Predict(
+        serving_fixtures.predict_request("predict_images", "images", [model.items[0][0]]), timeout=60
+    )
     assert tf.make_ndarray(response.outputs["classes"])[0, 0].decode() == model.items[0][1]
 
 
@@ -130,11 +123,17 @@ def test_bombs_are_refused_before_decoding_and_memory_stays_flat(stubs, model, b
     predict, _ = stubs
     good = model.items[0][0]
     requests = [
-        ("Predict", _predict("predict_images", "images", [good, bomb]), "image 1"),
-        ("Predict", _predict("serving_default", "examples", [make_example(bomb)]), "image 0"),
+        ("Predict", serving_fixtures.predict_request("predict_images", "images", [good, bomb]), "image 1"),
         (
             "Predict",
-            _predict("classification", "inputs", [make_example(good), make_example(bomb)]),
+            serving_fixtures.predict_request("serving_default", "examples", [make_example(bomb)]),
+            "image 0",
+        ),
+        (
+            "Predict",
+            serving_fixtures.predict_request(
+                "classification", "inputs", [make_example(good), make_example(bomb)]
+            ),
             "image 1",
         ),
         ("Classify", _classify([good, good, bomb]), "image 2"),
@@ -215,7 +214,7 @@ def test_non_example_payload_is_invalid_argument_saying_so(stubs, model, signatu
         "garbage": b"\xff\xff\xff not a proto",
     }[payload]
     predict, _ = stubs
-    request = _predict(signature, key, [make_example(model.items[0][0]), value])
+    request = serving_fixtures.predict_request(signature, key, [make_example(model.items[0][0]), value])
     with pytest.raises(grpc.RpcError) as e:
         predict.Predict(request, timeout=60)
     details = e.value.details()

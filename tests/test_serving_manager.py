@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -26,7 +25,7 @@ from serving.devserver.loaded import LoadedVersion
 from serving.devserver.models import ServedModels
 from serving.errors import InvalidRequestError, ModelNotFoundError
 from serving.model_config import ModelEntry, VersionPolicy
-from tests import serving_fixtures
+from tests import helpers, serving_fixtures
 
 NAME = "tiny"
 State = manager_lib.State
@@ -49,14 +48,6 @@ def _spec(version: int | None = None, name: str = NAME) -> model_pb2.ModelSpec:
     if version is not None:
         spec.version.value = version
     return spec
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _state(manager, version):
@@ -195,7 +186,7 @@ def test_new_version_loads_before_the_old_one_drains(tiny_export, tmp_path):
     with manager.acquire() as held:  # a request in flight on version 1
         poll = threading.Thread(target=manager.poll_once)
         poll.start()
-        _wait_for(lambda: _state(manager, 1) == State.UNLOADING, 30, "version 1 to drain")
+        helpers.wait_for(lambda: _state(manager, 1) == State.UNLOADING, 30, "version 1 to drain")
         assert manager.serving_versions() == [2]  # version 2 already takes traffic
         with manager.acquire() as new:
             assert new.version == 2
@@ -397,4 +388,4 @@ def test_a_version_whose_warm_up_fails_leaves_no_batch_threads(tmp_path):
     )
     manager.poll_once()
     assert _state(manager, 1) == State.END
-    _wait_for(lambda: not (batch_threads() - before), 10, "the refused version's batch threads to end")
+    helpers.wait_for(lambda: not (batch_threads() - before), 10, "the refused version's batch threads to end")

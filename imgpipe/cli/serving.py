@@ -27,6 +27,7 @@ from imgpipe.ingest.report import display_path
 from serving.config import INVALID_SETTINGS, ServerConfig
 from serving.errors import ServerStartError, ServingRpcError
 from serving.image_header import image_format
+from serving.log_proxy import INVALID_PROXY_SETTINGS, ProxyConfig
 from serving.request_size import CLIENT_MESSAGE_MB, RequestBudget, server_batch_limit
 from serving.signatures import PREDICT_IMAGES, SERVING_DEFAULT
 
@@ -73,13 +74,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "server starts with (TF Serving's flag of that name; without it a label must name a "
         "version already serving)",
     )
-    parser.add_argument("--host", default=d.host, help="bind address (default %(default)s)")
-    parser.add_argument(
-        "--port",
-        type=whole_number(0, 65535, "a port number 0..65535"),
-        default=d.port,
-        help="gRPC port 0..65535; 0 picks a free one (default %(default)s)",
-    )
+    _add_listener_flags(parser, d)
     parser.add_argument(
         "--poll-seconds",
         type=positive_number,
@@ -87,25 +82,10 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         help="how often to look for new or removed versions (default %(default)s)",
     )
     parser.add_argument(
-        "--max-message-mb",
-        type=int,
-        default=d.max_message_mb,
-        help="max gRPC message size in MiB, send and receive: 1..2047 (default %(default)s)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=d.threads, help="RPC worker threads (default %(default)s)"
-    )
-    parser.add_argument(
         "--max-concurrent-rpcs",
         type=int,
         default=d.max_concurrent_rpcs,
         help="reject RPCs beyond this many with RESOURCE_EXHAUSTED; 0 = unlimited (default %(default)s)",
-    )
-    parser.add_argument(
-        "--grace-seconds",
-        type=non_negative_number,
-        default=d.grace_seconds,
-        help="on SIGTERM or Ctrl-C, how long in-flight requests may run (default %(default)s)",
     )
     parser.add_argument(
         "--num-versions",
@@ -151,12 +131,50 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         "serving/deploy/batching_parameters.txt as production reads it (default: TF Serving's "
         "defaults: up to 1000 images a batch, no wait, one batch thread per core)",
     )
+    _add_log_flags(parser, d)
+
+
+def _add_listener_flags(parser: argparse.ArgumentParser, d: ServerConfig | ProxyConfig) -> None:
+    """Where and how `serve` and `log-proxy` take calls (their defaults from `d`)."""
+    parser.add_argument(
+        "--host",
+        default=d.host,
+        help="bind address; 0.0.0.0 for every interface, as in a container (default %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=whole_number(0, 65535, "a port number 0..65535"),
+        default=d.port,
+        help="gRPC port 0..65535; 0 picks a free one (default %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=d.threads, help="calls served at once (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=d.max_message_mb,
+        help="max gRPC message size in MiB, send and receive: 1..2047 (default %(default)s, as TF Serving)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=non_negative_number,
+        default=d.grace_seconds,
+        help="on SIGTERM or Ctrl-C, how long calls in flight may take (default %(default)s)",
+    )
+
+
+def _add_log_flags(parser: argparse.ArgumentParser, d: ServerConfig | ProxyConfig) -> None:
+    """The request log's flags, shared by `serve` and `log-proxy` (their defaults from `d`)."""
+    required = isinstance(d, ProxyConfig)  # the proxy is there to log
     group = parser.add_argument_group("request logging (TF Serving PredictionLog TFRecords)")
     group.add_argument(
         "--log-requests",
         metavar="DIR",
         default=d.log_requests,
-        help="write sampled Predict/Classify/MultiInference requests and responses to DIR (read by `imgpipe drift`)",
+        required=required,
+        help="write sampled Predict/Classify/MultiInference requests and responses to DIR (read by "
+        "`imgpipe drift`)" + ("" if required else "; default: off"),
     )
     group.add_argument(
         "--log-sample-rate",
@@ -246,19 +264,70 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError(_as_flags(str(e))) from e
 
 
-def _as_flags(message: str) -> str:
+def _as_flags(message: str, settings: type = ServerConfig, prefix: str = INVALID_SETTINGS) -> str:
     """A settings error in the flags the user typed: "log_sample_rate must be ..." becomes
-    "--log-sample-rate (log_sample_rate) must be ..." for every setting `imgpipe serve` has a flag for.
+    "--log-sample-rate (log_sample_rate) must be ..." for every setting of `settings` (`imgpipe
+    serve`'s, or `log-proxy`'s with its `prefix`) that has a flag.
     Only the settings' own errors: a file's (the batching parameters, the model config) name the
     file's fields, which may share a flag's name (max_batch_size) but not its meaning."""
-    if not message.startswith(INVALID_SETTINGS):
+    if not message.startswith(prefix):
         return message
-    for field in dataclasses.fields(ServerConfig):
+    for field in dataclasses.fields(settings):
         if field.name == "run_warmup":
             continue  # --no-warmup turns it off: no value to name
         flag = f"--{field.name.replace('_', '-')}"
         message = re.sub(rf"(?<![\w-]){field.name} must", f"{flag} ({field.name}) must", message)
     return message
+
+
+# -- imgpipe log-proxy -----------------------------------------------------------------
+
+
+def _add_log_proxy(parser: argparse.ArgumentParser) -> None:
+    d = ProxyConfig()
+    parser.add_argument(
+        "--target",
+        type=host_port,
+        required=True,
+        help="HOST:PORT of the model server the calls go to (TF Serving's gRPC port, e.g. tfserving:8500)",
+    )
+    _add_listener_flags(parser, d)
+    parser.add_argument(
+        "--connect-seconds",
+        type=non_negative_number,
+        default=d.connect_seconds,
+        help="at start, how long to wait for the model server before warning that it does not "
+        "answer (the proxy starts anyway) (default %(default)s)",
+    )
+    _add_log_flags(parser, d)
+
+
+def _log_proxy(args: argparse.Namespace) -> int:
+    from serving import log_proxy
+
+    config = ProxyConfig(
+        target=args.target,
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        max_message_mb=args.max_message_mb,
+        grace_seconds=args.grace_seconds,
+        connect_seconds=args.connect_seconds,
+        log_requests=args.log_requests,
+        log_sample_rate=args.log_sample_rate,
+        log_max_file_mb=args.log_max_file_mb,
+        log_queue_size=args.log_queue_size,
+        log_queue_mb=args.log_queue_mb,
+    )
+    try:
+        code = log_proxy.serve(config)
+    except ServerStartError as e:
+        raise UsageError(_as_flags(str(e), ProxyConfig, INVALID_PROXY_SETTINGS)) from e
+    if code != EXIT_OK:  # a second signal: calls in flight were cancelled; exit now
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 # -- imgpipe predict -------------------------------------------------------------------
@@ -468,6 +537,12 @@ COMMANDS = [
         "serve pushed models over TF Serving's gRPC API (dev/test server)",
         _add_serve,
         _serve,
+    ),
+    Command(
+        "log-proxy",
+        "log the requests to a model server (TF Serving) for `imgpipe drift`: a gRPC proxy",
+        _add_log_proxy,
+        _log_proxy,
     ),
     Command(
         "predict",

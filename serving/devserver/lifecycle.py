@@ -21,10 +21,10 @@ from typing import Any
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.config import ServerConfig
+from serving.config import ServerConfig, host_for_target
 from serving.devserver.manager import ModelManager
 from serving.devserver.models import ServedModels
-from serving.devserver.request_log import RequestLog
+from serving.devserver.request_log import RequestLog, start_request_log
 from serving.devserver.servicers import ModelServicer, PredictionServicer
 from serving.devserver.versions import has_saved_model
 from serving.errors import ServerStartError, ServingError
@@ -66,7 +66,7 @@ class RunningServer:
     @property
     def target(self) -> str:
         """HOST:PORT a client connects to."""
-        return f"{_host_for_target(self.config.host)}:{self.port}"
+        return f"{host_for_target(self.config.host)}:{self.port}"
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting RPCs, let in-flight ones finish (up to `grace` s), unload models."""
@@ -137,10 +137,6 @@ class ConfigFilePoller:
         self._thread.join(timeout=5.0)
 
 
-def _host_for_target(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 def _model_folders_hint(base: str) -> str:
     """When `base` holds no version but model folders that do (the serving dir given instead of
     SERVING_DIR/MODEL_NAME), the words naming them; when it is itself a SavedModel (a version
@@ -195,7 +191,7 @@ def start_server(config: ServerConfig, stop: threading.Event | None = None) -> R
         )
 
     models = ServedModels(make_manager, config.allow_version_labels_for_unavailable_models)
-    request_log = _request_log(config)
+    request_log = start_request_log(config)
     size = config.max_message_mb * MB
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="serving-rpc"),
@@ -210,7 +206,7 @@ def start_server(config: ServerConfig, stop: threading.Event | None = None) -> R
         PredictionServicer(models, request_log), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
-    address = f"{_host_for_target(config.host)}:{config.port}"
+    address = f"{host_for_target(config.host)}:{config.port}"
     try:
         port = server.add_insecure_port(address)  # binds now: before the model load
     except RuntimeError as e:
@@ -261,7 +257,7 @@ def start_server(config: ServerConfig, stop: threading.Event | None = None) -> R
     log.info(
         "Serving %s on %s:%d%s",
         f"model {served}" if len(models.managers()) == 1 else f"models {served or '(none)'}",
-        _host_for_target(config.host),  # an IPv6 address in brackets, as a client writes it
+        host_for_target(config.host),  # an IPv6 address in brackets, as a client writes it
         port,
         ""
         if batching is None
@@ -269,36 +265,6 @@ def start_server(config: ServerConfig, stop: threading.Event | None = None) -> R
         f"{batching.batch_timeout_micros} us, {batching.num_batch_threads} batch threads)",
     )
     return RunningServer(server, models, config, port, request_log, poller)
-
-
-def _request_log(config: ServerConfig) -> RequestLog | None:
-    """The started request log of `config.log_requests`, or None when logging is off."""
-    if not config.log_requests:
-        return None
-    request_log = RequestLog(
-        config.log_requests,
-        sample_rate=config.log_sample_rate,
-        max_file_bytes=config.log_max_file_mb * MB,
-        max_queue_records=config.log_queue_size,
-        max_queue_bytes=config.log_queue_mb * MB,
-    )
-    if os.path.exists(config.log_requests) and not os.path.isdir(config.log_requests):
-        raise ServerStartError(f"--log-requests {config.log_requests} is a file: give a directory")
-    try:
-        request_log.start()
-    except OSError as e:
-        raise ServerStartError(
-            f"cannot write request logs to {config.log_requests}: {e.strerror or e}"
-        ) from e
-    log.info(
-        "Logging %s to %s (new file every %d MB)",
-        "every successful request"
-        if config.log_sample_rate >= 1
-        else f"{config.log_sample_rate * 100:g}% of successful requests",
-        config.log_requests,
-        config.log_max_file_mb,
-    )
-    return request_log
 
 
 @contextlib.contextmanager

@@ -39,6 +39,8 @@ from typing import Any
 import google_crc32c
 from tensorflow_serving.apis import prediction_log_pb2
 
+from serving.errors import ServerStartError
+
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
@@ -68,6 +70,14 @@ class RequestLogStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "dropped": self.dropped}
+
+
+# The PredictionLog fields of the calls a log holds: Predict, Classify, MultiInference.
+KINDS = ("predict_log", "classify_log", "multi_inference_log")
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, bytes) else value.ByteSize()
 
 
 def _masked_crc(data: bytes) -> bytes:
@@ -203,13 +213,20 @@ class RequestLog:
         """Log a successful MultiInference call, if sampled and the queue has room."""
         self._offer("multi_inference_log", request, response)
 
+    def offer_serialized(self, kind: str, request: bytes, response: bytes) -> None:
+        """Log a successful call given as its wire bytes (`kind`: one of KINDS), if sampled and
+        the queue has room: a proxy's forwarded call (serving/log_proxy.py), parsed by the writer."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self._offer(kind, request, response)
+
     def _offer(self, kind: str, request: Any, response: Any) -> None:
         with self._cond:
             self._stats.requests += 1
             if self._closing or self._rng.random() >= self.sample_rate:
                 return
             self._stats.sampled += 1
-        size = request.ByteSize() + response.ByteSize()
+        size = _size(request) + _size(response)
         with self._cond:
             full = len(self._queue) >= self.max_queue_records or (
                 self._queue and self._queued_bytes + size > self.max_queue_bytes
@@ -299,17 +316,22 @@ class RequestLog:
 
     def _record(self, kind: str, request: Any, response: Any, timestamp: float) -> bytes:
         entry = prediction_log_pb2.PredictionLog()
+        body = getattr(entry, kind)
+        for field, value in ((body.request, request), (body.response, response)):
+            if isinstance(value, bytes):
+                field.ParseFromString(value)  # a forwarded call's wire bytes
+            else:
+                field.CopyFrom(value)
         meta = entry.log_metadata
-        # A MultiInference response names the model in each result (one model and version).
-        meta.model_spec.CopyFrom(
-            response.results[0].model_spec if kind == "multi_inference_log" else response.model_spec
-        )
+        # The model and version that answered, as the response names them (a MultiInference
+        # response in each result: one model and version).
+        if kind != "multi_inference_log":
+            meta.model_spec.CopyFrom(body.response.model_spec)
+        elif body.response.results:
+            meta.model_spec.CopyFrom(body.response.results[0].model_spec)
         meta.sampling_config.sampling_rate = self.sample_rate
         meta.saved_model_tags.append(SERVE_TAG)
         meta.timestamp_secs = int(timestamp)
-        body = getattr(entry, kind)
-        body.request.CopyFrom(request)
-        body.response.CopyFrom(response)
         return tfrecord_frame(entry.SerializeToString())
 
     def _write(self, item: tuple[str, Any, Any, float, int]) -> None:
@@ -408,3 +430,36 @@ class RequestLog:
                 raise
             return  # the counts are kept in memory and logged at shutdown
         self._stats_written = stats.to_dict()
+
+
+def start_request_log(config: Any) -> RequestLog | None:
+    """The started request log of a listener's settings (`log_requests`, `log_sample_rate`,
+    `log_max_file_mb`, `log_queue_size`, `log_queue_mb`: `imgpipe serve`'s ServerConfig and
+    `imgpipe log-proxy`'s ProxyConfig), or None when `log_requests` is empty. ServerStartError
+    when the directory is a file or cannot be written."""
+    if not config.log_requests:
+        return None
+    request_log = RequestLog(
+        config.log_requests,
+        sample_rate=config.log_sample_rate,
+        max_file_bytes=config.log_max_file_mb * MB,
+        max_queue_records=config.log_queue_size,
+        max_queue_bytes=config.log_queue_mb * MB,
+    )
+    if os.path.exists(config.log_requests) and not os.path.isdir(config.log_requests):
+        raise ServerStartError(f"--log-requests {config.log_requests} is a file: give a directory")
+    try:
+        request_log.start()
+    except OSError as e:
+        raise ServerStartError(
+            f"cannot write request logs to {config.log_requests}: {e.strerror or e}"
+        ) from e
+    log.info(
+        "Logging %s to %s (new file every %d MB)",
+        "every successful request"
+        if config.log_sample_rate >= 1
+        else f"{config.log_sample_rate * 100:g}% of successful requests",
+        config.log_requests,
+        config.log_max_file_mb,
+    )
+    return request_log
