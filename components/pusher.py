@@ -135,15 +135,34 @@ STALE_STAGING_SECONDS = liveness.STALE_SECONDS
 _HOST = liveness.HOST
 
 
-def remove_dead_staging(base_directory: str, now: float | None = None) -> list[str]:
-    """Remove the staging folders of pushes that died mid-copy (SIGKILL, power loss); return them.
+# `imgpipe prune` renames a served version it deletes to `<PRUNED_PREFIX><host>-<pid>-<version>`
+# (a name no server loads) before removing it: a prune killed in between leaves a whole model there.
+PRUNED_PREFIX = ".pruned-"
+# The leftovers in a model base path of processes that died, and what each one was.
+_LEFTOVERS = {
+    STAGING_PREFIX: "the staging folder of a push that did not finish",
+    PRUNED_PREFIX: "a served version an `imgpipe prune` that did not finish was deleting",
+}
 
-    One of this host's is dead when its process is gone; any, when untouched for
-    STALE_STAGING_SECONDS (another host's on a shared serving dir, a reused pid).
-    """
-    removed = liveness.remove_dead(base_directory, STAGING_PREFIX, now)
-    for path in removed:
-        log.warning("removed %s: the staging folder of a push that did not finish", path)
+
+def dead_leftovers(base_directory: str, now: float | None = None) -> list[tuple[str, str]]:
+    """[(path, what it was)] of the leftovers of dead pushes and prunes in a model base path
+    (SIGKILL, power loss). One of this host's is dead when its process is gone; any, when
+    untouched for STALE_STAGING_SECONDS (another host's on a shared serving dir, a reused pid)."""
+    return [
+        (path, what)
+        for prefix, what in _LEFTOVERS.items()
+        for path in liveness.dead_entries(base_directory, prefix, now)
+    ]
+
+
+def remove_dead_staging(base_directory: str, now: float | None = None) -> list[str]:
+    """Remove the `dead_leftovers` of a model base path; return their paths."""
+    removed = []
+    for path, what in dead_leftovers(base_directory, now):
+        shutil.rmtree(path, ignore_errors=True)
+        log.warning("removed %s: %s", path, what)
+        removed.append(path)
     return removed
 
 

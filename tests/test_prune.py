@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2 as pb
 
-from imgpipe.orchestration import lock, metadata, recovery
+from imgpipe.orchestration import lock, metadata, recovery, scratch
 from imgpipe.orchestration.prune import PruneError, prune_home
 from imgpipe.orchestration.summary import summarize_run
 from pipeline.config import PipelineConfig
+from tests import helpers
 from tests.mlmd_fixtures import CACHED, RUNNING, FakeHome, loadable_files, training_history
 
 LIVE, DELETED = pb.Artifact.LIVE, pb.Artifact.DELETED
@@ -579,6 +581,63 @@ def test_old_served_versions_go_with_keep_versions(tmp_path, capsys):
     # Without it the serving dirs are left alone.
     assert prune_home(home.home, keep=1).versions_removed == []
     assert sorted(os.listdir(base)) == [".push-host-1-staging", "0001700000004", "1700000001", "1700000002"]
+
+
+def _dead_pid() -> int:
+    """A process id no process has now (a child that has exited and been waited for)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_prunes_hidden_version_is_removed_by_the_next(tmp_path, monkeypatch):
+    """A prune killed between hiding a version and deleting it left `.pruned-...` (a whole model)
+    that nothing removed: the next `prune --keep-versions` and the next push remove it; a live
+    prune's and a live push's are left alone."""
+    from components import pusher
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.summary import RunSummary
+    from trainer import liveness
+
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=1)
+    config = PipelineConfig(home=home.home, serving_dir=str(tmp_path / "serving"), model_name="m").resolved()
+    base = tmp_path / "serving" / "m"
+    loadable_files(str(base / "2"), b"the served model")
+    runs.write_record(config, RunSummary("r1", True, str(base / "2"), 0.9, 1, {}))
+    # What a killed prune leaves: the version hidden under a name no server loads.
+    dead = base / f"{pusher.PRUNED_PREFIX}{liveness.HOST}-{_dead_pid()}-1"
+    loadable_files(str(dead), b"an old model")
+    live = base / f"{pusher.PRUNED_PREFIX}{liveness.HOST}-{os.getpid()}-0"  # a prune at work
+    live.mkdir()
+    size = scratch.tree_bytes(str(dead))
+
+    dry = prune_home(home.home, keep=1, dry_run=True, keep_versions=1)
+    assert dry.serving_leftovers_removed == [
+        {
+            "path": str(dead),
+            "bytes": size,
+            "what": "a served version an `imgpipe prune` that did not finish was deleting",
+        }
+    ]
+    assert dead.is_dir()
+    with helpers.logged("imgpipe.orchestration.prune") as said:
+        done = prune_home(home.home, keep=1, keep_versions=1)
+    assert [d["path"] for d in done.serving_leftovers_removed] == [str(dead)] and not dead.exists()
+    assert done.bytes_freed >= size and any(str(dead) in m for m in said)
+    assert sorted(os.listdir(base)) == [live.name, "2"]
+    # A push sweeps them too: the same leftover again, removed by the Pusher's staging.
+    loadable_files(str(dead), b"an old model")
+    assert pusher.remove_dead_staging(str(base)) == [str(dead)] and live.is_dir()
+    # The hidden name is the one this sweep knows: a prune's own rename is named so.
+    renamed = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda src, dst: renamed.append(dst) or real_rename(src, dst))
+    from imgpipe.orchestration import prune as prune_module
+
+    loadable_files(str(base / "1"), b"an old model")
+    prune_module._remove_version(str(base / "1"))
+    assert os.path.basename(renamed[0]).startswith(f"{pusher.PRUNED_PREFIX}{liveness.HOST}-{os.getpid()}-")
 
 
 def test_keep_versions_counts_only_versions_that_can_be_loaded(tmp_path):

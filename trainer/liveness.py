@@ -37,17 +37,24 @@ def left_by_the_dead(path: str, host: str, pid: str, now: float) -> bool:
     return stale or (host == HOST and pid.isdecimal() and not pid_alive(int(pid)))
 
 
-def remove_dead(folder: str, prefix: str, now: float | None = None) -> list[str]:
-    """Remove the entries of `folder` named `<prefix><host>-<pid>-...` that belong to no living
-    process (`left_by_the_dead`); return their paths."""
+def dead_entries(folder: str, prefix: str, now: float | None = None) -> list[str]:
+    """The paths of the entries of `folder` named `<prefix><host>-<pid>-...` that belong to no
+    living process (`left_by_the_dead`)."""
     now = time.time() if now is None else now
-    removed = []
-    for name in os.listdir(folder):
+    dead = []
+    for name in sorted(os.listdir(folder)):
         if not name.startswith(prefix):
             continue
         host, _, rest = name[len(prefix) :].partition("-")
         path = os.path.join(folder, name)
         if left_by_the_dead(path, host, rest.partition("-")[0], now):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+            dead.append(path)
+    return dead
+
+
+def remove_dead(folder: str, prefix: str, now: float | None = None) -> list[str]:
+    """Remove `dead_entries(folder, prefix)`; return their paths."""
+    removed = dead_entries(folder, prefix, now)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
     return removed

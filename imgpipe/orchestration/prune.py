@@ -93,6 +93,8 @@ class PruneResult:
     versions_kept: list[str] = dataclasses.field(default_factory=list)
     versions_removed: list[dict] = dataclasses.field(default_factory=list)
     # Newest versions whose files cannot be loaded ({path, error}): kept, not counted among K.
+    # Leftovers of dead pushes and prunes in those serving dirs ({path, bytes, what}), removed.
+    serving_leftovers_removed: list[dict] = dataclasses.field(default_factory=list)
     versions_unloadable: list[dict] = dataclasses.field(default_factory=list)
     # Folders under HOME/pipelines that no store pruned records (left alone, with a warning).
     unknown_pipelines: list[str] = dataclasses.field(default_factory=list)
@@ -359,7 +361,18 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
             "under Airflow keep no records): no version removed",
             result.home,
         )
+    from components import pusher  # loads TFX's Pusher: only with --keep-versions
+
     taken_out = versions_taken_out(result.home)
+    for serving_dir in sorted(pushed):
+        # A prune or push killed part-way left a hidden folder (a whole model, for a prune).
+        for path, what in pusher.dead_leftovers(serving_dir) if os.path.isdir(serving_dir) else []:
+            if result.dry_run:
+                size = scratch.tree_bytes(path)
+            else:
+                size = result.removed(scratch.remove_path(path))
+                log.warning("removed %s: %s", path, what)
+            result.serving_leftovers_removed.append({"path": path, "bytes": size, "what": what})
     for serving_dir, ours in sorted(pushed.items()):
         versions = sorted(
             (number, name)
@@ -408,13 +421,20 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
                 size = result.removed(done)
             result.versions_removed.append({"path": path, "bytes": size})
     result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
+    result.bytes_freed += sum(v["bytes"] for v in result.serving_leftovers_removed)
     return result
 
 
 def _remove_version(path: str) -> scratch.Removal | None:
     """Delete a served version: renamed first to a name no server loads (a rename is whole or
     nothing), then removed. None, logged, when it cannot be renamed (it stays whole)."""
-    hidden = os.path.join(os.path.dirname(path), f".pruned-{os.path.basename(path)}-{os.getpid()}")
+    from components import pusher  # loads TFX's Pusher: only with --keep-versions
+
+    # Named as the Pusher's staging folders are: a prune killed before the removal leaves a
+    # folder the next push or `prune --keep-versions` removes (pusher.dead_leftovers).
+    hidden = os.path.join(
+        os.path.dirname(path), f"{pusher.PRUNED_PREFIX}{liveness.HOST}-{os.getpid()}-{os.path.basename(path)}"
+    )
     try:
         os.rename(path, hidden)
     except OSError as e:
