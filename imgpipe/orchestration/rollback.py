@@ -89,6 +89,9 @@ class RollbackResult:
     warnings: list[str]
     reason: str = ""
     undo: bool = False
+    # When the two versions' label sets differ: {served, restored (the classes each answers),
+    # added, removed (as clients will see them)}; None when the same or unknown.
+    class_change: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -399,6 +402,9 @@ def _rollback_holding_lock(
                 "(it judges on the floors alone)"
             )
         withdrawn, restored = _plan_blessings(store, config.pipeline_root, bad, good, undo, text)
+        class_change = _class_change(served[1], target[1])
+        if class_change is not None:
+            warnings.append(_class_change_text(class_change, served[0], target[0]))
         if dry_run:
             warnings += _space_problems(target[1], serving_dir)
         staging = None
@@ -482,10 +488,52 @@ def _rollback_holding_lock(
         warnings=warnings,
         reason=reason,
         undo=undo,
+        class_change=class_change,
     )
     for w in warnings:
         log.warning("%s", w)
     return result
+
+
+def _class_change(served_dir: str, target_dir: str) -> dict | None:
+    """How the label set clients get changes when `target_dir`'s model replaces `served_dir`'s
+    (see RollbackResult.class_change); None when it does not, or a vocabulary cannot be read."""
+    from components.artifacts import saved_model_class_names
+
+    try:
+        served, restored = saved_model_class_names(served_dir), saved_model_class_names(target_dir)
+    except (OSError, ValueError):  # no vocabulary (a model copied in by hand), or not UTF-8
+        return None
+    if served == restored:
+        return None
+    return {
+        "served": served,
+        "restored": restored,
+        "added": [c for c in restored if c not in served],
+        "removed": [c for c in served if c not in restored],
+    }
+
+
+def _class_change_text(change: dict, served: int, target: int) -> str:
+    def named(classes: list[str]) -> str:
+        return ", ".join(repr(c) for c in classes[:10]) + (
+            f" and {len(classes) - 10} more" if len(classes) > 10 else ""
+        )
+
+    parts = []
+    if change["added"]:
+        parts.append(f"answers {named(change['added'])}, which version {served} does not")
+    if change["removed"]:
+        parts.append(f"no longer answers {named(change['removed'])}")
+    what = (
+        "; ".join(parts)
+        or "gives the same classes in another order (clients reading scores by index get others)"
+    )
+    return (
+        f"the classes change: version {target}'s model ({named(change['restored'])}) replaces version "
+        f"{served}'s ({named(change['served'])}): it {what}. Clients that know the served label set "
+        "must be ready for it"
+    )
 
 
 def _short(e: BaseException) -> str:
