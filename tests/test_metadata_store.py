@@ -318,6 +318,15 @@ def test_a_moved_home_is_refused_naming_where_it_was(tmp_path):
     with helpers.logged("imgpipe.orchestration.preflight") as seen:
         check_home_not_moved(moved)
     assert any("the home was copied with its store" in m and first.home in m for m in seen), seen
+    # The original then deleted the folder (a prune there): the copy is refused, and told not to
+    # go "back" over the original (the audit's message said to move it there).
+    shutil.rmtree(os.path.join(first.pipeline_root, "Trainer", "model", "7"))
+    with pytest.raises(ConfigError) as e:
+        check_home_not_moved(moved)
+    message = str(e.value)
+    assert f"{first.home}, a home that is still there with its own ML Metadata" in message
+    assert "is a copy of it" in message and f"Do not move this home to {first.home}" in message
+    assert "Move the home back" not in message
     # A shared database is checked by pipeline name instead (check_pipeline_name_is_this_homes).
 
     # Moved away and a new home made in its place: the old path exists again, but the folders the

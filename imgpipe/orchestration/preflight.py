@@ -79,6 +79,7 @@ def check_home_not_moved(config: PipelineConfig) -> None:
         artifacts = [] if pipeline is None else store.get_artifacts_by_context(pipeline.id)
     gone, kept, others = set(), set(), set()
     outside: dict[str, list] = {}
+    missing: dict[str, list] = {}  # home -> its artifacts whose folders are gone
     for a in artifacts:
         if a.state != metadata_store_pb2.Artifact.LIVE or not a.uri or "://" in a.uri:
             continue
@@ -92,6 +93,7 @@ def check_home_not_moved(config: PipelineConfig) -> None:
             outside.setdefault(home, []).append(a)
         else:
             gone.add(home)
+            missing.setdefault(home, []).append(a)
     for home, found in outside.items():
         # There: the original of a copy (its own store records the same artifacts), or another home
         # made where this one was (its folders, numbered alike, hold other artifacts).
@@ -109,6 +111,20 @@ def check_home_not_moved(config: PipelineConfig) -> None:
     if gone:
         old = sorted(gone)
         where = old[0] if len(old) == 1 else f"{', '.join(old[:3])}{' ...' if len(old) > 3 else ''}"
+        live = [h for h in old if _same_artifacts(config.replace(home=h), missing[h])]
+        if live:
+            # A home is still there whose own store records those artifacts: this one is a copy of
+            # it, and that home deleted (pruned) the folders since. Moving this one "back" would
+            # overwrite it.
+            raise ConfigError(
+                f"home: its ML Metadata ({config.metadata_path}) records artifacts of this pipeline under "
+                f"{live[0]}, a home that is still there with its own ML Metadata: this home ({here}) is a "
+                "copy of it (copied with its store), and that home has deleted some of those folders since "
+                "(`imgpipe prune`, or by hand). A copy's runs read the original's models, so this one's "
+                f"baseline and cache point at folders that are gone. Do not move this home to {live[0]}: "
+                "that is the other home. Start a new home with --home (a home copied without its "
+                "metadata.sqlite starts anew too; the serving dir's versions stay served)"
+            )
         raise ConfigError(
             f"home: its ML Metadata ({config.metadata_path}) records artifacts of this pipeline under {where}, "
             f"not under this home ({here}), and their folders are gone: the home was moved or renamed, or "
