@@ -1132,11 +1132,28 @@ def below_chance(right: int, between: int) -> bool:
     return float(binom.cdf(right, between, 0.5)) < PAIR_BELOW_ALPHA
 
 
-def answered_as_each_other(a_right: int, a_as_b: int, b_right: int, b_as_a: int) -> bool:
-    """Two classes' eval images answered mostly with the other class each, wrong far more often
-    than a coin (below_chance): the model tells them apart the wrong way round."""
+def answered_as_each_other(
+    a_right: int,
+    a_as_b: int,
+    b_right: int,
+    b_as_a: int,
+    a_images: int | None = None,
+    b_images: int | None = None,
+) -> bool:
+    """Two classes' eval images answered mostly with the other class each (more than half of each
+    class's `a_images`, `b_images` eval images: by default those answered with a or b), wrong far
+    more often than a coin (below_chance): the model tells them apart the wrong way round. Not a
+    class whose images mostly went to a third class: one of 25 answered with the other is no swap."""
+    a_images = a_right + a_as_b if a_images is None else a_images
+    b_images = b_right + b_as_a if b_images is None else b_images
     right = a_right + b_right
-    return a_as_b > a_right and b_as_a > b_right and below_chance(right, right + a_as_b + b_as_a)
+    return (
+        2 * a_as_b > a_images
+        and 2 * b_as_a > b_images
+        and a_as_b > a_right
+        and b_as_a > b_right
+        and below_chance(right, right + a_as_b + b_as_a)
+    )
 
 
 def pair_at_chance(right: int, between: int) -> bool:
@@ -1155,6 +1172,9 @@ def classes_at_chance(
     least one mistake between them, most mistakes first."""
     out = []
     names = list(class_names)
+    totals: dict[str, int] = {}  # each class's eval images, whatever they were answered
+    for (true, _), n in counts.items():
+        totals[true] = totals.get(true, 0) + n
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             mistakes = counts.get((a, b), 0) + counts.get((b, a), 0)
@@ -1183,6 +1203,8 @@ def classes_at_chance(
                             counts.get((a, b), 0),
                             counts.get((b, b), 0),
                             counts.get((b, a), 0),
+                            totals.get(a, 0),
+                            totals.get(b, 0),
                         ),
                     }
                 )

@@ -1181,6 +1181,17 @@ def test_classes_told_apart_no_better_than_chance_are_named():
     # not an exchange.
     [one_way] = classes_at_chance({("a", "a"): 2, ("b", "a"): 12}, ["a", "b"])
     assert one_way["below_chance"] is False
+    # Each answered with the other within the pair, but 'b' mostly with a third class: 24 of its
+    # 25 answered 'c' and one 'd' (an audit's clips). The pair is at chance; no swap of labels.
+    [pair] = [
+        p
+        for p in classes_at_chance(
+            {("d", "b"): 25, ("b", "c"): 24, ("b", "d"): 1, ("c", "c"): 25}, ["b", "c", "d"]
+        )
+        if p["classes"] == ["b", "d"]
+    ]
+    assert pair["below_chance"] is False and pair["right"] == 0
+    assert not pair_hint(pair).startswith("wrong far more often")
     # Told apart: 14 of 16 right between the two (p 0.002); and too few answers to say (under 10).
     assert classes_at_chance({("a", "a"): 7, ("b", "b"): 7, ("a", "b"): 1, ("b", "a"): 1}, ["a", "b"]) == []
     assert classes_at_chance({("a", "a"): 2, ("b", "b"): 2, ("a", "b"): 3, ("b", "a"): 2}, ["a", "b"]) == []
