@@ -332,5 +332,6 @@ def split_shift(
         "images. The gate judges the model on pictures unlike those it learned from: its accuracy "
         "measures that difference too, and classes may look told apart at chance for it. If the eval "
         "split should be like the train split, make both from one set of pictures (`imgpipe ingest` "
-        "splits each class at random)"
+        "splits each class at random, but keeps near-copies, a clip's or a burst's frames, in one split: "
+        "a class of a few clips has whole clips in eval, which its ingest report's `near_copies` lists)"
     )

@@ -191,7 +191,58 @@ def test_the_plan_keeps_each_set_of_near_copies_in_one_split():
     assert len(plan.near_copies) == 20
     entry = plan.near_copies[0]
     assert entry["class"] == "a" and entry["split"] in ("train", "eval") and len(entry["files"]) == 5
-    assert not plan.warnings
+    # 15 eval images of 3 pictures each: as weak as 3 images, and said (35 of 7 in train are enough).
+    assert plan.warnings == [
+        f"class {label!r}: its 15 eval images are 3 pictures and their near-copies (frames of a clip or burst, "
+        "one picture saved again): each set is kept in one split, so a model cannot score what it memorised, "
+        "but the gate counts images: its recall and the run's accuracy rest on that few independent "
+        "pictures, and a model answering at random passes more often than the gate's significance floor "
+        "says. Add pictures of it (other clips, other scenes)"
+        for label in "ab"
+    ]
+
+
+def test_a_class_of_a_few_clips_is_named_as_that_few_pictures():
+    """An audit's classes of three 25-frame clips (a digit and noise): one clip each in eval, 25
+    images of one picture; a model that learned nothing was blessed at 1.0. Pictures without
+    near-copies, however few, are the data gate's to count (as images)."""
+    rng = np.random.default_rng(0)
+
+    def clip(i: int, frames: int = 12) -> list[Image.Image]:
+        base = np.asarray(_digit(i)).astype(float)
+        return [
+            Image.fromarray(np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8))
+            for _ in range(frames)
+        ]
+
+    candidates = []
+    for label, digits in (("a", (0, 1, 2)), ("b", (3, 4, 5))):
+        for c, i in enumerate(digits):
+            for f, frame in enumerate(clip(i)):
+                data = _encode(frame)
+                check = inspect_image(data)
+                candidates.append(
+                    Candidate(
+                        f"{label}/{c}_{f}.png",
+                        label,
+                        f"sha-{label}{c}{f}",
+                        len(data),
+                        check.image,
+                        check.thumb,
+                    )
+                )
+    plan = make_plan(["a", "b"], candidates, seed=3, eval_fraction=0.3)
+    assert sorted(len(n["files"]) for n in plan.near_copies) == [12] * 6  # each clip is one set
+    for label in "ab":
+        assert plan.counts[label] == {"train": 24, "eval": 12}
+        [said] = [w for w in plan.warnings if w.startswith(f"class {label!r}")]
+        assert (
+            "its 24 train images are 2 pictures and 12 eval images are 1 picture and their near-copies"
+            in said
+        )
+    singles = _candidates({"a": [_digit(i) for i in range(3)], "b": [_digit(i) for i in range(3, 6)]})
+    plain = make_plan(["a", "b"], [c for c in singles if c.rel.endswith("_png")], seed=3, eval_fraction=0.3)
+    assert plain.warnings == []
 
 
 def test_a_class_of_one_pictures_copies_is_split_with_a_warning():

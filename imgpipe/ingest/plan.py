@@ -201,7 +201,9 @@ def make_plan(
             continue
         n_eval = eval_count(len(digests), eval_fraction)
         classes.append(name)
-        splits, found, straddle = _split_near_copies([groups[name][d][0] for d in digests], n_eval)
+        splits, found, straddle, pictures = _split_near_copies([groups[name][d][0] for d in digests], n_eval)
+        few = few_pictures_warning(name, {s: splits.count(s) for s in SPLITS}, pictures)
+        warnings += [few] if few and not straddle else []
         if straddle:
             warnings.append(
                 f"class {name!r}: its {len(digests)} images are one set of near-copies (one picture saved "
@@ -265,12 +267,15 @@ def make_plan(
     )
 
 
-def _split_near_copies(ranked: list[Candidate], n_eval: int) -> tuple[list[str], list[dict[str, Any]], bool]:
+def _split_near_copies(
+    ranked: list[Candidate], n_eval: int
+) -> tuple[list[str], list[dict[str, Any]], bool, dict[str, int]]:
     """Each of a class's unique images' split, in `ranked` (the seeded) order: near-copies
     (imgpipe/ingest/near_copies.py) go to one split together, the sets filling eval in order up
     to `n_eval` images; without near-copies, the first `n_eval` images. Also the sets of more
-    than one image ({"split", "files"}), and whether the class is a single set, split by its
-    images instead (its eval images then near-copies of its train images)."""
+    than one image ({"split", "files"}), whether the class is a single set, split by its
+    images instead (its eval images then near-copies of its train images), and the pictures in
+    each split ({split: sets}, an image without near-copies a set of its own)."""
     sets = near_copy_sets([c.thumb for c in ranked])
     to_eval = eval_sets(sets, n_eval)
     if to_eval is None:
@@ -290,7 +295,34 @@ def _split_near_copies(ranked: list[Candidate], n_eval: int) -> tuple[list[str],
         for members in sets
         if len(members) > 1
     ]
-    return splits, found, straddle
+    pictures = {s: sum(1 for members in sets if splits[members[0]] == s) for s in SPLITS}
+    return splits, found, straddle, pictures
+
+
+# A split with fewer pictures than this (a set of near-copies counted once) gives weak evidence;
+# components/data_contract.FEW_IMAGES is the data gate's same rule for copies of one image.
+FEW_PICTURES = 5
+
+
+def few_pictures_warning(name: str, images: Mapping[str, int], pictures: Mapping[str, int]) -> str | None:
+    """A warning when a class's split holds fewer than FEW_PICTURES pictures once its near-copies
+    (a clip's frames, one picture saved several ways) count as one, though more images: its
+    numbers count images that are not independent. An audit's two classes of three 25-frame clips
+    each (labels unrelated to the pictures) had one clip each in eval: 25 eval images of one
+    picture, and a model that had learned nothing was blessed at 1.0 on one seed of four."""
+    weak = [s for s in SPLITS if pictures.get(s, 0) < FEW_PICTURES and images.get(s, 0) > pictures.get(s, 0)]
+    if not weak:
+        return None
+    listed = " and ".join(
+        f"{images[s]} {s} images are {pictures[s]} picture{'s' if pictures[s] != 1 else ''}" for s in weak
+    )
+    return (
+        f"class {name!r}: its {listed} and their near-copies (frames of a clip or burst, one picture saved "
+        "again): each set is kept in one split, so a model cannot score what it memorised, but the "
+        "gate counts images: its recall and the run's accuracy rest on that few independent pictures, "
+        "and a model answering at random passes more often than the gate's significance floor says. "
+        "Add pictures of it (other clips, other scenes)"
+    )
 
 
 def _same(members: list[Candidate]) -> str:
