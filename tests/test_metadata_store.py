@@ -483,6 +483,42 @@ def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path)
         check_serving_dir_is_this_homes(third)
 
 
+def test_a_home_pushing_to_a_second_place_is_warned_about(tmp_path):
+    """An audit's home pushed data A to one serving dir, then B, then A to a second: the first's
+    served model stopped being the gate's baseline and its blessing was taken back. A run to
+    another place while the home's newest push is still served where it went is warned about."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.preflight import check_home_serves_from_one_place
+    from imgpipe.orchestration.summary import RunSummary
+
+    config = PipelineConfig(home=str(tmp_path / "home"), serving_dir=str(tmp_path / "first"), model_name="m")
+    config = config.resolved()
+    os.makedirs(config.home)
+    metadata.connect(config, readonly=False)
+    pushed = os.path.join(config.model_serving_dir, "100")
+    os.makedirs(pushed)
+    open(os.path.join(pushed, "saved_model.pb"), "wb").close()
+    runs.write_record(config, RunSummary("r1", True, pushed, 0.9, 1, {}))
+    second = config.replace(serving_dir=str(tmp_path / "second"))
+    with helpers.logged("imgpipe.orchestration.preflight") as said:
+        check_home_serves_from_one_place(config)  # where its newest push went
+        assert said == []
+        check_home_serves_from_one_place(second)
+    [warning] = said
+    assert warning.startswith(
+        f"serving_dir: this home's newest push went to {config.model_serving_dir} (version 100, still served "
+        f"there), and this run pushes to {second.model_serving_dir}"
+    )
+    assert "Give each place its own --home" in warning
+    # A version put there since (by hand, another home): nothing of this home's is served there.
+    later = os.path.join(config.model_serving_dir, "200")
+    os.makedirs(later)
+    open(os.path.join(later, "saved_model.pb"), "wb").close()
+    with helpers.logged("imgpipe.orchestration.preflight") as said:
+        check_home_serves_from_one_place(second)
+    assert said == []
+
+
 # ------------------------------------------------------------------ TFX's cache, read by id
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_cached_components_outputs_keep_their_keys(backend, postgres_server, tmp_path, monkeypatch):

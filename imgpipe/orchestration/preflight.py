@@ -1,6 +1,7 @@
 """A home's pre-flight checks: made before a run's first component.
 
-Each raises ConfigError naming what is wrong and how to put it right; none changes anything but
+Each raises ConfigError naming what is wrong and how to put it right (a home pushing to a second
+place is warned about, not refused); none changes anything but
 the home's record of a serving dir it was told to take over (`adopt_serving_dir`).
 `imgpipe run` makes them holding the home's lock (orchestration/local.py); an Airflow DAG's
 first tasks (those that wait for none) make them before their components, with no home lock
@@ -22,11 +23,13 @@ log = logging.getLogger(__name__)
 
 def check_home(config: PipelineConfig) -> None:
     """Every pre-flight check of the home, in order: its store knows it, it was not moved, its
-    pipeline name is its own on a shared database, its serving dir's newest version is its own."""
+    pipeline name is its own on a shared database, its serving dir's newest version is its own;
+    then a warning when its pushes go to two places."""
     check_store_knows_the_home(config)
     check_home_not_moved(config)
     check_pipeline_name_is_this_homes(config)
     check_serving_dir_is_this_homes(config)
+    check_home_serves_from_one_place(config)
 
 
 def check_store_knows_the_home(config: PipelineConfig) -> None:
@@ -205,6 +208,73 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
         "--model-name or --serving-dir, or pass --adopt-serving-dir to take version "
         f"{number} over"
     )
+
+
+def check_home_serves_from_one_place(config: PipelineConfig) -> None:
+    """Warn when the run's model base path is not the one this home's newest push went to while
+    that one still serves it (its newest version this home's push). The gate's baseline is one
+    model, the home's latest blessed: a home pushing to two places alternately has its runs for
+    one compared with the other's model, and the blessing of the model the other serves is taken
+    back once this place serves an older one (an audit: data A to one serving dir, then B, then
+    A to a second; the first's served model was no longer the baseline, and a re-run of its own
+    data was refused as a label change). Not refused: a home moved to a new place does this once
+    (tests and users point a home's run at a fresh serving dir)."""
+    base = config.model_serving_dir
+    if not base or "://" in base or "://" in config.home:
+        return
+    previous = _newest_push_base(config.home)
+    if previous is None or os.path.realpath(previous) == os.path.realpath(base):
+        return
+    served = _served_version(config, previous)
+    if served is None:
+        return  # nothing of this home's is served there now: a move, nothing left ungated
+    number, folder = served
+    log.warning(
+        "serving_dir: this home's newest push went to %s (version %s%s, still served there), and this run "
+        "pushes to %s. A home gates each model against the one model it last blessed: pushing to two places, "
+        "the runs for one are compared with the other's model, and the blessing of the model %s serves is "
+        "taken back when this place serves another. Give each place its own --home (or push to one place)",
+        previous,
+        number,
+        _served_classes(folder),
+        base,
+        previous,
+    )
+
+
+def _newest_push_base(home: str) -> str | None:
+    """The model base path of the newest push this home's run records name (local), else None."""
+    for folder in runs.records(home):
+        try:
+            pushed = runs.read_summary(folder).get("pushed")
+        except runs.RecordError:
+            continue
+        if isinstance(pushed, str) and "://" not in pushed and os.path.isabs(pushed):
+            return os.path.dirname(os.path.normpath(pushed))
+    return None
+
+
+def _served_version(config: PipelineConfig, base: str) -> tuple[int, str] | None:
+    """(number, folder) of `base`'s newest whole version when this home pushed it (its records
+    or ML Metadata's), took it over, or a rollback of it served it; None otherwise."""
+    from imgpipe.orchestration.prune import pushed_versions
+    from imgpipe.orchestration.rollback import whole_versions
+
+    versions = whole_versions(base)
+    if not versions:
+        return None
+    number, folder = versions[-1]
+    name = os.path.basename(folder)
+    if _adopted(config.home, base) == name or name in pushed_versions(config.home).get(
+        os.path.normpath(base), set()
+    ):
+        return number, folder
+    if not os.path.exists(config.metadata_path) and config.metadata_target is None:
+        return None
+    with metadata.open_store(config) as store:
+        if recovery.pushes(store, config.pipeline_root).pushed_version(folder):
+            return number, folder
+    return None
 
 
 def adopt_once(config: PipelineConfig, saved_for: str) -> PipelineConfig:
