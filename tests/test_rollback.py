@@ -397,6 +397,12 @@ def test_a_failed_rename_says_ml_metadata_has_it_and_a_second_run_completes_it(t
         "--to 100 --reason 'wrong answers'` completes it"
     )
     assert rollback_home(h.home.home, dry_run=True).warnings[0] == unfinished
+    assert (
+        "is recorded in rollbacks.jsonl (and in ML Metadata, unless it was killed before that)" in unfinished
+    )
+    # The command it names is the completion: it does not warn of itself (an audit's did).
+    completing = rollback_home(h.home.home, to="100", reason="wrong answers", dry_run=True)
+    assert not any("was never served" in w for w in completing.warnings), completing.warnings
     again = rollback_home(h.home.home)
     assert (again.from_version, again.to_version) == ("200", "100") and again.baseline["id"] == model_a.id
     assert _same(os.path.join(h.serving, again.new_version), os.path.join(h.serving, "100"))

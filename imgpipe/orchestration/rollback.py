@@ -124,11 +124,15 @@ def whole_versions(serving_dir: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def unfinished_rollback(home: str, serving_dir: str) -> str | None:
+def unfinished_rollback(
+    home: str, serving_dir: str, completing: tuple[str | None, bool] | None = None
+) -> str | None:
     """What to tell when the home's last rollback recorded itself (its rollbacks.jsonl entry, and
-    ML Metadata after it) but never served its copy (killed, or its rename failed) while the
-    version it took out is still the newest: the records say a model is out of serving that
-    still answers. None otherwise (no log, completed, or the serving dir moved on since)."""
+    ML Metadata after it unless it was killed first) but never served its copy (killed, or its
+    rename failed) while the version it took out is still the newest: the records say a model is
+    out of serving that still answers. None otherwise (no log, completed, or the serving dir
+    moved on since), and when `completing` ((to, undo) of the rollback being made) is the
+    command that completes it: that one says so itself."""
     last, served = None, False
     for entry in log_entries(home) or []:
         if "to_version" in entry:
@@ -141,6 +145,9 @@ def unfinished_rollback(home: str, serving_dir: str) -> str | None:
     if not versions or str(versions[-1][0]) != str(last.get("from_version")):
         return None
     to = str(last.get("to_version"))
+    if completing is not None and completing[0] == to and completing[1] == bool(last.get("undo")):
+        log.info("this rollback completes the last one, whose copy of version %s was never served", to)
+        return None
     reason, config_path = last.get("reason"), last.get("config")
     command = _retry_command(
         home,
@@ -150,8 +157,9 @@ def unfinished_rollback(home: str, serving_dir: str) -> str | None:
         config_path if isinstance(config_path, str) else None,
     )
     return (
-        f"the last rollback ({last.get('note') or f'version {to} to be served again'}) is recorded in ML "
-        f"Metadata and {LOG_FILE}, but its copy of version {to} was never served (it was killed, or its "
+        f"the last rollback ({last.get('note') or f'version {to} to be served again'}) is recorded in "
+        f"{LOG_FILE} (and in ML Metadata, unless it was killed before that), but its copy of version {to} "
+        "was never served (it was killed, or its "
         f"rename failed): version {versions[-1][0]}, which it took out, is still the newest in {serving_dir}; "
         f"`{command}` completes it"
     )
@@ -329,7 +337,7 @@ def _rollback_holding_lock(
     from serving.model_fingerprint import rolled_back_models
 
     warnings: list[str] = []
-    unfinished = unfinished_rollback(home, serving_dir)
+    unfinished = unfinished_rollback(home, serving_dir, completing=(to, undo))
     if unfinished:
         warnings.append(unfinished)
     refused = rolled_back_models(os.path.join(home, LOG_FILE))
