@@ -640,6 +640,35 @@ def test_a_killed_prunes_hidden_version_is_removed_by_the_next(tmp_path, monkeyp
     assert os.path.basename(renamed[0]).startswith(f"{pusher.PRUNED_PREFIX}{liveness.HOST}-{os.getpid()}-")
 
 
+def test_keep_versions_that_leave_no_way_back_are_warned_about(tmp_path):
+    """An audit's --keep-versions 2 kept two versions of one model (the served one and its copy) and
+    removed the only other: `imgpipe rollback` then had nothing to roll back to, and nothing said so."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.summary import RunSummary
+
+    home = FakeHome(str(tmp_path / "home"))
+    training_history(home, runs=1)
+    config = PipelineConfig(home=home.home, serving_dir=str(tmp_path / "serving"), model_name="m").resolved()
+    base = tmp_path / "serving" / "m"
+    for i, (version, content) in enumerate((("1", b"model C"), ("2", b"model A"), ("3", b"model A"))):
+        loadable_files(str(base / version), content)
+        runs.write_record(config, RunSummary(f"r{i}", True, str(base / version), 0.9, 1, {}))
+    dry = prune_home(home.home, keep=1, dry_run=True, keep_versions=2)
+    [said] = dry.versions_no_way_back
+    assert (
+        said["path"] == str(base)
+        and "would keep no version `imgpipe rollback` could serve again" in said["warning"]
+    )
+    with helpers.logged("imgpipe.orchestration.prune") as logged:
+        done = prune_home(home.home, keep=1, keep_versions=2)
+    assert [v["path"] for v in done.versions_removed] == [str(base / "1")]
+    assert any("keeps no version `imgpipe rollback` could serve again" in m for m in logged), logged
+    # Versions of other models kept: a way back, nothing said.
+    loadable_files(str(base / "4"), b"model D")
+    runs.write_record(config, RunSummary("r4", True, str(base / "4"), 0.9, 1, {}))
+    assert prune_home(home.home, keep=1, dry_run=True, keep_versions=2).versions_no_way_back == []
+
+
 def test_keep_versions_counts_only_versions_that_can_be_loaded(tmp_path):
     """The newest version damaged (variables deleted by hand): kept, it is no version to fall back
     on, so --keep-versions 1 kept it alone and removed the last loadable one."""

@@ -94,6 +94,8 @@ class PruneResult:
     versions_removed: list[dict] = dataclasses.field(default_factory=list)
     # Newest versions whose files cannot be loaded ({path, error}): kept, not counted among K.
     # Leftovers of dead pushes and prunes in those serving dirs ({path, bytes, what}), removed.
+    # A serving dir this prune leaves without a version `imgpipe rollback` could serve: {path, warning}.
+    versions_no_way_back: list[dict] = dataclasses.field(default_factory=list)
     serving_leftovers_removed: list[dict] = dataclasses.field(default_factory=list)
     versions_unloadable: list[dict] = dataclasses.field(default_factory=list)
     # Folders under HOME/pipelines that no store pruned records (left alone, with a warning).
@@ -398,6 +400,8 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
                 result.versions_unloadable.append({"path": path, "error": why})
             else:
                 loadable += 1
+        # Which versions `imgpipe rollback` could serve again, judged before any is removed.
+        way_back = _ways_back(serving_dir, [name for _, name in versions], taken_out, pusher.same_model)
         for _, name in versions[len(versions) - kept :]:
             result.versions_kept.append(os.path.join(serving_dir, name))
         for _, name in versions[: len(versions) - kept]:
@@ -420,9 +424,48 @@ def _with_versions(result: PruneResult, keep_versions: int | None) -> PruneResul
                     continue
                 size = result.removed(done)
             result.versions_removed.append({"path": path, "bytes": size})
+        gone = {
+            os.path.basename(v["path"])
+            for v in result.versions_removed
+            if os.path.dirname(v["path"]) == serving_dir
+        }
+        left = _no_way_back(serving_dir, way_back, gone, result.dry_run)
+        if left:
+            log.warning("%s", left)
+            result.versions_no_way_back.append({"path": serving_dir, "warning": left})
     result.bytes_freed += sum(v["bytes"] for v in result.versions_removed)
     result.bytes_freed += sum(v["bytes"] for v in result.serving_leftovers_removed)
     return result
+
+
+def _ways_back(serving_dir: str, names: list[str], taken_out: set[str], same) -> set[str]:
+    """The versions among `names` (oldest first) that `imgpipe rollback` could serve again: those
+    that load, are not taken out by a rollback and hold another model than the newest (`same`:
+    the Pusher's byte comparison)."""
+    if not names:
+        return set()
+    newest = os.path.join(serving_dir, names[-1])
+    return {
+        name
+        for name in names[:-1]
+        if name not in taken_out
+        and not model_files.damage(path := os.path.join(serving_dir, name))
+        and not same(path, newest)
+    }
+
+
+def _no_way_back(serving_dir: str, way_back: set[str], gone: set[str], dry_run: bool = False) -> str | None:
+    """What to say when removing `gone` leaves none of the versions `_ways_back` found (though there
+    was one). An audit's --keep-versions 2 kept a rollback's copy and the version it took out, and
+    removed the only other model: `rollback` then had nothing to roll back to."""
+    if not way_back or way_back - gone:
+        return None
+    would = "would keep" if dry_run else "keeps"
+    return (
+        f"--keep-versions: after this prune {serving_dir} {would} no version `imgpipe rollback` could serve "
+        "again (those kept hold the served model, or models a rollback took out), and the versions it "
+        "removes held other models: keep more versions (a larger --keep-versions) to keep a way back"
+    )
 
 
 def _remove_version(path: str) -> scratch.Removal | None:
