@@ -164,8 +164,12 @@ def test_prune_leaves_artifacts_outside_the_home_alone(tmp_path):
     model = home.artifact(r1["model"].id)
     model.uri = str(outside)
     home.store.put_artifacts([model])
-    prune_home(home.home, keep=1)
+    with helpers.logged("imgpipe.orchestration.prune") as said:
+        prune_home(home.home, keep=1)
     assert outside.is_dir() and _state(home, model) == LIVE
+    # Said once for all of them (an audit's copied home printed 47 lines, one per artifact).
+    [line] = [m for m in said if "outside the pipeline root" in m]
+    assert line.startswith("1 artifact(s) outside the pipeline root") and str(outside) in line
 
 
 def test_prune_refuses_bad_homes_and_waits_for_no_one(tmp_path):

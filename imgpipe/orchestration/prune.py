@@ -238,14 +238,14 @@ def _plan_pipeline(
         for e in store.get_executions_by_context(run.id):
             run_of[e.id] = metadata.run_id(run)
 
-    doomed, removed = [], []
+    doomed, removed, outside = [], [], []
     for a in artifacts:
         if a.id in used_by_kept or a.id in protected or not a.uri:
             continue
         if a.state == _DELETED and not os.path.exists(a.uri):
             continue  # pruned before
         if not under(a.uri, root):
-            log.warning("artifact %d (%s) is outside the pipeline root %s: left alone", a.id, a.uri, root)
+            outside.append(a)
             continue
         doomed.append(a)
         removed.append(
@@ -256,6 +256,16 @@ def _plan_pipeline(
                 "bytes": scratch.tree_bytes(a.uri),
                 "run": run_of.get(producer.get(a.id, -1)),
             }
+        )
+    if outside:  # one line, not one per artifact: a copied home's store names them all
+        shown = ", ".join(f"{a.id} ({a.uri})" for a in outside[:3])
+        log.warning(
+            "%d artifact(s) outside the pipeline root %s left alone (a copied or moved home's store "
+            "names another home's folders): %s%s",
+            len(outside),
+            root,
+            shown,
+            f" and {len(outside) - 3} more" if len(outside) > 3 else "",
         )
     folders = []
     node_of = _nodes_of_executions(store, name)
