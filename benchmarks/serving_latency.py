@@ -1,8 +1,10 @@
 """Latency and throughput of `predict_images` through the local gRPC server vs in-process.
 
 In one run, on loopback only: the same SavedModel is called
-(a) in-process through its `predict_images` signature and (b) through
+(a) in-process through its `predict_images` signature, (b) through
 `imgpipe serve` (a separate process, like a deployment) with the gRPC client,
+and (c) through `imgpipe log-proxy` in front of that server (a third process,
+logging every call, as production's request logger in front of TF Serving),
 each at concurrency 1 and 8, one image per request, a bounded number of
 requests. Prints a markdown table with p50/p99 latency, throughput and the
 served/in-process ratios (ratios, not absolute numbers, are what compare
@@ -77,16 +79,27 @@ def measure(
 
 def start_server_process(base_path: str, timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
     """`imgpipe serve` on a free loopback port; returns (process, port)."""
+    cmd = ["serve", "--model-base-path", base_path, "--model-name", MODEL_NAME]
+    return _start(cmd, r"Serving model .* on 127\.0\.0\.1:(\d+)", timeout)
+
+
+def start_proxy_process(target: str, log_dir: str, timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
+    """`imgpipe log-proxy` in front of `target`, logging every call to `log_dir`; (process, port)."""
+    cmd = ["log-proxy", "--target", target, "--log-requests", log_dir]
+    return _start(cmd, r"Forwarding calls on 127\.0\.0\.1:(\d+)", timeout)
+
+
+def _start(args: list[str], started: str, timeout: float) -> tuple[subprocess.Popen, int]:
+    """`imgpipe ARGS` on a free loopback port, once its stderr says `started` (the port its group)."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    cmd = [sys.executable, "-m", "imgpipe", "serve", "--model-base-path", base_path]
-    cmd += ["--model-name", MODEL_NAME, "--port", "0", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "imgpipe", *args, "--port", "0", "--host", "127.0.0.1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     tail: list[str] = []
     assert proc.stderr is not None
     for line in proc.stderr:
         tail = (tail + [line])[-20:]
-        m = re.search(r"Serving model .* on 127\.0\.0\.1:(\d+)", line)
+        m = re.search(started, line)
         if m:
             # Keep draining stderr so the server never blocks on a full pipe.
             threading.Thread(target=proc.stderr.read, daemon=True).start()
@@ -94,7 +107,7 @@ def start_server_process(base_path: str, timeout: float = 300.0) -> tuple[subpro
         if time.monotonic() > deadline:
             break
     proc.kill()
-    raise RuntimeError("server did not start:\n" + "".join(tail))
+    raise RuntimeError(f"imgpipe {args[0]} did not start:\n" + "".join(tail))
 
 
 def run(export_dir: str, requests: int, concurrencies: Sequence[int]) -> list[dict]:
@@ -135,6 +148,24 @@ def run(export_dir: str, requests: int, concurrencies: Sequence[int]) -> list[di
                         **measure(served, images, requests, c),
                     }
                 )
+        proxy, proxy_port = start_proxy_process(f"127.0.0.1:{port}", os.path.join(workdir, "logs"))
+        try:
+            with ServingClient(f"127.0.0.1:{proxy_port}", timeout=60.0) as client:
+
+                def proxied(image: bytes) -> object:
+                    return client.predict_images(MODEL_NAME, [image])
+
+                for c in concurrencies:
+                    rows.append(
+                        {
+                            "path": "gRPC server via log-proxy",
+                            "concurrency": c,
+                            **measure(proxied, images, requests, c),
+                        }
+                    )
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=60)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -156,6 +187,14 @@ def table(rows: list[dict], requests: int) -> str:
             f"| {r['path']} | {r['concurrency']} | {r['p50']:.1f} | {r['p99']:.1f} | "
             f"{r['rps']:.1f} | {r['p50'] / ref['p50']:.2f}x | {r['rps'] / ref['rps']:.2f}x |"
         )
+    direct = {r["concurrency"]: r for r in rows if r["path"] == "gRPC server"}
+    for r in rows:
+        if r["path"] == "gRPC server via log-proxy" and r["concurrency"] in direct:
+            d = direct[r["concurrency"]]
+            out.append(
+                f"\nlog-proxy against the server called directly, concurrency {r['concurrency']}: p50 "
+                f"{r['p50'] / d['p50']:.2f}x ({r['p50'] - d['p50']:+.1f} ms), req/s {r['rps'] / d['rps']:.2f}x"
+            )
     return "\n".join(out)
 
 
