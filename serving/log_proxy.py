@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -47,8 +48,23 @@ LOGGED_METHODS = {
     "/tensorflow.serving.PredictionService/MultiInference": "multi_inference_log",
 }
 
-# Headers gRPC sets itself on each hop: not the caller's to pass on.
+# Headers gRPC sets itself on each hop: not the caller's to pass on. Its other reserved keys
+# (grpc-*) are its own too, but for an error's rich status details, which are the answer's.
 _HOP_HEADERS = ("user-agent", "te", "content-type", "host")
+_STATUS_DETAILS = "grpc-status-details-bin"
+# UNAVAILABLE in these words is gRPC's own: no connection to the server. TF Serving answers
+# UNAVAILABLE itself too (a full batching queue): that is the server answering.
+_NO_CONNECTION = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "socket closed",
+    "connection reset",
+    "broken pipe",
+    "dns resolution failed",
+    "goaway",
+    "keepalive",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +74,7 @@ class ProxyConfig:
     target: str = ""  # the model server: HOST:PORT or a gRPC URI (dns:///host:port)
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    threads: int = 16  # calls forwarded at once; more wait for a thread
+    threads: int = 64  # calls forwarded at once; more wait for a thread (their deadlines running)
     max_message_mb: int = MAX_MESSAGE_MB  # as TF Serving's: a request it takes passes here too
     grace_seconds: float = 10.0  # on SIGTERM, how long calls in flight may take
     connect_seconds: float = 5.0  # at start, how long to wait for the server before warning
@@ -86,7 +102,7 @@ def _passed_on(metadata: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(
         (key, value)
         for key, value in metadata or ()
-        if not key.startswith((":", "grpc-")) and key not in _HOP_HEADERS
+        if key == _STATUS_DETAILS or (not key.startswith((":", "grpc-")) and key not in _HOP_HEADERS)
     )
 
 
@@ -122,18 +138,10 @@ class _Forwarder(grpc.GenericRpcHandler):
         self._channel = channel
         self._log = request_log
         self._health = health
-        self._calls: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def _call(self, method: str) -> Any:
-        with self._lock:
-            if method not in self._calls:  # bytes in, bytes out: nothing is parsed on the way
-                self._calls[method] = self._channel.unary_unary(method)
-            return self._calls[method]
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        call = self._call(method)
+        call = self._channel.unary_unary(method)  # bytes in, bytes out: nothing is parsed on the way
         kind = LOGGED_METHODS.get(method)
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -146,12 +154,16 @@ class _Forwarder(grpc.GenericRpcHandler):
             except grpc.FutureCancelledError:
                 context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled by the client")
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._health.unreachable(e.details() or "no details")
+                details = e.details() or ""
+                if e.code() == grpc.StatusCode.UNAVAILABLE and any(
+                    w in details.lower() for w in _NO_CONNECTION
+                ):
+                    self._health.unreachable(details)
                 else:
                     self._health.answered()
+                    context.send_initial_metadata(_passed_on(e.initial_metadata()))
                 context.set_trailing_metadata(_passed_on(e.trailing_metadata()))
-                context.abort(e.code(), e.details() or "")
+                context.abort(e.code(), details)
             self._health.answered()
             context.send_initial_metadata(_passed_on(future.initial_metadata()))
             context.set_trailing_metadata(_passed_on(future.trailing_metadata()))
@@ -191,12 +203,13 @@ class RunningProxy:
             self.request_log.close()
 
 
-def start_proxy(config: ProxyConfig) -> RunningProxy:
-    """Bind the port, open the request log and start forwarding; returns once it takes calls.
+def start_proxy(config: ProxyConfig, stop: threading.Event | None = None) -> RunningProxy:
+    """Bind the port, open the request log and start forwarding; returns once it takes calls and
+    the server answers, or `connect_seconds` passed (warned about, not refused: in a pod or a
+    compose file the proxy may start first), or `stop` was set meanwhile.
 
     ServerStartError for invalid settings, a port that cannot be bound or a log directory that
-    cannot be written. A server that does not answer within `connect_seconds` is warned about,
-    not refused: in a pod or a compose file the proxy may start first.
+    cannot be written.
     """
     config.validate()
     check_bind(config.host, config.port)
@@ -204,8 +217,8 @@ def start_proxy(config: ProxyConfig) -> RunningProxy:
 
     size = config.max_message_mb * MB
     sizes = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
-    channel = grpc.insecure_channel(config.target, options=sizes)
     request_log = start_request_log(config)
+    channel = grpc.insecure_channel(config.target, options=sizes)
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="log-proxy"),
         options=[*sizes, ("grpc.so_reuseport", 0)],
@@ -225,10 +238,18 @@ def start_proxy(config: ProxyConfig) -> RunningProxy:
             request_log.close()
         raise ServerStartError(f"cannot bind {address}: {reason}")
     server.start()
-    try:
-        grpc.channel_ready_future(channel).result(timeout=config.connect_seconds)
-    except grpc.FutureTimeoutError:
-        health.unreachable(f"no connection within {config.connect_seconds:g} s")
+    ready = grpc.channel_ready_future(channel)
+    deadline = time.monotonic() + config.connect_seconds
+    while not ready.done() and not (stop is not None and stop.is_set()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            health.unreachable(f"no connection within {config.connect_seconds:g} s")
+            break
+        try:
+            ready.result(timeout=min(0.5, left))
+        except grpc.FutureTimeoutError:
+            pass
+    ready.cancel()
     log.info(
         "Forwarding calls on %s to the model server at %s; logging %s to %s",
         address.replace(f":{config.port}", f":{port}"),
@@ -248,7 +269,7 @@ def serve(config: ProxyConfig, stop_event: threading.Event | None = None) -> int
     `grace_seconds`; a second cancels them and returns 128 + its number at once.
     """
     stop = stop_event or threading.Event()
-    running = start_proxy(config)
+    holder: dict[str, RunningProxy] = {}
     forced: list[int] = []
     previous: dict[int, Any] = {}
 
@@ -257,15 +278,18 @@ def serve(config: ProxyConfig, stop_event: threading.Event | None = None) -> int
         if stop.is_set():
             log.warning("second %s: cancelling calls in flight", name)
             forced.append(128 + signum)
-            threading.Thread(target=running.server.stop, args=(0,), daemon=True).start()
+            if "running" in holder:
+                threading.Thread(target=holder["running"].server.stop, args=(0,), daemon=True).start()
             return
         log.info("%s received: shutting down", name)
         stop.set()
 
+    # Before the start: a signal while it waits for the server (--connect-seconds) stops it too.
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
     try:
+        running = holder["running"] = start_proxy(config, stop)
         while not stop.wait(0.5):
             pass
         log.info("Stopping: finishing calls in flight (grace %.1fs)", config.grace_seconds)

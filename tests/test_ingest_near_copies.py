@@ -193,7 +193,7 @@ def test_the_plan_keeps_each_set_of_near_copies_in_one_split():
     assert entry["class"] == "a" and entry["split"] in ("train", "eval") and len(entry["files"]) == 5
     # 15 eval images of 3 pictures each: as weak as 3 images, and said (35 of 7 in train are enough).
     assert plan.warnings == [
-        f"class {label!r}: its 15 eval images are 3 pictures and their near-copies (frames of a clip or burst, "
+        f"class {label!r}: its 15 eval images are 3 pictures, with their near-copies (frames of a clip or burst, "
         "one picture saved again): each set is kept in one split, so a model cannot score what it memorised, "
         "but the gate counts images: its recall and the run's accuracy rest on that few independent "
         "pictures, and a model answering at random passes more often than the gate's significance floor "
@@ -237,7 +237,7 @@ def test_a_class_of_a_few_clips_is_named_as_that_few_pictures():
         assert plan.counts[label] == {"train": 24, "eval": 12}
         [said] = [w for w in plan.warnings if w.startswith(f"class {label!r}")]
         assert (
-            "its 24 train images are 2 pictures and 12 eval images are 1 picture and their near-copies"
+            "its 24 train images are 2 pictures and its 12 eval images are 1 picture, with their near-copies"
             in said
         )
     singles = _candidates({"a": [_digit(i) for i in range(3)], "b": [_digit(i) for i in range(3, 6)]})

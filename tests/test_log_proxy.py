@@ -205,6 +205,14 @@ class _Recorder(grpc.GenericRpcHandler):
                 context.add_callback(self.cancelled.set)
                 self.cancelled.wait(30)
                 return b""
+            if request == b"fail":  # an error with rich status details, as grpcio-status sends them
+                context.set_trailing_metadata((("grpc-status-details-bin", b"\x08\x03details"),))
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad request")
+            if request == b"busy":  # TF Serving's own UNAVAILABLE: the server answering
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "The batch scheduling queue to which this task was submitted is full",
+                )
             context.set_trailing_metadata((("x-answer", "yes"),))
             return b"echo:" + request
 
@@ -244,13 +252,43 @@ def test_metadata_deadline_and_cancellation_reach_the_server(recorder, proxy_of)
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert handler.cancelled.wait(10), "the forwarded call ran on after the client's deadline"
 
+    # An error's rich status details come back with it; the server's own UNAVAILABLE (a full
+    # queue) comes back as it is, and is not taken for a server that cannot be reached.
+    with pytest.raises(grpc.RpcError) as failed:
+        method(b"fail", timeout=20)
+    assert (failed.value.code(), failed.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "bad request")
+    assert ("grpc-status-details-bin", b"\x08\x03details") in failed.value.trailing_metadata()
+    with helpers.logged(log_proxy.log) as said:
+        with pytest.raises(grpc.RpcError) as failed:
+            method(b"busy", timeout=20)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE and "queue" in failed.value.details()
+    assert not any("is unavailable" in m for m in said), said
+
     # A client that cancels: the forwarded call is cancelled too.
     handler.cancelled.clear()
     future = method.future(b"sleep", timeout=30)
-    helpers.wait_for(lambda: len(handler.seen) == 3, timeout=10)
+    helpers.wait_for(lambda: len(handler.seen) == 5, timeout=10)
     future.cancel()
     assert handler.cancelled.wait(10), "the forwarded call ran on after the client cancelled"
     channel.close()
+
+
+def test_answers_that_parse_as_no_response_are_passed_on_and_counted_once(recorder, proxy_of):
+    """A server (or a hop before it) answering Predict with bytes that are no PredictResponse: the
+    client gets them as sent; the log counts them as unparseable (not as a disk error) and says so
+    once, not with a traceback a call."""
+    _, target = recorder
+    proxy = proxy_of(target)
+    channel = grpc.insecure_channel(proxy.target)
+    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+    with helpers.logged(request_log.log) as said:
+        for _ in range(3):
+            assert predict(b"\xff\xff\xff", timeout=20) == b"echo:\xff\xff\xff"
+        channel.close()
+        proxy.stop()
+    stats = json.loads(open(proxy.request_log.stats_path, encoding="utf-8").read())
+    assert stats["dropped_unparseable"] == 3 and stats["dropped_write_error"] == 0 and stats["written"] == 0
+    assert len([m for m in said if "not logged" in m]) == 1 and not any("Traceback" in m for m in said)
 
 
 def _free_port() -> int:
@@ -264,7 +302,17 @@ def test_a_server_that_does_not_answer_is_unavailable_and_said_once(recorder, pr
     port = _free_port()
     level = log_proxy.log.level
     log_proxy.log.setLevel(logging.INFO)  # "answers again" is said at INFO
-    with helpers.logged(log_proxy.log) as messages:
+    try:
+        _unavailable_then_answering(handler, port, proxy_of, messages := [])
+    finally:
+        log_proxy.log.setLevel(level)
+    down = [m for m in messages if "is unavailable" in m]
+    assert len(down) == 1 and f"127.0.0.1:{port}" in down[0], messages
+    assert any("answers again" in m for m in messages), messages
+
+
+def _unavailable_then_answering(handler, port, proxy_of, messages: list) -> None:
+    with helpers.logged(log_proxy.log) as said:
         proxy = proxy_of(f"127.0.0.1:{port}", connect_seconds=0.2)
         channel = grpc.insecure_channel(proxy.target)
         method = channel.unary_unary("/any.Service/AnyMethod")
@@ -282,10 +330,7 @@ def test_a_server_that_does_not_answer_is_unavailable_and_said_once(recorder, pr
         finally:
             late.stop(0)
             channel.close()
-    log_proxy.log.setLevel(level)
-    down = [m for m in messages if "is unavailable" in m]
-    assert len(down) == 1 and f"127.0.0.1:{port}" in down[0], messages
-    assert any("answers again" in m for m in messages), messages
+    messages.extend(said)
 
 
 def _answers(method) -> bool:
@@ -336,6 +381,30 @@ def test_the_command_forwards_logs_and_stops_on_sigterm(serving_model, base_path
     )
     assert bad.returncode == 2 and "--log-queue-size (log_queue_size) must be >= 1" in bad.stderr, bad.stderr
     assert bad.stdout == ""
+    # SIGTERM while it waits for a server that does not answer (compose waits 60 s): it stops at
+    # once, with its counts written, rather than dying without its grace.
+    waiting = subprocess.Popen(
+        [*command, "--target", f"127.0.0.1:{_free_port()}", "--port", "0", "--connect-seconds", "120"]
+        + ["--log-requests", str(tmp_path / "early")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        helpers.wait_for(
+            lambda: request_log.stats_files(str(tmp_path / "early")) if (tmp_path / "early").is_dir() else [],
+            120,
+        )
+        time.sleep(0.5)  # into the wait for the server
+        waiting.send_signal(signal.SIGTERM)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 0 and out == "" and "Proxy stopped" in err, err
     logs = tmp_path / "logs"
     port = _free_port()
     with lifecycle.start_in_thread(base_path, NAME) as server:
@@ -407,4 +476,5 @@ def test_grace_lets_a_call_in_flight_finish(recorder, proxy_of):
     handler.cancelled.set()  # the server answers now
     assert future.result(timeout=20) == b""
     stopper.join(20)
+    assert not stopper.is_alive(), "stop(grace) did not return once the call in flight ended"
     channel.close()

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 from ml_metadata.proto import metadata_store_pb2 as pb
@@ -633,15 +634,25 @@ def test_a_killed_prunes_hidden_version_is_removed_by_the_next(tmp_path, monkeyp
     # A push sweeps them too: the same leftover again, removed by the Pusher's staging.
     loadable_files(str(dead), b"an old model")
     assert pusher.remove_dead_staging(str(base)) == [str(dead)] and live.is_dir()
-    # The hidden name is the one this sweep knows: a prune's own rename is named so.
-    renamed = []
-    real_rename = os.rename
-    monkeypatch.setattr(os, "rename", lambda src, dst: renamed.append(dst) or real_rename(src, dst))
+    # The hidden name is the one this sweep knows: a prune's own rename is named so, and a version
+    # pushed days ago, hidden by a prune at work, is not taken for a dead prune's leftover by its age.
     from imgpipe.orchestration import prune as prune_module
 
     loadable_files(str(base / "1"), b"an old model")
+    days_ago = time.time() - 3 * 24 * 3600
+    os.utime(base / "1", (days_ago, days_ago))
+    seen = []
+    real_remove = scratch.remove_path
+
+    def remove(path):
+        seen.append((path, pusher.dead_leftovers(str(base))))
+        return real_remove(path)
+
+    monkeypatch.setattr(scratch, "remove_path", remove)
     prune_module._remove_version(str(base / "1"))
-    assert os.path.basename(renamed[0]).startswith(f"{pusher.PRUNED_PREFIX}{liveness.HOST}-{os.getpid()}-")
+    [(hidden, dead_then)] = seen
+    assert os.path.basename(hidden).startswith(f"{pusher.PRUNED_PREFIX}{liveness.HOST}-{os.getpid()}-")
+    assert dead_then == [] and not os.path.exists(hidden)
 
 
 def test_keep_versions_that_leave_no_way_back_are_warned_about(tmp_path):

@@ -1109,6 +1109,13 @@ def test_the_pairs_most_taken_for_each_other_say_when_they_are_not_told_apart():
     assert [(p.a, p.b) for p in listed][:1] == [("t1", "t2")] and len(listed) == 6 and listed[0].at_chance
     few = data.confused_pairs(["a", "b"], [[1, 1], [1, 0]])
     assert [(p.at_chance, p.tested) for p in few] == [(False, False)]
+    # The gate's rule for "answered as each other" (gate_decision.classes_at_chance): each class's
+    # eval images mostly answered with the other. 'b' went mostly to 'c' (24 of 25): no swap.
+    third = data.confused_pairs(["b", "c", "d"], [[0, 24, 1], [0, 25, 0], [25, 0, 0]])
+    [bd] = [p for p in third if (p.a, p.b) == ("b", "d")]
+    assert bd.at_chance and not bd.each_other
+    swapped = data.confused_pairs(["six", "nine"], [[0, 7], [7, 0]])
+    assert swapped[0].each_other
     assert "(too few answers to test)" in html.render(
         dataclasses.replace(
             _report_data(["a", "b"], n=4), class_names=["a", "b"], rows=["a", "b"], confusion=[[1, 1], [1, 0]]

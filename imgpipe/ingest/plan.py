@@ -313,12 +313,12 @@ def few_pictures_warning(name: str, images: Mapping[str, int], pictures: Mapping
     weak = [s for s in SPLITS if pictures.get(s, 0) < FEW_PICTURES and images.get(s, 0) > pictures.get(s, 0)]
     if not weak:
         return None
-    listed = " and ".join(
+    listed = " and its ".join(
         f"{images[s]} {s} images are {pictures[s]} picture{'s' if pictures[s] != 1 else ''}" for s in weak
     )
     return (
-        f"class {name!r}: its {listed} and their near-copies (frames of a clip or burst, one picture saved "
-        "again): each set is kept in one split, so a model cannot score what it memorised, but the "
+        f"class {name!r}: its {listed}, with their near-copies (frames of a clip or burst, one picture "
+        "saved again): each set is kept in one split, so a model cannot score what it memorised, but the "
         "gate counts images: its recall and the run's accuracy rest on that few independent pictures, "
         "and a model answering at random passes more often than the gate's significance floor says. "
         "Add pictures of it (other clips, other scenes)"

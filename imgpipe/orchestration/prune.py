@@ -493,6 +493,10 @@ def _remove_version(path: str) -> scratch.Removal | None:
     except OSError as e:
         log.warning("served version %s could not be deleted (%s): left as it is", path, e)
         return None
+    with contextlib.suppress(OSError):
+        # A rename keeps the version's time: one pushed days ago would read as a dead prune's
+        # leftover (untouched a day) to a push or prune sharing the serving dir, at once.
+        os.utime(hidden)
     # A server with a "latest" policy serves the newest only; the next run's recovery retires
     # the push records of versions gone (recovery.forget_missing_pushes).
     return scratch.remove_path(hidden)

@@ -510,7 +510,7 @@ def _class_change(served_dir: str, target_dir: str) -> dict | None:
 
     try:
         served, restored = saved_model_class_names(served_dir), saved_model_class_names(target_dir)
-    except (OSError, ValueError):  # no vocabulary (a model copied in by hand), or not UTF-8
+    except Exception:  # noqa: BLE001 - no vocabulary (copied in by hand), not UTF-8, unreadable (TF's errors)
         return None
     if served == restored:
         return None

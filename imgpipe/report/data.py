@@ -428,7 +428,9 @@ def confused_pairs(
             between = right + a_as_b + b_as_a
             tested = between >= PAIR_MIN_ANSWERS
             at_chance = tested and pair_at_chance(right, between)
-            each_other = at_chance and answered_as_each_other(matrix[i][i], a_as_b, matrix[j][j], b_as_a)
+            each_other = at_chance and answered_as_each_other(
+                matrix[i][i], a_as_b, matrix[j][j], b_as_a, sum(matrix[i]), sum(matrix[j])
+            )
             pairs.append(
                 ConfusedPair(
                     class_names[i],

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import google_crc32c
+from google.protobuf import message
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.errors import ServerStartError
@@ -60,13 +61,19 @@ class RequestLogStats:
     dropped_queue_full: int = 0  # the writer could not keep up
     dropped_write_error: int = 0  # disk full, directory gone or unwritable
     dropped_at_shutdown: int = 0  # still queued when the writer's time ran out
+    dropped_unparseable: int = 0  # a forwarded call's bytes that are no request/response (log-proxy)
     files: int = 0
     bytes_written: int = 0
     last_error: str = ""
 
     @property
     def dropped(self) -> int:
-        return self.dropped_queue_full + self.dropped_write_error + self.dropped_at_shutdown
+        return (
+            self.dropped_queue_full
+            + self.dropped_write_error
+            + self.dropped_at_shutdown
+            + self.dropped_unparseable
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "dropped": self.dropped}
@@ -278,7 +285,7 @@ class RequestLog:
         self._write_stats(final)
         (log.warning if final.dropped else log.info)(
             "request log %s: %d of %d requests sampled, %d written in %d files (%.1f MB); dropped %d "
-            "(queue full %d, write errors %d, at shutdown %d)",
+            "(queue full %d, write errors %d, at shutdown %d, unparseable %d)",
             self.directory,
             final.sampled,
             final.requests,
@@ -289,6 +296,7 @@ class RequestLog:
             final.dropped_queue_full,
             final.dropped_write_error,
             final.dropped_at_shutdown,
+            final.dropped_unparseable,
         )
         return final
 
@@ -339,7 +347,21 @@ class RequestLog:
         if self._file is None and time.monotonic() < self._retry_at:
             self._count_write_error("")  # still backing off after an error
             return
-        record = self._record(kind, request, response, timestamp)
+        try:
+            record = self._record(kind, request, response, timestamp)
+        except message.DecodeError as e:  # wire bytes (a proxy's) that parse as no such message
+            with self._cond:
+                self._stats.dropped_unparseable += 1
+                first = self._stats.dropped_unparseable == 1
+            if first:
+                log.warning(
+                    "request log: a %s call's request or response is not one (%s): not logged; such "
+                    "calls are counted in dropped_unparseable, not said again",
+                    kind.removesuffix("_log"),
+                    e,
+                )
+            return
+
         if self._file is None:
             self._seq += 1
             path = os.path.join(
