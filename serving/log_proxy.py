@@ -23,9 +23,11 @@ proxy, and warned about once until it answers again.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -174,6 +176,30 @@ class _Forwarder(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(forward)  # no (de)serializers: the bytes as sent
 
 
+def _is_own_address(target: str, host: str, port: int) -> bool:
+    """Whether a HOST:PORT target names this machine's `port` where the proxy listens (`host`)."""
+    target_host, sep, target_port = target.rpartition(":")
+    if not sep or target_port != str(port) or "://" in target:
+        return False
+    target_host = target_host.strip("[]")
+    if target_host == host.strip("[]"):
+        return True
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(target_host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        return False
+    local = {"127.0.0.1", "::1"}
+    if host.strip("[]") in ("0.0.0.0", "::", ""):
+        with contextlib.suppress(OSError):
+            local |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), port)}
+    else:
+        with contextlib.suppress(OSError):
+            local = {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), port)} | (
+                local if host.strip("[]") in ("localhost", "127.0.0.1", "::1") else set()
+            )
+    return bool(addresses & local)
+
+
 class RunningProxy:
     """A started proxy: its bound port, the request log, and stop()."""
 
@@ -212,13 +238,22 @@ def start_proxy(config: ProxyConfig, stop: threading.Event | None = None) -> Run
     cannot be written.
     """
     config.validate()
+    if config.port and _is_own_address(config.target, config.host, config.port):
+        raise ServerStartError(
+            f"target {config.target} is this proxy's own address (port {config.port}): each call would be "
+            "forwarded to itself until its deadline; give the model server's HOST:PORT"
+        )
     check_bind(config.host, config.port)
     from serving.devserver.request_log import start_request_log  # TensorFlow's protos: at start only
 
     size = config.max_message_mb * MB
     sizes = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
     request_log = start_request_log(config)
-    channel = grpc.insecure_channel(config.target, options=sizes)
+    # Reconnect within a second of the server's return: gRPC's backoff grows to two minutes, and
+    # a server restarted (a pod's, a compose service's) stayed UNAVAILABLE through the proxy for
+    # half a minute after it answered clients that called it directly.
+    reconnect = [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 1000)]
+    channel = grpc.insecure_channel(config.target, options=[*sizes, *reconnect])
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="log-proxy"),
         options=[*sizes, ("grpc.so_reuseport", 0)],
@@ -250,6 +285,8 @@ def start_proxy(config: ProxyConfig, stop: threading.Event | None = None) -> Run
         except grpc.FutureTimeoutError:
             pass
     ready.cancel()
+    if stop is not None and stop.is_set():
+        return RunningProxy(server, channel, config, port, request_log)  # stopping: not said to forward
     log.info(
         "Forwarding calls on %s to the model server at %s; logging %s to %s",
         address.replace(f":{config.port}", f":{port}"),

@@ -356,6 +356,11 @@ def test_settings_are_checked_before_anything_starts(tmp_path):
     for words, config in cases.items():
         with pytest.raises(ServerStartError, match=words.replace("[", r"\[").replace("]", r"\]")):
             log_proxy.start_proxy(config)
+    # Itself as the target: each call would go round until its deadline (an audit's did).
+    own = _free_port()
+    for target in (f"localhost:{own}", f"127.0.0.1:{own}"):
+        with pytest.raises(ServerStartError, match="is this proxy's own address"):
+            log_proxy.start_proxy(log_proxy.ProxyConfig(target=target, port=own, log_requests=str(tmp_path)))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
