@@ -347,3 +347,34 @@ def test_ingest_names_black_16_bit_pngs_instead_of_calling_them_label_conflicts(
         "b/deep1.png",
     ]
     assert all(s["reason"].startswith("16-bit PNG whose samples are all below 256") for s in report.skipped)
+
+
+def test_a_cancelled_decode_is_tried_again_not_taken_for_the_images_reason():
+    """A suite run's OS/2 BMP was refused for "Function was cancelled before it was started":
+    inside the check's function the failing decode and the ops it cancels race to report, and
+    under load the cancellation won. CANCELLED is tried again; any other error is the answer."""
+    import tensorflow as tf
+
+    from imgpipe.ingest.images import _checked
+
+    calls = []
+
+    def cancelled_once(data):
+        calls.append(data)
+        if len(calls) == 1:
+            raise tf.errors.CancelledError(None, None, "Function was cancelled before it was started")
+        raise tf.errors.InvalidArgumentError(None, None, "BMP with a 12-byte header")
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="12-byte header"):
+        _checked(cancelled_once, b"x")
+    assert len(calls) == 2
+    calls.clear()
+
+    def always_cancelled(data):
+        calls.append(data)
+        raise tf.errors.CancelledError(None, None, "cancelled")
+
+    with pytest.raises(tf.errors.CancelledError):
+        _checked(always_cancelled, b"x")
+    assert len(calls) == 3
+    assert _checked(lambda data: data * 2, b"ab") == b"abab"

@@ -85,6 +85,23 @@ def read_regular_file(path: str) -> bytes:
         return handle.read()
 
 
+def _checked(check: Any, data: bytes, attempts: int = 3) -> Any:
+    """`check(data)`, again when TensorFlow answers CANCELLED ("Function was cancelled before it
+    was started"): when a decode fails inside the function, the op that fails and the ones it
+    cancels race to report, and under load the cancellation sometimes won, so an image was refused
+    for "cancelled" in place of its reason (a suite run's OS/2 BMP). The decode's own error wins
+    on a second try; any other error is raised at once."""
+    import tensorflow as tf
+
+    for attempt in range(attempts):
+        try:
+            return check(data)
+        except tf.errors.CancelledError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def check_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Return why the model cannot take ``data`` (it does not decode, or is over the pixel
     limit), or None when it can. Unlike ingest, an image of one colour or a 16-bit PNG of few
@@ -106,7 +123,7 @@ def inspect_image(
     graph_reason = None
     try:
         # .tolist(): iterating the tensor itself would slice it op by op (~0.3 ms an element).
-        facts, small = _graph_check(max_pixels, key)(data)
+        facts, small = _checked(_graph_check(max_pixels, key), data)
         height, width, orientation, decoded, rows, columns, pixels, uniform, png16_max = (
             facts.numpy().tolist()
         )
