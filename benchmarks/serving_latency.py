@@ -122,47 +122,26 @@ def run(export_dir: str, requests: int, concurrencies: Sequence[int]) -> list[di
         return signature(images=tf.constant([image]))["scores"].numpy()
 
     rows = []
-    for c in concurrencies:
-        rows.append(
-            {
-                "path": "in-process",
-                "concurrency": c,
-                **measure(in_process, images, requests, c),
-            }
+
+    def measured(path: str, call: Callable[[bytes], object]) -> None:
+        rows.extend(
+            {"path": path, "concurrency": c, **measure(call, images, requests, c)} for c in concurrencies
         )
+
+    def through(target: str, path: str) -> None:
+        with ServingClient(target, timeout=60.0) as client:
+            measured(path, lambda image: client.predict_images(MODEL_NAME, [image]))
+
+    measured("in-process", in_process)
     workdir = tempfile.mkdtemp(prefix="imgpipe-bench-")
     base = os.path.join(workdir, MODEL_NAME)
     shutil.copytree(export_dir, os.path.join(base, "1"))
     proc, port = start_server_process(base)
     try:
-        with ServingClient(f"127.0.0.1:{port}", timeout=60.0) as client:
-
-            def served(image: bytes) -> object:
-                return client.predict_images(MODEL_NAME, [image])
-
-            for c in concurrencies:
-                rows.append(
-                    {
-                        "path": "gRPC server",
-                        "concurrency": c,
-                        **measure(served, images, requests, c),
-                    }
-                )
+        through(f"127.0.0.1:{port}", "gRPC server")
         proxy, proxy_port = start_proxy_process(f"127.0.0.1:{port}", os.path.join(workdir, "logs"))
         try:
-            with ServingClient(f"127.0.0.1:{proxy_port}", timeout=60.0) as client:
-
-                def proxied(image: bytes) -> object:
-                    return client.predict_images(MODEL_NAME, [image])
-
-                for c in concurrencies:
-                    rows.append(
-                        {
-                            "path": "gRPC server via log-proxy",
-                            "concurrency": c,
-                            **measure(proxied, images, requests, c),
-                        }
-                    )
+            through(f"127.0.0.1:{proxy_port}", "gRPC server via log-proxy")
         finally:
             proxy.terminate()
             proxy.wait(timeout=60)

@@ -386,16 +386,23 @@ def test_the_command_forwards_logs_and_stops_on_sigterm(serving_model, base_path
     )
     assert bad.returncode == 2 and "--log-queue-size (log_queue_size) must be >= 1" in bad.stderr, bad.stderr
     assert bad.stdout == ""
+
     # SIGTERM while it waits for a server that does not answer (compose waits 60 s): it stops at
     # once, with its counts written, rather than dying without its grace.
-    waiting = subprocess.Popen(
-        [*command, "--target", f"127.0.0.1:{_free_port()}", "--port", "0", "--connect-seconds", "120"]
-        + ["--log-requests", str(tmp_path / "early")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    def started(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*command, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    waiting = started(
+        "--target",
+        f"127.0.0.1:{_free_port()}",
+        "--port",
+        "0",
+        "--connect-seconds",
+        "120",
+        "--log-requests",
+        str(tmp_path / "early"),
     )
     try:
         helpers.wait_for(
@@ -413,14 +420,7 @@ def test_the_command_forwards_logs_and_stops_on_sigterm(serving_model, base_path
     logs = tmp_path / "logs"
     port = _free_port()
     with lifecycle.start_in_thread(base_path, NAME) as server:
-        proc = subprocess.Popen(
-            [*command, "--target", server.target, "--port", str(port), "--log-requests", str(logs)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = started("--target", server.target, "--port", str(port), "--log-requests", str(logs))
         try:
             request = serving_fixtures.predict_request(
                 "predict_images", "images", [serving_model.items[0][0]]
