@@ -1230,3 +1230,34 @@ def test_the_text_tables_columns_line_up_after_wide_class_names():
 
     assert any(row.startswith("日本") for row in rows), rows
     assert len({columns(row) for row in rows}) == 1, rows  # the numbers end in the same column
+
+
+def test_a_shown_report_says_when_its_pushed_version_was_pruned_or_rolled_back(tmp_path, capsys):
+    """A stored report said "pushed as version N" after `imgpipe prune` had deleted N, or
+    `imgpipe rollback` had taken it out of serving: shown now, it says so."""
+    from serving.model_fingerprint import ROLLBACK_LOG
+
+    folder = _record(tmp_path, "r1", with_report=True, mtime=1_000_000)
+    page = os.path.join(build.report_dir(folder), build.INDEX_FILE)
+    version = tmp_path / "serving" / "m" / "1796000000"
+    os.makedirs(version)
+    runs.update_summary(folder, {"report": page, "report_error": None, "pushed": str(version)})
+
+    def shown() -> tuple[dict, str]:
+        assert cli.main(["report", "r1", "--home", str(tmp_path)]) == 0
+        captured = capsys.readouterr()
+        return json.loads(captured.out), captured.err
+
+    out, err = shown()
+    assert out["deployment_since"] is None and "does not serve" not in err and "rollback" not in err
+    with open(tmp_path / ROLLBACK_LOG, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"marked": [{"version": 1796000000}]}) + "\n")
+    out, err = shown()
+    assert (
+        out["deployment_since"] == "version 1796000000 was taken out of serving by `imgpipe rollback` since"
+    )
+    assert out["deployment_since"] in out["deployment"] and out["deployment_since"] in err
+    os.rmdir(version)
+    out, err = shown()
+    assert "version 1796000000 is no longer in the serving dir (pruned or removed since)" in err
+    assert out["deployment"] == out["deployment_since"]  # this report's record wrote no deployment line

@@ -10,6 +10,7 @@ loads TensorFlow and runs the run's model over its eval split once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -78,6 +79,7 @@ def _regenerate(home: str, folder: str, summary: dict, max_misclassified: int | 
 def _run(args: argparse.Namespace) -> int:
     from imgpipe.orchestration import runs
     from imgpipe.report import build, text
+    from imgpipe.report.data import deployment_since
 
     if args.max_misclassified is not None and args.max_misclassified < 0:
         raise UsageError(f"--max-misclassified: must be 0 or more, got {args.max_misclassified}")
@@ -108,8 +110,11 @@ def _run(args: argparse.Namespace) -> int:
         if data is None:
             raise WorkFailed(f"the report in {build.report_dir(folder)} is incomplete")
     path = os.path.join(build.report_dir(folder), build.INDEX_FILE)
+    since = deployment_since(home, recorded)
+    if since:
+        data = dataclasses.replace(data, deployment="; ".join(filter(None, [data.deployment, since])))
     show(text.render(data, path))
-    emit({"report": path, "regenerated": regenerated, **data.to_dict()})
+    emit({"report": path, "regenerated": regenerated, **data.to_dict(), "deployment_since": since})
     return 0
 
 

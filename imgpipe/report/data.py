@@ -901,6 +901,26 @@ def name_baseline(note: str, baseline_model: Any) -> str:
     return f"{note}; the latest blessed model: {who}"
 
 
+def deployment_since(home: str, summary: Mapping[str, Any]) -> str | None:
+    """What became of the run's pushed version after the report was written, read now: gone
+    from the serving dir (`imgpipe prune`, or removed by hand) or taken out of serving by
+    `imgpipe rollback`; None when it is still there and not taken out, or nothing was pushed.
+    A stored report keeps saying "pushed as version N": this says whether N still serves."""
+    from serving.model_fingerprint import versions_taken_out
+
+    pushed = summary.get("pushed")
+    if not pushed or not isinstance(pushed, str):
+        return None
+    version = _version_of(pushed)
+    if not os.path.isdir(pushed):
+        return (
+            f"version {version} is no longer in the serving dir (pruned or removed since): it does not serve"
+        )
+    if version in versions_taken_out(home):
+        return f"version {version} was taken out of serving by `imgpipe rollback` since"
+    return None
+
+
 def _deployment(summary: Mapping[str, Any], blessed: bool | None) -> dict[str, Any]:
     """What the run summary says became of the model after the gate: `deployment` and
     `withdrawn` (a blessed model that pre-push validation, or a later check, kept back)."""
