@@ -190,8 +190,23 @@ def test_a_head_whose_train_loss_never_fell_names_the_learning_rate():
     assert "(the default is 0.001)" in flat and "labels that do not follow" not in flat
     rising = _no_better_than_uniform(run([2.548, 4.959, 4.9], 10.0), 3, 45)
     assert "the learning rate, 10, is likely too high or too low" in rising
-    falling = _no_better_than_uniform(run([1.9, 1.5, 1.2], 1e-3), 3, 45)
+    falling = _no_better_than_uniform(run([1.9, 1.0, 0.8], 1e-3), 3, 45)  # below ln 3 = 1.0986
     assert "labels that do not follow the images" in falling
+    # Fell once, then froze far above a uniform guess's on its own train images (an audit's rate of
+    # 10 on 5 classes), or crawled down from a high start (1e-6): the rate, not the data.
+    for losses, lr in (([6.534, 6.119, 6.119, 6.119], 10.0), ([9.22, 8.1, 7.3, 6.66], 1e-6)):
+        outcome = head.FitOutcome({"loss": losses}, len(losses), best_epoch=2, best_val_loss=6.58)
+        said = _no_better_than_uniform(head.HeadRun(None, head.HeadHParams(lr, 0.0, 0.0), outcome), 5, 300)
+        assert "never went below a uniform guess's either" in said and "ln 5 = 1.6094" in said, said
+        assert f"the learning rate, {lr:g}, is likely too high or too low" in said
+        assert "labels that do not follow" not in said and "too few epochs (--epochs)" in said
+    # The train cross-entropy (without L2) is what is judged when logged: a loss above ln K that
+    # is all weight penalty is not blamed on the rate.
+    outcome = head.FitOutcome(
+        {"loss": [2.5, 2.2, 2.0], "cross_entropy": [1.5, 0.9, 0.7]}, 3, best_epoch=2, best_val_loss=1.46
+    )
+    penalised = _no_better_than_uniform(head.HeadRun(None, head.HeadHParams(1e-3, 0.0, 0.5), outcome), 3, 45)
+    assert "labels that do not follow the images" in penalised
 
     # Still falling at the cap: said, with the flag that gives more epochs.
     params = _params(epochs=30, patience=3)
@@ -205,12 +220,13 @@ def test_a_head_whose_train_loss_never_fell_names_the_learning_rate():
     for quiet in (
         head.FitOutcome({"loss": [1.0] * 12}, 12, best_epoch=9, best_val_loss=0.2, stopped_epoch=12),
         head.FitOutcome({"loss": [1.0] * 30}, 30, best_epoch=29, best_val_loss=0.2),  # the last was worse
-        # Cross-validation chooses by pooled accuracy: nothing is claimed about its loss.
+        # Cross-validation that stopped before the cap: nothing more to say.
         head.FitOutcome(
-            {"loss": [1.0] * 30},
-            30,
-            best_epoch=30,
+            {"loss": [1.0] * 20},
+            20,
+            best_epoch=20,
             best_val_loss=0.2,
+            stopped_epoch=20,
             folds=5,
             best_val_weighted_accuracy=0.9,
         ),
@@ -218,6 +234,16 @@ def test_a_head_whose_train_loss_never_fell_names_the_learning_rate():
         notes.clear()
         _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=quiet), params)
         assert len(notes) == 1, notes
+    # Cross-validation chooses by pooled accuracy: at the cap, still rising, said of that accuracy.
+    notes.clear()
+    rising = head.FitOutcome(
+        {"loss": [1.0] * 30}, 30, best_epoch=30, best_val_loss=0.2, folds=5, best_val_weighted_accuracy=0.9
+    )
+    _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=rising), params)
+    assert notes[-1] == (
+        "head: its pooled weighted accuracy over the folds was still rising at the cap of 30 epochs (best at "
+        "epoch 30): more epochs (--epochs) may train it further"
+    )
 
     # A loss that became NaN: the learning rate, at the epoch it happened.
     nan = _no_better_than_uniform(run([2.5, float("nan"), float("nan")], 100.0), 3, 45)
@@ -484,9 +510,12 @@ def test_tune_never_reads_the_eval_split(imbalanced_digits, source_backbone, mon
     assert any(
         n.startswith("tune: trials scored on a validation slice with fewer than 10") for n in result.notes
     )
-    # The eval split is evaluated once, after every fit, and is in none of them.
-    [(after, eval_x)] = evaluated
-    assert after == len(fitted) and len(eval_x) == data.count_examples(eval_files)
+    # The eval split is evaluated after every trial chose (the winner, before the refit replaces
+    # it: the label check compares that head's answers with its own eval accuracy; nothing is
+    # chosen by it) and after every fit, and is in none of them.
+    [(before_refit, judged_x), (after, eval_x)] = evaluated
+    assert before_refit == 3 and after == len(fitted) and len(eval_x) == data.count_examples(eval_files)
+    np.testing.assert_array_equal(judged_x, eval_x)
     seen = np.concatenate([a for arrays in fitted for a in arrays])
     for row in eval_x:
         assert not np.any(np.all(np.isclose(seen, row, atol=1e-6), axis=1)), "an eval example was trained on"
@@ -689,6 +718,108 @@ def test_select_by_folds_chooses_the_best_mean_weighted_accuracy_then_refits_on_
     assert notes[0].startswith(
         f"head: epoch {sel.best_epoch} chosen by 5-fold cross-validation on the train split"
     )
+
+
+def test_a_fold_trains_on_while_its_weighted_accuracy_still_rises():
+    """The folds stopped once their loss had not improved for 4 x patience epochs, while the
+    weighted accuracy the epoch is chosen by was still rising: an audit's 1:10 task chose the
+    last epoch run, and its eval accuracy was 0.929 against 0.980 with longer folds (a gate
+    decision turned). A fold stops only when neither has improved for that long."""
+    model = _build(3)(head.HeadHParams(0.01, 0.0, 0.0))
+    fold = head._FoldAnswers(np.zeros((4, D), np.float32), np.array([0, 1, 2, 0]), patience=4)
+    fold.set_model(model)
+    model.stop_training = False
+    stopped = None
+    for epoch in range(40):
+        loss = 1.0 - 0.1 * min(epoch, 2) + 0.01 * max(0, epoch - 2)  # best at epoch 2, then rising
+        accuracy = 0.5 + 0.02 * min(epoch, 12)  # rising up to epoch 12
+        fold.on_epoch_end(epoch, {head.MONITOR: loss, head.WEIGHTED_ACCURACY: accuracy})
+        if model.stop_training:
+            stopped = epoch
+            break
+    assert stopped == 16  # 4 epochs after the accuracy's last rise (the loss's alone: epoch 6)
+    assert len(fold.epochs) == 17
+    # A non-finite score is no improvement.
+    fold = head._FoldAnswers(np.zeros((4, D), np.float32), np.array([0, 1, 2, 0]), patience=2)
+    fold.set_model(model)
+    model.stop_training = False
+    for epoch in range(3):
+        fold.on_epoch_end(epoch, {head.MONITOR: math.nan, head.WEIGHTED_ACCURACY: math.nan})
+    assert model.stop_training
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_a_folds_kept_answers_give_the_label_check_its_numbers_unchanged(k):
+    """Each fold keeps, per epoch, three numbers a held-out image (its given class's probability,
+    the class answered and that one's), not the whole row: the label check's agreement, doubted
+    images, pairs and warning come out the same from them as from whole rows."""
+    from trainer import label_check
+
+    rng = np.random.default_rng(k)
+    n = 300
+    given = rng.integers(0, k, n)
+    logits = rng.normal(0, 1.5, (n, k))
+    logits[np.arange(n), given] += 1.0
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    outputs = p[:, 1:] if k == 2 else p  # one sigmoid unit for two classes
+
+    class Fixed(keras.Model):
+        def call(self, x, training=False):
+            return tf.constant(outputs, tf.float32)
+
+    fold = head._FoldAnswers(np.zeros((n, D), np.float32), given, patience=3)
+    fold.set_model(Fixed())
+    fold.on_epoch_end(0, {})
+    positions = np.arange(n)
+    whole = label_check.check(
+        label_check.HeldOut(positions, outputs, "x"), given, list("abcde")[:k], 0.95, 400
+    )
+    kept = label_check.check(
+        label_check.HeldOut(positions, fold.at(0), "x"), given, list("abcde")[:k], 0.95, 400
+    )
+    assert whole["doubted"] >= 5
+    for key in ("agreement", "doubted", "pairs", "warning"):
+        assert kept[key] == whole[key], key
+    assert [i["position"] for i in kept["images"]] == [i["position"] for i in whole["images"]]
+    for a, b in zip(kept["images"], whole["images"], strict=True):
+        assert a["given_probability"] == pytest.approx(b["given_probability"], abs=1e-4)
+        assert a["answered_probability"] == pytest.approx(b["answered_probability"], abs=1e-4)
+    assert fold.at(7).shape == (n, k)  # past a fold's last epoch: its last
+
+
+def test_the_label_check_compares_the_answering_heads_own_eval_accuracy():
+    """The label check compared the selection head's answers on its held-out slice with the
+    refit's eval accuracy: after one epoch, 0.542 against 0.720 on clean labels, "train labels
+    may be wrong". The head that answered is scored on the eval split before the refit replaces
+    it; the folds' heads (one per fold) leave the final model's."""
+    x, y = _blobs([200, 200, 200], seed=11)
+    params = _params(epochs=3, patience=2)
+    hd = _data("memory", x, y, 3, params)
+    judged = []
+
+    def judge(m):
+        judged.append(head.answers(m, hd.val_arrays.x))
+        return 0.123
+
+    run = head.train_head(_build(3), head.HeadHParams(0.01, 0.0, 0.0), hd, params, judge=judge)
+    assert run.refit is not None and run.selection.held_out.eval_accuracy == 0.123
+    np.testing.assert_allclose(judged[0], run.selection.held_out.probabilities, atol=1e-6)  # the same head
+    notes = []
+    record = train._label_check(run, y, 3, ["a", "b", "c"], 0.9, 300, notes.append)
+    assert record["eval_accuracy"] == 0.123
+    assert record["eval_accuracy_of"] == "the head that answered the held-out images (before the refit)"
+    small_x, small_y = _blobs([20, 20, 20], seed=12)
+    params = _params(epochs=3, patience=2, cv_folds=3)
+    folds = head.train_head(
+        _build(3),
+        head.HeadHParams(0.01, 0.0, 0.0),
+        _data("memory", small_x, small_y, 3, params),
+        params,
+        judge=judge,
+    )
+    assert folds.selection.folds == 3 and folds.selection.held_out.eval_accuracy is None
+    record = train._label_check(folds, small_y, 3, ["a", "b", "c"], 0.9, 300, notes.append)
+    assert record["eval_accuracy"] == 0.9 and record["eval_accuracy_of"] == "the final model"
 
 
 def test_the_folds_train_one_head_redrawn_per_fold_so_its_steps_are_traced_once():

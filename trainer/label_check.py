@@ -50,6 +50,10 @@ class HeldOut:
     positions: np.ndarray
     probabilities: np.ndarray
     source: str  # "cross-validation (K folds)" or "the validation slice"
+    # The answering head's own accuracy on the eval split, when it is not the final model (the
+    # selection fit on the slice, before the refit replaced it): the check compares one model's
+    # answers on both sides. None: the final model's is used (the folds' heads, one per fold).
+    eval_accuracy: float | None = None
 
 
 def class_probabilities(outputs: np.ndarray) -> np.ndarray:

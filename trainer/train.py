@@ -197,18 +197,19 @@ def _head_phase(
                 f"tune: trials scored on a validation slice with fewer than {head.FOLDS_BELOW} examples of "
                 "a class (noisy; without --tune, cross-validation would choose the epochs)"
             )
-        tuned = tune.tune_head(build, head_data, params, params.tune_trials)
+        tuned = tune.tune_head(build, head_data, params, params.tune_trials, judge=evaluate)
         seconds["tune"] = time.perf_counter() - t0
         run, tuning = tuned.run, tuned.summary()
         note(f"tune: {len(tuned.trials)} trials, best {tuned.best.to_dict()}")
     else:
         hp = head.HeadHParams(params.learning_rate, params.dropout, params.l2)
-        run = head.train_head(build, hp, head_data, params, callbacks, verbose)
+        run = head.train_head(build, hp, head_data, params, callbacks, verbose, judge=evaluate)
         seconds["train"] = time.perf_counter() - t0
     _describe(note, run, params)
     uniform = _no_better_than_uniform(run, num_classes, head_data.validation_examples)
     if uniform:
         note(uniform)
+        log.warning("%s", uniform)  # the model may still pass the gate on its accuracy: said aloud
     accuracy = evaluate(run.model)
     labels_checked = _label_check(
         run, labels, num_classes, class_names, accuracy, eval_examples, note, tuned=bool(params.tune_trials)
@@ -238,8 +239,14 @@ def _label_check(
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     if tuned:
         held = dataclasses.replace(held, source=f"{held.source}, the tuned trial chosen on it")
+    same_head = held.eval_accuracy is not None
+    if same_head:  # the answering head's own, not the refit's
+        eval_accuracy = held.eval_accuracy
     record = label_check.check(
         held, labels, names, eval_accuracy if eval_examples else None, eval_examples, chosen_on_it=tuned
+    )
+    record["eval_accuracy_of"] = (
+        "the head that answered the held-out images (before the refit)" if same_head else "the final model"
     )
     if record["agreement"] is None:
         note(f"label check: not judged ({record.get('not_judged')})")
@@ -874,10 +881,15 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
     if run.refit is not None:
         msg += f"; refit on the whole train split for {run.refit.epochs_run} epochs"
     note(msg)
-    # The folds choose by pooled accuracy, not by the loss: no claim about the loss there.
-    if params.early_stopping and not sel.folds and not sel.stopped_epoch and sel.best_epoch == sel.epochs_run:
+    # The folds choose by pooled accuracy, not by the loss: said of that accuracy there.
+    if params.early_stopping and not sel.stopped_epoch and sel.best_epoch == sel.epochs_run:
+        what = (
+            "pooled weighted accuracy over the folds was still rising"
+            if sel.folds
+            else "validation loss was still falling"
+        )
         note(
-            f"head: its validation loss was still falling at the cap of {params.epochs} epochs (best at epoch "
+            f"head: its {what} at the cap of {params.epochs} epochs (best at epoch "
             f"{sel.best_epoch}): more epochs (--epochs) may train it further"
         )
 
@@ -892,6 +904,8 @@ def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_exam
         return None
     causes = "Too few images a class, labels that do not follow the images, or features that do not tell the classes apart"
     losses = list(sel.history.get("loss", []))
+    # The train cross-entropy without the L2 penalty (memory_fit logs it), else the loss.
+    fitted = [x for x in sel.history.get("cross_entropy", losses) if math.isfinite(x)]
 
     def rate() -> str:
         return (
@@ -906,6 +920,15 @@ def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_exam
         causes = (
             f"Its train loss did not fall either ({losses[0]:.4f} at epoch 1, {min(losses):.4f} at its lowest): "
             f"{rate()}"
+        )
+    elif fitted and min(fitted) >= math.log(num_classes):
+        # Any working rate takes a head's loss on its own train images below a uniform guess's
+        # (shrinking its weights alone gets there); an audit's rate of 10 fell once, then froze at
+        # 6.12 on 5 classes, and 1e-6 crawled from 9.2 to 6.7 in 200 epochs: both blamed the data.
+        causes = (
+            f"Its loss on the images it trained on never went below a uniform guess's either ({min(fitted):.4f} "
+            f"at its lowest, ln {num_classes} = {math.log(num_classes):.4f}): it did not fit even those, which "
+            f"a head does in a few epochs at a working rate: {rate()}; or it trained too few epochs (--epochs)"
         )
     if sel.folds:
         chance = 1 / num_classes

@@ -159,6 +159,7 @@ def tune_head(
     params: TrainingConfig,
     trials: int,
     verbose: int = 0,
+    judge: Callable[[keras.Model], float] | None = None,
 ) -> TuneResult:
     """Train `trials` head configurations on `data` (never the eval split), keep the best.
 
@@ -200,5 +201,5 @@ def tune_head(
     if len(tuner.trials) < trials:
         log.warning("tune: %d of %d trials ran (the search space ran out)", len(tuner.trials), trials)
     log.info("tune: best of %d trials: %s", len(tuner.trials), best.to_dict())
-    run = finish(build, model, best.hparams, outcome, data, params, verbose=verbose)
+    run = finish(build, model, best.hparams, outcome, data, params, verbose=verbose, judge=judge)
     return TuneResult(run=run, trials=tuner.trials, best=best)
