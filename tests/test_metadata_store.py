@@ -519,6 +519,67 @@ def test_a_home_pushing_to_a_second_place_is_warned_about(tmp_path):
     assert said == []
 
 
+def test_a_served_model_recorded_in_another_store_or_pipeline_is_refused(tmp_path):
+    """An audit moved a home from SQLite to PostgreSQL (a new pipeline name, as the store check
+    advised) and back: the first switch pushed over the served model as "no blessed model yet",
+    the second compared with an older model, not the one served, without a word. A run whose
+    served version was pushed by a run recorded elsewhere is refused (warned with
+    bless_without_comparison); a forgotten --metadata is named as that, before any SQLite store
+    is made."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.preflight import check_records
+    from imgpipe.orchestration.summary import RunSummary
+
+    config = PipelineConfig(
+        home=str(tmp_path / "home"), serving_dir=str(tmp_path / "serving"), model_name="m"
+    )
+    config = config.resolved()
+    os.makedirs(config.home)
+
+    def push(cfg, run_id, version):
+        folder = os.path.join(cfg.model_serving_dir, str(version))
+        os.makedirs(folder)
+        open(os.path.join(folder, "saved_model.pb"), "wb").close()
+        runs.write_record(cfg, RunSummary(run_id, True, folder, 0.9, 1, {}))
+
+    push(config, "r1", 100)
+    check_records(config)
+    url = "postgresql://mlmd@127.0.0.1:5/mlmd"
+    pg = config.replace(metadata=url)
+    with pytest.raises(ConfigError) as e:
+        check_records(pg)
+    message = str(e.value)
+    assert message.startswith(
+        f"serving_dir: version 100 of {config.model_serving_dir}, served now, was pushed by this home's run r1, "
+        f"which recorded ML Metadata in {config.metadata_path} as pipeline 'imgpipe', and this run records to {url}"
+    )
+    assert "Run with no --metadata (the home's own SQLite store) as that run did" in message
+    assert "--bless-without-comparison" in message
+    with pytest.raises(
+        ConfigError,
+        match="pipeline 'imgpipe' in .*, and this run is pipeline 'other'.*--pipeline-name imgpipe",
+    ):
+        check_records(config.replace(pipeline_name="other"))
+    with helpers.logged("imgpipe.orchestration.preflight") as said:
+        check_records(pg.replace(bless_without_comparison=True))
+    assert len(said) == 1 and "gate.bless_without_comparison is set: going on" in said[0]
+    # The home now on PostgreSQL: a run without --metadata is told to pass it.
+    push(pg, "r2", 200)
+    check_records(pg)
+    with pytest.raises(ConfigError, match=f"Run with --metadata {url} as that run did"):
+        check_records(config)
+    # Nothing served (taken away): a forgotten --metadata is named so, and no SQLite store is made.
+    shutil.rmtree(config.model_serving_dir)
+    with pytest.raises(ConfigError) as e:
+        check_records(config)
+    assert str(e.value).startswith(
+        f"metadata: this home's runs record ML Metadata to {url} (as pipeline 'imgpipe'"
+    )
+    assert f"Run with --metadata {url} as those runs did" in str(e.value)
+    assert not os.path.exists(config.metadata_path)
+    check_records(pg)
+
+
 # ------------------------------------------------------------------ TFX's cache, read by id
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_cached_components_outputs_keep_their_keys(backend, postgres_server, tmp_path, monkeypatch):

@@ -349,8 +349,9 @@ def _run_holding_lock(
     from pipeline.pipeline import create_pipeline
 
     os.makedirs(config.home, exist_ok=True)
+    preflight.check_records(config)  # before connecting, which makes a SQLite store
     metadata.connect(config)  # fail here, naming the store, not inside the first component
-    preflight.check_home(config)
+    preflight.check_home(config, records_checked=True)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
     if config.model_serving_dir and "://" not in config.model_serving_dir:

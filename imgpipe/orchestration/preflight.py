@@ -21,15 +21,43 @@ from pipeline.config import ConfigError, PipelineConfig
 log = logging.getLogger(__name__)
 
 
-def check_home(config: PipelineConfig) -> None:
-    """Every pre-flight check of the home, in order: its store knows it, it was not moved, its
-    pipeline name is its own on a shared database, its serving dir's newest version is its own;
-    then a warning when its pushes go to two places."""
+def check_home(config: PipelineConfig, records_checked: bool = False) -> None:
+    """Every pre-flight check of the home, in order: its run records' store is this run's
+    (`check_records`, unless `records_checked`: made before connecting), its store knows it, it
+    was not moved, its pipeline name is its own on a shared database, its serving dir's newest
+    version is its own; then a warning when its pushes go to two places."""
+    if not records_checked:
+        check_records(config)
     check_store_knows_the_home(config)
     check_home_not_moved(config)
     check_pipeline_name_is_this_homes(config)
     check_serving_dir_is_this_homes(config)
     check_home_serves_from_one_place(config)
+
+
+def check_records(config: PipelineConfig) -> None:
+    """The checks that read the home's run records and no store, made before connecting to it
+    (connecting makes a SQLite store that is not there): the served model is in this run's store
+    (`check_served_model_is_in_this_store`), and a home whose runs record to another store than
+    this run's, which has no store file yet (a forgotten --metadata), is told so (an audit: told
+    its store "was emptied or replaced" and to restore a metadata.sqlite that never existed,
+    which the refused run then left behind, empty)."""
+    check_served_model_is_in_this_store(config)
+    if config.metadata_target is not None or os.path.exists(config.metadata_path):
+        return
+    elsewhere = _newest_runs_store(config)
+    if elsewhere is not None:
+        _refuse_other_store(config, *elsewhere)
+
+
+def _refuse_other_store(config: PipelineConfig, run_id: str, there: tuple[str, str]) -> None:
+    location, name = there
+    raise ConfigError(
+        f"metadata: this home's runs record ML Metadata to {location} (as pipeline {name!r}; its newest run, "
+        f"{run_id}, says so in its {runs.CONFIG_FILE}), and this run to {config.metadata_location}, which "
+        f"holds none of them. Run with {_flags_for(location, name, config)} as those runs did (`metadata:` "
+        "in a config file)"
+    )
 
 
 def check_store_knows_the_home(config: PipelineConfig) -> None:
@@ -43,12 +71,18 @@ def check_store_knows_the_home(config: PipelineConfig) -> None:
         return
     import ml_metadata as mlmd
 
-    with metadata.open_store(config) as store:
-        pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
-        known = pipeline is not None and store.get_executions_by_context(
-            pipeline.id, list_options=mlmd.ListOptions(limit=1)
-        )
+    if config.metadata_target is None and not os.path.exists(config.metadata_path):
+        known = False  # no store at all: not made here by opening it (the run is refused)
+    else:
+        with metadata.open_store(config) as store:
+            pipeline = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+            known = pipeline is not None and store.get_executions_by_context(
+                pipeline.id, list_options=mlmd.ListOptions(limit=1)
+            )
     if not known:
+        elsewhere = _newest_runs_store(config)
+        if elsewhere is not None:
+            _refuse_other_store(config, *elsewhere)
         restore = (
             "Check the database name in --metadata (a name the server does not have is a new, empty "
             "database), or restore the database from a backup"
@@ -62,6 +96,101 @@ def check_store_knows_the_home(config: PipelineConfig) -> None:
             f"write into those folders. {restore}, or move {config.pipeline_root} away to start the "
             "pipeline afresh"
         )
+
+
+def check_served_model_is_in_this_store(config: PipelineConfig) -> None:
+    """ConfigError when the version served now was pushed by a run of this home that recorded to
+    another ML Metadata store, or as another pipeline name, than this run: the gate compares a
+    candidate with the latest blessed model of its own store and pipeline, which is then not
+    the served one (an older model, or none: "no blessed model yet"), so a model worse than the
+    one served could replace it unjudged. An audit moved a home from SQLite to PostgreSQL (under
+    a new pipeline name, as the store check advised) and back: each switch compared with the
+    wrong model or with nothing, without a word. With gate.bless_without_comparison, a warning
+    (the switch made knowingly: judged on the floors, and against this store's own baseline)."""
+    base = config.model_serving_dir
+    if not base or "://" in base or "://" in config.home or not os.path.isdir(base):
+        return
+    from imgpipe.orchestration.rollback import whole_versions
+
+    versions = whole_versions(base)
+    if not versions:
+        return
+    number, folder = versions[-1]
+    pusher = _record_that_pushed(config.home, folder)
+    if pusher is None:
+        return  # a rollback's copy, a version taken over or not this home's: the other checks
+    run_id, there = pusher
+    if there is None or there == (config.metadata_location, config.pipeline_name):
+        return
+    location, name = there
+    what = (
+        f"ML Metadata in {location} as pipeline {name!r}, and this run records to {config.metadata_location}"
+        f"{'' if name == config.pipeline_name else f' as {config.pipeline_name!r}'}"
+        if location != config.metadata_location
+        else f"pipeline {name!r} in {location}, and this run is pipeline {config.pipeline_name!r}"
+    )
+    message = (
+        f"serving_dir: version {number} of {base}, served now, was pushed by this home's run {run_id}, which "
+        f"recorded {what}. The gate compares with the latest blessed model of this run's store and pipeline, "
+        "which is not the model served (an older one, or none), so a worse model could replace it"
+    )
+    if config.gate.bless_without_comparison:
+        log.warning("%s; gate.bless_without_comparison is set: going on", message)
+        return
+    raise ConfigError(
+        f"{message}. Run with {_flags_for(location, name, config)} as that run did; or, to go on in this store "
+        "knowingly (its history starts here: the served model is not compared), pass "
+        "--bless-without-comparison for this run"
+    )
+
+
+def _record_that_pushed(home: str, folder: str) -> tuple[str, tuple[str, str] | None] | None:
+    """(run id, (ML Metadata location, pipeline name) of its saved config, None if unreadable) of
+    the run whose record says it pushed `folder`; None when no record does."""
+    target = os.path.normpath(folder)
+    for record in runs.records(home):
+        try:
+            summary = runs.read_summary(record)
+        except runs.RecordError:
+            continue
+        pushed = summary.get("pushed")
+        if isinstance(pushed, str) and os.path.isabs(pushed) and os.path.normpath(pushed) == target:
+            return str(summary.get("run_id") or os.path.basename(record)), _store_of(record, home)
+    return None
+
+
+def _newest_runs_store(config: PipelineConfig) -> tuple[str, tuple[str, str]] | None:
+    """(run id, (location, pipeline name)) of this home's newest run record when its saved config
+    names another ML Metadata store than this run's; None otherwise (or no readable record)."""
+    for record in runs.records(config.home):
+        there = _store_of(record, config.home)
+        if there is None:
+            continue
+        if there[0] == config.metadata_location:
+            return None
+        return os.path.basename(record), there
+    return None
+
+
+def _store_of(record: str, home: str) -> tuple[str, str] | None:
+    """(ML Metadata location, pipeline name) a run record's saved config names, read as this
+    home's (a SQLite store is the home's own, wherever the home was then); None if unreadable."""
+    try:
+        saved = PipelineConfig.from_yaml(os.path.join(record, runs.CONFIG_FILE)).replace(home=home)
+    except (ConfigError, OSError, ValueError):
+        return None
+    return saved.metadata_location, saved.pipeline_name
+
+
+def _flags_for(location: str, name: str, config: PipelineConfig) -> str:
+    """The flags that point a run at `location` as pipeline `name` (password never shown)."""
+    flags = [f"--metadata {location}" if "://" in location else "no --metadata (the home's own SQLite store)"]
+    # (a PostgreSQL location is its URL without the password: the password file is the user's)
+    if location == config.metadata_location:
+        flags = []
+    if name != config.pipeline_name:
+        flags.append(f"--pipeline-name {name}")
+    return " and ".join(flags)
 
 
 def check_home_not_moved(config: PipelineConfig) -> None:
