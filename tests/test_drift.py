@@ -104,6 +104,47 @@ def test_image_features_of_known_images():
     assert features["brightness"] == pytest.approx(255, abs=2)
 
 
+def _encoded(array: np.ndarray, mode: str, fmt: str = "PNG", **save) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array, mode).save(out, fmt, **save)
+    return out.getvalue()
+
+
+def test_brightness_is_measured_on_the_picture_the_model_decodes():
+    """16-bit copies of grey digits measured 180 against the 8-bit originals' 72 (Pillow's
+    convert clips 16-bit samples at 255), and a drawing on a transparent canvas 0 against 183 for
+    the same drawing on white (convert drops alpha): drift (exit 3) for pictures the model
+    decodes, and answers, alike. Brightness is now the mean grey level of the model decoder's
+    own pixels (trainer/preprocessing.decode_image: high byte, transparency on white)."""
+    from trainer.preprocessing import decode_image
+
+    rng = np.random.default_rng(4)
+    grey = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    ink = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    rgba = np.zeros((24, 32, 4), np.uint8)
+    rgba[..., 3] = ink  # black ink as opacity on a transparent canvas
+    la = np.stack([grey, ink], axis=-1)
+    palette = Image.fromarray(rng.integers(0, 8, (24, 32), dtype=np.uint8), "P")
+    palette.putpalette([v for i in range(8) for v in (i * 30, 255 - i * 30, 80)])
+    cases = {
+        "16-bit grey": _encoded(
+            (grey.astype(np.uint16) * 257 + rng.integers(0, 257, grey.shape)).astype(np.uint16), "I;16"
+        ),
+        "RGBA": _encoded(rgba, "RGBA"),
+        "LA": _encoded(la, "LA"),
+        "RGB": _encoded(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), "RGB"),
+    }
+    for name, fmt in (("palette PNG with tRNS", "PNG"), ("GIF with transparency", "GIF")):
+        out = io.BytesIO()
+        palette.save(out, fmt, transparency=3)
+        cases[name] = out.getvalue()
+    for name, data in cases.items():
+        pixels = decode_image(tf.constant(data), 32).numpy().astype(np.float64)
+        expected = (pixels @ np.array([299, 587, 114]) / 1000).mean()  # ITU-R BT.601, as "L" is
+        assert image_features(data)["brightness"] == pytest.approx(expected, abs=1.0), name
+    assert image_features(cases["16-bit grey"])["channels"] == 1
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
