@@ -714,7 +714,19 @@ def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_s
     url = postgres_server.url("mlmd_unit_two_homes")
     ours = PipelineConfig(home=str(tmp_path / "ours"), metadata=url).resolved()
     store = metadata.connect(ours)  # a run's first opening creates the database
-    check_pipeline_name_is_this_homes(ours)  # an empty database
+    check_pipeline_name_is_this_homes(ours)  # an empty database: the name is claimed for this home
+    check_pipeline_name_is_this_homes(ours)  # its own claim
+    # A second home of the name starting before the first recorded any artifact (two cron jobs of
+    # one config, the same minute) went on too, and both were refused for good after: the claim,
+    # unique in the database, refuses it at once.
+    twin = ours.replace(home=str(tmp_path / "twin"))
+    with pytest.raises(ConfigError) as e:
+        check_pipeline_name_is_this_homes(twin)
+    assert (
+        f"its name claimed by the home whose pipeline root is {ours.pipeline_root} (its first run started)"
+        in str(e.value)
+    )
+    assert "Give this home its own --pipeline-name" in str(e.value)
     pb = metadata_store_pb2
     [context_id] = store.put_contexts(
         [pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")), name=ours.pipeline_name)]

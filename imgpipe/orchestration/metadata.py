@@ -207,6 +207,42 @@ def pipeline_roots(store, pipeline_name: str, pipeline_root: str) -> tuple[bool,
     return here, sorted(elsewhere)
 
 
+# On a shared database, a context of this type per pipeline name holds the pipeline root of the
+# home that runs it (`claim_pipeline_name`).
+PIPELINE_HOME = "imgpipe_pipeline_home"
+
+
+def claim_pipeline_name(store, pipeline_name: str, pipeline_root: str) -> str | None:
+    """Claim `pipeline_name` for the home whose pipeline root is `pipeline_root`: None when the
+    claim is that home's (made now, or before), else the pipeline root that holds it. Atomic: a
+    context's (type, name) is unique in ML Metadata, so of two homes starting together one wins.
+    Looking at the artifacts alone, two homes of one name starting within the ~10 s before either
+    recorded an artifact both went on, and each was refused for good after (an audit's two cron
+    jobs copied from one config)."""
+    from ml_metadata import errors
+
+    for attempt in range(3):
+        try:
+            type_id = store.put_context_type(
+                metadata_store_pb2.ContextType(
+                    name=PIPELINE_HOME, properties={"pipeline_root": metadata_store_pb2.STRING}
+                )
+            )
+            held = store.get_context_by_type_and_name(PIPELINE_HOME, pipeline_name)
+            if held is None:
+                claim = metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)
+                claim.properties["pipeline_root"].string_value = pipeline_root
+                store.put_contexts([claim])
+                return None
+        except errors.AlreadyExistsError:  # another home's claim (or the type) came first: read it
+            if attempt == 2:
+                raise
+            continue
+        root = held.properties["pipeline_root"].string_value
+        return None if os.path.normpath(root) == os.path.normpath(pipeline_root) else root
+    return None
+
+
 def run_id(run: metadata_store_pb2.Context) -> str:
     """A run context's run id: its name, or an Airflow `run` context's `run_id` property."""
     if "run_id" in run.properties:

@@ -2,7 +2,8 @@
 
 Each raises ConfigError naming what is wrong and how to put it right (a home pushing to a second
 place is warned about, not refused); none changes anything but
-the home's record of a serving dir it was told to take over (`adopt_serving_dir`).
+the home's record of a serving dir it was told to take over (`adopt_serving_dir`) and, on a
+shared database, the home's claim of its pipeline name (`metadata.claim_pipeline_name`).
 `imgpipe run` makes them holding the home's lock (orchestration/local.py); an Airflow DAG's
 first tasks (those that wait for none) make them before their components, with no home lock
 (Airflow runs one DAG run at a time; orchestration/airflow.py).
@@ -477,12 +478,20 @@ def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
     neither home's repairs reach the other's files."""
     if config.metadata_target is None or "://" in config.pipeline_root:
         return
-    with metadata.open_store(config) as store:
+    with metadata.open_store(config, readonly=False) as store:
         _, elsewhere = metadata.pipeline_roots(store, config.pipeline_name, config.pipeline_root)
-    if elsewhere:
+        claimed = None
+        if not elsewhere:
+            claimed = metadata.claim_pipeline_name(store, config.pipeline_name, config.pipeline_root)
+    if elsewhere or claimed:
+        where = (
+            f"artifacts under {', '.join(elsewhere[:3])}"
+            if elsewhere
+            else f"its name claimed by the home whose pipeline root is {claimed} (its first run started)"
+        )
         raise ConfigError(
             f"pipeline_name: pipeline {config.pipeline_name!r} in {config.metadata_location} also has "
-            f"artifacts under {', '.join(elsewhere[:3])}, not under this home's {config.pipeline_root}: "
+            f"{where}, not under this home's {config.pipeline_root}: "
             "another home runs a pipeline of this name on the database (or this home was moved). Its "
             "models would be this home's baselines and its outputs this home's cache. Give this home "
             "its own --pipeline-name (one pipeline name per home on a shared database)"
