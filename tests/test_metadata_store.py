@@ -580,6 +580,36 @@ def test_a_served_model_recorded_in_another_store_or_pipeline_is_refused(tmp_pat
     check_records(pg)
 
 
+def test_a_run_creates_no_database_of_a_new_name_beside_its_homes_own(tmp_path):
+    """A mistyped database name in --metadata (`mlmd_typo` for `mlmd`) made a new database, ML
+    Metadata's tables in it, on the shared server before the run was refused. A run whose home's
+    newest run recorded to another database of the same server creates none (the error says why);
+    on another server, after the home's SQLite store, or for the same database, as before."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.preflight import database_withheld
+    from imgpipe.orchestration.summary import RunSummary
+
+    home = str(tmp_path / "home")
+    os.makedirs(home)
+    first = PipelineConfig(home=home, metadata="postgresql://mlmd@db.internal:5432/mlmd").resolved()
+    assert database_withheld(first) is None  # a fresh home
+    runs.write_record(first, RunSummary("r1", True, None, 0.9, 1, {}))
+    assert database_withheld(first) is None  # its own database
+    typo = first.replace(metadata="postgresql://mlmd@db.internal:5432/mlmd_typo")
+    said = database_withheld(typo)
+    assert said.startswith(
+        "this home's newest run (r1) recorded to postgresql://mlmd@db.internal:5432/mlmd, another database of "
+        "this server, and a run creates no database of a new name there"
+    )
+    assert "createdb" in said
+    assert database_withheld(first.replace(metadata="postgresql://mlmd@db2.internal:5432/mlmd")) is None
+    assert database_withheld(PipelineConfig(home=home).resolved()) is None  # SQLite: nothing to create
+    sqlite_home = str(tmp_path / "sqlite")
+    os.makedirs(sqlite_home)
+    runs.write_record(PipelineConfig(home=sqlite_home).resolved(), RunSummary("r1", True, None, 0.9, 1, {}))
+    assert database_withheld(typo.replace(home=sqlite_home)) is None  # a move from SQLite
+
+
 # ------------------------------------------------------------------ TFX's cache, read by id
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_cached_components_outputs_keep_their_keys(backend, postgres_server, tmp_path, monkeypatch):

@@ -1311,6 +1311,57 @@ def test_cli_predict_reports_bad_files_and_keeps_going(server, model, tmp_path, 
     assert "INVALID_ARGUMENT" in err and "3 of 4 images failed" in err
 
 
+def test_cli_predict_reads_files_and_pipes_not_devices_a_request_at_a_time(
+    server, model, tmp_path, capsys, monkeypatch
+):
+    """`/dev/zero` named as an image was read until the kernel killed the command (18 GB); a named
+    pipe no program writes to blocked it for good; 200 photos of 14 MB were all read (3.4 GB)
+    before the first request. A device is refused by name, an unwritten pipe reads as empty, a
+    pipe with a writer (`<(cat photo)`) is read, a file over what a request carries is named
+    without being read, and each request's images are read when it is sent."""
+    from imgpipe.cli import serving as serving_cli
+
+    good = tmp_path / "good.png"
+    good.write_bytes(model.items[0][0])
+    device = tmp_path / "zero.png"
+    device.symlink_to("/dev/zero")
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as w:
+        w.write(model.items[1][0])  # smaller than the pipe's buffer: written at once
+    piped = f"/proc/self/fd/{read_end}"
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(model.items[2][0] + b"\0" * (2 * 1024 * 1024))
+    monkeypatch.setattr(serving_cli, "CLIENT_MESSAGE_MB", 1)  # a request carries about 1 MB
+    events = []
+    read_image, predict_chunk = serving_cli._read_image, serving_cli._predict_chunk
+
+    def reading(path, budget):
+        events.append(("read", os.path.basename(path)))
+        return read_image(path, budget)
+
+    def sending(client, args, chunk):
+        events.append(("sent", [os.path.basename(p) for p, _ in chunk]))
+        return predict_chunk(client, args, chunk)
+
+    monkeypatch.setattr(serving_cli, "_read_image", reading)
+    monkeypatch.setattr(serving_cli, "_predict_chunk", sending)
+    try:
+        code = _predict_cli(
+            server.target, "--batch-size", "1", str(good), str(device), str(fifo), piped, str(huge)
+        )
+    finally:
+        os.close(read_end)
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [json.loads(x)["image"] for x in out.splitlines()] == [str(good), piped]
+    assert f"cannot read image {device}: not a regular file or a pipe" in err
+    assert f"{fifo} is not a JPEG, PNG, GIF or BMP image" in err  # no writer: empty
+    assert f"{huge}: " in err and "3 of 5 images failed" in err
+    assert events[:3] == [("read", "good.png"), ("sent", ["good.png"]), ("read", "zero.png")]
+
+
 def test_cli_predict_unknown_model_exits_nonzero(server, model, tmp_path, capsys):
     good = tmp_path / "good.png"
     good.write_bytes(model.items[0][0])

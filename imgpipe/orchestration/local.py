@@ -350,7 +350,12 @@ def _run_holding_lock(
 
     os.makedirs(config.home, exist_ok=True)
     preflight.check_records(config)  # before connecting, which makes a SQLite store
-    metadata.connect(config)  # fail here, naming the store, not inside the first component
+    # Fail here, naming the store, not inside the first component.
+    withheld = preflight.database_withheld(config)
+    try:
+        metadata.connect(config, create_database=withheld is None)
+    except metadata.MetadataUnavailable as e:
+        raise (metadata.MetadataUnavailable(f"{e}; {withheld}") if withheld else e) from None
     preflight.check_home(config, records_checked=True)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)

@@ -111,10 +111,11 @@ def connect(
             raise MetadataUnavailable(_sqlite_problem(path, e)) from None
     create = not readonly if create_database is None else create_database
     why = (
-        "the server down or unreachable, or the password refused"
+        "the server down or unreachable, the password refused, or no database of that name and no "
+        "right to create it (CREATEDB)"
         if create
-        else "the server down or unreachable, the password refused, or no database of that name (a "
-        "command that only reads or prunes creates none: check the name in --metadata)"
+        else "the server down or unreachable, the password refused, or no database of that name (none "
+        "is created here: check the name in --metadata)"
     )
     try:
         return metadata_store.MetadataStore(connection_config(config, create_database=False))

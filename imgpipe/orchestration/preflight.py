@@ -51,6 +51,34 @@ def check_records(config: PipelineConfig) -> None:
         _refuse_other_store(config, *elsewhere)
 
 
+def database_withheld(config: PipelineConfig) -> str | None:
+    """Why a run must not create its PostgreSQL database when the server has none of that name,
+    or None when it may: this home's newest run recorded to another database of the same server,
+    which is a mistyped name far more often than a move (an audit's typo left a new database, ML
+    Metadata's tables in it, on the shared server, before the run was refused). A new database on
+    another server, or after the home's SQLite store, is made as before."""
+    target = config.metadata_target
+    if target is None:
+        return None
+    elsewhere = _newest_runs_store(config)
+    if elsewhere is None or "://" not in elsewhere[1][0]:
+        return None
+    from pipeline.metadata_url import parse_metadata_url
+
+    run_id, (location, _) = elsewhere
+    try:
+        before = parse_metadata_url(location)
+    except ValueError:
+        return None
+    if (before.host, before.port) != (target.host, target.port):
+        return None
+    return (
+        f"this home's newest run ({run_id}) recorded to {location}, another database of this server, and a run "
+        "creates no database of a new name there (a mistyped name would leave one behind): check the name in "
+        "--metadata, or create the database first (createdb) to move the home to it"
+    )
+
+
 def _refuse_other_store(config: PipelineConfig, run_id: str, there: tuple[str, str]) -> None:
     location, name = there
     raise ConfigError(
