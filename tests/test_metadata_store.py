@@ -861,3 +861,21 @@ def test_a_damaged_or_unwritable_sqlite_store_is_named_for_what_it_is(tmp_path):
         metadata.connect(cfg, readonly=True)  # reading it is fine
     finally:
         subprocess.run(["chattr", "-i", cfg.metadata_path], check=True)
+
+
+def test_an_execution_left_running_by_a_failed_run_is_not_said_to_be_a_dead_runs(tmp_path):
+    """The database stopped during a run's Trainer: the run failed, said so and wrote its record,
+    but could not mark the execution; the next run warned it was "left RUNNING by a run that
+    died". A run with a record of its failure is named with it; one without is said to have died."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.local import _how_it_ended
+    from imgpipe.orchestration.summary import RunSummary
+
+    config = PipelineConfig(home=str(tmp_path / "home")).resolved()
+    os.makedirs(config.home)
+    error = "Trainer: ML Metadata at postgresql://mlmd@db:5432/mlmd could not be reached while Trainer ran"
+    runs.write_record(config, RunSummary("r1", None, None, None, None, {}, failed="Trainer", error=error))
+    assert _how_it_ended(config.home, "r1") == f"its run, which failed ({error}) before it could mark it"
+    assert _how_it_ended(config.home, "r2") == "a run that died"  # no record
+    runs.write_record(config, RunSummary("r3", True, None, 0.9, 1, {}))
+    assert _how_it_ended(config.home, "r3") == "a run that died"  # a record without a failure

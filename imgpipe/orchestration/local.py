@@ -269,16 +269,30 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
         unserved = recovery.forget_missing_pushes(store, config.pipeline_root, found_by=f"run {run_id}")
     for a in found:
         log.warning(
-            "%s (execution %d of run %s) was left %s by a run that died: marked FAILED, "
-            "%d partial output folder(s) removed",
+            "%s (execution %d of run %s) was left %s by %s: marked FAILED, %d partial output folder(s) removed",
             a.node,
             a.execution_id,
             a.run_id,
             a.state,
+            _how_it_ended(config.home, a.run_id),
             len(a.removed),
         )
     recovery.log_missing(gone, unserved)
     withdraw_unserved_blessings(config)
+
+
+def _how_it_ended(home: str, run_id: str) -> str:
+    """How the run that left an execution unfinished ended, for the warning: its record's failure
+    (ML Metadata out of reach when it failed: an audit's database stopped mid-run was said to be
+    "a run that died"), else that it died (no record of a failure: kill -9, a power cut)."""
+    try:
+        failed = runs.failure(runs.read_summary(runs.find_record(home, run_id)))
+    except (LookupError, runs.RecordError):
+        failed = None
+    if not failed:
+        return "a run that died"
+    text = " ".join(str(failed).split())
+    return f"its run, which failed ({text[:160]}{'...' if len(text) > 160 else ''}) before it could mark it"
 
 
 def record_dead_runs(config: PipelineConfig, run_id: str) -> list[RunSummary]:
