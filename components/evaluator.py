@@ -131,6 +131,10 @@ GATE_CONFIG_KEY = "gate_config"
 # a model `imgpipe rollback` took out is refused, though it was trained again (a new artifact).
 ROLLBACK_LOG_KEY = "rollback_log"
 IMAGE_SIZE_KEY = "image_size"  # the model's input size: bounds the examples per model call
+# The data's ingest_report.json (imgpipe/ingest/contract.REPORT_FILE, the same name), when the
+# records came from `imgpipe ingest`: its near-copy sets make the gate count pictures.
+INGEST_REPORT_KEY = "ingest_report"
+INGEST_REPORT_FILE = "ingest_report.json"
 
 
 def models_batch(
@@ -427,6 +431,9 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
         label_counts = eval_label_counts(report, splits or ["eval"])  # first: it names a split not counted
+        pictures = (
+            eval_pictures(props.get(INGEST_REPORT_KEY), label_counts) if splits in (None, ["eval"]) else None
+        )
         if baseline is not None:
             check_baseline_readable(baseline)
         folders = split_dirs(examples, splits)
@@ -443,7 +450,15 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             baseline_identical=baseline is not None and same_model_artifact(model, baseline),
             judged_on=judged_on,
             relabel_accepted=relabel_allowed(report.anomalies_allowed),
+            eval_pictures=pictures,
         )
+        if plan.floor.eval_pictures is not None:
+            log.info(
+                "gate: the eval split's %d images are %d pictures (ingest's sets of near-copies, each counted "
+                "once): the significance bound counts pictures",
+                plan.floor.eval_examples,
+                plan.floor.eval_pictures,
+            )
         key = standard_component_specs.EVAL_CONFIG_KEY
         if not props.get(key):
             raise ValueError("the Evaluator has no eval_config")
@@ -949,6 +964,45 @@ def split_dirs(examples: types.Artifact, splits: Sequence[str] | None) -> list[s
     return [artifact_utils.get_split_uri([examples], split) for split in (splits or ["eval"])]
 
 
+def eval_pictures(path: str | None, label_counts: Mapping[str, int]) -> dict[str, int] | None:
+    """Each class's eval pictures from the data's ingest report at `path` (its eval images less the
+    extra members of each set of near-copies ingest kept in eval), when some class has fewer
+    pictures than images; None when there is no such report (records made another way), it cannot
+    be read, or its eval counts are not the eval split's `label_counts` (a report of other data)."""
+    if not path:
+        return None
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            ingested = json.load(f)
+    except (tf.errors.OpError, OSError, ValueError):
+        return None
+    counts = ingested.get("counts") if isinstance(ingested, dict) else None
+    near = ingested.get("near_copies") if isinstance(ingested, dict) else None
+    if not isinstance(counts, dict) or not isinstance(near, list):
+        return None
+    try:
+        images = {str(c): int(v.get("eval", 0)) for c, v in counts.items()}
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if {c: n for c, n in images.items() if n} != {c: n for c, n in label_counts.items() if n}:
+        log.info("gate: %s does not describe this eval split (its eval counts differ): images counted", path)
+        return None
+    pictures = dict(images)
+    for entry in near:
+        if (
+            not isinstance(entry, dict)
+            or entry.get("split") != "eval"
+            or not isinstance(entry.get("files"), list)
+        ):
+            continue
+        name = str(entry.get("class"))
+        if name in pictures:
+            pictures[name] -= max(0, len(entry["files"]) - 1)
+    if all(pictures[c] >= n for c, n in images.items()):
+        return None
+    return {c: max(1, n) if images[c] else 0 for c, n in pictures.items()}
+
+
 def eval_label_counts(report: Any, splits: Sequence[str]) -> dict[str, int]:
     """The examples per label of the splits the Evaluator reads, summed, as the data gate counted
     them; GateNotComputable naming a split the data gate's report does not have."""
@@ -1254,6 +1308,7 @@ class GateEvaluatorSpec(standard_component_specs.EvaluatorSpec):
         GATE_CONFIG_KEY: ExecutionParameter(type=str),
         ROLLBACK_LOG_KEY: ExecutionParameter(type=str, optional=True),
         IMAGE_SIZE_KEY: ExecutionParameter(type=int, optional=True),
+        INGEST_REPORT_KEY: ExecutionParameter(type=str, optional=True),
         **{
             name: ExecutionParameter(type=spec.ptype, optional=True) for name, spec in EVALUATOR_KNOBS.items()
         },
@@ -1281,6 +1336,7 @@ class GateEvaluator(base_component.BaseComponent):
         knobs: Mapping[str, Knob],
         rollback_log: str | None = None,
         image_size: int | None = None,
+        ingest_report: str | None = None,
     ):
         rest = {
             k: v for k, v in gate.to_dict().items() if k not in EVALUATOR_KNOBS and k not in _NOT_EVALUATOR
@@ -1296,6 +1352,7 @@ class GateEvaluator(base_component.BaseComponent):
             gate_config=json_utils.dumps(rest),
             rollback_log=rollback_log,
             image_size=image_size,
+            ingest_report=ingest_report,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
             **{name: knobs[name] for name in EVALUATOR_KNOBS},

@@ -79,6 +79,19 @@ class Floor:
     # "hoeffding" (not computed: Hoeffding's inequality shows it is below the floor; see
     # chance_cannot_reach); "" with significance off.
     chance_method: str = ""
+    # The pictures among eval_examples when fewer (ingest's sets of near-copies, each counted
+    # once: `eval_pictures`): the significance bound's sample size, significant_right of these.
+    eval_pictures: int | None = None
+
+    @property
+    def _sample(self) -> str:
+        """The significance test's sample, in words."""
+        if self.eval_pictures is None:
+            return f"{self.eval_examples} eval examples"
+        return (
+            f"{self.eval_pictures} pictures (the eval split's {self.eval_examples} images, each set of "
+            "near-copies counted once)"
+        )
 
     @property
     def reachable(self) -> bool:
@@ -94,11 +107,14 @@ class Floor:
         majority = f"majority class {_q(self.majority_class)} has {self.majority_share:.3f} of eval"
         if self.source == FLOOR_SIGNIFICANCE:
             test = f"one-sided binomial test against the majority class's {self.majority_share:.3f}, p <= {self.significance:g}"
+            n = self.eval_examples if self.eval_pictures is None else self.eval_pictures
             if not self.reachable:
                 return (
-                    f"not even {self.eval_examples} right of {self.eval_examples} eval examples would pass a {test}: "
+                    f"not even {n} right of {self._sample} would pass a {test}: "
                     "the eval split is too small to tell a model from chance; add eval images"
                 )
+            if self.eval_pictures is not None:
+                return f"{self.significant_right} right of {self._sample} is the fewest that passes a {test}"
             return (
                 f"{self.significant_right} right of {self.eval_examples} is the fewest that passes a {test}"
             )
@@ -110,8 +126,13 @@ class Floor:
         k = self.eval_classes
         chance = f"chance 1/{k} = {1 / k:.3f} (an answer that ignores the image) + margin {self.margin:.3f}"
         if self.source == FLOOR_SIGNIFICANCE:
+            sample = (
+                f"{self.eval_examples} examples"
+                if self.eval_pictures is None
+                else f"{self.eval_pictures} pictures ({self.eval_examples} images, near-copies counted once)"
+            )
             where = (
-                f"answers that ignore the image, on this eval split's {self.eval_examples} examples in {k} "
+                f"answers that ignore the image, on this eval split's {sample} in {k} "
                 f"classes, whatever the frequencies they answer with (p <= {self.significance:g}; "
                 f"{'exact distribution' if self.chance_method == 'exact' else 'seeded simulation'})"
             )
@@ -145,8 +166,23 @@ def fewest_right_beating(n: int, p0: float, alpha: float) -> int | None:
     return 0
 
 
+def _pictures(
+    eval_label_counts: Mapping[str, int], pictures: Mapping[str, int] | None
+) -> dict[str, int] | None:
+    """Each class's eval pictures (at most its examples) when some class has fewer pictures than
+    examples; None otherwise (every example its own picture, or not known)."""
+    if not pictures:
+        return None
+    counted = {c: max(0, min(int(pictures.get(c, n)), n)) for c, n in eval_label_counts.items()}
+    return counted if any(counted[c] < n for c, n in eval_label_counts.items()) else None
+
+
 def accuracy_floor(
-    min_accuracy: float, eval_label_counts: Mapping[str, int], margin: float, significance: float = 0.0
+    min_accuracy: float,
+    eval_label_counts: Mapping[str, int],
+    margin: float,
+    significance: float = 0.0,
+    pictures: Mapping[str, int] | None = None,
 ) -> Floor:
     """The highest of: min_accuracy; the majority share + margin (capped at 1.0: never below the
     best constant predictor); and, with `significance`, the accuracy a one-sided binomial test
@@ -158,6 +194,13 @@ def accuracy_floor(
     few images cannot show: 3 of 4 right, or 4 of 4, on two balanced classes is
     what guessing gives one time in 3 or 16. When no result on the split would be
     significant the floor is above 1.0 and no model is blessed, saying why.
+
+    `pictures`: each class's eval pictures, when ingest kept sets of near-copies (a clip's frames,
+    one picture saved several ways) in the eval split: the binomial test counts pictures, not
+    images, for frames of one picture are answered alike and are one piece of evidence (an
+    audit's two classes of three 25-frame clips, one clip each in eval: a model that learned
+    nothing was blessed at 1.0 on one seed of four). The majority share stays the images'
+    (what the constant predictor scores).
     """
     total = sum(eval_label_counts.values())
     if total <= 0:
@@ -171,13 +214,25 @@ def accuracy_floor(
         value, source = by_majority, FLOOR_MAJORITY
     else:
         value, source = min_accuracy, FLOOR_MIN_ACCURACY
-    right = fewest_right_beating(total, share, significance) if significance > 0 else None
+    counted = _pictures(eval_label_counts, pictures)
+    n = total if counted is None else sum(counted.values())
+    right = fewest_right_beating(n, share, significance) if significance > 0 else None
     if significance > 0:
-        by_significance = round(right / total, 10) if right is not None else (total + 1) / total
+        by_significance = round(right / n, 10) if right is not None else (n + 1) / n
         if by_significance > value:
             value, source = by_significance, FLOOR_SIGNIFICANCE
     return Floor(
-        value, source, min_accuracy, majority_class, share, margin, significance, total, right, eval_classes=k
+        value,
+        source,
+        min_accuracy,
+        majority_class,
+        share,
+        margin,
+        significance,
+        total,
+        right,
+        eval_classes=k,
+        eval_pictures=None if counted is None else n,
     )
 
 
@@ -211,17 +266,28 @@ def balanced_accuracy(per_class_recall: Mapping[str, float], classes: Iterable[s
 
 
 def balanced_floor(
-    min_accuracy: float, eval_label_counts: Mapping[str, int], margin: float, significance: float = 0.0
+    min_accuracy: float,
+    eval_label_counts: Mapping[str, int],
+    margin: float,
+    significance: float = 0.0,
+    pictures: Mapping[str, int] | None = None,
 ) -> Floor:
     """The floor for balanced accuracy: the highest of min_accuracy; 1/k + margin on the k classes
     with eval examples (capped at 1.0), which is what any answer that ignores the image scores,
     however skewed the split; and, with `significance`, the least balanced accuracy such answers
     reach with probability at most `significance` on this split's class sizes (above 1.0 when
-    even a perfect score is that likely: nothing is blessed)."""
+    even a perfect score is that likely: nothing is blessed). `pictures`: as for accuracy_floor,
+    the class sizes the chance bound is computed on."""
     total = sum(eval_label_counts.values())
     if total <= 0:
         raise GateNotComputable("the eval split has no labelled examples: the gate cannot judge any model")
-    sizes = [n for _, n in sorted(eval_label_counts.items()) if n > 0]
+    counted = _pictures(eval_label_counts, pictures)
+    sized = (
+        eval_label_counts
+        if counted is None
+        else {c: max(1, n) for c, n in counted.items() if eval_label_counts[c] > 0}
+    )
+    sizes = [n for _, n in sorted(sized.items()) if n > 0]
     k = len(sizes)
     majority_class = min(eval_label_counts, key=lambda c: (-eval_label_counts[c], c))
     share = eval_label_counts[majority_class] / total
@@ -251,6 +317,7 @@ def balanced_floor(
         metric=METRIC_BALANCED,
         eval_classes=k,
         chance_method=method,
+        eval_pictures=None if counted is None else sum(sizes),
     )
 
 
@@ -913,19 +980,24 @@ def plan_gate(
     baseline_identical: bool = False,
     judged_on: JudgedOn | None = None,
     relabel_accepted: bool = False,
+    eval_pictures: Mapping[str, int] | None = None,
 ) -> GatePlan:
     """The thresholds for this run; GateNotComputable when the eval split cannot judge the model.
 
     eval_label_counts: of the records the candidate is judged on (`judged_on`'s, when given).
     relabel_accepted: the data gate let through images relabelled since the latest blessed model
-    trained on them (a class renamed or two swapped): that model answers for other labels."""
+    trained on them (a class renamed or two swapped): that model answers for other labels.
+    eval_pictures: each class's eval pictures, near-copies counted once (the significance bound's
+    sample), when ingest's report says so."""
     check_computable(eval_label_counts, class_names, judged_on)
     where = "the eval split's" if judged_on is None else "the judged eval images'"
     metric, why = gated_metric(gate.metric, eval_label_counts, where)
     floor_of = balanced_floor if metric == METRIC_BALANCED else accuracy_floor
     baseline = baseline_plan(class_names, baseline_classes, baseline_identical)
     return GatePlan(
-        floor=floor_of(gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance),
+        floor=floor_of(
+            gate.min_accuracy, eval_label_counts, gate.majority_margin, gate.significance, eval_pictures
+        ),
         class_names=tuple(class_names),
         min_class_recall=gate.min_class_recall or None,
         min_class_precision=gate.min_class_precision or None,
@@ -1632,6 +1704,7 @@ def gate_record(
         "majority_margin": floor.margin,
         "significance": floor.significance,
         "significant_right": floor.significant_right,
+        "eval_pictures": floor.eval_pictures,
         "class_names": list(plan.class_names),
         "per_class_recall": dict(sorted(results.per_class.items())),
         "min_class_recall": plan.min_class_recall,

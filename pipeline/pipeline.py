@@ -21,7 +21,7 @@ from tfx.proto import bulk_inferrer_pb2, example_gen_pb2, pusher_pb2, trainer_pb
 from tfx.types import Channel, standard_artifacts
 
 from components.data_gate import DataGate
-from components.evaluator import GateEvaluator
+from components.evaluator import INGEST_REPORT_FILE, GateEvaluator
 from components.example_gen import ImageExampleGen
 from components.infra_validator import InfraValidator
 from components.pusher import ServingPusher
@@ -166,6 +166,7 @@ def create_pipeline(
         knobs=knobs,
         rollback_log=os.path.join(config.home, ROLLBACK_LOG),
         image_size=image_size,
+        ingest_report=os.path.join(config.data_dir, INGEST_REPORT_FILE),
     ).with_id("Evaluator")
     # Pre-push validation: the blessed candidate, served by a real model server, must answer
     # every signature like it does in-process (components/infra_validator.py).

@@ -1533,3 +1533,32 @@ def test_labels_the_served_model_answers_exchanged_refuse_the_model(
             "The served model stays; fix the labels, or pass --accept-label-change if they changed on purpose "
             "(or the served model had them wrong)"
         ]
+
+
+def test_the_eval_pictures_come_from_ingests_near_copy_sets(tmp_path):
+    """Ingest keeps each set of near-copies (a clip's frames, one picture saved several ways) in
+    one split and lists the sets in ingest_report.json: the gate reads each class's eval pictures
+    from it, and nothing from a report of other data, a damaged one, or none."""
+    from components.evaluator import INGEST_REPORT_FILE, eval_pictures
+    from imgpipe.ingest.contract import REPORT_FILE
+
+    assert INGEST_REPORT_FILE == REPORT_FILE
+    path = tmp_path / INGEST_REPORT_FILE
+    report = {
+        "counts": {"a": {"train": 80, "eval": 20}, "b": {"train": 80, "eval": 20}},
+        "near_copies": [
+            {"class": "a", "split": "eval", "files": [f"a/clip{i}.png" for i in range(12)]},
+            {"class": "a", "split": "eval", "files": ["a/x.png", "a/x2.png"]},
+            {"class": "b", "split": "train", "files": [f"b/clip{i}.png" for i in range(30)]},
+        ],
+    }
+    path.write_text(json.dumps(report))
+    assert eval_pictures(str(path), {"a": 20, "b": 20}) == {"a": 8, "b": 20}  # 20 - 11 - 1
+    assert eval_pictures(str(path), {"a": 19, "b": 20}) is None  # a report of other records
+    assert eval_pictures(str(tmp_path / "none.json"), {"a": 20, "b": 20}) is None
+    assert eval_pictures(None, {"a": 20, "b": 20}) is None
+    report["near_copies"] = report["near_copies"][2:]  # no set in eval: every image its own picture
+    path.write_text(json.dumps(report))
+    assert eval_pictures(str(path), {"a": 20, "b": 20}) is None
+    path.write_text("{not json")
+    assert eval_pictures(str(path), {"a": 20, "b": 20}) is None

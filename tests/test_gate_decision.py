@@ -61,6 +61,7 @@ CONTRACT_KEYS = {
     "majority_margin",
     "significance",
     "significant_right",
+    "eval_pictures",
     "class_names",
     "per_class_recall",
     "min_class_recall",
@@ -379,6 +380,37 @@ def test_recall_reason_says_when_the_model_does_not_know_the_class():
     results = EvalResults(0.6, 20, {"9": 0.0}, None, failures=[Failure("9", False, 0.0)])
     [reason] = reasons(plan, results)
     assert reason.startswith("class '9' recall 0.000") and "not in the train split" in reason
+
+
+def test_near_copies_in_eval_count_once_in_the_significance_bound():
+    """An audit's two classes of three 25-frame clips each (labels unrelated to the pictures), one
+    clip of each in eval: 50 eval images of 2 pictures, and a model that learned nothing was
+    blessed at 1.0 on one seed of four. With ingest's picture counts, the binomial test counts
+    pictures: 2 cannot show anything, 20 need 15 right (images: 59 of 100)."""
+    gate = GateConfig()
+    clips = plan_gate(gate, {"a": 25, "b": 25}, ["a", "b"], None, eval_pictures={"a": 1, "b": 1})
+    assert not clips.floor.reachable and clips.floor.eval_pictures == 2
+    assert clips.floor.describe().startswith(
+        "not even 2 right of 2 pictures (the eval split's 50 images, each set of near-copies counted once)"
+    )
+    assert plan_gate(gate, {"a": 25, "b": 25}, ["a", "b"], None).floor.reachable  # counted as images
+    some = plan_gate(gate, {"a": 50, "b": 50}, ["a", "b"], None, eval_pictures={"a": 10, "b": 10})
+    assert some.floor.source == FLOOR_SIGNIFICANCE and some.floor.value == pytest.approx(15 / 20)
+    assert some.floor.significant_right == 15 and some.floor.eval_examples == 100
+    assert "15 right of 20 pictures (the eval split's 100 images" in some.floor.describe()
+    images = plan_gate(gate, {"a": 50, "b": 50}, ["a", "b"], None)
+    assert images.floor.value == pytest.approx(0.59) and images.floor.eval_pictures is None
+    # Every image its own picture, or no counts: the images' floor, no pictures said.
+    same = plan_gate(gate, {"a": 50, "b": 50}, ["a", "b"], None, eval_pictures={"a": 50, "b": 50})
+    assert same.floor == images.floor
+    # Balanced accuracy: the chance bound on the classes' picture counts.
+    skewed = {"a": 90, "b": 10}
+    balanced = plan_gate(gate, skewed, ["a", "b"], None, eval_pictures={"a": 30, "b": 2})
+    assert balanced.floor.metric == "balanced_accuracy" and balanced.floor.eval_pictures == 32
+    assert balanced.floor.value > plan_gate(gate, skewed, ["a", "b"], None).floor.value
+    assert "32 pictures (100 images, near-copies counted once)" in balanced.floor.describe()
+    record = gate_record(some, EvalResults(0.7, 100, {"a": 0.7, "b": 0.7}, None), blessed=False)
+    assert record["eval_pictures"] == 20 and record["eval_examples"] == 100
 
 
 def test_record_has_every_contract_key():

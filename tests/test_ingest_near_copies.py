@@ -195,9 +195,8 @@ def test_the_plan_keeps_each_set_of_near_copies_in_one_split():
     assert plan.warnings == [
         f"class {label!r}: its 15 eval images are 3 pictures, with their near-copies (frames of a clip or burst, "
         "one picture saved again): each set is kept in one split, so a model cannot score what it memorised, "
-        "but the gate counts images: its recall and the run's accuracy rest on that few independent "
-        "pictures, and a model answering at random passes more often than the gate's significance floor "
-        "says. Add pictures of it (other clips, other scenes)"
+        "and the gate's significance floor counts each set once, but its recall and the run's accuracy "
+        "rest on that few independent pictures. Add pictures of it (other clips, other scenes)"
         for label in "ab"
     ]
 

@@ -318,10 +318,9 @@ def few_pictures_warning(name: str, images: Mapping[str, int], pictures: Mapping
     )
     return (
         f"class {name!r}: its {listed}, with their near-copies (frames of a clip or burst, one picture "
-        "saved again): each set is kept in one split, so a model cannot score what it memorised, but the "
-        "gate counts images: its recall and the run's accuracy rest on that few independent pictures, "
-        "and a model answering at random passes more often than the gate's significance floor says. "
-        "Add pictures of it (other clips, other scenes)"
+        "saved again): each set is kept in one split, so a model cannot score what it memorised, and the "
+        "gate's significance floor counts each set once, but its recall and the run's accuracy rest on "
+        "that few independent pictures. Add pictures of it (other clips, other scenes)"
     )
 
 

@@ -535,12 +535,10 @@ def _gate_view(record: dict[str, Any]) -> GateView:
     )
     min_accuracy = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
     if record.get("floor_source") == "significance":
-        n, right, p = record.get("eval_examples"), record.get("significant_right"), record.get("significance")
+        n, right, p = _sample(record), record.get("significant_right"), record.get("significance")
         test = f"one-sided binomial test against the majority share {_fmt(record.get('majority_share'))}, p <= {p}"
         if right is None:
-            floor_note = (
-                f"no result on {n} eval examples passes a {test}: too few to tell a model from chance"
-            )
+            floor_note = f"no result on {n} passes a {test}: too few to tell a model from chance"
         else:
             floor_note = f"{right} right of {n} is the fewest that passes a {test} (above {min_accuracy})"
     elif record.get("floor_source") == "majority":
@@ -687,6 +685,15 @@ def _eval_records(record: dict[str, Any]) -> Any:
     return judged.get("records") if isinstance(judged, dict) else record.get("eval_examples")
 
 
+def _sample(record: Mapping[str, Any]) -> str:
+    """What the significance bound counted: the eval examples, or their pictures when ingest's
+    near-copies made fewer (gate.json's `eval_pictures`)."""
+    n, pictures = record.get("eval_examples"), record.get("eval_pictures")
+    if isinstance(pictures, int):
+        return f"{pictures} pictures (the eval split's {n} images, each set of near-copies counted once)"
+    return f"{n} eval examples"
+
+
 def _balanced_gate(record: dict[str, Any]) -> GateView:
     """The gate view of a gate.json whose gated metric is balanced accuracy."""
     view = _gate_view({**record, "metric": METRIC_ACCURACY, "accuracy": record.get("value")})
@@ -699,10 +706,10 @@ def _balanced_gate(record: dict[str, Any]) -> GateView:
     min_accuracy = f"min_accuracy {_fmt(record.get('min_accuracy'))}"
     source = record.get("floor_source")
     if source == "significance":
-        n, p = record.get("eval_examples"), record.get("significance")
+        n, p = _sample(record), record.get("significance")
         if isinstance(record.get("floor"), float) and record["floor"] > 1.0:
             view.floor_note = (
-                f"on {n} eval examples even 1.0 is reached too often by answers that ignore the image "
+                f"on {n} even 1.0 is reached too often by answers that ignore the image "
                 f"(p <= {p}): too few to tell a model from chance"
             )
         else:
