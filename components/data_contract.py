@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from components.gate import RELABELLED
-from components.gate_decision import label_set_change
-from trainer.class_names import almost_alike, is_plain, looks, name_problem, normalise
+from components.gate_decision import label_set_change, quoted
+from trainer.class_names import almost_alike, looks, name_problem, normalise
 from trainer.features import IMAGE_KEY, LABEL_KEY, code_points
 
 REQUIRED_FEATURES = (IMAGE_KEY, LABEL_KEY)
@@ -42,14 +42,7 @@ class DataContractError(ValueError):
     """The data cannot be checked at all (not an anomaly a person could override)."""
 
 
-def _q(name: str) -> str:
-    """The label quoted; with its code points when it does not print as what it is (not NFC, or
-    a hidden character: class_names.is_plain), so that two labels that print alike ('é'
-    composed, 'é' as e + accent) read differently."""
-    name = str(name)
-    if is_plain(name):
-        return repr(name)
-    return f"{name!r} ({code_points(name)})"
+_q = quoted
 
 
 def look_alike_labels(labels: Iterable[str]) -> list[str]:

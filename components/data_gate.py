@@ -58,6 +58,7 @@ from components.data_contract import (
     require_complete,
     split_labels,
 )
+from components.gate_decision import quoted
 from trainer import image_ids
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def relabelled(
         images = moved[pair]
         in_splits = sorted(set().union(*(where[(i, pair[1])] for i in images)))
         return (
-            f"{len(images)} of the {found[pair[0]]} trained as {pair[0]!r} now labelled {pair[1]!r} "
+            f"{len(images)} of the {found[pair[0]]} trained as {quoted(pair[0])} now labelled {quoted(pair[1])} "
             f"({', '.join(in_splits)})"
         )
 

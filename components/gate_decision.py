@@ -18,8 +18,9 @@ import numpy as np
 from scipy.stats import binom
 
 from components.gate import METRIC_ACCURACY, METRIC_AUTO, METRIC_BALANCED, GateConfig
+from trainer.class_names import is_plain
 from trainer.config import IMBALANCE_RATIO
-from trainer.features import counted
+from trainer.features import code_points, counted
 
 GATE_FILE = "gate.json"  # written into the Evaluator's `evaluation` artifact directory
 
@@ -49,8 +50,18 @@ class GateNotComputable(ValueError):
     """The eval split cannot judge the model (no examples, or a class without examples)."""
 
 
-def _q(name: str) -> str:
-    return repr(str(name))
+def quoted(name: str) -> str:
+    """The label quoted; with its code points when it does not print as what it is (not NFC, or
+    a hidden character: class_names.is_plain), so that two labels that print alike ('é'
+    composed, 'é' as e + accent) read differently: "new class 'café'; vanished class 'café'"
+    named a label in another Unicode form than the served model's."""
+    name = str(name)
+    if is_plain(name):
+        return repr(name)
+    return f"{name!r} ({code_points(name)})"
+
+
+_q = quoted
 
 
 def _names(names: Sequence[str]) -> str:

@@ -167,6 +167,12 @@ def test_label_set_change_wording():
     assert label_set_change(["a"], ["a"]) is None
     assert label_set_change(["a"], ["a", "b"]) == "new class 'b'"
     assert label_set_change(["a", "b"], ["a"]) == "vanished class 'b'"
+    # A label in another Unicode form than the served model's printed as the same name twice
+    # ("new class 'café'; vanished class 'café'"): the one that does not print as it is shows
+    # its code points.
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    said = label_set_change([nfc], [nfd])
+    assert said == f"new class {nfd!r} (U+0063 U+0061 U+0066 U+0065 U+0301); vanished class {nfc!r}", said
 
 
 # ------------------------------------------------------------------------ the plan
