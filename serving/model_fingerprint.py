@@ -149,6 +149,23 @@ def versions_taken_out(home: str) -> set[str]:
     return out
 
 
+def rollback_copy_of(home: str, pushed: str) -> str | None:
+    """The newest version folder, still on disk, that `imgpipe rollback` in `home` served as a copy
+    of the version pushed at `pushed` (<serving dir>/<model>/<version>); None when there is none.
+    A version pruned after a rollback served it again lives on as that copy: a report naming the
+    pruned version named a folder gone, and said a model that serves "does not serve"."""
+    base, version = os.path.split(os.path.normpath(pushed))
+    copies = [
+        os.path.join(base, c["version"])
+        for c in served_copies(home)
+        if c["copy_of"] == version
+        and isinstance(c["serving_dir"], str)
+        and os.path.normpath(c["serving_dir"]) == base
+        and os.path.isdir(os.path.join(base, c["version"]))
+    ]
+    return copies[-1] if copies else None
+
+
 def served_copies(home: str) -> list[dict]:
     """The copies `imgpipe rollback` served in `home`, oldest first, from its rollback log's
     `served` lines: [{serving_dir, version, copy_of}] (versions as strings). [] when there is no

@@ -124,7 +124,8 @@ def test_the_label_check_and_its_doubted_images_are_in_the_report():
     d = dataclasses.replace(_report_data(["a", "b"], n=10), label_check=check)
     page = html.render(d, {"training_curves": "training_curves.png"})
     assert "agree with their labels at 0.600 (the eval split's accuracy: 0.873); 84 are answered" in page
-    assert "<td>five/img 898.png</td><td>five</td><td>&lt;seven&gt;</td>" in page
+    # (a line may break after the path's / and .: <wbr>)
+    assert "<td>five/<wbr>img 898.<wbr>png</td><td>five</td><td>&lt;seven&gt;</td>" in page
     assert "<td>train record 171</td>" in page and "the first 2, least likely label first" in page
     loaded = data.ReportData.from_dict(json.loads(json.dumps(d.to_dict())))
     assert loaded.label_check == check
@@ -1030,7 +1031,7 @@ def test_misclassified_images_are_named_by_their_files_from_ingests_index(tmp_pa
     build.name_files(d, str(records))
     assert [m.file for m in d.misclassified] == ["cats/IMG 1.jpg", None, None]
     page = build.write_report(str(tmp_path / "report"), d)
-    assert f"eval record {first.record}<br>cats/IMG 1.jpg</small>" in open(page, encoding="utf-8").read()
+    assert f"eval record {first.record}<br>cats/<wbr>IMG 1.<wbr>jpg</small>" in open(page, encoding="utf-8").read()
     assert f"record {first.record:>5}" in text.render(d) and "cats/IMG 1.jpg" in text.render(d)
     saved = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
     assert saved["misclassified"][0]["file"] == "cats/IMG 1.jpg"
@@ -1261,3 +1262,82 @@ def test_a_shown_report_says_when_its_pushed_version_was_pruned_or_rolled_back(t
     out, err = shown()
     assert "version 1796000000 is no longer in the serving dir (pruned or removed since)" in err
     assert out["deployment"] == out["deployment_since"]  # this report's record wrote no deployment line
+    # Pruned after a rollback served it again as a copy: the copy is named, the model still there.
+    copy = tmp_path / "serving" / "m" / "1796000500"
+    os.makedirs(copy)
+    with open(tmp_path / ROLLBACK_LOG, "a", encoding="utf-8") as f:
+        served = {
+            "serving_dir": str(tmp_path / "serving" / "m"),
+            "version": 1796000500,
+            "copy_of": "1796000000",
+        }
+        f.write(json.dumps({"served": served}) + "\n")
+    out, err = shown()
+    assert out["deployment_since"] == (
+        "version 1796000000 is no longer in the serving dir (pruned since); its model is there as version "
+        "1796000500, a copy `imgpipe rollback` served"
+    )
+    # A later run's baseline, that model, is named by its copy, not by the folder gone.
+    from imgpipe.orchestration.summary import _as_served_now
+
+    baseline = _as_served_now(str(tmp_path), {"run_id": "r1", "pushed": str(version)})
+    assert baseline == {"run_id": "r1", "pushed": str(copy), "copy_of": "1796000000"}
+    assert data.name_baseline("latest blessed model; allowed regression 0", baseline) == (
+        "latest blessed model (trained by run r1, version 1796000500 (a rollback's copy of version "
+        "1796000000, pruned since)); allowed regression 0"
+    )
+    assert _as_served_now(str(tmp_path), {"run_id": "r1", "pushed": str(copy)}) == {
+        "run_id": "r1",
+        "pushed": str(copy),
+    }
+
+
+def test_long_names_and_paths_break_no_word_or_number_on_the_page(tmp_path):
+    """Pet breeds as class names and ingest's paths in the gallery and the label check: captions
+    ran over their neighbours (the page 2,915 px wide in a 1,265 px window), and cells that could
+    break anywhere squeezed the gate's labels and numbers to "cand / idate" and "0.75" above "9".
+    Laid out by Chromium now: no word wider than its cell, nothing wider than the window."""
+    from imgpipe.report import html
+
+    names = [
+        "staffordshire_bull_terrier", "american_pit_bull_terrier", "Egyptian_Mau", "english_cocker_spaniel",
+        "german_shorthaired", "great_pyrenees", "yorkshire_terrier", "scottish_terrier", "Abyssinian",
+        "Bengal", "Birman", "Bombay", "British_Shorthair", "Maine_Coon", "Persian", "Ragdoll",
+    ]  # fmt: skip
+    d = _report_data(names, n=64, cap=24)
+    d = dataclasses.replace(
+        d,
+        misclassified=[
+            dataclasses.replace(m, file=f"{m.true}/{m.true}_{100 + i}.jpg") for i, m in enumerate(d.misclassified)
+        ],
+        early_stopping={"early_stopping.head.best_epoch": 2, "early_stopping.head.stopped_epoch": None},
+        label_check={
+            "held_out": "the validation slice",
+            "examined": 120,
+            "agreement": 0.764,
+            "eval_accuracy": 0.743,
+            "eval_accuracy_of": "the head that answered the held-out images (before the refit)",
+            "eval_examples": 64,
+            "doubted": 2,
+            "pairs": [],
+            "images": [
+                {"position": i, "given": names[i], "answered": names[i + 1], "given_probability": 0.0009,
+                 "answered_probability": 0.759, "file": f"{names[i]}/{names[i]}_{i}.jpg"}
+                for i in range(2)
+            ],
+            "warning": None,
+        },
+    )  # fmt: skip
+    page = build.write_report(str(tmp_path / "run" / "report"), d)
+    shown = browser.layout(page, str(tmp_path))
+    assert shown["broken"] == [], shown["broken"][:10]
+    assert shown["scroll_width"] <= shown["window_width"], shown
+    text = html.render(d, {})
+    # The label check names whose eval accuracy it compares with; an entry with no value is left out.
+    assert (
+        "(the eval split's accuracy: 0.743, the head that answered the held-out images (before the refit), "
+        in text
+    )
+    assert "stopped_epoch" not in text
+    none_shown = html.render(dataclasses.replace(d, max_misclassified=0, misclassified=[]), {})
+    assert "none shown (cap 0: --max-misclassified)" in none_shown and "the 0 with" not in none_shown

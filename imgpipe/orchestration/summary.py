@@ -27,6 +27,7 @@ from typing import Any
 
 from imgpipe.orchestration import metadata
 from pipeline.config import PipelineConfig
+from serving.model_fingerprint import rollback_copy_of
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
         withdrawn = metadata.withdrawn_reason(store, executions.get("Evaluator"))
         baseline_model = metadata.baseline_model(store, executions.get("Evaluator"))
+        baseline_model = _as_served_now(config.home, baseline_model)
         train_split = metadata.split_uri(store, executions.get("ImportExampleGen"), "examples", "train")
         states = {node: metadata.state_name(e) for node, e in executions.items()}
     accuracy, baseline, per_class = metadata.evaluation_accuracy(evaluation_uri)
@@ -161,6 +163,18 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         label_check=label_check,
         flip_check=(training or {}).get("flip_check"),
     )
+
+
+def _as_served_now(home: str, baseline: dict | None) -> dict | None:
+    """The baseline's `pushed` as it is on disk now: a version pruned after a rollback served it
+    again as a copy is named by that copy (`copy_of`: the pruned version), not by a folder gone."""
+    pushed = (baseline or {}).get("pushed")
+    if not isinstance(pushed, str) or "://" in pushed or os.path.isdir(pushed):
+        return baseline
+    copy = rollback_copy_of(home, pushed)
+    if copy is None:
+        return baseline
+    return {**baseline, "pushed": copy, "copy_of": os.path.basename(os.path.normpath(pushed))}
 
 
 def with_files(

@@ -898,6 +898,8 @@ def name_baseline(note: str, baseline_model: Any) -> str:
         return note
     run, pushed = baseline_model.get("run_id"), baseline_model.get("pushed")
     version = f"version {_version_of(pushed)}" if pushed else "no push of it recorded"
+    if pushed and baseline_model.get("copy_of"):
+        version += f" (a rollback's copy of version {baseline_model['copy_of']}, pruned since)"
     known_run = isinstance(run, str) and run and not run.startswith(("?", "execution "))
     if not known_run and not pushed:
         return note
@@ -913,13 +915,19 @@ def deployment_since(home: str, summary: Mapping[str, Any]) -> str | None:
     from the serving dir (`imgpipe prune`, or removed by hand) or taken out of serving by
     `imgpipe rollback`; None when it is still there and not taken out, or nothing was pushed.
     A stored report keeps saying "pushed as version N": this says whether N still serves."""
-    from serving.model_fingerprint import versions_taken_out
+    from serving.model_fingerprint import rollback_copy_of, versions_taken_out
 
     pushed = summary.get("pushed")
     if not pushed or not isinstance(pushed, str):
         return None
     version = _version_of(pushed)
     if not os.path.isdir(pushed):
+        copy = rollback_copy_of(home, pushed)
+        if copy is not None:
+            return (
+                f"version {version} is no longer in the serving dir (pruned since); its model is there as "
+                f"version {_version_of(copy)}, a copy `imgpipe rollback` served"
+            )
         return (
             f"version {version} is no longer in the serving dir (pruned or removed since): it does not serve"
         )

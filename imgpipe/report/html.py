@@ -21,7 +21,7 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .decision { display: inline-block; padding: 0.2em 0.7em; border-radius: 4px; font-weight: bold; color: white; }
 .blessed { background: #2a7d2a; } .rejected { background: #b03030; } .unknown { background: #777; }
@@ -29,6 +29,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .figures img { max-width: 100%; margin: 0.5em 0.5em 0.5em 0; border: 1px solid #eee; }
 .gallery { display: flex; flex-wrap: wrap; gap: 0.8em; }
 .gallery figure { margin: 0; width: 150px; font-size: 0.85em; }
+.gallery figcaption { overflow-wrap: anywhere; }
 .gallery img { width: 96px; height: 96px; object-fit: contain; image-rendering: pixelated; background: #f4f4f4; }
 code { word-break: break-all; }
 """
@@ -44,6 +45,14 @@ def esc(value: Any) -> str:
     """Text for HTML content or a quoted attribute, bidirectional controls shown as [U+XXXX]."""
     text = _BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group()):04X}]", "" if value is None else str(value))
     return html.escape(text, quote=True)
+
+
+def breakable(value: Any) -> str:
+    """`esc(value)` with a line break allowed after each '/', '_', '-' and '.': a file path or a
+    snake_case name wraps at its parts. Table cells break only between words (a cell of text that
+    may break anywhere let the table squeeze labels and numbers to a character a line: "cand /
+    idate", "0.75" above "9"), so such a cell holds its path at the page's width."""
+    return re.sub(r"([/_.\-])", r"\1<wbr>", esc(value))
 
 
 def src(relative_path: str) -> str:
@@ -175,17 +184,17 @@ def _label_check(d: ReportData) -> str:
     text = (
         f"The label check: the head's answers on {lc.get('examined')} train images it did not train on "
         f"({esc(str(lc.get('held_out')))}) agree with their labels at {lc['agreement']:.3f} (the eval "
-        f"split's accuracy: {_number(lc.get('eval_accuracy'))}); {lc.get('doubted')} are answered as another "
-        "class as surely as that class's own images."
+        f"split's accuracy: {_number(lc.get('eval_accuracy'))}{_of(lc)}); {lc.get('doubted')} are answered as "
+        "another class as surely as that class's own images."
     )
     images = [img for img in lc.get("images") or [] if isinstance(img, dict)][:LABEL_DOUBTS_SHOWN]
     if not images:
         return f"<p>{text}</p>"
     rows = [
         [
-            esc(str(img.get("file") or f"train record {img.get('position')}")),
-            esc(str(img.get("given"))),
-            esc(str(img.get("answered"))),
+            breakable(str(img.get("file") or f"train record {img.get('position')}")),
+            esc(label_text(str(img.get("given")))),
+            esc(label_text(str(img.get("answered")))),
             _number(img.get("given_probability")),
             _number(img.get("answered_probability")),
         ]
@@ -203,6 +212,13 @@ def _label_check(d: ReportData) -> str:
     )
 
 
+def _of(lc: dict) -> str:
+    """Whose eval accuracy the label check compares with, when not the final model's (the
+    slice's head before the refit: the page showed it beside the gate's other number unexplained)."""
+    of = lc.get("eval_accuracy_of")
+    return f", {esc(of)}, not the final model's" if isinstance(of, str) and of != "the final model" else ""
+
+
 def _number(value: Any) -> str:
     """`_num` at 3 digits for a value read from a record (anything not a number: missing)."""
     return _num(value if isinstance(value, (int, float)) else None, 3)
@@ -216,7 +232,7 @@ def _training(d: ReportData, figures: dict[str, str]) -> str:
         items = "".join(f"<li>{esc(n)}</li>" for n in d.training_notes)
         out.append(f"<p>How the head was trained (the Trainer's notes):</p><ul>{items}</ul>")
     if d.early_stopping:
-        rows = [[esc(k), esc(v)] for k, v in d.early_stopping.items()]
+        rows = [[esc(k), esc(v)] for k, v in d.early_stopping.items() if v is not None]
         out.append("<p>How its epochs were chosen:</p>" + _table(["entry", "value"], rows))
     out.append(_label_check(d))
     return "".join(out)
@@ -229,6 +245,8 @@ def _gallery(d: ReportData) -> str:
     intro = (
         f"<p>{d.misclassified_total} misclassified eval images; the {shown} with the highest wrong score "
         f"are shown, worst first (cap {d.max_misclassified}).</p>"
+        if shown
+        else f"<p>{d.misclassified_total} misclassified eval images; none shown (cap 0: --max-misclassified).</p>"
     )
     items = []
     for m in d.misclassified:
@@ -241,7 +259,7 @@ def _gallery(d: ReportData) -> str:
         items.append(
             f"<figure>{picture}<figcaption>true <b>{esc(label_text(m.true))}</b><br>predicted <b>{esc(label_text(m.predicted))}</b>"
             f"<br>score {_num(m.score, 3)}{esc(true_score)}<br><small>eval record {m.record}"
-            + (f"<br>{esc(m.file)}" if m.file else "")
+            + (f"<br>{breakable(m.file)}" if m.file else "")
             + "</small>"
             "</figcaption></figure>"
         )
