@@ -123,6 +123,14 @@ except BaseException as e:
 # runs it; one whose store no longer knows its artifacts (emptied) fails the task, named.
 class First:
     task_id = next(task for task, upstream in spec.tasks if not upstream)
+# A home held by a run by hand or cron: the DAG run's first task fails, before its checks.
+from imgpipe.orchestration.lock import home_lock
+os.makedirs(_.home, exist_ok=True)
+with home_lock(_.home):
+    try:
+        airflow.run_task(spec, ti=First())
+    except BaseException as e:
+        out["first_held"] = f"{type(e).__name__}: {e}"
 for case in ("passes", "emptied"):
     if case == "emptied":
         os.makedirs(os.path.join(_.pipeline_root, "Trainer", "model", "7"))
@@ -157,6 +165,9 @@ def test_parsing_the_file_loads_no_tensorflow_and_gives_the_pipelines_tasks(data
     assert out["tasks"] == {task: upstream for task, upstream in airflow.task_graph(cfg.resolved())}
     assert "render it again with `imgpipe airflow-dag`" in out["stale"]
     assert out["failed"] == "OSError: the component's own error"
+    assert out["first_held"].startswith(
+        f"RuntimeError: the home {cfg.resolved().home} is held by another imgpipe"
+    )
     assert out["first_passes"] == "OSError: the component's own error"
     assert out["first_emptied"].startswith("AirflowFailException: metadata: ")
     assert "holds no execution of pipeline 'pets'" in out["first_emptied"]

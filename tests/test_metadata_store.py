@@ -408,7 +408,8 @@ def test_a_serving_dir_another_home_pushed_to_is_refused_until_adopted(tmp_path)
     message = str(e.value)
     assert message.startswith(
         f"serving_dir: {serving / 'imgpipe'} serves version 3 (classes '5', '6', '7'), and it is not this "
-        f"home's (no run of this home ({config.home}) ever pushed there)"
+        f"home's (no run of this home ({config.home}) ever pushed there; it has no run records at all: if it "
+        "is a home moved away, point the config at its new place rather than adopting)"
     )
     assert "--adopt-serving-dir" in message
     check_serving_dir_is_this_homes(config.replace(model_name="other"))  # its own base path

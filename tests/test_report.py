@@ -1031,7 +1031,10 @@ def test_misclassified_images_are_named_by_their_files_from_ingests_index(tmp_pa
     build.name_files(d, str(records))
     assert [m.file for m in d.misclassified] == ["cats/IMG 1.jpg", None, None]
     page = build.write_report(str(tmp_path / "report"), d)
-    assert f"eval record {first.record}<br>cats/<wbr>IMG 1.<wbr>jpg</small>" in open(page, encoding="utf-8").read()
+    assert (
+        f"eval record {first.record}<br>cats/<wbr>IMG 1.<wbr>jpg</small>"
+        in open(page, encoding="utf-8").read()
+    )
     assert f"record {first.record:>5}" in text.render(d) and "cats/IMG 1.jpg" in text.render(d)
     saved = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
     assert saved["misclassified"][0]["file"] == "cats/IMG 1.jpg"

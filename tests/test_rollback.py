@@ -23,7 +23,7 @@ from imgpipe.orchestration.rollback import LOG_FILE, RollbackError, RollbackFail
 from imgpipe.orchestration.summary import RunSummary
 from pipeline.config import PipelineConfig
 from serving import model_files as served_files
-from tests.mlmd_fixtures import FakeHome, model_files
+from tests.mlmd_fixtures import RUNNING, FakeHome, model_files
 
 FAILED = metadata_store_pb2.Execution.FAILED
 _REAL_DAMAGE = served_files.damage
@@ -473,6 +473,55 @@ def test_an_airflow_run_between_its_tasks_stops_a_rollback(tmp_path):
     assert later is None
     airflow.execute("scheduled-1", "Pusher", state=FAILED)
     assert rollback_home(h.home.home, dry_run=True).to_version == "100"
+
+
+def test_a_failed_airflow_task_stops_no_rollback_for_good(tmp_path):
+    """TFX's Airflow launcher left a failed task's execution RUNNING, and `rollback` and `prune`
+    refused for good ("an Airflow run in progress"), through later runs that succeeded. The
+    failed task marks its own execution FAILED, a later DAG run's first tasks mark what earlier
+    runs left unfinished, and `imgpipe run` takes one not updated for a day for a dead task's."""
+    from imgpipe.orchestration.prune import airflow_run_in_progress
+    from imgpipe.orchestration.recovery import fail_airflow_executions
+
+    h = History(tmp_path)
+    h.run(b"model A", "100")
+    h.run(b"model B", "200")
+    airflow = h.home
+    airflow.airflow = True
+
+    def task(run, node):
+        execution, _ = airflow.execute(
+            run, node, state=RUNNING, exec_properties={"run_id": run, "component_id": node}
+        )
+        return execution
+
+    statistics = task("manual-1", "StatisticsGen")
+    task("manual-1", "SchemaGen")  # a task of the same run, running beside it
+    with pytest.raises(RollbackError, match="has an Airflow run in progress"):
+        rollback_home(h.home.home, dry_run=True)
+    assert fail_airflow_executions(
+        airflow.store, "imgpipe", "its task failed", "manual-1", "StatisticsGen"
+    ) == [statistics.id]
+    [marked] = airflow.store.get_executions_by_id([statistics.id])
+    assert marked.last_known_state == FAILED and "its task failed" in str(marked.custom_properties)
+    assert airflow_run_in_progress(airflow.store, "imgpipe") is not None  # SchemaGen's still runs
+    # The next DAG run's first task: what earlier runs left unfinished is a dead task's.
+    assert len(fail_airflow_executions(airflow.store, "imgpipe", "earlier run", "manual-2", others=True)) == 1
+    assert airflow_run_in_progress(airflow.store, "imgpipe") is None
+    assert rollback_home(h.home.home, dry_run=True).to_version == "100"
+    # Unfinished, but not updated for a day: `imgpipe run` does not wait for it; prune and rollback do.
+    task("manual-3", "Trainer")
+    later = time.time() + 2 * 86400
+    assert (
+        airflow_run_in_progress(airflow.store, "imgpipe", "run", True, now=later, stale_after=86400) is None
+    )
+    assert airflow_run_in_progress(airflow.store, "imgpipe", "run", True, now=later) is not None
+    # `imgpipe run` beside a live Airflow run of the pipeline: refused as a held home is (exit 75).
+    from imgpipe.orchestration.local import _refuse_beside_an_airflow_run
+    from imgpipe.orchestration.lock import LockBusy
+
+    with pytest.raises(LockBusy, match="not starting: pipeline 'imgpipe' has an Airflow run in progress"):
+        _refuse_beside_an_airflow_run(h.config)
 
 
 def test_a_version_unknown_to_ml_metadata_is_rolled_back_with_warnings(tmp_path):

@@ -731,3 +731,28 @@ def test_a_local_schedule_is_removed_with_its_units_and_told_how_to_drop_its_cro
     assert "--remove takes no --cron" in capsys.readouterr().err
     assert cli.main([*base, "--home", str(home)]) == 2
     assert "--cron is required (or --remove)" in capsys.readouterr().err
+    # Removed without --systemd: the units written with it are found (they were left to fail
+    # every day, their config gone).
+    assert cli.main([*base, "--remove", "--home", str(home), "--pipeline-name", "b"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["removed"][:2] == [str(units / "imgpipe-b.service"), str(units / "imgpipe-b.timer")]
+    assert os.listdir(units) == [] and os.listdir(home / "schedule") == []
+
+
+def test_the_printed_cron_removal_drops_a_line_whose_path_has_a_percent_sign(tmp_path, capsys):
+    """cron reads '%' as a line break, so the line escapes it (\\%); the printed grep looked for the
+    path unescaped and kept the line, which then failed at every firing, its config gone."""
+    from imgpipe.cli import main as cli
+
+    home = tmp_path / "50% off 'q'"
+    base = ["schedule", "--runner", "local", "--home", str(home)]
+    assert cli.main([*base, "--cron", "0 3 * * *", "--data", str(tmp_path / "d")]) == 0
+    cron_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cron_line"]
+    assert "\\%" in cron_line
+    assert cli.main([*base, "--remove"]) == 0
+    command = json.loads(capsys.readouterr().out)["crontab"]
+    kept = subprocess.run(
+        ["/bin/sh", "-c", command.replace("crontab -l", "cat").replace(" | crontab -", "")],
+        input=f"{cron_line}\n# another line\n", capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert kept == "# another line\n"

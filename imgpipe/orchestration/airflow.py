@@ -321,7 +321,8 @@ def _tfx_dag(spec: _TaskSpec):
     # new weights at the same path train again instead of reusing the old ones' model.
     digest = local_weights_digest(cfg)
     if not cfg.metadata:
-        os.makedirs(cfg.home, exist_ok=True)  # the SQLite store's folder
+        # The home's folder is made by the first tasks, after the home's checks: a home moved away
+        # from under its DAG left an empty home at the old path, where `mv` back nested it.
         pipeline = create_pipeline(cfg, metadata.connection_config(cfg), weights_digest=digest)
     else:
         # The database made now if it is new (the DAG's first task): TFX then connects to it
@@ -332,6 +333,27 @@ def _tfx_dag(spec: _TaskSpec):
         )
     settings = dag_settings(spec.schedule, spec.start_date, spec.retries, spec.catchup)
     return AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config=settings)).run(pipeline), cfg
+
+
+def _fail_own_execution(cfg: PipelineConfig, run_id: str, task_id: str, error: BaseException) -> None:
+    """Mark the failed task's execution FAILED (TFX's Airflow launcher leaves it RUNNING, and
+    `rollback` and `prune` then refused for good). Never replaces the task's error: a store that
+    cannot be reached is logged."""
+    from imgpipe.orchestration import metadata, recovery
+
+    if not cfg.metadata and not os.path.exists(cfg.metadata_path):
+        return  # no store: nothing recorded to mark
+    try:
+        with metadata.open_store(cfg, readonly=False) as store:
+            recovery.fail_airflow_executions(
+                store,
+                cfg.pipeline_name,
+                f"its Airflow task failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
+                run_id,
+                component_id=task_id,
+            )
+    except Exception:  # noqa: BLE001 - the task's own error is the one raised
+        log.warning("the failed task's execution could not be marked FAILED in ML Metadata", exc_info=True)
 
 
 def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
@@ -361,16 +383,42 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
         # not run on a moved home's records): the home's checks `imgpipe run` makes before its
         # first component (a moved home, another home's served model, an emptied store), as a
         # failure of this task naming the problem; Airflow does not retry it.
-        from imgpipe.orchestration import preflight
+        from imgpipe.orchestration import lock, preflight
 
+        if lock.home_held(cfg.home):
+            # A run by hand or cron (or a prune, a rollback) holds the home: this run's Resolver
+            # would pick its baseline before that run's push, and its Pusher push over it
+            # unjudged (an audit's DAG run and `imgpipe run` on one home both went to the end).
+            # Raised as a plain error: Airflow's retries try the task again later.
+            raise RuntimeError(
+                f"the home {cfg.home} is held by another imgpipe process (a run by hand or cron, a prune, a "
+                f"rollback: its lock {lock.home_lock_path(cfg.home)}): this DAG run would be judged against "
+                "the model before that run's push and could push over it; trigger the DAG again once that "
+                "process ends (with task retries set, Airflow tries again itself)"
+            )
         try:
+            preflight.check_records(cfg)  # before a SQLite store is made: a home moved away makes none
             if not cfg.metadata:
+                os.makedirs(cfg.home, exist_ok=True)
                 metadata.connect(cfg)  # the home's SQLite store made, as `imgpipe run` makes it
-            preflight.check_home(cfg)
+            preflight.check_home(cfg, records_checked=True)
         except ConfigError as e:  # an unusable SQLite store (MetadataUnavailable) too
             if cfg.metadata and isinstance(e, metadata.MetadataUnavailable):
                 raise  # a PostgreSQL server down: the DAG's retries apply
             raise AirflowFailException(str(e)) from e
+        # The DAG runs one run at a time (max_active_runs): an earlier run's execution still
+        # unfinished is a task that died (its worker killed) or one TFX's launcher left RUNNING.
+        with metadata.open_store(cfg, readonly=False) as store:
+            marked = recovery.fail_airflow_executions(
+                store,
+                cfg.pipeline_name,
+                f"left unfinished by an earlier Airflow run; found by Airflow run {context.get('run_id', '?')} "
+                "(a DAG runs one run at a time)",
+                str(context.get("run_id", "")),
+                others=True,
+            )
+        if marked:
+            log.warning("executions %s of earlier Airflow runs were left unfinished: marked FAILED", marked)
     # A copy locked for execution, as Airflow runs its own tasks.
     operator = tfx_dag.get_task(task_id).prepare_for_execution()
     operator.render_template_fields(context)
@@ -401,6 +449,7 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
             # Nothing here may replace the task's own error. (A task's timeout, AirflowTaskTimeout,
             # is a BaseException: it is not caught here, and no diagnosis runs after it.)
             diagnosis.log_failure(lambda: cfg, task_id, e)
+            _fail_own_execution(cfg, str(context.get("run_id", "")), task_id, e)
             raise
     if task_id == PREPUSH_ID:
         withdraw_unserved_blessings(cfg, runs_finished=False)  # this run's Pusher is still to come

@@ -41,7 +41,7 @@ from imgpipe.orchestration import (
     runs,
     scratch,
 )
-from imgpipe.orchestration.lock import home_lock
+from imgpipe.orchestration.lock import LockBusy, home_lock
 from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
 from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
@@ -281,6 +281,22 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
     withdraw_unserved_blessings(config)
 
 
+def _refuse_beside_an_airflow_run(config: PipelineConfig) -> None:
+    """LockBusy (exit 75, as for a held home) while an Airflow run of this pipeline is in progress:
+    Airflow's tasks take no home lock, and the two runs judged their models against the same
+    baseline and pushed over each other (an audit's DAG run beside `imgpipe run`). An unfinished
+    execution not updated for liveness.STALE_SECONDS is a dead task's, not a run in progress."""
+    from imgpipe.orchestration.prune import airflow_run_in_progress
+    from trainer import liveness
+
+    with metadata.open_store(config) as store:
+        busy = airflow_run_in_progress(
+            store, config.pipeline_name, "run", before_pusher=True, stale_after=liveness.STALE_SECONDS
+        )
+    if busy:
+        raise LockBusy(f"not starting: {busy}")
+
+
 def _how_it_ended(home: str, run_id: str) -> str:
     """How the run that left an execution unfinished ended, for the warning: its record's failure
     (ML Metadata out of reach when it failed: an audit's database stopped mid-run was said to be
@@ -371,6 +387,7 @@ def _run_holding_lock(
     except metadata.MetadataUnavailable as e:
         raise (metadata.MetadataUnavailable(f"{e}; {withheld}") if withheld else e) from None
     preflight.check_home(config, records_checked=True)
+    _refuse_beside_an_airflow_run(config)
     _abandon_dead_executions(config, run_id)
     record_dead_runs(config, run_id)
     if config.model_serving_dir and "://" not in config.model_serving_dir:

@@ -358,6 +358,12 @@ def check_serving_dir_is_this_homes(config: PipelineConfig) -> None:
         "this home pushed there before, but not this version"
         if ever
         else f"no run of this home ({config.home}) ever pushed there"
+        + (
+            "; it has no run records at all: if it is a home moved away, point the config at its new place "
+            "rather than adopting"
+            if not runs.records(config.home)
+            else ""
+        )
     )
     raise ConfigError(
         f"serving_dir: {base} serves version {number}{classes}, and it is not this home's ({whose}): another "

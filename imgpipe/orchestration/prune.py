@@ -156,14 +156,20 @@ def protected_artifacts(artifacts, type_names: dict[int, str]) -> dict[int, str]
 
 
 def airflow_run_in_progress(
-    store, name: str, what: str = "prune", before_pusher: bool = False, now: float | None = None
+    store,
+    name: str,
+    what: str = "prune",
+    before_pusher: bool = False,
+    now: float | None = None,
+    stale_after: float | None = None,
 ) -> str | None:
     """Why `name` cannot be pruned (or `what`) now: an Airflow run of it has an unfinished
     execution. Airflow's tasks take no home lock, so the run may be alive, and its later tasks
     read outputs that pruning would delete (and recovery would mark its running execution FAILED).
     With `before_pusher` (a rollback: the run's Resolver may have picked the baseline a rollback
     withdraws, and its Pusher would push over the rollback), also a run between two tasks: none
-    failed, no Pusher yet, an execution updated within liveness.STALE_SECONDS."""
+    failed, no Pusher yet, an execution updated within liveness.STALE_SECONDS. `stale_after`:
+    an unfinished execution not updated for that many seconds is taken for a dead task's."""
     now = time.time() if now is None else now
     for run in metadata.pipeline_runs(store, name):
         if not metadata.is_airflow_run(store, run):
@@ -171,6 +177,8 @@ def airflow_run_in_progress(
         executions = store.get_executions_by_context(run.id)
         for e in executions:
             if e.last_known_state in recovery.UNFINISHED:
+                if stale_after is not None and now - e.last_update_time_since_epoch / 1000 > stale_after:
+                    continue
                 return (
                     f"pipeline {name!r} has an Airflow run in progress (run {metadata.run_id(run)}: execution "
                     f"{e.id} is {metadata.state_name(e)}); Airflow's tasks take no home lock, so {what} "

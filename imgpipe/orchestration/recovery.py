@@ -129,25 +129,12 @@ def abandon_dead_executions(
         out.append(found)
         if dry_run:
             continue
-        execution.last_known_state = metadata_store_pb2.Execution.FAILED
-        execution.custom_properties[
-            ABANDONED_KEY
-        ].string_value = f"left {state} by run {run}, which ended without recording it (its process died, or it lost ML Metadata); found by {found_by} holding the home's lock"
-        store.put_executions([execution])
-        outputs = [
-            ev.artifact_id
-            for ev in store.get_events_by_execution_ids([execution.id])
-            if ev.type in _OUTPUT_EVENTS
-        ]
-        pending = [
-            a
-            for a in (store.get_artifacts_by_id(outputs) if outputs else [])
-            if a.state in (metadata_store_pb2.Artifact.PENDING, metadata_store_pb2.Artifact.UNKNOWN)
-        ]
-        for artifact in pending:
-            artifact.state = metadata_store_pb2.Artifact.ABANDONED
-        if pending:
-            store.put_artifacts(pending)
+        _mark_failed(
+            store,
+            execution,
+            f"left {state} by run {run}, which ended without recording it (its process died, or it lost ML "
+            f"Metadata); found by {found_by} holding the home's lock",
+        )
         for folder in folders:
             done = remove_path(folder)
             if not done.complete:
@@ -162,6 +149,58 @@ def abandon_dead_executions(
                 found.bytes -= done.left
                 found.not_removed.append({"path": folder, "bytes": done.left, "error": done.error})
     return out
+
+
+def _mark_failed(store, execution, why: str) -> None:
+    """`execution` FAILED, `why` recorded, its pending outputs ABANDONED."""
+    execution.last_known_state = metadata_store_pb2.Execution.FAILED
+    execution.custom_properties[ABANDONED_KEY].string_value = why
+    store.put_executions([execution])
+    outputs = [
+        ev.artifact_id
+        for ev in store.get_events_by_execution_ids([execution.id])
+        if ev.type in _OUTPUT_EVENTS
+    ]
+    pending = [
+        a
+        for a in (store.get_artifacts_by_id(outputs) if outputs else [])
+        if a.state in (metadata_store_pb2.Artifact.PENDING, metadata_store_pb2.Artifact.UNKNOWN)
+    ]
+    for artifact in pending:
+        artifact.state = metadata_store_pb2.Artifact.ABANDONED
+    if pending:
+        store.put_artifacts(pending)
+
+
+def fail_airflow_executions(
+    store, pipeline_name: str, why: str, run_id: str, component_id: str | None = None, others: bool = False
+) -> list[int]:
+    """Mark FAILED the unfinished executions of Airflow run `run_id` of `pipeline_name` (only the
+    component `component_id`'s, when given), or with `others` those of every other Airflow run:
+    the ids marked. TFX's Airflow launcher leaves a task's execution RUNNING when the task fails,
+    and `rollback` and `prune` refuse while an Airflow run has one (its task may be alive): an
+    audit's one failed task refused both for good, through later runs that succeeded. A failed
+    task marks its own; a DAG run's first tasks mark the earlier runs' (a DAG runs one at a time)."""
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_ctx is None:
+        return []
+    marked = []
+    unfinished = store.get_executions_by_context(
+        pipeline_ctx.id, list_options=ListOptions(filter_query=_UNFINISHED_QUERY)
+    )
+    for execution in unfinished:
+        if execution.last_known_state not in UNFINISHED:
+            continue
+        if not any(is_airflow_run(store, c) for c in store.get_contexts_by_execution(execution.id)):
+            continue
+        its_run = _execution_property(execution, "run_id")
+        if (its_run == run_id) == others:
+            continue
+        if component_id is not None and _execution_property(execution, "component_id") != component_id:
+            continue
+        _mark_failed(store, execution, why)
+        marked.append(execution.id)
+    return marked
 
 
 MISSING_KEY = "missing"  # artifact property: why imgpipe marked a LIVE model DELETED

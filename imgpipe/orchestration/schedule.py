@@ -405,6 +405,8 @@ def local_schedule(
         files = systemd_units(systemd_dir, config.pipeline_name, command, workdir, calendar)
         _check_unit_is_ours(files[0][0], config_path)
         result.systemd_files = [path for path, _ in files]
+        # Where the units went, for `schedule --remove` without --systemd (it left them running).
+        files.append((_units_note(config_path), os.path.abspath(systemd_dir) + "\n"))
     from imgpipe.orchestration import preflight  # reads ML Metadata: loaded when a schedule is made
 
     # After every check: the serving dir taken over now (recorded in the home), not at every run.
@@ -474,6 +476,13 @@ def remove_local_schedule(config, systemd_dir: str | None = None) -> dict[str, A
             f"no schedule of pipeline {config.pipeline_name!r} in {config.home} ({config_path} does not exist; "
             f"scheduled there: {scheduled})"
         )
+    note = _units_note(config_path)
+    if not systemd_dir:
+        try:
+            with open(note, encoding="utf-8") as f:
+                systemd_dir = f.read().strip() or None  # where `schedule --systemd` wrote its units
+        except OSError:
+            systemd_dir = None
     units = []
     if systemd_dir:
         name = unit_name(config.pipeline_name)
@@ -482,12 +491,21 @@ def remove_local_schedule(config, systemd_dir: str | None = None) -> dict[str, A
         units = [u for u in units if os.path.lexists(u)]
     for path in [*units, config_path]:
         os.remove(path)
+    if os.path.lexists(note):
+        os.remove(note)
     unit = os.path.basename(units[-1]) if units else None
+    # The crontab line escapes '%' for cron (cron_line): the pattern must match it as written.
+    pattern = ("--config " + shlex.quote(config_path) + " ").replace("%", chr(92) + "%")
     return {
         "removed": [*units, config_path],
-        "crontab": f"crontab -l | grep -vF -- {shlex.quote('--config ' + shlex.quote(config_path) + ' ')} | crontab -",
+        "crontab": f"crontab -l | grep -vF -- {shlex.quote(pattern)} | crontab -",
         "systemd": f"systemctl disable --now {unit} (then systemctl daemon-reload)" if unit else None,
     }
+
+
+def _units_note(config_path: str) -> str:
+    """The file beside a schedule's config naming the folder its systemd units were written to."""
+    return config_path[: -len(".yaml")] + ".systemd"
 
 
 def _check_unit_is_ours(service_path: str, config_path: str) -> None:
