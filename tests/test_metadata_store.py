@@ -567,6 +567,8 @@ def test_a_served_model_recorded_in_another_store_or_pipeline_is_refused(tmp_pat
     # The home now on PostgreSQL: a run without --metadata is told to pass it.
     push(pg, "r2", 200)
     check_records(pg)
+    # The same database as another user (a cron service's) or with SSL asked for: the same store.
+    check_records(pg.replace(metadata="postgresql://cron@127.0.0.1:5/mlmd?sslmode=require"))
     with pytest.raises(ConfigError, match=f"Run with --metadata {url} as that run did"):
         check_records(config)
     # Nothing served (taken away): a forgotten --metadata is named so, and no SQLite store is made.
@@ -579,6 +581,10 @@ def test_a_served_model_recorded_in_another_store_or_pipeline_is_refused(tmp_pat
     assert f"Run with --metadata {url} as those runs did" in str(e.value)
     assert not os.path.exists(config.metadata_path)
     check_records(pg)
+    # Moved to SQLite knowingly: a new pipeline name and --bless-without-comparison.
+    with pytest.raises(ConfigError, match="give a new --pipeline-name and --bless-without-comparison"):
+        check_records(config.replace(bless_without_comparison=True))
+    check_records(config.replace(bless_without_comparison=True, pipeline_name="after-the-move"))
 
 
 def test_a_run_creates_no_database_of_a_new_name_beside_its_homes_own(tmp_path):
@@ -596,6 +602,9 @@ def test_a_run_creates_no_database_of_a_new_name_beside_its_homes_own(tmp_path):
     assert database_withheld(first) is None  # a fresh home
     runs.write_record(first, RunSummary("r1", True, None, 0.9, 1, {}))
     assert database_withheld(first) is None  # its own database
+    assert (
+        database_withheld(first.replace(metadata="postgresql://cron@DB.internal:5432/mlmd")) is None
+    )  # as another user
     typo = first.replace(metadata="postgresql://mlmd@db.internal:5432/mlmd_typo")
     said = database_withheld(typo)
     assert said.startswith(
@@ -739,25 +748,43 @@ def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_s
     """Two homes with one pipeline name on one database (a team copying a config) took each
     other's models as baselines and outputs from each other's cache, and neither's repairs
     reached the other's files: a run now refuses, naming where the other home's artifacts are."""
-    from imgpipe.orchestration.preflight import check_pipeline_name_is_this_homes
+    from imgpipe.orchestration.preflight import check_pipeline_name_is_this_homes, claim_pipeline_name
 
     monkeypatch.setenv("PGPASSWORD", postgres_server.password)
     url = postgres_server.url("mlmd_unit_two_homes")
     ours = PipelineConfig(home=str(tmp_path / "ours"), metadata=url).resolved()
     store = metadata.connect(ours)  # a run's first opening creates the database
-    check_pipeline_name_is_this_homes(ours)  # an empty database: the name is claimed for this home
-    check_pipeline_name_is_this_homes(ours)  # its own claim
+    check_pipeline_name_is_this_homes(ours)  # an empty database
+    os.makedirs(ours.pipeline_root)
+    claim_pipeline_name(ours)  # the name claimed for this home, once its checks passed
+    claim_pipeline_name(ours)  # its own claim
+    # The same home reached through a link (a moved home linked back, as the README advises).
+    linked = tmp_path / "linked"
+    linked.symlink_to(tmp_path / "ours")
+    check_pipeline_name_is_this_homes(ours.replace(home=str(linked)))
+    claim_pipeline_name(ours.replace(home=str(linked)))
     # A second home of the name starting before the first recorded any artifact (two cron jobs of
     # one config, the same minute) went on too, and both were refused for good after: the claim,
     # unique in the database, refuses it at once.
     twin = ours.replace(home=str(tmp_path / "twin"))
-    with pytest.raises(ConfigError) as e:
-        check_pipeline_name_is_this_homes(twin)
-    assert (
-        f"its name claimed by the home whose pipeline root is {ours.pipeline_root} (its first run started)"
-        in str(e.value)
-    )
-    assert "Give this home its own --pipeline-name" in str(e.value)
+    for check in (check_pipeline_name_is_this_homes, claim_pipeline_name):
+        with pytest.raises(ConfigError) as e:
+            check(twin)
+        assert (
+            f"its name claimed by the home whose pipeline root is {os.path.realpath(ours.pipeline_root)} (its "
+            "first run started)" in str(e.value)
+        )
+        assert "Give this home its own --pipeline-name" in str(e.value)
+    # A claim whose home is gone before any artifact (refused, or deleted): taken over.
+    gone = ours.replace(home=str(tmp_path / "gone"), pipeline_name="short-lived")
+    os.makedirs(gone.pipeline_root)
+    claim_pipeline_name(gone)
+    shutil.rmtree(gone.home)
+    taker = twin.replace(pipeline_name="short-lived")
+    os.makedirs(taker.pipeline_root)
+    claim_pipeline_name(taker)
+    with pytest.raises(ConfigError, match="its name claimed"):
+        claim_pipeline_name(ours.replace(pipeline_name="short-lived"))
     pb = metadata_store_pb2
     [context_id] = store.put_contexts(
         [pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")), name=ours.pipeline_name)]

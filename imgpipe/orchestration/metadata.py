@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 
@@ -34,6 +35,8 @@ from imgpipe.orchestration.paths import under
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metadata_url import check_password_file
 from trainer.config import SUMMARY_FILE
+
+log = logging.getLogger(__name__)
 
 
 class MetadataUnavailable(ConfigError):
@@ -213,24 +216,29 @@ def pipeline_roots(store, pipeline_name: str, pipeline_root: str) -> tuple[bool,
 PIPELINE_HOME = "imgpipe_pipeline_home"
 
 
-def claim_pipeline_name(store, pipeline_name: str, pipeline_root: str) -> str | None:
-    """Claim `pipeline_name` for the home whose pipeline root is `pipeline_root`: None when the
-    claim is that home's (made now, or before), else the pipeline root that holds it. Atomic: a
-    context's (type, name) is unique in ML Metadata, so of two homes starting together one wins.
-    Looking at the artifacts alone, two homes of one name starting within the ~10 s before either
-    recorded an artifact both went on, and each was refused for good after (an audit's two cron
-    jobs copied from one config)."""
+def claim_pipeline_name(store, pipeline_name: str, pipeline_root: str, write: bool = True) -> str | None:
+    """Claim `pipeline_name` for the home whose pipeline root is `pipeline_root` (its real path):
+    None when the claim is that home's (made now, or before), else the pipeline root that holds
+    it. Atomic: a context's (type, name) is unique in ML Metadata, so of two homes starting
+    together one wins. Looking at the artifacts alone, two homes of one name starting within the
+    ~10 s before either recorded an artifact both went on, and each was refused for good after
+    (an audit's two cron jobs copied from one config). A claim whose pipeline root no longer
+    exists and holds none of the pipeline's artifacts (a home refused, or deleted, before its
+    first artifact) is taken over. `write` False: only read (None when nothing is claimed)."""
     from ml_metadata import errors
 
+    pipeline_root = os.path.realpath(pipeline_root)
     for attempt in range(3):
         try:
-            type_id = store.put_context_type(
-                metadata_store_pb2.ContextType(
-                    name=PIPELINE_HOME, properties={"pipeline_root": metadata_store_pb2.STRING}
-                )
-            )
             held = store.get_context_by_type_and_name(PIPELINE_HOME, pipeline_name)
+            if held is None and not write:
+                return None
             if held is None:
+                type_id = store.put_context_type(
+                    metadata_store_pb2.ContextType(
+                        name=PIPELINE_HOME, properties={"pipeline_root": metadata_store_pb2.STRING}
+                    )
+                )
                 claim = metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)
                 claim.properties["pipeline_root"].string_value = pipeline_root
                 store.put_contexts([claim])
@@ -240,7 +248,16 @@ def claim_pipeline_name(store, pipeline_name: str, pipeline_root: str) -> str | 
                 raise
             continue
         root = held.properties["pipeline_root"].string_value
-        return None if os.path.normpath(root) == os.path.normpath(pipeline_root) else root
+        if os.path.realpath(root) == pipeline_root:
+            return None
+        here, _ = pipeline_roots(store, pipeline_name, root)
+        if os.path.exists(root) or here:
+            return root
+        if write:  # the claimant's folder is gone and none of its artifacts are recorded: abandoned
+            held.properties["pipeline_root"].string_value = pipeline_root
+            store.put_contexts([held])
+            log.info("pipeline %r: the claim of %s (gone, no artifact) taken over", pipeline_name, root)
+        return None
     return None
 
 

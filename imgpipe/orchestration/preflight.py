@@ -33,6 +33,7 @@ def check_home(config: PipelineConfig, records_checked: bool = False) -> None:
     check_home_not_moved(config)
     check_pipeline_name_is_this_homes(config)
     check_serving_dir_is_this_homes(config)
+    claim_pipeline_name(config)  # last: a home refused above claims nothing
     check_home_serves_from_one_place(config)
 
 
@@ -47,7 +48,9 @@ def check_records(config: PipelineConfig) -> None:
     if config.metadata_target is not None or os.path.exists(config.metadata_path):
         return
     elsewhere = _newest_runs_store(config)
-    if elsewhere is not None:
+    if elsewhere is not None and not (
+        config.gate.bless_without_comparison and elsewhere[1][1] != config.pipeline_name
+    ):
         _refuse_other_store(config, *elsewhere)
 
 
@@ -70,7 +73,10 @@ def database_withheld(config: PipelineConfig) -> str | None:
         before = parse_metadata_url(location)
     except ValueError:
         return None
-    if (before.host, before.port) != (target.host, target.port):
+    if (before.host.lower(), before.port) != (
+        target.host.lower(),
+        target.port,
+    ) or before.dbname == target.dbname:
         return None
     return (
         f"this home's newest run ({run_id}) recorded to {location}, another database of this server, and a run "
@@ -85,7 +91,8 @@ def _refuse_other_store(config: PipelineConfig, run_id: str, there: tuple[str, s
         f"metadata: this home's runs record ML Metadata to {location} (as pipeline {name!r}; its newest run, "
         f"{run_id}, says so in its {runs.CONFIG_FILE}), and this run to {config.metadata_location}, which "
         f"holds none of them. Run with {_flags_for(location, name, config)} as those runs did (`metadata:` "
-        "in a config file)"
+        "in a config file); or, to move the home to this store knowingly (its baseline and rollback history "
+        "stay in the other), give a new --pipeline-name and --bless-without-comparison for its first run here"
     )
 
 
@@ -149,13 +156,13 @@ def check_served_model_is_in_this_store(config: PipelineConfig) -> None:
     if pusher is None:
         return  # a rollback's copy, a version taken over or not this home's: the other checks
     run_id, there = pusher
-    if there is None or there == (config.metadata_location, config.pipeline_name):
+    if there is None or (same_store(there[0], config.metadata_location) and there[1] == config.pipeline_name):
         return
     location, name = there
     what = (
         f"ML Metadata in {location} as pipeline {name!r}, and this run records to {config.metadata_location}"
         f"{'' if name == config.pipeline_name else f' as {config.pipeline_name!r}'}"
-        if location != config.metadata_location
+        if not same_store(location, config.metadata_location)
         else f"pipeline {name!r} in {location}, and this run is pipeline {config.pipeline_name!r}"
     )
     message = (
@@ -169,7 +176,8 @@ def check_served_model_is_in_this_store(config: PipelineConfig) -> None:
     raise ConfigError(
         f"{message}. Run with {_flags_for(location, name, config)} as that run did; or, to go on in this store "
         "knowingly (its history starts here: the served model is not compared), pass "
-        "--bless-without-comparison for this run"
+        "--bless-without-comparison for this run (with a new --pipeline-name when the home's folders hold "
+        "the old store's pipeline)"
     )
 
 
@@ -195,10 +203,27 @@ def _newest_runs_store(config: PipelineConfig) -> tuple[str, tuple[str, str]] | 
         there = _store_of(record, config.home)
         if there is None:
             continue
-        if there[0] == config.metadata_location:
+        if same_store(there[0], config.metadata_location):
             return None
         return os.path.basename(record), there
     return None
+
+
+def same_store(first: str, second: str) -> bool:
+    """Whether two ML Metadata locations are one store: one PostgreSQL database (host, port and
+    name; not the user or the SSL options: a cron service's user on the team's database is the
+    same store), or one SQLite file (its real path)."""
+    if ("://" in first) != ("://" in second):
+        return False
+    if "://" not in first:
+        return os.path.realpath(first) == os.path.realpath(second)
+    from pipeline.metadata_url import parse_metadata_url
+
+    try:
+        a, b = parse_metadata_url(first), parse_metadata_url(second)
+    except ValueError:
+        return first == second
+    return (a.host.lower(), a.port, a.dbname) == (b.host.lower(), b.port, b.dbname)
 
 
 def _store_of(record: str, home: str) -> tuple[str, str] | None:
@@ -510,13 +535,26 @@ def check_pipeline_name_is_this_homes(config: PipelineConfig) -> None:
     a pipeline of the same name there. TFX's baseline and cache are found by pipeline name, so the
     two would take each other's models as baselines and outputs from each other's cache, and
     neither home's repairs reach the other's files."""
+    _check_pipeline_name(config, claim=False)
+
+
+def claim_pipeline_name(config: PipelineConfig) -> None:
+    """On a shared database, claim the pipeline name for this home (metadata.claim_pipeline_name),
+    once every other check passed (a home refused for another reason claims nothing); ConfigError
+    as check_pipeline_name_is_this_homes when another home's claim came first."""
+    _check_pipeline_name(config, claim=True)
+
+
+def _check_pipeline_name(config: PipelineConfig, claim: bool) -> None:
     if config.metadata_target is None or "://" in config.pipeline_root:
         return
-    with metadata.open_store(config, readonly=False) as store:
+    with metadata.open_store(config, readonly=not claim) as store:
         _, elsewhere = metadata.pipeline_roots(store, config.pipeline_name, config.pipeline_root)
         claimed = None
         if not elsewhere:
-            claimed = metadata.claim_pipeline_name(store, config.pipeline_name, config.pipeline_root)
+            claimed = metadata.claim_pipeline_name(
+                store, config.pipeline_name, config.pipeline_root, write=claim
+            )
     if elsewhere or claimed:
         where = (
             f"artifacts under {', '.join(elsewhere[:3])}"
