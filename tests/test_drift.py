@@ -134,6 +134,19 @@ def test_brightness_is_measured_on_the_picture_the_model_decodes():
         "LA": _encoded(la, "LA"),
         "RGB": _encoded(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), "RGB"),
     }
+    wide = (grey.astype(np.uint16) * 257).astype(np.uint16)
+    wide[:, :16] = 1000  # a tRNS grey value: transparent, on white
+    cases["16-bit grey with tRNS"] = _encoded(wide, "I;16", transparency=1000)
+    # A 32-bit BMP with an alpha mask whose every byte is 0 (writers that leave it empty): opaque.
+    import struct
+
+    pixels = bytes([50, 100, 150, 0]) * 64
+    header = struct.pack("<IiiHHIIiiII", 108, 8, 8, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+    header += struct.pack("<IIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) + b"BGRs" + b"\0" * 48
+    offset = 14 + len(header)
+    cases["BMP with an empty alpha mask"] = (
+        b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels
+    )
     for name, fmt in (("palette PNG with tRNS", "PNG"), ("GIF with transparency", "GIF")):
         out = io.BytesIO()
         palette.save(out, fmt, transparency=3)

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 from PIL import Image, ImageStat
 
 from imgpipe.drift import FEATURE_NAMES
@@ -91,12 +92,16 @@ def _grey(image: Image.Image) -> Image.Image:
     colour's tRNS) is laid on white, where convert("L") drops it (a drawing on a transparent
     canvas measured 0 against 183 for the same drawing on white, answered alike)."""
     if image.mode in _WIDE_GREY:
-        high = (
-            image.point(lambda v: v / 256)
-            if image.mode == "I"
-            else image.convert("I").point(lambda v: v / 256)
-        )
-        return high.convert("L")
+        samples = np.asarray(image.convert("I") if image.mode != "I" else image, dtype=np.int64)
+        grey = (samples >> 8).clip(0, 255).astype(np.uint8)
+        clear = image.info.get("transparency")
+        if isinstance(clear, int):  # a tRNS grey value: those pixels are transparent, on white
+            grey = np.where(samples == clear, np.uint8(255), grey)
+        return Image.fromarray(grey, "L")
+    if image.format == "BMP" and image.mode == "RGBA" and image.getchannel("A").getextrema() == (0, 0):
+        # An alpha mask with every pixel 0: writers that leave the alpha byte empty; the
+        # decoder takes such a BMP as opaque (bmp_or_unknown), not as all transparent.
+        return image.convert("RGB").convert("L")
     if image.mode in _ALPHA or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
