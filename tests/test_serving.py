@@ -1331,15 +1331,25 @@ def test_cli_predict_reads_files_and_pipes_not_devices_a_request_at_a_time(
     with os.fdopen(write_end, "wb") as w:
         w.write(model.items[1][0])  # smaller than the pipe's buffer: written at once
     piped = f"/proc/self/fd/{read_end}"
+    late = tmp_path / "late.png"  # a named pipe whose writer opens it after predict does
+    os.mkfifo(late)
+
+    def write_late():
+        time.sleep(0.5)
+        with open(late, "wb") as w:
+            w.write(model.items[3][0])
+
+    writer = threading.Thread(target=write_late, daemon=True)
+    writer.start()
     huge = tmp_path / "huge.png"
     huge.write_bytes(model.items[2][0] + b"\0" * (2 * 1024 * 1024))
     monkeypatch.setattr(serving_cli, "CLIENT_MESSAGE_MB", 1)  # a request carries about 1 MB
     events = []
     read_image, predict_chunk = serving_cli._read_image, serving_cli._predict_chunk
 
-    def reading(path, budget):
+    def reading(path, budget, wait):
         events.append(("read", os.path.basename(path)))
-        return read_image(path, budget)
+        return read_image(path, budget, 1.0 if path == str(fifo) else wait)  # --timeout's 10 s, shorter
 
     def sending(client, args, chunk):
         events.append(("sent", [os.path.basename(p) for p, _ in chunk]))
@@ -1349,16 +1359,17 @@ def test_cli_predict_reads_files_and_pipes_not_devices_a_request_at_a_time(
     monkeypatch.setattr(serving_cli, "_predict_chunk", sending)
     try:
         code = _predict_cli(
-            server.target, "--batch-size", "1", str(good), str(device), str(fifo), piped, str(huge)
+            server.target, "--batch-size", "1", str(good), str(device), str(fifo), piped, str(late), str(huge)
         )
     finally:
         os.close(read_end)
+    writer.join(timeout=10)
     out, err = capsys.readouterr()
     assert code == 1
-    assert [json.loads(x)["image"] for x in out.splitlines()] == [str(good), piped]
+    assert [json.loads(x)["image"] for x in out.splitlines()] == [str(good), piped, str(late)]
     assert f"cannot read image {device}: not a regular file or a pipe" in err
-    assert f"{fifo} is not a JPEG, PNG, GIF or BMP image" in err  # no writer: empty
-    assert f"{huge}: " in err and "3 of 5 images failed" in err
+    assert f"{fifo}: a pipe no program wrote to within 1s" in err
+    assert f"{huge}: " in err and "3 of 6 images failed" in err
     assert events[:3] == [("read", "good.png"), ("sent", ["good.png"]), ("read", "zero.png")]
 
 

@@ -447,37 +447,50 @@ def _predict_in_parts(
         yield from results
 
 
-def _read_image(path: str, budget: RequestBudget) -> bytes | str:
-    """A file's bytes, or why it is not sent (too large for a request). A regular file, or a pipe
-    (`<(cat photo.jpg)`); a device or socket raises OSError: `/dev/zero` was read until the
-    kernel killed the command (18 GB), and a named pipe no program writes to blocked it for good,
-    where it now reads as empty. A pipe is read up to one byte over what a request may carry."""
+def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes | str:
+    """A file's bytes, or why it is not sent (too large for a request, a pipe no program wrote
+    to). A regular file, or a pipe (`<(cat photo.jpg)`, a named pipe a program writes to within
+    `wait` seconds); a device or socket raises OSError: `/dev/zero` was read until the kernel
+    killed the command (18 GB), and a named pipe no program writes to blocked it for good. A pipe
+    is read up to one byte over what a request may carry."""
+    import select
     import stat
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer opens at once
-    with os.fdopen(fd, "rb") as f:
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
             size = os.fstat(fd).st_size
             if size > budget.bytes:
                 return budget.too_large_reason(size)
         elif stat.S_ISFIFO(mode):
-            os.set_blocking(fd, True)  # a writer's bytes are waited for; none: end of file
+            # Waits for a writer's first bytes (or its end): a program that opens the pipe after
+            # this one is read, where a read at once found nothing and stranded it.
+            poll = select.poll()
+            poll.register(fd, select.POLLIN | select.POLLHUP)
+            if not poll.poll(wait * 1000):
+                return f"a pipe no program wrote to within {wait:g}s"
+            os.set_blocking(fd, True)
         else:
             raise OSError("not a regular file or a pipe")
-        data = f.read(budget.bytes + 1)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(budget.bytes + 1)
+    finally:
+        os.close(fd)
     if len(data) > budget.bytes:
-        return budget.too_large_reason(len(data))
+        return f"more than {budget.too_large_reason(len(data) - 1)}"
     return data
 
 
-def _read_images(paths: list[str], budget: RequestBudget, failures: list[str]) -> Iterator[tuple[str, bytes]]:
+def _read_images(
+    paths: list[str], budget: RequestBudget, failures: list[str], wait: float = 30.0
+) -> Iterator[tuple[str, bytes]]:
     """(path, bytes) of each readable JPEG/PNG/GIF/BMP file as it is read (memory is a request's
     images, not every file named: 200 photos of 14 MB took 3.4 GB before the first request);
     each that is not is named on stderr as it comes and appended to `failures`."""
     for path in paths:
         try:
-            data = _read_image(path, budget)
+            data = _read_image(path, budget, wait)
         except OSError as e:
             error(f"cannot read image {display_path(path)}: {e.strerror or e}")
             failures.append(path)
@@ -524,7 +537,7 @@ def _predict(args: argparse.Namespace) -> int:
     short = False  # said that the model answers with fewer classes than --top-k
 
     def answered() -> Iterator[tuple[str, Prediction | ServingRpcError | str]]:
-        for group in _in_groups(_read_images(args.images, budget, unread), args.batch_size):
+        for group in _in_groups(_read_images(args.images, budget, unread, args.timeout), args.batch_size):
             yield from _predict_in_parts(client, args, group, budget)
 
     failed = 0  # images the server refused or no request could carry
