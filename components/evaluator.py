@@ -442,6 +442,13 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         if judged_on is not None:
             label_counts = dict(collections.Counter(records.labels[~records.left_out]))
             log.warning("the gate judges on the %s", judged_on.describe())
+            if pictures is not None:
+                # Which pictures the judged records hold is not known (the sets are files, those
+                # left out images): a count from the whole split would be a guess, not a bound.
+                log.info(
+                    "gate: part of the eval split is judged: its near-copy sets are not counted as pictures"
+                )
+                pictures = None
         plan = plan_gate(
             gate,
             label_counts,
@@ -989,14 +996,14 @@ def eval_pictures(path: str | None, label_counts: Mapping[str, int]) -> dict[str
         return None
     pictures = dict(images)
     for entry in near:
-        if (
-            not isinstance(entry, dict)
-            or entry.get("split") != "eval"
-            or not isinstance(entry.get("files"), list)
-        ):
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
             continue
         name = str(entry.get("class"))
-        if name in pictures:
+        if name not in pictures:
+            continue
+        if entry.get("split") == "both":  # the class is one set, split by image: its eval images one picture
+            pictures[name] = min(pictures[name], 1)
+        elif entry.get("split") == "eval":
             pictures[name] -= max(0, len(entry["files"]) - 1)
     if all(pictures[c] >= n for c, n in images.items()):
         return None

@@ -97,12 +97,7 @@ class Floor:
     @property
     def _sample(self) -> str:
         """The significance test's sample, in words."""
-        if self.eval_pictures is None:
-            return f"{self.eval_examples} eval examples"
-        return (
-            f"{self.eval_pictures} pictures (the eval split's {self.eval_examples} images, each set of "
-            "near-copies counted once)"
-        )
+        return sample_text(self.eval_examples, self.eval_pictures)
 
     @property
     def reachable(self) -> bool:
@@ -137,13 +132,8 @@ class Floor:
         k = self.eval_classes
         chance = f"chance 1/{k} = {1 / k:.3f} (an answer that ignores the image) + margin {self.margin:.3f}"
         if self.source == FLOOR_SIGNIFICANCE:
-            sample = (
-                f"{self.eval_examples} examples"
-                if self.eval_pictures is None
-                else f"{self.eval_pictures} pictures ({self.eval_examples} images, near-copies counted once)"
-            )
             where = (
-                f"answers that ignore the image, on this eval split's {sample} in {k} "
+                f"answers that ignore the image, on {self._sample} in {k} "
                 f"classes, whatever the frequencies they answer with (p <= {self.significance:g}; "
                 f"{'exact distribution' if self.chance_method == 'exact' else 'seeded simulation'})"
             )
@@ -156,6 +146,14 @@ class Floor:
         if self.source == FLOOR_CHANCE:
             return chance
         return f"min_accuracy {self.min_accuracy:.3f}; {chance} is not higher"
+
+
+def sample_text(examples: Any, pictures: Any) -> str:
+    """What a significance bound counted, in words: the eval examples, or their pictures when
+    ingest's near-copy sets made fewer (gate.json's `eval_pictures`)."""
+    if not isinstance(pictures, int):
+        return f"{examples} eval examples"
+    return f"{pictures} pictures (the eval split's {examples} images, each set of near-copies counted once)"
 
 
 def fewest_right_beating(n: int, p0: float, alpha: float) -> int | None:

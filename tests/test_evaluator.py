@@ -1557,7 +1557,11 @@ def test_the_eval_pictures_come_from_ingests_near_copy_sets(tmp_path):
     assert eval_pictures(str(path), {"a": 19, "b": 20}) is None  # a report of other records
     assert eval_pictures(str(tmp_path / "none.json"), {"a": 20, "b": 20}) is None
     assert eval_pictures(None, {"a": 20, "b": 20}) is None
-    report["near_copies"] = report["near_copies"][2:]  # no set in eval: every image its own picture
+    # A class that is one set, split by image ("both"): its eval images are one picture.
+    report["near_copies"].append({"class": "b", "split": "both", "files": [f"b/{i}.png" for i in range(100)]})
+    path.write_text(json.dumps(report))
+    assert eval_pictures(str(path), {"a": 20, "b": 20}) == {"a": 8, "b": 1}
+    report["near_copies"] = report["near_copies"][2:3]  # no set in eval: every image its own picture
     path.write_text(json.dumps(report))
     assert eval_pictures(str(path), {"a": 20, "b": 20}) is None
     path.write_text("{not json")

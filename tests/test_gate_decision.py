@@ -414,7 +414,10 @@ def test_near_copies_in_eval_count_once_in_the_significance_bound():
     balanced = plan_gate(gate, skewed, ["a", "b"], None, eval_pictures={"a": 30, "b": 2})
     assert balanced.floor.metric == "balanced_accuracy" and balanced.floor.eval_pictures == 32
     assert balanced.floor.value > plan_gate(gate, skewed, ["a", "b"], None).floor.value
-    assert "32 pictures (100 images, near-copies counted once)" in balanced.floor.describe()
+    assert (
+        "32 pictures (the eval split's 100 images, each set of near-copies counted once)"
+        in balanced.floor.describe()
+    )
     record = gate_record(some, EvalResults(0.7, 100, {"a": 0.7, "b": 0.7}, None), blessed=False)
     assert record["eval_pictures"] == 20 and record["eval_examples"] == 100
 

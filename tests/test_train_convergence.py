@@ -8,6 +8,7 @@ summary, the eval split kept out of every choice, the image path's held-out reco
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -192,6 +193,8 @@ def test_a_head_whose_train_loss_never_fell_names_the_learning_rate():
     assert "the learning rate, 10, is likely too high or too low" in rising
     falling = _no_better_than_uniform(run([1.9, 1.0, 0.8], 1e-3), 3, 45)  # below ln 3 = 1.0986
     assert "labels that do not follow the images" in falling
+    # Within a hair above ln K (labels unrelated to the images, under dropout): the data, not the rate.
+    assert "labels that do not follow" in _no_better_than_uniform(run([1.2, 1.15, 1.12], 1e-3), 3, 45)
     # Fell once, then froze far above a uniform guess's on its own train images (an audit's rate of
     # 10 on 5 classes), or crawled down from a high start (1e-6): the rate, not the data.
     for losses, lr in (([6.534, 6.119, 6.119, 6.119], 10.0), ([9.22, 8.1, 7.3, 6.66], 1e-6)):
@@ -236,13 +239,25 @@ def test_a_head_whose_train_loss_never_fell_names_the_learning_rate():
         assert len(notes) == 1, notes
     # Cross-validation chooses by pooled accuracy: at the cap, still rising, said of that accuracy.
     notes.clear()
+    accuracy = [0.5 + 0.01 * i for i in range(30)]
     rising = head.FitOutcome(
-        {"loss": [1.0] * 30}, 30, best_epoch=30, best_val_loss=0.2, folds=5, best_val_weighted_accuracy=0.9
+        {"loss": [1.0] * 30, head.WEIGHTED_ACCURACY: accuracy},
+        30,
+        best_epoch=30,
+        best_val_loss=0.2,
+        folds=5,
+        best_val_weighted_accuracy=0.79,
     )
     _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=rising), params)
     assert notes[-1] == (
         "head: its pooled weighted accuracy over the folds was still rising at the cap of 30 epochs (best at "
         "epoch 30): more epochs (--epochs) may train it further"
+    )
+    # The accuracy flat, the last epoch best by the pooled loss (the tie-break): said so.
+    flat = dataclasses.replace(rising, history={"loss": [1.0] * 30, head.WEIGHTED_ACCURACY: [0.8] * 30})
+    _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=flat), params)
+    assert notes[-1].startswith(
+        "head: its pooled loss over the folds was still falling, at an unchanged weighted accuracy, at the cap"
     )
 
     # A loss that became NaN: the learning rate, at the epoch it happened.

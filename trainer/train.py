@@ -883,15 +883,27 @@ def _describe(note: Callable[[str], None], run: head.HeadRun, params: TrainingCo
     note(msg)
     # The folds choose by pooled accuracy, not by the loss: said of that accuracy there.
     if params.early_stopping and not sel.stopped_epoch and sel.best_epoch == sel.epochs_run:
-        what = (
-            "pooled weighted accuracy over the folds was still rising"
-            if sel.folds
-            else "validation loss was still falling"
-        )
+        what = "validation loss was still falling"
+        if sel.folds:
+            accuracy = sel.history.get(head.WEIGHTED_ACCURACY) or []
+            before = accuracy[max(0, sel.best_epoch - 1 - params.patience)] if accuracy else None
+            rising = bool(accuracy) and accuracy[sel.best_epoch - 1] > before
+            # Flat accuracy, the last epoch best by the pooled loss (the tie-break): said as that.
+            what = (
+                "pooled weighted accuracy over the folds was still rising"
+                if rising
+                else "pooled loss over the folds was still falling, at an unchanged weighted accuracy,"
+            )
         note(
             f"head: its {what} at the cap of {params.epochs} epochs (best at epoch "
             f"{sel.best_epoch}): more epochs (--epochs) may train it further"
         )
+
+
+# A head's train loss this many times a uniform guess's (ln K) at its lowest did not fit its own
+# images: the learning rate, not the data (the audit's rates of 10 and 1e-6: 3.8x and 4.1x). On
+# labels unrelated to the images, dropout keeps it within a hair of 1x: not taken for the rate.
+UNFITTED = 1.25
 
 
 def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_examples: int) -> str | None:
@@ -921,7 +933,7 @@ def _no_better_than_uniform(run: head.HeadRun, num_classes: int, validation_exam
             f"Its train loss did not fall either ({losses[0]:.4f} at epoch 1, {min(losses):.4f} at its lowest): "
             f"{rate()}"
         )
-    elif fitted and min(fitted) >= math.log(num_classes):
+    elif fitted and min(fitted) >= UNFITTED * math.log(num_classes):
         # Any working rate takes a head's loss on its own train images below a uniform guess's
         # (shrinking its weights alone gets there); an audit's rate of 10 fell once, then froze at
         # 6.12 on 5 classes, and 1e-6 crawled from 9.2 to 6.7 in 200 epochs: both blamed the data.

@@ -686,12 +686,10 @@ def _eval_records(record: dict[str, Any]) -> Any:
 
 
 def _sample(record: Mapping[str, Any]) -> str:
-    """What the significance bound counted: the eval examples, or their pictures when ingest's
-    near-copies made fewer (gate.json's `eval_pictures`)."""
-    n, pictures = record.get("eval_examples"), record.get("eval_pictures")
-    if isinstance(pictures, int):
-        return f"{pictures} pictures (the eval split's {n} images, each set of near-copies counted once)"
-    return f"{n} eval examples"
+    """What the significance bound counted (gate_decision.sample_text of the record)."""
+    from components.gate_decision import sample_text
+
+    return sample_text(record.get("eval_examples"), record.get("eval_pictures"))
 
 
 def _balanced_gate(record: dict[str, Any]) -> GateView:
