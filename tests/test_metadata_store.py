@@ -755,8 +755,8 @@ def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_s
     ours = PipelineConfig(home=str(tmp_path / "ours"), metadata=url).resolved()
     store = metadata.connect(ours)  # a run's first opening creates the database
     check_pipeline_name_is_this_homes(ours)  # an empty database
-    os.makedirs(ours.pipeline_root)
     claim_pipeline_name(ours)  # the name claimed for this home, once its checks passed
+    assert os.path.isdir(ours.pipeline_root)  # made by the claim: a live claimant's root exists
     claim_pipeline_name(ours)  # its own claim
     # The same home reached through a link (a moved home linked back, as the README advises).
     linked = tmp_path / "linked"
@@ -777,14 +777,21 @@ def test_a_pipeline_name_another_home_uses_on_the_database_is_refused(postgres_s
         assert "Give this home its own --pipeline-name" in str(e.value)
     # A claim whose home is gone before any artifact (refused, or deleted): taken over.
     gone = ours.replace(home=str(tmp_path / "gone"), pipeline_name="short-lived")
-    os.makedirs(gone.pipeline_root)
     claim_pipeline_name(gone)
     shutil.rmtree(gone.home)
     taker = twin.replace(pipeline_name="short-lived")
-    os.makedirs(taker.pipeline_root)
     claim_pipeline_name(taker)
     with pytest.raises(ConfigError, match="its name claimed"):
         claim_pipeline_name(ours.replace(pipeline_name="short-lived"))
+    # Another host's claim: its folders cannot be seen from here, so it is never taken over.
+    far = ours.replace(home=str(tmp_path / "far"), pipeline_name="far-away")
+    claim_pipeline_name(far)
+    held = store.get_context_by_type_and_name(metadata.PIPELINE_HOME, "far-away")
+    held.properties["host"].string_value = "another-host"
+    store.put_contexts([held])
+    shutil.rmtree(far.home)
+    with pytest.raises(ConfigError, match="its name claimed"):
+        claim_pipeline_name(twin.replace(pipeline_name="far-away"))
     pb = metadata_store_pb2
     [context_id] = store.put_contexts(
         [pb.Context(type_id=store.put_context_type(pb.ContextType(name="pipeline")), name=ours.pipeline_name)]

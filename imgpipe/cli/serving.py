@@ -451,7 +451,8 @@ def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes |
     """A file's bytes, or why it is not sent (too large for a request, a pipe no program wrote
     to). A regular file, or a pipe (`<(cat photo.jpg)`, a named pipe a program writes to within
     `wait` seconds); a device or socket raises OSError: `/dev/zero` was read until the kernel
-    killed the command (18 GB), and a named pipe no program writes to blocked it for good. A pipe
+    killed the command (18 GB), and a named pipe no program writes to blocked it for good (`wait`:
+    its own, not the RPC's --timeout, which a fast RPC sets low). A pipe
     is read up to one byte over what a request may carry."""
     import select
     import stat
@@ -469,7 +470,7 @@ def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes |
             poll = select.poll()
             poll.register(fd, select.POLLIN | select.POLLHUP)
             if not poll.poll(wait * 1000):
-                return f"a pipe no program wrote to within {wait:g}s"
+                return f"nothing was written to the pipe within {wait:g}s"
             os.set_blocking(fd, True)
         else:
             raise OSError("not a regular file or a pipe")
@@ -537,7 +538,7 @@ def _predict(args: argparse.Namespace) -> int:
     short = False  # said that the model answers with fewer classes than --top-k
 
     def answered() -> Iterator[tuple[str, Prediction | ServingRpcError | str]]:
-        for group in _in_groups(_read_images(args.images, budget, unread, args.timeout), args.batch_size):
+        for group in _in_groups(_read_images(args.images, budget, unread), args.batch_size):
             yield from _predict_in_parts(client, args, group, budget)
 
     failed = 0  # images the server refused or no request could carry

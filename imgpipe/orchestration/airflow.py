@@ -451,6 +451,9 @@ def run_task(spec: _TaskSpec, /, **context: Any) -> Any:
             diagnosis.log_failure(lambda: cfg, task_id, e)
             _fail_own_execution(cfg, str(context.get("run_id", "")), task_id, e)
             raise
+        except BaseException as e:  # a task's timeout (AirflowTaskTimeout), a signal: no diagnosis
+            _fail_own_execution(cfg, str(context.get("run_id", "")), task_id, e)
+            raise
     if task_id == PREPUSH_ID:
         withdraw_unserved_blessings(cfg, runs_finished=False)  # this run's Pusher is still to come
     return result

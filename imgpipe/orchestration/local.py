@@ -285,14 +285,14 @@ def _refuse_beside_an_airflow_run(config: PipelineConfig) -> None:
     """LockBusy (exit 75, as for a held home) while an Airflow run of this pipeline is in progress:
     Airflow's tasks take no home lock, and the two runs judged their models against the same
     baseline and pushed over each other (an audit's DAG run beside `imgpipe run`). An unfinished
-    execution not updated for liveness.STALE_SECONDS is a dead task's, not a run in progress."""
+    execution not updated for liveness.STALE_SECONDS is a dead task's, not a run in progress.
+    Only a task running now counts (not a run between two tasks, as for a rollback): a run that
+    failed before TFX recorded an execution would otherwise pass for one between tasks for a day."""
     from imgpipe.orchestration.prune import airflow_run_in_progress
     from trainer import liveness
 
     with metadata.open_store(config) as store:
-        busy = airflow_run_in_progress(
-            store, config.pipeline_name, "run", before_pusher=True, stale_after=liveness.STALE_SECONDS
-        )
+        busy = airflow_run_in_progress(store, config.pipeline_name, "run", stale_after=liveness.STALE_SECONDS)
     if busy:
         raise LockBusy(f"not starting: {busy}")
 

@@ -222,11 +222,18 @@ def claim_pipeline_name(store, pipeline_name: str, pipeline_root: str, write: bo
     it. Atomic: a context's (type, name) is unique in ML Metadata, so of two homes starting
     together one wins. Looking at the artifacts alone, two homes of one name starting within the
     ~10 s before either recorded an artifact both went on, and each was refused for good after
-    (an audit's two cron jobs copied from one config). A claim whose pipeline root no longer
-    exists and holds none of the pipeline's artifacts (a home refused, or deleted, before its
-    first artifact) is taken over. `write` False: only read (None when nothing is claimed)."""
+    (an audit's two cron jobs copied from one config). The claim makes the pipeline root and
+    names its host: a claim of this host whose pipeline root is gone and holds none of the
+    pipeline's artifacts (a home deleted before its first artifact) is taken over; another
+    host's, whose folders this host cannot see, never. `write` False: only read (None when
+    nothing is claimed)."""
+    import socket
+
     from ml_metadata import errors
 
+    host = socket.gethostname()
+    if write:
+        os.makedirs(pipeline_root, exist_ok=True)  # a live claimant's root exists from its claim on
     pipeline_root = os.path.realpath(pipeline_root)
     for attempt in range(3):
         try:
@@ -236,11 +243,16 @@ def claim_pipeline_name(store, pipeline_name: str, pipeline_root: str, write: bo
             if held is None:
                 type_id = store.put_context_type(
                     metadata_store_pb2.ContextType(
-                        name=PIPELINE_HOME, properties={"pipeline_root": metadata_store_pb2.STRING}
+                        name=PIPELINE_HOME,
+                        properties={
+                            "pipeline_root": metadata_store_pb2.STRING,
+                            "host": metadata_store_pb2.STRING,
+                        },
                     )
                 )
                 claim = metadata_store_pb2.Context(type_id=type_id, name=pipeline_name)
                 claim.properties["pipeline_root"].string_value = pipeline_root
+                claim.properties["host"].string_value = host
                 store.put_contexts([claim])
                 return None
         except errors.AlreadyExistsError:  # another home's claim (or the type) came first: read it
@@ -251,9 +263,10 @@ def claim_pipeline_name(store, pipeline_name: str, pipeline_root: str, write: bo
         if os.path.realpath(root) == pipeline_root:
             return None
         here, _ = pipeline_roots(store, pipeline_name, root)
-        if os.path.exists(root) or here:
+        claimant = held.properties["host"].string_value if "host" in held.properties else ""
+        if os.path.exists(root) or here or claimant != host:
             return root
-        if write:  # the claimant's folder is gone and none of its artifacts are recorded: abandoned
+        if write:  # this host's claimant's folder is gone, none of its artifacts recorded: abandoned
             held.properties["pipeline_root"].string_value = pipeline_root
             store.put_contexts([held])
             log.info("pipeline %r: the claim of %s (gone, no artifact) taken over", pipeline_name, root)

@@ -194,7 +194,12 @@ def airflow_run_in_progress(
 
 
 def _between_tasks(store, executions: list, now: float) -> bool:
-    if any(e.last_known_state == metadata_store_pb2.Execution.FAILED for e in executions):
+    # A failed attempt that a later attempt of the same component followed (Airflow's retries)
+    # does not end the run; any other failure does.
+    last = {}
+    for e in sorted(executions, key=lambda e: e.id):
+        last[recovery.execution_property(e, "component_id") or e.id] = e
+    if any(e.last_known_state == metadata_store_pb2.Execution.FAILED for e in last.values()):
         return False
     if now - max(e.last_update_time_since_epoch for e in executions) / 1000 > liveness.STALE_SECONDS:
         return False  # a run whose scheduler stopped long ago

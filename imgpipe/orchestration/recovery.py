@@ -193,10 +193,10 @@ def fail_airflow_executions(
             continue
         if not any(is_airflow_run(store, c) for c in store.get_contexts_by_execution(execution.id)):
             continue
-        its_run = _execution_property(execution, "run_id")
+        its_run = execution_property(execution, "run_id")
         if (its_run == run_id) == others:
             continue
-        if component_id is not None and _execution_property(execution, "component_id") != component_id:
+        if component_id is not None and execution_property(execution, "component_id") != component_id:
             continue
         _mark_failed(store, execution, why)
         marked.append(execution.id)
@@ -231,7 +231,7 @@ def forget_missing_models(store, pipeline_root: str, found_by: str, dry_run: boo
     return [{"id": a.id, "uri": a.uri} for a in missing]
 
 
-def _execution_property(execution, name: str) -> str | None:
+def execution_property(execution, name: str) -> str | None:
     """An execution's string property as TFX stores exec properties (typed or custom)."""
     for props in (execution.properties, execution.custom_properties):
         if name in props and props[name].HasField("string_value"):
@@ -246,7 +246,7 @@ def _push_base_directory(execution) -> str | None:
     from tfx.proto import pusher_pb2
     from tfx.utils import proto_utils
 
-    text = _execution_property(execution, "push_destination")
+    text = execution_property(execution, "push_destination")
     if not text:
         return None
     destination = pusher_pb2.PushDestination()
