@@ -473,6 +473,13 @@ def test_an_airflow_run_between_its_tasks_stops_a_rollback(tmp_path):
     assert later is None
     airflow.execute("scheduled-1", "Pusher", state=FAILED)
     assert rollback_home(h.home.home, dry_run=True).to_version == "100"
+    # A failed attempt that Airflow's retry followed (the same component, a later execution)
+    # does not end the run: between its tasks again, it still stops a rollback.
+    props = {"run_id": "scheduled-2", "component_id": "Trainer"}
+    airflow.execute("scheduled-2", "Trainer", state=FAILED, exec_properties=props)
+    airflow.execute("scheduled-2", "Trainer", outputs={"model": ("Model", {})}, exec_properties=props)
+    with pytest.raises(RollbackError, match="has an Airflow run between two tasks"):
+        rollback_home(h.home.home, dry_run=True)
 
 
 def test_a_failed_airflow_task_stops_no_rollback_for_good(tmp_path):
