@@ -914,3 +914,27 @@ def test_an_execution_left_running_by_a_failed_run_is_not_said_to_be_a_dead_runs
     assert _how_it_ended(config.home, "r2") == "a run that died"  # no record
     runs.write_record(config, RunSummary("r3", True, None, 0.9, 1, {}))
     assert _how_it_ended(config.home, "r3") == "a run that died"  # a record without a failure
+
+
+def test_a_failed_runs_record_gets_the_states_the_next_run_marked(tmp_path):
+    """The database stopped during a run's Trainer: its record said `"executions": {}` for good,
+    though the next run marked the Trainer FAILED. The next run writes the states it finds into
+    such a record; a record that has states keeps them."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.local import _abandon_dead_executions
+    from imgpipe.orchestration.summary import RunSummary
+    from tests.mlmd_fixtures import RUNNING, FakeHome
+
+    fake = FakeHome(str(tmp_path / "home"))
+    fake.execute("r1", "ImportExampleGen", outputs={"examples": ("Examples", {})})
+    fake.execute("r1", "Trainer", state=RUNNING)
+    config = PipelineConfig(home=fake.home).resolved()
+    error = "Trainer: ML Metadata could not be reached while Trainer ran"
+    runs.write_record(config, RunSummary("r1", None, None, None, None, {}, failed="Trainer", error=error))
+    _abandon_dead_executions(config, "r2")
+    folder = runs.find_record(config.home, "r1")
+    assert runs.read_summary(folder)["executions"] == {"ImportExampleGen": "COMPLETE", "Trainer": "FAILED"}
+    runs.update_summary(folder, {"executions": {"Trainer": "kept"}})
+    fake.execute("r1", "Evaluator", state=RUNNING)
+    _abandon_dead_executions(config, "r3")
+    assert runs.read_summary(folder)["executions"] == {"Trainer": "kept"}

@@ -265,6 +265,8 @@ def _abandon_dead_executions(config: PipelineConfig, run_id: str) -> None:
         return
     with metadata.open_store(config, readonly=False) as store:
         found = _abandon_unfinished(store, config, found_by=f"run {run_id}")
+        for failed_run in sorted({a.run_id for a in found}):
+            _record_states(config, store, failed_run)
         gone = recovery.forget_missing_models(store, config.pipeline_root, found_by=f"run {run_id}")
         unserved = recovery.forget_missing_pushes(store, config.pipeline_root, found_by=f"run {run_id}")
     for a in found:
@@ -295,6 +297,25 @@ def _refuse_beside_an_airflow_run(config: PipelineConfig) -> None:
         busy = airflow_run_in_progress(store, config.pipeline_name, "run", stale_after=liveness.STALE_SECONDS)
     if busy:
         raise LockBusy(f"not starting: {busy}")
+
+
+def _record_states(config: PipelineConfig, store, run_id: str) -> None:
+    """Write ML Metadata's component states into the record of `run_id` when it holds none: a
+    run that failed with its store out of reach wrote `"executions": {}` and kept it for good,
+    though the next run marked its executions FAILED. Never fails the run: logged."""
+    try:
+        folder = runs.find_record(config.home, run_id)
+        if runs.read_summary(folder).get("executions"):
+            return
+        run = metadata.run_by_id(store, config.pipeline_name, run_id)
+        states = {
+            node: metadata.state_name(e)
+            for node, e in metadata.run_executions(store, config.pipeline_name, run).items()
+        }
+        if states:
+            runs.update_summary(folder, {"executions": states})
+    except (LookupError, runs.RecordError, OSError, ValueError) as e:
+        log.debug("the record of run %s keeps its states: %s", run_id, e)
 
 
 def _how_it_ended(home: str, run_id: str) -> str:
