@@ -459,12 +459,11 @@ def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes |
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer opens at once
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            size = os.fstat(fd).st_size
-            if size > budget.bytes:
-                return budget.too_large_reason(size)
-        elif stat.S_ISFIFO(mode):
+        found = os.fstat(fd)
+        if stat.S_ISREG(found.st_mode):
+            if found.st_size > budget.bytes:
+                return budget.too_large_reason(found.st_size)
+        elif stat.S_ISFIFO(found.st_mode):
             # Waits for a writer's first bytes (or its end): a program that opens the pipe after
             # this one is read, where a read at once found nothing and stranded it.
             poll = select.poll()

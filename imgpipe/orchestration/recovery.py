@@ -85,6 +85,18 @@ def execution_folders(pipeline_root: str, node: str, execution_id: int) -> list[
     return sorted(p for p in found if os.path.isdir(p))
 
 
+def _unfinished(store, pipeline_name: str) -> list:
+    """The executions of `pipeline_name` left NEW or RUNNING; [] when the store has no such
+    pipeline. ML Metadata selects them (a query, not a read of every execution it ever ran)."""
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_ctx is None:
+        return []
+    found = store.get_executions_by_context(
+        pipeline_ctx.id, list_options=ListOptions(filter_query=_UNFINISHED_QUERY)
+    )
+    return [e for e in found if e.last_known_state in UNFINISHED]
+
+
 def abandon_dead_executions(
     store,
     pipeline_name: str,
@@ -102,17 +114,8 @@ def abandon_dead_executions(
     runs): an execution of one of them is this home's though it has no folder (it failed
     before its executor started, e.g. in input resolution), and would stay RUNNING for good.
     """
-    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline_ctx is None:
-        return []
     out = []
-    # ML Metadata selects them (a query, not a read of every execution the pipeline ever ran).
-    unfinished = store.get_executions_by_context(
-        pipeline_ctx.id, list_options=ListOptions(filter_query=_UNFINISHED_QUERY)
-    )
-    for execution in unfinished:
-        if execution.last_known_state not in UNFINISHED:
-            continue
+    for execution in _unfinished(store, pipeline_name):
         node, run = _contexts(store, execution.id, pipeline_name)
         if any(is_airflow_run(store, c) for c in store.get_contexts_by_execution(execution.id)):
             # Airflow's tasks take no home lock: its task may be running now. Left to Airflow.
@@ -181,16 +184,8 @@ def fail_airflow_executions(
     and `rollback` and `prune` refuse while an Airflow run has one (its task may be alive): an
     audit's one failed task refused both for good, through later runs that succeeded. A failed
     task marks its own; a DAG run's first tasks mark the earlier runs' (a DAG runs one at a time)."""
-    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline_ctx is None:
-        return []
     marked = []
-    unfinished = store.get_executions_by_context(
-        pipeline_ctx.id, list_options=ListOptions(filter_query=_UNFINISHED_QUERY)
-    )
-    for execution in unfinished:
-        if execution.last_known_state not in UNFINISHED:
-            continue
+    for execution in _unfinished(store, pipeline_name):
         if not any(is_airflow_run(store, c) for c in store.get_contexts_by_execution(execution.id)):
             continue
         its_run = execution_property(execution, "run_id")
