@@ -8,6 +8,10 @@ merges them into custom_config, which run_fn parses strictly as a TrainingConfig
 found it. An execution property, it keys TFX's cache, so a file changed at the
 same path trains again instead of reusing the model of the old bytes; the executor
 checks the file still has it before training.
+
+`ingest_report` (optional): the path of the data's ingest_report.json, passed to run_fn in
+custom_config (trainer.config.INGEST_REPORT_CONFIG): the head's validation slice and folds keep
+each of its sets of near-copies whole (trainer/image_ids.py).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
 from components.runtime_params import TRAINER_KNOBS, Knob, check_knob
+from trainer.config import INGEST_REPORT_CONFIG
 
 WEIGHTS_DIGEST_KEY = "weights_digest"
+INGEST_REPORT_KEY = "ingest_report"
 
 
 class WeightsChanged(RuntimeError):
@@ -41,6 +47,9 @@ class RuntimeParamTrainerExecutor(trainer_executor.GenericExecutor):
         digest = props.pop(WEIGHTS_DIGEST_KEY, None)
         if digest:
             _check_weights(custom.get("weights", ""), digest)
+        report = props.pop(INGEST_REPORT_KEY, None)
+        if report:
+            custom[INGEST_REPORT_CONFIG] = report
         for name in TRAINER_KNOBS:
             value = props.pop(name, None)
             if value is not None:
@@ -64,6 +73,7 @@ class RuntimeParamTrainerSpec(standard_component_specs.TrainerSpec):
     PARAMETERS = {
         **standard_component_specs.TrainerSpec.PARAMETERS,
         WEIGHTS_DIGEST_KEY: ExecutionParameter(type=str, optional=True),
+        INGEST_REPORT_KEY: ExecutionParameter(type=str, optional=True),
         **{name: ExecutionParameter(type=spec.ptype, optional=True) for name, spec in TRAINER_KNOBS.items()},
     }
 
@@ -85,6 +95,7 @@ class RuntimeParamTrainer(base_component.BaseComponent):
         custom_config: Mapping[str, Any],
         knobs: Mapping[str, Knob],
         weights_digest: str | None = None,
+        ingest_report: str | None = None,
     ):
         rest = {k: v for k, v in custom_config.items() if k not in TRAINER_KNOBS}
         spec = RuntimeParamTrainerSpec(
@@ -99,5 +110,6 @@ class RuntimeParamTrainer(base_component.BaseComponent):
             model_run=types.Channel(type=standard_artifacts.ModelRun),
             **{name: knobs[name] for name in TRAINER_KNOBS},
             **({WEIGHTS_DIGEST_KEY: weights_digest} if weights_digest else {}),
+            **({INGEST_REPORT_KEY: ingest_report} if ingest_report else {}),
         )
         super().__init__(spec=spec)

@@ -154,6 +154,7 @@ def create_pipeline(
         custom_config=trainer_custom_config(config),
         knobs=knobs,
         weights_digest=weights_digest,
+        ingest_report=os.path.join(config.data_dir, INGEST_REPORT_FILE),
     ).with_id("Trainer")
     trainer.add_upstream_node(data_gate)
     evaluator = GateEvaluator(

@@ -715,3 +715,32 @@ def test_a_sign_before_a_number_is_not_a_separator():
         "words (space, '-', '_'): they are 2 classes; if they are one, merge"
     ]
     assert len(almost_alike(["-1", "\u22121"], "classes", "merge")) == 1  # the minus sign is still a dash
+
+
+def test_near_copy_sets_are_read_from_an_ingest_report_and_group_their_records(tmp_path, caplog):
+    """trainer/image_ids.near_copy_sets and groups: the sets' fingerprints from ingest's report;
+    records of one set, and records repeating one image, share a group; no report, a damaged one
+    or one without fingerprints (an older ingest) give no sets, the last two said in the log."""
+    import numpy as np
+
+    from trainer import image_ids
+
+    a, b, c, d = (image_ids.fingerprint(x) for x in (b"a", b"b", b"c", b"d"))
+    report = tmp_path / "ingest_report.json"
+    entry = {"class": "x", "split": "train", "files": ["1.png", "2.png"]}
+    report.write_text(json.dumps({"near_copies": [{**entry, "fingerprints": [f"{a:016x}", f"{b:016x}"]}]}))
+    sets = image_ids.near_copy_sets(str(report))
+    assert [s.tolist() for s in sets] == [[a, b]]
+    ids = np.array([c, a, d, b, c, d, d], np.uint64)
+    groups = image_ids.groups(ids, sets)
+    assert groups[1] == groups[3] and groups[0] == groups[4] and groups[2] == groups[5] == groups[6]
+    assert len(set(groups.tolist())) == 3
+    assert (
+        image_ids.near_copy_sets(None) == [] and image_ids.near_copy_sets(str(tmp_path / "none.json")) == []
+    )
+    report.write_text(json.dumps({"near_copies": [entry]}))
+    assert image_ids.near_copy_sets(str(report)) == []
+    assert "have no image fingerprints" in caplog.text
+    report.write_text("{not json")
+    assert image_ids.near_copy_sets(str(report)) == []
+    assert "cannot be read" in caplog.text

@@ -275,3 +275,17 @@ def test_ingest_reports_near_copies_and_no_eval_image_has_one_in_train(tmp_path)
         assert entry["split"] in ("train", "eval") and len(entry["files"]) == 3
     assert report.totals["train"] + report.totals["eval"] == 90
     assert report.totals["eval"] % 3 == 0 and report.totals["eval"] > 0
+    # Each set names its files' image fingerprints: the Trainer finds the set's records by them
+    # and keeps the set whole in its validation slice and folds (trainer/image_ids.py).
+    from trainer import image_ids
+    from trainer.features import image_fingerprint
+
+    for entry in written["near_copies"]:
+        files = [(images / path).read_bytes() for path in entry["files"]]
+        assert entry["fingerprints"] == [f"{image_fingerprint(b):016x}" for b in files]
+    assert report.near_copies[0]["fingerprints"] == written["near_copies"][0]["fingerprints"]
+    sets = image_ids.near_copy_sets(str(tmp_path / "out" / "ingest_report.json"))
+    train_ids = image_ids.split_ids(str(tmp_path / "out" / "train" / "*"))
+    groups = image_ids.groups(train_ids, sets)
+    assert len(sets) == 30 and len(train_ids) == report.totals["train"]
+    assert np.bincount(groups).tolist() == [3] * (len(train_ids) // 3)  # each train picture's 3 files

@@ -126,6 +126,30 @@ def test_flipped_train_labels_are_doubted_and_warned_against_a_clean_eval_split(
     assert same["warning"] is None and same["doubted"] == record["doubted"]
 
 
+def test_frames_of_one_clip_are_held_out_together_so_memorised_clips_do_not_read_as_learned():
+    """Three classes of six clips each, eight frames a clip (a clip's frames lie close together),
+    the clips' places unrelated to their labels: nothing about the classes can be learned. Folds
+    that deal a clip's frames apart score frames whose siblings trained (near 1.0: the epochs
+    chosen and the label check's agreement then read memorising as learning); kept whole (the
+    ingest's sets of near-copies), they score what a head learned of the classes: near chance."""
+    rng = np.random.default_rng(11)
+    clips = rng.normal(0, 3.0, (18, D))
+    x = np.repeat(clips, 8, axis=0) + rng.normal(0, 0.1, (18 * 8, D))
+    x = x.astype(np.float32)
+    y = np.repeat(np.arange(18) % 3, 8)
+    clip = np.repeat(np.arange(18), 8)
+    params = _params(cv_folds=5, epochs=60, patience=3)
+    scores = {}
+    for name, groups in (("apart", None), ("whole", clip)):
+        hd = head.array_data(x, y, y, None, params, params.batch_size, groups)[0]
+        run = head.train_head(_build(3), head.HeadHParams(0.01, 0.0, 0.0), hd, params)
+        assert run.selection.folds == 5
+        record = label_check.check(run.selection.held_out, y, ["a", "b", "c"], 0.34, 60)
+        scores[name] = (run.selection.best_val_weighted_accuracy, record["agreement"])
+    assert scores["apart"][0] > 0.9 and scores["apart"][1] > 0.9, scores
+    assert scores["whole"][0] < 0.6 and scores["whole"][1] < 0.6, scores
+
+
 def test_clean_labels_say_nothing_and_a_worse_eval_split_is_named_instead():
     params = _params(cv_folds=5, epochs=80, patience=4)
     run, labels, _ = _noisy_run([30, 30, 30], 0.0, 5, params)

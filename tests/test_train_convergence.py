@@ -20,7 +20,7 @@ import tf_keras as keras
 
 from pipeline.config import ConfigError, PipelineConfig
 from tests import helpers
-from trainer import data, head, memory_fit, train, tune
+from trainer import data, head, image_ids, memory_fit, train, tune
 from trainer import model as model_lib
 from trainer.config import SUMMARY_FILE, TrainingConfig
 
@@ -536,14 +536,40 @@ def test_tune_never_reads_the_eval_split(imbalanced_digits, source_backbone, mon
         assert not np.any(np.all(np.isclose(seen, row, atol=1e-6), axis=1)), "an eval example was trained on"
 
 
-def test_image_path_holds_out_records_and_stops_early(imbalanced_digits, source_backbone):
-    """Without the cache (augmentation), the slice is chosen by record and read via the input fn."""
-    tfo, train_files, eval_files, _ = imbalanced_digits
-    params = _run_params(source_backbone, augment=True, epochs=3, patience=1, validation_fraction=0.25)
-    result = train.train(train_files, eval_files, tfo, params, verbose=0)
+def _near_copies(train_files, tfo):
+    """Sets of near-copies as ingest reports them (image fingerprints) over the fixture's train
+    split: four images of its first class, and every one of its smallest (one set: one picture
+    seen several ways); the split's labels and each record's group."""
+    ids = image_ids.split_ids(train_files)
     labels = data.class_indices(train_files, tfo)
+    sets = [ids[labels == 0][:4], ids[labels == np.argmin(np.bincount(labels))]]
+    return sets, labels, image_ids.groups(ids, sets)
+
+
+def test_the_folds_keep_the_data_s_near_copies_whole_in_a_real_run(imbalanced_digits, source_backbone):
+    tfo, train_files, eval_files, _ = imbalanced_digits
+    sets, labels, groups = _near_copies(train_files, tfo)
+    params = _run_params(source_backbone, epochs=5)
+    result = train.train(train_files, eval_files, tfo, params, verbose=0, near_copies=sets)
+    together = f"validation: {sum(map(len, sets))} train images in 2 sets of near-copies or repeats"
+    assert any(n.startswith(together + ", each set kept whole") for n in result.notes), result.notes
+    smallest = labels == np.argmin(np.bincount(labels))
+    # The folds (a slice too small for the smallest class): its one set is in none of them.
+    assert result.selection_folds == 5
+    assert result.label_check["examined"] == len(labels) - int(smallest.sum())
+
+
+def test_image_path_holds_out_records_and_stops_early(imbalanced_digits, source_backbone):
+    """Without the cache (augmentation), the slice is chosen by record and read via the input fn,
+    each set of near-copies kept whole."""
+    tfo, train_files, eval_files, _ = imbalanced_digits
+    sets, labels, groups = _near_copies(train_files, tfo)
+    params = _run_params(source_backbone, augment=True, epochs=3, patience=1, validation_fraction=0.25)
+    result = train.train(train_files, eval_files, tfo, params, verbose=0, near_copies=sets)
     assert result.feature_cache_used is False
-    assert result.validation_examples == head.holdout_mask(labels, 0.25, 42).sum() > 0
+    held = head.holdout_mask(labels, 0.25, 42, groups)
+    assert result.validation_examples == held.sum() > 0
+    assert held.sum() != head.holdout_mask(labels, 0.25, 42).sum()  # the sets changed the slice
     assert len(result.history[head.MONITOR]) == result.epochs_run <= 3
     assert result.refit_epochs == result.best_epoch
 
@@ -683,6 +709,57 @@ def test_fold_masks_validate_each_example_once_stratified_and_deterministic():
         assert abs(int(m.sum()) - len(labels) / 5) <= 2  # folds of even size
     assert all((a == b).all() for a, b in zip(masks, head.fold_masks(labels, 5, seed=9), strict=True))
     assert any((a != b).any() for a, b in zip(masks, head.fold_masks(labels, 5, seed=10), strict=True))
+
+
+def _clips(sizes_by_class, seed):
+    """Labels and group ids: class c holds groups (a clip's frames, say) of the given sizes, shuffled."""
+    labels, groups = [], []
+    for c, sizes in enumerate(sizes_by_class):
+        for size in sizes:
+            labels += [c] * size
+            groups += [len(set(groups))] * size
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return np.array(labels)[order], np.array(groups)[order]
+
+
+def test_fold_masks_keep_each_group_of_near_copies_in_one_fold():
+    labels, groups = _clips([[8, 1, 1, 5, 3, 1, 2, 6], [4, 4, 4, 4], [9], [1, 1, 1, 1, 1, 1]], seed=2)
+    masks = head.fold_masks(labels, 5, seed=9, groups=groups)
+    fold_of = np.argmax(masks, axis=0)
+    times = np.sum(masks, axis=0)
+    for g in np.unique(groups):
+        members = groups == g
+        assert len(set(fold_of[members])) == 1, f"group {g} split between folds"
+    assert (times[labels == 2] == 0).all()  # a class of one group (one clip) always trains
+    assert (times[labels != 2] == 1).all()  # every other image is validated once
+    for m in masks:
+        for c in (0, 1, 3):
+            assert (labels[~m] == c).any(), "a fold must leave each class something to train on"
+    held = [int(m[labels == 0].sum()) for m in masks]
+    assert max(held) - min(held) <= 8  # whole groups dealt to the emptiest fold: even within a group
+    again = head.fold_masks(labels, 5, seed=9, groups=groups)
+    assert all((a == b).all() for a, b in zip(masks, again, strict=True))
+    # Groups of one image each deal exactly as no groups do (records without near-copies).
+    singles = np.arange(len(labels))
+    for a, b in zip(head.fold_masks(labels, 5, 9), head.fold_masks(labels, 5, 9, singles), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_holdout_mask_keeps_each_group_of_near_copies_on_one_side():
+    labels, groups = _clips([[3] * 20, [1] * 30, [10, 10], [25], [2, 7, 1, 1, 4]], seed=5)
+    mask = head.holdout_mask(labels, 0.2, seed=7, groups=groups)
+    for g in np.unique(groups):
+        assert len(set(mask[groups == g])) == 1, f"group {g} split between the slice and training"
+    counts = np.bincount(labels)
+    held = np.bincount(labels[mask], minlength=len(counts))
+    assert held[0] == 12 and held[1] == 6  # 20% of 60 in sets of 3; 20% of 30 single images
+    assert held[2] == 10  # two sets of 10: neither fits in round(0.2 * 20) = 4, so one is held out
+    assert held[3] == 0  # one set: it trains
+    assert 0 < held[4] <= 3 and held[4] < counts[4]
+    np.testing.assert_array_equal(mask, head.holdout_mask(labels, 0.2, seed=7, groups=groups))
+    np.testing.assert_array_equal(
+        head.holdout_mask(labels, 0.2, 7), head.holdout_mask(labels, 0.2, 7, np.arange(len(labels)))
+    )
 
 
 def test_folds_replace_a_slice_too_small_for_some_class():

@@ -32,6 +32,9 @@ WEIGHTS_NONE = "none"
 MAX_IMAGE_SIZE = 1024
 # run_fn writes the training summary (replicas, history, notes) under this name in model_run.
 SUMMARY_FILE = "training_summary.json"
+# The custom_config key (beside the training settings, not one of them) of the data's
+# ingest_report.json: its sets of near-copies are kept whole by the head's validation (run_fn).
+INGEST_REPORT_CONFIG = "ingest_report"
 # Classes count as imbalanced when the largest has more than this many times the examples of
 # the smallest: then "auto" trains with balanced loss weights (trainer/head.py) and gates on
 # balanced accuracy (components/gate_decision.py).

@@ -1,5 +1,7 @@
 """Feature names shared by ingest, Transform, the Trainer, the Evaluator and serving."""
 
+import hashlib
+
 from trainer.class_names import is_plain
 
 # Raw tf.Example features written by `imgpipe ingest`.
@@ -25,6 +27,14 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # import path, not its code, and a cached transform graph of an older decoder would keep giving
 # its pixels after an upgrade. Change it whenever the decoded pixels change.
 DECODER_VERSION = "2 (JPEG: libjpeg's accurate IDCT)"
+
+
+def image_fingerprint(image: bytes) -> int:
+    """The image's fingerprint: the first 8 bytes of BLAKE2b over its encoded bytes, little-endian.
+
+    What the Trainer records of its train images (trainer/image_ids.py) and ingest of each set of
+    near-copies (its report's ``near_copies``), so the two can be matched."""
+    return int.from_bytes(hashlib.blake2b(image, digest_size=8).digest(), "little")
 
 
 def code_points(text: str) -> str:

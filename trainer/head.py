@@ -52,13 +52,22 @@ MONITOR = "val_cross_entropy"
 WEIGHTED_ACCURACY = "val_weighted_accuracy"
 
 
-def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def holdout_mask(
+    labels: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+) -> np.ndarray:
     """A boolean mask over `labels` (class indices): True for the validation slice.
 
     Per class, round(fraction * n_c) examples are held out, but never all of them: each
     class keeps at least one training example (a class of one example gives none). Which
     examples is decided per class by a permutation seeded with (`seed`, class index), so
     the slice is the same for the same labels and seed.
+
+    `groups` (an int per example; None: every example its own) keeps each group of a class on
+    one side: near-copies (a clip's frames, one picture saved again; trainer/image_ids.py) split
+    between the slice and training would score what the head memorised. A class with groups of
+    more than one example holds out whole groups, in a permutation seeded as above, each one
+    that still fits in its round(fraction * n_c), never all of them; when none fits, the smallest
+    (as ingest gives such a class's smallest set to eval). A class of one group holds out none.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
@@ -67,10 +76,34 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         k = min(len(idx) - 1, int(math.floor(fraction * len(idx) + 0.5)))
-        if k > 0:
-            rng = np.random.default_rng([seed, int(c)])
+        if k <= 0:
+            continue
+        rng = np.random.default_rng([seed, int(c)])
+        units = _units(idx, groups)
+        if units is None:
             mask[rng.permutation(idx)[:k]] = True
+            continue
+        candidates = [units[i] for i in rng.permutation(len(units))[: len(units) - 1]]
+        held = 0
+        for unit in candidates:
+            if held + len(unit) <= k:
+                mask[unit] = True
+                held += len(unit)
+        if not held and candidates:  # no group fits in the share: the smallest one is held out
+            mask[min(candidates, key=len)] = True
     return mask
+
+
+def _units(idx: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray] | None:
+    """The examples `idx` (one class's) as their groups' members, in the order of each group's
+    first example; None when every group holds one of them (no grouping to keep)."""
+    if groups is None:
+        return None
+    _, first, inverse = np.unique(np.asarray(groups)[idx], return_index=True, return_inverse=True)
+    if len(first) == len(idx):
+        return None
+    order = np.argsort(first, kind="stable")
+    return [idx[inverse == g] for g in order]
 
 
 def class_weights(
@@ -273,6 +306,9 @@ class ArrayData(HeadData):
     steps_per_epoch: int | None = None
     validation_examples: int = 0
     val_positions: np.ndarray | None = None  # the slice's places in the whole split
+    groups: np.ndarray | None = (
+        None  # each example's group of near-copies (holdout_mask), kept whole by the folds
+    )
 
     def _fit(self, model, whole, validated, epochs, callbacks, verbose):
         return memory_fit.fit(
@@ -287,11 +323,13 @@ class ArrayData(HeadData):
         )
 
 
-def _holdout(labels: np.ndarray, params: TrainingConfig) -> tuple[np.ndarray | None, str]:
+def _holdout(
+    labels: np.ndarray, params: TrainingConfig, groups: np.ndarray | None = None
+) -> tuple[np.ndarray | None, str]:
     """The validation mask params ask for (None: none held out) and a note saying so."""
     if not (params.early_stopping or params.tune_trials):
         return None, "early stopping off: the head trains on the whole train split"
-    mask = holdout_mask(labels, params.validation_fraction, params.seed)
+    mask = holdout_mask(labels, params.validation_fraction, params.seed, groups)
     held = int(mask.sum())
     if held == 0:
         if params.tune_trials:
@@ -314,11 +352,13 @@ def dataset_data(
     batches: Callable[[np.ndarray | None, bool], tf.data.Dataset],
     weights: np.ndarray | None,
     params: TrainingConfig,
+    groups: np.ndarray | None = None,
 ) -> tuple[DatasetData, str]:
     """HeadData over tf.data, and a note on what was held out.
 
     `labels`: the class index of every train example in order; `batches(mask, shuffle)`: the
-    (x, y) batches of the examples where `mask` is true (all of them for None).
+    (x, y) batches of the examples where `mask` is true (all of them for None); `groups`:
+    holdout_mask's.
     """
     repeat = params.steps_per_epoch is not None
 
@@ -327,7 +367,7 @@ def dataset_data(
         return ds.repeat() if repeat else ds
 
     whole = train_batches(None)
-    mask, note = _holdout(labels, params)
+    mask, note = _holdout(labels, params, groups)
     if mask is None:
         return DatasetData(whole, None, whole, params.steps_per_epoch), note
     val = with_sample_weights(batches(mask, False), weights)
@@ -341,16 +381,22 @@ def array_data(
     weights: np.ndarray | None,
     params: TrainingConfig,
     batch_size: int,
+    groups: np.ndarray | None = None,
 ) -> tuple[ArrayData, str]:
     """HeadData over in-memory features, and a note on what was held out.
 
     `targets`: the labels as the head takes them ([N] class indices or [N, 1] 0/1 floats);
-    `labels`: the same as class indices [N].
+    `labels`: the same as class indices [N]; `groups`: holdout_mask's (and fold_masks').
     """
     w = None if weights is None else np.asarray(weights, np.float32)[labels]
     whole = memory_fit.Arrays.of(features, targets, w)
-    mask, note = _holdout(labels, params)
-    common = {"batch_size": batch_size, "seed": params.seed, "steps_per_epoch": params.steps_per_epoch}
+    mask, note = _holdout(labels, params, groups)
+    common = {
+        "batch_size": batch_size,
+        "seed": params.seed,
+        "steps_per_epoch": params.steps_per_epoch,
+        "groups": groups,
+    }
     if mask is None:
         return ArrayData(whole, None, whole, **common), note
     part = [memory_fit.Arrays.of(features[m], targets[m], None if w is None else w[m]) for m in (~mask, mask)]
@@ -433,13 +479,21 @@ def _class_indices(arrays: memory_fit.Arrays) -> np.ndarray:
     return (y.reshape(-1) > 0.5).astype(np.int64) if y.ndim == 2 else y.astype(np.int64)
 
 
-def fold_masks(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+def fold_masks(
+    labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
     """`folds` boolean masks over `labels` (True: validated in that fold), stratified by class.
 
     Each class's examples are dealt in a permutation seeded with (`seed`, class) to the folds in
     turn, starting at a fold that differs by class (so the folds' sizes stay even). A class of one
     example is in no fold: it always trains. Every example of a class of two or more is
     validated exactly once, and a fold never holds all of a class.
+
+    `groups` (an int per example; None: every example its own) keeps each group of a class in one
+    fold: near-copies (a clip's frames; trainer/image_ids.py) dealt to a fold and to the folds it
+    trains on would score what the head memorised. A class with groups of more than one example
+    deals whole groups, largest first (ties in the seeded order), each to the fold that holds
+    fewest of the class so far; a class of one group is in no fold (it always trains).
     """
     labels = np.asarray(labels)
     fold = np.full(len(labels), -1)
@@ -447,8 +501,21 @@ def fold_masks(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
         idx = np.flatnonzero(labels == c)
         if len(idx) < 2:
             continue
-        order = np.random.default_rng([seed, int(c), folds]).permutation(idx)
-        fold[order] = (np.arange(len(order)) + int(c)) % folds
+        rng = np.random.default_rng([seed, int(c), folds])
+        units = _units(idx, groups)
+        if units is None:
+            order = rng.permutation(idx)
+            fold[order] = (np.arange(len(order)) + int(c)) % folds
+            continue
+        if len(units) < 2:
+            continue
+        shuffled = [units[i] for i in rng.permutation(len(units))]
+        held = np.zeros(folds, np.int64)
+        rotation = (np.arange(folds) + int(c)) % folds  # ties: from the class's own first fold
+        for unit in sorted(shuffled, key=len, reverse=True):
+            target = rotation[int(np.argmin(held[rotation]))]
+            fold[unit] = target
+            held[target] += len(unit)
     return [fold == f for f in range(folds)]
 
 
@@ -540,7 +607,7 @@ def select_by_folds(
     histories, sizes, positions, recorded = [], [], [], []
     model = None
     labels = _class_indices(whole)
-    for mask in fold_masks(_class_indices(whole), params.cv_folds, params.seed):
+    for mask in fold_masks(_class_indices(whole), params.cv_folds, params.seed, data.groups):
         if not mask.any():
             continue
         part = ArrayData(

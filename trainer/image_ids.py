@@ -16,8 +16,9 @@ n^2 / 2^65 that two of n different images share one: 3e-11 at a million images.
 
 from __future__ import annotations
 
-import hashlib
 import io
+import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from trainer import data
 from trainer.features import IMAGE_KEY, LABEL_KEY
+from trainer.features import image_fingerprint as fingerprint
 
 IDS_FILE = "train_image_ids.npy"
 # Each train image's label as the model learned it: the DataGate of a later run finds images
@@ -33,9 +35,7 @@ IDS_FILE = "train_image_ids.npy"
 LABELS_FILE = "train_image_labels.npz"
 _BATCH = 512
 
-
-def fingerprint(image: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(image, digest_size=8).digest(), "little")
+log = logging.getLogger(__name__)
 
 
 def batches(
@@ -142,6 +142,56 @@ def repeats(ids: np.ndarray) -> np.ndarray:
     first = np.zeros(len(ids), bool)
     first[np.unique(ids, return_index=True)[1]] = True
     return ~first
+
+
+def near_copy_sets(report_path: str | None) -> list[np.ndarray]:
+    """The sets of near-copies (a clip's frames, one picture saved again) the data's ingest found,
+    as arrays of their images' fingerprints, from its report (ingest_report.json's
+    ``near_copies``, each with its ``fingerprints``); [] when there is no such report (records
+    made another way), it cannot be read, or it is an older one without fingerprints (logged)."""
+    if not report_path:
+        return []
+    try:
+        with tf.io.gfile.GFile(report_path, "r") as f:
+            report = json.load(f)
+    except tf.errors.NotFoundError:
+        return []
+    except (tf.errors.OpError, OSError, ValueError) as e:
+        log.warning(
+            "near-copies: %s cannot be read (%s): each train image is validated on its own", report_path, e
+        )
+        return []
+    entries = report.get("near_copies") if isinstance(report, dict) else None
+    sets, old = [], 0
+    for entry in entries if isinstance(entries, list) else ():
+        found = entry.get("fingerprints") if isinstance(entry, dict) else None
+        try:
+            ids = np.array([int(x, 16) for x in found], np.uint64) if isinstance(found, list) else None
+        except (TypeError, ValueError, OverflowError):
+            ids = None
+        if ids is None:
+            old += 1
+        elif len(ids) > 1:
+            sets.append(ids)
+    if old:
+        log.warning(
+            "near-copies: %d set(s) in %s have no image fingerprints (an ingest of an older imgpipe): "
+            "they are validated image by image; ingest again to keep each set whole",
+            old,
+            report_path,
+        )
+    return sets
+
+
+def groups(ids: np.ndarray, sets: Sequence[np.ndarray]) -> np.ndarray:
+    """An int per record (`ids`: its image fingerprint, in file order): the same for the records
+    of one set of near-copies (`sets`) and for records repeating one image, different otherwise.
+    What the head's validation slice and folds keep whole (trainer/head.py)."""
+    ids = np.asarray(ids, np.uint64)
+    key = ids.copy()
+    for members in sets:
+        key[np.isin(ids, members)] = np.asarray(members, np.uint64).min()
+    return np.unique(key, return_inverse=True)[1].astype(np.int64)
 
 
 def ids_path(model_uri: str) -> str:

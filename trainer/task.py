@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from trainer import data, export, feature_store, image_ids, tflite, train
-from trainer.config import SUMMARY_FILE, ConfigError, TrainingConfig
+from trainer.config import INGEST_REPORT_CONFIG, SUMMARY_FILE, ConfigError, TrainingConfig
 
 WARMUP_RECORDS = 4
 
@@ -30,7 +30,9 @@ def parse_custom_config(custom_config: dict | None) -> TrainingConfig:
 
 def run_fn(fn_args: FnArgs) -> None:
     """Train on the raw examples through the Transform graph; export the full serving model."""
-    params = parse_custom_config(fn_args.custom_config)
+    settings = dict(fn_args.custom_config or {})
+    near_copies = image_ids.near_copy_sets(settings.pop(INGEST_REPORT_CONFIG, None))
+    params = parse_custom_config(settings)
     tfo = tft.TFTransformOutput(fn_args.transform_graph_path)
     with data.explain_unmapped_labels():  # a label with no class fails the Trainer, by name
         result = train.train(
@@ -43,6 +45,7 @@ def run_fn(fn_args: FnArgs) -> None:
             feature_store_dir=feature_store.store_dir(fn_args.model_run_dir)
             if params.feature_reuse
             else None,
+            near_copies=near_copies,
         )
     warmup = [r.numpy() for r in data.raw_examples(fn_args.eval_files).take(WARMUP_RECORDS)]
     export.export_serving_model(

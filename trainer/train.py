@@ -290,10 +290,13 @@ def train_cached_head(
     verbose: int = 0,
     note: Callable[[str], None] = log.info,
     class_names: Sequence[str] | None = None,
+    groups: np.ndarray | None = None,
 ) -> HeadPhase:
     """Phase 1 on cached features: what train() runs after extraction (benchmarks call it
     directly). `batch_size` is the global batch. A memory cache trains with memory_fit,
-    off any strategy; a spilled one with Keras' fit under `strategy`."""
+    off any strategy; a spilled one with Keras' fit under `strategy`. `groups`: an int per
+    train example, the same for near-copies, which the validation slice and the folds keep whole
+    (head.holdout_mask; None: every example on its own)."""
     strategy = strategy or tf.distribute.get_strategy()
     labels = train_cache.labels
     in_memory = train_cache.arrays is not None and eval_cache.arrays is not None
@@ -301,13 +304,13 @@ def train_cached_head(
 
     def make_data(weights: np.ndarray | None) -> tuple[head.HeadData, str]:
         if in_memory:
-            return head.array_data(*train_cache.arrays, labels, weights, params, batch_size)
+            return head.array_data(*train_cache.arrays, labels, weights, params, batch_size, groups)
 
         def batches(mask: np.ndarray | None, shuffle: bool) -> tf.data.Dataset:
             cache = train_cache if mask is None else train_cache.select(mask)
             return cache.batches(batch_size, shuffle=shuffle, seed=params.seed)
 
-        return head.dataset_data(labels, batches, weights, params)
+        return head.dataset_data(labels, batches, weights, params, groups)
 
     def build(hp: head.HeadHParams) -> keras.Model:
         with contextlib.nullcontext() if in_memory else strategy.scope():
@@ -350,6 +353,7 @@ class _Training:
     verbose: int
     callbacks: list[keras.callbacks.Callback]
     feature_store_dir: str | None = None
+    near_copies: Sequence[np.ndarray] = ()  # image_ids.near_copy_sets of the data's ingest
     notes: list[str] = dataclasses.field(default_factory=list)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -408,6 +412,7 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     cache_memory_bytes: int = data.DEFAULT_CACHE_MEMORY_BYTES,
     feature_store_dir: str | None = None,
+    near_copies: Sequence[np.ndarray] = (),
 ) -> TrainResult:
     """Build the model under `strategy` (default: every local device) and train it.
 
@@ -416,7 +421,9 @@ def train(
     for every epoch. Features past `cache_memory_bytes` spill to `cache_dir` (or
     a temporary directory) and are deleted when training ends. With `feature_store_dir`,
     images whose features an earlier run kept there are not extracted again, and this
-    run's are kept for the next (trainer/feature_store.py). The returned model
+    run's are kept for the next (trainer/feature_store.py). `near_copies` (the data's sets of
+    near-copies, image_ids.near_copy_sets) and images repeated in the train split are kept whole
+    on one side of the head's validation slice and folds. The returned model
     is always the full image -> probabilities model. `callbacks` are added to the
     selection fit, the refit and fine-tuning (not to --tune trials), e.g. an epoch timer.
     """
@@ -432,6 +439,7 @@ def train(
         verbose,
         _callbacks(log_dir, callbacks),
         feature_store_dir,
+        near_copies,
     )
     history: dict[str, list[float]] = {}
     phases: dict[str, bool] = {}
@@ -559,6 +567,7 @@ def _head_on_features(
         run.verbose,
         run.note,
         class_names=run.class_names,
+        groups=_validation_groups(run, train_files, train_cache.count, reuse),
     )
     hp = phase.run.hparams
     with strategy.scope():
@@ -568,6 +577,32 @@ def _head_on_features(
         final.set_weights(phase.run.model.get_weights())
         model = model_lib.assemble(base, final, run.image_size)
     return phase, model, stored
+
+
+def _validation_groups(
+    run: _Training, train_files: str | Sequence[str], count: int, reuse: _StoreUse | None
+) -> np.ndarray | None:
+    """image_ids.groups of the train split's records (near-copies, repeated images), or None when
+    every record is its own; said in a note when some are kept together."""
+    kept = reuse.kept.get("train") if reuse is not None else None
+    ids = kept[0] if kept is not None else image_ids.split_ids(train_files)
+    if len(ids) != count:
+        log.warning(
+            "near-copies: %d train fingerprints for %d train examples: each image validated on its own",
+            len(ids),
+            count,
+        )
+        return None
+    groups = image_ids.groups(ids, run.near_copies)
+    sizes = np.bincount(groups)
+    together = sizes[sizes > 1]
+    if not len(together):
+        return None
+    run.note(
+        f"validation: {int(together.sum())} train images in {len(together)} sets of near-copies or "
+        "repeats, each set kept whole on one side of the validation slice and of each fold"
+    )
+    return groups
 
 
 def _extract(
@@ -737,7 +772,7 @@ def _head_on_images(
         def batches(mask: np.ndarray | None, shuffle: bool) -> tf.data.Dataset:
             return run.images(train_files, shuffle, params.augment and shuffle, select=mask)
 
-        return head.dataset_data(labels, batches, weights, params)
+        return head.dataset_data(labels, batches, weights, params, groups)
 
     stats = None
     extractor = data.FeatureExtractor(strategy, base)  # one trace for every pass below
@@ -767,6 +802,7 @@ def _head_on_images(
         return m
 
     labels = data.class_indices(train_files, run.tf_transform_output)
+    groups = _validation_groups(run, train_files, len(labels), None)
     flipped = _flip_check(run, extractor, train_files, labels) if params.augment else None
     eval_images = run.images(eval_files, False, False, measuring=True)
     phase = _head_phase(

@@ -50,7 +50,8 @@ class IngestReport:
     ``sha256``, the first file's, as for duplicates).
     ``near_copies``: [{"class", "split", "files"}]: sets of near-copies in a class (one
     picture saved again, resized, brighter or darker: ``near_copies.py``), every file written,
-    each set to one ``split`` ("both" when a class is one such set, warned).
+    each set to one ``split`` ("both" when a class is one such set, warned), with its files'
+    image ``fingerprints`` (trainer.features.image_fingerprint, 16 hex digits each).
     ``empty_classes``: class folders with no usable image (left out).
     ``left_out_classes``: [{"folder", "files", "reason"}]: every class folder that is not a
     class in the output (a refused name, a name conflict, no usable image), with the files

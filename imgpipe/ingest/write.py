@@ -27,6 +27,7 @@ from imgpipe.ingest.errors import IngestError, IngestWriteError, tf_error_text
 from imgpipe.ingest.images import read_regular_file
 from imgpipe.ingest.plan import Candidate, Plan
 from imgpipe.ingest.report import IngestReport, display_path, display_text
+from trainer.features import image_fingerprint
 from trainer.same_files import same_bytes
 
 log = logging.getLogger(__name__)
@@ -146,16 +147,20 @@ def write_outputs(
                 _remove(os.path.join(out_dir, name))
         total = sum(len(shard.records) for shards in plan.shards.values() for shard in shards)
         done = 0
+        written: dict[str, int] = {}  # each record's image fingerprint, by its file's display path
         for split in SPLITS:
             os.makedirs(os.path.join(staging, split))
             for shard in plan.shards[split]:
                 with tf.io.TFRecordWriter(os.path.join(staging, split, shard.name)) as writer:
                     for cand in shard.records:
-                        writer.write(example_bytes(_read_again(images_dir, cand), cand.label))
+                        image = _read_again(images_dir, cand)
+                        written[display_path(cand.rel)] = image_fingerprint(image)
+                        writer.write(example_bytes(image, cand.label))
                         done += 1
                         if done % progress_every == 0 and done < total:
                             say(f"wrote {done}/{total} records")
         _write_json(os.path.join(staging, CLASSES_FILE), report.classes)
+        _add_fingerprints(report, written)
         _write_json(os.path.join(staging, REPORT_FILE), report.to_dict())
         with open(os.path.join(staging, FILES_FILE), "w", encoding="utf-8") as index:
             for split in SPLITS:
@@ -191,6 +196,14 @@ def write_outputs(
         undo()
         raise
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _add_fingerprints(report: IngestReport, written: dict[str, int]) -> None:
+    """Each set of near-copies' image fingerprints (``fingerprints``: 16 hex digits each, in the
+    order of its ``files``), in ``report``: the Trainer keeps a set's images on one side of its
+    validation slice and of each cross-validation fold by them (trainer/image_ids.py)."""
+    for entry in report.near_copies:
+        entry["fingerprints"] = [f"{written[path]:016x}" for path in entry["files"]]
 
 
 def _read_again(images_dir: str, cand: Candidate) -> bytes:
