@@ -57,27 +57,36 @@ NAMES = {
 # of 32): digits turned 180 degrees, or an eval split missing a class, put the subject's mean
 # position 0.02 away, far apart for the test (the positions cluster tightly) but no move.
 MIN_MOVE = 0.05
-_DRAFT = (256, 256)  # a JPEG is measured at a reduced scale (block means: the mean moves little)
+_MAX_PIXELS = 50_000_000  # larger images are not measured
 
 
 def measure(image: bytes) -> dict[str, Any] | None:
     """{brightness, contrast, colour, border, border_spread, flat, width, height, format} of one
     encoded image (None: not readable). Colour: the mean spread of a pixel's red, green and blue
     (0 for a grey picture); border(_spread): the mean (deviation) of its outer edge's grey levels
-    (class_apart.border); flat: every pixel alike."""
+    (class_apart.border); flat: every pixel alike.
+
+    The pixels are the model's decode (trainer.preprocessing.decode_image: transparency laid on
+    white, 16-bit samples by their high byte, EXIF orientation applied, a JPEG at the smallest
+    DCT scale that covers MEASURED_SIDE), not Pillow's convert("RGB"), which drops an alpha band
+    and clips 16-bit samples: an audit's drawings on transparent canvases measured all black and
+    its 16-bit PNGs all white, and the gate told the user to remove them as one-colour images (52
+    of 72) and called a class of such drawings "apart" (brightness 0 against 179) while the model
+    saw them at 182. Width, height and format are the file's header's."""
     from PIL import Image
+
+    from trainer.preprocessing import traced_decoder  # TensorFlow: loaded by the data gate anyway
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(image)) as opened:
+            with Image.open(io.BytesIO(image)) as opened:  # the header only
                 width, height, fmt = opened.width, opened.height, opened.format or "?"
-                if width * height > 50_000_000:
-                    return None
-                if fmt == "JPEG":
-                    opened.draft("RGB", _DRAFT)
-                rgb = opened.convert("RGB").resize((MEASURED_SIDE, MEASURED_SIDE), Image.BOX)
-                pixels = np.asarray(rgb, np.float32)
+        if width * height > _MAX_PIXELS:
+            return None
+        decoded = traced_decoder(MEASURED_SIDE, _MAX_PIXELS)(image).numpy()
+        rgb = Image.fromarray(decoded, "RGB").resize((MEASURED_SIDE, MEASURED_SIDE), Image.BOX)
+        pixels = np.asarray(rgb, np.float32)
     except Exception:  # noqa: BLE001 - any damaged image is left out of an advisory check
         return None
     grey = pixels @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as Pillow's "L"

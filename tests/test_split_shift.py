@@ -297,3 +297,54 @@ def test_a_position_apart_by_less_than_a_twentieth_of_a_side_is_no_move():
     train = rows(0.0, 200)
     assert split_shift.compare(train, rows(0.02, 80)) == {}
     assert set(split_shift.compare(train, rows(split_shift.MIN_MOVE + 0.01, 80))) == {"across"}
+
+
+def _encoded(pixels: np.ndarray, mode: str, fmt: str = "PNG", **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def test_pictures_are_measured_as_the_model_decodes_them():
+    """Pillow's convert("RGB") drops an alpha band and clips 16-bit samples: an audit's drawings on
+    transparent canvases measured all black and its 16-bit PNGs all white, and the gate told the
+    user to remove 52 of 72 of them as one-colour pictures. The check now measures the decoder's
+    pixels (trainer.preprocessing.decode_image: transparency on white, the high byte, EXIF
+    orientation applied)."""
+    import tensorflow as tf
+
+    from trainer.preprocessing import decode_image
+
+    images, _ = _digits()
+    ink = np.asarray(Image.fromarray(images[0]).resize((32, 32), Image.BILINEAR))
+    canvas = np.zeros((32, 32, 4), np.uint8)
+    canvas[..., 3] = ink  # black strokes on a transparent canvas
+    wide = (ink.astype(np.uint16) * 257).astype(np.uint16)
+    corner = np.full((40, 24), 255, np.uint8)
+    corner[:10, :6] = 0  # a dark subject at the top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the subject then sits at the top right
+    cases = {
+        "RGBA canvas": _encoded(canvas, "RGBA"),
+        "16-bit grey": _encoded(wide, "I;16"),
+        "EXIF-turned JPEG": _encoded(corner, "L", "JPEG", exif=exif, quality=95),
+    }
+    for name, data in cases.items():
+        pixels = decode_image(tf.constant(data), split_shift.MEASURED_SIDE).numpy()
+        rgb = np.asarray(
+            Image.fromarray(pixels, "RGB").resize((split_shift.MEASURED_SIDE,) * 2, Image.BOX), np.float32
+        )
+        row = split_shift.measure(data)
+        assert row["brightness"] == pytest.approx(float((rgb @ [0.299, 0.587, 0.114]).mean()), abs=0.5), name
+        assert not row["flat"], name
+    assert split_shift.measure(cases["RGBA canvas"])["brightness"] > 150  # ink on white, not on black
+    turned = split_shift.measure(cases["EXIF-turned JPEG"])
+    assert turned["across"] > 0.1 and turned["down"] < -0.1  # top right, as shown
+    # Canvas drawings in both splits: no picture "of one colour", nothing to remove.
+    notes: list[str] = []
+    drawn = [
+        make_example(_encoded(np.dstack([np.zeros((8, 8, 3), np.uint8), images[i]]), "RGBA"), "0")
+        for i in range(90)
+    ]
+    split_shift.split_shift(drawn[:60], drawn[60:], notes)
+    assert not [n for n in notes if "one colour" in n], notes
