@@ -15,6 +15,7 @@ runs. On LocalDagRunner the same nodes run with plain values.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -67,10 +68,18 @@ def check_knob(name: str, value: Any) -> int | float:
     if spec.ptype is int and isinstance(value, float) and value.is_integer():
         value = int(value)  # KFP hands integer parameters over as floats
     try:
-        return adapter.validate_python(value)
+        checked = adapter.validate_python(value)
     except ValidationError as e:
         problem = e.errors()[0]
         raise ValueError(f"runtime parameter {name}: {value!r}: {problem['msg']}") from None
+    # The config's own rules (trainer.config.Settings: allow_inf_nan=False, _fits_in_64_bits),
+    # which a bare TypeAdapter does not apply: learning_rate=inf passed here and failed the
+    # Trainer's parse of its config six components into the run.
+    if isinstance(checked, float) and not math.isfinite(checked):
+        raise ValueError(f"runtime parameter {name}: {value!r}: Input should be a finite number")
+    if isinstance(checked, int) and not -(2**63) <= checked < 2**63:
+        raise ValueError(f"runtime parameter {name}: {value!r} is too large: at most {2**63 - 1}")
+    return checked
 
 
 def runtime_parameters(sections: Sequence[Settings]) -> dict[str, RuntimeParameter]:

@@ -268,7 +268,12 @@ class PipelineConfig(Settings):
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+            raise ConfigError(
+                f"config file {path} must hold a mapping of keys to values (YAML or JSON; "
+                f"got {type(values).__name__})"
+            )
+        # A section whose keys are all commented out (`training:` alone) is YAML's null: empty.
+        values = {k: ({} if v is None and k in SECTIONS else v) for k, v in values.items()}
         # Top-level keys starting with "x-" are the file's own (anchors to merge elsewhere, as
         # Compose files use them): not settings.
         values = {k: v for k, v in values.items() if not (isinstance(k, str) and k.startswith("x-"))}
@@ -634,6 +639,8 @@ def merge(values: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, An
         )
         if section is None:
             out[key] = value
+        elif not isinstance(out.get(section, {}), Mapping):
+            continue  # the file's section is no mapping: left for validation to name
         elif key == section:
             update = value.model_dump() if isinstance(value, Settings) else dict(value)
             out[section] = {**out.get(section, {}), **update}
@@ -658,6 +665,9 @@ def describe(error: ValidationError) -> str:
                     f"{where + ':' if where else 'the top level'}; it goes {own} (or at the top level, "
                     "where every key may be given)"
                 )
+                continue
+            if key in SECTIONS and where:  # a section inside a section: `training: {training: ...}`
+                lines.append(f"{where}: {key!r} is a section of the top level, not a key inside {where}:")
                 continue
             near = nearest_keys(str(key))
             hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""

@@ -689,3 +689,12 @@ def test_a_flag_replacing_a_config_files_value_is_said(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--epochs 30 replaces epochs: 10 of {config}" in err
     assert "batch_size" not in err  # the same value: nothing replaced
+    # A value the file sets is replaced even when it is the default; a bad one too; a switch
+    # turned off is shown as its flag.
+    config.write_text(f"epochs: 200\naugment: true\nlearning_rate: ten\ndata_dir: {tmp_path / 'none'}\n")
+    argv = ["run", "--config", str(config), "--epochs", "30", "--no-augment", "--learning-rate", "0.01"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--epochs 30 replaces epochs: 200 of {config}" in err
+    assert f"--no-augment replaces augment: True of {config}" in err
+    assert f"--learning-rate 0.01 replaces learning_rate: ten of {config}" in err

@@ -458,3 +458,22 @@ def test_more_than_50_folds_are_refused_as_a_run_starts_but_read_from_a_record(t
 def test_an_unmatched_bracket_is_no_glob_pattern(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     PipelineConfig(data_dir=_data_dir(tmp_path), home="run[1", serving_dir="a]b[").resolved().validate_paths()
+
+
+def test_an_empty_section_with_a_flag_of_it_is_empty_and_a_list_is_named(tmp_path):
+    """`training:` with every key commented out, and a flag of that section, was a TypeError
+    traceback (exit 1) from the merge of the flags into a section that was None."""
+    (tmp_path / "c.yaml").write_text("training:\n#  epochs: 3\ngate:\n")
+    cfg = PipelineConfig.from_yaml(str(tmp_path / "c.yaml"), {"epochs": 2, "min_accuracy": 0.8})
+    assert (cfg.training.epochs, cfg.gate.min_accuracy) == (2, 0.8)
+    (tmp_path / "l.yaml").write_text("training: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"^training: must be a mapping of its keys, got \[1, 2\]"):
+        PipelineConfig.from_yaml(str(tmp_path / "l.yaml"), {"epochs": 2})
+    (tmp_path / "n.yaml").write_text("training:\n  training:\n    epochs: 3\n")
+    with pytest.raises(
+        ConfigError, match="'training' is a section of the top level, not a key inside training:"
+    ):
+        PipelineConfig.from_yaml(str(tmp_path / "n.yaml"))
+    (tmp_path / "t.toml").write_text("a = 1\n")
+    with pytest.raises(ConfigError, match=r"must hold a mapping of keys to values \(YAML or JSON; got str\)"):
+        PipelineConfig.from_yaml(str(tmp_path / "t.toml"))

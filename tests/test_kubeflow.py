@@ -507,6 +507,9 @@ def test_submit_sends_the_spec_and_typed_parameters(compiled, monkeypatch, capsy
         ("epochs=many", "valid integer"),
         ("epochs=2.5", "valid integer"),
         ("learning_rate=-1", "greater than 0"),
+        # The config's own rules, which a bare type check skipped: the Trainer refused them mid-run.
+        ("learning_rate=inf", "finite number"),
+        ("epochs=99999999999999999999", "at most 9223372036854775807"),
         ("batch_size=8", "no such parameter (it has: epochs, learning_rate, min_accuracy)"),
         ("epochs", "expected NAME=VALUE"),
     ],

@@ -756,3 +756,31 @@ def test_the_printed_cron_removal_drops_a_line_whose_path_has_a_percent_sign(tmp
         input=f"{cron_line}\n# another line\n", capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert kept == "# another line\n"
+
+
+@pytest.mark.parametrize(
+    "beam, said",
+    [
+        (["--beam-runner", "dataflow"], "beam_runner dataflow needs --project"),
+        (
+            ["--beam-arg=--direct_num_workers=abc"],
+            "beam_args: argument --direct_num_workers: invalid int value",
+        ),
+    ],
+)
+def test_beam_settings_every_run_would_refuse_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, beam, said
+):
+    """`schedule --runner local` wrote its config and crontab line for Beam settings that each
+    scheduled run then refused (exit 2, every night); `run` refused them after making the home
+    (its store and lock file left behind for a mistyped flag)."""
+    from imgpipe.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "eval").mkdir()
+    for command in (["schedule", "--runner", "local", "--cron", "0 3 * * *"], ["run"]):
+        code = cli.main([*command, "--data", str(tmp_path / "data"), "--home", str(tmp_path / "home"), *beam])
+        out, err = capsys.readouterr()
+        assert code == 2 and said in err and out == "", (command, err)
+        assert not (tmp_path / "home").exists(), command

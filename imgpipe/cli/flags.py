@@ -177,22 +177,49 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def _say_what_flags_override(path: str, given: Mapping[str, Any], config: PipelineConfig) -> None:
     """Log each flag that replaces a value the config file sets, so a run's log shows which
-    value it used ("--epochs 30 replaces epochs: 10 of prod.yaml")."""
+    value it used ("--epochs 30 replaces epochs: 10 of prod.yaml"): a value the file sets is
+    replaced whether or not it is the default, and a bad one the flag replaces is said too."""
     if not given:
         return
-    try:
-        in_file = PipelineConfig.from_yaml(path)
-    except ConfigError:  # a bad file value that a flag replaces, as documented
-        return
-    default = PipelineConfig()
+    in_file = _file_values(path)
     for section, name, model in leaves():
-        if name not in given:
+        if name not in given or name not in in_file:
             continue
-        was, default_value, now = (
-            getattr(getattr(c, section) if section else c, name) for c in (in_file, default, config)
-        )
-        if was != default_value and was != now:
-            log.info("%s %s replaces %s: %s of %s", flag_name(model, name), given[name], name, was, path)
+        now = getattr(getattr(config, section) if section else config, name)
+        if in_file[name] != now:
+            flag = flag_name(model, name)
+            if isinstance(now, bool):
+                shown = flag if now else f"--no-{flag.removeprefix('--')}"
+            else:
+                shown = f"{flag} {_short(given[name])}"
+            log.info("%s replaces %s: %s of %s", shown, name, _short(in_file[name]), path)
+
+
+def _file_values(path: str) -> dict[str, Any]:
+    """{leaf name: value as written} of what the config file sets, at the top level or under its
+    section ({} when it cannot be read: its errors are named elsewhere)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    found: dict[str, Any] = {}
+    for section, name, _ in leaves():
+        inner = values.get(section) if section else None
+        if isinstance(inner, dict) and name in inner:
+            found[name] = inner[name]
+        elif name in values:
+            found[name] = values[name]
+    return found
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def naming_flags(message: str, flags: Mapping[str, str]) -> str:

@@ -46,6 +46,7 @@ from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_un
 from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
 from imgpipe.stop_signals import stopped_by
+from pipeline.beam import beam_pipeline_args
 from pipeline.config import ConfigError, PipelineConfig
 from trainer.imagenet import WeightsUnavailable, check_imagenet_weights
 
@@ -216,6 +217,7 @@ def run_local(
     lock_wait: seconds to wait while another run holds the home (then LockBusy).
     """
     config = config.resolved().validate_paths()
+    beam_pipeline_args(config.beam)  # BeamConfigError naming the flag, before the home is made
     # weights: imagenet offline with nothing cached is refused now, not at the Trainer.
     if config.training.weights_kind == "imagenet":
         try:

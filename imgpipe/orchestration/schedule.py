@@ -26,6 +26,7 @@ from typing import Any
 from imgpipe.orchestration.lock import EXIT_LOCKED, home_lock_path
 from imgpipe.orchestration.paths import write_all_atomically
 from imgpipe.orchestration.weights import check_weights_file
+from pipeline.beam import beam_pipeline_args
 from pipeline.config import ConfigError, PipelineConfig, folder_problem, leaves
 from pipeline.metadata_url import check_password_file, for_a_later_process, parse_metadata_url
 
@@ -336,6 +337,7 @@ def local_schedule(
     parse_cron(cron)
     # What every scheduled run would fail on; the data may land after the schedule is set up.
     config = config.resolved().validate_paths(data_may_arrive=True)
+    beam_pipeline_args(config.beam)  # each run would be refused for its Beam settings
     if config.metadata and config.metadata_password_file:  # each run would fail on it
         check_password_file(config.metadata_password_file, parse_metadata_url(config.metadata))
     password_file, warnings = for_a_later_process(
