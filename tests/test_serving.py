@@ -1373,6 +1373,20 @@ def test_cli_predict_reads_files_and_pipes_not_devices_a_request_at_a_time(
     assert events[:3] == [("read", "good.png"), ("sent", ["good.png"]), ("read", "zero.png")]
 
 
+def test_cli_predict_reads_one_image_from_standard_input(server, model, tmp_path, capsys, monkeypatch):
+    """`cat photo.png | imgpipe predict -` was "cannot read image -: No such file or directory"."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as w:
+        w.write(model.items[0][0])
+    with os.fdopen(read_end, "rb") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert _predict_cli(server.target, "-") == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["image"] == "-" and json.loads(line)["classes"][0] == model.items[0][1]
+    assert _predict_cli(server.target, "-", "-") == 2
+    assert "- (standard input) is given more than once" in capsys.readouterr().err
+
+
 def test_cli_predict_unknown_model_exits_nonzero(server, model, tmp_path, capsys):
     good = tmp_path / "good.png"
     good.write_bytes(model.items[0][0])

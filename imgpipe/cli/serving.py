@@ -386,7 +386,12 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="images per RPC (default %(default)s)",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG/GIF/BMP files")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="JPEG/PNG/GIF/BMP files; - reads one image from standard input (./- names a file called -)",
+    )
 
 
 def _predict_chunk(
@@ -453,11 +458,16 @@ def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes |
     `wait` seconds); a device or socket raises OSError: `/dev/zero` was read until the kernel
     killed the command (18 GB), and a named pipe no program writes to blocked it for good (`wait`:
     its own, not the RPC's --timeout, which a fast RPC sets low). A pipe
-    is read up to one byte over what a request may carry."""
+    is read up to one byte over what a request may carry. `-` is standard input (a pipe or a
+    redirected file; a terminal is refused)."""
     import select
     import stat
+    import sys
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer opens at once
+    if path == "-":
+        fd = os.dup(sys.stdin.fileno())
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer opens at once
     try:
         found = os.fstat(fd)
         if stat.S_ISREG(found.st_mode):
@@ -471,6 +481,8 @@ def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes |
             if not poll.poll(wait * 1000):
                 return f"nothing was written to the pipe within {wait:g}s"
             os.set_blocking(fd, True)
+        elif path == "-":
+            raise OSError("standard input is not a pipe or a file: pipe an image into it (cat photo.jpg |)")
         else:
             raise OSError("not a regular file or a pipe")
         with os.fdopen(os.dup(fd), "rb") as f:
@@ -527,6 +539,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     if getattr(args, "version_label", None) is not None:
         args.version = args.version_label  # the client takes a label where it takes a version
+    if args.images.count("-") > 1:
+        raise UsageError("- (standard input) is given more than once: it holds one image")
     try:
         client = ServingClient(args.target, timeout=args.timeout, retries=args.retries)
     except ValueError as e:
