@@ -909,9 +909,48 @@ def test_the_label_check_compares_the_answering_heads_own_eval_accuracy():
         params,
         judge=judge,
     )
-    assert folds.selection.folds == 3 and folds.selection.held_out.eval_accuracy is None
+    # The folds' heads are judged after each epoch; their mean at the chosen epoch is compared.
+    assert folds.selection.folds == 3 and folds.selection.held_out.eval_accuracy == pytest.approx(0.123)
     record = train._label_check(folds, small_y, 3, ["a", "b", "c"], 0.9, 300, notes.append)
+    assert record["eval_accuracy"] == pytest.approx(0.123)
+    assert record["eval_accuracy_of"] == "the folds' heads that answered the held-out images (their mean)"
+    unjudged = head.train_head(
+        _build(3), head.HeadHParams(0.01, 0.0, 0.0), _data("memory", small_x, small_y, 3, params), params
+    )
+    record = train._label_check(unjudged, small_y, 3, ["a", "b", "c"], 0.9, 300, notes.append)
     assert record["eval_accuracy"] == 0.9 and record["eval_accuracy_of"] == "the final model"
+
+
+def test_the_folds_heads_own_eval_accuracy_is_the_mean_at_the_chosen_epoch(monkeypatch):
+    """An audit's 1:8 task: class-weighted fold heads answered held-out train images at 0.786 and
+    the refit 39 eval images at 1.000, and the check warned of wrong labels on clean ones. The
+    folds' heads are scored on the eval split after every epoch; the check reads their mean at
+    the chosen epoch (a fold that stopped earlier: its last)."""
+    small_x, small_y = _blobs([20, 20, 20], seed=12)
+    params = _params(epochs=12, patience=1, cv_folds=3)
+    made = []
+
+    class Kept(head._FoldAnswers):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(head, "_FoldAnswers", Kept)
+    calls = []
+
+    def judge(m):
+        calls.append(None)
+        return len(calls) / 1000  # each call its own number: which epochs were read shows
+
+    data = _data("memory", small_x, small_y, 3, params)
+    run = head.train_head(_build(3), head.HeadHParams(0.01, 0.0, 0.0), data, params, judge=judge)
+    sel = run.selection
+    assert sel.folds == 3 and len(made) == 3
+    assert [len(f.judged) for f in made] == [len(f.epochs) for f in made]  # once an epoch, each fold
+    assert sum(len(f.judged) for f in made) == len(calls)  # the refit is not judged: the folds were
+    best = sel.best_epoch - 1
+    expected = np.mean([f.judged[min(best, len(f.judged) - 1)] for f in made])
+    assert sel.held_out.eval_accuracy == pytest.approx(expected)
 
 
 def test_the_folds_train_one_head_redrawn_per_fold_so_its_steps_are_traced_once():

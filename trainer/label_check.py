@@ -50,9 +50,10 @@ class HeldOut:
     positions: np.ndarray
     probabilities: np.ndarray
     source: str  # "cross-validation (K folds)" or "the validation slice"
-    # The answering head's own accuracy on the eval split, when it is not the final model (the
-    # selection fit on the slice, before the refit replaced it): the check compares one model's
-    # answers on both sides. None: the final model's is used (the folds' heads, one per fold).
+    # The answering heads' own accuracy on the eval split, when they are not the final model (the
+    # selection fit on the slice, before the refit replaced it; the folds' heads at the chosen
+    # epoch, their mean): the check compares the same heads' answers on both sides. None: the
+    # final model's is used.
     eval_accuracy: float | None = None
 
 

@@ -245,9 +245,12 @@ def _label_check(
     record = label_check.check(
         held, labels, names, eval_accuracy if eval_examples else None, eval_examples, chosen_on_it=tuned
     )
-    record["eval_accuracy_of"] = (
-        "the head that answered the held-out images (before the refit)" if same_head else "the final model"
-    )
+    if not same_head:
+        record["eval_accuracy_of"] = "the final model"
+    elif run.selection.folds:
+        record["eval_accuracy_of"] = "the folds' heads that answered the held-out images (their mean)"
+    else:
+        record["eval_accuracy_of"] = "the head that answered the held-out images (before the refit)"
     if record["agreement"] is None:
         note(f"label check: not judged ({record.get('not_judged')})")
         return record
