@@ -189,8 +189,15 @@ def groups(ids: np.ndarray, sets: Sequence[np.ndarray]) -> np.ndarray:
     What the head's validation slice and folds keep whole (trainer/head.py)."""
     ids = np.asarray(ids, np.uint64)
     key = ids.copy()
-    for members in sets:
-        key[np.isin(ids, members)] = np.asarray(members, np.uint64).min()
+    sets = [np.asarray(m, np.uint64) for m in sets if len(m)]
+    if sets:  # each set's members keyed by its smallest fingerprint, looked up by a sorted search
+        members = np.concatenate(sets)
+        keys = np.concatenate([np.full(len(m), m.min(), np.uint64) for m in sets])
+        order = np.argsort(members, kind="stable")
+        members, keys = members[order], keys[order]
+        at = np.minimum(np.searchsorted(members, ids), len(members) - 1)
+        hit = members[at] == ids
+        key[hit] = keys[at[hit]]
     return np.unique(key, return_inverse=True)[1].astype(np.int64)
 
 
