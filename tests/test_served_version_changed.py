@@ -229,3 +229,36 @@ def test_a_cached_pushs_note_names_the_version_that_serves_its_model_now(tmp_pat
     # Another model in the newest version: the record's own words.
     _replace_with_another_model(os.path.join(h.base, "1002"))
     assert summarize_run(config, "run-3").push_skipped == "cached: identical to version 1001"
+
+
+def test_a_run_that_leaves_nothing_served_says_so_and_how_to_serve_the_blessed_model_again(tmp_path):
+    """The serving dir's model folder deleted (or its volume not mounted), then a run whose model
+    the gate refused: it said at its start "this run pushes its model there", pushed nothing, and
+    ended with exit 0 while the server had no version to serve."""
+    from imgpipe.orchestration import runs
+    from imgpipe.orchestration.local import nothing_served
+    from imgpipe.orchestration.summary import RunSummary
+
+    home, serving = tmp_path / "home", tmp_path / "serving"
+    config = PipelineConfig.from_dict(
+        {"home": str(home), "data_dir": str(tmp_path), "serving_dir": str(serving), "model_name": "m"}
+    )
+    earlier = "2026-12-07T10:00:00.000001-abc"
+    saved = runs.run_dir(str(home), earlier)
+    os.makedirs(saved)
+    with open(os.path.join(saved, runs.CONFIG_FILE), "w") as f:
+        f.write("epochs: 3\n")
+    summary = RunSummary("r2", False, None, 0.5, 1, {}, baseline_model={"run_id": earlier, "pushed": None})
+    said = nothing_served(config, summary)
+    assert said.startswith(f"nothing is served: the serving dir {serving / 'm'} holds no version")
+    assert "its model was not blessed" in said
+    assert f"`imgpipe run --config {os.path.join(saved, runs.CONFIG_FILE)}` pushes it again" in said
+    # A whole version there (or a push by this run): nothing to say.
+    _saved_model(str(serving / "m" / "7"), b"graph", b"weights")
+    assert nothing_served(config, summary) is None
+    shutil.rmtree(serving)
+    summary.pushed = str(serving / "m" / "8")
+    assert nothing_served(config, summary) is None
+    # No earlier blessed model: said without the command.
+    summary.pushed, summary.baseline_model = None, None
+    assert "imgpipe run --config" not in nothing_served(config, summary)

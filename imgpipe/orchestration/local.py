@@ -485,6 +485,7 @@ def _run_holding_lock(
 
         summary = _summarise_finished(config, run_id)
     summary.left_out_classes = left_out_classes(config.data_dir)
+    summary.nothing_served = nothing_served(config, summary)
     runs.keep_record(config, summary)
     _log_gate(summary.gate)
     for folder in summary.left_out_classes:
@@ -494,7 +495,36 @@ def _run_holding_lock(
             left_out_files(folder),
             folder.get("reason"),
         )
+    if summary.nothing_served:
+        log.warning("%s", summary.nothing_served)
     return summary
+
+
+def nothing_served(config: PipelineConfig, summary: RunSummary) -> str | None:
+    """What to say when the serving dir holds no version of the model after a run that pushed
+    none (its folder deleted, or a volume not mounted, and this run's model not blessed): the
+    model server then serves nothing, where an audit's run said only, before it started, that it
+    would push its model there, and ended with exit 0. None when a version is served (or the
+    serving dir is remote: not read here)."""
+    from imgpipe.orchestration.rollback import whole_versions
+
+    base = config.resolved().model_serving_dir
+    if not base or "://" in base or summary.pushed or whole_versions(base):
+        return None
+    why = "its model was not blessed" if summary.blessed is False else "it pushed no model"
+    text = (
+        f"nothing is served: the serving dir {base} holds no version of the model (deleted, or a "
+        f"volume that is not mounted?), and this run pushed none: {why}"
+    )
+    trained_by = (summary.baseline_model or {}).get("run_id")
+    saved = runs.run_dir(config.home, trained_by) if trained_by else None
+    if saved and os.path.isfile(os.path.join(saved, runs.CONFIG_FILE)):
+        text += (
+            f". The latest blessed model was trained by run {trained_by}: `imgpipe run --config "
+            f"{os.path.join(saved, runs.CONFIG_FILE)}` pushes it again from the cache (while its data "
+            "is unchanged); or mount the volume"
+        )
+    return text
 
 
 def _summarise_finished(config: PipelineConfig, run_id: str) -> RunSummary:

@@ -504,7 +504,8 @@ def log_missing(models: list[dict], pushes: list[dict]) -> None:
     for model_dir in sorted({os.path.dirname(p["folder"]) for p in pushes if p["model_dir_gone"]}):
         log.warning(
             "the serving dir's model folder %s is gone altogether: if it is a volume that is not "
-            "mounted, mount it; this run pushes its model there",
+            "mounted, mount it; this run pushes its model there if the gate blesses it (else nothing "
+            "is served: the run's end says how to serve the latest blessed model again)",
             model_dir,
         )
     by_version: dict[tuple[str, str], list[dict]] = {}

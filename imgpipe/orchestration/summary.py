@@ -52,6 +52,8 @@ class RunSummary:
     # path or None}; None when it had none (metadata.baseline_model).
     baseline_model: dict[str, str | None] | None = None
     push_skipped: str | None = None  # why a blessed model was not pushed (see the module doc)
+    # Set by `imgpipe run` when the serving dir holds no version after the run (local.nothing_served).
+    nothing_served: str | None = None
     gate: dict[str, Any] | None = None  # the Evaluator's gate.json: why it blessed or not
     # The run report (imgpipe/report): its index.html, or None with the reason it is missing.
     report: str | None = None

@@ -374,6 +374,7 @@ def test_gate_stops_a_worse_model(base_config, first_run, monkeypatch):
     assert s.accuracy < first_run.accuracy
     assert s.blessed is False
     assert s.pushed is None
+    assert s.nothing_served is None  # the first run's version still serves
     assert s.prepush["validated"] is False and s.prepush["blessed"] is False  # nothing to serve
     assert "did not bless" in s.prepush["reason"]
     assert s.gate["baseline"]["compared"] is True
