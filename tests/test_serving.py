@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -1289,12 +1290,20 @@ def test_cli_predict_reports_bad_files_and_keeps_going(server, model, tmp_path, 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(serving_fixtures.as_jpeg(model.items[1][0])[:60])
     missing = tmp_path / "missing.png"
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    webp = tmp_path / "photo.webp"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(webp, "WEBP")
     code = _predict_cli(
         server.target, "--signature", "serving_default", "--top-k", "1",
-        str(good), str(text), str(broken), str(missing),
+        str(good), str(text), str(broken), str(missing), str(empty), str(webp),
     )  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 1
+    # In ingest's words: an empty file, a format the decoder does not take (was "is not a JPEG, ...").
+    assert f"{empty}: empty file (0 bytes)" in err
+    assert f"{webp}: unsupported image format WEBP; accepted: JPEG, PNG, GIF, BMP" in err
+    assert f"{text}: not a JPEG, PNG, GIF or BMP image" in err
     lines = [json.loads(x) for x in out.splitlines()]
     assert lines == [
         {
@@ -1308,7 +1317,7 @@ def test_cli_predict_reports_bad_files_and_keeps_going(server, model, tmp_path, 
     assert len(lines[0]["scores"]) == 1
     for path in (text, broken, missing):
         assert str(path) in err
-    assert "INVALID_ARGUMENT" in err and "3 of 4 images failed" in err
+    assert "INVALID_ARGUMENT" in err and "5 of 6 images failed" in err
 
 
 def test_cli_predict_reads_files_and_pipes_not_devices_a_request_at_a_time(

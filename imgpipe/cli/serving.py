@@ -512,10 +512,32 @@ def _read_images(
             failures.append(path)
             continue
         if image_format(data) is None:
-            error(f"{display_path(path)} is not a JPEG, PNG, GIF or BMP image")
+            error(f"{display_path(path)}: {_not_an_image(data)}")
             failures.append(path)
             continue
         yield path, data
+
+
+def _not_an_image(data: bytes) -> str:
+    """Why bytes that are no JPEG, PNG, GIF or BMP are not sent, in ingest's words where it has
+    them (an empty file, a format Pillow knows that the model's decoder does not)."""
+    if not data:
+        return "empty file (0 bytes)"
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:  # the header only
+                found = image.format
+    except Exception:  # noqa: BLE001 - anything Pillow cannot identify is simply no image
+        found = None
+    if found:
+        return f"unsupported image format {found}; accepted: JPEG, PNG, GIF, BMP"
+    return "not a JPEG, PNG, GIF or BMP image"
 
 
 def _in_groups(items: Iterator[tuple[str, bytes]], size: int) -> Iterator[list[tuple[str, bytes]]]:
