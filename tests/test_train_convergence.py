@@ -1033,3 +1033,25 @@ def test_more_folds_asked_than_a_class_can_deal_are_said_and_bounded():
     )
     _describe(notes.append, head.HeadRun(model=None, hparams=None, selection=outcome), _params(cv_folds=50))
     assert notes[0].endswith("; 40 folds held examples, not cv_folds 50: the classes have too few")
+
+
+def test_the_slice_never_takes_a_class_s_largest_set_and_says_why_none_is_held_out():
+    """A review: a class of one 20-frame clip and a 1-image set held out 20 of its 21 images on
+    half the seeds (the one group left out at random was the small one, then the smallest
+    remaining, the clip, was taken); a class that is one set said "too small" and made --tune
+    fail for the wrong reason."""
+    labels = np.zeros(21, int)
+    groups = np.array([0] + [1] * 20)
+    for seed in range(8):
+        assert head.holdout_mask(labels, 0.2, seed, groups).sum() == 1
+    labels = np.repeat(np.arange(3), 30)
+    one_set_each = labels.copy()  # every class one set of near-copies
+    mask, note = head._holdout(labels, _params(), one_set_each)
+    assert mask is None and note.endswith(
+        "each class's train images are one set of near-copies, which a slice would split"
+    )
+    with pytest.raises(ValueError, match="each class's train images are one set of near-copies"):
+        head._holdout(labels, _params(tune_trials=3), one_set_each)
+    clips = np.arange(90) // 3  # sets of 3: the slice holds whole sets and says its share can differ
+    mask, note = head._holdout(labels, _params(), clips)
+    assert mask.sum() == 9 and "whole sets of near-copies, so a class's share can differ" in note

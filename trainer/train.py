@@ -570,7 +570,7 @@ def _head_on_features(
         run.verbose,
         run.note,
         class_names=run.class_names,
-        groups=_validation_groups(run, train_files, train_cache.count, reuse),
+        groups=_validation_groups(run, train_files, train_cache.labels, reuse),
     )
     hp = phase.run.hparams
     with strategy.scope():
@@ -583,10 +583,15 @@ def _head_on_features(
 
 
 def _validation_groups(
-    run: _Training, train_files: str | Sequence[str], count: int, reuse: _StoreUse | None
+    run: _Training,
+    train_files: str | Sequence[str],
+    labels: np.ndarray,
+    reuse: _StoreUse | None,
 ) -> np.ndarray | None:
     """image_ids.groups of the train split's records (near-copies, repeated images), or None when
-    every record is its own; said in a note when some are kept together."""
+    every record is its own; said in a note when some are kept together (those of one class: the
+    head's slice and folds deal by class, so one image under two labels is not held together)."""
+    count = len(labels)
     kept = reuse.kept.get("train") if reuse is not None else None
     ids = kept[0] if kept is not None else image_ids.split_ids(train_files)
     if len(ids) != count:
@@ -597,7 +602,7 @@ def _validation_groups(
         )
         return None
     groups = image_ids.groups(ids, run.near_copies)
-    sizes = np.bincount(groups)
+    _, sizes = np.unique(np.stack([groups, np.asarray(labels, np.int64)]), axis=1, return_counts=True)
     together = sizes[sizes > 1]
     if not len(together):
         return None
@@ -805,7 +810,7 @@ def _head_on_images(
         return m
 
     labels = data.class_indices(train_files, run.tf_transform_output)
-    groups = _validation_groups(run, train_files, len(labels), None)
+    groups = _validation_groups(run, train_files, labels, None)
     flipped = _flip_check(run, extractor, train_files, labels) if params.augment else None
     eval_images = run.images(eval_files, False, False, measuring=True)
     phase = _head_phase(
