@@ -259,6 +259,11 @@ def test_a_run_that_leaves_nothing_served_says_so_and_how_to_serve_the_blessed_m
     shutil.rmtree(serving)
     summary.pushed = str(serving / "m" / "8")
     assert nothing_served(config, summary) is None
-    # No earlier blessed model: said without the command.
-    summary.pushed, summary.baseline_model = None, None
-    assert "imgpipe run --config" not in nothing_served(config, summary)
+    # A failed run (the DataGate refused the data) leaves nothing served just as well.
+    summary.pushed, summary.failed = None, "DataGate"
+    assert "this run pushed none: it failed (DataGate)" in nothing_served(config, summary)
+    # A new home whose first model the gate refused: nothing was ever pushed, no disk to blame.
+    summary.failed, summary.baseline_model = None, None
+    said = nothing_served(config, summary)
+    assert said.startswith("nothing is served yet: ") and "no run of this home has pushed one" in said
+    assert "mounted" not in said and "imgpipe run --config" not in said

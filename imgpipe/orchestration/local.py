@@ -500,6 +500,14 @@ def _run_holding_lock(
     return summary
 
 
+def _pushed_before(home: str) -> bool:
+    """Whether a run record of the home says it pushed a version."""
+    return any(
+        runs.json_object(os.path.join(folder, runs.SUMMARY_FILE)).get("pushed")
+        for folder in runs.records(home)
+    )
+
+
 def nothing_served(config: PipelineConfig, summary: RunSummary) -> str | None:
     """What to say when the serving dir holds no version of the model after a run that pushed
     none (its folder deleted, or a volume not mounted, and this run's model not blessed): the
@@ -511,12 +519,20 @@ def nothing_served(config: PipelineConfig, summary: RunSummary) -> str | None:
     base = config.resolved().model_serving_dir
     if not base or "://" in base or summary.pushed or whole_versions(base):
         return None
-    why = "its model was not blessed" if summary.blessed is False else "it pushed no model"
+    if summary.failed:
+        why = f"it failed ({summary.failed})"
+    else:
+        why = "its model was not blessed" if summary.blessed is False else "it pushed no model"
+    trained_by = (summary.baseline_model or {}).get("run_id")
+    if not trained_by and not _pushed_before(config.home):
+        return (
+            f"nothing is served yet: the serving dir {base} holds no version of the model: no run of "
+            f"this home has pushed one, and this run pushed none: {why}"
+        )
     text = (
         f"nothing is served: the serving dir {base} holds no version of the model (deleted, or a "
         f"volume that is not mounted?), and this run pushed none: {why}"
     )
-    trained_by = (summary.baseline_model or {}).get("run_id")
     saved = runs.run_dir(config.home, trained_by) if trained_by else None
     if saved and os.path.isfile(os.path.join(saved, runs.CONFIG_FILE)):
         text += (
@@ -637,6 +653,12 @@ def _record_failed_run(
         summary = _read_back(config, run_id)
     summary.failed = component or "the pipeline"
     summary.error = message
+    try:
+        summary.nothing_served = nothing_served(config, summary)
+    except Exception as e:  # noqa: BLE001 - must not hide the run's own error
+        log.debug("nothing_served: %s", e)
+    if summary.nothing_served:
+        log.warning("%s", summary.nothing_served)
     runs.keep_record(config, summary)
     return summary
 
