@@ -682,7 +682,7 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == "imgpipe 0.1.0"
 
 
-def test_a_flag_replacing_a_config_files_value_is_said(tmp_path, capsys):
+def test_a_flag_replacing_a_config_files_value_is_said(tmp_path, capsys, monkeypatch):
     config = tmp_path / "prod.yaml"
     config.write_text(f"epochs: 10\nbatch_size: 8\ndata_dir: {tmp_path / 'none'}\n")
     assert cli.main(["run", "--config", str(config), "--epochs", "30", "--batch-size", "8"]) == 2
@@ -698,3 +698,9 @@ def test_a_flag_replacing_a_config_files_value_is_said(tmp_path, capsys):
     assert f"--epochs 30 replaces epochs: 200 of {config}" in err
     assert f"--no-augment replaces augment: True of {config}" in err
     assert f"--learning-rate 0.01 replaces learning_rate: ten of {config}" in err
+    # The same values as the file's, written another way: nothing replaced, nothing said.
+    monkeypatch.chdir(tmp_path)  # a relative path in the file: from the working directory
+    config.write_text("learning_rate: 1.0e-3\nbackbone: DenseNet121\ndata_dir: none\n")
+    argv = ["run", "--config", str(config), "--learning-rate", "0.001", "--backbone", "DenseNet121"]
+    assert cli.main([*argv, "--data", str(tmp_path / "none")]) == 2
+    assert "replaces" not in capsys.readouterr().err

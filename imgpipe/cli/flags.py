@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, get_origin
@@ -182,11 +183,20 @@ def _say_what_flags_override(path: str, given: Mapping[str, Any], config: Pipeli
     if not given:
         return
     in_file = _file_values(path)
+    try:  # the file's values as validated (1e-3 as 0.001, a backbone's name as spelt), when valid
+        checked = PipelineConfig.from_yaml(path)
+    except ConfigError:
+        checked = None
     for section, name, model in leaves():
         if name not in given or name not in in_file:
             continue
         now = getattr(getattr(config, section) if section else config, name)
-        if in_file[name] != now:
+        was = (
+            in_file[name]
+            if checked is None
+            else getattr(getattr(checked, section) if section else checked, name)
+        )
+        if was != now and not _same_path(was, now):
             flag = flag_name(model, name)
             if isinstance(now, bool):
                 shown = flag if now else f"--no-{flag.removeprefix('--')}"
@@ -215,6 +225,13 @@ def _file_values(path: str) -> dict[str, Any]:
         elif name in values:
             found[name] = values[name]
     return found
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """Whether two path settings name one file (a file's relative path and a flag's absolute one)."""
+    if not (isinstance(a, str) and isinstance(b, str)) or not a or not b or "://" in a + b:
+        return False
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
 
 
 def _short(value: Any, limit: int = 200) -> str:
