@@ -465,6 +465,8 @@ def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes |
     import sys
 
     if path == "-":
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise OSError("standard input is closed")
         fd = os.dup(sys.stdin.fileno())
     else:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer opens at once
