@@ -483,3 +483,45 @@ def test_grace_lets_a_call_in_flight_finish(recorder, proxy_of):
     stopper.join(20)
     assert not stopper.is_alive(), "stop(grace) did not return once the call in flight ended"
     channel.close()
+
+
+def test_a_client_gone_before_its_callback_is_added_still_cancels_the_forwarded_call():
+    """A client that cancelled between the forwarded call's start and `add_callback` found the RPC
+    over: gRPC refused the callback (False), and the forwarded call ran on to its end (a loaded
+    suite run's failure of the test above). The race, set up by hand: the refusal cancels it."""
+    import types
+
+    cancelled = []
+
+    class Forwarded:
+        def cancel(self):
+            cancelled.append(True)
+            return True
+
+        def result(self):
+            raise grpc.FutureCancelledError()
+
+    class Gone(Exception):
+        pass
+
+    class ClientGone:  # a servicer context whose RPC is over: callbacks are refused
+        def time_remaining(self):
+            return None
+
+        def invocation_metadata(self):
+            return ()
+
+        def add_callback(self, callback):
+            return False
+
+        def abort(self, code, details):
+            raise Gone(code)
+
+    channel = types.SimpleNamespace(
+        unary_unary=lambda method: types.SimpleNamespace(future=lambda *a, **kw: Forwarded())
+    )
+    health = types.SimpleNamespace(answered=lambda: None, unreachable=lambda details: None)
+    handler = log_proxy._Forwarder(channel, None, health).service(types.SimpleNamespace(method="/a.B/C"))
+    with pytest.raises(Gone) as stopped:
+        handler.unary_unary(b"request", ClientGone())
+    assert cancelled == [True] and stopped.value.args == (grpc.StatusCode.CANCELLED,)
