@@ -289,3 +289,53 @@ def test_ingest_reports_near_copies_and_no_eval_image_has_one_in_train(tmp_path)
     groups = image_ids.groups(train_ids, sets)
     assert len(sets) == 30 and len(train_ids) == report.totals["train"]
     assert np.bincount(groups).tolist() == [3] * (len(train_ids) // 3)  # each train picture's 3 files
+
+
+def _png(picture: Image.Image) -> bytes:
+    out = io.BytesIO()
+    picture.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_sets_by_folder_keep_each_clip_folder_in_one_split(tmp_path):
+    """An audit's clips of 64 px frames, a pixel of drift and a little noise between frames:
+    ingest's pixel test joined half of them only in part (frames correlating 0.964-0.99 under its
+    0.995), a clip's frames went to both splits, and a model of labels unrelated to the pictures
+    was blessed at 1.0. A user who keeps each clip in its own folder (IMAGES/<class>/<clip>/)
+    declares the sets with --sets-by-folder: each folder's images go to one split, and the report
+    names the set, its folder and its fingerprints (which the gate and the Trainer read)."""
+    from imgpipe.ingest.run import ingest
+
+    picks = iter(np.random.default_rng(3).choice(1797, 24 * 5 + 1, replace=False).tolist())
+    images = tmp_path / "images"
+    clips = {}
+    for clip in range(24):
+        label = f"c{clip % 3}"
+        folder = images / label / f"clip{clip:02d}"
+        folder.mkdir(parents=True)
+        # Different digits as a clip's frames: no pixel test joins them, only the folder does.
+        for frame in range(5):
+            (folder / f"f{frame}.png").write_bytes(_png(_digit(next(picks), 48)))
+        clips[f"{label}/clip{clip:02d}"] = label
+    (images / "c0" / "loose.png").write_bytes(_png(_digit(next(picks), 48)))  # in the class folder itself
+
+    def splits_of(report):
+        where: dict[str, set[str]] = {}
+        lines = (tmp_path / report / "image_files.jsonl").read_text().splitlines()
+        for line in map(json.loads, lines):
+            clip = "/".join(line["path"].split("/")[:2])
+            where.setdefault(clip, set()).add(line["split"])
+        return where
+
+    plain = ingest(str(images), str(tmp_path / "plain"), seed=1, eval_fraction=0.3)
+    assert not plain.sets_by_folder
+    assert any(len(s) == 2 for clip, s in splits_of("plain").items() if clip in clips)  # clips split
+    report = ingest(str(images), str(tmp_path / "out"), seed=1, eval_fraction=0.3, sets_by_folder=True)
+    where = splits_of("out")
+    assert all(len(where[clip]) == 1 for clip in clips), where
+    written = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
+    assert written["sets_by_folder"] is True and len(written["near_copies"]) == 24
+    for entry in written["near_copies"]:
+        assert len(entry["folders"]) == 1 and len(entry["files"]) == len(entry["fingerprints"]) == 5
+        assert all(f.startswith(entry["class"] + "/" + entry["folders"][0] + "/") for f in entry["files"])
+    assert report.totals["eval"] % 5 == 1 or report.totals["eval"] % 5 == 0

@@ -40,6 +40,13 @@ def _add(p: argparse.ArgumentParser) -> None:
         "or conflicting name, no usable image); by default ingest refuses the tree and names them",
     )
     p.add_argument(
+        "--sets-by-folder",
+        action="store_true",
+        help="the images under each folder inside a class folder (IMAGES/<class>/<clip>/<frame>) are one "
+        "set, as near-copies are: kept in one split, counted once by the gate, kept whole in the "
+        "Trainer's validation (the frames of a clip, one object's photos, one session's shots)",
+    )
+    p.add_argument(
         "--max-pixels",
         type=whole_number(1, None, "a whole number >= 1"),
         default=DEFAULT_MAX_PIXELS,
@@ -58,6 +65,7 @@ def _run(args: argparse.Namespace) -> int:
             num_shards=args.shards,
             overwrite=args.overwrite,
             max_pixels=args.max_pixels,
+            sets_by_folder=args.sets_by_folder,
             allow_left_out_classes=args.allow_left_out_classes,
         )
     except IngestError as e:

@@ -151,13 +151,15 @@ def make_plan(
     seed: int,
     eval_fraction: float,
     num_shards: int | None = None,
+    sets_by_folder: bool = False,
 ) -> Plan:
     """Group, de-duplicate, split and shard ``candidates`` (see the module docstring).
 
     ``folders`` are all class folder names in order (including ones with no
     candidate); every candidate's label must be one of them. ``eval_fraction``
     in (0, 1); ``num_shards`` per split (capped at its record count), None for
-    ~128 MiB shards.
+    ~128 MiB shards. ``sets_by_folder``: the images under each folder inside a class folder
+    are one set (a clip's frames, one object's photos), kept in one split like near-copies.
     """
     folders = list(folders)
     known = set(folders)
@@ -201,7 +203,9 @@ def make_plan(
             continue
         n_eval = eval_count(len(digests), eval_fraction)
         classes.append(name)
-        splits, found, straddle, pictures = _split_near_copies([groups[name][d][0] for d in digests], n_eval)
+        splits, found, straddle, pictures = _split_near_copies(
+            [groups[name][d][0] for d in digests], n_eval, sets_by_folder
+        )
         few = few_pictures_warning(name, {s: splits.count(s) for s in SPLITS}, pictures)
         warnings += [few] if few and not straddle else []
         if straddle:
@@ -268,15 +272,19 @@ def make_plan(
 
 
 def _split_near_copies(
-    ranked: list[Candidate], n_eval: int
+    ranked: list[Candidate], n_eval: int, sets_by_folder: bool = False
 ) -> tuple[list[str], list[dict[str, Any]], bool, dict[str, int]]:
     """Each of a class's unique images' split, in `ranked` (the seeded) order: near-copies
     (imgpipe/ingest/near_copies.py) go to one split together, the sets filling eval in order up
     to `n_eval` images; without near-copies, the first `n_eval` images. Also the sets of more
     than one image ({"split", "files"}), whether the class is a single set, split by its
     images instead (its eval images then near-copies of its train images), and the pictures in
-    each split ({split: sets}, an image without near-copies a set of its own)."""
+    each split ({split: sets}, an image without near-copies a set of its own). With
+    `sets_by_folder`, the images under one folder inside the class folder are one set too (a set
+    that holds such a folder's images names it: ``folder``)."""
     sets = near_copy_sets([c.thumb for c in ranked])
+    if sets_by_folder:
+        sets = _with_folders(sets, [_inner_folder(c.rel) for c in ranked])
     to_eval = eval_sets(sets, n_eval)
     if to_eval is None:
         splits = ["eval" if i < n_eval else "train" for i in range(len(ranked))]
@@ -287,16 +295,55 @@ def _split_near_copies(
             for position in sets[index]:
                 splits[position] = "eval"
         straddle = False
-    found = [
-        {
+    found = []
+    for members in sets:
+        if len(members) < 2:
+            continue
+        entry = {
             "split": splits[members[0]] if not straddle else "both",
             "files": [display_path(ranked[p].rel) for p in members],
         }
-        for members in sets
-        if len(members) > 1
-    ]
+        inner = sorted({f for f in (_inner_folder(ranked[p].rel) for p in members) if f is not None})
+        if sets_by_folder and inner:
+            entry["folders"] = [display_path(f) for f in inner]
+        found.append(entry)
     pictures = {s: sum(1 for members in sets if splits[members[0]] == s) for s in SPLITS}
     return splits, found, straddle, pictures
+
+
+def _inner_folder(rel: str) -> str | None:
+    """The folder right inside the class folder that holds the file (None: the class folder itself)."""
+    parts = rel.split("/")
+    return parts[1] if len(parts) > 2 else None
+
+
+def _with_folders(sets: list[list[int]], folders: list[str | None]) -> list[list[int]]:
+    """`sets` (positions) joined with the sets of positions sharing a folder: a set and a folder
+    that share an image are one set. In the order of each set's first position."""
+    parent = list(range(len(folders)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(a: int, b: int) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    for members in sets:
+        for p in members[1:]:
+            join(members[0], p)
+    first: dict[str, int] = {}
+    for p, folder in enumerate(folders):
+        if folder is not None:
+            join(first.setdefault(folder, p), p)
+    joined: dict[int, list[int]] = {}
+    for p in range(len(folders)):
+        joined.setdefault(root(p), []).append(p)
+    return sorted(joined.values(), key=lambda m: m[0])
 
 
 # A split with fewer pictures than this (a set of near-copies counted once) gives weak evidence;

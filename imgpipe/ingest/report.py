@@ -51,7 +51,9 @@ class IngestReport:
     ``near_copies``: [{"class", "split", "files"}]: sets of near-copies in a class (one
     picture saved again, resized, brighter or darker: ``near_copies.py``), every file written,
     each set to one ``split`` ("both" when a class is one such set, warned), with its files'
-    image ``fingerprints`` (trainer.features.image_fingerprint, 16 hex digits each).
+    image ``fingerprints`` (trainer.features.image_fingerprint, 16 hex digits each). With
+    ``sets_by_folder`` (--sets-by-folder), the images under each folder inside a class folder
+    are a set too, joined with any near-copies they share; such a set names its ``folders``.
     ``empty_classes``: class folders with no usable image (left out).
     ``left_out_classes``: [{"folder", "files", "reason"}]: every class folder that is not a
     class in the output (a refused name, a name conflict, no usable image), with the files
@@ -89,6 +91,7 @@ class IngestReport:
     rotated: list[dict[str, Any]] = field(default_factory=list)
     left_out_classes: list[dict[str, Any]] = field(default_factory=list)
     allow_left_out_classes: bool = False
+    sets_by_folder: bool = False
 
     @property
     def totals(self) -> dict[str, int]:
@@ -129,6 +132,7 @@ class IngestReport:
             "empty_classes": list(self.empty_classes),
             "left_out_classes": [dict(c) for c in self.left_out_classes],
             "allow_left_out_classes": self.allow_left_out_classes,
+            "sets_by_folder": self.sets_by_folder,
             "rejected_class_folders": [dict(r) for r in self.rejected_class_folders],
             "class_name_conflicts": [dict(c) for c in self.class_name_conflicts],
             "normalised_classes": [dict(n) for n in self.normalised_classes],

@@ -32,6 +32,7 @@ def ingest(
     progress_every: int = 1000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allow_left_out_classes: bool = False,
+    sets_by_folder: bool = False,
 ) -> IngestReport:
     """Check, de-duplicate and split an image tree into train/eval TFRecords.
 
@@ -64,6 +65,7 @@ def ingest(
         eval_fraction=float(eval_fraction),
         max_pixels=int(max_pixels),
         allow_left_out_classes=bool(allow_left_out_classes),
+        sets_by_folder=bool(sets_by_folder),
     )
 
     found = scan_tree(images_dir, progress=say, progress_every=progress_every, max_pixels=max_pixels)
@@ -79,7 +81,12 @@ def ingest(
         raise IngestError(problem, report=report.to_dict())
 
     plan = make_plan(
-        found.folders, found.candidates, seed=seed, eval_fraction=eval_fraction, num_shards=num_shards
+        found.folders,
+        found.candidates,
+        seed=seed,
+        eval_fraction=eval_fraction,
+        num_shards=num_shards,
+        sets_by_folder=sets_by_folder,
     )
     report.classes, report.counts = plan.classes, plan.counts
     report.duplicates, report.label_conflicts = plan.duplicates, plan.label_conflicts
