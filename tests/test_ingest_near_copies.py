@@ -306,16 +306,20 @@ def test_sets_by_folder_keep_each_clip_folder_in_one_split(tmp_path):
     names the set, its folder and its fingerprints (which the gate and the Trainer read)."""
     from imgpipe.ingest.run import ingest
 
-    picks = iter(np.random.default_rng(3).choice(1797, 24 * 5 + 1, replace=False).tolist())
+    picks = iter(np.random.default_rng(3).choice(1797, 24 * 2 + 1, replace=False).tolist())
     images = tmp_path / "images"
     clips = {}
     for clip in range(24):
         label = f"c{clip % 3}"
         folder = images / label / f"clip{clip:02d}"
         folder.mkdir(parents=True)
-        # Different digits as a clip's frames: no pixel test joins them, only the folder does.
-        for frame in range(5):
-            (folder / f"f{frame}.png").write_bytes(_png(_digit(next(picks), 48)))
+        # Two pictures a clip, each in five near-copies: the pixel test joins each picture's
+        # five, not the clip's two pictures; only the folder does.
+        for shot in range(2):
+            for version, data in _versions(_digit(next(picks), 48)).items():
+                (folder / f"s{shot}_{version}.{'jpg' if version.startswith('jpeg') else 'png'}").write_bytes(
+                    data
+                )
         clips[f"{label}/clip{clip:02d}"] = label
     (images / "c0" / "loose.png").write_bytes(_png(_digit(next(picks), 48)))  # in the class folder itself
 
@@ -329,6 +333,11 @@ def test_sets_by_folder_keep_each_clip_folder_in_one_split(tmp_path):
 
     plain = ingest(str(images), str(tmp_path / "plain"), seed=1, eval_fraction=0.3)
     assert not plain.sets_by_folder
+    split_clips = sorted(c for c, where in splits_of("plain").items() if c in clips and len(where) == 2)
+    [hint] = [w for w in plain.warnings if "--sets-by-folder" in w]  # said where it may be meant
+    assert hint.startswith(
+        f"{len(split_clips)} folders inside class folders ({', '.join(split_clips[:3])}, ...)"
+    )
     assert any(len(s) == 2 for clip, s in splits_of("plain").items() if clip in clips)  # clips split
     report = ingest(str(images), str(tmp_path / "out"), seed=1, eval_fraction=0.3, sets_by_folder=True)
     where = splits_of("out")
@@ -336,6 +345,7 @@ def test_sets_by_folder_keep_each_clip_folder_in_one_split(tmp_path):
     written = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
     assert written["sets_by_folder"] is True and len(written["near_copies"]) == 24
     for entry in written["near_copies"]:
-        assert len(entry["folders"]) == 1 and len(entry["files"]) == len(entry["fingerprints"]) == 5
+        assert len(entry["folders"]) == 1 and len(entry["files"]) == len(entry["fingerprints"]) == 10
         assert all(f.startswith(entry["class"] + "/" + entry["folders"][0] + "/") for f in entry["files"])
-    assert report.totals["eval"] % 5 == 1 or report.totals["eval"] % 5 == 0
+    assert report.totals["eval"] % 10 in (0, 1)
+    assert not [w for w in report.warnings if "--sets-by-folder" in w]

@@ -35,6 +35,7 @@ from imgpipe.ingest.contract import MAX_RUN_CLASSES, SPLITS, shard_names
 from imgpipe.ingest.near_copies import eval_sets, near_copy_sets
 from imgpipe.ingest.report import display_path
 from trainer.class_names import almost_alike
+from trainer.features import counted
 
 # Auto sharding aims for ~128 MiB shards: big enough for efficient sequential
 # reads, small enough to parallelise Beam / tf.data reading.
@@ -196,6 +197,7 @@ def make_plan(
     warnings: list[str] = []
     chosen: dict[str, list[Candidate]] = {s: [] for s in SPLITS}
     near_copies: list[dict[str, Any]] = []
+    clip_like: list[str] = []  # folders whose near-copies went to both splits (_split_clips)
     for name in folders:
         digests = sorted(groups[name], key=lambda d, n=name: _rank(seed, "split", n, groups[n][d][0].key))
         if not digests:
@@ -203,9 +205,9 @@ def make_plan(
             continue
         n_eval = eval_count(len(digests), eval_fraction)
         classes.append(name)
-        splits, found, straddle, pictures = _split_near_copies(
-            [groups[name][d][0] for d in digests], n_eval, sets_by_folder
-        )
+        kept_files = [groups[name][d][0] for d in digests]
+        splits, found, straddle, pictures = _split_near_copies(kept_files, n_eval, sets_by_folder)
+        clip_like += _split_clips(name, kept_files, splits, found)
         few = few_pictures_warning(name, {s: splits.count(s) for s in SPLITS}, pictures)
         warnings += [few] if few and not straddle else []
         if straddle:
@@ -238,6 +240,9 @@ def make_plan(
         classes, subfolders(c for members in groups.values() for g in members.values() for c in g)
     )
     warnings += misfiled
+    if not sets_by_folder:
+        hint = _sets_by_folder_hint(clip_like)
+        warnings += [hint] if hint else []
     if len(classes) > MAX_RUN_CLASSES:
         warnings.append(
             f"{len(classes)} classes: `imgpipe run` takes at most {MAX_RUN_CLASSES:,} (TFDV's statistics "
@@ -309,6 +314,38 @@ def _split_near_copies(
         found.append(entry)
     pictures = {s: sum(1 for members in sets if splits[members[0]] == s) for s in SPLITS}
     return splits, found, straddle, pictures
+
+
+def _split_clips(
+    name: str, kept: list[Candidate], splits: list[str], found: list[dict[str, Any]]
+) -> list[str]:
+    """The folders inside class folder `name` that look like clips the pixel test split: near-copies
+    of one another in the folder, and its images in both splits (a clip's frames are joined only
+    while each is a near-copy of the next)."""
+    split_of = {display_path(c.rel): split for c, split in zip(kept, splits, strict=True)}
+    folder_of = {display_path(c.rel): _inner_folder(c.rel) for c in kept}
+    with_copies = {folder_of[f] for entry in found for f in entry["files"]} - {None}
+    out = []
+    for inner in sorted(with_copies, key=str):
+        where = {split_of[f] for f, folder in folder_of.items() if folder == inner}
+        if len(where) > 1:
+            out.append(f"{name}/{inner}")
+    return out
+
+
+def _sets_by_folder_hint(split_clips: list[str]) -> str | None:
+    """A hint when folders inside class folders hold near-copies and went to both splits: if each
+    folder is one clip, burst or object, only --sets-by-folder keeps it in one split for sure."""
+    if not split_clips:
+        return None
+    shown = ", ".join(display_path(f) for f in split_clips[:3])
+    return (
+        f"{counted(len(split_clips), 'folder')} inside class folders ({shown}"
+        f"{', ...' if len(split_clips) > 3 else ''}) hold near-copies of one another and went to both "
+        "splits: if each folder holds one clip, burst or object's pictures, ingest again with "
+        "--sets-by-folder to keep each in one split (the pixel test joins a clip's frames only while "
+        "each is a near-copy of the next)"
+    )
 
 
 def _inner_folder(rel: str) -> str | None:
