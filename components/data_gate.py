@@ -29,6 +29,7 @@ name, and were trained, blessed and pushed as if nothing had happened.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -60,6 +61,9 @@ from components.data_contract import (
 )
 from components.gate_decision import quoted
 from trainer import image_ids
+
+# The data's ingest_report.json (its sets of near-copies: the shift check counts a set once).
+INGEST_REPORT_KEY = "ingest_report"
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +281,16 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 shrunk = shrunk_warning(len(indexed["train"][0]) - copies["train"]["repeats"], len(trained))
                 relabel_warnings += [shrunk] if shrunk else []
             if tf.io.gfile.glob(train):  # eval images unlike the train images; a class apart
+                # Each picture once: a set of near-copies (a clip's frames: ingest's report) or
+                # a repeated image counted once, so a split of 25 clips is not 284 samples (an
+                # audit's clip data read a brightness "shift" at p = 7e-5 by frame, 0.45 by clip).
+                sets = image_ids.near_copy_sets(exec_properties.get(INGEST_REPORT_KEY))
+                once = {split: _one_per_picture(index[0], sets) for split, index in indexed.items()}
                 shift_warnings += split_shift.gate_warnings(
-                    image_ids.records(train),
-                    image_ids.records(eval_files) if has_eval else [],
+                    itertools.compress(image_ids.records(train), once["train"]),
+                    itertools.compress(image_ids.records(eval_files), once["eval"]) if has_eval else [],
                     image_sizes,
-                    set(class_apart.class_sample(list(indexed["train"][1])).tolist()),
+                    set(class_apart.class_sample(list(indexed["train"][1][once["train"]])).tolist()),
                 )
         warnings = label_warnings(splits) + few_warnings + relabel_warnings + shift_warnings
         for w in warnings:
@@ -329,10 +338,20 @@ def _trained_labels(model_uri: str) -> dict[int, str] | None:
     return found
 
 
+def _one_per_picture(ids: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
+    """A mask over a split's records (their fingerprints `ids`, in file order): True for the first
+    of each picture, a set of near-copies (`sets`, ingest's) or a repeated image counting as one."""
+    groups = image_ids.groups(ids, sets)
+    first = np.zeros(len(ids), bool)
+    first[np.unique(groups, return_index=True)[1]] = True
+    return first
+
+
 class DataGateSpec(ComponentSpec):
     PARAMETERS = {
         ALLOW_KEY: ExecutionParameter(type=int),
         ACCEPT_CHANGE_KEY: ExecutionParameter(type=int, optional=True),
+        INGEST_REPORT_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics),
@@ -357,6 +376,7 @@ class DataGate(base_component.BaseComponent):
         allow_anomalies: bool,
         examples: types.BaseChannel | None = None,
         accept_label_change: bool = False,
+        ingest_report: str | None = None,
     ):
         spec = DataGateSpec(
             statistics=statistics,
@@ -366,5 +386,6 @@ class DataGate(base_component.BaseComponent):
             allow_anomalies=int(allow_anomalies),
             accept_label_change=int(accept_label_change),
             report=types.Channel(type=DataGateReport),
+            **({INGEST_REPORT_KEY: ingest_report} if ingest_report else {}),
         )
         super().__init__(spec=spec)

@@ -123,6 +123,7 @@ def create_pipeline(
         allow_anomalies=config.gate.allow_anomalies,
         examples=example_gen.outputs["examples"],
         accept_label_change=config.gate.accept_label_change,
+        ingest_report=os.path.join(config.data_dir, INGEST_REPORT_FILE),
     ).with_id(DATA_GATE_ID)
     # materialize=False: no float image tensors are written; the Trainer applies the
     # transform graph to the raw examples in its input function.

@@ -348,3 +348,55 @@ def test_pictures_are_measured_as_the_model_decodes_them():
     ]
     split_shift.split_shift(drawn[:60], drawn[60:], notes)
     assert not [n for n in notes if "one colour" in n], notes
+
+
+def test_the_data_gate_counts_a_clip_once_in_the_shift_check(tmp_path):
+    """An audit's clip data (ingest's random split by clip) read a brightness "shift" (p = 7e-5)
+    with each frame a sample, where by clip p = 0.45: the warning headed the report and the
+    Evaluator's note on classes at chance blamed it. With ingest's sets of near-copies, each set
+    is one sample; without the report, each frame is, as before."""
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
+    from components.artifacts import read_report
+    from components.data_gate import DataGateExecutor
+    from tests.test_data_gate import _artifacts
+    from trainer.features import image_fingerprint
+
+    images, _ = _digits()
+    rng = np.random.default_rng(5)
+    frames, sets = {"train": [], "eval": []}, []
+    # 60 train clips with brightness offsets spread over 0..80, 25 eval clips over 28..80: a
+    # distance of about 0.35 between the splits, which 8 frames a clip make "significant".
+    offsets = {"train": np.linspace(0, 80, 60), "eval": np.linspace(28, 80, 25)}
+    for split, shifts in offsets.items():
+        for i, shift in enumerate(shifts):
+            base = images[(i * 7 + (0 if split == "train" else 3)) % 1797].astype(int) + int(shift)
+            clip = []
+            for _ in range(8):
+                data = _png(np.clip(base + rng.integers(-1, 2, base.shape), 0, 255).astype(np.uint8))
+                clip.append(data)
+                frames[split].append(make_example(data, "0"))
+            sets.append({"class": "0", "split": split, "files": [str(len(sets))] * 8,
+                         "fingerprints": [f"{image_fingerprint(d):016x}" for d in clip]})  # fmt: skip
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = json.dumps(["train", "eval"])
+    for name, records in frames.items():
+        folder = tmp_path / "examples" / f"Split-{name}"
+        folder.mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
+            for record in records:
+                w.write(record)
+    report_path = tmp_path / "ingest_report.json"
+    report_path.write_text(json.dumps({"near_copies": sets}))
+
+    def shift_warnings(props):
+        inputs, outputs = _artifacts(tmp_path / str(len(props)), {"0": 480}, {"0": 200})
+        inputs["examples"] = [examples]
+        DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0, **props})
+        return [w for w in read_report(outputs["report"]).warnings if w.startswith(split_shift.SHIFT_WARNING)]
+
+    [by_frame] = shift_warnings({})  # no report: every frame a sample
+    assert "brightness" in by_frame
+    assert shift_warnings({"ingest_report": str(report_path)}) == []  # a clip a sample
