@@ -117,7 +117,7 @@ def few_images_warning(distinct: Mapping[str, Mapping[str, int]]) -> str | None:
     listed = ", ".join(f"{name!r} ({n_train} train, {n_eval} eval)" for name, n_train, n_eval in few)
     return (
         f"{len(few)} class{'es have' if len(few) > 1 else ' has'} fewer than {FEW_IMAGES} images in a "
-        f"split (copies of one image counted once): {listed}. A model learns little of a class from so "
+        f"split (copies of one image, and a set of near-copies, counted once): {listed}. A model learns little of a class from so "
         "few pictures, and its recall on so few eval images says little (one image moves it by 1/n): "
         f"the gate's numbers for {'them' if len(few) > 1 else 'it'} are weak evidence. Add pictures"
     )

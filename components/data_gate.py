@@ -272,7 +272,15 @@ class DataGateExecutor(base_executor.BaseExecutor):
             has_eval = bool(tf.io.gfile.glob(eval_files))
             if has_eval:
                 indexed["eval"] = image_ids.split_index(eval_files)
-            found = few_images_warning({s: distinct_images(*index) for s, index in indexed.items()})
+            # Pictures: a set of near-copies (ingest's report: a clip's frames) counts once, as
+            # copies of one image do.
+            sets = image_ids.near_copy_sets(exec_properties.get(INGEST_REPORT_KEY))
+            found = few_images_warning(
+                {
+                    s: distinct_images(image_ids.groups(ids, sets), labels)
+                    for s, (ids, labels) in indexed.items()
+                }
+            )
             few_warnings += [found] if found else []
             if trained:
                 found, corrections = relabelled(trained, indexed)
@@ -284,7 +292,6 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 # Each picture once: a set of near-copies (a clip's frames: ingest's report) or
                 # a repeated image counted once, so a split of 25 clips is not 284 samples (an
                 # audit's clip data read a brightness "shift" at p = 7e-5 by frame, 0.45 by clip).
-                sets = image_ids.near_copy_sets(exec_properties.get(INGEST_REPORT_KEY))
                 once = {split: _one_per_picture(index[0], sets) for split, index in indexed.items()}
                 shift_warnings += split_shift.gate_warnings(
                     itertools.compress(image_ids.records(train), once["train"]),

@@ -285,7 +285,7 @@ def test_a_class_with_fewer_than_five_images_in_a_split_is_warned_about():
     }
     assert distinct["train"] == {"five": 5, "nine": 1, "six": 4}
     assert few_images_warning(distinct) == (
-        "2 classes have fewer than 5 images in a split (copies of one image counted once): 'nine' (1 train, "
+        "2 classes have fewer than 5 images in a split (copies of one image, and a set of near-copies, counted once): 'nine' (1 train, "
         "1 eval), 'six' (4 train, 5 eval). A model learns little of a class from so few pictures, and its "
         "recall on so few eval images says little (one image moves it by 1/n): the gate's numbers for them "
         "are weak evidence. Add pictures"
@@ -521,7 +521,7 @@ def test_images_relabelled_since_the_served_model_trained_stop_the_run(tmp_path)
     assert report["label_change_accepted"] is True  # the Evaluator's check of new images follows it
     few, correction = report["warnings"]  # a few images a class (this test's), and the correction
     assert few.startswith(
-        "1 class has fewer than 5 images in a split (copies of one image counted once): 'six' (3 train, 1 eval)"
+        "1 class has fewer than 5 images in a split (copies of one image, and a set of near-copies, counted once): 'six' (3 train, 1 eval)"
     )
     assert correction == (
         "1 of the 3 trained as 'seven' now labelled 'six' (train): label corrections? (the latest blessed "

@@ -400,3 +400,54 @@ def test_the_data_gate_counts_a_clip_once_in_the_shift_check(tmp_path):
     [by_frame] = shift_warnings({})  # no report: every frame a sample
     assert "brightness" in by_frame
     assert shift_warnings({"ingest_report": str(report_path)}) == []  # a clip a sample
+
+
+def test_the_data_gate_counts_a_clip_as_one_picture_for_a_class_with_few(tmp_path):
+    """A class of three 8-frame clips in train and one in eval is three and one pictures: the
+    gate's numbers for it are weak evidence, said by the DataGate as ingest says it (it counted
+    24 and 8 images, and the run said nothing)."""
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
+    from components.artifacts import read_report
+    from components.data_gate import DataGateExecutor
+    from tests.test_data_gate import _artifacts
+    from trainer.features import image_fingerprint
+
+    images, _ = _digits()
+    rng = np.random.default_rng(6)
+    records, sets = {"train": [], "eval": []}, []
+    counts = {"train": {"a": 0, "b": 0}, "eval": {"a": 0, "b": 0}}
+    for label, clips in (("a", {"train": 3, "eval": 1}), ("b", {"train": 6, "eval": 6})):
+        for split, n in clips.items():
+            for _ in range(n):
+                base = images[len(sets) * 11 % 1797].astype(int)
+                clip = [
+                    _png(np.clip(base + rng.integers(-1, 2, base.shape), 0, 255).astype(np.uint8))
+                    for _ in range(8)
+                ]
+                records[split] += [make_example(d, label) for d in clip]
+                counts[split][label] += 8
+                sets.append({"class": label, "split": split, "files": ["f"] * 8,
+                             "fingerprints": [f"{image_fingerprint(d):016x}" for d in clip]})  # fmt: skip
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = json.dumps(["train", "eval"])
+    for name, split_records in records.items():
+        folder = tmp_path / "examples" / f"Split-{name}"
+        folder.mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
+            for record in split_records:
+                w.write(record)
+    report_path = tmp_path / "ingest_report.json"
+    report_path.write_text(json.dumps({"near_copies": sets}))
+
+    def few(props):
+        inputs, outputs = _artifacts(tmp_path / str(len(props)), counts["train"], counts["eval"])
+        inputs["examples"] = [examples]
+        DataGateExecutor().Do(inputs, outputs, {"allow_anomalies": 0, **props})
+        return [w for w in read_report(outputs["report"]).warnings if "fewer than 5 images" in w]
+
+    assert few({}) == []  # 24 and 8 frames: images enough
+    [said] = few({"ingest_report": str(report_path)})
+    assert "'a' (3 train, 1 eval)" in said and "'b'" not in said
