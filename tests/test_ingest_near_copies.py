@@ -349,3 +349,46 @@ def test_sets_by_folder_keep_each_clip_folder_in_one_split(tmp_path):
         assert all(f.startswith(entry["class"] + "/" + entry["folders"][0] + "/") for f in entry["files"])
     assert report.totals["eval"] % 10 in (0, 1)
     assert not [w for w in report.warnings if "--sets-by-folder" in w]
+
+
+def test_sets_by_folder_take_each_file_s_own_folder_and_are_not_joined_into_one_class_set(tmp_path):
+    """A review: clips under <class>/videos/<clip>/ made each class one set (the first folder level
+    was the set), split by image, so 11 of 16 clips went to both splits, worse than without the
+    flag; a frame every clip shares (a camera's empty background) joined all clips into one set
+    the same way. Each file's own folder is the set; near-copies across folders that would make
+    the class one set are left unjoined (warned); the hint names only folders holding near-copies
+    of their own images."""
+    from imgpipe.ingest.run import ingest
+
+    picks = iter(np.random.default_rng(4).choice(1797, 2 * 8 * 3, replace=False).tolist())
+    background = _digit(1000, 48)
+    images = tmp_path / "images"
+    clips = []
+    for label in ("x", "y"):
+        for clip in range(8):
+            folder = images / label / "videos" / f"clip{clip}"
+            folder.mkdir(parents=True)
+            for shot in range(3):
+                (folder / f"s{shot}.png").write_bytes(_png(_digit(next(picks), 48)))
+            shade = np.clip(np.asarray(background).astype(int) + 2 * clip + (label == "y"), 0, 255).astype(
+                np.uint8
+            )
+            (folder / "empty.png").write_bytes(_png(Image.fromarray(shade)))  # one scene in every clip
+            clips.append(f"{label}/videos/clip{clip}")
+
+    def split_clips(out):
+        where: dict[str, set[str]] = {}
+        for line in map(json.loads, (tmp_path / out / "image_files.jsonl").read_text().splitlines()):
+            where.setdefault(line["path"].rsplit("/", 1)[0], set()).add(line["split"])
+        return sorted(c for c in clips if len(where[c]) > 1)
+
+    plain = ingest(str(images), str(tmp_path / "plain"), seed=2, eval_fraction=0.25)
+    assert not [w for w in plain.warnings if "--sets-by-folder" in w]  # no folder holds its own copies
+    report = ingest(str(images), str(tmp_path / "out"), seed=2, eval_fraction=0.25, sets_by_folder=True)
+    assert split_clips("out") == []
+    unlinked = [
+        w for w in report.warnings if "near-copies across its folders would have made it one set" in w
+    ]
+    assert len(unlinked) == 2 and not [w for w in report.warnings if "one set of near-copies" in w]
+    folders = sorted(f for entry in report.near_copies for f in entry["folders"])
+    assert folders == sorted(f"videos/clip{i}" for i in range(8) for _ in ("x", "y"))  # each clip a set

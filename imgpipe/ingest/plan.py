@@ -206,11 +206,24 @@ def make_plan(
         n_eval = eval_count(len(digests), eval_fraction)
         classes.append(name)
         kept_files = [groups[name][d][0] for d in digests]
-        splits, found, straddle, pictures = _split_near_copies(kept_files, n_eval, sets_by_folder)
-        clip_like += _split_clips(name, kept_files, splits, found)
+        splits, found, straddle, pictures, unlinked = _split_near_copies(kept_files, n_eval, sets_by_folder)
+        if unlinked:
+            warnings.append(
+                f"class {name!r}: near-copies across its folders would have made it one set (a picture "
+                "shared by its clips, say), split by image; each folder (--sets-by-folder) is kept in one "
+                "split instead, and those near-copies may sit in both splits"
+            )
+        if not sets_by_folder and not straddle:
+            clip_like += _split_clips(name, kept_files, splits, found)
         few = few_pictures_warning(name, {s: splits.count(s) for s in SPLITS}, pictures)
         warnings += [few] if few and not straddle else []
-        if straddle:
+        if straddle and sets_by_folder and len({_inner_folder(c.rel) for c in kept_files}) == 1:
+            warnings.append(
+                f"class {name!r}: its {len(digests)} images are in one folder, one set with "
+                "--sets-by-folder, so it is split by image: its eval images share that folder's clip, "
+                "object or session with its train images; add pictures of it from other folders"
+            )
+        elif straddle:
             warnings.append(
                 f"class {name!r}: its {len(digests)} images are one set of near-copies (one picture saved "
                 "again, resized or made brighter or darker, or a burst's frames), so its eval images are "
@@ -278,18 +291,31 @@ def make_plan(
 
 def _split_near_copies(
     ranked: list[Candidate], n_eval: int, sets_by_folder: bool = False
-) -> tuple[list[str], list[dict[str, Any]], bool, dict[str, int]]:
+) -> tuple[list[str], list[dict[str, Any]], bool, dict[str, int], bool]:
     """Each of a class's unique images' split, in `ranked` (the seeded) order: near-copies
     (imgpipe/ingest/near_copies.py) go to one split together, the sets filling eval in order up
     to `n_eval` images; without near-copies, the first `n_eval` images. Also the sets of more
     than one image ({"split", "files"}), whether the class is a single set, split by its
     images instead (its eval images then near-copies of its train images), and the pictures in
     each split ({split: sets}, an image without near-copies a set of its own). With
-    `sets_by_folder`, the images under one folder inside the class folder are one set too (a set
-    that holds such a folder's images names it: ``folder``)."""
+    `sets_by_folder`, the images in one folder below the class folder are one set too (a set that
+    holds such a folder's images names it: ``folders``), joined with near-copies they share, unless
+    that joining makes the class one set: then near-copies across folders are left unjoined (the
+    last value returned says so)."""
     sets = near_copy_sets([c.thumb for c in ranked])
+    unlinked = False  # near-copies across folders left unjoined (they made the class one set)
     if sets_by_folder:
-        sets = _with_folders(sets, [_inner_folder(c.rel) for c in ranked])
+        where = [_inner_folder(c.rel) for c in ranked]
+        joined = _with_folders(sets, where)
+        if len(joined) == 1 and len(ranked) > 1:
+            # One set (a frame shared by every clip, or a class in one folder): split by image,
+            # it would scatter every clip over both splits. Each folder stays one set, joined
+            # only with near-copies among its own images and the class folder's loose ones.
+            within = [part for members in sets for part in _by_folder(members, where)]
+            alone = _with_folders(within, where)
+            if len(alone) > 1:
+                joined, unlinked = alone, True
+        sets = joined
     to_eval = eval_sets(sets, n_eval)
     if to_eval is None:
         splits = ["eval" if i < n_eval else "train" for i in range(len(ranked))]
@@ -313,24 +339,39 @@ def _split_near_copies(
             entry["folders"] = [display_path(f) for f in inner]
         found.append(entry)
     pictures = {s: sum(1 for members in sets if splits[members[0]] == s) for s in SPLITS}
-    return splits, found, straddle, pictures
+    return splits, found, straddle, pictures, unlinked
+
+
+def _by_folder(members: list[int], where: list[str | None]) -> list[list[int]]:
+    """A near-copy set's positions cut by the folder each sits in (loose files together)."""
+    parts: dict[str | None, list[int]] = {}
+    for p in members:
+        parts.setdefault(where[p], []).append(p)
+    return list(parts.values())
 
 
 def _split_clips(
     name: str, kept: list[Candidate], splits: list[str], found: list[dict[str, Any]]
 ) -> list[str]:
-    """The folders inside class folder `name` that look like clips the pixel test split: near-copies
-    of one another in the folder, and its images in both splits (a clip's frames are joined only
-    while each is a near-copy of the next)."""
+    """The folders inside class folder `name` that look like clips the pixel test split: a set of
+    near-copies with two or more of its images in the folder, and the folder's images in both
+    splits (a clip's frames are joined only while each is a near-copy of the next)."""
     split_of = {display_path(c.rel): split for c, split in zip(kept, splits, strict=True)}
     folder_of = {display_path(c.rel): _inner_folder(c.rel) for c in kept}
-    with_copies = {folder_of[f] for entry in found for f in entry["files"]} - {None}
-    out = []
-    for inner in sorted(with_copies, key=str):
-        where = {split_of[f] for f, folder in folder_of.items() if folder == inner}
-        if len(where) > 1:
-            out.append(f"{name}/{inner}")
-    return out
+    in_both: dict[str, set[str]] = {}
+    for path, folder in folder_of.items():
+        if folder is not None:
+            in_both.setdefault(folder, set()).add(split_of[path])
+    copies_within = set()
+    for entry in found:
+        seen: set[str] = set()
+        for folder in (folder_of.get(path) for path in entry["files"]):
+            if folder is None:
+                continue
+            if folder in seen:
+                copies_within.add(folder)
+            seen.add(folder)
+    return [f"{name}/{folder}" for folder in sorted(copies_within) if len(in_both[folder]) > 1]
 
 
 def _sets_by_folder_hint(split_clips: list[str]) -> str | None:
@@ -341,7 +382,8 @@ def _sets_by_folder_hint(split_clips: list[str]) -> str | None:
     shown = ", ".join(display_path(f) for f in split_clips[:3])
     return (
         f"{counted(len(split_clips), 'folder')} inside class folders ({shown}"
-        f"{', ...' if len(split_clips) > 3 else ''}) hold near-copies of one another and went to both "
+        f"{', ...' if len(split_clips) > 3 else ''}) {'holds' if len(split_clips) == 1 else 'hold'} "
+        "near-copies of one another and went to both "
         "splits: if each folder holds one clip, burst or object's pictures, ingest again with "
         "--sets-by-folder to keep each in one split (the pixel test joins a clip's frames only while "
         "each is a near-copy of the next)"
@@ -349,9 +391,11 @@ def _sets_by_folder_hint(split_clips: list[str]) -> str | None:
 
 
 def _inner_folder(rel: str) -> str | None:
-    """The folder right inside the class folder that holds the file (None: the class folder itself)."""
+    """The folder that holds the file, below its class folder ('clip7', 'videos/clip7'; None: the
+    class folder itself). The file's own folder, not the first level: a tree of
+    <class>/videos/<clip>/ made each class one set."""
     parts = rel.split("/")
-    return parts[1] if len(parts) > 2 else None
+    return "/".join(parts[1:-1]) if len(parts) > 2 else None
 
 
 def _with_folders(sets: list[list[int]], folders: list[str | None]) -> list[list[int]]:
