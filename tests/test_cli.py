@@ -704,3 +704,8 @@ def test_a_flag_replacing_a_config_files_value_is_said(tmp_path, capsys, monkeyp
     argv = ["run", "--config", str(config), "--learning-rate", "0.001", "--backbone", "DenseNet121"]
     assert cli.main([*argv, "--data", str(tmp_path / "none")]) == 2
     assert "replaces" not in capsys.readouterr().err
+    # ... also beside another bad value of the file, which a flag replaces.
+    config.write_text("learning_rate: 1e-3\nbackbone: nosuch\ndata_dir: none\n")
+    assert cli.main([*argv, "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "--backbone DenseNet121 replaces backbone: nosuch" in err and "learning_rate" not in err

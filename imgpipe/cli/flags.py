@@ -183,19 +183,11 @@ def _say_what_flags_override(path: str, given: Mapping[str, Any], config: Pipeli
     if not given:
         return
     in_file = _file_values(path)
-    try:  # the file's values as validated (1e-3 as 0.001, a backbone's name as spelt), when valid
-        checked = PipelineConfig.from_yaml(path)
-    except ConfigError:
-        checked = None
     for section, name, model in leaves():
         if name not in given or name not in in_file:
             continue
         now = getattr(getattr(config, section) if section else config, name)
-        was = (
-            in_file[name]
-            if checked is None
-            else getattr(getattr(checked, section) if section else checked, name)
-        )
+        was = _as_validated(section, name, in_file[name])
         if was != now and not _same_path(was, now):
             flag = flag_name(model, name)
             if isinstance(now, bool):
@@ -203,6 +195,17 @@ def _say_what_flags_override(path: str, given: Mapping[str, Any], config: Pipeli
             else:
                 shown = f"{flag} {_short(given[name])}"
             log.info("%s replaces %s: %s of %s", shown, name, _short(in_file[name]), path)
+
+
+def _as_validated(section: str | None, name: str, value: Any) -> Any:
+    """A file's value of one setting as the config validates it (the string "1e-3" as 0.001), each
+    setting on its own, so another bad value in the file does not leave this one raw; the value as
+    written when it is not valid alone."""
+    try:
+        checked = PipelineConfig().replace(**{name: value})
+    except (ConfigError, TypeError, ValueError):
+        return value
+    return getattr(getattr(checked, section) if section else checked, name)
 
 
 def _file_values(path: str) -> dict[str, Any]:
