@@ -392,3 +392,21 @@ def test_sets_by_folder_take_each_file_s_own_folder_and_are_not_joined_into_one_
     assert len(unlinked) == 2 and not [w for w in report.warnings if "one set of near-copies" in w]
     folders = sorted(f for entry in report.near_copies for f in entry["folders"])
     assert folders == sorted(f"videos/clip{i}" for i in range(8) for _ in ("x", "y"))  # each clip a set
+
+
+def test_sets_by_folder_says_what_it_did_not_do(tmp_path):
+    """An audit: the flag on a tree without folders inside class folders changed nothing and said
+    nothing (the split that blessed random labels at 1.0); frames loose in a class folder beside
+    clip folders were compared by pixels and went to both splits, silently."""
+    from imgpipe.ingest.plan import _sets_by_folder_notes
+
+    def cand(rel, label):
+        return Candidate(rel, label, rel, 1)
+
+    flat = [cand(f"{c}/{i}.png", c) for c in "ab" for i in range(4)]
+    [said] = _sets_by_folder_notes(flat)
+    assert said.startswith("--sets-by-folder: no class folder holds folders, so no set was made by folder")
+    mixed = flat + [cand(f"a/clip{j}/{i}.png", "a") for j in range(2) for i in range(3)]
+    [said] = _sets_by_folder_notes(mixed)
+    assert "1 class folder also holds images right inside it, beside its folders ('a' (4))" in said
+    assert _sets_by_folder_notes([cand(f"a/clip{j}/{i}.png", "a") for j in range(2) for i in range(3)]) == []

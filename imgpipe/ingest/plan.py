@@ -256,6 +256,10 @@ def make_plan(
     if not sets_by_folder:
         hint = _sets_by_folder_hint(clip_like)
         warnings += [hint] if hint else []
+    else:
+        warnings += _sets_by_folder_notes(
+            c for members in groups.values() for g in members.values() for c in g[:1]
+        )
     if len(classes) > MAX_RUN_CLASSES:
         warnings.append(
             f"{len(classes)} classes: `imgpipe run` takes at most {MAX_RUN_CLASSES:,} (TFDV's statistics "
@@ -372,6 +376,36 @@ def _split_clips(
                 copies_within.add(folder)
             seen.add(folder)
     return [f"{name}/{folder}" for folder in sorted(copies_within) if len(in_both[folder]) > 1]
+
+
+def _sets_by_folder_notes(kept: Iterable[Candidate]) -> list[str]:
+    """What --sets-by-folder did not do: no folder inside any class folder (the flag changed
+    nothing), or images right in class folders beside such folders (compared by their pixels, as
+    without the flag: frames of a clip there can go to both splits)."""
+    loose: dict[str, int] = {}
+    foldered: set[str] = set()
+    for cand in kept:
+        if _inner_folder(cand.rel) is None:
+            loose[cand.label] = loose.get(cand.label, 0) + 1
+        else:
+            foldered.add(cand.label)
+    if not foldered:
+        return [
+            "--sets-by-folder: no class folder holds folders, so no set was made by folder: the "
+            "split is the one without the flag (a clip's frames kept together only while each is a "
+            "near-copy of the next); put each clip in a folder of its own inside its class folder"
+        ]
+    beside = sorted(name for name in foldered if loose.get(name, 0) > 1)
+    if not beside:
+        return []
+    shown = ", ".join(f"{name!r} ({loose[name]})" for name in beside[:5])
+    return [
+        f"--sets-by-folder: {counted(len(beside), 'class folder')} also "
+        f"{'holds images right inside it, beside its' if len(beside) == 1 else 'hold images right inside them, beside their'} "
+        f"folders ({shown}{', ...' if len(beside) > 5 else ''}): those are "
+        "compared by their pixels only, so frames of one clip among them can go to both splits; "
+        "move each clip's frames into a folder of its own"
+    ]
 
 
 def _sets_by_folder_hint(split_clips: list[str]) -> str | None:
