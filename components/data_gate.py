@@ -29,7 +29,9 @@ name, and were trained, blessed and pushed as if nothing had happened.
 
 from __future__ import annotations
 
+import collections
 import itertools
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -275,6 +277,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
             # Pictures: a set of near-copies (ingest's report: a clip's frames) counts once, as
             # copies of one image do.
             sets = image_ids.near_copy_sets(exec_properties.get(INGEST_REPORT_KEY))
+            few_warnings += ingest_split_warnings(exec_properties.get(INGEST_REPORT_KEY), indexed)
             found = few_images_warning(
                 {
                     s: distinct_images(image_ids.groups(ids, sets), labels)
@@ -343,6 +346,33 @@ def _trained_labels(model_uri: str) -> dict[int, str] | None:
             "imgpipe): images relabelled since are not looked for"
         )
     return found
+
+
+def ingest_split_warnings(path: str | None, indexed: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """The data's ingest report's `split_warnings` (a class that is one set of near-copies, clips
+    the pixel test split, what --sets-by-folder left undone), said again in the run: they were on
+    ingest's stderr only, and a run on such data blessed models of random labels without a word.
+    [] without such a report, or when its counts are not these records' (a report of other data)."""
+    if not path:
+        return []
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            ingested = json.load(f)
+    except (tf.errors.OpError, OSError, ValueError):
+        return []
+    said = ingested.get("split_warnings") if isinstance(ingested, dict) else None
+    counts = ingested.get("counts") if isinstance(ingested, dict) else None
+    if not isinstance(said, list) or not said or not isinstance(counts, dict):
+        return []
+    for split, (_, labels) in indexed.items():
+        found = collections.Counter(str(label) for label in labels)
+        try:
+            expected = {str(c): int(v.get(split, 0)) for c, v in counts.items() if int(v.get(split, 0))}
+        except (AttributeError, TypeError, ValueError):
+            return []
+        if dict(found) != expected:
+            return []
+    return [f"ingest: {w}" for w in said if isinstance(w, str)]
 
 
 def _one_per_picture(ids: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:

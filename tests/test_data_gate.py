@@ -744,3 +744,31 @@ def test_near_copy_sets_are_read_from_an_ingest_report_and_group_their_records(t
     report.write_text("{not json")
     assert image_ids.near_copy_sets(str(report)) == []
     assert "cannot be read" in caplog.text
+
+
+def test_ingest_s_warnings_on_copies_in_both_splits_are_said_again_in_the_run(tmp_path):
+    """An audit's clips split by ingest's pixel test, and a class that was one set, were warned
+    about on ingest's stderr only; the run blessed random labels at 1.0 and 0.733 without a word.
+    The data gate repeats ingest's `split_warnings` when the report is of these records."""
+    import numpy as np
+
+    from components.data_gate import ingest_split_warnings
+
+    report = tmp_path / "ingest_report.json"
+    said = "3 folders inside class folders (a/c1, a/c2, b/c7) hold near-copies of one another and went to both splits"
+    report.write_text(
+        json.dumps(
+            {"counts": {"a": {"train": 2, "eval": 1}, "b": {"train": 1, "eval": 0}}, "split_warnings": [said]}
+        )
+    )
+    indexed = {
+        "train": (np.array([1, 2, 3], np.uint64), np.array(["a", "b", "a"], dtype=object)),
+        "eval": (np.array([4], np.uint64), np.array(["a"], dtype=object)),
+    }
+    assert ingest_split_warnings(str(report), indexed) == [f"ingest: {said}"]
+    other = dict(indexed, eval=(np.array([4, 5], np.uint64), np.array(["a", "b"], dtype=object)))
+    assert ingest_split_warnings(str(report), other) == []  # a report of other data: not said
+    assert (
+        ingest_split_warnings(None, indexed) == []
+        and ingest_split_warnings(str(tmp_path / "no"), indexed) == []
+    )

@@ -335,6 +335,8 @@ def test_sets_by_folder_keep_each_clip_folder_in_one_split(tmp_path):
     assert not plain.sets_by_folder
     split_clips = sorted(c for c, where in splits_of("plain").items() if c in clips and len(where) == 2)
     [hint] = [w for w in plain.warnings if "--sets-by-folder" in w]  # said where it may be meant
+    assert plain.split_warnings == [hint]  # the data gate says it again in the run
+    assert json.loads((tmp_path / "plain" / "ingest_report.json").read_text())["split_warnings"] == [hint]
     assert hint.startswith(
         f"{len(split_clips)} folders inside class folders ({', '.join(split_clips[:3])}, ...)"
     )

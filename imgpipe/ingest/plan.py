@@ -81,6 +81,9 @@ class Plan:
     split_layout: str | None = None
     # Sets of near-copies in a class ({"class", "split", "files"}), each written to one split.
     near_copies: list[dict[str, Any]] = field(default_factory=list)
+    # The warnings (also in `warnings`) on copies of one picture that sit in both splits: the data
+    # gate repeats them in the run (a class that is one set, clips split, --sets-by-folder's notes).
+    split_warnings: list[str] = field(default_factory=list)
 
     def records(self, split: str) -> list[Candidate]:
         """Every record of ``split`` in the order it is written."""
@@ -198,6 +201,12 @@ def make_plan(
     chosen: dict[str, list[Candidate]] = {s: [] for s in SPLITS}
     near_copies: list[dict[str, Any]] = []
     clip_like: list[str] = []  # folders whose near-copies went to both splits (_split_clips)
+    split_warnings: list[str] = []  # Plan.split_warnings
+
+    def say_split(warning: str) -> None:
+        warnings.append(warning)
+        split_warnings.append(warning)
+
     for name in folders:
         digests = sorted(groups[name], key=lambda d, n=name: _rank(seed, "split", n, groups[n][d][0].key))
         if not digests:
@@ -208,7 +217,7 @@ def make_plan(
         kept_files = [groups[name][d][0] for d in digests]
         splits, found, straddle, pictures, unlinked = _split_near_copies(kept_files, n_eval, sets_by_folder)
         if unlinked:
-            warnings.append(
+            say_split(
                 f"class {name!r}: near-copies across its folders would have made it one set (a picture "
                 "shared by its clips, say), split by image; each folder (--sets-by-folder) is kept in one "
                 "split instead, and those near-copies may sit in both splits"
@@ -218,13 +227,13 @@ def make_plan(
         few = few_pictures_warning(name, {s: splits.count(s) for s in SPLITS}, pictures)
         warnings += [few] if few and not straddle else []
         if straddle and sets_by_folder and len({_inner_folder(c.rel) for c in kept_files}) == 1:
-            warnings.append(
+            say_split(
                 f"class {name!r}: its {len(digests)} images are in one folder, one set with "
                 "--sets-by-folder, so it is split by image: its eval images share that folder's clip, "
                 "object or session with its train images; add pictures of it from other folders"
             )
         elif straddle:
-            warnings.append(
+            say_split(
                 f"class {name!r}: its {len(digests)} images are one set of near-copies (one picture saved "
                 "again, resized or made brighter or darker, or a burst's frames), so its eval images are "
                 "near-copies of its train images and the eval split scores what a model memorised; add "
@@ -255,11 +264,13 @@ def make_plan(
     warnings += misfiled
     if not sets_by_folder:
         hint = _sets_by_folder_hint(clip_like)
-        warnings += [hint] if hint else []
+        for said in [hint] if hint else []:
+            say_split(said)
     else:
-        warnings += _sets_by_folder_notes(
+        for said in _sets_by_folder_notes(
             c for members in groups.values() for g in members.values() for c in g[:1]
-        )
+        ):
+            say_split(said)
     if len(classes) > MAX_RUN_CLASSES:
         warnings.append(
             f"{len(classes)} classes: `imgpipe run` takes at most {MAX_RUN_CLASSES:,} (TFDV's statistics "
@@ -290,6 +301,7 @@ def make_plan(
         shards,
         split_layout,
         near_copies,
+        split_warnings,
     )
 
 

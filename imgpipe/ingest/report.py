@@ -54,6 +54,9 @@ class IngestReport:
     image ``fingerprints`` (trainer.features.image_fingerprint, 16 hex digits each). With
     ``sets_by_folder`` (--sets-by-folder), the images under each folder inside a class folder
     are a set too, joined with any near-copies they share; such a set names its ``folders``.
+    ``split_warnings``: the ``warnings`` on copies of one picture in both splits (a class that is
+    one set, clips the pixel test split, what --sets-by-folder left undone); the data gate
+    repeats them in the run.
     ``empty_classes``: class folders with no usable image (left out).
     ``left_out_classes``: [{"folder", "files", "reason"}]: every class folder that is not a
     class in the output (a refused name, a name conflict, no usable image), with the files
@@ -92,6 +95,7 @@ class IngestReport:
     left_out_classes: list[dict[str, Any]] = field(default_factory=list)
     allow_left_out_classes: bool = False
     sets_by_folder: bool = False
+    split_warnings: list[str] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -133,6 +137,7 @@ class IngestReport:
             "left_out_classes": [dict(c) for c in self.left_out_classes],
             "allow_left_out_classes": self.allow_left_out_classes,
             "sets_by_folder": self.sets_by_folder,
+            "split_warnings": list(self.split_warnings),
             "rejected_class_folders": [dict(r) for r in self.rejected_class_folders],
             "class_name_conflicts": [dict(c) for c in self.class_name_conflicts],
             "normalised_classes": [dict(n) for n in self.normalised_classes],

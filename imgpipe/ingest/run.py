@@ -92,6 +92,7 @@ def ingest(
     report.duplicates, report.label_conflicts = plan.duplicates, plan.label_conflicts
     report.near_copies = plan.near_copies
     report.empty_classes, report.warnings = plan.empty_classes, plan.warnings
+    report.split_warnings = plan.split_warnings
     report.left_out_classes = left_out_classes(found, plan)
     problem = plan.refusal(images_dir, num_skipped=len(report.skipped))
     if problem:
