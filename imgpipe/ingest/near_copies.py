@@ -23,7 +23,7 @@ more of 225 for the shifts (BENCHMARKS.md, "Near-copies at ingest").
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -173,6 +173,16 @@ def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELA
     sets in the order of their first positions; an image without a thumbnail is a set of its own."""
     n = len(thumbs)
     known = [i for i in range(n) if thumbs[i]]
+    pairs = []
+    if len(known) > 1:
+        packed = [thumbs[i] for i in known]
+        pairs = [(known[i], known[j]) for i, j in _similar_pairs(packed, threshold)]
+    return joined(n, pairs)
+
+
+def joined(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """Positions 0..n-1 joined by `pairs` (and by chains of them) into sets: each set in order,
+    the sets in the order of their first positions; a position in no pair is a set of its own."""
     parent = list(range(n))
 
     def root(i: int) -> int:
@@ -181,12 +191,10 @@ def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELA
             i = parent[i]
         return i
 
-    if len(known) > 1:
-        packed = [thumbs[i] for i in known]
-        for i, j in _similar_pairs(packed, threshold):
-            mine_root, their_root = root(known[i]), root(known[j])
-            if mine_root != their_root:  # a set is named by its first position
-                parent[max(mine_root, their_root)] = min(mine_root, their_root)
+    for a, b in pairs:
+        mine_root, their_root = root(a), root(b)
+        if mine_root != their_root:  # a set is named by its first position
+            parent[max(mine_root, their_root)] = min(mine_root, their_root)
     sets: dict[int, list[int]] = {}
     for position in range(n):
         sets.setdefault(root(position), []).append(position)

@@ -26,13 +26,14 @@ classes, or a class with a single unique image, which cannot be in both splits).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from imgpipe.ingest.contract import MAX_RUN_CLASSES, SPLITS, shard_names
-from imgpipe.ingest.near_copies import eval_sets, near_copy_sets
+from imgpipe.ingest.near_copies import eval_sets, joined, near_copy_sets
 from imgpipe.ingest.report import display_path
 from trainer.class_names import almost_alike
 from trainer.features import counted
@@ -447,30 +448,9 @@ def _inner_folder(rel: str) -> str | None:
 def _with_folders(sets: list[list[int]], folders: list[str | None]) -> list[list[int]]:
     """`sets` (positions) joined with the sets of positions sharing a folder: a set and a folder
     that share an image are one set. In the order of each set's first position."""
-    parent = list(range(len(folders)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def join(a: int, b: int) -> None:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    for members in sets:
-        for p in members[1:]:
-            join(members[0], p)
     first: dict[str, int] = {}
-    for p, folder in enumerate(folders):
-        if folder is not None:
-            join(first.setdefault(folder, p), p)
-    joined: dict[int, list[int]] = {}
-    for p in range(len(folders)):
-        joined.setdefault(root(p), []).append(p)
-    return sorted(joined.values(), key=lambda m: m[0])
+    by_folder = ((first.setdefault(folder, p), p) for p, folder in enumerate(folders) if folder is not None)
+    return joined(len(folders), itertools.chain(((m[0], p) for m in sets for p in m[1:]), by_folder))
 
 
 # A split with fewer pictures than this (a set of near-copies counted once) gives weak evidence;
