@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -276,14 +275,12 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 indexed["eval"] = image_ids.split_index(eval_files)
             # Pictures: a set of near-copies (ingest's report: a clip's frames) counts once, as
             # copies of one image do.
-            sets = image_ids.near_copy_sets(exec_properties.get(INGEST_REPORT_KEY))
-            few_warnings += ingest_split_warnings(exec_properties.get(INGEST_REPORT_KEY), indexed)
-            found = few_images_warning(
-                {
-                    s: distinct_images(image_ids.groups(ids, sets), labels)
-                    for s, (ids, labels) in indexed.items()
-                }
-            )
+            where = exec_properties.get(INGEST_REPORT_KEY)
+            ingested = image_ids.read_ingest_report(where) or {}
+            sets = image_ids.near_copy_sets_in(ingested, where or "")
+            few_warnings += ingest_split_warnings(ingested, indexed)
+            pictures = {s: image_ids.groups(ids, sets) for s, (ids, _) in indexed.items()}
+            found = few_images_warning({s: distinct_images(pictures[s], indexed[s][1]) for s in indexed})
             few_warnings += [found] if found else []
             if trained:
                 found, corrections = relabelled(trained, indexed)
@@ -295,7 +292,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 # Each picture once: a set of near-copies (a clip's frames: ingest's report) or
                 # a repeated image counted once, so a split of 25 clips is not 284 samples (an
                 # audit's clip data read a brightness "shift" at p = 7e-5 by frame, 0.45 by clip).
-                once = {split: _one_per_picture(index[0], sets) for split, index in indexed.items()}
+                once = {split: _first_of_each(grouped) for split, grouped in pictures.items()}
                 shift_warnings += split_shift.gate_warnings(
                     itertools.compress(image_ids.records(train), once["train"]),
                     itertools.compress(image_ids.records(eval_files), once["eval"]) if has_eval else [],
@@ -348,38 +345,24 @@ def _trained_labels(model_uri: str) -> dict[int, str] | None:
     return found
 
 
-def ingest_split_warnings(path: str | None, indexed: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+def ingest_split_warnings(ingested: dict, indexed: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """The data's ingest report's `split_warnings` (a class that is one set of near-copies, clips
     the pixel test split, what --sets-by-folder left undone), said again in the run: they were on
     ingest's stderr only, and a run on such data blessed models of random labels without a word.
     [] without such a report, or when its counts are not these records' (a report of other data)."""
-    if not path:
-        return []
-    try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            ingested = json.load(f)
-    except (tf.errors.OpError, OSError, ValueError):
-        return []
-    said = ingested.get("split_warnings") if isinstance(ingested, dict) else None
-    counts = ingested.get("counts") if isinstance(ingested, dict) else None
-    if not isinstance(said, list) or not said or not isinstance(counts, dict):
+    said = ingested.get("split_warnings")
+    if not isinstance(said, list) or not said:
         return []
     for split, (_, labels) in indexed.items():
-        found = collections.Counter(str(label) for label in labels)
-        try:
-            expected = {str(c): int(v.get(split, 0)) for c, v in counts.items() if int(v.get(split, 0))}
-        except (AttributeError, TypeError, ValueError):
-            return []
-        if dict(found) != expected:
+        if not image_ids.ingest_counts_match(ingested, split, collections.Counter(str(x) for x in labels)):
             return []
     return [f"ingest: {w}" for w in said if isinstance(w, str)]
 
 
-def _one_per_picture(ids: np.ndarray, sets: list[np.ndarray]) -> np.ndarray:
-    """A mask over a split's records (their fingerprints `ids`, in file order): True for the first
-    of each picture, a set of near-copies (`sets`, ingest's) or a repeated image counting as one."""
-    groups = image_ids.groups(ids, sets)
-    first = np.zeros(len(ids), bool)
+def _first_of_each(groups: np.ndarray) -> np.ndarray:
+    """A mask over a split's records (their image_ids.groups, in file order): True for the first of
+    each picture, a set of near-copies or a repeated image counting as one."""
+    first = np.zeros(len(groups), bool)
     first[np.unique(groups, return_index=True)[1]] = True
     return first
 

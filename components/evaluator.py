@@ -976,24 +976,14 @@ def eval_pictures(path: str | None, label_counts: Mapping[str, int]) -> dict[str
     extra members of each set of near-copies ingest kept in eval), when some class has fewer
     pictures than images; None when there is no such report (records made another way), it cannot
     be read, or its eval counts are not the eval split's `label_counts` (a report of other data)."""
-    if not path:
+    ingested = image_ids.read_ingest_report(path)
+    near = ingested.get("near_copies") if ingested else None
+    if not isinstance(near, list):
         return None
-    try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            ingested = json.load(f)
-    except (tf.errors.OpError, OSError, ValueError):
-        return None
-    counts = ingested.get("counts") if isinstance(ingested, dict) else None
-    near = ingested.get("near_copies") if isinstance(ingested, dict) else None
-    if not isinstance(counts, dict) or not isinstance(near, list):
-        return None
-    try:
-        images = {str(c): int(v.get("eval", 0)) for c, v in counts.items()}
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if {c: n for c, n in images.items() if n} != {c: n for c, n in label_counts.items() if n}:
+    if not image_ids.ingest_counts_match(ingested, "eval", label_counts):
         log.info("gate: %s does not describe this eval split (its eval counts differ): images counted", path)
         return None
+    images = {str(c): int(v.get("eval", 0)) for c, v in ingested["counts"].items()}
     pictures = dict(images)
     for entry in near:
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):

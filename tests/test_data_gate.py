@@ -753,6 +753,7 @@ def test_ingest_s_warnings_on_copies_in_both_splits_are_said_again_in_the_run(tm
     import numpy as np
 
     from components.data_gate import ingest_split_warnings
+    from trainer import image_ids
 
     report = tmp_path / "ingest_report.json"
     said = "3 folders inside class folders (a/c1, a/c2, b/c7) hold near-copies of one another and went to both splits"
@@ -765,10 +766,9 @@ def test_ingest_s_warnings_on_copies_in_both_splits_are_said_again_in_the_run(tm
         "train": (np.array([1, 2, 3], np.uint64), np.array(["a", "b", "a"], dtype=object)),
         "eval": (np.array([4], np.uint64), np.array(["a"], dtype=object)),
     }
-    assert ingest_split_warnings(str(report), indexed) == [f"ingest: {said}"]
+    read = image_ids.read_ingest_report
+    assert ingest_split_warnings(read(str(report)), indexed) == [f"ingest: {said}"]
     other = dict(indexed, eval=(np.array([4, 5], np.uint64), np.array(["a", "b"], dtype=object)))
-    assert ingest_split_warnings(str(report), other) == []  # a report of other data: not said
-    assert (
-        ingest_split_warnings(None, indexed) == []
-        and ingest_split_warnings(str(tmp_path / "no"), indexed) == []
-    )
+    assert ingest_split_warnings(read(str(report)), other) == []  # a report of other data: not said
+    assert read(None) is None and read(str(tmp_path / "no")) is None  # no report: nothing to say
+    assert ingest_split_warnings({}, indexed) == []

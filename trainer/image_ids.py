@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -144,24 +144,46 @@ def repeats(ids: np.ndarray) -> np.ndarray:
     return ~first
 
 
-def near_copy_sets(report_path: str | None) -> list[np.ndarray]:
-    """The sets of near-copies (a clip's frames, one picture saved again) the data's ingest found,
-    as arrays of their images' fingerprints, from its report (ingest_report.json's
-    ``near_copies``, each with its ``fingerprints``); [] when there is no such report (records
-    made another way), it cannot be read, or it is an older one without fingerprints (logged)."""
-    if not report_path:
-        return []
+def read_ingest_report(path: str | None) -> dict | None:
+    """The data's ingest report (ingest_report.json), or None when there is none (records made
+    another way) or it cannot be read (logged). The one reader of it for the Trainer and the
+    components (the data gate, the Evaluator)."""
+    if not path:
+        return None
     try:
-        with tf.io.gfile.GFile(report_path, "r") as f:
+        with tf.io.gfile.GFile(path, "r") as f:
             report = json.load(f)
     except tf.errors.NotFoundError:
-        return []
+        return None
     except (tf.errors.OpError, OSError, ValueError) as e:
-        log.warning(
-            "near-copies: %s cannot be read (%s): each train image is validated on its own", report_path, e
-        )
-        return []
-    entries = report.get("near_copies") if isinstance(report, dict) else None
+        log.warning("ingest report %s cannot be read (%s): its sets of near-copies are not used", path, e)
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def ingest_counts_match(report: Mapping, split: str, label_counts: Mapping[str, int]) -> bool:
+    """Whether the ingest report's per-class `split` counts are `label_counts` (classes of none
+    left out): a report of these records, not of other data."""
+    counts = report.get("counts")
+    if not isinstance(counts, dict):
+        return False
+    try:
+        written = {str(c): int(v.get(split, 0)) for c, v in counts.items()}
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return {c: n for c, n in written.items() if n} == {str(c): int(n) for c, n in label_counts.items() if n}
+
+
+def near_copy_sets(report_path: str | None) -> list[np.ndarray]:
+    """near_copy_sets_in the report at `report_path` ([] when there is none or it cannot be read)."""
+    return near_copy_sets_in(read_ingest_report(report_path) or {}, report_path or "")
+
+
+def near_copy_sets_in(report: Mapping, source: str) -> list[np.ndarray]:
+    """The sets of near-copies (a clip's frames, one picture saved again) the data's ingest found,
+    as arrays of their images' fingerprints, from its report (``near_copies``, each with its
+    ``fingerprints``); [] for an older report without fingerprints (logged, naming `source`)."""
+    entries = report.get("near_copies")
     sets, old = [], 0
     for entry in entries if isinstance(entries, list) else ():
         found = entry.get("fingerprints") if isinstance(entry, dict) else None
@@ -178,7 +200,7 @@ def near_copy_sets(report_path: str | None) -> list[np.ndarray]:
             "near-copies: %d set(s) in %s have no image fingerprints (an ingest of an older imgpipe): "
             "they are validated image by image; ingest again to keep each set whole",
             old,
-            report_path,
+            source,
         )
     return sets
 
