@@ -77,10 +77,26 @@ def test_too_few_images_to_judge():
     assert shift is None and warning is None
 
 
-def test_the_data_gate_reports_a_shifted_eval_split(tmp_path):
-    """The gate's report carries the warning (the run's report shows it beside its numbers)."""
+def _examples(tmp_path, splits):
+    """An ExampleGen's Examples artifact under tmp_path holding `splits` ({split: serialized
+    records}), as ImportExampleGen writes it (GZIP TFRecords in Split-<name>/)."""
     import tensorflow as tf
     from tfx.types import standard_artifacts
+
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "examples")
+    examples.split_names = json.dumps(list(splits))
+    for name, records in splits.items():
+        folder = tmp_path / "examples" / f"Split-{name}"
+        folder.mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
+            for record in records:
+                w.write(record)
+    return examples
+
+
+def test_the_data_gate_reports_a_shifted_eval_split(tmp_path):
+    """The gate's report carries the warning (the run's report shows it beside its numbers)."""
 
     from components.artifacts import read_report
     from components.data_gate import DataGateExecutor
@@ -88,15 +104,7 @@ def test_the_data_gate_reports_a_shifted_eval_split(tmp_path):
 
     order = np.random.default_rng(2).permutation(1797)
     splits = {"train": _records(order[:200]), "eval": _records(order[200:260], lambda p: 255 - p)}
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "examples")
-    examples.split_names = json.dumps(["train", "eval"])
-    for name, records in splits.items():
-        folder = tmp_path / "examples" / f"Split-{name}"
-        folder.mkdir(parents=True)
-        with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
-            for record in records:
-                w.write(record)
+    examples = _examples(tmp_path, splits)
     targets = _digits()[1]
 
     def counts(chosen):
@@ -355,8 +363,6 @@ def test_the_data_gate_counts_a_clip_once_in_the_shift_check(tmp_path):
     with each frame a sample, where by clip p = 0.45: the warning headed the report and the
     Evaluator's note on classes at chance blamed it. With ingest's sets of near-copies, each set
     is one sample; without the report, each frame is, as before."""
-    import tensorflow as tf
-    from tfx.types import standard_artifacts
 
     from components.artifacts import read_report
     from components.data_gate import DataGateExecutor
@@ -379,15 +385,7 @@ def test_the_data_gate_counts_a_clip_once_in_the_shift_check(tmp_path):
                 frames[split].append(make_example(data, "0"))
             sets.append({"class": "0", "split": split, "files": [str(len(sets))] * 8,
                          "fingerprints": [f"{image_fingerprint(d):016x}" for d in clip]})  # fmt: skip
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "examples")
-    examples.split_names = json.dumps(["train", "eval"])
-    for name, records in frames.items():
-        folder = tmp_path / "examples" / f"Split-{name}"
-        folder.mkdir(parents=True)
-        with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
-            for record in records:
-                w.write(record)
+    examples = _examples(tmp_path, frames)
     report_path = tmp_path / "ingest_report.json"
     report_path.write_text(json.dumps({"near_copies": sets}))
 
@@ -406,8 +404,6 @@ def test_the_data_gate_counts_a_clip_as_one_picture_for_a_class_with_few(tmp_pat
     """A class of three 8-frame clips in train and one in eval is three and one pictures: the
     gate's numbers for it are weak evidence, said by the DataGate as ingest says it (it counted
     24 and 8 images, and the run said nothing)."""
-    import tensorflow as tf
-    from tfx.types import standard_artifacts
 
     from components.artifacts import read_report
     from components.data_gate import DataGateExecutor
@@ -430,15 +426,7 @@ def test_the_data_gate_counts_a_clip_as_one_picture_for_a_class_with_few(tmp_pat
                 counts[split][label] += 8
                 sets.append({"class": label, "split": split, "files": ["f"] * 8,
                              "fingerprints": [f"{image_fingerprint(d):016x}" for d in clip]})  # fmt: skip
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "examples")
-    examples.split_names = json.dumps(["train", "eval"])
-    for name, split_records in records.items():
-        folder = tmp_path / "examples" / f"Split-{name}"
-        folder.mkdir(parents=True)
-        with tf.io.TFRecordWriter(str(folder / "data_tfrecord-00000-of-00001.gz"), "GZIP") as w:
-            for record in split_records:
-                w.write(record)
+    examples = _examples(tmp_path, records)
     report_path = tmp_path / "ingest_report.json"
     report_path.write_text(json.dumps({"near_copies": sets}))
 
