@@ -311,9 +311,8 @@ class ArrayData(HeadData):
     steps_per_epoch: int | None = None
     validation_examples: int = 0
     val_positions: np.ndarray | None = None  # the slice's places in the whole split
-    groups: np.ndarray | None = (
-        None  # each example's group of near-copies (holdout_mask), kept whole by the folds
-    )
+    # Each example's group of near-copies (holdout_mask), kept whole by the folds too.
+    groups: np.ndarray | None = None
 
     def _fit(self, model, whole, validated, epochs, callbacks, verbose):
         return memory_fit.fit(
@@ -633,7 +632,7 @@ def select_by_folds(
     histories, sizes, positions, recorded = [], [], [], []
     model = None
     labels = _class_indices(whole)
-    for mask in fold_masks(_class_indices(whole), params.cv_folds, params.seed, data.groups):
+    for mask in fold_masks(labels, params.cv_folds, params.seed, data.groups):
         if not mask.any():
             continue
         part = ArrayData(
