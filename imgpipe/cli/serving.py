@@ -462,7 +462,6 @@ def _read_image(path: str, budget: RequestBudget, wait: float = 30.0) -> bytes |
     redirected file; a terminal is refused)."""
     import select
     import stat
-    import sys
 
     if path == "-":
         if sys.stdin is None:  # started with standard input closed (`<&-`)
@@ -523,13 +522,15 @@ def _read_images(
 def _not_an_image(data: bytes) -> str:
     """Why bytes that are no JPEG, PNG, GIF or BMP are not sent, in ingest's words where it has
     them (an empty file, a format Pillow knows that the model's decoder does not)."""
-    if not data:
-        return "empty file (0 bytes)"
     import io
     import warnings
 
     from PIL import Image
 
+    from imgpipe.ingest.images import EMPTY_FILE, unsupported_format  # here: Pillow only when needed
+
+    if not data:
+        return EMPTY_FILE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -537,9 +538,7 @@ def _not_an_image(data: bytes) -> str:
                 found = image.format
     except Exception:  # noqa: BLE001 - anything Pillow cannot identify is simply no image
         found = None
-    if found:
-        return f"unsupported image format {found}; accepted: JPEG, PNG, GIF, BMP"
-    return "not a JPEG, PNG, GIF or BMP image"
+    return unsupported_format(found) if found else "not a JPEG, PNG, GIF or BMP image"
 
 
 def _in_groups(items: Iterator[tuple[str, bytes]], size: int) -> Iterator[list[tuple[str, bytes]]]:

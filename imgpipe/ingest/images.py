@@ -117,7 +117,7 @@ def inspect_image(
     decodes is not refused for what it holds (``_range_reason``: one colour, a 16-bit PNG of few
     bits)."""
     if not data:
-        return ImageCheck("empty file (0 bytes)")
+        return ImageCheck(EMPTY_FILE)
     import tensorflow as tf  # here, not at the top: `imgpipe --help` stays free of TensorFlow
 
     graph_reason = None
@@ -306,6 +306,14 @@ def jpeg_coded_image(data: bytes) -> bytes | None:
     return None
 
 
+EMPTY_FILE = "empty file (0 bytes)"
+
+
+def unsupported_format(fmt: str) -> str:
+    """Why a file of an image format the model's decoder does not take is refused."""
+    return f"unsupported image format {fmt}; accepted: JPEG, PNG, GIF, BMP"
+
+
 def _pillow_reason(data: bytes) -> str | None:
     try:
         with warnings.catch_warnings():
@@ -313,7 +321,7 @@ def _pillow_reason(data: bytes) -> str | None:
             with Image.open(io.BytesIO(data)) as image:
                 fmt = image.format
                 if fmt not in ACCEPTED_FORMATS:
-                    return f"unsupported image format {fmt}; accepted: JPEG, PNG, GIF, BMP"
+                    return unsupported_format(fmt)
                 image.verify()
             # verify() checks structure only; a full decode catches truncation. JPEGs are
             # decoded at the smallest DCT scale: every block is still read, pixels are 1/64.
