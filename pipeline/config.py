@@ -252,31 +252,7 @@ class PipelineConfig(Settings):
     @classmethod
     def from_yaml(cls, path: str, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
         """The file's values, then `overrides` (flat leaf names, e.g. from flags) on top."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {path}") from e
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"config file {path} is not UTF-8 text{_encoding_hint(path)} ({e}): save it as UTF-8"
-            ) from e
-        except OSError as e:
-            raise ConfigError(f"config file {path} cannot be read: {e}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise ConfigError(
-                f"config file {path} must hold a mapping of keys to values (YAML or JSON; "
-                f"got {type(values).__name__})"
-            )
-        # A section whose keys are all commented out (`training:` alone) is YAML's null: empty.
-        values = {k: ({} if v is None and k in SECTIONS else v) for k, v in values.items()}
-        # Top-level keys starting with "x-" are the file's own (anchors to merge elsewhere, as
-        # Compose files use them): not settings.
-        values = {k: v for k, v in values.items() if not (isinstance(k, str) and k.startswith("x-"))}
+        values = read_config_file(path)
         given = {k for k, v in (overrides or {}).items() if v is not None}
         try:
             base = cls.model_validate(values)
@@ -628,6 +604,36 @@ def leaves(model: type[Settings] = PipelineConfig) -> Iterator[tuple[str | None,
     for section, sub in SECTIONS.items():
         for name in sub.model_fields:
             yield section, name, sub
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A config file's keys and values as written (YAML or JSON; a key given twice refused; an
+    empty section as {}; the file's own `x-` keys left out); ConfigError naming what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text{_encoding_hint(path)} ({e}): save it as UTF-8"
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys to values (YAML or JSON; "
+            f"got {type(values).__name__})"
+        )
+    # A section whose keys are all commented out (`training:` alone) is YAML's null: empty.
+    values = {k: ({} if v is None and k in SECTIONS else v) for k, v in values.items()}
+    # Top-level keys starting with "x-" are the file's own (anchors to merge elsewhere, as
+    # Compose files use them): not settings.
+    return {k: v for k, v in values.items() if not (isinstance(k, str) and k.startswith("x-"))}
 
 
 def merge(values: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

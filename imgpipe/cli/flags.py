@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, get_origin
 
-from pipeline.config import ConfigError, PipelineConfig, leaves
+from pipeline.config import ConfigError, PipelineConfig, leaves, read_config_file
 from trainer.config import Settings, field_extra
 
 log = logging.getLogger(__name__)
@@ -211,14 +211,9 @@ def _as_validated(section: str | None, name: str, value: Any) -> Any:
 def _file_values(path: str) -> dict[str, Any]:
     """{leaf name: value as written} of what the config file sets, at the top level or under its
     section ({} when it cannot be read: its errors are named elsewhere)."""
-    import yaml
-
     try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    if not isinstance(values, dict):
+        values = read_config_file(path)
+    except ConfigError:
         return {}
     found: dict[str, Any] = {}
     for section, name, _ in leaves():
