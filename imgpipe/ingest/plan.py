@@ -323,16 +323,16 @@ def _split_near_copies(
     unlinked = False  # near-copies across folders left unjoined (they made the class one set)
     if sets_by_folder:
         where = [_inner_folder(c.rel) for c in ranked]
-        joined = _with_folders(sets, where)
-        if len(joined) == 1 and len(ranked) > 1:
+        merged = _with_folders(sets, where)
+        if len(merged) == 1 and len(ranked) > 1:
             # One set (a frame shared by every clip, or a class in one folder): split by image,
             # it would scatter every clip over both splits. Each folder stays one set, joined
             # only with near-copies among its own images and the class folder's loose ones.
             within = [part for members in sets for part in _by_folder(members, where)]
             alone = _with_folders(within, where)
             if len(alone) > 1:
-                joined, unlinked = alone, True
-        sets = joined
+                merged, unlinked = alone, True
+        sets = merged
     to_eval = eval_sets(sets, n_eval)
     if to_eval is None:
         splits = ["eval" if i < n_eval else "train" for i in range(len(ranked))]
