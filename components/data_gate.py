@@ -64,7 +64,7 @@ from components.gate_decision import quoted
 from trainer import image_ids
 
 # The data's ingest_report.json (its sets of near-copies: the shift check counts a set once).
-INGEST_REPORT_KEY = "ingest_report"
+INGEST_REPORT_KEY = image_ids.INGEST_REPORT_KEY
 
 log = logging.getLogger(__name__)
 

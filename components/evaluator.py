@@ -131,10 +131,9 @@ GATE_CONFIG_KEY = "gate_config"
 # a model `imgpipe rollback` took out is refused, though it was trained again (a new artifact).
 ROLLBACK_LOG_KEY = "rollback_log"
 IMAGE_SIZE_KEY = "image_size"  # the model's input size: bounds the examples per model call
-# The data's ingest_report.json (imgpipe/ingest/contract.REPORT_FILE, the same name), when the
-# records came from `imgpipe ingest`: its near-copy sets make the gate count pictures.
-INGEST_REPORT_KEY = "ingest_report"
-INGEST_REPORT_FILE = "ingest_report.json"
+# The data's ingest_report.json (image_ids.INGEST_REPORT_KEY): its near-copy sets make the gate
+# count pictures.
+INGEST_REPORT_KEY = image_ids.INGEST_REPORT_KEY
 
 
 def models_batch(

@@ -27,10 +27,11 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
 from components.runtime_params import TRAINER_KNOBS, Knob, check_knob
+from trainer import image_ids
 from trainer.config import INGEST_REPORT_CONFIG
 
 WEIGHTS_DIGEST_KEY = "weights_digest"
-INGEST_REPORT_KEY = "ingest_report"
+INGEST_REPORT_KEY = image_ids.INGEST_REPORT_KEY
 
 
 class WeightsChanged(RuntimeError):

@@ -21,7 +21,7 @@ from tfx.proto import bulk_inferrer_pb2, example_gen_pb2, pusher_pb2, trainer_pb
 from tfx.types import Channel, standard_artifacts
 
 from components.data_gate import DataGate
-from components.evaluator import INGEST_REPORT_FILE, GateEvaluator
+from components.evaluator import GateEvaluator
 from components.example_gen import ImageExampleGen
 from components.infra_validator import InfraValidator
 from components.pusher import ServingPusher
@@ -32,6 +32,7 @@ from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
 from serving.model_fingerprint import ROLLBACK_LOG
 from trainer.features import DECODER_VERSION
+from trainer.image_ids import INGEST_REPORT_FILE
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"

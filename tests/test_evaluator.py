@@ -1539,8 +1539,9 @@ def test_the_eval_pictures_come_from_ingests_near_copy_sets(tmp_path):
     """Ingest keeps each set of near-copies (a clip's frames, one picture saved several ways) in
     one split and lists the sets in ingest_report.json: the gate reads each class's eval pictures
     from it, and nothing from a report of other data, a damaged one, or none."""
-    from components.evaluator import INGEST_REPORT_FILE, eval_pictures
+    from components.evaluator import eval_pictures
     from imgpipe.ingest.contract import REPORT_FILE
+    from trainer.image_ids import INGEST_REPORT_FILE
 
     assert INGEST_REPORT_FILE == REPORT_FILE
     path = tmp_path / INGEST_REPORT_FILE

@@ -34,6 +34,11 @@ IDS_FILE = "train_image_ids.npy"
 # relabelled since (two class folders' names swapped, a class renamed).
 LABELS_FILE = "train_image_labels.npz"
 _BATCH = 512
+# The data's ingest report (imgpipe/ingest/contract.REPORT_FILE, the same name) when the records
+# came from `imgpipe ingest`, and the execution property by which the Trainer, the data gate and
+# the Evaluator are given its path (each reads it with read_ingest_report).
+INGEST_REPORT_FILE = "ingest_report.json"
+INGEST_REPORT_KEY = "ingest_report"
 
 log = logging.getLogger(__name__)
 
