@@ -5,14 +5,11 @@ multiprocess`; Beam's worker imports its plugins before it unpickles any step. S
 before TFX's, TFT's or imgpipe's steps import TensorFlow: that import then prints no plugin-
 registration errors (imgpipe/quiet_tensorflow.py), as in the `imgpipe` process itself.
 
-It also keeps the worker's exit quiet. The TensorFlow functions that TFT's and TFMA's steps hold
-live until the interpreter tears the modules down, and TensorFlow's `AtomicFunction.__del__`
-then fails on its own module's cleared globals ("Exception ignored in ... TypeError: 'NoneType'
-object is not subscriptable"), once per function. From the worker's exit on (atexit), only those
-are dropped; any other unraisable exception is reported as before.
+It also keeps the worker's exit quiet (imgpipe/process_exit.py): the TensorFlow functions that
+TFT's and TFMA's steps hold live until the interpreter tears the modules down, where each one's
+`AtomicFunction.__del__` would print a traceback.
 """
 
-import atexit
 import os
 import sys
 
@@ -26,20 +23,4 @@ from imgpipe.process_exit import freeze_at_exit  # noqa: E402 - after the import
 from imgpipe.quiet_tensorflow import filter_tensorflow_import_noise  # noqa: E402
 
 filter_tensorflow_import_noise()
-freeze_at_exit()  # the worker's exit leaves TensorFlow's objects to the process's end
-
-
-def _quiet_teardown() -> None:
-    report = sys.unraisablehook
-
-    def hook(unraisable) -> None:  # noqa: ANN001 - sys.UnraisableHookArgs
-        if getattr(unraisable.object, "__qualname__", "") == "AtomicFunction.__del__" and isinstance(
-            unraisable.exc_value, (TypeError, AttributeError)
-        ):
-            return
-        report(unraisable)
-
-    sys.unraisablehook = hook
-
-
-atexit.register(_quiet_teardown)
+freeze_at_exit()  # the worker's exit leaves TensorFlow's objects to the process's end, quietly

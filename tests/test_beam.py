@@ -291,42 +291,6 @@ def test_multiprocess_transform_equals_in_memory(tmp_path, capfd):
     assert "Exception ignored in" not in err, err[-2000:]
 
 
-def test_the_worker_plugin_drops_only_teardown_errors_of_tensorflow_functions():
-    """From exit on, a TensorFlow function's failing __del__ is dropped; any other is reported."""
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent(
-        """
-        import gc
-        from imgpipe import beam_worker_plugin
-
-        class AtomicFunction:  # what TensorFlow's function class is called
-            def __del__(self):
-                raise TypeError("'NoneType' object is not subscriptable")
-
-        class Other:
-            def __del__(self):
-                raise TypeError("a real error")
-
-        AtomicFunction(); Other()  # before exit: both reported
-        gc.collect()
-        beam_worker_plugin._quiet_teardown()  # what the plugin's atexit hook does
-        AtomicFunction(); Other()
-        """
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    reported = [line for line in done.stderr.splitlines() if line.startswith("Exception ignored in")]
-    assert [r.split("function ")[1].split(" at")[0] for r in reported] == [
-        "AtomicFunction.__del__",
-        "Other.__del__",
-        "Other.__del__",
-    ], done.stderr
-
-
 def test_a_worker_started_in_a_project_with_a_trainer_package_imports_imgpipes(tmp_path):
     """Beam starts its workers with `python -m` in the run's working directory, which Python puts
     first on the import path: the plugin takes it off before a step imports imgpipe's packages."""
