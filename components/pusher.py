@@ -39,6 +39,7 @@ from tfx.utils import io_utils, proto_utils
 
 from components.gate_decision import ROLLED_BACK_KEY, rolled_back_reason
 from serving.version_names import INT64_MAX, version_number
+from serving.warmup import WARMUP_DIR, WARMUP_FILE
 from trainer import liveness
 from trainer.same_files import same_bytes
 
@@ -91,20 +92,26 @@ def _files(root: str) -> dict[str, str]:
 # The files of a SavedModel that differ between two exports of the same weights: TensorFlow
 # numbers the functions it traces anew in each (`saved_model.pb`), and fingerprints that file.
 GRAPH_FILES = frozenset({SAVED_MODEL, "fingerprint.pb"})
+# A file that changes no answer of the model: the warmup requests the Trainer makes from the
+# eval split's first records (a server replays them as it loads the version).
+ANSWER_FREE_FILES = frozenset({os.path.join(WARMUP_DIR, WARMUP_FILE)})
 
 
 def same_model(a: str, b: str) -> bool:
     """True when SavedModel directories `a` and `b` hold the same model: the same files with
-    byte-identical content, or differing only in the graph files of a re-export whose weights
-    fingerprint (constants, op counts, signatures, variables, assets) is the same.
+    byte-identical content, or differing only in the warmup requests (ANSWER_FREE_FILES) and in
+    the graph files of a re-export whose weights fingerprint (constants, op counts, signatures,
+    variables, assets) is the same.
 
     A retrain to the same weights (the first run after an upgrade that keys a cache anew, a
     `--no-cache` run) exports a `saved_model.pb` that differs only in TensorFlow's function
-    names; byte for byte it was another model, pushed as a new version of the served one."""
+    names; byte for byte it was another model, pushed as a new version of the served one. A
+    retrain on the same train split with new eval data trains the same weights but warms up
+    with other requests: that too was pushed as a new version (an audit)."""
     fa, fb = _files(a), _files(b)
     if fa.keys() != fb.keys():
         return False
-    differ = {k for k in sorted(fa) if not same_bytes(fa[k], fb[k], fileio.open)}
+    differ = {k for k in sorted(fa) if not same_bytes(fa[k], fb[k], fileio.open)} - ANSWER_FREE_FILES
     if not differ:
         return True
     if not differ <= GRAPH_FILES or SAVED_MODEL not in differ:

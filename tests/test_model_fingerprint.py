@@ -140,8 +140,19 @@ def test_a_re_export_of_the_same_weights_is_the_same_model_to_the_pusher(tmp_pat
     assert not same_model(
         first, _export(str(tmp_path / "e"), [[1.0, 2.0], [3.0, 4.0]], activation=tf.nn.sigmoid)
     )
-    # Another warm-up file, or one file more: another model, whatever the graph.
+    # One file more: another model, whatever the graph.
     shutil.copytree(again, tmp_path / "f")
     os.makedirs(tmp_path / "f" / "assets.extra")
     (tmp_path / "f" / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"x")
     assert not same_model(first, str(tmp_path / "f"))
+    # Other warmup requests (a retrain on the same train split, new eval data): the same model,
+    # re-exported or not; another file of assets.extra/ (the TFLite model) is another model.
+    for base, name in ((first, "g"), (again, "h")):
+        shutil.copytree(base, tmp_path / name)
+        os.makedirs(tmp_path / name / "assets.extra")
+        (tmp_path / name / "assets.extra" / "tf_serving_warmup_requests").write_bytes(name.encode())
+        (tmp_path / name / "assets.extra" / "model.tflite").write_bytes(b"lite")
+    assert same_model(str(tmp_path / "f"), str(tmp_path / "g")) is False  # no model.tflite in f
+    assert same_model(str(tmp_path / "g"), str(tmp_path / "h"))
+    (tmp_path / "h" / "assets.extra" / "model.tflite").write_bytes(b"another")
+    assert not same_model(str(tmp_path / "g"), str(tmp_path / "h"))
