@@ -1257,14 +1257,15 @@ def test_a_shown_report_says_when_its_pushed_version_was_pruned_or_rolled_back(t
     with open(tmp_path / ROLLBACK_LOG, "w", encoding="utf-8") as f:
         f.write(json.dumps({"marked": [{"version": 1796000000}]}) + "\n")
     out, err = shown()
-    assert (
-        out["deployment_since"] == "version 1796000000 was taken out of serving by `imgpipe rollback` since"
+    assert out["deployment_since"] == (
+        "version 1796000000 was taken out of serving by `imgpipe rollback` after this run"
     )
-    assert out["deployment_since"] in out["deployment"] and out["deployment_since"] in err
+    # The JSON's deployment is the report's own (said once); the text line says both.
+    assert out["deployment_since"] in err and out["deployment_since"] not in out["deployment"]
     os.rmdir(version)
     out, err = shown()
     assert "version 1796000000 is no longer in the serving dir (pruned or removed since)" in err
-    assert out["deployment"] == out["deployment_since"]  # this report's record wrote no deployment line
+    assert out["deployment"] == ""  # this report's record wrote no deployment line
     # Pruned after a rollback served it again as a copy: the copy is named, the model still there.
     copy = tmp_path / "serving" / "m" / "1796000500"
     os.makedirs(copy)

@@ -110,10 +110,11 @@ def _run(args: argparse.Namespace) -> int:
         if data is None:
             raise WorkFailed(f"the report in {build.report_dir(folder)} is incomplete")
     path = os.path.join(build.report_dir(folder), build.INDEX_FILE)
+    # The JSON keeps report.json's `deployment` (what was true when it was written) and what
+    # became of the version since beside it; the text says both in one line.
     since = deployment_since(home, recorded)
-    if since:
-        data = dataclasses.replace(data, deployment="; ".join(filter(None, [data.deployment, since])))
-    show(text.render(data, path))
+    shown = dataclasses.replace(data, deployment="; ".join(filter(None, [data.deployment, since])))
+    show(text.render(shown, path))
     emit({"report": path, "regenerated": regenerated, **data.to_dict(), "deployment_since": since})
     return 0
 

@@ -930,7 +930,7 @@ def deployment_since(home: str, summary: Mapping[str, Any]) -> str | None:
             f"version {version} is no longer in the serving dir (pruned or removed since): it does not serve"
         )
     if version in versions_taken_out(home):
-        return f"version {version} was taken out of serving by `imgpipe rollback` since"
+        return f"version {version} was taken out of serving by `imgpipe rollback` after this run"
     return None
 
 
