@@ -113,7 +113,6 @@ from components.gate_decision import (
     precision_failures,
     precision_of,
     reasons,
-    rolled_back_reason,
     uncompared_failure,
     with_enough_compared,
     with_seen_examples,
@@ -812,7 +811,8 @@ def settle_blessing(blessing: types.Artifact, failed_here: bool, rolled_back: st
     blessed = blessing.get_int_custom_property("blessed") == 1
     if (failed_here or rolled_back) and blessed:
         if rolled_back:
-            log.warning("not blessed: %s", rolled_back_reason(rolled_back))
+            # Said once, with the other reasons, by what reads gate.json (`imgpipe run`'s summary).
+            log.info("blessing withdrawn: the candidate was rolled back out of serving (gate.json's reasons)")
         unbless(blessing)
         blessed = False
     return blessed
