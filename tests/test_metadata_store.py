@@ -168,7 +168,7 @@ def test_pgpassword_reaches_the_server(postgres_server, monkeypatch):
     assert "mlmd_unit_env" in postgres_server.databases()  # ML Metadata created the database
 
 
-def test_password_file_reaches_the_server(postgres_server, tmp_path, monkeypatch):
+def test_password_file_reaches_the_server(postgres_server, tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("PGPASSWORD", raising=False)
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))  # not ~/.pgpass either
     s = postgres_server
@@ -178,9 +178,18 @@ def test_password_file_reaches_the_server(postgres_server, tmp_path, monkeypatch
     with pytest.raises(metadata.MetadataUnavailable, match="no database of that name"):
         metadata.connect(cfg, readonly=True)
     assert "mlmd_unit_file" not in s.databases()
+    caplog.clear()
     with metadata.open_store(cfg, readonly=False) as store:  # a run's first opening creates it
         assert store.get_artifacts() == []
     assert "mlmd_unit_file" in s.databases()
+    # ... and says so: on a shared server a mistyped name makes a database of its own.
+    [made] = [r.getMessage() for r in caplog.records if "ML Metadata made it" in r.getMessage()]
+    assert made.startswith(f"metadata: database 'mlmd_unit_file' was not on {s.host}:{s.port}"), made
+    assert "dropdb mlmd_unit_file" in made
+    caplog.clear()
+    with metadata.open_store(cfg, readonly=False):  # there now: nothing said
+        pass
+    assert not [r for r in caplog.records if "ML Metadata made it" in r.getMessage()]
     # A line for the database alone (the documented HOST:PORT:DB:USER:PASSWORD) reaches it, for
     # reading and writing, as it does for TFX's own connection.
     only = _passfile(tmp_path, f"{s.host}:{s.port}:mlmd_unit_file:{s.user}:{s.password}\n")

@@ -126,13 +126,25 @@ def connect(
         if not create:
             raise MetadataUnavailable(_unreachable(config, why)) from None
     try:
-        return metadata_store.MetadataStore(connection_config(config, create_database=True))
+        store = metadata_store.MetadataStore(connection_config(config, create_database=True))
     except RuntimeError:
         raise MetadataUnavailable(
             _unreachable(config, why)
             + "; a database that does not exist yet is created through the server's `postgres` database, "
             "so a password file needs a line for that database too (or * for the database)"
         ) from None
+    # Said: on a shared server a mistyped name in a new home's --metadata made a database of its
+    # own, and the only line about it was PostgreSQL's "does not exist" above (an audit).
+    log.warning(
+        "metadata: database %r was not on %s:%s (PostgreSQL's line above); ML Metadata made it and this "
+        "home records there. If the home should share an existing database, its name in --metadata is "
+        "mistyped: fix it, and drop the new one (dropdb %s)",
+        config.metadata_target.dbname,
+        config.metadata_target.host,
+        config.metadata_target.port,
+        config.metadata_target.dbname,
+    )
+    return store
 
 
 def _sqlite_problem(path: str, error: RuntimeError) -> str:
