@@ -523,7 +523,10 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         else:
             results, failed_here = decide_outside_tfma(plan, tfma_results, reused, on_unseen)
         served_answers = baseline_answers(evaluation.uri, baseline, bool(tfma_baselines), judged, on_unseen)
-        results, moved_here = with_labels_moved(results, served_answers, report.label_change_accepted)
+        eval_shifted = any(w.startswith(split_shift.SHIFT_WARNING) for w in report.warnings)
+        results, moved_here = with_labels_moved(
+            results, served_answers, report.label_change_accepted, eval_shifted
+        )
         rolled_back = rolled_back_note(model, props.get(ROLLBACK_LOG_KEY))
         blessed = settle_blessing(blessing, failed_here or moved_here, rolled_back)
         why = reasons(plan, results)
@@ -531,7 +534,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             log.warning("TFMA blessed the model although: %s", "; ".join(why))
         warn_classes_at_chance(
             tfma_results.classes_at_chance,
-            any(w.startswith(split_shift.SHIFT_WARNING) for w in report.warnings),
+            eval_shifted,
             shrink_note(
                 report.image_sizes.get("train"),
                 math.isqrt(model_pixels[0]) if model_pixels[0] else props.get(IMAGE_SIZE_KEY),
@@ -780,18 +783,22 @@ def baseline_answers(
 
 
 def with_labels_moved(
-    results: EvalResults, counts: Mapping[tuple[str, str], int] | None, accepted: bool
+    results: EvalResults,
+    counts: Mapping[tuple[str, str], int] | None,
+    accepted: bool,
+    eval_shifted: bool = False,
 ) -> tuple[EvalResults, bool]:
     """The results with the classes the served model answers with another class (labels_moved),
     and whether that refuses the candidate: labels exchanged (a swap, a cycle) and no label change
-    accepted in this run. A class moved alone is warned about."""
+    accepted in this run. A class moved alone is warned about (with the data gate's finding that
+    the eval images changed, `eval_shifted`, when it made one)."""
     if counts is None:
         return results, False
     moves = labels_moved(counts)
     results = dataclasses.replace(results, labels_moved=moves)
     swapped = exchanged(moves)
     for move in moved_alone(moves):
-        log.warning("gate: %s", moved_warning(move))
+        log.warning("gate: %s", moved_warning(move, eval_shifted))
     if not swapped:
         return results, False
     if accepted:

@@ -1426,12 +1426,21 @@ def moved_reason(moves: Sequence[LabelMove]) -> str:
     )
 
 
-def moved_warning(move: LabelMove) -> str:
-    """The warning of one class moved alone (the class it is answered with did not move)."""
+def moved_warning(move: LabelMove, eval_shifted: bool = False) -> str:
+    """The warning of one class moved alone (the class it is answered with did not move);
+    `eval_shifted`: the data gate found the eval images unlike the train images, which alone can
+    make a model answer a class as another (inverted or thickened strokes: an audit's run asked
+    whether the images were under the wrong label)."""
+    shifted = (
+        "; the eval images also differ from the train images (the data gate's warning): pictures made "
+        "another way, not relabelled, can do this too"
+        if eval_shifted
+        else ""
+    )
     return (
         f"the served model answers {move.text()} (it answers most of {_q(move.answered)}'s own as "
         f"{_q(move.answered)}): are these {_q(move.answered)} images under the wrong label, or did "
-        f"{_q(move.label)} change?"
+        f"{_q(move.label)} change?{shifted}"
     )
 
 

@@ -1341,6 +1341,24 @@ def test_a_class_moved_alone_is_warned_about_only_when_unlike_a_coin():
     assert moved_alone(labels_moved(_counts({"a": {"b": 5}, "b": {"b": 20}}))) == []  # 5 of 5: 0.03
 
 
+def test_a_class_moved_alone_beside_a_shift_of_the_eval_images_says_both(caplog):
+    """Eval digits drawn inverted: the served model answered '9' for 35 of 36 '7's and the run
+    asked only whether the images were under the wrong label (an audit). With the data gate's
+    shift warning, the warning says the pictures' change can do this too."""
+    from components.evaluator import with_labels_moved
+    from components.gate_decision import EvalResults
+
+    counts = _counts({"7": {"9": 35, "7": 1}, "9": {"9": 30}})
+    for shifted in (False, True):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            results = EvalResults(accuracy=None, examples=None, per_class={}, baseline_accuracy=None)
+            _, refused = with_labels_moved(results, counts, accepted=False, eval_shifted=shifted)
+        assert refused is False  # moved alone: warned, not refused
+        [said] = [r.getMessage() for r in caplog.records if "under the wrong label" in r.getMessage()]
+        assert ("the eval images also differ from the train images" in said) is shifted, said
+
+
 def test_an_exchange_is_a_reason_and_recorded():
     plan = plan_gate(GateConfig(), {"six": 16, "nine": 16}, ["six", "nine"], ["six", "nine"])
     moves = labels_moved(_counts({"six": {"nine": 16}, "nine": {"six": 16}}))
