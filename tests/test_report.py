@@ -1281,8 +1281,18 @@ def test_a_shown_report_says_when_its_pushed_version_was_pruned_or_rolled_back(t
         "version 1796000000 is no longer in the serving dir (pruned since); its model is there as version "
         "1796000500, a copy `imgpipe rollback` served"
     )
-    # A later run's baseline, that model, is named by its copy, not by the folder gone.
+    # A later run's baseline, that model, is named by its copy, not by the folder gone; while
+    # the old version is still there too, by both (the copy is what a server answers with).
     from imgpipe.orchestration.summary import _as_served_now
+
+    os.makedirs(version)
+    both = _as_served_now(str(tmp_path), {"run_id": "r1", "pushed": str(version)})
+    assert both == {"run_id": "r1", "pushed": str(version), "served_as": str(copy)}
+    assert data.name_baseline("latest blessed model; allowed regression 0", both) == (
+        "latest blessed model (trained by run r1, version 1796000000 (served again as version 1796000500, "
+        "a rollback's copy)); allowed regression 0"
+    )
+    os.rmdir(version)
 
     baseline = _as_served_now(str(tmp_path), {"run_id": "r1", "pushed": str(version)})
     assert baseline == {"run_id": "r1", "pushed": str(copy), "copy_of": "1796000000"}

@@ -49,7 +49,8 @@ class RunSummary:
     # candidate's on the split; None when compared on the whole split, or not compared.
     baseline_compared_on: dict[str, Any] | None = None
     # The Evaluator's baseline: {"run_id": the run that trained it, "pushed": its newest push's
-    # path or None}; None when it had none (metadata.baseline_model).
+    # path or None, and `served_as` or `copy_of` (_as_served_now)}; None when it had none
+    # (metadata.baseline_model).
     baseline_model: dict[str, str | None] | None = None
     push_skipped: str | None = None  # why a blessed model was not pushed (see the module doc)
     # Set by `imgpipe run` when the serving dir holds no version after the run (local.nothing_served).
@@ -169,13 +170,17 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
 
 def _as_served_now(home: str, baseline: dict | None) -> dict | None:
     """The baseline's `pushed` as it is on disk now: a version pruned after a rollback served it
-    again as a copy is named by that copy (`copy_of`: the pruned version), not by a folder gone."""
+    again as a copy is named by that copy (`copy_of`: the pruned version), not by a folder gone;
+    one still there beside such a copy keeps its name, and the copy, the version that serves it,
+    is `served_as` (a report named only the old version, which a server no longer answers with)."""
     pushed = (baseline or {}).get("pushed")
-    if not isinstance(pushed, str) or "://" in pushed or os.path.isdir(pushed):
+    if not isinstance(pushed, str) or "://" in pushed:
         return baseline
     copy = rollback_copy_of(home, pushed)
     if copy is None:
         return baseline
+    if os.path.isdir(pushed):
+        return {**baseline, "served_as": copy}
     return {**baseline, "pushed": copy, "copy_of": os.path.basename(os.path.normpath(pushed))}
 
 

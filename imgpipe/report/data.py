@@ -898,6 +898,8 @@ def name_baseline(note: str, baseline_model: Any) -> str:
     version = f"version {_version_of(pushed)}" if pushed else "no push of it recorded"
     if pushed and baseline_model.get("copy_of"):
         version += f" (a rollback's copy of version {baseline_model['copy_of']}, pruned since)"
+    elif pushed and baseline_model.get("served_as"):
+        version += f" (served again as version {_version_of(baseline_model['served_as'])}, a rollback's copy)"
     known_run = isinstance(run, str) and run and not run.startswith(("?", "execution "))
     if not known_run and not pushed:
         return note
