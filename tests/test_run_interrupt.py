@@ -5,6 +5,7 @@ stop: its running executions are marked and its record says how it ended, not "f
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -125,6 +126,22 @@ def test_a_record_that_cannot_be_saved_still_gives_the_summary(tmp_path, monkeyp
     failed = local._record_failed_run(config.resolved(), "r1", "Evaluator", "Evaluator failed: x")
     assert (failed.run_id, failed.failed, failed.error) == ("r1", "Evaluator", "Evaluator failed: x")
     assert "No space left" in failed.record_error
+    # ... after its Evaluator decided (the store's server stopped as the Pusher ran): the gate's
+    # verdict and the components' states are what this process saw, not nulls.
+    import types
+
+    evaluation = tmp_path / "Evaluator" / "evaluation" / "7"
+    evaluation.mkdir(parents=True)
+    gate = {"blessed": True, "accuracy": 0.93, "per_class_recall": {"a": 0.9, "b": 0.96}, "reasons": []}
+    (evaluation / "gate.json").write_text(json.dumps(gate))
+    tracker = local._ComponentProgress(lambda line: None, 3, config)
+    tracker.states = {"Trainer": "cached", "Evaluator": "done"}
+    artifact = types.SimpleNamespace(uri=str(evaluation))
+    tracker.results = {"Evaluator": types.SimpleNamespace(output_dict={"evaluation": [artifact]})}
+    failed = local._record_failed_run(config.resolved(), "r2", "Pusher", "Pusher failed: x", tracker)
+    assert failed.executions == {"Trainer": "CACHED", "Evaluator": "COMPLETE", "Pusher": "FAILED"}
+    assert (failed.blessed, failed.accuracy, failed.gate) == (True, 0.93, gate)
+    assert failed.per_class_accuracy == {"a": 0.9, "b": 0.96} and failed.pushed is None
 
 
 def test_the_record_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -472,15 +472,15 @@ def _run_holding_lock(
                 # it may not write) leaves the execution RUNNING, and the next run took this
                 # run for one that died. Marked FAILED now, before the record is written.
                 _stop_interrupted_executions(config, run_id, "left RUNNING as the run failed")
-                summary = _record_failed_run(config, run_id, tracker.current, message)
+                summary = _record_failed_run(config, run_id, tracker.current, message, tracker)
                 raise PipelineRunError(message, summary) from e
             # A Ctrl-C or SIGTERM that a component's Beam job turned into its own error: the
             # run was stopped, and is recorded and cleaned up as such.
             interrupt = stopped()
-            _stop(config, run_id, tracker.current, interrupt)
+            _stop(config, run_id, tracker.current, interrupt, tracker=tracker)
             raise interrupt from e
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the CLI raises it as a KeyboardInterrupt)
-            _stop(config, run_id, tracker.current, e)
+            _stop(config, run_id, tracker.current, e, tracker=tracker)
             raise
 
         summary = _summarise_finished(config, run_id)
@@ -587,7 +587,12 @@ def left_out_classes(data_dir: str) -> list[dict]:
 
 
 def _stop(
-    config: PipelineConfig, run_id: str, current: str | None, interrupt: KeyboardInterrupt, when: str = ""
+    config: PipelineConfig,
+    run_id: str,
+    current: str | None,
+    interrupt: KeyboardInterrupt,
+    when: str = "",
+    tracker: _ComponentProgress | None = None,
 ) -> None:
     """A run stopped by Ctrl-C or SIGTERM: its running executions marked, its record written
     (on `interrupt.summary`, which the CLI prints). `when`: where it stopped, when not in a
@@ -595,7 +600,7 @@ def _stop(
     how = getattr(interrupt, "how", "interrupted (SIGINT)")
     _stop_interrupted_executions(config, run_id, how)
     where = current or when or "the pipeline"
-    interrupt.summary = _record_failed_run(config, run_id, current, f"{where}: the run was {how}")
+    interrupt.summary = _record_failed_run(config, run_id, current, f"{where}: the run was {how}", tracker)
 
 
 def _stop_interrupted_executions(config: PipelineConfig, run_id: str, how: str) -> None:
@@ -638,12 +643,18 @@ def _failure_message(config: PipelineConfig, component: str | None, error: BaseE
 
 
 def _record_failed_run(
-    config: PipelineConfig, run_id: str, component: str | None, message: str
+    config: PipelineConfig,
+    run_id: str,
+    component: str | None,
+    message: str,
+    tracker: _ComponentProgress | None = None,
 ) -> RunSummary:
     """Save what a failed run did (each component's state, where and why it failed) as its run
     record, as a finished run's, and return its summary (which the CLI prints). When ML Metadata
-    cannot be read (a full disk), the summary holds the failure alone; when the record cannot be
-    written, its `record_error` says why (the run's own error is the one reported)."""
+    cannot be read (a full disk, its server gone), the summary holds what this process saw of
+    its components (`tracker`: their states and the Evaluator's decision) beside the failure;
+    when the record cannot be written, its `record_error` says why (the run's own error is the
+    one reported)."""
     try:
         withdraw_unserved_blessings(config)  # this run's blessed model, if any
     except Exception as e:  # noqa: BLE001 - must not hide the run's own error
@@ -651,6 +662,8 @@ def _record_failed_run(
         summary = _read_back(config, run_id, store_readable=False)
     else:
         summary = _read_back(config, run_id)
+    if not summary.executions and tracker is not None and tracker.states:  # ML Metadata unread
+        _as_this_process_saw(summary, tracker, component)
     summary.failed = component or "the pipeline"
     summary.error = message
     try:
@@ -661,6 +674,33 @@ def _record_failed_run(
         log.warning("%s", summary.nothing_served)
     runs.keep_record(config, summary)
     return summary
+
+
+def _as_this_process_saw(summary: RunSummary, tracker: _ComponentProgress, failed: str | None) -> None:
+    """Fill a failed run's summary that ML Metadata could not give (its server stopped as the
+    Pusher ran: `"blessed": null, "accuracy": null, "executions": {}` though the Evaluator had
+    blessed the model; an audit) from what this process's launches returned: each finished
+    component's state, and the Evaluator's gate.json from its output folder."""
+    states = {node: "CACHED" if how == "cached" else "COMPLETE" for node, how in tracker.states.items()}
+    if failed and failed not in states:
+        states[failed] = "FAILED"
+    summary.executions = states
+    result = tracker.results.get("Evaluator")
+    evaluations = (getattr(result, "output_dict", None) or {}).get("evaluation") or []
+    try:
+        gate = metadata.gate_record(evaluations[0].uri) if evaluations else None
+    except Exception as e:  # noqa: BLE001 - the record says what is known
+        log.debug("the Evaluator's gate.json: %s", e)
+        gate = None
+    if gate:
+        summary.gate = gate
+        summary.blessed = gate.get("blessed")
+        summary.accuracy = gate.get("accuracy")
+        summary.per_class_accuracy = gate.get("per_class_recall") or {}
+    log.warning(
+        "ML Metadata could not be read: the failed run's record holds what this process saw of its components%s",
+        " (the Evaluator's decision from its gate.json)" if gate else "",
+    )
 
 
 def _read_back(config: PipelineConfig, run_id: str, store_readable: bool = True) -> RunSummary:
