@@ -57,6 +57,7 @@ BENCHMARKS = (
     "example_gen_key",
     "near_copies",
     "split_shift",
+    "head_l2",
 )
 # serving_latency has its own flags (no --quick): a short run instead.
 QUICK_ARGS = {"serving_latency": ["--requests", "50"]}
