@@ -435,7 +435,8 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         if baseline is not None:
             check_baseline_readable(baseline)
         folders = split_dirs(examples, splits)
-        records = eval_records(model, folders)
+        near_copies = image_ids.near_copy_sets(props.get(INGEST_REPORT_KEY))
+        records = eval_records(model, folders, near_copies)
         judged_on = records.judged_on()
         if judged_on is not None:
             label_counts = dict(collections.Counter(records.labels[~records.left_out]))
@@ -470,7 +471,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         evaluation = artifact_utils.get_single_instance(output_dict[standard_component_specs.EVALUATION_KEY])
         # Not recorded for a part of the split: a later Evaluator reuses it as the whole split's.
         measured = None if judged_on else measurement(model.uri, examples.uri, splits, props[key])
-        plan, either = compared_on_unseen(plan, baseline, records)
+        plan, either = compared_on_unseen(plan, baseline, records, near_copies)
         plan = dataclasses.replace(plan, baseline=with_enough_compared(plan.baseline, len(records.ids)))
         plan, reused = reused_baseline(plan, evaluation.uri, baseline, examples.uri, splits, props[key])
         props[key] = with_plan(props[key], plan)
@@ -595,6 +596,8 @@ class EvalRecords:
     labels: np.ndarray
     in_train: np.ndarray | None  # images the candidate trained on; None: it keeps no record of them
     repeated: np.ndarray  # copies of an earlier eval record's image
+    # Near-copies (ingest's sets) of images the candidate trained on, of the rest; None: not known.
+    near_train: np.ndarray | None = None
 
     @property
     def candidate_seen(self) -> int | None:
@@ -603,20 +606,24 @@ class EvalRecords:
 
     @property
     def left_out(self) -> np.ndarray:
-        """The records the candidate is not judged on: repeats, and images it trained on."""
-        return self.repeated if self.in_train is None else self.repeated | self.in_train
+        """The records the candidate is not judged on: repeats, images it trained on and
+        near-copies of them."""
+        out = self.repeated if self.in_train is None else self.repeated | self.in_train
+        return out if self.near_train is None else out | self.near_train
 
     def judged_on(self) -> JudgedOn | None:
         """What the candidate is judged on when it is not the whole split (None: the whole split)."""
         left_out = self.left_out
         if not left_out.any():
             return None
+        near = 0 if self.near_train is None else int((self.near_train & ~self.repeated).sum())
         return JudgedOn(
             len(self.ids),
             int(self.repeated.sum()),
-            int((left_out & ~self.repeated).sum()),
+            int((left_out & ~self.repeated).sum()) - near,
             self.in_train is not None,
             image_ids.conflicting_labels(self.ids, self.labels) if self.repeated.any() else 0,
+            near_copies_in_train=near,
         )
 
     def outside(self, classes: Collection[str] | None) -> np.ndarray:
@@ -626,25 +633,39 @@ class EvalRecords:
         return np.array([label not in classes for label in self.labels], bool)
 
 
-def eval_records(model: types.Artifact, folders: Sequence[str]) -> EvalRecords:
+def eval_records(
+    model: types.Artifact, folders: Sequence[str], near_copies: Sequence[np.ndarray] = ()
+) -> EvalRecords:
     """The records of the eval split's `folders`. Eval images the candidate trained on, and copies
     of an earlier eval image: none from `imgpipe ingest` (it drops duplicates before splitting);
-    TFRecords made elsewhere can hold both. The candidate is then judged on the rest
+    TFRecords made elsewhere can hold both. Near-copies of a train image (`near_copies`: ingest's
+    sets): from ingest only where a class is one set, split by image, or `--sets-by-folder` left
+    a set across folders unjoined. The candidate is then judged on the rest
     (gate_decision.JudgedOn)."""
     ids, labels = image_ids.split_index(folders)
-    in_train = unseen_comparison.seen_by(model.uri, lambda: ids, "the candidate")
-    return EvalRecords(ids, labels, in_train, image_ids.repeats(ids))
+    repeated = image_ids.repeats(ids)
+    trained_on = unseen_comparison.trained_images(model.uri, "the candidate")
+    if trained_on is None:
+        return EvalRecords(ids, labels, None, repeated)
+    in_train = image_ids.seen(ids, trained_on)
+    near = image_ids.near_copies_seen(ids, trained_on, near_copies) & ~in_train
+    return EvalRecords(ids, labels, in_train, repeated, near)
 
 
 def compared_on_unseen(
-    plan: GatePlan, baseline: types.Artifact | None, records: EvalRecords
+    plan: GatePlan,
+    baseline: types.Artifact | None,
+    records: EvalRecords,
+    near_copies: Sequence[np.ndarray] = (),
 ) -> tuple[GatePlan, np.ndarray | None]:
     """The plan with the baseline comparison kept to the eval records neither model trained on
     (and, when a class was added or removed, to the classes both have), and the mask of the
     records left out of it (None: the comparison is on the whole split, or not made)."""
     if not plan.baseline.compared or plan.baseline.identical:
         return plan, None
-    seen = unseen_comparison.seen_by(baseline.uri, lambda: records.ids, "the latest blessed model")
+    seen = unseen_comparison.seen_by(
+        baseline.uri, lambda: records.ids, "the latest blessed model", near_copies
+    )
     either = records.left_out if seen is None else seen | records.left_out
     seen_count = None if seen is None else int(seen.sum())
     shared = plan.baseline.shared_classes

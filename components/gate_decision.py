@@ -716,10 +716,17 @@ def check_computable(
     missing = [c for c in class_names if eval_label_counts.get(c, 0) <= 0]
     if missing:
         which = "class" if len(missing) == 1 else "classes"
+        near = (
+            "; where its eval images are near-copies of its train images, ingest found the class to be one "
+            "set (its warning: a clip's frames, one picture saved again) and split it image by image: give "
+            "it pictures of other scenes or objects"
+            if judged_on is not None and judged_on.near_copies_in_train
+            else ""
+        )
         raise GateNotComputable(
             f"{which} {_names(missing)} of the model {'has' if len(missing) == 1 else 'have'} no example "
             f"in {where}: the gate cannot judge its recall, so nothing is blessed or pushed "
-            "(add eval examples of it, or remove it from train)"
+            f"(add eval examples of it, or remove it from train{near})"
         )
 
 
@@ -739,10 +746,13 @@ class JudgedOn:
     in_train: int  # records of the rest whose image the candidate trained on
     train_known: bool = True  # False: the candidate keeps no record of its train images
     conflicting: int = 0  # images whose copies carry more than one label
+    # Records of the rest that are near-copies (ingest's sets) of images the candidate trained on:
+    # frames of a clip whose class is that one clip, split by image.
+    near_copies_in_train: int = 0
 
     @property
     def examples(self) -> int:
-        return self.records - self.repeats - self.in_train
+        return self.records - self.repeats - self.in_train - self.near_copies_in_train
 
     def left_out_text(self) -> str:
         """What was left out and why: '3 repeat an image earlier in the split; 2 are images ...'."""
@@ -752,6 +762,12 @@ class JudgedOn:
         if self.in_train:
             parts.append(
                 f"{self.in_train} {'is an image' if self.in_train == 1 else 'are images'} the candidate trained on"
+            )
+        if self.near_copies_in_train:
+            n = self.near_copies_in_train
+            parts.append(
+                f"{n} {'is a near-copy' if n == 1 else 'are near-copies'} (ingest's sets: a clip's frames, a "
+                "picture saved again) of images the candidate trained on"
             )
         if self.conflicting:
             parts.append(
@@ -773,6 +789,7 @@ class JudgedOn:
             "records": self.records,
             "repeats": self.repeats,
             "in_train": self.in_train,
+            "near_copies_in_train": self.near_copies_in_train,
             "examples": self.examples,
             "conflicting_labels": self.conflicting,
         }

@@ -33,14 +33,26 @@ from trainer import image_ids
 log = logging.getLogger(__name__)
 
 
-def seen_by(model_uri: str, eval_ids: Callable[[], np.ndarray], whose: str) -> np.ndarray | None:
+def seen_by(
+    model_uri: str, eval_ids: Callable[[], np.ndarray], whose: str, sets: Sequence[np.ndarray] = ()
+) -> np.ndarray | None:
     """A mask over the eval records in file order, True where the model at `model_uri` trained on
-    that image.
+    that image, or on a near-copy of it (one of ingest's `sets`, image_ids.near_copies_seen).
 
     None, logged, when the model has no readable record of its training images (a model
     trained before imgpipe kept one). `eval_ids` (the eval records' fingerprints) is called
     only when there is a record. `whose` names the model in the log.
     """
+    trained_on = trained_images(model_uri, whose)
+    if trained_on is None:
+        return None
+    ids = eval_ids()
+    return image_ids.seen(ids, trained_on) | image_ids.near_copies_seen(ids, trained_on, sets)
+
+
+def trained_images(model_uri: str, whose: str) -> np.ndarray | None:
+    """The fingerprints of the images the model at `model_uri` trained on; None, logged, when it
+    keeps no readable record of them."""
     try:
         trained_on = image_ids.read(model_uri)
     except ValueError as e:
@@ -48,8 +60,7 @@ def seen_by(model_uri: str, eval_ids: Callable[[], np.ndarray], whose: str) -> n
         return None
     if trained_on is None:
         log.info("%s has no record of its training images", whose)
-        return None
-    return image_ids.seen(eval_ids(), trained_on)
+    return trained_on
 
 
 @dataclasses.dataclass(frozen=True)

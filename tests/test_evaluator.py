@@ -737,7 +737,9 @@ def _resplit(tmp_path, seen: int, unseen: int):
     return examples, old, new, counts
 
 
-def _evaluate_resplit(tmp_path, fake_tfma, resplit, results, with_baseline: bool = True, gate_config=None):
+def _evaluate_resplit(
+    tmp_path, fake_tfma, resplit, results, with_baseline: bool = True, gate_config=None, props=None
+):
     """The executor on `_resplit`'s data, TFMA's stand-in answering `results`: gate.json and the outputs."""
     from components.evaluator import GateEvaluatorExecutor
 
@@ -750,7 +752,7 @@ def _evaluate_resplit(tmp_path, fake_tfma, resplit, results, with_baseline: bool
     }
     outputs = _outputs(tmp_path)
     fake_tfma["results"] = results
-    GateEvaluatorExecutor().Do(inputs, outputs, _props(gate_config or {}))
+    GateEvaluatorExecutor().Do(inputs, outputs, {**_props(gate_config or {}), **(props or {})})
     with open(tmp_path / "evaluation" / "gate.json", encoding="utf-8") as f:
         return json.load(f), outputs
 
@@ -895,6 +897,7 @@ def test_eval_images_the_candidate_trained_on_are_left_out_of_its_judgement(tmp_
         "in_train": 3,
         "examples": 20,
         "conflicting_labels": 0,
+        "near_copies_in_train": 0,
     }
     assert gate["whole_split"] == {"accuracy": 0.9, "examples": 23}
     assert (gate["accuracy"], gate["eval_examples"]) == (0.6, 20)
@@ -911,6 +914,64 @@ def test_eval_images_the_candidate_trained_on_are_left_out_of_its_judgement(tmp_
         "3 are images the candidate trained on)"
     )
     assert outputs["blessing"][0].get_int_custom_property("blessed") == 0
+
+
+def test_eval_images_that_are_near_copies_of_train_images_are_left_out(tmp_path, fake_tfma, monkeypatch):
+    """A class that is one clip is split by ingest image by image (no other way gives it eval
+    pictures): its eval frames are other frames of the clip the candidate trained on, and scored
+    1.0 on memory. Ingest's near-copy sets tell the gate so: those frames are left out of the
+    judgement like images the candidate trained on, and a class with no other eval image cannot be
+    judged. The baseline comparison leaves them out too."""
+    import numpy as np
+
+    from components.evaluator import INGEST_REPORT_KEY
+    from components.gate_decision import EvalResults, GateNotComputable
+    from tests import helpers
+    from trainer import image_ids
+
+    _answers(monkeypatch, lambda model, i: True)
+    resplit = _resplit(tmp_path, seen=0, unseen=40)
+    ids, labels = image_ids.split_index(str(tmp_path / "examples" / "Split-eval"))
+    rng = np.random.default_rng(5)
+    frames = [helpers.encode_image(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)) for _ in range(4)]
+    helpers.write_tfrecords(str(tmp_path / "clip" / "data.tfrecord"), [(f, "b") for f in frames])
+    image_ids.write(resplit[2].uri, str(tmp_path / "clip"))
+    clip = image_ids.split_ids(str(tmp_path / "clip"))
+    b = ids[labels == "b"]
+    report = tmp_path / "ingest_report.json"
+
+    def evaluate(eval_frames):
+        for output in ("evaluation", "blessing"):
+            shutil.rmtree(tmp_path / output, ignore_errors=True)
+        members = [format(int(x), "x") for x in [*clip, *eval_frames]]
+        report.write_text(json.dumps({"near_copies": [{"fingerprints": members}]}))
+        return _evaluate_resplit(
+            tmp_path,
+            fake_tfma,
+            resplit,
+            EvalResults(1.0, 40, {"a": 1.0, "b": 1.0}, None),
+            with_baseline=False,
+            props={INGEST_REPORT_KEY: str(report)},
+        )
+
+    gate, _ = evaluate(b[:6])  # six of b's 20 eval images are frames of the clip
+    assert gate["judged_on"] == {
+        "records": 40,
+        "repeats": 0,
+        "in_train": 0,
+        "near_copies_in_train": 6,
+        "examples": 34,
+        "conflicting_labels": 0,
+    }
+    assert gate["eval_examples"] == 34 and gate["per_class_answered"] == {"a": 20, "b": 14}
+    assert gate["eval_examples_in_train"] == 0  # the images themselves: none
+    with pytest.raises(
+        GateNotComputable,
+        match=r"class 'b' of the model has no example in the eval split's 20 distinct eval images the "
+        r"candidate did not train on \(of 40 records: 20 are near-copies \(ingest's sets",
+    ) as refused:
+        evaluate(b)
+    assert "ingest found the class to be one set" in str(refused.value)
 
 
 def _repeated_eval(tmp_path, copies: dict[int, int], labels: str = "ab"):
@@ -957,6 +1018,7 @@ def test_copies_of_eval_images_count_once(tmp_path, fake_tfma, monkeypatch):
         "in_train": 0,
         "examples": 4,
         "conflicting_labels": 0,
+        "near_copies_in_train": 0,
     }
     assert (gate["accuracy"], gate["eval_examples"], gate["floor"]) == (1.0, 4, 1.25)
     assert gate["eval_examples_in_train"] is None  # the candidate keeps no record
@@ -1057,6 +1119,7 @@ def test_eval_images_either_model_trained_on_are_left_out_of_the_comparison(tmp_
         "in_train": 7,
         "examples": 48,
         "conflicting_labels": 0,
+        "near_copies_in_train": 0,
     }
     assert (gate["accuracy"], gate["eval_examples"]) == (1.0, 48)
     assert (gate["baseline"]["seen_eval_examples"], gate["baseline"]["compared_examples"]) == (30, 20)
@@ -1114,6 +1177,7 @@ def test_a_comparison_on_fewer_than_twenty_distinct_images_is_not_made(tmp_path,
         "in_train": 0,
         "examples": 19,
         "conflicting_labels": 0,
+        "near_copies_in_train": 0,
     }
     assert gate["baseline"]["compared"] is False
     assert gate["baseline"]["skipped_reason"] == (
@@ -1151,6 +1215,7 @@ def test_copies_of_eval_images_are_left_out_of_the_comparison_too(tmp_path, fake
         "in_train": 0,
         "examples": 55,
         "conflicting_labels": 0,
+        "near_copies_in_train": 0,
     }
     assert (gate["baseline"]["seen_eval_examples"], gate["baseline"]["compared_examples"]) == (30, 25)
     # Right on 30-44 of the 25 it did not see (the copies, which it gets wrong, not counted).

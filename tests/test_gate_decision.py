@@ -992,6 +992,7 @@ def test_judged_results_apply_every_bound_to_the_judged_records():
         "in_train": 10,
         "examples": 60,
         "conflicting_labels": 0,
+        "near_copies_in_train": 0,
     }
     assert record["whole_split"] == {"accuracy": 0.95, "examples": 100}
     assert "class 'b' recall 0.100 is below min_class_recall 0.200" in record["reasons"]

@@ -59,6 +59,21 @@ def test_the_train_split_is_recorded_by_image_bytes_whatever_the_label(tmp_path)
     assert image_ids.conflicting_labels(ids[:2], labels[:2]) == 0
     assert list(image_ids.repeats(np.zeros(0, np.uint64))) == []
 
+    # A near-copy (ingest's sets) of an image the model trained on is seen too, for the
+    # candidate's judgement and the baseline's comparison alike (seen_by); a set none of whose
+    # images it trained on is not.
+    from components.unseen_comparison import seen_by
+
+    e, f = _images(2, seed=3)
+    evals = helpers.write_tfrecords(str(tmp_path / "eval2.tfrecord"), [(d, "cat"), (e, "dog"), (f, "cat")])
+    sets = [np.array([_blake(d), _blake(a)], np.uint64), np.array([_blake(e), _blake(f)], np.uint64)]
+    eval_ids = image_ids.split_ids(evals)
+    trained = image_ids.read(str(model))
+    assert list(image_ids.near_copies_seen(eval_ids, trained, sets)) == [True, False, False]
+    assert list(image_ids.near_copies_seen(eval_ids, trained, [])) == [False, False, False]
+    assert list(seen_by(str(model), lambda: eval_ids, "the model", sets)) == [True, False, False]
+    assert list(seen_by(str(model), lambda: eval_ids, "the model")) == [False, False, False]
+
 
 def test_a_model_without_a_record_and_a_damaged_record(tmp_path):
     from components.unseen_comparison import seen_by

@@ -308,3 +308,17 @@ def read(model_uri: str) -> np.ndarray | None:
 def seen(ids: np.ndarray, trained_on: np.ndarray) -> np.ndarray:
     """A mask over `ids`: True where that record's image is among `trained_on`."""
     return np.isin(ids, trained_on)
+
+
+def near_copies_seen(ids: np.ndarray, trained_on: np.ndarray, sets: Sequence[np.ndarray]) -> np.ndarray:
+    """A mask over `ids`: True where that record's image is in one of ingest's near-copy `sets`
+    (near_copy_sets) with an image among `trained_on`: another file of a picture the model
+    trained on (a frame of its clip, the photo saved again). Ingest keeps a set in one split
+    unless its class is that one set (or `--sets-by-folder` left a set across folders unjoined):
+    those eval images are copies of train pictures, not evidence. Linear in the sets' sizes."""
+    if not len(sets) or not len(ids):
+        return np.zeros(len(ids), bool)
+    members = np.concatenate(sets)
+    owner = np.repeat(np.arange(len(sets)), [len(s) for s in sets])
+    touched = np.unique(owner[np.isin(members, trained_on)])
+    return np.isin(ids, members[np.isin(owner, touched)])

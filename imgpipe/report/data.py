@@ -624,13 +624,16 @@ def _gate_view(record: dict[str, Any]) -> GateView:
     judged = record.get("judged_on")
     if isinstance(judged, dict):
         whole = record.get("whole_split") or {}
+        near = judged.get("near_copies_in_train")
         details.append(
             (
                 "judged_on",
                 f"{judged.get('examples')} distinct eval images the model did not train on, of "
                 f"{judged.get('records')} records ({judged.get('repeats')} repeat an earlier image, "
-                f"{judged.get('in_train')} are images it trained on): the numbers above are on them; on "
-                f"every record TFMA measured accuracy {_fmt(whole.get('accuracy'))}",
+                f"{judged.get('in_train')} are images it trained on"
+                + (f", {near} are near-copies of images it trained on" if near else "")
+                + f"): the numbers above are on them; on every record TFMA measured accuracy "
+                f"{_fmt(whole.get('accuracy'))}",
             )
         )
     if record.get("eval_examples_in_train"):

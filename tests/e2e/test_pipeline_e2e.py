@@ -538,6 +538,7 @@ def test_data_split_anew_compares_the_baseline_only_on_images_it_did_not_train_o
         "in_train": 0,
         "examples": len(evals),
         "conflicting_labels": 0,
+        "near_copies_in_train": 0,
     }
     assert s.gate["judged_on"] == judged and s.gate["eval_examples"] == len(evals)
     assert s.gate["whole_split"]["examples"] == len(evals) + 5 and s.gate["measured"] is None
