@@ -190,6 +190,26 @@ def test_password_file_reaches_the_server(postgres_server, tmp_path, monkeypatch
     with metadata.open_store(cfg, readonly=False):  # there now: nothing said
         pass
     assert not [r for r in caplog.records if "ML Metadata made it" in r.getMessage()]
+    # A first try refused for another reason (the server restarting) reaches a database in use
+    # on the second: it is not called new, nor is its drop advised.
+    from ml_metadata.metadata_store import metadata_store
+
+    with metadata.open_store(cfg, readonly=False) as store:
+        store.put_context_type(metadata_store_pb2.ContextType(name="in_use"))
+    real, tries = metadata_store.MetadataStore, []
+
+    def restarting(config, *args, **kwargs):
+        tries.append(config)
+        if len(tries) == 1:
+            raise RuntimeError("the database system is starting up")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(metadata_store, "MetadataStore", restarting)
+    caplog.clear()
+    with metadata.open_store(cfg, readonly=False):
+        pass
+    assert len(tries) == 2 and not [r for r in caplog.records if "ML Metadata made it" in r.getMessage()]
+    monkeypatch.setattr(metadata_store, "MetadataStore", real)
     # A line for the database alone (the documented HOST:PORT:DB:USER:PASSWORD) reaches it, for
     # reading and writing, as it does for TFX's own connection.
     only = _passfile(tmp_path, f"{s.host}:{s.port}:mlmd_unit_file:{s.user}:{s.password}\n")

@@ -134,7 +134,11 @@ def connect(
             "so a password file needs a line for that database too (or * for the database)"
         ) from None
     # Said: on a shared server a mistyped name in a new home's --metadata made a database of its
-    # own, and the only line about it was PostgreSQL's "does not exist" above (an audit).
+    # own, and the only line about it was PostgreSQL's "does not exist" above (an audit). Only
+    # for an empty store: a first try that failed for another reason (the server restarting)
+    # reaches an existing database here, which must not be called new (nor its drop advised).
+    if store.get_context_types():
+        return store
     log.warning(
         "metadata: database %r was not on %s:%s (PostgreSQL's line above); ML Metadata made it and this "
         "home records there. If the home should share an existing database, its name in --metadata is "
