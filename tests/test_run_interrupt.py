@@ -134,14 +134,39 @@ def test_a_record_that_cannot_be_saved_still_gives_the_summary(tmp_path, monkeyp
     evaluation.mkdir(parents=True)
     gate = {"blessed": True, "accuracy": 0.93, "per_class_recall": {"a": 0.9, "b": 0.96}, "reasons": []}
     (evaluation / "gate.json").write_text(json.dumps(gate))
-    tracker = local._ComponentProgress(lambda line: None, 3, config)
+    tracker = local._ComponentProgress(lambda line: None, 3, config.resolved())
     tracker.states = {"Trainer": "cached", "Evaluator": "done"}
     artifact = types.SimpleNamespace(uri=str(evaluation))
-    tracker.results = {"Evaluator": types.SimpleNamespace(output_dict={"evaluation": [artifact]})}
+    # A launch's result, noted as it ended (no execution id: no store to ask).
+    tracker._state("Evaluator", types.SimpleNamespace(output_dict={"evaluation": [artifact]}))
     failed = local._record_failed_run(config.resolved(), "r2", "Pusher", "Pusher failed: x", tracker)
     assert failed.executions == {"Trainer": "CACHED", "Evaluator": "COMPLETE", "Pusher": "FAILED"}
     assert (failed.blessed, failed.accuracy, failed.gate) == (True, 0.93, gate)
     assert failed.per_class_accuracy == {"a": 0.9, "b": 0.96} and failed.pushed is None
+
+    # A cached Evaluator (the usual re-run after a failed push): the launcher's result names the
+    # folder a new execution would have written, which does not exist; the store, read as the
+    # node ended, names the cached one.
+    from ml_metadata.proto import metadata_store_pb2 as pb
+
+    from imgpipe.orchestration import metadata
+
+    with metadata.open_store(config.resolved(), readonly=False) as store:
+        kind = store.put_execution_type(pb.ExecutionType(name="Evaluator"))
+        art_kind = store.put_artifact_type(pb.ArtifactType(name="ModelEvaluation"))
+        [art] = store.put_artifacts([pb.Artifact(type_id=art_kind, uri=str(evaluation))])
+        [cached] = store.put_executions([pb.Execution(type_id=kind, last_known_state=pb.Execution.CACHED)])
+        event = pb.Event(artifact_id=art, execution_id=cached, type=pb.Event.OUTPUT)
+        event.path.steps.add().key = "evaluation"
+        store.put_events([event])
+    tracker = local._ComponentProgress(lambda line: None, 3, config.resolved())
+    unwritten = types.SimpleNamespace(uri=str(tmp_path / "Evaluator" / "evaluation" / "31"))
+    result = types.SimpleNamespace(execution_id=cached, output_dict={"evaluation": [unwritten]})
+    assert tracker._state("Evaluator", result) == "cached"
+    tracker.states = {"Evaluator": "cached"}
+    failed = local._record_failed_run(config.resolved(), "r3", "Pusher", "Pusher failed: x", tracker)
+    assert failed.executions == {"Evaluator": "CACHED", "Pusher": "FAILED"}
+    assert (failed.blessed, failed.accuracy, failed.gate) == (True, 0.93, gate)
 
 
 def test_the_record_is_saved_whole_or_not_at_all(tmp_path, monkeypatch):

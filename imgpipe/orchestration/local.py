@@ -83,16 +83,34 @@ class _ComponentProgress:
         self.done = 0
         self.states: dict[str, str] = {}  # node id -> "cached" | "done", as each one ends
         self.results: dict[str, object] = {}  # node id -> what Launcher.launch returned (ExecutionInfo)
+        # (node id, output key) -> the folder of that output as the node ended, for KEPT_OUTPUTS:
+        # a failed run whose ML Metadata cannot be read then still finds them (_as_this_process_saw).
+        self.outputs: dict[tuple[str, str], str] = {}
         self.before_launch: Callable[[str, _ComponentProgress], None] | None = None
 
-    def _state(self, result) -> str:
+    # The outputs whose folders a failed run's record reads when ML Metadata cannot be.
+    KEPT_OUTPUTS = (("Evaluator", "evaluation"), ("InfraValidator", "blessing"))
+
+    def _state(self, node_id: str, result) -> str:
+        """ "cached" or "done"; the node's KEPT_OUTPUTS folders noted on the way (a cached node's
+        from ML Metadata: the launcher's result names the folders it would have written)."""
         execution_id = getattr(result, "execution_id", None)
+        kept = [key for node, key in self.KEPT_OUTPUTS if node == node_id]
+        for key in kept:
+            given = (getattr(result, "output_dict", None) or {}).get(key) or []
+            if given:
+                self.outputs[(node_id, key)] = given[-1].uri
         if execution_id is None:
             return "done"
         try:
             with metadata.open_store(self.config) as store:
                 [execution] = store.get_executions_by_id([execution_id])
-            return "cached" if metadata.state_name(execution) == "CACHED" else "done"
+                cached = metadata.state_name(execution) == "CACHED"
+                for key in kept if cached else ():
+                    uri = metadata.output_uri(store, execution, key)
+                    if uri:
+                        self.outputs[(node_id, key)] = uri
+            return "cached" if cached else "done"
         except Exception:  # noqa: BLE001 - progress output must never fail a run
             return "done"
 
@@ -114,7 +132,7 @@ class _ComponentProgress:
                 started = time.perf_counter()
                 result = original(launcher_self, *args, **kwargs)
                 tracker.done += 1
-                how = tracker._state(result)
+                how = tracker._state(node_id, result)
                 tracker.states[node_id] = how
                 tracker.results[node_id] = result
                 secs = time.perf_counter() - started
@@ -685,18 +703,21 @@ def _as_this_process_saw(summary: RunSummary, tracker: _ComponentProgress, faile
     if failed and failed not in states:
         states[failed] = "FAILED"
     summary.executions = states
-    result = tracker.results.get("Evaluator")
-    evaluations = (getattr(result, "output_dict", None) or {}).get("evaluation") or []
     try:
-        gate = metadata.gate_record(evaluations[0].uri) if evaluations else None
+        gate = metadata.gate_record(tracker.outputs.get(("Evaluator", "evaluation")))
+        prepush = metadata.prepush_summary(tracker.outputs.get(("InfraValidator", "blessing")))
     except Exception as e:  # noqa: BLE001 - the record says what is known
-        log.debug("the Evaluator's gate.json: %s", e)
-        gate = None
+        log.debug("the Evaluator's gate.json or the pre-push report: %s", e)
+        gate = prepush = None
     if gate:
         summary.gate = gate
         summary.blessed = gate.get("blessed")
         summary.accuracy = gate.get("accuracy")
         summary.per_class_accuracy = gate.get("per_class_recall") or {}
+    if prepush:
+        summary.prepush = prepush
+        if summary.blessed and prepush.get("validated") and prepush.get("blessed") is False:
+            summary.push_skipped = f"pre-push validation failed: {prepush.get('reason')}"
     log.warning(
         "ML Metadata could not be read: the failed run's record holds what this process saw of its components%s",
         " (the Evaluator's decision from its gate.json)" if gate else "",
