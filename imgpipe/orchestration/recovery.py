@@ -302,7 +302,8 @@ def _as_tfx_model(a: metadata_store_pb2.Artifact):
 def _holds(folder: str, model_dir: str) -> bool | None:
     """Whether a served version folder holds exactly the model at `model_dir`, compared as the
     Pusher compares a model with the newest version before it reports it "identical"
-    (components.pusher.same_model: the same relative file names, every file byte for byte);
+    (components.pusher.same_model: the same relative file names, every file byte for byte but
+    the warmup requests, or a re-export of the same weights);
     None when that cannot be told (the model's own files are gone, or unreadable).
 
     Cost: a listing of both folders and, when the names agree, one read of every file of both

@@ -548,7 +548,9 @@ def _gate_view(record: dict[str, Any]) -> GateView:
     else:
         floor_note = min_accuracy
     if baseline.get("compared") and baseline.get("identical"):
-        baseline_note = "latest blessed model, which is this model (identical files): no regression"
+        baseline_note = (
+            "latest blessed model, which is this model (the same weights and graph): no regression"
+        )
     elif baseline.get("compared") and baseline.get("shared_classes"):
         shared = ", ".join(repr(c) for c in baseline["shared_classes"])
         seen = baseline.get("seen_eval_examples")
