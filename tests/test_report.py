@@ -1355,3 +1355,49 @@ def test_long_names_and_paths_break_no_word_or_number_on_the_page(tmp_path):
     assert "stopped_epoch" not in text
     none_shown = html.render(dataclasses.replace(d, max_misclassified=0, misclassified=[]), {})
     assert "none shown (cap 0: --max-misclassified)" in none_shown and "the 0 with" not in none_shown
+
+
+def test_a_baseline_found_identical_to_a_served_version_is_named_by_that_version(tmp_path):
+    """A retrain to the served weights (new eval data) is not pushed again ("identical to version
+    N") and becomes the latest blessed model: the next run named it "no push of it recorded", and
+    a rollback's copy of version N was not followed to it (an audit). It is named by N now."""
+    from components.pusher import IDENTICAL_VERSION_KEY
+    from imgpipe.orchestration import metadata
+    from imgpipe.orchestration.summary import _as_pushed, _as_served_now
+    from tests.mlmd_fixtures import FakeHome
+
+    home = FakeHome(str(tmp_path / "home"))
+    config = PipelineConfig(home=home.home, serving_dir=str(tmp_path / "serving"), model_name="m")
+    version = os.path.join(config.resolved().model_serving_dir, "1001")
+    _, first = home.execute("r1", "Trainer", outputs={"model": ("Model", {})})
+    home.execute(
+        "r1",
+        "Pusher",
+        {"model": [first["model"]]},
+        {"pushed_model": ("PushedModel", {"pushed": 1, "pushed_destination": version})},
+    )
+    _, again = home.execute("r2", "Trainer", outputs={"model": ("Model", {})})
+    home.execute(
+        "r2",
+        "Pusher",
+        {"model": [again["model"]]},
+        {"pushed_model": ("PushedModel", {"pushed": 0, IDENTICAL_VERSION_KEY: "1001"})},
+    )
+    evaluator, _ = home.execute("r3", "Evaluator", {"baseline_model": [again["model"]]})
+    baseline = metadata.baseline_model(home.store, evaluator)
+    assert baseline == {"run_id": "r2", "pushed": None, "identical_to": "1001"}
+    named = _as_pushed(config, baseline)
+    assert named == {"run_id": "r2", "pushed": version, "identical_to": "1001"}
+    assert data.name_baseline("latest blessed model; allowed regression 0", named) == (
+        "latest blessed model (trained by run r2, not pushed: the same model as version 1001); allowed regression 0"
+    )
+    # A rollback served version 1001 again as a copy: followed, as for a pushed baseline.
+    os.makedirs(version)
+    copy = os.path.join(config.resolved().model_serving_dir, "1002")
+    os.makedirs(copy)
+    from serving.model_fingerprint import ROLLBACK_LOG
+
+    served = {"serving_dir": config.resolved().model_serving_dir, "version": 1002, "copy_of": "1001"}
+    with open(os.path.join(home.home, ROLLBACK_LOG), "w", encoding="utf-8") as f:
+        f.write(json.dumps({"served": served}) + "\n")
+    assert _as_served_now(home.home, named)["served_as"] == copy

@@ -641,7 +641,9 @@ def evaluated_model_uri(store, evaluator_execution_id: int | None) -> str:
 def baseline_model(store, evaluator_execution) -> dict[str, str | None] | None:
     """The model the Evaluator had as its baseline (the latest blessed model when it ran): the run
     that trained it (`run_id`) and where its newest recorded push put it (`pushed`, None when no
-    push of it is recorded). None: the Evaluator had no baseline, or is unknown."""
+    push of it is recorded); when none is but a Pusher found it identical to a served version
+    (a retrain to the same weights: not pushed again), that version's number (`identical_to`).
+    None: the Evaluator had no baseline, or is unknown."""
     if evaluator_execution is None:
         return None
     ids = _input_ids(store, evaluator_execution.id, "baseline_model")
@@ -656,7 +658,12 @@ def baseline_model(store, evaluator_execution) -> dict[str, str | None] | None:
     # The newest push of it: only a Pusher has a pushed_model output.
     executions = sorted(store.get_executions_by_id(list(consumers)) if consumers else [], key=lambda e: -e.id)
     pushed = next(filter(None, (pushed_path(store, e) for e in executions)), None)
-    return {"run_id": _run_of(store, trained_by), "pushed": pushed}
+    out = {"run_id": _run_of(store, trained_by), "pushed": pushed}
+    if pushed is None:
+        identical = next(filter(None, (push_skipped_version(store, e) for e in executions)), None)
+        if identical is not None:
+            out["identical_to"] = identical
+    return out
 
 
 def withdrawn_reason(store, evaluator_execution) -> str | None:

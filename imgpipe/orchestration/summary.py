@@ -109,7 +109,7 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         model_run_uri = metadata.output_uri(store, executions.get("Trainer"), "model_run")
         infra_blessing_uri = metadata.output_uri(store, executions.get("InfraValidator"), "blessing")
         withdrawn = metadata.withdrawn_reason(store, executions.get("Evaluator"))
-        baseline_model = metadata.baseline_model(store, executions.get("Evaluator"))
+        baseline_model = _as_pushed(config, metadata.baseline_model(store, executions.get("Evaluator")))
         baseline_model = _as_served_now(config.home, baseline_model)
         train_split = metadata.split_uri(store, executions.get("ImportExampleGen"), "examples", "train")
         states = {node: metadata.state_name(e) for node, e in executions.items()}
@@ -166,6 +166,19 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         label_check=label_check,
         flip_check=(training or {}).get("flip_check"),
     )
+
+
+def _as_pushed(config: PipelineConfig, baseline: dict | None) -> dict | None:
+    """A baseline whose Pusher found it identical to a served version (not pushed again) named by
+    that version's folder (`pushed`; `identical_to` stays): a run after such a retrain named its
+    baseline "no push of it recorded", and a rollback's copy of it was not followed (an audit)."""
+    identical = (baseline or {}).get("identical_to")
+    if (baseline or {}).get("pushed") or not isinstance(identical, str) or not identical.isdigit():
+        return baseline
+    model_dir = config.resolved().model_serving_dir
+    if not model_dir or "://" in model_dir:
+        return baseline
+    return {**baseline, "pushed": os.path.join(model_dir, identical)}
 
 
 def _as_served_now(home: str, baseline: dict | None) -> dict | None:

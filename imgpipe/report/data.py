@@ -901,6 +901,8 @@ def name_baseline(note: str, baseline_model: Any) -> str:
         return note
     run, pushed = baseline_model.get("run_id"), baseline_model.get("pushed")
     version = f"version {_version_of(pushed)}" if pushed else "no push of it recorded"
+    if pushed and baseline_model.get("identical_to"):
+        version = f"not pushed: the same model as version {_version_of(pushed)}"
     if pushed and baseline_model.get("copy_of"):
         version += f" (a rollback's copy of version {baseline_model['copy_of']}, pruned since)"
     elif pushed and baseline_model.get("served_as"):
