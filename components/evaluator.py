@@ -97,6 +97,7 @@ from components.gate_decision import (
     Measured,
     balanced_accuracy,
     change_failure,
+    class_order_change,
     classes_at_chance,
     compared_classes,
     exchanged,
@@ -525,6 +526,11 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             results, failed_here = decide_outside_tfma(plan, tfma_results, reused, on_unseen)
         served_answers = baseline_answers(evaluation.uri, baseline, bool(tfma_baselines), judged, on_unseen)
         eval_shifted = any(w.startswith(split_shift.SHIFT_WARNING) for w in report.warnings)
+        order_changed = class_order_change(
+            plan.class_names, model_class_names(baseline.uri) if baseline is not None else None
+        )
+        if order_changed:
+            log.warning("gate: %s", order_changed)
         results, moved_here = with_labels_moved(
             results, served_answers, report.label_change_accepted, eval_shifted
         )
@@ -552,6 +558,7 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
             eval_examples_in_train=records.candidate_seen,
             rolled_back=rolled_back,
             classes_told_apart_at_chance=tfma_results.classes_at_chance,
+            class_order_changed=order_changed,
         )
         # The data gate's warnings (names that print alike, labels corrected, eval images unlike
         # the train images): beside the numbers they may explain, in the run's JSON too.

@@ -796,6 +796,22 @@ class JudgedOn:
 
 
 # --------------------------------------------------------------------- the baseline
+def class_order_change(candidate: Sequence[str], baseline: Sequence[str] | None) -> str | None:
+    """The warning when the candidate has the latest blessed model's classes in another order
+    (None otherwise): TensorFlow Transform orders the label vocabulary by each class's count, so
+    a retrain on data whose counts changed can order the model's outputs anew; a client reading
+    `scores` by position then reads other classes (an audit's retrain that only added train
+    images). gate.json's `class_order_changed`."""
+    if baseline is None or list(candidate) == list(baseline) or sorted(candidate) != sorted(baseline):
+        return None
+    return (
+        f"the model's classes are in another order than the latest blessed model's ({_names(baseline)} "
+        f"then, {_names(candidate)} now: the label vocabulary is ordered by each class's count); a client "
+        "that reads the scores by position gets other classes: read the class names each signature returns "
+        "beside its scores"
+    )
+
+
 def label_set_change(before: Sequence[str], after: Sequence[str]) -> str | None:
     """'new class '8'; vanished class '7'' when the two label sets differ, else None."""
     new = sorted(set(after) - set(before))
@@ -1703,6 +1719,7 @@ def gate_record(
     eval_examples_in_train: int | None = None,
     rolled_back: str | None = None,
     classes_told_apart_at_chance: Sequence[Mapping[str, Any]] | None = None,
+    class_order_changed: str | None = None,
 ) -> dict[str, Any]:
     """The decision record (gate.json): every key of the contract, null where not applicable.
 
@@ -1741,6 +1758,7 @@ def gate_record(
         "significant_right": floor.significant_right,
         "eval_pictures": floor.eval_pictures,
         "class_names": list(plan.class_names),
+        "class_order_changed": class_order_changed,
         "per_class_recall": dict(sorted(results.per_class.items())),
         "min_class_recall": plan.min_class_recall,
         "per_class_precision": (

@@ -63,6 +63,7 @@ CONTRACT_KEYS = {
     "significant_right",
     "eval_pictures",
     "class_names",
+    "class_order_changed",
     "per_class_recall",
     "min_class_recall",
     "baseline",
@@ -1382,3 +1383,23 @@ def test_an_exchange_is_a_reason_and_recorded():
         "kept": 0,
         "chance": 0.5**16,
     }
+
+
+def test_a_candidate_with_the_baselines_classes_in_another_order_is_warned_about():
+    """TensorFlow Transform orders the label vocabulary by each class's count: a retrain that only
+    added train images pushed ['7', '9', '5', '6', '8'] over ['5', '6', '9', '7', '8'] without a
+    word, though clients reading scores by position then read other classes (an audit)."""
+    from components.gate_decision import class_order_change
+
+    said = class_order_change(["7", "9", "5", "6", "8"], ["5", "6", "9", "7", "8"])
+    assert said.startswith("the model's classes are in another order than the latest blessed model's")
+    assert "'5', '6', '9', '7' and '8' then" in said or "then" in said
+    assert "reads the scores by position" in said
+    assert class_order_change(["5", "6"], ["5", "6"]) is None  # the same order
+    assert class_order_change(["5", "6", "7"], ["5", "6"]) is None  # another label set: said elsewhere
+    assert class_order_change(["6", "5"], None) is None  # no baseline
+    plan = plan_gate(GateConfig(), {"a": 20, "b": 20}, ["a", "b"], ["b", "a"])
+    results = EvalResults(0.9, 40, {"a": 0.9, "b": 0.9}, None)
+    record = gate_record(plan, results, True, class_order_changed=class_order_change(["a", "b"], ["b", "a"]))
+    assert record["class_order_changed"].startswith("the model's classes are in another order")
+    assert gate_record(plan, results, True)["class_order_changed"] is None
