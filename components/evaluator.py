@@ -826,7 +826,7 @@ def with_labels_moved(
     results = dataclasses.replace(results, labels_moved=moves)
     swapped = exchanged(moves)
     for move in moved_alone(moves):
-        log.warning("gate: %s", moved_warning(move, eval_shifted))
+        log.warning("gate: %s", moved_warning(move, eval_shifted, counts))
     if not swapped:
         return results, False
     if accepted:

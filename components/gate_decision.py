@@ -1459,21 +1459,34 @@ def moved_reason(moves: Sequence[LabelMove]) -> str:
     )
 
 
-def moved_warning(move: LabelMove, eval_shifted: bool = False) -> str:
-    """The warning of one class moved alone (the class it is answered with did not move);
-    `eval_shifted`: the data gate found the eval images unlike the train images, which alone can
-    make a model answer a class as another (inverted or thickened strokes: an audit's run asked
-    whether the images were under the wrong label)."""
+def moved_warning(
+    move: LabelMove, eval_shifted: bool = False, counts: Mapping[tuple[str, str], int] | None = None
+) -> str:
+    """The warning of one class moved alone or along a chain; `counts` (the served model's
+    {(true class, answered class): eval images}) say how the class it is answered with fares on
+    its own images: the words claimed it kept most of them, unchecked, when the served model
+    answered 8 of that class's 57 right (an audit). `eval_shifted`: the data gate found the eval
+    images unlike the train images, which alone can make a model answer a class as another
+    (inverted or thickened strokes: an audit's run asked whether the images were under the wrong
+    label)."""
     shifted = (
         "; the eval images also differ from the train images (the data gate's warning): pictures made "
         "another way, not relabelled, can do this too"
         if eval_shifted
         else ""
     )
+    target = _q(move.answered)
+    own = sum(n for (true, _), n in (counts or {}).items() if true == move.answered)
+    kept = (counts or {}).get((move.answered, move.answered), 0)
+    if not own:
+        fares = ""
+    elif kept * 2 > own:
+        fares = f" (it answers most of {target}'s own as {target}: {kept} of {own})"
+    else:
+        fares = f" (and only {kept} of the {own} labelled {target} as {target})"
     return (
-        f"the served model answers {move.text()} (it answers most of {_q(move.answered)}'s own as "
-        f"{_q(move.answered)}): are these {_q(move.answered)} images under the wrong label, or did "
-        f"{_q(move.label)} change?{shifted}"
+        f"the served model answers {move.text()}{fares}: are these {target} images under the wrong label, "
+        f"or did {_q(move.label)} change?{shifted}"
     )
 
 

@@ -1359,6 +1359,15 @@ def test_a_class_moved_alone_beside_a_shift_of_the_eval_images_says_both(caplog)
         assert refused is False  # moved alone: warned, not refused
         [said] = [r.getMessage() for r in caplog.records if "under the wrong label" in r.getMessage()]
         assert ("the eval images also differ from the train images" in said) is shifted, said
+        assert "(it answers most of '9''s own as '9': 30 of 30)" in said
+    # The class it is answered with does not keep its own (the served model misreads the split):
+    # said as counted, not claimed.
+    from components.gate_decision import moved_alone, moved_warning
+
+    counts = _counts({"7": {"9": 42, "7": 8}, "9": {"9": 8, "4": 49}})
+    [move] = [m for m in moved_alone(labels_moved(counts)) if m.label == "7"]
+    said = moved_warning(move, True, counts)
+    assert "(and only 8 of the 57 labelled '9' as '9')" in said and "most of" not in said
 
 
 def test_an_exchange_is_a_reason_and_recorded():
