@@ -1015,7 +1015,11 @@ def eval_pictures(path: str | None, label_counts: Mapping[str, int]) -> dict[str
     if not isinstance(near, list):
         return None
     if not image_ids.ingest_counts_match(ingested, "eval", label_counts):
-        log.info("gate: %s does not describe this eval split (its eval counts differ): images counted", path)
+        log.info(
+            "gate: %s does not describe this eval split (its eval counts differ): the significance bound "
+            "counts each eval image as a picture, not ingest's sets of near-copies once",
+            path,
+        )
         return None
     images = {str(c): int(v.get("eval", 0)) for c, v in ingested["counts"].items()}
     pictures = dict(images)

@@ -115,7 +115,7 @@ def same_model(a: str, b: str) -> bool:
     differ = every - ANSWER_FREE_FILES
     if not differ:
         if every:
-            log.info("%s and %s: the same model, warmed up with other requests (other eval data)", a, b)
+            log.debug("%s and %s: the same model, warmed up with other requests (other eval data)", a, b)
         return True
     if not differ <= GRAPH_FILES or SAVED_MODEL not in differ:
         return False
@@ -127,7 +127,8 @@ def same_model(a: str, b: str) -> bool:
         log.warning("cannot compare the graphs of %s and %s: %s", a, b, e)
         return False
     if same:
-        log.info("%s and %s: the same weights and graph, exported apart (function names differ)", a, b)
+        # Debug: asked several times a run (its start, pre-push validation, the Pusher, the summary).
+        log.debug("%s and %s: the same weights and graph, exported apart (function names differ)", a, b)
     return same
 
 
