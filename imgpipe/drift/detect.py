@@ -133,7 +133,11 @@ def drift_report(
                 f"it ({scan.records} records; models: {names}); give --run RUN_ID"
             )
         count, served_version = max(answered)
-        run = os.path.basename(sources.pushing_run(home, served_version))
+        folder = sources.pushing_run(home, served_version)
+        try:  # the run's id as every other line says it, not its record folder's name
+            run = str(runs.read_summary(folder).get("run_id") or os.path.basename(folder))
+        except runs.RecordError:
+            run = os.path.basename(folder)
         chosen_by = f"served: the run that pushed version {served_version}"
         log.info(
             "version %s answered %d of the %d logged requests read; run %s pushed it",
