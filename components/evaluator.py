@@ -846,8 +846,11 @@ def settle_blessing(blessing: types.Artifact, failed_here: bool, rolled_back: st
     blessed = blessing.get_int_custom_property("blessed") == 1
     if (failed_here or rolled_back) and blessed:
         if rolled_back:
-            # Said once, with the other reasons, by what reads gate.json (`imgpipe run`'s summary).
-            log.info("blessing withdrawn: the candidate was rolled back out of serving (gate.json's reasons)")
+            # Short: the reason in full is gate.json's first, which `imgpipe run`'s summary says
+            # (a task log under Airflow, Kubeflow or Vertex AI has this line).
+            log.warning(
+                "not blessed: the candidate was rolled back out of serving (when and why: gate.json's reasons)"
+            )
         unbless(blessing)
         blessed = False
     return blessed
