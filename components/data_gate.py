@@ -292,7 +292,7 @@ class DataGateExecutor(base_executor.BaseExecutor):
                 # Each picture once: a set of near-copies (a clip's frames: ingest's report) or
                 # a repeated image counted once, so a split of 25 clips is not 284 samples (an
                 # audit's clip data read a brightness "shift" at p = 7e-5 by frame, 0.45 by clip).
-                once = {split: _first_of_each(grouped) for split, grouped in pictures.items()}
+                once = {split: ~image_ids.repeats(grouped) for split, grouped in pictures.items()}
                 shift_warnings += split_shift.gate_warnings(
                     itertools.compress(image_ids.records(train), once["train"]),
                     itertools.compress(image_ids.records(eval_files), once["eval"]) if has_eval else [],
@@ -357,14 +357,6 @@ def ingest_split_warnings(ingested: dict, indexed: dict[str, tuple[np.ndarray, n
         if not image_ids.ingest_counts_match(ingested, split, collections.Counter(str(x) for x in labels)):
             return []
     return [f"ingest: {w}" for w in said if isinstance(w, str)]
-
-
-def _first_of_each(groups: np.ndarray) -> np.ndarray:
-    """A mask over a split's records (their image_ids.groups, in file order): True for the first of
-    each picture, a set of near-copies or a repeated image counting as one."""
-    first = np.zeros(len(groups), bool)
-    first[np.unique(groups, return_index=True)[1]] = True
-    return first
 
 
 class DataGateSpec(ComponentSpec):
