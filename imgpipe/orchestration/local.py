@@ -42,7 +42,12 @@ from imgpipe.orchestration import (
     scratch,
 )
 from imgpipe.orchestration.lock import LockBusy, home_lock
-from imgpipe.orchestration.summary import RunSummary, summarize_run, withdraw_unserved_blessings
+from imgpipe.orchestration.summary import (
+    RunSummary,
+    prepush_refusal,
+    summarize_run,
+    withdraw_unserved_blessings,
+)
 from imgpipe.orchestration.weights import check_weights_file
 from imgpipe.report.build import attach_report
 from imgpipe.stop_signals import stopped_by
@@ -716,8 +721,8 @@ def _as_this_process_saw(summary: RunSummary, tracker: _ComponentProgress, faile
         summary.per_class_accuracy = gate.get("per_class_recall") or {}
     if prepush:
         summary.prepush = prepush
-        if summary.blessed and prepush.get("validated") and prepush.get("blessed") is False:
-            summary.push_skipped = f"pre-push validation failed: {prepush.get('reason')}"
+        if summary.blessed:
+            summary.push_skipped = prepush_refusal(prepush) or summary.push_skipped
     log.warning(
         "ML Metadata could not be read: the failed run's record holds what this process saw of its components%s",
         " (the Evaluator's decision from its gate.json)" if gate else "",

@@ -142,9 +142,9 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
             "candidate": subset.get("candidate_accuracy"),
         }
     prepush = metadata.prepush_summary(infra_blessing_uri)
-    refused = prepush and prepush.get("validated") and prepush.get("blessed") is False
+    refused = prepush_refusal(prepush)
     if blessed and not pushed and not push_skipped and refused:
-        push_skipped = f"pre-push validation failed: {prepush.get('reason')}"
+        push_skipped = refused
     elif blessed and not pushed and not push_skipped and withdrawn:
         # Its push failed, or (an Evaluator from cache, its blessing withdrawn while a run was in
         # flight: Airflow) pre-push validation skipped it as not blessed: nothing was pushed.
@@ -166,6 +166,14 @@ def summarize_run(config: PipelineConfig, run_id: str | None) -> RunSummary:
         label_check=label_check,
         flip_check=(training or {}).get("flip_check"),
     )
+
+
+def prepush_refusal(prepush: dict | None) -> str | None:
+    """`push_skipped` of a blessed model that pre-push validation refused (its report's summary,
+    metadata.prepush_summary), else None."""
+    if prepush and prepush.get("validated") and prepush.get("blessed") is False:
+        return f"pre-push validation failed: {prepush.get('reason')}"
+    return None
 
 
 def _as_pushed(config: PipelineConfig, baseline: dict | None) -> dict | None:
