@@ -430,13 +430,14 @@ class GateEvaluatorExecutor(evaluator_executor.Executor):
         splits = json_utils.loads(props.get(standard_component_specs.EXAMPLE_SPLITS_KEY) or "null")
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
         label_counts = eval_label_counts(report, splits or ["eval"])  # first: it names a split not counted
-        pictures = (
-            eval_pictures(props.get(INGEST_REPORT_KEY), label_counts) if splits in (None, ["eval"]) else None
-        )
+        # The data's ingest report, read once: its pictures (below) and its sets of near-copies.
+        report_path = props.get(INGEST_REPORT_KEY)
+        ingested = image_ids.read_ingest_report(report_path)
+        pictures = eval_pictures(ingested, label_counts, report_path) if splits in (None, ["eval"]) else None
         if baseline is not None:
             check_baseline_readable(baseline)
         folders = split_dirs(examples, splits)
-        near_copies = image_ids.near_copy_sets(props.get(INGEST_REPORT_KEY))
+        near_copies = image_ids.near_copy_sets_in(ingested or {}, report_path or "")
         records = eval_records(model, folders, near_copies)
         judged_on = records.judged_on()
         if judged_on is not None:
@@ -1008,12 +1009,14 @@ def split_dirs(examples: types.Artifact, splits: Sequence[str] | None) -> list[s
     return [artifact_utils.get_split_uri([examples], split) for split in (splits or ["eval"])]
 
 
-def eval_pictures(path: str | None, label_counts: Mapping[str, int]) -> dict[str, int] | None:
-    """Each class's eval pictures from the data's ingest report at `path` (its eval images less the
-    extra members of each set of near-copies ingest kept in eval), when some class has fewer
-    pictures than images; None when there is no such report (records made another way), it cannot
-    be read, or its eval counts are not the eval split's `label_counts` (a report of other data)."""
-    ingested = image_ids.read_ingest_report(path)
+def eval_pictures(
+    ingested: Mapping[str, Any] | None, label_counts: Mapping[str, int], path: str | None = None
+) -> dict[str, int] | None:
+    """Each class's eval pictures from the data's ingest report (`ingested`, read from `path` by
+    image_ids.read_ingest_report: its eval images less the extra members of each set of
+    near-copies ingest kept in eval), when some class has fewer pictures than images; None when
+    there is no such report (records made another way), it could not be read, or its eval counts
+    are not the eval split's `label_counts` (a report of other data)."""
     near = ingested.get("near_copies") if ingested else None
     if not isinstance(near, list):
         return None

@@ -1606,7 +1606,7 @@ def test_the_eval_pictures_come_from_ingests_near_copy_sets(tmp_path):
     from it, and nothing from a report of other data, a damaged one, or none."""
     from components.evaluator import eval_pictures
     from imgpipe.ingest.contract import REPORT_FILE
-    from trainer.image_ids import INGEST_REPORT_FILE
+    from trainer.image_ids import INGEST_REPORT_FILE, read_ingest_report
 
     assert INGEST_REPORT_FILE == REPORT_FILE
     path = tmp_path / INGEST_REPORT_FILE
@@ -1619,16 +1619,21 @@ def test_the_eval_pictures_come_from_ingests_near_copy_sets(tmp_path):
         ],
     }
     path.write_text(json.dumps(report))
-    assert eval_pictures(str(path), {"a": 20, "b": 20}) == {"a": 8, "b": 20}  # 20 - 11 - 1
-    assert eval_pictures(str(path), {"a": 19, "b": 20}) is None  # a report of other records
-    assert eval_pictures(str(tmp_path / "none.json"), {"a": 20, "b": 20}) is None
-    assert eval_pictures(None, {"a": 20, "b": 20}) is None
+    assert eval_pictures(read_ingest_report(str(path)), {"a": 20, "b": 20}) == {
+        "a": 8,
+        "b": 20,
+    }  # 20 - 11 - 1
+    assert (
+        eval_pictures(read_ingest_report(str(path)), {"a": 19, "b": 20}) is None
+    )  # a report of other records
+    assert eval_pictures(read_ingest_report(str(tmp_path / "none.json")), {"a": 20, "b": 20}) is None
+    assert eval_pictures(read_ingest_report(None), {"a": 20, "b": 20}) is None
     # A class that is one set, split by image ("both"): its eval images are one picture.
     report["near_copies"].append({"class": "b", "split": "both", "files": [f"b/{i}.png" for i in range(100)]})
     path.write_text(json.dumps(report))
-    assert eval_pictures(str(path), {"a": 20, "b": 20}) == {"a": 8, "b": 1}
+    assert eval_pictures(read_ingest_report(str(path)), {"a": 20, "b": 20}) == {"a": 8, "b": 1}
     report["near_copies"] = report["near_copies"][2:3]  # no set in eval: every image its own picture
     path.write_text(json.dumps(report))
-    assert eval_pictures(str(path), {"a": 20, "b": 20}) is None
+    assert eval_pictures(read_ingest_report(str(path)), {"a": 20, "b": 20}) is None
     path.write_text("{not json")
-    assert eval_pictures(str(path), {"a": 20, "b": 20}) is None
+    assert eval_pictures(read_ingest_report(str(path)), {"a": 20, "b": 20}) is None
