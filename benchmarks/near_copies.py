@@ -9,14 +9,18 @@
    of all 1,797 (the most alike pictures shipped). The threshold must sit between. The same for
    copies moved by a pixel of the 32 x 32 grid (a digit of 34 px cut to 32 a pixel apart, a photo
    crop moved 8 px of 256) in the grids compared shifted (`shifted_correlation`), and for a move
-   between two grid pixels (a photo crop moved 4 px: half a grid pixel).
+   between two grid pixels (a photo crop moved 4 px: half a grid pixel). And for copies turned or
+   mirrored (the seven other orientations of a square: offline augmentation's copies), the
+   thumbnail compared in the copy's orientation, against the largest correlation of two
+   different digits in any orientation.
 2. The scan's cost per file: the check decodes a JPEG at the smallest scale keeping 64 pixels a
    side, for the thumbnail, instead of always at 1/8 as before; variants "1/8" and "64 px"
    (`images.THUMBNAIL_DECODE_SIDE`), interleaved in one process, on 256 px JPEG crops, 640 x 427
    JPEG photos and 32 px PNG digits.
 3. The search: `near_copy_sets` over one class of n images (random signatures: no set to form,
-   every pair compared), with the thumbnails alone (as before the grids) and with the grids'
-   eight shifted comparisons, interleaved.
+   every pair compared), with the thumbnails alone (as before the grids), with the grids' eight
+   shifted comparisons, and with those and the thumbnails' seven other orientations (now),
+   interleaved.
 
     python -m benchmarks.near_copies            # 5 rounds
     python -m benchmarks.near_copies --quick    # 1 round
@@ -96,7 +100,9 @@ def _cut(picture, pad: int, move: tuple[int, int]):
 
 
 def separation(photos, digits) -> str:
-    from imgpipe.ingest.near_copies import NEAR_COPY_CORRELATION, shifted_correlation, thumbnails
+    from PIL import Image
+
+    from imgpipe.ingest.near_copies import _TURNS, NEAR_COPY_CORRELATION, shifted_correlation, thumbnails
 
     rows = []
     for kind, pictures in (("256 px photo crops", photos), ("32 px digits", digits[:200])):
@@ -125,12 +131,30 @@ def separation(photos, digits) -> str:
     rows.append(
         ["256 px photo crops", "moved half a grid pixel: grids compared shifted", f"{min(between):.5f}"]
     )
+    turns = {
+        "mirrored left-right": Image.FLIP_LEFT_RIGHT,
+        "turned 90 degrees": Image.ROTATE_90,
+        "turned 180 degrees": Image.ROTATE_180,
+        "mirrored on the diagonal": Image.TRANSPOSE,
+    }
+    for kind, pictures in (("256 px photo crops", photos), ("32 px digits", digits[:200])):
+        for name, method in turns.items():
+            lowest = 1.0
+            for picture in pictures:
+                original = thumbnails([_thumb(_encode(picture))])[0]
+                copy = thumbnails([_thumb(_encode(picture.transpose(method), "JPEG", quality=90))])[0]
+                lowest = min(lowest, max(float(copy @ original[order]) for order in _TURNS.values()))
+            rows.append([kind, f"{name}, JPEG q90: thumbnails in its orientation", f"{lowest:.5f}"])
     signatures = [_thumb(_encode(d)) for d in digits]
     every = thumbnails(signatures)
+    turned = max(float((every @ every[:, order].T).max()) for order in _TURNS.values())
     similarity = every @ every.T
     np.fill_diagonal(similarity, -1)
     rows.append(
         ["32 px digits", f"two different digits (of {len(digits):,}): the largest", f"{similarity.max():.5f}"]
+    )
+    rows.append(
+        ["32 px digits", "two different digits, one turned or mirrored: the largest", f"{turned:.5f}"]
     )
     # The most alike different digits in the thumbnails, compared shifted too.
     top = np.dstack(np.unravel_index(np.argsort(-similarity, axis=None)[:400:2], similarity.shape))[0]
@@ -203,16 +227,28 @@ def search_cost(rounds: int) -> str:
             quantized(np.concatenate([v / np.linalg.norm(v), g])) for v, g in zip(vectors, grids, strict=True)
         ]
         thumbs_only = [w[:256] for w in whole]
-        times: dict[str, list[float]] = {"thumbnails": [], "with grids": []}
+        variants = {
+            "thumbnails": (thumbs_only, False),
+            "with grids": (whole, False),
+            "with grids and turns": (whole, True),
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):
-            for name, signatures in (("thumbnails", thumbs_only), ("with grids", whole)):
+            for name, (signatures, turned) in variants.items():
                 start = time.perf_counter()
-                near_copy_sets(signatures)
+                near_copy_sets(signatures, turned=turned)
                 times[name].append(time.perf_counter() - start)
-        alone, shifted = common.median(times["thumbnails"]), common.median(times["with grids"])
-        rows.append([f"{n:,}", f"{alone:.2f}", f"{shifted:.2f}", f"{shifted / alone:.1f}"])
+        alone, shifted, turned = (common.median(times[name]) for name in variants)
+        rows.append([f"{n:,}", f"{alone:.2f}", f"{shifted:.2f}", f"{turned:.2f}", f"{turned / shifted:.2f}"])
     return common.table(
-        ["images in the class", "thumbnails alone, s", "with the shifted grids, s", "ratio"], rows
+        [
+            "images in the class",
+            "thumbnails alone, s",
+            "with the shifted grids, s",
+            "and the turns (now), s",
+            "turns' ratio",
+        ],
+        rows,
     )
 
 

@@ -52,6 +52,12 @@ def _digit(i: int, side: int = 32) -> Image.Image:
     return Image.fromarray(pixels).resize((side, side), Image.BILINEAR).convert("RGB")
 
 
+@functools.cache
+def _every_digit() -> list[bytes]:
+    """The signatures of all 1,797 digits at 32 px."""
+    return [_thumb(_encode(_digit(i))) for i in range(1797)]
+
+
 def _photo_crops() -> list[Image.Image]:
     china, flower = load_sample_images().images
     return [
@@ -75,7 +81,7 @@ def test_different_hand_drawn_digits_are_near_copies_twice_in_1797():
     """The threshold's other side: scikit-learn's digits are the most alike pictures shipped (small
     strokes on black); of all 1,797, two pairs of different digits are taken for near-copies (one
     of them once shifted by a pixel of the grid)."""
-    thumbs = [_thumb(_encode(_digit(i))) for i in range(1797)]
+    thumbs = _every_digit()
     grouped = [s for s in near_copy_sets(thumbs) if len(s) > 1]
     assert len(grouped) <= 2 and all(len(s) == 2 for s in grouped)
 
@@ -110,6 +116,47 @@ def test_copies_shifted_by_a_pixel_or_two_are_one_set(kind):
         assert min(float(base[0] @ base[i]) for i in (1, 2)) < NEAR_COPY_CORRELATION
     sets = near_copy_sets(thumbs)
     assert sorted(sorted(owner[i] for i in s) for s in sets) == [[p] * 3 for p in range(len(pictures))]
+
+
+_TURNED = {
+    "mirrored": Image.Transpose.FLIP_LEFT_RIGHT,
+    "upside down": Image.Transpose.FLIP_TOP_BOTTOM,
+    "turned 90": Image.Transpose.ROTATE_90,
+    "turned 180": Image.Transpose.ROTATE_180,
+    "turned 270": Image.Transpose.ROTATE_270,
+    "transposed": Image.Transpose.TRANSPOSE,
+    "transversed": Image.Transpose.TRANSVERSE,
+}
+
+
+@pytest.mark.parametrize("kind", ["digit", "photo"])
+def test_copies_turned_or_mirrored_are_one_set(kind):
+    """Offline augmentation stores a picture again mirrored or turned by quarter turns: the same
+    picture to a model (a frozen backbone's pooled features hardly change), unmatched by the
+    thumbnails as stored. Each picture, stored as drawn and in the seven other orientations of a
+    square (as JPEGs; a photo crop of 300 x 200 turned is 200 x 300), is one set; the pictures stay
+    apart; without the turned comparison only the symmetric ones could join."""
+    pictures = [_digit(i) for i in (0, 1, 11, 21)] if kind == "digit" else _photo_crops()
+    thumbs, owner = [], []
+    for p, picture in enumerate(pictures):
+        thumbs.append(_thumb(_encode(picture)))
+        owner.append(p)
+        for method in _TURNED.values():
+            thumbs.append(_thumb(_encode(picture.transpose(method), "JPEG", quality=90)))
+            owner.append(p)
+    sets = near_copy_sets(thumbs)
+    assert sorted(sorted(owner[i] for i in s) for s in sets) == [[p] * 8 for p in range(len(pictures))]
+    unturned = near_copy_sets(thumbs, turned=False)
+    assert len(unturned) > 2 * len(pictures)
+
+
+def test_different_digits_are_not_joined_in_other_orientations():
+    """Comparing each picture turned and mirrored too adds no pair of different digits of the
+    1,797 to the two the other comparisons take (each orientation of a thumbnail is its values in
+    another order: a permutation, compared exactly as the thumbnails are)."""
+    thumbs = _every_digit()
+    grouped = {tuple(s) for s in near_copy_sets(thumbs) if len(s) > 1}
+    assert grouped == {tuple(s) for s in near_copy_sets(thumbs, turned=False) if len(s) > 1}
 
 
 def test_a_chain_of_near_copies_is_one_set():

@@ -10,15 +10,18 @@ The scan reduces each image to a standardised grey thumbnail (``images.thumbnail
 whose thumbnails correlate at ``NEAR_COPY_CORRELATION`` or more are near-copies. So are two
 whose grey grids (GRID_SIDE a side, from the same decode) correlate that much once one is moved
 a pixel of the grid (1/32 of the picture) in any of eight directions, compared on the 15 x 15
-blocks of 2 x 2 grid pixels both cover: a picture cropped or shifted by a pixel or two. Saved
+blocks of 2 x 2 grid pixels both cover: a picture cropped or shifted by a pixel or two. So are
+two whose thumbnails correlate that much once one is turned or mirrored (``_TURNS``, the seven
+other orientations of a square: offline augmentation's copies); each orientation is the
+thumbnail's values in another order, so no picture is decoded again. Saved
 three times at 1-pixel offsets, each of 400 digits (32 px) had copies correlating 0.94-0.97 in
 the thumbnail, and with random labels a model scored 0.47 on three classes (0.33 by chance);
 aligned, the copies correlate 1.0 and the most alike different digits 0.9956. Pictures
 joined by a chain of near-copies (the frames of a burst, each a near-copy of the next) form one
 set, written whole to one split: two near-copies are never in two splits. A class that is one
 such set is split by image instead, with a warning. The search compares every
-pair in a class, in blocks of bounded memory: n^2 / 2 dot products of 256 values, and eight
-more of 225 for the shifts (BENCHMARKS.md, "Near-copies at ingest").
+pair in a class, in blocks of bounded memory: n^2 / 2 dot products of 256 values, eight more of
+225 for the shifts and seven of 256 for the turns (BENCHMARKS.md, "Near-copies at ingest").
 """
 
 from __future__ import annotations
@@ -53,6 +56,26 @@ _SHIFTS = (
     ((1, 0), (0, 1)),
 )
 _OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
+
+
+def _turn(turns: int, mirrored: bool) -> np.ndarray:
+    """The order of a thumbnail's values once the picture is turned `turns` quarter turns
+    (counter-clockwise) and, if `mirrored`, mirrored left to right first: the thumbnail of a
+    picture so turned is (up to resizing) the thumbnail's values in this order."""
+    grid = np.arange(_BASE).reshape(THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+    return np.rot90(grid[:, ::-1] if mirrored else grid, turns).reshape(-1).copy()
+
+
+# The seven other orientations of a square (mirrors left-right and top-bottom, the three turns,
+# the two diagonal mirrors): a copy stored turned or mirrored, as offline augmentation stores
+# them, is compared in each. The set holds each one's inverse, so comparing the later picture
+# with the earlier one's orientations finds a copy whichever of the two was turned.
+_TURNS = {
+    f"{'mirrored, ' if mirrored else ''}turned {90 * turns}": _turn(turns, mirrored)
+    for mirrored in (False, True)
+    for turns in range(4)
+    if turns or mirrored
+}
 _GRID_CHUNK = 2048
 # A window whose block means spread less than this (their norm once centred; 4 grey levels of
 # standard deviation over 225 blocks) is not compared shifted: crops of hazy sky joined across
@@ -115,9 +138,12 @@ _MARGIN = 1e-4
 _EXACT_CHUNK = 65536  # candidate pairs checked exactly at once
 
 
-def _similar_pairs(packed: Sequence[bytes], threshold: float) -> Iterator[tuple[int, int]]:
+def _similar_pairs(
+    packed: Sequence[bytes], threshold: float, turned: bool = True
+) -> Iterator[tuple[int, int]]:
     """(later, earlier) positions of the signatures that are near-copies: their thumbnails, or
-    their grids moved a pixel apart, correlate at `threshold` or more.
+    their grids moved a pixel apart, or (`turned`) the later thumbnail and the earlier one turned
+    or mirrored (``_TURNS``), correlate at `threshold` or more.
 
     Every pair's correlations are first taken in float32 from unit rows, the largest kept;
     pairs near or over the threshold are then decided exactly: the int8 values' dot products
@@ -128,6 +154,9 @@ def _similar_pairs(packed: Sequence[bytes], threshold: float) -> Iterator[tuple[
     rows = np.stack([np.frombuffer(p[:_BASE], np.int8) for p in packed]).astype(np.float32)
     matrices = {"base": rows}
     comparisons = [("base", "base")]
+    if turned:  # the earlier pictures' thumbnails in the other orientations
+        matrices.update({name: rows[:, order] for name, order in _TURNS.items()})
+        comparisons += [("base", name) for name in _TURNS]
     if any(len(p) > _BASE for p in packed):  # signatures with grey grids: the shifted pairs too
         matrices.update(_windows(packed))
         comparisons += list(_SHIFTS)
@@ -166,17 +195,20 @@ def shifted_correlation(first: bytes, second: bytes) -> float:
     return best
 
 
-def near_copy_sets(thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELATION) -> list[list[int]]:
+def near_copy_sets(
+    thumbs: Sequence[bytes], threshold: float = NEAR_COPY_CORRELATION, turned: bool = True
+) -> list[list[int]]:
     """The positions of `thumbs` (quantized thumbnails in the plan's order; b"" for none) in
     near-copy sets: pictures joined by a chain of near-copies (a burst's frames, each a near-copy
     of the next) are one set, so no two near-copies are ever in two sets. Each set in order, the
-    sets in the order of their first positions; an image without a thumbnail is a set of its own."""
+    sets in the order of their first positions; an image without a thumbnail is a set of its own.
+    `turned`: a picture turned or mirrored is a near-copy too (``_TURNS``)."""
     n = len(thumbs)
     known = [i for i in range(n) if thumbs[i]]
     pairs = []
     if len(known) > 1:
         packed = [thumbs[i] for i in known]
-        pairs = [(known[i], known[j]) for i, j in _similar_pairs(packed, threshold)]
+        pairs = [(known[i], known[j]) for i, j in _similar_pairs(packed, threshold, turned)]
     return joined(n, pairs)
 
 
