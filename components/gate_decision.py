@@ -798,17 +798,17 @@ class JudgedOn:
 # --------------------------------------------------------------------- the baseline
 def class_order_change(candidate: Sequence[str], baseline: Sequence[str] | None) -> str | None:
     """The warning when the candidate has the latest blessed model's classes in another order
-    (None otherwise): TensorFlow Transform orders the label vocabulary by each class's count, so
-    a retrain on data whose counts changed can order the model's outputs anew; a client reading
-    `scores` by position then reads other classes (an audit's retrain that only added train
-    images). gate.json's `class_order_changed`."""
+    (None otherwise): models trained before 2026-12-08 ordered the label vocabulary by each
+    class's count (TensorFlow Transform's default), so the first retrain after it reorders their
+    outputs once (the order now follows the names: trainer/preprocessing.py); a client reading
+    `scores` by position then reads other classes. gate.json's `class_order_changed`."""
     if baseline is None or list(candidate) == list(baseline) or sorted(candidate) != sorted(baseline):
         return None
     return (
         f"the model's classes are in another order than the latest blessed model's ({_names(baseline)} "
-        f"then, {_names(candidate)} now: the label vocabulary is ordered by each class's count); a client "
-        "that reads the scores by position gets other classes: read the class names each signature returns "
-        "beside its scores"
+        f"then, {_names(candidate)} now: models trained before 2026-12-08 ordered them by each class's "
+        "count, later ones by the class names, the same in every retrain); a client that reads the scores by "
+        "position gets other classes: read the class names each signature returns beside its scores"
     )
 
 

@@ -110,6 +110,34 @@ def test_preprocessing_fn_through_tft(backbone):
                 np.testing.assert_allclose(image, expected[lab], rtol=1e-4, atol=1e-3, err_msg=lab)
 
 
+def _label_vocabulary(counts: dict[str, int]) -> list[str]:
+    """The label vocabulary preprocessing_fn makes through TFT from `counts` records a class."""
+    spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string), LABEL_KEY: tf.io.FixedLenFeature([], tf.string)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+    image = helpers.encode_image(_photo(8, 8, 0), "PNG")
+    rows = [{IMAGE_KEY: image, LABEL_KEY: name.encode()} for name, n in counts.items() for _ in range(n)]
+    out_dir = tempfile.mkdtemp()
+    with beam.Pipeline(argv=[f"--runner={LOCAL_RUNNER}"]) as p:
+        with tft_beam.Context(temp_dir=tempfile.mkdtemp(), force_tf_compat_v1=False):
+            transform_fn = (p | beam.Create(rows), metadata) | tft_beam.AnalyzeDataset(
+                lambda inputs: preprocessing_fn(inputs, {"backbone": "MobileNetV2", "image_size": SIZE})
+            )
+            _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    return [v.decode() for v in tft.TFTransformOutput(out_dir).vocabulary_by_name(LABEL_VOCAB)]
+
+
+def test_the_class_order_does_not_follow_the_counts():
+    """The label vocabulary's order is the model's output order, which a client reading scores by
+    position (and a two-class model's one score) depends on. Ordered by count, a retrain whose
+    counts changed reordered it; each order of counts below gives one and the same vocabulary."""
+    names = ["cat", "dog", "bird", "zebra"]
+    orders = {
+        tuple(_label_vocabulary(dict(zip(names, counts, strict=True))))
+        for counts in ([5, 4, 3, 2], [2, 3, 4, 5], [3, 5, 2, 4])
+    }
+    assert len(orders) == 1 and sorted(next(iter(orders))) == sorted(names)
+
+
 def test_decode_works_on_rank1_batch_of_any_length():
     png = helpers.encode_image(_photo(10, 20, 4), "PNG")
     for n in (1, 3):
