@@ -31,6 +31,7 @@ from components.trainer import RuntimeParamTrainer
 from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
 from serving.model_fingerprint import ROLLBACK_LOG
+from trainer.config import REPLICAS_CONFIG
 from trainer.features import DECODER_VERSION
 from trainer.image_ids import INGEST_REPORT_FILE
 
@@ -64,10 +65,16 @@ def trainer_custom_config(config: PipelineConfig) -> dict[str, Any]:
 
     `feature_reuse` on (the default) is left out: features taken from the store are the ones the
     backbone gives (checked), so it does not change the model, and a home made before the setting
-    existed keeps its cached Trainer. Off, it is passed (and keys the cache, as every setting)."""
+    existed keeps its cached Trainer. Off, it is passed (and keys the cache, as every setting).
+
+    `replicas`, when set, is passed too (trainer.config.REPLICAS_CONFIG): the global batch is the
+    batch size times the replicas, so a model trained on another count is another model; a run
+    with `--replicas 2` after one without reused the cached model, trained on one."""
     settings = {**config.training.to_dict(), "image_size": config.effective_image_size()}
     if settings.get("feature_reuse") is True:
         del settings["feature_reuse"]
+    if config.replicas:
+        settings[REPLICAS_CONFIG] = config.replicas
     return settings
 
 

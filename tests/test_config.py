@@ -376,6 +376,24 @@ def test_the_trainer_parses_its_part_strictly():
         parse_custom_config({"tune_trials": 3, "feature_cache": False})
 
 
+def test_replicas_key_the_trainer_and_are_checked_where_it_trains():
+    """`--replicas N` changes the global batch (batch size x N), so a model trained on another
+    count is another model: set, it is in the Trainer's custom_config (which keys TFX's cache: a
+    run with --replicas 64 reused a model trained on one device); unset, the config is as before
+    (a home keeps its cached Trainer). run_fn fails when its process has another device count."""
+    from pipeline.pipeline import trainer_custom_config
+    from trainer.config import REPLICAS_CONFIG, ConfigError
+    from trainer.task import _check_replicas
+
+    plain = trainer_custom_config(PipelineConfig())
+    assert REPLICAS_CONFIG not in plain
+    assert trainer_custom_config(PipelineConfig(replicas=2)) == {**plain, REPLICAS_CONFIG: 2}
+    _check_replicas(None)
+    _check_replicas(1)  # this process: one CPU device
+    with pytest.raises(ConfigError, match="replicas: 2 requested, but the Trainer's process has 1 device"):
+        _check_replicas(2)
+
+
 def test_gate_flags_come_from_the_schema():
     import argparse
 

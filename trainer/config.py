@@ -35,6 +35,9 @@ SUMMARY_FILE = "training_summary.json"
 # The custom_config key (beside the training settings, not one of them) of the data's
 # ingest_report.json: its sets of near-copies are kept whole by the head's validation (run_fn).
 INGEST_REPORT_CONFIG = "ingest_report"
+# The custom_config key of the config's `replicas` (the CPU split into that many devices), when
+# set: it changes the global batch, so it keys the Trainer's cache (run_fn checks the devices).
+REPLICAS_CONFIG = "replicas"
 # Classes count as imbalanced when the largest has more than this many times the examples of
 # the smallest: then "auto" trains with balanced loss weights (trainer/head.py) and gates on
 # balanced accuracy (components/gate_decision.py).

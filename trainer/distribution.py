@@ -50,6 +50,11 @@ def mirrored() -> tf.distribute.MirroredStrategy:
     return strategy
 
 
+def replica_count() -> int:
+    """The replicas make_strategy's strategy has: every local GPU, else every logical CPU."""
+    return len(tf.config.list_logical_devices("GPU")) or len(tf.config.list_logical_devices("CPU"))
+
+
 def make_strategy() -> tf.distribute.Strategy:
     """The Trainer's strategy: MirroredStrategy over every local GPU (or over the logical
     CPUs of split_cpu); with no GPU and one CPU device, TensorFlow's default strategy.

@@ -9,8 +9,8 @@ import tensorflow_transform as tft
 from pydantic import ValidationError
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from trainer import data, export, feature_store, image_ids, tflite, train
-from trainer.config import INGEST_REPORT_CONFIG, SUMMARY_FILE, ConfigError, TrainingConfig
+from trainer import data, distribution, export, feature_store, image_ids, tflite, train
+from trainer.config import INGEST_REPORT_CONFIG, REPLICAS_CONFIG, SUMMARY_FILE, ConfigError, TrainingConfig
 
 WARMUP_RECORDS = 4
 
@@ -28,10 +28,24 @@ def parse_custom_config(custom_config: dict | None) -> TrainingConfig:
         raise ConfigError(f"Trainer custom_config is invalid: {problems}") from None
 
 
+def _check_replicas(requested: int | None) -> None:
+    """A run keyed by `replicas` (pipeline.trainer_custom_config) trains on that many, or fails
+    saying so: its model is cached as one trained on them."""
+    if requested is None:
+        return
+    have = distribution.replica_count()
+    if have != requested:
+        raise ConfigError(
+            f"replicas: {requested} requested, but the Trainer's process has {have} device(s) to train on "
+            "(`imgpipe run --replicas` splits the CPU before TensorFlow starts; another runner does not)"
+        )
+
+
 def run_fn(fn_args: FnArgs) -> None:
     """Train on the raw examples through the Transform graph; export the full serving model."""
     settings = dict(fn_args.custom_config or {})
     near_copies = image_ids.near_copy_sets(settings.pop(INGEST_REPORT_CONFIG, None))
+    _check_replicas(settings.pop(REPLICAS_CONFIG, None))
     params = parse_custom_config(settings)
     tfo = tft.TFTransformOutput(fn_args.transform_graph_path)
     with data.explain_unmapped_labels():  # a label with no class fails the Trainer, by name
