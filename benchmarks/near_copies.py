@@ -4,7 +4,7 @@
 (imgpipe/ingest/near_copies.py). Three measurements:
 
 1. Separation: the correlation of each picture's thumbnail with its copies' (JPEG quality 90 and
-   50, half size, 3 levels brighter, 10% darker), for crops of scikit-learn's two photos and for
+   50, half size, 3 levels brighter, 10% darker, a grey copy as Pillow makes one), for crops of scikit-learn's two photos and for
    its hand-drawn digits at 32 px, against the largest correlation between two different digits
    of all 1,797 (the most alike pictures shipped). The threshold must sit between. The same for
    copies moved by a pixel of the 32 x 32 grid (a digit of 34 px cut to 32 a pixel apart, a photo
@@ -55,6 +55,7 @@ def _copies(picture) -> dict[str, bytes]:
         "half size": _encode(picture.resize((picture.width // 2, picture.height // 2), Image.BILINEAR)),
         "+3 levels": _encode(Image.fromarray(np.clip(pixels + 3, 0, 255).astype(np.uint8))),
         "10% darker": _encode(Image.fromarray(np.clip(pixels * 0.9, 0, 255).astype(np.uint8))),
+        "grey (Pillow's L), JPEG q90": _encode(picture.convert("L").convert("RGB"), "JPEG", quality=90),
     }
 
 
