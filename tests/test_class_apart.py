@@ -188,6 +188,27 @@ def test_a_part_of_a_class_made_unlike_the_others_is_named(change, words, every)
     assert "every picture of the others" in note or "none in the others" in note, note
 
 
+@pytest.mark.parametrize(("tinted", "named"), [(8, False), (12, True)])
+def test_a_part_of_one_of_two_classes_is_named_only_when_chance_would_seldom_put_it_there(tinted, named):
+    """Two classes of 30: 8 pictures of one past every picture of the other happen by chance with
+    probability 0.002 (the 8 largest of 60 values drawn alike all in one class), 12 with 0.00005;
+    a test counting each as passing the other's largest with probability 1/31 put the 8 at 7e-6."""
+    rows = [{"label": "a", "colour": 50.0 if i < tinted else 0.0, "format": "PNG"} for i in range(30)]
+    rows += [{"label": "b", "colour": 0.0, "format": "PNG"} for _ in range(30)]
+    found = class_apart.classes_apart(rows)
+    assert bool(found) == named
+    if named:
+        [item] = found
+        assert (item["class"], item["property"], item["part_images"], item["side"]) == (
+            "a",
+            "colour",
+            12,
+            "above",
+        )
+        [note] = class_apart.warnings(found)
+        assert "12 of its 30 (40%) above every picture of 'b': median 50 against their largest 0" in note
+
+
 def test_classes_of_photos_that_differ_smoothly_are_not_said_to_be_made_apart():
     """Tiles of the two photos shipped, one class each: the flowers are more colourful than the
     palace, a difference of subject rising smoothly, not a part made elsewhere."""
