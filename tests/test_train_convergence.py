@@ -538,11 +538,12 @@ def test_tune_never_reads_the_eval_split(imbalanced_digits, source_backbone, mon
 
 def _near_copies(train_files, tfo):
     """Sets of near-copies as ingest reports them (image fingerprints) over the fixture's train
-    split: four images of its first class, and every one of its smallest (one set: one picture
+    split: four images of its largest class, and every one of its smallest (one set: one picture
     seen several ways); the split's labels and each record's group."""
     ids = image_ids.split_ids(train_files)
     labels = data.class_indices(train_files, tfo)
-    sets = [ids[labels == 0][:4], ids[labels == np.argmin(np.bincount(labels))]]
+    counts = np.bincount(labels)
+    sets = [ids[labels == np.argmax(counts)][:4], ids[labels == np.argmin(counts)]]
     return sets, labels, image_ids.groups(ids, sets)
 
 
