@@ -799,9 +799,10 @@ class JudgedOn:
 def class_order_change(candidate: Sequence[str], baseline: Sequence[str] | None) -> str | None:
     """The warning when the candidate has the latest blessed model's classes in another order
     (None otherwise): models trained before 2026-12-08 ordered the label vocabulary by each
-    class's count (TensorFlow Transform's default), so the first retrain after it reorders their
-    outputs once (the order now follows the names: trainer/preprocessing.py); a client reading
-    `scores` by position then reads other classes. gate.json's `class_order_changed`."""
+    class's count (TensorFlow Transform's default), so a home's first run after it (the order is
+    in Transform's cache key) reorders their outputs once (the order now follows the names:
+    trainer/preprocessing.py); a client reading `scores` by position then reads other classes.
+    gate.json's `class_order_changed`."""
     if baseline is None or list(candidate) == list(baseline) or sorted(candidate) != sorted(baseline):
         return None
     return (

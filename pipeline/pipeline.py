@@ -32,7 +32,7 @@ from pipeline.beam import beam_pipeline_args
 from pipeline.config import PipelineConfig
 from serving.model_fingerprint import ROLLBACK_LOG
 from trainer.config import REPLICAS_CONFIG
-from trainer.features import DECODER_VERSION
+from trainer.features import DECODER_VERSION, LABEL_ORDER
 from trainer.image_ids import INGEST_REPORT_FILE
 
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
@@ -148,6 +148,7 @@ def create_pipeline(
             "image_size": image_size,
             "max_image_pixels": config.training.max_image_pixels,
             "decoder": DECODER_VERSION,
+            "label_order": LABEL_ORDER,
         },
         materialize=False,
         disable_statistics=True,

@@ -185,7 +185,7 @@ def test_a_label_missing_from_the_vocabulary_fails_the_trainer_by_name(chain, tm
     assert not os.path.exists(tmp_path / "serving" / "saved_model.pb")  # nothing exported
 
 
-def test_transform_gets_the_pixel_limit_and_the_decoders_version():
+def test_transform_gets_the_pixel_limit_the_decoders_version_and_the_label_order():
     from pipeline.config import PipelineConfig
     from pipeline.pipeline import create_pipeline
 
@@ -195,6 +195,8 @@ def test_transform_gets_the_pixel_limit_and_the_decoders_version():
     assert custom["max_image_pixels"] == 1234
     # The decoder's version is in Transform's cache key: a graph cached before the decoded pixels
     # changed (TFX keys the preprocessing_fn by its import path, not its code) is not reused.
-    from trainer.features import DECODER_VERSION
+    # So is the label vocabulary's order (a home's graph cached with classes by count kept it).
+    from trainer.features import DECODER_VERSION, LABEL_ORDER
 
     assert custom["decoder"] == DECODER_VERSION
+    assert custom["label_order"] == LABEL_ORDER

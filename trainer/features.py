@@ -27,6 +27,10 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # import path, not its code, and a cached transform graph of an older decoder would keep giving
 # its pixels after an upgrade. Change it whenever the decoded pixels change.
 DECODER_VERSION = "2 (JPEG: libjpeg's accurate IDCT)"
+# The order of the label vocabulary (the model's outputs: trainer.preprocessing.preprocessing_fn),
+# in Transform's cache key for the same reason: a home's cached transform graph of the order
+# before it (by count) would keep it until its data changed.
+LABEL_ORDER = "each name's SHA-1"
 
 
 def image_fingerprint(image: bytes) -> int:

@@ -1094,7 +1094,8 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
         # The vocabulary's order is the model's output order. TFT orders by count unless told
         # otherwise, so a retrain whose counts changed reordered the outputs (and flipped what a
         # two-class model's one score means); ordered by each name's SHA-1, two classes keep
-        # their order in every retrain, whatever their counts.
+        # their order in every retrain, whatever their counts. Changing the order means changing
+        # trainer.features.LABEL_ORDER too (Transform's cache key).
         labels = _dense_1d(inputs[LABEL_KEY])
         outputs[LABEL_XF] = tft.compute_and_apply_vocabulary(
             labels, vocab_filename=LABEL_VOCAB, fingerprint_shuffle=True
