@@ -149,13 +149,10 @@ def classes_apart(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     # Two classes: each is the other's "others", and the comparison is the same both ways.
     names = sorted(by_class)[:1] if len(by_class) == 2 else sorted(by_class)
     for name in names:
-        mine = by_class[name]
-        others = [row for other, group in by_class.items() if other != name for row in group]
-        if len(mine) < MIN_CLASS or len(others) < MIN_CLASS:
+        compared = _against_the_others(by_class, name)
+        if compared is None:
             continue
-        sizes = {"class_images": len(mine), "other_images": len(others), "classes": len(by_class)}
-        if len(by_class) == 2:
-            sizes["other"] = next(other for other in by_class if other != name)
+        mine, others, sizes = compared
         for prop in PROPERTIES:
             # A subject that reaches the edges sets it (a handwritten four: 0.92). Of two classes
             # only one is tested: either may be the framed one.
@@ -197,20 +194,29 @@ def classes_apart(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     flagged = {(item["class"], item["property"]) for item in found}
     # A part beyond the others is not the same both ways: of two classes, each is tested.
     for name in sorted(by_class):
-        mine = by_class[name]
-        others = [row for other, group in by_class.items() if other != name for row in group]
-        if len(mine) < MIN_CLASS or len(others) < MIN_CLASS:
+        compared = _against_the_others(by_class, name)
+        if compared is None:
             continue
-        sizes = {"class_images": len(mine), "other_images": len(others), "classes": len(by_class)}
-        if len(by_class) == 2:
-            sizes["other"] = next(other for other in by_class if other != name)
+        mine, others, sizes = compared
         for item in _parts_beyond(mine, others):
-            if (name, item["property"]) not in flagged and (
-                sizes.get("other"),
-                item["property"],
-            ) not in flagged:
+            said = {(name, item["property"]), (sizes.get("other"), item["property"])} & flagged
+            if not said:
                 found.append({"class": name, **item, **sizes})
     return sorted(found, key=lambda item: item["class"])
+
+
+def _against_the_others(by_class: dict[str, list[dict[str, Any]]], name: str) -> tuple | None:
+    """(the class's rows, the other classes' rows, the sizes a finding carries: "class_images",
+    "other_images", "classes" and, of two classes, "other"), or None when either side has fewer
+    than MIN_CLASS rows."""
+    mine = by_class[name]
+    others = [row for other, group in by_class.items() if other != name for row in group]
+    if len(mine) < MIN_CLASS or len(others) < MIN_CLASS:
+        return None
+    sizes = {"class_images": len(mine), "other_images": len(others), "classes": len(by_class)}
+    if len(by_class) == 2:
+        sizes["other"] = next(other for other in by_class if other != name)
+    return mine, others, sizes
 
 
 def _beyond_by_chance(k: int, n: int, m: int) -> float:
