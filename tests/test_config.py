@@ -390,7 +390,7 @@ def test_replicas_key_the_trainer_and_are_checked_where_it_trains():
     assert trainer_custom_config(PipelineConfig(replicas=2)) == {**plain, REPLICAS_CONFIG: 2}
     _check_replicas(None)
     _check_replicas(1)  # this process: one CPU device
-    with pytest.raises(ConfigError, match="replicas: 2 requested, but the Trainer's process has 1 device"):
+    with pytest.raises(ConfigError, match="replicas: 2 requested, but the Trainer would train on 1 replica"):
         _check_replicas(2)
 
 

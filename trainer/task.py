@@ -36,8 +36,9 @@ def _check_replicas(requested: int | None) -> None:
     have = distribution.replica_count()
     if have != requested:
         raise ConfigError(
-            f"replicas: {requested} requested, but the Trainer's process has {have} device(s) to train on "
-            "(`imgpipe run --replicas` splits the CPU before TensorFlow starts; another runner does not)"
+            f"replicas: {requested} requested, but the Trainer would train on {have} replica(s): every local "
+            "GPU, else the logical CPUs `imgpipe run --replicas` splits the CPU into before TensorFlow starts "
+            "(on a machine with GPUs, leave --replicas out)"
         )
 
 
