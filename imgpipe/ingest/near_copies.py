@@ -68,8 +68,8 @@ def _turn(turns: int, mirrored: bool) -> np.ndarray:
 
 # The seven other orientations of a square (mirrors left-right and top-bottom, the three turns,
 # the two diagonal mirrors): a copy stored turned or mirrored, as offline augmentation stores
-# them, is compared in each. The set holds each one's inverse, so comparing the later picture
-# with the earlier one's orientations finds a copy whichever of the two was turned.
+# them, is compared in each. The set holds each one's inverse, so comparing the later picture's
+# orientations with the earlier one finds a copy whichever of the two was turned.
 _TURNS = {
     f"{'mirrored, ' if mirrored else ''}turned {90 * turns}": _turn(turns, mirrored)
     for mirrored in (False, True)
@@ -142,8 +142,8 @@ def _similar_pairs(
     packed: Sequence[bytes], threshold: float, turned: bool = True
 ) -> Iterator[tuple[int, int]]:
     """(later, earlier) positions of the signatures that are near-copies: their thumbnails, or
-    their grids moved a pixel apart, or (`turned`) the later thumbnail and the earlier one turned
-    or mirrored (``_TURNS``), correlate at `threshold` or more.
+    their grids moved a pixel apart, or (`turned`) the later thumbnail turned or mirrored
+    (``_TURNS``) and the earlier one, correlate at `threshold` or more.
 
     Every pair's correlations are first taken in float32 from unit rows, the largest kept;
     pairs near or over the threshold are then decided exactly: the int8 values' dot products
@@ -154,21 +154,30 @@ def _similar_pairs(
     rows = np.stack([np.frombuffer(p[:_BASE], np.int8) for p in packed]).astype(np.float32)
     matrices = {"base": rows}
     comparisons = [("base", "base")]
-    if turned:  # the earlier pictures' thumbnails in the other orientations
-        matrices.update({name: rows[:, order] for name, order in _TURNS.items()})
-        comparisons += [("base", name) for name in _TURNS]
+    # The later pictures' thumbnails in the other orientations, against the earlier ones as they
+    # are (each orientation's inverse is one of them: which of two copies was turned is alike).
+    # Taken block by block from the thumbnails (`_rows`), not kept: seven more matrices of n rows.
+    turns = _TURNS if turned else {}
+    comparisons += [(name, "base") for name in turns]
     if any(len(p) > _BASE for p in packed):  # signatures with grey grids: the shifted pairs too
         matrices.update(_windows(packed))
         comparisons += list(_SHIFTS)
     squared = {key: np.einsum("ij,ij->i", m, m, dtype=np.float64) for key, m in matrices.items()}
+    squared.update({name: squared["base"] for name in turns})  # a turn keeps a thumbnail's length
     unit = {key: _unit(m, squared[key]) for key, m in matrices.items()}
+
+    def _rows(source: dict[str, np.ndarray], key: str, index) -> np.ndarray:
+        if key in turns:
+            return source["base"][index][:, turns[key]]
+        return source[key][index]
+
     n = len(packed)
     block = max(1, _BLOCK_VALUES // n)
     for start in range(0, n, block):
         stop = min(start + block, n)
         best = None
         for a, b in comparisons:  # each row against the rows before it
-            product = unit[a][start:stop] @ unit[b][:stop].T
+            product = _rows(unit, a, slice(start, stop)) @ _rows(unit, b, slice(0, stop)).T
             best = product if best is None else np.maximum(best, product, out=best)
         offsets, columns = np.nonzero(np.tril(best >= threshold - _MARGIN, k=start - 1))
         for first in range(0, len(offsets), _EXACT_CHUNK):
@@ -176,7 +185,7 @@ def _similar_pairs(
             j = columns[first : first + _EXACT_CHUNK]
             near = np.zeros(len(i), bool)
             for a, b in comparisons:
-                dots = np.einsum("ij,ij->i", matrices[a][i], matrices[b][j], dtype=np.float64)
+                dots = np.einsum("ij,ij->i", _rows(matrices, a, i), _rows(matrices, b, j), dtype=np.float64)
                 near |= (dots > 0) & (dots * dots >= threshold * threshold * squared[a][i] * squared[b][j])
             yield from zip(i[near].tolist(), j[near].tolist(), strict=True)
 
